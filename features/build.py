@@ -1,0 +1,63 @@
+"""Build the model's features for leads as of given moments: one code path for training,
+batch scoring and the service."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from features.engagement import engagement_features
+from features.fit import fit_features
+from features.params import FeatureParams
+from features.spec import FeatureGroup
+
+
+def build_crm_features(
+    leads: pd.DataFrame,
+    activities: pd.DataFrame,
+    as_of: pd.Series | pd.Timestamp,
+    params: FeatureParams,
+    tech_vocabulary: Sequence[str],
+) -> pd.DataFrame:
+    """Fit and engagement features, one row per row of `leads`.
+
+    Args:
+        leads: cleaned lead rows (a lead may repeat, once per moment).
+        activities: cleaned activities of these leads (rows at or after a row's moment
+            are ignored for that row).
+        as_of: the moment T of each row, or one moment for all.
+        params: the feature settings (windows, half-life, weights, ICP).
+        tech_vocabulary: technologies that get their own feature (learned in training).
+
+    Returns:
+        Features in the order of `leads`, index reset.
+    """
+    if isinstance(as_of, pd.Timestamp):
+        as_of = pd.Series([as_of] * len(leads))
+    as_of = pd.Series(as_of).reset_index(drop=True)
+    fit = fit_features(leads, as_of, icp=params.icp, tech_vocabulary=tech_vocabulary)
+    engagement = engagement_features(
+        activities,
+        leads["lead_id"],
+        as_of,
+        windows_days=params.windows_days,
+        half_life_days=params.decay_half_life_days,
+        weights=params.engagement_weights,
+    )
+    engagement["activities_per_30d"] = (
+        engagement["n_activities_total"] / fit["lead_age_days"].clip(lower=1.0) * 30.0
+    )
+    return pd.concat([fit, engagement], axis=1)
+
+
+_ENGAGEMENT_PREFIXES = ("n_", "days_since_", "engagement_", "velocity_", "activities_per_")
+_FIT_EXCEPTIONS = ("n_technologies",)
+
+
+def crm_feature_groups(columns: Sequence[str]) -> dict[str, FeatureGroup]:
+    """Which sub-score each CRM feature feeds: fit (who the lead is) or engagement (what it did)."""
+    return {
+        c: "engagement" if c.startswith(_ENGAGEMENT_PREFIXES) and c not in _FIT_EXCEPTIONS else "fit"
+        for c in columns
+    }

@@ -1,0 +1,128 @@
+"""General cleaning rules for CRM exports: blanks, spellings, numbers, timestamps."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+_NUMBER_JUNK = re.compile(r"[\s,$€£¥%]|^\+")
+_SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "bn": 1e9}
+_SUFFIXED = re.compile(r"^(-?\d+(?:\.\d+)?)(k|m|bn|b)$", re.IGNORECASE)
+TRUE_TOKENS = frozenset({"true", "yes", "y", "1", "t"})
+FALSE_TOKENS = frozenset({"false", "no", "n", "0", "f"})
+
+
+def is_missing(value: object) -> bool:
+    """None, NaN, NaT and pd.NA all mean missing."""
+    if value is None:
+        return True
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _map_unique(values: pd.Series, func) -> pd.Series:
+    """Apply `func` once per distinct present value (exports repeat few values over many
+    rows); missing stays None in an object column."""
+    codes, uniques = pd.factorize(values.astype("object"), use_na_sentinel=True)
+    mapped = np.array([func(v) for v in uniques] + [None], dtype=object)
+    return pd.Series(mapped[codes], index=values.index, dtype="object")
+
+
+def blank_to_missing(values: pd.Series, missing_tokens: Iterable[str]) -> pd.Series:
+    """Strip text and turn placeholder values ("", "N/A", "Select", ...) into missing.
+
+    Args:
+        values: a text column.
+        missing_tokens: placeholders, compared case-insensitively after stripping.
+
+    Returns:
+        An object column of stripped strings, with missing values as None.
+    """
+    tokens = {token.casefold() for token in missing_tokens}
+
+    def clean(value: object) -> str | None:
+        text = re.sub(r"\s+", " ", str(value)).strip()
+        return None if text.casefold() in tokens else text
+
+    return _map_unique(values, clean)
+
+
+def canonical_spelling(values: pd.Series) -> pd.Series:
+    """Merge values that differ only by case or spacing into their most frequent spelling."""
+    present = values.dropna().astype(str)
+    if present.empty:
+        return values.astype("object")
+    folded = present.str.casefold()
+    counts = present.groupby([folded, present]).size().sort_values(ascending=False, kind="stable")
+    best: dict[str, str] = {}
+    for (fold, spelling), _ in counts.items():
+        best.setdefault(fold, spelling)
+    return _map_unique(values, lambda v: best[str(v).casefold()])
+
+
+def parse_number(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Parse numbers written as CRM exports write them ("1,200", "$3.5M", "12%").
+
+    Returns:
+        The parsed floats (missing where blank or unparseable) and a boolean mask of the
+        values that were present but could not be parsed.
+    """
+    text = values.astype("object")
+    present = text.notna()
+    cleaned = text[present].astype(str).str.replace(_NUMBER_JUNK, "", regex=True)
+    parsed = pd.to_numeric(cleaned, errors="coerce")
+    suffixed = parsed.isna() & cleaned.str.match(_SUFFIXED)
+    if suffixed.any():
+        parts = cleaned[suffixed].str.extract(_SUFFIXED)
+        parsed[suffixed] = parts[0].astype(float) * parts[1].str.lower().map(_SUFFIX)
+    out = pd.Series(np.nan, index=values.index, dtype="float64")
+    out[present] = parsed.astype("float64")
+    failed = present & out.isna()
+    return out, failed
+
+
+def parse_bool(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Parse yes/no, true/false, 1/0 into 1.0/0.0; returns values and a failure mask."""
+    folded = _map_unique(values, lambda v: str(v).strip().casefold())
+    out = pd.Series(np.nan, index=values.index, dtype="float64")
+    out[folded.isin(TRUE_TOKENS)] = 1.0
+    out[folded.isin(FALSE_TOKENS)] = 0.0
+    failed = folded.notna() & out.isna()
+    return out, failed
+
+
+def looks_boolean(values: pd.Series) -> bool:
+    """True when every present value is a yes/no style token."""
+    present = values.dropna().map(lambda v: str(v).strip().casefold())
+    return not present.empty and present.isin(TRUE_TOKENS | FALSE_TOKENS).all()
+
+
+def parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Parse timestamps: ISO 8601 fast, any other common format as a fallback.
+
+    Time zones are converted to UTC and dropped, so all moments compare as naive UTC.
+
+    Returns:
+        The parsed timestamps (NaT where blank or unparseable) and a mask of the values
+        that were present but could not be parsed.
+    """
+    text = values.astype("object")
+    present = text.notna() & (text.astype(str).str.strip() != "")
+    parsed = pd.to_datetime(text.where(present), format="ISO8601", errors="coerce", utc=True)
+    retry = present & parsed.isna()
+    if retry.any():
+        parsed[retry] = pd.to_datetime(text[retry], format="mixed", errors="coerce", utc=True)
+    plausible = parsed.notna() & parsed.dt.year.between(1900, 2200)
+    parsed = parsed.where(plausible).dt.tz_localize(None).dt.as_unit("ns")
+    failed = present & parsed.isna()
+    return parsed, failed
+
+
+def snake_case(values: pd.Series) -> pd.Series:
+    """"Email Open", "email-open" and " EMAIL_OPEN" all become "email_open"."""
+    return _map_unique(values, lambda v: re.sub(r"[\s\-/]+", "_", str(v).strip().casefold()) or None)

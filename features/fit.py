@@ -1,0 +1,102 @@
+"""Fit features: how well a lead matches the ideal customer profile (firmographic,
+demographic, technographic, BANT), from the lead's own attributes."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from features.params import IcpParams
+from features.schema import BANT_FIELDS, LEAD_CATEGORICAL, LEAD_NUMERIC
+
+FREE_MAIL_DOMAINS = frozenset(
+    {
+        "gmail.com", "googlemail.com", "yahoo.com", "outlook.com", "hotmail.com", "live.com",
+        "aol.com", "icloud.com", "me.com", "mail.com", "gmx.com", "gmx.de", "web.de",
+        "yandex.ru", "proton.me", "protonmail.com", "qq.com", "163.com", "rediffmail.com",
+    }
+)  # fmt: skip
+_TECH_SPLIT = re.compile(r"\s*[;,|]\s*")
+
+
+def split_tech_stack(values: pd.Series) -> pd.Series:
+    """Lists of technologies from "A; B|C" style cells (missing -> empty list)."""
+    return values.map(
+        lambda v: [] if v is None or pd.isna(v) else [t for t in _TECH_SPLIT.split(str(v)) if t]
+    )
+
+
+def learn_tech_vocabulary(leads: pd.DataFrame, top_k: int) -> list[str]:
+    """The `top_k` most frequent technologies (case-folded), learned on training leads."""
+    if "tech_stack" not in leads or top_k == 0:
+        return []
+    exploded = split_tech_stack(leads["tech_stack"]).explode().dropna().str.casefold()
+    counts = exploded.value_counts()
+    return sorted(counts.index[:top_k].tolist())
+
+
+def _icp_match(leads: pd.DataFrame, icp: IcpParams) -> pd.Series:
+    """Share of the ICP criteria the lead meets (unknown counts as not met)."""
+    checks = []
+    for column, allowed in (
+        ("industry", icp.industries),
+        ("seniority", icp.seniorities),
+        ("department", icp.departments),
+        ("country", icp.countries),
+    ):
+        if column in leads:
+            wanted = {a.casefold() for a in allowed}
+            checks.append(leads[column].map(lambda v, w=wanted: v is not None and str(v).casefold() in w))
+    if "employees" in leads:
+        checks.append(leads["employees"].between(icp.min_employees, icp.max_employees))
+    if not checks:
+        return pd.Series(np.nan, index=leads.index)
+    return pd.concat(checks, axis=1).astype(float).mean(axis=1)
+
+
+def fit_features(
+    leads: pd.DataFrame,
+    as_of: pd.Series,
+    *,
+    icp: IcpParams,
+    tech_vocabulary: Sequence[str],
+) -> pd.DataFrame:
+    """Fit features of each lead row, with its age at `as_of`.
+
+    Returns:
+        One row per lead row: categorical columns as text, the rest as floats.
+    """
+    leads = leads.reset_index(drop=True)
+    out: dict[str, pd.Series] = {}
+    for column in LEAD_CATEGORICAL:
+        if column in leads:
+            out[column] = leads[column].astype("object")
+    for column in LEAD_NUMERIC:
+        if column in leads:
+            out[column] = leads[column].astype("float64")
+    if "employees" in leads and "annual_revenue" in leads:
+        out["revenue_per_employee"] = leads["annual_revenue"] / leads["employees"].where(leads["employees"] > 0)
+    if "email" in leads:
+        domain = leads["email"].map(lambda v: None if v is None or "@" not in str(v) else str(v).rsplit("@", 1)[1].casefold())
+        out["business_email"] = domain.map(lambda d: np.nan if d is None else float(d not in FREE_MAIL_DOMAINS))
+    if "do_not_contact" in leads:
+        out["do_not_contact"] = leads["do_not_contact"].astype("float64")
+    if "tech_stack" in leads:
+        stacks = split_tech_stack(leads["tech_stack"]).map(lambda items: {t.casefold() for t in items})
+        known = leads["tech_stack"].notna()
+        out["n_technologies"] = stacks.map(len).astype(float).where(known)
+        for tech in tech_vocabulary:
+            name = "uses_" + re.sub(r"\W+", "_", tech).strip("_")
+            out[name] = stacks.map(lambda s, t=tech: float(t in s)).where(known)
+    out["bant_confirmed"] = sum(
+        (leads[c] == "confirmed").astype(float) for c in BANT_FIELDS if c in leads
+    ) if any(c in leads for c in BANT_FIELDS) else pd.Series(np.nan, index=leads.index)
+    out["icp_match"] = _icp_match(leads, icp)
+    as_of = pd.Series(as_of).reset_index(drop=True)
+    if len(as_of) == 1 and len(leads) > 1:
+        as_of = pd.Series(np.repeat(as_of.to_numpy(), len(leads)))
+    out["lead_age_days"] = (as_of - leads["created_at"]).dt.total_seconds() / 86400.0
+    return pd.DataFrame(out)

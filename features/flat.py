@@ -1,0 +1,251 @@
+"""Flat CRM exports (one row per lead, aggregates already made): roles, types, cleaning."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from features.clean import (
+    FALSE_TOKENS,
+    TRUE_TOKENS,
+    blank_to_missing,
+    canonical_spelling,
+    looks_boolean,
+    parse_bool,
+    parse_number,
+    parse_timestamps,
+)
+from features.ingest import DataError, Quarantine, hash_files
+from features.params import FlatParams
+from features.spec import FeatureGroup
+
+ColumnType = Literal["numeric", "boolean", "categorical"]
+POSITIVE_WORDS = frozenset(TRUE_TOKENS | {"converted", "won", "closed won", "positive", "purchased"})
+NEGATIVE_WORDS = frozenset(FALSE_TOKENS | {"lost", "not converted", "closed lost", "negative"})
+# Names that suggest behaviour rather than who the lead is: they feed the engagement sub-score.
+_ENGAGEMENT_WORDS = re.compile(
+    r"visit|page|time|duration|activity|email|click|open|download|webinar|session|bounce|exit|view",
+    re.IGNORECASE,
+)
+_NUMERIC_FAILURE_SHARE = 0.02
+_DATE_SHARE = 0.95
+
+
+class FlatProfile(BaseModel):
+    """How to read a flat export: column roles and CSV dialect (flags or a YAML file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str
+    positive: str | None = None
+    id: str | None = None
+    drop: list[str] = []
+    sep: str = ","
+    time: str | None = None
+    types: dict[str, ColumnType] = {}
+
+
+def load_profile(path: str | Path, **flags: Any) -> FlatProfile:
+    """Read a profile YAML; flags given on the command line override its keys."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise DataError(f"cannot read profile {path}: {exc}") from exc
+    raw.update({k: v for k, v in flags.items() if v not in (None, [], "")})
+    try:
+        return FlatProfile.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise DataError(f"invalid profile {path}: {problems}") from exc
+
+
+@dataclass
+class FlatData:
+    """A cleaned flat export: features, 0/1 label, ids, optional times."""
+
+    features: pd.DataFrame
+    label: pd.Series
+    ids: pd.Series
+    times: pd.Series | None
+    schema: dict[str, Any]
+    quarantine: Quarantine
+    data_hash: str
+    source: str
+
+
+def read_flat_csv(path: Path, sep: str) -> tuple[pd.DataFrame, str]:
+    """Read every cell as text; UTF-8 first, then Latin-1 (legacy Excel exports)."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    for encoding in ("utf-8-sig", "latin-1"):
+        try:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep, encoding=encoding)
+            return frame, encoding
+        except UnicodeDecodeError:
+            continue
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
+            raise DataError(f"{path}: cannot read as CSV with separator {sep!r} ({exc})") from exc
+    raise DataError(f"{path}: not readable as UTF-8 or Latin-1 text")
+
+
+def _label(values: pd.Series, column: str, positive: str | None) -> pd.Series:
+    present = values.dropna()
+    classes = sorted(present.unique().tolist(), key=str)
+    if positive is not None:
+        match = [c for c in classes if str(c).casefold() == str(positive).casefold()]
+        if not match:
+            raise DataError(f"label column {column!r}: positive value {positive!r} not found; values are {classes[:10]}")
+        if len(classes) != 2:
+            raise DataError(f"label column {column!r} has {len(classes)} classes {classes[:10]}; a binary label is needed")
+        return (values == match[0]).astype("float64").where(values.notna())
+    if len(classes) != 2:
+        raise DataError(
+            f"label column {column!r} has {len(classes)} class(es) {classes[:10]}; "
+            "a binary label is needed (and --positive to name the converted value)"
+        )
+    folded = [str(c).casefold() for c in classes]
+    positives = [c for c, f in zip(classes, folded, strict=True) if f in POSITIVE_WORDS]
+    negatives = [c for c, f in zip(classes, folded, strict=True) if f in NEGATIVE_WORDS]
+    if len(positives) == 1 and len(negatives) == 1:
+        return (values == positives[0]).astype("float64").where(values.notna())
+    raise DataError(f"label column {column!r} has classes {classes}: pass --positive to say which means converted")
+
+
+def infer_column(values: pd.Series, params: FlatParams) -> tuple[str, str]:
+    """Classify a cleaned text column: numeric, boolean, categorical, or why it is left out."""
+    present = values.dropna()
+    if present.empty:
+        return "excluded", "empty (no values)"
+    if present.nunique() == 1:
+        return "excluded", f"constant ({present.iloc[0]!r})"
+    if looks_boolean(present):
+        return "boolean", ""
+    _, failed = parse_number(present)
+    if failed.mean() <= _NUMERIC_FAILURE_SHARE:
+        return "numeric", ""
+    sample = present.head(2000)
+    parsed, _ = parse_timestamps(sample)
+    if parsed.notna().mean() >= _DATE_SHARE and sample.str.contains(r"\d").all():
+        return "excluded", "a date (pass --time to split by it)"
+    levels = present.str.casefold().nunique()
+    if levels > params.max_category_levels or levels > params.max_category_share * len(values):
+        return "excluded", f"free text or an identifier ({levels} distinct values)"
+    return "categorical", ""
+
+
+def clean_flat_columns(frame: pd.DataFrame, schema: dict[str, Any]) -> tuple[pd.DataFrame, list[str]]:
+    """Apply a learned flat schema to raw text rows: the training and serving path alike.
+
+    Returns:
+        The feature columns (floats and text) and notes on values that could not be read.
+    """
+    tokens = schema["missing_tokens"]
+    out: dict[str, pd.Series] = {}
+    notes = []
+    for column, kind in schema["columns"].items():
+        raw = frame[column] if column in frame else pd.Series([None] * len(frame), index=frame.index)
+        values = blank_to_missing(raw, tokens)
+        if kind == "boolean":
+            out[column], failed = parse_bool(values)
+        elif kind == "numeric":
+            out[column], failed = parse_number(values)
+        else:
+            out[column], failed = canonical_spelling(values), pd.Series(False, index=frame.index)
+        if failed.any():
+            notes.append(f"{column}: {int(failed.sum())} value(s) not {kind} read as missing")
+    return pd.DataFrame(out, index=frame.index), notes
+
+
+def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams) -> FlatData:
+    """Read a flat CSV export, infer column types, quarantine unusable rows.
+
+    Raises:
+        DataError: unreadable file, unknown column names, or a label that is not binary.
+    """
+    path = Path(path)
+    raw, encoding = read_flat_csv(path, profile.sep)
+    raw.columns = [str(c).strip() for c in raw.columns]
+    quarantine = Quarantine()
+    if encoding != "utf-8-sig":
+        quarantine.note(f"{path.name}: not UTF-8, read as {encoding}")
+    named = [profile.label, *([profile.id] if profile.id else []), *profile.drop, *([profile.time] if profile.time else [])]
+    unknown = [c for c in named if c not in raw.columns]
+    if unknown:
+        raise DataError(f"{path.name}: no column(s) {', '.join(map(repr, unknown))}; columns are {', '.join(raw.columns)}")
+    if len(raw.columns) == 1 and profile.sep == ",":
+        raise DataError(f"{path.name}: only one column found; is the separator ';' or a tab? (use --sep)")
+    raw.insert(0, "_row", np.arange(1, len(raw) + 1))
+
+    label_text = blank_to_missing(raw[profile.label], params.missing_tokens)
+    label = _label(label_text, profile.label, profile.positive)
+    raw["lead_id"] = (
+        blank_to_missing(raw[profile.id], ()) if profile.id else raw["_row"].astype(str)
+    )
+    quarantine.add("flat", raw, label.isna(), f"label {profile.label!r} missing")
+    keep = label.notna()
+    if profile.id:
+        quarantine.add("flat", raw, keep & raw["lead_id"].isna(), f"id {profile.id!r} missing")
+        keep &= raw["lead_id"].notna()
+        repeated = keep & raw["lead_id"].duplicated(keep=False) & raw["lead_id"].notna()
+        quarantine.add("flat", raw, repeated, f"id {profile.id!r} appears more than once")
+        keep &= ~repeated
+    times = None
+    if profile.time:
+        times, failed = parse_timestamps(raw[profile.time])
+        quarantine.add("flat", raw, keep & times.isna(), f"time column {profile.time!r} missing or not a date")
+        keep &= times.notna()
+
+    roles = {profile.label, *profile.drop, *([profile.time] if profile.time else []), "_row", "lead_id"}
+    if profile.id:
+        roles.add(profile.id)
+    columns: dict[str, str] = {}
+    excluded: dict[str, str] = {}
+    for column in raw.columns:
+        if column in roles:
+            continue
+        values = blank_to_missing(raw.loc[keep, column], params.missing_tokens)
+        if column in profile.types:
+            columns[column] = profile.types[column]
+            continue
+        present = values.dropna()
+        if len(present) == keep.sum() and present.is_unique and len(present) > 20:
+            excluded[column] = "an identifier (unique per row)"
+            continue
+        kind, why = infer_column(values, params)
+        if kind == "excluded":
+            excluded[column] = why
+        else:
+            columns[column] = kind
+    for column, why in excluded.items():
+        shown = column if not column.startswith("Unnamed:") else f"{column} (no header)"
+        quarantine.note(f"column {shown} not used: {why}")
+    if profile.drop:
+        quarantine.note(f"columns dropped as asked: {', '.join(profile.drop)}")
+
+    schema = {"columns": columns, "missing_tokens": list(params.missing_tokens), "label": profile.label}
+    kept = raw.loc[keep]
+    features, notes = clean_flat_columns(kept, schema)
+    for note in notes:
+        quarantine.note(note)
+    return FlatData(
+        features=features.reset_index(drop=True),
+        label=label[keep].astype(int).reset_index(drop=True),
+        ids=kept["lead_id"].astype(str).reset_index(drop=True),
+        times=None if times is None else times[keep].reset_index(drop=True),
+        schema=schema,
+        quarantine=quarantine,
+        data_hash=hash_files([path]),
+        source=str(path),
+    )
+
+
+def flat_feature_groups(columns: list[str]) -> dict[str, FeatureGroup]:
+    """Engagement for behaviour-like column names, fit for the rest."""
+    return {c: "engagement" if _ENGAGEMENT_WORDS.search(c) else "fit" for c in columns}

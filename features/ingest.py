@@ -1,0 +1,292 @@
+"""Read and validate a CRM export (leads, activities, outcomes); quarantine bad rows."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features.clean import (
+    blank_to_missing,
+    canonical_spelling,
+    is_missing,
+    parse_bool,
+    parse_number,
+    parse_timestamps,
+    snake_case,
+)
+from features.schema import (
+    ACTIVITY_REQUIRED,
+    ACTIVITY_TYPES,
+    BANT_FIELDS,
+    BANT_VALUES,
+    LEAD_CATEGORICAL,
+    LEAD_NUMERIC,
+    LEAD_REQUIRED,
+    OTHER_ACTIVITY,
+    OUTCOME_REQUIRED,
+    TABLE_FILES,
+)
+
+STATUS_SYNONYMS = {
+    "converted": "converted",
+    "won": "converted",
+    "closed won": "converted",
+    "closed_won": "converted",
+    "customer": "converted",
+    "lost": "lost",
+    "closed lost": "lost",
+    "closed_lost": "lost",
+    "disqualified": "lost",
+    "open": "open",
+    "in progress": "open",
+    "working": "open",
+    "new": "open",
+}
+BANT_SYNONYMS = {"yes": "confirmed", "true": "confirmed", "no": "not", "false": "not", "none": "unknown"}
+QUARANTINE_COLUMNS = ["table", "row", "lead_id", "reason"]
+
+
+class DataError(ValueError):
+    """Input that cannot be used at all (missing file or column, unreadable file)."""
+
+
+@dataclass
+class Quarantine:
+    """Rows set aside with their reasons, and notes on values that were cleaned."""
+
+    rows: list[pd.DataFrame] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, table: str, frame: pd.DataFrame, mask: pd.Series, reason: str | pd.Series) -> None:
+        """Quarantine the rows of `frame` selected by `mask`, with a reason each."""
+        if not mask.any():
+            return
+        picked = frame.loc[mask]
+        reasons = reason[mask] if isinstance(reason, pd.Series) else reason
+        self.rows.append(
+            pd.DataFrame(
+                {
+                    "table": table,
+                    "row": picked["_row"].to_numpy(),
+                    "lead_id": picked["lead_id"].to_numpy() if "lead_id" in picked else None,
+                    "reason": reasons,
+                }
+            )
+        )
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    def frame(self) -> pd.DataFrame:
+        if not self.rows:
+            return pd.DataFrame(columns=QUARANTINE_COLUMNS)
+        return pd.concat(self.rows, ignore_index=True)
+
+    def counts(self) -> dict[str, int]:
+        """How many rows were quarantined, by table and reason kind."""
+        frame = self.frame()
+        if frame.empty:
+            return {}
+        kind = frame["reason"].str.split(":").str[0]
+        return (frame.groupby([frame["table"], kind]).size()).rename(lambda k: k).to_dict()
+
+
+@dataclass
+class CrmData:
+    """A cleaned CRM export, ready for feature building."""
+
+    leads: pd.DataFrame
+    activities: pd.DataFrame
+    outcomes: pd.DataFrame
+    export_end: pd.Timestamp
+    quarantine: Quarantine
+    data_hash: str
+    source: str
+
+
+def read_csv_table(path: Path, required: Iterable[str], *, sep: str = ",") -> pd.DataFrame:
+    """Read a CSV as text columns; check the required columns are there.
+
+    Raises:
+        DataError: the file is missing or unreadable, or lacks a required column.
+    """
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep, encoding="utf-8")
+    except UnicodeDecodeError:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep, encoding="latin-1")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
+        raise DataError(f"{path}: cannot read as CSV ({exc})") from exc
+    frame.columns = [str(c).strip() for c in frame.columns]
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{path.name}: missing required column(s) {', '.join(missing)}; "
+            f"found {', '.join(frame.columns[:20])}"
+        )
+    frame.insert(0, "_row", np.arange(1, len(frame) + 1))
+    return frame
+
+
+def hash_files(paths: Iterable[Path]) -> str:
+    """SHA-256 over the bytes of the input files, in order."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _clean_leads(raw: pd.DataFrame, quarantine: Quarantine, missing_tokens: Iterable[str]) -> pd.DataFrame:
+    leads = raw.copy()
+    leads["lead_id"] = blank_to_missing(leads["lead_id"], ())
+    quarantine.add("leads", leads, leads["lead_id"].isna(), "missing lead_id")
+    leads = leads[leads["lead_id"].notna()]
+
+    content = [c for c in leads.columns if c != "_row"]
+    identical_repeat = leads.duplicated(content, keep="first")
+    quarantine.add("leads", leads, identical_repeat, "duplicate row: same lead_id and values as an earlier row")
+    leads = leads[~identical_repeat]
+    conflicting = leads.duplicated("lead_id", keep=False)
+    quarantine.add(
+        "leads", leads, conflicting, "conflicting duplicate lead_id: rows disagree, none is used"
+    )
+    leads = leads[~conflicting]
+
+    created, failed = parse_timestamps(leads["created_at"])
+    quarantine.add(
+        "leads", leads, failed | created.isna(), "created_at missing or not a date: " + leads["created_at"].astype(str)
+    )
+    leads = leads.assign(created_at=created)[created.notna()]
+
+    for column in LEAD_CATEGORICAL:
+        if column in leads:
+            leads[column] = canonical_spelling(blank_to_missing(leads[column], missing_tokens))
+    for column in BANT_FIELDS:
+        if column in leads:
+            folded = leads[column].map(
+                lambda v: "unknown" if is_missing(v) else BANT_SYNONYMS.get(v.casefold(), v.casefold())
+            )
+            odd = ~folded.isin(BANT_VALUES)
+            if odd.any():
+                quarantine.note(f"leads.{column}: {int(odd.sum())} value(s) not in {BANT_VALUES} read as unknown")
+            leads[column] = folded.where(~odd, "unknown")
+    for column in LEAD_NUMERIC:
+        if column in leads:
+            values, failed = parse_number(blank_to_missing(leads[column], missing_tokens))
+            if failed.any():
+                rows = ", ".join(map(str, leads.loc[failed, "_row"].head(5)))
+                quarantine.note(f"leads.{column}: {int(failed.sum())} value(s) not a number read as missing (rows {rows})")
+            leads[column] = values
+    if "do_not_contact" in leads:
+        values, failed = parse_bool(blank_to_missing(leads["do_not_contact"], missing_tokens))
+        if failed.any():
+            quarantine.note(f"leads.do_not_contact: {int(failed.sum())} value(s) not yes/no read as missing")
+        leads["do_not_contact"] = values
+    for column in ("tech_stack", "email"):
+        if column in leads:
+            leads[column] = blank_to_missing(leads[column], missing_tokens)
+    return leads.reset_index(drop=True)
+
+
+def _clean_activities(raw: pd.DataFrame, known_leads: pd.Index, quarantine: Quarantine) -> pd.DataFrame:
+    acts = raw.copy()
+    acts["lead_id"] = blank_to_missing(acts["lead_id"], ())
+    unknown = ~acts["lead_id"].isin(known_leads)
+    quarantine.add("activities", acts, unknown, "unknown lead_id (no usable row in leads)")
+    acts = acts[~unknown]
+    occurred, failed = parse_timestamps(acts["occurred_at"])
+    quarantine.add(
+        "activities", acts, failed | occurred.isna(), "occurred_at missing or not a date: " + acts["occurred_at"].astype(str)
+    )
+    acts = acts.assign(occurred_at=occurred)[occurred.notna()]
+    kind = snake_case(acts["activity_type"])
+    quarantine.add("activities", acts, kind.isna(), "missing activity_type")
+    acts = acts.assign(activity_type=kind)[kind.notna()]
+    other = ~acts["activity_type"].isin(ACTIVITY_TYPES)
+    if other.any():
+        names = acts.loc[other, "activity_type"].value_counts().head(5)
+        quarantine.note(
+            f"activities: {int(other.sum())} row(s) of types outside the contract counted as "
+            f"'{OTHER_ACTIVITY}' ({', '.join(names.index)})"
+        )
+        acts.loc[other, "activity_type"] = OTHER_ACTIVITY
+    if "value" in acts:
+        acts["value"], _ = parse_number(blank_to_missing(acts["value"], ("",)))
+    else:
+        acts["value"] = np.nan
+    return acts[["_row", "lead_id", "occurred_at", "activity_type", "value"]].reset_index(drop=True)
+
+
+def _clean_outcomes(raw: pd.DataFrame, leads: pd.DataFrame, quarantine: Quarantine) -> pd.DataFrame:
+    out = raw.copy()
+    out["lead_id"] = blank_to_missing(out["lead_id"], ())
+    unknown = ~out["lead_id"].isin(leads["lead_id"])
+    quarantine.add("outcomes", out, unknown, "unknown lead_id (no usable row in leads)")
+    out = out[~unknown]
+    status = out["status"].map(lambda v: STATUS_SYNONYMS.get(str(v).strip().casefold()))
+    quarantine.add(
+        "outcomes", out, status.isna(), "status not one of converted/lost/open: " + out["status"].astype(str)
+    )
+    out = out.assign(status=status)[status.notna()]
+    if "closed_at" not in out:
+        out["closed_at"] = ""
+    closed_at, failed = parse_timestamps(out["closed_at"])
+    closed = out["status"] != "open"
+    bad = closed & closed_at.isna()
+    quarantine.add("outcomes", out, bad, "closed lead without a valid closed_at: " + out["closed_at"].astype(str))
+    out = out.assign(closed_at=closed_at.where(closed))[~bad]
+    repeated = out.duplicated("lead_id", keep=False)
+    quarantine.add("outcomes", out, repeated, "more than one outcome row for this lead_id")
+    out = out[~repeated]
+    created = leads.set_index("lead_id")["created_at"]
+    before = out["closed_at"].notna() & (out["closed_at"] < out["lead_id"].map(created))
+    quarantine.add("outcomes", out, before, "closed_at is before the lead's created_at")
+    out = out[~before]
+    missing = ~leads["lead_id"].isin(out["lead_id"])
+    if missing.any():
+        quarantine.note(f"outcomes: {int(missing.sum())} lead(s) without an outcome row taken as open")
+        extra = pd.DataFrame({"lead_id": leads.loc[missing, "lead_id"], "status": "open", "closed_at": pd.NaT})
+        out = pd.concat([out[["lead_id", "status", "closed_at"]], extra], ignore_index=True)
+    return out[["lead_id", "status", "closed_at"]].reset_index(drop=True)
+
+
+def load_crm(directory: str | Path, missing_tokens: Iterable[str] = ("",)) -> CrmData:
+    """Load a CRM export directory holding leads.csv, activities.csv and outcomes.csv.
+
+    Bad rows are quarantined with a reason each (see `CrmData.quarantine`), never
+    dropped silently.
+
+    Raises:
+        DataError: a file is missing or unreadable, or lacks a required column.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"{directory}: not a directory with {', '.join(TABLE_FILES.values())}")
+    paths = {name: directory / file for name, file in TABLE_FILES.items()}
+    quarantine = Quarantine()
+    raw_leads = read_csv_table(paths["leads"], LEAD_REQUIRED)
+    raw_acts = read_csv_table(paths["activities"], ACTIVITY_REQUIRED)
+    raw_outcomes = read_csv_table(paths["outcomes"], OUTCOME_REQUIRED)
+
+    leads = _clean_leads(raw_leads, quarantine, missing_tokens)
+    outcomes = _clean_outcomes(raw_outcomes, leads, quarantine)
+    activities = _clean_activities(raw_acts, pd.Index(leads["lead_id"]), quarantine)
+    moments = [leads["created_at"].max(), activities["occurred_at"].max(), outcomes["closed_at"].max()]
+    last = max(m for m in moments if pd.notna(m))
+    return CrmData(
+        leads=leads.drop(columns="_row"),
+        activities=activities.drop(columns="_row"),
+        outcomes=outcomes,
+        export_end=last.ceil("D"),
+        quarantine=quarantine,
+        data_hash=hash_files(paths.values()),
+        source=str(directory),
+    )

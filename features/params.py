@@ -1,0 +1,154 @@
+"""Load params.yaml into one frozen, validated object."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PARAMS_ENV = "LEADSCORE_PARAMS"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataParams(_Frozen):
+    embedded_leads: int = Field(gt=0)
+    embedded_seed: int
+    embedded_start: str
+    embedded_months: int = Field(gt=0)
+    min_positive: int = Field(ge=1)
+    min_negative: int = Field(ge=1)
+
+
+class IcpParams(_Frozen):
+    industries: tuple[str, ...]
+    min_employees: float
+    max_employees: float
+    seniorities: tuple[str, ...]
+    departments: tuple[str, ...]
+    countries: tuple[str, ...]
+
+
+class FeatureParams(_Frozen):
+    snapshot_days: int = Field(gt=0)
+    horizon_days: int = Field(gt=0)
+    windows_days: tuple[int, ...]
+    decay_half_life_days: float = Field(gt=0)
+    engagement_weights: dict[str, float]
+    tech_stack_top_k: int = Field(ge=0)
+    icp: IcpParams
+
+
+class FlatParams(_Frozen):
+    missing_tokens: tuple[str, ...]
+    max_category_share: float = Field(gt=0, le=1)
+    max_category_levels: int = Field(gt=1)
+
+
+class LeakageParams(_Frozen):
+    max_single_column_auc: float = Field(gt=0.5, le=1)
+    action: Literal["exclude", "warn"]
+
+
+class SplitParams(_Frozen):
+    test_days: int = Field(gt=0)
+    valid_days: int = Field(gt=0)
+    test_share: float = Field(gt=0, lt=0.5)
+    valid_share: float = Field(gt=0, lt=0.5)
+    seed: int
+
+
+class TuningParams(_Frozen):
+    trials: int = Field(ge=1)
+    timeout_seconds: float = Field(gt=0)
+    seed: int
+    early_stopping_rounds: int = Field(ge=1)
+    max_boost_rounds: int = Field(ge=10)
+    search_space: dict[str, tuple[float, float]]
+
+
+class CalibrationParams(_Frozen):
+    methods: tuple[Literal["isotonic", "sigmoid"], ...]
+    cv_folds: int = Field(ge=2)
+    ece_bins: int = Field(ge=2)
+
+
+class GateParams(_Frozen):
+    min_test_roc_auc: float
+    max_test_ece: float
+    max_auc_drop_vs_champion: float
+    min_auc_gain_vs_baseline: float
+
+
+class MlflowParams(_Frozen):
+    experiment: str
+    model_name: str
+    shap_sample: int = Field(ge=10)
+
+
+class Params(_Frozen):
+    data: DataParams
+    features: FeatureParams
+    flat: FlatParams
+    leakage: LeakageParams
+    split: SplitParams
+    tuning: TuningParams
+    calibration: CalibrationParams
+    gates: GateParams
+    grades: dict[str, float]
+    mlflow: MlflowParams
+
+    @model_validator(mode="after")
+    def _grades_descend(self) -> Params:
+        bounds = list(self.grades.values())
+        if bounds != sorted(bounds, reverse=True) or len(set(bounds)) != len(bounds):
+            raise ValueError("grades: lower bounds must be listed best first, strictly falling")
+        return self
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing or invalid."""
+
+
+def default_params_path() -> Path:
+    """The params file in use: $LEADSCORE_PARAMS, else the project's params.yaml."""
+    return Path(os.environ.get(PARAMS_ENV, PROJECT_ROOT / "params.yaml"))
+
+
+def load_params(path: str | Path | None = None, **overrides: object) -> Params:
+    """Read and validate a params file.
+
+    Args:
+        path: YAML file; defaults to `default_params_path()`.
+        **overrides: dotted keys with replacement values, e.g. ``{"tuning.trials": 5}``.
+
+    Returns:
+        The frozen parameters.
+
+    Raises:
+        ParamsError: the file cannot be read or a value is invalid (names the key).
+    """
+    path = Path(path) if path else default_params_path()
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ParamsError(f"cannot read params file {path}: {exc}") from exc
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ParamsError(f"invalid params file {path}: {problems}") from exc

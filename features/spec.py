@@ -1,0 +1,75 @@
+"""The feature spec: which columns the model takes, their types and category levels.
+
+Learned on training data, saved in the model bundle, and applied unchanged at scoring
+time, so training, batch scoring and the service see identical inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+FeatureGroup = Literal["fit", "engagement"]
+
+
+class FeatureSpec(BaseModel):
+    """Columns in model order, their kind, category levels and the settings that made them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["crm", "flat"]
+    columns: list[str]
+    categories: dict[str, list[str]]
+    groups: dict[str, FeatureGroup]
+    settings: dict[str, Any]
+
+    @property
+    def numeric(self) -> list[str]:
+        return [c for c in self.columns if c not in self.categories]
+
+
+def learn_spec(
+    features: pd.DataFrame,
+    *,
+    kind: Literal["crm", "flat"],
+    groups: dict[str, FeatureGroup],
+    settings: dict[str, Any],
+    exclude: tuple[str, ...] = (),
+) -> FeatureSpec:
+    """Learn the spec from training features: text columns become categories."""
+    columns = [c for c in features.columns if c not in exclude]
+    categories = {}
+    for column in columns:
+        if not pd.api.types.is_numeric_dtype(features[column]):
+            levels = features[column].dropna().astype(str).unique().tolist()
+            categories[column] = sorted(levels)
+    return FeatureSpec(
+        kind=kind,
+        columns=columns,
+        categories=categories,
+        groups={c: groups.get(c, "fit") for c in columns},
+        settings=settings,
+    )
+
+
+def to_model_frame(features: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+    """Cast features to the spec: model column order, floats, the trained category levels.
+
+    Columns the spec lacks are ignored; columns it needs but the input lacks are missing.
+    Unknown category values become missing (the model treats missing as a value).
+    """
+    out = {}
+    n = len(features)
+    for column in spec.columns:
+        values = features[column] if column in features else pd.Series([np.nan] * n, index=features.index)
+        levels = spec.categories.get(column)
+        if levels is None:
+            out[column] = pd.to_numeric(values, errors="coerce").astype("float64")
+        else:
+            text = values.astype("object").where(values.notna(), None).map(lambda v: v if v is None else str(v))
+            known = text.where(text.isin(levels), None)
+            out[column] = pd.Categorical(known, categories=levels)
+    return pd.DataFrame(out, index=features.index)
