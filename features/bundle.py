@@ -1,0 +1,84 @@
+"""The model bundle registered in MLflow: feature spec, LightGBM booster, calibrator and
+metadata, behind one pyfunc model that takes feature rows and returns probabilities."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+from features.calibration import Calibrator
+from features.spec import FeatureSpec, to_model_frame
+
+ARTIFACTS = {
+    "booster": "booster.txt",
+    "spec": "spec.json",
+    "calibrator": "calibrator.json",
+    "metadata": "metadata.json",
+}
+
+
+def score_from_probability(probability: np.ndarray) -> np.ndarray:
+    """The 0-100 score: the calibrated probability in percent, one decimal."""
+    return np.round(100.0 * np.asarray(probability), 1)
+
+
+def grade_of(score: np.ndarray, bands: dict[str, float]) -> np.ndarray:
+    """Grade letter of each score from lower bounds listed best first."""
+    score = np.asarray(score)
+    grades = np.full(score.shape, list(bands)[-1], dtype=object)
+    for letter, bound in reversed(list(bands.items())):
+        grades[score >= bound] = letter
+    return grades
+
+
+class LeadScorer:
+    """Everything scoring needs, loaded from bundle files."""
+
+    def __init__(self, booster: lgb.Booster, spec: FeatureSpec, calibrator: Calibrator, metadata: dict[str, Any]):
+        self.booster = booster
+        self.spec = spec
+        self.calibrator = calibrator
+        self.metadata = metadata
+
+    @classmethod
+    def from_files(cls, files: dict[str, str | Path]) -> LeadScorer:
+        booster = lgb.Booster(model_file=str(files["booster"]))
+        spec = FeatureSpec.model_validate_json(Path(files["spec"]).read_text(encoding="utf-8"))
+        calibrator = Calibrator.from_dict(json.loads(Path(files["calibrator"]).read_text(encoding="utf-8")))
+        metadata = json.loads(Path(files["metadata"]).read_text(encoding="utf-8"))
+        return cls(booster, spec, calibrator, metadata)
+
+    def margin(self, features: pd.DataFrame) -> np.ndarray:
+        """Raw log-odds of the booster for feature rows (cast to the spec first)."""
+        return self.booster.predict(to_model_frame(features, self.spec), raw_score=True)
+
+    def predict_proba(self, features: pd.DataFrame) -> np.ndarray:
+        return self.calibrator.apply(self.margin(features))
+
+
+class LeadScorerModel(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc wrapper: feature rows (text and numbers) in, probability and score out."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        self.scorer = LeadScorer.from_files(context.artifacts)
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        probability = self.scorer.predict_proba(model_input)
+        return pd.DataFrame({"probability": probability, "score": score_from_probability(probability)})
+
+
+def write_bundle_files(directory: Path, booster: lgb.Booster, spec: FeatureSpec, calibrator: Calibrator, metadata: dict) -> dict[str, str]:
+    """Write the bundle's files; returns the artifact map for `mlflow.pyfunc.log_model`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {key: directory / name for key, name in ARTIFACTS.items()}
+    booster.save_model(str(paths["booster"]))
+    paths["spec"].write_text(spec.model_dump_json(indent=2), encoding="utf-8")
+    paths["calibrator"].write_text(json.dumps(calibrator.to_dict()), encoding="utf-8")
+    paths["metadata"].write_text(json.dumps(metadata, indent=2, default=str), encoding="utf-8")
+    return {key: str(path) for key, path in paths.items()}

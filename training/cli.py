@@ -1,0 +1,211 @@
+"""The `leadscore` command: thin wrappers that parse arguments and call the pipeline."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from features.flat import FlatProfile, load_profile
+from features.ingest import DataError
+from features.params import ParamsError, load_params
+from features.synthetic import generate_crm, write_crm
+
+app = typer.Typer(help="Predictive lead scoring: generate data, train, register.", no_args_is_help=True, add_completion=False)
+console = Console()
+err = Console(stderr=True)
+
+
+class RichReporter:
+    """Renders pipeline progress: a line per stage, a bar over the Optuna trials."""
+
+    def __init__(self) -> None:
+        self._progress: Progress | None = None
+        self._task: Any = None
+        self._started = time.perf_counter()
+
+    def stage(self, text: str) -> None:
+        console.print(f"[dim]{time.perf_counter() - self._started:6.1f}s[/dim] [bold]{text}[/bold]")
+
+    def note(self, text: str) -> None:
+        console.print(f"        {text}")
+
+    def warn(self, text: str) -> None:
+        console.print(f"        [yellow]! {text}[/yellow]")
+
+    def trials_started(self, total: int) -> None:
+        self._progress = Progress(
+            TextColumn("        trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[best]}"),
+            TimeElapsedColumn(), console=console, transient=False,
+        )  # fmt: skip
+        self._progress.start()
+        self._task = self._progress.add_task("tuning", total=total, best="")
+
+    def trial_done(self, number: int, state: str, best: float | None) -> None:
+        if self._progress is not None:
+            shown = f"best valid AUC {best:.4f}" if best is not None else ""
+            self._progress.update(self._task, advance=1, best=shown)
+
+    def trials_finished(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def _fail(message: str) -> None:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code=2)
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("mlflow", "alembic", "optuna", "lightgbm", "urllib3", "git"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write leads.csv, activities.csv, outcomes.csv, truth.csv")],
+    leads: Annotated[int, typer.Option("--leads", min=1, help="How many leads to create")] = 50_000,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same files)")] = 7,
+    start: Annotated[str, typer.Option("--start", help="First day of the period (YYYY-MM-DD)")] = "2024-11-01",
+    months: Annotated[int, typer.Option("--months", min=2, help="Length of the period in 30-day months")] = 24,
+) -> None:
+    """Generate a synthetic CRM export in the raw data contract, with known truth."""
+    started = time.perf_counter()
+    with console.status(f"Simulating {leads:,} leads over {months} months"):
+        try:
+            crm = generate_crm(leads, seed, start, months)
+        except ValueError as exc:
+            _fail(str(exc))
+        paths = write_crm(crm, out)
+    table = Table(title=f"Synthetic CRM export in {out} ({time.perf_counter() - started:.1f} s)")
+    table.add_column("file")
+    table.add_column("rows", justify="right")
+    for name, frame in (("leads", crm.leads), ("activities", crm.activities), ("outcomes", crm.outcomes), ("truth", crm.truth)):
+        table.add_row(paths[name].name, f"{len(frame):,}")
+    console.print(table)
+    status = crm.outcomes["status"].value_counts()
+    console.print("outcomes: " + ", ".join(f"{k} {v:,}" for k, v in status.items()))
+
+
+def _profile(data: Path, label: str | None, positive: str | None, id_column: str | None, drop: str | None, sep: str, time_column: str | None, profile: Path | None) -> FlatProfile:
+    flags = {"label": label, "positive": positive, "id": id_column, "drop": [d.strip() for d in drop.split(",") if d.strip()] if drop else None, "sep": sep if sep != "," else None, "time": time_column}
+    if profile:
+        return load_profile(profile, **flags)
+    if not label:
+        _fail(f"{data} is a single CSV file: say which column is the outcome with --label (or give --profile)")
+    return FlatProfile(**{k: v for k, v in flags.items() if v is not None})
+
+
+def _summary(metrics: dict[str, Any]) -> None:
+    test = metrics["test"]
+    table = Table(title=f"Test period: {metrics['data']['examples']['test']:,} examples, {test['positives']:,} converted")
+    for col in ("model", "ROC AUC", "PR AUC", "log loss", "Brier", "ECE"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    table.add_row("tuned LightGBM, calibrated", f"{test['roc_auc']:.4f}", f"{test['pr_auc']:.4f}", f"{test['log_loss']:.4f}", f"{test['brier']:.4f}", f"{test['ece']:.4f}")
+    for name, values in metrics["baselines"].items():
+        table.add_row(f"baseline: {name.replace('_', ' ')}", f"{values['roc_auc']:.4f}", "", "", "", "")
+    if metrics.get("bayes"):
+        table.add_row("best possible (Bayes, from truth.csv)", f"{metrics['bayes']['roc_auc']:.4f}", "", "", "", "")
+    console.print(table)
+
+    grades = Table(title="Conversion by grade on the test period")
+    for col in ("grade", "share of leads", "conversion"):
+        grades.add_column(col, justify="right")
+    for letter, row in metrics["grades"].items():
+        conv = "" if row["conversion"] is None else f"{row['conversion']:.1%}"
+        grades.add_row(letter, f"{row['share']:.1%}", conv)
+    console.print(grades)
+
+    gates = Table(title="Registration gates")
+    gates.add_column("gate")
+    gates.add_column("result")
+    gates.add_column("detail")
+    for gate in metrics["gates"]:
+        gates.add_row(gate["name"], "[green]pass[/green]" if gate["passed"] else "[red]fail[/red]", gate["detail"])
+    console.print(gates)
+    model = metrics["model"]
+    if metrics["promoted"]:
+        console.print(f"[green]Registered {model['name']} version {model['version']} as @champion[/green]" + (f" (version {model['previous_champion']} is now @previous)" if model["previous_champion"] else ""))
+    else:
+        console.print(f"[yellow]Registered {model['name']} version {model['version']}; not promoted: a gate failed, @champion unchanged[/yellow]")
+
+
+@app.command()
+def train(
+    data: Annotated[Path | None, typer.Option("--data", help="CRM export folder (leads/activities/outcomes CSV) or one flat CSV; default: the embedded dataset")] = None,
+    trials: Annotated[int | None, typer.Option("--trials", min=1, help="Optuna trials (default from params.yaml)")] = None,
+    metrics_out: Annotated[Path | None, typer.Option("--metrics-out", help="Write the metrics as JSON to this file")] = None,
+    label: Annotated[str | None, typer.Option("--label", help="Flat CSV: the outcome column")] = None,
+    positive: Annotated[str | None, typer.Option("--positive", help="Flat CSV: the label value that means converted")] = None,
+    id_column: Annotated[str | None, typer.Option("--id", help="Flat CSV: the lead id column")] = None,
+    drop: Annotated[str | None, typer.Option("--drop", help="Flat CSV: comma-separated columns to leave out")] = None,
+    sep: Annotated[str, typer.Option("--sep", help="Flat CSV: field separator")] = ",",
+    time_column: Annotated[str | None, typer.Option("--time", help="Flat CSV: a timestamp column to split by time")] = None,
+    profile: Annotated[Path | None, typer.Option("--profile", help="Flat CSV: a YAML file with the settings above")] = None,
+    params_file: Annotated[Path | None, typer.Option("--params", help="params.yaml to use")] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", min=1, help="Tuning time budget in seconds (default from params.yaml)")] = None,
+    model_name: Annotated[str | None, typer.Option("--model-name", help="Registered model name (default from params.yaml)")] = None,
+) -> None:
+    """Build features, split by time, tune, train, calibrate, evaluate and register."""
+    from training.pipeline import ensure_embedded_data, prepare_crm, prepare_flat, train_and_register
+
+    _quiet_libraries()
+    overrides: dict[str, Any] = {}
+    if trials:
+        overrides["tuning.trials"] = trials
+    if timeout:
+        overrides["tuning.timeout_seconds"] = timeout
+    reporter = RichReporter()
+    try:
+        params = load_params(params_file, **overrides)
+        if data is None:
+            source = ensure_embedded_data(params, reporter)
+            reporter.stage(f"Loading the embedded dataset ({source})")
+            dataset = prepare_crm(source, params, reporter)
+        elif data.is_dir():
+            if label:
+                _fail("--label is for a flat CSV file; a folder is read as leads/activities/outcomes")
+            reporter.stage(f"Loading CRM export {data}")
+            dataset = prepare_crm(data, params, reporter)
+        elif data.exists():
+            flat_profile = _profile(data, label, positive, id_column, drop, sep, time_column, profile)
+            reporter.stage(f"Loading flat CSV {data}")
+            dataset = prepare_flat(data, flat_profile, params)
+        else:
+            _fail(f"{data}: no such file or folder")
+        quarantined = dataset.quarantine.frame()
+        reporter.note(f"{len(dataset.features):,} examples, {len(dataset.features.columns)} candidate features; split {dataset.split.description}")
+        if not quarantined.empty:
+            kinds = quarantined["reason"].str.split(":").str[0]
+            for (table_name, reason), count in quarantined.groupby([quarantined["table"], kinds]).size().items():
+                reporter.warn(f"quarantined {count:,} {table_name} row(s): {reason}")
+        for note in dataset.quarantine.notes:
+            reporter.note(note)
+        metrics = train_and_register(dataset, params, reporter, model_name=model_name)
+    except (DataError, ParamsError) as exc:
+        _fail(str(exc))
+    if metrics["data"]["quarantine_file"]:
+        reporter.note(f"quarantine: {metrics['data']['quarantine_file']}")
+    _summary(metrics)
+    if metrics_out:
+        metrics_out.parent.mkdir(parents=True, exist_ok=True)
+        metrics_out.write_text(json.dumps(metrics, indent=2, default=str))
+        console.print(f"metrics written to {metrics_out}")
+
+
+if __name__ == "__main__":
+    app()

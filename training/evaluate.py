@@ -1,0 +1,71 @@
+"""Evaluate: ranking, probability and business metrics of scores against outcomes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+
+from features.bundle import grade_of, score_from_probability
+
+
+def expected_calibration_error(label: np.ndarray, probability: np.ndarray, bins: int = 10) -> float:
+    """Mean gap between predicted and observed rates over equal-width probability bins,
+    weighted by how many examples each bin holds."""
+    label = np.asarray(label, dtype=float)
+    probability = np.asarray(probability, dtype=float)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(probability, edges[1:-1]), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        in_bin = which == b
+        if in_bin.any():
+            total += in_bin.sum() * abs(probability[in_bin].mean() - label[in_bin].mean())
+    return float(total / len(label))
+
+
+def lift_by_decile(label: np.ndarray, probability: np.ndarray) -> pd.DataFrame:
+    """Conversion rate and lift per score decile, best decile first (1 = top 10%)."""
+    frame = pd.DataFrame({"y": label, "p": probability})
+    ranks = frame["p"].rank(method="first", ascending=False)
+    frame["decile"] = np.ceil(ranks / len(frame) * 10).clip(1, 10).astype(int)
+    table = frame.groupby("decile").agg(leads=("y", "size"), conversions=("y", "sum"), rate=("y", "mean"), mean_probability=("p", "mean"))
+    table["lift"] = table["rate"] / frame["y"].mean() if frame["y"].mean() > 0 else np.nan
+    return table.reset_index()
+
+
+def conversion_by_grade(label: np.ndarray, probability: np.ndarray, bands: dict[str, float]) -> dict[str, dict[str, float]]:
+    grades = grade_of(score_from_probability(probability), bands)
+    out = {}
+    for letter in bands:
+        mask = grades == letter
+        out[letter] = {
+            "share": float(mask.mean()),
+            "leads": int(mask.sum()),
+            "conversion": float(np.asarray(label)[mask].mean()) if mask.any() else None,
+        }
+    return out
+
+
+def classification_metrics(label: np.ndarray, probability: np.ndarray, ece_bins: int = 10) -> dict[str, float]:
+    label = np.asarray(label)
+    probability = np.clip(np.asarray(probability, dtype=float), 1e-6, 1 - 1e-6)
+    lift = lift_by_decile(label, probability)
+    return {
+        "roc_auc": float(roc_auc_score(label, probability)),
+        "pr_auc": float(average_precision_score(label, probability)),
+        "log_loss": float(log_loss(label, probability, labels=[0, 1])),
+        "brier": float(brier_score_loss(label, probability)),
+        "ece": expected_calibration_error(label, probability, ece_bins),
+        "lift_top_decile": float(lift.loc[0, "lift"]),
+        "n": int(len(label)),
+        "positives": int(label.sum()),
+        "base_rate": float(label.mean()),
+        "mean_probability": float(probability.mean()),
+    }
+
+
+def calibration_table(label: np.ndarray, probability: np.ndarray, bins: int = 10) -> pd.DataFrame:
+    observed, predicted = calibration_curve(label, probability, n_bins=bins, strategy="quantile")
+    return pd.DataFrame({"predicted": predicted, "observed": observed})

@@ -1,0 +1,400 @@
+"""The training run: data -> features -> split -> tune -> train -> calibrate -> evaluate ->
+register, tracked in one MLflow parent run with a nested run per Optuna trial."""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import optuna
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+from features.build import build_crm_features, crm_feature_groups
+from features.bundle import write_bundle_files
+from features.fit import learn_tech_vocabulary
+from features.flat import FlatProfile, flat_feature_groups, load_flat
+from features.ingest import DataError, Quarantine, load_crm
+from features.leakage import audit_leakage
+from features.params import PROJECT_ROOT, Params
+from features.schema import TRUTH_FILE
+from features.spec import learn_spec, to_model_frame
+from features.synthetic import generate_crm, write_crm
+from features.tracking import MODELS_DIR, artifact_root, tracking_uri
+from training.baselines import fit_baselines
+from training.calibrate import choose_calibrator
+from training.evaluate import classification_metrics, conversion_by_grade, lift_by_decile
+from training.examples import build_examples
+from training.plots import evaluation_plots, shap_summary_plot
+from training.register import champion_auc, check_gates, describe_version, log_bundle, promote
+from training.split import SplitReport, split_by_time, split_stratified
+from training.train import fit_final
+from training.tune import tune
+
+logger = logging.getLogger(__name__)
+EMBEDDED_DIR = MODELS_DIR / "embedded"
+
+
+class Reporter:
+    """Progress of a training run; the CLI renders it with rich, tests stay quiet."""
+
+    def stage(self, text: str) -> None:
+        logger.info(text)
+
+    def note(self, text: str) -> None:
+        logger.info(text)
+
+    def warn(self, text: str) -> None:
+        logger.warning(text)
+
+    def trials_started(self, total: int) -> None:
+        pass
+
+    def trial_done(self, number: int, state: str, best: float | None) -> None:
+        pass
+
+    def trials_finished(self) -> None:
+        pass
+
+
+@dataclass
+class Dataset:
+    """Examples ready for the model: raw features, labels, keys and how they were split."""
+
+    kind: str
+    features: pd.DataFrame
+    label: pd.Series
+    keys: pd.DataFrame
+    split: SplitReport
+    groups: dict[str, str]
+    settings: dict[str, Any]
+    quarantine: Quarantine
+    data_hash: str
+    source: str
+    truth: pd.Series | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def ensure_embedded_data(params: Params, reporter: Reporter) -> Path:
+    """The embedded dataset, generated on first use from the seed in params.yaml."""
+    wanted = {
+        "leads": params.data.embedded_leads,
+        "seed": params.data.embedded_seed,
+        "start": params.data.embedded_start,
+        "months": params.data.embedded_months,
+    }
+    manifest = EMBEDDED_DIR / "manifest.json"
+    if manifest.is_file() and json.loads(manifest.read_text()) == wanted:
+        return EMBEDDED_DIR
+    reporter.stage(f"Generating the embedded dataset ({wanted['leads']:,} leads, seed {wanted['seed']})")
+    crm = generate_crm(wanted["leads"], wanted["seed"], wanted["start"], wanted["months"])
+    write_crm(crm, EMBEDDED_DIR)
+    manifest.write_text(json.dumps(wanted))
+    return EMBEDDED_DIR
+
+
+def prepare_crm(directory: Path, params: Params, reporter: Reporter) -> Dataset:
+    """Load a CRM export, build (lead, T) examples and their point-in-time features."""
+    started = time.perf_counter()
+    crm = load_crm(directory, params.flat.missing_tokens)
+    loaded = time.perf_counter()
+    examples = build_examples(crm.leads, crm.outcomes, crm.export_end, params.features)
+    if examples.empty:
+        raise DataError(
+            f"{directory}: no training examples: the data spans less than one snapshot "
+            f"({params.features.snapshot_days} days) plus the horizon ({params.features.horizon_days} days)"
+        )
+    split = split_by_time(examples, params.split, params.features.horizon_days)
+    train_leads = crm.leads[crm.leads["lead_id"].isin(examples.loc[split.assignment == "train", "lead_id"])]
+    vocabulary = learn_tech_vocabulary(train_leads, params.features.tech_stack_top_k)
+    rows = crm.leads.set_index("lead_id").loc[examples["lead_id"]].reset_index()
+    features = build_crm_features(rows, crm.activities, examples["as_of"], params.features, vocabulary)
+    built = time.perf_counter()
+    truth = None
+    truth_path = Path(directory) / TRUTH_FILE
+    if truth_path.is_file():
+        table = pd.read_csv(truth_path, parse_dates=["as_of"])
+        keyed = examples[["lead_id", "as_of"]].merge(table, on=["lead_id", "as_of"], how="left")
+        truth = keyed["probability"]
+    settings = {
+        "tech_vocabulary": vocabulary,
+        "features": params.features.model_dump(mode="json"),
+        "missing_tokens": list(params.flat.missing_tokens),
+    }
+    return Dataset(
+        kind="crm",
+        features=features,
+        label=examples["label"],
+        keys=examples[["lead_id", "as_of"]],
+        split=split,
+        groups=crm_feature_groups(list(features.columns)),
+        settings=settings,
+        quarantine=crm.quarantine,
+        data_hash=crm.data_hash,
+        source=str(directory),
+        truth=truth,
+        timings={"load_seconds": loaded - started, "features_seconds": built - loaded},
+    )
+
+
+def prepare_flat(path: Path, profile: FlatProfile, params: Params) -> Dataset:
+    """Load a flat export (one row per lead) and split it by time or stratified."""
+    started = time.perf_counter()
+    flat = load_flat(path, profile, params.flat)
+    if flat.times is not None:
+        examples = pd.DataFrame({"lead_id": flat.ids, "as_of": flat.times})
+        split = split_by_time(examples, params.split, horizon_days=0)
+    else:
+        split = split_stratified(flat.label, params.split)
+    keys = pd.DataFrame({"lead_id": flat.ids})
+    return Dataset(
+        kind="flat",
+        features=flat.features,
+        label=flat.label,
+        keys=keys,
+        split=split,
+        groups=flat_feature_groups(list(flat.features.columns)),
+        settings={"flat": flat.schema, "missing_tokens": list(params.flat.missing_tokens)},
+        quarantine=flat.quarantine,
+        data_hash=flat.data_hash,
+        source=str(path),
+        timings={"load_seconds": time.perf_counter() - started, "features_seconds": 0.0},
+    )
+
+
+def check_class_counts(label: pd.Series, params: Params) -> None:
+    positives, negatives = int(label.sum()), int((label == 0).sum())
+    if positives < params.data.min_positive or negatives < params.data.min_negative:
+        raise DataError(
+            f"too few examples to train: {positives} converted and {negatives} lost "
+            f"(at least {params.data.min_positive} and {params.data.min_negative} are needed)"
+        )
+
+
+def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    with mlflow.start_run(run_name=f"trial-{trial.number:03d}", nested=True):
+        mlflow.log_params(trial.params)
+        mlflow.set_tag("state", trial.state.name)
+        if trial.value is not None:
+            mlflow.log_metric("valid_roc_auc", trial.value)
+        if "best_iteration" in trial.user_attrs:
+            mlflow.log_metric("best_iteration", trial.user_attrs["best_iteration"])
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, float]) -> None:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), inner, out)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and value is not None and np.isfinite(value):
+        out[prefix] = float(value)
+
+
+def train_and_register(
+    dataset: Dataset,
+    params: Params,
+    reporter: Reporter | None = None,
+    *,
+    model_name: str | None = None,
+    quarantine_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Tune, train, calibrate, evaluate and register a model on a prepared dataset.
+
+    Returns:
+        The metrics document (also logged to MLflow): test metrics, baselines, Bayes AUC
+        (synthetic data), leakage audit, model name and version, gates, promotion.
+    """
+    reporter = reporter or Reporter()
+    model_name = model_name or params.mlflow.model_name
+    timings = dict(dataset.timings)
+    memory = {"features_mb": peak_memory_mb()}
+    part = dataset.split.assignment
+    check_class_counts(dataset.label[part != ""], params)
+    for name in ("train", "valid", "test"):
+        subset = dataset.label[part == name]
+        if subset.nunique() < 2:
+            raise DataError(f"the {name} split has only one class ({len(subset)} examples); more data or other split settings are needed")
+
+    reporter.stage("Auditing columns for label leakage")
+    train_mask = (part == "train").to_numpy()
+    audit = audit_leakage(dataset.features[train_mask], dataset.label[train_mask], params.leakage.max_single_column_auc, seed=params.split.seed)
+    flagged = audit.loc[audit["flagged"], "column"].tolist()
+    for _, row in audit[audit["flagged"]].iterrows():
+        action = "left out of the model" if params.leakage.action == "exclude" else "kept (leakage.action: warn)"
+        reporter.warn(f"Leakage: {row['column']!r} alone gives ROC AUC {row['auc']:.3f}; {action}")
+    excluded = tuple(flagged) if params.leakage.action == "exclude" else ()
+
+    spec = learn_spec(
+        dataset.features[train_mask], kind=dataset.kind, groups=dataset.groups, settings=dataset.settings, exclude=excluded
+    )
+    frames = {name: to_model_frame(dataset.features[(part == name).to_numpy()], spec) for name in ("train", "valid", "test")}
+    labels = {name: dataset.label[(part == name).to_numpy()].to_numpy() for name in ("train", "valid", "test")}
+
+    mlflow.set_tracking_uri(tracking_uri())
+    if mlflow.get_experiment_by_name(params.mlflow.experiment) is None:
+        mlflow.create_experiment(params.mlflow.experiment, artifact_location=artifact_root())
+    mlflow.set_experiment(params.mlflow.experiment)
+    with mlflow.start_run(run_name=f"train-{dataset.kind}") as run:
+        mlflow.set_tags({"data.source": dataset.source, "data.hash": dataset.data_hash, "git.commit": git_commit(), "data.kind": dataset.kind})
+        mlflow.log_params({f"tuning.{k}": v for k, v in params.tuning.model_dump().items() if k != "search_space"})
+        mlflow.log_params({"split": dataset.split.description[:490], "leakage.excluded": ",".join(excluded)[:490] or "none"})
+
+        reporter.stage(f"Tuning LightGBM ({params.tuning.trials} trials at most, {params.tuning.timeout_seconds:.0f} s budget)")
+        reporter.trials_started(params.tuning.trials)
+        started = time.perf_counter()
+
+        def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            _log_trial(study, trial)
+            best = study.best_value if any(t.value is not None for t in study.trials) else None
+            reporter.trial_done(trial.number, trial.state.name, best)
+
+        tuning = tune(frames["train"], labels["train"], frames["valid"], labels["valid"], params.tuning, on_trial=on_trial)
+        reporter.trials_finished()
+        timings["tuning_seconds"] = time.perf_counter() - started
+        memory["tuning_mb"] = peak_memory_mb()
+
+        reporter.stage("Training the final model and calibrating on validation")
+        started = time.perf_counter()
+        booster = fit_final(frames["train"], labels["train"], tuning.best_params, n_estimators=tuning.best_iteration, seed=params.tuning.seed)
+        calibrator, calibration_scores = choose_calibrator(booster.predict(frames["valid"], raw_score=True), labels["valid"], params.calibration, seed=params.split.seed)
+        timings["train_seconds"] = time.perf_counter() - started
+
+        reporter.stage("Evaluating on the test period, with baselines on the same split")
+        started = time.perf_counter()
+        test_probability = calibrator.apply(booster.predict(frames["test"], raw_score=True))
+        valid_probability = calibrator.apply(booster.predict(frames["valid"], raw_score=True))
+        test_metrics = classification_metrics(labels["test"], test_probability, params.calibration.ece_bins)
+        baseline_probs = fit_baselines(frames["train"], labels["train"], frames["test"], list(spec.categories), params.split.seed)
+        baselines = {name: {"roc_auc": float(roc_auc_score(labels["test"], p))} for name, p in baseline_probs.items()}
+        best_baseline = max(b["roc_auc"] for b in baselines.values())
+        bayes = None
+        if dataset.truth is not None:
+            truth = dataset.truth[(part == "test").to_numpy()].to_numpy()
+            known = ~np.isnan(truth)
+            if known.any():
+                bayes = {"roc_auc": float(roc_auc_score(labels["test"][known], truth[known])), "coverage": float(known.mean())}
+        timings["evaluate_seconds"] = time.perf_counter() - started
+        memory["evaluate_mb"] = peak_memory_mb()
+
+        test_raw = dataset.features[(part == "test").to_numpy()]
+        champion = champion_auc(model_name, dataset.kind, test_raw, labels["test"])
+        gates = check_gates(params.gates, test_metrics, best_baseline, champion)
+        passed = all(g.passed for g in gates)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp_path = Path(tmp)
+            reporter.stage("Logging charts, the model bundle and the registry entry to MLflow")
+            plots = evaluation_plots(labels["test"], test_probability, baseline_probs, tmp_path / "plots")
+            sample = frames["test"].sample(min(params.mlflow.shap_sample, len(frames["test"])), random_state=0)
+            plots.append(shap_summary_plot(booster, sample, tmp_path / "plots"))
+            mlflow.log_artifacts(str(tmp_path / "plots"), artifact_path="plots")
+            lift = lift_by_decile(labels["test"], test_probability)
+            lift.to_csv(tmp_path / "lift_by_decile.csv", index=False)
+            mlflow.log_artifact(str(tmp_path / "lift_by_decile.csv"))
+            audit.to_csv(tmp_path / "leakage_audit.csv", index=False)
+            mlflow.log_artifact(str(tmp_path / "leakage_audit.csv"))
+            quarantine = dataset.quarantine.frame()
+            quarantine_path = None
+            if not quarantine.empty:
+                target = quarantine_dir or (MODELS_DIR / "quarantine")
+                target.mkdir(parents=True, exist_ok=True)
+                quarantine_path = target / f"quarantine-{run.info.run_id}.csv"
+                quarantine.to_csv(quarantine_path, index=False)
+                mlflow.log_artifact(str(quarantine_path))
+
+            windows = dataset.split.windows
+            metadata = {
+                "model_name": model_name,
+                "kind": dataset.kind,
+                "trained_at": pd.Timestamp.now(tz="UTC").isoformat(),
+                "training_window": windows.get("train"),
+                "validation_window": windows.get("valid"),
+                "test_window": windows.get("test"),
+                "split": dataset.split.description,
+                "data_source": dataset.source,
+                "data_hash": dataset.data_hash,
+                "git_commit": git_commit(),
+                "run_id": run.info.run_id,
+                "test_metrics": test_metrics,
+                "calibration": calibrator.method,
+                "grade_bands": params.grades,
+                "base_value": float(np.mean(booster.predict(frames["train"], raw_score=True))),
+                "leakage_excluded": list(excluded),
+            }
+            artifacts = write_bundle_files(tmp_path / "bundle", booster, spec, calibrator, metadata)
+            example = dataset.features[(part == "test").to_numpy()][spec.columns].head(5).reset_index(drop=True)
+            example = example.astype({c: "float64" for c in spec.numeric})
+            output = pd.DataFrame({"probability": test_probability[:5], "score": np.round(100 * test_probability[:5], 1)})
+            version = log_bundle(artifacts, example, output, model_name)
+
+        previous = promote(model_name, version) if passed else None
+        describe_version(model_name, version, {"kind": dataset.kind, "test_roc_auc": f"{test_metrics['roc_auc']:.4f}", "data_hash": dataset.data_hash[:16]})
+        metrics: dict[str, Any] = {
+            "test": test_metrics,
+            "valid": classification_metrics(labels["valid"], valid_probability, params.calibration.ece_bins),
+            "baselines": baselines,
+            "bayes": bayes,
+            "leakage": {
+                "flagged": flagged,
+                "action": params.leakage.action,
+                "threshold": params.leakage.max_single_column_auc,
+                "top": audit.head(10).to_dict(orient="records"),
+            },
+            "model": {"name": model_name, "version": version, "run_id": run.info.run_id, "previous_champion": previous},
+            "promoted": passed,
+            "gates": [g.__dict__ for g in gates],
+            "calibration": {"method": calibrator.method, "cv_log_loss": calibration_scores},
+            "tuning": {
+                "trials": tuning.trials,
+                "pruned": tuning.pruned,
+                "best_valid_auc": tuning.best_valid_auc,
+                "best_iteration": tuning.best_iteration,
+                "best_params": tuning.best_params,
+            },
+            "grades": conversion_by_grade(labels["test"], test_probability, params.grades),
+            "data": {
+                "source": dataset.source,
+                "kind": dataset.kind,
+                "hash": dataset.data_hash,
+                "split": dataset.split.description,
+                "windows": windows,
+                "examples": {name: int(len(labels[name])) for name in labels},
+                "positives": {name: int(labels[name].sum()) for name in labels},
+                "features": len(spec.columns),
+                "quarantined_rows": int(len(quarantine)),
+                "quarantine_file": str(quarantine_path) if quarantine_path else None,
+                "notes": dataset.quarantine.notes,
+            },
+            "timings": timings,
+            "peak_memory_mb": {**memory, "end_mb": peak_memory_mb()},
+        }
+        flat_metrics: dict[str, float] = {}
+        _flatten("", {k: metrics[k] for k in ("test", "valid", "baselines", "bayes", "timings") if metrics[k]}, flat_metrics)
+        mlflow.log_metrics(flat_metrics)
+        mlflow.log_dict(metrics, "metrics.json")
+        mlflow.set_tag("promoted", str(passed))
+    return metrics

@@ -1,0 +1,73 @@
+"""Evaluation charts saved as PNG: ROC, precision-recall, calibration, lift, SHAP summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import lightgbm as lgb  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import shap  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+from training.evaluate import calibration_table, lift_by_decile  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def evaluation_plots(label: np.ndarray, probability: np.ndarray, baselines: dict[str, np.ndarray], out: Path) -> list[Path]:
+    """ROC and precision-recall (model and baselines), calibration curve, lift by decile."""
+    out.mkdir(parents=True, exist_ok=True)
+    curves = {"tuned LightGBM (calibrated)": probability, **baselines}
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, p in curves.items():
+        fpr, tpr, _ = roc_curve(label, p)
+        ax.plot(fpr, tpr, label=name)
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC on the test period")
+    ax.legend(loc="lower right", fontsize=8)
+    paths = [_save(fig, out / "roc.png")]
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, p in curves.items():
+        precision, recall, _ = precision_recall_curve(label, p)
+        ax.plot(recall, precision, label=name)
+    ax.axhline(np.mean(label), color="k", ls=":", lw=1)
+    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall on the test period")
+    ax.legend(loc="upper right", fontsize=8)
+    paths.append(_save(fig, out / "precision_recall.png"))
+
+    table = calibration_table(label, probability)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    top = max(table["predicted"].max(), table["observed"].max()) * 1.05
+    ax.plot([0, top], [0, top], "k:", lw=1)
+    ax.plot(table["predicted"], table["observed"], "o-")
+    ax.set(xlabel="predicted probability", ylabel="observed conversion rate", title="Calibration (deciles)")
+    paths.append(_save(fig, out / "calibration.png"))
+
+    lift = lift_by_decile(label, probability)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar(lift["decile"], lift["lift"])
+    ax.axhline(1, color="k", ls=":", lw=1)
+    ax.set(xlabel="score decile (1 = top 10%)", ylabel="lift over base rate", title="Lift by decile")
+    paths.append(_save(fig, out / "lift.png"))
+    return paths
+
+
+def shap_summary_plot(booster: lgb.Booster, x: pd.DataFrame, out: Path) -> Path:
+    """SHAP beeswarm of the booster on a sample of rows (log-odds contributions)."""
+    contributions = booster.predict(x, pred_contrib=True)[:, :-1]
+    shown = x.apply(lambda col: col.cat.codes.where(col.notna()) if isinstance(col.dtype, pd.CategoricalDtype) else col)
+    shap.summary_plot(contributions, shown.astype(float), feature_names=list(x.columns), show=False, max_display=20)
+    fig = plt.gcf()
+    fig.set_size_inches(8, 7)
+    return _save(fig, out / "shap_summary.png")

@@ -1,0 +1,95 @@
+"""Tune LightGBM with Optuna: TPE sampling, pruning on the early-stopping rounds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import lightgbm as lgb
+import optuna
+import pandas as pd
+from optuna_integration import LightGBMPruningCallback
+
+from features.params import TuningParams
+from training.train import build_model
+
+LOG_SCALE = frozenset({"learning_rate", "lambda_l2"})
+INTEGER = frozenset({"num_leaves", "min_child_samples", "max_depth"})
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    best_params: dict[str, Any]
+    best_iteration: int
+    best_valid_auc: float
+    trials: int
+    pruned: int
+    study: optuna.Study
+
+
+def suggest(trial: optuna.Trial, space: dict[str, tuple[float, float]]) -> dict[str, Any]:
+    """Hyper-parameters for one trial from the search space in params.yaml."""
+    chosen: dict[str, Any] = {}
+    for name, (low, high) in space.items():
+        if name in INTEGER:
+            chosen[name] = trial.suggest_int(name, int(low), int(high))
+        else:
+            chosen[name] = trial.suggest_float(name, low, high, log=name in LOG_SCALE)
+    return chosen
+
+
+def tune(
+    x_train: pd.DataFrame,
+    y_train: pd.Series,
+    x_valid: pd.DataFrame,
+    y_valid: pd.Series,
+    params: TuningParams,
+    *,
+    on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+) -> TuningResult:
+    """Search hyper-parameters by validation ROC AUC.
+
+    Each trial trains with early stopping on the validation set; Optuna's median pruner
+    stops trials whose validation AUC trails the others at the same boosting round.
+    """
+
+    def objective(trial: optuna.Trial) -> float:
+        hyper = suggest(trial, params.search_space)
+        model = build_model(hyper, n_estimators=params.max_boost_rounds, seed=params.seed)
+        model.fit(
+            x_train,
+            y_train,
+            eval_set=[(x_valid, y_valid)],
+            callbacks=[
+                lgb.early_stopping(params.early_stopping_rounds, verbose=False),
+                LightGBMPruningCallback(trial, "auc", valid_name="valid_0"),
+            ],
+        )
+        trial.set_user_attr("best_iteration", int(model.best_iteration_ or params.max_boost_rounds))
+        return float(model.best_score_["valid_0"]["auc"])
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=params.seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=30, interval_steps=10),
+    )
+    study.optimize(
+        objective,
+        n_trials=params.trials,
+        timeout=params.timeout_seconds,
+        callbacks=[on_trial] if on_trial else None,
+    )
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        raise RuntimeError("no tuning trial completed; raise tuning.timeout_seconds")
+    best = study.best_trial
+    return TuningResult(
+        best_params=dict(best.params),
+        best_iteration=int(best.user_attrs["best_iteration"]),
+        best_valid_auc=float(best.value),
+        trials=len(study.trials),
+        pruned=sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+        study=study,
+    )
