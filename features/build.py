@@ -45,9 +45,7 @@ def build_crm_features(
         half_life_days=params.decay_half_life_days,
         weights=params.engagement_weights,
     )
-    engagement["activities_per_30d"] = (
-        engagement["n_activities_total"] / fit["lead_age_days"].clip(lower=1.0) * 30.0
-    )
+    engagement["activities_per_30d"] = engagement["n_activities_total"] / fit["lead_age_days"].clip(lower=1.0) * 30.0
     return pd.concat([fit, engagement], axis=1)
 
 
@@ -58,6 +56,5 @@ _FIT_EXCEPTIONS = ("n_technologies",)
 def crm_feature_groups(columns: Sequence[str]) -> dict[str, FeatureGroup]:
     """Which sub-score each CRM feature feeds: fit (who the lead is) or engagement (what it did)."""
     return {
-        c: "engagement" if c.startswith(_ENGAGEMENT_PREFIXES) and c not in _FIT_EXCEPTIONS else "fit"
-        for c in columns
+        c: "engagement" if c.startswith(_ENGAGEMENT_PREFIXES) and c not in _FIT_EXCEPTIONS else "fit" for c in columns
     }

@@ -40,7 +40,13 @@ def grade_of(score: np.ndarray, bands: dict[str, float]) -> np.ndarray:
 class LeadScorer:
     """Everything scoring needs, loaded from bundle files."""
 
-    def __init__(self, booster: lgb.Booster, spec: FeatureSpec, calibrator: Calibrator, metadata: dict[str, Any]):
+    def __init__(
+        self,
+        booster: lgb.Booster,
+        spec: FeatureSpec,
+        calibrator: Calibrator,
+        metadata: dict[str, Any],
+    ):
         self.booster = booster
         self.spec = spec
         self.calibrator = calibrator
@@ -73,7 +79,9 @@ class LeadScorerModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"probability": probability, "score": score_from_probability(probability)})
 
 
-def write_bundle_files(directory: Path, booster: lgb.Booster, spec: FeatureSpec, calibrator: Calibrator, metadata: dict) -> dict[str, str]:
+def write_bundle_files(
+    directory: Path, booster: lgb.Booster, spec: FeatureSpec, calibrator: Calibrator, metadata: dict
+) -> dict[str, str]:
     """Write the bundle's files; returns the artifact map for `mlflow.pyfunc.log_model`."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = {key: directory / name for key, name in ARTIFACTS.items()}

@@ -124,5 +124,5 @@ def parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
 
 
 def snake_case(values: pd.Series) -> pd.Series:
-    """"Email Open", "email-open" and " EMAIL_OPEN" all become "email_open"."""
+    """ "Email Open", "email-open" and " EMAIL_OPEN" all become "email_open"."""
     return _map_unique(values, lambda v: re.sub(r"[\s\-/]+", "_", str(v).strip().casefold()) or None)

@@ -77,7 +77,7 @@ def engagement_features(
     as_of_seconds = _seconds(pd.Series(as_of).reset_index(drop=True))
     if len(as_of_seconds) == 1 and len(lead_ids) > 1:
         as_of_seconds = np.repeat(as_of_seconds, len(lead_ids))
-    codes_all, uniques = pd.factorize(pd.concat([lead_ids, activities["lead_id"]], ignore_index=True))
+    codes_all, _ = pd.factorize(pd.concat([lead_ids, activities["lead_id"]], ignore_index=True))
     codes_all = codes_all.astype("int64")
     example_codes = codes_all[: len(lead_ids)]
     act_codes = codes_all[len(lead_ids) :]
@@ -104,14 +104,19 @@ def engagement_features(
         timeline = _Timeline(act_codes[mask], act_seconds[mask])
         for w in windows_days:
             columns[f"n_{kind}_{w}d"] = timeline.count_between(example_codes, window_seconds[w], as_of_seconds)
-        columns[f"n_{kind}_total"] = timeline.count_between(
-            example_codes, np.zeros_like(as_of_seconds), as_of_seconds
-        )
+        columns[f"n_{kind}_total"] = timeline.count_between(example_codes, np.zeros_like(as_of_seconds), as_of_seconds)
         if kind in INTENT_TYPES:
             columns[f"days_since_{kind}"] = timeline.days_since_last(example_codes, as_of_seconds)
 
     columns["engagement_decayed"] = _decayed_score(
-        everything, act_types, example_codes, as_of_seconds, lead_start, upto, half_life_days, weights
+        everything,
+        act_types,
+        example_codes,
+        as_of_seconds,
+        lead_start,
+        upto,
+        half_life_days,
+        weights,
     )
     frame = pd.DataFrame(columns)
     return frame.astype("float64")

@@ -24,9 +24,7 @@ _TECH_SPLIT = re.compile(r"\s*[;,|]\s*")
 
 def split_tech_stack(values: pd.Series) -> pd.Series:
     """Lists of technologies from "A; B|C" style cells (missing -> empty list)."""
-    return values.map(
-        lambda v: [] if v is None or pd.isna(v) else [t for t in _TECH_SPLIT.split(str(v)) if t]
-    )
+    return values.map(lambda v: [] if v is None or pd.isna(v) else [t for t in _TECH_SPLIT.split(str(v)) if t])
 
 
 def learn_tech_vocabulary(leads: pd.DataFrame, top_k: int) -> list[str]:
@@ -80,7 +78,9 @@ def fit_features(
     if "employees" in leads and "annual_revenue" in leads:
         out["revenue_per_employee"] = leads["annual_revenue"] / leads["employees"].where(leads["employees"] > 0)
     if "email" in leads:
-        domain = leads["email"].map(lambda v: None if v is None or "@" not in str(v) else str(v).rsplit("@", 1)[1].casefold())
+        domain = leads["email"].map(
+            lambda v: None if v is None or "@" not in str(v) else str(v).rsplit("@", 1)[1].casefold()
+        )
         out["business_email"] = domain.map(lambda d: np.nan if d is None else float(d not in FREE_MAIL_DOMAINS))
     if "do_not_contact" in leads:
         out["do_not_contact"] = leads["do_not_contact"].astype("float64")
@@ -91,9 +91,11 @@ def fit_features(
         for tech in tech_vocabulary:
             name = "uses_" + re.sub(r"\W+", "_", tech).strip("_")
             out[name] = stacks.map(lambda s, t=tech: float(t in s)).where(known)
-    out["bant_confirmed"] = sum(
-        (leads[c] == "confirmed").astype(float) for c in BANT_FIELDS if c in leads
-    ) if any(c in leads for c in BANT_FIELDS) else pd.Series(np.nan, index=leads.index)
+    out["bant_confirmed"] = (
+        sum((leads[c] == "confirmed").astype(float) for c in BANT_FIELDS if c in leads)
+        if any(c in leads for c in BANT_FIELDS)
+        else pd.Series(np.nan, index=leads.index)
+    )
     out["icp_match"] = _icp_match(leads, icp)
     as_of = pd.Series(as_of).reset_index(drop=True)
     if len(as_of) == 1 and len(leads) > 1:

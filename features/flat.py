@@ -101,9 +101,13 @@ def _label(values: pd.Series, column: str, positive: str | None) -> pd.Series:
     if positive is not None:
         match = [c for c in classes if str(c).casefold() == str(positive).casefold()]
         if not match:
-            raise DataError(f"label column {column!r}: positive value {positive!r} not found; values are {classes[:10]}")
+            raise DataError(
+                f"label column {column!r}: positive value {positive!r} not found; values are {classes[:10]}"
+            )
         if len(classes) != 2:
-            raise DataError(f"label column {column!r} has {len(classes)} classes {classes[:10]}; a binary label is needed")
+            raise DataError(
+                f"label column {column!r} has {len(classes)} classes {classes[:10]}; a binary label is needed"
+            )
         return (values == match[0]).astype("float64").where(values.notna())
     if len(classes) != 2:
         raise DataError(
@@ -175,19 +179,24 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams) -> Fla
     quarantine = Quarantine()
     if encoding != "utf-8-sig":
         quarantine.note(f"{path.name}: not UTF-8, read as {encoding}")
-    named = [profile.label, *([profile.id] if profile.id else []), *profile.drop, *([profile.time] if profile.time else [])]
+    named = [
+        profile.label,
+        *([profile.id] if profile.id else []),
+        *profile.drop,
+        *([profile.time] if profile.time else []),
+    ]
     unknown = [c for c in named if c not in raw.columns]
     if unknown:
-        raise DataError(f"{path.name}: no column(s) {', '.join(map(repr, unknown))}; columns are {', '.join(raw.columns)}")
+        raise DataError(
+            f"{path.name}: no column(s) {', '.join(map(repr, unknown))}; columns are {', '.join(raw.columns)}"
+        )
     if len(raw.columns) == 1 and profile.sep == ",":
         raise DataError(f"{path.name}: only one column found; is the separator ';' or a tab? (use --sep)")
     raw.insert(0, "_row", np.arange(1, len(raw) + 1))
 
     label_text = blank_to_missing(raw[profile.label], params.missing_tokens)
     label = _label(label_text, profile.label, profile.positive)
-    raw["lead_id"] = (
-        blank_to_missing(raw[profile.id], ()) if profile.id else raw["_row"].astype(str)
-    )
+    raw["lead_id"] = blank_to_missing(raw[profile.id], ()) if profile.id else raw["_row"].astype(str)
     quarantine.add("flat", raw, label.isna(), f"label {profile.label!r} missing")
     keep = label.notna()
     if profile.id:
@@ -198,11 +207,17 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams) -> Fla
         keep &= ~repeated
     times = None
     if profile.time:
-        times, failed = parse_timestamps(raw[profile.time])
+        times, _ = parse_timestamps(raw[profile.time])
         quarantine.add("flat", raw, keep & times.isna(), f"time column {profile.time!r} missing or not a date")
         keep &= times.notna()
 
-    roles = {profile.label, *profile.drop, *([profile.time] if profile.time else []), "_row", "lead_id"}
+    roles = {
+        profile.label,
+        *profile.drop,
+        *([profile.time] if profile.time else []),
+        "_row",
+        "lead_id",
+    }
     if profile.id:
         roles.add(profile.id)
     columns: dict[str, str] = {}
@@ -229,7 +244,11 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams) -> Fla
     if profile.drop:
         quarantine.note(f"columns dropped as asked: {', '.join(profile.drop)}")
 
-    schema = {"columns": columns, "missing_tokens": list(params.missing_tokens), "label": profile.label}
+    schema = {
+        "columns": columns,
+        "missing_tokens": list(params.missing_tokens),
+        "label": profile.label,
+    }
     kept = raw.loc[keep]
     features, notes = clean_flat_columns(kept, schema)
     for note in notes:

@@ -47,7 +47,13 @@ STATUS_SYNONYMS = {
     "working": "open",
     "new": "open",
 }
-BANT_SYNONYMS = {"yes": "confirmed", "true": "confirmed", "no": "not", "false": "not", "none": "unknown"}
+BANT_SYNONYMS = {
+    "yes": "confirmed",
+    "true": "confirmed",
+    "no": "not",
+    "false": "not",
+    "none": "unknown",
+}
 QUARANTINE_COLUMNS = ["table", "row", "lead_id", "reason"]
 
 
@@ -127,8 +133,7 @@ def read_csv_table(path: Path, required: Iterable[str], *, sep: str = ",") -> pd
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise DataError(
-            f"{path.name}: missing required column(s) {', '.join(missing)}; "
-            f"found {', '.join(frame.columns[:20])}"
+            f"{path.name}: missing required column(s) {', '.join(missing)}; found {', '.join(frame.columns[:20])}"
         )
     frame.insert(0, "_row", np.arange(1, len(frame) + 1))
     return frame
@@ -155,14 +160,15 @@ def _clean_leads(raw: pd.DataFrame, quarantine: Quarantine, missing_tokens: Iter
     quarantine.add("leads", leads, identical_repeat, "duplicate row: same lead_id and values as an earlier row")
     leads = leads[~identical_repeat]
     conflicting = leads.duplicated("lead_id", keep=False)
-    quarantine.add(
-        "leads", leads, conflicting, "conflicting duplicate lead_id: rows disagree, none is used"
-    )
+    quarantine.add("leads", leads, conflicting, "conflicting duplicate lead_id: rows disagree, none is used")
     leads = leads[~conflicting]
 
     created, failed = parse_timestamps(leads["created_at"])
     quarantine.add(
-        "leads", leads, failed | created.isna(), "created_at missing or not a date: " + leads["created_at"].astype(str)
+        "leads",
+        leads,
+        failed | created.isna(),
+        "created_at missing or not a date: " + leads["created_at"].astype(str),
     )
     leads = leads.assign(created_at=created)[created.notna()]
 
@@ -183,7 +189,9 @@ def _clean_leads(raw: pd.DataFrame, quarantine: Quarantine, missing_tokens: Iter
             values, failed = parse_number(blank_to_missing(leads[column], missing_tokens))
             if failed.any():
                 rows = ", ".join(map(str, leads.loc[failed, "_row"].head(5)))
-                quarantine.note(f"leads.{column}: {int(failed.sum())} value(s) not a number read as missing (rows {rows})")
+                quarantine.note(
+                    f"leads.{column}: {int(failed.sum())} value(s) not a number read as missing (rows {rows})"
+                )
             leads[column] = values
     if "do_not_contact" in leads:
         values, failed = parse_bool(blank_to_missing(leads["do_not_contact"], missing_tokens))
@@ -204,7 +212,10 @@ def _clean_activities(raw: pd.DataFrame, known_leads: pd.Index, quarantine: Quar
     acts = acts[~unknown]
     occurred, failed = parse_timestamps(acts["occurred_at"])
     quarantine.add(
-        "activities", acts, failed | occurred.isna(), "occurred_at missing or not a date: " + acts["occurred_at"].astype(str)
+        "activities",
+        acts,
+        failed | occurred.isna(),
+        "occurred_at missing or not a date: " + acts["occurred_at"].astype(str),
     )
     acts = acts.assign(occurred_at=occurred)[occurred.notna()]
     kind = snake_case(acts["activity_type"])
@@ -233,15 +244,23 @@ def _clean_outcomes(raw: pd.DataFrame, leads: pd.DataFrame, quarantine: Quaranti
     out = out[~unknown]
     status = out["status"].map(lambda v: STATUS_SYNONYMS.get(str(v).strip().casefold()))
     quarantine.add(
-        "outcomes", out, status.isna(), "status not one of converted/lost/open: " + out["status"].astype(str)
+        "outcomes",
+        out,
+        status.isna(),
+        "status not one of converted/lost/open: " + out["status"].astype(str),
     )
     out = out.assign(status=status)[status.notna()]
     if "closed_at" not in out:
         out["closed_at"] = ""
-    closed_at, failed = parse_timestamps(out["closed_at"])
+    closed_at, _ = parse_timestamps(out["closed_at"])
     closed = out["status"] != "open"
     bad = closed & closed_at.isna()
-    quarantine.add("outcomes", out, bad, "closed lead without a valid closed_at: " + out["closed_at"].astype(str))
+    quarantine.add(
+        "outcomes",
+        out,
+        bad,
+        "closed lead without a valid closed_at: " + out["closed_at"].astype(str),
+    )
     out = out.assign(closed_at=closed_at.where(closed))[~bad]
     repeated = out.duplicated("lead_id", keep=False)
     quarantine.add("outcomes", out, repeated, "more than one outcome row for this lead_id")
@@ -279,7 +298,11 @@ def load_crm(directory: str | Path, missing_tokens: Iterable[str] = ("",)) -> Cr
     leads = _clean_leads(raw_leads, quarantine, missing_tokens)
     outcomes = _clean_outcomes(raw_outcomes, leads, quarantine)
     activities = _clean_activities(raw_acts, pd.Index(leads["lead_id"]), quarantine)
-    moments = [leads["created_at"].max(), activities["occurred_at"].max(), outcomes["closed_at"].max()]
+    moments = [
+        leads["created_at"].max(),
+        activities["occurred_at"].max(),
+        outcomes["closed_at"].max(),
+    ]
     last = max(m for m in moments if pd.notna(m))
     return CrmData(
         leads=leads.drop(columns="_row"),

@@ -32,7 +32,9 @@ def single_column_auc(values: pd.Series, label: pd.Series, *, folds: int = 5, se
     prior = y.mean()
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for fit_idx, apply_idx in splitter.split(np.zeros(len(y)), y):
-        stats = pd.DataFrame({"v": text.iloc[fit_idx].to_numpy(), "y": y[fit_idx]}).groupby("v")["y"].agg(["sum", "count"])
+        stats = (
+            pd.DataFrame({"v": text.iloc[fit_idx].to_numpy(), "y": y[fit_idx]}).groupby("v")["y"].agg(["sum", "count"])
+        )
         rate = (stats["sum"] + _PRIOR_WEIGHT * prior) / (stats["count"] + _PRIOR_WEIGHT)
         encoded[apply_idx] = text.iloc[apply_idx].map(rate).fillna(prior).to_numpy()
     auc = roc_auc_score(y, encoded)
@@ -47,7 +49,10 @@ def audit_leakage(features: pd.DataFrame, label: pd.Series, threshold: float, se
     """
     label = label.reset_index(drop=True)
     rows = [
-        {"column": c, "auc": single_column_auc(features[c].reset_index(drop=True), label, seed=seed)}
+        {
+            "column": c,
+            "auc": single_column_auc(features[c].reset_index(drop=True), label, seed=seed),
+        }
         for c in features.columns
     ]
     table = pd.DataFrame(rows, columns=["column", "auc"]).sort_values("auc", ascending=False, ignore_index=True)

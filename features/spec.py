@@ -69,7 +69,10 @@ def to_model_frame(features: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
         if levels is None:
             out[column] = pd.to_numeric(values, errors="coerce").astype("float64")
         else:
-            text = values.astype("object").where(values.notna(), None).map(lambda v: v if v is None else str(v))
-            known = text.where(text.isin(levels), None)
+            by_fold = {level.casefold(): level for level in levels}
+            text = values.astype("object").where(values.notna(), None)
+            known = text.map(
+                lambda v, levels_by_fold=by_fold: None if v is None else levels_by_fold.get(str(v).strip().casefold())
+            )
             out[column] = pd.Categorical(known, categories=levels)
     return pd.DataFrame(out, index=features.index)

@@ -164,7 +164,21 @@ DECAY_WEIGHT = {
     "meeting": 6.0,
     "unsubscribe": -4.0,
 }
-FIRST_TOUCH = {"Webinar": "webinar", "Content Syndication": "content_download", "Event": "form_submit"}
+BLANK_SHARE = {
+    "industry": 0.05,
+    "employees": 0.08,
+    "annual_revenue": 0.15,
+    "country": 0.05,
+    "seniority": 0.06,
+    "department": 0.06,
+    "lead_source": 0.02,
+    "tech_stack": 0.1,
+}
+FIRST_TOUCH = {
+    "Webinar": "webinar",
+    "Content Syndication": "content_download",
+    "Event": "form_submit",
+}
 TYPE_INDEX = {name: i for i, name in enumerate(ACTIVITY_TYPES)}
 
 
@@ -221,12 +235,12 @@ class _World:
         self.truth_chunks: list[tuple[np.ndarray, float, np.ndarray]] = []
 
     def _year_day(self, days: np.ndarray) -> np.ndarray:
-        return (self.start.dayofyear + days) % 365.25
+        return (self.start.day_of_year + days) % 365.25
 
     def _make_leads(self) -> None:
         rng, n = self.rng, self.n
         days = np.arange(self.total_days)
-        weekday = (self.start.dayofweek + days) % 7
+        weekday = (self.start.day_of_week + days) % 7
         weight = (1 + 0.4 * days / self.total_days) * _season(self._year_day(days))
         weight = weight * np.where(weekday >= 5, 0.3, 1.0)
         chosen = rng.choice(self.total_days, size=n, p=weight / weight.sum())
@@ -243,9 +257,7 @@ class _World:
         self.employees = np.clip(np.round(np.exp(rng.normal(5.0, 1.6, n))), 1, 250_000)
         self.revenue = self.employees * np.exp(rng.normal(np.log(160_000), 0.5, n))
         size_factor = np.clip((np.log(self.employees) - 2) / 8, 0, 1)
-        self.tech = rng.random((n, len(TECHNOLOGIES))) < TECH_SHARE * (0.4 + 1.2 * size_factor)[
-            :, None
-        ]
+        self.tech = rng.random((n, len(TECHNOLOGIES))) < TECH_SHARE * (0.4 + 1.2 * size_factor)[:, None]
         free_mail_p = np.where(self.seniority == SENIORITIES.index("Student"), 0.8, 0.32 - 0.25 * size_factor)
         self.free_mail = rng.random(n) < free_mail_p
         senior = self.seniority <= SENIORITIES.index("Director")
@@ -258,15 +270,20 @@ class _World:
         self.do_not_contact = rng.random(n) < 0.03
         self.owner = rng.integers(0, len(OWNERS), n)
 
+        # Fields left blank in the CRM. Conversion depends on what the record shows (a
+        # blank field carries no effect), so truth.csv is exactly P(convert | observable).
+        self.blank = {column: rng.random(n) < share for column, share in BLANK_SHARE.items()}
+        known = {column: ~mask for column, mask in self.blank.items()}
         log_emp = np.log(self.employees)
         size_effect = 0.35 * np.exp(-(((log_emp - 6.5) / 2.2) ** 2)) - 0.15 * (log_emp < 2.5)
         fit = (
-            INDUSTRY_EFFECT[self.industry]
-            + COUNTRY_EFFECT[self.country]
-            + SENIORITY_EFFECT[self.seniority]
-            + DEPARTMENT_EFFECT[self.department]
-            + size_effect
-            + self.tech.astype(float) @ TECH_EFFECT
+            INDUSTRY_EFFECT[self.industry] * known["industry"]
+            + COUNTRY_EFFECT[self.country] * known["country"]
+            + SENIORITY_EFFECT[self.seniority] * known["seniority"]
+            + DEPARTMENT_EFFECT[self.department] * known["department"]
+            + SOURCE_EFFECT[self.source] * known["lead_source"]
+            + size_effect * known["employees"]
+            + (self.tech.astype(float) @ TECH_EFFECT) * known["tech_stack"]
             - 0.5 * self.free_mail
             - 2.2 * self.do_not_contact
         )
@@ -274,15 +291,20 @@ class _World:
             fit = fit + np.where(self.bant[field] == 0, plus, np.where(self.bant[field] == 1, minus, 0))
         self.fit = fit
         fit_z = (fit - fit.mean()) / (fit.std() + 1e-9)
+        self.fit_z = fit_z
         self.interest = rng.normal(0, 1, n) + 0.35 * fit_z
+        # Enterprise deals need senior sponsors; small companies buy from anyone.
+        enterprise = (self.employees >= 1000) & known["employees"]
+        executive = (self.seniority <= SENIORITIES.index("VP")) & known["seniority"]
+        self._size_seniority = np.where(enterprise, np.where(executive, 0.45, -0.35), 0.0)
 
     def _paid_social_effect(self, day: float) -> float:
         """Concept drift: paid social leads start decent and end poor."""
-        return 0.15 - 0.75 * day / self.total_days
+        return 0.1 - 0.5 * day / self.total_days
 
     def _webinar_weight(self, day: float) -> float:
         """Concept drift: webinar attendance matters more as the market matures."""
-        return 0.15 + 0.45 * day / self.total_days
+        return 0.2 + 0.3 * day / self.total_days
 
     def _rates(self, idx: np.ndarray, day: np.ndarray) -> np.ndarray:
         """Activity rate per day by type, for leads `idx` at `day`."""
@@ -340,20 +362,28 @@ class _World:
         last = self.last_activity_day[idx]
         recency = np.where(np.isnan(last), age, day - last)
         demo = TYPE_INDEX["demo_request"]
+        good_fit = self.fit_z[idx] > 0
+        demo_recent = last30[:, demo] > 0
+        # Buying is not additive: a demo request means most from a well-fitting lead,
+        # pricing-page visits from a business address, and recency works in steps.
         logit = (
             -4.1
             + self.fit[idx]
-            + np.where(self.source[idx] == PAID_SOCIAL, self._paid_social_effect(day), 0.0)
-            + 0.12 * np.sin(2 * np.pi * self._year_day(np.array(day)) / 365.25)
-            + 1.5 * (last30[:, demo] > 0)
-            + 0.5 * ((ever[:, demo] > 0) & (last30[:, demo] == 0))
-            + 0.35 * np.log1p(last30[:, TYPE_INDEX["pricing_page"]])
-            + 0.45 * np.log1p(np.maximum(self.decayed[idx], 0))
-            - 0.012 * np.minimum(recency, 120)
+            + np.where(
+                (self.source[idx] == PAID_SOCIAL) & ~self.blank["lead_source"][idx],
+                self._paid_social_effect(day),
+                0.0,
+            )
+            + np.where(demo_recent, np.where(good_fit, 2.0, 0.9), 0.0)
+            + 0.5 * ((ever[:, demo] > 0) & ~demo_recent)
+            + np.where(self.free_mail[idx], 0.05, 0.5) * np.log1p(last30[:, TYPE_INDEX["pricing_page"]])
+            + 0.4 * np.log1p(np.maximum(self.decayed[idx], 0))
+            + np.select([recency <= 7, recency > 45], [0.35, -0.6], 0.0)
             + 0.7 * np.minimum(last30[:, TYPE_INDEX["meeting"]], 2)
             + 0.8 * (ever[:, TYPE_INDEX["trial_signup"]] > 0)
             - 1.0 * (ever[:, TYPE_INDEX["unsubscribe"]] > 0)
             + self._webinar_weight(day) * np.log1p(last90[:, TYPE_INDEX["webinar"]])
+            + self._size_seniority[idx]
             - 0.003 * age
         )
         return logit
@@ -405,23 +435,23 @@ def _timestamps(start: pd.Timestamp, days: np.ndarray) -> np.ndarray:
     return (np.datetime64(start.to_datetime64(), "s") + seconds.astype("timedelta64[s]")).astype(str)
 
 
-def _dirty_text(rng: np.random.Generator, values: np.ndarray, *, blank: float, variant: float) -> np.ndarray:
-    """Blank some values and vary the spelling of others (case, stray spaces)."""
+def _dirty_text(rng: np.random.Generator, values: np.ndarray, blank: np.ndarray, *, variant: float) -> np.ndarray:
+    """Blank the given values (as exports do: empty, "N/A", "-", "Select") and vary the
+    spelling of some others (case, stray spaces)."""
     out = values.astype(object)
     draw = rng.random(len(out))
-    varied = draw < variant
-    out[varied & (draw < variant / 3)] = np.char.lower(values[varied & (draw < variant / 3)].astype(str))
-    upper = varied & (draw >= variant / 3) & (draw < 2 * variant / 3)
+    lower = draw < variant / 3
+    upper = (draw >= variant / 3) & (draw < 2 * variant / 3)
+    spaced = (draw >= 2 * variant / 3) & (draw < variant)
+    out[lower] = np.char.lower(values[lower].astype(str))
     out[upper] = np.char.upper(values[upper].astype(str))
-    spaced = varied & (draw >= 2 * variant / 3)
     out[spaced] = np.char.add(values[spaced].astype(str), " ")
-    blanks = (draw >= variant) & (draw < variant + blank)
     placeholder = rng.choice(np.array(["", "", "", "N/A", "-", "Select"], dtype=object), size=len(out))
-    out[blanks] = placeholder[blanks]
+    out[blank] = placeholder[blank]
     return out
 
 
-def _format_number(rng: np.random.Generator, values: np.ndarray, *, blank: float, money: bool) -> np.ndarray:
+def _format_number(rng: np.random.Generator, values: np.ndarray, blank: np.ndarray, *, money: bool) -> np.ndarray:
     draw = rng.random(len(values))
     out = np.array([f"{v:.0f}" for v in values], dtype=object)
     grouped = draw < 0.08
@@ -429,7 +459,7 @@ def _format_number(rng: np.random.Generator, values: np.ndarray, *, blank: float
     if money:
         short = (draw >= 0.08) & (draw < 0.14)
         out[short] = [f"{v / 1e6:.1f}M" for v in values[short]]
-    out[draw > 1 - blank] = ""
+    out[blank] = ""
     return out
 
 
@@ -462,9 +492,11 @@ def generate_crm(n_leads: int, seed: int, start: str = "2024-11-01", months: int
     domain = np.where(world.free_mail, rng.choice(FREE_MAIL, n), company_domain)
     local = np.char.lower(np.char.add(np.char.add(first, "."), last))
     email = np.char.add(np.char.add(local, "@"), domain)
-    phone = np.array([f"+1 555 {a:03d} {b:04d}" for a, b in zip(rng.integers(0, 1000, n), rng.integers(0, 10000, n), strict=True)])
+    phone = np.array(
+        [f"+1 555 {a:03d} {b:04d}" for a, b in zip(rng.integers(0, 1000, n), rng.integers(0, 10000, n), strict=True)]
+    )
     tech = np.array([";".join(np.array(TECHNOLOGIES)[row]) for row in world.tech], dtype=object)
-    tech[rng.random(n) < 0.1] = ""
+    tech[world.blank["tech_stack"]] = ""
     leads = pd.DataFrame(
         {
             "lead_id": lead_ids,
@@ -474,16 +506,23 @@ def generate_crm(n_leads: int, seed: int, start: str = "2024-11-01", months: int
             "email": email,
             "phone": phone,
             "company": company,
-            "industry": _dirty_text(rng, np.array(INDUSTRIES)[world.industry], blank=0.05, variant=0.04),
-            "employees": _format_number(rng, world.employees, blank=0.08, money=False),
-            "annual_revenue": _format_number(rng, world.revenue, blank=0.15, money=True),
-            "country": _dirty_text(rng, np.array(COUNTRIES)[world.country], blank=0.05, variant=0.03),
-            "seniority": _dirty_text(rng, np.array(SENIORITIES)[world.seniority], blank=0.06, variant=0.02),
-            "department": _dirty_text(rng, np.array(DEPARTMENTS)[world.department], blank=0.06, variant=0.02),
-            "lead_source": _dirty_text(rng, np.array(SOURCES)[world.source], blank=0.02, variant=0.02),
+            "industry": _dirty_text(rng, np.array(INDUSTRIES)[world.industry], world.blank["industry"], variant=0.04),
+            "employees": _format_number(rng, world.employees, world.blank["employees"], money=False),
+            "annual_revenue": _format_number(rng, world.revenue, world.blank["annual_revenue"], money=True),
+            "country": _dirty_text(rng, np.array(COUNTRIES)[world.country], world.blank["country"], variant=0.03),
+            "seniority": _dirty_text(
+                rng, np.array(SENIORITIES)[world.seniority], world.blank["seniority"], variant=0.02
+            ),
+            "department": _dirty_text(
+                rng,
+                np.array(DEPARTMENTS)[world.department],
+                world.blank["department"],
+                variant=0.02,
+            ),
+            "lead_source": _dirty_text(rng, np.array(SOURCES)[world.source], world.blank["lead_source"], variant=0.02),
             "tech_stack": tech,
             **{
-                field: _dirty_text(rng, np.array(BANT_CHOICES)[world.bant[field]], blank=0.0, variant=0.05)
+                field: _dirty_text(rng, np.array(BANT_CHOICES)[world.bant[field]], np.zeros(n, bool), variant=0.05)
                 for field in BANT_EFFECT
             },
             "do_not_contact": np.where(world.do_not_contact, "true", "false"),

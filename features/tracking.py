@@ -21,11 +21,12 @@ def tracking_uri() -> str:
 
 
 def artifact_root() -> str | None:
-    """Artifacts of the embedded store go under models/artifacts (not ./mlruns of the
-    current directory); a remote tracking server decides for itself."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return None
-    return (MODELS_DIR / "artifacts").as_uri()
+    """Artifacts of a sqlite store go in an `artifacts` folder beside the database (not
+    ./mlruns of whatever the current directory is); a tracking server decides for itself."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+    return None
 
 
 def champion_uri(model_name: str) -> str:

@@ -30,7 +30,11 @@ def logistic_regression(categorical: list[str], numeric: list[str], seed: int):
 
 
 def fit_baselines(
-    x_train: pd.DataFrame, y_train: pd.Series, x_test: pd.DataFrame, categorical: list[str], seed: int
+    x_train: pd.DataFrame,
+    y_train: pd.Series,
+    x_test: pd.DataFrame,
+    categorical: list[str],
+    seed: int,
 ) -> dict[str, np.ndarray]:
     """Fit both baselines on train; return their test probabilities by name."""
     numeric = [c for c in x_train.columns if c not in categorical]

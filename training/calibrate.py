@@ -22,7 +22,9 @@ def fit_calibrator(method: str, margin: np.ndarray, label: np.ndarray) -> Calibr
     return Calibrator("sigmoid", slope=float(platt.coef_[0, 0]), intercept=float(platt.intercept_[0]))
 
 
-def choose_calibrator(margin: np.ndarray, label: np.ndarray, params: CalibrationParams, seed: int = 0) -> tuple[Calibrator, dict[str, float]]:
+def choose_calibrator(
+    margin: np.ndarray, label: np.ndarray, params: CalibrationParams, seed: int = 0
+) -> tuple[Calibrator, dict[str, float]]:
     """Pick the method with the lowest cross-validated log loss on validation, refit on all of it.
 
     Returns:

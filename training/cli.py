@@ -20,7 +20,11 @@ from features.ingest import DataError
 from features.params import ParamsError, load_params
 from features.synthetic import generate_crm, write_crm
 
-app = typer.Typer(help="Predictive lead scoring: generate data, train, register.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Predictive lead scoring: generate data, train, register.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 console = Console()
 err = Console(stderr=True)
 
@@ -77,7 +81,10 @@ def _quiet_libraries() -> None:
 
 @app.command()
 def generate(
-    out: Annotated[Path, typer.Option("--out", help="Folder to write leads.csv, activities.csv, outcomes.csv, truth.csv")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", help="Folder to write leads.csv, activities.csv, outcomes.csv, truth.csv"),
+    ],
     leads: Annotated[int, typer.Option("--leads", min=1, help="How many leads to create")] = 50_000,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same files)")] = 7,
     start: Annotated[str, typer.Option("--start", help="First day of the period (YYYY-MM-DD)")] = "2024-11-01",
@@ -94,15 +101,36 @@ def generate(
     table = Table(title=f"Synthetic CRM export in {out} ({time.perf_counter() - started:.1f} s)")
     table.add_column("file")
     table.add_column("rows", justify="right")
-    for name, frame in (("leads", crm.leads), ("activities", crm.activities), ("outcomes", crm.outcomes), ("truth", crm.truth)):
+    for name, frame in (
+        ("leads", crm.leads),
+        ("activities", crm.activities),
+        ("outcomes", crm.outcomes),
+        ("truth", crm.truth),
+    ):
         table.add_row(paths[name].name, f"{len(frame):,}")
     console.print(table)
     status = crm.outcomes["status"].value_counts()
     console.print("outcomes: " + ", ".join(f"{k} {v:,}" for k, v in status.items()))
 
 
-def _profile(data: Path, label: str | None, positive: str | None, id_column: str | None, drop: str | None, sep: str, time_column: str | None, profile: Path | None) -> FlatProfile:
-    flags = {"label": label, "positive": positive, "id": id_column, "drop": [d.strip() for d in drop.split(",") if d.strip()] if drop else None, "sep": sep if sep != "," else None, "time": time_column}
+def _profile(
+    data: Path,
+    label: str | None,
+    positive: str | None,
+    id_column: str | None,
+    drop: str | None,
+    sep: str,
+    time_column: str | None,
+    profile: Path | None,
+) -> FlatProfile:
+    flags = {
+        "label": label,
+        "positive": positive,
+        "id": id_column,
+        "drop": [d.strip() for d in drop.split(",") if d.strip()] if drop else None,
+        "sep": sep if sep != "," else None,
+        "time": time_column,
+    }
     if profile:
         return load_profile(profile, **flags)
     if not label:
@@ -112,14 +140,30 @@ def _profile(data: Path, label: str | None, positive: str | None, id_column: str
 
 def _summary(metrics: dict[str, Any]) -> None:
     test = metrics["test"]
-    table = Table(title=f"Test period: {metrics['data']['examples']['test']:,} examples, {test['positives']:,} converted")
+    table = Table(
+        title=f"Test period: {metrics['data']['examples']['test']:,} examples, {test['positives']:,} converted"
+    )
     for col in ("model", "ROC AUC", "PR AUC", "log loss", "Brier", "ECE"):
         table.add_column(col, justify="right" if col != "model" else "left")
-    table.add_row("tuned LightGBM, calibrated", f"{test['roc_auc']:.4f}", f"{test['pr_auc']:.4f}", f"{test['log_loss']:.4f}", f"{test['brier']:.4f}", f"{test['ece']:.4f}")
+    table.add_row(
+        "tuned LightGBM, calibrated",
+        f"{test['roc_auc']:.4f}",
+        f"{test['pr_auc']:.4f}",
+        f"{test['log_loss']:.4f}",
+        f"{test['brier']:.4f}",
+        f"{test['ece']:.4f}",
+    )
     for name, values in metrics["baselines"].items():
         table.add_row(f"baseline: {name.replace('_', ' ')}", f"{values['roc_auc']:.4f}", "", "", "", "")
     if metrics.get("bayes"):
-        table.add_row("best possible (Bayes, from truth.csv)", f"{metrics['bayes']['roc_auc']:.4f}", "", "", "", "")
+        table.add_row(
+            "best possible (Bayes, from truth.csv)",
+            f"{metrics['bayes']['roc_auc']:.4f}",
+            "",
+            "",
+            "",
+            "",
+        )
     console.print(table)
 
     grades = Table(title="Conversion by grade on the test period")
@@ -135,33 +179,71 @@ def _summary(metrics: dict[str, Any]) -> None:
     gates.add_column("result")
     gates.add_column("detail")
     for gate in metrics["gates"]:
-        gates.add_row(gate["name"], "[green]pass[/green]" if gate["passed"] else "[red]fail[/red]", gate["detail"])
+        gates.add_row(
+            gate["name"],
+            "[green]pass[/green]" if gate["passed"] else "[red]fail[/red]",
+            gate["detail"],
+        )
     console.print(gates)
     model = metrics["model"]
     if metrics["promoted"]:
-        console.print(f"[green]Registered {model['name']} version {model['version']} as @champion[/green]" + (f" (version {model['previous_champion']} is now @previous)" if model["previous_champion"] else ""))
+        console.print(
+            f"[green]Registered {model['name']} version {model['version']} as @champion[/green]"
+            + (f" (version {model['previous_champion']} is now @previous)" if model["previous_champion"] else "")
+        )
     else:
-        console.print(f"[yellow]Registered {model['name']} version {model['version']}; not promoted: a gate failed, @champion unchanged[/yellow]")
+        console.print(
+            f"[yellow]Registered {model['name']} version {model['version']}; not promoted: "
+            "a gate failed, @champion unchanged[/yellow]"
+        )
 
 
 @app.command()
 def train(
-    data: Annotated[Path | None, typer.Option("--data", help="CRM export folder (leads/activities/outcomes CSV) or one flat CSV; default: the embedded dataset")] = None,
-    trials: Annotated[int | None, typer.Option("--trials", min=1, help="Optuna trials (default from params.yaml)")] = None,
-    metrics_out: Annotated[Path | None, typer.Option("--metrics-out", help="Write the metrics as JSON to this file")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="CRM export folder (leads/activities/outcomes CSV) or one flat CSV; default: the embedded dataset",
+        ),
+    ] = None,
+    trials: Annotated[
+        int | None, typer.Option("--trials", min=1, help="Optuna trials (default from params.yaml)")
+    ] = None,
+    metrics_out: Annotated[
+        Path | None, typer.Option("--metrics-out", help="Write the metrics as JSON to this file")
+    ] = None,
     label: Annotated[str | None, typer.Option("--label", help="Flat CSV: the outcome column")] = None,
-    positive: Annotated[str | None, typer.Option("--positive", help="Flat CSV: the label value that means converted")] = None,
+    positive: Annotated[
+        str | None,
+        typer.Option("--positive", help="Flat CSV: the label value that means converted"),
+    ] = None,
     id_column: Annotated[str | None, typer.Option("--id", help="Flat CSV: the lead id column")] = None,
     drop: Annotated[str | None, typer.Option("--drop", help="Flat CSV: comma-separated columns to leave out")] = None,
     sep: Annotated[str, typer.Option("--sep", help="Flat CSV: field separator")] = ",",
-    time_column: Annotated[str | None, typer.Option("--time", help="Flat CSV: a timestamp column to split by time")] = None,
-    profile: Annotated[Path | None, typer.Option("--profile", help="Flat CSV: a YAML file with the settings above")] = None,
+    time_column: Annotated[
+        str | None, typer.Option("--time", help="Flat CSV: a timestamp column to split by time")
+    ] = None,
+    profile: Annotated[
+        Path | None, typer.Option("--profile", help="Flat CSV: a YAML file with the settings above")
+    ] = None,
     params_file: Annotated[Path | None, typer.Option("--params", help="params.yaml to use")] = None,
-    timeout: Annotated[float | None, typer.Option("--timeout", min=1, help="Tuning time budget in seconds (default from params.yaml)")] = None,
-    model_name: Annotated[str | None, typer.Option("--model-name", help="Registered model name (default from params.yaml)")] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", min=1, help="Tuning time budget in seconds (default from params.yaml)"),
+    ] = None,
+    model_name: Annotated[
+        str | None,
+        typer.Option("--model-name", help="Registered model name (default from params.yaml)"),
+    ] = None,
 ) -> None:
     """Build features, split by time, tune, train, calibrate, evaluate and register."""
-    from training.pipeline import ensure_embedded_data, prepare_crm, prepare_flat, train_and_register
+    from training.pipeline import (
+        ensure_embedded_data,
+        prepare_crm,
+        prepare_flat,
+        train_and_register,
+    )
 
     _quiet_libraries()
     overrides: dict[str, Any] = {}
@@ -188,7 +270,10 @@ def train(
         else:
             _fail(f"{data}: no such file or folder")
         quarantined = dataset.quarantine.frame()
-        reporter.note(f"{len(dataset.features):,} examples, {len(dataset.features.columns)} candidate features; split {dataset.split.description}")
+        reporter.note(
+            f"{len(dataset.features):,} examples, {len(dataset.features.columns)} candidate features; "
+            f"split {dataset.split.description}"
+        )
         if not quarantined.empty:
             kinds = quarantined["reason"].str.split(":").str[0]
             for (table_name, reason), count in quarantined.groupby([quarantined["table"], kinds]).size().items():

@@ -30,12 +30,19 @@ def lift_by_decile(label: np.ndarray, probability: np.ndarray) -> pd.DataFrame:
     frame = pd.DataFrame({"y": label, "p": probability})
     ranks = frame["p"].rank(method="first", ascending=False)
     frame["decile"] = np.ceil(ranks / len(frame) * 10).clip(1, 10).astype(int)
-    table = frame.groupby("decile").agg(leads=("y", "size"), conversions=("y", "sum"), rate=("y", "mean"), mean_probability=("p", "mean"))
+    table = frame.groupby("decile").agg(
+        leads=("y", "size"),
+        conversions=("y", "sum"),
+        rate=("y", "mean"),
+        mean_probability=("p", "mean"),
+    )
     table["lift"] = table["rate"] / frame["y"].mean() if frame["y"].mean() > 0 else np.nan
     return table.reset_index()
 
 
-def conversion_by_grade(label: np.ndarray, probability: np.ndarray, bands: dict[str, float]) -> dict[str, dict[str, float]]:
+def conversion_by_grade(
+    label: np.ndarray, probability: np.ndarray, bands: dict[str, float]
+) -> dict[str, dict[str, float]]:
     grades = grade_of(score_from_probability(probability), bands)
     out = {}
     for letter in bands:
@@ -59,7 +66,7 @@ def classification_metrics(label: np.ndarray, probability: np.ndarray, ece_bins:
         "brier": float(brier_score_loss(label, probability)),
         "ece": expected_calibration_error(label, probability, ece_bins),
         "lift_top_decile": float(lift.loc[0, "lift"]),
-        "n": int(len(label)),
+        "n": len(label),
         "positives": int(label.sum()),
         "base_rate": float(label.mean()),
         "mean_probability": float(probability.mean()),

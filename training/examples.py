@@ -16,7 +16,9 @@ def snapshot_moments(first: pd.Timestamp, export_end: pd.Timestamp, params: Feat
     return pd.date_range(start, last, freq=f"{params.snapshot_days}D")
 
 
-def build_examples(leads: pd.DataFrame, outcomes: pd.DataFrame, export_end: pd.Timestamp, params: FeatureParams) -> pd.DataFrame:
+def build_examples(
+    leads: pd.DataFrame, outcomes: pd.DataFrame, export_end: pd.Timestamp, params: FeatureParams
+) -> pd.DataFrame:
     """One row per lead that is open at a snapshot T, with its label.
 
     A lead created at or after T, or closed before T, is not an example at T.
@@ -36,7 +38,21 @@ def build_examples(leads: pd.DataFrame, outcomes: pd.DataFrame, export_end: pd.T
         open_at_t = (created < t) & (np.isnat(closed) | (closed >= t))
         rows = np.flatnonzero(open_at_t)
         label = converted[rows] & (closed[rows] >= t) & (closed[rows] < t + horizon)
-        parts.append(pd.DataFrame({"lead_id": table["lead_id"].to_numpy()[rows], "as_of": moment, "label": label.astype(int)}))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "lead_id": table["lead_id"].to_numpy()[rows],
+                    "as_of": moment,
+                    "label": label.astype(int),
+                }
+            )
+        )
     if not parts:
-        return pd.DataFrame({"lead_id": pd.Series(dtype=str), "as_of": pd.Series(dtype="datetime64[ns]"), "label": pd.Series(dtype=int)})
+        return pd.DataFrame(
+            {
+                "lead_id": pd.Series(dtype=str),
+                "as_of": pd.Series(dtype="datetime64[ns]"),
+                "label": pd.Series(dtype=int),
+            }
+        )
     return pd.concat(parts, ignore_index=True)

@@ -9,7 +9,6 @@ import resource
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,7 +92,12 @@ def peak_memory_mb() -> float:
 def git_commit() -> str:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5, check=True
+            ["git", "rev-parse", "HEAD"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         )
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -237,11 +241,19 @@ def train_and_register(
     for name in ("train", "valid", "test"):
         subset = dataset.label[part == name]
         if subset.nunique() < 2:
-            raise DataError(f"the {name} split has only one class ({len(subset)} examples); more data or other split settings are needed")
+            raise DataError(
+                f"the {name} split has only one class ({len(subset)} examples); "
+                "more data or other split settings are needed"
+            )
 
     reporter.stage("Auditing columns for label leakage")
     train_mask = (part == "train").to_numpy()
-    audit = audit_leakage(dataset.features[train_mask], dataset.label[train_mask], params.leakage.max_single_column_auc, seed=params.split.seed)
+    audit = audit_leakage(
+        dataset.features[train_mask],
+        dataset.label[train_mask],
+        params.leakage.max_single_column_auc,
+        seed=params.split.seed,
+    )
     flagged = audit.loc[audit["flagged"], "column"].tolist()
     for _, row in audit[audit["flagged"]].iterrows():
         action = "left out of the model" if params.leakage.action == "exclude" else "kept (leakage.action: warn)"
@@ -249,9 +261,15 @@ def train_and_register(
     excluded = tuple(flagged) if params.leakage.action == "exclude" else ()
 
     spec = learn_spec(
-        dataset.features[train_mask], kind=dataset.kind, groups=dataset.groups, settings=dataset.settings, exclude=excluded
+        dataset.features[train_mask],
+        kind=dataset.kind,
+        groups=dataset.groups,
+        settings=dataset.settings,
+        exclude=excluded,
     )
-    frames = {name: to_model_frame(dataset.features[(part == name).to_numpy()], spec) for name in ("train", "valid", "test")}
+    frames = {
+        name: to_model_frame(dataset.features[(part == name).to_numpy()], spec) for name in ("train", "valid", "test")
+    }
     labels = {name: dataset.label[(part == name).to_numpy()].to_numpy() for name in ("train", "valid", "test")}
 
     mlflow.set_tracking_uri(tracking_uri())
@@ -259,11 +277,25 @@ def train_and_register(
         mlflow.create_experiment(params.mlflow.experiment, artifact_location=artifact_root())
     mlflow.set_experiment(params.mlflow.experiment)
     with mlflow.start_run(run_name=f"train-{dataset.kind}") as run:
-        mlflow.set_tags({"data.source": dataset.source, "data.hash": dataset.data_hash, "git.commit": git_commit(), "data.kind": dataset.kind})
+        mlflow.set_tags(
+            {
+                "data.source": dataset.source,
+                "data.hash": dataset.data_hash,
+                "git.commit": git_commit(),
+                "data.kind": dataset.kind,
+            }
+        )
         mlflow.log_params({f"tuning.{k}": v for k, v in params.tuning.model_dump().items() if k != "search_space"})
-        mlflow.log_params({"split": dataset.split.description[:490], "leakage.excluded": ",".join(excluded)[:490] or "none"})
+        mlflow.log_params(
+            {
+                "split": dataset.split.description[:490],
+                "leakage.excluded": ",".join(excluded)[:490] or "none",
+            }
+        )
 
-        reporter.stage(f"Tuning LightGBM ({params.tuning.trials} trials at most, {params.tuning.timeout_seconds:.0f} s budget)")
+        reporter.stage(
+            f"Tuning LightGBM ({params.tuning.trials} trials at most, {params.tuning.timeout_seconds:.0f} s budget)"
+        )
         reporter.trials_started(params.tuning.trials)
         started = time.perf_counter()
 
@@ -272,15 +304,33 @@ def train_and_register(
             best = study.best_value if any(t.value is not None for t in study.trials) else None
             reporter.trial_done(trial.number, trial.state.name, best)
 
-        tuning = tune(frames["train"], labels["train"], frames["valid"], labels["valid"], params.tuning, on_trial=on_trial)
+        tuning = tune(
+            frames["train"],
+            labels["train"],
+            frames["valid"],
+            labels["valid"],
+            params.tuning,
+            on_trial=on_trial,
+        )
         reporter.trials_finished()
         timings["tuning_seconds"] = time.perf_counter() - started
         memory["tuning_mb"] = peak_memory_mb()
 
         reporter.stage("Training the final model and calibrating on validation")
         started = time.perf_counter()
-        booster = fit_final(frames["train"], labels["train"], tuning.best_params, n_estimators=tuning.best_iteration, seed=params.tuning.seed)
-        calibrator, calibration_scores = choose_calibrator(booster.predict(frames["valid"], raw_score=True), labels["valid"], params.calibration, seed=params.split.seed)
+        booster = fit_final(
+            frames["train"],
+            labels["train"],
+            tuning.best_params,
+            n_estimators=tuning.best_iteration,
+            seed=params.tuning.seed,
+        )
+        calibrator, calibration_scores = choose_calibrator(
+            booster.predict(frames["valid"], raw_score=True),
+            labels["valid"],
+            params.calibration,
+            seed=params.split.seed,
+        )
         timings["train_seconds"] = time.perf_counter() - started
 
         reporter.stage("Evaluating on the test period, with baselines on the same split")
@@ -288,7 +338,13 @@ def train_and_register(
         test_probability = calibrator.apply(booster.predict(frames["test"], raw_score=True))
         valid_probability = calibrator.apply(booster.predict(frames["valid"], raw_score=True))
         test_metrics = classification_metrics(labels["test"], test_probability, params.calibration.ece_bins)
-        baseline_probs = fit_baselines(frames["train"], labels["train"], frames["test"], list(spec.categories), params.split.seed)
+        baseline_probs = fit_baselines(
+            frames["train"],
+            labels["train"],
+            frames["test"],
+            list(spec.categories),
+            params.split.seed,
+        )
         baselines = {name: {"roc_auc": float(roc_auc_score(labels["test"], p))} for name, p in baseline_probs.items()}
         best_baseline = max(b["roc_auc"] for b in baselines.values())
         bayes = None
@@ -296,7 +352,10 @@ def train_and_register(
             truth = dataset.truth[(part == "test").to_numpy()].to_numpy()
             known = ~np.isnan(truth)
             if known.any():
-                bayes = {"roc_auc": float(roc_auc_score(labels["test"][known], truth[known])), "coverage": float(known.mean())}
+                bayes = {
+                    "roc_auc": float(roc_auc_score(labels["test"][known], truth[known])),
+                    "coverage": float(known.mean()),
+                }
         timings["evaluate_seconds"] = time.perf_counter() - started
         memory["evaluate_mb"] = peak_memory_mb()
 
@@ -348,11 +407,24 @@ def train_and_register(
             artifacts = write_bundle_files(tmp_path / "bundle", booster, spec, calibrator, metadata)
             example = dataset.features[(part == "test").to_numpy()][spec.columns].head(5).reset_index(drop=True)
             example = example.astype({c: "float64" for c in spec.numeric})
-            output = pd.DataFrame({"probability": test_probability[:5], "score": np.round(100 * test_probability[:5], 1)})
+            output = pd.DataFrame(
+                {
+                    "probability": test_probability[:5],
+                    "score": np.round(100 * test_probability[:5], 1),
+                }
+            )
             version = log_bundle(artifacts, example, output, model_name)
 
         previous = promote(model_name, version) if passed else None
-        describe_version(model_name, version, {"kind": dataset.kind, "test_roc_auc": f"{test_metrics['roc_auc']:.4f}", "data_hash": dataset.data_hash[:16]})
+        describe_version(
+            model_name,
+            version,
+            {
+                "kind": dataset.kind,
+                "test_roc_auc": f"{test_metrics['roc_auc']:.4f}",
+                "data_hash": dataset.data_hash[:16],
+            },
+        )
         metrics: dict[str, Any] = {
             "test": test_metrics,
             "valid": classification_metrics(labels["valid"], valid_probability, params.calibration.ece_bins),
@@ -364,7 +436,12 @@ def train_and_register(
                 "threshold": params.leakage.max_single_column_auc,
                 "top": audit.head(10).to_dict(orient="records"),
             },
-            "model": {"name": model_name, "version": version, "run_id": run.info.run_id, "previous_champion": previous},
+            "model": {
+                "name": model_name,
+                "version": version,
+                "run_id": run.info.run_id,
+                "previous_champion": previous,
+            },
             "promoted": passed,
             "gates": [g.__dict__ for g in gates],
             "calibration": {"method": calibrator.method, "cv_log_loss": calibration_scores},
@@ -382,10 +459,10 @@ def train_and_register(
                 "hash": dataset.data_hash,
                 "split": dataset.split.description,
                 "windows": windows,
-                "examples": {name: int(len(labels[name])) for name in labels},
+                "examples": {name: len(labels[name]) for name in labels},
                 "positives": {name: int(labels[name].sum()) for name in labels},
                 "features": len(spec.columns),
-                "quarantined_rows": int(len(quarantine)),
+                "quarantined_rows": len(quarantine),
                 "quarantine_file": str(quarantine_path) if quarantine_path else None,
                 "notes": dataset.quarantine.notes,
             },
@@ -393,7 +470,11 @@ def train_and_register(
             "peak_memory_mb": {**memory, "end_mb": peak_memory_mb()},
         }
         flat_metrics: dict[str, float] = {}
-        _flatten("", {k: metrics[k] for k in ("test", "valid", "baselines", "bayes", "timings") if metrics[k]}, flat_metrics)
+        _flatten(
+            "",
+            {k: metrics[k] for k in ("test", "valid", "baselines", "bayes", "timings") if metrics[k]},
+            flat_metrics,
+        )
         mlflow.log_metrics(flat_metrics)
         mlflow.log_dict(metrics, "metrics.json")
         mlflow.set_tag("promoted", str(passed))

@@ -7,14 +7,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import lightgbm as lgb  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import shap  # noqa: E402
-from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+import lightgbm as lgb
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import shap
+from sklearn.metrics import precision_recall_curve, roc_curve
 
-from training.evaluate import calibration_table, lift_by_decile  # noqa: E402
+from training.evaluate import calibration_table, lift_by_decile
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -24,7 +24,9 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def evaluation_plots(label: np.ndarray, probability: np.ndarray, baselines: dict[str, np.ndarray], out: Path) -> list[Path]:
+def evaluation_plots(
+    label: np.ndarray, probability: np.ndarray, baselines: dict[str, np.ndarray], out: Path
+) -> list[Path]:
     """ROC and precision-recall (model and baselines), calibration curve, lift by decile."""
     out.mkdir(parents=True, exist_ok=True)
     curves = {"tuned LightGBM (calibrated)": probability, **baselines}
@@ -51,7 +53,11 @@ def evaluation_plots(label: np.ndarray, probability: np.ndarray, baselines: dict
     top = max(table["predicted"].max(), table["observed"].max()) * 1.05
     ax.plot([0, top], [0, top], "k:", lw=1)
     ax.plot(table["predicted"], table["observed"], "o-")
-    ax.set(xlabel="predicted probability", ylabel="observed conversion rate", title="Calibration (deciles)")
+    ax.set(
+        xlabel="predicted probability",
+        ylabel="observed conversion rate",
+        title="Calibration (deciles)",
+    )
     paths.append(_save(fig, out / "calibration.png"))
 
     lift = lift_by_decile(label, probability)
@@ -67,7 +73,13 @@ def shap_summary_plot(booster: lgb.Booster, x: pd.DataFrame, out: Path) -> Path:
     """SHAP beeswarm of the booster on a sample of rows (log-odds contributions)."""
     contributions = booster.predict(x, pred_contrib=True)[:, :-1]
     shown = x.apply(lambda col: col.cat.codes.where(col.notna()) if isinstance(col.dtype, pd.CategoricalDtype) else col)
-    shap.summary_plot(contributions, shown.astype(float), feature_names=list(x.columns), show=False, max_display=20)
+    shap.summary_plot(
+        contributions,
+        shown.astype(float),
+        feature_names=list(x.columns),
+        show=False,
+        max_display=20,
+    )
     fig = plt.gcf()
     fig.set_size_inches(8, 7)
     return _save(fig, out / "shap_summary.png")

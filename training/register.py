@@ -52,12 +52,14 @@ def log_bundle(artifacts: dict[str, str], example: pd.DataFrame, output: pd.Data
 
 def current_version(client: MlflowClient, model_name: str, alias: str = CHAMPION) -> str | None:
     try:
-        return client.get_model_version_by_alias(model_name, alias).version
+        return str(client.get_model_version_by_alias(model_name, alias).version)
     except MlflowException:
         return None
 
 
-def champion_auc(model_name: str, kind: str, features_test: pd.DataFrame, label: np.ndarray) -> tuple[str | None, float | None, str]:
+def champion_auc(
+    model_name: str, kind: str, features_test: pd.DataFrame, label: np.ndarray
+) -> tuple[str | None, float | None, str]:
     """The current champion's ROC AUC on this run's test set, when it can be compared.
 
     Returns:
@@ -92,7 +94,8 @@ def check_gates(
         Gate("max_test_ece", test["ece"] <= gates.max_test_ece,
              f"test ECE {test['ece']:.4f} vs maximum {gates.max_test_ece}"),
         Gate("min_auc_gain_vs_baseline", test["roc_auc"] - best_baseline_auc >= gates.min_auc_gain_vs_baseline,
-             f"gain over the better baseline {test['roc_auc'] - best_baseline_auc:+.4f} vs minimum {gates.min_auc_gain_vs_baseline:+}"),
+             f"gain over the better baseline {test['roc_auc'] - best_baseline_auc:+.4f} "
+             f"vs minimum {gates.min_auc_gain_vs_baseline:+}"),
     ]  # fmt: skip
     if champ_auc is None:
         result.append(Gate("max_auc_drop_vs_champion", True, why))
@@ -100,7 +103,8 @@ def check_gates(
         drop = champ_auc - test["roc_auc"]
         result.append(
             Gate("max_auc_drop_vs_champion", drop <= gates.max_auc_drop_vs_champion,
-                 f"champion v{version} test ROC AUC {champ_auc:.4f}, new {test['roc_auc']:.4f} (drop {drop:+.4f}, allowed {gates.max_auc_drop_vs_champion})")
+                 f"champion v{version} test ROC AUC {champ_auc:.4f}, new {test['roc_auc']:.4f} "
+                 f"(drop {drop:+.4f}, allowed {gates.max_auc_drop_vs_champion})")
         )  # fmt: skip
     return result
 

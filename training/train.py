@@ -26,7 +26,12 @@ def build_model(hyperparams: dict[str, Any], *, n_estimators: int, seed: int) ->
 
 
 def fit_final(
-    x_train: pd.DataFrame, y_train: pd.Series, hyperparams: dict[str, Any], *, n_estimators: int, seed: int
+    x_train: pd.DataFrame,
+    y_train: pd.Series,
+    hyperparams: dict[str, Any],
+    *,
+    n_estimators: int,
+    seed: int,
 ) -> lgb.Booster:
     """Refit with the tuned parameters and the early-stopped number of trees."""
     model = build_model(hyperparams, n_estimators=n_estimators, seed=seed)

@@ -1,0 +1,46 @@
+# Lead scoring: `make demo` trains on the embedded data; `make test` runs the tests.
+# Every target creates the project's .venv first when it is missing.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-fast lint format bench clean
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## Create .venv and install the project with its dev tools
+
+demo: $(STAMP)  ## Generate the embedded data, train, register the champion, print a summary
+	$(BIN)/leadscore train --metrics-out models/demo-metrics.json
+
+test: $(STAMP)  ## Lint and run every test (slow end-to-end ones included)
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+test-fast: $(STAMP)  ## Run the tests not marked slow
+	$(BIN)/pytest -q -m "not slow"
+
+lint: $(STAMP)  ## ruff check and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)  ## Format the code
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP)  ## Run the benchmarks in bench/ (minutes; prints figures)
+	$(BIN)/python bench/bench_features.py
+	$(BIN)/python bench/bench_quality.py
+
+clean:  ## Remove the environment and the local MLflow store
+	rm -rf $(VENV) models/mlflow.db models/artifacts models/embedded models/quarantine

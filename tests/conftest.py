@@ -1,0 +1,77 @@
+"""Shared fixtures: small generated CRM data, fast params, an isolated MLflow store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from features.params import PROJECT_ROOT, Params, load_params
+from features.synthetic import generate_crm, write_crm
+
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+FAST_OVERRIDES = {
+    "tuning.trials": 3,
+    "tuning.timeout_seconds": 60,
+    "tuning.max_boost_rounds": 300,
+    "tuning.early_stopping_rounds": 20,
+    "mlflow.shap_sample": 200,
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_mlflow(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Every test talks to its own sqlite MLflow store, never the project's models/."""
+    store = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    return uri
+
+
+@pytest.fixture(scope="session")
+def params() -> Params:
+    return load_params(**FAST_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def params_file(tmp_path_factory: pytest.TempPathFactory):
+    """Write a params.yaml copy with fast settings and dotted-key overrides; returns its path."""
+    folder = tmp_path_factory.mktemp("params")
+
+    def write(name: str = "params.yaml", **overrides: object) -> Path:
+        raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+        for dotted, value in {**FAST_OVERRIDES, **overrides}.items():
+            node = raw
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                node = node[key]
+            node[leaf] = value
+        path = folder / name
+        path.write_text(yaml.safe_dump(raw))
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def small_crm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A year of a small CRM (2,500 leads), written as the raw export files."""
+    out = tmp_path_factory.mktemp("crm")
+    write_crm(generate_crm(2500, seed=3, start="2025-01-01", months=12), out)
+    return out
+
+
+@pytest.fixture
+def shared_file():
+    """Find a file of ../shared/data, or skip the test clearly when it is absent."""
+
+    def find(*parts: str) -> Path:
+        path = SHARED_DATA.joinpath(*parts)
+        if not path.is_file():
+            pytest.skip(f"shared data set not present: {path}")
+        return path
+
+    return find

@@ -1,0 +1,22 @@
+import numpy as np
+
+from features.calibration import Calibrator
+from training.calibrate import choose_calibrator
+from training.evaluate import expected_calibration_error
+
+
+def test_calibration_repairs_overconfident_margins(params):
+    rng = np.random.default_rng(0)
+    true_logit = rng.normal(-1.5, 1.2, 20000)
+    y = (rng.random(20000) < 1 / (1 + np.exp(-true_logit))).astype(int)
+    margin = 2.5 * true_logit + 1.0  # an overconfident, shifted model
+    raw = 1 / (1 + np.exp(-margin))
+    calibrator, scores = choose_calibrator(margin, y, params.calibration)
+    assert set(scores) == {"isotonic", "sigmoid"}
+    assert expected_calibration_error(y, calibrator.apply(margin)) < 0.02 < expected_calibration_error(y, raw)
+
+
+def test_calibrator_round_trips_through_plain_numbers():
+    c = Calibrator("isotonic", x=[-1.0, 0.0, 2.0], y=[0.1, 0.2, 0.9])
+    again = Calibrator.from_dict(c.to_dict())
+    assert np.allclose(again.apply(np.array([-5, -0.5, 1.0, 9])), [0.1, 0.15, 0.55, 0.9])

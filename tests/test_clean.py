@@ -1,0 +1,64 @@
+import pandas as pd
+
+from features.clean import (
+    blank_to_missing,
+    canonical_spelling,
+    parse_bool,
+    parse_number,
+    parse_timestamps,
+    snake_case,
+)
+
+
+def test_placeholders_become_missing_and_text_is_stripped():
+    values = pd.Series(["  Software ", "Select", "N/A", "", None, "-", "Retail"])
+    out = blank_to_missing(values, ["", "select", "n/a", "-"])
+    assert out.tolist() == ["Software", None, None, None, None, None, "Retail"]
+
+
+def test_spellings_differing_by_case_or_space_merge_into_the_most_frequent():
+    values = pd.Series(["Software", "Software", "software", "SOFTWARE", "Retail", None])
+    assert canonical_spelling(values).tolist() == ["Software"] * 4 + ["Retail", None]
+
+
+def test_numbers_as_exports_write_them():
+    values, failed = parse_number(pd.Series(["1,200", "$3.5M", "12%", "2k", "abc", None, "-7"]))
+    assert values.tolist()[:4] == [1200.0, 3_500_000.0, 12.0, 2000.0]
+    assert pd.isna(values[4]) and pd.isna(values[5]) and values[6] == -7.0
+    assert failed.tolist() == [False, False, False, False, True, False, False]
+
+
+def test_booleans():
+    values, failed = parse_bool(pd.Series(["Yes", "no", "TRUE", "0", "maybe", None]))
+    assert values.tolist()[:4] == [1.0, 0.0, 1.0, 0.0]
+    assert failed.tolist() == [False, False, False, False, True, False]
+
+
+def test_timestamps_iso_other_formats_and_garbage():
+    values, failed = parse_timestamps(
+        pd.Series(
+            [
+                "2025-03-04T10:22:00",
+                "2025-03-04 10:22",
+                "March 5, 2025",
+                "0000-00-00",
+                "",
+                "not a date",
+            ]
+        )
+    )
+    assert values[0] == pd.Timestamp("2025-03-04 10:22")
+    assert values[1] == pd.Timestamp("2025-03-04 10:22")
+    assert values[2] == pd.Timestamp("2025-03-05")
+    assert failed.tolist() == [False, False, False, True, False, True]
+
+
+def test_timezones_are_converted_to_utc():
+    values, _ = parse_timestamps(pd.Series(["2025-03-04T10:00:00+02:00"]))
+    assert values[0] == pd.Timestamp("2025-03-04 08:00")
+
+
+def test_snake_case_activity_names():
+    assert snake_case(pd.Series(["Email Open", " email-open", "EMAIL_OPEN", None])).tolist() == ["email_open"] * 3 + [
+        None
+    ]

@@ -1,0 +1,86 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.build import build_crm_features, crm_feature_groups
+from features.engagement import engagement_features
+from features.ingest import load_crm
+
+T = pd.Timestamp("2025-03-01")
+
+
+def _acts(rows):
+    frame = pd.DataFrame(rows, columns=["lead_id", "occurred_at", "activity_type"])
+    frame["occurred_at"] = pd.to_datetime(frame["occurred_at"], format="ISO8601")
+    return frame
+
+
+def _features(acts, lead_ids, as_of, params):
+    return engagement_features(
+        acts, pd.Series(lead_ids), pd.Series(as_of),
+        windows_days=params.features.windows_days,
+        half_life_days=params.features.decay_half_life_days,
+        weights=params.features.engagement_weights,
+    )  # fmt: skip
+
+
+def test_counts_recency_and_decay_match_a_hand_computation(params):
+    acts = _acts([
+        ("A", "2025-02-27 00:00", "demo_request"),  # 2 days before T
+        ("A", "2025-02-10", "web_visit"),  # 19 days
+        ("A", "2024-11-30", "pricing_page"),  # 91 days: outside the window [T-90d, T)
+        ("A", "2025-03-01", "meeting"),  # at T: not before T
+        ("B", "2025-02-28 12:00", "web_visit"),
+    ])  # fmt: skip
+    f = _features(acts, ["A", "B", "C"], [T, T, T], params).set_index(pd.Index(["A", "B", "C"]))
+    assert f.loc["A", "n_demo_request_7d"] == 1
+    assert f.loc["A", "n_web_visit_7d"] == 0 and f.loc["A", "n_web_visit_30d"] == 1
+    assert f.loc["A", "n_pricing_page_90d"] == 0 and f.loc["A", "n_pricing_page_total"] == 1
+    assert f.loc["A", "n_meeting_total"] == 0
+    assert f.loc["A", "n_activities_total"] == 3
+    assert f.loc["A", "days_since_last_activity"] == pytest.approx(2.0)
+    assert f.loc["A", "days_since_demo_request"] == pytest.approx(2.0)
+    w = params.features.engagement_weights
+    half = params.features.decay_half_life_days
+    expected = (
+        w["demo_request"] * 0.5 ** (2 / half)
+        + w["web_visit"] * 0.5 ** (19 / half)
+        + w["pricing_page"] * 0.5 ** (91 / half)
+    )
+    assert f.loc["A", "engagement_decayed"] == pytest.approx(expected, rel=1e-9)
+    assert f.loc["B", "days_since_last_activity"] == pytest.approx(0.5)
+    assert f.loc["C", "n_activities_total"] == 0 and np.isnan(f.loc["C", "days_since_last_activity"])
+    assert f.loc["C", "engagement_decayed"] == 0
+
+
+def test_events_at_or_after_t_cannot_change_any_feature(small_crm_dir, params):
+    """Point-in-time correctness on realistic data: append a burst of every activity type
+    at and after each lead's T, and shuffle rows; every feature stays identical."""
+    crm = load_crm(small_crm_dir, params.flat.missing_tokens)
+    rng = np.random.default_rng(0)
+    leads = crm.leads.sample(400, random_state=1).reset_index(drop=True)
+    span = (crm.export_end - leads["created_at"]).dt.total_seconds()
+    as_of = leads["created_at"] + pd.to_timedelta(rng.random(len(leads)) * span, unit="s")
+    vocab = ["salesforce", "aws"]
+    before = build_crm_features(leads, crm.activities, as_of, params.features, vocab)
+
+    lead_of = dict(zip(leads["lead_id"], as_of, strict=True))
+    future = []
+    for lead_id, moment in lead_of.items():
+        for kind in ("demo_request", "meeting", "unsubscribe", "web_visit", "pricing_page"):
+            for delay in (0, 1, 3600, 86400 * 40):
+                future.append((lead_id, moment + pd.Timedelta(seconds=delay), kind))
+    polluted = pd.concat([crm.activities, _acts(future).assign(value=np.nan)], ignore_index=True)
+    polluted = polluted.sample(frac=1.0, random_state=2).reset_index(drop=True)
+    after = build_crm_features(leads, polluted, as_of, params.features, vocab)
+    pd.testing.assert_frame_equal(before, after)
+    assert (before["n_activities_total"] > 0).mean() > 0.5  # the data has history to protect
+
+
+def test_feature_groups_split_fit_from_engagement(small_crm_dir, params):
+    crm = load_crm(small_crm_dir, params.flat.missing_tokens)
+    f = build_crm_features(crm.leads.head(50), crm.activities, T, params.features, ["aws"])
+    groups = crm_feature_groups(list(f.columns))
+    assert groups["industry"] == "fit" and groups["n_technologies"] == "fit" and groups["icp_match"] == "fit"
+    assert groups["engagement_decayed"] == "engagement" and groups["n_demo_request_30d"] == "engagement"
+    assert f["uses_aws"].isin([0.0, 1.0]).all() or f["uses_aws"].isna().any()

@@ -1,0 +1,95 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.flat import FlatProfile, clean_flat_columns, load_flat
+from features.ingest import DataError
+from features.leakage import audit_leakage
+
+LEAKY_LEADS_COLUMNS = ["Tags", "Lead Quality", "Lead Profile", "Asymmetrique Activity Index",
+                       "Asymmetrique Profile Index", "Asymmetrique Activity Score",
+                       "Asymmetrique Profile Score", "Last Notable Activity"]  # fmt: skip
+
+
+@pytest.fixture
+def flat_csv(tmp_path):
+    """A form-driven export: trailing comma on every line, 'Select' for blank, an id column."""
+    rng = np.random.default_rng(0)
+    n = 300
+    visits = rng.integers(0, 20, n)
+    converted = (rng.random(n) < 0.2 + 0.03 * visits).astype(int)
+    source = rng.choice(["Google", "google ", "Referral", "Select"], n, p=[0.4, 0.1, 0.3, 0.2])
+    lines = ["Prospect ID,Source,Visits,Do Not Email,Joined,Converted,"]
+    for i in range(n):
+        lines.append(
+            f"p{i:04d},{source[i]},{visits[i]},{'Yes' if i % 7 == 0 else 'No'},2025-01-{i % 28 + 1:02d},{converted[i]},"
+        )
+    path = tmp_path / "export.csv"
+    path.write_text("\r\n".join(lines) + "\r\n")
+    return path
+
+
+def test_types_roles_and_quirks_are_inferred(flat_csv, params):
+    data = load_flat(flat_csv, FlatProfile(label="Converted"), params.flat)
+    assert data.schema["columns"] == {
+        "Source": "categorical",
+        "Visits": "numeric",
+        "Do Not Email": "boolean",
+    }
+    assert set(data.features["Source"].dropna()) == {"Google", "Referral"}
+    assert data.features["Source"].isna().sum() > 0  # 'Select' read as blank
+    notes = " ".join(data.quarantine.notes)
+    assert "Prospect ID not used: an identifier" in notes
+    assert "Joined not used: a date" in notes
+    assert "(no header) not used: empty" in notes
+    assert data.label.isin([0, 1]).all() and len(data.label) == 300
+
+
+def test_label_problems_are_clear_errors(flat_csv, params):
+    with pytest.raises(DataError, match=r"no column.*'Outcome'"):
+        load_flat(flat_csv, FlatProfile(label="Outcome"), params.flat)
+    with pytest.raises(DataError, match="positive value 'won' not found"):
+        load_flat(flat_csv, FlatProfile(label="Converted", positive="won"), params.flat)
+    with pytest.raises(DataError, match="'Visits' has 20 class"):
+        load_flat(flat_csv, FlatProfile(label="Visits"), params.flat)
+
+
+def test_rows_without_label_or_with_a_repeated_id_are_quarantined(tmp_path, params):
+    path = tmp_path / "x.csv"
+    path.write_text("id,a,y\n1,x,yes\n2,y,\n3,x,no\n3,y,no\n4,x,yes\n")
+    data = load_flat(path, FlatProfile(label="y", id="id"), params.flat)
+    q = data.quarantine.frame()
+    assert q.set_index("row")["reason"].to_dict() == {
+        2: "label 'y' missing", 3: "id 'id' appears more than once", 4: "id 'id' appears more than once"
+    }  # fmt: skip
+    assert data.ids.tolist() == ["1", "4"]
+
+
+def test_serving_rows_are_cleaned_by_the_same_schema(flat_csv, params):
+    data = load_flat(flat_csv, FlatProfile(label="Converted"), params.flat)
+    rows = pd.DataFrame({"Source": ["GOOGLE", "Select"], "Visits": ["1,000", "x"], "Do Not Email": ["yes", None]})
+    cleaned, notes = clean_flat_columns(rows, data.schema)
+    assert cleaned["Source"].tolist() == ["GOOGLE", None]  # case is matched to levels in the spec
+    assert cleaned["Visits"].tolist()[0] == 1000.0 and np.isnan(cleaned["Visits"][1])
+    assert notes == ["Visits: 1 value(s) not numeric read as missing"]
+
+
+def test_leads_csv_just_works_and_tags_is_flagged(params, shared_file):
+    path = shared_file("x_education_leads", "Leads.csv")
+    data = load_flat(path, FlatProfile(label="Converted"), params.flat)
+    assert len(data.label) == 9240 and data.label.mean() == pytest.approx(0.385, abs=0.001)
+    assert "Prospect ID" not in data.features and "Lead Number" not in data.features
+    assert not any(c.startswith("Unnamed") for c in data.features)
+    assert data.features["Specialization"].isna().mean() > 0.3  # 'Select' means blank
+    audit = audit_leakage(data.features, data.label, params.leakage.max_single_column_auc)
+    flagged = audit.loc[audit["flagged"], "column"].tolist()
+    assert "Tags" in flagged
+    assert set(flagged) <= set(LEAKY_LEADS_COLUMNS)
+
+
+def test_shoppers_csv_just_works(params, shared_file):
+    path = shared_file("online_shoppers_intention", "online_shoppers_intention.csv")
+    data = load_flat(path, FlatProfile(label="Revenue"), params.flat)
+    assert data.label.mean() == pytest.approx(0.155, abs=0.001)
+    assert data.schema["columns"]["Month"] == "categorical"
+    assert data.schema["columns"]["Weekend"] == "boolean"

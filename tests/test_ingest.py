@@ -1,0 +1,92 @@
+import pandas as pd
+import pytest
+
+from features.ingest import DataError, load_crm
+
+
+def _write(tmp_path, leads, activities, outcomes):
+    pd.DataFrame(leads).to_csv(tmp_path / "leads.csv", index=False)
+    pd.DataFrame(activities).to_csv(tmp_path / "activities.csv", index=False)
+    pd.DataFrame(outcomes).to_csv(tmp_path / "outcomes.csv", index=False)
+    return tmp_path
+
+
+@pytest.fixture
+def export(tmp_path):
+    leads = {
+        "lead_id": ["A", "B", "B", "C", "C", "D", "E"],
+        "created_at": [
+            "2025-01-01",
+            "2025-01-02",
+            "2025-01-02",
+            "2025-01-03",
+            "2025-01-03",
+            "yesterday",
+            "2025-01-05",
+        ],
+        "industry": ["Software", "software ", "software ", "Retail", "Media", "Retail", "Select"],
+        "employees": ["1,200", "50", "50", "abc", "10", "10", ""],
+    }
+    activities = {
+        "lead_id": ["A", "A", "Z", "B", "E"],
+        "occurred_at": [
+            "2025-01-05T10:00:00",
+            "2025-01-06",
+            "2025-01-06",
+            "31/31/2025",
+            "2025-01-07",
+        ],
+        "activity_type": ["Web Visit", "demo_request", "web_visit", "web_visit", "podcast_listen"],
+    }
+    outcomes = {
+        "lead_id": ["A", "B", "E", "Q"],
+        "status": ["Converted", "won?", "open", "lost"],
+        "closed_at": ["2025-02-01", "2025-02-01", "", "2025-02-01"],
+    }
+    return _write(tmp_path, leads, activities, outcomes)
+
+
+def test_bad_rows_are_quarantined_with_a_reason_each(export):
+    crm = load_crm(export, ["", "select"])
+    q = crm.quarantine.frame()
+    reasons = dict(zip(zip(q["table"], q["row"], strict=True), q["reason"], strict=True))
+    assert reasons[("leads", 3)].startswith("duplicate row")
+    assert reasons[("leads", 4)].startswith("conflicting duplicate lead_id")
+    assert reasons[("leads", 5)].startswith("conflicting duplicate lead_id")
+    assert "created_at" in reasons[("leads", 6)] and "yesterday" in reasons[("leads", 6)]
+    assert reasons[("activities", 3)].startswith("unknown lead_id")
+    assert "occurred_at" in reasons[("activities", 4)]
+    assert reasons[("outcomes", 2)].startswith("status not one of")
+    assert reasons[("outcomes", 4)].startswith("unknown lead_id")
+    assert sorted(crm.leads["lead_id"]) == ["A", "B", "E"]
+
+
+def test_values_are_cleaned_and_notes_say_what_was_changed(export):
+    crm = load_crm(export, ["", "select"])
+    leads = crm.leads.set_index("lead_id")
+    assert leads.loc["B", "industry"] == "Software"
+    assert leads.loc["A", "employees"] == 1200.0
+    assert pd.isna(leads.loc["E", "industry"])
+    assert set(crm.activities["activity_type"]) == {"web_visit", "demo_request", "other"}
+    assert any("podcast_listen" in note for note in crm.quarantine.notes)
+    assert any("without an outcome row" in note for note in crm.quarantine.notes)
+    assert crm.outcomes.set_index("lead_id").loc["A", "status"] == "converted"
+
+
+def test_missing_required_column_names_file_and_column(tmp_path):
+    _write(
+        tmp_path,
+        {"lead_id": ["A"]},
+        {"lead_id": ["A"], "occurred_at": ["2025-01-01"], "activity_type": ["x"]},
+        {"lead_id": ["A"], "status": ["open"]},
+    )
+    with pytest.raises(DataError, match=r"leads\.csv: missing required column\(s\) created_at"):
+        load_crm(tmp_path)
+
+
+def test_missing_file_and_unreadable_file(tmp_path):
+    with pytest.raises(DataError, match=r"leads\.csv: file not found"):
+        load_crm(tmp_path)
+    (tmp_path / "leads.csv").write_bytes(b"")
+    with pytest.raises(DataError, match="cannot read as CSV"):
+        load_crm(tmp_path)

@@ -1,0 +1,51 @@
+import numpy as np
+import pandas as pd
+
+from training.examples import build_examples, snapshot_moments
+from training.split import split_by_time, split_stratified
+
+
+def test_examples_are_open_leads_at_each_snapshot_with_horizon_labels(params):
+    leads = pd.DataFrame(
+        {
+            "lead_id": ["A", "B", "C"],
+            "created_at": pd.to_datetime(["2025-01-01 09:00", "2025-01-20", "2025-03-01"], format="ISO8601"),
+        }
+    )
+    outcomes = pd.DataFrame({
+        "lead_id": ["A", "B", "C"],
+        "status": ["converted", "lost", "open"],
+        "closed_at": pd.to_datetime(["2025-03-10", "2025-01-25", None]),
+    })  # fmt: skip
+    end = pd.Timestamp("2025-06-01")
+    ex = build_examples(leads, outcomes, end, params.features)
+    moments = snapshot_moments(leads["created_at"].min(), end, params.features)
+    assert moments[0] == pd.Timestamp("2025-01-01") and (moments + pd.Timedelta(days=30) <= end).all()
+    a = ex[ex.lead_id == "A"].set_index("as_of")["label"]
+    # A is open at Jan 31 and Mar 2 and converts on Mar 10: within 30 days of Mar 2 only.
+    assert a.to_dict() == {pd.Timestamp("2025-01-31"): 0, pd.Timestamp("2025-03-02"): 1}
+    assert "B" not in set(ex.lead_id)  # closed before its first snapshot
+    assert (ex[ex.lead_id == "C"]["label"] == 0).all() and len(ex[ex.lead_id == "C"]) == 3
+
+
+def test_time_split_keeps_each_lead_on_one_side_and_purges_horizons(small_crm_dir, params):
+    from features.ingest import load_crm
+
+    crm = load_crm(small_crm_dir)
+    ex = build_examples(crm.leads, crm.outcomes, crm.export_end, params.features)
+    report = split_by_time(ex, params.split, params.features.horizon_days)
+    part = report.assignment
+    sides = ex.assign(part=part)[part != ""].groupby("lead_id")["part"].nunique()
+    assert (sides == 1).all()
+    horizon = pd.Timedelta(days=params.features.horizon_days)
+    assert ex.as_of[part == "train"].max() + horizon <= ex.as_of[part == "valid"].min()
+    assert ex.as_of[part == "valid"].max() + horizon <= ex.as_of[part == "test"].min()
+    assert set(part) == {"train", "valid", "test", ""}
+
+
+def test_stratified_holdout_keeps_the_rate(params):
+    y = pd.Series((np.random.default_rng(1).random(1000) < 0.3).astype(int))
+    part = split_stratified(y, params.split).assignment
+    rates = y.groupby(part).mean()
+    assert np.allclose(rates, y.mean(), atol=0.02)
+    assert part.value_counts().to_dict() == {"train": 600, "valid": 200, "test": 200}

@@ -1,0 +1,63 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.schema import ACTIVITY_REQUIRED, LEAD_REQUIRED, OUTCOME_REQUIRED
+from features.synthetic import generate_crm
+
+
+@pytest.fixture(scope="module")
+def crm():
+    return generate_crm(3000, seed=11, start="2025-01-01", months=12)
+
+
+def test_same_seed_same_export_other_seed_other_export(crm):
+    again = generate_crm(3000, seed=11, start="2025-01-01", months=12)
+    other = generate_crm(3000, seed=12, start="2025-01-01", months=12)
+    pd.testing.assert_frame_equal(crm.leads, again.leads)
+    pd.testing.assert_frame_equal(crm.activities, again.activities)
+    pd.testing.assert_frame_equal(crm.truth, again.truth)
+    assert not crm.leads["created_at"].equals(other.leads["created_at"])
+
+
+def test_tables_follow_the_raw_contract(crm):
+    for column in LEAD_REQUIRED:
+        assert column in crm.leads
+    for column in ACTIVITY_REQUIRED:
+        assert column in crm.activities
+    for column in OUTCOME_REQUIRED:
+        assert column in crm.outcomes
+    for column in ("industry", "employees", "annual_revenue", "country", "seniority", "department",
+                   "tech_stack", "lead_source", "budget", "authority", "need", "timeline"):  # fmt: skip
+        assert column in crm.leads
+    assert set(crm.outcomes["status"]) == {"converted", "lost", "open"}
+
+
+def test_truth_is_a_probability_per_open_lead_and_snapshot(crm):
+    p = crm.truth["probability"]
+    assert ((p > 0) & (p < 1)).all()
+    assert not crm.truth.duplicated(["lead_id", "as_of"]).any()
+    assert crm.truth["as_of"].nunique() == 11  # one snapshot per month after the first
+
+
+def test_export_has_the_defects_of_real_exports(crm):
+    assert crm.leads["lead_id"].duplicated().any()
+    assert (~crm.activities["lead_id"].isin(crm.leads["lead_id"])).any()
+    industry = crm.leads["industry"].astype(str)
+    assert (industry == "").any() and industry.str.endswith(" ").any()
+    assert crm.leads["annual_revenue"].astype(str).str.startswith("$").any()
+    assert (~crm.activities["occurred_at"].str.match(r"^\d{4}-\d\d-\d\dT")).any()
+
+
+def test_buyer_mix_drifts_over_time():
+    crm = generate_crm(20000, seed=5, start="2024-01-01", months=24)
+    created = pd.to_datetime(crm.leads["created_at"])
+    early = crm.leads.loc[created < created.quantile(0.25), "lead_source"].str.strip().str.casefold()
+    late = crm.leads.loc[created > created.quantile(0.75), "lead_source"].str.strip().str.casefold()
+    assert (late == "paid social").mean() > (early == "paid social").mean() + 0.05
+
+
+def test_fifty_thousand_leads_give_about_a_million_activities():
+    crm = generate_crm(50000, seed=7)
+    assert 700_000 < len(crm.activities) < 1_400_000
+    assert np.isclose(crm.truth["probability"].mean(), 0.07, atol=0.04)

@@ -1,0 +1,180 @@
+"""End to end: the real `leadscore` command trains, registers and gates on small data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from features.build import build_crm_features
+from features.ingest import load_crm
+from features.synthetic import generate_crm, write_crm
+
+LEADSCORE = str(Path(sys.executable).parent / "leadscore")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+
+
+def leadscore(*args: str, store: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "COLUMNS": "200"}
+    return subprocess.run([LEADSCORE, *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_generate_writes_the_export_with_truth(tmp_path, store):
+    result = leadscore("generate", "--out", str(tmp_path), "--leads", "500", "--seed", "1", store=store)
+    assert result.returncode == 0, result.stderr
+    for name in ("leads.csv", "activities.csv", "outcomes.csv", "truth.csv"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert "activities.csv" in result.stdout
+
+
+def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, params_file, tmp_path, store):
+    metrics_path = tmp_path / "metrics.json"
+    # Small data: logistic regression may edge out LightGBM, so the baseline gate is off here.
+    lenient = params_file("lenient.yaml", **{"gates.min_auc_gain_vs_baseline": -1.0})
+    first = leadscore("train", "--data", str(small_crm_dir), "--params", str(lenient),
+                      "--metrics-out", str(metrics_path), "--model-name", "crm-model", store=store)  # fmt: skip
+    assert first.returncode == 0, first.stdout + first.stderr
+    metrics = json.loads(metrics_path.read_text())
+    for key in ("roc_auc", "pr_auc", "log_loss", "brier", "ece"):
+        assert 0 <= metrics["test"][key] <= 1
+    assert metrics["test"]["roc_auc"] > 0.7
+    assert set(metrics["baselines"]) == {"logistic_regression", "lightgbm_default"}
+    assert 0.5 < metrics["bayes"]["roc_auc"] <= 1 and metrics["bayes"]["coverage"] == 1.0
+    assert metrics["leakage"]["flagged"] == []
+    assert metrics["model"] == {**metrics["model"], "name": "crm-model", "version": "1"}
+    assert metrics["promoted"] is True
+    assert "quarantined" in first.stdout and "Registered crm-model version 1 as @champion" in first.stdout
+
+    mlflow.set_tracking_uri(store)
+    client = MlflowClient()
+    run = client.get_run(metrics["model"]["run_id"])
+    assert run.data.tags["data.hash"] == metrics["data"]["hash"]
+    assert len(client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")) == 3
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {
+        "plots/roc.png",
+        "plots/precision_recall.png",
+        "plots/calibration.png",
+        "plots/lift.png",
+        "plots/shap_summary.png",
+    } <= artifacts
+
+    model = mlflow.pyfunc.load_model("models:/crm-model@champion")
+    crm = load_crm(small_crm_dir)
+    scorer = model.unwrap_python_model().scorer
+    leads = crm.leads.head(20)
+    feats = build_crm_features(
+        leads,
+        crm.activities,
+        crm.export_end,
+        crm_params(params_file),
+        scorer.spec.settings["tech_vocabulary"],
+    )
+    out = model.predict(feats)
+    assert out["probability"].between(0, 1).all() and len(out) == 20
+
+    strict = params_file("strict.yaml", **{"gates.min_test_roc_auc": 0.999, "gates.min_auc_gain_vs_baseline": -1.0})
+    second = leadscore(
+        "train",
+        "--data",
+        str(small_crm_dir),
+        "--params",
+        str(strict),
+        "--metrics-out",
+        str(metrics_path),
+        "--model-name",
+        "crm-model",
+        store=store,
+    )
+    assert second.returncode == 0, second.stderr
+    gated = json.loads(metrics_path.read_text())
+    assert gated["promoted"] is False and gated["model"]["version"] == "2"
+    assert [g["passed"] for g in gated["gates"] if g["name"] == "min_test_roc_auc"] == [False]
+    assert str(client.get_model_version_by_alias("crm-model", "champion").version) == "1"
+    assert "not promoted" in second.stdout
+
+    third = leadscore(
+        "train",
+        "--data",
+        str(small_crm_dir),
+        "--params",
+        str(lenient),
+        "--metrics-out",
+        str(metrics_path),
+        "--model-name",
+        "crm-model",
+        store=store,
+    )
+    assert third.returncode == 0, third.stderr
+    assert str(client.get_model_version_by_alias("crm-model", "champion").version) == "3"
+    assert str(client.get_model_version_by_alias("crm-model", "previous").version) == "1"
+    compared = [g for g in json.loads(metrics_path.read_text())["gates"] if g["name"] == "max_auc_drop_vs_champion"]
+    assert "champion v1" in compared[0]["detail"]
+
+
+def crm_params(params_file):
+    from features.params import load_params
+
+    return load_params(params_file()).features
+
+
+def test_too_few_outcomes_refuses_to_train_and_says_how_many(tmp_path, params_file, store):
+    write_crm(generate_crm(120, seed=2, start="2025-01-01", months=8), tmp_path)
+    result = leadscore("train", "--data", str(tmp_path), "--params", str(params_file()), store=store)
+    assert result.returncode == 2
+    assert "too few examples to train" in result.stderr and "converted" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_bad_paths_and_flags_are_clear_errors(tmp_path, store):
+    missing = leadscore("train", "--data", str(tmp_path / "nope.csv"), store=store)
+    assert missing.returncode == 2 and "no such file or folder" in missing.stderr
+    flat = tmp_path / "x.csv"
+    flat.write_text("a,b\n1,2\n")
+    no_label = leadscore("train", "--data", str(flat), store=store)
+    assert no_label.returncode == 2 and "--label" in no_label.stderr
+    wrong = leadscore("train", "--data", str(flat), "--label", "c", store=store)
+    assert wrong.returncode == 2 and "no column(s) 'c'" in wrong.stderr
+    assert "Traceback" not in missing.stderr + no_label.stderr + wrong.stderr
+
+
+def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, params_file, store):
+    rng = pd.Series(range(1500))
+    import numpy as np
+
+    gen = np.random.default_rng(4)
+    visits = gen.integers(0, 15, 1500)
+    minutes = gen.exponential(10, 1500)
+    y = (gen.random(1500) < 1 / (1 + np.exp(-(-2 + 0.15 * visits + 0.05 * minutes)))).astype(int)
+    status_note = np.where(
+        y == 1,
+        gen.choice(["Will revert", "Closed by rep"], 1500),
+        gen.choice(["Ringing", "Switched off"], 1500),
+    )
+    frame = pd.DataFrame({"Lead ID": rng.map(lambda i: f"id{i}"), "Visits": visits, "Minutes": minutes.round(1),
+                          "Source": gen.choice(["Google", "Select", "Referral"], 1500), "Rep Notes": status_note,
+                          "Converted": np.where(y == 1, "Yes", "No")})  # fmt: skip
+    path = tmp_path / "flat.csv"
+    frame.to_csv(path, sep=";", index=False)
+    out = tmp_path / "m.json"
+    result = leadscore("train", "--data", str(path), "--label", "Converted", "--id", "Lead ID", "--sep", ";",
+                       "--params", str(params_file()), "--metrics-out", str(out),
+                       "--model-name", "flat-model", store=store)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    metrics = json.loads(out.read_text())
+    assert metrics["leakage"]["flagged"] == ["Rep Notes"]
+    assert "Leakage: 'Rep Notes'" in result.stdout
+    assert metrics["data"]["split"].startswith("stratified holdout")
+    assert metrics["bayes"] is None and metrics["test"]["roc_auc"] > 0.6
