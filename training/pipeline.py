@@ -36,9 +36,9 @@ from training.evaluate import classification_metrics, conversion_by_grade, lift_
 from training.examples import build_examples
 from training.plots import evaluation_plots, shap_summary_plot
 from training.register import champion_auc, check_gates, describe_version, log_bundle, promote
-from training.split import SplitReport, split_by_time, split_stratified
-from training.train import fit_final
-from training.tune import tune
+from training.split import CV_FOLDS, SplitReport, split_by_time, split_stratified
+from training.train import fit_final, out_of_fold_margins
+from training.tune import tune, tune_cv
 
 logger = logging.getLogger(__name__)
 EMBEDDED_DIR = MODELS_DIR / "embedded"
@@ -247,7 +247,10 @@ def train_and_register(
             )
 
     reporter.stage("Auditing columns for label leakage")
-    train_mask = (part == "train").to_numpy()
+    cross_validate = not dataset.split.by_time
+    # Without timestamps, train and validation rows together are tuned and calibrated by
+    # k-fold cross-validation; with them, validation is the newer period.
+    train_mask = (part.isin(["train", "valid"]) if cross_validate else part == "train").to_numpy()
     audit = audit_leakage(
         dataset.features[train_mask],
         dataset.label[train_mask],
@@ -267,10 +270,9 @@ def train_and_register(
         settings=dataset.settings,
         exclude=excluded,
     )
-    frames = {
-        name: to_model_frame(dataset.features[(part == name).to_numpy()], spec) for name in ("train", "valid", "test")
-    }
-    labels = {name: dataset.label[(part == name).to_numpy()].to_numpy() for name in ("train", "valid", "test")}
+    masks = {"fit": train_mask, "valid": (part == "valid").to_numpy(), "test": (part == "test").to_numpy()}
+    frames = {name: to_model_frame(dataset.features[mask], spec) for name, mask in masks.items()}
+    labels = {name: dataset.label[mask].to_numpy() for name, mask in masks.items()}
 
     mlflow.set_tracking_uri(tracking_uri())
     if mlflow.get_experiment_by_name(params.mlflow.experiment) is None:
@@ -304,43 +306,50 @@ def train_and_register(
             best = study.best_value if any(t.value is not None for t in study.trials) else None
             reporter.trial_done(trial.number, trial.state.name, best)
 
-        tuning = tune(
-            frames["train"],
-            labels["train"],
-            frames["valid"],
-            labels["valid"],
-            params.tuning,
-            on_trial=on_trial,
-        )
+        if cross_validate:
+            tuning = tune_cv(frames["fit"], labels["fit"], params.tuning, folds=CV_FOLDS, on_trial=on_trial)
+        else:
+            tuning = tune(
+                frames["fit"], labels["fit"], frames["valid"], labels["valid"], params.tuning, on_trial=on_trial
+            )
         reporter.trials_finished()
         timings["tuning_seconds"] = time.perf_counter() - started
         memory["tuning_mb"] = peak_memory_mb()
 
-        reporter.stage("Training the final model and calibrating on validation")
+        reporter.stage(
+            "Training the final model and calibrating on "
+            + ("out-of-fold predictions" if cross_validate else "the validation period")
+        )
         started = time.perf_counter()
         booster = fit_final(
-            frames["train"],
-            labels["train"],
+            frames["fit"],
+            labels["fit"],
             tuning.best_params,
             n_estimators=tuning.best_iteration,
             seed=params.tuning.seed,
         )
+        if cross_validate:
+            calibration_margin = out_of_fold_margins(
+                frames["fit"], labels["fit"], tuning.best_params,
+                n_estimators=tuning.best_iteration, folds=CV_FOLDS, seed=params.tuning.seed,
+            )  # fmt: skip
+            calibration_label = labels["fit"]
+        else:
+            calibration_margin = booster.predict(frames["valid"], raw_score=True)
+            calibration_label = labels["valid"]
         calibrator, calibration_scores = choose_calibrator(
-            booster.predict(frames["valid"], raw_score=True),
-            labels["valid"],
-            params.calibration,
-            seed=params.split.seed,
+            calibration_margin, calibration_label, params.calibration, seed=params.split.seed
         )
         timings["train_seconds"] = time.perf_counter() - started
 
         reporter.stage("Evaluating on the test period, with baselines on the same split")
         started = time.perf_counter()
         test_probability = calibrator.apply(booster.predict(frames["test"], raw_score=True))
-        valid_probability = calibrator.apply(booster.predict(frames["valid"], raw_score=True))
+        valid_probability = calibrator.apply(calibration_margin)
         test_metrics = classification_metrics(labels["test"], test_probability, params.calibration.ece_bins)
         baseline_probs = fit_baselines(
-            frames["train"],
-            labels["train"],
+            frames["fit"],
+            labels["fit"],
             frames["test"],
             list(spec.categories),
             params.split.seed,
@@ -401,7 +410,7 @@ def train_and_register(
                 "test_metrics": test_metrics,
                 "calibration": calibrator.method,
                 "grade_bands": params.grades,
-                "base_value": float(np.mean(booster.predict(frames["train"], raw_score=True))),
+                "base_value": float(np.mean(booster.predict(frames["fit"], raw_score=True))),
                 "leakage_excluded": list(excluded),
             }
             artifacts = write_bundle_files(tmp_path / "bundle", booster, spec, calibrator, metadata)
@@ -427,7 +436,7 @@ def train_and_register(
         )
         metrics: dict[str, Any] = {
             "test": test_metrics,
-            "valid": classification_metrics(labels["valid"], valid_probability, params.calibration.ece_bins),
+            "valid": classification_metrics(calibration_label, valid_probability, params.calibration.ece_bins),
             "baselines": baselines,
             "bayes": bayes,
             "leakage": {

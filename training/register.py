@@ -16,7 +16,6 @@ from mlflow.tracking import MlflowClient
 from sklearn.metrics import roc_auc_score
 
 import features
-from features.bundle import LeadScorerModel
 from features.params import GateParams
 
 logger = logging.getLogger(__name__)
@@ -39,7 +38,7 @@ def log_bundle(artifacts: dict[str, str], example: pd.DataFrame, output: pd.Data
     signature = infer_signature(example, output)
     info = mlflow.pyfunc.log_model(
         name="model",
-        python_model=LeadScorerModel(),
+        python_model=str(Path(features.__file__).parent / "pyfunc_entry.py"),
         artifacts=artifacts,
         code_paths=[str(Path(features.__file__).parent)],
         signature=signature,

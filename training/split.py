@@ -12,6 +12,7 @@ from sklearn.model_selection import train_test_split
 from features.params import SplitParams
 
 SPLITS = ("train", "valid", "test")
+CV_FOLDS = 5
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class SplitReport:
     description: str
     windows: dict[str, tuple[str, str]]
     left_out: int
+    by_time: bool = True
 
 
 def split_by_time(examples: pd.DataFrame, params: SplitParams, horizon_days: int) -> SplitReport:
@@ -67,6 +69,7 @@ def split_stratified(label: pd.Series, params: SplitParams) -> SplitReport:
     part = pd.Series("", index=label.index, dtype=object)
     part.iloc[train], part.iloc[valid], part.iloc[test] = "train", "valid", "test"
     description = (
-        f"stratified holdout (no timestamps): {len(train)} train, {len(valid)} validation, {len(test)} test rows"
+        f"stratified holdout (no timestamps): {len(test)} test rows held out; tuning and calibration "
+        f"by {CV_FOLDS}-fold cross-validation on the other {len(train) + len(valid)}"
     )
-    return SplitReport(part, description, {}, 0)
+    return SplitReport(part, description, {}, 0, by_time=False)
