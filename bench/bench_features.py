@@ -38,7 +38,9 @@ def _generate(out: str, leads: int, min_activities: int) -> dict:
         # Top up to the target size with copies of real rows shifted by up to a week.
         rng = np.random.default_rng(0)
         extra = activities.sample(min_activities - len(activities), replace=True, random_state=0).copy()
-        shifted = pd.to_datetime(extra["occurred_at"], errors="coerce") - pd.to_timedelta(rng.random(len(extra)) * 7, unit="D")
+        shifted = pd.to_datetime(extra["occurred_at"], errors="coerce") - pd.to_timedelta(
+            rng.random(len(extra)) * 7, unit="D"
+        )
         extra["occurred_at"] = shifted.dt.strftime("%Y-%m-%dT%H:%M:%S").fillna("not recorded")
         activities = pd.concat([activities, extra], ignore_index=True)
     crm = type(crm)(crm.leads, activities, crm.outcomes, crm.truth)
@@ -102,11 +104,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         small, large = Path(tmp, "50k"), Path(tmp, "100k")
         r = _in_child(_generate, str(small), 50_000, 0)
-        print(f"generate 50,000 leads: {r['seconds']:.1f} s simulation, {r['rows']:,} activities, peak {r['peak_mb']:.0f} MB")
+        print(
+            f"generate 50,000 leads: {r['seconds']:.1f} s simulation, {r['rows']:,} activities, peak {r['peak_mb']:.0f} MB"
+        )
         r = _in_child(_generate, str(large), 100_000, 2_000_000)
         print(f"generate 100,000 leads, topped up to {r['rows']:,} activities: peak {r['peak_mb']:.0f} MB")
         r = _in_child(_load, str(large))
-        print(f"load + validate + quarantine (100k leads, {r['rows']:,} activities): {r['seconds']:.1f} s, peak {r['peak_mb']:.0f} MB")
+        print(
+            f"load + validate + quarantine (100k leads, {r['rows']:,} activities): {r['seconds']:.1f} s, peak {r['peak_mb']:.0f} MB"
+        )
         r = _in_child(_features, str(large))
         print(
             f"features for {r['leads']:,} leads and {r['activities']:,} activities as of one moment: "

@@ -93,14 +93,6 @@ class Quarantine:
             return pd.DataFrame(columns=QUARANTINE_COLUMNS)
         return pd.concat(self.rows, ignore_index=True)
 
-    def counts(self) -> dict[str, int]:
-        """How many rows were quarantined, by table and reason kind."""
-        frame = self.frame()
-        if frame.empty:
-            return {}
-        kind = frame["reason"].str.split(":").str[0]
-        return (frame.groupby([frame["table"], kind]).size()).rename(lambda k: k).to_dict()
-
 
 @dataclass
 class CrmData:

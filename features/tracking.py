@@ -27,12 +27,3 @@ def artifact_root() -> str | None:
     if uri.startswith("sqlite:///"):
         return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
     return None
-
-
-def champion_uri(model_name: str) -> str:
-    return f"models:/{model_name}@champion"
-
-
-def ensure_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path

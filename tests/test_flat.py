@@ -93,3 +93,30 @@ def test_shoppers_csv_just_works(params, shared_file):
     assert data.label.mean() == pytest.approx(0.155, abs=0.001)
     assert data.schema["columns"]["Month"] == "categorical"
     assert data.schema["columns"]["Weekend"] == "boolean"
+
+
+def test_profile_file_with_flags_overriding_it(tmp_path):
+    from features.flat import load_profile
+
+    path = tmp_path / "profile.yaml"
+    path.write_text("label: Converted\npositive: 'Yes'\ndrop: [Tags]\nsep: ';'\ntypes: {Zip: categorical}\n")
+    profile = load_profile(path, positive="Y", drop=None)
+    assert profile.label == "Converted" and profile.positive == "Y" and profile.drop == ["Tags"]
+    assert profile.sep == ";" and profile.types == {"Zip": "categorical"}
+    path.write_text("label: x\nunknown_key: 1\n")
+    with pytest.raises(DataError, match="unknown_key"):
+        load_profile(path)
+
+
+def test_a_time_column_gives_a_time_split(flat_csv):
+    from features.params import load_params
+    from training.pipeline import prepare_flat
+
+    params = load_params(**{"split.test_days": 7, "split.valid_days": 7})
+    dataset = prepare_flat(flat_csv, FlatProfile(label="Converted", time="Joined"), params)
+    part = dataset.split.assignment
+    joined = pd.to_datetime(pd.read_csv(flat_csv)["Joined"])
+    assert dataset.split.by_time
+    assert joined[part == "train"].max() < joined[part == "valid"].min() <= joined[part == "valid"].max()
+    assert joined[part == "valid"].max() < joined[part == "test"].min()
+    assert "Joined" not in dataset.features

@@ -257,12 +257,12 @@ def train(
         if data is None:
             source = ensure_embedded_data(params, reporter)
             reporter.stage(f"Loading the embedded dataset ({source})")
-            dataset = prepare_crm(source, params, reporter)
+            dataset = prepare_crm(source, params)
         elif data.is_dir():
             if label:
                 _fail("--label is for a flat CSV file; a folder is read as leads/activities/outcomes")
             reporter.stage(f"Loading CRM export {data}")
-            dataset = prepare_crm(data, params, reporter)
+            dataset = prepare_crm(data, params)
         elif data.exists():
             flat_profile = _profile(data, label, positive, id_column, drop, sep, time_column, profile)
             reporter.stage(f"Loading flat CSV {data}")

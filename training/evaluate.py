@@ -25,6 +25,19 @@ def expected_calibration_error(label: np.ndarray, probability: np.ndarray, bins:
     return float(total / len(label))
 
 
+def ece_noise_floor(probability: np.ndarray, bins: int = 10, draws: int = 200, seed: int = 0) -> float:
+    """Mean ECE that a perfectly calibrated model with these very predictions would show on
+    a test set of this size (labels drawn from the probabilities): below it, a measured ECE
+    is sampling noise."""
+    rng = np.random.default_rng(seed)
+    probability = np.asarray(probability, dtype=float)
+    draws_ece = [
+        expected_calibration_error((rng.random(len(probability)) < probability).astype(int), probability, bins)
+        for _ in range(draws)
+    ]
+    return float(np.mean(draws_ece))
+
+
 def lift_by_decile(label: np.ndarray, probability: np.ndarray) -> pd.DataFrame:
     """Conversion rate and lift per score decile, best decile first (1 = top 10%)."""
     frame = pd.DataFrame({"y": label, "p": probability})
@@ -65,6 +78,7 @@ def classification_metrics(label: np.ndarray, probability: np.ndarray, ece_bins:
         "log_loss": float(log_loss(label, probability, labels=[0, 1])),
         "brier": float(brier_score_loss(label, probability)),
         "ece": expected_calibration_error(label, probability, ece_bins),
+        "ece_noise_floor": ece_noise_floor(probability, ece_bins),
         "lift_top_decile": float(lift.loc[0, "lift"]),
         "n": len(label),
         "positives": int(label.sum()),

@@ -122,7 +122,7 @@ def ensure_embedded_data(params: Params, reporter: Reporter) -> Path:
     return EMBEDDED_DIR
 
 
-def prepare_crm(directory: Path, params: Params, reporter: Reporter) -> Dataset:
+def prepare_crm(directory: Path, params: Params) -> Dataset:
     """Load a CRM export, build (lead, T) examples and their point-in-time features."""
     started = time.perf_counter()
     crm = load_crm(directory, params.flat.missing_tokens)

@@ -21,7 +21,7 @@ BASE_PARAMS: dict[str, Any] = {
 def model_params(hyperparams: dict[str, Any], *, seed: int) -> dict[str, Any]:
     """LightGBM parameters from tuned (or trial) hyper-parameters."""
     params = {**BASE_PARAMS, **hyperparams, "seed": seed}
-    for name in ("num_leaves", "min_child_samples", "max_depth"):
+    for name in ("num_leaves", "min_child_samples", "max_depth", "min_data_per_group"):
         if name in params:
             params[name] = int(params[name])
     return params

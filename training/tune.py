@@ -14,8 +14,8 @@ from optuna_integration import LightGBMPruningCallback
 from features.params import TuningParams
 from training.train import build_model, model_params
 
-LOG_SCALE = frozenset({"learning_rate", "lambda_l2"})
-INTEGER = frozenset({"num_leaves", "min_child_samples", "max_depth"})
+LOG_SCALE = frozenset({"learning_rate", "lambda_l1", "lambda_l2", "cat_smooth"})
+INTEGER = frozenset({"num_leaves", "min_child_samples", "max_depth", "min_data_per_group"})
 
 
 @dataclass(frozen=True)
