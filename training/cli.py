@@ -95,9 +95,11 @@ def generate(
     with console.status(f"Simulating {leads:,} leads over {months} months"):
         try:
             crm = generate_crm(leads, seed, start, months)
+            paths = write_crm(crm, out)
         except ValueError as exc:
-            _fail(str(exc))
-        paths = write_crm(crm, out)
+            _fail(f"cannot generate: {exc}")
+        except OSError as exc:
+            _fail(f"cannot write to {out}: {exc.strerror or exc}")
     table = Table(title=f"Synthetic CRM export in {out} ({time.perf_counter() - started:.1f} s)")
     table.add_column("file")
     table.add_column("rows", justify="right")
@@ -283,12 +285,21 @@ def train(
         metrics = train_and_register(dataset, params, reporter, model_name=model_name)
     except (DataError, ParamsError) as exc:
         _fail(str(exc))
+    except typer.Exit:
+        raise
+    except Exception as exc:  # an unexpected failure still gets a one-line message
+        if os.environ.get("LEADSCORE_DEBUG"):
+            raise
+        _fail(f"training failed: {type(exc).__name__}: {exc} (set LEADSCORE_DEBUG=1 to see the traceback)")
     if metrics["data"]["quarantine_file"]:
         reporter.note(f"quarantine: {metrics['data']['quarantine_file']}")
     _summary(metrics)
     if metrics_out:
-        metrics_out.parent.mkdir(parents=True, exist_ok=True)
-        metrics_out.write_text(json.dumps(metrics, indent=2, default=str))
+        try:
+            metrics_out.parent.mkdir(parents=True, exist_ok=True)
+            metrics_out.write_text(json.dumps(metrics, indent=2, default=str))
+        except OSError as exc:
+            _fail(f"cannot write the metrics to {metrics_out}: {exc.strerror or exc}")
         console.print(f"metrics written to {metrics_out}")
 
 
