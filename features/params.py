@@ -86,6 +86,40 @@ class GateParams(_Frozen):
     min_auc_gain_vs_baseline: float
 
 
+class MqlParams(_Frozen):
+    min_score: float
+    min_fit: float
+    min_engagement: float
+
+
+class SqlParams(_Frozen):
+    min_score: float
+    require_hand_raise: bool
+    min_bant_confirmed: int = Field(ge=0, le=4)
+
+
+class DisqualifyParams(_Frozen):
+    min_icp_match: float = Field(ge=0, le=1)
+    competitor_domains: tuple[str, ...]
+    recycle_after_days: int = Field(ge=1)
+
+
+class CriteriaParams(_Frozen):
+    hand_raise_types: tuple[str, ...]
+    hand_raise_days: int = Field(gt=0)
+    mql: MqlParams
+    sql: SqlParams
+    disqualify: DisqualifyParams
+    next_actions: dict[Literal["disqualified", "nurture", "MQL", "SAL", "SQL"], str]
+
+    @model_validator(mode="after")
+    def _every_stage_has_an_action(self) -> CriteriaParams:
+        missing = {"disqualified", "nurture", "MQL", "SAL", "SQL"} - set(self.next_actions)
+        if missing:
+            raise ValueError(f"criteria.next_actions: no action for {sorted(missing)}")
+        return self
+
+
 class MlflowParams(_Frozen):
     experiment: str
     model_name: str
@@ -102,6 +136,7 @@ class Params(_Frozen):
     calibration: CalibrationParams
     gates: GateParams
     grades: dict[str, float]
+    criteria: CriteriaParams
     mlflow: MlflowParams
 
     @model_validator(mode="after")

@@ -1,0 +1,134 @@
+"""Qualification criteria: place each scored lead in a stage (disqualified, nurture, MQL, SAL,
+SQL) by rules marketing and sales agree on, with the rule that placed it and the next action.
+
+One pure function, used by the service, batch scoring and reports.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from features.params import CriteriaParams
+
+STAGES: tuple[str, ...] = ("disqualified", "nurture", "MQL", "SAL", "SQL")
+BANT_TOTAL = 4
+
+
+def _column(frame: pd.DataFrame, name: str, default: float) -> np.ndarray:
+    if name not in frame:
+        return np.full(len(frame), default, dtype=float)
+    return pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
+
+
+def _email_domain(frame: pd.DataFrame) -> pd.Series:
+    if "email" not in frame:
+        return pd.Series([None] * len(frame), index=frame.index, dtype=object)
+    return frame["email"].map(
+        lambda v: str(v).rsplit("@", 1)[1].strip().casefold() if isinstance(v, str) and "@" in v else None
+    )
+
+
+def qualify(leads: pd.DataFrame, criteria: CriteriaParams, as_of: pd.Series | pd.Timestamp) -> pd.DataFrame:
+    """Stage, the rule behind it, the next action and (for disqualified leads) a recycle date.
+
+    Args:
+        leads: one row per lead with `score` (0-100) and, when known, `fit`, `engagement`
+            (0-100), `icp_match` (0-1), `bant_confirmed` (0-4), `days_since_hand_raise`,
+            `do_not_contact` (0/1), `sales_accepted` (0/1) and `email`. Missing values never
+            satisfy a rule.
+        criteria: thresholds and actions (params.yaml `criteria`, as saved in the model).
+        as_of: the scoring moment of each lead, or one for all (recycle dates count from it).
+
+    Returns:
+        Columns `stage`, `stage_reason`, `next_action`, `recycle_on` (ISO date or None), in
+        the order of `leads`.
+    """
+    n = len(leads)
+    score = _column(leads, "score", np.nan)
+    fit = _column(leads, "fit", np.nan)
+    engagement = _column(leads, "engagement", np.nan)
+    icp = _column(leads, "icp_match", np.nan)
+    bant = _column(leads, "bant_confirmed", 0.0)
+    hand_raise = _column(leads, "days_since_hand_raise", np.nan)
+    do_not_contact = _column(leads, "do_not_contact", 0.0) == 1
+    accepted = _column(leads, "sales_accepted", 0.0) == 1
+    competitors = {d.casefold() for d in criteria.disqualify.competitor_domains}
+    competitor = _email_domain(leads).isin(competitors).to_numpy()
+    out_of_icp = icp < criteria.disqualify.min_icp_match
+
+    raised = hand_raise <= criteria.hand_raise_days
+    sql_rule = (
+        (score >= criteria.sql.min_score)
+        & (raised | (not criteria.sql.require_hand_raise))
+        & (bant >= criteria.sql.min_bant_confirmed)
+    )
+    mql_rule = (
+        (score >= criteria.mql.min_score)
+        & (fit >= criteria.mql.min_fit)
+        & (engagement >= criteria.mql.min_engagement)
+    )
+    disqualified = do_not_contact | competitor | out_of_icp
+    stage = np.select(
+        [disqualified, sql_rule, accepted, mql_rule],
+        ["disqualified", "SQL", "SAL", "MQL"],
+        default="nurture",
+    ).astype(object)
+
+    moments = pd.Series(as_of if isinstance(as_of, pd.Series) else [as_of] * n).reset_index(drop=True)
+    recycle = (pd.to_datetime(moments) + pd.Timedelta(days=criteria.disqualify.recycle_after_days)).dt.date
+    reasons, actions, recycle_on = [], [], []
+    mql, sql = criteria.mql, criteria.sql
+    for i in range(n):
+        s = stage[i]
+        if s == "disqualified":
+            if do_not_contact[i]:
+                why = "Marked do not contact"
+            elif competitor[i]:
+                why = "E-mail domain belongs to a competitor"
+            else:
+                why = (
+                    f"Outside the ideal customer profile: meets {icp[i]:.0%} of its criteria "
+                    f"(needs {criteria.disqualify.min_icp_match:.0%})"
+                )
+            date = recycle[i].isoformat()
+            recycle_on.append(date)
+            actions.append(criteria.next_actions["disqualified"].format(recycle_on=date))
+        else:
+            recycle_on.append(None)
+            actions.append(criteria.next_actions[s])
+            if s == "SQL":
+                parts = [f"score {score[i]:.0f} ≥ {sql.min_score:g}"]
+                if sql.require_hand_raise:
+                    parts.append(f"hand raised {hand_raise[i]:.0f} days ago")
+                parts.append(f"{bant[i]:.0f} of {BANT_TOTAL} BANT confirmed (needs {sql.min_bant_confirmed})")
+                why = "SQL: " + ", ".join(parts)
+            elif s == "SAL":
+                why = "Sales accepted the lead in the CRM"
+            elif s == "MQL":
+                why = (
+                    f"MQL: score {score[i]:.0f} ≥ {mql.min_score:g}, fit {fit[i]:.0f} ≥ {mql.min_fit:g}, "
+                    f"engagement {engagement[i]:.0f} ≥ {mql.min_engagement:g}"
+                )
+            else:
+                why = _nurture_reason(score[i], fit[i], engagement[i], criteria)
+        reasons.append(why)
+    return pd.DataFrame(
+        {"stage": stage, "stage_reason": reasons, "next_action": actions, "recycle_on": recycle_on},
+        index=leads.index,
+    )
+
+
+def _nurture_reason(score: float, fit: float, engagement: float, criteria: CriteriaParams) -> str:
+    """Name the MQL thresholds the lead is still below."""
+    mql = criteria.mql
+    short = []
+    for label, value, needed in (
+        ("score", score, mql.min_score),
+        ("fit", fit, mql.min_fit),
+        ("engagement", engagement, mql.min_engagement),
+    ):
+        if not value >= needed:
+            shown = "unknown" if np.isnan(value) else f"{value:.0f}"
+            short.append(f"{label} {shown} < {needed:g}")
+    return "Not yet MQL: " + ", ".join(short)

@@ -1,0 +1,58 @@
+import numpy as np
+import pandas as pd
+
+from features.criteria import qualify
+
+AS_OF = pd.Timestamp("2026-01-10 09:00")
+
+
+def _lead(**values):
+    base = {"score": 5.0, "fit": 30.0, "engagement": 20.0, "icp_match": 0.6, "bant_confirmed": 0,
+            "days_since_hand_raise": np.nan, "do_not_contact": 0, "sales_accepted": 0, "email": "a@acme.com"}  # fmt: skip
+    return {**base, **values}
+
+
+def test_each_stage_with_its_rule_and_action(params):
+    leads = pd.DataFrame([
+        _lead(),
+        _lead(score=12, fit=60, engagement=70),
+        _lead(score=12, fit=60, engagement=70, sales_accepted=1),
+        _lead(score=40, days_since_hand_raise=2, bant_confirmed=3),
+        _lead(score=40, days_since_hand_raise=2, bant_confirmed=3, do_not_contact=1),
+        _lead(score=40, email="rep@salesforce.com"),
+        _lead(icp_match=0.0),
+    ])  # fmt: skip
+    out = qualify(leads, params.criteria, AS_OF)
+    assert out["stage"].tolist() == ["nurture", "MQL", "SAL", "SQL", "disqualified", "disqualified", "disqualified"]
+    assert out.loc[0, "stage_reason"] == "Not yet MQL: score 5 < 10, fit 30 < 40, engagement 20 < 50"
+    assert out.loc[1, "stage_reason"].startswith("MQL: score 12 ≥ 10")
+    assert out.loc[3, "stage_reason"] == "SQL: score 40 ≥ 25, hand raised 2 days ago, 3 of 4 BANT confirmed (needs 2)"
+    assert out.loc[3, "next_action"] == params.criteria.next_actions["SQL"]
+    assert out.loc[4, "stage_reason"] == "Marked do not contact"
+    assert out.loc[5, "stage_reason"] == "E-mail domain belongs to a competitor"
+    assert out.loc[6, "stage_reason"].startswith("Outside the ideal customer profile")
+    assert out.loc[4, "recycle_on"] == "2026-05-10"  # 120 days on, not forgotten
+    assert "2026-05-10" in out.loc[4, "next_action"]
+    assert out["recycle_on"][:4].isna().all()
+
+
+def test_sql_needs_a_recent_hand_raise_and_bant(params):
+    leads = pd.DataFrame([
+        _lead(score=40, days_since_hand_raise=45, bant_confirmed=3),
+        _lead(score=40, days_since_hand_raise=1, bant_confirmed=1),
+        _lead(score=40, days_since_hand_raise=1, bant_confirmed=2),
+    ])  # fmt: skip
+    assert qualify(leads, params.criteria, AS_OF)["stage"].tolist() == ["nurture", "nurture", "SQL"]
+
+
+def test_missing_values_never_satisfy_a_rule(params):
+    leads = pd.DataFrame([{"score": 50.0}])
+    out = qualify(leads, params.criteria, AS_OF)
+    assert out.loc[0, "stage"] == "nurture"
+    assert "fit unknown" in out.loc[0, "stage_reason"]
+
+
+def test_recycle_dates_follow_each_leads_moment(params):
+    leads = pd.DataFrame([_lead(do_not_contact=1), _lead(do_not_contact=1)])
+    moments = pd.Series(pd.to_datetime(["2026-01-01", "2026-03-01"]))
+    assert qualify(leads, params.criteria, moments)["recycle_on"].tolist() == ["2026-05-01", "2026-06-29"]
