@@ -64,9 +64,7 @@ def qualify(leads: pd.DataFrame, criteria: CriteriaParams, as_of: pd.Series | pd
         & (bant >= criteria.sql.min_bant_confirmed)
     )
     mql_rule = (
-        (score >= criteria.mql.min_score)
-        & (fit >= criteria.mql.min_fit)
-        & (engagement >= criteria.mql.min_engagement)
+        (score >= criteria.mql.min_score) & (fit >= criteria.mql.min_fit) & (engagement >= criteria.mql.min_engagement)
     )
     disqualified = do_not_contact | competitor | out_of_icp
     stage = np.select(

@@ -141,7 +141,9 @@ def hash_files(paths: Iterable[Path]) -> str:
     return digest.hexdigest()
 
 
-def _clean_leads(raw: pd.DataFrame, quarantine: Quarantine, missing_tokens: Iterable[str]) -> pd.DataFrame:
+def clean_leads(raw: pd.DataFrame, quarantine: Quarantine, missing_tokens: Iterable[str]) -> pd.DataFrame:
+    """Clean lead rows of the contract (text cells, a `_row` number each); unusable rows go
+    to the quarantine. Used for exports and for leads sent to the service alike."""
     leads = raw.copy()
     leads["lead_id"] = blank_to_missing(leads["lead_id"], ())
     quarantine.add("leads", leads, leads["lead_id"].isna(), "missing lead_id")
@@ -185,18 +187,20 @@ def _clean_leads(raw: pd.DataFrame, quarantine: Quarantine, missing_tokens: Iter
                     f"leads.{column}: {int(failed.sum())} value(s) not a number read as missing (rows {rows})"
                 )
             leads[column] = values
-    if "do_not_contact" in leads:
-        values, failed = parse_bool(blank_to_missing(leads["do_not_contact"], missing_tokens))
-        if failed.any():
-            quarantine.note(f"leads.do_not_contact: {int(failed.sum())} value(s) not yes/no read as missing")
-        leads["do_not_contact"] = values
+    for column in ("do_not_contact", "sales_accepted"):
+        if column in leads:
+            values, failed = parse_bool(blank_to_missing(leads[column], missing_tokens))
+            if failed.any():
+                quarantine.note(f"leads.{column}: {int(failed.sum())} value(s) not yes/no read as missing")
+            leads[column] = values
     for column in ("tech_stack", "email"):
         if column in leads:
             leads[column] = blank_to_missing(leads[column], missing_tokens)
     return leads.reset_index(drop=True)
 
 
-def _clean_activities(raw: pd.DataFrame, known_leads: pd.Index, quarantine: Quarantine) -> pd.DataFrame:
+def clean_activities(raw: pd.DataFrame, known_leads: pd.Index, quarantine: Quarantine) -> pd.DataFrame:
+    """Clean activity rows (text cells, a `_row` number each) of the given leads."""
     acts = raw.copy()
     acts["lead_id"] = blank_to_missing(acts["lead_id"], ())
     unknown = ~acts["lead_id"].isin(known_leads)
@@ -287,9 +291,9 @@ def load_crm(directory: str | Path, missing_tokens: Iterable[str] = ("",)) -> Cr
     raw_acts = read_csv_table(paths["activities"], ACTIVITY_REQUIRED)
     raw_outcomes = read_csv_table(paths["outcomes"], OUTCOME_REQUIRED)
 
-    leads = _clean_leads(raw_leads, quarantine, missing_tokens)
+    leads = clean_leads(raw_leads, quarantine, missing_tokens)
     outcomes = _clean_outcomes(raw_outcomes, leads, quarantine)
-    activities = _clean_activities(raw_acts, pd.Index(leads["lead_id"]), quarantine)
+    activities = clean_activities(raw_acts, pd.Index(leads["lead_id"]), quarantine)
     moments = [
         leads["created_at"].max(),
         activities["occurred_at"].max(),

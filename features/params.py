@@ -120,6 +120,11 @@ class CriteriaParams(_Frozen):
         return self
 
 
+class ServiceParams(_Frozen):
+    max_batch: int = Field(ge=1)
+    max_body_bytes: int = Field(ge=1000)
+
+
 class MlflowParams(_Frozen):
     experiment: str
     model_name: str
@@ -137,6 +142,7 @@ class Params(_Frozen):
     gates: GateParams
     grades: dict[str, float]
     criteria: CriteriaParams
+    service: ServiceParams
     mlflow: MlflowParams
 
     @model_validator(mode="after")

@@ -33,6 +33,8 @@ LEAD_CATEGORICAL: tuple[str, ...] = (
 )
 LEAD_NUMERIC: tuple[str, ...] = ("employees", "annual_revenue")
 LEAD_TEXT: tuple[str, ...] = ("tech_stack", "email", "do_not_contact")
+# Set by the CRM when sales accepted the lead (the SAL stage); not a feature.
+LEAD_FLAGS: tuple[str, ...] = ("do_not_contact", "sales_accepted")
 # Personal data: read only to derive features (e.g. business vs free e-mail), never a
 # feature itself, never logged.
 PII_COLUMNS: tuple[str, ...] = ("first_name", "last_name", "email", "phone")

@@ -8,7 +8,8 @@ AS_OF = pd.Timestamp("2026-01-10 09:00")
 
 def _lead(**values):
     base = {"score": 5.0, "fit": 30.0, "engagement": 20.0, "icp_match": 0.6, "bant_confirmed": 0,
-            "days_since_hand_raise": np.nan, "do_not_contact": 0, "sales_accepted": 0, "email": "a@acme.com"}  # fmt: skip
+            "days_since_hand_raise": np.nan, "do_not_contact": 0, "sales_accepted": 0,
+            "email": "a@acme.com"}  # fmt: skip
     return {**base, **values}
 
 

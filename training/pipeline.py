@@ -200,6 +200,20 @@ def check_class_counts(label: pd.Series, params: Params) -> None:
         )
 
 
+def subscore_reference(booster: Any, x: pd.DataFrame, spec: Any, seed: int, rows: int = 20_000) -> dict[str, Any]:
+    """Where training leads stand on fit and engagement: percentiles (0-100) of the summed
+    SHAP contributions of each feature group, so a served lead's sub-score is its rank among
+    them. Also the SHAP base value (log-odds) of the booster."""
+    sample = x.sample(min(rows, len(x)), random_state=seed)
+    contributions = booster.predict(sample, pred_contrib=True)
+    quantiles = {}
+    for group in ("fit", "engagement"):
+        columns = [i for i, c in enumerate(spec.columns) if spec.groups[c] == group]
+        total = contributions[:, columns].sum(axis=1) if columns else np.zeros(len(sample))
+        quantiles[group] = np.quantile(total, np.linspace(0, 1, 101)).tolist()
+    return {"quantiles": quantiles, "base_value": float(contributions[0, -1])}
+
+
 def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     with mlflow.start_run(run_name=f"trial-{trial.number:03d}", nested=True):
         mlflow.log_params(trial.params)
@@ -395,6 +409,7 @@ def train_and_register(
                 mlflow.log_artifact(str(quarantine_path))
 
             windows = dataset.split.windows
+            subscores = subscore_reference(booster, frames["fit"], spec, params.split.seed)
             metadata = {
                 "model_name": model_name,
                 "kind": dataset.kind,
@@ -410,7 +425,9 @@ def train_and_register(
                 "test_metrics": test_metrics,
                 "calibration": calibrator.method,
                 "grade_bands": params.grades,
-                "base_value": float(np.mean(booster.predict(frames["fit"], raw_score=True))),
+                "base_value": subscores["base_value"],
+                "subscore_quantiles": subscores["quantiles"],
+                "criteria": params.criteria.model_dump(mode="json"),
                 "leakage_excluded": list(excluded),
             }
             artifacts = write_bundle_files(tmp_path / "bundle", booster, spec, calibrator, metadata)

@@ -1,0 +1,161 @@
+"""Plain-language names and sentences for features, so a sales rep reads "Requested a demo
+2 days ago: +18" rather than `n_demo_request_7d`."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+
+ACTIVITY_WORDS: dict[str, tuple[str, str]] = {
+    "web_visit": ("web visit", "web visits"),
+    "pricing_page": ("pricing-page view", "pricing-page views"),
+    "content_download": ("content download", "content downloads"),
+    "email_open": ("e-mail opened", "e-mails opened"),
+    "email_click": ("e-mail link clicked", "e-mail links clicked"),
+    "webinar": ("webinar attended", "webinars attended"),
+    "demo_request": ("demo request", "demo requests"),
+    "form_submit": ("form submitted", "forms submitted"),
+    "trial_signup": ("trial sign-up", "trial sign-ups"),
+    "meeting": ("meeting with sales", "meetings with sales"),
+    "unsubscribe": ("unsubscribe", "unsubscribes"),
+    "other": ("other activity", "other activities"),
+}
+# What the last event of an intent type means, as a verb phrase.
+INTENT_VERBS = {
+    "demo_request": "Requested a demo",
+    "pricing_page": "Viewed the pricing page",
+    "trial_signup": "Started a trial",
+    "meeting": "Met with sales",
+    "webinar": "Attended a webinar",
+}
+FIELD_NAMES = {
+    "industry": "Industry",
+    "country": "Country",
+    "seniority": "Seniority",
+    "department": "Department",
+    "lead_source": "Lead source",
+    "budget": "Budget",
+    "authority": "Authority",
+    "need": "Need",
+    "timeline": "Timeline",
+    "employees": "Employees",
+    "annual_revenue": "Annual revenue",
+    "revenue_per_employee": "Revenue per employee",
+    "business_email": "E-mail address",
+    "do_not_contact": "Do not contact",
+    "n_technologies": "Technologies in the stack",
+    "bant_confirmed": "BANT fields confirmed",
+    "icp_match": "Match with the ideal customer profile",
+    "lead_age_days": "Lead age",
+    "n_activities_total": "Activities so far",
+    "days_since_last_activity": "Days since the last activity",
+    "velocity_30d": "Activity trend (last 30 days vs the 30 before)",
+    "engagement_decayed": "Recent engagement (decayed score)",
+    "activities_per_30d": "Activities per month",
+}
+_COUNT = re.compile(r"^n_(?P<kind>[a-z_]+?)_(?P<window>\d+d|total)$")
+_SINCE = re.compile(r"^days_since_(?P<kind>[a-z_]+)$")
+
+
+def _ago(days: float) -> str:
+    if days < 1:
+        return "today"
+    if days < 2:
+        return "yesterday"
+    return f"{days:.0f} days ago"
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _words(kind: str, count: float) -> str:
+    one, many = ACTIVITY_WORDS.get(kind, (kind.replace("_", " "), kind.replace("_", " ")))
+    return one if count == 1 else many
+
+
+def plain_name(feature: str) -> str:
+    """A short readable name of a feature, for tables and charts."""
+    if feature in FIELD_NAMES:
+        return FIELD_NAMES[feature]
+    if feature.startswith("uses_"):
+        return "Uses " + feature.removeprefix("uses_").replace("_", " ").title()
+    if match := _COUNT.match(feature):
+        kind, window = match["kind"], match["window"]
+        what = _words(kind, 2) if kind != "activities" else "activities"
+        return f"{what.capitalize()} in total" if window == "total" else f"{what.capitalize()}, last {window[:-1]} days"
+    if match := _SINCE.match(feature):
+        return f"Days since the last {_words(match['kind'], 1)}"
+    return feature.replace("_", " ")
+
+
+def describe(feature: str, value: object, lead: Mapping[str, object]) -> str:
+    """What a feature says about this lead, in a sentence fragment.
+
+    Args:
+        feature: the model's feature name.
+        value: the lead's value of it (number, text or missing).
+        lead: all of the lead's feature values, for context (e.g. how long ago a demo was).
+    """
+    if match := _COUNT.match(feature):
+        kind, window = match["kind"], match["window"]
+        since = lead.get(f"days_since_{kind}")
+        if kind in INTENT_VERBS and not _missing(since) and not _missing(value) and value > 0:
+            return f"{INTENT_VERBS[kind]} {_ago(float(since))}"
+        span = "so far" if window == "total" else f"in the last {window[:-1]} days"
+        if kind == "activities":
+            return f"{value:.0f} activities {span}" if not _missing(value) else f"Activities {span} unknown"
+        if _missing(value) or value == 0:
+            return f"No {_words(kind, 1)} {span}"
+        return f"{value:.0f} {_words(kind, value)} {span}"
+    if match := _SINCE.match(feature):
+        kind = match["kind"]
+        if _missing(value):
+            return f"No {_words(kind, 1)} yet" if kind != "last_activity" else "No activity yet"
+        if kind == "last_activity":
+            return f"Last activity {_ago(float(value))}"
+        return f"{INTENT_VERBS.get(kind, 'Last ' + _words(kind, 1))} {_ago(float(value))}"
+    if feature.startswith("uses_"):
+        tech = feature.removeprefix("uses_").replace("_", " ").title()
+        if _missing(value):
+            return f"Tech stack unknown ({tech})"
+        return f"Uses {tech}" if value == 1 else f"Does not use {tech}"
+    if _missing(value):
+        return f"{plain_name(feature)} unknown"
+    if feature == "business_email":
+        return "Business e-mail address" if value == 1 else "Free e-mail address (gmail, outlook, ...)"
+    if feature == "do_not_contact":
+        return "Marked do not contact" if value == 1 else "Open to contact"
+    if feature == "icp_match":
+        return f"Meets {float(value):.0%} of the ideal-customer criteria"
+    if feature == "bant_confirmed":
+        return f"{value:.0f} of 4 BANT fields confirmed"
+    if feature == "lead_age_days":
+        return f"Lead created {_ago(float(value))}"
+    if feature == "velocity_30d":
+        change = "up" if value > 0 else "down" if value < 0 else "flat"
+        return (
+            f"Activity {change} {abs(value):.0f} vs the previous 30 days"
+            if value
+            else "Activity flat vs the previous 30 days"
+        )
+    if feature == "engagement_decayed":
+        return f"Recent engagement score {float(value):.1f}"
+    if feature == "activities_per_30d":
+        return f"{float(value):.1f} activities per month"
+    if feature in ("employees", "n_technologies"):
+        return f"{float(value):,.0f} {'employees' if feature == 'employees' else 'technologies in the stack'}"
+    if feature in ("annual_revenue", "revenue_per_employee"):
+        return f"{plain_name(feature)} {float(value):,.0f}"
+    if feature in ("budget", "authority", "need", "timeline"):
+        return f"{plain_name(feature)} {value}" if value != "not" else f"{plain_name(feature)} not there"
+    if isinstance(value, float):
+        return f"{plain_name(feature)} {value:,.4g}"
+    return f"{plain_name(feature)} is {value}"
+
+
+def sentence(feature: str, value: object, points: float, lead: Mapping[str, object]) -> str:
+    """The rep-facing line: what the feature says, and its effect in score points."""
+    shown = f"{points:+.0f}" if abs(points) >= 0.95 else f"{points:+.1f}"
+    return f"{describe(feature, value, lead)}: {shown}"

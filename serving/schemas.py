@@ -1,0 +1,131 @@
+"""Request and response bodies of the scoring API, and their conversion to data frames."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+Text = Annotated[str, Field(max_length=500)]
+
+
+class _Strict(BaseModel):
+    # Unknown fields, NaN and infinity are client errors, not values.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class Activity(_Strict):
+    """One touch of the lead: a web visit, a demo request, an e-mail click, ..."""
+
+    occurred_at: dt.datetime
+    activity_type: str = Field(min_length=1, max_length=64, examples=["demo_request"])
+    value: float | None = None
+
+
+class Lead(_Strict):
+    """A lead as the CRM knows it: attributes plus its recent activities (CRM models), or the
+    columns of the flat export in `fields` (flat-CSV models). Every attribute is optional:
+    missing is a value the model knows."""
+
+    lead_id: str = Field(min_length=1, max_length=128)
+    created_at: dt.datetime | None = None
+    industry: Text | None = None
+    country: Text | None = None
+    seniority: Text | None = None
+    department: Text | None = None
+    lead_source: Text | None = None
+    employees: float | None = Field(default=None, ge=0)
+    annual_revenue: float | None = Field(default=None, ge=0)
+    budget: Text | None = None
+    authority: Text | None = None
+    need: Text | None = None
+    timeline: Text | None = None
+    tech_stack: list[Text] | Text | None = None
+    email: Text | None = None
+    first_name: Text | None = None
+    last_name: Text | None = None
+    phone: Text | None = None
+    company: Text | None = None
+    owner: Text | None = None
+    do_not_contact: bool | None = None
+    sales_accepted: bool | None = None
+    activities: list[Activity] = Field(default_factory=list, max_length=20_000)
+    fields: dict[Annotated[str, Field(max_length=200)], str | float | bool | None] | None = Field(
+        default=None, description="Flat-CSV models: the export's columns by name"
+    )
+
+
+class Reason(BaseModel):
+    feature: str
+    value: str | float | None
+    points: float = Field(description="Effect on the 0-100 score")
+    text: str = Field(examples=["Requested a demo 2 days ago: +18"])
+
+
+class LeadScore(BaseModel):
+    lead_id: str
+    probability: float = Field(description="Calibrated probability of converting within the horizon")
+    score: float = Field(description="0-100: the probability in percent")
+    grade: str
+    fit: float = Field(description="0-100: rank of the lead's fit among training leads")
+    engagement: float = Field(description="0-100: rank of the lead's engagement among training leads")
+    stage: str = Field(examples=["SQL"])
+    stage_reason: str
+    next_action: str
+    recycle_on: dt.date | None = None
+    reasons: list[Reason]
+    model_version: str
+
+
+class Contribution(BaseModel):
+    feature: str
+    label: str
+    value: str | float | None
+    log_odds: float
+    points: float
+
+
+class Explanation(BaseModel):
+    lead_id: str
+    base_value: float = Field(description="Log-odds before any feature (SHAP expected value)")
+    base_score: float
+    score: float
+    contributions: list[Contribution]
+    model_version: str
+
+
+def utc_naive(moment: dt.datetime) -> pd.Timestamp:
+    """Timestamps compare as naive UTC, as in training."""
+    ts = pd.Timestamp(moment)
+    return ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo else ts
+
+
+def leads_to_frames(leads: list[Lead]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Lead rows and activity rows of the raw contract (text cells, as an export has them)."""
+    rows: list[dict[str, Any]] = []
+    acts: list[dict[str, Any]] = []
+    for lead in leads:
+        row = lead.model_dump(exclude={"activities", "fields"})
+        if row["created_at"] is not None:
+            row["created_at"] = utc_naive(row["created_at"]).isoformat()
+        if isinstance(row["tech_stack"], list):
+            row["tech_stack"] = ";".join(row["tech_stack"])
+        rows.append(row)
+        for activity in lead.activities:
+            acts.append(
+                {
+                    "lead_id": lead.lead_id,
+                    "occurred_at": utc_naive(activity.occurred_at).isoformat(),
+                    "activity_type": activity.activity_type,
+                    "value": activity.value,
+                }
+            )
+    columns = ["lead_id", "occurred_at", "activity_type", "value"]
+    return pd.DataFrame(rows), pd.DataFrame(acts, columns=columns)
+
+
+def leads_to_flat(leads: list[Lead]) -> pd.DataFrame:
+    """Flat-export rows from the leads' `fields`."""
+    return pd.DataFrame([{**(lead.fields or {}), "lead_id": lead.lead_id} for lead in leads])

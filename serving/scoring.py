@@ -1,0 +1,250 @@
+"""Score leads with the champion bundle: calibrated probability, score, grade, fit and
+engagement sub-scores, qualification stage, and the reasons in score points.
+
+Shared by the service, batch scoring and the pages, so all three give identical numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from features.build import build_crm_features
+from features.bundle import LeadScorer, grade_of, score_from_probability
+from features.criteria import qualify
+from features.flat import clean_flat_columns
+from features.ingest import Quarantine, clean_activities, clean_leads
+from features.params import CriteriaParams, FeatureParams
+from features.reasons import sentence
+from features.spec import to_model_frame
+from features.tracking import tracking_uri
+
+logger = logging.getLogger(__name__)
+CHAMPION = "champion"
+REASONS_EACH_WAY = 3
+MIN_REASON_POINTS = 0.05
+
+
+class ModelNotReady(RuntimeError):
+    """No usable champion: nothing registered, or the bundle cannot be loaded."""
+
+
+class InvalidLeads(ValueError):
+    """Leads that cannot be scored; `problems` names the lead's position and the field."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """The champion bundle and where it came from."""
+
+    scorer: LeadScorer
+    name: str
+    version: str
+    alias: str
+
+    @property
+    def kind(self) -> str:
+        return self.scorer.spec.kind
+
+    @property
+    def criteria(self) -> CriteriaParams:
+        return CriteriaParams.model_validate(self.scorer.metadata["criteria"])
+
+    @property
+    def feature_params(self) -> FeatureParams:
+        return FeatureParams.model_validate(self.scorer.spec.settings["features"])
+
+
+def load_champion(model_name: str, alias: str = CHAMPION) -> LoadedModel:
+    """Resolve `models:/<name>@<alias>` in the configured registry and load the bundle.
+
+    Raises:
+        ModelNotReady: with a reason a person can act on.
+    """
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        version = str(MlflowClient().get_model_version_by_alias(model_name, alias).version)
+    except MlflowException as exc:
+        raise ModelNotReady(
+            f"no model registered as {model_name}@{alias} in {tracking_uri()}; run `leadscore train` first"
+        ) from exc
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{model_name}@{alias}")
+        scorer = model.unwrap_python_model().scorer
+    except Exception as exc:  # a broken bundle must give a reason, not a crash
+        raise ModelNotReady(f"{model_name} version {version} could not be loaded: {type(exc).__name__}: {exc}") from exc
+    if "criteria" not in scorer.metadata or "subscore_quantiles" not in scorer.metadata:
+        raise ModelNotReady(
+            f"{model_name} version {version} was trained by an older release without criteria "
+            "and sub-score references; retrain it with `leadscore train`"
+        )
+    logger.info("loaded %s version %s (@%s)", model_name, version, alias)
+    return LoadedModel(scorer=scorer, name=model_name, version=version, alias=alias)
+
+
+def _points_per_logit(scorer: LeadScorer, margin: np.ndarray, base: float) -> np.ndarray:
+    """Score points per unit of log-odds for each lead: the calibration's average slope
+    between the base value and the lead's margin (its local slope when they meet), so the
+    reasons' points add up exactly to score minus base score."""
+    score = 100 * scorer.calibrator.apply(margin)
+    base_score = 100 * scorer.calibrator.apply(np.array([base]))[0]
+    delta = margin - base
+    step = 1e-3
+    local = 100 * (scorer.calibrator.apply(margin + step) - scorer.calibrator.apply(margin - step)) / (2 * step)
+    safe = np.abs(delta) > 1e-6
+    return np.where(safe, (score - base_score) / np.where(safe, delta, 1.0), local)
+
+
+def _percentile(values: np.ndarray, quantiles: list[float]) -> np.ndarray:
+    """Rank (0-100) of each value among the training leads the quantiles describe."""
+    reference = np.maximum.accumulate(np.asarray(quantiles, dtype=float))
+    return np.round(np.interp(values, reference, np.linspace(0, 100, len(reference))), 0)
+
+
+def explain_frame(model: LoadedModel, features: pd.DataFrame) -> tuple[np.ndarray, float]:
+    """Exact SHAP contributions (log-odds) of each feature for each lead, and the base value."""
+    scorer = model.scorer
+    x = to_model_frame(features, scorer.spec)
+    contributions = scorer.booster.predict(x, pred_contrib=True)
+    return contributions, float(contributions[0, -1]) if len(contributions) else scorer.metadata["base_value"]
+
+
+def score_features(
+    model: LoadedModel,
+    features: pd.DataFrame,
+    context: pd.DataFrame,
+    as_of: pd.Series,
+    *,
+    with_reasons: bool = True,
+) -> pd.DataFrame:
+    """Scores, sub-scores, stage and reasons from built features.
+
+    Args:
+        model: the loaded champion.
+        features: feature rows (text and numbers) as the feature builders make them.
+        context: per-lead inputs of the criteria that are not features (e.g. `email`,
+            `sales_accepted`), aligned with `features`.
+        as_of: the scoring moment of each lead.
+        with_reasons: compute the top reasons (the SHAP values are needed either way for
+            the sub-scores).
+    """
+    scorer = model.scorer
+    features = features.reset_index(drop=True)
+    contributions, base = explain_frame(model, features)
+    per_feature = contributions[:, :-1]
+    margin = contributions.sum(axis=1)
+    probability = scorer.calibrator.apply(margin)
+    score = score_from_probability(probability)
+    columns = scorer.spec.columns
+    groups = scorer.spec.groups
+    quantiles = scorer.metadata["subscore_quantiles"]
+    sub = {}
+    for group in ("fit", "engagement"):
+        index = [i for i, c in enumerate(columns) if groups[c] == group]
+        sub[group] = _percentile(per_feature[:, index].sum(axis=1), quantiles[group])
+
+    criteria = model.criteria
+    hand_raise = [f"days_since_{kind}" for kind in criteria.hand_raise_types if f"days_since_{kind}" in features]
+    inputs = pd.DataFrame({"score": score, "fit": sub["fit"], "engagement": sub["engagement"]})
+    for name in ("icp_match", "bant_confirmed", "do_not_contact"):
+        if name in features:
+            inputs[name] = pd.to_numeric(features[name], errors="coerce").to_numpy()
+    if hand_raise:
+        inputs["days_since_hand_raise"] = features[hand_raise].min(axis=1, skipna=True).to_numpy()
+    for name in ("email", "sales_accepted", "do_not_contact"):
+        if name in context:
+            inputs[name] = context[name].to_numpy()
+    stages = qualify(inputs, criteria, as_of.reset_index(drop=True))
+
+    out = pd.DataFrame(
+        {
+            "probability": np.round(probability, 6),
+            "score": score,
+            "grade": grade_of(score, scorer.metadata["grade_bands"]),
+            "fit": sub["fit"],
+            "engagement": sub["engagement"],
+        }
+    )
+    out = pd.concat([out, stages.reset_index(drop=True)], axis=1)
+    if with_reasons:
+        points = per_feature * _points_per_logit(scorer, margin, base)[:, None]
+        out["reasons"] = _reasons(points, features, columns)
+    out["model_version"] = model.version
+    return out
+
+
+def _reasons(points: np.ndarray, features: pd.DataFrame, columns: list[str]) -> list[list[dict[str, Any]]]:
+    """Top positive and negative factors of each lead, strongest first."""
+    order = np.argsort(points, axis=1)
+    values = features.reindex(columns=columns)
+    records = values.to_dict(orient="records")
+    out = []
+    for i, lead in enumerate(records):
+        chosen = [j for j in order[i, ::-1][:REASONS_EACH_WAY] if points[i, j] >= MIN_REASON_POINTS]
+        chosen += [j for j in order[i, :REASONS_EACH_WAY] if points[i, j] <= -MIN_REASON_POINTS]
+        reasons = []
+        for j in chosen:
+            feature = columns[j]
+            value = lead[feature]
+            value = None if value is None or (isinstance(value, float) and np.isnan(value)) else value
+            reasons.append(
+                {
+                    "feature": feature,
+                    "value": value,
+                    "points": round(float(points[i, j]), 2),
+                    "text": sentence(feature, value, float(points[i, j]), lead),
+                }
+            )
+        out.append(reasons)
+    return out
+
+
+def prepare_crm_leads(
+    model: LoadedModel, leads: pd.DataFrame, activities: pd.DataFrame, as_of: pd.Series
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Clean raw CRM lead rows and their activities with the training rules and build
+    features as of each lead's moment.
+
+    Raises:
+        InvalidLeads: naming each lead (by position) that cannot be scored, and why.
+    """
+    quarantine = Quarantine()
+    tokens = model.scorer.spec.settings.get("missing_tokens", ("",))
+    raw = leads.astype(object).where(leads.notna(), "").astype(str).reset_index(drop=True)
+    raw.insert(0, "_row", np.arange(len(raw)))
+    clean = clean_leads(raw, quarantine, tokens)
+    acts = activities.astype(object).where(activities.notna(), "").astype(str).reset_index(drop=True)
+    acts.insert(0, "_row", np.arange(len(acts)))
+    clean_acts = clean_activities(acts, pd.Index(clean["lead_id"]), quarantine)
+    problems = quarantine.frame()
+    if not problems.empty:
+        raise InvalidLeads(
+            [f"{row.table}[{row.row}] (lead_id {row.lead_id!r}): {row.reason}" for row in problems.itertuples()]
+        )
+    future = clean["created_at"].to_numpy() > as_of.to_numpy()
+    if future.any():
+        raise InvalidLeads(
+            [f"leads[{i}]: created_at is after the scoring moment (as_of)" for i in np.flatnonzero(future)]
+        )
+    vocabulary = model.scorer.spec.settings.get("tech_vocabulary", [])
+    features = build_crm_features(clean, clean_acts, as_of.reset_index(drop=True), model.feature_params, vocabulary)
+    context = clean[[c for c in ("email", "sales_accepted", "do_not_contact") if c in clean]].reset_index(drop=True)
+    return features, context
+
+
+def prepare_flat_rows(model: LoadedModel, rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Clean flat-export rows with the schema learned in training."""
+    features, _ = clean_flat_columns(rows.reset_index(drop=True), model.scorer.spec.settings["flat"])
+    context = rows[[c for c in ("email", "sales_accepted") if c in rows]].reset_index(drop=True)
+    return features, context

@@ -1,0 +1,165 @@
+"""The scoring service: BentoML 1.4, the champion bundle loaded once at start.
+
+Start it with `leadscore serve` (or `bentoml serve serving.service:LeadScoring`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+
+import bentoml
+import numpy as np
+import pandas as pd
+from bentoml.exceptions import InvalidArgument, ServiceUnavailable
+from fastapi import FastAPI, HTTPException
+from pydantic import Field
+
+from features.params import load_params
+from features.reasons import plain_name
+from serving.guards import ApiKeyGuard, BodySizeGuard
+from serving.schemas import Contribution, Explanation, Lead, LeadScore, leads_to_flat, leads_to_frames, utc_naive
+from serving.scoring import (
+    InvalidLeads,
+    LoadedModel,
+    ModelNotReady,
+    explain_frame,
+    load_champion,
+    prepare_crm_leads,
+    prepare_flat_rows,
+    score_features,
+)
+
+logger = logging.getLogger("leadscore.service")
+PARAMS = load_params()
+MODEL_NAME_ENV = "LEADSCORE_MODEL_NAME"
+extra = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+
+def _as_of(leads: list[Lead], as_of) -> pd.Series:
+    moment = utc_naive(as_of) if as_of is not None else pd.Timestamp.now(tz="UTC").tz_localize(None)
+    return pd.Series([moment] * len(leads))
+
+
+@bentoml.service(name="lead_scoring", traffic={"timeout": 120})
+@bentoml.asgi_app(extra, path="/")
+class LeadScoring:
+    """Scores leads for a CRM: probability, grade, stage and reasons."""
+
+    def __init__(self) -> None:
+        self.model_name = os.environ.get(MODEL_NAME_ENV, PARAMS.mlflow.model_name)
+        self.model: LoadedModel | None = None
+        self.not_ready = ""
+        try:
+            self.model = load_champion(self.model_name)
+        except ModelNotReady as exc:
+            self.not_ready = str(exc)
+            logger.warning("not ready: %s", exc)
+
+    def __is_ready__(self) -> bool:
+        return self.model is not None
+
+    def _require_model(self) -> LoadedModel:
+        if self.model is None:
+            raise ServiceUnavailable(f"no model loaded: {self.not_ready}")
+        return self.model
+
+    def _prepare(self, model: LoadedModel, leads: list[Lead], as_of: pd.Series):
+        if model.kind == "flat":
+            return prepare_flat_rows(model, leads_to_flat(leads))
+        missing = [
+            f"leads[{i}].created_at: required by this model" for i, lead in enumerate(leads) if lead.created_at is None
+        ]
+        if missing:
+            raise InvalidArgument("; ".join(missing))
+        frame, activities = leads_to_frames(leads)
+        try:
+            return prepare_crm_leads(model, frame, activities, as_of)
+        except InvalidLeads as exc:
+            raise InvalidArgument(str(exc)) from None
+
+    @bentoml.api(route="/score")
+    def score(
+        self,
+        leads: list[Lead] = Field(min_length=1, max_length=PARAMS.service.max_batch),
+        as_of: dt.datetime | None = Field(default=None, description="Score as of this moment (default: now)"),
+    ) -> list[LeadScore]:
+        """Score up to `service.max_batch` leads; the answer keeps their order."""
+        model = self._require_model()
+        moments = _as_of(leads, as_of)
+        features, context = self._prepare(model, leads, moments)
+        scored = score_features(model, features, context, moments)
+        scored.insert(0, "lead_id", [lead.lead_id for lead in leads])
+        records = scored.replace({np.nan: None}).to_dict(orient="records")
+        return [LeadScore.model_validate(r) for r in records]
+
+    @bentoml.api(route="/explain")
+    def explain(self, lead: Lead, as_of: dt.datetime | None = None) -> Explanation:
+        """Every feature's contribution for one lead (log-odds and score points), and the base value."""
+        model = self._require_model()
+        moments = _as_of([lead], as_of)
+        features, _ = self._prepare(model, [lead], moments)
+        contributions, base = explain_frame(model, features)
+        margin = contributions.sum(axis=1)
+        calibrate = model.scorer.calibrator.apply
+        score = float(100 * calibrate(margin)[0])
+        base_score = float(100 * calibrate(np.array([base]))[0])
+        slope = (score - base_score) / (margin[0] - base) if abs(margin[0] - base) > 1e-6 else 0.0
+        row = features.reindex(columns=model.scorer.spec.columns).iloc[0]
+        items = []
+        for j, feature in enumerate(model.scorer.spec.columns):
+            value = row[feature]
+            value = None if value is None or (isinstance(value, float) and np.isnan(value)) else value
+            items.append(
+                Contribution(
+                    feature=feature,
+                    label=plain_name(feature),
+                    value=value if not isinstance(value, (np.floating, np.integer)) else float(value),
+                    log_odds=float(contributions[0, j]),
+                    points=round(float(contributions[0, j] * slope), 3),
+                )
+            )
+        items.sort(key=lambda c: -abs(c.log_odds))
+        return Explanation(
+            lead_id=lead.lead_id,
+            base_value=base,
+            base_score=round(base_score, 2),
+            score=round(score, 1),
+            contributions=items,
+            model_version=model.version,
+        )
+
+    @extra.get("/model")
+    def model_info(self) -> dict:
+        """Which model is live: name, version, alias, training window, test metrics,
+        thresholds and grade bands."""
+        if self.model is None:
+            raise HTTPException(status_code=503, detail=f"no model loaded: {self.not_ready}")
+        model = self.model
+        meta = model.scorer.metadata
+        return {
+            "name": model.name,
+            "version": model.version,
+            "alias": model.alias,
+            "kind": model.kind,
+            "trained_at": meta.get("trained_at"),
+            "training_window": meta.get("training_window"),
+            "validation_window": meta.get("validation_window"),
+            "test_window": meta.get("test_window"),
+            "test_metrics": meta.get("test_metrics"),
+            "calibration": meta.get("calibration"),
+            "criteria": meta.get("criteria"),
+            "grade_bands": meta.get("grade_bands"),
+            "data_hash": meta.get("data_hash"),
+            "git_commit": meta.get("git_commit"),
+        }
+
+    @extra.get("/docs")
+    def openapi(self) -> dict:
+        """The OpenAPI spec of this service (also at /docs.json)."""
+        return LeadScoring.openapi_spec.asdict()
+
+
+LeadScoring.add_asgi_middleware(BodySizeGuard, max_bytes=PARAMS.service.max_body_bytes)
+LeadScoring.add_asgi_middleware(ApiKeyGuard)
