@@ -11,8 +11,8 @@ import pandas as pd
 _NUMBER_JUNK = re.compile(r"[\s,$€£¥%]|^\+")
 _SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "bn": 1e9}
 _SUFFIXED = re.compile(r"^(-?\d+(?:\.\d+)?)(k|m|bn|b)$", re.IGNORECASE)
-TRUE_TOKENS = frozenset({"true", "yes", "y", "1", "t"})
-FALSE_TOKENS = frozenset({"false", "no", "n", "0", "f"})
+TRUE_TOKENS = frozenset({"true", "yes", "y", "1", "1.0", "t"})
+FALSE_TOKENS = frozenset({"false", "no", "n", "0", "0.0", "f"})
 
 
 def is_missing(value: object) -> bool:

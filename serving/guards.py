@@ -24,7 +24,7 @@ def api_keys_from_env() -> tuple[bytes, ...]:
     return tuple(k.strip().encode() for k in raw.split(",") if k.strip())
 
 
-async def _reply(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def reply(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
     body = json.dumps({"error": message}).encode()
     await send(
         {
@@ -59,7 +59,7 @@ class ApiKeyGuard:
         header = dict(scope.get("headers") or []).get(b"authorization", b"")
         token = header[7:].strip() if header[:7].lower() == b"bearer " else b""
         if not key_matches(token, self.keys):
-            await _reply(send, 401, "missing or invalid API key", [(b"www-authenticate", b"Bearer")])
+            await reply(send, 401, "missing or invalid API key", [(b"www-authenticate", b"Bearer")])
             return
         await self.app(scope, receive, send)
 
@@ -78,7 +78,7 @@ class BodySizeGuard:
             return
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            await _reply(send, 413, f"request body over {self.max_bytes} bytes")
+            await reply(send, 413, f"request body over {self.max_bytes} bytes")
             return
         seen = 0
 

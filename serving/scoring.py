@@ -211,40 +211,53 @@ def _reasons(points: np.ndarray, features: pd.DataFrame, columns: list[str]) -> 
 
 
 def prepare_crm_leads(
-    model: LoadedModel, leads: pd.DataFrame, activities: pd.DataFrame, as_of: pd.Series
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+    model: LoadedModel, leads: pd.DataFrame, activities: pd.DataFrame, as_of: pd.Series, *, strict: bool = True
+) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, pd.DataFrame]:
     """Clean raw CRM lead rows and their activities with the training rules and build
     features as of each lead's moment.
 
+    Args:
+        strict: raise on any unusable row (the service); otherwise leave such leads out and
+            return them with their reasons (batch scoring quarantines them).
+
+    Returns:
+        Features and criteria context of the usable leads, their positions in `leads`, and
+        the problems (columns `table`, `row`, `lead_id`, `reason`; rows are 0-based positions).
+
     Raises:
-        InvalidLeads: naming each lead (by position) that cannot be scored, and why.
+        InvalidLeads: with `strict`, naming each lead (by position) that cannot be scored.
     """
     quarantine = Quarantine()
     tokens = model.scorer.spec.settings.get("missing_tokens", ("",))
     raw = leads.astype(object).where(leads.notna(), "").astype(str).reset_index(drop=True)
     raw.insert(0, "_row", np.arange(len(raw)))
+    moments = pd.Series(pd.to_datetime(as_of).to_numpy(), index=raw.index)
     clean = clean_leads(raw, quarantine, tokens)
+    positions = clean["_row"].to_numpy()
+    future = pd.Series(clean["created_at"].to_numpy() > moments.to_numpy()[positions], index=clean.index)
+    if future.any():
+        quarantine.add("leads", clean, future, "created_at is after the scoring moment (as_of)")
+        clean = clean[~future].reset_index(drop=True)
+        positions = clean["_row"].to_numpy()
     acts = activities.astype(object).where(activities.notna(), "").astype(str).reset_index(drop=True)
     acts.insert(0, "_row", np.arange(len(acts)))
     clean_acts = clean_activities(acts, pd.Index(clean["lead_id"]), quarantine)
     problems = quarantine.frame()
-    if not problems.empty:
+    if strict and not problems.empty:
         raise InvalidLeads(
             [f"{row.table}[{row.row}] (lead_id {row.lead_id!r}): {row.reason}" for row in problems.itertuples()]
         )
-    future = clean["created_at"].to_numpy() > as_of.to_numpy()
-    if future.any():
-        raise InvalidLeads(
-            [f"leads[{i}]: created_at is after the scoring moment (as_of)" for i in np.flatnonzero(future)]
-        )
     vocabulary = model.scorer.spec.settings.get("tech_vocabulary", [])
-    features = build_crm_features(clean, clean_acts, as_of.reset_index(drop=True), model.feature_params, vocabulary)
+    moment_of = moments.to_numpy()[positions]
+    features = build_crm_features(clean, clean_acts, pd.Series(moment_of), model.feature_params, vocabulary)
     context = clean[[c for c in ("email", "sales_accepted", "do_not_contact") if c in clean]].reset_index(drop=True)
-    return features, context
+    return features, context, positions, problems
 
 
-def prepare_flat_rows(model: LoadedModel, rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Clean flat-export rows with the schema learned in training."""
-    features, _ = clean_flat_columns(rows.reset_index(drop=True), model.scorer.spec.settings["flat"])
-    context = rows[[c for c in ("email", "sales_accepted") if c in rows]].reset_index(drop=True)
-    return features, context
+def prepare_flat_rows(model: LoadedModel, rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """Clean flat-export rows with the schema learned in training (values that do not parse
+    are read as missing, as in training)."""
+    rows = rows.reset_index(drop=True)
+    features, _ = clean_flat_columns(rows, model.scorer.spec.settings["flat"])
+    context = rows[[c for c in ("email", "sales_accepted") if c in rows]]
+    return features, context, np.arange(len(rows))

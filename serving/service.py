@@ -18,7 +18,7 @@ from pydantic import Field
 
 from features.params import load_params
 from features.reasons import plain_name
-from serving.guards import ApiKeyGuard, BodySizeGuard
+from serving.guards import ApiKeyGuard, BodySizeGuard, reply
 from serving.schemas import Contribution, Explanation, Lead, LeadScore, leads_to_flat, leads_to_frames, utc_naive
 from serving.scoring import (
     InvalidLeads,
@@ -35,6 +35,22 @@ logger = logging.getLogger("leadscore.service")
 PARAMS = load_params()
 MODEL_NAME_ENV = "LEADSCORE_MODEL_NAME"
 extra = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+# Why the worker has no model, for the readiness guard (BentoML hides the text of 5xx errors).
+NOT_READY: dict[str, str] = {"reason": "starting"}
+MODEL_ROUTES = frozenset({"/score", "/explain", "/model"})
+
+
+class ReadinessGuard:
+    """503 with the reason on the model routes while no model is loaded."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] in MODEL_ROUTES and NOT_READY["reason"]:
+            await reply(send, 503, f"no model loaded: {NOT_READY['reason']}")
+            return
+        await self.app(scope, receive, send)
 
 
 def _as_of(leads: list[Lead], as_of) -> pd.Series:
@@ -56,6 +72,7 @@ class LeadScoring:
         except ModelNotReady as exc:
             self.not_ready = str(exc)
             logger.warning("not ready: %s", exc)
+        NOT_READY["reason"] = self.not_ready
 
     def __is_ready__(self) -> bool:
         return self.model is not None
@@ -67,7 +84,8 @@ class LeadScoring:
 
     def _prepare(self, model: LoadedModel, leads: list[Lead], as_of: pd.Series):
         if model.kind == "flat":
-            return prepare_flat_rows(model, leads_to_flat(leads))
+            features, context, _ = prepare_flat_rows(model, leads_to_flat(leads))
+            return features, context
         missing = [
             f"leads[{i}].created_at: required by this model" for i, lead in enumerate(leads) if lead.created_at is None
         ]
@@ -75,9 +93,10 @@ class LeadScoring:
             raise InvalidArgument("; ".join(missing))
         frame, activities = leads_to_frames(leads)
         try:
-            return prepare_crm_leads(model, frame, activities, as_of)
+            features, context, _, _ = prepare_crm_leads(model, frame, activities, as_of)
         except InvalidLeads as exc:
             raise InvalidArgument(str(exc)) from None
+        return features, context
 
     @bentoml.api(route="/score")
     def score(
@@ -161,5 +180,7 @@ class LeadScoring:
         return LeadScoring.openapi_spec.asdict()
 
 
+# Outermost first: size, then key, then readiness (its reason is for authenticated callers).
 LeadScoring.add_asgi_middleware(BodySizeGuard, max_bytes=PARAMS.service.max_body_bytes)
 LeadScoring.add_asgi_middleware(ApiKeyGuard)
+LeadScoring.add_asgi_middleware(ReadinessGuard)

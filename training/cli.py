@@ -303,5 +303,88 @@ def train(
         console.print(f"metrics written to {metrics_out}")
 
 
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on")] = 3000,
+    host: Annotated[
+        str, typer.Option("--host", help="Interface to bind (0.0.0.0 to accept remote calls)")
+    ] = "127.0.0.1",
+) -> None:
+    """Start the scoring service (BentoML) on the champion of the configured MLflow registry."""
+    import subprocess
+    import sys
+
+    from features.params import PROJECT_ROOT
+    from features.tracking import tracking_uri
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri()}
+    console.print(f"Serving models:/lead-scorer@champion from {env['MLFLOW_TRACKING_URI']} on http://{host}:{port}")
+    if os.environ.get("LEADSCORE_API_KEYS"):
+        console.print("API keys required (LEADSCORE_API_KEYS is set)")
+    bentoml = str(Path(sys.executable).parent / "bentoml")
+    command = [bentoml, "serve", "serving.service:LeadScoring", "--host", host, "--port", str(port),
+               "--working-dir", str(PROJECT_ROOT)]  # fmt: skip
+    raise typer.Exit(subprocess.call(command, env=env))
+
+
+@app.command()
+def score(
+    source: Annotated[Path, typer.Argument(help="Leads file (CSV or parquet) or a CRM export folder")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the scores (.csv or .parquet)")],
+    activities: Annotated[Path | None, typer.Option("--activities", help="Activities file of these leads")] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="Score as of this moment (default: now, UTC)")] = None,
+    model_name: Annotated[
+        str | None, typer.Option("--model-name", help="Registered model (default from params.yaml)")
+    ] = None,
+) -> None:
+    """Score leads in batch with the champion: the same columns and numbers as the service."""
+    from rich.progress import Progress as RichProgress
+
+    from serving.batch import read_leads, score_batch, write_table
+    from serving.scoring import ModelNotReady, load_champion
+
+    _quiet_libraries()
+    params = load_params()
+    try:
+        moment = pd_timestamp(as_of)
+        with console.status("Loading the champion model"):
+            model = load_champion(model_name or params.mlflow.model_name)
+        leads, acts, closed = read_leads(source, activities)
+        if closed:
+            console.print(
+                f"{closed:,} converted or lost leads of the export left out; scoring the {len(leads):,} open ones"
+            )
+        with RichProgress(console=console) as progress:
+            task = progress.add_task("scoring", total=len(leads))
+            result = score_batch(model, leads, acts, moment, on_progress=lambda n: progress.advance(task, n))
+        write_table(result.scored, output)
+    except (DataError, ModelNotReady, ParamsError) as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot write {output}: {exc.strerror or exc}")
+    console.print(
+        f"Scored {len(result.scored):,} leads with {model.name} version {model.version} as of {moment} → {output}"
+    )
+    if not result.quarantine.empty:
+        quarantine_path = output.with_name(output.stem + ".quarantine.csv")
+        result.quarantine.to_csv(quarantine_path, index=False)
+        console.print(f"[yellow]{len(result.quarantine):,} row(s) not scored; reasons in {quarantine_path}[/yellow]")
+    counts = result.scored["stage"].value_counts()
+    console.print("stages: " + ", ".join(f"{stage} {n:,}" for stage, n in counts.items()))
+
+
+def pd_timestamp(text: str | None):
+    """A moment from the command line (UTC), or now."""
+    import pandas as pd
+
+    if not text:
+        return pd.Timestamp.now(tz="UTC").tz_localize(None)
+    try:
+        moment = pd.Timestamp(text)
+    except ValueError as exc:
+        raise DataError(f"--as-of {text!r} is not a date or timestamp") from exc
+    return moment.tz_convert("UTC").tz_localize(None) if moment.tzinfo else moment
+
+
 if __name__ == "__main__":
     app()

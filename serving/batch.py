@@ -1,0 +1,119 @@
+"""Batch scoring: a file (or CRM export folder) of leads in, the service's columns out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features.ingest import DataError
+from features.schema import TABLE_FILES
+from serving.scoring import LoadedModel, prepare_crm_leads, prepare_flat_rows, score_features
+
+OUTPUT_COLUMNS = [
+    "lead_id", "probability", "score", "grade", "fit", "engagement", "stage", "stage_reason",
+    "next_action", "recycle_on", "reasons", "model_version",
+]  # fmt: skip
+CHUNK_LEADS = 50_000
+
+
+@dataclass
+class BatchResult:
+    scored: pd.DataFrame
+    quarantine: pd.DataFrame
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV or parquet table as text cells (missing as empty), like an export."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+            return frame.astype(object).where(frame.notna(), "").astype(str)
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from exc
+
+
+def read_leads(source: Path, activities: Path | None) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Leads and activities from a CRM export folder (its open leads only, when it has
+    outcomes), or a leads file plus an optional activities file.
+
+    Returns:
+        Leads, activities, and how many closed leads were left out.
+    """
+    closed = 0
+    if source.is_dir():
+        leads = read_table(source / TABLE_FILES["leads"])
+        acts_path = activities or source / TABLE_FILES["activities"]
+        outcomes_path = source / TABLE_FILES["outcomes"]
+        if outcomes_path.is_file() and "lead_id" in leads:
+            outcomes = read_table(outcomes_path)
+            status = outcomes.set_index(outcomes["lead_id"].str.strip())["status"].str.strip().str.casefold()
+            is_closed = leads["lead_id"].str.strip().map(status).isin(["converted", "lost"])
+            closed = int(is_closed.sum())
+            leads = leads[~is_closed.to_numpy()].reset_index(drop=True)
+    else:
+        leads = read_table(source)
+        acts_path = activities
+    if acts_path is not None and acts_path.exists():
+        acts = read_table(acts_path)
+    else:
+        acts = pd.DataFrame(columns=["lead_id", "occurred_at", "activity_type", "value"])
+    if "lead_id" not in leads:
+        raise DataError(f"{source}: no lead_id column; columns are {', '.join(leads.columns[:20])}")
+    return leads, acts, closed
+
+
+def score_batch(
+    model: LoadedModel,
+    leads: pd.DataFrame,
+    activities: pd.DataFrame,
+    as_of: pd.Timestamp,
+    *,
+    on_progress: Callable[[int], None] | None = None,
+) -> BatchResult:
+    """Score every usable lead, in chunks; unusable rows come back as a quarantine."""
+    parts, problems = [], []
+    groups = activities.groupby("lead_id").indices if len(activities) else {}
+    for start in range(0, len(leads), CHUNK_LEADS):
+        chunk = leads.iloc[start : start + CHUNK_LEADS].reset_index(drop=True)
+        moments = pd.Series([as_of] * len(chunk))
+        if model.kind == "flat":
+            features, context, positions = prepare_flat_rows(model, chunk)
+            issue = pd.DataFrame(columns=["table", "row", "lead_id", "reason"])
+        else:
+            rows = [groups[i] for i in chunk["lead_id"].str.strip() if i in groups]
+            acts = activities.iloc[np.concatenate(rows)] if rows else activities.iloc[:0]
+            features, context, positions, issue = prepare_crm_leads(model, chunk, acts, moments, strict=False)
+        scored = score_features(model, features, context, moments.iloc[positions])
+        scored.insert(0, "lead_id", chunk["lead_id"].to_numpy()[positions])
+        scored["reasons"] = [json.dumps(r, default=str) for r in scored["reasons"]]
+        parts.append(scored[OUTPUT_COLUMNS])
+        if not issue.empty:
+            leads_rows = issue["table"] == "leads"
+            issue.loc[leads_rows, "row"] = issue.loc[leads_rows, "row"].astype(int) + start + 1
+            problems.append(issue)
+        if on_progress:
+            on_progress(len(chunk))
+    scored = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=OUTPUT_COLUMNS)
+    quarantine = (
+        pd.concat(problems, ignore_index=True)
+        if problems
+        else pd.DataFrame(columns=["table", "row", "lead_id", "reason"])
+    )
+    return BatchResult(scored, quarantine)
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> None:
+    """CSV or parquet by the file's suffix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_csv(path, index=False)

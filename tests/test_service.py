@@ -1,0 +1,274 @@
+"""End to end: the real `bentoml serve` on a loopback port, called over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.ingest import load_crm
+from features.params import PROJECT_ROOT, load_params
+from serving.batch import score_batch
+from serving.scoring import load_champion
+
+pytestmark = pytest.mark.slow
+KEYS = ("key-one", "key-two")
+AS_OF = "2025-12-20T12:00:00"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(store: str, keys: str | None) -> tuple[subprocess.Popen, str, Path]:
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "LEADSCORE_MODEL_NAME": "svc-model"}
+    env.pop("LEADSCORE_API_KEYS", None)
+    if keys:
+        env["LEADSCORE_API_KEYS"] = keys
+    log = Path(store.removeprefix("sqlite:///")).parent / f"serve-{port}.log"
+    bentoml = str(Path(sys.executable).parent / "bentoml")
+    process = subprocess.Popen(
+        [bentoml, "serve", "serving.service:LeadScoring", "--host", "127.0.0.1", "--port", str(port),
+         "--working-dir", str(PROJECT_ROOT)],
+        env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/livez", timeout=2).status_code == 200:
+                return process, url, log
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None:
+            break
+        time.sleep(0.5)
+    _stop(process)
+    raise RuntimeError(f"bentoml serve did not start: {log.read_text()[-3000:]}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def store(small_crm_dir, tmp_path_factory) -> str:
+    """A registry with a champion trained on the small CRM."""
+    from training.pipeline import prepare_crm, train_and_register
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('svc-store') / 'mlflow.db'}"
+    previous = os.environ["MLFLOW_TRACKING_URI"]
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        params = load_params(
+            **{
+                "tuning.trials": 3,
+                "tuning.max_boost_rounds": 200,
+                "mlflow.shap_sample": 100,
+                "gates.min_auc_gain_vs_baseline": -1.0,
+            }
+        )
+        train_and_register(prepare_crm(small_crm_dir, params), params, model_name="svc-model")
+    finally:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
+    return uri
+
+
+@pytest.fixture(scope="module")
+def server(store):
+    process, url, log = _start(store, ",".join(KEYS))
+    yield url, log
+    _stop(process)
+
+
+@pytest.fixture(scope="module")
+def sample(small_crm_dir):
+    """Thirty open leads of the small CRM with their activities, as the CRM would send them."""
+    crm = load_crm(small_crm_dir)
+    open_ids = crm.outcomes.loc[crm.outcomes["status"] == "open", "lead_id"]
+    leads = crm.leads[crm.leads["lead_id"].isin(open_ids)].head(30).reset_index(drop=True)
+    acts = crm.activities[crm.activities["lead_id"].isin(leads["lead_id"])]
+    return leads, acts
+
+
+def _request(leads: pd.DataFrame, acts: pd.DataFrame) -> dict:
+    body = []
+    fields = ["industry", "country", "seniority", "department", "lead_source", "employees", "annual_revenue",
+              "budget", "authority", "need", "timeline", "tech_stack", "email", "do_not_contact"]  # fmt: skip
+    for lead in leads.to_dict(orient="records"):
+        item = {"lead_id": lead["lead_id"], "created_at": lead["created_at"].isoformat()}
+        for f in fields:
+            value = lead.get(f)
+            if value is not None and not (isinstance(value, float) and np.isnan(value)):
+                item[f] = bool(value) if f == "do_not_contact" else value
+        own = acts[acts["lead_id"] == lead["lead_id"]]
+        item["activities"] = [
+            {"occurred_at": a.occurred_at.isoformat(), "activity_type": a.activity_type}
+            | ({"value": a.value} if not np.isnan(a.value) else {})
+            for a in own.itertuples()
+        ]
+        body.append(item)
+    return {"leads": body, "as_of": AS_OF}
+
+
+def _auth(key: str = KEYS[1]) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_keys_are_required_except_on_probes(server):
+    url, _ = server
+    body = {"leads": [{"lead_id": "x", "created_at": "2025-01-01"}]}
+    assert httpx.post(f"{url}/score", json=body).status_code == 401
+    assert httpx.post(f"{url}/score", json=body, headers=_auth("nope")).status_code == 401
+    assert httpx.post(f"{url}/score", json=body, headers={"Authorization": "key-one"}).status_code == 401
+    assert httpx.post(f"{url}/score", json=body, headers=_auth()).status_code == 200
+    assert httpx.get(f"{url}/model").status_code == 401
+    assert httpx.get(f"{url}/healthz").status_code == 200
+    assert httpx.get(f"{url}/readyz").status_code == 200
+
+
+def test_service_and_batch_give_identical_numbers(server, store, sample):
+    url, _ = server
+    leads, acts = sample
+    response = httpx.post(f"{url}/score", json=_request(leads, acts), headers=_auth(), timeout=60)
+    assert response.status_code == 200, response.text
+    served = pd.DataFrame(response.json())
+    assert served["lead_id"].tolist() == leads["lead_id"].tolist()
+
+    os.environ["MLFLOW_TRACKING_URI"] = store
+    try:
+        model = load_champion("svc-model")
+    finally:
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(store.removeprefix('sqlite:///'))}"
+    text_leads = leads.astype(object).where(leads.notna(), "").astype(str)
+    text_leads["created_at"] = leads["created_at"].map(lambda t: t.isoformat())
+    text_acts = acts.assign(occurred_at=acts["occurred_at"].map(lambda t: t.isoformat())).astype(str)
+    batch = score_batch(model, text_leads, text_acts.replace("nan", ""), pd.Timestamp(AS_OF)).scored
+    for column in ("probability", "score", "fit", "engagement"):
+        np.testing.assert_allclose(served[column], batch[column].astype(float), rtol=0, atol=1e-9)
+    for column in ("grade", "stage", "stage_reason", "next_action", "model_version"):
+        assert served[column].tolist() == batch[column].tolist()
+    assert [[r["text"] for r in rs] for rs in served["reasons"]] == [
+        [r["text"] for r in json.loads(rs)] for rs in batch["reasons"]
+    ]
+    assert served["grade"].isin(list("ABCD")).all()
+    assert served["stage"].isin(["disqualified", "nurture", "MQL", "SAL", "SQL"]).all()
+    assert served["score"].between(0, 100).all() and served["fit"].between(0, 100).all()
+    assert all(0 < len(r) <= 6 for r in served["reasons"])
+
+
+def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
+    url, _ = server
+    post = lambda body: httpx.post(f"{url}/score", json=body, headers=_auth(), timeout=30)  # noqa: E731
+    empty = post({"leads": []})
+    assert empty.status_code == 400 and "leads" in empty.text
+    unknown = post({"leads": [{"lead_id": "a", "created_at": "2025-01-01", "colour": "red"}]})
+    assert (
+        unknown.status_code == 400
+        and '"colour"' in unknown.text
+        and '["leads",0,"colour"]' in unknown.text.replace(" ", "")
+    )
+    wrong_type = post({"leads": [{"lead_id": "a", "created_at": "2025-01-01"}, {"lead_id": "b", "employees": "many"}]})
+    assert wrong_type.status_code == 400 and '["leads",1,"employees"]' in wrong_type.text.replace(" ", "")
+    no_created = post({"leads": [{"lead_id": "a"}]})
+    assert no_created.status_code == 400 and "leads[0].created_at" in no_created.text
+    too_many = post({"leads": [{"lead_id": str(i), "created_at": "2025-01-01"} for i in range(1001)]})
+    assert too_many.status_code == 400
+    future = post({"leads": [{"lead_id": "a", "created_at": "2030-01-01"}], "as_of": "2025-01-01"})
+    assert future.status_code == 400 and "after the scoring moment" in future.text
+    bad_json = httpx.post(
+        f"{url}/score", content=b'{"leads": [', headers={**_auth(), "content-type": "application/json"}
+    )
+    assert bad_json.status_code == 400
+    unknown_values = post(
+        {
+            "leads": [
+                {
+                    "lead_id": "a",
+                    "created_at": "2025-01-01",
+                    "industry": "Space mining",
+                    "activities": [{"occurred_at": "2025-01-02", "activity_type": "hologram_call"}],
+                }
+            ]
+        }
+    )
+    assert unknown_values.status_code == 200  # unknown categories and activity types score normally
+
+
+def test_explain_model_and_docs(server, sample):
+    url, _ = server
+    leads, acts = sample
+    one = _request(leads.head(1), acts)
+    explained = httpx.post(f"{url}/explain", json={"lead": one["leads"][0], "as_of": AS_OF}, headers=_auth())
+    assert explained.status_code == 200, explained.text
+    body = explained.json()
+    scored = httpx.post(f"{url}/score", json=one, headers=_auth()).json()[0]
+    assert body["score"] == pytest.approx(scored["score"], abs=0.05)
+    points = sum(c["points"] for c in body["contributions"])
+    assert body["base_score"] + points == pytest.approx(body["score"], abs=0.1)
+    info = httpx.get(f"{url}/model", headers=_auth()).json()
+    assert info["name"] == "svc-model" and info["version"] == "1" and info["alias"] == "champion"
+    assert info["grade_bands"] and info["criteria"]["sql"]["min_score"] > 0 and info["test_metrics"]["roc_auc"] > 0.5
+    spec = httpx.get(f"{url}/docs", headers=_auth()).json()
+    assert "/score" in spec["paths"] and "/explain" in spec["paths"]
+
+
+def test_logs_hold_no_keys_and_no_personal_data(server, sample):
+    url, log = server
+    leads, acts = sample
+    httpx.post(f"{url}/score", json=_request(leads.head(5), acts), headers=_auth())
+    httpx.post(
+        f"{url}/score",
+        json={"leads": [{"lead_id": "a", "email": "secret.person@example.com", "x": 1}]},
+        headers=_auth(),
+    )
+    text = log.read_text()
+    assert "key-one" not in text and "key-two" not in text
+    for email in leads.head(5)["email"].dropna():
+        assert email not in text
+    assert "secret.person@example.com" not in text
+
+
+def test_without_a_model_the_service_starts_and_says_why(tmp_path):
+    process, url, _ = _start(f"sqlite:///{tmp_path / 'empty.db'}", None)
+    try:
+        ready = httpx.get(f"{url}/readyz")
+        assert ready.status_code == 503
+        scored = httpx.post(f"{url}/score", json={"leads": [{"lead_id": "a", "created_at": "2025-01-01"}]})
+        assert scored.status_code == 503 and "leadscore train" in scored.text
+    finally:
+        _stop(process)
+
+
+def test_without_a_model_callers_still_need_a_key(tmp_path):
+    process, url, _ = _start(f"sqlite:///{tmp_path / 'empty.db'}", "k")
+    try:
+        assert httpx.post(f"{url}/score", json={"leads": []}).status_code == 401
+        assert httpx.get(f"{url}/model", headers={"Authorization": "Bearer k"}).status_code == 503
+    finally:
+        _stop(process)
+
+
+def test_oversized_bodies_are_refused_before_parsing(server):
+    url, _ = server
+    huge = b'{"leads": [' + b" " * 20_000_001 + b"]}"
+    response = httpx.post(f"{url}/score", content=huge, headers={**_auth(), "content-type": "application/json"})
+    assert response.status_code == 413
