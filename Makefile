@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint format bench clean
+.PHONY: help install demo serve test test-fast lint format bench clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -20,8 +20,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## Create .venv and install the project with its dev tools
 
-demo: $(STAMP)  ## Generate the embedded data, train, register the champion, print a summary
+demo: $(STAMP)  ## Train on the embedded data, register the champion, score the open leads, show the best
 	$(BIN)/leadscore train --metrics-out models/demo-metrics.json
+	$(BIN)/leadscore score models/embedded -o models/demo-scores.csv --as-of 2026-10-22 --top 10
+	@echo ""
+	@echo "Next: start the scoring service with 'make serve' (http://127.0.0.1:3000, spec at /docs)"
+	@echo "and score a lead: see 'Scoring from a CRM' in README.md."
+
+serve: $(STAMP)  ## Start the scoring service on http://127.0.0.1:3000 (the champion of models/)
+	$(BIN)/leadscore serve --port 3000
 
 test: $(STAMP)  ## Lint and run every test (slow end-to-end ones included)
 	$(BIN)/ruff check .

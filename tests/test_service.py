@@ -21,7 +21,7 @@ from features.params import PROJECT_ROOT, load_params
 from serving.batch import score_batch
 from serving.scoring import load_champion
 
-pytestmark = pytest.mark.slow
+
 KEYS = ("key-one", "key-two")
 AS_OF = "2025-12-20T12:00:00"
 
@@ -133,6 +133,7 @@ def _auth(key: str = KEYS[1]) -> dict:
     return {"Authorization": f"Bearer {key}"}
 
 
+@pytest.mark.slow
 def test_keys_are_required_except_on_probes(server):
     url, _ = server
     body = {"leads": [{"lead_id": "x", "created_at": "2025-01-01"}]}
@@ -145,6 +146,7 @@ def test_keys_are_required_except_on_probes(server):
     assert httpx.get(f"{url}/readyz").status_code == 200
 
 
+@pytest.mark.slow
 def test_service_and_batch_give_identical_numbers(server, store, sample):
     url, _ = server
     leads, acts = sample
@@ -175,6 +177,7 @@ def test_service_and_batch_give_identical_numbers(server, store, sample):
     assert all(0 < len(r) <= 6 for r in served["reasons"])
 
 
+@pytest.mark.slow
 def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
     url, _ = server
     post = lambda body: httpx.post(f"{url}/score", json=body, headers=_auth(), timeout=30)  # noqa: E731
@@ -213,6 +216,7 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
     assert unknown_values.status_code == 200  # unknown categories and activity types score normally
 
 
+@pytest.mark.slow
 def test_explain_model_and_docs(server, sample):
     url, _ = server
     leads, acts = sample
@@ -231,6 +235,7 @@ def test_explain_model_and_docs(server, sample):
     assert "/score" in spec["paths"] and "/explain" in spec["paths"]
 
 
+@pytest.mark.slow
 def test_logs_hold_no_keys_and_no_personal_data(server, sample):
     url, log = server
     leads, acts = sample
@@ -247,6 +252,7 @@ def test_logs_hold_no_keys_and_no_personal_data(server, sample):
     assert "secret.person@example.com" not in text
 
 
+@pytest.mark.slow
 def test_without_a_model_the_service_starts_and_says_why(tmp_path):
     process, url, _ = _start(f"sqlite:///{tmp_path / 'empty.db'}", None)
     try:
@@ -258,6 +264,7 @@ def test_without_a_model_the_service_starts_and_says_why(tmp_path):
         _stop(process)
 
 
+@pytest.mark.slow
 def test_without_a_model_callers_still_need_a_key(tmp_path):
     process, url, _ = _start(f"sqlite:///{tmp_path / 'empty.db'}", "k")
     try:
@@ -267,8 +274,16 @@ def test_without_a_model_callers_still_need_a_key(tmp_path):
         _stop(process)
 
 
+@pytest.mark.slow
 def test_oversized_bodies_are_refused_before_parsing(server):
     url, _ = server
     huge = b'{"leads": [' + b" " * 20_000_001 + b"]}"
     response = httpx.post(f"{url}/score", content=huge, headers={**_auth(), "content-type": "application/json"})
     assert response.status_code == 413
+
+
+def test_committed_openapi_copy_is_current():
+    from serving.service import LeadScoring
+
+    committed = json.loads((PROJECT_ROOT / "docs" / "openapi.json").read_text())
+    assert committed == json.loads(json.dumps(LeadScoring.openapi_spec.asdict())), "run `leadscore openapi`"

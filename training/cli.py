@@ -304,6 +304,18 @@ def train(
 
 
 @app.command()
+def openapi(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the spec")] = Path("docs/openapi.json"),
+) -> None:
+    """Write the scoring API's OpenAPI spec (the same document GET /docs serves)."""
+    from serving.service import LeadScoring
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(LeadScoring.openapi_spec.asdict(), indent=2, sort_keys=True) + "\n")
+    console.print(f"OpenAPI spec written to {output}")
+
+
+@app.command()
 def serve(
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on")] = 3000,
     host: Annotated[
@@ -336,6 +348,7 @@ def score(
     model_name: Annotated[
         str | None, typer.Option("--model-name", help="Registered model (default from params.yaml)")
     ] = None,
+    top: Annotated[int, typer.Option("--top", min=0, help="Print the N best leads with grade, stage and reasons")] = 0,
 ) -> None:
     """Score leads in batch with the champion: the same columns and numbers as the service."""
     from rich.progress import Progress as RichProgress
@@ -371,6 +384,22 @@ def score(
         console.print(f"[yellow]{len(result.quarantine):,} row(s) not scored; reasons in {quarantine_path}[/yellow]")
     counts = result.scored["stage"].value_counts()
     console.print("stages: " + ", ".join(f"{stage} {n:,}" for stage, n in counts.items()))
+    if top:
+        _print_top(result.scored, top)
+
+
+def _print_top(scored, count: int) -> None:
+    """The best leads, as a sales manager would want them on Monday morning."""
+    best = scored.sort_values("score", ascending=False).head(count)
+    table = Table(title=f"Top {len(best)} leads")
+    for name in ("lead", "score", "grade", "fit", "eng.", "stage", "why", "next action"):
+        table.add_column(name, overflow="fold")
+    for row in best.itertuples():
+        reasons = json.loads(row.reasons) if isinstance(row.reasons, str) else row.reasons
+        why = "; ".join(r["text"] for r in reasons[:2])
+        table.add_row(row.lead_id, f"{row.score:.1f}", row.grade, f"{row.fit:.0f}", f"{row.engagement:.0f}",
+                      row.stage, why, row.next_action)  # fmt: skip
+    console.print(table)
 
 
 def pd_timestamp(text: str | None):
