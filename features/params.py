@@ -69,6 +69,7 @@ class TuningParams(_Frozen):
     timeout_seconds: float = Field(gt=0)
     seed: int
     early_stopping_rounds: int = Field(ge=1)
+    refit_with_validation: bool = True
     max_boost_rounds: int = Field(ge=10)
     search_space: dict[str, tuple[float, float]]
 

@@ -21,7 +21,6 @@ from features.params import PROJECT_ROOT, load_params
 from serving.batch import score_batch
 from serving.scoring import load_champion
 
-
 KEYS = ("key-one", "key-two")
 AS_OF = "2025-12-20T12:00:00"
 

@@ -354,6 +354,15 @@ def train_and_register(
         calibrator, calibration_scores = choose_calibrator(
             calibration_margin, calibration_label, params.calibration, seed=params.split.seed
         )
+        # The final model and the baselines learn from train and validation together: the
+        # validation period is the newest data before the test period, where drift matters most.
+        final_x, final_y = frames["fit"], labels["fit"]
+        if not cross_validate and params.tuning.refit_with_validation:
+            final_x = pd.concat([frames["fit"], frames["valid"]])
+            final_y = np.concatenate([labels["fit"], labels["valid"]])
+            booster = fit_final(
+                final_x, final_y, tuning.best_params, n_estimators=tuning.best_iteration, seed=params.tuning.seed
+            )
         timings["train_seconds"] = time.perf_counter() - started
 
         reporter.stage("Evaluating on the test period, with baselines on the same split")
@@ -362,8 +371,8 @@ def train_and_register(
         valid_probability = calibrator.apply(calibration_margin)
         test_metrics = classification_metrics(labels["test"], test_probability, params.calibration.ece_bins)
         baseline_probs = fit_baselines(
-            frames["fit"],
-            labels["fit"],
+            final_x,
+            final_y,
             frames["test"],
             list(spec.categories),
             params.split.seed,
@@ -409,12 +418,16 @@ def train_and_register(
                 mlflow.log_artifact(str(quarantine_path))
 
             windows = dataset.split.windows
-            subscores = subscore_reference(booster, frames["fit"], spec, params.split.seed)
+            subscores = subscore_reference(booster, final_x, spec, params.split.seed)
             metadata = {
                 "model_name": model_name,
                 "kind": dataset.kind,
                 "trained_at": pd.Timestamp.now(tz="UTC").isoformat(),
-                "training_window": windows.get("train"),
+                "training_window": (
+                    [windows["train"][0], windows["valid"][1]]
+                    if final_x is not frames["fit"] and "train" in windows and "valid" in windows
+                    else windows.get("train")
+                ),
                 "validation_window": windows.get("valid"),
                 "test_window": windows.get("test"),
                 "split": dataset.split.description,
