@@ -25,6 +25,7 @@ from features.params import CriteriaParams, FeatureParams
 from features.reasons import sentence
 from features.spec import to_model_frame
 from features.tracking import tracking_uri
+from serving.treeshap import CompiledTrees, compile_booster, shap_values
 
 logger = logging.getLogger(__name__)
 CHAMPION = "champion"
@@ -52,6 +53,7 @@ class LoadedModel:
     name: str
     version: str
     alias: str
+    trees: CompiledTrees
 
     @property
     def kind(self) -> str:
@@ -90,7 +92,9 @@ def load_champion(model_name: str, alias: str = CHAMPION) -> LoadedModel:
             "and sub-score references; retrain it with `leadscore train`"
         )
     logger.info("loaded %s version %s (@%s)", model_name, version, alias)
-    return LoadedModel(scorer=scorer, name=model_name, version=version, alias=alias)
+    return LoadedModel(
+        scorer=scorer, name=model_name, version=version, alias=alias, trees=compile_booster(scorer.booster)
+    )
 
 
 def _points_per_logit(scorer: LeadScorer, margin: np.ndarray, base: float) -> np.ndarray:
@@ -116,8 +120,7 @@ def explain_frame(model: LoadedModel, features: pd.DataFrame) -> tuple[np.ndarra
     """Exact SHAP contributions (log-odds) of each feature for each lead, and the base value."""
     scorer = model.scorer
     x = to_model_frame(features, scorer.spec)
-    contributions = scorer.booster.predict(x, pred_contrib=True)
-    return contributions, float(contributions[0, -1]) if len(contributions) else scorer.metadata["base_value"]
+    return shap_values(model.trees, x), model.trees.base_value
 
 
 def score_features(
