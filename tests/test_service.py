@@ -83,9 +83,11 @@ def store(small_crm_dir, tmp_path_factory) -> str:
                 "tuning.max_boost_rounds": 200,
                 "mlflow.shap_sample": 100,
                 "gates.min_auc_gain_vs_baseline": -1.0,
+                "gates.max_test_ece": 1.0,  # small data: the gates are tested elsewhere
             }
         )
-        train_and_register(prepare_crm(small_crm_dir, params), params, model_name="svc-model")
+        metrics = train_and_register(prepare_crm(small_crm_dir, params), params, model_name="svc-model")
+        assert metrics["promoted"], metrics["gates"]
     finally:
         os.environ["MLFLOW_TRACKING_URI"] = previous
     return uri
