@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from functools import lru_cache
 
 ACTIVITY_WORDS: dict[str, tuple[str, str]] = {
     "web_visit": ("web visit", "web visits"),
@@ -90,6 +91,19 @@ def plain_name(feature: str) -> str:
     return feature.replace("_", " ")
 
 
+@lru_cache(maxsize=4096)
+def _shape(feature: str) -> tuple[str, str, str]:
+    """What kind of feature this is (parsed once per name): ("count", kind, window),
+    ("since", kind, ""), ("uses", tech, "") or ("field", feature, "")."""
+    if match := _COUNT.match(feature):
+        return "count", match["kind"], match["window"]
+    if match := _SINCE.match(feature):
+        return "since", match["kind"], ""
+    if feature.startswith("uses_"):
+        return "uses", feature.removeprefix("uses_").replace("_", " ").title(), ""
+    return "field", feature, ""
+
+
 def describe(feature: str, value: object, lead: Mapping[str, object]) -> str:
     """What a feature says about this lead, in a sentence fragment.
 
@@ -98,8 +112,8 @@ def describe(feature: str, value: object, lead: Mapping[str, object]) -> str:
         value: the lead's value of it (number, text or missing).
         lead: all of the lead's feature values, for context (e.g. how long ago a demo was).
     """
-    if match := _COUNT.match(feature):
-        kind, window = match["kind"], match["window"]
+    shape, kind, window = _shape(feature)
+    if shape == "count":
         since = lead.get(f"days_since_{kind}")
         if kind in INTENT_VERBS and not _missing(since) and not _missing(value) and value > 0:
             return f"{INTENT_VERBS[kind]} {_ago(float(since))}"
@@ -109,15 +123,14 @@ def describe(feature: str, value: object, lead: Mapping[str, object]) -> str:
         if _missing(value) or value == 0:
             return f"No {_words(kind, 1)} {span}"
         return f"{value:.0f} {_words(kind, value)} {span}"
-    if match := _SINCE.match(feature):
-        kind = match["kind"]
+    if shape == "since":
         if _missing(value):
             return f"No {_words(kind, 1)} yet" if kind != "last_activity" else "No activity yet"
         if kind == "last_activity":
             return f"Last activity {_ago(float(value))}"
         return f"{INTENT_VERBS.get(kind, 'Last ' + _words(kind, 1))} {_ago(float(value))}"
-    if feature.startswith("uses_"):
-        tech = feature.removeprefix("uses_").replace("_", " ").title()
+    if shape == "uses":
+        tech = kind
         if _missing(value):
             return f"Tech stack unknown ({tech})"
         return f"Uses {tech}" if value == 1 else f"Does not use {tech}"

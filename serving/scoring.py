@@ -7,6 +7,7 @@ Shared by the service, batch scoring and the pages, so all three give identical 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,28 +188,57 @@ def score_features(
     return out
 
 
+class _Row(Mapping):
+    """One lead's feature values, read from column arrays on demand (no per-lead dict)."""
+
+    def __init__(self, columns: dict[str, np.ndarray], index: int) -> None:
+        self._columns = columns
+        self._index = index
+
+    def __getitem__(self, key: str) -> object:
+        return self._columns[key][self._index]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._columns)
+
+    def __len__(self) -> int:
+        return len(self._columns)
+
+
+def _plain(value: object) -> object:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _reasons(points: np.ndarray, features: pd.DataFrame, columns: list[str]) -> list[list[dict[str, Any]]]:
     """Top positive and negative factors of each lead, strongest first."""
-    order = np.argsort(points, axis=1)
-    values = features.reindex(columns=columns)
-    records = values.to_dict(orient="records")
+    n, width = points.shape
+    k = min(REASONS_EACH_WAY, width)
+    if n == 0 or k == 0:
+        return [[] for _ in range(n)]
+    rows = np.arange(n)[:, None]
+    top = np.argpartition(-points, k - 1, axis=1)[:, :k]
+    top = np.take_along_axis(top, np.argsort(-points[rows, top], axis=1), axis=1)
+    bottom = np.argpartition(points, k - 1, axis=1)[:, :k]
+    bottom = np.take_along_axis(bottom, np.argsort(points[rows, bottom], axis=1), axis=1)
+    arrays = {c: (features[c].to_numpy() if c in features else np.full(n, None, dtype=object)) for c in columns}
+    top_points = np.take_along_axis(points, top, axis=1).tolist()
+    bottom_points = np.take_along_axis(points, bottom, axis=1).tolist()
+    top, bottom = top.tolist(), bottom.tolist()
     out = []
-    for i, lead in enumerate(records):
-        chosen = [j for j in order[i, ::-1][:REASONS_EACH_WAY] if points[i, j] >= MIN_REASON_POINTS]
-        chosen += [j for j in order[i, :REASONS_EACH_WAY] if points[i, j] <= -MIN_REASON_POINTS]
+    for i in range(n):
+        lead = _Row(arrays, i)
+        chosen = [(j, p) for j, p in zip(top[i], top_points[i], strict=True) if p >= MIN_REASON_POINTS]
+        chosen += [(j, p) for j, p in zip(bottom[i], bottom_points[i], strict=True) if p <= -MIN_REASON_POINTS]
         reasons = []
-        for j in chosen:
+        for j, value in chosen:
             feature = columns[j]
-            value = lead[feature]
-            value = None if value is None or (isinstance(value, float) and np.isnan(value)) else value
+            shown = _plain(lead[feature])
             reasons.append(
-                {
-                    "feature": feature,
-                    "value": value,
-                    "points": round(float(points[i, j]), 2),
-                    "text": sentence(feature, value, float(points[i, j]), lead),
-                }
-            )
+                {"feature": feature, "value": shown, "points": round(value, 2),
+                 "text": sentence(feature, shown, value, lead)}
+            )  # fmt: skip
         out.append(reasons)
     return out
 

@@ -40,21 +40,20 @@ class CompiledTrees:
     categories: np.ndarray
     node_default_left: np.ndarray
     node_missing: np.ndarray
+    node_left_child: np.ndarray
+    node_right_child: np.ndarray
+    node_slot: np.ndarray
     tree_node_start: np.ndarray
     tree_node_count: np.ndarray
     tree_leaf_start: np.ndarray
     tree_leaf_count: np.ndarray
-    leaf_path_start: np.ndarray
-    leaf_path_count: np.ndarray
-    path_node: np.ndarray
-    path_left: np.ndarray
-    path_slot: np.ndarray
     leaf_feature_start: np.ndarray
     leaf_depth: np.ndarray
     leaf_features: np.ndarray
     leaf_table_start: np.ndarray
     tables: np.ndarray
     max_nodes: int
+    max_leaves: int
 
 
 def _weights(d: int) -> np.ndarray:
@@ -90,14 +89,61 @@ def _leaf_table(value: float, zeros: np.ndarray, weights: np.ndarray, out: np.nd
             out[k * (1 << d) + mask] = value * (one - zeros[k]) * outside * inner
 
 
+Path = list[tuple[int, bool, float]]
+
+
+def _flatten_tree(root: dict) -> tuple[list[dict], list[list[int]], list[int], list[tuple[dict, Path]]]:
+    """Internal nodes in preorder with their children (leaves as ~leaf index) and feature
+    slots, and each leaf with its path of (node, went left, cover ratio)."""
+    internal: list[dict] = []
+    children: list[list[int]] = []
+    slots: list[int] = []
+    leaves: list[tuple[dict, Path]] = []
+
+    def walk(node: dict, path: Path, seen: list[int]) -> int:
+        if "split_index" not in node:
+            leaves.append((node, path))
+            return ~(len(leaves) - 1)
+        index = len(internal)
+        internal.append(node)
+        children.append([0, 0])
+        feature = node["split_feature"]
+        # A feature's slot is its order of first use from the root: the same for every leaf
+        # below this node, so the kernel can build the leaves' masks top-down.
+        slots.append(seen.index(feature) if feature in seen else len(seen))
+        below = seen if feature in seen else [*seen, feature]
+        total = node["internal_count"]
+        for side, key, is_left in ((0, "left_child", True), (1, "right_child", False)):
+            child = node[key]
+            count = child.get("internal_count", child.get("leaf_count", 0))
+            children[index][side] = walk(child, [*path, (index, is_left, count / total if total else 0.0)], below)
+        return index
+
+    walk(root, [], [])
+    return internal, children, slots, leaves
+
+
 def compile_booster(booster: lgb.Booster) -> CompiledTrees:
     """Flatten the booster's trees and precompute every leaf's SHAP table."""
     dump = booster.dump_model()
     n_features = len(dump["feature_names"])
-    nodes: dict[str, list] = {k: [] for k in ("feature", "threshold", "cat", "cat_start", "cat_end", "left", "missing")}
+    nodes: dict[str, list] = {
+        k: []
+        for k in (
+            "feature",
+            "threshold",
+            "cat",
+            "cat_start",
+            "cat_end",
+            "left",
+            "missing",
+            "left_child",
+            "right_child",
+            "slot",
+        )
+    }
     categories: list[int] = []
     tree_node_start, tree_node_count, tree_leaf_start, tree_leaf_count = [], [], [], []
-    leaf_path_start, leaf_path_count, path_node, path_left, path_slot = [], [], [], [], []
     leaf_feature_start, leaf_depth, leaf_features, leaf_table_start, tables = [], [], [], [], []
     table_size = 0
     base_value = 0.0
@@ -107,24 +153,13 @@ def compile_booster(booster: lgb.Booster) -> CompiledTrees:
         root = tree["tree_structure"]
         tree_node_start.append(len(nodes["feature"]))
         tree_leaf_start.append(len(leaf_depth))
-        internal: list[dict] = []
-        leaves: list[tuple[dict, list[tuple[int, bool, float]]]] = []
 
-        def walk(node: dict, path: list[tuple[int, bool, float]], internal=internal, leaves=leaves) -> None:
-            if "split_index" not in node:
-                leaves.append((node, path))
-                return
-            index = len(internal)
-            internal.append(node)
-            total = node["internal_count"]
-            for child_key, is_left in (("left_child", True), ("right_child", False)):
-                child = node[child_key]
-                count = child.get("internal_count", child.get("leaf_count", 0))
-                walk(child, [*path, (index, is_left, count / total if total else 0.0)])
-
-        walk(root, [])
+        internal, children, slots, leaves = _flatten_tree(root)
         root_count = root.get("internal_count", root.get("leaf_count", 1)) or 1
-        for node in internal:
+        for j, node in enumerate(internal):
+            nodes["left_child"].append(children[j][0])
+            nodes["right_child"].append(children[j][1])
+            nodes["slot"].append(slots[j])
             nodes["feature"].append(node["split_feature"])
             nodes["left"].append(bool(node["default_left"]))
             nodes["missing"].append(_MISSING[node["missing_type"]])
@@ -149,20 +184,13 @@ def compile_booster(booster: lgb.Booster) -> CompiledTrees:
             base_value += value * count / root_count
             features: list[int] = []
             zeros: list[float] = []
-            leaf_path_start.append(len(path_node))
-            for index, is_left, ratio in path:
+            for index, _, ratio in path:
                 feature = internal[index]["split_feature"]
                 if feature in features:
-                    slot = features.index(feature)
-                    zeros[slot] *= ratio
+                    zeros[features.index(feature)] *= ratio
                 else:
-                    slot = len(features)
                     features.append(feature)
                     zeros.append(ratio)
-                path_node.append(index)
-                path_left.append(is_left)
-                path_slot.append(slot)
-            leaf_path_count.append(len(path))
             d = len(features)
             if d > MAX_PATH_FEATURES:
                 raise ValueError(f"a tree path uses {d} features; fast TreeSHAP supports {MAX_PATH_FEATURES}")
@@ -189,21 +217,20 @@ def compile_booster(booster: lgb.Booster) -> CompiledTrees:
         categories=as_int(categories),
         node_default_left=np.asarray(nodes["left"], dtype=np.bool_),
         node_missing=as_int(nodes["missing"]),
+        node_left_child=as_int(nodes["left_child"]),
+        node_right_child=as_int(nodes["right_child"]),
+        node_slot=as_int(nodes["slot"]),
         tree_node_start=as_int(tree_node_start),
         tree_node_count=as_int(tree_node_count),
         tree_leaf_start=as_int(tree_leaf_start),
         tree_leaf_count=as_int(tree_leaf_count),
-        leaf_path_start=as_int(leaf_path_start),
-        leaf_path_count=as_int(leaf_path_count),
-        path_node=as_int(path_node),
-        path_left=np.asarray(path_left, dtype=np.bool_),
-        path_slot=as_int(path_slot),
         leaf_feature_start=as_int(leaf_feature_start),
         leaf_depth=as_int(leaf_depth),
         leaf_features=as_int(leaf_features),
         leaf_table_start=as_int(leaf_table_start),
         tables=np.concatenate(tables) if tables else np.zeros(0),
         max_nodes=max_nodes,
+        max_leaves=max(tree_leaf_count) if tree_leaf_count else 1,
     )
 
 
@@ -228,35 +255,51 @@ def _goes_left(value, threshold, is_categorical, cat_start, cat_end, categories,
 @numba.njit(parallel=True, cache=True)
 def _explain(
     x, base_value, node_feature, node_threshold, node_is_categorical, node_cat_start, node_cat_end, categories,
-    node_default_left, node_missing, tree_node_start, tree_node_count, tree_leaf_start, tree_leaf_count,
-    leaf_path_start, leaf_path_count, path_node, path_left, path_slot, leaf_feature_start, leaf_depth,
-    leaf_features, leaf_table_start, tables, max_nodes,
+    node_default_left, node_missing, node_left_child, node_right_child, node_slot, tree_node_start,
+    tree_node_count, tree_leaf_start, tree_leaf_count, leaf_feature_start, leaf_depth, leaf_features,
+    leaf_table_start, tables, max_nodes, max_leaves,
 ):  # fmt: skip
     n, f = x.shape
     out = np.zeros((n, f + 1))
     for i in numba.prange(n):
-        decision = np.empty(max_nodes, dtype=np.bool_)
+        node_mask = np.empty(max_nodes, dtype=np.int64)
+        leaf_mask = np.empty(max_leaves, dtype=np.int64)
         row = x[i]
         for t in range(tree_node_start.shape[0]):
             start = tree_node_start[t]
+            if tree_node_count[t] > 0:
+                node_mask[0] = -1
+            # Preorder: a parent comes before its children, so one pass builds every mask.
             for j in range(tree_node_count[t]):
                 g = start + j
-                decision[j] = _goes_left(
+                left = _goes_left(
                     row[node_feature[g]], node_threshold[g], node_is_categorical[g], node_cat_start[g],
                     node_cat_end[g], categories, node_default_left[g], node_missing[g],
                 )  # fmt: skip
-            for leaf in range(tree_leaf_start[t], tree_leaf_start[t] + tree_leaf_count[t]):
+                bit = np.int64(1) << node_slot[g]
+                mask = node_mask[j]
+                left_mask = mask if left else mask & ~bit
+                right_mask = mask & ~bit if left else mask
+                child = node_left_child[g]
+                if child >= 0:
+                    node_mask[child] = left_mask
+                else:
+                    leaf_mask[~child] = left_mask
+                child = node_right_child[g]
+                if child >= 0:
+                    node_mask[child] = right_mask
+                else:
+                    leaf_mask[~child] = right_mask
+            first_leaf = tree_leaf_start[t]
+            for local in range(tree_leaf_count[t]):
+                leaf = first_leaf + local
                 d = leaf_depth[leaf]
                 if d == 0:
                     continue
-                mask = (1 << d) - 1
-                p0 = leaf_path_start[leaf]
-                for p in range(p0, p0 + leaf_path_count[leaf]):
-                    if decision[path_node[p]] != path_left[p]:
-                        mask &= ~(1 << path_slot[p])
+                width = np.int64(1) << d
+                mask = leaf_mask[local] & (width - 1)
                 table = leaf_table_start[leaf]
                 fs = leaf_feature_start[leaf]
-                width = 1 << d
                 for k in range(d):
                     out[i, leaf_features[fs + k]] += tables[table + k * width + mask]
         out[i, f] = base_value
@@ -285,8 +328,8 @@ def shap_values(trees: CompiledTrees, x: pd.DataFrame) -> np.ndarray:
     return _explain(
         matrix, trees.base_value, trees.node_feature, trees.node_threshold, trees.node_is_categorical,
         trees.node_cat_start, trees.node_cat_end, trees.categories, trees.node_default_left, trees.node_missing,
-        trees.tree_node_start, trees.tree_node_count, trees.tree_leaf_start, trees.tree_leaf_count,
-        trees.leaf_path_start, trees.leaf_path_count, trees.path_node, trees.path_left, trees.path_slot,
-        trees.leaf_feature_start, trees.leaf_depth, trees.leaf_features, trees.leaf_table_start, trees.tables,
-        trees.max_nodes,
+        trees.node_left_child, trees.node_right_child, trees.node_slot, trees.tree_node_start,
+        trees.tree_node_count, trees.tree_leaf_start, trees.tree_leaf_count, trees.leaf_feature_start,
+        trees.leaf_depth, trees.leaf_features, trees.leaf_table_start, trees.tables, trees.max_nodes,
+        trees.max_leaves,
     )  # fmt: skip
