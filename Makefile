@@ -45,9 +45,10 @@ format: $(STAMP)  ## Format the code
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(STAMP)  ## Run the benchmarks in bench/ (minutes; prints figures)
-	$(BIN)/python bench/bench_features.py
-	$(BIN)/python bench/bench_quality.py
+bench: $(STAMP)  ## Run the benchmarks in bench/ (about an hour; prints figures, see BENCHMARKS.md)
+	$(BIN)/python -m bench.bench_features
+	$(BIN)/python -m bench.bench_quality
+	$(BIN)/python -m bench.bench_scoring
 
 clean:  ## Remove the environment and the local MLflow store
 	rm -rf $(VENV) models/mlflow.db models/artifacts models/embedded models/quarantine

@@ -70,6 +70,7 @@ class TuningParams(_Frozen):
     seed: int
     early_stopping_rounds: int = Field(ge=1)
     refit_with_validation: bool = True
+    metric: Literal["auc", "binary_logloss"] = "auc"
     max_boost_rounds: int = Field(ge=10)
     search_space: dict[str, tuple[float, float]]
 

@@ -56,7 +56,7 @@ class RichReporter:
 
     def trial_done(self, number: int, state: str, best: float | None) -> None:
         if self._progress is not None:
-            shown = f"best valid AUC {best:.4f}" if best is not None else ""
+            shown = f"best validation score {best:.4f}" if best is not None else ""
             self._progress.update(self._task, advance=1, best=shown)
 
     def trials_finished(self) -> None:

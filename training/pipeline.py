@@ -487,7 +487,8 @@ def train_and_register(
             "tuning": {
                 "trials": tuning.trials,
                 "pruned": tuning.pruned,
-                "best_valid_auc": tuning.best_valid_auc,
+                "metric": params.tuning.metric,
+                "best_valid_score": tuning.best_valid_score,
                 "best_iteration": tuning.best_iteration,
                 "best_params": tuning.best_params,
             },

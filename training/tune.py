@@ -22,7 +22,7 @@ INTEGER = frozenset({"num_leaves", "min_child_samples", "max_depth", "min_data_p
 class TuningResult:
     best_params: dict[str, Any]
     best_iteration: int
-    best_valid_auc: float
+    best_valid_score: float
     trials: int
     pruned: int
     study: optuna.Study
@@ -55,7 +55,7 @@ def tune(
     """
 
     def objective(trial: optuna.Trial) -> float:
-        hyper = suggest(trial, params.search_space)
+        hyper = {**suggest(trial, params.search_space), "metric": params.metric}
         model = build_model(hyper, n_estimators=params.max_boost_rounds, seed=params.seed)
         model.fit(
             x_train,
@@ -63,11 +63,11 @@ def tune(
             eval_set=[(x_valid, y_valid)],
             callbacks=[
                 lgb.early_stopping(params.early_stopping_rounds, verbose=False),
-                LightGBMPruningCallback(trial, "auc", valid_name="valid_0"),
+                LightGBMPruningCallback(trial, params.metric, valid_name="valid_0"),
             ],
         )
         trial.set_user_attr("best_iteration", int(model.best_iteration_ or params.max_boost_rounds))
-        return float(model.best_score_["valid_0"]["auc"])
+        return float(model.best_score_["valid_0"][params.metric])
 
     return _run_study(objective, params, on_trial)
 
@@ -87,7 +87,7 @@ def tune_cv(
     """
 
     def objective(trial: optuna.Trial) -> float:
-        hyper = suggest(trial, params.search_space)
+        hyper = {**suggest(trial, params.search_space), "metric": params.metric}
         history = lgb.cv(
             model_params(hyper, seed=params.seed),
             lgb.Dataset(x, label=y),  # a constructed Dataset cannot be reused with other params
@@ -97,10 +97,10 @@ def tune_cv(
             seed=params.seed,
             callbacks=[
                 lgb.early_stopping(params.early_stopping_rounds, verbose=False),
-                LightGBMPruningCallback(trial, "auc"),
+                LightGBMPruningCallback(trial, params.metric),
             ],
         )
-        scores = history["valid auc-mean"]
+        scores = history[f"valid {params.metric}-mean"]
         trial.set_user_attr("best_iteration", len(scores))
         return float(scores[-1])
 
@@ -114,7 +114,7 @@ def _run_study(
 ) -> TuningResult:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
-        direction="maximize",
+        direction="maximize" if params.metric == "auc" else "minimize",
         sampler=optuna.samplers.TPESampler(seed=params.seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=30, interval_steps=10),
     )
@@ -131,7 +131,7 @@ def _run_study(
     return TuningResult(
         best_params=dict(best.params),
         best_iteration=int(best.user_attrs["best_iteration"]),
-        best_valid_auc=float(best.value),
+        best_valid_score=float(best.value),
         trials=len(study.trials),
         pruned=sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
         study=study,
