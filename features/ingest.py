@@ -29,6 +29,7 @@ from features.schema import (
     LEAD_REQUIRED,
     OTHER_ACTIVITY,
     OUTCOME_REQUIRED,
+    OUTCOME_STATUSES,
     TABLE_FILES,
 )
 
@@ -243,7 +244,7 @@ def _clean_outcomes(raw: pd.DataFrame, leads: pd.DataFrame, quarantine: Quaranti
         "outcomes",
         out,
         status.isna(),
-        "status not one of converted/lost/open: " + out["status"].astype(str),
+        f"status not one of {'/'.join(OUTCOME_STATUSES)}: " + out["status"].astype(str),
     )
     out = out.assign(status=status)[status.notna()]
     if "closed_at" not in out:

@@ -32,13 +32,9 @@ LEAD_CATEGORICAL: tuple[str, ...] = (
     *BANT_FIELDS,
 )
 LEAD_NUMERIC: tuple[str, ...] = ("employees", "annual_revenue")
-LEAD_TEXT: tuple[str, ...] = ("tech_stack", "email", "do_not_contact")
-# Set by the CRM when sales accepted the lead (the SAL stage); not a feature.
-LEAD_FLAGS: tuple[str, ...] = ("do_not_contact", "sales_accepted")
 # Personal data: read only to derive features (e.g. business vs free e-mail), never a
 # feature itself, never logged.
 PII_COLUMNS: tuple[str, ...] = ("first_name", "last_name", "email", "phone")
-LEAD_NON_FEATURES: tuple[str, ...] = ("owner", "company", *PII_COLUMNS)
 
 ACTIVITY_REQUIRED: tuple[str, ...] = ("lead_id", "occurred_at", "activity_type")
 OUTCOME_REQUIRED: tuple[str, ...] = ("lead_id", "status")
@@ -49,4 +45,3 @@ TABLE_FILES: dict[str, str] = {
     "outcomes": "outcomes.csv",
 }
 TRUTH_FILE = "truth.csv"
-QUARANTINE_FILE = "quarantine.csv"
