@@ -69,10 +69,10 @@ def to_model_frame(features: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
         if levels is None:
             out[column] = pd.to_numeric(values, errors="coerce").astype("float64")
         else:
-            by_fold = {level.casefold(): level for level in levels}
-            text = values.astype("object").where(values.notna(), None)
-            known = text.map(
-                lambda v, levels_by_fold=by_fold: None if v is None else levels_by_fold.get(str(v).strip().casefold())
-            )
-            out[column] = pd.Categorical(known, categories=levels)
+            # Match each distinct value once (case- and space-insensitively), then spread.
+            position = {level.casefold(): i for i, level in enumerate(levels)}
+            codes, uniques = pd.factorize(values.astype("object"), use_na_sentinel=True)
+            matched = [position.get(str(v).strip().casefold(), -1) for v in uniques]
+            index = np.array([*matched, -1], dtype=np.int64)
+            out[column] = pd.Categorical.from_codes(index[codes], categories=levels)
     return pd.DataFrame(out, index=features.index)

@@ -188,10 +188,31 @@ def score_features(
     return out
 
 
+class _Columns(dict):
+    """Feature columns as plain Python lists (floats, str, None), converted on first use:
+    reasons touch few columns, and plain values format faster than NumPy scalars."""
+
+    def __init__(self, features: pd.DataFrame, columns: list[str]) -> None:
+        super().__init__()
+        self._features = features
+        self._columns = columns
+
+    def __missing__(self, key: str) -> list:
+        values = self._features[key].tolist() if key in self._features else [None] * len(self._features)
+        self[key] = values
+        return values
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._columns)
+
+    def __len__(self) -> int:
+        return len(self._columns)
+
+
 class _Row(Mapping):
     """One lead's feature values, read from column arrays on demand (no per-lead dict)."""
 
-    def __init__(self, columns: dict[str, np.ndarray], index: int) -> None:
+    def __init__(self, columns: _Columns, index: int) -> None:
         self._columns = columns
         self._index = index
 
@@ -206,9 +227,8 @@ class _Row(Mapping):
 
 
 def _plain(value: object) -> object:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return None
-    return value.item() if isinstance(value, np.generic) else value
+    """None for missing (None or NaN: NaN is the only value unequal to itself)."""
+    return None if value is None or value != value else value
 
 
 def _reasons(points: np.ndarray, features: pd.DataFrame, columns: list[str]) -> list[list[dict[str, Any]]]:
@@ -222,7 +242,7 @@ def _reasons(points: np.ndarray, features: pd.DataFrame, columns: list[str]) -> 
     top = np.take_along_axis(top, np.argsort(-points[rows, top], axis=1), axis=1)
     bottom = np.argpartition(points, k - 1, axis=1)[:, :k]
     bottom = np.take_along_axis(bottom, np.argsort(points[rows, bottom], axis=1), axis=1)
-    arrays = {c: (features[c].to_numpy() if c in features else np.full(n, None, dtype=object)) for c in columns}
+    arrays = _Columns(features, columns)
     top_points = np.take_along_axis(points, top, axis=1).tolist()
     bottom_points = np.take_along_axis(points, bottom, axis=1).tolist()
     top, bottom = top.tolist(), bottom.tolist()
