@@ -6,6 +6,7 @@ Shared by the service, batch scoring and the pages, so all three give identical 
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -243,6 +244,20 @@ def _reasons(points: np.ndarray, features: pd.DataFrame, columns: list[str]) -> 
     bottom = np.argpartition(points, k - 1, axis=1)[:, :k]
     bottom = np.take_along_axis(bottom, np.argsort(points[rows, bottom], axis=1), axis=1)
     arrays = _Columns(features, columns)
+    # Millions of small dicts would trigger the cyclic garbage collector over and over while
+    # none of them can be garbage yet: pause it for the loop.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _reason_lists(n, arrays, columns, top, bottom, points)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _reason_lists(
+    n: int, arrays: _Columns, columns: list[str], top: np.ndarray, bottom: np.ndarray, points: np.ndarray
+) -> list[list[dict[str, Any]]]:
     top_points = np.take_along_axis(points, top, axis=1).tolist()
     bottom_points = np.take_along_axis(points, bottom, axis=1).tolist()
     top, bottom = top.tolist(), bottom.tolist()
