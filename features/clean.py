@@ -58,6 +58,8 @@ def canonical_spelling(values: pd.Series) -> pd.Series:
     if present.empty:
         return values.astype("object")
     folded = present.str.casefold()
+    if folded.nunique() == present.nunique():
+        return values.astype("object")  # every spelling is already the only one of its kind
     counts = present.groupby([folded, present]).size().sort_values(ascending=False, kind="stable")
     best: dict[str, str] = {}
     for (fold, spelling), _ in counts.items():
