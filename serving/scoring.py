@@ -99,7 +99,7 @@ def load_champion(model_name: str, alias: str = CHAMPION) -> LoadedModel:
     )
 
 
-def _points_per_logit(scorer: LeadScorer, margin: np.ndarray, base: float) -> np.ndarray:
+def points_per_logit(scorer: LeadScorer, margin: np.ndarray, base: float) -> np.ndarray:
     """Score points per unit of log-odds for each lead: the calibration's average slope
     between the base value and the lead's margin (its local slope when they meet), so the
     reasons' points add up exactly to score minus base score."""
@@ -183,7 +183,7 @@ def score_features(
     )
     out = pd.concat([out, stages.reset_index(drop=True)], axis=1)
     if with_reasons:
-        points = per_feature * _points_per_logit(scorer, margin, base)[:, None]
+        points = per_feature * points_per_logit(scorer, margin, base)[:, None]
         out["reasons"] = _reasons(points, features, columns)
     out["model_version"] = model.version
     return out

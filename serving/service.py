@@ -26,6 +26,7 @@ from serving.scoring import (
     ModelNotReady,
     explain_frame,
     load_champion,
+    points_per_logit,
     prepare_crm_leads,
     prepare_flat_rows,
     score_features,
@@ -124,7 +125,7 @@ class LeadScoring:
         calibrate = model.scorer.calibrator.apply
         score = float(100 * calibrate(margin)[0])
         base_score = float(100 * calibrate(np.array([base]))[0])
-        slope = (score - base_score) / (margin[0] - base) if abs(margin[0] - base) > 1e-6 else 0.0
+        slope = float(points_per_logit(model.scorer, margin, base)[0])
         row = features.reindex(columns=model.scorer.spec.columns).iloc[0]
         items = []
         for j, feature in enumerate(model.scorer.spec.columns):
