@@ -22,7 +22,7 @@ from features.clean import (
     parse_number,
     parse_timestamps,
 )
-from features.ingest import DataError, Quarantine, hash_files
+from features.ingest import DataError, Quarantine, hash_files, read_text_csv
 from features.params import FlatParams
 from features.spec import FeatureGroup
 
@@ -78,21 +78,6 @@ class FlatData:
     quarantine: Quarantine
     data_hash: str
     source: str
-
-
-def read_flat_csv(path: Path, sep: str) -> tuple[pd.DataFrame, str]:
-    """Read every cell as text; UTF-8 first, then Latin-1 (legacy Excel exports)."""
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    for encoding in ("utf-8-sig", "latin-1"):
-        try:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep, encoding=encoding)
-            return frame, encoding
-        except UnicodeDecodeError:
-            continue
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
-            raise DataError(f"{path}: cannot read as CSV with separator {sep!r} ({exc})") from exc
-    raise DataError(f"{path}: not readable as UTF-8 or Latin-1 text")
 
 
 def _label(values: pd.Series, column: str, positive: str | None) -> pd.Series:
@@ -174,8 +159,7 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams) -> Fla
         DataError: unreadable file, unknown column names, or a label that is not binary.
     """
     path = Path(path)
-    raw, encoding = read_flat_csv(path, profile.sep)
-    raw.columns = [str(c).strip() for c in raw.columns]
+    raw, encoding = read_text_csv(path, sep=profile.sep)
     quarantine = Quarantine()
     if encoding != "utf-8-sig":
         quarantine.note(f"{path.name}: not UTF-8, read as {encoding}")

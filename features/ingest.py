@@ -108,21 +108,36 @@ class CrmData:
     source: str
 
 
+def read_text_csv(path: Path, *, sep: str = ",") -> tuple[pd.DataFrame, str]:
+    """Read every cell as text (UTF-8 first, then Latin-1 for legacy Excel exports).
+
+    Returns:
+        The frame and the encoding that worked.
+
+    Raises:
+        DataError: the file is missing, empty or not a CSV with this separator.
+    """
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    for encoding in ("utf-8-sig", "latin-1"):
+        try:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep, encoding=encoding)
+        except UnicodeDecodeError:
+            continue
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
+            raise DataError(f"{path}: cannot read as CSV with separator {sep!r} ({exc})") from exc
+        frame.columns = [str(c).strip() for c in frame.columns]
+        return frame, encoding
+    raise DataError(f"{path}: not readable as UTF-8 or Latin-1 text")
+
+
 def read_csv_table(path: Path, required: Iterable[str], *, sep: str = ",") -> pd.DataFrame:
-    """Read a CSV as text columns; check the required columns are there.
+    """Read a table of the export as text columns, with a 1-based `_row` number each.
 
     Raises:
         DataError: the file is missing or unreadable, or lacks a required column.
     """
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep, encoding="utf-8")
-    except UnicodeDecodeError:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep, encoding="latin-1")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
-        raise DataError(f"{path}: cannot read as CSV ({exc})") from exc
-    frame.columns = [str(c).strip() for c in frame.columns]
+    frame, _ = read_text_csv(path, sep=sep)
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise DataError(
