@@ -6,6 +6,9 @@ One pure function, used by the service, batch scoring and reports.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -15,18 +18,19 @@ STAGES: tuple[str, ...] = ("disqualified", "nurture", "MQL", "SAL", "SQL")
 BANT_TOTAL = 4
 
 
-def _column(frame: pd.DataFrame, name: str, default: float) -> np.ndarray:
-    if name not in frame:
-        return np.full(len(frame), default, dtype=float)
-    return pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
+def _column(leads: Mapping[str, Any], n: int, name: str, default: float) -> np.ndarray:
+    if name not in leads:
+        return np.full(n, default, dtype=float)
+    values = leads[name]
+    if isinstance(values, pd.Series):
+        return pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    return np.asarray(values, dtype=float)
 
 
-def _email_domain(frame: pd.DataFrame) -> pd.Series:
-    if "email" not in frame:
-        return pd.Series([None] * len(frame), index=frame.index, dtype=object)
-    return frame["email"].map(
-        lambda v: str(v).rsplit("@", 1)[1].strip().casefold() if isinstance(v, str) and "@" in v else None
-    )
+def _email_domains(leads: Mapping[str, Any], n: int) -> list[str | None]:
+    if "email" not in leads:
+        return [None] * n
+    return [v.rsplit("@", 1)[1].strip().casefold() if isinstance(v, str) and "@" in v else None for v in leads["email"]]
 
 
 def qualify(leads: pd.DataFrame, criteria: CriteriaParams, as_of: pd.Series | pd.Timestamp) -> pd.DataFrame:
@@ -44,17 +48,25 @@ def qualify(leads: pd.DataFrame, criteria: CriteriaParams, as_of: pd.Series | pd
         Columns `stage`, `stage_reason`, `next_action`, `recycle_on` (ISO date or None), in
         the order of `leads`.
     """
-    n = len(leads)
-    score = _column(leads, "score", np.nan)
-    fit = _column(leads, "fit", np.nan)
-    engagement = _column(leads, "engagement", np.nan)
-    icp = _column(leads, "icp_match", np.nan)
-    bant = _column(leads, "bant_confirmed", 0.0)
-    hand_raise = _column(leads, "days_since_hand_raise", np.nan)
-    do_not_contact = _column(leads, "do_not_contact", 0.0) == 1
-    accepted = _column(leads, "sales_accepted", 0.0) == 1
+    moments = list(as_of) if isinstance(as_of, pd.Series) else [as_of] * len(leads)
+    return pd.DataFrame(qualify_columns(leads, len(leads), criteria, moments), index=leads.index)
+
+
+def qualify_columns(
+    leads: Mapping[str, Any], n: int, criteria: CriteriaParams, moments: Sequence[Any]
+) -> dict[str, list]:
+    """`qualify` on plain columns (any mapping of name to `n` values, e.g. a data frame or a
+    dict of arrays), so one lead is qualified without building a data frame."""
+    score = _column(leads, n, "score", np.nan)
+    fit = _column(leads, n, "fit", np.nan)
+    engagement = _column(leads, n, "engagement", np.nan)
+    icp = _column(leads, n, "icp_match", np.nan)
+    bant = _column(leads, n, "bant_confirmed", 0.0)
+    hand_raise = _column(leads, n, "days_since_hand_raise", np.nan)
+    do_not_contact = _column(leads, n, "do_not_contact", 0.0) == 1
+    accepted = _column(leads, n, "sales_accepted", 0.0) == 1
     competitors = {d.casefold() for d in criteria.disqualify.competitor_domains}
-    competitor = _email_domain(leads).isin(competitors).to_numpy()
+    competitor = np.array([domain in competitors for domain in _email_domains(leads, n)], dtype=bool)
     out_of_icp = icp < criteria.disqualify.min_icp_match
 
     raised = hand_raise <= criteria.hand_raise_days
@@ -73,8 +85,7 @@ def qualify(leads: pd.DataFrame, criteria: CriteriaParams, as_of: pd.Series | pd
         default="nurture",
     ).astype(object)
 
-    moments = pd.Series(as_of if isinstance(as_of, pd.Series) else [as_of] * n).reset_index(drop=True)
-    recycle = (pd.to_datetime(moments) + pd.Timedelta(days=criteria.disqualify.recycle_after_days)).dt.date
+    recycle_after = pd.Timedelta(days=criteria.disqualify.recycle_after_days)
     reasons, actions, recycle_on = [], [], []
     mql, sql = criteria.mql, criteria.sql
     for i in range(n):
@@ -89,7 +100,7 @@ def qualify(leads: pd.DataFrame, criteria: CriteriaParams, as_of: pd.Series | pd
                     f"Outside the ideal customer profile: meets {icp[i]:.0%} of its criteria "
                     f"(needs {criteria.disqualify.min_icp_match:.0%})"
                 )
-            date = recycle[i].isoformat()
+            date = (pd.Timestamp(moments[i]) + recycle_after).date().isoformat()
             recycle_on.append(date)
             actions.append(criteria.next_actions["disqualified"].format(recycle_on=date))
         else:
@@ -111,10 +122,7 @@ def qualify(leads: pd.DataFrame, criteria: CriteriaParams, as_of: pd.Series | pd
             else:
                 why = _nurture_reason(score[i], fit[i], engagement[i], criteria)
         reasons.append(why)
-    return pd.DataFrame(
-        {"stage": stage, "stage_reason": reasons, "next_action": actions, "recycle_on": recycle_on},
-        index=leads.index,
-    )
+    return {"stage": stage.tolist(), "stage_reason": reasons, "next_action": actions, "recycle_on": recycle_on}
 
 
 def _nurture_reason(score: float, fit: float, engagement: float, criteria: CriteriaParams) -> str:

@@ -20,14 +20,14 @@ from mlflow.tracking import MlflowClient
 
 from features.build import build_crm_features
 from features.bundle import LeadScorer, grade_of, score_from_probability
-from features.criteria import qualify
+from features.criteria import qualify_columns
 from features.flat import clean_flat_columns
 from features.ingest import Quarantine, clean_activities, clean_leads
 from features.params import CriteriaParams, FeatureParams
 from features.reasons import sentence
 from features.spec import to_model_frame
 from features.tracking import tracking_uri
-from serving.treeshap import CompiledTrees, compile_booster, shap_values
+from serving.treeshap import CompiledTrees, as_matrix, compile_booster, shap_matrix
 
 logger = logging.getLogger(__name__)
 CHAMPION = "champion"
@@ -120,9 +120,84 @@ def _percentile(values: np.ndarray, quantiles: list[float]) -> np.ndarray:
 
 def explain_frame(model: LoadedModel, features: pd.DataFrame) -> tuple[np.ndarray, float]:
     """Exact SHAP contributions (log-odds) of each feature for each lead, and the base value."""
+    return shap_matrix(model.trees, model_matrix(model, features)), model.trees.base_value
+
+
+def model_matrix(model: LoadedModel, features: pd.DataFrame) -> np.ndarray:
+    """Features as the model's float matrix (spec column order, categories as codes)."""
+    return as_matrix(to_model_frame(features, model.scorer.spec))
+
+
+def _floats(values: Any) -> np.ndarray:
+    if isinstance(values, pd.Series):
+        return pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    return np.asarray(values, dtype=float)
+
+
+def criteria_inputs(model: LoadedModel, features: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
+    """The inputs of the qualification rules that are not scores: ICP match, BANT, the most
+    recent hand-raise, do-not-contact, sales acceptance and e-mail (a data frame or a dict of
+    columns alike)."""
+    inputs: dict[str, Any] = {}
+    for name in ("icp_match", "bant_confirmed", "do_not_contact"):
+        if name in features:
+            inputs[name] = _floats(features[name])
+    raised = [_floats(features[f"days_since_{kind}"]) for kind in model.criteria.hand_raise_types
+              if f"days_since_{kind}" in features]  # fmt: skip
+    if raised:
+        inputs["days_since_hand_raise"] = np.fmin.reduce(np.vstack(raised), axis=0)  # NaN only when all are
+    for name in ("email", "sales_accepted", "do_not_contact"):
+        if name in context:
+            values = context[name]
+            inputs[name] = values.to_numpy() if isinstance(values, pd.Series) else values
+    return inputs
+
+
+def score_matrix(
+    model: LoadedModel,
+    matrix: np.ndarray,
+    values: Mapping[str, Any],
+    inputs: Mapping[str, Any],
+    moments: list,
+    *,
+    with_reasons: bool = True,
+) -> dict[str, Any]:
+    """Scores, sub-scores, stage and reasons as columns, from the model matrix.
+
+    Args:
+        matrix: features in model form (`model_matrix`).
+        values: each feature's values as the lead has them (shown in the reasons).
+        inputs: the criteria inputs (`criteria_inputs`).
+        moments: the scoring moment of each lead.
+    """
     scorer = model.scorer
-    x = to_model_frame(features, scorer.spec)
-    return shap_values(model.trees, x), model.trees.base_value
+    contributions = shap_matrix(model.trees, matrix)
+    base = model.trees.base_value
+    per_feature = contributions[:, :-1]
+    margin = contributions.sum(axis=1)
+    probability = scorer.calibrator.apply(margin)
+    score = score_from_probability(probability)
+    columns = scorer.spec.columns
+    quantiles = scorer.metadata["subscore_quantiles"]
+    sub = {}
+    for group in ("fit", "engagement"):
+        index = [i for i, c in enumerate(columns) if scorer.spec.groups[c] == group]
+        sub[group] = _percentile(per_feature[:, index].sum(axis=1), quantiles[group])
+    n = len(matrix)
+    stages = qualify_columns({"score": score, **sub, **inputs}, n, model.criteria, moments)
+    out: dict[str, Any] = {
+        "probability": np.round(probability, 6),
+        "score": score,
+        "grade": grade_of(score, scorer.metadata["grade_bands"]),
+        "fit": sub["fit"],
+        "engagement": sub["engagement"],
+        **stages,
+    }
+    if with_reasons:
+        points = per_feature * points_per_logit(scorer, margin, base)[:, None]
+        out["reasons"] = _reasons(points, _Columns(values, columns, n), columns)
+    out["model_version"] = [model.version] * n
+    return out
 
 
 def score_features(
@@ -144,62 +219,35 @@ def score_features(
         with_reasons: compute the top reasons (the SHAP values are needed either way for
             the sub-scores).
     """
-    scorer = model.scorer
     features = features.reset_index(drop=True)
-    contributions, base = explain_frame(model, features)
-    per_feature = contributions[:, :-1]
-    margin = contributions.sum(axis=1)
-    probability = scorer.calibrator.apply(margin)
-    score = score_from_probability(probability)
-    columns = scorer.spec.columns
-    groups = scorer.spec.groups
-    quantiles = scorer.metadata["subscore_quantiles"]
-    sub = {}
-    for group in ("fit", "engagement"):
-        index = [i for i, c in enumerate(columns) if groups[c] == group]
-        sub[group] = _percentile(per_feature[:, index].sum(axis=1), quantiles[group])
-
-    criteria = model.criteria
-    hand_raise = [f"days_since_{kind}" for kind in criteria.hand_raise_types if f"days_since_{kind}" in features]
-    inputs = pd.DataFrame({"score": score, "fit": sub["fit"], "engagement": sub["engagement"]})
-    for name in ("icp_match", "bant_confirmed", "do_not_contact"):
-        if name in features:
-            inputs[name] = pd.to_numeric(features[name], errors="coerce").to_numpy()
-    if hand_raise:
-        inputs["days_since_hand_raise"] = features[hand_raise].min(axis=1, skipna=True).to_numpy()
-    for name in ("email", "sales_accepted", "do_not_contact"):
-        if name in context:
-            inputs[name] = context[name].to_numpy()
-    stages = qualify(inputs, criteria, as_of.reset_index(drop=True))
-
-    out = pd.DataFrame(
-        {
-            "probability": np.round(probability, 6),
-            "score": score,
-            "grade": grade_of(score, scorer.metadata["grade_bands"]),
-            "fit": sub["fit"],
-            "engagement": sub["engagement"],
-        }
+    context = context.reset_index(drop=True)
+    columns = score_matrix(
+        model,
+        model_matrix(model, features),
+        features,
+        criteria_inputs(model, features, context),
+        list(as_of),
+        with_reasons=with_reasons,
     )
-    out = pd.concat([out, stages.reset_index(drop=True)], axis=1)
-    if with_reasons:
-        points = per_feature * points_per_logit(scorer, margin, base)[:, None]
-        out["reasons"] = _reasons(points, features, columns)
-    out["model_version"] = model.version
-    return out
+    return pd.DataFrame(columns)
 
 
 class _Columns(dict):
     """Feature columns as plain Python lists (floats, str, None), converted on first use:
     reasons touch few columns, and plain values format faster than NumPy scalars."""
 
-    def __init__(self, features: pd.DataFrame, columns: list[str]) -> None:
+    def __init__(self, source: Mapping[str, Any], columns: list[str], n: int) -> None:
         super().__init__()
-        self._features = features
+        self._source = source
         self._columns = columns
+        self._n = n
 
     def __missing__(self, key: str) -> list:
-        values = self._features[key].tolist() if key in self._features else [None] * len(self._features)
+        if key in self._source:
+            values = self._source[key]
+            values = values.tolist() if hasattr(values, "tolist") else list(values)
+        else:
+            values = [None] * self._n
         self[key] = values
         return values
 
@@ -232,7 +280,7 @@ def _plain(value: object) -> object:
     return None if value is None or value != value else value
 
 
-def _reasons(points: np.ndarray, features: pd.DataFrame, columns: list[str]) -> list[list[dict[str, Any]]]:
+def _reasons(points: np.ndarray, arrays: _Columns, columns: list[str]) -> list[list[dict[str, Any]]]:
     """Top positive and negative factors of each lead, strongest first."""
     n, width = points.shape
     k = min(REASONS_EACH_WAY, width)
@@ -243,7 +291,6 @@ def _reasons(points: np.ndarray, features: pd.DataFrame, columns: list[str]) -> 
     top = np.take_along_axis(top, np.argsort(-points[rows, top], axis=1), axis=1)
     bottom = np.argpartition(points, k - 1, axis=1)[:, :k]
     bottom = np.take_along_axis(bottom, np.argsort(points[rows, bottom], axis=1), axis=1)
-    arrays = _Columns(features, columns)
     # Millions of small dicts would trigger the cyclic garbage collector over and over while
     # none of them can be garbage yet: pause it for the loop.
     collecting = gc.isenabled()

@@ -322,7 +322,11 @@ def as_matrix(x: pd.DataFrame) -> np.ndarray:
 
 def shap_values(trees: CompiledTrees, x: pd.DataFrame) -> np.ndarray:
     """SHAP values in log-odds, shaped like LightGBM's `pred_contrib` (last column: base)."""
-    matrix = as_matrix(x)
+    return shap_matrix(trees, as_matrix(x))
+
+
+def shap_matrix(trees: CompiledTrees, matrix: np.ndarray) -> np.ndarray:
+    """`shap_values` of a float matrix in model column order (categories as codes, NaN missing)."""
     if len(matrix) == 0:
         return np.zeros((0, trees.n_features + 1))
     return _explain(
