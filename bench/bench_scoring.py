@@ -161,7 +161,7 @@ def latency(crm, requests: int) -> None:
             ]
         )
         body.append(item)
-    env = {**os.environ}
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true"}
     env.pop("LEADSCORE_API_KEYS", None)
     trivial, trivial_url = _serve("bench.trivial_service:Trivial", env)
     service, service_url = _serve("serving.service:LeadScoring", env)

@@ -102,6 +102,13 @@ def utc_naive(moment: dt.datetime) -> pd.Timestamp:
     return ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo else ts
 
 
+def _utc_text(moment: dt.datetime) -> str:
+    """ISO text of a moment as naive UTC (`utc_naive`, without a pandas object per value)."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
+    return moment.isoformat()
+
+
 def leads_to_frames(leads: list[Lead]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Lead rows and activity rows of the raw contract (text cells, as an export has them)."""
     rows: list[dict[str, Any]] = []
@@ -109,7 +116,7 @@ def leads_to_frames(leads: list[Lead]) -> tuple[pd.DataFrame, pd.DataFrame]:
     for lead in leads:
         row = lead.model_dump(exclude={"activities", "fields"})
         if row["created_at"] is not None:
-            row["created_at"] = utc_naive(row["created_at"]).isoformat()
+            row["created_at"] = _utc_text(row["created_at"])
         if isinstance(row["tech_stack"], list):
             row["tech_stack"] = ";".join(row["tech_stack"])
         rows.append(row)
@@ -117,7 +124,7 @@ def leads_to_frames(leads: list[Lead]) -> tuple[pd.DataFrame, pd.DataFrame]:
             acts.append(
                 {
                     "lead_id": lead.lead_id,
-                    "occurred_at": utc_naive(activity.occurred_at).isoformat(),
+                    "occurred_at": _utc_text(activity.occurred_at),
                     "activity_type": activity.activity_type,
                     "value": activity.value,
                 }

@@ -9,7 +9,9 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import mlflow
@@ -33,6 +35,8 @@ logger = logging.getLogger(__name__)
 CHAMPION = "champion"
 REASONS_EACH_WAY = 3
 MIN_REASON_POINTS = 0.05
+# Batches larger than this are scored in blocks of this many leads (see `score_matrix`).
+PIPELINE_ROWS = 25_000
 
 
 class ModelNotReady(RuntimeError):
@@ -61,13 +65,25 @@ class LoadedModel:
     def kind(self) -> str:
         return self.scorer.spec.kind
 
-    @property
+    # Read once per model, not per request (cached_property writes the instance dict directly).
+    @cached_property
     def criteria(self) -> CriteriaParams:
         return CriteriaParams.model_validate(self.scorer.metadata["criteria"])
 
-    @property
+    @cached_property
     def feature_params(self) -> FeatureParams:
         return FeatureParams.model_validate(self.scorer.spec.settings["features"])
+
+    @cached_property
+    def subscores(self) -> dict[str, tuple[list[int], np.ndarray, np.ndarray]]:
+        """Per sub-score: the model columns it sums, and the training reference of its rank."""
+        spec = self.scorer.spec
+        out = {}
+        for group, quantiles in self.scorer.metadata["subscore_quantiles"].items():
+            reference = np.maximum.accumulate(np.asarray(quantiles, dtype=float))
+            index = [i for i, c in enumerate(spec.columns) if spec.groups[c] == group]
+            out[group] = (index, reference, np.linspace(0, 100, len(reference)))
+        return out
 
 
 def load_champion(model_name: str, alias: str = CHAMPION) -> LoadedModel:
@@ -112,10 +128,9 @@ def points_per_logit(scorer: LeadScorer, margin: np.ndarray, base: float) -> np.
     return np.where(safe, (score - base_score) / np.where(safe, delta, 1.0), local)
 
 
-def _percentile(values: np.ndarray, quantiles: list[float]) -> np.ndarray:
-    """Rank (0-100) of each value among the training leads the quantiles describe."""
-    reference = np.maximum.accumulate(np.asarray(quantiles, dtype=float))
-    return np.round(np.interp(values, reference, np.linspace(0, 100, len(reference))), 0)
+def _percentile(values: np.ndarray, reference: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    """Rank (0-100) of each value among the training leads the reference quantiles describe."""
+    return np.round(np.interp(values, reference, ranks), 0)
 
 
 def explain_frame(model: LoadedModel, features: pd.DataFrame) -> tuple[np.ndarray, float]:
@@ -166,24 +181,55 @@ def score_matrix(
 
     Args:
         matrix: features in model form (`model_matrix`).
-        values: each feature's values as the lead has them (shown in the reasons).
+        values: each feature's values as the lead has them (shown in the reasons): a data
+            frame or a dict of lists.
         inputs: the criteria inputs (`criteria_inputs`).
         moments: the scoring moment of each lead.
     """
+    n = len(matrix)
+    if not with_reasons or n <= PIPELINE_ROWS:
+        return _score_block(model, shap_matrix(model.trees, matrix), values, inputs, moments, with_reasons)
+    # The reasons are Python (one core); the SHAP kernel runs without the GIL: explain the next
+    # block on the other core while this block's reasons are written.
+    bounds = [*range(0, n, PIPELINE_ROWS), n]
+    blocks = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(shap_matrix, model.trees, matrix[: bounds[1]], serial=True)
+        for a, b, c in zip(bounds[:-1], bounds[1:], [*bounds[2:], n], strict=True):
+            contributions = pending.result()
+            if b < n:
+                pending = pool.submit(shap_matrix, model.trees, matrix[b:c], serial=True)
+            rows = values.iloc[a:b] if isinstance(values, pd.DataFrame) else {k: v[a:b] for k, v in values.items()}
+            part = {k: v[a:b] for k, v in inputs.items()}
+            blocks.append(_score_block(model, contributions, rows, part, moments[a:b], with_reasons))
+    return {
+        key: np.concatenate([block[key] for block in blocks])
+        if isinstance(blocks[0][key], np.ndarray)
+        else [item for block in blocks for item in block[key]]
+        for key in blocks[0]
+    }
+
+
+def _score_block(
+    model: LoadedModel,
+    contributions: np.ndarray,
+    values: Mapping[str, Any],
+    inputs: Mapping[str, Any],
+    moments: list,
+    with_reasons: bool,
+) -> dict[str, Any]:
     scorer = model.scorer
-    contributions = shap_matrix(model.trees, matrix)
     base = model.trees.base_value
     per_feature = contributions[:, :-1]
     margin = contributions.sum(axis=1)
     probability = scorer.calibrator.apply(margin)
     score = score_from_probability(probability)
     columns = scorer.spec.columns
-    quantiles = scorer.metadata["subscore_quantiles"]
     sub = {}
     for group in ("fit", "engagement"):
-        index = [i for i, c in enumerate(columns) if scorer.spec.groups[c] == group]
-        sub[group] = _percentile(per_feature[:, index].sum(axis=1), quantiles[group])
-    n = len(matrix)
+        index, reference, ranks = model.subscores[group]
+        sub[group] = _percentile(per_feature[:, index].sum(axis=1), reference, ranks)
+    n = len(contributions)
     stages = qualify_columns({"score": score, **sub, **inputs}, n, model.criteria, moments)
     out: dict[str, Any] = {
         "probability": np.round(probability, 6),

@@ -63,8 +63,8 @@ def _weights(d: int) -> np.ndarray:
 
 @numba.njit(cache=True)
 def _leaf_table(value: float, zeros: np.ndarray, weights: np.ndarray, out: np.ndarray) -> None:
-    """out[k * 2^d + mask]: the leaf's SHAP value for path feature k when the sample meets
-    exactly the path conditions in `mask`."""
+    """out[mask * d + k]: the leaf's SHAP value for path feature k when the sample meets
+    exactly the path conditions in `mask` (a lead reads d neighbouring numbers per leaf)."""
     d = zeros.shape[0]
     sym = np.zeros(d + 1)
     for mask in range(1 << d):
@@ -86,7 +86,7 @@ def _leaf_table(value: float, zeros: np.ndarray, weights: np.ndarray, out: np.nd
             for s in range(size + 1):
                 inner += weights[s] * sym[size - s]
             one = 1.0 if (mask >> k) & 1 else 0.0
-            out[k * (1 << d) + mask] = value * (one - zeros[k]) * outside * inner
+            out[mask * d + k] = value * (one - zeros[k]) * outside * inner
 
 
 Path = list[tuple[int, bool, float]]
@@ -252,8 +252,7 @@ def _goes_left(value, threshold, is_categorical, cat_start, cat_end, categories,
     return value <= threshold
 
 
-@numba.njit(parallel=True, cache=True)
-def _explain(
+def _explain_rows(
     x, base_value, node_feature, node_threshold, node_is_categorical, node_cat_start, node_cat_end, categories,
     node_default_left, node_missing, node_left_child, node_right_child, node_slot, tree_node_start,
     tree_node_count, tree_leaf_start, tree_leaf_count, leaf_feature_start, leaf_depth, leaf_features,
@@ -301,9 +300,19 @@ def _explain(
                 table = leaf_table_start[leaf]
                 fs = leaf_feature_start[leaf]
                 for k in range(d):
-                    out[i, leaf_features[fs + k]] += tables[table + k * width + mask]
+                    out[i, leaf_features[fs + k]] += tables[table + mask * d + k]
         out[i, f] = base_value
     return out
+
+
+# Batches spread rows over the cores; a request of a few leads runs on the calling thread,
+# since waking the thread pool costs more than those rows (and contends with the server's
+# event loop for the same two cores).
+_explain_parallel = numba.njit(parallel=True, cache=True)(_explain_rows)
+# Without the GIL, so a batch can explain one block on one core while Python writes the
+# reasons of the previous block on the other.
+_explain_serial = numba.njit(cache=True, nogil=True)(_explain_rows)
+SERIAL_ROWS = 64
 
 
 def as_matrix(x: pd.DataFrame) -> np.ndarray:
@@ -325,11 +334,16 @@ def shap_values(trees: CompiledTrees, x: pd.DataFrame) -> np.ndarray:
     return shap_matrix(trees, as_matrix(x))
 
 
-def shap_matrix(trees: CompiledTrees, matrix: np.ndarray) -> np.ndarray:
-    """`shap_values` of a float matrix in model column order (categories as codes, NaN missing)."""
+def shap_matrix(trees: CompiledTrees, matrix: np.ndarray, *, serial: bool = False) -> np.ndarray:
+    """`shap_values` of a float matrix in model column order (categories as codes, NaN missing).
+
+    Args:
+        serial: one thread, without the GIL (the default spreads large inputs over the cores).
+    """
     if len(matrix) == 0:
         return np.zeros((0, trees.n_features + 1))
-    return _explain(
+    kernel = _explain_serial if serial or len(matrix) < SERIAL_ROWS else _explain_parallel
+    return kernel(
         matrix, trees.base_value, trees.node_feature, trees.node_threshold, trees.node_is_categorical,
         trees.node_cat_start, trees.node_cat_end, trees.categories, trees.node_default_left, trees.node_missing,
         trees.node_left_child, trees.node_right_child, trees.node_slot, trees.tree_node_start,

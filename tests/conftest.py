@@ -12,6 +12,7 @@ from features.params import PROJECT_ROOT, Params, load_params
 from features.synthetic import generate_crm, write_crm
 
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+CHAMPION_NAME = "svc-model"
 FAST_OVERRIDES = {
     "tuning.trials": 3,
     "tuning.timeout_seconds": 60,
@@ -75,3 +76,41 @@ def shared_file():
         return path
 
     return find
+
+
+@pytest.fixture(scope="session")
+def champion_store(small_crm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A registry (its tracking URI) whose `svc-model@champion` was trained on the small CRM."""
+    from training.pipeline import prepare_crm, train_and_register
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('svc-store') / 'mlflow.db'}"
+    previous = os.environ["MLFLOW_TRACKING_URI"]
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        params = load_params(
+            **{
+                "tuning.trials": 3,
+                "tuning.max_boost_rounds": 200,
+                "mlflow.shap_sample": 100,
+                "gates.min_auc_gain_vs_baseline": -1.0,
+                "gates.max_test_ece": 1.0,  # small data: the gates are tested elsewhere
+            }
+        )
+        metrics = train_and_register(prepare_crm(small_crm_dir, params), params, model_name=CHAMPION_NAME)
+        assert metrics["promoted"], metrics["gates"]
+    finally:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
+    return uri
+
+
+@pytest.fixture(scope="session")
+def champion(champion_store: str):
+    """The loaded `svc-model@champion` of `champion_store`."""
+    from serving.scoring import load_champion
+
+    previous = os.environ["MLFLOW_TRACKING_URI"]
+    os.environ["MLFLOW_TRACKING_URI"] = champion_store
+    try:
+        return load_champion(CHAMPION_NAME)
+    finally:
+        os.environ["MLFLOW_TRACKING_URI"] = previous

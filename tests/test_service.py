@@ -18,12 +18,13 @@ import pytest
 
 from features.criteria import STAGES
 from features.ingest import load_crm
-from features.params import PROJECT_ROOT, load_params
+from features.params import PROJECT_ROOT
 from features.schema import PII_COLUMNS
 from serving.batch import score_batch
 from serving.scoring import load_champion
 
 KEYS = ("key-one", "key-two")
+CHAMPION_NAME = "svc-model"  # as trained by the `champion_store` fixture
 AS_OF = "2025-12-20T12:00:00"
 
 
@@ -35,7 +36,7 @@ def _free_port() -> int:
 
 def _start(store: str, keys: str | None) -> tuple[subprocess.Popen, str, Path]:
     port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "LEADSCORE_MODEL_NAME": "svc-model"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "LEADSCORE_MODEL_NAME": CHAMPION_NAME, "BENTOML_DO_NOT_TRACK": "true"}
     env.pop("LEADSCORE_API_KEYS", None)
     if keys:
         env["LEADSCORE_API_KEYS"] = keys
@@ -71,28 +72,8 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def store(small_crm_dir, tmp_path_factory) -> str:
-    """A registry with a champion trained on the small CRM."""
-    from training.pipeline import prepare_crm, train_and_register
-
-    uri = f"sqlite:///{tmp_path_factory.mktemp('svc-store') / 'mlflow.db'}"
-    previous = os.environ["MLFLOW_TRACKING_URI"]
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    try:
-        params = load_params(
-            **{
-                "tuning.trials": 3,
-                "tuning.max_boost_rounds": 200,
-                "mlflow.shap_sample": 100,
-                "gates.min_auc_gain_vs_baseline": -1.0,
-                "gates.max_test_ece": 1.0,  # small data: the gates are tested elsewhere
-            }
-        )
-        metrics = train_and_register(prepare_crm(small_crm_dir, params), params, model_name="svc-model")
-        assert metrics["promoted"], metrics["gates"]
-    finally:
-        os.environ["MLFLOW_TRACKING_URI"] = previous
-    return uri
+def store(champion_store) -> str:
+    return champion_store
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +141,7 @@ def test_service_and_batch_give_identical_numbers(server, store, sample):
 
     os.environ["MLFLOW_TRACKING_URI"] = store
     try:
-        model = load_champion("svc-model")
+        model = load_champion(CHAMPION_NAME)
     finally:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(store.removeprefix('sqlite:///'))}"
     text_leads = leads.astype(object).where(leads.notna(), "").astype(str)
@@ -174,6 +155,11 @@ def test_service_and_batch_give_identical_numbers(server, store, sample):
     assert [[r["text"] for r in rs] for rs in served["reasons"]] == [
         [r["text"] for r in json.loads(rs)] for rs in batch["reasons"]
     ]
+    # One lead per request takes the service's single-lead path: the same numbers again.
+    for i in range(8):
+        alone = httpx.post(f"{url}/score", json=_request(leads.iloc[[i]], acts), headers=_auth(), timeout=60)
+        assert alone.status_code == 200, alone.text
+        assert alone.json()[0] == response.json()[i]
     assert served["grade"].isin(list("ABCD")).all()
     assert served["stage"].isin(STAGES).all()
     assert served["score"].between(0, 100).all() and served["fit"].between(0, 100).all()

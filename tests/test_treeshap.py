@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.treeshap import compile_booster, shap_values
+from serving.treeshap import SERIAL_ROWS, compile_booster, shap_values
 
 
 def _data(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
@@ -46,9 +46,12 @@ def test_equals_lightgbm_pred_contrib(params, rounds):
     probe, _ = _data(1500, seed=99)
     probe.loc[0, "industry"] = np.nan
     expected = booster.predict(probe, pred_contrib=True)
-    got = shap_values(compile_booster(booster), probe)
+    trees = compile_booster(booster)
+    got = shap_values(trees, probe)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
     np.testing.assert_allclose(got.sum(axis=1), booster.predict(probe, raw_score=True), atol=1e-9)
+    # Small requests take the single-threaded kernel: the same numbers, row for row.
+    assert np.array_equal(shap_values(trees, probe.head(SERIAL_ROWS - 1)), got[: SERIAL_ROWS - 1])
 
 
 def test_unseen_category_and_empty_input():

@@ -329,7 +329,8 @@ def serve(
     from features.params import PROJECT_ROOT
     from features.tracking import tracking_uri
 
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri()}
+    # BentoML's usage statistics would phone home from every worker: not from a CRM's scorer.
+    env = {"BENTOML_DO_NOT_TRACK": "true", **os.environ, "MLFLOW_TRACKING_URI": tracking_uri()}
     console.print(f"Serving models:/lead-scorer@champion from {env['MLFLOW_TRACKING_URI']} on http://{host}:{port}")
     if os.environ.get("LEADSCORE_API_KEYS"):
         console.print("API keys required (LEADSCORE_API_KEYS is set)")

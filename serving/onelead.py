@@ -1,0 +1,232 @@
+"""One CRM lead scored without data frames: the service's most common request (a lead changed
+in the CRM), in a fraction of a millisecond instead of tens.
+
+For a single lead it mirrors the cleaning rules of `features.ingest` and the features of
+`features.build.build_crm_features` with plain Python and small NumPy arrays; the scoring
+itself is the shared `serving.scoring.score_matrix`. Tests prove it gives the general
+path's numbers lead for lead. Whatever it does not mirror (a value the general path would
+reject, a flat-CSV model) makes it answer None, and the caller takes the general path,
+which gives the error.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from bisect import bisect_left
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.clean import FALSE_TOKENS, TRUE_TOKENS
+from features.engagement import INTENT_TYPES
+from features.fit import _TECH_SPLIT, FREE_MAIL_DOMAINS
+from features.ingest import BANT_SYNONYMS
+from features.schema import ACTIVITY_TYPES, BANT_FIELDS, BANT_VALUES, LEAD_CATEGORICAL, OTHER_ACTIVITY
+from serving.schemas import Lead
+from serving.scoring import LoadedModel, score_matrix
+
+_DAY = 86400.0
+_EPOCH_NS = pd.Timestamp("1900-01-01").value
+_NS = 1_000_000_000
+_YEARS = (0, pd.Timestamp("2201-01-01").value - _EPOCH_NS)  # nanoseconds since 1900
+_KINDS = (*ACTIVITY_TYPES, OTHER_ACTIVITY)
+_CONTRACT_TYPES = frozenset(ACTIVITY_TYPES)
+
+
+_EPOCH = dt.datetime(1900, 1, 1)
+_MICROSECOND = dt.timedelta(microseconds=1)
+
+
+def _ns(moment: dt.datetime) -> int | None:
+    """Naive-UTC nanoseconds since 1900 of a moment (plain datetime arithmetic: a pandas
+    Timestamp per activity would cost more than the features), or None outside the years the
+    cleaning accepts."""
+    if isinstance(moment, pd.Timestamp):
+        moment = moment.tz_convert("UTC").tz_localize(None) if moment.tzinfo is not None else moment
+        value = moment.as_unit("ns").value - _EPOCH_NS
+    else:
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
+        value = (moment - _EPOCH) // _MICROSECOND * 1000
+    return value if _YEARS[0] <= value < _YEARS[1] else None
+
+
+class OneLeadScorer:
+    """Scores single leads for one loaded model; settings are looked up once."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.model = model
+        spec = model.scorer.spec
+        settings = spec.settings
+        self.enabled = spec.kind == "crm"
+        self.tokens = frozenset(t.casefold() for t in settings.get("missing_tokens", ("",)))
+        self.vocabulary = [
+            ("uses_" + re.sub(r"\W+", "_", tech).strip("_"), tech) for tech in settings.get("tech_vocabulary", [])
+        ]
+        self.features = model.feature_params
+        icp = self.features.icp
+        self.icp = [
+            (column, frozenset(a.casefold() for a in allowed))
+            for column, allowed in (
+                ("industry", icp.industries),
+                ("seniority", icp.seniorities),
+                ("department", icp.departments),
+                ("country", icp.countries),
+            )
+        ]
+        self.rate = np.log(2) / (self.features.decay_half_life_days * _DAY)
+        self.weights = dict(self.features.engagement_weights)
+        self.levels = {
+            column: {level.casefold(): float(i) for i, level in enumerate(levels)}
+            for column, levels in spec.categories.items()
+        }
+        self.columns = spec.columns
+        # As `criteria_inputs` does: every hand-raise type the features have, in the model or not.
+        self.hand_raise = [f"days_since_{kind}" for kind in model.criteria.hand_raise_types if kind in INTENT_TYPES]
+
+    # -- cleaning, value by value, as features.clean does it ---------------------------------
+    def _text(self, value: object) -> str | None:
+        text = re.sub(r"\s+", " ", "" if value is None else str(value)).strip()
+        return None if text.casefold() in self.tokens else text
+
+    def _flag(self, value: bool | None) -> float:
+        text = self._text(value)
+        if text is None:
+            return float("nan")
+        folded = text.strip().casefold()
+        return 1.0 if folded in TRUE_TOKENS else 0.0 if folded in FALSE_TOKENS else float("nan")
+
+    # -- features ------------------------------------------------------------------------------
+    def features_of(self, lead: Lead, as_of: pd.Timestamp) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The lead's features and criteria context as `prepare_crm_leads` builds them, or
+        None when the general path must handle the lead."""
+        if not self.enabled or lead.created_at is None:
+            return None
+        created = _ns(lead.created_at)
+        moment = _ns(as_of)
+        if created is None or moment is None or created > moment:
+            return None
+        events: list[tuple[int, str]] = []
+        for activity in lead.activities:
+            occurred = _ns(activity.occurred_at)
+            kind = re.sub(r"[\s\-/]+", "_", activity.activity_type.strip().casefold())
+            if occurred is None or not kind:
+                return None
+            events.append((occurred // _NS, kind if kind in _CONTRACT_TYPES else OTHER_ACTIVITY))
+        out: dict[str, Any] = {}
+        self._fit(lead, created, moment, out)
+        context = {"email": self._text(lead.email), "sales_accepted": self._flag(lead.sales_accepted)}
+        context["do_not_contact"] = out["do_not_contact"]
+        self._engagement(events, moment // _NS, out)
+        out["activities_per_30d"] = out["n_activities_total"] / max(out["lead_age_days"], 1.0) * 30.0
+        return out, context
+
+    def _fit(self, lead: Lead, created: int, moment: int, out: dict[str, Any]) -> None:
+        for column in LEAD_CATEGORICAL:
+            text = self._text(getattr(lead, column))
+            if column in BANT_FIELDS:  # cleaned as text first, then read as a BANT answer
+                folded = "unknown" if text is None else BANT_SYNONYMS.get(text.casefold(), text.casefold())
+                text = folded if folded in BANT_VALUES else "unknown"
+            out[column] = text
+        employees = float("nan") if lead.employees is None else float(lead.employees)
+        revenue = float("nan") if lead.annual_revenue is None else float(lead.annual_revenue)
+        out["employees"] = employees
+        out["annual_revenue"] = revenue
+        out["revenue_per_employee"] = revenue / employees if employees > 0 else float("nan")
+        email = self._text(lead.email)
+        domain = None if email is None or "@" not in email else email.rsplit("@", 1)[1].casefold()
+        out["business_email"] = float("nan") if domain is None else float(domain not in FREE_MAIL_DOMAINS)
+        out["do_not_contact"] = self._flag(lead.do_not_contact)
+        stack = lead.tech_stack
+        stack = self._text(";".join(stack) if isinstance(stack, list) else stack)
+        if stack is None:
+            out["n_technologies"] = float("nan")
+            for name, _ in self.vocabulary:
+                out[name] = float("nan")
+        else:
+            items = {t.casefold() for t in _TECH_SPLIT.split(stack) if t}
+            out["n_technologies"] = float(len(items))
+            for name, tech in self.vocabulary:
+                out[name] = float(tech in items)
+        out["bant_confirmed"] = float(sum(out[c] == "confirmed" for c in BANT_FIELDS))
+        icp = self.features.icp
+        checks = [out[column] is not None and str(out[column]).casefold() in wanted for column, wanted in self.icp]
+        checks.append(icp.min_employees <= employees <= icp.max_employees)
+        out["icp_match"] = sum(map(float, checks)) / len(checks)
+        out["lead_age_days"] = float(moment - created) / 1e9 / _DAY
+
+    def _engagement(self, events: list[tuple[int, str]], now: int, out: dict[str, Any]) -> None:
+        events.sort(key=lambda e: e[0])  # stable: ties keep the request's order, as in the batch path
+        seconds = [s for s, _ in events]
+        windows = self.features.windows_days
+        starts = {w: now - int(w * _DAY) for w in windows}
+        month = int(30 * _DAY)
+
+        def count(times: list[int], start: int, end: int) -> float:
+            return float(bisect_left(times, end) - bisect_left(times, start))
+
+        def since(times: list[int]) -> float:
+            last = bisect_left(times, now) - 1
+            return (now - times[last]) / _DAY if last >= 0 else float("nan")
+
+        for w in windows:
+            out[f"n_activities_{w}d"] = count(seconds, starts[w], now)
+        upto = bisect_left(seconds, now)
+        out["n_activities_total"] = float(upto - bisect_left(seconds, 0))
+        out["days_since_last_activity"] = since(seconds)
+        out["velocity_30d"] = count(seconds, now - month, now) - count(seconds, now - 2 * month, now - month)
+        for kind in _KINDS:
+            times = [s for s, k in events if k == kind]
+            for w in windows:
+                out[f"n_{kind}_{w}d"] = count(times, starts[w], now)
+            out[f"n_{kind}_total"] = count(times, 0, now)
+            if kind in INTENT_TYPES:
+                out[f"days_since_{kind}"] = since(times)
+        out["engagement_decayed"] = self._decayed(events, upto, now)
+
+    def _decayed(self, events: list[tuple[int, str]], upto: int, now: int) -> float:
+        """`features.engagement._decayed_score` for one lead (same formula, same order)."""
+        if upto == 0:
+            return 0.0
+        first = events[0][0]
+        offsets = np.array([s - first for s, _ in events], dtype=np.int64)
+        exponent = self.rate * offsets
+        if exponent.max(initial=0) > 700:
+            return float("nan")  # the general path raises its error
+        weights = np.array([self.weights.get(k, 0.0) for _, k in events], dtype=np.float64)
+        terms = (weights * np.exp(exponent)).tolist()
+        # pandas' grouped cumulative sum is Kahan-compensated: the same steps, the same bits.
+        running = compensation = 0.0
+        for term in terms[:upto]:
+            step = term - compensation
+            total = running + step
+            compensation = total - running - step
+            running = total
+        scale = np.exp(-self.rate * np.array([now - first], dtype=np.int64))
+        return float(running * scale[0])
+
+    # -- scoring ------------------------------------------------------------------------------
+    def score(self, lead: Lead, as_of: pd.Timestamp) -> dict[str, Any] | None:
+        """The lead's `LeadScore` fields, or None when the general path must score it."""
+        built = self.features_of(lead, as_of)
+        if built is None:
+            return None
+        values, context = built
+        if values["engagement_decayed"] != values["engagement_decayed"]:
+            return None
+        row = np.empty((1, len(self.columns)))
+        for j, column in enumerate(self.columns):
+            value = values.get(column)
+            levels = self.levels.get(column)
+            if levels is not None:
+                row[0, j] = np.nan if value is None else levels.get(str(value).strip().casefold(), np.nan)
+            else:
+                row[0, j] = np.nan if value is None else value
+        inputs: dict[str, Any] = {name: [values[name]] for name in ("icp_match", "bant_confirmed")}
+        if self.hand_raise:
+            inputs["days_since_hand_raise"] = [float(np.fmin.reduce([values[c] for c in self.hand_raise]))]
+        inputs.update({name: [value] for name, value in context.items()})
+        columns = score_matrix(self.model, row, {k: [v] for k, v in values.items()}, inputs, [as_of])
+        return {name: (column[0] if len(column) else None) for name, column in columns.items()}

@@ -1,0 +1,104 @@
+"""The service's single-lead path gives the general path's numbers, lead for lead."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.ingest import load_crm
+from serving.onelead import OneLeadScorer
+from serving.schemas import Lead, LeadScore, leads_to_frames
+from serving.scoring import InvalidLeads, prepare_crm_leads, score_features
+
+AS_OF = pd.Timestamp("2025-12-20 12:00:00")
+FIELDS = ("industry", "country", "seniority", "department", "lead_source", "employees", "annual_revenue",
+          "budget", "authority", "need", "timeline", "tech_stack", "email")  # fmt: skip
+
+
+def _general(model, lead: Lead, as_of: pd.Timestamp) -> dict:
+    """What the service's general (data frame) path answers for the lead."""
+    frame, activities = leads_to_frames([lead])
+    features, context, _, _ = prepare_crm_leads(model, frame, activities, pd.Series([as_of]))
+    record = score_features(model, features, context, pd.Series([as_of])).replace({np.nan: None})
+    return LeadScore.model_validate({"lead_id": lead.lead_id, **record.to_dict(orient="records")[0]}).model_dump()
+
+
+def _fast(one: OneLeadScorer, lead: Lead, as_of: pd.Timestamp) -> dict | None:
+    record = one.score(lead, as_of)
+    return None if record is None else LeadScore.model_validate({"lead_id": lead.lead_id, **record}).model_dump()
+
+
+def _messy(i: int, lead: dict) -> dict:
+    """Vary the lead the way CRM calls vary: case and spacing, placeholders, synonyms, time
+    zones, unknown activity types, flags, lists."""
+    variant = i % 8
+    if variant == 1 and lead.get("industry"):
+        lead["industry"] = "  " + lead["industry"].upper() + " "
+    if variant == 2:
+        lead["country"], lead["budget"], lead["need"] = "N/A", "Yes", " confirmed"
+    if variant == 3 and lead.get("tech_stack"):
+        lead["tech_stack"] = [t.strip() for t in lead["tech_stack"].split(";")]
+    if variant == 4:
+        lead["do_not_contact"], lead["sales_accepted"] = bool(i % 3), True
+        lead["email"] = "someone@gmail.com"
+    if variant == 5:
+        lead["created_at"] = lead["created_at"].replace(tzinfo=dt.timezone(dt.timedelta(hours=-5)))
+        for activity in lead["activities"][::2]:
+            activity["activity_type"] = "Email Open" if activity["activity_type"] == "email_open" else "podcast"
+    if variant == 6:
+        lead["activities"].append({"occurred_at": AS_OF + pd.Timedelta(days=3), "activity_type": "demo_request"})
+        lead["activities"].append({"occurred_at": AS_OF - pd.Timedelta(seconds=1), "activity_type": "pricing_page"})
+        lead["employees"] = 0.0
+    if variant == 7:
+        lead["email"], lead["seniority"] = "buyer@rival-crm.com", "select"
+    return lead
+
+
+@pytest.fixture(scope="module")
+def requests(small_crm_dir) -> list[Lead]:
+    crm = load_crm(small_crm_dir)
+    leads = crm.leads[crm.leads["created_at"] < AS_OF].sample(400, random_state=5)
+    acts = crm.activities[crm.activities["lead_id"].isin(leads["lead_id"])]
+    by_lead = dict(tuple(acts.groupby("lead_id")))
+    out = []
+    for i, row in enumerate(leads.to_dict(orient="records")):
+        lead = {"lead_id": row["lead_id"], "created_at": row["created_at"].to_pydatetime()}
+        lead |= {f: row[f] for f in FIELDS if isinstance(row.get(f), str | float) and row[f] == row[f]}
+        own = by_lead.get(row["lead_id"], pd.DataFrame(columns=["occurred_at", "activity_type"]))
+        lead["activities"] = [
+            {"occurred_at": a.occurred_at.to_pydatetime(), "activity_type": a.activity_type} for a in own.itertuples()
+        ]
+        out.append(Lead.model_validate(_messy(i, lead)))
+    return out
+
+
+def test_single_lead_path_matches_the_general_path(champion, requests):
+    one = OneLeadScorer(champion)
+    stages = set()
+    for lead in requests:
+        fast = _fast(one, lead, AS_OF)
+        assert fast is not None, lead.lead_id
+        assert fast == _general(champion, lead, AS_OF), lead.lead_id
+        stages.add(fast["stage"])
+    # The variants reach the rules that need the context (flags, competitor domain, sales acceptance).
+    assert {"disqualified", "SAL", "nurture"} <= stages
+
+
+def test_leads_the_single_lead_path_declines_get_the_general_error(champion, requests):
+    one = OneLeadScorer(champion)
+    lead = requests[0]
+    early = AS_OF - pd.Timedelta(days=3000)
+    ancient = lead.model_copy(
+        update={"activities": [{"occurred_at": dt.datetime(1850, 1, 1), "activity_type": "web_visit"}]}
+    )
+    blank_type = lead.model_copy(
+        update={"activities": [{"occurred_at": dt.datetime(2025, 1, 1), "activity_type": "   "}]}
+    )
+    for case, moment in ((lead, early), (Lead.model_validate(ancient.model_dump()), AS_OF),
+                         (Lead.model_validate(blank_type.model_dump()), AS_OF)):  # fmt: skip
+        assert one.score(case, moment) is None
+        with pytest.raises(InvalidLeads):
+            _general(champion, case, moment)
