@@ -12,6 +12,7 @@ with no recursion. The idea is Fast TreeSHAP v2 (Yang 2021); the results equal L
 from __future__ import annotations
 
 import math
+import types
 from dataclasses import dataclass
 
 import lightgbm as lgb
@@ -308,10 +309,19 @@ def _explain_rows(
 # Batches spread rows over the cores; a request of a few leads runs on the calling thread,
 # since waking the thread pool costs more than those rows (and contends with the server's
 # event loop for the same two cores).
-_explain_parallel = numba.njit(parallel=True, cache=True)(_explain_rows)
+def _named(func, name: str):
+    """A copy of `func` under another name: numba's on-disk cache is keyed by the function's
+    name, so two compilations of one function (parallel and serial) would overwrite and then
+    load each other."""
+    clone = types.FunctionType(func.__code__, func.__globals__, name, func.__defaults__, func.__closure__)
+    clone.__qualname__ = name
+    return clone
+
+
+_explain_parallel = numba.njit(parallel=True, cache=True)(_named(_explain_rows, "_explain_parallel"))
 # Without the GIL, so a batch can explain one block on one core while Python writes the
 # reasons of the previous block on the other.
-_explain_serial = numba.njit(cache=True, nogil=True)(_explain_rows)
+_explain_serial = numba.njit(cache=True, nogil=True)(_named(_explain_rows, "_explain_serial"))
 SERIAL_ROWS = 64
 
 
