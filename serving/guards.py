@@ -6,7 +6,9 @@ import hmac
 import json
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
+from http.cookies import CookieError, SimpleCookie
 from typing import Any
+from urllib.parse import quote
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -16,6 +18,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 API_KEYS_ENV = "LEADSCORE_API_KEYS"
 # Probes and metrics stay open so an orchestrator can check the process without a key.
 OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})
+# The pages' login form checks the key itself; the cookie it sets carries the key.
+LOGIN_PATHS = frozenset({"/ui/login"})
+KEY_COOKIE = "leadscore_key"
 
 
 def api_keys_from_env() -> tuple[bytes, ...]:
@@ -45,20 +50,52 @@ def key_matches(token: bytes, keys: tuple[bytes, ...]) -> bool:
     return found
 
 
+def cookie_key(headers: dict[bytes, bytes]) -> bytes:
+    """The API key a browser sends in the pages' cookie (empty when there is none)."""
+    jar = SimpleCookie()
+    try:
+        jar.load(headers.get(b"cookie", b"").decode("latin-1"))
+    except CookieError:
+        return b""
+    morsel = jar.get(KEY_COOKIE)
+    return morsel.value.encode("latin-1", "replace") if morsel else b""
+
+
+async def _to_login(scope: Scope, send: Send) -> None:
+    query = scope.get("query_string") or b""
+    target = quote(scope["path"] + ("?" + query.decode("latin-1") if query else ""))
+    headers = [(b"location", f"/ui/login?next={target}".encode()), (b"content-length", b"0")]
+    await send({"type": "http.response.start", "status": 303, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
+
+
 class ApiKeyGuard:
-    """401 unless the request carries `Authorization: Bearer <key>` with a configured key."""
+    """401 unless the request carries `Authorization: Bearer <key>` with a configured key.
+
+    The pages (`/ui/...`) also take the key from the cookie their login form sets, since a
+    browser sends no header by itself; a page request without a valid key is sent to the
+    login form.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.keys = api_keys_from_env()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not self.keys or path in OPEN_PATHS or path in LOGIN_PATHS:
             await self.app(scope, receive, send)
             return
-        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        headers = dict(scope.get("headers") or [])
+        header = headers.get(b"authorization", b"")
         token = header[7:].strip() if header[:7].lower() == b"bearer " else b""
+        page = path == "/ui" or path.startswith("/ui/")
+        if not token and page:
+            token = cookie_key(headers)
         if not key_matches(token, self.keys):
+            if page and scope.get("method") == "GET":
+                await _to_login(scope, send)
+                return
             await reply(send, 401, "missing or invalid API key", [(b"www-authenticate", b"Bearer")])
             return
         await self.app(scope, receive, send)

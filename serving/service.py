@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from features.params import load_params
 from features.reasons import plain_name
+from serving import pages
 from serving.guards import ApiKeyGuard, BodySizeGuard, reply
 from serving.onelead import OneLeadScorer
 from serving.schemas import Contribution, Explanation, Lead, LeadScore, leads_to_flat, leads_to_frames, utc_naive
@@ -77,6 +78,7 @@ def _as_of(leads: list[Lead], as_of: dt.datetime | None) -> pd.Series:
 
 
 @bentoml.service(name="lead_scoring", traffic={"timeout": 120})
+@bentoml.asgi_app(pages.app, path="/ui")
 @bentoml.asgi_app(extra, path="/")
 class LeadScoring:
     """Scores leads for a CRM: probability, grade, stage and reasons."""
@@ -93,6 +95,7 @@ class LeadScoring:
             self.not_ready = str(exc)
             logger.warning("not ready: %s", exc)
         NOT_READY["reason"] = self.not_ready
+        pages.bind(lambda: self.model)
 
     def __is_ready__(self) -> bool:
         return self.model is not None

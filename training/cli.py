@@ -350,12 +350,20 @@ def score(
         str | None, typer.Option("--model-name", help="Registered model (default from params.yaml)")
     ] = None,
     top: Annotated[int, typer.Option("--top", min=0, help="Print the N best leads with grade, stage and reasons")] = 0,
+    snapshot: Annotated[
+        bool,
+        typer.Option(
+            "--snapshot/--no-snapshot",
+            help="Keep this scoring for the pages (under LEADSCORE_SCORES_DIR, default models/scores)",
+        ),
+    ] = True,
 ) -> None:
     """Score leads in batch with the champion: the same columns and numbers as the service."""
     from rich.progress import Progress as RichProgress
 
     from serving.batch import read_leads, score_batch, write_table
     from serving.scoring import ModelNotReady, load_champion
+    from serving.snapshots import write_snapshot
 
     _quiet_libraries()
     params = load_params()
@@ -372,6 +380,10 @@ def score(
             task = progress.add_task("scoring", total=len(leads))
             result = score_batch(model, leads, acts, moment, on_progress=lambda n: progress.advance(task, n))
         write_table(result.scored, output)
+        if snapshot:
+            meta = {"as_of": moment.isoformat(), "model_name": model.name, "model_version": model.version,
+                    "source": str(source), "output": str(output)}  # fmt: skip
+            kept = write_snapshot(result.scored, leads, acts, meta)
     except (DataError, ModelNotReady, ParamsError) as exc:
         _fail(str(exc))
     except OSError as exc:
@@ -379,6 +391,8 @@ def score(
     console.print(
         f"Scored {len(result.scored):,} leads with {model.name} version {model.version} as of {moment} → {output}"
     )
+    if snapshot:
+        console.print(f"Kept for the pages (digest at /ui/digest): {kept}")
     if not result.quarantine.empty:
         quarantine_path = output.with_name(output.stem + ".quarantine.csv")
         result.quarantine.to_csv(quarantine_path, index=False)

@@ -90,3 +90,18 @@ def classification_metrics(label: np.ndarray, probability: np.ndarray, ece_bins:
 def calibration_table(label: np.ndarray, probability: np.ndarray, bins: int = 10) -> pd.DataFrame:
     observed, predicted = calibration_curve(label, probability, n_bins=bins, strategy="quantile")
     return pd.DataFrame({"predicted": predicted, "observed": observed})
+
+
+def test_evaluation(
+    booster, label: np.ndarray, probability: np.ndarray, sample: pd.DataFrame, bands: dict[str, float]
+) -> dict:
+    """What the model page shows, kept in the bundle: conversion by grade and by score decile,
+    the calibration curve on the test period, and mean |SHAP| per feature on a sample."""
+    contributions = np.abs(booster.predict(sample, pred_contrib=True)[:, :-1]).mean(axis=0)
+    return {
+        "by_grade": conversion_by_grade(label, probability, bands),
+        "lift_by_decile": lift_by_decile(label, probability).to_dict(orient="records"),
+        "calibration": calibration_table(label, probability).to_dict(orient="records"),
+        "importance": {c: float(v) for c, v in zip(sample.columns, contributions, strict=True)},
+        "test_examples": len(label),
+    }

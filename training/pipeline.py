@@ -32,7 +32,7 @@ from features.synthetic import generate_crm, write_crm
 from features.tracking import MODELS_DIR, artifact_root, tracking_uri
 from training.baselines import fit_baselines
 from training.calibrate import choose_calibrator
-from training.evaluate import classification_metrics, conversion_by_grade, lift_by_decile
+from training.evaluate import classification_metrics, conversion_by_grade, lift_by_decile, test_evaluation
 from training.examples import build_examples
 from training.plots import evaluation_plots, shap_summary_plot
 from training.register import champion_auc, check_gates, describe_version, log_bundle, promote
@@ -442,6 +442,7 @@ def train_and_register(
                 "subscore_quantiles": subscores["quantiles"],
                 "criteria": params.criteria.model_dump(mode="json"),
                 "leakage_excluded": list(excluded),
+                "evaluation": test_evaluation(booster, labels["test"], test_probability, sample, params.grades),
             }
             artifacts = write_bundle_files(tmp_path / "bundle", booster, spec, calibrator, metadata)
             example = dataset.features[(part == "test").to_numpy()][spec.columns].head(5).reset_index(drop=True)

@@ -1,0 +1,81 @@
+"""Charts for the pages, drawn on the server as inline SVG (no CDN, no script), so the pages
+work offline and in a mail attachment."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+POSITIVE = "#2e7d32"
+NEGATIVE = "#c62828"
+NEUTRAL = "#546e7a"
+plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
+
+
+def _svg(fig) -> str:
+    """The figure as an SVG element that scales with its container."""
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buffer.getvalue()
+    text = text[text.index("<svg") :]
+    # Width from the page, not fixed points: readable on a phone and on a laptop.
+    return re.sub(r'<svg([^>]*?) width="[^"]+" height="[^"]+"', r'<svg\1 width="100%" role="img"', text, count=1)
+
+
+def waterfall(base: float, steps: Sequence[tuple[str, float]], final: float) -> str:
+    """From the base score, each contribution in points, to the lead's score."""
+    labels = ["Base rate", *[label for label, _ in steps], "This lead"]
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(labels) + 0.8))
+    level = base
+    ax.barh(0, base, color=NEUTRAL)
+    for i, (_, points) in enumerate(steps, start=1):
+        ax.barh(i, points, left=level, color=POSITIVE if points >= 0 else NEGATIVE)
+        ax.text(max(level, level + points) + 0.3, i, f"{points:+.1f}", va="center", fontsize=8)
+        level += points
+    ax.barh(len(labels) - 1, final, color=NEUTRAL)
+    ax.text(final + 0.3, len(labels) - 1, f"{final:.1f}", va="center", fontsize=8)
+    ax.text(base + 0.3, 0, f"{base:.1f}", va="center", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("score (0-100)")
+    return _svg(fig)
+
+
+def horizontal_bars(labels: Sequence[str], values: Sequence[float], xlabel: str) -> str:
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(labels) + 0.8))
+    ax.barh(range(len(labels)), values, color=NEUTRAL)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    return _svg(fig)
+
+
+def calibration(predicted: Sequence[float], observed: Sequence[float]) -> str:
+    """Observed conversion against the predicted probability (the diagonal is perfect)."""
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    top = max([*predicted, *observed, 0.05]) * 1.05
+    ax.plot([0, top], [0, top], color="#bbbbbb", linestyle="--", label="perfect")
+    ax.plot(predicted, observed, marker="o", color=POSITIVE, label="model")
+    ax.set_xlabel("predicted probability")
+    ax.set_ylabel("observed conversion")
+    ax.legend(frameon=False)
+    return _svg(fig)
+
+
+def columns(labels: Sequence[str], values: Sequence[float], ylabel: str, reference: float | None = None) -> str:
+    """Vertical bars, e.g. conversion by decile, with an optional reference line."""
+    fig, ax = plt.subplots(figsize=(5.5, 3))
+    ax.bar(range(len(labels)), values, color=NEUTRAL)
+    ax.set_xticks(range(len(labels)), labels)
+    if reference is not None:
+        ax.axhline(reference, color=NEGATIVE, linestyle="--", linewidth=1, label="average")
+        ax.legend(frameon=False)
+    ax.set_ylabel(ylabel)
+    return _svg(fig)

@@ -1,0 +1,126 @@
+"""Scoring snapshots: what each batch scoring of the pipeline produced, kept so the pages can
+rank leads, open one, and say what changed since the scoring before.
+
+A snapshot is a folder under the scores directory (`LEADSCORE_SCORES_DIR`, default
+`models/scores/`) named by when it was written, holding `scores.parquet` (the batch
+columns plus owner, name and company), the leads' and activities' rows as the export had
+them (`leads.parquet`, `activities.parquet`, text cells) and `meta.json` (as of, model,
+source).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from features.params import PROJECT_ROOT
+
+SCORES_DIR_ENV = "LEADSCORE_SCORES_DIR"
+KEEP = 12  # snapshots kept; older ones are removed when a new one is written
+DISPLAY_COLUMNS = ("owner", "first_name", "last_name", "company")
+
+
+def scores_dir() -> Path:
+    return Path(os.environ.get(SCORES_DIR_ENV, PROJECT_ROOT / "models" / "scores"))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    path: Path
+    scores: pd.DataFrame
+    leads: pd.DataFrame
+    activities: pd.DataFrame
+    meta: dict
+
+    @property
+    def as_of(self) -> pd.Timestamp:
+        return pd.Timestamp(self.meta["as_of"])
+
+    def lead(self, lead_id: str) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+        """The lead's export row and its activity rows, or None when it was not scored."""
+        rows = self.leads[self.leads["lead_id"].str.strip() == lead_id]
+        if rows.empty:
+            return None
+        acts = self.activities[self.activities["lead_id"].str.strip() == lead_id]
+        return rows.head(1).reset_index(drop=True), acts.reset_index(drop=True)
+
+
+def write_snapshot(
+    scored: pd.DataFrame,
+    leads: pd.DataFrame,
+    activities: pd.DataFrame,
+    meta: dict,
+    directory: Path | None = None,
+) -> Path:
+    """Write a snapshot of a batch scoring (written to a temporary folder, then renamed, so a
+    reader never sees half of one). Returns its folder."""
+    directory = directory or scores_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = pd.Timestamp.now(tz="UTC").strftime("%Y%m%dT%H%M%S%fZ")
+    partial = directory / f".{stamp}.partial"
+    partial.mkdir()
+    ids = leads["lead_id"].astype(str).str.strip()
+    extra = leads.assign(lead_id=ids).drop_duplicates("lead_id").set_index("lead_id")
+    scores = scored.copy()
+    for column in DISPLAY_COLUMNS:
+        scores[column] = scores["lead_id"].map(extra[column]) if column in extra else ""
+    scores.to_parquet(partial / "scores.parquet", index=False)
+    scored_ids = set(scored["lead_id"])
+    leads[ids.isin(scored_ids)].astype(str).to_parquet(partial / "leads.parquet", index=False)
+    acts = activities[activities["lead_id"].astype(str).str.strip().isin(scored_ids)] if len(activities) else activities
+    acts.astype(str).to_parquet(partial / "activities.parquet", index=False)
+    (partial / "meta.json").write_text(json.dumps({**meta, "written_at": stamp}, default=str, indent=2))
+    final = directory / stamp
+    partial.rename(final)
+    for old in list_snapshots(directory)[:-KEEP]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_snapshots(directory: Path | None = None) -> list[Path]:
+    """Complete snapshots, oldest first."""
+    directory = directory or scores_dir()
+    if not directory.is_dir():
+        return []
+    return sorted(
+        p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "meta.json").is_file()
+    )
+
+
+def load_snapshot(path: Path) -> Snapshot:
+    scores = pd.read_parquet(path / "scores.parquet")
+    scores["reasons"] = scores["reasons"].map(lambda r: json.loads(r) if isinstance(r, str) else r)
+    return Snapshot(
+        path=path,
+        scores=scores,
+        leads=pd.read_parquet(path / "leads.parquet"),
+        activities=pd.read_parquet(path / "activities.parquet"),
+        meta=json.loads((path / "meta.json").read_text()),
+    )
+
+
+def latest_two(directory: Path | None = None) -> tuple[Snapshot | None, Snapshot | None]:
+    """The newest snapshot and the one before it (either may be None)."""
+    paths = list_snapshots(directory)
+    latest = load_snapshot(paths[-1]) if paths else None
+    previous = load_snapshot(paths[-2]) if len(paths) > 1 else None
+    return latest, previous
+
+
+def grade_changes(latest: Snapshot, previous: Snapshot | None) -> pd.DataFrame:
+    """Leads scored in both snapshots whose grade changed: `lead_id`, grades, scores, rose."""
+    columns = ["lead_id", "grade_before", "grade", "score_before", "score", "rose"]
+    if previous is None:
+        return pd.DataFrame(columns=columns)
+    before = previous.scores[["lead_id", "grade", "score"]].rename(
+        columns={"grade": "grade_before", "score": "score_before"}
+    )
+    both = latest.scores[["lead_id", "grade", "score"]].merge(before, on="lead_id")
+    changed = both[both["grade"] != both["grade_before"]].copy()
+    changed["rose"] = changed["grade"] < changed["grade_before"]  # "A" < "B": a better grade
+    return changed[columns].sort_values("score", ascending=False).reset_index(drop=True)
