@@ -45,8 +45,35 @@ WATERFALL_STEPS = 10
 DIGEST_ROWS = 200
 
 
-def render(template: str, **context: Any) -> str:
-    return TEMPLATES.get_template(template).render(nav=True, **context)
+LIVE_LINKS = {"digest": "/ui/digest", "leads": "/ui/leads", "model": "/ui/model"}
+STATIC_LINKS = {"digest": "index.html", "leads": "", "model": "model.html"}
+
+
+def render(template: str, *, static: bool = False, **context: Any) -> str:
+    links = STATIC_LINKS if static else LIVE_LINKS
+    return TEMPLATES.get_template(template).render(nav=True, links=links, static_page=static, **context)
+
+
+def write_report(
+    model: LoadedModel, latest: Snapshot, previous: Snapshot | None, lead_ids: list[str], out: Path
+) -> list[str]:
+    """The pages as static files for a list of leads (index.html = the digest of those leads,
+    one page per lead, model.html), to send by mail. Returns the ids not in the snapshot."""
+    out.mkdir(parents=True, exist_ok=True)
+    wanted = set(lead_ids)
+    chosen = Snapshot(latest.path, latest.scores[latest.scores["lead_id"].isin(wanted)], latest.leads,
+                      latest.activities, latest.meta)  # fmt: skip
+    missing = [i for i in lead_ids if i not in set(chosen.scores["lead_id"])]
+    view = digest_view(model, chosen, previous, {}, static=True)
+    (out / "index.html").write_text(render("digest.html", static=True, **view), encoding="utf-8")
+    (out / "model.html").write_text(
+        render("model.html", static=True, title="Model", m=model_view(model)), encoding="utf-8"
+    )
+    for lead_id in chosen.scores["lead_id"]:
+        rows, acts = latest.lead(lead_id)
+        page = render("lead.html", static=True, title=lead_id, lead=lead_view(model, rows, acts, latest.as_of))
+        (out / lead_href(lead_id, static=True)).write_text(page, encoding="utf-8")
+    return missing
 
 
 def lead_href(lead_id: str, static: bool = False) -> str:

@@ -403,6 +403,62 @@ def score(
         _print_top(result.scored, top)
 
 
+@app.command()
+def report(
+    leads_file: Annotated[
+        Path, typer.Option("--leads", help="Lead ids: a text file (one per line) or a CSV with lead_id")
+    ],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Folder for the HTML pages")],
+    model_name: Annotated[
+        str | None, typer.Option("--model-name", help="Registered model (default from params.yaml)")
+    ] = None,
+) -> None:
+    """Write the pages (digest, one page per lead, model) as static HTML for a list of leads,
+    from the latest kept scoring (see `leadscore score`), to send without the service."""
+    from serving.pages import write_report
+    from serving.scoring import ModelNotReady, load_champion
+    from serving.snapshots import latest_two, scores_dir
+
+    _quiet_libraries()
+    params = load_params()
+    try:
+        lead_ids = _read_lead_ids(leads_file)
+        latest, previous = latest_two()
+        if latest is None:
+            raise DataError(f"no kept scoring in {scores_dir()}; run `leadscore score EXPORT -o FILE` first")
+        with console.status("Loading the champion model"):
+            model = load_champion(model_name or params.mlflow.model_name)
+        with console.status(f"Writing {len(lead_ids):,} lead pages"):
+            missing = write_report(model, latest, previous, lead_ids, out)
+    except (DataError, ModelNotReady, ParamsError) as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot write {out}: {exc.strerror or exc}")
+    console.print(
+        f"Wrote {len(lead_ids) - len(missing):,} lead pages, the digest and the model page to {out}/index.html"
+    )
+    if missing:
+        shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+        console.print(f"[yellow]{len(missing):,} lead(s) not in the scoring as of {latest.as_of}: {shown}[/yellow]")
+
+
+def _read_lead_ids(path: Path) -> list[str]:
+    """Lead ids from a text file (one per line) or a CSV file with a lead_id column."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if lines and "," in lines[0]:
+        header = [h.strip().strip('"') for h in lines[0].split(",")]
+        if "lead_id" not in header:
+            raise DataError(f"{path}: a CSV needs a lead_id column; columns are {', '.join(header[:20])}")
+        column = header.index("lead_id")
+        lines = [line.split(",")[column].strip().strip('"') for line in lines[1:]]
+    if not lines:
+        raise DataError(f"{path}: no lead ids")
+    return list(dict.fromkeys(lines))
+
+
 def _print_top(scored, count: int) -> None:
     """The best leads, as a sales manager would want them on Monday morning."""
     best = scored.sort_values("score", ascending=False).head(count)
