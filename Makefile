@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo serve test test-fast lint format bench clean
+.PHONY: help install browser demo serve test test-fast lint format bench screenshots clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,13 +24,23 @@ demo: $(STAMP)  ## Train on the embedded data, register the champion, score the 
 	$(BIN)/leadscore train --metrics-out models/demo-metrics.json
 	$(BIN)/leadscore score models/embedded -o models/demo-scores.csv --as-of 2026-10-22 --top 10
 	@echo ""
-	@echo "Next: start the scoring service with 'make serve' (http://127.0.0.1:3000, spec at /docs)"
-	@echo "and score a lead: see 'Scoring from a CRM' in README.md."
+	@echo "Next: start the scoring service with 'make serve' (http://127.0.0.1:3000, spec at /docs),"
+	@echo "open the pages at http://127.0.0.1:3000/ui/digest (lead pages, model page),"
+	@echo "and score a lead from a CRM: see 'Scoring from a CRM' in README.md."
 
 serve: $(STAMP)  ## Start the scoring service on http://127.0.0.1:3000 (the champion of models/)
 	$(BIN)/leadscore serve --port 3000
 
-test: $(STAMP)  ## Lint and run every test (slow end-to-end ones included)
+browser:  ## Install Debian's chromium for the page tests when missing (needs root; skipped otherwise)
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium for the page tests (apt-get)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } || \
+	    echo "could not install chromium: the page tests will skip"; \
+	  else echo "no chromium and no root to install it: the page tests will skip"; fi; }
+
+test: $(STAMP) browser  ## Lint and run every test (slow end-to-end ones included)
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
@@ -44,6 +54,9 @@ lint: $(STAMP)  ## ruff check and format check
 format: $(STAMP)  ## Format the code
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+screenshots: $(STAMP) browser  ## Save the pages as PNG under docs/img (from the page tests)
+	LEADSCORE_SCREENSHOTS=docs/img LEADSCORE_REQUIRE_BROWSER=1 $(BIN)/pytest -q tests/test_pages.py
 
 bench: $(STAMP)  ## Run the benchmarks in bench/ (about an hour; prints figures, see BENCHMARKS.md)
 	$(BIN)/python -m bench.bench_features

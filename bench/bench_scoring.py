@@ -199,15 +199,20 @@ def request_parsing(body: list[dict]) -> None:
     spec = LeadScoring.apis["score"].input_spec
     raw = json.dumps({"leads": body, "as_of": AS_OF.isoformat()}).encode()
     timings = {}
-    for name, step in (("json.loads", lambda: json.loads(raw)), ("validation into Lead models", lambda: spec.model_validate_json(raw))):
+    for name, step in (
+        ("json.loads", lambda: json.loads(raw)),
+        ("validation into Lead models", lambda: spec.model_validate_json(raw)),
+    ):
         step()
         started = time.perf_counter()
         for _ in range(5):
             step()
         timings[name] = (time.perf_counter() - started) / 5 * 1000
     activities = sum(len(lead["activities"]) for lead in body)
-    print(f"request body of {len(body):,} leads ({len(raw) / 1e6:.1f} MB, {activities:,} activities), in process: "
-          + "; ".join(f"{name} {ms:.0f} ms" for name, ms in timings.items()))
+    print(
+        f"request body of {len(body):,} leads ({len(raw) / 1e6:.1f} MB, {activities:,} activities), in process: "
+        + "; ".join(f"{name} {ms:.0f} ms" for name, ms in timings.items())
+    )
 
 
 def main() -> None:

@@ -102,8 +102,12 @@ def lead_view(model: LoadedModel, lead: pd.DataFrame, activities: pd.DataFrame, 
     moments = pd.Series([as_of])
     if model.kind == "flat":
         features, context, _ = prepare_flat_rows(model, lead)
+        problems = pd.DataFrame()
     else:
-        features, context, _, _ = prepare_crm_leads(model, lead, activities, moments)
+        # As batch scoring does: an unreadable activity row is left out (and said), not fatal.
+        features, context, _, problems = prepare_crm_leads(model, lead, activities, moments, strict=False)
+        if features.empty:
+            raise InvalidLeads([f"{row.table}[{row.row}]: {row.reason}" for row in problems.itertuples()])
     scored = score_features(model, features, context, moments).iloc[0]
     contributions, base = explain_frame(model, features)
     margin = contributions.sum(axis=1)
@@ -138,6 +142,7 @@ def lead_view(model: LoadedModel, lead: pd.DataFrame, activities: pd.DataFrame, 
         "to_sql": to_sql,
         "waterfall": waterfall(base_score, steps, float(100 * scored["probability"])),
         "timeline": _timeline(activities, as_of),
+        "left_out": [f"{row.table} row {row.row}: {row.reason}" for row in problems.itertuples()],
     }
 
 

@@ -36,7 +36,8 @@ def _free_port() -> int:
 
 def _start(store: str, keys: str | None) -> tuple[subprocess.Popen, str, Path]:
     port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "LEADSCORE_MODEL_NAME": CHAMPION_NAME, "BENTOML_DO_NOT_TRACK": "true"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "LEADSCORE_MODEL_NAME": CHAMPION_NAME}
+    env["BENTOML_DO_NOT_TRACK"] = "true"
     env.pop("LEADSCORE_API_KEYS", None)
     if keys:
         env["LEADSCORE_API_KEYS"] = keys
