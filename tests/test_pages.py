@@ -199,3 +199,49 @@ def test_model_page(page, server):
     text = page.locator("main").inner_text()
     assert CHAMPION_NAME in text and "Qualification criteria" in text
     assert page.locator("svg").count() >= 2  # importance, calibration, lift
+
+
+def test_path_to_sql_is_checked_with_the_model(champion, scores_dir):
+    from serving.scoring import prepare_crm_leads, score_features
+    from serving.snapshots import latest_two
+    from serving.whatif import ACTIONS, path_to_sql
+
+    latest, _ = latest_two(scores_dir)
+    near = latest.scores[latest.scores["stage"].isin(["MQL", "nurture"])].sort_values("score", ascending=False)
+    found = None
+    for lead_id in near["lead_id"].head(15):
+        rows, acts = latest.lead(lead_id)
+        result = path_to_sql(champion, rows, acts, AS_OF)
+        if result.steps:
+            found = (rows, acts, result)
+            break
+        assert "Nothing is near" in result.message or "Disqualified" in result.message
+    assert found is not None, "no lead among the 15 best MQL/nurture leads has a path to SQL"
+    rows, acts, result = found
+    assert set(result.steps) <= set(ACTIONS) and len(result.steps) <= 3
+    moment = (AS_OF - pd.Timedelta(hours=1)).isoformat()
+    lead_id = rows["lead_id"].iloc[0]
+    added = pd.DataFrame({"lead_id": lead_id, "occurred_at": moment, "activity_type": list(result.steps)})
+    moments = pd.Series([AS_OF])
+    features, context, _, _ = prepare_crm_leads(
+        champion, rows, pd.concat([acts, added], ignore_index=True).fillna(""), moments, strict=False
+    )
+    rescored = score_features(champion, features, context, moments).iloc[0]
+    assert rescored["stage"] == "SQL" and rescored["score"] == pytest.approx(result.score)
+
+
+def test_static_report(champion, scores_dir, tmp_path):
+    from serving.pages import write_report
+    from serving.snapshots import latest_two
+
+    latest, previous = latest_two(scores_dir)
+    hostile = latest.scores.loc[latest.scores["company"] == HOSTILE_COMPANY, "lead_id"].iloc[0]
+    others = latest.scores.loc[latest.scores["lead_id"] != hostile, "lead_id"].head(2)
+    ids = [hostile, *others, "no-such-lead"]
+    missing = write_report(champion, latest, previous, ids, tmp_path)
+    assert missing == ["no-such-lead"]
+    pages = sorted(p.name for p in tmp_path.iterdir())
+    assert "index.html" in pages and "model.html" in pages and len(pages) == 2 + 3
+    index = (tmp_path / "index.html").read_text()
+    assert "&lt;script&gt;window.__pwned=2&lt;/script&gt;" in index and "<script>window.__pwned" not in index
+    assert "/ui/" not in index  # links stay within the report
