@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser demo serve test test-fast lint format bench screenshots clean
+.PHONY: help install browser demo serve notebook test test-fast lint format bench screenshots clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,6 +39,10 @@ browser:  ## Install Debian's chromium for the page tests when missing (needs ro
 	    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } || \
 	    echo "could not install chromium: the page tests will skip"; \
 	  else echo "no chromium and no root to install it: the page tests will skip"; fi; }
+
+notebook: $(STAMP)  ## Open JupyterLab on notebooks/ in the project's environment (installs it on first use)
+	@$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/pip install --quiet -e '.[dev,notebooks]'
+	$(BIN)/jupyter lab --notebook-dir notebooks
 
 test: $(STAMP) browser  ## Lint and run every test (slow end-to-end ones included)
 	$(BIN)/ruff check .

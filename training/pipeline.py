@@ -9,6 +9,7 @@ import resource
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,10 +36,19 @@ from training.calibrate import choose_calibrator
 from training.evaluate import classification_metrics, conversion_by_grade, lift_by_decile, test_evaluation
 from training.examples import build_examples
 from training.plots import evaluation_plots, shap_summary_plot
-from training.register import champion_auc, check_gates, describe_version, log_bundle, promote
+from training.register import (
+    CHALLENGER,
+    CHAMPION,
+    champion_auc,
+    check_gates,
+    describe_version,
+    log_bundle,
+    promote,
+    set_alias,
+)
 from training.split import CV_FOLDS, SplitReport, split_by_time, split_stratified
 from training.train import fit_final, out_of_fold_margins
-from training.tune import tune, tune_cv
+from training.tune import TuningResult, tune, tune_cv
 
 logger = logging.getLogger(__name__)
 EMBEDDED_DIR = MODELS_DIR / "embedded"
@@ -239,8 +249,16 @@ def train_and_register(
     *,
     model_name: str | None = None,
     quarantine_dir: Path | None = None,
+    promote_champion: bool = True,
+    on_tuned: Callable[[TuningResult], None] | None = None,
 ) -> dict[str, Any]:
     """Tune, train, calibrate, evaluate and register a model on a prepared dataset.
+
+    Args:
+        promote_champion: move `@champion` to the new version when the gates pass; when
+            False the version gets `@challenger` instead and the champion stays (a person
+            promotes it later, e.g. from the retraining notebook).
+        on_tuned: called with the Optuna tuning result (its study for plots).
 
     Returns:
         The metrics document (also logged to MLflow): test metrics, baselines, Bayes AUC
@@ -327,6 +345,8 @@ def train_and_register(
                 frames["fit"], labels["fit"], frames["valid"], labels["valid"], params.tuning, on_trial=on_trial
             )
         reporter.trials_finished()
+        if on_tuned is not None:
+            on_tuned(tuning)
         timings["tuning_seconds"] = time.perf_counter() - started
         memory["tuning_mb"] = peak_memory_mb()
 
@@ -455,7 +475,11 @@ def train_and_register(
             )
             version = log_bundle(artifacts, example, output, model_name)
 
-        previous = promote(model_name, version) if passed else None
+        if promote_champion:
+            previous = promote(model_name, version) if passed else None
+        else:
+            previous = None
+            set_alias(model_name, CHALLENGER, version)
         describe_version(
             model_name,
             version,
@@ -481,8 +505,10 @@ def train_and_register(
                 "version": version,
                 "run_id": run.info.run_id,
                 "previous_champion": previous,
+                "alias": (CHAMPION if passed else None) if promote_champion else CHALLENGER,
             },
-            "promoted": passed,
+            "promoted": passed and promote_champion,
+            "gates_passed": passed,
             "gates": [g.__dict__ for g in gates],
             "calibration": {"method": calibrator.method, "cv_log_loss": calibration_scores},
             "tuning": {

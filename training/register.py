@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 PREVIOUS = "previous"
+CHALLENGER = "challenger"
 # Exact requirements of the bundle: logging them saves MLflow ~10 s of inference.
 BUNDLE_REQUIREMENTS = ["lightgbm", "pandas", "numpy", "pydantic", "mlflow"]
 
@@ -121,6 +122,12 @@ def promote(model_name: str, version: str) -> str | None:
     client.set_registered_model_alias(model_name, CHAMPION, version)
     logger.info("model %s version %s is now @%s", model_name, version, CHAMPION)
     return old
+
+
+def set_alias(model_name: str, alias: str, version: str) -> None:
+    """Point `models:/<name>@<alias>` at `version` (e.g. `challenger`)."""
+    MlflowClient().set_registered_model_alias(model_name, alias, version)
+    logger.info("model %s version %s is now @%s", model_name, version, alias)
 
 
 def describe_version(model_name: str, version: str, tags: dict[str, Any]) -> None:

@@ -1,0 +1,91 @@
+"""Every notebook runs top to bottom on small data (nbclient, a real kernel), with a time
+bound per cell; a failing cell fails the test and names the notebook and the cell."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+from mlflow.tracking import MlflowClient
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError
+
+from features.params import PROJECT_ROOT
+
+NOTEBOOKS = PROJECT_ROOT / "notebooks"
+CELL_SECONDS = 300
+MODEL = "svc-model"  # as trained by the `champion_store` fixture
+
+
+def run_notebook(name: str, parameters: dict, workdir: Path) -> nbformat.NotebookNode:
+    """Execute a notebook with its tagged parameters overridden (papermill-style: a cell of
+    assignments right after the `parameters` cell)."""
+    book = nbformat.read(NOTEBOOKS / name, as_version=4)
+    index = next(i for i, c in enumerate(book.cells) if "parameters" in c.metadata.get("tags", []))
+    injected = nbformat.v4.new_code_cell("\n".join(f"{key} = {value!r}" for key, value in parameters.items()))
+    injected.metadata["tags"] = ["injected-parameters"]
+    book.cells.insert(index + 1, injected)
+    client = NotebookClient(
+        book, timeout=CELL_SECONDS, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
+    )
+    try:
+        client.execute()
+    except (CellExecutionError, CellTimeoutError) as exc:
+        failed = next((i for i, c in enumerate(book.cells) if _has_error(c)), None)
+        cell = "?" if failed is None else failed - (failed > index)  # numbered as in the file
+        pytest.fail(f"{name}: cell {cell} failed:\n{str(exc)[-3000:]}", pytrace=False)
+    return book
+
+
+def _has_error(cell) -> bool:
+    return any(o.get("output_type") == "error" for o in cell.get("outputs", []))
+
+
+@pytest.fixture
+def kernel_env(monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    return monkeypatch
+
+
+def test_committed_notebooks_have_no_outputs():
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        book = nbformat.read(path, as_version=4)
+        dirty = [i for i, c in enumerate(book.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
+        assert not dirty, f"{path.name}: outputs in cells {dirty}; strip them before committing"
+
+
+@pytest.mark.slow
+def test_explore_notebook(small_crm_dir, tmp_path, kernel_env):
+    book = run_notebook("01-explore-leads.ipynb", {"data_dir": str(small_crm_dir)}, tmp_path)
+    text = "".join(str(o) for c in book.cells for o in c.get("outputs", []))
+    assert "rows quarantined" in text and "flagged as leaking the label" in text
+
+
+@pytest.mark.slow
+def test_retrain_notebook_registers_a_challenger_and_promotes_it(small_crm_dir, champion_store, tmp_path, kernel_env):
+    # A copy of the registry, so promoting here leaves the other tests' champion alone.
+    store = tmp_path / "mlflow.db"
+    shutil.copy(champion_store.removeprefix("sqlite:///"), store)
+    uri = f"sqlite:///{store}"
+    kernel_env.setenv("MLFLOW_TRACKING_URI", uri)
+    before = MlflowClient(uri).get_model_version_by_alias(MODEL, "champion").version
+    parameters = {"data_dir": str(small_crm_dir), "model_name": MODEL, "trials": 3, "timeout_seconds": 60,
+                  "promote_challenger": True}  # fmt: skip
+    book = run_notebook("02-retrain-and-compare.ipynb", parameters, tmp_path)
+    client = MlflowClient(uri)
+    challenger = client.get_model_version_by_alias(MODEL, "challenger").version
+    assert client.get_model_version_by_alias(MODEL, "champion").version == challenger != before
+    assert client.get_model_version_by_alias(MODEL, "previous").version == before
+    text = "".join(str(o) for c in book.cells for o in c.get("outputs", []))
+    assert f"champion v{before}" in text and f"challenger v{challenger}" in text
+
+
+@pytest.mark.slow
+def test_explain_notebook(small_crm_dir, champion_store, tmp_path, kernel_env):
+    kernel_env.setenv("MLFLOW_TRACKING_URI", champion_store)
+    parameters = {"data_dir": str(small_crm_dir), "model_name": MODEL, "as_of": "2025-12-20", "sample_leads": 300}
+    book = run_notebook("03-explain-leads.ipynb", parameters, tmp_path)
+    text = "".join(str(o) for c in book.cells for o in c.get("outputs", []))
+    assert "To SQL" in text and "<svg" in text

@@ -1,0 +1,65 @@
+"""Compare registered models on the same test period: the numbers and the charts a data
+scientist looks at before promoting a challenger (used by the retraining notebook)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_curve
+
+from features.bundle import LeadScorer
+from training.evaluate import calibration_table, classification_metrics, conversion_by_grade, lift_by_decile
+
+
+def test_period(dataset) -> tuple[pd.DataFrame, np.ndarray]:
+    """The test examples of a prepared dataset (features, labels), as training held them out."""
+    test = (dataset.split.assignment == "test").to_numpy()
+    return dataset.features[test].reset_index(drop=True), dataset.label[test].to_numpy()
+
+
+def probabilities(scorers: Mapping[str, LeadScorer], features: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Each model's calibrated probabilities for the same rows."""
+    return {name: scorer.predict_proba(features) for name, scorer in scorers.items()}
+
+
+def comparison_table(label: np.ndarray, probs: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """ROC AUC, PR AUC, log loss, Brier, ECE and top-decile lift, one row per model."""
+    keys = ("roc_auc", "pr_auc", "log_loss", "brier", "ece", "lift_top_decile")
+    rows = {name: {k: classification_metrics(label, p)[k] for k in keys} for name, p in probs.items()}
+    return pd.DataFrame(rows).T
+
+
+def grade_table(label: np.ndarray, probs: Mapping[str, np.ndarray], bands: dict[str, float]) -> pd.DataFrame:
+    """Share of leads and conversion rate per grade, per model."""
+    out = {}
+    for name, p in probs.items():
+        for grade, row in conversion_by_grade(label, p, bands).items():
+            out[(name, grade)] = row
+    return pd.DataFrame(out).T
+
+
+def comparison_figure(label: np.ndarray, probs: Mapping[str, np.ndarray]):
+    """ROC curves, calibration curves and lift by decile of each model, side by side."""
+    fig, (roc, cal, lift) = plt.subplots(1, 3, figsize=(15, 4.5))
+    width = 0.8 / max(len(probs), 1)
+    for i, (name, p) in enumerate(probs.items()):
+        fpr, tpr, _ = roc_curve(label, p)
+        roc.plot(fpr, tpr, label=name)
+        curve = calibration_table(label, p)
+        cal.plot(curve["predicted"], curve["observed"], marker="o", label=name)
+        table = lift_by_decile(label, p)
+        lift.bar(table["decile"] + i * width - 0.4 + width / 2, table["lift"], width=width, label=name)
+    roc.plot([0, 1], [0, 1], color="#bbbbbb", linestyle="--")
+    roc.set(title="ROC (test period)", xlabel="false positive rate", ylabel="true positive rate")
+    top = max(float(max(p.max() for p in probs.values())), 0.05)
+    cal.plot([0, top], [0, top], color="#bbbbbb", linestyle="--")
+    cal.set(title="Calibration", xlabel="predicted probability", ylabel="observed conversion")
+    lift.axhline(1.0, color="#bbbbbb", linestyle="--")
+    lift.set(title="Lift by score decile (1 = best 10%)", xlabel="decile", ylabel="lift")
+    for ax in (roc, cal, lift):
+        ax.legend(frameon=False)
+    fig.tight_layout()
+    return fig
