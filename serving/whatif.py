@@ -65,11 +65,22 @@ def path_to_sql(model: LoadedModel, lead: pd.DataFrame, activities: pd.DataFrame
     reached = scored[scored["stage"] == "SQL"]
     if reached.empty:
         best = scored.sort_values("score", ascending=False).iloc[0]
+        sql = model.criteria.sql
+        blocked = []
+        if best["score"] < sql.min_score:
+            blocked.append(f"the score would reach only {best['score']:.0f} (SQL needs {sql.min_score:g})")
+        bant = features["bant_confirmed"].iloc[0] if "bant_confirmed" in features else float("nan")
+        if not bant >= sql.min_bant_confirmed:
+            shown = "unknown" if bant != bant else f"{bant:.0f}"
+            blocked.append(
+                f"{shown} of 4 BANT answers confirmed (SQL needs {sql.min_bant_confirmed}; they come from a "
+                "sales conversation, not from engagement)"
+            )
+        why = "; ".join(blocked) or f"the lead would stay {best['stage']} ({best['stage_reason']})"
         return PathToSql(
             (),
             None,
-            f"No SQL within {MAX_STEPS} engagement steps: even with {_words(best['steps'])} the lead would "
-            f"score {best['score']:.0f} and stay {best['stage']} ({best['stage_reason']}). Nothing is near.",
+            f"Nothing is near: even with {_words(best['steps'])}, no SQL within {MAX_STEPS} engagement steps: {why}.",
         )
     reached = reached.assign(size=reached["steps"].map(len)).sort_values(["size", "score"], ascending=[True, False])
     best = reached.iloc[0]

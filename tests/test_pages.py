@@ -215,7 +215,7 @@ def test_path_to_sql_is_checked_with_the_model(champion, scores_dir):
         if result.steps:
             found = (rows, acts, result)
             break
-        assert "Nothing is near" in result.message or "Disqualified" in result.message
+        assert result.message.startswith(("Nothing is near", "Disqualified")), result.message
     assert found is not None, "no lead among the 15 best MQL/nurture leads has a path to SQL"
     rows, acts, result = found
     assert set(result.steps) <= set(ACTIONS) and len(result.steps) <= 3
