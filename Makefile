@@ -42,7 +42,7 @@ browser:  ## Install Debian's chromium for the page tests when missing (needs ro
 
 notebook: $(STAMP)  ## Open JupyterLab on notebooks/ in the project's environment (installs it on first use)
 	@$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/pip install --quiet -e '.[dev,notebooks]'
-	$(BIN)/jupyter lab --notebook-dir notebooks
+	$(BIN)/jupyter lab --notebook-dir notebooks $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 test: $(STAMP) browser  ## Lint and run every test (slow end-to-end ones included)
 	$(BIN)/ruff check .

@@ -125,6 +125,7 @@ class CriteriaParams(_Frozen):
 class ServiceParams(_Frozen):
     max_batch: int = Field(ge=1)
     max_body_bytes: int = Field(ge=1000)
+    reload_seconds: float = Field(default=30.0, ge=0)
 
 
 class MlflowParams(_Frozen):

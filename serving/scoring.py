@@ -86,21 +86,33 @@ class LoadedModel:
         return out
 
 
-def load_champion(model_name: str, alias: str = CHAMPION) -> LoadedModel:
-    """Resolve `models:/<name>@<alias>` in the configured registry and load the bundle.
+def champion_version(model_name: str, alias: str = CHAMPION) -> str:
+    """The version `models:/<name>@<alias>` points at now (a registry lookup, no loading).
 
     Raises:
-        ModelNotReady: with a reason a person can act on.
+        ModelNotReady: nothing registered under that alias, or the registry unreachable.
     """
     mlflow.set_tracking_uri(tracking_uri())
     try:
-        version = str(MlflowClient().get_model_version_by_alias(model_name, alias).version)
+        return str(MlflowClient().get_model_version_by_alias(model_name, alias).version)
     except MlflowException as exc:
         raise ModelNotReady(
             f"no model registered as {model_name}@{alias} in {tracking_uri()}; run `leadscore train` first"
         ) from exc
+    except Exception as exc:  # a tracking server that is down must not take the service with it
+        raise ModelNotReady(f"registry {tracking_uri()} unreachable: {type(exc).__name__}: {exc}") from exc
+
+
+def load_champion(model_name: str, alias: str = CHAMPION, *, version: str | None = None) -> LoadedModel:
+    """Resolve `models:/<name>@<alias>` in the configured registry and load that version
+    (or the given `version`, as resolved by the caller).
+
+    Raises:
+        ModelNotReady: with a reason a person can act on.
+    """
+    version = version or champion_version(model_name, alias)
     try:
-        model = mlflow.pyfunc.load_model(f"models:/{model_name}@{alias}")
+        model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
         scorer = model.unwrap_python_model().scorer
     except Exception as exc:  # a broken bundle must give a reason, not a crash
         raise ModelNotReady(f"{model_name} version {version} could not be loaded: {type(exc).__name__}: {exc}") from exc

@@ -8,6 +8,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import threading
+import time
+from typing import NamedTuple
 
 import bentoml
 import numpy as np
@@ -27,6 +30,7 @@ from serving.scoring import (
     InvalidLeads,
     LoadedModel,
     ModelNotReady,
+    champion_version,
     explain_frame,
     load_champion,
     points_per_logit,
@@ -69,6 +73,12 @@ def _json(records: list[dict]) -> Response:
     return Response(SCORES.dump_json(SCORES.validate_python(records)), media_type="application/json")
 
 
+class Live(NamedTuple):
+    model: LoadedModel
+    one_lead: OneLeadScorer
+    loaded_at: str
+
+
 def _moment(as_of: dt.datetime | None) -> pd.Timestamp:
     return utc_naive(as_of) if as_of is not None else pd.Timestamp.now(tz="UTC").tz_localize(None)
 
@@ -85,25 +95,53 @@ class LeadScoring:
 
     def __init__(self) -> None:
         self.model_name = os.environ.get(MODEL_NAME_ENV, PARAMS.mlflow.model_name)
-        self.model: LoadedModel | None = None
-        self.one_lead: OneLeadScorer | None = None
-        self.not_ready = ""
-        try:
-            self.model = load_champion(self.model_name)
-            self.one_lead = OneLeadScorer(self.model)
-        except ModelNotReady as exc:
-            self.not_ready = str(exc)
-            logger.warning("not ready: %s", exc)
-        NOT_READY["reason"] = self.not_ready
-        pages.bind(lambda: self.model)
+        # The live model and its single-lead scorer, swapped together in one assignment, so a
+        # request that read `self.live` once never mixes two versions.
+        self.live: Live | None = None
+        self.not_ready = "starting"
+        self._reload_lock = threading.Lock()
+        self.reload()
+        pages.bind(lambda: self.live.model if self.live else None)
+        if PARAMS.service.reload_seconds > 0:
+            threading.Thread(target=self._watch, name="champion-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(PARAMS.service.reload_seconds)
+            self.reload()
+
+    def reload(self) -> dict:
+        """Load `@champion` when it points at another version than the live one (a promotion
+        or a rollback). A version that cannot be loaded is refused and the live one stays; an
+        unreachable registry changes nothing."""
+        with self._reload_lock:
+            live = self.live.model.version if self.live else None
+            try:
+                version = champion_version(self.model_name)
+                if version == live:
+                    return {"live_version": live, "changed": False}
+                model = load_champion(self.model_name, version=version)
+                one_lead = OneLeadScorer(model)
+            except ModelNotReady as exc:
+                if self.live is None:
+                    self.not_ready = str(exc)
+                    NOT_READY["reason"] = self.not_ready
+                logger.warning("champion not (re)loaded, %s stays live: %s", live or "no model", exc)
+                return {"live_version": live, "changed": False, "error": str(exc)}
+            self.live = Live(model, one_lead, pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"))
+            self.not_ready = ""
+            NOT_READY["reason"] = ""
+            logger.info("now serving %s version %s (was %s)", self.model_name, version, live or "none")
+            return {"live_version": version, "changed": True, "previous_live_version": live}
 
     def __is_ready__(self) -> bool:
-        return self.model is not None
+        return self.live is not None
 
-    def _require_model(self) -> LoadedModel:
-        if self.model is None:
+    def _require_live(self) -> Live:
+        live = self.live
+        if live is None:
             raise ServiceUnavailable(f"no model loaded: {self.not_ready}")
-        return self.model
+        return live
 
     def _prepare(self, model: LoadedModel, leads: list[Lead], as_of: pd.Series):
         if model.kind == "flat":
@@ -128,10 +166,11 @@ class LeadScoring:
         as_of: dt.datetime | None = Field(default=None, description="Score as of this moment (default: now)"),
     ) -> list[LeadScore]:
         """Score up to `service.max_batch` leads; the answer keeps their order."""
-        model = self._require_model()
-        if len(leads) == 1 and self.one_lead is not None:
+        live = self._require_live()
+        model = live.model
+        if len(leads) == 1:
             # The CRM's "this lead changed" call: same numbers, without data frames.
-            record = self.one_lead.score(leads[0], _moment(as_of))
+            record = live.one_lead.score(leads[0], _moment(as_of))
             if record is not None:
                 return _json([{"lead_id": leads[0].lead_id, **record}])
         moments = _as_of(leads, as_of)
@@ -143,7 +182,7 @@ class LeadScoring:
     @bentoml.api(route="/explain")
     def explain(self, lead: Lead, as_of: dt.datetime | None = None) -> Explanation:
         """Every feature's contribution for one lead (log-odds and score points), and the base value."""
-        model = self._require_model()
+        model = self._require_live().model
         moments = _as_of([lead], as_of)
         features, _ = self._prepare(model, [lead], moments)
         contributions, base = explain_frame(model, features)
@@ -180,14 +219,17 @@ class LeadScoring:
     def model_info(self) -> dict:
         """Which model is live: name, version, alias, training window, test metrics,
         thresholds and grade bands."""
-        if self.model is None:
+        live = self.live
+        if live is None:
             raise HTTPException(status_code=503, detail=f"no model loaded: {self.not_ready}")
-        model = self.model
+        model = live.model
         meta = model.scorer.metadata
         return {
             "name": model.name,
             "version": model.version,
             "alias": model.alias,
+            "loaded_at": live.loaded_at,
+            "reload_seconds": PARAMS.service.reload_seconds,
             "kind": model.kind,
             "trained_at": meta.get("trained_at"),
             "training_window": meta.get("training_window"),
@@ -200,6 +242,12 @@ class LeadScoring:
             "data_hash": meta.get("data_hash"),
             "git_commit": meta.get("git_commit"),
         }
+
+    @extra.post("/reload")
+    def reload_now(self) -> dict:
+        """Check `@champion` now and load it if it moved (each worker also checks every
+        `service.reload_seconds`)."""
+        return self.reload()
 
     @extra.get("/docs")
     def openapi(self) -> dict:

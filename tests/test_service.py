@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -278,3 +279,57 @@ def test_committed_openapi_copy_is_current():
 
     committed = json.loads((PROJECT_ROOT / "docs" / "openapi.json").read_text())
     assert committed == json.loads(json.dumps(LeadScoring.openapi_spec.asdict())), "run `leadscore openapi`"
+
+
+@pytest.mark.slow
+def test_service_follows_the_champion_and_rollback(champion_store, params_file, tmp_path, monkeypatch):
+    """Promotion and rollback reach the running service without a restart; a version that
+    cannot be loaded is refused while the live one keeps serving."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from training.register import promote
+
+    store = tmp_path / "mlflow.db"
+    shutil.copy(champion_store.removeprefix("sqlite:///"), store)
+    uri = f"sqlite:///{store}"
+    client = MlflowClient(uri)
+    first = client.get_model_version_by_alias(CHAMPION_NAME, "champion")
+    second = str(client.create_model_version(CHAMPION_NAME, source=first.source, run_id=first.run_id).version)
+    before = str(first.version)
+    monkeypatch.setenv("LEADSCORE_PARAMS", str(params_file("reload.yaml", **{"service.reload_seconds": 1})))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    previous_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)  # `promote` talks to the registry the process is set to
+    process, url, _ = _start(uri, None)
+    try:
+        live = lambda: httpx.get(f"{url}/model", timeout=10).json()["version"]  # noqa: E731
+        assert live() == before
+        promote(CHAMPION_NAME, second)
+        _wait_for(lambda: live() == second)
+
+        cli = str(Path(sys.executable).parent / "leadscore")
+        done = subprocess.run([cli, "rollback", "--model-name", CHAMPION_NAME], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert f"version {before} is @champion again" in done.stdout
+        reloaded = httpx.post(f"{url}/reload", timeout=30).json()
+        assert reloaded["live_version"] == before and live() == before
+
+        broken = client.create_model_version(CHAMPION_NAME, source=str(tmp_path / "no-such-bundle"), run_id=None)
+        promote(CHAMPION_NAME, str(broken.version))
+        refused = httpx.post(f"{url}/reload", timeout=30).json()
+        assert refused["live_version"] == before and "could not be loaded" in refused["error"]
+        body = {"leads": [{"lead_id": "x", "created_at": "2025-01-01"}], "as_of": AS_OF}
+        assert httpx.post(f"{url}/score", json=body, timeout=30).json()[0]["model_version"] == before
+    finally:
+        _stop(process)
+        mlflow.set_tracking_uri(previous_uri)
+
+
+def _wait_for(condition, seconds: float = 30) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    raise AssertionError("the service did not pick up the new champion in time")

@@ -404,6 +404,33 @@ def score(
 
 
 @app.command()
+def rollback(
+    model_name: Annotated[
+        str | None, typer.Option("--model-name", help="Registered model (default from params.yaml)")
+    ] = None,
+) -> None:
+    """Make @previous the champion again (the replaced champion becomes @previous). A running
+    service picks the change up within `service.reload_seconds`, or at once on POST /reload."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from features.tracking import tracking_uri
+    from training.register import rollback as roll_back
+
+    _quiet_libraries()
+    params = load_params()
+    name = model_name or params.mlflow.model_name
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        now, was = roll_back(name)
+    except ValueError as exc:
+        _fail(str(exc))
+    except (MlflowException, OSError) as exc:
+        _fail(f"registry {tracking_uri()} not usable: {exc}")
+    console.print(f"{name}: version {now} is @champion again (version {was} is now @previous)")
+
+
+@app.command()
 def report(
     leads_file: Annotated[
         Path, typer.Option("--leads", help="Lead ids: a text file (one per line) or a CSV with lead_id")

@@ -124,6 +124,27 @@ def promote(model_name: str, version: str) -> str | None:
     return old
 
 
+def rollback(model_name: str) -> tuple[str, str]:
+    """Make `@previous` the champion again; the replaced champion becomes `@previous`, so a
+    second rollback undoes the first.
+
+    Returns:
+        (the version now champion, the version that was).
+
+    Raises:
+        ValueError: the model has no `@previous` or no `@champion`.
+    """
+    client = MlflowClient()
+    previous = current_version(client, model_name, PREVIOUS)
+    champion = current_version(client, model_name)
+    if previous is None or champion is None:
+        raise ValueError(f"{model_name} has no @{PREVIOUS if previous is None else CHAMPION} version to roll back to")
+    client.set_registered_model_alias(model_name, CHAMPION, previous)
+    client.set_registered_model_alias(model_name, PREVIOUS, champion)
+    logger.info("rolled %s back: version %s is @champion again, %s is @previous", model_name, previous, champion)
+    return previous, champion
+
+
 def set_alias(model_name: str, alias: str, version: str) -> None:
     """Point `models:/<name>@<alias>` at `version` (e.g. `challenger`)."""
     MlflowClient().set_registered_model_alias(model_name, alias, version)
