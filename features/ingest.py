@@ -108,6 +108,32 @@ class CrmData:
     source: str
 
 
+def as_of_view(crm: CrmData, moment: pd.Timestamp) -> CrmData:
+    """The export as it would have looked at `moment`: leads created and activities that
+    happened before it, and outcomes closed before it (later closes are still open then).
+
+    Lets a recalibration run "as of" a past date on a later export without seeing the future.
+    """
+    moment = pd.Timestamp(moment)
+    leads = crm.leads[crm.leads["created_at"] < moment].reset_index(drop=True)
+    activities = crm.activities[
+        crm.activities["lead_id"].isin(leads["lead_id"]) & (crm.activities["occurred_at"] < moment)
+    ].reset_index(drop=True)
+    outcomes = crm.outcomes[crm.outcomes["lead_id"].isin(leads["lead_id"])].copy()
+    later = outcomes["closed_at"].notna() & (outcomes["closed_at"] >= moment)
+    outcomes.loc[later, "status"] = "open"
+    outcomes.loc[later, "closed_at"] = pd.NaT
+    return CrmData(
+        leads=leads,
+        activities=activities,
+        outcomes=outcomes.reset_index(drop=True),
+        export_end=min(moment, crm.export_end),
+        quarantine=crm.quarantine,
+        data_hash=crm.data_hash,
+        source=f"{crm.source} as of {moment:%Y-%m-%d}",
+    )
+
+
 def read_text_csv(path: Path, *, sep: str = ",") -> tuple[pd.DataFrame, str]:
     """Read every cell as text (UTF-8 first, then Latin-1 for legacy Excel exports).
 

@@ -24,7 +24,7 @@ from features.build import build_crm_features, crm_feature_groups
 from features.bundle import write_bundle_files
 from features.fit import learn_tech_vocabulary
 from features.flat import FlatProfile, flat_feature_groups, load_flat
-from features.ingest import DataError, Quarantine, load_crm
+from features.ingest import DataError, Quarantine, as_of_view, load_crm
 from features.leakage import audit_leakage
 from features.params import PROJECT_ROOT, Params
 from features.schema import TRUTH_FILE
@@ -132,12 +132,24 @@ def ensure_embedded_data(params: Params, reporter: Reporter) -> Path:
     return EMBEDDED_DIR
 
 
-def prepare_crm(directory: Path, params: Params) -> Dataset:
-    """Load a CRM export, build (lead, T) examples and their point-in-time features."""
+def prepare_crm(
+    directory: Path, params: Params, *, as_of: pd.Timestamp | None = None, window_days: int | None = None
+) -> Dataset:
+    """Load a CRM export, build (lead, T) examples and their point-in-time features.
+
+    Args:
+        as_of: see the export as it was at this moment (nothing after it: see `as_of_view`).
+        window_days: keep only snapshots in the trailing window of this many days.
+    """
     started = time.perf_counter()
     crm = load_crm(directory, params.flat.missing_tokens)
+    if as_of is not None:
+        crm = as_of_view(crm, as_of)
     loaded = time.perf_counter()
     examples = build_examples(crm.leads, crm.outcomes, crm.export_end, params.features)
+    if window_days is not None and not examples.empty:
+        start = crm.export_end - pd.Timedelta(days=window_days)
+        examples = examples[examples["as_of"] >= start].reset_index(drop=True)
     if examples.empty:
         raise DataError(
             f"{directory}: no training examples: the data spans less than one snapshot "

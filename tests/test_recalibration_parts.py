@@ -1,0 +1,75 @@
+"""Pieces of the recalibration: the export as of a past date, drift, thresholds from targets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.ingest import as_of_view, load_crm
+from training.drift import conversion_shift, feature_drift, psi_categorical, psi_numeric
+from training.thresholds import f1_threshold, grade_bands, precision_threshold, top_share_threshold
+
+
+def test_as_of_view_hides_the_future(small_crm_dir):
+    crm = load_crm(small_crm_dir)
+    moment = pd.Timestamp("2025-08-01")
+    past = as_of_view(crm, moment)
+    assert (past.leads["created_at"] < moment).all() and (past.activities["occurred_at"] < moment).all()
+    assert (past.outcomes["closed_at"].dropna() < moment).all()
+    closed_later = crm.outcomes[crm.outcomes["closed_at"] >= moment]["lead_id"]
+    still_open = past.outcomes.set_index("lead_id").reindex(closed_later).dropna(subset=["status"])["status"]
+    assert (still_open == "open").all() and len(still_open) > 0
+    assert past.export_end == moment
+
+
+def test_psi_is_zero_for_the_same_population_and_grows_with_a_shift():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=20_000)
+    assert psi_numeric(base, rng.normal(size=20_000)) < 0.01
+    assert psi_numeric(base, rng.normal(0.5, 1, size=20_000)) > 0.2
+    with_missing = np.where(rng.random(20_000) < 0.3, np.nan, rng.normal(size=20_000))
+    assert psi_numeric(base, with_missing) > 0.5  # a new mass of missing values is drift
+    a = pd.Series(rng.choice(["x", "y", None], 5000, p=[0.5, 0.3, 0.2]))
+    assert psi_categorical(a, a.sample(frac=1, random_state=1)) == pytest.approx(0, abs=1e-12)
+    assert psi_categorical(a, pd.Series(rng.choice(["x", "z"], 5000))) > 1
+
+
+def test_feature_drift_flags_and_orders():
+    rng = np.random.default_rng(1)
+    before = pd.DataFrame({"steady": rng.normal(size=5000), "moved": rng.normal(size=5000),
+                           "kind": rng.choice(["a", "b"], 5000)})  # fmt: skip
+    after = pd.DataFrame({"steady": rng.normal(size=5000), "moved": rng.normal(1, 1, size=5000),
+                          "kind": rng.choice(["a", "b"], 5000)})  # fmt: skip
+    table = feature_drift(before, after, threshold=0.2)
+    assert table["feature"].iloc[0] == "moved" and table.set_index("feature")["drifted"].to_dict() == {
+        "moved": True, "steady": False, "kind": False}  # fmt: skip
+    assert conversion_shift(np.array([0, 0, 0, 1]), np.array([0, 1]))["shift"] == pytest.approx(0.25)
+
+
+def test_thresholds_from_targets():
+    rng = np.random.default_rng(2)
+    scores = np.round(rng.uniform(0, 100, 20_000), 1)
+    label = (rng.uniform(0, 100, 20_000) < scores).astype(int)  # P(convert) = score / 100
+    mql = top_share_threshold(scores, 0.2)
+    assert (scores >= mql).mean() == pytest.approx(0.2, abs=0.005)
+    sql = precision_threshold(scores, label, precision=0.9, min_leads=50)
+    above = scores >= sql
+    assert label[above].mean() >= 0.9 and label[scores >= sql - 5].mean() < 0.9 + 0.05
+    assert precision_threshold(scores, label, precision=1.01, min_leads=1) is None
+    assert 0 < f1_threshold(scores, label) < 100
+    bands, table = grade_bands(scores, label, {"A": 0.1, "B": 0.2, "C": 0.3, "D": 0.4})
+    assert list(bands) == ["A", "B", "C", "D"] and bands["D"] == 0
+    rates = [table[g]["conversion"] for g in bands]
+    assert rates == sorted(rates, reverse=True) and len(set(rates)) == 4
+    assert table["A"]["share"] == pytest.approx(0.1, abs=0.01)
+
+
+def test_grade_bands_merge_grades_whose_conversion_is_not_ordered():
+    scores = np.array([90.0] * 50 + [70.0] * 50 + [40.0] * 100 + [10.0] * 200)
+    label = np.array([1] * 20 + [0] * 30 + [1] * 30 + [0] * 20 + [1] * 20 + [0] * 80 + [1] * 10 + [0] * 190)
+    bands, table = grade_bands(scores, label, {"A": 0.125, "B": 0.125, "C": 0.25, "D": 0.5})
+    # A (40%) converts less than B (60%): they merge, and the letters close up.
+    assert list(bands) == ["A", "B", "C"] and table["A"]["leads"] == 100  # the 90s and the 70s
+    rates = [table[g]["conversion"] for g in bands]
+    assert rates == sorted(rates, reverse=True)
