@@ -128,6 +128,20 @@ class ServiceParams(_Frozen):
     reload_seconds: float = Field(default=30.0, ge=0)
 
 
+class RecalibrationParams(_Frozen):
+    window_days: int = Field(default=540, ge=90)
+    trials: int = Field(default=30, ge=1)
+    timeout_seconds: float = Field(default=90, gt=0)
+    mql_top_share: float = Field(default=0.25, gt=0, lt=1)
+    sql_precision: float = Field(default=0.5, gt=0, le=1)
+    min_sql_leads: int = Field(default=30, ge=1)
+    grade_shares: dict[str, float] = Field(default_factory=lambda: {"A": 0.05, "B": 0.15, "C": 0.3, "D": 0.5})
+    feature_psi_threshold: float = Field(default=0.2, gt=0)
+    score_psi_threshold: float = Field(default=0.1, gt=0)
+    conversion_shift_threshold: float = Field(default=0.02, gt=0)
+    lock_file: str = "models/recalibrate.lock"
+
+
 class MlflowParams(_Frozen):
     experiment: str
     model_name: str
@@ -147,6 +161,7 @@ class Params(_Frozen):
     criteria: CriteriaParams
     service: ServiceParams
     mlflow: MlflowParams
+    recalibration: RecalibrationParams = Field(default_factory=RecalibrationParams)
 
     @model_validator(mode="after")
     def _grades_descend(self) -> Params:

@@ -404,6 +404,56 @@ def score(
 
 
 @app.command()
+def recalibrate(
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="End of the window (default: the end of the export)")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Measure, train and compare; change nothing")] = False,
+    if_drifted: Annotated[
+        bool, typer.Option("--if-drifted", help="Only recalibrate when drift passes the thresholds in params.yaml")
+    ] = False,
+    data: Annotated[Path | None, typer.Option("--data", help="CRM export folder (default: the embedded data)")] = None,
+    model_name: Annotated[
+        str | None, typer.Option("--model-name", help="Registered model (default from params.yaml)")
+    ] = None,
+    report_dir: Annotated[Path | None, typer.Option("--report-dir", help="Where to write the report")] = None,
+) -> None:
+    """Retrain on the trailing window, recompute thresholds and grade bands, compare with the
+    champion on the newest quarter, measure drift, promote only through the gates, report."""
+    from training.recalibrate import RecalibrationError
+    from training.recalibrate import recalibrate as run_recalibration
+
+    _quiet_libraries()
+    try:
+        params = load_params()
+        moment = pd_timestamp(as_of) if as_of else None
+        summary = run_recalibration(
+            params, model_name=model_name or params.mlflow.model_name, data=data, as_of=moment,
+            dry_run=dry_run, if_drifted=if_drifted, report_dir=report_dir, reporter=RichReporter(),
+        )  # fmt: skip
+    except (RecalibrationError, DataError, ParamsError) as exc:
+        _fail(str(exc))
+    except Exception as exc:  # e.g. the tracking server down half-way: the champion is untouched
+        if os.environ.get("LEADSCORE_DEBUG"):
+            raise
+        _fail(f"recalibration stopped, the champion is unchanged: {type(exc).__name__}: {exc}")
+    drift = summary["drift"]
+    console.print(
+        f"drift: conversion {drift['conversion']['reference_rate']:.1%} → {drift['conversion']['recent_rate']:.1%}, "
+        f"score PSI {drift['score_psi']:.3f}, drifted features: {', '.join(drift['drifted_features']) or 'none'}"
+    )
+    if "thresholds" in summary:
+        old, new = summary["thresholds"]["old"]["criteria"], summary["thresholds"]["new"]["criteria"]
+        console.print(
+            f"thresholds: MQL score {old['mql']['min_score']} → {new['mql']['min_score']}, "
+            f"SQL score {old['sql']['min_score']} → {new['sql']['min_score']}; "
+            f"grades {summary['thresholds']['new']['grade_bands']}"
+        )
+    console.print(f"[bold]{summary['decision']}[/bold]: {summary['why']}")
+    console.print(f"report: {summary['report']}/report.html (and report.md)")
+
+
+@app.command()
 def rollback(
     model_name: Annotated[
         str | None, typer.Option("--model-name", help="Registered model (default from params.yaml)")

@@ -262,7 +262,9 @@ def train_and_register(
     model_name: str | None = None,
     quarantine_dir: Path | None = None,
     promote_champion: bool = True,
+    register: bool = True,
     on_tuned: Callable[[TuningResult], None] | None = None,
+    on_test_scores: Callable[[np.ndarray, np.ndarray], dict | None] | None = None,
 ) -> dict[str, Any]:
     """Tune, train, calibrate, evaluate and register a model on a prepared dataset.
 
@@ -270,7 +272,11 @@ def train_and_register(
         promote_champion: move `@champion` to the new version when the gates pass; when
             False the version gets `@challenger` instead and the champion stays (a person
             promotes it later, e.g. from the retraining notebook).
+        register: log and register the model bundle (False: evaluate only, the registry
+            is not touched; the MLflow run is still logged).
         on_tuned: called with the Optuna tuning result (its study for plots).
+        on_test_scores: called with the test-period probabilities and labels; may return
+            `criteria` and `grade_bands` to store in the bundle instead of params.yaml's.
 
     Returns:
         The metrics document (also logged to MLflow): test metrics, baselines, Bayes AUC
@@ -400,6 +406,9 @@ def train_and_register(
         reporter.stage("Evaluating on the test period, with baselines on the same split")
         started = time.perf_counter()
         test_probability = calibrator.apply(booster.predict(frames["test"], raw_score=True))
+        overrides = (on_test_scores(test_probability, labels["test"]) if on_test_scores else None) or {}
+        criteria = overrides.get("criteria", params.criteria.model_dump(mode="json"))
+        grade_bands = overrides.get("grade_bands", params.grades)
         valid_probability = calibrator.apply(calibration_margin)
         test_metrics = classification_metrics(labels["test"], test_probability, params.calibration.ece_bins)
         baseline_probs = fit_baselines(
@@ -469,12 +478,12 @@ def train_and_register(
                 "run_id": run.info.run_id,
                 "test_metrics": test_metrics,
                 "calibration": calibrator.method,
-                "grade_bands": params.grades,
+                "grade_bands": grade_bands,
                 "base_value": subscores["base_value"],
                 "subscore_quantiles": subscores["quantiles"],
-                "criteria": params.criteria.model_dump(mode="json"),
+                "criteria": criteria,
                 "leakage_excluded": list(excluded),
-                "evaluation": test_evaluation(booster, labels["test"], test_probability, sample, params.grades),
+                "evaluation": test_evaluation(booster, labels["test"], test_probability, sample, grade_bands),
             }
             artifacts = write_bundle_files(tmp_path / "bundle", booster, spec, calibrator, metadata)
             example = dataset.features[(part == "test").to_numpy()][spec.columns].head(5).reset_index(drop=True)
@@ -485,22 +494,23 @@ def train_and_register(
                     "score": np.round(100 * test_probability[:5], 1),
                 }
             )
-            version = log_bundle(artifacts, example, output, model_name)
+            version = log_bundle(artifacts, example, output, model_name) if register else None
 
-        if promote_champion:
-            previous = promote(model_name, version) if passed else None
-        else:
-            previous = None
-            set_alias(model_name, CHALLENGER, version)
-        describe_version(
-            model_name,
-            version,
-            {
-                "kind": dataset.kind,
-                "test_roc_auc": f"{test_metrics['roc_auc']:.4f}",
-                "data_hash": dataset.data_hash[:16],
-            },
-        )
+        previous = None
+        if version is not None:
+            if promote_champion:
+                previous = promote(model_name, version) if passed else None
+            else:
+                set_alias(model_name, CHALLENGER, version)
+            describe_version(
+                model_name,
+                version,
+                {
+                    "kind": dataset.kind,
+                    "test_roc_auc": f"{test_metrics['roc_auc']:.4f}",
+                    "data_hash": dataset.data_hash[:16],
+                },
+            )
         metrics: dict[str, Any] = {
             "test": test_metrics,
             "valid": classification_metrics(calibration_label, valid_probability, params.calibration.ece_bins),
@@ -517,9 +527,13 @@ def train_and_register(
                 "version": version,
                 "run_id": run.info.run_id,
                 "previous_champion": previous,
-                "alias": (CHAMPION if passed else None) if promote_champion else CHALLENGER,
+                "alias": None
+                if version is None
+                else (CHAMPION if passed else None)
+                if promote_champion
+                else CHALLENGER,
             },
-            "promoted": passed and promote_champion,
+            "promoted": passed and promote_champion and version is not None,
             "gates_passed": passed,
             "gates": [g.__dict__ for g in gates],
             "calibration": {"method": calibrator.method, "cv_log_loss": calibration_scores},
@@ -531,7 +545,9 @@ def train_and_register(
                 "best_iteration": tuning.best_iteration,
                 "best_params": tuning.best_params,
             },
-            "grades": conversion_by_grade(labels["test"], test_probability, params.grades),
+            "grades": conversion_by_grade(labels["test"], test_probability, grade_bands),
+            "criteria": criteria,
+            "grade_bands": grade_bands,
             "data": {
                 "source": dataset.source,
                 "kind": dataset.kind,

@@ -1,0 +1,152 @@
+"""`leadscore recalibrate` on generated data whose buyer behaviour drifts by design."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from features.params import load_params
+from features.synthetic import generate_crm, write_crm
+from training.pipeline import prepare_crm, train_and_register
+from training.recalibrate import RecalibrationError, exclusive, recalibrate
+
+pytestmark = pytest.mark.slow
+MODEL = "recal-model"
+FAST = {
+    "tuning.trials": 3,
+    "tuning.max_boost_rounds": 200,
+    "mlflow.shap_sample": 100,
+    "recalibration.trials": 3,
+    "recalibration.timeout_seconds": 60,
+    "gates.min_auc_gain_vs_baseline": -1.0,
+    "gates.max_test_ece": 0.2,
+    "gates.max_auc_drop_vs_champion": 0.05,
+}
+FIRST_AS_OF = pd.Timestamp("2025-03-01")
+LATER = pd.Timestamp("2025-11-01")
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("drifting-crm")
+    write_crm(generate_crm(5000, seed=11, start="2024-01-01", months=23), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory):
+    lock = tmp_path_factory.mktemp("lock") / "recalibrate.lock"
+    return {**FAST, "recalibration.lock_file": str(lock)}
+
+
+@pytest.fixture(scope="module")
+def champion(export, settings) -> str:
+    """A champion trained on the export as it was at FIRST_AS_OF."""
+    params = load_params(**settings)
+    metrics = train_and_register(prepare_crm(export, params, as_of=FIRST_AS_OF), params, model_name=MODEL)
+    assert metrics["promoted"], metrics["gates"]
+    return metrics["model"]["version"]
+
+
+def _aliases() -> dict[str, str]:
+    client = MlflowClient()
+    return {a: str(client.get_model_version_by_alias(MODEL, a).version)
+            for a in ("champion", "previous") if _has(client, a)}  # fmt: skip
+
+
+def _has(client, alias: str) -> bool:
+    try:
+        client.get_model_version_by_alias(MODEL, alias)
+    except Exception:
+        return False
+    return True
+
+
+def _versions() -> list[str]:
+    return sorted(v.version for v in MlflowClient().search_model_versions(f"name='{MODEL}'"))
+
+
+def test_a_dry_run_changes_nothing(export, settings, champion, tmp_path):
+    before = (_aliases(), _versions())
+    summary = recalibrate(load_params(**settings), model_name=MODEL, data=export, as_of=LATER, dry_run=True,
+                          report_dir=tmp_path)  # fmt: skip
+    assert (_aliases(), _versions()) == before
+    assert summary["decision"] == "dry run" and summary["challenger_version"] is None
+    report = (tmp_path / "report.md").read_text()
+    assert "Dry run" in report and "MQL min score" in report and (tmp_path / "report.html").is_file()
+
+
+def test_if_drifted_skips_quietly_below_the_thresholds(export, settings, champion, tmp_path):
+    quiet = {"recalibration.feature_psi_threshold": 100.0, "recalibration.score_psi_threshold": 100.0,
+             "recalibration.conversion_shift_threshold": 1.0}  # fmt: skip
+    before = (_aliases(), _versions())
+    summary = recalibrate(load_params(**{**settings, **quiet}), model_name=MODEL, data=export, as_of=LATER,
+                          if_drifted=True, report_dir=tmp_path)  # fmt: skip
+    assert summary["decision"] == "skipped" and (_aliases(), _versions()) == before
+
+
+def test_a_crash_half_way_leaves_the_champion(export, settings, champion, monkeypatch):
+    import training.recalibrate as module
+
+    before = (_aliases(), _versions())
+
+    def crash(*args, **kwargs):
+        raise MemoryError("killed half-way")
+
+    monkeypatch.setattr(module, "train_and_register", crash)
+    with pytest.raises(MemoryError):
+        recalibrate(load_params(**settings), model_name=MODEL, data=export, as_of=LATER)
+    assert (_aliases(), _versions()) == before
+
+
+def test_failing_gates_leave_the_champion(export, settings, champion, tmp_path):
+    params = load_params(**{**settings, "gates.max_test_ece": 0.0})
+    summary = recalibrate(params, model_name=MODEL, data=export, as_of=LATER, report_dir=tmp_path)
+    assert summary["decision"] == "kept the champion" and "max_test_ece" in summary["why"]
+    assert _aliases()["champion"] == champion
+
+
+def test_recalibration_detects_drift_moves_thresholds_and_promotes(export, settings, champion, tmp_path):
+    summary = recalibrate(load_params(**settings), model_name=MODEL, data=export, as_of=LATER, report_dir=tmp_path)
+    assert summary["drift"]["drifted"], summary["drift"]
+    old, new = summary["thresholds"]["old"]["criteria"], summary["thresholds"]["new"]["criteria"]
+    assert (old["mql"]["min_score"], old["sql"]["min_score"]) != (new["mql"]["min_score"], new["sql"]["min_score"])
+    comparison = summary["comparison"]
+    assert comparison["challenger"]["roc_auc"] >= comparison["champion"]["roc_auc"] - 0.05
+    assert summary["decision"] == "promoted", summary["why"]
+    aliases = _aliases()
+    assert aliases["champion"] == summary["challenger_version"] and aliases["previous"] == champion
+    report = (tmp_path / "report.md").read_text()
+    assert "Decision: promoted" in report and "Drifted features" in report and "rollback" in report
+    assert "would change stage" in report and summary["comparison"]["stage_changes"]["of"] > 0
+    # The new champion has seen this quarter: running again on the same data is refused.
+    with pytest.raises(RecalibrationError, match="no new data"):
+        recalibrate(load_params(**settings), model_name=MODEL, data=export, as_of=LATER)
+
+
+def test_two_recalibrations_cannot_run_at_once(export, settings, champion):
+    params = load_params(**settings)
+    with exclusive(Path(settings["recalibration.lock_file"])), pytest.raises(RecalibrationError, match="another"):
+        recalibrate(params, model_name=MODEL, data=export, as_of=LATER)
+
+
+def test_no_champion_is_a_clear_error(export, settings):
+    with pytest.raises(RecalibrationError, match="nothing to recalibrate"):
+        recalibrate(load_params(**settings), model_name="never-trained", data=export)
+    assert os.environ["MLFLOW_TRACKING_URI"]
+
+
+def test_cli_exits_non_zero_with_a_clear_message_when_it_cannot_run(export, settings, params_file):
+    import subprocess
+    import sys
+
+    cli = str(Path(sys.executable).parent / "leadscore")
+    env = {**os.environ, "LEADSCORE_PARAMS": str(params_file("recalibrate.yaml", **settings))}
+    done = subprocess.run([cli, "recalibrate", "--model-name", "never-trained", "--data", str(export)],
+                          capture_output=True, text=True, env=env)  # fmt: skip
+    assert done.returncode != 0
+    assert "nothing to recalibrate against" in done.stderr and "Traceback" not in done.stderr

@@ -1,0 +1,332 @@
+"""The quarterly recalibration: retrain on a trailing window, recompute the thresholds and
+grade bands, compare challenger and champion on the newest quarter, measure drift, promote
+only through the gates, and write a report a person can read (and undo with
+`leadscore rollback`)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from features.ingest import DataError
+from features.params import PROJECT_ROOT, Params
+from serving.charts import columns, horizontal_bars
+from serving.scoring import LoadedModel, ModelNotReady, load_champion
+from training.drift import conversion_shift, feature_drift, psi_numeric
+from training.evaluate import classification_metrics, conversion_by_grade
+from training.pipeline import Dataset, Reporter, ensure_embedded_data, prepare_crm, train_and_register
+from training.register import promote
+from training.thresholds import f1_threshold, grade_bands, precision_threshold, top_share_threshold
+
+
+class RecalibrationError(RuntimeError):
+    """The recalibration could not run; the message says why."""
+
+
+@contextmanager
+def exclusive(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive lock for the whole recalibration; a second one stops at once."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RecalibrationError(f"another recalibration is running ({holder}; lock {lock_file})") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def recalibrate(
+    params: Params,
+    *,
+    model_name: str,
+    data: Path | None = None,
+    as_of: pd.Timestamp | None = None,
+    dry_run: bool = False,
+    if_drifted: bool = False,
+    report_dir: Path | None = None,
+    reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    """Run the recalibration and return its summary (also written as the report).
+
+    Raises:
+        RecalibrationError: it could not run (lock held, no champion or registry, no new
+            data, too few outcomes).
+    """
+    reporter = reporter or Reporter()
+    settings = params.recalibration
+    with exclusive(PROJECT_ROOT / settings.lock_file):
+        try:
+            champion = load_champion(model_name)
+        except ModelNotReady as exc:
+            raise RecalibrationError(f"nothing to recalibrate against: {exc}") from exc
+        directory = data or ensure_embedded_data(params, reporter)
+        reporter.stage(f"Building the {settings.window_days}-day window ending {as_of or 'at the end of the export'}")
+        try:
+            dataset = prepare_crm(directory, params, as_of=as_of, window_days=settings.window_days)
+        except DataError as exc:
+            raise RecalibrationError(str(exc)) from exc
+        newest = dataset.split.windows.get("test")
+        champion_test = champion.scorer.metadata.get("test_window")
+        if newest and champion_test and str(newest[1]) <= str(champion_test[1]):
+            raise RecalibrationError(
+                f"no new data: the newest quarter ends {newest[1]}, and the champion (v{champion.version}) "
+                f"was already tested on data up to {champion_test[1]}"
+            )
+        drift = measure_drift(dataset, champion, params)
+        summary: dict[str, Any] = {
+            "as_of": str(as_of or dataset.split.windows.get("test", ["", ""])[1]),
+            "model_name": model_name,
+            "champion_version": champion.version,
+            "dry_run": dry_run,
+            "drift": drift,
+        }
+        if if_drifted and not drift["drifted"]:
+            summary |= {"decision": "skipped", "why": "no drift past the thresholds in params.yaml"}
+            return _finish(summary, report_dir, None)
+
+        reporter.stage("Training the challenger on the window (the champion stays live)")
+        captured: dict[str, Any] = {}
+
+        def thresholds(probability: np.ndarray, label: np.ndarray) -> dict:
+            captured["probability"], captured["label"] = probability, label
+            captured.update(new_thresholds(100 * probability, label, champion, params))
+            return {"criteria": captured["criteria"], "grade_bands": captured["grade_bands"]}
+
+        tuned = params.model_copy(
+            update={"tuning": params.tuning.model_copy(
+                update={"trials": settings.trials, "timeout_seconds": settings.timeout_seconds})}
+        )  # fmt: skip
+        try:
+            metrics = train_and_register(
+                dataset, tuned, reporter, model_name=model_name, promote_champion=False,
+                register=not dry_run, on_test_scores=thresholds,
+            )  # fmt: skip
+        except DataError as exc:
+            raise RecalibrationError(str(exc)) from exc
+        summary["comparison"] = compare(dataset, champion, captured, params)
+        meta = champion.scorer.metadata
+        summary["thresholds"] = {
+            "old": {"criteria": meta["criteria"], "grade_bands": meta["grade_bands"]},
+            "new": {"criteria": captured["criteria"], "grade_bands": captured["grade_bands"]},
+            "sql_rule": captured["sql_rule"],
+        }
+        summary["gates"] = metrics["gates"]
+        summary["challenger_version"] = metrics["model"]["version"]
+        summary["run_id"] = metrics["model"]["run_id"]
+        passed = metrics["gates_passed"]
+        if dry_run:
+            summary |= {"decision": "dry run", "why": "nothing changed" + (" (the gates would pass)" if passed else
+                                                                           " (the gates would fail)")}  # fmt: skip
+        elif passed:
+            before = promote(model_name, metrics["model"]["version"])
+            summary |= {"decision": "promoted", "why": f"all gates passed; v{before} is now @previous"}
+        else:
+            failed = [g["name"] for g in metrics["gates"] if not g["passed"]]
+            summary |= {"decision": "kept the champion", "why": "gates failed: " + ", ".join(failed)}
+        return _finish(summary, report_dir, summary["run_id"])
+
+
+def measure_drift(dataset: Dataset, champion: LoadedModel, params: Params) -> dict[str, Any]:
+    """Drift between the training part of the window and its newest quarter."""
+    settings = params.recalibration
+    part = dataset.split.assignment.to_numpy()
+    before, after = np.isin(part, ["train", "valid"]), part == "test"
+    features = dataset.features
+    table = feature_drift(features[before], features[after], settings.feature_psi_threshold)
+    score_before = 100 * champion.scorer.predict_proba(features[before])
+    score_after = 100 * champion.scorer.predict_proba(features[after])
+    score_psi = psi_numeric(score_before, score_after)
+    shift = conversion_shift(dataset.label.to_numpy()[before], dataset.label.to_numpy()[after])
+    drifted_features = table.loc[table["drifted"], "feature"].tolist()
+    return {
+        "features": table.head(15).to_dict(orient="records"),
+        "drifted_features": drifted_features,
+        "score_psi": score_psi,
+        "conversion": shift,
+        "drifted": bool(
+            drifted_features
+            or score_psi >= settings.score_psi_threshold
+            or abs(shift["shift"]) >= settings.conversion_shift_threshold
+        ),
+    }
+
+
+def new_thresholds(scores: np.ndarray, label: np.ndarray, champion: LoadedModel, params: Params) -> dict[str, Any]:
+    """Criteria and grade bands recomputed on the newest quarter from the targets."""
+    settings = params.recalibration
+    criteria = json.loads(json.dumps(champion.scorer.metadata["criteria"]))
+    criteria["mql"]["min_score"] = top_share_threshold(scores, settings.mql_top_share)
+    sql = precision_threshold(scores, label, settings.sql_precision, settings.min_sql_leads)
+    rule = f"precision ≥ {settings.sql_precision:.0%} with at least {settings.min_sql_leads} leads"
+    if sql is None:
+        sql = f1_threshold(scores, label)
+        rule = f"F1-optimal (no score reached {settings.sql_precision:.0%} precision)"
+    criteria["sql"]["min_score"] = round(sql, 1)
+    bands, _ = grade_bands(scores, label, settings.grade_shares)
+    return {"criteria": criteria, "grade_bands": bands, "sql_rule": rule}
+
+
+def compare(dataset: Dataset, champion: LoadedModel, captured: dict, params: Params) -> dict[str, Any]:
+    """Challenger and champion on the same newest quarter."""
+    test = (dataset.split.assignment == "test").to_numpy()
+    label = captured["label"]
+    old = champion.scorer.predict_proba(dataset.features[test])
+    new = captured["probability"]
+    keys = ("roc_auc", "log_loss", "ece", "lift_top_decile", "base_rate")
+    out: dict[str, Any] = {}
+    stages: dict[str, np.ndarray] = {}
+    for name, probability, criteria, bands in (
+        ("champion", old, champion.scorer.metadata["criteria"], champion.scorer.metadata["grade_bands"]),
+        ("challenger", new, captured["criteria"], captured["grade_bands"]),
+    ):
+        scores = 100 * probability
+        metrics = classification_metrics(label, probability)
+        volumes = {}
+        for stage in ("mql", "sql"):
+            above = scores >= criteria[stage]["min_score"]
+            volumes[stage] = {"min_score": criteria[stage]["min_score"], "leads": int(above.sum()),
+                              "conversion": float(label[above].mean()) if above.any() else None}  # fmt: skip
+        out[name] = {
+            **{k: metrics[k] for k in keys},
+            "by_grade": conversion_by_grade(label, probability, bands),
+            "score_volumes": volumes,
+        }
+        stages[name] = _score_stage(scores, criteria)
+    changed = stages["champion"] != stages["challenger"]
+    out["stage_changes"] = {
+        "leads": int(changed.sum()),
+        "of": len(changed),
+        "moves": pd.Series([f"{a} → {b}" for a, b in zip(stages["champion"][changed], stages["challenger"][changed],
+                            strict=True)]).value_counts().to_dict(),
+    }  # fmt: skip
+    return out
+
+
+def _score_stage(scores: np.ndarray, criteria: dict) -> np.ndarray:
+    """The stage the score thresholds alone would give (the fit, engagement, hand-raise and
+    BANT parts of the rules are the same for both models' leads)."""
+    return np.where(scores >= criteria["sql"]["min_score"], "SQL",
+                    np.where(scores >= criteria["mql"]["min_score"], "MQL", "nurture"))  # fmt: skip
+
+
+def _finish(summary: dict[str, Any], report_dir: Path | None, run_id: str | None) -> dict[str, Any]:
+    folder = (
+        report_dir or PROJECT_ROOT / "models" / "reports" / f"recalibration-{pd.Timestamp.now(tz='UTC'):%Y%m%dT%H%M%S}"
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    markdown = report_markdown(summary)
+    (folder / "report.md").write_text(markdown, encoding="utf-8")
+    (folder / "report.html").write_text(report_html(summary, markdown), encoding="utf-8")
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    summary["report"] = str(folder)
+    if run_id:
+        client = MlflowClient(mlflow.get_tracking_uri())
+        client.log_artifacts(run_id, str(folder), artifact_path="recalibration")
+    return summary
+
+
+def report_markdown(summary: dict[str, Any]) -> str:
+    """The plain-words summary: decision and why, thresholds old and new, drift, comparison."""
+    lines = [f"# Recalibration of {summary['model_name']} as of {summary['as_of']}", ""]
+    lines.append(f"**Decision: {summary['decision']}** — {summary['why']}.")
+    if summary.get("dry_run"):
+        lines.append("Dry run: the registry was not changed.")
+    drift = summary["drift"]
+    shift = drift["conversion"]
+    drifted = ", ".join(drift["drifted_features"]) or "none"
+    lines += [
+        "",
+        "## Drift (training window vs the newest quarter)",
+        "",
+        f"- Conversion rate {shift['reference_rate']:.1%} → {shift['recent_rate']:.1%} ({shift['shift']:+.1%}).",
+        f"- Score distribution of the champion: PSI {drift['score_psi']:.3f}.",
+        f"- Drifted features (PSI past the threshold): {drifted}.",
+    ]
+    lines += ["", "| feature | PSI |", "|---|---|"] + [
+        f"| {r['feature']} | {r['psi']:.3f} |" for r in drift["features"][:10]
+    ]
+    if "thresholds" in summary:
+        old, new = summary["thresholds"]["old"], summary["thresholds"]["new"]
+        lines += ["", "## Thresholds", "", "| | champion | challenger |", "|---|---|---|",
+                  f"| MQL min score | {old['criteria']['mql']['min_score']} | {new['criteria']['mql']['min_score']} |",
+                  f"| SQL min score | {old['criteria']['sql']['min_score']} | {new['criteria']['sql']['min_score']} "
+                  f"({summary['thresholds']['sql_rule']}) |"]  # fmt: skip
+        for grade in sorted(set(old["grade_bands"]) | set(new["grade_bands"])):
+            lines.append(
+                f"| grade {grade} from | {old['grade_bands'].get(grade, '—')} | {new['grade_bands'].get(grade, '—')} |"
+            )
+        comparison = summary["comparison"]
+        lines += [
+            "",
+            "## Champion and challenger on the newest quarter",
+            "",
+            "| | champion | challenger |",
+            "|---|---|---|",
+        ]
+        for key in ("roc_auc", "log_loss", "ece", "lift_top_decile"):
+            lines.append(f"| {key} | {comparison['champion'][key]:.4f} | {comparison['challenger'][key]:.4f} |")
+        for stage in ("mql", "sql"):
+            cells = []
+            for name in ("champion", "challenger"):
+                v = comparison[name]["score_volumes"][stage]
+                rate = "—" if v["conversion"] is None else f"{v['conversion']:.1%}"
+                cells.append(f"{v['leads']:,} leads ≥ {v['min_score']}, {rate} converted")
+            lines.append(f"| {stage.upper()} by score | {cells[0]} | {cells[1]} |")
+        changes = comparison["stage_changes"]
+        moves = ", ".join(f"{move}: {n:,}" for move, n in changes["moves"].items()) or "none"
+        lines.append(
+            f"\nWith the new model and thresholds, {changes['leads']:,} of the {changes['of']:,} leads of the newest "
+            f"quarter would change stage by score ({moves})."
+        )
+        for name in ("champion", "challenger"):
+            grades = ", ".join(_grade_text(g, v) for g, v in comparison[name]["by_grade"].items())
+            lines.append(f"\nConversion by grade, {name}: {grades}.")
+        lines += ["", "## Gates", ""] + [
+            f"- {'pass' if g['passed'] else 'FAIL'}: {g['name']} — {g['detail']}" for g in summary["gates"]
+        ]
+    lines += ["", f"Undo a promotion with `leadscore rollback --model-name {summary['model_name']}`."]
+    return "\n".join(lines) + "\n"
+
+
+def _grade_text(grade: str, row: dict) -> str:
+    rate = "—" if row["conversion"] is None else f"{row['conversion']:.1%}"
+    return f"{grade} {row['share']:.0%} of leads / {rate}"
+
+
+def report_html(summary: dict[str, Any], markdown: str) -> str:
+    """The report as one HTML page with its charts (inline SVG)."""
+    from html import escape
+
+    drift = summary["drift"]["features"][:12]
+    charts = [horizontal_bars([d["feature"] for d in drift], [d["psi"] for d in drift], "population stability index")]
+    if "comparison" in summary:
+        for name in ("champion", "challenger"):
+            grades = summary["comparison"][name]["by_grade"]
+            charts.append(f"<h3>Conversion by grade, {name}</h3>" + columns(
+                list(grades), [g["conversion"] or 0 for g in grades.values()], "conversion rate"))  # fmt: skip
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' "
+        "content='width=device-width, initial-scale=1'><title>Recalibration</title>"
+        "<style>body{font-family:system-ui,sans-serif;max-width:960px;margin:1rem auto;padding:0 1rem}"
+        "pre{white-space:pre-wrap}</style></head><body>"
+        f"<pre>{escape(markdown)}</pre>" + "".join(charts) + "</body></html>"
+    )
