@@ -110,10 +110,26 @@ def score_batch(
     return BatchResult(scored, quarantine)
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_for_spreadsheets(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text cells that a spreadsheet would run as a formula (`=cmd|...`, `+`, `-`, `@`) get a
+    leading apostrophe, so an exported CSV opened in Excel shows them as text."""
+    out = frame.copy()
+    for column in out.columns:
+        if out[column].dtype == object or pd.api.types.is_string_dtype(out[column]):
+            values = out[column]
+            risky = values.map(lambda v: isinstance(v, str) and v.startswith(FORMULA_START))
+            if risky.any():
+                out[column] = values.where(~risky, "'" + values.astype(str))
+    return out
+
+
 def write_table(frame: pd.DataFrame, path: Path) -> None:
-    """CSV or parquet by the file's suffix."""
+    """CSV or parquet by the file's suffix (CSV cells neutralised for spreadsheets)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() in (".parquet", ".pq"):
         frame.to_parquet(path, index=False)
     else:
-        frame.to_csv(path, index=False)
+        safe_for_spreadsheets(frame).to_csv(path, index=False)

@@ -395,7 +395,7 @@ def score(
         console.print(f"Kept for the pages (digest at /ui/digest): {kept}")
     if not result.quarantine.empty:
         quarantine_path = output.with_name(output.stem + ".quarantine.csv")
-        result.quarantine.to_csv(quarantine_path, index=False)
+        write_table(result.quarantine, quarantine_path)
         console.print(f"[yellow]{len(result.quarantine):,} row(s) not scored; reasons in {quarantine_path}[/yellow]")
     counts = result.scored["stage"].value_counts()
     console.print("stages: " + ", ".join(f"{stage} {n:,}" for stage, n in counts.items()))
