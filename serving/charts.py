@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import re
+import uuid
 from collections.abc import Sequence
 
 import matplotlib
@@ -21,7 +22,10 @@ plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": 
 def _svg(fig) -> str:
     """The figure as an SVG element that scales with its container."""
     buffer = io.StringIO()
-    fig.savefig(buffer, format="svg", bbox_inches="tight")
+    # Several charts share one page: ids (clip paths, markers) must differ between them, or a
+    # chart would clip itself with another's shapes.
+    with plt.rc_context({"svg.hashsalt": uuid.uuid4().hex}):
+        fig.savefig(buffer, format="svg", bbox_inches="tight")
     plt.close(fig)
     text = buffer.getvalue()
     text = text[text.index("<svg") :]
@@ -78,4 +82,25 @@ def columns(labels: Sequence[str], values: Sequence[float], ylabel: str, referen
         ax.axhline(reference, color=NEGATIVE, linestyle="--", linewidth=1, label="average")
         ax.legend(frameon=False)
     ax.set_ylabel(ylabel)
+    return _svg(fig)
+
+
+def beeswarm(names: Sequence[str], points: Sequence[Sequence[float]], colours: Sequence[Sequence[float]]) -> str:
+    """SHAP summary: each lead a dot at its effect (score points) on each factor's row,
+    coloured by the lead's value of that factor (low blue to high red, grey when missing or
+    not a number)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    fig, ax = plt.subplots(figsize=(7, 0.42 * len(names) + 0.9))
+    for row, (effects, shades) in enumerate(zip(points, colours, strict=True)):
+        effects, shades = np.asarray(effects, dtype=float), np.asarray(shades, dtype=float)
+        jitter = row + rng.uniform(-0.28, 0.28, len(effects))
+        known = ~np.isnan(shades)
+        ax.scatter(effects[~known], jitter[~known], s=6, color="#b0bec5", linewidths=0)
+        ax.scatter(effects[known], jitter[known], s=6, c=shades[known], cmap="coolwarm", vmin=0, vmax=1, linewidths=0)
+    ax.axvline(0, color="#90a4ae", linewidth=0.8)
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlabel("effect on the score (points); colour: the lead's value, low (blue) to high (red)")
     return _svg(fig)

@@ -22,13 +22,14 @@ from pydantic import ValidationError
 
 from features.criteria import STAGES
 from features.reasons import plain_name
-from serving.charts import calibration, columns, horizontal_bars, waterfall
+from serving.charts import beeswarm, calibration, columns, horizontal_bars, waterfall
 from serving.guards import KEY_COOKIE, api_keys_from_env, key_matches
 from serving.schemas import Lead, leads_to_frames
 from serving.scoring import (
     InvalidLeads,
     LoadedModel,
     explain_frame,
+    model_matrix,
     points_per_logit,
     prepare_crm_leads,
     prepare_flat_rows,
@@ -67,7 +68,7 @@ def write_report(
     view = digest_view(model, chosen, previous, {}, static=True)
     (out / "index.html").write_text(render("digest.html", static=True, **view), encoding="utf-8")
     (out / "model.html").write_text(
-        render("model.html", static=True, title="Model", m=model_view(model)), encoding="utf-8"
+        render("model.html", static=True, title="Model", m=model_view(model, latest)), encoding="utf-8"
     )
     for lead_id in chosen.scores["lead_id"]:
         rows, acts = latest.lead(lead_id)
@@ -228,7 +229,37 @@ def digest_view(
 # -- the model page --------------------------------------------------------------------------
 
 
-def model_view(model: LoadedModel) -> dict:
+SUMMARY_LEADS = 400
+SUMMARY_FACTORS = 10
+
+
+def shap_summary(model: LoadedModel, snapshot: Snapshot | None) -> str:
+    """Beeswarm of the champion's SHAP values (score points) on leads of the latest scoring."""
+    if snapshot is None or model.kind != "crm" or snapshot.leads.empty:
+        return ""
+    leads = snapshot.leads.sample(min(SUMMARY_LEADS, len(snapshot.leads)), random_state=0).reset_index(drop=True)
+    ids = set(leads["lead_id"].str.strip())
+    acts = snapshot.activities[snapshot.activities["lead_id"].str.strip().isin(ids)]
+    moments = pd.Series([snapshot.as_of] * len(leads))
+    features, _, _, _ = prepare_crm_leads(model, leads, acts, moments, strict=False)
+    if features.empty:
+        return ""
+    contributions, base = explain_frame(model, features)
+    points = contributions[:, :-1] * points_per_logit(model.scorer, contributions.sum(axis=1), base)[:, None]
+    matrix = model_matrix(model, features)
+    top = np.argsort(-np.abs(points).mean(axis=0))[:SUMMARY_FACTORS]
+    colours = []
+    for j in top:
+        column = matrix[:, j]
+        finite = column[np.isfinite(column)]
+        low, high = (finite.min(), finite.max()) if len(finite) else (0.0, 1.0)
+        is_category = model.scorer.spec.columns[j] in model.scorer.spec.categories
+        colours.append(np.full(len(column), np.nan) if is_category else (column - low) / ((high - low) or 1))
+    names = [plain_name(model.scorer.spec.columns[j]) for j in top]
+    return beeswarm(names, [points[:, j] for j in top], colours)
+
+
+def model_view(model: LoadedModel, snapshot: Snapshot | None = None) -> dict:
     meta = model.scorer.metadata
     evaluation = meta.get("evaluation") or {}
     metrics = meta.get("test_metrics") or {}
@@ -260,6 +291,7 @@ def model_view(model: LoadedModel) -> dict:
             calibration([c["predicted"] for c in curve], [c["observed"] for c in curve]) if curve else ""
         ),
         "lift_chart": _decile_chart(evaluation.get("lift_by_decile", []), "lift", "lift", 1.0),
+        "summary_chart": shap_summary(model, snapshot),
         "criteria": _criteria_rows(model),
         "grade_bands": list((meta.get("grade_bands") or {}).items()),
     }
@@ -353,7 +385,8 @@ def model_page():
     model = _model_or_page()
     if isinstance(model, HTMLResponse):
         return model
-    return _page("model.html", title="Model", m=model_view(model))
+    latest, _ = latest_two()
+    return _page("model.html", title="Model", m=model_view(model, latest))
 
 
 @app.get("/leads", response_class=HTMLResponse, include_in_schema=False)

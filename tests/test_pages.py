@@ -197,7 +197,7 @@ def test_model_page(page, server):
     _login(page, server, target="/ui/model")
     _screenshot(page, "model")
     text = page.locator("main").inner_text()
-    assert CHAMPION_NAME in text and "Qualification criteria" in text
+    assert CHAMPION_NAME in text and "Qualification criteria" in text and "How each factor moves scores" in text
     assert page.locator("svg").count() >= 2  # importance, calibration, lift
 
 
