@@ -8,6 +8,7 @@ pages are also saved there as PNG (`make screenshots` writes docs/img/).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -175,6 +176,19 @@ def test_lead_page_shows_what_score_returns(page, server, scores_dir):
     assert reasons == [r["text"] for r in expected["reasons"]]
     assert page.locator("#to-sql").inner_text().strip()
     assert page.locator("svg").count() >= 1
+
+    # The same lead pasted into the form (as_of is the request's "now" there, so only the
+    # page's own consistency is checked: it is the pasted lead, scored and explained).
+    page.goto(f"{server}/ui/leads")
+    page.fill("textarea[name=lead]", json.dumps(body["leads"][0]))
+    page.click("form[action='/ui/leads'] button[type=submit]")
+    assert page.locator("#lead-id").inner_text() == lead_id
+    assert re.fullmatch(r"\d+\.\d", page.locator("#score").inner_text())
+    assert page.locator("#reasons li").count() > 0
+    page.goto(f"{server}/ui/leads")
+    page.fill("textarea[name=lead]", '{"lead_id": "x", "employees": "many"}')
+    page.click("form[action='/ui/leads'] button[type=submit]")
+    assert "employees" in page.locator(".error").inner_text()
 
 
 def test_html_in_crm_data_is_shown_as_text(page, server, scores_dir):
