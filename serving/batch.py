@@ -78,11 +78,24 @@ def score_batch(
     *,
     on_progress: Callable[[int], None] | None = None,
 ) -> BatchResult:
-    """Score every usable lead, in chunks; unusable rows come back as a quarantine."""
+    """Score every usable lead, in chunks; unusable rows come back as a quarantine.
+
+    Rows that share a lead id are always scored in the same chunk (duplicates are caught
+    however far apart they are in the file); the output keeps the file's order.
+    """
     parts, problems = [], []
     groups = activities.groupby("lead_id").indices if len(activities) else {}
-    for start in range(0, len(leads), CHUNK_LEADS):
-        chunk = leads.iloc[start : start + CHUNK_LEADS].reset_index(drop=True)
+    key = leads["lead_id"].astype(str).str.strip() if len(leads) else pd.Series(dtype=str)
+    group = pd.factorize(key)[0]
+    order = np.argsort(group, kind="stable")  # rows of one lead next to each other, else file order
+    ordered = leads.iloc[order].reset_index(drop=True)
+    start = 0
+    while start < len(ordered):
+        end = min(start + CHUNK_LEADS, len(ordered))
+        while end < len(ordered) and group[order[end]] == group[order[end - 1]]:
+            end += 1  # never split one lead's rows between chunks
+        chunk = ordered.iloc[start:end].reset_index(drop=True)
+        file_rows = order[start:end]
         moments = pd.Series([as_of] * len(chunk))
         if model.kind == "flat":
             features, context, positions = prepare_flat_rows(model, chunk)
@@ -94,14 +107,20 @@ def score_batch(
         scored = score_features(model, features, context, moments.iloc[positions])
         scored.insert(0, "lead_id", chunk["lead_id"].to_numpy()[positions])
         scored["reasons"] = [json.dumps(r, default=str) for r in scored["reasons"]]
-        parts.append(scored[OUTPUT_COLUMNS])
+        scored["_file_row"] = file_rows[positions]
+        parts.append(scored[[*OUTPUT_COLUMNS, "_file_row"]])
         if not issue.empty:
             leads_rows = issue["table"] == "leads"
-            issue.loc[leads_rows, "row"] = issue.loc[leads_rows, "row"].astype(int) + start + 1
+            issue.loc[leads_rows, "row"] = file_rows[issue.loc[leads_rows, "row"].astype(int).to_numpy()] + 1
             problems.append(issue)
         if on_progress:
             on_progress(len(chunk))
-    scored = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=OUTPUT_COLUMNS)
+        start = end
+    if parts:
+        scored = pd.concat(parts, ignore_index=True).sort_values("_file_row", kind="stable")
+        scored = scored.drop(columns="_file_row").reset_index(drop=True)
+    else:
+        scored = pd.DataFrame(columns=OUTPUT_COLUMNS)
     quarantine = (
         pd.concat(problems, ignore_index=True)
         if problems

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -111,11 +112,17 @@ def load_champion(model_name: str, alias: str = CHAMPION, *, version: str | None
         ModelNotReady: with a reason a person can act on.
     """
     version = version or champion_version(model_name, alias)
+    path = list(sys.path)
     try:
         model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
         scorer = model.unwrap_python_model().scorer
     except Exception as exc:  # a broken bundle must give a reason, not a crash
         raise ModelNotReady(f"{model_name} version {version} could not be loaded: {type(exc).__name__}: {exc}") from exc
+    finally:
+        # MLflow puts the bundle's copy of the project code first on sys.path; left there it
+        # would shadow the installed code for every later import here and in any process
+        # started from here (Dask workers failed on an older bundle's copy).
+        sys.path[:] = path
     if "criteria" not in scorer.metadata or "subscore_quantiles" not in scorer.metadata:
         raise ModelNotReady(
             f"{model_name} version {version} was trained by an older release without criteria "

@@ -21,3 +21,19 @@ def test_formula_cells_are_neutralised_in_csv_but_kept_in_parquet(tmp_path):
     assert back["score"].tolist() == ["1.5", "-2.0", "3.0", "4.0", "5.0"]  # numbers stay numbers
     write_table(frame, tmp_path / "out.parquet")
     assert pd.read_parquet(tmp_path / "out.parquet")["lead_id"].iloc[0] == "=cmd|' /C calc'!A0"
+
+
+def test_duplicates_far_apart_are_caught_and_order_is_kept(champion, small_crm_dir, monkeypatch):
+    import serving.batch as batch
+
+    leads, acts, _ = batch.read_leads(small_crm_dir, None)
+    leads = pd.concat([leads, leads.iloc[[3]]], ignore_index=True)  # the copy sits chunks away
+    monkeypatch.setattr(batch, "CHUNK_LEADS", 100)
+    result = batch.score_batch(champion, leads, acts, pd.Timestamp("2025-12-20"))
+    copied = leads["lead_id"].iloc[3]
+    assert (result.scored["lead_id"] == copied).sum() == 1
+    duplicate = result.quarantine[result.quarantine["lead_id"] == copied]
+    assert duplicate["reason"].str.startswith("duplicate row").any()
+    assert int(duplicate["row"].iloc[0]) == len(leads)  # 1-based row of the copy in the file
+    kept = leads["lead_id"][~leads["lead_id"].duplicated()]
+    assert result.scored["lead_id"].tolist() == [i for i in kept if i in set(result.scored["lead_id"])]
