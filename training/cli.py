@@ -357,8 +357,20 @@ def score(
             help="Keep this scoring for the pages (under LEADSCORE_SCORES_DIR, default models/scores)",
         ),
     ] = True,
+    engine: Annotated[
+        str, typer.Option("--engine", help="local (one process) or dask (partitioned parquet out)")
+    ] = "local",
+    scheduler: Annotated[
+        str | None, typer.Option("--scheduler", help="Dask scheduler address (default: a LocalCluster)")
+    ] = None,
+    partitions: Annotated[int | None, typer.Option("--partitions", min=1, help="Dask partitions")] = None,
 ) -> None:
     """Score leads in batch with the champion: the same columns and numbers as the service."""
+    if engine == "dask":
+        _score_on_dask(source, output, activities, as_of, model_name, scheduler, partitions)
+        return
+    if engine != "local":
+        _fail(f"--engine {engine!r}: use local or dask")
     from rich.progress import Progress as RichProgress
 
     from serving.batch import read_leads, score_batch, write_table
@@ -401,6 +413,54 @@ def score(
     console.print("stages: " + ", ".join(f"{stage} {n:,}" for stage, n in counts.items()))
     if top:
         _print_top(result.scored, top)
+
+
+def _score_on_dask(
+    source: Path,
+    output: Path,
+    activities: Path | None,
+    as_of: str | None,
+    model_name: str | None,
+    scheduler: str | None,
+    partitions: int | None,
+) -> None:
+    """`leadscore score --engine dask`: OUTPUT is a folder of partitioned parquet."""
+    from features.schema import TABLE_FILES
+    from features.tracking import tracking_uri
+    from serving.dask_batch import score_on_dask, start_client
+    from serving.scoring import ModelNotReady, load_champion
+
+    _quiet_libraries()
+    params = load_params()
+    if source.is_dir():
+        if (source / TABLE_FILES["outcomes"]).is_file():
+            console.print("[yellow]the dask engine scores every lead of leads.csv, closed ones included[/yellow]")
+        activities = activities or source / TABLE_FILES["activities"]
+        source = source / TABLE_FILES["leads"]
+    if activities is None:
+        _fail("--engine dask needs the activities too: --activities FILE (CSV or parquet)")
+    if output.suffix.lower() in (".csv", ".parquet", ".pq"):
+        _fail(f"--engine dask writes a folder of parquet files; give a folder, not {output}")
+    try:
+        moment = pd_timestamp(as_of)
+        with console.status("Loading the champion model"):
+            model = load_champion(model_name or params.mlflow.model_name)
+        client = start_client(scheduler)
+        console.print(f"Dask dashboard: {client.dashboard_link}")
+        workers = len(client.scheduler_info()["workers"])
+        with console.status(f"Scoring on {workers} Dask worker(s) (progress on the dashboard)"):
+            run = score_on_dask(
+                client, model, tracking_uri(), source, activities, output, moment, partitions=partitions
+            )
+        client.close()
+    except (DataError, ModelNotReady, ParamsError) as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot read or write: {exc.strerror or exc}")
+    console.print(
+        f"Scored {run.scored:,} leads with {model.name} version {model.version} as of {moment} on Dask → "
+        f"{output}/scores/ ({run.quarantined:,} row(s) not scored: {output}/quarantine/)"
+    )
 
 
 @app.command()

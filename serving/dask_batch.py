@@ -1,0 +1,120 @@
+"""Batch scoring on Dask: leads and activities read as dask dataframes, co-partitioned by
+lead, each partition scored by the single-process code (`serving.batch.score_batch`), and
+written as partitioned parquet. Runs on a LocalCluster sized to the machine or on any
+scheduler address (a cluster started by hand, dask-kubernetes, ...)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from serving.batch import OUTPUT_COLUMNS, score_batch
+from serving.scoring import LoadedModel, load_champion
+
+QUARANTINE_COLUMNS = ["table", "row", "lead_id", "reason"]
+KIND = "_kind"
+NUMBERS = {"probability": float, "score": float, "fit": float, "engagement": float}
+_MODELS: dict[tuple[str, str, str], LoadedModel] = {}  # one loaded model per worker process
+
+
+@dataclass(frozen=True)
+class DaskRun:
+    scored: int
+    quarantined: int
+    output: Path
+    dashboard: str | None
+
+
+def start_client(scheduler: str | None = None):
+    """A client on `scheduler`, or on a LocalCluster with one single-threaded worker per core
+    (scoring is Python and NumPy: processes, not threads, use the cores)."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        return Client(scheduler)
+    workers = os.cpu_count() or 1
+    cluster = LocalCluster(
+        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
+    )
+    return Client(cluster)
+
+
+def read_frame(path: Path, *, blocksize: str = "64MB"):
+    """A CSV file (or glob) or a parquet file/folder as a dask dataframe of text cells."""
+    import dask.dataframe as dd
+
+    text = str(path)
+    if text.endswith((".parquet", ".pq")) or Path(text).is_dir():
+        frame = dd.read_parquet(text)
+        return frame.map_partitions(lambda part: part.astype(object).where(part.notna(), "").astype(str))
+    return dd.read_csv(text, dtype=str, keep_default_na=False, blocksize=blocksize)
+
+
+def _bucket(frame: pd.DataFrame, buckets: int) -> pd.DataFrame:
+    keys = [k.strip() if isinstance(k, str) else "" for k in frame["lead_id"]]
+    return frame.assign(_bucket=[zlib.crc32(k.encode()) % buckets for k in keys])
+
+
+def _score_partition(
+    leads: pd.DataFrame, activities: pd.DataFrame, *, model_name: str, version: str, uri: str, as_of: pd.Timestamp
+) -> pd.DataFrame:
+    """Score one partition with the model version the run started with (loaded once per worker)."""
+    key = (uri, model_name, version)
+    if key not in _MODELS:
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        _MODELS[key] = load_champion(model_name, version=version)
+    leads = leads.drop(columns="_bucket").reset_index(drop=True)
+    activities = activities.drop(columns="_bucket").reset_index(drop=True)
+    result = score_batch(_MODELS[key], leads, activities, as_of)
+    scored = result.scored.assign(**{KIND: "scored"})
+    quarantine = result.quarantine.astype({"row": str}).assign(**{KIND: "quarantine"})
+    frame = pd.concat([scored, quarantine], ignore_index=True).reindex(columns=_columns())
+    return frame.astype(object).where(frame.notna(), "").astype(str)
+
+
+def _columns() -> list[str]:
+    return [*OUTPUT_COLUMNS, *[c for c in QUARANTINE_COLUMNS if c not in OUTPUT_COLUMNS], KIND]
+
+
+def score_on_dask(
+    client,
+    model: LoadedModel,
+    uri: str,
+    leads_path: Path,
+    activities_path: Path,
+    output: Path,
+    as_of: pd.Timestamp,
+    *,
+    partitions: int | None = None,
+) -> DaskRun:
+    """Score every lead of the inputs on the cluster and write `output/scores/` and
+    `output/quarantine/` as partitioned parquet (one file per partition: a task that is run
+    again after a worker dies rewrites its own file, so no row is lost or written twice)."""
+    import dask.dataframe as dd
+
+    leads = read_frame(leads_path)
+    activities = read_frame(activities_path)
+    buckets = partitions or max(leads.npartitions, 2 * len(client.scheduler_info()["workers"]))
+    leads = leads.map_partitions(_bucket, buckets).shuffle(on="_bucket", npartitions=buckets)
+    activities = activities.map_partitions(_bucket, buckets).shuffle(on="_bucket", npartitions=buckets)
+    meta = pd.DataFrame({c: pd.Series(dtype=str) for c in _columns()})
+    results = dd.map_partitions(
+        _score_partition, leads, activities, meta=meta, align_dataframes=False,
+        model_name=model.name, version=model.version, uri=uri, as_of=as_of,
+    ).persist()  # fmt: skip
+    scored = results[results[KIND] == "scored"][OUTPUT_COLUMNS].astype(NUMBERS)
+    quarantine = results[results[KIND] == "quarantine"][QUARANTINE_COLUMNS]
+    scored.to_parquet(output / "scores", write_index=False, overwrite=True)
+    quarantine.to_parquet(output / "quarantine", write_index=False, overwrite=True)
+    counts = results[KIND].value_counts().compute()
+    return DaskRun(
+        scored=int(counts.get("scored", 0)),
+        quarantined=int(counts.get("quarantine", 0)),
+        output=output,
+        dashboard=client.dashboard_link,
+    )

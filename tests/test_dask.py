@@ -1,0 +1,43 @@
+"""Batch scoring on a Dask LocalCluster of 2 workers gives the single-process numbers."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from serving.batch import read_table, score_batch
+
+pytestmark = pytest.mark.slow
+AS_OF = pd.Timestamp("2025-12-20")
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    with Client(cluster) as connection:
+        yield connection
+    cluster.close()
+
+
+def test_dask_scoring_equals_single_process(client, champion, champion_store, small_crm_dir, tmp_path):
+    from serving.dask_batch import score_on_dask
+
+    leads_path, acts_path = small_crm_dir / "leads.csv", small_crm_dir / "activities.csv"
+    run = score_on_dask(client, champion, champion_store, leads_path, acts_path, tmp_path, AS_OF, partitions=6)
+    single = score_batch(champion, read_table(leads_path), read_table(acts_path), AS_OF)
+    got = pd.read_parquet(tmp_path / "scores").set_index("lead_id").sort_index()
+    want = single.scored.set_index("lead_id").sort_index()
+    assert run.scored == len(got) == len(want) and got.index.equals(want.index)
+    for column in ("probability", "score", "fit", "engagement"):
+        np.testing.assert_array_equal(got[column].to_numpy(), want[column].astype(float).to_numpy())
+    for column in ("grade", "stage", "stage_reason", "next_action", "model_version"):
+        assert (got[column] == want[column].astype(str)).all(), column
+    quarantine = pd.read_parquet(tmp_path / "quarantine")
+    assert run.quarantined == len(quarantine) == len(single.quarantine)
+    assert sorted(quarantine["reason"]) == sorted(single.quarantine["reason"])
+    assert os.listdir(tmp_path / "scores")  # partitioned parquet
