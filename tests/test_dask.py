@@ -41,3 +41,42 @@ def test_dask_scoring_equals_single_process(client, champion, champion_store, sm
     assert run.quarantined == len(quarantine) == len(single.quarantine)
     assert sorted(quarantine["reason"]) == sorted(single.quarantine["reason"])
     assert os.listdir(tmp_path / "scores")  # partitioned parquet
+
+
+def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(champion, champion_store, small_crm_dir, tmp_path):
+    import signal
+    import threading
+    import time
+
+    from distributed import Client, LocalCluster
+
+    from serving.dask_batch import score_on_dask
+
+    leads_path, acts_path = small_crm_dir / "leads.csv", small_crm_dir / "activities.csv"
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    killed = []
+    with Client(cluster) as client:
+
+        def kill_one_worker() -> None:
+            # Wait until scoring tasks run, then kill one worker process outright.
+            deadline = time.time() + 60
+            while time.time() < deadline and not killed:
+                processing = client.processing()
+                busy = [w for w, keys in processing.items() if any("score_partition" in str(k) for k in keys)]
+                if busy:
+                    pid = client.run(os.getpid, workers=[busy[0]])[busy[0]]
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(busy[0])
+                time.sleep(0.05)
+
+        killer = threading.Thread(target=kill_one_worker)
+        killer.start()
+        run = score_on_dask(client, champion, champion_store, leads_path, acts_path, tmp_path, AS_OF, partitions=12)
+        killer.join()
+    cluster.close()
+    assert killed, "no worker was killed while scoring"
+    single = score_batch(champion, read_table(leads_path), read_table(acts_path), AS_OF)
+    got = pd.read_parquet(tmp_path / "scores")
+    assert run.scored == len(got) == len(single.scored)
+    assert not got["lead_id"].duplicated().any()
+    assert set(got["lead_id"]) == set(single.scored["lead_id"])
