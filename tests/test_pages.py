@@ -95,7 +95,9 @@ def _login(page, url: str, key: str = KEY, target: str = "/ui/digest") -> None:
     page.goto(f"{url}{target}")
     assert "/ui/login" in page.url  # no key yet: the form, not the page
     page.fill("input[name=key]", key)
-    page.click("button[type=submit]")
+    with page.expect_navigation():  # the form posts, then the page it leads to loads in full
+        page.click("button[type=submit]")
+    page.wait_for_load_state("load")
 
 
 def _screenshot(page, name: str) -> None:
@@ -181,13 +183,15 @@ def test_lead_page_shows_what_score_returns(page, server, scores_dir):
     # page's own consistency is checked: it is the pasted lead, scored and explained).
     page.goto(f"{server}/ui/leads")
     page.fill("textarea[name=lead]", json.dumps(body["leads"][0]))
-    page.click("form[action='/ui/leads'] button[type=submit]")
+    with page.expect_navigation():
+        page.click("form[action='/ui/leads'] button[type=submit]")
     assert page.locator("#lead-id").inner_text() == lead_id
     assert re.fullmatch(r"\d+\.\d", page.locator("#score").inner_text())
     assert page.locator("#reasons li").count() > 0
     page.goto(f"{server}/ui/leads")
     page.fill("textarea[name=lead]", '{"lead_id": "x", "employees": "many"}')
-    page.click("form[action='/ui/leads'] button[type=submit]")
+    with page.expect_navigation():
+        page.click("form[action='/ui/leads'] button[type=submit]")
     assert "employees" in page.locator(".error").inner_text()
 
 
@@ -211,7 +215,9 @@ def test_model_page(page, server):
     _login(page, server, target="/ui/model")
     _screenshot(page, "model")
     text = page.locator("main").inner_text()
-    assert CHAMPION_NAME in text and "Qualification criteria" in text and "How each factor moves scores" in text
+    assert CHAMPION_NAME in text
+    assert "Qualification criteria" in text
+    assert "How each factor moves scores" in text, text[-300:]
     assert page.locator("svg").count() >= 2  # importance, calibration, lift
 
 
