@@ -34,7 +34,8 @@ def build_crm_features(
         Features in the order of `leads`, index reset.
     """
     if isinstance(as_of, pd.Timestamp):
-        as_of = pd.Series([as_of] * len(leads))
+        # An empty list would make an object column that cannot take part in date arithmetic.
+        as_of = pd.Series([as_of] * len(leads)) if len(leads) else pd.Series([], dtype="datetime64[ns]")
     as_of = pd.Series(as_of).reset_index(drop=True)
     fit = fit_features(leads, as_of, icp=params.icp, tech_vocabulary=tech_vocabulary)
     engagement = engagement_features(

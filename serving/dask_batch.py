@@ -60,6 +60,47 @@ def _bucket(frame: pd.DataFrame, buckets: int) -> pd.DataFrame:
     return frame.assign(_bucket=[zlib.crc32(k.encode()) % buckets for k in keys])
 
 
+def _features_partition(
+    leads: pd.DataFrame, activities: pd.DataFrame, *, as_of: pd.Timestamp, params, vocabulary, tokens
+) -> pd.DataFrame:
+    """Features of one partition's leads as of a moment: the cleaning and feature code of the
+    single-process path, on the rows of these leads only."""
+    from features.build import build_crm_features
+    from features.ingest import Quarantine, clean_activities, clean_leads
+
+    quarantine = Quarantine()
+    raw = leads.drop(columns="_bucket").reset_index(drop=True)
+    raw.insert(0, "_row", range(len(raw)))
+    clean = clean_leads(raw, quarantine, tokens)
+    clean = clean[clean["created_at"] < as_of].reset_index(drop=True)
+    acts = activities.drop(columns="_bucket").reset_index(drop=True)
+    acts.insert(0, "_row", range(len(acts)))
+    clean_acts = clean_activities(acts, pd.Index(clean["lead_id"]), quarantine)
+    features = build_crm_features(clean, clean_acts, as_of, params, vocabulary)
+    features.insert(0, "lead_id", clean["lead_id"].to_numpy())
+    return features
+
+
+def features_on_dask(leads, activities, as_of: pd.Timestamp, params, vocabulary, *, tokens=("",), partitions: int = 8):
+    """Point-in-time features of every lead as of `as_of`, on dask dataframes of text cells
+    (activity tables larger than memory are read and processed one partition at a time).
+
+    Leads and activities are co-partitioned by lead, so each partition holds a lead's whole
+    history and the windows, recency and decay are those of the single-process code.
+    """
+    leads = leads.map_partitions(_bucket, partitions).shuffle(on="_bucket", npartitions=partitions)
+    activities = activities.map_partitions(_bucket, partitions).shuffle(on="_bucket", npartitions=partitions)
+    options = {"as_of": as_of, "params": params, "vocabulary": list(vocabulary), "tokens": tuple(tokens)}
+    sample = _features_partition(
+        leads.get_partition(0).head(50, npartitions=-1), activities.get_partition(0).head(0, npartitions=-1), **options
+    )
+    import dask.dataframe as dd
+
+    return dd.map_partitions(
+        _features_partition, leads, activities, meta=sample.iloc[:0], align_dataframes=False, **options
+    )
+
+
 def _score_partition(
     leads: pd.DataFrame, activities: pd.DataFrame, *, model_name: str, version: str, uri: str, as_of: pd.Timestamp
 ) -> pd.DataFrame:

@@ -80,3 +80,26 @@ def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(champion, champion
     assert run.scored == len(got) == len(single.scored)
     assert not got["lead_id"].duplicated().any()
     assert set(got["lead_id"]) == set(single.scored["lead_id"])
+
+
+def test_features_on_dask_equal_the_single_process_features(client, small_crm_dir):
+    from features.build import build_crm_features
+    from features.ingest import load_crm
+    from features.params import load_params
+    from serving.dask_batch import features_on_dask, read_frame
+
+    params = load_params()
+    vocabulary = ["salesforce", "hubspot"]
+    got = features_on_dask(read_frame(small_crm_dir / "leads.csv"), read_frame(small_crm_dir / "activities.csv"),
+                           AS_OF, params.features, vocabulary, partitions=5).compute()  # fmt: skip
+    crm = load_crm(small_crm_dir)
+    leads = crm.leads[crm.leads["created_at"] < AS_OF].reset_index(drop=True)
+    want = build_crm_features(leads, crm.activities, AS_OF, params.features, vocabulary)
+    want.insert(0, "lead_id", leads["lead_id"].to_numpy())
+    got, want = got.set_index("lead_id").sort_index(), want.set_index("lead_id").sort_index()
+    assert got.index.equals(want.index) and list(got.columns) == list(want.columns)
+    for column in want.columns:
+        if pd.api.types.is_numeric_dtype(want[column]):
+            np.testing.assert_array_equal(got[column].to_numpy(float), want[column].to_numpy(float), err_msg=column)
+        else:  # spellings are merged per table: the same value, maybe another case
+            assert (got[column].str.casefold().fillna("") == want[column].str.casefold().fillna("")).all(), column
