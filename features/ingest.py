@@ -274,7 +274,7 @@ def clean_activities(raw: pd.DataFrame, known_leads: pd.Index, quarantine: Quara
     return acts[["_row", "lead_id", "occurred_at", "activity_type", "value"]].reset_index(drop=True)
 
 
-def _clean_outcomes(raw: pd.DataFrame, leads: pd.DataFrame, quarantine: Quarantine) -> pd.DataFrame:
+def clean_outcomes(raw: pd.DataFrame, leads: pd.DataFrame, quarantine: Quarantine) -> pd.DataFrame:
     out = raw.copy()
     out["lead_id"] = blank_to_missing(out["lead_id"], ())
     unknown = ~out["lead_id"].isin(leads["lead_id"])
@@ -334,7 +334,7 @@ def load_crm(directory: str | Path, missing_tokens: Iterable[str] = ("",)) -> Cr
     raw_outcomes = read_csv_table(paths["outcomes"], OUTCOME_REQUIRED)
 
     leads = clean_leads(raw_leads, quarantine, missing_tokens)
-    outcomes = _clean_outcomes(raw_outcomes, leads, quarantine)
+    outcomes = clean_outcomes(raw_outcomes, leads, quarantine)
     activities = clean_activities(raw_acts, pd.Index(leads["lead_id"]), quarantine)
     moments = [
         leads["created_at"].max(),

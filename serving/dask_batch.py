@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ def start_client(scheduler: str | None = None):
     (scoring is Python and NumPy: processes, not threads, use the cores)."""
     from distributed import Client, LocalCluster
 
+    logging.getLogger("distributed").setLevel(logging.ERROR)  # its INFO lines would bury the progress
     if scheduler:
         return Client(scheduler)
     workers = os.cpu_count() or 1
@@ -55,7 +57,7 @@ def read_frame(path: Path, *, blocksize: str = "64MB"):
     return dd.read_csv(text, dtype=str, keep_default_na=False, blocksize=blocksize)
 
 
-def _bucket(frame: pd.DataFrame, buckets: int) -> pd.DataFrame:
+def bucket_by_lead(frame: pd.DataFrame, buckets: int) -> pd.DataFrame:
     keys = [k.strip() if isinstance(k, str) else "" for k in frame["lead_id"]]
     return frame.assign(_bucket=[zlib.crc32(k.encode()) % buckets for k in keys])
 
@@ -88,8 +90,8 @@ def features_on_dask(leads, activities, as_of: pd.Timestamp, params, vocabulary,
     Leads and activities are co-partitioned by lead, so each partition holds a lead's whole
     history and the windows, recency and decay are those of the single-process code.
     """
-    leads = leads.map_partitions(_bucket, partitions).shuffle(on="_bucket", npartitions=partitions)
-    activities = activities.map_partitions(_bucket, partitions).shuffle(on="_bucket", npartitions=partitions)
+    leads = leads.map_partitions(bucket_by_lead, partitions).shuffle(on="_bucket", npartitions=partitions)
+    activities = activities.map_partitions(bucket_by_lead, partitions).shuffle(on="_bucket", npartitions=partitions)
     options = {"as_of": as_of, "params": params, "vocabulary": list(vocabulary), "tokens": tuple(tokens)}
     sample = _features_partition(
         leads.get_partition(0).head(50, npartitions=-1), activities.get_partition(0).head(0, npartitions=-1), **options
@@ -132,22 +134,30 @@ def score_on_dask(
     as_of: pd.Timestamp,
     *,
     partitions: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> DaskRun:
     """Score every lead of the inputs on the cluster and write `output/scores/` and
     `output/quarantine/` as partitioned parquet (one file per partition: a task that is run
-    again after a worker dies rewrites its own file, so no row is lost or written twice)."""
+    again after a worker dies rewrites its own file, so no row is lost or written twice).
+
+    `on_progress` is called with (partitions scored, partitions)."""
     import dask.dataframe as dd
+    from distributed import as_completed, futures_of
 
     leads = read_frame(leads_path)
     activities = read_frame(activities_path)
     buckets = partitions or max(leads.npartitions, 2 * len(client.scheduler_info()["workers"]))
-    leads = leads.map_partitions(_bucket, buckets).shuffle(on="_bucket", npartitions=buckets)
-    activities = activities.map_partitions(_bucket, buckets).shuffle(on="_bucket", npartitions=buckets)
+    leads = leads.map_partitions(bucket_by_lead, buckets).shuffle(on="_bucket", npartitions=buckets)
+    activities = activities.map_partitions(bucket_by_lead, buckets).shuffle(on="_bucket", npartitions=buckets)
     meta = pd.DataFrame({c: pd.Series(dtype=str) for c in _columns()})
     results = dd.map_partitions(
         _score_partition, leads, activities, meta=meta, align_dataframes=False,
         model_name=model.name, version=model.version, uri=uri, as_of=as_of,
     ).persist()  # fmt: skip
+    futures = futures_of(results)
+    for done, _ in enumerate(as_completed(futures), start=1):
+        if on_progress:
+            on_progress(done, len(futures))
     scored = results[results[KIND] == "scored"][OUTPUT_COLUMNS].astype(NUMBERS)
     quarantine = results[results[KIND] == "quarantine"][QUARANTINE_COLUMNS]
     scored.to_parquet(output / "scores", write_index=False, overwrite=True)

@@ -103,3 +103,70 @@ def test_features_on_dask_equal_the_single_process_features(client, small_crm_di
             np.testing.assert_array_equal(got[column].to_numpy(float), want[column].to_numpy(float), err_msg=column)
         else:  # spellings are merged per table: the same value, maybe another case
             assert (got[column].str.casefold().fillna("") == want[column].str.casefold().fillna("")).all(), column
+
+
+def test_training_features_on_dask_equal_the_single_process_dataset(client, small_crm_dir):
+    from features.params import load_params
+    from training.dask_train import prepare_crm_on_dask
+    from training.pipeline import prepare_crm
+
+    params = load_params()
+    progress = []
+    got = prepare_crm_on_dask(client, small_crm_dir, params, tuning_rows=10**9, partitions=5,
+                              on_progress=lambda done, total: progress.append((done, total)))  # fmt: skip
+    want = prepare_crm(small_crm_dir, params)
+    assert progress[-1] == (5, 5)
+    kept = (want.split.assignment != "").to_numpy()
+    expected = want.features[kept].reset_index(drop=True)
+    tuning = got.tuning
+    assert list(tuning.features.columns) == list(expected.columns)
+    for column in expected.columns:
+        if pd.api.types.is_numeric_dtype(expected[column]):
+            np.testing.assert_array_equal(tuning.features[column].to_numpy(float), expected[column].to_numpy(float),
+                                          err_msg=column)  # fmt: skip
+        else:
+            assert (tuning.features[column].fillna("") == expected[column].fillna("")).all(), column
+    np.testing.assert_array_equal(tuning.label.to_numpy(), want.label[kept].to_numpy())
+    assert (tuning.split.assignment.to_numpy() == want.split.assignment[kept].to_numpy()).all()
+    np.testing.assert_array_equal(tuning.truth.to_numpy(), want.truth[kept].to_numpy())
+
+    def rows(frame):
+        return sorted(map(tuple, frame.astype(str).to_numpy().tolist()))
+
+    assert rows(tuning.quarantine.frame()) == rows(want.quarantine.frame())
+    assert len(got.features) == kept.sum()  # every kept example stays on the cluster
+
+
+def test_train_on_dask_tunes_on_a_sample_and_fits_everything(client, small_crm_dir, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import mlflow
+
+    from serving.scoring import load_champion
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "COLUMNS": "200"}
+    command = [str(Path(sys.executable).parent / "leadscore"), "train", "--engine", "dask",
+               "--scheduler", client.scheduler.address, "--data", str(small_crm_dir), "--trials", "3",
+               "--tuning-rows", "800", "--partitions", "6",
+               "--metrics-out", str(tmp_path / "metrics.json")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "dashboard http://" in done.stdout and "tuned on 800 of" in done.stdout
+    metrics = pd.read_json(tmp_path / "metrics.json", typ="series")
+    engine = metrics["engine"]
+    assert engine["engine"] == "dask" and engine["tuning_examples"] == 800
+    # The final model saw the whole training and validation periods, not the tuning sample.
+    assert engine["final_fit_examples"] == engine["train_examples"] + metrics["data"]["examples"]["valid"]
+    assert metrics["test"]["roc_auc"] > 0.65 and metrics["model"]["version"] == "1"
+    previous = os.environ["MLFLOW_TRACKING_URI"]
+    os.environ["MLFLOW_TRACKING_URI"] = store
+    try:
+        mlflow.set_tracking_uri(store)
+        model = load_champion("lead-scorer")
+    finally:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
+        mlflow.set_tracking_uri(previous)
+    assert model.scorer.metadata["engine"]["engine"] == "dask"

@@ -167,6 +167,12 @@ def _summary(metrics: dict[str, Any]) -> None:
             "",
         )
     console.print(table)
+    engine = metrics.get("engine") or {}
+    if engine.get("engine") == "dask":
+        console.print(
+            f"Engine: Dask, {engine['workers']} worker(s), {engine['partitions']} partitions; {engine['tuning_note']}; "
+            f"final fit by LightGBM's DaskLGBMClassifier on {engine.get('final_fit_examples', 0):,} examples"
+        )
 
     grades = Table(title="Conversion by grade on the test period")
     for col in ("grade", "share of leads", "conversion"):
@@ -238,8 +244,24 @@ def train(
         str | None,
         typer.Option("--model-name", help="Registered model name (default from params.yaml)"),
     ] = None,
+    engine: Annotated[
+        str,
+        typer.Option("--engine", help="local (one process) or dask (features and final fit on a Dask cluster)"),
+    ] = "local",
+    scheduler: Annotated[
+        str | None, typer.Option("--scheduler", help="Dask scheduler address (default: a LocalCluster)")
+    ] = None,
+    tuning_rows: Annotated[
+        int,
+        typer.Option("--tuning-rows", min=100, help="Dask engine: training examples sampled for Optuna"),
+    ] = 200_000,
+    partitions: Annotated[int | None, typer.Option("--partitions", min=1, help="Dask partitions")] = None,
 ) -> None:
-    """Build features, split by time, tune, train, calibrate, evaluate and register."""
+    """Build features, split by time, tune, train, calibrate, evaluate and register.
+
+    With --engine dask, features are built and the final model is fitted on a Dask cluster
+    (LightGBM's Dask estimator); Optuna tunes on a sample of the training examples.
+    """
     from training.pipeline import (
         ensure_embedded_data,
         prepare_crm,
@@ -253,10 +275,18 @@ def train(
         overrides["tuning.trials"] = trials
     if timeout:
         overrides["tuning.timeout_seconds"] = timeout
+    if engine not in ("local", "dask"):
+        _fail(f"--engine {engine!r}: use local or dask")
+    if engine == "dask" and data is not None and not data.is_dir():
+        _fail("--engine dask trains on a CRM export folder (leads, activities, outcomes); flat CSVs train locally")
     reporter = RichReporter()
+    client = None
+    fit_options: dict[str, Any] = {}
     try:
         params = load_params(params_file, **overrides)
-        if data is None:
+        if engine == "dask":
+            client, dataset, fit_options = _prepare_on_dask(data, params, reporter, scheduler, tuning_rows, partitions)
+        elif data is None:
             source = ensure_embedded_data(params, reporter)
             reporter.stage(f"Loading the embedded dataset ({source})")
             dataset = prepare_crm(source, params)
@@ -282,7 +312,7 @@ def train(
                 reporter.warn(f"quarantined {count:,} {table_name} row(s): {reason}")
         for note in dataset.quarantine.notes:
             reporter.note(note)
-        metrics = train_and_register(dataset, params, reporter, model_name=model_name)
+        metrics = train_and_register(dataset, params, reporter, model_name=model_name, **fit_options)
     except (DataError, ParamsError) as exc:
         _fail(str(exc))
     except typer.Exit:
@@ -291,6 +321,9 @@ def train(
         if os.environ.get("LEADSCORE_DEBUG"):
             raise
         _fail(f"training failed: {type(exc).__name__}: {exc} (set LEADSCORE_DEBUG=1 to see the traceback)")
+    finally:
+        if client is not None:
+            client.close()
     if metrics["data"]["quarantine_file"]:
         reporter.note(f"quarantine: {metrics['data']['quarantine_file']}")
     _summary(metrics)
@@ -301,6 +334,39 @@ def train(
         except OSError as exc:
             _fail(f"cannot write the metrics to {metrics_out}: {exc.strerror or exc}")
         console.print(f"metrics written to {metrics_out}")
+
+
+def _prepare_on_dask(
+    data: Path | None,
+    params: Any,
+    reporter: RichReporter,
+    scheduler: str | None,
+    tuning_rows: int,
+    partitions: int | None,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Start (or reach) the cluster and build the examples' features on it."""
+    from rich.progress import Progress as RichProgress
+
+    from serving.dask_batch import start_client
+    from training.dask_train import dask_final_fit, prepare_crm_on_dask
+    from training.pipeline import ensure_embedded_data
+
+    source = data or ensure_embedded_data(params, reporter)
+    if not source.is_dir():
+        _fail(f"{source}: no such folder")
+    client = start_client(scheduler)
+    workers = len(client.scheduler_info()["workers"])
+    console.print(f"Dask: {workers} worker(s); dashboard {client.dashboard_link}")
+    reporter.stage(f"Loading CRM export {source}; building features on Dask")
+    with RichProgress(console=console) as progress:
+        task = progress.add_task("features (partitions)", total=None)
+        prepared = prepare_crm_on_dask(
+            client, source, params, tuning_rows=tuning_rows, partitions=partitions,
+            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )  # fmt: skip
+    reporter.note(prepared.engine["tuning_note"] + "; the final fit uses all of them on Dask")
+    options = {"final_fit": dask_final_fit(client, prepared, params.tuning.seed), "engine": prepared.engine}
+    return client, prepared.tuning, options
 
 
 @app.command()
@@ -425,6 +491,8 @@ def _score_on_dask(
     partitions: int | None,
 ) -> None:
     """`leadscore score --engine dask`: OUTPUT is a folder of partitioned parquet."""
+    from rich.progress import Progress as RichProgress
+
     from features.schema import TABLE_FILES
     from features.tracking import tracking_uri
     from serving.dask_batch import score_on_dask, start_client
@@ -446,12 +514,14 @@ def _score_on_dask(
         with console.status("Loading the champion model"):
             model = load_champion(model_name or params.mlflow.model_name)
         client = start_client(scheduler)
-        console.print(f"Dask dashboard: {client.dashboard_link}")
         workers = len(client.scheduler_info()["workers"])
-        with console.status(f"Scoring on {workers} Dask worker(s) (progress on the dashboard)"):
+        console.print(f"Dask: {workers} worker(s); dashboard {client.dashboard_link}")
+        with RichProgress(console=console) as progress:
+            task = progress.add_task(f"scoring on {workers} worker(s) (partitions)", total=None)
             run = score_on_dask(
-                client, model, tracking_uri(), source, activities, output, moment, partitions=partitions
-            )
+                client, model, tracking_uri(), source, activities, output, moment, partitions=partitions,
+                on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )  # fmt: skip
         client.close()
     except (DataError, ModelNotReady, ParamsError) as exc:
         _fail(str(exc))

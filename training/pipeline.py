@@ -265,6 +265,8 @@ def train_and_register(
     register: bool = True,
     on_tuned: Callable[[TuningResult], None] | None = None,
     on_test_scores: Callable[[np.ndarray, np.ndarray], dict | None] | None = None,
+    final_fit: Callable[[dict[str, Any], int, bool, Any], Any] | None = None,
+    engine: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Tune, train, calibrate, evaluate and register a model on a prepared dataset.
 
@@ -277,6 +279,10 @@ def train_and_register(
         on_tuned: called with the Optuna tuning result (its study for plots).
         on_test_scores: called with the test-period probabilities and labels; may return
             `criteria` and `grade_bands` to store in the bundle instead of params.yaml's.
+        final_fit: fits the final model elsewhere (the Dask engine) from (tuned parameters,
+            trees, whether validation examples are included, feature spec); by default the
+            examples of `dataset` are fitted in this process.
+        engine: where the run's parts ran (recorded in the metrics, the bundle and MLflow).
 
     Returns:
         The metrics document (also logged to MLflow): test metrics, baselines, Bayes AUC
@@ -342,6 +348,7 @@ def train_and_register(
             {
                 "split": dataset.split.description[:490],
                 "leakage.excluded": ",".join(excluded)[:490] or "none",
+                **{f"engine.{k}": str(v)[:490] for k, v in (engine or {"engine": "local"}).items()},
             }
         )
 
@@ -373,13 +380,13 @@ def train_and_register(
             + ("out-of-fold predictions" if cross_validate else "the validation period")
         )
         started = time.perf_counter()
-        booster = fit_final(
-            frames["fit"],
-            labels["fit"],
-            tuning.best_params,
-            n_estimators=tuning.best_iteration,
-            seed=params.tuning.seed,
-        )
+        if final_fit is not None:
+            booster = final_fit(tuning.best_params, tuning.best_iteration, False, spec)
+        else:
+            booster = fit_final(
+                frames["fit"], labels["fit"], tuning.best_params,
+                n_estimators=tuning.best_iteration, seed=params.tuning.seed,
+            )  # fmt: skip
         if cross_validate:
             calibration_margin = out_of_fold_margins(
                 frames["fit"], labels["fit"], tuning.best_params,
@@ -398,9 +405,12 @@ def train_and_register(
         if not cross_validate and params.tuning.refit_with_validation:
             final_x = pd.concat([frames["fit"], frames["valid"]])
             final_y = np.concatenate([labels["fit"], labels["valid"]])
-            booster = fit_final(
-                final_x, final_y, tuning.best_params, n_estimators=tuning.best_iteration, seed=params.tuning.seed
-            )
+            if final_fit is not None:
+                booster = final_fit(tuning.best_params, tuning.best_iteration, True, spec)
+            else:
+                booster = fit_final(
+                    final_x, final_y, tuning.best_params, n_estimators=tuning.best_iteration, seed=params.tuning.seed
+                )
         timings["train_seconds"] = time.perf_counter() - started
 
         reporter.stage("Evaluating on the test period, with baselines on the same split")
@@ -483,6 +493,7 @@ def train_and_register(
                 "subscore_quantiles": subscores["quantiles"],
                 "criteria": criteria,
                 "leakage_excluded": list(excluded),
+                "engine": engine or {"engine": "local"},
                 "evaluation": test_evaluation(booster, labels["test"], test_probability, sample, grade_bands),
             }
             artifacts = write_bundle_files(tmp_path / "bundle", booster, spec, calibrator, metadata)
@@ -563,6 +574,7 @@ def train_and_register(
             },
             "timings": timings,
             "peak_memory_mb": {**memory, "end_mb": peak_memory_mb()},
+            "engine": engine or {"engine": "local"},
         }
         flat_metrics: dict[str, float] = {}
         _flatten(

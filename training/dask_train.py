@@ -1,0 +1,250 @@
+"""Training on Dask (`leadscore train --engine dask`), for exports whose activity table does
+not fit in one process.
+
+Leads and outcomes (one row per lead) are read and cleaned by the client, so examples, the
+time split and the lead-level quarantine are those of the single-process path. Activities
+stay partitioned on the cluster: they are co-partitioned by lead with the examples and each
+partition's features are built by the single-process code (`build_crm_features`). Optuna
+tunes on a sample of the training examples; LightGBM's own Dask estimator
+(`lightgbm.dask.DaskLGBMClassifier`) fits the final model on all of them with the tuned
+parameters. Calibration and evaluation use every validation and test example.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from operator import getitem
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.build import build_crm_features, crm_feature_groups
+from features.clean import parse_timestamps
+from features.fit import learn_tech_vocabulary
+from features.ingest import (
+    DataError,
+    Quarantine,
+    clean_activities,
+    clean_leads,
+    clean_outcomes,
+    hash_files,
+    read_csv_table,
+)
+from features.params import Params
+from features.schema import ACTIVITY_REQUIRED, LEAD_REQUIRED, OUTCOME_REQUIRED, TABLE_FILES, TRUTH_FILE
+from features.spec import FeatureSpec, to_model_frame
+from serving.dask_batch import bucket_by_lead, read_frame
+from training.examples import build_examples
+from training.pipeline import Dataset
+from training.split import split_by_time
+from training.train import model_params
+
+EXAMPLE, LABEL, PART = "_example", "_label", "_part"
+OTHER_TYPES = re.compile(r"^activities: (\d+) row\(s\) of types outside the contract")
+
+
+@dataclass
+class DaskDataset:
+    """A training set whose full feature matrix lives on the cluster."""
+
+    tuning: Dataset  # the sampled training examples plus every validation and test example
+    features: Any  # dask dataframe: features of every kept example, with EXAMPLE, LABEL, PART
+    engine: dict[str, Any]  # what ran where, for the report and the metrics file
+
+
+def _scan(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows and newest parseable activity time of one partition (a first, cheap pass)."""
+    occurred, _ = parse_timestamps(frame["occurred_at"])
+    return pd.DataFrame({"rows": [len(frame)], "last": [occurred.max()]})
+
+
+def _number_rows(frame: pd.DataFrame, offsets: list[int], partition_info: dict | None = None) -> pd.DataFrame:
+    """The 1-based line number of each activity in its file, as `read_csv_table` gives it."""
+    start = offsets[partition_info["number"]] if partition_info else 0
+    return frame.assign(_row=np.arange(start + 1, start + 1 + len(frame)))
+
+
+def _partition_features(
+    rows: pd.DataFrame, activities: pd.DataFrame, *, params: Any, vocabulary: list[str]
+) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Features of one partition's examples, its activity quarantine and cleaning notes.
+
+    `rows` holds every clean lead of the partition (leads without a kept example have
+    EXAMPLE -1), so an activity is "unknown" exactly when it is in the single-process path.
+    """
+    quarantine = Quarantine()
+    acts = activities.drop(columns="_bucket").reset_index(drop=True)
+    clean = clean_activities(acts, pd.Index(rows["lead_id"].unique()), quarantine)
+    examples = rows[rows[EXAMPLE] >= 0].drop(columns="_bucket").sort_values(EXAMPLE).reset_index(drop=True)
+    leads = examples.drop(columns=[EXAMPLE, LABEL, PART, "as_of"])
+    features = build_crm_features(leads, clean.drop(columns="_row"), examples["as_of"], params, vocabulary)
+    features.insert(0, EXAMPLE, examples[EXAMPLE].to_numpy())
+    features[LABEL] = examples[LABEL].to_numpy()
+    features[PART] = examples[PART].to_numpy()
+    return features, quarantine.frame(), quarantine.notes
+
+
+def _merge_notes(notes: list[str]) -> list[str]:
+    """One note for the other-type activity counts of all partitions; others once each."""
+    total = sum(int(m.group(1)) for n in notes if (m := OTHER_TYPES.match(n)))
+    rest = list(dict.fromkeys(n for n in notes if not OTHER_TYPES.match(n)))
+    merged = [f"activities: {total} row(s) of types outside the contract counted as 'other'"] if total else []
+    return merged + rest
+
+
+def prepare_crm_on_dask(
+    client,
+    directory: Path,
+    params: Params,
+    *,
+    tuning_rows: int,
+    partitions: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> DaskDataset:
+    """Examples and point-in-time features of a CRM export, built on the cluster.
+
+    Args:
+        tuning_rows: at most this many training examples (a uniform sample) go to Optuna,
+            the leakage audit and the baselines; the final fit sees all of them.
+        partitions: buckets the examples and activities are co-partitioned into (default:
+            the activity file's partitions, at least two per worker).
+        on_progress: called with (partitions done, partitions) while features are built.
+    """
+    import dask
+    import dask.dataframe as dd
+    from distributed import as_completed
+
+    started = time.perf_counter()
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"{directory}: not a directory with {', '.join(TABLE_FILES.values())}")
+    paths = {name: directory / file for name, file in TABLE_FILES.items()}
+    quarantine = Quarantine()
+    leads = clean_leads(read_csv_table(paths["leads"], LEAD_REQUIRED), quarantine, params.flat.missing_tokens)
+    outcomes = clean_outcomes(read_csv_table(paths["outcomes"], OUTCOME_REQUIRED), leads, quarantine)
+    leads = leads.drop(columns="_row")
+    if not paths["activities"].is_file():
+        raise DataError(f"{paths['activities']}: file not found")
+    activities = read_frame(paths["activities"])
+    missing = [c for c in ACTIVITY_REQUIRED if c not in activities.columns]
+    if missing:
+        raise DataError(f"{paths['activities'].name}: missing required column(s) {', '.join(missing)}")
+
+    scan = activities.map_partitions(_scan, meta={"rows": "int64", "last": "datetime64[ns]"}).compute()
+    offsets = np.concatenate([[0], np.cumsum(scan["rows"].to_numpy())]).tolist()
+    activities = activities.map_partitions(_number_rows, offsets)
+    moments = [leads["created_at"].max(), scan["last"].max(), outcomes["closed_at"].max()]
+    export_end = max(m for m in moments if pd.notna(m)).ceil("D")
+
+    examples = build_examples(leads, outcomes, export_end, params.features)
+    if examples.empty:
+        raise DataError(f"{directory}: no training examples: the data spans less than one snapshot plus the horizon")
+    split = split_by_time(examples, params.split, params.features.horizon_days)
+    train_leads = leads[leads["lead_id"].isin(examples.loc[split.assignment == "train", "lead_id"])]
+    vocabulary = learn_tech_vocabulary(train_leads, params.features.tech_stack_top_k)
+    kept = examples.assign(**{EXAMPLE: np.arange(len(examples)), PART: split.assignment.to_numpy()})
+    kept = kept[kept[PART] != ""].rename(columns={"label": LABEL})
+    rows = leads.merge(kept, on="lead_id", how="left")
+    rows[EXAMPLE] = rows[EXAMPLE].fillna(-1).astype("int64")
+    rows[LABEL] = rows[LABEL].fillna(0).astype("int64")
+    rows[PART] = rows[PART].fillna("")
+
+    workers = len(client.scheduler_info()["workers"])
+    buckets = partitions or max(activities.npartitions, 2 * workers)
+    lead_rows = dd.from_pandas(rows, npartitions=max(1, min(buckets, len(rows) // 1000 or 1)))
+    lead_rows = lead_rows.map_partitions(bucket_by_lead, buckets).shuffle(on="_bucket", npartitions=buckets)
+    activities = activities.map_partitions(bucket_by_lead, buckets).shuffle(on="_bucket", npartitions=buckets)
+    options = {"params": params.features, "vocabulary": list(vocabulary)}
+    sample_rows = rows[rows[EXAMPLE] >= 0].head(20).assign(_bucket=0)
+    meta, _, _ = _partition_features(sample_rows, activities._meta.assign(_row=0), **options)
+    build = dask.delayed(_partition_features, pure=True)
+    parts = [build(r, a, **options) for r, a in zip(lead_rows.to_delayed(), activities.to_delayed(), strict=True)]
+    running = client.compute(parts)  # futures of (features, quarantine, notes) per partition
+    for done, _ in enumerate(as_completed(running), start=1):
+        if on_progress:
+            on_progress(done, len(running))
+    features = dd.from_delayed([client.submit(getitem, f, 0) for f in running], meta=meta.iloc[:0], verify_meta=False)
+    quarantine.rows.extend(client.gather([client.submit(getitem, f, 1) for f in running]))
+    notes = client.gather([client.submit(getitem, f, 2) for f in running])
+    for note in _merge_notes([n for group in notes for n in group]):
+        quarantine.note(note)
+    del running
+    built = time.perf_counter()
+
+    assignment = split.assignment.to_numpy()
+    train_ids = np.flatnonzero(assignment == "train")
+    rng = np.random.default_rng(params.split.seed)
+    sampled = np.sort(rng.choice(train_ids, size=min(tuning_rows, len(train_ids)), replace=False))
+    wanted = np.sort(np.concatenate([sampled, np.flatnonzero(np.isin(assignment, ["valid", "test"]))]))
+    local = features[features[EXAMPLE].isin(wanted.tolist())].compute().sort_values(EXAMPLE)
+    ids = local[EXAMPLE].to_numpy()
+    truth = None
+    if (directory / TRUTH_FILE).is_file():
+        table = pd.read_csv(directory / TRUTH_FILE, parse_dates=["as_of"])
+        truth = examples.iloc[ids][["lead_id", "as_of"]].merge(table, on=["lead_id", "as_of"], how="left")
+        truth = truth["probability"]
+    sample_note = f"tuned on {len(sampled):,} of {len(train_ids):,} training examples (a uniform sample)"
+    tuning_split = type(split)(
+        assignment=pd.Series(assignment[ids]),
+        description=f"{split.description}; {sample_note}",
+        windows=split.windows,
+        left_out=split.left_out,
+        by_time=True,
+    )
+    feature_frame = local.drop(columns=[EXAMPLE, LABEL, PART]).reset_index(drop=True)
+    tuning = Dataset(
+        kind="crm",
+        features=feature_frame,
+        label=pd.Series(local[LABEL].to_numpy(), name="label"),
+        keys=examples.iloc[ids][["lead_id", "as_of"]].reset_index(drop=True),
+        split=tuning_split,
+        groups=crm_feature_groups(list(feature_frame.columns)),
+        settings={
+            "tech_vocabulary": vocabulary,
+            "features": params.features.model_dump(mode="json"),
+            "missing_tokens": list(params.flat.missing_tokens),
+        },
+        quarantine=quarantine,
+        data_hash=hash_files(paths.values()),
+        source=str(directory),
+        truth=truth,
+        timings={"load_seconds": 0.0, "features_seconds": built - started},
+    )
+    engine = {
+        "engine": "dask",
+        "workers": workers,
+        "partitions": buckets,
+        "dashboard": client.dashboard_link,
+        "train_examples": len(train_ids),
+        "tuning_examples": len(sampled),
+        "tuning_note": sample_note,
+    }
+    return DaskDataset(tuning=tuning, features=features, engine=engine)
+
+
+def dask_final_fit(client, data: DaskDataset, seed: int):
+    """A `final_fit` for `train_and_register`: LightGBM's Dask estimator on every training
+    (and, when asked, validation) example, returning the fitted booster."""
+    from lightgbm.dask import DaskLGBMClassifier
+
+    def fit(hyperparams: dict[str, Any], n_estimators: int, with_valid: bool, spec: FeatureSpec):
+        chosen = data.features[data.features[PART].isin(["train", "valid"] if with_valid else ["train"])]
+        sizes = chosen.map_partitions(len).compute().to_numpy()
+        # LightGBM's Dask estimator refuses an empty part: keep the partitions holding examples.
+        chosen = chosen.partitions[np.flatnonzero(sizes).tolist()]
+        x = chosen.map_partitions(to_model_frame, spec, meta=to_model_frame(data.tuning.features.head(0), spec))
+        y = chosen[LABEL]
+        settings = model_params(hyperparams, seed=seed)
+        settings.pop("n_jobs", None)  # one LightGBM process per worker, with the worker's threads
+        settings["random_state"] = settings.pop("seed")
+        model = DaskLGBMClassifier(client=client, n_estimators=n_estimators, **settings)
+        model.fit(x, y)
+        data.engine["final_fit_examples"] = int(sizes.sum())
+        return model.to_local().booster_
+
+    return fit
