@@ -126,10 +126,9 @@ def _latencies(client, url: str, body: dict, count: int) -> np.ndarray:
     return np.array(times) * 1000
 
 
-def latency(crm, requests: int) -> None:
-    import httpx
-
-    leads = crm.leads[crm.leads["created_at"] < AS_OF].sample(1000, random_state=1)
+def lead_bodies(crm, count: int = 1000) -> list[dict]:
+    """`count` leads of the export open before AS_OF, with their activities, as a CRM sends them."""
+    leads = crm.leads[crm.leads["created_at"] < AS_OF].sample(count, random_state=1)
     acts = crm.activities[crm.activities["lead_id"].isin(leads["lead_id"]) & (crm.activities["occurred_at"] < AS_OF)]
     by_lead = {k: v for k, v in acts.groupby("lead_id")}
     body = []
@@ -161,6 +160,13 @@ def latency(crm, requests: int) -> None:
             ]
         )
         body.append(item)
+    return body
+
+
+def latency(crm, requests: int) -> None:
+    import httpx
+
+    body = lead_bodies(crm)
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true"}
     env.pop("LEADSCORE_API_KEYS", None)
     trivial, trivial_url = _serve("bench.trivial_service:Trivial", env)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,6 +78,33 @@ class FlatData:
     quarantine: Quarantine
     data_hash: str
     source: str
+    id_leaks: dict[str, str] = field(default_factory=dict)  # identifier column -> how it leaks
+
+
+def identifier_leak(values: pd.Series, label: pd.Series, threshold: float) -> str | None:
+    """How an identifier gives the label away, or None: its letters (`W-17` for won,
+    `L-18` for lost) or its number (ids handed out outcome by outcome)."""
+    from sklearn.metrics import roc_auc_score
+
+    y = label.to_numpy()
+    if len(np.unique(y)) < 2:
+        return None
+    text = values.fillna("").astype(str)
+    shape = text.str.replace(r"\d+", "#", regex=True)
+    if 1 < shape.nunique() <= 50:
+        rate = pd.Series(y, index=text.index).groupby(shape).transform("mean")
+        auc = roc_auc_score(y, rate)
+        if auc >= threshold:
+            shown = ", ".join(repr(v) for v in shape.value_counts().index[:3])
+            return f"its letters ({shown}) alone give ROC AUC {auc:.3f}"
+    number = pd.to_numeric(text.str.extract(r"(\d+)", expand=False), errors="coerce")
+    known = number.notna().to_numpy()
+    if known.mean() > 0.9 and number.nunique() > 20 and len(np.unique(y[known])) == 2:
+        auc = roc_auc_score(y[known], number[known])
+        auc = max(auc, 1 - auc)
+        if auc >= threshold:
+            return f"its number, in order, alone gives ROC AUC {auc:.3f}"
+    return None
 
 
 def _label(values: pd.Series, column: str, positive: str | None) -> pd.Series:
@@ -152,8 +179,9 @@ def clean_flat_columns(frame: pd.DataFrame, schema: dict[str, Any]) -> tuple[pd.
     return pd.DataFrame(out, index=frame.index), notes
 
 
-def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams) -> FlatData:
-    """Read a flat CSV export, infer column types, quarantine unusable rows.
+def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, leak_auc: float = 0.85) -> FlatData:
+    """Read a flat CSV export, infer column types, quarantine unusable rows, and check that
+    no identifier gives the label away (`leak_auc`: the ROC AUC that counts as a leak).
 
     Raises:
         DataError: unreadable file, unknown column names, or a label that is not binary.
@@ -161,7 +189,9 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams) -> Fla
     path = Path(path)
     raw, encoding = read_text_csv(path, sep=profile.sep)
     quarantine = Quarantine()
-    if encoding != "utf-8-sig":
+    if encoding.startswith("mixed"):
+        quarantine.note(f"{path.name}: {encoding}")
+    elif encoding != "utf-8-sig":
         quarantine.note(f"{path.name}: not UTF-8, read as {encoding}")
     named = [
         profile.label,
@@ -225,6 +255,12 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams) -> Fla
     for column, why in excluded.items():
         shown = column if not column.startswith("Unnamed:") else f"{column} (no header)"
         quarantine.note(f"column {shown} not used: {why}")
+    identifiers = [c for c, why in excluded.items() if why.startswith("an identifier")]
+    id_leaks = {}
+    for column in [*([profile.id] if profile.id else []), *identifiers]:
+        leak = identifier_leak(raw.loc[keep, column], label[keep].astype(int), leak_auc)
+        if leak:
+            id_leaks[column] = leak
     if profile.drop:
         quarantine.note(f"columns dropped as asked: {', '.join(profile.drop)}")
 
@@ -246,6 +282,7 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams) -> Fla
         quarantine=quarantine,
         data_hash=hash_files([path]),
         source=str(path),
+        id_leaks=id_leaks,
     )
 
 

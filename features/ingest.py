@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,27 +135,73 @@ def as_of_view(crm: CrmData, moment: pd.Timestamp) -> CrmData:
     )
 
 
+MAX_HEADER_BYTES = 1 << 20  # a header line longer than this is not an export's
+MAX_COLUMNS = 5_000
+MAX_CELL_CHARS = 100_000
+
+
+def _decode(data: bytes) -> tuple[str, str]:
+    """UTF-8 text; lines that are not UTF-8 (a legacy export pasted into a new one) are read
+    as Windows-1252/Latin-1, each on its own, and counted in the description."""
+    try:
+        return data.decode("utf-8-sig"), "utf-8-sig"
+    except UnicodeDecodeError:
+        pass
+    lines, legacy = [], []
+    for number, line in enumerate(data.removeprefix(b"\xef\xbb\xbf").split(b"\n"), start=1):
+        try:
+            lines.append(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            legacy.append(number)
+            try:
+                lines.append(line.decode("cp1252"))
+            except UnicodeDecodeError:
+                lines.append(line.decode("latin-1"))
+    if len(legacy) == len(lines) or len(legacy) >= 0.9 * max(len(lines) - 1, 1):
+        return "\n".join(lines), "latin-1"
+    shown = ", ".join(map(str, legacy[:5])) + (" ..." if len(legacy) > 5 else "")
+    return "\n".join(lines), f"mixed encodings: {len(legacy)} line(s) not UTF-8, read as Windows-1252 (line {shown})"
+
+
+def _check_header(path: Path, sep: str) -> None:
+    with path.open("rb") as handle:
+        header = handle.readline(MAX_HEADER_BYTES + 1)
+    if len(header) > MAX_HEADER_BYTES:
+        raise DataError(f"{path}: the header line is longer than {MAX_HEADER_BYTES:,} bytes; not a CRM export")
+    columns = header.count(sep.encode()) + 1
+    if columns > MAX_COLUMNS:
+        raise DataError(f"{path}: {columns:,} columns in the header; at most {MAX_COLUMNS:,} are read")
+
+
 def read_text_csv(path: Path, *, sep: str = ",") -> tuple[pd.DataFrame, str]:
-    """Read every cell as text (UTF-8 first, then Latin-1 for legacy Excel exports).
+    """Read every cell as text (UTF-8, with legacy Latin-1 lines decoded on their own).
 
     Returns:
-        The frame and the encoding that worked.
+        The frame and the encoding that worked (or a description of mixed encodings).
 
     Raises:
-        DataError: the file is missing, empty or not a CSV with this separator.
+        DataError: the file is missing, empty, not a CSV with this separator (broken quoting
+            included), has an absurd header (over `MAX_COLUMNS` columns or `MAX_HEADER_BYTES`),
+            or a cell over `MAX_CELL_CHARS` characters (named by row and column).
     """
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    for encoding in ("utf-8-sig", "latin-1"):
-        try:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep, encoding=encoding)
-        except UnicodeDecodeError:
-            continue
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
-            raise DataError(f"{path}: cannot read as CSV with separator {sep!r} ({exc})") from exc
-        frame.columns = [str(c).strip() for c in frame.columns]
-        return frame, encoding
-    raise DataError(f"{path}: not readable as UTF-8 or Latin-1 text")
+    _check_header(path, sep)
+    try:
+        text, encoding = _decode(path.read_bytes())
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, sep=sep)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
+        raise DataError(f"{path}: cannot read as CSV with separator {sep!r} ({exc})") from exc
+    frame.columns = [str(c).strip() for c in frame.columns]
+    for column in frame.columns:
+        lengths = frame[column].str.len()
+        if len(lengths) and lengths.max() > MAX_CELL_CHARS:
+            row = int(lengths.to_numpy().argmax())
+            raise DataError(
+                f"{path}: row {row + 1}, column {column!r} holds {int(lengths.iloc[row]):,} characters "
+                f"(at most {MAX_CELL_CHARS:,}); a broken quote or a pasted document?"
+            )
+    return frame, encoding
 
 
 def read_csv_table(path: Path, required: Iterable[str], *, sep: str = ",") -> pd.DataFrame:

@@ -3,6 +3,7 @@ store under the project's models/ folder."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -27,3 +28,36 @@ def artifact_root() -> str | None:
     if uri.startswith("sqlite:///"):
         return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
     return None
+
+
+def local_store_folder() -> Path | None:
+    """The folder of a sqlite tracking store (database and artifacts), None for a server."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).parent
+    return None
+
+
+def check_writable(folder: Path, *, what: str, probe_bytes: int = 1 << 20) -> None:
+    """Fail early, with the reason, when `folder` cannot take new files: a read-only
+    filesystem, missing permissions or a full disk (a probe file of `probe_bytes` is written
+    and removed), instead of an error from deep inside a long run.
+
+    Raises:
+        OSError: with a message naming the folder and the reason.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{os.getpid()}"
+        try:
+            with probe.open("wb") as handle:
+                handle.write(b"\0" * probe_bytes)
+                handle.flush()
+                os.fsync(handle.fileno())
+        finally:
+            probe.unlink(missing_ok=True)
+    except OSError as exc:
+        reason = {errno.EROFS: "the filesystem is read-only", errno.ENOSPC: "the disk is full",
+                  errno.EACCES: "permission denied", errno.EDQUOT: "the disk quota is exceeded"}.get(
+            exc.errno, exc.strerror or str(exc))  # fmt: skip
+        raise OSError(exc.errno, f"cannot write {what} in {folder}: {reason}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from http.cookies import CookieError, SimpleCookie
@@ -128,3 +129,51 @@ class BodySizeGuard:
             return message
 
         await self.app(scope, limited, send)
+
+
+class JsonBodyGuard:
+    """415 for a body on the JSON APIs that is declared as anything but JSON (BentoML would
+    try to parse e.g. `multipart/form-data` without a boundary and answer 500)."""
+
+    def __init__(self, app: ASGIApp, paths: frozenset[str]) -> None:
+        self.app = app
+        self.paths = paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
+            declared = dict(scope.get("headers") or []).get(b"content-type", b"application/json")
+            media = declared.split(b";", 1)[0].strip().lower()
+            if media not in (b"application/json", b""):
+                await reply(send, 415, f"send the body as application/json, not {media.decode('latin-1')[:80]}")
+                return
+        await self.app(scope, receive, send)
+
+
+class RedactValidationErrors(logging.Filter):
+    """BentoML logs a rejected body's pydantic error with its traceback, whose text quotes the
+    input (a lead's e-mail, name, phone): log where and why instead, never the values, as a
+    warning (a client's mistake is not a server error)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is None:
+            return True
+        if type(error).__name__ == "ValidationError" and hasattr(error, "errors"):
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['type']}" for e in error.errors(include_input=False)[:10]
+            )
+        elif getattr(getattr(error, "error_code", None), "value", 500) < 500:
+            problems = str(error)[:500]  # the service's own 4xx texts name a field and a position
+        else:
+            return True
+        record.msg = f"{record.getMessage()} rejected: {problems}"
+        record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def redact_request_errors() -> None:
+    """Attach `RedactValidationErrors` to the logger BentoML reports request errors on."""
+    logging.getLogger("bentoml._internal.server.http_app").addFilter(RedactValidationErrors())

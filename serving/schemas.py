@@ -6,9 +6,30 @@ import datetime as dt
 from typing import Annotated, Any
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
 Text = Annotated[str, Field(max_length=500)]
+# As the spec says: a number is not a boolean and `"yes"` is not `true` (pydantic's lax mode
+# would take both).
+Number = Annotated[float, Strict()]
+Flag = Annotated[bool, Strict()]
+FIRST_YEAR, LAST_YEAR = 1900, 2200  # the moments an export can hold (see features.clean.parse_timestamps)
+
+
+def _text_moment(value: Any) -> Any:
+    # The spec says an ISO 8601 string; pydantic would also read a number as a Unix time.
+    if not isinstance(value, (str, dt.datetime)):
+        raise ValueError("expected an ISO 8601 date-time string")
+    return value
+
+
+def _plausible(moment: dt.datetime) -> dt.datetime:
+    if not FIRST_YEAR <= moment.year <= LAST_YEAR:
+        raise ValueError(f"year {moment.year} is outside {FIRST_YEAR}-{LAST_YEAR}")
+    return moment
+
+
+Moment = Annotated[dt.datetime, BeforeValidator(_text_moment), AfterValidator(_plausible)]
 
 
 class _Strict(BaseModel):
@@ -19,9 +40,9 @@ class _Strict(BaseModel):
 class Activity(_Strict):
     """One touch of the lead: a web visit, a demo request, an e-mail click, ..."""
 
-    occurred_at: dt.datetime
+    occurred_at: Moment
     activity_type: str = Field(min_length=1, max_length=64, examples=["demo_request"])
-    value: float | None = None
+    value: Number | None = None
 
 
 class Lead(_Strict):
@@ -30,14 +51,14 @@ class Lead(_Strict):
     missing is a value the model knows."""
 
     lead_id: str = Field(min_length=1, max_length=128)
-    created_at: dt.datetime | None = None
+    created_at: Moment | None = None
     industry: Text | None = None
     country: Text | None = None
     seniority: Text | None = None
     department: Text | None = None
     lead_source: Text | None = None
-    employees: float | None = Field(default=None, ge=0)
-    annual_revenue: float | None = Field(default=None, ge=0)
+    employees: Number | None = Field(default=None, ge=0)
+    annual_revenue: Number | None = Field(default=None, ge=0)
     budget: Text | None = None
     authority: Text | None = None
     need: Text | None = None
@@ -49,10 +70,10 @@ class Lead(_Strict):
     phone: Text | None = None
     company: Text | None = None
     owner: Text | None = None
-    do_not_contact: bool | None = None
-    sales_accepted: bool | None = None
+    do_not_contact: Flag | None = None
+    sales_accepted: Flag | None = None
     activities: list[Activity] = Field(default_factory=list, max_length=20_000)
-    fields: dict[Annotated[str, Field(max_length=200)], str | float | bool | None] | None = Field(
+    fields: dict[Annotated[str, Field(max_length=200)], str | Number | Flag | None] | None = Field(
         default=None, description="Flat-CSV models: the export's columns by name"
     )
 

@@ -97,9 +97,11 @@ def champion_version(model_name: str, alias: str = CHAMPION) -> str:
     try:
         return str(MlflowClient().get_model_version_by_alias(model_name, alias).version)
     except MlflowException as exc:
-        raise ModelNotReady(
-            f"no model registered as {model_name}@{alias} in {tracking_uri()}; run `leadscore train` first"
-        ) from exc
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            raise ModelNotReady(
+                f"no model registered as {model_name}@{alias} in {tracking_uri()}; run `leadscore train` first"
+            ) from exc
+        raise ModelNotReady(f"registry {tracking_uri()} unreachable or failing: {str(exc)[:300]}") from exc
     except Exception as exc:  # a tracking server that is down must not take the service with it
         raise ModelNotReady(f"registry {tracking_uri()} unreachable: {type(exc).__name__}: {exc}") from exc
 

@@ -15,17 +15,28 @@ from typing import NamedTuple
 import bentoml
 import numpy as np
 import pandas as pd
-from bentoml.exceptions import InvalidArgument, ServiceUnavailable
+from bentoml.exceptions import ServiceUnavailable
 from fastapi import FastAPI, HTTPException
-from pydantic import Field, TypeAdapter
+from pydantic import Field, TypeAdapter, ValidationError
+from pydantic_core import PydanticCustomError
 from starlette.responses import Response
 
 from features.params import load_params
 from features.reasons import plain_name
 from serving import pages
-from serving.guards import ApiKeyGuard, BodySizeGuard, reply
+from serving.guards import ApiKeyGuard, BodySizeGuard, JsonBodyGuard, redact_request_errors, reply
 from serving.onelead import OneLeadScorer
-from serving.schemas import Contribution, Explanation, Lead, LeadScore, leads_to_flat, leads_to_frames, utc_naive
+from serving.openapi import MODEL_ROUTES, SpecRoute, documented_spec
+from serving.schemas import (
+    Contribution,
+    Explanation,
+    Lead,
+    LeadScore,
+    Moment,
+    leads_to_flat,
+    leads_to_frames,
+    utc_naive,
+)
 from serving.scoring import (
     InvalidLeads,
     LoadedModel,
@@ -40,12 +51,12 @@ from serving.scoring import (
 )
 
 logger = logging.getLogger("leadscore.service")
+redact_request_errors()
 PARAMS = load_params()
 MODEL_NAME_ENV = "LEADSCORE_MODEL_NAME"
 extra = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 # Why the worker has no model, for the readiness guard (BentoML hides the text of 5xx errors).
 NOT_READY: dict[str, str] = {"reason": "starting"}
-MODEL_ROUTES = frozenset({"/score", "/explain", "/model"})
 
 
 class ReadinessGuard:
@@ -77,6 +88,15 @@ class Live(NamedTuple):
     model: LoadedModel
     one_lead: OneLeadScorer
     loaded_at: str
+
+
+def _bad_request(problems: list[tuple[tuple, str]]) -> ValidationError:
+    """A 400 in the shape of every other validation error: {"error", "detail": [{loc, msg, type}]}."""
+    return ValidationError.from_exception_data(
+        "Input",
+        [{"type": PydanticCustomError("invalid_lead", "{reason}", {"reason": text}), "loc": loc, "input": None}
+         for loc, text in problems],
+    )  # fmt: skip
 
 
 def _moment(as_of: dt.datetime | None) -> pd.Timestamp:
@@ -143,27 +163,27 @@ class LeadScoring:
             raise ServiceUnavailable(f"no model loaded: {self.not_ready}")
         return live
 
-    def _prepare(self, model: LoadedModel, leads: list[Lead], as_of: pd.Series):
+    def _prepare(self, model: LoadedModel, leads: list[Lead], as_of: pd.Series, field: str = "leads"):
         if model.kind == "flat":
             features, context, _ = prepare_flat_rows(model, leads_to_flat(leads))
             return features, context
-        missing = [
-            f"leads[{i}].created_at: required by this model" for i, lead in enumerate(leads) if lead.created_at is None
-        ]
+        at = (lambda i: (field, i)) if field == "leads" else (lambda i: (field,))
+        missing = [((*at(i), "created_at"), "required by this model") for i, lead in enumerate(leads)
+                   if lead.created_at is None]  # fmt: skip
         if missing:
-            raise InvalidArgument("; ".join(missing))
+            raise _bad_request(missing)
         frame, activities = leads_to_frames(leads)
         try:
             features, context, _, _ = prepare_crm_leads(model, frame, activities, as_of)
         except InvalidLeads as exc:
-            raise InvalidArgument(str(exc)) from None
+            raise _bad_request([((field,), problem) for problem in exc.problems]) from None
         return features, context
 
     @bentoml.api(route="/score")
     def score(
         self,
         leads: list[Lead] = Field(min_length=1, max_length=PARAMS.service.max_batch),
-        as_of: dt.datetime | None = Field(default=None, description="Score as of this moment (default: now)"),
+        as_of: Moment | None = Field(default=None, description="Score as of this moment (default: now)"),
     ) -> list[LeadScore]:
         """Score up to `service.max_batch` leads; the answer keeps their order."""
         live = self._require_live()
@@ -180,11 +200,11 @@ class LeadScoring:
         return _json(scored.replace({np.nan: None}).to_dict(orient="records"))
 
     @bentoml.api(route="/explain")
-    def explain(self, lead: Lead, as_of: dt.datetime | None = None) -> Explanation:
+    def explain(self, lead: Lead, as_of: Moment | None = None) -> Explanation:
         """Every feature's contribution for one lead (log-odds and score points), and the base value."""
         model = self._require_live().model
         moments = _as_of([lead], as_of)
-        features, _ = self._prepare(model, [lead], moments)
+        features, _ = self._prepare(model, [lead], moments, field="lead")
         contributions, base = explain_frame(model, features)
         margin = contributions.sum(axis=1)
         calibrate = model.scorer.calibrator.apply
@@ -252,7 +272,7 @@ class LeadScoring:
     @extra.get("/docs")
     def openapi(self) -> dict:
         """The OpenAPI spec of this service (also at /docs.json)."""
-        return LeadScoring.openapi_spec.asdict()
+        return SPEC
 
 
 # BentoML derives a response's media type from the output model's JSON schema, which it
@@ -260,7 +280,11 @@ class LeadScoring:
 for _api in LeadScoring.apis.values():
     _api.output_spec.media_type = "application/json"
 
+SPEC = documented_spec(LeadScoring.openapi_spec.asdict())
+
 # Outermost first: size, then key, then readiness (its reason is for authenticated callers).
 LeadScoring.add_asgi_middleware(BodySizeGuard, max_bytes=PARAMS.service.max_body_bytes)
 LeadScoring.add_asgi_middleware(ApiKeyGuard)
 LeadScoring.add_asgi_middleware(ReadinessGuard)
+LeadScoring.add_asgi_middleware(JsonBodyGuard, paths=frozenset({"/score", "/explain"}))
+LeadScoring.add_asgi_middleware(SpecRoute, spec=SPEC)

@@ -19,6 +19,7 @@ from features.flat import FlatProfile, load_profile
 from features.ingest import DataError
 from features.params import ParamsError, load_params
 from features.synthetic import generate_crm, write_crm
+from features.tracking import check_writable
 
 app = typer.Typer(
     help="Predictive lead scoring: generate data, train, register.",
@@ -283,6 +284,7 @@ def train(
     client = None
     fit_options: dict[str, Any] = {}
     try:
+        _check_model_folders()
         params = load_params(params_file, **overrides)
         if engine == "dask":
             client, dataset, fit_options = _prepare_on_dask(data, params, reporter, scheduler, tuning_rows, partitions)
@@ -315,6 +317,8 @@ def train(
         metrics = train_and_register(dataset, params, reporter, model_name=model_name, **fit_options)
     except (DataError, ParamsError) as exc:
         _fail(str(exc))
+    except OSError as exc:
+        _fail(exc.strerror or str(exc))
     except typer.Exit:
         raise
     except Exception as exc:  # an unexpected failure still gets a one-line message
@@ -334,6 +338,16 @@ def train(
         except OSError as exc:
             _fail(f"cannot write the metrics to {metrics_out}: {exc.strerror or exc}")
         console.print(f"metrics written to {metrics_out}")
+
+
+def _check_model_folders() -> None:
+    """A read-only or full models/ (or store folder) is reported before a long run, not after."""
+    from features.tracking import MODELS_DIR, local_store_folder
+
+    store = local_store_folder()
+    if store is not None:
+        check_writable(store, what="the MLflow store (runs and registered models)")
+    check_writable(MODELS_DIR, what="models/ (embedded data, quarantine files)")
 
 
 def _prepare_on_dask(
@@ -374,10 +388,10 @@ def openapi(
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the spec")] = Path("docs/openapi.json"),
 ) -> None:
     """Write the scoring API's OpenAPI spec (the same document GET /docs serves)."""
-    from serving.service import LeadScoring
+    from serving.service import SPEC
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(LeadScoring.openapi_spec.asdict(), indent=2, sort_keys=True) + "\n")
+    output.write_text(json.dumps(SPEC, indent=2, sort_keys=True) + "\n")
     console.print(f"OpenAPI spec written to {output}")
 
 
@@ -441,10 +455,16 @@ def score(
 
     from serving.batch import read_leads, score_batch, write_table
     from serving.scoring import ModelNotReady, load_champion
-    from serving.snapshots import write_snapshot
+    from serving.snapshots import scores_dir, write_snapshot
 
     _quiet_libraries()
     params = load_params()
+    try:
+        check_writable(output.resolve().parent, what="the scores", probe_bytes=1 << 16)
+        if snapshot:
+            check_writable(scores_dir(), what="the scoring snapshot for the pages (LEADSCORE_SCORES_DIR)")
+    except OSError as exc:
+        _fail(exc.strerror or str(exc))
     try:
         moment = pd_timestamp(as_of)
         with console.status("Loading the champion model"):
@@ -555,6 +575,7 @@ def recalibrate(
 
     _quiet_libraries()
     try:
+        _check_model_folders()
         params = load_params()
         moment = pd_timestamp(as_of) if as_of else None
         summary = run_recalibration(
@@ -563,6 +584,8 @@ def recalibrate(
         )  # fmt: skip
     except (RecalibrationError, DataError, ParamsError) as exc:
         _fail(str(exc))
+    except OSError as exc:
+        _fail(f"recalibration stopped, the champion is unchanged: {exc.strerror or exc}")
     except Exception as exc:  # e.g. the tracking server down half-way: the champion is untouched
         if os.environ.get("LEADSCORE_DEBUG"):
             raise

@@ -31,6 +31,7 @@ from features.schema import TRUTH_FILE
 from features.spec import learn_spec, to_model_frame
 from features.synthetic import generate_crm, write_crm
 from features.tracking import MODELS_DIR, artifact_root, tracking_uri
+from serving.batch import safe_for_spreadsheets
 from training.baselines import fit_baselines
 from training.calibrate import choose_calibrator
 from training.evaluate import classification_metrics, conversion_by_grade, lift_by_decile, test_evaluation
@@ -92,6 +93,7 @@ class Dataset:
     source: str
     truth: pd.Series | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    id_leaks: dict[str, str] = field(default_factory=dict)  # identifiers that give the label away
 
 
 def peak_memory_mb() -> float:
@@ -191,7 +193,7 @@ def prepare_crm(
 def prepare_flat(path: Path, profile: FlatProfile, params: Params) -> Dataset:
     """Load a flat export (one row per lead) and split it by time or stratified."""
     started = time.perf_counter()
-    flat = load_flat(path, profile, params.flat)
+    flat = load_flat(path, profile, params.flat, leak_auc=params.leakage.max_single_column_auc)
     if flat.times is not None:
         examples = pd.DataFrame({"lead_id": flat.ids, "as_of": flat.times})
         split = split_by_time(examples, params.split, horizon_days=0)
@@ -210,6 +212,7 @@ def prepare_flat(path: Path, profile: FlatProfile, params: Params) -> Dataset:
         data_hash=flat.data_hash,
         source=str(path),
         timings={"load_seconds": time.perf_counter() - started, "features_seconds": 0.0},
+        id_leaks=flat.id_leaks,
     )
 
 
@@ -318,6 +321,10 @@ def train_and_register(
         action = "left out of the model" if params.leakage.action == "exclude" else "kept (leakage.action: warn)"
         reporter.warn(f"Leakage: {row['column']!r} alone gives ROC AUC {row['auc']:.3f}; {action}")
     excluded = tuple(flagged) if params.leakage.action == "exclude" else ()
+    for column, why in dataset.id_leaks.items():
+        # Never a feature, but the export is suspect: its rows may be ordered or named by outcome.
+        reporter.warn(f"Leakage: identifier {column!r} gives the label away: {why}; it is never a feature")
+        flagged.append(column)
 
     spec = learn_spec(
         dataset.features[train_mask],
@@ -457,7 +464,7 @@ def train_and_register(
             lift = lift_by_decile(labels["test"], test_probability)
             lift.to_csv(tmp_path / "lift_by_decile.csv", index=False)
             mlflow.log_artifact(str(tmp_path / "lift_by_decile.csv"))
-            audit.to_csv(tmp_path / "leakage_audit.csv", index=False)
+            safe_for_spreadsheets(audit).to_csv(tmp_path / "leakage_audit.csv", index=False)
             mlflow.log_artifact(str(tmp_path / "leakage_audit.csv"))
             quarantine = dataset.quarantine.frame()
             quarantine_path = None
@@ -465,7 +472,8 @@ def train_and_register(
                 target = quarantine_dir or (MODELS_DIR / "quarantine")
                 target.mkdir(parents=True, exist_ok=True)
                 quarantine_path = target / f"quarantine-{run.info.run_id}.csv"
-                quarantine.to_csv(quarantine_path, index=False)
+                # Rows are quoted back as they came: a `=cmd|...` cell must stay text in Excel.
+                safe_for_spreadsheets(quarantine).to_csv(quarantine_path, index=False)
                 mlflow.log_artifact(str(quarantine_path))
 
             windows = dataset.split.windows

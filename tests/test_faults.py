@@ -1,0 +1,142 @@
+"""Faults: the tracking server stops under a running service, training is killed half-way,
+models/ is read-only or full. Nothing is lost and every failure says what happened."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.test_service import CHAMPION_NAME, _free_port, _request, _start, _stop
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+AS_OF = "2025-12-20T12:00:00"
+
+
+def _copy_store(store: str, tmp_path: Path) -> str:
+    """A copy of the test champion's sqlite store (artifacts stay where the original has them)."""
+    copy = tmp_path / "mlflow.db"
+    shutil.copy(store.removeprefix("sqlite:///"), copy)
+    return f"sqlite:///{copy}"
+
+
+def _registry(store: str) -> tuple[list[str], dict[str, str]]:
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    versions = sorted(v.version for v in client.search_model_versions(f"name='{CHAMPION_NAME}'"))
+    return versions, dict(client.get_registered_model(CHAMPION_NAME).aliases)
+
+
+@contextmanager
+def _mlflow_server(store: str, tmp_path: Path):
+    port = _free_port()
+    log = (tmp_path / "mlflow-server.log").open("w")
+    process = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", store, "--host", "127.0.0.1",
+                                "--port", str(port), "--workers", "1"],
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    else:
+        _stop(process)
+        raise RuntimeError(f"mlflow server did not start: {(tmp_path / 'mlflow-server.log').read_text()[-2000:]}")
+    try:
+        yield url, process
+    finally:
+        _stop(process)
+
+
+def test_the_service_keeps_scoring_when_the_tracking_server_stops(champion_store, small_crm_dir, tmp_path):
+    from features.ingest import load_crm
+
+    crm = load_crm(small_crm_dir)
+    open_ids = crm.outcomes.loc[crm.outcomes["status"] == "open", "lead_id"]
+    leads = crm.leads[crm.leads["lead_id"].isin(open_ids)].head(5).reset_index(drop=True)
+    body = _request(leads, crm.activities[crm.activities["lead_id"].isin(leads["lead_id"])])
+    store = _copy_store(champion_store, tmp_path)
+    with _mlflow_server(store, tmp_path) as (tracking, mlflow_process):
+        # No retry storm against a dead server: each registry call fails within seconds.
+        quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+        service, url, log = _start(tracking, None, log_dir=tmp_path, env_extra=quick)
+        try:
+            before = httpx.post(f"{url}/score", json=body, timeout=60)
+            assert before.status_code == 200, before.text
+            version = httpx.get(f"{url}/model").json()["version"]
+            _stop(mlflow_process)
+            with pytest.raises(httpx.HTTPError):
+                httpx.get(f"{tracking}/health", timeout=2)
+            after = httpx.post(f"{url}/score", json=body, timeout=60)
+            assert after.status_code == 200 and after.json() == before.json()
+            reload = httpx.post(f"{url}/reload", timeout=60).json()
+            assert reload["changed"] is False and reload["live_version"] == version
+            assert "unreachable" in reload["error"]
+            assert httpx.get(f"{url}/readyz").status_code == 200
+            assert httpx.get(f"{url}/model").json()["version"] == version
+        finally:
+            _stop(service)
+    assert "Traceback" not in log.read_text()
+
+
+def test_training_killed_half_way_leaves_the_registry_as_it_was(champion_store, small_crm_dir, tmp_path):
+    store = _copy_store(champion_store, tmp_path)
+    before = _registry(store)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([str(BIN / "leadscore"), "train", "--data", str(small_crm_dir), "--trials", "200",
+                                "--timeout", "600", "--model-name", CHAMPION_NAME],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)  # fmt: skip
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if "Tuning LightGBM" in line:
+            time.sleep(3)  # some trials logged to MLflow, nothing registered yet
+            os.killpg(process.pid, signal.SIGKILL)
+            break
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, "".join(seen)
+    assert _registry(store) == before
+
+
+@contextmanager
+def _mounted(folder: Path, options: str):
+    """A tmpfs at `folder` (root only): read-only, or tiny to stand for a full disk."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+@pytest.mark.parametrize(("options", "reason"), [("ro", "read-only"), ("size=64k", "the disk is full")])
+def test_a_read_only_or_full_models_folder_is_a_clear_error(small_crm_dir, tmp_path, options, reason):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only or full filesystem needs root (CI runs as root)")
+    with _mounted(tmp_path / "models", options) as folder:
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}", "COLUMNS": "200",
+               "LEADSCORE_SCORES_DIR": str(folder / "scores")}  # fmt: skip
+        train = subprocess.run([str(BIN / "leadscore"), "train", "--data", str(small_crm_dir), "--trials", "2"],
+                               env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        score = subprocess.run([str(BIN / "leadscore"), "score", str(small_crm_dir), "-o", str(folder / "s.csv")],
+                               env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    for done in (train, score):
+        text = done.stdout + done.stderr
+        assert done.returncode == 1, text
+        assert reason in text and str(folder) in text.replace("\n", ""), text
+        assert "Traceback" not in text

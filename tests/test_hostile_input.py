@@ -1,0 +1,152 @@
+"""Hostile input: files crafted to break training, bodies crafted to break the service."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.ingest import MAX_CELL_CHARS, MAX_COLUMNS, DataError, read_text_csv
+
+LEADSCORE = str(Path(sys.executable).parent / "leadscore")
+
+
+def _flat(rows: int = 400, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    score = rng.normal(size=rows)
+    return pd.DataFrame(
+        {
+            "lead_no": [f"L{i:05d}" for i in range(rows)],
+            "visits": rng.poisson(3, rows) + (score > 0.5),
+            "source": rng.choice(["web", "event", "partner"], rows),
+            "converted": (score + rng.normal(scale=0.8, size=rows) > 0.8).astype(int),
+        }
+    )
+
+
+def test_broken_quoting_is_a_clear_error(tmp_path):
+    path = tmp_path / "broken.csv"
+    path.write_text('id,note,label\n1,"fine",1\n2,"never closed,0\n3,ok,1\n')
+    with pytest.raises(DataError, match=r"broken\.csv: cannot read as CSV"):
+        read_text_csv(path)
+
+
+def test_a_million_column_header_is_refused_without_reading_the_file(tmp_path):
+    path = tmp_path / "wide.csv"
+    with path.open("w") as handle:
+        handle.write(",".join(f"c{i}" for i in range(1_000_000)) + "\n")
+        handle.write(",".join("1" for _ in range(1_000_000)) + "\n")
+    with pytest.raises(DataError, match="header"):
+        read_text_csv(path)
+    narrow = tmp_path / "narrower.csv"
+    narrow.write_text(",".join(f"c{i}" for i in range(MAX_COLUMNS + 1)) + "\n")
+    with pytest.raises(DataError, match=f"{MAX_COLUMNS + 1:,} columns"):
+        read_text_csv(narrow)
+
+
+def test_a_huge_field_is_named_by_row_and_column(tmp_path):
+    path = tmp_path / "huge.csv"
+    frame = _flat(5)
+    frame.loc[3, "source"] = "x" * (MAX_CELL_CHARS + 1)
+    frame.to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"row 4, column 'source'"):
+        read_text_csv(path)
+
+
+def test_mixed_encodings_are_read_line_by_line_and_reported(tmp_path):
+    path = tmp_path / "mixed.csv"
+    lines = ["id,city,label", "1,Zürich,1", "2,Malmö,0", "3,Paris,1"]
+    data = "\n".join(lines[:2]).encode("utf-8") + b"\n" + lines[2].encode("cp1252") + b"\n" + lines[3].encode() + b"\n"
+    path.write_bytes(data)
+    frame, encoding = read_text_csv(path)
+    assert frame["city"].tolist() == ["Zürich", "Malmö", "Paris"]
+    assert "1 line(s) not UTF-8" in encoding and "line 3" in encoding
+
+
+def _train(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "COLUMNS": "200"}
+    return subprocess.run([LEADSCORE, "train", *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.slow
+def test_formula_cells_are_data_and_an_id_leaking_the_label_is_caught(tmp_path):
+    frame = _flat(600, seed=3)
+    # An id that spells the outcome, as exports built from "won"/"lost" lists do.
+    frame["account_code"] = np.where(frame["converted"] == 1, "W-", "L-") + frame["lead_no"]
+    marker = tmp_path / "pwned"
+    frame["source"] = frame["source"].where(frame.index % 7 != 0, f"=cmd|' /C touch {marker}'!A0")
+    frame["visits"] = frame["visits"].astype(object)
+    frame.loc[5, "visits"] = "@SUM(1+1)"
+    path = tmp_path / "hostile.csv"
+    frame.to_csv(path, index=False)
+    done = _train("--data", str(path), "--label", "converted", "--id", "lead_no", "--trials", "3",
+                  "--metrics-out", str(tmp_path / "m.json"), tmp_path=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert "account_code" in metrics["leakage"]["flagged"]
+    assert "identifier 'account_code' gives the label away" in " ".join(done.stdout.split())
+    assert not marker.exists()
+    quarantine = metrics["data"]["quarantine_file"]
+    if quarantine:  # every cell that would run as a formula in a spreadsheet is quoted
+        for line in Path(quarantine).read_text().splitlines()[1:]:
+            for cell in line.split(","):
+                assert not cell.startswith(("=", "+", "-", "@")), line
+
+
+@pytest.fixture(scope="module")
+def debug_server(champion_store, tmp_path_factory):
+    from tests.test_service import _start, _stop
+
+    process, url, log = _start(champion_store, None, log_dir=tmp_path_factory.mktemp("debug-logs"),
+                               serve_args=("--verbose",))  # fmt: skip
+    yield url, log
+    _stop(process)
+
+
+@pytest.mark.slow
+def test_deep_json_nan_and_infinity_are_4xx(debug_server):
+    url, _ = debug_server
+    deep = '{"leads": ' + "[" * 20_000 + "]" * 20_000 + "}"
+    answers = [
+        httpx.post(f"{url}/score", content=deep, headers={"content-type": "application/json"}),
+        httpx.post(
+            f"{url}/score", content='{"leads": [{"lead_id": "a", "created_at": "2025-01-01", "employees": NaN}]}'
+        ),
+        httpx.post(
+            f"{url}/score",
+            content='{"leads": [{"lead_id": "a", "created_at": "2025-01-01", "annual_revenue": Infinity}]}',
+        ),
+        httpx.post(
+            f"{url}/score",
+            content='{"leads": [{"lead_id": "a", "created_at": "2025-01-01", '
+            '"activities": [{"occurred_at": "2025-02-01", "activity_type": "visit", '
+            '"value": -Infinity}]}]}',
+        ),
+    ]
+    for answer in answers:
+        assert answer.status_code == 400, answer.text
+    assert "finite" in answers[1].text and "employees" in answers[1].text
+
+
+@pytest.mark.slow
+def test_no_personal_data_in_the_logs_even_at_debug_level(debug_server):
+    url, log = debug_server
+    pii = {"email": "jane.roe@example.org", "first_name": "Janeforename", "last_name": "Roesurname",
+           "phone": "+44 20 7946 0958", "company": "Roe Holdings Secretco"}  # fmt: skip
+    good = {"lead_id": "pii-1", "created_at": "2025-06-01T00:00:00", **pii}
+    httpx.post(f"{url}/score", json={"leads": [good], "as_of": "2025-12-01T00:00:00"})
+    httpx.post(f"{url}/score", json={"leads": [good, good], "as_of": "2025-12-01T00:00:00"})
+    httpx.post(f"{url}/score", json={"leads": [{**pii}]})  # invalid: no lead_id, whole lead in the error
+    httpx.post(f"{url}/score", json={"leads": [{**good, "employees": "many"}]})
+    httpx.post(f"{url}/explain", json={"lead": {**good, "created_at": "not a date"}})
+    text = log.read_text(errors="replace")
+    assert "DEBUG" in text  # the level really is debug
+    for value in pii.values():
+        assert value not in text, value
