@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Annotated, Any
 
 import pandas as pd
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
+from pydantic import BaseModel, ConfigDict, Field, Strict, WithJsonSchema
 
 Text = Annotated[str, Field(max_length=500)]
 # As the spec says: a number is not a boolean and `"yes"` is not `true` (pydantic's lax mode
@@ -16,20 +16,21 @@ Flag = Annotated[bool, Strict()]
 FIRST_YEAR, LAST_YEAR = 1900, 2200  # the moments an export can hold (see features.clean.parse_timestamps)
 
 
-def _text_moment(value: Any) -> Any:
-    # The spec says an ISO 8601 string; pydantic would also read a number as a Unix time.
-    if not isinstance(value, (str, dt.datetime)):
-        raise ValueError("expected an ISO 8601 date-time string")
-    return value
-
-
-def _plausible(moment: dt.datetime) -> dt.datetime:
-    if not FIRST_YEAR <= moment.year <= LAST_YEAR:
-        raise ValueError(f"year {moment.year} is outside {FIRST_YEAR}-{LAST_YEAR}")
-    return moment
-
-
-Moment = Annotated[dt.datetime, BeforeValidator(_text_moment), AfterValidator(_plausible)]
+# Checked inside pydantic-core (no Python call per activity: a 1,000-lead body holds ~20,000).
+Moment = Annotated[
+    dt.datetime,
+    Field(ge=dt.datetime(FIRST_YEAR, 1, 1), lt=dt.datetime(LAST_YEAR + 1, 1, 1)),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "format": "date-time"},
+                {"type": "string", "format": "date"},
+                {"type": "number", "description": "Unix time in seconds"},
+            ],
+            "description": f"ISO 8601 date-time or date (UTC when no offset), or Unix seconds; {FIRST_YEAR}-{LAST_YEAR}",
+        }
+    ),
+]
 
 
 class _Strict(BaseModel):

@@ -137,6 +137,6 @@ def test_a_read_only_or_full_models_folder_is_a_clear_error(small_crm_dir, tmp_p
                                env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     for done in (train, score):
         text = done.stdout + done.stderr
-        assert done.returncode == 1, text
+        assert done.returncode == 2, text  # the CLI's exit code for a refused command
         assert reason in text and str(folder) in text.replace("\n", ""), text
         assert "Traceback" not in text

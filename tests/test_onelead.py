@@ -7,6 +7,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 
 from features.ingest import load_crm
 from serving.onelead import OneLeadScorer
@@ -97,8 +98,9 @@ def test_leads_the_single_lead_path_declines_get_the_general_error(champion, req
     blank_type = lead.model_copy(
         update={"activities": [{"occurred_at": dt.datetime(2025, 1, 1), "activity_type": "   "}]}
     )
-    for case, moment in ((lead, early), (Lead.model_validate(ancient.model_dump()), AS_OF),
-                         (Lead.model_validate(blank_type.model_dump()), AS_OF)):  # fmt: skip
+    with pytest.raises(ValidationError, match="greater than or equal to 1900"):
+        Lead.model_validate(ancient.model_dump())  # the schema stops it before any scorer
+    for case, moment in ((lead, early), (Lead.model_validate(blank_type.model_dump()), AS_OF)):
         assert one.score(case, moment) is None
         with pytest.raises(InvalidLeads):
             _general(champion, case, moment)
