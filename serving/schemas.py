@@ -27,7 +27,7 @@ Moment = Annotated[
                 {"type": "string", "format": "date"},
                 {"type": "number", "description": "Unix time in seconds"},
             ],
-            "description": f"ISO 8601 date-time or date (UTC when no offset), or Unix seconds; {FIRST_YEAR}-{LAST_YEAR}",
+            "description": f"ISO 8601 date-time or date (UTC if no offset) or Unix seconds; {FIRST_YEAR}-{LAST_YEAR}",
         }
     ),
 ]

@@ -195,7 +195,8 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
     assert no_created.status_code == 400 and '["leads",0,"created_at"]' in no_created.text.replace(" ", "")
     ancient = post({"leads": [{"lead_id": "a", "created_at": "2025-01-01"}], "as_of": "0145-02-13T16:36:48"})
     assert ancient.status_code == 400 and "greater than or equal to 1900" in ancient.text
-    as_number = post({"leads": [{"lead_id": "a", "created_at": "2025-01-01", "employees": True, "do_not_contact": "yes"}]})
+    wrong_json_types = {"lead_id": "a", "created_at": "2025-01-01", "employees": True, "do_not_contact": "yes"}
+    as_number = post({"leads": [wrong_json_types]})
     assert as_number.status_code == 400 and "employees" in as_number.text and "do_not_contact" in as_number.text
     form = httpx.post(f"{url}/score", content=b"{}", headers={**_auth(), "content-type": "multipart/form-data"})
     assert form.status_code == 415
