@@ -13,17 +13,18 @@ from locust import HttpUser, between, task
 BODIES = json.loads(Path(os.environ["LEADSCORE_LOAD_BODIES"]).read_text())
 HEADERS = {"Authorization": f"Bearer {os.environ['LEADSCORE_LOAD_KEY']}"}
 AS_OF = os.environ["LEADSCORE_LOAD_AS_OF"]
+BATCH_WEIGHT = int(os.environ.get("LEADSCORE_LOAD_BATCH_WEIGHT", "1"))  # of 10 requests
 
 
 class Crm(HttpUser):
     wait_time = between(0.25, 0.75)  # a busy CRM: each of the 50 clients calls about twice a second
 
-    @task(9)
+    @task(10 - BATCH_WEIGHT)
     def one_lead(self) -> None:
         body = {"leads": [random.choice(BODIES)], "as_of": AS_OF}
         self.client.post("/score", json=body, headers=HEADERS, name="/score 1 lead")
 
-    @task(1)
+    @task(BATCH_WEIGHT)
     def hundred_leads(self) -> None:
         start = random.randrange(0, len(BODIES) - 100)
         body = {"leads": BODIES[start : start + 100], "as_of": AS_OF}

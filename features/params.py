@@ -126,6 +126,7 @@ class ServiceParams(_Frozen):
     max_batch: int = Field(ge=1)
     max_body_bytes: int = Field(ge=1000)
     reload_seconds: float = Field(default=30.0, ge=0)
+    workers: int | Literal["cpu_count"] = 1
 
 
 class RecalibrationParams(_Frozen):
