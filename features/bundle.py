@@ -3,6 +3,7 @@ metadata, behind one pyfunc model that takes feature rows and returns probabilit
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -54,10 +55,18 @@ class LeadScorer:
 
     @classmethod
     def from_files(cls, files: dict[str, str | Path]) -> LeadScorer:
+        metadata = json.loads(Path(files["metadata"]).read_text(encoding="utf-8"))
+        check_bundle_files(files, metadata)
         booster = lgb.Booster(model_file=str(files["booster"]))
         spec = FeatureSpec.model_validate_json(Path(files["spec"]).read_text(encoding="utf-8"))
         calibrator = Calibrator.from_dict(json.loads(Path(files["calibrator"]).read_text(encoding="utf-8")))
-        metadata = json.loads(Path(files["metadata"]).read_text(encoding="utf-8"))
+        if booster.feature_name() != list(spec.columns):
+            # Files of two different models: scoring would silently feed the wrong columns.
+            raise ValueError(
+                f"inconsistent bundle: the booster expects {booster.num_feature()} feature(s) "
+                f"({', '.join(booster.feature_name()[:3])}, ...) but the spec lists {len(spec.columns)} "
+                f"({', '.join(list(spec.columns)[:3])}, ...)"
+            )
         return cls(booster, spec, calibrator, metadata)
 
     def margin(self, features: pd.DataFrame) -> np.ndarray:
@@ -88,5 +97,31 @@ def write_bundle_files(
     booster.save_model(str(paths["booster"]))
     paths["spec"].write_text(spec.model_dump_json(indent=2), encoding="utf-8")
     paths["calibrator"].write_text(json.dumps(calibrator.to_dict()), encoding="utf-8")
-    paths["metadata"].write_text(json.dumps(metadata, indent=2, default=str), encoding="utf-8")
+    checksums = {key: _sha256(paths[key]) for key in CHECKED_FILES}
+    paths["metadata"].write_text(
+        json.dumps({**metadata, "file_sha256": checksums}, indent=2, default=str), encoding="utf-8"
+    )
     return {key: str(path) for key, path in paths.items()}
+
+
+CHECKED_FILES = ("booster", "spec", "calibrator")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def check_bundle_files(files: dict[str, str | Path], metadata: dict[str, Any]) -> None:
+    """Refuse damaged files before a parser sees them: LightGBM's model reader can take a
+    truncated file down with the whole process, not with an exception.
+
+    Raises:
+        ValueError: a checksum differs from the one written at training time, or (bundles
+            from before checksums) the booster text ends before its last tree.
+    """
+    for key, expected in (metadata.get("file_sha256") or {}).items():
+        if key in files and _sha256(Path(files[key])) != expected:
+            raise ValueError(f"damaged bundle: {Path(files[key]).name} differs from the file written at training time")
+    with Path(files["booster"]).open("rb") as handle:
+        if b"end of trees" not in handle.read():
+            raise ValueError("damaged bundle: the booster file ends before its last tree")

@@ -140,3 +140,50 @@ def test_a_read_only_or_full_models_folder_is_a_clear_error(small_crm_dir, tmp_p
         assert done.returncode == 2, text  # the CLI's exit code for a refused command
         assert reason in text and str(folder) in text.replace("\n", ""), text
         assert "Traceback" not in text
+
+
+@pytest.mark.parametrize("damage", ["truncated booster", "metadata not JSON", "feature spec of another model"])
+def test_a_corrupted_bundle_is_refused_and_the_live_model_stays(champion_store, tmp_path, damage):
+    import json
+
+    import mlflow
+
+    from training.register import promote
+
+    store = _copy_store(champion_store, tmp_path)
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    live = str(client.get_model_version_by_alias(CHAMPION_NAME, "champion").version)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(store)
+    try:
+        copy = Path(mlflow.artifacts.download_artifacts(f"models:/{CHAMPION_NAME}/{live}", dst_path=str(tmp_path / "b")))
+    finally:
+        mlflow.set_tracking_uri(previous)
+    files = {p.name: p for p in copy.rglob("*") if p.is_file()}
+    if damage == "truncated booster":
+        booster = next(p for name, p in files.items() if name.endswith(".txt") and "tree" in p.read_text()[:5000])
+        booster.write_text(booster.read_text()[: len(booster.read_text()) // 3])
+    elif damage == "metadata not JSON":
+        next(p for name, p in files.items() if name == "metadata.json").write_text("{ not json")
+    else:
+        spec = next(p for name, p in files.items() if name == "spec.json")
+        content = json.loads(spec.read_text())
+        content["columns"] = [f"other_{c}" for c in content["columns"]]
+        spec.write_text(json.dumps(content))
+    service, url, log = _start(store, None, log_dir=tmp_path)
+    try:
+        assert httpx.get(f"{url}/model").json()["version"] == live
+        broken = client.create_model_version(CHAMPION_NAME, source=str(copy), run_id=None)
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(store)
+        try:
+            promote(CHAMPION_NAME, str(broken.version))
+        finally:
+            mlflow.set_tracking_uri(previous)
+        refused = httpx.post(f"{url}/reload", timeout=60).json()
+        assert refused["changed"] is False and refused["live_version"] == live, refused
+        assert f"version {broken.version} could not be loaded" in refused["error"]
+        body = {"leads": [{"lead_id": "x", "created_at": "2025-01-01"}], "as_of": AS_OF}
+        assert httpx.post(f"{url}/score", json=body, timeout=30).json()[0]["model_version"] == live
+    finally:
+        _stop(service)

@@ -150,3 +150,34 @@ def test_no_personal_data_in_the_logs_even_at_debug_level(debug_server):
     assert "DEBUG" in text  # the level really is debug
     for value in pii.values():
         assert value not in text, value
+
+
+def test_a_truncated_booster_without_checksums_is_refused_before_lightgbm_reads_it(tmp_path):
+    from features.bundle import check_bundle_files
+
+    booster = tmp_path / "booster.txt"
+    booster.write_text("tree\nversion=v4\nnum_class=1\n\nTree=0\nnum_leaves=3\n")  # cut before "end of trees"
+    with pytest.raises(ValueError, match="ends before its last tree"):
+        check_bundle_files({"booster": booster}, metadata={})
+    booster.write_text(booster.read_text() + "\nend of trees\n")
+    check_bundle_files({"booster": booster}, metadata={})
+    with pytest.raises(ValueError, match="differs from the file written at training time"):
+        check_bundle_files({"booster": booster}, metadata={"file_sha256": {"booster": "0" * 64}})
+
+
+def test_keys_are_compared_in_constant_time_against_every_key(monkeypatch):
+    """No early exit: a wrong key, a right one and a right prefix all cost one constant-time
+    comparison per configured key (timing says nothing about which key or how much matched)."""
+    import hmac
+
+    from serving import guards
+
+    calls = []
+    real = hmac.compare_digest
+    monkeypatch.setattr(guards.hmac, "compare_digest", lambda a, b: calls.append((a, b)) or real(a, b))
+    keys = (b"first-key-123", b"second-key-456", b"third-key-789")
+    for token in (b"first-key-123", b"first-key-12", b"nope", b""):
+        calls.clear()
+        guards.key_matches(token, keys)
+        assert len(calls) == len(keys)
+    assert guards.key_matches(b"second-key-456", keys) and not guards.key_matches(b"second-key-45", keys)
