@@ -156,7 +156,8 @@ def test_a_corrupted_bundle_is_refused_and_the_live_model_stays(champion_store, 
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(store)
     try:
-        copy = Path(mlflow.artifacts.download_artifacts(f"models:/{CHAMPION_NAME}/{live}", dst_path=str(tmp_path / "b")))
+        source = f"models:/{CHAMPION_NAME}/{live}"
+        copy = Path(mlflow.artifacts.download_artifacts(source, dst_path=str(tmp_path / "b")))
     finally:
         mlflow.set_tracking_uri(previous)
     files = {p.name: p for p in copy.rglob("*") if p.is_file()}
@@ -187,3 +188,4 @@ def test_a_corrupted_bundle_is_refused_and_the_live_model_stays(champion_store, 
         assert httpx.post(f"{url}/score", json=body, timeout=30).json()[0]["model_version"] == live
     finally:
         _stop(service)
+    assert "could not be loaded" in log.read_text()  # the refusal is logged with its reason
