@@ -141,12 +141,8 @@ MAX_CELL_CHARS = 100_000
 
 
 def _decode(data: bytes) -> tuple[str, str]:
-    """UTF-8 text; lines that are not UTF-8 (a legacy export pasted into a new one) are read
-    as Windows-1252/Latin-1, each on its own, and counted in the description."""
-    try:
-        return data.decode("utf-8-sig"), "utf-8-sig"
-    except UnicodeDecodeError:
-        pass
+    """Text of a file that is not all UTF-8: lines that are not (a legacy export pasted into a
+    new one) are read as Windows-1252/Latin-1, each on its own, and counted in the description."""
     lines, legacy = [], []
     for number, line in enumerate(data.removeprefix(b"\xef\xbb\xbf").split(b"\n"), start=1):
         try:
@@ -188,8 +184,12 @@ def read_text_csv(path: Path, *, sep: str = ",") -> tuple[pd.DataFrame, str]:
         raise DataError(f"{path}: file not found")
     _check_header(path, sep)
     try:
-        text, encoding = _decode(path.read_bytes())
-        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, sep=sep)
+        try:
+            encoding = "utf-8-sig"  # the common case, read by pandas' C parser straight from the file
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep, encoding=encoding)
+        except UnicodeDecodeError:
+            text, encoding = _decode(path.read_bytes())
+            frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, sep=sep)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
         raise DataError(f"{path}: cannot read as CSV with separator {sep!r} ({exc})") from exc
     frame.columns = [str(c).strip() for c in frame.columns]

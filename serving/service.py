@@ -91,15 +91,6 @@ class Live(NamedTuple):
     loaded_at: str
 
 
-def _require_created_at(leads: list[Lead], field: str = "leads") -> None:
-    """A CRM model needs each lead's creation time (its age and the windows start there)."""
-    at = (lambda i: (field, i)) if field == "leads" else (lambda i: (field,))
-    missing = [((*at(i), "created_at"), "required by this model") for i, lead in enumerate(leads)
-               if lead.created_at is None]  # fmt: skip
-    if missing:
-        raise _bad_request(missing)
-
-
 def _bad_request(problems: list[tuple[tuple, str]]) -> ValidationError:
     """A 400 in the shape of every other validation error: {"error", "detail": [{loc, msg, type}]}."""
     return ValidationError.from_exception_data(
@@ -182,7 +173,11 @@ class LeadScoring:
         if model.kind == "flat":
             features, context, _ = prepare_flat_rows(model, leads_to_flat(leads))
             return features, context
-        _require_created_at(leads, field)
+        at = (lambda i: (field, i)) if field == "leads" else (lambda i: (field,))
+        missing = [((*at(i), "created_at"), "required by this model") for i, lead in enumerate(leads)
+                   if lead.created_at is None]  # fmt: skip
+        if missing:
+            raise _bad_request(missing)
         frame, activities = leads_to_frames(leads)
         try:
             features, context, _, _ = prepare_crm_leads(model, frame, activities, as_of)

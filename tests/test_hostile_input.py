@@ -84,6 +84,8 @@ def test_formula_cells_are_data_and_an_id_leaking_the_label_is_caught(tmp_path):
     frame["source"] = frame["source"].where(frame.index % 7 != 0, f"=cmd|' /C touch {marker}'!A0")
     frame["visits"] = frame["visits"].astype(object)
     frame.loc[5, "visits"] = "@SUM(1+1)"
+    frame["converted"] = frame["converted"].astype(object)
+    frame.loc[8, ["lead_no", "converted"]] = ["=HYPERLINK(\"http://x\")", ""]  # quarantined: no label
     path = tmp_path / "hostile.csv"
     frame.to_csv(path, index=False)
     done = _train("--data", str(path), "--label", "converted", "--id", "lead_no", "--trials", "3",
@@ -93,11 +95,10 @@ def test_formula_cells_are_data_and_an_id_leaking_the_label_is_caught(tmp_path):
     assert "account_code" in metrics["leakage"]["flagged"]
     assert "identifier 'account_code' gives the label away" in " ".join(done.stdout.split())
     assert not marker.exists()
-    quarantine = metrics["data"]["quarantine_file"]
-    if quarantine:  # every cell that would run as a formula in a spreadsheet is quoted
-        for line in Path(quarantine).read_text().splitlines()[1:]:
-            for cell in line.split(","):
-                assert not cell.startswith(("=", "+", "-", "@")), line
+    quarantine = pd.read_csv(metrics["data"]["quarantine_file"], dtype=str, keep_default_na=False)
+    assert quarantine["lead_id"].str.contains("HYPERLINK").any()  # the row is there, quoted back
+    for column in quarantine.columns:  # and no cell would run as a formula in a spreadsheet
+        assert not quarantine[column].str.startswith(("=", "+", "-", "@")).any(), column
 
 
 @pytest.fixture(scope="module")

@@ -188,7 +188,11 @@ def prepare_crm_on_dask(
         table = pd.read_csv(directory / TRUTH_FILE, parse_dates=["as_of"])
         truth = examples.iloc[ids][["lead_id", "as_of"]].merge(table, on=["lead_id", "as_of"], how="left")
         truth = truth["probability"]
-    sample_note = f"tuned on {len(sampled):,} of {len(train_ids):,} training examples (a uniform sample)"
+    sample_note = (
+        f"tuned on {len(sampled):,} of {len(train_ids):,} training examples (a uniform sample)"
+        if len(sampled) < len(train_ids)
+        else f"tuned on all {len(train_ids):,} training examples (fewer than --tuning-rows)"
+    )
     tuning_split = type(split)(
         assignment=pd.Series(assignment[ids]),
         description=f"{split.description}; {sample_note}",

@@ -387,13 +387,13 @@ def train_and_register(
             + ("out-of-fold predictions" if cross_validate else "the validation period")
         )
         started = time.perf_counter()
-        if final_fit is not None:
-            booster = final_fit(tuning.best_params, tuning.best_iteration, False, spec)
-        else:
-            booster = fit_final(
-                frames["fit"], labels["fit"], tuning.best_params,
-                n_estimators=tuning.best_iteration, seed=params.tuning.seed,
-            )  # fmt: skip
+
+        def refit(x: pd.DataFrame, y: np.ndarray, with_valid: bool) -> Any:
+            if final_fit is not None:  # the examples live elsewhere (Dask): x and y are not used
+                return final_fit(tuning.best_params, tuning.best_iteration, with_valid, spec)
+            return fit_final(x, y, tuning.best_params, n_estimators=tuning.best_iteration, seed=params.tuning.seed)
+
+        booster = refit(frames["fit"], labels["fit"], False)
         if cross_validate:
             calibration_margin = out_of_fold_margins(
                 frames["fit"], labels["fit"], tuning.best_params,
@@ -412,12 +412,7 @@ def train_and_register(
         if not cross_validate and params.tuning.refit_with_validation:
             final_x = pd.concat([frames["fit"], frames["valid"]])
             final_y = np.concatenate([labels["fit"], labels["valid"]])
-            if final_fit is not None:
-                booster = final_fit(tuning.best_params, tuning.best_iteration, True, spec)
-            else:
-                booster = fit_final(
-                    final_x, final_y, tuning.best_params, n_estimators=tuning.best_iteration, seed=params.tuning.seed
-                )
+            booster = refit(final_x, final_y, True)
         timings["train_seconds"] = time.perf_counter() - started
 
         reporter.stage("Evaluating on the test period, with baselines on the same split")
