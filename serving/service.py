@@ -25,8 +25,8 @@ from starlette.responses import Response
 from features.params import load_params
 from features.reasons import plain_name
 from serving import pages
+from serving.direct import DirectScorer
 from serving.guards import ApiKeyGuard, BodySizeGuard, JsonBodyGuard, redact_request_errors, reply
-from serving.onelead import OneLeadScorer
 from serving.openapi import MODEL_ROUTES, SpecRoute, documented_spec
 from serving.schemas import (
     Contribution,
@@ -87,7 +87,7 @@ def _json(records: list[dict]) -> Response:
 
 class Live(NamedTuple):
     model: LoadedModel
-    one_lead: OneLeadScorer
+    direct: DirectScorer
     loaded_at: str
 
 
@@ -116,7 +116,7 @@ class LeadScoring:
 
     def __init__(self) -> None:
         self.model_name = os.environ.get(MODEL_NAME_ENV, PARAMS.mlflow.model_name)
-        # The live model and its single-lead scorer, swapped together in one assignment, so a
+        # The live model and its direct scorer, swapped together in one assignment, so a
         # request that read `self.live` once never mixes two versions.
         self.live: Live | None = None
         self.not_ready = "starting"
@@ -147,14 +147,14 @@ class LeadScoring:
                 if version == live:
                     return {"live_version": live, "changed": False}
                 model = load_champion(self.model_name, version=version)
-                one_lead = OneLeadScorer(model)
+                direct = DirectScorer(model)
             except ModelNotReady as exc:
                 if self.live is None:
                     self.not_ready = str(exc)
                     NOT_READY["reason"] = self.not_ready
                 logger.warning("champion not (re)loaded, %s stays live: %s", live or "no model", exc)
                 return {"live_version": live, "changed": False, "error": str(exc)}
-            self.live = Live(model, one_lead, pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"))
+            self.live = Live(model, direct, pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"))
             self.not_ready = ""
             NOT_READY["reason"] = ""
             logger.info("now serving %s version %s (was %s)", self.model_name, version, live or "none")
@@ -169,7 +169,13 @@ class LeadScoring:
             raise ServiceUnavailable(f"no model loaded: {self.not_ready}")
         return live
 
-    def _prepare(self, model: LoadedModel, leads: list[Lead], as_of: pd.Series, field: str = "leads"):
+    def _prepare(self, live: Live, leads: list[Lead], as_of: pd.Series, field: str = "leads"):
+        model = live.model
+        if field == "leads":
+            # A CRM's batch: cleaned from the request objects, without text cells.
+            prepared = live.direct.prepare(leads, as_of.iloc[0])
+            if prepared is not None:
+                return prepared
         if model.kind == "flat":
             features, context, _ = prepare_flat_rows(model, leads_to_flat(leads))
             return features, context
@@ -196,11 +202,11 @@ class LeadScoring:
         model = live.model
         if len(leads) == 1:
             # The CRM's "this lead changed" call: same numbers, without data frames.
-            record = live.one_lead.score(leads[0], _moment(as_of))
+            record = live.direct.score(leads[0], _moment(as_of))
             if record is not None:
                 return _json([{"lead_id": leads[0].lead_id, **record}])
         moments = _as_of(leads, as_of)
-        features, context = self._prepare(model, leads, moments)
+        features, context = self._prepare(live, leads, moments)
         scored = score_features(model, features, context, moments)
         scored.insert(0, "lead_id", [lead.lead_id for lead in leads])
         return _json(scored.replace({np.nan: None}).to_dict(orient="records"))
@@ -208,9 +214,10 @@ class LeadScoring:
     @bentoml.api(route="/explain")
     def explain(self, lead: Lead, as_of: Moment | None = None) -> Explanation:
         """Every feature's contribution for one lead (log-odds and score points), and the base value."""
-        model = self._require_live().model
+        live = self._require_live()
+        model = live.model
         moments = _as_of([lead], as_of)
-        features, _ = self._prepare(model, [lead], moments, field="lead")
+        features, _ = self._prepare(live, [lead], moments, field="lead")
         contributions, base = explain_frame(model, features)
         margin = contributions.sum(axis=1)
         calibrate = model.scorer.calibrator.apply

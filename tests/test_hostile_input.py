@@ -85,7 +85,7 @@ def test_formula_cells_are_data_and_an_id_leaking_the_label_is_caught(tmp_path):
     frame["visits"] = frame["visits"].astype(object)
     frame.loc[5, "visits"] = "@SUM(1+1)"
     frame["converted"] = frame["converted"].astype(object)
-    frame.loc[8, ["lead_no", "converted"]] = ["=HYPERLINK(\"http://x\")", ""]  # quarantined: no label
+    frame.loc[8, ["lead_no", "converted"]] = ['=HYPERLINK("http://x")', ""]  # quarantined: no label
     path = tmp_path / "hostile.csv"
     frame.to_csv(path, index=False)
     done = _train("--data", str(path), "--label", "converted", "--id", "lead_no", "--trials", "3",

@@ -1,4 +1,4 @@
-"""The service's single-lead path gives the general path's numbers, lead for lead."""
+"""The service's direct paths (one lead, and a batch) give the general path's numbers, lead for lead."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from features.ingest import load_crm
-from serving.onelead import OneLeadScorer
+from serving.direct import DirectScorer
 from serving.schemas import Lead, LeadScore, leads_to_frames
 from serving.scoring import InvalidLeads, prepare_crm_leads, score_features
 
@@ -19,15 +19,27 @@ FIELDS = ("industry", "country", "seniority", "department", "lead_source", "empl
           "budget", "authority", "need", "timeline", "tech_stack", "email")  # fmt: skip
 
 
+def _records(leads: list[Lead], scored: pd.DataFrame) -> list[dict]:
+    records = scored.replace({np.nan: None}).to_dict(orient="records")
+    return [
+        LeadScore.model_validate({"lead_id": lead.lead_id, **r}).model_dump()
+        for lead, r in zip(leads, records, strict=True)
+    ]
+
+
+def _general_batch(model, leads: list[Lead], as_of: pd.Timestamp) -> list[dict]:
+    """What the service's general (data frame) path answers for the leads."""
+    moments = pd.Series([as_of] * len(leads))
+    frame, activities = leads_to_frames(leads)
+    features, context, _, _ = prepare_crm_leads(model, frame, activities, moments)
+    return _records(leads, score_features(model, features, context, moments))
+
+
 def _general(model, lead: Lead, as_of: pd.Timestamp) -> dict:
-    """What the service's general (data frame) path answers for the lead."""
-    frame, activities = leads_to_frames([lead])
-    features, context, _, _ = prepare_crm_leads(model, frame, activities, pd.Series([as_of]))
-    record = score_features(model, features, context, pd.Series([as_of])).replace({np.nan: None})
-    return LeadScore.model_validate({"lead_id": lead.lead_id, **record.to_dict(orient="records")[0]}).model_dump()
+    return _general_batch(model, [lead], as_of)[0]
 
 
-def _fast(one: OneLeadScorer, lead: Lead, as_of: pd.Timestamp) -> dict | None:
+def _fast(one: DirectScorer, lead: Lead, as_of: pd.Timestamp) -> dict | None:
     record = one.score(lead, as_of)
     return None if record is None else LeadScore.model_validate({"lead_id": lead.lead_id, **record}).model_dump()
 
@@ -77,7 +89,7 @@ def requests(small_crm_dir) -> list[Lead]:
 
 
 def test_single_lead_path_matches_the_general_path(champion, requests):
-    one = OneLeadScorer(champion)
+    one = DirectScorer(champion)
     stages = set()
     for lead in requests:
         fast = _fast(one, lead, AS_OF)
@@ -89,7 +101,7 @@ def test_single_lead_path_matches_the_general_path(champion, requests):
 
 
 def test_leads_the_single_lead_path_declines_get_the_general_error(champion, requests):
-    one = OneLeadScorer(champion)
+    one = DirectScorer(champion)
     lead = requests[0]
     early = AS_OF - pd.Timedelta(days=3000)
     ancient = lead.model_copy(
@@ -104,3 +116,44 @@ def test_leads_the_single_lead_path_declines_get_the_general_error(champion, req
         assert one.score(case, moment) is None
         with pytest.raises(InvalidLeads):
             _general(champion, case, moment)
+
+
+def _respell(lead: Lead, **changes) -> Lead:
+    return Lead.model_validate({**lead.model_dump(exclude_none=True), **changes})
+
+
+def test_batch_path_matches_the_general_path(champion, requests):
+    direct = DirectScorer(champion)
+    # Spellings that differ by case across leads are merged into the most frequent one, as
+    # the general path does within a request (a tie goes to the first in sort order).
+    batch = [
+        *requests,
+        _respell(requests[0], lead_id="x-1", industry="SOFTWARE"),
+        _respell(requests[1], lead_id="x-2", industry="software"),
+        _respell(requests[2], lead_id="x-3", country="germany"),
+    ]
+    prepared = direct.prepare(batch, AS_OF)
+    assert prepared is not None
+    features, context = prepared
+    expected_features, expected_context, _, _ = prepare_crm_leads(
+        champion, *leads_to_frames(batch), pd.Series([AS_OF] * len(batch))
+    )
+    pd.testing.assert_frame_equal(features, expected_features)
+    pd.testing.assert_frame_equal(context.reset_index(drop=True), expected_context)
+    moments = pd.Series([AS_OF] * len(batch))
+    fast = _records(batch, score_features(champion, features, context, moments))
+    assert fast == _general_batch(champion, batch, AS_OF)
+    assert {"disqualified", "SAL", "nurture"} <= {record["stage"] for record in fast}
+
+
+def test_batches_the_direct_path_declines_get_the_general_error(champion, requests):
+    direct = DirectScorer(champion)
+    late = _respell(requests[1], created_at=(AS_OF + pd.Timedelta(days=1)).to_pydatetime())
+    blank_type = _respell(requests[1], activities=[{"occurred_at": dt.datetime(2025, 1, 1), "activity_type": " "}])
+    same_id = _respell(requests[1], lead_id=f" {requests[0].lead_id}  ")  # the same id once stripped
+    no_date = _respell(requests[1], created_at=None)
+    for odd in (late, blank_type, same_id, no_date):
+        batch = [requests[0], odd, requests[2]]
+        assert direct.prepare(batch, AS_OF) is None
+        with pytest.raises(InvalidLeads):
+            _general_batch(champion, batch, AS_OF)
