@@ -12,14 +12,16 @@ from features.schema import ACTIVITY_TYPES, OTHER_ACTIVITY
 # Keys pack (lead code, seconds since 1900) into one sortable int64: exact comparisons,
 # and one binary search answers "how many events of this lead happened before T".
 _SECONDS_BITS = 34
-_EPOCH = pd.Timestamp("1900-01-01")
+_EPOCH_SECONDS = -int(pd.Timestamp("1900-01-01").value // 1_000_000_000)
 _DAY_SECONDS = 86400.0
 INTENT_TYPES = ("pricing_page", "demo_request", "trial_signup", "meeting", "webinar")
 
 
 def _seconds(moments: pd.Series | np.ndarray) -> np.ndarray:
-    delta = pd.to_datetime(pd.Series(moments)) - _EPOCH
-    return (delta // pd.Timedelta(seconds=1)).to_numpy(dtype="int64")
+    """Whole seconds since 1900 (floored), without a nanosecond difference that would overflow
+    for moments centuries apart."""
+    since_1970 = pd.to_datetime(pd.Series(moments)).to_numpy(dtype="datetime64[ns]").astype("datetime64[s]")
+    return since_1970.astype("int64") + _EPOCH_SECONDS
 
 
 class _Timeline:
@@ -136,7 +138,9 @@ def _decayed_score(
 
     Per lead, the running sum of weight * e^(rate * (t - t0)) is taken once; the score at
     any T is then one lookup scaled by e^(-rate * (T - t0)), with t0 the lead's first
-    activity, so no subtraction of large sums loses precision.
+    activity, so no subtraction of large sums loses precision. A history too long for one
+    t0 (e^(rate * (t - t0)) would overflow) restarts from a new t0 as often as needed, the
+    sum so far carried over (`_anchor_segments`).
     """
     if len(timeline.keys) == 0:
         return np.zeros(len(example_codes))
@@ -144,16 +148,43 @@ def _decayed_score(
     sorted_types = pd.Series(act_types[timeline.order])
     sorted_weights = sorted_types.map(dict(weights)).fillna(0.0).to_numpy(dtype="float64")
     first_index = np.r_[0, np.flatnonzero(np.diff(timeline.codes)) + 1]
-    first_of_lead = np.repeat(timeline.seconds[first_index], np.diff(np.r_[first_index, len(timeline.codes)]))
-    exponent = rate * (timeline.seconds - first_of_lead)
-    if exponent.max(initial=0) > 700:
-        raise ValueError(
-            f"decay half-life of {half_life_days} days is too short for activity histories "
-            "this long; raise features.decay_half_life_days"
-        )
-    running = pd.Series(sorted_weights * np.exp(exponent)).groupby(timeline.codes).cumsum().to_numpy()
+    sizes = np.diff(np.r_[first_index, len(timeline.codes)])
+    segment = np.repeat(first_index, sizes)  # index of each activity's t0
+    long_leads = rate * (timeline.seconds[first_index + sizes - 1] - timeline.seconds[first_index]) > MAX_DECAY_EXPONENT
+    for start, size in zip(first_index[long_leads], sizes[long_leads], strict=True):
+        segment[start : start + size] = _anchor_segments(timeline.seconds[start : start + size], rate) + start
+    anchor = timeline.seconds[segment]
+    terms = pd.Series(sorted_weights * np.exp(rate * (timeline.seconds - anchor)))
+    running = terms.groupby(segment).cumsum().to_numpy(copy=True)
+    for start, size in zip(first_index[long_leads], sizes[long_leads], strict=True):
+        _carry_over(running[start : start + size], segment[start : start + size], anchor[start : start + size], rate)
     last = upto - 1
     has_any = upto > lead_start
     safe = np.clip(last, 0, len(running) - 1)
-    scale = np.exp(-rate * (as_of_seconds - first_of_lead[safe]))
+    scale = np.exp(-rate * (as_of_seconds - anchor[safe]))
     return np.where(has_any, running[safe] * scale, 0.0)
+
+
+# e^600 keeps a lead's running sum finite (below ~1e300) even with millions of activities.
+MAX_DECAY_EXPONENT = 600.0
+
+
+def _anchor_segments(seconds: np.ndarray, rate: float) -> np.ndarray:
+    """For one lead's sorted activity times: the position of each activity's t0, a new t0
+    starting wherever e^(rate * (t - t0)) would pass e^MAX_DECAY_EXPONENT."""
+    out = np.empty(len(seconds), dtype=np.int64)
+    anchor = 0
+    for i, moment in enumerate(seconds.tolist()):
+        if rate * (moment - seconds[anchor]) > MAX_DECAY_EXPONENT:
+            anchor = i
+        out[i] = anchor
+    return out
+
+
+def _carry_over(running: np.ndarray, segment: np.ndarray, anchor: np.ndarray, rate: float) -> None:
+    """Add to each later segment of one lead the decayed sum of the segments before it,
+    rescaled to that segment's t0 (in place)."""
+    starts = np.r_[0, np.flatnonzero(np.diff(segment)) + 1]
+    for previous, start in zip(starts[:-1], starts[1:], strict=True):
+        end = start + np.searchsorted(segment[start:], segment[start], side="right")
+        running[start:end] += running[start - 1] * np.exp(-rate * (anchor[start] - anchor[previous]))

@@ -100,5 +100,9 @@ def fit_features(
     as_of = pd.Series(as_of).reset_index(drop=True)
     if len(as_of) == 1 and len(leads) > 1:
         as_of = pd.Series(np.repeat(as_of.to_numpy(), len(leads)))
-    out["lead_age_days"] = (as_of - leads["created_at"]).dt.total_seconds() / 86400.0
+    # In microseconds: moments centuries apart (the contract allows 1900-2200) overflow nanoseconds.
+    as_of_us = as_of.to_numpy(dtype="datetime64[ns]").astype("datetime64[us]")
+    created_us = leads["created_at"].to_numpy(dtype="datetime64[ns]").astype("datetime64[us]")
+    age = (as_of_us - created_us).astype(np.int64) / 1e6 / 86400.0
+    out["lead_age_days"] = pd.Series(np.where(np.isnat(as_of_us) | np.isnat(created_us), np.nan, age))
     return pd.DataFrame(out)

@@ -24,7 +24,7 @@ import pandas as pd
 
 from features.build import build_crm_features
 from features.clean import FALSE_TOKENS, TRUE_TOKENS
-from features.engagement import INTENT_TYPES
+from features.engagement import INTENT_TYPES, MAX_DECAY_EXPONENT
 from features.fit import _TECH_SPLIT, FREE_MAIL_DOMAINS
 from features.ingest import BANT_SYNONYMS
 from features.schema import ACTIVITY_TYPES, BANT_FIELDS, BANT_VALUES, LEAD_CATEGORICAL, OTHER_ACTIVITY
@@ -228,7 +228,7 @@ class DirectScorer:
         checks = [out[column] is not None and str(out[column]).casefold() in wanted for column, wanted in self.icp]
         checks.append(icp.min_employees <= employees <= icp.max_employees)
         out["icp_match"] = sum(map(float, checks)) / len(checks)
-        out["lead_age_days"] = float(moment - created) / 1e9 / _DAY
+        out["lead_age_days"] = float(moment // 1000 - created // 1000) / 1e6 / _DAY  # as fit_features: microseconds
 
     def _engagement(self, events: list[tuple[int, str]], now: int, out: dict[str, Any]) -> None:
         events.sort(key=lambda e: e[0])  # stable: ties keep the request's order, as in the batch path
@@ -266,8 +266,8 @@ class DirectScorer:
         first = events[0][0]
         offsets = np.array([s - first for s, _ in events], dtype=np.int64)
         exponent = self.rate * offsets
-        if exponent.max(initial=0) > 700:
-            return float("nan")  # the general path raises its error
+        if exponent.max(initial=0) > MAX_DECAY_EXPONENT:
+            return float("nan")  # a history this long takes the general path
         weights = np.array([self.weights.get(k, 0.0) for _, k in events], dtype=np.float64)
         terms = (weights * np.exp(exponent)).tolist()
         # pandas' grouped cumulative sum is Kahan-compensated: the same steps, the same bits.

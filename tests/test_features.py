@@ -53,6 +53,26 @@ def test_counts_recency_and_decay_match_a_hand_computation(params):
     assert f.loc["C", "engagement_decayed"] == 0
 
 
+def test_decay_holds_over_histories_of_many_half_lives(params):
+    """Activities decades apart (far past where e^(rate * age) overflows a float) give the
+    decayed score a direct sum gives, at moments early, between and late in the history."""
+    # With a 14-day half-life a t0 lasts about 33 years: 1934-04-01 starts the second one, and
+    # the activity of 1934-03-01 must be carried over into it.
+    times = ["1901-01-05", "1930-06-01", "1934-03-01", "1934-04-01", "1975-01-01", "2019-12-31", "2025-02-20"]
+    acts = _acts([("A", t, "demo_request" if i % 2 else "web_visit") for i, t in enumerate(times)])
+    moments = [pd.Timestamp(m) for m in ("1901-02-01", "1930-06-10", "1934-04-10", "2000-01-01", "2025-03-01")]
+    f = _features(acts, ["A"] * len(moments), moments, params)
+    w = params.features.engagement_weights
+    half = params.features.decay_half_life_days
+    for moment, got in zip(moments, f["engagement_decayed"], strict=True):
+        expected = sum(
+            w[a.activity_type] * 0.5 ** ((moment - a.occurred_at) / pd.Timedelta(days=half))
+            for a in acts.itertuples()
+            if a.occurred_at < moment
+        )
+        assert got == pytest.approx(expected, rel=1e-9, abs=1e-300), moment
+
+
 def test_events_at_or_after_t_cannot_change_any_feature(small_crm_dir, params):
     """Point-in-time correctness on realistic data: append a burst of every activity type
     at and after each lead's T, and shuffle rows; every feature stays identical."""
