@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import pairwise
 
 import numpy as np
 import pandas as pd
@@ -185,6 +186,6 @@ def _carry_over(running: np.ndarray, segment: np.ndarray, anchor: np.ndarray, ra
     """Add to each later segment of one lead the decayed sum of the segments before it,
     rescaled to that segment's t0 (in place)."""
     starts = np.r_[0, np.flatnonzero(np.diff(segment)) + 1]
-    for previous, start in zip(starts[:-1], starts[1:], strict=True):
+    for previous, start in pairwise(starts):
         end = start + np.searchsorted(segment[start:], segment[start], side="right")
         running[start:end] += running[start - 1] * np.exp(-rate * (anchor[start] - anchor[previous]))
