@@ -35,6 +35,14 @@ class _Timeline:
         self.keys = (self.codes << _SECONDS_BITS) + self.seconds
         self.order = order
 
+    def subset(self, keep: np.ndarray) -> _Timeline:
+        """The events where `keep` (in this timeline's sorted order) is true: still sorted,
+        ties in their original order, as a timeline of those events alone would be."""
+        part = object.__new__(_Timeline)
+        part.codes, part.seconds = self.codes[keep], self.seconds[keep]
+        part.keys, part.order = self.keys[keep], self.order[keep]
+        return part
+
     def before(self, codes: np.ndarray, seconds: np.ndarray) -> np.ndarray:
         """Index one past the last event of each lead strictly before its moment."""
         return np.searchsorted(self.keys, (codes << _SECONDS_BITS) + seconds, side="left")
@@ -102,24 +110,27 @@ def engagement_features(
         example_codes, as_of_seconds - month, as_of_seconds
     ) - everything.count_between(example_codes, as_of_seconds - 2 * month, as_of_seconds - month)
 
+    # Types as integer codes, in the timeline's order: one sort serves every type.
+    type_codes, type_names = pd.factorize(pd.Series(act_types, dtype=object))
+    sorted_type_codes = type_codes[everything.order]
+    code_of = {name: code for code, name in enumerate(type_names)}
     for kind in (*ACTIVITY_TYPES, OTHER_ACTIVITY):
-        mask = act_types == kind
-        timeline = _Timeline(act_codes[mask], act_seconds[mask])
+        timeline = everything.subset(sorted_type_codes == code_of.get(kind, -2))
         for w in windows_days:
             columns[f"n_{kind}_{w}d"] = timeline.count_between(example_codes, window_seconds[w], as_of_seconds)
         columns[f"n_{kind}_total"] = timeline.count_between(example_codes, np.zeros_like(as_of_seconds), as_of_seconds)
         if kind in INTENT_TYPES:
             columns[f"days_since_{kind}"] = timeline.days_since_last(example_codes, as_of_seconds)
 
+    type_weights = np.array([weights.get(name, 0.0) for name in type_names], dtype="float64")
     columns["engagement_decayed"] = _decayed_score(
         everything,
-        act_types,
+        type_weights[sorted_type_codes] if len(type_names) else np.zeros(0),
         example_codes,
         as_of_seconds,
         lead_start,
         upto,
         half_life_days,
-        weights,
     )
     frame = pd.DataFrame(columns)
     return frame.astype("float64")
@@ -127,17 +138,17 @@ def engagement_features(
 
 def _decayed_score(
     timeline: _Timeline,
-    act_types: np.ndarray,
+    sorted_weights: np.ndarray,
     example_codes: np.ndarray,
     as_of_seconds: np.ndarray,
     lead_start: np.ndarray,
     upto: np.ndarray,
     half_life_days: float,
-    weights: Mapping[str, float],
 ) -> np.ndarray:
     """Sum of weight * 2^(-age / half-life) over each lead's activities before T.
 
-    Per lead, the running sum of weight * e^(rate * (t - t0)) is taken once; the score at
+    `sorted_weights` are the activities' weights in the timeline's order. Per lead, the
+    running sum of weight * e^(rate * (t - t0)) is taken once; the score at
     any T is then one lookup scaled by e^(-rate * (T - t0)), with t0 the lead's first
     activity, so no subtraction of large sums loses precision. A history too long for one
     t0 (e^(rate * (t - t0)) would overflow) restarts from a new t0 as often as needed, the
@@ -146,8 +157,6 @@ def _decayed_score(
     if len(timeline.keys) == 0:
         return np.zeros(len(example_codes))
     rate = np.log(2) / (half_life_days * _DAY_SECONDS)
-    sorted_types = pd.Series(act_types[timeline.order])
-    sorted_weights = sorted_types.map(dict(weights)).fillna(0.0).to_numpy(dtype="float64")
     first_index = np.r_[0, np.flatnonzero(np.diff(timeline.codes)) + 1]
     sizes = np.diff(np.r_[first_index, len(timeline.codes)])
     segment = np.repeat(first_index, sizes)  # index of each activity's t0

@@ -85,12 +85,13 @@ def fit_features(
     if "do_not_contact" in leads:
         out["do_not_contact"] = leads["do_not_contact"].astype("float64")
     if "tech_stack" in leads:
-        stacks = split_tech_stack(leads["tech_stack"]).map(lambda items: {t.casefold() for t in items})
-        known = leads["tech_stack"].notna()
-        out["n_technologies"] = stacks.map(len).astype(float).where(known)
+        # Plain lists, not a pandas map per technology: the vocabulary makes many columns.
+        stacks = [{t.casefold() for t in items} for items in split_tech_stack(leads["tech_stack"])]
+        unknown = leads["tech_stack"].isna().to_numpy()
+        out["n_technologies"] = pd.Series(np.where(unknown, np.nan, [float(len(s)) for s in stacks]))
         for tech in tech_vocabulary:
             name = "uses_" + re.sub(r"\W+", "_", tech).strip("_")
-            out[name] = stacks.map(lambda s, t=tech: float(t in s)).where(known)
+            out[name] = pd.Series(np.where(unknown, np.nan, [float(tech in s) for s in stacks]))
     out["bant_confirmed"] = (
         sum((leads[c] == "confirmed").astype(float) for c in BANT_FIELDS if c in leads)
         if any(c in leads for c in BANT_FIELDS)
