@@ -267,15 +267,15 @@ def _score_block(
     return out
 
 
-def score_features(
+def score_columns(
     model: LoadedModel,
     features: pd.DataFrame,
     context: pd.DataFrame,
     as_of: pd.Series,
     *,
     with_reasons: bool = True,
-) -> pd.DataFrame:
-    """Scores, sub-scores, stage and reasons from built features.
+) -> dict[str, Any]:
+    """Scores, sub-scores, stage and reasons from built features, as columns (arrays or lists).
 
     Args:
         model: the loaded champion.
@@ -288,7 +288,7 @@ def score_features(
     """
     features = features.reset_index(drop=True)
     context = context.reset_index(drop=True)
-    columns = score_matrix(
+    return score_matrix(
         model,
         model_matrix(model, features),
         features,
@@ -296,7 +296,18 @@ def score_features(
         list(as_of),
         with_reasons=with_reasons,
     )
-    return pd.DataFrame(columns)
+
+
+def score_features(
+    model: LoadedModel,
+    features: pd.DataFrame,
+    context: pd.DataFrame,
+    as_of: pd.Series,
+    *,
+    with_reasons: bool = True,
+) -> pd.DataFrame:
+    """`score_columns` as a data frame."""
+    return pd.DataFrame(score_columns(model, features, context, as_of, with_reasons=with_reasons))
 
 
 class _Columns(dict):

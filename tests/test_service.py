@@ -16,12 +16,14 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from pydantic import TypeAdapter
 
 from features.criteria import STAGES
 from features.ingest import load_crm
 from features.params import PROJECT_ROOT
 from features.schema import PII_COLUMNS
 from serving.batch import score_batch
+from serving.schemas import LeadScore
 from serving.scoring import load_champion
 
 KEYS = ("key-one", "key-two")
@@ -149,6 +151,7 @@ def test_service_and_batch_give_identical_numbers(server, store, sample):
     assert response.status_code == 200, response.text
     served = pd.DataFrame(response.json())
     assert served["lead_id"].tolist() == leads["lead_id"].tolist()
+    TypeAdapter(list[LeadScore]).validate_python(response.json())  # the service checks only the first record
 
     os.environ["MLFLOW_TRACKING_URI"] = store
     try:
