@@ -60,7 +60,8 @@ class LeadScorer:
         booster = lgb.Booster(model_file=str(files["booster"]))
         spec = FeatureSpec.model_validate_json(Path(files["spec"]).read_text(encoding="utf-8"))
         calibrator = Calibrator.from_dict(json.loads(Path(files["calibrator"]).read_text(encoding="utf-8")))
-        if booster.feature_name() != list(spec.columns):
+        # LightGBM stores a feature name's spaces as underscores.
+        if booster.feature_name() != [column.replace(" ", "_") for column in spec.columns]:
             # Files of two different models: scoring would silently feed the wrong columns.
             raise ValueError(
                 f"inconsistent bundle: the booster expects {booster.num_feature()} feature(s) "

@@ -150,7 +150,7 @@ def test_bad_paths_and_flags_are_clear_errors(tmp_path, store):
     assert "Traceback" not in missing.stderr + no_label.stderr + wrong.stderr
 
 
-def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, params_file, store):
+def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, params_file, store, monkeypatch):
     rng = pd.Series(range(1500))
     import numpy as np
 
@@ -163,7 +163,8 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
         gen.choice(["Will revert", "Closed by rep"], 1500),
         gen.choice(["Ringing", "Switched off"], 1500),
     )
-    frame = pd.DataFrame({"Lead ID": rng.map(lambda i: f"id{i}"), "Visits": visits, "Minutes": minutes.round(1),
+    # Spaces in feature names, as real exports have them (LightGBM stores them as underscores).
+    frame = pd.DataFrame({"Lead ID": rng.map(lambda i: f"id{i}"), "Visits": visits, "Time On Site": minutes.round(1),
                           "Source": gen.choice(["Google", "Select", "Referral"], 1500), "Rep Notes": status_note,
                           "Converted": np.where(y == 1, "Yes", "No")})  # fmt: skip
     path = tmp_path / "flat.csv"
@@ -178,3 +179,11 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
     assert "Leakage: 'Rep Notes'" in result.stdout
     assert metrics["data"]["split"].startswith("stratified holdout")
     assert metrics["bayes"] is None and metrics["test"]["roc_auc"] > 0.6
+    # The registered bundle loads and scores the export's rows.
+    from serving.scoring import load_champion, prepare_flat_rows, score_features
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    model = load_champion("flat-model", version=str(metrics["model"]["version"]))
+    features, context, _ = prepare_flat_rows(model, frame.drop(columns=["Converted"]).head(5).astype(str))
+    scored = score_features(model, features, context, pd.Series([pd.Timestamp("2026-01-01")] * 5))
+    assert scored["probability"].between(0, 1).all() and len(scored) == 5
