@@ -316,7 +316,9 @@ def test_service_follows_the_champion_and_rollback(champion_store, params_file, 
     first = client.get_model_version_by_alias(CHAMPION_NAME, "champion")
     second = str(client.create_model_version(CHAMPION_NAME, source=first.source, run_id=first.run_id).version)
     before = str(first.version)
-    monkeypatch.setenv("LEADSCORE_PARAMS", str(params_file("reload.yaml", **{"service.reload_seconds": 1})))
+    monkeypatch.setenv(
+        "LEADSCORE_PARAMS", str(params_file("reload.yaml", **{"service.reload_seconds": 1, "service.workers": 1}))
+    )
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)  # `promote` talks to the registry the process is set to
