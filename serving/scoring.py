@@ -114,6 +114,7 @@ def load_champion(model_name: str, alias: str = CHAMPION, *, version: str | None
         ModelNotReady: with a reason a person can act on.
     """
     version = version or champion_version(model_name, alias)
+    mlflow.set_tracking_uri(tracking_uri())  # the configured registry, whatever the process had set before
     path = list(sys.path)
     try:
         model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")

@@ -5,12 +5,18 @@ Start it with `leadscore serve` (or `bentoml serve serving.service:LeadScoring`)
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import gc
+import hashlib
 import logging
 import os
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import NamedTuple
 
 import bentoml
@@ -24,6 +30,7 @@ from starlette.responses import Response
 
 from features.params import load_params
 from features.reasons import plain_name
+from features.tracking import tracking_uri
 from serving import pages
 from serving.direct import DirectScorer
 from serving.guards import ApiKeyGuard, BodySizeGuard, JsonBodyGuard, redact_request_errors, reply
@@ -86,6 +93,20 @@ def _json(records: list[dict]) -> Response:
     return Response(to_json(records, inf_nan_mode="null"), media_type="application/json")
 
 
+@contextlib.contextmanager
+def _one_worker_at_a_time(registry: str) -> Iterator[None]:
+    """Workers start together: the first to open a new sqlite store creates its tables, and
+    two doing it at once fail on each other's migration. A file lock per registry takes them
+    in turn."""
+    name = hashlib.sha256(registry.encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"leadscore-start-{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 class Live(NamedTuple):
     model: LoadedModel
     direct: DirectScorer
@@ -122,7 +143,8 @@ class LeadScoring:
         self.live: Live | None = None
         self.not_ready = "starting"
         self._reload_lock = threading.Lock()
-        self.reload()
+        with _one_worker_at_a_time(tracking_uri()):
+            self.reload()
         pages.bind(lambda: self.live.model if self.live else None)
         # The model, pandas and numba make a large, long-lived heap: left to the collector, a
         # full collection walks all of it now and then and stalls requests (the p99 under
