@@ -20,12 +20,12 @@ import warnings
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from bench._common import SHARED_DATA, machine
-from bench.bench_quality import LEAKY_LEADS
+from bench._common import machine
+from bench.bench_quality import LEADS_CSV, LEAKY_LEADS, SHOPPERS_CSV
 
 DATA = {
-    "leads": (SHARED_DATA / "x_education_leads" / "Leads.csv", "Converted", LEAKY_LEADS),
-    "shoppers": (SHARED_DATA / "online_shoppers_intention" / "online_shoppers_intention.csv", "Revenue", []),
+    "leads": (LEADS_CSV, "Converted", LEAKY_LEADS),
+    "shoppers": (SHOPPERS_CSV, "Revenue", []),
 }
 
 
@@ -72,7 +72,7 @@ def gain_on_seed(data: str, seed: int, overrides: dict, add_blank_count: bool) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", choices=sorted(DATA), default="leads")
-    parser.add_argument("--seeds", default="100-119", help="first-last, inclusive")
+    parser.add_argument("--seeds", default="100-119", help="a seed, or first-last inclusive")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="a params.yaml override")
     parser.add_argument("--add-blank-count", action="store_true", help="add a blank-fields-per-row feature")
     args = parser.parse_args()
@@ -82,7 +82,11 @@ def main() -> None:
         print(f"{args.data}: SKIPPED, {path} not present")
         return
     overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
-    first, last = (int(s) for s in args.seeds.split("-"))
+    try:
+        first, _, last = args.seeds.partition("-")
+        first, last = int(first), int(last or first)
+    except ValueError:
+        parser.error(f"--seeds {args.seeds!r}: expected a seed (100) or a range (100-119)")
     print(
         f"bench_flat_seeds on {machine()}: {args.data}, overrides {overrides or 'none'}, blank count {args.add_blank_count}"
     )

@@ -24,6 +24,8 @@ import numpy as np
 
 from bench._common import SHARED_DATA, machine, use_scratch_store
 
+LEADS_CSV = SHARED_DATA / "x_education_leads" / "Leads.csv"
+SHOPPERS_CSV = SHARED_DATA / "online_shoppers_intention" / "online_shoppers_intention.csv"
 LEAKY_LEADS = [
     "Tags",
     "Lead Quality",
@@ -201,8 +203,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     use_scratch_store()
     print(f"bench_quality on {machine()}")
-    leads = SHARED_DATA / "x_education_leads" / "Leads.csv"
-    shoppers = SHARED_DATA / "online_shoppers_intention" / "online_shoppers_intention.csv"
+    leads, shoppers = LEADS_CSV, SHOPPERS_CSV
 
     def measure(name: str, path: Path, label: str, drop: list[str], leakage_action: str) -> None:
         if args.csv_scheme == "folds":
