@@ -4,7 +4,7 @@ both baselines) without MLflow logging or calibration, so that 20 seeds take min
 variant can be compared with the product on the same seeds.
 
 Run: .venv/bin/python -m bench.bench_flat_seeds [--data leads|shoppers] [--seeds 100-119]
-         [--set tuning.search_space.max_depth=[2,6]] [--add-blank-count]
+         [--set tuning.search_space.max_depth=[2,6]] [--lgbm extra_trees=true] [--add-blank-count]
 
 ROC AUC is of the raw model margins (calibration is monotone; `bench_quality` measures the
 calibrated scores). Seeds 100 and up are outside `bench_quality`'s seeds 0-4.
@@ -22,6 +22,7 @@ from sklearn.metrics import roc_auc_score
 
 from bench._common import machine
 from bench.bench_quality import LEADS_CSV, LEAKY_LEADS, SHOPPERS_CSV
+from training.train import BASE_PARAMS
 
 DATA = {
     "leads": (LEADS_CSV, "Converted", LEAKY_LEADS),
@@ -74,6 +75,9 @@ def main() -> None:
     parser.add_argument("--data", choices=sorted(DATA), default="leads")
     parser.add_argument("--seeds", default="100-119", help="a seed, or first-last inclusive")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="a params.yaml override")
+    parser.add_argument(
+        "--lgbm", action="append", default=[], metavar="KEY=JSON", help="a fixed LightGBM parameter of the tuned model"
+    )
     parser.add_argument("--add-blank-count", action="store_true", help="add a blank-fields-per-row feature")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -81,14 +85,20 @@ def main() -> None:
     if not path.is_file():
         print(f"{args.data}: SKIPPED, {path} not present")
         return
-    overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
+    overrides, fixed = (
+        {key: json.loads(value) for key, value in (item.split("=", 1) for item in items)}
+        for items in (args.set, args.lgbm)
+    )
+    # What-if: the tuned model's trials and final fit start from these (the baselines do not).
+    BASE_PARAMS.update(fixed)
     try:
         first, _, last = args.seeds.partition("-")
         first, last = int(first), int(last or first)
     except ValueError:
         parser.error(f"--seeds {args.seeds!r}: expected a seed (100) or a range (100-119)")
     print(
-        f"bench_flat_seeds on {machine()}: {args.data}, overrides {overrides or 'none'}, blank count {args.add_blank_count}"
+        f"bench_flat_seeds on {machine()}: {args.data}, overrides {overrides or 'none'}, "
+        f"fixed LightGBM {fixed or 'none'}, blank count {args.add_blank_count}"
     )
     gains = []
     for seed in range(first, last + 1):

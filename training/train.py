@@ -16,12 +16,16 @@ BASE_PARAMS: dict[str, Any] = {
     "n_jobs": 2,
     "bagging_freq": 1,
 }
+# Hyper-parameters LightGBM takes as integers (Optuna suggests them with suggest_int).
+INTEGER = frozenset(
+    {"num_leaves", "min_child_samples", "max_depth", "min_data_per_group", "max_cat_to_onehot", "max_cat_threshold"}
+)
 
 
 def model_params(hyperparams: dict[str, Any], *, seed: int) -> dict[str, Any]:
     """LightGBM parameters from tuned (or trial) hyper-parameters."""
     params = {**BASE_PARAMS, **hyperparams, "seed": seed}
-    for name in ("num_leaves", "min_child_samples", "max_depth", "min_data_per_group"):
+    for name in INTEGER:
         if name in params:
             params[name] = int(params[name])
     return params

@@ -12,10 +12,9 @@ import pandas as pd
 from optuna_integration import LightGBMPruningCallback
 
 from features.params import TuningParams
-from training.train import build_model, model_params
+from training.train import INTEGER, build_model, model_params
 
-LOG_SCALE = frozenset({"learning_rate", "lambda_l1", "lambda_l2", "cat_smooth"})
-INTEGER = frozenset({"num_leaves", "min_child_samples", "max_depth", "min_data_per_group"})
+LOG_SCALE = frozenset({"learning_rate", "lambda_l1", "lambda_l2", "cat_smooth", "cat_l2"})
 
 
 @dataclass(frozen=True)
