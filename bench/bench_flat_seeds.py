@@ -85,10 +85,13 @@ def main() -> None:
     if not path.is_file():
         print(f"{args.data}: SKIPPED, {path} not present")
         return
-    overrides, fixed = (
-        {key: json.loads(value) for key, value in (item.split("=", 1) for item in items)}
-        for items in (args.set, args.lgbm)
-    )
+    try:
+        overrides, fixed = (
+            {key: json.loads(value) for key, value in (item.split("=", 1) for item in items)}
+            for items in (args.set, args.lgbm)
+        )
+    except ValueError:
+        parser.error("--set and --lgbm take KEY=JSON, e.g. --lgbm extra_trees=true")
     # What-if: the tuned model's trials and final fit start from these (the baselines do not).
     BASE_PARAMS.update(fixed)
     try:
