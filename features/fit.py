@@ -20,6 +20,8 @@ FREE_MAIL_DOMAINS = frozenset(
     }
 )  # fmt: skip
 _TECH_SPLIT = re.compile(r"\s*[;,|]\s*")
+# The optional lead attributes fit features are built from.
+OPTIONAL_LEAD_COLUMNS = (*LEAD_CATEGORICAL, *LEAD_NUMERIC, "email", "do_not_contact", "tech_stack")
 
 
 def split_tech_stack(values: pd.Series) -> pd.Series:
@@ -68,6 +70,11 @@ def fit_features(
         One row per lead row: categorical columns as text, the rest as floats.
     """
     leads = leads.reset_index(drop=True)
+    # An export without some optional columns says those values are unknown, like a request
+    # that leaves them out: the features must be the same either way (batch = service).
+    absent = [c for c in OPTIONAL_LEAD_COLUMNS if c not in leads]
+    if absent:
+        leads = leads.assign(**{c: pd.Series([None] * len(leads), dtype="object") for c in absent})
     out: dict[str, pd.Series] = {}
     for column in LEAD_CATEGORICAL:
         if column in leads:

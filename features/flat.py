@@ -224,6 +224,12 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
         times, _ = parse_timestamps(raw[profile.time])
         quarantine.add("flat", raw, keep & times.isna(), f"time column {profile.time!r} missing or not a date")
         keep &= times.notna()
+    if not keep.any():
+        reasons = quarantine.frame()["reason"].value_counts()
+        raise DataError(
+            f"{path.name}: none of its {len(raw):,} rows can be used: "
+            + "; ".join(f"{reason} ({count:,} rows)" for reason, count in reasons.items())
+        )
 
     roles = {
         profile.label,

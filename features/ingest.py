@@ -191,7 +191,8 @@ def read_text_csv(path: Path, *, sep: str = ",") -> tuple[pd.DataFrame, str]:
             text, encoding = _decode(path.read_bytes())
             frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, sep=sep)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
-        raise DataError(f"{path}: cannot read as CSV with separator {sep!r} ({exc})") from exc
+        why = " ".join(str(exc).split())  # pandas ends its messages with a newline
+        raise DataError(f"{path}: cannot read as CSV with separator {sep!r} ({why})") from exc
     frame.columns = [str(c).strip() for c in frame.columns]
     for column in frame.columns:
         lengths = frame[column].str.len()

@@ -83,6 +83,15 @@ def score_batch(
     Rows that share a lead id are always scored in the same chunk (duplicates are caught
     however far apart they are in the file); the output keeps the file's order.
     """
+    if model.kind == "flat":
+        expected = list(model.scorer.spec.settings["flat"]["columns"])
+        if expected and not any(c in leads.columns for c in expected):
+            # Every lead would get the same score from missing values alone.
+            shown = ", ".join(expected[:5]) + (f" and {len(expected) - 5} more" if len(expected) > 5 else "")
+            raise DataError(
+                f"none of the model's columns are in this file: v{model.version} was trained on a flat "
+                f"export with {shown}; is this the right file, or the right model (--model-name)?"
+            )
     parts, problems = [], []
     groups = activities.groupby("lead_id").indices if len(activities) else {}
     key = leads["lead_id"].astype(str).str.strip() if len(leads) else pd.Series(dtype=str)

@@ -103,8 +103,8 @@ class ApiKeyGuard:
 
 
 class BodySizeGuard:
-    """413 for bodies over the limit, decided from Content-Length before anything is parsed;
-    a body without one is cut off once it passes the limit."""
+    """413 for bodies over the limit, before anything is parsed: decided from Content-Length,
+    or, for a chunked body without one, by reading it up to the limit first."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -115,20 +115,32 @@ class BodySizeGuard:
             await self.app(scope, receive, send)
             return
         length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            await reply(send, 413, f"request body over {self.max_bytes} bytes")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.max_bytes:
+                await reply(send, 413, f"request body over {self.max_bytes} bytes")
+                return
+            await self.app(scope, receive, send)
             return
+        # Cutting the stream off midway instead would end in the framework's 500.
+        messages: list[MutableMapping[str, Any]] = []
         seen = 0
-
-        async def limited() -> MutableMapping[str, Any]:
-            nonlocal seen
+        while True:
             message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                return {"type": "http.disconnect"}
-            return message
+                await reply(send, 413, f"request body over {self.max_bytes} bytes")
+                return
+            if not message.get("more_body"):
+                break
+        buffered = iter(messages)
 
-        await self.app(scope, limited, send)
+        async def replay() -> MutableMapping[str, Any]:
+            return next(buffered, None) or await receive()
+
+        await self.app(scope, replay, send)
 
 
 class JsonBodyGuard:

@@ -104,3 +104,18 @@ def test_feature_groups_split_fit_from_engagement(small_crm_dir, params):
     assert groups["industry"] == "fit" and groups["n_technologies"] == "fit" and groups["icp_match"] == "fit"
     assert groups["engagement_decayed"] == "engagement" and groups["n_demo_request_30d"] == "engagement"
     assert f["uses_aws"].isin([0.0, 1.0]).all() or f["uses_aws"].isna().any()
+
+
+def test_absent_optional_columns_give_the_features_of_unknown_values(params):
+    """A leads file without some optional columns and a request leaving them out must score
+    alike: absent means unknown (an ICP criterion not met, BANT not confirmed)."""
+    from features.fit import OPTIONAL_LEAD_COLUMNS, fit_features
+
+    sparse = pd.DataFrame({"lead_id": ["L1"], "created_at": [T - pd.Timedelta(days=3)], "industry": ["Software"]})
+    full = sparse.assign(**{c: [None] for c in OPTIONAL_LEAD_COLUMNS if c not in sparse})
+    settings = {"icp": params.features.icp, "tech_vocabulary": ["salesforce"]}
+    from_file = fit_features(sparse, pd.Series([T]), **settings)
+    from_request = fit_features(full, pd.Series([T]), **settings)
+    pd.testing.assert_frame_equal(from_file, from_request)
+    assert from_file.loc[0, "icp_match"] == pytest.approx(1 / 5)  # industry only, of five criteria
+    assert from_file.loc[0, "bant_confirmed"] == 0

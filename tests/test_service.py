@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -44,8 +45,10 @@ def _start(
     log_dir: Path | None = None,
     env_extra: dict[str, str] | None = None,
     serve_args: tuple[str, ...] = (),
+    via_leadscore: bool = False,
 ) -> tuple[subprocess.Popen, str, Path]:
-    """`bentoml serve` on a free loopback port, its output in a log file; waits for /livez."""
+    """`bentoml serve` (or `leadscore serve`) on a free loopback port, its output in a log
+    file; waits for /livez."""
     port = _free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": store, "LEADSCORE_MODEL_NAME": CHAMPION_NAME}
     env["BENTOML_DO_NOT_TRACK"] = "true"
@@ -54,12 +57,14 @@ def _start(
         env["LEADSCORE_API_KEYS"] = keys
     env.update(env_extra or {})
     log = (log_dir or Path(store.removeprefix("sqlite:///")).parent) / f"serve-{port}.log"
-    bentoml = str(Path(sys.executable).parent / "bentoml")
-    process = subprocess.Popen(
-        [bentoml, "serve", "serving.service:LeadScoring", "--host", "127.0.0.1", "--port", str(port),
-         "--working-dir", str(PROJECT_ROOT), *serve_args],
-        env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    bin_dir = Path(sys.executable).parent
+    command = (
+        [str(bin_dir / "leadscore"), "serve", "--host", "127.0.0.1", "--port", str(port)]
+        if via_leadscore
+        else [str(bin_dir / "bentoml"), "serve", "serving.service:LeadScoring", "--host", "127.0.0.1",
+              "--port", str(port), "--working-dir", str(PROJECT_ROOT), *serve_args]
     )  # fmt: skip
+    process = subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -292,6 +297,18 @@ def test_oversized_bodies_are_refused_before_parsing(server):
     response = httpx.post(f"{url}/score", content=huge, headers={**_auth(), "content-type": "application/json"})
     assert response.status_code == 413
 
+    def chunks(body: bytes, size: int = 1 << 20):
+        yield from (body[i : i + size] for i in range(0, len(body), size))
+
+    # Without Content-Length (chunked), the same limit and the same answer, not a 500.
+    chunked = httpx.post(f"{url}/score", content=chunks(huge), headers={**_auth(), "content-type": "application/json"})
+    assert chunked.status_code == 413, chunked.text
+    assert "request body over" in chunked.json()["error"]
+    # A chunked body within the limit still reaches the handler whole.
+    small = json.dumps({"leads": [{"lead_id": "c1", "created_at": AS_OF}], "as_of": AS_OF}).encode()
+    ok = httpx.post(f"{url}/score", content=chunks(small, 7), headers={**_auth(), "content-type": "application/json"})
+    assert ok.status_code == 200, ok.text
+
 
 def test_committed_openapi_copy_is_current():
     from serving.service import SPEC
@@ -354,3 +371,18 @@ def _wait_for(condition, seconds: float = 30) -> None:
             return
         time.sleep(0.5)
     raise AssertionError("the service did not pick up the new champion in time")
+
+
+def test_leadscore_serve_stops_with_its_workers_on_sigterm(store, tmp_path):
+    """A supervisor (systemd, Docker) stops the service with SIGTERM to the process it started:
+    the workers must go with it, not keep serving."""
+    process, url, _ = _start(store, None, log_dir=tmp_path, via_leadscore=True)
+    try:
+        process.send_signal(signal.SIGTERM)  # that process only, not its group
+        process.wait(timeout=30)
+        time.sleep(1)
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{url}/livez", timeout=2)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # whatever a failed run left behind

@@ -153,6 +153,12 @@ def test_bad_paths_and_flags_are_clear_errors(tmp_path, store):
     wrong = leadscore("train", "--data", str(flat), "--label", "c", store=store)
     assert wrong.returncode == 2 and "no column(s) 'c'" in wrong.stderr
     assert "Traceback" not in missing.stderr + no_label.stderr + wrong.stderr
+    same_id = tmp_path / "same_id.csv"
+    same_id.write_text("Month,Revenue\n" + "May,1\nMay,0\n" * 30)
+    unusable = leadscore("train", "--data", str(same_id), "--label", "Revenue", "--id", "Month", store=store)
+    assert unusable.returncode == 2, unusable.stdout + unusable.stderr
+    assert "none of its 60 rows can be used: id 'Month' appears more than once (60 rows)" in unusable.stderr
+    assert "Traceback" not in unusable.stderr and len(unusable.stderr.strip().splitlines()) == 1
 
 
 def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, params_file, store, monkeypatch):
@@ -192,3 +198,29 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
     features, context, _ = prepare_flat_rows(model, frame.drop(columns=["Converted"]).head(5).astype(str))
     scored = score_features(model, features, context, pd.Series([pd.Timestamp("2026-01-01")] * 5))
     assert scored["probability"].between(0, 1).all() and len(scored) == 5
+
+    # Another table under the same name must not become its champion: whatever calls the
+    # service still sends the first table's columns.
+    other = tmp_path / "other.csv"
+    frame.drop(columns=["Time On Site", "Rep Notes"]).rename(columns={"Visits": "Pages"}).to_csv(other, index=False)
+    second = leadscore("train", "--data", str(other), "--label", "Converted", "--id", "Lead ID",
+                       "--params", str(params_file()), "--metrics-out", str(out),
+                       "--model-name", "flat-model", store=store)  # fmt: skip
+    assert second.returncode == 0, second.stdout + second.stderr
+    refused = json.loads(out.read_text())
+    assert refused["promoted"] is False
+    gate = next(g for g in refused["gates"] if g["name"] == "same_inputs_as_champion")
+    assert not gate["passed"] and "Time On Site" in gate["detail"] and "--model-name" in gate["detail"]
+    client = MlflowClient(store)
+    assert str(client.get_model_version_by_alias("flat-model", "champion").version) == metrics["model"]["version"]
+
+    # A file with none of the model's columns is refused, not scored from missing values alone.
+    unrelated = tmp_path / "unrelated.csv"
+    pd.DataFrame({"lead_id": ["a", "b"], "industry": ["Software", "Retail"]}).to_csv(unrelated, index=False)
+    wrong_file = leadscore("score", str(unrelated), "-o", str(tmp_path / "s.csv"), "--model-name", "flat-model",
+                           "--no-snapshot", store=store)  # fmt: skip
+    assert wrong_file.returncode == 2, wrong_file.stdout + wrong_file.stderr
+    assert "none of the model's columns are in this file" in wrong_file.stderr
+    assert not (tmp_path / "s.csv").exists()
+    wrong_suffix = leadscore("score", str(path), "-o", str(tmp_path / "s.json"), "--no-snapshot", store=store)
+    assert wrong_suffix.returncode == 2 and ".csv or .parquet" in wrong_suffix.stderr

@@ -27,7 +27,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one line per error, whatever the width (cron logs)
 
 
 class RichReporter:
@@ -403,7 +403,6 @@ def serve(
     ] = "127.0.0.1",
 ) -> None:
     """Start the scoring service (BentoML) on the champion of the configured MLflow registry."""
-    import subprocess
     import sys
 
     from features.params import PROJECT_ROOT
@@ -411,13 +410,17 @@ def serve(
 
     # BentoML's usage statistics would phone home from every worker: not from a CRM's scorer.
     env = {"BENTOML_DO_NOT_TRACK": "true", **os.environ, "MLFLOW_TRACKING_URI": tracking_uri()}
-    console.print(f"Serving models:/lead-scorer@champion from {env['MLFLOW_TRACKING_URI']} on http://{host}:{port}")
+    name = os.environ.get("LEADSCORE_MODEL_NAME") or load_params().mlflow.model_name
+    console.print(f"Serving models:/{name}@champion from {env['MLFLOW_TRACKING_URI']} on http://{host}:{port}")
     if os.environ.get("LEADSCORE_API_KEYS"):
         console.print("API keys required (LEADSCORE_API_KEYS is set)")
     bentoml = str(Path(sys.executable).parent / "bentoml")
     command = [bentoml, "serve", "serving.service:LeadScoring", "--host", host, "--port", str(port),
                "--working-dir", str(PROJECT_ROOT)]  # fmt: skip
-    raise typer.Exit(subprocess.call(command, env=env))
+    sys.stdout.flush()
+    # Become the server rather than wrap it: a supervisor's SIGTERM then reaches BentoML, which
+    # stops its workers; a wrapper would die and leave them serving.
+    os.execve(bentoml, command, env)
 
 
 @app.command()
@@ -451,6 +454,8 @@ def score(
         return
     if engine != "local":
         _fail(f"--engine {engine!r}: use local or dask")
+    if output.suffix.lower() not in (".csv", ".parquet", ".pq"):
+        _fail(f"-o {output}: the scores are written as .csv or .parquet; name the file so")
     from rich.progress import Progress as RichProgress
 
     from serving.batch import read_leads, score_batch, write_table

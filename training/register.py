@@ -57,37 +57,52 @@ def current_version(client: MlflowClient, model_name: str, alias: str = CHAMPION
         return None
 
 
-def champion_auc(
-    model_name: str, kind: str, features_test: pd.DataFrame, label: np.ndarray
-) -> tuple[str | None, float | None, str]:
-    """The current champion's ROC AUC on this run's test set, when it can be compared.
+@dataclass(frozen=True)
+class ChampionCheck:
+    """The current champion next to a new model: its version, its ROC AUC on the new test
+    set when it can be compared, why not otherwise, and whether it takes other inputs."""
 
-    Returns:
-        (version, auc, why-not) where auc is None when there is no comparable champion.
-    """
+    version: str | None
+    auc: float | None
+    note: str
+    other_inputs: bool = False
+
+
+def champion_auc(model_name: str, kind: str, features_test: pd.DataFrame, label: np.ndarray) -> ChampionCheck:
+    """The current champion's ROC AUC on this run's test set, when it can be compared."""
     client = MlflowClient()
     version = current_version(client, model_name)
     if version is None:
-        return None, None, "no champion yet"
+        return ChampionCheck(None, None, "no champion yet")
     try:
         model = mlflow.pyfunc.load_model(f"models:/{model_name}@{CHAMPION}")
         scorer = model.unwrap_python_model().scorer
     except Exception as exc:  # a broken or foreign champion must not stop training
-        return version, None, f"champion v{version} could not be loaded ({type(exc).__name__})"
-    if scorer.spec.kind != kind or not set(scorer.spec.columns) <= set(features_test.columns):
-        return version, None, f"champion v{version} was trained on other data; not compared"
+        return ChampionCheck(version, None, f"champion v{version} could not be loaded ({type(exc).__name__})")
+    if scorer.spec.kind != kind:
+        return ChampionCheck(version, None, f"champion v{version} is a {scorer.spec.kind} model, this one {kind}", True)
+    missing = [c for c in scorer.spec.columns if c not in features_test.columns]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        # CRM features are the same contract every time, only the technologies learned from the
+        # export may differ; a flat export without the champion's columns is another table.
+        return ChampionCheck(
+            version, None, f"champion v{version} uses columns this data lacks: {shown}", other_inputs=kind == "flat"
+        )
     probability = scorer.predict_proba(features_test)
-    return version, float(roc_auc_score(label, probability)), ""
+    return ChampionCheck(version, float(roc_auc_score(label, probability)), "")
 
 
 def check_gates(
     gates: GateParams,
     test: dict[str, float],
     best_baseline_auc: float,
-    champion: tuple[str | None, float | None, str],
+    champion: ChampionCheck,
 ) -> list[Gate]:
-    """The registration gates of params.yaml, each with its verdict and the numbers."""
-    version, champ_auc, why = champion
+    """The registration gates of params.yaml, each with its verdict and the numbers.
+
+    A model of other data never replaces the champion: whatever calls the service would be
+    scored on inputs the new model does not know (every lead the same score)."""
     result = [
         Gate("min_test_roc_auc", test["roc_auc"] >= gates.min_test_roc_auc,
              f"test ROC AUC {test['roc_auc']:.4f} vs minimum {gates.min_test_roc_auc}"),
@@ -97,13 +112,19 @@ def check_gates(
              f"gain over the better baseline {test['roc_auc'] - best_baseline_auc:+.4f} "
              f"vs minimum {gates.min_auc_gain_vs_baseline:+}"),
     ]  # fmt: skip
-    if champ_auc is None:
-        result.append(Gate("max_auc_drop_vs_champion", True, why))
+    if champion.other_inputs:
+        result.append(
+            Gate("same_inputs_as_champion", False,
+                 f"{champion.note}; train it under its own name (--model-name NAME) so each "
+                 "model keeps its own @champion")
+        )  # fmt: skip
+    elif champion.auc is None:
+        result.append(Gate("max_auc_drop_vs_champion", True, champion.note))
     else:
-        drop = champ_auc - test["roc_auc"]
+        drop = champion.auc - test["roc_auc"]
         result.append(
             Gate("max_auc_drop_vs_champion", drop <= gates.max_auc_drop_vs_champion,
-                 f"champion v{version} test ROC AUC {champ_auc:.4f}, new {test['roc_auc']:.4f} "
+                 f"champion v{champion.version} test ROC AUC {champion.auc:.4f}, new {test['roc_auc']:.4f} "
                  f"(drop {drop:+.4f}, allowed {gates.max_auc_drop_vs_champion})")
         )  # fmt: skip
     return result
