@@ -274,6 +274,7 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
         "columns": columns,
         "missing_tokens": list(params.missing_tokens),
         "label": profile.label,
+        "id": profile.id,  # what names a row when its export is scored
     }
     kept = raw.loc[keep]
     features, notes = clean_flat_columns(kept, schema)

@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -40,9 +41,15 @@ def read_table(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: cannot read ({exc})") from exc
 
 
-def read_leads(source: Path, activities: Path | None) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+def read_leads(
+    source: Path, activities: Path | None, *, flat_schema: dict[str, Any] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """Leads and activities from a CRM export folder (its open leads only, when it has
     outcomes), or a leads file plus an optional activities file.
+
+    Args:
+        flat_schema: a flat model's schema: a file without `lead_id` is then identified by the
+            id column it was trained with, or by row number (1, 2, ...) as in training.
 
     Returns:
         Leads, activities, and how many closed leads were left out.
@@ -65,8 +72,15 @@ def read_leads(source: Path, activities: Path | None) -> tuple[pd.DataFrame, pd.
         acts = read_table(acts_path)
     else:
         acts = pd.DataFrame(columns=["lead_id", "occurred_at", "activity_type", "value"])
+    if "lead_id" not in leads and flat_schema is not None:
+        id_column = flat_schema.get("id")
+        if id_column in leads:
+            leads = leads.assign(lead_id=leads[id_column])
+        elif not id_column:
+            leads = leads.assign(lead_id=[str(i) for i in range(1, len(leads) + 1)])
     if "lead_id" not in leads:
-        raise DataError(f"{source}: no lead_id column; columns are {', '.join(leads.columns[:20])}")
+        trained = f" (the model was trained with --id {flat_schema['id']!r})" if flat_schema else ""
+        raise DataError(f"{source}: no lead_id column{trained}; columns are {', '.join(leads.columns[:20])}")
     return leads, acts, closed
 
 

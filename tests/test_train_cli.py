@@ -214,6 +214,15 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
     client = MlflowClient(store)
     assert str(client.get_model_version_by_alias("flat-model", "champion").version) == metrics["model"]["version"]
 
+    # The export itself scores as trained: its rows named by the training's --id column.
+    export = tmp_path / "export.csv"
+    frame.drop(columns=["Converted"]).head(40).to_csv(export, index=False)
+    scored_file = tmp_path / "export_scores.csv"
+    by_id = leadscore("score", str(export), "-o", str(scored_file), "--model-name", "flat-model",
+                      "--no-snapshot", store=store)  # fmt: skip
+    assert by_id.returncode == 0, by_id.stdout + by_id.stderr
+    assert pd.read_csv(scored_file)["lead_id"].tolist() == frame["Lead ID"].head(40).tolist()
+
     # A file with none of the model's columns is refused, not scored from missing values alone.
     unrelated = tmp_path / "unrelated.csv"
     pd.DataFrame({"lead_id": ["a", "b"], "industry": ["Software", "Retail"]}).to_csv(unrelated, index=False)

@@ -474,7 +474,8 @@ def score(
         moment = pd_timestamp(as_of)
         with console.status("Loading the champion model"):
             model = load_champion(model_name or params.mlflow.model_name)
-        leads, acts, closed = read_leads(source, activities)
+        flat_schema = model.scorer.spec.settings["flat"] if model.kind == "flat" else None
+        leads, acts, closed = read_leads(source, activities, flat_schema=flat_schema)
         if closed:
             console.print(
                 f"{closed:,} converted or lost leads of the export left out; scoring the {len(leads):,} open ones"
