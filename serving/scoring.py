@@ -45,11 +45,13 @@ class ModelNotReady(RuntimeError):
 
 
 class InvalidLeads(ValueError):
-    """Leads that cannot be scored; `problems` names the lead's position and the field."""
+    """Leads that cannot be scored; `problems` names the lead's position and the field, and
+    `rows` holds each as (table, 0-based row, reason) for callers that point at the input."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], rows: list[tuple[str, int, str]] | None = None) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+        self.rows = rows or []
 
 
 @dataclass(frozen=True)
@@ -427,6 +429,9 @@ def prepare_crm_leads(
     raw.insert(0, "_row", np.arange(len(raw)))
     moments = pd.Series(pd.to_datetime(as_of).to_numpy(), index=raw.index)
     clean = clean_leads(raw, quarantine, tokens)
+    # Activities are checked against every readable lead: those of a lead set aside below are
+    # not "of an unknown lead" (that would be a second, misleading error for one mistake).
+    known = pd.Index(clean["lead_id"])
     positions = clean["_row"].to_numpy()
     future = pd.Series(clean["created_at"].to_numpy() > moments.to_numpy()[positions], index=clean.index)
     if future.any():
@@ -435,11 +440,12 @@ def prepare_crm_leads(
         positions = clean["_row"].to_numpy()
     acts = activities.astype(object).where(activities.notna(), "").astype(str).reset_index(drop=True)
     acts.insert(0, "_row", np.arange(len(acts)))
-    clean_acts = clean_activities(acts, pd.Index(clean["lead_id"]), quarantine)
+    clean_acts = clean_activities(acts, known, quarantine)
     problems = quarantine.frame()
     if strict and not problems.empty:
         raise InvalidLeads(
-            [f"{row.table}[{row.row}] (lead_id {row.lead_id!r}): {row.reason}" for row in problems.itertuples()]
+            [f"{row.table}[{row.row}] (lead_id {row.lead_id!r}): {row.reason}" for row in problems.itertuples()],
+            [(row.table, int(row.row), row.reason) for row in problems.itertuples()],
         )
     vocabulary = model.scorer.spec.settings.get("tech_vocabulary", [])
     moment_of = moments.to_numpy()[positions]

@@ -113,6 +113,10 @@ class Live(NamedTuple):
     loaded_at: str
 
 
+# The field a cleaning reason is about, by its name in the text ("created_at is after ...").
+_CONTRACT_FIELDS = ("created_at", "occurred_at", "activity_type", "lead_id")
+
+
 def _bad_request(problems: list[tuple[tuple, str]]) -> ValidationError:
     """A 400 in the shape of every other validation error: {"error", "detail": [{loc, msg, type}]}."""
     return ValidationError.from_exception_data(
@@ -211,7 +215,14 @@ class LeadScoring:
         try:
             features, context, _, _ = prepare_crm_leads(model, frame, activities, as_of)
         except InvalidLeads as exc:
-            raise _bad_request([((field,), problem) for problem in exc.problems]) from None
+            # Point at the lead (and activity) in the request, as every other 400 does.
+            owners = [(i, j) for i, lead in enumerate(leads) for j in range(len(lead.activities))]
+            problems = []
+            for (table, row, reason), text in zip(exc.rows, exc.problems, strict=True):
+                where = at(row) if table == "leads" else (*at(owners[row][0]), "activities", owners[row][1])
+                named = next((c for c in _CONTRACT_FIELDS if c in reason), None)
+                problems.append(((*where, named) if named else where, text))
+            raise _bad_request(problems) from None
         return features, context
 
     @bentoml.api(route="/score")

@@ -210,8 +210,15 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
     assert form.status_code == 415
     too_many = post({"leads": [{"lead_id": str(i), "created_at": "2025-01-01"} for i in range(1001)]})
     assert too_many.status_code == 400
-    future = post({"leads": [{"lead_id": "a", "created_at": "2030-01-01"}], "as_of": "2025-01-01"})
+    ok_lead = {"lead_id": "a", "created_at": "2024-06-01"}
+    future_lead = {"lead_id": "b", "created_at": "2030-01-01", "activities": [
+        {"occurred_at": "2024-12-01", "activity_type": "web_visit"}]}  # fmt: skip
+    future = post({"leads": [ok_lead, future_lead], "as_of": "2025-01-01"})
     assert future.status_code == 400 and "after the scoring moment" in future.text
+    # One mistake, one error, pointing at the lead and field (its activity is not "of an unknown lead").
+    assert [e["loc"] for e in future.json()["detail"]] == [["leads", 1, "created_at"]], future.text
+    twice = post({"leads": [ok_lead, {**ok_lead, "industry": "Retail"}]})
+    assert twice.status_code == 400 and ["leads", 0, "lead_id"] in [e["loc"] for e in twice.json()["detail"]]
     bad_json = httpx.post(
         f"{url}/score", content=b'{"leads": [', headers={**_auth(), "content-type": "application/json"}
     )
