@@ -143,9 +143,9 @@ def _profile(
 
 def _summary(metrics: dict[str, Any]) -> None:
     test = metrics["test"]
-    table = Table(
-        title=f"Test period: {metrics['data']['examples']['test']:,} examples, {test['positives']:,} converted"
-    )
+    held_out = "Test holdout" if metrics["data"]["split"].startswith("stratified") else "Test period"
+    examples = metrics["data"]["examples"]["test"]
+    table = Table(title=f"{held_out}: {examples:,} examples, {test['positives']:,} converted")
     for col in ("model", "ROC AUC", "PR AUC", "log loss", "Brier", "ECE"):
         table.add_column(col, justify="right" if col != "model" else "left")
     table.add_row(
@@ -175,7 +175,7 @@ def _summary(metrics: dict[str, Any]) -> None:
             f"final fit by LightGBM's DaskLGBMClassifier on {engine.get('final_fit_examples', 0):,} examples"
         )
 
-    grades = Table(title="Conversion by grade on the test period")
+    grades = Table(title=f"Conversion by grade on the {held_out.lower()}")
     for col in ("grade", "share of leads", "conversion"):
         grades.add_column(col, justify="right")
     for letter, row in metrics["grades"].items():

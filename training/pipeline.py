@@ -415,7 +415,11 @@ def train_and_register(
             booster = refit(final_x, final_y, True)
         timings["train_seconds"] = time.perf_counter() - started
 
-        reporter.stage("Evaluating on the test period, with baselines on the same split")
+        reporter.stage(
+            "Evaluating on the test "
+            + ("holdout" if cross_validate else "period")
+            + ", with baselines on the same split"
+        )
         started = time.perf_counter()
         test_probability = calibrator.apply(booster.predict(frames["test"], raw_score=True))
         overrides = (on_test_scores(test_probability, labels["test"]) if on_test_scores else None) or {}
