@@ -357,6 +357,9 @@ def test_service_follows_the_champion_and_rollback(champion_store, params_file, 
         done = subprocess.run([cli, "rollback", "--model-name", CHAMPION_NAME], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         assert f"version {before} is @champion again" in done.stdout
+        typo = subprocess.run([cli, "rollback", "--model-name", "svc-modle"], capture_output=True, text=True)
+        assert typo.returncode == 2 and "no registered model named 'svc-modle'" in typo.stderr
+        assert CHAMPION_NAME in typo.stderr  # the names there are, to spot the typo
         reloaded = httpx.post(f"{url}/reload", timeout=30).json()
         assert reloaded["live_version"] == before and live() == before
 

@@ -156,6 +156,9 @@ def rollback(model_name: str) -> tuple[str, str]:
         ValueError: the model has no `@previous` or no `@champion`.
     """
     client = MlflowClient()
+    if not client.search_registered_models(filter_string=f"name = '{model_name}'"):
+        names = ", ".join(m.name for m in client.search_registered_models()) or "none"
+        raise ValueError(f"no registered model named {model_name!r} (registered: {names})")
     previous = current_version(client, model_name, PREVIOUS)
     champion = current_version(client, model_name)
     if previous is None or champion is None:
