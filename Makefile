@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: help install browser demo serve notebook test test-fast lint format bench screenshots clean
 
 help:  ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -67,5 +67,5 @@ bench: $(STAMP)  ## Run the benchmarks in bench/ (about an hour; prints figures,
 	$(BIN)/python -m bench.bench_quality
 	$(BIN)/python -m bench.bench_scoring
 
-clean:  ## Remove the environment and the local MLflow store
-	rm -rf $(VENV) models/mlflow.db models/artifacts models/embedded models/quarantine
+clean:  ## Remove the environment, the local MLflow store and what the demo and scoring wrote under models/
+	rm -rf $(VENV) models/mlflow.db models/artifacts models/embedded models/quarantine models/scores models/reports models/demo-*

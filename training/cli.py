@@ -66,6 +66,10 @@ class RichReporter:
             self._progress = None
 
 
+def _leads(count: int) -> str:
+    return f"{count:,} lead" + ("" if count == 1 else "s")
+
+
 def _fail(message: str) -> None:
     err.print(f"[red]error:[/red] {message}")
     raise typer.Exit(code=2)
@@ -493,7 +497,7 @@ def score(
     except OSError as exc:
         _fail(f"cannot write {output}: {exc.strerror or exc}")
     console.print(
-        f"Scored {len(result.scored):,} leads with {model.name} version {model.version} as of {moment} → {output}"
+        f"Scored {_leads(len(result.scored))} with {model.name} version {model.version} as of {moment} → {output}"
     )
     if snapshot:
         console.print(f"Kept for the pages (digest at /ui/digest): {kept}")
@@ -554,7 +558,7 @@ def _score_on_dask(
     except OSError as exc:
         _fail(f"cannot read or write: {exc.strerror or exc}")
     console.print(
-        f"Scored {run.scored:,} leads with {model.name} version {model.version} as of {moment} on Dask → "
+        f"Scored {_leads(run.scored)} with {model.name} version {model.version} as of {moment} on Dask → "
         f"{output}/scores/ ({run.quarantined:,} row(s) not scored: {output}/quarantine/)"
     )
 
