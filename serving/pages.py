@@ -137,7 +137,9 @@ def lead_view(model: LoadedModel, lead: pd.DataFrame, activities: pd.DataFrame, 
         "fit": float(scored["fit"]),
         "engagement": float(scored["engagement"]),
         "stage": scored["stage"],
-        "stage_reason": scored["stage_reason"],
+        # The reason opens with its stage ("SQL: score 93 ≥ 25, ...") so that a CSV cell reads
+        # alone; next to the stage on the page that would say it twice.
+        "stage_reason": scored["stage_reason"].removeprefix(f"{scored['stage']}: "),
         "next_action": scored["next_action"],
         "reasons": scored["reasons"],
         "to_sql": to_sql,

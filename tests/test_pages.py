@@ -173,7 +173,9 @@ def test_lead_page_shows_what_score_returns(page, server, scores_dir):
     assert page.locator("#score").inner_text() == f"{expected['score']:.1f}"
     assert page.locator("#grade").inner_text() == expected["grade"]
     assert page.locator("#stage").inner_text() == expected["stage"]
-    assert page.locator("#stage-reason").inner_text() == expected["stage_reason"]
+    stage_reason = page.locator("#stage-reason").inner_text()
+    assert stage_reason == expected["stage_reason"].removeprefix(f"{expected['stage']}: ")
+    assert not stage_reason.startswith(f"{expected['stage']}:")  # the stage is shown once, just before
     reasons = page.locator("#reasons li").all_inner_texts()
     assert reasons == [r["text"] for r in expected["reasons"]]
     assert page.locator("#to-sql").inner_text().strip()
