@@ -4,7 +4,8 @@ demographic, technographic, BANT), from the lead's own attributes."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,16 @@ FREE_MAIL_DOMAINS = frozenset(
 _TECH_SPLIT = re.compile(r"\s*[;,|]\s*")
 # The optional lead attributes fit features are built from.
 OPTIONAL_LEAD_COLUMNS = (*LEAD_CATEGORICAL, *LEAD_NUMERIC, "email", "do_not_contact", "tech_stack")
+
+
+def _per_distinct(values: pd.Series, compute: Callable[[Any], Any]) -> list[Any]:
+    """`compute` of each row's value, called once per distinct value (missing included).
+
+    Training rows repeat each lead once per snapshot: the Python work runs per lead.
+    """
+    codes, distinct = pd.factorize(values, use_na_sentinel=False)
+    results = [compute(v) for v in distinct]
+    return [results[c] for c in codes]
 
 
 def split_tech_stack(values: pd.Series) -> pd.Series:
@@ -49,7 +60,8 @@ def _icp_match(leads: pd.DataFrame, icp: IcpParams) -> pd.Series:
     ):
         if column in leads:
             wanted = {a.casefold() for a in allowed}
-            checks.append(leads[column].map(lambda v, w=wanted: v is not None and str(v).casefold() in w))
+            met = _per_distinct(leads[column], lambda v, w=wanted: v is not None and str(v).casefold() in w)
+            checks.append(pd.Series(met, index=leads.index, dtype=bool))
     if "employees" in leads:
         checks.append(leads["employees"].between(icp.min_employees, icp.max_employees))
     if not checks:
@@ -85,15 +97,23 @@ def fit_features(
     if "employees" in leads and "annual_revenue" in leads:
         out["revenue_per_employee"] = leads["annual_revenue"] / leads["employees"].where(leads["employees"] > 0)
     if "email" in leads:
-        domain = leads["email"].map(
-            lambda v: None if v is None or "@" not in str(v) else str(v).rsplit("@", 1)[1].casefold()
+        out["business_email"] = pd.Series(
+            _per_distinct(
+                leads["email"],
+                lambda v: np.nan
+                if v is None or "@" not in str(v)
+                else float(str(v).rsplit("@", 1)[1].casefold() not in FREE_MAIL_DOMAINS),
+            ),
+            dtype="float64",
         )
-        out["business_email"] = domain.map(lambda d: np.nan if d is None else float(d not in FREE_MAIL_DOMAINS))
     if "do_not_contact" in leads:
         out["do_not_contact"] = leads["do_not_contact"].astype("float64")
     if "tech_stack" in leads:
         # Plain lists, not a pandas map per technology: the vocabulary makes many columns.
-        stacks = [{t.casefold() for t in items} for items in split_tech_stack(leads["tech_stack"])]
+        stacks = _per_distinct(
+            leads["tech_stack"],
+            lambda v: set() if v is None or pd.isna(v) else {t.casefold() for t in _TECH_SPLIT.split(str(v)) if t},
+        )
         unknown = leads["tech_stack"].isna().to_numpy()
         out["n_technologies"] = pd.Series(np.where(unknown, np.nan, [float(len(s)) for s in stacks]))
         for tech in tech_vocabulary:

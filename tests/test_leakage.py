@@ -29,3 +29,19 @@ def test_missingness_that_tracks_the_label_counts():
     y = pd.Series([0, 1] * 500)
     values = pd.Series(np.where(y == 1, np.nan, 1.0))
     assert single_column_auc(values, y) == 1.0
+
+
+def test_rank_auc_matches_scikit_learn_with_ties_and_missing_at_either_end():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(1)
+    y = pd.Series((rng.random(3000) < 0.2).astype(int))
+    values = pd.Series(np.round(rng.normal(size=3000) + 0.6 * y, 1))  # rounding makes ties
+    values[rng.random(3000) < 0.15] = np.nan
+    x = values.to_numpy()
+    expected = max(
+        max(a, 1 - a)
+        for fill in (np.nanmin(x) - 1, np.nanmax(x) + 1)
+        for a in [roc_auc_score(y, np.where(np.isnan(x), fill, x))]
+    )
+    assert abs(single_column_auc(values, y) - expected) < 1e-12

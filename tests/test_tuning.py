@@ -14,3 +14,22 @@ def test_integer_hyper_parameters_are_suggested_and_passed_as_integers():
     params = model_params({"max_cat_to_onehot": 16.0, "min_data_per_group": 50.0, "lambda_l1": 2.0}, seed=3)
     assert type(params["max_cat_to_onehot"]) is int and type(params["min_data_per_group"]) is int
     assert type(params["lambda_l1"]) is float and params["seed"] == 3
+
+
+def test_the_best_trials_model_is_the_refit_on_the_training_rows():
+    import numpy as np
+    import pandas as pd
+
+    from features.params import load_params
+    from training.train import fit_final
+    from training.tune import tune
+
+    rng = np.random.default_rng(0)
+    x = pd.DataFrame(rng.normal(size=(3000, 4)), columns=list("abcd"))
+    y = (rng.random(3000) < 1 / (1 + np.exp(-(x["a"] - 0.5 * x["b"] * x["c"])))).astype(int).to_numpy()
+    tuning = load_params(**{"tuning.trials": 4, "tuning.max_boost_rounds": 300}).tuning
+    result = tune(x[:2000], y[:2000], x[2000:], y[2000:], tuning)
+    assert result.best_model is not None and result.best_model.num_trees() == result.best_iteration
+    refit = fit_final(x[:2000], y[:2000], result.best_params, n_estimators=result.best_iteration, seed=tuning.seed)
+    valid = x[2000:]
+    assert np.array_equal(result.best_model.predict(valid, raw_score=True), refit.predict(valid, raw_score=True))

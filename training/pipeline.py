@@ -393,7 +393,10 @@ def train_and_register(
                 return final_fit(tuning.best_params, tuning.best_iteration, with_valid, spec)
             return fit_final(x, y, tuning.best_params, n_estimators=tuning.best_iteration, seed=params.tuning.seed)
 
-        booster = refit(frames["fit"], labels["fit"], False)
+        if tuning.best_model is not None and final_fit is None:
+            booster = tuning.best_model  # the trees a refit on the training rows would grow
+        else:
+            booster = refit(frames["fit"], labels["fit"], False)
         if cross_validate:
             calibration_margin = out_of_fold_margins(
                 frames["fit"], labels["fit"], tuning.best_params,

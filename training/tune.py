@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,9 @@ class TuningResult:
     trials: int
     pruned: int
     study: optuna.Study
+    # The best trial's model cut to its best iteration (time split only): the same trees a
+    # refit on the training rows with `best_iteration` rounds would grow, without the refit.
+    best_model: lgb.Booster | None = None
 
 
 def suggest(trial: optuna.Trial, space: dict[str, tuple[float, float]]) -> dict[str, Any]:
@@ -53,6 +57,8 @@ def tune(
     stops trials whose validation AUC trails the others at the same boosting round.
     """
 
+    best: dict[str, Any] = {}
+
     def objective(trial: optuna.Trial) -> float:
         hyper = {**suggest(trial, params.search_space), "metric": params.metric}
         model = build_model(hyper, n_estimators=params.max_boost_rounds, seed=params.seed)
@@ -65,10 +71,19 @@ def tune(
                 LightGBMPruningCallback(trial, params.metric, valid_name="valid_0"),
             ],
         )
-        trial.set_user_attr("best_iteration", int(model.best_iteration_ or params.max_boost_rounds))
-        return float(model.best_score_["valid_0"][params.metric])
+        iterations = int(model.best_iteration_ or params.max_boost_rounds)
+        trial.set_user_attr("best_iteration", iterations)
+        score = float(model.best_score_["valid_0"][params.metric])
+        if "score" not in best or (score > best["score"] if maximize else score < best["score"]):
+            best.update(score=score, number=trial.number, model=model.booster_, iterations=iterations)
+        return score
 
-    return _run_study(objective, params, on_trial)
+    maximize = _direction(params) == "maximize"
+    result = _run_study(objective, params, on_trial)
+    if best.get("number") != result.study.best_trial.number:
+        return result
+    trimmed = lgb.Booster(model_str=best["model"].model_to_string(num_iteration=best["iterations"]))
+    return dataclasses.replace(result, best_model=trimmed)
 
 
 def tune_cv(
@@ -106,6 +121,10 @@ def tune_cv(
     return _run_study(objective, params, on_trial)
 
 
+def _direction(params: TuningParams) -> str:
+    return "maximize" if params.metric == "auc" else "minimize"
+
+
 def _run_study(
     objective: Callable[[optuna.Trial], float],
     params: TuningParams,
@@ -113,7 +132,7 @@ def _run_study(
 ) -> TuningResult:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
-        direction="maximize" if params.metric == "auc" else "minimize",
+        direction=_direction(params),
         sampler=optuna.samplers.TPESampler(seed=params.seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=30, interval_steps=10),
     )
