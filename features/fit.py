@@ -35,6 +35,13 @@ def _per_distinct(values: pd.Series, compute: Callable[[Any], Any]) -> list[Any]
     return [results[c] for c in codes]
 
 
+def _business_email(email: Any) -> float:
+    """1 for an address at a company's domain, 0 at a free mail provider, NaN without a domain."""
+    if email is None or "@" not in str(email):
+        return np.nan
+    return float(str(email).rsplit("@", 1)[1].casefold() not in FREE_MAIL_DOMAINS)
+
+
 def split_tech_stack(values: pd.Series) -> pd.Series:
     """Lists of technologies from "A; B|C" style cells (missing -> empty list)."""
     return values.map(lambda v: [] if v is None or pd.isna(v) else [t for t in _TECH_SPLIT.split(str(v)) if t])
@@ -97,15 +104,7 @@ def fit_features(
     if "employees" in leads and "annual_revenue" in leads:
         out["revenue_per_employee"] = leads["annual_revenue"] / leads["employees"].where(leads["employees"] > 0)
     if "email" in leads:
-        out["business_email"] = pd.Series(
-            _per_distinct(
-                leads["email"],
-                lambda v: np.nan
-                if v is None or "@" not in str(v)
-                else float(str(v).rsplit("@", 1)[1].casefold() not in FREE_MAIL_DOMAINS),
-            ),
-            dtype="float64",
-        )
+        out["business_email"] = pd.Series(_per_distinct(leads["email"], _business_email), dtype="float64")
     if "do_not_contact" in leads:
         out["do_not_contact"] = leads["do_not_contact"].astype("float64")
     if "tech_stack" in leads:
