@@ -33,3 +33,31 @@ def test_the_best_trials_model_is_the_refit_on_the_training_rows():
     refit = fit_final(x[:2000], y[:2000], result.best_params, n_estimators=result.best_iteration, seed=tuning.seed)
     valid = x[2000:]
     assert np.array_equal(result.best_model.predict(valid, raw_score=True), refit.predict(valid, raw_score=True))
+
+
+def test_without_refit_the_best_trials_model_is_the_registered_one(small_crm_dir):
+    """refit_with_validation off: the bundle carries the tuning's own best model and scores."""
+    import numpy as np
+
+    from features.params import load_params
+    from serving.scoring import load_champion
+    from training.pipeline import prepare_crm, train_and_register
+
+    params = load_params(
+        **{
+            "tuning.trials": 2,
+            "tuning.max_boost_rounds": 200,
+            "tuning.refit_with_validation": False,
+            "mlflow.shap_sample": 100,
+            "gates.min_auc_gain_vs_baseline": -1.0,
+            "gates.max_test_ece": 1.0,
+        }
+    )
+    dataset = prepare_crm(small_crm_dir, params)
+    tuned = []
+    metrics = train_and_register(dataset, params, model_name="no-refit", on_tuned=tuned.append)
+    assert metrics["promoted"] and tuned[0].best_model is not None
+    scorer = load_champion("no-refit").scorer  # also compiles its trees for explanations
+    assert scorer.booster.num_trees() == tuned[0].best_iteration
+    test = dataset.features[(dataset.split.assignment == "test").to_numpy()].head(50)
+    assert np.isfinite(scorer.predict_proba(test)).all()
