@@ -42,9 +42,14 @@ def _business_email(email: Any) -> float:
     return float(str(email).rsplit("@", 1)[1].casefold() not in FREE_MAIL_DOMAINS)
 
 
+def _technologies(cell: Any) -> list[str]:
+    """The technologies of one "A; B|C" style cell (missing -> empty list)."""
+    return [] if cell is None or pd.isna(cell) else [t for t in _TECH_SPLIT.split(str(cell)) if t]
+
+
 def split_tech_stack(values: pd.Series) -> pd.Series:
     """Lists of technologies from "A; B|C" style cells (missing -> empty list)."""
-    return values.map(lambda v: [] if v is None or pd.isna(v) else [t for t in _TECH_SPLIT.split(str(v)) if t])
+    return values.map(_technologies)
 
 
 def learn_tech_vocabulary(leads: pd.DataFrame, top_k: int) -> list[str]:
@@ -109,10 +114,7 @@ def fit_features(
         out["do_not_contact"] = leads["do_not_contact"].astype("float64")
     if "tech_stack" in leads:
         # Plain lists, not a pandas map per technology: the vocabulary makes many columns.
-        stacks = _per_distinct(
-            leads["tech_stack"],
-            lambda v: set() if v is None or pd.isna(v) else {t.casefold() for t in _TECH_SPLIT.split(str(v)) if t},
-        )
+        stacks = _per_distinct(leads["tech_stack"], lambda cell: {t.casefold() for t in _technologies(cell)})
         unknown = leads["tech_stack"].isna().to_numpy()
         out["n_technologies"] = pd.Series(np.where(unknown, np.nan, [float(len(s)) for s in stacks]))
         for tech in tech_vocabulary:

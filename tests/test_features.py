@@ -119,3 +119,23 @@ def test_absent_optional_columns_give_the_features_of_unknown_values(params):
     pd.testing.assert_frame_equal(from_file, from_request)
     assert from_file.loc[0, "icp_match"] == pytest.approx(1 / 5)  # industry only, of five criteria
     assert from_file.loc[0, "bant_confirmed"] == 0
+
+
+def test_fit_rules_read_missing_values_as_unknown_whatever_the_column_dtype(params):
+    """Missing e-mail is unknown, not a business address, in object and pandas text columns
+    alike; each distinct value gets the same answer on every row that repeats it."""
+    from features.fit import fit_features
+
+    rows = {
+        "lead_id": ["a", "b", "c", "d"],
+        "created_at": [pd.Timestamp("2025-01-01")] * 4,
+        "email": ["x@acme.com", None, "y@gmail.com", "x@acme.com"],
+        "tech_stack": ["HubSpot; Slack", None, "slack", "HubSpot; Slack"],
+    }
+    for dtype in ("object", "str"):
+        leads = pd.DataFrame(rows).astype({"email": dtype, "tech_stack": dtype})
+        fit = fit_features(leads, pd.Series([T]), icp=params.features.icp, tech_vocabulary=["hubspot", "slack"])
+        assert fit["business_email"].tolist()[::2] == [1.0, 0.0] and np.isnan(fit["business_email"][1])
+        assert fit["business_email"][3] == 1.0
+        assert fit["uses_slack"].tolist()[::2] == [1.0, 1.0] and np.isnan(fit["uses_slack"][1])
+        assert fit["n_technologies"][3] == 2.0
