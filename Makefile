@@ -21,8 +21,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)  ## Create .venv and install the project with its dev tools
 
 demo: $(STAMP)  ## Train on the embedded data, register the champion, score the open leads, show the best
-	$(BIN)/leadscore train --metrics-out models/demo-metrics.json
-	$(BIN)/leadscore score models/embedded -o models/demo-scores.csv --as-of 2026-10-22 --top 10
+	$(BIN)/leadscore demo
 	@echo ""
 	@echo "Next: start the scoring service with 'make serve' (http://127.0.0.1:3000, spec at /docs),"
 	@echo "open the pages at http://127.0.0.1:3000/ui/digest (lead pages, model page),"

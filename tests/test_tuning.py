@@ -61,3 +61,26 @@ def test_without_refit_the_best_trials_model_is_the_registered_one(small_crm_dir
     assert scorer.booster.num_trees() == tuned[0].best_iteration
     test = dataset.features[(dataset.split.assignment == "test").to_numpy()].head(50)
     assert np.isfinite(scorer.predict_proba(test)).all()
+
+
+def test_a_trial_running_past_the_budget_is_cut_once_one_has_completed(monkeypatch):
+    """Optuna's timeout is checked between trials only; the budget also stops the running one."""
+    import numpy as np
+    import pandas as pd
+
+    from features.params import load_params
+    from training import tune as tuning_module
+
+    monkeypatch.setattr(tuning_module.TuningBudget, "__init__", lambda self, seconds: setattr(self, "deadline", -1.0))
+    rng = np.random.default_rng(1)
+    x = pd.DataFrame(rng.normal(size=(1500, 3)), columns=list("abc"))
+    y = (rng.random(1500) < 1 / (1 + np.exp(-x["a"]))).astype(int).to_numpy()
+    tuning = load_params(**{"tuning.trials": 3, "tuning.max_boost_rounds": 100}).tuning
+    for result in (
+        tuning_module.tune(x[:1000], y[:1000], x[1000:], y[1000:], tuning),
+        tuning_module.tune_cv(x, y, tuning, folds=3),
+    ):
+        states = [t.state.name for t in result.study.trials]
+        assert states == ["COMPLETE", "PRUNED", "PRUNED"]  # the first always completes: a model to keep
+        assert [t.user_attrs.get("stopped") for t in result.study.trials[1:]] == ["tuning budget spent"] * 2
+        assert result.best_iteration == result.study.trials[0].user_attrs["best_iteration"]

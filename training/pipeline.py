@@ -243,6 +243,8 @@ def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     with mlflow.start_run(run_name=f"trial-{trial.number:03d}", nested=True):
         mlflow.log_params(trial.params)
         mlflow.set_tag("state", trial.state.name)
+        if "stopped" in trial.user_attrs:
+            mlflow.set_tag("stopped", trial.user_attrs["stopped"])
         if trial.value is not None:
             mlflow.log_metric("valid_roc_auc", trial.value)
         if "best_iteration" in trial.user_attrs:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -59,7 +60,7 @@ def tune(
 
     best: dict[str, Any] = {}
 
-    def objective(trial: optuna.Trial) -> float:
+    def objective(trial: optuna.Trial, within_budget: Callable[[Any], None]) -> float:
         hyper = {**suggest(trial, params.search_space), "metric": params.metric}
         model = build_model(hyper, n_estimators=params.max_boost_rounds, seed=params.seed)
         model.fit(
@@ -69,6 +70,7 @@ def tune(
             callbacks=[
                 lgb.early_stopping(params.early_stopping_rounds, verbose=False),
                 LightGBMPruningCallback(trial, params.metric, valid_name="valid_0"),
+                within_budget,
             ],
         )
         iterations = int(model.best_iteration_ or params.max_boost_rounds)
@@ -100,7 +102,7 @@ def tune_cv(
     AUC; the pruner compares trials on that mean at each boosting round.
     """
 
-    def objective(trial: optuna.Trial) -> float:
+    def objective(trial: optuna.Trial, within_budget: Callable[[Any], None]) -> float:
         hyper = {**suggest(trial, params.search_space), "metric": params.metric}
         history = lgb.cv(
             model_params(hyper, seed=params.seed),
@@ -112,6 +114,7 @@ def tune_cv(
             callbacks=[
                 lgb.early_stopping(params.early_stopping_rounds, verbose=False),
                 LightGBMPruningCallback(trial, params.metric),
+                within_budget,
             ],
         )
         scores = history[f"valid {params.metric}-mean"]
@@ -125,8 +128,32 @@ def _direction(params: TuningParams) -> str:
     return "maximize" if params.metric == "auc" else "minimize"
 
 
+class TuningBudget:
+    """Cuts a trial still boosting when the tuning time budget is spent.
+
+    Optuna checks its timeout only between trials, so the last trial could overrun the
+    budget by a whole trial (several seconds here, minutes on large data). A cut trial is
+    pruned; until one trial has completed nothing is cut, so there is always a model.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def callback(self, trial: optuna.Trial) -> Callable[[Any], None]:
+        """A LightGBM callback for this trial (checked after every boosting round)."""
+        if not trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            return lambda env: None
+
+        def within_budget(env: Any) -> None:
+            if time.monotonic() > self.deadline:
+                trial.set_user_attr("stopped", "tuning budget spent")
+                raise optuna.TrialPruned("tuning budget spent")
+
+        return within_budget
+
+
 def _run_study(
-    objective: Callable[[optuna.Trial], float],
+    objective: Callable[[optuna.Trial, Callable[[Any], None]], float],
     params: TuningParams,
     on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None,
 ) -> TuningResult:
@@ -136,8 +163,9 @@ def _run_study(
         sampler=optuna.samplers.TPESampler(seed=params.seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=30, interval_steps=10),
     )
+    budget = TuningBudget(params.timeout_seconds)
     study.optimize(
-        objective,
+        lambda trial: objective(trial, budget.callback(trial)),
         n_trials=params.trials,
         timeout=params.timeout_seconds,
         callbacks=[on_trial] if on_trial else None,
