@@ -233,3 +233,24 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
     assert not (tmp_path / "s.csv").exists()
     wrong_suffix = leadscore("score", str(path), "-o", str(tmp_path / "s.json"), "--no-snapshot", store=store)
     assert wrong_suffix.returncode == 2 and ".csv or .parquet" in wrong_suffix.stderr
+
+
+def test_demo_trains_then_scores_the_open_leads_at_the_end_of_the_embedded_export(monkeypatch):
+    """`leadscore demo` is `train` then `score` of the embedded export in one process."""
+    from typer.testing import CliRunner
+
+    from training import cli
+    from training.pipeline import EMBEDDED_DIR, MODELS_DIR
+
+    calls = []
+    monkeypatch.setattr(cli, "train", lambda **kwargs: calls.append(("train", kwargs)))
+    monkeypatch.setattr(cli, "score", lambda *args, **kwargs: calls.append(("score", args, kwargs)))
+    result = CliRunner().invoke(cli.app, ["demo", "--top", "5"])
+    assert result.exit_code == 0, result.output
+    assert calls[0] == ("train", {"metrics_out": MODELS_DIR / "demo-metrics.json"})
+    # 24 months of 30 days from 2024-11-01: the moment the generated export ends
+    assert calls[1] == (
+        "score",
+        (EMBEDDED_DIR, MODELS_DIR / "demo-scores.csv"),
+        {"as_of": "2026-10-22T00:00:00", "top": 5},
+    )
