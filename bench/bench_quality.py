@@ -65,11 +65,12 @@ def embedded(seeds: int, leads: int) -> None:
                 "ece": m["test"]["ece"],
                 "floor": m["test"]["ece_noise_floor"],
                 "seconds": time.perf_counter() - started,
+                "trials": m["tuning"]["trials"],
             }
         )
         r = rows[-1]
         print(
-            f"embedded seed {r['seed']}: tuned {r['model']:.4f}  Bayes {r['bayes']:.4f}  "
+            f"embedded seed {r['seed']} ({r['trials']} trials): tuned {r['model']:.4f}  Bayes {r['bayes']:.4f}  "
             f"gap {r['bayes'] - r['model']:.4f}"
             f"  LR {r['lr']:.4f}  LGBM default {r['lgbm']:.4f}  ECE {r['ece']:.4f} (floor {r['floor']:.4f})  ({r['seconds']:.0f} s)",
             flush=True,
