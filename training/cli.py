@@ -517,11 +517,9 @@ def demo(
 ) -> None:
     """Train on the embedded data, register the champion, score its open leads, show the best.
 
-    What `make demo` runs: `leadscore train --metrics-out models/demo-metrics.json`, then
-    `leadscore score models/embedded -o models/demo-scores.csv --as-of <the export's end>
-    --top 10`, in one process (a second process would spend about 10 s starting Python,
-    MLflow and the registry again).
+    What `make demo` runs: `train`, then `score` of the embedded export, in one process.
     """
+    # One process: a second one would spend about 10 s starting Python, MLflow and the registry again.
     import pandas as pd
 
     from training.pipeline import EMBEDDED_DIR, MODELS_DIR
