@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from features.build import build_crm_features
 from features.ingest import load_crm
 from features.synthetic import generate_crm, write_crm
+from training.pipeline import trailing_baseline_warnings
 
 LEADSCORE = str(Path(sys.executable).parent / "leadscore")
 pytestmark = pytest.mark.slow
@@ -60,6 +61,8 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
     assert metrics["leakage"]["flagged"] == []
     assert metrics["model"] == {**metrics["model"], "name": "crm-model", "version": "1"}
     assert metrics["promoted"] is True
+    trails = metrics["test"]["roc_auc"] < max(b["roc_auc"] for b in metrics["baselines"].values())
+    assert len(metrics["warnings"]) == trails and ("trails the" in first.stdout) == trails
     assert "quarantined" in first.stdout and "Registered crm-model version 1 as @champion" in first.stdout
 
     mlflow.set_tracking_uri(store)
@@ -254,3 +257,13 @@ def test_demo_trains_then_scores_the_open_leads_at_the_end_of_the_embedded_expor
         (EMBEDDED_DIR, MODELS_DIR / "demo-scores.csv"),
         {"as_of": "2026-10-22T00:00:00", "top": 5},
     )
+
+
+def test_a_baseline_beating_the_tuned_model_is_warned_about_with_the_strongest_kept_columns():
+    audit = pd.DataFrame({"column": ["Tags", "Lead Quality", "TotalVisits", "City"], "auc": [0.92, 0.80, 0.70, 0.55]})
+    audit["flagged"] = audit["auc"] >= 0.85
+    baselines = {"logistic_regression": {"roc_auc": 0.918}, "lightgbm_default": {"roc_auc": 0.938}}
+    assert trailing_baseline_warnings(0.940, baselines, audit) == []
+    (text,) = trailing_baseline_warnings(0.934, baselines, audit)
+    assert "0.9340" in text and "lightgbm default baseline (0.9380)" in text
+    assert "Lead Quality (0.800), TotalVisits (0.700), City (0.550)" in text and "Tags" not in text
