@@ -10,7 +10,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from features.clean import (
     FALSE_TOKENS,
@@ -47,9 +47,33 @@ class FlatProfile(BaseModel):
     positive: str | None = None
     id: str | None = None
     drop: list[str] = []
-    sep: str = ","
+    sep: str = Field(",", min_length=1, max_length=1, description="one character, e.g. ';' or a tab")
     time: str | None = None
     types: dict[str, ColumnType] = {}
+
+    @model_validator(mode="after")
+    def _label_has_one_role(self) -> FlatProfile:
+        others = {"id": [self.id], "drop": self.drop, "time": [self.time], "types": list(self.types)}
+        for role, columns in others.items():
+            if self.label in columns:
+                raise ValueError(f"the label column {self.label!r} cannot also be given as {role}")
+        return self
+
+
+def make_profile(settings: dict[str, Any], source: str = "the command line") -> FlatProfile:
+    """Validate profile settings, with errors that name each bad key.
+
+    Raises:
+        DataError: an unknown key or a bad value.
+    """
+    try:
+        return FlatProfile.model_validate(settings)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'profile'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        raise DataError(f"invalid settings from {source}: {problems}") from exc
 
 
 def load_profile(path: str | Path, **flags: Any) -> FlatProfile:
@@ -58,12 +82,13 @@ def load_profile(path: str | Path, **flags: Any) -> FlatProfile:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise DataError(f"cannot read profile {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise DataError(
+            f"invalid profile {path}: expected keys such as label, positive, id, drop, sep, time, types; "
+            f"found a {type(raw).__name__}"
+        )
     raw.update({k: v for k, v in flags.items() if v not in (None, [], "")})
-    try:
-        return FlatProfile.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise DataError(f"invalid profile {path}: {problems}") from exc
+    return make_profile(raw, f"profile {path}")
 
 
 @dataclass
@@ -198,6 +223,7 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
         *([profile.id] if profile.id else []),
         *profile.drop,
         *([profile.time] if profile.time else []),
+        *profile.types,
     ]
     unknown = [c for c in named if c not in raw.columns]
     if unknown:
@@ -206,10 +232,15 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
         )
     if len(raw.columns) == 1 and profile.sep == ",":
         raise DataError(f"{path.name}: only one column found; is the separator ';' or a tab? (use --sep)")
+    if raw.empty:
+        raise DataError(f"{path.name}: a header and no data rows")
     raw.insert(0, "_row", np.arange(1, len(raw) + 1))
 
     label_text = blank_to_missing(raw[profile.label], params.missing_tokens)
-    label = _label(label_text, profile.label, profile.positive)
+    try:
+        label = _label(label_text, profile.label, profile.positive)
+    except DataError as exc:
+        raise DataError(f"{path.name}: {exc}") from exc
     raw["lead_id"] = blank_to_missing(raw[profile.id], ()) if profile.id else raw["_row"].astype(str)
     quarantine.add("flat", raw, label.isna(), f"label {profile.label!r} missing")
     keep = label.notna()

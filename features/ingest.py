@@ -182,7 +182,10 @@ def read_text_csv(path: Path, *, sep: str = ",") -> tuple[pd.DataFrame, str]:
     """
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    _check_header(path, sep)
+    try:
+        _check_header(path, sep)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot open ({exc.strerror or exc})") from exc
     try:
         try:
             encoding = "utf-8-sig"  # the common case, read by pandas' C parser straight from the file
@@ -192,7 +195,8 @@ def read_text_csv(path: Path, *, sep: str = ",") -> tuple[pd.DataFrame, str]:
             frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, sep=sep)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
         why = " ".join(str(exc).split())  # pandas ends its messages with a newline
-        raise DataError(f"{path}: cannot read as CSV with separator {sep!r} ({why})") from exc
+        hint = "; if fields are separated by ';' or a tab, say so (--sep)" if sep == "," else ""
+        raise DataError(f"{path}: cannot read as CSV with separator {sep!r} ({why}){hint}") from exc
     frame.columns = [str(c).strip() for c in frame.columns]
     for column in frame.columns:
         lengths = frame[column].str.len()
@@ -323,11 +327,18 @@ def clean_activities(raw: pd.DataFrame, known_leads: pd.Index, quarantine: Quara
 
 
 def clean_outcomes(raw: pd.DataFrame, leads: pd.DataFrame, quarantine: Quarantine) -> pd.DataFrame:
+    """One outcome row per lead; leads the export gives no outcome row are open.
+
+    A lead whose every outcome row was quarantined has an unknown outcome, not an open one:
+    taking it as open would teach the model that a known converter never converted. It is
+    left out of the result; `load_crm` quarantines its lead row.
+    """
     out = raw.copy()
     out["lead_id"] = blank_to_missing(out["lead_id"], ())
     unknown = ~out["lead_id"].isin(leads["lead_id"])
     quarantine.add("outcomes", out, unknown, "unknown lead_id (no usable row in leads)")
     out = out[~unknown]
+    with_rows = leads["lead_id"].isin(out["lead_id"])
     status = out["status"].map(lambda v: STATUS_SYNONYMS.get(str(v).strip().casefold()))
     quarantine.add(
         "outcomes",
@@ -355,7 +366,7 @@ def clean_outcomes(raw: pd.DataFrame, leads: pd.DataFrame, quarantine: Quarantin
     before = out["closed_at"].notna() & (out["closed_at"] < out["lead_id"].map(created))
     quarantine.add("outcomes", out, before, "closed_at is before the lead's created_at")
     out = out[~before]
-    missing = ~leads["lead_id"].isin(out["lead_id"])
+    missing = ~leads["lead_id"].isin(out["lead_id"]) & ~with_rows
     if missing.any():
         quarantine.note(f"outcomes: {int(missing.sum())} lead(s) without an outcome row taken as open")
         extra = pd.DataFrame({"lead_id": leads.loc[missing, "lead_id"], "status": "open", "closed_at": pd.NaT})
@@ -383,6 +394,9 @@ def load_crm(directory: str | Path, missing_tokens: Iterable[str] = ("",)) -> Cr
 
     leads = clean_leads(raw_leads, quarantine, missing_tokens)
     outcomes = clean_outcomes(raw_outcomes, leads, quarantine)
+    unknown_outcome = ~leads["lead_id"].isin(outcomes["lead_id"])
+    quarantine.add("leads", leads, unknown_outcome, "outcome unknown: every outcome row of this lead was quarantined")
+    leads = leads[~unknown_outcome]
     activities = clean_activities(raw_acts, pd.Index(leads["lead_id"]), quarantine)
     moments = [
         leads["created_at"].max(),

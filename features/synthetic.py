@@ -536,7 +536,8 @@ def generate_crm(n_leads: int, seed: int, start: str = "2024-11-01", months: int
     value = np.where(types_arr == TYPE_INDEX["web_visit"], rng.integers(1, 12, len(types_arr)), np.nan)
     type_names = np.array(ACTIVITY_TYPES, dtype=object)[types_arr]
     spelled = rng.random(len(type_names)) < 0.02
-    type_names[spelled] = np.char.title(np.char.replace(type_names[spelled].astype(str), "_", " "))
+    if spelled.any():  # numpy's string functions fail on an empty array (tiny exports)
+        type_names[spelled] = np.char.title(np.char.replace(type_names[spelled].astype(str), "_", " "))
     activities = pd.DataFrame(
         {
             "lead_id": lead_ids[leads_arr],

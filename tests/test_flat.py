@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -50,8 +52,18 @@ def test_label_problems_are_clear_errors(flat_csv, params):
         load_flat(flat_csv, FlatProfile(label="Outcome"), params.flat)
     with pytest.raises(DataError, match="positive value 'won' not found"):
         load_flat(flat_csv, FlatProfile(label="Converted", positive="won"), params.flat)
-    with pytest.raises(DataError, match="'Visits' has 20 class"):
+    with pytest.raises(DataError, match=r"export\.csv: label column 'Visits' has 20 class"):
         load_flat(flat_csv, FlatProfile(label="Visits"), params.flat)
+    with pytest.raises(DataError, match=r"no column\(s\) 'Zip'"):
+        load_flat(flat_csv, FlatProfile(label="Converted", types={"Zip": "categorical"}), params.flat)
+    header_only = flat_csv.with_name("header.csv")
+    header_only.write_text("Source,Converted\n")
+    with pytest.raises(DataError, match=r"header\.csv: a header and no data rows"):
+        load_flat(header_only, FlatProfile(label="Converted"), params.flat)
+    semicolons = flat_csv.with_name("semicolons.csv")
+    semicolons.write_text("a;b;y\n1;2;0\n1,5;2;1\n")
+    with pytest.raises(DataError, match=r"separated by ';' or a tab, say so \(--sep\)"):
+        load_flat(semicolons, FlatProfile(label="y"), params.flat)
 
 
 def test_rows_without_label_or_with_a_repeated_id_are_quarantined(tmp_path, params):
@@ -106,6 +118,25 @@ def test_profile_file_with_flags_overriding_it(tmp_path):
     path.write_text("label: x\nunknown_key: 1\n")
     with pytest.raises(DataError, match="unknown_key"):
         load_profile(path)
+    path.write_text("- label\n- Converted\n")
+    with pytest.raises(DataError, match=r"expected keys such as label.*found a list"):
+        load_profile(path)
+
+
+@pytest.mark.parametrize(
+    ("settings", "error"),
+    [
+        ({"label": "y", "sep": ""}, "sep: String should have at least 1 character"),
+        ({"label": "y", "sep": "||"}, "sep: String should have at most 1 character"),
+        ({"label": "y", "drop": ["a", "y"]}, "the label column 'y' cannot also be given as drop"),
+        ({"label": "y", "id": "y"}, "the label column 'y' cannot also be given as id"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused_by_name(settings, error):
+    from features.flat import make_profile
+
+    with pytest.raises(DataError, match=f"invalid settings from the command line: .*{re.escape(error)}"):
+        make_profile(settings)
 
 
 def test_a_time_column_gives_a_time_split(flat_csv):

@@ -14,7 +14,7 @@ def _write(tmp_path, leads, activities, outcomes):
 @pytest.fixture
 def export(tmp_path):
     leads = {
-        "lead_id": ["A", "B", "B", "C", "C", "D", "E"],
+        "lead_id": ["A", "B", "B", "C", "C", "D", "E", "F"],
         "created_at": [
             "2025-01-01",
             "2025-01-02",
@@ -23,12 +23,13 @@ def export(tmp_path):
             "2025-01-03",
             "yesterday",
             "2025-01-05",
+            "2025-01-06",
         ],
-        "industry": ["Software", "software ", "software ", "Retail", "Media", "Retail", "Select"],
-        "employees": ["1,200", "50", "50", "abc", "10", "10", ""],
+        "industry": ["Software", "software ", "software ", "Retail", "Media", "Retail", "Select", "software "],
+        "employees": ["1,200", "50", "50", "abc", "10", "10", "", "7"],
     }
     activities = {
-        "lead_id": ["A", "A", "Z", "B", "E"],
+        "lead_id": ["A", "A", "Z", "A", "E"],
         "occurred_at": [
             "2025-01-05T10:00:00",
             "2025-01-06",
@@ -58,13 +59,18 @@ def test_bad_rows_are_quarantined_with_a_reason_each(export):
     assert "occurred_at" in reasons[("activities", 4)]
     assert reasons[("outcomes", 2)].startswith("status not one of")
     assert reasons[("outcomes", 4)].startswith("unknown lead_id")
-    assert sorted(crm.leads["lead_id"]) == ["A", "B", "E"]
+    # B's only outcome row was quarantined: its outcome is unknown, so it is not taken as open.
+    b_reasons = q.loc[(q["table"] == "leads") & (q["lead_id"] == "B"), "reason"]
+    assert b_reasons.str.startswith("outcome unknown").any()
+    assert sorted(crm.leads["lead_id"]) == ["A", "E", "F"]
+    assert sorted(crm.outcomes["lead_id"]) == ["A", "E", "F"]
+    assert crm.outcomes.set_index("lead_id").loc["F", "status"] == "open"
 
 
 def test_values_are_cleaned_and_notes_say_what_was_changed(export):
     crm = load_crm(export, ["", "select"])
     leads = crm.leads.set_index("lead_id")
-    assert leads.loc["B", "industry"] == "Software"
+    assert leads.loc["A", "industry"] == leads.loc["F", "industry"] == "software"
     assert leads.loc["A", "employees"] == 1200.0
     assert pd.isna(leads.loc["E", "industry"])
     assert set(crm.activities["activity_type"]) == {"web_visit", "demo_request", "other"}
@@ -89,4 +95,16 @@ def test_missing_file_and_unreadable_file(tmp_path):
         load_crm(tmp_path)
     (tmp_path / "leads.csv").write_bytes(b"")
     with pytest.raises(DataError, match="cannot read as CSV"):
+        load_crm(tmp_path)
+
+
+def test_a_file_that_cannot_be_opened_is_named(tmp_path, monkeypatch):
+    import features.ingest as ingest
+
+    def refuse(path, sep):  # as open() does for a file without read permission (root reads anyway)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    (tmp_path / "leads.csv").write_text("lead_id,created_at\nA,2025-01-01\n")
+    monkeypatch.setattr(ingest, "_check_header", refuse)
+    with pytest.raises(DataError, match=r"leads\.csv: cannot open \(Permission denied\)"):
         load_crm(tmp_path)

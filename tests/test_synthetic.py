@@ -61,3 +61,9 @@ def test_fifty_thousand_leads_give_about_a_million_activities():
     crm = generate_crm(50000, seed=7)
     assert 700_000 < len(crm.activities) < 1_400_000
     assert np.isclose(crm.truth["probability"].mean(), 0.07, atol=0.04)
+
+
+@pytest.mark.parametrize("leads", [1, 3, 5])
+def test_tiny_exports_generate(leads):
+    crm = generate_crm(leads, seed=1, start="2024-01-01", months=24)
+    assert crm.leads["lead_id"].nunique() == leads and len(crm.outcomes) == leads

@@ -84,3 +84,28 @@ def test_a_trial_running_past_the_budget_is_cut_once_one_has_completed(monkeypat
         assert states == ["COMPLETE", "PRUNED", "PRUNED"]  # the first always completes: a model to keep
         assert [t.user_attrs.get("stopped") for t in result.study.trials[1:]] == ["tuning budget spent"] * 2
         assert result.best_iteration == result.study.trials[0].user_attrs["best_iteration"]
+
+
+def test_small_data_caps_the_row_counts_so_every_trial_can_split():
+    import numpy as np
+    import pandas as pd
+
+    from features.params import load_params
+    from training.tune import tune_cv
+
+    study = optuna.create_study()
+    space = {"min_child_samples": (50.0, 400.0), "min_data_per_group": (5.0, 200.0), "num_leaves": (3.0, 4.0)}
+    for _ in range(20):
+        chosen = suggest(study.ask(), space, rows=900)
+        assert 50 <= chosen["min_child_samples"] <= 90 and 5 <= chosen["min_data_per_group"] <= 90
+    assert suggest(study.ask(), space, rows=300)["min_child_samples"] == 30  # the cap is below the space
+
+    # 1,200 rows (960 per fold): uncapped, trials with min_child_samples near 400 and half-sized
+    # bagging samples could not split at all and scored a constant model's AUC of 0.5.
+    rng = np.random.default_rng(1)
+    x = pd.DataFrame(rng.normal(size=(1200, 3)), columns=list("abc"))
+    y = (rng.random(1200) < 1 / (1 + np.exp(-2 * x["a"]))).astype(int).to_numpy()
+    tuning = load_params(**{"tuning.trials": 8, "tuning.max_boost_rounds": 60, "tuning.timeout_seconds": 300}).tuning
+    result = tune_cv(x, y, tuning, folds=5)
+    scores = [t.value for t in result.study.trials if t.value is not None]
+    assert scores and min(scores) > 0.7, scores

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from features.flat import FlatProfile, load_profile
+from features.flat import FlatProfile, load_profile, make_profile
 from features.ingest import DataError
 from features.params import ParamsError, load_params
 from features.synthetic import STEP_DAYS, generate_crm, write_crm
@@ -75,6 +75,12 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def _os_error_text(exc: OSError) -> str:
+    """An OS error as `path: reason`, so the user knows which file to look at."""
+    reason = exc.strerror or str(exc)
+    return f"{exc.filename}: {reason}" if exc.filename else reason
+
+
 def _quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -104,7 +110,8 @@ def generate(
         except ValueError as exc:
             _fail(f"cannot generate: {exc}")
         except OSError as exc:
-            _fail(f"cannot write to {out}: {exc.strerror or exc}")
+            hint = " (--out takes a folder)" if out.is_file() else ""
+            _fail(f"cannot write to {out}: {exc.strerror or exc}{hint}")
     table = Table(title=f"Synthetic CRM export in {out} ({time.perf_counter() - started:.1f} s)")
     table.add_column("file")
     table.add_column("rows", justify="right")
@@ -142,7 +149,7 @@ def _profile(
         return load_profile(profile, **flags)
     if not label:
         _fail(f"{data} is a single CSV file: say which column is the outcome with --label (or give --profile)")
-    return FlatProfile(**{k: v for k, v in flags.items() if v is not None})
+    return make_profile({k: v for k, v in flags.items() if v is not None})
 
 
 def _summary(metrics: dict[str, Any]) -> None:
@@ -322,7 +329,7 @@ def train(
     except (DataError, ParamsError) as exc:
         _fail(str(exc))
     except OSError as exc:
-        _fail(exc.strerror or str(exc))
+        _fail(_os_error_text(exc))
     except typer.Exit:
         raise
     except Exception as exc:  # an unexpected failure still gets a one-line message
@@ -473,7 +480,7 @@ def score(
         if snapshot:
             check_writable(scores_dir(), what="the scoring snapshot for the pages (LEADSCORE_SCORES_DIR)")
     except OSError as exc:
-        _fail(exc.strerror or str(exc))
+        _fail(_os_error_text(exc))
     try:
         moment = pd_timestamp(as_of)
         with console.status("Loading the champion model"):

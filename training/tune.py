@@ -32,10 +32,23 @@ class TuningResult:
     best_model: lgb.Booster | None = None
 
 
-def suggest(trial: optuna.Trial, space: dict[str, tuple[float, float]]) -> dict[str, Any]:
-    """Hyper-parameters for one trial from the search space in params.yaml."""
+# Minimum row counts (of a leaf, of a category group): on small data the space's upper end
+# would forbid every split of a bagged sample and leave trials with constant predictions.
+ROW_COUNTS = frozenset({"min_child_samples", "min_data_per_group"})
+ROWS_PER_COUNT = 10
+
+
+def suggest(trial: optuna.Trial, space: dict[str, tuple[float, float]], rows: int | None = None) -> dict[str, Any]:
+    """Hyper-parameters for one trial from the search space in params.yaml.
+
+    With `rows` (the rows one model of the trial learns from), the row-count parameters are
+    capped at a tenth of them, so even a half-sized bagging sample can still grow depth-2 trees.
+    """
     chosen: dict[str, Any] = {}
     for name, (low, high) in space.items():
+        if name in ROW_COUNTS and rows is not None:
+            cap = max(1, rows // ROWS_PER_COUNT)
+            low, high = min(low, cap), min(high, cap)
         if name in INTEGER:
             chosen[name] = trial.suggest_int(name, int(low), int(high))
         else:
@@ -61,7 +74,7 @@ def tune(
     best: dict[str, Any] = {}
 
     def objective(trial: optuna.Trial, within_budget: Callable[[Any], None]) -> float:
-        hyper = {**suggest(trial, params.search_space), "metric": params.metric}
+        hyper = {**suggest(trial, params.search_space, len(x_train)), "metric": params.metric}
         model = build_model(hyper, n_estimators=params.max_boost_rounds, seed=params.seed)
         model.fit(
             x_train,
@@ -103,7 +116,7 @@ def tune_cv(
     """
 
     def objective(trial: optuna.Trial, within_budget: Callable[[Any], None]) -> float:
-        hyper = {**suggest(trial, params.search_space), "metric": params.metric}
+        hyper = {**suggest(trial, params.search_space, len(x) * (folds - 1) // folds), "metric": params.metric}
         history = lgb.cv(
             model_params(hyper, seed=params.seed),
             lgb.Dataset(x, label=y),  # a constructed Dataset cannot be reused with other params
