@@ -10,7 +10,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from features.clean import (
     FALSE_TOKENS,
@@ -34,6 +34,8 @@ _ENGAGEMENT_WORDS = re.compile(
     r"visit|page|time|duration|activity|email|click|open|download|webinar|session|bounce|exit|view",
     re.IGNORECASE,
 )
+# LightGBM refuses feature names with JSON's special characters; exports use them freely.
+_NAME_SAFE = str.maketrans({"[": "(", "]": ")", "{": "(", "}": ")", '"': "'", ",": ";", ":": ";"})
 _NUMERIC_FAILURE_SHARE = 0.02
 _DATE_SHARE = 0.95
 
@@ -47,9 +49,15 @@ class FlatProfile(BaseModel):
     positive: str | None = None
     id: str | None = None
     drop: list[str] = []
-    sep: str = Field(",", min_length=1, max_length=1, description="one character, e.g. ';' or a tab")
+    sep: str = Field(",", min_length=1, max_length=1, description="one character, e.g. ';', or tab")
     time: str | None = None
     types: dict[str, ColumnType] = {}
+
+    @field_validator("sep", mode="before")
+    @classmethod
+    def _spelled_tab(cls, value: Any) -> Any:
+        # A tab is hard to type on a command line or in single-quoted YAML: accept its spellings.
+        return "\t" if isinstance(value, str) and value.strip().casefold() in {"\\t", "tab"} else value
 
     @model_validator(mode="after")
     def _label_has_one_role(self) -> FlatProfile:
@@ -181,11 +189,18 @@ def infer_column(values: pd.Series, params: FlatParams) -> tuple[str, str]:
     return "categorical", ""
 
 
+def model_column_name(column: str) -> str:
+    """The name a flat export's column has as a feature: LightGBM's forbidden characters
+    (`[]{}":,`) replaced by look-alikes."""
+    return column.translate(_NAME_SAFE)
+
+
 def clean_flat_columns(frame: pd.DataFrame, schema: dict[str, Any]) -> tuple[pd.DataFrame, list[str]]:
     """Apply a learned flat schema to raw text rows: the training and serving path alike.
 
     Returns:
-        The feature columns (floats and text) and notes on values that could not be read.
+        The feature columns (floats and text, named by `model_column_name`) and notes on
+        values that could not be read.
     """
     tokens = schema["missing_tokens"]
     out: dict[str, pd.Series] = {}
@@ -201,7 +216,7 @@ def clean_flat_columns(frame: pd.DataFrame, schema: dict[str, Any]) -> tuple[pd.
             out[column], failed = canonical_spelling(values), pd.Series(False, index=frame.index)
         if failed.any():
             notes.append(f"{column}: {int(failed.sum())} value(s) not {kind} read as missing")
-    return pd.DataFrame(out, index=frame.index), notes
+    return pd.DataFrame(out, index=frame.index).rename(columns=model_column_name), notes
 
 
 def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, leak_auc: float = 0.85) -> FlatData:
@@ -301,6 +316,17 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
     if profile.drop:
         quarantine.note(f"columns dropped as asked: {', '.join(profile.drop)}")
 
+    renamed = {c: model_column_name(c) for c in columns if model_column_name(c) != c}
+    if renamed:
+        quarantine.note(
+            "feature names without LightGBM's forbidden characters []{}\":,: "
+            + ", ".join(f"{old!r} -> {new!r}" for old, new in renamed.items())
+        )
+    clashes = pd.Series([model_column_name(c) for c in columns]).value_counts()
+    if (clashes > 1).any():
+        raise DataError(
+            f"{path.name}: columns {', '.join(clashes[clashes > 1].index)} would share a feature name; rename one"
+        )
     schema = {
         "columns": columns,
         "missing_tokens": list(params.missing_tokens),

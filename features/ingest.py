@@ -195,7 +195,7 @@ def read_text_csv(path: Path, *, sep: str = ",") -> tuple[pd.DataFrame, str]:
             frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, sep=sep)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
         why = " ".join(str(exc).split())  # pandas ends its messages with a newline
-        hint = "; if fields are separated by ';' or a tab, say so (--sep)" if sep == "," else ""
+        hint = "; if fields are separated by ';' or a tab, say so (--sep ';' or --sep tab)" if sep == "," else ""
         raise DataError(f"{path}: cannot read as CSV with separator {sep!r} ({why}){hint}") from exc
     frame.columns = [str(c).strip() for c in frame.columns]
     for column in frame.columns:
@@ -293,10 +293,19 @@ def clean_leads(raw: pd.DataFrame, quarantine: Quarantine, missing_tokens: Itera
     return leads.reset_index(drop=True)
 
 
-def clean_activities(raw: pd.DataFrame, known_leads: pd.Index, quarantine: Quarantine) -> pd.DataFrame:
-    """Clean activity rows (text cells, a `_row` number each) of the given leads."""
+def clean_activities(
+    raw: pd.DataFrame, known_leads: pd.Index, quarantine: Quarantine, left_out: pd.Index | None = None
+) -> pd.DataFrame:
+    """Clean activity rows (text cells, a `_row` number each) of the given leads.
+
+    `left_out`: leads dropped for an unknown outcome, whose activities get that reason.
+    """
     acts = raw.copy()
     acts["lead_id"] = blank_to_missing(acts["lead_id"], ())
+    if left_out is not None and len(left_out):
+        dropped = acts["lead_id"].isin(left_out)
+        quarantine.add("activities", acts, dropped, "its lead was left out: outcome unknown")
+        acts = acts[~dropped]
     unknown = ~acts["lead_id"].isin(known_leads)
     quarantine.add("activities", acts, unknown, "unknown lead_id (no usable row in leads)")
     acts = acts[~unknown]
@@ -331,7 +340,7 @@ def clean_outcomes(raw: pd.DataFrame, leads: pd.DataFrame, quarantine: Quarantin
 
     A lead whose every outcome row was quarantined has an unknown outcome, not an open one:
     taking it as open would teach the model that a known converter never converted. It is
-    left out of the result; `load_crm` quarantines its lead row.
+    left out of the result; `drop_unknown_outcomes` then quarantines its lead row.
     """
     out = raw.copy()
     out["lead_id"] = blank_to_missing(out["lead_id"], ())
@@ -359,6 +368,9 @@ def clean_outcomes(raw: pd.DataFrame, leads: pd.DataFrame, quarantine: Quarantin
         "closed lead without a valid closed_at: " + out["closed_at"].astype(str),
     )
     out = out.assign(closed_at=closed_at.where(closed))[~bad]
+    same = out.duplicated(["lead_id", "status", "closed_at"], keep="first")
+    quarantine.add("outcomes", out, same, "duplicate row: same lead_id, status and closed_at as an earlier row")
+    out = out[~same]
     repeated = out.duplicated("lead_id", keep=False)
     quarantine.add("outcomes", out, repeated, "more than one outcome row for this lead_id")
     out = out[~repeated]
@@ -372,6 +384,19 @@ def clean_outcomes(raw: pd.DataFrame, leads: pd.DataFrame, quarantine: Quarantin
         extra = pd.DataFrame({"lead_id": leads.loc[missing, "lead_id"], "status": "open", "closed_at": pd.NaT})
         out = pd.concat([out[["lead_id", "status", "closed_at"]], extra], ignore_index=True)
     return out[["lead_id", "status", "closed_at"]].reset_index(drop=True)
+
+
+def drop_unknown_outcomes(
+    leads: pd.DataFrame, outcomes: pd.DataFrame, quarantine: Quarantine
+) -> tuple[pd.DataFrame, pd.Index]:
+    """Quarantine and leave out the leads `clean_outcomes` found no usable outcome row for.
+
+    Returns:
+        The remaining leads, and the ids left out (their activities go with them).
+    """
+    unknown = ~leads["lead_id"].isin(outcomes["lead_id"])
+    quarantine.add("leads", leads, unknown, "outcome unknown: every outcome row of this lead was quarantined")
+    return leads[~unknown], pd.Index(leads.loc[unknown, "lead_id"])
 
 
 def load_crm(directory: str | Path, missing_tokens: Iterable[str] = ("",)) -> CrmData:
@@ -394,10 +419,8 @@ def load_crm(directory: str | Path, missing_tokens: Iterable[str] = ("",)) -> Cr
 
     leads = clean_leads(raw_leads, quarantine, missing_tokens)
     outcomes = clean_outcomes(raw_outcomes, leads, quarantine)
-    unknown_outcome = ~leads["lead_id"].isin(outcomes["lead_id"])
-    quarantine.add("leads", leads, unknown_outcome, "outcome unknown: every outcome row of this lead was quarantined")
-    leads = leads[~unknown_outcome]
-    activities = clean_activities(raw_acts, pd.Index(leads["lead_id"]), quarantine)
+    leads, left_out = drop_unknown_outcomes(leads, outcomes, quarantine)
+    activities = clean_activities(raw_acts, pd.Index(leads["lead_id"]), quarantine, left_out)
     moments = [
         leads["created_at"].max(),
         activities["occurred_at"].max(),

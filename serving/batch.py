@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.ingest import DataError
+from features.ingest import STATUS_SYNONYMS, DataError
 from features.schema import TABLE_FILES
 from serving.scoring import LoadedModel, prepare_crm_leads, prepare_flat_rows, score_features
 
@@ -61,8 +61,11 @@ def read_leads(
         outcomes_path = source / TABLE_FILES["outcomes"]
         if outcomes_path.is_file() and "lead_id" in leads:
             outcomes = read_table(outcomes_path)
-            status = outcomes.set_index(outcomes["lead_id"].str.strip())["status"].str.strip().str.casefold()
-            is_closed = leads["lead_id"].str.strip().map(status).isin(["converted", "lost"])
+            # The spellings training accepts ("Won", "Closed Lost", ...); a lead with any closed
+            # row is closed, so repeated rows cannot make it look open.
+            status = outcomes["status"].map(lambda v: STATUS_SYNONYMS.get(str(v).strip().casefold()))
+            closed_ids = set(outcomes.loc[status.isin(["converted", "lost"]), "lead_id"].astype(str).str.strip())
+            is_closed = leads["lead_id"].astype(str).str.strip().isin(closed_ids)
             closed = int(is_closed.sum())
             leads = leads[~is_closed.to_numpy()].reset_index(drop=True)
     else:

@@ -37,3 +37,22 @@ def test_duplicates_far_apart_are_caught_and_order_is_kept(champion, small_crm_d
     assert int(duplicate["row"].iloc[0]) == len(leads)  # 1-based row of the copy in the file
     kept = leads["lead_id"][~leads["lead_id"].duplicated()]
     assert result.scored["lead_id"].tolist() == [i for i in kept if i in set(result.scored["lead_id"])]
+
+
+def test_an_export_folder_scores_only_its_open_leads_whatever_the_status_spelling(tmp_path):
+    from serving.batch import read_leads
+
+    pd.DataFrame({"lead_id": ["A", "B", "C", "D"], "created_at": ["2025-01-01"] * 4}).to_csv(
+        tmp_path / "leads.csv", index=False
+    )
+    pd.DataFrame(columns=["lead_id", "occurred_at", "activity_type"]).to_csv(tmp_path / "activities.csv", index=False)
+    # B is closed as "Won"; C has two rows (one closed); D has no row: A and D are open.
+    pd.DataFrame(
+        {
+            "lead_id": ["A", "B", "C", "C"],
+            "status": ["open", "Won", "open", "Closed Lost"],
+            "closed_at": ["", "", "", ""],
+        }
+    ).to_csv(tmp_path / "outcomes.csv", index=False)
+    leads, _, closed = read_leads(tmp_path, None)
+    assert leads["lead_id"].tolist() == ["A", "D"] and closed == 2

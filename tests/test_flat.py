@@ -62,7 +62,7 @@ def test_label_problems_are_clear_errors(flat_csv, params):
         load_flat(header_only, FlatProfile(label="Converted"), params.flat)
     semicolons = flat_csv.with_name("semicolons.csv")
     semicolons.write_text("a;b;y\n1;2;0\n1,5;2;1\n")
-    with pytest.raises(DataError, match=r"separated by ';' or a tab, say so \(--sep\)"):
+    with pytest.raises(DataError, match=r"separated by ';' or a tab, say so \(--sep ';' or --sep tab\)"):
         load_flat(semicolons, FlatProfile(label="y"), params.flat)
 
 
@@ -139,6 +139,12 @@ def test_settings_that_cannot_work_are_refused_by_name(settings, error):
         make_profile(settings)
 
 
+def test_a_tab_separator_can_be_spelled():
+    from features.flat import make_profile
+
+    assert {make_profile({"label": "y", "sep": spelled}).sep for spelled in ("\\t", "tab", "TAB", "\t")} == {"\t"}
+
+
 def test_a_time_column_gives_a_time_split(flat_csv):
     from features.params import load_params
     from training.pipeline import prepare_flat
@@ -151,3 +157,15 @@ def test_a_time_column_gives_a_time_split(flat_csv):
     assert joined[part == "train"].max() < joined[part == "valid"].min() <= joined[part == "valid"].max()
     assert joined[part == "valid"].max() < joined[part == "test"].min()
     assert "Joined" not in dataset.features
+
+
+def test_column_names_lightgbm_refuses_are_renamed_the_same_way_in_training_and_serving(tmp_path, params):
+    path = tmp_path / "brackets.csv"
+    rows = [f"{i % 9},{i % 4}.5,{'ab'[i % 2]},{int(i % 3 == 0)}" for i in range(60)]
+    path.write_text('Visits [raw],"Time: min, total",Source {web},y\n' + "\n".join(rows) + "\n")
+    data = load_flat(path, FlatProfile(label="y"), params.flat)
+    assert list(data.features.columns) == ["Visits (raw)", "Time; min; total", "Source (web)"]
+    assert any("'Visits [raw]' -> 'Visits (raw)'" in note for note in data.quarantine.notes)
+    served, _ = clean_flat_columns(pd.DataFrame({"Visits [raw]": ["3"], "Source {web}": ["b"]}), data.schema)
+    assert served.loc[0, "Visits (raw)"] == 3.0 and served.loc[0, "Source (web)"] == "b"
+    assert served["Time; min; total"].isna().all()

@@ -29,20 +29,21 @@ def export(tmp_path):
         "employees": ["1,200", "50", "50", "abc", "10", "10", "", "7"],
     }
     activities = {
-        "lead_id": ["A", "A", "Z", "A", "E"],
+        "lead_id": ["A", "A", "Z", "A", "E", "B"],
         "occurred_at": [
             "2025-01-05T10:00:00",
             "2025-01-06",
             "2025-01-06",
             "31/31/2025",
             "2025-01-07",
+            "2025-01-08",
         ],
-        "activity_type": ["Web Visit", "demo_request", "web_visit", "web_visit", "podcast_listen"],
+        "activity_type": ["Web Visit", "demo_request", "web_visit", "web_visit", "podcast_listen", "web_visit"],
     }
     outcomes = {
-        "lead_id": ["A", "B", "E", "Q"],
-        "status": ["Converted", "won?", "open", "lost"],
-        "closed_at": ["2025-02-01", "2025-02-01", "", "2025-02-01"],
+        "lead_id": ["A", "B", "E", "Q", "A"],
+        "status": ["Converted", "won?", "open", "lost", "converted "],
+        "closed_at": ["2025-02-01", "2025-02-01", "", "2025-02-01", "2025-02-01"],
     }
     return _write(tmp_path, leads, activities, outcomes)
 
@@ -59,9 +60,11 @@ def test_bad_rows_are_quarantined_with_a_reason_each(export):
     assert "occurred_at" in reasons[("activities", 4)]
     assert reasons[("outcomes", 2)].startswith("status not one of")
     assert reasons[("outcomes", 4)].startswith("unknown lead_id")
+    assert reasons[("outcomes", 5)].startswith("duplicate row")  # A's outcome stated twice: one is kept
     # B's only outcome row was quarantined: its outcome is unknown, so it is not taken as open.
     b_reasons = q.loc[(q["table"] == "leads") & (q["lead_id"] == "B"), "reason"]
     assert b_reasons.str.startswith("outcome unknown").any()
+    assert reasons[("activities", 6)] == "its lead was left out: outcome unknown"
     assert sorted(crm.leads["lead_id"]) == ["A", "E", "F"]
     assert sorted(crm.outcomes["lead_id"]) == ["A", "E", "F"]
     assert crm.outcomes.set_index("lead_id").loc["F", "status"] == "open"

@@ -177,8 +177,10 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
         gen.choice(["Will revert", "Closed by rep"], 1500),
         gen.choice(["Ringing", "Switched off"], 1500),
     )
-    # Spaces in feature names, as real exports have them (LightGBM stores them as underscores).
-    frame = pd.DataFrame({"Lead ID": rng.map(lambda i: f"id{i}"), "Visits": visits, "Time On Site": minutes.round(1),
+    # Spaces and brackets in feature names, as real exports have them (LightGBM stores spaces as
+    # underscores and refuses brackets, which become parentheses).
+    frame = pd.DataFrame({"Lead ID": rng.map(lambda i: f"id{i}"), "Visits": visits,
+                          "Time On Site [min]": minutes.round(1),
                           "Source": gen.choice(["Google", "Select", "Referral"], 1500), "Rep Notes": status_note,
                           "Converted": np.where(y == 1, "Yes", "No")})  # fmt: skip
     path = tmp_path / "flat.csv"
@@ -208,7 +210,9 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
     # Another table under the same name must not become its champion: whatever calls the
     # service still sends the first table's columns.
     other = tmp_path / "other.csv"
-    frame.drop(columns=["Time On Site", "Rep Notes"]).rename(columns={"Visits": "Pages"}).to_csv(other, index=False)
+    frame.drop(columns=["Time On Site [min]", "Rep Notes"]).rename(columns={"Visits": "Pages"}).to_csv(
+        other, index=False
+    )
     second = leadscore("train", "--data", str(other), "--label", "Converted", "--id", "Lead ID",
                        "--params", str(lenient), "--metrics-out", str(out),
                        "--model-name", "flat-model", store=store)  # fmt: skip
@@ -216,7 +220,7 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
     refused = json.loads(out.read_text())
     assert refused["promoted"] is False
     gate = next(g for g in refused["gates"] if g["name"] == "same_inputs_as_champion")
-    assert not gate["passed"] and "Time On Site" in gate["detail"] and "--model-name" in gate["detail"]
+    assert not gate["passed"] and "Time On Site (min)" in gate["detail"] and "--model-name" in gate["detail"]
     client = MlflowClient(store)
     assert str(client.get_model_version_by_alias("flat-model", "champion").version) == metrics["model"]["version"]
 
@@ -266,7 +270,11 @@ def test_a_baseline_beating_the_tuned_model_is_warned_about_with_the_strongest_k
     audit = pd.DataFrame({"column": ["Tags", "Lead Quality", "TotalVisits", "City"], "auc": [0.92, 0.80, 0.70, 0.55]})
     audit["flagged"] = audit["auc"] >= 0.85
     baselines = {"logistic_regression": {"roc_auc": 0.918}, "lightgbm_default": {"roc_auc": 0.938}}
-    assert trailing_baseline_warnings(0.940, baselines, audit) == []
-    (text,) = trailing_baseline_warnings(0.934, baselines, audit)
+    used = ["Lead Quality", "TotalVisits", "City"]
+    assert trailing_baseline_warnings(0.940, baselines, audit, used) == []
+    (text,) = trailing_baseline_warnings(0.934, baselines, audit, used)
     assert "0.9340" in text and "lightgbm default baseline (0.9380)" in text
     assert "Lead Quality (0.800), TotalVisits (0.700), City (0.550)" in text and "Tags" not in text
+    # With leakage.action: warn a flagged column stays in the model, and is the first suspect.
+    (kept,) = trailing_baseline_warnings(0.934, baselines, audit, ["Tags", *used])
+    assert "uses: Tags (0.920), Lead Quality (0.800), TotalVisits (0.700);" in kept

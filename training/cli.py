@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -39,13 +40,13 @@ class RichReporter:
         self._started = time.perf_counter()
 
     def stage(self, text: str) -> None:
-        console.print(f"[dim]{time.perf_counter() - self._started:6.1f}s[/dim] [bold]{text}[/bold]")
+        console.print(f"[dim]{time.perf_counter() - self._started:6.1f}s[/dim] [bold]{escape(text)}[/bold]")
 
     def note(self, text: str) -> None:
-        console.print(f"        {text}")
+        console.print(f"        {escape(text)}")
 
     def warn(self, text: str) -> None:
-        console.print(f"        [yellow]! {text}[/yellow]")
+        console.print(f"        [yellow]! {escape(text)}[/yellow]")
 
     def trials_started(self, total: int) -> None:
         self._progress = Progress(
@@ -71,7 +72,7 @@ def _leads(count: int) -> str:
 
 
 def _fail(message: str) -> None:
-    err.print(f"[red]error:[/red] {message}")
+    err.print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(code=2)
 
 
@@ -240,7 +241,7 @@ def train(
     ] = None,
     id_column: Annotated[str | None, typer.Option("--id", help="Flat CSV: the lead id column")] = None,
     drop: Annotated[str | None, typer.Option("--drop", help="Flat CSV: comma-separated columns to leave out")] = None,
-    sep: Annotated[str, typer.Option("--sep", help="Flat CSV: field separator")] = ",",
+    sep: Annotated[str, typer.Option("--sep", help="Flat CSV: field separator, one character ('tab' for a tab)")] = ",",
     time_column: Annotated[
         str | None, typer.Option("--time", help="Flat CSV: a timestamp column to split by time")
     ] = None,

@@ -32,6 +32,7 @@ from features.ingest import (
     clean_activities,
     clean_leads,
     clean_outcomes,
+    drop_unknown_outcomes,
     hash_files,
     read_csv_table,
 )
@@ -70,7 +71,7 @@ def _number_rows(frame: pd.DataFrame, offsets: list[int], partition_info: dict |
 
 
 def _partition_features(
-    rows: pd.DataFrame, activities: pd.DataFrame, *, params: Any, vocabulary: list[str]
+    rows: pd.DataFrame, activities: pd.DataFrame, *, params: Any, vocabulary: list[str], left_out: list[str]
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """Features of one partition's examples, its activity quarantine and cleaning notes.
 
@@ -79,7 +80,7 @@ def _partition_features(
     """
     quarantine = Quarantine()
     acts = activities.drop(columns="_bucket").reset_index(drop=True)
-    clean = clean_activities(acts, pd.Index(rows["lead_id"].unique()), quarantine)
+    clean = clean_activities(acts, pd.Index(rows["lead_id"].unique()), quarantine, pd.Index(left_out))
     examples = rows[rows[EXAMPLE] >= 0].drop(columns="_bucket").sort_values(EXAMPLE).reset_index(drop=True)
     leads = examples.drop(columns=[EXAMPLE, LABEL, PART, "as_of"])
     features = build_crm_features(leads, clean.drop(columns="_row"), examples["as_of"], params, vocabulary)
@@ -127,6 +128,7 @@ def prepare_crm_on_dask(
     quarantine = Quarantine()
     leads = clean_leads(read_csv_table(paths["leads"], LEAD_REQUIRED), quarantine, params.flat.missing_tokens)
     outcomes = clean_outcomes(read_csv_table(paths["outcomes"], OUTCOME_REQUIRED), leads, quarantine)
+    leads, left_out = drop_unknown_outcomes(leads, outcomes, quarantine)
     leads = leads.drop(columns="_row")
     if not paths["activities"].is_file():
         raise DataError(f"{paths['activities']}: file not found")
@@ -159,7 +161,7 @@ def prepare_crm_on_dask(
     lead_rows = dd.from_pandas(rows, npartitions=max(1, min(buckets, len(rows) // 1000 or 1)))
     lead_rows = lead_rows.map_partitions(bucket_by_lead, buckets).shuffle(on="_bucket", npartitions=buckets)
     activities = activities.map_partitions(bucket_by_lead, buckets).shuffle(on="_bucket", npartitions=buckets)
-    options = {"params": params.features, "vocabulary": list(vocabulary)}
+    options = {"params": params.features, "vocabulary": list(vocabulary), "left_out": left_out.tolist()}
     sample_rows = rows[rows[EXAMPLE] >= 0].head(20).assign(_bucket=0)
     meta, _, _ = _partition_features(sample_rows, activities._meta.assign(_row=0), **options)
     build = dask.delayed(_partition_features, pure=True)

@@ -56,7 +56,7 @@ EMBEDDED_DIR = MODELS_DIR / "embedded"
 
 
 def trailing_baseline_warnings(
-    test_auc: float, baselines: dict[str, dict[str, float]], audit: pd.DataFrame
+    test_auc: float, baselines: dict[str, dict[str, float]], audit: pd.DataFrame, used_columns: list[str]
 ) -> list[str]:
     """A warning when a baseline beats the tuned model on the test rows, with where to look.
 
@@ -66,14 +66,14 @@ def trailing_baseline_warnings(
     name, best = max(baselines.items(), key=lambda item: item[1]["roc_auc"])
     if test_auc >= best["roc_auc"]:
         return []
-    strongest = audit.loc[~audit["flagged"]].head(3)
+    strongest = audit.loc[audit["column"].isin(used_columns)].head(3)
     suspects = ", ".join(f"{row.column} ({row.auc:.3f})" for row in strongest.itertuples())
     return [
         f"the tuned model (ROC AUC {test_auc:.4f}) trails the {name.replace('_', ' ')} baseline "
         f"({best['roc_auc']:.4f}) on the test rows. A small shortfall can be the noise of one split; a "
         "steady one means the search space (tuning.search_space in params.yaml) does not suit this data, "
         "e.g. shallow trees where the signal sits in deep interactions, as with columns that nearly give "
-        f"the outcome away. The strongest single columns the leakage audit kept: {suspects}; if any is "
+        f"the outcome away. The strongest single columns the model uses: {suspects}; if any is "
         "recorded after the outcome is known, leave it out (--drop)."
     ]
 
@@ -464,7 +464,7 @@ def train_and_register(
         )
         baselines = {name: {"roc_auc": float(roc_auc_score(labels["test"], p))} for name, p in baseline_probs.items()}
         best_baseline = max(b["roc_auc"] for b in baselines.values())
-        run_warnings = trailing_baseline_warnings(test_metrics["roc_auc"], baselines, audit)
+        run_warnings = trailing_baseline_warnings(test_metrics["roc_auc"], baselines, audit, list(spec.columns))
         for text in run_warnings:
             reporter.warn(text)
         bayes = None
