@@ -78,7 +78,7 @@ def make_profile(settings: dict[str, Any], source: str = "the command line") -> 
         return FlatProfile.model_validate(settings)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'profile'}: {e['msg'].removeprefix('Value error, ')}"
+            ".".join(map(str, e["loc"])) + ": " * bool(e["loc"]) + e["msg"].removeprefix("Value error, ")
             for e in exc.errors()
         )
         raise DataError(f"invalid settings from {source}: {problems}") from exc
@@ -322,11 +322,13 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
             "feature names without LightGBM's forbidden characters []{}\":,: "
             + ", ".join(f"{old!r} -> {new!r}" for old, new in renamed.items())
         )
-    clashes = pd.Series([model_column_name(c) for c in columns]).value_counts()
-    if (clashes > 1).any():
-        raise DataError(
-            f"{path.name}: columns {', '.join(clashes[clashes > 1].index)} would share a feature name; rename one"
-        )
+    by_name = pd.Series(list(columns)).groupby([model_column_name(c) for c in columns])
+    for name, originals in by_name:
+        if len(originals) > 1:
+            raise DataError(
+                f"{path.name}: columns {', '.join(map(repr, originals))} would share the feature name {name!r}; "
+                "rename one"
+            )
     schema = {
         "columns": columns,
         "missing_tokens": list(params.missing_tokens),
