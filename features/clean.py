@@ -104,10 +104,32 @@ def looks_boolean(values: pd.Series) -> bool:
     return not present.empty and present.isin(TRUE_TOKENS | FALSE_TOKENS).all()
 
 
+# A numeric date such as 03/04/2025 or 03.04.2025 (day and month in either order).
+_NUMERIC_DATE = re.compile(r"^\s*(\d{1,2})[/.\-](\d{1,2})[/.\-]\d{2,4}(?:\D|$)")
+
+
+def _numeric_date_order(text: pd.Series) -> tuple[bool, pd.Series]:
+    """Whether a column's numeric dates put the day first, and the values that contradict it.
+
+    The order is decided once for the column, by the values that can only be read one way
+    (13/03/2025 is day first, 03/13/2025 month first): a parser deciding value by value would
+    read 01/03 as January and 13/03 as March in the same column. Without such values the
+    order is month first. Values against the column's order cannot be trusted and fail.
+    """
+    parts = text.str.extract(_NUMERIC_DATE).astype("float64")
+    first_is_day = parts[0] > 12
+    second_is_day = parts[1] > 12
+    day_first = bool(first_is_day.sum() > second_is_day.sum())
+    contradicting = second_is_day if day_first else first_is_day
+    return day_first, contradicting
+
+
 def parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Parse timestamps: ISO 8601 fast, any other common format as a fallback.
 
-    Time zones are converted to UTC and dropped, so all moments compare as naive UTC.
+    Numeric dates (03/04/2025) are read in one order per column: day first when values
+    such as 13/04/2025 say so, else month first. Time zones are converted to UTC and
+    dropped, so all moments compare as naive UTC.
 
     Returns:
         The parsed timestamps (NaT where blank or unparseable) and a mask of the values
@@ -118,7 +140,10 @@ def parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     parsed = pd.to_datetime(text.where(present), format="ISO8601", errors="coerce", utc=True)
     retry = present & parsed.isna()
     if retry.any():
-        parsed[retry] = pd.to_datetime(text[retry], format="mixed", errors="coerce", utc=True)
+        fallback = text[retry].astype(str)
+        day_first, contradicting = _numeric_date_order(fallback)
+        reparsed = pd.to_datetime(fallback, format="mixed", dayfirst=day_first, errors="coerce", utc=True)
+        parsed[retry] = reparsed.where(~contradicting)
     plausible = parsed.notna() & parsed.dt.year.between(1900, 2200)
     parsed = parsed.where(plausible).dt.tz_localize(None).dt.as_unit("ns")
     failed = present & parsed.isna()

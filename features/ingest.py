@@ -32,6 +32,7 @@ from features.schema import (
     OUTCOME_REQUIRED,
     OUTCOME_STATUSES,
     TABLE_FILES,
+    contract_names,
 )
 
 STATUS_SYNONYMS = {
@@ -209,13 +210,30 @@ def read_text_csv(path: Path, *, sep: str = ",") -> tuple[pd.DataFrame, str]:
     return frame, encoding
 
 
-def read_csv_table(path: Path, required: Iterable[str], *, sep: str = ",") -> pd.DataFrame:
+def read_csv_table(
+    path: Path,
+    required: Iterable[str],
+    *,
+    sep: str = ",",
+    table: str | None = None,
+    quarantine: Quarantine | None = None,
+) -> pd.DataFrame:
     """Read a table of the export as text columns, with a 1-based `_row` number each.
+
+    Args:
+        table: the contract table it is (leads, activities, outcomes): headers are matched
+            to the contract's names regardless of case and spacing, with notes in
+            `quarantine` on the renamed headers and the ones left unused.
 
     Raises:
         DataError: the file is missing or unreadable, or lacks a required column.
     """
     frame, _ = read_text_csv(path, sep=sep)
+    if table is not None:
+        renames, unused = contract_names(frame.columns, table)
+        frame = frame.rename(columns=renames)
+        if quarantine is not None:
+            note_column_names(quarantine, path.name, renames, unused)
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise DataError(
@@ -223,6 +241,15 @@ def read_csv_table(path: Path, required: Iterable[str], *, sep: str = ",") -> pd
         )
     frame.insert(0, "_row", np.arange(1, len(frame) + 1))
     return frame
+
+
+def note_column_names(quarantine: Quarantine, file: str, renames: dict[str, str], unused: list[str]) -> None:
+    """Say which headers were read under a contract name and which the contract does not use."""
+    if renames:
+        quarantine.note(f"{file}: " + ", ".join(f"{old!r} read as {new}" for old, new in renames.items()))
+    if unused:
+        shown = ", ".join(repr(c) for c in unused[:10]) + (f" and {len(unused) - 10} more" if len(unused) > 10 else "")
+        quarantine.note(f"{file}: column(s) not in the data contract, not used: {shown}")
 
 
 def hash_files(paths: Iterable[Path]) -> str:
@@ -235,9 +262,35 @@ def hash_files(paths: Iterable[Path]) -> str:
     return digest.hexdigest()
 
 
-def clean_leads(raw: pd.DataFrame, quarantine: Quarantine, missing_tokens: Iterable[str]) -> pd.DataFrame:
+def _placeholders_to_missing(values: pd.Series, missing_tokens: Iterable[str], quarantine: Quarantine) -> pd.Series:
+    """`blank_to_missing` on a lead column, with a note on the placeholders it read as blank."""
+    cleaned = blank_to_missing(values, missing_tokens)
+    text = values[cleaned.isna() & values.notna()].astype(str).str.strip()
+    placeholders = text[text != ""]
+    if len(placeholders):
+        shown = ", ".join(repr(v) for v in placeholders.value_counts().index[:5])
+        quarantine.note(f"leads.{values.name}: {len(placeholders):,} placeholder value(s) read as blank ({shown})")
+    return cleaned
+
+
+def after_today(moments: pd.Series) -> pd.Series:
+    """Moments after the end of today (UTC, a day's grace for time zones).
+
+    A history cannot hold them (a mistyped year, a meeting booked ahead), and one of them
+    would stretch the export's end past its data, leaving the newest leads unlabelled.
+    """
+    end_of_today = pd.Timestamp.now(tz="UTC").tz_localize(None).normalize() + pd.Timedelta(days=2)
+    return moments.notna() & (moments >= end_of_today)
+
+
+def clean_leads(
+    raw: pd.DataFrame, quarantine: Quarantine, missing_tokens: Iterable[str], *, history: bool = False
+) -> pd.DataFrame:
     """Clean lead rows of the contract (text cells, a `_row` number each); unusable rows go
-    to the quarantine. Used for exports and for leads sent to the service alike."""
+    to the quarantine. Used for exports and for leads sent to the service alike.
+
+    `history`: the rows are a training history, so a lead created after today is quarantined.
+    """
     leads = raw.copy()
     leads["lead_id"] = blank_to_missing(leads["lead_id"], ())
     quarantine.add("leads", leads, leads["lead_id"].isna(), "missing lead_id")
@@ -259,10 +312,14 @@ def clean_leads(raw: pd.DataFrame, quarantine: Quarantine, missing_tokens: Itera
         "created_at missing or not a date: " + leads["created_at"].astype(str),
     )
     leads = leads.assign(created_at=created)[created.notna()]
+    if history:
+        late = after_today(leads["created_at"])
+        quarantine.add("leads", leads, late, "created_at is after today: " + leads["created_at"].astype(str))
+        leads = leads[~late]
 
     for column in LEAD_CATEGORICAL:
         if column in leads:
-            leads[column] = canonical_spelling(blank_to_missing(leads[column], missing_tokens))
+            leads[column] = canonical_spelling(_placeholders_to_missing(leads[column], missing_tokens, quarantine))
     for column in BANT_FIELDS:
         if column in leads:
             folded = leads[column].map(
@@ -274,7 +331,7 @@ def clean_leads(raw: pd.DataFrame, quarantine: Quarantine, missing_tokens: Itera
             leads[column] = folded.where(~odd, "unknown")
     for column in LEAD_NUMERIC:
         if column in leads:
-            values, failed = parse_number(blank_to_missing(leads[column], missing_tokens))
+            values, failed = parse_number(_placeholders_to_missing(leads[column], missing_tokens, quarantine))
             if failed.any():
                 rows = ", ".join(map(str, leads.loc[failed, "_row"].head(5)))
                 quarantine.note(
@@ -294,11 +351,17 @@ def clean_leads(raw: pd.DataFrame, quarantine: Quarantine, missing_tokens: Itera
 
 
 def clean_activities(
-    raw: pd.DataFrame, known_leads: pd.Index, quarantine: Quarantine, left_out: pd.Index | None = None
+    raw: pd.DataFrame,
+    known_leads: pd.Index,
+    quarantine: Quarantine,
+    left_out: pd.Index | None = None,
+    *,
+    history: bool = False,
 ) -> pd.DataFrame:
     """Clean activity rows (text cells, a `_row` number each) of the given leads.
 
     `left_out`: leads dropped for an unknown outcome, whose activities get that reason.
+    `history`: the rows are a training history, so an activity after today is quarantined.
     """
     acts = raw.copy()
     acts["lead_id"] = blank_to_missing(acts["lead_id"], ())
@@ -317,6 +380,10 @@ def clean_activities(
         "occurred_at missing or not a date: " + acts["occurred_at"].astype(str),
     )
     acts = acts.assign(occurred_at=occurred)[occurred.notna()]
+    if history:
+        late = after_today(acts["occurred_at"])
+        quarantine.add("activities", acts, late, "occurred_at is after today: " + acts["occurred_at"].astype(str))
+        acts = acts[~late]
     kind = snake_case(acts["activity_type"])
     quarantine.add("activities", acts, kind.isna(), "missing activity_type")
     acts = acts.assign(activity_type=kind)[kind.notna()]
@@ -368,6 +435,9 @@ def clean_outcomes(raw: pd.DataFrame, leads: pd.DataFrame, quarantine: Quarantin
         "closed lead without a valid closed_at: " + out["closed_at"].astype(str),
     )
     out = out.assign(closed_at=closed_at.where(closed))[~bad]
+    late = after_today(out["closed_at"])
+    quarantine.add("outcomes", out, late, "closed_at is after today: " + out["closed_at"].astype(str))
+    out = out[~late]
     same = out.duplicated(["lead_id", "status", "closed_at"], keep="first")
     quarantine.add("outcomes", out, same, "duplicate row: same lead_id, status and closed_at as an earlier row")
     out = out[~same]
@@ -413,14 +483,14 @@ def load_crm(directory: str | Path, missing_tokens: Iterable[str] = ("",)) -> Cr
         raise DataError(f"{directory}: not a directory with {', '.join(TABLE_FILES.values())}")
     paths = {name: directory / file for name, file in TABLE_FILES.items()}
     quarantine = Quarantine()
-    raw_leads = read_csv_table(paths["leads"], LEAD_REQUIRED)
-    raw_acts = read_csv_table(paths["activities"], ACTIVITY_REQUIRED)
-    raw_outcomes = read_csv_table(paths["outcomes"], OUTCOME_REQUIRED)
+    raw_leads = read_csv_table(paths["leads"], LEAD_REQUIRED, table="leads", quarantine=quarantine)
+    raw_acts = read_csv_table(paths["activities"], ACTIVITY_REQUIRED, table="activities", quarantine=quarantine)
+    raw_outcomes = read_csv_table(paths["outcomes"], OUTCOME_REQUIRED, table="outcomes", quarantine=quarantine)
 
-    leads = clean_leads(raw_leads, quarantine, missing_tokens)
+    leads = clean_leads(raw_leads, quarantine, missing_tokens, history=True)
     outcomes = clean_outcomes(raw_outcomes, leads, quarantine)
     leads, left_out = drop_unknown_outcomes(leads, outcomes, quarantine)
-    activities = clean_activities(raw_acts, pd.Index(leads["lead_id"]), quarantine, left_out)
+    activities = clean_activities(raw_acts, pd.Index(leads["lead_id"]), quarantine, left_out, history=True)
     moments = [
         leads["created_at"].max(),
         activities["occurred_at"].max(),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+
 ACTIVITY_TYPES: tuple[str, ...] = (
     "web_visit",
     "pricing_page",
@@ -45,3 +48,52 @@ TABLE_FILES: dict[str, str] = {
     "outcomes": "outcomes.csv",
 }
 TRUTH_FILE = "truth.csv"
+
+# Every column each table of the contract can use; others are read, reported and left alone.
+CONTRACT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "leads": (
+        *LEAD_REQUIRED,
+        *LEAD_CATEGORICAL,
+        *LEAD_NUMERIC,
+        *PII_COLUMNS,
+        "tech_stack",
+        "do_not_contact",
+        "sales_accepted",
+        "company",
+        "owner",
+    ),
+    "activities": (*ACTIVITY_REQUIRED, "value"),
+    "outcomes": (*OUTCOME_REQUIRED, "closed_at"),
+}
+
+
+def _name_key(name: str) -> str:
+    return re.sub(r"[\s\-]+", "_", str(name).strip().casefold())
+
+
+def contract_names(columns: Iterable[str], table: str) -> tuple[dict[str, str], list[str]]:
+    """Match an export's headers to the contract's names regardless of case and spacing.
+
+    `Lead Source`, `LEAD-SOURCE` and ` lead_source` all mean `lead_source`: CRMs export
+    display names, and an optional column missed for its spelling would be a feature left
+    blank without a word. An exact name wins over a look-alike.
+
+    Returns:
+        The renames to apply ({header: contract name}) and the headers the contract does
+        not use (including a second look-alike of a name already taken).
+    """
+    known = {_name_key(name): name for name in CONTRACT_COLUMNS[table]}
+    columns = [str(c) for c in columns]
+    taken = {c for c in columns if c in CONTRACT_COLUMNS[table]}
+    renames: dict[str, str] = {}
+    unused: list[str] = []
+    for column in columns:
+        if column in taken or column.startswith("_"):
+            continue
+        name = known.get(_name_key(column))
+        if name is None or name in taken:
+            unused.append(column)
+        else:
+            renames[column] = name
+            taken.add(name)
+    return renames, unused

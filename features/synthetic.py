@@ -19,6 +19,7 @@ import pandas as pd
 from features.schema import ACTIVITY_TYPES, TABLE_FILES, TRUTH_FILE
 
 STEP_DAYS = 30
+EARLIEST_START_YEAR = 1990
 HALF_LIFE_DAYS = 14.0
 MAX_LEAD_AGE_DAYS = 270
 
@@ -246,6 +247,9 @@ class _World:
         chosen = rng.choice(self.total_days, size=n, p=weight / weight.sum())
         hour = np.clip(rng.normal(13, 3, n), 0, 23.99) / 24
         created = np.sort(chosen + hour)
+        # The first lead arrives on the first day, so training's snapshot grid (from the first
+        # lead's day) is truth.csv's.
+        created[0] -= np.floor(created[0])
         self.created_day = created
         u = (created / self.total_days)[:, None]
 
@@ -479,6 +483,18 @@ def generate_crm(n_leads: int, seed: int, start: str = "2024-11-01", months: int
     if n_leads < 1:
         raise ValueError("n_leads must be at least 1")
     start_ts = pd.Timestamp(start)
+    if start_ts.tz is not None:
+        start_ts = start_ts.tz_convert("UTC").tz_localize(None)
+    # Training's snapshots fall on midnights from the first lead's day: so do truth.csv's.
+    start_ts = start_ts.normalize()
+    end = start_ts + pd.Timedelta(days=months * STEP_DAYS)
+    if start_ts.year < EARLIEST_START_YEAR:
+        raise ValueError(f"start {start_ts.date()} is before {EARLIEST_START_YEAR}: CRM histories begin later")
+    if end > pd.Timestamp.now().normalize() + pd.Timedelta(days=1):
+        raise ValueError(
+            f"the period {start_ts.date()} to {end.date()} ends after today: an export holds only the past "
+            "(pick an earlier --start or fewer --months)"
+        )
     world = _World(n_leads, seed, start_ts, months)
     world.run()
     rng = world.rng

@@ -4,7 +4,11 @@ store under the project's models/ folder."""
 from __future__ import annotations
 
 import errno
+import json
 import os
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from features.params import PROJECT_ROOT
@@ -61,3 +65,42 @@ def check_writable(folder: Path, *, what: str, probe_bytes: int = 1 << 20) -> No
                   errno.EACCES: "permission denied", errno.EDQUOT: "the disk quota is exceeded"}.get(
             exc.errno, exc.strerror or str(exc))  # fmt: skip
         raise OSError(exc.errno, f"cannot write {what} in {folder}: {reason}") from None
+
+
+# Database schemes MLflow's SQLAlchemy store takes (a dialect may carry a driver: postgresql+psycopg2).
+_DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+_HOSTED_SCHEMES = ("databricks", "databricks-uc", "uc")
+
+
+def tracking_problem(timeout: float = 10.0) -> str | None:
+    """Why the tracking URI in force cannot work, found in seconds; None when it looks usable.
+
+    An MLflow client retries an unreachable server for minutes, and an unusable URI fails
+    only at the first call: both are worth saying before the data is even loaded.
+    """
+    uri = tracking_uri()
+    scheme = urllib.parse.urlparse(uri).scheme.lower()
+    if scheme.split("+")[0] in _DATABASE_SCHEMES or scheme in _HOSTED_SCHEMES or uri in _HOSTED_SCHEMES:
+        return None
+    if scheme not in ("http", "https"):
+        return (
+            f"MLFLOW_TRACKING_URI={uri!r} is not a tracking store this version of MLflow writes to: "
+            "give an MLflow server (http://host:port) or a database (sqlite:///path/to/mlflow.db), "
+            "or unset it for the store under models/"
+        )
+    probe = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+    try:
+        with urllib.request.urlopen(probe, timeout=timeout) as response:
+            body = response.read(1 << 16)
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):  # the client sends the credentials the probe has not got
+            return None
+        return f"MLFLOW_TRACKING_URI={uri}: the server there is not an MLflow tracking server (HTTP {exc.code})"
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return f"MLFLOW_TRACKING_URI={uri}: no tracking server answers ({reason}); is `mlflow server` running?"
+    try:
+        json.loads(body)
+    except ValueError:
+        return f"MLFLOW_TRACKING_URI={uri}: the server there is not an MLflow tracking server (no JSON reply)"
+    return None

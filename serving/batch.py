@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from features.ingest import STATUS_SYNONYMS, DataError
-from features.schema import TABLE_FILES
+from features.schema import TABLE_FILES, contract_names
 from serving.scoring import LoadedModel, prepare_crm_leads, prepare_flat_rows, score_features
 
 OUTPUT_COLUMNS = [
@@ -41,6 +41,10 @@ def read_table(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: cannot read ({exc})") from exc
 
 
+def _contract_table(frame: pd.DataFrame, table: str, rename: bool) -> pd.DataFrame:
+    return frame.rename(columns=contract_names(frame.columns, table)[0]) if rename else frame
+
+
 def read_leads(
     source: Path, activities: Path | None, *, flat_schema: dict[str, Any] | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
@@ -55,12 +59,15 @@ def read_leads(
         Leads, activities, and how many closed leads were left out.
     """
     closed = 0
+    # A CRM model reads the contract's names whatever their case, as training does; a flat
+    # model's columns are its own.
+    as_contract = flat_schema is None
     if source.is_dir():
-        leads = read_table(source / TABLE_FILES["leads"])
+        leads = _contract_table(read_table(source / TABLE_FILES["leads"]), "leads", as_contract)
         acts_path = activities or source / TABLE_FILES["activities"]
         outcomes_path = source / TABLE_FILES["outcomes"]
         if outcomes_path.is_file() and "lead_id" in leads:
-            outcomes = read_table(outcomes_path)
+            outcomes = _contract_table(read_table(outcomes_path), "outcomes", as_contract)
             # The spellings training accepts ("Won", "Closed Lost", ...); a lead with any closed
             # row is closed, so repeated rows cannot make it look open.
             status = outcomes["status"].map(lambda v: STATUS_SYNONYMS.get(str(v).strip().casefold()))
@@ -69,10 +76,10 @@ def read_leads(
             closed = int(is_closed.sum())
             leads = leads[~is_closed.to_numpy()].reset_index(drop=True)
     else:
-        leads = read_table(source)
+        leads = _contract_table(read_table(source), "leads", as_contract)
         acts_path = activities
     if acts_path is not None and acts_path.exists():
-        acts = read_table(acts_path)
+        acts = _contract_table(read_table(acts_path), "activities", as_contract)
     else:
         acts = pd.DataFrame(columns=["lead_id", "occurred_at", "activity_type", "value"])
     if "lead_id" not in leads and flat_schema is not None:
@@ -82,7 +89,11 @@ def read_leads(
         elif not id_column:
             leads = leads.assign(lead_id=[str(i) for i in range(1, len(leads) + 1)])
     if "lead_id" not in leads:
-        trained = f" (the model was trained with --id {flat_schema['id']!r})" if flat_schema else ""
+        trained = (
+            f" (the model was trained with --id {flat_schema['id']!r})"
+            if flat_schema
+            else " (a model trained on a flat CSV has a name of its own: pass it as --model-name)"
+        )
         raise DataError(f"{source}: no lead_id column{trained}; columns are {', '.join(leads.columns[:20])}")
     return leads, acts, closed
 

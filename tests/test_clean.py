@@ -58,6 +58,22 @@ def test_timezones_are_converted_to_utc():
     assert values[0] == pd.Timestamp("2025-03-04 08:00")
 
 
+def test_numeric_dates_are_read_in_one_order_per_column():
+    # A European export: 13/03 proves day first, so 01/03 is the 1st of March, not January 3.
+    day_first, failed = parse_timestamps(pd.Series(["01/03/2025", "13/03/2025 14:00", "02.04.2025", "2025-05-01"]))
+    assert day_first.tolist() == [
+        pd.Timestamp(t) for t in ("2025-03-01", "2025-03-13 14:00", "2025-04-02", "2025-05-01")
+    ]
+    assert not failed.any()
+    # Nothing decisive: month first, as a US export writes them.
+    month_first, _ = parse_timestamps(pd.Series(["01/03/2025", "02/04/2025"]))
+    assert month_first.tolist() == [pd.Timestamp("2025-01-03"), pd.Timestamp("2025-02-04")]
+    # A value against the column's order cannot be trusted: it fails rather than being swapped.
+    mixed, failed = parse_timestamps(pd.Series(["13/03/2025", "20/01/2025", "03/25/2025"]))
+    assert mixed[0] == pd.Timestamp("2025-03-13") and pd.isna(mixed[2])
+    assert failed.tolist() == [False, False, True]
+
+
 def test_snake_case_activity_names():
     assert snake_case(pd.Series(["Email Open", " email-open", "EMAIL_OPEN", None])).tolist() == ["email_open"] * 3 + [
         None

@@ -60,6 +60,15 @@ def _mlflow_server(store: str, tmp_path: Path):
         _stop(process)
 
 
+def _wait_for_every_worker(log: Path, timeout: float = 120) -> None:
+    """Wait until each of the service's workers (one per core) has loaded its model."""
+    deadline = time.time() + timeout
+    while log.read_text().count("Service lead_scoring initialized") < (os.cpu_count() or 1):
+        if time.time() > deadline:
+            raise AssertionError(f"not every worker started: {log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
 def test_the_service_keeps_scoring_when_the_tracking_server_stops(champion_store, small_crm_dir, tmp_path):
     from features.ingest import load_crm
 
@@ -73,6 +82,7 @@ def test_the_service_keeps_scoring_when_the_tracking_server_stops(champion_store
         quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
         service, url, log = _start(tracking, None, log_dir=tmp_path, env_extra=quick)
         try:
+            _wait_for_every_worker(log)  # a worker still loading when the server stops has no model
             before = httpx.post(f"{url}/score", json=body, timeout=60)
             assert before.status_code == 200, before.text
             version = httpx.get(f"{url}/model").json()["version"]
@@ -189,3 +199,40 @@ def test_a_corrupted_bundle_is_refused_and_the_live_model_stays(champion_store, 
     finally:
         _stop(service)
     assert "could not be loaded" in log.read_text()  # the refusal is logged with its reason
+
+
+def test_a_tracking_store_that_cannot_work_is_named_before_the_data_is_loaded(champion_store, tmp_path, monkeypatch):
+    from features.tracking import tracking_problem
+
+    def train_with(uri: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "COLUMNS": "200"}
+        return subprocess.run([str(BIN / "leadscore"), "train", "--trials", "1"], env=env, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+
+    with _mlflow_server(_copy_store(champion_store, tmp_path), tmp_path) as (tracking, _):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+        assert tracking_problem() is None
+    stopped = train_with(tracking)  # the same address once its server is gone
+    assert stopped.returncode == 2 and "no tracking server answers" in stopped.stderr, stopped.stderr
+    assert "Loading" not in stopped.stdout
+
+    port = _free_port()
+    web = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                           cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        not_mlflow = train_with(f"http://127.0.0.1:{port}")
+    finally:
+        _stop(web)
+    assert not_mlflow.returncode == 2 and "not an MLflow tracking server (HTTP 404)" in not_mlflow.stderr
+
+    folder_store = train_with(f"file://{tmp_path / 'mlruns'}")
+    assert folder_store.returncode == 2 and "sqlite:///" in folder_store.stderr
+    assert "Traceback" not in stopped.stderr + not_mlflow.stderr + folder_store.stderr

@@ -80,6 +80,46 @@ def test_values_are_cleaned_and_notes_say_what_was_changed(export):
     assert any("podcast_listen" in note for note in crm.quarantine.notes)
     assert any("without an outcome row" in note for note in crm.quarantine.notes)
     assert crm.outcomes.set_index("lead_id").loc["A", "status"] == "converted"
+    assert "leads.industry: 1 placeholder value(s) read as blank ('Select')" in crm.quarantine.notes
+
+
+def test_headers_are_matched_to_the_contract_whatever_their_case_and_unused_ones_named(tmp_path):
+    _write(
+        tmp_path,
+        {
+            "Lead_ID": ["A", "B"],
+            "Created At": ["2025-01-01", "2025-01-02"],
+            "Industry": ["Software", "Retail"],
+            "Lead Source": ["Webinar", "Paid Social"],
+            "Lead Status": ["Working", "New"],
+        },
+        {"LEAD_ID": ["A"], "Occurred_At": ["2025-01-05"], "Activity Type": ["web_visit"]},
+        {"lead_id": ["A", "B"], "Status": ["converted", "lost"], "closed_at": ["2025-02-01", "2025-02-01"]},
+    )
+    crm = load_crm(tmp_path)
+    assert crm.leads.set_index("lead_id")["industry"].tolist() == ["Software", "Retail"]
+    assert crm.leads["lead_source"].notna().all() and len(crm.activities) == 1
+    notes = "\n".join(crm.quarantine.notes)
+    assert "leads.csv: 'Lead_ID' read as lead_id, 'Created At' read as created_at, 'Industry' read as industry" in notes
+    assert "leads.csv: column(s) not in the data contract, not used: 'Lead Status'" in notes
+    assert "outcomes.csv: 'Status' read as status" in notes
+
+
+def test_rows_dated_after_today_are_quarantined_and_do_not_stretch_the_export(tmp_path):
+    _write(
+        tmp_path,
+        {"lead_id": ["A", "B", "C"], "created_at": ["2025-01-01", "2025-01-02", "2099-01-01"]},
+        {"lead_id": ["A", "A"], "occurred_at": ["2025-01-05", "2062-05-01"], "activity_type": ["web_visit"] * 2},
+        {"lead_id": ["A", "B"], "status": ["converted", "lost"], "closed_at": ["2025-02-01", "2090-02-01"]},
+    )
+    crm = load_crm(tmp_path)
+    q = crm.quarantine.frame()
+    reasons = dict(zip(zip(q["table"], q["row"], strict=True), q["reason"], strict=True))
+    assert reasons[("leads", 3)] == "created_at is after today: 2099-01-01"
+    assert reasons[("activities", 2)] == "occurred_at is after today: 2062-05-01"
+    assert reasons[("outcomes", 2)] == "closed_at is after today: 2090-02-01"
+    assert crm.leads["lead_id"].tolist() == ["A"]  # B's only outcome was quarantined: outcome unknown
+    assert crm.export_end == pd.Timestamp("2025-02-01")
 
 
 def test_missing_required_column_names_file_and_column(tmp_path):

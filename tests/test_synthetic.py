@@ -67,3 +67,22 @@ def test_fifty_thousand_leads_give_about_a_million_activities():
 def test_tiny_exports_generate(leads):
     crm = generate_crm(leads, seed=1, start="2024-01-01", months=24)
     assert crm.leads["lead_id"].nunique() == leads and len(crm.outcomes) == leads
+
+
+@pytest.mark.parametrize("seed,start", [(1, "2024-11-01"), (2, "2025-01-04"), (1, "2024-11-01T15:00+05:00")])
+def test_truth_keys_every_example_training_builds(tmp_path, seed, start):
+    from features.params import load_params
+    from features.synthetic import write_crm
+    from training.pipeline import prepare_crm
+
+    # Training's snapshots start on the first lead's day: the generator's must be the same.
+    write_crm(generate_crm(500, seed=seed, start=start, months=8), tmp_path)
+    dataset = prepare_crm(tmp_path, load_params())
+    assert len(dataset.truth) > 500 and dataset.truth.notna().all()
+
+
+def test_a_period_that_cannot_be_an_export_is_refused():
+    with pytest.raises(ValueError, match="ends after today"):
+        generate_crm(10, seed=1, start=str(pd.Timestamp.now().date()), months=2)
+    with pytest.raises(ValueError, match="before 1990"):
+        generate_crm(10, seed=1, start="1850-01-01", months=2)

@@ -69,6 +69,8 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
     client = MlflowClient()
     run = client.get_run(metrics["model"]["run_id"])
     assert run.data.tags["data.hash"] == metrics["data"]["hash"]
+    assert run.data.tags["mlflow.source.git.commit"] == run.data.tags["git.commit"]
+    assert run.data.params["best.learning_rate"] == str(metrics["tuning"]["best_params"]["learning_rate"])
     assert len(client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")) == 3
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {
@@ -92,6 +94,9 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
     )
     out = model.predict(feats)
     assert out["probability"].between(0, 1).all() and len(out) == 20
+    # Every input is optional in the signature: a feature left out is unknown, not an error.
+    assert not any(column.required for column in model.metadata.get_input_schema().inputs)
+    assert len(model.predict(feats.drop(columns=["industry", "employees"]))) == 20
 
     strict = params_file("strict.yaml", **{"gates.min_test_roc_auc": 0.999, "gates.min_auc_gain_vs_baseline": -1.0})
     second = leadscore(
@@ -144,6 +149,11 @@ def test_too_few_outcomes_refuses_to_train_and_says_how_many(tmp_path, params_fi
     assert result.returncode == 2
     assert "too few examples to train" in result.stderr and "converted" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+    # The refusal keeps the quarantined rows: they may be why there are too few examples.
+    kept = result.stderr.split("quarantined rows, each with its reason: ")[1].split()[0]
+    quarantined = pd.read_csv(kept)
+    assert set(quarantined["table"]) == {"leads", "activities"} and quarantined["reason"].notna().all()
+    Path(kept).unlink()
 
 
 def test_bad_paths_and_flags_are_clear_errors(tmp_path, store):
@@ -156,6 +166,11 @@ def test_bad_paths_and_flags_are_clear_errors(tmp_path, store):
     wrong = leadscore("train", "--data", str(flat), "--label", "c", store=store)
     assert wrong.returncode == 2 and "no column(s) 'c'" in wrong.stderr
     assert "Traceback" not in missing.stderr + no_label.stderr + wrong.stderr
+    # An output that cannot be written is refused before the run, not after registering.
+    (tmp_path / "a_file").write_text("")
+    bad_out = leadscore("train", "--metrics-out", str(tmp_path / "a_file" / "m.json"), store=store)
+    assert bad_out.returncode == 2 and "a_file is a file, not a folder" in bad_out.stderr
+    assert "Loading" not in bad_out.stdout
     same_id = tmp_path / "same_id.csv"
     same_id.write_text("Month,Revenue\n" + "May,1\nMay,0\n" * 30)
     unusable = leadscore("train", "--data", str(same_id), "--label", "Revenue", "--id", "Month", store=store)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -84,11 +85,17 @@ def _os_error_text(exc: OSError) -> str:
 
 def _quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow prints "View run ... at: http://..." per (nested) run to a tracking server.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for name in ("mlflow", "alembic", "optuna", "lightgbm", "urllib3", "git"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+# About 19 activities per lead: 2M leads make an export of several GB in memory.
+MAX_GENERATED_LEADS = 2_000_000
 
 
 @app.command()
@@ -97,10 +104,12 @@ def generate(
         Path,
         typer.Option("--out", help="Folder to write leads.csv, activities.csv, outcomes.csv, truth.csv"),
     ],
-    leads: Annotated[int, typer.Option("--leads", min=1, help="How many leads to create")] = 50_000,
+    leads: Annotated[
+        int, typer.Option("--leads", min=1, max=MAX_GENERATED_LEADS, help="How many leads to create")
+    ] = 50_000,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same files)")] = 7,
     start: Annotated[str, typer.Option("--start", help="First day of the period (YYYY-MM-DD)")] = "2024-11-01",
-    months: Annotated[int, typer.Option("--months", min=2, help="Length of the period in 30-day months")] = 24,
+    months: Annotated[int, typer.Option("--months", min=2, max=120, help="Length of the period in 30-day months")] = 24,
 ) -> None:
     """Generate a synthetic CRM export in the raw data contract, with known truth."""
     started = time.perf_counter()
@@ -110,6 +119,8 @@ def generate(
             paths = write_crm(crm, out)
         except ValueError as exc:
             _fail(f"cannot generate: {exc}")
+        except MemoryError:
+            _fail(f"cannot generate {leads:,} leads: not enough memory; try fewer --leads")
         except OSError as exc:
             hint = " (--out takes a folder)" if out.is_file() else ""
             _fail(f"cannot write to {out}: {exc.strerror or exc}{hint}")
@@ -217,6 +228,11 @@ def _summary(metrics: dict[str, Any]) -> None:
             f"[yellow]Registered {model['name']} version {model['version']}; not promoted: "
             "a gate failed, @champion unchanged[/yellow]"
         )
+    if metrics["data"]["kind"] == "flat":
+        console.print(
+            f"Score files like this one with [bold]leadscore score FILE -o scores.csv --model-name "
+            f"{escape(model['name'])}[/bold]; serve it with LEADSCORE_MODEL_NAME={escape(model['name'])}"
+        )
 
 
 @app.command()
@@ -255,7 +271,10 @@ def train(
     ] = None,
     model_name: Annotated[
         str | None,
-        typer.Option("--model-name", help="Registered model name (default from params.yaml)"),
+        typer.Option(
+            "--model-name",
+            help="Registered model name (default from params.yaml; a flat CSV: that name, '-' and the file's name)",
+        ),
     ] = None,
     engine: Annotated[
         str,
@@ -292,8 +311,11 @@ def train(
         _fail(f"--engine {engine!r}: use local or dask")
     if engine == "dask" and data is not None and not data.is_dir():
         _fail("--engine dask trains on a CRM export folder (leads, activities, outcomes); flat CSVs train locally")
+    if metrics_out is not None:
+        _check_output_file(metrics_out, what="the metrics")
     reporter = RichReporter()
     client = None
+    dataset = None
     fit_options: dict[str, Any] = {}
     try:
         _check_model_folders()
@@ -311,6 +333,9 @@ def train(
             dataset = prepare_crm(data, params)
         elif data.exists():
             flat_profile = _profile(data, label, positive, id_column, drop, sep, time_column, profile)
+            # A flat model reads another table: under the CRM model's name it would take the
+            # champion the service and `make demo` use, and keep every CRM model from promotion.
+            model_name = model_name or flat_model_name(params.mlflow.model_name, data)
             reporter.stage(f"Loading flat CSV {data}")
             dataset = prepare_flat(data, flat_profile, params)
         else:
@@ -328,7 +353,7 @@ def train(
             reporter.note(note)
         metrics = train_and_register(dataset, params, reporter, model_name=model_name, **fit_options)
     except (DataError, ParamsError) as exc:
-        _fail(str(exc))
+        _fail(str(exc) + _kept_quarantine(dataset))
     except OSError as exc:
         _fail(_os_error_text(exc))
     except typer.Exit:
@@ -336,7 +361,10 @@ def train(
     except Exception as exc:  # an unexpected failure still gets a one-line message
         if os.environ.get("LEADSCORE_DEBUG"):
             raise
-        _fail(f"training failed: {type(exc).__name__}: {exc} (set LEADSCORE_DEBUG=1 to see the traceback)")
+        _fail(
+            f"training failed: {type(exc).__name__}: {exc} (set LEADSCORE_DEBUG=1 to see the traceback)"
+            + _kept_quarantine(dataset)
+        )
     finally:
         if client is not None:
             client.close()
@@ -352,10 +380,50 @@ def train(
         console.print(f"metrics written to {metrics_out}")
 
 
-def _check_model_folders() -> None:
-    """A read-only or full models/ (or store folder) is reported before a long run, not after."""
-    from features.tracking import MODELS_DIR, local_store_folder
+def _check_output_file(path: Path, *, what: str) -> None:
+    """Refuse an output path that cannot be written before the work, not after it."""
+    if path.is_dir():
+        _fail(f"cannot write {what} to {path}: it is a folder; give a file name")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        _fail(f"cannot write {what} to {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK):
+        _fail(f"cannot write {what} to {path}: permission denied in {folder}")
 
+
+def flat_model_name(base: str, data: Path) -> str:
+    """The default registered name of a model trained on a flat CSV: `<base>-<file stem>`."""
+    stem = re.sub(r"[^a-z0-9]+", "-", data.stem.casefold()).strip("-")[:60] or "flat"
+    return f"{base}-{stem}"
+
+
+def _kept_quarantine(dataset: Any) -> str:
+    """Write the quarantined rows of a run that stopped after loading; the text to append.
+
+    A refusal such as "only 12 converted examples" often follows from rows quarantined on
+    the way, so the user needs the file naming them even though no MLflow run was logged.
+    """
+    from training.pipeline import write_quarantine
+
+    if dataset is None:
+        return ""
+    try:
+        path = write_quarantine(dataset.quarantine.frame(), time.strftime("%Y%m%d-%H%M%S"))
+    except OSError as exc:
+        return f" (the quarantined rows could not be written: {_os_error_text(exc)})"
+    return f"\nquarantined rows, each with its reason: {path}" if path else ""
+
+
+def _check_model_folders() -> None:
+    """A read-only or full models/ (or store folder), or a tracking server that does not
+    answer, is reported before a long run, not after."""
+    from features.tracking import MODELS_DIR, local_store_folder, tracking_problem
+
+    problem = tracking_problem()
+    if problem:
+        _fail(problem)
     store = local_store_folder()
     if store is not None:
         check_writable(store, what="the MLflow store (runs and registered models)")

@@ -29,15 +29,24 @@ from features.fit import learn_tech_vocabulary
 from features.ingest import (
     DataError,
     Quarantine,
+    after_today,
     clean_activities,
     clean_leads,
     clean_outcomes,
     drop_unknown_outcomes,
     hash_files,
+    note_column_names,
     read_csv_table,
 )
 from features.params import Params
-from features.schema import ACTIVITY_REQUIRED, LEAD_REQUIRED, OUTCOME_REQUIRED, TABLE_FILES, TRUTH_FILE
+from features.schema import (
+    ACTIVITY_REQUIRED,
+    LEAD_REQUIRED,
+    OUTCOME_REQUIRED,
+    TABLE_FILES,
+    TRUTH_FILE,
+    contract_names,
+)
 from features.spec import FeatureSpec, to_model_frame
 from serving.dask_batch import bucket_by_lead, read_frame
 from training.examples import build_examples
@@ -61,7 +70,7 @@ class DaskDataset:
 def _scan(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows and newest parseable activity time of one partition (a first, cheap pass)."""
     occurred, _ = parse_timestamps(frame["occurred_at"])
-    return pd.DataFrame({"rows": [len(frame)], "last": [occurred.max()]})
+    return pd.DataFrame({"rows": [len(frame)], "last": [occurred.where(~after_today(occurred)).max()]})
 
 
 def _number_rows(frame: pd.DataFrame, offsets: list[int], partition_info: dict | None = None) -> pd.DataFrame:
@@ -80,7 +89,7 @@ def _partition_features(
     """
     quarantine = Quarantine()
     acts = activities.drop(columns="_bucket").reset_index(drop=True)
-    clean = clean_activities(acts, pd.Index(rows["lead_id"].unique()), quarantine, pd.Index(left_out))
+    clean = clean_activities(acts, pd.Index(rows["lead_id"].unique()), quarantine, pd.Index(left_out), history=True)
     examples = rows[rows[EXAMPLE] >= 0].drop(columns="_bucket").sort_values(EXAMPLE).reset_index(drop=True)
     leads = examples.drop(columns=[EXAMPLE, LABEL, PART, "as_of"])
     features = build_crm_features(leads, clean.drop(columns="_row"), examples["as_of"], params, vocabulary)
@@ -126,13 +135,18 @@ def prepare_crm_on_dask(
         raise DataError(f"{directory}: not a directory with {', '.join(TABLE_FILES.values())}")
     paths = {name: directory / file for name, file in TABLE_FILES.items()}
     quarantine = Quarantine()
-    leads = clean_leads(read_csv_table(paths["leads"], LEAD_REQUIRED), quarantine, params.flat.missing_tokens)
-    outcomes = clean_outcomes(read_csv_table(paths["outcomes"], OUTCOME_REQUIRED), leads, quarantine)
+    raw_leads = read_csv_table(paths["leads"], LEAD_REQUIRED, table="leads", quarantine=quarantine)
+    leads = clean_leads(raw_leads, quarantine, params.flat.missing_tokens, history=True)
+    raw_outcomes = read_csv_table(paths["outcomes"], OUTCOME_REQUIRED, table="outcomes", quarantine=quarantine)
+    outcomes = clean_outcomes(raw_outcomes, leads, quarantine)
     leads, left_out = drop_unknown_outcomes(leads, outcomes, quarantine)
     leads = leads.drop(columns="_row")
     if not paths["activities"].is_file():
         raise DataError(f"{paths['activities']}: file not found")
     activities = read_frame(paths["activities"])
+    renames, unused = contract_names(activities.columns, "activities")
+    activities = activities.rename(columns=renames)
+    note_column_names(quarantine, paths["activities"].name, renames, unused)
     missing = [c for c in ACTIVITY_REQUIRED if c not in activities.columns]
     if missing:
         raise DataError(f"{paths['activities'].name}: missing required column(s) {', '.join(missing)}")

@@ -282,6 +282,21 @@ def _flatten(prefix: str, value: Any, out: dict[str, float]) -> None:
         out[prefix] = float(value)
 
 
+def write_quarantine(quarantine: pd.DataFrame, stem: str, folder: Path | None = None) -> Path | None:
+    """Write the quarantined rows to `<folder>/quarantine-<stem>.csv` (default models/quarantine).
+
+    Returns the file, or None when nothing was quarantined.
+    """
+    if quarantine.empty:
+        return None
+    target = folder or (MODELS_DIR / "quarantine")
+    target.mkdir(parents=True, exist_ok=True)
+    path = target / f"quarantine-{stem}.csv"
+    # Rows are quoted back as they came: a `=cmd|...` cell must stay text in Excel.
+    safe_for_spreadsheets(quarantine).to_csv(path, index=False)
+    return path
+
+
 def train_and_register(
     dataset: Dataset,
     params: Params,
@@ -366,12 +381,15 @@ def train_and_register(
     if mlflow.get_experiment_by_name(params.mlflow.experiment) is None:
         mlflow.create_experiment(params.mlflow.experiment, artifact_location=artifact_root())
     mlflow.set_experiment(params.mlflow.experiment)
+    commit = git_commit()
     with mlflow.start_run(run_name=f"train-{dataset.kind}") as run:
         mlflow.set_tags(
             {
                 "data.source": dataset.source,
                 "data.hash": dataset.data_hash,
-                "git.commit": git_commit(),
+                "git.commit": commit,
+                # MLflow's own tag, which its UI shows as the run's source version.
+                "mlflow.source.git.commit": commit,
                 "data.kind": dataset.kind,
             }
         )
@@ -404,6 +422,9 @@ def train_and_register(
         reporter.trials_finished()
         if on_tuned is not None:
             on_tuned(tuning)
+        # The chosen settings on the parent run, to compare runs in the MLflow UI.
+        mlflow.log_params({f"best.{k}": v for k, v in tuning.best_params.items()})
+        mlflow.log_param("best.num_boost_round", tuning.best_iteration)
         timings["tuning_seconds"] = time.perf_counter() - started
         memory["tuning_mb"] = peak_memory_mb()
 
@@ -476,6 +497,15 @@ def train_and_register(
                     "roc_auc": float(roc_auc_score(labels["test"][known], truth[known])),
                     "coverage": float(known.mean()),
                 }
+            if known.mean() < 0.99:
+                # truth.csv keys examples by (lead, snapshot): another snapshot grid or an
+                # edited export leaves test examples without a true probability.
+                run_warnings.append(
+                    f"{TRUTH_FILE} gives a true probability for {known.mean():.0%} of the test examples: "
+                    + ("the Bayes ROC AUC is over those only" if known.any() else "no Bayes ROC AUC")
+                    + " (was the export generated with other snapshot settings, or edited?)"
+                )
+                reporter.warn(run_warnings[-1])
         timings["evaluate_seconds"] = time.perf_counter() - started
         memory["evaluate_mb"] = peak_memory_mb()
 
@@ -497,13 +527,8 @@ def train_and_register(
             safe_for_spreadsheets(audit).to_csv(tmp_path / "leakage_audit.csv", index=False)
             mlflow.log_artifact(str(tmp_path / "leakage_audit.csv"))
             quarantine = dataset.quarantine.frame()
-            quarantine_path = None
-            if not quarantine.empty:
-                target = quarantine_dir or (MODELS_DIR / "quarantine")
-                target.mkdir(parents=True, exist_ok=True)
-                quarantine_path = target / f"quarantine-{run.info.run_id}.csv"
-                # Rows are quoted back as they came: a `=cmd|...` cell must stay text in Excel.
-                safe_for_spreadsheets(quarantine).to_csv(quarantine_path, index=False)
+            quarantine_path = write_quarantine(quarantine, run.info.run_id, quarantine_dir)
+            if quarantine_path is not None:
                 mlflow.log_artifact(str(quarantine_path))
 
             windows = dataset.split.windows
@@ -522,7 +547,7 @@ def train_and_register(
                 "split": dataset.split.description,
                 "data_source": dataset.source,
                 "data_hash": dataset.data_hash,
-                "git_commit": git_commit(),
+                "git_commit": commit,
                 "run_id": run.info.run_id,
                 "test_metrics": test_metrics,
                 "calibration": calibrator.method,

@@ -11,8 +11,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
+from mlflow.types.schema import ColSpec, Schema
 from sklearn.metrics import roc_auc_score
 
 import features
@@ -36,7 +37,11 @@ class Gate:
 
 def log_bundle(artifacts: dict[str, str], example: pd.DataFrame, output: pd.DataFrame, model_name: str) -> str:
     """Log the pyfunc bundle in the active run and register it; returns the new version."""
-    signature = infer_signature(example, output)
+    inferred = infer_signature(example, output)
+    # Every feature may be absent (the model reads it as unknown, as scoring does): which ones
+    # inference marks required would otherwise depend on the blanks of the example's rows.
+    inputs = Schema([ColSpec(col.type, col.name, required=False) for col in inferred.inputs.inputs])
+    signature = ModelSignature(inputs=inputs, outputs=inferred.outputs)
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=str(Path(features.__file__).parent / "pyfunc_entry.py"),
