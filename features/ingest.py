@@ -262,9 +262,13 @@ def hash_files(paths: Iterable[Path]) -> str:
     return digest.hexdigest()
 
 
-def _placeholders_to_missing(values: pd.Series, missing_tokens: Iterable[str], quarantine: Quarantine) -> pd.Series:
+def _placeholders_to_missing(
+    values: pd.Series, missing_tokens: Iterable[str], quarantine: Quarantine | None
+) -> pd.Series:
     """`blank_to_missing` on a lead column, with a note on the placeholders it read as blank."""
     cleaned = blank_to_missing(values, missing_tokens)
+    if quarantine is None:
+        return cleaned
     text = values[cleaned.isna() & values.notna()].astype(str).str.strip()
     placeholders = text[text != ""]
     if len(placeholders):
@@ -319,7 +323,9 @@ def clean_leads(
 
     for column in LEAD_CATEGORICAL:
         if column in leads:
-            leads[column] = canonical_spelling(_placeholders_to_missing(leads[column], missing_tokens, quarantine))
+            # A blank BANT field means "unknown", one of its values: not worth a note.
+            note = None if column in BANT_FIELDS else quarantine
+            leads[column] = canonical_spelling(_placeholders_to_missing(leads[column], missing_tokens, note))
     for column in BANT_FIELDS:
         if column in leads:
             folded = leads[column].map(
