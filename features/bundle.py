@@ -85,6 +85,16 @@ class LeadScorerModel(mlflow.pyfunc.PythonModel):
         self.scorer = LeadScorer.from_files(context.artifacts)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        # Every input is optional in the signature (a feature left out is unknown), so input
+        # with none of the features (raw lead rows, other headers) is refused here: it would
+        # give every row the same score.
+        expected = list(self.scorer.spec.columns)
+        if not set(expected) & {str(c) for c in model_input.columns}:
+            shown = ", ".join(expected[:5]) + (f" and {len(expected) - 5} more" if len(expected) > 5 else "")
+            raise ValueError(
+                f"none of the model's feature columns are in the input ({shown}); it takes built "
+                "features, not lead rows: use `leadscore score` or the service for leads and activities"
+            )
         probability = self.scorer.predict_proba(model_input)
         return pd.DataFrame({"probability": probability, "score": score_from_probability(probability)})
 

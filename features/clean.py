@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable
 
 import numpy as np
@@ -108,28 +109,35 @@ def looks_boolean(values: pd.Series) -> bool:
 _NUMERIC_DATE = re.compile(r"^\s*(\d{1,2})[/.\-](\d{1,2})[/.\-]\d{2,4}(?:\D|$)")
 
 
-def _numeric_date_order(text: pd.Series) -> tuple[bool, pd.Series]:
-    """Whether a column's numeric dates put the day first, and the values that contradict it.
+def numeric_date_order(text: pd.Series) -> bool | None:
+    """Whether numeric dates (03/04/2025) put the day first: True, False, or None when no
+    value says (every day and month is 12 or less).
 
-    The order is decided once for the column, by the values that can only be read one way
-    (13/03/2025 is day first, 03/13/2025 month first): a parser deciding value by value would
-    read 01/03 as January and 13/03 as March in the same column. Without such values the
-    order is month first. Values against the column's order cannot be trusted and fail.
+    Decided by the values that can only be read one way (13/03/2025 is day first, 03/13/2025
+    month first), once for a whole export: a parser deciding value by value would read 01/03
+    as January and 13/03 as March in the same column.
     """
+    parts = text.astype(str).str.extract(_NUMERIC_DATE).astype("float64")
+    day_first_votes = int((parts[0] > 12).sum())
+    month_first_votes = int((parts[1] > 12).sum())
+    if day_first_votes == month_first_votes == 0:
+        return None
+    return day_first_votes > month_first_votes
+
+
+def _against_order(text: pd.Series, day_first: bool) -> pd.Series:
+    """Numeric dates that cannot be read in the given order (13/03 when month first)."""
     parts = text.str.extract(_NUMERIC_DATE).astype("float64")
-    first_is_day = parts[0] > 12
-    second_is_day = parts[1] > 12
-    day_first = bool(first_is_day.sum() > second_is_day.sum())
-    contradicting = second_is_day if day_first else first_is_day
-    return day_first, contradicting
+    return parts[1] > 12 if day_first else parts[0] > 12
 
 
-def parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+def parse_timestamps(values: pd.Series, day_first: bool | None = None) -> tuple[pd.Series, pd.Series]:
     """Parse timestamps: ISO 8601 fast, any other common format as a fallback.
 
-    Numeric dates (03/04/2025) are read in one order per column: day first when values
-    such as 13/04/2025 say so, else month first. Time zones are converted to UTC and
-    dropped, so all moments compare as naive UTC.
+    Numeric dates (03/04/2025) are read in one order: `day_first` (an export's order, see
+    `numeric_date_order`), else the column's own (day first when values such as 13/04/2025
+    say so, else month first). A value against the order fails rather than being swapped.
+    Time zones are converted to UTC and dropped, so all moments compare as naive UTC.
 
     Returns:
         The parsed timestamps (NaT where blank or unparseable) and a mask of the values
@@ -141,8 +149,18 @@ def parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     retry = present & parsed.isna()
     if retry.any():
         fallback = text[retry].astype(str)
-        day_first, contradicting = _numeric_date_order(fallback)
-        reparsed = pd.to_datetime(fallback, format="mixed", dayfirst=day_first, errors="coerce", utc=True)
+        if day_first is None:
+            day_first = bool(numeric_date_order(fallback))
+        contradicting = _against_order(fallback, day_first)
+        with warnings.catch_warnings():  # "could not infer format": it then parses value by value
+            warnings.simplefilter("ignore", UserWarning)
+            # One format inferred for the column is fast; the rest are parsed value by value.
+            reparsed = pd.to_datetime(fallback, dayfirst=day_first, errors="coerce", utc=True)
+        left = reparsed.isna()
+        if left.any():
+            reparsed[left] = pd.to_datetime(
+                fallback[left], format="mixed", dayfirst=day_first, errors="coerce", utc=True
+            )
         parsed[retry] = reparsed.where(~contradicting)
     plausible = parsed.notna() & parsed.dt.year.between(1900, 2200)
     parsed = parsed.where(plausible).dt.tz_localize(None).dt.as_unit("ns")

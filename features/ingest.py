@@ -15,6 +15,7 @@ from features.clean import (
     blank_to_missing,
     canonical_spelling,
     is_missing,
+    numeric_date_order,
     parse_bool,
     parse_number,
     parse_timestamps,
@@ -108,6 +109,13 @@ class CrmData:
     quarantine: Quarantine
     data_hash: str
     source: str
+    day_first: bool | None = None  # the order of its numeric dates (None: none were decisive)
+
+
+def export_date_order(*tables: pd.DataFrame) -> bool | None:
+    """The order of numeric dates across an export's date columns (see `numeric_date_order`)."""
+    columns = [t[c] for t in tables for c in ("created_at", "occurred_at", "closed_at") if c in t]
+    return numeric_date_order(pd.concat(columns, ignore_index=True)) if columns else None
 
 
 def as_of_view(crm: CrmData, moment: pd.Timestamp) -> CrmData:
@@ -133,6 +141,7 @@ def as_of_view(crm: CrmData, moment: pd.Timestamp) -> CrmData:
         quarantine=crm.quarantine,
         data_hash=crm.data_hash,
         source=f"{crm.source} as of {moment:%Y-%m-%d}",
+        day_first=crm.day_first,
     )
 
 
@@ -288,12 +297,18 @@ def after_today(moments: pd.Series) -> pd.Series:
 
 
 def clean_leads(
-    raw: pd.DataFrame, quarantine: Quarantine, missing_tokens: Iterable[str], *, history: bool = False
+    raw: pd.DataFrame,
+    quarantine: Quarantine,
+    missing_tokens: Iterable[str],
+    *,
+    history: bool = False,
+    day_first: bool | None = None,
 ) -> pd.DataFrame:
     """Clean lead rows of the contract (text cells, a `_row` number each); unusable rows go
     to the quarantine. Used for exports and for leads sent to the service alike.
 
     `history`: the rows are a training history, so a lead created after today is quarantined.
+    `day_first`: the order of numeric dates (the export's; None: decided by the column).
     """
     leads = raw.copy()
     leads["lead_id"] = blank_to_missing(leads["lead_id"], ())
@@ -308,7 +323,7 @@ def clean_leads(
     quarantine.add("leads", leads, conflicting, "conflicting duplicate lead_id: rows disagree, none is used")
     leads = leads[~conflicting]
 
-    created, failed = parse_timestamps(leads["created_at"])
+    created, failed = parse_timestamps(leads["created_at"], day_first)
     quarantine.add(
         "leads",
         leads,
@@ -363,11 +378,13 @@ def clean_activities(
     left_out: pd.Index | None = None,
     *,
     history: bool = False,
+    day_first: bool | None = None,
 ) -> pd.DataFrame:
     """Clean activity rows (text cells, a `_row` number each) of the given leads.
 
     `left_out`: leads dropped for an unknown outcome, whose activities get that reason.
     `history`: the rows are a training history, so an activity after today is quarantined.
+    `day_first`: the order of numeric dates (the export's; None: decided by the column).
     """
     acts = raw.copy()
     acts["lead_id"] = blank_to_missing(acts["lead_id"], ())
@@ -378,7 +395,7 @@ def clean_activities(
     unknown = ~acts["lead_id"].isin(known_leads)
     quarantine.add("activities", acts, unknown, "unknown lead_id (no usable row in leads)")
     acts = acts[~unknown]
-    occurred, failed = parse_timestamps(acts["occurred_at"])
+    occurred, failed = parse_timestamps(acts["occurred_at"], day_first)
     quarantine.add(
         "activities",
         acts,
@@ -408,7 +425,9 @@ def clean_activities(
     return acts[["_row", "lead_id", "occurred_at", "activity_type", "value"]].reset_index(drop=True)
 
 
-def clean_outcomes(raw: pd.DataFrame, leads: pd.DataFrame, quarantine: Quarantine) -> pd.DataFrame:
+def clean_outcomes(
+    raw: pd.DataFrame, leads: pd.DataFrame, quarantine: Quarantine, *, day_first: bool | None = None
+) -> pd.DataFrame:
     """One outcome row per lead; leads the export gives no outcome row are open.
 
     A lead whose every outcome row was quarantined has an unknown outcome, not an open one:
@@ -431,7 +450,7 @@ def clean_outcomes(raw: pd.DataFrame, leads: pd.DataFrame, quarantine: Quarantin
     out = out.assign(status=status)[status.notna()]
     if "closed_at" not in out:
         out["closed_at"] = ""
-    closed_at, _ = parse_timestamps(out["closed_at"])
+    closed_at, _ = parse_timestamps(out["closed_at"], day_first)
     closed = out["status"] != "open"
     bad = closed & closed_at.isna()
     quarantine.add(
@@ -493,10 +512,14 @@ def load_crm(directory: str | Path, missing_tokens: Iterable[str] = ("",)) -> Cr
     raw_acts = read_csv_table(paths["activities"], ACTIVITY_REQUIRED, table="activities", quarantine=quarantine)
     raw_outcomes = read_csv_table(paths["outcomes"], OUTCOME_REQUIRED, table="outcomes", quarantine=quarantine)
 
-    leads = clean_leads(raw_leads, quarantine, missing_tokens, history=True)
-    outcomes = clean_outcomes(raw_outcomes, leads, quarantine)
+    # One order of numeric dates for the whole export (a CRM writes every date alike).
+    day_first = export_date_order(raw_leads, raw_outcomes, raw_acts)
+    leads = clean_leads(raw_leads, quarantine, missing_tokens, history=True, day_first=day_first)
+    outcomes = clean_outcomes(raw_outcomes, leads, quarantine, day_first=day_first)
     leads, left_out = drop_unknown_outcomes(leads, outcomes, quarantine)
-    activities = clean_activities(raw_acts, pd.Index(leads["lead_id"]), quarantine, left_out, history=True)
+    activities = clean_activities(
+        raw_acts, pd.Index(leads["lead_id"]), quarantine, left_out, history=True, day_first=day_first
+    )
     moments = [
         leads["created_at"].max(),
         activities["occurred_at"].max(),
@@ -511,4 +534,5 @@ def load_crm(directory: str | Path, missing_tokens: Iterable[str] = ("",)) -> Cr
         quarantine=quarantine,
         data_hash=hash_files(paths.values()),
         source=str(directory),
+        day_first=day_first,
     )

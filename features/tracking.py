@@ -4,11 +4,9 @@ store under the project's models/ folder."""
 from __future__ import annotations
 
 import errno
-import json
 import os
-import urllib.error
+import re
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 from features.params import PROJECT_ROOT
@@ -67,40 +65,44 @@ def check_writable(folder: Path, *, what: str, probe_bytes: int = 1 << 20) -> No
         raise OSError(exc.errno, f"cannot write {what} in {folder}: {reason}") from None
 
 
-# Database schemes MLflow's SQLAlchemy store takes (a dialect may carry a driver: postgresql+psycopg2).
-_DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
-_HOSTED_SCHEMES = ("databricks", "databricks-uc", "uc")
+def _shown(uri: str) -> str:
+    """The URI with any password masked, fit for a message."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-def tracking_problem(timeout: float = 10.0) -> str | None:
-    """Why the tracking URI in force cannot work, found in seconds; None when it looks usable.
+def tracking_problem(timeout_seconds: int = 10) -> str | None:
+    """Why the tracking store in force cannot work, found in seconds; None when it answers.
 
-    An MLflow client retries an unreachable server for minutes, and an unusable URI fails
-    only at the first call: both are worth saying before the data is even loaded.
+    MLflow's own client asks it one cheap question, with its login, TLS and proxy settings but
+    without retries: by default it retries an unreachable server for minutes, and an unusable
+    URI fails only at the first call, after the data is loaded.
     """
+    from mlflow.tracking import MlflowClient
+
     uri = tracking_uri()
-    scheme = urllib.parse.urlparse(uri).scheme.lower()
-    if scheme.split("+")[0] in _DATABASE_SCHEMES or scheme in _HOSTED_SCHEMES or uri in _HOSTED_SCHEMES:
-        return None
-    if scheme not in ("http", "https"):
-        return (
-            f"MLFLOW_TRACKING_URI={uri!r} is not a tracking store this version of MLflow writes to: "
-            "give an MLflow server (http://host:port) or a database (sqlite:///path/to/mlflow.db), "
-            "or unset it for the store under models/"
-        )
-    probe = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_seconds)}
+    saved = {name: os.environ.get(name) for name in quick}
+    os.environ.update(quick)
     try:
-        with urllib.request.urlopen(probe, timeout=timeout) as response:
-            body = response.read(1 << 16)
-    except urllib.error.HTTPError as exc:
-        if exc.code in (401, 403):  # the client sends the credentials the probe has not got
-            return None
-        return f"MLFLOW_TRACKING_URI={uri}: the server there is not an MLflow tracking server (HTTP {exc.code})"
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return f"MLFLOW_TRACKING_URI={uri}: no tracking server answers ({reason}); is `mlflow server` running?"
-    try:
-        json.loads(body)
-    except ValueError:
-        return f"MLFLOW_TRACKING_URI={uri}: the server there is not an MLflow tracking server (no JSON reply)"
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as exc:  # any failure here is the store's, reported in one line
+        text = str(exc)
+        status = re.search(r"error code (\d{3})", text)
+        if status:
+            reason = f"the server there is not an MLflow tracking server (HTTP {status.group(1)})"
+        elif re.search(r"Connection refused|Max retries exceeded|Name or service not known|timed out", text):
+            reason = "no tracking server answers; is `mlflow server` running?"
+        else:
+            reason = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+        return f"MLFLOW_TRACKING_URI={_shown(uri)}: {reason}"
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     return None

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from features.ingest import DataError
+from features.schema import contract_names
 from serving.batch import OUTPUT_COLUMNS, score_batch
 from serving.scoring import LoadedModel, load_champion
 
@@ -55,6 +57,14 @@ def read_frame(path: Path, *, blocksize: str = "64MB"):
         frame = dd.read_parquet(text)
         return frame.map_partitions(lambda part: part.astype(object).where(part.notna(), "").astype(str))
     return dd.read_csv(text, dtype=str, keep_default_na=False, blocksize=blocksize)
+
+
+def _contract_frame(frame, table: str, path: Path):
+    """The contract's names whatever the headers' case, as the single-process path reads them."""
+    frame = frame.rename(columns=contract_names(frame.columns, table)[0])
+    if "lead_id" not in frame.columns:
+        raise DataError(f"{path}: no lead_id column; columns are {', '.join(map(str, frame.columns[:20]))}")
+    return frame
 
 
 def bucket_by_lead(frame: pd.DataFrame, buckets: int) -> pd.DataFrame:
@@ -144,8 +154,8 @@ def score_on_dask(
     import dask.dataframe as dd
     from distributed import as_completed, futures_of
 
-    leads = read_frame(leads_path)
-    activities = read_frame(activities_path)
+    leads = _contract_frame(read_frame(leads_path), "leads", leads_path)
+    activities = _contract_frame(read_frame(activities_path), "activities", activities_path)
     buckets = partitions or max(leads.npartitions, 2 * len(client.scheduler_info()["workers"]))
     leads = leads.map_partitions(bucket_by_lead, buckets).shuffle(on="_bucket", npartitions=buckets)
     activities = activities.map_partitions(bucket_by_lead, buckets).shuffle(on="_bucket", npartitions=buckets)

@@ -425,10 +425,11 @@ def prepare_crm_leads(
     """
     quarantine = Quarantine()
     tokens = model.scorer.spec.settings.get("missing_tokens", ("",))
+    day_first = model.scorer.spec.settings.get("day_first")
     raw = leads.astype(object).where(leads.notna(), "").astype(str).reset_index(drop=True)
     raw.insert(0, "_row", np.arange(len(raw)))
     moments = pd.Series(pd.to_datetime(as_of).to_numpy(), index=raw.index)
-    clean = clean_leads(raw, quarantine, tokens)
+    clean = clean_leads(raw, quarantine, tokens, day_first=day_first)
     # Activities are checked against every readable lead: those of a lead set aside below are
     # not "of an unknown lead" (that would be a second, misleading error for one mistake).
     known = pd.Index(clean["lead_id"])
@@ -440,7 +441,7 @@ def prepare_crm_leads(
         positions = clean["_row"].to_numpy()
     acts = activities.astype(object).where(activities.notna(), "").astype(str).reset_index(drop=True)
     acts.insert(0, "_row", np.arange(len(acts)))
-    clean_acts = clean_activities(acts, known, quarantine)
+    clean_acts = clean_activities(acts, known, quarantine, day_first=day_first)
     problems = quarantine.frame()
     if strict and not problems.empty:
         raise InvalidLeads(

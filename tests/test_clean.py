@@ -72,6 +72,9 @@ def test_numeric_dates_are_read_in_one_order_per_column():
     mixed, failed = parse_timestamps(pd.Series(["13/03/2025", "20/01/2025", "03/25/2025"]))
     assert mixed[0] == pd.Timestamp("2025-03-13") and pd.isna(mixed[2])
     assert failed.tolist() == [False, False, True]
+    # A nightly batch of the 1st to the 12th cannot tell by itself: the training export's order is given.
+    batch, _ = parse_timestamps(pd.Series(["03/03/2026 09:00", "09/03/2026 14:00"]), day_first=True)
+    assert batch.tolist() == [pd.Timestamp("2026-03-03 09:00"), pd.Timestamp("2026-03-09 14:00")]
 
 
 def test_snake_case_activity_names():

@@ -93,8 +93,8 @@ def test_formula_cells_are_data_and_an_id_leaking_the_label_is_caught(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     metrics = json.loads((tmp_path / "m.json").read_text())
     # A flat model gets a name of its own: `lead-scorer@champion` stays the CRM model's.
-    assert metrics["model"]["name"] == "lead-scorer-hostile"
-    assert "--model-name lead-scorer-hostile" in " ".join(done.stdout.split())
+    assert metrics["model"]["name"] == "lead-scorer-flat-converted"
+    assert "--model-name lead-scorer-flat-converted" in " ".join(done.stdout.split())
     assert "account_code" in metrics["leakage"]["flagged"]
     assert "identifier 'account_code' gives the label away" in " ".join(done.stdout.split())
     assert not marker.exists()

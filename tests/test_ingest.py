@@ -105,6 +105,20 @@ def test_headers_are_matched_to_the_contract_whatever_their_case_and_unused_ones
     assert "outcomes.csv: 'Status' read as status" in notes
 
 
+def test_numeric_dates_are_read_in_one_order_for_the_whole_export(tmp_path):
+    # Only an activity says the export is day first; the leads' dates alone could be either.
+    _write(
+        tmp_path,
+        {"lead_id": ["A", "B"], "created_at": ["01/02/2025", "03/02/2025 10:00"]},
+        {"lead_id": ["A", "B"], "occurred_at": ["05/02/2025", "20/02/2025"], "activity_type": ["web_visit"] * 2},
+        {"lead_id": ["A", "B"], "status": ["converted", "lost"], "closed_at": ["10/03/2025", "11/03/2025"]},
+    )
+    crm = load_crm(tmp_path)
+    assert crm.day_first is True
+    assert crm.leads["created_at"].tolist() == [pd.Timestamp("2025-02-01"), pd.Timestamp("2025-02-03 10:00")]
+    assert crm.outcomes.set_index("lead_id").loc["A", "closed_at"] == pd.Timestamp("2025-03-10")
+
+
 def test_rows_dated_after_today_are_quarantined_and_do_not_stretch_the_export(tmp_path):
     _write(
         tmp_path,

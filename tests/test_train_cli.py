@@ -97,6 +97,8 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
     # Every input is optional in the signature: a feature left out is unknown, not an error.
     assert not any(column.required for column in model.metadata.get_input_schema().inputs)
     assert len(model.predict(feats.drop(columns=["industry", "employees"]))) == 20
+    with pytest.raises(Exception, match="none of the model's feature columns are in the input"):
+        model.predict(leads[["lead_id", "created_at"]])  # lead rows, not features
 
     strict = params_file("strict.yaml", **{"gates.min_test_roc_auc": 0.999, "gates.min_auc_gain_vs_baseline": -1.0})
     second = leadscore(

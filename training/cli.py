@@ -273,7 +273,7 @@ def train(
         str | None,
         typer.Option(
             "--model-name",
-            help="Registered model name (default from params.yaml; a flat CSV: that name, '-' and the file's name)",
+            help="Registered model name (default from params.yaml; a flat CSV's: that name, '-flat-' and the label)",
         ),
     ] = None,
     engine: Annotated[
@@ -335,7 +335,7 @@ def train(
             flat_profile = _profile(data, label, positive, id_column, drop, sep, time_column, profile)
             # A flat model reads another table: under the CRM model's name it would take the
             # champion the service and `make demo` use, and keep every CRM model from promotion.
-            model_name = model_name or flat_model_name(params.mlflow.model_name, data)
+            model_name = model_name or flat_model_name(params.mlflow.model_name, flat_profile.label)
             reporter.stage(f"Loading flat CSV {data}")
             dataset = prepare_flat(data, flat_profile, params)
         else:
@@ -389,14 +389,18 @@ def _check_output_file(path: Path, *, what: str) -> None:
         folder = folder.parent
     if not folder.is_dir():
         _fail(f"cannot write {what} to {path}: {folder} is a file, not a folder")
-    if not os.access(folder, os.W_OK):
-        _fail(f"cannot write {what} to {path}: permission denied in {folder}")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        _fail(f"cannot write {what} to {path}: permission denied")
 
 
-def flat_model_name(base: str, data: Path) -> str:
-    """The default registered name of a model trained on a flat CSV: `<base>-<file stem>`."""
-    stem = re.sub(r"[^a-z0-9]+", "-", data.stem.casefold()).strip("-")[:60] or "flat"
-    return f"{base}-{stem}"
+def flat_model_name(base: str, label: str) -> str:
+    """The default registered name of a model trained on a flat CSV: `<base>-flat-<label>`.
+
+    Named by the label, not the file, so next month's export of the same table is compared
+    with (and may replace) this month's champion rather than starting a model of its own.
+    """
+    slug = re.sub(r"[^a-z0-9]+", "-", label.casefold()).strip("-")[:60]
+    return f"{base}-flat" + (f"-{slug}" if slug else "")
 
 
 def _kept_quarantine(dataset: Any) -> str:
@@ -421,12 +425,13 @@ def _check_model_folders() -> None:
     answer, is reported before a long run, not after."""
     from features.tracking import MODELS_DIR, local_store_folder, tracking_problem
 
-    problem = tracking_problem()
-    if problem:
-        _fail(problem)
     store = local_store_folder()
     if store is not None:
         check_writable(store, what="the MLflow store (runs and registered models)")
+    else:  # a local sqlite store is checked by writing to its folder
+        problem = tracking_problem()
+        if problem:
+            _fail(problem)
     check_writable(MODELS_DIR, what="models/ (embedded data, quarantine files)")
 
 

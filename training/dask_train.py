@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from features.build import build_crm_features, crm_feature_groups
-from features.clean import parse_timestamps
+from features.clean import blank_to_missing, parse_timestamps
 from features.fit import learn_tech_vocabulary
 from features.ingest import (
     DataError,
@@ -34,6 +34,7 @@ from features.ingest import (
     clean_leads,
     clean_outcomes,
     drop_unknown_outcomes,
+    export_date_order,
     hash_files,
     note_column_names,
     read_csv_table,
@@ -67,10 +68,12 @@ class DaskDataset:
     engine: dict[str, Any]  # what ran where, for the report and the metrics file
 
 
-def _scan(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows and newest parseable activity time of one partition (a first, cheap pass)."""
-    occurred, _ = parse_timestamps(frame["occurred_at"])
-    return pd.DataFrame({"rows": [len(frame)], "last": [occurred.where(~after_today(occurred)).max()]})
+def _scan(frame: pd.DataFrame, kept: frozenset[str], day_first: bool | None) -> pd.DataFrame:
+    """Rows of one partition and the newest time of its activities that `clean_activities`
+    keeps (of kept leads, not after today), as `load_crm` takes the export's end."""
+    occurred, _ = parse_timestamps(frame["occurred_at"], day_first)
+    usable = blank_to_missing(frame["lead_id"], ()).isin(kept).to_numpy() & ~after_today(occurred).to_numpy()
+    return pd.DataFrame({"rows": [len(frame)], "last": [occurred[usable].max()]})
 
 
 def _number_rows(frame: pd.DataFrame, offsets: list[int], partition_info: dict | None = None) -> pd.DataFrame:
@@ -80,7 +83,13 @@ def _number_rows(frame: pd.DataFrame, offsets: list[int], partition_info: dict |
 
 
 def _partition_features(
-    rows: pd.DataFrame, activities: pd.DataFrame, *, params: Any, vocabulary: list[str], left_out: list[str]
+    rows: pd.DataFrame,
+    activities: pd.DataFrame,
+    *,
+    params: Any,
+    vocabulary: list[str],
+    left_out: list[str],
+    day_first: bool | None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """Features of one partition's examples, its activity quarantine and cleaning notes.
 
@@ -89,7 +98,8 @@ def _partition_features(
     """
     quarantine = Quarantine()
     acts = activities.drop(columns="_bucket").reset_index(drop=True)
-    clean = clean_activities(acts, pd.Index(rows["lead_id"].unique()), quarantine, pd.Index(left_out), history=True)
+    known = pd.Index(rows["lead_id"].unique())
+    clean = clean_activities(acts, known, quarantine, pd.Index(left_out), history=True, day_first=day_first)
     examples = rows[rows[EXAMPLE] >= 0].drop(columns="_bucket").sort_values(EXAMPLE).reset_index(drop=True)
     leads = examples.drop(columns=[EXAMPLE, LABEL, PART, "as_of"])
     features = build_crm_features(leads, clean.drop(columns="_row"), examples["as_of"], params, vocabulary)
@@ -136,9 +146,11 @@ def prepare_crm_on_dask(
     paths = {name: directory / file for name, file in TABLE_FILES.items()}
     quarantine = Quarantine()
     raw_leads = read_csv_table(paths["leads"], LEAD_REQUIRED, table="leads", quarantine=quarantine)
-    leads = clean_leads(raw_leads, quarantine, params.flat.missing_tokens, history=True)
     raw_outcomes = read_csv_table(paths["outcomes"], OUTCOME_REQUIRED, table="outcomes", quarantine=quarantine)
-    outcomes = clean_outcomes(raw_outcomes, leads, quarantine)
+    # The order of numeric dates, from the tables read here (activities.csv stays on the cluster).
+    day_first = export_date_order(raw_leads, raw_outcomes)
+    leads = clean_leads(raw_leads, quarantine, params.flat.missing_tokens, history=True, day_first=day_first)
+    outcomes = clean_outcomes(raw_outcomes, leads, quarantine, day_first=day_first)
     leads, left_out = drop_unknown_outcomes(leads, outcomes, quarantine)
     leads = leads.drop(columns="_row")
     if not paths["activities"].is_file():
@@ -151,7 +163,8 @@ def prepare_crm_on_dask(
     if missing:
         raise DataError(f"{paths['activities'].name}: missing required column(s) {', '.join(missing)}")
 
-    scan = activities.map_partitions(_scan, meta={"rows": "int64", "last": "datetime64[ns]"}).compute()
+    kept = frozenset(leads["lead_id"])
+    scan = activities.map_partitions(_scan, kept, day_first, meta={"rows": "int64", "last": "datetime64[ns]"}).compute()
     offsets = np.concatenate([[0], np.cumsum(scan["rows"].to_numpy())]).tolist()
     activities = activities.map_partitions(_number_rows, offsets)
     moments = [leads["created_at"].max(), scan["last"].max(), outcomes["closed_at"].max()]
@@ -175,7 +188,12 @@ def prepare_crm_on_dask(
     lead_rows = dd.from_pandas(rows, npartitions=max(1, min(buckets, len(rows) // 1000 or 1)))
     lead_rows = lead_rows.map_partitions(bucket_by_lead, buckets).shuffle(on="_bucket", npartitions=buckets)
     activities = activities.map_partitions(bucket_by_lead, buckets).shuffle(on="_bucket", npartitions=buckets)
-    options = {"params": params.features, "vocabulary": list(vocabulary), "left_out": left_out.tolist()}
+    options = {
+        "params": params.features,
+        "vocabulary": list(vocabulary),
+        "left_out": left_out.tolist(),
+        "day_first": day_first,
+    }
     sample_rows = rows[rows[EXAMPLE] >= 0].head(20).assign(_bucket=0)
     meta, _, _ = _partition_features(sample_rows, activities._meta.assign(_row=0), **options)
     build = dask.delayed(_partition_features, pure=True)
@@ -228,6 +246,7 @@ def prepare_crm_on_dask(
             "tech_vocabulary": vocabulary,
             "features": params.features.model_dump(mode="json"),
             "missing_tokens": list(params.flat.missing_tokens),
+            "day_first": day_first,
         },
         quarantine=quarantine,
         data_hash=hash_files(paths.values()),

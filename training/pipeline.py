@@ -196,6 +196,9 @@ def prepare_crm(
         "tech_vocabulary": vocabulary,
         "features": params.features.model_dump(mode="json"),
         "missing_tokens": list(params.flat.missing_tokens),
+        # Scoring reads numeric dates in the training export's order: a batch of the 1st to
+        # the 12th of a month has no day above 12 to tell by itself.
+        "day_first": crm.day_first,
     }
     return Dataset(
         kind="crm",
@@ -341,8 +344,8 @@ def train_and_register(
         subset = dataset.label[part == name]
         if subset.nunique() < 2:
             raise DataError(
-                f"the {name} split has only one class ({len(subset)} examples); "
-                "more data or other split settings are needed"
+                f"the {name} split has only one class ({len(subset)} examples; split {dataset.split.description}); "
+                "more data, or other `split` settings in params.yaml, are needed"
             )
 
     reporter.stage("Auditing columns for label leakage")
