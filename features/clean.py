@@ -107,6 +107,26 @@ def looks_boolean(values: pd.Series) -> bool:
 
 # A numeric date such as 03/04/2025 or 03.04.2025 (day and month in either order).
 _NUMERIC_DATE = re.compile(r"^\s*(\d{1,2})[/.\-](\d{1,2})[/.\-]\d{2,4}(?:\D|$)")
+_DATE_SEPARATORS = ["/", ".", "-"]
+
+
+def _date_parts(text: pd.Series) -> pd.DataFrame:
+    """The first two numbers of each numeric date (NaN elsewhere). A cheap look at the 2nd and
+    3rd characters first: an export's ISO dates (most of a million rows) skip the regex."""
+    text = text.astype(str)
+    maybe = text.str[1].isin(_DATE_SEPARATORS) | text.str[2].isin(_DATE_SEPARATORS)
+    parts = pd.DataFrame(np.nan, index=text.index, columns=[0, 1])
+    if maybe.any():
+        parts[maybe] = text[maybe].str.extract(_NUMERIC_DATE).astype("float64").to_numpy()
+    return parts
+
+
+def _order(parts: pd.DataFrame) -> bool | None:
+    day_first_votes = int((parts[0] > 12).sum())
+    month_first_votes = int((parts[1] > 12).sum())
+    if day_first_votes == month_first_votes == 0:
+        return None
+    return day_first_votes > month_first_votes
 
 
 def numeric_date_order(text: pd.Series) -> bool | None:
@@ -117,18 +137,7 @@ def numeric_date_order(text: pd.Series) -> bool | None:
     month first), once for a whole export: a parser deciding value by value would read 01/03
     as January and 13/03 as March in the same column.
     """
-    parts = text.astype(str).str.extract(_NUMERIC_DATE).astype("float64")
-    day_first_votes = int((parts[0] > 12).sum())
-    month_first_votes = int((parts[1] > 12).sum())
-    if day_first_votes == month_first_votes == 0:
-        return None
-    return day_first_votes > month_first_votes
-
-
-def _against_order(text: pd.Series, day_first: bool) -> pd.Series:
-    """Numeric dates that cannot be read in the given order (13/03 when month first)."""
-    parts = text.str.extract(_NUMERIC_DATE).astype("float64")
-    return parts[1] > 12 if day_first else parts[0] > 12
+    return _order(_date_parts(text))
 
 
 def parse_timestamps(values: pd.Series, day_first: bool | None = None) -> tuple[pd.Series, pd.Series]:
@@ -149,9 +158,11 @@ def parse_timestamps(values: pd.Series, day_first: bool | None = None) -> tuple[
     retry = present & parsed.isna()
     if retry.any():
         fallback = text[retry].astype(str)
+        parts = _date_parts(fallback)
         if day_first is None:
-            day_first = bool(numeric_date_order(fallback))
-        contradicting = _against_order(fallback, day_first)
+            day_first = bool(_order(parts))
+        # A value that cannot be read in the order (13/03 when month first) is not swapped.
+        contradicting = parts[1] > 12 if day_first else parts[0] > 12
         with warnings.catch_warnings():  # "could not infer format": it then parses value by value
             warnings.simplefilter("ignore", UserWarning)
             # One format inferred for the column is fast; the rest are parsed value by value.
