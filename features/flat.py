@@ -40,6 +40,12 @@ _NUMERIC_FAILURE_SHARE = 0.02
 _DATE_SHARE = 0.95
 
 
+def _as_text(value: Any) -> Any:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value) if isinstance(value, int | float) else value
+
+
 class FlatProfile(BaseModel):
     """How to read a flat export: column roles and CSV dialect (flags or a YAML file)."""
 
@@ -52,6 +58,23 @@ class FlatProfile(BaseModel):
     sep: str = Field(",", min_length=1, max_length=1, description="one character, e.g. ';', or tab")
     time: str | None = None
     types: dict[str, ColumnType] = {}
+
+    @field_validator("label", "positive", "id", "time", mode="before")
+    @classmethod
+    def _scalar_as_text(cls, value: Any) -> Any:
+        # YAML reads `positive: 1` or `positive: TRUE` as a number or a boolean; a column name
+        # or a label value is the text it was written as, as on the command line.
+        return _as_text(value)
+
+    @field_validator("drop", mode="before")
+    @classmethod
+    def _names_as_text(cls, value: Any) -> Any:
+        return [_as_text(v) for v in value] if isinstance(value, list) else value
+
+    @field_validator("types", mode="before")
+    @classmethod
+    def _type_keys_as_text(cls, value: Any) -> Any:
+        return {_as_text(k): v for k, v in value.items()} if isinstance(value, dict) else value
 
     @field_validator("sep", mode="before")
     @classmethod
@@ -68,6 +91,14 @@ class FlatProfile(BaseModel):
         return self
 
 
+def _problem(error: Any) -> str:
+    if error["type"] == "extra_forbidden":
+        return f"unknown key (the keys are {', '.join(FlatProfile.model_fields)})"
+    if error["type"] == "list_type":
+        return "expected a list, e.g. [Tags, Lead Quality]"
+    return error["msg"].removeprefix("Value error, ")
+
+
 def make_profile(settings: dict[str, Any], source: str = "the command line") -> FlatProfile:
     """Validate profile settings, with errors that name each bad key.
 
@@ -77,26 +108,39 @@ def make_profile(settings: dict[str, Any], source: str = "the command line") -> 
     try:
         return FlatProfile.model_validate(settings)
     except ValidationError as exc:
-        problems = "; ".join(
-            ".".join(map(str, e["loc"])) + ": " * bool(e["loc"]) + e["msg"].removeprefix("Value error, ")
-            for e in exc.errors()
-        )
+        problems = "; ".join(".".join(map(str, e["loc"])) + ": " * bool(e["loc"]) + _problem(e) for e in exc.errors())
         raise DataError(f"invalid settings from {source}: {problems}") from exc
 
 
-def load_profile(path: str | Path, **flags: Any) -> FlatProfile:
-    """Read a profile YAML; flags given on the command line override its keys."""
+def load_profile(path: str | Path, **flags: Any) -> tuple[FlatProfile, list[str]]:
+    """Read a profile YAML; flags given on the command line override its keys.
+
+    Returns:
+        The profile and the keys a flag replaced (a flag's `drop` replaces the file's list).
+    """
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise DataError(f"cannot read profile {path}: {exc}") from exc
+    except OSError as exc:
+        raise DataError(f"cannot read profile {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"cannot read profile {path}: not UTF-8 text (byte {exc.start})") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        context, started = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and started:
+            problem += f", {context} that starts on line {started.line + 1}"
+        raise DataError(f"cannot read profile {where}: not valid YAML ({problem})") from exc
     if not isinstance(raw, dict):
         raise DataError(
             f"invalid profile {path}: expected keys such as label, positive, id, drop, sep, time, types; "
             f"found a {type(raw).__name__}"
         )
-    raw.update({k: v for k, v in flags.items() if v not in (None, [], "")})
-    return make_profile(raw, f"profile {path}")
+    given = {k: v for k, v in flags.items() if v not in (None, [], "")}
+    replaced = sorted(k for k in given if k in raw)
+    raw.update(given)
+    return make_profile(raw, f"profile {path}"), replaced
 
 
 @dataclass
@@ -233,20 +277,18 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
         quarantine.note(f"{path.name}: {encoding}")
     elif encoding != "utf-8-sig":
         quarantine.note(f"{path.name}: not UTF-8, read as {encoding}")
-    named = [
-        profile.label,
-        *([profile.id] if profile.id else []),
-        *profile.drop,
-        *([profile.time] if profile.time else []),
-        *profile.types,
-    ]
-    unknown = [c for c in named if c not in raw.columns]
-    if unknown:
-        raise DataError(
-            f"{path.name}: no column(s) {', '.join(map(repr, unknown))}; columns are {', '.join(raw.columns)}"
-        )
     if len(raw.columns) == 1 and profile.sep == ",":
         raise DataError(f"{path.name}: only one column found; is the separator ';' or a tab? (use --sep)")
+    named = [
+        ("label", profile.label),
+        *([("id", profile.id)] if profile.id else []),
+        *(("drop", c) for c in profile.drop),
+        *([("time", profile.time)] if profile.time else []),
+        *(("types", c) for c in profile.types),
+    ]
+    unknown = [f"{column!r} (given as {role})" for role, column in named if column not in raw.columns]
+    if unknown:
+        raise DataError(f"{path.name}: no column(s) {', '.join(unknown)}; columns are {', '.join(raw.columns)}")
     if raw.empty:
         raise DataError(f"{path.name}: a header and no data rows")
     raw.insert(0, "_row", np.arange(1, len(raw) + 1))
@@ -294,6 +336,12 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
         values = blank_to_missing(raw.loc[keep, column], params.missing_tokens)
         if column in profile.types:
             columns[column] = profile.types[column]
+            levels = values.dropna().str.casefold().nunique()
+            if profile.types[column] == "categorical" and levels > params.max_category_levels:
+                quarantine.note(
+                    f"column {column} read as categorical as the profile says, with {levels:,} distinct values "
+                    f"(inferred columns stop at {params.max_category_levels}): slow to train, and rare levels overfit"
+                )
             continue
         present = values.dropna()
         if len(present) == keep.sum() and present.is_unique and len(present) > 20:
@@ -334,9 +382,15 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
         "missing_tokens": list(params.missing_tokens),
         "label": profile.label,
         "id": profile.id,  # what names a row when its export is scored
+        "sep": profile.sep,  # the same export, scored, has the same dialect
     }
     kept = raw.loc[keep]
     features, notes = clean_flat_columns(kept, schema)
+    for column, kind in profile.types.items():
+        present = blank_to_missing(kept[column], params.missing_tokens).dropna()
+        if len(present) and features[model_column_name(column)].isna().all():
+            examples = ", ".join(map(repr, present.unique()[:3]))
+            raise DataError(f"{path.name}: types: column {column!r} has no {kind} value (values such as {examples})")
     for note in notes:
         quarantine.note(note)
     return FlatData(

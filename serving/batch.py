@@ -28,17 +28,25 @@ class BatchResult:
     quarantine: pd.DataFrame
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """A CSV or parquet table as text cells (missing as empty), like an export."""
+def _separator(path: Path, trained: str) -> str:
+    """The trained export's separator, unless the header has none of it and has commas."""
+    with path.open("rb") as handle:
+        header = handle.readline()
+    return "," if trained.encode() not in header and b"," in header else trained
+
+
+def read_table(path: Path, sep: str = ",") -> pd.DataFrame:
+    """A CSV or parquet table as text cells (missing as empty), like an export; a CSV in
+    `sep`, or in commas when its header has no `sep`."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
             return frame.astype(object).where(frame.notna(), "").astype(str)
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
+        return pd.read_csv(path, dtype=str, keep_default_na=False, sep=_separator(path, sep) if sep != "," else sep)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from exc
+        raise DataError(f"{path}: cannot read ({' '.join(str(exc).split())})") from exc
 
 
 def _contract_table(frame: pd.DataFrame, table: str, rename: bool) -> pd.DataFrame:
@@ -62,8 +70,9 @@ def read_leads(
     # A CRM model reads the contract's names whatever their case, as training does; a flat
     # model's columns are its own.
     as_contract = flat_schema is None
+    sep = (flat_schema or {}).get("sep", ",")  # a flat export is scored in the dialect it was trained in
     if source.is_dir():
-        leads = _contract_table(read_table(source / TABLE_FILES["leads"]), "leads", as_contract)
+        leads = _contract_table(read_table(source / TABLE_FILES["leads"], sep), "leads", as_contract)
         acts_path = activities or source / TABLE_FILES["activities"]
         outcomes_path = source / TABLE_FILES["outcomes"]
         if outcomes_path.is_file() and "lead_id" in leads:
@@ -76,7 +85,7 @@ def read_leads(
             closed = int(is_closed.sum())
             leads = leads[~is_closed.to_numpy()].reset_index(drop=True)
     else:
-        leads = _contract_table(read_table(source), "leads", as_contract)
+        leads = _contract_table(read_table(source, sep), "leads", as_contract)
         acts_path = activities
     if acts_path is not None and acts_path.exists():
         acts = _contract_table(read_table(acts_path), "activities", as_contract)

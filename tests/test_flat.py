@@ -54,7 +54,7 @@ def test_label_problems_are_clear_errors(flat_csv, params):
         load_flat(flat_csv, FlatProfile(label="Converted", positive="won"), params.flat)
     with pytest.raises(DataError, match=r"export\.csv: label column 'Visits' has 20 class"):
         load_flat(flat_csv, FlatProfile(label="Visits"), params.flat)
-    with pytest.raises(DataError, match=r"no column\(s\) 'Zip'"):
+    with pytest.raises(DataError, match=r"no column\(s\) 'Zip' \(given as types\)"):
         load_flat(flat_csv, FlatProfile(label="Converted", types={"Zip": "categorical"}), params.flat)
     header_only = flat_csv.with_name("header.csv")
     header_only.write_text("Source,Converted\n")
@@ -112,11 +112,22 @@ def test_profile_file_with_flags_overriding_it(tmp_path):
 
     path = tmp_path / "profile.yaml"
     path.write_text("label: Converted\npositive: 'Yes'\ndrop: [Tags]\nsep: ';'\ntypes: {Zip: categorical}\n")
-    profile = load_profile(path, positive="Y", drop=None)
+    profile, replaced = load_profile(path, positive="Y", drop=None, sep=",")
     assert profile.label == "Converted" and profile.positive == "Y" and profile.drop == ["Tags"]
-    assert profile.sep == ";" and profile.types == {"Zip": "categorical"}
+    assert profile.sep == "," and profile.types == {"Zip": "categorical"} and replaced == ["positive", "sep"]
     path.write_text("label: x\nunknown_key: 1\n")
-    with pytest.raises(DataError, match="unknown_key"):
+    with pytest.raises(DataError, match="unknown_key: unknown key \\(the keys are label, positive, id"):
+        load_profile(path)
+    # YAML reads these as numbers and booleans; they mean the text they were written as.
+    path.write_text("label: Revenue\npositive: TRUE\nid: 660737\ndrop: [2019]\ntypes: {2020: numeric}\n")
+    profile, _ = load_profile(path)
+    assert (profile.positive, profile.id, profile.drop) == ("true", "660737", ["2019"])
+    assert profile.types == {"2020": "numeric"}
+    path.write_text("label: x\ndrop: [Tags\n")
+    with pytest.raises(DataError, match=r"profile\.yaml:3:1: not valid YAML \(expected .* starts on line 2\)"):
+        load_profile(path)
+    path.write_bytes(b"label: \xff\n")
+    with pytest.raises(DataError, match=r"profile\.yaml: not UTF-8 text"):
         load_profile(path)
     path.write_text("- label\n- Converted\n")
     with pytest.raises(DataError, match=r"expected keys such as label.*found a list"):
@@ -175,3 +186,20 @@ def test_column_names_lightgbm_refuses_are_renamed_the_same_way_in_training_and_
     path.write_text("Score [raw],Score (raw),y\n" + "\n".join(f"{i % 7},{i % 5},{i % 2}" for i in range(60)) + "\n")
     with pytest.raises(DataError, match=r"'Score \[raw\]', 'Score \(raw\)' would share the feature name"):
         load_flat(path, FlatProfile(label="y"), params.flat)
+
+
+def test_a_type_override_must_read_its_column(flat_csv, params):
+    with pytest.raises(DataError, match=r"column 'Source' has no numeric value \(values such as 'Referral', 'Google'"):
+        load_flat(flat_csv, FlatProfile(label="Converted", types={"Source": "numeric"}), params.flat)
+
+
+def test_the_separator_is_kept_with_the_schema(tmp_path, params):
+    path = tmp_path / "semi.csv"
+    rows = [f"{i};{'A' if i % 3 else 'B'};{i % 7};{'yes' if i % 2 else 'no'}" for i in range(60)]
+    path.write_text("id;source;visits;y\n" + "\n".join(rows) + "\n")
+    data = load_flat(path, FlatProfile(label="y", id="id", sep=";"), params.flat)
+    assert data.schema["sep"] == ";"
+    from serving.batch import read_leads
+
+    leads, _, _ = read_leads(path, None, flat_schema=data.schema)
+    assert list(leads.columns[:3]) == ["id", "source", "visits"] and leads["lead_id"].iloc[5] == "5"

@@ -168,6 +168,11 @@ def test_bad_paths_and_flags_are_clear_errors(tmp_path, store):
     wrong = leadscore("train", "--data", str(flat), "--label", "c", store=store)
     assert wrong.returncode == 2 and "no column(s) 'c'" in wrong.stderr
     assert "Traceback" not in missing.stderr + no_label.stderr + wrong.stderr
+    # Flat-file settings with the embedded data or a CRM folder are refused, not ignored.
+    no_file = leadscore("train", "--profile", str(tmp_path / "p.yaml"), "--drop", "Tags", store=store)
+    assert no_file.returncode == 2 and "--drop, --profile: for a flat CSV file" in no_file.stderr
+    folder = leadscore("train", "--data", str(tmp_path), "--label", "y", store=store)
+    assert folder.returncode == 2 and "--label: for a flat CSV file" in folder.stderr
     # An output that cannot be written is refused before the run, not after registering.
     (tmp_path / "a_file").write_text("")
     bad_out = leadscore("train", "--metrics-out", str(tmp_path / "a_file" / "m.json"), store=store)
@@ -249,6 +254,11 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
                       "--no-snapshot", store=store)  # fmt: skip
     assert by_id.returncode == 0, by_id.stdout + by_id.stderr
     assert pd.read_csv(scored_file)["lead_id"].tolist() == frame["Lead ID"].head(40).tolist()
+    # The training file itself, in the ';' dialect the model was trained with, scores too.
+    same_dialect = leadscore("score", str(path), "-o", str(scored_file), "--model-name", "flat-model",
+                             "--no-snapshot", store=store)  # fmt: skip
+    assert same_dialect.returncode == 0, same_dialect.stdout + same_dialect.stderr
+    assert len(pd.read_csv(scored_file)) == len(frame)
 
     # A file with none of the model's columns is refused, not scored from missing values alone.
     unrelated = tmp_path / "unrelated.csv"

@@ -145,20 +145,25 @@ def _profile(
     positive: str | None,
     id_column: str | None,
     drop: str | None,
-    sep: str,
+    sep: str | None,
     time_column: str | None,
     profile: Path | None,
+    reporter: RichReporter,
 ) -> FlatProfile:
     flags = {
         "label": label,
         "positive": positive,
         "id": id_column,
         "drop": [d.strip() for d in drop.split(",") if d.strip()] if drop else None,
-        "sep": sep if sep != "," else None,
+        "sep": sep,
         "time": time_column,
     }
     if profile:
-        return load_profile(profile, **flags)
+        settings, replaced = load_profile(profile, **flags)
+        if replaced:
+            flags_given = ", ".join(f"--{key}" for key in replaced)
+            reporter.note(f"{flags_given} given on the command line: replaces the same key(s) of {profile}")
+        return settings
     if not label:
         _fail(f"{data} is a single CSV file: say which column is the outcome with --label (or give --profile)")
     return make_profile({k: v for k, v in flags.items() if v is not None})
@@ -257,12 +262,16 @@ def train(
     ] = None,
     id_column: Annotated[str | None, typer.Option("--id", help="Flat CSV: the lead id column")] = None,
     drop: Annotated[str | None, typer.Option("--drop", help="Flat CSV: comma-separated columns to leave out")] = None,
-    sep: Annotated[str, typer.Option("--sep", help="Flat CSV: field separator, one character ('tab' for a tab)")] = ",",
+    sep: Annotated[
+        str | None,
+        typer.Option("--sep", help="Flat CSV: field separator, one character ('tab' for a tab); default ','"),
+    ] = None,
     time_column: Annotated[
         str | None, typer.Option("--time", help="Flat CSV: a timestamp column to split by time")
     ] = None,
     profile: Annotated[
-        Path | None, typer.Option("--profile", help="Flat CSV: a YAML file with the settings above")
+        Path | None,
+        typer.Option("--profile", help="Flat CSV: a YAML file with the settings above (a flag given as well wins)"),
     ] = None,
     params_file: Annotated[Path | None, typer.Option("--params", help="params.yaml to use")] = None,
     timeout: Annotated[
@@ -313,6 +322,12 @@ def train(
         _fail("--engine dask trains on a CRM export folder (leads, activities, outcomes); flat CSVs train locally")
     if metrics_out is not None:
         _check_output_file(metrics_out, what="the metrics")
+    flat_only = {"--label": label, "--positive": positive, "--id": id_column, "--drop": drop}
+    flat_only.update({"--sep": sep, "--time": time_column, "--profile": profile})
+    given = [flag for flag, value in flat_only.items() if value is not None]
+    if given and (data is None or data.is_dir()):
+        read_as = "the embedded dataset is" if data is None else f"{data} is read as"
+        _fail(f"{', '.join(given)}: for a flat CSV file (--data FILE.csv); {read_as} a CRM export")
     reporter = RichReporter()
     client = None
     dataset = None
@@ -327,12 +342,10 @@ def train(
             reporter.stage(f"Loading the embedded dataset ({source})")
             dataset = prepare_crm(source, params)
         elif data.is_dir():
-            if label:
-                _fail("--label is for a flat CSV file; a folder is read as leads/activities/outcomes")
             reporter.stage(f"Loading CRM export {data}")
             dataset = prepare_crm(data, params)
         elif data.exists():
-            flat_profile = _profile(data, label, positive, id_column, drop, sep, time_column, profile)
+            flat_profile = _profile(data, label, positive, id_column, drop, sep, time_column, profile, reporter)
             # A flat model reads another table: under the CRM model's name it would take the
             # champion the service and `make demo` use, and keep every CRM model from promotion.
             model_name = model_name or flat_model_name(params.mlflow.model_name, flat_profile.label)

@@ -632,8 +632,11 @@ def train_and_register(
                 "hash": dataset.data_hash,
                 "split": dataset.split.description,
                 "windows": windows,
-                "examples": {name: len(labels[name]) for name in labels},
-                "positives": {name: int(labels[name].sum()) for name in labels},
+                # Cross-validated, the validation rows are folds of the fit rows: not counted twice.
+                "examples": {name: len(labels[name]) for name in labels if not (cross_validate and name == "valid")},
+                "positives": {
+                    name: int(labels[name].sum()) for name in labels if not (cross_validate and name == "valid")
+                },
                 "features": len(spec.columns),
                 "quarantined_rows": len(quarantine),
                 "quarantine_file": str(quarantine_path) if quarantine_path else None,

@@ -92,7 +92,10 @@ def champion_auc(model_name: str, kind: str, features_test: pd.DataFrame, label:
         # CRM features are the same contract every time, only the technologies learned from the
         # export may differ; a flat export without the champion's columns is another table.
         return ChampionCheck(
-            version, None, f"champion v{version} uses columns this data lacks: {shown}", other_inputs=kind == "flat"
+            version,
+            None,
+            f"champion v{version} uses columns this model does not (absent, or left out of this data): {shown}",
+            other_inputs=kind == "flat",
         )
     probability = scorer.predict_proba(features_test)
     return ChampionCheck(version, float(roc_auc_score(label, probability)), "")
