@@ -22,7 +22,7 @@ from features.clean import (
     parse_number,
     parse_timestamps,
 )
-from features.ingest import DataError, Quarantine, hash_files, read_text_csv
+from features.ingest import DataError, Quarantine, after_today, hash_files, read_text_csv
 from features.params import FlatParams
 from features.spec import FeatureGroup
 
@@ -38,6 +38,7 @@ _ENGAGEMENT_WORDS = re.compile(
 _NAME_SAFE = str.maketrans({"[": "(", "]": ")", "{": "(", "}": ")", '"': "'", ",": ";", ":": ";"})
 _NUMERIC_FAILURE_SHARE = 0.02
 _DATE_SHARE = 0.95
+_TIME_COLUMN_SHARE = 0.5  # below it, --time names a column that is not dates
 
 
 def _as_text(value: Any) -> Any:
@@ -88,6 +89,11 @@ class FlatProfile(BaseModel):
         for role, columns in others.items():
             if self.label in columns:
                 raise ValueError(f"the label column {self.label!r} cannot also be given as {role}")
+        for role, column in (("id", self.id), ("time", self.time)):
+            if column and column in self.drop:
+                raise ValueError(f"the {role} column {column!r} cannot also be dropped")
+        if self.id and self.id == self.time:
+            raise ValueError(f"the id column {self.id!r} cannot also be the time column")
         return self
 
 
@@ -310,8 +316,22 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
     times = None
     if profile.time:
         times, _ = parse_timestamps(raw[profile.time])
-        quarantine.add("flat", raw, keep & times.isna(), f"time column {profile.time!r} missing or not a date")
+        given = keep & blank_to_missing(raw[profile.time], params.missing_tokens).notna()
+        if given.any() and times[given].notna().mean() < _TIME_COLUMN_SHARE:
+            examples = ", ".join(map(repr, raw.loc[given & times.isna(), profile.time].unique()[:3]))
+            raise DataError(
+                f"{path.name}: time column {profile.time!r}: only {times[given].notna().mean():.0%} of its values "
+                f"read as dates (values such as {examples}); is it the column of when each lead came in?"
+            )
+        shown = raw[profile.time].astype(str)
+        quarantine.add(
+            "flat", raw, keep & times.isna(), f"time column {profile.time!r} missing or not a date: " + shown
+        )
         keep &= times.notna()
+        # A history cannot hold them, and they would become the test period on their own.
+        late = keep & after_today(times)
+        quarantine.add("flat", raw, late, f"time column {profile.time!r} after today: " + shown)
+        keep &= ~late
     if not keep.any():
         reasons = quarantine.frame()["reason"].value_counts()
         raise DataError(

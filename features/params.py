@@ -86,6 +86,7 @@ class GateParams(_Frozen):
     max_test_ece: float
     max_auc_drop_vs_champion: float
     min_auc_gain_vs_baseline: float
+    min_test_examples_per_class: int = Field(20, ge=1)
 
 
 class MqlParams(_Frozen):

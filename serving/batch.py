@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.clean import blank_to_missing
+from features.flat import clean_flat_columns
 from features.ingest import STATUS_SYNONYMS, DataError
 from features.schema import TABLE_FILES, contract_names
 from serving.scoring import LoadedModel, prepare_crm_leads, prepare_flat_rows, score_features
@@ -87,8 +89,12 @@ def read_leads(
     else:
         leads = _contract_table(read_table(source, sep), "leads", as_contract)
         acts_path = activities
+    if activities is not None and not activities.is_file():
+        raise DataError(f"{activities}: file not found (--activities)")
     if acts_path is not None and acts_path.exists():
         acts = _contract_table(read_table(acts_path), "activities", as_contract)
+        if "lead_id" not in acts:
+            raise DataError(f"{acts_path}: no lead_id column; columns are {', '.join(acts.columns[:20])}")
     else:
         acts = pd.DataFrame(columns=["lead_id", "occurred_at", "activity_type", "value"])
     if "lead_id" not in leads and flat_schema is not None:
@@ -104,7 +110,42 @@ def read_leads(
             else " (a model trained on a flat CSV has a name of its own: pass it as --model-name)"
         )
         raise DataError(f"{source}: no lead_id column{trained}; columns are {', '.join(leads.columns[:20])}")
+    if leads.empty and not closed:
+        raise DataError(f"{source}: no rows to score (a header only)")
     return leads, acts, closed
+
+
+def flat_input_notes(leads: pd.DataFrame, schema: dict[str, Any]) -> list[str]:
+    """What a flat model will read as missing in this file: absent columns, values that do
+    not parse (as training notes them)."""
+    absent = [c for c in schema["columns"] if c not in leads]
+    notes = [f"{len(absent)} of the model's columns not in this file, read as missing: {', '.join(absent)}"] * bool(
+        absent
+    )
+    return notes + clean_flat_columns(leads, schema)[1]
+
+
+def _flat_rows(model: LoadedModel, chunk: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
+    """Positions of the flat rows to score, and a quarantine of the rest: a blank or repeated
+    id, or no value in any of the model's columns (a blank line)."""
+    schema = model.scorer.spec.settings["flat"]
+    ids = chunk["lead_id"].astype(str).str.strip()
+    present = [blank_to_missing(chunk[c], schema["missing_tokens"]).notna() for c in schema["columns"] if c in chunk]
+    empty = ~pd.concat(present, axis=1).any(axis=1) if present else pd.Series(True, index=chunk.index)
+    reason = pd.Series("", index=chunk.index, dtype=object)
+    reason[empty] = "no value in any of the model's columns"
+    reason[ids.duplicated(keep=False)] = "lead_id appears more than once"
+    reason[ids.eq("")] = "lead_id blank"
+    bad = reason.ne("")
+    issue = pd.DataFrame(
+        {
+            "table": "leads",
+            "row": np.flatnonzero(bad),
+            "lead_id": chunk.loc[bad, "lead_id"].to_numpy(),
+            "reason": reason[bad].to_numpy(),
+        }
+    )
+    return np.flatnonzero(~bad), issue
 
 
 def score_batch(
@@ -144,8 +185,8 @@ def score_batch(
         file_rows = order[start:end]
         moments = pd.Series([as_of] * len(chunk))
         if model.kind == "flat":
-            features, context, positions = prepare_flat_rows(model, chunk)
-            issue = pd.DataFrame(columns=["table", "row", "lead_id", "reason"])
+            positions, issue = _flat_rows(model, chunk)
+            features, context, _ = prepare_flat_rows(model, chunk.iloc[positions])
         else:
             rows = [groups[i] for i in chunk["lead_id"].str.strip() if i in groups]
             acts = activities.iloc[np.concatenate(rows)] if rows else activities.iloc[:0]

@@ -89,6 +89,13 @@ class LoadedModel:
         return out
 
 
+def _has_versions(model_name: str) -> bool:
+    try:
+        return bool(MlflowClient().search_model_versions(f"name = '{model_name}'", max_results=1))
+    except Exception:  # only a better message depends on it
+        return False
+
+
 def champion_version(model_name: str, alias: str = CHAMPION) -> str:
     """The version `models:/<name>@<alias>` points at now (a registry lookup, no loading).
 
@@ -100,6 +107,11 @@ def champion_version(model_name: str, alias: str = CHAMPION) -> str:
         return str(MlflowClient().get_model_version_by_alias(model_name, alias).version)
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            if _has_versions(model_name):
+                raise ModelNotReady(
+                    f"{model_name} has registered versions but none is @{alias} in {tracking_uri()}: no training "
+                    "run has passed the registration gates yet (the training output lists them)"
+                ) from exc
             raise ModelNotReady(
                 f"no model registered as {model_name}@{alias} in {tracking_uri()}; run `leadscore train` first"
             ) from exc

@@ -141,6 +141,8 @@ def test_profile_file_with_flags_overriding_it(tmp_path):
         ({"label": "y", "sep": "||"}, "sep: String should have at most 1 character"),
         ({"label": "y", "drop": ["a", "y"]}, "the label column 'y' cannot also be given as drop"),
         ({"label": "y", "id": "y"}, "the label column 'y' cannot also be given as id"),
+        ({"label": "y", "time": "t", "drop": ["t"]}, "the time column 't' cannot also be dropped"),
+        ({"label": "y", "id": "t", "time": "t"}, "the id column 't' cannot also be the time column"),
     ],
 )
 def test_settings_that_cannot_work_are_refused_by_name(settings, error):
@@ -203,3 +205,20 @@ def test_the_separator_is_kept_with_the_schema(tmp_path, params):
 
     leads, _, _ = read_leads(path, None, flat_schema=data.schema)
     assert list(leads.columns[:3]) == ["id", "source", "visits"] and leads["lead_id"].iloc[5] == "5"
+
+
+def test_a_time_column_splits_on_past_dates_only(tmp_path, params):
+    path = tmp_path / "timed.csv"
+    rows = [
+        f"{i},{'A' if i % 3 else 'B'},{i % 7},2025-01-{i % 28 + 1:02d},{'yes' if i % 2 else 'no'}" for i in range(60)
+    ]
+    rows[0], rows[1] = "0,A,1,2099-01-01,yes", "1,A,1,soon,no"  # a mistyped year; not a date
+    path.write_text("id,source,visits,created,y\n" + "\n".join(rows) + "\n")
+    data = load_flat(path, FlatProfile(label="y", id="id", time="created"), params.flat)
+    assert data.quarantine.frame().set_index("row")["reason"].to_dict() == {
+        1: "time column 'created' after today: 2099-01-01",
+        2: "time column 'created' missing or not a date: soon",
+    }
+    assert len(data.features) == len(data.times) == 58
+    with pytest.raises(DataError, match=r"time column 'source': only 0% of its values read as dates \(values such as"):
+        load_flat(path, FlatProfile(label="y", id="id", time="source"), params.flat)

@@ -49,3 +49,25 @@ def test_stratified_holdout_keeps_the_rate(params):
     rates = y.groupby(part).mean()
     assert np.allclose(rates, y.mean(), atol=0.02)
     assert part.value_counts().to_dict() == {"train": 600, "valid": 200, "test": 200}
+
+
+def test_the_described_boundaries_are_those_of_the_windows(params):
+    days = pd.date_range("2025-01-01", "2025-06-30", freq="D")
+    examples = pd.DataFrame({"lead_id": [f"lead{i}" for i in range(len(days))], "as_of": days})
+    report = split_by_time(examples, params.split, 0)
+    test_after = (days.max() - pd.Timedelta(days=params.split.test_days)).date()
+    valid_after = (days.max() - pd.Timedelta(days=params.split.test_days + params.split.valid_days)).date()
+    assert f"test = leads first seen after {test_after}, validation after {valid_after}" in report.description
+    assert report.windows["test"][0] == str(test_after + pd.Timedelta(days=1))
+    assert report.windows["valid"][0] == str(valid_after + pd.Timedelta(days=1))
+
+
+def test_a_test_set_too_small_to_judge_fails_its_gate(params):
+    from training.register import ChampionCheck, check_gates
+
+    lucky = {"roc_auc": 1.0, "ece": 0.0, "n": 6, "positives": 4}
+    gates = check_gates(params.gates, lucky, 0.9, ChampionCheck(None, None, "no champion yet"))
+    small = next(g for g in gates if g.name == "min_test_examples_per_class")
+    assert not small.passed and small.detail == "test rows: 4 converted, 2 lost vs minimum 20 of each"
+    enough = check_gates(params.gates, {**lucky, "n": 60, "positives": 25}, 0.9, ChampionCheck(None, None, ""))
+    assert next(g for g in enough if g.name == "min_test_examples_per_class").passed

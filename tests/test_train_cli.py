@@ -259,6 +259,25 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
                              "--no-snapshot", store=store)  # fmt: skip
     assert same_dialect.returncode == 0, same_dialect.stdout + same_dialect.stderr
     assert len(pd.read_csv(scored_file)) == len(frame)
+    # Rows that cannot be scored are quarantined; columns the file lacks are named.
+    messy = frame.drop(columns=["Converted", "Source"]).head(10).astype(str)
+    messy.loc[3, "Lead ID"] = messy.loc[2, "Lead ID"]
+    messy.loc[7, "Lead ID"] = ""
+    messy.loc[8, ["Visits", "Time On Site [min]", "Rep Notes"]] = ""
+    messy.to_csv(export, index=False)
+    quarantined = leadscore("score", str(export), "-o", str(scored_file), "--model-name", "flat-model",
+                            "--no-snapshot", store=store)  # fmt: skip
+    assert quarantined.returncode == 0, quarantined.stdout + quarantined.stderr
+    assert "1 of the model's columns not in this file, read as missing: Source" in quarantined.stdout
+    assert len(pd.read_csv(scored_file)) == 6
+    reasons = pd.read_csv(scored_file.with_name("export_scores.quarantine.csv")).set_index("row")["reason"]
+    assert reasons.to_dict() == {
+        3: "lead_id appears more than once", 4: "lead_id appears more than once",
+        8: "lead_id blank", 9: "no value in any of the model's columns",
+    }  # fmt: skip
+    with_acts = leadscore("score", str(export), "-o", str(scored_file), "--model-name", "flat-model",
+                          "--activities", str(export), "--no-snapshot", store=store)  # fmt: skip
+    assert with_acts.returncode == 2 and "flat-model is a flat model: it reads one row per lead" in with_acts.stderr
 
     # A file with none of the model's columns is refused, not scored from missing values alone.
     unrelated = tmp_path / "unrelated.csv"

@@ -234,8 +234,10 @@ def _summary(metrics: dict[str, Any]) -> None:
             "a gate failed, @champion unchanged[/yellow]"
         )
     if metrics["data"]["kind"] == "flat":
+        # Scoring reads @champion: until a run passes the gates there is none to score with.
+        when = "S" if metrics["promoted"] else "Once a version of it is @champion (a run that passes the gates), s"
         console.print(
-            f"Score files like this one with [bold]leadscore score FILE -o scores.csv --model-name "
+            f"{when}core files like this one with [bold]leadscore score FILE -o scores.csv --model-name "
             f"{escape(model['name'])}[/bold]; serve it with LEADSCORE_MODEL_NAME={escape(model['name'])}"
         )
 
@@ -556,7 +558,7 @@ def score(
         _fail(f"-o {output}: the scores are written as .csv or .parquet; name the file so")
     from rich.progress import Progress as RichProgress
 
-    from serving.batch import read_leads, score_batch, write_table
+    from serving.batch import flat_input_notes, read_leads, score_batch, write_table
     from serving.scoring import ModelNotReady, load_champion
     from serving.snapshots import scores_dir, write_snapshot
 
@@ -573,7 +575,11 @@ def score(
         with console.status("Loading the champion model"):
             model = load_champion(model_name or params.mlflow.model_name)
         flat_schema = model.scorer.spec.settings["flat"] if model.kind == "flat" else None
+        if flat_schema is not None and activities is not None:
+            _fail(f"{model.name} is a flat model: it reads one row per lead, no --activities")
         leads, acts, closed = read_leads(source, activities, flat_schema=flat_schema)
+        for note in flat_input_notes(leads, flat_schema) if flat_schema is not None else []:
+            console.print(f"[yellow]{escape(note)}[/yellow]")
         if closed:
             console.print(
                 f"{closed:,} converted or lost leads of the export left out; scoring the {len(leads):,} open ones"
@@ -657,6 +663,8 @@ def _score_on_dask(
         moment = pd_timestamp(as_of)
         with console.status("Loading the champion model"):
             model = load_champion(model_name or params.mlflow.model_name)
+        if model.kind == "flat":
+            _fail(f"{model.name} is a flat model: score its file with --engine local (the default)")
         client = start_client(scheduler)
         workers = len(client.scheduler_info()["workers"])
         console.print(f"Dask: {workers} worker(s); dashboard {client.dashboard_link}")

@@ -342,6 +342,13 @@ def train_and_register(
     check_class_counts(dataset.label[part != ""], params)
     for name in ("train", "valid", "test"):
         subset = dataset.label[part == name]
+        if subset.empty:
+            raise DataError(
+                f"the {name} split is empty (split {dataset.split.description}): the dates span too little "
+                f"for a test period of {params.split.test_days} days and a validation period of "
+                f"{params.split.valid_days} days before it; more history, shorter periods in params.yaml"
+                + (", or no --time (a stratified holdout)" if dataset.kind == "flat" else "")
+            )
         if subset.nunique() < 2:
             raise DataError(
                 f"the {name} split has only one class ({len(subset)} examples; split {dataset.split.description}); "

@@ -116,6 +116,10 @@ def check_gates(
              f"test ROC AUC {test['roc_auc']:.4f} vs minimum {gates.min_test_roc_auc}"),
         Gate("max_test_ece", test["ece"] <= gates.max_test_ece,
              f"test ECE {test['ece']:.4f} vs maximum {gates.max_test_ece}"),
+        Gate("min_test_examples_per_class",
+             min(test["positives"], test["n"] - test["positives"]) >= gates.min_test_examples_per_class,
+             f"test rows: {test['positives']} converted, {test['n'] - test['positives']} lost "
+             f"vs minimum {gates.min_test_examples_per_class} of each"),
         Gate("min_auc_gain_vs_baseline", test["roc_auc"] - best_baseline_auc >= gates.min_auc_gain_vs_baseline,
              f"gain over the better baseline {test['roc_auc'] - best_baseline_auc:+.4f} "
              f"vs minimum {gates.min_auc_gain_vs_baseline:+}"),

@@ -26,6 +26,12 @@ class SplitReport:
     by_time: bool = True
 
 
+def _moment(start: pd.Timestamp) -> str:
+    """The last moment before a period that starts one second after it, as a reader writes it."""
+    before = start - pd.Timedelta(seconds=1)
+    return str(before.date()) if before == before.normalize() else before.strftime("%Y-%m-%d %H:%M")
+
+
 def split_by_time(examples: pd.DataFrame, params: SplitParams, horizon_days: int) -> SplitReport:
     """Split leads by cohort: a lead belongs to the period of its first snapshot.
 
@@ -53,8 +59,8 @@ def split_by_time(examples: pd.DataFrame, params: SplitParams, horizon_days: int
     }
     left_out = int((part == "").sum())
     description = (
-        f"by time and cohort: test = leads first seen from {test_start.date()}, validation from "
-        f"{valid_start.date()}, train before; {left_out} later snapshot(s) of earlier leads left out "
+        f"by time and cohort: test = leads first seen after {_moment(test_start)}, validation after "
+        f"{_moment(valid_start)}, train before; {left_out} later snapshot(s) of earlier leads left out "
         "so that no lead and no label horizon crosses a boundary"
     )
     return SplitReport(part, description, windows, left_out)
