@@ -94,6 +94,11 @@ class FlatProfile(BaseModel):
                 raise ValueError(f"the {role} column {column!r} cannot also be dropped")
         if self.id and self.id == self.time:
             raise ValueError(f"the id column {self.id!r} cannot also be the time column")
+        roles = {self.id: "id", self.time: "time", **dict.fromkeys(self.drop, "drop")}
+        for column in self.types:
+            role = roles.get(column)
+            if role:
+                raise ValueError(f"types: {column!r} is given as {role} too, so it is not a feature to type")
         return self
 
 
@@ -118,6 +123,19 @@ def make_profile(settings: dict[str, Any], source: str = "the command line") -> 
         raise DataError(f"invalid settings from {source}: {problems}") from exc
 
 
+class _ProfileLoader(yaml.SafeLoader):
+    """YAML as written: only true/false are booleans (`positive: Yes` means the text Yes)."""
+
+
+_ProfileLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ProfileLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
 def load_profile(path: str | Path, **flags: Any) -> tuple[FlatProfile, list[str]]:
     """Read a profile YAML; flags given on the command line override its keys.
 
@@ -125,7 +143,7 @@ def load_profile(path: str | Path, **flags: Any) -> tuple[FlatProfile, list[str]
         The profile and the keys a flag replaced (a flag's `drop` replaces the file's list).
     """
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        raw = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_ProfileLoader) or {}
     except OSError as exc:
         raise DataError(f"cannot read profile {path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
@@ -333,7 +351,7 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
         quarantine.add("flat", raw, late, f"time column {profile.time!r} after today: " + shown)
         keep &= ~late
     if not keep.any():
-        reasons = quarantine.frame()["reason"].value_counts()
+        reasons = quarantine.frame()["reason"].str.split(": ").str[0].value_counts()
         raise DataError(
             f"{path.name}: none of its {len(raw):,} rows can be used: "
             + "; ".join(f"{reason} ({count:,} rows)" for reason, count in reasons.items())
@@ -407,6 +425,8 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
     kept = raw.loc[keep]
     features, notes = clean_flat_columns(kept, schema)
     for column, kind in profile.types.items():
+        if column not in columns:
+            continue
         present = blank_to_missing(kept[column], params.missing_tokens).dropna()
         if len(present) and features[model_column_name(column)].isna().all():
             examples = ", ".join(map(repr, present.unique()[:3]))

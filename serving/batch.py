@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from features.clean import blank_to_missing
-from features.flat import clean_flat_columns
+from features.flat import clean_flat_columns, model_column_name
 from features.ingest import STATUS_SYNONYMS, DataError
 from features.schema import TABLE_FILES, contract_names
 from serving.scoring import LoadedModel, prepare_crm_leads, prepare_flat_rows, score_features
@@ -115,9 +115,18 @@ def read_leads(
     return leads, acts, closed
 
 
-def flat_input_notes(leads: pd.DataFrame, schema: dict[str, Any]) -> list[str]:
+def model_schema(model: LoadedModel) -> dict[str, Any]:
+    """A flat model's schema with only the columns the model uses (the leakage audit and the
+    spec leave some of the export's columns out)."""
+    schema = model.scorer.spec.settings["flat"]
+    used = set(model.scorer.spec.columns)
+    return {**schema, "columns": {c: k for c, k in schema["columns"].items() if model_column_name(c) in used}}
+
+
+def flat_input_notes(leads: pd.DataFrame, model: LoadedModel) -> list[str]:
     """What a flat model will read as missing in this file: absent columns, values that do
     not parse (as training notes them)."""
+    schema = model_schema(model)
     absent = [c for c in schema["columns"] if c not in leads]
     notes = [f"{len(absent)} of the model's columns not in this file, read as missing: {', '.join(absent)}"] * bool(
         absent
@@ -128,7 +137,7 @@ def flat_input_notes(leads: pd.DataFrame, schema: dict[str, Any]) -> list[str]:
 def _flat_rows(model: LoadedModel, chunk: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
     """Positions of the flat rows to score, and a quarantine of the rest: a blank or repeated
     id, or no value in any of the model's columns (a blank line)."""
-    schema = model.scorer.spec.settings["flat"]
+    schema = model_schema(model)
     ids = chunk["lead_id"].astype(str).str.strip()
     present = [blank_to_missing(chunk[c], schema["missing_tokens"]).notna() for c in schema["columns"] if c in chunk]
     empty = ~pd.concat(present, axis=1).any(axis=1) if present else pd.Series(True, index=chunk.index)
@@ -162,7 +171,7 @@ def score_batch(
     however far apart they are in the file); the output keeps the file's order.
     """
     if model.kind == "flat":
-        expected = list(model.scorer.spec.settings["flat"]["columns"])
+        expected = list(model_schema(model)["columns"])
         if expected and not any(c in leads.columns for c in expected):
             # Every lead would get the same score from missing values alone.
             shown = ", ".join(expected[:5]) + (f" and {len(expected) - 5} more" if len(expected) > 5 else "")

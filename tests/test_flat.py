@@ -123,6 +123,9 @@ def test_profile_file_with_flags_overriding_it(tmp_path):
     profile, _ = load_profile(path)
     assert (profile.positive, profile.id, profile.drop) == ("true", "660737", ["2019"])
     assert profile.types == {"2020": "numeric"}
+    path.write_text("label: Converted\npositive: Yes\ndrop: [No, On]\n")  # YAML 1.1 would read booleans
+    profile, _ = load_profile(path)
+    assert (profile.positive, profile.drop) == ("Yes", ["No", "On"])
     path.write_text("label: x\ndrop: [Tags\n")
     with pytest.raises(DataError, match=r"profile\.yaml:3:1: not valid YAML \(expected .* starts on line 2\)"):
         load_profile(path)
@@ -143,6 +146,7 @@ def test_profile_file_with_flags_overriding_it(tmp_path):
         ({"label": "y", "id": "y"}, "the label column 'y' cannot also be given as id"),
         ({"label": "y", "time": "t", "drop": ["t"]}, "the time column 't' cannot also be dropped"),
         ({"label": "y", "id": "t", "time": "t"}, "the id column 't' cannot also be the time column"),
+        ({"label": "y", "drop": ["t"], "types": {"t": "numeric"}}, "types: 't' is given as drop too"),
     ],
 )
 def test_settings_that_cannot_work_are_refused_by_name(settings, error):

@@ -235,9 +235,9 @@ def _summary(metrics: dict[str, Any]) -> None:
         )
     if metrics["data"]["kind"] == "flat":
         # Scoring reads @champion: until a run passes the gates there is none to score with.
-        when = "S" if metrics["promoted"] else "Once a version of it is @champion (a run that passes the gates), s"
+        which = "" if metrics["promoted"] else " (by its @champion, if a run has passed the gates: not this version)"
         console.print(
-            f"{when}core files like this one with [bold]leadscore score FILE -o scores.csv --model-name "
+            f"Score files like this one{which} with [bold]leadscore score FILE -o scores.csv --model-name "
             f"{escape(model['name'])}[/bold]; serve it with LEADSCORE_MODEL_NAME={escape(model['name'])}"
         )
 
@@ -578,7 +578,7 @@ def score(
         if flat_schema is not None and activities is not None:
             _fail(f"{model.name} is a flat model: it reads one row per lead, no --activities")
         leads, acts, closed = read_leads(source, activities, flat_schema=flat_schema)
-        for note in flat_input_notes(leads, flat_schema) if flat_schema is not None else []:
+        for note in flat_input_notes(leads, model) if flat_schema is not None else []:
             console.print(f"[yellow]{escape(note)}[/yellow]")
         if closed:
             console.print(

@@ -355,6 +355,14 @@ def train_and_register(
                 "more data, or other `split` settings in params.yaml, are needed"
             )
 
+    test_label = dataset.label[part == "test"]
+    fewest = min(int(test_label.sum()), int((test_label == 0).sum()))
+    if fewest < params.gates.min_test_examples_per_class:
+        reporter.warn(
+            f"the test rows hold {int(test_label.sum())} converted and {int((test_label == 0).sum())} lost: fewer "
+            f"than gates.min_test_examples_per_class ({params.gates.min_test_examples_per_class}) of each, so this "
+            "model will be registered but not promoted (more data, or a lower gate in params.yaml)"
+        )
     reporter.stage("Auditing columns for label leakage")
     cross_validate = not dataset.split.by_time
     # Without timestamps, train and validation rows together are tuned and calibrated by

@@ -29,7 +29,7 @@ class SplitReport:
 def _moment(start: pd.Timestamp) -> str:
     """The last moment before a period that starts one second after it, as a reader writes it."""
     before = start - pd.Timedelta(seconds=1)
-    return str(before.date()) if before == before.normalize() else before.strftime("%Y-%m-%d %H:%M")
+    return str(before.date()) if before == before.normalize() else before.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def split_by_time(examples: pd.DataFrame, params: SplitParams, horizon_days: int) -> SplitReport:
