@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ CHUNK_LEADS = 50_000
 class BatchResult:
     scored: pd.DataFrame
     quarantine: pd.DataFrame
+    notes: list[str] = field(default_factory=list)  # what a flat model read as missing in the file
 
 
 def _separator(path: Path, trained: str) -> str:
@@ -123,15 +124,16 @@ def model_schema(model: LoadedModel) -> dict[str, Any]:
     return {**schema, "columns": {c: k for c, k in schema["columns"].items() if model_column_name(c) in used}}
 
 
-def flat_input_notes(leads: pd.DataFrame, model: LoadedModel) -> list[str]:
-    """What a flat model will read as missing in this file: absent columns, values that do
-    not parse (as training notes them)."""
-    schema = model_schema(model)
-    absent = [c for c in schema["columns"] if c not in leads]
-    notes = [f"{len(absent)} of the model's columns not in this file, read as missing: {', '.join(absent)}"] * bool(
-        absent
-    )
-    return notes + clean_flat_columns(leads, schema)[1]
+def _clean_flat_file(leads: pd.DataFrame, model: LoadedModel) -> tuple[pd.DataFrame, list[str]]:
+    """A flat file cleaned once for all its chunks, and what the model will read as missing in
+    it: the model's columns it lacks, values that do not parse (as training notes them)."""
+    used = model_schema(model)["columns"]
+    cleaned, notes = clean_flat_columns(leads, model.scorer.spec.settings["flat"])
+    notes = [note for note in notes if any(note.startswith(f"{column}: ") for column in used)]
+    absent = [c for c in used if c not in leads]
+    if absent:
+        notes.insert(0, f"{len(absent)} of the model's columns not in this file, read as missing: {', '.join(absent)}")
+    return cleaned, notes
 
 
 def _flat_rows(model: LoadedModel, chunk: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
@@ -180,6 +182,7 @@ def score_batch(
                 f"export with {shown}; is this the right file, or the right model (--model-name)?"
             )
     parts, problems = [], []
+    cleaned, notes = _clean_flat_file(leads, model) if model.kind == "flat" else (None, [])
     groups = activities.groupby("lead_id").indices if len(activities) else {}
     key = leads["lead_id"].astype(str).str.strip() if len(leads) else pd.Series(dtype=str)
     group = pd.factorize(key)[0]
@@ -195,7 +198,7 @@ def score_batch(
         moments = pd.Series([as_of] * len(chunk))
         if model.kind == "flat":
             positions, issue = _flat_rows(model, chunk)
-            features, context, _ = prepare_flat_rows(model, chunk.iloc[positions])
+            features, context, _ = prepare_flat_rows(model, chunk.iloc[positions], cleaned.iloc[file_rows[positions]])
         else:
             rows = [groups[i] for i in chunk["lead_id"].str.strip() if i in groups]
             acts = activities.iloc[np.concatenate(rows)] if rows else activities.iloc[:0]
@@ -222,7 +225,7 @@ def score_batch(
         if problems
         else pd.DataFrame(columns=["table", "row", "lead_id", "reason"])
     )
-    return BatchResult(scored, quarantine)
+    return BatchResult(scored, quarantine, notes)
 
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

@@ -467,10 +467,15 @@ def prepare_crm_leads(
     return features, context, positions, problems
 
 
-def prepare_flat_rows(model: LoadedModel, rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+def prepare_flat_rows(
+    model: LoadedModel, rows: pd.DataFrame, cleaned: pd.DataFrame | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
     """Clean flat-export rows with the schema learned in training (values that do not parse
-    are read as missing, as in training)."""
+    are read as missing, as in training); `cleaned`: these rows already cleaned so."""
     rows = rows.reset_index(drop=True)
-    features, _ = clean_flat_columns(rows, model.scorer.spec.settings["flat"])
+    if cleaned is None:
+        features, _ = clean_flat_columns(rows, model.scorer.spec.settings["flat"])
+    else:
+        features = cleaned.reset_index(drop=True)
     context = rows[[c for c in ("email", "sales_accepted") if c in rows]]
     return features, context, np.arange(len(rows))

@@ -264,11 +264,13 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
     messy.loc[3, "Lead ID"] = messy.loc[2, "Lead ID"]
     messy.loc[7, "Lead ID"] = ""
     messy.loc[8, ["Visits", "Time On Site [min]", "Rep Notes"]] = ""
+    messy.loc[0, "Visits"] = "lots"  # read as missing, and said, as in training
     messy.to_csv(export, index=False)
     quarantined = leadscore("score", str(export), "-o", str(scored_file), "--model-name", "flat-model",
                             "--no-snapshot", store=store)  # fmt: skip
     assert quarantined.returncode == 0, quarantined.stdout + quarantined.stderr
     assert "1 of the model's columns not in this file, read as missing: Source" in quarantined.stdout
+    assert "Visits: 1 value(s) not numeric read as missing" in quarantined.stdout
     assert len(pd.read_csv(scored_file)) == 6
     reasons = pd.read_csv(scored_file.with_name("export_scores.quarantine.csv")).set_index("row")["reason"]
     assert reasons.to_dict() == {

@@ -558,7 +558,7 @@ def score(
         _fail(f"-o {output}: the scores are written as .csv or .parquet; name the file so")
     from rich.progress import Progress as RichProgress
 
-    from serving.batch import flat_input_notes, read_leads, score_batch, write_table
+    from serving.batch import read_leads, score_batch, write_table
     from serving.scoring import ModelNotReady, load_champion
     from serving.snapshots import scores_dir, write_snapshot
 
@@ -578,8 +578,6 @@ def score(
         if flat_schema is not None and activities is not None:
             _fail(f"{model.name} is a flat model: it reads one row per lead, no --activities")
         leads, acts, closed = read_leads(source, activities, flat_schema=flat_schema)
-        for note in flat_input_notes(leads, model) if flat_schema is not None else []:
-            console.print(f"[yellow]{escape(note)}[/yellow]")
         if closed:
             console.print(
                 f"{closed:,} converted or lost leads of the export left out; scoring the {len(leads):,} open ones"
@@ -587,6 +585,8 @@ def score(
         with RichProgress(console=console) as progress:
             task = progress.add_task("scoring", total=len(leads))
             result = score_batch(model, leads, acts, moment, on_progress=lambda n: progress.advance(task, n))
+        for note in result.notes:
+            console.print(f"[yellow]{escape(note)}[/yellow]")
         write_table(result.scored, output)
         if snapshot:
             meta = {"as_of": moment.isoformat(), "model_name": model.name, "model_version": model.version,
