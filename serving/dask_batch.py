@@ -5,6 +5,7 @@ scheduler address (a cluster started by hand, dask-kubernetes, ...)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import zlib
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from distributed import WorkerPlugin
 
 from features.ingest import DataError
 from features.schema import contract_names
@@ -31,6 +33,25 @@ class DaskRun:
     quarantined: int
     output: Path
     dashboard: str | None
+
+
+class DataframeDispatch(WorkerPlugin):
+    """Worker plugin: import dask.dataframe when a worker starts, before it runs any task.
+
+    A worker (re)started mid-job can otherwise run a shuffle's unpack task while another of its
+    threads is still importing dask.dataframe: the unpack finds the dispatch module loaded but
+    the pandas converters not yet registered, and fails with "No dispatch for DataFrame"."""
+
+    name = "leadscore-dataframe-dispatch"
+
+    def setup(self, worker) -> None:
+        import dask.dataframe  # noqa: F401  (registers the pandas dispatch functions)
+
+
+def prepare_workers(client) -> None:
+    """Register the worker plugins every job needs: on the workers there now and on any that
+    join or restart later."""
+    client.register_plugin(DataframeDispatch(), name=DataframeDispatch.name)
 
 
 def start_client(scheduler: str | None = None):
@@ -100,6 +121,10 @@ def features_on_dask(leads, activities, as_of: pd.Timestamp, params, vocabulary,
     Leads and activities are co-partitioned by lead, so each partition holds a lead's whole
     history and the windows, recency and decay are those of the single-process code.
     """
+    from distributed import default_client
+
+    with contextlib.suppress(ValueError):  # ValueError: no client, dask's local scheduler has no workers
+        prepare_workers(default_client())
     leads = leads.map_partitions(bucket_by_lead, partitions).shuffle(on="_bucket", npartitions=partitions)
     activities = activities.map_partitions(bucket_by_lead, partitions).shuffle(on="_bucket", npartitions=partitions)
     options = {"as_of": as_of, "params": params, "vocabulary": list(vocabulary), "tokens": tuple(tokens)}
@@ -154,6 +179,7 @@ def score_on_dask(
     import dask.dataframe as dd
     from distributed import as_completed, futures_of
 
+    prepare_workers(client)
     leads = _contract_frame(read_frame(leads_path), "leads", leads_path)
     activities = _contract_frame(read_frame(activities_path), "activities", activities_path)
     buckets = partitions or max(leads.npartitions, 2 * len(client.scheduler_info()["workers"]))

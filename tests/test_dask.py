@@ -192,3 +192,20 @@ def test_train_on_dask_tunes_on_a_sample_and_fits_everything(client, small_crm_d
         os.environ["MLFLOW_TRACKING_URI"] = previous
         mlflow.set_tracking_uri(previous)
     assert model.scorer.metadata["engine"]["engine"] == "dask"
+
+
+def _dataframe_dispatch_loaded() -> bool:
+    import sys
+
+    return "dask.dataframe.backends" in sys.modules
+
+
+def test_workers_restarted_mid_job_load_the_dataframe_dispatch_before_any_task(client):
+    # A restarted worker used to import dask.dataframe lazily, in a race with its first shuffle
+    # unpack task ("No dispatch for <class 'pandas.DataFrame'>"): the plugin imports it at start.
+    from serving.dask_batch import prepare_workers
+
+    prepare_workers(client)
+    client.restart()
+    loaded = client.run(_dataframe_dispatch_loaded)
+    assert len(loaded) == 2 and all(loaded.values()), loaded

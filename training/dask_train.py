@@ -49,7 +49,7 @@ from features.schema import (
     contract_names,
 )
 from features.spec import FeatureSpec, to_model_frame
-from serving.dask_batch import bucket_by_lead, read_frame
+from serving.dask_batch import bucket_by_lead, prepare_workers, read_frame
 from training.examples import build_examples
 from training.pipeline import Dataset
 from training.split import split_by_time
@@ -183,6 +183,7 @@ def prepare_crm_on_dask(
     rows[LABEL] = rows[LABEL].fillna(0).astype("int64")
     rows[PART] = rows[PART].fillna("")
 
+    prepare_workers(client)
     workers = len(client.scheduler_info()["workers"])
     buckets = partitions or max(activities.npartitions, 2 * workers)
     lead_rows = dd.from_pandas(rows, npartitions=max(1, min(buckets, len(rows) // 1000 or 1)))
