@@ -354,7 +354,8 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
         reasons = quarantine.frame()["reason"].str.split(": ").str[0].value_counts()
         raise DataError(
             f"{path.name}: none of its {len(raw):,} rows can be used: "
-            + "; ".join(f"{reason} ({count:,} rows)" for reason, count in reasons.items())
+            + "; ".join(f"{reason} ({count:,} rows)" for reason, count in reasons.items()),
+            quarantine,
         )
 
     roles = {

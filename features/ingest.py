@@ -62,7 +62,14 @@ QUARANTINE_COLUMNS = ["table", "row", "lead_id", "reason"]
 
 
 class DataError(ValueError):
-    """Input that cannot be used at all (missing file or column, unreadable file)."""
+    """Input that cannot be used at all (missing file or column, unreadable file).
+
+    `quarantine`: the rows set aside before the input was found unusable, so that the user
+    gets the file naming them even though the run stopped."""
+
+    def __init__(self, message: str, quarantine: Quarantine | None = None):
+        super().__init__(message)
+        self.quarantine = quarantine
 
 
 @dataclass
@@ -96,6 +103,14 @@ class Quarantine:
         if not self.rows:
             return pd.DataFrame(columns=QUARANTINE_COLUMNS)
         return pd.concat(self.rows, ignore_index=True)
+
+    def summary(self) -> str:
+        """The reasons counted per table, without each row's value: "leads: created_at not a
+        date (3,000 rows); ..."."""
+        rows = self.frame()
+        kinds = rows["reason"].astype(str).str.split(": ").str[0]
+        counts = rows.groupby([rows["table"], kinds], sort=False).size().sort_values(ascending=False, kind="stable")
+        return "; ".join(f"{table}: {reason} ({count:,} rows)" for (table, reason), count in counts.items())
 
 
 @dataclass
@@ -169,9 +184,37 @@ def _decode(data: bytes) -> tuple[str, str]:
     return "\n".join(lines), f"mixed encodings: {len(legacy)} line(s) not UTF-8, read as Windows-1252 (line {shown})"
 
 
+SEPARATORS = (",", ";", "\t", "|")
+
+
+def header_separator(path: Path, preferred: str = ",") -> str:
+    """`preferred` when the file's header holds it, else the first of `SEPARATORS` the header
+    holds (a spreadsheet saved in a locale whose decimal mark is a comma writes ';')."""
+    try:
+        with path.open("rb") as handle:
+            header = handle.readline(MAX_HEADER_BYTES)
+    except OSError:
+        return preferred  # reported by the reader
+    for sep in (preferred, *SEPARATORS):
+        if sep.encode() in header:
+            return sep
+    return preferred
+
+
 def _check_header(path: Path, sep: str) -> None:
     with path.open("rb") as handle:
         header = handle.readline(MAX_HEADER_BYTES + 1)
+    if not header:
+        raise DataError(f"{path}: the file is empty (not even a header line)")
+    if header.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in header:
+        text = header.rstrip(b"\r\n")
+        halves = (text[0::2].strip(b"\x00"), text[1::2].strip(b"\x00"))  # ASCII in UTF-16: every other byte NUL
+        utf16 = header.startswith((b"\xff\xfe", b"\xfe\xff")) or (min(map(len, halves)) == 0 < max(map(len, halves)))
+        raise DataError(
+            f"{path}: "
+            + ("UTF-16 text (a spreadsheet's \"Unicode text\"); save it as \"CSV UTF-8\"" if utf16 else
+               "the header holds NUL bytes; not a text CSV file")
+        )  # fmt: skip
     if len(header) > MAX_HEADER_BYTES:
         raise DataError(f"{path}: the header line is longer than {MAX_HEADER_BYTES:,} bytes; not a CRM export")
     columns = header.count(sep.encode()) + 1
@@ -190,6 +233,8 @@ def read_text_csv(path: Path, *, sep: str = ",") -> tuple[pd.DataFrame, str]:
             included), has an absurd header (over `MAX_COLUMNS` columns or `MAX_HEADER_BYTES`),
             or a cell over `MAX_CELL_CHARS` characters (named by row and column).
     """
+    if path.is_dir():
+        raise DataError(f"{path}: a folder, not a file")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
@@ -237,6 +282,10 @@ def read_csv_table(
     Raises:
         DataError: the file is missing or unreadable, or lacks a required column.
     """
+    if table is not None and sep == ",":
+        sep = header_separator(path)
+        if sep != "," and quarantine is not None:
+            quarantine.note(f"{path.name}: fields separated by {sep!r}")
     frame, _ = read_text_csv(path, sep=sep)
     if table is not None:
         renames, unused = contract_names(frame.columns, table)
@@ -245,9 +294,9 @@ def read_csv_table(
             note_column_names(quarantine, path.name, renames, unused)
     missing = [c for c in required if c not in frame.columns]
     if missing:
-        raise DataError(
-            f"{path.name}: missing required column(s) {', '.join(missing)}; found {', '.join(frame.columns[:20])}"
-        )
+        found = ", ".join(frame.columns[:20])
+        found = found if len(found) <= 400 else found[:400] + " ..."
+        raise DataError(f"{path.name}: missing required column(s) {', '.join(missing)}; found {found}")
     frame.insert(0, "_row", np.arange(1, len(frame) + 1))
     return frame
 
@@ -311,7 +360,7 @@ def clean_leads(
     `day_first`: the order of numeric dates (the export's; None: decided by the column).
     """
     leads = raw.copy()
-    leads["lead_id"] = blank_to_missing(leads["lead_id"], ())
+    leads["lead_id"] = blank_to_missing(leads["lead_id"], ("",))  # a blank id is no lead, not the lead ""
     quarantine.add("leads", leads, leads["lead_id"].isna(), "missing lead_id")
     leads = leads[leads["lead_id"].notna()]
 
@@ -387,7 +436,9 @@ def clean_activities(
     `day_first`: the order of numeric dates (the export's; None: decided by the column).
     """
     acts = raw.copy()
-    acts["lead_id"] = blank_to_missing(acts["lead_id"], ())
+    acts["lead_id"] = blank_to_missing(acts["lead_id"], ("",))
+    quarantine.add("activities", acts, acts["lead_id"].isna(), "missing lead_id")
+    acts = acts[acts["lead_id"].notna()]
     if left_out is not None and len(left_out):
         dropped = acts["lead_id"].isin(left_out)
         quarantine.add("activities", acts, dropped, "its lead was left out: outcome unknown")
@@ -435,7 +486,9 @@ def clean_outcomes(
     left out of the result; `drop_unknown_outcomes` then quarantines its lead row.
     """
     out = raw.copy()
-    out["lead_id"] = blank_to_missing(out["lead_id"], ())
+    out["lead_id"] = blank_to_missing(out["lead_id"], ("",))
+    quarantine.add("outcomes", out, out["lead_id"].isna(), "missing lead_id")
+    out = out[out["lead_id"].notna()]
     unknown = ~out["lead_id"].isin(leads["lead_id"])
     quarantine.add("outcomes", out, unknown, "unknown lead_id (no usable row in leads)")
     out = out[~unknown]
@@ -494,6 +547,12 @@ def drop_unknown_outcomes(
     return leads[~unknown], pd.Index(leads.loc[unknown, "lead_id"])
 
 
+def _refuse_without_leads(leads: pd.DataFrame, rows: int, directory: Path, quarantine: Quarantine) -> None:
+    if leads.empty:
+        why = quarantine.summary() or "the file has a header and no rows"
+        raise DataError(f"{directory}: none of the {rows:,} lead rows can be used: {why}", quarantine)
+
+
 def load_crm(directory: str | Path, missing_tokens: Iterable[str] = ("",)) -> CrmData:
     """Load a CRM export directory holding leads.csv, activities.csv and outcomes.csv.
 
@@ -515,11 +574,18 @@ def load_crm(directory: str | Path, missing_tokens: Iterable[str] = ("",)) -> Cr
     # One order of numeric dates for the whole export (a CRM writes every date alike).
     day_first = export_date_order(raw_leads, raw_outcomes, raw_acts)
     leads = clean_leads(raw_leads, quarantine, missing_tokens, history=True, day_first=day_first)
+    _refuse_without_leads(leads, len(raw_leads), directory, quarantine)
     outcomes = clean_outcomes(raw_outcomes, leads, quarantine, day_first=day_first)
     leads, left_out = drop_unknown_outcomes(leads, outcomes, quarantine)
+    _refuse_without_leads(leads, len(raw_leads), directory, quarantine)
     activities = clean_activities(
         raw_acts, pd.Index(leads["lead_id"]), quarantine, left_out, history=True, day_first=day_first
     )
+    if activities.empty:
+        quarantine.note(
+            f"{TABLE_FILES['activities']}: no usable activity ({len(raw_acts):,} rows): every engagement feature "
+            "is 0, so the model learns from fit attributes alone"
+        )
     moments = [
         leads["created_at"].max(),
         activities["occurred_at"].max(),

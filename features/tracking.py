@@ -67,11 +67,46 @@ def check_writable(folder: Path, *, what: str, probe_bytes: int = 1 << 20) -> No
 
 def _shown(uri: str) -> str:
     """The URI with any password masked, fit for a message."""
-    parts = urllib.parse.urlsplit(uri)
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        if parts.password is None:
+            return uri
+    except ValueError:  # "http://[::1": not a URI; shown as given
+        return uri
     if parts.password is None:
         return uri
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def uri_mistake(uri: str) -> str | None:
+    """What is wrong with the URI's form, before MLflow reads it some other way (a missing
+    `http://` makes it a local folder; `sqlite:///` alone a database in memory, lost at exit)."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+    except ValueError as exc:
+        return f"not a valid URI ({exc})"
+    if parts.scheme == "sqlite":
+        path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else ""
+        if not path or path == ":memory:":
+            return "no database file (the runs would be kept in memory and lost); e.g. sqlite:////abs/path/mlflow.db"
+        database = Path(path)
+        if database.is_dir():
+            return f"{database} is a folder; name the database file in it, e.g. {database / 'mlflow.db'}"
+        if database.is_file() and database.stat().st_size:
+            with database.open("rb") as handle:
+                if handle.read(16) != b"SQLite format 3\0":
+                    return f"{database} exists and is not an SQLite database"
+        return None
+    if parts.scheme in ("", "file") and not os.environ.get("MLFLOW_ALLOW_FILE_STORE"):
+        host_port = re.match(r"^(?:https?:?/*)?([\w.-]+:\d+)", uri)
+        if host_port:
+            return f"no scheme, so MLflow would read it as a local folder; did you mean http://{host_port.group(1)}?"
+        return (
+            "a folder store, which MLflow 3 refuses unless MLFLOW_ALLOW_FILE_STORE=true; "
+            "use a database (sqlite:////abs/path/mlflow.db) or a server (http://host:5000)"
+        )
+    return None
 
 
 def tracking_problem(timeout_seconds: int = 10) -> str | None:
@@ -84,6 +119,9 @@ def tracking_problem(timeout_seconds: int = 10) -> str | None:
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri()
+    mistake = uri_mistake(uri)
+    if mistake:
+        return f"MLFLOW_TRACKING_URI={_shown(uri)}: {mistake}"
     quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_seconds)}
     saved = {name: os.environ.get(name) for name in quick}
     os.environ.update(quick)

@@ -13,7 +13,7 @@ import pandas as pd
 
 from features.clean import blank_to_missing
 from features.flat import clean_flat_columns, model_column_name
-from features.ingest import STATUS_SYNONYMS, DataError
+from features.ingest import STATUS_SYNONYMS, DataError, header_separator
 from features.schema import TABLE_FILES, contract_names
 from serving.scoring import LoadedModel, prepare_crm_leads, prepare_flat_rows, score_features
 
@@ -31,23 +31,16 @@ class BatchResult:
     notes: list[str] = field(default_factory=list)  # what a flat model read as missing in the file
 
 
-def _separator(path: Path, trained: str) -> str:
-    """The trained export's separator, unless the header has none of it and has commas."""
-    with path.open("rb") as handle:
-        header = handle.readline()
-    return "," if trained.encode() not in header and b"," in header else trained
-
-
 def read_table(path: Path, sep: str = ",") -> pd.DataFrame:
     """A CSV or parquet table as text cells (missing as empty), like an export; a CSV in
-    `sep`, or in commas when its header has no `sep`."""
+    `sep`, or in the separator its header has when it has no `sep`."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
             return frame.astype(object).where(frame.notna(), "").astype(str)
-        return pd.read_csv(path, dtype=str, keep_default_na=False, sep=_separator(path, sep) if sep != "," else sep)
+        return pd.read_csv(path, dtype=str, keep_default_na=False, sep=header_separator(path, sep))
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise DataError(f"{path}: cannot read ({' '.join(str(exc).split())})") from exc
 

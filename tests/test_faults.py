@@ -238,3 +238,26 @@ def test_a_tracking_store_that_cannot_work_is_named_before_the_data_is_loaded(ch
     folder_store = train_with(f"file://{tmp_path / 'mlruns'}")
     assert folder_store.returncode == 2 and "sqlite:///" in folder_store.stderr
     assert "Traceback" not in stopped.stderr + not_mlflow.stderr + folder_store.stderr
+
+
+@pytest.mark.parametrize(
+    ("uri", "said"),
+    [
+        ("sqlite:///", "no database file"),
+        ("127.0.0.1:5000", "did you mean http://127.0.0.1:5000"),
+        ("http//127.0.0.1:5000", "did you mean http://127.0.0.1:5000"),
+        ("http://[::1", "not a valid URI"),
+        ("file:///tmp/mlruns", "MLFLOW_ALLOW_FILE_STORE"),
+        ("sqlite:///{tmp}", "is a folder"),
+        ("sqlite:///{tmp}/text.db", "not an SQLite database"),
+    ],
+)
+def test_a_mistyped_tracking_uri_is_named_before_mlflow_reads_it_some_other_way(uri, said, tmp_path, monkeypatch):
+    from features.tracking import _shown, uri_mistake
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    (tmp_path / "text.db").write_text("a text file, not a database")
+    uri = uri.format(tmp=tmp_path)
+    assert said in (uri_mistake(uri) or ""), uri_mistake(uri)
+    assert _shown(uri) == uri  # no password to mask, and no error for a malformed one
+    assert uri_mistake(f"sqlite:///{tmp_path}/new.db") is None and uri_mistake("http://127.0.0.1:5000") is None

@@ -151,8 +151,53 @@ def test_missing_file_and_unreadable_file(tmp_path):
     with pytest.raises(DataError, match=r"leads\.csv: file not found"):
         load_crm(tmp_path)
     (tmp_path / "leads.csv").write_bytes(b"")
-    with pytest.raises(DataError, match="cannot read as CSV"):
+    with pytest.raises(DataError, match=r"leads\.csv: the file is empty"):
         load_crm(tmp_path)
+    (tmp_path / "leads.csv").write_text("lead_id,created_at\nA,2025-01-01\n", encoding="utf-16")
+    with pytest.raises(DataError, match=r"leads\.csv: UTF-16 text .* save it as \"CSV UTF-8\""):
+        load_crm(tmp_path)
+    (tmp_path / "leads.csv").write_bytes(b"\x00" * 5000 + b"\n")
+    with pytest.raises(DataError, match="NUL bytes") as refused:
+        load_crm(tmp_path)
+    assert len(str(refused.value)) < 300
+    (tmp_path / "leads.csv").unlink()
+    (tmp_path / "leads.csv").mkdir()
+    with pytest.raises(DataError, match=r"leads\.csv: a folder, not a file"):
+        load_crm(tmp_path)
+
+
+def test_a_blank_lead_id_is_no_lead_and_its_rows_are_quarantined(tmp_path):
+    leads = {"lead_id": ["A", "", " ", "B"], "created_at": ["2025-01-01"] * 4}
+    activities = {"lead_id": ["A", "", "B"], "occurred_at": ["2025-01-05"] * 3, "activity_type": ["web_visit"] * 3}
+    outcomes = {"lead_id": ["A", "", "B"], "status": ["converted", "lost", "open"], "closed_at": ["2025-02-01", "", ""]}
+    crm = load_crm(_write(tmp_path, leads, activities, outcomes))
+    q = crm.quarantine.frame()
+    missing = q[q["reason"] == "missing lead_id"]
+    assert sorted(zip(missing["table"], missing["row"], strict=True)) == [
+        ("activities", 2), ("leads", 2), ("leads", 3), ("outcomes", 2)
+    ]  # fmt: skip
+    assert sorted(crm.leads["lead_id"]) == ["A", "B"] and len(crm.activities) == 2
+
+
+def test_an_export_separated_by_semicolons_is_read_and_noted(tmp_path):
+    _write(tmp_path, {"lead_id": ["A", "B"], "created_at": ["2025-01-01", "2025-01-02"]},
+           {"lead_id": ["A"], "occurred_at": ["2025-01-05"], "activity_type": ["web_visit"]},
+           {"lead_id": ["A", "B"], "status": ["converted", "open"], "closed_at": ["2025-02-01", ""]})  # fmt: skip
+    for name in ("leads.csv", "outcomes.csv"):
+        path = tmp_path / name
+        path.write_text(path.read_text().replace(",", ";"))
+    crm = load_crm(tmp_path)
+    assert sorted(crm.leads["lead_id"]) == ["A", "B"] and len(crm.activities) == 1
+    assert "leads.csv: fields separated by ';'" in crm.quarantine.notes
+
+
+def test_no_usable_lead_is_refused_with_the_reasons_counted_and_the_quarantine_kept(tmp_path):
+    leads = {"lead_id": ["A", "B", "C"], "created_at": ["soon", "later", "never"]}
+    _write(tmp_path, leads, {"lead_id": [], "occurred_at": [], "activity_type": []},
+           {"lead_id": ["A"], "status": ["open"], "closed_at": [""]})  # fmt: skip
+    with pytest.raises(DataError, match=r"none of the 3 lead rows can be used: leads: created_at") as refused:
+        load_crm(tmp_path)
+    assert refused.value.quarantine is not None and len(refused.value.quarantine.frame()) >= 3
 
 
 def test_a_file_that_cannot_be_opened_is_named(tmp_path, monkeypatch):
@@ -165,3 +210,11 @@ def test_a_file_that_cannot_be_opened_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(ingest, "_check_header", refuse)
     with pytest.raises(DataError, match=r"leads\.csv: cannot open \(Permission denied\)"):
         load_crm(tmp_path)
+
+
+def test_an_export_without_activities_is_read_with_a_note_that_engagement_is_zero(tmp_path):
+    _write(tmp_path, {"lead_id": ["A"], "created_at": ["2025-01-01"]},
+           {"lead_id": [], "occurred_at": [], "activity_type": []},
+           {"lead_id": ["A"], "status": ["open"], "closed_at": [""]})  # fmt: skip
+    crm = load_crm(tmp_path)
+    assert any("no usable activity (0 rows): every engagement feature is 0" in note for note in crm.quarantine.notes)

@@ -71,3 +71,23 @@ def test_a_test_set_too_small_to_judge_fails_its_gate(params):
     assert not small.passed and small.detail == "test rows: 4 converted, 2 lost vs minimum 20 of each"
     enough = check_gates(params.gates, {**lucky, "n": 60, "positives": 25}, 0.9, ChampionCheck(None, None, ""))
     assert next(g for g in enough if g.name == "min_test_examples_per_class").passed
+
+
+def test_the_champion_is_compared_when_only_its_technologies_differ(champion_store, small_crm_dir, monkeypatch):
+    # The technologies are learned from each export: one of the champion's that is not among
+    # this export's used to leave the "not worse than the champion" gate unchecked.
+    from features.params import load_params
+    from training.pipeline import prepare_crm
+    from training.register import champion_auc
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", champion_store)
+    dataset = prepare_crm(small_crm_dir, load_params())
+    test = (dataset.split.assignment == "test").to_numpy()
+    features, label = dataset.features[test], dataset.label[test].to_numpy()
+    technology = next(c for c in features.columns if c.startswith("uses_"))
+    same = champion_auc("svc-model", "crm", features, label)
+    other = champion_auc("svc-model", "crm", features.drop(columns=technology), label)
+    assert same.auc is not None and other.auc is not None and f"{technology} read as 0" in other.note
+    assert abs(same.auc - other.auc) < 0.05
+    industry = champion_auc("svc-model", "crm", features.drop(columns="industry"), label)
+    assert industry.auc is None and "industry" in industry.note  # other columns are a real difference

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,10 @@ def test_generate_writes_the_export_with_truth(tmp_path, store):
     for name in ("leads.csv", "activities.csv", "outcomes.csv", "truth.csv"):
         assert (tmp_path / name).stat().st_size > 0
     assert "activities.csv" in result.stdout
+    # A real export (no truth.csv) in the folder is not overwritten without --force.
+    (tmp_path / "truth.csv").unlink()
+    again = leadscore("generate", "--out", str(tmp_path), "--leads", "500", store=store)
+    assert again.returncode == 2 and "not generated here" in again.stderr and "--force" in again.stderr
 
 
 def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, params_file, tmp_path, store):
@@ -70,6 +75,7 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
     run = client.get_run(metrics["model"]["run_id"])
     assert run.data.tags["data.hash"] == metrics["data"]["hash"]
     assert run.data.tags["mlflow.source.git.commit"] == run.data.tags["git.commit"]
+    assert run.data.tags["git.uncommitted_changes"] in ("true", "false")
     assert run.data.params["best.learning_rate"] == str(metrics["tuning"]["best_params"]["learning_rate"])
     assert len(client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")) == 3
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
@@ -183,7 +189,9 @@ def test_bad_paths_and_flags_are_clear_errors(tmp_path, store):
     unusable = leadscore("train", "--data", str(same_id), "--label", "Revenue", "--id", "Month", store=store)
     assert unusable.returncode == 2, unusable.stdout + unusable.stderr
     assert "none of its 60 rows can be used: id 'Month' appears more than once (60 rows)" in unusable.stderr
-    assert "Traceback" not in unusable.stderr and len(unusable.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in unusable.stderr
+    (kept,) = re.findall(r"quarantined rows, each with its reason: (\S+)", unusable.stderr)
+    assert len(pd.read_csv(kept)) == 60  # the rows behind the refusal are named, one reason each
 
 
 def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, params_file, store, monkeypatch):
@@ -326,3 +334,6 @@ def test_a_baseline_beating_the_tuned_model_is_warned_about_with_the_strongest_k
     # With leakage.action: warn a flagged column stays in the model, and is the first suspect.
     (kept,) = trailing_baseline_warnings(0.934, baselines, audit, ["Tags", *used])
     assert "uses: Tags (0.920), Lead Quality (0.800), TotalVisits (0.700);" in kept
+    assert "--drop" in kept
+    (crm,) = trailing_baseline_warnings(0.934, baselines, audit, used, "crm")
+    assert "--drop" not in crm and "before the outcome" in crm  # --drop is for flat files only

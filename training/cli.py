@@ -39,6 +39,7 @@ class RichReporter:
         self._progress: Progress | None = None
         self._task: Any = None
         self._started = time.perf_counter()
+        self._done, self._total, self._last_line = 0, 0, self._started
 
     def stage(self, text: str) -> None:
         console.print(f"[dim]{time.perf_counter() - self._started:6.1f}s[/dim] [bold]{escape(text)}[/bold]")
@@ -50,6 +51,9 @@ class RichReporter:
         console.print(f"        [yellow]! {escape(text)}[/yellow]")
 
     def trials_started(self, total: int) -> None:
+        self._done, self._total, self._last_line = 0, total, time.perf_counter()
+        if not console.is_terminal:
+            return  # a log (cron, CI): a bar would print once, at the end; lines every 15 s instead
         self._progress = Progress(
             TextColumn("        trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[best]}"),
             TimeElapsedColumn(), console=console, transient=False,
@@ -58,14 +62,22 @@ class RichReporter:
         self._task = self._progress.add_task("tuning", total=total, best="")
 
     def trial_done(self, number: int, state: str, best: float | None) -> None:
+        self._done += 1
+        shown = f"best validation score {best:.4f}" if best is not None else ""
         if self._progress is not None:
-            shown = f"best validation score {best:.4f}" if best is not None else ""
             self._progress.update(self._task, advance=1, best=shown)
+        elif time.perf_counter() - self._last_line >= 15:
+            self._last_line = time.perf_counter()
+            self.note(f"trials: {self._done} of at most {self._total} done; {shown}")
 
     def trials_finished(self) -> None:
         if self._progress is not None:
+            # The time budget may end the search before the trial count: the bar says so.
+            self._progress.update(self._task, total=self._done)
             self._progress.stop()
             self._progress = None
+        if self._done:
+            self.note(f"{self._done} trials run (at most {self._total}; tuning.timeout_seconds may end it sooner)")
 
 
 def _leads(count: int) -> str:
@@ -110,8 +122,17 @@ def generate(
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same files)")] = 7,
     start: Annotated[str, typer.Option("--start", help="First day of the period (YYYY-MM-DD)")] = "2024-11-01",
     months: Annotated[int, typer.Option("--months", min=2, max=120, help="Length of the period in 30-day months")] = 24,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite a CRM export in --out that was not generated here")
+    ] = False,
 ) -> None:
     """Generate a synthetic CRM export in the raw data contract, with known truth."""
+    from features.schema import TABLE_FILES, TRUTH_FILE
+
+    existing = [name for name in TABLE_FILES.values() if (out / name).is_file()]
+    if existing and not (out / TRUTH_FILE).is_file() and not force:
+        # No truth.csv: a real export, maybe the only copy, not an earlier synthetic one.
+        _fail(f"{out} holds {', '.join(existing)} of an export not generated here; give another --out (or --force)")
     started = time.perf_counter()
     with console.status(f"Simulating {leads:,} leads over {months} months"):
         try:
@@ -368,7 +389,7 @@ def train(
             reporter.note(note)
         metrics = train_and_register(dataset, params, reporter, model_name=model_name, **fit_options)
     except (DataError, ParamsError) as exc:
-        _fail(str(exc) + _kept_quarantine(dataset))
+        _fail(str(exc) + _kept_quarantine(dataset, exc))
     except OSError as exc:
         _fail(_os_error_text(exc))
     except typer.Exit:
@@ -406,6 +427,15 @@ def _check_output_file(path: Path, *, what: str) -> None:
         _fail(f"cannot write {what} to {path}: {folder} is a file, not a folder")
     if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         _fail(f"cannot write {what} to {path}: permission denied")
+    if folder == path.parent:  # try the write itself: some folders (/proc, a full disk) pass access()
+        existed = path.exists()
+        try:
+            with path.open("a"):
+                pass
+        except OSError as exc:
+            _fail(f"cannot write {what} to {path}: {exc.strerror or exc}")
+        if not existed:
+            path.unlink(missing_ok=True)
 
 
 def flat_model_name(base: str, label: str) -> str:
@@ -418,7 +448,7 @@ def flat_model_name(base: str, label: str) -> str:
     return f"{base}-flat" + (f"-{slug}" if slug else "")
 
 
-def _kept_quarantine(dataset: Any) -> str:
+def _kept_quarantine(dataset: Any, error: Exception | None = None) -> str:
     """Write the quarantined rows of a run that stopped after loading; the text to append.
 
     A refusal such as "only 12 converted examples" often follows from rows quarantined on
@@ -426,10 +456,11 @@ def _kept_quarantine(dataset: Any) -> str:
     """
     from training.pipeline import write_quarantine
 
-    if dataset is None:
+    quarantine = dataset.quarantine if dataset is not None else getattr(error, "quarantine", None)
+    if quarantine is None:
         return ""
     try:
-        path = write_quarantine(dataset.quarantine.frame(), time.strftime("%Y%m%d-%H%M%S"))
+        path = write_quarantine(quarantine.frame(), time.strftime("%Y%m%d-%H%M%S"))
     except OSError as exc:
         return f" (the quarantined rows could not be written: {_os_error_text(exc)})"
     return f"\nquarantined rows, each with its reason: {path}" if path else ""
@@ -438,10 +469,17 @@ def _kept_quarantine(dataset: Any) -> str:
 def _check_model_folders() -> None:
     """A read-only or full models/ (or store folder), or a tracking server that does not
     answer, is reported before a long run, not after."""
-    from features.tracking import MODELS_DIR, local_store_folder, tracking_problem
+    from features.tracking import MODELS_DIR, local_store_folder, tracking_problem, tracking_uri, uri_mistake
 
+    # MLflow retries a server for minutes per call by default: one that stops mid-run would
+    # leave a training run silent that long. A few quick retries ride out a restart.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     store = local_store_folder()
     if store is not None:
+        mistake = uri_mistake(tracking_uri())
+        if mistake:
+            _fail(f"MLFLOW_TRACKING_URI={tracking_uri()}: {mistake}")
         check_writable(store, what="the MLflow store (runs and registered models)")
     else:  # a local sqlite store is checked by writing to its folder
         problem = tracking_problem()

@@ -56,7 +56,11 @@ EMBEDDED_DIR = MODELS_DIR / "embedded"
 
 
 def trailing_baseline_warnings(
-    test_auc: float, baselines: dict[str, dict[str, float]], audit: pd.DataFrame, used_columns: list[str]
+    test_auc: float,
+    baselines: dict[str, dict[str, float]],
+    audit: pd.DataFrame,
+    used_columns: list[str],
+    kind: str = "flat",
 ) -> list[str]:
     """A warning when a baseline beats the tuned model on the test rows, with where to look.
 
@@ -74,7 +78,8 @@ def trailing_baseline_warnings(
         "steady one means the search space (tuning.search_space in params.yaml) does not suit this data, "
         "e.g. shallow trees where the signal sits in deep interactions, as with columns that nearly give "
         f"the outcome away. The strongest single columns the model uses: {suspects}; if any is "
-        "recorded after the outcome is known, leave it out (--drop)."
+        "recorded after the outcome is known, "
+        + ("leave it out (--drop)." if kind == "flat" else "export it as it stood before the outcome, or not at all.")
     ]
 
 
@@ -124,19 +129,21 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def git_commit() -> str:
+def git_commit() -> tuple[str, bool]:
+    """The project's commit and whether tracked files differ from it; ("unknown", False) when
+    the project is not its own git checkout (an archive, maybe inside another repository)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-        return out.stdout.strip()
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != PROJECT_ROOT.resolve():
+            return "unknown", False
+        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return "unknown", False
 
 
 def ensure_embedded_data(params: Params, reporter: Reporter) -> Path:
@@ -178,7 +185,8 @@ def prepare_crm(
     if examples.empty:
         raise DataError(
             f"{directory}: no training examples: the data spans less than one snapshot "
-            f"({params.features.snapshot_days} days) plus the horizon ({params.features.horizon_days} days)"
+            f"({params.features.snapshot_days} days) plus the horizon ({params.features.horizon_days} days)",
+            crm.quarantine,
         )
     split = split_by_time(examples, params.split, params.features.horizon_days)
     train_leads = crm.leads[crm.leads["lead_id"].isin(examples.loc[split.assignment == "train", "lead_id"])]
@@ -246,7 +254,7 @@ def check_class_counts(label: pd.Series, params: Params) -> None:
     positives, negatives = int(label.sum()), int((label == 0).sum())
     if positives < params.data.min_positive or negatives < params.data.min_negative:
         raise DataError(
-            f"too few examples to train: {positives} converted and {negatives} lost "
+            f"too few examples to train: {positives:,} that converted and {negatives:,} that did not "
             f"(at least {params.data.min_positive} and {params.data.min_negative} are needed)"
         )
 
@@ -399,19 +407,27 @@ def train_and_register(
     if mlflow.get_experiment_by_name(params.mlflow.experiment) is None:
         mlflow.create_experiment(params.mlflow.experiment, artifact_location=artifact_root())
     mlflow.set_experiment(params.mlflow.experiment)
-    commit = git_commit()
+    commit, dirty = git_commit()
     with mlflow.start_run(run_name=f"train-{dataset.kind}") as run:
         mlflow.set_tags(
             {
                 "data.source": dataset.source,
                 "data.hash": dataset.data_hash,
                 "git.commit": commit,
+                # The code that ran is the commit plus these changes: not reproducible from it.
+                "git.uncommitted_changes": str(dirty).lower(),
                 # MLflow's own tag, which its UI shows as the run's source version.
                 "mlflow.source.git.commit": commit,
                 "data.kind": dataset.kind,
             }
         )
         mlflow.log_params({f"tuning.{k}": v for k, v in params.tuning.model_dump().items() if k != "search_space"})
+        # The settings that decide what is trained and promoted, searchable; all of them as a file.
+        for section in ("gates", "split", "features", "calibration", "leakage"):
+            values = getattr(params, section).model_dump(mode="json")
+            mlflow.log_params({f"{section}.{k}": str(v)[:490] for k, v in values.items()})
+        mlflow.log_params({f"search_space.{k}": str(v)[:490] for k, v in params.tuning.search_space.items()})
+        mlflow.log_dict(params.model_dump(mode="json"), "params.json")
         mlflow.log_params(
             {
                 "split": dataset.split.description[:490],
@@ -503,7 +519,9 @@ def train_and_register(
         )
         baselines = {name: {"roc_auc": float(roc_auc_score(labels["test"], p))} for name, p in baseline_probs.items()}
         best_baseline = max(b["roc_auc"] for b in baselines.values())
-        run_warnings = trailing_baseline_warnings(test_metrics["roc_auc"], baselines, audit, list(spec.columns))
+        run_warnings = trailing_baseline_warnings(
+            test_metrics["roc_auc"], baselines, audit, list(spec.columns), dataset.kind
+        )
         for text in run_warnings:
             reporter.warn(text)
         bayes = None
@@ -566,6 +584,7 @@ def train_and_register(
                 "data_source": dataset.source,
                 "data_hash": dataset.data_hash,
                 "git_commit": commit,
+                "git_uncommitted_changes": dirty,
                 "run_id": run.info.run_id,
                 "test_metrics": test_metrics,
                 "calibration": calibrator.method,
