@@ -144,3 +144,16 @@ def tracking_problem(timeout_seconds: int = 10) -> str | None:
             else:
                 os.environ[name] = value
     return None
+
+
+def server_lost(exc: BaseException) -> str | None:
+    """A one-line message when `exc` is the tracking server no longer answering mid-run."""
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return None
+    if not re.search(r"Connection refused|Max retries exceeded|Name or service not known|timed out", str(exc)):
+        return None
+    return (
+        f"the tracking server at {_shown(uri)} stopped answering during the run; the run stays unfinished "
+        "there and @champion did not move. Train again once `mlflow server` is back."
+    )

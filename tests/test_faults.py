@@ -261,3 +261,14 @@ def test_a_mistyped_tracking_uri_is_named_before_mlflow_reads_it_some_other_way(
     assert said in (uri_mistake(uri) or ""), uri_mistake(uri)
     assert _shown(uri) == uri  # no password to mask, and no error for a malformed one
     assert uri_mistake(f"sqlite:///{tmp_path}/new.db") is None and uri_mistake("http://127.0.0.1:5000") is None
+
+
+def test_a_tracking_server_lost_mid_run_is_said_in_one_line(monkeypatch, tmp_path):
+    from features.tracking import server_lost
+
+    refused = ConnectionError("HTTPConnectionPool(host='127.0.0.1', port=5077): Max retries exceeded")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5077")
+    assert "stopped answering during the run" in server_lost(refused)
+    assert server_lost(ValueError("a bug")) is None
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    assert server_lost(refused) is None

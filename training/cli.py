@@ -252,7 +252,8 @@ def _summary(metrics: dict[str, Any]) -> None:
     else:
         console.print(
             f"[yellow]Registered {model['name']} version {model['version']}; not promoted: "
-            "a gate failed, @champion unchanged[/yellow]"
+            f"{', '.join(g['name'] for g in metrics['gates'] if not g['passed']) or 'a gate'} failed, "
+            "@champion unchanged[/yellow]"
         )
     if metrics["data"]["kind"] == "flat":
         # Scoring reads @champion: until a run passes the gates there is none to score with.
@@ -395,10 +396,15 @@ def train(
     except typer.Exit:
         raise
     except Exception as exc:  # an unexpected failure still gets a one-line message
+        from features.tracking import server_lost
+
         if os.environ.get("LEADSCORE_DEBUG"):
             raise
         _fail(
-            f"training failed: {type(exc).__name__}: {exc} (set LEADSCORE_DEBUG=1 to see the traceback)"
+            (
+                server_lost(exc)
+                or f"training failed: {type(exc).__name__}: {exc} (set LEADSCORE_DEBUG=1 to see the traceback)"
+            )
             + _kept_quarantine(dataset)
         )
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -29,7 +30,11 @@ def evaluation_plots(
 ) -> list[Path]:
     """ROC and precision-recall (model and baselines), calibration curve, lift by decile."""
     out.mkdir(parents=True, exist_ok=True)
-    curves = {"tuned LightGBM (calibrated)": probability, **baselines}
+    shown_names = {
+        "logistic_regression": "baseline: logistic regression",
+        "lightgbm_default": "baseline: LightGBM defaults",
+    }
+    curves = {"tuned LightGBM (calibrated)": probability, **{shown_names.get(k, k): v for k, v in baselines.items()}}
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, p in curves.items():
         fpr, tpr, _ = roc_curve(label, p)
@@ -63,6 +68,7 @@ def evaluation_plots(
     lift = lift_by_decile(label, probability)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.bar(lift["decile"], lift["lift"])
+    ax.set_xticks(lift["decile"])
     ax.axhline(1, color="k", ls=":", lw=1)
     ax.set(xlabel="score decile (1 = top 10%)", ylabel="lift over base rate", title="Lift by decile")
     paths.append(_save(fig, out / "lift.png"))
@@ -70,16 +76,25 @@ def evaluation_plots(
 
 
 def shap_summary_plot(booster: lgb.Booster, x: pd.DataFrame, out: Path) -> Path:
-    """SHAP beeswarm of the booster on a sample of rows (log-odds contributions)."""
+    """SHAP beeswarm of the booster on a sample of rows (log-odds contributions).
+
+    Colour is a value's rank for numeric columns only: category codes are in no order, so
+    categorical columns are drawn grey (SHAP's colour for a value it cannot rank)."""
     contributions = booster.predict(x, pred_contrib=True)[:, :-1]
-    shown = x.apply(lambda col: col.cat.codes.where(col.notna()) if isinstance(col.dtype, pd.CategoricalDtype) else col)
-    shap.summary_plot(
-        contributions,
-        shown.astype(float),
-        feature_names=list(x.columns),
-        show=False,
-        max_display=20,
+    shown = pd.DataFrame(
+        {c: np.nan if isinstance(x[c].dtype, pd.CategoricalDtype) else x[c] for c in x.columns}, index=x.index
     )
+    with warnings.catch_warnings():  # an all-missing (categorical) column has no colour range
+        warnings.simplefilter("ignore", RuntimeWarning)
+        shap.summary_plot(
+            contributions,
+            shown.astype(float),
+            feature_names=list(x.columns),
+            show=False,
+            max_display=20,
+        )
     fig = plt.gcf()
+    fig.axes[0].set_xlabel("contribution to the score, in log-odds before calibration (SHAP)")
+    fig.axes[0].set_title(f"What moves the score: top features on {len(x):,} test rows (grey: categories)")
     fig.set_size_inches(8, 7)
     return _save(fig, out / "shap_summary.png")
