@@ -141,6 +141,9 @@ def as_of_view(crm: CrmData, moment: pd.Timestamp) -> CrmData:
     """
     moment = pd.Timestamp(moment)
     leads = crm.leads[crm.leads["created_at"] < moment].reset_index(drop=True)
+    if leads.empty:
+        first = crm.leads["created_at"].min()
+        raise DataError(f"no lead was created before {moment:%Y-%m-%d}: the export starts {first:%Y-%m-%d}")
     activities = crm.activities[
         crm.activities["lead_id"].isin(leads["lead_id"]) & (crm.activities["occurred_at"] < moment)
     ].reset_index(drop=True)

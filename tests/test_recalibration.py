@@ -149,3 +149,22 @@ def test_cli_exits_non_zero_with_a_clear_message_when_it_cannot_run(export, sett
                           capture_output=True, text=True, env=env)  # fmt: skip
     assert done.returncode != 0
     assert "nothing to recalibrate against" in done.stderr and "Traceback" not in done.stderr
+    # Checked before any work: a report folder that cannot be written, a date after today.
+    (export.parent / "a_file").write_text("")
+    report_dir = str(export.parent / "a_file" / "report")
+    unwritable = subprocess.run([cli, "recalibrate", "--data", str(export), "--report-dir", report_dir],
+                                capture_output=True, text=True, env=env)  # fmt: skip
+    assert unwritable.returncode == 2 and "cannot write the report" in unwritable.stderr, unwritable.stderr
+    assert "Building" not in unwritable.stdout
+    future = subprocess.run([cli, "recalibrate", "--data", str(export), "--as-of", "2999-01-01"],
+                            capture_output=True, text=True, env=env)  # fmt: skip
+    assert future.returncode == 2 and "after today" in future.stderr
+    # rollback: a params file that does not load is one line, not a traceback.
+    bad_params = subprocess.run([cli, "rollback"], capture_output=True, text=True,
+                                env={**env, "LEADSCORE_PARAMS": str(export.parent / "missing.yaml")})  # fmt: skip
+    assert bad_params.returncode == 2 and "Traceback" not in bad_params.stderr and "missing.yaml" in bad_params.stderr
+
+
+def test_an_as_of_before_the_export_is_a_clear_error(export, settings, champion):
+    with pytest.raises(RecalibrationError, match="no lead was created before 1999-01-01: the export starts"):
+        recalibrate(load_params(**settings), model_name=MODEL, data=export, as_of=pd.Timestamp("1999-01-01"))

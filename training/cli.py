@@ -331,6 +331,7 @@ def train(
         ensure_embedded_data,
         prepare_crm,
         prepare_flat,
+        report_quarantine,
         train_and_register,
     )
 
@@ -377,17 +378,11 @@ def train(
             dataset = prepare_flat(data, flat_profile, params)
         else:
             _fail(f"{data}: no such file or folder")
-        quarantined = dataset.quarantine.frame()
         reporter.note(
             f"{len(dataset.features):,} examples, {len(dataset.features.columns)} candidate features; "
             f"split {dataset.split.description}"
         )
-        if not quarantined.empty:
-            kinds = quarantined["reason"].str.split(":").str[0]
-            for (table_name, reason), count in quarantined.groupby([quarantined["table"], kinds]).size().items():
-                reporter.warn(f"quarantined {count:,} {table_name} row(s): {reason}")
-        for note in dataset.quarantine.notes:
-            reporter.note(note)
+        report_quarantine(dataset.quarantine, reporter)
         metrics = train_and_register(dataset, params, reporter, model_name=model_name, **fit_options)
     except (DataError, ParamsError) as exc:
         _fail(str(exc) + _kept_quarantine(dataset, exc))
@@ -472,15 +467,20 @@ def _kept_quarantine(dataset: Any, error: Exception | None = None) -> str:
     return f"\nquarantined rows, each with its reason: {path}" if path else ""
 
 
+def _bound_mlflow_retries() -> None:
+    """MLflow retries a server for minutes per call by default: one that stops mid-run would
+    leave a command silent that long. A few quick retries ride out a restart; a user's own
+    settings win."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
 def _check_model_folders() -> None:
     """A read-only or full models/ (or store folder), or a tracking server that does not
     answer, is reported before a long run, not after."""
     from features.tracking import MODELS_DIR, local_store_folder, tracking_problem, tracking_uri, uri_mistake
 
-    # MLflow retries a server for minutes per call by default: one that stops mid-run would
-    # leave a training run silent that long. A few quick retries ride out a restart.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    _bound_mlflow_retries()
     store = local_store_folder()
     if store is not None:
         mistake = uri_mistake(tracking_uri())
@@ -752,14 +752,20 @@ def recalibrate(
     _quiet_libraries()
     try:
         _check_model_folders()
+        if report_dir is not None:
+            check_writable(report_dir, what="the report")
         params = load_params()
         moment = pd_timestamp(as_of) if as_of else None
+        if moment is not None and moment > pd_timestamp("now").ceil("D"):
+            _fail(f"--as-of {as_of}: after today; a recalibration cannot see past the export's end")
         summary = run_recalibration(
             params, model_name=model_name or params.mlflow.model_name, data=data, as_of=moment,
             dry_run=dry_run, if_drifted=if_drifted, report_dir=report_dir, reporter=RichReporter(),
         )  # fmt: skip
     except (RecalibrationError, DataError, ParamsError) as exc:
-        _fail(str(exc))
+        _fail(str(exc) + _kept_quarantine(None, exc.__cause__ or exc))
+    except typer.Exit:
+        raise
     except OSError as exc:
         _fail(f"recalibration stopped, the champion is unchanged: {exc.strerror or exc}")
     except Exception as exc:  # e.g. the tracking server down half-way: the champion is untouched
@@ -793,12 +799,21 @@ def rollback(
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from features.tracking import tracking_uri
+    from features.tracking import local_store_folder, tracking_problem, tracking_uri, uri_mistake
     from training.register import rollback as roll_back
 
     _quiet_libraries()
-    params = load_params()
+    try:
+        params = load_params()
+    except ParamsError as exc:
+        _fail(str(exc))
     name = model_name or params.mlflow.model_name
+    _bound_mlflow_retries()
+    problem = uri_mistake(tracking_uri()) or (None if local_store_folder() else tracking_problem())
+    if problem:
+        _fail(
+            problem if problem.startswith("MLFLOW_TRACKING_URI") else f"MLFLOW_TRACKING_URI={tracking_uri()}: {problem}"
+        )
     mlflow.set_tracking_uri(tracking_uri())
     try:
         now, was = roll_back(name)

@@ -83,6 +83,17 @@ def trailing_baseline_warnings(
     ]
 
 
+def report_quarantine(quarantine: Quarantine, reporter: Reporter) -> None:
+    """Quarantined rows counted by table and reason, then the notes on cleaned values."""
+    rows = quarantine.frame()
+    if not rows.empty:
+        kinds = rows["reason"].str.split(":").str[0]
+        for (table_name, reason), count in rows.groupby([rows["table"], kinds]).size().items():
+            reporter.warn(f"quarantined {count:,} {table_name} row(s): {reason}")
+    for note in quarantine.notes:
+        reporter.note(note)
+
+
 class Reporter:
     """Progress of a training run; the CLI renders it with rich, tests stay quiet."""
 

@@ -24,7 +24,14 @@ from serving.charts import columns, horizontal_bars
 from serving.scoring import LoadedModel, ModelNotReady, load_champion
 from training.drift import conversion_shift, feature_drift, psi_numeric
 from training.evaluate import classification_metrics, conversion_by_grade
-from training.pipeline import Dataset, Reporter, ensure_embedded_data, prepare_crm, train_and_register
+from training.pipeline import (
+    Dataset,
+    Reporter,
+    ensure_embedded_data,
+    prepare_crm,
+    report_quarantine,
+    train_and_register,
+)
 from training.register import promote
 from training.thresholds import f1_threshold, grade_bands, precision_threshold, top_share_threshold
 
@@ -79,11 +86,17 @@ def recalibrate(
         except ModelNotReady as exc:
             raise RecalibrationError(f"nothing to recalibrate against: {exc}") from exc
         directory = data or ensure_embedded_data(params, reporter)
-        reporter.stage(f"Building the {settings.window_days}-day window ending {as_of or 'at the end of the export'}")
+        if data is None:
+            reporter.warn(f"no --data: recalibrating on the embedded synthetic export ({directory}), not yours")
+        reporter.stage(
+            f"Building the {settings.window_days}-day window of {directory} ending "
+            f"{as_of or 'at the end of the export'}"
+        )
         try:
             dataset = prepare_crm(directory, params, as_of=as_of, window_days=settings.window_days)
         except DataError as exc:
             raise RecalibrationError(str(exc)) from exc
+        report_quarantine(dataset.quarantine, reporter)
         newest = dataset.split.windows.get("test")
         champion_test = champion.scorer.metadata.get("test_window")
         if newest and champion_test and str(newest[1]) <= str(champion_test[1]):
@@ -122,6 +135,8 @@ def recalibrate(
             )  # fmt: skip
         except DataError as exc:
             raise RecalibrationError(str(exc)) from exc
+        if metrics["data"]["quarantine_file"]:
+            reporter.note(f"quarantine: {metrics['data']['quarantine_file']}")
         summary["comparison"] = compare(dataset, champion, captured, params)
         meta = champion.scorer.metadata
         summary["thresholds"] = {
@@ -137,11 +152,22 @@ def recalibrate(
             summary |= {"decision": "dry run", "why": "nothing changed" + (" (the gates would pass)" if passed else
                                                                            " (the gates would fail)")}  # fmt: skip
         elif passed:
-            before = promote(model_name, metrics["model"]["version"])
-            summary |= {"decision": "promoted", "why": f"all gates passed; v{before} is now @previous"}
+            new = metrics["model"]["version"]
+            before = promote(model_name, new)
+            summary |= {"decision": "promoted", "why": f"all gates passed; v{new} is @champion, v{before} is @previous"}
+            try:
+                return _finish(summary, report_dir, summary["run_id"])
+            except Exception as exc:  # the promotion stands: say so, not "unchanged"
+                raise RecalibrationError(
+                    f"v{new} was promoted (v{before} is @previous), but the report could not be written: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
         else:
-            failed = [g["name"] for g in metrics["gates"] if not g["passed"]]
-            summary |= {"decision": "kept the champion", "why": "gates failed: " + ", ".join(failed)}
+            failed = [g for g in metrics["gates"] if not g["passed"]]
+            summary |= {
+                "decision": "kept the champion",
+                "why": "gates failed: " + "; ".join(f"{g['name']} ({g['detail']})" for g in failed),
+            }
         return _finish(summary, report_dir, summary["run_id"])
 
 
