@@ -20,6 +20,7 @@ FREE_MAIL_DOMAINS = frozenset(
         "yandex.ru", "proton.me", "protonmail.com", "qq.com", "163.com", "rediffmail.com",
     }
 )  # fmt: skip
+TECH_PREFIX = "uses_"  # a technology's flag column: uses_<technology>
 _TECH_SPLIT = re.compile(r"\s*[;,|]\s*")
 # The optional lead attributes fit features are built from.
 OPTIONAL_LEAD_COLUMNS = (*LEAD_CATEGORICAL, *LEAD_NUMERIC, "email", "do_not_contact", "tech_stack")
@@ -118,7 +119,7 @@ def fit_features(
         unknown = leads["tech_stack"].isna().to_numpy()
         out["n_technologies"] = pd.Series(np.where(unknown, np.nan, [float(len(s)) for s in stacks]))
         for tech in tech_vocabulary:
-            name = "uses_" + re.sub(r"\W+", "_", tech).strip("_")
+            name = TECH_PREFIX + re.sub(r"\W+", "_", tech).strip("_")
             out[name] = pd.Series(np.where(unknown, np.nan, [float(tech in s) for s in stacks]))
     out["bant_confirmed"] = (
         sum((leads[c] == "confirmed").astype(float) for c in BANT_FIELDS if c in leads)

@@ -69,13 +69,12 @@ def _shown(uri: str) -> str:
     """The URI with any password masked, fit for a message."""
     try:
         parts = urllib.parse.urlsplit(uri)
-        if parts.password is None:
-            return uri
+        password = parts.password
     except ValueError:  # "http://[::1": not a URI; shown as given
         return uri
-    if parts.password is None:
+    if password is None:
         return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 

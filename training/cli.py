@@ -809,11 +809,13 @@ def rollback(
         _fail(str(exc))
     name = model_name or params.mlflow.model_name
     _bound_mlflow_retries()
-    problem = uri_mistake(tracking_uri()) or (None if local_store_folder() else tracking_problem())
+    if local_store_folder() is None:
+        problem = tracking_problem()  # the URI's form, then whether the server answers, in seconds
+    else:
+        mistake = uri_mistake(tracking_uri())
+        problem = mistake and f"MLFLOW_TRACKING_URI={tracking_uri()}: {mistake}"
     if problem:
-        _fail(
-            problem if problem.startswith("MLFLOW_TRACKING_URI") else f"MLFLOW_TRACKING_URI={tracking_uri()}: {problem}"
-        )
+        _fail(problem)
     mlflow.set_tracking_uri(tracking_uri())
     try:
         now, was = roll_back(name)

@@ -18,6 +18,7 @@ from mlflow.types.schema import ColSpec, Schema
 from sklearn.metrics import roc_auc_score
 
 import features
+from features.fit import TECH_PREFIX
 from features.params import GateParams
 
 logger = logging.getLogger(__name__)
@@ -78,9 +79,6 @@ class ChampionCheck:
     other_inputs: bool = False
 
 
-TECH_PREFIX = "uses_"
-
-
 def champion_auc(model_name: str, kind: str, features_test: pd.DataFrame, label: np.ndarray) -> ChampionCheck:
     """The current champion's ROC AUC on this run's test set, when it can be compared."""
     client = MlflowClient()
@@ -97,12 +95,12 @@ def champion_auc(model_name: str, kind: str, features_test: pd.DataFrame, label:
     missing = [c for c in scorer.spec.columns if c not in features_test.columns]
     note = ""
     technologies = [c for c in missing if c.startswith(TECH_PREFIX)]
-    if kind == "crm" and missing == technologies:
+    if kind == "crm" and technologies and missing == technologies:
         # The technologies learned from the export change with it (its top ones): a technology
         # of the champion's that is not among this export's is read as "not used", a small
         # handicap for the champion, rather than leaving the gate unchecked.
         features_test = features_test.assign(**dict.fromkeys(technologies, 0.0))
-        note = f" ({', '.join(technologies[:5])} read as 0: not among this export's technologies)" if missing else ""
+        note = f" ({', '.join(technologies[:5])} read as 0: not among this export's technologies)"
         missing = []
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
