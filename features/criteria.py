@@ -135,6 +135,15 @@ def _nurture_reason(score: float, fit: float, engagement: float, criteria: Crite
         ("engagement", engagement, mql.min_engagement),
     ):
         if not value >= needed:
-            shown = "unknown" if np.isnan(value) else f"{value:.0f}"
-            short.append(f"{label} {shown} < {needed:g}")
+            short.append(f"{label} {'unknown' if np.isnan(value) else _shown_below(value, needed)} < {needed:g}")
     return "Not yet MQL: " + ", ".join(short)
+
+
+def _shown_below(value: float, needed: float) -> str:
+    """`value` rounded, with as many decimals as it takes to read below `needed` (9.7 of 10
+    is "9.7", not "10")."""
+    for decimals in range(4):
+        shown = f"{value:.{decimals}f}"
+        if float(shown) < needed:
+            return shown
+    return repr(value)

@@ -6,6 +6,7 @@ scheduler address (a cluster started by hand, dask-kubernetes, ...)."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import zlib
@@ -16,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 from distributed import WorkerPlugin
 
-from features.ingest import DataError
+from features.ingest import DataError, header_separator
 from features.schema import contract_names
 from serving.batch import OUTPUT_COLUMNS, score_batch
 from serving.scoring import LoadedModel, load_champion
@@ -77,7 +78,11 @@ def read_frame(path: Path, *, blocksize: str = "64MB"):
     if text.endswith((".parquet", ".pq")) or Path(text).is_dir():
         frame = dd.read_parquet(text)
         return frame.map_partitions(lambda part: part.astype(object).where(part.notna(), "").astype(str))
-    return dd.read_csv(text, dtype=str, keep_default_na=False, blocksize=blocksize)
+    # The separator the header uses, as the single-process reader takes it (`;` from a
+    # spreadsheet in a comma-decimal locale); a glob's files are one export, so its first.
+    first = next(iter(sorted(glob.glob(text))), None)
+    sep = header_separator(Path(first)) if first else ","
+    return dd.read_csv(text, sep=sep, dtype=str, keep_default_na=False, blocksize=blocksize)
 
 
 def _contract_frame(frame, table: str, path: Path):

@@ -120,6 +120,28 @@ def champion_version(model_name: str, alias: str = CHAMPION) -> str:
         raise ModelNotReady(f"registry {tracking_uri()} unreachable: {type(exc).__name__}: {exc}") from exc
 
 
+def load_chosen(model_name: str, which: str | None) -> LoadedModel:
+    """The model a person named: a version number, an alias (`previous`, `@challenger`), or
+    the champion when `which` is None.
+
+    Raises:
+        ModelNotReady: no such version or alias, or the registry unreachable.
+    """
+    if which is None:
+        return load_champion(model_name)
+    which = which.strip().lstrip("@")
+    if not which.isdigit():
+        return load_champion(model_name, which)
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        MlflowClient().get_model_version(model_name, which)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            raise ModelNotReady(f"{model_name} has no version {which} in {tracking_uri()}") from exc
+        raise ModelNotReady(f"registry {tracking_uri()} unreachable or failing: {str(exc)[:300]}") from exc
+    return load_champion(model_name, f"version {which}", version=which)
+
+
 def load_champion(model_name: str, alias: str = CHAMPION, *, version: str | None = None) -> LoadedModel:
     """Resolve `models:/<name>@<alias>` in the configured registry and load that version
     (or the given `version`, as resolved by the caller).

@@ -1,4 +1,5 @@
 import numpy as np
+from sklearn.metrics import log_loss
 
 from features.calibration import Calibrator
 from training.calibrate import choose_calibrator
@@ -11,9 +12,13 @@ def test_calibration_repairs_overconfident_margins(params):
     y = (rng.random(20000) < 1 / (1 + np.exp(-true_logit))).astype(int)
     margin = 2.5 * true_logit + 1.0  # an overconfident, shifted model
     raw = 1 / (1 + np.exp(-margin))
-    calibrator, scores = choose_calibrator(margin, y, params.calibration)
+    calibrator, scores, held_out = choose_calibrator(margin, y, params.calibration)
     assert set(scores) == {"isotonic", "sigmoid"}
     assert expected_calibration_error(y, calibrator.apply(margin)) < 0.02 < expected_calibration_error(y, raw)
+    # The held-out probabilities are of the chosen method, each row calibrated without it.
+    assert expected_calibration_error(y, held_out) < 0.02
+    assert not np.allclose(held_out, calibrator.apply(margin))
+    assert abs(log_loss(y, held_out) - scores[calibrator.method]) < 1e-12
 
 
 def test_calibrator_round_trips_through_plain_numbers():

@@ -37,6 +37,11 @@ def test_each_stage_with_its_rule_and_action(params):
     assert out["recycle_on"][:4].isna().all()
 
 
+def test_a_value_just_below_a_threshold_never_reads_as_reaching_it(params):
+    out = qualify(pd.DataFrame([_lead(score=9.7, fit=39.96, engagement=20.0)]), params.criteria, AS_OF)
+    assert out.loc[0, "stage_reason"] == "Not yet MQL: score 9.7 < 10, fit 39.96 < 40, engagement 20 < 50"
+
+
 def test_sql_needs_a_recent_hand_raise_and_bant(params):
     leads = pd.DataFrame([
         _lead(score=40, days_since_hand_raise=45, bant_confirmed=3),

@@ -82,7 +82,7 @@ def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(champion, champion
     assert set(got["lead_id"]) == set(single.scored["lead_id"])
 
 
-def test_features_on_dask_equal_the_single_process_features(client, small_crm_dir):
+def test_features_on_dask_equal_the_single_process_features(client, small_crm_dir, tmp_path):
     from features.build import build_crm_features
     from features.ingest import load_crm
     from features.params import load_params
@@ -90,7 +90,10 @@ def test_features_on_dask_equal_the_single_process_features(client, small_crm_di
 
     params = load_params()
     vocabulary = ["salesforce", "hubspot"]
-    got = features_on_dask(read_frame(small_crm_dir / "leads.csv"), read_frame(small_crm_dir / "activities.csv"),
+    # Leads saved with ';' (a spreadsheet in a comma-decimal locale) read as the CSV reader does.
+    semicolon = tmp_path / "leads.csv"
+    pd.read_csv(small_crm_dir / "leads.csv", dtype=str, keep_default_na=False).to_csv(semicolon, sep=";", index=False)
+    got = features_on_dask(read_frame(semicolon), read_frame(small_crm_dir / "activities.csv"),
                            AS_OF, params.features, vocabulary, partitions=5).compute()  # fmt: skip
     crm = load_crm(small_crm_dir)
     leads = crm.leads[crm.leads["created_at"] < AS_OF].reset_index(drop=True)

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from features.params import load_params
 from features.synthetic import generate_crm, write_crm
 from training.pipeline import prepare_crm, train_and_register
-from training.recalibrate import RecalibrationError, exclusive, recalibrate
+from training.recalibrate import EXIT_LOCKED, EXIT_NO_NEW_DATA, RecalibrationError, exclusive, recalibrate
 
 pytestmark = pytest.mark.slow
 MODEL = "recal-model"
@@ -66,6 +66,12 @@ def _has(client, alias: str) -> bool:
     return True
 
 
+def mlflow_json(client: MlflowClient, run_id: str, name: str) -> dict:
+    import json
+
+    return json.loads(Path(client.download_artifacts(run_id, name)).read_text())
+
+
 def _versions() -> list[str]:
     return sorted(v.version for v in MlflowClient().search_model_versions(f"name='{MODEL}'"))
 
@@ -76,8 +82,10 @@ def test_a_dry_run_changes_nothing(export, settings, champion, tmp_path):
                           report_dir=tmp_path)  # fmt: skip
     assert (_aliases(), _versions()) == before
     assert summary["decision"] == "dry run" and summary["challenger_version"] is None
+    assert MlflowClient().get_run(summary["run_id"]).data.tags["promoted"] == "False"
     report = (tmp_path / "report.md").read_text()
     assert "Dry run" in report and "MQL min score" in report and (tmp_path / "report.html").is_file()
+    assert "rollback" not in report  # nothing was promoted, so nothing to undo
 
 
 def test_if_drifted_skips_quietly_below_the_thresholds(export, settings, champion, tmp_path):
@@ -108,6 +116,8 @@ def test_failing_gates_leave_the_champion(export, settings, champion, tmp_path):
     summary = recalibrate(params, model_name=MODEL, data=export, as_of=LATER, report_dir=tmp_path)
     assert summary["decision"] == "kept the champion" and "max_test_ece" in summary["why"]
     assert _aliases()["champion"] == champion
+    run = MlflowClient().get_run(summary["run_id"]).data.tags
+    assert (run["promoted"], run["gates_passed"]) == ("False", "False")
 
 
 def test_recalibration_detects_drift_moves_thresholds_and_promotes(export, settings, champion, tmp_path):
@@ -120,12 +130,19 @@ def test_recalibration_detects_drift_moves_thresholds_and_promotes(export, setti
     assert summary["decision"] == "promoted", summary["why"]
     aliases = _aliases()
     assert aliases["champion"] == summary["challenger_version"] and aliases["previous"] == champion
+    # The challenger's run, trained while the champion stayed live, now says it was promoted.
+    client = MlflowClient()
+    assert client.get_run(summary["run_id"]).data.tags["promoted"] == "True"
+    metrics = mlflow_json(client, summary["run_id"], "metrics.json")
+    assert metrics["promoted"] is True and metrics["model"]["alias"] == "champion"
+    assert metrics["model"]["previous_champion"] == champion and not _has(client, "challenger")
     report = (tmp_path / "report.md").read_text()
     assert "Decision: promoted" in report and "Drifted features" in report and "rollback" in report
     assert "would change stage" in report and summary["comparison"]["stage_changes"]["of"] > 0
     # The new champion has seen this quarter: running again on the same data is refused.
-    with pytest.raises(RecalibrationError, match="no new data"):
+    with pytest.raises(RecalibrationError, match="no new data") as refused:
         recalibrate(load_params(**settings), model_name=MODEL, data=export, as_of=LATER)
+    assert refused.value.exit_code == EXIT_NO_NEW_DATA
 
 
 def test_two_recalibrations_cannot_run_at_once(export, settings, champion):
@@ -163,6 +180,10 @@ def test_cli_exits_non_zero_with_a_clear_message_when_it_cannot_run(export, sett
     bad_params = subprocess.run([cli, "rollback"], capture_output=True, text=True,
                                 env={**env, "LEADSCORE_PARAMS": str(export.parent / "missing.yaml")})  # fmt: skip
     assert bad_params.returncode == 2 and "Traceback" not in bad_params.stderr and "missing.yaml" in bad_params.stderr
+    # Another recalibration holding the lock has its own exit code: a scheduler retries later.
+    with exclusive(Path(settings["recalibration.lock_file"])):
+        locked = subprocess.run([cli, "recalibrate", "--data", str(export)], capture_output=True, text=True, env=env)
+    assert locked.returncode == EXIT_LOCKED and "another recalibration is running" in locked.stderr
 
 
 def test_an_as_of_before_the_export_is_a_clear_error(export, settings, champion):

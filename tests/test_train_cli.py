@@ -143,6 +143,15 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
     assert str(client.get_model_version_by_alias("crm-model", "previous").version) == "1"
     compared = [g for g in json.loads(metrics_path.read_text())["gates"] if g["name"] == "max_auc_drop_vs_champion"]
     assert "champion v1" in compared[0]["detail"]
+    # Score with a version other than the champion: the one the gates kept out, or a typo.
+    scores = tmp_path / "v2-scores.csv"
+    chosen = leadscore("score", str(small_crm_dir), "-o", str(scores), "--model-version", "2", "--no-snapshot",
+                       "--model-name", "crm-model", store=store)  # fmt: skip
+    assert chosen.returncode == 0, chosen.stderr
+    assert "with crm-model version 2 " in chosen.stdout and len(pd.read_csv(scores)) > 0
+    absent = leadscore("score", str(small_crm_dir), "-o", str(scores), "--model-version", "9",
+                       "--model-name", "crm-model", store=store)  # fmt: skip
+    assert absent.returncode == 2 and "crm-model has no version 9" in absent.stderr, absent.stderr
 
 
 def crm_params(params_file):

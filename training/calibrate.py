@@ -3,6 +3,8 @@ with the lower cross-validated log loss."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
@@ -22,22 +24,27 @@ def fit_calibrator(method: str, margin: np.ndarray, label: np.ndarray) -> Calibr
     return Calibrator("sigmoid", slope=float(platt.coef_[0, 0]), intercept=float(platt.intercept_[0]))
 
 
+class CalibrationChoice(NamedTuple):
+    calibrator: Calibrator
+    cv_log_loss: dict[str, float]
+    # Each validation row calibrated by the chosen method fitted without it: metrics of these
+    # are honest, those of `calibrator` applied to its own rows are not (isotonic fits them).
+    held_out: np.ndarray
+
+
 def choose_calibrator(
     margin: np.ndarray, label: np.ndarray, params: CalibrationParams, seed: int = 0
-) -> tuple[Calibrator, dict[str, float]]:
-    """Pick the method with the lowest cross-validated log loss on validation, refit on all of it.
-
-    Returns:
-        The chosen calibrator and each method's cross-validated log loss.
-    """
+) -> CalibrationChoice:
+    """Pick the method with the lowest cross-validated log loss on validation, refit on all of it."""
     margin = np.asarray(margin, dtype="float64")
     label = np.asarray(label)
     folds = StratifiedKFold(n_splits=params.cv_folds, shuffle=True, random_state=seed)
-    scores = {}
+    scores, held_out = {}, {}
     for method in params.methods:
-        held_out = np.zeros(len(label))
+        held_out[method] = np.zeros(len(label))
         for fit_idx, apply_idx in folds.split(margin.reshape(-1, 1), label):
-            held_out[apply_idx] = fit_calibrator(method, margin[fit_idx], label[fit_idx]).apply(margin[apply_idx])
-        scores[method] = float(log_loss(label, held_out))
+            calibrator = fit_calibrator(method, margin[fit_idx], label[fit_idx])
+            held_out[method][apply_idx] = calibrator.apply(margin[apply_idx])
+        scores[method] = float(log_loss(label, held_out[method]))
     best = min(scores, key=scores.get)
-    return fit_calibrator(best, margin, label), scores
+    return CalibrationChoice(fit_calibrator(best, margin, label), scores, held_out[best])

@@ -8,6 +8,7 @@ import os
 import re
 import time
 import warnings
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,6 +30,8 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
+if not console.is_terminal:  # a log (cron, CI): long lines whole, not wrapped at 80 columns
+    console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)  # one line per error, whatever the width (cron logs)
 
 
@@ -42,7 +45,9 @@ class RichReporter:
         self._done, self._total, self._last_line = 0, 0, self._started
 
     def stage(self, text: str) -> None:
-        console.print(f"[dim]{time.perf_counter() - self._started:6.1f}s[/dim] [bold]{escape(text)}[/bold]")
+        # In a log each stage also says when it began, so a run can be found by its date.
+        when = "" if console.is_terminal else f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S}Z "
+        console.print(f"[dim]{when}{time.perf_counter() - self._started:6.1f}s[/dim] [bold]{escape(text)}[/bold]")
 
     def note(self, text: str) -> None:
         console.print(f"        {escape(text)}")
@@ -84,9 +89,9 @@ def _leads(count: int) -> str:
     return f"{count:,} lead" + ("" if count == 1 else "s")
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
     err.print(f"[red]error:[/red] {escape(message)}")
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=code)
 
 
 def _os_error_text(exc: OSError) -> str:
@@ -576,6 +581,10 @@ def score(
     model_name: Annotated[
         str | None, typer.Option("--model-name", help="Registered model (default from params.yaml)")
     ] = None,
+    model_version: Annotated[
+        str | None,
+        typer.Option("--model-version", help="A version number or alias (e.g. 3, previous) instead of the champion"),
+    ] = None,
     top: Annotated[int, typer.Option("--top", min=0, help="Print the N best leads with grade, stage and reasons")] = 0,
     snapshot: Annotated[
         bool,
@@ -594,7 +603,7 @@ def score(
 ) -> None:
     """Score leads in batch with the champion: the same columns and numbers as the service."""
     if engine == "dask":
-        _score_on_dask(source, output, activities, as_of, model_name, scheduler, partitions)
+        _score_on_dask(source, output, activities, as_of, model_name, model_version, scheduler, partitions)
         return
     if engine != "local":
         _fail(f"--engine {engine!r}: use local or dask")
@@ -603,7 +612,7 @@ def score(
     from rich.progress import Progress as RichProgress
 
     from serving.batch import read_leads, score_batch, write_table
-    from serving.scoring import ModelNotReady, load_champion
+    from serving.scoring import ModelNotReady, load_chosen
     from serving.snapshots import scores_dir, write_snapshot
 
     _quiet_libraries()
@@ -616,8 +625,8 @@ def score(
         _fail(_os_error_text(exc))
     try:
         moment = pd_timestamp(as_of)
-        with console.status("Loading the champion model"):
-            model = load_champion(model_name or params.mlflow.model_name)
+        with console.status("Loading the model"):
+            model = load_chosen(model_name or params.mlflow.model_name, model_version)
         flat_schema = model.scorer.spec.settings["flat"] if model.kind == "flat" else None
         if flat_schema is not None and activities is not None:
             _fail(f"{model.name} is a flat model: it reads one row per lead, no --activities")
@@ -681,6 +690,7 @@ def _score_on_dask(
     activities: Path | None,
     as_of: str | None,
     model_name: str | None,
+    model_version: str | None,
     scheduler: str | None,
     partitions: int | None,
 ) -> None:
@@ -690,7 +700,7 @@ def _score_on_dask(
     from features.schema import TABLE_FILES
     from features.tracking import tracking_uri
     from serving.dask_batch import score_on_dask, start_client
-    from serving.scoring import ModelNotReady, load_champion
+    from serving.scoring import ModelNotReady, load_chosen
 
     _quiet_libraries()
     params = load_params()
@@ -705,8 +715,8 @@ def _score_on_dask(
         _fail(f"--engine dask writes a folder of parquet files; give a folder, not {output}")
     try:
         moment = pd_timestamp(as_of)
-        with console.status("Loading the champion model"):
-            model = load_champion(model_name or params.mlflow.model_name)
+        with console.status("Loading the model"):
+            model = load_chosen(model_name or params.mlflow.model_name, model_version)
         if model.kind == "flat":
             _fail(f"{model.name} is a flat model: score its file with --engine local (the default)")
         client = start_client(scheduler)
@@ -745,7 +755,10 @@ def recalibrate(
     report_dir: Annotated[Path | None, typer.Option("--report-dir", help="Where to write the report")] = None,
 ) -> None:
     """Retrain on the trailing window, recompute thresholds and grade bands, compare with the
-    champion on the newest quarter, measure drift, promote only through the gates, report."""
+    champion on the newest quarter, measure drift, promote only through the gates, report.
+
+    Exit 0 when it ran (the decision is in the report), 2 when it could not, 3 when another
+    recalibration holds the lock, 4 when there is no new data since the champion's test."""
     from training.recalibrate import RecalibrationError
     from training.recalibrate import recalibrate as run_recalibration
 
@@ -762,7 +775,9 @@ def recalibrate(
             params, model_name=model_name or params.mlflow.model_name, data=data, as_of=moment,
             dry_run=dry_run, if_drifted=if_drifted, report_dir=report_dir, reporter=RichReporter(),
         )  # fmt: skip
-    except (RecalibrationError, DataError, ParamsError) as exc:
+    except RecalibrationError as exc:
+        _fail(str(exc) + _kept_quarantine(None, exc.__cause__ or exc), code=exc.exit_code)
+    except (DataError, ParamsError) as exc:
         _fail(str(exc) + _kept_quarantine(None, exc.__cause__ or exc))
     except typer.Exit:
         raise

@@ -497,7 +497,7 @@ def train_and_register(
         else:
             calibration_margin = booster.predict(frames["valid"], raw_score=True)
             calibration_label = labels["valid"]
-        calibrator, calibration_scores = choose_calibrator(
+        calibrator, calibration_scores, valid_probability = choose_calibrator(
             calibration_margin, calibration_label, params.calibration, seed=params.split.seed
         )
         # The final model and the baselines learn from train and validation together: the
@@ -519,7 +519,6 @@ def train_and_register(
         overrides = (on_test_scores(test_probability, labels["test"]) if on_test_scores else None) or {}
         criteria = overrides.get("criteria", params.criteria.model_dump(mode="json"))
         grade_bands = overrides.get("grade_bands", params.grades)
-        valid_probability = calibrator.apply(calibration_margin)
         test_metrics = classification_metrics(labels["test"], test_probability, params.calibration.ece_bins)
         baseline_probs = fit_baselines(
             final_x,
@@ -699,5 +698,5 @@ def train_and_register(
         )
         mlflow.log_metrics(flat_metrics)
         mlflow.log_dict(metrics, "metrics.json")
-        mlflow.set_tag("promoted", str(passed))
+        mlflow.set_tags({"promoted": str(metrics["promoted"]), "gates_passed": str(passed)})
     return metrics

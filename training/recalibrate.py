@@ -32,12 +32,23 @@ from training.pipeline import (
     report_quarantine,
     train_and_register,
 )
-from training.register import promote
+from training.register import CHALLENGER, CHAMPION, promote
 from training.thresholds import f1_threshold, grade_bands, precision_threshold, top_share_threshold
+
+# Exit codes a scheduler can act on; every decision (promoted, kept the champion, dry run,
+# skipped) exits 0 and is named in summary.json.
+EXIT_FAILED = 2  # bad input, no champion, unreachable store: a person should look
+EXIT_LOCKED = 3  # another recalibration holds the lock: try again later
+EXIT_NO_NEW_DATA = 4  # the export has not grown past the champion's test period
 
 
 class RecalibrationError(RuntimeError):
-    """The recalibration could not run; the message says why."""
+    """The recalibration could not run; the message says why, `exit_code` how a scheduler
+    should take it."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @contextmanager
@@ -50,7 +61,9 @@ def exclusive(lock_file: Path) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            raise RecalibrationError(f"another recalibration is running ({holder}; lock {lock_file})") from None
+            raise RecalibrationError(
+                f"another recalibration is running ({holder}; lock {lock_file})", EXIT_LOCKED
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}")
@@ -102,7 +115,8 @@ def recalibrate(
         if newest and champion_test and str(newest[1]) <= str(champion_test[1]):
             raise RecalibrationError(
                 f"no new data: the newest quarter ends {newest[1]}, and the champion (v{champion.version}) "
-                f"was already tested on data up to {champion_test[1]}"
+                f"was already tested on data up to {champion_test[1]}",
+                EXIT_NO_NEW_DATA,
             )
         drift = measure_drift(dataset, champion, params)
         summary: dict[str, Any] = {
@@ -156,10 +170,11 @@ def recalibrate(
             before = promote(model_name, new)
             summary |= {"decision": "promoted", "why": f"all gates passed; v{new} is @champion, v{before} is @previous"}
             try:
+                mark_promoted(model_name, summary["run_id"], metrics, before)
                 return _finish(summary, report_dir, summary["run_id"])
             except Exception as exc:  # the promotion stands: say so, not "unchanged"
                 raise RecalibrationError(
-                    f"v{new} was promoted (v{before} is @previous), but the report could not be written: "
+                    f"v{new} was promoted (v{before} is @previous), but the run or report could not be written: "
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
         else:
@@ -169,6 +184,18 @@ def recalibrate(
                 "why": "gates failed: " + "; ".join(f"{g['name']} ({g['detail']})" for g in failed),
             }
         return _finish(summary, report_dir, summary["run_id"])
+
+
+def mark_promoted(model_name: str, run_id: str, metrics: dict[str, Any], previous: str | None) -> None:
+    """Make the challenger's run say what happened to it: it was trained unpromoted (the
+    champion stayed live while it trained), so its tag and metrics.json said otherwise."""
+    client = MlflowClient(mlflow.get_tracking_uri())
+    client.set_tag(run_id, "promoted", "True")
+    metrics["promoted"] = True
+    metrics["model"] |= {"alias": CHAMPION, "previous_champion": previous}
+    client.log_dict(run_id, metrics, "metrics.json")
+    # The version is @champion now; @challenger names a candidate still waiting.
+    client.delete_registered_model_alias(model_name, CHALLENGER)
 
 
 def measure_drift(dataset: Dataset, champion: LoadedModel, params: Params) -> dict[str, Any]:
@@ -329,7 +356,8 @@ def report_markdown(summary: dict[str, Any]) -> str:
         lines += ["", "## Gates", ""] + [
             f"- {'pass' if g['passed'] else 'FAIL'}: {g['name']} — {g['detail']}" for g in summary["gates"]
         ]
-    lines += ["", f"Undo a promotion with `leadscore rollback --model-name {summary['model_name']}`."]
+    if summary["decision"] == "promoted":
+        lines += ["", f"Undo this promotion with `leadscore rollback --model-name {summary['model_name']}`."]
     return "\n".join(lines) + "\n"
 
 
