@@ -96,6 +96,10 @@ def _has_versions(model_name: str) -> bool:
         return False
 
 
+# MLflow's error codes for a name, alias or version the registry does not hold.
+NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
+
+
 def champion_version(model_name: str, alias: str = CHAMPION) -> str:
     """The version `models:/<name>@<alias>` points at now (a registry lookup, no loading).
 
@@ -106,11 +110,15 @@ def champion_version(model_name: str, alias: str = CHAMPION) -> str:
     try:
         return str(MlflowClient().get_model_version_by_alias(model_name, alias).version)
     except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+        if exc.error_code in NOT_FOUND:
             if _has_versions(model_name):
+                why = (
+                    ": no training run has passed the registration gates yet (the training output lists them)"
+                    if alias == CHAMPION
+                    else ""
+                )
                 raise ModelNotReady(
-                    f"{model_name} has registered versions but none is @{alias} in {tracking_uri()}: no training "
-                    "run has passed the registration gates yet (the training output lists them)"
+                    f"{model_name} has registered versions but none is @{alias} in {tracking_uri()}{why}"
                 ) from exc
             raise ModelNotReady(
                 f"no model registered as {model_name}@{alias} in {tracking_uri()}; run `leadscore train` first"
@@ -136,9 +144,11 @@ def load_chosen(model_name: str, which: str | None) -> LoadedModel:
     try:
         MlflowClient().get_model_version(model_name, which)
     except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+        if exc.error_code in NOT_FOUND:
             raise ModelNotReady(f"{model_name} has no version {which} in {tracking_uri()}") from exc
         raise ModelNotReady(f"registry {tracking_uri()} unreachable or failing: {str(exc)[:300]}") from exc
+    except Exception as exc:
+        raise ModelNotReady(f"registry {tracking_uri()} unreachable: {type(exc).__name__}: {exc}") from exc
     return load_champion(model_name, f"version {which}", version=which)
 
 

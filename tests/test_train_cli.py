@@ -145,10 +145,15 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
     assert "champion v1" in compared[0]["detail"]
     # Score with a version other than the champion: the one the gates kept out, or a typo.
     scores = tmp_path / "v2-scores.csv"
-    chosen = leadscore("score", str(small_crm_dir), "-o", str(scores), "--model-version", "2", "--no-snapshot",
+    chosen = leadscore("score", str(small_crm_dir), "-o", str(scores), "--model-version", "2",
                        "--model-name", "crm-model", store=store)  # fmt: skip
     assert chosen.returncode == 0, chosen.stderr
     assert "with crm-model version 2 " in chosen.stdout and len(pd.read_csv(scores)) > 0
+    assert "not kept for the pages" in chosen.stdout and "Kept for the pages" not in chosen.stdout
+    no_alias = leadscore("score", str(small_crm_dir), "-o", str(scores), "--model-version", "@challenger",
+                         "--model-name", "crm-model", store=store)  # fmt: skip
+    assert no_alias.returncode == 2 and "none is @challenger" in no_alias.stderr, no_alias.stderr
+    assert "registration gates" not in no_alias.stderr  # that explanation is the champion's
     absent = leadscore("score", str(small_crm_dir), "-o", str(scores), "--model-version", "9",
                        "--model-name", "crm-model", store=store)  # fmt: skip
     assert absent.returncode == 2 and "crm-model has no version 9" in absent.stderr, absent.stderr

@@ -601,7 +601,8 @@ def score(
     ] = None,
     partitions: Annotated[int | None, typer.Option("--partitions", min=1, help="Dask partitions")] = None,
 ) -> None:
-    """Score leads in batch with the champion: the same columns and numbers as the service."""
+    """Score leads in batch with the champion (or --model-version): the same columns and numbers
+    as the service. Only the champion's scorings are kept for the pages."""
     if engine == "dask":
         _score_on_dask(source, output, activities, as_of, model_name, model_version, scheduler, partitions)
         return
@@ -617,6 +618,10 @@ def score(
 
     _quiet_libraries()
     params = load_params()
+    if model_version is not None and snapshot:
+        # The pages explain the latest kept scoring with the champion: another version's would mix.
+        console.print(f"[dim]scoring with --model-version {model_version}: not kept for the pages[/dim]")
+        snapshot = False
     try:
         check_writable(output.resolve().parent, what="the scores", probe_bytes=1 << 16)
         if snapshot:
