@@ -147,7 +147,11 @@ def test_recalibration_detects_drift_moves_thresholds_and_promotes(export, setti
 
 def test_two_recalibrations_cannot_run_at_once(export, settings, champion):
     params = load_params(**settings)
-    with exclusive(Path(settings["recalibration.lock_file"])), pytest.raises(RecalibrationError, match="another"):
+    lock = Path(settings["recalibration.lock_file"])
+    with exclusive(lock), pytest.raises(RecalibrationError, match="a recalibration is running"):
+        recalibrate(params, model_name=MODEL, data=export, as_of=LATER)
+    # The message names the job holding the lock, so an operator knows what to wait for.
+    with exclusive(lock, job="rollback"), pytest.raises(RecalibrationError, match="a rollback is running"):
         recalibrate(params, model_name=MODEL, data=export, as_of=LATER)
 
 
@@ -181,9 +185,12 @@ def test_cli_exits_non_zero_with_a_clear_message_when_it_cannot_run(export, sett
                                 env={**env, "LEADSCORE_PARAMS": str(export.parent / "missing.yaml")})  # fmt: skip
     assert bad_params.returncode == 2 and "Traceback" not in bad_params.stderr and "missing.yaml" in bad_params.stderr
     # Another recalibration holding the lock has its own exit code: a scheduler retries later.
+    # A rollback waits for it too, since both move the champion.
     with exclusive(Path(settings["recalibration.lock_file"])):
         locked = subprocess.run([cli, "recalibrate", "--data", str(export)], capture_output=True, text=True, env=env)
-    assert locked.returncode == EXIT_LOCKED and "another recalibration is running" in locked.stderr
+        held = subprocess.run([cli, "rollback", "--model-name", MODEL], capture_output=True, text=True, env=env)
+    assert locked.returncode == EXIT_LOCKED and "a recalibration is running" in locked.stderr
+    assert held.returncode == EXIT_LOCKED and "try again after it finishes" in held.stderr, held.stderr
 
 
 def test_an_as_of_before_the_export_is_a_clear_error(export, settings, champion):

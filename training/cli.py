@@ -815,11 +815,15 @@ def rollback(
     ] = None,
 ) -> None:
     """Make @previous the champion again (the replaced champion becomes @previous). A running
-    service picks the change up within `service.reload_seconds`, or at once on POST /reload."""
+    service picks the change up within `service.reload_seconds`, or at once on POST /reload.
+    Exits 3 while a recalibration or another rollback runs (they share a lock),
+    2 when it cannot roll back."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from features.params import PROJECT_ROOT
     from features.tracking import local_store_folder, tracking_problem, tracking_uri, uri_mistake
+    from training.recalibrate import RecalibrationError, exclusive
     from training.register import rollback as roll_back
 
     _quiet_libraries()
@@ -838,7 +842,11 @@ def rollback(
         _fail(problem)
     mlflow.set_tracking_uri(tracking_uri())
     try:
-        now, was = roll_back(name)
+        # A recalibration promoting meanwhile would undo the rollback or be undone by it.
+        with exclusive(PROJECT_ROOT / params.recalibration.lock_file, job="rollback"):
+            now, was = roll_back(name)
+    except RecalibrationError as exc:
+        _fail(f"{exc}: try again after it finishes", code=exc.exit_code)
     except ValueError as exc:
         _fail(str(exc))
     except (MlflowException, OSError) as exc:

@@ -38,7 +38,7 @@ from training.thresholds import f1_threshold, grade_bands, precision_threshold, 
 # Exit codes a scheduler can act on; every decision (promoted, kept the champion, dry run,
 # skipped) exits 0 and is named in summary.json.
 EXIT_FAILED = 2  # bad input, no champion, unreachable store: a person should look
-EXIT_LOCKED = 3  # another recalibration holds the lock: try again later
+EXIT_LOCKED = 3  # a recalibration holds the lock: try again later
 EXIT_NO_NEW_DATA = 4  # the export has not grown past the champion's test period
 
 
@@ -52,21 +52,21 @@ class RecalibrationError(RuntimeError):
 
 
 @contextmanager
-def exclusive(lock_file: Path) -> Iterator[None]:
-    """Hold an exclusive lock for the whole recalibration; a second one stops at once."""
+def exclusive(lock_file: Path, job: str = "recalibration") -> Iterator[None]:
+    """Hold the recalibration lock for the whole block; a second holder (a recalibration or a
+    rollback, which moves the same aliases) stops at once and is told which job holds it."""
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with lock_file.open("a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise RecalibrationError(
-                f"another recalibration is running ({holder}; lock {lock_file})", EXIT_LOCKED
-            ) from None
+            holder, _, pid = handle.read().strip().partition(" pid ")
+            running = f"a {holder or 'recalibration'} is running"
+            raise RecalibrationError(f"{running} (pid {pid or '?'}; lock {lock_file})", EXIT_LOCKED) from None
         handle.seek(0)
         handle.truncate()
-        handle.write(f"pid {os.getpid()}")
+        handle.write(f"{job} pid {os.getpid()}")
         handle.flush()
         try:
             yield
