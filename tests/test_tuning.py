@@ -109,3 +109,34 @@ def test_small_data_caps_the_row_counts_so_every_trial_can_split():
     result = tune_cv(x, y, tuning, folds=5)
     scores = [t.value for t in result.study.trials if t.value is not None]
     assert scores and min(scores) > 0.7, scores
+
+
+def test_a_pruned_trials_partial_score_is_not_logged_as_a_finished_ones(isolated_mlflow):
+    """The MLflow UI compares `valid_roc_auc` across trials: a pruned one's last intermediate
+    score would look like a finished model's."""
+    import mlflow
+
+    from training.pipeline import _log_trial
+
+    mlflow.set_tracking_uri(isolated_mlflow)
+    mlflow.set_experiment("trial-logging")
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.81))
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={},
+            distributions={},
+            value=0.62,
+            state=optuna.trial.TrialState.PRUNED,
+            intermediate_values={40: 0.62},
+        )
+    )
+    with mlflow.start_run() as parent:
+        for trial in study.trials:
+            _log_trial(study, trial)
+    children = mlflow.search_runs(
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", order_by=["attributes.run_name"]
+    )
+    assert list(children["tags.state"]) == ["COMPLETE", "PRUNED"]
+    assert children["metrics.valid_roc_auc"].iloc[0] == 0.81 and children["metrics.valid_roc_auc"].isna().iloc[1]
+    assert children["metrics.valid_roc_auc_when_pruned"].iloc[1] == 0.62

@@ -291,7 +291,10 @@ def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if "stopped" in trial.user_attrs:
             mlflow.set_tag("stopped", trial.user_attrs["stopped"])
         if trial.value is not None:
-            mlflow.log_metric("valid_roc_auc", trial.value)
+            # Optuna gives a pruned trial its last intermediate score: a partial model's score
+            # under the finished trials' name would mislead a comparison in the MLflow UI.
+            pruned = trial.state == optuna.trial.TrialState.PRUNED
+            mlflow.log_metric("valid_roc_auc_when_pruned" if pruned else "valid_roc_auc", trial.value)
         if "best_iteration" in trial.user_attrs:
             mlflow.log_metric("best_iteration", trial.user_attrs["best_iteration"])
 
