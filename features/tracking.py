@@ -92,6 +92,10 @@ def uri_mistake(uri: str) -> str | None:
         database = Path(path)
         if database.is_dir():
             return f"{database} is a folder; name the database file in it, e.g. {database / 'mlflow.db'}"
+        if not database.parent.is_dir():
+            # MLflow would create the folder and an empty registry: a typo's runs would never
+            # meet the real champion.
+            return f"the folder {database.parent} does not exist; create it first, or correct the path"
         if database.is_file() and database.stat().st_size:
             with database.open("rb") as handle:
                 if handle.read(16) != b"SQLite format 3\0":

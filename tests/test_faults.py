@@ -240,6 +240,33 @@ def test_a_tracking_store_that_cannot_work_is_named_before_the_data_is_loaded(ch
     assert "Traceback" not in stopped.stderr + not_mlflow.stderr + folder_store.stderr
 
 
+def test_commands_that_read_the_registry_name_a_bad_store_or_params_file_in_one_line(small_crm_dir, tmp_path):
+    """score, report and rollback check the store as train does (a stopped server was minutes
+    of silence, a folder typo a new empty registry) and a params file as train does."""
+    ids = tmp_path / "ids.txt"
+    ids.write_text("L1\n")
+    commands = {
+        "score": ["score", str(small_crm_dir), "-o", str(tmp_path / "s.csv"), "--no-snapshot"],
+        "report": ["report", "--leads", str(ids), "-o", str(tmp_path / "pages")],
+        "rollback": ["rollback"],
+    }
+    cases = {
+        ("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}"): "no tracking server answers",
+        ("MLFLOW_TRACKING_URI", f"file://{tmp_path / 'mlruns'}"): "a folder store",
+        ("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'typo' / 'mlflow.db'}"): "does not exist",
+        ("LEADSCORE_PARAMS", str(tmp_path / "missing.yaml")): "missing.yaml",
+    }
+    for (variable, value), said in cases.items():
+        env = {**os.environ, "COLUMNS": "200", variable: value}
+        env.pop("MLFLOW_ALLOW_FILE_STORE", None)
+        for command, args in commands.items():
+            done = subprocess.run([str(BIN / "leadscore"), *args], env=env, capture_output=True, text=True, timeout=120)
+            where = f"{command} with {variable}={value}"
+            assert done.returncode == 2 and said in done.stderr, (where, done.stderr)
+            assert "Traceback" not in done.stderr, where
+    assert not (tmp_path / "typo").exists()  # no registry was started by the typo
+
+
 @pytest.mark.parametrize(
     ("uri", "said"),
     [
@@ -250,6 +277,7 @@ def test_a_tracking_store_that_cannot_work_is_named_before_the_data_is_loaded(ch
         ("file:///tmp/mlruns", "MLFLOW_ALLOW_FILE_STORE"),
         ("sqlite:///{tmp}", "is a folder"),
         ("sqlite:///{tmp}/text.db", "not an SQLite database"),
+        ("sqlite:///{tmp}/typo/mlflow.db", "typo does not exist"),
     ],
 )
 def test_a_mistyped_tracking_uri_is_named_before_mlflow_reads_it_some_other_way(uri, said, tmp_path, monkeypatch):

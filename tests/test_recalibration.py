@@ -82,6 +82,8 @@ def test_a_dry_run_changes_nothing(export, settings, champion, tmp_path):
                           report_dir=tmp_path)  # fmt: skip
     assert (_aliases(), _versions()) == before
     assert summary["decision"] == "dry run" and summary["challenger_version"] is None
+    failing = [gate["name"] for gate in summary["gates"] if not gate["passed"]]
+    assert all(name in summary["why"] for name in failing) and ("would pass" in summary["why"]) == (not failing)
     assert MlflowClient().get_run(summary["run_id"]).data.tags["promoted"] == "False"
     report = (tmp_path / "report.md").read_text()
     assert "Dry run" in report and "MQL min score" in report and (tmp_path / "report.html").is_file()

@@ -294,6 +294,7 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
     assert "1 of the model's columns not in this file, read as missing: Source" in quarantined.stdout
     assert "Visits: 1 value(s) not numeric read as missing" in quarantined.stdout
     assert len(pd.read_csv(scored_file)) == 6
+    assert "4 row(s) not scored (4 leads)" in " ".join(quarantined.stdout.split())
     reasons = pd.read_csv(scored_file.with_name("export_scores.quarantine.csv")).set_index("row")["reason"]
     assert reasons.to_dict() == {
         3: "lead_id appears more than once", 4: "lead_id appears more than once",

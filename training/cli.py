@@ -20,7 +20,7 @@ from rich.table import Table
 
 from features.flat import FlatProfile, load_profile, make_profile
 from features.ingest import DataError
-from features.params import ParamsError, load_params
+from features.params import Params, ParamsError, load_params
 from features.synthetic import STEP_DAYS, generate_crm, write_crm
 from features.tracking import check_writable
 
@@ -480,6 +480,30 @@ def _bound_mlflow_retries() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
+def _params() -> Params:
+    """params.yaml (or $LEADSCORE_PARAMS); one line and exit 2 when it cannot be read."""
+    try:
+        return load_params()
+    except ParamsError as exc:
+        _fail(str(exc))
+        raise  # not reached: _fail exits
+
+
+def _check_registry() -> None:
+    """Before reading the registry: the URI's form, then whether a server answers, in seconds.
+    MLflow alone would retry a stopped server for minutes, or read a folder typo as a store."""
+    from features.tracking import local_store_folder, tracking_problem, tracking_uri, uri_mistake
+
+    _bound_mlflow_retries()
+    if local_store_folder() is None:
+        problem = tracking_problem()
+    else:
+        mistake = uri_mistake(tracking_uri())
+        problem = mistake and f"MLFLOW_TRACKING_URI={tracking_uri()}: {mistake}"
+    if problem:
+        _fail(problem)
+
+
 def _check_model_folders() -> None:
     """A read-only or full models/ (or store folder), or a tracking server that does not
     answer, is reported before a long run, not after."""
@@ -559,7 +583,7 @@ def serve(
 
     # BentoML's usage statistics would phone home from every worker: not from a CRM's scorer.
     env = {"BENTOML_DO_NOT_TRACK": "true", **os.environ, "MLFLOW_TRACKING_URI": tracking_uri()}
-    name = os.environ.get("LEADSCORE_MODEL_NAME") or load_params().mlflow.model_name
+    name = os.environ.get("LEADSCORE_MODEL_NAME") or _params().mlflow.model_name
     console.print(f"Serving models:/{name}@champion from {env['MLFLOW_TRACKING_URI']} on http://{host}:{port}")
     if os.environ.get("LEADSCORE_API_KEYS"):
         console.print("API keys required (LEADSCORE_API_KEYS is set)")
@@ -617,7 +641,8 @@ def score(
     from serving.snapshots import scores_dir, write_snapshot
 
     _quiet_libraries()
-    params = load_params()
+    params = _params()
+    _check_registry()
     if model_version is not None and snapshot:
         # The pages explain the latest kept scoring with the champion: another version's would mix.
         console.print(f"[dim]scoring with --model-version {model_version}: not kept for the pages[/dim]")
@@ -662,7 +687,11 @@ def score(
     if not result.quarantine.empty:
         quarantine_path = output.with_name(output.stem + ".quarantine.csv")
         write_table(result.quarantine, quarantine_path)
-        console.print(f"[yellow]{len(result.quarantine):,} row(s) not scored; reasons in {quarantine_path}[/yellow]")
+        # Lead rows and activity rows are counted apart: only the former are leads left unscored.
+        by_table = ", ".join(f"{n:,} {table}" for table, n in result.quarantine["table"].value_counts().items())
+        console.print(
+            f"[yellow]{len(result.quarantine):,} row(s) not scored ({by_table}); reasons in {quarantine_path}[/yellow]"
+        )
     counts = result.scored["stage"].value_counts()
     console.print("stages: " + ", ".join(f"{stage} {n:,}" for stage, n in counts.items()))
     if top:
@@ -683,7 +712,7 @@ def demo(
     from training.pipeline import EMBEDDED_DIR, MODELS_DIR
 
     train(metrics_out=MODELS_DIR / "demo-metrics.json")
-    params = load_params()
+    params = _params()
     export_end = pd.Timestamp(params.data.embedded_start) + pd.Timedelta(days=STEP_DAYS * params.data.embedded_months)
     console.print()
     score(EMBEDDED_DIR, MODELS_DIR / "demo-scores.csv", as_of=export_end.isoformat(), top=top)
@@ -708,7 +737,8 @@ def _score_on_dask(
     from serving.scoring import ModelNotReady, load_chosen
 
     _quiet_libraries()
-    params = load_params()
+    params = _params()
+    _check_registry()
     if source.is_dir():
         if (source / TABLE_FILES["outcomes"]).is_file():
             console.print("[yellow]the dask engine scores every lead of leads.csv, closed ones included[/yellow]")
@@ -822,24 +852,14 @@ def rollback(
     from mlflow.exceptions import MlflowException
 
     from features.params import PROJECT_ROOT
-    from features.tracking import local_store_folder, tracking_problem, tracking_uri, uri_mistake
+    from features.tracking import tracking_uri
     from training.recalibrate import RecalibrationError, exclusive
     from training.register import rollback as roll_back
 
     _quiet_libraries()
-    try:
-        params = load_params()
-    except ParamsError as exc:
-        _fail(str(exc))
+    params = _params()
     name = model_name or params.mlflow.model_name
-    _bound_mlflow_retries()
-    if local_store_folder() is None:
-        problem = tracking_problem()  # the URI's form, then whether the server answers, in seconds
-    else:
-        mistake = uri_mistake(tracking_uri())
-        problem = mistake and f"MLFLOW_TRACKING_URI={tracking_uri()}: {mistake}"
-    if problem:
-        _fail(problem)
+    _check_registry()
     mlflow.set_tracking_uri(tracking_uri())
     try:
         # A recalibration promoting meanwhile would undo the rollback or be undone by it.
@@ -851,7 +871,10 @@ def rollback(
         _fail(str(exc))
     except (MlflowException, OSError) as exc:
         _fail(f"registry {tracking_uri()} not usable: {exc}")
-    console.print(f"{name}: version {now} is @champion again (version {was} is now @previous)")
+    console.print(
+        f"{name}: version {now} is @champion again (version {was} is now @previous; "
+        "a second rollback would bring it back)"
+    )
 
 
 @app.command()
@@ -871,7 +894,8 @@ def report(
     from serving.snapshots import latest_two, scores_dir
 
     _quiet_libraries()
-    params = load_params()
+    params = _params()
+    _check_registry()
     try:
         lead_ids = _read_lead_ids(leads_file)
         latest, previous = latest_two()

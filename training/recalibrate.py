@@ -162,9 +162,10 @@ def recalibrate(
         summary["challenger_version"] = metrics["model"]["version"]
         summary["run_id"] = metrics["model"]["run_id"]
         passed = metrics["gates_passed"]
+        failed = "; ".join(f"{g['name']} ({g['detail']})" for g in metrics["gates"] if not g["passed"])
         if dry_run:
-            summary |= {"decision": "dry run", "why": "nothing changed" + (" (the gates would pass)" if passed else
-                                                                           " (the gates would fail)")}  # fmt: skip
+            would = "the gates would pass" if passed else f"the gates would fail: {failed}"
+            summary |= {"decision": "dry run", "why": f"nothing changed ({would})"}
         elif passed:
             new = metrics["model"]["version"]
             before = promote(model_name, new)
@@ -178,11 +179,7 @@ def recalibrate(
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
         else:
-            failed = [g for g in metrics["gates"] if not g["passed"]]
-            summary |= {
-                "decision": "kept the champion",
-                "why": "gates failed: " + "; ".join(f"{g['name']} ({g['detail']})" for g in failed),
-            }
+            summary |= {"decision": "kept the champion", "why": f"gates failed: {failed}"}
         return _finish(summary, report_dir, summary["run_id"])
 
 
