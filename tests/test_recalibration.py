@@ -88,6 +88,9 @@ def test_a_dry_run_changes_nothing(export, settings, champion, tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "Dry run" in report and "MQL min score" in report and (tmp_path / "report.html").is_file()
     assert "rollback" not in report  # nothing was promoted, so nothing to undo
+    # "As of" is the data's end; the newest labelled snapshot is a horizon earlier, said apart.
+    assert summary["as_of"] == "2025-11-01" and summary["newest_labelled_snapshot"] < summary["as_of"]
+    assert f"Newest snapshot whose outcome is known: {summary['newest_labelled_snapshot']}" in report
 
 
 def test_if_drifted_skips_quietly_below_the_thresholds(export, settings, champion, tmp_path):

@@ -133,6 +133,7 @@ class Dataset:
     truth: pd.Series | None = None
     timings: dict[str, float] = field(default_factory=dict)
     id_leaks: dict[str, str] = field(default_factory=dict)  # identifiers that give the label away
+    export_end: pd.Timestamp | None = None  # a CRM export's newest moment (or its --as-of view's)
 
 
 def peak_memory_mb() -> float:
@@ -232,6 +233,7 @@ def prepare_crm(
         source=str(directory),
         truth=truth,
         timings={"load_seconds": loaded - started, "features_seconds": built - loaded},
+        export_end=crm.export_end,
     )
 
 

@@ -120,7 +120,10 @@ def recalibrate(
             )
         drift = measure_drift(dataset, champion, params)
         summary: dict[str, Any] = {
-            "as_of": str(as_of or dataset.split.windows.get("test", ["", ""])[1]),
+            # The export's end, not the newest labelled snapshot (a horizon earlier): a reader
+            # of "as of" asks how fresh the data is.
+            "as_of": _day_or_moment(as_of or dataset.export_end),
+            "newest_labelled_snapshot": newest[1] if newest else None,
             "model_name": model_name,
             "champion_version": champion.version,
             "dry_run": dry_run,
@@ -294,10 +297,17 @@ def _finish(summary: dict[str, Any], report_dir: Path | None, run_id: str | None
     return summary
 
 
+def _day_or_moment(moment: Any) -> str:
+    stamp = pd.Timestamp(moment)
+    return str(stamp.date()) if stamp == stamp.normalize() else stamp.isoformat()
+
+
 def report_markdown(summary: dict[str, Any]) -> str:
     """The plain-words summary: decision and why, thresholds old and new, drift, comparison."""
     lines = [f"# Recalibration of {summary['model_name']} as of {summary['as_of']}", ""]
     lines.append(f"**Decision: {summary['decision']}** — {summary['why']}.")
+    if summary.get("newest_labelled_snapshot"):
+        lines.append(f"Newest snapshot whose outcome is known: {summary['newest_labelled_snapshot']}.")
     if summary.get("dry_run"):
         lines.append("Dry run: the registry was not changed.")
     drift = summary["drift"]
