@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -191,11 +192,19 @@ def test_cli_exits_non_zero_with_a_clear_message_when_it_cannot_run(export, sett
     assert bad_params.returncode == 2 and "Traceback" not in bad_params.stderr and "missing.yaml" in bad_params.stderr
     # Another recalibration holding the lock has its own exit code: a scheduler retries later.
     # A rollback waits for it too, since both move the champion.
+    # A scheduler's fixed --report-dir gets a summary.json saying why, not an earlier run's.
+    scheduled = export.parent / "scheduled-report"
+    scheduled.mkdir(exist_ok=True)
+    (scheduled / "summary.json").write_text('{"decision": "promoted"}')
     with exclusive(Path(settings["recalibration.lock_file"])):
-        locked = subprocess.run([cli, "recalibrate", "--data", str(export)], capture_output=True, text=True, env=env)
+        locked = subprocess.run([cli, "recalibrate", "--data", str(export), "--report-dir", str(scheduled)],
+                                capture_output=True, text=True, env=env)  # fmt: skip
         held = subprocess.run([cli, "rollback", "--model-name", MODEL], capture_output=True, text=True, env=env)
     assert locked.returncode == EXIT_LOCKED and "a recalibration is running" in locked.stderr
     assert held.returncode == EXIT_LOCKED and "try again after it finishes" in held.stderr, held.stderr
+    recorded = json.loads((scheduled / "summary.json").read_text())
+    assert recorded["decision"] == "locked" and recorded["exit_code"] == EXIT_LOCKED
+    assert "a recalibration is running" in recorded["why"]
 
 
 def test_an_as_of_before_the_export_is_a_clear_error(export, settings, champion):

@@ -774,6 +774,21 @@ def _score_on_dask(
     )
 
 
+def _record_failure(report_dir: Path | None, message: str, code: int) -> None:
+    """A scheduler reading `--report-dir`'s summary.json finds why the run did not happen, not
+    an earlier run's summary left there."""
+    if report_dir is None:
+        return
+    decision = {3: "locked", 4: "no new data"}.get(code, "failed")
+    summary = {"decision": decision, "why": message, "exit_code": code,
+               "at": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
+    try:
+        report_dir.mkdir(parents=True, exist_ok=True)
+        (report_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    except OSError:
+        pass  # the folder cannot take it (the message says so already): the exit code remains
+
+
 @app.command()
 def recalibrate(
     as_of: Annotated[
@@ -798,6 +813,11 @@ def recalibrate(
     from training.recalibrate import recalibrate as run_recalibration
 
     _quiet_libraries()
+
+    def failed(message: str, code: int = 2) -> None:
+        _record_failure(report_dir, message, code)
+        _fail(message, code=code)
+
     try:
         _check_model_folders()
         if report_dir is not None:
@@ -805,23 +825,23 @@ def recalibrate(
         params = load_params()
         moment = pd_timestamp(as_of) if as_of else None
         if moment is not None and moment > pd_timestamp("now").ceil("D"):
-            _fail(f"--as-of {as_of}: after today; a recalibration cannot see past the export's end")
+            failed(f"--as-of {as_of}: after today; a recalibration cannot see past the export's end")
         summary = run_recalibration(
             params, model_name=model_name or params.mlflow.model_name, data=data, as_of=moment,
             dry_run=dry_run, if_drifted=if_drifted, report_dir=report_dir, reporter=RichReporter(),
         )  # fmt: skip
     except RecalibrationError as exc:
-        _fail(str(exc) + _kept_quarantine(None, exc.__cause__ or exc), code=exc.exit_code)
+        failed(str(exc) + _kept_quarantine(None, exc.__cause__ or exc), code=exc.exit_code)
     except (DataError, ParamsError) as exc:
-        _fail(str(exc) + _kept_quarantine(None, exc.__cause__ or exc))
+        failed(str(exc) + _kept_quarantine(None, exc.__cause__ or exc))
     except typer.Exit:
         raise
     except OSError as exc:
-        _fail(f"recalibration stopped, the champion is unchanged: {exc.strerror or exc}")
+        failed(f"recalibration stopped, the champion is unchanged: {exc.strerror or exc}")
     except Exception as exc:  # e.g. the tracking server down half-way: the champion is untouched
         if os.environ.get("LEADSCORE_DEBUG"):
             raise
-        _fail(f"recalibration stopped, the champion is unchanged: {type(exc).__name__}: {exc}")
+        failed(f"recalibration stopped, the champion is unchanged: {type(exc).__name__}: {exc}")
     drift = summary["drift"]
     console.print(
         f"drift: conversion {drift['conversion']['reference_rate']:.1%} → {drift['conversion']['recent_rate']:.1%}, "
