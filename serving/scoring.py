@@ -138,6 +138,8 @@ def load_chosen(model_name: str, which: str | None) -> LoadedModel:
     if which is None:
         return load_champion(model_name)
     which = which.strip().lstrip("@")
+    if not which:
+        raise ModelNotReady("--model-version is empty: give a version number (3) or an alias (previous)")
     if not which.isdigit():
         return load_champion(model_name, which)
     mlflow.set_tracking_uri(tracking_uri())

@@ -186,6 +186,9 @@ def test_cli_exits_non_zero_with_a_clear_message_when_it_cannot_run(export, sett
     future = subprocess.run([cli, "recalibrate", "--data", str(export), "--as-of", "2999-01-01"],
                             capture_output=True, text=True, env=env)  # fmt: skip
     assert future.returncode == 2 and "after today" in future.stderr
+    absent = subprocess.run([cli, "recalibrate", "--data", str(export.parent / "not-there")],
+                            capture_output=True, text=True, env=env)  # fmt: skip
+    assert absent.returncode == 2 and "not-there: no such folder" in absent.stderr and "Building" not in absent.stdout
     # rollback: a params file that does not load is one line, not a traceback.
     bad_params = subprocess.run([cli, "rollback"], capture_output=True, text=True,
                                 env={**env, "LEADSCORE_PARAMS": str(export.parent / "missing.yaml")})  # fmt: skip

@@ -1,8 +1,10 @@
-"""Large batches are scored in pipelined blocks; the numbers must not depend on it."""
+"""Scoring: large batches are scored in pipelined blocks (the numbers must not depend on it); a
+model chosen by version is named clearly."""
 
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 import serving.scoring as scoring
 from features.build import build_crm_features
@@ -25,3 +27,10 @@ def test_blocked_scoring_equals_one_pass(champion, small_crm_dir, monkeypatch):
     blocked = scoring.score_features(champion, features, context, moments)
     pd.testing.assert_frame_equal(whole, blocked)
     assert blocked["reasons"].map(len).gt(0).all()
+
+
+def test_an_empty_model_version_is_named_before_the_registry_is_asked():
+    from serving.scoring import ModelNotReady, load_chosen
+
+    with pytest.raises(ModelNotReady, match="--model-version is empty"):
+        load_chosen("lead-scorer", " @ ")

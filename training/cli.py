@@ -819,13 +819,16 @@ def recalibrate(
         _fail(message, code=code)
 
     try:
-        _check_model_folders()
-        if report_dir is not None:
-            check_writable(report_dir, what="the report")
+        # The arguments first (seconds), then the store and folders.
         params = load_params()
         moment = pd_timestamp(as_of) if as_of else None
         if moment is not None and moment > pd_timestamp("now").ceil("D"):
             failed(f"--as-of {as_of}: after today; a recalibration cannot see past the export's end")
+        if data is not None and not data.is_dir():
+            failed(f"--data {data}: no such folder (a CRM export folder: leads, activities, outcomes)")
+        _check_model_folders()
+        if report_dir is not None:
+            check_writable(report_dir, what="the report")
         summary = run_recalibration(
             params, model_name=model_name or params.mlflow.model_name, data=data, as_of=moment,
             dry_run=dry_run, if_drifted=if_drifted, report_dir=report_dir, reporter=RichReporter(),
