@@ -976,7 +976,7 @@ def pd_timestamp(text: str | None):
     import pandas as pd
 
     if not text:
-        return pd.Timestamp.now(tz="UTC").tz_localize(None)
+        return pd.Timestamp.now(tz="UTC").tz_localize(None).floor("s")  # no microseconds in the output
     try:
         moment = pd.Timestamp(text)
     except ValueError as exc:
