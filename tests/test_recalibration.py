@@ -213,3 +213,16 @@ def test_cli_exits_non_zero_with_a_clear_message_when_it_cannot_run(export, sett
 def test_an_as_of_before_the_export_is_a_clear_error(export, settings, champion):
     with pytest.raises(RecalibrationError, match="no lead was created before 1999-01-01: the export starts"):
         recalibrate(load_params(**settings), model_name=MODEL, data=export, as_of=pd.Timestamp("1999-01-01"))
+
+
+def test_the_lock_message_reads_the_older_pid_only_format(tmp_path):
+    """A lock written before rollback took it holds only "pid N"."""
+    import fcntl
+
+    lock = tmp_path / "recalibrate.lock"
+    with lock.open("w") as handle:
+        handle.write("pid 4242")
+        handle.flush()
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RecalibrationError, match=r"^a recalibration is running \(pid 4242;"), exclusive(lock):
+            pass

@@ -10,7 +10,7 @@ import time
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -89,7 +89,7 @@ def _leads(count: int) -> str:
     return f"{count:,} lead" + ("" if count == 1 else "s")
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     err.print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(code=code)
 
@@ -486,7 +486,6 @@ def _params() -> Params:
         return load_params()
     except ParamsError as exc:
         _fail(str(exc))
-        raise  # not reached: _fail exits
 
 
 def _check_registry() -> None:
@@ -507,19 +506,12 @@ def _check_registry() -> None:
 def _check_model_folders() -> None:
     """A read-only or full models/ (or store folder), or a tracking server that does not
     answer, is reported before a long run, not after."""
-    from features.tracking import MODELS_DIR, local_store_folder, tracking_problem, tracking_uri, uri_mistake
+    from features.tracking import MODELS_DIR, local_store_folder
 
-    _bound_mlflow_retries()
+    _check_registry()
     store = local_store_folder()
-    if store is not None:
-        mistake = uri_mistake(tracking_uri())
-        if mistake:
-            _fail(f"MLFLOW_TRACKING_URI={tracking_uri()}: {mistake}")
+    if store is not None:  # a local sqlite store is checked by writing to its folder
         check_writable(store, what="the MLflow store (runs and registered models)")
-    else:  # a local sqlite store is checked by writing to its folder
-        problem = tracking_problem()
-        if problem:
-            _fail(problem)
     check_writable(MODELS_DIR, what="models/ (embedded data, quarantine files)")
 
 

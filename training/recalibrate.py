@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,7 +39,7 @@ from training.thresholds import f1_threshold, grade_bands, precision_threshold, 
 # Exit codes a scheduler can act on; every decision (promoted, kept the champion, dry run,
 # skipped) exits 0 and is named in summary.json.
 EXIT_FAILED = 2  # bad input, no champion, unreachable store: a person should look
-EXIT_LOCKED = 3  # a recalibration holds the lock: try again later
+EXIT_LOCKED = 3  # a recalibration (or a rollback) holds the lock: try again later
 EXIT_NO_NEW_DATA = 4  # the export has not grown past the champion's test period
 
 
@@ -61,9 +62,10 @@ def exclusive(lock_file: Path, job: str = "recalibration") -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder, _, pid = handle.read().strip().partition(" pid ")
-            running = f"a {holder or 'recalibration'} is running"
-            raise RecalibrationError(f"{running} (pid {pid or '?'}; lock {lock_file})", EXIT_LOCKED) from None
+            # "<job> pid N", or "pid N" from a version before rollback took the lock.
+            written = re.match(r"(?:(\w+) )?pid (\d+)", handle.read().strip())
+            holder, pid = (written.group(1) or "recalibration", written.group(2)) if written else ("recalibration", "?")
+            raise RecalibrationError(f"a {holder} is running (pid {pid}; lock {lock_file})", EXIT_LOCKED) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"{job} pid {os.getpid()}")
@@ -298,6 +300,7 @@ def _finish(summary: dict[str, Any], report_dir: Path | None, run_id: str | None
 
 
 def _day_or_moment(moment: Any) -> str:
+    """A day as 2026-11-20, a moment within one as an ISO timestamp."""
     stamp = pd.Timestamp(moment)
     return str(stamp.date()) if stamp == stamp.normalize() else stamp.isoformat()
 
