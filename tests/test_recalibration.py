@@ -159,6 +159,8 @@ def test_two_recalibrations_cannot_run_at_once(export, settings, champion):
     # The message names the job holding the lock, so an operator knows what to wait for.
     with exclusive(lock, job="rollback"), pytest.raises(RecalibrationError, match="a rollback is running"):
         recalibrate(params, model_name=MODEL, data=export, as_of=LATER)
+    with exclusive(lock, job="train"), pytest.raises(RecalibrationError, match="a `leadscore train` run is running"):
+        recalibrate(params, model_name=MODEL, data=export, as_of=LATER)
 
 
 def test_no_champion_is_a_clear_error(export, settings):
@@ -194,7 +196,7 @@ def test_cli_exits_non_zero_with_a_clear_message_when_it_cannot_run(export, sett
                                 env={**env, "LEADSCORE_PARAMS": str(export.parent / "missing.yaml")})  # fmt: skip
     assert bad_params.returncode == 2 and "Traceback" not in bad_params.stderr and "missing.yaml" in bad_params.stderr
     # Another recalibration holding the lock has its own exit code: a scheduler retries later.
-    # A rollback waits for it too, since both move the champion.
+    # A rollback and a training run wait for it too, since all of them move the champion.
     # A scheduler's fixed --report-dir gets a summary.json saying why, not an earlier run's.
     scheduled = export.parent / "scheduled-report"
     scheduled.mkdir(exist_ok=True)
@@ -203,8 +205,13 @@ def test_cli_exits_non_zero_with_a_clear_message_when_it_cannot_run(export, sett
         locked = subprocess.run([cli, "recalibrate", "--data", str(export), "--report-dir", str(scheduled)],
                                 capture_output=True, text=True, env=env)  # fmt: skip
         held = subprocess.run([cli, "rollback", "--model-name", MODEL], capture_output=True, text=True, env=env)
+        # A training run compares with the champion and promotes: it stops before loading anything.
+        training = subprocess.run([cli, "train", "--data", str(export), "--model-name", MODEL],
+                                  capture_output=True, text=True, env=env)  # fmt: skip
     assert locked.returncode == EXIT_LOCKED and "a recalibration is running" in locked.stderr
     assert held.returncode == EXIT_LOCKED and "try again after it finishes" in held.stderr, held.stderr
+    assert training.returncode == EXIT_LOCKED and "a recalibration is running" in training.stderr, training.stderr
+    assert "Loading" not in training.stdout and "Traceback" not in training.stderr
     recorded = json.loads((scheduled / "summary.json").read_text())
     assert recorded["decision"] == "locked" and recorded["exit_code"] == EXIT_LOCKED
     assert "a recalibration is running" in recorded["why"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from rich.table import Table
 
 from features.flat import FlatProfile, load_profile, make_profile
 from features.ingest import DataError
-from features.params import Params, ParamsError, load_params
+from features.params import PROJECT_ROOT, Params, ParamsError, load_params
 from features.synthetic import STEP_DAYS, generate_crm, write_crm
 from features.tracking import check_writable
 
@@ -339,6 +340,7 @@ def train(
         report_quarantine,
         train_and_register,
     )
+    from training.recalibrate import RecalibrationError, exclusive
 
     _quiet_libraries()
     overrides: dict[str, Any] = {}
@@ -362,9 +364,13 @@ def train(
     client = None
     dataset = None
     fit_options: dict[str, Any] = {}
+    held = contextlib.ExitStack()
     try:
         _check_model_folders()
         params = load_params(params_file, **overrides)
+        # Checked before any work and held to the end: a recalibration or a rollback moving
+        # @champion meanwhile would race this run's comparison with the champion and its promotion.
+        held.enter_context(exclusive(PROJECT_ROOT / params.recalibration.lock_file, job="train"))
         if engine == "dask":
             client, dataset, fit_options = _prepare_on_dask(data, params, reporter, scheduler, tuning_rows, partitions)
         elif data is None:
@@ -389,6 +395,8 @@ def train(
         )
         report_quarantine(dataset.quarantine, reporter)
         metrics = train_and_register(dataset, params, reporter, model_name=model_name, **fit_options)
+    except RecalibrationError as exc:
+        _fail(f"{exc}: try again after it finishes", code=exc.exit_code)
     except (DataError, ParamsError) as exc:
         _fail(str(exc) + _kept_quarantine(dataset, exc))
     except OSError as exc:
@@ -408,6 +416,7 @@ def train(
             + _kept_quarantine(dataset)
         )
     finally:
+        held.close()
         if client is not None:
             client.close()
     if metrics["data"]["quarantine_file"]:
@@ -570,7 +579,6 @@ def serve(
     """Start the scoring service (BentoML) on the champion of the configured MLflow registry."""
     import sys
 
-    from features.params import PROJECT_ROOT
     from features.tracking import tracking_uri
 
     # BentoML's usage statistics would phone home from every worker: not from a CRM's scorer.
@@ -866,7 +874,6 @@ def rollback(
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from features.params import PROJECT_ROOT
     from features.tracking import tracking_uri
     from training.recalibrate import RecalibrationError, exclusive
     from training.register import rollback as roll_back

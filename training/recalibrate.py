@@ -39,7 +39,7 @@ from training.thresholds import f1_threshold, grade_bands, precision_threshold, 
 # Exit codes a scheduler can act on; every decision (promoted, kept the champion, dry run,
 # skipped) exits 0 and is named in summary.json.
 EXIT_FAILED = 2  # bad input, no champion, unreachable store: a person should look
-EXIT_LOCKED = 3  # a recalibration (or a rollback) holds the lock: try again later
+EXIT_LOCKED = 3  # a recalibration, a rollback or a training run holds the lock: try again later
 EXIT_NO_NEW_DATA = 4  # the export has not grown past the champion's test period
 
 
@@ -52,10 +52,19 @@ class RecalibrationError(RuntimeError):
         self.exit_code = exit_code
 
 
+# What the lock file's job word means to an operator waiting for it.
+LOCK_HOLDERS = {
+    "recalibration": "a recalibration",
+    "rollback": "a rollback",
+    "train": "a `leadscore train` run",
+}
+
+
 @contextmanager
 def exclusive(lock_file: Path, job: str = "recalibration") -> Iterator[None]:
-    """Hold the recalibration lock for the whole block; a second holder (a recalibration or a
-    rollback, which moves the same aliases) stops at once and is told which job holds it."""
+    """Hold the recalibration lock for the whole block; a second holder (a recalibration, a
+    rollback or a training run, which move the same aliases) stops at once and is told which
+    job holds it."""
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with lock_file.open("a+") as handle:
         try:
@@ -65,7 +74,8 @@ def exclusive(lock_file: Path, job: str = "recalibration") -> Iterator[None]:
             # "<job> pid N", or "pid N" from a version before rollback took the lock.
             written = re.match(r"(?:(\w+) )?pid (\d+)", handle.read().strip())
             holder, pid = (written.group(1) or "recalibration", written.group(2)) if written else ("recalibration", "?")
-            raise RecalibrationError(f"a {holder} is running (pid {pid}; lock {lock_file})", EXIT_LOCKED) from None
+            holder = LOCK_HOLDERS.get(holder, f"a {holder}")
+            raise RecalibrationError(f"{holder} is running (pid {pid}; lock {lock_file})", EXIT_LOCKED) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"{job} pid {os.getpid()}")
