@@ -39,7 +39,7 @@ def gain_on_seed(data: str, seed: int, overrides: dict, add_blank_count: bool) -
     from training.baselines import fit_baselines
     from training.pipeline import prepare_flat
     from training.split import CV_FOLDS
-    from training.train import fit_final
+    from training.train import fit_final, learned_settings
     from training.tune import tune_cv
 
     path, label, drop = DATA[data]
@@ -59,7 +59,7 @@ def gain_on_seed(data: str, seed: int, overrides: dict, add_blank_count: bool) -
     )
     x_fit, x_test = to_model_frame(features[fit_rows], spec), to_model_frame(features[test_rows], spec)
     y_fit, y_test = dataset.label[fit_rows].to_numpy(), dataset.label[test_rows].to_numpy()
-    tuning = tune_cv(x_fit, y_fit, params.tuning, folds=CV_FOLDS)
+    tuning = tune_cv(x_fit, y_fit, params.tuning, folds=CV_FOLDS, fixed=learned_settings(x_fit, y_fit, params.tuning))
     booster = fit_final(x_fit, y_fit, tuning.best_params, n_estimators=tuning.best_iteration, seed=seed)
     baselines = fit_baselines(x_fit, y_fit, x_test, list(spec.categories), seed)
     return {

@@ -73,6 +73,22 @@ class TuningParams(_Frozen):
     metric: Literal["auc", "binary_logloss"] = "auc"
     max_boost_rounds: int = Field(ge=10)
     search_space: dict[str, tuple[float, float]]
+    # LightGBM settings every trial and the final model share (not searched).
+    fixed: dict[str, int | float | str | bool] = Field(default_factory=dict)
+    # Numeric features at least this correlated (Spearman) with the label on the training rows
+    # are constrained monotone in that direction, by LightGBM's `monotone_method`; 0 constrains none.
+    monotone_min_abs_correlation: float = Field(0.0, ge=0, le=1)
+    monotone_method: Literal["basic", "intermediate", "advanced"] = "advanced"
+
+    @model_validator(mode="after")
+    def _constraints_come_from_the_data(self) -> TuningParams:
+        set_here = sorted(k for k in self.fixed if k.startswith("monotone_constraints"))
+        if set_here:
+            raise ValueError(
+                f"tuning.fixed: {', '.join(set_here)} are set from the data; use "
+                "tuning.monotone_min_abs_correlation and tuning.monotone_method"
+            )
+        return self
 
 
 class CalibrationParams(_Frozen):

@@ -140,3 +140,51 @@ def test_a_pruned_trials_partial_score_is_not_logged_as_a_finished_ones(isolated
     assert list(children["tags.state"]) == ["COMPLETE", "PRUNED"]
     assert children["metrics.valid_roc_auc"].iloc[0] == 0.81 and children["metrics.valid_roc_auc"].isna().iloc[1]
     assert children["metrics.valid_roc_auc_when_pruned"].iloc[1] == 0.62
+
+
+def test_clearly_correlated_numeric_features_are_constrained_monotone_in_every_trial_and_the_final_model():
+    import numpy as np
+    import pandas as pd
+
+    from features.params import load_params
+    from training.train import fit_final, learned_settings, monotone_constraints
+    from training.tune import tune_cv
+
+    rng = np.random.default_rng(2)
+    rows = 4000
+    x = pd.DataFrame(
+        {
+            "up": rng.normal(size=rows),
+            "down": rng.normal(size=rows),
+            "noise": rng.normal(size=rows),
+            "kind": pd.Categorical(rng.choice(list("abc"), rows)),
+        }
+    )
+    x.loc[::7, "up"] = np.nan  # blanks do not count against the correlation
+    # A rising trend with wiggles an unconstrained model follows.
+    logit = 1.5 * x["up"].fillna(0) + np.sin(4 * x["up"].fillna(0)) - x["down"]
+    y = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(int).to_numpy()
+    assert monotone_constraints(x, y, 0.05) == [1, -1, 0, 0]
+    assert monotone_constraints(x, y, 0.0) == [0, 0, 0, 0]
+
+    tuning = load_params(**{"tuning.trials": 3, "tuning.max_boost_rounds": 300}).tuning
+    learned = learned_settings(x, y, tuning)
+    assert learned == {"monotone_constraints": [1, -1, 0, 0], "monotone_constraints_method": tuning.monotone_method}
+    # No constraint, no method: LightGBM 4.7 segfaults on the `advanced` method alone.
+    assert learned_settings(x[["noise", "kind"]], y, tuning) == {}
+    result = tune_cv(x, y, tuning, folds=3, fixed=learned)
+    for trial in result.study.trials:
+        assert trial.state.name in ("COMPLETE", "PRUNED")
+    assert result.best_params["monotone_constraints"] == [1, -1, 0, 0]
+    assert result.best_params["max_bin"] == tuning.fixed["max_bin"]
+
+    grid = x.iloc[[0] * 200].copy()
+    grid["up"] = np.linspace(-3, 3, 200)
+
+    def steps(hyperparams):
+        booster = fit_final(x, y, hyperparams, n_estimators=result.best_iteration, seed=tuning.seed)
+        return np.diff(booster.predict(grid, raw_score=True))
+
+    assert (steps(result.best_params) >= 0).all()
+    free = {k: v for k, v in result.best_params.items() if not k.startswith("monotone_constraints")}
+    assert (steps(free) < 0).any()  # the same model without the constraint dips

@@ -48,7 +48,7 @@ from training.register import (
     set_alias,
 )
 from training.split import CV_FOLDS, SplitReport, split_by_time, split_stratified
-from training.train import fit_final, out_of_fold_margins
+from training.train import fit_final, learned_settings, out_of_fold_margins
 from training.tune import TuningResult, tune, tune_cv
 
 logger = logging.getLogger(__name__)
@@ -452,6 +452,16 @@ def train_and_register(
             }
         )
 
+        learned = learned_settings(frames["fit"], labels["fit"], params.tuning)
+        if learned:
+            signs = zip(frames["fit"].columns, learned["monotone_constraints"], strict=True)
+            monotone = [f"{column} ({'+' if sign > 0 else '-'})" for column, sign in signs if sign]
+            reporter.note(
+                f"monotone in {len(monotone)} feature(s) (tuning.monotone_min_abs_correlation): "
+                + ", ".join(monotone[:8])
+                + (f" and {len(monotone) - 8} more" if len(monotone) > 8 else "")
+            )
+            mlflow.log_param("tuning.monotone_features", ",".join(monotone)[:490])
         reporter.stage(
             f"Tuning LightGBM ({params.tuning.trials} trials at most, {params.tuning.timeout_seconds:.0f} s budget)"
         )
@@ -464,16 +474,19 @@ def train_and_register(
             reporter.trial_done(trial.number, trial.state.name, best)
 
         if cross_validate:
-            tuning = tune_cv(frames["fit"], labels["fit"], params.tuning, folds=CV_FOLDS, on_trial=on_trial)
+            tuning = tune_cv(
+                frames["fit"], labels["fit"], params.tuning, folds=CV_FOLDS, on_trial=on_trial, fixed=learned
+            )
         else:
             tuning = tune(
-                frames["fit"], labels["fit"], frames["valid"], labels["valid"], params.tuning, on_trial=on_trial
-            )
+                frames["fit"], labels["fit"], frames["valid"], labels["valid"], params.tuning,
+                on_trial=on_trial, fixed=learned,
+            )  # fmt: skip
         reporter.trials_finished()
         if on_tuned is not None:
             on_tuned(tuning)
         # The chosen settings on the parent run, to compare runs in the MLflow UI.
-        mlflow.log_params({f"best.{k}": v for k, v in tuning.best_params.items()})
+        mlflow.log_params({f"best.{k}": str(v)[:490] for k, v in tuning.best_params.items()})
         mlflow.log_param("best.num_boost_round", tuning.best_iteration)
         timings["tuning_seconds"] = time.perf_counter() - started
         memory["tuning_mb"] = peak_memory_mb()

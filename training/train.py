@@ -7,7 +7,10 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from scipy.stats import spearmanr
 from sklearn.model_selection import StratifiedKFold
+
+from features.params import TuningParams
 
 BASE_PARAMS: dict[str, Any] = {
     "objective": "binary",
@@ -20,6 +23,36 @@ BASE_PARAMS: dict[str, Any] = {
 INTEGER = frozenset(
     {"num_leaves", "min_child_samples", "max_depth", "min_data_per_group", "max_cat_to_onehot", "max_cat_threshold"}
 )
+
+
+def monotone_constraints(x: pd.DataFrame, y: np.ndarray, min_abs_correlation: float) -> list[int]:
+    """LightGBM's `monotone_constraints`, one per column of `x`: the sign of a numeric column's
+    Spearman correlation with the label where it is at least `min_abs_correlation` in size,
+    0 (free) for the others and for categories.
+
+    A score that rises with the time a lead spends on the site must not dip where a few
+    training rows happen to: the constraint spends no rows learning such dips.
+    """
+    y = np.asarray(y)
+    constraints = []
+    for column in x.columns:
+        values = x[column]
+        known = values.notna().to_numpy()
+        if min_abs_correlation <= 0 or isinstance(values.dtype, pd.CategoricalDtype) or values[known].nunique() < 2:
+            constraints.append(0)
+            continue
+        rho = float(spearmanr(values[known], y[known]).statistic)
+        constraints.append(int(np.sign(rho)) if abs(rho) >= min_abs_correlation else 0)
+    return constraints
+
+
+def learned_settings(x: pd.DataFrame, y: np.ndarray, params: TuningParams) -> dict[str, Any]:
+    """LightGBM settings of every trial and the final model that come from the training rows."""
+    constraints = monotone_constraints(x, y, params.monotone_min_abs_correlation)
+    if not any(constraints):
+        # Never the method alone: LightGBM 4.7 crashes (segfault) on `advanced` with no constraint.
+        return {}
+    return {"monotone_constraints": constraints, "monotone_constraints_method": params.monotone_method}
 
 
 def model_params(hyperparams: dict[str, Any], *, seed: int) -> dict[str, Any]:

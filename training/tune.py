@@ -64,17 +64,21 @@ def tune(
     params: TuningParams,
     *,
     on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+    fixed: dict[str, Any] | None = None,
 ) -> TuningResult:
     """Search hyper-parameters by validation ROC AUC.
 
     Each trial trains with early stopping on the validation set; Optuna's median pruner
-    stops trials whose validation AUC trails the others at the same boosting round.
+    stops trials whose validation AUC trails the others at the same boosting round. Every
+    trial shares `params.fixed` and `fixed` (settings learned from the data, such as
+    monotone constraints); the best parameters include them.
     """
 
     best: dict[str, Any] = {}
+    shared = {**params.fixed, **(fixed or {})}
 
     def objective(trial: optuna.Trial, within_budget: Callable[[Any], None]) -> float:
-        hyper = {**suggest(trial, params.search_space, len(x_train)), "metric": params.metric}
+        hyper = {**shared, **suggest(trial, params.search_space, len(x_train)), "metric": params.metric}
         model = build_model(hyper, n_estimators=params.max_boost_rounds, seed=params.seed)
         model.fit(
             x_train,
@@ -94,7 +98,7 @@ def tune(
         return score
 
     maximize = _direction(params) == "maximize"
-    result = _run_study(objective, params, on_trial)
+    result = _run_study(objective, params, on_trial, shared)
     if best.get("number") != result.study.best_trial.number:
         return result
     trimmed = lgb.Booster(model_str=best["model"].model_to_string(num_iteration=best["iterations"]))
@@ -108,15 +112,18 @@ def tune_cv(
     *,
     folds: int,
     on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+    fixed: dict[str, Any] | None = None,
 ) -> TuningResult:
     """Search hyper-parameters by stratified k-fold ROC AUC (for data without timestamps).
 
     Each trial runs LightGBM's own cross-validation with early stopping on the mean fold
-    AUC; the pruner compares trials on that mean at each boosting round.
+    AUC; the pruner compares trials on that mean at each boosting round. `fixed` as in `tune`.
     """
+    shared = {**params.fixed, **(fixed or {})}
 
     def objective(trial: optuna.Trial, within_budget: Callable[[Any], None]) -> float:
-        hyper = {**suggest(trial, params.search_space, len(x) * (folds - 1) // folds), "metric": params.metric}
+        rows = len(x) * (folds - 1) // folds
+        hyper = {**shared, **suggest(trial, params.search_space, rows), "metric": params.metric}
         history = lgb.cv(
             model_params(hyper, seed=params.seed),
             lgb.Dataset(x, label=y),  # a constructed Dataset cannot be reused with other params
@@ -134,7 +141,7 @@ def tune_cv(
         trial.set_user_attr("best_iteration", len(scores))
         return float(scores[-1])
 
-    return _run_study(objective, params, on_trial)
+    return _run_study(objective, params, on_trial, shared)
 
 
 def _direction(params: TuningParams) -> str:
@@ -169,6 +176,7 @@ def _run_study(
     objective: Callable[[optuna.Trial, Callable[[Any], None]], float],
     params: TuningParams,
     on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None,
+    shared: dict[str, Any],
 ) -> TuningResult:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
@@ -188,7 +196,7 @@ def _run_study(
         raise RuntimeError("no tuning trial completed; raise tuning.timeout_seconds")
     best = study.best_trial
     return TuningResult(
-        best_params=dict(best.params),
+        best_params={**shared, **best.params},
         best_iteration=int(best.user_attrs["best_iteration"]),
         best_valid_score=float(best.value),
         trials=len(study.trials),
