@@ -99,9 +99,13 @@ def main() -> None:
         first, last = int(first), int(last or first)
     except ValueError:
         parser.error(f"--seeds {args.seeds!r}: expected a seed (100) or a range (100-119)")
+    from features.params import load_params
+
+    tuning = load_params(**overrides).tuning
     print(
         f"bench_flat_seeds on {machine()}: {args.data}, overrides {overrides or 'none'}, "
-        f"fixed LightGBM {fixed or 'none'}, blank count {args.add_blank_count}"
+        f"tuning.fixed {tuning.fixed or 'none'}, monotone at |Spearman| >= {tuning.monotone_min_abs_correlation}, "
+        f"--lgbm {fixed or 'none'}, blank count {args.add_blank_count}"
     )
     gains = []
     for seed in range(first, last + 1):
