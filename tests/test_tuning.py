@@ -167,7 +167,14 @@ def test_clearly_correlated_numeric_features_are_constrained_monotone_in_every_t
     assert monotone_constraints(x, y, 0.05) == [1, -1, 0, 0]
     assert monotone_constraints(x, y, 0.0) == [0, 0, 0, 0]
 
-    tuning = load_params(**{"tuning.trials": 3, "tuning.max_boost_rounds": 300}).tuning
+    tuning = load_params(
+        **{
+            "tuning.trials": 3,
+            "tuning.max_boost_rounds": 300,
+            "tuning.fixed": {"max_bin": 63},
+            "tuning.monotone_min_abs_correlation": 0.05,
+        }
+    ).tuning
     learned = learned_settings(x, y, tuning)
     assert learned == {"monotone_constraints": [1, -1, 0, 0], "monotone_constraints_method": tuning.monotone_method}
     # No constraint, no method: LightGBM 4.7 segfaults on the `advanced` method alone.
@@ -176,7 +183,7 @@ def test_clearly_correlated_numeric_features_are_constrained_monotone_in_every_t
     for trial in result.study.trials:
         assert trial.state.name in ("COMPLETE", "PRUNED")
     assert result.best_params["monotone_constraints"] == [1, -1, 0, 0]
-    assert result.best_params["max_bin"] == tuning.fixed["max_bin"]
+    assert result.best_params["max_bin"] == 63
 
     grid = x.iloc[[0] * 200].copy()
     grid["up"] = np.linspace(-3, 3, 200)
@@ -188,3 +195,14 @@ def test_clearly_correlated_numeric_features_are_constrained_monotone_in_every_t
     assert (steps(result.best_params) >= 0).all()
     free = {k: v for k, v in result.best_params.items() if not k.startswith("monotone_constraints")}
     assert (steps(free) < 0).any()  # the same model without the constraint dips
+
+
+def test_constraints_are_off_by_default_and_cannot_be_fixed_by_hand():
+    import pytest
+
+    from features.params import ParamsError, load_params
+
+    tuning = load_params().tuning
+    assert tuning.monotone_min_abs_correlation == 0 and tuning.fixed == {}
+    with pytest.raises(ParamsError, match="are set from the data"):
+        load_params(**{"tuning.fixed": {"monotone_constraints_method": "basic"}})
