@@ -159,7 +159,7 @@ def test_two_recalibrations_cannot_run_at_once(export, settings, champion):
     # The message names the job holding the lock, so an operator knows what to wait for.
     with exclusive(lock, job="rollback"), pytest.raises(RecalibrationError, match="a rollback is running"):
         recalibrate(params, model_name=MODEL, data=export, as_of=LATER)
-    with exclusive(lock, job="train"), pytest.raises(RecalibrationError, match="a `leadscore train` run is running"):
+    with exclusive(lock, job="train"), pytest.raises(RecalibrationError, match="`leadscore train` is running"):
         recalibrate(params, model_name=MODEL, data=export, as_of=LATER)
 
 

@@ -56,7 +56,7 @@ class RecalibrationError(RuntimeError):
 LOCK_HOLDERS = {
     "recalibration": "a recalibration",
     "rollback": "a rollback",
-    "train": "a `leadscore train` run",
+    "train": "`leadscore train`",
 }
 
 

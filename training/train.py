@@ -33,12 +33,14 @@ def monotone_constraints(x: pd.DataFrame, y: np.ndarray, min_abs_correlation: fl
     A score that rises with the time a lead spends on the site must not dip where a few
     training rows happen to: the constraint spends no rows learning such dips.
     """
+    if min_abs_correlation <= 0:  # the default: nothing to compute on every training run
+        return [0] * len(x.columns)
     y = np.asarray(y)
     constraints = []
     for column in x.columns:
         values = x[column]
         known = values.notna().to_numpy()
-        if min_abs_correlation <= 0 or isinstance(values.dtype, pd.CategoricalDtype) or values[known].nunique() < 2:
+        if isinstance(values.dtype, pd.CategoricalDtype) or values[known].nunique() < 2:
             constraints.append(0)
             continue
         rho = float(spearmanr(values[known], y[known]).statistic)
