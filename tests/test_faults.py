@@ -242,7 +242,8 @@ def test_a_tracking_store_that_cannot_work_is_named_before_the_data_is_loaded(ch
 
 def test_commands_that_read_the_registry_name_a_bad_store_or_params_file_in_one_line(small_crm_dir, tmp_path):
     """score, report and rollback check the store as train does (a stopped server was minutes
-    of silence, a folder typo a new empty registry) and a params file as train does."""
+    of silence, a folder typo a new empty registry) and a params file as train does; a store
+    that does not exist yet holds no model, so they say so without creating it."""
     ids = tmp_path / "ids.txt"
     ids.write_text("L1\n")
     commands = {
@@ -254,6 +255,7 @@ def test_commands_that_read_the_registry_name_a_bad_store_or_params_file_in_one_
         ("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}"): "no tracking server answers",
         ("MLFLOW_TRACKING_URI", f"file://{tmp_path / 'mlruns'}"): "a folder store",
         ("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'typo' / 'mlflow.db'}"): "does not exist",
+        ("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'new.db'}"): "no model registered yet",
         ("LEADSCORE_PARAMS", str(tmp_path / "missing.yaml")): "missing.yaml",
     }
     for (variable, value), said in cases.items():
@@ -265,6 +267,7 @@ def test_commands_that_read_the_registry_name_a_bad_store_or_params_file_in_one_
             assert done.returncode == 2 and said in done.stderr, (where, done.stderr)
             assert "Traceback" not in done.stderr, where
     assert not (tmp_path / "typo").exists()  # no registry was started by the typo
+    assert not (tmp_path / "new.db").exists()  # nor an empty one by a command that only reads
 
 
 @pytest.mark.parametrize(

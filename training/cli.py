@@ -497,17 +497,27 @@ def _params() -> Params:
         _fail(str(exc))
 
 
-def _check_registry() -> None:
+def _check_registry(*, reads_models: bool = False) -> None:
     """Before reading the registry: the URI's form, then whether a server answers, in seconds.
-    MLflow alone would retry a stopped server for minutes, or read a folder typo as a store."""
+    MLflow alone would retry a stopped server for minutes, or read a folder typo as a store.
+
+    With `reads_models` (a command that needs a registered model), a local database that does
+    not exist yet is said at once: MLflow would create an empty one only to find no model in it.
+    """
     from features.tracking import local_store_folder, tracking_problem, tracking_uri, uri_mistake
 
     _bound_mlflow_retries()
+    uri = tracking_uri()
     if local_store_folder() is None:
         problem = tracking_problem()
     else:
-        mistake = uri_mistake(tracking_uri())
-        problem = mistake and f"MLFLOW_TRACKING_URI={tracking_uri()}: {mistake}"
+        mistake = uri_mistake(uri)
+        problem = mistake and f"MLFLOW_TRACKING_URI={uri}: {mistake}"
+        database = Path(uri.removeprefix("sqlite:///"))
+        if not problem and reads_models and not database.is_file():
+            problem = f"no model registered yet: the MLflow store {database} does not exist; run `leadscore train` first"
+            if "MLFLOW_TRACKING_URI" not in os.environ:
+                problem += " (or set MLFLOW_TRACKING_URI to the store that holds your models)"
     if problem:
         _fail(problem)
 
@@ -642,7 +652,7 @@ def score(
 
     _quiet_libraries()
     params = _params()
-    _check_registry()
+    _check_registry(reads_models=True)
     if model_version is not None and snapshot:
         # The pages explain the latest kept scoring with the champion: another version's would mix.
         console.print(f"[dim]scoring with --model-version {model_version}: not kept for the pages[/dim]")
@@ -738,7 +748,7 @@ def _score_on_dask(
 
     _quiet_libraries()
     params = _params()
-    _check_registry()
+    _check_registry(reads_models=True)
     if source.is_dir():
         if (source / TABLE_FILES["outcomes"]).is_file():
             console.print("[yellow]the dask engine scores every lead of leads.csv, closed ones included[/yellow]")
@@ -881,7 +891,7 @@ def rollback(
     _quiet_libraries()
     params = _params()
     name = model_name or params.mlflow.model_name
-    _check_registry()
+    _check_registry(reads_models=True)
     mlflow.set_tracking_uri(tracking_uri())
     try:
         # A recalibration promoting meanwhile would undo the rollback or be undone by it.
@@ -917,7 +927,7 @@ def report(
 
     _quiet_libraries()
     params = _params()
-    _check_registry()
+    _check_registry(reads_models=True)
     try:
         lead_ids = _read_lead_ids(leads_file)
         latest, previous = latest_two()
