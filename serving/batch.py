@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.clean import blank_to_missing
+from features.clean import blank_to_missing, parse_timestamps
 from features.flat import clean_flat_columns, model_column_name
 from features.ingest import STATUS_SYNONYMS, DataError, header_separator
 from features.schema import TABLE_FILES, contract_names
@@ -47,6 +47,27 @@ def read_table(path: Path, sep: str = ",") -> pd.DataFrame:
 
 def _contract_table(frame: pd.DataFrame, table: str, rename: bool) -> pd.DataFrame:
     return frame.rename(columns=contract_names(frame.columns, table)[0]) if rename else frame
+
+
+# Scoring an export this long after its newest activity (as of now) reads its engagement as gone
+# quiet: every lead looks colder than it did when the export was taken.
+STALE_EXPORT_DAYS = 30
+
+
+def stale_export_note(activities: pd.DataFrame, as_of: pd.Timestamp) -> str | None:
+    """A warning when the newest activity of an export is long before the scoring moment."""
+    if activities.empty or "occurred_at" not in activities:
+        return None
+    newest = parse_timestamps(activities["occurred_at"])[0].max()
+    if pd.isna(newest) or as_of - newest <= pd.Timedelta(days=STALE_EXPORT_DAYS):
+        return None
+    # Features read the rows before T: the next midnight keeps the newest day's activities.
+    day_after = newest.normalize() + pd.Timedelta(days=1)
+    return (
+        f"the newest activity in this export is from {newest:%Y-%m-%d}, {(as_of - newest).days} days before "
+        f"{as_of:%Y-%m-%d}: its engagement is read as that old, so every lead scores colder than when it was "
+        f"exported; to score the leads as they stood then, add --as-of {day_after:%Y-%m-%d}"
+    )
 
 
 def read_leads(

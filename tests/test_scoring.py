@@ -34,3 +34,15 @@ def test_an_empty_model_version_is_named_before_the_registry_is_asked():
 
     with pytest.raises(ModelNotReady, match="--model-version is empty"):
         load_chosen("lead-scorer", " @ ")
+
+
+def test_an_export_scored_long_after_its_newest_activity_is_warned_about():
+    from serving.batch import STALE_EXPORT_DAYS, stale_export_note
+
+    acts = pd.DataFrame({"occurred_at": ["2026-03-01T10:00:00", "2026-03-20 09:30", "", "not a date"]})
+    fresh = pd.Timestamp("2026-03-20") + pd.Timedelta(days=STALE_EXPORT_DAYS)
+    assert stale_export_note(acts, fresh) is None
+    note = stale_export_note(acts, pd.Timestamp("2026-06-18 09:30"))
+    assert note is not None and "from 2026-03-20, 90 days before 2026-06-18" in note and "--as-of 2026-03-21" in note
+    assert stale_export_note(acts.iloc[:0], pd.Timestamp("2030-01-01")) is None  # no activities: nothing to date
+    assert stale_export_note(acts.iloc[2:], pd.Timestamp("2030-01-01")) is None  # none readable

@@ -150,6 +150,10 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
     assert chosen.returncode == 0, chosen.stderr
     assert "with crm-model version 2 " in chosen.stdout and len(pd.read_csv(scores)) > 0
     assert "not kept for the pages" in chosen.stdout and "Kept for the pages" not in chosen.stdout
+    # The export ended in 2025 and was scored as of now: its engagement reads as long gone.
+    said = " ".join(chosen.stdout.split())
+    assert re.search(r"newest activity in this export is from 2025-\d\d-\d\d, \d+ days before", said), said
+    assert re.search(r"add --as-of 202[56]-\d\d-\d\d", said), said
     no_alias = leadscore("score", str(small_crm_dir), "-o", str(scores), "--model-version", "@challenger",
                          "--model-name", "crm-model", store=store)  # fmt: skip
     assert no_alias.returncode == 2 and "none is @challenger" in no_alias.stderr, no_alias.stderr

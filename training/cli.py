@@ -515,7 +515,9 @@ def _check_registry(*, reads_models: bool = False) -> None:
         problem = mistake and f"MLFLOW_TRACKING_URI={uri}: {mistake}"
         database = Path(uri.removeprefix("sqlite:///"))
         if not problem and reads_models and not database.is_file():
-            problem = f"no model registered yet: the MLflow store {database} does not exist; run `leadscore train` first"
+            problem = (
+                f"no model registered yet: the MLflow store {database} does not exist; run `leadscore train` first"
+            )
             if "MLFLOW_TRACKING_URI" not in os.environ:
                 problem += " (or set MLFLOW_TRACKING_URI to the store that holds your models)"
     if problem:
@@ -646,7 +648,7 @@ def score(
         _fail(f"-o {output}: the scores are written as .csv or .parquet; name the file so")
     from rich.progress import Progress as RichProgress
 
-    from serving.batch import read_leads, score_batch, write_table
+    from serving.batch import read_leads, score_batch, stale_export_note, write_table
     from serving.scoring import ModelNotReady, load_chosen
     from serving.snapshots import scores_dir, write_snapshot
 
@@ -671,6 +673,9 @@ def score(
         if flat_schema is not None and activities is not None:
             _fail(f"{model.name} is a flat model: it reads one row per lead, no --activities")
         leads, acts, closed = read_leads(source, activities, flat_schema=flat_schema)
+        stale = stale_export_note(acts, moment) if as_of is None else None
+        if stale:
+            console.print(f"[yellow]{escape(stale)}[/yellow]")
         if closed:
             console.print(
                 f"{closed:,} converted or lost leads of the export left out; scoring the {len(leads):,} open ones"
