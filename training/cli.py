@@ -654,7 +654,6 @@ def score(
 
     _quiet_libraries()
     params = _params()
-    _check_registry(reads_models=True)
     if model_version is not None and snapshot:
         # The pages explain the latest kept scoring with the champion: another version's would mix.
         console.print(f"[dim]scoring with --model-version {model_version}: not kept for the pages[/dim]")
@@ -665,6 +664,9 @@ def score(
             check_writable(scores_dir(), what="the scoring snapshot for the pages (LEADSCORE_SCORES_DIR)")
     except OSError as exc:
         _fail(_os_error_text(exc))
+    # After the output checks: a read-only or full models/ folder is the problem to name, not
+    # the store that could not be created in it.
+    _check_registry(reads_models=True)
     try:
         moment = pd_timestamp(as_of)
         with console.status("Loading the model"):
