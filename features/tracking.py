@@ -32,12 +32,16 @@ def artifact_root() -> str | None:
     return None
 
 
+def local_database() -> Path | None:
+    """The database file of a sqlite tracking store (it may not exist yet), None for a server."""
+    uri = tracking_uri()
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
 def local_store_folder() -> Path | None:
     """The folder of a sqlite tracking store (database and artifacts), None for a server."""
-    uri = tracking_uri()
-    if uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///")).parent
-    return None
+    database = local_database()
+    return None if database is None else database.parent
 
 
 def check_writable(folder: Path, *, what: str, probe_bytes: int = 1 << 20) -> None:

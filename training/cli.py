@@ -504,16 +504,15 @@ def _check_registry(*, reads_models: bool = False) -> None:
     With `reads_models` (a command that needs a registered model), a local database that does
     not exist yet is said at once: MLflow would create an empty one only to find no model in it.
     """
-    from features.tracking import local_store_folder, tracking_problem, tracking_uri, uri_mistake
+    from features.tracking import local_database, tracking_problem, tracking_uri, uri_mistake
 
     _bound_mlflow_retries()
-    uri = tracking_uri()
-    if local_store_folder() is None:
+    database = local_database()
+    if database is None:
         problem = tracking_problem()
     else:
-        mistake = uri_mistake(uri)
-        problem = mistake and f"MLFLOW_TRACKING_URI={uri}: {mistake}"
-        database = Path(uri.removeprefix("sqlite:///"))
+        mistake = uri_mistake(tracking_uri())
+        problem = mistake and f"MLFLOW_TRACKING_URI={tracking_uri()}: {mistake}"
         if not problem and reads_models and not database.is_file():
             problem = (
                 f"no model registered yet: the MLflow store {database} does not exist; run `leadscore train` first"
