@@ -3,6 +3,7 @@ store under the project's models/ folder."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -44,14 +45,20 @@ def local_store_folder() -> Path | None:
     return None if database is None else database.parent
 
 
-def check_writable(folder: Path, *, what: str, probe_bytes: int = 1 << 20) -> None:
+def check_writable(folder: Path, *, what: str, probe_bytes: int = 1 << 20, keep_folders: bool = True) -> None:
     """Fail early, with the reason, when `folder` cannot take new files: a read-only
     filesystem, missing permissions or a full disk (a probe file of `probe_bytes` is written
     and removed), instead of an error from deep inside a long run.
 
+    Args:
+        keep_folders: keep the folders created for the probe; False removes them again, for a
+            command that may stop before it writes anything (its writer creates them).
+
     Raises:
         OSError: with a message naming the folder and the reason.
     """
+    created = [folder, *folder.parents]
+    created = created[: next((i for i, f in enumerate(created) if f.exists()), len(created))]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-probe-{os.getpid()}"
@@ -62,6 +69,10 @@ def check_writable(folder: Path, *, what: str, probe_bytes: int = 1 << 20) -> No
                 os.fsync(handle.fileno())
         finally:
             probe.unlink(missing_ok=True)
+            if not keep_folders:
+                for made in created:  # innermost first
+                    with contextlib.suppress(OSError):
+                        made.rmdir()
     except OSError as exc:
         reason = {errno.EROFS: "the filesystem is read-only", errno.ENOSPC: "the disk is full",
                   errno.EACCES: "permission denied", errno.EDQUOT: "the disk quota is exceeded"}.get(

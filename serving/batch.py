@@ -58,8 +58,12 @@ def stale_export_note(activities: pd.DataFrame, as_of: pd.Timestamp) -> str | No
     """A warning when the newest activity of an export is long before the scoring moment."""
     if activities.empty or "occurred_at" not in activities:
         return None
-    newest = parse_timestamps(activities["occurred_at"])[0].max()
-    if pd.isna(newest) or as_of - newest <= pd.Timedelta(days=STALE_EXPORT_DAYS):
+    return stale_note(parse_timestamps(activities["occurred_at"])[0].max(), as_of)
+
+
+def stale_note(newest: pd.Timestamp | None, as_of: pd.Timestamp) -> str | None:
+    """The stale-export warning given the export's newest activity (None or NaT: no warning)."""
+    if newest is None or pd.isna(newest) or as_of - newest <= pd.Timedelta(days=STALE_EXPORT_DAYS):
         return None
     # Features read the rows before T: the next midnight keeps the newest day's activities.
     day_after = newest.normalize() + pd.Timedelta(days=1)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 from distributed import WorkerPlugin
 
+from features.clean import parse_timestamps
 from features.ingest import DataError, header_separator
 from features.schema import contract_names
 from serving.batch import OUTPUT_COLUMNS, score_batch
@@ -91,6 +92,21 @@ def _contract_frame(frame, table: str, path: Path):
     if "lead_id" not in frame.columns:
         raise DataError(f"{path}: no lead_id column; columns are {', '.join(map(str, frame.columns[:20]))}")
     return frame
+
+
+def _newest_of_partition(occurred_at: pd.Series) -> pd.Series:
+    return pd.Series([parse_timestamps(occurred_at)[0].max()], dtype="datetime64[ns]")
+
+
+def newest_activity(activities_path: Path, *, blocksize: str = "64MB") -> pd.Timestamp | None:
+    """The newest activity of an activities file (None when it has none readable), computed
+    on the cluster one partition at a time: the stale-export check of the local engine."""
+    frame = _contract_frame(read_frame(activities_path, blocksize=blocksize), "activities", activities_path)
+    if "occurred_at" not in frame.columns:
+        return None
+    newest = frame["occurred_at"].map_partitions(_newest_of_partition, meta=("occurred_at", "datetime64[ns]"))
+    found = newest.max().compute()
+    return None if pd.isna(found) else pd.Timestamp(found)
 
 
 def bucket_by_lead(frame: pd.DataFrame, buckets: int) -> pd.DataFrame:

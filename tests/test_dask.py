@@ -43,6 +43,27 @@ def test_dask_scoring_equals_single_process(client, champion, champion_store, sm
     assert os.listdir(tmp_path / "scores")  # partitioned parquet
 
 
+def test_newest_activity_on_dask_is_the_local_checks_and_skips_bad_dates(client, small_crm_dir, tmp_path):
+    from features.clean import parse_timestamps
+    from serving.batch import stale_note
+    from serving.dask_batch import newest_activity
+
+    acts = read_table(small_crm_dir / "activities.csv")
+    want = parse_timestamps(acts["occurred_at"])[0].max()  # what the local engine's check reads
+    assert pd.notna(want)
+    # The export's rows (some dates dirty) then a blank and an unreadable date: none hides it or fails.
+    rows = pd.concat([acts, acts.head(2).assign(occurred_at=["", "not a date"])])
+    path = tmp_path / "activities.csv"
+    rows.to_csv(path, index=False)
+    assert path.stat().st_size > 20 * 16_000  # so 16 kB blocks read it as many partitions
+    assert newest_activity(path, blocksize="16kB") == newest_activity(path) == want
+    rows.head(0).to_csv(tmp_path / "empty.csv", index=False)
+    assert newest_activity(tmp_path / "empty.csv") is None
+    note = stale_note(want, want + pd.Timedelta(days=45))
+    assert note and f"add --as-of {(want.normalize() + pd.Timedelta(days=1)):%Y-%m-%d}" in note
+    assert stale_note(want, want + pd.Timedelta(days=10)) is None
+
+
 def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(champion, champion_store, small_crm_dir, tmp_path):
     import signal
     import threading

@@ -247,7 +247,7 @@ def test_commands_that_read_the_registry_name_a_bad_store_or_params_file_in_one_
     ids = tmp_path / "ids.txt"
     ids.write_text("L1\n")
     commands = {
-        "score": ["score", str(small_crm_dir), "-o", str(tmp_path / "s.csv"), "--no-snapshot"],
+        "score": ["score", str(small_crm_dir), "-o", str(tmp_path / "scored" / "s.csv")],
         "report": ["report", "--leads", str(ids), "-o", str(tmp_path / "pages")],
         "rollback": ["rollback"],
     }
@@ -259,7 +259,7 @@ def test_commands_that_read_the_registry_name_a_bad_store_or_params_file_in_one_
         ("LEADSCORE_PARAMS", str(tmp_path / "missing.yaml")): "missing.yaml",
     }
     for (variable, value), said in cases.items():
-        env = {**os.environ, "COLUMNS": "200", variable: value}
+        env = {**os.environ, "COLUMNS": "200", "LEADSCORE_SCORES_DIR": str(tmp_path / "snapshots"), variable: value}
         env.pop("MLFLOW_ALLOW_FILE_STORE", None)
         for command, args in commands.items():
             done = subprocess.run([str(BIN / "leadscore"), *args], env=env, capture_output=True, text=True, timeout=120)
@@ -268,6 +268,8 @@ def test_commands_that_read_the_registry_name_a_bad_store_or_params_file_in_one_
             assert "Traceback" not in done.stderr, where
     assert not (tmp_path / "typo").exists()  # no registry was started by the typo
     assert not (tmp_path / "new.db").exists()  # nor an empty one by a command that only reads
+    # nor the folders score checked it could write to before it found no model
+    assert not (tmp_path / "scored").exists() and not (tmp_path / "snapshots").exists()
 
 
 @pytest.mark.parametrize(

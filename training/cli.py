@@ -658,9 +658,12 @@ def score(
         console.print(f"[dim]scoring with --model-version {model_version}: not kept for the pages[/dim]")
         snapshot = False
     try:
-        check_writable(output.resolve().parent, what="the scores", probe_bytes=1 << 16)
+        # Folders made for the checks are removed again: a run stopped below leaves nothing.
+        check_writable(output.resolve().parent, what="the scores", probe_bytes=1 << 16, keep_folders=False)
         if snapshot:
-            check_writable(scores_dir(), what="the scoring snapshot for the pages (LEADSCORE_SCORES_DIR)")
+            check_writable(
+                scores_dir(), what="the scoring snapshot for the pages (LEADSCORE_SCORES_DIR)", keep_folders=False
+            )
     except OSError as exc:
         _fail(_os_error_text(exc))
     # After the output checks: a read-only or full models/ folder is the problem to name, not
@@ -749,7 +752,8 @@ def _score_on_dask(
 
     from features.schema import TABLE_FILES
     from features.tracking import tracking_uri
-    from serving.dask_batch import score_on_dask, start_client
+    from serving.batch import stale_note
+    from serving.dask_batch import newest_activity, score_on_dask, start_client
     from serving.scoring import ModelNotReady, load_chosen
 
     _quiet_libraries()
@@ -773,6 +777,9 @@ def _score_on_dask(
         client = start_client(scheduler)
         workers = len(client.scheduler_info()["workers"])
         console.print(f"Dask: {workers} worker(s); dashboard {client.dashboard_link}")
+        stale = stale_note(newest_activity(activities), moment) if as_of is None else None
+        if stale:
+            console.print(f"[yellow]{escape(stale)}[/yellow]")
         with RichProgress(console=console) as progress:
             task = progress.add_task(f"scoring on {workers} worker(s) (partitions)", total=None)
             run = score_on_dask(
