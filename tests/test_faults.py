@@ -272,6 +272,32 @@ def test_commands_that_read_the_registry_name_a_bad_store_or_params_file_in_one_
     assert not (tmp_path / "scored").exists() and not (tmp_path / "snapshots").exists()
 
 
+def test_serve_refuses_a_mistyped_store_and_says_when_no_model_is_registered_yet(tmp_path):
+    """A typo'd store would serve 503s forever from an empty registry of its own; a store not
+    created yet is a new user's first `serve`, which starts and waits for a champion."""
+    serve = [str(BIN / "leadscore"), "serve", "--host", "127.0.0.1", "--port", str(_free_port())]
+    env = {**os.environ, "COLUMNS": "400", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'typo' / 'mlflow.db'}"}
+    done = subprocess.run(serve, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "typo does not exist" in done.stderr, done.stdout + done.stderr
+    assert not (tmp_path / "typo").exists()
+    waits = {
+        f"sqlite:///{tmp_path / 'new.db'}": "no model registered yet",
+        f"http://127.0.0.1:{_free_port()}": "no tracking server answers",
+    }
+    for uri, reason in waits.items():
+        env["MLFLOW_TRACKING_URI"] = uri
+        with subprocess.Popen(
+            serve, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        ) as server:
+            try:
+                said = server.stdout.readline() + server.stdout.readline()  # printed before BentoML starts
+            finally:
+                os.killpg(server.pid, signal.SIGTERM)
+                server.wait(timeout=60)
+        assert f"Serving models:/lead-scorer@champion from {uri}" in said, said
+        assert reason in said and "/readyz and /score answer 503 until" in said, said
+
+
 @pytest.mark.parametrize(
     ("uri", "said"),
     [

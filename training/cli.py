@@ -590,12 +590,23 @@ def serve(
     """Start the scoring service (BentoML) on the champion of the configured MLflow registry."""
     import sys
 
-    from features.tracking import tracking_uri
+    from features.tracking import local_database, tracking_problem, tracking_uri, uri_mistake
 
     # BentoML's usage statistics would phone home from every worker: not from a CRM's scorer.
     env = {"BENTOML_DO_NOT_TRACK": "true", **os.environ, "MLFLOW_TRACKING_URI": tracking_uri()}
     name = os.environ.get("LEADSCORE_MODEL_NAME") or _params().mlflow.model_name
+    mistake = uri_mistake(tracking_uri())
+    if mistake:  # a typo would serve 503s from an empty store of its own, forever
+        _fail(f"MLFLOW_TRACKING_URI={tracking_uri()}: {mistake}")
     console.print(f"Serving models:/{name}@champion from {env['MLFLOW_TRACKING_URI']} on http://{host}:{port}")
+    # The service starts anyway and loads the champion once there is one (`service.reload_seconds`).
+    database = local_database()
+    waiting = "/readyz and /score answer 503 until"
+    if database is not None and not database.is_file():
+        console.print(f"[yellow]no model registered yet ({escape(str(database))} does not exist): {waiting} "
+                      f"`leadscore train` registers a champion[/yellow]")  # fmt: skip
+    elif database is None and (problem := tracking_problem()):
+        console.print(f"[yellow]{escape(problem)} (the service starts: {waiting} the store answers)[/yellow]")
     if os.environ.get("LEADSCORE_API_KEYS"):
         console.print("API keys required (LEADSCORE_API_KEYS is set)")
     bentoml = str(Path(sys.executable).parent / "bentoml")
