@@ -80,7 +80,7 @@ def check_writable(folder: Path, *, what: str, probe_bytes: int = 1 << 20, keep_
         raise OSError(exc.errno, f"cannot write {what} in {folder}: {reason}") from None
 
 
-def _shown(uri: str) -> str:
+def shown_uri(uri: str) -> str:
     """The URI with any password masked, fit for a message."""
     try:
         parts = urllib.parse.urlsplit(uri)
@@ -127,6 +127,13 @@ def uri_mistake(uri: str) -> str | None:
     return None
 
 
+def uri_form_problem() -> str | None:
+    """What is wrong with the form of the tracking URI in force, as a one-line message."""
+    uri = tracking_uri()
+    mistake = uri_mistake(uri)
+    return mistake and f"MLFLOW_TRACKING_URI={shown_uri(uri)}: {mistake}"
+
+
 def tracking_problem(timeout_seconds: int = 10) -> str | None:
     """Why the tracking store in force cannot work, found in seconds; None when it answers.
 
@@ -137,9 +144,9 @@ def tracking_problem(timeout_seconds: int = 10) -> str | None:
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri()
-    mistake = uri_mistake(uri)
+    mistake = uri_form_problem()
     if mistake:
-        return f"MLFLOW_TRACKING_URI={_shown(uri)}: {mistake}"
+        return mistake
     quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_seconds)}
     saved = {name: os.environ.get(name) for name in quick}
     os.environ.update(quick)
@@ -154,7 +161,7 @@ def tracking_problem(timeout_seconds: int = 10) -> str | None:
             reason = "no tracking server answers; is `mlflow server` running?"
         else:
             reason = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
-        return f"MLFLOW_TRACKING_URI={_shown(uri)}: {reason}"
+        return f"MLFLOW_TRACKING_URI={shown_uri(uri)}: {reason}"
     finally:
         for name, value in saved.items():
             if value is None:
@@ -172,6 +179,6 @@ def server_lost(exc: BaseException) -> str | None:
     if not re.search(r"Connection refused|Max retries exceeded|Name or service not known|timed out", str(exc)):
         return None
     return (
-        f"the tracking server at {_shown(uri)} stopped answering during the run; the run stays unfinished "
+        f"the tracking server at {shown_uri(uri)} stopped answering during the run; the run stays unfinished "
         "there and @champion did not move. Train again once `mlflow server` is back."
     )

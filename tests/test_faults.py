@@ -282,7 +282,7 @@ def test_serve_refuses_a_mistyped_store_and_says_when_no_model_is_registered_yet
     assert not (tmp_path / "typo").exists()
     waits = {
         f"sqlite:///{tmp_path / 'new.db'}": "no model registered yet",
-        f"http://127.0.0.1:{_free_port()}": "no tracking server answers",
+        f"http://leadscore:s3cret@127.0.0.1:{_free_port()}": "no tracking server answers",
     }
     for uri, reason in waits.items():
         env["MLFLOW_TRACKING_URI"] = uri
@@ -294,8 +294,9 @@ def test_serve_refuses_a_mistyped_store_and_says_when_no_model_is_registered_yet
             finally:
                 os.killpg(server.pid, signal.SIGTERM)
                 server.wait(timeout=60)
-        assert f"Serving models:/lead-scorer@champion from {uri}" in said, said
+        assert f"Serving models:/lead-scorer@champion from {uri.replace('s3cret', '***')}" in said, said
         assert reason in said and "/readyz and /score answer 503 until" in said, said
+        assert "s3cret" not in said  # a supervisor's log keeps what serve prints
 
 
 @pytest.mark.parametrize(
@@ -312,13 +313,13 @@ def test_serve_refuses_a_mistyped_store_and_says_when_no_model_is_registered_yet
     ],
 )
 def test_a_mistyped_tracking_uri_is_named_before_mlflow_reads_it_some_other_way(uri, said, tmp_path, monkeypatch):
-    from features.tracking import _shown, uri_mistake
+    from features.tracking import shown_uri, uri_mistake
 
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     (tmp_path / "text.db").write_text("a text file, not a database")
     uri = uri.format(tmp=tmp_path)
     assert said in (uri_mistake(uri) or ""), uri_mistake(uri)
-    assert _shown(uri) == uri  # no password to mask, and no error for a malformed one
+    assert shown_uri(uri) == uri  # no password to mask, and no error for a malformed one
     assert uri_mistake(f"sqlite:///{tmp_path}/new.db") is None and uri_mistake("http://127.0.0.1:5000") is None
 
 

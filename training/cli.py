@@ -504,15 +504,14 @@ def _check_registry(*, reads_models: bool = False) -> None:
     With `reads_models` (a command that needs a registered model), a local database that does
     not exist yet is said at once: MLflow would create an empty one only to find no model in it.
     """
-    from features.tracking import local_database, tracking_problem, tracking_uri, uri_mistake
+    from features.tracking import local_database, tracking_problem, uri_form_problem
 
     _bound_mlflow_retries()
     database = local_database()
     if database is None:
         problem = tracking_problem()
     else:
-        mistake = uri_mistake(tracking_uri())
-        problem = mistake and f"MLFLOW_TRACKING_URI={tracking_uri()}: {mistake}"
+        problem = uri_form_problem()
         if not problem and reads_models and not database.is_file():
             problem = (
                 f"no model registered yet: the MLflow store {database} does not exist; run `leadscore train` first"
@@ -590,15 +589,15 @@ def serve(
     """Start the scoring service (BentoML) on the champion of the configured MLflow registry."""
     import sys
 
-    from features.tracking import local_database, tracking_problem, tracking_uri, uri_mistake
+    from features.tracking import local_database, shown_uri, tracking_problem, tracking_uri, uri_form_problem
 
     # BentoML's usage statistics would phone home from every worker: not from a CRM's scorer.
     env = {"BENTOML_DO_NOT_TRACK": "true", **os.environ, "MLFLOW_TRACKING_URI": tracking_uri()}
     name = os.environ.get("LEADSCORE_MODEL_NAME") or _params().mlflow.model_name
-    mistake = uri_mistake(tracking_uri())
+    mistake = uri_form_problem()
     if mistake:  # a typo would serve 503s from an empty store of its own, forever
-        _fail(f"MLFLOW_TRACKING_URI={tracking_uri()}: {mistake}")
-    console.print(f"Serving models:/{name}@champion from {env['MLFLOW_TRACKING_URI']} on http://{host}:{port}")
+        _fail(mistake)
+    console.print(f"Serving models:/{name}@champion from {shown_uri(tracking_uri())} on http://{host}:{port}")
     # The service starts anyway and loads the champion once there is one (`service.reload_seconds`).
     database = local_database()
     waiting = "/readyz and /score answer 503 until"
