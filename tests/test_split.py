@@ -91,3 +91,30 @@ def test_the_champion_is_compared_when_only_its_technologies_differ(champion_sto
     assert abs(same.auc - other.auc) < 0.05
     industry = champion_auc("svc-model", "crm", features.drop(columns="industry"), label)
     assert industry.auc is None and "industry" in industry.note  # other columns are a real difference
+
+
+def test_an_export_without_activities_cannot_replace_a_champion_that_learned_from_engagement(
+    champion_store, small_crm_dir, tmp_path, monkeypatch
+):
+    # With no activity every engagement feature is 0: the champion, scored on such rows, loses
+    # to a model of fit attributes alone, which a cut-short export would then promote.
+    import shutil
+
+    from features.params import load_params
+    from training.pipeline import prepare_crm
+    from training.register import champion_auc, check_gates
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", champion_store)
+    export = shutil.copytree(small_crm_dir, tmp_path / "export")
+    header = (export / "activities.csv").read_text(encoding="utf-8").splitlines()[0]
+    (export / "activities.csv").write_text(header + "\n", encoding="utf-8")
+    params = load_params()
+    dataset = prepare_crm(export, params)
+    assert not dataset.has_activities and prepare_crm(small_crm_dir, params).has_activities
+    test = (dataset.split.assignment == "test").to_numpy()
+    features, label = dataset.features[test], dataset.label[test].to_numpy()
+    check = champion_auc("svc-model", "crm", features, label, export_has_activities=dataset.has_activities)
+    assert check.engagement_missing and check.auc is None and "no usable activity" in check.note
+    passing = {"roc_auc": 0.9, "ece": 0.01, "n": 400, "positives": 100}
+    gate = next(g for g in check_gates(params.gates, passing, 0.85, check) if g.name == "activities_like_champion")
+    assert not gate.passed and "champion v" in gate.detail

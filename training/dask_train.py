@@ -254,6 +254,7 @@ def prepare_crm_on_dask(
         source=str(directory),
         truth=truth,
         timings={"load_seconds": 0.0, "features_seconds": built - started},
+        has_activities=bool(scan["last"].notna().any()),
     )
     engine = {
         "engine": "dask",

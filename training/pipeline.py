@@ -134,6 +134,7 @@ class Dataset:
     timings: dict[str, float] = field(default_factory=dict)
     id_leaks: dict[str, str] = field(default_factory=dict)  # identifiers that give the label away
     export_end: pd.Timestamp | None = None  # a CRM export's newest moment (or its --as-of view's)
+    has_activities: bool = True  # False: a CRM export without one usable activity
 
 
 def peak_memory_mb() -> float:
@@ -234,6 +235,7 @@ def prepare_crm(
         truth=truth,
         timings={"load_seconds": loaded - started, "features_seconds": built - loaded},
         export_end=crm.export_end,
+        has_activities=not crm.activities.empty,
     )
 
 
@@ -574,7 +576,9 @@ def train_and_register(
         memory["evaluate_mb"] = peak_memory_mb()
 
         test_raw = dataset.features[(part == "test").to_numpy()]
-        champion = champion_auc(model_name, dataset.kind, test_raw, labels["test"])
+        champion = champion_auc(
+            model_name, dataset.kind, test_raw, labels["test"], export_has_activities=dataset.has_activities
+        )
         gates = check_gates(params.gates, test_metrics, best_baseline, champion)
         passed = all(g.passed for g in gates)
 

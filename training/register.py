@@ -77,9 +77,26 @@ class ChampionCheck:
     auc: float | None
     note: str
     other_inputs: bool = False
+    # This export has no activity but the champion learned from engagement: most likely a broken
+    # export, on which the champion (its engagement features all 0) would lose to any model.
+    engagement_missing: bool = False
 
 
-def champion_auc(model_name: str, kind: str, features_test: pd.DataFrame, label: np.ndarray) -> ChampionCheck:
+def uses_engagement(scorer: Any) -> bool:
+    """Whether a model's trees split on any engagement feature."""
+    splits = scorer.booster.feature_importance("split")
+    groups = [scorer.spec.groups.get(c) for c in scorer.spec.columns]
+    return any(n > 0 and g == "engagement" for g, n in zip(groups, splits, strict=True))
+
+
+def champion_auc(
+    model_name: str,
+    kind: str,
+    features_test: pd.DataFrame,
+    label: np.ndarray,
+    *,
+    export_has_activities: bool = True,
+) -> ChampionCheck:
     """The current champion's ROC AUC on this run's test set, when it can be compared."""
     client = MlflowClient()
     version = current_version(client, model_name)
@@ -92,6 +109,15 @@ def champion_auc(model_name: str, kind: str, features_test: pd.DataFrame, label:
         return ChampionCheck(version, None, f"champion v{version} could not be loaded ({type(exc).__name__})")
     if scorer.spec.kind != kind:
         return ChampionCheck(version, None, f"champion v{version} is a {scorer.spec.kind} model, this one {kind}", True)
+    if kind == "crm" and not export_has_activities and uses_engagement(scorer):
+        return ChampionCheck(
+            version,
+            None,
+            f"this export has no usable activity, so this model learned from fit attributes alone, while "
+            f"champion v{version} learned from engagement too: an export cut short must not replace it "
+            "(check the activities file, then train again)",
+            engagement_missing=True,
+        )
     missing = [c for c in scorer.spec.columns if c not in features_test.columns]
     note = ""
     technologies = [c for c in missing if c.startswith(TECH_PREFIX)]
@@ -145,6 +171,8 @@ def check_gates(
                  f"{champion.note}; train it under its own name (--model-name NAME) so each "
                  "model keeps its own @champion")
         )  # fmt: skip
+    elif champion.engagement_missing:
+        result.append(Gate("activities_like_champion", False, champion.note))
     elif champion.auc is None:
         result.append(Gate("max_auc_drop_vs_champion", True, champion.note))
     else:
