@@ -168,7 +168,8 @@ def test_no_champion_is_a_clear_error(export, settings):
         recalibrate(load_params(**settings), model_name="never-trained", data=export)
 
 
-def test_cli_exits_non_zero_with_a_clear_message_when_it_cannot_run(export, settings, params_file):
+def test_cli_exits_non_zero_with_a_clear_message_when_it_cannot_run(export, settings, params_file, champion):
+    # (the champion: a store that holds models, with none of them named "never-trained")
     import subprocess
     import sys
 
@@ -215,6 +216,29 @@ def test_cli_exits_non_zero_with_a_clear_message_when_it_cannot_run(export, sett
     recorded = json.loads((scheduled / "summary.json").read_text())
     assert recorded["decision"] == "locked" and recorded["exit_code"] == EXIT_LOCKED
     assert "a recalibration is running" in recorded["why"]
+
+
+def test_a_store_it_cannot_use_is_recorded_for_the_scheduler_and_nothing_is_created(export, settings, params_file):
+    # The store is checked before any work; a scheduler reading --report-dir learns why too.
+    import subprocess
+    import sys
+
+    from tests.test_service import _free_port
+
+    cli = str(Path(sys.executable).parent / "leadscore")
+    env = {**os.environ, "LEADSCORE_PARAMS": str(params_file("recalibrate.yaml", **settings))}
+    scheduled = export.parent / "store-report"
+    absent = export.parent / "no-store" / "mlflow.db"
+    absent.parent.mkdir(exist_ok=True)
+    for uri, says in [(f"http://127.0.0.1:{_free_port()}", "no tracking server answers"),
+                      (f"sqlite:///{absent}", "no model registered yet")]:  # fmt: skip
+        done = subprocess.run([cli, "recalibrate", "--data", str(export), "--report-dir", str(scheduled)],
+                              capture_output=True, text=True, env={**env, "MLFLOW_TRACKING_URI": uri})  # fmt: skip
+        assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
+        recorded = json.loads((scheduled / "summary.json").read_text())
+        assert recorded["decision"] == "failed" and says in recorded["why"] and recorded["exit_code"] == 2
+        (scheduled / "summary.json").unlink()
+    assert not absent.exists()  # an empty store is not created only to find no champion in it
 
 
 def test_an_as_of_before_the_export_is_a_clear_error(export, settings, champion):

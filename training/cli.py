@@ -9,6 +9,7 @@ import os
 import re
 import time
 import warnings
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -497,12 +498,13 @@ def _params() -> Params:
         _fail(str(exc))
 
 
-def _check_registry(*, reads_models: bool = False) -> None:
+def _check_registry(*, reads_models: bool = False, fail: Callable[[str], NoReturn] = _fail) -> None:
     """Before reading the registry: the URI's form, then whether a server answers, in seconds.
     MLflow alone would retry a stopped server for minutes, or read a folder typo as a store.
 
     With `reads_models` (a command that needs a registered model), a local database that does
     not exist yet is said at once: MLflow would create an empty one only to find no model in it.
+    `fail` reports the problem and stops (a recalibration also records it for its scheduler).
     """
     from features.tracking import local_database, tracking_problem, uri_form_problem
 
@@ -519,15 +521,15 @@ def _check_registry(*, reads_models: bool = False) -> None:
             if "MLFLOW_TRACKING_URI" not in os.environ:
                 problem += " (or set MLFLOW_TRACKING_URI to the store that holds your models)"
     if problem:
-        _fail(problem)
+        fail(problem)
 
 
-def _check_model_folders() -> None:
+def _check_model_folders(*, reads_models: bool = False, fail: Callable[[str], NoReturn] = _fail) -> None:
     """A read-only or full models/ (or store folder), or a tracking server that does not
-    answer, is reported before a long run, not after."""
+    answer, is reported before a long run, not after (arguments as `_check_registry`'s)."""
     from features.tracking import MODELS_DIR, local_store_folder
 
-    _check_registry()
+    _check_registry(reads_models=reads_models, fail=fail)
     store = local_store_folder()
     if store is not None:  # a local sqlite store is checked by writing to its folder
         check_writable(store, what="the MLflow store (runs and registered models)")
@@ -847,7 +849,7 @@ def recalibrate(
 
     _quiet_libraries()
 
-    def failed(message: str, code: int = 2) -> None:
+    def failed(message: str, code: int = 2) -> NoReturn:
         _record_failure(report_dir, message, code)
         _fail(message, code=code)
 
@@ -859,7 +861,7 @@ def recalibrate(
             failed(f"--as-of {as_of}: after today; a recalibration cannot see past the export's end")
         if data is not None and not data.is_dir():
             failed(f"--data {data}: no such folder (a CRM export folder: leads, activities, outcomes)")
-        _check_model_folders()
+        _check_model_folders(reads_models=True, fail=failed)
         if report_dir is not None:
             check_writable(report_dir, what="the report")
         summary = run_recalibration(
