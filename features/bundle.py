@@ -70,6 +70,13 @@ class LeadScorer:
             )
         return cls(booster, spec, calibrator, metadata)
 
+    def uses_engagement(self) -> bool:
+        """Whether the trees split on any engagement feature (a model of an export with
+        activities); without activities to read such a model scores every lead as never engaged."""
+        splits = self.booster.feature_importance("split")
+        groups = [self.spec.groups.get(c) for c in self.spec.columns]
+        return any(n > 0 and g == "engagement" for g, n in zip(groups, splits, strict=True))
+
     def margin(self, features: pd.DataFrame) -> np.ndarray:
         """Raw log-odds of the booster for feature rows (cast to the spec first)."""
         return self.booster.predict(to_model_frame(features, self.spec), raw_score=True)

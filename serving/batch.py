@@ -61,6 +61,17 @@ def stale_export_note(activities: pd.DataFrame, as_of: pd.Timestamp) -> str | No
     return stale_note(parse_timestamps(activities["occurred_at"])[0].max(), as_of)
 
 
+def no_activity_note(scorer: Any, activities: pd.DataFrame) -> str | None:
+    """A warning when a model that learned from engagement is given no activity to read."""
+    if not activities.empty or scorer.spec.kind != "crm" or not scorer.uses_engagement():
+        return None
+    return (
+        "no activities given: every lead is scored as if it had never engaged (its engagement features 0), "
+        "so the scores rest on fit alone; give the export's activities (a folder's activities.csv, or "
+        "--activities FILE) unless these leads really have none"
+    )
+
+
 def stale_note(newest: pd.Timestamp | None, as_of: pd.Timestamp) -> str | None:
     """The stale-export warning given the export's newest activity (None or NaT: no warning)."""
     if newest is None or pd.isna(newest) or as_of - newest <= pd.Timedelta(days=STALE_EXPORT_DAYS):

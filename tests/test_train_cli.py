@@ -154,6 +154,12 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
     said = " ".join(chosen.stdout.split())
     assert re.search(r"newest activity in this export is from 2025-\d\d-\d\d, \d+ days before", said), said
     assert re.search(r"add --as-of 202[56]-\d\d-\d\d", said), said
+    assert "no activities given" not in said
+    # A leads file alone: every lead would score as never engaged, and the output says so.
+    alone = leadscore("score", str(small_crm_dir / "leads.csv"), "-o", str(scores), "--model-name", "crm-model",
+                      "--as-of", "2026-01-01", store=store)  # fmt: skip
+    assert alone.returncode == 0, alone.stderr
+    assert "no activities given: every lead is scored as if it had never engaged" in " ".join(alone.stdout.split())
     no_alias = leadscore("score", str(small_crm_dir), "-o", str(scores), "--model-version", "@challenger",
                          "--model-name", "crm-model", store=store)  # fmt: skip
     assert no_alias.returncode == 2 and "none is @challenger" in no_alias.stderr, no_alias.stderr

@@ -659,7 +659,7 @@ def score(
         _fail(f"-o {output}: the scores are written as .csv or .parquet; name the file so")
     from rich.progress import Progress as RichProgress
 
-    from serving.batch import read_leads, score_batch, stale_export_note, write_table
+    from serving.batch import no_activity_note, read_leads, score_batch, stale_export_note, write_table
     from serving.scoring import ModelNotReady, load_chosen
     from serving.snapshots import scores_dir, write_snapshot
 
@@ -690,8 +690,9 @@ def score(
             _fail(f"{model.name} is a flat model: it reads one row per lead, no --activities")
         leads, acts, closed = read_leads(source, activities, flat_schema=flat_schema)
         stale = stale_export_note(acts, moment) if as_of is None else None
-        if stale:
-            console.print(f"[yellow]{escape(stale)}[/yellow]")
+        for note in (no_activity_note(model.scorer, acts), stale):
+            if note:
+                console.print(f"[yellow]{escape(note)}[/yellow]")
         if closed:
             console.print(
                 f"{closed:,} converted or lost leads of the export left out; scoring the {len(leads):,} open ones"

@@ -82,13 +82,6 @@ class ChampionCheck:
     engagement_missing: bool = False
 
 
-def uses_engagement(scorer: Any) -> bool:
-    """Whether a model's trees split on any engagement feature."""
-    splits = scorer.booster.feature_importance("split")
-    groups = [scorer.spec.groups.get(c) for c in scorer.spec.columns]
-    return any(n > 0 and g == "engagement" for g, n in zip(groups, splits, strict=True))
-
-
 def champion_auc(
     model_name: str,
     kind: str,
@@ -109,7 +102,7 @@ def champion_auc(
         return ChampionCheck(version, None, f"champion v{version} could not be loaded ({type(exc).__name__})")
     if scorer.spec.kind != kind:
         return ChampionCheck(version, None, f"champion v{version} is a {scorer.spec.kind} model, this one {kind}", True)
-    if kind == "crm" and not export_has_activities and uses_engagement(scorer):
+    if kind == "crm" and not export_has_activities and scorer.uses_engagement():
         return ChampionCheck(
             version,
             None,
