@@ -78,7 +78,7 @@ class ChampionCheck:
     note: str
     other_inputs: bool = False
     # This export has no activity but the champion learned from engagement: most likely a broken
-    # export, on which the champion (its engagement features all 0) would lose to any model.
+    # export, on which the champion (its engagement features all 0) could lose to a fit-only model.
     engagement_missing: bool = False
 
 
