@@ -586,8 +586,8 @@ def load_crm(directory: str | Path, missing_tokens: Iterable[str] = ("",)) -> Cr
     )
     if activities.empty:
         quarantine.note(
-            f"{TABLE_FILES['activities']}: no usable activity ({len(raw_acts):,} rows): every engagement feature "
-            "is 0, so the model learns from fit attributes alone"
+            f"{TABLE_FILES['activities']}: no usable activity ({len(raw_acts):,} rows): every lead reads as never "
+            "engaged, so the model learns from fit attributes alone"
         )
     moments = [
         leads["created_at"].max(),

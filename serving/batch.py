@@ -61,14 +61,18 @@ def stale_export_note(activities: pd.DataFrame, as_of: pd.Timestamp) -> str | No
     return stale_note(parse_timestamps(activities["occurred_at"])[0].max(), as_of)
 
 
-def no_activity_note(scorer: Any, activities: pd.DataFrame) -> str | None:
-    """A warning when a model that learned from engagement is given no activity to read."""
-    if not activities.empty or scorer.spec.kind != "crm" or not scorer.uses_engagement():
+def no_activity_note(scorer: Any, leads: pd.DataFrame, activities: pd.DataFrame) -> str | None:
+    """A warning when a model that learned from engagement is given no activity of the leads
+    it scores: none at all, or only other leads' (another export's file, ids written otherwise)."""
+    if scorer.spec.kind != "crm" or "lead_id" not in leads or not scorer.uses_engagement():
+        return None
+    ids = leads["lead_id"].astype(str).str.strip()
+    if not activities.empty and activities["lead_id"].astype(str).str.strip().isin(ids).any():
         return None
     return (
-        "no activities given: every lead is scored as if it had never engaged (its engagement features 0), "
-        "so the scores rest on fit alone; give the export's activities (a folder's activities.csv, or "
-        "--activities FILE) unless these leads really have none"
+        "no activity of these leads given: every lead is scored as if it had never engaged, so the scores rest "
+        "on fit alone; give the export's activities (a folder's activities.csv, or --activities FILE) unless "
+        "these leads really have none"
     )
 
 

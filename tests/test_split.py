@@ -96,7 +96,7 @@ def test_the_champion_is_compared_when_only_its_technologies_differ(champion_sto
 def test_an_export_without_activities_cannot_replace_a_champion_that_learned_from_engagement(
     champion_store, small_crm_dir, tmp_path, monkeypatch
 ):
-    # With no activity every engagement feature is 0: the champion, scored on such rows, loses
+    # With no activity every lead reads as never engaged: the champion, scored on such rows, can lose
     # to a model of fit attributes alone, which a cut-short export would then promote.
     import shutil
 

@@ -78,7 +78,7 @@ class ChampionCheck:
     note: str
     other_inputs: bool = False
     # This export has no activity but the champion learned from engagement: most likely a broken
-    # export, on which the champion (its engagement features all 0) could lose to a fit-only model.
+    # export, on which the champion (every lead read as never engaged) could lose to a fit-only model.
     engagement_missing: bool = False
 
 
@@ -108,7 +108,8 @@ def champion_auc(
             None,
             f"this export has no usable activity, so this model learned from fit attributes alone, while "
             f"champion v{version} learned from engagement too: an export cut short must not replace it "
-            "(check the activities file, then train again)",
+            "(check the activities file, then train again; if activities really stopped, train under a name "
+            "of its own: --model-name NAME)",
             engagement_missing=True,
         )
     missing = [c for c in scorer.spec.columns if c not in features_test.columns]
