@@ -69,6 +69,10 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
     trails = metrics["test"]["roc_auc"] < max(b["roc_auc"] for b in metrics["baselines"].values())
     assert len(metrics["warnings"]) == trails and ("trails the" in first.stdout) == trails
     assert "quarantined" in first.stdout and "Registered crm-model version 1 as @champion" in first.stdout
+    # Quarantine files go to the tests' models folder ($LEADSCORE_MODELS_DIR), not the project's.
+    assert f"quarantine: {os.environ['LEADSCORE_MODELS_DIR']}/quarantine/quarantine-" in first.stdout, first.stdout
+    # MLflow's own registration lines are not printed in the middle of the run's output.
+    assert "Successfully registered model" not in first.stderr and "Created version" not in first.stderr
 
     mlflow.set_tracking_uri(store)
     client = MlflowClient()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import io
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,17 +51,30 @@ def log_bundle(artifacts: dict[str, str], example: pd.DataFrame, output: pd.Data
     # inference marks required would otherwise depend on the blanks of the example's rows.
     inputs = Schema([ColSpec(col.type, col.name, required=False) for col in inferred.inputs.inputs])
     signature = ModelSignature(inputs=inputs, outputs=inferred.outputs)
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=str(Path(features.__file__).parent / "pyfunc_entry.py"),
-        artifacts=artifacts,
-        code_paths=[str(Path(features.__file__).parent)],
-        signature=signature,
-        input_example=example,
-        pip_requirements=BUNDLE_REQUIREMENTS,
-        registered_model_name=model_name,
-    )
+    # MLflow prints its own registration lines straight to stderr, in the middle of the run's
+    # output; the caller reports the version and alias itself. Anything else is passed on.
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(printed):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(Path(features.__file__).parent / "pyfunc_entry.py"),
+                artifacts=artifacts,
+                code_paths=[str(Path(features.__file__).parent)],
+                signature=signature,
+                input_example=example,
+                pip_requirements=BUNDLE_REQUIREMENTS,
+                registered_model_name=model_name,
+            )
+    finally:
+        sys.stderr.write(
+            "".join(line for line in printed.getvalue().splitlines(keepends=True) if not _registry_chatter(line))
+        )
     return str(info.registered_model_version)
+
+
+def _registry_chatter(line: str) -> bool:
+    return line.startswith(("Successfully registered model '", "Created version '", "Registered model '"))
 
 
 def current_version(client: MlflowClient, model_name: str, alias: str = CHAMPION) -> str | None:
