@@ -1,5 +1,5 @@
 """Where MLflow tracking and the model registry live: $MLFLOW_TRACKING_URI, else a sqlite
-store under the project's models/ folder."""
+store under the models folder (the project's models/, or $LEADSCORE_MODELS_DIR)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ from pathlib import Path
 
 from features.params import PROJECT_ROOT
 
-MODELS_DIR = PROJECT_ROOT / "models"
+MODELS_DIR_ENV = "LEADSCORE_MODELS_DIR"
+# What the product writes (the default MLflow store, the embedded data, quarantine files,
+# recalibration reports, scoring snapshots) lives here: the project's models/ unless the
+# variable moves it out of the checkout (a volume, a data disk). Absolute, so that the
+# service, started in the project folder, finds the same place.
+MODELS_DIR = Path(os.environ.get(MODELS_DIR_ENV) or PROJECT_ROOT / "models").expanduser().resolve()
 
 
 def tracking_uri() -> str:

@@ -527,13 +527,13 @@ def _check_registry(*, reads_models: bool = False, fail: Callable[[str], NoRetur
 def _check_model_folders(*, reads_models: bool = False, fail: Callable[[str], NoReturn] = _fail) -> None:
     """A read-only or full models/ (or store folder), or a tracking server that does not
     answer, is reported before a long run, not after (arguments as `_check_registry`'s)."""
-    from features.tracking import MODELS_DIR, local_store_folder
+    from features.tracking import MODELS_DIR, MODELS_DIR_ENV, local_store_folder
 
     _check_registry(reads_models=reads_models, fail=fail)
     store = local_store_folder()
     if store is not None:  # a local sqlite store is checked by writing to its folder
         check_writable(store, what="the MLflow store (runs and registered models)")
-    check_writable(MODELS_DIR, what="models/ (embedded data, quarantine files)")
+    check_writable(MODELS_DIR, what=f"the embedded data and quarantine files (the models folder, ${MODELS_DIR_ENV})")
 
 
 def _prepare_on_dask(
@@ -591,10 +591,19 @@ def serve(
     """Start the scoring service (BentoML) on the champion of the configured MLflow registry."""
     import sys
 
-    from features.tracking import local_database, shown_uri, tracking_problem, tracking_uri, uri_form_problem
+    from features.tracking import (
+        MODELS_DIR,
+        MODELS_DIR_ENV,
+        local_database,
+        shown_uri,
+        tracking_problem,
+        tracking_uri,
+        uri_form_problem,
+    )
 
     # BentoML's usage statistics would phone home from every worker: not from a CRM's scorer.
     env = {"BENTOML_DO_NOT_TRACK": "true", **os.environ, "MLFLOW_TRACKING_URI": tracking_uri()}
+    env[MODELS_DIR_ENV] = str(MODELS_DIR)  # the service finds the snapshots the CLI wrote
     name = os.environ.get("LEADSCORE_MODEL_NAME") or _params().mlflow.model_name
     mistake = uri_form_problem()
     if mistake:  # a typo would serve 503s from an empty store of its own, forever

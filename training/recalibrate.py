@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from features.ingest import DataError
 from features.params import PROJECT_ROOT, Params
+from features.tracking import MODELS_DIR
 from serving.charts import columns, horizontal_bars
 from serving.scoring import LoadedModel, ModelNotReady, load_champion
 from training.drift import conversion_shift, feature_drift, psi_numeric
@@ -294,9 +295,7 @@ def _score_stage(scores: np.ndarray, criteria: dict) -> np.ndarray:
 
 
 def _finish(summary: dict[str, Any], report_dir: Path | None, run_id: str | None) -> dict[str, Any]:
-    folder = (
-        report_dir or PROJECT_ROOT / "models" / "reports" / f"recalibration-{pd.Timestamp.now(tz='UTC'):%Y%m%dT%H%M%S}"
-    )
+    folder = report_dir or MODELS_DIR / "reports" / f"recalibration-{pd.Timestamp.now(tz='UTC'):%Y%m%dT%H%M%S}"
     folder.mkdir(parents=True, exist_ok=True)
     markdown = report_markdown(summary)
     (folder / "report.md").write_text(markdown, encoding="utf-8")
