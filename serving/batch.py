@@ -69,11 +69,14 @@ def no_activity_note(scorer: Any, leads: pd.DataFrame, activities: pd.DataFrame)
     ids = leads["lead_id"].astype(str).str.strip()
     if not activities.empty and activities["lead_id"].astype(str).str.strip().isin(ids).any():
         return None
-    return (
-        "no activity of these leads given: every lead is scored as if it had never engaged, so the scores rest "
-        "on fit alone; give the export's activities (a folder's activities.csv, or --activities FILE) unless "
-        "these leads really have none"
-    )
+    return NO_ACTIVITY_NOTE
+
+
+NO_ACTIVITY_NOTE = (
+    "no activity of these leads given: every lead is scored as if it had never engaged, so the scores rest "
+    "on fit alone; give the export's activities (a folder's activities.csv, or --activities FILE) unless "
+    "these leads really have none"
+)
 
 
 def stale_note(newest: pd.Timestamp | None, as_of: pd.Timestamp) -> str | None:

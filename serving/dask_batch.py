@@ -20,11 +20,12 @@ from distributed import WorkerPlugin
 from features.clean import parse_timestamps
 from features.ingest import DataError, header_separator
 from features.schema import contract_names
-from serving.batch import OUTPUT_COLUMNS, score_batch
+from serving.batch import NO_ACTIVITY_NOTE, OUTPUT_COLUMNS, no_activity_note, score_batch
 from serving.scoring import LoadedModel, load_champion
 
 QUARANTINE_COLUMNS = ["table", "row", "lead_id", "reason"]
 KIND = "_kind"
+ACTIVITY_SEEN = "activity seen"  # KIND of a partition's marker: its leads' activities were given
 NUMBERS = {"probability": float, "score": float, "fit": float, "engagement": float}
 _MODELS: dict[tuple[str, str, str], LoadedModel] = {}  # one loaded model per worker process
 
@@ -35,6 +36,7 @@ class DaskRun:
     quarantined: int
     output: Path
     dashboard: str | None
+    notes: tuple[str, ...] = ()
 
 
 class DataframeDispatch(WorkerPlugin):
@@ -172,7 +174,12 @@ def _score_partition(
     result = score_batch(_MODELS[key], leads, activities, as_of)
     scored = result.scored.assign(**{KIND: "scored"})
     quarantine = result.quarantine.astype({"row": str}).assign(**{KIND: "quarantine"})
-    frame = pd.concat([scored, quarantine], ignore_index=True).reindex(columns=_columns())
+    # Partitions hold each lead's whole history, so this partition alone says whether the
+    # activities given reach its leads (or the model does not need them): one marker row.
+    frames = [scored, quarantine]
+    if no_activity_note(_MODELS[key].scorer, leads, activities) is None:
+        frames.append(pd.DataFrame({KIND: [ACTIVITY_SEEN]}))
+    frame = pd.concat(frames, ignore_index=True).reindex(columns=_columns())
     return frame.astype(object).where(frame.notna(), "").astype(str)
 
 
@@ -225,4 +232,5 @@ def score_on_dask(
         quarantined=int(counts.get("quarantine", 0)),
         output=output,
         dashboard=client.dashboard_link,
+        notes=() if counts.get(ACTIVITY_SEEN, 0) else (NO_ACTIVITY_NOTE,),
     )

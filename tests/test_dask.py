@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.batch import read_table, score_batch
+from serving.batch import NO_ACTIVITY_NOTE, read_table, score_batch
 
 pytestmark = pytest.mark.slow
 AS_OF = pd.Timestamp("2025-12-20")
@@ -41,6 +41,14 @@ def test_dask_scoring_equals_single_process(client, champion, champion_store, sm
     assert run.quarantined == len(quarantine) == len(single.quarantine)
     assert sorted(quarantine["reason"]) == sorted(single.quarantine["reason"])
     assert os.listdir(tmp_path / "scores")  # partitioned parquet
+    assert run.notes == ()
+    # Another export's activities (no lead in common): warned about, as the local engine does.
+    other = read_table(acts_path).assign(lead_id=lambda frame: "other-" + frame["lead_id"].astype(str))
+    other.to_csv(tmp_path / "other.csv", index=False)
+    (tmp_path / "out").mkdir()
+    unmatched = score_on_dask(client, champion, champion_store, leads_path, tmp_path / "other.csv", tmp_path / "out",
+                              AS_OF, partitions=3)  # fmt: skip
+    assert champion.scorer.uses_engagement() and unmatched.notes == (NO_ACTIVITY_NOTE,)
 
 
 def test_newest_activity_on_dask_is_the_local_checks_and_skips_bad_dates(client, small_crm_dir, tmp_path):

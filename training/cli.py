@@ -813,6 +813,8 @@ def _score_on_dask(
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot read or write: {exc.strerror or exc}")
+    for note in run.notes:
+        console.print(f"[yellow]{escape(note)}[/yellow]")
     console.print(
         f"Scored {_leads(run.scored)} with {model.name} version {model.version} as of {moment} on Dask → "
         f"{output}/scores/ ({run.quarantined:,} row(s) not scored: {output}/quarantine/)"
