@@ -145,8 +145,16 @@ def test_training_features_on_dask_equal_the_single_process_dataset(client, smal
     from training.pipeline import prepare_crm
 
     # Closed leads whose only outcome row is unusable: both paths must leave them out.
-    for name in ("leads.csv", "activities.csv", "truth.csv"):
+    for name in ("leads.csv", "truth.csv"):
         shutil.copy(small_crm_dir / name, tmp_path / name)
+    # The newest activity has no type: cleaning drops it, so neither path may end the export there.
+    acts = pd.read_csv(small_crm_dir / "activities.csv", dtype=str, keep_default_na=False)
+    occurred = pd.to_datetime(acts["occurred_at"], errors="coerce", format="mixed")
+    newest = occurred.idxmax()  # a kept lead's row: its time is the export's end
+    untyped = acts.loc[[newest]].assign(
+        activity_type="", occurred_at=(occurred[newest] + pd.Timedelta(days=3)).isoformat()
+    )
+    pd.concat([acts, untyped]).to_csv(tmp_path / "activities.csv", index=False)
     outcomes = pd.read_csv(small_crm_dir / "outcomes.csv", dtype=str, keep_default_na=False)
     closed = outcomes.index[outcomes["status"].str.strip().str.casefold().isin(["converted", "lost"])][:15]
     outcomes.loc[closed, "status"] = "pending"
@@ -181,6 +189,8 @@ def test_training_features_on_dask_equal_the_single_process_dataset(client, smal
         return sorted(map(tuple, frame.astype(str).to_numpy().tolist()))
 
     assert rows(tuning.quarantine.frame()) == rows(want.quarantine.frame())
+    assert (reasons == "missing activity_type").any()
+    assert tuning.export_end == want.export_end and tuning.has_activities and want.has_activities
     assert len(got.features) == kept.sum()  # every kept example stays on the cluster
 
 

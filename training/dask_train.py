@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from features.build import build_crm_features, crm_feature_groups
-from features.clean import blank_to_missing, parse_timestamps
+from features.clean import blank_to_missing, parse_timestamps, snake_case
 from features.fit import learn_tech_vocabulary
 from features.ingest import (
     DataError,
@@ -70,9 +70,13 @@ class DaskDataset:
 
 def _scan(frame: pd.DataFrame, kept: frozenset[str], day_first: bool | None) -> pd.DataFrame:
     """Rows of one partition and the newest time of its activities that `clean_activities`
-    keeps (of kept leads, not after today), as `load_crm` takes the export's end."""
+    keeps (of kept leads, not after today, with a type), as `load_crm` takes the export's end."""
     occurred, _ = parse_timestamps(frame["occurred_at"], day_first)
-    usable = blank_to_missing(frame["lead_id"], ()).isin(kept).to_numpy() & ~after_today(occurred).to_numpy()
+    usable = (
+        blank_to_missing(frame["lead_id"], ()).isin(kept).to_numpy()
+        & ~after_today(occurred).to_numpy()
+        & snake_case(frame["activity_type"]).notna().to_numpy()
+    )
     return pd.DataFrame({"rows": [len(frame)], "last": [occurred[usable].max()]})
 
 
@@ -254,6 +258,7 @@ def prepare_crm_on_dask(
         source=str(directory),
         truth=truth,
         timings={"load_seconds": 0.0, "features_seconds": built - started},
+        export_end=export_end,
         has_activities=bool(scan["last"].notna().any()),
     )
     engine = {
