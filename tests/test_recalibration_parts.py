@@ -45,6 +45,12 @@ def test_feature_drift_flags_and_orders():
     assert table["feature"].iloc[0] == "moved" and table.set_index("feature")["drifted"].to_dict() == {
         "moved": True, "steady": False, "kind": False}  # fmt: skip
     assert conversion_shift(np.array([0, 0, 0, 1]), np.array([0, 1]))["shift"] == pytest.approx(0.25)
+    # Two points on 1,000 leads a period is sampling noise (z 1.3); on 100,000 it is not (z 13).
+    small = conversion_shift(np.r_[np.ones(120), np.zeros(880)], np.r_[np.ones(140), np.zeros(860)])
+    assert small["shift"] == pytest.approx(0.02) and small["z"] == pytest.approx(1.33, abs=0.01)
+    large = conversion_shift(np.r_[np.ones(12_000), np.zeros(88_000)], np.r_[np.ones(14_000), np.zeros(86_000)])
+    assert large["shift"] == pytest.approx(0.02) and large["z"] == pytest.approx(13.3, abs=0.1)
+    assert conversion_shift(np.zeros(10), np.zeros(10))["z"] == 0 and conversion_shift(np.zeros(3), [])["z"] == 0
 
 
 def test_thresholds_from_targets():

@@ -894,7 +894,8 @@ def recalibrate(
         failed(f"recalibration stopped, the champion is unchanged: {type(exc).__name__}: {exc}")
     drift = summary["drift"]
     console.print(
-        f"drift: conversion {drift['conversion']['reference_rate']:.1%} → {drift['conversion']['recent_rate']:.1%}, "
+        f"drift: conversion {drift['conversion']['reference_rate']:.1%} → {drift['conversion']['recent_rate']:.1%} "
+        f"(z {drift['conversion']['z']:+.1f}), "
         f"score PSI {drift['score_psi']:.3f}, drifted features: {', '.join(drift['drifted_features']) or 'none'}"
     )
     if "thresholds" in summary:

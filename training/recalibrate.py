@@ -231,7 +231,10 @@ def measure_drift(dataset: Dataset, champion: LoadedModel, params: Params) -> di
         "drifted": bool(
             drifted_features
             or score_psi >= settings.score_psi_threshold
-            or abs(shift["shift"]) >= settings.conversion_shift_threshold
+            or (
+                abs(shift["shift"]) >= settings.conversion_shift_threshold
+                and abs(shift["z"]) >= settings.conversion_shift_min_z
+            )
         ),
     }
 
@@ -329,7 +332,8 @@ def report_markdown(summary: dict[str, Any]) -> str:
         "",
         "## Drift (training window vs the newest quarter)",
         "",
-        f"- Conversion rate {shift['reference_rate']:.1%} → {shift['recent_rate']:.1%} ({shift['shift']:+.1%}).",
+        f"- Conversion rate {shift['reference_rate']:.1%} → {shift['recent_rate']:.1%} ({shift['shift']:+.1%}, "
+        f"{abs(shift['z']):.1f} standard errors of sampling noise).",
         f"- Score distribution of the champion: PSI {drift['score_psi']:.3f}.",
         f"- Drifted features (PSI past the threshold): {drifted}.",
     ]
