@@ -159,19 +159,22 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
     assert re.search(r"newest activity in this export is from 2025-\d\d-\d\d, \d+ days before", said), said
     assert re.search(r"add --as-of 202[56]-\d\d-\d\d", said), said
     assert "no activities given" not in said
-    # A leads file alone: every lead would score as never engaged, and the output says so.
+    # A leads file alone: every lead would score as never engaged, and the output says so. Such a
+    # scoring would replace the pages' latest one, so it is not kept unless asked for.
     alone = leadscore("score", str(small_crm_dir / "leads.csv"), "-o", str(scores), "--model-name", "crm-model",
-                      "--as-of", "2026-01-01", "--no-snapshot", store=store)  # fmt: skip
+                      "--as-of", "2026-01-01", store=store)  # fmt: skip
     assert alone.returncode == 0, alone.stderr
     warning = "no activity of these leads given: every lead is scored as if it had never engaged"
     assert warning in " ".join(alone.stdout.split())
+    assert "not kept for the pages" in alone.stdout and "Kept for the pages" not in alone.stdout
     # Activities of other leads (another export's file) leave these leads just as unengaged.
     others = tmp_path / "others.csv"
     activities = pd.read_csv(small_crm_dir / "activities.csv", dtype=str)
     activities.assign(lead_id="X" + activities["lead_id"]).head(500).to_csv(others, index=False)
     foreign = leadscore("score", str(small_crm_dir / "leads.csv"), "--activities", str(others), "-o", str(scores),
-                        "--model-name", "crm-model", "--as-of", "2026-01-01", "--no-snapshot", store=store)  # fmt: skip
+                        "--model-name", "crm-model", "--as-of", "2026-01-01", "--snapshot", store=store)  # fmt: skip
     assert foreign.returncode == 0 and warning in " ".join(foreign.stdout.split()), foreign.stderr
+    assert "Kept for the pages" in foreign.stdout  # asked for
     no_alias = leadscore("score", str(small_crm_dir), "-o", str(scores), "--model-version", "@challenger",
                          "--model-name", "crm-model", store=store)  # fmt: skip
     assert no_alias.returncode == 2 and "none is @challenger" in no_alias.stderr, no_alias.stderr

@@ -643,12 +643,14 @@ def score(
     ] = None,
     top: Annotated[int, typer.Option("--top", min=0, help="Print the N best leads with grade, stage and reasons")] = 0,
     snapshot: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             "--snapshot/--no-snapshot",
-            help="Keep this scoring for the pages (under LEADSCORE_SCORES_DIR, default models/scores)",
+            help="Keep this scoring for the pages (under LEADSCORE_SCORES_DIR, default models/scores); by default "
+            "kept unless scored with --model-version or given no activity of the leads",
+            show_default=False,
         ),
-    ] = True,
+    ] = None,
     engine: Annotated[
         str, typer.Option("--engine", help="local (one process) or dask (partitioned parquet out)")
     ] = "local",
@@ -674,6 +676,7 @@ def score(
 
     _quiet_libraries()
     params = _params()
+    asked_for_snapshot, snapshot = snapshot, snapshot is not False
     if model_version is not None and snapshot:
         # The pages explain the latest kept scoring with the champion: another version's would mix.
         console.print(f"[dim]scoring with --model-version {model_version}: not kept for the pages[/dim]")
@@ -699,9 +702,16 @@ def score(
             _fail(f"{model.name} is a flat model: it reads one row per lead, no --activities")
         leads, acts, closed = read_leads(source, activities, flat_schema=flat_schema)
         stale = stale_export_note(acts, moment) if as_of is None else None
-        for note in (no_activity_note(model.scorer, leads, acts), stale):
+        unengaged = no_activity_note(model.scorer, leads, acts)
+        for note in (unengaged, stale):
             if note:
                 console.print(f"[yellow]{escape(note)}[/yellow]")
+        if unengaged and snapshot and asked_for_snapshot is None:
+            # The pages show the latest kept scoring: one where every lead reads as never engaged
+            # (most likely a file given without its activities) would replace the real one.
+            console.print("[dim]not kept for the pages, where it would replace the latest scoring "
+                          "(--snapshot keeps it)[/dim]")  # fmt: skip
+            snapshot = False
         if closed:
             console.print(
                 f"{closed:,} converted or lost leads of the export left out; scoring the {len(leads):,} open ones"
