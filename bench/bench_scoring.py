@@ -231,13 +231,14 @@ def main() -> None:
     from features.ingest import load_crm
     from features.spec import to_model_frame
     from serving.scoring import ModelNotReady, load_champion
+    from training.pipeline import EMBEDDED_DIR
 
     print(f"bench_scoring on {machine()}")
     try:
         model = load_champion("lead-scorer")
     except ModelNotReady as exc:
         sys.exit(f"{exc}: run `make demo` first")
-    crm = load_crm(ROOT / "models" / "embedded")
+    crm = load_crm(EMBEDDED_DIR)
     features = batch(model, crm, args.leads)
     shap_methods(model, to_model_frame(features.head(20_000), model.scorer.spec))
     if not args.skip_latency:

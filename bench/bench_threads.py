@@ -5,7 +5,8 @@ at once). Each setting runs in fresh processes, since OpenMP reads the variables
 ratios are measured in one run. The product's own pipeline did not follow this loop (see
 BENCHMARKS.md), so the product sets neither variable.
 
-Run: .venv/bin/python -m bench.bench_threads [--rows 9000] [--rounds 300] [--repeats 7] [--rival lightgbm|python]
+Run: .venv/bin/python -m bench.bench_threads [--rows 9000] [--rounds 300] [--repeats 7] [--burners 1]
+         [--rival lightgbm|python]
 """
 
 from __future__ import annotations

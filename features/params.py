@@ -158,7 +158,7 @@ class RecalibrationParams(_Frozen):
     score_psi_threshold: float = Field(default=0.1, gt=0)
     conversion_shift_threshold: float = Field(default=0.02, gt=0)
     conversion_shift_min_z: float = Field(default=3.0, ge=0)
-    lock_file: str = "models/recalibrate.lock"
+    lock_file: str = "recalibrate.lock"
 
 
 class MlflowParams(_Frozen):

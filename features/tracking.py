@@ -13,11 +13,26 @@ from pathlib import Path
 from features.params import PROJECT_ROOT
 
 MODELS_DIR_ENV = "LEADSCORE_MODELS_DIR"
+
+
+def project_path(value: str | Path) -> Path:
+    """A path setting made absolute: a relative one is taken from the project folder, so the
+    CLI, the service and a notebook kernel (each with its own working directory) agree."""
+    path = Path(value).expanduser()
+    return (path if path.is_absolute() else PROJECT_ROOT / path).resolve()
+
+
 # What the product writes (the default MLflow store, the embedded data, quarantine files,
-# recalibration reports, scoring snapshots) lives here: the project's models/ unless the
-# variable moves it out of the checkout (a volume, a data disk). Absolute, so that the
-# service, started in the project folder, finds the same place.
-MODELS_DIR = Path(os.environ.get(MODELS_DIR_ENV) or PROJECT_ROOT / "models").expanduser().resolve()
+# recalibration reports, scoring snapshots, the registry lock) lives here: the project's
+# models/ unless the variable moves it out of the checkout (a volume, a data disk).
+MODELS_DIR = project_path(os.environ.get(MODELS_DIR_ENV) or "models")
+
+
+def lock_path(setting: str) -> Path:
+    """The registry lock file (`recalibration.lock_file`): a relative one is under the models
+    folder, so every process and checkout that shares the folder shares the lock."""
+    path = Path(setting).expanduser()
+    return path if path.is_absolute() else MODELS_DIR / path
 
 
 def tracking_uri() -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from features.tracking import MODELS_DIR
+from features.tracking import MODELS_DIR, project_path
 
 SCORES_DIR_ENV = "LEADSCORE_SCORES_DIR"
 KEEP = 12  # snapshots kept; older ones are removed when a new one is written
@@ -26,7 +26,8 @@ DISPLAY_COLUMNS = ("owner", "first_name", "last_name", "company")
 
 
 def scores_dir() -> Path:
-    return Path(os.environ.get(SCORES_DIR_ENV) or MODELS_DIR / "scores")
+    chosen = os.environ.get(SCORES_DIR_ENV)
+    return project_path(chosen) if chosen else MODELS_DIR / "scores"
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,8 +14,9 @@ import yaml
 # Set before any project module reads it: quarantine files, reports, snapshots and the embedded
 # data of a test run go to a folder of their own (subprocesses inherit it), never the project's
 # models/, where a developer's own runs live.
-TEST_MODELS_DIR = Path(tempfile.mkdtemp(prefix="leadscore-test-models-"))
+TEST_MODELS_DIR = Path(tempfile.mkdtemp(prefix="leadscore-test-models-")).resolve()
 os.environ["LEADSCORE_MODELS_DIR"] = str(TEST_MODELS_DIR)
+atexit.register(shutil.rmtree, TEST_MODELS_DIR, ignore_errors=True)
 
 from features.params import PROJECT_ROOT, Params, load_params  # noqa: E402
 from features.synthetic import generate_crm, write_crm  # noqa: E402
@@ -29,12 +30,6 @@ FAST_OVERRIDES = {
     "tuning.early_stopping_rounds": 20,
     "mlflow.shap_sample": 200,
 }
-
-
-@pytest.fixture(scope="session", autouse=True)
-def isolated_models_dir() -> Iterator[Path]:
-    yield TEST_MODELS_DIR
-    shutil.rmtree(TEST_MODELS_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -301,9 +301,11 @@ def test_serve_refuses_a_mistyped_store_and_says_when_no_model_is_registered_yet
 
 def test_a_models_folder_of_its_own_holds_the_default_store(tmp_path):
     """LEADSCORE_MODELS_DIR moves what the product writes out of the checkout; a relative path is
-    taken from where the command runs, and the service is told where it resolved to."""
+    taken from the project folder, wherever the command runs."""
+    from features.params import PROJECT_ROOT
+
     env = {name: value for name, value in os.environ.items() if name != "MLFLOW_TRACKING_URI"}
-    env.update(COLUMNS="400", LEADSCORE_MODELS_DIR="state")
+    env.update(COLUMNS="400", LEADSCORE_MODELS_DIR=os.path.relpath(tmp_path / "state", PROJECT_ROOT))
     serve = [str(BIN / "leadscore"), "serve", "--host", "127.0.0.1", "--port", str(_free_port())]
     with subprocess.Popen(serve, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           start_new_session=True) as server:  # fmt: skip

@@ -51,6 +51,10 @@ def test_feature_drift_flags_and_orders():
     large = conversion_shift(np.r_[np.ones(12_000), np.zeros(88_000)], np.r_[np.ones(14_000), np.zeros(86_000)])
     assert large["shift"] == pytest.approx(0.02) and large["z"] == pytest.approx(13.3, abs=0.1)
     assert conversion_shift(np.zeros(10), np.zeros(10))["z"] == 0 and conversion_shift(np.zeros(3), [])["z"] == 0
+    # The same examples from a quarter as many leads (each at several snapshots): a quarter of the evidence.
+    fewer = conversion_shift(np.r_[np.ones(12_000), np.zeros(88_000)], np.r_[np.ones(14_000), np.zeros(86_000)],
+                             25_000, 25_000)  # fmt: skip
+    assert fewer["shift"] == pytest.approx(0.02) and fewer["z"] == pytest.approx(large["z"] / 2, rel=1e-9)
 
 
 def test_thresholds_from_targets():

@@ -334,6 +334,7 @@ def train(
     With --engine dask, features are built and the final model is fitted on a Dask cluster
     (LightGBM's Dask estimator); Optuna tunes on a sample of the training examples.
     """
+    from features.tracking import lock_path
     from training.pipeline import (
         ensure_embedded_data,
         prepare_crm,
@@ -371,7 +372,7 @@ def train(
         params = load_params(params_file, **overrides)
         # Checked before any work and held to the end: a recalibration or a rollback moving
         # @champion meanwhile would race this run's comparison with the champion and its promotion.
-        held.enter_context(exclusive(PROJECT_ROOT / params.recalibration.lock_file, job="train"))
+        held.enter_context(exclusive(lock_path(params.recalibration.lock_file), job="train"))
         if engine == "dask":
             client, dataset, fit_options = _prepare_on_dask(data, params, reporter, scheduler, tuning_rows, partitions)
         elif data is None:
@@ -932,7 +933,7 @@ def rollback(
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from features.tracking import tracking_uri
+    from features.tracking import lock_path, tracking_uri
     from training.recalibrate import RecalibrationError, exclusive
     from training.register import rollback as roll_back
 
@@ -943,7 +944,7 @@ def rollback(
     mlflow.set_tracking_uri(tracking_uri())
     try:
         # A recalibration promoting meanwhile would undo the rollback or be undone by it.
-        with exclusive(PROJECT_ROOT / params.recalibration.lock_file, job="rollback"):
+        with exclusive(lock_path(params.recalibration.lock_file), job="rollback"):
             now, was = roll_back(name)
     except RecalibrationError as exc:
         _fail(f"{exc}: try again after it finishes", code=exc.exit_code)

@@ -63,14 +63,26 @@ def feature_drift(reference: pd.DataFrame, recent: pd.DataFrame, threshold: floa
     return table
 
 
-def conversion_shift(reference_label: np.ndarray, recent_label: np.ndarray) -> dict[str, float]:
+def conversion_shift(
+    reference_label: np.ndarray,
+    recent_label: np.ndarray,
+    reference_units: int | None = None,
+    recent_units: int | None = None,
+) -> dict[str, float]:
     """Conversion rate of each period, the change (recent minus reference) and its z statistic
     (two-proportion test, pooled): how many standard errors of sampling noise the change is.
-    A quarter of a thousand leads moves its rate by a point or more by chance alone."""
-    n_before, n_after = len(reference_label), len(recent_label)
-    before = float(np.mean(reference_label)) if n_before else float("nan")
-    after = float(np.mean(recent_label)) if n_after else float("nan")
-    pooled = (np.sum(reference_label) + np.sum(recent_label)) / max(n_before + n_after, 1)
+    A quarter of a thousand leads moves its rate by a point or more by chance alone.
+
+    Args:
+        reference_units, recent_units: how many independent units each period holds, when
+            fewer than its examples (distinct leads: a lead open at several snapshots gives
+            examples whose outcomes go together); the standard error counts these.
+    """
+    before = float(np.mean(reference_label)) if len(reference_label) else float("nan")
+    after = float(np.mean(recent_label)) if len(recent_label) else float("nan")
+    pooled = (np.sum(reference_label) + np.sum(recent_label)) / max(len(reference_label) + len(recent_label), 1)
+    n_before = len(reference_label) if reference_units is None else reference_units
+    n_after = len(recent_label) if recent_units is None else recent_units
     error = np.sqrt(pooled * (1 - pooled) * (1 / n_before + 1 / n_after)) if n_before and n_after else 0.0
     z = (after - before) / error if error > 0 else 0.0
     return {"reference_rate": before, "recent_rate": after, "shift": after - before, "z": float(z)}

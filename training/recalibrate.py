@@ -20,8 +20,8 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from features.ingest import DataError
-from features.params import PROJECT_ROOT, Params
-from features.tracking import MODELS_DIR
+from features.params import Params
+from features.tracking import MODELS_DIR, lock_path
 from serving.charts import columns, horizontal_bars
 from serving.scoring import LoadedModel, ModelNotReady, load_champion
 from training.drift import conversion_shift, feature_drift, psi_numeric
@@ -106,7 +106,7 @@ def recalibrate(
     """
     reporter = reporter or Reporter()
     settings = params.recalibration
-    with exclusive(PROJECT_ROOT / settings.lock_file):
+    with exclusive(lock_path(settings.lock_file)):
         try:
             champion = load_champion(model_name)
         except ModelNotReady as exc:
@@ -221,7 +221,9 @@ def measure_drift(dataset: Dataset, champion: LoadedModel, params: Params) -> di
     score_before = 100 * champion.scorer.predict_proba(features[before])
     score_after = 100 * champion.scorer.predict_proba(features[after])
     score_psi = psi_numeric(score_before, score_after)
-    shift = conversion_shift(dataset.label.to_numpy()[before], dataset.label.to_numpy()[after])
+    leads = dataset.keys["lead_id"].to_numpy()
+    label = dataset.label.to_numpy()
+    shift = conversion_shift(label[before], label[after], len(pd.unique(leads[before])), len(pd.unique(leads[after])))
     drifted_features = table.loc[table["drifted"], "feature"].tolist()
     return {
         "features": table.head(15).to_dict(orient="records"),

@@ -52,10 +52,10 @@ def log_bundle(artifacts: dict[str, str], example: pd.DataFrame, output: pd.Data
     inputs = Schema([ColSpec(col.type, col.name, required=False) for col in inferred.inputs.inputs])
     signature = ModelSignature(inputs=inputs, outputs=inferred.outputs)
     # MLflow prints its own registration lines straight to stderr, in the middle of the run's
-    # output; the caller reports the version and alias itself. Anything else is passed on.
-    printed = io.StringIO()
+    # output; the caller reports the version and alias itself. Anything else goes on at once.
+    quiet = _WithoutRegistryChatter(sys.stderr)
     try:
-        with contextlib.redirect_stderr(printed):
+        with contextlib.redirect_stderr(quiet):
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(Path(features.__file__).parent / "pyfunc_entry.py"),
@@ -67,14 +67,34 @@ def log_bundle(artifacts: dict[str, str], example: pd.DataFrame, output: pd.Data
                 registered_model_name=model_name,
             )
     finally:
-        sys.stderr.write(
-            "".join(line for line in printed.getvalue().splitlines(keepends=True) if not _registry_chatter(line))
-        )
+        quiet.flush()
     return str(info.registered_model_version)
 
 
-def _registry_chatter(line: str) -> bool:
-    return line.startswith(("Successfully registered model '", "Created version '", "Registered model '"))
+class _WithoutRegistryChatter(io.TextIOBase):
+    """A stderr that passes every line on as it is written, except MLflow's registration lines."""
+
+    CHATTER = ("Successfully registered model '", "Created version '", "Registered model '")
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+        self.partial = ""
+
+    def write(self, text: str) -> int:
+        *lines, partial = (self.partial + text).split("\n")
+        kept = "".join(f"{line}\n" for line in lines if not line.startswith(self.CHATTER))
+        if not any(prefix.startswith(partial[: len(prefix)]) for prefix in self.CHATTER):
+            kept, partial = kept + partial, ""  # cannot become a registration line (a progress bar)
+        self.partial = partial
+        if kept:
+            self.target.write(kept)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.partial and not self.partial.startswith(self.CHATTER):
+            self.target.write(self.partial)
+        self.partial = ""
+        self.target.flush()
 
 
 def current_version(client: MlflowClient, model_name: str, alias: str = CHAMPION) -> str | None:
