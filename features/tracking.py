@@ -15,11 +15,11 @@ from features.params import PROJECT_ROOT
 MODELS_DIR_ENV = "LEADSCORE_MODELS_DIR"
 
 
-def project_path(value: str | Path) -> Path:
-    """A path setting made absolute: a relative one is taken from the project folder, so the
-    CLI, the service and a notebook kernel (each with its own working directory) agree."""
+def project_path(value: str | Path, base: Path = PROJECT_ROOT) -> Path:
+    """A path setting made absolute: a relative one is taken from `base` (the project folder),
+    so the CLI, the service and a notebook kernel (each with its own working directory) agree."""
     path = Path(value).expanduser()
-    return (path if path.is_absolute() else PROJECT_ROOT / path).resolve()
+    return (path if path.is_absolute() else base / path).resolve()
 
 
 # What the product writes (the default MLflow store, the embedded data, quarantine files,
@@ -31,8 +31,7 @@ MODELS_DIR = project_path(os.environ.get(MODELS_DIR_ENV) or "models")
 def lock_path(setting: str) -> Path:
     """The registry lock file (`recalibration.lock_file`): a relative one is under the models
     folder, so every process and checkout that shares the folder shares the lock."""
-    path = Path(setting).expanduser()
-    return path if path.is_absolute() else MODELS_DIR / path
+    return project_path(setting, MODELS_DIR)
 
 
 def tracking_uri() -> str:

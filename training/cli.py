@@ -592,19 +592,10 @@ def serve(
     """Start the scoring service (BentoML) on the champion of the configured MLflow registry."""
     import sys
 
-    from features.tracking import (
-        MODELS_DIR,
-        MODELS_DIR_ENV,
-        local_database,
-        shown_uri,
-        tracking_problem,
-        tracking_uri,
-        uri_form_problem,
-    )
+    from features.tracking import local_database, shown_uri, tracking_problem, tracking_uri, uri_form_problem
 
     # BentoML's usage statistics would phone home from every worker: not from a CRM's scorer.
     env = {"BENTOML_DO_NOT_TRACK": "true", **os.environ, "MLFLOW_TRACKING_URI": tracking_uri()}
-    env[MODELS_DIR_ENV] = str(MODELS_DIR)  # the service finds the snapshots the CLI wrote
     name = os.environ.get("LEADSCORE_MODEL_NAME") or _params().mlflow.model_name
     mistake = uri_form_problem()
     if mistake:  # a typo would serve 503s from an empty store of its own, forever
