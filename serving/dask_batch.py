@@ -11,7 +11,7 @@ import logging
 import os
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -37,6 +37,8 @@ class DaskRun:
     output: Path
     dashboard: str | None
     notes: tuple[str, ...] = ()
+    stages: dict[str, int] = field(default_factory=dict)  # scored leads per stage
+    best: pd.DataFrame | None = None  # the `top` best scored leads, best first
 
 
 class DataframeDispatch(WorkerPlugin):
@@ -197,13 +199,15 @@ def score_on_dask(
     as_of: pd.Timestamp,
     *,
     partitions: int | None = None,
+    top: int = 0,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> DaskRun:
     """Score every lead of the inputs on the cluster and write `output/scores/` and
     `output/quarantine/` as partitioned parquet (one file per partition: a task that is run
     again after a worker dies rewrites its own file, so no row is lost or written twice).
 
-    `on_progress` is called with (partitions scored, partitions)."""
+    `top` best leads come back in `best` (the `--top` table); `on_progress` is called with
+    (partitions scored, partitions)."""
     import dask.dataframe as dd
     from distributed import as_completed, futures_of
 
@@ -227,10 +231,13 @@ def score_on_dask(
     scored.to_parquet(output / "scores", write_index=False, overwrite=True)
     quarantine.to_parquet(output / "quarantine", write_index=False, overwrite=True)
     counts = results[KIND].value_counts().compute()
+    stages = scored["stage"].value_counts().compute()
     return DaskRun(
         scored=int(counts.get("scored", 0)),
         quarantined=int(counts.get("quarantine", 0)),
         output=output,
         dashboard=client.dashboard_link,
         notes=() if counts.get(ACTIVITY_SEEN, 0) else (NO_ACTIVITY_NOTE,),
+        stages={str(stage): int(n) for stage, n in stages.sort_values(ascending=False).items()},
+        best=scored.nlargest(top, "score").compute() if top else None,
     )

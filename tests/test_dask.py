@@ -28,7 +28,7 @@ def test_dask_scoring_equals_single_process(client, champion, champion_store, sm
     from serving.dask_batch import score_on_dask
 
     leads_path, acts_path = small_crm_dir / "leads.csv", small_crm_dir / "activities.csv"
-    run = score_on_dask(client, champion, champion_store, leads_path, acts_path, tmp_path, AS_OF, partitions=6)
+    run = score_on_dask(client, champion, champion_store, leads_path, acts_path, tmp_path, AS_OF, partitions=6, top=5)
     single = score_batch(champion, read_table(leads_path), read_table(acts_path), AS_OF)
     got = pd.read_parquet(tmp_path / "scores").set_index("lead_id").sort_index()
     want = single.scored.set_index("lead_id").sort_index()
@@ -42,6 +42,10 @@ def test_dask_scoring_equals_single_process(client, champion, champion_store, sm
     assert sorted(quarantine["reason"]) == sorted(single.quarantine["reason"])
     assert os.listdir(tmp_path / "scores")  # partitioned parquet
     assert run.notes == ()
+    # The `--top` table and the stage counts of the CLI's summary, as the local engine gives them.
+    best = single.scored.sort_values("score", ascending=False).head(5)
+    np.testing.assert_array_equal(run.best["score"].to_numpy(), best["score"].astype(float).to_numpy())
+    assert run.stages == single.scored["stage"].value_counts().to_dict() and len(run.stages) > 1
     # Another export's activities (no lead in common): warned about, as the local engine does.
     other = read_table(acts_path).assign(lead_id=lambda frame: "other-" + frame["lead_id"].astype(str))
     other.to_csv(tmp_path / "other.csv", index=False)

@@ -218,6 +218,9 @@ def test_bad_paths_and_flags_are_clear_errors(tmp_path, store):
     assert no_file.returncode == 2 and "--drop, --profile: for a flat CSV file" in no_file.stderr
     folder = leadscore("train", "--data", str(tmp_path), "--label", "y", store=store)
     assert folder.returncode == 2 and "--label: for a flat CSV file" in folder.stderr
+    dask_kept = leadscore("score", str(tmp_path), "-o", str(tmp_path / "out"), "--engine", "dask", "--snapshot",
+                          store=store)  # fmt: skip
+    assert dask_kept.returncode == 2 and "--snapshot: the pages keep scorings of --engine local" in dask_kept.stderr
     # An output that cannot be written is refused before the run, not after registering.
     (tmp_path / "a_file").write_text("")
     bad_out = leadscore("train", "--metrics-out", str(tmp_path / "a_file" / "m.json"), store=store)

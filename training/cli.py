@@ -639,7 +639,7 @@ def score(
         typer.Option(
             "--snapshot/--no-snapshot",
             help="Keep this scoring for the pages (under LEADSCORE_SCORES_DIR, default models/scores); by default "
-            "kept unless scored with --model-version or given no activity of the leads",
+            "kept unless scored with --model-version or --engine dask, or given no activity of the leads",
             show_default=False,
         ),
     ] = None,
@@ -654,7 +654,9 @@ def score(
     """Score leads in batch with the champion (or --model-version): the same columns and numbers
     as the service. Only the champion's scorings are kept for the pages."""
     if engine == "dask":
-        _score_on_dask(source, output, activities, as_of, model_name, model_version, scheduler, partitions)
+        if snapshot:
+            _fail("--snapshot: the pages keep scorings of --engine local only; score with it to keep one")
+        _score_on_dask(source, output, activities, as_of, model_name, model_version, scheduler, partitions, top)
         return
     if engine != "local":
         _fail(f"--engine {engine!r}: use local or dask")
@@ -770,8 +772,10 @@ def _score_on_dask(
     model_version: str | None,
     scheduler: str | None,
     partitions: int | None,
+    top: int,
 ) -> None:
-    """`leadscore score --engine dask`: OUTPUT is a folder of partitioned parquet."""
+    """`leadscore score --engine dask`: OUTPUT is a folder of partitioned parquet. Not kept for
+    the pages."""
     from rich.progress import Progress as RichProgress
 
     from features.schema import TABLE_FILES
@@ -807,7 +811,7 @@ def _score_on_dask(
         with RichProgress(console=console) as progress:
             task = progress.add_task(f"scoring on {workers} worker(s) (partitions)", total=None)
             run = score_on_dask(
-                client, model, tracking_uri(), source, activities, output, moment, partitions=partitions,
+                client, model, tracking_uri(), source, activities, output, moment, partitions=partitions, top=top,
                 on_progress=lambda done, total: progress.update(task, completed=done, total=total),
             )  # fmt: skip
         client.close()
@@ -821,6 +825,10 @@ def _score_on_dask(
         f"Scored {_leads(run.scored)} with {model.name} version {model.version} as of {moment} on Dask → "
         f"{output}/scores/ ({run.quarantined:,} row(s) not scored: {output}/quarantine/)"
     )
+    console.print("stages: " + ", ".join(f"{stage} {n:,}" for stage, n in run.stages.items()))
+    console.print("[dim]not kept for the pages: they show scorings of --engine local[/dim]")
+    if run.best is not None:
+        _print_top(run.best, top)
 
 
 def _record_failure(report_dir: Path | None, message: str, code: int) -> None:
