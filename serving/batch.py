@@ -61,15 +61,41 @@ def stale_export_note(activities: pd.DataFrame, as_of: pd.Timestamp) -> str | No
     return stale_note(parse_timestamps(activities["occurred_at"])[0].max(), as_of)
 
 
-def no_activity_note(scorer: Any, leads: pd.DataFrame, activities: pd.DataFrame) -> str | None:
+def no_activity_note(
+    scorer: Any, leads: pd.DataFrame, activities: pd.DataFrame, as_of: pd.Timestamp | None = None
+) -> str | None:
     """A warning when a model that learned from engagement is given no activity of the leads
-    it scores: none at all, or only other leads' (another export's file, ids written otherwise)."""
+    it scores: none at all, only other leads' (another export's file, ids written otherwise),
+    or, with `as_of`, none before that moment (features read the rows before it only)."""
     if scorer.spec.kind != "crm" or "lead_id" not in leads or not scorer.uses_engagement():
         return None
-    ids = leads["lead_id"].astype(str).str.strip()
-    if not activities.empty and activities["lead_id"].astype(str).str.strip().isin(ids).any():
+    when = activity_times(leads, activities)
+    if when is None:
+        return NO_ACTIVITY_NOTE
+    if as_of is None or when.isna().all() or (when < as_of).any():
+        return None  # undated activities are quarantined with their reason when scored
+    return activity_after_note(as_of, when.min())
+
+
+def activity_times(leads: pd.DataFrame, activities: pd.DataFrame) -> pd.Series | None:
+    """When the activities of these leads happened (NaT where undated), or None if none is theirs."""
+    if activities.empty:
         return None
-    return NO_ACTIVITY_NOTE
+    theirs = activities["lead_id"].astype(str).str.strip().isin(leads["lead_id"].astype(str).str.strip())
+    if not theirs.any():
+        return None
+    if "occurred_at" not in activities:
+        return pd.Series(pd.NaT, index=activities.index[theirs])
+    return parse_timestamps(activities.loc[theirs, "occurred_at"])[0]
+
+
+def activity_after_note(as_of: pd.Timestamp, first: pd.Timestamp) -> str:
+    """The warning when the scored leads' activities all come at or after the scoring moment."""
+    return (
+        f"no activity of these leads before {as_of:%Y-%m-%d %H:%M}, the scoring moment (their first is from "
+        f"{first:%Y-%m-%d}): every lead is scored as if it had never engaged, so the scores rest on fit "
+        "alone; score as of a later moment (--as-of) unless these leads really had none then"
+    )
 
 
 NO_ACTIVITY_NOTE = (

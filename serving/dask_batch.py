@@ -20,12 +20,20 @@ from distributed import WorkerPlugin
 from features.clean import parse_timestamps
 from features.ingest import DataError, header_separator
 from features.schema import contract_names
-from serving.batch import NO_ACTIVITY_NOTE, OUTPUT_COLUMNS, no_activity_note, score_batch
+from serving.batch import (
+    NO_ACTIVITY_NOTE,
+    OUTPUT_COLUMNS,
+    activity_after_note,
+    activity_times,
+    no_activity_note,
+    score_batch,
+)
 from serving.scoring import LoadedModel, load_champion
 
 QUARANTINE_COLUMNS = ["table", "row", "lead_id", "reason"]
 KIND = "_kind"
 ACTIVITY_SEEN = "activity seen"  # KIND of a partition's marker: its leads' activities were given
+ACTIVITY_AFTER = "activity after"  # ... only at or after the scoring moment (its first in `reason`)
 NUMBERS = {"probability": float, "score": float, "fit": float, "engagement": float}
 _MODELS: dict[tuple[str, str, str], LoadedModel] = {}  # one loaded model per worker process
 
@@ -179,8 +187,12 @@ def _score_partition(
     # Partitions hold each lead's whole history, so this partition alone says whether the
     # activities given reach its leads (or the model does not need them): one marker row.
     frames = [scored, quarantine]
-    if no_activity_note(_MODELS[key].scorer, leads, activities) is None:
+    note = no_activity_note(_MODELS[key].scorer, leads, activities, as_of)
+    if note is None:
         frames.append(pd.DataFrame({KIND: [ACTIVITY_SEEN]}))
+    elif note != NO_ACTIVITY_NOTE:
+        first = activity_times(leads, activities).min()
+        frames.append(pd.DataFrame({KIND: [ACTIVITY_AFTER], "reason": [first.isoformat()]}))
     frame = pd.concat(frames, ignore_index=True).reindex(columns=_columns())
     return frame.astype(object).where(frame.notna(), "").astype(str)
 
@@ -231,13 +243,17 @@ def score_on_dask(
     scored.to_parquet(output / "scores", write_index=False, overwrite=True)
     quarantine.to_parquet(output / "quarantine", write_index=False, overwrite=True)
     counts = results[KIND].value_counts().compute()
+    notes: tuple[str, ...] = ()
+    if not counts.get(ACTIVITY_SEEN, 0):
+        after = results[results[KIND] == ACTIVITY_AFTER]["reason"].compute()
+        notes = (activity_after_note(as_of, pd.to_datetime(after).min()),) if len(after) else (NO_ACTIVITY_NOTE,)
     stages = scored["stage"].value_counts().compute()
     return DaskRun(
         scored=int(counts.get("scored", 0)),
         quarantined=int(counts.get("quarantine", 0)),
         output=output,
         dashboard=client.dashboard_link,
-        notes=() if counts.get(ACTIVITY_SEEN, 0) else (NO_ACTIVITY_NOTE,),
+        notes=notes,
         stages={str(stage): int(n) for stage, n in stages.sort_values(ascending=False).items()},
         best=scored.nlargest(top, "score").compute() if top else None,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from serving.batch import write_table
+from serving.batch import read_leads, write_table
 
 
 def test_formula_cells_are_neutralised_in_csv_but_kept_in_parquet(tmp_path):
@@ -37,6 +37,22 @@ def test_duplicates_far_apart_are_caught_and_order_is_kept(champion, small_crm_d
     assert int(duplicate["row"].iloc[0]) == len(leads)  # 1-based row of the copy in the file
     kept = leads["lead_id"][~leads["lead_id"].duplicated()]
     assert result.scored["lead_id"].tolist() == [i for i in kept if i in set(result.scored["lead_id"])]
+
+
+def test_leads_given_no_activity_before_the_scoring_moment_are_warned_about(champion, small_crm_dir):
+    from features.clean import parse_timestamps
+    from serving.batch import NO_ACTIVITY_NOTE, no_activity_note
+
+    leads, acts, _ = read_leads(small_crm_dir, None)  # the open leads, all leads' activities
+    first = parse_timestamps(acts["occurred_at"][acts["lead_id"].isin(leads["lead_id"])])[0].min()
+    assert no_activity_note(champion.scorer, leads, acts, first + pd.Timedelta(days=1)) is None
+    early = no_activity_note(champion.scorer, leads, acts, first - pd.Timedelta(days=1))
+    assert early.startswith(f"no activity of these leads before {first - pd.Timedelta(days=1):%Y-%m-%d}")
+    assert f"their first is from {first:%Y-%m-%d}" in early and "--as-of" in early
+    # Only other leads' activities: that warning, whatever the moment.
+    others = acts.assign(lead_id="X" + acts["lead_id"])
+    assert no_activity_note(champion.scorer, leads, others, first + pd.Timedelta(days=1)) == NO_ACTIVITY_NOTE
+    assert no_activity_note(champion.scorer, leads, acts.iloc[:0]) == NO_ACTIVITY_NOTE
 
 
 def test_an_export_folder_scores_only_its_open_leads_whatever_the_status_spelling(tmp_path):

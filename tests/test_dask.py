@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.batch import NO_ACTIVITY_NOTE, read_table, score_batch
+from serving.batch import NO_ACTIVITY_NOTE, no_activity_note, read_table, score_batch
 
 pytestmark = pytest.mark.slow
 AS_OF = pd.Timestamp("2025-12-20")
@@ -53,6 +53,13 @@ def test_dask_scoring_equals_single_process(client, champion, champion_store, sm
     unmatched = score_on_dask(client, champion, champion_store, leads_path, tmp_path / "other.csv", tmp_path / "out",
                               AS_OF, partitions=3)  # fmt: skip
     assert champion.scorer.uses_engagement() and unmatched.notes == (NO_ACTIVITY_NOTE,)
+    # Scored as of a moment before any of their activities: the local engine's warning.
+    early = pd.Timestamp("2020-01-01")
+    (tmp_path / "early").mkdir()
+    before = score_on_dask(client, champion, champion_store, leads_path, acts_path, tmp_path / "early", early,
+                           partitions=3)  # fmt: skip
+    local = no_activity_note(champion.scorer, read_table(leads_path), read_table(acts_path), early)
+    assert before.notes == (local,) and local.startswith("no activity of these leads before 2020-01-01")
 
 
 def test_newest_activity_on_dask_is_the_local_checks_and_skips_bad_dates(client, small_crm_dir, tmp_path):
