@@ -28,8 +28,8 @@ def store(tmp_path_factory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
 
 
-def leadscore(*args: str, store: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "COLUMNS": "200"}
+def leadscore(*args: str, store: str, **env_vars: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "COLUMNS": "200", **env_vars}
     return subprocess.run([LEADSCORE, *args], capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -154,6 +154,22 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
     assert chosen.returncode == 0, chosen.stderr
     assert "with crm-model version 2 " in chosen.stdout and len(pd.read_csv(scores)) > 0
     assert "not kept for the pages" in chosen.stdout and "Kept for the pages" not in chosen.stdout
+    kept_other = leadscore("score", str(small_crm_dir), "-o", str(scores), "--model-version", "2", "--snapshot",
+                           "--model-name", "crm-model", store=store)  # fmt: skip
+    assert kept_other.returncode == 2 and "keep the champion's scorings only" in kept_other.stderr
+    # A pages folder that cannot be written: the scores are still written, and the output says
+    # they were not kept; asked to keep them, the run is refused before it scores.
+    (tmp_path / "a_file").write_text("")
+    blocked = {"LEADSCORE_SCORES_DIR": str(tmp_path / "a_file" / "scores")}
+    unkept = leadscore("score", str(small_crm_dir), "-o", str(tmp_path / "unkept.csv"), "--model-name", "crm-model",
+                       "--as-of", "2026-01-01", store=store, **blocked)  # fmt: skip
+    assert unkept.returncode == 0 and len(pd.read_csv(tmp_path / "unkept.csv")) > 0, unkept.stderr
+    said = " ".join(unkept.stdout.split())
+    assert "cannot write the scoring snapshot" in said and "not kept for the pages (--no-snapshot" in said, said
+    refused = leadscore("score", str(small_crm_dir), "-o", str(tmp_path / "refused.csv"), "--model-name",
+                        "crm-model", "--as-of", "2026-01-01", "--snapshot", store=store, **blocked)  # fmt: skip
+    assert refused.returncode == 2 and "cannot write the scoring snapshot" in refused.stderr
+    assert not (tmp_path / "refused.csv").exists()
     # The export ended in 2025 and was scored as of now: its engagement reads as long gone.
     said = " ".join(chosen.stdout.split())
     assert re.search(r"newest activity in this export is from 2025-\d\d-\d\d, \d+ days before", said), said

@@ -673,17 +673,27 @@ def score(
     asked_for_snapshot, snapshot = snapshot, snapshot is not False
     if model_version is not None and snapshot:
         # The pages explain the latest kept scoring with the champion: another version's would mix.
+        if asked_for_snapshot:
+            _fail(f"--snapshot: the pages keep the champion's scorings only, not --model-version {model_version}'s")
         console.print(f"[dim]scoring with --model-version {model_version}: not kept for the pages[/dim]")
         snapshot = False
     try:
         # Folders made for the checks are removed again: a run stopped below leaves nothing.
         check_writable(output.resolve().parent, what="the scores", probe_bytes=1 << 16, keep_folders=False)
-        if snapshot:
+    except OSError as exc:
+        _fail(_os_error_text(exc))
+    if snapshot:
+        try:
             check_writable(
                 scores_dir(), what="the scoring snapshot for the pages (LEADSCORE_SCORES_DIR)", keep_folders=False
             )
-    except OSError as exc:
-        _fail(_os_error_text(exc))
+        except OSError as exc:
+            if asked_for_snapshot:
+                _fail(_os_error_text(exc))
+            # The scores are what the CRM's job waits for: the pages' copy must not stop them.
+            console.print(f"[yellow]{escape(_os_error_text(exc))}: the scores are written, but not kept for the "
+                          "pages (--no-snapshot says that is meant)[/yellow]")  # fmt: skip
+            snapshot = False
     # After the output checks: a read-only or full models/ folder is the problem to name, not
     # the store that could not be created in it.
     _check_registry(reads_models=True)
