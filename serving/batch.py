@@ -67,26 +67,43 @@ def no_activity_note(
     """A warning when a model that learned from engagement is given no activity of the leads
     it scores: none at all, only other leads' (another export's file, ids written otherwise),
     or, with `as_of`, none before that moment (features read the rows before it only)."""
-    if scorer.spec.kind != "crm" or "lead_id" not in leads or not scorer.uses_engagement():
-        return None
-    when = activity_times(leads, activities)
-    if when is None:
+    state, first = activity_state(scorer, leads, activities, as_of)
+    if state == "none":
         return NO_ACTIVITY_NOTE
-    if as_of is None or when.isna().all() or (when < as_of).any():
-        return None  # undated activities are quarantined with their reason when scored
-    return activity_after_note(as_of, when.min())
+    return activity_after_note(as_of, first) if state == "after" else None
 
 
-def activity_times(leads: pd.DataFrame, activities: pd.DataFrame) -> pd.Series | None:
-    """When the activities of these leads happened (NaT where undated), or None if none is theirs."""
-    if activities.empty:
-        return None
-    theirs = activities["lead_id"].astype(str).str.strip().isin(leads["lead_id"].astype(str).str.strip())
-    if not theirs.any():
-        return None
+def activity_state(
+    scorer: Any, leads: pd.DataFrame, activities: pd.DataFrame, as_of: pd.Timestamp | None = None
+) -> tuple[str, pd.Timestamp | None]:
+    """Whether the leads' activities can shape their engagement: "before" (some do, or the model
+    needs none), "none" (no activity of these leads), "after" (dated ones, all at or after
+    `as_of`; the first of them returned too), "undated" (only undated ones, which scoring
+    quarantines with their reason) or "empty" (no lead to score). With `as_of`, only leads
+    created before it count: later ones are not scored. Partitions of one run combine in
+    `ACTIVITY_STATES` order: the first state any partition has is the run's."""
+    if scorer.spec.kind != "crm" or "lead_id" not in leads or not scorer.uses_engagement():
+        return "before", None
+    day_first = scorer.spec.settings.get("day_first")
+    if as_of is not None and "created_at" in leads:
+        created = parse_timestamps(leads["created_at"], day_first)[0]
+        leads = leads[~(created > as_of)]  # undated ones are quarantined when scored, not counted here
+    if leads.empty:
+        return "empty", None
+    ids = leads["lead_id"].astype(str).str.strip()
+    if activities.empty or not (theirs := activities["lead_id"].astype(str).str.strip().isin(ids)).any():
+        return "none", None
+    if as_of is None:
+        return "before", None
     if "occurred_at" not in activities:
-        return pd.Series(pd.NaT, index=activities.index[theirs])
-    return parse_timestamps(activities.loc[theirs, "occurred_at"])[0]
+        return "undated", None
+    when = parse_timestamps(activities.loc[theirs, "occurred_at"], day_first)[0]
+    if (when < as_of).any():
+        return "before", None
+    return ("after", when.min()) if when.notna().any() else ("undated", None)
+
+
+ACTIVITY_STATES = ("before", "after", "undated", "none", "empty")
 
 
 def activity_after_note(as_of: pd.Timestamp, first: pd.Timestamp) -> str:

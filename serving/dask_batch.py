@@ -21,19 +21,18 @@ from features.clean import parse_timestamps
 from features.ingest import DataError, header_separator
 from features.schema import contract_names
 from serving.batch import (
+    ACTIVITY_STATES,
     NO_ACTIVITY_NOTE,
     OUTPUT_COLUMNS,
     activity_after_note,
-    activity_times,
-    no_activity_note,
+    activity_state,
     score_batch,
 )
 from serving.scoring import LoadedModel, load_champion
 
 QUARANTINE_COLUMNS = ["table", "row", "lead_id", "reason"]
 KIND = "_kind"
-ACTIVITY_SEEN = "activity seen"  # KIND of a partition's marker: its leads' activities were given
-ACTIVITY_AFTER = "activity after"  # ... only at or after the scoring moment (its first in `reason`)
+MARKER = "activity "  # KIND of a partition's marker row: MARKER + its `activity_state` ("after": first in `reason`)
 NUMBERS = {"probability": float, "score": float, "fit": float, "engagement": float}
 _MODELS: dict[tuple[str, str, str], LoadedModel] = {}  # one loaded model per worker process
 
@@ -172,7 +171,14 @@ def features_on_dask(leads, activities, as_of: pd.Timestamp, params, vocabulary,
 
 
 def _score_partition(
-    leads: pd.DataFrame, activities: pd.DataFrame, *, model_name: str, version: str, uri: str, as_of: pd.Timestamp
+    leads: pd.DataFrame,
+    activities: pd.DataFrame,
+    *,
+    model_name: str,
+    version: str,
+    uri: str,
+    as_of: pd.Timestamp,
+    as_of_given: bool,
 ) -> pd.DataFrame:
     """Score one partition with the model version the run started with (loaded once per worker)."""
     key = (uri, model_name, version)
@@ -186,13 +192,9 @@ def _score_partition(
     quarantine = result.quarantine.astype({"row": str}).assign(**{KIND: "quarantine"})
     # Partitions hold each lead's whole history, so this partition alone says whether the
     # activities given reach its leads (or the model does not need them): one marker row.
-    frames = [scored, quarantine]
-    note = no_activity_note(_MODELS[key].scorer, leads, activities, as_of)
-    if note is None:
-        frames.append(pd.DataFrame({KIND: [ACTIVITY_SEEN]}))
-    elif note != NO_ACTIVITY_NOTE:
-        first = activity_times(leads, activities).min()
-        frames.append(pd.DataFrame({KIND: [ACTIVITY_AFTER], "reason": [first.isoformat()]}))
+    state, first = activity_state(_MODELS[key].scorer, leads, activities, as_of if as_of_given else None)
+    marker = {KIND: [MARKER + state], "reason": [first.isoformat() if first is not None else ""]}
+    frames = [scored, quarantine, pd.DataFrame(marker)]
     frame = pd.concat(frames, ignore_index=True).reindex(columns=_columns())
     return frame.astype(object).where(frame.notna(), "").astype(str)
 
@@ -211,6 +213,7 @@ def score_on_dask(
     as_of: pd.Timestamp,
     *,
     partitions: int | None = None,
+    as_of_given: bool = True,
     top: int = 0,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> DaskRun:
@@ -218,8 +221,9 @@ def score_on_dask(
     `output/quarantine/` as partitioned parquet (one file per partition: a task that is run
     again after a worker dies rewrites its own file, so no row is lost or written twice).
 
-    `top` best leads come back in `best` (the `--top` table); `on_progress` is called with
-    (partitions scored, partitions)."""
+    `as_of_given`: False when `as_of` is just now, so no lead is warned about for activities
+    after it. `top` best leads come back in `best` (the `--top` table); `on_progress` is called
+    with (partitions scored, partitions)."""
     import dask.dataframe as dd
     from distributed import as_completed, futures_of
 
@@ -232,7 +236,7 @@ def score_on_dask(
     meta = pd.DataFrame({c: pd.Series(dtype=str) for c in _columns()})
     results = dd.map_partitions(
         _score_partition, leads, activities, meta=meta, align_dataframes=False,
-        model_name=model.name, version=model.version, uri=uri, as_of=as_of,
+        model_name=model.name, version=model.version, uri=uri, as_of=as_of, as_of_given=as_of_given,
     ).persist()  # fmt: skip
     futures = futures_of(results)
     for done, _ in enumerate(as_completed(futures), start=1):
@@ -243,10 +247,13 @@ def score_on_dask(
     scored.to_parquet(output / "scores", write_index=False, overwrite=True)
     quarantine.to_parquet(output / "quarantine", write_index=False, overwrite=True)
     counts = results[KIND].value_counts().compute()
+    state = next((s for s in ACTIVITY_STATES if counts.get(MARKER + s, 0)), "empty")
     notes: tuple[str, ...] = ()
-    if not counts.get(ACTIVITY_SEEN, 0):
-        after = results[results[KIND] == ACTIVITY_AFTER]["reason"].compute()
-        notes = (activity_after_note(as_of, pd.to_datetime(after).min()),) if len(after) else (NO_ACTIVITY_NOTE,)
+    if state == "none":
+        notes = (NO_ACTIVITY_NOTE,)
+    elif state == "after":
+        firsts = results[results[KIND] == MARKER + "after"]["reason"].compute()
+        notes = (activity_after_note(as_of, min(pd.Timestamp(first) for first in firsts)),)
     stages = scored["stage"].value_counts().compute()
     return DaskRun(
         scored=int(counts.get("scored", 0)),

@@ -41,17 +41,26 @@ def test_duplicates_far_apart_are_caught_and_order_is_kept(champion, small_crm_d
 
 def test_leads_given_no_activity_before_the_scoring_moment_are_warned_about(champion, small_crm_dir):
     from features.clean import parse_timestamps
-    from serving.batch import NO_ACTIVITY_NOTE, no_activity_note
+    from serving.batch import NO_ACTIVITY_NOTE, no_activity_note, score_batch
 
     leads, acts, _ = read_leads(small_crm_dir, None)  # the open leads, all leads' activities
-    first = parse_timestamps(acts["occurred_at"][acts["lead_id"].isin(leads["lead_id"])])[0].min()
-    assert no_activity_note(champion.scorer, leads, acts, first + pd.Timedelta(days=1)) is None
-    early = no_activity_note(champion.scorer, leads, acts, first - pd.Timedelta(days=1))
-    assert early.startswith(f"no activity of these leads before {first - pd.Timedelta(days=1):%Y-%m-%d}")
+    when = parse_timestamps(acts["occurred_at"])[0]
+    cut = when[acts["lead_id"].isin(leads["lead_id"])].quantile(0.5).normalize()
+    late = acts[when >= cut]  # an extract of the newer activities only
+    first = parse_timestamps(late["occurred_at"][late["lead_id"].isin(leads["lead_id"])])[0].min()
+    as_of = cut - pd.Timedelta(days=1)
+    early = no_activity_note(champion.scorer, leads, late, as_of)
+    assert early.startswith(f"no activity of these leads before {as_of:%Y-%m-%d}")
     assert f"their first is from {first:%Y-%m-%d}" in early and "--as-of" in early
+    # The leads it speaks of are scored: those created before the moment.
+    assert len(score_batch(champion, leads, late, as_of).scored) > 0
+    assert no_activity_note(champion.scorer, leads, acts, as_of) is None  # the whole history
+    assert no_activity_note(champion.scorer, leads, late) is None  # as of now: the stale note's case
+    # Before every lead's creation nobody is scored (each is quarantined with its reason): no note.
+    assert no_activity_note(champion.scorer, leads, late, pd.Timestamp("2020-01-01")) is None
     # Only other leads' activities: that warning, whatever the moment.
     others = acts.assign(lead_id="X" + acts["lead_id"])
-    assert no_activity_note(champion.scorer, leads, others, first + pd.Timedelta(days=1)) == NO_ACTIVITY_NOTE
+    assert no_activity_note(champion.scorer, leads, others, as_of) == NO_ACTIVITY_NOTE
     assert no_activity_note(champion.scorer, leads, acts.iloc[:0]) == NO_ACTIVITY_NOTE
 
 

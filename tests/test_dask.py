@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.clean import parse_timestamps
 from serving.batch import NO_ACTIVITY_NOTE, no_activity_note, read_table, score_batch
 
 pytestmark = pytest.mark.slow
@@ -46,6 +47,7 @@ def test_dask_scoring_equals_single_process(client, champion, champion_store, sm
     best = single.scored.sort_values("score", ascending=False).head(5)
     np.testing.assert_array_equal(run.best["score"].to_numpy(), best["score"].astype(float).to_numpy())
     assert run.stages == single.scored["stage"].value_counts().to_dict() and len(run.stages) > 1
+    assert list(run.stages.values()) == sorted(run.stages.values(), reverse=True)  # most common first
     # Another export's activities (no lead in common): warned about, as the local engine does.
     other = read_table(acts_path).assign(lead_id=lambda frame: "other-" + frame["lead_id"].astype(str))
     other.to_csv(tmp_path / "other.csv", index=False)
@@ -53,13 +55,20 @@ def test_dask_scoring_equals_single_process(client, champion, champion_store, sm
     unmatched = score_on_dask(client, champion, champion_store, leads_path, tmp_path / "other.csv", tmp_path / "out",
                               AS_OF, partitions=3)  # fmt: skip
     assert champion.scorer.uses_engagement() and unmatched.notes == (NO_ACTIVITY_NOTE,)
-    # Scored as of a moment before any of their activities: the local engine's warning.
-    early = pd.Timestamp("2020-01-01")
-    (tmp_path / "early").mkdir()
-    before = score_on_dask(client, champion, champion_store, leads_path, acts_path, tmp_path / "early", early,
-                           partitions=3)  # fmt: skip
-    local = no_activity_note(champion.scorer, read_table(leads_path), read_table(acts_path), early)
-    assert before.notes == (local,) and local.startswith("no activity of these leads before 2020-01-01")
+    # Given only activities after the scoring moment: the local engine's warning, for the leads
+    # created before it (the others are not scored); as of now, none.
+    acts = read_table(acts_path)
+    when = parse_timestamps(acts["occurred_at"])[0]
+    cut = when.quantile(0.5).normalize()
+    acts[when >= cut].to_csv(tmp_path / "late.csv", index=False)
+    as_of = cut - pd.Timedelta(days=1)
+    for given, folder in ((True, "early"), (False, "now")):
+        (tmp_path / folder).mkdir()
+        late = score_on_dask(client, champion, champion_store, leads_path, tmp_path / "late.csv", tmp_path / folder,
+                             as_of, partitions=3, as_of_given=given)  # fmt: skip
+        local = no_activity_note(champion.scorer, read_table(leads_path), acts[when >= cut], as_of if given else None)
+        assert late.scored > 0 and late.notes == ((local,) if local else ()), (given, late.notes)
+        assert (local is not None) == given and (not given or local.startswith("no activity of these leads before"))
 
 
 def test_newest_activity_on_dask_is_the_local_checks_and_skips_bad_dates(client, small_crm_dir, tmp_path):

@@ -639,7 +639,8 @@ def score(
         typer.Option(
             "--snapshot/--no-snapshot",
             help="Keep this scoring for the pages (under LEADSCORE_SCORES_DIR, default models/scores); by default "
-            "kept unless scored with --model-version or --engine dask, or given no activity of the leads",
+            "kept unless scored with --model-version or --engine dask, given no activity of the leads (before "
+            "--as-of), or the folder cannot be written",
             show_default=False,
         ),
     ] = None,
@@ -691,8 +692,8 @@ def score(
             if asked_for_snapshot:
                 _fail(_os_error_text(exc))
             # The scores are what the CRM's job waits for: the pages' copy must not stop them.
-            console.print(f"[yellow]{escape(_os_error_text(exc))}: the scores are written, but not kept for the "
-                          "pages (--no-snapshot says that is meant)[/yellow]")  # fmt: skip
+            console.print(f"[yellow]{escape(_os_error_text(exc))}: the scores will be written, but this run is "
+                          "not kept for the pages (--no-snapshot says that is meant)[/yellow]")  # fmt: skip
             snapshot = False
     # After the output checks: a read-only or full models/ folder is the problem to name, not
     # the store that could not be created in it.
@@ -727,14 +728,21 @@ def score(
         for note in result.notes:
             console.print(f"[yellow]{escape(note)}[/yellow]")
         write_table(result.scored, output)
-        if snapshot:
-            meta = {"as_of": moment.isoformat(), "model_name": model.name, "model_version": model.version,
-                    "source": str(source), "output": str(output)}  # fmt: skip
-            kept = write_snapshot(result.scored, leads, acts, meta)
     except (DataError, ModelNotReady, ParamsError) as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot write {output}: {exc.strerror or exc}")
+    if snapshot:
+        meta = {"as_of": moment.isoformat(), "model_name": model.name, "model_version": model.version,
+                "source": str(source), "output": str(output)}  # fmt: skip
+        try:
+            kept = write_snapshot(result.scored, leads, acts, meta)
+        except OSError as exc:  # the disk filled after the check, for one
+            said = f"the scores are in {output}, but the snapshot for the pages could not be written: {exc}"
+            if asked_for_snapshot:
+                _fail(said)
+            console.print(f"[yellow]{escape(said)}[/yellow]")
+            snapshot = False
     console.print(
         f"Scored {_leads(len(result.scored))} with {model.name} version {model.version} as of {moment} → {output}"
     )
@@ -823,6 +831,7 @@ def _score_on_dask(
             task = progress.add_task(f"scoring on {workers} worker(s) (partitions)", total=None)
             run = score_on_dask(
                 client, model, tracking_uri(), source, activities, output, moment, partitions=partitions, top=top,
+                as_of_given=as_of is not None,
                 on_progress=lambda done, total: progress.update(task, completed=done, total=total),
             )  # fmt: skip
         client.close()
