@@ -328,12 +328,18 @@ def _criteria_rows(model: LoadedModel) -> list[tuple[str, str]]:
 
 app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 _current_model: Callable[[], LoadedModel | None] = lambda: None  # noqa: E731
+_served_name: str | None = None  # the registered model the service serves; its scorings are shown
 
 
-def bind(current_model: Callable[[], LoadedModel | None]) -> None:
-    """Tell the pages where the service keeps its live model."""
-    global _current_model
-    _current_model = current_model
+def bind(current_model: Callable[[], LoadedModel | None], model_name: str | None = None) -> None:
+    """Tell the pages where the service keeps its live model, and its registered name."""
+    global _current_model, _served_name
+    _current_model, _served_name = current_model, model_name
+
+
+def _kept_scorings() -> tuple[Snapshot | None, Snapshot | None]:
+    """The latest two kept scorings of the served model (a flat CSV model's are another table's)."""
+    return latest_two(model_name=_served_name)
 
 
 def _page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -377,7 +383,7 @@ def _local(target: str) -> str:
 
 @app.get("/digest", response_class=HTMLResponse, include_in_schema=False)
 def digest(owner: str = "", stage: str = "", grade: str = "") -> HTMLResponse:
-    latest, previous = latest_two()
+    latest, previous = _kept_scorings()
     view = digest_view(_current_model(), latest, previous, {"owner": owner, "stage": stage, "grade": grade})
     return _page("digest.html", **view)
 
@@ -387,7 +393,7 @@ def model_page():
     model = _model_or_page()
     if isinstance(model, HTMLResponse):
         return model
-    latest, _ = latest_two()
+    latest, _ = _kept_scorings()
     return _page("model.html", title="Model", m=model_view(model, latest))
 
 
@@ -395,7 +401,7 @@ def model_page():
 def pick(lead: str = "") -> HTMLResponse:
     if lead:
         return RedirectResponse(lead_href(lead), status_code=303)
-    latest, _ = latest_two()
+    latest, _ = _kept_scorings()
     ids = latest.scores.sort_values("score", ascending=False)["lead_id"].head(500).tolist() if latest else []
     return _page("pick.html", title="Open a lead", lead_ids=ids)
 
@@ -405,7 +411,7 @@ def lead_page(lead_id: str):
     model = _model_or_page()
     if isinstance(model, HTMLResponse):
         return model
-    latest, _ = latest_two()
+    latest, _ = _kept_scorings()
     found = latest.lead(lead_id) if latest else None
     if found is None:
         return _page("pick.html", 404, title="Lead not found", lead_ids=[],

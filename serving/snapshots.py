@@ -78,19 +78,28 @@ def write_snapshot(
     (partial / "meta.json").write_text(json.dumps({**meta, "written_at": stamp}, default=str, indent=2))
     final = directory / stamp
     partial.rename(final)
-    for old in list_snapshots(directory)[:-KEEP]:
+    # Counted per model: a flat CSV model's scorings must not push the service model's out.
+    for old in list_snapshots(directory, meta.get("model_name"))[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def list_snapshots(directory: Path | None = None) -> list[Path]:
-    """Complete snapshots, oldest first."""
+def list_snapshots(directory: Path | None = None, model_name: str | None = None) -> list[Path]:
+    """Complete snapshots, oldest first; with `model_name`, only that model's scorings."""
     directory = directory or scores_dir()
     if not directory.is_dir():
         return []
-    return sorted(
+    found = sorted(
         p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "meta.json").is_file()
     )
+    return found if model_name is None else [p for p in found if _model_of(p) == model_name]
+
+
+def _model_of(path: Path) -> str | None:
+    try:
+        return json.loads((path / "meta.json").read_text()).get("model_name")
+    except (OSError, ValueError, AttributeError):
+        return None  # removed meanwhile or not a snapshot's: belongs to no model
 
 
 def load_snapshot(path: Path) -> Snapshot:
@@ -105,9 +114,10 @@ def load_snapshot(path: Path) -> Snapshot:
     )
 
 
-def latest_two(directory: Path | None = None) -> tuple[Snapshot | None, Snapshot | None]:
-    """The newest snapshot and the one before it (either may be None)."""
-    paths = list_snapshots(directory)
+def latest_two(directory: Path | None = None, model_name: str | None = None) -> tuple[Snapshot | None, Snapshot | None]:
+    """The newest snapshot and the one before it (either may be None), of `model_name` if given:
+    the pages explain the scorings of the model the service serves, not another table's."""
+    paths = list_snapshots(directory, model_name)
     latest = load_snapshot(paths[-1]) if paths else None
     previous = load_snapshot(paths[-2]) if len(paths) > 1 else None
     return latest, previous

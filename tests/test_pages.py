@@ -25,6 +25,7 @@ from tests.test_service import CHAMPION_NAME, _start, _stop
 
 KEY = "page-key"
 AS_OF = pd.Timestamp("2025-12-20 12:00:00")
+OTHER_MODEL = "lead-scorer-flat-converted"
 HOSTILE_NAME = '<img src=x onerror="window.__pwned=1">'
 HOSTILE_COMPANY = "<script>window.__pwned=2</script>"
 CHROMIUM_PATHS = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
@@ -66,6 +67,10 @@ def scores_dir(champion, small_crm_dir, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("scores")
     meta = {"as_of": AS_OF.isoformat(), "model_name": champion.name, "model_version": champion.version}
     write_snapshot(result.scored, leads, acts, meta, folder)
+    # A later scoring by another registered model (a flat CSV's, say): not what the pages show.
+    other = {**meta, "model_name": OTHER_MODEL}
+    renamed = result.scored.assign(lead_id="F" + result.scored["lead_id"])
+    write_snapshot(renamed, leads.assign(lead_id="F" + leads["lead_id"]), acts.iloc[:0], other, folder)
     return folder
 
 
@@ -134,6 +139,8 @@ def test_digest_filters(page, server):
     script = "rows => rows.map(r => [r.dataset.owner, r.dataset.stage])"
     rows = page.locator("#leads tr[data-stage]").evaluate_all(script)
     assert all(owner == owners[0] and stage == wanted for owner, stage in rows)
+    # The served model's scoring, not the newer one of another model.
+    assert f"{CHAMPION_NAME} v" in page.content() and OTHER_MODEL not in page.content()
 
 
 def _score_request(rows: pd.DataFrame, acts: pd.DataFrame) -> dict:
@@ -154,7 +161,7 @@ def _score_request(rows: pd.DataFrame, acts: pd.DataFrame) -> dict:
 def test_lead_page_shows_what_score_returns(page, server, scores_dir):
     from serving.snapshots import latest_two
 
-    latest, _ = latest_two(scores_dir)
+    latest, _ = latest_two(scores_dir, CHAMPION_NAME)
     best = latest.scores.sort_values("score", ascending=False)
     for lead_id in best["lead_id"]:
         rows, acts = latest.lead(lead_id)
@@ -200,7 +207,7 @@ def test_lead_page_shows_what_score_returns(page, server, scores_dir):
 def test_html_in_crm_data_is_shown_as_text(page, server, scores_dir):
     from serving.snapshots import latest_two
 
-    latest, _ = latest_two(scores_dir)
+    latest, _ = latest_two(scores_dir, CHAMPION_NAME)
     hostile = latest.scores[latest.scores["company"] == HOSTILE_COMPANY].iloc[0]
     _login(page, server, target=f"/ui/leads/{hostile['lead_id']}")
     assert HOSTILE_COMPANY in page.locator("h1").inner_text()
@@ -228,7 +235,7 @@ def test_path_to_sql_is_checked_with_the_model(champion, scores_dir):
     from serving.snapshots import latest_two
     from serving.whatif import ACTIONS, path_to_sql
 
-    latest, _ = latest_two(scores_dir)
+    latest, _ = latest_two(scores_dir, CHAMPION_NAME)
     near = latest.scores[latest.scores["stage"].isin(["MQL", "nurture"])].sort_values("score", ascending=False)
     found = None
     for lead_id in near["lead_id"].head(15):
@@ -256,7 +263,9 @@ def test_static_report(champion, scores_dir, tmp_path):
     from serving.pages import write_report
     from serving.snapshots import latest_two
 
-    latest, previous = latest_two(scores_dir)
+    assert latest_two(scores_dir)[0].meta["model_name"] == OTHER_MODEL  # the newest of any model
+    latest, previous = latest_two(scores_dir, champion.name)
+    assert previous is None  # the other model's scoring is not the one before
     hostile = latest.scores.loc[latest.scores["company"] == HOSTILE_COMPANY, "lead_id"].iloc[0]
     others = latest.scores.loc[latest.scores["lead_id"] != hostile, "lead_id"].head(2)
     ids = [hostile, *others, "no-such-lead"]
@@ -267,3 +276,16 @@ def test_static_report(champion, scores_dir, tmp_path):
     index = (tmp_path / "index.html").read_text()
     assert "&lt;script&gt;window.__pwned=2&lt;/script&gt;" in index and "<script>window.__pwned" not in index
     assert "/ui/" not in index  # links stay within the report
+
+
+def test_old_scorings_are_removed_per_model(tmp_path, monkeypatch):
+    """Each model keeps its last KEEP scorings: another model's many runs do not push them out."""
+    import serving.snapshots as snapshots
+
+    monkeypatch.setattr(snapshots, "KEEP", 2)
+    scored = pd.DataFrame({"lead_id": ["L1"], "score": [50.0]})
+    leads = pd.DataFrame({"lead_id": ["L1"]})
+    for model in ("crm", "crm", "flat", "flat", "flat", "crm"):
+        snapshots.write_snapshot(scored, leads, leads.iloc[:0], {"model_name": model}, tmp_path)
+    assert len(snapshots.list_snapshots(tmp_path, "crm")) == 2 and len(snapshots.list_snapshots(tmp_path, "flat")) == 2
+    assert len(snapshots.list_snapshots(tmp_path)) == 4

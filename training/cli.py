@@ -998,11 +998,13 @@ def report(
     _check_registry(reads_models=True)
     try:
         lead_ids = _read_lead_ids(leads_file)
-        latest, previous = latest_two()
+        name = model_name or params.mlflow.model_name
+        latest, previous = latest_two(model_name=name)
         if latest is None:
-            raise DataError(f"no kept scoring in {scores_dir()}; run `leadscore score EXPORT -o FILE` first")
+            raise DataError(f"no kept scoring of {name} in {scores_dir()}; run `leadscore score EXPORT -o FILE` "
+                            "with its champion first")  # fmt: skip
         with console.status("Loading the champion model"):
-            model = load_champion(model_name or params.mlflow.model_name)
+            model = load_champion(name)
         with console.status(f"Writing {len(lead_ids):,} lead pages"):
             missing = write_report(model, latest, previous, lead_ids, out)
     except (DataError, ModelNotReady, ParamsError) as exc:
