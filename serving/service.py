@@ -141,7 +141,7 @@ class LeadScoring:
     """Scores leads for a CRM: probability, grade, stage and reasons."""
 
     def __init__(self) -> None:
-        self.model_name = os.environ.get(MODEL_NAME_ENV, PARAMS.mlflow.model_name)
+        self.model_name = os.environ.get(MODEL_NAME_ENV) or PARAMS.mlflow.model_name
         # The live model and its direct scorer, swapped together in one assignment, so a
         # request that read `self.live` once never mixes two versions.
         self.live: Live | None = None

@@ -96,6 +96,11 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code=code)
 
 
+def _served_model_name() -> str:
+    """The registered model `serve` serves, and whose scorings the pages show."""
+    return os.environ.get("LEADSCORE_MODEL_NAME") or _params().mlflow.model_name
+
+
 def _os_error_text(exc: OSError) -> str:
     """An OS error as `path: reason`, so the user knows which file to look at."""
     reason = exc.strerror or str(exc)
@@ -596,7 +601,7 @@ def serve(
 
     # BentoML's usage statistics would phone home from every worker: not from a CRM's scorer.
     env = {"BENTOML_DO_NOT_TRACK": "true", **os.environ, "MLFLOW_TRACKING_URI": tracking_uri()}
-    name = os.environ.get("LEADSCORE_MODEL_NAME") or _params().mlflow.model_name
+    name = _served_model_name()
     mistake = uri_form_problem()
     if mistake:  # a typo would serve 503s from an empty store of its own, forever
         _fail(mistake)
@@ -747,7 +752,9 @@ def score(
         f"Scored {_leads(len(result.scored))} with {model.name} version {model.version} as of {moment} → {output}"
     )
     if snapshot:
-        console.print(f"Kept for the pages (digest at /ui/digest): {kept}")
+        served = model.name == _served_model_name()
+        shown = "digest at /ui/digest" if served else f"shown by a service of LEADSCORE_MODEL_NAME={model.name}"
+        console.print(f"Kept for the pages ({shown}): {kept}")
     if not result.quarantine.empty:
         quarantine_path = output.with_name(output.stem + ".quarantine.csv")
         write_table(result.quarantine, quarantine_path)
