@@ -68,9 +68,9 @@ def no_activity_note(
     it scores: none at all, only other leads' (another export's file, ids written otherwise),
     or, with `as_of`, none before that moment (features read the rows before it only)."""
     state, first = activity_state(scorer, leads, activities, as_of)
-    if state == "none":
-        return NO_ACTIVITY_NOTE
-    return activity_after_note(as_of, first) if state == "after" else None
+    if state == "after":
+        return activity_after_note(as_of, first)
+    return {"none": NO_ACTIVITY_NOTE, "undated": UNDATED_NOTE}.get(state)
 
 
 def activity_state(
@@ -78,8 +78,8 @@ def activity_state(
 ) -> tuple[str, pd.Timestamp | None]:
     """Whether the leads' activities can shape their engagement: "before" (some do, or the model
     needs none), "none" (no activity of these leads), "after" (dated ones, all at or after
-    `as_of`; the first of them returned too), "undated" (only undated ones, which scoring
-    quarantines with their reason) or "empty" (no lead to score). With `as_of`, only leads
+    `as_of`; the first of them returned too), "undated" (only ones without a readable date,
+    which scoring quarantines) or "empty" (no lead to score). With `as_of`, only leads
     created before it count: later ones are not scored. Partitions of one run combine in
     `ACTIVITY_STATES` order: the first state any partition has is the run's."""
     if scorer.spec.kind != "crm" or "lead_id" not in leads or not scorer.uses_engagement():
@@ -93,14 +93,14 @@ def activity_state(
     ids = leads["lead_id"].astype(str).str.strip()
     if activities.empty or not (theirs := activities["lead_id"].astype(str).str.strip().isin(ids)).any():
         return "none", None
-    if as_of is None:
-        return "before", None
     if "occurred_at" not in activities:
         return "undated", None
     when = parse_timestamps(activities.loc[theirs, "occurred_at"], day_first)[0]
-    if (when < as_of).any():
+    if when.isna().all():
+        return "undated", None
+    if as_of is None or (when < as_of).any():
         return "before", None
-    return ("after", when.min()) if when.notna().any() else ("undated", None)
+    return "after", when.min()
 
 
 ACTIVITY_STATES = ("before", "after", "undated", "none", "empty")
@@ -119,6 +119,10 @@ NO_ACTIVITY_NOTE = (
     "no activity of these leads given: every lead is scored as if it had never engaged, so the scores rest "
     "on fit alone; give the export's activities (a folder's activities.csv, or --activities FILE) unless "
     "these leads really have none"
+)
+UNDATED_NOTE = (
+    "no activity of these leads has a date that can be read (each is in the quarantine file with its reason): "
+    "every lead is scored as if it had never engaged, so the scores rest on fit alone"
 )
 
 

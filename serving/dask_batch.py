@@ -24,6 +24,7 @@ from serving.batch import (
     ACTIVITY_STATES,
     NO_ACTIVITY_NOTE,
     OUTPUT_COLUMNS,
+    UNDATED_NOTE,
     activity_after_note,
     activity_state,
     score_batch,
@@ -249,8 +250,8 @@ def score_on_dask(
     counts = results[KIND].value_counts().compute()
     state = next((s for s in ACTIVITY_STATES if counts.get(MARKER + s, 0)), "empty")
     notes: tuple[str, ...] = ()
-    if state == "none":
-        notes = (NO_ACTIVITY_NOTE,)
+    if state in ("none", "undated"):
+        notes = (NO_ACTIVITY_NOTE if state == "none" else UNDATED_NOTE,)
     elif state == "after":
         firsts = results[results[KIND] == MARKER + "after"]["reason"].compute()
         notes = (activity_after_note(as_of, min(pd.Timestamp(first) for first in firsts)),)

@@ -41,7 +41,7 @@ def test_duplicates_far_apart_are_caught_and_order_is_kept(champion, small_crm_d
 
 def test_leads_given_no_activity_before_the_scoring_moment_are_warned_about(champion, small_crm_dir):
     from features.clean import parse_timestamps
-    from serving.batch import NO_ACTIVITY_NOTE, no_activity_note, score_batch
+    from serving.batch import NO_ACTIVITY_NOTE, UNDATED_NOTE, no_activity_note, score_batch
 
     leads, acts, _ = read_leads(small_crm_dir, None)  # the open leads, all leads' activities
     when = parse_timestamps(acts["occurred_at"])[0]
@@ -62,6 +62,10 @@ def test_leads_given_no_activity_before_the_scoring_moment_are_warned_about(cham
     others = acts.assign(lead_id="X" + acts["lead_id"])
     assert no_activity_note(champion.scorer, leads, others, as_of) == NO_ACTIVITY_NOTE
     assert no_activity_note(champion.scorer, leads, acts.iloc[:0]) == NO_ACTIVITY_NOTE
+    # None with a date that can be read: every lead is just as unengaged, and the output says so.
+    undated = acts.assign(occurred_at="not recorded")
+    assert no_activity_note(champion.scorer, leads, undated) == UNDATED_NOTE
+    assert no_activity_note(champion.scorer, leads, undated, as_of) == UNDATED_NOTE
 
 
 def test_an_export_folder_scores_only_its_open_leads_whatever_the_status_spelling(tmp_path):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from features.clean import parse_timestamps
-from serving.batch import NO_ACTIVITY_NOTE, no_activity_note, read_table, score_batch
+from serving.batch import NO_ACTIVITY_NOTE, UNDATED_NOTE, no_activity_note, read_table, score_batch
 
 pytestmark = pytest.mark.slow
 AS_OF = pd.Timestamp("2025-12-20")
@@ -69,6 +69,12 @@ def test_dask_scoring_equals_single_process(client, champion, champion_store, sm
         local = no_activity_note(champion.scorer, read_table(leads_path), acts[when >= cut], as_of if given else None)
         assert late.scored > 0 and late.notes == ((local,) if local else ()), (given, late.notes)
         assert (local is not None) == given and (not given or local.startswith("no activity of these leads before"))
+    # Only activities without a readable date: the local engine's warning too.
+    acts.assign(occurred_at="not recorded").to_csv(tmp_path / "undated.csv", index=False)
+    (tmp_path / "undated").mkdir()
+    undated = score_on_dask(client, champion, champion_store, leads_path, tmp_path / "undated.csv",
+                            tmp_path / "undated", AS_OF, partitions=3, as_of_given=False)  # fmt: skip
+    assert undated.notes == (UNDATED_NOTE,)
 
 
 def test_newest_activity_on_dask_is_the_local_checks_and_skips_bad_dates(client, small_crm_dir, tmp_path):

@@ -712,7 +712,7 @@ def score(
             _fail(f"{model.name} is a flat model: it reads one row per lead, no --activities")
         leads, acts, closed = read_leads(source, activities, flat_schema=flat_schema)
         stale = stale_export_note(acts, moment) if as_of is None else None
-        # As of now, the stale-export note is the one that speaks of the activities' dates.
+        # As of now, activities after it are not warned about: the stale-export note speaks of old ones.
         unengaged = no_activity_note(model.scorer, leads, acts, moment if as_of else None)
         for note in (unengaged, stale):
             if note:
