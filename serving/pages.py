@@ -177,7 +177,7 @@ def digest_view(
     static: bool = False,
 ) -> dict:
     if latest is None:
-        return {"snapshot": None, "title": "Pipeline digest"}
+        return {"snapshot": None, "title": "Pipeline digest", "served": _served_name}
     scores = latest.scores
     chosen = scores
     for column in ("owner", "stage", "grade"):

@@ -289,3 +289,14 @@ def test_old_scorings_are_removed_per_model(tmp_path, monkeypatch):
         snapshots.write_snapshot(scored, leads, leads.iloc[:0], {"model_name": model}, tmp_path)
     assert len(snapshots.list_snapshots(tmp_path, "crm")) == 2 and len(snapshots.list_snapshots(tmp_path, "flat")) == 2
     assert len(snapshots.list_snapshots(tmp_path)) == 4
+
+
+def test_the_digest_says_when_the_served_model_has_no_kept_scoring(scores_dir, monkeypatch):
+    from serving import pages
+
+    monkeypatch.setenv("LEADSCORE_SCORES_DIR", str(scores_dir))
+    monkeypatch.setattr(pages, "_served_name", "another-model")
+    empty = pages.digest().body.decode()
+    assert "No scoring by another-model has been kept yet" in empty and "data-stage=" not in empty
+    monkeypatch.setattr(pages, "_served_name", CHAMPION_NAME)
+    assert "data-stage=" in pages.digest().body.decode()
