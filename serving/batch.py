@@ -121,7 +121,7 @@ NO_ACTIVITY_NOTE = (
     "these leads really have none"
 )
 UNDATED_NOTE = (
-    "no activity of these leads has a date that can be read (each is in the quarantine file with its reason): "
+    "no activity of these leads has a date that can be read (each is quarantined with its reason): "
     "every lead is scored as if it had never engaged, so the scores rest on fit alone"
 )
 

@@ -79,7 +79,7 @@ def write_snapshot(
     final = directory / stamp
     partial.rename(final)
     # Counted per model: a flat CSV model's scorings must not push the service model's out.
-    for old in list_snapshots(directory, meta.get("model_name"))[:-KEEP]:
+    for old in list_snapshots(directory, meta.get("model_name", ""))[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -97,7 +97,7 @@ def list_snapshots(directory: Path | None = None, model_name: str | None = None)
 
 def _model_of(path: Path) -> str | None:
     try:
-        return json.loads((path / "meta.json").read_text()).get("model_name")
+        return json.loads((path / "meta.json").read_text()).get("model_name", "")
     except (OSError, ValueError, AttributeError):
         return None  # removed meanwhile or not a snapshot's: belongs to no model
 

@@ -285,9 +285,12 @@ def test_old_scorings_are_removed_per_model(tmp_path, monkeypatch):
     monkeypatch.setattr(snapshots, "KEEP", 2)
     scored = pd.DataFrame({"lead_id": ["L1"], "score": [50.0]})
     leads = pd.DataFrame({"lead_id": ["L1"]})
-    for model in ("crm", "crm", "flat", "flat", "flat", "crm"):
+    written = [
         snapshots.write_snapshot(scored, leads, leads.iloc[:0], {"model_name": model}, tmp_path)
-    assert len(snapshots.list_snapshots(tmp_path, "crm")) == 2 and len(snapshots.list_snapshots(tmp_path, "flat")) == 2
+        for model in ("crm", "crm", "flat", "flat", "flat", "crm")
+    ]
+    assert snapshots.list_snapshots(tmp_path, "crm") == [written[1], written[5]]  # the newest two
+    assert snapshots.list_snapshots(tmp_path, "flat") == [written[3], written[4]]
     assert len(snapshots.list_snapshots(tmp_path)) == 4
 
 
@@ -298,5 +301,6 @@ def test_the_digest_says_when_the_served_model_has_no_kept_scoring(scores_dir, m
     monkeypatch.setattr(pages, "_served_name", "another-model")
     empty = pages.digest().body.decode()
     assert "No scoring by another-model has been kept yet" in empty and "data-stage=" not in empty
+    assert "--model-name another-model" in empty
     monkeypatch.setattr(pages, "_served_name", CHAMPION_NAME)
     assert "data-stage=" in pages.digest().body.decode()

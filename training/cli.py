@@ -752,8 +752,10 @@ def score(
         f"Scored {_leads(len(result.scored))} with {model.name} version {model.version} as of {moment} → {output}"
     )
     if snapshot:
-        served = model.name == _served_model_name()
-        shown = "digest at /ui/digest" if served else f"shown by a service of LEADSCORE_MODEL_NAME={model.name}"
+        # The pages show the served model's scorings: a service started as this command is set up.
+        shown = (f"digest at /ui/digest of a service serving {model.name}" if model.name == _served_model_name()
+                 else f"shown by a service started with LEADSCORE_MODEL_NAME={model.name}, and by "
+                 f"`leadscore report --model-name {model.name}`")  # fmt: skip
         console.print(f"Kept for the pages ({shown}): {kept}")
     if not result.quarantine.empty:
         quarantine_path = output.with_name(output.stem + ".quarantine.csv")
@@ -1008,8 +1010,8 @@ def report(
         name = model_name or params.mlflow.model_name
         latest, previous = latest_two(model_name=name)
         if latest is None:
-            raise DataError(f"no kept scoring of {name} in {scores_dir()}; run `leadscore score EXPORT -o FILE` "
-                            "with its champion first")  # fmt: skip
+            raise DataError(f"no kept scoring of {name} in {scores_dir()}; run `leadscore score EXPORT -o FILE "
+                            f"--model-name {name}` first")  # fmt: skip
         with console.status("Loading the champion model"):
             model = load_champion(name)
         with console.status(f"Writing {len(lead_ids):,} lead pages"):
