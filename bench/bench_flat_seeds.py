@@ -121,7 +121,7 @@ def main() -> None:
         )
     print(
         f"GAIN over the better baseline, {len(gains)} seeds: {np.mean(gains):+.4f} ± {np.std(gains):.4f} "
-        f"(standard error {np.std(gains) / np.sqrt(len(gains)):.4f}; {sum(g >= 0.005 for g in gains)} seeds at +0.005 or more)"
+        f"(standard error {np.std(gains) / np.sqrt(len(gains)):.4f}; {sum(g >= 0.005 for g in gains)} of {len(gains)} seeds at +0.005 or more)"
     )
 
 
