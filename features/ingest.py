@@ -151,6 +151,14 @@ def as_of_view(crm: CrmData, moment: pd.Timestamp) -> CrmData:
     later = outcomes["closed_at"].notna() & (outcomes["closed_at"] >= moment)
     outcomes.loc[later, "status"] = "open"
     outcomes.loc[later, "closed_at"] = pd.NaT
+    shown = moment.date() if moment == moment.normalize() else moment
+    # Said, not silent: booked-ahead meetings or late closes a user cut off on purpose are
+    # still rows of the export the run does not use.
+    crm.quarantine.note(
+        f"the export as of {shown} (rows before it): {len(crm.leads) - len(leads):,} lead(s) created on or after "
+        f"it and {len(crm.activities) - len(activities):,} activity row(s) on or after it, or of those leads, "
+        f"left out; {int(later.sum()):,} outcome(s) closed on or after it read as still open then"
+    )
     return CrmData(
         leads=leads,
         activities=activities,

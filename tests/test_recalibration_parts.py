@@ -21,6 +21,12 @@ def test_as_of_view_hides_the_future(small_crm_dir):
     still_open = past.outcomes.set_index("lead_id").reindex(closed_later).dropna(subset=["status"])["status"]
     assert (still_open == "open").all() and len(still_open) > 0
     assert past.export_end == moment
+    left_out = len(crm.activities) - len(past.activities)
+    assert past.quarantine.notes[-1] == (
+        f"the export as of 2025-08-01 (rows before it): {len(crm.leads) - len(past.leads):,} lead(s) created on or "
+        f"after it and {left_out:,} activity row(s) on or after it, or of those leads, left out; "
+        f"{len(still_open):,} outcome(s) closed on or after it read as still open then"
+    )
 
 
 def test_psi_is_zero_for_the_same_population_and_grows_with_a_shift():

@@ -121,10 +121,15 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
         str(metrics_path),
         "--model-name",
         "crm-model",
+        "--as-of",
+        "2025-11-01",
         store=store,
     )
     assert second.returncode == 0, second.stderr
     gated = json.loads(metrics_path.read_text())
+    # Trained on the export as of a day before its end: the rows left out are counted, not dropped silently.
+    assert "the export as of 2025-11-01 (rows before it):" in " ".join(second.stdout.split())
+    assert gated["data"]["windows"]["test"][1] < "2025-11-01" < metrics["data"]["windows"]["test"][1]
     assert gated["promoted"] is False and gated["model"]["version"] == "2"
     assert [g["passed"] for g in gated["gates"] if g["name"] == "min_test_roc_auc"] == [False]
     assert str(client.get_model_version_by_alias("crm-model", "champion").version) == "1"
@@ -236,6 +241,16 @@ def test_bad_paths_and_flags_are_clear_errors(tmp_path, store):
     assert no_file.returncode == 2 and "--drop, --profile: for a flat CSV file" in no_file.stderr
     folder = leadscore("train", "--data", str(tmp_path), "--label", "y", store=store)
     assert folder.returncode == 2 and "--label: for a flat CSV file" in folder.stderr
+    # --as-of cuts a CRM export; elsewhere, or past today, or not a date, it is refused before any work.
+    flat_as_of = leadscore("train", "--data", str(flat), "--label", "b", "--as-of", "2026-01-01", store=store)
+    assert flat_as_of.returncode == 2 and "--as-of: for a CRM export folder" in flat_as_of.stderr
+    dask_as_of = leadscore("train", "--engine", "dask", "--as-of", "2026-01-01", store=store)
+    assert dask_as_of.returncode == 2 and "--as-of: with --engine local" in dask_as_of.stderr
+    future = leadscore("train", "--as-of", "2999-01-01", store=store)
+    assert future.returncode == 2 and "--as-of 2999-01-01: after today" in future.stderr
+    not_a_date = leadscore("train", "--as-of", "soon", store=store)
+    assert not_a_date.returncode == 2 and "--as-of 'soon' is not a date" in not_a_date.stderr
+    assert "Loading" not in flat_as_of.stdout + dask_as_of.stdout + future.stdout + not_a_date.stdout
     dask_kept = leadscore("score", str(tmp_path), "-o", str(tmp_path / "out"), "--engine", "dask", "--snapshot",
                           store=store)  # fmt: skip
     assert dask_kept.returncode == 2 and "--snapshot: the pages keep scorings of --engine local" in dask_kept.stderr

@@ -333,6 +333,14 @@ def train(
         typer.Option("--tuning-rows", min=100, help="Dask engine: training examples sampled for Optuna"),
     ] = 200_000,
     partitions: Annotated[int | None, typer.Option("--partitions", min=1, help="Dask partitions")] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of",
+            help="CRM export: train on the rows before this moment (a date means its midnight), e.g. the day it "
+            "was exported, so that meetings booked ahead do not move the export's end",
+        ),
+    ] = None,
 ) -> None:
     """Build features, split by time, tune, train, calibrate, evaluate and register.
 
@@ -367,6 +375,18 @@ def train(
     if given and (data is None or data.is_dir()):
         read_as = "the embedded dataset is" if data is None else f"{data} is read as"
         _fail(f"{', '.join(given)}: for a flat CSV file (--data FILE.csv); {read_as} a CRM export")
+    moment = None
+    if as_of is not None:
+        if data is not None and not data.is_dir():
+            _fail("--as-of: for a CRM export folder (or the embedded data); a flat CSV is trained on all its rows")
+        if engine == "dask":
+            _fail("--as-of: with --engine local (the default); the Dask engine trains on the whole export")
+        try:
+            moment = pd_timestamp(as_of)
+        except DataError as exc:
+            _fail(str(exc))
+        if moment > pd_timestamp("now").ceil("D"):
+            _fail(f"--as-of {as_of}: after today; an export holds only the past")
     reporter = RichReporter()
     client = None
     dataset = None
@@ -383,10 +403,10 @@ def train(
         elif data is None:
             source = ensure_embedded_data(params, reporter)
             reporter.stage(f"Loading the embedded dataset ({source})")
-            dataset = prepare_crm(source, params)
+            dataset = prepare_crm(source, params, as_of=moment)
         elif data.is_dir():
             reporter.stage(f"Loading CRM export {data}")
-            dataset = prepare_crm(data, params)
+            dataset = prepare_crm(data, params, as_of=moment)
         elif data.exists():
             flat_profile = _profile(data, label, positive, id_column, drop, sep, time_column, profile, reporter)
             # A flat model reads another table: under the CRM model's name it would take the
