@@ -377,7 +377,7 @@ def train(
         _fail(f"{', '.join(given)}: for a flat CSV file (--data FILE.csv); {read_as} a CRM export")
     moment = None
     if as_of is not None:
-        if data is not None and not data.is_dir():
+        if data is not None and data.is_file():
             _fail("--as-of: for a CRM export folder (or the embedded data); a flat CSV is trained on all its rows")
         if engine == "dask":
             _fail("--as-of: with --engine local (the default); the Dask engine trains on the whole export")
