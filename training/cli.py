@@ -382,11 +382,9 @@ def train(
         if engine == "dask":
             _fail("--as-of: with --engine local (the default); the Dask engine trains on the whole export")
         try:
-            moment = pd_timestamp(as_of)
+            moment = past_moment(as_of)
         except DataError as exc:
             _fail(str(exc))
-        if moment > pd_timestamp("now").ceil("D"):
-            _fail(f"--as-of {as_of}: after today; an export holds only the past")
     reporter = RichReporter()
     client = None
     dataset = None
@@ -927,9 +925,7 @@ def recalibrate(
     try:
         # The arguments first (seconds), then the store and folders.
         params = load_params()
-        moment = pd_timestamp(as_of) if as_of else None
-        if moment is not None and moment > pd_timestamp("now").ceil("D"):
-            failed(f"--as-of {as_of}: after today; a recalibration cannot see past the export's end")
+        moment = past_moment(as_of) if as_of else None
         if data is not None and not data.is_dir():
             failed(f"--data {data}: no such folder (a CRM export folder: leads, activities, outcomes)")
         _check_model_folders(reads_models=True, fail=failed)
@@ -1090,6 +1086,14 @@ def pd_timestamp(text: str | None):
     except ValueError as exc:
         raise DataError(f"--as-of {text!r} is not a date or timestamp") from exc
     return moment.tz_convert("UTC").tz_localize(None) if moment.tzinfo else moment
+
+
+def past_moment(text: str):
+    """`--as-of` of a command that reads an export: a moment no later than today."""
+    moment = pd_timestamp(text)
+    if moment > pd_timestamp("now").ceil("D"):
+        raise DataError(f"--as-of {text}: after today; an export holds only the past")
+    return moment
 
 
 if __name__ == "__main__":
