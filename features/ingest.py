@@ -133,6 +133,39 @@ def export_date_order(*tables: pd.DataFrame) -> bool | None:
     return numeric_date_order(pd.concat(columns, ignore_index=True)) if columns else None
 
 
+def leads_as_of(
+    leads: pd.DataFrame, outcomes: pd.DataFrame, moment: pd.Timestamp
+) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Clean leads created before `moment`, their outcomes as of then (later closes read as
+    open), and how many outcomes were reopened so."""
+    kept = leads[leads["created_at"] < moment].reset_index(drop=True)
+    if kept.empty:
+        first = leads["created_at"].min()
+        raise DataError(f"no lead was created before {moment:%Y-%m-%d}: the export starts {first:%Y-%m-%d}")
+    outcomes = outcomes[outcomes["lead_id"].isin(kept["lead_id"])].copy()
+    later = outcomes["closed_at"].notna() & (outcomes["closed_at"] >= moment)
+    outcomes.loc[later, "status"] = "open"
+    outcomes.loc[later, "closed_at"] = pd.NaT
+    return kept, outcomes.reset_index(drop=True), int(later.sum())
+
+
+def activities_as_of(activities: pd.DataFrame, lead_ids: pd.Series, moment: pd.Timestamp) -> pd.DataFrame:
+    """Clean activities of the given leads that happened before `moment`."""
+    kept = activities["lead_id"].isin(lead_ids) & (activities["occurred_at"] < moment)
+    return activities[kept].reset_index(drop=True)
+
+
+def as_of_note(moment: pd.Timestamp, leads_out: int, activities_out: int, reopened: int) -> str:
+    """What an export seen as of `moment` leaves out. Said, not silent: booked-ahead meetings
+    or late closes a user cut off on purpose are still rows of the export the run does not use."""
+    shown = moment.date() if moment == moment.normalize() else moment
+    return (
+        f"the export as of {shown} (rows before it): {leads_out:,} lead(s) created on or after it and "
+        f"{activities_out:,} activity row(s) on or after it, or of those leads, left out; "
+        f"{reopened:,} outcome(s) closed on or after it read as still open then"
+    )
+
+
 def as_of_view(crm: CrmData, moment: pd.Timestamp) -> CrmData:
     """The export as it would have looked at `moment`: leads created and activities that
     happened before it, and outcomes closed before it (later closes are still open then).
@@ -140,29 +173,14 @@ def as_of_view(crm: CrmData, moment: pd.Timestamp) -> CrmData:
     Lets a recalibration run "as of" a past date on a later export without seeing the future.
     """
     moment = pd.Timestamp(moment)
-    leads = crm.leads[crm.leads["created_at"] < moment].reset_index(drop=True)
-    if leads.empty:
-        first = crm.leads["created_at"].min()
-        raise DataError(f"no lead was created before {moment:%Y-%m-%d}: the export starts {first:%Y-%m-%d}")
-    activities = crm.activities[
-        crm.activities["lead_id"].isin(leads["lead_id"]) & (crm.activities["occurred_at"] < moment)
-    ].reset_index(drop=True)
-    outcomes = crm.outcomes[crm.outcomes["lead_id"].isin(leads["lead_id"])].copy()
-    later = outcomes["closed_at"].notna() & (outcomes["closed_at"] >= moment)
-    outcomes.loc[later, "status"] = "open"
-    outcomes.loc[later, "closed_at"] = pd.NaT
-    shown = moment.date() if moment == moment.normalize() else moment
-    # Said, not silent: booked-ahead meetings or late closes a user cut off on purpose are
-    # still rows of the export the run does not use.
-    crm.quarantine.note(
-        f"the export as of {shown} (rows before it): {len(crm.leads) - len(leads):,} lead(s) created on or after "
-        f"it and {len(crm.activities) - len(activities):,} activity row(s) on or after it, or of those leads, "
-        f"left out; {int(later.sum()):,} outcome(s) closed on or after it read as still open then"
-    )
+    leads, outcomes, reopened = leads_as_of(crm.leads, crm.outcomes, moment)
+    activities = activities_as_of(crm.activities, leads["lead_id"], moment)
+    left_out = len(crm.leads) - len(leads), len(crm.activities) - len(activities)
+    crm.quarantine.note(as_of_note(moment, *left_out, reopened))
     return CrmData(
         leads=leads,
         activities=activities,
-        outcomes=outcomes.reset_index(drop=True),
+        outcomes=outcomes,
         export_end=min(moment, crm.export_end),
         quarantine=crm.quarantine,
         data_hash=crm.data_hash,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -163,7 +164,8 @@ def test_features_on_dask_equal_the_single_process_features(client, small_crm_di
             assert (got[column].str.casefold().fillna("") == want[column].str.casefold().fillna("")).all(), column
 
 
-def test_training_features_on_dask_equal_the_single_process_dataset(client, small_crm_dir, tmp_path):
+@pytest.mark.parametrize("as_of", [None, "2025-11-01"])
+def test_training_features_on_dask_equal_the_single_process_dataset(client, small_crm_dir, tmp_path, as_of):
     import shutil
 
     from features.params import load_params
@@ -188,9 +190,10 @@ def test_training_features_on_dask_equal_the_single_process_dataset(client, smal
 
     params = load_params()
     progress = []
-    got = prepare_crm_on_dask(client, tmp_path, params, tuning_rows=10**9, partitions=5,
+    moment = None if as_of is None else pd.Timestamp(as_of)
+    got = prepare_crm_on_dask(client, tmp_path, params, tuning_rows=10**9, partitions=5, as_of=moment,
                               on_progress=lambda done, total: progress.append((done, total)))  # fmt: skip
-    want = prepare_crm(tmp_path, params)
+    want = prepare_crm(tmp_path, params, as_of=moment)
     reasons = want.quarantine.frame()["reason"]
     assert (
         reasons.str.startswith("outcome unknown").sum() == 15
@@ -217,6 +220,11 @@ def test_training_features_on_dask_equal_the_single_process_dataset(client, smal
     assert rows(tuning.quarantine.frame()) == rows(want.quarantine.frame())
     assert (reasons == "missing activity_type").any()
     assert tuning.export_end == want.export_end and tuning.has_activities and want.has_activities
+    # The same rows left out as of the moment, counted in the same words.
+    cut = [n for n in want.quarantine.notes if n.startswith("the export as of")]
+    assert len(cut) == (as_of is not None) and [n for n in tuning.quarantine.notes if n in cut] == cut
+    if as_of is not None:
+        assert tuning.export_end == moment and re.search(r": [1-9][\d,]* lead\(s\) .* [1-9][\d,]* activity", cut[0])
     assert len(got.features) == kept.sum()  # every kept example stays on the cluster
 
 
@@ -240,17 +248,19 @@ def test_train_on_dask_tunes_on_a_sample_and_fits_everything(client, small_crm_d
     )  # fmt: skip
     command = [str(Path(sys.executable).parent / "leadscore"), "train", "--engine", "dask", "--params", str(lenient),
                "--scheduler", client.scheduler.address, "--data", str(small_crm_dir), "--trials", "3",
-               "--tuning-rows", "800", "--partitions", "6",
+               "--tuning-rows", "800", "--partitions", "6", "--as-of", "2025-12-01",
                "--metrics-out", str(tmp_path / "metrics.json")]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "dashboard http://" in done.stdout and "tuned on 800 of" in done.stdout
+    said = " ".join(done.stdout.split())
+    assert "dashboard http://" in said and "tuned on 800 of" in said and "the export as of 2025-12-01" in said
     metrics = pd.read_json(tmp_path / "metrics.json", typ="series")
     engine = metrics["engine"]
     assert engine["engine"] == "dask" and engine["tuning_examples"] == 800
     # The final model saw the whole training and validation periods, not the tuning sample.
     assert engine["final_fit_examples"] == engine["train_examples"] + metrics["data"]["examples"]["valid"]
     assert metrics["test"]["roc_auc"] > 0.65 and metrics["model"]["version"] == "1" and metrics["promoted"]
+    assert metrics["data"]["windows"]["test"][1] < "2025-12-01"
     previous = os.environ["MLFLOW_TRACKING_URI"]
     os.environ["MLFLOW_TRACKING_URI"] = store
     try:

@@ -379,8 +379,6 @@ def train(
     if as_of is not None:
         if data is not None and data.is_file():
             _fail("--as-of: for a CRM export folder (or the embedded data); a flat CSV is trained on all its rows")
-        if engine == "dask":
-            _fail("--as-of: with --engine local (the default); the Dask engine trains on the whole export")
         try:
             moment = past_moment(as_of)
         except DataError as exc:
@@ -397,7 +395,9 @@ def train(
         # @champion meanwhile would race this run's comparison with the champion and its promotion.
         held.enter_context(exclusive(lock_path(params.recalibration.lock_file), job="train"))
         if engine == "dask":
-            client, dataset, fit_options = _prepare_on_dask(data, params, reporter, scheduler, tuning_rows, partitions)
+            client, dataset, fit_options = _prepare_on_dask(
+                data, params, reporter, scheduler, tuning_rows, partitions, as_of=moment
+            )
         elif data is None:
             source = ensure_embedded_data(params, reporter)
             reporter.stage(f"Loading the embedded dataset ({source})")
@@ -567,6 +567,8 @@ def _prepare_on_dask(
     scheduler: str | None,
     tuning_rows: int,
     partitions: int | None,
+    *,
+    as_of: Any = None,
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Start (or reach) the cluster and build the examples' features on it."""
     from rich.progress import Progress as RichProgress
@@ -585,7 +587,7 @@ def _prepare_on_dask(
     with RichProgress(console=console) as progress:
         task = progress.add_task("features (partitions)", total=None)
         prepared = prepare_crm_on_dask(
-            client, source, params, tuning_rows=tuning_rows, partitions=partitions,
+            client, source, params, tuning_rows=tuning_rows, partitions=partitions, as_of=as_of,
             on_progress=lambda done, total: progress.update(task, completed=done, total=total),
         )  # fmt: skip
     reporter.note(prepared.engine["tuning_note"] + "; the final fit uses all of them on Dask")

@@ -29,13 +29,16 @@ from features.fit import learn_tech_vocabulary
 from features.ingest import (
     DataError,
     Quarantine,
+    activities_as_of,
     after_today,
+    as_of_note,
     clean_activities,
     clean_leads,
     clean_outcomes,
     drop_unknown_outcomes,
     export_date_order,
     hash_files,
+    leads_as_of,
     note_column_names,
     read_csv_table,
 )
@@ -94,23 +97,29 @@ def _partition_features(
     vocabulary: list[str],
     left_out: list[str],
     day_first: bool | None,
-) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """Features of one partition's examples, its activity quarantine and cleaning notes.
+    as_of: pd.Timestamp | None,
+) -> tuple[pd.DataFrame, pd.DataFrame, list[str], tuple[int, int]]:
+    """Features of one partition's examples, its activity quarantine, cleaning notes, and how
+    many clean activities it holds and how many of them `as_of` leaves out.
 
     `rows` holds every clean lead of the partition (leads without a kept example have
     EXAMPLE -1), so an activity is "unknown" exactly when it is in the single-process path.
+    With `as_of`, the activities are those of `as_of_view`: of leads created before it, before it.
     """
     quarantine = Quarantine()
     acts = activities.drop(columns="_bucket").reset_index(drop=True)
     known = pd.Index(rows["lead_id"].unique())
     clean = clean_activities(acts, known, quarantine, pd.Index(left_out), history=True, day_first=day_first)
+    cleaned = len(clean)
+    if as_of is not None:
+        clean = activities_as_of(clean, rows.loc[rows["created_at"] < as_of, "lead_id"], as_of)
     examples = rows[rows[EXAMPLE] >= 0].drop(columns="_bucket").sort_values(EXAMPLE).reset_index(drop=True)
     leads = examples.drop(columns=[EXAMPLE, LABEL, PART, "as_of"])
     features = build_crm_features(leads, clean.drop(columns="_row"), examples["as_of"], params, vocabulary)
     features.insert(0, EXAMPLE, examples[EXAMPLE].to_numpy())
     features[LABEL] = examples[LABEL].to_numpy()
     features[PART] = examples[PART].to_numpy()
-    return features, quarantine.frame(), quarantine.notes
+    return features, quarantine.frame(), quarantine.notes, (cleaned, cleaned - len(clean))
 
 
 def _merge_notes(notes: list[str]) -> list[str]:
@@ -129,10 +138,12 @@ def prepare_crm_on_dask(
     tuning_rows: int,
     partitions: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    as_of: pd.Timestamp | None = None,
 ) -> DaskDataset:
     """Examples and point-in-time features of a CRM export, built on the cluster.
 
     Args:
+        as_of: see the export as it was at this moment, as `prepare_crm(as_of=)` does.
         tuning_rows: at most this many training examples (a uniform sample) go to Optuna,
             the leakage audit and the baselines; the final fit sees all of them.
         partitions: buckets the examples and activities are co-partitioned into (default:
@@ -173,12 +184,18 @@ def prepare_crm_on_dask(
     activities = activities.map_partitions(_number_rows, offsets)
     moments = [leads["created_at"].max(), scan["last"].max(), outcomes["closed_at"].max()]
     export_end = max(m for m in moments if pd.notna(m)).ceil("D")
+    # Activities of later leads stay on the cluster with their leads (else they would read as
+    # of unknown leads); each partition leaves them out after cleaning, as `as_of_view` does.
+    seen_leads, seen_outcomes, reopened = leads, outcomes, 0
+    if as_of is not None:
+        seen_leads, seen_outcomes, reopened = leads_as_of(leads, outcomes, as_of)
+        export_end = min(as_of, export_end)
 
-    examples = build_examples(leads, outcomes, export_end, params.features)
+    examples = build_examples(seen_leads, seen_outcomes, export_end, params.features)
     if examples.empty:
         raise DataError(f"{directory}: no training examples: the data spans less than one snapshot plus the horizon")
     split = split_by_time(examples, params.split, params.features.horizon_days)
-    train_leads = leads[leads["lead_id"].isin(examples.loc[split.assignment == "train", "lead_id"])]
+    train_leads = seen_leads[seen_leads["lead_id"].isin(examples.loc[split.assignment == "train", "lead_id"])]
     vocabulary = learn_tech_vocabulary(train_leads, params.features.tech_stack_top_k)
     kept = examples.assign(**{EXAMPLE: np.arange(len(examples)), PART: split.assignment.to_numpy()})
     kept = kept[kept[PART] != ""].rename(columns={"label": LABEL})
@@ -198,9 +215,10 @@ def prepare_crm_on_dask(
         "vocabulary": list(vocabulary),
         "left_out": left_out.tolist(),
         "day_first": day_first,
+        "as_of": as_of,
     }
     sample_rows = rows[rows[EXAMPLE] >= 0].head(20).assign(_bucket=0)
-    meta, _, _ = _partition_features(sample_rows, activities._meta.assign(_row=0), **options)
+    meta, _, _, _ = _partition_features(sample_rows, activities._meta.assign(_row=0), **options)
     build = dask.delayed(_partition_features, pure=True)
     parts = [build(r, a, **options) for r, a in zip(lead_rows.to_delayed(), activities.to_delayed(), strict=True)]
     running = client.compute(parts)  # futures of (features, quarantine, notes) per partition
@@ -212,6 +230,9 @@ def prepare_crm_on_dask(
     notes = client.gather([client.submit(getitem, f, 2) for f in running])
     for note in _merge_notes([n for group in notes for n in group]):
         quarantine.note(note)
+    cleaned, cut = np.sum(client.gather([client.submit(getitem, f, 3) for f in running]), axis=0)
+    if as_of is not None:
+        quarantine.note(as_of_note(as_of, len(leads) - len(seen_leads), int(cut), reopened))
     del running
     built = time.perf_counter()
 
@@ -259,7 +280,7 @@ def prepare_crm_on_dask(
         truth=truth,
         timings={"load_seconds": 0.0, "features_seconds": built - started},
         export_end=export_end,
-        has_activities=bool(scan["last"].notna().any()),
+        has_activities=bool(cleaned > cut),
     )
     engine = {
         "engine": "dask",
