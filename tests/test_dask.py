@@ -254,6 +254,7 @@ def test_train_on_dask_tunes_on_a_sample_and_fits_everything(client, small_crm_d
     assert done.returncode == 0, done.stdout + done.stderr
     said = " ".join(done.stdout.split())
     assert "dashboard http://" in said and "tuned on 800 of" in said and "the export as of 2025-12-01" in said
+    assert "[LightGBM]" not in done.stdout + done.stderr and "open ports" not in said  # the fit's network set-up
     metrics = pd.read_json(tmp_path / "metrics.json", typ="series")
     engine = metrics["engine"]
     assert engine["engine"] == "dask" and engine["tuning_examples"] == 800

@@ -294,12 +294,27 @@ def prepare_crm_on_dask(
     return DaskDataset(tuning=tuning, features=features, engine=engine)
 
 
+def quiet_lightgbm(dask_worker=None) -> None:
+    """Send LightGBM's log lines to a logger that shows warnings only. Its distributed fit logs
+    the network set-up ("Trying to bind port ...") on every worker and the client despite
+    `verbose: -1`; a failed set-up still raises. Takes `dask_worker` to run as a worker hook."""
+    import logging
+
+    import lightgbm
+
+    logger = logging.getLogger("lightgbm")
+    logger.setLevel(logging.WARNING)
+    lightgbm.register_logger(logger)
+
+
 def dask_final_fit(client, data: DaskDataset, seed: int):
     """A `final_fit` for `train_and_register`: LightGBM's Dask estimator on every training
     (and, when asked, validation) example, returning the fitted booster."""
     from lightgbm.dask import DaskLGBMClassifier
 
     def fit(hyperparams: dict[str, Any], n_estimators: int, with_valid: bool, spec: FeatureSpec):
+        quiet_lightgbm()
+        client.run(quiet_lightgbm)
         chosen = data.features[data.features[PART].isin(["train", "valid"] if with_valid else ["train"])]
         sizes = chosen.map_partitions(len).compute().to_numpy()
         # LightGBM's Dask estimator refuses an empty part: keep the partitions holding examples.
