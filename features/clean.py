@@ -14,6 +14,9 @@ _SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "bn": 1e9}
 _SUFFIXED = re.compile(r"^(-?\d+(?:\.\d+)?)(k|m|bn|b)$", re.IGNORECASE)
 TRUE_TOKENS = frozenset({"true", "yes", "y", "1", "1.0", "t"})
 FALSE_TOKENS = frozenset({"false", "no", "n", "0", "0.0", "f"})
+# The years a moment is read in: others are typos (0025, 9999), and pandas' nanosecond times
+# end in 2262, past which a comparison silently overflows.
+FIRST_YEAR, LAST_YEAR = 1900, 2200
 
 
 def is_missing(value: object) -> bool:
@@ -173,7 +176,7 @@ def parse_timestamps(values: pd.Series, day_first: bool | None = None) -> tuple[
                 fallback[left], format="mixed", dayfirst=day_first, errors="coerce", utc=True
             )
         parsed[retry] = reparsed.where(~contradicting)
-    plausible = parsed.notna() & parsed.dt.year.between(1900, 2200)
+    plausible = parsed.notna() & parsed.dt.year.between(FIRST_YEAR, LAST_YEAR)
     parsed = parsed.where(plausible).dt.tz_localize(None).dt.as_unit("ns")
     failed = present & parsed.isna()
     return parsed, failed

@@ -217,11 +217,16 @@ def load_params(path: str | Path | None = None, **overrides: object) -> Params:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise ParamsError(f"cannot read params file {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        found = "nothing" if raw is None else f"a {type(raw).__name__}"
+        raise ParamsError(f"invalid params file {path}: it holds {found}, not the settings (key: value lines)")
     for dotted, value in overrides.items():
         node = raw
         *parents, leaf = dotted.split(".")
         for key in parents:
             node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ParamsError(f"invalid params file {path}: {key} holds a value, not settings under it")
         node[leaf] = value
     try:
         return Params.model_validate(raw)

@@ -36,6 +36,8 @@ def read_table(path: Path, sep: str = ",") -> pd.DataFrame:
     `sep`, or in the separator its header has when it has no `sep`."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: an empty file, not even a header row (a table with no rows has its header)")
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             frame = pd.read_parquet(path)

@@ -93,7 +93,11 @@ def read_frame(path: Path, *, blocksize: str = "64MB"):
         return frame.map_partitions(lambda part: part.astype(object).where(part.notna(), "").astype(str))
     # The separator the header uses, as the single-process reader takes it (`;` from a
     # spreadsheet in a comma-decimal locale); a glob's files are one export, so its first.
-    first = next(iter(sorted(glob.glob(text))), None)
+    files = sorted(glob.glob(text))
+    empty = next((name for name in files if os.path.getsize(name) == 0), None)
+    if empty:  # pandas' own error would surface as a traceback from inside dask
+        raise DataError(f"{empty}: an empty file, not even a header row (a table with no rows has its header)")
+    first = next(iter(files), None)
     sep = header_separator(Path(first)) if first else ","
     return dd.read_csv(text, sep=sep, dtype=str, keep_default_na=False, blocksize=blocksize)
 

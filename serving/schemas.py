@@ -9,12 +9,13 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, Strict, WithJsonSchema
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
+from features.clean import FIRST_YEAR, LAST_YEAR  # the moments an export can hold
+
 Text = Annotated[str, Field(max_length=500)]
 # As the spec says: a number is not a boolean and `"yes"` is not `true` (pydantic's lax mode
 # would take both).
 Number = Annotated[float, Strict()]
 Flag = Annotated[bool, Strict()]
-FIRST_YEAR, LAST_YEAR = 1900, 2200  # the moments an export can hold (see features.clean.parse_timestamps)
 
 
 # Checked inside pydantic-core (no Python call per activity: a 1,000-lead body holds ~20,000).

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
+from features.ingest import DataError
 from serving.batch import read_leads, write_table
 
 
@@ -85,3 +87,7 @@ def test_an_export_folder_scores_only_its_open_leads_whatever_the_status_spellin
     ).to_csv(tmp_path / "outcomes.csv", index=False)
     leads, _, closed = read_leads(tmp_path, None)
     assert leads["lead_id"].tolist() == ["A", "D"] and closed == 2
+    # A 0-byte activities file is not "no activities": a copy cut short is named, not read as idle leads.
+    (tmp_path / "activities.csv").write_text("")
+    with pytest.raises(DataError, match=r"activities\.csv: an empty file, not even a header row"):
+        read_leads(tmp_path, None)

@@ -288,3 +288,12 @@ def test_workers_restarted_mid_job_load_the_dataframe_dispatch_before_any_task(c
     client.restart()
     loaded = client.run(_dataframe_dispatch_loaded)
     assert len(loaded) == 2 and all(loaded.values()), loaded
+
+
+def test_an_empty_file_is_named_not_a_traceback_from_inside_dask(tmp_path):
+    from features.ingest import DataError
+    from serving.dask_batch import read_frame
+
+    (tmp_path / "activities.csv").write_text("")
+    with pytest.raises(DataError, match=r"activities\.csv: an empty file, not even a header row"):
+        read_frame(tmp_path / "activities.csv")

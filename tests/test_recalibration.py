@@ -186,7 +186,7 @@ def test_cli_exits_non_zero_with_a_clear_message_when_it_cannot_run(export, sett
                                 capture_output=True, text=True, env=env)  # fmt: skip
     assert unwritable.returncode == 2 and "cannot write the report" in unwritable.stderr, unwritable.stderr
     assert "Building" not in unwritable.stdout
-    future = subprocess.run([cli, "recalibrate", "--data", str(export), "--as-of", "2999-01-01"],
+    future = subprocess.run([cli, "recalibrate", "--data", str(export), "--as-of", "2100-01-01"],
                             capture_output=True, text=True, env=env)  # fmt: skip
     assert future.returncode == 2 and "after today" in future.stderr
     absent = subprocess.run([cli, "recalibrate", "--data", str(export.parent / "not-there")],

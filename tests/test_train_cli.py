@@ -188,6 +188,20 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
     warning = "no activity of these leads given: every lead is scored as if it had never engaged"
     assert warning in " ".join(alone.stdout.split())
     assert "not kept for the pages" in alone.stdout and "Kept for the pages" not in alone.stdout
+    # A later --as-of (more often a mistyped year) is scored, said, and not kept; an earlier one
+    # than every lead scores none, which a scheduled job must see in the exit code.
+    later = leadscore("score", str(small_crm_dir), "-o", str(scores), "--model-name", "crm-model",
+                      "--as-of", "2100-01-01", store=store)  # fmt: skip
+    said = " ".join(later.stdout.split())
+    assert later.returncode == 0 and "is in the future: every lead is scored as if idle" in said, later.stderr
+    assert "not kept for the pages" in said and "Kept for the pages" not in said
+    none = leadscore("score", str(small_crm_dir), "-o", str(tmp_path / "none.csv"), "--model-name", "crm-model",
+                     "--as-of", "1900-01-01", store=store)  # fmt: skip
+    assert none.returncode == 2 and "no lead was scored: every one of the" in " ".join(none.stderr.split())
+    assert len(pd.read_csv(tmp_path / "none.csv")) == 0 and "Kept for the pages" not in none.stdout
+    typo = leadscore("score", str(small_crm_dir), "-o", str(scores), "--model-name", "crm-model",
+                     "--as-of", "2999-01-01", store=store)  # fmt: skip
+    assert typo.returncode == 2 and "--as-of 2999-01-01: outside the years 1900-2200" in typo.stderr
     # Activities of other leads (another export's file) leave these leads just as unengaged.
     others = tmp_path / "others.csv"
     activities = pd.read_csv(small_crm_dir / "activities.csv", dtype=str)
@@ -198,6 +212,16 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
     assert "Kept for the pages (shown by a service started with LEADSCORE_MODEL_NAME=crm-model" in " ".join(
         foreign.stdout.split()
     )  # asked for; not the default model, so not the default service's digest
+    # The pages as files, for ids given as a one-column CSV headed by any spelling of lead_id.
+    first = str(pd.read_csv(scores, dtype=str)["lead_id"].iloc[0])
+    (tmp_path / "ids.csv").write_text(f"Lead ID\n{first}\n")
+    pages = leadscore("report", "--leads", str(tmp_path / "ids.csv"), "-o", str(tmp_path / "pages"),
+                      "--model-name", "crm-model", store=store)  # fmt: skip
+    assert pages.returncode == 0 and "Wrote 1 lead page," in pages.stdout, pages.stdout + pages.stderr
+    (tmp_path / "nope.txt").write_text("NOPE1\nNOPE2\n")
+    nope = leadscore("report", "--leads", str(tmp_path / "nope.txt"), "-o", str(tmp_path / "pages"),
+                     "--model-name", "crm-model", store=store)  # fmt: skip
+    assert nope.returncode == 2 and "none of the lead(s) asked for is in the scoring" in nope.stderr, nope.stderr
     no_alias = leadscore("score", str(small_crm_dir), "-o", str(scores), "--model-version", "@challenger",
                          "--model-name", "crm-model", store=store)  # fmt: skip
     assert no_alias.returncode == 2 and "none is @challenger" in no_alias.stderr, no_alias.stderr
@@ -244,11 +268,23 @@ def test_bad_paths_and_flags_are_clear_errors(tmp_path, store):
     # --as-of cuts a CRM export; elsewhere, or past today, or not a date, it is refused before any work.
     flat_as_of = leadscore("train", "--data", str(flat), "--label", "b", "--as-of", "2026-01-01", store=store)
     assert flat_as_of.returncode == 2 and "--as-of: for a CRM export folder" in flat_as_of.stderr
-    future = leadscore("train", "--as-of", "2999-01-01", store=store)
-    assert future.returncode == 2 and "--as-of 2999-01-01: after today" in future.stderr
+    future = leadscore("train", "--as-of", "2100-01-01", store=store)
+    assert future.returncode == 2 and "--as-of 2100-01-01: after today" in future.stderr
     not_a_date = leadscore("train", "--as-of", "soon", store=store)
     assert not_a_date.returncode == 2 and "--as-of 'soon' is not a date" in not_a_date.stderr
     assert "Loading" not in flat_as_of.stdout + future.stdout + not_a_date.stdout
+    (tmp_path / "empty.yaml").write_text("")
+    empty_params = leadscore("train", "--params", str(tmp_path / "empty.yaml"), "--trials", "3", store=store)
+    assert empty_params.returncode == 2 and "empty.yaml: it holds nothing" in empty_params.stderr
+    spec_to_folder = leadscore("openapi", "-o", str(tmp_path), store=store)
+    assert spec_to_folder.returncode == 2 and "it is a folder" in spec_to_folder.stderr
+    assert "Traceback" not in empty_params.stderr + spec_to_folder.stderr
+    # Settings of the Dask engine on a local run would do nothing: refused, not ignored.
+    local_parts = leadscore("train", "--partitions", "2", "--trials", "3", store=store)
+    assert local_parts.returncode == 2 and "--partitions: for --engine dask" in local_parts.stderr
+    local_scheduler = leadscore("score", str(tmp_path), "-o", str(tmp_path / "s.csv"), "--scheduler", "tcp://x:1",
+                                store=store)  # fmt: skip
+    assert local_scheduler.returncode == 2 and "--scheduler: for --engine dask" in local_scheduler.stderr
     dask_kept = leadscore("score", str(tmp_path), "-o", str(tmp_path / "out"), "--engine", "dask", "--snapshot",
                           store=store)  # fmt: skip
     assert dask_kept.returncode == 2 and "--snapshot: the pages keep scorings of --engine local" in dask_kept.stderr

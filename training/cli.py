@@ -87,6 +87,9 @@ class RichReporter:
             self.note(f"{self._done} trials run (at most {self._total}; tuning.timeout_seconds may end it sooner)")
 
 
+DEFAULT_TUNING_ROWS = 200_000  # training examples sampled for Optuna on the Dask engine
+
+
 def _leads(count: int) -> str:
     return f"{count:,} lead" + ("" if count == 1 else "s")
 
@@ -94,6 +97,13 @@ def _leads(count: int) -> str:
 def _fail(message: str, code: int = 2) -> NoReturn:
     err.print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(code=code)
+
+
+def _refuse_dask_only_flags(engine: str, flags: dict[str, Any]) -> None:
+    """Settings of the Dask engine given to a local run are refused, not ignored."""
+    given = [flag for flag, value in flags.items() if value is not None]
+    if given and engine != "dask":
+        _fail(f"{', '.join(given)}: for --engine dask; this run uses --engine {engine}")
 
 
 def _served_model_name() -> str:
@@ -329,9 +339,11 @@ def train(
         str | None, typer.Option("--scheduler", help="Dask scheduler address (default: a LocalCluster)")
     ] = None,
     tuning_rows: Annotated[
-        int,
-        typer.Option("--tuning-rows", min=100, help="Dask engine: training examples sampled for Optuna"),
-    ] = 200_000,
+        int | None,
+        typer.Option(
+            "--tuning-rows", min=100, help="Dask engine: training examples sampled for Optuna (default 200,000)"
+        ),
+    ] = None,
     partitions: Annotated[int | None, typer.Option("--partitions", min=1, help="Dask partitions")] = None,
     as_of: Annotated[
         str | None,
@@ -345,7 +357,8 @@ def train(
     """Build features, split by time, tune, train, calibrate, evaluate and register.
 
     With --engine dask, features are built and the final model is fitted on a Dask cluster
-    (LightGBM's Dask estimator); Optuna tunes on a sample of the training examples.
+    (LightGBM's Dask estimator); Optuna tunes on a sample of the training examples. Exits 3
+    while a recalibration or a rollback holds the lock they share, 2 on bad input.
     """
     from features.tracking import lock_path
     from training.pipeline import (
@@ -365,6 +378,8 @@ def train(
         overrides["tuning.timeout_seconds"] = timeout
     if engine not in ("local", "dask"):
         _fail(f"--engine {engine!r}: use local or dask")
+    dask_only = {"--scheduler": scheduler, "--tuning-rows": tuning_rows, "--partitions": partitions}
+    _refuse_dask_only_flags(engine, dask_only)
     if engine == "dask" and data is not None and not data.is_dir():
         _fail("--engine dask trains on a CRM export folder (leads, activities, outcomes); flat CSVs train locally")
     if metrics_out is not None:
@@ -396,7 +411,7 @@ def train(
         held.enter_context(exclusive(lock_path(params.recalibration.lock_file), job="train"))
         if engine == "dask":
             client, dataset, fit_options = _prepare_on_dask(
-                data, params, reporter, scheduler, tuning_rows, partitions, as_of=moment
+                data, params, reporter, scheduler, tuning_rows or DEFAULT_TUNING_ROWS, partitions, as_of=moment
             )
         elif data is None:
             source = ensure_embedded_data(params, reporter)
@@ -599,11 +614,16 @@ def _prepare_on_dask(
 def openapi(
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the spec")] = Path("docs/openapi.json"),
 ) -> None:
-    """Write the scoring API's OpenAPI spec (the same document GET /docs serves)."""
+    """Write the scoring API's OpenAPI spec (the same document GET /docs serves); the default
+    path is relative to the current folder (the project's committed copy from its root)."""
+    _check_output_file(output, what="the OpenAPI spec")
     from serving.service import SPEC
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(SPEC, indent=2, sort_keys=True) + "\n")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(SPEC, indent=2, sort_keys=True) + "\n")
+    except OSError as exc:
+        _fail(f"cannot write the OpenAPI spec: {_os_error_text(exc)}")
     console.print(f"OpenAPI spec written to {output}")
 
 
@@ -665,7 +685,7 @@ def score(
             "--snapshot/--no-snapshot",
             help="Keep this scoring for the pages (under LEADSCORE_SCORES_DIR, default models/scores); by default "
             "kept unless scored with --model-version or --engine dask, given no activity of the leads (before "
-            "--as-of), or the folder cannot be written",
+            "--as-of), with an --as-of in the future, when no lead was scored, or the folder cannot be written",
             show_default=False,
         ),
     ] = None,
@@ -686,6 +706,7 @@ def score(
         return
     if engine != "local":
         _fail(f"--engine {engine!r}: use local or dask")
+    _refuse_dask_only_flags(engine, {"--scheduler": scheduler, "--partitions": partitions})
     if output.suffix.lower() not in (".csv", ".parquet", ".pq"):
         _fail(f"-o {output}: the scores are written as .csv or .parquet; name the file so")
     from rich.progress import Progress as RichProgress
@@ -731,15 +752,17 @@ def score(
         if flat_schema is not None and activities is not None:
             _fail(f"{model.name} is a flat model: it reads one row per lead, no --activities")
         leads, acts, closed = read_leads(source, activities, flat_schema=flat_schema)
+        future = _warn_if_future(moment)
         stale = stale_export_note(acts, moment) if as_of is None else None
         # As of now, activities after it are not warned about: the stale-export note speaks of old ones.
         unengaged = no_activity_note(model.scorer, leads, acts, moment if as_of else None)
         for note in (unengaged, stale):
             if note:
                 console.print(f"[yellow]{escape(note)}[/yellow]")
-        if unengaged and snapshot and asked_for_snapshot is None:
+        if (unengaged or future) and snapshot and asked_for_snapshot is None:
             # The pages show the latest kept scoring: one where every lead reads as never engaged
-            # (most likely a file given without its activities) would replace the real one.
+            # (most likely a file given without its activities) or idle until a mistyped year
+            # would replace the real one.
             console.print("[dim]not kept for the pages, where it would replace the latest scoring "
                           "(--snapshot keeps it)[/dim]")  # fmt: skip
             snapshot = False
@@ -753,6 +776,9 @@ def score(
         for note in result.notes:
             console.print(f"[yellow]{escape(note)}[/yellow]")
         write_table(result.scored, output)
+        # An empty scoring (a mistyped --as-of year, a file of closed leads) must not replace
+        # the pages' latest one, and a scheduled job must see that nothing was scored.
+        snapshot = snapshot and not result.scored.empty
     except (DataError, ModelNotReady, ParamsError) as exc:
         _fail(str(exc))
     except OSError as exc:
@@ -785,10 +811,31 @@ def score(
         console.print(
             f"[yellow]{len(result.quarantine):,} row(s) not scored ({by_table}); reasons in {quarantine_path}[/yellow]"
         )
+    if result.scored.empty:
+        _fail(f"no lead was scored: {_nothing_scored(len(leads), len(result.quarantine), closed)}")
     counts = result.scored["stage"].value_counts()
     console.print("stages: " + ", ".join(f"{stage} {n:,}" for stage, n in counts.items()))
     if top:
         _print_top(result.scored, top)
+
+
+def _nothing_scored(open_leads: int, quarantined: int, closed: int) -> str:
+    """Why a scoring came out empty, in the words of its counts."""
+    if open_leads:
+        return f"every one of the {_leads(open_leads)} given was set aside (reasons above)"
+    if closed:
+        return f"all {_leads(closed)} of the export are converted or lost"
+    return f"the input holds no lead ({quarantined:,} row(s) set aside)" if quarantined else "the input holds no lead"
+
+
+def _warn_if_future(moment) -> bool:
+    """Scoring as of a later moment is allowed (what a score becomes if nothing happens), but
+    is more often a mistyped year: say what it means. True when it is later."""
+    if moment <= pd_timestamp(None):
+        return False
+    console.print(f"[yellow]--as-of {moment} is in the future: every lead is scored as if idle from its "
+                  "newest activity until then[/yellow]")  # fmt: skip
+    return True
 
 
 @app.command()
@@ -853,6 +900,7 @@ def _score_on_dask(
         client = start_client(scheduler)
         workers = len(client.scheduler_info()["workers"])
         console.print(f"Dask: {workers} worker(s); dashboard {client.dashboard_link}")
+        _warn_if_future(moment)
         stale = stale_note(newest_activity(activities), moment) if as_of is None else None
         if stale:
             console.print(f"[yellow]{escape(stale)}[/yellow]")
@@ -874,6 +922,8 @@ def _score_on_dask(
         f"Scored {_leads(run.scored)} with {model.name} version {model.version} as of {moment} on Dask → "
         f"{output}/scores/ ({run.quarantined:,} row(s) not scored: {output}/quarantine/)"
     )
+    if not run.scored:
+        _fail(f"no lead was scored: reasons in {output}/quarantine/" if run.quarantined else "no lead was scored")
     console.print("stages: " + ", ".join(f"{stage} {n:,}" for stage, n in run.stages.items()))
     console.print("[dim]not kept for the pages: they show scorings of --engine local[/dim]")
     if run.best is not None:
@@ -914,7 +964,8 @@ def recalibrate(
     champion on the newest quarter, measure drift, promote only through the gates, report.
 
     Exit 0 when it ran (the decision is in the report), 2 when it could not, 3 when another
-    recalibration holds the lock, 4 when there is no new data since the champion's test."""
+    recalibration, a rollback or a training run holds the lock, 4 when there is no new data
+    since the champion's test."""
     from training.recalibrate import RecalibrationError
     from training.recalibrate import recalibrate as run_recalibration
 
@@ -974,8 +1025,8 @@ def rollback(
 ) -> None:
     """Make @previous the champion again (the replaced champion becomes @previous). A running
     service picks the change up within `service.reload_seconds`, or at once on POST /reload.
-    Exits 3 while a recalibration or another rollback runs (they share a lock),
-    2 when it cannot roll back."""
+    Exits 3 while a recalibration, a training run or another rollback runs (they share a
+    lock), 2 when it cannot roll back."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -1026,41 +1077,55 @@ def report(
     try:
         lead_ids = _read_lead_ids(leads_file)
         name = model_name or params.mlflow.model_name
+        # The model first: a name with no model gets that said, not advice to score with it.
+        with console.status("Loading the champion model"):
+            model = load_champion(name)
         latest, previous = latest_two(model_name=name)
         if latest is None:
             raise DataError(f"no kept scoring of {name} in {scores_dir()}; run `leadscore score EXPORT -o FILE "
                             f"--model-name {name}` first")  # fmt: skip
-        with console.status("Loading the champion model"):
-            model = load_champion(name)
         with console.status(f"Writing {len(lead_ids):,} lead pages"):
             missing = write_report(model, latest, previous, lead_ids, out)
     except (DataError, ModelNotReady, ParamsError) as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot write {out}: {exc.strerror or exc}")
+    written = len(lead_ids) - len(missing)
     console.print(
-        f"Wrote {len(lead_ids) - len(missing):,} lead pages, the digest and the model page to {out}/index.html"
+        f"Wrote {written:,} lead page{'' if written == 1 else 's'}, the digest and the model page to {out}/index.html"
     )
     if missing:
         shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
-        console.print(f"[yellow]{len(missing):,} lead(s) not in the scoring as of {latest.as_of}: {shown}[/yellow]")
+        said = f"{len(missing):,} lead(s) not in the scoring as of {latest.as_of}: {shown}"
+        if len(missing) == len(lead_ids):  # a report of no lead is a wrong file or a wrong model
+            _fail(f"none of the lead(s) asked for is in the scoring as of {latest.as_of}: {shown}")
+        console.print(f"[yellow]{escape(said)}[/yellow]")
 
 
 def _read_lead_ids(path: Path) -> list[str]:
-    """Lead ids from a text file (one per line) or a CSV file with a lead_id column."""
+    """Lead ids from a text file (one per line) or a CSV file with a lead_id column (any
+    spelling the exports' headers may have: `Lead ID`), alone or among others."""
+    import csv
+
+    from features.schema import contract_names
+
+    if path.is_dir():
+        raise DataError(f"{path}: a folder; give a file of lead ids (one per line, or a CSV with lead_id)")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8", errors="replace")
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if lines and "," in lines[0]:
-        header = [h.strip().strip('"') for h in lines[0].split(",")]
-        if "lead_id" not in header:
-            raise DataError(f"{path}: a CSV needs a lead_id column; columns are {', '.join(header[:20])}")
-        column = header.index("lead_id")
-        lines = [line.split(",")[column].strip().strip('"') for line in lines[1:]]
-    if not lines:
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    rows = [[cell.strip() for cell in row] for row in csv.reader(line for line in text.splitlines() if line.strip())]
+    if rows:
+        header = [contract_names([cell], "leads")[0].get(cell, cell) for cell in rows[0]]
+        if "lead_id" in header:
+            column = header.index("lead_id")
+            rows = [[row[column] if column < len(row) else ""] for row in rows[1:]]
+        elif len(header) > 1:
+            raise DataError(f"{path}: a CSV needs a lead_id column; columns are {', '.join(rows[0][:20])}")
+    ids = [row[0] for row in rows if row and row[0]]
+    if not ids:
         raise DataError(f"{path}: no lead ids")
-    return list(dict.fromkeys(lines))
+    return list(dict.fromkeys(ids))
 
 
 def _print_top(scored, count: int) -> None:
@@ -1083,10 +1148,15 @@ def pd_timestamp(text: str | None):
 
     if not text:
         return pd.Timestamp.now(tz="UTC").tz_localize(None).floor("s")  # no microseconds in the output
+    from features.clean import FIRST_YEAR, LAST_YEAR
+
     try:
         moment = pd.Timestamp(text)
     except ValueError as exc:
         raise DataError(f"--as-of {text!r} is not a date or timestamp") from exc
+    if not FIRST_YEAR <= moment.year <= LAST_YEAR:
+        raise DataError(f"--as-of {text}: outside the years {FIRST_YEAR}-{LAST_YEAR} that moments are read in")
+    moment = moment.as_unit("ns")
     return moment.tz_convert("UTC").tz_localize(None) if moment.tzinfo else moment
 
 
