@@ -406,7 +406,7 @@ def pick(lead: str = "") -> HTMLResponse:
     return _page("pick.html", title="Open a lead", lead_ids=ids)
 
 
-@app.get("/leads/{lead_id}", response_class=HTMLResponse, include_in_schema=False)
+@app.get("/leads/{lead_id:path}", response_class=HTMLResponse, include_in_schema=False)
 def lead_page(lead_id: str):
     model = _model_or_page()
     if isinstance(model, HTMLResponse):
@@ -436,6 +436,9 @@ async def pasted_lead(request: Request):
                          acts.astype(object).where(acts.notna(), "").astype(str), _now())  # fmt: skip
     except json.JSONDecodeError as exc:
         return _page("pick.html", 400, title="Open a lead", lead_ids=[], pasted=text, error=f"Not JSON: {exc}")
+    except RecursionError:  # json.loads gives up on deep nesting this way, not as a decode error
+        return _page("pick.html", 400, title="Open a lead", lead_ids=[], pasted=text[:2000],
+                     error="Not a lead: JSON nested too deeply")  # fmt: skip
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
         return _page("pick.html", 400, title="Open a lead", lead_ids=[], pasted=text, error=problems)

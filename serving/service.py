@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from bentoml.exceptions import ServiceUnavailable
 from fastapi import FastAPI, HTTPException
-from pydantic import Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError, to_json
 from starlette.responses import Response
 
@@ -130,6 +130,22 @@ def _moment(as_of: dt.datetime | None) -> pd.Timestamp:
     return utc_naive(as_of) if as_of is not None else pd.Timestamp.now(tz="UTC").tz_localize(None)
 
 
+class _Request(bentoml.IODescriptor):
+    # An unknown top-level field is a client's mistake ("asof" for "as_of" would score as of
+    # now without a word), as it is inside a lead.
+    model_config = ConfigDict(extra="forbid", title="request")
+
+
+class ScoreRequest(_Request):
+    leads: list[Lead] = Field(min_length=1, max_length=PARAMS.service.max_batch)
+    as_of: Moment | None = Field(default=None, description="Score as of this moment (default: now)")
+
+
+class ExplainRequest(_Request):
+    lead: Lead
+    as_of: Moment | None = None
+
+
 def _as_of(leads: list[Lead], as_of: dt.datetime | None) -> pd.Series:
     return pd.Series([_moment(as_of)] * len(leads))
 
@@ -225,12 +241,8 @@ class LeadScoring:
             raise _bad_request(problems) from None
         return features, context
 
-    @bentoml.api(route="/score")
-    def score(
-        self,
-        leads: list[Lead] = Field(min_length=1, max_length=PARAMS.service.max_batch),
-        as_of: Moment | None = Field(default=None, description="Score as of this moment (default: now)"),
-    ) -> list[LeadScore]:
+    @bentoml.api(route="/score", input_spec=ScoreRequest)
+    def score(self, leads: list[Lead], as_of: Moment | None = None) -> list[LeadScore]:
         """Score up to `service.max_batch` leads; the answer keeps their order."""
         live = self._require_live()
         model = live.model
@@ -247,7 +259,7 @@ class LeadScoring:
         values = [column.tolist() if isinstance(column, np.ndarray) else column for column in columns.values()]
         return _json([dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)])
 
-    @bentoml.api(route="/explain")
+    @bentoml.api(route="/explain", input_spec=ExplainRequest)
     def explain(self, lead: Lead, as_of: Moment | None = None) -> Explanation:
         """Every feature's contribution for one lead (log-odds and score points), and the base value."""
         live = self._require_live()

@@ -304,3 +304,17 @@ def test_the_digest_says_when_the_served_model_has_no_kept_scoring(scores_dir, m
     assert "--model-name another-model" in empty
     monkeypatch.setattr(pages, "_served_name", CHAMPION_NAME)
     assert "data-stage=" in pages.digest().body.decode()
+
+
+def test_a_deeply_nested_pasted_lead_and_a_slashed_id_get_pages_not_bare_errors(champion, monkeypatch):
+    from starlette.testclient import TestClient
+
+    from serving import pages
+
+    monkeypatch.setattr(pages, "_current_model", lambda: champion)
+    deep = '{"lead_id": "x", "created_at": "2026-09-01", "tech_stack": ' + "[" * 5000 + "]" * 5000 + "}"
+    answer = TestClient(pages.app).post("/leads", data={"lead": deep})
+    assert answer.status_code == 400 and "nested too deeply" in answer.text
+    # An id with a slash (encoded in every link) reaches its page, here the "not found" one.
+    slashed = TestClient(pages.app).get("/leads/a%2Fb")
+    assert slashed.status_code == 404 and "Lead a/b is not in the latest kept scoring" in slashed.text

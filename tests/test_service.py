@@ -197,6 +197,14 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
         and '"colour"' in unknown.text
         and '["leads",0,"colour"]' in unknown.text.replace(" ", "")
     )
+    # A misspelled top-level field ("asof") would otherwise score as of now without a word.
+    misspelled = post({"leads": [{"lead_id": "a", "created_at": "2025-01-01"}], "asof": "2025-06-01"})
+    assert misspelled.status_code == 400 and '["asof"]' in misspelled.text.replace(" ", ""), misspelled.text
+    explain_extra = httpx.post(f"{url}/explain", json={"lead": {"lead_id": "a", "created_at": "2025-01-01"}, "x": 1},
+                               headers=_auth(), timeout=30)  # fmt: skip
+    assert explain_extra.status_code == 400 and '["x"]' in explain_extra.text.replace(" ", "")
+    blank_id = post({"leads": [{"lead_id": "   ", "created_at": "2025-01-01"}]})
+    assert blank_id.status_code == 400 and '["leads",0,"lead_id"]' in blank_id.text.replace(" ", "")
     wrong_type = post({"leads": [{"lead_id": "a", "created_at": "2025-01-01"}, {"lead_id": "b", "employees": "many"}]})
     assert wrong_type.status_code == 400 and '["leads",1,"employees"]' in wrong_type.text.replace(" ", "")
     no_created = post({"leads": [{"lead_id": "a"}]})
