@@ -6,8 +6,10 @@ import hmac
 import json
 import logging
 import os
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from http.cookies import CookieError, SimpleCookie
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -159,6 +161,43 @@ class JsonBodyGuard:
                 await reply(send, 415, f"send the body as application/json, not {media.decode('latin-1')[:80]}")
                 return
         await self.app(scope, receive, send)
+
+
+_TAG_MANAGER = re.compile(r"<!-- Google Tag Manager.*?<!-- End Google Tag Manager[^>]*-->", re.DOTALL)
+_FALLBACK_PAGE = (
+    b'<!DOCTYPE html><html lang="en"><head><meta charset="UTF-8"><title>Lead scoring API</title></head><body>'
+    b'<p>The API: <a href="/docs.json">OpenAPI spec</a>. The pages: <a href="/ui/">/ui/</a>.</p></body></html>'
+)
+
+
+def api_page_html() -> bytes:
+    """BentoML's API page (Swagger UI at `/`) without the Google Tag Manager its file loads:
+    the service runs on the user's own machines and calls out to no one. A plain page with
+    links when the file is not where BentoML 1.4 keeps it or still names a tracker."""
+    import _bentoml_impl.server
+
+    try:
+        text = (Path(_bentoml_impl.server.__file__).parent / "main-openapi.html").read_text(encoding="utf-8")
+    except OSError:
+        return _FALLBACK_PAGE
+    cleaned = _TAG_MANAGER.sub("", text)
+    return _FALLBACK_PAGE if "googletagmanager" in cleaned else cleaned.encode()
+
+
+class ApiPage:
+    """GET / answers `api_page_html()` instead of BentoML's page (its static files are unchanged)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.body = api_page_html()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/" or scope["method"] not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        headers = [(b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(self.body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else self.body})
 
 
 class RedactValidationErrors(logging.Filter):

@@ -263,6 +263,10 @@ def test_explain_model_and_docs(server, sample):
     assert info["grade_bands"] and info["criteria"]["sql"]["min_score"] > 0 and info["test_metrics"]["roc_auc"] > 0.5
     spec = httpx.get(f"{url}/docs", headers=_auth()).json()
     assert "/score" in spec["paths"] and "/explain" in spec["paths"]
+    # The API page at / is BentoML's Swagger UI without the tag manager its file loads.
+    page = httpx.get(f"{url}/", headers=_auth())
+    assert page.status_code == 200 and "swagger-ui-bundle.js" in page.text and "googletagmanager" not in page.text
+    assert httpx.get(f"{url}/static_content/swagger-ui-bundle.js", headers=_auth()).status_code == 200
 
 
 @pytest.mark.slow
