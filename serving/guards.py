@@ -228,3 +228,91 @@ class RedactValidationErrors(logging.Filter):
 def redact_request_errors() -> None:
     """Attach `RedactValidationErrors` to the logger BentoML reports request errors on."""
     logging.getLogger("bentoml._internal.server.http_app").addFilter(RedactValidationErrors())
+
+
+def _validation_summary(problems: list[dict]) -> str:
+    """ "2 problems in the request; the first, at leads.0.employees: Input should be ...": a
+    CRM that logs only `error` still learns what to fix."""
+    count, first = len(problems), problems[0]
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    text = f"{count} problem{'s' if count != 1 else ''} in the request"
+    lead = ("; the first, at " if count > 1 else ", at ") + where if where else ":"
+    return f"{text}{lead}: {first.get('msg', '')}" if where else f"{text}{lead} {first.get('msg', '')}"
+
+
+def error_body(status: int, method: str, path: str, headers: dict[bytes, bytes], body: bytes) -> bytes | None:
+    """The JSON `{error, detail}` the spec promises for an error answer of the framework's,
+    or None to leave `body` as it is.
+
+    - The router's 404 and 405 are plain text ("Not Found").
+    - BentoML's 400 says "2 validation error for request" and links each problem to pydantic's
+      site: the count is said plainly, with the first problem, and the links are dropped.
+    - FastAPI's own errors (`/ui/login` without its form) carry only `detail`, with the input.
+    """
+    media = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
+    if method == "HEAD":
+        return None  # no body to rewrite
+    if media == b"text/plain" and status in (404, 405):
+        if status == 404:
+            message = f"no route {method} {path}: the API is described at /docs.json"
+        else:
+            allowed = headers.get(b"allow", b"").decode("latin-1") or "another method"
+            message = f"{method} is not allowed on {path}: use {allowed}"
+        return json.dumps({"error": message}).encode()
+    if media != b"application/json":
+        return None
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(answer, dict) or "detail" not in answer:
+        return None
+    detail = answer["detail"]
+    if isinstance(detail, list) and detail and all(isinstance(p, dict) and "loc" in p for p in detail):
+        # Not the input either: FastAPI echoes it, and a lead's values are personal data.
+        detail = [{k: v for k, v in problem.items() if k not in ("url", "input")} for problem in detail]
+        return json.dumps({"error": _validation_summary(detail), "detail": detail}).encode()
+    if "error" not in answer:
+        error = detail if isinstance(detail, str) else "invalid request"
+        return json.dumps({"error": error, "detail": detail}).encode()
+    return None
+
+
+class ErrorBodies:
+    """Rewrites the framework's error answers (400, 404, 405, 422) with `error_body`; every
+    other answer streams through untouched."""
+
+    STATUSES = frozenset({400, 404, 405, 422})
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        held: list[MutableMapping[str, Any]] = []
+        chunks: list[bytes] = []
+
+        async def rewrite(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start" and message["status"] in self.STATUSES:
+                held.append(message)
+                return
+            if not held or message["type"] != "http.response.body":
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            start = held.pop()
+            headers = list(start.get("headers") or [])
+            body = b"".join(chunks)
+            new = error_body(start["status"], scope.get("method", ""), scope.get("path", ""), dict(headers), body)
+            if new is not None:
+                kept = [(k, v) for k, v in headers if k.lower() not in (b"content-type", b"content-length")]
+                headers = [*kept, (b"content-type", b"application/json"), (b"content-length", str(len(new)).encode())]
+                body = new
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, rewrite)

@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Annotated, Any, NotRequired
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, Strict, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, GetPydanticSchema, Strict, WithJsonSchema
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from features.clean import FIRST_YEAR, LAST_YEAR  # the moments an export can hold
@@ -16,6 +16,21 @@ Text = Annotated[str, Field(max_length=500)]
 # would take both).
 Number = Annotated[float, Strict()]
 Flag = Annotated[bool, Strict()]
+
+
+def one_error(message: str) -> GetPydanticSchema:
+    """A union that fails with one error saying what it takes, not one per branch (each with
+    pydantic's internal branch name in its `loc`). Checked inside pydantic-core, as before."""
+    return GetPydanticSchema(
+        lambda source, handler: {**handler(source), "custom_error_type": "union_type", "custom_error_message": message}
+    )
+
+
+TechStack = Annotated[
+    list[Text] | Text,
+    one_error("Input should be a list of strings or one comma-separated string, each at most 500 characters"),
+]
+FieldValue = Annotated[str | Number | Flag, one_error("Input should be a string, a number, true, false or null")]
 
 
 # Checked inside pydantic-core (no Python call per activity: a 1,000-lead body holds ~20,000).
@@ -78,7 +93,7 @@ class Lead(_Strict):
     authority: Text | None = None
     need: Text | None = None
     timeline: Text | None = None
-    tech_stack: list[Text] | Text | None = None
+    tech_stack: TechStack | None = None
     email: Text | None = None
     first_name: Text | None = None
     last_name: Text | None = None
@@ -88,7 +103,7 @@ class Lead(_Strict):
     do_not_contact: Flag | None = None
     sales_accepted: Flag | None = None
     activities: list[Activity] = Field(default_factory=list, max_length=20_000)
-    fields: dict[Annotated[str, Field(max_length=200)], str | Number | Flag | None] | None = Field(
+    fields: dict[Annotated[str, Field(max_length=200)], FieldValue | None] | None = Field(
         default=None, description="Flat-CSV models: the export's columns by name"
     )
 

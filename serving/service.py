@@ -33,7 +33,15 @@ from features.reasons import plain_name
 from features.tracking import tracking_uri
 from serving import pages
 from serving.direct import DirectScorer
-from serving.guards import ApiKeyGuard, ApiPage, BodySizeGuard, JsonBodyGuard, redact_request_errors, reply
+from serving.guards import (
+    ApiKeyGuard,
+    ApiPage,
+    BodySizeGuard,
+    ErrorBodies,
+    JsonBodyGuard,
+    redact_request_errors,
+    reply,
+)
 from serving.openapi import MODEL_ROUTES, SpecRoute, documented_spec
 from serving.schemas import (
     Contribution,
@@ -350,3 +358,4 @@ LeadScoring.add_asgi_middleware(ReadinessGuard)
 LeadScoring.add_asgi_middleware(JsonBodyGuard, paths=frozenset({"/score", "/explain"}))
 LeadScoring.add_asgi_middleware(SpecRoute, spec=SPEC)
 LeadScoring.add_asgi_middleware(ApiPage)
+LeadScoring.add_asgi_middleware(ErrorBodies)

@@ -200,3 +200,45 @@ def test_keys_are_compared_in_constant_time_against_every_key(monkeypatch):
         guards.key_matches(token, keys)
         assert len(calls) == len(keys)
     assert guards.key_matches(b"second-key-456", keys) and not guards.key_matches(b"second-key-45", keys)
+
+
+def test_error_bodies_rewrites_only_the_frameworks_errors():
+    """A chunked 400 is rewritten whole; a 200, an HTML 404 (a lead page) and a HEAD pass as sent."""
+    import asyncio
+
+    from serving.guards import ErrorBodies
+
+    def app_answering(status: int, media: bytes, chunks: list[bytes]):
+        async def app(scope, receive, send):
+            await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", media)]})
+            for i, chunk in enumerate(chunks):
+                await send({"type": "http.response.body", "body": chunk, "more_body": i < len(chunks) - 1})
+
+        return app
+
+    def call(app, method: str = "POST") -> tuple[int, dict[bytes, bytes], bytes]:
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": method, "path": "/score"}
+        asyncio.run(ErrorBodies(app)(scope, None, send))
+        start, bodies = sent[0], [m.get("body", b"") for m in sent[1:]]
+        return start["status"], dict(start["headers"]), b"".join(bodies)
+
+    problems = {"error": "2 validation error for request", "detail": [
+        {"type": "missing", "loc": ["leads", 0, "created_at"], "msg": "Field required", "url": "x", "input": "p"},
+        {"type": "float_type", "loc": ["leads", 2, "employees"], "msg": "Input should be a valid number"}]}  # fmt: skip
+    raw = json.dumps(problems).encode()
+    status, headers, body = call(app_answering(400, b"application/json", [raw[:30], raw[30:]]))
+    answer = json.loads(body)
+    assert status == 400 and int(headers[b"content-length"]) == len(body)
+    assert answer["error"] == "2 problems in the request; the first, at leads.0.created_at: Field required"
+    assert [sorted(p) for p in answer["detail"]] == [["loc", "msg", "type"]] * 2
+    untouched = ((200, b"application/json", "POST"), (404, b"text/html", "GET"), (404, b"text/plain", "HEAD"))
+    for status, media, method in untouched:
+        assert call(app_answering(status, media, [b"as", b" sent"]), method)[2] == b"as sent"
+    assert json.loads(call(app_answering(404, b"text/plain", [b"Not Found"]), "GET")[2]) == {
+        "error": "no route GET /score: the API is described at /docs.json"
+    }

@@ -207,6 +207,15 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
     assert blank_id.status_code == 400 and '["leads",0,"lead_id"]' in blank_id.text.replace(" ", "")
     wrong_type = post({"leads": [{"lead_id": "a", "created_at": "2025-01-01"}, {"lead_id": "b", "employees": "many"}]})
     assert wrong_type.status_code == 400 and '["leads",1,"employees"]' in wrong_type.text.replace(" ", "")
+    # The summary names the count and the first problem; no links to pydantic's site.
+    summary = "1 problem in the request, at leads.1.employees: Input should be a valid number"
+    assert wrong_type.json()["error"] == summary
+    assert "url" not in wrong_type.json()["detail"][0]
+    # A union field fails with one error at the field, not one per branch of the union.
+    stack = post({"leads": [{"lead_id": "a", "created_at": "2025-01-01", "tech_stack": 5}]})
+    assert [e["loc"] for e in stack.json()["detail"]] == [["leads", 0, "tech_stack"]], stack.text
+    flat_value = post({"leads": [{"lead_id": "a", "fields": {"City": [1]}}]})
+    assert [e["loc"] for e in flat_value.json()["detail"]] == [["leads", 0, "fields", "City"]], flat_value.text
     no_created = post({"leads": [{"lead_id": "a"}]})
     assert no_created.status_code == 400 and '["leads",0,"created_at"]' in no_created.text.replace(" ", "")
     ancient = post({"leads": [{"lead_id": "a", "created_at": "2025-01-01"}], "as_of": "0145-02-13T16:36:48"})
@@ -230,7 +239,12 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
     bad_json = httpx.post(
         f"{url}/score", content=b'{"leads": [', headers={**_auth(), "content-type": "application/json"}
     )
-    assert bad_json.status_code == 400
+    assert bad_json.status_code == 400 and bad_json.json()["error"].startswith("1 problem in the request: Invalid JSON")
+    # The router's own answers are JSON {error} too, as the spec says of every error.
+    no_route = httpx.get(f"{url}/scores", headers=_auth())
+    assert no_route.status_code == 404 and "/scores" in no_route.json()["error"]
+    wrong_method = httpx.get(f"{url}/score", headers=_auth())
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"] == "GET is not allowed on /score: use POST"
     unknown_values = post(
         {
             "leads": [
