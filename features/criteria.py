@@ -91,18 +91,21 @@ def qualify_columns(
     for i in range(n):
         s = stage[i]
         if s == "disqualified":
+            # Only a profile can change with time: an opt-out or a competitor is never recycled.
+            date = None
             if do_not_contact[i]:
-                why = "Marked do not contact"
+                why, action = "Marked do not contact", criteria.next_actions["do_not_contact"]
             elif competitor[i]:
-                why = "E-mail domain belongs to a competitor"
+                why, action = "E-mail domain belongs to a competitor", criteria.next_actions["competitor"]
             else:
                 why = (
                     f"Outside the ideal customer profile: meets {icp[i]:.0%} of its criteria "
                     f"(needs {criteria.disqualify.min_icp_match:.0%})"
                 )
-            date = (pd.Timestamp(moments[i]) + recycle_after).date().isoformat()
+                date = (pd.Timestamp(moments[i]) + recycle_after).date().isoformat()
+                action = criteria.next_actions["disqualified"].format(recycle_on=date)
             recycle_on.append(date)
-            actions.append(criteria.next_actions["disqualified"].format(recycle_on=date))
+            actions.append(action)
         else:
             recycle_on.append(None)
             actions.append(criteria.next_actions[s])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -123,13 +123,28 @@ class DisqualifyParams(_Frozen):
     recycle_after_days: int = Field(ge=1)
 
 
+DEFAULT_DISQUALIFIED_ACTIONS = {
+    "do_not_contact": "Do not contact: the lead opted out",
+    "competitor": "Do not work: the e-mail address is a competitor's",
+}
+
+
 class CriteriaParams(_Frozen):
     hand_raise_types: tuple[str, ...]
     hand_raise_days: int = Field(gt=0)
     mql: MqlParams
     sql: SqlParams
     disqualify: DisqualifyParams
-    next_actions: dict[Literal["disqualified", "nurture", "MQL", "SAL", "SQL"], str]
+    next_actions: dict[Literal["disqualified", "do_not_contact", "competitor", "nurture", "MQL", "SAL", "SQL"], str]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _opt_outs_are_not_recycled(cls, data: Any) -> Any:
+        """Models registered before these two actions existed recycled every disqualified lead,
+        an opted-out one included: they get these defaults."""
+        if isinstance(data, dict) and isinstance(data.get("next_actions"), dict):
+            data = {**data, "next_actions": {**DEFAULT_DISQUALIFIED_ACTIONS, **data["next_actions"]}}
+        return data
 
     @model_validator(mode="after")
     def _every_stage_has_an_action(self) -> CriteriaParams:

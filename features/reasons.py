@@ -154,7 +154,9 @@ def describe(feature: str, value: object, lead: Mapping[str, object]) -> str:
             else "Activity flat vs the previous 30 days"
         )
     if feature == "engagement_decayed":
-        return f"Recent engagement score {float(value):.1f}"
+        # "Recent engagement score 12.9" read as jargon to a rep; the level of recent activity
+        # (touches weighted by type, fading with age) is what it measures.
+        return f"Recent activity level {float(value):.1f}"
     if feature == "activities_per_30d":
         return f"{float(value):.1f} activities per month"
     if feature in ("employees", "n_technologies"):

@@ -3,57 +3,75 @@ work offline and in a mail attachment."""
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 POSITIVE = "#2e7d32"
 NEGATIVE = "#c62828"
 NEUTRAL = "#546e7a"
-plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
+# The charts' own style, applied while each is drawn: neither pyplot (no backend to choose, so a
+# notebook keeps its inline plots; no GUI from a server thread) nor the global rcParams.
+STYLE = {"svg.fonttype": "none", "font.size": 12, "axes.spines.top": False, "axes.spines.right": False}
 
 
-def _svg(fig) -> str:
+def _styled(draw: Callable[..., str]) -> Callable[..., str]:
+    @functools.wraps(draw)
+    def styled(*args, **kwargs) -> str:
+        with matplotlib.rc_context(STYLE):
+            return draw(*args, **kwargs)
+
+    return styled
+
+
+def _figure(width: float, height: float) -> tuple[Figure, Axes]:
+    fig = Figure(figsize=(width, height))
+    return fig, fig.subplots()
+
+
+def _svg(fig: Figure) -> str:
     """The figure as an SVG element that scales with its container."""
     buffer = io.StringIO()
     # Several charts share one page: ids (clip paths, markers) must differ between them, or a
     # chart would clip itself with another's shapes.
-    with plt.rc_context({"svg.hashsalt": uuid.uuid4().hex}):
+    with matplotlib.rc_context({"svg.hashsalt": uuid.uuid4().hex}):
         fig.savefig(buffer, format="svg", bbox_inches="tight")
-    plt.close(fig)
     text = buffer.getvalue()
     text = text[text.index("<svg") :]
     # Width from the page, not fixed points: readable on a phone and on a laptop.
     return re.sub(r'<svg([^>]*?) width="[^"]+" height="[^"]+"', r'<svg\1 width="100%" role="img"', text, count=1)
 
 
+@_styled
 def waterfall(base: float, steps: Sequence[tuple[str, float]], final: float) -> str:
-    """From the base score, each contribution in points, to the lead's score."""
-    labels = ["Base rate", *[label for label, _ in steps], "This lead"]
-    fig, ax = plt.subplots(figsize=(7, 0.32 * len(labels) + 0.8))
+    """From the base score (a typical lead's), each contribution in points, to the lead's score."""
+    # The start is the model's score for a typical lead, not the conversion rate: named so.
+    labels = ["Typical lead", *[label for label, _ in steps], "This lead"]
+    fig, ax = _figure(7, 0.4 * len(labels) + 0.8)
     level = base
     ax.barh(0, base, color=NEUTRAL)
     for i, (_, points) in enumerate(steps, start=1):
         ax.barh(i, points, left=level, color=POSITIVE if points >= 0 else NEGATIVE)
-        ax.text(max(level, level + points) + 0.3, i, f"{points:+.1f}", va="center", fontsize=8)
+        ax.text(max(level, level + points) + 0.3, i, f"{points:+.1f}", va="center", fontsize=11)
         level += points
     ax.barh(len(labels) - 1, final, color=NEUTRAL)
-    ax.text(final + 0.3, len(labels) - 1, f"{final:.1f}", va="center", fontsize=8)
-    ax.text(base + 0.3, 0, f"{base:.1f}", va="center", fontsize=8)
+    ax.text(final + 0.3, len(labels) - 1, f"{final:.1f}", va="center", fontsize=11)
+    ax.text(base + 0.3, 0, f"{base:.1f}", va="center", fontsize=11)
     ax.set_yticks(range(len(labels)), labels)
     ax.invert_yaxis()
     ax.set_xlabel("score (0-100)")
     return _svg(fig)
 
 
+@_styled
 def horizontal_bars(labels: Sequence[str], values: Sequence[float], xlabel: str) -> str:
-    fig, ax = plt.subplots(figsize=(7, 0.3 * len(labels) + 0.8))
+    fig, ax = _figure(7, 0.38 * len(labels) + 0.8)
     ax.barh(range(len(labels)), values, color=NEUTRAL)
     ax.set_yticks(range(len(labels)), labels)
     ax.invert_yaxis()
@@ -61,9 +79,10 @@ def horizontal_bars(labels: Sequence[str], values: Sequence[float], xlabel: str)
     return _svg(fig)
 
 
+@_styled
 def calibration(predicted: Sequence[float], observed: Sequence[float]) -> str:
     """Observed conversion against the predicted probability (the diagonal is perfect)."""
-    fig, ax = plt.subplots(figsize=(4.5, 4))
+    fig, ax = _figure(4.5, 4)
     top = max([*predicted, *observed, 0.05]) * 1.05
     ax.plot([0, top], [0, top], color="#bbbbbb", linestyle="--", label="perfect")
     ax.plot(predicted, observed, marker="o", color=POSITIVE, label="model")
@@ -73,9 +92,10 @@ def calibration(predicted: Sequence[float], observed: Sequence[float]) -> str:
     return _svg(fig)
 
 
+@_styled
 def columns(labels: Sequence[str], values: Sequence[float], ylabel: str, reference: float | None = None) -> str:
     """Vertical bars, e.g. conversion by decile, with an optional reference line."""
-    fig, ax = plt.subplots(figsize=(5.5, 3))
+    fig, ax = _figure(5.5, 3)
     ax.bar(range(len(labels)), values, color=NEUTRAL)
     ax.set_xticks(range(len(labels)), labels)
     if reference is not None:
@@ -85,6 +105,7 @@ def columns(labels: Sequence[str], values: Sequence[float], ylabel: str, referen
     return _svg(fig)
 
 
+@_styled
 def beeswarm(names: Sequence[str], points: Sequence[Sequence[float]], colours: Sequence[Sequence[float]]) -> str:
     """SHAP summary: each lead a dot at its effect (score points) on each factor's row,
     coloured by the lead's value of that factor (low blue to high red, grey when missing or
@@ -92,7 +113,7 @@ def beeswarm(names: Sequence[str], points: Sequence[Sequence[float]], colours: S
     import numpy as np
 
     rng = np.random.default_rng(0)
-    fig, ax = plt.subplots(figsize=(7, 0.42 * len(names) + 0.9))
+    fig, ax = _figure(7, 0.5 * len(names) + 0.9)
     for row, (effects, shades) in enumerate(zip(points, colours, strict=True)):
         effects, shades = np.asarray(effects, dtype=float), np.asarray(shades, dtype=float)
         jitter = row + rng.uniform(-0.28, 0.28, len(effects))

@@ -11,20 +11,22 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import numpy as np
 import pandas as pd
 from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
+from features.clean import snake_case
 from features.criteria import STAGES
 from features.reasons import plain_name
+from features.schema import ACTIVITY_TYPES
 from serving.charts import beeswarm, calibration, columns, horizontal_bars, waterfall
 from serving.guards import KEY_COOKIE, api_keys_from_env, key_matches
-from serving.schemas import Lead, leads_to_frames
+from serving.schemas import Lead, Moment, leads_to_frames, utc_naive
 from serving.scoring import (
     InvalidLeads,
     LoadedModel,
@@ -44,6 +46,7 @@ TEMPLATES = Environment(
 )
 WATERFALL_STEPS = 10
 DIGEST_ROWS = 200
+CHANGES_SHOWN = 25  # of the leads that rose a grade, and of those that fell, the biggest moves
 
 
 LIVE_LINKS = {"digest": "/ui/digest", "leads": "/ui/leads", "model": "/ui/model"}
@@ -52,7 +55,11 @@ STATIC_LINKS = {"digest": "index.html", "leads": "", "model": "model.html"}
 
 def render(template: str, *, static: bool = False, **context: Any) -> str:
     links = STATIC_LINKS if static else LIVE_LINKS
-    return TEMPLATES.get_template(template).render(nav=True, links=links, static_page=static, **context)
+    # A sign-out link where there is a key to forget: the live pages with keys configured.
+    signed_in = not static and bool(api_keys_from_env())
+    return TEMPLATES.get_template(template).render(
+        nav=True, links=links, static_page=static, signed_in=signed_in, **context
+    )
 
 
 def write_report(
@@ -72,7 +79,8 @@ def write_report(
     )
     for lead_id in chosen.scores["lead_id"]:
         rows, acts = latest.lead(lead_id)
-        page = render("lead.html", static=True, title=lead_id, lead=lead_view(model, rows, acts, latest.as_of))
+        view = lead_view(model, rows, acts, latest.as_of)
+        page = render("lead.html", static=True, title=view["display_name"], lead=view)
         (out / lead_href(lead_id, static=True)).write_text(page, encoding="utf-8")
     return missing
 
@@ -121,6 +129,7 @@ def lead_view(model: LoadedModel, lead: pd.DataFrame, activities: pd.DataFrame, 
     if len(order) > WATERFALL_STEPS:
         steps.append(("Other factors", rest))
     row = lead.iloc[0].to_dict()
+    timeline, later = _timeline(activities, as_of)
     if model.kind == "flat":
         to_sql = "This model scores flat exports, which carry no activities to act on."
     else:
@@ -144,21 +153,30 @@ def lead_view(model: LoadedModel, lead: pd.DataFrame, activities: pd.DataFrame, 
         "reasons": scored["reasons"],
         "to_sql": to_sql,
         "waterfall": waterfall(base_score, steps, float(100 * scored["probability"])),
-        "timeline": _timeline(activities, as_of),
+        "base_score": base_score,
+        # A CRM model's label is "converted within the horizon"; a flat export's is its label column.
+        "horizon_days": model.feature_params.horizon_days if model.kind == "crm" else None,
+        "age": scoring_age(as_of),
+        "timeline": timeline,
+        "later_activities": later,
         "left_out": [f"{row.table} row {row.row}: {row.reason}" for row in problems.itertuples()],
     }
 
 
-def _timeline(activities: pd.DataFrame, as_of: pd.Timestamp) -> list[dict]:
+def _timeline(activities: pd.DataFrame, as_of: pd.Timestamp) -> tuple[list[dict], int]:
+    """The activities before the scoring moment, newest first, and how many are dated after it
+    (not counted: the score is as of that moment)."""
     if activities.empty:
-        return []
+        return [], 0
     when = pd.to_datetime(activities["occurred_at"], errors="coerce", utc=True, format="mixed").dt.tz_localize(None)
-    frame = pd.DataFrame({"when": when, "what": activities["activity_type"].astype(str)})
+    kind = activities["activity_type"].astype(str)
+    frame = pd.DataFrame({"when": when, "what": kind, "known": snake_case(kind).isin(ACTIVITY_TYPES)})
+    later = int((frame["when"] >= as_of).sum())
     frame = frame[frame["when"] < as_of].sort_values("when", ascending=False)
     return [
-        {"when": w.strftime("%Y-%m-%d %H:%M"), "what": plain_activity(t)}
-        for w, t in zip(frame["when"], frame["what"], strict=True)
-    ]
+        {"when": w.strftime("%Y-%m-%d %H:%M"), "what": plain_activity(t), "other": not known}
+        for w, t, known in zip(frame["when"], frame["what"], frame["known"], strict=True)
+    ], later
 
 
 def plain_activity(kind: str) -> str:
@@ -175,6 +193,7 @@ def digest_view(
     filters: dict[str, str],
     *,
     static: bool = False,
+    page: int = 1,
 ) -> dict:
     if latest is None:
         return {"snapshot": None, "title": "Pipeline digest", "served": _served_name}
@@ -184,8 +203,12 @@ def digest_view(
         if filters.get(column):
             chosen = chosen[chosen[column].astype(str) == filters[column]]
     chosen = chosen.sort_values("score", ascending=False)
+    pages = max(1, -(-len(chosen) // DIGEST_ROWS))
+    page = min(max(page, 1), pages)
+    first = (page - 1) * DIGEST_ROWS
     rows = [
         {
+            "rank": first + i + 1,
             "name": _display_name(r),
             "href": lead_href(str(r["lead_id"]), static),
             "score": float(r["score"]),
@@ -194,10 +217,19 @@ def digest_view(
             "owner": str(r.get("owner") or ""),
             "top_reason": next((x["text"] for x in r["reasons"] if x["points"] > 0), ""),
         }
-        for r in chosen.head(DIGEST_ROWS).to_dict(orient="records")
+        for i, r in enumerate(chosen.iloc[first : first + DIGEST_ROWS].to_dict(orient="records"))
     ]
+    # The same filters on the grade changes, the biggest moves first, named as in the table.
     changes = grade_changes(latest, previous)
+    changes = changes[changes["lead_id"].isin(set(chosen["lead_id"]))]
+    changes = changes.assign(move=(changes["score"] - changes["score_before"]).abs()).sort_values(
+        "move", ascending=False
+    )
+    details = {r["lead_id"]: r for r in chosen[chosen["lead_id"].isin(set(changes["lead_id"]))].to_dict("records")}
+    changes["name"] = [_display_name(details[i]) for i in changes["lead_id"]]
+    changes["owner"] = [str(details[i].get("owner") or "") for i in changes["lead_id"]]
     changes["href"] = changes["lead_id"].map(lambda i: lead_href(str(i), static))
+    rose, fell = changes[changes["rose"].astype(bool)], changes[~changes["rose"].astype(bool)]
     evaluation = (model.scorer.metadata.get("evaluation") if model else None) or {}
     by_grade = [
         {"grade": g, "share": v["share"], "conversion": "—" if v["conversion"] is None else f"{v['conversion']:.1%}"}
@@ -206,26 +238,61 @@ def digest_view(
     deciles = evaluation.get("lift_by_decile", [])
     base_rate = (model.scorer.metadata.get("test_metrics") or {}).get("base_rate") if model else None
     owners = sorted({str(o) for o in scores["owner"] if str(o) and str(o).lower() != "nan"})
+    stages = [s for s in STAGES if s in set(scores["stage"])]
+    grades = sorted(set(scores["grade"]))
     return {
         "title": "Pipeline digest",
         "snapshot": {
             "as_of": latest.as_of.strftime("%Y-%m-%d %H:%M"),
+            "age": scoring_age(latest.as_of),
             "model": f"{latest.meta.get('model_name')} v{latest.meta.get('model_version')}",
         },
         "total": len(scores),
         "matching": len(chosen),
         "rows": rows,
+        "page": page,
+        "pages": pages,
+        "page_links": {} if static else _page_links(filters, page, pages),
         "filters": filters,
-        "owners": owners,
-        "stages": [s for s in STAGES if s in set(scores["stage"])],
-        "grades": sorted(set(scores["grade"])),
+        # A filter value no lead has (a former owner in a bookmark) stays shown as chosen.
+        "owners": owners + [v for v in [filters.get("owner")] if v and v not in owners],
+        "stages": stages + [v for v in [filters.get("stage")] if v and v not in stages],
+        "grades": grades + [v for v in [filters.get("grade")] if v and v not in grades],
+        "model_loaded": model is not None,
         "by_grade": by_grade,
         "decile_chart": _decile_chart(deciles, "rate", "conversion rate", base_rate),
         "test_window": " to ".join(map(str, (model.scorer.metadata.get("test_window") or []))) if model else "",
         "previous": previous.as_of.strftime("%Y-%m-%d %H:%M") if previous else None,
-        "rose": changes[changes["rose"]].to_dict(orient="records"),
-        "fell": changes[~changes["rose"].astype(bool)].to_dict(orient="records"),
+        "rose_count": len(rose),
+        "fell_count": len(fell),
+        "rose": rose.head(CHANGES_SHOWN).to_dict(orient="records"),
+        "fell": fell.head(CHANGES_SHOWN).to_dict(orient="records"),
+        "changes_shown": CHANGES_SHOWN,
     }
+
+
+def _page_links(filters: dict[str, str], page: int, pages: int) -> dict[str, str]:
+    """Links to the previous and next page of the digest, with its filters."""
+    chosen = {k: v for k, v in filters.items() if v}
+
+    def href(number: int) -> str:
+        return "/ui/digest?" + urlencode({**chosen, "page": number})
+
+    return {
+        **({"previous": href(page - 1)} if page > 1 else {}),
+        **({"next": href(page + 1)} if page < pages else {}),
+        **({"all": "/ui/digest"} if chosen else {}),
+    }
+
+
+def scoring_age(as_of: pd.Timestamp, now: pd.Timestamp | None = None) -> str:
+    """How old a scoring is, when that matters to a reader ("43 days"), else empty: reasons say
+    "today" and "2 days ago" as of the scoring, not as of reading."""
+    now = now if now is not None else _now()
+    days = (now - as_of).days
+    if days < 1:
+        return ""
+    return f"{days} day{'s' if days > 1 else ''}"
 
 
 # -- the model page --------------------------------------------------------------------------
@@ -266,7 +333,7 @@ def model_view(model: LoadedModel, snapshot: Snapshot | None = None) -> dict:
     evaluation = meta.get("evaluation") or {}
     metrics = meta.get("test_metrics") or {}
     shown = [
-        ("roc_auc", "ROC AUC", "{:.3f}"),
+        ("roc_auc", "ranking quality (ROC AUC)", "{:.3f}"),
         ("ece", "calibration error (ECE)", "{:.3f}"),
         ("lift_top_decile", "lift of the top 10%", "{:.1f}x"),
         ("base_rate", "conversion rate", "{:.1%}"),
@@ -280,6 +347,7 @@ def model_view(model: LoadedModel, snapshot: Snapshot | None = None) -> dict:
         "alias": model.alias,
         "trained_at": str(meta.get("trained_at", ""))[:16].replace("T", " "),
         "training_window": " to ".join(map(str, meta.get("training_window") or [])),
+        "validation_window": " to ".join(map(str, meta.get("validation_window") or [])),
         "test_window": " to ".join(map(str, meta.get("test_window") or [])),
         "metrics": [{"label": label, "value": fmt.format(metrics[k])} for k, label, fmt in shown if k in metrics],
         "importance_chart": (
@@ -309,7 +377,8 @@ def _criteria_rows(model: LoadedModel) -> list[tuple[str, str]]:
     criteria = model.criteria
     mql, sql, out = criteria.mql, criteria.sql, criteria.disqualify
     hand_raise = (
-        f", a hand-raise ({', '.join(criteria.hand_raise_types)}) within {criteria.hand_raise_days} days"
+        f", a hand-raise ({', '.join(plain_activity(t).lower() for t in criteria.hand_raise_types)}) within "
+        f"{criteria.hand_raise_days} days"
         if sql.require_hand_raise
         else ""
     )
@@ -349,8 +418,18 @@ def _page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
 def _model_or_page() -> LoadedModel | HTMLResponse:
     model = _current_model()
     if model is None:
-        return _page("pick.html", 503, title="Not ready", error="No model is loaded yet; see /readyz.", lead_ids=[])
+        return _page("pick.html", 503, title="No model loaded", heading="No model loaded yet", not_ready=True,
+                     error="The service has no model to score or explain leads with yet. It loads the champion as "
+                     "soon as one is registered (leadscore train registers one). The pipeline digest still lists "
+                     "the latest kept scoring.")  # fmt: skip
     return model
+
+
+def _pick_page(status: int = 200, **context: Any) -> HTMLResponse:
+    """The page to open or paste a lead, with the best 500 ids of the latest scoring to pick from."""
+    latest, _ = _kept_scorings()
+    ids = latest.scores.sort_values("score", ascending=False)["lead_id"].head(500).tolist() if latest else []
+    return _page("pick.html", status, lead_ids=ids, **{"title": "Open a lead", **context})
 
 
 @app.get("/", include_in_schema=False)
@@ -376,15 +455,25 @@ def login(key: str = Form(...), next: str = Form("/ui/digest")):
     return response
 
 
+@app.get("/logout", include_in_schema=False)
+def logout() -> RedirectResponse:
+    """Forget the key this browser keeps (the cookie ends with the browser session anyway)."""
+    response = RedirectResponse("/ui/login", status_code=303)
+    response.delete_cookie(KEY_COOKIE, path="/ui", httponly=True, samesite="strict")
+    return response
+
+
 def _local(target: str) -> str:
     """Only redirect within the pages (no open redirect to another site)."""
     return target if target.startswith("/ui/") and not target.startswith("//") else "/ui/digest"
 
 
 @app.get("/digest", response_class=HTMLResponse, include_in_schema=False)
-def digest(owner: str = "", stage: str = "", grade: str = "") -> HTMLResponse:
+def digest(owner: str = "", stage: str = "", grade: str = "", page: str = "1") -> HTMLResponse:
     latest, previous = _kept_scorings()
-    view = digest_view(_current_model(), latest, previous, {"owner": owner, "stage": stage, "grade": grade})
+    filters = {"owner": owner, "stage": stage, "grade": grade}
+    number = int(page) if page.strip().isdigit() else 1  # a mangled link shows the first page
+    view = digest_view(_current_model(), latest, previous, filters, page=number)
     return _page("digest.html", **view)
 
 
@@ -399,11 +488,9 @@ def model_page():
 
 @app.get("/leads", response_class=HTMLResponse, include_in_schema=False)
 def pick(lead: str = "") -> HTMLResponse:
-    if lead:
-        return RedirectResponse(lead_href(lead), status_code=303)
-    latest, _ = _kept_scorings()
-    ids = latest.scores.sort_values("score", ascending=False)["lead_id"].head(500).tolist() if latest else []
-    return _page("pick.html", title="Open a lead", lead_ids=ids)
+    if lead.strip():  # the form's answer, with or without script in the browser
+        return RedirectResponse(lead_href(lead.strip()), status_code=303)
+    return _pick_page()
 
 
 @app.get("/leads/{lead_id:path}", response_class=HTMLResponse, include_in_schema=False)
@@ -412,12 +499,12 @@ def lead_page(lead_id: str):
     if isinstance(model, HTMLResponse):
         return model
     latest, _ = _kept_scorings()
-    found = latest.lead(lead_id) if latest else None
+    found = latest.lead(lead_id.strip()) if latest else None
     if found is None:
-        return _page("pick.html", 404, title="Lead not found", lead_ids=[],
-                     error=f"Lead {lead_id} is not in the latest kept scoring.")  # fmt: skip
+        return _pick_page(404, title="Lead not found", error=f"Lead {lead_id!r} is not in the latest kept scoring.")
     rows, acts = found
-    return _page("lead.html", title=lead_id, lead=lead_view(model, rows, acts, latest.as_of))
+    view = lead_view(model, rows, acts, latest.as_of)
+    return _page("lead.html", title=view["display_name"], lead=view)
 
 
 @app.post("/leads", response_class=HTMLResponse, include_in_schema=False)
@@ -428,23 +515,45 @@ async def pasted_lead(request: Request):
     form = await request.form()
     text = str(form.get("lead", ""))
     try:
-        lead = Lead.model_validate(json.loads(text))
+        data, as_of = _pasted(json.loads(text))
+        lead = Lead.model_validate(data)
         rows, acts = leads_to_frames([lead])
         if lead.created_at is None and model.kind == "crm":
             raise InvalidLeads(["created_at: required by this model"])
         view = lead_view(model, rows.astype(object).where(rows.notna(), "").astype(str),
-                         acts.astype(object).where(acts.notna(), "").astype(str), _now())  # fmt: skip
+                         acts.astype(object).where(acts.notna(), "").astype(str), as_of)  # fmt: skip
     except json.JSONDecodeError as exc:
-        return _page("pick.html", 400, title="Open a lead", lead_ids=[], pasted=text, error=f"Not JSON: {exc}")
+        return _pick_page(400, pasted=text, error=f"Not JSON: {exc}")
     except RecursionError:  # json.loads gives up on deep nesting this way, not as a decode error
-        return _page("pick.html", 400, title="Open a lead", lead_ids=[], pasted=text[:2000],
-                     error="Not a lead: JSON nested too deeply")  # fmt: skip
+        return _pick_page(400, pasted=text[:2000], error="Not a lead: JSON nested too deeply")
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
-        return _page("pick.html", 400, title="Open a lead", lead_ids=[], pasted=text, error=problems)
-    except InvalidLeads as exc:
-        return _page("pick.html", 400, title="Open a lead", lead_ids=[], pasted=text, error=str(exc))
-    return _page("lead.html", title=view["lead_id"], lead=view)
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the lead'}: {e['msg']}" for e in exc.errors()[:5])
+        return _pick_page(400, pasted=text, error=problems)
+    except (InvalidLeads, ValueError) as exc:
+        return _pick_page(400, pasted=text, error=str(exc))
+    return _page("lead.html", title=view["display_name"], lead={**view, "pasted": True})
+
+
+_MOMENT = TypeAdapter(Moment)
+
+
+def _pasted(data: Any) -> tuple[Any, pd.Timestamp]:
+    """The lead and the scoring moment in pasted JSON: a lead, a list of one lead, or a
+    `POST /score` or `/explain` body with one lead (its `as_of`, else now)."""
+    as_of = None
+    if isinstance(data, dict) and "lead_id" not in data and ("leads" in data or "lead" in data):
+        as_of = data.get("as_of")
+        data = data["leads"] if "leads" in data else [data["lead"]]
+    if isinstance(data, list):
+        if len(data) != 1:
+            raise ValueError(f"Paste one lead: this holds {len(data)}")
+        data = data[0]
+    if as_of is None:
+        return data, _now()
+    try:
+        return data, utc_naive(_MOMENT.validate_python(as_of))
+    except ValidationError as exc:
+        raise ValueError(f"as_of: {exc.errors()[0]['msg']}") from None
 
 
 def _now() -> pd.Timestamp:

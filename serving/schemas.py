@@ -125,7 +125,10 @@ class LeadScore(BaseModel):
     stage: str = Field(examples=["SQL"])
     stage_reason: str
     next_action: str
-    recycle_on: dt.date | None = None
+    recycle_on: dt.date | None = Field(
+        default=None,
+        description="When to look again at a lead disqualified for its profile (never for an opt-out or a competitor)",
+    )
     reasons: list[Reason]
     model_version: str
 

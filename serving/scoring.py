@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 CHAMPION = "champion"
 REASONS_EACH_WAY = 3
 MIN_REASON_POINTS = 0.05
+# A reason moves the score by at least this share of the lead's strongest factor: "-0.5" next
+# to "+21" is noise to a rep, not a reason.
+MIN_REASON_SHARE = 0.1
 # Batches larger than this are scored in blocks of this many leads (see `score_matrix`).
 PIPELINE_ROWS = 25_000
 
@@ -438,8 +441,9 @@ def _reason_lists(
     out = []
     for i in range(n):
         lead = _Row(arrays, i)
-        chosen = [(j, p) for j, p in zip(top[i], top_points[i], strict=True) if p >= MIN_REASON_POINTS]
-        chosen += [(j, p) for j, p in zip(bottom[i], bottom_points[i], strict=True) if p <= -MIN_REASON_POINTS]
+        floor = max(MIN_REASON_POINTS, MIN_REASON_SHARE * max(top_points[i][0], -bottom_points[i][0]))
+        chosen = [(j, p) for j, p in zip(top[i], top_points[i], strict=True) if p >= floor]
+        chosen += [(j, p) for j, p in zip(bottom[i], bottom_points[i], strict=True) if p <= -floor]
         reasons = []
         for j, value in chosen:
             feature = columns[j]

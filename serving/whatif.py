@@ -1,15 +1,19 @@
 """What would move a lead to SQL: the smallest set of realistic engagement steps (a demo, a
 meeting, a trial...) that, added today, lifts the lead over the SQL rule, computed with the
-model. Fixed facts (industry, size, BANT answers) are not actionable and never suggested."""
+model. Fixed facts (industry, size) are not actionable and never suggested; BANT answers come
+from a call, so when they are what is missing the rep is told how many to confirm."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import combinations
 
+import numpy as np
 import pandas as pd
 
-from serving.scoring import LoadedModel, prepare_crm_leads, score_features
+from features.criteria import qualify_columns
+from features.schema import BANT_FIELDS
+from serving.scoring import LoadedModel, criteria_inputs, prepare_crm_leads, score_features
 
 # What sales or marketing can make happen, and how a rep would say it.
 ACTIONS: dict[str, str] = {
@@ -29,6 +33,7 @@ class PathToSql:
     steps: tuple[str, ...]  # activity types to add, empty when already SQL or out of reach
     score: float | None  # the score with those steps
     message: str
+    bant_needed: int = 0  # BANT answers to confirm on a call as well as the steps
 
 
 def path_to_sql(model: LoadedModel, lead: pd.DataFrame, activities: pd.DataFrame, as_of: pd.Timestamp) -> PathToSql:
@@ -64,13 +69,22 @@ def path_to_sql(model: LoadedModel, lead: pd.DataFrame, activities: pd.DataFrame
         return PathToSql((), None, f"Disqualified ({now['stage_reason']}); engagement does not change that.")
     reached = scored[scored["stage"] == "SQL"]
     if reached.empty:
-        best = scored.sort_values("score", ascending=False).iloc[0]
         sql = model.criteria.sql
+        bant = features["bant_confirmed"].iloc[0] if "bant_confirmed" in features else float("nan")
+        short = sql.min_bant_confirmed - (0 if bant != bant else int(bant))
+        if short > 0:
+            # BANT answers come from a call, not from engagement: say how many the rep must get,
+            # with the fewest steps (none, often) that make the rest of the SQL rule hold.
+            with_bant = _sql_with_bant(
+                model, features, context, scored, moments.iloc[positions], sql.min_bant_confirmed
+            )
+            if not with_bant.empty:
+                return _bant_path(with_bant, now, short, _unconfirmed(lead))
+        best = scored.sort_values("score", ascending=False).iloc[0]
         blocked = []
         if best["score"] < sql.min_score:
             blocked.append(f"the score would reach only {best['score']:.0f} (SQL needs {sql.min_score:g})")
-        bant = features["bant_confirmed"].iloc[0] if "bant_confirmed" in features else float("nan")
-        if not bant >= sql.min_bant_confirmed:
+        if short > 0:
             shown = "unknown" if bant != bant else f"{bant:.0f}"
             blocked.append(
                 f"{shown} of 4 BANT answers confirmed (SQL needs {sql.min_bant_confirmed}; they come from a "
@@ -90,6 +104,41 @@ def path_to_sql(model: LoadedModel, lead: pd.DataFrame, activities: pd.DataFrame
         f"With {_words(best['steps'])} the lead would score {best['score']:.0f} and become SQL "
         f"(now {now['score']:.0f}, {now['stage']}).",
     )
+
+
+def _sql_with_bant(
+    model: LoadedModel,
+    features: pd.DataFrame,
+    context: pd.DataFrame,
+    scored: pd.DataFrame,
+    moments: pd.Series,
+    bant: int,
+) -> pd.DataFrame:
+    """The scenarios that the SQL rule would take once `bant` BANT answers are confirmed (the
+    scores as they are: the rule is re-applied, the model not re-run), fewest steps first."""
+    inputs = criteria_inputs(model, features.reset_index(drop=True), context.reset_index(drop=True))
+    inputs["bant_confirmed"] = np.full(len(scored), float(bant))
+    values = {"score": scored["score"].to_numpy(), "fit": scored["fit"].to_numpy(),
+              "engagement": scored["engagement"].to_numpy(), **inputs}  # fmt: skip
+    stages = qualify_columns(values, len(scored), model.criteria, list(moments))["stage"]
+    chosen = scored[np.asarray(stages) == "SQL"]
+    return chosen.assign(size=chosen["steps"].map(len)).sort_values(["size", "score"], ascending=[True, False])
+
+
+def _unconfirmed(lead: pd.DataFrame) -> list[str]:
+    """The BANT fields of the lead's export row not yet confirmed (as the features read them)."""
+    return [f for f in BANT_FIELDS if f not in lead or str(lead[f].iloc[0]).strip().casefold() != "confirmed"]
+
+
+def _bant_path(candidates: pd.DataFrame, now: pd.Series, short: int, open_fields: list[str]) -> PathToSql:
+    best = candidates.iloc[0]
+    answers = f"{short} more BANT answer{'s' if short > 1 else ''} (not yet confirmed: {', '.join(open_fields)})"
+    if not best["steps"]:
+        text = f"Confirm {answers} on a call: the lead is then SQL (the rest of the SQL rule already holds)."
+    else:
+        text = (f"With {_words(best['steps'])} and {answers} confirmed on a call, the lead would score "
+                f"{best['score']:.0f} and become SQL (now {now['score']:.0f}, {now['stage']}).")  # fmt: skip
+    return PathToSql(tuple(best["steps"]), float(best["score"]), text, bant_needed=short)
 
 
 def _words(steps: tuple[str, ...]) -> str:

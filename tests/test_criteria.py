@@ -32,9 +32,23 @@ def test_each_stage_with_its_rule_and_action(params):
     assert out.loc[4, "stage_reason"] == "Marked do not contact"
     assert out.loc[5, "stage_reason"] == "E-mail domain belongs to a competitor"
     assert out.loc[6, "stage_reason"].startswith("Outside the ideal customer profile")
-    assert out.loc[4, "recycle_on"] == "2026-05-10"  # 120 days on, not forgotten
-    assert "2026-05-10" in out.loc[4, "next_action"]
-    assert out["recycle_on"][:4].isna().all()
+    assert out.loc[6, "recycle_on"] == "2026-05-10"  # 120 days on, not forgotten
+    assert "2026-05-10" in out.loc[6, "next_action"]
+    # An opt-out or a competitor is never to be contacted again, so never recycled.
+    assert out.loc[4, "next_action"] == "Do not contact: the lead opted out"
+    assert out.loc[5, "next_action"] == "Do not work: the e-mail address is a competitor's"
+    assert out["recycle_on"][:6].isna().all()
+
+
+def test_criteria_of_models_registered_before_the_opt_out_actions_still_load(params):
+    from features.params import CriteriaParams
+
+    stored = params.criteria.model_dump(mode="json")
+    for key in ("do_not_contact", "competitor"):
+        del stored["next_actions"][key]
+    old = CriteriaParams.model_validate(stored)
+    out = qualify(pd.DataFrame([_lead(do_not_contact=1)]), old, AS_OF)
+    assert out.loc[0, "next_action"] == "Do not contact: the lead opted out" and out.loc[0, "recycle_on"] is None
 
 
 def test_a_value_just_below_a_threshold_never_reads_as_reaching_it(params):
@@ -59,6 +73,6 @@ def test_missing_values_never_satisfy_a_rule(params):
 
 
 def test_recycle_dates_follow_each_leads_moment(params):
-    leads = pd.DataFrame([_lead(do_not_contact=1), _lead(do_not_contact=1)])
+    leads = pd.DataFrame([_lead(icp_match=0.0), _lead(icp_match=0.0)])
     moments = pd.Series(pd.to_datetime(["2026-01-01", "2026-03-01"]))
     assert qualify(leads, params.criteria, moments)["recycle_on"].tolist() == ["2026-05-01", "2026-06-29"]

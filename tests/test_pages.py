@@ -141,6 +141,12 @@ def test_digest_filters(page, server):
     assert all(owner == owners[0] and stage == wanted for owner, stage in rows)
     # The served model's scoring, not the newer one of another model.
     assert f"{CHAMPION_NAME} v" in page.content() and OTHER_MODEL not in page.content()
+    # Signing out forgets the key: the next page asks for it again.
+    with page.expect_navigation():
+        page.click("header a[href='/ui/logout']")
+    assert "/ui/login" in page.url
+    page.goto(f"{server}/ui/digest")
+    assert "/ui/login" in page.url
 
 
 def _score_request(rows: pd.DataFrame, acts: pd.DataFrame) -> dict:
@@ -188,20 +194,24 @@ def test_lead_page_shows_what_score_returns(page, server, scores_dir):
     assert page.locator("#to-sql").inner_text().strip()
     assert page.locator("svg").count() >= 1
 
-    # The same lead pasted into the form (as_of is the request's "now" there, so only the
-    # page's own consistency is checked: it is the pasted lead, scored and explained).
+    # The CRM's request body pasted into the form: scored as of its as_of, so the same numbers.
     page.goto(f"{server}/ui/leads")
-    page.fill("textarea[name=lead]", json.dumps(body["leads"][0]))
+    page.fill("textarea[name=lead]", json.dumps(body))
     with page.expect_navigation():
-        page.click("form[action='/ui/leads'] button[type=submit]")
+        page.click("#paste button[type=submit]")
     assert page.locator("#lead-id").inner_text() == lead_id
-    assert re.fullmatch(r"\d+\.\d", page.locator("#score").inner_text())
-    assert page.locator("#reasons li").count() > 0
+    assert page.locator("#score").inner_text() == f"{expected['score']:.1f}"
+    assert page.locator("#reasons li").all_inner_texts() == reasons
     page.goto(f"{server}/ui/leads")
     page.fill("textarea[name=lead]", '{"lead_id": "x", "employees": "many"}')
     with page.expect_navigation():
-        page.click("form[action='/ui/leads'] button[type=submit]")
+        page.click("#paste button[type=submit]")
     assert "employees" in page.locator(".error").inner_text()
+    # The id box, with the spaces a copy from a CRM screen brings along.
+    page.fill("#pick input[name=lead]", f" {lead_id} ")
+    with page.expect_navigation():
+        page.click("#pick button[type=submit]")
+    assert page.locator("#lead-id").inner_text() == lead_id
 
 
 def test_html_in_crm_data_is_shown_as_text(page, server, scores_dir):
@@ -241,6 +251,9 @@ def test_path_to_sql_is_checked_with_the_model(champion, scores_dir):
     for lead_id in near["lead_id"].head(15):
         rows, acts = latest.lead(lead_id)
         result = path_to_sql(champion, rows, acts, AS_OF)
+        if result.bant_needed:
+            assert "BANT answer" in result.message and "on a call" in result.message, result.message
+            continue
         if result.steps:
             found = (rows, acts, result)
             break
@@ -257,6 +270,31 @@ def test_path_to_sql_is_checked_with_the_model(champion, scores_dir):
     )
     rescored = score_features(champion, features, context, moments).iloc[0]
     assert rescored["stage"] == "SQL" and rescored["score"] == pytest.approx(result.score)
+
+
+def test_path_to_sql_names_the_bant_answers_a_call_must_get(champion, scores_dir):
+    """A lead that engagement alone cannot make SQL because BANT answers are missing is told how
+    many to confirm, with the steps (if any) the rest of the rule needs; both together make it SQL."""
+    from features.schema import BANT_FIELDS
+    from serving.scoring import prepare_crm_leads, score_features
+    from serving.snapshots import latest_two
+    from serving.whatif import path_to_sql
+
+    latest, _ = latest_two(scores_dir, CHAMPION_NAME)
+    best = latest.scores[latest.scores["stage"].isin(["MQL", "nurture"])].sort_values("score").iloc[-1]
+    rows, acts = latest.lead(best["lead_id"])
+    rows = rows.assign(**dict.fromkeys(BANT_FIELDS, ""))  # none confirmed
+    result = path_to_sql(champion, rows, acts, AS_OF)
+    needed = champion.criteria.sql.min_bant_confirmed
+    assert result.bant_needed == needed and f"{needed} more BANT answers" in result.message, result.message
+    confirmed = rows.assign(**dict.fromkeys(BANT_FIELDS[:needed], "confirmed"))
+    moment = (AS_OF - pd.Timedelta(hours=1)).isoformat()
+    added = pd.DataFrame({"lead_id": best["lead_id"], "occurred_at": moment, "activity_type": list(result.steps)})
+    moments = pd.Series([AS_OF])
+    features, context, _, _ = prepare_crm_leads(
+        champion, confirmed, pd.concat([acts, added], ignore_index=True).fillna(""), moments, strict=False
+    )
+    assert score_features(champion, features, context, moments).iloc[0]["stage"] == "SQL"
 
 
 def test_static_report(champion, scores_dir, tmp_path):
@@ -317,4 +355,80 @@ def test_a_deeply_nested_pasted_lead_and_a_slashed_id_get_pages_not_bare_errors(
     assert answer.status_code == 400 and "nested too deeply" in answer.text
     # An id with a slash (encoded in every link) reaches its page, here the "not found" one.
     slashed = TestClient(pages.app).get("/leads/a%2Fb")
-    assert slashed.status_code == 404 and "Lead a/b is not in the latest kept scoring" in slashed.text
+    assert slashed.status_code == 404 and "Lead &#39;a/b&#39; is not in the latest kept scoring" in slashed.text
+
+
+def test_pasted_json_in_the_shapes_a_user_has_at_hand(champion, monkeypatch):
+    """A lead alone (scored now), a list of one, or a whole /score body (scored as of its as_of)."""
+    from starlette.testclient import TestClient
+
+    from serving import pages
+
+    monkeypatch.setattr(pages, "_current_model", lambda: champion)
+    client = TestClient(pages.app)
+    lead = {"lead_id": "P1", "created_at": "2025-06-01",
+            "activities": [{"occurred_at": "2025-12-01", "activity_type": "hologram_call"},
+                           {"occurred_at": "2025-12-30", "activity_type": "demo_request"}]}  # fmt: skip
+    alone = client.post("/leads", data={"lead": json.dumps(lead)})
+    assert alone.status_code == 200 and "(pasted, scored now)" in alone.text
+    body = client.post("/leads", data={"lead": json.dumps({"leads": [lead], "as_of": "2025-12-20"})})
+    assert body.status_code == 200 and "scored as of 2025-12-20 00:00 UTC" in body.text, body.text[-2000:]
+    # The demo request after the moment is said, not silently gone; the unknown type is marked.
+    assert "1 activity dated on or after 2025-12-20 00:00 not counted" in body.text
+    assert "Hologram call *" in body.text and "Not one of the activity types the model knows" in body.text
+    assert client.post("/leads", data={"lead": json.dumps([lead])}).status_code == 200
+    two = client.post("/leads", data={"lead": json.dumps({"leads": [lead, lead]})})
+    assert two.status_code == 400 and "Paste one lead: this holds 2" in two.text
+    late = client.post("/leads", data={"lead": json.dumps({"leads": [lead], "as_of": "someday"})})
+    assert late.status_code == 400 and "as_of: " in late.text
+    scalar = client.post("/leads", data={"lead": "5"})
+    assert scalar.status_code == 400 and "the lead: Input should be" in scalar.text
+
+
+def test_digest_pages_through_every_lead_and_says_when_filters_match_none(champion, small_crm_dir, tmp_path,
+                                                                        monkeypatch):  # fmt: skip
+    from starlette.testclient import TestClient
+
+    from serving import pages
+    from serving.snapshots import latest_two
+
+    leads, acts, _ = read_leads(small_crm_dir, None)
+    scored = score_batch(champion, leads, acts, AS_OF).scored
+    # An earlier scoring in which every lead was a D: each lead graded better now rose.
+    folder = tmp_path / "scores"
+    meta = {"as_of": AS_OF.isoformat(), "model_name": champion.name, "model_version": champion.version}
+    earlier = {**meta, "as_of": (AS_OF - pd.Timedelta(days=7)).isoformat()}
+    write_snapshot(scored.assign(grade="D", score=0.5), leads, acts, earlier, folder)
+    write_snapshot(scored, leads, acts, meta, folder)
+    latest, _ = latest_two(folder, CHAMPION_NAME)
+    monkeypatch.setenv("LEADSCORE_SCORES_DIR", str(folder))
+    monkeypatch.setattr(pages, "_served_name", CHAMPION_NAME)
+    monkeypatch.setattr(pages, "_current_model", lambda: champion)
+    monkeypatch.setattr(pages, "DIGEST_ROWS", 3)
+    monkeypatch.setattr(pages, "CHANGES_SHOWN", 2)
+    client = TestClient(pages.app)
+    total = len(latest.scores)
+    first = client.get("/digest").text
+    assert f"Leads 1-3 of {total:,} matching" in first and 'href="/ui/digest?page=2" rel="next"' in first
+    second = client.get("/digest?page=2").text
+    assert f"Leads 4-6 of {total:,}" in second and "<td>4</td>" in second and 'rel="prev"' in second
+    last_page = -(-total // 3)
+    assert f"page {last_page} of {last_page}" in client.get("/digest?page=99999").text
+    assert "Leads 1-3" in client.get("/digest?page=abc").text
+    rose = int((latest.scores["grade"] != "D").sum())
+    assert f"{rose:,} rose a grade, 0 fell; the 2 biggest moves each way are shown" in first
+    assert first.count('class="pos"') == 2
+    # This scoring is from 2025: reasons' "today" is then, and the page says so.
+    assert re.search(r"This scoring is [\d,]+ days old", first)
+    # A filter no lead matches (a former owner in a bookmark) is kept, said, and undone by a link.
+    nobody = client.get("/digest?owner=Nobody&page=2").text
+    assert "No lead matches these filters" in nobody and '<option value="Nobody" selected>' in nobody
+    assert 'href="/ui/digest">show all' in nobody and "0 rose a grade" in nobody
+    # The id box works without script; spaces around a pasted id are dropped.
+    opened = client.get("/leads", params={"lead": " L 1/2 "}, follow_redirects=False)
+    assert opened.status_code == 303 and opened.headers["location"] == "/ui/leads/L%201%2F2"
+    monkeypatch.setattr(pages, "_current_model", lambda: None)
+    for path in ("/model", "/leads/x"):
+        answer = client.get(path)
+        assert answer.status_code == 503 and "No model loaded yet" in answer.text and "/readyz" not in answer.text
+    assert "No model is loaded in the service yet" in client.get("/digest").text

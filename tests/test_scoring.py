@@ -27,6 +27,21 @@ def test_blocked_scoring_equals_one_pass(champion, small_crm_dir, monkeypatch):
     blocked = scoring.score_features(champion, features, context, moments)
     pd.testing.assert_frame_equal(whole, blocked)
     assert blocked["reasons"].map(len).gt(0).all()
+    # Each lead's reasons: the strongest factors, none under a tenth of its strongest.
+    for reasons in blocked["reasons"]:
+        sizes = [abs(r["points"]) for r in reasons]
+        assert len(reasons) <= 2 * scoring.REASONS_EACH_WAY and min(sizes) >= 0.1 * max(sizes) - 0.01
+
+
+def test_a_factor_under_a_tenth_of_the_strongest_is_no_reason():
+    import numpy as np
+
+    points = np.array([[21.0, 14.0, 11.0, -8.0, -0.7, -0.5, 0.3], [-3.4, -1.4, -1.3, 0.24, 0.2, 0.19, 0.0]])
+    columns = [f"f{j}" for j in range(points.shape[1])]
+    values = {c: [1.0, 1.0] for c in columns}
+    reasons = scoring._reasons(points, scoring._Columns(values, columns, 2), columns)
+    assert [r["points"] for r in reasons[0]] == [21.0, 14.0, 11.0, -8.0]
+    assert [r["points"] for r in reasons[1]] == [-3.4, -1.4, -1.3]
 
 
 def test_an_empty_model_version_is_named_before_the_registry_is_asked():
