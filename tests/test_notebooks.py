@@ -45,8 +45,14 @@ def _has_error(cell) -> bool:
 
 @pytest.fixture
 def kernel_env(monkeypatch):
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    # The kernel's own backend (inline), as a user's notebook has it: the product's imports must
+    # not switch it to a file-only one, or every plot is silently lost.
+    monkeypatch.delenv("MPLBACKEND", raising=False)
     return monkeypatch
+
+
+def _images(book: nbformat.NotebookNode) -> int:
+    return sum("image/png" in o.get("data", {}) for c in book.cells for o in c.get("outputs", []))
 
 
 def test_committed_notebooks_have_no_outputs():
@@ -61,6 +67,7 @@ def test_explore_notebook(small_crm_dir, tmp_path, kernel_env):
     book = run_notebook("01-explore-leads.ipynb", {"data_dir": str(small_crm_dir)}, tmp_path)
     text = "".join(str(o) for c in book.cells for o in c.get("outputs", []))
     assert "rows quarantined" in text and "flagged as leaking the label" in text
+    assert _images(book) >= 1  # conversion by source, industry and seniority
 
 
 @pytest.mark.slow
@@ -75,11 +82,20 @@ def test_retrain_notebook_registers_a_challenger_and_promotes_it(small_crm_dir, 
                   "promote_challenger": True}  # fmt: skip
     book = run_notebook("02-retrain-and-compare.ipynb", parameters, tmp_path)
     client = MlflowClient(uri)
-    challenger = client.get_model_version_by_alias(MODEL, "challenger").version
-    assert client.get_model_version_by_alias(MODEL, "champion").version == challenger != before
-    assert client.get_model_version_by_alias(MODEL, "previous").version == before
+    challenger = client.get_model_version_by_alias(MODEL, "challenger")
     text = "".join(str(o) for c in book.cells for o in c.get("outputs", []))
-    assert f"champion v{before}" in text and f"challenger v{challenger}" in text
+    assert f"champion v{before}" in text and f"challenger v{challenger.version}" in text
+    assert "trials run (at most 3" in text  # the tuning's progress is printed, not only logged
+    assert "ROC AUC, challenger minus champion" in text and "95% interval" in text
+    assert _images(book) >= 2  # the study and the comparison
+    # Promoted only through the registration gates, as `leadscore train` promotes.
+    passed = client.get_run(challenger.run_id).data.tags["gates_passed"] == "True"
+    champion = client.get_model_version_by_alias(MODEL, "champion").version
+    if passed:
+        assert champion == challenger.version != before
+        assert client.get_model_version_by_alias(MODEL, "previous").version == before
+    else:
+        assert champion == before and "not promoted: the registration gates failed" in text
 
 
 @pytest.mark.slow
@@ -89,3 +105,4 @@ def test_explain_notebook(small_crm_dir, champion_store, tmp_path, kernel_env):
     book = run_notebook("03-explain-leads.ipynb", parameters, tmp_path)
     text = "".join(str(o) for c in book.cells for o in c.get("outputs", []))
     assert "To SQL" in text and "<svg" in text
+    assert _images(book) >= 2  # the SHAP summary and the score histogram

@@ -154,8 +154,9 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
     assert "champion v1" in compared[0]["detail"]
     # Score with a version other than the champion: the one the gates kept out, or a typo.
     scores = tmp_path / "v2-scores.csv"
+    # Without --model-name: the model a service would serve here, $LEADSCORE_MODEL_NAME.
     chosen = leadscore("score", str(small_crm_dir), "-o", str(scores), "--model-version", "2",
-                       "--model-name", "crm-model", store=store)  # fmt: skip
+                       store=store, LEADSCORE_MODEL_NAME="crm-model")  # fmt: skip
     assert chosen.returncode == 0, chosen.stderr
     assert "with crm-model version 2 " in chosen.stdout and len(pd.read_csv(scores)) > 0
     assert "not kept for the pages" in chosen.stdout and "Kept for the pages" not in chosen.stdout
@@ -207,11 +208,12 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
     activities = pd.read_csv(small_crm_dir / "activities.csv", dtype=str)
     activities.assign(lead_id="X" + activities["lead_id"]).head(500).to_csv(others, index=False)
     foreign = leadscore("score", str(small_crm_dir / "leads.csv"), "--activities", str(others), "-o", str(scores),
-                        "--model-name", "crm-model", "--as-of", "2026-01-01", "--snapshot", store=store)  # fmt: skip
+                        "--model-name", "crm-model", "--as-of", "2026-01-01", "--snapshot",
+                        "--model-version", "@champion", store=store)  # fmt: skip
     assert foreign.returncode == 0 and warning in " ".join(foreign.stdout.split()), foreign.stderr
     assert "Kept for the pages (shown by a service started with LEADSCORE_MODEL_NAME=crm-model" in " ".join(
         foreign.stdout.split()
-    )  # asked for; not the default model, so not the default service's digest
+    )  # asked for (the champion named as a version is the champion); not the default model, so not its digest
     # The pages as files, for ids given as a one-column CSV headed by any spelling of lead_id.
     first = str(pd.read_csv(scores, dtype=str)["lead_id"].iloc[0])
     (tmp_path / "ids.csv").write_text(f"Lead ID\n{first}\n")
@@ -220,7 +222,7 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
     assert pages.returncode == 0 and "Wrote 1 lead page," in pages.stdout, pages.stdout + pages.stderr
     (tmp_path / "nope.txt").write_text("NOPE1\nNOPE2\n")
     nope = leadscore("report", "--leads", str(tmp_path / "nope.txt"), "-o", str(tmp_path / "pages"),
-                     "--model-name", "crm-model", store=store)  # fmt: skip
+                     store=store, LEADSCORE_MODEL_NAME="crm-model")  # fmt: skip
     assert nope.returncode == 2 and "none of the lead(s) asked for is in the scoring" in nope.stderr, nope.stderr
     no_alias = leadscore("score", str(small_crm_dir), "-o", str(scores), "--model-version", "@challenger",
                          "--model-name", "crm-model", store=store)  # fmt: skip

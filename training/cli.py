@@ -25,6 +25,11 @@ from features.ingest import DataError
 from features.params import PROJECT_ROOT, Params, ParamsError, load_params
 from features.synthetic import STEP_DAYS, generate_crm, write_crm
 from features.tracking import check_writable
+from training.progress import PrintReporter
+
+# Charts of a command go to files: no window, whatever display the shell has (a notebook,
+# which does not import this module, keeps its own backend).
+os.environ.setdefault("MPLBACKEND", "Agg")
 
 app = typer.Typer(
     help="Predictive lead scoring: generate data, train, register.",
@@ -37,19 +42,19 @@ if not console.is_terminal:  # a log (cron, CI): long lines whole, not wrapped a
 err = Console(stderr=True, soft_wrap=True)  # one line per error, whatever the width (cron logs)
 
 
-class RichReporter:
-    """Renders pipeline progress: a line per stage, a bar over the Optuna trials."""
+class RichReporter(PrintReporter):
+    """Renders pipeline progress: a line per stage, a bar over the Optuna trials (in a log, the
+    printed reporter's line every 15 s instead: a bar would print once, at the end)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._progress: Progress | None = None
         self._task: Any = None
-        self._started = time.perf_counter()
-        self._done, self._total, self._last_line = 0, 0, self._started
 
     def stage(self, text: str) -> None:
         # In a log each stage also says when it began, so a run can be found by its date.
         when = "" if console.is_terminal else f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S}Z "
-        console.print(f"[dim]{when}{time.perf_counter() - self._started:6.1f}s[/dim] [bold]{escape(text)}[/bold]")
+        console.print(f"[dim]{when}{time.perf_counter() - self.started:6.1f}s[/dim] [bold]{escape(text)}[/bold]")
 
     def note(self, text: str) -> None:
         console.print(f"        {escape(text)}")
@@ -58,9 +63,9 @@ class RichReporter:
         console.print(f"        [yellow]! {escape(text)}[/yellow]")
 
     def trials_started(self, total: int) -> None:
-        self._done, self._total, self._last_line = 0, total, time.perf_counter()
+        super().trials_started(total)
         if not console.is_terminal:
-            return  # a log (cron, CI): a bar would print once, at the end; lines every 15 s instead
+            return
         self._progress = Progress(
             TextColumn("        trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[best]}"),
             TimeElapsedColumn(), console=console, transient=False,
@@ -69,24 +74,24 @@ class RichReporter:
         self._task = self._progress.add_task("tuning", total=total, best="")
 
     def trial_done(self, number: int, state: str, best: float | None) -> None:
-        self._done += 1
-        shown = f"best validation score {best:.4f}" if best is not None else ""
-        if self._progress is not None:
-            self._progress.update(self._task, advance=1, best=shown)
-        elif time.perf_counter() - self._last_line >= 15:
-            self._last_line = time.perf_counter()
-            self.note(f"trials: {self._done} of at most {self._total} done; {shown}")
+        if self._progress is None:
+            super().trial_done(number, state, best)
+            return
+        self.done += 1
+        self._progress.update(
+            self._task, advance=1, best=f"best validation score {best:.4f}" if best is not None else ""
+        )
 
     def trials_finished(self) -> None:
         if self._progress is not None:
             # The time budget may end the search before the trial count: the bar says so.
-            self._progress.update(self._task, total=self._done)
+            self._progress.update(self._task, total=self.done)
             self._progress.stop()
             self._progress = None
-        if self._done:
-            self.note(f"{self._done} trials run (at most {self._total}; tuning.timeout_seconds may end it sooner)")
+        super().trials_finished()
 
 
+MODEL_NAME_HELP = "Registered model (default: $LEADSCORE_MODEL_NAME, else mlflow.model_name in params.yaml)"
 DEFAULT_TUNING_ROWS = 200_000  # training examples sampled for Optuna on the Dask engine
 
 
@@ -108,7 +113,13 @@ def _refuse_dask_only_flags(engine: str, flags: dict[str, Any]) -> None:
 
 def _served_model_name() -> str:
     """The registered model `serve` serves, and whose scorings the pages show."""
-    return os.environ.get("LEADSCORE_MODEL_NAME") or _params().mlflow.model_name
+    return _model_name(None, _params())
+
+
+def _model_name(given: str | None, params: Params) -> str:
+    """`--model-name`, else the served model ($LEADSCORE_MODEL_NAME), else params.yaml's: a shell
+    set up to serve one model scores, reports on, recalibrates and rolls back that model."""
+    return given or os.environ.get("LEADSCORE_MODEL_NAME") or params.mlflow.model_name
 
 
 def _os_error_text(exc: OSError) -> str:
@@ -671,9 +682,7 @@ def score(
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the scores (.csv or .parquet)")],
     activities: Annotated[Path | None, typer.Option("--activities", help="Activities file of these leads")] = None,
     as_of: Annotated[str | None, typer.Option("--as-of", help="Score as of this moment (default: now, UTC)")] = None,
-    model_name: Annotated[
-        str | None, typer.Option("--model-name", help="Registered model (default from params.yaml)")
-    ] = None,
+    model_name: Annotated[str | None, typer.Option("--model-name", help=MODEL_NAME_HELP)] = None,
     model_version: Annotated[
         str | None,
         typer.Option("--model-version", help="A version number or alias (e.g. 3, previous) instead of the champion"),
@@ -684,8 +693,9 @@ def score(
         typer.Option(
             "--snapshot/--no-snapshot",
             help="Keep this scoring for the pages (under LEADSCORE_SCORES_DIR, default models/scores); by default "
-            "kept unless scored with --model-version or --engine dask, given no activity of the leads (before "
-            "--as-of), with an --as-of in the future, when no lead was scored, or the folder cannot be written",
+            "kept unless scored with another --model-version than the champion or with --engine dask, given no "
+            "activity of the leads (before --as-of), with an --as-of in the future, when no lead was scored, or the "
+            "folder cannot be written",
             show_default=False,
         ),
     ] = None,
@@ -699,6 +709,8 @@ def score(
 ) -> None:
     """Score leads in batch with the champion (or --model-version): the same columns and numbers
     as the service. Only the champion's scorings are kept for the pages."""
+    if model_version is not None and model_version.strip().lstrip("@") == "champion":
+        model_version = None  # the champion by name is the champion: its scoring is kept as usual
     if engine == "dask":
         if snapshot:
             _fail("--snapshot: the pages keep scorings of --engine local only; score with it to keep one")
@@ -747,7 +759,7 @@ def score(
     try:
         moment = pd_timestamp(as_of)
         with console.status("Loading the model"):
-            model = load_chosen(model_name or params.mlflow.model_name, model_version)
+            model = load_chosen(_model_name(model_name, params), model_version)
         flat_schema = model.scorer.spec.settings["flat"] if model.kind == "flat" else None
         if flat_schema is not None and activities is not None:
             _fail(f"{model.name} is a flat model: it reads one row per lead, no --activities")
@@ -894,7 +906,7 @@ def _score_on_dask(
     try:
         moment = pd_timestamp(as_of)
         with console.status("Loading the model"):
-            model = load_chosen(model_name or params.mlflow.model_name, model_version)
+            model = load_chosen(_model_name(model_name, params), model_version)
         if model.kind == "flat":
             _fail(f"{model.name} is a flat model: score its file with --engine local (the default)")
         client = start_client(scheduler)
@@ -955,9 +967,7 @@ def recalibrate(
         bool, typer.Option("--if-drifted", help="Only recalibrate when drift passes the thresholds in params.yaml")
     ] = False,
     data: Annotated[Path | None, typer.Option("--data", help="CRM export folder (default: the embedded data)")] = None,
-    model_name: Annotated[
-        str | None, typer.Option("--model-name", help="Registered model (default from params.yaml)")
-    ] = None,
+    model_name: Annotated[str | None, typer.Option("--model-name", help=MODEL_NAME_HELP)] = None,
     report_dir: Annotated[Path | None, typer.Option("--report-dir", help="Where to write the report")] = None,
 ) -> None:
     """Retrain on the trailing window, recompute thresholds and grade bands, compare with the
@@ -985,7 +995,7 @@ def recalibrate(
         if report_dir is not None:
             check_writable(report_dir, what="the report")
         summary = run_recalibration(
-            params, model_name=model_name or params.mlflow.model_name, data=data, as_of=moment,
+            params, model_name=_model_name(model_name, params), data=data, as_of=moment,
             dry_run=dry_run, if_drifted=if_drifted, report_dir=report_dir, reporter=RichReporter(),
         )  # fmt: skip
     except RecalibrationError as exc:
@@ -1019,9 +1029,7 @@ def recalibrate(
 
 @app.command()
 def rollback(
-    model_name: Annotated[
-        str | None, typer.Option("--model-name", help="Registered model (default from params.yaml)")
-    ] = None,
+    model_name: Annotated[str | None, typer.Option("--model-name", help=MODEL_NAME_HELP)] = None,
 ) -> None:
     """Make @previous the champion again (the replaced champion becomes @previous). A running
     service picks the change up within `service.reload_seconds`, or at once on POST /reload.
@@ -1036,7 +1044,7 @@ def rollback(
 
     _quiet_libraries()
     params = _params()
-    name = model_name or params.mlflow.model_name
+    name = _model_name(model_name, params)
     _check_registry(reads_models=True)
     mlflow.set_tracking_uri(tracking_uri())
     try:
@@ -1061,9 +1069,7 @@ def report(
         Path, typer.Option("--leads", help="Lead ids: a text file (one per line) or a CSV with lead_id")
     ],
     out: Annotated[Path, typer.Option("-o", "--out", help="Folder for the HTML pages")],
-    model_name: Annotated[
-        str | None, typer.Option("--model-name", help="Registered model (default from params.yaml)")
-    ] = None,
+    model_name: Annotated[str | None, typer.Option("--model-name", help=MODEL_NAME_HELP)] = None,
 ) -> None:
     """Write the pages (digest, one page per lead, model) as static HTML for a list of leads,
     from the latest kept scoring (see `leadscore score`), to send without the service."""
@@ -1076,7 +1082,7 @@ def report(
     _check_registry(reads_models=True)
     try:
         lead_ids = _read_lead_ids(leads_file)
-        name = model_name or params.mlflow.model_name
+        name = _model_name(model_name, params)
         # The model first: a name with no model gets that said, not advice to score with it.
         with console.status("Loading the champion model"):
             model = load_champion(name)

@@ -8,7 +8,8 @@ from collections.abc import Mapping
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_curve
+from scipy.stats import rankdata
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from features.bundle import LeadScorer
 from training.evaluate import calibration_table, classification_metrics, conversion_by_grade, lift_by_decile
@@ -30,6 +31,44 @@ def comparison_table(label: np.ndarray, probs: Mapping[str, np.ndarray]) -> pd.D
     keys = ("roc_auc", "pr_auc", "log_loss", "brier", "ece", "lift_top_decile")
     rows = {name: {k: classification_metrics(label, p)[k] for k in keys} for name, p in probs.items()}
     return pd.DataFrame(rows).T
+
+
+def auc_difference(
+    label: np.ndarray, first: np.ndarray, second: np.ndarray, *, rounds: int = 1000, seed: int = 0
+) -> dict[str, float]:
+    """ROC AUC of `first` minus that of `second` on the same rows, with a 95% interval from a
+    paired bootstrap (the same resampled rows for both): a difference whose interval spans 0 is
+    within the noise of this test period.
+
+    Returns:
+        `difference`, `low`, `high`, and `share_above_zero` (the share of resamples in which
+        `first` ranked better).
+    """
+    label = np.asarray(label)
+    rng = np.random.default_rng(seed)
+    differences = []
+    for _ in range(rounds):
+        rows = rng.integers(0, len(label), len(label))
+        if label[rows].min() == label[rows].max():
+            continue  # one class only: no AUC
+        differences.append(_auc(label[rows], first[rows]) - _auc(label[rows], second[rows]))
+    spread = np.asarray(differences)
+    return {
+        "difference": float(roc_auc_score(label, first) - roc_auc_score(label, second)),
+        "low": float(np.quantile(spread, 0.025)),
+        "high": float(np.quantile(spread, 0.975)),
+        "share_above_zero": float((spread > 0).mean()),
+    }
+
+
+def _auc(label: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC from ranks (ties shared), the Mann-Whitney way: sklearn's checks cost more than the
+    sum itself, a thousand times over in a bootstrap."""
+    ranks = rankdata(score)
+    positives = label == 1
+    n_pos = int(positives.sum())
+    n_neg = len(label) - n_pos
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def grade_table(label: np.ndarray, probs: Mapping[str, np.ndarray], bands: dict[str, float]) -> pd.DataFrame:

@@ -37,6 +37,7 @@ from training.calibrate import choose_calibrator
 from training.evaluate import classification_metrics, conversion_by_grade, lift_by_decile, test_evaluation
 from training.examples import build_examples
 from training.plots import evaluation_plots, shap_summary_plot
+from training.progress import PrintReporter, Reporter  # noqa: F401 (PrintReporter: for notebooks)
 from training.register import (
     CHALLENGER,
     CHAMPION,
@@ -92,28 +93,6 @@ def report_quarantine(quarantine: Quarantine, reporter: Reporter) -> None:
             reporter.warn(f"quarantined {count:,} {table_name} row(s): {reason}")
     for note in quarantine.notes:
         reporter.note(note)
-
-
-class Reporter:
-    """Progress of a training run; the CLI renders it with rich, tests stay quiet."""
-
-    def stage(self, text: str) -> None:
-        logger.info(text)
-
-    def note(self, text: str) -> None:
-        logger.info(text)
-
-    def warn(self, text: str) -> None:
-        logger.warning(text)
-
-    def trials_started(self, total: int) -> None:
-        pass
-
-    def trial_done(self, number: int, state: str, best: float | None) -> None:
-        pass
-
-    def trials_finished(self) -> None:
-        pass
 
 
 @dataclass

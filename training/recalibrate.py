@@ -58,6 +58,7 @@ LOCK_HOLDERS = {
     "recalibration": "a recalibration",
     "rollback": "a rollback",
     "train": "`leadscore train`",
+    "notebook": "a promotion from a notebook",
 }
 
 

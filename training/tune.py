@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -80,16 +81,19 @@ def tune(
     def objective(trial: optuna.Trial, within_budget: Callable[[Any], None]) -> float:
         hyper = {**shared, **suggest(trial, params.search_space, len(x_train)), "metric": params.metric}
         model = build_model(hyper, n_estimators=params.max_boost_rounds, seed=params.seed)
-        model.fit(
-            x_train,
-            y_train,
-            eval_set=[(x_valid, y_valid)],
-            callbacks=[
-                lgb.early_stopping(params.early_stopping_rounds, verbose=False),
-                LightGBMPruningCallback(trial, params.metric, valid_name="valid_0"),
-                within_budget,
-            ],
-        )
+        with warnings.catch_warnings():
+            # LightGBM 4.7 prefers eval_X/eval_y, which the 4.5 and 4.6 the pin allows lack.
+            warnings.filterwarnings("ignore", message="The argument 'eval_set' is deprecated")
+            model.fit(
+                x_train,
+                y_train,
+                eval_set=[(x_valid, y_valid)],
+                callbacks=[
+                    lgb.early_stopping(params.early_stopping_rounds, verbose=False),
+                    LightGBMPruningCallback(trial, params.metric, valid_name="valid_0"),
+                    within_budget,
+                ],
+            )
         iterations = int(model.best_iteration_ or params.max_boost_rounds)
         trial.set_user_attr("best_iteration", iterations)
         score = float(model.best_score_["valid_0"][params.metric])

@@ -1,0 +1,32 @@
+"""Comparing a challenger with the champion: the AUC difference comes with its noise."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from training.compare import auc_difference
+
+
+def test_auc_difference_interval_separates_a_better_model_from_noise():
+    rng = np.random.default_rng(3)
+    signal = rng.normal(size=4000)
+    label = (signal + rng.normal(size=4000) > 1).astype(int)
+    sharp = signal + rng.normal(scale=0.3, size=4000)
+    blurred = signal + rng.normal(scale=1.5, size=4000)
+    better = auc_difference(label, sharp, blurred, rounds=300)
+    assert better["low"] > 0 and better["share_above_zero"] > 0.99
+    assert better["low"] <= better["difference"] <= better["high"]
+    twin = sharp + rng.normal(scale=0.01, size=4000)  # the same model, up to noise
+    same = auc_difference(label, sharp, twin, rounds=300)
+    assert same["low"] < 0 < same["high"]
+
+
+def test_rank_auc_equals_sklearns_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from training.compare import _auc
+
+    rng = np.random.default_rng(4)
+    label = rng.integers(0, 2, 500)
+    score = np.round(rng.normal(size=500) + label, 1)  # many ties
+    assert abs(_auc(label, score) - roc_auc_score(label, score)) < 1e-12
