@@ -30,3 +30,10 @@ def test_rank_auc_equals_sklearns_with_ties():
     label = rng.integers(0, 2, 500)
     score = np.round(rng.normal(size=500) + label, 1)  # many ties
     assert abs(_auc(label, score) - roc_auc_score(label, score)) < 1e-12
+
+
+def test_grade_table_counts_leads_in_whole_numbers():
+    from training.compare import grade_table
+
+    table = grade_table(np.array([0, 1, 0, 1]), {"m": np.array([0.1, 0.9, 0.2, 0.5])}, {"A": 60, "B": 35, "D": 0})
+    assert table["leads"].dtype.kind == "i" and table["leads"].tolist() == [1, 1, 2]  # scores 90; 50; 10, 20

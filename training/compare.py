@@ -77,7 +77,8 @@ def grade_table(label: np.ndarray, probs: Mapping[str, np.ndarray], bands: dict[
     for name, p in probs.items():
         for grade, row in conversion_by_grade(label, p, bands).items():
             out[(name, grade)] = row
-    return pd.DataFrame(out).T
+    # Built row-wise, every column would come out float: counts are whole.
+    return pd.DataFrame(out).T.astype({"share": float, "leads": int, "conversion": float})
 
 
 def comparison_figure(label: np.ndarray, probs: Mapping[str, np.ndarray]):
