@@ -132,12 +132,13 @@ def _unconfirmed(lead: pd.DataFrame) -> list[str]:
 
 def _bant_path(candidates: pd.DataFrame, now: pd.Series, short: int, open_fields: list[str]) -> PathToSql:
     best = candidates.iloc[0]
-    answers = f"{short} more BANT answer{'s' if short > 1 else ''} (not yet confirmed: {', '.join(open_fields)})"
+    answers = f"{short} more BANT answer{'s' if short > 1 else ''}"
+    still_open = f"(not yet confirmed: {', '.join(open_fields)})"
     if not best["steps"]:
-        text = f"Confirm {answers} on a call: the lead is then SQL (the rest of the SQL rule already holds)."
+        text = f"Confirm {answers} on a call {still_open}: the lead is then SQL (the rest of its rule already holds)."
     else:
-        text = (f"With {_words(best['steps'])} and {answers} confirmed on a call, the lead would score "
-                f"{best['score']:.0f} and become SQL (now {now['score']:.0f}, {now['stage']}).")  # fmt: skip
+        text = (f"With {_words(best['steps'])}, plus {answers} confirmed on a call {still_open}, the lead would "
+                f"score {best['score']:.0f} and become SQL (now {now['score']:.0f}, {now['stage']}).")  # fmt: skip
     return PathToSql(tuple(best["steps"]), float(best["score"]), text, bant_needed=short)
 
 
