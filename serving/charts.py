@@ -30,7 +30,9 @@ def _styled(draw: Callable[..., str]) -> Callable[..., str]:
     return styled
 
 
-def _figure(width: float, height: float) -> tuple[Figure, Axes]:
+def figure(width: float, height: float) -> tuple[Figure, Axes]:
+    """A figure outside pyplot: no backend is chosen or changed (a notebook keeps its own), and
+    none is needed to save it."""
     fig = Figure(figsize=(width, height))
     return fig, fig.subplots()
 
@@ -53,7 +55,7 @@ def waterfall(base: float, steps: Sequence[tuple[str, float]], final: float) -> 
     """From the base score (a typical lead's), each contribution in points, to the lead's score."""
     # The start is the model's score for a typical lead, not the conversion rate: named so.
     labels = ["Typical lead", *[label for label, _ in steps], "This lead"]
-    fig, ax = _figure(7, 0.4 * len(labels) + 0.8)
+    fig, ax = figure(7, 0.4 * len(labels) + 0.8)
     level = base
     ax.barh(0, base, color=NEUTRAL)
     for i, (_, points) in enumerate(steps, start=1):
@@ -71,7 +73,7 @@ def waterfall(base: float, steps: Sequence[tuple[str, float]], final: float) -> 
 
 @_styled
 def horizontal_bars(labels: Sequence[str], values: Sequence[float], xlabel: str) -> str:
-    fig, ax = _figure(7, 0.38 * len(labels) + 0.8)
+    fig, ax = figure(7, 0.38 * len(labels) + 0.8)
     ax.barh(range(len(labels)), values, color=NEUTRAL)
     ax.set_yticks(range(len(labels)), labels)
     ax.invert_yaxis()
@@ -82,7 +84,7 @@ def horizontal_bars(labels: Sequence[str], values: Sequence[float], xlabel: str)
 @_styled
 def calibration(predicted: Sequence[float], observed: Sequence[float]) -> str:
     """Observed conversion against the predicted probability (the diagonal is perfect)."""
-    fig, ax = _figure(4.5, 4)
+    fig, ax = figure(4.5, 4)
     top = max([*predicted, *observed, 0.05]) * 1.05
     ax.plot([0, top], [0, top], color="#bbbbbb", linestyle="--", label="perfect")
     ax.plot(predicted, observed, marker="o", color=POSITIVE, label="model")
@@ -95,7 +97,7 @@ def calibration(predicted: Sequence[float], observed: Sequence[float]) -> str:
 @_styled
 def columns(labels: Sequence[str], values: Sequence[float], ylabel: str, reference: float | None = None) -> str:
     """Vertical bars, e.g. conversion by decile, with an optional reference line."""
-    fig, ax = _figure(5.5, 3)
+    fig, ax = figure(5.5, 3)
     ax.bar(range(len(labels)), values, color=NEUTRAL)
     ax.set_xticks(range(len(labels)), labels)
     if reference is not None:
@@ -113,7 +115,7 @@ def beeswarm(names: Sequence[str], points: Sequence[Sequence[float]], colours: S
     import numpy as np
 
     rng = np.random.default_rng(0)
-    fig, ax = _figure(7, 0.5 * len(names) + 0.9)
+    fig, ax = figure(7, 0.5 * len(names) + 0.9)
     for row, (effects, shades) in enumerate(zip(points, colours, strict=True)):
         effects, shades = np.asarray(effects, dtype=float), np.asarray(shades, dtype=float)
         jitter = row + rng.uniform(-0.28, 0.28, len(effects))

@@ -231,13 +231,14 @@ def redact_request_errors() -> None:
 
 
 def _validation_summary(problems: list[dict]) -> str:
-    """ "2 problems in the request; the first, at leads.0.employees: Input should be ...": a
+    """'2 problems in the request; the first, at leads.0.employees: Input should be ...', so a
     CRM that logs only `error` still learns what to fix."""
     count, first = len(problems), problems[0]
-    where = ".".join(str(part) for part in first.get("loc", ()))
     text = f"{count} problem{'s' if count != 1 else ''} in the request"
-    lead = ("; the first, at " if count > 1 else ", at ") + where if where else ":"
-    return f"{text}{lead}: {first.get('msg', '')}" if where else f"{text}{lead} {first.get('msg', '')}"
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    if where:
+        text += f"{'; the first' if count > 1 else ''}, at {where}"
+    return f"{text}: {first.get('msg', '')}"
 
 
 def error_body(status: int, method: str, path: str, headers: dict[bytes, bytes], body: bytes) -> bytes | None:

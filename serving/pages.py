@@ -529,7 +529,7 @@ async def pasted_lead(request: Request):
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the lead'}: {e['msg']}" for e in exc.errors()[:5])
         return _pick_page(400, pasted=text, error=problems)
-    except (InvalidLeads, ValueError) as exc:
+    except InvalidLeads as exc:
         return _pick_page(400, pasted=text, error=str(exc))
     return _page("lead.html", title=view["display_name"], lead={**view, "pasted": True})
 
@@ -546,14 +546,14 @@ def _pasted(data: Any) -> tuple[Any, pd.Timestamp]:
         data = data["leads"] if "leads" in data else [data["lead"]]
     if isinstance(data, list):
         if len(data) != 1:
-            raise ValueError(f"Paste one lead: this holds {len(data)}")
+            raise InvalidLeads([f"Paste one lead: this holds {len(data)}"])
         data = data[0]
     if as_of is None:
         return data, _now()
     try:
         return data, utc_naive(_MOMENT.validate_python(as_of))
     except ValidationError as exc:
-        raise ValueError(f"as_of: {exc.errors()[0]['msg']}") from None
+        raise InvalidLeads([f"as_of: {exc.errors()[0]['msg']}"]) from None
 
 
 def _now() -> pd.Timestamp:

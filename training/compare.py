@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_curve
 
 from features.bundle import LeadScorer
 from training.evaluate import calibration_table, classification_metrics, conversion_by_grade, lift_by_decile
@@ -54,7 +54,7 @@ def auc_difference(
         differences.append(_auc(label[rows], first[rows]) - _auc(label[rows], second[rows]))
     spread = np.asarray(differences)
     return {
-        "difference": float(roc_auc_score(label, first) - roc_auc_score(label, second)),
+        "difference": _auc(label, first) - _auc(label, second),
         "low": float(np.quantile(spread, 0.025)),
         "high": float(np.quantile(spread, 0.975)),
         "share_above_zero": float((spread > 0).mean()),

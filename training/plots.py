@@ -10,10 +10,10 @@ import matplotlib.pyplot as plt  # for shap's summary plot only, which draws on 
 import numpy as np
 import pandas as pd
 import shap
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from serving.charts import figure
 from training.evaluate import calibration_table, lift_by_decile
 
 
@@ -22,12 +22,6 @@ def _save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)  # a no-op for figures pyplot does not hold
     return path
-
-
-def _figure(width: float, height: float) -> tuple[Figure, Axes]:
-    """A figure outside pyplot: no backend is chosen or changed (a notebook keeps its own)."""
-    fig = Figure(figsize=(width, height))
-    return fig, fig.subplots()
 
 
 def evaluation_plots(
@@ -40,7 +34,7 @@ def evaluation_plots(
         "lightgbm_default": "baseline: LightGBM defaults",
     }
     curves = {"tuned LightGBM (calibrated)": probability, **{shown_names.get(k, k): v for k, v in baselines.items()}}
-    fig, ax = _figure(5, 5)
+    fig, ax = figure(5, 5)
     for name, p in curves.items():
         fpr, tpr, _ = roc_curve(label, p)
         ax.plot(fpr, tpr, label=name)
@@ -49,7 +43,7 @@ def evaluation_plots(
     ax.legend(loc="lower right", fontsize=8)
     paths = [_save(fig, out / "roc.png")]
 
-    fig, ax = _figure(5, 5)
+    fig, ax = figure(5, 5)
     for name, p in curves.items():
         precision, recall, _ = precision_recall_curve(label, p)
         ax.plot(recall, precision, label=name)
@@ -59,7 +53,7 @@ def evaluation_plots(
     paths.append(_save(fig, out / "precision_recall.png"))
 
     table = calibration_table(label, probability)
-    fig, ax = _figure(5, 5)
+    fig, ax = figure(5, 5)
     top = max(table["predicted"].max(), table["observed"].max()) * 1.05
     ax.plot([0, top], [0, top], "k:", lw=1)
     ax.plot(table["predicted"], table["observed"], "o-")
@@ -71,7 +65,7 @@ def evaluation_plots(
     paths.append(_save(fig, out / "calibration.png"))
 
     lift = lift_by_decile(label, probability)
-    fig, ax = _figure(6, 4)
+    fig, ax = figure(6, 4)
     ax.bar(lift["decile"], lift["lift"])
     ax.set_xticks(lift["decile"])
     ax.axhline(1, color="k", ls=":", lw=1)
