@@ -202,7 +202,11 @@ def digest_view(
     for column in ("owner", "stage", "grade"):
         if filters.get(column):
             chosen = chosen[chosen[column].astype(str) == filters[column]]
-    chosen = chosen.sort_values("score", ascending=False)
+    if filters.get("q", "").strip():
+        chosen = chosen[_matches(chosen, filters["q"])]
+    # Leads a rep may not work (opted out, a competitor, off profile) go last, whatever they score.
+    closed = chosen["stage"].astype(str).eq("disqualified")
+    chosen = chosen.assign(_closed=closed).sort_values(["_closed", "score"], ascending=[True, False], kind="stable")
     pages = max(1, -(-len(chosen) // DIGEST_ROWS))
     page = min(max(page, 1), pages)
     first = (page - 1) * DIGEST_ROWS
@@ -231,9 +235,11 @@ def digest_view(
     changes["href"] = changes["lead_id"].map(lambda i: lead_href(str(i), static))
     rose, fell = changes[changes["rose"].astype(bool)], changes[~changes["rose"].astype(bool)]
     evaluation = (model.scorer.metadata.get("evaluation") if model else None) or {}
+    grades_tested = evaluation.get("by_grade", {})
+    percents = whole_percents([v["share"] for v in grades_tested.values()])
     by_grade = [
-        {"grade": g, "share": v["share"], "conversion": "—" if v["conversion"] is None else f"{v['conversion']:.1%}"}
-        for g, v in evaluation.get("by_grade", {}).items()
+        {"grade": g, "percent": p, "conversion": "—" if v["conversion"] is None else f"{v['conversion']:.1%}"}
+        for (g, v), p in zip(grades_tested.items(), percents, strict=True)
     ]
     deciles = evaluation.get("lift_by_decile", [])
     base_rate = (model.scorer.metadata.get("test_metrics") or {}).get("base_rate") if model else None
@@ -254,6 +260,7 @@ def digest_view(
         "pages": pages,
         "page_links": {} if static else _page_links(filters, page, pages),
         "filters": filters,
+        "disqualified_last": bool(closed.any() and not closed.all()),
         # A filter value no lead has (a former owner in a bookmark) stays shown as chosen.
         "owners": owners + [v for v in [filters.get("owner")] if v and v not in owners],
         "stages": stages + [v for v in [filters.get("stage")] if v and v not in stages],
@@ -269,6 +276,29 @@ def digest_view(
         "fell": fell.head(CHANGES_SHOWN).to_dict(orient="records"),
         "changes_shown": CHANGES_SHOWN,
     }
+
+
+def _matches(scores: pd.DataFrame, text: str) -> pd.Series:
+    """Rows whose id, name or company holds the text, in any case (a rep looking a lead up)."""
+    haystack = scores["lead_id"].astype(str)
+    for column in ("first_name", "last_name", "company"):
+        if column in scores:
+            haystack = haystack + " " + scores[column].fillna("").astype(str).str.strip()
+    return haystack.str.casefold().str.contains(text.strip().casefold(), regex=False)
+
+
+def whole_percents(shares: list[float]) -> list[int]:
+    """Shares as whole percents that add up to 100 (largest remainders round up), so a table of
+    grades never reads 101%."""
+    total = sum(shares)
+    if not shares or total <= 0:
+        return [round(100 * s) for s in shares]
+    exact = [100 * s / total for s in shares]
+    percents = [int(e) for e in exact]
+    by_remainder = sorted(range(len(exact)), key=lambda i: exact[i] - percents[i], reverse=True)
+    for i in by_remainder[: 100 - sum(percents)]:
+        percents[i] += 1
+    return percents
 
 
 def _page_links(filters: dict[str, str], page: int, pages: int) -> dict[str, str]:
@@ -469,9 +499,9 @@ def _local(target: str) -> str:
 
 
 @app.get("/digest", response_class=HTMLResponse, include_in_schema=False)
-def digest(owner: str = "", stage: str = "", grade: str = "", page: str = "1") -> HTMLResponse:
+def digest(owner: str = "", stage: str = "", grade: str = "", q: str = "", page: str = "1") -> HTMLResponse:
     latest, previous = _kept_scorings()
-    filters = {"owner": owner, "stage": stage, "grade": grade}
+    filters = {"owner": owner, "stage": stage, "grade": grade, "q": q.strip()}
     number = int(page) if page.strip().isdigit() else 1  # a mangled link shows the first page
     view = digest_view(_current_model(), latest, previous, filters, page=number)
     return _page("digest.html", **view)

@@ -399,6 +399,9 @@ def test_digest_pages_through_every_lead_and_says_when_filters_match_none(champi
     meta = {"as_of": AS_OF.isoformat(), "model_name": champion.name, "model_version": champion.version}
     earlier = {**meta, "as_of": (AS_OF - pd.Timedelta(days=7)).isoformat()}
     write_snapshot(scored.assign(grade="D", score=0.5), leads, acts, earlier, folder)
+    # The best-scored lead opted out: it is listed after every lead a rep may work.
+    best = scored["score"].idxmax()
+    scored.loc[best, "stage"] = "disqualified"
     write_snapshot(scored, leads, acts, meta, folder)
     latest, _ = latest_two(folder, CHAMPION_NAME)
     monkeypatch.setenv("LEADSCORE_SCORES_DIR", str(folder))
@@ -415,6 +418,19 @@ def test_digest_pages_through_every_lead_and_says_when_filters_match_none(champi
     last_page = -(-total // 3)
     assert f"page {last_page} of {last_page}" in client.get("/digest?page=99999").text
     assert "Leads 1-3" in client.get("/digest?page=abc").text
+    assert "best first, disqualified leads last" in first
+    best_id = scored.loc[best, "lead_id"]
+    assert pages.lead_href(best_id) not in first.split('id="leads"')[1].split("</table>")[0]
+    rank = int((latest.scores["stage"] != "disqualified").sum()) + 1  # first of the disqualified
+    ranks = re.findall(r"<td>(\d+)</td><td><a href=\"([^\"]+)\"", client.get(f"/digest?page={-(-rank // 3)}").text)
+    assert (str(rank), pages.lead_href(best_id)) in ranks
+    # Finding a lead by part of its name or company, in any case, or by its id.
+    named = latest.scores[latest.scores["company"].astype(str).str.len() > 3].iloc[0]
+    found = client.get("/digest", params={"q": f" {named['company'][1:-1].upper()} "}).text
+    assert pages.lead_href(named["lead_id"]) in found and f'value="{named["company"][1:-1].upper()}"' in found
+    assert f"of {total:,} matching" not in found and "Clear the filters" in found
+    by_id = client.get("/digest", params={"q": best_id}).text
+    assert "1 matching lead (" in by_id and pages.lead_href(best_id) in by_id
     rose = int((latest.scores["grade"] != "D").sum())
     assert f"{rose:,} rose a grade, 0 fell; the 2 biggest moves each way are shown" in first
     assert first.count('class="pos"') == 2
@@ -432,3 +448,12 @@ def test_digest_pages_through_every_lead_and_says_when_filters_match_none(champi
         answer = client.get(path)
         assert answer.status_code == 503 and "No model loaded yet" in answer.text and "/readyz" not in answer.text
     assert "No model is loaded in the service yet" in client.get("/digest").text
+
+
+def test_grade_shares_are_whole_percents_that_add_up_to_100():
+    from serving.pages import whole_percents
+
+    quarters = whole_percents([0.125, 0.125, 0.125, 0.625])  # rounded one by one: 13 + 13 + 13 + 63 = 102
+    assert sum(quarters) == 100 and all(p in (12, 13) for p in quarters[:3]) and quarters[3] in (62, 63)
+    assert sum(whole_percents([0.3334, 0.3333, 0.3333])) == 100
+    assert whole_percents([0.2, 0.8]) == [20, 80] and whole_percents([]) == [] and whole_percents([0.0]) == [0]
