@@ -582,6 +582,23 @@ def _refuse_without_leads(leads: pd.DataFrame, rows: int, directory: Path, quara
         raise DataError(f"{directory}: none of the {rows:,} lead rows can be used: {why}", quarantine)
 
 
+def export_folder(directory: str | Path) -> Path:
+    """The CRM export folder, or a DataError that says what the path is instead (a flat CSV
+    with one row per lead is the usual mistake, and trains another way)."""
+    directory = Path(directory)
+    if directory.is_dir():
+        return directory
+    wanted = f"a CRM export folder with {', '.join(TABLE_FILES.values())}"
+    if not directory.exists():
+        raise DataError(f"{directory}: no such folder; give {wanted}")
+    hint = (
+        f"; a flat CSV with one row per lead trains with `leadscore train --data {directory} --label COLUMN`"
+        if directory.suffix.lower() in {".csv", ".tsv", ".txt"}
+        else ""
+    )
+    raise DataError(f"{directory} is a file, not {wanted}{hint}")
+
+
 def load_crm(directory: str | Path, missing_tokens: Iterable[str] = ("",)) -> CrmData:
     """Load a CRM export directory holding leads.csv, activities.csv and outcomes.csv.
 
@@ -591,9 +608,7 @@ def load_crm(directory: str | Path, missing_tokens: Iterable[str] = ("",)) -> Cr
     Raises:
         DataError: a file is missing or unreadable, or lacks a required column.
     """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise DataError(f"{directory}: not a directory with {', '.join(TABLE_FILES.values())}")
+    directory = export_folder(directory)
     paths = {name: directory / file for name, file in TABLE_FILES.items()}
     quarantine = Quarantine()
     raw_leads = read_csv_table(paths["leads"], LEAD_REQUIRED, table="leads", quarantine=quarantine)

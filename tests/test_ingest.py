@@ -164,6 +164,12 @@ def test_missing_file_and_unreadable_file(tmp_path):
     (tmp_path / "leads.csv").mkdir()
     with pytest.raises(DataError, match=r"leads\.csv: a folder, not a file"):
         load_crm(tmp_path)
+    # A flat CSV (one row per lead) given for the export folder is told how it trains.
+    (tmp_path / "flat.csv").write_text("a,converted\n1,yes\n")
+    with pytest.raises(DataError, match=r"flat\.csv is a file, not a CRM export folder .* --data \S+flat\.csv --label"):
+        load_crm(tmp_path / "flat.csv")
+    with pytest.raises(DataError, match=r"nowhere: no such folder; give a CRM export folder"):
+        load_crm(tmp_path / "nowhere")
 
 
 def test_a_blank_lead_id_is_no_lead_and_its_rows_are_quarantined(tmp_path):

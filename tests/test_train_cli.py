@@ -253,6 +253,7 @@ def test_too_few_outcomes_refuses_to_train_and_says_how_many(tmp_path, params_fi
 
 
 def test_bad_paths_and_flags_are_clear_errors(tmp_path, store):
+    (tmp_path / "cwd").mkdir()
     missing = leadscore("train", "--data", str(tmp_path / "nope.csv"), store=store)
     assert missing.returncode == 2 and "no such file or folder" in missing.stderr
     flat = tmp_path / "x.csv"
@@ -303,6 +304,12 @@ def test_bad_paths_and_flags_are_clear_errors(tmp_path, store):
     assert "Traceback" not in unusable.stderr
     (kept,) = re.findall(r"quarantined rows, each with its reason: (\S+)", unusable.stderr)
     assert len(pd.read_csv(kept)) == 60  # the rows behind the refusal are named, one reason each
+    # An empty path (a script's unset variable) would mean the current folder: refused, nothing written.
+    for args in (["generate", "--out", ""], ["train", "--data", " "], ["score", "", "-o", "s.csv"]):
+        empty = subprocess.run([LEADSCORE, *args], capture_output=True, text=True, cwd=tmp_path / "cwd",
+                               env={**os.environ, "MLFLOW_TRACKING_URI": store, "COLUMNS": "200"})  # fmt: skip
+        assert empty.returncode == 2 and "is empty: give a folder or file name" in empty.stderr, args
+    assert not any((tmp_path / "cwd").iterdir())
 
 
 def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, params_file, store, monkeypatch):

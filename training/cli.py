@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from features.flat import FlatProfile, load_profile, make_profile
-from features.ingest import DataError
+from features.ingest import DataError, export_folder
 from features.params import PROJECT_ROOT, Params, ParamsError, load_params
 from features.synthetic import STEP_DAYS, generate_crm, write_crm
 from features.tracking import check_writable
@@ -30,6 +30,17 @@ from training.progress import PrintReporter
 # Charts of a command go to files: no window, whatever display the shell has (a notebook,
 # which does not import this module, keeps its own backend).
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def _given_path(text: str) -> Path:
+    """A path's value from the command line. An empty one (`--out "$DIR"` with DIR unset in a
+    script) would mean the current folder; it is refused instead."""
+    if not text.strip():
+        raise typer.BadParameter("is empty: give a folder or file name")
+    return Path(text)
+
+
+GIVEN_PATH: dict[str, Any] = {"parser": _given_path, "metavar": "<path>"}
 
 app = typer.Typer(
     help="Predictive lead scoring: generate data, train, register.",
@@ -147,7 +158,7 @@ MAX_GENERATED_LEADS = 2_000_000
 def generate(
     out: Annotated[
         Path,
-        typer.Option("--out", help="Folder to write leads.csv, activities.csv, outcomes.csv, truth.csv"),
+        typer.Option("--out", help="Folder to write leads.csv, activities.csv, outcomes.csv, truth.csv", **GIVEN_PATH),
     ],
     leads: Annotated[
         int, typer.Option("--leads", min=1, max=MAX_GENERATED_LEADS, help="How many leads to create")
@@ -304,13 +315,14 @@ def train(
         typer.Option(
             "--data",
             help="CRM export folder (leads/activities/outcomes CSV) or one flat CSV; default: the embedded dataset",
+            **GIVEN_PATH,
         ),
     ] = None,
     trials: Annotated[
         int | None, typer.Option("--trials", min=1, help="Optuna trials (default from params.yaml)")
     ] = None,
     metrics_out: Annotated[
-        Path | None, typer.Option("--metrics-out", help="Write the metrics as JSON to this file")
+        Path | None, typer.Option("--metrics-out", help="Write the metrics as JSON to this file", **GIVEN_PATH)
     ] = None,
     label: Annotated[str | None, typer.Option("--label", help="Flat CSV: the outcome column")] = None,
     positive: Annotated[
@@ -328,9 +340,11 @@ def train(
     ] = None,
     profile: Annotated[
         Path | None,
-        typer.Option("--profile", help="Flat CSV: a YAML file with the settings above (a flag given as well wins)"),
+        typer.Option(
+            "--profile", help="Flat CSV: a YAML file with the settings above (a flag given as well wins)", **GIVEN_PATH
+        ),
     ] = None,
-    params_file: Annotated[Path | None, typer.Option("--params", help="params.yaml to use")] = None,
+    params_file: Annotated[Path | None, typer.Option("--params", help="params.yaml to use", **GIVEN_PATH)] = None,
     timeout: Annotated[
         float | None,
         typer.Option("--timeout", min=1, help="Tuning time budget in seconds (default from params.yaml)"),
@@ -623,7 +637,9 @@ def _prepare_on_dask(
 
 @app.command()
 def openapi(
-    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the spec")] = Path("docs/openapi.json"),
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the spec", **GIVEN_PATH)] = Path(
+        "docs/openapi.json"
+    ),
 ) -> None:
     """Write the scoring API's OpenAPI spec (the same document GET /docs serves); the default
     path is relative to the current folder (the project's committed copy from its root)."""
@@ -678,9 +694,16 @@ def serve(
 
 @app.command()
 def score(
-    source: Annotated[Path, typer.Argument(help="Leads file (CSV or parquet) or a CRM export folder")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the scores (.csv or .parquet)")],
-    activities: Annotated[Path | None, typer.Option("--activities", help="Activities file of these leads")] = None,
+    source: Annotated[
+        Path,
+        typer.Argument(help="Leads file (CSV or parquet) or a CRM export folder", parser=_given_path, metavar="source"),
+    ],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Where to write the scores (.csv or .parquet)", **GIVEN_PATH)
+    ],
+    activities: Annotated[
+        Path | None, typer.Option("--activities", help="Activities file of these leads", **GIVEN_PATH)
+    ] = None,
     as_of: Annotated[str | None, typer.Option("--as-of", help="Score as of this moment (default: now, UTC)")] = None,
     model_name: Annotated[str | None, typer.Option("--model-name", help=MODEL_NAME_HELP)] = None,
     model_version: Annotated[
@@ -966,9 +989,13 @@ def recalibrate(
     if_drifted: Annotated[
         bool, typer.Option("--if-drifted", help="Only recalibrate when drift passes the thresholds in params.yaml")
     ] = False,
-    data: Annotated[Path | None, typer.Option("--data", help="CRM export folder (default: the embedded data)")] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="CRM export folder (default: the embedded data)", **GIVEN_PATH)
+    ] = None,
     model_name: Annotated[str | None, typer.Option("--model-name", help=MODEL_NAME_HELP)] = None,
-    report_dir: Annotated[Path | None, typer.Option("--report-dir", help="Where to write the report")] = None,
+    report_dir: Annotated[
+        Path | None, typer.Option("--report-dir", help="Where to write the report", **GIVEN_PATH)
+    ] = None,
 ) -> None:
     """Retrain on the trailing window, recompute thresholds and grade bands, compare with the
     champion on the newest quarter, measure drift, promote only through the gates, report.
@@ -989,8 +1016,8 @@ def recalibrate(
         # The arguments first (seconds), then the store and folders.
         params = load_params()
         moment = past_moment(as_of) if as_of else None
-        if data is not None and not data.is_dir():
-            failed(f"--data {data}: no such folder (a CRM export folder: leads, activities, outcomes)")
+        if data is not None:
+            export_folder(data)  # a missing folder or a flat CSV is named before the store is read
         _check_model_folders(reads_models=True, fail=failed)
         if report_dir is not None:
             check_writable(report_dir, what="the report")
@@ -1066,9 +1093,9 @@ def rollback(
 @app.command()
 def report(
     leads_file: Annotated[
-        Path, typer.Option("--leads", help="Lead ids: a text file (one per line) or a CSV with lead_id")
+        Path, typer.Option("--leads", help="Lead ids: a text file (one per line) or a CSV with lead_id", **GIVEN_PATH)
     ],
-    out: Annotated[Path, typer.Option("-o", "--out", help="Folder for the HTML pages")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Folder for the HTML pages", **GIVEN_PATH)],
     model_name: Annotated[str | None, typer.Option("--model-name", help=MODEL_NAME_HELP)] = None,
 ) -> None:
     """Write the pages (digest, one page per lead, model) as static HTML for a list of leads,

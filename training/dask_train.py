@@ -37,6 +37,7 @@ from features.ingest import (
     clean_outcomes,
     drop_unknown_outcomes,
     export_date_order,
+    export_folder,
     hash_files,
     leads_as_of,
     note_column_names,
@@ -155,9 +156,7 @@ def prepare_crm_on_dask(
     from distributed import as_completed
 
     started = time.perf_counter()
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise DataError(f"{directory}: not a directory with {', '.join(TABLE_FILES.values())}")
+    directory = export_folder(directory)
     paths = {name: directory / file for name, file in TABLE_FILES.items()}
     quarantine = Quarantine()
     raw_leads = read_csv_table(paths["leads"], LEAD_REQUIRED, table="leads", quarantine=quarantine)
