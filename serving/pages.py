@@ -128,18 +128,52 @@ def lead_view(model: LoadedModel, lead: pd.DataFrame, activities: pd.DataFrame, 
     rest = float(points[order[WATERFALL_STEPS:]].sum())
     if len(order) > WATERFALL_STEPS:
         steps.append(("Other factors", rest))
-    row = lead.iloc[0].to_dict()
-    timeline, later = _timeline(activities, as_of)
     if model.kind == "flat":
         to_sql = "This model scores flat exports, which carry no activities to act on."
     else:
         to_sql = path_to_sql(model, lead, activities, as_of).message
     return {
+        **_lead_basics(lead, activities, as_of, f"{model.name} v{model.version}"),
+        **_scored_fields(scored),
+        "to_sql": to_sql,
+        "waterfall": waterfall(base_score, steps, float(100 * scored["probability"])),
+        "base_score": base_score,
+        # A CRM model's label is "converted within the horizon"; a flat export's is its label column.
+        "horizon_days": model.feature_params.horizon_days if model.kind == "crm" else None,
+        "left_out": [f"{row.table} row {row.row}: {row.reason}" for row in problems.itertuples()],
+    }
+
+
+def kept_lead_view(snapshot: Snapshot, lead: pd.DataFrame, activities: pd.DataFrame) -> dict:
+    """The lead page from the kept scoring alone, for when the service has no model loaded
+    (the registry unreachable, say): score, stage and reasons as the batch run gave them. The
+    waterfall and the way to SQL need the model and are left out, and the page says so."""
+    lead_id = str(lead.iloc[0]["lead_id"]).strip()
+    scored = snapshot.scores[snapshot.scores["lead_id"].astype(str) == lead_id].iloc[0]
+    model = f"{snapshot.meta.get('model_name')} v{snapshot.meta.get('model_version')}"
+    basics = _lead_basics(lead, activities, snapshot.as_of, model)
+    return {**basics, **_scored_fields(scored), "kept_only": True, "horizon_days": None, "left_out": []}
+
+
+def _lead_basics(lead: pd.DataFrame, activities: pd.DataFrame, as_of: pd.Timestamp, model: str) -> dict:
+    """Who the lead is and what it did: the parts of its page that need no model."""
+    row = lead.iloc[0].to_dict()
+    timeline, later = _timeline(activities, as_of)
+    return {
         "lead_id": str(row["lead_id"]).strip(),
         "display_name": _display_name(row),
         "owner": str(row.get("owner") or "").strip(),
         "as_of": as_of.strftime("%Y-%m-%d %H:%M"),
-        "model": f"{model.name} v{model.version}",
+        "model": model,
+        "age": scoring_age(as_of),
+        "timeline": timeline,
+        "later_activities": later,
+    }
+
+
+def _scored_fields(scored: pd.Series) -> dict:
+    """A scored row (the service's or a kept batch scoring's) as the lead page shows it."""
+    return {
         "probability": float(scored["probability"]),
         "score": float(scored["score"]),
         "grade": scored["grade"],
@@ -150,16 +184,7 @@ def lead_view(model: LoadedModel, lead: pd.DataFrame, activities: pd.DataFrame, 
         # alone; next to the stage on the page that would say it twice.
         "stage_reason": scored["stage_reason"].removeprefix(f"{scored['stage']}: "),
         "next_action": scored["next_action"],
-        "reasons": scored["reasons"],
-        "to_sql": to_sql,
-        "waterfall": waterfall(base_score, steps, float(100 * scored["probability"])),
-        "base_score": base_score,
-        # A CRM model's label is "converted within the horizon"; a flat export's is its label column.
-        "horizon_days": model.feature_params.horizon_days if model.kind == "crm" else None,
-        "age": scoring_age(as_of),
-        "timeline": timeline,
-        "later_activities": later,
-        "left_out": [f"{row.table} row {row.row}: {row.reason}" for row in problems.itertuples()],
+        "reasons": list(scored["reasons"]),
     }
 
 
@@ -525,11 +550,14 @@ def pick(lead: str = "") -> HTMLResponse:
 
 @app.get("/leads/{lead_id:path}", response_class=HTMLResponse, include_in_schema=False)
 def lead_page(lead_id: str):
-    model = _model_or_page()
-    if isinstance(model, HTMLResponse):
-        return model
     latest, _ = _kept_scorings()
     found = latest.lead(lead_id.strip()) if latest else None
+    model = _model_or_page()
+    if isinstance(model, HTMLResponse):
+        if found is None:
+            return model
+        view = kept_lead_view(latest, *found)
+        return _page("lead.html", title=view["display_name"], lead=view)
     if found is None:
         return _pick_page(404, title="Lead not found", error=f"Lead {lead_id!r} is not in the latest kept scoring.")
     rows, acts = found

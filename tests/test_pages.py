@@ -8,6 +8,7 @@ pages are also saved there as PNG (`make screenshots` writes docs/img/).
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -448,6 +449,12 @@ def test_digest_pages_through_every_lead_and_says_when_filters_match_none(champi
         answer = client.get(path)
         assert answer.status_code == 503 and "No model loaded yet" in answer.text and "/readyz" not in answer.text
     assert "No model is loaded in the service yet" in client.get("/digest").text
+    # A lead of the kept scoring still opens, as that scoring gave it; the model's parts say they wait.
+    kept = client.get(pages.lead_href(best_id).removeprefix("/ui"))
+    row = latest.scores.set_index("lead_id").loc[best_id]
+    assert kept.status_code == 200 and 'id="kept-only"' in kept.text and "From a typical lead" not in kept.text
+    assert f'id="score">{row["score"]:.1f}<' in kept.text and '<strong id="stage">disqualified</strong>' in kept.text
+    assert all(html.escape(r["text"]) in kept.text for r in row["reasons"]) and len(row["reasons"]) > 0
 
 
 def test_grade_shares_are_whole_percents_that_add_up_to_100():
