@@ -380,6 +380,16 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
                       "--no-snapshot", store=store)  # fmt: skip
     assert by_id.returncode == 0, by_id.stdout + by_id.stderr
     assert pd.read_csv(scored_file)["lead_id"].tolist() == frame["Lead ID"].head(40).tolist()
+    # In a CRM export folder with year-old activities, which a flat model does not read: no
+    # advice that the export is stale.
+    folder = tmp_path / "crm_like"
+    folder.mkdir()
+    frame.drop(columns=["Converted"]).head(40).to_csv(folder / "leads.csv", index=False)
+    (folder / "activities.csv").write_text("lead_id,activity_type,occurred_at\nx,email_open,2024-01-02\n")
+    in_folder = leadscore("score", str(folder), "-o", str(scored_file), "--model-name", "flat-model",
+                          "--no-snapshot", store=store)  # fmt: skip
+    assert in_folder.returncode == 0 and len(pd.read_csv(scored_file)) == 40, in_folder.stdout + in_folder.stderr
+    assert "newest activity in this export" not in in_folder.stdout + in_folder.stderr
     # The training file itself, in the ';' dialect the model was trained with, scores too.
     same_dialect = leadscore("score", str(path), "-o", str(scored_file), "--model-name", "flat-model",
                              "--no-snapshot", store=store)  # fmt: skip

@@ -788,7 +788,8 @@ def score(
             _fail(f"{model.name} is a flat model: it reads one row per lead, no --activities")
         leads, acts, closed = read_leads(source, activities, flat_schema=flat_schema)
         future = _warn_if_future(moment)
-        stale = stale_export_note(acts, moment) if as_of is None else None
+        # A flat model reads no activities, so their age says nothing about its scores.
+        stale = stale_export_note(acts, moment) if as_of is None and flat_schema is None else None
         # As of now, activities after it are not warned about: the stale-export note speaks of old ones.
         unengaged = no_activity_note(model.scorer, leads, acts, moment if as_of else None)
         for note in (unengaged, stale):
