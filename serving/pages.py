@@ -562,6 +562,12 @@ def lead_page(lead_id: str):
         return _pick_page(404, title="Lead not found", error=f"Lead {lead_id!r} is not in the latest kept scoring.")
     rows, acts = found
     view = lead_view(model, rows, acts, latest.as_of)
+    kept_by = str(latest.meta.get("model_version"))
+    if kept_by != str(model.version):
+        # A champion promoted since the scoring (a recalibration, a rollback) scores this page,
+        # while the digest still shows the kept numbers: say why the two differ.
+        kept = kept_lead_view(latest, rows, acts)
+        view["kept_differs"] = {"model": kept["model"], "score": kept["score"], "grade": kept["grade"]}
     return _page("lead.html", title=view["display_name"], lead=view)
 
 

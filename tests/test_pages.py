@@ -444,13 +444,21 @@ def test_digest_pages_through_every_lead_and_says_when_filters_match_none(champi
     # The id box works without script; spaces around a pasted id are dropped.
     opened = client.get("/leads", params={"lead": " L 1/2 "}, follow_redirects=False)
     assert opened.status_code == 303 and opened.headers["location"] == "/ui/leads/L%201%2F2"
+    # The lead page scores with the live model; when the scoring was another version's, it says so.
+    page_of_best = pages.lead_href(best_id).removeprefix("/ui")
+    assert 'id="kept-differs"' not in client.get(page_of_best).text
+    write_snapshot(scored, leads, acts, {**meta, "model_version": "0"}, folder)
+    older = client.get(page_of_best).text
+    kept_score = float(scored.loc[best, "score"])
+    assert f"by {CHAMPION_NAME} v0 gave it ({kept_score:.1f}, grade {scored.loc[best, 'grade']})" in older
+    assert f"now {CHAMPION_NAME} v{champion.version}, which this page uses" in older
     monkeypatch.setattr(pages, "_current_model", lambda: None)
     for path in ("/model", "/leads/x"):
         answer = client.get(path)
         assert answer.status_code == 503 and "No model loaded yet" in answer.text and "/readyz" not in answer.text
     assert "No model is loaded in the service yet" in client.get("/digest").text
     # A lead of the kept scoring still opens, as that scoring gave it; the model's parts say they wait.
-    kept = client.get(pages.lead_href(best_id).removeprefix("/ui"))
+    kept = client.get(page_of_best)
     row = latest.scores.set_index("lead_id").loc[best_id]
     assert kept.status_code == 200 and 'id="kept-only"' in kept.text and "From a typical lead" not in kept.text
     assert f'id="score">{row["score"]:.1f}<' in kept.text and '<strong id="stage">disqualified</strong>' in kept.text
