@@ -100,6 +100,8 @@ class DirectScorer:
         spec = model.scorer.spec
         settings = spec.settings
         self.enabled = spec.kind == "crm"
+        if not self.enabled:  # a flat model's leads take the general path; it has no CRM settings
+            return
         self.tokens = frozenset(t.casefold() for t in settings.get("missing_tokens", ("",)))
         self.vocabulary = [
             ("uses_" + re.sub(r"\W+", "_", tech).strip("_"), tech) for tech in settings.get("tech_vocabulary", [])

@@ -198,7 +198,10 @@ class LeadScoring:
                 if version == live:
                     return {"live_version": live, "changed": False}
                 model = load_champion(self.model_name, version=version)
-                direct = DirectScorer(model)
+                try:
+                    direct = DirectScorer(model)
+                except Exception as exc:  # a bundle this code cannot serve must not stop the service
+                    raise ModelNotReady(f"version {version} cannot be served: {type(exc).__name__}: {exc}") from exc
             except ModelNotReady as exc:
                 if self.live is None:
                     self.not_ready = str(exc)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import mlflow
 import pandas as pd
 import pytest
@@ -310,6 +311,9 @@ def test_bad_paths_and_flags_are_clear_errors(tmp_path, store):
                                env={**os.environ, "MLFLOW_TRACKING_URI": store, "COLUMNS": "200"})  # fmt: skip
         assert empty.returncode == 2 and "is empty: give a folder or file name" in empty.stderr, args
     assert not any((tmp_path / "cwd").iterdir())
+    # A default path is taken as given: `openapi` alone writes docs/openapi.json where it runs.
+    spec = subprocess.run([LEADSCORE, "openapi"], capture_output=True, text=True, cwd=tmp_path / "cwd")
+    assert spec.returncode == 0 and (tmp_path / "cwd" / "docs" / "openapi.json").is_file(), spec.stderr
 
 
 def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, params_file, store, monkeypatch):
@@ -354,6 +358,19 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
     features, context, _ = prepare_flat_rows(model, frame.drop(columns=["Converted"]).head(5).astype(str))
     scored = score_features(model, features, context, pd.Series([pd.Timestamp("2026-01-01")] * 5))
     assert scored["probability"].between(0, 1).all() and len(scored) == 5
+    # The service serves it too, with the same numbers (a CRM model's settings are not looked for).
+    from tests.test_service import _start, _stop
+
+    process, url, log = _start(store, None, log_dir=tmp_path, env_extra={"LEADSCORE_MODEL_NAME": "flat-model"})
+    try:
+        rows = frame.drop(columns=["Converted"]).head(5).astype(str).to_dict("records")
+        body = {"leads": [{"lead_id": r.pop("Lead ID"), "fields": r} for r in rows]}
+        served = httpx.post(f"{url}/score", json=body, timeout=60)
+        assert served.status_code == 200, served.text + log.read_text()[-2000:]
+        assert [round(r["probability"], 6) for r in served.json()] == scored["probability"].round(6).tolist()
+        assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
+    finally:
+        _stop(process)
 
     # Another table under the same name must not become its champion: whatever calls the
     # service still sends the first table's columns.

@@ -32,10 +32,11 @@ from training.progress import PrintReporter
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
-def _given_path(text: str) -> Path:
-    """A path's value from the command line. An empty one (`--out "$DIR"` with DIR unset in a
-    script) would mean the current folder; it is refused instead."""
-    if not text.strip():
+def _given_path(text: str | Path) -> Path:
+    """A path's value from the command line (or an option's default, already a Path). An empty
+    one (`--out "$DIR"` with DIR unset in a script) would mean the current folder; it is
+    refused instead."""
+    if isinstance(text, str) and not text.strip():
         raise typer.BadParameter("is empty: give a folder or file name")
     return Path(text)
 
