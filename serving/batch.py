@@ -171,7 +171,7 @@ def read_leads(
             closed_ids = set(outcomes.loc[status.isin(["converted", "lost"]), "lead_id"].astype(str).str.strip())
             is_closed = leads["lead_id"].astype(str).str.strip().isin(closed_ids)
             closed = int(is_closed.sum())
-            leads = leads[~is_closed.to_numpy()].reset_index(drop=True)
+            leads = leads[~is_closed.to_numpy()]  # the index keeps each lead's row in the file
     else:
         leads = _contract_table(read_table(source, sep), "leads", as_contract)
         acts_path = activities
@@ -244,6 +244,13 @@ def _flat_rows(model: LoadedModel, chunk: pd.DataFrame) -> tuple[np.ndarray, pd.
     return np.flatnonzero(~bad), issue
 
 
+def _rows_in_file(table: pd.DataFrame) -> np.ndarray:
+    """Each row's 0-based data row in its file: the integer index a reader kept, else its position."""
+    if pd.api.types.is_integer_dtype(table.index) and table.index.is_unique:
+        return table.index.to_numpy()
+    return np.arange(len(table))
+
+
 def score_batch(
     model: LoadedModel,
     leads: pd.DataFrame,
@@ -255,7 +262,9 @@ def score_batch(
     """Score every usable lead, in chunks; unusable rows come back as a quarantine.
 
     Rows that share a lead id are always scored in the same chunk (duplicates are caught
-    however far apart they are in the file); the output keeps the file's order.
+    however far apart they are in the file); the output keeps the file's order. The
+    quarantine numbers rows as the files do (1-based data rows), from the frames' integer
+    index: `read_leads` keeps it when it leaves the closed leads out.
     """
     if model.kind == "flat":
         expected = list(model_schema(model)["columns"])
@@ -267,6 +276,7 @@ def score_batch(
                 f"export with {shown}; is this the right file, or the right model (--model-name)?"
             )
     parts, problems = [], []
+    lead_rows_in_file, act_rows_in_file = _rows_in_file(leads), _rows_in_file(activities)
     cleaned, notes = _clean_flat_file(leads, model) if model.kind == "flat" else (None, [])
     groups = activities.groupby("lead_id").indices if len(activities) else {}
     key = leads["lead_id"].astype(str).str.strip() if len(leads) else pd.Series(dtype=str)
@@ -286,7 +296,8 @@ def score_batch(
             features, context, _ = prepare_flat_rows(model, chunk.iloc[positions], cleaned.iloc[file_rows[positions]])
         else:
             rows = [groups[i] for i in chunk["lead_id"].str.strip() if i in groups]
-            acts = activities.iloc[np.concatenate(rows)] if rows else activities.iloc[:0]
+            act_positions = np.concatenate(rows) if rows else np.array([], dtype=int)
+            acts = activities.iloc[act_positions]
             features, context, positions, issue = prepare_crm_leads(model, chunk, acts, moments, strict=False)
         scored = score_features(model, features, context, moments.iloc[positions])
         scored.insert(0, "lead_id", chunk["lead_id"].to_numpy()[positions])
@@ -294,8 +305,11 @@ def score_batch(
         scored["_file_row"] = file_rows[positions]
         parts.append(scored[[*OUTPUT_COLUMNS, "_file_row"]])
         if not issue.empty:
-            leads_rows = issue["table"] == "leads"
-            issue.loc[leads_rows, "row"] = file_rows[issue.loc[leads_rows, "row"].astype(int).to_numpy()] + 1
+            issue = issue.astype({"row": int})
+            of_leads, of_acts = issue["table"] == "leads", issue["table"] == "activities"
+            issue.loc[of_leads, "row"] = lead_rows_in_file[file_rows[issue.loc[of_leads, "row"]]] + 1
+            if model.kind == "crm":
+                issue.loc[of_acts, "row"] = act_rows_in_file[act_positions[issue.loc[of_acts, "row"]]] + 1
             problems.append(issue)
         if on_progress:
             on_progress(len(chunk))

@@ -91,3 +91,30 @@ def test_an_export_folder_scores_only_its_open_leads_whatever_the_status_spellin
     (tmp_path / "activities.csv").write_text("")
     with pytest.raises(DataError, match=r"activities\.csv: an empty file, not even a header row"):
         read_leads(tmp_path, None)
+
+
+def test_quarantined_rows_are_numbered_as_in_the_export_files(champion, small_crm_dir, tmp_path, monkeypatch):
+    """A CRM folder's closed leads are not scored, yet its quarantine names rows of the files."""
+    import shutil
+
+    import serving.batch as batch
+
+    for name in ("leads.csv", "activities.csv", "outcomes.csv"):
+        shutil.copy(small_crm_dir / name, tmp_path / name)
+    leads_file = pd.read_csv(tmp_path / "leads.csv", dtype=str, keep_default_na=False)
+    acts_file = pd.read_csv(tmp_path / "activities.csv", dtype=str, keep_default_na=False)
+    opened, _, closed = batch.read_leads(tmp_path, None)
+    assert closed > 0  # rows before the copy are left out: positions among open leads would be wrong
+    copy = leads_file[leads_file["lead_id"] == opened["lead_id"].iloc[-1]]
+    files = {"leads": pd.concat([leads_file, copy], ignore_index=True)}
+    undated = acts_file[acts_file["lead_id"] == opened["lead_id"].iloc[0]].head(1).assign(occurred_at="31/31/2025")
+    files["activities"] = pd.concat([acts_file, undated], ignore_index=True)
+    for table, frame in files.items():
+        frame.to_csv(tmp_path / f"{table}.csv", index=False)
+    leads, acts, _ = batch.read_leads(tmp_path, None)
+    monkeypatch.setattr(batch, "CHUNK_LEADS", 50)
+    quarantine = batch.score_batch(champion, leads, acts, pd.Timestamp("2025-12-20")).quarantine
+    rows = {table: group["row"].astype(int).tolist() for table, group in quarantine.groupby("table")}
+    assert len(files["leads"]) in rows["leads"] and len(files["activities"]) in rows["activities"]  # the two added
+    for row in quarantine.itertuples():  # each row named is that lead's row in its file (1-based, header excluded)
+        assert files[row.table]["lead_id"].iloc[int(row.row) - 1].strip() == row.lead_id, row
