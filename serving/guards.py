@@ -253,13 +253,9 @@ def error_body(status: int, method: str, path: str, headers: dict[bytes, bytes],
     media = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
     if method == "HEAD":
         return None  # no body to rewrite
-    if media == b"text/plain" and status in (404, 405):
-        if status == 404:
-            message = f"no route {method} {path}: the API is described at /docs.json"
-        else:
-            allowed = headers.get(b"allow", b"").decode("latin-1") or "another method"
-            message = f"{method} is not allowed on {path}: use {allowed}"
-        return json.dumps({"error": message}).encode()
+    routing = {404: "Not Found", 405: "Method Not Allowed"}
+    if media == b"text/plain" and status in routing:
+        return _routing_error(status, method, path, headers)
     if media != b"application/json":
         return None
     try:
@@ -269,6 +265,8 @@ def error_body(status: int, method: str, path: str, headers: dict[bytes, bytes],
     if not isinstance(answer, dict) or "detail" not in answer:
         return None
     detail = answer["detail"]
+    if "error" not in answer and detail == routing.get(status):  # the same, from a mounted FastAPI app
+        return _routing_error(status, method, path, headers)
     if isinstance(detail, list) and detail and all(isinstance(p, dict) and "loc" in p for p in detail):
         # Not the input either: FastAPI echoes it, and a lead's values are personal data.
         detail = [{k: v for k, v in problem.items() if k not in ("url", "input")} for problem in detail]
@@ -277,6 +275,15 @@ def error_body(status: int, method: str, path: str, headers: dict[bytes, bytes],
         error = detail if isinstance(detail, str) else "invalid request"
         return json.dumps({"error": error, "detail": detail}).encode()
     return None
+
+
+def _routing_error(status: int, method: str, path: str, headers: dict[bytes, bytes]) -> bytes:
+    if status == 404:
+        message = f"no route {method} {path}: the API is described at /docs.json"
+    else:
+        allowed = headers.get(b"allow", b"").decode("latin-1") or "another method"
+        message = f"{method} is not allowed on {path}: use {allowed}"
+    return json.dumps({"error": message}).encode()
 
 
 class ErrorBodies:

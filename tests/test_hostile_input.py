@@ -242,3 +242,8 @@ def test_error_bodies_rewrites_only_the_frameworks_errors():
     assert json.loads(call(app_answering(404, b"text/plain", [b"Not Found"]), "GET")[2]) == {
         "error": "no route GET /score: the API is described at /docs.json"
     }
+    # A mounted FastAPI app (/model, /reload, /ui) answers the same in JSON: named the same way.
+    mounted = app_answering(405, b"application/json", [b'{"detail": "Method Not Allowed"}'])
+    assert json.loads(call(mounted, "PUT")[2]) == {"error": "PUT is not allowed on /score: use another method"}
+    ours = json.dumps({"error": "no lead 'x'", "detail": "Not Found"}).encode()
+    assert call(app_answering(404, b"application/json", [ours]), "GET")[2] == ours
