@@ -296,6 +296,10 @@ def test_bad_paths_and_flags_are_clear_errors(tmp_path, store):
     (tmp_path / "a_file").write_text("")
     bad_out = leadscore("train", "--metrics-out", str(tmp_path / "a_file" / "m.json"), store=store)
     assert bad_out.returncode == 2 and "a_file is a file, not a folder" in bad_out.stderr
+    # A folder that cannot be made (even as root: /proc takes no new folder) is found before the run too.
+    in_proc = leadscore("train", "--metrics-out", "/proc/leadscore-nowhere/m.json", store=store)
+    assert in_proc.returncode == 2 and "cannot write the metrics in /proc/leadscore-nowhere" in in_proc.stderr
+    assert "Loading" not in in_proc.stdout
     assert "Loading" not in bad_out.stdout
     same_id = tmp_path / "same_id.csv"
     same_id.write_text("Month,Revenue\n" + "May,1\nMay,0\n" * 30)

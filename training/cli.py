@@ -508,7 +508,12 @@ def _check_output_file(path: Path, *, what: str) -> None:
         _fail(f"cannot write {what} to {path}: {folder} is a file, not a folder")
     if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         _fail(f"cannot write {what} to {path}: permission denied")
-    if folder == path.parent:  # try the write itself: some folders (/proc, a full disk) pass access()
+    if folder != path.parent:  # make the missing folders (and remove them again), as the writer will
+        try:
+            check_writable(path.parent, what=what, probe_bytes=1, keep_folders=False)
+        except OSError as exc:
+            _fail(_os_error_text(exc))
+    else:  # try the write itself: some folders (/proc, a full disk) pass access()
         existed = path.exists()
         try:
             with path.open("a"):
