@@ -930,7 +930,8 @@ def _score_on_dask(
         activities = activities or source / TABLE_FILES["activities"]
         source = source / TABLE_FILES["leads"]
     if activities is None:
-        _fail("--engine dask needs the activities too: --activities FILE (CSV or parquet)")
+        _fail("--engine dask scores CRM leads with their activities: add --activities FILE (CSV or parquet); "
+              "a flat model's file scores with --engine local (the default)")  # fmt: skip
     if output.suffix.lower() in (".csv", ".parquet", ".pq"):
         _fail(f"--engine dask writes a folder of parquet files; give a folder, not {output}")
     try:
