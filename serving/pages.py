@@ -229,9 +229,8 @@ def digest_view(
             chosen = chosen[chosen[column].astype(str) == filters[column]]
     if filters.get("q", "").strip():
         chosen = chosen[_matches(chosen, filters["q"])]
-    # Leads a rep may not work (opted out, a competitor, off profile) go last, whatever they score.
     closed = chosen["stage"].astype(str).eq("disqualified")
-    chosen = chosen.assign(_closed=closed).sort_values(["_closed", "score"], ascending=[True, False], kind="stable")
+    chosen = _ranked(chosen)
     pages = max(1, -(-len(chosen) // DIGEST_ROWS))
     page = min(max(page, 1), pages)
     first = (page - 1) * DIGEST_ROWS
@@ -301,6 +300,13 @@ def digest_view(
         "fell": fell.head(CHANGES_SHOWN).to_dict(orient="records"),
         "changes_shown": CHANGES_SHOWN,
     }
+
+
+def _ranked(scores: pd.DataFrame) -> pd.DataFrame:
+    """Best first, except leads a rep may not work (opted out, a competitor, off profile): last,
+    whatever they score."""
+    closed = scores["stage"].astype(str).eq("disqualified")
+    return scores.assign(_closed=closed).sort_values(["_closed", "score"], ascending=[True, False], kind="stable")
 
 
 def _matches(scores: pd.DataFrame, text: str) -> pd.Series:
@@ -481,9 +487,9 @@ def _model_or_page() -> LoadedModel | HTMLResponse:
 
 
 def _pick_page(status: int = 200, **context: Any) -> HTMLResponse:
-    """The page to open or paste a lead, with the best 500 ids of the latest scoring to pick from."""
+    """The page to open or paste a lead, with the 500 first ids of the digest's order to pick from."""
     latest, _ = _kept_scorings()
-    ids = latest.scores.sort_values("score", ascending=False)["lead_id"].head(500).tolist() if latest else []
+    ids = _ranked(latest.scores)["lead_id"].head(500).tolist() if latest else []
     return _page("pick.html", status, lead_ids=ids, **{"title": "Open a lead", **context})
 
 
