@@ -63,7 +63,7 @@ def browser():
 def scores_dir(champion, small_crm_dir, tmp_path_factory) -> Path:
     """A kept scoring of the small CRM's open leads, one of them with HTML in its name."""
     leads, acts, _ = read_leads(small_crm_dir, None)
-    leads.loc[0, ["first_name", "company"]] = [HOSTILE_NAME, HOSTILE_COMPANY]
+    leads.loc[leads.index[0], ["first_name", "company"]] = [HOSTILE_NAME, HOSTILE_COMPANY]  # index: rows in the file
     result = score_batch(champion, leads, acts, AS_OF)
     folder = tmp_path_factory.mktemp("scores")
     meta = {"as_of": AS_OF.isoformat(), "model_name": champion.name, "model_version": champion.version}
