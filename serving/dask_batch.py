@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from distributed import WorkerPlugin
 
@@ -35,6 +36,8 @@ QUARANTINE_COLUMNS = ["table", "row", "lead_id", "reason"]
 KIND = "_kind"
 MARKER = "activity "  # KIND of a partition's marker row: MARKER + its `activity_state` ("after": first in `reason`)
 NUMBERS = {"probability": float, "score": float, "fit": float, "engagement": float}
+ROW_KEY = "_row_key"  # (input partition << PART_SHIFT) + place in it: a row's way back to its file row
+PART_SHIFT = 32
 _MODELS: dict[tuple[str, str, str], LoadedModel] = {}  # one loaded model per worker process
 
 
@@ -190,8 +193,9 @@ def _score_partition(
     if key not in _MODELS:
         os.environ["MLFLOW_TRACKING_URI"] = uri
         _MODELS[key] = load_champion(model_name, version=version)
-    leads = leads.drop(columns="_bucket").reset_index(drop=True)
-    activities = activities.drop(columns="_bucket").reset_index(drop=True)
+    # Each row's key as its index: `score_batch` numbers quarantined rows by it (key + 1).
+    leads = leads.drop(columns="_bucket").set_index(ROW_KEY).rename_axis(None)
+    activities = activities.drop(columns="_bucket").set_index(ROW_KEY).rename_axis(None)
     result = score_batch(_MODELS[key], leads, activities, as_of)
     scored = result.scored.assign(**{KIND: "scored"})
     quarantine = result.quarantine.astype({"row": str}).assign(**{KIND: "quarantine"})
@@ -202,6 +206,33 @@ def _score_partition(
     frames = [scored, quarantine, pd.DataFrame(marker)]
     frame = pd.concat(frames, ignore_index=True).reindex(columns=_columns())
     return frame.astype(object).where(frame.notna(), "").astype(str)
+
+
+def _key_rows(frame: pd.DataFrame, partition_info: dict | None = None) -> pd.DataFrame:
+    """Give each row a key of its partition of the file(s) and its place there, which the
+    shuffle by lead keeps: the quarantine turns it back into the row's place in the file."""
+    part = partition_info["number"] if partition_info else 0
+    return frame.assign(**{ROW_KEY: (part << PART_SHIFT) + np.arange(len(frame), dtype=np.int64)})
+
+
+def _file_rows(quarantine: pd.DataFrame, offsets: dict[str, list[int]]) -> pd.DataFrame:
+    """Quarantine rows numbered as in the files (1-based data rows), from the row keys."""
+    keys = pd.to_numeric(quarantine["row"], errors="coerce") - 1
+    known = keys.notna() & quarantine["table"].isin(list(offsets))
+    if not known.any():
+        return quarantine
+    key = keys[known].astype(np.int64).to_numpy()
+    starts = [
+        offsets[table][part] for table, part in zip(quarantine.loc[known, "table"], key >> PART_SHIFT, strict=True)
+    ]
+    rows = np.asarray(starts, dtype=np.int64) + (key & ((1 << PART_SHIFT) - 1)) + 1
+    return quarantine.assign(row=quarantine["row"].mask(known, pd.Series(rows.astype(str), index=keys.index[known])))
+
+
+def _partition_starts(frame) -> list[int]:
+    """Rows before each partition of a table read as a dask dataframe (one pass over it)."""
+    lengths = frame.map_partitions(len).compute()
+    return np.concatenate([[0], np.cumsum(np.asarray(lengths, dtype=np.int64))]).tolist()
 
 
 def _columns() -> list[str]:
@@ -221,6 +252,7 @@ def score_on_dask(
     as_of_given: bool = True,
     top: int = 0,
     on_progress: Callable[[int, int], None] | None = None,
+    blocksize: str = "64MB",
 ) -> DaskRun:
     """Score every lead of the inputs on the cluster and write `output/scores/` and
     `output/quarantine/` as partitioned parquet (one file per partition: a task that is run
@@ -228,16 +260,21 @@ def score_on_dask(
 
     `as_of_given`: False when `as_of` is just now, so no lead is warned about for activities
     after it. `top` best leads come back in `best` (the `--top` table); `on_progress` is called
-    with (partitions scored, partitions)."""
+    with (partitions scored, partitions); `blocksize` is the size of a CSV's partitions as read."""
     import dask.dataframe as dd
     from distributed import as_completed, futures_of
 
     prepare_workers(client)
-    leads = _contract_frame(read_frame(leads_path), "leads", leads_path)
-    activities = _contract_frame(read_frame(activities_path), "activities", activities_path)
+    leads = _contract_frame(read_frame(leads_path, blocksize=blocksize), "leads", leads_path)
+    activities = _contract_frame(read_frame(activities_path, blocksize=blocksize), "activities", activities_path)
+    raw = {"leads": leads, "activities": activities}
     buckets = partitions or max(leads.npartitions, 2 * len(client.scheduler_info()["workers"]))
-    leads = leads.map_partitions(bucket_by_lead, buckets).shuffle(on="_bucket", npartitions=buckets)
-    activities = activities.map_partitions(bucket_by_lead, buckets).shuffle(on="_bucket", npartitions=buckets)
+    leads, activities = (
+        frame.map_partitions(_key_rows)
+        .map_partitions(bucket_by_lead, buckets)
+        .shuffle(on="_bucket", npartitions=buckets)
+        for frame in raw.values()
+    )
     meta = pd.DataFrame({c: pd.Series(dtype=str) for c in _columns()})
     results = dd.map_partitions(
         _score_partition, leads, activities, meta=meta, align_dataframes=False,
@@ -247,11 +284,14 @@ def score_on_dask(
     for done, _ in enumerate(as_completed(futures), start=1):
         if on_progress:
             on_progress(done, len(futures))
+    counts = results[KIND].value_counts().compute()
     scored = results[results[KIND] == "scored"][OUTPUT_COLUMNS].astype(NUMBERS)
     quarantine = results[results[KIND] == "quarantine"][QUARANTINE_COLUMNS]
+    if counts.get("quarantine", 0):  # a second pass over the files, only when a row needs its number
+        offsets = {table: _partition_starts(frame) for table, frame in raw.items()}
+        quarantine = quarantine.map_partitions(_file_rows, offsets, meta=quarantine._meta)
     scored.to_parquet(output / "scores", write_index=False, overwrite=True)
     quarantine.to_parquet(output / "quarantine", write_index=False, overwrite=True)
-    counts = results[KIND].value_counts().compute()
     state = next((s for s in ACTIVITY_STATES if counts.get(MARKER + s, 0)), "empty")
     notes: tuple[str, ...] = ()
     if state in ("none", "undated"):

@@ -148,11 +148,18 @@ def kept_lead_view(snapshot: Snapshot, lead: pd.DataFrame, activities: pd.DataFr
     """The lead page from the kept scoring alone, for when the service has no model loaded
     (the registry unreachable, say): score, stage and reasons as the batch run gave them. The
     waterfall and the way to SQL need the model and are left out, and the page says so."""
-    lead_id = str(lead.iloc[0]["lead_id"]).strip()
-    scored = snapshot.scores[snapshot.scores["lead_id"].astype(str) == lead_id].iloc[0]
-    model = f"{snapshot.meta.get('model_name')} v{snapshot.meta.get('model_version')}"
-    basics = _lead_basics(lead, activities, snapshot.as_of, model)
-    return {**basics, **_scored_fields(scored), "kept_only": True, "horizon_days": None, "left_out": []}
+    basics = _lead_basics(lead, activities, snapshot.as_of, _kept_model(snapshot))
+    scored = _kept_fields(snapshot, basics["lead_id"])
+    return {**basics, **scored, "kept_only": True, "horizon_days": None, "left_out": []}
+
+
+def _kept_model(snapshot: Snapshot) -> str:
+    return f"{snapshot.meta.get('model_name')} v{snapshot.meta.get('model_version')}"
+
+
+def _kept_fields(snapshot: Snapshot, lead_id: str) -> dict:
+    """A lead's score, grade, stage and reasons as the kept scoring gave them."""
+    return _scored_fields(snapshot.scores[snapshot.scores["lead_id"].astype(str) == lead_id].iloc[0])
 
 
 def _lead_basics(lead: pd.DataFrame, activities: pd.DataFrame, as_of: pd.Timestamp, model: str) -> dict:
@@ -229,8 +236,8 @@ def digest_view(
             chosen = chosen[chosen[column].astype(str) == filters[column]]
     if filters.get("q", "").strip():
         chosen = chosen[_matches(chosen, filters["q"])]
-    closed = chosen["stage"].astype(str).eq("disqualified")
     chosen = _ranked(chosen)
+    closed = chosen["_closed"]
     pages = max(1, -(-len(chosen) // DIGEST_ROWS))
     page = min(max(page, 1), pages)
     first = (page - 1) * DIGEST_ROWS
@@ -572,8 +579,8 @@ def lead_page(lead_id: str):
     if kept_by != str(model.version):
         # A champion promoted since the scoring (a recalibration, a rollback) scores this page,
         # while the digest still shows the kept numbers: say why the two differ.
-        kept = kept_lead_view(latest, rows, acts)
-        view["kept_differs"] = {"model": kept["model"], "score": kept["score"], "grade": kept["grade"]}
+        kept = _kept_fields(latest, view["lead_id"])
+        view["kept_differs"] = {"model": _kept_model(latest), "score": kept["score"], "grade": kept["grade"]}
     return _page("lead.html", title=view["display_name"], lead=view)
 
 
