@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 
 import nbformat
+import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from nbclient import NotebookClient
@@ -106,3 +108,35 @@ def test_explain_notebook(small_crm_dir, champion_store, tmp_path, kernel_env):
     text = "".join(str(o) for c in book.cells for o in c.get("outputs", []))
     assert "To SQL" in text and "<svg" in text
     assert _images(book) >= 2  # the SHAP summary and the score histogram
+
+
+@pytest.mark.slow
+def test_flat_csv_notebook_flags_a_leaking_column_trains_and_explains(tmp_path, kernel_env):
+    """A form export of the shape `Leads.csv` has (trailing comma, 'Select' for blank, a note a rep
+    writes after the outcome): every column read, the note flagged, a model registered under
+    its own name and held-out leads explained."""
+    rng = np.random.default_rng(5)
+    n = 900
+    minutes = rng.gamma(2.0, 300.0, n).round()
+    source = rng.choice(["Google", "Referral", "Olark Chat", "Select"], n, p=[0.4, 0.25, 0.2, 0.15])
+    odds = -1.5 + minutes / 500 + (source == "Referral") * 1.2
+    converted = (rng.random(n) < 1 / (1 + np.exp(-odds))).astype(int)
+    note = np.where(converted == 1, "Closed by rep", rng.choice(["No answer", "Not interested"], n))
+    columns = {"Prospect ID": [f"p-{i:04d}" for i in range(n)], "Lead Source": source}
+    columns.update({"Total Time Spent on Website": minutes, "Sales Note": note, "Converted": converted, "": ""})
+    frame = pd.DataFrame(columns)
+    data = tmp_path / "form_export.csv"
+    frame.to_csv(data, index=False)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    kernel_env.setenv("MLFLOW_TRACKING_URI", store)
+    kernel_env.setenv("LEADSCORE_MODELS_DIR", str(tmp_path / "models"))
+    parameters = {"data_file": str(data), "id_column": "Prospect ID", "drop": [], "trials": 3, "timeout_seconds": 60}
+    book = run_notebook("04-flat-csv.ipynb", parameters, tmp_path)
+    text = "".join(str(o) for c in book.cells for o in c.get("outputs", []))
+    assert "900 leads" in text and "column Unnamed: 5 (no header) not used: empty" in text
+    assert "flagged as leaking the label (AUC alone above 0.85): ['Sales Note']" in text
+    assert "LightGBM defaults" in text and "serve it: LEADSCORE_MODEL_NAME=lead-scorer-flat-converted" in text
+    (registered,) = MlflowClient(store).search_model_versions("name='lead-scorer-flat-converted'")
+    assert f"lead-scorer-flat-converted v{registered.version}: test ECE" in text
+    assert text.count("<h3>p-") == 3 and "Total Time Spent on Website" in text  # three leads and their reasons
+    assert _images(book) >= 1  # the SHAP summary
