@@ -722,7 +722,7 @@ def score(
         typer.Option(
             "--snapshot/--no-snapshot",
             help="Keep this scoring for the pages (under LEADSCORE_SCORES_DIR, default models/scores); by default "
-            "kept unless scored with another --model-version than the champion or with --engine dask, given no "
+            "kept unless scored with a --model-version (other than champion) or with --engine dask, given no "
             "activity of the leads (before --as-of), with an --as-of in the future, when no lead was scored, or the "
             "folder cannot be written",
             show_default=False,
