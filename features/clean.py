@@ -88,6 +88,7 @@ def parse_number(values: pd.Series) -> tuple[pd.Series, pd.Series]:
         parsed[suffixed] = parts[0].astype(float) * parts[1].str.lower().map(_SUFFIX)
     out = pd.Series(np.nan, index=values.index, dtype="float64")
     out[present] = parsed.astype("float64")
+    out[np.isinf(out)] = np.nan  # "inf", "1e400": no amount a model can split on or a CRM holds
     failed = present & out.isna()
     return out, failed
 

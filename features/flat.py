@@ -22,7 +22,7 @@ from features.clean import (
     parse_number,
     parse_timestamps,
 )
-from features.ingest import DataError, Quarantine, after_today, hash_files, read_text_csv
+from features.ingest import DataError, Quarantine, after_today, hash_files, number_rows, read_text_csv
 from features.params import FlatParams
 from features.spec import FeatureGroup
 
@@ -209,6 +209,8 @@ def identifier_leak(values: pd.Series, label: pd.Series, threshold: float) -> st
 
 
 def _label(values: pd.Series, column: str, positive: str | None) -> pd.Series:
+    # "Yes" and "yes" are one class, as a category's spellings are one level.
+    values = values.map(lambda value: value.casefold() if isinstance(value, str) else value)
     present = values.dropna()
     classes = sorted(present.unique().tolist(), key=str)
     if positive is not None:
@@ -315,14 +317,17 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
         raise DataError(f"{path.name}: no column(s) {', '.join(unknown)}; columns are {', '.join(raw.columns)}")
     if raw.empty:
         raise DataError(f"{path.name}: a header and no data rows")
-    raw.insert(0, "_row", np.arange(1, len(raw) + 1))
+    number_rows(raw, path)
 
     label_text = blank_to_missing(raw[profile.label], params.missing_tokens)
     try:
         label = _label(label_text, profile.label, profile.positive)
     except DataError as exc:
         raise DataError(f"{path.name}: {exc}") from exc
-    raw["lead_id"] = blank_to_missing(raw[profile.id], ()) if profile.id else raw["_row"].astype(str)
+    if "lead_id" in raw.columns and profile.id != "lead_id":
+        named_by = f"the id column {profile.id!r}" if profile.id else "their row numbers (no --id)"
+        quarantine.note(f"column lead_id not used: rows are named by {named_by}; give --id lead_id to name them by it")
+    raw["lead_id"] = blank_to_missing(raw[profile.id], ("",)) if profile.id else raw["_row"].astype(str)
     quarantine.add("flat", raw, label.isna(), f"label {profile.label!r} missing")
     keep = label.notna()
     if profile.id:

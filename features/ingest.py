@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
-from collections.abc import Iterable
+import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -273,14 +276,15 @@ def read_text_csv(path: Path, *, sep: str = ",") -> tuple[pd.DataFrame, str]:
     try:
         try:
             encoding = "utf-8-sig"  # the common case, read by pandas' C parser straight from the file
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep, encoding=encoding)
+            frame = _parse(lambda: path, sep, path, encoding=encoding)
         except UnicodeDecodeError:
             text, encoding = _decode(path.read_bytes())
-            frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, sep=sep)
+            frame = _parse(lambda: io.StringIO(text), sep, path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
         why = " ".join(str(exc).split())  # pandas ends its messages with a newline
         hint = "; if fields are separated by ';' or a tab, say so (--sep ';' or --sep tab)" if sep == "," else ""
         raise DataError(f"{path}: cannot read as CSV with separator {sep!r} ({why}){hint}") from exc
+    _check_names(path, _header_names(path, sep))
     frame.columns = [str(c).strip() for c in frame.columns]
     for column in frame.columns:
         lengths = frame[column].str.len()
@@ -290,7 +294,72 @@ def read_text_csv(path: Path, *, sep: str = ",") -> tuple[pd.DataFrame, str]:
                 f"{path}: row {row + 1}, column {column!r} holds {int(lengths.iloc[row]):,} characters "
                 f"(at most {MAX_CELL_CHARS:,}); a broken quote or a pasted document?"
             )
+    _check_swallowed_rows(frame, sep, path)
     return frame, encoding
+
+
+def number_rows(frame: pd.DataFrame, path: Path) -> None:
+    """Give each row its 1-based data row in the file, as `_row` (which names it in the quarantine)."""
+    if "_row" in frame.columns:
+        raise DataError(f"{path.name}: a column is named '_row', the name rows are numbered by here: rename it")
+    frame.insert(0, "_row", np.arange(1, len(frame) + 1))
+
+
+def _parse(source: Callable[[], Any], sep: str, path: Path, **options: Any) -> pd.DataFrame:
+    """Every cell as text. Rows that end with a separator the header lacks (one more field on
+    every row) are read as their header says when those fields are blank; pandas would
+    otherwise take the first column for an index and shift every column by one."""
+    frame = pd.read_csv(source(), dtype=str, keep_default_na=False, sep=sep, **options)
+    if isinstance(frame.index, pd.RangeIndex):
+        return frame
+    extra = frame.index.nlevels
+    trailing = frame.iloc[:, len(frame.columns) - extra :]
+    if trailing.apply(lambda cells: cells.str.strip().ne("")).any().any():
+        raise DataError(
+            f"{path}: its rows have {extra} more field(s) than its header has names ({len(frame.columns)}): "
+            "name every column in the header"
+        )
+    with warnings.catch_warnings():  # "loss of data": only the blank fields checked above
+        warnings.simplefilter("ignore", pd.errors.ParserWarning)
+        return pd.read_csv(source(), dtype=str, keep_default_na=False, sep=sep, index_col=False, **options)
+
+
+def _header_names(path: Path, sep: str) -> list[str]:
+    with path.open("rb") as handle:
+        line = handle.readline(MAX_HEADER_BYTES).decode("utf-8", errors="replace").removeprefix("\ufeff")
+    return next(csv.reader([line.rstrip("\r\n")], delimiter=sep), [])
+
+
+def _check_names(path: Path, names: list[str]) -> None:
+    """Two header names that are the same (spaces around them aside) would be read as one
+    column by some steps and as two by others: refused, named, before anything is read."""
+    seen: dict[str, int] = {}
+    for number, name in enumerate(names, start=1):
+        key = name.strip()
+        if key and key in seen:
+            raise DataError(
+                f"{path}: columns {seen[key]} and {number} of the header are both named {key!r} "
+                "(spaces around a name do not count): rename or remove one"
+            )
+        seen.setdefault(key, number)
+
+
+def _check_swallowed_rows(frame: pd.DataFrame, sep: str, path: Path, cells_checked: int = 1000) -> None:
+    """A quote opened in a cell and closed only rows later turns those rows into the cell's
+    text: a cell whose lines look like whole rows of the file (as many separators) is refused,
+    named by row and column, rather than read with the rows it swallowed lost."""
+    if len(frame.columns) < 3:
+        return  # a line with one or two separators is ordinary text
+    for column in frame.columns:
+        broken = frame[column].str.contains("\n", regex=False).to_numpy()
+        for row in np.flatnonzero(broken)[:cells_checked]:
+            lines = frame[column].iloc[row].split("\n")
+            if any(line.count(sep) >= len(frame.columns) - 1 for line in lines[1:]):
+                raise DataError(
+                    f"{path}: row {row + 1}, column {column!r}: a quoted cell runs over {len(lines)} lines that "
+                    f'look like rows of the file: a quote (") opened in that row and closed only later? The rows '
+                    "inside it would be lost; fix or remove that quote"
+                )
 
 
 def read_csv_table(
@@ -326,7 +395,7 @@ def read_csv_table(
         found = ", ".join(frame.columns[:20])
         found = found if len(found) <= 400 else found[:400] + " ..."
         raise DataError(f"{path.name}: missing required column(s) {', '.join(missing)}; found {found}")
-    frame.insert(0, "_row", np.arange(1, len(frame) + 1))
+    number_rows(frame, path)
     return frame
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from features.clean import blank_to_missing, parse_timestamps
 from features.flat import clean_flat_columns, model_column_name
-from features.ingest import STATUS_SYNONYMS, DataError, header_separator
+from features.ingest import STATUS_SYNONYMS, DataError, header_separator, read_text_csv
 from features.schema import TABLE_FILES, contract_names
 from serving.scoring import LoadedModel, prepare_crm_leads, prepare_flat_rows, score_features
 
@@ -42,7 +42,10 @@ def read_table(path: Path, sep: str = ",") -> pd.DataFrame:
         if path.suffix.lower() in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
             return frame.astype(object).where(frame.notna(), "").astype(str)
-        return pd.read_csv(path, dtype=str, keep_default_na=False, sep=header_separator(path, sep))
+        # Training's reader: the same encodings, header spaces and checks, so a file that trains scores.
+        return read_text_csv(path, sep=header_separator(path, sep))[0]
+    except DataError:
+        raise
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise DataError(f"{path}: cannot read ({' '.join(str(exc).split())})") from exc
 
@@ -183,12 +186,14 @@ def read_leads(
             raise DataError(f"{acts_path}: no lead_id column; columns are {', '.join(acts.columns[:20])}")
     else:
         acts = pd.DataFrame(columns=["lead_id", "occurred_at", "activity_type", "value"])
-    if "lead_id" not in leads and flat_schema is not None:
+    if flat_schema is not None:
+        # Rows are named as in training: by the id column, or by row number; a data column that
+        # happens to be called lead_id does not name them (training did not read it either).
         id_column = flat_schema.get("id")
         if id_column in leads:
             leads = leads.assign(lead_id=leads[id_column])
-        elif not id_column:
-            leads = leads.assign(lead_id=[str(i) for i in range(1, len(leads) + 1)])
+        elif not id_column and (not source.is_dir() or "lead_id" not in leads):
+            leads = leads.assign(lead_id=(leads.index + 1).astype(str))
     if "lead_id" not in leads:
         trained = (
             f" (the model was trained with --id {flat_schema['id']!r})"

@@ -118,3 +118,46 @@ def test_quarantined_rows_are_numbered_as_in_the_export_files(champion, small_cr
     assert len(files["leads"]) in rows["leads"] and len(files["activities"]) in rows["activities"]  # the two added
     for row in quarantine.itertuples():  # each row named is that lead's row in its file (1-based, header excluded)
         assert files[row.table]["lead_id"].iloc[int(row.row) - 1].strip() == row.lead_id, row
+
+
+def test_score_lists_rows_not_scored_next_to_the_scores_or_says_why_it_cannot(champion_store, small_crm_dir, tmp_path):
+    """The list of rows not scored is the run's own: a folder in its way is an error naming it
+    (not a traceback), an earlier run's list is removed, and a file of unusable rows says why."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    leads = pd.read_csv(small_crm_dir / "leads.csv", dtype=str, keep_default_na=False).head(5)
+    good, unnamed = tmp_path / "good.csv", tmp_path / "unnamed.csv"
+    leads.to_csv(good, index=False)
+    leads.assign(lead_id="").to_csv(unnamed, index=False)
+    env = {**os.environ, "COLUMNS": "300", "MLFLOW_TRACKING_URI": champion_store}
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def score(source: Path) -> subprocess.CompletedProcess:
+        command = [str(Path(sys.executable).parent / "leadscore"), "score", str(source), "-o", str(out / "s.csv"),
+                   "--model-name", "svc-model", "--as-of", "2025-12-20", "--no-snapshot"]  # fmt: skip
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+    (out / "s.quarantine.csv").mkdir()
+    blocked = score(unnamed)
+    assert blocked.returncode == 2 and "Traceback" not in blocked.stdout + blocked.stderr
+    assert "but the rows not scored could not be listed in" in blocked.stderr and (out / "s.csv").is_file()
+    (out / "s.quarantine.csv").rmdir()
+    nothing = score(unnamed)
+    assert nothing.returncode == 2
+    assert "every one of the 5 leads given was set aside: missing lead_id (5)" in nothing.stderr
+    assert len(pd.read_csv(out / "s.quarantine.csv")) == 5
+    clean = score(good)
+    assert clean.returncode == 0 and "removed" in clean.stdout and not (out / "s.quarantine.csv").exists()
+
+
+def test_a_flat_models_rows_are_named_as_in_training_not_by_a_data_column_called_lead_id(tmp_path):
+    path = tmp_path / "form.csv"
+    path.write_text("pid,lead_id,visits\np1,a,1\np2,a,2\n")
+    leads, _, _ = read_leads(path, None, flat_schema={"id": "pid", "sep": ","})
+    assert leads["lead_id"].tolist() == ["p1", "p2"]
+    numbered, _, _ = read_leads(path, None, flat_schema={"id": None, "sep": ","})
+    assert numbered["lead_id"].tolist() == ["1", "2"]

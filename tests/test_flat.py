@@ -226,3 +226,23 @@ def test_a_time_column_splits_on_past_dates_only(tmp_path, params):
     assert len(data.features) == len(data.times) == 58
     with pytest.raises(DataError, match=r"time column 'source': only 0% of its values read as dates \(values such as"):
         load_flat(path, FlatProfile(label="y", id="id", time="source"), params.flat)
+
+
+def test_ids_labels_and_numbers_read_as_a_person_means_them(tmp_path, params):
+    """A blank id is a missing id; a data column called lead_id does not name rows; 'YES' and
+    'yes' are one label; 'inf' is no number; a column named `_row` is refused by name."""
+    path = tmp_path / "form.csv"
+    lines = ["pid,lead_id,visits,y"]
+    lines += [f"p{i},x,{'inf' if i == 3 else i % 9},{['yes', 'YES', 'no', 'No'][i % 4]}" for i in range(120)]
+    lines += [",x,1,yes", " ,x,2,no"]
+    path.write_text("\n".join(lines) + "\n")
+    data = load_flat(path, FlatProfile(label="y", id="pid"), params.flat)
+    assert data.quarantine.frame()[["row", "reason"]].values.tolist() == [[121, "id 'pid' missing"],
+                                                                          [122, "id 'pid' missing"]]  # fmt: skip
+    assert data.label.mean() == 0.5 and data.ids.iloc[0] == "p0"
+    assert any("column lead_id not used: rows are named by the id column 'pid'" in n for n in data.quarantine.notes)
+    assert "lead_id" not in data.features and np.isnan(data.features["visits"].iloc[3])
+    assert "visits: 1 value(s) not numeric read as missing" in data.quarantine.notes
+    path.write_text("_row,visits,y\n1,2,yes\n")
+    with pytest.raises(DataError, match=r"form\.csv: a column is named '_row'.*rename it"):
+        load_flat(path, FlatProfile(label="y"), params.flat)

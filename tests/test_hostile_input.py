@@ -247,3 +247,44 @@ def test_error_bodies_rewrites_only_the_frameworks_errors():
     assert json.loads(call(mounted, "PUT")[2]) == {"error": "PUT is not allowed on /score: use another method"}
     ours = json.dumps({"error": "no lead 'x'", "detail": "Not Found"}).encode()
     assert call(app_answering(404, b"application/json", [ours]), "GET")[2] == ours
+
+
+def test_rows_that_end_with_a_separator_the_header_lacks_are_read_as_the_header_says(tmp_path):
+    """pandas takes such a file's first column for an index and shifts every column by one."""
+    path = tmp_path / "trailing.csv"
+    path.write_text("id,visits,label\nA1,3,1,\nA2,5,0,\n")
+    frame, _ = read_text_csv(path)
+    assert frame.to_dict("list") == {"id": ["A1", "A2"], "visits": ["3", "5"], "label": ["1", "0"]}
+    path.write_text("id,visits,label\nA1,3,1,x\nA2,5,0,y\n")  # fields with values: a header name is missing
+    with pytest.raises(DataError, match=r"trailing\.csv: its rows have 1 more field\(s\) than its header"):
+        read_text_csv(path)
+
+
+def test_a_quote_that_swallows_rows_is_named_by_row_and_column(tmp_path):
+    rows = [f"L{i},web,{i},{i % 2}" for i in range(20)]
+    rows[4] = 'L4,"web,4,0'  # opened, closed by a quote far below: the rows between become one cell
+    rows[15] = 'L15,web",15,1'
+    path = tmp_path / "quote.csv"
+    path.write_text("id,source,visits,label\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"quote\.csv: row 5, column 'source': a quoted cell runs over 12 lines"):
+        read_text_csv(path)
+    # A note written over several lines, with commas in it, is an ordinary cell.
+    path.write_text('id,note,visits,label\nL1,"called, no answer\nretry, Monday",3,1\nL2,ok,1,0\n')
+    assert read_text_csv(path)[0]["note"].tolist() == ["called, no answer\nretry, Monday", "ok"]
+
+
+@pytest.mark.parametrize("header", ["id,City,visits,City,label", "id,City,visits,City ,label"])
+def test_two_columns_of_one_name_are_named_not_merged(tmp_path, header):
+    path = tmp_path / "twice.csv"
+    path.write_text(header + "\n1,Paris,3,Lyon,1\n")
+    with pytest.raises(DataError, match=r"twice\.csv: columns 2 and 4 of the header are both named 'City'"):
+        read_text_csv(path)
+
+
+def test_scoring_reads_files_as_training_does(tmp_path):
+    """Legacy encodings and spaces around header names: a file that trains also scores."""
+    from serving.batch import read_table
+
+    path = tmp_path / "legacy.csv"
+    path.write_bytes(" lead_id , city \nL1,S\xe3o Paulo\nL2,Lyon\n".encode("latin-1"))
+    assert read_table(path).to_dict("list") == {"lead_id": ["L1", "L2"], "city": ["São Paulo", "Lyon"]}

@@ -845,26 +845,37 @@ def score(
                  else f"shown by a service started with LEADSCORE_MODEL_NAME={model.name}, and by "
                  f"`leadscore report --model-name {model.name}`")  # fmt: skip
         console.print(f"Kept for the pages ({shown}): {kept}")
+    quarantine_path = output.with_name(output.stem + ".quarantine.csv")
+    if result.quarantine.empty and quarantine_path.is_file():
+        # An earlier run's list next to these scores would name rows this input may not have.
+        quarantine_path.unlink(missing_ok=True)
+        console.print(f"[dim]removed {quarantine_path} of an earlier run: no row was set aside this time[/dim]")
     if not result.quarantine.empty:
-        quarantine_path = output.with_name(output.stem + ".quarantine.csv")
-        write_table(result.quarantine, quarantine_path)
+        try:
+            write_table(result.quarantine, quarantine_path)
+        except OSError as exc:
+            _fail(f"the scores are in {output}, but the rows not scored could not be listed in {quarantine_path}: "
+                  f"{exc.strerror or exc}")  # fmt: skip
         # Lead rows and activity rows are counted apart: only the former are leads left unscored.
         by_table = ", ".join(f"{n:,} {table}" for table, n in result.quarantine["table"].value_counts().items())
         console.print(
             f"[yellow]{len(result.quarantine):,} row(s) not scored ({by_table}); reasons in {quarantine_path}[/yellow]"
         )
     if result.scored.empty:
-        _fail(f"no lead was scored: {_nothing_scored(len(leads), len(result.quarantine), closed)}")
+        _fail(f"no lead was scored: {_nothing_scored(len(leads), result.quarantine, closed)}")
     counts = result.scored["stage"].value_counts()
     console.print("stages: " + ", ".join(f"{stage} {n:,}" for stage, n in counts.items()))
     if top:
         _print_top(result.scored, top)
 
 
-def _nothing_scored(open_leads: int, quarantined: int, closed: int) -> str:
-    """Why a scoring came out empty, in the words of its counts."""
+def _nothing_scored(open_leads: int, quarantine: Any, closed: int) -> str:
+    """Why a scoring came out empty, in the words of its counts (the commonest reasons named)."""
+    quarantined = len(quarantine)
     if open_leads:
-        return f"every one of the {_leads(open_leads)} given was set aside (reasons above)"
+        reasons = quarantine["reason"].value_counts().head(3).items() if quarantined else []
+        said = "; ".join(f"{reason} ({n:,})" for reason, n in reasons)
+        return f"every one of the {_leads(open_leads)} given was set aside" + (f": {said}" if said else "")
     if closed:
         return f"all {_leads(closed)} of the export are converted or lost"
     return f"the input holds no lead ({quarantined:,} row(s) set aside)" if quarantined else "the input holds no lead"
