@@ -256,6 +256,12 @@ def infer_column(values: pd.Series, params: FlatParams) -> tuple[str, str]:
     levels = present.str.casefold().nunique()
     if levels > params.max_category_levels or levels > params.max_category_share * len(values):
         return "excluded", f"free text or an identifier ({levels} distinct values)"
+    if failed.mean() <= 0.5:  # mostly numbers: say why it is not read as one
+        examples = ", ".join(map(repr, present[failed.to_numpy()].unique()[:3]))
+        return "categorical", (
+            f"{1 - failed.mean():.0%} of its values are numbers, the others not (such as {examples}); "
+            "give it the numeric type in a profile (`types:`) to read those as missing instead"
+        )
     return "categorical", ""
 
 
@@ -396,6 +402,8 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
             excluded[column] = why
         else:
             columns[column] = kind
+            if why:
+                quarantine.note(f"column {column} read as {kind}: {why}")
     for column, why in excluded.items():
         shown = column if not column.startswith("Unnamed:") else f"{column} (no header)"
         quarantine.note(f"column {shown} not used: {why}")

@@ -232,9 +232,11 @@ def test_ids_labels_and_numbers_read_as_a_person_means_them(tmp_path, params):
     """A blank id is a missing id; a data column called lead_id does not name rows; 'YES' and
     'yes' are one label; 'inf' is no number; a column named `_row` is refused by name."""
     path = tmp_path / "form.csv"
-    lines = ["pid,lead_id,visits,y"]
-    lines += [f"p{i},x,{'inf' if i == 3 else i % 9},{['yes', 'YES', 'no', 'No'][i % 4]}" for i in range(120)]
-    lines += [",x,1,yes", " ,x,2,no"]
+    lines = ["pid,lead_id,visits,pages,y"]
+    labels = ["yes", "YES", "no", "No"]
+    for i in range(120):
+        lines.append(f"p{i},x,{'inf' if i == 3 else i % 9},{'many' if i % 10 == 0 else i % 7},{labels[i % 4]}")
+    lines += [",x,1,2,yes", " ,x,2,3,no"]
     path.write_text("\n".join(lines) + "\n")
     data = load_flat(path, FlatProfile(label="y", id="pid"), params.flat)
     assert data.quarantine.frame()[["row", "reason"]].values.tolist() == [[121, "id 'pid' missing"],
@@ -243,6 +245,9 @@ def test_ids_labels_and_numbers_read_as_a_person_means_them(tmp_path, params):
     assert any("column lead_id not used: rows are named by the id column 'pid'" in n for n in data.quarantine.notes)
     assert "lead_id" not in data.features and np.isnan(data.features["visits"].iloc[3])
     assert "visits: 1 value(s) not numeric read as missing" in data.quarantine.notes
+    # A column of mostly numbers read as categories is said, with the values that made it so.
+    assert any(n.startswith("column pages read as categorical: 90% of its values are numbers, the others not "
+                            "(such as 'many')") for n in data.quarantine.notes)  # fmt: skip
     path.write_text("_row,visits,y\n1,2,yes\n")
     with pytest.raises(DataError, match=r"form\.csv: a column is named '_row'.*rename it"):
         load_flat(path, FlatProfile(label="y"), params.flat)
