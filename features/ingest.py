@@ -252,6 +252,8 @@ def _check_header(path: Path, sep: str) -> None:
     columns = header.count(sep.encode()) + 1
     if columns > MAX_COLUMNS:
         raise DataError(f"{path}: {columns:,} columns in the header; at most {MAX_COLUMNS:,} are read")
+    line = header.decode("utf-8", errors="replace").removeprefix("\ufeff").rstrip("\r\n")
+    _check_names(path, next(csv.reader([line], delimiter=sep), []))
 
 
 def read_text_csv(path: Path, *, sep: str = ",") -> tuple[pd.DataFrame, str]:
@@ -284,7 +286,6 @@ def read_text_csv(path: Path, *, sep: str = ",") -> tuple[pd.DataFrame, str]:
         why = " ".join(str(exc).split())  # pandas ends its messages with a newline
         hint = "; if fields are separated by ';' or a tab, say so (--sep ';' or --sep tab)" if sep == "," else ""
         raise DataError(f"{path}: cannot read as CSV with separator {sep!r} ({why}){hint}") from exc
-    _check_names(path, _header_names(path, sep))
     frame.columns = [str(c).strip() for c in frame.columns]
     for column in frame.columns:
         lengths = frame[column].str.len()
@@ -322,12 +323,6 @@ def _parse(source: Callable[[], Any], sep: str, path: Path, **options: Any) -> p
     with warnings.catch_warnings():  # "loss of data": only the blank fields checked above
         warnings.simplefilter("ignore", pd.errors.ParserWarning)
         return pd.read_csv(source(), dtype=str, keep_default_na=False, sep=sep, index_col=False, **options)
-
-
-def _header_names(path: Path, sep: str) -> list[str]:
-    with path.open("rb") as handle:
-        line = handle.readline(MAX_HEADER_BYTES).decode("utf-8", errors="replace").removeprefix("\ufeff")
-    return next(csv.reader([line.rstrip("\r\n")], delimiter=sep), [])
 
 
 def _check_names(path: Path, names: list[str]) -> None:
