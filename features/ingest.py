@@ -233,7 +233,9 @@ def header_separator(path: Path, preferred: str = ",") -> str:
     return preferred
 
 
-def _check_header(path: Path, sep: str) -> None:
+def check_header(path: Path, sep: str) -> list[str]:
+    """The header's names, once the header line is known to be a text CSV's with names that
+    differ (else a DataError naming the file)."""
     with path.open("rb") as handle:
         header = handle.readline(MAX_HEADER_BYTES + 1)
     if not header:
@@ -253,7 +255,9 @@ def _check_header(path: Path, sep: str) -> None:
     if columns > MAX_COLUMNS:
         raise DataError(f"{path}: {columns:,} columns in the header; at most {MAX_COLUMNS:,} are read")
     line = header.decode("utf-8", errors="replace").removeprefix("\ufeff").rstrip("\r\n")
-    _check_names(path, next(csv.reader([line], delimiter=sep), []))
+    names = next(csv.reader([line], delimiter=sep), [])
+    _check_names(path, names)
+    return names
 
 
 def read_text_csv(path: Path, *, sep: str = ",") -> tuple[pd.DataFrame, str]:
@@ -272,7 +276,7 @@ def read_text_csv(path: Path, *, sep: str = ",") -> tuple[pd.DataFrame, str]:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        _check_header(path, sep)
+        check_header(path, sep)
     except OSError as exc:
         raise DataError(f"{path}: cannot open ({exc.strerror or exc})") from exc
     try:
@@ -295,7 +299,7 @@ def read_text_csv(path: Path, *, sep: str = ",") -> tuple[pd.DataFrame, str]:
                 f"{path}: row {row + 1}, column {column!r} holds {int(lengths.iloc[row]):,} characters "
                 f"(at most {MAX_CELL_CHARS:,}); a broken quote or a pasted document?"
             )
-    _check_swallowed_rows(frame, sep, path)
+    check_swallowed_rows(frame, sep, path)
     return frame, encoding
 
 
@@ -311,8 +315,19 @@ def _parse(source: Callable[[], Any], sep: str, path: Path, **options: Any) -> p
     every row) are read as their header says when those fields are blank; pandas would
     otherwise take the first column for an index and shift every column by one."""
     frame = pd.read_csv(source(), dtype=str, keep_default_na=False, sep=sep, **options)
-    if isinstance(frame.index, pd.RangeIndex):
+    if not extra_fields(frame, path):
         return frame
+    with warnings.catch_warnings():  # "loss of data": only the blank fields checked above
+        warnings.simplefilter("ignore", pd.errors.ParserWarning)
+        return pd.read_csv(source(), dtype=str, keep_default_na=False, sep=sep, index_col=False, **options)
+
+
+def extra_fields(frame: pd.DataFrame, path: Path) -> int:
+    """How many fields the rows of `frame` (as pandas read it) have beyond its header's names:
+    pandas takes them for an index. Blank ones are a trailing separator; ones with values
+    are a DataError (a header name is missing)."""
+    if isinstance(frame.index, pd.RangeIndex):
+        return 0
     extra = frame.index.nlevels
     trailing = frame.iloc[:, len(frame.columns) - extra :]
     if trailing.apply(lambda cells: cells.str.strip().ne("")).any().any():
@@ -320,9 +335,7 @@ def _parse(source: Callable[[], Any], sep: str, path: Path, **options: Any) -> p
             f"{path}: its rows have {extra} more field(s) than its header has names ({len(frame.columns)}): "
             "name every column in the header"
         )
-    with warnings.catch_warnings():  # "loss of data": only the blank fields checked above
-        warnings.simplefilter("ignore", pd.errors.ParserWarning)
-        return pd.read_csv(source(), dtype=str, keep_default_na=False, sep=sep, index_col=False, **options)
+    return extra
 
 
 def _check_names(path: Path, names: list[str]) -> None:
@@ -339,22 +352,65 @@ def _check_names(path: Path, names: list[str]) -> None:
         seen.setdefault(key, number)
 
 
-def _check_swallowed_rows(frame: pd.DataFrame, sep: str, path: Path, cells_checked: int = 1000) -> None:
+def check_swallowed_rows(
+    frame: pd.DataFrame,
+    sep: str,
+    path: Path,
+    cells_checked: int = 1000,
+    name_row: Callable[[int], str] | None = None,
+) -> None:
     """A quote opened in a cell and closed only rows later turns those rows into the cell's
-    text: a cell whose lines look like whole rows of the file (as many separators) is refused,
-    named by row and column, rather than read with the rows it swallowed lost."""
+    text: a cell whose later lines look like rows of the file is refused, named by row and
+    column (`name_row` of its 0-based place, by default "row N"), rather than read with the
+    rows it swallowed lost.
+
+    A later line looks like a row when it holds as many separators as a row, or, for the last
+    line (where a quote in the swallowed row closed the cell, part way along it), when its
+    fields fit the columns they would be in, value or shape (`L0100907` for an id like
+    `L0100338`): a note written over several lines, commas and all, does not."""
     if len(frame.columns) < 3:
         return  # a line with one or two separators is ordinary text
+    fits = _ColumnFit(frame)
     for column in frame.columns:
         broken = frame[column].str.contains("\n", regex=False).to_numpy()
         for row in np.flatnonzero(broken)[:cells_checked]:
             lines = frame[column].iloc[row].split("\n")
-            if any(line.count(sep) >= len(frame.columns) - 1 for line in lines[1:]):
+            whole = any(line.count(sep) >= len(frame.columns) - 1 for line in lines[1:])
+            if whole or fits.starts_a_row(lines[-1], sep):
+                where = name_row(row) if name_row else f"row {row + 1}"
                 raise DataError(
-                    f"{path}: row {row + 1}, column {column!r}: a quoted cell runs over {len(lines)} lines that "
+                    f"{path}: {where}, column {column!r}: a quoted cell runs over {len(lines)} lines that "
                     f'look like rows of the file: a quote (") opened in that row and closed only later? The rows '
                     "inside it would be lost; fix or remove that quote"
                 )
+
+
+class _ColumnFit:
+    """Whether text split at the separator reads as the first fields of a row: each field a
+    value its column holds, or of the same shape (letters as `a`, digits as `9`) as one."""
+
+    SAMPLE = 10_000  # rows whose values and shapes a column is known by
+    SHAPES = str.maketrans("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", "a" * 52 + "9" * 10)
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.frame = frame
+        self.known: dict[int, tuple[set[str], set[str]]] = {}
+
+    def _column(self, place: int) -> tuple[set[str], set[str]]:
+        if place not in self.known:
+            values = {v.strip() for v in self.frame.iloc[: self.SAMPLE, place] if "\n" not in v} - {""}
+            self.known[place] = values, {v.translate(self.SHAPES) for v in values}
+        return self.known[place]
+
+    def starts_a_row(self, line: str, sep: str) -> bool:
+        fields = [f.strip() for f in next(csv.reader([line], delimiter=sep), [])[:-1]]  # the last is cut short
+        if len(fields) < 2 or len(fields) >= len(self.frame.columns):
+            return False
+        fitting = 0
+        for place, text in enumerate(fields):
+            values, shapes = self._column(place)
+            fitting += bool(text) and (text in values or text.translate(self.SHAPES) in shapes)
+        return fitting >= 2 and fitting >= 2 * len(fields) / 3
 
 
 def read_csv_table(

@@ -19,7 +19,7 @@ import pandas as pd
 from distributed import WorkerPlugin
 
 from features.clean import parse_timestamps
-from features.ingest import DataError, header_separator
+from features.ingest import DataError, check_header, check_swallowed_rows, extra_fields, header_separator
 from features.schema import contract_names
 from serving.batch import (
     ACTIVITY_STATES,
@@ -80,14 +80,21 @@ def start_client(scheduler: str | None = None):
     if scheduler:
         return Client(scheduler)
     workers = os.cpu_count() or 1
+    # Workers log a failed task (a broken row of a CSV, say) as an error with its traceback;
+    # the client raises it, and the command says it in one line.
     cluster = LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
+        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.CRITICAL
     )
     return Client(cluster)
 
 
 def read_frame(path: Path, *, blocksize: str = "64MB"):
-    """A CSV file (or glob) or a parquet file/folder as a dask dataframe of text cells."""
+    """A CSV file (or glob) or a parquet file/folder as a dask dataframe of text cells.
+
+    A CSV is checked as the single-process reader checks it: each file's header when the frame
+    is made (`check_header`), a trailing separator on a sample of the first file, and a quote
+    that swallows rows in each partition as it is read. Parse errors surface where the frame is
+    computed: wrap that in `csv_errors`."""
     import dask.dataframe as dd
 
     text = str(path)
@@ -100,9 +107,126 @@ def read_frame(path: Path, *, blocksize: str = "64MB"):
     empty = next((name for name in files if os.path.getsize(name) == 0), None)
     if empty:  # pandas' own error would surface as a traceback from inside dask
         raise DataError(f"{empty}: an empty file, not even a header row (a table with no rows has its header)")
-    first = next(iter(files), None)
-    sep = header_separator(Path(first)) if first else ","
-    return dd.read_csv(text, sep=sep, dtype=str, keep_default_na=False, blocksize=blocksize)
+    if not files:
+        raise DataError(f"{text}: file not found")
+    sep = header_separator(Path(files[0]))
+    try:
+        headers = [check_header(Path(name), sep) for name in files]  # every file's, refused before any read
+        names = headers[0]
+        sample = pd.read_csv(files[0], sep=sep, dtype=str, keep_default_na=False, nrows=SAMPLE_ROWS)
+    except OSError as exc:
+        raise DataError(f"{files[0]}: cannot open ({exc.strerror or exc})") from exc
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(_unreadable(text, exc, sep)) from exc
+    options = {"sep": sep, "dtype": str, "keep_default_na": False, "blocksize": blocksize}
+    extra = extra_fields(sample, Path(files[0]))  # rows ending in a separator the header lacks
+    if extra:  # read under names of their own, so that a value there later is found, not dropped
+        options |= {"header": 0, "names": [*names, *(f"{TRAILING}{i}" for i in range(extra))]}
+    frame = dd.read_csv(text, **options)
+    meta = frame._meta.drop(columns=[c for c in frame.columns if str(c).startswith(TRAILING)])
+    return frame.map_partitions(_checked_block, text, sep, meta=meta)
+
+
+SAMPLE_ROWS = 1000  # rows of a CSV read up front: its trailing separators, its encoding
+TRAILING = "_trailing_field_"
+ROW_TOKEN = "\x00row\x00"  # where a RowProblem's message names its row
+
+
+class RowProblem(DataError):
+    """A broken row found in one partition of a CSV on a worker. The partition does not know
+    its place in the file: `csv_errors` numbers the row in the file on the client."""
+
+    def __init__(self, path: str, part: int, row: int, message: str) -> None:
+        super().__init__(message)
+        self.args = (path, part, row, message)  # what unpickling on the client calls it with
+        self.path, self.part, self.row, self.message = path, part, row, message
+
+    def __str__(self) -> str:
+        return self.message.replace(ROW_TOKEN, f"row {self.row + 1} of partition {self.part + 1}")
+
+
+def _checked_block(block: pd.DataFrame, path: str, sep: str, partition_info: dict | None = None) -> pd.DataFrame:
+    """One partition of a CSV as read, refused when a quote swallowed rows into a cell or a
+    field past the header's names holds a value."""
+    part = partition_info["number"] if partition_info else 0
+    found: list[int] = []
+
+    def name_row(row: int) -> str:
+        found.append(row)
+        return ROW_TOKEN
+
+    trailing = [c for c in block.columns if str(c).startswith(TRAILING)]
+    if trailing:
+        filled = block[trailing].apply(lambda cells: cells.str.strip().ne("")).any(axis=1).to_numpy()
+        if filled.any():
+            row = int(filled.argmax())
+            raise RowProblem(
+                path, part, row, f"{path}: {ROW_TOKEN} has more fields than the header has names "
+                f"({len(block.columns) - len(trailing)}): name every column in the header",
+            )  # fmt: skip
+        block = block.drop(columns=trailing)
+    try:
+        check_swallowed_rows(block, sep, Path(path), name_row=name_row)
+    except DataError as exc:
+        raise RowProblem(path, part, found[-1], str(exc)) from None
+    return block
+
+
+def _unreadable(path: str, exc: Exception, sep: str | None = None) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return (
+            f"{path}: not UTF-8 text ({exc.reason}); --engine dask reads UTF-8 "
+            'only: save it as "CSV UTF-8", or score it with --engine local, which reads legacy encodings'
+        )
+    why = " ".join(str(exc).split("Original Message:")[-1].split())  # dask wraps pandas' message
+    return (
+        f"{path}: cannot read as CSV{f' with separator {sep!r}' if sep else ''} ({why}; with --engine dask, "
+        "line numbers count from the start of a block of the file): a quote opened and never closed, or a row "
+        "with more fields than the header?"
+    )
+
+
+UNREADABLE = (pd.errors.ParserError, UnicodeDecodeError)
+
+
+@contextlib.contextmanager
+def csv_errors(frames: dict[Path, object]):
+    """Errors found while dask reads CSVs (`read_frame`'s frames, by path) on the workers, as a
+    DataError naming the file and, for a broken row, its row in the file (counted on through a
+    glob's files in name order); not a traceback from inside dask. Only this error path reads
+    the files once more."""
+    try:
+        yield
+    except RowProblem as exc:
+        raise DataError(_numbered_in_file(exc, frames)) from None
+    except UNREADABLE as exc:
+        raise DataError(_unreadable(_unreadable_file(frames), exc)) from None
+
+
+def _numbered_in_file(problem: RowProblem, frames: dict[Path, object]) -> str:
+    frame = frames.get(Path(problem.path))
+    while frame is not None:
+        try:
+            before = int(frame.partitions[: problem.part].map_partitions(len).compute().sum()) if problem.part else 0
+        except RowProblem as earlier:  # an earlier partition is broken too: name the first
+            problem = earlier
+        except UNREADABLE:
+            break
+        else:
+            return problem.message.replace(ROW_TOKEN, f"row {before + problem.row + 1}")
+    return str(problem)
+
+
+def _unreadable_file(frames: dict[Path, object]) -> str:
+    """Which of the files pandas cannot parse (all of them named when that cannot be told)."""
+    for path, frame in frames.items():
+        try:
+            frame.map_partitions(len).compute()
+        except UNREADABLE:
+            return str(path)
+        except DataError:
+            continue
+    return " or ".join(map(str, frames))
 
 
 def _contract_frame(frame, table: str, path: Path):
@@ -124,7 +248,8 @@ def newest_activity(activities_path: Path, *, blocksize: str = "64MB") -> pd.Tim
     if "occurred_at" not in frame.columns:
         return None
     newest = frame["occurred_at"].map_partitions(_newest_of_partition, meta=("occurred_at", "datetime64[ns]"))
-    found = newest.max().compute()
+    with csv_errors({activities_path: frame}):
+        found = newest.max().compute()
     return None if pd.isna(found) else pd.Timestamp(found)
 
 
@@ -268,30 +393,31 @@ def score_on_dask(
     leads = _contract_frame(read_frame(leads_path, blocksize=blocksize), "leads", leads_path)
     activities = _contract_frame(read_frame(activities_path, blocksize=blocksize), "activities", activities_path)
     raw = {"leads": leads, "activities": activities}
-    buckets = partitions or max(leads.npartitions, 2 * len(client.scheduler_info()["workers"]))
-    leads, activities = (
-        frame.map_partitions(_key_rows)
-        .map_partitions(bucket_by_lead, buckets)
-        .shuffle(on="_bucket", npartitions=buckets)
-        for frame in raw.values()
-    )
-    meta = pd.DataFrame({c: pd.Series(dtype=str) for c in _columns()})
-    results = dd.map_partitions(
-        _score_partition, leads, activities, meta=meta, align_dataframes=False,
-        model_name=model.name, version=model.version, uri=uri, as_of=as_of, as_of_given=as_of_given,
-    ).persist()  # fmt: skip
-    futures = futures_of(results)
-    for done, _ in enumerate(as_completed(futures), start=1):
-        if on_progress:
-            on_progress(done, len(futures))
-    counts = results[KIND].value_counts().compute()
-    scored = results[results[KIND] == "scored"][OUTPUT_COLUMNS].astype(NUMBERS)
-    quarantine = results[results[KIND] == "quarantine"][QUARANTINE_COLUMNS]
-    if counts.get("quarantine", 0):  # a second pass over the files, only when a row needs its number
-        offsets = {table: _partition_starts(frame) for table, frame in raw.items()}
-        quarantine = quarantine.map_partitions(_file_rows, offsets, meta=quarantine._meta)
-    scored.to_parquet(output / "scores", write_index=False, overwrite=True)
-    quarantine.to_parquet(output / "quarantine", write_index=False, overwrite=True)
+    with csv_errors({leads_path: leads, activities_path: activities}):
+        buckets = partitions or max(leads.npartitions, 2 * len(client.scheduler_info()["workers"]))
+        leads, activities = (
+            frame.map_partitions(_key_rows)
+            .map_partitions(bucket_by_lead, buckets)
+            .shuffle(on="_bucket", npartitions=buckets)
+            for frame in raw.values()
+        )
+        meta = pd.DataFrame({c: pd.Series(dtype=str) for c in _columns()})
+        results = dd.map_partitions(
+            _score_partition, leads, activities, meta=meta, align_dataframes=False,
+            model_name=model.name, version=model.version, uri=uri, as_of=as_of, as_of_given=as_of_given,
+        ).persist()  # fmt: skip
+        futures = futures_of(results)
+        for done, _ in enumerate(as_completed(futures), start=1):
+            if on_progress:
+                on_progress(done, len(futures))
+        counts = results[KIND].value_counts().compute()
+        scored = results[results[KIND] == "scored"][OUTPUT_COLUMNS].astype(NUMBERS)
+        quarantine = results[results[KIND] == "quarantine"][QUARANTINE_COLUMNS]
+        if counts.get("quarantine", 0):  # a second pass over the files, only when a row needs its number
+            offsets = {table: _partition_starts(frame) for table, frame in raw.items()}
+            quarantine = quarantine.map_partitions(_file_rows, offsets, meta=quarantine._meta)
+        scored.to_parquet(output / "scores", write_index=False, overwrite=True)
+        quarantine.to_parquet(output / "quarantine", write_index=False, overwrite=True)
     state = next((s for s in ACTIVITY_STATES if counts.get(MARKER + s, 0)), "empty")
     notes: tuple[str, ...] = ()
     if state in ("none", "undated"):

@@ -305,3 +305,56 @@ def test_an_empty_file_is_named_not_a_traceback_from_inside_dask(tmp_path):
     (tmp_path / "activities.csv").write_text("")
     with pytest.raises(DataError, match=r"activities\.csv: an empty file, not even a header row"):
         read_frame(tmp_path / "activities.csv")
+
+
+def _break_row(path, row: int, column: int, out):
+    """`path` with a quote opened at the start of one cell (1-based data row) and never closed there."""
+    lines = path.read_text().split("\n")
+    cells = lines[row].split(",")
+    cells[column] = '"' + cells[column]
+    lines[row] = ",".join(cells)
+    out.write_text("\n".join(lines))
+    return out
+
+
+def test_broken_csv_rows_are_refused_on_dask_named_by_their_row_in_the_file(
+    client, champion, champion_store, small_crm_dir, tmp_path
+):
+    """The single-process reader's checks, on a file read as several partitions: a quote that
+    swallows rows, a value past the header's names, twin headers, a quote never closed."""
+    from features.ingest import DataError, read_text_csv
+    from serving.dask_batch import score_on_dask
+
+    leads, acts = small_crm_dir / "leads.csv", small_crm_dir / "activities.csv"
+    rows = len(read_text_csv(leads)[0])
+
+    def score(leads_path, acts_path=acts):
+        return score_on_dask(client, champion, champion_store, leads_path, acts_path, tmp_path / "out", AS_OF,
+                             blocksize="20kB")  # fmt: skip
+
+    row = rows - 40  # well past the first partition
+    broken = _break_row(leads, row, 6, tmp_path / "quote.csv")  # the company cell
+    with pytest.raises(DataError) as local:
+        read_text_csv(broken)
+    with pytest.raises(DataError) as dask:
+        score(broken)
+    assert f"row {row}, column 'company': a quoted cell runs over" in str(local.value)
+    assert str(dask.value) == str(local.value)
+
+    lines = leads.read_text().splitlines()
+    trailing = [lines[0]] + [line + "," for line in lines[1:]]
+    (tmp_path / "trailing.csv").write_text("\n".join(trailing) + "\n")
+    assert score(tmp_path / "trailing.csv").scored > 0  # a separator at the end of every row: read as the header says
+    trailing[row] += "stray"
+    (tmp_path / "trailing.csv").write_text("\n".join(trailing) + "\n")
+    with pytest.raises(DataError, match=rf"trailing\.csv: row {row} has more fields than the header has names"):
+        score(tmp_path / "trailing.csv")
+
+    (tmp_path / "twin.csv").write_text("\n".join([lines[0] + ",company "] + [line + ",x" for line in lines[1:]]))
+    with pytest.raises(DataError, match=r"twin\.csv: columns 7 and 22 of the header are both named 'company'"):
+        score(tmp_path / "twin.csv")
+
+    unclosed = acts.read_text().rstrip("\n") + ',"never closed\n'
+    (tmp_path / "unclosed.csv").write_text(unclosed)
+    with pytest.raises(DataError, match=r"^\S*unclosed\.csv: cannot read as CSV \(.*EOF inside string"):
+        score(leads, tmp_path / "unclosed.csv")

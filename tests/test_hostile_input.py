@@ -268,6 +268,13 @@ def test_a_quote_that_swallows_rows_is_named_by_row_and_column(tmp_path):
     path.write_text("id,source,visits,label\n" + "\n".join(rows) + "\n")
     with pytest.raises(DataError, match=r"quote\.csv: row 5, column 'source': a quoted cell runs over 12 lines"):
         read_text_csv(path)
+    # Closed part way along a later row, by a quote of that row's: the lost row's start reads as
+    # the first fields of a row (an id like the others, a source the column holds).
+    rows[15] = "L15,web,15,1"
+    rows[5] = 'L5,web,"5",1'
+    path.write_text("id,source,visits,label\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"quote\.csv: row 5, column 'source': a quoted cell runs over 2 lines"):
+        read_text_csv(path)
     # A note written over several lines, with commas in it, is an ordinary cell.
     path.write_text('id,note,visits,label\nL1,"called, no answer\nretry, Monday",3,1\nL2,ok,1,0\n')
     assert read_text_csv(path)[0]["note"].tolist() == ["called, no answer\nretry, Monday", "ok"]

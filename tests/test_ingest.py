@@ -213,7 +213,7 @@ def test_a_file_that_cannot_be_opened_is_named(tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied", str(path))
 
     (tmp_path / "leads.csv").write_text("lead_id,created_at\nA,2025-01-01\n")
-    monkeypatch.setattr(ingest, "_check_header", refuse)
+    monkeypatch.setattr(ingest, "check_header", refuse)
     with pytest.raises(DataError, match=r"leads\.csv: cannot open \(Permission denied\)"):
         load_crm(tmp_path)
 

@@ -53,7 +53,7 @@ from features.schema import (
     contract_names,
 )
 from features.spec import FeatureSpec, to_model_frame
-from serving.dask_batch import bucket_by_lead, prepare_workers, read_frame
+from serving.dask_batch import bucket_by_lead, csv_errors, prepare_workers, read_frame
 from training.examples import build_examples
 from training.pipeline import Dataset
 from training.split import split_by_time
@@ -178,7 +178,9 @@ def prepare_crm_on_dask(
         raise DataError(f"{paths['activities'].name}: missing required column(s) {', '.join(missing)}")
 
     kept = frozenset(leads["lead_id"])
-    scan = activities.map_partitions(_scan, kept, day_first, meta={"rows": "int64", "last": "datetime64[ns]"}).compute()
+    with csv_errors({paths["activities"]: activities}):  # the first pass over the file: where a broken row is found
+        scan = activities.map_partitions(_scan, kept, day_first, meta={"rows": "int64", "last": "datetime64[ns]"})
+        scan = scan.compute()
     offsets = np.concatenate([[0], np.cumsum(scan["rows"].to_numpy())]).tolist()
     activities = activities.map_partitions(_number_rows, offsets)
     moments = [leads["created_at"].max(), scan["last"].max(), outcomes["closed_at"].max()]
