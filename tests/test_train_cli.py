@@ -164,6 +164,10 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
     kept_other = leadscore("score", str(small_crm_dir), "-o", str(scores), "--model-version", "2", "--snapshot",
                            "--model-name", "crm-model", store=store)  # fmt: skip
     assert kept_other.returncode == 2 and "keep the champion's scorings only" in kept_other.stderr
+    # The champion's own number is the champion: its scoring is kept as usual.
+    by_number = leadscore("score", str(small_crm_dir), "-o", str(scores), "--model-version", "3", "--snapshot",
+                          "--model-name", "crm-model", "--as-of", "2026-01-01", store=store)  # fmt: skip
+    assert by_number.returncode == 0 and "Kept for the pages" in by_number.stdout, by_number.stdout + by_number.stderr
     # A pages folder that cannot be written: the scores are still written, and the output says
     # they were not kept; asked to keep them, the run is refused before it scores.
     (tmp_path / "a_file").write_text("")

@@ -722,7 +722,7 @@ def score(
         typer.Option(
             "--snapshot/--no-snapshot",
             help="Keep this scoring for the pages (under LEADSCORE_SCORES_DIR, default models/scores); by default "
-            "kept unless scored with a --model-version (other than champion) or with --engine dask, given no "
+            "kept unless scored with a --model-version other than the champion's or with --engine dask, given no "
             "activity of the leads (before --as-of), with an --as-of in the future, when no lead was scored, or the "
             "folder cannot be written",
             show_default=False,
@@ -759,11 +759,10 @@ def score(
     _quiet_libraries()
     params = _params()
     asked_for_snapshot, snapshot = snapshot, snapshot is not False
-    if model_version is not None and snapshot:
-        # The pages explain the latest kept scoring with the champion: another version's would mix.
-        if asked_for_snapshot:
-            _fail(f"--snapshot: the pages keep the champion's scorings only, not --model-version {model_version}'s")
-        console.print(f"[dim]scoring with --model-version {model_version}: not kept for the pages[/dim]")
+    # A version number may be the champion's: known once the registry is read, below.
+    by_number = model_version is not None and model_version.strip().lstrip("@").isdigit()
+    if model_version is not None and snapshot and not by_number:
+        _refuse_or_skip_snapshot(model_version, asked_for_snapshot)
         snapshot = False
     try:
         # Folders made for the checks are removed again: a run stopped below leaves nothing.
@@ -789,6 +788,9 @@ def score(
         moment = pd_timestamp(as_of)
         with console.status("Loading the model"):
             model = load_chosen(_model_name(model_name, params), model_version)
+        if by_number and snapshot and not _is_champion(model):
+            _refuse_or_skip_snapshot(model_version, asked_for_snapshot)
+            snapshot = False
         flat_schema = model.scorer.spec.settings["flat"] if model.kind == "flat" else None
         if flat_schema is not None and activities is not None:
             _fail(f"{model.name} is a flat model: it reads one row per lead, no --activities")
@@ -909,6 +911,23 @@ def demo(
     export_end = pd.Timestamp(params.data.embedded_start) + pd.Timedelta(days=STEP_DAYS * params.data.embedded_months)
     console.print()
     score(EMBEDDED_DIR, MODELS_DIR / "demo-scores.csv", as_of=export_end.isoformat(), top=top)
+
+
+def _refuse_or_skip_snapshot(model_version: str, asked: bool | None) -> None:
+    """The pages explain the latest kept scoring with the champion: another version's would mix."""
+    if asked:
+        _fail(f"--snapshot: the pages keep the champion's scorings only, not --model-version {model_version}'s")
+    console.print(f"[dim]scoring with --model-version {model_version}: not kept for the pages[/dim]")
+
+
+def _is_champion(model) -> bool:
+    """Whether the loaded version is the one @champion points at (False when that cannot be told)."""
+    from serving.scoring import ModelNotReady, champion_version
+
+    try:
+        return champion_version(model.name) == str(model.version)
+    except ModelNotReady:
+        return False
 
 
 def _score_on_dask(
