@@ -72,7 +72,7 @@ def canonical_spelling(values: pd.Series) -> pd.Series:
 
 
 def parse_number(values: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """Parse numbers written as CRM exports write them ("1,200", "$3.5M", "12%").
+    """Parse numbers written as CRM exports write them ("1,200", "$3.5M", "12%", "1.234,56").
 
     Returns:
         The parsed floats (missing where blank or unparseable) and a boolean mask of the
@@ -80,7 +80,11 @@ def parse_number(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     """
     text = values.astype("object")
     present = text.notna()
-    cleaned = text[present].astype(str).str.replace(_NUMBER_JUNK, "", regex=True)
+    cleaned = text[present].astype(str)
+    commas = cleaned.str.contains(",", regex=False)
+    if commas.any():
+        cleaned[commas] = _decimal_commas(cleaned[commas])
+    cleaned = cleaned.str.replace(_NUMBER_JUNK, "", regex=True)
     parsed = pd.to_numeric(cleaned, errors="coerce")
     suffixed = parsed.isna() & cleaned.str.match(_SUFFIXED)
     if suffixed.any():
@@ -91,6 +95,22 @@ def parse_number(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     out[np.isinf(out)] = np.nan  # "inf", "1e400": no amount a model can split on or a CRM holds
     failed = present & out.isna()
     return out, failed
+
+
+# A comma that cannot be a thousands separator (not followed by three digits: "32639789,00",
+# "3,5M"), or one after dots that group thousands ("1.234.567,89"), is a decimal mark, as
+# spreadsheets in comma-decimal locales write numbers. "1,234" stays one thousand two hundred
+# and thirty-four.
+_COMMA_DECIMAL = re.compile(r"-?\d+,(?:\d{1,2}|\d{4,})(?:[kmb]|bn)?", re.IGNORECASE)
+_DOT_THOUSANDS = re.compile(r"-?\d{1,3}(?:\.\d{3})+,\d+(?:[kmb]|bn)?", re.IGNORECASE)
+
+
+def _decimal_commas(text: pd.Series) -> pd.Series:
+    bare = text.str.replace(r"[\s$€£¥%]|^\+", "", regex=True)
+    dotted = bare.str.fullmatch(_DOT_THOUSANDS)
+    bare[dotted] = bare[dotted].str.replace(".", "", regex=False)
+    decimal = dotted | bare.str.fullmatch(_COMMA_DECIMAL)
+    return text.where(~decimal, bare.str.replace(",", ".", regex=False))
 
 
 def parse_bool(values: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -126,9 +146,11 @@ def _date_parts(text: pd.Series) -> pd.DataFrame:
 
 
 def _order(parts: pd.DataFrame) -> bool | None:
-    day_first_votes = int((parts[0] > 12).sum())
-    month_first_votes = int((parts[1] > 12).sum())
-    if day_first_votes == month_first_votes == 0:
+    """Day first, month first, or None when no value says or as many say each: a value that
+    is impossible either way (31/31/2025, junk) says nothing."""
+    day_first_votes = int(((parts[0] > 12) & (parts[1] <= 12)).sum())
+    month_first_votes = int(((parts[1] > 12) & (parts[0] <= 12)).sum())
+    if day_first_votes == month_first_votes:
         return None
     return day_first_votes > month_first_votes
 
@@ -167,20 +189,32 @@ def parse_timestamps(values: pd.Series, day_first: bool | None = None) -> tuple[
             day_first = bool(_order(parts))
         # A value that cannot be read in the order (13/03 when month first) is not swapped.
         contradicting = parts[1] > 12 if day_first else parts[0] > 12
-        with warnings.catch_warnings():  # "could not infer format": it then parses value by value
-            warnings.simplefilter("ignore", UserWarning)
-            # One format inferred for the column is fast; the rest are parsed value by value.
-            reparsed = pd.to_datetime(fallback, dayfirst=day_first, errors="coerce", utc=True)
-        left = reparsed.isna()
-        if left.any():
-            reparsed[left] = pd.to_datetime(
-                fallback[left], format="mixed", dayfirst=day_first, errors="coerce", utc=True
-            )
+        # A date that starts with its year (2024-11-01 10:31:59 UTC) is year, month, day in any
+        # export; read day first, pandas would take it for 2024-01-11.
+        year_first = fallback.str.match(_YEAR_FIRST).to_numpy()
+        reparsed = pd.Series(pd.NaT, index=fallback.index, dtype="datetime64[ns, UTC]")
+        for rows, order in ((year_first, False), (~year_first, day_first)):
+            if rows.any():
+                reparsed[rows] = _parse_in_order(fallback[rows], order)
         parsed[retry] = reparsed.where(~contradicting)
     plausible = parsed.notna() & parsed.dt.year.between(FIRST_YEAR, LAST_YEAR)
     parsed = parsed.where(plausible).dt.tz_localize(None).dt.as_unit("ns")
     failed = present & parsed.isna()
     return parsed, failed
+
+
+_YEAR_FIRST = r"\s*\d{4}[-/.]\d"
+
+
+def _parse_in_order(text: pd.Series, day_first: bool) -> pd.Series:
+    with warnings.catch_warnings():  # "could not infer format": it then parses value by value
+        warnings.simplefilter("ignore", UserWarning)
+        # One format inferred for the values is fast; the rest are parsed value by value.
+        parsed = pd.to_datetime(text, dayfirst=day_first, errors="coerce", utc=True)
+    left = parsed.isna()
+    if left.any():
+        parsed[left] = pd.to_datetime(text[left], format="mixed", dayfirst=day_first, errors="coerce", utc=True)
+    return parsed
 
 
 def snake_case(values: pd.Series) -> pd.Series:

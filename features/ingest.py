@@ -249,6 +249,11 @@ def check_header(path: Path, sep: str) -> list[str]:
             + ("UTF-16 text (a spreadsheet's \"Unicode text\"); save it as \"CSV UTF-8\"" if utf16 else
                "the header holds NUL bytes; not a text CSV file")
         )  # fmt: skip
+    if b"\r" in header.rstrip(b"\r\n"):  # one "line" holding carriage returns: they end its lines
+        raise DataError(
+            f"{path}: its lines end with a carriage return alone (classic Mac OS text), which is not read; "
+            "save it again as CSV (Windows or Unix line ends)"
+        )
     if len(header) > MAX_HEADER_BYTES:
         raise DataError(f"{path}: the header line is longer than {MAX_HEADER_BYTES:,} bytes; not a CRM export")
     columns = header.count(sep.encode()) + 1
@@ -276,7 +281,7 @@ def read_text_csv(path: Path, *, sep: str = ",") -> tuple[pd.DataFrame, str]:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        check_header(path, sep)
+        names = check_header(path, sep)
     except OSError as exc:
         raise DataError(f"{path}: cannot open ({exc.strerror or exc})") from exc
     try:
@@ -288,7 +293,9 @@ def read_text_csv(path: Path, *, sep: str = ",") -> tuple[pd.DataFrame, str]:
             frame = _parse(lambda: io.StringIO(text), sep, path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
         why = " ".join(str(exc).split())  # pandas ends its messages with a newline
-        hint = "; if fields are separated by ';' or a tab, say so (--sep ';' or --sep tab)" if sep == "," else ""
+        # Only a header without the separator hints at another one: a broken row is just that.
+        one_column = sep == "," and len(names) == 1
+        hint = "; if fields are separated by ';' or a tab, say so (--sep ';' or --sep tab)" if one_column else ""
         raise DataError(f"{path}: cannot read as CSV with separator {sep!r} ({why}){hint}") from exc
     frame.columns = [str(c).strip() for c in frame.columns]
     for column in frame.columns:
@@ -569,6 +576,9 @@ def clean_leads(
     return leads.reset_index(drop=True)
 
 
+ACTIVITY_FIELDS = ("lead_id", "occurred_at", "activity_type", "value")
+
+
 def clean_activities(
     raw: pd.DataFrame,
     known_leads: pd.Index,
@@ -595,6 +605,11 @@ def clean_activities(
     unknown = ~acts["lead_id"].isin(known_leads)
     quarantine.add("activities", acts, unknown, "unknown lead_id (no usable row in leads)")
     acts = acts[~unknown]
+    # A row repeated to the second (an export run twice into one file, a sync that replays) is
+    # one event: counted each time it would inflate every engagement feature.
+    repeat = acts.duplicated([c for c in ACTIVITY_FIELDS if c in acts], keep="first")
+    quarantine.add("activities", acts, repeat, "duplicate row: same lead, moment, type and value as an earlier row")
+    acts = acts[~repeat]
     occurred, failed = parse_timestamps(acts["occurred_at"], day_first)
     quarantine.add(
         "activities",

@@ -283,7 +283,8 @@ def score_batch(
     parts, problems = [], []
     lead_rows_in_file, act_rows_in_file = _rows_in_file(leads), _rows_in_file(activities)
     cleaned, notes = _clean_flat_file(leads, model) if model.kind == "flat" else (None, [])
-    groups = activities.groupby("lead_id").indices if len(activities) else {}
+    # Ids as training reads them (spaces around them aside), in both tables.
+    groups = activities.groupby(activities["lead_id"].astype(str).str.strip()).indices if len(activities) else {}
     key = leads["lead_id"].astype(str).str.strip() if len(leads) else pd.Series(dtype=str)
     group = pd.factorize(key)[0]
     order = np.argsort(group, kind="stable")  # rows of one lead next to each other, else file order

@@ -41,6 +41,20 @@ def test_duplicates_far_apart_are_caught_and_order_is_kept(champion, small_crm_d
     assert result.scored["lead_id"].tolist() == [i for i in kept if i in set(result.scored["lead_id"])]
 
 
+def test_activity_ids_with_spaces_around_them_reach_their_leads(champion, small_crm_dir):
+    """Training strips ids in every table; scoring looked activities up by the stripped id but
+    grouped them by the raw one, so every lead read as never engaged, without a word."""
+    from serving.batch import score_batch
+
+    leads, acts, _ = read_leads(small_crm_dir, None)
+    as_of = pd.Timestamp("2025-12-20")
+    padded = acts.assign(lead_id=" " + acts["lead_id"].astype(str) + "\u00a0 ")  # a no-break space too
+    want = score_batch(champion, leads, acts, as_of).scored
+    got = score_batch(champion, leads, padded, as_of).scored
+    assert (want["engagement"] > 0).any()
+    pd.testing.assert_frame_equal(got, want)
+
+
 def test_leads_given_no_activity_before_the_scoring_moment_are_warned_about(champion, small_crm_dir):
     from features.clean import parse_timestamps
     from serving.batch import NO_ACTIVITY_NOTE, UNDATED_NOTE, no_activity_note, score_batch

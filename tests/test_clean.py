@@ -3,6 +3,7 @@ import pandas as pd
 from features.clean import (
     blank_to_missing,
     canonical_spelling,
+    numeric_date_order,
     parse_bool,
     parse_number,
     parse_timestamps,
@@ -81,3 +82,27 @@ def test_snake_case_activity_names():
     assert snake_case(pd.Series(["Email Open", " email-open", "EMAIL_OPEN", None])).tolist() == ["email_open"] * 3 + [
         None
     ]
+
+
+def test_a_decimal_comma_is_read_where_it_cannot_group_thousands():
+    """A spreadsheet in a comma-decimal locale writes 32639789,00: not 3,263,978,900."""
+    text = ["32639789,00", "1,5", "3,5M", "1.234.567,89", "€ 1.234,5", "1,234", "1,234,567", "$161,871,328"]
+    values, failed = parse_number(pd.Series(text))
+    assert values.tolist() == [32639789.0, 1.5, 3_500_000.0, 1234567.89, 1234.5, 1234.0, 1234567.0, 161871328.0]
+    assert not failed.any()
+
+
+def test_a_date_that_starts_with_its_year_is_never_read_day_first():
+    """pandas infers one format from the first value: read day first, 2024-11-01 10:31:59 UTC
+    would be 2024-01-11 for the whole column."""
+    text = pd.Series(["2024-11-01 10:31:59 UTC", "2024-12-25 01:02:03 UTC", "13/01/2025 10:00"])
+    values, failed = parse_timestamps(text, day_first=True)
+    assert values.tolist() == [pd.Timestamp("2024-11-01 10:31:59"), pd.Timestamp("2024-12-25 01:02:03"),
+                               pd.Timestamp("2025-01-13 10:00")]  # fmt: skip
+    assert not failed.any()
+
+
+def test_a_date_impossible_in_either_order_says_nothing_about_the_order():
+    assert numeric_date_order(pd.Series(["2025-01-01", "31/31/2025"])) is None  # junk, not month first
+    assert numeric_date_order(pd.Series(["13/01/2025", "01/13/2025"])) is None  # as many say each
+    assert numeric_date_order(pd.Series(["13/01/2025", "01/13/2025", "14/01/2025"])) is True

@@ -295,3 +295,18 @@ def test_scoring_reads_files_as_training_does(tmp_path):
     path = tmp_path / "legacy.csv"
     path.write_bytes(" lead_id , city \nL1,S\xe3o Paulo\nL2,Lyon\n".encode("latin-1"))
     assert read_table(path).to_dict("list") == {"lead_id": ["L1", "L2"], "city": ["São Paulo", "Lyon"]}
+
+
+def test_classic_mac_line_ends_and_a_short_row_get_messages_that_name_them(tmp_path):
+    path = tmp_path / "mac.csv"
+    path.write_bytes(b"id,visits,label\rA1,3,1\rA2,5,0\r")
+    with pytest.raises(DataError, match=r"mac\.csv: its lines end with a carriage return alone"):
+        read_text_csv(path)
+    # A row with a field too many: the message says where; no hint at another separator.
+    path = tmp_path / "short.csv"
+    path.write_text("id,visits,label\nA1,3,1\nA2,5,0,7,8\n")
+    with pytest.raises(DataError, match=r"Expected 3 fields in line 3, saw 5\)$"):
+        read_text_csv(path)
+    path.write_text("id;visits;label\nA1;3;1\nA2;3,5;1\n")  # a header of one column: another separator, likely
+    with pytest.raises(DataError, match=r"saw 2\); if fields are separated by ';' or a tab, say so"):
+        read_text_csv(path)

@@ -225,3 +225,19 @@ def test_an_export_without_activities_is_read_with_a_note_that_engagement_is_zer
     crm = load_crm(tmp_path)
     said = "no usable activity (0 rows): every lead reads as never engaged"
     assert any(said in note for note in crm.quarantine.notes)
+
+
+def test_an_activity_row_repeated_exactly_is_one_event(tmp_path):
+    """An export run twice into one file would double every engagement count."""
+    _write(
+        tmp_path,
+        {"lead_id": ["A", "B"], "created_at": ["2025-01-01", "2025-01-02"]},
+        {"lead_id": ["A", "A", "A", "B"], "occurred_at": ["2025-01-05 10:00:00", "2025-01-05 10:00:00",
+         "2025-01-05 10:00:01", "2025-01-05 10:00:00"], "activity_type": ["web_visit"] * 4},
+        {"lead_id": ["A", "B"], "status": ["converted", "lost"], "closed_at": ["2025-03-10", "2025-03-11"]},
+    )  # fmt: skip
+    crm = load_crm(tmp_path)
+    assert len(crm.activities) == 3
+    q = crm.quarantine.frame()
+    assert q[["table", "row", "lead_id"]].values.tolist() == [["activities", 2, "A"]]
+    assert q["reason"].iloc[0].startswith("duplicate row: same lead, moment, type and value")
