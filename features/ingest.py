@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import re
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -39,21 +40,46 @@ from features.schema import (
     contract_names,
 )
 
+# Outcome spellings of CRMs, keyed as `outcome_status` reads them (case, spacing, dashes,
+# underscores and slashes aside: "Closed - Won", "closed/won" and "CLOSED_WON" are all
+# "closed won"; "won?" is not read).
 STATUS_SYNONYMS = {
     "converted": "converted",
     "won": "converted",
     "closed won": "converted",
-    "closed_won": "converted",
+    "closed converted": "converted",
     "customer": "converted",
     "lost": "lost",
     "closed lost": "lost",
-    "closed_lost": "lost",
+    "closed not converted": "lost",
     "disqualified": "lost",
+    "unqualified": "lost",
     "open": "open",
     "in progress": "open",
     "working": "open",
+    "working contacted": "open",
+    "open not contacted": "open",
     "new": "open",
 }
+
+
+def outcome_status(value: object) -> str | None:
+    """converted, lost or open for a CRM's spelling of an outcome; None when it is none of them."""
+    return STATUS_SYNONYMS.get(re.sub(r"[\s\-_/]+", " ", str(value).casefold()).strip())
+
+
+def near_ids(ids: pd.Series, known: pd.Series) -> pd.Series:
+    """The known id each of `ids` matches apart from case, spaces and leading zeros ("l0100001"
+    or "123" for "L0100001" or "00123"), where exactly one does; indexed like `ids`."""
+
+    def key(values: pd.Series) -> pd.Series:
+        return values.astype(str).str.strip().str.casefold().str.lstrip("0")
+
+    keys = pd.Series(known.to_numpy(), index=key(known).to_numpy())
+    unique = keys[~keys.index.duplicated(keep=False)]
+    return key(ids).map(unique).dropna()
+
+
 BANT_SYNONYMS = {
     "yes": "confirmed",
     "true": "confirmed",
@@ -654,10 +680,15 @@ def clean_outcomes(
     quarantine.add("outcomes", out, out["lead_id"].isna(), "missing lead_id")
     out = out[out["lead_id"].notna()]
     unknown = ~out["lead_id"].isin(leads["lead_id"])
-    quarantine.add("outcomes", out, unknown, "unknown lead_id (no usable row in leads)")
+    # An id spelt another way than in leads.csv names a lead whose outcome is then unknown: taken
+    # as open (no outcome row), a known converter would be learnt as one that never converted.
+    near = near_ids(out.loc[unknown, "lead_id"], leads["lead_id"])
+    reasons = pd.Series("unknown lead_id (no usable row in leads)", index=out.index)
+    reasons[near.index] = "lead_id differs from one in leads.csv only by case, spaces or leading zeros: " + near
+    quarantine.add("outcomes", out, unknown, reasons)
     out = out[~unknown]
-    with_rows = leads["lead_id"].isin(out["lead_id"])
-    status = out["status"].map(lambda v: STATUS_SYNONYMS.get(str(v).strip().casefold()))
+    with_rows = leads["lead_id"].isin(out["lead_id"]) | leads["lead_id"].isin(near)
+    status = out["status"].map(outcome_status)
     quarantine.add(
         "outcomes",
         out,

@@ -13,7 +13,7 @@ import pandas as pd
 
 from features.clean import blank_to_missing, parse_timestamps
 from features.flat import clean_flat_columns, model_column_name
-from features.ingest import STATUS_SYNONYMS, DataError, header_separator, read_text_csv
+from features.ingest import DataError, header_separator, near_ids, outcome_status, read_text_csv
 from features.schema import TABLE_FILES, contract_names
 from serving.scoring import LoadedModel, prepare_crm_leads, prepare_flat_rows, score_features
 
@@ -145,7 +145,11 @@ def stale_note(newest: pd.Timestamp | None, as_of: pd.Timestamp) -> str | None:
 
 
 def read_leads(
-    source: Path, activities: Path | None, *, flat_schema: dict[str, Any] | None = None
+    source: Path,
+    activities: Path | None,
+    *,
+    flat_schema: dict[str, Any] | None = None,
+    notes: list[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """Leads and activities from a CRM export folder (its open leads only, when it has
     outcomes), or a leads file plus an optional activities file.
@@ -153,6 +157,8 @@ def read_leads(
     Args:
         flat_schema: a flat model's schema: a file without `lead_id` is then identified by the
             id column it was trained with, or by row number (1, 2, ...) as in training.
+        notes: gets what the user should hear: outcome rows that could not be read, whose
+            leads are scored as open.
 
     Returns:
         Leads, activities, and how many closed leads were left out.
@@ -170,9 +176,11 @@ def read_leads(
             outcomes = _contract_table(read_table(outcomes_path), "outcomes", as_contract)
             # The spellings training accepts ("Won", "Closed Lost", ...); a lead with any closed
             # row is closed, so repeated rows cannot make it look open.
-            status = outcomes["status"].map(lambda v: STATUS_SYNONYMS.get(str(v).strip().casefold()))
+            status = outcomes["status"].map(outcome_status)
             closed_ids = set(outcomes.loc[status.isin(["converted", "lost"]), "lead_id"].astype(str).str.strip())
             is_closed = leads["lead_id"].astype(str).str.strip().isin(closed_ids)
+            if notes is not None:
+                notes.extend(_unread_outcomes(outcomes, status, leads["lead_id"]))
             closed = int(is_closed.sum())
             leads = leads[~is_closed.to_numpy()]  # the index keeps each lead's row in the file
     else:
@@ -254,6 +262,32 @@ def _rows_in_file(table: pd.DataFrame) -> np.ndarray:
     if pd.api.types.is_integer_dtype(table.index) and table.index.is_unique:
         return table.index.to_numpy()
     return np.arange(len(table))
+
+
+def _unread_outcomes(outcomes: pd.DataFrame, status: pd.Series, lead_ids: pd.Series) -> list[str]:
+    """Outcome rows that leave a lead scored as open though the export may have closed it: a
+    status that is not read, or an id that names no lead of leads.csv."""
+    said = []
+    unread = status.isna()
+    if unread.any():
+        spellings = outcomes.loc[unread, "status"].astype(str).value_counts().head(3)
+        shown = ", ".join(f"{value!r} {n:,}" for value, n in spellings.items())
+        said.append(
+            f"outcomes.csv: {int(unread.sum()):,} row(s) with a status not read as converted, lost or open ({shown}): "
+            "their leads are scored as open"
+        )
+    ids = outcomes["lead_id"].astype(str).str.strip()
+    strangers = ~ids.isin(lead_ids.astype(str).str.strip()) & ids.ne("")
+    if strangers.any():
+        near = near_ids(ids[strangers], lead_ids.astype(str).str.strip())
+        spelt = (
+            f"; {len(near):,} match a lead but for case, spaces or leading zeros (e.g. {ids[near.index[0]]!r} "
+            f"for {near.iloc[0]!r}), so those leads are scored as open: make the ids agree"
+            if len(near)
+            else ""
+        )
+        said.append(f"outcomes.csv: {int(strangers.sum()):,} row(s) name no lead of leads.csv{spelt}")
+    return said
 
 
 def score_batch(

@@ -101,6 +101,25 @@ def test_an_export_folder_scores_only_its_open_leads_whatever_the_status_spellin
     ).to_csv(tmp_path / "outcomes.csv", index=False)
     leads, _, closed = read_leads(tmp_path, None)
     assert leads["lead_id"].tolist() == ["A", "D"] and closed == 2
+    # A CRM's own spellings are read; rows that are not read leave their leads open, and say so.
+    leads_ids = ["A", "B", "C", "D", "E", "F", "G"]
+    pd.DataFrame({"lead_id": leads_ids, "created_at": ["2025-01-01"] * 7}).to_csv(tmp_path / "leads.csv", index=False)
+    pd.DataFrame(
+        {
+            "lead_id": ["A", "B", "C", "D", "e", "ZZ"],
+            "status": ["Closed - Converted", "closed/won", "Closed - Not Converted", "Pending review", "lost", "won"],
+            "closed_at": [""] * 6,
+        }
+    ).to_csv(tmp_path / "outcomes.csv", index=False)
+    notes: list[str] = []
+    leads, _, closed = read_leads(tmp_path, None, notes=notes)
+    assert leads["lead_id"].tolist() == ["D", "E", "F", "G"] and closed == 3
+    assert notes[0] == (
+        "outcomes.csv: 1 row(s) with a status not read as converted, lost or open ('Pending review' 1): "
+        "their leads are scored as open"
+    )
+    assert notes[1].startswith("outcomes.csv: 2 row(s) name no lead of leads.csv; 1 match a lead but for case")
+    assert "(e.g. 'e' for 'E')" in notes[1]
     # A 0-byte activities file is not "no activities": a copy cut short is named, not read as idle leads.
     (tmp_path / "activities.csv").write_text("")
     with pytest.raises(DataError, match=r"activities\.csv: an empty file, not even a header row"):

@@ -241,3 +241,24 @@ def test_an_activity_row_repeated_exactly_is_one_event(tmp_path):
     q = crm.quarantine.frame()
     assert q[["table", "row", "lead_id"]].values.tolist() == [["activities", 2, "A"]]
     assert q["reason"].iloc[0].startswith("duplicate row: same lead, moment, type and value")
+
+
+def test_an_outcome_id_spelt_another_way_leaves_its_lead_out_not_open(tmp_path):
+    """'l2' and '7' for leads 'L2' and '007': taken as leads without an outcome row, known
+    converters would be learnt as open leads that never converted."""
+    ids = ["L1", "L2", "007", "L4"]
+    _write(
+        tmp_path,
+        {"lead_id": ids, "created_at": ["2025-01-01"] * 4},
+        {"lead_id": ids, "occurred_at": ["2025-01-05"] * 4, "activity_type": ["web_visit"] * 4},
+        {"lead_id": ["L1", "l2", "7", "nobody"], "status": ["lost", "converted", "converted", "lost"],
+         "closed_at": ["2025-03-10"] * 4},
+    )  # fmt: skip
+    crm = load_crm(tmp_path)
+    assert crm.outcomes.set_index("lead_id")["status"].to_dict() == {"L1": "lost", "L4": "open"}
+    q = crm.quarantine.frame()
+    reasons = dict(zip(zip(q["table"], q["lead_id"], strict=True), q["reason"], strict=True))
+    spelt = "lead_id differs from one in leads.csv only by case, spaces or leading zeros: "
+    assert reasons[("outcomes", "l2")] == spelt + "L2" and reasons[("outcomes", "7")] == spelt + "007"
+    assert reasons[("outcomes", "nobody")].startswith("unknown lead_id")
+    assert reasons[("leads", "L2")].startswith("outcome unknown") and reasons[("leads", "007")].startswith("outcome")

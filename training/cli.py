@@ -794,7 +794,10 @@ def score(
         flat_schema = model.scorer.spec.settings["flat"] if model.kind == "flat" else None
         if flat_schema is not None and activities is not None:
             _fail(f"{model.name} is a flat model: it reads one row per lead, no --activities")
-        leads, acts, closed = read_leads(source, activities, flat_schema=flat_schema)
+        read_notes: list[str] = []
+        leads, acts, closed = read_leads(source, activities, flat_schema=flat_schema, notes=read_notes)
+        for note in read_notes:
+            console.print(f"[yellow]{escape(note)}[/yellow]")
         future = _warn_if_future(moment)
         # A flat model reads no activities, so their age says nothing about its scores.
         stale = stale_export_note(acts, moment) if as_of is None and flat_schema is None else None
