@@ -566,6 +566,13 @@ def clean_leads(
         late = after_today(leads["created_at"])
         quarantine.add("leads", leads, late, "created_at is after today: " + leads["created_at"].astype(str))
         leads = leads[~late]
+        # The dates systems write for "no date": such a lead would be open at every snapshot
+        # since 1970 and outnumber the real examples.
+        unset = leads["created_at"].isin(NO_DATE_PLACEHOLDERS)
+        quarantine.add(
+            "leads", leads, unset, "created_at is a placeholder for no date: " + leads["created_at"].astype(str)
+        )
+        leads = leads[~unset]
 
     for column in LEAD_CATEGORICAL:
         if column in leads:
@@ -602,6 +609,8 @@ def clean_leads(
     return leads.reset_index(drop=True)
 
 
+# Midnight of the Unix epoch and of spreadsheets' day zero (Excel's and Lotus's).
+NO_DATE_PLACEHOLDERS = pd.to_datetime(["1970-01-01", "1900-01-01", "1899-12-30", "1899-12-31"])
 ACTIVITY_FIELDS = ("lead_id", "occurred_at", "activity_type", "value")
 
 

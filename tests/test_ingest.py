@@ -262,3 +262,19 @@ def test_an_outcome_id_spelt_another_way_leaves_its_lead_out_not_open(tmp_path):
     assert reasons[("outcomes", "l2")] == spelt + "L2" and reasons[("outcomes", "7")] == spelt + "007"
     assert reasons[("outcomes", "nobody")].startswith("unknown lead_id")
     assert reasons[("leads", "L2")].startswith("outcome unknown") and reasons[("leads", "007")].startswith("outcome")
+
+
+def test_a_lead_created_on_a_no_date_placeholder_is_set_aside_in_training(tmp_path):
+    """Open at every snapshot since 1970, 1% of such leads outnumbered the real examples."""
+    _write(
+        tmp_path,
+        {"lead_id": ["A", "B", "C"], "created_at": ["2025-01-01", "1970-01-01 00:00:00", "1970-01-01 09:30"]},
+        {"lead_id": ["A"], "occurred_at": ["2025-01-05"], "activity_type": ["web_visit"]},
+        {"lead_id": ["A", "B", "C"], "status": ["lost", "converted", "lost"], "closed_at": ["2025-03-10"] * 3},
+    )  # fmt: skip
+    crm = load_crm(tmp_path)
+    assert sorted(crm.leads["lead_id"]) == ["A", "C"]  # a real moment on that day is kept
+    q = crm.quarantine.frame()
+    reasons = q.loc[q["lead_id"] == "B"].set_index("table")["reason"]
+    assert reasons["leads"] == "created_at is a placeholder for no date: 1970-01-01 00:00:00"
+    assert reasons["outcomes"].startswith("unknown lead_id")  # its outcome goes with it, named
