@@ -580,7 +580,9 @@ def clean_leads(
             note = None if column in BANT_FIELDS else quarantine
             leads[column] = canonical_spelling(_placeholders_to_missing(leads[column], missing_tokens, note))
     for column in BANT_FIELDS:
-        if column in leads:
+        if column not in leads:  # a field the export leaves out is unknown, as a blank one or a request's
+            leads[column] = "unknown"
+        else:
             folded = leads[column].map(
                 lambda v: "unknown" if is_missing(v) else BANT_SYNONYMS.get(v.casefold(), v.casefold())
             )
@@ -611,6 +613,7 @@ def clean_leads(
 
 # Midnight of the Unix epoch and of spreadsheets' day zero (Excel's and Lotus's).
 NO_DATE_PLACEHOLDERS = pd.to_datetime(["1970-01-01", "1900-01-01", "1899-12-30", "1899-12-31"])
+DUPLICATE_ACTIVITY = "duplicate row: same lead, moment, type and value as an earlier row"
 ACTIVITY_FIELDS = ("lead_id", "occurred_at", "activity_type", "value")
 
 
@@ -640,11 +643,6 @@ def clean_activities(
     unknown = ~acts["lead_id"].isin(known_leads)
     quarantine.add("activities", acts, unknown, "unknown lead_id (no usable row in leads)")
     acts = acts[~unknown]
-    # A row repeated to the second (an export run twice into one file, a sync that replays) is
-    # one event: counted each time it would inflate every engagement feature.
-    repeat = acts.duplicated([c for c in ACTIVITY_FIELDS if c in acts], keep="first")
-    quarantine.add("activities", acts, repeat, "duplicate row: same lead, moment, type and value as an earlier row")
-    acts = acts[~repeat]
     occurred, failed = parse_timestamps(acts["occurred_at"], day_first)
     quarantine.add(
         "activities",
@@ -672,6 +670,12 @@ def clean_activities(
         acts["value"], _ = parse_number(blank_to_missing(acts["value"], ("",)))
     else:
         acts["value"] = np.nan
+    # A row repeated to the second (an export run twice into one file, a sync that replays) is
+    # one event: counted each time it would inflate every engagement feature. Compared as read,
+    # so the service (`serving.direct`) finds the same repeats in a request.
+    repeat = acts.duplicated(list(ACTIVITY_FIELDS), keep="first")
+    quarantine.add("activities", acts, repeat, DUPLICATE_ACTIVITY)
+    acts = acts[~repeat]
     return acts[["_row", "lead_id", "occurred_at", "activity_type", "value"]].reset_index(drop=True)
 
 

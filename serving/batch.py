@@ -335,7 +335,8 @@ def score_batch(
             positions, issue = _flat_rows(model, chunk)
             features, context, _ = prepare_flat_rows(model, chunk.iloc[positions], cleaned.iloc[file_rows[positions]])
         else:
-            rows = [groups[i] for i in chunk["lead_id"].str.strip() if i in groups]
+            # Each lead's activities once, though the lead has several rows (quarantined below).
+            rows = [groups[i] for i in pd.unique(chunk["lead_id"].str.strip()) if i in groups]
             act_positions = np.concatenate(rows) if rows else np.array([], dtype=int)
             acts = activities.iloc[act_positions]
             features, context, positions, issue = prepare_crm_leads(model, chunk, acts, moments, strict=False)

@@ -179,13 +179,16 @@ class DirectScorer:
     def _events(self, lead: Lead) -> list[tuple[int, str]] | None:
         """(nanoseconds since 1900, activity type) of each activity in the request's order, or
         None when one would be quarantined."""
-        events = []
+        events, seen = [], set()
         for activity in lead.activities:
             occurred = _ns(activity["occurred_at"])
             kind = self._kind(activity["activity_type"])
             if occurred is None or not kind:
                 return None
-            events.append((occurred, kind))
+            key = (occurred, kind, activity.get("value"))
+            if key not in seen:  # a repeat of an earlier activity is one event, as `clean_activities` reads it
+                seen.add(key)
+                events.append((occurred, kind))
         return events
 
     # -- one lead --------------------------------------------------------------------------------
@@ -293,7 +296,7 @@ class DirectScorer:
         ids = [_lead_id(lead.lead_id) for lead in leads]
         if len(set(ids)) < len(ids):
             return None
-        rows, created, stamps, act_ids, act_kinds = [], [], [], [], []
+        rows, created, stamps, act_ids, act_kinds, act_values = [], [], [], [], [], []
         for lead, lead_id in zip(leads, ids, strict=True):
             if lead.created_at is None:
                 return None
@@ -306,6 +309,7 @@ class DirectScorer:
                 stamps.append(activity["occurred_at"])
                 act_ids.append(lead_id)
                 act_kinds.append(kind)
+                act_values.append(activity.get("value"))
         created_at, occurred_at = _naive_utc(created), _naive_utc(stamps)
         now = np.datetime64(moment + _EPOCH_NS, "ns")
         if created_at is None or occurred_at is None or (created_at > now).any():
@@ -320,8 +324,10 @@ class DirectScorer:
         clean = pd.DataFrame(columns)
         activities = pd.DataFrame(
             {"lead_id": pd.Series(act_ids, dtype=object), "occurred_at": occurred_at,
-             "activity_type": pd.Series(act_kinds, dtype=object)}
+             "activity_type": pd.Series(act_kinds, dtype=object), "value": np.array(act_values, dtype=float)}
         )  # fmt: skip
+        # A repeat of an earlier activity is one event, as `clean_activities` reads it.
+        activities = activities.drop_duplicates().drop(columns="value")
         vocabulary = self.model.scorer.spec.settings.get("tech_vocabulary", [])
         features = build_crm_features(clean, activities, pd.Series(np.full(len(leads), now)), self.features, vocabulary)
         return features, clean[["email", "sales_accepted", "do_not_contact"]]

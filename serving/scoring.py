@@ -25,7 +25,7 @@ from features.build import build_crm_features
 from features.bundle import LeadScorer, grade_of, score_from_probability
 from features.criteria import qualify_columns
 from features.flat import clean_flat_columns
-from features.ingest import Quarantine, clean_activities, clean_leads
+from features.ingest import DUPLICATE_ACTIVITY, Quarantine, clean_activities, clean_leads
 from features.params import CriteriaParams, FeatureParams
 from features.reasons import sentence
 from features.spec import to_model_frame
@@ -493,10 +493,12 @@ def prepare_crm_leads(
     acts.insert(0, "_row", np.arange(len(acts)))
     clean_acts = clean_activities(acts, known, quarantine, day_first=day_first)
     problems = quarantine.frame()
-    if strict and not problems.empty:
+    # An activity sent twice is counted once, as batch scoring counts it; it spoils nothing.
+    blocking = problems[~((problems["table"] == "activities") & (problems["reason"] == DUPLICATE_ACTIVITY))]
+    if strict and not blocking.empty:
         raise InvalidLeads(
-            [f"{row.table}[{row.row}] (lead_id {row.lead_id!r}): {row.reason}" for row in problems.itertuples()],
-            [(row.table, int(row.row), row.reason) for row in problems.itertuples()],
+            [f"{row.table}[{row.row}] (lead_id {row.lead_id!r}): {row.reason}" for row in blocking.itertuples()],
+            [(row.table, int(row.row), row.reason) for row in blocking.itertuples()],
         )
     vocabulary = model.scorer.spec.settings.get("tech_vocabulary", [])
     moment_of = moments.to_numpy()[positions]

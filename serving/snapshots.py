@@ -66,16 +66,20 @@ def write_snapshot(
     stamp = pd.Timestamp.now(tz="UTC").strftime("%Y%m%dT%H%M%S%fZ")
     partial = directory / f".{stamp}.partial"
     partial.mkdir()
+    # Ids as scoring reads them (spaces around them aside) in every table of the snapshot: the
+    # pages look a lead up by the id in its link.
     ids = leads["lead_id"].astype(str).str.strip()
     extra = leads.assign(lead_id=ids).drop_duplicates("lead_id").set_index("lead_id")
-    scores = scored.copy()
+    scores = scored.assign(lead_id=scored["lead_id"].astype(str).str.strip())
     for column in DISPLAY_COLUMNS:
         scores[column] = scores["lead_id"].map(extra[column]) if column in extra else ""
     scores.to_parquet(partial / "scores.parquet", index=False)
-    scored_ids = set(scored["lead_id"])
-    leads[ids.isin(scored_ids)].astype(str).to_parquet(partial / "leads.parquet", index=False)
-    acts = activities[activities["lead_id"].astype(str).str.strip().isin(scored_ids)] if len(activities) else activities
-    acts.astype(str).to_parquet(partial / "activities.parquet", index=False)
+    scored_ids = set(scores["lead_id"])
+    leads.assign(lead_id=ids)[ids.isin(scored_ids)].astype(str).to_parquet(partial / "leads.parquet", index=False)
+    if len(activities):
+        act_ids = activities["lead_id"].astype(str).str.strip()
+        activities = activities.assign(lead_id=act_ids)[act_ids.isin(scored_ids)]
+    activities.astype(str).to_parquet(partial / "activities.parquet", index=False)
     (partial / "meta.json").write_text(json.dumps({**meta, "written_at": stamp}, default=str, indent=2))
     final = directory / stamp
     partial.rename(final)

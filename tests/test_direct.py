@@ -122,6 +122,20 @@ def _respell(lead: Lead, **changes) -> Lead:
     return Lead.model_validate({**lead.model_dump(exclude_none=True), **changes})
 
 
+def test_an_activity_sent_twice_counts_once_on_every_path(champion, requests):
+    """As batch scoring reads an export with a repeated row: one event, not two."""
+    lead = next(lead for lead in requests if len(lead.activities) >= 2)
+    acts = [dict(a) for a in lead.activities]
+    twice = _respell(lead, activities=[*acts, acts[0], acts[0]])
+    want = _general(champion, lead, AS_OF)
+    assert _fast(DirectScorer(champion), twice, AS_OF) == want
+    assert _general(champion, twice, AS_OF) == want
+    other = next(each for each in requests if each.lead_id != lead.lead_id)
+    got, _ = DirectScorer(champion).prepare([twice, other], AS_OF)
+    expected, _ = DirectScorer(champion).prepare([lead, other], AS_OF)
+    pd.testing.assert_frame_equal(got, expected)
+
+
 def test_batch_path_matches_the_general_path(champion, requests):
     direct = DirectScorer(champion)
     # Spellings that differ by case across leads are merged into the most frequent one, as

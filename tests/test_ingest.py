@@ -278,3 +278,16 @@ def test_a_lead_created_on_a_no_date_placeholder_is_set_aside_in_training(tmp_pa
     reasons = q.loc[q["lead_id"] == "B"].set_index("table")["reason"]
     assert reasons["leads"] == "created_at is a placeholder for no date: 1970-01-01 00:00:00"
     assert reasons["outcomes"].startswith("unknown lead_id")  # its outcome goes with it, named
+
+
+def test_a_bant_field_the_export_leaves_out_is_unknown_as_a_blank_one(tmp_path):
+    """As a request without the field is read: the batch command scored such leads otherwise."""
+    _write(
+        tmp_path,
+        {"lead_id": ["A", "B"], "created_at": ["2025-01-01"] * 2, "budget": ["", "yes"]},
+        {"lead_id": ["A"], "occurred_at": ["2025-01-05"], "activity_type": ["web_visit"]},
+        {"lead_id": ["A", "B"], "status": ["lost", "open"], "closed_at": ["2025-03-10", ""]},
+    )
+    leads = load_crm(tmp_path).leads.set_index("lead_id")
+    assert leads["budget"].to_dict() == {"A": "unknown", "B": "confirmed"}
+    assert (leads[["authority", "need", "timeline"]] == "unknown").all().all()

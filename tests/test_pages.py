@@ -473,3 +473,17 @@ def test_grade_shares_are_whole_percents_that_add_up_to_100():
     assert sum(quarters) == 100 and all(p in (12, 13) for p in quarters[:3]) and quarters[3] in (62, 63)
     assert sum(whole_percents([0.3334, 0.3333, 0.3333])) == 100
     assert whole_percents([0.2, 0.8]) == [20, 80] and whole_percents([]) == [] and whole_percents([0.0]) == [0]
+
+
+def test_a_snapshot_names_each_lead_by_its_id_without_spaces_around_it(tmp_path):
+    """A lead id padded in the leads file was scored, listed in the digest with no owner, and
+    its page was a 404: the snapshot kept its row and activities under the padded id only in part."""
+    from serving.snapshots import write_snapshot
+
+    scored = pd.DataFrame({"lead_id": [" L1 "], "score": [50.0]})
+    leads = pd.DataFrame({"lead_id": [" L1 "], "owner": ["Ada"]})
+    acts = pd.DataFrame({"lead_id": ["L1\u00a0"], "activity_type": ["web_visit"]})
+    folder = write_snapshot(scored, leads, acts, {"model_name": "crm"}, tmp_path)
+    for table in ("scores", "leads", "activities"):
+        assert pd.read_parquet(folder / f"{table}.parquet")["lead_id"].tolist() == ["L1"], table
+    assert pd.read_parquet(folder / "scores.parquet")["owner"].tolist() == ["Ada"]
