@@ -192,12 +192,12 @@ def parse_timestamps(values: pd.Series, day_first: bool | None = None) -> tuple[
         # A date that starts with its year (2024-11-01 10:31:59 UTC) is year, month, day in any
         # export; read day first, pandas would take it for 2024-01-11.
         year_first = fallback.str.match(_YEAR_FIRST).to_numpy()
-        pieces = [
-            _parse_in_order(fallback[rows], order)
-            for rows, order in ((year_first, False), (~year_first, day_first))
-            if rows.any()
-        ]  # each in the unit pandas picks (year 9999 does not fit in nanoseconds: NaT below)
-        reparsed = pd.concat(pieces).reindex(fallback.index) if len(pieces) > 1 else pieces[0]
+        groups = [(rows, order) for rows, order in ((year_first, False), (~year_first, day_first)) if rows.any()]
+        # Each group in the unit pandas picks (year 9999 does not fit in nanoseconds: NaT below),
+        # then put back in the rows' order by position.
+        reparsed = pd.concat([_parse_in_order(fallback[rows], order) for rows, order in groups])
+        reparsed = reparsed.iloc[np.argsort(np.concatenate([np.flatnonzero(rows) for rows, _ in groups]))]
+        reparsed.index = fallback.index
         parsed[retry] = reparsed.where(~contradicting)
     plausible = parsed.notna() & parsed.dt.year.between(FIRST_YEAR, LAST_YEAR)
     parsed = parsed.where(plausible).dt.tz_localize(None).dt.as_unit("ns")
