@@ -146,13 +146,24 @@ def _date_parts(text: pd.Series) -> pd.DataFrame:
 
 
 def _order(parts: pd.DataFrame) -> bool | None:
-    """Day first, month first, or None when no value says or as many say each: a value that
-    is impossible either way (31/31/2025, junk) says nothing."""
-    day_first_votes = int(((parts[0] > 12) & (parts[1] <= 12)).sum())
-    month_first_votes = int(((parts[1] > 12) & (parts[0] <= 12)).sum())
-    if day_first_votes == month_first_votes:
-        return None
-    return day_first_votes > month_first_votes
+    return order_from_votes(_votes(parts))
+
+
+def _votes(parts: pd.DataFrame) -> tuple[int, int]:
+    """How many values can only be read day first, and how many only month first: a value
+    that is impossible either way (31/31/2025, junk) says nothing."""
+    return int(((parts[0] > 12) & (parts[1] <= 12)).sum()), int(((parts[1] > 12) & (parts[0] <= 12)).sum())
+
+
+def order_from_votes(votes: tuple[int, int]) -> bool | None:
+    """Day first, month first, or None when no value says or as many say each."""
+    day_first, month_first = votes
+    return None if day_first == month_first else day_first > month_first
+
+
+def date_order_votes(text: pd.Series) -> tuple[int, int]:
+    """The votes of `numeric_date_order`, to add up over the parts of a table read in pieces."""
+    return _votes(_date_parts(text))
 
 
 def numeric_date_order(text: pd.Series) -> bool | None:
@@ -172,7 +183,9 @@ def parse_timestamps(values: pd.Series, day_first: bool | None = None) -> tuple[
     Numeric dates (03/04/2025) are read in one order: `day_first` (an export's order, see
     `numeric_date_order`), else the column's own (day first when values such as 13/04/2025
     say so, else month first). A value against the order fails rather than being swapped.
-    Time zones are converted to UTC and dropped, so all moments compare as naive UTC.
+    Digits alone, 9 to 13 of them, are Unix time (seconds; milliseconds above 2e10), as the
+    service reads them. Time zones are converted to UTC and dropped, so all moments compare
+    as naive UTC.
 
     Returns:
         The parsed timestamps (NaT where blank or unparseable) and a mask of the values
@@ -182,6 +195,8 @@ def parse_timestamps(values: pd.Series, day_first: bool | None = None) -> tuple[
     present = text.notna() & (text.astype(str).str.strip() != "")
     parsed = pd.to_datetime(text.where(present), format="ISO8601", errors="coerce", utc=True)
     retry = present & parsed.isna()
+    if retry.any():
+        parsed, retry = _unix_times(text, retry, parsed)
     if retry.any():
         fallback = text[retry].astype(str)
         parts = _date_parts(fallback)
@@ -206,6 +221,27 @@ def parse_timestamps(values: pd.Series, day_first: bool | None = None) -> tuple[
 
 
 _YEAR_FIRST = r"\s*\d{4}[-/.]\d"
+# Unix time written as digits, in seconds or (above 2e10) milliseconds, as the service reads a
+# moment: 1767095580, 1767095580123. Eight digits stay a date (20250304), as ISO 8601 has it.
+_UNIX_TIME = r"\s*\d{9,13}(?:\.\d+)?\s*"
+_LAST_NANOSECOND_SECOND = 9.2e9  # past 2261 a moment does not fit in nanoseconds (and is no CRM's)
+
+
+def _unix_times(text: pd.Series, retry: pd.Series, parsed: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """`parsed` with the values of `retry` written as Unix time read (by position), and
+    `retry` without them."""
+    candidates = np.flatnonzero(retry.to_numpy())
+    unix = text.iloc[candidates].astype(str).str.fullmatch(_UNIX_TIME).to_numpy()
+    if not unix.any():
+        return parsed, retry
+    number = pd.to_numeric(text.iloc[candidates[unix]].astype(str).str.strip()).to_numpy(dtype=float)
+    micros = np.round(np.where(number > 2e10, number * 1e3, number * 1e6))
+    micros = np.where(micros < _LAST_NANOSECOND_SECOND * 1e6, micros, np.nan)
+    parsed = parsed.dt.as_unit("us")
+    parsed.iloc[candidates[unix]] = pd.to_datetime(micros, unit="us", utc=True).as_unit("us")
+    left = retry.copy()
+    left.iloc[candidates[unix]] = False
+    return parsed, left
 
 
 def _parse_in_order(text: pd.Series, day_first: bool) -> pd.Series:

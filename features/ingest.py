@@ -18,8 +18,9 @@ import pandas as pd
 from features.clean import (
     blank_to_missing,
     canonical_spelling,
+    date_order_votes,
     is_missing,
-    numeric_date_order,
+    order_from_votes,
     parse_bool,
     parse_number,
     parse_timestamps,
@@ -101,12 +102,40 @@ class DataError(ValueError):
         self.quarantine = quarantine
 
 
+@dataclass(frozen=True)
+class CountedNote:
+    """Values of a column cleaned one way (`what`), how many, and a few of them."""
+
+    where: str
+    what: str
+    count: int
+    examples: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        shown = f" ({', '.join(map(repr, self.examples))})" if self.examples else ""
+        return f"{self.where}: {self.count:,} {self.what}{shown}"
+
+
+def merge_counted(notes: Iterable[CountedNote], examples: int = 5) -> list[CountedNote]:
+    """The notes of a file cleaned in parts (chunks, partitions) as one file's: counts added,
+    examples pooled (the first few in sorting order), sorted by column: the same notes however
+    the file was cut."""
+    merged: dict[tuple[str, str], CountedNote] = {}
+    for note in notes:
+        key = (note.where, note.what)
+        before = merged.get(key, CountedNote(note.where, note.what, 0))
+        shown = tuple(sorted(set(before.examples) | set(note.examples)))[:examples]
+        merged[key] = CountedNote(note.where, note.what, before.count + note.count, shown)
+    return [merged[key] for key in sorted(merged)]
+
+
 @dataclass
 class Quarantine:
     """Rows set aside with their reasons, and notes on values that were cleaned."""
 
     rows: list[pd.DataFrame] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    counted: list[CountedNote] = field(default_factory=list)  # the notes that count values, also as text in `notes`
 
     def add(self, table: str, frame: pd.DataFrame, mask: pd.Series, reason: str | pd.Series) -> None:
         """Quarantine the rows of `frame` selected by `mask`, with a reason each."""
@@ -127,6 +156,15 @@ class Quarantine:
 
     def note(self, text: str) -> None:
         self.notes.append(text)
+
+    def count(self, where: str, what: str, values: pd.Series) -> None:
+        """Note that `values` of `where` were cleaned so (`what`), with the commonest of them (in
+        sorting order, as `merge_counted` pools them)."""
+        if len(values):
+            shown = tuple(sorted(values.astype(str).str.strip().value_counts().index[:5]))
+            note = CountedNote(where, what, len(values), shown)
+            self.counted.append(note)
+            self.notes.append(str(note))
 
     def frame(self) -> pd.DataFrame:
         if not self.rows:
@@ -156,10 +194,18 @@ class CrmData:
     day_first: bool | None = None  # the order of its numeric dates (None: none were decisive)
 
 
+DATE_COLUMNS = ("created_at", "occurred_at", "closed_at")
+
+
 def export_date_order(*tables: pd.DataFrame) -> bool | None:
     """The order of numeric dates across an export's date columns (see `numeric_date_order`)."""
-    columns = [t[c] for t in tables for c in ("created_at", "occurred_at", "closed_at") if c in t]
-    return numeric_date_order(pd.concat(columns, ignore_index=True)) if columns else None
+    return order_from_votes(export_date_votes(*tables))
+
+
+def export_date_votes(*tables: pd.DataFrame) -> tuple[int, int]:
+    """The votes for each order (`date_order_votes`) of the date columns of `tables`."""
+    votes = [date_order_votes(t[c]) for t in tables for c in DATE_COLUMNS if c in t]
+    return sum(v[0] for v in votes), sum(v[1] for v in votes)
 
 
 def leads_as_of(
@@ -510,10 +556,7 @@ def _placeholders_to_missing(
     if quarantine is None:
         return cleaned
     text = values[cleaned.isna() & values.notna()].astype(str).str.strip()
-    placeholders = text[text != ""]
-    if len(placeholders):
-        shown = ", ".join(repr(v) for v in placeholders.value_counts().index[:5])
-        quarantine.note(f"leads.{values.name}: {len(placeholders):,} placeholder value(s) read as blank ({shown})")
+    quarantine.count(f"leads.{values.name}", "placeholder value(s) read as blank", text[text != ""])
     return cleaned
 
 
@@ -587,23 +630,23 @@ def clean_leads(
                 lambda v: "unknown" if is_missing(v) else BANT_SYNONYMS.get(v.casefold(), v.casefold())
             )
             odd = ~folded.isin(BANT_VALUES)
-            if odd.any():
-                quarantine.note(f"leads.{column}: {int(odd.sum())} value(s) not in {BANT_VALUES} read as unknown")
+            quarantine.count(
+                f"leads.{column}", f"value(s) not in {BANT_VALUES} read as unknown", leads.loc[odd, column]
+            )
             leads[column] = folded.where(~odd, "unknown")
     for column in LEAD_NUMERIC:
         if column in leads:
             values, failed = parse_number(_placeholders_to_missing(leads[column], missing_tokens, quarantine))
-            if failed.any():
-                rows = ", ".join(map(str, leads.loc[failed, "_row"].head(5)))
-                quarantine.note(
-                    f"leads.{column}: {int(failed.sum())} value(s) not a number read as missing (rows {rows})"
-                )
-            leads[column] = values
+            quarantine.count(f"leads.{column}", "value(s) not a number read as missing", leads.loc[failed, column])
+            # A head count or a revenue below zero is a typo or a sentinel, not an amount (the
+            # service refuses one in a request).
+            negative = values < 0
+            quarantine.count(f"leads.{column}", "value(s) below zero read as missing", leads.loc[negative, column])
+            leads[column] = values.mask(negative)
     for column in ("do_not_contact", "sales_accepted"):
         if column in leads:
             values, failed = parse_bool(blank_to_missing(leads[column], missing_tokens))
-            if failed.any():
-                quarantine.note(f"leads.{column}: {int(failed.sum())} value(s) not yes/no read as missing")
+            quarantine.count(f"leads.{column}", "value(s) not yes/no read as missing", leads.loc[failed, column])
             leads[column] = values
     for column in ("tech_stack", "email"):
         if column in leads:
@@ -659,13 +702,11 @@ def clean_activities(
     quarantine.add("activities", acts, kind.isna(), "missing activity_type")
     acts = acts.assign(activity_type=kind)[kind.notna()]
     other = ~acts["activity_type"].isin(ACTIVITY_TYPES)
-    if other.any():
-        names = acts.loc[other, "activity_type"].value_counts().head(5)
-        quarantine.note(
-            f"activities: {int(other.sum())} row(s) of types outside the contract counted as "
-            f"'{OTHER_ACTIVITY}' ({', '.join(names.index)})"
-        )
-        acts.loc[other, "activity_type"] = OTHER_ACTIVITY
+    quarantine.count(
+        "activities", f"row(s) of types outside the contract counted as '{OTHER_ACTIVITY}'",
+        acts.loc[other, "activity_type"],
+    )  # fmt: skip
+    acts.loc[other, "activity_type"] = OTHER_ACTIVITY
     if "value" in acts:
         acts["value"], _ = parse_number(blank_to_missing(acts["value"], ("",)))
     else:

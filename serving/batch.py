@@ -13,9 +13,18 @@ import pandas as pd
 
 from features.clean import blank_to_missing, parse_timestamps
 from features.flat import clean_flat_columns, model_column_name
-from features.ingest import DataError, header_separator, near_ids, outcome_status, read_text_csv
+from features.ingest import (
+    CountedNote,
+    DataError,
+    export_date_order,
+    header_separator,
+    merge_counted,
+    near_ids,
+    outcome_status,
+    read_text_csv,
+)
 from features.schema import TABLE_FILES, contract_names
-from serving.scoring import LoadedModel, prepare_crm_leads, prepare_flat_rows, score_features
+from serving.scoring import LoadedModel, model_date_order, prepare_crm_leads, prepare_flat_rows, score_features
 
 OUTPUT_COLUMNS = [
     "lead_id", "probability", "score", "grade", "fit", "engagement", "stage", "stage_reason",
@@ -28,7 +37,8 @@ CHUNK_LEADS = 50_000
 class BatchResult:
     scored: pd.DataFrame
     quarantine: pd.DataFrame
-    notes: list[str] = field(default_factory=list)  # what a flat model read as missing in the file
+    notes: list[str] = field(default_factory=list)  # values read otherwise than written, say where
+    counted: list[CountedNote] = field(default_factory=list)  # a CRM model's notes as counts, to add up
 
 
 def read_table(path: Path, sep: str = ",") -> pd.DataFrame:
@@ -50,6 +60,18 @@ def read_table(path: Path, sep: str = ",") -> pd.DataFrame:
         raise DataError(f"{path}: cannot read ({' '.join(str(exc).split())})") from exc
 
 
+def file_date_order(model: LoadedModel, leads: pd.DataFrame, activities: pd.DataFrame) -> bool | None:
+    """Whether to read a batch's numeric dates (03/04/2025) day first: the model's order, else
+    the one the file's date columns say together, else month first (None for a flat model).
+
+    One order for the whole run: `created_at` and the activities read apart (or a chunk, or
+    one lead's rows on its page) could each say another, and a lead would score differently
+    in the digest and on its page."""
+    if model.kind != "crm":
+        return None
+    return model_date_order(model.scorer, bool(export_date_order(leads, activities)))
+
+
 def _contract_table(frame: pd.DataFrame, table: str, rename: bool) -> pd.DataFrame:
     return frame.rename(columns=contract_names(frame.columns, table)[0]) if rename else frame
 
@@ -59,37 +81,47 @@ def _contract_table(frame: pd.DataFrame, table: str, rename: bool) -> pd.DataFra
 STALE_EXPORT_DAYS = 30
 
 
-def stale_export_note(activities: pd.DataFrame, as_of: pd.Timestamp) -> str | None:
-    """A warning when the newest activity of an export is long before the scoring moment."""
+def stale_export_note(activities: pd.DataFrame, as_of: pd.Timestamp, day_first: bool | None = None) -> str | None:
+    """A warning when the newest activity of an export is long before the scoring moment
+    (`day_first`: the run's order of numeric dates, `file_date_order`)."""
     if activities.empty or "occurred_at" not in activities:
         return None
-    return stale_note(parse_timestamps(activities["occurred_at"])[0].max(), as_of)
+    return stale_note(parse_timestamps(activities["occurred_at"], day_first)[0].max(), as_of)
 
 
 def no_activity_note(
-    scorer: Any, leads: pd.DataFrame, activities: pd.DataFrame, as_of: pd.Timestamp | None = None
+    scorer: Any,
+    leads: pd.DataFrame,
+    activities: pd.DataFrame,
+    as_of: pd.Timestamp | None = None,
+    day_first: bool | None = None,
 ) -> str | None:
     """A warning when a model that learned from engagement is given no activity of the leads
     it scores: none at all, only other leads' (another export's file, ids written otherwise),
     or, with `as_of`, none before that moment (features read the rows before it only)."""
-    state, first = activity_state(scorer, leads, activities, as_of)
+    state, first = activity_state(scorer, leads, activities, as_of, day_first)
     if state == "after":
         return activity_after_note(as_of, first)
     return {"none": NO_ACTIVITY_NOTE, "undated": UNDATED_NOTE}.get(state)
 
 
 def activity_state(
-    scorer: Any, leads: pd.DataFrame, activities: pd.DataFrame, as_of: pd.Timestamp | None = None
+    scorer: Any,
+    leads: pd.DataFrame,
+    activities: pd.DataFrame,
+    as_of: pd.Timestamp | None = None,
+    day_first: bool | None = None,
 ) -> tuple[str, pd.Timestamp | None]:
     """Whether the leads' activities can shape their engagement: "before" (some do, or the model
     needs none), "none" (no activity of these leads), "after" (dated ones, all at or after
     `as_of`; the first of them returned too), "undated" (only ones without a readable date,
     which scoring quarantines) or "empty" (no lead to score). With `as_of`, only leads
     created before it count: later ones are not scored. Partitions of one run combine in
-    `ACTIVITY_STATES` order: the first state any partition has is the run's."""
+    `ACTIVITY_STATES` order: the first state any partition has is the run's. `day_first`: the
+    run's order of numeric dates when the model has none (`file_date_order`)."""
     if scorer.spec.kind != "crm" or "lead_id" not in leads or not scorer.uses_engagement():
         return "before", None
-    day_first = scorer.spec.settings.get("day_first")
+    day_first = model_date_order(scorer, day_first)
     if as_of is not None and "created_at" in leads:
         created = parse_timestamps(leads["created_at"], day_first)[0]
         leads = leads[~(created > as_of)]  # undated ones are quarantined when scored, not counted here
@@ -163,7 +195,7 @@ def read_leads(
     Returns:
         Leads, activities, and how many closed leads were left out.
     """
-    closed = 0
+    closed, all_ids = 0, None
     # A CRM model reads the contract's names whatever their case, as training does; a flat
     # model's columns are its own.
     as_contract = flat_schema is None
@@ -178,6 +210,7 @@ def read_leads(
             # row is closed, so repeated rows cannot make it look open.
             status = outcomes["status"].map(outcome_status)
             closed_ids = set(outcomes.loc[status.isin(["converted", "lost"]), "lead_id"].astype(str).str.strip())
+            all_ids = leads["lead_id"]
             is_closed = leads["lead_id"].astype(str).str.strip().isin(closed_ids)
             if notes is not None:
                 notes.extend(_unread_outcomes(outcomes, status, leads["lead_id"]))
@@ -211,6 +244,8 @@ def read_leads(
         raise DataError(f"{source}: no lead_id column{trained}; columns are {', '.join(leads.columns[:20])}")
     if leads.empty and not closed:
         raise DataError(f"{source}: no rows to score (a header only)")
+    if notes is not None and flat_schema is None and len(acts):
+        notes.extend(_activities_spelt_otherwise(acts, leads["lead_id"] if all_ids is None else all_ids))
     return leads, acts, closed
 
 
@@ -264,6 +299,22 @@ def _rows_in_file(table: pd.DataFrame) -> np.ndarray:
     return np.arange(len(table))
 
 
+def _activities_spelt_otherwise(activities: pd.DataFrame, lead_ids: pd.Series) -> list[str]:
+    """Activity rows whose id names no lead but matches one apart from case, spaces or leading
+    zeros: training sets them aside as of unknown leads, scoring would leave them out unsaid."""
+    known = lead_ids.astype(str).str.strip()
+    ids = activities["lead_id"].astype(str).str.strip()
+    strangers = ids[~ids.isin(known) & ids.ne("")]
+    near = near_ids(strangers, known) if len(strangers) else strangers
+    if near.empty:
+        return []
+    return [
+        f"activities: {len(near):,} row(s) name no lead of the leads file but match one but for case, spaces or "
+        f"leading zeros (e.g. {strangers[near.index[0]]!r} for {near.iloc[0]!r}): they are not counted; make the "
+        "ids agree"
+    ]
+
+
 def _unread_outcomes(outcomes: pd.DataFrame, status: pd.Series, lead_ids: pd.Series) -> list[str]:
     """Outcome rows that leave a lead scored as open though the export may have closed it: a
     status that is not read, or an id that names no lead of leads.csv."""
@@ -297,8 +348,10 @@ def score_batch(
     as_of: pd.Timestamp,
     *,
     on_progress: Callable[[int], None] | None = None,
+    day_first: bool | None = None,
 ) -> BatchResult:
-    """Score every usable lead, in chunks; unusable rows come back as a quarantine.
+    """Score every usable lead, in chunks; unusable rows come back as a quarantine. Numeric
+    dates are read in one order, `day_first` (default: `file_date_order` of these rows).
 
     Rows that share a lead id are always scored in the same chunk (duplicates are caught
     however far apart they are in the file); the output keeps the file's order. The
@@ -314,7 +367,9 @@ def score_batch(
                 f"none of the model's columns are in this file: v{model.version} was trained on a flat "
                 f"export with {shown}; is this the right file, or the right model (--model-name)?"
             )
-    parts, problems = [], []
+    if day_first is None:
+        day_first = file_date_order(model, leads, activities)
+    parts, problems, counted = [], [], []
     lead_rows_in_file, act_rows_in_file = _rows_in_file(leads), _rows_in_file(activities)
     cleaned, notes = _clean_flat_file(leads, model) if model.kind == "flat" else (None, [])
     # Ids as training reads them (spaces around them aside), in both tables.
@@ -339,7 +394,9 @@ def score_batch(
             rows = [groups[i] for i in pd.unique(chunk["lead_id"].str.strip()) if i in groups]
             act_positions = np.concatenate(rows) if rows else np.array([], dtype=int)
             acts = activities.iloc[act_positions]
-            features, context, positions, issue = prepare_crm_leads(model, chunk, acts, moments, strict=False)
+            features, context, positions, issue = prepare_crm_leads(
+                model, chunk, acts, moments, strict=False, day_first=day_first, notes=counted
+            )
         scored = score_features(model, features, context, moments.iloc[positions])
         scored.insert(0, "lead_id", chunk["lead_id"].to_numpy()[positions])
         scored["reasons"] = [json.dumps(r, default=str) for r in scored["reasons"]]
@@ -365,7 +422,8 @@ def score_batch(
         if problems
         else pd.DataFrame(columns=["table", "row", "lead_id", "reason"])
     )
-    return BatchResult(scored, quarantine, notes)
+    counted = merge_counted(counted)
+    return BatchResult(scored, quarantine, notes + [str(note) for note in counted], counted)
 
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

@@ -6,7 +6,9 @@ scheduler address (a cluster started by hand, dask-kubernetes, ...)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
+import json
 import logging
 import os
 import zlib
@@ -18,8 +20,17 @@ import numpy as np
 import pandas as pd
 from distributed import WorkerPlugin
 
-from features.clean import parse_timestamps
-from features.ingest import DataError, check_header, check_swallowed_rows, extra_fields, header_separator
+from features.clean import order_from_votes, parse_timestamps
+from features.ingest import (
+    CountedNote,
+    DataError,
+    check_header,
+    check_swallowed_rows,
+    export_date_votes,
+    extra_fields,
+    header_separator,
+    merge_counted,
+)
 from features.schema import contract_names
 from serving.batch import (
     ACTIVITY_STATES,
@@ -30,10 +41,11 @@ from serving.batch import (
     activity_state,
     score_batch,
 )
-from serving.scoring import LoadedModel, load_champion
+from serving.scoring import LoadedModel, load_champion, model_date_order
 
 QUARANTINE_COLUMNS = ["table", "row", "lead_id", "reason"]
 KIND = "_kind"
+NOTE = "note"  # KIND of a row holding one of a partition's `CountedNote`s, as JSON in `reason`
 MARKER = "activity "  # KIND of a partition's marker row: MARKER + its `activity_state` ("after": first in `reason`)
 NUMBERS = {"probability": float, "score": float, "fit": float, "engagement": float}
 ROW_KEY = "_row_key"  # (input partition << PART_SHIFT) + place in it: a row's way back to its file row
@@ -237,20 +249,57 @@ def _contract_frame(frame, table: str, path: Path):
     return frame
 
 
-def _newest_of_partition(occurred_at: pd.Series) -> pd.Series:
-    return pd.Series([parse_timestamps(occurred_at)[0].max()], dtype="datetime64[ns]")
+def _newest_of_partition(occurred_at: pd.Series, day_first: bool | None) -> pd.Series:
+    return pd.Series([parse_timestamps(occurred_at, day_first)[0].max()], dtype="datetime64[ns]")
 
 
-def newest_activity(activities_path: Path, *, blocksize: str = "64MB") -> pd.Timestamp | None:
+def newest_activity(
+    activities_path: Path, *, blocksize: str = "64MB", day_first: bool | None = None
+) -> pd.Timestamp | None:
     """The newest activity of an activities file (None when it has none readable), computed
-    on the cluster one partition at a time: the stale-export check of the local engine."""
+    on the cluster one partition at a time: the stale-export check of the local engine.
+    `day_first`: the run's order of numeric dates (`date_order_on_dask`)."""
     frame = _contract_frame(read_frame(activities_path, blocksize=blocksize), "activities", activities_path)
     if "occurred_at" not in frame.columns:
         return None
-    newest = frame["occurred_at"].map_partitions(_newest_of_partition, meta=("occurred_at", "datetime64[ns]"))
+    newest = frame["occurred_at"].map_partitions(
+        _newest_of_partition, day_first, meta=("occurred_at", "datetime64[ns]")
+    )
     with csv_errors({activities_path: frame}):
         found = newest.max().compute()
     return None if pd.isna(found) else pd.Timestamp(found)
+
+
+def _date_votes(frame: pd.DataFrame) -> pd.DataFrame:
+    day_first, month_first = export_date_votes(frame)
+    return pd.DataFrame({"day_first": [day_first], "month_first": [month_first]})
+
+
+def _run_date_order(model: LoadedModel, *frames) -> bool | None:
+    """The order of a run's numeric dates, as `serving.batch.file_date_order` decides it for
+    the local engine: the model's, else what the tables (dask dataframes) say together, one
+    pass over each, else month first."""
+    stored = model_date_order(model.scorer)
+    if stored is not None:
+        return stored
+    return bool(order_from_votes(date_votes_on_dask(*frames)))
+
+
+def date_votes_on_dask(*frames) -> tuple[int, int]:
+    """`export_date_votes` of tables read as dask dataframes (one pass over each)."""
+    meta = pd.DataFrame({"day_first": pd.Series(dtype="int64"), "month_first": pd.Series(dtype="int64")})
+    votes = [frame.map_partitions(_date_votes, meta=meta).sum().compute() for frame in frames]
+    return sum(int(v["day_first"]) for v in votes), sum(int(v["month_first"]) for v in votes)
+
+
+def date_order_on_dask(
+    model: LoadedModel, leads_path: Path, activities_path: Path, *, blocksize: str = "64MB"
+) -> bool | None:
+    """`_run_date_order` of a leads file and an activities file."""
+    frames = {path: _contract_frame(read_frame(path, blocksize=blocksize), table, path)
+              for path, table in ((leads_path, "leads"), (activities_path, "activities"))}  # fmt: skip
+    with csv_errors(frames):
+        return _run_date_order(model, *frames.values())
 
 
 def bucket_by_lead(frame: pd.DataFrame, buckets: int) -> pd.DataFrame:
@@ -312,6 +361,7 @@ def _score_partition(
     uri: str,
     as_of: pd.Timestamp,
     as_of_given: bool,
+    day_first: bool | None,
 ) -> pd.DataFrame:
     """Score one partition with the model version the run started with (loaded once per worker)."""
     key = (uri, model_name, version)
@@ -321,14 +371,16 @@ def _score_partition(
     # Each row's key as its index: `score_batch` numbers quarantined rows by it (key + 1).
     leads = leads.drop(columns="_bucket").set_index(ROW_KEY).rename_axis(None)
     activities = activities.drop(columns="_bucket").set_index(ROW_KEY).rename_axis(None)
-    result = score_batch(_MODELS[key], leads, activities, as_of)
+    result = score_batch(_MODELS[key], leads, activities, as_of, day_first=day_first)
     scored = result.scored.assign(**{KIND: "scored"})
     quarantine = result.quarantine.astype({"row": str}).assign(**{KIND: "quarantine"})
+    # Values read otherwise than written, counted here and added up over the partitions.
+    counted = pd.DataFrame({KIND: NOTE, "reason": [json.dumps(dataclasses.astuple(n)) for n in result.counted]})
     # Partitions hold each lead's whole history, so this partition alone says whether the
     # activities given reach its leads (or the model does not need them): one marker row.
-    state, first = activity_state(_MODELS[key].scorer, leads, activities, as_of if as_of_given else None)
+    state, first = activity_state(_MODELS[key].scorer, leads, activities, as_of if as_of_given else None, day_first)
     marker = {KIND: [MARKER + state], "reason": [first.isoformat() if first is not None else ""]}
-    frames = [scored, quarantine, pd.DataFrame(marker)]
+    frames = [scored, quarantine, counted, pd.DataFrame(marker)]
     frame = pd.concat(frames, ignore_index=True).reindex(columns=_columns())
     return frame.astype(object).where(frame.notna(), "").astype(str)
 
@@ -378,6 +430,7 @@ def score_on_dask(
     top: int = 0,
     on_progress: Callable[[int, int], None] | None = None,
     blocksize: str = "64MB",
+    day_first: bool | None = None,
 ) -> DaskRun:
     """Score every lead of the inputs on the cluster and write `output/scores/` and
     `output/quarantine/` as partitioned parquet (one file per partition: a task that is run
@@ -385,7 +438,9 @@ def score_on_dask(
 
     `as_of_given`: False when `as_of` is just now, so no lead is warned about for activities
     after it. `top` best leads come back in `best` (the `--top` table); `on_progress` is called
-    with (partitions scored, partitions); `blocksize` is the size of a CSV's partitions as read."""
+    with (partitions scored, partitions); `blocksize` is the size of a CSV's partitions as read;
+    `day_first`: the run's order of numeric dates (default: `date_order_on_dask`'s, one more
+    pass over the files when the model stored none)."""
     import dask.dataframe as dd
     from distributed import as_completed, futures_of
 
@@ -394,6 +449,8 @@ def score_on_dask(
     activities = _contract_frame(read_frame(activities_path, blocksize=blocksize), "activities", activities_path)
     raw = {"leads": leads, "activities": activities}
     with csv_errors({leads_path: leads, activities_path: activities}):
+        if day_first is None:  # one order for the run, as the local engine reads a file
+            day_first = _run_date_order(model, leads, activities)
         buckets = partitions or max(leads.npartitions, 2 * len(client.scheduler_info()["workers"]))
         leads, activities = (
             frame.map_partitions(_key_rows)
@@ -405,6 +462,7 @@ def score_on_dask(
         results = dd.map_partitions(
             _score_partition, leads, activities, meta=meta, align_dataframes=False,
             model_name=model.name, version=model.version, uri=uri, as_of=as_of, as_of_given=as_of_given,
+            day_first=day_first,
         ).persist()  # fmt: skip
         futures = futures_of(results)
         for done, _ in enumerate(as_completed(futures), start=1):
@@ -425,6 +483,10 @@ def score_on_dask(
     elif state == "after":
         firsts = results[results[KIND] == MARKER + "after"]["reason"].compute()
         notes = (activity_after_note(as_of, min(pd.Timestamp(first) for first in firsts)),)
+    if counts.get(NOTE, 0):
+        held = results[results[KIND] == NOTE]["reason"].compute()
+        counted = merge_counted(CountedNote(w, what, n, tuple(shown)) for w, what, n, shown in map(json.loads, held))
+        notes = (*notes, *map(str, counted))
     stages = scored["stage"].value_counts().compute()
     return DaskRun(
         scored=int(counts.get("scored", 0)),

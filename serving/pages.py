@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import TypeAdapter, ValidationError
 
-from features.clean import snake_case
+from features.clean import parse_timestamps, snake_case
 from features.criteria import STAGES
 from features.reasons import plain_name
 from features.schema import ACTIVITY_TYPES
@@ -31,6 +31,7 @@ from serving.scoring import (
     InvalidLeads,
     LoadedModel,
     explain_frame,
+    model_date_order,
     model_matrix,
     points_per_logit,
     prepare_crm_leads,
@@ -79,7 +80,7 @@ def write_report(
     )
     for lead_id in chosen.scores["lead_id"]:
         rows, acts = latest.lead(lead_id)
-        view = lead_view(model, rows, acts, latest.as_of)
+        view = lead_view(model, rows, acts, latest.as_of, latest.meta.get("day_first"))
         page = render("lead.html", static=True, title=view["display_name"], lead=view)
         (out / lead_href(lead_id, static=True)).write_text(page, encoding="utf-8")
     return missing
@@ -105,16 +106,27 @@ def _display_name(row: pd.Series | dict) -> str:
 # -- the lead page ---------------------------------------------------------------------------
 
 
-def lead_view(model: LoadedModel, lead: pd.DataFrame, activities: pd.DataFrame, as_of: pd.Timestamp) -> dict:
+def lead_view(
+    model: LoadedModel,
+    lead: pd.DataFrame,
+    activities: pd.DataFrame,
+    as_of: pd.Timestamp,
+    day_first: bool | None = None,
+) -> dict:
     """Everything the lead page shows, from the lead's export row and activity rows (text
-    cells), scored with the same code as the service and the batch command."""
+    cells), scored with the same code as the service and the batch command. `day_first`: the
+    order its batch scoring read numeric dates in (a snapshot's), which one lead's rows alone
+    may not say."""
     moments = pd.Series([as_of])
+    day_first = model_date_order(model.scorer, day_first) if model.kind == "crm" else None
     if model.kind == "flat":
         features, context, _ = prepare_flat_rows(model, lead)
         problems = pd.DataFrame()
     else:
         # As batch scoring does: an unreadable activity row is left out (and said), not fatal.
-        features, context, _, problems = prepare_crm_leads(model, lead, activities, moments, strict=False)
+        features, context, _, problems = prepare_crm_leads(
+            model, lead, activities, moments, strict=False, day_first=day_first
+        )
         if features.empty:
             raise InvalidLeads([f"{row.table}[{row.row}]: {row.reason}" for row in problems.itertuples()])
     scored = score_features(model, features, context, moments).iloc[0]
@@ -131,9 +143,9 @@ def lead_view(model: LoadedModel, lead: pd.DataFrame, activities: pd.DataFrame, 
     if model.kind == "flat":
         to_sql = "This model scores flat exports, which carry no activities to act on."
     else:
-        to_sql = path_to_sql(model, lead, activities, as_of).message
+        to_sql = path_to_sql(model, lead, activities, as_of, day_first).message
     return {
-        **_lead_basics(lead, activities, as_of, f"{model.name} v{model.version}"),
+        **_lead_basics(lead, activities, as_of, f"{model.name} v{model.version}", day_first),
         **_scored_fields(scored),
         "to_sql": to_sql,
         "waterfall": waterfall(base_score, steps, float(100 * scored["probability"])),
@@ -148,7 +160,7 @@ def kept_lead_view(snapshot: Snapshot, lead: pd.DataFrame, activities: pd.DataFr
     """The lead page from the kept scoring alone, for when the service has no model loaded
     (the registry unreachable, say): score, stage and reasons as the batch run gave them. The
     waterfall and the way to SQL need the model and are left out, and the page says so."""
-    basics = _lead_basics(lead, activities, snapshot.as_of, _kept_model(snapshot))
+    basics = _lead_basics(lead, activities, snapshot.as_of, _kept_model(snapshot), snapshot.meta.get("day_first"))
     scored = _kept_fields(snapshot, basics["lead_id"])
     return {**basics, **scored, "kept_only": True, "horizon_days": None, "left_out": []}
 
@@ -162,10 +174,12 @@ def _kept_fields(snapshot: Snapshot, lead_id: str) -> dict:
     return _scored_fields(snapshot.scores[snapshot.scores["lead_id"].astype(str) == lead_id].iloc[0])
 
 
-def _lead_basics(lead: pd.DataFrame, activities: pd.DataFrame, as_of: pd.Timestamp, model: str) -> dict:
+def _lead_basics(
+    lead: pd.DataFrame, activities: pd.DataFrame, as_of: pd.Timestamp, model: str, day_first: bool | None
+) -> dict:
     """Who the lead is and what it did: the parts of its page that need no model."""
     row = lead.iloc[0].to_dict()
-    timeline, later = _timeline(activities, as_of)
+    timeline, later = _timeline(activities, as_of, day_first)
     return {
         "lead_id": str(row["lead_id"]).strip(),
         "display_name": _display_name(row),
@@ -195,12 +209,12 @@ def _scored_fields(scored: pd.Series) -> dict:
     }
 
 
-def _timeline(activities: pd.DataFrame, as_of: pd.Timestamp) -> tuple[list[dict], int]:
+def _timeline(activities: pd.DataFrame, as_of: pd.Timestamp, day_first: bool | None) -> tuple[list[dict], int]:
     """The activities before the scoring moment, newest first, and how many are dated after it
-    (not counted: the score is as of that moment)."""
+    (not counted: the score is as of that moment); dates read as scoring reads them."""
     if activities.empty:
         return [], 0
-    when = pd.to_datetime(activities["occurred_at"], errors="coerce", utc=True, format="mixed").dt.tz_localize(None)
+    when = parse_timestamps(activities["occurred_at"], day_first)[0]
     kind = activities["activity_type"].astype(str)
     frame = pd.DataFrame({"when": when, "what": kind, "known": snake_case(kind).isin(ACTIVITY_TYPES)})
     later = int((frame["when"] >= as_of).sum())
@@ -378,7 +392,9 @@ def shap_summary(model: LoadedModel, snapshot: Snapshot | None) -> str:
     ids = set(leads["lead_id"].str.strip())
     acts = snapshot.activities[snapshot.activities["lead_id"].str.strip().isin(ids)]
     moments = pd.Series([snapshot.as_of] * len(leads))
-    features, _, _, _ = prepare_crm_leads(model, leads, acts, moments, strict=False)
+    features, _, _, _ = prepare_crm_leads(
+        model, leads, acts, moments, strict=False, day_first=snapshot.meta.get("day_first")
+    )
     if features.empty:
         return ""
     contributions, base = explain_frame(model, features)
@@ -574,7 +590,7 @@ def lead_page(lead_id: str):
     if found is None:
         return _pick_page(404, title="Lead not found", error=f"Lead {lead_id!r} is not in the latest kept scoring.")
     rows, acts = found
-    view = lead_view(model, rows, acts, latest.as_of)
+    view = lead_view(model, rows, acts, latest.as_of, latest.meta.get("day_first"))
     kept_by = str(latest.meta.get("model_version"))
     if kept_by != str(model.version):
         # A champion promoted since the scoring (a recalibration, a rollback) scores this page,

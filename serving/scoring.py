@@ -25,7 +25,7 @@ from features.build import build_crm_features
 from features.bundle import LeadScorer, grade_of, score_from_probability
 from features.criteria import qualify_columns
 from features.flat import clean_flat_columns
-from features.ingest import DUPLICATE_ACTIVITY, Quarantine, clean_activities, clean_leads
+from features.ingest import DUPLICATE_ACTIVITY, CountedNote, Quarantine, clean_activities, clean_leads
 from features.params import CriteriaParams, FeatureParams
 from features.reasons import sentence
 from features.spec import to_model_frame
@@ -456,8 +456,21 @@ def _reason_lists(
     return out
 
 
+def model_date_order(scorer: Any, otherwise: bool | None = None) -> bool | None:
+    """The order of numeric dates the model learned from its export, else `otherwise`."""
+    stored = scorer.spec.settings.get("day_first")
+    return otherwise if stored is None else stored
+
+
 def prepare_crm_leads(
-    model: LoadedModel, leads: pd.DataFrame, activities: pd.DataFrame, as_of: pd.Series, *, strict: bool = True
+    model: LoadedModel,
+    leads: pd.DataFrame,
+    activities: pd.DataFrame,
+    as_of: pd.Series,
+    *,
+    strict: bool = True,
+    day_first: bool | None = None,
+    notes: list[CountedNote] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, pd.DataFrame]:
     """Clean raw CRM lead rows and their activities with the training rules and build
     features as of each lead's moment.
@@ -465,6 +478,10 @@ def prepare_crm_leads(
     Args:
         strict: raise on any unusable row (the service); otherwise leave such leads out and
             return them with their reasons (batch scoring quarantines them).
+        day_first: the order of numeric dates when the model stored none (a batch file's, see
+            `serving.batch.file_date_order`; None: each column's own).
+        notes: gets the notes of the cleaning on values read otherwise than written (numbers
+            that do not parse read as missing, ...), as training notes them.
 
     Returns:
         Features and criteria context of the usable leads, their positions in `leads`, and
@@ -475,7 +492,7 @@ def prepare_crm_leads(
     """
     quarantine = Quarantine()
     tokens = model.scorer.spec.settings.get("missing_tokens", ("",))
-    day_first = model.scorer.spec.settings.get("day_first")
+    day_first = model_date_order(model.scorer, day_first)
     raw = leads.astype(object).where(leads.notna(), "").astype(str).reset_index(drop=True)
     raw.insert(0, "_row", np.arange(len(raw)))
     moments = pd.Series(pd.to_datetime(as_of).to_numpy(), index=raw.index)
@@ -492,6 +509,8 @@ def prepare_crm_leads(
     acts = activities.astype(object).where(activities.notna(), "").astype(str).reset_index(drop=True)
     acts.insert(0, "_row", np.arange(len(acts)))
     clean_acts = clean_activities(acts, known, quarantine, day_first=day_first)
+    if notes is not None:
+        notes.extend(quarantine.counted)
     problems = quarantine.frame()
     # An activity sent twice is counted once, as batch scoring counts it; it spoils nothing.
     blocking = problems[~((problems["table"] == "activities") & (problems["reason"] == DUPLICATE_ACTIVITY))]

@@ -36,13 +36,20 @@ class PathToSql:
     bant_needed: int = 0  # BANT answers to confirm on a call as well as the steps
 
 
-def path_to_sql(model: LoadedModel, lead: pd.DataFrame, activities: pd.DataFrame, as_of: pd.Timestamp) -> PathToSql:
+def path_to_sql(
+    model: LoadedModel,
+    lead: pd.DataFrame,
+    activities: pd.DataFrame,
+    as_of: pd.Timestamp,
+    day_first: bool | None = None,
+) -> PathToSql:
     """Try every set of up to `MAX_STEPS` actions (each added an hour before `as_of`) in one
     scoring call, and return the smallest set that makes the lead SQL (best score first).
 
     Args:
         lead: the lead's export row (one row, text cells).
         activities: its activity rows (text cells).
+        day_first: the order of its numeric dates when the model has none (`prepare_crm_leads`).
     """
     lead_id = str(lead["lead_id"].iloc[0]).strip()
     scenarios: list[tuple[str, ...]] = [()]
@@ -59,7 +66,7 @@ def path_to_sql(model: LoadedModel, lead: pd.DataFrame, activities: pd.DataFrame
     frame = pd.concat(leads_rows, ignore_index=True)
     acts = pd.concat(act_rows, ignore_index=True).fillna("")
     moments = pd.Series([as_of] * len(frame))
-    features, context, positions, _ = prepare_crm_leads(model, frame, acts, moments, strict=False)
+    features, context, positions, _ = prepare_crm_leads(model, frame, acts, moments, strict=False, day_first=day_first)
     scored = score_features(model, features, context, moments.iloc[positions], with_reasons=False)
     scored["steps"] = [scenarios[p] for p in positions]
     now = scored.iloc[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -119,7 +121,18 @@ def test_an_export_folder_scores_only_its_open_leads_whatever_the_status_spellin
         "their leads are scored as open"
     )
     assert notes[1].startswith("outcomes.csv: 2 row(s) name no lead of leads.csv; 1 match a lead but for case")
-    assert "(e.g. 'e' for 'E')" in notes[1]
+    assert "(e.g. 'e' for 'E')" in notes[1] and len(notes) == 2
+    # Activities whose ids differ from a lead's only by case or leading zeros are named, not left
+    # out unsaid; those of a closed lead (B) or of no lead at all (X) are not the user's mistake.
+    pd.DataFrame(
+        {"lead_id": ["d", "0G", "B", "X", "D"], "occurred_at": ["2025-02-01"] * 5, "activity_type": ["web_visit"] * 5}
+    ).to_csv(tmp_path / "activities.csv", index=False)
+    notes = []
+    read_leads(tmp_path, None, notes=notes)
+    assert notes[2:] == [
+        "activities: 2 row(s) name no lead of the leads file but match one but for case, spaces or leading zeros "
+        "(e.g. 'd' for 'D'): they are not counted; make the ids agree"
+    ]
     # A 0-byte activities file is not "no activities": a copy cut short is named, not read as idle leads.
     (tmp_path / "activities.csv").write_text("")
     with pytest.raises(DataError, match=r"activities\.csv: an empty file, not even a header row"):
@@ -194,3 +207,87 @@ def test_a_flat_models_rows_are_named_as_in_training_not_by_a_data_column_called
     assert leads["lead_id"].tolist() == ["p1", "p2"]
     numbered, _, _ = read_leads(path, None, flat_schema={"id": None, "sep": ","})
     assert numbered["lead_id"].tolist() == ["1", "2"]
+
+
+def test_a_batch_reads_its_numeric_dates_in_one_order_and_its_lead_pages_read_them_so(champion, small_crm_dir):
+    """A model trained on ISO dates stores no order of numeric dates. In a day-first file whose
+    `created_at` values all fit either order (02/03/2025), each column decided alone: creation
+    dates were read month first and activities day first. A lead page, reading one lead's rows
+    alone, read its activities month first too when none had a day past 12."""
+    from features.clean import parse_timestamps
+    from serving.batch import file_date_order, score_batch
+    from serving.pages import kept_lead_view, lead_view
+    from serving.snapshots import Snapshot
+
+    assert champion.scorer.spec.settings.get("day_first") is None
+    leads, acts, _ = read_leads(small_crm_dir, None)
+    created = parse_timestamps(leads["created_at"])[0]
+    leads = leads[created.dt.day <= 12].reset_index(drop=True)
+    acts = acts[acts["lead_id"].isin(leads["lead_id"])].reset_index(drop=True)
+    when = parse_timestamps(acts["occurred_at"])[0]
+    as_of = pd.Timestamp("2025-12-20")
+
+    def written(fmt: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+        return (
+            leads.assign(created_at=parse_timestamps(leads["created_at"])[0].dt.strftime(fmt)),
+            acts.assign(occurred_at=when.dt.strftime(fmt)),
+        )
+
+    iso_leads, iso_acts = written("%Y-%m-%d %H:%M")
+    day_leads, day_acts = written("%d/%m/%Y %H:%M")
+    want = score_batch(champion, iso_leads, iso_acts, as_of)
+    got = score_batch(champion, day_leads, day_acts, as_of)
+    assert file_date_order(champion, day_leads, day_acts) is True
+    assert (want.scored["engagement"] > 0).sum() > 100
+    pd.testing.assert_frame_equal(got.scored, want.scored)
+    pd.testing.assert_frame_equal(got.quarantine, want.quarantine)  # the export's own blanks and repeats
+
+    # A lead whose activities all fit either order (day and month 12 or less, not equal), on its
+    # page with the order its scoring was kept with: the digest's numbers, the same timeline.
+    ambiguous = (when.dt.day <= 12) & (when.dt.day != when.dt.month)
+    fits = acts.assign(fits=ambiguous).groupby("lead_id")["fits"].agg(["all", "size"])
+    lead_id = fits[fits["all"] & (fits["size"] >= 2)].index[0]
+    meta = {"as_of": as_of.isoformat(), "model_name": champion.name, "model_version": champion.version,
+            "day_first": True}  # fmt: skip
+    snapshot = Snapshot(Path("."), got.scored, day_leads, day_acts, meta)
+    rows = day_leads[day_leads["lead_id"] == lead_id].reset_index(drop=True)
+    theirs = day_acts[day_acts["lead_id"] == lead_id].reset_index(drop=True)
+    page = lead_view(champion, rows, theirs, as_of, meta["day_first"])
+    iso_page = lead_view(
+        champion, iso_leads[iso_leads["lead_id"] == lead_id], iso_acts[iso_acts["lead_id"] == lead_id], as_of
+    )
+    kept = want.scored.set_index("lead_id").loc[lead_id]
+    assert page["score"] == pytest.approx(float(kept["score"])) and page["stage"] == kept["stage"]
+    assert page["timeline"] == iso_page["timeline"] and len(page["timeline"]) >= 2
+    assert kept_lead_view(snapshot, rows, theirs)["timeline"] == iso_page["timeline"]
+
+
+def test_values_read_otherwise_than_written_are_noted_once_for_the_whole_file(champion, small_crm_dir, monkeypatch):
+    """Training notes numbers it cannot read, odd BANT answers and activity types outside the
+    contract; batch scoring read them the same way without a word. Chunks add up to one note.
+    A head count below zero, which the service refuses, was read as given."""
+    import serving.batch as batch
+
+    leads, acts, _ = read_leads(small_crm_dir, None)
+    leads = leads.reset_index(drop=True)
+    odd = leads.assign(employees=leads["employees"].astype(object))
+    odd.loc[[0, 150, 300, 400], "employees"] = ["200+", "USD 3,500,000", "200+", "-5"]
+    odd.loc[[5, 250], "budget"] = "maybe"
+    kinds = acts["activity_type"].astype(str).copy()
+    kinds[acts["lead_id"].isin(leads["lead_id"].iloc[[1, 200]])] = "Webinar.Replay"
+    monkeypatch.setattr(batch, "CHUNK_LEADS", 100)
+    result = batch.score_batch(champion, odd, acts.assign(activity_type=kinds), pd.Timestamp("2025-12-20"))
+    plain = batch.score_batch(champion, leads, acts, pd.Timestamp("2025-12-20"))
+    said = [n for n in result.notes if n not in plain.notes]
+    replays = int((kinds == "Webinar.Replay").sum())
+    assert said == [
+        f"activities: {replays} row(s) of types outside the contract counted as 'other' ('webinar.replay')",
+        "leads.budget: 2 value(s) not in ('confirmed', 'not', 'unknown') read as unknown ('maybe')",
+        "leads.employees: 1 value(s) below zero read as missing ('-5')",  # the service refuses one
+        "leads.employees: 3 value(s) not a number read as missing ('200+', 'USD 3,500,000')",
+    ], result.notes
+    assert replays > 2 and len(result.scored) == len(plain.scored)
+    blank = batch.score_batch(champion, odd.assign(employees=odd["employees"].replace("-5", "")), acts,
+                              pd.Timestamp("2025-12-20")).scored  # fmt: skip
+    negative = plain.scored["lead_id"] == leads["lead_id"].iloc[400]
+    assert (result.scored.loc[negative, "fit"].to_numpy() == blank.loc[negative, "fit"].to_numpy()).all()

@@ -1,4 +1,5 @@
 import pandas as pd
+import pytest
 
 from features.clean import (
     blank_to_missing,
@@ -106,3 +107,23 @@ def test_a_date_impossible_in_either_order_says_nothing_about_the_order():
     assert numeric_date_order(pd.Series(["2025-01-01", "31/31/2025"])) is None  # junk, not month first
     assert numeric_date_order(pd.Series(["13/01/2025", "01/13/2025"])) is None  # as many say each
     assert numeric_date_order(pd.Series(["13/01/2025", "01/13/2025", "14/01/2025"])) is True
+
+
+def test_unix_time_in_digits_is_read_as_the_service_reads_it():
+    """The service read `"1767095580"` as a moment while batch scoring and training set such a
+    row aside as "not a date". Eight digits stay a date (ISO 8601's basic form)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from serving.schemas import Moment, utc_naive
+
+    service = TypeAdapter(Moment)
+    texts = ["1767095580", "1767095580123", " 1767095580.5 ", "123456789", "1700000000000"]
+    parsed, failed = parse_timestamps(pd.Series(texts, index=[7, 7, 7, 8, 8]))  # labels repeat: read by position
+    assert not failed.any()
+    assert parsed.tolist() == [utc_naive(service.validate_python(t.strip())) for t in texts]
+    assert parsed.iloc[0] == pd.Timestamp("2025-12-30 11:53:00")
+    # Past what either reads (year 2286): not a date here, an error there.
+    assert parse_timestamps(pd.Series(["9999999999999"]))[1].all()
+    with pytest.raises(ValidationError):
+        service.validate_python("9999999999999")
+    assert parse_timestamps(pd.Series(["20250304"]))[0].iloc[0] == pd.Timestamp("2025-03-04")

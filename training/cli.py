@@ -752,7 +752,14 @@ def score(
         _fail(f"-o {output}: the scores are written as .csv or .parquet; name the file so")
     from rich.progress import Progress as RichProgress
 
-    from serving.batch import no_activity_note, read_leads, score_batch, stale_export_note, write_table
+    from serving.batch import (
+        file_date_order,
+        no_activity_note,
+        read_leads,
+        score_batch,
+        stale_export_note,
+        write_table,
+    )
     from serving.scoring import ModelNotReady, load_chosen
     from serving.snapshots import scores_dir, write_snapshot
 
@@ -799,10 +806,11 @@ def score(
         for note in read_notes:
             console.print(f"[yellow]{escape(note)}[/yellow]")
         future = _warn_if_future(moment)
+        day_first = file_date_order(model, leads, acts)  # kept with the snapshot: its pages read dates so
         # A flat model reads no activities, so their age says nothing about its scores.
-        stale = stale_export_note(acts, moment) if as_of is None and flat_schema is None else None
+        stale = stale_export_note(acts, moment, day_first) if as_of is None and flat_schema is None else None
         # As of now, activities after it are not warned about: the stale-export note speaks of old ones.
-        unengaged = no_activity_note(model.scorer, leads, acts, moment if as_of else None)
+        unengaged = no_activity_note(model.scorer, leads, acts, moment if as_of else None, day_first)
         for note in (unengaged, stale):
             if note:
                 console.print(f"[yellow]{escape(note)}[/yellow]")
@@ -819,7 +827,9 @@ def score(
             )
         with RichProgress(console=console) as progress:
             task = progress.add_task("scoring", total=len(leads))
-            result = score_batch(model, leads, acts, moment, on_progress=lambda n: progress.advance(task, n))
+            result = score_batch(
+                model, leads, acts, moment, on_progress=lambda n: progress.advance(task, n), day_first=day_first
+            )
         for note in result.notes:
             console.print(f"[yellow]{escape(note)}[/yellow]")
         write_table(result.scored, output)
@@ -832,7 +842,7 @@ def score(
         _fail(f"cannot write {output}: {exc.strerror or exc}")
     if snapshot:
         meta = {"as_of": moment.isoformat(), "model_name": model.name, "model_version": model.version,
-                "source": str(source), "output": str(output)}  # fmt: skip
+                "source": str(source), "output": str(output), "day_first": day_first}  # fmt: skip
         try:
             kept = write_snapshot(result.scored, leads, acts, meta)
         except OSError as exc:  # the disk filled after the check, for one
@@ -951,7 +961,7 @@ def _score_on_dask(
     from features.schema import TABLE_FILES
     from features.tracking import tracking_uri
     from serving.batch import stale_note
-    from serving.dask_batch import newest_activity, score_on_dask, start_client
+    from serving.dask_batch import date_order_on_dask, newest_activity, score_on_dask, start_client
     from serving.scoring import ModelNotReady, load_chosen
 
     _quiet_libraries()
@@ -977,14 +987,15 @@ def _score_on_dask(
         workers = len(client.scheduler_info()["workers"])
         console.print(f"Dask: {workers} worker(s); dashboard {client.dashboard_link}")
         _warn_if_future(moment)
-        stale = stale_note(newest_activity(activities), moment) if as_of is None else None
+        day_first = date_order_on_dask(model, source, activities)
+        stale = stale_note(newest_activity(activities, day_first=day_first), moment) if as_of is None else None
         if stale:
             console.print(f"[yellow]{escape(stale)}[/yellow]")
         with RichProgress(console=console) as progress:
             task = progress.add_task(f"scoring on {workers} worker(s) (partitions)", total=None)
             run = score_on_dask(
                 client, model, tracking_uri(), source, activities, output, moment, partitions=partitions, top=top,
-                as_of_given=as_of is not None,
+                as_of_given=as_of is not None, day_first=day_first,
                 on_progress=lambda done, total: progress.update(task, completed=done, total=total),
             )  # fmt: skip
         client.close()

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from features.build import build_crm_features, crm_feature_groups
-from features.clean import blank_to_missing, parse_timestamps, snake_case
+from features.clean import blank_to_missing, order_from_votes, parse_timestamps, snake_case
 from features.fit import learn_tech_vocabulary
 from features.ingest import (
     DataError,
@@ -36,7 +36,7 @@ from features.ingest import (
     clean_leads,
     clean_outcomes,
     drop_unknown_outcomes,
-    export_date_order,
+    export_date_votes,
     export_folder,
     hash_files,
     leads_as_of,
@@ -53,7 +53,7 @@ from features.schema import (
     contract_names,
 )
 from features.spec import FeatureSpec, to_model_frame
-from serving.dask_batch import bucket_by_lead, csv_errors, prepare_workers, read_frame
+from serving.dask_batch import bucket_by_lead, csv_errors, date_votes_on_dask, prepare_workers, read_frame
 from training.examples import build_examples
 from training.pipeline import Dataset
 from training.split import split_by_time
@@ -161,12 +161,6 @@ def prepare_crm_on_dask(
     quarantine = Quarantine()
     raw_leads = read_csv_table(paths["leads"], LEAD_REQUIRED, table="leads", quarantine=quarantine)
     raw_outcomes = read_csv_table(paths["outcomes"], OUTCOME_REQUIRED, table="outcomes", quarantine=quarantine)
-    # The order of numeric dates, from the tables read here (activities.csv stays on the cluster).
-    day_first = export_date_order(raw_leads, raw_outcomes)
-    leads = clean_leads(raw_leads, quarantine, params.flat.missing_tokens, history=True, day_first=day_first)
-    outcomes = clean_outcomes(raw_outcomes, leads, quarantine, day_first=day_first)
-    leads, left_out = drop_unknown_outcomes(leads, outcomes, quarantine)
-    leads = leads.drop(columns="_row")
     if not paths["activities"].is_file():
         raise DataError(f"{paths['activities']}: file not found")
     activities = read_frame(paths["activities"])
@@ -176,9 +170,19 @@ def prepare_crm_on_dask(
     missing = [c for c in ACTIVITY_REQUIRED if c not in activities.columns]
     if missing:
         raise DataError(f"{paths['activities'].name}: missing required column(s) {', '.join(missing)}")
+    # The order of numeric dates across the three tables, as the local engine decides it (a
+    # pass over activities.csv on the cluster: an ISO leads.csv says nothing of its order).
+    with csv_errors({paths["activities"]: activities}):
+        acts_votes = date_votes_on_dask(activities)
+    votes = export_date_votes(raw_leads, raw_outcomes)
+    day_first = order_from_votes((votes[0] + acts_votes[0], votes[1] + acts_votes[1]))
+    leads = clean_leads(raw_leads, quarantine, params.flat.missing_tokens, history=True, day_first=day_first)
+    outcomes = clean_outcomes(raw_outcomes, leads, quarantine, day_first=day_first)
+    leads, left_out = drop_unknown_outcomes(leads, outcomes, quarantine)
+    leads = leads.drop(columns="_row")
 
     kept = frozenset(leads["lead_id"])
-    with csv_errors({paths["activities"]: activities}):  # the first pass over the file: where a broken row is found
+    with csv_errors({paths["activities"]: activities}):
         scan = activities.map_partitions(_scan, kept, day_first, meta={"rows": "int64", "last": "datetime64[ns]"})
         scan = scan.compute()
     offsets = np.concatenate([[0], np.cumsum(scan["rows"].to_numpy())]).tolist()
