@@ -166,6 +166,15 @@ def date_order_votes(text: pd.Series) -> tuple[int, int]:
     return _votes(_date_parts(text))
 
 
+def against_date_order(text: pd.Series, day_first: bool | None) -> tuple[pd.Series, bool]:
+    """Which values are numeric dates that can only be read in the other order than the one
+    `parse_timestamps` reads them in (`day_first`, else the values' own), and that order."""
+    parts = _date_parts(text)
+    order = bool(_order(parts)) if day_first is None else day_first
+    against = (parts[1] > 12) & (parts[0] <= 12) if order else (parts[0] > 12) & (parts[1] <= 12)
+    return against, order
+
+
 def numeric_date_order(text: pd.Series) -> bool | None:
     """Whether numeric dates (03/04/2025) put the day first: True, False, or None when no
     value says (every day and month is 12 or less).
@@ -204,9 +213,12 @@ def parse_timestamps(values: pd.Series, day_first: bool | None = None) -> tuple[
             day_first = bool(_order(parts))
         # A value that cannot be read in the order (13/03 when month first) is not swapped.
         contradicting = parts[1] > 12 if day_first else parts[0] > 12
+        # Left out of the parse, not only of its result: pandas takes one format from the first
+        # value, and 20/08/2026 first would read every other date of a month-first column day first.
+        fallback = fallback.where(~contradicting)
         # A date that starts with its year (2024-11-01 10:31:59 UTC) is year, month, day in any
         # export; read day first, pandas would take it for 2024-01-11.
-        year_first = fallback.str.match(_YEAR_FIRST).to_numpy()
+        year_first = fallback.str.match(_YEAR_FIRST).fillna(False).to_numpy(dtype=bool)
         groups = [(rows, order) for rows, order in ((year_first, False), (~year_first, day_first)) if rows.any()]
         # Each group in the unit pandas picks (year 9999 does not fit in nanoseconds: NaT below),
         # then put back in the rows' order by position.

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from features.clean import (
+    against_date_order,
     blank_to_missing,
     canonical_spelling,
     date_order_votes,
@@ -560,6 +561,22 @@ def _placeholders_to_missing(
     return cleaned
 
 
+def date_problem(column: str, text: pd.Series, day_first: bool | None, failed: pd.Series) -> pd.Series:
+    """Why each value of a date column is not read (for the `failed` ones): a numeric date that
+    only reads in the other order than the export's is said to be so, not just "not a date"."""
+    reasons = f"{column} missing or not a date: " + text.astype(str)
+    positions = np.flatnonzero(failed.to_numpy())
+    if len(positions):
+        against, order = against_date_order(text.iloc[positions], day_first)
+        hit = positions[against.to_numpy()]
+        written, read = ("month", "day") if order else ("day", "month")
+        reasons.iloc[hit] = (
+            f"{column} is written {written} first (" + text.iloc[hit].astype(str) + f"), but numeric dates are "
+            f"read {read} first here: the order of the export's dates (or of the model's training export)"
+        )
+    return reasons
+
+
 def after_today(moments: pd.Series) -> pd.Series:
     """Moments after the end of today (UTC, a day's grace for time zones).
 
@@ -602,7 +619,7 @@ def clean_leads(
         "leads",
         leads,
         failed | created.isna(),
-        "created_at missing or not a date: " + leads["created_at"].astype(str),
+        date_problem("created_at", leads["created_at"], day_first, failed),
     )
     leads = leads.assign(created_at=created)[created.notna()]
     if history:
@@ -691,7 +708,7 @@ def clean_activities(
         "activities",
         acts,
         failed | occurred.isna(),
-        "occurred_at missing or not a date: " + acts["occurred_at"].astype(str),
+        date_problem("occurred_at", acts["occurred_at"], day_first, failed),
     )
     acts = acts.assign(occurred_at=occurred)[occurred.notna()]
     if history:

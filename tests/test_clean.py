@@ -127,3 +127,14 @@ def test_unix_time_in_digits_is_read_as_the_service_reads_it():
     with pytest.raises(ValidationError):
         service.validate_python("9999999999999")
     assert parse_timestamps(pd.Series(["20250304"]))[0].iloc[0] == pd.Timestamp("2025-03-04")
+
+
+def test_a_date_against_the_order_does_not_set_how_the_others_are_read():
+    """pandas takes one format from a column's first value: with 20/08/2026 first, a month-first
+    export's 11/09/2026 was read as 11 September, though 20/08 itself was refused."""
+    text = pd.Series(["20/08/2026 10:00", "11/09/2026 10:00", "10/09/2026 10:00"])
+    parsed, failed = parse_timestamps(text, day_first=False)
+    assert failed.tolist() == [True, False, False]
+    assert parsed.iloc[1:].tolist() == [pd.Timestamp("2026-11-09 10:00"), pd.Timestamp("2026-10-09 10:00")]
+    parsed, failed = parse_timestamps(pd.Series(["03/13/2026", "04/05/2026"]), day_first=True)
+    assert failed.tolist() == [True, False] and parsed.iloc[1] == pd.Timestamp("2026-05-04")

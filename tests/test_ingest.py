@@ -117,6 +117,18 @@ def test_numeric_dates_are_read_in_one_order_for_the_whole_export(tmp_path):
     assert crm.day_first is True
     assert crm.leads["created_at"].tolist() == [pd.Timestamp("2025-02-01"), pd.Timestamp("2025-02-03 10:00")]
     assert crm.outcomes.set_index("lead_id").loc["A", "closed_at"] == pd.Timestamp("2025-03-10")
+    # A date only a month-first export writes is set aside, named as such rather than "not a date".
+    _write(
+        tmp_path,
+        {"lead_id": ["A", "B"], "created_at": ["13/01/2025", "14/02/2025 10:00"]},
+        {"lead_id": ["A", "B"], "occurred_at": ["05/02/2025", "02/20/2025"], "activity_type": ["web_visit"] * 2},
+        {"lead_id": ["A", "B"], "status": ["converted", "lost"], "closed_at": ["10/03/2025", "11/03/2025"]},
+    )
+    reasons = load_crm(tmp_path).quarantine.frame().set_index("table")["reason"]
+    assert reasons["activities"] == (
+        "occurred_at is written month first (02/20/2025), but numeric dates are read day first here: the order "
+        "of the export's dates (or of the model's training export)"
+    )
 
 
 def test_rows_dated_after_today_are_quarantined_and_do_not_stretch_the_export(tmp_path):
