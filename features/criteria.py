@@ -6,7 +6,7 @@ One pure function, used by the service, batch scoring and reports.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -110,7 +110,7 @@ def qualify_columns(
             recycle_on.append(None)
             actions.append(criteria.next_actions[s])
             if s == "SQL":
-                parts = [f"score {score[i]:.0f} ≥ {sql.min_score:g}"]
+                parts = [f"score {_shown_at_least(score[i], sql.min_score)} ≥ {sql.min_score:g}"]
                 if sql.require_hand_raise:
                     parts.append(f"hand raised {hand_raise[i]:.0f} days ago")
                 parts.append(f"{bant[i]:.0f} of {BANT_TOTAL} BANT confirmed (needs {sql.min_bant_confirmed})")
@@ -119,8 +119,9 @@ def qualify_columns(
                 why = "Sales accepted the lead in the CRM"
             elif s == "MQL":
                 why = (
-                    f"MQL: score {score[i]:.0f} ≥ {mql.min_score:g}, fit {fit[i]:.0f} ≥ {mql.min_fit:g}, "
-                    f"engagement {engagement[i]:.0f} ≥ {mql.min_engagement:g}"
+                    f"MQL: score {_shown_at_least(score[i], mql.min_score)} ≥ {mql.min_score:g}, "
+                    f"fit {_shown_at_least(fit[i], mql.min_fit)} ≥ {mql.min_fit:g}, "
+                    f"engagement {_shown_at_least(engagement[i], mql.min_engagement)} ≥ {mql.min_engagement:g}"
                 )
             else:
                 why = _nurture_reason(score[i], fit[i], engagement[i], criteria)
@@ -145,8 +146,18 @@ def _nurture_reason(score: float, fit: float, engagement: float, criteria: Crite
 def _shown_below(value: float, needed: float) -> str:
     """`value` rounded, with as many decimals as it takes to read below `needed` (9.7 of 10
     is "9.7", not "10")."""
+    return _shown(value, lambda shown: shown < needed)
+
+
+def _shown_at_least(value: float, needed: float) -> str:
+    """`value` rounded, with as many decimals as it takes to read at or above `needed` (12.2
+    of a recalibrated 12.1 is "12.2", not "12")."""
+    return _shown(value, lambda shown: shown >= needed)
+
+
+def _shown(value: float, reads_right: Callable[[float], bool]) -> str:
     for decimals in range(4):
         shown = f"{value:.{decimals}f}"
-        if float(shown) < needed:
+        if reads_right(float(shown)):
             return shown
     return repr(value)

@@ -33,6 +33,7 @@ from features.schema import (
     BANT_FIELDS,
     BANT_VALUES,
     LEAD_CATEGORICAL,
+    LEAD_FEATURE_INPUTS,
     LEAD_NUMERIC,
     LEAD_REQUIRED,
     OTHER_ACTIVITY,
@@ -193,9 +194,27 @@ class CrmData:
     data_hash: str
     source: str
     day_first: bool | None = None  # the order of its numeric dates (None: none were decisive)
+    lead_columns: tuple[str, ...] = ()  # the feature inputs leads.csv gives a value in (`lead_columns_with_values`)
 
 
 DATE_COLUMNS = ("created_at", "occurred_at", "closed_at")
+
+
+def lead_columns_with_values(raw_leads: pd.DataFrame, missing_tokens: Iterable[str]) -> tuple[str, ...]:
+    """The lead columns that become features (`LEAD_FEATURE_INPUTS`) that a leads table has a
+    value in: a model learns nothing from the others, and must not replace one that did."""
+    given = [c for c in LEAD_FEATURE_INPUTS if c in raw_leads]
+    return tuple(c for c in given if blank_to_missing(raw_leads[c], missing_tokens).notna().any())
+
+
+def note_lead_columns(quarantine: Quarantine, file: str, present: tuple[str, ...]) -> None:
+    """Note the feature inputs a leads file has no value in (absent, or blank in every row)."""
+    lacking = [c for c in LEAD_FEATURE_INPUTS if c not in present]
+    if lacking:
+        quarantine.note(
+            f"{file}: no value in column(s) {', '.join(lacking)} (absent, or blank in every row): the model learns "
+            "without them"
+        )
 
 
 def export_date_order(*tables: pd.DataFrame) -> bool | None:
@@ -262,6 +281,7 @@ def as_of_view(crm: CrmData, moment: pd.Timestamp) -> CrmData:
         data_hash=crm.data_hash,
         source=f"{crm.source} as of {moment:%Y-%m-%d}",
         day_first=crm.day_first,
+        lead_columns=crm.lead_columns,
     )
 
 
@@ -608,7 +628,7 @@ def clean_leads(
 
     content = [c for c in leads.columns if c != "_row"]
     identical_repeat = leads.duplicated(content, keep="first")
-    quarantine.add("leads", leads, identical_repeat, "duplicate row: same lead_id and values as an earlier row")
+    quarantine.add("leads", leads, identical_repeat, DUPLICATE_LEAD)
     leads = leads[~identical_repeat]
     conflicting = leads.duplicated("lead_id", keep=False)
     quarantine.add("leads", leads, conflicting, "conflicting duplicate lead_id: rows disagree, none is used")
@@ -674,6 +694,7 @@ def clean_leads(
 # Midnight of the Unix epoch and of spreadsheets' day zero (Excel's and Lotus's).
 NO_DATE_PLACEHOLDERS = pd.to_datetime(["1970-01-01", "1900-01-01", "1899-12-30", "1899-12-31"])
 DUPLICATE_ACTIVITY = "duplicate row: same lead, moment, type and value as an earlier row"
+DUPLICATE_LEAD = "duplicate row: same lead_id and values as an earlier row"
 ACTIVITY_FIELDS = ("lead_id", "occurred_at", "activity_type", "value")
 
 
@@ -854,6 +875,8 @@ def load_crm(directory: str | Path, missing_tokens: Iterable[str] = ("",)) -> Cr
 
     # One order of numeric dates for the whole export (a CRM writes every date alike).
     day_first = export_date_order(raw_leads, raw_outcomes, raw_acts)
+    lead_columns = lead_columns_with_values(raw_leads, missing_tokens)
+    note_lead_columns(quarantine, paths["leads"].name, lead_columns)
     leads = clean_leads(raw_leads, quarantine, missing_tokens, history=True, day_first=day_first)
     _refuse_without_leads(leads, len(raw_leads), directory, quarantine)
     outcomes = clean_outcomes(raw_outcomes, leads, quarantine, day_first=day_first)
@@ -882,4 +905,5 @@ def load_crm(directory: str | Path, missing_tokens: Iterable[str] = ("",)) -> Cr
         data_hash=hash_files(paths.values()),
         source=str(directory),
         day_first=day_first,
+        lead_columns=lead_columns,
     )

@@ -35,6 +35,8 @@ LEAD_CATEGORICAL: tuple[str, ...] = (
     *BANT_FIELDS,
 )
 LEAD_NUMERIC: tuple[str, ...] = ("employees", "annual_revenue")
+# The lead columns whose values become features (e-mail: business or free address).
+LEAD_FEATURE_INPUTS: tuple[str, ...] = (*LEAD_CATEGORICAL, *LEAD_NUMERIC, "email", "tech_stack")
 # Personal data: read only to derive features (e.g. business vs free e-mail), never a
 # feature itself, never logged.
 PII_COLUMNS: tuple[str, ...] = ("first_name", "last_name", "email", "phone")

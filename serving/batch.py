@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,20 @@ def file_date_order(model: LoadedModel, leads: pd.DataFrame, activities: pd.Data
     if model.kind != "crm":
         return None
     return model_date_order(model.scorer, bool(export_date_order(leads, activities)))
+
+
+def absent_columns_note(model: LoadedModel, columns: Iterable[str]) -> str | None:
+    """A warning when a leads file lacks columns the CRM model learned from: each reads as
+    missing (a BANT field as unknown) for every lead, which moves scores and stages alike."""
+    learned_from = model.scorer.spec.settings.get("lead_columns") if model.kind == "crm" else None
+    absent = [c for c in learned_from or () if c not in set(columns)]
+    if not absent:
+        return None
+    return (
+        f"the leads file has no column {', '.join(absent)}, which {model.name} v{model.version} learned from: "
+        "each is read as missing (a BANT field as unknown) for every lead, so scores and stages rest on the rest; "
+        "add the column(s) to the export unless the CRM really stopped filling them"
+    )
 
 
 def _contract_table(frame: pd.DataFrame, table: str, rename: bool) -> pd.DataFrame:

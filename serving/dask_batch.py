@@ -249,6 +249,11 @@ def _contract_frame(frame, table: str, path: Path):
     return frame
 
 
+def leads_header(leads_path: Path) -> list[str]:
+    """The columns of a leads file (CSV, glob or parquet) by their contract names, unread."""
+    return list(_contract_frame(read_frame(leads_path), "leads", leads_path).columns)
+
+
 def _newest_of_partition(occurred_at: pd.Series, day_first: bool | None) -> pd.Series:
     return pd.Series([parse_timestamps(occurred_at, day_first)[0].max()], dtype="datetime64[ns]")
 

@@ -80,7 +80,7 @@ def write_report(
     )
     for lead_id in chosen.scores["lead_id"]:
         rows, acts = latest.lead(lead_id)
-        view = lead_view(model, rows, acts, latest.as_of, latest.meta.get("day_first"))
+        view = scored_lead_view(model, latest, rows, acts)
         page = render("lead.html", static=True, title=view["display_name"], lead=view)
         (out / lead_href(lead_id, static=True)).write_text(page, encoding="utf-8")
     return missing
@@ -163,6 +163,17 @@ def kept_lead_view(snapshot: Snapshot, lead: pd.DataFrame, activities: pd.DataFr
     basics = _lead_basics(lead, activities, snapshot.as_of, _kept_model(snapshot), snapshot.meta.get("day_first"))
     scored = _kept_fields(snapshot, basics["lead_id"])
     return {**basics, **scored, "kept_only": True, "horizon_days": None, "left_out": []}
+
+
+def scored_lead_view(model: LoadedModel, snapshot: Snapshot, lead: pd.DataFrame, activities: pd.DataFrame) -> dict:
+    """`lead_view` of a lead of a kept scoring, as of its moment and with its order of dates. A
+    champion promoted since (a recalibration, a rollback) scores the page while the digest
+    shows the kept numbers: the page then says why the two differ."""
+    view = lead_view(model, lead, activities, snapshot.as_of, snapshot.meta.get("day_first"))
+    if str(snapshot.meta.get("model_version")) != str(model.version):
+        kept = _kept_fields(snapshot, view["lead_id"])
+        view["kept_differs"] = {"model": _kept_model(snapshot), "score": kept["score"], "grade": kept["grade"]}
+    return view
 
 
 def _kept_model(snapshot: Snapshot) -> str:
@@ -291,12 +302,13 @@ def digest_view(
     owners = sorted({str(o) for o in scores["owner"] if str(o) and str(o).lower() != "nan"})
     stages = [s for s in STAGES if s in set(scores["stage"])]
     grades = sorted(set(scores["grade"]))
+    scored_by = _kept_model(latest)
     return {
         "title": "Pipeline digest",
         "snapshot": {
             "as_of": latest.as_of.strftime("%Y-%m-%d %H:%M"),
             "age": scoring_age(latest.as_of),
-            "model": f"{latest.meta.get('model_name')} v{latest.meta.get('model_version')}",
+            "model": scored_by,
         },
         "total": len(scores),
         "matching": len(chosen),
@@ -314,7 +326,12 @@ def digest_view(
         "by_grade": by_grade,
         "decile_chart": _decile_chart(deciles, "rate", "conversion rate", base_rate),
         "test_window": " to ".join(map(str, (model.scorer.metadata.get("test_window") or []))) if model else "",
+        # The grade table is the live model's; the leads may have been graded by another version.
+        "grades_model": f"{model.name} v{model.version}" if model else "",
+        "grades_model_differs": model is not None and f"{model.name} v{model.version}" != scored_by,
         "previous": previous.as_of.strftime("%Y-%m-%d %H:%M") if previous else None,
+        # Grades moved by a change of model (its own bands and scores) are not the leads' moves.
+        "previous_model": _kept_model(previous) if previous and _kept_model(previous) != scored_by else None,
         "rose_count": len(rose),
         "fell_count": len(fell),
         "rose": rose.head(CHANGES_SHOWN).to_dict(orient="records"),
@@ -590,13 +607,7 @@ def lead_page(lead_id: str):
     if found is None:
         return _pick_page(404, title="Lead not found", error=f"Lead {lead_id!r} is not in the latest kept scoring.")
     rows, acts = found
-    view = lead_view(model, rows, acts, latest.as_of, latest.meta.get("day_first"))
-    kept_by = str(latest.meta.get("model_version"))
-    if kept_by != str(model.version):
-        # A champion promoted since the scoring (a recalibration, a rollback) scores this page,
-        # while the digest still shows the kept numbers: say why the two differ.
-        kept = _kept_fields(latest, view["lead_id"])
-        view["kept_differs"] = {"model": _kept_model(latest), "score": kept["score"], "grade": kept["grade"]}
+    view = scored_lead_view(model, latest, rows, acts)
     return _page("lead.html", title=view["display_name"], lead=view)
 
 

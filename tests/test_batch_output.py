@@ -291,3 +291,14 @@ def test_values_read_otherwise_than_written_are_noted_once_for_the_whole_file(ch
                               pd.Timestamp("2025-12-20")).scored  # fmt: skip
     negative = plain.scored["lead_id"] == leads["lead_id"].iloc[400]
     assert (result.scored.loc[negative, "fit"].to_numpy() == blank.loc[negative, "fit"].to_numpy()).all()
+
+
+def test_a_leads_file_without_columns_the_model_learned_from_is_warned_about(champion, small_crm_dir):
+    """Scoring a leads.csv cut short read BANT and seniority as unknown for every lead: stages
+    moved (SQL 5 to 0) without a word."""
+    from serving.batch import absent_columns_note
+
+    leads, _, _ = read_leads(small_crm_dir, None)
+    assert absent_columns_note(champion, leads.columns) is None
+    note = absent_columns_note(champion, leads.drop(columns=["budget", "seniority"]).columns)
+    assert note.startswith(f"the leads file has no column seniority, budget, which {champion.name} v")

@@ -56,6 +56,19 @@ def test_a_value_just_below_a_threshold_never_reads_as_reaching_it(params):
     assert out.loc[0, "stage_reason"] == "Not yet MQL: score 9.7 < 10, fit 39.96 < 40, engagement 20 < 50"
 
 
+def test_a_value_just_above_a_recalibrated_threshold_never_reads_as_below_it(params):
+    """A recalibration sets thresholds with decimals: "MQL: score 12 ≥ 12.1" contradicted itself."""
+    criteria = params.criteria.model_copy(
+        update={"mql": params.criteria.mql.model_copy(update={"min_score": 12.1, "min_fit": 39.5}),
+                "sql": params.criteria.sql.model_copy(update={"min_score": 30.25})}
+    )  # fmt: skip
+    leads = pd.DataFrame([_lead(score=12.2, fit=39.96, engagement=70.0),
+                          _lead(score=30.26, days_since_hand_raise=2, bant_confirmed=3)])  # fmt: skip
+    out = qualify(leads, criteria, AS_OF)
+    assert out.loc[0, "stage_reason"] == "MQL: score 12.2 ≥ 12.1, fit 40 ≥ 39.5, engagement 70 ≥ 50"
+    assert out.loc[1, "stage_reason"].startswith("SQL: score 30.3 ≥ 30.25,")
+
+
 def test_sql_needs_a_recent_hand_raise_and_bant(params):
     leads = pd.DataFrame([
         _lead(score=40, days_since_hand_raise=45, bant_confirmed=3),

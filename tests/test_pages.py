@@ -453,6 +453,16 @@ def test_digest_pages_through_every_lead_and_says_when_filters_match_none(champi
     kept_score = float(scored.loc[best, "score"])
     assert f"by {CHAMPION_NAME} v0 gave it ({kept_score:.1f}, grade {scored.loc[best, 'grade']})" in older
     assert f"now {CHAMPION_NAME} v{champion.version}, which this page uses" in older
+    # The digest says its grade moves came with a change of model, and whose grade table it shows;
+    # a report written to send (no service) says on each lead page what the digest says.
+    assert 'id="model-changed"' not in first and "were graded by" not in first
+    changed = client.get("/digest").text
+    assert f"The scoring before was by {CHAMPION_NAME} v{champion.version}, this one by {CHAMPION_NAME} v0" in changed
+    assert f"The leads above were graded by {CHAMPION_NAME} v0" in changed
+    report = tmp_path / "report"
+    pages.write_report(champion, *latest_two(folder, CHAMPION_NAME), [best_id], report)
+    sent = (report / pages.lead_href(best_id, static=True)).read_text()
+    assert f"by {CHAMPION_NAME} v0 gave it ({kept_score:.1f}" in sent and 'id="kept-differs"' in sent
     monkeypatch.setattr(pages, "_current_model", lambda: None)
     for path in ("/model", "/leads/x"):
         answer = client.get(path)

@@ -149,6 +149,10 @@ def test_recalibration_detects_drift_moves_thresholds_and_promotes(export, setti
     with pytest.raises(RecalibrationError, match="no new data") as refused:
         recalibrate(load_params(**settings), model_name=MODEL, data=export, as_of=LATER)
     assert refused.value.exit_code == EXIT_NO_NEW_DATA
+    # It names the day the export must reach: the next snapshot, labelled a horizon later.
+    ends = pd.Timestamp(summary["newest_labelled_snapshot"])
+    following, labelled = ends + pd.Timedelta(days=30), ends + pd.Timedelta(days=60)
+    assert f"the next ({following:%Y-%m-%d}) counts once the export reaches {labelled:%Y-%m-%d}" in str(refused.value)
 
 
 def test_two_recalibrations_cannot_run_at_once(export, settings, champion):
@@ -202,6 +206,7 @@ def test_cli_exits_non_zero_with_a_clear_message_when_it_cannot_run(export, sett
     scheduled = export.parent / "scheduled-report"
     scheduled.mkdir(exist_ok=True)
     (scheduled / "summary.json").write_text('{"decision": "promoted"}')
+    (scheduled / "report.html").write_text("<pre>**Decision: promoted**</pre>")
     with exclusive(Path(settings["recalibration.lock_file"])):
         locked = subprocess.run([cli, "recalibrate", "--data", str(export), "--report-dir", str(scheduled)],
                                 capture_output=True, text=True, env=env)  # fmt: skip
@@ -216,6 +221,10 @@ def test_cli_exits_non_zero_with_a_clear_message_when_it_cannot_run(export, sett
     recorded = json.loads((scheduled / "summary.json").read_text())
     assert recorded["decision"] == "locked" and recorded["exit_code"] == EXIT_LOCKED
     assert "a recalibration is running" in recorded["why"]
+    # So does a person opening the report there: not the earlier run's decision.
+    for name in ("report.md", "report.html"):
+        shown = (scheduled / name).read_text()
+        assert "Decision: locked" in shown and "promoted" not in shown and "a recalibration is running" in shown
 
 
 def test_a_store_it_cannot_use_is_recorded_for_the_scheduler_and_nothing_is_created(export, settings, params_file):

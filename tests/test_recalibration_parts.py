@@ -89,3 +89,19 @@ def test_grade_bands_merge_grades_whose_conversion_is_not_ordered():
     assert list(bands) == ["A", "B", "C"] and table["A"]["leads"] == 100  # the 90s and the 70s
     rates = [table[g]["conversion"] for g in bands]
     assert rates == sorted(rates, reverse=True)
+
+
+def test_a_new_sql_threshold_is_never_below_the_new_mql_one(params):
+    """A quarter whose converters score low proposed "MQL 10.0 → 4.1, SQL 25.0 → 2.0": leads sales
+    would get that marketing would not hand over."""
+    from types import SimpleNamespace
+
+    from training.recalibrate import new_thresholds
+
+    rng = np.random.default_rng(3)
+    scores = np.round(rng.uniform(0, 10, 2_000), 1)
+    label = ((scores < 2) | (rng.uniform(size=2_000) < 0.3)).astype(int)  # the lowest scores convert most
+    champion = SimpleNamespace(scorer=SimpleNamespace(metadata={"criteria": params.criteria.model_dump(mode="json")}))
+    found = new_thresholds(scores, label, champion, params)
+    mql, sql = found["criteria"]["mql"]["min_score"], found["criteria"]["sql"]["min_score"]
+    assert sql == mql and "raised to the MQL threshold" in found["sql_rule"], found["sql_rule"]

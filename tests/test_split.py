@@ -118,3 +118,41 @@ def test_an_export_without_activities_cannot_replace_a_champion_that_learned_fro
     passing = {"roc_auc": 0.9, "ece": 0.01, "n": 400, "positives": 100}
     gate = next(g for g in check_gates(params.gates, passing, 0.85, check) if g.name == "activities_like_champion")
     assert not gate.passed and "champion v" in gate.detail
+
+
+def test_an_export_whose_leads_lack_columns_the_champion_learned_from_cannot_replace_it(
+    champion_store, small_crm_dir, tmp_path, monkeypatch
+):
+    """A leads.csv without BANT, seniority and industry: the champion, scored with them blank,
+    lost to a model that never saw them, and a recalibration promoted it without a word."""
+    import shutil
+
+    from features.params import load_params
+    from features.schema import LEAD_FEATURE_INPUTS
+    from training.pipeline import prepare_crm
+    from training.register import champion_auc, check_gates
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", champion_store)
+    params = load_params()
+    full = prepare_crm(small_crm_dir, params)
+    assert full.settings["lead_columns"] == list(LEAD_FEATURE_INPUTS)  # kept with the champion
+    export = shutil.copytree(small_crm_dir, tmp_path / "export")
+    leads = pd.read_csv(export / "leads.csv", dtype=str, keep_default_na=False)
+    dropped = ["budget", "authority", "need", "timeline", "seniority"]
+    leads.drop(columns=dropped).assign(industry="").to_csv(export / "leads.csv", index=False)
+    dataset = prepare_crm(export, params)
+    assert any(note.startswith("leads.csv: no value in column(s) industry, seniority, budget") for note in
+               dataset.quarantine.notes), dataset.quarantine.notes  # fmt: skip
+    test = (dataset.split.assignment == "test").to_numpy()
+    check = champion_auc("svc-model", "crm", dataset.features[test], dataset.label[test].to_numpy(),
+                         lead_columns=dataset.settings["lead_columns"])  # fmt: skip
+    assert check.columns_missing and check.auc is None, check
+    assert "no value in industry, seniority, budget, authority, need, timeline, which champion v" in check.note
+    passing = {"roc_auc": 0.9, "ece": 0.01, "n": 400, "positives": 100}
+    gate = next(g for g in check_gates(params.gates, passing, 0.85, check) if g.name == "lead_columns_like_champion")
+    assert not gate.passed
+    # The whole export compares as before.
+    same = champion_auc("svc-model", "crm", full.features[(full.split.assignment == "test").to_numpy()],
+                        full.label[(full.split.assignment == "test").to_numpy()].to_numpy(),
+                        lead_columns=full.settings["lead_columns"])  # fmt: skip
+    assert same.auc is not None and not same.columns_missing

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from features.flat import FlatProfile, load_profile, make_profile
-from features.ingest import DataError, export_folder
+from features.ingest import DUPLICATE_LEAD, DataError, export_folder
 from features.params import PROJECT_ROOT, Params, ParamsError, load_params
 from features.synthetic import STEP_DAYS, generate_crm, write_crm
 from features.tracking import check_writable
@@ -753,6 +753,7 @@ def score(
     from rich.progress import Progress as RichProgress
 
     from serving.batch import (
+        absent_columns_note,
         file_date_order,
         no_activity_note,
         read_leads,
@@ -803,7 +804,8 @@ def score(
             _fail(f"{model.name} is a flat model: it reads one row per lead, no --activities")
         read_notes: list[str] = []
         leads, acts, closed = read_leads(source, activities, flat_schema=flat_schema, notes=read_notes)
-        for note in read_notes:
+        absent = absent_columns_note(model, leads.columns)
+        for note in [*read_notes, *([absent] if absent else [])]:
             console.print(f"[yellow]{escape(note)}[/yellow]")
         future = _warn_if_future(moment)
         day_first = file_date_order(model, leads, acts)  # kept with the snapshot: its pages read dates so
@@ -814,16 +816,17 @@ def score(
         for note in (unengaged, stale):
             if note:
                 console.print(f"[yellow]{escape(note)}[/yellow]")
-        if (unengaged or future) and snapshot and asked_for_snapshot is None:
+        if (unengaged or future or absent) and snapshot and asked_for_snapshot is None:
             # The pages show the latest kept scoring: one where every lead reads as never engaged
-            # (most likely a file given without its activities) or idle until a mistyped year
-            # would replace the real one.
+            # (most likely a file given without its activities), lacks columns the model learned
+            # from, or is idle until a mistyped year would replace the real one.
             console.print("[dim]not kept for the pages, where it would replace the latest scoring "
                           "(--snapshot keeps it)[/dim]")  # fmt: skip
             snapshot = False
         if closed:
             console.print(
-                f"{closed:,} converted or lost leads of the export left out; scoring the {len(leads):,} open ones"
+                f"{closed:,} converted or lost leads of the export left out; scoring the "
+                f"{leads['lead_id'].astype(str).str.strip().nunique():,} open ones"
             )
         with RichProgress(console=console) as progress:
             task = progress.add_task("scoring", total=len(leads))
@@ -873,8 +876,12 @@ def score(
                   f"{exc.strerror or exc}")  # fmt: skip
         # Lead rows and activity rows are counted apart: only the former are leads left unscored.
         by_table = ", ".join(f"{n:,} {table}" for table, n in result.quarantine["table"].value_counts().items())
+        # A lead row repeated exactly is set aside, but its lead is scored from its first row.
+        repeats = int(((result.quarantine["table"] == "leads") & (result.quarantine["reason"] == DUPLICATE_LEAD)).sum())
+        repeated = f"; {repeats:,} of them repeat a lead row exactly, and that lead is scored once" if repeats else ""
         console.print(
-            f"[yellow]{len(result.quarantine):,} row(s) not scored ({by_table}); reasons in {quarantine_path}[/yellow]"
+            f"[yellow]{len(result.quarantine):,} row(s) not scored ({by_table}{repeated}); reasons in "
+            f"{quarantine_path}[/yellow]"
         )
     if result.scored.empty:
         _fail(f"no lead was scored: {_nothing_scored(len(leads), result.quarantine, closed)}")
@@ -960,8 +967,8 @@ def _score_on_dask(
 
     from features.schema import TABLE_FILES
     from features.tracking import tracking_uri
-    from serving.batch import stale_note
-    from serving.dask_batch import date_order_on_dask, newest_activity, score_on_dask, start_client
+    from serving.batch import absent_columns_note, stale_note
+    from serving.dask_batch import date_order_on_dask, leads_header, newest_activity, score_on_dask, start_client
     from serving.scoring import ModelNotReady, load_chosen
 
     _quiet_libraries()
@@ -987,6 +994,9 @@ def _score_on_dask(
         workers = len(client.scheduler_info()["workers"])
         console.print(f"Dask: {workers} worker(s); dashboard {client.dashboard_link}")
         _warn_if_future(moment)
+        absent = absent_columns_note(model, leads_header(source))
+        if absent:
+            console.print(f"[yellow]{escape(absent)}[/yellow]")
         day_first = date_order_on_dask(model, source, activities)
         stale = stale_note(newest_activity(activities, day_first=day_first), moment) if as_of is None else None
         if stale:
@@ -1018,16 +1028,25 @@ def _score_on_dask(
 
 
 def _record_failure(report_dir: Path | None, message: str, code: int) -> None:
-    """A scheduler reading `--report-dir`'s summary.json finds why the run did not happen, not
-    an earlier run's summary left there."""
+    """A scheduler reading `--report-dir`'s summary.json, or a person opening its report, finds
+    why the run did not happen, not an earlier run's decision left there."""
     if report_dir is None:
         return
+    from html import escape as html_escape
+
     decision = {3: "locked", 4: "no new data"}.get(code, "failed")
     summary = {"decision": decision, "why": message, "exit_code": code,
                "at": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
+    markdown = f"# Recalibration did not run\n\n**Decision: {decision}** (exit {code}, {summary['at']})\n\n{message}\n"
     try:
         report_dir.mkdir(parents=True, exist_ok=True)
         (report_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (report_dir / "report.md").write_text(markdown, encoding="utf-8")
+        (report_dir / "report.html").write_text(
+            "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Recalibration</title></head><body>"
+            f"<pre>{html_escape(markdown)}</pre></body></html>",
+            encoding="utf-8",
+        )
     except OSError:
         pass  # the folder cannot take it (the message says so already): the exit code remains
 

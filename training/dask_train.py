@@ -39,8 +39,10 @@ from features.ingest import (
     export_date_votes,
     export_folder,
     hash_files,
+    lead_columns_with_values,
     leads_as_of,
     note_column_names,
+    note_lead_columns,
     read_csv_table,
 )
 from features.params import Params
@@ -176,6 +178,8 @@ def prepare_crm_on_dask(
         acts_votes = date_votes_on_dask(activities)
     votes = export_date_votes(raw_leads, raw_outcomes)
     day_first = order_from_votes((votes[0] + acts_votes[0], votes[1] + acts_votes[1]))
+    lead_columns = lead_columns_with_values(raw_leads, params.flat.missing_tokens)
+    note_lead_columns(quarantine, paths["leads"].name, lead_columns)
     leads = clean_leads(raw_leads, quarantine, params.flat.missing_tokens, history=True, day_first=day_first)
     outcomes = clean_outcomes(raw_outcomes, leads, quarantine, day_first=day_first)
     leads, left_out = drop_unknown_outcomes(leads, outcomes, quarantine)
@@ -278,6 +282,7 @@ def prepare_crm_on_dask(
             "features": params.features.model_dump(mode="json"),
             "missing_tokens": list(params.flat.missing_tokens),
             "day_first": day_first,
+            "lead_columns": list(lead_columns),
         },
         quarantine=quarantine,
         data_hash=hash_files(paths.values()),

@@ -199,6 +199,8 @@ def prepare_crm(
         # Scoring reads numeric dates in the training export's order: a batch of the 1st to
         # the 12th of a month has no day above 12 to tell by itself.
         "day_first": crm.day_first,
+        # The lead columns it learned from: a later export without one must not replace it.
+        "lead_columns": list(crm.lead_columns),
     }
     return Dataset(
         kind="crm",
@@ -556,8 +558,9 @@ def train_and_register(
 
         test_raw = dataset.features[(part == "test").to_numpy()]
         champion = champion_auc(
-            model_name, dataset.kind, test_raw, labels["test"], export_has_activities=dataset.has_activities
-        )
+            model_name, dataset.kind, test_raw, labels["test"], export_has_activities=dataset.has_activities,
+            lead_columns=dataset.settings.get("lead_columns"),
+        )  # fmt: skip
         gates = check_gates(params.gates, test_metrics, best_baseline, champion)
         passed = all(g.passed for g in gates)
 

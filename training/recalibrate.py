@@ -127,9 +127,14 @@ def recalibrate(
         newest = dataset.split.windows.get("test")
         champion_test = champion.scorer.metadata.get("test_window")
         if newest and champion_test and str(newest[1]) <= str(champion_test[1]):
+            features = params.features
+            following = pd.Timestamp(newest[1]) + pd.Timedelta(days=features.snapshot_days)
+            labelled = following + pd.Timedelta(days=features.horizon_days)
             raise RecalibrationError(
                 f"no new data: the newest quarter ends {newest[1]}, and the champion (v{champion.version}) "
-                f"was already tested on data up to {champion_test[1]}",
+                f"was already tested on data up to {champion_test[1]}; snapshots fall every "
+                f"{features.snapshot_days} days from the export's first day, each labelled {features.horizon_days} "
+                f"days later, so the next ({following:%Y-%m-%d}) counts once the export reaches {labelled:%Y-%m-%d}",
                 EXIT_NO_NEW_DATA,
             )
         drift = measure_drift(dataset, champion, params)
@@ -253,6 +258,11 @@ def new_thresholds(scores: np.ndarray, label: np.ndarray, champion: LoadedModel,
         sql = f1_threshold(scores, label)
         rule = f"F1-optimal (no score reached {settings.sql_precision:.0%} precision)"
     criteria["sql"]["min_score"] = round(sql, 1)
+    if criteria["sql"]["min_score"] < criteria["mql"]["min_score"]:
+        # A sales-qualified lead is a marketing-qualified one first: SQL below MQL would pass
+        # leads to sales that marketing would not hand over (a quarter of weak scores does it).
+        rule += f"; {criteria['sql']['min_score']} raised to the MQL threshold, which it may not be below"
+        criteria["sql"]["min_score"] = criteria["mql"]["min_score"]
     bands, _ = grade_bands(scores, label, settings.grade_shares)
     return {"criteria": criteria, "grade_bands": bands, "sql_rule": rule}
 
@@ -368,13 +378,14 @@ def report_markdown(summary: dict[str, Any]) -> str:
             for name in ("champion", "challenger"):
                 v = comparison[name]["score_volumes"][stage]
                 rate = "—" if v["conversion"] is None else f"{v['conversion']:.1%}"
-                cells.append(f"{v['leads']:,} leads ≥ {v['min_score']}, {rate} converted")
+                cells.append(f"{v['leads']:,} examples ≥ {v['min_score']}, {rate} converted")
             lines.append(f"| {stage.upper()} by score | {cells[0]} | {cells[1]} |")
         changes = comparison["stage_changes"]
         moves = ", ".join(f"{move}: {n:,}" for move, n in changes["moves"].items()) or "none"
         lines.append(
-            f"\nWith the new model and thresholds, {changes['leads']:,} of the {changes['of']:,} leads of the newest "
-            f"quarter would change stage by score ({moves})."
+            f"\nWith the new model and thresholds, {changes['leads']:,} of the {changes['of']:,} examples of the "
+            f"newest quarter would change stage by score ({moves}). An example is a lead open at a snapshot "
+            "(every 30 days): a lead open at several counts once for each."
         )
         for name in ("champion", "challenger"):
             grades = ", ".join(_grade_text(g, v) for g, v in comparison[name]["by_grade"].items())

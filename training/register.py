@@ -116,6 +116,8 @@ class ChampionCheck:
     # This export has no activity but the champion learned from engagement: most likely a broken
     # export, on which the champion (every lead read as never engaged) could lose to a fit-only model.
     engagement_missing: bool = False
+    # This export has no value in lead columns the champion learned from (a leads.csv cut short).
+    columns_missing: bool = False
 
 
 def champion_auc(
@@ -125,8 +127,10 @@ def champion_auc(
     label: np.ndarray,
     *,
     export_has_activities: bool = True,
+    lead_columns: list[str] | None = None,
 ) -> ChampionCheck:
-    """The current champion's ROC AUC on this run's test set, when it can be compared."""
+    """The current champion's ROC AUC on this run's test set, when it can be compared.
+    `lead_columns`: the feature inputs this CRM export has values in (`lead_columns_with_values`)."""
     client = MlflowClient()
     version = current_version(client, model_name)
     if version is None:
@@ -147,6 +151,18 @@ def champion_auc(
             "(check the activities file, then train again; if activities really stopped, train under a name "
             "of its own: --model-name NAME)",
             engagement_missing=True,
+        )
+    learned_from = scorer.spec.settings.get("lead_columns")  # None: a champion from before it was kept
+    lacking = [c for c in learned_from or () if lead_columns is not None and c not in lead_columns]
+    if kind == "crm" and lacking:
+        return ChampionCheck(
+            version,
+            None,
+            f"this export's leads have no value in {', '.join(lacking)}, which champion v{version} learned from: "
+            "scored without them the champion could lose to a model that never saw them, so a leads file cut "
+            "short must not replace it (check leads.csv, then train again; if the CRM really stopped filling "
+            "them, train under a name of its own: --model-name NAME)",
+            columns_missing=True,
         )
     missing = [c for c in scorer.spec.columns if c not in features_test.columns]
     note = ""
@@ -203,6 +219,8 @@ def check_gates(
         )  # fmt: skip
     elif champion.engagement_missing:
         result.append(Gate("activities_like_champion", False, champion.note))
+    elif champion.columns_missing:
+        result.append(Gate("lead_columns_like_champion", False, champion.note))
     elif champion.auc is None:
         result.append(Gate("max_auc_drop_vs_champion", True, champion.note))
     else:
