@@ -226,8 +226,9 @@ def _label(values: pd.Series, column: str, positive: str | None) -> pd.Series:
         return (values == match[0]).astype("float64").where(values.notna())
     if len(classes) != 2:
         raise DataError(
-            f"label column {column!r} has {len(classes)} class(es) {classes[:10]}; "
-            "a binary label is needed (and --positive to name the converted value)"
+            f"label column {column!r} has {len(classes)} class(es) {classes[:10]}; a binary label is needed: "
+            "a column of two values, one of them the converted one (export it so; --positive names that value "
+            "when it is not a word such as yes, won or converted)"
         )
     folded = [str(c).casefold() for c in classes]
     positives = [c for c, f in zip(classes, folded, strict=True) if f in POSITIVE_WORDS]

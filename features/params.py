@@ -64,6 +64,10 @@ class SplitParams(_Frozen):
     seed: int
 
 
+# LightGBM settings searched on a log scale (each range must then start above 0).
+LOG_SCALE = frozenset({"learning_rate", "lambda_l1", "lambda_l2", "cat_smooth", "cat_l2"})
+
+
 class TuningParams(_Frozen):
     trials: int = Field(ge=1)
     timeout_seconds: float = Field(gt=0)
@@ -79,6 +83,19 @@ class TuningParams(_Frozen):
     # are constrained monotone in that direction, by LightGBM's `monotone_method`; 0 constrains none.
     monotone_min_abs_correlation: float = Field(0.0, ge=0, le=1)
     monotone_method: Literal["basic", "intermediate", "advanced"] = "advanced"
+
+    @model_validator(mode="after")
+    def _ranges_can_be_searched(self) -> TuningParams:
+        # Checked here, not by Optuna half-way through a run, with a traceback that names no setting.
+        for name, (low, high) in self.search_space.items():
+            if low > high:
+                raise ValueError(f"tuning.search_space.{name}: [{low}, {high}] runs backwards; give [low, high]")
+            if name in LOG_SCALE and low <= 0:
+                raise ValueError(
+                    f"tuning.search_space.{name}: [{low}, {high}] is searched on a log scale, so its low end must be "
+                    f"above 0 (e.g. {high / 1e4:g})"
+                )
+        return self
 
     @model_validator(mode="after")
     def _constraints_come_from_the_data(self) -> TuningParams:

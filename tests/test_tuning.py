@@ -208,6 +208,20 @@ def test_constraints_are_off_by_default_and_cannot_be_fixed_by_hand():
         load_params(**{"tuning.fixed": {"monotone_constraints_method": "basic"}})
 
 
+def test_a_search_range_optuna_cannot_search_is_refused_by_name():
+    """`lambda_l1: [0.0, 10.0]` or a range written backwards failed in the first trial with
+    Optuna's traceback, after the data was read, naming no setting."""
+    import pytest
+
+    from features.params import ParamsError, load_params
+
+    with pytest.raises(ParamsError, match=r"tuning.search_space.lambda_l1: \[0.0, 10.0\] is searched on a log scale"):
+        load_params(**{"tuning.search_space.lambda_l1": [0.0, 10.0]})
+    with pytest.raises(ParamsError, match=r"tuning.search_space.learning_rate: \[0.12, 0.03\] runs backwards"):
+        load_params(**{"tuning.search_space.learning_rate": [0.12, 0.03]})
+    load_params(**{"tuning.search_space.min_child_samples": [0, 400]})  # a linear range may start at 0
+
+
 def test_the_logistic_regression_baseline_reaches_its_l2_optimum():
     """The baseline is the regularized model it claims to be, not wherever a solver stopped."""
     import numpy as np

@@ -307,6 +307,25 @@ def write_quarantine(quarantine: pd.DataFrame, stem: str, folder: Path | None = 
     return path
 
 
+def fit_rows(dataset: Dataset) -> np.ndarray:
+    """The rows a model learns from. Without timestamps, train and validation rows together are
+    tuned and calibrated by k-fold cross-validation; with them, validation is the newer period."""
+    part = dataset.split.assignment
+    return (part.isin(["train", "valid"]) if not dataset.split.by_time else part == "train").to_numpy()
+
+
+def training_leakage_audit(dataset: Dataset, params: Params) -> pd.DataFrame:
+    """The leakage audit a training run acts on (`features.leakage.audit_leakage`): on the rows
+    the model learns from, with the split's seed; a notebook shows the same table."""
+    train_mask = fit_rows(dataset)
+    return audit_leakage(
+        dataset.features[train_mask],
+        dataset.label[train_mask],
+        params.leakage.max_single_column_auc,
+        seed=params.split.seed,
+    )
+
+
 def train_and_register(
     dataset: Dataset,
     params: Params,
@@ -372,15 +391,8 @@ def train_and_register(
         )
     reporter.stage("Auditing columns for label leakage")
     cross_validate = not dataset.split.by_time
-    # Without timestamps, train and validation rows together are tuned and calibrated by
-    # k-fold cross-validation; with them, validation is the newer period.
-    train_mask = (part.isin(["train", "valid"]) if cross_validate else part == "train").to_numpy()
-    audit = audit_leakage(
-        dataset.features[train_mask],
-        dataset.label[train_mask],
-        params.leakage.max_single_column_auc,
-        seed=params.split.seed,
-    )
+    train_mask = fit_rows(dataset)
+    audit = training_leakage_audit(dataset, params)
     flagged = audit.loc[audit["flagged"], "column"].tolist()
     for _, row in audit[audit["flagged"]].iterrows():
         action = "left out of the model" if params.leakage.action == "exclude" else "kept (leakage.action: warn)"

@@ -60,9 +60,13 @@ def split_by_time(examples: pd.DataFrame, params: SplitParams, horizon_days: int
     left_out = int((part == "").sum())
     description = (
         f"by time and cohort: test = leads first seen after {_moment(test_start)}, validation after "
-        f"{_moment(valid_start)}, train before; {left_out} later snapshot(s) of earlier leads left out "
-        "so that no lead and no label horizon crosses a boundary"
+        f"{_moment(valid_start)}, train before"
     )
+    if left_out:  # a flat export (one row per lead, no horizon) has none to leave out
+        description += (
+            f"; {left_out} later snapshot(s) of earlier leads left out so that no lead and no label horizon "
+            "crosses a boundary"
+        )
     return SplitReport(part, description, windows, left_out)
 
 

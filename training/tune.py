@@ -14,10 +14,8 @@ import optuna
 import pandas as pd
 from optuna_integration import LightGBMPruningCallback
 
-from features.params import TuningParams
+from features.params import LOG_SCALE, TuningParams
 from training.train import INTEGER, build_model, model_params
-
-LOG_SCALE = frozenset({"learning_rate", "lambda_l1", "lambda_l2", "cat_smooth", "cat_l2"})
 
 
 @dataclass(frozen=True)
