@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.clean import blank_to_missing, parse_timestamps
+from features.clean import blank_to_missing, order_from_votes, parse_timestamps
 from features.flat import clean_flat_columns, model_column_name
 from features.ingest import (
     CountedNote,
     DataError,
-    export_date_order,
+    export_date_votes,
     header_separator,
     merge_counted,
     near_ids,
@@ -61,15 +61,22 @@ def read_table(path: Path, sep: str = ",") -> pd.DataFrame:
 
 
 def file_date_order(model: LoadedModel, leads: pd.DataFrame, activities: pd.DataFrame) -> bool | None:
-    """Whether to read a batch's numeric dates (03/04/2025) day first: the model's order, else
-    the one the file's date columns say together, else month first (None for a flat model).
+    """Whether to read a batch's numeric dates (03/04/2025) day first: `run_date_order` with
+    the votes of the file's date columns together."""
+    return run_date_order(model, lambda: export_date_votes(leads, activities))
 
-    One order for the whole run: `created_at` and the activities read apart (or a chunk, or
-    one lead's rows on its page) could each say another, and a lead would score differently
-    in the digest and on its page."""
+
+def run_date_order(model: LoadedModel, count_votes: Callable[[], tuple[int, int]]) -> bool | None:
+    """The order of a scoring run's numeric dates: the model's, else the one the run's files
+    say together (`count_votes`, called only then), else month first; None for a flat model.
+
+    One order for the whole run: `created_at` and the activities read apart (or a chunk, a
+    Dask partition, or one lead's rows on its page) could each say another, and a lead would
+    score differently in the digest and on its page."""
     if model.kind != "crm":
         return None
-    return model_date_order(model.scorer, bool(export_date_order(leads, activities)))
+    stored = model_date_order(model.scorer)
+    return stored if stored is not None else bool(order_from_votes(count_votes()))
 
 
 def absent_columns_note(model: LoadedModel, columns: Iterable[str]) -> str | None:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from distributed import WorkerPlugin
 
-from features.clean import order_from_votes, parse_timestamps
+from features.clean import parse_timestamps
 from features.ingest import (
     CountedNote,
     DataError,
@@ -39,9 +39,10 @@ from serving.batch import (
     UNDATED_NOTE,
     activity_after_note,
     activity_state,
+    run_date_order,
     score_batch,
 )
-from serving.scoring import LoadedModel, load_champion, model_date_order
+from serving.scoring import LoadedModel, load_champion
 
 QUARANTINE_COLUMNS = ["table", "row", "lead_id", "reason"]
 KIND = "_kind"
@@ -280,16 +281,6 @@ def _date_votes(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"day_first": [day_first], "month_first": [month_first]})
 
 
-def _run_date_order(model: LoadedModel, *frames) -> bool | None:
-    """The order of a run's numeric dates, as `serving.batch.file_date_order` decides it for
-    the local engine: the model's, else what the tables (dask dataframes) say together, one
-    pass over each, else month first."""
-    stored = model_date_order(model.scorer)
-    if stored is not None:
-        return stored
-    return bool(order_from_votes(date_votes_on_dask(*frames)))
-
-
 def date_votes_on_dask(*frames) -> tuple[int, int]:
     """`export_date_votes` of tables read as dask dataframes (one pass over each)."""
     meta = pd.DataFrame({"day_first": pd.Series(dtype="int64"), "month_first": pd.Series(dtype="int64")})
@@ -300,11 +291,12 @@ def date_votes_on_dask(*frames) -> tuple[int, int]:
 def date_order_on_dask(
     model: LoadedModel, leads_path: Path, activities_path: Path, *, blocksize: str = "64MB"
 ) -> bool | None:
-    """`_run_date_order` of a leads file and an activities file."""
+    """`serving.batch.run_date_order` of a leads file and an activities file (one pass over each
+    when the model stored no order)."""
     frames = {path: _contract_frame(read_frame(path, blocksize=blocksize), table, path)
               for path, table in ((leads_path, "leads"), (activities_path, "activities"))}  # fmt: skip
     with csv_errors(frames):
-        return _run_date_order(model, *frames.values())
+        return run_date_order(model, lambda: date_votes_on_dask(*frames.values()))
 
 
 def bucket_by_lead(frame: pd.DataFrame, buckets: int) -> pd.DataFrame:
@@ -455,7 +447,7 @@ def score_on_dask(
     raw = {"leads": leads, "activities": activities}
     with csv_errors({leads_path: leads, activities_path: activities}):
         if day_first is None:  # one order for the run, as the local engine reads a file
-            day_first = _run_date_order(model, leads, activities)
+            day_first = run_date_order(model, lambda: date_votes_on_dask(leads, activities))
         buckets = partitions or max(leads.npartitions, 2 * len(client.scheduler_info()["workers"]))
         leads, activities = (
             frame.map_partitions(_key_rows)

@@ -290,6 +290,7 @@ def test_values_read_otherwise_than_written_are_noted_once_for_the_whole_file(ch
     blank = batch.score_batch(champion, odd.assign(employees=odd["employees"].replace("-5", "")), acts,
                               pd.Timestamp("2025-12-20")).scored  # fmt: skip
     negative = plain.scored["lead_id"] == leads["lead_id"].iloc[400]
+    assert negative.sum() == 1
     assert (result.scored.loc[negative, "fit"].to_numpy() == blank.loc[negative, "fit"].to_numpy()).all()
 
 

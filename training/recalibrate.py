@@ -139,8 +139,8 @@ def recalibrate(
             )
         drift = measure_drift(dataset, champion, params)
         summary: dict[str, Any] = {
-            # The export's end, not the newest labelled snapshot (a horizon earlier): a reader
-            # of "as of" asks how fresh the data is.
+            # The export's end, not the newest labelled snapshot (a horizon and up to a snapshot
+            # interval earlier): a reader of "as of" asks how fresh the data is.
             "as_of": _day_or_moment(as_of or dataset.export_end),
             "newest_labelled_snapshot": newest[1] if newest else None,
             "model_name": model_name,
@@ -384,8 +384,8 @@ def report_markdown(summary: dict[str, Any]) -> str:
         moves = ", ".join(f"{move}: {n:,}" for move, n in changes["moves"].items()) or "none"
         lines.append(
             f"\nWith the new model and thresholds, {changes['leads']:,} of the {changes['of']:,} examples of the "
-            f"newest quarter would change stage by score ({moves}). An example is a lead open at a snapshot "
-            "(every 30 days): a lead open at several counts once for each."
+            f"newest quarter would change stage by score ({moves}). An example is a lead open at a snapshot: "
+            "a lead open at several snapshots counts once for each."
         )
         for name in ("champion", "challenger"):
             grades = ", ".join(_grade_text(g, v) for g, v in comparison[name]["by_grade"].items())
