@@ -42,6 +42,20 @@ def isolated_mlflow(tmp_path_factory: pytest.TempPathFactory) -> str:
     return uri
 
 
+@pytest.fixture(autouse=True)
+def mlflow_follows_the_environment():
+    """A test that points MLflow's process-wide URI at a store (as `train` does) hands it back:
+    `set_tracking_uri` wins over `MLFLOW_TRACKING_URI`, so later tests would talk to that store
+    whatever they set, and pass or fail by the order they run in."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    import mlflow
+
+    mlflow.set_tracking_uri(None)  # back to following the environment; this also unsets the variable
+    if before is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 @pytest.fixture(scope="session")
 def params() -> Params:
     return load_params(**FAST_OVERRIDES)
