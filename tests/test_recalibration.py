@@ -87,7 +87,9 @@ def test_a_dry_run_changes_nothing(export, settings, champion, tmp_path):
     assert all(name in summary["why"] for name in failing) and ("would pass" in summary["why"]) == (not failing)
     assert MlflowClient().get_run(summary["run_id"]).data.tags["promoted"] == "False"
     report = (tmp_path / "report.md").read_text()
-    assert "Dry run" in report and "MQL min score" in report and (tmp_path / "report.html").is_file()
+    assert "Dry run" in report and "MQL min score" in report
+    page = (tmp_path / "report.html").read_text()  # a manager's page: tables as tables, not pipes in a <pre>
+    assert "<table>" in page and "<td>MQL min score</td>" in page and "|---|" not in page and "<pre>" not in page
     assert "rollback" not in report  # nothing was promoted, so nothing to undo
     # "As of" is the data's end; the newest labelled snapshot is a horizon earlier, said apart.
     assert summary["as_of"] == "2025-11-01" and summary["newest_labelled_snapshot"] < summary["as_of"]

@@ -105,3 +105,12 @@ def test_a_new_sql_threshold_is_never_below_the_new_mql_one(params):
     found = new_thresholds(scores, label, champion, params)
     mql, sql = found["criteria"]["mql"]["min_score"], found["criteria"]["sql"]["min_score"]
     assert sql == mql and "raised to the MQL threshold" in found["sql_rule"], found["sql_rule"]
+
+
+def test_the_report_page_shows_text_from_the_data_as_text():
+    # A feature or model name is data: markup in it must show, not run, on the manager's page.
+    from training.recalibrate import report_page
+
+    page = report_page("# Report\n\n| feature | PSI |\n|---|---|\n| <script>alert(1)</script> | 0.300 |\n")
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "<h1>Report</h1>" in page and "<th>feature</th>" in page and "<td>0.300</td>" in page

@@ -1032,7 +1032,7 @@ def _record_failure(report_dir: Path | None, message: str, code: int) -> None:
     why the run did not happen, not an earlier run's decision left there."""
     if report_dir is None:
         return
-    from html import escape as html_escape
+    from training.recalibrate import report_page
 
     decision = {3: "locked", 4: "no new data"}.get(code, "failed")
     summary = {"decision": decision, "why": message, "exit_code": code,
@@ -1042,11 +1042,7 @@ def _record_failure(report_dir: Path | None, message: str, code: int) -> None:
         report_dir.mkdir(parents=True, exist_ok=True)
         (report_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         (report_dir / "report.md").write_text(markdown, encoding="utf-8")
-        (report_dir / "report.html").write_text(
-            "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Recalibration</title></head><body>"
-            f"<pre>{html_escape(markdown)}</pre></body></html>",
-            encoding="utf-8",
-        )
+        (report_dir / "report.html").write_text(report_page(markdown), encoding="utf-8")
     except OSError:
         pass  # the folder cannot take it (the message says so already): the exit code remains
 

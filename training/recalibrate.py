@@ -405,8 +405,6 @@ def _grade_text(grade: str, row: dict) -> str:
 
 def report_html(summary: dict[str, Any], markdown: str) -> str:
     """The report as one HTML page with its charts (inline SVG)."""
-    from html import escape
-
     drift = summary["drift"]["features"][:12]
     charts = [horizontal_bars([d["feature"] for d in drift], [d["psi"] for d in drift], "population stability index")]
     if "comparison" in summary:
@@ -414,10 +412,19 @@ def report_html(summary: dict[str, Any], markdown: str) -> str:
             grades = summary["comparison"][name]["by_grade"]
             charts.append(f"<h3>Conversion by grade, {name}</h3>" + columns(
                 list(grades), [g["conversion"] or 0 for g in grades.values()], "conversion rate"))  # fmt: skip
+    return report_page(markdown, "".join(charts))
+
+
+def report_page(markdown: str, extra_html: str = "") -> str:
+    """The markdown report rendered as a page a manager can read: tables as tables, not pipes.
+    Raw HTML in the text (a feature or model name) is shown as text, never run."""
+    from markdown_it import MarkdownIt  # rich's own markdown parser: no dependency of our own
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' "
         "content='width=device-width, initial-scale=1'><title>Recalibration</title>"
         "<style>body{font-family:system-ui,sans-serif;max-width:960px;margin:1rem auto;padding:0 1rem}"
-        "pre{white-space:pre-wrap}</style></head><body>"
-        f"<pre>{escape(markdown)}</pre>" + "".join(charts) + "</body></html>"
+        "table{border-collapse:collapse;margin:.5rem 0}th,td{border:1px solid #ccc;padding:.2rem .5rem;"
+        "text-align:left}</style></head><body>" + body + extra_html + "</body></html>"
     )
