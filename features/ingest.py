@@ -541,13 +541,19 @@ def read_csv_table(
         frame = frame.rename(columns=renames)
         if quarantine is not None:
             note_column_names(quarantine, path.name, renames, unused)
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        found = ", ".join(frame.columns[:20])
-        found = found if len(found) <= 400 else found[:400] + " ..."
-        raise DataError(f"{path.name}: missing required column(s) {', '.join(missing)}; found {found}")
+    require_columns(frame.columns, required, path.name)
     number_rows(frame, path)
     return frame
+
+
+def require_columns(columns: Iterable[Any], required: Iterable[str], name: str) -> None:
+    """A DataError naming the file, the required columns it lacks and the ones it has."""
+    columns = [str(c) for c in columns]
+    missing = [c for c in required if c not in columns]
+    if missing:
+        found = ", ".join(columns[:20])
+        found = found if len(found) <= 400 else found[:400] + " ..."
+        raise DataError(f"{name}: missing required column(s) {', '.join(missing)}; found {found}")
 
 
 def note_column_names(quarantine: Quarantine, file: str, renames: dict[str, str], unused: list[str]) -> None:
@@ -788,10 +794,16 @@ def clean_outcomes(
         f"status not one of {'/'.join(OUTCOME_STATUSES)}: " + out["status"].astype(str),
     )
     out = out.assign(status=status)[status.notna()]
+    closed = out["status"] != "open"
     if "closed_at" not in out:
+        if closed.any():  # else every closed row would be quarantined one by one, and "too few examples" said
+            columns = ", ".join(c for c in raw.columns if c != "_row")
+            raise DataError(
+                f"{TABLE_FILES['outcomes']}: no closed_at column, which converted and lost rows need (the moment "
+                f"each closed; {int(closed.sum()):,} such rows); columns are {columns}"
+            )
         out["closed_at"] = ""
     closed_at, _ = parse_timestamps(out["closed_at"], day_first)
-    closed = out["status"] != "open"
     bad = closed & closed_at.isna()
     quarantine.add(
         "outcomes",

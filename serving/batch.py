@@ -22,8 +22,9 @@ from features.ingest import (
     near_ids,
     outcome_status,
     read_text_csv,
+    require_columns,
 )
-from features.schema import TABLE_FILES, contract_names
+from features.schema import ACTIVITY_REQUIRED, LEAD_REQUIRED, OUTCOME_REQUIRED, TABLE_FILES, contract_names
 from serving.scoring import LoadedModel, model_date_order, prepare_crm_leads, prepare_flat_rows, score_features
 
 OUTPUT_COLUMNS = [
@@ -227,6 +228,7 @@ def read_leads(
         outcomes_path = source / TABLE_FILES["outcomes"]
         if outcomes_path.is_file() and "lead_id" in leads:
             outcomes = _contract_table(read_table(outcomes_path), "outcomes", as_contract)
+            require_columns(outcomes.columns, OUTCOME_REQUIRED, str(outcomes_path))
             # The spellings training accepts ("Won", "Closed Lost", ...); a lead with any closed
             # row is closed, so repeated rows cannot make it look open.
             status = outcomes["status"].map(outcome_status)
@@ -244,8 +246,7 @@ def read_leads(
         raise DataError(f"{activities}: file not found (--activities)")
     if acts_path is not None and acts_path.exists():
         acts = _contract_table(read_table(acts_path), "activities", as_contract)
-        if "lead_id" not in acts:
-            raise DataError(f"{acts_path}: no lead_id column; columns are {', '.join(acts.columns[:20])}")
+        require_columns(acts.columns, ACTIVITY_REQUIRED if as_contract else ("lead_id",), str(acts_path))
     else:
         acts = pd.DataFrame(columns=["lead_id", "occurred_at", "activity_type", "value"])
     if flat_schema is not None:
@@ -263,6 +264,8 @@ def read_leads(
             else " (a model trained on a flat CSV has a name of its own: pass it as --model-name)"
         )
         raise DataError(f"{source}: no lead_id column{trained}; columns are {', '.join(leads.columns[:20])}")
+    if as_contract:
+        require_columns(leads.columns, LEAD_REQUIRED, str(source / TABLE_FILES["leads"] if source.is_dir() else source))
     if leads.empty and not closed:
         raise DataError(f"{source}: no rows to score (a header only)")
     if notes is not None and flat_schema is None and len(acts):

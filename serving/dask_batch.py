@@ -30,8 +30,9 @@ from features.ingest import (
     extra_fields,
     header_separator,
     merge_counted,
+    require_columns,
 )
-from features.schema import contract_names
+from features.schema import ACTIVITY_REQUIRED, LEAD_REQUIRED, contract_names
 from serving.batch import (
     ACTIVITY_STATES,
     NO_ACTIVITY_NOTE,
@@ -245,8 +246,7 @@ def _unreadable_file(frames: dict[Path, object]) -> str:
 def _contract_frame(frame, table: str, path: Path):
     """The contract's names whatever the headers' case, as the single-process path reads them."""
     frame = frame.rename(columns=contract_names(frame.columns, table)[0])
-    if "lead_id" not in frame.columns:
-        raise DataError(f"{path}: no lead_id column; columns are {', '.join(map(str, frame.columns[:20]))}")
+    require_columns(frame.columns, {"leads": LEAD_REQUIRED, "activities": ACTIVITY_REQUIRED}[table], str(path))
     return frame
 
 

@@ -137,6 +137,21 @@ def test_an_export_folder_scores_only_its_open_leads_whatever_the_status_spellin
     (tmp_path / "activities.csv").write_text("")
     with pytest.raises(DataError, match=r"activities\.csv: an empty file, not even a header row"):
         read_leads(tmp_path, None)
+    # A required column missing from any of the three files is named, not a KeyError from inside.
+    acts = pd.DataFrame({"lead_id": ["A"], "occurred_at": ["2025-02-01"], "activity_type": ["web_visit"]})
+    acts.drop(columns="activity_type").to_csv(tmp_path / "activities.csv", index=False)
+    with pytest.raises(DataError, match=r"activities\.csv: missing required column\(s\) activity_type; found lead_id"):
+        read_leads(tmp_path, None)
+    acts.to_csv(tmp_path / "activities.csv", index=False)
+    pd.DataFrame({"lead_id": ["A"], "closed_at": [""]}).to_csv(tmp_path / "outcomes.csv", index=False)
+    with pytest.raises(DataError, match=r"outcomes\.csv: missing required column\(s\) status"):
+        read_leads(tmp_path, None)
+    (tmp_path / "outcomes.csv").unlink()
+    pd.DataFrame({"lead_id": leads_ids}).to_csv(tmp_path / "leads.csv", index=False)
+    with pytest.raises(DataError, match=r"leads\.csv: missing required column\(s\) created_at; found lead_id"):
+        read_leads(tmp_path, None)
+    with pytest.raises(DataError, match=r"leads\.csv: missing required column\(s\) created_at"):
+        read_leads(tmp_path / "leads.csv", tmp_path / "activities.csv")
 
 
 def test_quarantined_rows_are_numbered_as_in_the_export_files(champion, small_crm_dir, tmp_path, monkeypatch):

@@ -341,11 +341,14 @@ def test_workers_restarted_mid_job_load_the_dataframe_dispatch_before_any_task(c
 
 def test_an_empty_file_is_named_not_a_traceback_from_inside_dask(tmp_path):
     from features.ingest import DataError
-    from serving.dask_batch import read_frame
+    from serving.dask_batch import leads_header, read_frame
 
     (tmp_path / "activities.csv").write_text("")
     with pytest.raises(DataError, match=r"activities\.csv: an empty file, not even a header row"):
         read_frame(tmp_path / "activities.csv")
+    (tmp_path / "leads.csv").write_text("lead_id,company\nA,Acme\n")
+    with pytest.raises(DataError, match=r"leads\.csv: missing required column\(s\) created_at; found lead_id"):
+        leads_header(tmp_path / "leads.csv")
 
 
 def _break_row(path, row: int, column: int, out):

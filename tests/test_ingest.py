@@ -157,6 +157,22 @@ def test_missing_required_column_names_file_and_column(tmp_path):
     )
     with pytest.raises(DataError, match=r"leads\.csv: missing required column\(s\) created_at"):
         load_crm(tmp_path)
+    # closed_at is needed by closed rows only: without the column, they are not quarantined one by one.
+    _write(
+        tmp_path,
+        {"lead_id": ["A", "B"], "created_at": ["2025-01-01"] * 2},
+        {"lead_id": ["A"], "occurred_at": ["2025-01-02"], "activity_type": ["x"]},
+        {"lead_id": ["A", "B"], "status": ["open", "won"]},
+    )
+    with pytest.raises(DataError, match=r"outcomes\.csv: no closed_at column, which converted and lost rows need"):
+        load_crm(tmp_path)
+    _write(
+        tmp_path,
+        {"lead_id": ["A", "B"], "created_at": ["2025-01-01"] * 2},
+        {"lead_id": ["A"], "occurred_at": ["2025-01-02"], "activity_type": ["x"]},
+        {"lead_id": ["A", "B"], "status": ["open", "open"]},
+    )
+    assert set(load_crm(tmp_path).outcomes["status"]) == {"open"}
 
 
 def test_missing_file_and_unreadable_file(tmp_path):
