@@ -119,6 +119,8 @@ def uri_mistake(uri: str) -> str | None:
         parts = urllib.parse.urlsplit(uri)
     except ValueError as exc:
         return f"not a valid URI ({exc})"
+    if re.fullmatch(r"[\w.-]+:\d+/?", uri):  # `localhost:5000` parses as the scheme "localhost"
+        return f"no scheme, so MLflow cannot read it; did you mean http://{uri.rstrip('/')}?"
     if parts.scheme == "sqlite":
         path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else ""
         if not path or path == ":memory:":

@@ -47,6 +47,10 @@ class ModelNotReady(RuntimeError):
     """No usable champion: nothing registered, or the bundle cannot be loaded."""
 
 
+class AliasMissing(ModelNotReady):
+    """The model name has versions, but the alias asked for points at none of them."""
+
+
 class InvalidLeads(ValueError):
     """Leads that cannot be scored; `problems` names the lead's position and the field, and
     `rows` holds each as (table, 0-based row, reason) for callers that point at the input."""
@@ -116,11 +120,12 @@ def champion_version(model_name: str, alias: str = CHAMPION) -> str:
         if exc.error_code in NOT_FOUND:
             if _has_versions(model_name):
                 why = (
-                    ": no training run has passed the registration gates yet (the training output lists them)"
+                    ": no training run has passed the registration gates yet (the training output lists them), "
+                    "or the alias was removed"
                     if alias == CHAMPION
                     else ""
                 )
-                raise ModelNotReady(
+                raise AliasMissing(
                     f"{model_name} has registered versions but none is @{alias} in {tracking_uri()}{why}"
                 ) from exc
             raise ModelNotReady(

@@ -30,7 +30,7 @@ from starlette.responses import Response
 
 from features.params import load_params
 from features.reasons import plain_name
-from features.tracking import tracking_uri
+from features.tracking import local_database, tracking_uri
 from serving import pages
 from serving.direct import DirectScorer
 from serving.guards import (
@@ -54,6 +54,7 @@ from serving.schemas import (
     utc_naive,
 )
 from serving.scoring import (
+    AliasMissing,
     InvalidLeads,
     LoadedModel,
     ModelNotReady,
@@ -65,6 +66,15 @@ from serving.scoring import (
     prepare_flat_rows,
     score_columns,
 )
+
+# Set before any registry call (a user's own settings win). MLflow retries a stopped tracking
+# server for minutes per call: a worker's start, and a /reload, would hang that long.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+# No sqlite connection is kept between registry calls. A pooled one outlives its file: a registry
+# deleted and written anew (`make clean`, a restored backup) was still read from the old file,
+# and sqlite took the new file's journal for the old one's, which broke a training run's writes.
+os.environ.setdefault("MLFLOW_SQLALCHEMYSTORE_POOLCLASS", "NullPool")
 
 logger = logging.getLogger("leadscore.service")
 redact_request_errors()
@@ -170,6 +180,9 @@ class LeadScoring:
         # request that read `self.live` once never mixes two versions.
         self.live: Live | None = None
         self.not_ready = "starting"
+        # Why the last check of @champion failed while a model is live ("" when it did not).
+        self.last_check_problem = ""
+        self.alias_missing = False
         self._reload_lock = threading.Lock()
         with _one_worker_at_a_time(tracking_uri()):
             self.reload()
@@ -194,7 +207,20 @@ class LeadScoring:
         with self._reload_lock:
             live = self.live.model.version if self.live else None
             try:
-                version = champion_version(self.model_name)
+                database = local_database()
+                if database is not None and not database.is_file():  # sqlite would create an empty one
+                    raise ModelNotReady(
+                        f"the registry database {database} no longer exists (was it removed?)"
+                        if live
+                        else f"no model registered yet ({database} does not exist); run `leadscore train` first"
+                    )
+                try:
+                    version = champion_version(self.model_name)
+                except AliasMissing:
+                    self.alias_missing = True
+                    raise
+                self.alias_missing = False
+                self.last_check_problem = ""
                 if version == live:
                     return {"live_version": live, "changed": False}
                 model = load_champion(self.model_name, version=version)
@@ -203,6 +229,7 @@ class LeadScoring:
                 except Exception as exc:  # a bundle this code cannot serve must not stop the service
                     raise ModelNotReady(f"version {version} cannot be served: {type(exc).__name__}: {exc}") from exc
             except ModelNotReady as exc:
+                self.last_check_problem = str(exc)
                 if self.live is None:
                     self.not_ready = str(exc)
                     NOT_READY["reason"] = self.not_ready
@@ -319,8 +346,10 @@ class LeadScoring:
         return {
             "name": model.name,
             "version": model.version,
-            "alias": model.alias,
+            # No longer the champion once the alias is gone, though it keeps serving until one is set.
+            "alias": None if self.alias_missing else model.alias,
             "loaded_at": live.loaded_at,
+            "last_check_problem": self.last_check_problem or None,
             "reload_seconds": PARAMS.service.reload_seconds,
             "kind": model.kind,
             "trained_at": meta.get("trained_at"),

@@ -79,9 +79,9 @@ def test_the_service_keeps_scoring_when_the_tracking_server_stops(champion_store
     body = _request(leads, crm.activities[crm.activities["lead_id"].isin(leads["lead_id"])])
     store = _copy_store(champion_store, tmp_path)
     with _mlflow_server(store, tmp_path) as (tracking, mlflow_process):
-        # No retry storm against a dead server: each registry call fails within seconds.
-        quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-        service, url, log = _start(tracking, None, log_dir=tmp_path, env_extra=quick)
+        # No retry storm against a dead server: the service bounds MLflow's retries itself (MLflow's
+        # own default held a /reload past BentoML's 120 s request timeout).
+        service, url, log = _start(tracking, None, log_dir=tmp_path)
         try:
             _wait_for_every_worker(log)  # a worker still loading when the server stops has no model
             before = httpx.post(f"{url}/score", json=body, timeout=60)
@@ -92,13 +92,56 @@ def test_the_service_keeps_scoring_when_the_tracking_server_stops(champion_store
                 httpx.get(f"{tracking}/health", timeout=2)
             after = httpx.post(f"{url}/score", json=body, timeout=60)
             assert after.status_code == 200 and after.json() == before.json()
+            started = time.monotonic()
             reload = httpx.post(f"{url}/reload", timeout=60).json()
+            assert time.monotonic() - started < 60
             assert reload["changed"] is False and reload["live_version"] == version
             assert "unreachable" in reload["error"]
             assert httpx.get(f"{url}/readyz").status_code == 200
-            assert httpx.get(f"{url}/model").json()["version"] == version
+            model = _model_once_checked(url, "unreachable")  # every worker, by its own check or /reload
+            assert model["version"] == version
         finally:
             _stop(service)
+    assert "Traceback" not in log.read_text()
+
+
+def _model_once_checked(url: str, problem: str, timeout: float = 90) -> dict:
+    """`/model` once the worker answering has seen `problem` (each worker checks the registry on
+    its own, every `service.reload_seconds`, or when a /reload reaches it)."""
+    deadline = time.time() + timeout
+    while True:
+        model = httpx.get(f"{url}/model").json()
+        if problem in (model["last_check_problem"] or "") or time.time() > deadline:
+            assert problem in (model["last_check_problem"] or ""), model
+            return model
+        httpx.post(f"{url}/reload", timeout=60)
+        time.sleep(1)
+
+
+def test_a_registry_file_replaced_or_removed_under_the_service_is_read_anew(champion_store, tmp_path):
+    # A restored backup, or `make clean` then a new training, writes a new file at the same path:
+    # a connection kept open on the old file read the old registry for ever.
+    store = _copy_store(champion_store, tmp_path)
+    database = Path(store.removeprefix("sqlite:///"))
+    service, url, log = _start(store, None, log_dir=tmp_path)
+    try:
+        _wait_for_every_worker(log)
+        assert httpx.get(f"{url}/model").json()["alias"] == "champion"
+        edited = tmp_path / "edited.db"
+        shutil.copy(database, edited)
+        MlflowClient(registry_uri=f"sqlite:///{edited}").delete_registered_model_alias(CHAMPION_NAME, "champion")
+        os.replace(edited, database)  # a new file (inode) at the service's path
+        reload = httpx.post(f"{url}/reload", timeout=60).json()
+        assert "none is @champion" in reload["error"] and "or the alias was removed" in reload["error"]
+        model = _model_once_checked(url, "none is @champion")  # still serving the last champion, not called one
+        assert model["alias"] is None and model["version"] == "1"
+        assert httpx.get(f"{url}/readyz").status_code == 200
+        database.unlink()
+        reload = httpx.post(f"{url}/reload", timeout=60).json()
+        assert f"the registry database {database} no longer exists" in reload["error"]
+        assert not database.exists()  # no empty registry created in its place
+    finally:
+        _stop(service)
     assert "Traceback" not in log.read_text()
 
 
@@ -280,6 +323,17 @@ def test_serve_refuses_a_mistyped_store_and_says_when_no_model_is_registered_yet
     done = subprocess.run(serve, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "typo does not exist" in done.stderr, done.stdout + done.stderr
     assert not (tmp_path / "typo").exists()
+    # A port another process listens on: one line, not BentoML's traceback.
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = [*serve[:-1], str(taken.getsockname()[1])]
+        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'new.db'}"
+        done = subprocess.run(busy, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "is in use (another service?)" in done.stderr, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
     waits = {
         f"sqlite:///{tmp_path / 'new.db'}": "no model registered yet",
         f"http://leadscore:s3cret@127.0.0.1:{_free_port()}": "no tracking server answers",
@@ -323,6 +377,7 @@ def test_a_models_folder_of_its_own_holds_the_default_store(tmp_path):
     [
         ("sqlite:///", "no database file"),
         ("127.0.0.1:5000", "did you mean http://127.0.0.1:5000"),
+        ("localhost:5000", "did you mean http://localhost:5000"),  # parsed as the scheme "localhost"
         ("http//127.0.0.1:5000", "did you mean http://127.0.0.1:5000"),
         ("http://[::1", "not a valid URI"),
         ("file:///tmp/mlruns", "MLFLOW_ALLOW_FILE_STORE"),

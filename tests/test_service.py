@@ -364,6 +364,11 @@ def test_service_follows_the_champion_and_rollback(champion_store, params_file, 
     store = tmp_path / "mlflow.db"
     shutil.copy(champion_store.removeprefix("sqlite:///"), store)
     uri = f"sqlite:///{store}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    previous_uri = mlflow.get_tracking_uri()
+    # `promote`, and MLflow's check that a new version's source is a logged model, talk to the
+    # store the process is set to, whatever the client's own URI.
+    mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     first = client.get_model_version_by_alias(CHAMPION_NAME, "champion")
     second = str(client.create_model_version(CHAMPION_NAME, source=first.source, run_id=first.run_id).version)
@@ -371,9 +376,6 @@ def test_service_follows_the_champion_and_rollback(champion_store, params_file, 
     monkeypatch.setenv(
         "LEADSCORE_PARAMS", str(params_file("reload.yaml", **{"service.reload_seconds": 1, "service.workers": 1}))
     )
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    previous_uri = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)  # `promote` talks to the registry the process is set to
     process, url, _ = _start(uri, None)
     try:
         live = lambda: httpx.get(f"{url}/model", timeout=10).json()["version"]  # noqa: E731

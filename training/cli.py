@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -687,6 +688,8 @@ def serve(
                       f"`leadscore train` registers a champion[/yellow]")  # fmt: skip
     elif database is None and (problem := tracking_problem()):
         console.print(f"[yellow]{escape(problem)} (the service starts: {waiting} the store answers)[/yellow]")
+    if problem := _port_problem(host, port):
+        _fail(problem)
     if os.environ.get("LEADSCORE_API_KEYS"):
         console.print("API keys required (LEADSCORE_API_KEYS is set)")
     bentoml = str(Path(sys.executable).parent / "bentoml")
@@ -696,6 +699,22 @@ def serve(
     # Become the server rather than wrap it: a supervisor's SIGTERM then reaches BentoML, which
     # stops its workers; a wrapper would die and leave them serving.
     os.execve(bentoml, command, env)
+
+
+def _port_problem(host: str, port: int) -> str | None:
+    """Why the service could not listen on host:port, said before BentoML fails with a traceback."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it
+            probe.bind((host, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return f"port {port} on {host} is in use (another service?): stop it or choose another --port"
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
 
 
 @app.command()
