@@ -227,16 +227,9 @@ def read_leads(
         acts_path = activities or source / TABLE_FILES["activities"]
         outcomes_path = source / TABLE_FILES["outcomes"]
         if outcomes_path.is_file() and "lead_id" in leads:
-            outcomes = _contract_table(read_table(outcomes_path), "outcomes", as_contract)
-            require_columns(outcomes.columns, OUTCOME_REQUIRED, str(outcomes_path))
-            # The spellings training accepts ("Won", "Closed Lost", ...); a lead with any closed
-            # row is closed, so repeated rows cannot make it look open.
-            status = outcomes["status"].map(outcome_status)
-            closed_ids = set(outcomes.loc[status.isin(["converted", "lost"]), "lead_id"].astype(str).str.strip())
+            closed_ids = closed_lead_ids(outcomes_path, leads["lead_id"], notes, as_contract=as_contract)
             all_ids = leads["lead_id"]
             is_closed = leads["lead_id"].astype(str).str.strip().isin(closed_ids)
-            if notes is not None:
-                notes.extend(_unread_outcomes(outcomes, status, leads["lead_id"]))
             closed = int(is_closed.sum())
             leads = leads[~is_closed.to_numpy()]  # the index keeps each lead's row in the file
     else:
@@ -271,6 +264,21 @@ def read_leads(
     if notes is not None and flat_schema is None and len(acts):
         notes.extend(_activities_spelt_otherwise(acts, leads["lead_id"] if all_ids is None else all_ids))
     return leads, acts, closed
+
+
+def closed_lead_ids(
+    outcomes_path: Path, lead_ids: pd.Series | None, notes: list[str] | None, *, as_contract: bool = True
+) -> frozenset[str]:
+    """The ids (stripped) of the leads an export's outcomes file closes, as converted or lost, in
+    the spellings training accepts ("Won", "Closed Lost", ...); a lead with any closed row is
+    closed, so repeated rows cannot make it look open. `notes` gets the rows not read, and those
+    naming no lead of `lead_ids` (not checked when None)."""
+    outcomes = _contract_table(read_table(outcomes_path), "outcomes", as_contract)
+    require_columns(outcomes.columns, OUTCOME_REQUIRED, str(outcomes_path))
+    status = outcomes["status"].map(outcome_status)
+    if notes is not None:
+        notes.extend(_unread_outcomes(outcomes, status, lead_ids))
+    return frozenset(outcomes.loc[status.isin(["converted", "lost"]), "lead_id"].astype(str).str.strip())
 
 
 def model_schema(model: LoadedModel) -> dict[str, Any]:
@@ -339,7 +347,7 @@ def _activities_spelt_otherwise(activities: pd.DataFrame, lead_ids: pd.Series) -
     ]
 
 
-def _unread_outcomes(outcomes: pd.DataFrame, status: pd.Series, lead_ids: pd.Series) -> list[str]:
+def _unread_outcomes(outcomes: pd.DataFrame, status: pd.Series, lead_ids: pd.Series | None) -> list[str]:
     """Outcome rows that leave a lead scored as open though the export may have closed it: a
     status that is not read, or an id that names no lead of leads.csv."""
     said = []
@@ -351,6 +359,8 @@ def _unread_outcomes(outcomes: pd.DataFrame, status: pd.Series, lead_ids: pd.Ser
             f"outcomes.csv: {int(unread.sum()):,} row(s) with a status not read as converted, lost or open ({shown}): "
             "their leads are scored as open"
         )
+    if lead_ids is None:
+        return said
     ids = outcomes["lead_id"].astype(str).str.strip()
     strangers = ~ids.isin(lead_ids.astype(str).str.strip()) & ids.ne("")
     if strangers.any():

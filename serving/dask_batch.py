@@ -48,6 +48,7 @@ from serving.scoring import LoadedModel, load_champion
 QUARANTINE_COLUMNS = ["table", "row", "lead_id", "reason"]
 KIND = "_kind"
 NOTE = "note"  # KIND of a row holding one of a partition's `CountedNote`s, as JSON in `reason`
+CLOSED = "closed"  # KIND of a partition's row counting its leads the outcomes close (the count in `reason`)
 MARKER = "activity "  # KIND of a partition's marker row: MARKER + its `activity_state` ("after": first in `reason`)
 NUMBERS = {"probability": float, "score": float, "fit": float, "engagement": float}
 ROW_KEY = "_row_key"  # (input partition << PART_SHIFT) + place in it: a row's way back to its file row
@@ -64,6 +65,7 @@ class DaskRun:
     notes: tuple[str, ...] = ()
     stages: dict[str, int] = field(default_factory=dict)  # scored leads per stage
     best: pd.DataFrame | None = None  # the `top` best scored leads, best first
+    closed: int = 0  # lead rows left out as converted or lost by the export's outcomes
 
 
 class DataframeDispatch(WorkerPlugin):
@@ -359,8 +361,10 @@ def _score_partition(
     as_of: pd.Timestamp,
     as_of_given: bool,
     day_first: bool | None,
+    closed: frozenset[str] = frozenset(),
 ) -> pd.DataFrame:
-    """Score one partition with the model version the run started with (loaded once per worker)."""
+    """Score one partition with the model version the run started with (loaded once per worker),
+    leaving out the leads in `closed`, as the local engine leaves out an export's closed leads."""
     key = (uri, model_name, version)
     if key not in _MODELS:
         os.environ["MLFLOW_TRACKING_URI"] = uri
@@ -368,6 +372,9 @@ def _score_partition(
     # Each row's key as its index: `score_batch` numbers quarantined rows by it (key + 1).
     leads = leads.drop(columns="_bucket").set_index(ROW_KEY).rename_axis(None)
     activities = activities.drop(columns="_bucket").set_index(ROW_KEY).rename_axis(None)
+    shut = leads["lead_id"].astype(str).str.strip().isin(closed) if closed else None
+    if shut is not None:
+        leads = leads[~shut.to_numpy()]
     result = score_batch(_MODELS[key], leads, activities, as_of, day_first=day_first)
     scored = result.scored.assign(**{KIND: "scored"})
     quarantine = result.quarantine.astype({"row": str}).assign(**{KIND: "quarantine"})
@@ -378,6 +385,8 @@ def _score_partition(
     state, first = activity_state(_MODELS[key].scorer, leads, activities, as_of if as_of_given else None, day_first)
     marker = {KIND: [MARKER + state], "reason": [first.isoformat() if first is not None else ""]}
     frames = [scored, quarantine, counted, pd.DataFrame(marker)]
+    if shut is not None:
+        frames.append(pd.DataFrame({KIND: [CLOSED], "reason": [str(int(shut.sum()))]}))
     frame = pd.concat(frames, ignore_index=True).reindex(columns=_columns())
     return frame.astype(object).where(frame.notna(), "").astype(str)
 
@@ -428,6 +437,7 @@ def score_on_dask(
     on_progress: Callable[[int, int], None] | None = None,
     blocksize: str = "64MB",
     day_first: bool | None = None,
+    closed: frozenset[str] = frozenset(),
 ) -> DaskRun:
     """Score every lead of the inputs on the cluster and write `output/scores/` and
     `output/quarantine/` as partitioned parquet (one file per partition: a task that is run
@@ -437,7 +447,9 @@ def score_on_dask(
     after it. `top` best leads come back in `best` (the `--top` table); `on_progress` is called
     with (partitions scored, partitions); `blocksize` is the size of a CSV's partitions as read;
     `day_first`: the run's order of numeric dates (default: `date_order_on_dask`'s, one more
-    pass over the files when the model stored none)."""
+    pass over the files when the model stored none); `closed`: ids of leads not to score, those an
+    export's outcomes close (`closed_lead_ids`)."""
+    import dask
     import dask.dataframe as dd
     from distributed import as_completed, futures_of
 
@@ -459,7 +471,7 @@ def score_on_dask(
         results = dd.map_partitions(
             _score_partition, leads, activities, meta=meta, align_dataframes=False,
             model_name=model.name, version=model.version, uri=uri, as_of=as_of, as_of_given=as_of_given,
-            day_first=day_first,
+            day_first=day_first, closed=dask.delayed(closed, pure=True),  # sent to each worker once, not per task
         ).persist()  # fmt: skip
         futures = futures_of(results)
         for done, _ in enumerate(as_completed(futures), start=1):
@@ -485,6 +497,7 @@ def score_on_dask(
         counted = merge_counted(CountedNote(w, what, n, tuple(shown)) for w, what, n, shown in map(json.loads, held))
         notes = (*notes, *map(str, counted))
     stages = scored["stage"].value_counts().compute()
+    shut = results[results[KIND] == CLOSED]["reason"].astype(int).sum().compute() if counts.get(CLOSED, 0) else 0
     return DaskRun(
         scored=int(counts.get("scored", 0)),
         quarantined=int(counts.get("quarantine", 0)),
@@ -493,4 +506,5 @@ def score_on_dask(
         notes=notes,
         stages={str(stage): int(n) for stage, n in stages.sort_values(ascending=False).items()},
         best=scored.nlargest(top, "score").compute() if top else None,
+        closed=int(shut),
     )

@@ -84,6 +84,17 @@ def test_dask_scoring_equals_single_process(client, champion, champion_store, sm
     undated = score_on_dask(client, champion, champion_store, leads_path, tmp_path / "undated.csv",
                             tmp_path / "undated", AS_OF, partitions=3, as_of_given=False)  # fmt: skip
     assert activity_notes(undated) == (UNDATED_NOTE,)
+    # An export's closed leads are left out, as the local engine scores a folder: its open leads.
+    from serving.batch import closed_lead_ids, read_leads
+
+    closed = closed_lead_ids(small_crm_dir / "outcomes.csv", None, None)
+    (tmp_path / "open").mkdir()
+    opened = score_on_dask(client, champion, champion_store, leads_path, acts_path, tmp_path / "open", AS_OF,
+                           partitions=3, closed=closed)  # fmt: skip
+    open_leads, all_acts, left_out = read_leads(small_crm_dir, None)
+    local_open = score_batch(champion, open_leads, all_acts, AS_OF).scored["lead_id"]
+    scored_open = pd.read_parquet(tmp_path / "open" / "scores")["lead_id"]
+    assert opened.closed == left_out > 0 and sorted(scored_open) == sorted(local_open) and len(local_open)
 
 
 def activity_notes(run) -> tuple[str, ...]:

@@ -986,16 +986,21 @@ def _score_on_dask(
 
     from features.schema import TABLE_FILES
     from features.tracking import tracking_uri
-    from serving.batch import absent_columns_note, stale_note
+    from serving.batch import absent_columns_note, closed_lead_ids, stale_note
     from serving.dask_batch import date_order_on_dask, leads_header, newest_activity, score_on_dask, start_client
     from serving.scoring import ModelNotReady, load_chosen
 
     _quiet_libraries()
     params = _params()
     _check_registry(reads_models=True)
+    closed: frozenset[str] = frozenset()
+    notes: list[str] = []
     if source.is_dir():
-        if (source / TABLE_FILES["outcomes"]).is_file():
-            console.print("[yellow]the dask engine scores every lead of leads.csv, closed ones included[/yellow]")
+        if (source / TABLE_FILES["outcomes"]).is_file():  # its open leads, as the local engine scores
+            try:
+                closed = closed_lead_ids(source / TABLE_FILES["outcomes"], None, notes)
+            except DataError as exc:
+                _fail(str(exc))
         activities = activities or source / TABLE_FILES["activities"]
         source = source / TABLE_FILES["leads"]
     if activities is None:
@@ -1024,7 +1029,7 @@ def _score_on_dask(
             task = progress.add_task(f"scoring on {workers} worker(s) (partitions)", total=None)
             run = score_on_dask(
                 client, model, tracking_uri(), source, activities, output, moment, partitions=partitions, top=top,
-                as_of_given=as_of is not None, day_first=day_first,
+                as_of_given=as_of is not None, day_first=day_first, closed=closed,
                 on_progress=lambda done, total: progress.update(task, completed=done, total=total),
             )  # fmt: skip
         client.close()
@@ -1032,8 +1037,10 @@ def _score_on_dask(
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot read or write: {exc.strerror or exc}")
-    for note in run.notes:
+    for note in [*notes, *run.notes]:
         console.print(f"[yellow]{escape(note)}[/yellow]")
+    if run.closed:
+        console.print(f"{run.closed:,} converted or lost leads of the export left out, as --engine local does")
     console.print(
         f"Scored {_leads(run.scored)} with {model.name} version {model.version} as of {moment} on Dask → "
         f"{output}/scores/ ({run.quarantined:,} row(s) not scored: {output}/quarantine/)"
