@@ -22,7 +22,15 @@ from features.clean import (
     parse_number,
     parse_timestamps,
 )
-from features.ingest import DataError, Quarantine, after_today, hash_files, number_rows, read_text_csv
+from features.ingest import (
+    SEPARATORS,
+    DataError,
+    Quarantine,
+    after_today,
+    hash_files,
+    number_rows,
+    read_text_csv,
+)
 from features.params import FlatParams
 from features.spec import FeatureGroup
 
@@ -310,8 +318,15 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
         quarantine.note(f"{path.name}: {encoding}")
     elif encoding != "utf-8-sig":
         quarantine.note(f"{path.name}: not UTF-8, read as {encoding}")
-    if len(raw.columns) == 1 and profile.sep == ",":
-        raise DataError(f"{path.name}: only one column found; is the separator ';' or a tab? (use --sep)")
+    if len(raw.columns) == 1:
+        # A header with another separator in it: the --sep given (or the default) is not the file's.
+        others = [sep for sep in SEPARATORS if sep != profile.sep and sep in raw.columns[0]]
+        if others or profile.sep == ",":
+            shown = {sep: "tab" if sep == "\t" else repr(sep) for sep in SEPARATORS}
+            hint = f"its header is separated by {shown[others[0]]}: use --sep {shown[others[0]]}" if others else (
+                "is the separator ';' or a tab? (use --sep)")  # fmt: skip
+            given = shown.get(profile.sep, repr(profile.sep))
+            raise DataError(f"{path.name}: only one column found with the separator {given}; {hint}")
     named = [
         ("label", profile.label),
         *([("id", profile.id)] if profile.id else []),

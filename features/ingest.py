@@ -326,6 +326,14 @@ def header_separator(path: Path, preferred: str = ",") -> str:
     return preferred
 
 
+# The first bytes of files a spreadsheet saves that are not text: read as CSV they fail somewhere
+# in their binary content, with a message about fields.
+SPREADSHEET_MAGIC = {
+    b"PK\x03\x04": "a zip archive (an Excel .xlsx or OpenDocument .ods workbook?)",
+    b"\xd0\xcf\x11\xe0": "an old Office file (an Excel .xls workbook?)",
+}
+
+
 def check_header(path: Path, sep: str) -> list[str]:
     """The header's names, once the header line is known to be a text CSV's with names that
     differ (else a DataError naming the file)."""
@@ -333,6 +341,9 @@ def check_header(path: Path, sep: str) -> list[str]:
         header = handle.readline(MAX_HEADER_BYTES + 1)
     if not header:
         raise DataError(f"{path}: the file is empty (not even a header line)")
+    for magic, what in SPREADSHEET_MAGIC.items():
+        if header.startswith(magic):
+            raise DataError(f'{path}: {what}, not a CSV file; save the sheet as "CSV UTF-8" and give that file')
     if header.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in header:
         text = header.rstrip(b"\r\n")
         halves = (text[0::2].strip(b"\x00"), text[1::2].strip(b"\x00"))  # ASCII in UTF-16: every other byte NUL

@@ -235,6 +235,11 @@ def read_leads(
     else:
         leads = _contract_table(read_table(source, sep), "leads", as_contract)
         acts_path = activities
+    if activities is not None and activities.is_dir():
+        raise DataError(
+            f"{activities}: a folder; --activities takes the activities file (a CRM export folder is given as the "
+            "source, without --activities)"
+        )
     if activities is not None and not activities.is_file():
         raise DataError(f"{activities}: file not found (--activities)")
     if acts_path is not None and acts_path.exists():

@@ -152,6 +152,8 @@ def test_an_export_folder_scores_only_its_open_leads_whatever_the_status_spellin
         read_leads(tmp_path, None)
     with pytest.raises(DataError, match=r"leads\.csv: missing required column\(s\) created_at"):
         read_leads(tmp_path / "leads.csv", tmp_path / "activities.csv")
+    with pytest.raises(DataError, match=r"a folder; --activities takes the activities file"):
+        read_leads(tmp_path / "leads.csv", tmp_path)
 
 
 def test_quarantined_rows_are_numbered_as_in_the_export_files(champion, small_crm_dir, tmp_path, monkeypatch):

@@ -203,6 +203,10 @@ def test_the_separator_is_kept_with_the_schema(tmp_path, params):
     path = tmp_path / "semi.csv"
     rows = [f"{i};{'A' if i % 3 else 'B'};{i % 7};{'yes' if i % 2 else 'no'}" for i in range(60)]
     path.write_text("id;source;visits;y\n" + "\n".join(rows) + "\n")
+    # Given the wrong separator, the file's own is named, not a label missing from one long column.
+    for wrong, said in (("\t", "separator tab"), (",", "separator ','")):
+        with pytest.raises(DataError, match=f"only one column found with the {said}; its header is separated by ';'"):
+            load_flat(path, FlatProfile(label="y", id="id", sep=wrong), params.flat)
     data = load_flat(path, FlatProfile(label="y", id="id", sep=";"), params.flat)
     assert data.schema["sep"] == ";"
     from serving.batch import read_leads

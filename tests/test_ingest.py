@@ -188,6 +188,13 @@ def test_missing_file_and_unreadable_file(tmp_path):
     with pytest.raises(DataError, match="NUL bytes") as refused:
         load_crm(tmp_path)
     assert len(str(refused.value)) < 300
+    # A workbook saved under the CSV's name: said so, not a tokenizing error from its zip content.
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "leads.csv", "w") as workbook:
+        workbook.writestr("xl/workbook.xml", "<workbook/>\n" * 50)
+    with pytest.raises(DataError, match=r"leads\.csv: a zip archive \(an Excel \.xlsx .* save the sheet as"):
+        load_crm(tmp_path)
     (tmp_path / "leads.csv").unlink()
     (tmp_path / "leads.csv").mkdir()
     with pytest.raises(DataError, match=r"leads\.csv: a folder, not a file"):
