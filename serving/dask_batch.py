@@ -87,6 +87,52 @@ def prepare_workers(client) -> None:
     client.register_plugin(DataframeDispatch(), name=DataframeDispatch.name)
 
 
+SCHEDULER_SECONDS = 15
+
+
+def check_scheduler(address: str) -> None:
+    """A DataError when `address` is not one a Dask client can reach a scheduler at, in seconds:
+    a malformed one raised a traceback, and another server's port (the dashboard's, a web
+    server) left the client waiting for a handshake for ever. A scheduler speaks first."""
+    import socket
+
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    hint = "give the scheduler's address, e.g. tcp://HOST:8786"
+    try:
+        protocol, location = parse_address(address)
+        host, port = parse_host_port(location)
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"--scheduler {address}: {exc}; {hint}") from None
+    if protocol != "tcp":
+        return  # tls:// and others: Dask's own handshake, bounded by the client's timeout
+    try:
+        with socket.create_connection((host, port), timeout=SCHEDULER_SECONDS) as probe:
+            probe.settimeout(SCHEDULER_SECONDS)
+            if not probe.recv(1):
+                raise OSError("closed the connection")
+    except TimeoutError:
+        raise DataError(
+            f"--scheduler {address}: something listens there but is not a Dask scheduler (no handshake in "
+            f"{SCHEDULER_SECONDS} s; the dashboard's port, 8787 by default, is not the scheduler's 8786)"
+        ) from None
+    except OSError as exc:
+        raise DataError(f"--scheduler {address}: no Dask scheduler answers ({exc.strerror or exc}); {hint}") from None
+
+
+def cluster_failure(exc: BaseException) -> str | None:
+    """One line for a failure of the cluster itself (workers that died), None for any other."""
+    from distributed import KilledWorker
+
+    if isinstance(exc, KilledWorker):
+        return (
+            f"Dask workers died running a task of the job ({getattr(exc, 'task', '')!r}), every one that tried it: "
+            "out of memory? Give each worker more memory (dask worker --memory-limit), or more, smaller partitions "
+            "(--partitions)"
+        )
+    return None
+
+
 def start_client(scheduler: str | None = None):
     """A client on `scheduler`, or on a LocalCluster with one single-threaded worker per core
     (scoring is Python and NumPy: processes, not threads, use the cores)."""
@@ -94,7 +140,11 @@ def start_client(scheduler: str | None = None):
 
     logging.getLogger("distributed").setLevel(logging.ERROR)  # its INFO lines would bury the progress
     if scheduler:
-        return Client(scheduler)
+        check_scheduler(scheduler)
+        try:
+            return Client(scheduler, timeout=f"{SCHEDULER_SECONDS}s")
+        except (OSError, TimeoutError) as exc:
+            raise DataError(f"--scheduler {scheduler}: no Dask scheduler answered ({exc})") from None
     workers = os.cpu_count() or 1
     # Workers log a failed task (a broken row of a CSV, say) as an error with its traceback;
     # the client raises it, and the command says it in one line.

@@ -413,3 +413,28 @@ def test_broken_csv_rows_are_refused_on_dask_named_by_their_row_in_the_file(
     (tmp_path / "unclosed.csv").write_text(unclosed)
     with pytest.raises(DataError, match=r"^\S*unclosed\.csv: cannot read as CSV \(.*EOF inside string"):
         score(leads, tmp_path / "unclosed.csv")
+
+
+def test_a_scheduler_address_that_cannot_work_is_named_in_seconds(monkeypatch):
+    # A malformed address was a traceback; another server's port (the dashboard's) a silent hang.
+    import socket
+
+    from distributed import KilledWorker
+
+    from features.ingest import DataError
+    from serving import dask_batch
+
+    monkeypatch.setattr(dask_batch, "SCHEDULER_SECONDS", 1)
+    with pytest.raises(DataError, match=r"--scheduler garbage: missing port number .* e\.g\. tcp://HOST:8786"):
+        dask_batch.check_scheduler("garbage")
+    with socket.socket() as silent:  # listens, accepts, never speaks
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(DataError, match="something listens there but is not a Dask scheduler"):
+            dask_batch.check_scheduler(address)
+    with pytest.raises(DataError, match="no Dask scheduler answers"):
+        dask_batch.check_scheduler(address)  # closed now
+    died = dask_batch.cluster_failure(KilledWorker(("read-csv", 0), None, 3))
+    assert "Dask workers died running a task of the job (('read-csv', 0))" in died and "--memory-limit" in died
+    assert dask_batch.cluster_failure(ValueError("x")) is None

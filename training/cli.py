@@ -478,6 +478,7 @@ def train(
         _fail(
             (
                 server_lost(exc)
+                or _cluster_failure(exc)
                 or f"training failed: {type(exc).__name__}: {exc} (set LEADSCORE_DEBUG=1 to see the traceback)"
             )
             + _kept_quarantine(dataset)
@@ -1037,6 +1038,13 @@ def _score_on_dask(
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot read or write: {exc.strerror or exc}")
+    except typer.Exit:
+        raise
+    except Exception as exc:  # a failure on the cluster still gets a one-line message
+        if os.environ.get("LEADSCORE_DEBUG"):
+            raise
+        _fail(_cluster_failure(exc) or f"scoring on Dask failed: {type(exc).__name__}: {exc} (set LEADSCORE_DEBUG=1 "
+              "to see the traceback)")  # fmt: skip
     for note in [*notes, *run.notes]:
         console.print(f"[yellow]{escape(note)}[/yellow]")
     if run.closed:
@@ -1051,6 +1059,17 @@ def _score_on_dask(
     console.print("[dim]not kept for the pages: they show scorings of --engine local[/dim]")
     if run.best is not None:
         _print_top(run.best, top)
+
+
+def _cluster_failure(exc: BaseException) -> str | None:
+    """Dask's workers dying, in one line (Dask is imported only by runs that used it)."""
+    import sys
+
+    if "distributed" not in sys.modules:
+        return None
+    from serving.dask_batch import cluster_failure
+
+    return cluster_failure(exc)
 
 
 def _record_failure(report_dir: Path | None, message: str, code: int) -> None:
