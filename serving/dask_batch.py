@@ -188,12 +188,20 @@ def read_frame(path: Path, *, blocksize: str = "64MB"):
     extra = extra_fields(sample, Path(files[0]))  # rows ending in a separator the header lacks
     if extra:  # read under names of their own, so that a value there later is found, not dropped
         options |= {"header": 0, "names": [*names, *(f"{TRAILING}{i}" for i in range(extra))]}
-    frame = dd.read_csv(text, **options)
+    try:
+        frame = dd.read_csv(text, sample=SAMPLE_BYTES, **options)
+    except ValueError as exc:  # the header and a first row longer than the sample: cells of tens of kB
+        raise DataError(
+            f"{text}: its first rows do not fit in the {SAMPLE_BYTES // 1_000_000} MB Dask reads to learn the "
+            f"columns (cells of that size?); --engine local reads it ({' '.join(str(exc).split())[:200]})"
+        ) from None
     meta = frame._meta.drop(columns=[c for c in frame.columns if str(c).startswith(TRAILING)])
     return frame.map_partitions(_checked_block, text, sep, meta=meta)
 
 
 SAMPLE_ROWS = 1000  # rows of a CSV read up front: its trailing separators, its encoding
+# Bytes of a CSV Dask reads to learn its columns (its default, 256 kB, held few rows of long notes).
+SAMPLE_BYTES = 4_000_000
 TRAILING = "_trailing_field_"
 ROW_TOKEN = "\x00row\x00"  # where a RowProblem's message names its row
 
@@ -245,6 +253,15 @@ def _unreadable(path: str, exc: Exception, sep: str | None = None) -> str:
             'only: save it as "CSV UTF-8", or score it with --engine local, which reads legacy encodings'
         )
     why = " ".join(str(exc).split("Original Message:")[-1].split())  # dask wraps pandas' message
+    if "EOF inside string" in why:
+        # Dask cuts a file into blocks at line ends, inside a quoted cell too: the block then ends
+        # in an open quote. A broken quote is possible as well; the local engine tells them apart.
+        return (
+            f"{path}: a quoted cell runs past the end of a block of the file ({why}; with --engine dask, line "
+            "numbers count from the start of a block): either cells hold line breaks (a note, an e-mail body), "
+            "which --engine dask cannot read in blocks (use --engine local, which reads them), or a quote is "
+            "never closed"
+        )
     return (
         f"{path}: cannot read as CSV{f' with separator {sep!r}' if sep else ''} ({why}; with --engine dask, "
         "line numbers count from the start of a block of the file): a quote opened and never closed, or a row "

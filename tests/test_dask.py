@@ -411,8 +411,14 @@ def test_broken_csv_rows_are_refused_on_dask_named_by_their_row_in_the_file(
 
     unclosed = acts.read_text().rstrip("\n") + ',"never closed\n'
     (tmp_path / "unclosed.csv").write_text(unclosed)
-    with pytest.raises(DataError, match=r"^\S*unclosed\.csv: cannot read as CSV \(.*EOF inside string"):
+    with pytest.raises(DataError, match=r"^\S*unclosed\.csv: a quoted cell runs past the end of a block .*EOF inside"):
         score(leads, tmp_path / "unclosed.csv")
+    # A valid file whose cells hold line breaks (notes), read in blocks: not blamed on the file alone.
+    notes = read_text_csv(leads)[0].assign(notes="first line\nsecond line\n" * 20)
+    notes.to_csv(tmp_path / "notes.csv", index=False)
+    with pytest.raises(DataError, match=r"either cells hold line breaks .* \(use --engine local, which reads them\)"):
+        score(tmp_path / "notes.csv")
+    assert len(read_text_csv(tmp_path / "notes.csv")[0]) == rows  # as the local engine does
 
 
 def test_a_scheduler_address_that_cannot_work_is_named_in_seconds(monkeypatch):
