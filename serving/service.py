@@ -144,8 +144,27 @@ def _bad_request(problems: list[tuple[tuple, str]]) -> ValidationError:
     )  # fmt: skip
 
 
-def _moment(as_of: dt.datetime | None) -> pd.Timestamp:
-    return utc_naive(as_of) if as_of is not None else pd.Timestamp.now(tz="UTC").tz_localize(None)
+# How far a CRM's clock may run ahead of this one: a lead stamped a few seconds "in the future"
+# by the CRM that just created it is scored, not refused with its whole batch.
+CLOCK_SKEW = dt.timedelta(minutes=5)
+
+
+def _moment(as_of: dt.datetime | None, leads: list[Lead] = ()) -> pd.Timestamp:
+    """The scoring moment: `as_of`, else now, moved up to the newest time the leads carry
+    within `CLOCK_SKEW` ahead of now (a later one is still refused as after the moment)."""
+    if as_of is not None:
+        return utc_naive(as_of)
+    now = dt.datetime.now(dt.UTC)
+    latest, horizon = now, now + CLOCK_SKEW
+    for lead in leads:
+        stamps = (lead.created_at, *(activity["occurred_at"] for activity in lead.activities))
+        for stamp in stamps:
+            if stamp is not None:
+                if stamp.tzinfo is None:  # naive means UTC; aware ones compare across zones as they are
+                    stamp = stamp.replace(tzinfo=dt.UTC)
+                if latest < stamp <= horizon:
+                    latest = stamp
+    return utc_naive(latest)
 
 
 class _Request(bentoml.IODescriptor):
@@ -165,7 +184,7 @@ class ExplainRequest(_Request):
 
 
 def _as_of(leads: list[Lead], as_of: dt.datetime | None) -> pd.Series:
-    return pd.Series([_moment(as_of)] * len(leads))
+    return pd.Series([_moment(as_of, leads)] * len(leads))
 
 
 @bentoml.service(name="lead_scoring", traffic={"timeout": 120}, workers=PARAMS.service.workers)
@@ -286,7 +305,7 @@ class LeadScoring:
         model = live.model
         if len(leads) == 1:
             # The CRM's "this lead changed" call: same numbers, without data frames.
-            record = live.direct.score(leads[0], _moment(as_of))
+            record = live.direct.score(leads[0], _moment(as_of, leads))
             if record is not None:
                 return _json([{"lead_id": leads[0].lead_id, **record}])
         moments = _as_of(leads, as_of)

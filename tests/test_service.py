@@ -260,6 +260,16 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
         }
     )
     assert unknown_values.status_code == 200  # unknown categories and activity types score normally
+    # A CRM whose clock runs a little ahead stamps a lead it just created "in the future": scored as of
+    # that stamp, alone or in a batch, when no as_of is sent; far ahead is still refused.
+    soon = (pd.Timestamp.now(tz="UTC") + pd.Timedelta(seconds=20)).isoformat()
+    late = (pd.Timestamp.now(tz="UTC") + pd.Timedelta(hours=2)).isoformat()
+    other = {"lead_id": "b", "created_at": "2025-01-01"}
+    for leads in ([{"lead_id": "a", "created_at": soon}], [{"lead_id": "a", "created_at": soon}, other]):
+        ahead = post({"leads": leads})
+        assert ahead.status_code == 200 and len(ahead.json()) == len(leads), ahead.text
+    far = post({"leads": [{"lead_id": "a", "created_at": late}, other]})
+    assert far.status_code == 400 and "created_at is after the scoring moment" in far.text
 
 
 @pytest.mark.slow
