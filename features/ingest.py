@@ -557,6 +557,14 @@ def read_csv_table(
     return frame
 
 
+def no_usable_activity(rows: int) -> str:
+    """The note of an export whose activities.csv (`rows` rows) gives no lead any activity."""
+    return (
+        f"{TABLE_FILES['activities']}: no usable activity ({rows:,} rows): every lead reads as never engaged, so "
+        "the model learns from fit attributes alone"
+    )
+
+
 def require_columns(columns: Iterable[Any], required: Iterable[str], name: str) -> None:
     """A DataError naming the file, the required columns it lacks and the ones it has."""
     columns = [str(c) for c in columns]
@@ -909,10 +917,7 @@ def load_crm(directory: str | Path, missing_tokens: Iterable[str] = ("",)) -> Cr
         raw_acts, pd.Index(leads["lead_id"]), quarantine, left_out, history=True, day_first=day_first
     )
     if activities.empty:
-        quarantine.note(
-            f"{TABLE_FILES['activities']}: no usable activity ({len(raw_acts):,} rows): every lead reads as never "
-            "engaged, so the model learns from fit attributes alone"
-        )
+        quarantine.note(no_usable_activity(len(raw_acts)))
     moments = [
         leads["created_at"].max(),
         activities["occurred_at"].max(),

@@ -283,6 +283,16 @@ def test_training_features_on_dask_equal_the_single_process_dataset(client, smal
     assert len(cut) == (as_of is not None) and [n for n in tuning.quarantine.notes if n in cut] == cut
     if as_of is not None:
         assert tuning.export_end == moment and re.search(r": [1-9][\d,]* lead\(s\) .* [1-9][\d,]* activity", cut[0])
+    if as_of is None and dates == "iso":
+        # An activities file with a header only: said as the local engine says it.
+        empty = tmp_path / "no-activities"
+        empty.mkdir()
+        for name in ("leads.csv", "outcomes.csv", "truth.csv"):
+            shutil.copy(tmp_path / name, empty / name)
+        (empty / "activities.csv").write_text("lead_id,occurred_at,activity_type\n")
+        said = [n for n in prepare_crm(empty, params).quarantine.notes if "no usable activity" in n]
+        on_dask = prepare_crm_on_dask(client, empty, params, tuning_rows=10**9, partitions=2)
+        assert said and [n for n in on_dask.tuning.quarantine.notes if "no usable activity" in n] == said
     assert len(got.features) == kept.sum()  # every kept example stays on the cluster
 
 

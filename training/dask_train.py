@@ -41,6 +41,7 @@ from features.ingest import (
     hash_files,
     lead_columns_with_values,
     leads_as_of,
+    no_usable_activity,
     note_column_names,
     note_lead_columns,
     read_csv_table,
@@ -189,6 +190,8 @@ def prepare_crm_on_dask(
     with csv_errors({paths["activities"]: activities}):
         scan = activities.map_partitions(_scan, kept, day_first, meta={"rows": "int64", "last": "datetime64[ns]"})
         scan = scan.compute()
+    if scan["last"].isna().all():  # as `load_crm` says it
+        quarantine.note(no_usable_activity(int(scan["rows"].sum())))
     offsets = np.concatenate([[0], np.cumsum(scan["rows"].to_numpy())]).tolist()
     activities = activities.map_partitions(_number_rows, offsets)
     moments = [leads["created_at"].max(), scan["last"].max(), outcomes["closed_at"].max()]
