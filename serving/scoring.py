@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from features.build import build_crm_features
 from features.bundle import LeadScorer, grade_of, score_from_probability
+from features.clean import blank_to_missing
 from features.criteria import qualify_columns
 from features.flat import clean_flat_columns
 from features.ingest import DUPLICATE_ACTIVITY, CountedNote, Quarantine, clean_activities, clean_leads
@@ -504,7 +505,8 @@ def prepare_crm_leads(
     clean = clean_leads(raw, quarantine, tokens, day_first=day_first)
     # Activities are checked against every readable lead: those of a lead set aside below are
     # not "of an unknown lead" (that would be a second, misleading error for one mistake).
-    known = pd.Index(clean["lead_id"])
+    # A lead refused as a duplicate counts as readable too: its activities are its, not strangers'.
+    known = pd.Index(clean["lead_id"]).union(pd.Index(blank_to_missing(raw["lead_id"], ("",)).dropna()))
     positions = clean["_row"].to_numpy()
     future = pd.Series(clean["created_at"].to_numpy() > moments.to_numpy()[positions], index=clean.index)
     if future.any():

@@ -61,3 +61,22 @@ def test_an_export_scored_long_after_its_newest_activity_is_warned_about():
     assert note is not None and "from 2026-03-20, 90 days before 2026-06-18" in note and "--as-of 2026-03-21" in note
     assert stale_export_note(acts.iloc[:0], pd.Timestamp("2030-01-01")) is None  # no activities: nothing to date
     assert stale_export_note(acts.iloc[2:], pd.Timestamp("2030-01-01")) is None  # none readable
+
+
+def test_a_lead_refused_as_a_duplicate_is_one_problem_not_one_per_activity(champion):
+    # Its activities are its own, not "of an unknown lead": a CRM read 60 problems for one mistake.
+    from serving.scoring import InvalidLeads, prepare_crm_leads
+
+    leads = pd.DataFrame({"lead_id": ["A", "A", "B"], "created_at": ["2025-01-01"] * 3,
+                          "industry": ["Software", "Retail", "Software"]})  # fmt: skip
+    acts = pd.DataFrame({"lead_id": ["A"] * 5 + ["B"], "occurred_at": ["2025-02-01"] * 6,
+                         "activity_type": [f"web_visit{i}" for i in range(6)]})  # fmt: skip
+    with pytest.raises(InvalidLeads) as refused:
+        prepare_crm_leads(champion, leads, acts, pd.Series([pd.Timestamp("2025-03-01")] * 3))
+    assert [table for table, _, _ in refused.value.rows] == ["leads", "leads"]
+    assert all("conflicting duplicate lead_id" in reason for _, _, reason in refused.value.rows)
+    # An activity whose lead is in no row at all is still named.
+    strangers = pd.concat([acts, pd.DataFrame({"lead_id": ["Z"], "occurred_at": ["2025-02-01"],
+                                               "activity_type": ["web_visit"]})], ignore_index=True)  # fmt: skip
+    with pytest.raises(InvalidLeads, match="unknown lead_id"):
+        prepare_crm_leads(champion, leads.iloc[[2]], strangers, pd.Series([pd.Timestamp("2025-03-01")]))
