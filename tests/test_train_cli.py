@@ -168,6 +168,11 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
     by_number = leadscore("score", str(small_crm_dir), "-o", str(scores), "--model-version", "3", "--snapshot",
                           "--model-name", "crm-model", "--as-of", "2026-01-01", store=store)  # fmt: skip
     assert by_number.returncode == 0 and "Kept for the pages" in by_number.stdout, by_number.stdout + by_number.stderr
+    # An alias that names no version: only the error, not a word on the pages first.
+    no_alias = leadscore("score", str(small_crm_dir), "-o", str(scores), "--model-version", "challenger",
+                         "--model-name", "crm-model", store=store)  # fmt: skip
+    assert no_alias.returncode == 2 and "none is @challenger" in no_alias.stderr
+    assert "not kept for the pages" not in no_alias.stdout, no_alias.stdout
     # A pages folder that cannot be written: the scores are still written, and the output says
     # they were not kept; asked to keep them, the run is refused before it scores.
     (tmp_path / "a_file").write_text("")

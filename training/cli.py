@@ -789,8 +789,9 @@ def score(
     asked_for_snapshot, snapshot = snapshot, snapshot is not False
     # A version number may be the champion's: known once the registry is read, below.
     by_number = model_version is not None and model_version.strip().lstrip("@").isdigit()
-    if model_version is not None and snapshot and not by_number:
-        _refuse_or_skip_snapshot(model_version, asked_for_snapshot)
+    skipped = model_version is not None and snapshot and not by_number  # said once the version is found
+    if skipped:
+        _refuse_or_skip_snapshot(model_version, asked_for_snapshot, say=False)
         snapshot = False
     try:
         # Folders made for the checks are removed again: a run stopped below leaves nothing.
@@ -816,6 +817,8 @@ def score(
         moment = pd_timestamp(as_of)
         with console.status("Loading the model"):
             model = load_chosen(_model_name(model_name, params), model_version)
+        if skipped:
+            _refuse_or_skip_snapshot(model_version, asked_for_snapshot)
         if by_number and snapshot and not _is_champion(model):
             _refuse_or_skip_snapshot(model_version, asked_for_snapshot)
             snapshot = False
@@ -953,11 +956,13 @@ def demo(
     score(EMBEDDED_DIR, MODELS_DIR / "demo-scores.csv", as_of=export_end.isoformat(), top=top)
 
 
-def _refuse_or_skip_snapshot(model_version: str, asked: bool | None) -> None:
-    """The pages explain the latest kept scoring with the champion: another version's would mix."""
+def _refuse_or_skip_snapshot(model_version: str, asked: bool | None, *, say: bool = True) -> None:
+    """The pages explain the latest kept scoring with the champion: another version's would mix.
+    `say`: print that the scoring is not kept (not before the version is known to exist)."""
     if asked:
         _fail(f"--snapshot: the pages keep the champion's scorings only, not --model-version {model_version}'s")
-    console.print(f"[dim]scoring with --model-version {model_version}: not kept for the pages[/dim]")
+    if say:
+        console.print(f"[dim]scoring with --model-version {model_version}: not kept for the pages[/dim]")
 
 
 def _is_champion(model) -> bool:

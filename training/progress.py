@@ -64,4 +64,4 @@ class PrintReporter(Reporter):
 
     def trials_finished(self) -> None:
         if self.done:
-            self.note(f"{self.done} trials run (at most {self.total}; tuning.timeout_seconds may end it sooner)")
+            self.note(f"{self.done} trials run (at most {self.total}; the time budget may end it sooner)")
