@@ -326,6 +326,8 @@ def test_train_on_dask_tunes_on_a_sample_and_fits_everything(client, small_crm_d
     metrics = pd.read_json(tmp_path / "metrics.json", typ="series")
     engine = metrics["engine"]
     assert engine["engine"] == "dask" and engine["tuning_examples"] == 800
+    # Every example counted, as local training counts them, not only those the client holds.
+    assert f"{engine['examples']:,} examples (" in said and engine["examples"] > engine["final_fit_examples"]
     # The final model saw the whole training and validation periods, not the tuning sample.
     assert engine["final_fit_examples"] == engine["train_examples"] + metrics["data"]["examples"]["valid"]
     # The distributed fit is not repeatable to the digit (each worker bins its own rows): the same

@@ -456,9 +456,12 @@ def train(
             dataset = prepare_flat(data, flat_profile, params)
         else:
             _fail(f"{data}: no such file or folder")
+        examples = f"{len(dataset.features):,} examples"
+        if "engine" in fit_options:  # on Dask the client holds the tuning sample and the newer periods only
+            examples = (f"{fit_options['engine']['examples']:,} examples ({len(dataset.features):,} of them here: "
+                        "the tuning sample, validation and test)")  # fmt: skip
         reporter.note(
-            f"{len(dataset.features):,} examples, {len(dataset.features.columns)} candidate features; "
-            f"split {dataset.split.description}"
+            f"{examples}, {len(dataset.features.columns)} candidate features; split {dataset.split.description}"
         )
         report_quarantine(dataset.quarantine, reporter)
         metrics = train_and_register(dataset, params, reporter, model_name=model_name, **fit_options)

@@ -300,6 +300,7 @@ def prepare_crm_on_dask(
         "workers": workers,
         "partitions": buckets,
         "dashboard": client.dashboard_link,
+        "examples": len(assignment),  # every example, those the split leaves out too (as local training counts)
         "train_examples": len(train_ids),
         "tuning_examples": len(sampled),
         "tuning_note": sample_note,
