@@ -66,7 +66,7 @@ def qualify_columns(
     do_not_contact = _column(leads, n, "do_not_contact", 0.0) == 1
     accepted = _column(leads, n, "sales_accepted", 0.0) == 1
     competitors = {d.casefold() for d in criteria.disqualify.competitor_domains}
-    competitor = np.array([domain in competitors for domain in _email_domains(leads, n)], dtype=bool)
+    competitor = np.array([_is_competitor(domain, competitors) for domain in _email_domains(leads, n)], dtype=bool)
     out_of_icp = icp < criteria.disqualify.min_icp_match
 
     raised = hand_raise <= criteria.hand_raise_days
@@ -161,3 +161,11 @@ def _shown(value: float, reads_right: Callable[[float], bool]) -> str:
         if reads_right(float(shown)):
             return shown
     return repr(value)
+
+
+def _is_competitor(domain: str | None, competitors: set[str]) -> bool:
+    """The domain or one of its parents is a competitor's (`eu.hubspot.com` is HubSpot's)."""
+    if not domain:
+        return False
+    parts = domain.split(".")
+    return any(".".join(parts[i:]) in competitors for i in range(len(parts) - 1))

@@ -33,6 +33,10 @@ def test_each_stage_with_its_rule_and_action(params):
     assert out.loc[5, "stage_reason"] == "E-mail domain belongs to a competitor"
     assert out.loc[6, "stage_reason"].startswith("Outside the ideal customer profile")
     assert out.loc[6, "recycle_on"] == "2026-05-10"  # 120 days on, not forgotten
+    # A competitor's regional subdomain is the competitor's; a name that only ends the same is not.
+    others = pd.DataFrame([_lead(score=40, email="jane@eu.Salesforce.com"), _lead(score=40, email="a@xsalesforce.com")])
+    reasons = qualify(others, params.criteria, AS_OF)["stage_reason"].tolist()
+    assert reasons[0] == "E-mail domain belongs to a competitor" and reasons[1] != reasons[0], reasons
     assert "2026-05-10" in out.loc[6, "next_action"]
     # An opt-out or a competitor is never to be contacted again, so never recycled.
     assert out.loc[4, "next_action"] == "Do not contact: the lead opted out"
