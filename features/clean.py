@@ -37,8 +37,19 @@ def _map_unique(values: pd.Series, func) -> pd.Series:
     return pd.Series(mapped[codes], index=values.index, dtype="object")
 
 
+# Zero-width characters and the byte-order mark: invisible, so a cell holding only them looks
+# blank to whoever typed it, and one at the end of an id makes it another id.
+INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
+
+
+def tidy_text(value: object) -> str:
+    """The text of a cell: runs of spaces made one, spaces and invisible characters stripped
+    at the ends."""
+    return re.sub(r"\s+", " ", str(value)).strip(" " + INVISIBLE)
+
+
 def blank_to_missing(values: pd.Series, missing_tokens: Iterable[str]) -> pd.Series:
-    """Strip text and turn placeholder values ("", "N/A", "Select", ...) into missing.
+    """Tidy text (`tidy_text`) and turn placeholder values ("", "N/A", "Select", ...) into missing.
 
     Args:
         values: a text column.
@@ -50,7 +61,7 @@ def blank_to_missing(values: pd.Series, missing_tokens: Iterable[str]) -> pd.Ser
     tokens = {token.casefold() for token in missing_tokens}
 
     def clean(value: object) -> str | None:
-        text = re.sub(r"\s+", " ", str(value)).strip()
+        text = tidy_text(value)
         return None if text.casefold() in tokens else text
 
     return _map_unique(values, clean)
@@ -269,4 +280,4 @@ def _parse_in_order(text: pd.Series, day_first: bool) -> pd.Series:
 
 def snake_case(values: pd.Series) -> pd.Series:
     """ "Email Open", "email-open" and " EMAIL_OPEN" all become "email_open"."""
-    return _map_unique(values, lambda v: re.sub(r"[\s\-/]+", "_", str(v).strip().casefold()) or None)
+    return _map_unique(values, lambda v: re.sub(r"[\s\-/]+", "_", tidy_text(v).casefold()) or None)

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from features.build import build_crm_features
-from features.clean import FALSE_TOKENS, TRUE_TOKENS
+from features.clean import FALSE_TOKENS, TRUE_TOKENS, tidy_text
 from features.engagement import INTENT_TYPES, MAX_DECAY_EXPONENT
 from features.fit import _TECH_SPLIT, FREE_MAIL_DOMAINS
 from features.ingest import BANT_SYNONYMS
@@ -61,8 +61,8 @@ def _ns(moment: dt.datetime) -> int | None:
 
 
 def _lead_id(raw: str) -> str:
-    """The id as `clean_leads` reads it (spaces collapsed and stripped)."""
-    return re.sub(r"\s+", " ", raw).strip()
+    """The id as `clean_leads` reads it."""
+    return tidy_text(raw)
 
 
 def _merge_spellings(values: list[str | None]) -> list[str | None]:
@@ -135,7 +135,7 @@ class DirectScorer:
         cached = self.texts.get(value, _UNSEEN) if type(value) is str else _UNSEEN
         if cached is not _UNSEEN:
             return cached
-        text = re.sub(r"\s+", " ", "" if value is None else str(value)).strip()
+        text = tidy_text("" if value is None else value)
         text = None if text.casefold() in self.tokens else text
         if type(value) is str and len(self.texts) < _MAX_CACHED:  # bounded: the values come from clients
             self.texts[value] = text
@@ -170,7 +170,7 @@ class DirectScorer:
         """The activity type as `clean_activities` reads it ("" when blank)."""
         kind = self.kinds.get(raw)
         if kind is None:
-            kind = re.sub(r"[\s\-/]+", "_", raw.strip().casefold())
+            kind = re.sub(r"[\s\-/]+", "_", tidy_text(raw).casefold())
             kind = kind if kind in _CONTRACT_TYPES or not kind else OTHER_ACTIVITY
             if len(self.kinds) < _MAX_CACHED:  # bounded: the spellings come from clients
                 self.kinds[raw] = kind

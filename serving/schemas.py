@@ -54,9 +54,9 @@ Moment = Annotated[
 ]
 
 
-# Not blank and no control characters: batch scoring quarantines a blank id, and an id must be
-# one the CRM can match and a page can show.
-LEAD_ID_PATTERN = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
+# Not blank (spaces and invisible characters alone are blank) and no control characters: batch
+# scoring quarantines a blank id, and an id must be one the CRM can match and a page can show.
+LEAD_ID_PATTERN = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f\u200b-\u200d\u2060\ufeff][^\x00-\x1f\x7f]*$"
 
 
 class _Strict(BaseModel):

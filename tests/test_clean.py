@@ -18,6 +18,13 @@ def test_placeholders_become_missing_and_text_is_stripped():
     assert out.tolist() == ["Software", None, None, None, None, None, "Retail"]
 
 
+def test_invisible_characters_at_the_ends_are_stripped_and_alone_are_blank():
+    """A zero-width space or byte-order mark pasted with a value: the value as it looks."""
+    values = pd.Series(["\u200b", " \ufeff ", "L1\u200b", "\u2060Software", "So\u200bft"])
+    assert blank_to_missing(values, [""]).tolist() == [None, None, "L1", "Software", "So\u200bft"]
+    assert snake_case(pd.Series(["\u200bEmail Open\u200d"])).tolist() == ["email_open"]
+
+
 def test_spellings_differing_by_case_or_space_merge_into_the_most_frequent():
     values = pd.Series(["Software", "Software", "software", "SOFTWARE", "Retail", None])
     assert canonical_spelling(values).tolist() == ["Software"] * 4 + ["Retail", None]

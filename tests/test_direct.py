@@ -67,6 +67,9 @@ def _messy(i: int, lead: dict) -> dict:
         lead["employees"] = 0.0
     if variant == 7:
         lead["email"], lead["seniority"] = "buyer@rival-crm.com", "select"
+        lead["lead_source"] = "\u200b" if i % 16 == 7 else f"{lead['lead_source']}\ufeff"  # pasted invisibles
+        for activity in lead["activities"][:1]:
+            activity["activity_type"] += "\u200b"
     return lead
 
 
@@ -116,6 +119,13 @@ def test_leads_the_single_lead_path_declines_get_the_general_error(champion, req
         assert one.score(case, moment) is None
         with pytest.raises(InvalidLeads):
             _general(champion, case, moment)
+
+
+def test_an_id_of_spaces_or_invisible_characters_only_is_refused_as_blank():
+    for blank in (" ", "\u200b", "\ufeff \u2060"):
+        with pytest.raises(ValidationError, match="lead_id"):
+            Lead(lead_id=blank)
+    assert Lead(lead_id="L1\u200b").lead_id == "L1\u200b"  # answered as sent, matched as "L1"
 
 
 def _respell(lead: Lead, **changes) -> Lead:

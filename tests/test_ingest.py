@@ -208,14 +208,14 @@ def test_missing_file_and_unreadable_file(tmp_path):
 
 
 def test_a_blank_lead_id_is_no_lead_and_its_rows_are_quarantined(tmp_path):
-    leads = {"lead_id": ["A", "", " ", "B"], "created_at": ["2025-01-01"] * 4}
+    leads = {"lead_id": ["A", "", " ", "B", "\u200b"], "created_at": ["2025-01-01"] * 5}
     activities = {"lead_id": ["A", "", "B"], "occurred_at": ["2025-01-05"] * 3, "activity_type": ["web_visit"] * 3}
     outcomes = {"lead_id": ["A", "", "B"], "status": ["converted", "lost", "open"], "closed_at": ["2025-02-01", "", ""]}
     crm = load_crm(_write(tmp_path, leads, activities, outcomes))
     q = crm.quarantine.frame()
     missing = q[q["reason"] == "missing lead_id"]
     assert sorted(zip(missing["table"], missing["row"], strict=True)) == [
-        ("activities", 2), ("leads", 2), ("leads", 3), ("outcomes", 2)
+        ("activities", 2), ("leads", 2), ("leads", 3), ("leads", 5), ("outcomes", 2)
     ]  # fmt: skip
     assert sorted(crm.leads["lead_id"]) == ["A", "B"] and len(crm.activities) == 2
 
