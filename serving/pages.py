@@ -646,8 +646,13 @@ def _pasted(data: Any) -> tuple[Any, pd.Timestamp]:
     `POST /score` or `/explain` body with one lead (its `as_of`, else now)."""
     as_of = None
     if isinstance(data, dict) and "lead_id" not in data and ("leads" in data or "lead" in data):
+        key = "leads" if "leads" in data else "lead"
+        unknown = sorted(set(data) - {key, "as_of"})
+        if unknown:  # as POST /score refuses them: a misspelt `asof` would silently score as of now
+            named = ", ".join(map(repr, unknown))
+            raise InvalidLeads([f"{named}: not a field of a {key!r} body (it takes {key} and as_of)"])
         as_of = data.get("as_of")
-        data = data["leads"] if "leads" in data else [data["lead"]]
+        data = data["leads"] if key == "leads" else [data["lead"]]
     if isinstance(data, list):
         if len(data) != 1:
             raise InvalidLeads([f"Paste one lead: this holds {len(data)}"])

@@ -381,6 +381,8 @@ def test_pasted_json_in_the_shapes_a_user_has_at_hand(champion, monkeypatch):
     assert client.post("/leads", data={"lead": json.dumps([lead])}).status_code == 200
     two = client.post("/leads", data={"lead": json.dumps({"leads": [lead, lead]})})
     assert two.status_code == 400 and "Paste one lead: this holds 2" in two.text
+    misspelt = client.post("/leads", data={"lead": json.dumps({"leads": [lead], "asof": "2025-12-20"})})
+    assert misspelt.status_code == 400 and "&#39;asof&#39;: not a field of a &#39;leads&#39; body" in misspelt.text
     late = client.post("/leads", data={"lead": json.dumps({"leads": [lead], "as_of": "someday"})})
     assert late.status_code == 400 and "as_of: " in late.text
     scalar = client.post("/leads", data={"lead": "5"})
