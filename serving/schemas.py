@@ -104,7 +104,9 @@ class Lead(_Strict):
     sales_accepted: Flag | None = None
     activities: list[Activity] = Field(default_factory=list, max_length=20_000)
     fields: dict[Annotated[str, Field(max_length=200)], FieldValue | None] | None = Field(
-        default=None, description="Flat-CSV models: the export's columns by name"
+        default=None,
+        description="Flat-CSV models: the export's columns by name, and nothing else of the lead (a CRM model refuses "
+        "`fields`, a flat-CSV model the other attributes and activities)",
     )
 
 

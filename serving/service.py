@@ -183,6 +183,19 @@ class ExplainRequest(_Request):
     as_of: Moment | None = None
 
 
+def _unread_parts(kind: str, leads: list[Lead]) -> list[tuple[int, str, str]]:
+    """(lead, field, why) for each part of a lead the model would ignore: `fields` sent to a
+    CRM model, attributes or activities sent to a flat-CSV model. Scoring without them would
+    answer for another lead than the one sent."""
+    if kind == "flat":
+        return [(i, name, "a flat-CSV model reads only `fields` (the columns of its export); send this there")
+                for i, lead in enumerate(leads)
+                for name in sorted(lead.model_fields_set - {"lead_id", "fields"})
+                if getattr(lead, name) not in (None, [])][:20]  # fmt: skip
+    return [(i, "fields", "this model reads the lead's attributes and activities, not `fields` (flat-CSV models)")
+            for i, lead in enumerate(leads) if lead.fields][:20]  # fmt: skip
+
+
 def _as_of(leads: list[Lead], as_of: dt.datetime | None) -> pd.Series:
     return pd.Series([_moment(as_of, leads)] * len(leads))
 
@@ -271,6 +284,10 @@ class LeadScoring:
 
     def _prepare(self, live: Live, leads: list[Lead], as_of: pd.Series, field: str = "leads"):
         model = live.model
+        at = (lambda i: (field, i)) if field == "leads" else (lambda i: (field,))
+        unread = _unread_parts(model.kind, leads)
+        if unread:
+            raise _bad_request([((*at(i), part), why) for i, part, why in unread])
         if field == "leads":
             # A CRM's batch: cleaned from the request objects, without text cells.
             prepared = live.direct.prepare(leads, as_of.iloc[0])
@@ -279,7 +296,6 @@ class LeadScoring:
         if model.kind == "flat":
             features, context, _ = prepare_flat_rows(model, leads_to_flat(leads))
             return features, context
-        at = (lambda i: (field, i)) if field == "leads" else (lambda i: (field,))
         missing = [((*at(i), "created_at"), "required by this model") for i, lead in enumerate(leads)
                    if lead.created_at is None]  # fmt: skip
         if missing:

@@ -216,6 +216,10 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
     assert [e["loc"] for e in stack.json()["detail"]] == [["leads", 0, "tech_stack"]], stack.text
     flat_value = post({"leads": [{"lead_id": "a", "fields": {"City": [1]}}]})
     assert [e["loc"] for e in flat_value.json()["detail"]] == [["leads", 0, "fields", "City"]], flat_value.text
+    # A flat model's `fields` sent to this CRM model would be ignored: the lead scored is not the one sent.
+    with_fields = {"lead_id": "b", "created_at": "2025-01-01", "fields": {"City": "Pune"}}
+    crm_fields = post({"leads": [{"lead_id": "a", "created_at": "2025-01-01"}, with_fields]})
+    assert [e["loc"] for e in crm_fields.json()["detail"]] == [["leads", 1, "fields"]], crm_fields.text
     no_created = post({"leads": [{"lead_id": "a"}]})
     assert no_created.status_code == 400 and '["leads",0,"created_at"]' in no_created.text.replace(" ", "")
     ancient = post({"leads": [{"lead_id": "a", "created_at": "2025-01-01"}], "as_of": "0145-02-13T16:36:48"})

@@ -381,6 +381,10 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
         served = httpx.post(f"{url}/score", json=body, timeout=60)
         assert served.status_code == 200, served.text + log.read_text()[-2000:]
         assert [round(r["probability"], 6) for r in served.json()] == scored["probability"].round(6).tolist()
+        # A CRM lead's attributes would be ignored by this model: refused, not scored as blanks.
+        crm_shaped = {"lead_id": "x", "industry": "Software", "activities": [], "fields": rows[0]}
+        refused = httpx.post(f"{url}/score", json={"leads": [crm_shaped]}, timeout=60)
+        assert refused.status_code == 400 and [e["loc"] for e in refused.json()["detail"]] == [["leads", 0, "industry"]]
         assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
     finally:
         _stop(process)
