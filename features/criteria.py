@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from features.params import CriteriaParams
+from features.reasons import ago
 
 STAGES: tuple[str, ...] = ("disqualified", "nurture", "MQL", "SAL", "SQL")
 BANT_TOTAL = 4
@@ -112,7 +113,7 @@ def qualify_columns(
             if s == "SQL":
                 parts = [f"score {_shown_at_least(score[i], sql.min_score)} ≥ {sql.min_score:g}"]
                 if sql.require_hand_raise:
-                    parts.append(f"hand raised {hand_raise[i]:.0f} days ago")
+                    parts.append(f"hand raised {ago(float(hand_raise[i]))}")
                 parts.append(f"{bant[i]:.0f} of {BANT_TOTAL} BANT confirmed (needs {sql.min_bant_confirmed})")
                 why = "SQL: " + ", ".join(parts)
             elif s == "SAL":

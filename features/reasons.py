@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
 from functools import lru_cache
 
 ACTIVITY_WORDS: dict[str, tuple[str, str]] = {
@@ -59,12 +58,13 @@ _COUNT = re.compile(r"^n_(?P<kind>[a-z_]+?)_(?P<window>\d+d|total)$")
 _SINCE = re.compile(r"^days_since_(?P<kind>[a-z_]+)$")
 
 
-def _ago(days: float) -> str:
+def ago(days: float) -> str:
+    """How long before the scoring moment, in whole days. Not "today" or "yesterday": those are
+    calendar days, and a scoring as of midnight would call last evening's demo "today"."""
     if days < 1:
-        return "today"
-    if days < 2:
-        return "yesterday"
-    return f"{days:.0f} days ago"
+        return "in the last 24 hours"
+    whole = round(days)
+    return f"{whole} day{'s' if whole != 1 else ''} ago"
 
 
 def _missing(value: object) -> bool:
@@ -104,19 +104,17 @@ def _shape(feature: str) -> tuple[str, str, str]:
     return "field", feature, ""
 
 
-def describe(feature: str, value: object, lead: Mapping[str, object]) -> str:
-    """What a feature says about this lead, in a sentence fragment.
+def describe(feature: str, value: object) -> str:
+    """What a feature says about a lead, in a sentence fragment.
 
     Args:
         feature: the model's feature name.
         value: the lead's value of it (number, text or missing).
-        lead: all of the lead's feature values, for context (e.g. how long ago a demo was).
     """
     shape, kind, window = _shape(feature)
     if shape == "count":
-        since = lead.get(f"days_since_{kind}")
-        if kind in INTENT_VERBS and not _missing(since) and not _missing(value) and value > 0:
-            return f"{INTENT_VERBS[kind]} {_ago(float(since))}"
+        # The count only: how long ago the last one was is its `days_since_` feature's sentence,
+        # often among the same lead's reasons.
         span = "so far" if window == "total" else f"in the last {window[:-1]} days"
         if kind == "activities":
             return f"{value:.0f} activities {span}" if not _missing(value) else f"Activities {span} unknown"
@@ -127,8 +125,8 @@ def describe(feature: str, value: object, lead: Mapping[str, object]) -> str:
         if _missing(value):
             return f"No {_words(kind, 1)} yet" if kind != "last_activity" else "No activity yet"
         if kind == "last_activity":
-            return f"Last activity {_ago(float(value))}"
-        return f"{INTENT_VERBS.get(kind, 'Last ' + _words(kind, 1))} {_ago(float(value))}"
+            return f"Last activity {ago(float(value))}"
+        return f"{INTENT_VERBS.get(kind, 'Last ' + _words(kind, 1))} {ago(float(value))}"
     if shape == "uses":
         tech = kind
         if _missing(value):
@@ -145,7 +143,7 @@ def describe(feature: str, value: object, lead: Mapping[str, object]) -> str:
     if feature == "bant_confirmed":
         return f"{value:.0f} of 4 BANT fields confirmed"
     if feature == "lead_age_days":
-        return f"Lead created {_ago(float(value))}"
+        return f"Lead created {ago(float(value))}"
     if feature == "velocity_30d":
         change = "up" if value > 0 else "down" if value < 0 else "flat"
         return (
@@ -170,7 +168,7 @@ def describe(feature: str, value: object, lead: Mapping[str, object]) -> str:
     return f"{plain_name(feature)} is {value}"
 
 
-def sentence(feature: str, value: object, points: float, lead: Mapping[str, object]) -> str:
+def sentence(feature: str, value: object, points: float) -> str:
     """The rep-facing line: what the feature says, and its effect in score points."""
     shown = f"{points:+.0f}" if abs(points) >= 0.95 else f"{points:+.1f}"
-    return f"{describe(feature, value, lead)}: {shown}"
+    return f"{describe(feature, value)}: {shown}"

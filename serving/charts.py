@@ -4,6 +4,7 @@ work offline and in a mail attachment."""
 from __future__ import annotations
 
 import functools
+import html
 import io
 import re
 import uuid
@@ -37,8 +38,9 @@ def figure(width: float, height: float) -> tuple[Figure, Axes]:
     return fig, fig.subplots()
 
 
-def _svg(fig: Figure) -> str:
-    """The figure as an SVG element that scales with its container."""
+def _svg(fig: Figure, label: str) -> str:
+    """The figure as an SVG element that scales with its container; `label`, its data in words,
+    is what a screen reader says (else it reads out the tick labels)."""
     buffer = io.StringIO()
     # Several charts share one page: ids (clip paths, markers) must differ between them, or a
     # chart would clip itself with another's shapes.
@@ -47,7 +49,12 @@ def _svg(fig: Figure) -> str:
     text = buffer.getvalue()
     text = text[text.index("<svg") :]
     # Width from the page, not fixed points: readable on a phone and on a laptop.
-    return re.sub(r'<svg([^>]*?) width="[^"]+" height="[^"]+"', r'<svg\1 width="100%" role="img"', text, count=1)
+    named = f'width="100%" role="img" aria-label="{html.escape(label, quote=True)}"'
+    return re.sub(r'<svg([^>]*?) width="[^"]+" height="[^"]+"', lambda m: f"<svg{m[1]} {named}", text, count=1)
+
+
+def _pairs(labels: Sequence[str], values: Sequence[float], shown: str = "{:.3g}") -> str:
+    return "; ".join(f"{label} {shown.format(value)}" for label, value in zip(labels, values, strict=True))
 
 
 @_styled
@@ -68,7 +75,8 @@ def waterfall(base: float, steps: Sequence[tuple[str, float]], final: float) -> 
     ax.set_yticks(range(len(labels)), labels)
     ax.invert_yaxis()
     ax.set_xlabel("score (0-100)")
-    return _svg(fig)
+    words = _pairs([label for label, _ in steps], [points for _, points in steps], "{:+.1f}")
+    return _svg(fig, f"Score from a typical lead's {base:.1f} to this lead's {final:.1f}: {words}")
 
 
 @_styled
@@ -78,7 +86,7 @@ def horizontal_bars(labels: Sequence[str], values: Sequence[float], xlabel: str)
     ax.set_yticks(range(len(labels)), labels)
     ax.invert_yaxis()
     ax.set_xlabel(xlabel)
-    return _svg(fig)
+    return _svg(fig, f"{xlabel}: {_pairs(labels, values)}")
 
 
 @_styled
@@ -91,7 +99,8 @@ def calibration(predicted: Sequence[float], observed: Sequence[float]) -> str:
     ax.set_xlabel("predicted probability")
     ax.set_ylabel("observed conversion")
     ax.legend(frameon=False)
-    return _svg(fig)
+    pairs = "; ".join(f"predicted {p:.3f}, observed {o:.3f}" for p, o in zip(predicted, observed, strict=True))
+    return _svg(fig, f"Observed conversion against predicted probability (equal when calibrated): {pairs}")
 
 
 @_styled
@@ -104,7 +113,8 @@ def columns(labels: Sequence[str], values: Sequence[float], ylabel: str, referen
         ax.axhline(reference, color=NEGATIVE, linestyle="--", linewidth=1, label="average")
         ax.legend(frameon=False)
     ax.set_ylabel(ylabel)
-    return _svg(fig)
+    average = f"; average {reference:.3g}" if reference is not None else ""
+    return _svg(fig, f"{ylabel}: {_pairs(labels, values)}{average}")
 
 
 @_styled
@@ -126,4 +136,8 @@ def beeswarm(names: Sequence[str], points: Sequence[Sequence[float]], colours: S
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
     ax.set_xlabel("effect on the score (points); colour: the lead's value, low (blue) to high (red)")
-    return _svg(fig)
+    spans = "; ".join(
+        f"{name} from {np.nanmin(effects):+.1f} to {np.nanmax(effects):+.1f}" if len(effects) else f"{name}: none"
+        for name, effects in zip(names, (np.asarray(e, dtype=float) for e in points), strict=True)
+    )
+    return _svg(fig, f"Effect of each factor on the score, in points, over the leads: {spans}")

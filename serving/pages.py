@@ -7,6 +7,7 @@ static files by `leadscore report`.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -87,11 +88,23 @@ def write_report(
 
 
 def lead_href(lead_id: str, static: bool = False) -> str:
-    return f"lead-{_file_safe(lead_id)}.html" if static else f"/ui/leads/{quote(lead_id, safe='')}"
+    if static:
+        return f"lead-{_file_safe(lead_id)}.html"
+    if _only_dots(lead_id):  # a browser takes `.` and `..` in a path as "here" and "up", encoded or not
+        return f"/ui/leads?{urlencode({'lead': lead_id})}"
+    return f"/ui/leads/{quote(lead_id, safe='')}"
 
 
-def _file_safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:100]
+def _only_dots(lead_id: str) -> bool:
+    return set(lead_id) == {"."}
+
+
+def _file_safe(lead_id: str) -> str:
+    """The id as part of a file name: readable, and distinct for distinct ids once other
+    characters are replaced (`A/1`, `A_1`) and where file names ignore case (macOS, Windows,
+    where a mailed report is opened): a hash of the id follows."""
+    readable = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_" for c in lead_id)[:60]
+    return f"{readable}-{hashlib.sha256(lead_id.encode()).hexdigest()[:12]}"
 
 
 def _display_name(row: pd.Series | dict) -> str:
@@ -386,7 +399,7 @@ def _page_links(filters: dict[str, str], page: int, pages: int) -> dict[str, str
 
 def scoring_age(as_of: pd.Timestamp, now: pd.Timestamp | None = None) -> str:
     """How old a scoring is, when that matters to a reader ("43 days"), else empty: reasons say
-    "today" and "2 days ago" as of the scoring, not as of reading."""
+    "in the last 24 hours" and "2 days ago" as of the scoring, not as of reading."""
     now = now if now is not None else _now()
     days = (now - as_of).days
     if days < 1:
@@ -450,6 +463,7 @@ def model_view(model: LoadedModel, snapshot: Snapshot | None = None) -> dict:
         "training_window": " to ".join(map(str, meta.get("training_window") or [])),
         "validation_window": " to ".join(map(str, meta.get("validation_window") or [])),
         "test_window": " to ".join(map(str, meta.get("test_window") or [])),
+        "split": str(meta.get("split") or ""),  # a flat CSV without a time column: no windows
         "metrics": [{"label": label, "value": fmt.format(metrics[k])} for k, label, fmt in shown if k in metrics],
         "importance_chart": (
             horizontal_bars(
@@ -589,6 +603,8 @@ def model_page():
 
 @app.get("/leads", response_class=HTMLResponse, include_in_schema=False)
 def pick(lead: str = "") -> HTMLResponse:
+    if _only_dots(lead.strip()):
+        return lead_page(lead)
     if lead.strip():  # the form's answer, with or without script in the browser
         return RedirectResponse(lead_href(lead.strip()), status_code=303)
     return _pick_page()

@@ -456,7 +456,7 @@ def _reason_lists(
             shown = _plain(lead[feature])
             reasons.append(
                 {"feature": feature, "value": shown, "points": round(value, 2),
-                 "text": sentence(feature, shown, value, lead)}
+                 "text": sentence(feature, shown, value)}
             )  # fmt: skip
         out.append(reasons)
     return out

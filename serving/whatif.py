@@ -31,7 +31,7 @@ MAX_STEPS = 3
 @dataclass(frozen=True)
 class PathToSql:
     steps: tuple[str, ...]  # activity types to add, empty when already SQL or out of reach
-    score: float | None  # the score with those steps
+    score: float | None  # the score with those steps (None when BANT answers are needed too)
     message: str
     bant_needed: int = 0  # BANT answers to confirm on a call as well as the steps
 
@@ -144,9 +144,11 @@ def _bant_path(candidates: pd.DataFrame, now: pd.Series, short: int, open_fields
     if not best["steps"]:
         text = f"Confirm {answers} on a call {still_open}: the lead is then SQL (the rest of its rule already holds)."
     else:
+        # No score: the model was not re-run with the answers, and which get confirmed moves it.
         text = (f"With {_words(best['steps'])}, plus {answers} confirmed on a call {still_open}, the lead would "
-                f"score {best['score']:.0f} and become SQL (now {now['score']:.0f}, {now['stage']}).")  # fmt: skip
-    return PathToSql(tuple(best["steps"]), float(best["score"]), text, bant_needed=short)
+                f"become SQL (now {now['score']:.0f}, {now['stage']}); its score then depends on which answers "
+                "are confirmed.")  # fmt: skip
+    return PathToSql(tuple(best["steps"]), None, text, bant_needed=short)
 
 
 def _words(steps: tuple[str, ...]) -> str:

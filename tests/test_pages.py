@@ -194,6 +194,8 @@ def test_lead_page_shows_what_score_returns(page, server, scores_dir):
     assert reasons == [r["text"] for r in expected["reasons"]]
     assert page.locator("#to-sql").inner_text().strip()
     assert page.locator("svg").count() >= 1
+    charts = page.locator("svg").evaluate_all("charts => charts.map(c => c.getAttribute('aria-label') || '')")
+    assert any(f"to this lead's {expected['score']:.1f}" in label for label in charts), charts
 
     # The CRM's request body pasted into the form: scored as of its as_of, so the same numbers.
     page.goto(f"{server}/ui/leads")
@@ -239,6 +241,12 @@ def test_model_page(page, server):
     assert "Qualification criteria" in text
     assert "How each factor moves scores" in text, text[-300:]
     assert page.locator("svg").count() >= 2  # importance, calibration, lift
+    # A screen reader gets each chart's data in words, not its tick labels.
+    labels = page.locator("svg").evaluate_all("charts => charts.map(c => c.getAttribute('aria-label'))")
+    assert all(labels) and any(label.startswith("Observed conversion against predicted") for label in labels)
+    # On a phone nothing makes the whole page pan sideways (a chart row was 480 px at least).
+    page.set_viewport_size({"width": 375, "height": 800})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
 
 
 def test_path_to_sql_is_checked_with_the_model(champion, scores_dir):
@@ -254,6 +262,7 @@ def test_path_to_sql_is_checked_with_the_model(champion, scores_dir):
         result = path_to_sql(champion, rows, acts, AS_OF)
         if result.bant_needed:
             assert "BANT answer" in result.message and "on a call" in result.message, result.message
+            assert "would score" not in result.message and result.score is None  # not re-run with the answers
             continue
         if result.steps:
             found = (rows, acts, result)
@@ -288,6 +297,7 @@ def test_path_to_sql_names_the_bant_answers_a_call_must_get(champion, scores_dir
     result = path_to_sql(champion, rows, acts, AS_OF)
     needed = champion.criteria.sql.min_bant_confirmed
     assert result.bant_needed == needed and f"{needed} more BANT answers" in result.message, result.message
+    assert "would score" not in result.message and result.score is None  # not re-run with the answers
     confirmed = rows.assign(**dict.fromkeys(BANT_FIELDS[:needed], "confirmed"))
     moment = (AS_OF - pd.Timedelta(hours=1)).isoformat()
     added = pd.DataFrame({"lead_id": best["lead_id"], "occurred_at": moment, "activity_type": list(result.steps)})
@@ -315,6 +325,28 @@ def test_static_report(champion, scores_dir, tmp_path):
     index = (tmp_path / "index.html").read_text()
     assert "&lt;script&gt;window.__pwned=2&lt;/script&gt;" in index and "<script>window.__pwned" not in index
     assert "/ui/" not in index  # links stay within the report
+
+
+def test_the_model_page_of_a_model_without_time_windows_says_how_it_was_tested():
+    """A flat CSV without a time column is split at random: no windows, no "later leads"."""
+    from serving.pages import render
+
+    flat = {"name": "x", "version": "3", "alias": "champion", "trained_at": "2026-12-05 09:00", "training_window": "",
+            "validation_window": "", "test_window": "", "split": "stratified holdout (no timestamps): 1848 test rows",
+            "metrics": [], "grade_bands": [], "criteria": []}  # fmt: skip
+    page = render("model.html", title="Model", m=flat)
+    assert "tested on rows it never saw (stratified holdout (no timestamps): 1848 test rows)" in page
+    assert "later leads" not in page and "UTC on ·" not in page
+
+
+def test_each_lead_of_a_static_report_has_its_own_file_even_where_names_ignore_case():
+    from serving.pages import lead_href
+
+    ids = ["A/1", "A_1", "A?1", "L-dup", "L-DUP", "x" * 150, "x" * 150 + "y", "Zoë", "Zoe"]
+    names = [lead_href(i, static=True) for i in ids]
+    assert len({name.casefold() for name in names}) == len(ids)
+    assert all(re.fullmatch(r"lead-[A-Za-z0-9_-]{1,60}-[0-9a-f]{12}\.html", name) for name in names)
+    assert names[3].startswith("lead-L-dup-")  # still readable
 
 
 def test_old_scorings_are_removed_per_model(tmp_path, monkeypatch):
@@ -447,6 +479,10 @@ def test_digest_pages_through_every_lead_and_says_when_filters_match_none(champi
     # The id box works without script; spaces around a pasted id are dropped.
     opened = client.get("/leads", params={"lead": " L 1/2 "}, follow_redirects=False)
     assert opened.status_code == 303 and opened.headers["location"] == "/ui/leads/L%201%2F2"
+    # `.` and `..` are "here" and "up" in a path, however encoded: such ids are opened by the query.
+    assert pages.lead_href("..") == "/ui/leads?lead=.."
+    dots = client.get("/leads", params={"lead": ".."}, follow_redirects=False)
+    assert dots.status_code == 404 and "Lead &#39;..&#39; is not in the latest kept scoring" in dots.text
     # The lead page scores with the live model; when the scoring was another version's, it says so.
     page_of_best = pages.lead_href(best_id).removeprefix("/ui")
     assert 'id="kept-differs"' not in client.get(page_of_best).text

@@ -44,6 +44,18 @@ def test_a_factor_under_a_tenth_of_the_strongest_is_no_reason():
     assert [r["points"] for r in reasons[1]] == [-3.4, -1.4, -1.3]
 
 
+def test_reasons_count_time_from_the_scoring_moment_and_a_count_is_not_its_recency_again():
+    """A scoring as of midnight called last evening's demo "today"; the count of demo requests
+    repeated the recency's sentence with other points ("Requested a demo 8 days ago" twice)."""
+    from features.reasons import describe, sentence
+
+    assert describe("days_since_demo_request", 0.74) == "Requested a demo in the last 24 hours"
+    assert describe("days_since_demo_request", 1.2) == "Requested a demo 1 day ago"
+    assert describe("days_since_last_activity", 7.6) == "Last activity 8 days ago"
+    assert sentence("n_demo_request_30d", 1.0, 4.2) == "1 demo request in the last 30 days: +4"
+    assert sentence("n_meeting_7d", 2.0, 0.4) == "2 meetings with sales in the last 7 days: +0.4"
+
+
 def test_an_empty_model_version_is_named_before_the_registry_is_asked():
     from serving.scoring import ModelNotReady, load_chosen
 
