@@ -114,13 +114,23 @@ def parse_number(values: pd.Series) -> tuple[pd.Series, pd.Series]:
 # and thirty-four.
 _COMMA_DECIMAL = re.compile(r"-?\d+,(?:\d{1,2}|\d{4,})(?:[kmb]|bn)?", re.IGNORECASE)
 _DOT_THOUSANDS = re.compile(r"-?\d{1,3}(?:\.\d{3})+,\d+(?:[kmb]|bn)?", re.IGNORECASE)
+# Nor does one after a lone 0 or after four digits or more ("0,315", "1234,567").
+_NEVER_THOUSANDS = re.compile(r"-?(?:0|\d{4,}),\d+(?:[kmb]|bn)?", re.IGNORECASE)
+# "1,333" is either; "1,234,567" and "1,234.5" can only group thousands.
+_EITHER = re.compile(r"-?\d{1,3},\d{3}(?:[kmb]|bn)?", re.IGNORECASE)
+_ONLY_THOUSANDS = re.compile(r"-?\d{1,3}(?:(?:,\d{3}){2,}(?:\.\d+)?|(?:,\d{3})+\.\d+)", re.IGNORECASE)
 
 
 def _decimal_commas(text: pd.Series) -> pd.Series:
+    """The values of one column with a comma, decimal commas made dots. One reading per column:
+    where some values can only have a decimal comma and none can only group thousands, "1,333"
+    is 1.333 as well (hours on site written 0,315, 1,333 and 2,5 in one column)."""
     bare = text.str.replace(r"[\s$€£¥%]|^\+", "", regex=True)
     dotted = bare.str.fullmatch(_DOT_THOUSANDS)
     bare[dotted] = bare[dotted].str.replace(".", "", regex=False)
-    decimal = dotted | bare.str.fullmatch(_COMMA_DECIMAL)
+    decimal = dotted | bare.str.fullmatch(_COMMA_DECIMAL) | bare.str.fullmatch(_NEVER_THOUSANDS)
+    if decimal.any() and not bare.str.fullmatch(_ONLY_THOUSANDS).any():
+        decimal |= bare.str.fullmatch(_EITHER)
     return text.where(~decimal, bare.str.replace(",", ".", regex=False))
 
 

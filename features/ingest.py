@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 
 from features.clean import (
+    FALSE_TOKENS,
+    TRUE_TOKENS,
     against_date_order,
     blank_to_missing,
     canonical_spelling,
@@ -83,11 +85,10 @@ def near_ids(ids: pd.Series, known: pd.Series) -> pd.Series:
     return key(ids).map(unique).dropna()
 
 
+# A BANT answer written as a yes/no flag (`Yes`, `TRUE`, `1`, `y`) reads as confirmed or not.
 BANT_SYNONYMS = {
-    "yes": "confirmed",
-    "true": "confirmed",
-    "no": "not",
-    "false": "not",
+    **dict.fromkeys(TRUE_TOKENS, "confirmed"),
+    **dict.fromkeys(FALSE_TOKENS, "not"),
     "none": "unknown",
 }
 QUARANTINE_COLUMNS = ["table", "row", "lead_id", "reason"]

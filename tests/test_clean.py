@@ -100,6 +100,15 @@ def test_a_decimal_comma_is_read_where_it_cannot_group_thousands():
     assert not failed.any()
 
 
+def test_a_column_written_with_decimal_commas_is_read_so_throughout():
+    """`to_csv(decimal=",")` writes 0,315 and 1,333: not 315 and 1,333 hours on the site."""
+    hours = ["0,315", "1,333", "2,5", "0,0", "12", "1234,567"]
+    assert parse_number(pd.Series(hours))[0].tolist() == [0.315, 1.333, 2.5, 0.0, 12.0, 1234.567]
+    # Among thousands that can only be thousands, "1,333" stays 1,333.
+    assert parse_number(pd.Series(["1,333", "2,5", "1,234,567"]))[0].tolist() == [1333.0, 2.5, 1234567.0]
+    assert parse_number(pd.Series(["1,333", "4,000"]))[0].tolist() == [1333.0, 4000.0]  # nothing says otherwise
+
+
 def test_a_date_that_starts_with_its_year_is_never_read_day_first():
     """pandas infers one format from the first value: read day first, 2024-11-01 10:31:59 UTC
     would be 2024-01-11 for the whole column."""

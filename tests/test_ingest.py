@@ -326,3 +326,16 @@ def test_a_bant_field_the_export_leaves_out_is_unknown_as_a_blank_one(tmp_path):
     leads = load_crm(tmp_path).leads.set_index("lead_id")
     assert leads["budget"].to_dict() == {"A": "unknown", "B": "confirmed"}
     assert (leads[["authority", "need", "timeline"]] == "unknown").all().all()
+
+
+def test_a_bant_answer_written_as_a_yes_no_flag_is_read_as_one(tmp_path):
+    flags = ["Y", "1", "TRUE", "n", "0", "False", "approved"]
+    ids = [f"L{i}" for i in range(len(flags))]
+    _write(
+        tmp_path,
+        {"lead_id": ids, "created_at": ["2025-01-01"] * len(ids), "budget": flags},
+        {"lead_id": ["L0"], "occurred_at": ["2025-01-05"], "activity_type": ["web_visit"]},
+        {"lead_id": ids, "status": ["open"] * len(ids), "closed_at": [""] * len(ids)},
+    )
+    budget = load_crm(tmp_path).leads.set_index("lead_id")["budget"]
+    assert budget[ids].tolist() == ["confirmed"] * 3 + ["not"] * 3 + ["unknown"]
