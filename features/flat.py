@@ -304,6 +304,47 @@ def clean_flat_columns(frame: pd.DataFrame, schema: dict[str, Any]) -> tuple[pd.
     return pd.DataFrame(out, index=frame.index).rename(columns=model_column_name), notes
 
 
+DUPLICATE_ROW = "duplicate row: same id and values as an earlier row, counted once"
+
+
+def _folded_name(name: str) -> str:
+    return re.sub(r"[\W_]+", "", name.casefold())
+
+
+def field_problems(schema: dict[str, Any], rows: list[dict[str, Any] | None]) -> list[tuple[int, str | None, str]]:
+    """(row, key or None for the whole row, why) for flat rows sent one by one, as the service
+    gets them in `fields`: a key spelt otherwise than one of the schema's columns ("lead source"
+    for "Lead Source"), a row with none of them, a value its column cannot read. A file's
+    reading notes these and reads such values as missing; a request is scored for the lead as
+    sent or refused, so each is an error there. Keys of no column at all pass: the export's
+    identifiers and left-out columns."""
+    columns = schema["columns"]
+    folded: dict[str, str] = {}
+    for column in columns:
+        folded.setdefault(_folded_name(column), column)
+    shown = ", ".join(map(repr, list(columns)[:6])) + (f" and {len(columns) - 6} more" if len(columns) > 6 else "")
+    problems: list[tuple[int, str | None, str]] = []
+    for i, row in enumerate(rows):
+        keys = list(row or {})
+        respelt = [(key, folded[_folded_name(key)]) for key in keys
+                   if key not in columns and folded.get(_folded_name(key)) not in (None, *keys)]  # fmt: skip
+        problems += [(i, key, f"not a column of the model, {meant!r} is (names are matched as written)")
+                     for key, meant in respelt]  # fmt: skip
+        if not respelt and not any(key in columns for key in keys):
+            problems.append((i, None, f"none of the model's columns is here (it reads {shown}): it would score blanks"))
+    frame = pd.DataFrame([row or {} for row in rows], index=range(len(rows)))
+    for column, kind in columns.items():
+        if kind not in ("numeric", "boolean") or column not in frame:
+            continue
+        _, failed = (parse_number if kind == "numeric" else parse_bool)(
+            blank_to_missing(frame[column], schema["missing_tokens"])
+        )
+        wanted = "a number" if kind == "numeric" else "yes or no"
+        problems += [(int(i), column, f"{frame.at[i, column]!r} is not {wanted}: the model reads this column as {kind}")
+                     for i in np.flatnonzero(failed.to_numpy())]  # fmt: skip
+    return sorted(problems, key=lambda problem: problem[0])
+
+
 def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, leak_auc: float = 0.85) -> FlatData:
     """Read a flat CSV export, infer column types, quarantine unusable rows, and check that
     no identifier gives the label away (`leak_auc`: the ROC AUC that counts as a leak).
@@ -355,7 +396,12 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
     if profile.id:
         quarantine.add("flat", raw, keep & raw["lead_id"].isna(), f"id {profile.id!r} missing")
         keep &= raw["lead_id"].notna()
-        repeated = keep & raw["lead_id"].duplicated(keep=False) & raw["lead_id"].notna()
+        # A row exported twice is one lead, counted once (as in a CRM export); rows that share an
+        # id and disagree are both doubtful.
+        identical = keep & raw.duplicated([c for c in raw.columns if c != "_row"], keep="first")
+        quarantine.add("flat", raw, identical, DUPLICATE_ROW)
+        keep &= ~identical
+        repeated = keep & raw["lead_id"].where(keep).duplicated(keep=False) & raw["lead_id"].notna()
         quarantine.add("flat", raw, repeated, f"id {profile.id!r} appears more than once")
         keep &= ~repeated
     times = None
@@ -451,6 +497,8 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
         "label": profile.label,
         "id": profile.id,  # what names a row when its export is scored
         "sep": profile.sep,  # the same export, scored, has the same dialect
+        # Left out by the user (--drop): a champion that read one is replaced by design, not by mistake.
+        "dropped": list(profile.drop),
     }
     kept = raw.loc[keep]
     features, notes = clean_flat_columns(kept, schema)

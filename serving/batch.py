@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from features.clean import blank_to_missing, order_from_votes, parse_timestamps
-from features.flat import clean_flat_columns, model_column_name
+from features.flat import DUPLICATE_ROW, clean_flat_columns, model_column_name
 from features.ingest import (
     CountedNote,
     DataError,
@@ -81,9 +81,13 @@ def run_date_order(model: LoadedModel, count_votes: Callable[[], tuple[int, int]
 
 
 def absent_columns_note(model: LoadedModel, columns: Iterable[str]) -> str | None:
-    """A warning when a leads file lacks columns the CRM model learned from: each reads as
-    missing (a BANT field as unknown) for every lead, which moves scores and stages alike."""
-    learned_from = model.scorer.spec.settings.get("lead_columns") if model.kind == "crm" else None
+    """A warning when a leads file lacks columns the model learned from: each reads as missing
+    (a BANT field as unknown) for every lead, which moves scores and stages alike."""
+    if model.kind == "flat":
+        absent = [c for c in model_schema(model)["columns"] if c not in set(columns)]
+        shown = ", ".join(absent)
+        return f"{len(absent)} of the model's columns not in this file, read as missing: {shown}" if absent else None
+    learned_from = model.scorer.spec.settings.get("lead_columns")
     absent = [c for c in learned_from or () if c not in set(columns)]
     if not absent:
         return None
@@ -252,7 +256,8 @@ def read_leads(
         # happens to be called lead_id does not name them (training did not read it either).
         id_column = flat_schema.get("id")
         if id_column in leads:
-            leads = leads.assign(lead_id=leads[id_column])
+            # As training reads them: spaces around an id are not part of it (a CRM matches on it).
+            leads = leads.assign(lead_id=blank_to_missing(leads[id_column], ("",)).fillna(""))
         elif not id_column and (not source.is_dir() or "lead_id" not in leads):
             leads = leads.assign(lead_id=(leads.index + 1).astype(str))
     if "lead_id" not in leads:
@@ -295,15 +300,12 @@ def model_schema(model: LoadedModel) -> dict[str, Any]:
 
 
 def _clean_flat_file(leads: pd.DataFrame, model: LoadedModel) -> tuple[pd.DataFrame, list[str]]:
-    """A flat file cleaned once for all its chunks, and what the model will read as missing in
-    it: the model's columns it lacks, values that do not parse (as training notes them)."""
+    """A flat file cleaned once for all its chunks, and the values the model will read as
+    missing in it because they do not parse (as training notes them)."""
     used = model_schema(model)["columns"]
     cleaned, notes = clean_flat_columns(leads, model.scorer.spec.settings["flat"])
     notes = [note for note in notes if any(note.startswith(f"{column}: ") for column in used)]
-    absent = [c for c in used if c not in leads]
-    if absent:
-        notes.insert(0, f"{len(absent)} of the model's columns not in this file, read as missing: {', '.join(absent)}")
-    return cleaned, notes
+    return cleaned, notes  # the columns it lacks are `absent_columns_note`'s
 
 
 def _flat_rows(model: LoadedModel, chunk: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
@@ -315,7 +317,9 @@ def _flat_rows(model: LoadedModel, chunk: pd.DataFrame) -> tuple[np.ndarray, pd.
     empty = ~pd.concat(present, axis=1).any(axis=1) if present else pd.Series(True, index=chunk.index)
     reason = pd.Series("", index=chunk.index, dtype=object)
     reason[empty] = "no value in any of the model's columns"
-    reason[ids.duplicated(keep=False)] = "lead_id appears more than once"
+    identical = chunk.duplicated([c for c in chunk.columns if c != "_row"], keep="first")
+    reason[ids.where(~identical).duplicated(keep=False) & ~identical] = "lead_id appears more than once"
+    reason[identical] = DUPLICATE_ROW  # a row exported twice: one lead, scored once
     reason[ids.eq("")] = "lead_id blank"
     bad = reason.ne("")
     issue = pd.DataFrame(

@@ -19,13 +19,51 @@ ERROR = {
 }
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": ERROR}}}
+# A 400 names each problem: where (`loc`: ["leads", 3, "employees"]), what, and its kind.
+VALIDATION_ERROR = {
+    "type": "object",
+    "properties": {
+        "error": {"type": "string"},
+        "detail": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
+                    "msg": {"type": "string"},
+                    "type": {"type": "string"},
+                },
+                "required": ["loc", "msg", "type"],
+            },
+        },
+    },
+    "required": ["error", "detail"],
+}
+RELOAD = {
+    "type": "object",
+    "properties": {
+        "live_version": {"type": ["string", "null"], "description": "The version serving after the check"},
+        "changed": {"type": "boolean"},
+        "previous_live_version": {"type": ["string", "null"]},
+        "error": {"type": "string", "description": "Why the check failed (then the status is 503)"},
+    },
+    "required": ["live_version", "changed"],
+}
+# The routes whose body is a request the service reads (its own request models, in components).
+REQUEST_MODELS = {"/score": "ScoreRequest", "/explain": "ExplainRequest"}
+
+
+def _error(description: str, schema: dict[str, Any] = ERROR) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 def documented_spec(generated: dict[str, Any]) -> dict[str, Any]:
     """`generated` (BentoML's spec) with the guards' answers and the key scheme added."""
     spec = copy.deepcopy(generated)
+    # pydantic writes JSON Schema 2020-12 (`"type": "null"`, `examples` lists): OpenAPI 3.1's
+    # dialect, whatever version BentoML labels the document with. Labelled 3.0, validators refuse it.
+    spec["openapi"] = "3.1.0"
+    components = spec.get("components", {}).get("schemas", {})
     # BentoML's own title block (its version, badges, chat links) tells a CRM integrator nothing.
     spec["info"] = {
         "title": "Lead scoring API",
@@ -50,12 +88,25 @@ def documented_spec(generated: dict[str, Any]) -> dict[str, Any]:
                 operation["security"] = [{"bearer": []}, {}]
                 responses.setdefault("401", _error("Keys are configured and none (or a wrong one) was given"))
             if method == "post":
+                responses.setdefault("413", _error("Request body over service.max_body_bytes"))
+            if method == "post" and path in MODEL_ROUTES:
                 # BentoML documents `detail` as a string; validation errors carry a list of
                 # {loc, msg, type}, one per problem, naming the field and the lead's position.
-                responses["400"] = _error("Malformed JSON, or a field of the wrong type, named by position")
-                responses.setdefault("413", _error("Request body over service.max_body_bytes"))
-                if path in MODEL_ROUTES:
-                    responses.setdefault("415", _error("A body declared as anything but application/json"))
+                responses["400"] = _error("Malformed JSON, or a field of the wrong type, named by position",
+                                          VALIDATION_ERROR)  # fmt: skip
+                responses.setdefault("415", _error("A body declared as anything but application/json"))
+                if REQUEST_MODELS.get(path) in components:
+                    # BentoML inlines the request model without its null branches (`as_of: null`
+                    # is accepted); the component pydantic wrote is the model as it reads.
+                    body = operation["requestBody"]["content"]["application/json"]
+                    body["schema"] = {"$ref": f"#/components/schemas/{REQUEST_MODELS[path]}"}
+            if path == "/reload":
+                responses["200"] = _error("The check ran: `changed` says whether another version is now live", RELOAD)
+                responses["503"] = _error(
+                    "The check failed (registry unreachable, no @champion, a version that cannot be loaded); "
+                    "the live version, if any, keeps serving",
+                    RELOAD,
+                )
             if path in MODEL_ROUTES:
                 responses.setdefault("503", _error("No model is loaded yet; the text says why"))
             if path == "/readyz":

@@ -6,12 +6,22 @@ import datetime as dt
 from typing import Annotated, Any, NotRequired
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, GetPydanticSchema, Strict, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, GetPydanticSchema, Strict, WithJsonSchema
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from features.clean import FIRST_YEAR, LAST_YEAR  # the moments an export can hold
+from features.criteria import STAGES
+from features.schema import ACTIVITY_TYPES, BANT_VALUES
 
 Text = Annotated[str, Field(max_length=500)]
+Bant = Annotated[
+    str,
+    Field(
+        max_length=500,
+        description=f"{', '.join(BANT_VALUES)} (case aside; yes, true, y, 1 read as confirmed, no, false, n, 0 as "
+        "not); anything else is unknown",
+    ),
+]
 # As the spec says: a number is not a boolean and `"yes"` is not `true` (pydantic's lax mode
 # would take both).
 Number = Annotated[float, Strict()]
@@ -39,9 +49,10 @@ Moment = Annotated[
     Field(ge=dt.datetime(FIRST_YEAR, 1, 1), lt=dt.datetime(LAST_YEAR + 1, 1, 1)),
     WithJsonSchema(
         {
+            # No `format`: a string is a date-time or a date, and property-based testers take a
+            # value that misses one format of an anyOf for a value the spec refuses.
             "anyOf": [
-                {"type": "string", "format": "date-time"},
-                {"type": "string", "format": "date"},
+                {"type": "string", "examples": ["2026-10-22T12:00:00Z", "2026-10-22"]},
                 {"type": "number", "description": "Unix time in seconds (milliseconds above 2e10)"},
             ],
             # pydantic's reading of numbers, said rather than changed: a validator in Python per
@@ -71,7 +82,16 @@ class Activity(TypedDict):
 
     __pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)  # type: ignore[misc]
     occurred_at: Moment
-    activity_type: Annotated[str, Field(min_length=1, max_length=64, examples=["demo_request"])]
+    activity_type: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=64,
+            examples=["demo_request"],
+            description=f"One of {', '.join(ACTIVITY_TYPES)} (case, spaces and hyphens aside: 'Demo Request' is "
+            "demo_request); any other type counts as `other`",
+        ),
+    ]
     value: NotRequired[Number | None]
 
 
@@ -81,7 +101,9 @@ class Lead(_Strict):
     missing is a value the model knows."""
 
     lead_id: str = Field(min_length=1, max_length=128, pattern=LEAD_ID_PATTERN)
-    created_at: Moment | None = None
+    created_at: Moment | None = Field(
+        default=None, description="When the lead was created: required by CRM models (a flat-CSV model takes none)"
+    )
     industry: Text | None = None
     country: Text | None = None
     seniority: Text | None = None
@@ -89,10 +111,10 @@ class Lead(_Strict):
     lead_source: Text | None = None
     employees: Number | None = Field(default=None, ge=0)
     annual_revenue: Number | None = Field(default=None, ge=0)
-    budget: Text | None = None
-    authority: Text | None = None
-    need: Text | None = None
-    timeline: Text | None = None
+    budget: Bant | None = None
+    authority: Bant | None = None
+    need: Bant | None = None
+    timeline: Bant | None = None
     tech_stack: TechStack | None = None
     email: Text | None = None
     first_name: Text | None = None
@@ -102,7 +124,10 @@ class Lead(_Strict):
     owner: Text | None = None
     do_not_contact: Flag | None = None
     sales_accepted: Flag | None = None
-    activities: list[Activity] = Field(default_factory=list, max_length=20_000)
+    # null is no activities, as null is no value for every other field (generated clients send it).
+    activities: Annotated[list[Activity] | None, AfterValidator(lambda given: [] if given is None else given)] = Field(
+        default_factory=list, max_length=20_000
+    )
     fields: dict[Annotated[str, Field(max_length=200)], FieldValue | None] | None = Field(
         default=None,
         description="Flat-CSV models: the export's columns by name, and nothing else of the lead (a CRM model refuses "
@@ -121,10 +146,10 @@ class LeadScore(BaseModel):
     lead_id: str
     probability: float = Field(description="Calibrated probability of converting within the horizon")
     score: float = Field(description="0-100: the probability in percent")
-    grade: str
+    grade: str = Field(description="A letter band of the score (params.yaml `grades`: A to D by default)")
     fit: float = Field(description="0-100: rank of the lead's fit among training leads")
     engagement: float = Field(description="0-100: rank of the lead's engagement among training leads")
-    stage: str = Field(examples=["SQL"])
+    stage: str = Field(examples=["SQL"], json_schema_extra={"enum": list(STAGES)})
     stage_reason: str
     next_action: str
     recycle_on: dt.date | None = Field(
@@ -190,5 +215,9 @@ def leads_to_frames(leads: list[Lead]) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def leads_to_flat(leads: list[Lead]) -> pd.DataFrame:
-    """Flat-export rows from the leads' `fields`."""
-    return pd.DataFrame([{**(lead.fields or {}), "lead_id": lead.lead_id} for lead in leads])
+    """Flat-export rows from the leads' `fields` (names stripped, as a file's header is)."""
+    return pd.DataFrame([{**flat_fields(lead), "lead_id": lead.lead_id} for lead in leads])
+
+
+def flat_fields(lead: Lead) -> dict[str, Any]:
+    return {name.strip(): value for name, value in (lead.fields or {}).items()}

@@ -26,12 +26,14 @@ from bentoml.exceptions import ServiceUnavailable
 from fastapi import FastAPI, HTTPException
 from pydantic import ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError, to_json
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
+from features.flat import field_problems
 from features.params import load_params
 from features.reasons import plain_name
 from features.tracking import local_database, tracking_uri
 from serving import pages
+from serving.batch import model_schema
 from serving.direct import DirectScorer
 from serving.guards import (
     ApiKeyGuard,
@@ -49,6 +51,7 @@ from serving.schemas import (
     Lead,
     LeadScore,
     Moment,
+    flat_fields,
     leads_to_flat,
     leads_to_frames,
     utc_naive,
@@ -294,6 +297,9 @@ class LeadScoring:
             if prepared is not None:
                 return prepared
         if model.kind == "flat":
+            wrong = field_problems(model_schema(model), [flat_fields(lead) for lead in leads])
+            if wrong:
+                raise _bad_request([((*at(i), "fields", *([key] if key else [])), why) for i, key, why in wrong[:50]])
             features, context, _ = prepare_flat_rows(model, leads_to_flat(leads))
             return features, context
         missing = [((*at(i), "created_at"), "required by this model") for i, lead in enumerate(leads)
@@ -400,10 +406,12 @@ class LeadScoring:
         }
 
     @extra.post("/reload")
-    def reload_now(self) -> dict:
+    def reload_now(self) -> JSONResponse:
         """Check `@champion` now and load it if it moved (each worker also checks every
-        `service.reload_seconds`)."""
-        return self.reload()
+        `service.reload_seconds`). 503 when the check failed: a scheduler that promoted a model
+        learns that it is not live."""
+        result = self.reload()
+        return JSONResponse(result, status_code=503 if "error" in result else 200)
 
     @extra.get("/docs")
     def openapi(self) -> dict:

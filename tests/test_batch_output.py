@@ -219,11 +219,11 @@ def test_score_lists_rows_not_scored_next_to_the_scores_or_says_why_it_cannot(ch
 
 def test_a_flat_models_rows_are_named_as_in_training_not_by_a_data_column_called_lead_id(tmp_path):
     path = tmp_path / "form.csv"
-    path.write_text("pid,lead_id,visits\np1,a,1\np2,a,2\n")
+    path.write_text('pid,lead_id,visits\np1,a,1\n"  p2 ",a,2\n,b,3\n')
     leads, _, _ = read_leads(path, None, flat_schema={"id": "pid", "sep": ","})
-    assert leads["lead_id"].tolist() == ["p1", "p2"]
+    assert leads["lead_id"].tolist() == ["p1", "p2", ""]  # as training reads ids: spaces are not part of one
     numbered, _, _ = read_leads(path, None, flat_schema={"id": None, "sep": ","})
-    assert numbered["lead_id"].tolist() == ["1", "2"]
+    assert numbered["lead_id"].tolist() == ["1", "2", "3"]
 
 
 def test_a_batch_reads_its_numeric_dates_in_one_order_and_its_lead_pages_read_them_so(champion, small_crm_dir):

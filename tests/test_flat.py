@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.flat import FlatProfile, clean_flat_columns, load_flat
+from features.flat import FlatProfile, clean_flat_columns, field_problems, load_flat
 from features.ingest import DataError
 from features.leakage import audit_leakage
 
@@ -68,11 +68,12 @@ def test_label_problems_are_clear_errors(flat_csv, params):
 
 def test_rows_without_label_or_with_a_repeated_id_are_quarantined(tmp_path, params):
     path = tmp_path / "x.csv"
-    path.write_text("id,a,y\n1,x,yes\n2,y,\n3,x,no\n3,y,no\n4,x,yes\n")
+    path.write_text("id,a,y\n1,x,yes\n2,y,\n3,x,no\n3,y,no\n4,x,yes\n4,x,yes\n")
     data = load_flat(path, FlatProfile(label="y", id="id"), params.flat)
     q = data.quarantine.frame()
     assert q.set_index("row")["reason"].to_dict() == {
-        2: "label 'y' missing", 3: "id 'id' appears more than once", 4: "id 'id' appears more than once"
+        2: "label 'y' missing", 3: "id 'id' appears more than once", 4: "id 'id' appears more than once",
+        6: "duplicate row: same id and values as an earlier row, counted once",  # exported twice: one lead
     }  # fmt: skip
     assert data.ids.tolist() == ["1", "4"]
 
@@ -84,6 +85,30 @@ def test_serving_rows_are_cleaned_by_the_same_schema(flat_csv, params):
     assert cleaned["Source"].tolist() == ["GOOGLE", None]  # case is matched to levels in the spec
     assert cleaned["Visits"].tolist()[0] == 1000.0 and np.isnan(cleaned["Visits"][1])
     assert notes == ["Visits: 1 value(s) not numeric read as missing"]
+
+
+def test_rows_sent_one_by_one_are_checked_against_the_schema():
+    """What the service refuses in `fields` instead of scoring blanks: a column spelt otherwise,
+    no column of the model, a value its column cannot read."""
+    schema = {"columns": {"Lead Source": "categorical", "TotalVisits": "numeric", "Opted In": "boolean"},
+              "missing_tokens": ["", "select"]}  # fmt: skip
+    rows = [
+        {"Lead Source": "Google", "TotalVisits": 5, "Opted In": "Yes", "Prospect ID": "p1"},  # fine, id ignored
+        {"lead source": "Google", "total_visits": 5},
+        {"Nonsense": "x"},
+        {},
+        None,
+        {"TotalVisits": True, "Opted In": "maybe", "Lead Source": "Select"},
+        {"Lead Source": "Google", "lead_source": "Bing", "TotalVisits": "Select"},  # exact name wins; a blank
+    ]
+    problems = field_problems(schema, rows)
+    assert [(i, key) for i, key, _ in problems] == [
+        (1, "lead source"), (1, "total_visits"), (2, None), (3, None), (4, None), (5, "TotalVisits"), (5, "Opted In")
+    ]  # fmt: skip
+    assert problems[0][2] == "not a column of the model, 'Lead Source' is (names are matched as written)"
+    assert "none of the model's columns is here (it reads 'Lead Source', 'TotalVisits', 'Opted In')" in problems[2][2]
+    assert problems[5][2] == "True is not a number: the model reads this column as numeric"
+    assert problems[6][2] == "'maybe' is not yes or no: the model reads this column as boolean"
 
 
 def test_leads_csv_just_works_and_tags_is_flagged(params, shared_file):

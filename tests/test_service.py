@@ -366,6 +366,28 @@ def test_committed_openapi_copy_is_current():
     assert committed == json.loads(json.dumps(SPEC)), "run `leadscore openapi`"
 
 
+def test_the_spec_is_valid_openapi_and_says_what_the_service_reads():
+    """As an integrator's validator and client generator read it (they refused 3.1 content
+    labelled 3.0, and a request schema without the null `as_of` the service accepts)."""
+    from openapi_spec_validator import validate
+
+    from serving.service import SPEC
+
+    validate(SPEC)
+    assert SPEC["openapi"] == "3.1.0"
+    schemas = SPEC["components"]["schemas"]
+    for path, name in (("/score", "ScoreRequest"), ("/explain", "ExplainRequest")):
+        body = SPEC["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body == {"$ref": f"#/components/schemas/{name}"}
+        assert {"type": "null"} in schemas[name]["properties"]["as_of"]["anyOf"]
+    assert {"type": "null"} in schemas["Lead"]["properties"]["activities"]["anyOf"]
+    assert schemas["LeadScore"]["properties"]["stage"]["enum"] == ["disqualified", "nurture", "MQL", "SAL", "SQL"]
+    problem = SPEC["paths"]["/score"]["post"]["responses"]["400"]["content"]["application/json"]["schema"]
+    assert problem["properties"]["detail"]["items"]["required"] == ["loc", "msg", "type"]
+    reload = SPEC["paths"]["/reload"]["post"]["responses"]
+    assert "503" in reload and "400" not in reload  # it reads no body
+
+
 @pytest.mark.slow
 def test_service_follows_the_champion_and_rollback(champion_store, params_file, tmp_path, monkeypatch):
     """Promotion and rollback reach the running service without a restart; a version that
@@ -409,8 +431,9 @@ def test_service_follows_the_champion_and_rollback(champion_store, params_file, 
 
         broken = client.create_model_version(CHAMPION_NAME, source=str(tmp_path / "no-such-bundle"), run_id=None)
         promote(CHAMPION_NAME, str(broken.version))
-        refused = httpx.post(f"{url}/reload", timeout=30).json()
-        assert refused["live_version"] == before and "could not be loaded" in refused["error"]
+        refused = httpx.post(f"{url}/reload", timeout=30)
+        assert refused.status_code == 503  # a scheduler that promoted it learns it is not live
+        assert refused.json()["live_version"] == before and "could not be loaded" in refused.json()["error"]
         body = {"leads": [{"lead_id": "x", "created_at": "2025-01-01"}], "as_of": AS_OF}
         assert httpx.post(f"{url}/score", json=body, timeout=30).json()[0]["model_version"] == before
     finally:

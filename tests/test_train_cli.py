@@ -314,7 +314,8 @@ def test_bad_paths_and_flags_are_clear_errors(tmp_path, store):
     same_id.write_text("Month,Revenue\n" + "May,1\nMay,0\n" * 30)
     unusable = leadscore("train", "--data", str(same_id), "--label", "Revenue", "--id", "Month", store=store)
     assert unusable.returncode == 2, unusable.stdout + unusable.stderr
-    assert "none of its 60 rows can be used: id 'Month' appears more than once (60 rows)" in unusable.stderr
+    said = " ".join(unusable.stderr.split())
+    assert "60 rows can be used: duplicate row (58 rows); id 'Month' appears more than once (2 rows)" in said
     assert "Traceback" not in unusable.stderr
     (kept,) = re.findall(r"quarantined rows, each with its reason: (\S+)", unusable.stderr)
     assert len(pd.read_csv(kept)) == 60  # the rows behind the refusal are named, one reason each
@@ -385,6 +386,13 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
         crm_shaped = {"lead_id": "x", "industry": "Software", "activities": [], "fields": rows[0]}
         refused = httpx.post(f"{url}/score", json={"leads": [crm_shaped]}, timeout=60)
         assert refused.status_code == 400 and [e["loc"] for e in refused.json()["detail"]] == [["leads", 0, "industry"]]
+        # Keys spelt another way than the export's header, or none of them: refused, not scored as blanks.
+        respelt = {"lead_id": "y", "fields": {"visits": 3, "Source": "Google"}}
+        nothing = {"lead_id": "z", "fields": {}}
+        refused = httpx.post(f"{url}/score", json={"leads": [respelt, nothing]}, timeout=60)
+        where = [e["loc"] for e in refused.json()["detail"]]
+        assert where == [["leads", 0, "fields", "visits"], ["leads", 1, "fields"]], refused.text
+        assert "'Visits' is" in refused.text, refused.text
         assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
     finally:
         _stop(process)
@@ -435,6 +443,7 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
     messy.loc[7, "Lead ID"] = ""
     messy.loc[8, ["Visits", "Time On Site [min]", "Rep Notes"]] = ""
     messy.loc[0, "Visits"] = "lots"  # read as missing, and said, as in training
+    messy = pd.concat([messy, messy.iloc[[5]]])  # a row exported twice: scored once
     messy.to_csv(export, index=False)
     quarantined = leadscore("score", str(export), "-o", str(scored_file), "--model-name", "flat-model",
                             "--no-snapshot", store=store)  # fmt: skip
@@ -442,12 +451,17 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
     assert "1 of the model's columns not in this file, read as missing: Source" in quarantined.stdout
     assert "Visits: 1 value(s) not numeric read as missing" in quarantined.stdout
     assert len(pd.read_csv(scored_file)) == 6
-    assert "4 row(s) not scored (4 leads)" in " ".join(quarantined.stdout.split())
+    said = " ".join(quarantined.stdout.split())
+    assert "5 row(s) not scored (5 leads; 1 of them repeat a lead row exactly, and that lead is scored once)" in said
     reasons = pd.read_csv(scored_file.with_name("export_scores.quarantine.csv")).set_index("row")["reason"]
     assert reasons.to_dict() == {
         3: "lead_id appears more than once", 4: "lead_id appears more than once",
         8: "lead_id blank", 9: "no value in any of the model's columns",
+        11: "duplicate row: same id and values as an earlier row, counted once",
     }  # fmt: skip
+    # Without --no-snapshot: a file lacking one of the model's columns does not replace the pages' scoring.
+    lacking = leadscore("score", str(export), "-o", str(scored_file), "--model-name", "flat-model", store=store)
+    assert lacking.returncode == 0 and "not kept for the pages" in lacking.stdout, lacking.stdout + lacking.stderr
     with_acts = leadscore("score", str(export), "-o", str(scored_file), "--model-name", "flat-model",
                           "--activities", str(export), "--no-snapshot", store=store)  # fmt: skip
     assert with_acts.returncode == 2 and "flat-model is a flat model: it reads one row per lead" in with_acts.stderr
@@ -462,6 +476,17 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
     assert not (tmp_path / "s.csv").exists()
     wrong_suffix = leadscore("score", str(path), "-o", str(tmp_path / "s.json"), "--no-snapshot", store=store)
     assert wrong_suffix.returncode == 2 and ".csv or .parquet" in wrong_suffix.stderr
+
+    # The same table with a column dropped on purpose (as the leakage advice says to) may replace
+    # the champion: callers still send that column, and the champion's AUC with it is no bar.
+    third = leadscore("train", "--data", str(path), "--label", "Converted", "--id", "Lead ID", "--sep", ";",
+                      "--drop", "Source", "--params", str(lenient), "--metrics-out", str(out),
+                      "--model-name", "flat-model", store=store)  # fmt: skip
+    assert third.returncode == 0, third.stdout + third.stderr
+    replaced = json.loads(out.read_text())
+    gate = next(g for g in replaced["gates"] if g["name"] == "max_auc_drop_vs_champion")
+    assert "also reads Source, which this run leaves out" in gate["detail"] and replaced["promoted"] is True
+    assert not [g for g in replaced["gates"] if g["name"] == "same_inputs_as_champion"]
 
 
 def test_demo_trains_then_scores_the_open_leads_at_the_end_of_the_embedded_export(monkeypatch):

@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from features.flat import FlatProfile, load_profile, make_profile
+from features.flat import DUPLICATE_ROW, FlatProfile, load_profile, make_profile
 from features.ingest import DUPLICATE_LEAD, DataError, export_folder
 from features.params import PROJECT_ROOT, Params, ParamsError, load_params
 from features.synthetic import STEP_DAYS, generate_crm, write_crm
@@ -903,7 +903,8 @@ def score(
         # Lead rows and activity rows are counted apart: only the former are leads left unscored.
         by_table = ", ".join(f"{n:,} {table}" for table, n in result.quarantine["table"].value_counts().items())
         # A lead row repeated exactly is set aside, but its lead is scored from its first row.
-        repeats = int(((result.quarantine["table"] == "leads") & (result.quarantine["reason"] == DUPLICATE_LEAD)).sum())
+        lead_rows = result.quarantine["table"] == "leads"
+        repeats = int((lead_rows & result.quarantine["reason"].isin([DUPLICATE_LEAD, DUPLICATE_ROW])).sum())
         repeated = f"; {repeats:,} of them repeat a lead row exactly, and that lead is scored once" if repeats else ""
         console.print(
             f"[yellow]{len(result.quarantine):,} row(s) not scored ({by_table}{repeated}); reasons in "

@@ -23,7 +23,7 @@ from sklearn.metrics import roc_auc_score
 from features.build import build_crm_features, crm_feature_groups
 from features.bundle import write_bundle_files
 from features.fit import learn_tech_vocabulary
-from features.flat import FlatProfile, flat_feature_groups, load_flat
+from features.flat import FlatProfile, flat_feature_groups, load_flat, model_column_name
 from features.ingest import DataError, Quarantine, as_of_view, load_crm
 from features.leakage import audit_leakage
 from features.params import PROJECT_ROOT, Params
@@ -569,9 +569,11 @@ def train_and_register(
         memory["evaluate_mb"] = peak_memory_mb()
 
         test_raw = dataset.features[(part == "test").to_numpy()]
+        dropped = dataset.settings.get("flat", {}).get("dropped", [])
         champion = champion_auc(
             model_name, dataset.kind, test_raw, labels["test"], export_has_activities=dataset.has_activities,
             lead_columns=dataset.settings.get("lead_columns"),
+            left_out={*excluded, *flagged, *map(model_column_name, dropped)},
         )  # fmt: skip
         gates = check_gates(params.gates, test_metrics, best_baseline, champion)
         passed = all(g.passed for g in gates)

@@ -128,9 +128,11 @@ def champion_auc(
     *,
     export_has_activities: bool = True,
     lead_columns: list[str] | None = None,
+    left_out: set[str] = frozenset(),
 ) -> ChampionCheck:
     """The current champion's ROC AUC on this run's test set, when it can be compared.
-    `lead_columns`: the feature inputs this CRM export has values in (`lead_columns_with_values`)."""
+    `lead_columns`: the feature inputs this CRM export has values in (`lead_columns_with_values`).
+    `left_out`: this export's columns the run leaves out on purpose (`--drop`, the leakage audit)."""
     client = MlflowClient()
     version = current_version(client, model_name)
     if version is None:
@@ -174,6 +176,17 @@ def champion_auc(
         features_test = features_test.assign(**dict.fromkeys(technologies, 0.0))
         note = f" ({', '.join(technologies[:5])} read as 0: not among this export's technologies)"
         missing = []
+    deliberate = [c for c in scorer.spec.columns if c in left_out]
+    if kind == "flat" and deliberate and set(missing) <= set(left_out):
+        # The same table with fewer columns: callers still send the champion's, and the new model
+        # reads a part of them. Its test AUC, with a column left out as a leak, is no bar to hold
+        # an honest model to: the other gates decide.
+        return ChampionCheck(
+            version,
+            None,
+            f"champion v{version} also reads {', '.join(deliberate[:5])}, which this run leaves out (--drop, or "
+            "the leakage audit): not compared on AUC",
+        )
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         # CRM features are the same contract every time, only the technologies learned from the
