@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from serving.guards import OPEN_PATHS, Receive, Scope, Send
+from serving.schemas import ModelInfo
 
 MODEL_ROUTES = frozenset({"/score", "/explain", "/model"})
 ERROR = {
@@ -100,6 +101,9 @@ def documented_spec(generated: dict[str, Any]) -> dict[str, Any]:
                     # is accepted); the component pydantic wrote is the model as it reads.
                     body = operation["requestBody"]["content"]["application/json"]
                     body["schema"] = {"$ref": f"#/components/schemas/{REQUEST_MODELS[path]}"}
+            if path == "/model" and method == "get":
+                # The route answers a plain dict (an old bundle's metadata must not fail it); this is its shape.
+                responses["200"] = _error("The live model", ModelInfo.model_json_schema())
             if path == "/reload":
                 responses["200"] = _error("The check ran: `changed` says whether another version is now live", RELOAD)
                 responses["503"] = _error(

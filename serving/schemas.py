@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, NotRequired
+from typing import Annotated, Any, Literal, NotRequired
 
 import pandas as pd
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, GetPydanticSchema, Strict, WithJsonSchema
@@ -158,6 +158,28 @@ class LeadScore(BaseModel):
     )
     reasons: list[Reason]
     model_version: str
+
+
+class ModelInfo(BaseModel):
+    """GET /model: which model is live, how it was trained and tested, and its rules."""
+
+    name: str
+    version: str
+    alias: str | None = Field(description="champion; null once the alias no longer names the live version")
+    loaded_at: str = Field(description="When this worker loaded it (ISO 8601, UTC)")
+    last_check_problem: str | None = Field(description="Why the last check of @champion failed; null when it did not")
+    reload_seconds: float = Field(description="How often each worker checks @champion")
+    kind: Literal["crm", "flat"]
+    trained_at: str | None
+    training_window: list[str] | None = Field(description="First and last day; null without a time split")
+    validation_window: list[str] | None
+    test_window: list[str] | None
+    test_metrics: dict[str, Any] | None = Field(description="roc_auc, pr_auc, log_loss, brier, ece, n, positives, ...")
+    calibration: str | None = Field(examples=["sigmoid"])
+    criteria: dict[str, Any] | None = Field(description="The MQL/SQL rules and disqualifications (params.yaml)")
+    grade_bands: dict[str, float] | None = Field(description="Each grade's lowest score, best first")
+    data_hash: str | None
+    git_commit: str | None
 
 
 class Contribution(BaseModel):

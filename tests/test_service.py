@@ -386,6 +386,8 @@ def test_the_spec_is_valid_openapi_and_says_what_the_service_reads():
     assert problem["properties"]["detail"]["items"]["required"] == ["loc", "msg", "type"]
     reload = SPEC["paths"]["/reload"]["post"]["responses"]
     assert "503" in reload and "400" not in reload  # it reads no body
+    model = SPEC["paths"]["/model"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert model["properties"]["kind"]["enum"] == ["crm", "flat"] and "grade_bands" in model["required"]
 
 
 @pytest.mark.slow
