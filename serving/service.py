@@ -28,6 +28,7 @@ from pydantic import ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError, to_json
 from starlette.responses import JSONResponse, Response
 
+from features.clean import tidy_text
 from features.flat import field_problems
 from features.params import load_params
 from features.reasons import plain_name
@@ -199,6 +200,33 @@ def _unread_parts(kind: str, leads: list[Lead]) -> list[tuple[int, str, str]]:
             for i, lead in enumerate(leads) if lead.fields][:20]  # fmt: skip
 
 
+def _once_each(leads: list[Lead]) -> tuple[list[Lead], list[int], list[int]]:
+    """The leads with exact repeats left out (a CRM retrying part of a batch); for each lead
+    sent, the position of its first copy among them; for each of them, its position as sent
+    (where a problem with it is reported). Every lead is answered and scored once, as batch
+    scoring counts a repeated row once. Repeated ids that differ in anything stay: they are the
+    client's error, refused at their positions."""
+    everyone = list(range(len(leads)))
+    ids = [tidy_text(lead.lead_id) for lead in leads]
+    if len(set(ids)) == len(ids):
+        return leads, everyone, everyone
+    seen: dict[str, tuple[int, dict]] = {}
+    kept: list[Lead] = []
+    first_of, sent_at = [], []
+    for position, (lead, lead_id) in enumerate(zip(leads, ids, strict=True)):
+        content = lead.model_dump(exclude={"lead_id"})
+        if lead_id in seen:
+            if seen[lead_id][1] != content:
+                return leads, everyone, everyone
+            first_of.append(seen[lead_id][0])
+            continue
+        seen[lead_id] = (len(kept), content)
+        first_of.append(len(kept))
+        sent_at.append(position)
+        kept.append(lead)
+    return kept, first_of, sent_at
+
+
 def _as_of(leads: list[Lead], as_of: dt.datetime | None) -> pd.Series:
     return pd.Series([_moment(as_of, leads)] * len(leads))
 
@@ -285,9 +313,13 @@ class LeadScoring:
             raise ServiceUnavailable(f"no model loaded: {self.not_ready}")
         return live
 
-    def _prepare(self, live: Live, leads: list[Lead], as_of: pd.Series, field: str = "leads"):
+    def _prepare(
+        self, live: Live, leads: list[Lead], as_of: pd.Series, field: str = "leads", sent_at: list[int] | None = None
+    ):
+        """Features and context of the leads, or a 400 naming each problem at its place in the
+        request (`sent_at`: each lead's position as sent, when repeats were left out)."""
         model = live.model
-        at = (lambda i: (field, i)) if field == "leads" else (lambda i: (field,))
+        at = (lambda i: (field, sent_at[i] if sent_at else i)) if field == "leads" else (lambda i: (field,))
         unread = _unread_parts(model.kind, leads)
         if unread:
             raise _bad_request([((*at(i), part), why) for i, part, why in unread])
@@ -330,13 +362,18 @@ class LeadScoring:
             record = live.direct.score(leads[0], _moment(as_of, leads))
             if record is not None:
                 return _json([{"lead_id": leads[0].lead_id, **record}])
+        sent = leads
+        leads, first_of, sent_at = _once_each(sent)
         moments = _as_of(leads, as_of)
-        features, context = self._prepare(live, leads, moments)
+        features, context = self._prepare(live, leads, moments, sent_at=sent_at)
         columns = {"lead_id": [lead.lead_id for lead in leads], **score_columns(model, features, context, moments)}
         # Plain values, one record per lead (no data frame): NumPy columns become lists once.
         names = list(columns)
         values = [column.tolist() if isinstance(column, np.ndarray) else column for column in columns.values()]
-        return _json([dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)])
+        records = [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
+        if len(leads) < len(sent):
+            records = [{**records[first], "lead_id": lead.lead_id} for lead, first in zip(sent, first_of, strict=True)]
+        return _json(records)
 
     @bentoml.api(route="/explain", input_spec=ExplainRequest)
     def explain(self, lead: Lead, as_of: Moment | None = None) -> Explanation:

@@ -220,6 +220,17 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
     with_fields = {"lead_id": "b", "created_at": "2025-01-01", "fields": {"City": "Pune"}}
     crm_fields = post({"leads": [{"lead_id": "a", "created_at": "2025-01-01"}, with_fields]})
     assert [e["loc"] for e in crm_fields.json()["detail"]] == [["leads", 1, "fields"]], crm_fields.text
+    # A lead sent twice exactly (a CRM retrying part of a batch) is answered twice, scored once; a
+    # problem after it is named at its place as sent; a repeated id that differs is refused.
+    lead = {"lead_id": "r1", "created_at": "2025-01-01",
+            "activities": [{"occurred_at": "2025-02-01", "activity_type": "demo_request"}]}  # fmt: skip
+    retried = post({"leads": [lead, lead, {"lead_id": "r2", "created_at": "2025-01-02"}], "as_of": "2025-06-01"})
+    assert retried.status_code == 200 and [r["lead_id"] for r in retried.json()] == ["r1", "r1", "r2"], retried.text
+    assert retried.json()[0] == retried.json()[1]
+    late = post({"leads": [lead, lead, {"lead_id": "r3", "created_at": "2025-09-01"}], "as_of": "2025-06-01"})
+    assert [e["loc"] for e in late.json()["detail"]] == [["leads", 2, "created_at"]], late.text
+    differing = post({"leads": [lead, {**lead, "industry": "Retail"}], "as_of": "2025-06-01"})
+    assert differing.status_code == 400 and "duplicate" in differing.text, differing.text
     no_created = post({"leads": [{"lead_id": "a"}]})
     assert no_created.status_code == 400 and '["leads",0,"created_at"]' in no_created.text.replace(" ", "")
     ancient = post({"leads": [{"lead_id": "a", "created_at": "2025-01-01"}], "as_of": "0145-02-13T16:36:48"})
