@@ -15,6 +15,7 @@ import os
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -210,11 +211,12 @@ def _once_each(leads: list[Lead]) -> tuple[list[Lead], list[int], list[int]]:
     ids = [tidy_text(lead.lead_id) for lead in leads]
     if len(set(ids)) == len(ids):
         return leads, everyone, everyone
-    seen: dict[str, tuple[int, dict]] = {}
+    repeated = {lead_id for lead_id, n in Counter(ids).items() if n > 1}
+    seen: dict[str, tuple[int, dict | None]] = {}
     kept: list[Lead] = []
     first_of, sent_at = [], []
     for position, (lead, lead_id) in enumerate(zip(leads, ids, strict=True)):
-        content = lead.model_dump(exclude={"lead_id"})
+        content = lead.model_dump(exclude={"lead_id"}) if lead_id in repeated else None
         if lead_id in seen:
             if seen[lead_id][1] != content:
                 return leads, everyone, everyone
