@@ -37,9 +37,10 @@ def _map_unique(values: pd.Series, func) -> pd.Series:
     return pd.Series(mapped[codes], index=values.index, dtype="object")
 
 
-# Zero-width characters and the byte-order mark: invisible, so a cell holding only them looks
-# blank to whoever typed it, and one at the end of an id makes it another id.
-INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
+# Characters that show as nothing (zero-width spaces and joiners, direction marks, the soft
+# hyphen, fillers, the byte-order mark): a cell holding only them looks blank to whoever typed
+# it, and one at the end of an id makes it another id.
+INVISIBLE = "\u00ad\u034f\u180e\u200b\u200c\u200d\u200e\u200f\u2060\u2061\u2062\u2063\u2064\u3164\ufeff"
 
 
 def tidy_text(value: object) -> str:

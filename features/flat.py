@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -319,6 +320,7 @@ def field_problems(schema: dict[str, Any], rows: list[dict[str, Any] | None]) ->
     sent or refused, so each is an error there. Keys of no column at all pass: the export's
     identifiers and left-out columns."""
     columns = schema["columns"]
+    header = set(schema.get("header") or ())  # not kept by models trained before it was
     folded: dict[str, str] = {}
     for column in columns:
         folded.setdefault(_folded_name(column), column)
@@ -326,11 +328,17 @@ def field_problems(schema: dict[str, Any], rows: list[dict[str, Any] | None]) ->
     problems: list[tuple[int, str | None, str]] = []
     for i, row in enumerate(rows):
         keys = list(row or {})
-        respelt = [(key, folded[_folded_name(key)]) for key in keys
-                   if key not in columns and folded.get(_folded_name(key)) not in (None, *keys)]  # fmt: skip
-        problems += [(i, key, f"not a column of the model, {meant!r} is (names are matched as written)")
-                     for key, meant in respelt]  # fmt: skip
-        if not respelt and not any(key in columns for key in keys):
+        wrong = []
+        for key in keys:
+            if key in columns or key in header:
+                continue
+            meant = folded.get(_folded_name(key)) or next(iter(difflib.get_close_matches(key, columns, n=1)), None)
+            if meant is not None and meant not in keys:
+                wrong.append((i, key, f"not a column of the model, {meant!r} is (names are matched as written)"))
+            elif header:
+                wrong.append((i, key, "not a column of the export the model was trained on"))
+        problems += wrong
+        if not wrong and not any(key in columns for key in keys):
             problems.append((i, None, f"none of the model's columns is here (it reads {shown}): it would score blanks"))
     frame = pd.DataFrame([row or {} for row in rows], index=range(len(rows)))
     for column, kind in columns.items():
@@ -340,7 +348,7 @@ def field_problems(schema: dict[str, Any], rows: list[dict[str, Any] | None]) ->
             blank_to_missing(frame[column], schema["missing_tokens"])
         )
         wanted = "a number" if kind == "numeric" else "yes or no"
-        problems += [(int(i), column, f"{frame.at[i, column]!r} is not {wanted}: the model reads this column as {kind}")
+        problems += [(int(i), column, f"{rows[i][column]!r} is not {wanted}: the model reads this column as {kind}")
                      for i in np.flatnonzero(failed.to_numpy())]  # fmt: skip
     return sorted(problems, key=lambda problem: problem[0])
 
@@ -390,6 +398,7 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
     if "lead_id" in raw.columns and profile.id != "lead_id":
         named_by = f"the id column {profile.id!r}" if profile.id else "their row numbers (no --id)"
         quarantine.note(f"column lead_id not used: rows are named by {named_by}; give --id lead_id to name them by it")
+    header = [c for c in raw.columns if c != "_row"]
     raw["lead_id"] = blank_to_missing(raw[profile.id], ("",)) if profile.id else raw["_row"].astype(str)
     quarantine.add("flat", raw, label.isna(), f"label {profile.label!r} missing")
     keep = label.notna()
@@ -398,7 +407,9 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
         keep &= raw["lead_id"].notna()
         # A row exported twice is one lead, counted once (as in a CRM export); rows that share an
         # id and disagree are both doubtful.
-        identical = keep & raw.duplicated([c for c in raw.columns if c != "_row"], keep="first")
+        # The id as read (lead_id: spaces around it aside) is compared, not as written.
+        unread = {"_row", profile.id} - {"lead_id"}
+        identical = keep & raw.duplicated([c for c in raw.columns if c not in unread], keep="first")
         quarantine.add("flat", raw, identical, DUPLICATE_ROW)
         keep &= ~identical
         repeated = keep & raw["lead_id"].where(keep).duplicated(keep=False) & raw["lead_id"].notna()
@@ -497,8 +508,10 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
         "label": profile.label,
         "id": profile.id,  # what names a row when its export is scored
         "sep": profile.sep,  # the same export, scored, has the same dialect
-        # Left out by the user (--drop): a champion that read one is replaced by design, not by mistake.
+        # Left out by the user (--drop): a champion that read one is compared otherwise.
         "dropped": list(profile.drop),
+        # Every column of the file: a name sent to the service that is none of them is a mistake.
+        "header": header,
     }
     kept = raw.loc[keep]
     features, notes = clean_flat_columns(kept, schema)

@@ -317,7 +317,9 @@ def _flat_rows(model: LoadedModel, chunk: pd.DataFrame) -> tuple[np.ndarray, pd.
     empty = ~pd.concat(present, axis=1).any(axis=1) if present else pd.Series(True, index=chunk.index)
     reason = pd.Series("", index=chunk.index, dtype=object)
     reason[empty] = "no value in any of the model's columns"
-    identical = chunk.duplicated([c for c in chunk.columns if c != "_row"], keep="first")
+    # The id as read (lead_id: spaces around it aside) is compared, not as written.
+    unread = {"_row", schema.get("id")} - {"lead_id"}
+    identical = chunk.duplicated([c for c in chunk.columns if c not in unread], keep="first")
     reason[ids.where(~identical).duplicated(keep=False) & ~identical] = "lead_id appears more than once"
     reason[identical] = DUPLICATE_ROW  # a row exported twice: one lead, scored once
     reason[ids.eq("")] = "lead_id blank"

@@ -269,12 +269,21 @@ def error_body(status: int, method: str, path: str, headers: dict[bytes, bytes],
         return _routing_error(status, method, path, headers)
     if isinstance(detail, list) and detail and all(isinstance(p, dict) and "loc" in p for p in detail):
         # Not the input either: FastAPI echoes it, and a lead's values are personal data.
-        detail = [{k: v for k, v in problem.items() if k not in ("url", "input")} for problem in detail]
+        detail = [plain_problem({k: v for k, v in problem.items() if k not in ("url", "input")}) for problem in detail]
         return json.dumps({"error": _validation_summary(detail), "detail": detail}).encode()
     if "error" not in answer:
         error = detail if isinstance(detail, str) else "invalid request"
         return json.dumps({"error": error, "detail": detail}).encode()
     return None
+
+
+def plain_problem(problem: dict) -> dict:
+    """A problem in words a CRM integrator reads: the only pattern of the API is the lead id's,
+    whose regular expression said nothing to them."""
+    if problem.get("type") == "string_pattern_mismatch":
+        problem = {**problem, "msg": "should hold a visible character, and no control character (tab, line break)"}
+        problem.pop("ctx", None)
+    return problem
 
 
 def _routing_error(status: int, method: str, path: str, headers: dict[bytes, bytes]) -> bytes:

@@ -26,7 +26,7 @@ from features.criteria import STAGES
 from features.reasons import plain_name
 from features.schema import ACTIVITY_TYPES
 from serving.charts import beeswarm, calibration, columns, horizontal_bars, waterfall
-from serving.guards import KEY_COOKIE, api_keys_from_env, key_matches
+from serving.guards import KEY_COOKIE, api_keys_from_env, key_matches, plain_problem
 from serving.schemas import Lead, Moment, leads_to_frames, utc_naive
 from serving.scoring import (
     InvalidLeads,
@@ -464,6 +464,8 @@ def model_view(model: LoadedModel, snapshot: Snapshot | None = None) -> dict:
         "validation_window": " to ".join(map(str, meta.get("validation_window") or [])),
         "test_window": " to ".join(map(str, meta.get("test_window") or [])),
         "split": str(meta.get("split") or ""),  # a flat CSV without a time column: no windows
+        "flat": model.kind == "flat",  # one row per lead: no horizon, no CRM attributes
+        "tested_on": "test period" if meta.get("test_window") else "test rows",
         "metrics": [{"label": label, "value": fmt.format(metrics[k])} for k, label, fmt in shown if k in metrics],
         "importance_chart": (
             horizontal_bars(
@@ -647,7 +649,8 @@ async def pasted_lead(request: Request):
     except RecursionError:  # json.loads gives up on deep nesting this way, not as a decode error
         return _pick_page(400, pasted=text[:2000], error="Not a lead: JSON nested too deeply")
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the lead'}: {e['msg']}" for e in exc.errors()[:5])
+        said = [plain_problem(e) for e in exc.errors()[:5]]
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the lead'}: {e['msg']}" for e in said)
         return _pick_page(400, pasted=text, error=problems)
     except InvalidLeads as exc:
         return _pick_page(400, pasted=text, error=str(exc))

@@ -67,7 +67,9 @@ Moment = Annotated[
 
 # Not blank (spaces and invisible characters alone are blank) and no control characters: batch
 # scoring quarantines a blank id, and an id must be one the CRM can match and a page can show.
-LEAD_ID_PATTERN = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f\u200b-\u200d\u2060\ufeff][^\x00-\x1f\x7f]*$"
+LEAD_ID_PATTERN = (
+    r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f\u00ad\u034f\u180e\u200b-\u200f\u2060-\u2064\u3164\ufeff][^\x00-\x1f\x7f]*$"
+)
 
 
 class _Strict(BaseModel):
@@ -93,6 +95,17 @@ class Activity(TypedDict):
         ),
     ]
     value: NotRequired[Number | None]
+
+
+def _one_value_per_column(fields: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Names are read stripped, as a file's header is: two that differ only by spaces around them
+    would both name one column, and one value would be lost without a word."""
+    seen: dict[str, str] = {}
+    for name in fields or {}:
+        if (column := name.strip()) in seen:
+            raise ValueError(f"{seen[column]!r} and {name!r} name one column once spaces around them go: send one")
+        seen[column] = name
+    return fields
 
 
 class Lead(_Strict):
@@ -128,7 +141,9 @@ class Lead(_Strict):
     activities: Annotated[list[Activity] | None, AfterValidator(lambda given: [] if given is None else given)] = Field(
         default_factory=list, max_length=20_000
     )
-    fields: dict[Annotated[str, Field(max_length=200)], FieldValue | None] | None = Field(
+    fields: Annotated[
+        dict[Annotated[str, Field(max_length=200)], FieldValue | None] | None, AfterValidator(_one_value_per_column)
+    ] = Field(
         default=None,
         description="Flat-CSV models: the export's columns by name, and nothing else of the lead (a CRM model refuses "
         "`fields`, a flat-CSV model the other attributes and activities)",

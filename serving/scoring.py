@@ -510,7 +510,10 @@ def prepare_crm_leads(
     positions = clean["_row"].to_numpy()
     future = pd.Series(clean["created_at"].to_numpy() > moments.to_numpy()[positions], index=clean.index)
     if future.any():
-        quarantine.add("leads", clean, future, "created_at is after the scoring moment (as_of)")
+        # Both moments said: an as_of read otherwise than meant (`20261022` is Unix time, 1970) shows.
+        moment = pd.Series(moments.to_numpy()[positions], index=clean.index).astype(str)
+        said = "created_at is after the scoring moment (as_of): " + clean["created_at"].astype(str) + " after " + moment
+        quarantine.add("leads", clean, future, said)
         clean = clean[~future].reset_index(drop=True)
         positions = clean["_row"].to_numpy()
     acts = activities.astype(object).where(activities.notna(), "").astype(str).reset_index(drop=True)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
+from features.flat import DUPLICATE_ROW
 from features.ingest import DataError
-from serving.batch import read_leads, write_table
+from serving.batch import _flat_rows, read_leads, write_table
 
 
 def test_formula_cells_are_neutralised_in_csv_but_kept_in_parquet(tmp_path):
@@ -224,6 +226,18 @@ def test_a_flat_models_rows_are_named_as_in_training_not_by_a_data_column_called
     assert leads["lead_id"].tolist() == ["p1", "p2", ""]  # as training reads ids: spaces are not part of one
     numbered, _, _ = read_leads(path, None, flat_schema={"id": None, "sep": ","})
     assert numbered["lead_id"].tolist() == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize("id_column", ["pid", "lead_id"])
+def test_a_flat_row_exported_twice_is_scored_once_and_two_leads_alike_are_both_scored(tmp_path, id_column):
+    path = tmp_path / "form.csv"
+    path.write_text(f'{id_column},visits\np1,1\n" p1",1\np2,1\np3,1\n')
+    schema = {"id": id_column, "sep": ",", "columns": {"visits": "numeric"}, "missing_tokens": [""]}
+    leads, _, _ = read_leads(path, None, flat_schema=schema)
+    model = SimpleNamespace(scorer=SimpleNamespace(spec=SimpleNamespace(settings={"flat": schema}, columns=["visits"])))
+    positions, issue = _flat_rows(model, leads.assign(_row=range(len(leads))))
+    assert positions.tolist() == [0, 2, 3]  # p2 and p3 answer alike and are two leads
+    assert issue[["row", "reason"]].values.tolist() == [[1, DUPLICATE_ROW]]
 
 
 def test_a_batch_reads_its_numeric_dates_in_one_order_and_its_lead_pages_read_them_so(champion, small_crm_dir):

@@ -23,6 +23,9 @@ def test_invisible_characters_at_the_ends_are_stripped_and_alone_are_blank():
     values = pd.Series(["\u200b", " \ufeff ", "L1\u200b", "\u2060Software", "So\u200bft"])
     assert blank_to_missing(values, [""]).tolist() == [None, None, "L1", "Software", "So\u200bft"]
     assert snake_case(pd.Series(["\u200bEmail Open\u200d"])).tolist() == ["email_open"]
+    # The soft hyphen, direction marks and fillers show as nothing too.
+    others = pd.Series(["\u00ad", "\u200e\u200f", "\u3164", "L1\u00ad", "\u2061L2"])
+    assert blank_to_missing(others, [""]).tolist() == [None, None, None, "L1", "L2"]
 
 
 def test_spellings_differing_by_case_or_space_merge_into_the_most_frequent():

@@ -122,10 +122,16 @@ def test_leads_the_single_lead_path_declines_get_the_general_error(champion, req
 
 
 def test_an_id_of_spaces_or_invisible_characters_only_is_refused_as_blank():
-    for blank in (" ", "\u200b", "\ufeff \u2060"):
+    for blank in (" ", "\u200b", "\ufeff \u2060", "\u00ad", "\u200e\u200f", "\u3164"):
         with pytest.raises(ValidationError, match="lead_id"):
             Lead(lead_id=blank)
     assert Lead(lead_id="L1\u200b").lead_id == "L1\u200b"  # answered as sent, matched as "L1"
+
+
+def test_two_field_names_that_differ_only_by_spaces_around_them_are_refused():
+    with pytest.raises(ValidationError, match="'City' and ' City' name one column"):
+        Lead(lead_id="a", fields={"City": "Mumbai", " City": "Pune"})  # one value would be lost
+    assert Lead(lead_id="a", fields={"City": "Mumbai", "City Tier": "1"}).fields == {"City": "Mumbai", "City Tier": "1"}
 
 
 def _respell(lead: Lead, **changes) -> Lead:

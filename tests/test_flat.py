@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.flat import FlatProfile, clean_flat_columns, field_problems, load_flat
+from features.flat import DUPLICATE_ROW, FlatProfile, clean_flat_columns, field_problems, load_flat
 from features.ingest import DataError
 from features.leakage import audit_leakage
 
@@ -78,6 +78,18 @@ def test_rows_without_label_or_with_a_repeated_id_are_quarantined(tmp_path, para
     assert data.ids.tolist() == ["1", "4"]
 
 
+def test_a_row_exported_twice_is_one_lead_whatever_the_spaces_around_its_id(tmp_path, params):
+    path = tmp_path / "x.csv"
+    path.write_text("id,a,y\n1,x,yes\n 1,x,yes\n2,x,no\n")
+    data = load_flat(path, FlatProfile(label="y", id="id"), params.flat)
+    assert data.quarantine.frame()["reason"].tolist() == [DUPLICATE_ROW] and data.ids.tolist() == ["1", "2"]
+    # An id column called lead_id is still compared: two leads with the same answers are two leads.
+    named = tmp_path / "named.csv"
+    named.write_text("lead_id,a,y\nA,x,yes\nB,x,yes\nC,y,no\n")
+    data = load_flat(named, FlatProfile(label="y", id="lead_id"), params.flat)
+    assert data.quarantine.frame().empty and data.ids.tolist() == ["A", "B", "C"]
+
+
 def test_serving_rows_are_cleaned_by_the_same_schema(flat_csv, params):
     data = load_flat(flat_csv, FlatProfile(label="Converted"), params.flat)
     rows = pd.DataFrame({"Source": ["GOOGLE", "Select"], "Visits": ["1,000", "x"], "Do Not Email": ["yes", None]})
@@ -109,6 +121,25 @@ def test_rows_sent_one_by_one_are_checked_against_the_schema():
     assert "none of the model's columns is here (it reads 'Lead Source', 'TotalVisits', 'Opted In')" in problems[2][2]
     assert problems[5][2] == "True is not a number: the model reads this column as numeric"
     assert problems[6][2] == "'maybe' is not yes or no: the model reads this column as boolean"
+
+
+def test_a_key_of_no_column_of_the_export_is_named_with_the_column_meant():
+    """With the export's header kept, a misspelt name is told apart from a column the model
+    leaves out (the id, a leak): the first is a mistake, the second is what a CRM sends."""
+    schema = {"columns": {"Lead Source": "categorical", "TotalVisits": "numeric"}, "missing_tokens": [""],
+              "header": ["Prospect ID", "Lead Source", "TotalVisits", "Tags", "Converted"]}  # fmt: skip
+    rows = [
+        {"Lead Source": "Google", "TotalVisits": 3, "Prospect ID": "p1", "Tags": "Will revert"},
+        {"Lead Sorce": "Google", "TotalVisits": 3},
+        {"Lead Source": "Google", "Colour": "red"},
+        {"TotalVisits": "12,5 visits"},
+    ]
+    problems = field_problems(schema, rows)
+    assert problems == [
+        (1, "Lead Sorce", "not a column of the model, 'Lead Source' is (names are matched as written)"),
+        (2, "Colour", "not a column of the export the model was trained on"),
+        (3, "TotalVisits", "'12,5 visits' is not a number: the model reads this column as numeric"),
+    ]
 
 
 def test_leads_csv_just_works_and_tags_is_flagged(params, shared_file):

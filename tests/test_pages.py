@@ -333,10 +333,14 @@ def test_the_model_page_of_a_model_without_time_windows_says_how_it_was_tested()
 
     flat = {"name": "x", "version": "3", "alias": "champion", "trained_at": "2026-12-05 09:00", "training_window": "",
             "validation_window": "", "test_window": "", "split": "stratified holdout (no timestamps): 1848 test rows",
-            "metrics": [], "grade_bands": [], "criteria": []}  # fmt: skip
+            "metrics": [], "grade_bands": [], "criteria": [], "flat": True, "tested_on": "test rows",
+            "summary_chart": "<svg></svg>"}  # fmt: skip
     page = render("model.html", title="Model", m=flat)
     assert "tested on rows it never saw (stratified holdout (no timestamps): 1848 test rows)" in page
     assert "later leads" not in page and "UTC on ·" not in page
+    # Its words are a flat table's: test rows, no horizon, no CRM attributes.
+    assert "On the test rows:" in page and "Test rows: of leads given" in page
+    assert not any(crm in page for crm in ("test period", "Test period", "horizon", "industry"))
 
 
 def test_each_lead_of_a_static_report_has_its_own_file_even_where_names_ignore_case():
@@ -419,6 +423,8 @@ def test_pasted_json_in_the_shapes_a_user_has_at_hand(champion, monkeypatch):
     assert late.status_code == 400 and "as_of: " in late.text
     scalar = client.post("/leads", data={"lead": "5"})
     assert scalar.status_code == 400 and "the lead: Input should be" in scalar.text
+    blank_id = client.post("/leads", data={"lead": json.dumps({**lead, "lead_id": "\u200b"})})
+    assert blank_id.status_code == 400 and "lead_id: should hold a visible character" in blank_id.text
 
 
 def test_digest_pages_through_every_lead_and_says_when_filters_match_none(champion, small_crm_dir, tmp_path,

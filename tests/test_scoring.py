@@ -54,6 +54,11 @@ def test_reasons_count_time_from_the_scoring_moment_and_a_count_is_not_its_recen
     assert describe("days_since_last_activity", 7.6) == "Last activity 8 days ago"
     assert sentence("n_demo_request_30d", 1.0, 4.2) == "1 demo request in the last 30 days: +4"
     assert sentence("n_meeting_7d", 2.0, 0.4) == "2 meetings with sales in the last 7 days: +0.4"
+    # The decayed level: none is no activity, and below zero says why (an unsubscribe weighs -4).
+    assert describe("engagement_decayed", 0.0) == "No recent activity"
+    assert describe("engagement_decayed", -3.04) == (
+        "Recent activity level -3.0: negative signals (an unsubscribe) outweigh the rest"
+    )
 
 
 def test_an_empty_model_version_is_named_before_the_registry_is_asked():

@@ -205,6 +205,7 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
     assert explain_extra.status_code == 400 and '["x"]' in explain_extra.text.replace(" ", "")
     blank_id = post({"leads": [{"lead_id": "   ", "created_at": "2025-01-01"}]})
     assert blank_id.status_code == 400 and '["leads",0,"lead_id"]' in blank_id.text.replace(" ", "")
+    assert "should hold a visible character" in blank_id.json()["error"] and "\\x00" not in blank_id.text
     wrong_type = post({"leads": [{"lead_id": "a", "created_at": "2025-01-01"}, {"lead_id": "b", "employees": "many"}]})
     assert wrong_type.status_code == 400 and '["leads",1,"employees"]' in wrong_type.text.replace(" ", "")
     # The summary names the count and the first problem; no links to pydantic's site.
@@ -246,7 +247,8 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
     future_lead = {"lead_id": "b", "created_at": "2030-01-01", "activities": [
         {"occurred_at": "2024-12-01", "activity_type": "web_visit"}]}  # fmt: skip
     future = post({"leads": [ok_lead, future_lead], "as_of": "2025-01-01"})
-    assert future.status_code == 400 and "after the scoring moment" in future.text
+    assert future.status_code == 400, future.text
+    assert "after the scoring moment (as_of): 2030-01-01 after 2025-01-01" in future.text
     # One mistake, one error, pointing at the lead and field (its activity is not "of an unknown lead").
     assert [e["loc"] for e in future.json()["detail"]] == [["leads", 1, "created_at"]], future.text
     twice = post({"leads": [ok_lead, {**ok_lead, "industry": "Retail"}]})

@@ -389,10 +389,11 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
         # Keys spelt another way than the export's header, or none of them: refused, not scored as blanks.
         respelt = {"lead_id": "y", "fields": {"visits": 3, "Source": "Google"}}
         nothing = {"lead_id": "z", "fields": {}}
-        refused = httpx.post(f"{url}/score", json={"leads": [respelt, nothing]}, timeout=60)
+        unknown = {"lead_id": "w", "fields": {"Visits": 3, "Colour": "red"}}  # the export's columns are kept
+        refused = httpx.post(f"{url}/score", json={"leads": [respelt, nothing, unknown]}, timeout=60)
         where = [e["loc"] for e in refused.json()["detail"]]
-        assert where == [["leads", 0, "fields", "visits"], ["leads", 1, "fields"]], refused.text
-        assert "'Visits' is" in refused.text, refused.text
+        assert where == [["leads", 0, "fields", "visits"], ["leads", 1, "fields"], ["leads", 2, "fields", "Colour"]]
+        assert "'Visits' is" in refused.text and "not a column of the export the model was trained on" in refused.text
         assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
     finally:
         _stop(process)
@@ -452,7 +453,7 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
     assert "Visits: 1 value(s) not numeric read as missing" in quarantined.stdout
     assert len(pd.read_csv(scored_file)) == 6
     said = " ".join(quarantined.stdout.split())
-    assert "5 row(s) not scored (5 leads; 1 of them repeat a lead row exactly, and that lead is scored once)" in said
+    assert "5 row(s) not scored (leads 5; 1 of them repeats a lead row exactly, and that lead is scored once)" in said
     reasons = pd.read_csv(scored_file.with_name("export_scores.quarantine.csv")).set_index("row")["reason"]
     assert reasons.to_dict() == {
         3: "lead_id appears more than once", 4: "lead_id appears more than once",
@@ -477,16 +478,40 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
     wrong_suffix = leadscore("score", str(path), "-o", str(tmp_path / "s.json"), "--no-snapshot", store=store)
     assert wrong_suffix.returncode == 2 and ".csv or .parquet" in wrong_suffix.stderr
 
-    # The same table with a column dropped on purpose (as the leakage advice says to) may replace
-    # the champion: callers still send that column, and the champion's AUC with it is no bar.
-    third = leadscore("train", "--data", str(path), "--label", "Converted", "--id", "Lead ID", "--sep", ";",
-                      "--drop", "Source", "--params", str(lenient), "--metrics-out", str(out),
-                      "--model-name", "flat-model", store=store)  # fmt: skip
-    assert third.returncode == 0, third.stdout + third.stderr
+    # The same table with a column dropped: not comparable on this test set, so not promoted,
+    # unless the user says the column leaks (callers still send it; an AUC earned with a leak is no bar).
+    drop_source = [
+        "train",
+        "--data",
+        str(path),
+        "--label",
+        "Converted",
+        "--id",
+        "Lead ID",
+        "--sep",
+        ";",
+        "--drop",
+        "Source",
+        "--params",
+        str(lenient),
+        "--metrics-out",
+        str(out),
+        "--model-name",
+        "flat-model",
+    ]
+    kept = leadscore(*drop_source, store=store)
+    assert kept.returncode == 0, kept.stdout + kept.stderr
+    refused = json.loads(out.read_text())
+    gate = next(g for g in refused["gates"] if g["name"] == "same_inputs_as_champion")
+    assert refused["promoted"] is False and "reads Source, which --drop leaves out" in gate["detail"]
+    assert "--replace-leaky-champion" in gate["detail"]
+    replaced_run = leadscore(*drop_source, "--replace-leaky-champion", store=store)
+    assert replaced_run.returncode == 0, replaced_run.stdout + replaced_run.stderr
     replaced = json.loads(out.read_text())
     gate = next(g for g in replaced["gates"] if g["name"] == "max_auc_drop_vs_champion")
-    assert "also reads Source, which this run leaves out" in gate["detail"] and replaced["promoted"] is True
-    assert not [g for g in replaced["gates"] if g["name"] == "same_inputs_as_champion"]
+    assert "also reads Source, which this run leaves out as leaking" in gate["detail"] and replaced["promoted"] is True
+    crm_flag = leadscore("train", "--replace-leaky-champion", store=store)
+    assert crm_flag.returncode == 2 and "--replace-leaky-champion: for a flat CSV file" in crm_flag.stderr
 
 
 def test_demo_trains_then_scores_the_open_leads_at_the_end_of_the_embedded_export(monkeypatch):

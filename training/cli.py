@@ -333,6 +333,14 @@ def train(
     ] = None,
     id_column: Annotated[str | None, typer.Option("--id", help="Flat CSV: the lead id column")] = None,
     drop: Annotated[str | None, typer.Option("--drop", help="Flat CSV: comma-separated columns to leave out")] = None,
+    replace_leaky_champion: Annotated[
+        bool,
+        typer.Option(
+            "--replace-leaky-champion",
+            help="Flat CSV: the --drop columns leak, so a champion that read them is replaced without comparing "
+            "test AUC (its AUC with a leak is no bar)",
+        ),
+    ] = False,
     sep: Annotated[
         str | None,
         typer.Option("--sep", help="Flat CSV: field separator, one character ('tab' for a tab); default ','"),
@@ -413,6 +421,7 @@ def train(
         _check_output_file(metrics_out, what="the metrics")
     flat_only = {"--label": label, "--positive": positive, "--id": id_column, "--drop": drop}
     flat_only.update({"--sep": sep, "--time": time_column, "--profile": profile})
+    flat_only["--replace-leaky-champion"] = True if replace_leaky_champion else None
     given = [flag for flag, value in flat_only.items() if value is not None]
     if given and (data is None or data.is_dir()):
         read_as = "the embedded dataset is" if data is None else f"{data} is read as"
@@ -464,7 +473,10 @@ def train(
             f"{examples}, {len(dataset.features.columns)} candidate features; split {dataset.split.description}"
         )
         report_quarantine(dataset.quarantine, reporter)
-        metrics = train_and_register(dataset, params, reporter, model_name=model_name, **fit_options)
+        metrics = train_and_register(
+            dataset, params, reporter, model_name=model_name, replace_leaky_champion=replace_leaky_champion,
+            **fit_options,
+        )  # fmt: skip
     except RecalibrationError as exc:
         _fail(f"{exc}: try again after it finishes", code=exc.exit_code)
     except (DataError, ParamsError) as exc:
@@ -901,11 +913,12 @@ def score(
             _fail(f"the scores are in {output}, but the rows not scored could not be listed in {quarantine_path}: "
                   f"{exc.strerror or exc}")  # fmt: skip
         # Lead rows and activity rows are counted apart: only the former are leads left unscored.
-        by_table = ", ".join(f"{n:,} {table}" for table, n in result.quarantine["table"].value_counts().items())
+        by_table = ", ".join(f"{table} {n:,}" for table, n in result.quarantine["table"].value_counts().items())
         # A lead row repeated exactly is set aside, but its lead is scored from its first row.
         lead_rows = result.quarantine["table"] == "leads"
         repeats = int((lead_rows & result.quarantine["reason"].isin([DUPLICATE_LEAD, DUPLICATE_ROW])).sum())
-        repeated = f"; {repeats:,} of them repeat a lead row exactly, and that lead is scored once" if repeats else ""
+        verb = "repeats" if repeats == 1 else "repeat"
+        repeated = f"; {repeats:,} of them {verb} a lead row exactly, and that lead is scored once" if repeats else ""
         console.print(
             f"[yellow]{len(result.quarantine):,} row(s) not scored ({by_table}{repeated}); reasons in "
             f"{quarantine_path}[/yellow]"

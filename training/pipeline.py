@@ -339,6 +339,7 @@ def train_and_register(
     on_test_scores: Callable[[np.ndarray, np.ndarray], dict | None] | None = None,
     final_fit: Callable[[dict[str, Any], int, bool, Any], Any] | None = None,
     engine: dict[str, Any] | None = None,
+    replace_leaky_champion: bool = False,
 ) -> dict[str, Any]:
     """Tune, train, calibrate, evaluate and register a model on a prepared dataset.
 
@@ -355,6 +356,8 @@ def train_and_register(
             trees, whether validation examples are included, feature spec); by default the
             examples of `dataset` are fitted in this process.
         engine: where the run's parts ran (recorded in the metrics, the bundle and MLflow).
+        replace_leaky_champion: the columns `--drop` leaves out leak, so a champion that read
+            them is not compared on test AUC (its AUC with a leak is no bar).
 
     Returns:
         The metrics document (also logged to MLflow): test metrics, baselines, Bayes AUC
@@ -569,11 +572,11 @@ def train_and_register(
         memory["evaluate_mb"] = peak_memory_mb()
 
         test_raw = dataset.features[(part == "test").to_numpy()]
-        dropped = dataset.settings.get("flat", {}).get("dropped", [])
+        dropped = {model_column_name(c) for c in dataset.settings.get("flat", {}).get("dropped", [])}
         champion = champion_auc(
             model_name, dataset.kind, test_raw, labels["test"], export_has_activities=dataset.has_activities,
             lead_columns=dataset.settings.get("lead_columns"),
-            left_out={*excluded, *flagged, *map(model_column_name, dropped)},
+            leaking={*excluded, *(dropped if replace_leaky_champion else ())}, dropped=dropped,
         )  # fmt: skip
         gates = check_gates(params.gates, test_metrics, best_baseline, champion)
         passed = all(g.passed for g in gates)

@@ -128,11 +128,13 @@ def champion_auc(
     *,
     export_has_activities: bool = True,
     lead_columns: list[str] | None = None,
-    left_out: set[str] = frozenset(),
+    leaking: set[str] = frozenset(),
+    dropped: set[str] = frozenset(),
 ) -> ChampionCheck:
     """The current champion's ROC AUC on this run's test set, when it can be compared.
     `lead_columns`: the feature inputs this CRM export has values in (`lead_columns_with_values`).
-    `left_out`: this export's columns the run leaves out on purpose (`--drop`, the leakage audit)."""
+    `leaking`: columns this run leaves out as leaks (excluded by the leakage audit, or dropped
+    with `--replace-leaky-champion`); `dropped`: all it leaves out by `--drop`."""
     client = MlflowClient()
     version = current_version(client, model_name)
     if version is None:
@@ -176,16 +178,26 @@ def champion_auc(
         features_test = features_test.assign(**dict.fromkeys(technologies, 0.0))
         note = f" ({', '.join(technologies[:5])} read as 0: not among this export's technologies)"
         missing = []
-    deliberate = [c for c in scorer.spec.columns if c in left_out]
-    if kind == "flat" and deliberate and set(missing) <= set(left_out):
-        # The same table with fewer columns: callers still send the champion's, and the new model
-        # reads a part of them. Its test AUC, with a column left out as a leak, is no bar to hold
-        # an honest model to: the other gates decide.
+    leaks = [c for c in scorer.spec.columns if c in leaking]
+    if kind == "flat" and leaks and set(missing) <= set(leaking):
+        # The same table without its leaks: callers still send the champion's columns, and the new
+        # model reads a part of them. A test AUC earned with a leak is no bar for an honest model:
+        # the other gates decide.
         return ChampionCheck(
             version,
             None,
-            f"champion v{version} also reads {', '.join(deliberate[:5])}, which this run leaves out (--drop, or "
-            "the leakage audit): not compared on AUC",
+            f"champion v{version} also reads {', '.join(leaks[:5])}, which this run leaves out as leaking: "
+            "not compared on AUC",
+        )
+    if kind == "flat" and missing and set(missing) <= set(dropped) | set(leaking):
+        kept_out = ", ".join(c for c in missing if c not in leaking)
+        return ChampionCheck(
+            version,
+            None,
+            f"champion v{version} reads {kept_out}, which --drop leaves out, so the two cannot be compared on this "
+            "test set; if that column is recorded after the outcome (a leak), give --replace-leaky-champion to "
+            "replace the champion without comparing; if it is not, keep it, or train under a name of its own",
+            other_inputs=True,
         )
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
