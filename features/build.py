@@ -50,6 +50,20 @@ def build_crm_features(
     return pd.concat([fit, engagement], axis=1)
 
 
+def idle_engagement(params: FeatureParams, columns: Sequence[str]) -> dict[str, float | None]:
+    """Each of `columns` (engagement features) as a lead with no activity before T has it:
+    where the fit sub-score holds engagement, so that it says what the profile alone is worth
+    and no activity moves it."""
+    none = pd.DataFrame({"lead_id": pd.Series([], dtype=object), "activity_type": pd.Series([], dtype=object),
+                         "occurred_at": pd.Series([], dtype="datetime64[ns]")})  # fmt: skip
+    idle = engagement_features(
+        none, pd.Series(["idle"]), pd.Series([pd.Timestamp("2000-01-01")]), windows_days=params.windows_days,
+        half_life_days=params.decay_half_life_days, weights=params.engagement_weights,
+    ).iloc[0]  # fmt: skip
+    idle["activities_per_30d"] = 0.0
+    return {c: None if pd.isna(idle.get(c, 0.0)) else float(idle.get(c, 0.0)) for c in columns}
+
+
 _ENGAGEMENT_PREFIXES = ("n_", "days_since_", "engagement_", "velocity_", "activities_per_")
 _FIT_EXCEPTIONS = ("n_technologies",)
 

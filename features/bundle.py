@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,24 @@ class LeadScorerModel(mlflow.pyfunc.PythonModel):
             raise ValueError(
                 f"none of the model's feature columns are in the input ({shown}); it takes built "
                 "features, not lead rows: use `leadscore score` or the service for leads and activities"
+            )
+        given = {str(c) for c in model_input.columns}
+        engagement = [c for c in expected if self.scorer.spec.groups.get(c) == "engagement"]
+        if self.scorer.spec.kind == "crm" and engagement and not given & set(engagement):
+            # A leads.csv shares the attributes' names with the features (MLflow drops its other
+            # columns before this is called): every lead would be scored as if it had done nothing.
+            raise ValueError(
+                "none of the model's engagement features is in the input "
+                f"({', '.join(engagement[:3])}, ...): lead rows are not built features; use `leadscore score` or the "
+                "service for leads and activities (to score profiles alone, give those columns as missing)"
+            )
+        missing = [c for c in expected if c not in given]
+        if missing:
+            shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+            warnings.warn(
+                f"{len(missing)} of the model's {len(expected)} feature columns are not in the input and are read as "
+                f"unknown, which changes the scores: {shown}",
+                stacklevel=2,
             )
         probability = self.scorer.predict_proba(model_input)
         return pd.DataFrame({"probability": probability, "score": score_from_probability(probability)})

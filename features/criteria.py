@@ -40,10 +40,10 @@ def qualify(leads: pd.DataFrame, criteria: CriteriaParams, as_of: pd.Series | pd
     Args:
         leads: one row per lead with `score` (0-100) and, when known, `fit`, `engagement`
             (0-100), `icp_match` (0-1), `bant_confirmed` (0-4), `days_since_hand_raise`,
-            `do_not_contact` (0/1), `sales_accepted` (0/1) and `email`. Missing values never
-            satisfy a rule.
+            `do_not_contact` (0/1), `sales_accepted` (0/1), `email` and `lead_age_days` (the
+            recycle dates count from the creation). Missing values never satisfy a rule.
         criteria: thresholds and actions (params.yaml `criteria`, as saved in the model).
-        as_of: the scoring moment of each lead, or one for all (recycle dates count from it).
+        as_of: the scoring moment of each lead, or one for all.
 
     Returns:
         Columns `stage`, `stage_reason`, `next_action`, `recycle_on` (ISO date or None), in
@@ -79,14 +79,17 @@ def qualify_columns(
     mql_rule = (
         (score >= criteria.mql.min_score) & (fit >= criteria.mql.min_fit) & (engagement >= criteria.mql.min_engagement)
     )
+    # A lead that asked for sales is not left in nurture for ranking low on fit or engagement.
+    mql_by_hand = ~mql_rule & raised & (score >= criteria.mql.min_score) & criteria.mql.hand_raise_qualifies
     disqualified = do_not_contact | competitor | out_of_icp
     stage = np.select(
-        [disqualified, sql_rule, accepted, mql_rule],
+        [disqualified, sql_rule, accepted, mql_rule | mql_by_hand],
         ["disqualified", "SQL", "SAL", "MQL"],
         default="nurture",
     ).astype(object)
 
     recycle_after = pd.Timedelta(days=criteria.disqualify.recycle_after_days)
+    age = _column(leads, n, "lead_age_days", np.nan)
     reasons, actions, recycle_on = [], [], []
     mql, sql = criteria.mql, criteria.sql
     for i in range(n):
@@ -103,7 +106,7 @@ def qualify_columns(
                     f"Outside the ideal customer profile: meets {icp[i]:.0%} of its criteria "
                     f"(needs {criteria.disqualify.min_icp_match:.0%})"
                 )
-                date = (pd.Timestamp(moments[i]) + recycle_after).date().isoformat()
+                date = _recycle_date(pd.Timestamp(moments[i]), age[i], recycle_after)
                 action = criteria.next_actions["disqualified"].format(recycle_on=date)
             recycle_on.append(date)
             actions.append(action)
@@ -118,6 +121,11 @@ def qualify_columns(
                 why = "SQL: " + ", ".join(parts)
             elif s == "SAL":
                 why = "Sales accepted the lead in the CRM"
+            elif s == "MQL" and mql_by_hand[i]:
+                why = (
+                    f"MQL: hand raised {ago(float(hand_raise[i]))}, "
+                    f"score {_shown_at_least(score[i], mql.min_score)} ≥ {mql.min_score:g}"
+                )
             elif s == "MQL":
                 why = (
                     f"MQL: score {_shown_at_least(score[i], mql.min_score)} ≥ {mql.min_score:g}, "
@@ -128,6 +136,17 @@ def qualify_columns(
                 why = _nurture_reason(score[i], fit[i], engagement[i], criteria)
         reasons.append(why)
     return {"stage": stage.tolist(), "stage_reason": reasons, "next_action": actions, "recycle_on": recycle_on}
+
+
+def _recycle_date(moment: pd.Timestamp, age_days: float, every: pd.Timedelta) -> str:
+    """The next look at a lead off the profile: every `every` from its creation, so each
+    scoring until then gives the same date (counted from the scoring moment, it moved on with
+    every scoring and never came). Without a creation date, `every` after the moment."""
+    if not np.isfinite(age_days) or age_days < 0:
+        return (moment + every).date().isoformat()
+    created = moment - pd.Timedelta(days=float(age_days))
+    cycles = int((moment - created) // every) + 1
+    return (created + cycles * every).date().isoformat()
 
 
 def _nurture_reason(score: float, fit: float, engagement: float, criteria: CriteriaParams) -> str:

@@ -555,7 +555,25 @@ def read_csv_table(
             note_column_names(quarantine, path.name, renames, unused)
     require_columns(frame.columns, required, path.name)
     number_rows(frame, path)
+    if table is not None and len(frame) and not ends_with_line_break(path):
+        # An export job still writing, or a copy cut short, ends part way through a row; what is
+        # left reads as a smaller export, and a model trained on it passed every gate.
+        raise DataError(
+            f"{path.name} ends part way through a line (no line break after its last row, row "
+            f"{int(frame['_row'].iloc[-1]):,}): the export looks cut short or still being written; "
+            "if the file is complete, end it with a line break"
+        )
     return frame
+
+
+def ends_with_line_break(path: Path) -> bool:
+    """Whether the file's last byte ends a line (an empty file does)."""
+    with open(path, "rb") as handle:
+        handle.seek(0, 2)
+        if handle.tell() == 0:
+            return True
+        handle.seek(-1, 2)
+        return handle.read(1) in (b"\n", b"\r")
 
 
 def no_usable_activity(rows: int) -> str:

@@ -126,6 +126,9 @@ class MqlParams(_Frozen):
     min_score: float
     min_fit: float
     min_engagement: float
+    # A hand raised within `hand_raise_days` (a demo request, a meeting) makes a lead at
+    # `min_score` an MQL whatever its fit and engagement ranks (models before it: off).
+    hand_raise_qualifies: bool = False
 
 
 class SqlParams(_Frozen):

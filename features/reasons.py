@@ -154,9 +154,9 @@ def describe(feature: str, value: object) -> str:
     if feature == "engagement_decayed":
         # "Recent engagement score 12.9" read as jargon to a rep; the level of recent activity
         # (touches weighted by type, fading with age) is what it measures.
-        level = float(value)
+        level = round(float(value), 1)  # as shown: -0.04 is no activity to speak of, not "-0.0"
         if level < 0:  # only negative weights (an unsubscribe) can take it below zero
-            return f"Recent activity level {level:.1f}: negative signals (an unsubscribe) outweigh the rest"
+            return f"Recent activity level {level:.1f} (an unsubscribe outweighs the rest)"
         return f"Recent activity level {level:.1f}" if level > 0 else "No recent activity"
     if feature == "activities_per_30d":
         return f"{float(value):.1f} activities per month"

@@ -349,7 +349,7 @@ class DirectScorer:
                 row[0, j] = np.nan if value is None else levels.get(str(value).strip().casefold(), np.nan)
             else:
                 row[0, j] = np.nan if value is None else value
-        inputs: dict[str, Any] = {name: [values[name]] for name in ("icp_match", "bant_confirmed")}
+        inputs: dict[str, Any] = {name: [values[name]] for name in ("icp_match", "bant_confirmed", "lead_age_days")}
         if self.hand_raise:
             inputs["days_since_hand_raise"] = [float(np.fmin.reduce([values[c] for c in self.hand_raise]))]
         inputs.update({name: [value] for name, value in context.items()})

@@ -166,7 +166,20 @@ def lead_view(
         # A CRM model's label is "converted within the horizon"; a flat export's is its label column.
         "horizon_days": model.feature_params.horizon_days if model.kind == "crm" else None,
         "left_out": [f"{row.table} row {row.row}: {row.reason}" for row in problems.itertuples()],
+        "activity_level": _activity_level_note(model, scored["reasons"]),
     }
+
+
+def _activity_level_note(model: LoadedModel, reasons: list[dict]) -> str:
+    """What "Recent activity level 12.9" counts, from the model's own settings: a number with
+    no unit told a rep nothing."""
+    if model.kind != "crm" or not any(r["feature"] == "engagement_decayed" for r in reasons):
+        return ""
+    settings = model.feature_params
+    weights = sorted(settings.engagement_weights.items(), key=lambda kv: -kv[1])
+    shown = ", ".join(f"{plain_activity(kind).lower()} {weight:g}" for kind, weight in weights if weight)
+    return (f"Recent activity level: each activity counts by its type ({shown}), and half as much every "
+            f"{settings.decay_half_life_days:g} days after it.")  # fmt: skip
 
 
 def kept_lead_view(snapshot: Snapshot, lead: pd.DataFrame, activities: pd.DataFrame) -> dict:
@@ -288,7 +301,10 @@ def digest_view(
             "grade": r["grade"],
             "stage": r["stage"],
             "owner": str(r.get("owner") or ""),
-            "top_reason": next((x["text"] for x in r["reasons"] if x["points"] > 0), ""),
+            # A disqualified lead's first reason is its rule (an opt-out), not what scored it up.
+            "top_reason": r["stage_reason"]
+            if r["stage"] == "disqualified" and r.get("stage_reason")
+            else next((x["text"] for x in r["reasons"] if x["points"] > 0), ""),
         }
         for i, r in enumerate(chosen.iloc[first : first + DIGEST_ROWS].to_dict(orient="records"))
     ]
@@ -343,6 +359,8 @@ def digest_view(
         "grades_model": f"{model.name} v{model.version}" if model else "",
         "grades_model_differs": model is not None and f"{model.name} v{model.version}" != scored_by,
         "previous": previous.as_of.strftime("%Y-%m-%d %H:%M") if previous else None,
+        # Two scorings as of the same moment (the same export scored again) told apart by their run.
+        "previous_run": _run_time(previous) if previous and previous.as_of == latest.as_of else None,
         # Grades moved by a change of model (its own bands and scores) are not the leads' moves.
         "previous_model": _kept_model(previous) if previous and _kept_model(previous) != scored_by else None,
         "rose_count": len(rose),
@@ -366,7 +384,19 @@ def _matches(scores: pd.DataFrame, text: str) -> pd.Series:
     for column in ("first_name", "last_name", "company"):
         if column in scores:
             haystack = haystack + " " + scores[column].fillna("").astype(str).str.strip()
-    return haystack.str.casefold().str.contains(text.strip().casefold(), regex=False)
+    return _unaccented(haystack).str.contains(_unaccented(pd.Series([text.strip()]))[0], regex=False)
+
+
+def _run_time(snapshot: Snapshot) -> str:
+    """When a kept scoring was run (its folder's stamp), as a rep reads it."""
+    written = pd.to_datetime(snapshot.meta.get("written_at"), format="%Y%m%dT%H%M%S%fZ", errors="coerce")
+    return written.strftime("%Y-%m-%d %H:%M UTC") if pd.notna(written) else "earlier"
+
+
+def _unaccented(texts: pd.Series) -> pd.Series:
+    """Case and accents aside ("Muller" finds "Müller"): a rep types names as they say them."""
+    decomposed = texts.str.casefold().str.normalize("NFKD")
+    return decomposed.str.replace(r"[\u0300-\u036f]", "", regex=True)
 
 
 def whole_percents(shares: list[float]) -> list[int]:

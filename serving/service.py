@@ -82,6 +82,9 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 os.environ.setdefault("MLFLOW_SQLALCHEMYSTORE_POOLCLASS", "NullPool")
 
 logger = logging.getLogger("leadscore.service")
+# BentoML passes on warnings only: a champion going live (a promotion, a rollback) is news to
+# whoever reads the log, so this logger's own INFO lines are kept.
+logger.setLevel(logging.INFO)
 redact_request_errors()
 PARAMS = load_params()
 MODEL_NAME_ENV = "LEADSCORE_MODEL_NAME"

@@ -11,7 +11,9 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
+from features.clean import tidy_text
 from features.criteria import qualify_columns
+from features.ingest import BANT_SYNONYMS
 from features.schema import BANT_FIELDS
 from serving.scoring import LoadedModel, criteria_inputs, prepare_crm_leads, score_features
 
@@ -133,8 +135,11 @@ def _sql_with_bant(
 
 
 def _unconfirmed(lead: pd.DataFrame) -> list[str]:
-    """The BANT fields of the lead's export row not yet confirmed (as the features read them)."""
-    return [f for f in BANT_FIELDS if f not in lead or str(lead[f].iloc[0]).strip().casefold() != "confirmed"]
+    """The BANT fields of the lead's export row not yet confirmed (as the features read them),
+    those answered no marked so: a rep asks again about them, not for the first time."""
+    written = {f: tidy_text(lead[f].iloc[0]).casefold() if f in lead else "" for f in BANT_FIELDS}
+    answers = {f: BANT_SYNONYMS.get(text, text) for f, text in written.items()}  # "Yes" is confirmed, "no" not
+    return [f if answers[f] != "not" else f"{f} (answered no)" for f in BANT_FIELDS if answers[f] != "confirmed"]
 
 
 def _bant_path(candidates: pd.DataFrame, now: pd.Series, short: int, open_fields: list[str]) -> PathToSql:

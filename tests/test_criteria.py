@@ -79,7 +79,8 @@ def test_sql_needs_a_recent_hand_raise_and_bant(params):
         _lead(score=40, days_since_hand_raise=1, bant_confirmed=1),
         _lead(score=40, days_since_hand_raise=1, bant_confirmed=2),
     ])  # fmt: skip
-    assert qualify(leads, params.criteria, AS_OF)["stage"].tolist() == ["nurture", "nurture", "SQL"]
+    # Not SQL without BANT, but an MQL: the hand was raised.
+    assert qualify(leads, params.criteria, AS_OF)["stage"].tolist() == ["nurture", "MQL", "SQL"]
 
 
 def test_missing_values_never_satisfy_a_rule(params):
@@ -93,3 +94,27 @@ def test_recycle_dates_follow_each_leads_moment(params):
     leads = pd.DataFrame([_lead(icp_match=0.0), _lead(icp_match=0.0)])
     moments = pd.Series(pd.to_datetime(["2026-01-01", "2026-03-01"]))
     assert qualify(leads, params.criteria, moments)["recycle_on"].tolist() == ["2026-05-01", "2026-06-29"]
+
+
+def test_a_recycle_date_holds_from_one_scoring_to_the_next_and_comes_round(params):
+    """Counted from each scoring it moved on with every one (2027-02-19, then 2027-03-22, ...)."""
+    created = pd.Timestamp("2026-06-01")
+    moments = [pd.Timestamp(m) for m in ("2026-10-22", "2026-11-22", "2026-09-28 23:00", "2026-09-29 01:00")]
+    leads = pd.DataFrame([_lead(icp_match=0.0, lead_age_days=(m - created) / pd.Timedelta(days=1)) for m in moments])
+    dates = qualify(leads, params.criteria, pd.Series(moments))["recycle_on"].tolist()
+    assert dates == ["2027-01-27", "2027-01-27", "2026-09-29", "2027-01-27"]  # every 120 days from 2026-06-01
+
+
+def test_a_raised_hand_makes_an_mql_whatever_the_ranks(params):
+    """A lead that met sales was told to stay in the nurture campaign for a fit rank of 39."""
+    leads = pd.DataFrame([
+        _lead(score=66.6, fit=39.0, engagement=90.0, days_since_hand_raise=19),
+        _lead(score=66.6, fit=39.0, engagement=90.0, days_since_hand_raise=45),  # too long ago
+        _lead(score=8.0, fit=39.0, engagement=90.0, days_since_hand_raise=2),  # under the MQL score
+    ])  # fmt: skip
+    out = qualify(leads, params.criteria, AS_OF)
+    assert out["stage"].tolist() == ["MQL", "nurture", "nurture"]
+    assert out.loc[0, "stage_reason"] == "MQL: hand raised 19 days ago, score 67 ≥ 10"
+    mql_off = params.criteria.mql.model_copy(update={"hand_raise_qualifies": False})
+    off = params.criteria.model_copy(update={"mql": mql_off})
+    assert qualify(leads, off, AS_OF)["stage"].tolist() == ["nurture"] * 3

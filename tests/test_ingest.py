@@ -339,3 +339,20 @@ def test_a_bant_answer_written_as_a_yes_no_flag_is_read_as_one(tmp_path):
     )
     budget = load_crm(tmp_path).leads.set_index("lead_id")["budget"]
     assert budget[ids].tolist() == ["confirmed"] * 3 + ["not"] * 3 + ["unknown"]
+
+
+@pytest.mark.parametrize("table", ["leads", "activities", "outcomes"])
+def test_a_file_cut_part_way_through_a_row_is_refused(export, table):
+    """An export still being written (or copied) ends mid-row; what was left trained a model
+    that passed every gate and replaced the champion."""
+    path = export / f"{table}.csv"
+    whole = path.read_bytes()
+    path.write_bytes(whole[: whole.rstrip(b"\n").rfind(b"\n") + 4])  # the last row's first 3 bytes
+    cut = rf"{table}\.csv ends part way through a line .*, row \d+\): the export looks cut"
+    with pytest.raises(DataError, match=cut):
+        load_crm(export)
+    path.write_bytes(whole.rstrip(b"\n"))  # a whole row without its line break: the same doubt
+    with pytest.raises(DataError, match="if the file is complete, end it with a line break"):
+        load_crm(export)
+    path.write_bytes(whole.rstrip(b"\n") + b"\r\n")
+    load_crm(export)

@@ -192,6 +192,11 @@ def test_lead_page_shows_what_score_returns(page, server, scores_dir):
     assert not stage_reason.startswith(f"{expected['stage']}:")  # the stage is shown once, just before
     reasons = page.locator("#reasons li").all_inner_texts()
     assert reasons == [r["text"] for r in expected["reasons"]]
+    if any(r["feature"] == "engagement_decayed" for r in expected["reasons"]):  # its unit is said
+        said = page.locator("#activity-level").inner_text()
+        assert "demo request 8" in said and "half as much every 14 days" in said, said
+    else:
+        assert page.locator("#activity-level").count() == 0
     assert page.locator("#to-sql").inner_text().strip()
     assert page.locator("svg").count() >= 1
     charts = page.locator("svg").evaluate_all("charts => charts.map(c => c.getAttribute('aria-label') || '')")
@@ -444,6 +449,7 @@ def test_digest_pages_through_every_lead_and_says_when_filters_match_none(champi
     # The best-scored lead opted out: it is listed after every lead a rep may work.
     best = scored["score"].idxmax()
     scored.loc[best, "stage"] = "disqualified"
+    scored.loc[best, "stage_reason"] = "Marked do not contact"
     write_snapshot(scored, leads, acts, meta, folder)
     latest, _ = latest_two(folder, CHAMPION_NAME)
     monkeypatch.setenv("LEADSCORE_SCORES_DIR", str(folder))
@@ -466,6 +472,9 @@ def test_digest_pages_through_every_lead_and_says_when_filters_match_none(champi
     rank = int((latest.scores["stage"] != "disqualified").sum()) + 1  # first of the disqualified
     ranks = re.findall(r"<td>(\d+)</td><td><a href=\"([^\"]+)\"", client.get(f"/digest?page={-(-rank // 3)}").text)
     assert (str(rank), pages.lead_href(best_id)) in ranks
+    # Its top reason is the rule that disqualified it, not the activity that scored it up.
+    row_of_best = client.get(f"/digest?page={-(-rank // 3)}").text.split(pages.lead_href(best_id))[1].split("</tr>")[0]
+    assert "<td>Marked do not contact</td>" in row_of_best
     # Finding a lead by part of its name or company, in any case, or by its id.
     named = latest.scores[latest.scores["company"].astype(str).str.len() > 3].iloc[0]
     found = client.get("/digest", params={"q": f" {named['company'][1:-1].upper()} "}).text
@@ -502,6 +511,8 @@ def test_digest_pages_through_every_lead_and_says_when_filters_match_none(champi
     assert 'id="model-changed"' not in first and "were graded by" not in first
     changed = client.get("/digest").text
     assert f"The scoring before was by {CHAMPION_NAME} v{champion.version}, this one by {CHAMPION_NAME} v0" in changed
+    # The two as of the same moment are told apart by when the earlier one was run.
+    assert re.search(r"Against the scoring as of [\d-]+ [\d:]+ run \d{4}-\d\d-\d\d \d\d:\d\d UTC \(the same", changed)
     assert f"The leads above were graded by {CHAMPION_NAME} v0" in changed
     report = tmp_path / "report"
     pages.write_report(champion, *latest_two(folder, CHAMPION_NAME), [best_id], report)
@@ -541,3 +552,13 @@ def test_a_snapshot_names_each_lead_by_its_id_without_spaces_around_it(tmp_path)
     for table in ("scores", "leads", "activities"):
         assert pd.read_parquet(folder / f"{table}.parquet")["lead_id"].tolist() == ["L1"], table
     assert pd.read_parquet(folder / "scores.parquet")["owner"].tolist() == ["Ada"]
+
+
+def test_the_find_box_ignores_case_and_accents():
+    from serving.pages import _matches
+
+    scores = pd.DataFrame({"lead_id": ["L1", "L2", "L3"], "last_name": ["Müller", "Muller", "Zoë"],
+                           "company": ["Straße AG", None, "ÅSA"]})  # fmt: skip
+    assert _matches(scores, "muller").tolist() == [True, True, False]
+    assert _matches(scores, "MÜLLER").tolist() == [True, True, False]
+    assert _matches(scores, "zoe asa").tolist() == [False, False, True]

@@ -268,3 +268,43 @@ def test_the_lock_message_reads_the_older_pid_only_format(tmp_path):
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(RecalibrationError, match=r"^a recalibration is running \(pid 4242;"), exclusive(lock):
             pass
+
+
+def test_a_recalibration_stopped_by_sigterm_says_so_where_a_scheduler_looks(export, settings, params_file, champion):
+    """A CI timeout or cancel stops a job with SIGTERM: Python died silent, the MLflow run stayed
+    RUNNING and the fixed report folder kept the earlier run's "promoted"."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import mlflow
+
+    def running() -> int:
+        return len(mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'RUNNING'"))
+
+    already = running()
+    cli = str(Path(sys.executable).parent / "leadscore")
+    env = {**os.environ, "LEADSCORE_PARAMS": str(params_file("recalibrate-term.yaml", **settings))}
+    report = export.parent / "term-report"
+    report.mkdir(exist_ok=True)
+    (report / "summary.json").write_text('{"decision": "promoted"}')
+    command = [cli, "recalibrate", "--data", str(export), "--report-dir", str(report), "--dry-run"]
+    command += ["--model-name", MODEL]
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 180
+        while running() == already and job.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        assert job.poll() is None, job.communicate()
+        assert json.loads((report / "summary.json").read_text())["decision"] == "running"  # not the old one
+        job.send_signal(signal.SIGTERM)
+        _, stderr = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 128 + signal.SIGTERM and "recalibration stopped by SIGTERM" in stderr, stderr
+    assert "Traceback" not in stderr
+    recorded = json.loads((report / "summary.json").read_text())
+    assert recorded["decision"] == "stopped" and recorded["exit_code"] == 128 + signal.SIGTERM
+    assert running() == already  # its MLflow run ended (FAILED), not left RUNNING

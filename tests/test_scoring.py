@@ -33,6 +33,29 @@ def test_blocked_scoring_equals_one_pass(champion, small_crm_dir, monkeypatch):
         assert len(reasons) <= 2 * scoring.REASONS_EACH_WAY and min(sizes) >= 0.1 * max(sizes) - 0.01
 
 
+def test_activity_never_moves_a_leads_fit_and_no_activity_adds_no_engagement(champion, small_crm_dir):
+    """Fit was the SHAP contributions of the profile's features, which the trees share with
+    activity: a demo request lowered fit (41 to 36) and dropped MQL leads to nurture."""
+    crm = load_crm(small_crm_dir)
+    leads = crm.leads[crm.leads["created_at"] < AS_OF].head(400).reset_index(drop=True)
+    vocabulary = champion.scorer.spec.settings["tech_vocabulary"]
+    built = {
+        name: build_crm_features(leads, activities, AS_OF, champion.feature_params, vocabulary)
+        for name, activities in (("none", crm.activities.iloc[:0]), ("all", crm.activities))
+    }
+    moments = pd.Series([AS_OF] * len(leads))
+    scored = {name: scoring.score_features(champion, f, leads[["email"]], moments) for name, f in built.items()}
+    assert scored["none"]["fit"].tolist() == scored["all"]["fit"].tolist()
+    assert scored["all"]["fit"].nunique() > 20 and scored["all"]["engagement"].nunique() > 10
+    # No activity adds nothing: every such lead has the one engagement rank that means it.
+    assert scored["none"]["engagement"].nunique() == 1
+    # The profile's log-odds comes from the booster on the model matrix, as the SHAP values do.
+    matrix = scoring.model_matrix(champion, built["all"])
+    margin = champion.scorer.booster.predict(matrix, raw_score=True)
+    contributions = scoring.shap_matrix(champion.trees, matrix)
+    assert abs(margin - contributions.sum(axis=1)).max() < 1e-6
+
+
 def test_a_factor_under_a_tenth_of_the_strongest_is_no_reason():
     import numpy as np
 
@@ -55,10 +78,8 @@ def test_reasons_count_time_from_the_scoring_moment_and_a_count_is_not_its_recen
     assert sentence("n_demo_request_30d", 1.0, 4.2) == "1 demo request in the last 30 days: +4"
     assert sentence("n_meeting_7d", 2.0, 0.4) == "2 meetings with sales in the last 7 days: +0.4"
     # The decayed level: none is no activity, and below zero says why (an unsubscribe weighs -4).
-    assert describe("engagement_decayed", 0.0) == "No recent activity"
-    assert describe("engagement_decayed", -3.04) == (
-        "Recent activity level -3.0: negative signals (an unsubscribe) outweigh the rest"
-    )
+    assert describe("engagement_decayed", 0.0) == describe("engagement_decayed", -0.04) == "No recent activity"
+    assert describe("engagement_decayed", -3.04) == "Recent activity level -3.0 (an unsubscribe outweighs the rest)"
 
 
 def test_an_empty_model_version_is_named_before_the_registry_is_asked():

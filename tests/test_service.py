@@ -427,12 +427,14 @@ def test_service_follows_the_champion_and_rollback(champion_store, params_file, 
     monkeypatch.setenv(
         "LEADSCORE_PARAMS", str(params_file("reload.yaml", **{"service.reload_seconds": 1, "service.workers": 1}))
     )
-    process, url, _ = _start(uri, None)
+    process, url, log = _start(uri, None)
     try:
         live = lambda: httpx.get(f"{url}/model", timeout=10).json()["version"]  # noqa: E731
         assert live() == before
         promote(CHAMPION_NAME, second)
         _wait_for(lambda: live() == second)
+        # The operator on call reads in the service's log when a promotion went live.
+        assert f"now serving {CHAMPION_NAME} version {second} (was {before})" in log.read_text()
 
         cli = str(Path(sys.executable).parent / "leadscore")
         done = subprocess.run([cli, "rollback", "--model-name", CHAMPION_NAME], capture_output=True, text=True)

@@ -68,7 +68,8 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
     assert metrics["model"] == {**metrics["model"], "name": "crm-model", "version": "1"}
     assert metrics["promoted"] is True
     trails = metrics["test"]["roc_auc"] < max(b["roc_auc"] for b in metrics["baselines"].values())
-    assert len(metrics["warnings"]) == trails and ("trails the" in first.stdout) == trails
+    said = "trails the" in first.stdout or "is level with the" in first.stdout
+    assert len(metrics["warnings"]) == trails and said == trails
     assert "quarantined" in first.stdout and "Registered crm-model version 1 as @champion" in first.stdout
     # Quarantine files go to the tests' models folder ($LEADSCORE_MODELS_DIR), not the project's.
     assert f"quarantine: {os.environ['LEADSCORE_MODELS_DIR']}/quarantine/quarantine-" in first.stdout, first.stdout
@@ -107,9 +108,16 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
     assert out["probability"].between(0, 1).all() and len(out) == 20
     # Every input is optional in the signature: a feature left out is unknown, not an error.
     assert not any(column.required for column in model.metadata.get_input_schema().inputs)
-    assert len(model.predict(feats.drop(columns=["industry", "employees"]))) == 20
+    with pytest.warns(UserWarning, match=r"2 of the model's \d+ feature columns are not in the input .* unknown"):
+        assert len(model.predict(feats.drop(columns=["industry", "employees"]))) == 20
     with pytest.raises(Exception, match="none of the model's feature columns are in the input"):
         model.predict(leads[["lead_id", "created_at"]])  # lead rows, not features
+    # A leads.csv shares its attributes' names with the features: refused, not scored as idle
+    # leads (cast as README says, since MLflow refuses integer columns first).
+    numbers = leads.select_dtypes(["number", "bool"]).columns
+    lead_rows = leads.astype({c: "float64" for c in numbers})
+    with pytest.raises(Exception, match="none of the model's engagement features is in the input"):
+        model.predict(lead_rows)
 
     strict = params_file("strict.yaml", **{"gates.min_test_roc_auc": 0.999, "gates.min_auc_gain_vs_baseline": -1.0})
     second = leadscore(
@@ -541,6 +549,8 @@ def test_a_baseline_beating_the_tuned_model_is_warned_about_with_the_strongest_k
     baselines = {"logistic_regression": {"roc_auc": 0.918}, "lightgbm_default": {"roc_auc": 0.938}}
     used = ["Lead Quality", "TotalVisits", "City"]
     assert trailing_baseline_warnings(0.940, baselines, audit, used) == []
+    (level,) = trailing_baseline_warnings(0.9379, baselines, audit, used)  # one split's noise: no advice
+    assert "level with the lightgbm default baseline (0.9380)" in level and "Lead Quality" not in level
     (text,) = trailing_baseline_warnings(0.934, baselines, audit, used)
     assert "0.9340" in text and "lightgbm default baseline (0.9380)" in text
     assert "Lead Quality (0.800), TotalVisits (0.700), City (0.550)" in text and "Tags" not in text

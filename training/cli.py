@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import signal
 import time
 import warnings
 from collections.abc import Callable
@@ -136,9 +137,16 @@ def _model_name(given: str | None, params: Params) -> str:
 
 
 def _os_error_text(exc: OSError) -> str:
-    """An OS error as `path: reason`, so the user knows which file to look at."""
+    """An OS error as `path: reason`, so the user knows which file to look at. A full disk met
+    while writing names no file: the folders the command writes to are named instead."""
     reason = exc.strerror or str(exc)
-    return f"{exc.filename}: {reason}" if exc.filename else reason
+    if exc.filename:
+        return f"{exc.filename}: {reason}"
+    if exc.errno == errno.ENOSPC:
+        from features.tracking import MODELS_DIR
+
+        return f"{reason} (it writes to {MODELS_DIR} and to the MLflow store's artifacts: free space there)"
+    return reason
 
 
 def _quiet_libraries() -> None:
@@ -439,6 +447,7 @@ def train(
     dataset = None
     fit_options: dict[str, Any] = {}
     held = contextlib.ExitStack()
+    _fail_cleanly_on_sigterm()
     try:
         _check_model_folders()
         params = load_params(params_file, **overrides)
@@ -479,6 +488,8 @@ def train(
         )  # fmt: skip
     except RecalibrationError as exc:
         _fail(f"{exc}: try again after it finishes", code=exc.exit_code)
+    except Terminated as exc:
+        _fail(f"training {exc}; the champion is unchanged", code=EXIT_TERMINATED)
     except (DataError, ParamsError) as exc:
         _fail(str(exc) + _kept_quarantine(dataset, exc))
     except OSError as exc:
@@ -1094,17 +1105,41 @@ def _cluster_failure(exc: BaseException) -> str | None:
     return cluster_failure(exc)
 
 
-def _record_failure(report_dir: Path | None, message: str, code: int) -> None:
+EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell reports for a process SIGTERM stopped
+
+
+class Terminated(BaseException):
+    """SIGTERM: a CI timeout or cancel, systemd, `timeout` stopping a long command. Not an
+    `Exception`, so no handler on the way (Optuna's, which logs a failed trial with its
+    traceback) takes it for an error of its own."""
+
+
+def _fail_cleanly_on_sigterm() -> None:
+    """SIGTERM raises `Terminated`, so a stopped command ends as any failure does: its MLflow
+    run FAILED, the lock freed, a recalibration's summary saying so (by default Python dies at
+    once, silent, its run left RUNNING and the report folder holding an earlier decision)."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Terminated("stopped by SIGTERM (a timeout or a cancel)")
+
+    with contextlib.suppress(ValueError):  # not the main thread (a test's runner): left as it is
+        signal.signal(signal.SIGTERM, stop)
+
+
+def _record_failure(report_dir: Path | None, message: str, code: int | None) -> None:
     """A scheduler reading `--report-dir`'s summary.json, or a person opening its report, finds
-    why the run did not happen, not an earlier run's decision left there."""
+    why the run did not happen, not an earlier run's decision left there. `code` None: the run
+    has started (what a run killed outright leaves)."""
     if report_dir is None:
         return
     from training.recalibrate import report_page
 
-    decision = {3: "locked", 4: "no new data"}.get(code, "failed")
+    decision = {None: "running", 3: "locked", 4: "no new data", EXIT_TERMINATED: "stopped"}.get(code, "failed")
     summary = {"decision": decision, "why": message, "exit_code": code,
                "at": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
-    markdown = f"# Recalibration did not run\n\n**Decision: {decision}** (exit {code}, {summary['at']})\n\n{message}\n"
+    title = "Recalibration running" if code is None else "Recalibration did not run"
+    when = summary["at"] if code is None else f"exit {code}, {summary['at']}"
+    markdown = f"# {title}\n\n**Decision: {decision}** ({when})\n\n{message}\n"
     try:
         report_dir.mkdir(parents=True, exist_ok=True)
         (report_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -1146,6 +1181,7 @@ def recalibrate(
         _record_failure(report_dir, message, code)
         _fail(message, code=code)
 
+    _fail_cleanly_on_sigterm()
     try:
         # The arguments first (seconds), then the store and folders.
         params = load_params()
@@ -1155,18 +1191,22 @@ def recalibrate(
         _check_model_folders(reads_models=True, fail=failed)
         if report_dir is not None:
             check_writable(report_dir, what="the report")
+            # Replaced by the decision when the run ends; left as it is if the run is killed outright.
+            _record_failure(report_dir, f"started (pid {os.getpid()}); still running, or killed without a word", None)
         summary = run_recalibration(
             params, model_name=_model_name(model_name, params), data=data, as_of=moment,
             dry_run=dry_run, if_drifted=if_drifted, report_dir=report_dir, reporter=RichReporter(),
         )  # fmt: skip
     except RecalibrationError as exc:
         failed(str(exc) + _kept_quarantine(None, exc.__cause__ or exc), code=exc.exit_code)
+    except Terminated as exc:
+        failed(f"recalibration {exc}; the champion is unchanged", code=EXIT_TERMINATED)
     except (DataError, ParamsError) as exc:
         failed(str(exc) + _kept_quarantine(None, exc.__cause__ or exc))
     except typer.Exit:
         raise
     except OSError as exc:
-        failed(f"recalibration stopped, the champion is unchanged: {exc.strerror or exc}")
+        failed(f"recalibration stopped, the champion is unchanged: {_os_error_text(exc)}")
     except Exception as exc:  # e.g. the tracking server down half-way: the champion is untouched
         if os.environ.get("LEADSCORE_DEBUG"):
             raise
@@ -1186,6 +1226,8 @@ def recalibrate(
         )
     console.print(f"[bold]{summary['decision']}[/bold]: {summary['why']}")
     console.print(f"report: {summary['report']}/report.html (and report.md)")
+    if summary.get("exit_code"):  # kept the champion because the export looks cut short
+        _fail("the export looks cut short (see the failed gate above): a person should look", code=summary["exit_code"])
 
 
 @app.command()

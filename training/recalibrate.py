@@ -27,6 +27,7 @@ from serving.scoring import LoadedModel, ModelNotReady, load_champion
 from training.drift import conversion_shift, feature_drift, psi_numeric
 from training.evaluate import classification_metrics, conversion_by_grade
 from training.pipeline import (
+    EMBEDDED_DIR,
     Dataset,
     Reporter,
     ensure_embedded_data,
@@ -42,6 +43,9 @@ from training.thresholds import f1_threshold, grade_bands, precision_threshold, 
 EXIT_FAILED = 2  # bad input, no champion, unreachable store: a person should look
 EXIT_LOCKED = 3  # a recalibration, a rollback or a training run holds the lock: try again later
 EXIT_NO_NEW_DATA = 4  # the export has not grown past the champion's test period
+# Gates that fail on the export, not on the model (no usable activity, lead columns emptied):
+# the export was most likely cut short, so a person should look (exit 2, not 0).
+INPUT_GATES = ("activities_like_champion", "lead_columns_like_champion")
 
 
 class RecalibrationError(RuntimeError):
@@ -112,6 +116,14 @@ def recalibrate(
             champion = load_champion(model_name)
         except ModelNotReady as exc:
             raise RecalibrationError(f"nothing to recalibrate against: {exc}") from exc
+        trained_on = champion.scorer.metadata.get("data_source")
+        if data is None and trained_on and Path(trained_on).resolve() != EMBEDDED_DIR.resolve():
+            # A scheduled job missing its --data would retrain on synthetic leads and could replace
+            # the champion of the real export.
+            raise RecalibrationError(
+                f"no --data: {model_name}'s champion was trained on {trained_on}, not on the embedded synthetic "
+                "export; give --data with the folder your CRM export lands in"
+            )
         directory = data or ensure_embedded_data(params, reporter)
         if data is None:
             reporter.warn(f"no --data: recalibrating on the embedded synthetic export ({directory}), not yours")
@@ -185,6 +197,9 @@ def recalibrate(
         summary["run_id"] = metrics["model"]["run_id"]
         passed = metrics["gates_passed"]
         failed = "; ".join(f"{g['name']} ({g['detail']})" for g in metrics["gates"] if not g["passed"])
+        summary["exit_code"] = 0
+        if any(not g["passed"] and g["name"] in INPUT_GATES for g in metrics["gates"]):
+            summary["exit_code"] = EXIT_FAILED
         if dry_run:
             would = "the gates would pass" if passed else f"the gates would fail: {failed}"
             summary |= {"decision": "dry run", "why": f"nothing changed ({would})"}
