@@ -5,7 +5,7 @@ lead without activity), against the SHAP sums it replaced.
 Batch scoring (sub-scores and stages, no reasons) and one lead at a time, each timed with
 both ways alternately in one run, so the ratio holds on a noisy machine. Uses the champion of
 the project's store (run `make demo` first) and the embedded data.
-Run: .venv/bin/python -m bench.bench_subscores [--leads 200000] [--rounds 5] [--singles 2000]
+Run: .venv/bin/python -m bench.bench_subscores [--leads 200000] [--rounds 3] [--singles 2000]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ AS_OF = pd.Timestamp("2026-10-22")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--leads", type=int, default=200_000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--singles", type=int, default=2_000)
     args = parser.parse_args()
 
@@ -50,17 +50,19 @@ def main() -> None:
     ways = {"held fit (new)": model, "SHAP sums (before)": shap_sums}
     print(f"{machine()}; {model.name} v{model.version}, {model.scorer.booster.num_trees()} trees")
 
-    timings: dict[str, list[float]] = {name: [] for name in ways}
-    for _ in range(args.rounds):
-        for name, loaded in ways.items():
-            started = time.perf_counter()
-            score_features(loaded, features, context, moments, with_reasons=False)
-            timings[name].append(time.perf_counter() - started)
-    new, old = (float(np.median(timings[name])) for name in ways)
-    print(
-        f"batch of {len(leads):,} leads, sub-scores and stages (no reasons), median of {args.rounds}: "
-        f"held fit {new:.2f} s, SHAP sums {old:.2f} s: {new / old:.2f}x"
-    )
+    for with_reasons in (False, True):
+        timings: dict[str, list[float]] = {name: [] for name in ways}
+        for _ in range(args.rounds):
+            for name, loaded in ways.items():
+                started = time.perf_counter()
+                score_features(loaded, features, context, moments, with_reasons=with_reasons)
+                timings[name].append(time.perf_counter() - started)
+        new, old = (float(np.median(timings[name])) for name in ways)
+        what = "with reasons (what `leadscore score` does)" if with_reasons else "sub-scores and stages, no reasons"
+        print(
+            f"batch of {len(leads):,} leads, {what}, median of {args.rounds}: "
+            f"held fit {new:.2f} s, SHAP sums {old:.2f} s: {new / old:.2f}x"
+        )
 
     one = features.head(1)
     singles: dict[str, list[float]] = {name: [] for name in ways}

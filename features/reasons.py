@@ -174,4 +174,14 @@ def describe(feature: str, value: object) -> str:
 def sentence(feature: str, value: object, points: float) -> str:
     """The rep-facing line: what the feature says, and its effect in score points."""
     shown = f"{points:+.0f}" if abs(points) >= 0.95 else f"{points:+.1f}"
-    return f"{describe(feature, value)}: {shown}"
+    return f"{(points < 0 and _gone_quiet(feature, value)) or describe(feature, value)}: {shown}"
+
+
+def _gone_quiet(feature: str, value: object) -> str | None:
+    """A recency that lowers the score, said as the quiet since ("No webinar attended for 184
+    days"): "Attended a webinar 184 days ago: -0.8" read as if attending had hurt."""
+    shape, kind, _ = _shape(feature)
+    if shape != "since" or _missing(value) or float(value) < 1.5:
+        return None
+    days = f"{float(value):.0f} days"
+    return f"No activity for {days}" if kind == "last_activity" else f"No {_words(kind, 1)} for {days}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -299,12 +300,15 @@ def test_a_recalibration_stopped_by_sigterm_says_so_where_a_scheduler_looks(expo
         assert job.poll() is None, job.communicate()
         assert json.loads((report / "summary.json").read_text())["decision"] == "running"  # not the old one
         job.send_signal(signal.SIGTERM)
-        _, stderr = job.communicate(timeout=120)
+        stdout, stderr = job.communicate(timeout=120)
     finally:
         if job.poll() is None:
             job.kill()
     assert job.returncode == 128 + signal.SIGTERM and "recalibration stopped by SIGTERM" in stderr, stderr
     assert "Traceback" not in stderr
+    # A log appended run after run dates its lines: when it started, and the error.
+    assert re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ recalibration started \(pid \d+\)", stdout), stdout
+    assert re.search(r"\d\d:\d\d:\d\dZ error: recalibration stopped by SIGTERM", stderr), stderr
     recorded = json.loads((report / "summary.json").read_text())
     assert recorded["decision"] == "stopped" and recorded["exit_code"] == 128 + signal.SIGTERM
     assert running() == already  # its MLflow run ended (FAILED), not left RUNNING

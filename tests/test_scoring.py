@@ -77,6 +77,11 @@ def test_reasons_count_time_from_the_scoring_moment_and_a_count_is_not_its_recen
     assert describe("days_since_last_activity", 7.6) == "Last activity 8 days ago"
     assert sentence("n_demo_request_30d", 1.0, 4.2) == "1 demo request in the last 30 days: +4"
     assert sentence("n_meeting_7d", 2.0, 0.4) == "2 meetings with sales in the last 7 days: +0.4"
+    # A recency that lowers the score says the quiet since, not the act ("Attended a webinar 184
+    # days ago: -0.8" read as if attending had hurt).
+    assert sentence("days_since_webinar", 184.2, -0.8) == "No webinar attended for 184 days: -0.8"
+    assert sentence("days_since_last_activity", 7.6, -0.5) == "No activity for 8 days: -0.5"
+    assert sentence("days_since_demo_request", 2.2, 18.0) == "Requested a demo 2 days ago: +18"
     # The decayed level: none is no activity, and below zero says why (an unsubscribe weighs -4).
     assert describe("engagement_decayed", 0.0) == describe("engagement_decayed", -0.04) == "No recent activity"
     assert describe("engagement_decayed", -3.04) == "Recent activity level -3.0 (an unsubscribe outweighs the rest)"

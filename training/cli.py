@@ -114,8 +114,14 @@ def _leads(count: int) -> str:
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[red]error:[/red] {escape(message)}")
+    err.print(f"{_log_time()}[red]error:[/red] {escape(message)}")
     raise typer.Exit(code=code)
+
+
+def _log_time(to: Console = err) -> str:
+    """The moment, before a line written to a log file rather than a terminal (a scheduler's
+    log appends run after run: an undated error cannot be placed)."""
+    return "" if to.is_terminal else f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} "
 
 
 def _refuse_dask_only_flags(engine: str, flags: dict[str, Any]) -> None:
@@ -1182,6 +1188,8 @@ def recalibrate(
         _fail(message, code=code)
 
     _fail_cleanly_on_sigterm()
+    if not console.is_terminal:
+        console.print(f"{_log_time(console)}recalibration started (pid {os.getpid()})")
     try:
         # The arguments first (seconds), then the store and folders.
         params = load_params()
@@ -1224,7 +1232,7 @@ def recalibrate(
             f"SQL score {old['sql']['min_score']} → {new['sql']['min_score']}; "
             f"grades {summary['thresholds']['new']['grade_bands']}"
         )
-    console.print(f"[bold]{summary['decision']}[/bold]: {summary['why']}")
+    console.print(f"{_log_time(console)}[bold]{summary['decision']}[/bold]: {summary['why']}")
     console.print(f"report: {summary['report']}/report.html (and report.md)")
     if summary.get("exit_code"):  # kept the champion because the export looks cut short
         _fail("the export looks cut short (see the failed gate above): a person should look", code=summary["exit_code"])

@@ -408,6 +408,11 @@ def train_and_register(
             raise DataError(
                 f"the {name} split has only one class ({len(subset)} examples; split {dataset.split.description}); "
                 "more data, or other `split` settings in params.yaml, are needed"
+                + (
+                    "; if the export usually has both here, check that outcomes.csv was not cut short"
+                    if dataset.kind == "crm"
+                    else ""
+                )
             )
 
     test_label = dataset.label[part == "test"]
