@@ -562,3 +562,17 @@ def test_the_find_box_ignores_case_and_accents():
     assert _matches(scores, "muller").tolist() == [True, True, False]
     assert _matches(scores, "MÜLLER").tolist() == [True, True, False]
     assert _matches(scores, "zoe asa").tolist() == [False, False, True]
+
+
+def test_a_lead_the_profile_rule_rules_out_but_the_model_ranks_high_says_so():
+    """A rep saw "fit 82" next to "meets 0% of the ideal-customer criteria" with no word on it."""
+    from serving.pages import render
+
+    lead = {"display_name": "x", "lead_id": "x", "as_of": "2026-10-22 00:00", "model": "m v1", "score": 47.1,
+            "grade": "B", "probability": 0.47, "fit": 82.0, "engagement": 60.0, "stage": "disqualified",
+            "stage_reason": "Outside the ideal customer profile: meets 0% of its criteria (needs 20%)",
+            "next_action": "Do not work now; recycle on 2027-01-27", "reasons": [], "kept_only": True}  # fmt: skip
+    assert "the ideal-customer criteria rule it out" in render("lead.html", title="x", lead=lead)
+    assert 'id="icp-disagrees"' not in render("lead.html", title="x", lead={**lead, "fit": 35.0})
+    opted_out = {**lead, "stage_reason": "Marked do not contact"}
+    assert 'id="icp-disagrees"' not in render("lead.html", title="x", lead=opted_out)
