@@ -555,15 +555,22 @@ def read_csv_table(
             note_column_names(quarantine, path.name, renames, unused)
     require_columns(frame.columns, required, path.name)
     number_rows(frame, path)
-    if table is not None and len(frame) and not ends_with_line_break(path):
-        # An export job still writing, or a copy cut short, ends part way through a row; what is
-        # left reads as a smaller export, and a model trained on it passed every gate.
-        raise DataError(
-            f"{path.name} ends part way through a line (no line break after its last row, row "
-            f"{int(frame['_row'].iloc[-1]):,}): the export looks cut short or still being written; "
-            "if the file is complete, end it with a line break"
-        )
+    if table is not None and len(frame):
+        refuse_cut_short(path, int(frame["_row"].iloc[-1]))
     return frame
+
+
+def refuse_cut_short(path: Path, last_row: int | None = None) -> None:
+    """A DataError for an export file that ends part way through a row: a job still writing
+    it, or a copy cut short. What is left reads as a smaller export, and a model trained on a
+    half one passed every gate and replaced the champion."""
+    if ends_with_line_break(path):
+        return
+    row = f", row {last_row:,}" if last_row is not None else ""
+    raise DataError(
+        f"{path.name} ends part way through a line (no line break after its last row{row}): the export looks "
+        "cut short or still being written; if the file is complete, end it with a line break"
+    )
 
 
 def ends_with_line_break(path: Path) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -456,3 +457,18 @@ def test_a_scheduler_address_that_cannot_work_is_named_in_seconds(monkeypatch):
     died = dask_batch.cluster_failure(KilledWorker(("read-csv", 0), None, 3))
     assert "Dask workers died running a task of the job (('read-csv', 0))" in died and "--memory-limit" in died
     assert dask_batch.cluster_failure(ValueError("x")) is None
+
+
+def test_an_activities_file_cut_part_way_through_a_row_is_refused_before_the_cluster_reads_it(
+    small_crm_dir, tmp_path, params
+):
+    """Read in blocks by Dask, it was not checked as the local engine's files are."""
+    from features.ingest import DataError
+    from training.dask_train import prepare_crm_on_dask
+
+    for name in ("leads.csv", "activities.csv", "outcomes.csv"):
+        shutil.copy(small_crm_dir / name, tmp_path / name)
+    whole = (tmp_path / "activities.csv").read_bytes()
+    (tmp_path / "activities.csv").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DataError, match=r"^activities\.csv ends part way through a line \(no line break after its"):
+        prepare_crm_on_dask(None, tmp_path, params, tuning_rows=10**9, partitions=2)

@@ -45,6 +45,7 @@ from features.ingest import (
     note_column_names,
     note_lead_columns,
     read_csv_table,
+    refuse_cut_short,
 )
 from features.params import Params
 from features.schema import (
@@ -166,6 +167,7 @@ def prepare_crm_on_dask(
     raw_outcomes = read_csv_table(paths["outcomes"], OUTCOME_REQUIRED, table="outcomes", quarantine=quarantine)
     if not paths["activities"].is_file():
         raise DataError(f"{paths['activities']}: file not found")
+    refuse_cut_short(paths["activities"])  # read in blocks by Dask: its rows are not counted here
     activities = read_frame(paths["activities"])
     renames, unused = contract_names(activities.columns, "activities")
     activities = activities.rename(columns=renames)
