@@ -61,7 +61,7 @@ def idle_engagement(params: FeatureParams, columns: Sequence[str]) -> dict[str, 
         half_life_days=params.decay_half_life_days, weights=params.engagement_weights,
     ).iloc[0]  # fmt: skip
     idle["activities_per_30d"] = 0.0
-    return {c: None if pd.isna(idle.get(c, 0.0)) else float(idle.get(c, 0.0)) for c in columns}
+    return {c: None if pd.isna(idle[c]) else float(idle[c]) for c in columns}
 
 
 _ENGAGEMENT_PREFIXES = ("n_", "days_since_", "engagement_", "velocity_", "activities_per_")

@@ -220,8 +220,8 @@ def points_per_logit(scorer: LeadScorer, margin: np.ndarray, base: float) -> np.
 def _percentile(values: np.ndarray, reference: np.ndarray, ranks: np.ndarray) -> np.ndarray:
     """Rank (0-100) of each value among the training leads the reference quantiles describe;
     a value many of them share (no activity: engagement 0) takes the middle of their ranks."""
-    low = np.interp(values, reference, ranks, left=0.0, right=100.0)
-    high = -np.interp(-values, -reference[::-1], -ranks[::-1], left=-0.0, right=-100.0)
+    low = np.interp(values, reference, ranks)  # at a tie, the last of the tied ranks
+    high = -np.interp(-values, -reference[::-1], -ranks[::-1])  # at a tie, the first
     return np.round((low + high) / 2, 0)
 
 

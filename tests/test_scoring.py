@@ -56,6 +56,15 @@ def test_activity_never_moves_a_leads_fit_and_no_activity_adds_no_engagement(cha
     assert abs(margin - contributions.sum(axis=1)).max() < 1e-6
 
 
+def test_a_rank_is_taken_among_training_leads_ties_in_the_middle_and_outliers_at_the_ends():
+    import numpy as np
+
+    reference, ranks = np.array([0.0, 1.0, 2.0, 2.0, 3.0]), np.linspace(0, 100, 5)
+    values = np.array([-5.0, 0.0, 1.5, 2.0, 3.0, 9.0])
+    # Below every training lead is 0 and above them all 100 (a first version read both as 50).
+    assert scoring._percentile(values, reference, ranks).tolist() == [0, 0, 38, 62, 100, 100]
+
+
 def test_a_factor_under_a_tenth_of_the_strongest_is_no_reason():
     import numpy as np
 
