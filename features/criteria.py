@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.params import CriteriaParams
+from features.params import CriteriaParams, MqlParams
 from features.reasons import ago
 
 STAGES: tuple[str, ...] = ("disqualified", "nurture", "MQL", "SAL", "SQL")
@@ -76,9 +76,8 @@ def qualify_columns(
         & (raised | (not criteria.sql.require_hand_raise))
         & (bant >= criteria.sql.min_bant_confirmed)
     )
-    mql_rule = (
-        (score >= criteria.mql.min_score) & (fit >= criteria.mql.min_fit) & (engagement >= criteria.mql.min_engagement)
-    )
+    mql_rule = (score >= criteria.mql.min_score) & _reaches(fit, criteria.mql.min_fit)
+    mql_rule &= _reaches(engagement, criteria.mql.min_engagement)
     # A lead that asked for sales is not left in nurture for ranking low on fit or engagement.
     mql_by_hand = ~mql_rule & raised & (score >= criteria.mql.min_score) & criteria.mql.hand_raise_qualifies
     disqualified = do_not_contact | competitor | out_of_icp
@@ -127,15 +126,29 @@ def qualify_columns(
                     f"score {_shown_at_least(score[i], mql.min_score)} ≥ {mql.min_score:g}"
                 )
             elif s == "MQL":
-                why = (
-                    f"MQL: score {_shown_at_least(score[i], mql.min_score)} ≥ {mql.min_score:g}, "
-                    f"fit {_shown_at_least(fit[i], mql.min_fit)} ≥ {mql.min_fit:g}, "
-                    f"engagement {_shown_at_least(engagement[i], mql.min_engagement)} ≥ {mql.min_engagement:g}"
+                why = "MQL: " + ", ".join(
+                    f"{label} {_shown_at_least(value, needed)} ≥ {needed:g}"
+                    for label, value, needed in mql_conditions(mql, score[i], fit[i], engagement[i])
                 )
             else:
                 why = _nurture_reason(score[i], fit[i], engagement[i], criteria)
         reasons.append(why)
     return {"stage": stage.tolist(), "stage_reason": reasons, "next_action": actions, "recycle_on": recycle_on}
+
+
+def _reaches(values: np.ndarray, needed: float | None) -> np.ndarray:
+    """Where `values` meet a threshold; everywhere when there is none."""
+    return np.ones(len(values), dtype=bool) if needed is None else values >= needed
+
+
+def mql_conditions(mql: MqlParams, score: float, fit: float, engagement: float) -> list[tuple[str, float, float]]:
+    """(name, value, threshold) of each MQL condition the criteria set."""
+    conditions = [
+        ("score", score, mql.min_score),
+        ("fit", fit, mql.min_fit),
+        ("engagement", engagement, mql.min_engagement),
+    ]
+    return [(label, value, needed) for label, value, needed in conditions if needed is not None]
 
 
 def _recycle_date(moment: pd.Timestamp, age_days: float, every: pd.Timedelta) -> str:
@@ -151,13 +164,8 @@ def _recycle_date(moment: pd.Timestamp, age_days: float, every: pd.Timedelta) ->
 
 def _nurture_reason(score: float, fit: float, engagement: float, criteria: CriteriaParams) -> str:
     """Name the MQL thresholds the lead is still below."""
-    mql = criteria.mql
     short = []
-    for label, value, needed in (
-        ("score", score, mql.min_score),
-        ("fit", fit, mql.min_fit),
-        ("engagement", engagement, mql.min_engagement),
-    ):
+    for label, value, needed in mql_conditions(criteria.mql, score, fit, engagement):
         if not value >= needed:
             short.append(f"{label} {'unknown' if np.isnan(value) else _shown_below(value, needed)} < {needed:g}")
     return "Not yet MQL: " + ", ".join(short)

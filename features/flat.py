@@ -468,7 +468,9 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
             continue
         present = values.dropna()
         if len(present) == keep.sum() and present.is_unique and len(present) > 20:
-            excluded[column] = "an identifier (unique per row)"
+            excluded[column] = "an identifier (unique per row)" + (
+                "" if profile.id else f"; scores name rows by their row number, --id {column!r} names them by it"
+            )
             continue
         kind, why = infer_column(values, params)
         if kind == "excluded":

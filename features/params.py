@@ -49,6 +49,9 @@ class FlatParams(_Frozen):
     missing_tokens: tuple[str, ...]
     max_category_share: float = Field(gt=0, le=1)
     max_category_levels: int = Field(gt=1)
+    # A flat model makes MQLs of this share of leads: its MQL score is set in training where
+    # this share of held-out predictions of the training rows sit.
+    mql_top_share: float = Field(0.25, gt=0, lt=1)
 
 
 class LeakageParams(_Frozen):
@@ -124,8 +127,10 @@ class GateParams(_Frozen):
 
 class MqlParams(_Frozen):
     min_score: float
-    min_fit: float
-    min_engagement: float
+    # None: not a condition (a flat model's ranks come from columns grouped by name, so it
+    # qualifies on its score alone).
+    min_fit: float | None
+    min_engagement: float | None
     # A hand raised within `hand_raise_days` (a demo request, a meeting) makes a lead at
     # `min_score` an MQL whatever its fit and engagement ranks (models before it: off).
     hand_raise_qualifies: bool = False

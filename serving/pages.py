@@ -22,7 +22,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import TypeAdapter, ValidationError
 
 from features.clean import parse_timestamps, snake_case
-from features.criteria import STAGES
+from features.criteria import STAGES, mql_conditions
 from features.reasons import plain_name
 from features.schema import ACTIVITY_TYPES
 from serving.charts import beeswarm, calibration, columns, horizontal_bars, waterfall
@@ -529,8 +529,20 @@ def _criteria_rows(model: LoadedModel) -> list[tuple[str, str]]:
         if sql.require_hand_raise
         else ""
     )
+    by_hand = (
+        f"; or a hand-raise within {criteria.hand_raise_days} days at score ≥ {mql.min_score:g}"
+        if mql.hand_raise_qualifies
+        else ""
+    )
+    mql_row = ("MQL", ", ".join(f"{name} ≥ {needed:g}" for name, _, needed in mql_conditions(mql, 0, 0, 0)) + by_hand)
+    if model.kind == "flat":
+        # One row per lead: no activities, BANT answers or e-mail rules for SQL and disqualified.
+        return [
+            mql_row,
+            ("SQL, disqualified", "not reached: a flat export holds no hand-raises, BANT answers or opt-outs"),
+        ]
     return [
-        ("MQL", f"score ≥ {mql.min_score:g}, fit ≥ {mql.min_fit:g}, engagement ≥ {mql.min_engagement:g}"),
+        mql_row,
         ("SQL", f"score ≥ {sql.min_score:g}{hand_raise}, {sql.min_bant_confirmed} of 4 BANT confirmed"),
         (
             "Disqualified",

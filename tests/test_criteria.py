@@ -118,3 +118,19 @@ def test_a_raised_hand_makes_an_mql_whatever_the_ranks(params):
     mql_off = params.criteria.mql.model_copy(update={"hand_raise_qualifies": False})
     off = params.criteria.model_copy(update={"mql": mql_off})
     assert qualify(leads, off, AS_OF)["stage"].tolist() == ["nurture"] * 3
+
+
+def test_mql_on_score_alone_when_fit_and_engagement_are_not_conditions(params):
+    """A flat model's criteria leave fit and engagement out: its ranks come from columns
+    grouped by name, so a lead scoring 90 stayed in nurture for an engagement rank of 16."""
+    mql = params.criteria.mql.model_copy(update={"min_score": 62.5, "min_fit": None, "min_engagement": None})
+    criteria = params.criteria.model_copy(update={"mql": mql})
+    leads = pd.DataFrame([_lead(score=90.0, fit=3.0, engagement=16.0), _lead(score=62.4, fit=99.0, engagement=99.0),
+                          _lead(score=70.0, fit=np.nan, engagement=np.nan)])  # fmt: skip
+    out = qualify(leads, criteria, AS_OF)
+    assert out["stage"].tolist() == ["MQL", "nurture", "MQL"]
+    assert out["stage_reason"].tolist() == [
+        "MQL: score 90 ≥ 62.5",
+        "Not yet MQL: score 62 < 62.5",
+        "MQL: score 70 ≥ 62.5",
+    ]

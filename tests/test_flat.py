@@ -147,6 +147,8 @@ def test_leads_csv_just_works_and_tags_is_flagged(params, shared_file):
     data = load_flat(path, FlatProfile(label="Converted"), params.flat)
     assert len(data.label) == 9240 and data.label.mean() == pytest.approx(0.385, abs=0.001)
     assert "Prospect ID" not in data.features and "Lead Number" not in data.features
+    # Without --id, the scored rows are named by number: the note says which flag names them.
+    assert any("--id 'Prospect ID' names them by it" in note for note in data.quarantine.notes)
     assert not any(c.startswith("Unnamed") for c in data.features)
     assert data.features["Specialization"].isna().mean() > 0.3  # 'Select' means blank
     audit = audit_leakage(data.features, data.label, params.leakage.max_single_column_auc)

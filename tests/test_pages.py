@@ -576,3 +576,20 @@ def test_a_lead_the_profile_rule_rules_out_but_the_model_ranks_high_says_so():
     assert 'id="icp-disagrees"' not in render("lead.html", title="x", lead={**lead, "fit": 35.0})
     opted_out = {**lead, "stage_reason": "Marked do not contact"}
     assert 'id="icp-disagrees"' not in render("lead.html", title="x", lead=opted_out)
+
+
+def test_the_model_page_lists_only_the_mql_conditions_the_criteria_set(params):
+    """A flat model qualifies on its score alone: no "fit ≥ None" on its model page."""
+    from types import SimpleNamespace
+
+    from serving.pages import _criteria_rows
+
+    update = {"min_score": 71.3, "min_fit": None, "min_engagement": None, "hand_raise_qualifies": False}
+    flat_criteria = params.criteria.model_copy(update={"mql": params.criteria.mql.model_copy(update=update)})
+    flat = SimpleNamespace(criteria=flat_criteria, kind="flat")
+    crm = SimpleNamespace(criteria=params.criteria, kind="crm")
+    assert _criteria_rows(flat) == [
+        ("MQL", "score ≥ 71.3"),
+        ("SQL, disqualified", "not reached: a flat export holds no hand-raises, BANT answers or opt-outs"),
+    ]
+    assert dict(_criteria_rows(crm))["MQL"].startswith("score ≥ 10, fit ≥ 40, engagement ≥ 50; or a hand-raise")

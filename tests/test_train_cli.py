@@ -372,6 +372,13 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
     assert metrics["data"]["split"].startswith("stratified holdout")
     assert metrics["bayes"] is None and metrics["test"]["roc_auc"] > 0.6
     assert metrics["promoted"] is True
+    # Its MQLs are the top quarter by score alone (the CRM's score of 10 is a 30-day probability).
+    mql = metrics["criteria"]["mql"]
+    assert mql["min_fit"] is None and mql["min_engagement"] is None and mql["min_score"] > 10
+    on_test = metrics["qualification"]["test"]
+    assert 0.15 < on_test["MQL"]["leads"] / metrics["data"]["examples"]["test"] < 0.35, on_test
+    assert on_test["MQL"]["conversion"] > on_test["nurture"]["conversion"]
+    assert f"MQL from score {mql['min_score']:g}" in result.stdout
     # The registered bundle loads and scores the export's rows.
     from serving.scoring import load_champion, prepare_flat_rows, score_features
 
@@ -380,6 +387,7 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
     features, context, _ = prepare_flat_rows(model, frame.drop(columns=["Converted"]).head(5).astype(str))
     scored = score_features(model, features, context, pd.Series([pd.Timestamp("2026-01-01")] * 5))
     assert scored["probability"].between(0, 1).all() and len(scored) == 5
+    assert (scored["stage"] == "MQL").tolist() == (scored["score"] >= mql["min_score"]).tolist()
     # The service serves it too, with the same numbers (a CRM model's settings are not looked for).
     from tests.test_service import _start, _stop
 

@@ -250,6 +250,10 @@ def _profile(
     return make_profile({k: v for k, v in flags.items() if v is not None})
 
 
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
 def _summary(metrics: dict[str, Any]) -> None:
     test = metrics["test"]
     held_out = "Test holdout" if metrics["data"]["split"].startswith("stratified") else "Test period"
@@ -291,6 +295,15 @@ def _summary(metrics: dict[str, Any]) -> None:
         conv = "" if row["conversion"] is None else f"{row['conversion']:.1%}"
         grades.add_row(letter, f"{row['share']:.1%}", conv)
     console.print(grades)
+    qualification = metrics.get("qualification")
+    if qualification:
+        mql, nurture = qualification["test"]["MQL"], qualification["test"]["nurture"]
+        console.print(
+            f"MQL from score {qualification['mql_min_score']:g} (where the top {qualification['mql_top_share']:.0%} "
+            f"of held-out training predictions sit; flat.mql_top_share): on the {held_out.lower()}, "
+            f"{mql['leads']:,} MQLs converting at {_rate(mql['conversion'])}, "
+            f"{nurture['leads']:,} in nurture at {_rate(nurture['conversion'])}"
+        )
 
     gates = Table(title="Registration gates")
     gates.add_column("gate")

@@ -21,7 +21,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from features.build import build_crm_features, crm_feature_groups, idle_engagement
-from features.bundle import write_bundle_files
+from features.bundle import score_from_probability, write_bundle_files
 from features.fit import learn_tech_vocabulary
 from features.flat import FlatProfile, flat_feature_groups, load_flat, model_column_name
 from features.ingest import DataError, Quarantine, as_of_view, load_crm
@@ -49,6 +49,7 @@ from training.register import (
     set_alias,
 )
 from training.split import CV_FOLDS, SplitReport, split_by_time, split_stratified
+from training.thresholds import top_share_threshold
 from training.train import fit_final, learned_settings, out_of_fold_margins
 from training.tune import TuningResult, tune, tune_cv
 
@@ -310,6 +311,35 @@ def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
             mlflow.log_metric("best_iteration", trial.user_attrs["best_iteration"])
 
 
+def flat_criteria(params: Params, held_out_probability: np.ndarray) -> dict[str, Any]:
+    """A flat model's qualification: by its score alone, MQL where the top
+    `flat.mql_top_share` of held-out predictions of the training rows sit.
+
+    The CRM criteria do not carry over: their MQL score (10) is a 30-day probability, where a
+    flat label has no horizon (nearly every lead of `Leads.csv` reached it), and a flat model's
+    fit and engagement ranks come from columns grouped by their names.
+    """
+    criteria = params.criteria.model_dump(mode="json")
+    mql_score = top_share_threshold(score_from_probability(held_out_probability), params.flat.mql_top_share)
+    criteria["mql"].update(min_score=mql_score, min_fit=None, min_engagement=None, hand_raise_qualifies=False)
+    criteria["sql"]["min_score"] = max(criteria["sql"]["min_score"], mql_score)
+    return criteria
+
+
+def score_stages_on_test(
+    label: np.ndarray, probability: np.ndarray, criteria: dict[str, Any], params: Params, kind: str
+) -> dict[str, Any] | None:
+    """A flat model's MQL threshold and how its stages convert on the test rows (None for CRM
+    models, whose stages also rest on fit, engagement, hand-raises and BANT)."""
+    if kind != "flat":
+        return None
+    mql = score_from_probability(probability) >= criteria["mql"]["min_score"]
+    stages = {}
+    for stage, rows in (("MQL", mql), ("nurture", ~mql)):
+        stages[stage] = {"leads": int(rows.sum()), "conversion": float(label[rows].mean()) if rows.any() else None}
+    return {"mql_min_score": criteria["mql"]["min_score"], "mql_top_share": params.flat.mql_top_share, "test": stages}
+
+
 def _flatten(prefix: str, value: Any, out: dict[str, float]) -> None:
     if isinstance(value, dict):
         for key, inner in value.items():
@@ -564,7 +594,11 @@ def train_and_register(
         started = time.perf_counter()
         test_probability = calibrator.apply(booster.predict(frames["test"], raw_score=True))
         overrides = (on_test_scores(test_probability, labels["test"]) if on_test_scores else None) or {}
-        criteria = overrides.get("criteria", params.criteria.model_dump(mode="json"))
+        criteria = overrides.get("criteria") or (
+            flat_criteria(params, valid_probability)
+            if dataset.kind == "flat"
+            else params.criteria.model_dump(mode="json")
+        )
         grade_bands = overrides.get("grade_bands", params.grades)
         test_metrics = classification_metrics(labels["test"], test_probability, params.calibration.ece_bins)
         baseline_probs = fit_baselines(
@@ -725,6 +759,7 @@ def train_and_register(
             "grades": conversion_by_grade(labels["test"], test_probability, grade_bands),
             "criteria": criteria,
             "grade_bands": grade_bands,
+            "qualification": score_stages_on_test(labels["test"], test_probability, criteria, params, dataset.kind),
             "data": {
                 "source": dataset.source,
                 "kind": dataset.kind,
