@@ -43,6 +43,15 @@ def _map_unique(values: pd.Series, func) -> pd.Series:
 INVISIBLE = "\u00ad\u034f\u180e\u200b\u200c\u200d\u200e\u200f\u2060\u2061\u2062\u2063\u2064\u3164\ufeff"
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def control_escaped(text: str) -> str:
+    """`text` with control characters written as escapes (`\\x1b`), for a terminal or a log
+    line: a line break or an escape code sent by a client must not forge a line or run."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def tidy_text(value: object) -> str:
     """The text of a cell: runs of spaces made one, spaces and invisible characters stripped
     at the ends."""

@@ -312,6 +312,9 @@ def _folded_name(name: str) -> str:
     return re.sub(r"[\W_]+", "", name.casefold())
 
 
+MAX_KEYS_MATCHED = 20
+
+
 def field_problems(schema: dict[str, Any], rows: list[dict[str, Any] | None]) -> list[tuple[int, str | None, str]]:
     """(row, key or None for the whole row, why) for flat rows sent one by one, as the service
     gets them in `fields`: a key spelt otherwise than one of the schema's columns ("lead source"
@@ -327,20 +330,24 @@ def field_problems(schema: dict[str, Any], rows: list[dict[str, Any] | None]) ->
     shown = ", ".join(map(repr, list(columns)[:6])) + (f" and {len(columns) - 6} more" if len(columns) > 6 else "")
     problems: list[tuple[int, str | None, str]] = []
     for i, row in enumerate(rows):
-        keys = list(row or {})
+        given = row or {}
         wrong = []
-        for key in keys:
-            if key in columns or key in header:
-                continue
+        unknown = [key for key in given if key not in columns and key not in header]
+        # Each key is matched against every column: a body of thousands of made-up keys would
+        # hold a worker for minutes, so past the first few the rest are counted, not matched.
+        for key in unknown[:MAX_KEYS_MATCHED]:
             meant = folded.get(_folded_name(key)) or next(iter(difflib.get_close_matches(key, columns, n=1)), None)
-            if meant is not None and meant not in keys:
+            if meant is not None and meant not in given:
                 wrong.append((i, key, f"not a column of the model, {meant!r} is (names are matched as written)"))
             elif header:
                 wrong.append((i, key, "not a column of the export the model was trained on"))
+        if len(unknown) > MAX_KEYS_MATCHED and (header or wrong):
+            wrong.append((i, None, f"{len(unknown) - MAX_KEYS_MATCHED:,} more keys are not columns of the model"))
         problems += wrong
-        if not wrong and not any(key in columns for key in keys):
+        if not wrong and not any(key in columns for key in given):
             problems.append((i, None, f"none of the model's columns is here (it reads {shown}): it would score blanks"))
-    frame = pd.DataFrame([row or {} for row in rows], index=range(len(rows)))
+    read = [{key: value for key, value in (row or {}).items() if key in columns} for row in rows]
+    frame = pd.DataFrame(read, index=range(len(rows)))
     for column, kind in columns.items():
         if kind not in ("numeric", "boolean") or column not in frame:
             continue

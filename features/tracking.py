@@ -112,6 +112,21 @@ def shown_uri(uri: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
+def without_password(text: str, uri: str | None = None) -> str:
+    """`text` with the tracking URI's password masked wherever the URI appears in it (MLflow's
+    errors quote the URI they failed on, password and all)."""
+    uri = tracking_uri() if uri is None else uri
+    try:
+        password = urllib.parse.urlsplit(uri).password
+    except ValueError:
+        return text
+    if not password:
+        return text
+    for written in {password, urllib.parse.quote(password, safe=""), urllib.parse.unquote(password)}:
+        text = text.replace(f":{written}@", ":***@")
+    return text
+
+
 def uri_mistake(uri: str) -> str | None:
     """What is wrong with the URI's form, before MLflow reads it some other way (a missing
     `http://` makes it a local folder; `sqlite:///` alone a database in memory, lost at exit)."""

@@ -19,7 +19,9 @@ NEGATIVE = "#c62828"
 NEUTRAL = "#546e7a"
 # The charts' own style, applied while each is drawn: neither pyplot (no backend to choose, so a
 # notebook keeps its inline plots; no GUI from a server thread) nor the global rcParams.
-STYLE = {"svg.fonttype": "none", "font.size": 12, "axes.spines.top": False, "axes.spines.right": False}
+# Column names are text, not TeX: `Spend $\frac$` would stop the drawing with a parse error.
+STYLE = {"svg.fonttype": "none", "font.size": 12, "axes.spines.top": False, "axes.spines.right": False,
+         "text.parse_math": False}  # fmt: skip
 
 
 def _styled(draw: Callable[..., str]) -> Callable[..., str]:

@@ -38,6 +38,7 @@ _YEARS = (0, pd.Timestamp("2201-01-01").value - _EPOCH_NS)  # nanoseconds since 
 _KINDS = (*ACTIVITY_TYPES, OTHER_ACTIVITY)
 _CONTRACT_TYPES = frozenset(ACTIVITY_TYPES)
 _MAX_CACHED = 10_000
+_MAX_CACHED_LENGTH = 1_000
 _UNSEEN = object()
 _TEXT = frozenset((*LEAD_CATEGORICAL, "tech_stack", "email"))
 
@@ -137,7 +138,9 @@ class DirectScorer:
             return cached
         text = tidy_text("" if value is None else value)
         text = None if text.casefold() in self.tokens else text
-        if type(value) is str and len(self.texts) < _MAX_CACHED:  # bounded: the values come from clients
+        # Bounded in number and size: the values come from clients (a joined tech stack has no
+        # length limit, and 40 distinct 14 MB ones grew a worker by 350 MB).
+        if type(value) is str and len(value) <= _MAX_CACHED_LENGTH and len(self.texts) < _MAX_CACHED:
             self.texts[value] = text
         return text
 

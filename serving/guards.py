@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from features.clean import control_escaped
+
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -26,10 +28,76 @@ LOGIN_PATHS = frozenset({"/ui/login"})
 KEY_COOKIE = "leadscore_key"
 
 
+# What BentoML's request metrics and access log name a request by: its route, never its raw
+# path (made-up paths, lead ids, line breaks).
+ROUTES = OPEN_PATHS | LOGIN_PATHS | frozenset(
+    {"/", "/score", "/explain", "/model", "/reload", "/docs", "/docs.json", "/schema.json",
+     "/ui", "/ui/", "/ui/logout", "/ui/digest", "/ui/model", "/ui/leads"}
+)  # fmt: skip
+REAL_PATH = "leadscore.real_path"
+
+
+def route_of(path: str) -> str:
+    """The route a path is served by, as metrics and the access log name it."""
+    if path in ROUTES:
+        return path
+    if path.startswith("/ui/leads/"):
+        return "/ui/leads/{lead_id}"
+    if path.startswith("/static_content/"):
+        return "/static_content/{file}"
+    return "/{other}"
+
+
+def name_requests_by_route() -> None:
+    """BentoML's request metrics and access log name each request by its raw path: every
+    made-up path (answered 401 or 404) added series to the open `/metrics` for good (5,000 of
+    them: 419 MB, 22 s to read), a lead's id in a page's path showed there, and a path with a
+    line break forged access-log lines. Its metrics middleware is the outermost, beyond a
+    service's own, so its call is wrapped: it and the access log inside it see the route
+    (`route_of`), and `RealPath`, the service's first middleware, gives the app the path back."""
+    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware as metrics
+
+    if getattr(metrics, "_named_by_route", False):
+        return
+    original = metrics.__call__
+
+    async def by_route(self: Any, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and route_of(path) != path:
+            scope = {**scope, "path": route_of(path), REAL_PATH: path}
+        await original(self, scope, receive, send)
+
+    metrics.__call__ = by_route
+    metrics._named_by_route = True
+
+
+class RealPath:
+    """Gives the path `name_requests_by_route` hid from BentoML's metrics back to the app."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        real = scope.get(REAL_PATH)
+        if real is not None:
+            scope = {key: value for key, value in scope.items() if key != REAL_PATH}
+            scope["path"] = real
+        await self.app(scope, receive, send)
+
+
 def api_keys_from_env() -> tuple[bytes, ...]:
     """Keys from $LEADSCORE_API_KEYS (comma-separated); none means no authentication."""
     raw = os.environ.get(API_KEYS_ENV, "")
     return tuple(k.strip().encode() for k in raw.split(",") if k.strip())
+
+
+def api_keys_problem() -> str | None:
+    """$LEADSCORE_API_KEYS set to something that holds no key (`,`, spaces): meant to require
+    keys, it would let every request in."""
+    raw = os.environ.get(API_KEYS_ENV, "")
+    if raw and not api_keys_from_env():
+        return f"{API_KEYS_ENV} is set but holds no key ({raw!r}): give the keys, comma-separated, or unset it"
+    return None
 
 
 async def reply(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -83,9 +151,13 @@ class ApiKeyGuard:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.keys = api_keys_from_env()
+        self.misconfigured = api_keys_problem()  # fails closed: `leadscore serve` refuses to start
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
+        if self.misconfigured and scope["type"] == "http" and path not in OPEN_PATHS:
+            await reply(send, 503, self.misconfigured)
+            return
         if scope["type"] != "http" or not self.keys or path in OPEN_PATHS or path in LOGIN_PATHS:
             await self.app(scope, receive, send)
             return
@@ -217,7 +289,7 @@ class RedactValidationErrors(logging.Filter):
             problems = str(error)[:500]  # the service's own 4xx texts name a field and a position
         else:
             return True
-        record.msg = f"{record.getMessage()} rejected: {problems}"
+        record.msg = f"{record.getMessage()} rejected: {control_escaped(problems)}"  # keys are a client's text
         record.args = ()
         record.exc_info = None
         record.exc_text = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,13 @@ from pydantic import TypeAdapter, ValidationError
 
 from features.clean import parse_timestamps, snake_case
 from features.criteria import STAGES, mql_conditions
+from features.flat import field_problems
 from features.reasons import plain_name
 from features.schema import ACTIVITY_TYPES
+from serving.batch import model_schema
 from serving.charts import beeswarm, calibration, columns, horizontal_bars, waterfall
 from serving.guards import KEY_COOKIE, api_keys_from_env, key_matches, plain_problem
-from serving.schemas import Lead, Moment, leads_to_frames, utc_naive
+from serving.schemas import Lead, Moment, flat_fields, leads_to_flat, leads_to_frames, unread_parts, utc_naive
 from serving.scoring import (
     InvalidLeads,
     LoadedModel,
@@ -631,7 +634,8 @@ def _local(target: str) -> str:
 def digest(owner: str = "", stage: str = "", grade: str = "", q: str = "", page: str = "1") -> HTMLResponse:
     latest, previous = _kept_scorings()
     filters = {"owner": owner, "stage": stage, "grade": grade, "q": q.strip()}
-    number = int(page) if page.strip().isdigit() else 1  # a mangled link shows the first page
+    # A mangled link ("²", a 5,000-digit number) shows the first page.
+    number = int(page) if re.fullmatch(r"[0-9]{1,9}", page.strip()) else 1
     view = digest_view(_current_model(), latest, previous, filters, page=number)
     return _page("digest.html", **view)
 
@@ -681,9 +685,7 @@ async def pasted_lead(request: Request):
     try:
         data, as_of = _pasted(json.loads(text))
         lead = Lead.model_validate(data)
-        rows, acts = leads_to_frames([lead])
-        if lead.created_at is None and model.kind == "crm":
-            raise InvalidLeads(["created_at: required by this model"])
+        rows, acts = _pasted_rows(model, lead)
         view = lead_view(model, rows.astype(object).where(rows.notna(), "").astype(str),
                          acts.astype(object).where(acts.notna(), "").astype(str), as_of)  # fmt: skip
     except json.JSONDecodeError as exc:
@@ -700,6 +702,24 @@ async def pasted_lead(request: Request):
 
 
 _MOMENT = TypeAdapter(Moment)
+
+
+def _pasted_rows(model: LoadedModel, lead: Lead) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The lead's export row and activity rows, refused as `POST /score` refuses them: parts
+    its model would not read, and a flat model's `fields` it cannot match."""
+    problems = [f"{part}: {why}" for _, part, why in unread_parts(model.kind, [lead])]
+    if model.kind == "flat":
+        problems += [
+            f"fields{'.' + key if key else ''}: {why}"
+            for _, key, why in field_problems(model_schema(model), [flat_fields(lead)])
+        ]
+    elif lead.created_at is None:
+        problems.append("created_at: required by this model")
+    if problems:
+        raise InvalidLeads(problems[:5])
+    if model.kind == "flat":
+        return leads_to_flat([lead]), pd.DataFrame(columns=["lead_id", "occurred_at", "activity_type", "value"])
+    return leads_to_frames([lead])
 
 
 def _pasted(data: Any) -> tuple[Any, pd.Timestamp]:

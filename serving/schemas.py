@@ -258,3 +258,16 @@ def leads_to_flat(leads: list[Lead]) -> pd.DataFrame:
 
 def flat_fields(lead: Lead) -> dict[str, Any]:
     return {name.strip(): value for name, value in (lead.fields or {}).items()}
+
+
+def unread_parts(kind: str, leads: list[Lead]) -> list[tuple[int, str, str]]:
+    """(lead, field, why) for each part of a lead the model would ignore: `fields` sent to a
+    CRM model, attributes or activities sent to a flat-CSV model. Scoring without them would
+    answer for another lead than the one sent."""
+    if kind == "flat":
+        return [(i, name, "a flat-CSV model reads only `fields` (the columns of its export); send this there")
+                for i, lead in enumerate(leads)
+                for name in sorted(lead.model_fields_set - {"lead_id", "fields"})
+                if getattr(lead, name) not in (None, [])][:20]  # fmt: skip
+    return [(i, "fields", "this model reads the lead's attributes and activities, not `fields` (flat-CSV models)")
+            for i, lead in enumerate(leads) if lead.fields][:20]  # fmt: skip

@@ -30,7 +30,7 @@ from features.ingest import DUPLICATE_ACTIVITY, CountedNote, Quarantine, clean_a
 from features.params import CriteriaParams, FeatureParams
 from features.reasons import sentence
 from features.spec import to_model_frame
-from features.tracking import tracking_uri
+from features.tracking import shown_uri, tracking_uri, without_password
 from serving.treeshap import CompiledTrees, as_matrix, compile_booster, shap_matrix
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,11 @@ PIPELINE_ROWS = 25_000
 
 
 class ModelNotReady(RuntimeError):
-    """No usable champion: nothing registered, or the bundle cannot be loaded."""
+    """No usable champion: nothing registered, or the bundle cannot be loaded. The message
+    never holds the registry's password: it reaches API answers, pages and logs."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(without_password(message))
 
 
 class AliasMissing(ModelNotReady):
@@ -137,14 +141,15 @@ def champion_version(model_name: str, alias: str = CHAMPION) -> str:
                     else ""
                 )
                 raise AliasMissing(
-                    f"{model_name} has registered versions but none is @{alias} in {tracking_uri()}{why}"
+                    f"{model_name} has registered versions but none is @{alias} in {shown_uri(tracking_uri())}{why}"
                 ) from exc
             raise ModelNotReady(
-                f"no model registered as {model_name}@{alias} in {tracking_uri()}; run `leadscore train` first"
+                f"no model registered as {model_name}@{alias} in {shown_uri(tracking_uri())}; "
+                "run `leadscore train` first"
             ) from exc
-        raise ModelNotReady(f"registry {tracking_uri()} unreachable or failing: {str(exc)[:300]}") from exc
+        raise ModelNotReady(f"registry {shown_uri(tracking_uri())} unreachable or failing: {str(exc)[:300]}") from exc
     except Exception as exc:  # a tracking server that is down must not take the service with it
-        raise ModelNotReady(f"registry {tracking_uri()} unreachable: {type(exc).__name__}: {exc}") from exc
+        raise ModelNotReady(f"registry {shown_uri(tracking_uri())} unreachable: {type(exc).__name__}: {exc}") from exc
 
 
 def load_chosen(model_name: str, which: str | None) -> LoadedModel:
@@ -159,17 +164,17 @@ def load_chosen(model_name: str, which: str | None) -> LoadedModel:
     which = which.strip().lstrip("@")
     if not which:
         raise ModelNotReady("--model-version is empty: give a version number (3) or an alias (previous)")
-    if not which.isdigit():
+    if not (which.isascii() and which.isdigit()):
         return load_champion(model_name, which)
     mlflow.set_tracking_uri(tracking_uri())
     try:
         MlflowClient().get_model_version(model_name, which)
     except MlflowException as exc:
         if exc.error_code in NOT_FOUND:
-            raise ModelNotReady(f"{model_name} has no version {which} in {tracking_uri()}") from exc
-        raise ModelNotReady(f"registry {tracking_uri()} unreachable or failing: {str(exc)[:300]}") from exc
+            raise ModelNotReady(f"{model_name} has no version {which} in {shown_uri(tracking_uri())}") from exc
+        raise ModelNotReady(f"registry {shown_uri(tracking_uri())} unreachable or failing: {str(exc)[:300]}") from exc
     except Exception as exc:
-        raise ModelNotReady(f"registry {tracking_uri()} unreachable: {type(exc).__name__}: {exc}") from exc
+        raise ModelNotReady(f"registry {shown_uri(tracking_uri())} unreachable: {type(exc).__name__}: {exc}") from exc
     return load_champion(model_name, f"version {which}", version=which)
 
 

@@ -43,6 +43,8 @@ from serving.guards import (
     BodySizeGuard,
     ErrorBodies,
     JsonBodyGuard,
+    RealPath,
+    name_requests_by_route,
     redact_request_errors,
     reply,
 )
@@ -56,6 +58,7 @@ from serving.schemas import (
     flat_fields,
     leads_to_flat,
     leads_to_frames,
+    unread_parts,
     utc_naive,
 )
 from serving.scoring import (
@@ -191,19 +194,6 @@ class ExplainRequest(_Request):
     as_of: Moment | None = None
 
 
-def _unread_parts(kind: str, leads: list[Lead]) -> list[tuple[int, str, str]]:
-    """(lead, field, why) for each part of a lead the model would ignore: `fields` sent to a
-    CRM model, attributes or activities sent to a flat-CSV model. Scoring without them would
-    answer for another lead than the one sent."""
-    if kind == "flat":
-        return [(i, name, "a flat-CSV model reads only `fields` (the columns of its export); send this there")
-                for i, lead in enumerate(leads)
-                for name in sorted(lead.model_fields_set - {"lead_id", "fields"})
-                if getattr(lead, name) not in (None, [])][:20]  # fmt: skip
-    return [(i, "fields", "this model reads the lead's attributes and activities, not `fields` (flat-CSV models)")
-            for i, lead in enumerate(leads) if lead.fields][:20]  # fmt: skip
-
-
 def _once_each(leads: list[Lead]) -> tuple[list[Lead], list[int], list[int]]:
     """The leads with exact repeats left out (a CRM retrying part of a batch); for each lead
     sent, the position of its first copy among them; for each of them, its position as sent
@@ -325,7 +315,7 @@ class LeadScoring:
         request (`sent_at`: each lead's position as sent, when repeats were left out)."""
         model = live.model
         at = (lambda i: (field, sent_at[i] if sent_at else i)) if field == "leads" else (lambda i: (field,))
-        unread = _unread_parts(model.kind, leads)
+        unread = unread_parts(model.kind, leads)
         if unread:
             raise _bad_request([((*at(i), part), why) for i, part, why in unread])
         if field == "leads":
@@ -469,6 +459,8 @@ for _api in LeadScoring.apis.values():
 SPEC = documented_spec(LeadScoring.openapi_spec.asdict())
 
 # Outermost first: size, then key, then readiness (its reason is for authenticated callers).
+name_requests_by_route()
+LeadScoring.add_asgi_middleware(RealPath)  # first: every other middleware sees the real path
 LeadScoring.add_asgi_middleware(BodySizeGuard, max_bytes=PARAMS.service.max_body_bytes)
 LeadScoring.add_asgi_middleware(ApiKeyGuard)
 LeadScoring.add_asgi_middleware(ReadinessGuard)

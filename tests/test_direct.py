@@ -187,3 +187,11 @@ def test_batches_the_direct_path_declines_get_the_general_error(champion, reques
         assert direct.prepare(batch, AS_OF) is None
         with pytest.raises(InvalidLeads):
             _general_batch(champion, batch, AS_OF)
+
+
+def test_a_long_value_is_cleaned_but_not_kept_in_the_cache(champion, requests):
+    """A tech stack has no length limit: each distinct 14 MB one stayed in a worker's memory."""
+    one = DirectScorer(champion)
+    huge = _respell(requests[0], tech_stack=[f"tool{i:05d}" for i in range(20_000)])
+    assert _fast(one, huge, AS_OF) == _general(champion, huge, AS_OF)
+    assert max(map(len, one.texts)) <= 1_000 and one.texts  # short values are still kept

@@ -335,6 +335,11 @@ def test_serve_refuses_a_mistyped_store_and_says_when_no_model_is_registered_yet
         done = subprocess.run(busy, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "is in use (another service?)" in done.stderr, done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+    # Keys asked for but none given (`,`): it said "API keys required" and let every request in.
+    no_keys = subprocess.run(
+        serve, env={**env, "LEADSCORE_API_KEYS": " , "}, capture_output=True, text=True, timeout=120
+    )
+    assert no_keys.returncode == 2 and "LEADSCORE_API_KEYS is set but holds no key" in no_keys.stderr, no_keys.stderr
     waits = {
         f"sqlite:///{tmp_path / 'new.db'}": "no model registered yet",
         f"http://leadscore:s3cret@127.0.0.1:{_free_port()}": "no tracking server answers",

@@ -313,3 +313,31 @@ def test_ids_labels_and_numbers_read_as_a_person_means_them(tmp_path, params):
     path.write_text("_row,visits,y\n1,2,yes\n")
     with pytest.raises(DataError, match=r"form\.csv: a column is named '_row'.*rename it"):
         load_flat(path, FlatProfile(label="y"), params.flat)
+
+
+def test_a_row_of_thousands_of_made_up_keys_is_refused_after_matching_a_few():
+    """Each key is matched against every column: 70,000 keys held a worker for minutes."""
+    from features.flat import MAX_KEYS_MATCHED, field_problems
+
+    schema = {"columns": {"Visits": "numeric", "Lead Source": "categorical"}, "missing_tokens": [""],
+              "header": ["Prospect ID", "Visits", "Lead Source", "Converted"]}  # fmt: skip
+    row = {"Visits": 3, **{f"Visits{i}": 1 for i in range(5000)}}
+    problems = field_problems(schema, [row])
+    assert len(problems) == MAX_KEYS_MATCHED + 1
+    assert problems[-1] == (0, None, f"{5000 - MAX_KEYS_MATCHED:,} more keys are not columns of the model")
+
+
+def test_a_column_name_that_reads_as_tex_is_drawn_as_written(tmp_path):
+    """`Spend $\\frac$` made matplotlib parse math and fail training after tuning."""
+    import lightgbm as lgb
+
+    from serving.charts import waterfall
+    from training.plots import shap_summary_plot
+
+    name = r"Spend $\frac$"
+    gen = np.random.default_rng(0)
+    x = pd.DataFrame({name: gen.normal(size=300), "Visits": gen.integers(0, 9, 300).astype(float)})
+    y = (x[name] + gen.normal(size=300) > 0).astype(int)
+    booster = lgb.train({"objective": "binary", "verbose": -1, "num_leaves": 3}, lgb.Dataset(x, y), 10)
+    assert shap_summary_plot(booster, x, tmp_path).is_file()
+    assert name in waterfall(20.0, [(name, 5.0), ("Visits", -2.0)], 23.0)

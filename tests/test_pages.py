@@ -466,6 +466,8 @@ def test_digest_pages_through_every_lead_and_says_when_filters_match_none(champi
     last_page = -(-total // 3)
     assert f"page {last_page} of {last_page}" in client.get("/digest?page=99999").text
     assert "Leads 1-3" in client.get("/digest?page=abc").text
+    for mangled in ("%C2%B2", "9" * 5000):  # a superscript two, and more digits than int() reads: were 500s
+        assert "Leads 1-3" in client.get(f"/digest?page={mangled}").text
     assert "best first, disqualified leads last" in first
     best_id = scored.loc[best, "lead_id"]
     assert pages.lead_href(best_id) not in first.split('id="leads"')[1].split("</table>")[0]

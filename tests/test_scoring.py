@@ -132,3 +132,21 @@ def test_a_lead_refused_as_a_duplicate_is_one_problem_not_one_per_activity(champ
                                                "activity_type": ["web_visit"]})], ignore_index=True)  # fmt: skip
     with pytest.raises(InvalidLeads, match="unknown lead_id"):
         prepare_crm_leads(champion, leads.iloc[[2]], strangers, pd.Series([pd.Timestamp("2025-03-01")]))
+
+
+def test_a_registry_password_never_reaches_an_error_message(monkeypatch):
+    """MLflow's errors quote the URI they failed on: the service put them into `/model`,
+    `/reload` answers and its log, and `score` printed them, password and all."""
+    from features.tracking import without_password
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:S3cret%21pw@127.0.0.1:9")  # nothing listens on 9
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    with pytest.raises(scoring.ModelNotReady) as caught:
+        scoring.champion_version("lead-scorer")
+    message = str(caught.value)
+    assert "S3cret" not in message and "alice:***@127.0.0.1:9" in message, message
+    assert (
+        without_password("GET http://alice:S3cret!pw@127.0.0.1:9/api failed")
+        == "GET http://alice:***@127.0.0.1:9/api failed"
+    )

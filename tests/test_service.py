@@ -149,6 +149,24 @@ def test_keys_are_required_except_on_probes(server):
 
 
 @pytest.mark.slow
+def test_metrics_and_the_access_log_name_routes_not_the_paths_sent(server):
+    """Each made-up path was a new series on the open /metrics for good, a page's lead id showed
+    there, and a path with a line break forged an access-log line."""
+    url, log = server
+    assert httpx.get(f"{url}/made-up-path-1234").status_code == 401
+    assert httpx.get(f"{url}/nothing%0d%0aFORGED now serving version 99").status_code == 401
+    page = httpx.get(f"{url}/ui/leads/L-private-77", cookies={"leadscore_key": KEYS[0]})
+    assert page.status_code in (200, 404) and "L-private-77" in page.text  # the page still gets its path
+    body = {"leads": [{"lead_id": "x", "created_at": "2025-01-01"}]}
+    assert httpx.post(f"{url}/score", json=body, headers=_auth()).status_code == 200
+    metrics = httpx.get(f"{url}/metrics").text
+    assert 'endpoint="/{other}"' in metrics and 'endpoint="/ui/leads/{lead_id}"' in metrics
+    assert 'endpoint="/score"' in metrics
+    written = metrics + log.read_text()
+    assert not any(sent in written for sent in ("made-up-path-1234", "L-private-77", "FORGED"))
+
+
+@pytest.mark.slow
 def test_service_and_batch_give_identical_numbers(server, store, sample):
     url, _ = server
     leads, acts = sample
@@ -480,3 +498,23 @@ def test_leadscore_serve_stops_with_its_workers_on_sigterm(store, tmp_path):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)  # whatever a failed run left behind
+
+
+def test_a_key_setting_with_no_key_in_it_refuses_requests_rather_than_letting_all_in(monkeypatch):
+    """Started without `leadscore serve` (which refuses it), the guard fails closed."""
+    import asyncio
+
+    from serving.guards import ApiKeyGuard
+
+    async def app(scope, receive, send):
+        raise AssertionError("a request reached the service")
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    monkeypatch.setenv("LEADSCORE_API_KEYS", ",")
+    guard = ApiKeyGuard(app)
+    asyncio.run(guard({"type": "http", "path": "/model", "method": "GET", "headers": []}, None, send))
+    assert sent[0]["status"] == 503 and b"holds no key" in sent[1]["body"]

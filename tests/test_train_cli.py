@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -411,6 +412,11 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
         assert where == [["leads", 0, "fields", "visits"], ["leads", 1, "fields"], ["leads", 2, "fields", "Colour"]]
         assert "'Visits' is" in refused.text and "not a column of the export the model was trained on" in refused.text
         assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
+        # The paste-a-lead page scores a flat lead from its fields (it was a 500) and refuses as /score does.
+        pasted = httpx.post(f"{url}/ui/leads", data={"lead": json.dumps(body["leads"][0])}, timeout=60)
+        assert pasted.status_code == 200 and f"{scored['score'].iloc[0]:.1f}" in pasted.text, pasted.text[-2000:]
+        wrong = httpx.post(f"{url}/ui/leads", data={"lead": json.dumps(respelt)}, timeout=60)
+        assert wrong.status_code == 400 and "fields.visits: not a column of the model" in html.unescape(wrong.text)
     finally:
         _stop(process)
 
@@ -568,3 +574,34 @@ def test_a_baseline_beating_the_tuned_model_is_warned_about_with_the_strongest_k
     assert "--drop" in kept
     (crm,) = trailing_baseline_warnings(0.934, baselines, audit, used, "crm")
     assert "--drop" not in crm and "before the outcome" in crm  # --drop is for flat files only
+
+
+def test_the_top_leads_table_prints_ids_as_written_not_as_markup_or_terminal_codes(monkeypatch):
+    """`M2[/]` ended `score --top` with a MarkupError traceback after the scores were written."""
+    from rich.console import Console
+
+    from training import cli
+
+    monkeypatch.setattr(cli, "console", Console(width=400))
+
+    ids = ["M2[/]", "[link=https://evil.example]M1[/link]", "M3\x1b]0;owned\x07"]
+    scored = pd.DataFrame({"lead_id": ids, "score": [90.0, 80.0, 70.0], "grade": "A", "fit": 50.0,
+                           "engagement": 50.0, "stage": "MQL", "next_action": "Call [now]",
+                           "reasons": '[{"text": "Lead Source is [b]Google[/b]: +3"}]'})  # fmt: skip
+    with cli.console.capture() as captured:
+        cli._print_top(scored, 3)
+    text = captured.get()
+    assert "M2[/]" in text and "[link=https://evil.example]M1[/link]" in text and "[b]Google[/b]" in text
+    assert "\x1b]0;" not in text and "M3\\x1b]0;owned\\x07" in text
+
+
+def test_a_list_of_lead_ids_is_read_line_by_line(tmp_path):
+    """An id that opens a quote swallowed the lines after it (CSV quoting): two leads were left out."""
+    from training.cli import _read_lead_ids
+
+    listed = tmp_path / "ids.txt"
+    listed.write_text('A/1\n"x\nLnormal\n..\n"quoted, with a comma"\n\n  L9  \n')
+    assert _read_lead_ids(listed) == ["A/1", '"x', "Lnormal", "..", "quoted, with a comma", "L9"]
+    table = tmp_path / "ids.csv"
+    table.write_text('Owner,Lead ID\nana,"L1"\nbo,L2\n')
+    assert _read_lead_ids(table) == ["L1", "L2"]

@@ -26,7 +26,7 @@ from features.flat import DUPLICATE_ROW, FlatProfile, load_profile, make_profile
 from features.ingest import DUPLICATE_LEAD, DataError, export_folder
 from features.params import PROJECT_ROOT, Params, ParamsError, load_params
 from features.synthetic import STEP_DAYS, generate_crm, write_crm
-from features.tracking import check_writable
+from features.tracking import check_writable, without_password
 from training.progress import PrintReporter
 
 # Charts of a command go to files: no window, whatever display the shell has (a notebook,
@@ -114,7 +114,7 @@ def _leads(count: int) -> str:
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"{_log_time()}[red]error:[/red] {escape(message)}")
+    err.print(f"{_log_time()}[red]error:[/red] {escape(without_password(message))}")
     raise typer.Exit(code=code)
 
 
@@ -718,6 +718,7 @@ def serve(
     import sys
 
     from features.tracking import local_database, shown_uri, tracking_problem, tracking_uri, uri_form_problem
+    from serving.guards import api_keys_from_env, api_keys_problem
 
     # BentoML's usage statistics would phone home from every worker: not from a CRM's scorer.
     env = {"BENTOML_DO_NOT_TRACK": "true", **os.environ, "MLFLOW_TRACKING_URI": tracking_uri()}
@@ -725,6 +726,8 @@ def serve(
     mistake = uri_form_problem()
     if mistake:  # a typo would serve 503s from an empty store of its own, forever
         _fail(mistake)
+    if problem := api_keys_problem():
+        _fail(problem)
     console.print(f"Serving models:/{name}@champion from {shown_uri(tracking_uri())} on http://{host}:{port}")
     # The service starts anyway and loads the champion once there is one (`service.reload_seconds`).
     database = local_database()
@@ -736,7 +739,7 @@ def serve(
         console.print(f"[yellow]{escape(problem)} (the service starts: {waiting} the store answers)[/yellow]")
     if problem := _port_problem(host, port):
         _fail(problem)
-    if os.environ.get("LEADSCORE_API_KEYS"):
+    if api_keys_from_env():
         console.print("API keys required (LEADSCORE_API_KEYS is set)")
     bentoml = str(Path(sys.executable).parent / "bentoml")
     command = [bentoml, "serve", "serving.service:LeadScoring", "--host", host, "--port", str(port),
@@ -1262,7 +1265,7 @@ def rollback(
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from features.tracking import lock_path, tracking_uri
+    from features.tracking import lock_path, shown_uri, tracking_uri
     from training.recalibrate import RecalibrationError, exclusive
     from training.register import rollback as roll_back
 
@@ -1280,7 +1283,7 @@ def rollback(
     except ValueError as exc:
         _fail(str(exc))
     except (MlflowException, OSError) as exc:
-        _fail(f"registry {tracking_uri()} not usable: {exc}")
+        _fail(f"registry {shown_uri(tracking_uri())} not usable: {exc}")
     console.print(
         f"{name}: version {now} is @champion again (version {was} is now @previous; "
         "a second rollback would bring it back)"
@@ -1344,18 +1347,29 @@ def _read_lead_ids(path: Path) -> list[str]:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     text = path.read_text(encoding="utf-8-sig", errors="replace")
-    rows = [[cell.strip() for cell in row] for row in csv.reader(line for line in text.splitlines() if line.strip())]
-    if rows:
-        header = [contract_names([cell], "leads")[0].get(cell, cell) for cell in rows[0]]
-        if "lead_id" in header:
-            column = header.index("lead_id")
-            rows = [[row[column] if column < len(row) else ""] for row in rows[1:]]
-        elif len(header) > 1:
-            raise DataError(f"{path}: a CSV needs a lead_id column; columns are {', '.join(rows[0][:20])}")
-    ids = [row[0] for row in rows if row and row[0]]
+    lines = [line for line in text.splitlines() if line.strip()]
+    first = next(csv.reader(lines[:1]), [])
+    header = [contract_names([cell.strip()], "leads")[0].get(cell.strip(), cell.strip()) for cell in first]
+    if "lead_id" in header:
+        column = header.index("lead_id")
+        rows = [[cell.strip() for cell in row] for row in csv.reader(lines[1:])]
+        ids = [row[column] for row in rows if column < len(row) and row[column]]
+    elif len(header) > 1:
+        raise DataError(f"{path}: a CSV needs a lead_id column; columns are {', '.join(first[:20])}")
+    else:
+        # One id per line, read line by line: an id that opens a quote (`"x`) must not swallow
+        # the lines after it as CSV quoting would. A line wholly in quotes is unquoted.
+        ids = [_unquoted(line.strip()) for line in lines]
+        ids = [lead_id for lead_id in ids if lead_id]
     if not ids:
         raise DataError(f"{path}: no lead ids")
     return list(dict.fromkeys(ids))
+
+
+def _unquoted(cell: str) -> str:
+    if len(cell) >= 2 and cell[0] == cell[-1] == '"':
+        return cell[1:-1].replace('""', '"').strip()
+    return cell
 
 
 def _print_top(scored, count: int) -> None:
@@ -1367,9 +1381,17 @@ def _print_top(scored, count: int) -> None:
     for row in best.itertuples():
         reasons = json.loads(row.reasons) if isinstance(row.reasons, str) else row.reasons
         why = "; ".join(r["text"] for r in reasons[:2])
-        table.add_row(row.lead_id, f"{row.score:.1f}", row.grade, f"{row.fit:.0f}", f"{row.engagement:.0f}",
-                      row.stage, why, row.next_action)  # fmt: skip
+        table.add_row(_shown_text(row.lead_id), f"{row.score:.1f}", row.grade, f"{row.fit:.0f}",
+                      f"{row.engagement:.0f}", row.stage, _shown_text(why), _shown_text(row.next_action))  # fmt: skip
     console.print(table)
+
+
+def _shown_text(value: object) -> str:
+    """A CRM's text as printed on a terminal: brackets as written, not rich markup (`M2[/]` was
+    a traceback, `[link=...]` a link), and control characters as escapes, not run."""
+    from features.clean import control_escaped
+
+    return escape(control_escaped(str(value)))
 
 
 def pd_timestamp(text: str | None):

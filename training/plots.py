@@ -83,8 +83,9 @@ def shap_summary_plot(booster: lgb.Booster, x: pd.DataFrame, out: Path) -> Path:
     shown = pd.DataFrame(
         {c: np.nan if isinstance(x[c].dtype, pd.CategoricalDtype) else x[c] for c in x.columns}, index=x.index
     )
-    with warnings.catch_warnings():  # an all-missing (categorical) column has no colour range
-        warnings.simplefilter("ignore", RuntimeWarning)
+    # Column names are text, not TeX: `Spend $\frac$` stopped training with a parse error.
+    with warnings.catch_warnings(), plt.rc_context({"text.parse_math": False}):
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing (categorical) column has no colour range
         shap.summary_plot(
             contributions,
             shown.astype(float),
@@ -92,8 +93,8 @@ def shap_summary_plot(booster: lgb.Booster, x: pd.DataFrame, out: Path) -> Path:
             show=False,
             max_display=20,
         )
-    fig = plt.gcf()
-    fig.axes[0].set_xlabel("contribution to the score, in log-odds before calibration (SHAP)")
-    fig.axes[0].set_title(f"What moves the score: top features on {len(x):,} test rows (grey: categories)")
-    fig.set_size_inches(8, 7)
-    return _save(fig, out / "shap_summary.png")
+        fig = plt.gcf()
+        fig.axes[0].set_xlabel("contribution to the score, in log-odds before calibration (SHAP)")
+        fig.axes[0].set_title(f"What moves the score: top features on {len(x):,} test rows (grey: categories)")
+        fig.set_size_inches(8, 7)
+        return _save(fig, out / "shap_summary.png")
