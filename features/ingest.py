@@ -65,6 +65,18 @@ STATUS_SYNONYMS = {
     "working contacted": "open",
     "open not contacted": "open",
     "new": "open",
+    # Common CRM lead statuses of leads still being worked (HubSpot's, Salesforce's, Dynamics').
+    "attempted to contact": "open",
+    "attempting to contact": "open",
+    "contacted": "open",
+    "connected": "open",
+    "open deal": "open",
+    "bad timing": "open",
+    "nurture": "open",
+    "nurturing": "open",
+    "reopened": "open",
+    "re opened": "open",
+    "recycled": "open",
 }
 
 
@@ -221,6 +233,34 @@ def note_lead_columns(quarantine: Quarantine, file: str, present: tuple[str, ...
 def export_date_order(*tables: pd.DataFrame) -> bool | None:
     """The order of numeric dates across an export's date columns (see `numeric_date_order`)."""
     return order_from_votes(export_date_votes(*tables))
+
+
+def refuse_mixed_date_orders(tables: dict[str, pd.DataFrame]) -> None:
+    """Refuse an export whose files each write numeric dates in their own order, one day first
+    and another month first: read in the order most of the export's dates say, the other
+    file's dates with a day of 12 or less would be read the other way without a word (a
+    day-first `outcomes.csv` beside a US `activities.csv`: 06/09/2024 read as 9 June). A file's
+    order is its own when at least 10 of its dates say it and at most a tenth as many the other
+    (a stray date in the other order is set aside as such, not refused)."""
+    orders: dict[str, tuple[bool, str]] = {}
+    for file, table in tables.items():
+        for column in (c for c in DATE_COLUMNS if c in table):
+            text = table[column]
+            day_votes, month_votes = date_order_votes(text)
+            if max(day_votes, month_votes) >= 10 and min(day_votes, month_votes) * 10 <= max(day_votes, month_votes):
+                day_first = day_votes > month_votes
+                against, _ = against_date_order(text, not day_first)
+                example = str(text[against.to_numpy()].iloc[0]) if against.any() else ""
+                orders.setdefault(file, (day_first, f"{column} {example}".strip()))
+    if len({day_first for day_first, _ in orders.values()}) > 1:
+        said = "; ".join(
+            f"{file} {'day' if first else 'month'} first ({example})" for file, (first, example) in orders.items()
+        )
+        raise DataError(
+            f"the export's files write numeric dates in different orders: {said}. One order is read for the whole "
+            "export, so some dates would be read the wrong way round; export every file in one order (or ISO "
+            "8601, 2025-09-19)"
+        )
 
 
 def export_date_votes(*tables: pd.DataFrame) -> tuple[int, int]:
@@ -850,12 +890,10 @@ def clean_outcomes(
         out["closed_at"] = ""
     closed_at, _ = parse_timestamps(out["closed_at"], day_first)
     bad = closed & closed_at.isna()
-    quarantine.add(
-        "outcomes",
-        out,
-        bad,
-        "closed lead without a valid closed_at: " + out["closed_at"].astype(str),
-    )
+    text = out["closed_at"].astype(str)
+    reasons = date_problem("closed_at", text, day_first, bad)  # a date in the other order says so
+    generic = reasons.str.startswith("closed_at missing")
+    quarantine.add("outcomes", out, bad, reasons.mask(generic, "closed lead without a valid closed_at: " + text))
     out = out.assign(closed_at=closed_at.where(closed))[~bad]
     late = after_today(out["closed_at"])
     quarantine.add("outcomes", out, late, "closed_at is after today: " + out["closed_at"].astype(str))
@@ -866,8 +904,12 @@ def clean_outcomes(
     repeated = out.duplicated("lead_id", keep=False)
     quarantine.add("outcomes", out, repeated, "more than one outcome row for this lead_id")
     out = out[~repeated]
-    created = leads.set_index("lead_id")["created_at"]
-    before = out["closed_at"].notna() & (out["closed_at"] < out["lead_id"].map(created))
+    created = out["lead_id"].map(leads.set_index("lead_id")["created_at"])
+    # A date without a time of day (Salesforce's CloseDate) reads as midnight: on the day the
+    # lead was created it means "closed that day", not before the lead existed.
+    same_day = (out["closed_at"] == out["closed_at"].dt.normalize()) & (out["closed_at"] == created.dt.normalize())
+    out["closed_at"] = out["closed_at"].mask(same_day & (out["closed_at"] < created), created)
+    before = out["closed_at"].notna() & (out["closed_at"] < created)
     quarantine.add("outcomes", out, before, "closed_at is before the lead's created_at")
     out = out[~before]
     missing = ~leads["lead_id"].isin(out["lead_id"]) & ~with_rows
@@ -931,6 +973,8 @@ def load_crm(directory: str | Path, missing_tokens: Iterable[str] = ("",)) -> Cr
     raw_outcomes = read_csv_table(paths["outcomes"], OUTCOME_REQUIRED, table="outcomes", quarantine=quarantine)
 
     # One order of numeric dates for the whole export (a CRM writes every date alike).
+    raw = {"leads": raw_leads, "activities": raw_acts, "outcomes": raw_outcomes}
+    refuse_mixed_date_orders({paths[name].name: table for name, table in raw.items()})
     day_first = export_date_order(raw_leads, raw_outcomes, raw_acts)
     lead_columns = lead_columns_with_values(raw_leads, missing_tokens)
     note_lead_columns(quarantine, paths["leads"].name, lead_columns)

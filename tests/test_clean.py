@@ -16,6 +16,11 @@ def test_placeholders_become_missing_and_text_is_stripped():
     values = pd.Series(["  Software ", "Select", "N/A", "", None, "-", "Retail"])
     out = blank_to_missing(values, ["", "select", "n/a", "-"])
     assert out.tolist() == ["Software", None, None, None, None, None, "Retail"]
+    # Placeholders wrapped in punctuation (Salesforce's `--None--`, a spreadsheet's `#N/A`) are
+    # placeholders; values that only carry punctuation keep it.
+    wrapped = pd.Series(["--None--", "#N/A", "<NA>", "(blank)", "***", "C++", "-1", "A-", ".NET"])
+    out = blank_to_missing(wrapped, ["", "none", "n/a", "na", "(blank)"])
+    assert out.tolist() == [None, None, None, None, None, "C++", "-1", "A-", ".NET"]
 
 
 def test_invisible_characters_at_the_ends_are_stripped_and_alone_are_blank():

@@ -356,3 +356,43 @@ def test_a_file_cut_part_way_through_a_row_is_refused(export, table):
         load_crm(export)
     path.write_bytes(whole.rstrip(b"\n") + b"\r\n")
     load_crm(export)
+
+
+def test_files_that_write_numeric_dates_in_different_orders_are_refused(tmp_path):
+    """A day-first outcomes.csv beside a month-first activities.csv: the activities outvoted
+    the outcomes, and every closed_at with a day of 12 or less was read the wrong way round."""
+    ids = [f"L{i}" for i in range(12)]
+    _write(
+        tmp_path,
+        {"lead_id": ids, "created_at": ["2025-01-02"] * 12},
+        {"lead_id": ids, "occurred_at": [f"01/{13 + i}/2025 4:58:22 AM" for i in range(12)],
+         "activity_type": ["web_visit"] * 12},
+        {"lead_id": ids, "status": ["converted"] * 12, "closed_at": [f"{13 + i}/02/2025" for i in range(12)]},
+    )  # fmt: skip
+    with pytest.raises(DataError) as refused:
+        load_crm(tmp_path)
+    said = str(refused.value)
+    assert "activities.csv month first (occurred_at 01/13/2025 4:58:22 AM)" in said, said
+    assert "outcomes.csv day first (closed_at 13/02/2025)" in said, said
+    # One stray date in the other order is set aside as such, not a reason to refuse the export.
+    outcomes = pd.read_csv(tmp_path / "outcomes.csv")
+    outcomes["closed_at"] = ["02/13/2025"] * 11 + ["14/02/2025"]
+    outcomes.to_csv(tmp_path / "outcomes.csv", index=False)
+    crm = load_crm(tmp_path)
+    reasons = crm.quarantine.frame().set_index("table")["reason"]
+    assert reasons["outcomes"].startswith("closed_at is written day first (14/02/2025)"), reasons
+
+
+def test_a_close_date_without_a_time_on_the_day_the_lead_was_created_is_that_day(tmp_path):
+    """Salesforce's CloseDate is a date: a same-day conversion read as midnight was quarantined
+    as closed before the lead was created."""
+    _write(
+        tmp_path,
+        {"lead_id": ["A", "B"], "created_at": ["2025-03-04 10:31", "2025-03-04 10:31"]},
+        {"lead_id": ["A"], "occurred_at": ["2025-03-04 10:40"], "activity_type": ["web_visit"]},
+        {"lead_id": ["A", "B"], "status": ["Closed - Converted", "Reopened"], "closed_at": ["2025-03-04", ""]},
+    )
+    crm = load_crm(tmp_path)
+    assert crm.quarantine.frame().empty
+    outcome = crm.outcomes.set_index("lead_id")
+    assert outcome.loc["A", "closed_at"] == pd.Timestamp("2025-03-04 10:31") and outcome.loc["B", "status"] == "open"

@@ -182,6 +182,13 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
                          "--model-name", "crm-model", store=store)  # fmt: skip
     assert no_alias.returncode == 2 and "none is @challenger" in no_alias.stderr
     assert "not kept for the pages" not in no_alias.stdout, no_alias.stdout
+    # A name whose only version failed the gates: the error says how to score with it anyway.
+    gated_version = client.get_model_version("crm-model", "2")
+    client.create_registered_model("gated-only")
+    client.create_model_version("gated-only", gated_version.source, gated_version.run_id)
+    no_champion = leadscore("score", str(small_crm_dir), "-o", str(scores), "--model-name", "gated-only", store=store)
+    said = " ".join(no_champion.stderr.split())
+    assert no_champion.returncode == 2 and "none is @champion" in said and "--model-version N scores" in said, said
     # A pages folder that cannot be written: the scores are still written, and the output says
     # they were not kept; asked to keep them, the run is refused before it scores.
     (tmp_path / "a_file").write_text("")

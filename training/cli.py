@@ -829,7 +829,7 @@ def score(
         stale_export_note,
         write_table,
     )
-    from serving.scoring import ModelNotReady, load_chosen
+    from serving.scoring import AliasMissing, ModelNotReady, load_chosen
     from serving.snapshots import scores_dir, write_snapshot
 
     _quiet_libraries()
@@ -910,6 +910,9 @@ def score(
         # An empty scoring (a mistyped --as-of year, a file of closed leads) must not replace
         # the pages' latest one, and a scheduled job must see that nothing was scored.
         snapshot = snapshot and not result.scored.empty
+    except AliasMissing as exc:
+        hint = "; --model-version N scores with a registered version anyway" if model_version is None else ""
+        _fail(f"{exc}{hint}")
     except (DataError, ModelNotReady, ParamsError) as exc:
         _fail(str(exc))
     except OSError as exc:
