@@ -156,3 +156,22 @@ def test_an_export_whose_leads_lack_columns_the_champion_learned_from_cannot_rep
                         full.label[(full.split.assignment == "test").to_numpy()].to_numpy(),
                         lead_columns=full.settings["lead_columns"])  # fmt: skip
     assert same.auc is not None and not same.columns_missing
+
+
+def test_a_champion_that_cannot_be_loaded_is_not_replaced_unseen(champion_store, params, monkeypatch):
+    """An artifact store down for a minute made the comparison "pass": a worse model replaced the champion."""
+    import mlflow
+
+    from training.register import champion_auc, check_gates
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", champion_store)
+
+    def store_down(*args, **kwargs):
+        raise ConnectionError("artifact store http://127.0.0.1:18603 refused the connection")
+
+    monkeypatch.setattr(mlflow.pyfunc, "load_model", store_down)
+    check = champion_auc("svc-model", "crm", pd.DataFrame(), np.array([0, 1]))
+    assert check.unreadable and check.auc is None and "refused the connection" in check.note, check
+    passing = {"roc_auc": 0.9, "ece": 0.01, "n": 400, "positives": 100}
+    gate = next(g for g in check_gates(params.gates, passing, 0.85, check) if g.name == "max_auc_drop_vs_champion")
+    assert not gate.passed and "not promoted" in gate.detail

@@ -258,6 +258,26 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
                        "--model-name", "crm-model", store=store)  # fmt: skip
     assert absent.returncode == 2 and "crm-model has no version 9" in absent.stderr, absent.stderr
 
+    # Another checkout's run promoted while this one trained: not promoted over a model it was
+    # never compared with (the lock is a file of one checkout).
+    from training.register import ChampionMoved, promote
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", store)
+        with pytest.raises(ChampionMoved, match="it was v1 when compared, v3 now"):
+            promote("crm-model", "2", compared_with="1")
+        assert str(client.get_model_version_by_alias("crm-model", "champion").version) == "3"
+    # A champion trained with other feature settings is scored with its own, not left uncompared
+    # (its 90-day columns were missing, and the gate passed unchecked).
+    relaxed = {"gates.min_auc_gain_vs_baseline": -1.0, "gates.max_test_ece": 1.0, "tuning.early_stopping_rounds": 50}
+    windows = params_file("windows.yaml", **{"features.windows_days": [7, 30], **relaxed})
+    other = leadscore("train", "--data", str(small_crm_dir), "--params", str(windows), "--metrics-out",
+                      str(metrics_path), "--model-name", "crm-model", store=store)  # fmt: skip
+    assert other.returncode == 0, other.stdout + other.stderr
+    compared = [g for g in json.loads(metrics_path.read_text())["gates"] if g["name"] == "max_auc_drop_vs_champion"]
+    assert "champion v3 test ROC AUC" in compared[0]["detail"], compared
+    assert "the champion scored with its own feature settings" in compared[0]["detail"], compared
+
 
 def crm_params(params_file):
     from features.params import load_params

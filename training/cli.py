@@ -1197,7 +1197,7 @@ def recalibrate(
     Exit 0 when it ran (the decision is in the report), 2 when it could not, 3 when another
     recalibration, a rollback or a training run holds the lock, 4 when there is no new data
     since the champion's test."""
-    from training.recalibrate import RecalibrationError
+    from training.recalibrate import EXIT_LOCKED, RecalibrationError
     from training.recalibrate import recalibrate as run_recalibration
 
     _quiet_libraries()
@@ -1253,6 +1253,8 @@ def recalibrate(
         )
     console.print(f"{_log_time(console)}[bold]{summary['decision']}[/bold]: {summary['why']}")
     console.print(f"report: {summary['report']}/report.html (and report.md)")
+    if summary.get("exit_code") == EXIT_LOCKED:  # another run promoted while this one trained
+        _fail("the champion moved during the run: try again", code=EXIT_LOCKED)
     if summary.get("exit_code"):  # kept the champion because the export looks cut short
         _fail("the export looks cut short (see the failed gate above): a person should look", code=summary["exit_code"])
 

@@ -3,6 +3,7 @@ register, tracked in one MLflow parent run with a nested run per Optuna trial.""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import resource
@@ -26,7 +27,7 @@ from features.fit import learn_tech_vocabulary
 from features.flat import FlatProfile, flat_feature_groups, load_flat, model_column_name
 from features.ingest import DataError, Quarantine, as_of_view, load_crm
 from features.leakage import audit_leakage
-from features.params import PROJECT_ROOT, Params
+from features.params import PROJECT_ROOT, FeatureParams, Params
 from features.schema import TRUTH_FILE
 from features.spec import learn_spec, to_model_frame
 from features.synthetic import generate_crm, write_crm
@@ -41,6 +42,8 @@ from training.progress import PrintReporter, Reporter  # noqa: F401 (PrintReport
 from training.register import (
     CHALLENGER,
     CHAMPION,
+    ChampionMoved,
+    Gate,
     champion_auc,
     check_gates,
     describe_version,
@@ -127,6 +130,9 @@ class Dataset:
     id_leaks: dict[str, str] = field(default_factory=dict)  # identifiers that give the label away
     export_end: pd.Timestamp | None = None  # a CRM export's newest moment (or its --as-of view's)
     has_activities: bool = True  # False: a CRM export without one usable activity
+    # CRM: the features of the chosen examples built with other feature settings and technologies
+    # (a champion's own), or None when they are this run's.
+    features_for: Callable[[dict[str, Any], list[str], np.ndarray], pd.DataFrame | None] | None = None
 
 
 def peak_memory_mb() -> float:
@@ -215,6 +221,17 @@ def prepare_crm(
         # The lead columns it learned from: a later export without one must not replace it.
         "lead_columns": list(crm.lead_columns),
     }
+
+    def features_for(feature_settings: dict[str, Any], technologies: list[str], chosen: np.ndarray):
+        if feature_settings == settings["features"] and list(technologies) == list(vocabulary):
+            return None
+        picked = examples[chosen]
+        picked_rows = crm.leads.set_index("lead_id").loc[picked["lead_id"]].reset_index()
+        own = FeatureParams.model_validate(feature_settings)
+        return build_crm_features(
+            picked_rows, crm.activities, picked["as_of"].reset_index(drop=True), own, technologies
+        )
+
     return Dataset(
         kind="crm",
         features=features,
@@ -230,6 +247,7 @@ def prepare_crm(
         timings={"load_seconds": loaded - started, "features_seconds": built - loaded},
         export_end=crm.export_end,
         has_activities=not crm.activities.empty,
+        features_for=features_for,
     )
 
 
@@ -309,6 +327,10 @@ def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
             mlflow.log_metric("valid_roc_auc_when_pruned" if pruned else "valid_roc_auc", trial.value)
         if "best_iteration" in trial.user_attrs:
             mlflow.log_metric("best_iteration", trial.user_attrs["best_iteration"])
+
+
+def _test_rows_of(features_for: Callable, test_rows: np.ndarray, settings: dict[str, Any], technologies: list[str]):
+    return features_for(settings, technologies, test_rows)
 
 
 def flat_criteria(params: Params, held_out_probability: np.ndarray) -> dict[str, Any]:
@@ -642,6 +664,8 @@ def train_and_register(
             model_name, dataset.kind, test_raw, labels["test"], export_has_activities=dataset.has_activities,
             lead_columns=dataset.settings.get("lead_columns"),
             leaking={*excluded, *(dropped if replace_leaky_champion else ())}, dropped=dropped,
+            features_for=None if dataset.features_for is None
+            else functools.partial(_test_rows_of, dataset.features_for, (part == "test").to_numpy()),
         )  # fmt: skip
         gates = check_gates(params.gates, test_metrics, best_baseline, champion)
         passed = all(g.passed for g in gates)
@@ -708,10 +732,15 @@ def train_and_register(
 
         previous = None
         if version is not None:
-            if promote_champion:
-                previous = promote(model_name, version) if passed else None
-            else:
+            if not promote_champion:
                 set_alias(model_name, CHALLENGER, version)
+            elif passed:
+                try:
+                    previous = promote(model_name, version, compared_with=champion.version)
+                except ChampionMoved as exc:
+                    passed = False
+                    gates.append(Gate("champion_unchanged_during_run", False, str(exc)))
+                    reporter.warn(str(exc))
             describe_version(
                 model_name,
                 version,
@@ -737,6 +766,7 @@ def train_and_register(
                 "version": version,
                 "run_id": run.info.run_id,
                 "previous_champion": previous,
+                "compared_with_champion": champion.version,  # promote later only over this one
                 "alias": None
                 if version is None
                 else (CHAMPION if passed else None)

@@ -35,7 +35,7 @@ from training.pipeline import (
     report_quarantine,
     train_and_register,
 )
-from training.register import CHALLENGER, CHAMPION, promote
+from training.register import CHALLENGER, CHAMPION, ChampionMoved, promote
 from training.thresholds import f1_threshold, grade_bands, precision_threshold, top_share_threshold
 
 # Exit codes a scheduler can act on; every decision (promoted, kept the champion, dry run,
@@ -205,7 +205,11 @@ def recalibrate(
             summary |= {"decision": "dry run", "why": f"nothing changed ({would})"}
         elif passed:
             new = metrics["model"]["version"]
-            before = promote(model_name, new)
+            try:
+                before = promote(model_name, new, compared_with=metrics["model"]["compared_with_champion"])
+            except ChampionMoved as exc:
+                summary |= {"decision": "kept the champion", "why": str(exc), "exit_code": EXIT_LOCKED}
+                return _finish(summary, report_dir, summary["run_id"])
             summary |= {"decision": "promoted", "why": f"all gates passed; v{new} is @champion, v{before} is @previous"}
             try:
                 mark_promoted(model_name, summary["run_id"], metrics, before)

@@ -7,6 +7,7 @@ import importlib.metadata
 import io
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from sklearn.metrics import roc_auc_score
 import features
 from features.fit import TECH_PREFIX
 from features.params import GateParams
+from features.tracking import without_password
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +120,9 @@ class ChampionCheck:
     engagement_missing: bool = False
     # This export has no value in lead columns the champion learned from (a leads.csv cut short).
     columns_missing: bool = False
+    # The champion could not be loaded (an artifact store down, a bundle moved): not compared,
+    # so not replaced, or a store's short outage would promote any model over it.
+    unreadable: bool = False
 
 
 def champion_auc(
@@ -130,11 +135,16 @@ def champion_auc(
     lead_columns: list[str] | None = None,
     leaking: set[str] = frozenset(),
     dropped: set[str] = frozenset(),
+    features_for: Callable[[dict[str, Any], list[str]], pd.DataFrame | None] | None = None,
 ) -> ChampionCheck:
     """The current champion's ROC AUC on this run's test set, when it can be compared.
     `lead_columns`: the feature inputs this CRM export has values in (`lead_columns_with_values`).
     `leaking`: columns this run leaves out as leaks (excluded by the leakage audit, or dropped
-    with `--replace-leaky-champion`); `dropped`: all it leaves out by `--drop`."""
+    with `--replace-leaky-champion`); `dropped`: all it leaves out by `--drop`; `features_for`
+    (CRM): the test examples' features built with the champion's own feature settings and
+    technologies, or None when they are this run's (scored with this run's, a champion trained
+    with other windows lacked columns and went uncompared; with another half-life it was
+    compared on features it never learned from)."""
     client = MlflowClient()
     version = current_version(client, model_name)
     if version is None:
@@ -142,8 +152,16 @@ def champion_auc(
     try:
         model = mlflow.pyfunc.load_model(f"models:/{model_name}@{CHAMPION}")
         scorer = model.unwrap_python_model().scorer
-    except Exception as exc:  # a broken or foreign champion must not stop training
-        return ChampionCheck(version, None, f"champion v{version} could not be loaded ({type(exc).__name__})")
+    except Exception as exc:  # a broken or foreign champion must not stop training, nor be replaced unseen
+        said = without_password(" ".join(str(exc).split()))[:200]
+        return ChampionCheck(
+            version,
+            None,
+            f"champion v{version} could not be loaded ({type(exc).__name__}: {said}), so this model was not "
+            "compared with it: not promoted; train again once its artifacts can be read (if they never can, "
+            "promote a version by hand in notebook 02, or remove the @champion alias)",
+            unreadable=True,
+        )
     if scorer.spec.kind != kind:
         return ChampionCheck(version, None, f"champion v{version} is a {scorer.spec.kind} model, this one {kind}", True)
     if kind == "crm" and not export_has_activities and scorer.uses_engagement():
@@ -168,8 +186,13 @@ def champion_auc(
             "them, train under a name of its own: --model-name NAME)",
             columns_missing=True,
         )
-    missing = [c for c in scorer.spec.columns if c not in features_test.columns]
     note = ""
+    own_settings = scorer.spec.settings.get("features")
+    if kind == "crm" and features_for is not None and own_settings is not None:
+        own = features_for(own_settings, list(scorer.spec.settings.get("tech_vocabulary", [])))
+        if own is not None:
+            features_test, note = own, " (the champion scored with its own feature settings)"
+    missing = [c for c in scorer.spec.columns if c not in features_test.columns]
     technologies = [c for c in missing if c.startswith(TECH_PREFIX)]
     if kind == "crm" and technologies and missing == technologies:
         # The technologies learned from the export change with it (its top ones): a technology
@@ -247,7 +270,7 @@ def check_gates(
     elif champion.columns_missing:
         result.append(Gate("lead_columns_like_champion", False, champion.note))
     elif champion.auc is None:
-        result.append(Gate("max_auc_drop_vs_champion", True, champion.note))
+        result.append(Gate("max_auc_drop_vs_champion", not champion.unreadable, champion.note))
     else:
         drop = champion.auc - test["roc_auc"]
         result.append(
@@ -258,14 +281,37 @@ def check_gates(
     return result
 
 
-def promote(model_name: str, version: str) -> str | None:
+class ChampionMoved(RuntimeError):
+    """`@champion` moved after the gates compared a new model with it."""
+
+
+_UNCHECKED = object()
+
+
+def promote(model_name: str, version: str, compared_with: Any = _UNCHECKED) -> str | None:
     """Make `version` the champion; the replaced champion keeps the alias `previous`.
+
+    Args:
+        compared_with: the champion version the gates compared `version` with (None: there was
+            none). When `@champion` names another version now, another person's run or a
+            recalibration promoted meanwhile (the lock is a file of one checkout, not of the
+            registry): `version` is not promoted over a model it was never compared with.
 
     Returns:
         The version that was champion before, if any.
+
+    Raises:
+        ChampionMoved: the champion is not the one compared with.
     """
     client = MlflowClient()
     old = current_version(client, model_name)
+    if compared_with is not _UNCHECKED and old != compared_with:
+        was = f"v{compared_with}" if compared_with is not None else "none"
+        raise ChampionMoved(
+            f"@champion moved while this run trained (it was {was} when compared, v{old} now: another person's "
+            f"run or a recalibration promoted meanwhile): v{version} is registered, not promoted over a model "
+            "it was not compared with; train again to compare with it"
+        )
     if old is not None and old != version:
         client.set_registered_model_alias(model_name, PREVIOUS, old)
     client.set_registered_model_alias(model_name, CHAMPION, version)
