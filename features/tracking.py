@@ -214,6 +214,16 @@ def server_lost(exc: BaseException) -> str | None:
         return None
     if not re.search(r"Connection refused|Max retries exceeded|Name or service not known|timed out", str(exc)):
         return None
+    # urllib3 names the server it could not reach: an artifact store of its own (`mlflow server
+    # --artifacts-only`) is not the tracking server, which recorded the run as failed.
+    reached = re.search(r"host='([^']+)', port=(\d+)", str(exc))
+    parts = urllib.parse.urlsplit(uri)
+    tracking = (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    if reached and (reached[1], int(reached[2])) != tracking:
+        return (
+            f"the artifact store at {reached[1]}:{reached[2]} (not the tracking server at {shown_uri(uri)}) stopped "
+            "answering during the run; @champion did not move. Train again once it is back."
+        )
     return (
         f"the tracking server at {shown_uri(uri)} stopped answering during the run; the run stays unfinished "
         "there and @champion did not move. Train again once `mlflow server` is back."

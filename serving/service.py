@@ -240,7 +240,9 @@ class LeadScoring:
         self.not_ready = "starting"
         # Why the last check of @champion failed while a model is live ("" when it did not).
         self.last_check_problem = ""
-        self.alias_missing = False
+        # The live version is no longer @champion (the alias was removed, or moved to a version
+        # that cannot be loaded): GET /model must not call it the champion.
+        self.not_champion = False
         self._reload_lock = threading.Lock()
         with _one_worker_at_a_time(tracking_uri()):
             self.reload()
@@ -275,9 +277,9 @@ class LeadScoring:
                 try:
                     version = champion_version(self.model_name)
                 except AliasMissing:
-                    self.alias_missing = True
+                    self.not_champion = True
                     raise
-                self.alias_missing = False
+                self.not_champion = live is not None and version != live
                 self.last_check_problem = ""
                 if version == live:
                     return {"live_version": live, "changed": False}
@@ -294,6 +296,7 @@ class LeadScoring:
                 logger.warning("champion not (re)loaded, %s stays live: %s", live or "no model", exc)
                 return {"live_version": live, "changed": False, "error": str(exc)}
             self.live = Live(model, direct, pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"))
+            self.not_champion = False
             self.not_ready = ""
             NOT_READY["reason"] = ""
             logger.info("now serving %s version %s (was %s)", self.model_name, version, live or "none")
@@ -420,7 +423,7 @@ class LeadScoring:
             "name": model.name,
             "version": model.version,
             # No longer the champion once the alias is gone, though it keeps serving until one is set.
-            "alias": None if self.alias_missing else model.alias,
+            "alias": None if self.not_champion else model.alias,
             "loaded_at": live.loaded_at,
             "last_check_problem": self.last_check_problem or None,
             "reload_seconds": PARAMS.service.reload_seconds,

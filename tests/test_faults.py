@@ -408,7 +408,10 @@ def test_a_tracking_server_lost_mid_run_is_said_in_one_line(monkeypatch, tmp_pat
 
     refused = ConnectionError("HTTPConnectionPool(host='127.0.0.1', port=5077): Max retries exceeded")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5077")
-    assert "stopped answering during the run" in server_lost(refused)
+    assert server_lost(refused).startswith("the tracking server at http://127.0.0.1:5077 stopped answering")
     assert server_lost(ValueError("a bug")) is None
+    # An artifact store of its own (`mlflow server --artifacts-only`) down is not the tracking server.
+    artifacts = ConnectionError("HTTPConnectionPool(host='127.0.0.1', port=5078): Max retries exceeded")
+    assert server_lost(artifacts).startswith("the artifact store at 127.0.0.1:5078 (not the tracking server")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     assert server_lost(refused) is None

@@ -471,6 +471,9 @@ def test_service_follows_the_champion_and_rollback(champion_store, params_file, 
         assert refused.json()["live_version"] == before and "could not be loaded" in refused.json()["error"]
         body = {"leads": [{"lead_id": "x", "created_at": "2025-01-01"}], "as_of": AS_OF}
         assert httpx.post(f"{url}/score", json=body, timeout=30).json()[0]["model_version"] == before
+        # Still served, but no longer the champion: /model must not call it that.
+        info = httpx.get(f"{url}/model", timeout=30).json()
+        assert info["version"] == before and info["alias"] is None and "could not be loaded" in info["last_check_problem"]
     finally:
         _stop(process)
         mlflow.set_tracking_uri(previous_uri)

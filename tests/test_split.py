@@ -175,3 +175,12 @@ def test_a_champion_that_cannot_be_loaded_is_not_replaced_unseen(champion_store,
     passing = {"roc_auc": 0.9, "ece": 0.01, "n": 400, "positives": 100}
     gate = next(g for g in check_gates(params.gates, passing, 0.85, check) if g.name == "max_auc_drop_vs_champion")
     assert not gate.passed and "not promoted" in gate.detail
+
+
+def test_a_gain_just_under_its_minimum_never_reads_as_the_minimum(params):
+    from training.register import ChampionCheck, check_gates
+
+    test = {"roc_auc": 0.8, "ece": 0.01, "n": 400, "positives": 100}
+    gates = check_gates(params.gates, test, 0.8 + 0.010036, ChampionCheck(None, None, "no champion yet"))
+    gate = next(g for g in gates if g.name == "min_auc_gain_vs_baseline")
+    assert not gate.passed and gate.detail == "gain over the better baseline -0.01004 vs minimum -0.01"

@@ -236,6 +236,16 @@ def champion_auc(
     return ChampionCheck(version, float(roc_auc_score(label, probability)), note)
 
 
+def _signed(value: float, limit: float) -> str:
+    """`value` to 4 decimals, or as many more as it takes to read on its side of `limit`
+    (-0.010036 failing a minimum of -0.01 read "-0.0100")."""
+    for decimals in range(4, 9):
+        shown = f"{value:+.{decimals}f}"
+        if (float(shown) >= limit) == (value >= limit):
+            return shown
+    return f"{value:+}"
+
+
 def check_gates(
     gates: GateParams,
     test: dict[str, float],
@@ -246,6 +256,7 @@ def check_gates(
 
     A model of other data never replaces the champion: whatever calls the service would be
     scored on inputs the new model does not know (every lead the same score)."""
+    gain = test["roc_auc"] - best_baseline_auc
     result = [
         Gate("min_test_roc_auc", test["roc_auc"] >= gates.min_test_roc_auc,
              f"test ROC AUC {test['roc_auc']:.4f} vs minimum {gates.min_test_roc_auc}"),
@@ -255,8 +266,8 @@ def check_gates(
              min(test["positives"], test["n"] - test["positives"]) >= gates.min_test_examples_per_class,
              f"test rows: {test['positives']} converted, {test['n'] - test['positives']} lost "
              f"vs minimum {gates.min_test_examples_per_class} of each"),
-        Gate("min_auc_gain_vs_baseline", test["roc_auc"] - best_baseline_auc >= gates.min_auc_gain_vs_baseline,
-             f"gain over the better baseline {test['roc_auc'] - best_baseline_auc:+.4f} "
+        Gate("min_auc_gain_vs_baseline", gain >= gates.min_auc_gain_vs_baseline,
+             f"gain over the better baseline {_signed(gain, gates.min_auc_gain_vs_baseline)} "
              f"vs minimum {gates.min_auc_gain_vs_baseline:+}"),
     ]  # fmt: skip
     if champion.other_inputs:
