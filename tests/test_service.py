@@ -473,7 +473,9 @@ def test_service_follows_the_champion_and_rollback(champion_store, params_file, 
         assert httpx.post(f"{url}/score", json=body, timeout=30).json()[0]["model_version"] == before
         # Still served, but no longer the champion: /model must not call it that.
         info = httpx.get(f"{url}/model", timeout=30).json()
-        assert info["version"] == before and info["alias"] is None and "could not be loaded" in info["last_check_problem"]
+        assert (
+            info["version"] == before and info["alias"] is None and "could not be loaded" in info["last_check_problem"]
+        )
     finally:
         _stop(process)
         mlflow.set_tracking_uri(previous_uri)
