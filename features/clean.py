@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import string
 import warnings
 from collections.abc import Iterable
 
@@ -59,17 +58,6 @@ def tidy_text(value: object) -> str:
     return re.sub(r"\s+", " ", str(value)).strip(" " + INVISIBLE)
 
 
-def placeholder_key(text: str) -> str:
-    """How a value is compared with the placeholders: without case or the punctuation around
-    it, so `--None--` (Salesforce's empty picklist), `#N/A` (a spreadsheet's) and `<NA>` read
-    as `none`, `n/a` and `na`, and a value of punctuation alone (`-`, `?`, `***`) as blank."""
-    return text.strip(string.punctuation + " ").casefold()
-
-
-def placeholder_keys(missing_tokens: Iterable[str]) -> frozenset[str]:
-    return frozenset(placeholder_key(token) for token in missing_tokens)
-
-
 def blank_to_missing(values: pd.Series, missing_tokens: Iterable[str]) -> pd.Series:
     """Tidy text (`tidy_text`) and turn placeholder values ("", "N/A", "Select", ...) into missing.
 
@@ -80,11 +68,11 @@ def blank_to_missing(values: pd.Series, missing_tokens: Iterable[str]) -> pd.Ser
     Returns:
         An object column of stripped strings, with missing values as None.
     """
-    tokens = placeholder_keys(missing_tokens)
+    tokens = {token.casefold() for token in missing_tokens}
 
     def clean(value: object) -> str | None:
         text = tidy_text(value)
-        return None if placeholder_key(text) in tokens else text
+        return None if text.casefold() in tokens else text
 
     return _map_unique(values, clean)
 

@@ -333,16 +333,24 @@ def field_problems(schema: dict[str, Any], rows: list[dict[str, Any] | None]) ->
         given = row or {}
         wrong = []
         unknown = [key for key in given if key not in columns and key not in header]
-        # Each key is matched against every column: a body of thousands of made-up keys would
-        # hold a worker for minutes, so past the first few the rest are counted, not matched.
-        for key in unknown[:MAX_KEYS_MATCHED]:
-            meant = folded.get(_folded_name(key)) or next(iter(difflib.get_close_matches(key, columns, n=1)), None)
+        # Case and spacing are matched for every key; the fuzzy match compares a key with every
+        # column, so a body of thousands of made-up keys held a worker for minutes: it is tried
+        # on the first few only (past them, a model that kept its export's header refuses the
+        # rest as no column of it; an older one lets them pass, as keys of no column).
+        fuzzy = 0
+        for key in unknown:
+            meant = folded.get(_folded_name(key))
+            if meant is None and fuzzy < MAX_KEYS_MATCHED:
+                fuzzy += 1
+                meant = next(iter(difflib.get_close_matches(key, columns, n=1)), None)
             if meant is not None and meant not in given:
                 wrong.append((i, key, f"not a column of the model, {meant!r} is (names are matched as written)"))
             elif header:
                 wrong.append((i, key, "not a column of the export the model was trained on"))
-        if len(unknown) > MAX_KEYS_MATCHED and (header or wrong):
-            wrong.append((i, None, f"{len(unknown) - MAX_KEYS_MATCHED:,} more keys are not columns of the model"))
+        if len(wrong) > MAX_KEYS_MATCHED:
+            wrong[MAX_KEYS_MATCHED:] = [
+                (i, None, f"{len(wrong) - MAX_KEYS_MATCHED:,} more keys are not columns of the model")
+            ]
         problems += wrong
         if not wrong and not any(key in columns for key in given):
             problems.append((i, None, f"none of the model's columns is here (it reads {shown}): it would score blanks"))

@@ -235,32 +235,45 @@ def export_date_order(*tables: pd.DataFrame) -> bool | None:
     return order_from_votes(export_date_votes(*tables))
 
 
-def refuse_mixed_date_orders(tables: dict[str, pd.DataFrame]) -> None:
+def refuse_mixed_date_orders(
+    tables: dict[str, pd.DataFrame], counted: dict[str, tuple[int, int]] | None = None
+) -> None:
     """Refuse an export whose files each write numeric dates in their own order, one day first
     and another month first: read in the order most of the export's dates say, the other
     file's dates with a day of 12 or less would be read the other way without a word (a
     day-first `outcomes.csv` beside a US `activities.csv`: 06/09/2024 read as 9 June). A file's
     order is its own when at least 10 of its dates say it and at most a tenth as many the other
-    (a stray date in the other order is set aside as such, not refused)."""
+    (a stray date in the other order is set aside as such, not refused). `counted`: the votes
+    (`date_order_votes`) of files read elsewhere (in blocks, on a Dask cluster)."""
     orders: dict[str, tuple[bool, str]] = {}
     for file, table in tables.items():
         for column in (c for c in DATE_COLUMNS if c in table):
-            text = table[column]
-            day_votes, month_votes = date_order_votes(text)
-            if max(day_votes, month_votes) >= 10 and min(day_votes, month_votes) * 10 <= max(day_votes, month_votes):
-                day_first = day_votes > month_votes
-                against, _ = against_date_order(text, not day_first)
-                example = str(text[against.to_numpy()].iloc[0]) if against.any() else ""
-                orders.setdefault(file, (day_first, f"{column} {example}".strip()))
+            day_first = _decisive_order(date_order_votes(table[column]))
+            if day_first is not None and file not in orders:
+                against, _ = against_date_order(table[column], not day_first)
+                example = str(table[column][against.to_numpy()].iloc[0]) if against.any() else ""
+                orders[file] = (day_first, f" ({column} {example})" if example else "")
+    for file, votes in (counted or {}).items():
+        day_first = _decisive_order(votes)
+        if day_first is not None:
+            orders.setdefault(file, (day_first, ""))
     if len({day_first for day_first, _ in orders.values()}) > 1:
         said = "; ".join(
-            f"{file} {'day' if first else 'month'} first ({example})" for file, (first, example) in orders.items()
+            f"{file} {'day' if first else 'month'} first{example}" for file, (first, example) in orders.items()
         )
         raise DataError(
             f"the export's files write numeric dates in different orders: {said}. One order is read for the whole "
             "export, so some dates would be read the wrong way round; export every file in one order (or ISO "
             "8601, 2025-09-19)"
         )
+
+
+def _decisive_order(votes: tuple[int, int]) -> bool | None:
+    """Day first or month first when at least 10 dates say so and at most a tenth as many the other."""
+    day_votes, month_votes = votes
+    if max(votes) >= 10 and min(votes) * 10 <= max(votes):
+        return day_votes > month_votes
+    return None
 
 
 def export_date_votes(*tables: pd.DataFrame) -> tuple[int, int]:

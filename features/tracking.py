@@ -115,7 +115,9 @@ def shown_uri(uri: str) -> str:
 def without_password(text: str, uri: str | None = None) -> str:
     """`text` with the tracking URI's password masked wherever the URI appears in it (MLflow's
     errors quote the URI they failed on, password and all)."""
-    uri = tracking_uri() if uri is None else uri
+    # Read as set, not through `tracking_uri()`, which creates the models folder: an error printed
+    # because that folder cannot be made must not fail again. The default sqlite URI has no password.
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "") if uri is None else uri
     try:
         password = urllib.parse.urlsplit(uri).password
     except ValueError:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from features.build import build_crm_features
-from features.clean import FALSE_TOKENS, TRUE_TOKENS, placeholder_key, placeholder_keys, tidy_text
+from features.clean import FALSE_TOKENS, TRUE_TOKENS, tidy_text
 from features.engagement import INTENT_TYPES, MAX_DECAY_EXPONENT
 from features.fit import _TECH_SPLIT, FREE_MAIL_DOMAINS
 from features.ingest import BANT_SYNONYMS
@@ -103,7 +103,7 @@ class DirectScorer:
         self.enabled = spec.kind == "crm"
         if not self.enabled:  # a flat model's leads take the general path; it has no CRM settings
             return
-        self.tokens = placeholder_keys(settings.get("missing_tokens", ("",)))
+        self.tokens = frozenset(t.casefold() for t in settings.get("missing_tokens", ("",)))
         self.vocabulary = [
             ("uses_" + re.sub(r"\W+", "_", tech).strip("_"), tech) for tech in settings.get("tech_vocabulary", [])
         ]
@@ -137,7 +137,7 @@ class DirectScorer:
         if cached is not _UNSEEN:
             return cached
         text = tidy_text("" if value is None else value)
-        text = None if placeholder_key(text) in self.tokens else text
+        text = None if text.casefold() in self.tokens else text
         # Bounded in number and size: the values come from clients (a joined tech stack has no
         # length limit, and 40 distinct 14 MB ones grew a worker by 350 MB).
         if type(value) is str and len(value) <= _MAX_CACHED_LENGTH and len(self.texts) < _MAX_CACHED:

@@ -63,7 +63,9 @@ def name_requests_by_route() -> None:
 
     async def by_route(self: Any, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] == "http" and route_of(path) != path:
+        # WebSockets too: the service has none, but uvicorn accepts the upgrade and both
+        # middlewares label it by its path.
+        if scope["type"] in ("http", "websocket") and route_of(path) != path:
             scope = {**scope, "path": route_of(path), REAL_PATH: path}
         await original(self, scope, receive, send)
 

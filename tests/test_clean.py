@@ -16,11 +16,14 @@ def test_placeholders_become_missing_and_text_is_stripped():
     values = pd.Series(["  Software ", "Select", "N/A", "", None, "-", "Retail"])
     out = blank_to_missing(values, ["", "select", "n/a", "-"])
     assert out.tolist() == ["Software", None, None, None, None, None, "Retail"]
-    # Placeholders wrapped in punctuation (Salesforce's `--None--`, a spreadsheet's `#N/A`) are
-    # placeholders; values that only carry punctuation keep it.
-    wrapped = pd.Series(["--None--", "#N/A", "<NA>", "(blank)", "***", "C++", "-1", "A-", ".NET"])
-    out = blank_to_missing(wrapped, ["", "none", "n/a", "na", "(blank)"])
-    assert out.tolist() == [None, None, None, None, None, "C++", "-1", "A-", ".NET"]
+
+
+def test_the_placeholders_of_common_crms_are_blank_and_values_of_punctuation_are_kept(params):
+    """Salesforce's empty picklist `--None--` stayed a category level; ratings such as `+` or
+    `***` are values, not blanks."""
+    values = pd.Series(["--None--", "#N/A", "<NA>", "(none)", "+", "***", "$", "C++", ".NET", "-1"])
+    out = blank_to_missing(values, params.flat.missing_tokens)
+    assert out.tolist() == [None, None, None, None, "+", "***", "$", "C++", ".NET", "-1"]
 
 
 def test_invisible_characters_at_the_ends_are_stripped_and_alone_are_blank():

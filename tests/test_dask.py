@@ -472,3 +472,22 @@ def test_an_activities_file_cut_part_way_through_a_row_is_refused_before_the_clu
     (tmp_path / "activities.csv").write_bytes(whole[: len(whole) // 2])
     with pytest.raises(DataError, match=r"^activities\.csv ends part way through a line \(no line break after its"):
         prepare_crm_on_dask(None, tmp_path, params, tuning_rows=10**9, partitions=2)
+
+
+def test_files_that_write_numeric_dates_in_different_orders_are_refused_on_dask_too(client, tmp_path, params):
+    """The Dask engine added up every file's votes, as the local engine did before it refused such an export."""
+    from features.ingest import DataError
+    from training.dask_train import prepare_crm_on_dask
+
+    ids = [f"L{i}" for i in range(12)]
+    pd.DataFrame({"lead_id": ids, "created_at": ["2025-01-02"] * 12}).to_csv(tmp_path / "leads.csv", index=False)
+    pd.DataFrame({"lead_id": ids, "occurred_at": [f"01/{13 + i}/2025" for i in range(12)],
+                  "activity_type": ["web_visit"] * 12}).to_csv(tmp_path / "activities.csv", index=False)  # fmt: skip
+    closes = [f"{13 + i}/02/2025" for i in range(12)]
+    pd.DataFrame({"lead_id": ids, "status": ["converted"] * 12, "closed_at": closes}).to_csv(
+        tmp_path / "outcomes.csv", index=False
+    )
+    with pytest.raises(
+        DataError, match=r"outcomes\.csv day first \(closed_at 13/02/2025\); activities\.csv month first"
+    ):
+        prepare_crm_on_dask(client, tmp_path, params, tuning_rows=10**9, partitions=2)

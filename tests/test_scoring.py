@@ -150,3 +150,10 @@ def test_a_registry_password_never_reaches_an_error_message(monkeypatch):
         without_password("GET http://alice:S3cret!pw@127.0.0.1:9/api failed")
         == "GET http://alice:***@127.0.0.1:9/api failed"
     )
+    # Without a URI set, nothing is looked up or created: the error being printed may be that the
+    # models folder cannot be made.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    import features.tracking as tracking
+
+    monkeypatch.setattr(tracking, "tracking_uri", lambda: pytest.fail("the default store was set up"))
+    assert without_password("cannot write models/") == "cannot write models/"

@@ -523,3 +523,48 @@ def test_a_key_setting_with_no_key_in_it_refuses_requests_rather_than_letting_al
     guard = ApiKeyGuard(app)
     asyncio.run(guard({"type": "http", "path": "/model", "method": "GET", "headers": []}, None, send))
     assert sent[0]["status"] == 503 and b"holds no key" in sent[1]["body"]
+
+
+def test_websocket_paths_are_named_by_route_too():
+    """uvicorn accepts a WebSocket upgrade on any path: BentoML's metrics and access log named it as sent."""
+    import io
+    import logging
+
+    from bentoml._internal.server.http.access import AccessLogMiddleware
+    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+    from starlette.websockets import WebSocketDisconnect
+
+    from serving.guards import RealPath, name_requests_by_route
+
+    name_requests_by_route()
+    written = io.StringIO()
+    handler = logging.StreamHandler(written)
+    access = logging.getLogger("bentoml.access")
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+
+    async def echo(request):
+        return PlainTextResponse(request.url.path)
+
+    app = Starlette(routes=[Route("/ui/leads/{lead_id:path}", echo)], middleware=[
+        Middleware(RunnerTrafficMetricsMiddleware, namespace="t"), Middleware(AccessLogMiddleware), Middleware(RealPath)
+    ])  # fmt: skip
+    try:
+        client = TestClient(app)
+        assert client.get("/ui/leads/L-private-9").text == "/ui/leads/L-private-9"  # the app gets the real path
+        with pytest.raises(WebSocketDisconnect), client.websocket_connect("/ws-made-up%0aFORGED-WS"):
+            pass
+    finally:
+        access.removeHandler(handler)
+        # BentoML's metrics client marks its process dead when collected, importing at interpreter
+        # exit ("sys.meta_path is None"): a served worker's business, not a test process's.
+        from bentoml._internal.configuration.containers import BentoMLContainer
+
+        BentoMLContainer.metrics_client.get().multiproc = False
+    assert "/ui/leads/{lead_id}" in written.getvalue() and "/{other}" in written.getvalue(), written.getvalue()
+    assert "FORGED" not in written.getvalue() and "L-private-9" not in written.getvalue()

@@ -46,6 +46,7 @@ from features.ingest import (
     note_lead_columns,
     read_csv_table,
     refuse_cut_short,
+    refuse_mixed_date_orders,
 )
 from features.params import Params
 from features.schema import (
@@ -179,6 +180,9 @@ def prepare_crm_on_dask(
     # pass over activities.csv on the cluster: an ISO leads.csv says nothing of its order).
     with csv_errors({paths["activities"]: activities}):
         acts_votes = date_votes_on_dask(activities)
+    refuse_mixed_date_orders(
+        {paths["leads"].name: raw_leads, paths["outcomes"].name: raw_outcomes}, {paths["activities"].name: acts_votes}
+    )
     votes = export_date_votes(raw_leads, raw_outcomes)
     day_first = order_from_votes((votes[0] + acts_votes[0], votes[1] + acts_votes[1]))
     lead_columns = lead_columns_with_values(raw_leads, params.flat.missing_tokens)
