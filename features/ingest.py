@@ -919,9 +919,12 @@ def clean_outcomes(
     out = out[~repeated]
     created = out["lead_id"].map(leads.set_index("lead_id")["created_at"])
     # A date without a time of day (Salesforce's CloseDate) reads as midnight: on the day the
-    # lead was created it means "closed that day", not before the lead existed.
-    same_day = (out["closed_at"] == out["closed_at"].dt.normalize()) & (out["closed_at"] == created.dt.normalize())
-    out["closed_at"] = out["closed_at"].mask(same_day & (out["closed_at"] < created), created)
+    # lead was created it means "closed that day", not before the lead existed. That day is the
+    # CRM's local one while `created_at` is read in UTC (an evening lead west of Greenwich is
+    # created the next UTC day): up to a day and 14 hours, the widest offset, after the date.
+    gap = created - out["closed_at"]
+    that_day = (out["closed_at"] == out["closed_at"].dt.normalize()) & (gap > pd.Timedelta(0))
+    out["closed_at"] = out["closed_at"].mask(that_day & (gap < pd.Timedelta(hours=38)), created)
     before = out["closed_at"].notna() & (out["closed_at"] < created)
     quarantine.add("outcomes", out, before, "closed_at is before the lead's created_at")
     out = out[~before]

@@ -560,12 +560,18 @@ def _criteria_rows(model: LoadedModel) -> list[tuple[str, str]]:
 app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 _current_model: Callable[[], LoadedModel | None] = lambda: None  # noqa: E731
 _served_name: str | None = None  # the registered model the service serves; its scorings are shown
+_still_champion: Callable[[], bool] = lambda: True  # noqa: E731
 
 
-def bind(current_model: Callable[[], LoadedModel | None], model_name: str | None = None) -> None:
-    """Tell the pages where the service keeps its live model, and its registered name."""
-    global _current_model, _served_name
-    _current_model, _served_name = current_model, model_name
+def bind(
+    current_model: Callable[[], LoadedModel | None],
+    model_name: str | None = None,
+    still_champion: Callable[[], bool] = lambda: True,
+) -> None:
+    """Tell the pages where the service keeps its live model, its registered name, and whether
+    the live version is still the one its alias names (as `GET /model` says)."""
+    global _current_model, _served_name, _still_champion
+    _current_model, _served_name, _still_champion = current_model, model_name, still_champion
 
 
 def _kept_scorings() -> tuple[Snapshot | None, Snapshot | None]:
@@ -646,7 +652,10 @@ def model_page():
     if isinstance(model, HTMLResponse):
         return model
     latest, _ = _kept_scorings()
-    return _page("model.html", title="Model", m=model_view(model, latest))
+    view = model_view(model, latest)
+    if not _still_champion():  # @champion moved to a version that cannot be loaded, or was removed
+        view["alias"] = None
+    return _page("model.html", title="Model", m=view)
 
 
 @app.get("/leads", response_class=HTMLResponse, include_in_schema=False)

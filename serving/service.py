@@ -246,7 +246,7 @@ class LeadScoring:
         self._reload_lock = threading.Lock()
         with _one_worker_at_a_time(tracking_uri()):
             self.reload()
-        pages.bind(lambda: self.live.model if self.live else None, self.model_name)
+        pages.bind(lambda: self.live.model if self.live else None, self.model_name, lambda: not self.not_champion)
         # The model, pandas and numba make a large, long-lived heap: left to the collector, a
         # full collection walks all of it now and then and stalls requests (the p99 under
         # load). Frozen objects are skipped by every collection.

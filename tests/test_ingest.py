@@ -388,11 +388,17 @@ def test_a_close_date_without_a_time_on_the_day_the_lead_was_created_is_that_day
     as closed before the lead was created."""
     _write(
         tmp_path,
-        {"lead_id": ["A", "B"], "created_at": ["2025-03-04 10:31", "2025-03-04 10:31"]},
+        {"lead_id": ["A", "B", "C", "D"],
+         "created_at": ["2025-03-04 10:31", "2025-03-04 10:31", "2025-03-04T22:00:00-05:00", "2025-03-06 10:00"]},
         {"lead_id": ["A"], "occurred_at": ["2025-03-04 10:40"], "activity_type": ["web_visit"]},
-        {"lead_id": ["A", "B"], "status": ["Closed - Converted", "Reopened"], "closed_at": ["2025-03-04", ""]},
-    )
+        {"lead_id": ["A", "B", "C", "D"], "status": ["Closed - Converted", "Reopened", "won", "won"],
+         "closed_at": ["2025-03-04", "", "2025-03-04", "2025-03-04"]},
+    )  # fmt: skip
     crm = load_crm(tmp_path)
-    assert crm.quarantine.frame().empty
     outcome = crm.outcomes.set_index("lead_id")
     assert outcome.loc["A", "closed_at"] == pd.Timestamp("2025-03-04 10:31") and outcome.loc["B", "status"] == "open"
+    # Created in the evening of the 4th in New York, the 5th in UTC: still closed that day.
+    assert outcome.loc["C", "closed_at"] == pd.Timestamp("2025-03-05 03:00")
+    # Two days before its lead existed is before it.
+    reasons = crm.quarantine.frame().set_index("lead_id")["reason"]
+    assert set(reasons.index) == {"D"} and "closed_at is before the lead's created_at" in reasons.tolist()

@@ -476,6 +476,7 @@ def test_service_follows_the_champion_and_rollback(champion_store, params_file, 
         assert (
             info["version"] == before and info["alias"] is None and "could not be loaded" in info["last_check_problem"]
         )
+        assert "no longer @champion" in httpx.get(f"{url}/ui/model", timeout=30).text  # the page says so too
     finally:
         _stop(process)
         mlflow.set_tracking_uri(previous_uri)

@@ -171,7 +171,7 @@ def test_a_champion_that_cannot_be_loaded_is_not_replaced_unseen(champion_store,
 
     monkeypatch.setattr(mlflow.pyfunc, "load_model", store_down)
     check = champion_auc("svc-model", "crm", pd.DataFrame(), np.array([0, 1]))
-    assert check.unreadable and check.auc is None and "refused the connection" in check.note, check
+    assert check.uncompared and check.auc is None and "refused the connection" in check.note, check
     passing = {"roc_auc": 0.9, "ece": 0.01, "n": 400, "positives": 100}
     gate = next(g for g in check_gates(params.gates, passing, 0.85, check) if g.name == "max_auc_drop_vs_champion")
     assert not gate.passed and "not promoted" in gate.detail
@@ -184,3 +184,21 @@ def test_a_gain_just_under_its_minimum_never_reads_as_the_minimum(params):
     gates = check_gates(params.gates, test, 0.8 + 0.010036, ChampionCheck(None, None, "no champion yet"))
     gate = next(g for g in gates if g.name == "min_auc_gain_vs_baseline")
     assert not gate.passed and gate.detail == "gain over the better baseline -0.01004 vs minimum -0.01"
+
+
+def test_a_champion_whose_features_this_engine_cannot_rebuild_is_not_replaced_unseen(
+    champion_store, params, monkeypatch
+):
+    """On the Dask engine a champion of other feature settings went uncompared, and was replaced."""
+    from training.register import champion_auc, check_gates
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", champion_store)
+
+    def cluster_only(settings, technologies):
+        raise NotImplementedError("the Dask engine does not rebuild features with another model's settings")
+
+    check = champion_auc("svc-model", "crm", pd.DataFrame(), np.array([0, 1]), features_for=cluster_only)
+    assert check.uncompared and "train with the local engine" in check.note, check
+    passing = {"roc_auc": 0.9, "ece": 0.01, "n": 400, "positives": 100}
+    gate = next(g for g in check_gates(params.gates, passing, 0.85, check) if g.name == "max_auc_drop_vs_champion")
+    assert not gate.passed

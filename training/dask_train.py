@@ -279,6 +279,13 @@ def prepare_crm_on_dask(
         by_time=True,
     )
     feature_frame = local.drop(columns=[EXAMPLE, LABEL, PART]).reset_index(drop=True)
+    run_features = params.features.model_dump(mode="json")
+
+    def features_for(feature_settings: dict[str, Any], technologies: list[str], chosen: np.ndarray) -> None:
+        """The activities live on the cluster: other feature settings are not rebuilt here."""
+        if feature_settings != run_features or list(technologies) != list(vocabulary):
+            raise NotImplementedError("the Dask engine does not rebuild features with another model's settings")
+
     tuning = Dataset(
         kind="crm",
         features=feature_frame,
@@ -288,11 +295,12 @@ def prepare_crm_on_dask(
         groups=crm_feature_groups(list(feature_frame.columns)),
         settings={
             "tech_vocabulary": vocabulary,
-            "features": params.features.model_dump(mode="json"),
+            "features": run_features,
             "missing_tokens": list(params.flat.missing_tokens),
             "day_first": day_first,
             "lead_columns": list(lead_columns),
         },
+        features_for=features_for,
         quarantine=quarantine,
         data_hash=hash_files(paths.values()),
         source=str(directory),

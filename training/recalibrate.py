@@ -115,7 +115,13 @@ def recalibrate(
         try:
             champion = load_champion(model_name)
         except ModelNotReady as exc:
-            raise RecalibrationError(f"nothing to recalibrate against: {exc}") from exc
+            hint = (
+                "; run again once its artifacts can be read (if they never can, promote a version by hand in "
+                "notebook 02, or remove the @champion alias and train)"
+                if "could not be loaded" in str(exc)
+                else ""
+            )
+            raise RecalibrationError(f"nothing to recalibrate against: {exc}{hint}") from exc
         trained_on = champion.scorer.metadata.get("data_source")
         if data is None and trained_on and Path(trained_on).resolve() != EMBEDDED_DIR.resolve():
             # A scheduled job missing its --data would retrain on synthetic leads and could replace
@@ -149,7 +155,15 @@ def recalibrate(
                 f"days later, so the next ({following:%Y-%m-%d}) counts once the export reaches {labelled:%Y-%m-%d}",
                 EXIT_NO_NEW_DATA,
             )
-        drift = measure_drift(dataset, champion, params)
+        # The champion reads features built with its own settings (windows, half-life,
+        # technologies), which may not be this checkout's: its drift, report and thresholds too.
+        own_settings = champion.scorer.spec.settings.get("features")  # None: a champion from before it was kept
+        rebuilt = None
+        if own_settings and dataset.features_for is not None:
+            technologies = list(champion.scorer.spec.settings.get("tech_vocabulary", []))
+            rebuilt = dataset.features_for(own_settings, technologies, np.ones(len(dataset.features), dtype=bool))
+        champion_features = dataset.features if rebuilt is None else rebuilt
+        drift = measure_drift(dataset, champion, params, champion_features)
         summary: dict[str, Any] = {
             # The export's end, not the newest labelled snapshot (a horizon and up to a snapshot
             # interval earlier): a reader of "as of" asks how fresh the data is.
@@ -185,7 +199,7 @@ def recalibrate(
             raise RecalibrationError(str(exc)) from exc
         if metrics["data"]["quarantine_file"]:
             reporter.note(f"quarantine: {metrics['data']['quarantine_file']}")
-        summary["comparison"] = compare(dataset, champion, captured, params)
+        summary["comparison"] = compare(dataset, champion, captured, params, champion_features)
         meta = champion.scorer.metadata
         summary["thresholds"] = {
             "old": {"criteria": meta["criteria"], "grade_bands": meta["grade_bands"]},
@@ -206,8 +220,18 @@ def recalibrate(
         elif passed:
             new = metrics["model"]["version"]
             try:
-                before = promote(model_name, new, compared_with=metrics["model"]["compared_with_champion"])
+                at_gates = metrics["model"]["compared_with_champion"]
+                if at_gates != champion.version:
+                    raise ChampionMoved(
+                        f"@champion moved while this recalibration ran (v{champion.version} when it started, whose "
+                        f"drift, thresholds and comparison this report holds; v{at_gates} at the gates): v{new} is "
+                        "registered, not promoted; run it again"
+                    )
+                # Over the champion this report is about, and only if it is still @champion.
+                before = promote(model_name, new, compared_with=champion.version)
             except ChampionMoved as exc:
+                summary["gates"] = [*summary["gates"], {"name": "champion_unchanged_during_run", "passed": False,
+                                                        "detail": str(exc)}]  # fmt: skip
                 summary |= {"decision": "kept the champion", "why": str(exc), "exit_code": EXIT_LOCKED}
                 return _finish(summary, report_dir, summary["run_id"])
             summary |= {"decision": "promoted", "why": f"all gates passed; v{new} is @champion, v{before} is @previous"}
@@ -236,15 +260,19 @@ def mark_promoted(model_name: str, run_id: str, metrics: dict[str, Any], previou
     client.delete_registered_model_alias(model_name, CHALLENGER)
 
 
-def measure_drift(dataset: Dataset, champion: LoadedModel, params: Params) -> dict[str, Any]:
-    """Drift between the training part of the window and its newest quarter."""
+def measure_drift(
+    dataset: Dataset, champion: LoadedModel, params: Params, champion_features: pd.DataFrame | None = None
+) -> dict[str, Any]:
+    """Drift between the training part of the window and its newest quarter (`champion_features`:
+    the window's examples as the champion reads them, when its feature settings differ)."""
     settings = params.recalibration
     part = dataset.split.assignment.to_numpy()
     before, after = np.isin(part, ["train", "valid"]), part == "test"
     features = dataset.features
     table = feature_drift(features[before], features[after], settings.feature_psi_threshold)
-    score_before = 100 * champion.scorer.predict_proba(features[before])
-    score_after = 100 * champion.scorer.predict_proba(features[after])
+    scored = features if champion_features is None else champion_features
+    score_before = 100 * champion.scorer.predict_proba(scored[before])
+    score_after = 100 * champion.scorer.predict_proba(scored[after])
     score_psi = psi_numeric(score_before, score_after)
     leads = dataset.keys["lead_id"].to_numpy()
     label = dataset.label.to_numpy()
@@ -286,11 +314,18 @@ def new_thresholds(scores: np.ndarray, label: np.ndarray, champion: LoadedModel,
     return {"criteria": criteria, "grade_bands": bands, "sql_rule": rule}
 
 
-def compare(dataset: Dataset, champion: LoadedModel, captured: dict, params: Params) -> dict[str, Any]:
-    """Challenger and champion on the same newest quarter."""
+def compare(
+    dataset: Dataset,
+    champion: LoadedModel,
+    captured: dict,
+    params: Params,
+    champion_features: pd.DataFrame | None = None,
+) -> dict[str, Any]:
+    """Challenger and champion on the same newest quarter (the champion on `champion_features`
+    when given: its own feature settings)."""
     test = (dataset.split.assignment == "test").to_numpy()
     label = captured["label"]
-    old = champion.scorer.predict_proba(dataset.features[test])
+    old = champion.scorer.predict_proba((dataset.features if champion_features is None else champion_features)[test])
     new = captured["probability"]
     keys = ("roc_auc", "log_loss", "ece", "lift_top_decile", "base_rate")
     out: dict[str, Any] = {}

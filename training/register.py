@@ -120,9 +120,10 @@ class ChampionCheck:
     engagement_missing: bool = False
     # This export has no value in lead columns the champion learned from (a leads.csv cut short).
     columns_missing: bool = False
-    # The champion could not be loaded (an artifact store down, a bundle moved): not compared,
-    # so not replaced, or a store's short outage would promote any model over it.
-    unreadable: bool = False
+    # The champion could not be compared (it could not be loaded, an artifact store down; or its
+    # features cannot be rebuilt here): not replaced, or a store's short outage would promote any
+    # model over it.
+    uncompared: bool = False
 
 
 def champion_auc(
@@ -160,7 +161,7 @@ def champion_auc(
             f"champion v{version} could not be loaded ({type(exc).__name__}: {said}), so this model was not "
             "compared with it: not promoted; train again once its artifacts can be read (if they never can, "
             "promote a version by hand in notebook 02, or remove the @champion alias)",
-            unreadable=True,
+            uncompared=True,
         )
     if scorer.spec.kind != kind:
         return ChampionCheck(version, None, f"champion v{version} is a {scorer.spec.kind} model, this one {kind}", True)
@@ -189,7 +190,16 @@ def champion_auc(
     note = ""
     own_settings = scorer.spec.settings.get("features")
     if kind == "crm" and features_for is not None and own_settings is not None:
-        own = features_for(own_settings, list(scorer.spec.settings.get("tech_vocabulary", [])))
+        try:
+            own = features_for(own_settings, list(scorer.spec.settings.get("tech_vocabulary", [])))
+        except NotImplementedError as exc:
+            return ChampionCheck(
+                version,
+                None,
+                f"champion v{version} was trained with other feature settings or technologies, and {exc}: not "
+                "compared, so not promoted; train with the local engine to compare the two",
+                uncompared=True,
+            )
         if own is not None:
             features_test, note = own, " (the champion scored with its own feature settings)"
     missing = [c for c in scorer.spec.columns if c not in features_test.columns]
@@ -281,7 +291,7 @@ def check_gates(
     elif champion.columns_missing:
         result.append(Gate("lead_columns_like_champion", False, champion.note))
     elif champion.auc is None:
-        result.append(Gate("max_auc_drop_vs_champion", not champion.unreadable, champion.note))
+        result.append(Gate("max_auc_drop_vs_champion", not champion.uncompared, champion.note))
     else:
         drop = champion.auc - test["roc_auc"]
         result.append(
