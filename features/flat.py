@@ -43,8 +43,10 @@ _ENGAGEMENT_WORDS = re.compile(
     r"visit|page|time|duration|activity|email|click|open|download|webinar|session|bounce|exit|view",
     re.IGNORECASE,
 )
-# LightGBM refuses feature names with JSON's special characters; exports use them freely.
-_NAME_SAFE = str.maketrans({"[": "(", "]": ")", "{": "(", "}": ")", '"': "'", ",": ";", ":": ";"})
+# LightGBM refuses feature names with JSON's special characters; exports use them freely. A
+# backslash it takes, but writes into its model dump unescaped, which then cannot be read back
+# (`$\alpha$`): it becomes the set-minus sign, which looks alike.
+_NAME_SAFE = str.maketrans({"[": "(", "]": ")", "{": "(", "}": ")", '"': "'", ",": ";", ":": ";", "\\": "\u2216"})
 _NUMERIC_FAILURE_SHARE = 0.02
 _DATE_SHARE = 0.95
 _TIME_COLUMN_SHARE = 0.5  # below it, --time names a column that is not dates
@@ -277,7 +279,7 @@ def infer_column(values: pd.Series, params: FlatParams) -> tuple[str, str]:
 
 def model_column_name(column: str) -> str:
     """The name a flat export's column has as a feature: LightGBM's forbidden characters
-    (`[]{}":,`) replaced by look-alikes."""
+    (`[]{}":,` and the backslash) replaced by look-alikes."""
     return column.translate(_NAME_SAFE)
 
 

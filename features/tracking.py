@@ -99,33 +99,37 @@ def check_writable(folder: Path, *, what: str, probe_bytes: int = 1 << 20, keep_
         raise OSError(exc.errno, f"cannot write {what} in {folder}: {reason}") from None
 
 
+def _password_of(uri: str) -> str | None:
+    """The password in a URI's user part: everything between the first `:` after `://` and the
+    last `@` before the host. Read by hand, not by `urlsplit`, which ends the user part at an
+    unencoded `/`, `#`, `?` or `[` of a generated password and so misses the rest of it."""
+    _scheme, found, rest = uri.partition("://")
+    if not found or "@" not in rest:
+        return None
+    _user, colon, password = rest.rpartition("@")[0].partition(":")
+    return password if colon and password else None
+
+
 def shown_uri(uri: str) -> str:
     """The URI with any password masked, fit for a message."""
-    try:
-        parts = urllib.parse.urlsplit(uri)
-        password = parts.password
-    except ValueError:  # "http://[::1": not a URI; shown as given
-        return uri
-    if password is None:
-        return uri
-    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return without_password(uri, uri)
 
 
 def without_password(text: str, uri: str | None = None) -> str:
-    """`text` with the tracking URI's password masked wherever the URI appears in it (MLflow's
-    errors quote the URI they failed on, password and all)."""
+    """`text` with the tracking URI's password masked wherever it appears in it (MLflow's errors
+    quote the URI they failed on, password and all; masked before any cut, which could leave
+    part of it without the `@` after it)."""
     # Read as set, not through `tracking_uri()`, which creates the models folder: an error printed
     # because that folder cannot be made must not fail again. The default sqlite URI has no password.
     uri = os.environ.get("MLFLOW_TRACKING_URI", "") if uri is None else uri
-    try:
-        password = urllib.parse.urlsplit(uri).password
-    except ValueError:
-        return text
+    password = _password_of(uri)
     if not password:
         return text
-    for written in {password, urllib.parse.quote(password, safe=""), urllib.parse.unquote(password)}:
+    for written in sorted({password, urllib.parse.quote(password, safe=""), urllib.parse.unquote(password)}, key=len,
+                          reverse=True):  # fmt: skip
         text = text.replace(f":{written}@", ":***@")
+        if len(written) >= 8:  # alone too (a cut text, a message quoting it); a short one would mask words
+            text = text.replace(written, "***")
     return text
 
 

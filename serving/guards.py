@@ -52,25 +52,28 @@ def name_requests_by_route() -> None:
     """BentoML's request metrics and access log name each request by its raw path: every
     made-up path (answered 401 or 404) added series to the open `/metrics` for good (5,000 of
     them: 419 MB, 22 s to read), a lead's id in a page's path showed there, and a path with a
-    line break forged access-log lines. Its metrics middleware is the outermost, beyond a
-    service's own, so its call is wrapped: it and the access log inside it see the route
-    (`route_of`), and `RealPath`, the service's first middleware, gives the app the path back."""
-    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware as metrics
+    line break forged access-log lines. Both middlewares sit outside a service's own, so their
+    calls are wrapped (each, since metrics can be turned off): they see the route (`route_of`),
+    and `RealPath`, the service's first middleware, gives the app the path back."""
+    from bentoml._internal.server.http.access import AccessLogMiddleware
+    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
 
-    if getattr(metrics, "_named_by_route", False):
-        return
-    original = metrics.__call__
+    for middleware in (RunnerTrafficMetricsMiddleware, AccessLogMiddleware):
+        if not getattr(middleware, "_named_by_route", False):
+            middleware.__call__ = _by_route(middleware.__call__)
+            middleware._named_by_route = True
 
+
+def _by_route(call: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
     async def by_route(self: Any, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         # WebSockets too: the service has none, but uvicorn accepts the upgrade and both
         # middlewares label it by its path.
         if scope["type"] in ("http", "websocket") and route_of(path) != path:
-            scope = {**scope, "path": route_of(path), REAL_PATH: path}
-        await original(self, scope, receive, send)
+            scope = {**scope, "path": route_of(path), REAL_PATH: scope.get(REAL_PATH, path)}
+        await call(self, scope, receive, send)
 
-    metrics.__call__ = by_route
-    metrics._named_by_route = True
+    return by_route
 
 
 class RealPath:
@@ -154,10 +157,14 @@ class ApiKeyGuard:
         self.app = app
         self.keys = api_keys_from_env()
         self.misconfigured = api_keys_problem()  # fails closed: `leadscore serve` refuses to start
+        if self.misconfigured:
+            logging.getLogger(__name__).error("every request is refused: %s", self.misconfigured)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if self.misconfigured and scope["type"] == "http" and path not in OPEN_PATHS:
+        # Not ready either: an orchestrator must not send traffic to a service that refuses it all.
+        refused = path not in OPEN_PATHS or path == "/readyz"
+        if self.misconfigured and scope["type"] == "http" and refused:
             await reply(send, 503, self.misconfigured)
             return
         if scope["type"] != "http" or not self.keys or path in OPEN_PATHS or path in LOGIN_PATHS:

@@ -147,7 +147,9 @@ def champion_version(model_name: str, alias: str = CHAMPION) -> str:
                 f"no model registered as {model_name}@{alias} in {shown_uri(tracking_uri())}; "
                 "run `leadscore train` first"
             ) from exc
-        raise ModelNotReady(f"registry {shown_uri(tracking_uri())} unreachable or failing: {str(exc)[:300]}") from exc
+        raise ModelNotReady(
+            f"registry {shown_uri(tracking_uri())} unreachable or failing: {without_password(str(exc))[:300]}"
+        ) from exc
     except Exception as exc:  # a tracking server that is down must not take the service with it
         raise ModelNotReady(f"registry {shown_uri(tracking_uri())} unreachable: {type(exc).__name__}: {exc}") from exc
 
@@ -172,7 +174,9 @@ def load_chosen(model_name: str, which: str | None) -> LoadedModel:
     except MlflowException as exc:
         if exc.error_code in NOT_FOUND:
             raise ModelNotReady(f"{model_name} has no version {which} in {shown_uri(tracking_uri())}") from exc
-        raise ModelNotReady(f"registry {shown_uri(tracking_uri())} unreachable or failing: {str(exc)[:300]}") from exc
+        raise ModelNotReady(
+            f"registry {shown_uri(tracking_uri())} unreachable or failing: {without_password(str(exc))[:300]}"
+        ) from exc
     except Exception as exc:
         raise ModelNotReady(f"registry {shown_uri(tracking_uri())} unreachable: {type(exc).__name__}: {exc}") from exc
     return load_champion(model_name, f"version {which}", version=which)

@@ -347,3 +347,11 @@ def test_a_column_name_that_reads_as_tex_is_drawn_as_written(tmp_path):
     booster = lgb.train({"objective": "binary", "verbose": -1, "num_leaves": 3}, lgb.Dataset(x, y), 10)
     assert shap_summary_plot(booster, x, tmp_path).is_file()
     assert name in waterfall(20.0, [(name, 5.0), ("Visits", -2.0)], 23.0)
+    # A backslash LightGBM writes into its model dump unescaped: `\a` made the registered
+    # champion unloadable. As a feature it becomes a look-alike.
+    from features.flat import model_column_name
+
+    column = model_column_name(r"Last $\alpha^{2}$ Activity")
+    renamed = lgb.train({"objective": "binary", "verbose": -1, "num_leaves": 3},
+                        lgb.Dataset(x.set_axis([column, "Visits"], axis=1), y), 5)  # fmt: skip
+    assert renamed.dump_model()["feature_names"][0] == "Last_$\u2216alpha^(2)$_Activity"

@@ -150,6 +150,12 @@ def test_a_registry_password_never_reaches_an_error_message(monkeypatch):
         without_password("GET http://alice:S3cret!pw@127.0.0.1:9/api failed")
         == "GET http://alice:***@127.0.0.1:9/api failed"
     )
+    # A generated password with an unencoded `/` (urlsplit ends the user part there), and a long
+    # token cut part way by a message's limit: masked all the same.
+    slashed = "http://alice:Xk9/aB+c=@127.0.0.1:9"
+    assert without_password(f"Invalid url: {slashed}", slashed) == "Invalid url: http://alice:***@127.0.0.1:9"
+    token = "http://alice:tok" + "a1" * 150 + "@127.0.0.1:9"
+    assert "a1a1" not in without_password(f"API request to {token} failed", token)[:300]
     # Without a URI set, nothing is looked up or created: the error being printed may be that the
     # models folder cannot be made.
     monkeypatch.delenv("MLFLOW_TRACKING_URI")

@@ -524,6 +524,9 @@ def test_a_key_setting_with_no_key_in_it_refuses_requests_rather_than_letting_al
     guard = ApiKeyGuard(app)
     asyncio.run(guard({"type": "http", "path": "/model", "method": "GET", "headers": []}, None, send))
     assert sent[0]["status"] == 503 and b"holds no key" in sent[1]["body"]
+    sent.clear()  # nor ready: an orchestrator would send traffic to a service that refuses it all
+    asyncio.run(guard({"type": "http", "path": "/readyz", "method": "GET", "headers": []}, None, send))
+    assert sent[0]["status"] == 503
 
 
 def test_websocket_paths_are_named_by_route_too():
@@ -560,6 +563,10 @@ def test_websocket_paths_are_named_by_route_too():
         assert client.get("/ui/leads/L-private-9").text == "/ui/leads/L-private-9"  # the app gets the real path
         with pytest.raises(WebSocketDisconnect), client.websocket_connect("/ws-made-up%0aFORGED-WS"):
             pass
+        # Metrics turned off (to close the open /metrics): the access log alone still names routes.
+        log_only = Starlette(routes=app.routes, middleware=[Middleware(AccessLogMiddleware), Middleware(RealPath)])
+        assert TestClient(log_only).get("/ui/leads/L-private-9").text == "/ui/leads/L-private-9"
+        TestClient(log_only).get("/ui/leads/L-private-9%0aFORGED")
     finally:
         access.removeHandler(handler)
         # BentoML's metrics client marks its process dead when collected, importing at interpreter

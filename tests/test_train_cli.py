@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from features.build import build_crm_features
-from features.ingest import load_crm
+from features.ingest import DataError, load_crm
 from features.synthetic import generate_crm, write_crm
 from training.pipeline import trailing_baseline_warnings
 
@@ -611,15 +611,16 @@ def test_the_top_leads_table_prints_ids_as_written_not_as_markup_or_terminal_cod
 
     monkeypatch.setattr(cli, "console", Console(width=400))
 
-    ids = ["M2[/]", "[link=https://evil.example]M1[/link]", "M3\x1b]0;owned\x07"]
-    scored = pd.DataFrame({"lead_id": ids, "score": [90.0, 80.0, 70.0], "grade": "A", "fit": 50.0,
+    ids = ["M2[/]", "[link=https://evil.example]M1[/link]", "M3\x1b]0;owned\x07", "abc\u202eevil\u202c"]
+    scored = pd.DataFrame({"lead_id": ids, "score": [90.0, 80.0, 70.0, 60.0], "grade": "A", "fit": 50.0,
                            "engagement": 50.0, "stage": "MQL", "next_action": "Call [now]",
                            "reasons": '[{"text": "Lead Source is [b]Google[/b]: +3"}]'})  # fmt: skip
     with cli.console.capture() as captured:
-        cli._print_top(scored, 3)
+        cli._print_top(scored, 4)
     text = captured.get()
     assert "M2[/]" in text and "[link=https://evil.example]M1[/link]" in text and "[b]Google[/b]" in text
     assert "\x1b]0;" not in text and "M3\\x1b]0;owned\\x07" in text
+    assert "\u202e" not in text and "abc\\u202eevil\\u202c" in text  # a direction control would reorder the line
 
 
 def test_a_list_of_lead_ids_is_read_line_by_line(tmp_path):
@@ -632,3 +633,9 @@ def test_a_list_of_lead_ids_is_read_line_by_line(tmp_path):
     table = tmp_path / "ids.csv"
     table.write_text('Owner,Lead ID\nana,"L1"\nbo,L2\n')
     assert _read_lead_ids(table) == ["L1", "L2"]
+    headed = tmp_path / "headed.csv"
+    headed.write_text('lead_id\n"L0104456\nL0125686\n')
+    assert _read_lead_ids(headed) == ['"L0104456', "L0125686"]
+    table.write_text('lead_id,note\nL0104456,"stray\nL0125686,ok\nL0130561,ok\n')
+    with pytest.raises(DataError, match=r"row 2 opens a quote that is not closed on its line"):
+        _read_lead_ids(table)

@@ -1355,9 +1355,17 @@ def _read_lead_ids(path: Path) -> list[str]:
     lines = [line for line in text.splitlines() if line.strip()]
     first = next(csv.reader(lines[:1]), [])
     header = [contract_names([cell.strip()], "leads")[0].get(cell.strip(), cell.strip()) for cell in first]
-    if "lead_id" in header:
+    if "lead_id" in header and len(header) == 1:
+        ids = [_unquoted(line.strip()) for line in lines[1:]]  # one column: one id per line, as a list
+        ids = [lead_id for lead_id in ids if lead_id]
+    elif "lead_id" in header:
         column = header.index("lead_id")
-        rows = [[cell.strip() for cell in row] for row in csv.reader(lines[1:])]
+        rows = []
+        for number, line in enumerate(lines[1:], start=2):
+            try:  # line by line: a quote opened and never closed would take the lines after it
+                rows.append([cell.strip() for cell in next(csv.reader([line], strict=True))])
+            except csv.Error:
+                raise DataError(f"{path}: row {number} opens a quote that is not closed on its line") from None
         ids = [row[column] for row in rows if column < len(row) and row[column]]
     elif len(header) > 1:
         raise DataError(f"{path}: a CSV needs a lead_id column; columns are {', '.join(first[:20])}")
