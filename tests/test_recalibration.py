@@ -314,18 +314,35 @@ def test_a_recalibration_stopped_by_sigterm_says_so_where_a_scheduler_looks(expo
     assert running() == already  # its MLflow run ended (FAILED), not left RUNNING
 
 
-def test_a_champion_of_other_feature_settings_is_compared_and_reported_on_its_own(export, settings, champion, tmp_path):
+@pytest.fixture
+def fresh_champion(export, settings, request) -> str:
+    """A champion of its own name trained at FIRST_AS_OF (the module's may have been recalibrated
+    up to LATER by an earlier test, leaving no new data to recalibrate on)."""
+    name = f"recal-{request.node.name[-20:]}"
+    params = load_params(**settings)
+    metrics = train_and_register(prepare_crm(export, params, as_of=FIRST_AS_OF), params, model_name=name)
+    assert metrics["promoted"], metrics["gates"]
+    return name
+
+
+def test_a_champion_of_other_feature_settings_is_compared_and_reported_on_its_own(
+    export, settings, fresh_champion, tmp_path
+):
     """Its gate scored it with its own windows, while the report, drift and stage table scored it
     with this checkout's (without its 90-day columns): two AUCs for one champion in one run."""
     params = load_params(**{**settings, "features.windows_days": [7, 30]})
-    summary = recalibrate(params, model_name=MODEL, data=export, as_of=LATER, dry_run=True, report_dir=tmp_path)
+    summary = recalibrate(
+        params, model_name=fresh_champion, data=export, as_of=LATER, dry_run=True, report_dir=tmp_path
+    )
     gate = next(g for g in summary["gates"] if g["name"] == "max_auc_drop_vs_champion")
     assert "scored with its own feature settings" in gate["detail"], gate
     reported = summary["comparison"]["champion"]["roc_auc"]
     assert f"test ROC AUC {reported:.4f}" in gate["detail"], (reported, gate)
 
 
-def test_a_champion_that_moved_during_the_run_is_not_replaced_over(export, settings, champion, tmp_path, monkeypatch):
+def test_a_champion_that_moved_during_the_run_is_not_replaced_over(
+    export, settings, fresh_champion, tmp_path, monkeypatch
+):
     """Another checkout promoted while this recalibration trained: its report was about the
     champion it started with, so it must not promote over the new one."""
     import training.recalibrate as recal
@@ -338,9 +355,10 @@ def test_a_champion_that_moved_during_the_run_is_not_replaced_over(export, setti
         return metrics
 
     monkeypatch.setattr(recal, "train_and_register", another_promoted_meanwhile)
-    before = _aliases()["champion"]
-    summary = recalibrate(load_params(**settings), model_name=MODEL, data=export, as_of=LATER, report_dir=tmp_path)
+    before = str(MlflowClient().get_model_version_by_alias(fresh_champion, "champion").version)
+    summary = recalibrate(load_params(**settings), model_name=fresh_champion, data=export, as_of=LATER,
+                          report_dir=tmp_path)  # fmt: skip
     assert summary["decision"] == "kept the champion" and summary["exit_code"] == EXIT_LOCKED, summary["why"]
     assert "@champion moved while this recalibration ran" in summary["why"]
     assert [g["name"] for g in summary["gates"] if not g["passed"]] == ["champion_unchanged_during_run"]
-    assert _aliases()["champion"] == before
+    assert str(MlflowClient().get_model_version_by_alias(fresh_champion, "champion").version) == before
