@@ -3,7 +3,6 @@ register, tracked in one MLflow parent run with a nested run per Optuna trial.""
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import resource
@@ -327,10 +326,6 @@ def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
             mlflow.log_metric("valid_roc_auc_when_pruned" if pruned else "valid_roc_auc", trial.value)
         if "best_iteration" in trial.user_attrs:
             mlflow.log_metric("best_iteration", trial.user_attrs["best_iteration"])
-
-
-def _test_rows_of(features_for: Callable, test_rows: np.ndarray, settings: dict[str, Any], technologies: list[str]):
-    return features_for(settings, technologies, test_rows)
 
 
 def flat_criteria(params: Params, held_out_probability: np.ndarray) -> dict[str, Any]:
@@ -660,12 +655,18 @@ def train_and_register(
 
         test_raw = dataset.features[(part == "test").to_numpy()]
         dropped = {model_column_name(c) for c in dataset.settings.get("flat", {}).get("dropped", [])}
+
+        def champion_features(settings: dict[str, Any], technologies: list[str]) -> pd.DataFrame | None:
+            """The test rows as the champion reads them (its own feature settings), or None."""
+            if dataset.features_for is None:
+                return None
+            return dataset.features_for(settings, technologies, (part == "test").to_numpy())
+
         champion = champion_auc(
             model_name, dataset.kind, test_raw, labels["test"], export_has_activities=dataset.has_activities,
             lead_columns=dataset.settings.get("lead_columns"),
             leaking={*excluded, *(dropped if replace_leaky_champion else ())}, dropped=dropped,
-            features_for=None if dataset.features_for is None
-            else functools.partial(_test_rows_of, dataset.features_for, (part == "test").to_numpy()),
+            features_for=champion_features,
         )  # fmt: skip
         gates = check_gates(params.gates, test_metrics, best_baseline, champion)
         passed = all(g.passed for g in gates)

@@ -327,9 +327,9 @@ def promote(model_name: str, version: str, compared_with: Any = _UNCHECKED) -> s
     client = MlflowClient()
     old = current_version(client, model_name)
     if compared_with is not _UNCHECKED and old != compared_with:
-        was = f"v{compared_with}" if compared_with is not None else "none"
+        was, now = (f"v{v}" if v is not None else "none" for v in (compared_with, old))
         raise ChampionMoved(
-            f"@champion moved while this run trained (it was {was} when compared, v{old} now: another person's "
+            f"@champion moved while this run trained (it was {was} when compared, {now} now: another person's "
             f"run or a recalibration promoted meanwhile): v{version} is registered, not promoted over a model "
             "it was not compared with; train again to compare with it"
         )
