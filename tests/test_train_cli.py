@@ -639,3 +639,16 @@ def test_a_list_of_lead_ids_is_read_line_by_line(tmp_path):
     table.write_text('lead_id,note\nL0104456,"stray\nL0125686,ok\nL0130561,ok\n')
     with pytest.raises(DataError, match=r"row 2 opens a quote that is not closed on its line"):
         _read_lead_ids(table)
+
+
+def test_help_texts_wrap_at_the_terminal_not_at_the_docstrings_line_breaks():
+    """typer keeps a docstring's single line breaks: at 80 columns `leadscore --help` broke
+    sentences mid-line ('the default' / 'path is relative ...')."""
+    from typer.testing import CliRunner
+
+    from training import cli
+
+    for command in cli.app.registered_commands:
+        assert command.help and all("\n" not in part for part in command.help.split("\n\n")), command.name
+    listed = CliRunner().invoke(cli.app, ["--help"], env={"COLUMNS": "80"}).output
+    assert "/docs serves)." in listed and "path is relative" not in listed  # the first paragraph only

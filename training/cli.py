@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import inspect
 import json
 import logging
 import os
@@ -694,8 +695,9 @@ def openapi(
         "docs/openapi.json"
     ),
 ) -> None:
-    """Write the scoring API's OpenAPI spec (the same document GET /docs serves); the default
-    path is relative to the current folder (the project's committed copy from its root)."""
+    """Write the scoring API's OpenAPI spec (the same document GET /docs serves).
+
+    The default path is relative to the current folder (the project's committed copy from its root)."""
     _check_output_file(output, what="the OpenAPI spec")
     from serving.service import SPEC
 
@@ -1263,8 +1265,9 @@ def recalibrate(
 def rollback(
     model_name: Annotated[str | None, typer.Option("--model-name", help=MODEL_NAME_HELP)] = None,
 ) -> None:
-    """Make @previous the champion again (the replaced champion becomes @previous). A running
-    service picks the change up within `service.reload_seconds`, or at once on POST /reload.
+    """Make @previous the champion again (the replaced champion becomes @previous).
+
+    A running service picks the change up within `service.reload_seconds`, or at once on POST /reload.
     Exits 3 while a recalibration, a training run or another rollback runs (they share a
     lock), 2 when it cannot roll back."""
     import mlflow
@@ -1432,6 +1435,15 @@ def past_moment(text: str):
         raise DataError(f"--as-of {text}: after today; an export holds only the past")
     return moment
 
+
+def _unwrapped(doc: str) -> str:
+    """A docstring as help text: its paragraphs each on one line, so that the help wraps them
+    at the terminal's width (typer keeps single line breaks, which break lines mid-sentence)."""
+    return "\n\n".join(" ".join(part.split()) for part in inspect.cleandoc(doc).split("\n\n"))
+
+
+for _command in app.registered_commands:
+    _command.help = _command.help or _unwrapped(_command.callback.__doc__ or "")
 
 if __name__ == "__main__":
     app()
