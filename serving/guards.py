@@ -90,6 +90,54 @@ class RealPath:
         await self.app(scope, receive, send)
 
 
+REQUEST_ID_HEADER = b"x-bentoml-request-id"
+
+
+class HttpOnly:
+    """A middleware that acts on HTTP requests (`http`) and passes anything else (WebSocket,
+    lifespan) through."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await self.http(scope, receive, send)
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class RequestIdHeader(HttpOnly):
+    """Gives every answer the request id BentoML gives its handlers' answers (the `span` of the
+    access log line): the guards' 401, 413, 415 and 503 and the 404 and 405 lacked it, and those
+    are the answers an integrator asks support about."""
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+
+        async def with_id(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or [])
+                request_id = _request_id()
+                if request_id and not any(name.lower() == REQUEST_ID_HEADER for name, _ in headers):
+                    message = {**message, "headers": [*headers, (REQUEST_ID_HEADER, request_id)]}
+            await send(message)
+
+        await self.app(scope, receive, with_id)
+
+
+def _request_id() -> bytes | None:
+    """The id BentoML's tracing gave this request, formatted as BentoML writes it."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.context import trace_context
+
+    if trace_context.request_id is None:
+        return None
+    return format(trace_context.request_id, BentoMLContainer.logging_formatting.get()["span_id"]).encode()
+
+
 def api_keys_from_env() -> tuple[bytes, ...]:
     """Keys from $LEADSCORE_API_KEYS (comma-separated); none means no authentication."""
     raw = os.environ.get(API_KEYS_ENV, "")
@@ -376,19 +424,13 @@ def _routing_error(status: int, method: str, path: str, headers: dict[bytes, byt
     return json.dumps({"error": message}).encode()
 
 
-class ErrorBodies:
+class ErrorBodies(HttpOnly):
     """Rewrites the framework's error answers (400, 404, 405, 422) with `error_body`; every
     other answer streams through untouched."""
 
     STATUSES = frozenset({400, 404, 405, 422})
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         held: list[MutableMapping[str, Any]] = []
         chunks: list[bytes] = []
 

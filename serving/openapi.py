@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from typing import Any
 
 from serving.guards import OPEN_PATHS, Receive, Scope, Send
@@ -52,6 +53,26 @@ RELOAD = {
 }
 # The routes whose body is a request the service reads (its own request models, in components).
 REQUEST_MODELS = {"/score": "ScoreRequest", "/explain": "ExplainRequest"}
+# Names a generated client makes its functions of (BentoML's read `lead_scoring__score`,
+# `model_info_model_get`, ...), and the group each operation is listed under.
+OPERATIONS = {
+    ("/score", "post"): ("score", "Scoring"),
+    ("/explain", "post"): ("explain", "Scoring"),
+    ("/model", "get"): ("getModel", "Model"),
+    ("/reload", "post"): ("reload", "Model"),
+    ("/docs", "get"): ("getSpec", "Spec"),
+    ("/healthz", "get"): ("healthz", "Infrastructure"),
+    ("/livez", "get"): ("livez", "Infrastructure"),
+    ("/readyz", "get"): ("readyz", "Infrastructure"),
+    ("/metrics", "get"): ("metrics", "Infrastructure"),
+}
+TAGS = [
+    {"name": "Scoring", "description": "Scores, grades, stages and reasons of leads, and one lead's full explanation"},
+    {"name": "Model", "description": "The live model, and checking @champion now"},
+    {"name": "Spec", "description": "This document"},
+    {"name": "Infrastructure", "description": "Probes (plain text, no key needed) and Prometheus metrics"},
+]
+PLAIN_TEXT = {"text/plain": {"schema": {"type": "string"}}}
 
 
 def _error(description: str, schema: dict[str, Any] = ERROR) -> dict[str, Any]:
@@ -75,6 +96,10 @@ def documented_spec(generated: dict[str, Any]) -> dict[str, Any]:
             "Errors are JSON: {error, detail}; 400s name each field by position, e.g. [leads, 3, employees]."
         ),
     }
+    spec.pop("servers", None)  # BentoML's "." is no URL; without it, the host the spec came from
+    spec["tags"] = TAGS
+    if "Lead" in components:
+        _lead_by_model_kind(components)
     spec.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
         "type": "http",
         "scheme": "bearer",
@@ -84,6 +109,14 @@ def documented_spec(generated: dict[str, Any]) -> dict[str, Any]:
         for method, operation in operations.items():
             responses = {str(code): answer for code, answer in operation.get("responses", {}).items()}
             operation["responses"] = responses
+            if (path, method) in OPERATIONS:
+                operation["operationId"], tag = OPERATIONS[path, method]
+                operation["tags"] = [tag]
+            if path in OPEN_PATHS:  # the probes and /metrics answer text, not JSON
+                responses["200"] = {**responses.get("200", {"description": "OK"}), "content": PLAIN_TEXT}
+            if "requestBody" in operation:
+                operation["requestBody"]["required"] = True
+            responses.pop("404", None)  # BentoML lists it for every API; a route that exists never answers it
             if path not in OPEN_PATHS:
                 # A key is needed only when keys are configured: both are valid ways to call.
                 operation["security"] = [{"bearer": []}, {}]
@@ -114,8 +147,64 @@ def documented_spec(generated: dict[str, Any]) -> dict[str, Any]:
             if path in MODEL_ROUTES:
                 responses.setdefault("503", _error("No model is loaded yet; the text says why"))
             if path == "/readyz":
-                responses.setdefault("503", {"description": "No model is loaded yet"})
+                responses["503"] = {"description": "No model is loaded yet", "content": PLAIN_TEXT}
+    if "/docs" in spec.get("paths", {}):
+        # The same document at the name the 404 answers and most tools look for.
+        same = copy.deepcopy(spec["paths"]["/docs"]["get"])
+        spec["paths"]["/docs.json"] = {"get": {**same, "operationId": "getSpecJson"}}
+    _drop_unused_components(spec)
     return spec
+
+
+def _lead_by_model_kind(components: dict[str, Any]) -> None:
+    """`Lead` as the two kinds of model read it, in place: a CRM model needs `created_at` and
+    refuses `fields`; a flat-CSV model reads `fields` only. The request model takes both (the
+    live model's kind decides), so a client generated from it would let `created_at` out."""
+    lead = components["Lead"]
+    crm = copy.deepcopy(lead)
+    crm["title"] = "CrmLead"
+    crm["description"] = "A lead of a CRM model (GET /model says `kind: crm`): attributes and activities"
+    crm["required"] = [*lead.get("required", []), "created_at"]
+    (moment,) = [branch for branch in lead["properties"]["created_at"]["anyOf"] if branch != {"type": "null"}]
+    crm["properties"]["created_at"] = {**moment, "description": "When the lead was created"}
+    crm["properties"]["fields"] = {
+        "anyOf": [{"type": "null"}, {"type": "object", "maxProperties": 0}],
+        "description": "Flat-CSV models only: a CRM model refuses it",
+    }
+    flat = copy.deepcopy(lead)
+    flat["title"] = "FlatLead"
+    flat["description"] = "A lead of a flat-CSV model (GET /model says `kind: flat`): the export's columns in `fields`"
+    for name in flat["properties"]:
+        if name not in ("lead_id", "fields"):
+            flat["properties"][name] = {
+                "anyOf": [
+                    {"type": "null"},
+                    *([{**lead["properties"][name]["anyOf"][0], "maxItems": 0}] if name == "activities" else []),
+                ],
+                "description": "CRM models only: a flat-CSV model refuses it",
+            }
+    components["CrmLead"], components["FlatLead"] = crm, flat
+    components["Lead"] = {
+        "title": "Lead",
+        "description": "One lead, in the shape the live model reads (GET /model `kind`)",
+        "anyOf": [{"$ref": "#/components/schemas/CrmLead"}, {"$ref": "#/components/schemas/FlatLead"}],
+    }
+
+
+def _drop_unused_components(spec: dict[str, Any]) -> None:
+    """Leave out the schemas no operation refers to (BentoML's task and error models), which
+    would become dead types in a generated client."""
+    schemas = spec.get("components", {}).get("schemas", {})
+    used: set[str] = set()
+    pending = [spec.get("paths", {})]
+    while pending:
+        text = json.dumps(pending.pop())
+        for name in set(re.findall(r'"#/components/schemas/([^"]+)"', text)) - used:
+            used.add(name)
+            if name in schemas:
+                pending.append(schemas[name])
+    for name in set(schemas) - used:
+        del schemas[name]
 
 
 def _project_version() -> str:

@@ -159,11 +159,11 @@ class Reason(BaseModel):
 
 class LeadScore(BaseModel):
     lead_id: str
-    probability: float = Field(description="Calibrated probability of converting within the horizon")
-    score: float = Field(description="0-100: the probability in percent")
+    probability: float = Field(ge=0, le=1, description="Calibrated probability of converting within the horizon")
+    score: float = Field(ge=0, le=100, description="0-100: the probability in percent")
     grade: str = Field(description="A letter band of the score (params.yaml `grades`: A to D by default)")
-    fit: float = Field(description="0-100: rank of the lead's fit among training leads")
-    engagement: float = Field(description="0-100: rank of the lead's engagement among training leads")
+    fit: float = Field(ge=0, le=100, description="0-100: rank of the lead's fit among training leads")
+    engagement: float = Field(ge=0, le=100, description="0-100: rank of the lead's engagement among training leads")
     stage: str = Field(examples=["SQL"], json_schema_extra={"enum": list(STAGES)})
     stage_reason: str
     next_action: str
@@ -173,6 +173,11 @@ class LeadScore(BaseModel):
     )
     reasons: list[Reason]
     model_version: str
+    as_of: str = Field(
+        examples=["2026-10-22T12:00:00Z"],
+        description="The moment scored at, in UTC: the request's as_of, else when it arrived (moved up to a lead's "
+        "newest time within 5 minutes of clock skew). Send it as as_of to score the lead the same way again",
+    )
 
 
 class ModelInfo(BaseModel):
@@ -182,6 +187,10 @@ class ModelInfo(BaseModel):
     version: str
     alias: str | None = Field(description="champion; null once the alias no longer names the live version")
     loaded_at: str = Field(description="When this worker loaded it (ISO 8601, UTC)")
+    checked_at: str = Field(
+        description="When this worker last checked @champion (ISO 8601, UTC): `alias` is as of then. Each worker "
+        "checks on its own, so two answers may come from workers that checked at different times"
+    )
     last_check_problem: str | None = Field(description="Why the last check of @champion failed; null when it did not")
     reload_seconds: float = Field(description="How often each worker checks @champion")
     kind: Literal["crm", "flat"]
@@ -208,10 +217,11 @@ class Contribution(BaseModel):
 class Explanation(BaseModel):
     lead_id: str
     base_value: float = Field(description="Log-odds before any feature (SHAP expected value)")
-    base_score: float
-    score: float
+    base_score: float = Field(ge=0, le=100)
+    score: float = Field(ge=0, le=100)
     contributions: list[Contribution]
     model_version: str
+    as_of: str = Field(examples=["2026-10-22T12:00:00Z"], description="The moment explained at, in UTC (as in a score)")
 
 
 def utc_naive(moment: dt.datetime) -> pd.Timestamp:

@@ -44,6 +44,7 @@ from serving.guards import (
     ErrorBodies,
     JsonBodyGuard,
     RealPath,
+    RequestIdHeader,
     name_requests_by_route,
     redact_request_errors,
     reply,
@@ -104,7 +105,9 @@ class ReadinessGuard:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["path"] in MODEL_ROUTES and NOT_READY["reason"]:
-            await reply(send, 503, f"no model loaded: {NOT_READY['reason']}")
+            # Each worker looks for a champion again every reload_seconds: a client may retry then.
+            retry = str(max(1, round(PARAMS.service.reload_seconds))).encode()
+            await reply(send, 503, f"no model loaded: {NOT_READY['reason']}", [(b"retry-after", retry)])
             return
         await self.app(scope, receive, send)
 
@@ -184,14 +187,20 @@ class _Request(bentoml.IODescriptor):
     model_config = ConfigDict(extra="forbid", title="request")
 
 
+AS_OF_TEXT = (
+    "Score as of this moment (default: now). Activities after it are not read (as in training, a "
+    "feature sees only the past); a lead created after it is refused. Each score says the moment it used."
+)
+
+
 class ScoreRequest(_Request):
     leads: list[Lead] = Field(min_length=1, max_length=PARAMS.service.max_batch)
-    as_of: Moment | None = Field(default=None, description="Score as of this moment (default: now)")
+    as_of: Moment | None = Field(default=None, description=AS_OF_TEXT)
 
 
 class ExplainRequest(_Request):
     lead: Lead
-    as_of: Moment | None = None
+    as_of: Moment | None = Field(default=None, description=AS_OF_TEXT)
 
 
 def _once_each(leads: list[Lead]) -> tuple[list[Lead], list[int], list[int]]:
@@ -222,6 +231,11 @@ def _once_each(leads: list[Lead]) -> tuple[list[Lead], list[int], list[int]]:
     return kept, first_of, sent_at
 
 
+def _iso_utc(moment: pd.Timestamp) -> str:
+    """A naive UTC moment as the ISO text a caller can send back as `as_of`."""
+    return moment.isoformat() + "Z"
+
+
 def _as_of(leads: list[Lead], as_of: dt.datetime | None) -> pd.Series:
     return pd.Series([_moment(as_of, leads)] * len(leads))
 
@@ -243,6 +257,7 @@ class LeadScoring:
         # The live version is no longer @champion (the alias was removed, or moved to a version
         # that cannot be loaded): GET /model must not call it the champion.
         self.not_champion = False
+        self.checked_at = ""  # when this worker last checked @champion: `alias` is as of then
         self._reload_lock = threading.Lock()
         with _one_worker_at_a_time(tracking_uri()):
             self.reload()
@@ -265,42 +280,48 @@ class LeadScoring:
         or a rollback). A version that cannot be loaded is refused and the live one stays; an
         unreachable registry changes nothing."""
         with self._reload_lock:
-            live = self.live.model.version if self.live else None
             try:
-                database = local_database()
-                if database is not None and not database.is_file():  # sqlite would create an empty one
-                    raise ModelNotReady(
-                        f"the registry database {database} no longer exists (was it removed?)"
-                        if live
-                        else f"no model registered yet ({database} does not exist); run `leadscore train` first"
-                    )
-                try:
-                    version = champion_version(self.model_name)
-                except AliasMissing:
-                    self.not_champion = True
-                    raise
-                self.not_champion = live is not None and version != live
-                self.last_check_problem = ""
-                if version == live:
-                    return {"live_version": live, "changed": False}
-                model = load_champion(self.model_name, version=version)
-                try:
-                    direct = DirectScorer(model)
-                except Exception as exc:  # a bundle this code cannot serve must not stop the service
-                    raise ModelNotReady(f"version {version} cannot be served: {type(exc).__name__}: {exc}") from exc
-            except ModelNotReady as exc:
-                self.last_check_problem = str(exc)
-                if self.live is None:
-                    self.not_ready = str(exc)
-                    NOT_READY["reason"] = self.not_ready
-                logger.warning("champion not (re)loaded, %s stays live: %s", live or "no model", exc)
-                return {"live_version": live, "changed": False, "error": str(exc)}
-            self.live = Live(model, direct, pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"))
-            self.not_champion = False
-            self.not_ready = ""
-            NOT_READY["reason"] = ""
-            logger.info("now serving %s version %s (was %s)", self.model_name, version, live or "none")
-            return {"live_version": version, "changed": True, "previous_live_version": live}
+                return self._check_champion()
+            finally:  # when the check ended: `alias` in GET /model is as of then
+                self.checked_at = pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds")
+
+    def _check_champion(self) -> dict:
+        live = self.live.model.version if self.live else None
+        try:
+            database = local_database()
+            if database is not None and not database.is_file():  # sqlite would create an empty one
+                raise ModelNotReady(
+                    f"the registry database {database} no longer exists (was it removed?)"
+                    if live
+                    else f"no model registered yet ({database} does not exist); run `leadscore train` first"
+                )
+            try:
+                version = champion_version(self.model_name)
+            except AliasMissing:
+                self.not_champion = True
+                raise
+            self.not_champion = live is not None and version != live
+            self.last_check_problem = ""
+            if version == live:
+                return {"live_version": live, "changed": False}
+            model = load_champion(self.model_name, version=version)
+            try:
+                direct = DirectScorer(model)
+            except Exception as exc:  # a bundle this code cannot serve must not stop the service
+                raise ModelNotReady(f"version {version} cannot be served: {type(exc).__name__}: {exc}") from exc
+        except ModelNotReady as exc:
+            self.last_check_problem = str(exc)
+            if self.live is None:
+                self.not_ready = str(exc)
+                NOT_READY["reason"] = self.not_ready
+            logger.warning("champion not (re)loaded, %s stays live: %s", live or "no model", exc)
+            return {"live_version": live, "changed": False, "error": str(exc)}
+        self.live = Live(model, direct, pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"))
+        self.not_champion = False
+        self.not_ready = ""
+        NOT_READY["reason"] = ""
+        logger.info("now serving %s version %s (was %s)", self.model_name, version, live or "none")
+        return {"live_version": version, "changed": True, "previous_live_version": live}
 
     def __is_ready__(self) -> bool:
         return self.live is not None
@@ -355,16 +376,19 @@ class LeadScoring:
         """Score up to `service.max_batch` leads; the answer keeps their order."""
         live = self._require_live()
         model = live.model
-        if len(leads) == 1:
-            # The CRM's "this lead changed" call: same numbers, without data frames.
-            record = live.direct.score(leads[0], _moment(as_of, leads))
+        if len(leads) == 1 and not unread_parts(model.kind, leads):
+            # The CRM's "this lead changed" call: same numbers, without data frames. (A part the
+            # model would not read is refused by `_prepare`, as in a batch.)
+            moment = _moment(as_of, leads)
+            record = live.direct.score(leads[0], moment)
             if record is not None:
-                return _json([{"lead_id": leads[0].lead_id, **record}])
+                return _json([{"lead_id": leads[0].lead_id, **record, "as_of": _iso_utc(moment)}])
         sent = leads
         leads, first_of, sent_at = _once_each(sent)
         moments = _as_of(leads, as_of)
         features, context = self._prepare(live, leads, moments, sent_at=sent_at)
-        columns = {"lead_id": [lead.lead_id for lead in leads], **score_columns(model, features, context, moments)}
+        columns = {"lead_id": [lead.lead_id for lead in leads], **score_columns(model, features, context, moments),
+                   "as_of": [_iso_utc(moments.iloc[0])] * len(leads)}  # fmt: skip
         # Plain values, one record per lead (no data frame): NumPy columns become lists once.
         names = list(columns)
         values = [column.tolist() if isinstance(column, np.ndarray) else column for column in columns.values()]
@@ -408,6 +432,7 @@ class LeadScoring:
             score=round(score, 1),
             contributions=items,
             model_version=model.version,
+            as_of=_iso_utc(moments.iloc[0]),
         )
 
     @extra.get("/model")
@@ -425,6 +450,7 @@ class LeadScoring:
             # No longer the champion once the alias is gone, though it keeps serving until one is set.
             "alias": None if self.not_champion else model.alias,
             "loaded_at": live.loaded_at,
+            "checked_at": self.checked_at,
             "last_check_problem": self.last_check_problem or None,
             "reload_seconds": PARAMS.service.reload_seconds,
             "kind": model.kind,
@@ -464,6 +490,7 @@ SPEC = documented_spec(LeadScoring.openapi_spec.asdict())
 # Outermost first: size, then key, then readiness (its reason is for authenticated callers).
 name_requests_by_route()
 LeadScoring.add_asgi_middleware(RealPath)  # first: every other middleware sees the real path
+LeadScoring.add_asgi_middleware(RequestIdHeader)  # every answer, the guards' too, names its request
 LeadScoring.add_asgi_middleware(BodySizeGuard, max_bytes=PARAMS.service.max_body_bytes)
 LeadScoring.add_asgi_middleware(ApiKeyGuard)
 LeadScoring.add_asgi_middleware(ReadinessGuard)

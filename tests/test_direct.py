@@ -22,7 +22,7 @@ FIELDS = ("industry", "country", "seniority", "department", "lead_source", "empl
 def _records(leads: list[Lead], scored: pd.DataFrame) -> list[dict]:
     records = scored.replace({np.nan: None}).to_dict(orient="records")
     return [
-        LeadScore.model_validate({"lead_id": lead.lead_id, **r}).model_dump()
+        LeadScore.model_validate({"lead_id": lead.lead_id, **r, "as_of": "set by the service"}).model_dump()
         for lead, r in zip(leads, records, strict=True)
     ]
 
@@ -41,7 +41,9 @@ def _general(model, lead: Lead, as_of: pd.Timestamp) -> dict:
 
 def _fast(one: DirectScorer, lead: Lead, as_of: pd.Timestamp) -> dict | None:
     record = one.score(lead, as_of)
-    return None if record is None else LeadScore.model_validate({"lead_id": lead.lead_id, **record}).model_dump()
+    if record is None:
+        return None
+    return LeadScore.model_validate({"lead_id": lead.lead_id, **record, "as_of": "set by the service"}).model_dump()
 
 
 def _messy(i: int, lead: dict) -> dict:

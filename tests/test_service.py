@@ -24,7 +24,7 @@ from features.ingest import load_crm
 from features.params import PROJECT_ROOT
 from features.schema import PII_COLUMNS
 from serving.batch import score_batch
-from serving.schemas import LeadScore
+from serving.schemas import LeadScore, ModelInfo
 from serving.scoring import load_champion
 
 KEYS = ("key-one", "key-two")
@@ -149,6 +149,24 @@ def test_keys_are_required_except_on_probes(server):
 
 
 @pytest.mark.slow
+def test_every_answer_names_its_request_as_the_access_log_does(server):
+    """The guards' answers (401, 404, 405, 413, 415) carried no request id, only the handlers' did."""
+    url, log = server
+    answers = [
+        httpx.post(f"{url}/score", json={"leads": []}),
+        httpx.get(f"{url}/no-such-route", headers=_auth()),
+        httpx.get(f"{url}/score", headers=_auth()),
+        httpx.post(f"{url}/score", content=b"x", headers={**_auth(), "content-type": "text/plain"}),
+        httpx.post(f"{url}/score", json={"leads": [{"lead_id": "x", "created_at": "2025-01-01"}]}, headers=_auth()),
+    ]
+    assert [a.status_code for a in answers] == [401, 404, 405, 415, 200]
+    ids = [a.headers.get("x-bentoml-request-id") for a in answers]
+    assert all(ids) and len(set(ids)) == len(ids), ids
+    logged = log.read_text(errors="replace")
+    assert all(f"span={request_id}" in logged for request_id in ids), ids
+
+
+@pytest.mark.slow
 def test_metrics_and_the_access_log_name_routes_not_the_paths_sent(server):
     """Each made-up path was a new series on the open /metrics for good, a page's lead id showed
     there, and a path with a line break forged an access-log line."""
@@ -197,6 +215,13 @@ def test_service_and_batch_give_identical_numbers(server, store, sample):
         alone = httpx.post(f"{url}/score", json=_request(leads.iloc[[i]], acts), headers=_auth(), timeout=60)
         assert alone.status_code == 200, alone.text
         assert alone.json()[0] == response.json()[i]
+    assert served["as_of"].eq(AS_OF + "Z").all()  # the moment scored at, to send again
+    # Without as_of, the answer says the moment it used, and sending it back scores the same.
+    request = _request(leads.iloc[:3], acts)
+    request.pop("as_of", None)
+    now = httpx.post(f"{url}/score", json=request, headers=_auth(), timeout=60).json()
+    again = httpx.post(f"{url}/score", json={**request, "as_of": now[0]["as_of"]}, headers=_auth(), timeout=60)
+    assert again.json() == now and now[0]["as_of"].endswith("Z")
     assert served["grade"].isin(list("ABCD")).all()
     assert served["stage"].isin(STAGES).all()
     assert served["score"].between(0, 100).all() and served["fit"].between(0, 100).all()
@@ -239,6 +264,8 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
     with_fields = {"lead_id": "b", "created_at": "2025-01-01", "fields": {"City": "Pune"}}
     crm_fields = post({"leads": [{"lead_id": "a", "created_at": "2025-01-01"}, with_fields]})
     assert [e["loc"] for e in crm_fields.json()["detail"]] == [["leads", 1, "fields"]], crm_fields.text
+    alone = post({"leads": [with_fields]})  # one lead takes the direct path: it scored, ignoring `fields`
+    assert [e["loc"] for e in alone.json()["detail"]] == [["leads", 0, "fields"]], alone.text
     # A lead sent twice exactly (a CRM retrying part of a batch) is answered twice, scored once; a
     # problem after it is named at its place as sent; a repeated id that differs is refused.
     lead = {"lead_id": "r1", "created_at": "2025-01-01",
@@ -321,6 +348,8 @@ def test_explain_model_and_docs(server, sample):
     assert body["base_score"] + points == pytest.approx(body["score"], abs=0.1)
     info = httpx.get(f"{url}/model", headers=_auth()).json()
     assert info["name"] == "svc-model" and info["version"] == "1" and info["alias"] == "champion"
+    ModelInfo.model_validate(info)
+    assert pd.Timestamp(info["checked_at"]) >= pd.Timestamp(info["loaded_at"])  # the alias is as of that check
     assert info["grade_bands"] and info["criteria"]["sql"]["min_score"] > 0 and info["test_metrics"]["roc_auc"] > 0.5
     spec = httpx.get(f"{url}/docs", headers=_auth()).json()
     assert "/score" in spec["paths"] and "/explain" in spec["paths"]
@@ -356,6 +385,7 @@ def test_without_a_model_the_service_starts_and_says_why(tmp_path):
         assert ready.status_code == 503
         scored = httpx.post(f"{url}/score", json={"leads": [{"lead_id": "a", "created_at": "2025-01-01"}]})
         assert scored.status_code == 503 and "leadscore train" in scored.text
+        assert scored.headers["retry-after"] == "30"  # when the workers look for a champion again
     finally:
         _stop(process)
 
@@ -411,7 +441,7 @@ def test_the_spec_is_valid_openapi_and_says_what_the_service_reads():
         body = SPEC["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
         assert body == {"$ref": f"#/components/schemas/{name}"}
         assert {"type": "null"} in schemas[name]["properties"]["as_of"]["anyOf"]
-    assert {"type": "null"} in schemas["Lead"]["properties"]["activities"]["anyOf"]
+    assert {"type": "null"} in schemas["CrmLead"]["properties"]["activities"]["anyOf"]
     assert schemas["LeadScore"]["properties"]["stage"]["enum"] == ["disqualified", "nurture", "MQL", "SAL", "SQL"]
     problem = SPEC["paths"]["/score"]["post"]["responses"]["400"]["content"]["application/json"]["schema"]
     assert problem["properties"]["detail"]["items"]["required"] == ["loc", "msg", "type"]
@@ -419,6 +449,21 @@ def test_the_spec_is_valid_openapi_and_says_what_the_service_reads():
     assert "503" in reload and "400" not in reload  # it reads no body
     model = SPEC["paths"]["/model"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert model["properties"]["kind"]["enum"] == ["crm", "flat"] and "grade_bands" in model["required"]
+    # What a generated client is made of: a CRM lead needs created_at, a flat one takes only fields;
+    # bodies are required; functions named by what they do; no model that nothing uses.
+    assert {"lead_id", "created_at"} <= set(schemas["CrmLead"]["required"])
+    assert schemas["FlatLead"]["properties"]["industry"]["anyOf"] == [{"type": "null"}]
+    assert [branch["$ref"] for branch in schemas["Lead"]["anyOf"]] == [
+        "#/components/schemas/CrmLead", "#/components/schemas/FlatLead"]  # fmt: skip
+    operations = {(path, method): op for path, ops in SPEC["paths"].items() for method, op in ops.items()}
+    assert operations["/score", "post"]["operationId"] == "score"
+    assert operations["/model", "get"]["operationId"] == "getModel"
+    assert all(op["requestBody"]["required"] for op in operations.values() if "requestBody" in op)
+    assert "404" not in operations["/score", "post"]["responses"] and ("/docs.json", "get") in operations
+    assert "text/plain" in operations["/readyz", "get"]["responses"]["503"]["content"]
+    assert "InvalidArgument" not in schemas and "TaskStatusResponse" not in schemas
+    assert "as_of" in schemas["LeadScore"]["required"]
+    assert schemas["LeadScore"]["properties"]["probability"]["maximum"] == 1
 
 
 @pytest.mark.slow
