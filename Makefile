@@ -27,8 +27,11 @@ demo: $(STAMP)  ## Train on the embedded data, register the champion, score the 
 	@echo "open the pages at http://127.0.0.1:3000/ui/digest (lead pages, model page),"
 	@echo "and score a lead from a CRM: see 'Scoring from a CRM' in README.md."
 
-serve: $(STAMP)  ## Start the scoring service on http://127.0.0.1:3000 (the champion of models/)
-	$(BIN)/leadscore serve --port 3000
+PORT ?= 3000
+NOTEBOOK_PORT ?= 8888
+
+serve: $(STAMP)  ## Start the scoring service on http://127.0.0.1:$(PORT) (make serve PORT=3001 for another)
+	$(BIN)/leadscore serve --port $(PORT)
 
 browser:  ## Install Debian's chromium for the page tests when missing (needs root; skipped otherwise)
 	@command -v chromium >/dev/null 2>&1 || { \
@@ -39,9 +42,9 @@ browser:  ## Install Debian's chromium for the page tests when missing (needs ro
 	    echo "could not install chromium: the page tests will skip"; \
 	  else echo "no chromium and no root to install it: the page tests will skip"; fi; }
 
-notebook: $(STAMP)  ## Open JupyterLab on notebooks/ in the project's environment (installs it on first use)
+notebook: $(STAMP)  ## Open JupyterLab on notebooks/ (port $(NOTEBOOK_PORT)) in the project's environment (installs it on first use)
 	@$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/pip install --quiet -e '.[dev,notebooks]'
-	$(BIN)/jupyter lab --notebook-dir notebooks $$([ "$$(id -u)" = 0 ] && echo --allow-root)
+	$(BIN)/jupyter lab --notebook-dir notebooks --port $(NOTEBOOK_PORT) $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 test: $(STAMP) browser  ## Lint and run every test (slow end-to-end ones included)
 	$(BIN)/ruff check .

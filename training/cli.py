@@ -47,13 +47,14 @@ def _given_path(text: str | Path) -> Path:
 GIVEN_PATH: dict[str, Any] = {"parser": _given_path, "metavar": "<path>"}
 
 app = typer.Typer(
-    help="Predictive lead scoring: generate data, train, register.",
+    help="Predictive lead scoring: train and register models, score leads in batch or as a service, "
+    "write the pages, recalibrate and roll back.",
     no_args_is_help=True,
     add_completion=False,
 )
 console = Console()
-if not console.is_terminal:  # a log (cron, CI): long lines whole, not wrapped at 80 columns
-    console = Console(soft_wrap=True)
+if not console.is_terminal:  # a log (cron, CI): long lines whole, tables not squeezed into 80 columns
+    console = Console(soft_wrap=True, width=None if os.environ.get("COLUMNS") else 160)
 err = Console(stderr=True, soft_wrap=True)  # one line per error, whatever the width (cron logs)
 
 
@@ -421,7 +422,8 @@ def train(
 
     With --engine dask, features are built and the final model is fitted on a Dask cluster
     (LightGBM's Dask estimator); Optuna tunes on a sample of the training examples. Exits 3
-    while a recalibration or a rollback holds the lock they share, 2 on bad input.
+    while another training run, a recalibration, a rollback or a notebook's training holds the
+    lock they share, 2 on bad input, 143 when stopped by SIGTERM.
     """
     from features.tracking import lock_path
     from training.pipeline import (
@@ -730,6 +732,8 @@ def serve(
         _fail(mistake)
     if problem := api_keys_problem():
         _fail(problem)
+    if problem := _port_problem(host, port):  # before saying it serves there
+        _fail(problem)
     console.print(f"Serving models:/{name}@champion from {shown_uri(tracking_uri())} on http://{host}:{port}")
     # The service starts anyway and loads the champion once there is one (`service.reload_seconds`).
     database = local_database()
@@ -739,8 +743,6 @@ def serve(
                       f"`leadscore train` registers a champion[/yellow]")  # fmt: skip
     elif database is None and (problem := tracking_problem()):
         console.print(f"[yellow]{escape(problem)} (the service starts: {waiting} the store answers)[/yellow]")
-    if problem := _port_problem(host, port):
-        _fail(problem)
     if api_keys_from_env():
         console.print("API keys required (LEADSCORE_API_KEYS is set)")
     bentoml = str(Path(sys.executable).parent / "bentoml")
@@ -1198,7 +1200,7 @@ def recalibrate(
 
     Exit 0 when it ran (the decision is in the report), 2 when it could not, 3 when another
     recalibration, a rollback or a training run holds the lock, 4 when there is no new data
-    since the champion's test."""
+    since the champion's test, 143 when stopped by SIGTERM (the champion unchanged)."""
     from training.recalibrate import EXIT_LOCKED, RecalibrationError
     from training.recalibrate import recalibrate as run_recalibration
 

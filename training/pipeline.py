@@ -466,7 +466,7 @@ def train_and_register(
     fewest = min(int(test_label.sum()), int((test_label == 0).sum()))
     if fewest < params.gates.min_test_examples_per_class:
         reporter.warn(
-            f"the test rows hold {int(test_label.sum())} converted and {int((test_label == 0).sum())} lost: fewer "
+            f"the test rows hold {int(test_label.sum()):,} converted and {int((test_label == 0).sum()):,} lost: fewer "
             f"than gates.min_test_examples_per_class ({params.gates.min_test_examples_per_class}) of each, so this "
             "model will be registered but not promoted (more data, or a lower gate in params.yaml)"
         )

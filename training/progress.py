@@ -64,4 +64,5 @@ class PrintReporter(Reporter):
 
     def trials_finished(self) -> None:
         if self.done:
-            self.note(f"{self.done} trials run (at most {self.total}; the time budget may end it sooner)")
+            trials = f"{self.done} trial{'s' if self.done != 1 else ''}"
+            self.note(f"{trials} run (at most {self.total}; the time budget may end it sooner)")

@@ -62,7 +62,7 @@ LOCK_HOLDERS = {
     "recalibration": "a recalibration",
     "rollback": "a rollback",
     "train": "`leadscore train`",
-    "notebook": "a promotion from a notebook",
+    "notebook": "a notebook training or promoting a model",
 }
 
 

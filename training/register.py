@@ -274,7 +274,7 @@ def check_gates(
              f"test ECE {test['ece']:.4f} vs maximum {gates.max_test_ece}"),
         Gate("min_test_examples_per_class",
              min(test["positives"], test["n"] - test["positives"]) >= gates.min_test_examples_per_class,
-             f"test rows: {test['positives']} converted, {test['n'] - test['positives']} lost "
+             f"test rows: {test['positives']:,} converted, {test['n'] - test['positives']:,} lost "
              f"vs minimum {gates.min_test_examples_per_class} of each"),
         Gate("min_auc_gain_vs_baseline", gain >= gates.min_auc_gain_vs_baseline,
              f"gain over the better baseline {_signed(gain, gates.min_auc_gain_vs_baseline)} "

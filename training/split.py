@@ -64,7 +64,7 @@ def split_by_time(examples: pd.DataFrame, params: SplitParams, horizon_days: int
     )
     if left_out:  # a flat export (one row per lead, no horizon) has none to leave out
         description += (
-            f"; {left_out} later snapshot(s) of earlier leads left out so that no lead and no label horizon "
+            f"; {left_out:,} later snapshot(s) of earlier leads left out so that no lead and no label horizon "
             "crosses a boundary"
         )
     return SplitReport(part, description, windows, left_out)
@@ -79,7 +79,7 @@ def split_stratified(label: pd.Series, params: SplitParams) -> SplitReport:
     part = pd.Series("", index=label.index, dtype=object)
     part.iloc[train], part.iloc[valid], part.iloc[test] = "train", "valid", "test"
     description = (
-        f"stratified holdout (no timestamps): {len(test)} test rows held out; tuning and calibration "
-        f"by {CV_FOLDS}-fold cross-validation on the other {len(train) + len(valid)}"
+        f"stratified holdout (no timestamps): {len(test):,} test rows held out; tuning and calibration "
+        f"by {CV_FOLDS}-fold cross-validation on the other {len(train) + len(valid):,}"
     )
     return SplitReport(part, description, {}, 0, by_time=False)
