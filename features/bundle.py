@@ -17,6 +17,13 @@ import pandas as pd
 from features.calibration import Calibrator
 from features.spec import FeatureSpec, to_model_frame
 
+# The bundle's layout and the meaning of its metadata. Raise it whenever a reader of the
+# previous format would misread a new bundle (a key whose meaning changes, a new key it must
+# not ignore): an older checkout then refuses the bundle by name. (Before the number was
+# written, a changed `subscore_quantiles` made older checkouts rank every lead's fit near 100
+# without a word.) 1: bundles without the number; 2: since 2026-12-05.
+BUNDLE_FORMAT = 2
+
 ARTIFACTS = {
     "booster": "booster.txt",
     "spec": "spec.json",
@@ -136,7 +143,8 @@ def write_bundle_files(
     paths["calibrator"].write_text(json.dumps(calibrator.to_dict()), encoding="utf-8")
     checksums = {key: _sha256(paths[key]) for key in CHECKED_FILES}
     paths["metadata"].write_text(
-        json.dumps({**metadata, "file_sha256": checksums}, indent=2, default=str), encoding="utf-8"
+        json.dumps({**metadata, "bundle_format": BUNDLE_FORMAT, "file_sha256": checksums}, indent=2, default=str),
+        encoding="utf-8",
     )
     return {key: str(path) for key, path in paths.items()}
 
@@ -153,9 +161,17 @@ def check_bundle_files(files: dict[str, str | Path], metadata: dict[str, Any]) -
     truncated file down with the whole process, not with an exception.
 
     Raises:
-        ValueError: a checksum differs from the one written at training time, or (bundles
-            from before checksums) the booster text ends before its last tree.
+        ValueError: a bundle of a newer format than this release reads, a checksum differs
+            from the one written at training time, or (bundles from before checksums) the
+            booster text ends before its last tree.
     """
+    written = metadata.get("bundle_format", 1)
+    if not isinstance(written, int) or isinstance(written, bool) or written > BUNDLE_FORMAT:
+        raise ValueError(
+            f"bundle format {written!r} is newer than this release of leadscore reads (up to {BUNDLE_FORMAT}): "
+            "the model was registered by a newer release; update this checkout (git pull, then make install) "
+            "before it scores with this model"
+        )
     checksums = metadata.get("file_sha256") or {}
     for key, expected in checksums.items():
         if key in files and _sha256(Path(files[key])) != expected:

@@ -30,7 +30,12 @@ MODELS_DIR = project_path(os.environ.get(MODELS_DIR_ENV) or "models")
 
 def lock_path(setting: str) -> Path:
     """The registry lock file (`recalibration.lock_file`): a relative one is under the models
-    folder, so every process and checkout that shares the folder shares the lock."""
+    folder, so every process and checkout that shares the folder shares the lock. Older
+    params files named it `models/recalibrate.lock` from the project folder: that leading
+    `models/` is the models folder too, or two params files would lock two different files."""
+    parts = Path(setting).parts
+    if len(parts) > 1 and parts[0] == "models":
+        setting = str(Path(*parts[1:]))
     return project_path(setting, MODELS_DIR)
 
 

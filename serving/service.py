@@ -309,7 +309,12 @@ class LeadScoring:
                 direct = DirectScorer(model)
             except Exception as exc:  # a bundle this code cannot serve must not stop the service
                 raise ModelNotReady(f"version {version} cannot be served: {type(exc).__name__}: {exc}") from exc
-        except ModelNotReady as exc:
+        except Exception as exc:
+            if not isinstance(exc, ModelNotReady):
+                # Unforeseen (a bug, a bundle read wrongly): said like any other failed check, and
+                # the watcher goes on (an exception ended its thread, and the worker never looked again).
+                logger.exception("checking @champion failed")
+                exc = ModelNotReady(f"checking @champion failed: {type(exc).__name__}: {exc}")
             self.last_check_problem = str(exc)
             if self.live is None:
                 self.not_ready = str(exc)

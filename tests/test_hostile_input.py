@@ -184,6 +184,19 @@ def test_a_truncated_booster_without_checksums_is_refused_before_lightgbm_reads_
         check_bundle_files({"booster": booster}, metadata={"file_sha256": {"booster": "0" * 64}})
 
 
+def test_a_bundle_of_a_newer_format_is_refused_by_name_not_misread(tmp_path):
+    """An older checkout read a newer bundle's changed sub-score reference without a word (every
+    lead's fit near 100) or failed with a traceback on its new criteria keys."""
+    from features.bundle import BUNDLE_FORMAT, check_bundle_files
+
+    booster = tmp_path / "booster.txt"
+    booster.write_text("tree\nend of trees\n")
+    check_bundle_files({"booster": booster}, metadata={"bundle_format": BUNDLE_FORMAT})
+    for newer in (BUNDLE_FORMAT + 1, "3", None):
+        with pytest.raises(ValueError, match="newer than this release of leadscore reads"):
+            check_bundle_files({"booster": booster}, metadata={"bundle_format": newer})
+
+
 def test_keys_are_compared_in_constant_time_against_every_key(monkeypatch):
     """No early exit: a wrong key, a right one and a right prefix all cost one constant-time
     comparison per configured key (timing says nothing about which key or how much matched)."""

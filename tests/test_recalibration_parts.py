@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -114,3 +116,14 @@ def test_the_report_page_shows_text_from_the_data_as_text():
     page = report_page("# Report\n\n| feature | PSI |\n|---|---|\n| <script>alert(1)</script> | 0.300 |\n")
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "<h1>Report</h1>" in page and "<th>feature</th>" in page and "<td>0.300</td>" in page
+
+
+def test_an_older_params_files_lock_path_names_the_same_lock():
+    """Older params files said `models/recalibrate.lock` (from the project folder); read under
+    the models folder it became models/models/recalibrate.lock, and a rollback with that file
+    went ahead in the middle of a training run holding the other."""
+    from features.tracking import MODELS_DIR, lock_path
+
+    assert lock_path("models/recalibrate.lock") == lock_path("recalibrate.lock") == MODELS_DIR / "recalibrate.lock"
+    assert lock_path("locks/team.lock") == MODELS_DIR / "locks" / "team.lock"
+    assert lock_path("/srv/leadscore/team.lock") == Path("/srv/leadscore/team.lock")

@@ -621,3 +621,22 @@ def test_websocket_paths_are_named_by_route_too():
         BentoMLContainer.metrics_client.get().multiproc = False
     assert "/ui/leads/{lead_id}" in written.getvalue() and "/{other}" in written.getvalue(), written.getvalue()
     assert "FORGED" not in written.getvalue() and "L-private-9" not in written.getvalue()
+
+
+def test_an_unforeseen_failure_of_a_champion_check_is_a_failed_check_not_the_end_of_the_watcher(monkeypatch):
+    """A bundle an older checkout misread raised a ValidationError out of the check: the
+    watcher thread ended (that worker never looked for a champion again) and /reload was a 500."""
+    import threading
+
+    from serving import service
+
+    monkeypatch.setitem(service.NOT_READY, "reason", "")  # a module global: restored afterwards
+    monkeypatch.setattr(service, "local_database", lambda: None)
+    monkeypatch.setattr(service, "champion_version", lambda name: "7")
+    monkeypatch.setattr(service, "load_champion", lambda name, version: (_ for _ in ()).throw(KeyError("criteria")))
+    worker = service.LeadScoring.inner.__new__(service.LeadScoring.inner)
+    worker.model_name, worker.live, worker.not_ready, worker.not_champion = "m", None, "starting", False
+    worker.last_check_problem, worker.checked_at, worker._reload_lock = "", "", threading.Lock()
+    answer = worker.reload()
+    assert answer["changed"] is False and answer["error"] == "checking @champion failed: KeyError: 'criteria'"
+    assert worker.checked_at and worker.not_ready == answer["error"] and service.NOT_READY["reason"] == answer["error"]

@@ -17,6 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from features.build import build_crm_features
+from features.bundle import BUNDLE_FORMAT
 from features.ingest import DataError, load_crm
 from features.synthetic import generate_crm, write_crm
 from training.pipeline import trailing_baseline_warnings
@@ -412,6 +413,7 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     model = load_champion("flat-model", version=str(metrics["model"]["version"]))
+    assert model.scorer.metadata["bundle_format"] == BUNDLE_FORMAT  # an older checkout refuses it by this
     features, context, _ = prepare_flat_rows(model, frame.drop(columns=["Converted"]).head(5).astype(str))
     scored = score_features(model, features, context, pd.Series([pd.Timestamp("2026-01-01")] * 5))
     assert scored["probability"].between(0, 1).all() and len(scored) == 5
