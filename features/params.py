@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import string
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PARAMS_ENV = "LEADSCORE_PARAMS"
+# A competitor's domain as it follows the @ of an e-mail address.
+DOMAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
 
 
 class _Frozen(BaseModel):
@@ -225,13 +229,97 @@ class Params(_Frozen):
     @model_validator(mode="after")
     def _grades_descend(self) -> Params:
         bounds = list(self.grades.values())
+        shown = ", ".join(f"{grade}: {bound:g}" for grade, bound in self.grades.items())
         if bounds != sorted(bounds, reverse=True) or len(set(bounds)) != len(bounds):
-            raise ValueError("grades: lower bounds must be listed best first, strictly falling")
+            raise ValueError(f"grades: lower bounds must be listed best first, strictly falling ({shown})")
+        if not bounds or bounds[-1] != 0 or bounds[0] > 100:
+            # Every score falls in the last grade below its bound: a D from 5 would grade a 3 D too.
+            raise ValueError(f"grades: scores run 0-100, so the last grade starts at 0 and none above 100 ({shown})")
         return self
+
+    @model_validator(mode="after")
+    def _rules_can_be_met(self) -> Params:
+        """What an admin's edit can get wrong that each type alone allows: a rule that never
+        fires or a text that fails at scoring time. Checked for params files only: a registered
+        model's criteria are read as they were written."""
+        problems = criteria_problems(self.criteria) + icp_problems(self.features.icp)
+        shares = self.recalibration.grade_shares
+        if any(not 0 < share < 1 for share in shares.values()) or sum(shares.values()) > 1 + 1e-9:
+            problems.append(f"recalibration.grade_shares: each between 0 and 1 and together at most 1 ({shares})")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def criteria_problems(criteria: CriteriaParams) -> list[str]:
+    """Why qualification rules written in a params file could not work as meant."""
+    from features.engagement import INTENT_TYPES  # the activity types with a days-since feature
+
+    problems = []
+    unknown = [kind for kind in criteria.hand_raise_types if kind not in INTENT_TYPES]
+    if unknown:
+        problems.append(
+            f"criteria.hand_raise_types: {', '.join(map(repr, unknown))} cannot count as a hand raise (it would be "
+            f"ignored, and no lead would reach SQL on it); use some of {', '.join(INTENT_TYPES)}"
+        )
+    if not criteria.hand_raise_types and (criteria.sql.require_hand_raise or criteria.mql.hand_raise_qualifies):
+        problems.append("criteria.hand_raise_types: empty, while sql.require_hand_raise or "
+                        "mql.hand_raise_qualifies needs a hand raise (no lead would reach SQL)")  # fmt: skip
+    bounded = {"mql.min_score": criteria.mql.min_score, "sql.min_score": criteria.sql.min_score,
+               "mql.min_fit": criteria.mql.min_fit, "mql.min_engagement": criteria.mql.min_engagement}  # fmt: skip
+    for name, value in bounded.items():
+        if value is not None and not 0 <= value <= 100:
+            problems.append(f"criteria.{name}: {value:g} is outside 0-100 (a score in percent, a rank)")
+    if criteria.sql.min_score < criteria.mql.min_score:
+        problems.append(f"criteria.sql.min_score: {criteria.sql.min_score:g} is below mql.min_score "
+                        f"{criteria.mql.min_score:g}; an SQL is an MQL first")  # fmt: skip
+    for stage, text in criteria.next_actions.items():
+        allowed = {"recycle_on"} if stage == "disqualified" else set()
+        try:
+            fields = {field for _, field, _, _ in string.Formatter().parse(text) if field is not None}
+        except ValueError as exc:
+            problems.append(f"criteria.next_actions.{stage}: {exc} (write {{{{ and }}}} for a brace)")
+            continue
+        if fields - allowed:
+            can = "{recycle_on} is the only placeholder it takes" if allowed else "it takes no placeholder"
+            problems.append(f"criteria.next_actions.{stage}: unknown placeholder "
+                            f"{', '.join('{' + f + '}' for f in sorted(fields - allowed))}: {can}")  # fmt: skip
+    odd = [domain for domain in criteria.disqualify.competitor_domains if not DOMAIN.fullmatch(domain)]
+    if odd:
+        problems.append(f"criteria.disqualify.competitor_domains: {', '.join(map(repr, odd))}: write a domain as it "
+                        "follows the @ of an address (salesforce.com), without @ or spaces")  # fmt: skip
+    return problems
+
+
+def icp_problems(icp: IcpParams) -> list[str]:
+    """An ideal customer profile no lead could match on some criterion."""
+    lists = ("industries", "seniorities", "departments", "countries")
+    problems = [f"features.icp.{name}: empty, so every lead would miss this criterion; list at least one"
+                for name in lists if not getattr(icp, name)]  # fmt: skip
+    if icp.min_employees > icp.max_employees:
+        problems.append(f"features.icp.min_employees: {icp.min_employees:g} is above max_employees "
+                        f"{icp.max_employees:g}")  # fmt: skip
+    return problems
 
 
 class ParamsError(ValueError):
     """params.yaml is missing or invalid."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key written twice in one mapping: PyYAML keeps the last
+    one without a word, so an admin's second `min_score:` silently replaced the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is written twice in one section: keep one", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def default_params_path() -> Path:
@@ -254,9 +342,12 @@ def load_params(path: str | Path | None = None, **overrides: object) -> Params:
     """
     path = Path(path) if path else default_params_path()
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except OSError as exc:
         raise ParamsError(f"cannot read params file {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        # PyYAML names the text it parsed "<unicode string>": name the file instead.
+        raise ParamsError(f"cannot read params file {path}: {str(exc).replace('<unicode string>', str(path))}") from exc
     if not isinstance(raw, dict):
         found = "nothing" if raw is None else f"a {type(raw).__name__}"
         raise ParamsError(f"invalid params file {path}: it holds {found}, not the settings (key: value lines)")
@@ -271,5 +362,13 @@ def load_params(path: str | Path | None = None, **overrides: object) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
-        raise ParamsError(f"invalid params file {path}: {problems}") from exc
+        raise ParamsError(f"invalid params file {path}: {'; '.join(map(_said, exc.errors()))}") from exc
+
+
+def _said(error: dict[str, Any]) -> str:
+    """One validation error as a person editing the file reads it: the key, then the problem
+    in YAML's words (a list, not a tuple; no pydantic prefix)."""
+    message = error["msg"].removeprefix("Value error, ")
+    message = message.replace("a valid tuple", "a list").replace("a valid dictionary", "key: value settings")
+    where = ".".join(str(part) for part in error["loc"])
+    return f"{where}: {message}" if where else message

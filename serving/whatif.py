@@ -73,7 +73,7 @@ def path_to_sql(
     scored["steps"] = [scenarios[p] for p in positions]
     now = scored.iloc[0]
     if now["stage"] == "SQL":
-        return PathToSql((), float(now["score"]), "Already SQL: call within the day.")
+        return PathToSql((), float(now["score"]), f"Already SQL: {now['next_action']}")
     if now["stage"] == "disqualified":
         return PathToSql((), None, f"Disqualified ({now['stage_reason']}); engagement does not change that.")
     reached = scored[scored["stage"] == "SQL"]

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -134,3 +136,39 @@ def test_mql_on_score_alone_when_fit_and_engagement_are_not_conditions(params):
         "Not yet MQL: score 62 < 62.5",
         "MQL: score 70 ≥ 62.5",
     ]
+
+
+def test_an_admins_rule_that_cannot_work_is_refused_naming_the_key(tmp_path):
+    """Each passed the types and then never fired (a hand raise spelt `demo-request`: no SQL at
+    all), failed at scoring time (an unknown placeholder: a 500 for a whole batch) or graded
+    against the page (a D from 5 graded a 3 D too); a key written twice kept the last one."""
+    import pytest
+
+    from features.params import ParamsError, default_params_path, load_params
+
+    edits = {
+        "criteria.hand_raise_types": (["demo-request", "meeting"], "'demo-request' cannot count as a hand raise"),
+        "criteria.mql.min_score": (40, "criteria.sql.min_score: 25 is below mql.min_score 40"),
+        "criteria.sql.min_score": (250, "criteria.sql.min_score: 250 is outside 0-100"),
+        "criteria.next_actions.disqualified": ("recycle on {recycle_date}", "unknown placeholder {recycle_date}"),
+        "criteria.next_actions.MQL": ("call {today", "next_actions.MQL: expected '}'"),
+        "criteria.disqualify.competitor_domains": (["@hotmail.com"], "'@hotmail.com': write a domain as it follows"),
+        "features.icp.industries": ([], "features.icp.industries: empty"),
+        "features.icp.min_employees": (9000, "min_employees: 9000 is above max_employees 5000"),
+        "grades": (
+            {"A": 60, "B": 35, "C": 15, "D": 5},
+            "last grade starts at 0 and none above 100 (A: 60, B: 35, C: 15, D: 5)",
+        ),
+        "recalibration.grade_shares": ({"A": -0.05, "B": 0.5}, "recalibration.grade_shares: each between 0 and 1"),
+    }
+    for key, (value, said) in edits.items():
+        with pytest.raises(ParamsError, match=re.escape(said)):
+            load_params(**{key: value})
+    load_params(**{"criteria.next_actions.MQL": "call within {{3}} days"})  # braces written as braces
+    twice = tmp_path / "params.yaml"
+    written = default_params_path().read_text()
+    twice.write_text(written.replace("    min_score: 10\n", "    min_score: 10\n    min_score: 30\n"))
+    with pytest.raises(ParamsError, match=f"'min_score' is written twice in one section: keep one\n  in \"{twice}\""):
+        load_params(twice)
+    with pytest.raises(ParamsError, match=r"features.icp.industries: Input should be a list"):
+        load_params(**{"features.icp.industries": "Software"})

@@ -285,6 +285,10 @@ def test_path_to_sql_is_checked_with_the_model(champion, scores_dir):
     )
     rescored = score_features(champion, features, context, moments).iloc[0]
     assert rescored["stage"] == "SQL" and rescored["score"] == pytest.approx(result.score)
+    # An SQL lead's page says the SQL action the rules set, not a text of its own.
+    sql = latest.scores[latest.scores["stage"] == "SQL"]["lead_id"].iloc[0]
+    already = path_to_sql(champion, *latest.lead(sql), AS_OF)
+    assert already.message == f"Already SQL: {champion.criteria.next_actions['SQL']}"
 
 
 def test_path_to_sql_names_the_bant_answers_a_call_must_get(champion, scores_dir):

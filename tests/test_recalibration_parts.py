@@ -109,6 +109,31 @@ def test_a_new_sql_threshold_is_never_below_the_new_mql_one(params):
     assert sql == mql and "raised to the MQL threshold" in found["sql_rule"], found["sql_rule"]
 
 
+def test_a_recalibrated_model_takes_the_rules_of_the_params_file_and_says_what_changed(params):
+    """A hand-raise type, a next action and the ICP match edited by an admin were dropped by the
+    recalibration, which copied the champion's rules (an older champion's also lacked the
+    hand-raise MQL that params.yaml turns on)."""
+    from types import SimpleNamespace
+
+    from training.recalibrate import new_thresholds
+
+    old = params.criteria.model_dump(mode="json")
+    old["mql"]["hand_raise_qualifies"], old["mql"]["min_score"] = False, 7.5
+    old["next_actions"]["SQL"] = "Call today"
+    del old["disqualify"]["recycle_after_days"]
+    champion = SimpleNamespace(scorer=SimpleNamespace(metadata={"criteria": old}))
+    rng = np.random.default_rng(4)
+    scores = np.round(rng.uniform(0, 60, 3_000), 1)
+    found = new_thresholds(scores, (rng.uniform(size=3_000) < scores / 80).astype(int), champion, params)
+    assert found["criteria"]["mql"]["hand_raise_qualifies"] is True
+    assert found["criteria"]["next_actions"]["SQL"] == params.criteria.next_actions["SQL"]
+    assert found["rule_changes"] == [
+        "criteria.disqualify.recycle_after_days: null → 120",
+        "criteria.mql.hand_raise_qualifies: false → true",
+        f'criteria.next_actions.SQL: "Call today" → "{params.criteria.next_actions["SQL"]}"',
+    ]  # the recomputed MQL score is not a rule change
+
+
 def test_the_report_page_shows_text_from_the_data_as_text():
     # A feature or model name is data: markup in it must show, not run, on the manager's page.
     from training.recalibrate import report_page
@@ -127,3 +152,17 @@ def test_an_older_params_files_lock_path_names_the_same_lock():
     assert lock_path("models/recalibrate.lock") == lock_path("recalibrate.lock") == MODELS_DIR / "recalibrate.lock"
     assert lock_path("locks/team.lock") == MODELS_DIR / "locks" / "team.lock"
     assert lock_path("/srv/leadscore/team.lock") == Path("/srv/leadscore/team.lock")
+
+
+def test_training_says_when_it_replaces_the_champions_recalibrated_thresholds(params):
+    """`train` took params.yaml's MQL 10 / SQL 25 over a recalibrated champion's 13.6 / 31.8
+    without a word."""
+    from training.pipeline import replaced_thresholds
+    from training.register import ChampionCheck
+
+    ours = params.criteria.model_dump(mode="json")
+    recalibrated = {**ours, "mql": {**ours["mql"], "min_score": 13.6}, "sql": {**ours["sql"], "min_score": 31.8}}
+    said = replaced_thresholds(ChampionCheck("4", 0.81, "", criteria=recalibrated), ours)
+    assert said.startswith("champion v4 qualifies MQL from score 13.6 and SQL from 31.8") and "10 and 25" in said
+    assert replaced_thresholds(ChampionCheck("4", 0.81, "", criteria=ours), ours) is None
+    assert replaced_thresholds(ChampionCheck(None, None, "no champion yet"), ours) is None

@@ -41,6 +41,7 @@ from training.progress import PrintReporter, Reporter  # noqa: F401 (PrintReport
 from training.register import (
     CHALLENGER,
     CHAMPION,
+    ChampionCheck,
     ChampionMoved,
     Gate,
     champion_auc,
@@ -62,6 +63,23 @@ EMBEDDED_DIR = MODELS_DIR / "embedded"
 # Under this shortfall in test ROC AUC, the tuned model and a baseline are level: one split's
 # noise (the spread over seeds in BENCHMARKS.md is 0.002-0.005).
 LEVEL_AUC = 0.002
+
+
+def replaced_thresholds(champion: ChampionCheck, criteria: dict[str, Any]) -> str | None:
+    """What a training run says when the champion's MQL/SQL scores (set by a recalibration, or
+    another params file) are not this run's: the new model takes the params file's, and a
+    recalibrated threshold would be lost without a word."""
+    if not champion.criteria:
+        return None
+    old = (champion.criteria["mql"]["min_score"], champion.criteria["sql"]["min_score"])
+    new = (criteria["mql"]["min_score"], criteria["sql"]["min_score"])
+    if old == new:
+        return None
+    return (
+        f"champion v{champion.version} qualifies MQL from score {old[0]:g} and SQL from {old[1]:g} (a recalibration "
+        f"set them, or another params file); this model takes the params file's {new[0]:g} and {new[1]:g}: to keep "
+        "thresholds fitted to the data, run `leadscore recalibrate` after it, or copy them into the params file"
+    )
 
 
 def trailing_baseline_warnings(
@@ -670,6 +688,9 @@ def train_and_register(
         )  # fmt: skip
         gates = check_gates(params.gates, test_metrics, best_baseline, champion)
         passed = all(g.passed for g in gates)
+        if dataset.kind == "crm" and not overrides and (replaced := replaced_thresholds(champion, criteria)):
+            reporter.warn(replaced)
+            run_warnings.append(replaced)
 
         with tempfile.TemporaryDirectory() as tmp:
             tmp_path = Path(tmp)

@@ -205,7 +205,10 @@ def recalibrate(
             "old": {"criteria": meta["criteria"], "grade_bands": meta["grade_bands"]},
             "new": {"criteria": captured["criteria"], "grade_bands": captured["grade_bands"]},
             "sql_rule": captured["sql_rule"],
+            "rule_changes": captured["rule_changes"],
         }
+        for change in captured["rule_changes"]:
+            reporter.note(f"rule from the params file, not the champion's: {change}")
         summary["gates"] = metrics["gates"]
         summary["challenger_version"] = metrics["model"]["version"]
         summary["run_id"] = metrics["model"]["run_id"]
@@ -295,9 +298,15 @@ def measure_drift(
 
 
 def new_thresholds(scores: np.ndarray, label: np.ndarray, champion: LoadedModel, params: Params) -> dict[str, Any]:
-    """Criteria and grade bands recomputed on the newest quarter from the targets."""
+    """Criteria and grade bands recomputed on the newest quarter from the targets.
+
+    The rules are the params file's (as a training run's are): an admin's edit (a hand-raise
+    type, a next action, the ICP match) reaches the next recalibrated model, which used to
+    keep the champion's rules and drop the edit without a word. The MQL and SQL scores and the
+    grade bands are recomputed here; `rule_changes` lists what else differs from the champion's.
+    """
     settings = params.recalibration
-    criteria = json.loads(json.dumps(champion.scorer.metadata["criteria"]))
+    criteria = params.criteria.model_dump(mode="json")
     criteria["mql"]["min_score"] = top_share_threshold(scores, settings.mql_top_share)
     sql = precision_threshold(scores, label, settings.sql_precision, settings.min_sql_leads)
     rule = f"precision ≥ {settings.sql_precision:.0%} with at least {settings.min_sql_leads} leads"
@@ -311,7 +320,23 @@ def new_thresholds(scores: np.ndarray, label: np.ndarray, champion: LoadedModel,
         rule += f"; {criteria['sql']['min_score']} raised to the MQL threshold, which it may not be below"
         criteria["sql"]["min_score"] = criteria["mql"]["min_score"]
     bands, _ = grade_bands(scores, label, settings.grade_shares)
-    return {"criteria": criteria, "grade_bands": bands, "sql_rule": rule}
+    changes = rule_changes(champion.scorer.metadata["criteria"], criteria)
+    return {"criteria": criteria, "grade_bands": bands, "sql_rule": rule, "rule_changes": changes}
+
+
+def rule_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "criteria") -> list[str]:
+    """`key: old → new` for each rule that differs, the recomputed score thresholds aside."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        name = f"{prefix}.{key}"
+        if name in ("criteria.mql.min_score", "criteria.sql.min_score"):
+            continue
+        before, after = old.get(key), new.get(key)
+        if isinstance(before, dict) and isinstance(after, dict):
+            changes += rule_changes(before, after, name)
+        elif json.dumps(before) != json.dumps(after):
+            changes.append(f"{name}: {json.dumps(before)} → {json.dumps(after)}")
+    return changes
 
 
 def compare(
@@ -417,6 +442,10 @@ def report_markdown(summary: dict[str, Any]) -> str:
             lines.append(
                 f"| grade {grade} from | {old['grade_bands'].get(grade, '—')} | {new['grade_bands'].get(grade, '—')} |"
             )
+        changed = summary["thresholds"].get("rule_changes") or []
+        lines += ["", "Other rules, from the params file in force:"] + (
+            [f"- {change}" for change in changed] or ["- the same as the champion's"]
+        )
         comparison = summary["comparison"]
         lines += [
             "",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import io
 import logging
@@ -124,6 +125,8 @@ class ChampionCheck:
     # features cannot be rebuilt here): not replaced, or a store's short outage would promote any
     # model over it.
     uncompared: bool = False
+    # The champion's qualification rules (None: it could not be loaded).
+    criteria: dict[str, Any] | None = None
 
 
 def champion_auc(
@@ -163,10 +166,12 @@ def champion_auc(
             "promote a version by hand in notebook 02, or remove the @champion alias)",
             uncompared=True,
         )
+    # Every answer from here on carries the champion's rules, which this run may replace.
+    found = functools.partial(ChampionCheck, criteria=scorer.metadata.get("criteria"))
     if scorer.spec.kind != kind:
-        return ChampionCheck(version, None, f"champion v{version} is a {scorer.spec.kind} model, this one {kind}", True)
+        return found(version, None, f"champion v{version} is a {scorer.spec.kind} model, this one {kind}", True)
     if kind == "crm" and not export_has_activities and scorer.uses_engagement():
-        return ChampionCheck(
+        return found(
             version,
             None,
             f"this export has no usable activity, so this model learned from fit attributes alone, while "
@@ -178,7 +183,7 @@ def champion_auc(
     learned_from = scorer.spec.settings.get("lead_columns")  # None: a champion from before it was kept
     lacking = [c for c in learned_from or () if lead_columns is not None and c not in lead_columns]
     if kind == "crm" and lacking:
-        return ChampionCheck(
+        return found(
             version,
             None,
             f"this export's leads have no value in {', '.join(lacking)}, which champion v{version} learned from: "
@@ -193,7 +198,7 @@ def champion_auc(
         try:
             own = features_for(own_settings, list(scorer.spec.settings.get("tech_vocabulary", [])))
         except NotImplementedError as exc:
-            return ChampionCheck(
+            return found(
                 version,
                 None,
                 f"champion v{version} was trained with other feature settings or technologies, and {exc}: not "
@@ -216,7 +221,7 @@ def champion_auc(
         # The same table without its leaks: callers still send the champion's columns, and the new
         # model reads a part of them. A test AUC earned with a leak is no bar for an honest model:
         # the other gates decide.
-        return ChampionCheck(
+        return found(
             version,
             None,
             f"champion v{version} also reads {', '.join(leaks[:5])}, which this run leaves out as leaking: "
@@ -224,7 +229,7 @@ def champion_auc(
         )
     if kind == "flat" and missing and set(missing) <= set(dropped) | set(leaking):
         kept_out = ", ".join(c for c in missing if c not in leaking)
-        return ChampionCheck(
+        return found(
             version,
             None,
             f"champion v{version} reads {kept_out}, which --drop leaves out, so the two cannot be compared on this "
@@ -236,14 +241,14 @@ def champion_auc(
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         # CRM features are the same contract every time, only the technologies learned from the
         # export may differ; a flat export without the champion's columns is another table.
-        return ChampionCheck(
+        return found(
             version,
             None,
             f"champion v{version} uses columns this model does not (absent, or left out of this data): {shown}",
             other_inputs=kind == "flat",
         )
     probability = scorer.predict_proba(features_test)
-    return ChampionCheck(version, float(roc_auc_score(label, probability)), note)
+    return found(version, float(roc_auc_score(label, probability)), note)
 
 
 def _signed(value: float, limit: float) -> str:
