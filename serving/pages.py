@@ -532,27 +532,48 @@ def _criteria_rows(model: LoadedModel) -> list[tuple[str, str]]:
         if sql.require_hand_raise
         else ""
     )
+    raised = ", ".join(plain_activity(t).lower() for t in criteria.hand_raise_types)
     by_hand = (
-        f"; or a hand-raise within {criteria.hand_raise_days} days at score ≥ {mql.min_score:g}"
+        f"; or a hand-raise ({raised}) within {criteria.hand_raise_days} days at score ≥ {mql.min_score:g}"
         if mql.hand_raise_qualifies
         else ""
     )
-    mql_row = ("MQL", ", ".join(f"{name} ≥ {needed:g}" for name, _, needed in mql_conditions(mql, 0, 0, 0)) + by_hand)
+    # Fit and engagement are ranks among the training leads, not scores: said so on the page.
+    ranked = {"fit": "fit rank", "engagement": "engagement rank"}
+    conditions = ", ".join(f"{ranked.get(name, name)} ≥ {needed:g}" for name, _, needed in mql_conditions(mql, 0, 0, 0))
+    mql_row = ("MQL", conditions + by_hand)
+    actions = ("Next actions", "; ".join(f"{stage}: {text}" for stage, text in criteria.next_actions.items()))
     if model.kind == "flat":
         # One row per lead: no activities, BANT answers or e-mail rules for SQL and disqualified.
         return [
             mql_row,
             ("SQL, disqualified", "not reached: a flat export holds no hand-raises, BANT answers or opt-outs"),
+            ("Next actions", f"MQL: {criteria.next_actions['MQL']}; nurture: {criteria.next_actions['nurture']}"),
         ]
+    competitors = ", ".join(out.competitor_domains) or "none listed"
     return [
         mql_row,
         ("SQL", f"score ≥ {sql.min_score:g}{hand_raise}, {sql.min_bant_confirmed} of 4 BANT confirmed"),
         (
             "Disqualified",
-            f"do not contact, a competitor's e-mail domain, or under {out.min_icp_match:.0%} ICP match; "
-            f"recycled after {out.recycle_after_days} days",
+            f"do not contact, a competitor's e-mail domain ({competitors}), or under {out.min_icp_match:.0%} "
+            f"ICP match; recycled after {out.recycle_after_days} days",
         ),
+        ("Ideal customer profile", _icp_text(model)),
+        actions,
     ]
+
+
+def _icp_text(model: LoadedModel) -> str:
+    """The profile the model's ICP match was computed against (its own, stored with it), and
+    how a lead's share is counted."""
+    icp = model.feature_params.icp
+    return (
+        f"industry {', '.join(icp.industries)}; {icp.min_employees:,.0f}-{icp.max_employees:,.0f} employees; "
+        f"seniority {', '.join(icp.seniorities)}; department {', '.join(icp.departments)}; "
+        f"country {', '.join(icp.countries)}. A lead's match is the share of these five it meets; a blank field "
+        "is not met"
+    )
 
 
 # -- the app mounted on the service ----------------------------------------------------------

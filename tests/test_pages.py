@@ -593,9 +593,16 @@ def test_the_model_page_lists_only_the_mql_conditions_the_criteria_set(params):
     update = {"min_score": 71.3, "min_fit": None, "min_engagement": None, "hand_raise_qualifies": False}
     flat_criteria = params.criteria.model_copy(update={"mql": params.criteria.mql.model_copy(update=update)})
     flat = SimpleNamespace(criteria=flat_criteria, kind="flat")
-    crm = SimpleNamespace(criteria=params.criteria, kind="crm")
+    crm = SimpleNamespace(criteria=params.criteria, kind="crm", feature_params=params.features)
     assert _criteria_rows(flat) == [
         ("MQL", "score ≥ 71.3"),
         ("SQL, disqualified", "not reached: a flat export holds no hand-raises, BANT answers or opt-outs"),
+        ("Next actions", "MQL: Sales development: first call within 3 days; nurture: Keep in the nurture campaign"),
     ]
-    assert dict(_criteria_rows(crm))["MQL"].startswith("score ≥ 10, fit ≥ 40, engagement ≥ 50; or a hand-raise")
+    rows = dict(_criteria_rows(crm))
+    # An admin reads every rule in force: ranks said as ranks, the hand-raise types on the MQL line
+    # too, the competitors, the profile the ICP match counts and each stage's action.
+    assert rows["MQL"].startswith("score ≥ 10, fit rank ≥ 40, engagement rank ≥ 50; or a hand-raise (demo request, ")
+    assert "(hubspot.com, salesforce.com, marketo.com)" in rows["Disqualified"]
+    assert rows["Ideal customer profile"].startswith("industry Software, Financial Services, Healthcare; 50-5,000 emp")
+    assert "SQL: Call within one business day" in rows["Next actions"]
