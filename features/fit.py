@@ -62,15 +62,36 @@ def learn_tech_vocabulary(leads: pd.DataFrame, top_k: int) -> list[str]:
     return sorted(counts.index[:top_k].tolist())
 
 
+# The lead columns the ideal customer profile lists values of, and the list of each.
+ICP_LISTS = (("industry", "industries"), ("seniority", "seniorities"), ("department", "departments"),
+             ("country", "countries"))  # fmt: skip
+
+
+def icp_misses(lead: pd.Series, icp: IcpParams) -> list[str]:
+    """The ICP criteria a cleaned lead row misses, as a rep reads them (what `_icp_match`
+    counts as not met, a blank field included)."""
+    misses = []
+    for column, listed in ICP_LISTS:
+        value = lead.get(column)
+        allowed = getattr(icp, listed)
+        if value is None or pd.isna(value):
+            misses.append(f"{column} blank")
+        elif str(value).casefold() not in {a.casefold() for a in allowed}:
+            misses.append(f"{column} {value} (the profile: {', '.join(allowed)})")
+    employees = lead.get("employees")
+    if employees is None or pd.isna(employees):
+        misses.append("employees blank")
+    elif not icp.min_employees <= float(employees) <= icp.max_employees:
+        wanted = f"{icp.min_employees:,.0f}-{icp.max_employees:,.0f}"
+        misses.append(f"{float(employees):,.0f} employees (the profile: {wanted})")
+    return misses
+
+
 def _icp_match(leads: pd.DataFrame, icp: IcpParams) -> pd.Series:
     """Share of the ICP criteria the lead meets (unknown counts as not met)."""
     checks = []
-    for column, allowed in (
-        ("industry", icp.industries),
-        ("seniority", icp.seniorities),
-        ("department", icp.departments),
-        ("country", icp.countries),
-    ):
+    for column, listed in ICP_LISTS:
+        allowed = getattr(icp, listed)
         if column in leads:
             wanted = {a.casefold() for a in allowed}
             met = _per_distinct(leads[column], lambda v, w=wanted: v is not None and str(v).casefold() in w)

@@ -509,6 +509,17 @@ def model_date_order(scorer: Any, otherwise: bool | None = None) -> bool | None:
     return otherwise if stored is None else stored
 
 
+def clean_lead_rows(
+    model: LoadedModel, leads: pd.DataFrame, quarantine: Quarantine, day_first: bool | None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The lead rows as text cells (with `_row`, each one's position) and as the training rules
+    clean them (unusable ones go to `quarantine`)."""
+    tokens = model.scorer.spec.settings.get("missing_tokens", ("",))
+    raw = leads.astype(object).where(leads.notna(), "").astype(str).reset_index(drop=True)
+    raw.insert(0, "_row", np.arange(len(raw)))
+    return raw, clean_leads(raw, quarantine, tokens, day_first=day_first)
+
+
 def prepare_crm_leads(
     model: LoadedModel,
     leads: pd.DataFrame,
@@ -538,12 +549,9 @@ def prepare_crm_leads(
         InvalidLeads: with `strict`, naming each lead (by position) that cannot be scored.
     """
     quarantine = Quarantine()
-    tokens = model.scorer.spec.settings.get("missing_tokens", ("",))
     day_first = model_date_order(model.scorer, day_first)
-    raw = leads.astype(object).where(leads.notna(), "").astype(str).reset_index(drop=True)
-    raw.insert(0, "_row", np.arange(len(raw)))
+    raw, clean = clean_lead_rows(model, leads, quarantine, day_first)
     moments = pd.Series(pd.to_datetime(as_of).to_numpy(), index=raw.index)
-    clean = clean_leads(raw, quarantine, tokens, day_first=day_first)
     # Activities are checked against every readable lead: those of a lead set aside below are
     # not "of an unknown lead" (that would be a second, misleading error for one mistake).
     # A lead refused as a duplicate counts as readable too: its activities are its, not strangers'.

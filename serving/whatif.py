@@ -13,9 +13,17 @@ import pandas as pd
 
 from features.clean import tidy_text
 from features.criteria import qualify_columns
-from features.ingest import BANT_SYNONYMS
+from features.fit import icp_misses
+from features.ingest import BANT_SYNONYMS, Quarantine
 from features.schema import BANT_FIELDS
-from serving.scoring import LoadedModel, criteria_inputs, prepare_crm_leads, score_features
+from serving.scoring import (
+    LoadedModel,
+    clean_lead_rows,
+    criteria_inputs,
+    model_date_order,
+    prepare_crm_leads,
+    score_features,
+)
 
 # What sales or marketing can make happen, and how a rep would say it.
 ACTIONS: dict[str, str] = {
@@ -75,7 +83,13 @@ def path_to_sql(
     if now["stage"] == "SQL":
         return PathToSql((), float(now["score"]), f"Already SQL: {now['next_action']}")
     if now["stage"] == "disqualified":
-        return PathToSql((), None, f"Disqualified ({now['stage_reason']}); engagement does not change that.")
+        said = f"Disqualified ({now['stage_reason']}); engagement does not change that."
+        if "ideal customer profile" in now["stage_reason"]:
+            # Which of the profile's criteria the lead misses: a rep can check the CRM's fields.
+            _, clean = clean_lead_rows(model, lead, Quarantine(), model_date_order(model.scorer, day_first))
+            if not clean.empty:
+                said += f" Not met: {'; '.join(icp_misses(clean.iloc[0], model.feature_params.icp))}."
+        return PathToSql((), None, said)
     reached = scored[scored["stage"] == "SQL"]
     if reached.empty:
         sql = model.criteria.sql

@@ -289,6 +289,19 @@ def test_path_to_sql_is_checked_with_the_model(champion, scores_dir):
     sql = latest.scores[latest.scores["stage"] == "SQL"]["lead_id"].iloc[0]
     already = path_to_sql(champion, *latest.lead(sql), AS_OF)
     assert already.message == f"Already SQL: {champion.criteria.next_actions['SQL']}"
+    # A lead off the profile is told which of the profile's criteria it misses.
+    off = latest.scores[latest.scores["stage_reason"].str.contains("ideal customer profile")]["lead_id"].iloc[0]
+    rows, acts = latest.lead(off)
+    told = path_to_sql(champion, rows, acts, AS_OF).message
+    missed = told.split(" Not met: ")[1]
+    for column in ("industry", "seniority", "department", "country"):
+        value = rows[column].iloc[0]
+        if not isinstance(value, str) or not value.strip():
+            assert f"{column} blank" in missed, told
+        elif value.strip().casefold() not in {v.casefold() for v in getattr(champion.feature_params.icp, {
+                "industry": "industries", "seniority": "seniorities", "department": "departments",
+                "country": "countries"}[column])}:  # fmt: skip
+            assert f"{column} {value.strip()}" in missed, told
 
 
 def test_path_to_sql_names_the_bant_answers_a_call_must_get(champion, scores_dir):
