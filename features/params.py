@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import string
 from pathlib import Path
 from typing import Any, Literal
 
@@ -179,7 +178,7 @@ class CriteriaParams(_Frozen):
     def _every_stage_has_an_action(self) -> CriteriaParams:
         missing = {"disqualified", "nurture", "MQL", "SAL", "SQL"} - set(self.next_actions)
         if missing:
-            raise ValueError(f"criteria.next_actions: no action for {sorted(missing)}")
+            raise ValueError(f"no action in next_actions for {sorted(missing)}")
         return self
 
 
@@ -244,8 +243,8 @@ class Params(_Frozen):
         model's criteria are read as they were written."""
         problems = criteria_problems(self.criteria) + icp_problems(self.features.icp)
         shares = self.recalibration.grade_shares
-        if any(not 0 < share < 1 for share in shares.values()) or sum(shares.values()) > 1 + 1e-9:
-            problems.append(f"recalibration.grade_shares: each between 0 and 1 and together at most 1 ({shares})")
+        if any(not 0 < share <= 1 for share in shares.values()) or sum(shares.values()) > 1 + 1e-9:
+            problems.append(f"recalibration.grade_shares: each above 0 and together at most 1 ({shares})")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -273,21 +272,23 @@ def criteria_problems(criteria: CriteriaParams) -> list[str]:
     if criteria.sql.min_score < criteria.mql.min_score:
         problems.append(f"criteria.sql.min_score: {criteria.sql.min_score:g} is below mql.min_score "
                         f"{criteria.mql.min_score:g}; an SQL is an MQL first")  # fmt: skip
-    for stage, text in criteria.next_actions.items():
-        allowed = {"recycle_on"} if stage == "disqualified" else set()
-        try:
-            fields = {field for _, field, _, _ in string.Formatter().parse(text) if field is not None}
-        except ValueError as exc:
-            problems.append(f"criteria.next_actions.{stage}: {exc} (write {{{{ and }}}} for a brace)")
-            continue
-        if fields - allowed:
-            can = "{recycle_on} is the only placeholder it takes" if allowed else "it takes no placeholder"
-            problems.append(f"criteria.next_actions.{stage}: unknown placeholder "
-                            f"{', '.join('{' + f + '}' for f in sorted(fields - allowed))}: {can}")  # fmt: skip
-    odd = [domain for domain in criteria.disqualify.competitor_domains if not DOMAIN.fullmatch(domain)]
+    empty = [stage for stage, text in criteria.next_actions.items() if not text.strip()]
+    if empty:
+        problems.append(f"criteria.next_actions: no text for {', '.join(empty)}: a rep would read a blank action")
+    # Only the disqualified action is filled in (with the recycle date, an ISO date text); the
+    # others are shown as written, braces and all.
+    recycled = criteria.next_actions.get("disqualified", "")
+    try:
+        recycled.format(recycle_on="2026-01-31")
+    except (ValueError, KeyError, IndexError, AttributeError) as exc:
+        what = f"unknown placeholder {{{exc.args[0]}}}" if isinstance(exc, KeyError) else str(exc)
+        problems.append(f"criteria.next_actions.disqualified: {what}: it takes {{recycle_on}} as it stands (the "
+                        "date as 2026-01-31), and {{ and }} for a brace")  # fmt: skip
+    odd = [domain for domain in criteria.disqualify.competitor_domains
+           if not DOMAIN.fullmatch(domain) or domain.casefold().startswith("www.")]  # fmt: skip
     if odd:
         problems.append(f"criteria.disqualify.competitor_domains: {', '.join(map(repr, odd))}: write a domain as it "
-                        "follows the @ of an address (salesforce.com), without @ or spaces")  # fmt: skip
+                        "follows the @ of an address (salesforce.com), without @, www. or spaces")  # fmt: skip
     return problems
 
 
@@ -295,7 +296,10 @@ def icp_problems(icp: IcpParams) -> list[str]:
     """An ideal customer profile no lead could match on some criterion."""
     lists = ("industries", "seniorities", "departments", "countries")
     problems = [f"features.icp.{name}: empty, so every lead would miss this criterion; list at least one"
-                for name in lists if not getattr(icp, name)]  # fmt: skip
+                for name in lists if not [value for value in getattr(icp, name) if value.strip()]]  # fmt: skip
+    problems += [f"features.icp.{name}: a blank entry, which no lead's value matches"
+                 for name in lists if any(not value.strip() for value in getattr(icp, name))
+                 and [value for value in getattr(icp, name) if value.strip()]]  # fmt: skip
     if icp.min_employees > icp.max_employees:
         problems.append(f"features.icp.min_employees: {icp.min_employees:g} is above max_employees "
                         f"{icp.max_employees:g}")  # fmt: skip
@@ -311,6 +315,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     one without a word, so an admin's second `min_score:` silently replaced the first."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        self.flatten_mapping(node)  # `<<: *defaults` merged in first, as the safe loader does
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
@@ -346,8 +351,11 @@ def load_params(path: str | Path | None = None, **overrides: object) -> Params:
     except OSError as exc:
         raise ParamsError(f"cannot read params file {path}: {exc}") from exc
     except yaml.YAMLError as exc:
-        # PyYAML names the text it parsed "<unicode string>": name the file instead.
-        raise ParamsError(f"cannot read params file {path}: {str(exc).replace('<unicode string>', str(path))}") from exc
+        # One line, at the file's line (PyYAML's several lines name "<unicode string>", not the file).
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        said = " ".join(part for part in (getattr(exc, "context", None), getattr(exc, "problem", None)) if part)
+        raise ParamsError(f"cannot read params file {path}{where}: {said or exc}") from exc
     if not isinstance(raw, dict):
         found = "nothing" if raw is None else f"a {type(raw).__name__}"
         raise ParamsError(f"invalid params file {path}: it holds {found}, not the settings (key: value lines)")

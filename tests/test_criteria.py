@@ -151,7 +151,6 @@ def test_an_admins_rule_that_cannot_work_is_refused_naming_the_key(tmp_path):
         "criteria.mql.min_score": (40, "criteria.sql.min_score: 25 is below mql.min_score 40"),
         "criteria.sql.min_score": (250, "criteria.sql.min_score: 250 is outside 0-100"),
         "criteria.next_actions.disqualified": ("recycle on {recycle_date}", "unknown placeholder {recycle_date}"),
-        "criteria.next_actions.MQL": ("call {today", "next_actions.MQL: expected '}'"),
         "criteria.disqualify.competitor_domains": (["@hotmail.com"], "'@hotmail.com': write a domain as it follows"),
         "features.icp.industries": ([], "features.icp.industries: empty"),
         "features.icp.min_employees": (9000, "min_employees: 9000 is above max_employees 5000"),
@@ -159,16 +158,21 @@ def test_an_admins_rule_that_cannot_work_is_refused_naming_the_key(tmp_path):
             {"A": 60, "B": 35, "C": 15, "D": 5},
             "last grade starts at 0 and none above 100 (A: 60, B: 35, C: 15, D: 5)",
         ),
-        "recalibration.grade_shares": ({"A": -0.05, "B": 0.5}, "recalibration.grade_shares: each between 0 and 1"),
+        "recalibration.grade_shares": ({"A": -0.05, "B": 0.5}, "recalibration.grade_shares: each above 0"),
+        "features.icp.countries": (["Germany", " "], "features.icp.countries: a blank entry"),
+        "criteria.next_actions.SQL": ("  ", "criteria.next_actions: no text for SQL"),
     }
     for key, (value, said) in edits.items():
         with pytest.raises(ParamsError, match=re.escape(said)):
             load_params(**{key: value})
-    load_params(**{"criteria.next_actions.MQL": "call within {{3}} days"})  # braces written as braces
+    with pytest.raises(ParamsError, match=re.escape("Invalid format specifier '%d.%m.%Y'")):
+        load_params(**{"criteria.next_actions.disqualified": "recycle {recycle_on:%d.%m.%Y}"})  # it scored with a 500
+    load_params(**{"criteria.next_actions.MQL": "call {today} :-}"})  # shown as written: only `disqualified` is filled
+    load_params(**{"criteria.next_actions.disqualified": "{{ICP}} recycle on {recycle_on}"})  # a brace written {{
     twice = tmp_path / "params.yaml"
     written = default_params_path().read_text()
     twice.write_text(written.replace("    min_score: 10\n", "    min_score: 10\n    min_score: 30\n"))
-    with pytest.raises(ParamsError, match=f"'min_score' is written twice in one section: keep one\n  in \"{twice}\""):
+    with pytest.raises(ParamsError, match=rf"{twice}, line 143, column 5: 'min_score' is written twice in one section"):
         load_params(twice)
     with pytest.raises(ParamsError, match=r"features.icp.industries: Input should be a list"):
         load_params(**{"features.icp.industries": "Software"})

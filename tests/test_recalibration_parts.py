@@ -132,6 +132,11 @@ def test_a_recalibrated_model_takes_the_rules_of_the_params_file_and_says_what_c
         "criteria.mql.hand_raise_qualifies: false → true",
         f'criteria.next_actions.SQL: "Call today" → "{params.criteria.next_actions["SQL"]}"',
     ]  # the recomputed MQL score is not a rule change
+    # The profile the ICP match counts is the params file's too, and listed when it changed.
+    icp = {**params.features.icp.model_dump(mode="json"), "countries": ["Germany"]}
+    champion.scorer.spec = SimpleNamespace(settings={"features": {"icp": icp}})
+    found = new_thresholds(scores, (rng.uniform(size=3_000) < scores / 80).astype(int), champion, params)
+    assert found["rule_changes"][-1].startswith('features.icp.countries: ["Germany"] → ["United States", ')
 
 
 def test_the_report_page_shows_text_from_the_data_as_text():
@@ -162,7 +167,12 @@ def test_training_says_when_it_replaces_the_champions_recalibrated_thresholds(pa
 
     ours = params.criteria.model_dump(mode="json")
     recalibrated = {**ours, "mql": {**ours["mql"], "min_score": 13.6}, "sql": {**ours["sql"], "min_score": 31.8}}
-    said = replaced_thresholds(ChampionCheck("4", 0.81, "", criteria=recalibrated), ours)
-    assert said.startswith("champion v4 qualifies MQL from score 13.6 and SQL from 31.8") and "10 and 25" in said
-    assert replaced_thresholds(ChampionCheck("4", 0.81, "", criteria=ours), ours) is None
-    assert replaced_thresholds(ChampionCheck(None, None, "no champion yet"), ours) is None
+    bands = dict(params.grades)
+    fitted = {"A": 39.4, "B": 16.3, "C": 6.1, "D": 0.0}
+    said = replaced_thresholds(ChampionCheck("4", 0.81, "", criteria=recalibrated, grade_bands=fitted), ours, bands)
+    assert said.startswith(
+        "champion v4 qualifies MQL from score 13.6 and SQL from 31.8 with grades from 39.4/16.3/6.1/0;"
+    )
+    assert "takes the params file's 10 and 25, grades 60/35/15/0" in said and "run `leadscore recalibrate`" in said
+    assert replaced_thresholds(ChampionCheck("4", 0.81, "", criteria=ours, grade_bands=bands), ours, bands) is None
+    assert replaced_thresholds(ChampionCheck(None, None, "no champion yet"), ours, bands) is None

@@ -65,20 +65,30 @@ EMBEDDED_DIR = MODELS_DIR / "embedded"
 LEVEL_AUC = 0.002
 
 
-def replaced_thresholds(champion: ChampionCheck, criteria: dict[str, Any]) -> str | None:
-    """What a training run says when the champion's MQL/SQL scores (set by a recalibration, or
-    another params file) are not this run's: the new model takes the params file's, and a
-    recalibrated threshold would be lost without a word."""
+def replaced_thresholds(champion: ChampionCheck, criteria: dict[str, Any], grade_bands: dict[str, float]) -> str | None:
+    """What a training run says when the champion's MQL/SQL scores or grade bands are not this
+    run's: the new model takes the params file's, and thresholds a recalibration fitted to the
+    data would be replaced without a word (an edit of the file is meant to replace them)."""
     if not champion.criteria:
         return None
     old = (champion.criteria["mql"]["min_score"], champion.criteria["sql"]["min_score"])
     new = (criteria["mql"]["min_score"], criteria["sql"]["min_score"])
-    if old == new:
+    bands_differ = champion.grade_bands is not None and champion.grade_bands != grade_bands
+    if old == new and not bands_differ:
         return None
+
+    def bands(given: dict[str, float]) -> str:
+        return "/".join(f"{bound:g}" for bound in given.values())
+
+    shown = [f"MQL from score {old[0]:g} and SQL from {old[1]:g}"] if old != new else []
+    taken = [f"{new[0]:g} and {new[1]:g}"] if old != new else []
+    if bands_differ:
+        shown.append(f"grades from {bands(champion.grade_bands)}")
+        taken.append(f"grades {bands(grade_bands)}")
     return (
-        f"champion v{champion.version} qualifies MQL from score {old[0]:g} and SQL from {old[1]:g} (a recalibration "
-        f"set them, or another params file); this model takes the params file's {new[0]:g} and {new[1]:g}: to keep "
-        "thresholds fitted to the data, run `leadscore recalibrate` after it, or copy them into the params file"
+        f"champion v{champion.version} qualifies {' with '.join(shown)}; this model takes the params file's "
+        f"{', '.join(taken)}. If a recalibration set the champion's, run `leadscore recalibrate` after this run "
+        "to fit them to the data again"
     )
 
 
@@ -688,7 +698,8 @@ def train_and_register(
         )  # fmt: skip
         gates = check_gates(params.gates, test_metrics, best_baseline, champion)
         passed = all(g.passed for g in gates)
-        if dataset.kind == "crm" and not overrides and (replaced := replaced_thresholds(champion, criteria)):
+        replaced = replaced_thresholds(champion, criteria, grade_bands) if dataset.kind == "crm" else None
+        if not overrides and replaced:
             reporter.warn(replaced)
             run_warnings.append(replaced)
 

@@ -125,8 +125,9 @@ class ChampionCheck:
     # features cannot be rebuilt here): not replaced, or a store's short outage would promote any
     # model over it.
     uncompared: bool = False
-    # The champion's qualification rules (None: it could not be loaded).
+    # The champion's qualification rules and grade bands (None: it could not be loaded).
     criteria: dict[str, Any] | None = None
+    grade_bands: dict[str, float] | None = None
 
 
 def champion_auc(
@@ -167,7 +168,9 @@ def champion_auc(
             uncompared=True,
         )
     # Every answer from here on carries the champion's rules, which this run may replace.
-    found = functools.partial(ChampionCheck, criteria=scorer.metadata.get("criteria"))
+    found = functools.partial(
+        ChampionCheck, criteria=scorer.metadata.get("criteria"), grade_bands=scorer.metadata.get("grade_bands")
+    )
     if scorer.spec.kind != kind:
         return found(version, None, f"champion v{version} is a {scorer.spec.kind} model, this one {kind}", True)
     if kind == "crm" and not export_has_activities and scorer.uses_engagement():
