@@ -542,7 +542,9 @@ def _criteria_rows(model: LoadedModel) -> list[tuple[str, str]]:
     ranked = {"fit": "fit rank", "engagement": "engagement rank"}
     conditions = ", ".join(f"{ranked.get(name, name)} ≥ {needed:g}" for name, _, needed in mql_conditions(mql, 0, 0, 0))
     mql_row = ("MQL", conditions + by_hand)
-    actions = ("Next actions", "; ".join(f"{stage}: {text}" for stage, text in criteria.next_actions.items()))
+    # As a rep reads them: the disqualified action with its date's place named ({{ is a brace).
+    shown = {**criteria.next_actions, "disqualified": _filled(criteria.next_actions["disqualified"])}
+    actions = ("Next actions", "; ".join(f"{stage}: {text}" for stage, text in shown.items()))
     if model.kind == "flat":
         # One row per lead: no activities, BANT answers or e-mail rules for SQL and disqualified.
         return [
@@ -562,6 +564,13 @@ def _criteria_rows(model: LoadedModel) -> list[tuple[str, str]]:
         ("Ideal customer profile", _icp_text(model)),
         actions,
     ]
+
+
+def _filled(text: str) -> str:
+    try:
+        return text.format(recycle_on="[recycle date]")
+    except (ValueError, KeyError, IndexError, AttributeError):  # a model registered before the check
+        return text
 
 
 def _icp_text(model: LoadedModel) -> str:

@@ -619,3 +619,4 @@ def test_the_model_page_lists_only_the_mql_conditions_the_criteria_set(params):
     assert "(hubspot.com, salesforce.com, marketo.com)" in rows["Disqualified"]
     assert rows["Ideal customer profile"].startswith("industry Software, Financial Services, Healthcare; 50-5,000 emp")
     assert "SQL: Call within one business day" in rows["Next actions"]
+    assert "disqualified: Do not work now; recycle on [recycle date]" in rows["Next actions"]
