@@ -23,6 +23,7 @@ from features.spec import FeatureSpec, to_model_frame
 # written, a changed `subscore_quantiles` made older checkouts rank every lead's fit near 100
 # without a word.) 1: bundles without the number; 2: since 2026-12-05.
 BUNDLE_FORMAT = 2
+NEWER_BUNDLE = "newer than this release of leadscore reads"
 
 ARTIFACTS = {
     "booster": "booster.txt",
@@ -166,11 +167,12 @@ def check_bundle_files(files: dict[str, str | Path], metadata: dict[str, Any]) -
             booster text ends before its last tree.
     """
     written = metadata.get("bundle_format", 1)
-    if not isinstance(written, int) or isinstance(written, bool) or written > BUNDLE_FORMAT:
+    if not isinstance(written, int) or isinstance(written, bool) or written < 1:
+        raise ValueError(f"damaged bundle: its metadata's bundle_format is {written!r}, not a format number")
+    if written > BUNDLE_FORMAT:
         raise ValueError(
-            f"bundle format {written!r} is newer than this release of leadscore reads (up to {BUNDLE_FORMAT}): "
-            "the model was registered by a newer release; update this checkout (git pull, then make install) "
-            "before it scores with this model"
+            f"bundle format {written} is {NEWER_BUNDLE} (up to {BUNDLE_FORMAT}): the model was registered by a "
+            "newer release; update this checkout (git pull, then make install) before it scores with this model"
         )
     checksums = metadata.get("file_sha256") or {}
     for key, expected in checksums.items():

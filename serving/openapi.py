@@ -73,6 +73,15 @@ TAGS = [
     {"name": "Infrastructure", "description": "Probes (plain text, no key needed) and Prometheus metrics"},
 ]
 PLAIN_TEXT = {"text/plain": {"schema": {"type": "string"}}}
+REQUEST_ID = {
+    "description": "This request's id: the `span=` of the service's access-log line (give it to support)",
+    "schema": {"type": "string"},
+}
+RETRY_AFTER = {
+    "description": "Seconds until the workers look for a champion again (service.reload_seconds); absent when "
+    "they do not look on their own",
+    "schema": {"type": "integer"},
+}
 
 
 def _error(description: str, schema: dict[str, Any] = ERROR) -> dict[str, Any]:
@@ -98,6 +107,12 @@ def documented_spec(generated: dict[str, Any]) -> dict[str, Any]:
     }
     spec.pop("servers", None)  # BentoML's "." is no URL; without it, the host the spec came from
     spec["tags"] = TAGS
+    for schema in components.values():
+        for field in schema.get("properties", {}).values():
+            # "default": null reads to client generators as "always present" (TypeScript then
+            # required every optional attribute); a field left out is what null means here.
+            if "default" in field and field["default"] is None:
+                del field["default"]
     if "Lead" in components:
         _lead_by_model_kind(components)
     spec.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
@@ -148,6 +163,10 @@ def documented_spec(generated: dict[str, Any]) -> dict[str, Any]:
                 responses.setdefault("503", _error("No model is loaded yet; the text says why"))
             if path == "/readyz":
                 responses["503"] = {"description": "No model is loaded yet", "content": PLAIN_TEXT}
+            if path in MODEL_ROUTES and "503" in responses:
+                responses["503"]["headers"] = {"Retry-After": RETRY_AFTER}
+            for answer in responses.values():
+                answer.setdefault("headers", {})["x-bentoml-request-id"] = REQUEST_ID
     if "/docs" in spec.get("paths", {}):
         # The same document at the name the 404 answers and most tools look for.
         same = copy.deepcopy(spec["paths"]["/docs"]["get"])
@@ -174,6 +193,11 @@ def _lead_by_model_kind(components: dict[str, Any]) -> None:
     flat = copy.deepcopy(lead)
     flat["title"] = "FlatLead"
     flat["description"] = "A lead of a flat-CSV model (GET /model says `kind: flat`): the export's columns in `fields`"
+    # A flat model reads a lead only from `fields`: at least one of its columns is needed.
+    flat["required"] = [*lead.get("required", []), "fields"]
+    (columns,) = [branch for branch in lead["properties"]["fields"]["anyOf"] if branch != {"type": "null"}]
+    flat["properties"]["fields"] = {**columns, "minProperties": 1, "description": lead["properties"]["fields"].get(
+        "description", "")}  # fmt: skip
     for name in flat["properties"]:
         if name not in ("lead_id", "fields"):
             flat["properties"][name] = {

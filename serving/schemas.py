@@ -278,6 +278,6 @@ def unread_parts(kind: str, leads: list[Lead]) -> list[tuple[int, str, str]]:
         return [(i, name, "a flat-CSV model reads only `fields` (the columns of its export); send this there")
                 for i, lead in enumerate(leads)
                 for name in sorted(lead.model_fields_set - {"lead_id", "fields"})
-                if getattr(lead, name) not in (None, [])][:20]  # fmt: skip
+                if getattr(lead, name) not in (None, [])]  # fmt: skip
     return [(i, "fields", "this model reads the lead's attributes and activities, not `fields` (flat-CSV models)")
-            for i, lead in enumerate(leads) if lead.fields][:20]  # fmt: skip
+            for i, lead in enumerate(leads) if lead.fields]  # fmt: skip

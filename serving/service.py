@@ -105,9 +105,11 @@ class ReadinessGuard:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["path"] in MODEL_ROUTES and NOT_READY["reason"]:
-            # Each worker looks for a champion again every reload_seconds: a client may retry then.
-            retry = str(max(1, round(PARAMS.service.reload_seconds))).encode()
-            await reply(send, 503, f"no model loaded: {NOT_READY['reason']}", [(b"retry-after", retry)])
+            # Each worker looks for a champion again every reload_seconds: a client may retry then
+            # (with the watcher off, only a /reload will: no time to give).
+            seconds = PARAMS.service.reload_seconds
+            retry = [(b"retry-after", str(max(1, round(seconds))).encode())] if seconds > 0 else []
+            await reply(send, 503, f"no model loaded: {NOT_READY['reason']}", retry)
             return
         await self.app(scope, receive, send)
 

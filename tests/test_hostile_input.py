@@ -192,9 +192,11 @@ def test_a_bundle_of_a_newer_format_is_refused_by_name_not_misread(tmp_path):
     booster = tmp_path / "booster.txt"
     booster.write_text("tree\nend of trees\n")
     check_bundle_files({"booster": booster}, metadata={"bundle_format": BUNDLE_FORMAT})
-    for newer in (BUNDLE_FORMAT + 1, "3", None):
-        with pytest.raises(ValueError, match="newer than this release of leadscore reads"):
-            check_bundle_files({"booster": booster}, metadata={"bundle_format": newer})
+    with pytest.raises(ValueError, match=r"newer than this release of leadscore reads.*update this checkout"):
+        check_bundle_files({"booster": booster}, metadata={"bundle_format": BUNDLE_FORMAT + 1})
+    for damaged in ("3", None, 2.0, True, 0, -1):  # not a newer release: updating would not help
+        with pytest.raises(ValueError, match="damaged bundle: its metadata's bundle_format is"):
+            check_bundle_files({"booster": booster}, metadata={"bundle_format": damaged})
 
 
 def test_keys_are_compared_in_constant_time_against_every_key(monkeypatch):

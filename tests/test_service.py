@@ -162,8 +162,9 @@ def test_every_answer_names_its_request_as_the_access_log_does(server):
     assert [a.status_code for a in answers] == [401, 404, 405, 415, 200]
     ids = [a.headers.get("x-bentoml-request-id") for a in answers]
     assert all(ids) and len(set(ids)) == len(ids), ids
-    logged = log.read_text(errors="replace")
-    assert all(f"span={request_id}" in logged for request_id in ids), ids
+    # The access log is written as each answer ends: give the last lines a moment to land.
+    logged = lambda: all(f"span={request_id}" in log.read_text(errors="replace") for request_id in ids)  # noqa: E731
+    _wait_for(logged, 15, f"the access log did not name each of {ids}")
 
 
 @pytest.mark.slow
@@ -522,18 +523,23 @@ def test_service_follows_the_champion_and_rollback(champion_store, params_file, 
             info["version"] == before and info["alias"] is None and "could not be loaded" in info["last_check_problem"]
         )
         assert "no longer @champion" in httpx.get(f"{url}/ui/model", timeout=30).text  # the page says so too
+        # A rollback to a version that cannot be served (a newer release's bundle, a broken one) is refused.
+        promote(CHAMPION_NAME, before)  # @previous is now the broken version
+        back = subprocess.run([cli, "rollback", "--model-name", CHAMPION_NAME], capture_output=True, text=True)
+        assert back.returncode == 2 and "not rolled back: @previous cannot be served" in back.stderr, back.stderr
+        assert str(client.get_model_version_by_alias(CHAMPION_NAME, "champion").version) == before
     finally:
         _stop(process)
         mlflow.set_tracking_uri(previous_uri)
 
 
-def _wait_for(condition, seconds: float = 30) -> None:
+def _wait_for(condition, seconds: float = 30, what: str = "the service did not pick up the new champion") -> None:
     deadline = time.time() + seconds
     while time.time() < deadline:
         if condition():
             return
         time.sleep(0.5)
-    raise AssertionError("the service did not pick up the new champion in time")
+    raise AssertionError(f"{what} in time")
 
 
 def test_leadscore_serve_stops_with_its_workers_on_sigterm(store, tmp_path):

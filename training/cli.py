@@ -808,8 +808,8 @@ def score(
     ] = None,
     partitions: Annotated[int | None, typer.Option("--partitions", min=1, help="Dask partitions")] = None,
 ) -> None:
-    """Score leads in batch with the champion (or --model-version): the same columns and numbers
-    as the service. Only the champion's scorings are kept for the pages."""
+    """Score leads in batch with the champion (or --model-version): the same numbers, grades,
+    stages and reasons as the service. Only the champion's scorings are kept for the pages."""
     if model_version is not None and model_version.strip().lstrip("@") == "champion":
         model_version = None  # the champion by name is the champion: its scoring is kept as usual
     if engine == "dask":
@@ -1277,6 +1277,7 @@ def rollback(
 
     from features.tracking import lock_path, shown_uri, tracking_uri
     from training.recalibrate import RecalibrationError, exclusive
+    from training.register import PREVIOUS
     from training.register import rollback as roll_back
 
     _quiet_libraries()
@@ -1284,6 +1285,19 @@ def rollback(
     name = _model_name(model_name, params)
     _check_registry(reads_models=True)
     mlflow.set_tracking_uri(tracking_uri())
+    from serving.scoring import ModelNotReady, champion_version, load_champion
+
+    try:
+        previous = champion_version(name, PREVIOUS)
+    except ModelNotReady:
+        previous = None  # no such model or alias, or no registry: the rollback itself says which
+    if previous is not None:
+        try:
+            # A version the service cannot load would leave it serving the old one, `/model`
+            # saying it is no longer the champion (a newer release's bundle, say): not rolled back to.
+            load_champion(name, PREVIOUS, version=previous)
+        except ModelNotReady as exc:
+            _fail(f"not rolled back: @{PREVIOUS} cannot be served from this checkout: {exc}")
     try:
         # A recalibration promoting meanwhile would undo the rollback or be undone by it.
         with exclusive(lock_path(params.recalibration.lock_file), job="rollback"):

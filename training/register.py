@@ -23,6 +23,7 @@ from mlflow.types.schema import ColSpec, Schema
 from sklearn.metrics import roc_auc_score
 
 import features
+from features.bundle import NEWER_BUNDLE
 from features.fit import TECH_PREFIX
 from features.params import GateParams
 from features.tracking import without_password
@@ -158,7 +159,17 @@ def champion_auc(
         model = mlflow.pyfunc.load_model(f"models:/{model_name}@{CHAMPION}")
         scorer = model.unwrap_python_model().scorer
     except Exception as exc:  # a broken or foreign champion must not stop training, nor be replaced unseen
-        said = without_password(" ".join(str(exc).split()))[:200]
+        if NEWER_BUNDLE in str(exc):
+            # Replacing it by hand (the advice below) would undo the upgrade it belongs to.
+            return ChampionCheck(
+                version,
+                None,
+                f"champion v{version} was registered by a newer release of leadscore, which this checkout cannot "
+                "read: not compared, so not promoted; update this checkout (git pull, then make install) and train "
+                "again",
+                uncompared=True,
+            )
+        said = without_password(" ".join(str(exc).split()))[:300]
         return ChampionCheck(
             version,
             None,
