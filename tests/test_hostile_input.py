@@ -325,3 +325,18 @@ def test_classic_mac_line_ends_and_a_short_row_get_messages_that_name_them(tmp_p
     path.write_text("id;visits;label\nA1;3;1\nA2;3,5;1\n")  # a header of one column: another separator, likely
     with pytest.raises(DataError, match=r"saw 2\); if fields are separated by ';' or a tab, say so"):
         read_text_csv(path)
+
+
+def test_training_over_a_newer_releases_champion_says_to_update_not_to_replace_it(monkeypatch):
+    """It advised promoting by hand or removing the alias: that would undo the upgrade."""
+    import mlflow
+
+    from features.bundle import NEWER_BUNDLE
+    from training import register
+
+    monkeypatch.setattr(register, "MlflowClient", lambda: None)
+    monkeypatch.setattr(register, "current_version", lambda client, name: "2")
+    monkeypatch.setattr(mlflow.pyfunc, "load_model", lambda uri: (_ for _ in ()).throw(ValueError(f"x {NEWER_BUNDLE}")))
+    check = register.champion_auc("m", "crm", None, None)
+    assert check.uncompared and "registered by a newer release" in check.note and "update this checkout" in check.note
+    assert "notebook 02" not in check.note
