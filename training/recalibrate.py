@@ -322,10 +322,10 @@ def new_thresholds(scores: np.ndarray, label: np.ndarray, champion: LoadedModel,
     bands, _ = grade_bands(scores, label, settings.grade_shares)
     changes = rule_changes(champion.scorer.metadata["criteria"], criteria)
     # The ideal customer profile is the features' (the ICP match), also the params file's now.
-    settings = getattr(getattr(champion.scorer, "spec", None), "settings", None) or {}
-    if "icp" in settings.get("features", {}):
+    learned = getattr(getattr(champion.scorer, "spec", None), "settings", None) or {}
+    if "icp" in learned.get("features", {}):
         icp = params.features.icp.model_dump(mode="json")
-        changes += rule_changes(settings["features"]["icp"], icp, "features.icp")
+        changes += rule_changes(learned["features"]["icp"], icp, "features.icp")
     return {"criteria": criteria, "grade_bands": bands, "sql_rule": rule, "rule_changes": changes}
 
 
