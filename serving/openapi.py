@@ -151,7 +151,14 @@ def documented_spec(generated: dict[str, Any]) -> dict[str, Any]:
                     body["schema"] = {"$ref": f"#/components/schemas/{REQUEST_MODELS[path]}"}
             if path == "/model" and method == "get":
                 # The route answers a plain dict (an old bundle's metadata must not fail it); this is its shape.
-                responses["200"] = _error("The live model", ModelInfo.model_json_schema())
+                components["ModelInfo"] = ModelInfo.model_json_schema()
+                responses["200"] = _error("The live model", {"$ref": "#/components/schemas/ModelInfo"})
+            if path == "/explain" and method == "post":
+                # Named as a component, so a generated client calls the type Explanation (BentoML
+                # inlines it under its own name, ExplanationIODescriptor).
+                answer = responses["200"]["content"]["application/json"]
+                components["Explanation"] = {**answer["schema"], "title": "Explanation"}
+                answer["schema"] = {"$ref": "#/components/schemas/Explanation"}
             if path == "/reload":
                 responses["200"] = _error("The check ran: `changed` says whether another version is now live", RELOAD)
                 responses["503"] = _error(

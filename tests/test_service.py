@@ -449,7 +449,11 @@ def test_the_spec_is_valid_openapi_and_says_what_the_service_reads():
     reload = SPEC["paths"]["/reload"]["post"]["responses"]
     assert "503" in reload and "400" not in reload  # it reads no body
     model = SPEC["paths"]["/model"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert model == {"$ref": "#/components/schemas/ModelInfo"}  # named: a generated client's type is ModelInfo
+    model = schemas["ModelInfo"]
     assert model["properties"]["kind"]["enum"] == ["crm", "flat"] and "grade_bands" in model["required"]
+    explained = SPEC["paths"]["/explain"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert explained == {"$ref": "#/components/schemas/Explanation"} and "as_of" in schemas["Explanation"]["required"]
     # What a generated client is made of: a CRM lead needs created_at, a flat one takes only fields;
     # bodies are required; functions named by what they do; no model that nothing uses.
     assert {"lead_id", "created_at"} <= set(schemas["CrmLead"]["required"])
