@@ -22,7 +22,6 @@ from features.clean import (
     blank_to_missing,
     canonical_spelling,
     date_order_votes,
-    is_missing,
     order_from_votes,
     parse_bool,
     parse_number,
@@ -152,12 +151,24 @@ class Quarantine:
     notes: list[str] = field(default_factory=list)
     counted: list[CountedNote] = field(default_factory=list)  # the notes that count values, also as text in `notes`
 
-    def add(self, table: str, frame: pd.DataFrame, mask: pd.Series, reason: str | pd.Series) -> None:
-        """Quarantine the rows of `frame` selected by `mask`, with a reason each."""
+    def add(
+        self,
+        table: str,
+        frame: pd.DataFrame,
+        mask: pd.Series,
+        reason: str | pd.Series | Callable[[pd.DataFrame], pd.Series],
+    ) -> None:
+        """Quarantine the rows of `frame` selected by `mask`, with a reason each (or a function
+        giving the reasons of the rows picked: for reasons that quote a value, so that millions of
+        good rows are not formatted for the few set aside)."""
         if not mask.any():
             return
         picked = frame.loc[mask]
-        reasons = reason[mask] if isinstance(reason, pd.Series) else reason
+        reasons = reason
+        if isinstance(reason, pd.Series):
+            reasons = reason[mask]
+        elif callable(reason):
+            reasons = reason(picked)
         self.rows.append(
             pd.DataFrame(
                 {
@@ -748,14 +759,13 @@ def clean_leads(
     leads = leads.assign(created_at=created)[created.notna()]
     if history:
         late = after_today(leads["created_at"])
-        quarantine.add("leads", leads, late, "created_at is after today: " + leads["created_at"].astype(str))
+        quarantine.add("leads", leads, late, _quoting("created_at is after today: ", "created_at"))
         leads = leads[~late]
         # The dates systems write for "no date": such a lead would be open at every snapshot
         # since 1970 and outnumber the real examples.
         unset = leads["created_at"].isin(NO_DATE_PLACEHOLDERS)
-        quarantine.add(
-            "leads", leads, unset, "created_at is a placeholder for no date: " + leads["created_at"].astype(str)
-        )
+        placeholder = _quoting("created_at is a placeholder for no date: ", "created_at", "%Y-%m-%d %H:%M:%S")
+        quarantine.add("leads", leads, unset, placeholder)
         leads = leads[~unset]
 
     for column in LEAD_CATEGORICAL:
@@ -767,9 +777,9 @@ def clean_leads(
         if column not in leads:  # a field the export leaves out is unknown, as a blank one or a request's
             leads[column] = "unknown"
         else:
-            folded = leads[column].map(
-                lambda v: "unknown" if is_missing(v) else BANT_SYNONYMS.get(v.casefold(), v.casefold())
-            )
+            spelt = leads[column].dropna().unique()  # each spelling once: four fields of every lead
+            folded = leads[column].map({v: BANT_SYNONYMS.get(v.casefold(), v.casefold()) for v in spelt})
+            folded = folded.where(folded.notna(), "unknown")
             odd = ~folded.isin(BANT_VALUES)
             quarantine.count(
                 f"leads.{column}", f"value(s) not in {BANT_VALUES} read as unknown", leads.loc[odd, column]
@@ -800,6 +810,15 @@ NO_DATE_PLACEHOLDERS = pd.to_datetime(["1970-01-01", "1900-01-01", "1899-12-30",
 DUPLICATE_ACTIVITY = "duplicate row: same lead, moment, type and value as an earlier row"
 DUPLICATE_LEAD = "duplicate row: same lead_id and values as an earlier row"
 ACTIVITY_FIELDS = ("lead_id", "occurred_at", "activity_type", "value")
+
+
+def _quoting(prefix: str, column: str, moment_format: str | None = None) -> Callable[[pd.DataFrame], pd.Series]:
+    """Reasons that quote each set-aside row's value of `column` after `prefix` (a moment in
+    `moment_format`; by default as pandas writes those rows: the time left out when all are
+    at midnight)."""
+    if moment_format:
+        return lambda rows: prefix + rows[column].dt.strftime(moment_format)
+    return lambda rows: prefix + rows[column].astype(str)
 
 
 def clean_activities(
@@ -838,7 +857,7 @@ def clean_activities(
     acts = acts.assign(occurred_at=occurred)[occurred.notna()]
     if history:
         late = after_today(acts["occurred_at"])
-        quarantine.add("activities", acts, late, "occurred_at is after today: " + acts["occurred_at"].astype(str))
+        quarantine.add("activities", acts, late, _quoting("occurred_at is after today: ", "occurred_at"))
         acts = acts[~late]
     kind = snake_case(acts["activity_type"])
     quarantine.add("activities", acts, kind.isna(), "missing activity_type")
@@ -909,7 +928,7 @@ def clean_outcomes(
     quarantine.add("outcomes", out, bad, reasons.mask(generic, "closed lead without a valid closed_at: " + text))
     out = out.assign(closed_at=closed_at.where(closed))[~bad]
     late = after_today(out["closed_at"])
-    quarantine.add("outcomes", out, late, "closed_at is after today: " + out["closed_at"].astype(str))
+    quarantine.add("outcomes", out, late, _quoting("closed_at is after today: ", "closed_at"))
     out = out[~late]
     same = out.duplicated(["lead_id", "status", "closed_at"], keep="first")
     quarantine.add("outcomes", out, same, "duplicate row: same lead_id, status and closed_at as an earlier row")
