@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -60,7 +60,8 @@ def control_escaped(text: str) -> str:
 def tidy_text(value: object) -> str:
     """The text of a cell: runs of spaces made one, spaces and invisible characters stripped
     at the ends."""
-    return re.sub(r"\s+", " ", str(value)).strip(" " + INVISIBLE)
+    # str.split() splits at what the regex `\s` matches (str.isspace), four times as fast.
+    return " ".join(str(value).split()).strip(" " + INVISIBLE)
 
 
 def blank_to_missing(values: pd.Series, missing_tokens: Iterable[str]) -> pd.Series:
@@ -73,13 +74,25 @@ def blank_to_missing(values: pd.Series, missing_tokens: Iterable[str]) -> pd.Ser
     Returns:
         An object column of stripped strings, with missing values as None.
     """
+    return map_distinct(values, _placeholder_reader(missing_tokens))
+
+
+def has_value(values: pd.Series, missing_tokens: Iterable[str]) -> bool:
+    """Whether a text column holds anything but blanks and placeholders (`blank_to_missing`),
+    stopping at the first distinct value that is one."""
+    read = _placeholder_reader(missing_tokens)
+    return any(read(value) is not None for value in values.dropna().unique())
+
+
+def _placeholder_reader(missing_tokens: Iterable[str]) -> Callable[[object], str | None]:
+    """A cell's tidy text, or None for a placeholder."""
     tokens = {token.casefold() for token in missing_tokens}
 
-    def clean(value: object) -> str | None:
+    def read(value: object) -> str | None:
         text = tidy_text(value)
         return None if text.casefold() in tokens else text
 
-    return map_distinct(values, clean)
+    return read
 
 
 def canonical_spelling(values: pd.Series) -> pd.Series:

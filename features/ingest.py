@@ -22,6 +22,7 @@ from features.clean import (
     blank_to_missing,
     canonical_spelling,
     date_order_votes,
+    has_value,
     order_from_votes,
     parse_bool,
     parse_number,
@@ -228,7 +229,7 @@ def lead_columns_with_values(raw_leads: pd.DataFrame, missing_tokens: Iterable[s
     """The lead columns that become features (`LEAD_FEATURE_INPUTS`) that a leads table has a
     value in: a model learns nothing from the others, and must not replace one that did."""
     given = [c for c in LEAD_FEATURE_INPUTS if c in raw_leads]
-    return tuple(c for c in given if blank_to_missing(raw_leads[c], missing_tokens).notna().any())
+    return tuple(c for c in given if has_value(raw_leads[c], missing_tokens))
 
 
 def note_lead_columns(quarantine: Quarantine, file: str, present: tuple[str, ...]) -> None:
