@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser demo serve notebook test test-fast lint format bench screenshots clean
+.PHONY: help install browser axe demo serve notebook test test-fast lint format bench screenshots clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -42,11 +42,20 @@ browser:  ## Install Debian's chromium for the page tests when missing (needs ro
 	    echo "could not install chromium: the page tests will skip"; \
 	  else echo "no chromium and no root to install it: the page tests will skip"; fi; }
 
+# axe-core: the accessibility rules (WCAG 2.1 AA) the page tests run in the browser.
+AXE_VERSION := 4.14.1
+AXE := .cache/axe/node_modules/axe-core/axe.min.js
+axe:  ## Fetch axe-core $(AXE_VERSION) from the npm registry for the page tests when missing (skipped without npm)
+	@[ -f $(AXE) ] || { command -v npm >/dev/null 2>&1 && \
+	  npm install --silent --no-audit --no-fund --prefix .cache/axe axe-core@$(AXE_VERSION) >/dev/null 2>&1 && \
+	  echo "axe-core $(AXE_VERSION) installed for the page tests" || \
+	  echo "could not install axe-core with npm: the accessibility test will skip"; }
+
 notebook: $(STAMP)  ## Open JupyterLab on notebooks/ (port $(NOTEBOOK_PORT)) in the project's environment (installs it on first use)
 	@$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/pip install --quiet -e '.[dev,notebooks]'
 	$(BIN)/jupyter lab --notebook-dir notebooks --port $(NOTEBOOK_PORT) $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
-test: $(STAMP) browser  ## Lint and run every test (slow end-to-end ones included)
+test: $(STAMP) browser axe  ## Lint and run every test (slow end-to-end ones included)
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
@@ -61,7 +70,7 @@ format: $(STAMP)  ## Format the code
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-screenshots: $(STAMP) browser  ## Save the pages as PNG under docs/img (from the page tests)
+screenshots: $(STAMP) browser axe  ## Save the pages as PNG under docs/img (from the page tests)
 	LEADSCORE_SCREENSHOTS=docs/img LEADSCORE_REQUIRE_BROWSER=1 $(BIN)/pytest -q tests/test_pages.py
 
 bench: $(STAMP)  ## Run the benchmarks in bench/ (about an hour; prints figures, see BENCHMARKS.md)
@@ -71,4 +80,4 @@ bench: $(STAMP)  ## Run the benchmarks in bench/ (about an hour; prints figures,
 	$(BIN)/python -m bench.bench_subscores
 
 clean:  ## Remove the environment, the local MLflow store and what the demo and scoring wrote under models/
-	rm -rf $(VENV) models/mlflow.db models/artifacts models/embedded models/quarantine models/scores models/reports models/demo-*
+	rm -rf $(VENV) .cache models/mlflow.db models/artifacts models/embedded models/quarantine models/scores models/reports models/demo-*

@@ -50,13 +50,16 @@ def _svg(fig: Figure, label: str) -> str:
         fig.savefig(buffer, format="svg", bbox_inches="tight")
     text = buffer.getvalue()
     text = text[text.index("<svg") :]
+    # The drawing's own text (tick labels, numbers) hidden from screen readers, which Chrome
+    # otherwise reads after the label: the label says it all, in order.
+    text = re.sub(r'<g id="figure_1">', '<g id="figure_1" aria-hidden="true">', text, count=1)
     # Width from the page, not fixed points: readable on a phone and on a laptop.
     named = f'width="100%" role="img" aria-label="{html.escape(label, quote=True)}"'
     return re.sub(r'<svg([^>]*?) width="[^"]+" height="[^"]+"', lambda m: f"<svg{m[1]} {named}", text, count=1)
 
 
 def _pairs(labels: Sequence[str], values: Sequence[float], shown: str = "{:.3g}") -> str:
-    return "; ".join(f"{label} {shown.format(value)}" for label, value in zip(labels, values, strict=True))
+    return "; ".join(f"{label}: {shown.format(value)}" for label, value in zip(labels, values, strict=True))
 
 
 @_styled
@@ -96,7 +99,7 @@ def calibration(predicted: Sequence[float], observed: Sequence[float]) -> str:
     """Observed conversion against the predicted probability (the diagonal is perfect)."""
     fig, ax = figure(4.5, 4)
     top = max([*predicted, *observed, 0.05]) * 1.05
-    ax.plot([0, top], [0, top], color="#bbbbbb", linestyle="--", label="perfect")
+    ax.plot([0, top], [0, top], color="#757575", linestyle="--", label="perfect")  # 4.6:1 on white
     ax.plot(predicted, observed, marker="o", color=POSITIVE, label="model")
     ax.set_xlabel("predicted probability")
     ax.set_ylabel("observed conversion")
@@ -106,8 +109,17 @@ def calibration(predicted: Sequence[float], observed: Sequence[float]) -> str:
 
 
 @_styled
-def columns(labels: Sequence[str], values: Sequence[float], ylabel: str, reference: float | None = None) -> str:
-    """Vertical bars, e.g. conversion by decile, with an optional reference line."""
+def columns(
+    labels: Sequence[str],
+    values: Sequence[float],
+    ylabel: str,
+    reference: float | None = None,
+    *,
+    spoken: Sequence[str] | None = None,
+    shown: str = "{:.3g}",
+) -> str:
+    """Vertical bars, e.g. conversion by decile, with an optional reference line. A screen reader
+    says `spoken` (default `labels`) with each value in `shown`."""
     fig, ax = figure(5.5, 3)
     ax.bar(range(len(labels)), values, color=NEUTRAL)
     ax.set_xticks(range(len(labels)), labels)
@@ -115,8 +127,8 @@ def columns(labels: Sequence[str], values: Sequence[float], ylabel: str, referen
         ax.axhline(reference, color=NEGATIVE, linestyle="--", linewidth=1, label="average")
         ax.legend(frameon=False)
     ax.set_ylabel(ylabel)
-    average = f"; average {reference:.3g}" if reference is not None else ""
-    return _svg(fig, f"{ylabel}: {_pairs(labels, values)}{average}")
+    average = f"; average {shown.format(reference)}" if reference is not None else ""
+    return _svg(fig, f"{ylabel}: {_pairs(spoken or labels, values, shown)}{average}")
 
 
 @_styled
@@ -132,7 +144,7 @@ def beeswarm(names: Sequence[str], points: Sequence[Sequence[float]], colours: S
         effects, shades = np.asarray(effects, dtype=float), np.asarray(shades, dtype=float)
         jitter = row + rng.uniform(-0.28, 0.28, len(effects))
         known = ~np.isnan(shades)
-        ax.scatter(effects[~known], jitter[~known], s=6, color="#b0bec5", linewidths=0)
+        ax.scatter(effects[~known], jitter[~known], s=6, color="#78909c", linewidths=0)  # 3.3:1 on white
         ax.scatter(effects[known], jitter[known], s=6, c=shades[known], cmap="coolwarm", vmin=0, vmax=1, linewidths=0)
     ax.axvline(0, color="#90a4ae", linewidth=0.8)
     ax.set_yticks(range(len(names)), names)

@@ -56,6 +56,8 @@ CHANGES_SHOWN = 25  # of the leads that rose a grade, and of those that fell, th
 
 LIVE_LINKS = {"digest": "/ui/digest", "leads": "/ui/leads", "model": "/ui/model"}
 STATIC_LINKS = {"digest": "index.html", "leads": "", "model": "model.html"}
+# The header link of the page a template draws, marked as the current one.
+CURRENT_LINK = {"digest.html": "digest", "pick.html": "leads", "model.html": "model"}
 
 
 def render(template: str, *, static: bool = False, **context: Any) -> str:
@@ -63,7 +65,7 @@ def render(template: str, *, static: bool = False, **context: Any) -> str:
     # A sign-out link where there is a key to forget: the live pages with keys configured.
     signed_in = not static and bool(api_keys_from_env())
     return TEMPLATES.get_template(template).render(
-        nav=True, links=links, static_page=static, signed_in=signed_in, **context
+        nav=True, links=links, static_page=static, signed_in=signed_in, current=CURRENT_LINK.get(template), **context
     )
 
 
@@ -336,7 +338,7 @@ def digest_view(
     grades = sorted(set(scores["grade"]))
     scored_by = _kept_model(latest)
     return {
-        "title": "Pipeline digest",
+        "title": _digest_title(filters, page, pages, len(chosen)),
         "snapshot": {
             "as_of": latest.as_of.strftime("%Y-%m-%d %H:%M"),
             "age": scoring_age(latest.as_of),
@@ -356,7 +358,7 @@ def digest_view(
         "grades": grades + [v for v in [filters.get("grade")] if v and v not in grades],
         "model_loaded": model is not None,
         "by_grade": by_grade,
-        "decile_chart": _decile_chart(deciles, "rate", "conversion rate", base_rate),
+        "decile_chart": _decile_chart(deciles, "rate", "conversion rate", base_rate, "{:.1%}"),
         "test_window": " to ".join(map(str, (model.scorer.metadata.get("test_window") or []))) if model else "",
         # The grade table is the live model's; the leads may have been graded by another version.
         "grades_model": f"{model.name} v{model.version}" if model else "",
@@ -372,6 +374,17 @@ def digest_view(
         "fell": fell.head(CHANGES_SHOWN).to_dict(orient="records"),
         "changes_shown": CHANGES_SHOWN,
     }
+
+
+def _digest_title(filters: dict[str, str], page: int, pages: int, matching: int) -> str:
+    """The digest's title says which leads it shows: a tab, a bookmark and a screen reader's first
+    words tell one filtered page from another."""
+    chosen = [f"{name} {filters[name]}" for name in ("owner", "stage", "grade") if filters.get(name)]
+    chosen += [f'"{filters["q"]}"'] if filters.get("q") else []
+    title = "Pipeline digest" + (f": {', '.join(chosen)}" if chosen else "")
+    if matching == 0:
+        return f"{title}: no lead matches"
+    return f"{title}, page {page} of {pages}" if pages > 1 else title
 
 
 def _ranked(scores: pd.DataFrame) -> pd.DataFrame:
@@ -502,7 +515,7 @@ def model_view(model: LoadedModel, snapshot: Snapshot | None = None) -> dict:
         "metrics": [{"label": label, "value": fmt.format(metrics[k])} for k, label, fmt in shown if k in metrics],
         "importance_chart": (
             horizontal_bars(
-                [plain_name(k) for k, _ in importance], [v for _, v in importance], "mean |effect| (log-odds)"
+                [plain_name(k) for k, _ in importance], [v for _, v in importance], "mean absolute effect (log-odds)"
             )
             if importance
             else "<p class='muted'>Not recorded for this model version; retrain to get it.</p>"
@@ -510,17 +523,19 @@ def model_view(model: LoadedModel, snapshot: Snapshot | None = None) -> dict:
         "calibration_chart": (
             calibration([c["predicted"] for c in curve], [c["observed"] for c in curve]) if curve else ""
         ),
-        "lift_chart": _decile_chart(evaluation.get("lift_by_decile", []), "lift", "lift", 1.0),
+        "lift_chart": _decile_chart(evaluation.get("lift_by_decile", []), "lift", "lift", 1.0, "{:.1f}x"),
         "summary_chart": shap_summary(model, snapshot),
         "criteria": _criteria_rows(model),
         "grade_bands": list((meta.get("grade_bands") or {}).items()),
     }
 
 
-def _decile_chart(deciles: list[dict], key: str, label: str, reference: float | None) -> str:
+def _decile_chart(deciles: list[dict], key: str, label: str, reference: float | None, shown: str) -> str:
     if not deciles:
         return ""
-    return columns([str(d["decile"]) for d in deciles], [d[key] for d in deciles], label, reference)
+    numbers = [str(d["decile"]) for d in deciles]
+    spoken = [f"decile {n}" for n in numbers]
+    return columns(numbers, [d[key] for d in deciles], label, reference, spoken=spoken, shown=shown)
 
 
 def _criteria_rows(model: LoadedModel) -> list[tuple[str, str]]:
@@ -624,10 +639,16 @@ def _model_or_page() -> LoadedModel | HTMLResponse:
 
 
 def _pick_page(status: int = 200, **context: Any) -> HTMLResponse:
-    """The page to open or paste a lead, with the 500 first ids of the digest's order to pick from."""
+    """The page to open or paste a lead, with the 500 first leads of the digest's order to pick
+    from (by id, named). `error_for`: the form ("pick", "paste") an error is about."""
     latest, _ = _kept_scorings()
-    ids = _ranked(latest.scores)["lead_id"].head(500).tolist() if latest else []
-    return _page("pick.html", status, lead_ids=ids, **{"title": "Open a lead", **context})
+    first = _ranked(latest.scores).head(500).to_dict(orient="records") if latest else []
+    choices = [(str(r["lead_id"]), _display_name(r)) for r in first]
+    return _page("pick.html", status, lead_choices=choices, **{"title": "Open a lead", **context})
+
+
+def _paste_refused(text: str, error: str) -> HTMLResponse:
+    return _pick_page(400, title="Pasted lead not read", pasted=text, error=error, error_for="paste")
 
 
 @app.get("/", include_in_schema=False)
@@ -636,8 +657,11 @@ def home() -> RedirectResponse:
 
 
 @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
-def login_form(next: str = "/ui/digest") -> HTMLResponse:
-    return HTMLResponse(TEMPLATES.get_template("login.html").render(title="Sign in", next=_local(next), nav=False))
+def login_form(next: str = "/ui/digest", signed_out: str = "") -> HTMLResponse:
+    page = TEMPLATES.get_template("login.html").render(
+        title="Sign in", next=_local(next), nav=False, signed_out=bool(signed_out)
+    )
+    return HTMLResponse(page)
 
 
 @app.post("/login", include_in_schema=False)
@@ -645,7 +669,7 @@ def login(key: str = Form(...), next: str = Form("/ui/digest")):
     keys = api_keys_from_env()
     if keys and not key_matches(key.encode(), keys):
         page = TEMPLATES.get_template("login.html").render(
-            title="Sign in", next=_local(next), error="That key is not valid.", nav=False
+            title="Sign in: that key is not valid", next=_local(next), error="That key is not valid.", nav=False
         )
         return HTMLResponse(page, status_code=401)
     response = RedirectResponse(_local(next), status_code=303)
@@ -656,7 +680,7 @@ def login(key: str = Form(...), next: str = Form("/ui/digest")):
 @app.get("/logout", include_in_schema=False)
 def logout() -> RedirectResponse:
     """Forget the key this browser keeps (the cookie ends with the browser session anyway)."""
-    response = RedirectResponse("/ui/login", status_code=303)
+    response = RedirectResponse("/ui/login?signed_out=1", status_code=303)
     response.delete_cookie(KEY_COOKIE, path="/ui", httponly=True, samesite="strict")
     return response
 
@@ -708,7 +732,9 @@ def lead_page(lead_id: str):
         view = kept_lead_view(latest, *found)
         return _page("lead.html", title=view["display_name"], lead=view)
     if found is None:
-        return _pick_page(404, title="Lead not found", error=f"Lead {lead_id!r} is not in the latest kept scoring.")
+        error = f"Lead {lead_id!r} is not in the latest kept scoring."
+        return _pick_page(404, title="Lead not found", heading="Lead not found", error=error, error_for="pick",
+                          typed=lead_id.strip())  # fmt: skip
     rows, acts = found
     view = scored_lead_view(model, latest, rows, acts)
     return _page("lead.html", title=view["display_name"], lead=view)
@@ -728,15 +754,15 @@ async def pasted_lead(request: Request):
         view = lead_view(model, rows.astype(object).where(rows.notna(), "").astype(str),
                          acts.astype(object).where(acts.notna(), "").astype(str), as_of)  # fmt: skip
     except json.JSONDecodeError as exc:
-        return _pick_page(400, pasted=text, error=f"Not JSON: {exc}")
+        return _paste_refused(text, f"Not JSON: {exc}")
     except RecursionError:  # json.loads gives up on deep nesting this way, not as a decode error
-        return _pick_page(400, pasted=text[:2000], error="Not a lead: JSON nested too deeply")
+        return _paste_refused(text[:2000], "Not a lead: JSON nested too deeply")
     except ValidationError as exc:
         said = [plain_problem(e) for e in exc.errors()[:5]]
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the lead'}: {e['msg']}" for e in said)
-        return _pick_page(400, pasted=text, error=problems)
+        return _paste_refused(text, problems)
     except InvalidLeads as exc:
-        return _pick_page(400, pasted=text, error=str(exc))
+        return _paste_refused(text, str(exc))
     return _page("lead.html", title=view["display_name"], lead={**view, "pasted": True})
 
 

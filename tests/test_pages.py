@@ -238,6 +238,86 @@ def test_html_in_crm_data_is_shown_as_text(page, server, scores_dir):
     assert "<script>window.__pwned" not in page.content()
 
 
+AXE_SCRIPT = Path(__file__).resolve().parents[1] / ".cache" / "axe" / "node_modules" / "axe-core" / "axe.min.js"
+AXE_RULES = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"]
+
+
+@pytest.fixture(scope="module")
+def axe_script() -> Path:
+    if not AXE_SCRIPT.is_file():
+        message = "no axe-core for the accessibility checks: `make axe` fetches it with npm"
+        if os.environ.get("LEADSCORE_REQUIRE_BROWSER") == "1":
+            pytest.fail(message + " (LEADSCORE_REQUIRE_BROWSER=1)")
+        pytest.skip(message)
+    return AXE_SCRIPT
+
+
+def _axe_violations(page, script: Path) -> list[str]:
+    """What axe-core finds against WCAG 2.1 AA and its best practices on the page as it is."""
+    page.add_script_tag(path=str(script))
+    found = page.evaluate("rules => axe.run(document, {runOnly: {type: 'tag', values: rules}})", AXE_RULES)
+    return [f"{v['id']} ({v['impact']}): {[n['target'] for n in v['nodes'][:3]]}" for v in found["violations"]]
+
+
+def test_pages_meet_wcag_aa_on_a_laptop_and_a_phone(page, server, scores_dir, axe_script):
+    """axe-core on every page and its error states, 1200 and 375 pixels wide: a rep on a
+    keyboard, a screen reader or a phone can use each (a chart that scrolled sideways on a phone
+    could not be reached from the keyboard)."""
+    from serving.snapshots import latest_two
+
+    lead_id = latest_two(scores_dir, CHAMPION_NAME)[0].scores["lead_id"].iloc[0]
+    _login(page, server)
+    states = {
+        "digest": "/ui/digest",
+        "digest, no match": "/ui/digest?stage=nurture&q=nobody-at-all",
+        "pick": "/ui/leads",
+        "lead": f"/ui/leads/{lead_id}",
+        "unknown lead": "/ui/leads/NO-SUCH-LEAD",
+        "model": "/ui/model",
+    }
+    found = {}
+    for width in (1200, 375):
+        page.set_viewport_size({"width": width, "height": 900})
+        for name, path in states.items():
+            page.goto(f"{server}{path}")
+            found[f"{name} at {width}px"] = _axe_violations(page, axe_script)
+        page.goto(f"{server}/ui/leads")
+        page.fill("textarea[name=lead]", "{not json")
+        with page.expect_navigation():
+            page.click("#paste button[type=submit]")
+        found[f"bad paste at {width}px"] = _axe_violations(page, axe_script)
+    assert not any(found.values()), {state: v for state, v in found.items() if v}
+    with page.expect_navigation():
+        page.click("header a[href='/ui/logout']")
+    assert "Signed out" in page.locator("[role=status]").inner_text()
+    page.fill("input[name=key]", "not-the-key")
+    with page.expect_navigation():
+        page.click("button[type=submit]")
+    assert not _axe_violations(page, axe_script)
+
+
+def test_errors_are_announced_and_tied_to_their_field(page, server):
+    _login(page, server, target="/ui/leads")
+    assert page.locator("header nav a[aria-current=page]").inner_text() == "Open a lead"
+    page.fill("textarea[name=lead]", "{not json")
+    with page.expect_navigation():
+        page.click("#paste button[type=submit]")
+    field = page.locator("textarea[name=lead]")
+    assert field.get_attribute("aria-invalid") == "true"
+    assert page.evaluate("document.activeElement.name") == "lead"  # focus on the field to fix
+    error = page.locator("#" + field.get_attribute("aria-describedby").split()[0])
+    assert error.get_attribute("role") == "alert" and error.inner_text().startswith("Not JSON")
+    assert page.title().startswith("Pasted lead not read")
+    page.goto(f"{server}/ui/leads/NO-SUCH-LEAD")
+    typed = page.locator("#pick input[name=lead]")
+    assert typed.input_value() == "NO-SUCH-LEAD" and typed.get_attribute("aria-invalid") == "true"
+    assert page.title().startswith("Lead not found") and page.locator("h1").inner_text() == "Lead not found"
+    # The digest's title says which leads it shows; its pages are linked above the table as well.
+    page.goto(f"{server}/ui/digest?stage=nurture&q=nobody-at-all")
+    assert page.title().startswith('Pipeline digest: stage nurture, "nobody-at-all": no lead matches')
+    assert page.locator("#leads").count() == 0  # no empty table to tab into
+
+
 def test_model_page(page, server):
     _login(page, server, target="/ui/model")
     _screenshot(page, "model")
