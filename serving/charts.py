@@ -24,13 +24,24 @@ STYLE = {"svg.fonttype": "none", "font.size": 12, "axes.spines.top": False, "axe
          "text.parse_math": False}  # fmt: skip
 
 
-def _styled(draw: Callable[..., str]) -> Callable[..., str]:
-    @functools.wraps(draw)
-    def styled(*args, **kwargs) -> str:
-        with matplotlib.rc_context(STYLE):
-            return draw(*args, **kwargs)
+def _styled(font_size: float = 12) -> Callable[[Callable[..., str]], Callable[..., str]]:
+    """Draw in the charts' style, with text of `font_size` points (`WIDE_FONT` for the charts
+    with factor names, which are shown smaller than drawn)."""
 
-    return styled
+    def decorate(draw: Callable[..., str]) -> Callable[..., str]:
+        @functools.wraps(draw)
+        def styled(*args, **kwargs) -> str:
+            with matplotlib.rc_context({**STYLE, "font.size": font_size}):
+                return draw(*args, **kwargs)
+
+        return styled
+
+    return decorate
+
+
+# Text of the charts with factor names (5.5 inches and their labels, shown about 510 pixels wide
+# in a half-page column on a laptop): at 12 points it came out at 9.5 pixels.
+WIDE_FONT = 16
 
 
 def figure(width: float, height: float) -> tuple[Figure, Axes]:
@@ -62,21 +73,21 @@ def _pairs(labels: Sequence[str], values: Sequence[float], shown: str = "{:.3g}"
     return "; ".join(f"{label}: {shown.format(value)}" for label, value in zip(labels, values, strict=True))
 
 
-@_styled
+@_styled(WIDE_FONT)
 def waterfall(base: float, steps: Sequence[tuple[str, float]], final: float) -> str:
     """From the base score (a typical lead's), each contribution in points, to the lead's score."""
     # The start is the model's score for a typical lead, not the conversion rate: named so.
     labels = ["Typical lead", *[label for label, _ in steps], "This lead"]
-    fig, ax = figure(7, 0.4 * len(labels) + 0.8)
+    fig, ax = figure(5.5, 0.4 * len(labels) + 0.8)
     level = base
     ax.barh(0, base, color=NEUTRAL)
     for i, (_, points) in enumerate(steps, start=1):
         ax.barh(i, points, left=level, color=POSITIVE if points >= 0 else NEGATIVE)
-        ax.text(max(level, level + points) + 0.3, i, f"{points:+.1f}", va="center", fontsize=11)
+        ax.text(max(level, level + points) + 0.3, i, f"{points:+.1f}", va="center", fontsize=WIDE_FONT - 1)
         level += points
     ax.barh(len(labels) - 1, final, color=NEUTRAL)
-    ax.text(final + 0.3, len(labels) - 1, f"{final:.1f}", va="center", fontsize=11)
-    ax.text(base + 0.3, 0, f"{base:.1f}", va="center", fontsize=11)
+    ax.text(final + 0.3, len(labels) - 1, f"{final:.1f}", va="center", fontsize=WIDE_FONT - 1)
+    ax.text(base + 0.3, 0, f"{base:.1f}", va="center", fontsize=WIDE_FONT - 1)
     ax.set_yticks(range(len(labels)), labels)
     ax.invert_yaxis()
     ax.set_xlabel("score (0-100)")
@@ -84,9 +95,9 @@ def waterfall(base: float, steps: Sequence[tuple[str, float]], final: float) -> 
     return _svg(fig, f"Score from a typical lead's {base:.1f} to this lead's {final:.1f}: {words}")
 
 
-@_styled
+@_styled(WIDE_FONT)
 def horizontal_bars(labels: Sequence[str], values: Sequence[float], xlabel: str) -> str:
-    fig, ax = figure(7, 0.38 * len(labels) + 0.8)
+    fig, ax = figure(5.5, 0.38 * len(labels) + 0.8)
     ax.barh(range(len(labels)), values, color=NEUTRAL)
     ax.set_yticks(range(len(labels)), labels)
     ax.invert_yaxis()
@@ -94,7 +105,7 @@ def horizontal_bars(labels: Sequence[str], values: Sequence[float], xlabel: str)
     return _svg(fig, f"{xlabel}: {_pairs(labels, values)}")
 
 
-@_styled
+@_styled()
 def calibration(predicted: Sequence[float], observed: Sequence[float]) -> str:
     """Observed conversion against the predicted probability (the diagonal is perfect)."""
     fig, ax = figure(4.5, 4)
@@ -108,7 +119,7 @@ def calibration(predicted: Sequence[float], observed: Sequence[float]) -> str:
     return _svg(fig, f"Observed conversion against predicted probability (equal when calibrated): {pairs}")
 
 
-@_styled
+@_styled()
 def columns(
     labels: Sequence[str],
     values: Sequence[float],
@@ -131,7 +142,7 @@ def columns(
     return _svg(fig, f"{ylabel}: {_pairs(spoken or labels, values, shown)}{average}")
 
 
-@_styled
+@_styled(WIDE_FONT)
 def beeswarm(names: Sequence[str], points: Sequence[Sequence[float]], colours: Sequence[Sequence[float]]) -> str:
     """SHAP summary: each lead a dot at its effect (score points) on each factor's row,
     coloured by the lead's value of that factor (low blue to high red, grey when missing or
@@ -139,7 +150,7 @@ def beeswarm(names: Sequence[str], points: Sequence[Sequence[float]], colours: S
     import numpy as np
 
     rng = np.random.default_rng(0)
-    fig, ax = figure(7, 0.5 * len(names) + 0.9)
+    fig, ax = figure(5.5, 0.5 * len(names) + 0.9)
     for row, (effects, shades) in enumerate(zip(points, colours, strict=True)):
         effects, shades = np.asarray(effects, dtype=float), np.asarray(shades, dtype=float)
         jitter = row + rng.uniform(-0.28, 0.28, len(effects))
@@ -149,7 +160,7 @@ def beeswarm(names: Sequence[str], points: Sequence[Sequence[float]], colours: S
     ax.axvline(0, color="#90a4ae", linewidth=0.8)
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
-    ax.set_xlabel("effect on the score (points); colour: the lead's value, low (blue) to high (red)")
+    ax.set_xlabel("effect on the score (points)\ncolour: the lead's value, low (blue) to high (red)")
     spans = "; ".join(
         f"{name} from {np.nanmin(effects):+.1f} to {np.nanmax(effects):+.1f}" if len(effects) else f"{name}: none"
         for name, effects in zip(names, (np.asarray(e, dtype=float) for e in points), strict=True)
