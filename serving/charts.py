@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import matplotlib
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
 
 POSITIVE = "#2e7d32"
 NEGATIVE = "#c62828"
@@ -25,8 +26,7 @@ STYLE = {"svg.fonttype": "none", "font.size": 12, "axes.spines.top": False, "axe
 
 
 def _styled(font_size: float = 12) -> Callable[[Callable[..., str]], Callable[..., str]]:
-    """Draw in the charts' style, with text of `font_size` points (`WIDE_FONT` for the charts
-    with factor names, which are shown smaller than drawn)."""
+    """Draw in the charts' style, with text of `font_size` points."""
 
     def decorate(draw: Callable[..., str]) -> Callable[..., str]:
         @functools.wraps(draw)
@@ -42,6 +42,9 @@ def _styled(font_size: float = 12) -> Callable[[Callable[..., str]], Callable[..
 # Text of the charts with factor names (5.5 inches and their labels, shown about 510 pixels wide
 # in a half-page column on a laptop): at 12 points it came out at 9.5 pixels.
 WIDE_FONT = 16
+# Text of the small charts (calibration, deciles): 14 points is 12 pixels or more in a third of
+# the model page, and never more than 19 (a chart is not drawn larger than its own size).
+SMALL_CHART_FONT = 14
 
 
 def figure(width: float, height: float) -> tuple[Figure, Axes]:
@@ -65,7 +68,12 @@ def _svg(fig: Figure, label: str) -> str:
     # otherwise reads after the label: the label says it all, in order.
     text = re.sub(r'<g id="figure_1">', '<g id="figure_1" aria-hidden="true">', text, count=1)
     # Width from the page, not fixed points: readable on a phone and on a laptop.
-    named = f'width="100%" role="img" aria-label="{html.escape(label, quote=True)}"'
+    # At most its own size (points to pixels): a chart alone in a wide box keeps its text size.
+    points = float(re.search(r'viewBox="[\d.]+ [\d.]+ ([\d.]+)', text)[1])
+    named = (
+        f'width="100%" style="max-width: {points * 4 / 3:.0f}px" role="img" '
+        f'aria-label="{html.escape(label, quote=True)}"'
+    )
     return re.sub(r'<svg([^>]*?) width="[^"]+" height="[^"]+"', lambda m: f"<svg{m[1]} {named}", text, count=1)
 
 
@@ -83,11 +91,11 @@ def waterfall(base: float, steps: Sequence[tuple[str, float]], final: float) -> 
     ax.barh(0, base, color=NEUTRAL)
     for i, (_, points) in enumerate(steps, start=1):
         ax.barh(i, points, left=level, color=POSITIVE if points >= 0 else NEGATIVE)
-        ax.text(max(level, level + points) + 0.3, i, f"{points:+.1f}", va="center", fontsize=WIDE_FONT - 1)
+        ax.text(max(level, level + points) + 0.3, i, f"{points:+.1f}", va="center")
         level += points
     ax.barh(len(labels) - 1, final, color=NEUTRAL)
-    ax.text(final + 0.3, len(labels) - 1, f"{final:.1f}", va="center", fontsize=WIDE_FONT - 1)
-    ax.text(base + 0.3, 0, f"{base:.1f}", va="center", fontsize=WIDE_FONT - 1)
+    ax.text(final + 0.3, len(labels) - 1, f"{final:.1f}", va="center")
+    ax.text(base + 0.3, 0, f"{base:.1f}", va="center")
     ax.set_yticks(range(len(labels)), labels)
     ax.invert_yaxis()
     ax.set_xlabel("score (0-100)")
@@ -105,7 +113,7 @@ def horizontal_bars(labels: Sequence[str], values: Sequence[float], xlabel: str)
     return _svg(fig, f"{xlabel}: {_pairs(labels, values)}")
 
 
-@_styled()
+@_styled(SMALL_CHART_FONT)
 def calibration(predicted: Sequence[float], observed: Sequence[float]) -> str:
     """Observed conversion against the predicted probability (the diagonal is perfect)."""
     fig, ax = figure(4.5, 4)
@@ -119,7 +127,7 @@ def calibration(predicted: Sequence[float], observed: Sequence[float]) -> str:
     return _svg(fig, f"Observed conversion against predicted probability (equal when calibrated): {pairs}")
 
 
-@_styled()
+@_styled(SMALL_CHART_FONT)
 def columns(
     labels: Sequence[str],
     values: Sequence[float],
@@ -138,6 +146,8 @@ def columns(
         ax.axhline(reference, color=NEGATIVE, linestyle="--", linewidth=1, label="average")
         ax.legend(frameon=False)
     ax.set_ylabel(ylabel)
+    if shown.endswith("%}"):  # the axis in percent too, as the words and the tables say it
+        ax.yaxis.set_major_formatter(PercentFormatter(1, decimals=0))
     average = f"; average {shown.format(reference)}" if reference is not None else ""
     return _svg(fig, f"{ylabel}: {_pairs(spoken or labels, values, shown)}{average}")
 
@@ -156,8 +166,10 @@ def beeswarm(names: Sequence[str], points: Sequence[Sequence[float]], colours: S
         jitter = row + rng.uniform(-0.28, 0.28, len(effects))
         known = ~np.isnan(shades)
         ax.scatter(effects[~known], jitter[~known], s=6, color="#78909c", linewidths=0)  # 3.3:1 on white
-        ax.scatter(effects[known], jitter[known], s=6, c=shades[known], cmap="coolwarm", vmin=0, vmax=1, linewidths=0)
-    ax.axvline(0, color="#90a4ae", linewidth=0.8)
+        # An outline gives every dot 3:1 contrast on white (the colour map's pale middle has 1.4:1).
+        ax.scatter(effects[known], jitter[known], s=6, c=shades[known], cmap="coolwarm", vmin=0, vmax=1,
+                   edgecolors="#455a64", linewidths=0.3)  # fmt: skip
+    ax.axvline(0, color="#757575", linewidth=0.8)
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
     ax.set_xlabel("effect on the score (points)\ncolour: the lead's value, low (blue) to high (red)")

@@ -658,8 +658,9 @@ def home() -> RedirectResponse:
 
 @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
 def login_form(next: str = "/ui/digest", signed_out: str = "") -> HTMLResponse:
+    title = "Signed out · Sign in" if signed_out else "Sign in"
     page = TEMPLATES.get_template("login.html").render(
-        title="Sign in", next=_local(next), nav=False, signed_out=bool(signed_out)
+        title=title, next=_local(next), nav=False, signed_out=bool(signed_out)
     )
     return HTMLResponse(page)
 
@@ -725,6 +726,12 @@ def pick(lead: str = "") -> HTMLResponse:
 def lead_page(lead_id: str):
     latest, _ = _kept_scorings()
     found = latest.lead(lead_id.strip()) if latest else None
+    if found is None and latest is not None:
+        # An id typed in another case (l0119829 for L0119829) is that lead when only one matches.
+        ids = latest.scores["lead_id"].astype(str)
+        same = ids[ids.str.casefold() == lead_id.strip().casefold()]
+        if len(same) == 1:
+            return RedirectResponse(lead_href(same.iloc[0]), status_code=303)
     model = _model_or_page()
     if isinstance(model, HTMLResponse):
         if found is None:
@@ -733,8 +740,10 @@ def lead_page(lead_id: str):
         return _page("lead.html", title=view["display_name"], lead=view)
     if found is None:
         error = f"Lead {lead_id!r} is not in the latest kept scoring."
+        # A name or part of one typed as an id: the digest's find box looks for it.
+        find = "/ui/digest?" + urlencode({"q": lead_id.strip()})
         return _pick_page(404, title="Lead not found", heading="Lead not found", error=error, error_for="pick",
-                          typed=lead_id.strip())  # fmt: skip
+                          typed=lead_id.strip(), find_href=find)  # fmt: skip
     rows, acts = found
     view = scored_lead_view(model, latest, rows, acts)
     return _page("lead.html", title=view["display_name"], lead=view)

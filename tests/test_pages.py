@@ -296,7 +296,9 @@ def test_pages_meet_wcag_aa_on_a_laptop_and_a_phone(page, server, scores_dir, ax
     assert not _axe_violations(page, axe_script)
 
 
-def test_errors_are_announced_and_tied_to_their_field(page, server):
+def test_errors_are_announced_and_tied_to_their_field(page, server, scores_dir):
+    from serving.snapshots import latest_two
+
     _login(page, server, target="/ui/leads")
     assert page.locator("header nav a[aria-current=page]").inner_text() == "Open a lead"
     page.fill("textarea[name=lead]", "{not json")
@@ -312,6 +314,15 @@ def test_errors_are_announced_and_tied_to_their_field(page, server):
     typed = page.locator("#pick input[name=lead]")
     assert typed.input_value() == "NO-SUCH-LEAD" and typed.get_attribute("aria-invalid") == "true"
     assert page.title().startswith("Lead not found") and page.locator("h1").inner_text() == "Lead not found"
+    assert page.locator("#pick-error a").get_attribute("href") == "/ui/digest?q=NO-SUCH-LEAD"
+    lead_id = latest_two(scores_dir, CHAMPION_NAME)[0].scores["lead_id"].iloc[0]
+    page.goto(f"{server}/ui/leads/{lead_id.lower()}")  # an id typed in lower case is the lead
+    assert page.locator("#lead-id").inner_text() == lead_id
+    # The skip link moves the focus past the leads to the grades, whose chart scrolls on a phone.
+    page.goto(f"{server}/ui/digest")
+    page.focus("a.skip")
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "grades"
     # The digest's title says which leads it shows; its pages are linked above the table as well.
     page.goto(f"{server}/ui/digest?stage=nurture&q=nobody-at-all")
     assert page.title().startswith('Pipeline digest: stage nurture, "nobody-at-all": no lead matches')
