@@ -191,7 +191,7 @@ def load_champion(model_name: str, alias: str = CHAMPION, *, version: str | None
     """
     version = version or champion_version(model_name, alias)
     mlflow.set_tracking_uri(tracking_uri())  # the configured registry, whatever the process had set before
-    path = list(sys.path)
+    path, modules = list(sys.path), set(sys.modules)
     try:
         model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
         scorer = model.unwrap_python_model().scorer
@@ -202,6 +202,11 @@ def load_champion(model_name: str, alias: str = CHAMPION, *, version: str | None
         # would shadow the installed code for every later import here and in any process
         # started from here (Dask workers failed on an older bundle's copy).
         sys.path[:] = path
+        # Each load imports the bundle's model code as a new `code_model_<uuid>` module that
+        # nothing uses after it: a service swapping champions would keep one per swap.
+        for name in set(sys.modules) - modules:
+            if name.startswith("code_model_"):
+                del sys.modules[name]
     if "criteria" not in scorer.metadata or "subscore_quantiles" not in scorer.metadata:
         raise ModelNotReady(
             f"{model_name} version {version} was trained by an older release without criteria "

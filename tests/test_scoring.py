@@ -163,3 +163,17 @@ def test_a_registry_password_never_reaches_an_error_message(monkeypatch):
 
     monkeypatch.setattr(tracking, "tracking_uri", lambda: pytest.fail("the default store was set up"))
     assert without_password("cannot write models/") == "cannot write models/"
+
+
+def test_loading_a_model_again_leaves_no_module_behind(champion_store, monkeypatch):
+    """MLflow imports a bundle's model code as a new `code_model_<uuid>` module at each load: a
+    service swapping champions kept one per swap."""
+    import sys
+
+    from tests.conftest import CHAMPION_NAME
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", champion_store)
+    before = {name for name in sys.modules if name.startswith("code_model_")}
+    for _ in range(3):
+        scoring.load_champion(CHAMPION_NAME)
+    assert {name for name in sys.modules if name.startswith("code_model_")} == before

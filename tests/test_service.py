@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -183,6 +184,35 @@ def test_metrics_and_the_access_log_name_routes_not_the_paths_sent(server):
     assert 'endpoint="/score"' in metrics
     written = metrics + log.read_text()
     assert not any(sent in written for sent in ("made-up-path-1234", "L-private-77", "FORGED"))
+
+
+def _score_requests_counted(metrics: str) -> float:
+    """The answered /score requests the service's /metrics counts."""
+    counted = re.findall(r"^bentoml_service_request_total\{([^}]*)\} ([0-9.e+]+)$", metrics, re.MULTILINE)
+    wanted = ('endpoint="/score"', 'http_response_code="200"')
+    return sum(float(n) for labels, n in counted if all(w in labels for w in wanted))
+
+
+@pytest.mark.slow
+def test_two_services_on_one_machine_count_their_own_requests(champion_store, tmp_path):
+    """A service starting emptied BentoML's metrics folder, shared by every service of the
+    machine's BentoML home: another service's /metrics then lost its counts."""
+    body = {"leads": [{"lead_id": "x", "created_at": "2025-01-01"}]}
+    first, url, _ = _start(champion_store, None, log_dir=tmp_path, via_leadscore=True)
+    try:
+        for _ in range(3):
+            assert httpx.post(f"{url}/score", json=body, timeout=30).status_code == 200
+        second, other, _ = _start(champion_store, None, log_dir=tmp_path, via_leadscore=True)
+        try:
+            assert httpx.post(f"{other}/score", json=body, timeout=30).status_code == 200
+            for _ in range(2):
+                assert httpx.post(f"{url}/score", json=body, timeout=30).status_code == 200
+            assert _score_requests_counted(httpx.get(f"{url}/metrics").text) == 5
+            assert _score_requests_counted(httpx.get(f"{other}/metrics").text) == 1
+        finally:
+            _stop(second)
+    finally:
+        _stop(first)
 
 
 @pytest.mark.slow

@@ -726,6 +726,9 @@ def serve(
 
     # BentoML's usage statistics would phone home from every worker: not from a CRM's scorer.
     env = {"BENTOML_DO_NOT_TRACK": "true", **os.environ, "MLFLOW_TRACKING_URI": tracking_uri()}
+    # A BentoML home of its own: a service starting empties the metrics folder of its home, which
+    # wiped the /metrics counts of another service on this machine (a second model's, say).
+    env.setdefault("BENTOML_HOME", str(bentoml_home(host, port)))
     name = _served_model_name()
     mistake = uri_form_problem()
     if mistake:  # a typo would serve 503s from an empty store of its own, forever
@@ -752,6 +755,13 @@ def serve(
     # Become the server rather than wrap it: a supervisor's SIGTERM then reaches BentoML, which
     # stops its workers; a wrapper would die and leave them serving.
     os.execve(bentoml, command, env)
+
+
+def bentoml_home(host: str, port: int) -> Path:
+    """The BentoML home of the service on host:port (two cannot listen there at once)."""
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"leadscore-bentoml-{re.sub(r'[^0-9A-Za-z.]', '_', host)}-{port}"
 
 
 def _port_problem(host: str, port: int) -> str | None:
