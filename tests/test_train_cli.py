@@ -654,3 +654,17 @@ def test_help_texts_wrap_at_the_terminal_not_at_the_docstrings_line_breaks():
         assert command.help and all("\n" not in part for part in command.help.split("\n\n")), command.name
     listed = CliRunner().invoke(cli.app, ["--help"], env={"COLUMNS": "80"}).output
     assert "/docs serves)." in listed and "path is relative" not in listed  # the first paragraph only
+
+
+def test_flags_in_help_show_no_type_placeholder():
+    """Typer 0.29 printed `<bool>` after every flag, `--help` included, as if it took a value."""
+    from typer.testing import CliRunner
+
+    from training import cli
+
+    runner = CliRunner()
+    names = [command.name or command.callback.__name__ for command in cli.app.registered_commands]
+    for args in [["--help"], *[[name, "--help"] for name in names]]:
+        result = runner.invoke(cli.app, args, env={"COLUMNS": "120"})
+        assert result.exit_code == 0 and "Show this message" in result.output, args
+        assert "<bool>" not in result.output, args
