@@ -314,6 +314,69 @@ def test_a_recalibration_stopped_by_sigterm_says_so_where_a_scheduler_looks(expo
     assert running() == already  # its MLflow run ended (FAILED), not left RUNNING
 
 
+def test_a_run_whose_process_was_killed_is_ended_by_the_next_run(export, settings, params_file, champion, tmp_path):
+    """`kill -9` (or the out-of-memory killer) left the MLflow run RUNNING for ever; the next
+    run on the machine ends it, with its trial runs, and leaves runs of live processes alone."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import mlflow
+
+    from training.abandoned import ENDED_TAG, PROCESS_TAG, this_process
+
+    def running() -> dict[str, mlflow.entities.Run]:
+        found = MlflowClient().search_runs(
+            [e.experiment_id for e in MlflowClient().search_experiments()], "attributes.status = 'RUNNING'"
+        )
+        return {run.info.run_id: run for run in found}
+
+    already = running()
+    cli = str(Path(sys.executable).parent / "leadscore")
+    env = {**os.environ, "LEADSCORE_PARAMS": str(params_file("recalibrate-kill.yaml", **settings))}
+    command = [cli, "recalibrate", "--data", str(export), "--report-dir", str(tmp_path / "killed"), "--dry-run"]
+    job = subprocess.Popen(
+        [*command, "--model-name", MODEL], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+    )
+    try:
+        deadline = time.time() + 180
+        while len(running()) == len(already) and job.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert job.poll() is None, job.communicate()
+        job.send_signal(signal.SIGKILL)
+        job.wait(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    orphans = {run_id: run for run_id, run in running().items() if run_id not in already}
+    parents = [run for run in orphans.values() if PROCESS_TAG in run.data.tags]
+    assert len(parents) == 1, orphans
+    assert parents[0].data.tags[PROCESS_TAG].split()[:2] == [socket.gethostname(), str(job.pid)]
+    client = MlflowClient()
+    experiment = parents[0].info.experiment_id
+    # A trial run still open under it (each lasts a moment, so one is made rather than caught).
+    trial = client.create_run(experiment, tags={"mlflow.parentRunId": parents[0].info.run_id}).info.run_id
+    orphans[trial] = client.get_run(trial)
+    # Runs whose process runs, here or on another machine, are left as they are.
+    live = client.create_run(experiment, tags={PROCESS_TAG: this_process()}).info.run_id
+    elsewhere = client.create_run(
+        experiment, tags={PROCESS_TAG: f"not-{socket.gethostname()} {job.pid} 1.00"}
+    ).info.run_id
+
+    recalibrate(load_params(**settings), model_name=MODEL, data=export, as_of=LATER, dry_run=True,
+                report_dir=tmp_path / "next")  # fmt: skip
+
+    for run_id in orphans:
+        ended = client.get_run(run_id)
+        assert ended.info.status == "KILLED" and ended.info.end_time, run_id
+        assert "stopped without ending it" in ended.data.tags[ENDED_TAG]
+    assert {client.get_run(run_id).info.status for run_id in (live, elsewhere)} == {"RUNNING"}
+    for run_id in (live, elsewhere):
+        client.set_terminated(run_id)
+
+
 @pytest.fixture
 def fresh_champion(export, settings, request) -> str:
     """A champion of its own name trained at FIRST_AS_OF (the module's may have been recalibrated

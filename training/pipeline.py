@@ -32,6 +32,7 @@ from features.spec import learn_spec, to_model_frame
 from features.synthetic import generate_crm, write_crm
 from features.tracking import MODELS_DIR, artifact_root, tracking_uri
 from serving.batch import safe_for_spreadsheets
+from training.abandoned import PROCESS_TAG, end_abandoned_runs, this_process
 from training.baselines import fit_baselines
 from training.calibrate import choose_calibrator
 from training.evaluate import classification_metrics, conversion_by_grade, lift_by_decile, test_evaluation
@@ -526,11 +527,17 @@ def train_and_register(
     mlflow.set_tracking_uri(tracking_uri())
     if mlflow.get_experiment_by_name(params.mlflow.experiment) is None:
         mlflow.create_experiment(params.mlflow.experiment, artifact_location=artifact_root())
-    mlflow.set_experiment(params.mlflow.experiment)
+    experiment = mlflow.set_experiment(params.mlflow.experiment)
+    for abandoned in end_abandoned_runs(experiment.experiment_id):
+        reporter.warn(
+            f"MLflow run {abandoned.info.run_name} ({abandoned.info.run_id}) stayed RUNNING after its process stopped "
+            "(killed, or out of memory): marked KILLED"
+        )
     commit, dirty = git_commit()
     with mlflow.start_run(run_name=f"train-{dataset.kind}") as run:
         mlflow.set_tags(
             {
+                PROCESS_TAG: this_process(),
                 "data.source": dataset.source,
                 "data.hash": dataset.data_hash,
                 "git.commit": commit,
