@@ -65,13 +65,15 @@ class FlatProfile(BaseModel):
 
     label: str
     positive: str | None = None
+    # The label value that means lost: rows of any other value (open deals) have no outcome yet.
+    negative: str | None = None
     id: str | None = None
     drop: list[str] = []
     sep: str = Field(",", min_length=1, max_length=1, description="one character, e.g. ';', or tab")
     time: str | None = None
     types: dict[str, ColumnType] = {}
 
-    @field_validator("label", "positive", "id", "time", mode="before")
+    @field_validator("label", "positive", "negative", "id", "time", mode="before")
     @classmethod
     def _scalar_as_text(cls, value: Any) -> Any:
         # YAML reads `positive: 1` or `positive: TRUE` as a number or a boolean; a column name
@@ -96,6 +98,11 @@ class FlatProfile(BaseModel):
 
     @model_validator(mode="after")
     def _label_has_one_role(self) -> FlatProfile:
+        if self.negative is not None:
+            if self.positive is None:
+                raise ValueError("negative: the lost value is given, so the converted one must be too (positive)")
+            if self.negative.casefold() == self.positive.casefold():
+                raise ValueError(f"negative: {self.negative!r} is the positive value too")
         others = {"id": [self.id], "drop": self.drop, "time": [self.time], "types": list(self.types)}
         for role, columns in others.items():
             if self.label in columns:
@@ -169,7 +176,7 @@ def load_profile(path: str | Path, **flags: Any) -> tuple[FlatProfile, list[str]
         raise DataError(f"cannot read profile {where}: not valid YAML ({problem})") from exc
     if not isinstance(raw, dict):
         raise DataError(
-            f"invalid profile {path}: expected keys such as label, positive, id, drop, sep, time, types; "
+            f"invalid profile {path}: expected keys such as label, positive, negative, id, drop, sep, time, types; "
             f"found a {type(raw).__name__}"
         )
     given = {k: v for k, v in flags.items() if v not in (None, [], "")}
@@ -219,27 +226,36 @@ def identifier_leak(values: pd.Series, label: pd.Series, threshold: float) -> st
     return None
 
 
-def _label(values: pd.Series, column: str, positive: str | None) -> pd.Series:
+def _label(values: pd.Series, column: str, positive: str | None, negative: str | None = None) -> pd.Series:
+    """1 for converted, 0 for lost, missing for a blank label or (with `negative`) any other
+    value: no outcome yet."""
     # "Yes" and "yes" are one class, as a category's spellings are one level.
     values = values.map(lambda value: value.casefold() if isinstance(value, str) else value)
     present = values.dropna()
     classes = sorted(present.unique().tolist(), key=str)
     if positive is not None:
-        match = [c for c in classes if str(c).casefold() == str(positive).casefold()]
-        if not match:
-            raise DataError(
-                f"label column {column!r}: positive value {positive!r} not found; values are {classes[:10]}"
-            )
+        given = {"positive": positive, **({"negative": negative} if negative is not None else {})}
+        matched = {}
+        for role, value in given.items():
+            match = [c for c in classes if str(c).casefold() == str(value).casefold()]
+            if not match:
+                raise DataError(f"label column {column!r}: {role} value {value!r} not found; values are {classes[:10]}")
+            matched[role] = match[0]
+        if negative is not None:
+            converted = (values == matched["positive"]).astype("float64")
+            return converted.where(values.isin([matched["positive"], matched["negative"]]))
         if len(classes) != 2:
             raise DataError(
-                f"label column {column!r} has {len(classes)} classes {classes[:10]}; a binary label is needed"
+                f"label column {column!r} has {len(classes)} classes {classes[:10]}; a binary label is needed, or "
+                "--negative naming the lost value (rows of other values, such as open deals, are then set aside)"
             )
-        return (values == match[0]).astype("float64").where(values.notna())
+        return (values == matched["positive"]).astype("float64").where(values.notna())
     if len(classes) != 2:
         raise DataError(
             f"label column {column!r} has {len(classes)} class(es) {classes[:10]}; a binary label is needed: "
             "a column of two values, one of them the converted one (export it so; --positive names that value "
-            "when it is not a word such as yes, won or converted)"
+            "when it is not a word such as yes, won or converted; with more values, --positive and --negative "
+            "name the converted and the lost one and rows of other values are set aside)"
         )
     folded = [str(c).casefold() for c in classes]
     positives = [c for c, f in zip(classes, folded, strict=True) if f in POSITIVE_WORDS]
@@ -409,7 +425,7 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
 
     label_text = blank_to_missing(raw[profile.label], params.missing_tokens)
     try:
-        label = _label(label_text, profile.label, profile.positive)
+        label = _label(label_text, profile.label, profile.positive, profile.negative)
     except DataError as exc:
         raise DataError(f"{path.name}: {exc}") from exc
     if "lead_id" in raw.columns and profile.id != "lead_id":
@@ -417,7 +433,17 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
         quarantine.note(f"column lead_id not used: rows are named by {named_by}; give --id lead_id to name them by it")
     header = [c for c in raw.columns if c != "_row"]
     raw["lead_id"] = blank_to_missing(raw[profile.id], ("",)) if profile.id else raw["_row"].astype(str)
-    quarantine.add("flat", raw, label.isna(), f"label {profile.label!r} missing")
+    quarantine.add("flat", raw, label_text.isna(), f"label {profile.label!r} missing")
+    quarantine.add(
+        "flat",
+        raw,
+        label_text.notna() & label.isna(),
+        lambda rows: (
+            f"label {profile.label!r} is "
+            + label_text[rows.index].map(repr)
+            + f", neither {profile.positive!r} nor {profile.negative!r}: no outcome yet"
+        ),
+    )
     keep = label.notna()
     if profile.id:
         quarantine.add("flat", raw, keep & raw["lead_id"].isna(), f"id {profile.id!r} missing")

@@ -78,6 +78,28 @@ def test_rows_without_label_or_with_a_repeated_id_are_quarantined(tmp_path, para
     assert data.ids.tolist() == ["1", "4"]
 
 
+def test_a_stage_column_with_open_deals_trains_on_the_closed_ones(tmp_path, params):
+    """A pipeline export's stage column holds open stages too: --negative names the lost value,
+    and rows of the other values (no outcome yet) are set aside by name and value."""
+    path = tmp_path / "deals.csv"
+    path.write_text("id,a,stage\n1,x,Won\n2,y,Engaging\n3,x,lost\n4,y,Prospecting\n5,x,\n6,y,won\n")
+    with pytest.raises(DataError, match=r"has 4 classes .*; a binary label is needed, or --negative naming the lost"):
+        load_flat(path, FlatProfile(label="stage", id="id", positive="Won"), params.flat)
+    data = load_flat(path, FlatProfile(label="stage", id="id", positive="Won", negative="Lost"), params.flat)
+    assert data.ids.tolist() == ["1", "3", "6"] and data.label.tolist() == [1.0, 0.0, 1.0]
+    assert data.quarantine.frame().set_index("row")["reason"].to_dict() == {
+        2: "label 'stage' is 'Engaging', neither 'Won' nor 'Lost': no outcome yet",
+        4: "label 'stage' is 'Prospecting', neither 'Won' nor 'Lost': no outcome yet",
+        5: "label 'stage' missing",
+    }
+    with pytest.raises(DataError, match="negative value 'Closed Lost' not found"):
+        load_flat(path, FlatProfile(label="stage", positive="Won", negative="Closed Lost"), params.flat)
+    for settings, problem in [({"negative": "Lost"}, "the converted one must be too"),
+                              ({"positive": "won", "negative": "Won"}, "is the positive value too")]:  # fmt: skip
+        with pytest.raises(ValueError, match=problem):
+            FlatProfile(label="stage", **settings)
+
+
 def test_a_row_exported_twice_is_one_lead_whatever_the_spaces_around_its_id(tmp_path, params):
     path = tmp_path / "x.csv"
     path.write_text("id,a,y\n1,x,yes\n 1,x,yes\n2,x,no\n")
@@ -174,7 +196,7 @@ def test_profile_file_with_flags_overriding_it(tmp_path):
     assert profile.label == "Converted" and profile.positive == "Y" and profile.drop == ["Tags"]
     assert profile.sep == "," and profile.types == {"Zip": "categorical"} and replaced == ["positive", "sep"]
     path.write_text("label: x\nunknown_key: 1\n")
-    with pytest.raises(DataError, match="unknown_key: unknown key \\(the keys are label, positive, id"):
+    with pytest.raises(DataError, match="unknown_key: unknown key \\(the keys are label, positive, negative, id"):
         load_profile(path)
     # YAML reads these as numbers and booleans; they mean the text they were written as.
     path.write_text("label: Revenue\npositive: TRUE\nid: 660737\ndrop: [2019]\ntypes: {2020: numeric}\n")

@@ -313,8 +313,10 @@ def test_bad_paths_and_flags_are_clear_errors(tmp_path, store):
     # Flat-file settings with the embedded data or a CRM folder are refused, not ignored.
     no_file = leadscore("train", "--profile", str(tmp_path / "p.yaml"), "--drop", "Tags", store=store)
     assert no_file.returncode == 2 and "--drop, --profile: for a flat CSV file" in no_file.stderr
-    folder = leadscore("train", "--data", str(tmp_path), "--label", "y", store=store)
-    assert folder.returncode == 2 and "--label: for a flat CSV file" in folder.stderr
+    folder = leadscore("train", "--data", str(tmp_path), "--label", "y", "--negative", "n", store=store)
+    assert folder.returncode == 2 and "--label, --negative: for a flat CSV file" in folder.stderr
+    lost_only = leadscore("train", "--data", str(flat), "--label", "b", "--negative", "2", store=store)
+    assert lost_only.returncode == 2 and "negative: the lost value is given, so the converted" in lost_only.stderr
     # --as-of cuts a CRM export; elsewhere, or past today, or not a date, it is refused before any work.
     flat_as_of = leadscore("train", "--data", str(flat), "--label", "b", "--as-of", "2026-01-01", store=store)
     assert flat_as_of.returncode == 2 and "--as-of: for a CRM export folder" in flat_as_of.stderr

@@ -226,6 +226,7 @@ def _profile(
     data: Path,
     label: str | None,
     positive: str | None,
+    negative: str | None,
     id_column: str | None,
     drop: str | None,
     sep: str | None,
@@ -236,6 +237,7 @@ def _profile(
     flags = {
         "label": label,
         "positive": positive,
+        "negative": negative,
         "id": id_column,
         "drop": [d.strip() for d in drop.split(",") if d.strip()] if drop else None,
         "sep": sep,
@@ -360,6 +362,14 @@ def train(
         str | None,
         typer.Option("--positive", help="Flat CSV: the label value that means converted"),
     ] = None,
+    negative: Annotated[
+        str | None,
+        typer.Option(
+            "--negative",
+            help="Flat CSV: the label value that means lost, with --positive; rows of other values (open deals) "
+            "have no outcome yet and are set aside",
+        ),
+    ] = None,
     id_column: Annotated[str | None, typer.Option("--id", help="Flat CSV: the lead id column")] = None,
     drop: Annotated[str | None, typer.Option("--drop", help="Flat CSV: comma-separated columns to leave out")] = None,
     replace_leaky_champion: Annotated[
@@ -449,7 +459,7 @@ def train(
         _fail("--engine dask trains on a CRM export folder (leads, activities, outcomes); flat CSVs train locally")
     if metrics_out is not None:
         _check_output_file(metrics_out, what="the metrics")
-    flat_only = {"--label": label, "--positive": positive, "--id": id_column, "--drop": drop}
+    flat_only = {"--label": label, "--positive": positive, "--negative": negative, "--id": id_column, "--drop": drop}
     flat_only.update({"--sep": sep, "--time": time_column, "--profile": profile})
     flat_only["--replace-leaky-champion"] = True if replace_leaky_champion else None
     given = [flag for flag, value in flat_only.items() if value is not None]
@@ -488,7 +498,9 @@ def train(
             reporter.stage(f"Loading CRM export {data}")
             dataset = prepare_crm(data, params, as_of=moment)
         elif data.exists():
-            flat_profile = _profile(data, label, positive, id_column, drop, sep, time_column, profile, reporter)
+            flat_profile = _profile(
+                data, label, positive, negative, id_column, drop, sep, time_column, profile, reporter
+            )
             # A flat model reads another table: under the CRM model's name it would take the
             # champion the service and `make demo` use, and keep every CRM model from promotion.
             model_name = model_name or flat_model_name(params.mlflow.model_name, flat_profile.label)
