@@ -258,6 +258,18 @@ def test_an_as_of_before_the_export_is_a_clear_error(export, settings, champion)
         recalibrate(load_params(**settings), model_name=MODEL, data=export, as_of=pd.Timestamp("1999-01-01"))
 
 
+def test_a_leads_file_ending_months_before_the_activities_is_named_as_the_cause(export, settings, champion, tmp_path):
+    """It stopped with LightGBM's "Input data must be 2 dimensional and non empty"."""
+    import shutil
+
+    cut = shutil.copytree(export, tmp_path / "cut")
+    leads = pd.read_csv(cut / "leads.csv", dtype=str, keep_default_na=False)
+    created = pd.to_datetime(leads["created_at"], errors="coerce", format="mixed")
+    leads[created.isna() | (created < "2025-05-01")].to_csv(cut / "leads.csv", index=False)
+    with pytest.raises(RecalibrationError, match=r"no lead is first seen after 2025-0[45]-\d\d, yet the export runs"):
+        recalibrate(load_params(**settings), model_name=MODEL, data=cut, as_of=LATER, dry_run=True)
+
+
 def test_the_lock_message_reads_the_older_pid_only_format(tmp_path):
     """A lock written before rollback took it holds only "pid N"."""
     import fcntl

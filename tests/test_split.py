@@ -202,3 +202,24 @@ def test_a_champion_whose_features_this_engine_cannot_rebuild_is_not_replaced_un
     passing = {"roc_auc": 0.9, "ece": 0.01, "n": 400, "positives": 100}
     gate = next(g for g in check_gates(params.gates, passing, 0.85, check) if g.name == "max_auc_drop_vs_champion")
     assert not gate.passed
+
+
+def test_a_leads_file_ending_months_before_the_activities_is_named_as_the_cause(small_crm_dir, tmp_path, params):
+    """Newer leads missing (a leads file cut short, or exported over fewer months) left the newest
+    periods empty, and the error blamed too little history."""
+    import shutil
+
+    import pytest
+
+    from features.ingest import DataError
+    from training.pipeline import prepare_crm, train_and_register
+
+    export = shutil.copytree(small_crm_dir, tmp_path / "export")
+    leads = pd.read_csv(export / "leads.csv", dtype=str, keep_default_na=False)
+    created = pd.to_datetime(leads["created_at"], errors="coerce", format="mixed")
+    leads[created.isna() | (created < "2025-06-01")].to_csv(export / "leads.csv", index=False)
+    dataset = prepare_crm(export, params)
+    with pytest.raises(DataError, match=r"no lead is first seen after 2025-0[56]-\d\d, yet the export runs to 2025-"):
+        train_and_register(dataset, params, model_name="never-registered")
+    # The whole export splits as before.
+    assert {"train", "valid", "test"} <= set(prepare_crm(small_crm_dir, params).split.assignment)

@@ -163,6 +163,22 @@ class Dataset:
     features_for: Callable[[dict[str, Any], list[str], np.ndarray], pd.DataFrame | None] | None = None
 
 
+def _leads_end_early(keys: pd.DataFrame, export_end: pd.Timestamp | None) -> str | None:
+    """Why the newest periods hold no lead when the leads end long before the other files do
+    (a leads file cut short, or exported over fewer months than the activities), else None."""
+    if not {"lead_id", "as_of"} <= set(keys.columns) or keys.empty:
+        return None
+    newest_lead = keys.groupby("lead_id")["as_of"].min().max()
+    newest = keys["as_of"].max()
+    if export_end is None or newest - newest_lead < pd.Timedelta(days=90):
+        return None
+    return (
+        f"no lead is first seen after {newest_lead.date()}, yet the export runs to {export_end.date()} (the "
+        "newest activity or outcome of its leads): leads.csv ends months before the other files; was it cut "
+        "short or exported over fewer months? Export leads, activities and outcomes over the same dates"
+    )
+
+
 def peak_memory_mb() -> float:
     """Peak resident memory of this process so far."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -428,6 +444,44 @@ def training_leakage_audit(dataset: Dataset, params: Params) -> pd.DataFrame:
     )
 
 
+def check_split(dataset: Dataset, params: Params) -> None:
+    """Enough examples of each class to train on, and each split non-empty with both classes.
+
+    Raises:
+        DataError: what is missing, and the likely cause.
+    """
+    part = dataset.split.assignment
+    check_class_counts(dataset.label[part != ""], params)
+    for name in ("train", "valid", "test"):
+        subset = dataset.label[part == name]
+        if subset.empty:
+            raise DataError(
+                f"the {name} split is empty (split {dataset.split.description}): "
+                + (
+                    _leads_end_early(dataset.keys, dataset.export_end)
+                    or (
+                        f"the dates span too little for a test period of {params.split.test_days} days and a "
+                        f"validation period of {params.split.valid_days} days before it; more history, shorter "
+                        "periods in params.yaml"
+                        + (", or no --time (a stratified holdout)" if dataset.kind == "flat" else "")
+                    )
+                )
+            )
+        if subset.nunique() < 2:
+            raise DataError(
+                f"the {name} split has only one class ({len(subset)} examples; split {dataset.split.description}); "
+                + (
+                    _leads_end_early(dataset.keys, dataset.export_end)
+                    or "more data, or other `split` settings in params.yaml, are needed"
+                    + (
+                        "; if the export usually has both here, check that outcomes.csv was not cut short"
+                        if dataset.kind == "crm"
+                        else ""
+                    )
+                )
+            )
+
+
 def train_and_register(
     dataset: Dataset,
     params: Params,
@@ -469,28 +523,8 @@ def train_and_register(
     model_name = model_name or params.mlflow.model_name
     timings = dict(dataset.timings)
     memory = {"features_mb": peak_memory_mb()}
+    check_split(dataset, params)
     part = dataset.split.assignment
-    check_class_counts(dataset.label[part != ""], params)
-    for name in ("train", "valid", "test"):
-        subset = dataset.label[part == name]
-        if subset.empty:
-            raise DataError(
-                f"the {name} split is empty (split {dataset.split.description}): the dates span too little "
-                f"for a test period of {params.split.test_days} days and a validation period of "
-                f"{params.split.valid_days} days before it; more history, shorter periods in params.yaml"
-                + (", or no --time (a stratified holdout)" if dataset.kind == "flat" else "")
-            )
-        if subset.nunique() < 2:
-            raise DataError(
-                f"the {name} split has only one class ({len(subset)} examples; split {dataset.split.description}); "
-                "more data, or other `split` settings in params.yaml, are needed"
-                + (
-                    "; if the export usually has both here, check that outcomes.csv was not cut short"
-                    if dataset.kind == "crm"
-                    else ""
-                )
-            )
-
     test_label = dataset.label[part == "test"]
     fewest = min(int(test_label.sum()), int((test_label == 0).sum()))
     if fewest < params.gates.min_test_examples_per_class:

@@ -30,6 +30,7 @@ from training.pipeline import (
     EMBEDDED_DIR,
     Dataset,
     Reporter,
+    check_split,
     ensure_embedded_data,
     prepare_crm,
     report_quarantine,
@@ -163,6 +164,10 @@ def recalibrate(
             technologies = list(champion.scorer.spec.settings.get("tech_vocabulary", []))
             rebuilt = dataset.features_for(own_settings, technologies, np.ones(len(dataset.features), dtype=bool))
         champion_features = dataset.features if rebuilt is None else rebuilt
+        try:
+            check_split(dataset, params)
+        except DataError as exc:
+            raise RecalibrationError(str(exc)) from exc
         drift = measure_drift(dataset, champion, params, champion_features)
         summary: dict[str, Any] = {
             # The export's end, not the newest labelled snapshot (a horizon and up to a snapshot
