@@ -7,7 +7,7 @@ import hashlib
 import io
 import re
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from features.clean import (
     canonical_spelling,
     date_order_votes,
     has_value,
+    map_distinct,
     order_from_votes,
     parse_bool,
     parse_number,
@@ -80,9 +81,27 @@ STATUS_SYNONYMS = {
 }
 
 
-def outcome_status(value: object) -> str | None:
-    """converted, lost or open for a CRM's spelling of an outcome; None when it is none of them."""
-    return STATUS_SYNONYMS.get(re.sub(r"[\s\-_/]+", " ", str(value).casefold()).strip())
+def _status_key(value: object) -> str:
+    return re.sub(r"[\s\-_/]+", " ", str(value).casefold()).strip()
+
+
+def outcome_status(value: object, own: Mapping[str, str] | None = None) -> str | None:
+    """converted, lost or open for a CRM's spelling of an outcome; None when it is none of them.
+
+    Args:
+        own: the CRM's own statuses (`data.outcome_statuses`), read before the known spellings.
+    """
+    key = _status_key(value)
+    if own:
+        mine = {_status_key(status): meaning for status, meaning in own.items()}
+        if key in mine:
+            return mine[key]
+    return STATUS_SYNONYMS.get(key)
+
+
+def outcome_statuses(values: pd.Series, own: Mapping[str, str] | None = None) -> pd.Series:
+    """`outcome_status` of each value, worked out once per distinct spelling."""
+    return map_distinct(values, lambda value: outcome_status(value, own))
 
 
 def near_ids(ids: pd.Series, known: pd.Series) -> pd.Series:
@@ -883,7 +902,12 @@ def clean_activities(
 
 
 def clean_outcomes(
-    raw: pd.DataFrame, leads: pd.DataFrame, quarantine: Quarantine, *, day_first: bool | None = None
+    raw: pd.DataFrame,
+    leads: pd.DataFrame,
+    quarantine: Quarantine,
+    *,
+    day_first: bool | None = None,
+    statuses: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """One outcome row per lead; leads the export gives no outcome row are open.
 
@@ -904,12 +928,13 @@ def clean_outcomes(
     quarantine.add("outcomes", out, unknown, reasons)
     out = out[~unknown]
     with_rows = leads["lead_id"].isin(out["lead_id"]) | leads["lead_id"].isin(near)
-    status = out["status"].map(outcome_status)
+    status = outcome_statuses(out["status"], statuses)
     quarantine.add(
         "outcomes",
         out,
         status.isna(),
-        f"status not one of {'/'.join(OUTCOME_STATUSES)}: " + out["status"].astype(str),
+        f"status not one of {'/'.join(OUTCOME_STATUSES)} (or params.yaml data.outcome_statuses): "
+        + out["status"].astype(str),
     )
     out = out.assign(status=status)[status.notna()]
     closed = out["status"] != "open"
@@ -992,7 +1017,9 @@ def export_folder(directory: str | Path) -> Path:
     raise DataError(f"{directory} is a file, not {wanted}{hint}")
 
 
-def load_crm(directory: str | Path, missing_tokens: Iterable[str] = ("",)) -> CrmData:
+def load_crm(
+    directory: str | Path, missing_tokens: Iterable[str] = ("",), statuses: Mapping[str, str] | None = None
+) -> CrmData:
     """Load a CRM export directory holding leads.csv, activities.csv and outcomes.csv.
 
     Bad rows are quarantined with a reason each (see `CrmData.quarantine`), never
@@ -1016,7 +1043,7 @@ def load_crm(directory: str | Path, missing_tokens: Iterable[str] = ("",)) -> Cr
     note_lead_columns(quarantine, paths["leads"].name, lead_columns)
     leads = clean_leads(raw_leads, quarantine, missing_tokens, history=True, day_first=day_first)
     _refuse_without_leads(leads, len(raw_leads), directory, quarantine)
-    outcomes = clean_outcomes(raw_outcomes, leads, quarantine, day_first=day_first)
+    outcomes = clean_outcomes(raw_outcomes, leads, quarantine, day_first=day_first, statuses=statuses)
     leads, left_out = drop_unknown_outcomes(leads, outcomes, quarantine)
     _refuse_without_leads(leads, len(raw_leads), directory, quarantine)
     activities = clean_activities(

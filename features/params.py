@@ -27,6 +27,9 @@ class DataParams(_Frozen):
     embedded_months: int = Field(gt=0)
     min_positive: int = Field(ge=1)
     min_negative: int = Field(ge=1)
+    # A CRM's own outcome statuses, read as converted, lost or open, beside the common
+    # spellings the product knows ("Closed Won", "Unqualified", "Nurture", ...).
+    outcome_statuses: dict[str, Literal["converted", "lost", "open"]] = {}
 
 
 class IcpParams(_Frozen):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from features.ingest import (
     header_separator,
     merge_counted,
     near_ids,
-    outcome_status,
+    outcome_statuses,
     read_text_csv,
     require_columns,
 )
@@ -208,6 +208,7 @@ def read_leads(
     *,
     flat_schema: dict[str, Any] | None = None,
     notes: list[str] | None = None,
+    statuses: Mapping[str, str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """Leads and activities from a CRM export folder (its open leads only, when it has
     outcomes), or a leads file plus an optional activities file.
@@ -217,6 +218,7 @@ def read_leads(
             id column it was trained with, or by row number (1, 2, ...) as in training.
         notes: gets what the user should hear: outcome rows that could not be read, whose
             leads are scored as open.
+        statuses: the CRM's own outcome statuses (`data.outcome_statuses`).
 
     Returns:
         Leads, activities, and how many closed leads were left out.
@@ -231,7 +233,9 @@ def read_leads(
         acts_path = activities or source / TABLE_FILES["activities"]
         outcomes_path = source / TABLE_FILES["outcomes"]
         if outcomes_path.is_file() and "lead_id" in leads:
-            closed_ids = closed_lead_ids(outcomes_path, leads["lead_id"], notes, as_contract=as_contract)
+            closed_ids = closed_lead_ids(
+                outcomes_path, leads["lead_id"], notes, as_contract=as_contract, statuses=statuses
+            )
             all_ids = leads["lead_id"]
             is_closed = leads["lead_id"].astype(str).str.strip().isin(closed_ids)
             closed = int(is_closed.sum())
@@ -277,7 +281,12 @@ def read_leads(
 
 
 def closed_lead_ids(
-    outcomes_path: Path, lead_ids: pd.Series | None, notes: list[str] | None, *, as_contract: bool = True
+    outcomes_path: Path,
+    lead_ids: pd.Series | None,
+    notes: list[str] | None,
+    *,
+    as_contract: bool = True,
+    statuses: Mapping[str, str] | None = None,
 ) -> frozenset[str]:
     """The ids (stripped) of the leads an export's outcomes file closes, as converted or lost, in
     the spellings training accepts ("Won", "Closed Lost", ...); a lead with any closed row is
@@ -285,7 +294,7 @@ def closed_lead_ids(
     naming no lead of `lead_ids` (not checked when None)."""
     outcomes = _contract_table(read_table(outcomes_path), "outcomes", as_contract)
     require_columns(outcomes.columns, OUTCOME_REQUIRED, str(outcomes_path))
-    status = outcomes["status"].map(outcome_status)
+    status = outcome_statuses(outcomes["status"], statuses)
     if notes is not None:
         notes.extend(_unread_outcomes(outcomes, status, lead_ids))
     return frozenset(outcomes.loc[status.isin(["converted", "lost"]), "lead_id"].astype(str).str.strip())
@@ -368,7 +377,7 @@ def _unread_outcomes(outcomes: pd.DataFrame, status: pd.Series, lead_ids: pd.Ser
         shown = ", ".join(f"{value!r} {n:,}" for value, n in spellings.items())
         said.append(
             f"outcomes.csv: {int(unread.sum()):,} row(s) with a status not read as converted, lost or open ({shown}): "
-            "their leads are scored as open"
+            "their leads are scored as open (a CRM's own statuses can be named in params.yaml data.outcome_statuses)"
         )
     if lead_ids is None:
         return said

@@ -120,10 +120,15 @@ def test_an_export_folder_scores_only_its_open_leads_whatever_the_status_spellin
     assert leads["lead_id"].tolist() == ["D", "E", "F", "G"] and closed == 3
     assert notes[0] == (
         "outcomes.csv: 1 row(s) with a status not read as converted, lost or open ('Pending review' 1): "
-        "their leads are scored as open"
+        "their leads are scored as open (a CRM's own statuses can be named in params.yaml data.outcome_statuses)"
     )
     assert notes[1].startswith("outcomes.csv: 2 row(s) name no lead of leads.csv; 1 match a lead but for case")
     assert "(e.g. 'e' for 'E')" in notes[1] and len(notes) == 2
+    # Named as the CRM's own, it closes its lead (and a known spelling can be read otherwise).
+    own = {"pending  REVIEW": "lost", "closed/won": "open"}
+    own_notes: list[str] = []
+    leads, _, closed = read_leads(tmp_path, None, notes=own_notes, statuses=own)
+    assert leads["lead_id"].tolist() == ["B", "E", "F", "G"] and closed == 3 and len(own_notes) == 1
     # Activities whose ids differ from a lead's only by case or leading zeros are named, not left
     # out unsaid; those of a closed lead (B) or of no lead at all (X) are not the user's mistake.
     pd.DataFrame(

@@ -105,6 +105,30 @@ def test_headers_are_matched_to_the_contract_whatever_their_case_and_unused_ones
     assert "outcomes.csv: 'Status' read as status" in notes
 
 
+def test_a_crms_own_outcome_statuses_are_read_as_params_name_them(tmp_path):
+    _write(
+        tmp_path,
+        {"lead_id": ["A", "B", "C", "D"], "created_at": ["2025-01-01"] * 4},
+        {"lead_id": ["A"], "occurred_at": ["2025-01-05"], "activity_type": ["web_visit"]},
+        {
+            "lead_id": ["A", "B", "C", "D"],
+            "status": ["Enrolled", "Junk - lead", "Call back", "won"],
+            "closed_at": ["2025-02-01"] * 4,
+        },
+    )
+    unread = load_crm(tmp_path).quarantine.frame()
+    assert unread.loc[unread["table"] == "outcomes", "reason"].tolist() == [
+        f"status not one of converted/lost/open (or params.yaml data.outcome_statuses): {status}"
+        for status in ("Enrolled", "Junk - lead", "Call back")
+    ]
+    own = {"enrolled": "converted", "JUNK LEAD": "lost", "call_back": "open"}
+    crm = load_crm(tmp_path, statuses=own)
+    assert crm.outcomes.set_index("lead_id")["status"].to_dict() == {
+        "A": "converted", "B": "lost", "C": "open", "D": "converted"
+    }  # fmt: skip
+    assert crm.quarantine.frame().empty
+
+
 def test_numeric_dates_are_read_in_one_order_for_the_whole_export(tmp_path):
     # Only an activity says the export is day first; the leads' dates alone could be either.
     _write(

@@ -900,7 +900,9 @@ def score(
         if flat_schema is not None and activities is not None:
             _fail(f"{model.name} is a flat model: it reads one row per lead, no --activities")
         read_notes: list[str] = []
-        leads, acts, closed = read_leads(source, activities, flat_schema=flat_schema, notes=read_notes)
+        leads, acts, closed = read_leads(
+            source, activities, flat_schema=flat_schema, notes=read_notes, statuses=params.data.outcome_statuses
+        )
         absent = absent_columns_note(model, leads.columns)
         for note in [*read_notes, *([absent] if absent else [])]:
             console.print(f"[yellow]{escape(note)}[/yellow]")
@@ -1083,7 +1085,9 @@ def _score_on_dask(
     if source.is_dir():
         if (source / TABLE_FILES["outcomes"]).is_file():  # its open leads, as the local engine scores
             try:
-                closed = closed_lead_ids(source / TABLE_FILES["outcomes"], None, notes)
+                closed = closed_lead_ids(
+                    source / TABLE_FILES["outcomes"], None, notes, statuses=params.data.outcome_statuses
+                )
             except DataError as exc:
                 _fail(str(exc))
         activities = activities or source / TABLE_FILES["activities"]

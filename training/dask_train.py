@@ -188,7 +188,9 @@ def prepare_crm_on_dask(
     lead_columns = lead_columns_with_values(raw_leads, params.flat.missing_tokens)
     note_lead_columns(quarantine, paths["leads"].name, lead_columns)
     leads = clean_leads(raw_leads, quarantine, params.flat.missing_tokens, history=True, day_first=day_first)
-    outcomes = clean_outcomes(raw_outcomes, leads, quarantine, day_first=day_first)
+    outcomes = clean_outcomes(
+        raw_outcomes, leads, quarantine, day_first=day_first, statuses=params.data.outcome_statuses
+    )
     leads, left_out = drop_unknown_outcomes(leads, outcomes, quarantine)
     leads = leads.drop(columns="_row")
 

@@ -229,7 +229,7 @@ def prepare_crm(
         window_days: keep only snapshots in the trailing window of this many days.
     """
     started = time.perf_counter()
-    crm = load_crm(directory, params.flat.missing_tokens)
+    crm = load_crm(directory, params.flat.missing_tokens, params.data.outcome_statuses)
     if as_of is not None:
         crm = as_of_view(crm, as_of)
     loaded = time.perf_counter()
