@@ -35,8 +35,10 @@ def _alive(recorded: str) -> bool | None:
         return None
     try:
         return _process_of(int(pid)) == recorded
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):  # gone, or dead and not yet reaped
         return False
+    except psutil.AccessDenied:  # another user's process: it runs, whatever it is
+        return None
 
 
 def end_abandoned_runs(experiment_id: str) -> list[mlflow.entities.Run]:
