@@ -293,8 +293,9 @@ def test_a_recalibration_stopped_by_sigterm_says_so_where_a_scheduler_looks(expo
 
     import mlflow
 
-    def running() -> int:
-        return len(mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'RUNNING'"))
+    def running() -> set[str]:  # ids: an earlier test's run left RUNNING may be ended meanwhile
+        found = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'RUNNING'")
+        return set(found["run_id"])
 
     already = running()
     cli = str(Path(sys.executable).parent / "leadscore")
@@ -307,9 +308,10 @@ def test_a_recalibration_stopped_by_sigterm_says_so_where_a_scheduler_looks(expo
     job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.time() + 180
-        while running() == already and job.poll() is None and time.time() < deadline:
+        while not running() - already and job.poll() is None and time.time() < deadline:
             time.sleep(0.5)
         assert job.poll() is None, job.communicate()
+        started = running() - already
         assert json.loads((report / "summary.json").read_text())["decision"] == "running"  # not the old one
         job.send_signal(signal.SIGTERM)
         stdout, stderr = job.communicate(timeout=120)
@@ -323,7 +325,7 @@ def test_a_recalibration_stopped_by_sigterm_says_so_where_a_scheduler_looks(expo
     assert re.search(r"\d\d:\d\d:\d\dZ error: recalibration stopped by SIGTERM", stderr), stderr
     recorded = json.loads((report / "summary.json").read_text())
     assert recorded["decision"] == "stopped" and recorded["exit_code"] == 128 + signal.SIGTERM
-    assert running() == already  # its MLflow run ended (FAILED), not left RUNNING
+    assert started and not started & running()  # its MLflow run ended (FAILED), not left RUNNING
 
 
 def test_a_run_whose_process_was_killed_is_ended_by_the_next_run(export, settings, params_file, champion, tmp_path):
@@ -354,7 +356,7 @@ def test_a_run_whose_process_was_killed_is_ended_by_the_next_run(export, setting
     )
     try:
         deadline = time.time() + 180
-        while len(running()) == len(already) and job.poll() is None and time.time() < deadline:
+        while not set(running()) - set(already) and job.poll() is None and time.time() < deadline:
             time.sleep(0.2)
         assert job.poll() is None, job.communicate()
         job.send_signal(signal.SIGKILL)

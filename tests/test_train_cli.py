@@ -670,3 +670,41 @@ def test_flags_in_help_show_no_type_placeholder():
         result = runner.invoke(cli.app, args, env={"COLUMNS": "120"})
         assert result.exit_code == 0 and "Show this message" in result.output, args
         assert "<bool>" not in result.output, args
+
+
+def test_sigterm_inside_a_database_call_waits_for_the_call_to_end():
+    """Raised inside a sqlite read, SIGTERM left the read open: ending the MLflow run then found
+    the store locked, the run stayed RUNNING and the command exited 2, not 143."""
+    import os
+    import signal
+    import sqlite3
+    import time
+
+    from training import cli
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        cli._fail_cleanly_on_sigterm()
+        scope: dict = {}
+        source = "def call(stop):\n    stop()\n    t = time.time()\n    while time.time() - t < 0.3:\n        pass\n"
+        exec(compile(source + "    return 'done'\n", f"{os.sep}lib{os.sep}sqlalchemy{os.sep}orm.py", "exec"),
+             {"time": time}, scope)  # fmt: skip
+        finished = []
+        with pytest.raises(cli.Terminated):
+            finished.append(scope["call"](lambda: os.kill(os.getpid(), signal.SIGTERM)))
+            time.sleep(2)  # the signal comes back once the call is over
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert finished == ["done"]  # the call was not cut short
+    # Whatever failed on the way out (ending the run), the command was stopped by SIGTERM.
+    try:
+        try:
+            raise cli.Terminated("stopped by SIGTERM")
+        except cli.Terminated:
+            try:
+                raise sqlite3.OperationalError("database is locked")
+            except sqlite3.OperationalError as locked:
+                raise RuntimeError("could not end the run") from locked
+    except RuntimeError as exc:
+        assert str(cli._sigterm_behind(exc)) == "stopped by SIGTERM"
+    assert cli._sigterm_behind(ValueError("no signal")) is None

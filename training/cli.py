@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -533,6 +534,8 @@ def train(
     except Exception as exc:  # an unexpected failure still gets a one-line message
         from features.tracking import server_lost
 
+        if stopped := _sigterm_behind(exc):
+            _fail(f"training {stopped}; the champion is unchanged", code=EXIT_TERMINATED)
         if os.environ.get("LEADSCORE_DEBUG"):
             raise
         _fail(
@@ -1175,10 +1178,48 @@ def _fail_cleanly_on_sigterm() -> None:
     once, silent, its run left RUNNING and the report folder holding an earlier decision)."""
 
     def stop(signum: int, frame: Any) -> None:
+        if _in_database_call(frame):
+            # Raised inside a database call, the exception left its read open, which locked the
+            # sqlite store: ending the MLflow run then failed ("database is locked"), the run
+            # stayed RUNNING and the exit was 2. The signal comes back once the call is over.
+            again = threading.Timer(SIGTERM_RETRY_SECONDS, os.kill, (os.getpid(), signal.SIGTERM))
+            again.daemon = True
+            again.start()
+            return
         raise Terminated("stopped by SIGTERM (a timeout or a cancel)")
 
     with contextlib.suppress(ValueError):  # not the main thread (a test's runner): left as it is
         signal.signal(signal.SIGTERM, stop)
+
+
+SIGTERM_RETRY_SECONDS = 0.05
+# A sqlite or SQL tracking store's calls (short); not an HTTP call to a tracking server, which
+# may wait minutes on a server that is down and is safe to interrupt.
+DATABASE_CODE = f"{os.sep}sqlalchemy{os.sep}"
+
+
+def _in_database_call(frame: Any) -> bool:
+    while frame is not None:
+        if DATABASE_CODE in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _sigterm_behind(exc: BaseException) -> Terminated | None:
+    """The SIGTERM an exception was raised while handling (ending the MLflow run failed as the
+    command stopped): the command was stopped, whatever failed on the way out."""
+    seen: set[int] = set()
+    waiting: list[BaseException | None] = [exc]
+    while waiting:
+        current = waiting.pop()
+        if current is None or id(current) in seen:
+            continue
+        if isinstance(current, Terminated):
+            return current
+        seen.add(id(current))
+        waiting += [current.__cause__, current.__context__]
+    return None
 
 
 def _record_failure(report_dir: Path | None, message: str, code: int | None) -> None:
@@ -1265,6 +1306,8 @@ def recalibrate(
     except OSError as exc:
         failed(f"recalibration stopped, the champion is unchanged: {_os_error_text(exc)}")
     except Exception as exc:  # e.g. the tracking server down half-way: the champion is untouched
+        if stopped := _sigterm_behind(exc):
+            failed(f"recalibration {stopped}; the champion is unchanged", code=EXIT_TERMINATED)
         if os.environ.get("LEADSCORE_DEBUG"):
             raise
         failed(f"recalibration stopped, the champion is unchanged: {type(exc).__name__}: {exc}")
