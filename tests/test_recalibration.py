@@ -328,7 +328,9 @@ def test_a_recalibration_stopped_by_sigterm_says_so_where_a_scheduler_looks(expo
     assert started and not started & running()  # its MLflow run ended (FAILED), not left RUNNING
 
 
-def test_a_run_whose_process_was_killed_is_ended_by_the_next_run(export, settings, params_file, champion, tmp_path):
+def test_a_run_whose_process_was_killed_is_ended_by_the_next_run(
+    export, settings, params_file, fresh_champion, tmp_path
+):
     """`kill -9` (or the out-of-memory killer) left the MLflow run RUNNING for ever; the next
     run on the machine ends it, with its trial runs, and leaves runs of live processes alone."""
     import signal
@@ -352,7 +354,7 @@ def test_a_run_whose_process_was_killed_is_ended_by_the_next_run(export, setting
     env = {**os.environ, "LEADSCORE_PARAMS": str(params_file("recalibrate-kill.yaml", **settings))}
     command = [cli, "recalibrate", "--data", str(export), "--report-dir", str(tmp_path / "killed"), "--dry-run"]
     job = subprocess.Popen(
-        [*command, "--model-name", MODEL], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+        [*command, "--model-name", fresh_champion], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
     )
     try:
         deadline = time.time() + 180
@@ -379,7 +381,8 @@ def test_a_run_whose_process_was_killed_is_ended_by_the_next_run(export, setting
         experiment, tags={PROCESS_TAG: f"not-{socket.gethostname()} {job.pid} 1.00"}
     ).info.run_id
 
-    recalibrate(load_params(**settings), model_name=MODEL, data=export, as_of=LATER, dry_run=True,
+    # A champion of its own: the module's may have been recalibrated up to LATER already.
+    recalibrate(load_params(**settings), model_name=fresh_champion, data=export, as_of=LATER, dry_run=True,
                 report_dir=tmp_path / "next")  # fmt: skip
 
     for run_id in orphans:
