@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 from pydantic import TypeAdapter
 
@@ -209,6 +210,9 @@ def test_two_services_on_one_machine_count_their_own_requests(champion_store, tm
                 assert httpx.post(f"{url}/score", json=body, timeout=30).status_code == 200
             assert _score_requests_counted(httpx.get(f"{url}/metrics").text) == 5
             assert _score_requests_counted(httpx.get(f"{other}/metrics").text) == 1
+            # Each worker runs with two malloc arenas (memory crept up in idle ones without).
+            workers = psutil.Process(first.pid).children(recursive=True)
+            assert workers and {w.environ().get("MALLOC_ARENA_MAX") for w in workers} == {"2"}
         finally:
             _stop(second)
     finally:
