@@ -527,6 +527,9 @@ def model_view(model: LoadedModel, snapshot: Snapshot | None = None) -> dict:
         "summary_chart": shap_summary(model, snapshot),
         "criteria": _criteria_rows(model),
         "grade_bands": list((meta.get("grade_bands") or {}).items()),
+        # Set by `leadscore criteria --apply`: the model of an earlier version under other rules.
+        "rules_from": (meta.get("rules") or {}).get("from_version"),
+        "rules_applied_at": str((meta.get("rules") or {}).get("applied_at", ""))[:16].replace("T", " "),
     }
 
 

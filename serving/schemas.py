@@ -202,6 +202,11 @@ class ModelInfo(BaseModel):
     calibration: str | None = Field(examples=["sigmoid"])
     criteria: dict[str, Any] | None = Field(description="The MQL/SQL rules and disqualifications (params.yaml)")
     grade_bands: dict[str, float] | None = Field(description="Each grade's lowest score, best first")
+    rules: dict[str, Any] | None = Field(
+        None,
+        description="Set when `leadscore criteria --apply` put these criteria and grade bands on the model of an "
+        "earlier version: from_version, applied_at, changes; null for a version as trained",
+    )
     data_hash: str | None
     git_commit: str | None
 

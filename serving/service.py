@@ -469,6 +469,7 @@ class LeadScoring:
             "calibration": meta.get("calibration"),
             "criteria": meta.get("criteria"),
             "grade_bands": meta.get("grade_bands"),
+            "rules": meta.get("rules"),
             "data_hash": meta.get("data_hash"),
             "git_commit": meta.get("git_commit"),
         }

@@ -123,6 +123,11 @@ def champion_store(small_crm_dir: Path, tmp_path_factory: pytest.TempPathFactory
         metrics = train_and_register(prepare_crm(small_crm_dir, params), params, model_name=CHAMPION_NAME)
         assert metrics["promoted"], metrics["gates"]
     finally:
+        # Training pointed MLflow's process-wide URI at this store, which wins over the variable:
+        # the test this fixture was set up for would otherwise read this store whatever it sets.
+        import mlflow
+
+        mlflow.set_tracking_uri(None)
         os.environ["MLFLOW_TRACKING_URI"] = previous
     return uri
 

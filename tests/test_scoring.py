@@ -170,10 +170,8 @@ def test_loading_a_model_again_leaves_no_module_behind(champion_store, monkeypat
     service swapping champions kept one per swap."""
     import sys
 
-    from tests.conftest import CHAMPION_NAME
-
     monkeypatch.setenv("MLFLOW_TRACKING_URI", champion_store)
     before = {name for name in sys.modules if name.startswith("code_model_")}
     for _ in range(3):
-        scoring.load_champion(CHAMPION_NAME)
+        scoring.load_champion("svc-model")  # as the `champion_store` fixture registers it
     assert {name for name in sys.modules if name.startswith("code_model_")} == before

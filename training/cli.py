@@ -1387,6 +1387,152 @@ def rollback(
 
 
 @app.command()
+def criteria(
+    apply: Annotated[
+        bool,
+        typer.Option(
+            "--apply",
+            help="Register the champion's model with params.yaml's rules as a new version and make it the champion "
+            "(the current one becomes @previous)",
+        ),
+    ] = False,
+    model_name: Annotated[str | None, typer.Option("--model-name", help=MODEL_NAME_HELP)] = None,
+) -> None:
+    """Compare the champion's qualification rules and grade bands with params.yaml's, and show what
+    they would change on the latest kept scoring; --apply puts them into service without retraining.
+
+    The new version holds the champion's very model, so scores stay as they are; only stages,
+    grades and next actions move. `leadscore rollback` undoes it. Exits 0 when shown or applied
+    (or nothing differs), 2 when it cannot, 3 while a training run, recalibration or rollback
+    holds the lock or when the champion moved meanwhile, 143 when stopped by SIGTERM."""
+    from mlflow.exceptions import MlflowException
+
+    from features.tracking import lock_path, shown_uri, tracking_uri
+    from serving.scoring import ModelNotReady, load_champion
+    from serving.snapshots import latest_two
+    from training.recalibrate import EXIT_LOCKED, RecalibrationError, exclusive
+    from training.register import ChampionMoved
+    from training.rules import (
+        effect_on,
+        proposed_rules,
+        register_with_rules,
+        retrain_only_changes,
+        rule_differences,
+        with_rules,
+    )
+
+    _quiet_libraries()
+    params = _params()
+    name = _model_name(model_name, params)
+    if apply:
+        _check_model_folders(reads_models=True)
+    else:
+        _check_registry(reads_models=True)
+    try:
+        with console.status("Loading the champion"):
+            model = load_champion(name)
+    except ModelNotReady as exc:
+        _fail(str(exc))
+    rules, bands = proposed_rules(model, params)
+    changes = rule_differences(model, rules, bands)
+    source = os.environ.get("LEADSCORE_PARAMS") or "params.yaml"
+    for change in retrain_only_changes(model, params):
+        console.print(f"[yellow]{escape(str(change))}: the ideal customer profile is a feature (icp_match), which "
+                      "only training changes (`leadscore train` or `leadscore recalibrate`)[/yellow]")  # fmt: skip
+    if not changes:
+        console.print(f"{name} v{model.version} (@champion) already qualifies and grades by the rules of {source}: "
+                      "nothing to apply")  # fmt: skip
+        return
+    table = Table(title=f"Rules of {name} v{model.version} (@champion) and of {source}")
+    table.add_column("rule")
+    table.add_column(f"v{model.version}")
+    table.add_column(source)
+    for change in changes:
+        table.add_row(change.name, escape(_shown_rule(change.old)), escape(_shown_rule(change.new)))
+    console.print(table)
+    proposed = with_rules(model, rules, bands)
+    latest, _ = latest_two(model_name=name)
+    effect = None
+    if latest is None:
+        console.print(f"[dim]No kept scoring of {name} to show the effect on (`leadscore score` keeps one).[/dim]")
+    else:
+        with console.status(f"Scoring the {len(latest.scores):,} leads of the latest kept scoring under both rules"):
+            effect = effect_on(latest, model, proposed)
+        _print_effect(effect, latest, model.version)
+    if not apply:
+        console.print(
+            "Nothing changed. `leadscore criteria --apply` registers this model with these rules as a new version "
+            "and makes it the champion (`leadscore rollback` undoes it)."
+        )
+        return
+    _fail_cleanly_on_sigterm()
+    try:
+        with exclusive(lock_path(params.recalibration.lock_file), job="criteria"):
+            version, was = register_with_rules(model, rules, bands, changes, params, RichReporter())
+    except RecalibrationError as exc:
+        _fail(f"{exc}: nothing applied; try again after it finishes", code=exc.exit_code)
+    except ChampionMoved as exc:
+        _fail(str(exc), code=EXIT_LOCKED)
+    except Terminated as exc:
+        _fail(f"criteria {exc}; the champion is unchanged", code=EXIT_TERMINATED)
+    except (MlflowException, OSError) as exc:
+        if stopped := _sigterm_behind(exc):
+            _fail(f"criteria {stopped}; the champion is unchanged", code=EXIT_TERMINATED)
+        _fail(f"registry {shown_uri(tracking_uri())} not usable, the champion is unchanged: {exc}")
+    console.print(
+        f"{name}: version {version} (v{was}'s model with the rules of {source}) is @champion; v{was} is @previous "
+        f"(`leadscore rollback` undoes this). A running service takes it within {params.service.reload_seconds:g} s, "
+        "or at once on POST /reload."
+    )
+    if effect is not None:
+        from serving.snapshots import write_snapshot
+
+        meta = {**latest.meta, "model_version": version, "rescored_for_rules_of": str(latest.path.name)}
+        meta.pop("written_at", None)
+        try:
+            kept = write_snapshot(effect.new.assign(model_version=version), latest.leads, latest.activities, meta)
+        except OSError as exc:
+            said = escape(_os_error_text(exc))
+            console.print(f"[yellow]the pages keep showing the latest scoring's stages until `leadscore score` runs "
+                          f"again: its copy under the new rules could not be written ({said})[/yellow]")  # fmt: skip
+        else:
+            console.print(f"The pages show the same leads under the new rules: {kept}")
+
+
+def _shown_rule(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _print_effect(effect: Any, latest: Any, version: str) -> None:
+    """Stage and grade counts of the kept scoring's leads now and under the new rules."""
+    scored_by = latest.meta.get("model_version")
+    other = f"; that scoring was made by v{scored_by}, both columns here by v{version}" if scored_by != version else ""
+    console.print(
+        f"On the {len(effect.now):,} leads of the latest kept scoring (as of {latest.as_of}{other}); scores stay as "
+        "they are:"
+    )
+    for column in ("stage", "grade"):
+        counts = effect.counts(column)
+        table = Table()
+        table.add_column(column)
+        table.add_column("now", justify="right")
+        table.add_column("new rules", justify="right")
+        for value, row in counts.iterrows():
+            table.add_row(escape(str(value)), f"{row['now']:,}", f"{row['new']:,}")
+        console.print(table)
+        moves = effect.moves(column)
+        if len(moves):
+            shown = ", ".join(f"{move} {n:,}" for move, n in moves.head(6).items())
+            console.print(f"{int(moves.sum()):,} leads change {column}: {escape(shown)}")
+        else:
+            console.print(f"no lead changes {column}")
+
+
+@app.command()
 def report(
     leads_file: Annotated[
         Path, typer.Option("--leads", help="Lead ids: a text file (one per line) or a CSV with lead_id", **GIVEN_PATH)

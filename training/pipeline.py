@@ -184,6 +184,33 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def use_experiment(params: Params, reporter: Reporter) -> None:
+    """Point MLflow at the configured store and experiment (created with the project's artifact
+    root), and end the runs a killed process of this machine left RUNNING there."""
+    mlflow.set_tracking_uri(tracking_uri())
+    if mlflow.get_experiment_by_name(params.mlflow.experiment) is None:
+        mlflow.create_experiment(params.mlflow.experiment, artifact_location=artifact_root())
+    experiment = mlflow.set_experiment(params.mlflow.experiment)
+    for abandoned in end_abandoned_runs(experiment.experiment_id):
+        reporter.warn(
+            f"MLflow run {abandoned.info.run_name} ({abandoned.info.run_id}) stayed RUNNING after its process stopped "
+            "(killed, or out of memory): marked KILLED"
+        )
+
+
+def run_tags(commit: str, dirty: bool) -> dict[str, str]:
+    """Tags of every run that registers a model: the process running it and the code's commit
+    (`git_commit()`)."""
+    return {
+        PROCESS_TAG: this_process(),
+        "git.commit": commit,
+        # The code that ran is the commit plus these changes: not reproducible from it.
+        "git.uncommitted_changes": str(dirty).lower(),
+        # MLflow's own tag, which its UI shows as the run's source version.
+        "mlflow.source.git.commit": commit,
+    }
+
+
 def git_commit() -> tuple[str, bool]:
     """The project's commit and whether tracked files differ from it; ("unknown", False) when
     the project is not its own git checkout (an archive, maybe inside another repository)."""
@@ -381,8 +408,12 @@ def flat_criteria(params: Params, held_out_probability: np.ndarray) -> dict[str,
     flat label has no horizon (nearly every lead of `Leads.csv` reached it), and a flat model's
     fit and engagement ranks come from columns grouped by their names.
     """
-    criteria = params.criteria.model_dump(mode="json")
     mql_score = top_share_threshold(score_from_probability(held_out_probability), params.flat.mql_top_share)
+    return flat_rules(params.criteria.model_dump(mode="json"), mql_score)
+
+
+def flat_rules(criteria: dict[str, Any], mql_score: float) -> dict[str, Any]:
+    """The params file's `criteria` (as a dict) for a flat model whose MQL score is `mql_score`."""
     criteria["mql"].update(min_score=mql_score, min_fit=None, min_engagement=None, hand_raise_qualifies=False)
     criteria["sql"]["min_score"] = max(criteria["sql"]["min_score"], mql_score)
     return criteria
@@ -558,30 +589,11 @@ def train_and_register(
     frames = {name: to_model_frame(dataset.features[mask], spec) for name, mask in masks.items()}
     labels = {name: dataset.label[mask].to_numpy() for name, mask in masks.items()}
 
-    mlflow.set_tracking_uri(tracking_uri())
-    if mlflow.get_experiment_by_name(params.mlflow.experiment) is None:
-        mlflow.create_experiment(params.mlflow.experiment, artifact_location=artifact_root())
-    experiment = mlflow.set_experiment(params.mlflow.experiment)
-    for abandoned in end_abandoned_runs(experiment.experiment_id):
-        reporter.warn(
-            f"MLflow run {abandoned.info.run_name} ({abandoned.info.run_id}) stayed RUNNING after its process stopped "
-            "(killed, or out of memory): marked KILLED"
-        )
+    use_experiment(params, reporter)
     commit, dirty = git_commit()
     with mlflow.start_run(run_name=f"train-{dataset.kind}") as run:
-        mlflow.set_tags(
-            {
-                PROCESS_TAG: this_process(),
-                "data.source": dataset.source,
-                "data.hash": dataset.data_hash,
-                "git.commit": commit,
-                # The code that ran is the commit plus these changes: not reproducible from it.
-                "git.uncommitted_changes": str(dirty).lower(),
-                # MLflow's own tag, which its UI shows as the run's source version.
-                "mlflow.source.git.commit": commit,
-                "data.kind": dataset.kind,
-            }
-        )
+        tags = {"data.source": dataset.source, "data.hash": dataset.data_hash, "data.kind": dataset.kind}
+        mlflow.set_tags({**run_tags(commit, dirty), **tags})
         mlflow.log_params({f"tuning.{k}": v for k, v in params.tuning.model_dump().items() if k != "search_space"})
         # The settings that decide what is trained and promoted, searchable; all of them as a file.
         for section in ("gates", "split", "features", "calibration", "leakage"):

@@ -37,6 +37,7 @@ from training.pipeline import (
     train_and_register,
 )
 from training.register import CHALLENGER, CHAMPION, ChampionMoved, promote
+from training.rules import differences
 from training.thresholds import f1_threshold, grade_bands, precision_threshold, top_share_threshold
 
 # Exit codes a scheduler can act on; every decision (promoted, kept the champion, dry run,
@@ -64,6 +65,7 @@ LOCK_HOLDERS = {
     "rollback": "a rollback",
     "train": "`leadscore train`",
     "notebook": "a notebook training or promoting a model",
+    "criteria": "`leadscore criteria --apply`",
 }
 
 
@@ -336,17 +338,8 @@ def new_thresholds(scores: np.ndarray, label: np.ndarray, champion: LoadedModel,
 
 def rule_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "criteria") -> list[str]:
     """`key: old → new` for each rule that differs, the recomputed score thresholds aside."""
-    changes = []
-    for key in sorted(set(old) | set(new)):
-        name = f"{prefix}.{key}"
-        if name in ("criteria.mql.min_score", "criteria.sql.min_score"):
-            continue
-        before, after = old.get(key), new.get(key)
-        if isinstance(before, dict) and isinstance(after, dict):
-            changes += rule_changes(before, after, name)
-        elif json.dumps(before) != json.dumps(after):
-            changes.append(f"{name}: {json.dumps(before)} → {json.dumps(after)}")
-    return changes
+    recomputed = ("criteria.mql.min_score", "criteria.sql.min_score")
+    return [str(change) for change in differences(old, new, prefix) if change.name not in recomputed]
 
 
 def compare(

@@ -1,0 +1,129 @@
+"""`leadscore criteria`: the champion's rules against the params file's, what they would change on
+the latest kept scoring, and `--apply` putting them into service on the same model."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from features.params import load_params
+from features.tracking import lock_path
+from serving.pages import model_view, render
+from serving.scoring import load_champion
+from serving.snapshots import list_snapshots, load_snapshot
+from training.recalibrate import exclusive
+from training.rules import RULES_FROM_TAG, proposed_rules
+
+pytestmark = pytest.mark.slow
+CHAMPION_NAME = "svc-model"  # as the `champion_store` fixture registers it
+CLI = str(Path(sys.executable).parent / "leadscore")
+AS_OF = "2025-12-15"
+STRICT = {"criteria.mql.min_score": 90, "criteria.sql.min_score": 95, "grades.A": 45,
+          "criteria.next_actions.MQL": "Call within 2 days"}  # fmt: skip
+
+
+@pytest.fixture
+def registry(champion_store, tmp_path, monkeypatch) -> Path:
+    """A copy of the shared champion's registry (applying rules must not move the shared
+    champion), with a scores folder of its own."""
+    copy = tmp_path / "mlflow.db"
+    shutil.copy(champion_store.removeprefix("sqlite:///"), copy)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{copy}")
+    monkeypatch.setenv("LEADSCORE_SCORES_DIR", str(tmp_path / "scores"))
+    monkeypatch.setenv("LEADSCORE_MODEL_NAME", CHAMPION_NAME)
+    return tmp_path / "scores"
+
+
+def _run(*args: str, params: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LEADSCORE_PARAMS": str(params), "COLUMNS": "200"}
+    return subprocess.run([CLI, *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def _aliases() -> dict[str, str]:
+    aliases = MlflowClient().get_registered_model(CHAMPION_NAME).aliases
+    return {alias: str(version) for alias, version in aliases.items()}
+
+
+def test_criteria_shows_the_change_then_applies_it_on_the_same_model(registry, params_file, small_crm_dir, tmp_path):
+    strict = params_file("strict-rules.yaml", **STRICT)
+    before = _aliases()
+    old = before["champion"]
+
+    shown = _run("criteria", params=strict)
+    assert shown.returncode == 0, shown.stderr
+    for rule in ("criteria.mql.min_score", "criteria.sql.min_score", "criteria.next_actions.MQL", "grades.A"):
+        assert rule in shown.stdout
+    assert "No kept scoring" in shown.stdout and "Nothing changed" in shown.stdout
+    assert _aliases() == before
+
+    scored = _run("score", str(small_crm_dir), "-o", str(tmp_path / "s.csv"), "--as-of", AS_OF, "--snapshot",
+                  params=strict)  # fmt: skip
+    assert scored.returncode == 0, scored.stderr
+    kept = load_snapshot(list_snapshots(registry)[-1])
+    mql_now = int((kept.scores["stage"] == "MQL").sum())
+    assert mql_now > 0  # the change below has something to move
+
+    shown = _run("criteria", params=strict)
+    assert shown.returncode == 0, shown.stderr
+    assert f"On the {len(kept.scores):,} leads of the latest kept scoring" in shown.stdout
+    assert "MQL → nurture" in shown.stdout and _aliases() == before
+
+    applied = _run("criteria", "--apply", params=strict)
+    assert applied.returncode == 0, applied.stderr
+    after = _aliases()
+    new = after["champion"]
+    assert new != old and after["previous"] == old, applied.stdout
+    assert f"version {new} (v{old}'s model" in applied.stdout
+
+    # The very model of the old champion, under the params file's rules.
+    was, now = load_champion(CHAMPION_NAME, version=old), load_champion(CHAMPION_NAME)
+    assert now.scorer.booster.model_to_string() == was.scorer.booster.model_to_string()
+    assert now.scorer.calibrator.to_dict() == was.scorer.calibrator.to_dict()
+    assert now.scorer.spec == was.scorer.spec
+    params = load_params(strict)
+    assert now.criteria == params.criteria and now.scorer.metadata["grade_bands"] == params.grades
+    assert now.scorer.metadata["rules"]["from_version"] == old
+    assert "by_grade" not in now.scorer.metadata["evaluation"]  # measured with the old bands
+    assert MlflowClient().get_model_version(CHAMPION_NAME, new).tags[RULES_FROM_TAG] == old
+    page = render("model.html", static=True, title="Model", m=model_view(now))
+    assert f"the model of version {old}, with the qualification criteria and grade bands below since" in page
+    assert "the model of version" not in render("model.html", static=True, title="Model", m=model_view(was))
+
+    # The pages' latest scoring is the same leads, as of the same moment, under the new rules.
+    rescored = load_snapshot(list_snapshots(registry)[-1])
+    assert rescored.path != kept.path and rescored.as_of == kept.as_of
+    assert rescored.meta["model_version"] == new and set(rescored.scores["model_version"]) == {new}
+    pd.testing.assert_series_equal(rescored.scores["probability"], kept.scores["probability"])
+    assert not (rescored.scores["stage"] == "MQL").any()  # no lead of this small CRM scores 90
+    assert set(rescored.scores.loc[kept.scores["stage"] == "MQL", "stage"]) <= {"nurture"}
+
+    again = _run("criteria", "--apply", params=strict)
+    assert again.returncode == 0 and "nothing to apply" in again.stdout, again.stdout
+    assert _aliases() == after
+
+
+def test_criteria_apply_waits_for_a_run_that_moves_the_champion(registry, params_file):
+    strict = params_file("strict-rules.yaml", **STRICT)
+    before = _aliases()
+    with exclusive(lock_path(load_params(strict).recalibration.lock_file), job="train"):
+        held = _run("criteria", "--apply", params=strict)
+    assert held.returncode == 3, held.stdout + held.stderr
+    assert "`leadscore train` is running" in held.stderr and "nothing applied" in held.stderr
+    assert _aliases() == before
+
+
+def test_a_flat_model_keeps_the_mql_score_its_training_fitted(params):
+    flat = SimpleNamespace(kind="flat", criteria=params.criteria.model_copy(
+        update={"mql": params.criteria.mql.model_copy(update={"min_score": 37.5, "min_fit": None})}))  # fmt: skip
+    criteria, bands = proposed_rules(flat, params)
+    assert criteria["mql"]["min_score"] == 37.5 and criteria["mql"]["min_fit"] is None
+    assert criteria["sql"]["min_score"] == max(params.criteria.sql.min_score, 37.5)
+    assert bands == params.grades
