@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PARAMS_ENV = "LEADSCORE_PARAMS"
+# A web origin as a browser sends it: scheme, host (a name, an IPv4 or a bracketed IPv6) and port.
+ORIGIN = re.compile(r"https?://(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 # A competitor's domain as it follows the @ of an e-mail address.
 DOMAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
 
@@ -190,6 +192,21 @@ class ServiceParams(_Frozen):
     max_body_bytes: int = Field(ge=1000)
     reload_seconds: float = Field(default=30.0, ge=0)
     workers: int | Literal["cpu_count"] = 1
+    # Web origins whose pages may call the API from a browser (CORS); empty: none.
+    cors_origins: tuple[str, ...] = ()
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_as_browsers_send_them(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        """A browser sends `https://host[:port]` exactly: a path or a trailing slash would never
+        match, and the CRM's calls would fail in the browser with nothing said here."""
+        odd = [origin for origin in origins if origin != "*" and not ORIGIN.fullmatch(origin)]
+        if odd:
+            raise ValueError(
+                f"{', '.join(map(repr, odd))} is not a web origin: scheme and host (and port) only, no path or "
+                "trailing slash, e.g. https://crm.example.com (or * for any)"
+            )
+        return origins
 
 
 class RecalibrationParams(_Frozen):

@@ -27,6 +27,7 @@ from bentoml.exceptions import ServiceUnavailable
 from fastapi import FastAPI, HTTPException
 from pydantic import ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError, to_json
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 
 from features.clean import tidy_text
@@ -38,6 +39,7 @@ from serving import pages
 from serving.batch import model_schema
 from serving.direct import DirectScorer
 from serving.guards import (
+    REQUEST_ID_HEADER,
     ApiKeyGuard,
     ApiPage,
     BodySizeGuard,
@@ -499,6 +501,17 @@ SPEC = documented_spec(LeadScoring.openapi_spec.asdict())
 name_requests_by_route()
 LeadScoring.add_asgi_middleware(RealPath)  # first: every other middleware sees the real path
 LeadScoring.add_asgi_middleware(RequestIdHeader)  # every answer, the guards' too, names its request
+if PARAMS.service.cors_origins:
+    # Outside the key guard: a browser's preflight carries no key. The calls themselves do, in
+    # the Authorization header; no cookie is accepted from another origin (the pages' sign-in).
+    LeadScoring.add_asgi_middleware(
+        CORSMiddleware,
+        allow_origins=list(PARAMS.service.cors_origins),
+        allow_methods=["GET", "POST"],
+        allow_headers=["Authorization", "Content-Type"],
+        expose_headers=[REQUEST_ID_HEADER.decode()],
+        max_age=600,
+    )
 LeadScoring.add_asgi_middleware(BodySizeGuard, max_bytes=PARAMS.service.max_body_bytes)
 LeadScoring.add_asgi_middleware(ApiKeyGuard)
 LeadScoring.add_asgi_middleware(ReadinessGuard)

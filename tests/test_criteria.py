@@ -161,6 +161,11 @@ def test_an_admins_rule_that_cannot_work_is_refused_naming_the_key(tmp_path):
         "recalibration.grade_shares": ({"A": -0.05, "B": 0.5}, "recalibration.grade_shares: each above 0"),
         "features.icp.countries": (["Germany", " "], "features.icp.countries: a blank entry"),
         "criteria.next_actions.SQL": ("  ", "criteria.next_actions: no text for SQL"),
+        # A browser sends no trailing slash: that origin would never match, and the CRM's calls fail unsaid.
+        "service.cors_origins": (
+            ["https://crm.example.com/"],
+            "service.cors_origins: 'https://crm.example.com/' is not a web origin",
+        ),
     }
     for key, (value, said) in edits.items():
         with pytest.raises(ParamsError, match=re.escape(said)):

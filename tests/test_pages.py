@@ -711,3 +711,67 @@ def test_the_model_page_lists_only_the_mql_conditions_the_criteria_set(params):
     assert rows["Ideal customer profile"].startswith("industry Software, Financial Services, Healthcare; 50-5,000 emp")
     assert "SQL: Call within one business day" in rows["Next actions"]
     assert "disqualified: Do not work now; recycle on [recycle date]" in rows["Next actions"]
+
+
+@pytest.fixture
+def two_origins(tmp_path):
+    """Two web origins on loopback, each serving an empty page: a CRM's and a stranger's."""
+    import functools
+    import http.server
+    import threading
+
+    (tmp_path / "index.html").write_text("<!doctype html><title>CRM</title><p>CRM</p>")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) for _ in range(2)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield [f"http://127.0.0.1:{server.server_address[1]}" for server in servers]
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+CROSS_ORIGIN_CALL = """async ([url, key]) => {
+    try {
+        const answer = await fetch(url + "/model", {headers: {Authorization: "Bearer " + key}});
+        return {status: answer.status, name: (await answer.json()).name,
+                requestId: answer.headers.get("x-bentoml-request-id")};
+    } catch (error) { return {blocked: String(error)}; }
+}"""
+
+
+def test_a_crm_page_on_an_allowed_origin_calls_the_api_from_the_browser(
+    browser, champion_store, params_file, two_origins, tmp_path
+):
+    """`service.cors_origins`: the browser lets the CRM's page read the API's answers (its
+    preflight needs no key) and blocks any other origin's; without the setting, every origin's."""
+    crm, stranger = two_origins
+    cors = params_file("cors.yaml", **{"service.cors_origins": [crm]})
+    process, url, _ = _start(champion_store, KEY, log_dir=tmp_path, env_extra={"LEADSCORE_PARAMS": str(cors)})
+    try:
+        preflight = {"Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "authorization"}
+        allowed = httpx.options(f"{url}/model", headers={"Origin": crm, **preflight})
+        assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == crm
+        refused = httpx.options(f"{url}/model", headers={"Origin": stranger, **preflight})
+        assert "access-control-allow-origin" not in refused.headers
+        # Still a key for the call itself; its refusal readable by the CRM's page.
+        unkeyed = httpx.get(f"{url}/model", headers={"Origin": crm})
+        assert unkeyed.status_code == 401 and unkeyed.headers["access-control-allow-origin"] == crm
+
+        tab = browser.new_page()
+        tab.goto(crm)
+        answer = tab.evaluate(CROSS_ORIGIN_CALL, [url, KEY])
+        assert answer["status"] == 200 and answer["name"] == CHAMPION_NAME and answer["requestId"], answer
+        tab.goto(stranger)
+        assert "blocked" in tab.evaluate(CROSS_ORIGIN_CALL, [url, KEY])
+        tab.close()
+    finally:
+        _stop(process)
+    process, url, _ = _start(champion_store, KEY, log_dir=tmp_path)  # the default: no origin
+    try:
+        tab = browser.new_page()
+        tab.goto(crm)
+        assert "blocked" in tab.evaluate(CROSS_ORIGIN_CALL, [url, KEY])
+        tab.close()
+    finally:
+        _stop(process)
