@@ -1387,6 +1387,111 @@ def rollback(
 
 
 @app.command()
+def versions(
+    model_name: Annotated[str | None, typer.Option("--model-name", help=MODEL_NAME_HELP)] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="How many of the newest versions")] = 20,
+) -> None:
+    """List the registered versions, newest first: aliases, when registered, test ROC AUC and ECE,
+    whether the registration gates passed, and the run (or whose model a rules version holds)."""
+    from mlflow.exceptions import MlflowException
+
+    from features.tracking import shown_uri, tracking_uri
+    from training.versions import list_versions
+
+    _quiet_libraries()
+    params = _params()
+    name = _model_name(model_name, params)
+    _check_registry(reads_models=True)
+    try:
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri())
+        found = list_versions(name, limit)
+    except ValueError as exc:
+        _fail(str(exc))
+    except (MlflowException, OSError) as exc:
+        _fail(f"registry {shown_uri(tracking_uri())} not usable: {exc}")
+    table = Table(title=f"{name} in {shown_uri(tracking_uri())}")
+    for column, justify in (("version", "right"), ("aliases", "left"), ("registered (UTC)", "left"),
+                            ("kind", "left"), ("test ROC AUC", "right"), ("ECE", "right"), ("gates", "left"),
+                            ("run / model", "left")):  # fmt: skip
+        table.add_column(column, justify=justify)
+    for info in found:
+        gates = {True: "passed", False: "[yellow]failed[/yellow]", None: "?"}[info.gates_passed]
+        table.add_row(
+            info.version, ", ".join(f"@{a}" for a in info.aliases), f"{info.registered:%Y-%m-%d %H:%M}",
+            info.kind or "?", _figure(info.test_roc_auc), _figure(info.test_ece), gates, escape(info.note),
+        )  # fmt: skip
+    console.print(table)
+    console.print("[dim]`leadscore promote VERSION` makes one the champion; `leadscore rollback` swaps back.[/dim]")
+
+
+def _figure(value: float | None) -> str:
+    return "?" if value is None else f"{value:.4f}"
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="A version number (7) or an alias (challenger)", metavar="VERSION")],
+    despite_gates: Annotated[
+        bool,
+        typer.Option(
+            "--despite-gates",
+            help="Promote even though a registration gate failed, or it and the champion were never compared "
+            "(recorded on the version)",
+        ),
+    ] = False,
+    model_name: Annotated[str | None, typer.Option("--model-name", help=MODEL_NAME_HELP)] = None,
+) -> None:
+    """Make a registered version the champion (a challenger after review, say); the current one
+    becomes @previous, so `leadscore rollback` undoes it.
+
+    Only when its training run passed the registration gates and it and the champion were
+    compared by them, unless --despite-gates. Exits 2 when it cannot (or would not), 3 while a
+    training run, recalibration or rollback holds the lock or when the champion moved meanwhile."""
+    from mlflow.exceptions import MlflowException
+
+    from features.tracking import lock_path, shown_uri, tracking_uri
+    from serving.scoring import ModelNotReady, load_chosen
+    from training.recalibrate import EXIT_LOCKED, RecalibrationError, exclusive
+    from training.register import ChampionMoved
+    from training.versions import promote_version, promotion_check
+
+    _quiet_libraries()
+    params = _params()
+    name = _model_name(model_name, params)
+    _check_registry(reads_models=True)
+    try:
+        with console.status(f"Loading {name} {version}"):
+            # One the service could not load would leave it serving the old champion.
+            chosen = load_chosen(name, version)
+    except ModelNotReady as exc:
+        _fail(f"not promoted: {exc}")
+    try:
+        check = promotion_check(name, chosen.version)
+        if check.champion == chosen.version:
+            console.print(f"{name} v{chosen.version} is already @champion: nothing to do")
+            return
+        if check.problems and not despite_gates:
+            _fail(f"not promoted: {'; '.join(check.problems)}. Give --despite-gates to promote it anyway "
+                  "(recorded on the version)")  # fmt: skip
+        with exclusive(lock_path(params.recalibration.lock_file), job="promote"):
+            was = promote_version(name, check)
+    except RecalibrationError as exc:
+        _fail(f"{exc}: not promoted; try again after it finishes", code=exc.exit_code)
+    except ChampionMoved as exc:
+        _fail(f"not promoted: {exc}", code=EXIT_LOCKED)
+    except (MlflowException, OSError) as exc:
+        _fail(f"registry {shown_uri(tracking_uri())} not usable: {exc}")
+    overridden = f" despite: {'; '.join(check.problems)}" if check.problems else ""
+    previous = f"; v{was} is @previous (`leadscore rollback` undoes this)" if was else ""
+    console.print(
+        f"{name}: version {chosen.version} is @champion{previous}. A running service takes it within "
+        f"{params.service.reload_seconds:g} s, or at once on POST /reload.{escape(overridden)}"
+    )
+
+
+@app.command()
 def criteria(
     apply: Annotated[
         bool,

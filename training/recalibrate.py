@@ -36,7 +36,7 @@ from training.pipeline import (
     report_quarantine,
     train_and_register,
 )
-from training.register import CHALLENGER, CHAMPION, ChampionMoved, promote
+from training.register import CHALLENGER, CHAMPION, ChampionMoved, current_version, promote
 from training.rules import differences
 from training.thresholds import f1_threshold, grade_bands, precision_threshold, top_share_threshold
 
@@ -66,6 +66,7 @@ LOCK_HOLDERS = {
     "train": "`leadscore train`",
     "notebook": "a notebook training or promoting a model",
     "criteria": "`leadscore criteria --apply`",
+    "promote": "`leadscore promote`",
 }
 
 
@@ -267,7 +268,8 @@ def mark_promoted(model_name: str, run_id: str, metrics: dict[str, Any], previou
     metrics["model"] |= {"alias": CHAMPION, "previous_champion": previous}
     client.log_dict(run_id, metrics, "metrics.json")
     # The version is @champion now; @challenger names a candidate still waiting.
-    client.delete_registered_model_alias(model_name, CHALLENGER)
+    if current_version(client, model_name, CHALLENGER) == str(metrics["model"]["version"]):
+        client.delete_registered_model_alias(model_name, CHALLENGER)
 
 
 def measure_drift(

@@ -1,5 +1,6 @@
-"""`leadscore criteria`: the champion's rules against the params file's, what they would change on
-the latest kept scoring, and `--apply` putting them into service on the same model."""
+"""The registry commands an operator runs: `leadscore criteria` (the params file's rules against
+the champion's, their effect on the latest kept scoring, `--apply` putting them into service on
+the same model), `leadscore versions` and `leadscore promote`."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from serving.scoring import load_champion
 from serving.snapshots import list_snapshots, load_snapshot
 from training.recalibrate import exclusive
 from training.rules import RULES_FROM_TAG, proposed_rules
+from training.versions import PROMOTED_DESPITE_TAG
 
 pytestmark = pytest.mark.slow
 CHAMPION_NAME = "svc-model"  # as the `champion_store` fixture registers it
@@ -127,3 +129,39 @@ def test_a_flat_model_keeps_the_mql_score_its_training_fitted(params):
     assert criteria["mql"]["min_score"] == 37.5 and criteria["mql"]["min_fit"] is None
     assert criteria["sql"]["min_score"] == max(params.criteria.sql.min_score, 37.5)
     assert bands == params.grades
+
+
+def test_a_version_that_failed_a_gate_is_promoted_only_when_a_person_says_so(registry, params_file, small_crm_dir):
+    strict_gate = params_file("strict-gate.yaml", **{"gates.min_test_roc_auc": 0.999})
+    trained = _run("train", "--data", str(small_crm_dir), "--model-name", CHAMPION_NAME, params=strict_gate)
+    assert trained.returncode == 0, trained.stderr
+    before = _aliases()
+    old = before["champion"]
+    versions = MlflowClient().search_model_versions(f"name = '{CHAMPION_NAME}'")
+    new = str(max(int(v.version) for v in versions))
+    assert new != old and new not in before.values()
+
+    listed = _run("versions", params=strict_gate)
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split("│")[1].strip(): line for line in listed.stdout.splitlines() if line.count("│") > 5}
+    assert "failed" in rows[new] and "@champion" in rows[old] and "passed" in rows[old], listed.stdout
+
+    refused = _run("promote", new, params=strict_gate)
+    assert refused.returncode == 2 and "gate min_test_roc_auc failed" in refused.stderr, refused.stderr
+    assert "--despite-gates" in refused.stderr and _aliases() == before
+    missing = _run("promote", "99", params=strict_gate)
+    assert missing.returncode == 2 and "has no version 99" in missing.stderr, missing.stderr
+
+    promoted = _run("promote", new, "--despite-gates", params=strict_gate)
+    assert promoted.returncode == 0, promoted.stderr
+    assert _aliases() == {"champion": new, "previous": old}
+    client = MlflowClient()
+    assert "min_test_roc_auc" in client.get_model_version(CHAMPION_NAME, new).tags[PROMOTED_DESPITE_TAG]
+    assert client.get_run(client.get_model_version(CHAMPION_NAME, new).run_id).data.tags["promoted"] == "True"
+
+    # The old champion back: the new one's gates compared the two, and the old one passed its own.
+    back = _run("promote", old, params=strict_gate)
+    assert back.returncode == 0, back.stderr
+    assert _aliases() == {"champion": old, "previous": new}
+    again = _run("promote", old, params=strict_gate)
+    assert again.returncode == 0 and "already @champion" in again.stdout
