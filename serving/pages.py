@@ -25,7 +25,7 @@ from pydantic import TypeAdapter, ValidationError
 from features.clean import parse_timestamps, snake_case
 from features.criteria import STAGES, mql_conditions
 from features.flat import field_problems
-from features.reasons import plain_name
+from features.reasons import describe, plain_name
 from features.schema import ACTIVITY_TYPES
 from serving.batch import model_schema
 from serving.charts import beeswarm, calibration, columns, horizontal_bars, waterfall
@@ -460,10 +460,12 @@ SUMMARY_LEADS = 400
 SUMMARY_FACTORS = 10
 
 
-def shap_summary(model: LoadedModel, snapshot: Snapshot | None) -> str:
-    """Beeswarm of the champion's SHAP values (score points) on leads of the latest scoring."""
+def shap_summary(model: LoadedModel, snapshot: Snapshot | None) -> tuple[str, list[str]]:
+    """Beeswarm of the champion's SHAP values (score points) on leads of the latest scoring, and
+    what its colours say in words, one sentence per factor (a reader who cannot tell blue from
+    red, or hears the page, gets the direction too)."""
     if snapshot is None or model.kind != "crm" or snapshot.leads.empty:
-        return ""
+        return "", []
     leads = snapshot.leads.sample(min(SUMMARY_LEADS, len(snapshot.leads)), random_state=0).reset_index(drop=True)
     ids = set(leads["lead_id"].str.strip())
     acts = snapshot.activities[snapshot.activities["lead_id"].str.strip().isin(ids)]
@@ -472,20 +474,61 @@ def shap_summary(model: LoadedModel, snapshot: Snapshot | None) -> str:
         model, leads, acts, moments, strict=False, day_first=snapshot.meta.get("day_first")
     )
     if features.empty:
-        return ""
+        return "", []
     contributions, base = explain_frame(model, features)
     points = contributions[:, :-1] * points_per_logit(model.scorer, contributions.sum(axis=1), base)[:, None]
     matrix = model_matrix(model, features)
     top = np.argsort(-np.abs(points).mean(axis=0))[:SUMMARY_FACTORS]
-    colours = []
+    colours, words = [], []
     for j in top:
-        column = matrix[:, j]
+        column, name = matrix[:, j], model.scorer.spec.columns[j]
         finite = column[np.isfinite(column)]
         low, high = (finite.min(), finite.max()) if len(finite) else (0.0, 1.0)
-        is_category = model.scorer.spec.columns[j] in model.scorer.spec.categories
+        is_category = name in model.scorer.spec.categories
         colours.append(np.full(len(column), np.nan) if is_category else (column - low) / ((high - low) or 1))
+        effect = (
+            _category_effect(features[name], points[:, j]) if is_category and name in features
+            else _numeric_effect(column, points[:, j], name)
+        )  # fmt: skip
+        words.append(f"{plain_name(name)}: {effect}")
     names = [plain_name(model.scorer.spec.columns[j]) for j in top]
-    return beeswarm(names, [points[:, j] for j in top], colours)
+    return beeswarm(names, [points[:, j] for j in top], colours), words
+
+
+# A factor's values and its effects move together (or against each other) at least this much,
+# by rank correlation, before the page says "higher values raise the score".
+DIRECTION_MIN_CORRELATION = 0.3
+MIN_LEADS_PER_LEVEL = 5
+
+
+def _numeric_effect(values: np.ndarray, effects: np.ndarray, name: str) -> str:
+    known = np.isfinite(values)
+    if set(np.unique(values[known])) == {0.0, 1.0}:  # a yes/no factor: its two values in words
+        return _category_effect(pd.Series([describe(name, v) if np.isfinite(v) else None for v in values]), effects)
+    if known.sum() < 2 * MIN_LEADS_PER_LEVEL or np.ptp(values[known]) == 0:
+        return "too few different values among these leads to tell a direction"
+    rho = pd.Series(values[known]).corr(pd.Series(effects[known]), method="spearman")
+    spread = f"from {effects.min():+.1f} to {effects.max():+.1f} points"
+    if rho >= DIRECTION_MIN_CORRELATION:
+        return f"higher values raise the score ({spread})"
+    if rho <= -DIRECTION_MIN_CORRELATION:
+        return f"higher values lower the score ({spread})"
+    return f"no single direction: its effect depends on the lead's other factors ({spread})"
+
+
+def _category_effect(values: pd.Series, effects: np.ndarray) -> str:
+    shown = values.astype("string").fillna("(blank)").to_numpy()
+    means = pd.Series(effects).groupby(shown).agg(["mean", "size"])
+    means = means[means["size"] >= MIN_LEADS_PER_LEVEL].sort_values("mean")
+    if len(means) < 2:
+        return "too few leads per value among these leads to compare them"
+    best, worst = means.index[-1], means.index[0]
+    if len(means) == 2:
+        return f"{best} {means.loc[best, 'mean']:+.1f} points on average, {worst} {means.loc[worst, 'mean']:+.1f}"
+    return (
+        f"{best} raises it most ({means.loc[best, 'mean']:+.1f} points on average), "
+        f"{worst} lowers it most ({means.loc[worst, 'mean']:+.1f})"
+    )
 
 
 def model_view(model: LoadedModel, snapshot: Snapshot | None = None) -> dict:
@@ -499,6 +542,7 @@ def model_view(model: LoadedModel, snapshot: Snapshot | None = None) -> dict:
         ("base_rate", "conversion rate", "{:.1%}"),
     ]
     importance = sorted(evaluation.get("importance", {}).items(), key=lambda kv: -kv[1])[:15]
+    summary_chart, summary_words = shap_summary(model, snapshot)
     curve = evaluation.get("calibration", [])
     return {
         "title": "Model",
@@ -524,7 +568,8 @@ def model_view(model: LoadedModel, snapshot: Snapshot | None = None) -> dict:
             calibration([c["predicted"] for c in curve], [c["observed"] for c in curve]) if curve else ""
         ),
         "lift_chart": _decile_chart(evaluation.get("lift_by_decile", []), "lift", "lift", 1.0, "{:.1f}x"),
-        "summary_chart": shap_summary(model, snapshot),
+        "summary_chart": summary_chart,
+        "summary_words": summary_words,
         "criteria": _criteria_rows(model),
         "grade_bands": list((meta.get("grade_bands") or {}).items()),
         # Set by `leadscore criteria --apply`: the model of an earlier version under other rules.

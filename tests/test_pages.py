@@ -336,6 +336,10 @@ def test_model_page(page, server):
     assert CHAMPION_NAME in text
     assert "Qualification criteria" in text
     assert "How each factor moves scores" in text, text[-300:]
+    # What the beeswarm's colours say, in words: one line per factor it shows.
+    words = page.locator("#words-h + ul li").all_inner_texts()
+    assert len(words) == 10 and any("higher values raise the score" in line for line in words), words
+    assert any("points on average" in line for line in words), words
     assert page.locator("svg").count() >= 2  # importance, calibration, lift
     # A screen reader gets each chart's data in words, not its tick labels.
     labels = page.locator("svg").evaluate_all("charts => charts.map(c => c.getAttribute('aria-label'))")
