@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from serving.guards import OPEN_PATHS
-from tests.test_service import _start, _stop
+from tests.test_service import _start, _stop, _wait_for
 
 pytestmark = pytest.mark.slow
 KEY = "prop-key"
@@ -84,7 +84,12 @@ def test_every_answer_is_documented_without_a_key(server, tmp_path):
     # Without a key the spec itself is refused: schemathesis reads a copy fetched with the key
     # and sends every generated request without one; all must be 401 but the open probes.
     spec = tmp_path / "spec.json"
-    spec.write_text(httpx.get(f"{url}/docs.json", headers={"Authorization": f"Bearer {KEY}"}).text)
+    fetched = httpx.get(f"{url}/docs.json", headers={"Authorization": f"Bearer {KEY}"})
+    spec.write_text(fetched.text)
+    # That keyed 200 must be in the log before the count of unkeyed answers starts: on a busy
+    # machine its line landed after, and was counted as an unkeyed answer.
+    span = f"span={fetched.headers['x-bentoml-request-id']}"
+    _wait_for(lambda: span in log.read_text(errors="replace"), 15, f"the access log did not name {span}")
     answers = _until_enough(log, str(spec), "--url", url)
     per = _per_operation(answers)
     for operation in WITH_INPUT:
