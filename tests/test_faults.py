@@ -415,3 +415,53 @@ def test_a_tracking_server_lost_mid_run_is_said_in_one_line(monkeypatch, tmp_pat
     assert server_lost(artifacts).startswith("the artifact store at 127.0.0.1:5078 (not the tracking server")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     assert server_lost(refused) is None
+
+
+def test_on_a_shared_server_a_run_whose_heartbeat_stopped_is_ended_from_any_machine(tmp_path, monkeypatch):
+    """A run killed in a pod (whose name, so whose host, is new each time) could only be ended by
+    the next run on that same host: on a tracking server it stayed RUNNING for ever."""
+    import mlflow
+    import pandas as pd
+
+    from training.abandoned import ENDED_TAG, HEARTBEAT_TAG, PROCESS_TAG, end_abandoned_runs, heartbeat
+
+    now = pd.Timestamp.now(tz="UTC")
+    with _mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path) as (url, _):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        mlflow.set_tracking_uri(url)
+        client = MlflowClient(url)
+        experiment = client.create_experiment("shared")
+
+        def run(host: str, **tags: str) -> str:
+            return client.create_run(experiment, tags={PROCESS_TAG: f"{host} 7 1.00", **tags}).info.run_id
+
+        gone = run("pod-a1b2", **{HEARTBEAT_TAG: (now - pd.Timedelta(hours=2)).isoformat()})
+        trial = client.create_run(experiment, tags={"mlflow.parentRunId": gone}).info.run_id
+        beating = run("pod-c3d4", **{HEARTBEAT_TAG: (now - pd.Timedelta(minutes=1)).isoformat()})
+        silent = run("pod-e5f6")  # from a release before heartbeats: nothing tells, so left as it is
+
+        ended = end_abandoned_runs(experiment)
+        assert [(r.info.run_id, why.split(" since ")[0]) for r, why in ended] == [(gone, "no heartbeat from pod-a1b2")]
+        for run_id in (gone, trial):
+            assert client.get_run(run_id).info.status == "KILLED"
+            assert "no heartbeat from pod-a1b2" in client.get_run(run_id).data.tags[ENDED_TAG]
+        assert {client.get_run(r).info.status for r in (beating, silent)} == {"RUNNING"}
+
+        # A live run beats while it runs.
+        live = client.create_run(experiment).info.run_id
+        with heartbeat(live, every=0.2):
+            beats = set()
+            deadline = time.time() + 30
+            while len(beats) < 2 and time.time() < deadline:
+                beats.add(client.get_run(live).data.tags.get(HEARTBEAT_TAG))
+                beats.discard(None)
+                time.sleep(0.1)
+        assert len(beats) >= 2, beats
+    # On a sqlite file (one machine: the process check tells) it does not beat.
+    local = f"sqlite:///{tmp_path / 'local.db'}"
+    mlflow.set_tracking_uri(local)
+    client = MlflowClient(local)
+    run_id = client.create_run(client.create_experiment("local")).info.run_id
+    with heartbeat(run_id, every=0.05):
+        time.sleep(0.5)
+    assert HEARTBEAT_TAG not in client.get_run(run_id).data.tags

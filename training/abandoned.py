@@ -1,19 +1,31 @@
 """MLflow runs whose process died without ending them (`kill -9`, the out-of-memory killer, a
 power cut) stay RUNNING for ever: MLflow cannot tell them from live ones. Each run records which
-process started it; the next training run on the same machine ends those whose process is gone."""
+process started it; the next training run on the same machine ends those whose process is gone.
+On a tracking server shared by several machines (pods whose names change each time, say), a run
+also refreshes a heartbeat while it lives, and the next run anywhere ends one whose heartbeat
+stopped long ago."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
+from collections.abc import Iterator
 
 import mlflow
+import pandas as pd
 import psutil
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 PROCESS_TAG = "leadscore.process"  # "host pid start-time": the process that runs this run
 ENDED_TAG = "leadscore.ended_because"
+HEARTBEAT_TAG = "leadscore.heartbeat"  # UTC time, refreshed while the run's process lives
+HEARTBEAT_SECONDS = 60.0
+# A heartbeat this much older than this machine's clock: its process is gone (or its machine's
+# clock runs that far behind). Many beats missed, so a busy server or a slow call is no reason.
+STALE_AFTER = pd.Timedelta(minutes=30)
 
 
 def _process_of(pid: int) -> str:
@@ -41,20 +53,74 @@ def _alive(recorded: str) -> bool | None:
         return None
 
 
-def end_abandoned_runs(experiment_id: str) -> list[mlflow.entities.Run]:
-    """Mark KILLED the RUNNING runs of the experiment (and their RUNNING trial runs) that a process
-    of this machine started and that process no longer runs. Returns the parent runs ended."""
+def _shared_store(uri: str) -> bool:
+    """A tracking store other machines may share (a server, a database server); not a sqlite file
+    or a folder, which live on one machine, where the process check tells."""
+    return "://" in uri and not uri.startswith(("sqlite:", "file:"))
+
+
+def _now() -> pd.Timestamp:
+    return pd.Timestamp.now(tz="UTC")
+
+
+@contextlib.contextmanager
+def heartbeat(run_id: str, every: float = HEARTBEAT_SECONDS) -> Iterator[None]:
+    """Refresh the run's `HEARTBEAT_TAG` from a background thread while the block runs, on a
+    shared store only (on a sqlite file a second writer would also meet the run's own writes on
+    the file's lock). A failed beat is let go: the next one tries again."""
+    if not _shared_store(mlflow.get_tracking_uri()):
+        yield
+        return
+    client, stop = MlflowClient(), threading.Event()
+
+    def beat() -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a server briefly away must not stop the run
+                client.set_tag(run_id, HEARTBEAT_TAG, _now().isoformat())
+            if stop.wait(every):
+                return
+
+    # A daemon, not joined: a beat waiting on a server that went away must not hold up the end.
+    threading.Thread(target=beat, name="mlflow-heartbeat", daemon=True).start()
+    try:
+        yield
+    finally:
+        stop.set()
+
+
+def _stopped_because(tags: dict[str, str]) -> str | None:
+    """Why a RUNNING run's process is known to be gone, or None while it may live."""
+    alive = _alive(tags.get(PROCESS_TAG, ""))
+    if alive is False:
+        return "its process stopped without ending it"
+    beat = tags.get(HEARTBEAT_TAG)
+    if alive is None and beat:
+        try:
+            last = pd.Timestamp(beat)
+        except ValueError:
+            return None
+        if last.tzinfo is not None and _now() - last > STALE_AFTER:
+            host = tags.get(PROCESS_TAG, "").partition(" ")[0] or "an unknown machine"
+            return f"no heartbeat from {host} since {last:%Y-%m-%d %H:%M} UTC: its process stopped without ending it"
+    return None
+
+
+def end_abandoned_runs(experiment_id: str) -> list[tuple[mlflow.entities.Run, str]]:
+    """Mark KILLED the RUNNING runs of the experiment (and their RUNNING trial runs) whose process
+    is gone: a process of this machine that no longer runs, or, on a shared store, a run whose
+    heartbeat stopped `STALE_AFTER` ago. Returns the parent runs ended, each with why."""
     client = MlflowClient()
     ended = []
     for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
-        if _alive(run.data.tags.get(PROCESS_TAG, "")) is not False:
+        why = _stopped_because(run.data.tags)
+        if why is None:
             continue
         children = client.search_runs(
             [experiment_id],
             filter_string=f"attributes.status = 'RUNNING' and tags.`mlflow.parentRunId` = '{run.info.run_id}'",
         )
         for stopped in [*children, run]:
-            client.set_tag(stopped.info.run_id, ENDED_TAG, "its process stopped without ending it")
+            client.set_tag(stopped.info.run_id, ENDED_TAG, why)
             client.set_terminated(stopped.info.run_id, RunStatus.to_string(RunStatus.KILLED))
-        ended.append(run)
+        ended.append((run, why))
     return ended

@@ -32,7 +32,7 @@ from features.spec import learn_spec, to_model_frame
 from features.synthetic import generate_crm, write_crm
 from features.tracking import MODELS_DIR, artifact_root, tracking_uri
 from serving.batch import safe_for_spreadsheets
-from training.abandoned import PROCESS_TAG, end_abandoned_runs, this_process
+from training.abandoned import PROCESS_TAG, end_abandoned_runs, heartbeat, this_process
 from training.baselines import fit_baselines
 from training.calibrate import choose_calibrator
 from training.evaluate import classification_metrics, conversion_by_grade, lift_by_decile, test_evaluation
@@ -191,10 +191,10 @@ def use_experiment(params: Params, reporter: Reporter) -> None:
     if mlflow.get_experiment_by_name(params.mlflow.experiment) is None:
         mlflow.create_experiment(params.mlflow.experiment, artifact_location=artifact_root())
     experiment = mlflow.set_experiment(params.mlflow.experiment)
-    for abandoned in end_abandoned_runs(experiment.experiment_id):
+    for abandoned, why in end_abandoned_runs(experiment.experiment_id):
         reporter.warn(
-            f"MLflow run {abandoned.info.run_name} ({abandoned.info.run_id}) stayed RUNNING after its process stopped "
-            "(killed, or out of memory): marked KILLED"
+            f"MLflow run {abandoned.info.run_name} ({abandoned.info.run_id}) stayed RUNNING, but {why} (killed, or "
+            "out of memory): marked KILLED"
         )
 
 
@@ -591,7 +591,7 @@ def train_and_register(
 
     use_experiment(params, reporter)
     commit, dirty = git_commit()
-    with mlflow.start_run(run_name=f"train-{dataset.kind}") as run:
+    with mlflow.start_run(run_name=f"train-{dataset.kind}") as run, heartbeat(run.info.run_id):
         tags = {"data.source": dataset.source, "data.hash": dataset.data_hash, "data.kind": dataset.kind}
         mlflow.set_tags({**run_tags(commit, dirty), **tags})
         mlflow.log_params({f"tuning.{k}": v for k, v in params.tuning.model_dump().items() if k != "search_space"})
