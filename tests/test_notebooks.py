@@ -85,7 +85,7 @@ def test_retrain_notebook_registers_a_challenger_and_promotes_it(small_crm_dir, 
                   "promote_challenger": True}  # fmt: skip
     book = run_notebook("02-retrain-and-compare.ipynb", parameters, tmp_path)
     client = MlflowClient(uri)
-    challenger = client.get_model_version_by_alias(MODEL, "challenger")
+    challenger = max(client.search_model_versions(f"name = '{MODEL}'"), key=lambda v: int(v.version))
     text = "".join(str(o) for c in book.cells for o in c.get("outputs", []))
     assert f"champion v{before}" in text and f"challenger v{challenger.version}" in text
     assert re.search(r"\d trials? run \(at most 3", text)  # the tuning's progress is printed, not only logged
@@ -94,11 +94,15 @@ def test_retrain_notebook_registers_a_challenger_and_promotes_it(small_crm_dir, 
     # Promoted only through the registration gates, as `leadscore train` promotes.
     passed = client.get_run(challenger.run_id).data.tags["gates_passed"] == "True"
     champion = client.get_model_version_by_alias(MODEL, "champion").version
+    aliases = client.get_registered_model(MODEL).aliases
     if passed:
         assert champion == challenger.version != before
         assert client.get_model_version_by_alias(MODEL, "previous").version == before
+        # As `leadscore promote` leaves it: the run says so, and @challenger names no champion.
+        assert client.get_run(challenger.run_id).data.tags["promoted"] == "True" and "challenger" not in aliases
     else:
-        assert champion == before and "not promoted: the registration gates failed" in text
+        assert champion == before and re.search(r"not promoted: gate \w+ failed", text), text[-2000:]
+        assert aliases["challenger"] == challenger.version
 
 
 @pytest.mark.slow
