@@ -150,6 +150,8 @@ def test_a_version_that_failed_a_gate_is_promoted_only_when_a_person_says_so(reg
     assert refused.returncode == 2 and "gate min_test_roc_auc failed" in refused.stderr, refused.stderr
     assert "--despite-gates" in refused.stderr and _aliases() == before
     missing = _run("promote", "99", params=strict_gate)
+    empty = _run("promote", " ", params=strict_gate)
+    assert empty.returncode == 2 and "VERSION is empty" in empty.stderr, empty.stderr
     assert missing.returncode == 2 and "has no version 99" in missing.stderr, missing.stderr
 
     promoted = _run("promote", new, "--despite-gates", params=strict_gate)

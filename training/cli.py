@@ -1464,6 +1464,8 @@ def promote(
     from training.versions import promote_version, promotion_check
 
     _quiet_libraries()
+    if not version.strip().lstrip("@"):
+        _fail("VERSION is empty: give a version number (7) or an alias (challenger)")
     params = _params()
     name = _model_name(model_name, params)
     _check_registry(reads_models=True)
