@@ -4,6 +4,7 @@ the same model), `leadscore versions` and `leadscore promote`."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -11,17 +12,20 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from features.bundle import LeadScorer
 from features.params import load_params
 from features.tracking import lock_path
-from serving.pages import model_view, render
+from serving.pages import digest_view, model_view, render
 from serving.scoring import load_champion
 from serving.snapshots import list_snapshots, load_snapshot
+from training.evaluate import conversion_by_grade, conversion_by_grade_from_counts, score_counts
 from training.recalibrate import exclusive
-from training.rules import RULES_FROM_TAG, proposed_rules
+from training.rules import RULES_FROM_TAG, proposed_rules, regraded
 from training.versions import PROMOTED_DESPITE_TAG
 
 pytestmark = pytest.mark.slow
@@ -93,11 +97,25 @@ def test_criteria_shows_the_change_then_applies_it_on_the_same_model(registry, p
     params = load_params(strict)
     assert now.criteria == params.criteria and now.scorer.metadata["grade_bands"] == params.grades
     assert now.scorer.metadata["rules"]["from_version"] == old
-    assert "by_grade" not in now.scorer.metadata["evaluation"]  # measured with the old bands
+    # Conversion by grade on the test period, measured again for the new bands from its score counts.
+    evaluation = now.scorer.metadata["evaluation"]
+    assert evaluation["by_grade"] == conversion_by_grade_from_counts(evaluation["score_counts"], params.grades)
+    assert evaluation["by_grade"] != was.scorer.metadata["evaluation"]["by_grade"]
+    assert regraded({k: v for k, v in evaluation.items() if k != "score_counts"}, params.grades).get("by_grade") is None
     assert MlflowClient().get_model_version(CHAMPION_NAME, new).tags[RULES_FROM_TAG] == old
     page = render("model.html", static=True, title="Model", m=model_view(now))
     assert f"the model of version {old}, with the qualification criteria and grade bands below since" in page
     assert "the model of version" not in render("model.html", static=True, title="Model", m=model_view(was))
+    digest = render("digest.html", static=True, **digest_view(now, kept, None, {}, static=True))
+    assert "Conversion by grade in the test period" in digest and "grades-unmeasured" not in digest
+    # A model trained before the score counts were kept: the decile chart, and why no grade table.
+    older = dict(evaluation)
+    del older["score_counts"], older["by_grade"]
+    scorer = now.scorer
+    before_counts = dataclasses.replace(now, scorer=LeadScorer(scorer.booster, scorer.spec, scorer.calibrator,
+                                                                 {**scorer.metadata, "evaluation": older}))  # fmt: skip
+    digest = render("digest.html", static=True, **digest_view(before_counts, kept, None, {}, static=True))
+    assert "grades-unmeasured" in digest and "decile 1" in digest and "retrain it" not in digest
 
     # The pages' latest scoring is the same leads, as of the same moment, under the new rules.
     rescored = load_snapshot(list_snapshots(registry)[-1])
@@ -167,3 +185,16 @@ def test_a_version_that_failed_a_gate_is_promoted_only_when_a_person_says_so(reg
     assert _aliases() == {"champion": old, "previous": new}
     again = _run("promote", old, params=strict_gate)
     assert again.returncode == 0 and "already @champion" in again.stdout
+
+
+def test_conversion_by_grade_is_measured_again_from_the_score_counts_for_any_bands():
+    rng = np.random.default_rng(5)
+    probability = rng.beta(1, 6, 5000)
+    label = (rng.random(5000) < probability).astype(int)
+    counts = score_counts(label, probability)
+    assert sum(counts["leads"]) == 5000 and sum(counts["converted"]) == label.sum()
+    for bands in ({"A": 60, "B": 35, "C": 15, "D": 0}, {"A": 30, "B": 20.5, "C": 10.1, "D": 0}):
+        again, measured = conversion_by_grade_from_counts(counts, bands), conversion_by_grade(label, probability, bands)
+        assert again.keys() == measured.keys()
+        for grade in bands:
+            assert again[grade] == pytest.approx(measured[grade]), grade

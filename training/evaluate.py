@@ -68,6 +68,34 @@ def conversion_by_grade(
     return out
 
 
+def score_counts(label: np.ndarray, probability: np.ndarray) -> dict[str, list]:
+    """Test leads and conversions per score (0-100 to one decimal, as leads are graded): enough to
+    measure conversion by grade again for other grade bands (`leadscore criteria`)."""
+    frame = pd.DataFrame({"score": score_from_probability(probability), "label": np.asarray(label, dtype=int)})
+    counts = frame.groupby("score")["label"].agg(["size", "sum"])
+    return {
+        "scores": [float(s) for s in counts.index],
+        "leads": counts["size"].astype(int).tolist(),
+        "converted": counts["sum"].astype(int).tolist(),
+    }
+
+
+def conversion_by_grade_from_counts(counts: dict[str, list], bands: dict[str, float]) -> dict[str, dict[str, float]]:
+    """`conversion_by_grade` from `score_counts`: the same figures, for any bands."""
+    grades = grade_of(np.asarray(counts["scores"], dtype=float), bands)
+    leads, converted = np.asarray(counts["leads"]), np.asarray(counts["converted"])
+    out = {}
+    for letter in bands:
+        mask = grades == letter
+        n = int(leads[mask].sum())
+        out[letter] = {
+            "share": float(n / leads.sum()) if leads.sum() else 0.0,
+            "leads": n,
+            "conversion": float(converted[mask].sum() / n) if n else None,
+        }
+    return out
+
+
 def classification_metrics(label: np.ndarray, probability: np.ndarray, ece_bins: int = 10) -> dict[str, float]:
     label = np.asarray(label)
     probability = np.clip(np.asarray(probability, dtype=float), 1e-6, 1 - 1e-6)
@@ -104,4 +132,5 @@ def test_evaluation(
         "calibration": calibration_table(label, probability).to_dict(orient="records"),
         "importance": {c: float(v) for c, v in zip(sample.columns, contributions, strict=True)},
         "test_examples": len(label),
+        "score_counts": score_counts(label, probability),
     }

@@ -26,6 +26,7 @@ from features.params import Params
 from serving.batch import score_batch
 from serving.scoring import LoadedModel
 from serving.snapshots import Snapshot
+from training.evaluate import conversion_by_grade_from_counts
 from training.pipeline import flat_rules, git_commit, run_tags, use_experiment
 from training.progress import Reporter
 from training.register import ChampionMoved, describe_version, log_bundle, promote
@@ -122,6 +123,16 @@ def effect_on(snapshot: Snapshot, model: LoadedModel, proposed: LoadedModel) -> 
     return Effect(now=scored(model), new=scored(proposed))
 
 
+def regraded(evaluation: dict[str, Any], bands: dict[str, float]) -> dict[str, Any]:
+    """The test period's conversion by grade under other bands, measured again from its counts of
+    leads per score; without them (a model trained before they were kept) left out, since the
+    old figures are of the old bands."""
+    counts = evaluation.get("score_counts")
+    if counts:
+        return {**evaluation, "by_grade": conversion_by_grade_from_counts(counts, bands)}
+    return {k: v for k, v in evaluation.items() if k != "by_grade"}
+
+
 def register_with_rules(
     model: LoadedModel,
     criteria: dict[str, Any],
@@ -160,9 +171,7 @@ def register_with_rules(
                       "git_commit": commit, "changes": [str(c) for c in changes]},
         }  # fmt: skip
         if bands != model.scorer.metadata["grade_bands"]:
-            # Conversion per grade on the test period was measured with the old bands; the test
-            # rows are not in the bundle to measure it again.
-            metadata["evaluation"] = {k: v for k, v in (metadata.get("evaluation") or {}).items() if k != "by_grade"}
+            metadata["evaluation"] = regraded(metadata.get("evaluation") or {}, bands)
         for written_by_the_bundle in ("bundle_format", "file_sha256"):
             metadata.pop(written_by_the_bundle, None)
         with tempfile.TemporaryDirectory() as tmp:
