@@ -5,6 +5,7 @@ the same model), `leadscore versions` and `leadscore promote`."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -163,6 +164,10 @@ def test_a_version_that_failed_a_gate_is_promoted_only_when_a_person_says_so(reg
     assert listed.returncode == 0, listed.stderr
     rows = {line.split("│")[1].strip(): line for line in listed.stdout.splitlines() if line.count("│") > 5}
     assert "failed" in rows[new] and "@champion" in rows[old] and "passed" in rows[old], listed.stdout
+    listed = _run("versions", "--json", params=strict_gate)
+    found = {row["version"]: row for row in json.loads(listed.stdout)}
+    assert found[new]["gates_passed"] is False and found[new]["aliases"] == [] and found[new]["test_roc_auc"] < 0.999
+    assert found[old]["aliases"] == ["champion"] and found[old]["gates_passed"] is True
 
     refused = _run("promote", new, params=strict_gate)
     assert refused.returncode == 2 and "gate min_test_roc_auc failed" in refused.stderr, refused.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import inspect
 import json
@@ -1396,6 +1397,7 @@ def rollback(
 def versions(
     model_name: Annotated[str | None, typer.Option("--model-name", help=MODEL_NAME_HELP)] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="How many of the newest versions")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON list on stdout, for a script")] = False,
 ) -> None:
     """List the registered versions, newest first: aliases, when registered, test ROC AUC and ECE,
     whether the registration gates passed, and the run (or whose model a rules version holds)."""
@@ -1417,6 +1419,10 @@ def versions(
         _fail(str(exc))
     except (MlflowException, OSError) as exc:
         _fail(f"registry {shown_uri(tracking_uri())} not usable: {exc}")
+    if as_json:
+        rows = [{**dataclasses.asdict(info), "registered": info.registered.isoformat()} for info in found]
+        print(json.dumps(rows, indent=2))
+        return
     table = Table(title=f"{name} in {shown_uri(tracking_uri())}")
     for column, justify in (("version", "right"), ("aliases", "left"), ("registered (UTC)", "left"),
                             ("kind", "left"), ("test ROC AUC", "right"), ("ECE", "right"), ("gates", "left"),
