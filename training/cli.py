@@ -1555,6 +1555,10 @@ def criteria(
     rules, bands = proposed_rules(model, params)
     changes = rule_differences(model, rules, bands)
     source = os.environ.get("LEADSCORE_PARAMS") or "params.yaml"
+    if model.kind == "flat":
+        console.print(f"[dim]{name} is a flat model: it is an MQL from score {rules['mql']['min_score']:g}, as its "
+                      "training fitted (flat.mql_top_share), whatever criteria.mql says; SQL from the larger of that "
+                      "and criteria.sql.min_score.[/dim]")  # fmt: skip
     for change in retrain_only_changes(model, params):
         console.print(f"[yellow]{escape(str(change))}: the ideal customer profile is a feature (icp_match), which "
                       "only training changes (`leadscore train` or `leadscore recalibrate`)[/yellow]")  # fmt: skip
