@@ -1579,9 +1579,16 @@ def criteria(
     if latest is None:
         console.print(f"[dim]No kept scoring of {name} to show the effect on (`leadscore score` keeps one).[/dim]")
     else:
-        with console.status(f"Scoring the {len(latest.scores):,} leads of the latest kept scoring under both rules"):
-            effect = effect_on(latest, model, proposed)
-        _print_effect(effect, latest, model.version)
+        try:
+            with console.status(
+                f"Scoring the {len(latest.scores):,} leads of the latest kept scoring under both rules"
+            ):
+                effect = effect_on(latest, model, proposed)
+        except DataError as exc:  # a scoring this model cannot read again: the rules still apply
+            console.print(f"[yellow]the latest kept scoring ({latest.path}) cannot be scored again with "
+                          f"v{model.version}, so no effect is shown: {escape(str(exc))}[/yellow]")  # fmt: skip
+        else:
+            _print_effect(effect, latest, model.version)
     if not apply:
         console.print(
             "Nothing changed. `leadscore criteria --apply` registers this model with these rules as a new version "
