@@ -167,7 +167,10 @@ def describe(feature: str, value: object) -> str:
     if feature in ("budget", "authority", "need", "timeline"):
         return f"{plain_name(feature)} {value}" if value != "not" else f"{plain_name(feature)} not there"
     if isinstance(value, float):
-        return f"{plain_name(feature)} {value:,.4g}"
+        # A column of the product's own reads "Page views per visit 2.5"; a flat export's column
+        # name is its own ("Total Time Spent on Website"), which reads as a value only with "is".
+        joiner = " " if feature in FIELD_NAMES else " is "
+        return f"{plain_name(feature)}{joiner}{value:,.4g}"
     return f"{plain_name(feature)} is {value}"
 
 

@@ -94,6 +94,9 @@ def test_reasons_count_time_from_the_scoring_moment_and_a_count_is_not_its_recen
     # The decayed level: none is no activity, and below zero says why (an unsubscribe weighs -4).
     assert describe("engagement_decayed", 0.0) == describe("engagement_decayed", -0.04) == "No recent activity"
     assert describe("engagement_decayed", -3.04) == "Recent activity level -3.0 (an unsubscribe outweighs the rest)"
+    # A flat export's own numeric column reads as a value ("Total Time Spent on Website 0: -3" did not).
+    assert sentence("Total Time Spent on Website", 0.0, -3.3) == "Total Time Spent on Website is 0: -3"
+    assert describe("annual_revenue", 1000.0) == "Annual revenue 1,000"
 
 
 def test_an_empty_model_version_is_named_before_the_registry_is_asked():
