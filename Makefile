@@ -26,6 +26,8 @@ demo: $(STAMP)  ## Train on the embedded data, register the champion, score the 
 	@echo "Next: start the scoring service with 'make serve' (http://127.0.0.1:3000, spec at /docs),"
 	@echo "open the pages at http://127.0.0.1:3000/ui/digest (lead pages, model page),"
 	@echo "and score a lead from a CRM: see 'Scoring from a CRM' in README.md."
+	@echo "'.venv/bin/leadscore versions' lists the registered models; '.venv/bin/leadscore criteria' shows"
+	@echo "what an edit of the rules in params.yaml would change (--apply puts it into service without retraining)."
 
 PORT ?= 3000
 NOTEBOOK_PORT ?= 8888

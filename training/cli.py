@@ -1042,12 +1042,6 @@ def demo(
     export_end = pd.Timestamp(params.data.embedded_start) + pd.Timedelta(days=STEP_DAYS * params.data.embedded_months)
     console.print()
     score(EMBEDDED_DIR, MODELS_DIR / "demo-scores.csv", as_of=export_end.isoformat(), top=top)
-    console.print(
-        "\n[bold]Next[/bold]: `make serve` starts the service on http://127.0.0.1:3000: the pages at /ui/digest, "
-        "the API at POST /score (its spec at /docs). `leadscore versions` lists the registered models; "
-        "`leadscore criteria` shows what an edit of the rules in params.yaml would change, and puts it into service "
-        "without retraining (--apply)."
-    )
 
 
 def _refuse_or_skip_snapshot(model_version: str, asked: bool | None, *, say: bool = True) -> None:
