@@ -368,6 +368,8 @@ def digest_view(
         "previous_run": _run_time(previous) if previous and previous.as_of == latest.as_of else None,
         # Grades moved by a change of model (its own bands and scores) are not the leads' moves.
         "previous_model": _kept_model(previous) if previous and _kept_model(previous) != scored_by else None,
+        # The scoring before, graded again under rules put on the same model (`leadscore criteria`).
+        "rules_rescore": bool(latest.meta.get("rescored_for_rules_of")),
         "rose_count": len(rose),
         "fell_count": len(fell),
         "rose": rose.head(CHANGES_SHOWN).to_dict(orient="records"),

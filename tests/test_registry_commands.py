@@ -125,6 +125,9 @@ def test_criteria_shows_the_change_then_applies_it_on_the_same_model(registry, p
     pd.testing.assert_series_equal(rescored.scores["probability"], kept.scores["probability"])
     assert not (rescored.scores["stage"] == "MQL").any()  # no lead of this small CRM scores 90
     assert set(rescored.scores.loc[kept.scores["stage"] == "MQL", "stage"]) <= {"nurture"}
+    # Against the scoring before, the moves are the rules' (it said the model had moved the scores).
+    digest = render("digest.html", static=True, **digest_view(now, rescored, kept, {}, static=True))
+    assert 'id="rules-changed"' in digest and 'id="model-changed"' not in digest
 
     again = _run("criteria", "--apply", params=strict)
     assert again.returncode == 0 and "nothing to apply" in again.stdout, again.stdout
