@@ -56,16 +56,8 @@ def lift_by_decile(label: np.ndarray, probability: np.ndarray) -> pd.DataFrame:
 def conversion_by_grade(
     label: np.ndarray, probability: np.ndarray, bands: dict[str, float]
 ) -> dict[str, dict[str, float]]:
-    grades = grade_of(score_from_probability(probability), bands)
-    out = {}
-    for letter in bands:
-        mask = grades == letter
-        out[letter] = {
-            "share": float(mask.mean()),
-            "leads": int(mask.sum()),
-            "conversion": float(np.asarray(label)[mask].mean()) if mask.any() else None,
-        }
-    return out
+    """Share of leads and conversion per grade."""
+    return conversion_by_grade_from_counts(score_counts(label, probability), bands)
 
 
 def score_counts(label: np.ndarray, probability: np.ndarray) -> dict[str, list]:
@@ -81,7 +73,8 @@ def score_counts(label: np.ndarray, probability: np.ndarray) -> dict[str, list]:
 
 
 def conversion_by_grade_from_counts(counts: dict[str, list], bands: dict[str, float]) -> dict[str, dict[str, float]]:
-    """`conversion_by_grade` from `score_counts`: the same figures, for any bands."""
+    """Share of leads and conversion per grade of `bands`, from `score_counts` (of the test leads
+    of a model graded under other bands)."""
     grades = grade_of(np.asarray(counts["scores"], dtype=float), bands)
     leads, converted = np.asarray(counts["leads"]), np.asarray(counts["converted"])
     out = {}

@@ -186,7 +186,8 @@ def peak_memory_mb() -> float:
 
 def use_experiment(params: Params, reporter: Reporter) -> None:
     """Point MLflow at the configured store and experiment (created with the project's artifact
-    root), and end the runs a killed process of this machine left RUNNING there."""
+    root), and end the runs left RUNNING there by a killed process of this machine, or by one of
+    another machine whose heartbeat stopped (`end_abandoned_runs`)."""
     mlflow.set_tracking_uri(tracking_uri())
     if mlflow.get_experiment_by_name(params.mlflow.experiment) is None:
         mlflow.create_experiment(params.mlflow.experiment, artifact_location=artifact_root())
