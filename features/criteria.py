@@ -157,7 +157,9 @@ def _recycle_date(moment: pd.Timestamp, age_days: float, every: pd.Timedelta) ->
     every scoring and never came). Without a creation date, `every` after the moment."""
     if not np.isfinite(age_days) or age_days < 0:
         return (moment + every).date().isoformat()
-    created = moment - pd.Timedelta(days=float(age_days))
+    # The age is a float of days: the creation moment it gives back is off by microseconds, which
+    # put a lead created at midnight on the day before for some moments. CRMs keep milliseconds.
+    created = (moment - pd.Timedelta(days=float(age_days))).round("ms")
     cycles = int((moment - created) // every) + 1
     return (created + cycles * every).date().isoformat()
 

@@ -184,3 +184,14 @@ def test_an_admins_rule_that_cannot_work_is_refused_naming_the_key(tmp_path):
         load_params(twice)
     with pytest.raises(ParamsError, match=r"features.icp.industries: Input should be a list"):
         load_params(**{"features.icp.industries": "Software"})
+
+
+def test_a_recycle_date_holds_for_a_lead_created_at_midnight_whatever_the_moment(params):
+    """The creation moment is worked back from the age in days, a float: a lead created at
+    midnight came back a hair before it for some moments and was recycled a day early."""
+    created = pd.Timestamp("2026-09-01")
+    rng = np.random.default_rng(7)
+    moments = created + pd.to_timedelta(rng.uniform(1, 119, 400), unit="D").round("us")
+    leads = pd.DataFrame([_lead(icp_match=0.0, lead_age_days=(m - created) / pd.Timedelta(days=1)) for m in moments])
+    dates = qualify(leads, params.criteria, pd.Series(moments))["recycle_on"]
+    assert dates.value_counts().to_dict() == {"2026-12-30": 400}
