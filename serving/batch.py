@@ -80,9 +80,25 @@ def run_date_order(model: LoadedModel, count_votes: Callable[[], tuple[int, int]
     return stored if stored is not None else bool(order_from_votes(count_votes()))
 
 
+def refuse_without_model_columns(model: LoadedModel, columns: Iterable[str]) -> None:
+    """DataError when a file holds none of a flat model's columns: every lead would get the same
+    score from missing values alone."""
+    if model.kind != "flat":
+        return
+    expected, given = list(model_schema(model)["columns"]), set(columns)
+    if expected and not any(c in given for c in expected):
+        shown = ", ".join(expected[:5]) + (f" and {len(expected) - 5} more" if len(expected) > 5 else "")
+        raise DataError(
+            f"none of the model's columns are in this file: v{model.version} was trained on a flat "
+            f"export with {shown}; is this the right file, or the right model (--model-name)?"
+        )
+
+
 def absent_columns_note(model: LoadedModel, columns: Iterable[str]) -> str | None:
     """A warning when a leads file lacks columns the model learned from: each reads as missing
-    (a BANT field as unknown) for every lead, which moves scores and stages alike."""
+    (a BANT field as unknown) for every lead, which moves scores and stages alike. DataError when
+    it holds none of a flat model's (`refuse_without_model_columns`)."""
+    refuse_without_model_columns(model, columns)
     if model.kind == "flat":
         absent = [c for c in model_schema(model)["columns"] if c not in set(columns)]
         shown = ", ".join(absent)
@@ -229,7 +245,8 @@ def read_leads(
     as_contract = flat_schema is None
     sep = (flat_schema or {}).get("sep", ",")  # a flat export is scored in the dialect it was trained in
     if source.is_dir():
-        leads = _contract_table(read_table(source / TABLE_FILES["leads"], sep), "leads", as_contract)
+        raw = read_table(source / TABLE_FILES["leads"], sep)
+        leads = _contract_table(raw, "leads", as_contract)
         acts_path = activities or source / TABLE_FILES["activities"]
         outcomes_path = source / TABLE_FILES["outcomes"]
         if outcomes_path.is_file() and "lead_id" in leads:
@@ -241,7 +258,8 @@ def read_leads(
             closed = int(is_closed.sum())
             leads = leads[~is_closed.to_numpy()]  # the index keeps each lead's row in the file
     else:
-        leads = _contract_table(read_table(source, sep), "leads", as_contract)
+        raw = read_table(source, sep)
+        leads = _contract_table(raw, "leads", as_contract)
         acts_path = activities
     if activities is not None and activities.is_dir():
         raise DataError(
@@ -270,7 +288,8 @@ def read_leads(
             if flat_schema
             else " (a model trained on a flat CSV has a name of its own: pass it as --model-name)"
         )
-        raise DataError(f"{source}: no lead_id column{trained}; columns are {', '.join(leads.columns[:20])}")
+        # The file's own headers, not the contract's names some were read as.
+        raise DataError(f"{source}: no lead_id column{trained}; columns are {', '.join(map(str, raw.columns[:20]))}")
     if as_contract:
         require_columns(leads.columns, LEAD_REQUIRED, str(source / TABLE_FILES["leads"] if source.is_dir() else source))
     if leads.empty and not closed:
@@ -412,15 +431,7 @@ def score_batch(
     quarantine numbers rows as the files do (1-based data rows), from the frames' integer
     index: `read_leads` keeps it when it leaves the closed leads out.
     """
-    if model.kind == "flat":
-        expected = list(model_schema(model)["columns"])
-        if expected and not any(c in leads.columns for c in expected):
-            # Every lead would get the same score from missing values alone.
-            shown = ", ".join(expected[:5]) + (f" and {len(expected) - 5} more" if len(expected) > 5 else "")
-            raise DataError(
-                f"none of the model's columns are in this file: v{model.version} was trained on a flat "
-                f"export with {shown}; is this the right file, or the right model (--model-name)?"
-            )
+    refuse_without_model_columns(model, leads.columns)
     if day_first is None:
         day_first = file_date_order(model, leads, activities)
     parts, problems, counted = [], [], []

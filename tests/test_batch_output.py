@@ -339,3 +339,12 @@ def test_a_leads_file_without_columns_the_model_learned_from_is_warned_about(cha
     assert absent_columns_note(champion, leads.columns) is None
     note = absent_columns_note(champion, leads.drop(columns=["budget", "seniority"]).columns)
     assert note.startswith(f"the leads file has no column seniority, budget, which {champion.name} v")
+
+
+def test_a_file_without_lead_ids_is_named_with_its_own_headers(tmp_path):
+    """The CRM model reads `Lead Source` as `lead_source`; the error lists what the file says."""
+    export = tmp_path / "Leads.csv"
+    pd.DataFrame({"Prospect ID": ["p1"], "Lead Source": ["Google"], "Country": ["India"]}).to_csv(export, index=False)
+    with pytest.raises(DataError) as refused:
+        read_leads(export, None)
+    assert str(refused.value).endswith("columns are Prospect ID, Lead Source, Country")

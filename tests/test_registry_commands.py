@@ -24,6 +24,7 @@ from features.tracking import lock_path
 from serving.pages import digest_view, model_view, render
 from serving.scoring import load_champion
 from serving.snapshots import list_snapshots, load_snapshot
+from training.cli import app
 from training.evaluate import conversion_by_grade, conversion_by_grade_from_counts, score_counts
 from training.recalibrate import exclusive
 from training.rules import RULES_FROM_TAG, proposed_rules, regraded
@@ -50,8 +51,31 @@ def registry(champion_store, tmp_path, monkeypatch) -> Path:
 
 
 def _run(*args: str, params: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LEADSCORE_PARAMS": str(params), "COLUMNS": "200"}
-    return subprocess.run([CLI, *args], capture_output=True, text=True, env=env, timeout=300)
+    env = {**os.environ, "COLUMNS": "200"}
+    env.pop("LEADSCORE_PARAMS", None)
+    return subprocess.run([CLI, *args, "--params", str(params)], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_every_command_reading_the_params_file_takes_params(tmp_path):
+    """The README's "edit a copy and pass it (`--params FILE`)": `criteria --params` was refused."""
+    ids = tmp_path / "ids.txt"
+    ids.write_text("L1\n")
+    commands = {
+        "train": [], "demo": [], "serve": ["--port", "1"], "score": [str(ids), "-o", str(tmp_path / "s.csv")],
+        "report": ["--leads", str(ids), "-o", str(tmp_path / "pages")], "criteria": [], "recalibrate": [],
+        "rollback": [], "versions": [], "promote": ["1"],
+    }  # fmt: skip
+    every = {command.name or command.callback.__name__ for command in app.registered_commands}
+    assert set(commands) == every - {"generate", "openapi"}  # the two that read no params
+    missing = tmp_path / "my-params.yaml"
+    started = {
+        name: subprocess.Popen([CLI, name, *args, "--params", str(missing)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
+        for name, args in commands.items()
+    }  # fmt: skip
+    for name, process in started.items():
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 2 and f"cannot read params file {missing}" in stderr, (name, stderr)
 
 
 def _aliases() -> dict[str, str]:

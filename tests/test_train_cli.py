@@ -527,6 +527,7 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
                            "--no-snapshot", store=store)  # fmt: skip
     assert wrong_file.returncode == 2, wrong_file.stdout + wrong_file.stderr
     assert "none of the model's columns are in this file" in wrong_file.stderr
+    assert "read as missing" not in wrong_file.stdout and "scoring" not in wrong_file.stdout  # refused first
     assert not (tmp_path / "s.csv").exists()
     wrong_suffix = leadscore("score", str(path), "-o", str(tmp_path / "s.json"), "--no-snapshot", store=store)
     assert wrong_suffix.returncode == 2 and ".csv or .parquet" in wrong_suffix.stderr

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from features.flat import DUPLICATE_ROW, FlatProfile, load_profile, make_profile
 from features.ingest import DUPLICATE_LEAD, DataError, export_folder
-from features.params import PROJECT_ROOT, Params, ParamsError, load_params
+from features.params import PARAMS_ENV, PROJECT_ROOT, Params, ParamsError, load_params
 from features.synthetic import STEP_DAYS, generate_crm, write_crm
 from features.tracking import check_writable, without_password
 from training.progress import PrintReporter
@@ -46,7 +46,13 @@ def _given_path(text: str | Path) -> Path:
     return Path(text)
 
 
+_given_path.__name__ = "path"  # the type `--help` shows for an argument
 GIVEN_PATH: dict[str, Any] = {"parser": _given_path, "metavar": "<path>"}
+
+ParamsFile = Annotated[
+    Path | None,
+    typer.Option("--params", help="params.yaml to use (default: $LEADSCORE_PARAMS, else the project's)", **GIVEN_PATH),
+]
 
 app = typer.Typer(
     help="Predictive lead scoring: train and register models, score leads in batch or as a service, "
@@ -395,7 +401,7 @@ def train(
             "--profile", help="Flat CSV: a YAML file with the settings above (a flag given as well wins)", **GIVEN_PATH
         ),
     ] = None,
-    params_file: Annotated[Path | None, typer.Option("--params", help="params.yaml to use", **GIVEN_PATH)] = None,
+    params_file: ParamsFile = None,
     timeout: Annotated[
         float | None,
         typer.Option("--timeout", min=1, help="Tuning time budget in seconds (default from params.yaml)"),
@@ -626,6 +632,13 @@ def _bound_mlflow_retries() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
+def _use_params_file(path: Path | None) -> None:
+    """A command's `--params`: the file every step reads, as $LEADSCORE_PARAMS, which the
+    service's workers inherit."""
+    if path is not None:
+        os.environ[PARAMS_ENV] = str(path.resolve())
+
+
 def _params() -> Params:
     """params.yaml (or $LEADSCORE_PARAMS); one line and exit 2 when it cannot be read."""
     try:
@@ -733,8 +746,10 @@ def serve(
     host: Annotated[
         str, typer.Option("--host", help="Interface to bind (0.0.0.0 to accept remote calls)")
     ] = "127.0.0.1",
+    params_file: ParamsFile = None,
 ) -> None:
     """Start the scoring service (BentoML) on the champion of the configured MLflow registry."""
+    _use_params_file(params_file)
     import sys
 
     from features.tracking import local_database, shown_uri, tracking_problem, tracking_uri, uri_form_problem
@@ -803,7 +818,7 @@ def _port_problem(host: str, port: int) -> str | None:
 def score(
     source: Annotated[
         Path,
-        typer.Argument(help="Leads file (CSV or parquet) or a CRM export folder", parser=_given_path, metavar="source"),
+        typer.Argument(help="Leads file (CSV or parquet) or a CRM export folder", parser=_given_path, metavar="SOURCE"),
     ],
     output: Annotated[
         Path, typer.Option("-o", "--output", help="Where to write the scores (.csv or .parquet)", **GIVEN_PATH)
@@ -836,9 +851,11 @@ def score(
         str | None, typer.Option("--scheduler", help="Dask scheduler address (default: a LocalCluster)")
     ] = None,
     partitions: Annotated[int | None, typer.Option("--partitions", min=1, help="Dask partitions")] = None,
+    params_file: ParamsFile = None,
 ) -> None:
     """Score leads in batch with the champion (or --model-version): the same numbers, grades,
     stages and reasons as the service. Only the champion's scorings are kept for the pages."""
+    _use_params_file(params_file)
     if model_version is not None and model_version.strip().lstrip("@") == "champion":
         model_version = None  # the champion by name is the champion: its scoring is kept as usual
     if engine == "dask":
@@ -851,6 +868,10 @@ def score(
     _refuse_dask_only_flags(engine, {"--scheduler": scheduler, "--partitions": partitions})
     if output.suffix.lower() not in (".csv", ".parquet", ".pq"):
         _fail(f"-o {output}: the scores are written as .csv or .parquet; name the file so")
+    # Said before the libraries and the model load (seconds), as reading would say it after.
+    for given, flag in ((source, ""), (activities, " (--activities)")):
+        if given is not None and not given.exists():
+            _fail(f"{given}: file not found{flag}")
     from rich.progress import Progress as RichProgress
 
     from serving.batch import (
@@ -1027,11 +1048,13 @@ def _warn_if_future(moment) -> bool:
 @app.command()
 def demo(
     top: Annotated[int, typer.Option("--top", min=0, help="How many of the best open leads to print")] = 10,
+    params_file: ParamsFile = None,
 ) -> None:
     """Train on the embedded data, register the champion, score its open leads, show the best.
 
     What `make demo` runs: `train`, then `score` of the embedded export, in one process.
     """
+    _use_params_file(params_file)
     # One process: a second one would spend about 10 s starting Python, MLflow and the registry again.
     import pandas as pd
 
@@ -1265,6 +1288,7 @@ def recalibrate(
     report_dir: Annotated[
         Path | None, typer.Option("--report-dir", help="Where to write the report", **GIVEN_PATH)
     ] = None,
+    params_file: ParamsFile = None,
 ) -> None:
     """Retrain on the trailing window, recompute thresholds and grade bands, compare with the
     champion on the newest quarter, measure drift, promote only through the gates, report.
@@ -1272,6 +1296,7 @@ def recalibrate(
     Exit 0 when it ran (the decision is in the report), 2 when it could not, 3 when another
     recalibration, a rollback or a training run holds the lock, 4 when there is no new data
     since the champion's test, 143 when stopped by SIGTERM (the champion unchanged)."""
+    _use_params_file(params_file)
     from training.recalibrate import EXIT_LOCKED, RecalibrationError
     from training.recalibrate import recalibrate as run_recalibration
 
@@ -1339,12 +1364,14 @@ def recalibrate(
 @app.command()
 def rollback(
     model_name: Annotated[str | None, typer.Option("--model-name", help=MODEL_NAME_HELP)] = None,
+    params_file: ParamsFile = None,
 ) -> None:
     """Make @previous the champion again (the replaced champion becomes @previous).
 
     A running service picks the change up within `service.reload_seconds`, or at once on POST /reload.
     Exits 3 while a recalibration, a training run or another rollback runs (they share a
     lock), 2 when it cannot roll back."""
+    _use_params_file(params_file)
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -1392,9 +1419,11 @@ def versions(
     model_name: Annotated[str | None, typer.Option("--model-name", help=MODEL_NAME_HELP)] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="How many of the newest versions")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON list on stdout, for a script")] = False,
+    params_file: ParamsFile = None,
 ) -> None:
     """List the registered versions, newest first: aliases, when registered, test ROC AUC and ECE,
     whether the registration gates passed, and the run (or whose model a rules version holds)."""
+    _use_params_file(params_file)
     from mlflow.exceptions import MlflowException
 
     from features.tracking import shown_uri, tracking_uri
@@ -1448,6 +1477,7 @@ def promote(
         ),
     ] = False,
     model_name: Annotated[str | None, typer.Option("--model-name", help=MODEL_NAME_HELP)] = None,
+    params_file: ParamsFile = None,
 ) -> None:
     """Make a registered version the champion (a challenger after review, say); the current one
     becomes @previous, so `leadscore rollback` undoes it.
@@ -1455,6 +1485,7 @@ def promote(
     Only when its training run passed the registration gates and it and the champion were
     compared by them, unless --despite-gates. Exits 2 when it cannot (or would not), 3 while a
     training run, recalibration or rollback holds the lock or when the champion moved meanwhile."""
+    _use_params_file(params_file)
     from mlflow.exceptions import MlflowException
 
     from features.tracking import lock_path, shown_uri, tracking_uri
@@ -1510,6 +1541,7 @@ def criteria(
         ),
     ] = False,
     model_name: Annotated[str | None, typer.Option("--model-name", help=MODEL_NAME_HELP)] = None,
+    params_file: ParamsFile = None,
 ) -> None:
     """Compare the champion's qualification rules and grade bands with params.yaml's, and show what
     they would change on the latest kept scoring; --apply puts them into service without retraining.
@@ -1518,6 +1550,7 @@ def criteria(
     grades and next actions move. `leadscore rollback` undoes it. Exits 0 when shown or applied
     (or nothing differs), 2 when it cannot, 3 while a training run, recalibration or rollback
     holds the lock or when the champion moved meanwhile, 143 when stopped by SIGTERM."""
+    _use_params_file(params_file)
     from mlflow.exceptions import MlflowException
 
     from features.tracking import lock_path, shown_uri, tracking_uri
@@ -1663,9 +1696,11 @@ def report(
     ],
     out: Annotated[Path, typer.Option("-o", "--out", help="Folder for the HTML pages", **GIVEN_PATH)],
     model_name: Annotated[str | None, typer.Option("--model-name", help=MODEL_NAME_HELP)] = None,
+    params_file: ParamsFile = None,
 ) -> None:
     """Write the pages (digest, one page per lead, model) as static HTML for a list of leads,
     from the latest kept scoring (see `leadscore score`), to send without the service."""
+    _use_params_file(params_file)
     from serving.pages import write_report
     from serving.scoring import ModelNotReady, load_champion
     from serving.snapshots import latest_two, scores_dir
