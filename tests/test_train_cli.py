@@ -20,7 +20,7 @@ from features.build import build_crm_features
 from features.bundle import BUNDLE_FORMAT
 from features.ingest import DataError, load_crm
 from features.synthetic import generate_crm, write_crm
-from training.pipeline import trailing_baseline_warnings
+from training.pipeline import few_trials_warnings, trailing_baseline_warnings
 
 LEADSCORE = str(Path(sys.executable).parent / "leadscore")
 pytestmark = pytest.mark.slow
@@ -606,6 +606,18 @@ def test_a_baseline_beating_the_tuned_model_is_warned_about_with_the_strongest_k
     assert "--drop" in kept
     (crm,) = trailing_baseline_warnings(0.934, baselines, audit, used, "crm")
     assert "--drop" not in crm and "before the outcome" in crm  # --drop is for flat files only
+    # A search the time budget cut short is the first thing to fix, before leaks or the space.
+    (short,) = trailing_baseline_warnings(0.934, baselines, audit, used, few_trials=True)
+    assert "too few tuning trials" in short and "search space" not in short and "Lead Quality" not in short
+
+
+def test_a_search_the_budget_stopped_before_tpe_began_is_said(params):
+    """A busy machine fit 2 of 60 trials in the demo's budget, and nothing said so."""
+    tuning = params.tuning.model_copy(update={"trials": 60, "timeout_seconds": 100})
+    (said,) = few_trials_warnings(2, tuning)
+    assert said.startswith("only 2 of at most 60 tuning trials fit in the 100 s budget") and "--timeout" in said
+    assert few_trials_warnings(10, tuning) == []
+    assert few_trials_warnings(3, tuning.model_copy(update={"trials": 3})) == []  # all it was asked for
 
 
 def test_the_top_leads_table_prints_ids_as_written_not_as_markup_or_terminal_codes(monkeypatch):

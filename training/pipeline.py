@@ -26,7 +26,7 @@ from features.fit import learn_tech_vocabulary
 from features.flat import FlatProfile, flat_feature_groups, load_flat, model_column_name
 from features.ingest import DataError, Quarantine, as_of_view, load_crm
 from features.leakage import audit_leakage
-from features.params import PROJECT_ROOT, FeatureParams, Params
+from features.params import PROJECT_ROOT, FeatureParams, Params, TuningParams
 from features.schema import TRUTH_FILE
 from features.spec import learn_spec, to_model_frame
 from features.synthetic import generate_crm, write_crm
@@ -55,7 +55,7 @@ from training.register import (
 from training.split import CV_FOLDS, SplitReport, split_by_time, split_stratified
 from training.thresholds import top_share_threshold
 from training.train import fit_final, learned_settings, out_of_fold_margins
-from training.tune import TuningResult, tune, tune_cv
+from training.tune import TPE_STARTUP_TRIALS, TuningResult, tune, tune_cv
 
 logger = logging.getLogger(__name__)
 EMBEDDED_DIR = MODELS_DIR / "embedded"
@@ -99,8 +99,10 @@ def trailing_baseline_warnings(
     audit: pd.DataFrame,
     used_columns: list[str],
     kind: str = "flat",
+    few_trials: bool = False,
 ) -> list[str]:
-    """A warning when a baseline beats the tuned model on the test rows, with where to look.
+    """A warning when a baseline beats the tuned model on the test rows, with where to look
+    (first the tuning budget, when `few_trials` ran: `few_trials_warnings`).
 
     The registration gate tolerates a small shortfall, so without this the user would only see
     it by comparing rows of the results table.
@@ -115,6 +117,12 @@ def trailing_baseline_warnings(
             f"({best['roc_auc']:.4f}) on the test rows: a shortfall of {best['roc_auc'] - test_auc:.4f} is within "
             "the noise of one split"
         ]
+    if few_trials:
+        return [
+            f"the tuned model (ROC AUC {test_auc:.4f}) trails the {name.replace('_', ' ')} baseline "
+            f"({best['roc_auc']:.4f}) on the test rows, with too few tuning trials to tell more (above): raise the "
+            "tuning budget before looking for other causes"
+        ]
     strongest = audit.loc[audit["column"].isin(used_columns)].head(3)
     suspects = ", ".join(f"{row.column} ({row.auc:.3f})" for row in strongest.itertuples())
     return [
@@ -125,6 +133,18 @@ def trailing_baseline_warnings(
         f"the outcome away. The strongest single columns the model uses: {suspects}; if any is "
         "recorded after the outcome is known, "
         + ("leave it out (--drop)." if kind == "flat" else "export it as it stood before the outcome, or not at all.")
+    ]
+
+
+def few_trials_warnings(trials: int, tuning: TuningParams) -> list[str]:
+    """A warning when the time budget stopped tuning before TPE began to search: the first
+    trials are random draws (a busy machine slows each one several times over)."""
+    if trials >= min(tuning.trials, TPE_STARTUP_TRIALS):
+        return []
+    return [
+        f"only {trials} of at most {tuning.trials} tuning trials fit in the {tuning.timeout_seconds:g} s budget: "
+        f"the first {TPE_STARTUP_TRIALS} are random draws, so the search hardly ran. Raise the budget (--timeout, "
+        "tuning.timeout_seconds) or train when the machine is less busy"
     ]
 
 
@@ -641,6 +661,9 @@ def train_and_register(
                 on_trial=on_trial, fixed=learned,
             )  # fmt: skip
         reporter.trials_finished()
+        tuning_warnings = few_trials_warnings(tuning.trials, params.tuning)
+        for text in tuning_warnings:
+            reporter.warn(text)
         if on_tuned is not None:
             on_tuned(tuning)
         # The chosen settings on the parent run, to compare runs in the MLflow UI.
@@ -709,11 +732,13 @@ def train_and_register(
         )
         baselines = {name: {"roc_auc": float(roc_auc_score(labels["test"], p))} for name, p in baseline_probs.items()}
         best_baseline = max(b["roc_auc"] for b in baselines.values())
-        run_warnings = trailing_baseline_warnings(
-            test_metrics["roc_auc"], baselines, audit, list(spec.columns), dataset.kind
-        )
-        for text in run_warnings:
+        trailing = trailing_baseline_warnings(
+            test_metrics["roc_auc"], baselines, audit, list(spec.columns), dataset.kind,
+            few_trials=bool(tuning_warnings),
+        )  # fmt: skip
+        for text in trailing:
             reporter.warn(text)
+        run_warnings = [*tuning_warnings, *trailing]
         bayes = None
         if dataset.truth is not None:
             truth = dataset.truth[(part == "test").to_numpy()].to_numpy()
