@@ -316,7 +316,7 @@ def test_commands_that_read_the_registry_name_a_bad_store_or_params_file_in_one_
     assert not (tmp_path / "scored").exists() and not (tmp_path / "snapshots").exists()
 
 
-def test_serve_refuses_a_mistyped_store_and_says_when_no_model_is_registered_yet(tmp_path):
+def test_serve_refuses_a_mistyped_store_and_says_when_no_model_is_registered_yet(tmp_path, champion_store):
     """A typo'd store would serve 503s forever from an empty registry of its own; a store not
     created yet is a new user's first `serve`, which starts and waits for a champion."""
     serve = [str(BIN / "leadscore"), "serve", "--host", "127.0.0.1", "--port", str(_free_port())]
@@ -343,6 +343,8 @@ def test_serve_refuses_a_mistyped_store_and_says_when_no_model_is_registered_yet
     waits = {
         f"sqlite:///{tmp_path / 'new.db'}": "no model registered yet",
         f"http://leadscore:s3cret@127.0.0.1:{_free_port()}": "no tracking server answers",
+        # A store with models, none of this name (a misspelt LEADSCORE_MODEL_NAME): it listed none.
+        champion_store: "no registered model named 'lead-scorer' (registered: ",
     }
     for uri, reason in waits.items():
         env["MLFLOW_TRACKING_URI"] = uri

@@ -780,6 +780,8 @@ def serve(
                       f"`leadscore train` registers a champion[/yellow]")  # fmt: skip
     elif database is None and (problem := tracking_problem()):
         console.print(f"[yellow]{escape(problem)} (the service starts: {waiting} the store answers)[/yellow]")
+    elif missing := _unknown_model_said(name):  # a misspelt LEADSCORE_MODEL_NAME would wait for ever
+        console.print(f"[yellow]{escape(missing)}: {waiting} one is registered under that name[/yellow]")
     if api_keys_from_env():
         console.print("API keys required (LEADSCORE_API_KEYS is set)")
     bentoml = str(Path(sys.executable).parent / "bentoml")
@@ -789,6 +791,19 @@ def serve(
     # Become the server rather than wrap it: a supervisor's SIGTERM then reaches BentoML, which
     # stops its workers; a wrapper would die and leave them serving.
     os.execve(bentoml, command, env)
+
+
+def _unknown_model_said(name: str) -> str | None:
+    """`unknown_model` for the service's start; None when the store cannot tell (said elsewhere)."""
+    from mlflow.exceptions import MlflowException
+
+    from training.register import unknown_model
+
+    _quiet_libraries()
+    try:
+        return unknown_model(name)
+    except (MlflowException, OSError):
+        return None
 
 
 def bentoml_home(host: str, port: int) -> Path:

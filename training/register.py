@@ -359,6 +359,15 @@ def promote(model_name: str, version: str, compared_with: Any = _UNCHECKED) -> s
     return old
 
 
+def unknown_model(model_name: str, client: MlflowClient | None = None) -> str | None:
+    """"no registered model named ... (registered: the names there are)", or None when it is."""
+    client = client or MlflowClient()
+    if client.search_registered_models(filter_string=f"name = '{model_name}'"):
+        return None
+    names = ", ".join(m.name for m in client.search_registered_models()) or "none"
+    return f"no registered model named {model_name!r} (registered: {names})"
+
+
 def rollback(model_name: str) -> tuple[str, str]:
     """Make `@previous` the champion again; the replaced champion becomes `@previous`, so a
     second rollback undoes the first.
@@ -370,9 +379,8 @@ def rollback(model_name: str) -> tuple[str, str]:
         ValueError: the model has no `@previous` or no `@champion`.
     """
     client = MlflowClient()
-    if not client.search_registered_models(filter_string=f"name = '{model_name}'"):
-        names = ", ".join(m.name for m in client.search_registered_models()) or "none"
-        raise ValueError(f"no registered model named {model_name!r} (registered: {names})")
+    if missing := unknown_model(model_name, client):
+        raise ValueError(missing)
     previous = current_version(client, model_name, PREVIOUS)
     champion = current_version(client, model_name)
     if previous is None or champion is None:

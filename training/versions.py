@@ -12,7 +12,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from training.recalibrate import mark_promoted
-from training.register import CHAMPION, current_version, promote
+from training.register import CHAMPION, current_version, promote, unknown_model
 from training.rules import RULES_FROM_TAG
 
 PROMOTED_DESPITE_TAG = "leadscore.promoted_despite"
@@ -46,8 +46,7 @@ def list_versions(model_name: str, limit: int = 20) -> list[VersionInfo]:
     try:
         aliases = client.get_registered_model(model_name).aliases
     except MlflowException as exc:
-        names = ", ".join(m.name for m in client.search_registered_models()) or "none"
-        raise ValueError(f"no registered model named {model_name!r} (registered: {names})") from exc
+        raise ValueError(unknown_model(model_name, client) or str(exc)) from exc
     by_version: dict[str, list[str]] = {}
     for alias, version in aliases.items():
         by_version.setdefault(str(version), []).append(alias)
