@@ -360,7 +360,7 @@ def promote(model_name: str, version: str, compared_with: Any = _UNCHECKED) -> s
 
 
 def unknown_model(model_name: str, client: MlflowClient | None = None) -> str | None:
-    """"no registered model named ... (registered: the names there are)", or None when it is."""
+    """The message "no registered model named ... (registered: ...)", or None when one is."""
     client = client or MlflowClient()
     if client.search_registered_models(filter_string=f"name = '{model_name}'"):
         return None
