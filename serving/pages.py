@@ -533,6 +533,18 @@ def _category_effect(values: pd.Series, effects: np.ndarray) -> str:
     )
 
 
+def _training_window(meta: dict[str, Any]) -> str:
+    """The training window as the model page says it: a final model refit on the training and
+    validation periods together says so (its window then holds the one it was calibrated on)."""
+    trained, validation = meta.get("training_window"), meta.get("validation_window")
+    if not trained:
+        return ""
+    shown = " to ".join(map(str, trained))
+    if validation and str(trained[1]) >= str(validation[0]):
+        shown += " (the validation period included)"
+    return shown
+
+
 def model_view(model: LoadedModel, snapshot: Snapshot | None = None) -> dict:
     meta = model.scorer.metadata
     evaluation = meta.get("evaluation") or {}
@@ -552,7 +564,7 @@ def model_view(model: LoadedModel, snapshot: Snapshot | None = None) -> dict:
         "version": model.version,
         "alias": model.alias,
         "trained_at": str(meta.get("trained_at", ""))[:16].replace("T", " "),
-        "training_window": " to ".join(map(str, meta.get("training_window") or [])),
+        "training_window": _training_window(meta),
         "validation_window": " to ".join(map(str, meta.get("validation_window") or [])),
         "test_window": " to ".join(map(str, meta.get("test_window") or [])),
         "split": str(meta.get("split") or ""),  # a flat CSV without a time column: no windows

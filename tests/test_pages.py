@@ -335,6 +335,8 @@ def test_model_page(page, server):
     text = page.locator("main").inner_text()
     assert CHAMPION_NAME in text
     assert "Qualification criteria" in text
+    # Refit on training and validation together: why the training window holds the calibration one.
+    assert "(the validation period included) · calibrated on" in text, text[:600]
     assert "How each factor moves scores" in text, text[-300:]
     # What the beeswarm's colours say, in words: one line per factor it shows.
     words = page.locator("#words-h + ul li").all_inner_texts()

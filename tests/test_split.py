@@ -60,6 +60,10 @@ def test_the_described_boundaries_are_those_of_the_windows(params):
     assert f"test = leads first seen after {test_after}, validation after {valid_after}" in report.description
     assert report.windows["test"][0] == str(test_after + pd.Timedelta(days=1))
     assert report.windows["valid"][0] == str(valid_after + pd.Timedelta(days=1))
+    # The moments the model page gives as its periods are in the training output too.
+    windows = [f"{report.windows[name][0]} to {report.windows[name][1]} ({name})" for name in ("test", "train")]
+    assert report.description.endswith(f"; examples as of {windows[0]}, {report.windows['valid'][0]} to "
+                                       f"{report.windows['valid'][1]} (validation), {windows[1]}")  # fmt: skip
 
 
 def test_a_test_set_too_small_to_judge_fails_its_gate(params):

@@ -62,6 +62,11 @@ def split_by_time(examples: pd.DataFrame, params: SplitParams, horizon_days: int
         f"by time and cohort: test = leads first seen after {_moment(test_start)}, validation after "
         f"{_moment(valid_start)}, train before"
     )
+    if windows:  # the moments its examples are scored as of, as the model page gives them
+        names = {"test": "test", "valid": "validation", "train": "train"}
+        description += "; examples as of " + ", ".join(
+            f"{windows[name][0]} to {windows[name][1]} ({shown})" for name, shown in names.items() if name in windows
+        )
     if left_out:  # a flat export (one row per lead, no horizon) has none to leave out
         description += (
             f"; {left_out:,} later snapshot(s) of earlier leads left out so that no lead and no label horizon "
