@@ -565,7 +565,7 @@ def prepare_crm_leads(
     future = pd.Series(clean["created_at"].to_numpy() > moments.to_numpy()[positions], index=clean.index)
     if future.any():
         # Both moments said: an as_of read otherwise than meant (`20261022` is Unix time, 1970) shows.
-        moment = pd.Series(moments.to_numpy()[positions], index=clean.index).astype(str)
+        moment = pd.Series(moments.to_numpy()[positions], index=clean.index).dt.floor("s").astype(str)
         said = "created_at is after the scoring moment (as_of): " + clean["created_at"].astype(str) + " after " + moment
         quarantine.add("leads", clean, future, said)
         clean = clean[~future].reset_index(drop=True)

@@ -373,10 +373,12 @@ class LeadScoring:
             # Point at the lead (and activity) in the request, as every other 400 does.
             owners = [(i, j) for i, lead in enumerate(leads) for j in range(len(lead.activities))]
             problems = []
-            for (table, row, reason), text in zip(exc.rows, exc.problems, strict=True):
-                where = at(row) if table == "leads" else (*at(owners[row][0]), "activities", owners[row][1])
+            for table, row, reason in exc.rows:
+                lead = row if table == "leads" else owners[row][0]
+                where = at(lead) if table == "leads" else (*at(lead), "activities", owners[row][1])
                 named = next((c for c in _CONTRACT_FIELDS if c in reason), None)
-                problems.append(((*where, named) if named else where, text))
+                # The place is said by `where`: the text adds the lead's id, not the position again.
+                problems.append(((*where, named) if named else where, f"lead_id {leads[lead].lead_id!r}: {reason}"))
             raise _bad_request(problems) from None
         return features, context
 

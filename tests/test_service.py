@@ -331,6 +331,8 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
     assert "after the scoring moment (as_of): 2030-01-01 after 2025-01-01" in future.text
     # One mistake, one error, pointing at the lead and field (its activity is not "of an unknown lead").
     assert [e["loc"] for e in future.json()["detail"]] == [["leads", 1, "created_at"]], future.text
+    # The place once (it was "at leads.1.created_at: leads[1] (lead_id 'b'): ..."), then the lead's id.
+    assert future.json()["detail"][0]["msg"].startswith("lead_id 'b': created_at is after"), future.text
     twice = post({"leads": [ok_lead, {**ok_lead, "industry": "Retail"}]})
     assert twice.status_code == 400 and ["leads", 0, "lead_id"] in [e["loc"] for e in twice.json()["detail"]]
     bad_json = httpx.post(
@@ -367,6 +369,8 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
         assert ahead.status_code == 200 and len(ahead.json()) == len(leads), ahead.text
     far = post({"leads": [{"lead_id": "a", "created_at": late}, other]})
     assert far.status_code == 400 and "created_at is after the scoring moment" in far.text
+    # The moment of arrival to the second (it had microseconds); the value sent is shown as sent.
+    assert re.search(r" after \d{4}-\d\d-\d\d \d\d:\d\d:\d\d$", far.json()["detail"][0]["msg"]), far.text
 
 
 @pytest.mark.slow
