@@ -346,7 +346,11 @@ class RedactValidationErrors(logging.Filter):
             problems = str(error)[:500]  # the service's own 4xx texts name a field and a position
         else:
             return True
-        record.msg = f"{record.getMessage()} rejected: {control_escaped(problems)}"  # keys are a client's text
+        # BentoML says "Exception on /score [POST]": a client's mistake is no exception of the service.
+        said = re.fullmatch(r"Exception on (\S+) \[(\w+)\]", record.getMessage())
+        request = f"{said[2]} {said[1]}" if said else record.getMessage()
+        # Escaped: a key (a field's name) is the client's text.
+        record.msg = f"{request} refused (the client's request): {control_escaped(problems)}"
         record.args = ()
         record.exc_info = None
         record.exc_text = None

@@ -414,6 +414,8 @@ def test_logs_hold_no_keys_and_no_personal_data(server, sample):
         for value in leads.head(5).get(column, pd.Series(dtype=object)).dropna():
             assert str(value) not in text, column
     assert "secret.person@example.com" not in text
+    # A client's mistake is logged as one, where and why (BentoML's "Exception on /score [POST]").
+    assert "POST /score refused (the client's request): leads.0.x: extra_forbidden" in text, text[-2000:]
 
 
 @pytest.mark.slow
