@@ -10,7 +10,8 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: help install browser axe demo serve notebook test test-fast lint format bench screenshots clean
 
 help:  ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}' \
+		| sed -e 's/\$$(PORT)/$(PORT)/g' -e 's/\$$(NOTEBOOK_PORT)/$(NOTEBOOK_PORT)/g' -e 's/\$$(AXE_VERSION)/$(AXE_VERSION)/g'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

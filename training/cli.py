@@ -108,8 +108,7 @@ class RichReporter(PrintReporter):
 
     def trials_finished(self) -> None:
         if self._progress is not None:
-            # The time budget may end the search before the trial count: the bar says so.
-            self._progress.update(self._task, total=self.done)
+            # A search the time budget ended stays at its count ("2/60"); the line below says why.
             self._progress.stop()
             self._progress = None
         super().trials_finished()
@@ -1366,7 +1365,7 @@ def recalibrate(
         console.print(
             f"thresholds: MQL score {old['mql']['min_score']} → {new['mql']['min_score']}, "
             f"SQL score {old['sql']['min_score']} → {new['sql']['min_score']}; "
-            f"grades {summary['thresholds']['new']['grade_bands']}"
+            "grades " + ", ".join(f"{g} from {b:g}" for g, b in summary["thresholds"]["new"]["grade_bands"].items())
         )
     console.print(f"{_log_time(console)}[bold]{summary['decision']}[/bold]: {summary['why']}")
     console.print(f"report: {summary['report']}/report.html (and report.md)")
