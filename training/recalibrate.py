@@ -429,8 +429,8 @@ def report_markdown(summary: dict[str, Any]) -> str:
         "",
         "## Drift (training window vs the newest quarter)",
         "",
-        f"- Conversion rate {shift['reference_rate']:.1%} → {shift['recent_rate']:.1%} ({shift['shift'] * 100:+.1f} percentage points, "
-        f"{abs(shift['z']):.1f} standard errors of sampling noise).",
+        f"- Conversion rate {shift['reference_rate']:.1%} → {shift['recent_rate']:.1%} "
+        f"({shift['shift'] * 100:+.1f} percentage points, {abs(shift['z']):.1f} standard errors of sampling noise).",
         f"- Score distribution of the champion: PSI {drift['score_psi']:.3f}.",
         f"- Drifted features (PSI past the threshold): {drifted}.",
     ]
