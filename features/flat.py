@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -381,7 +382,9 @@ def field_problems(schema: dict[str, Any], rows: list[dict[str, Any] | None]) ->
             blank_to_missing(frame[column], schema["missing_tokens"])
         )
         wanted = "a number" if kind == "numeric" else "yes or no"
-        problems += [(int(i), column, f"{rows[i][column]!r} is not {wanted}: the model reads this column as {kind}")
+        # The value as the request's JSON wrote it (`true`, `"lots"`), not as Python does.
+        problems += [(int(i), column, f"{json.dumps(rows[i][column])} is not {wanted}: the model reads this column as "
+                      f"{kind}")
                      for i in np.flatnonzero(failed.to_numpy())]  # fmt: skip
     return sorted(problems, key=lambda problem: problem[0])
 
