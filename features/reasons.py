@@ -166,12 +166,23 @@ def describe(feature: str, value: object) -> str:
         return f"{plain_name(feature)} {float(value):,.0f}"
     if feature in ("budget", "authority", "need", "timeline"):
         return f"{plain_name(feature)} {value}" if value != "not" else f"{plain_name(feature)} not there"
-    if isinstance(value, float):
-        # A column of the product's own reads "Page views per visit 2.5"; a flat export's column
-        # name is its own ("Total Time Spent on Website"), which reads as a value only with "is".
-        joiner = " " if feature in FIELD_NAMES else " is "
-        return f"{plain_name(feature)}{joiner}{value:,.4g}"
-    return f"{plain_name(feature)} is {value}"
+    shown = f"{value:,.4g}" if isinstance(value, float) else value
+    if feature not in FIELD_NAMES and _is_question(feature):
+        # A form's question as a column ("What is your current occupation"): its answer follows.
+        return f"{feature.rstrip(' ?')}? {shown}"
+    # A column of the product's own reads "Page views per visit 2.5"; a flat export's column
+    # name is its own ("Total Time Spent on Website"), which reads as a value only with "is".
+    joiner = " " if feature in FIELD_NAMES and isinstance(value, float) else " is "
+    return f"{plain_name(feature)}{joiner}{shown}"
+
+
+QUESTION_WORDS = frozenset({"what", "which", "how", "who", "whom", "whose", "why", "where", "when"})
+
+
+def _is_question(name: str) -> bool:
+    """A column named as a question: it ends with "?" or starts with a question word."""
+    words = name.split()
+    return len(words) > 1 and (name.rstrip().endswith("?") or words[0].casefold() in QUESTION_WORDS)
 
 
 def sentence(feature: str, value: object, points: float) -> str:

@@ -96,6 +96,10 @@ def test_reasons_count_time_from_the_scoring_moment_and_a_count_is_not_its_recen
     assert describe("engagement_decayed", -3.04) == "Recent activity level -3.0 (an unsubscribe outweighs the rest)"
     # A flat export's own numeric column reads as a value ("Total Time Spent on Website 0: -3" did not).
     assert sentence("Total Time Spent on Website", 0.0, -3.3) == "Total Time Spent on Website is 0: -3"
+    # A form's question as a column is answered ("What is your current occupation is Working Professional").
+    said = sentence("What is your current occupation", "Working Professional", 15.0)
+    assert said == "What is your current occupation? Working Professional: +15"
+    assert sentence("Do Not Email", "Yes", -3.0) == "Do Not Email is Yes: -3"  # a flag, not a question
     assert describe("annual_revenue", 1000.0) == "Annual revenue 1,000"
 
 
