@@ -172,6 +172,7 @@ def lead_view(
         "horizon_days": model.feature_params.horizon_days if model.kind == "crm" else None,
         "left_out": [f"{row.table} row {row.row}: {row.reason}" for row in problems.itertuples()],
         "activity_level": _activity_level_note(model, scored["reasons"]),
+        "reads_activities": model.kind == "crm",  # a flat export's lead has no timeline to show
     }
 
 
@@ -354,6 +355,7 @@ def digest_view(
         "disqualified_last": bool(closed.any() and not closed.all()),
         # A filter value no lead has (a former owner in a bookmark) stays shown as chosen.
         "owners": owners + [v for v in [filters.get("owner")] if v and v not in owners],
+        "has_owners": bool(owners),  # a flat export without an owner column: no empty column, no filter
         "stages": stages + [v for v in [filters.get("stage")] if v and v not in stages],
         "grades": grades + [v for v in [filters.get("grade")] if v and v not in grades],
         "model_loaded": model is not None,

@@ -781,3 +781,25 @@ def test_a_crm_page_on_an_allowed_origin_calls_the_api_from_the_browser(
         tab.close()
     finally:
         _stop(process)
+
+
+def test_pages_of_leads_without_owners_or_activities_leave_those_parts_out(champion, scores_dir):
+    """A flat export (no owner column, no activities) showed an empty owner column and filter,
+    and "Activity timeline: No activity recorded" on every lead page."""
+    import dataclasses
+
+    from serving.pages import digest_view, render
+    from serving.snapshots import latest_two
+
+    latest, _ = latest_two(scores_dir, champion.name)
+    with_owners = render("digest.html", **digest_view(champion, latest, None, {}))
+    assert '<th scope="col">owner</th>' in with_owners and 'name="owner"' in with_owners
+    unowned = dataclasses.replace(latest, scores=latest.scores.assign(owner=""))
+    without = render("digest.html", **digest_view(champion, unowned, None, {}))
+    assert '<th scope="col">owner</th>' not in without and 'name="owner"' not in without
+    assert '<th scope="col">top reason</th>' in without
+    lead = {"display_name": "x", "lead_id": "x", "as_of": "2026-10-22 00:00", "model": "m v1", "score": 47.1,
+            "grade": "B", "probability": 0.47, "fit": 50.0, "engagement": 60.0, "stage": "MQL", "stage_reason": "",
+            "next_action": "", "reasons": [], "kept_only": True, "timeline": []}  # fmt: skip
+    assert "Activity timeline" in render("lead.html", title="x", lead=lead)
+    assert "Activity timeline" not in render("lead.html", title="x", lead={**lead, "reads_activities": False})
