@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
@@ -23,7 +24,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 API_KEYS_ENV = "LEADSCORE_API_KEYS"
 # Probes and metrics stay open so an orchestrator can check the process without a key.
 OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})
-# The pages' login form checks the key itself; the cookie it sets carries the key.
+# The pages' login form checks the key itself; the cookie it sets carries a token of the key
+# (`page_token`), never the key.
 LOGIN_PATHS = frozenset({"/ui/login"})
 KEY_COOKIE = "leadscore_key"
 
@@ -174,8 +176,15 @@ def key_matches(token: bytes, keys: tuple[bytes, ...]) -> bool:
     return found
 
 
+def page_token(key: bytes) -> bytes:
+    """What the pages' cookie holds for an API key: a keyed hash of it. A cookie read off a
+    browser then opens the pages, not the API, and does not give the key away; removing the key
+    from $LEADSCORE_API_KEYS ends its cookies too."""
+    return hmac.new(key, b"leadscore pages cookie", hashlib.sha256).hexdigest().encode()
+
+
 def cookie_key(headers: dict[bytes, bytes]) -> bytes:
-    """The API key a browser sends in the pages' cookie (empty when there is none)."""
+    """The page token a browser sends in the pages' cookie (empty when there is none)."""
     jar = SimpleCookie()
     try:
         jar.load(headers.get(b"cookie", b"").decode("latin-1"))
@@ -204,6 +213,7 @@ class ApiKeyGuard:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.keys = api_keys_from_env()
+        self.page_tokens = tuple(page_token(key) for key in self.keys)
         self.misconfigured = api_keys_problem()  # fails closed: `leadscore serve` refuses to start
         if self.misconfigured:
             logging.getLogger(__name__).error("every request is refused: %s", self.misconfigured)
@@ -222,9 +232,11 @@ class ApiKeyGuard:
         header = headers.get(b"authorization", b"")
         token = header[7:].strip() if header[:7].lower() == b"bearer " else b""
         page = path == "/ui" or path.startswith("/ui/")
-        if not token and page:
-            token = cookie_key(headers)
-        if not key_matches(token, self.keys):
+        if token:
+            allowed = key_matches(token, self.keys)
+        else:  # a browser on the pages sends the token its sign-in set, never the key
+            allowed = page and key_matches(cookie_key(headers), self.page_tokens)
+        if not allowed:
             if page and scope.get("method") == "GET":
                 await _to_login(scope, send)
                 return

@@ -29,7 +29,7 @@ from features.reasons import describe, plain_name
 from features.schema import ACTIVITY_TYPES
 from serving.batch import model_schema
 from serving.charts import beeswarm, calibration, columns, horizontal_bars, waterfall
-from serving.guards import KEY_COOKIE, api_keys_from_env, key_matches, plain_problem
+from serving.guards import KEY_COOKIE, api_keys_from_env, key_matches, page_token, plain_problem
 from serving.schemas import Lead, Moment, flat_fields, leads_to_flat, leads_to_frames, unread_parts, utc_naive
 from serving.scoring import (
     InvalidLeads,
@@ -730,7 +730,7 @@ def login_form(next: str = "/ui/digest", signed_out: str = "") -> HTMLResponse:
 
 
 @app.post("/login", include_in_schema=False)
-def login(key: str = Form(...), next: str = Form("/ui/digest")):
+def login(request: Request, key: str = Form(...), next: str = Form("/ui/digest")):
     keys = api_keys_from_env()
     if keys and not key_matches(key.encode(), keys):
         page = TEMPLATES.get_template("login.html").render(
@@ -738,7 +738,12 @@ def login(key: str = Form(...), next: str = Form("/ui/digest")):
         )
         return HTMLResponse(page, status_code=401)
     response = RedirectResponse(_local(next), status_code=303)
-    response.set_cookie(KEY_COOKIE, key, httponly=True, samesite="strict", path="/ui")
+    # Secure behind TLS (a proxy says so in X-Forwarded-Proto): the browser then never sends it
+    # over plain HTTP. A service on plain HTTP (loopback) could not set it at all.
+    secure = request.url.scheme == "https" or request.headers.get("x-forwarded-proto", "").lower() == "https"
+    response.set_cookie(
+        KEY_COOKIE, page_token(key.encode()).decode(), httponly=True, samesite="strict", path="/ui", secure=secure
+    )
     return response
 
 

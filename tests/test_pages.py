@@ -120,6 +120,21 @@ def test_a_wrong_key_is_refused(page, server):
     assert httpx.get(f"{server}/ui/model", cookies={"leadscore_key": "nope"}, follow_redirects=False).status_code == 303
 
 
+def test_the_pages_cookie_is_no_api_key(page, server):
+    """It held the key itself: read off a browser, it was a key to the API as well."""
+    _login(page, server)
+    (cookie,) = [c for c in page.context.cookies() if c["name"] == "leadscore_key"]
+    assert KEY not in cookie["value"] and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert not cookie["secure"]  # plain HTTP on loopback: a Secure cookie would never come back
+    signed_in = httpx.get(f"{server}/ui/model", cookies={"leadscore_key": cookie["value"]}, follow_redirects=False)
+    assert signed_in.status_code == 200
+    assert httpx.get(f"{server}/model", headers={"Authorization": f"Bearer {cookie['value']}"}).status_code == 401
+    assert httpx.get(f"{server}/ui/model", cookies={"leadscore_key": KEY}, follow_redirects=False).status_code == 303
+    # Behind a TLS proxy the browser is told never to send it over plain HTTP.
+    proxied = httpx.post(f"{server}/ui/login", data={"key": KEY}, headers={"X-Forwarded-Proto": "https"})
+    assert proxied.status_code == 303 and "secure" in proxied.headers["set-cookie"].lower(), proxied.headers
+
+
 def test_digest_filters(page, server):
     _login(page, server)
     assert page.url.endswith("/ui/digest")

@@ -176,7 +176,7 @@ def test_metrics_and_the_access_log_name_routes_not_the_paths_sent(server):
     url, log = server
     assert httpx.get(f"{url}/made-up-path-1234").status_code == 401
     assert httpx.get(f"{url}/nothing%0d%0aFORGED now serving version 99").status_code == 401
-    page = httpx.get(f"{url}/ui/leads/L-private-77", cookies={"leadscore_key": KEYS[0]})
+    page = httpx.get(f"{url}/ui/leads/L-private-77", headers=_auth())
     assert page.status_code in (200, 404) and "L-private-77" in page.text  # the page still gets its path
     body = {"leads": [{"lead_id": "x", "created_at": "2025-01-01"}]}
     assert httpx.post(f"{url}/score", json=body, headers=_auth()).status_code == 200
