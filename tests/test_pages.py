@@ -800,7 +800,8 @@ def test_a_crm_page_on_an_allowed_origin_calls_the_api_from_the_browser(
 
 def test_pages_of_leads_without_owners_or_activities_leave_those_parts_out(champion, scores_dir):
     """A flat export (no owner column, no activities) showed an empty owner column and filter,
-    and "Activity timeline: No activity recorded" on every lead page."""
+    and "Activity timeline: No activity recorded" on every lead page. And a digest after a
+    rollback said the champion had changed only in a footnote."""
     import dataclasses
 
     from serving.pages import digest_view, render
@@ -813,6 +814,11 @@ def test_pages_of_leads_without_owners_or_activities_leave_those_parts_out(champ
     without = render("digest.html", **digest_view(champion, unowned, None, {}))
     assert '<th scope="col">owner</th>' not in without and 'name="owner"' not in without
     assert '<th scope="col">top reason</th>' in without
+    # A scoring by a version the service no longer serves (after a rollback) says so at the top.
+    assert 'id="champion-changed"' not in with_owners
+    older = dataclasses.replace(latest, meta={**latest.meta, "model_version": "99"})
+    notice = render("digest.html", **digest_view(champion, older, None, {}))
+    assert f"The service now scores with {champion.name} v{champion.version}, not {champion.name} v99" in notice
     lead = {"display_name": "x", "lead_id": "x", "as_of": "2026-10-22 00:00", "model": "m v1", "score": 47.1,
             "grade": "B", "probability": 0.47, "fit": 50.0, "engagement": 60.0, "stage": "MQL", "stage_reason": "",
             "next_action": "", "reasons": [], "kept_only": True, "timeline": []}  # fmt: skip
