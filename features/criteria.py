@@ -159,7 +159,7 @@ def _recycle_date(moment: pd.Timestamp, age_days: float, every: pd.Timedelta) ->
         return (moment + every).date().isoformat()
     # The age is a float of days: the creation moment it gives back is off by microseconds, which
     # put a lead created at midnight on the day before for some moments. CRMs keep milliseconds.
-    created = (moment - pd.Timedelta(days=float(age_days))).round("ms")
+    created = min((moment - pd.Timedelta(days=float(age_days))).round("ms"), moment)  # never after the moment
     cycles = int((moment - created) // every) + 1
     return (created + cycles * every).date().isoformat()
 

@@ -334,6 +334,12 @@ def _folded_name(name: str) -> str:
 MAX_KEYS_MATCHED = 20
 
 
+def _as_sent(value: Any) -> str:
+    """A value of a request as JSON spells it (`true`, `null`, `1.5`), text quoted as the other
+    messages quote names ('lots', accents as typed)."""
+    return repr(value) if isinstance(value, str) else json.dumps(value)
+
+
 def field_problems(schema: dict[str, Any], rows: list[dict[str, Any] | None]) -> list[tuple[int, str | None, str]]:
     """(row, key or None for the whole row, why) for flat rows sent one by one, as the service
     gets them in `fields`: a key spelt otherwise than one of the schema's columns ("lead source"
@@ -382,8 +388,7 @@ def field_problems(schema: dict[str, Any], rows: list[dict[str, Any] | None]) ->
             blank_to_missing(frame[column], schema["missing_tokens"])
         )
         wanted = "a number" if kind == "numeric" else "yes or no"
-        # The value as the request's JSON wrote it (`true`, `"lots"`), not as Python does.
-        problems += [(int(i), column, f"{json.dumps(rows[i][column])} is not {wanted}: the model reads this column as "
+        problems += [(int(i), column, f"{_as_sent(rows[i][column])} is not {wanted}: the model reads this column as "
                       f"{kind}")
                      for i in np.flatnonzero(failed.to_numpy())]  # fmt: skip
     return sorted(problems, key=lambda problem: problem[0])

@@ -205,9 +205,9 @@ async def _to_login(scope: Scope, send: Send) -> None:
 class ApiKeyGuard:
     """401 unless the request carries `Authorization: Bearer <key>` with a configured key.
 
-    The pages (`/ui/...`) also take the key from the cookie their login form sets, since a
-    browser sends no header by itself; a page request without a valid key is sent to the
-    login form.
+    The pages (`/ui/...`) also take the token of a key (`page_token`) from the cookie their
+    login form sets, since a browser sends no header by itself; a page request without a valid
+    key or token is sent to the login form.
     """
 
     def __init__(self, app: ASGIApp) -> None:

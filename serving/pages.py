@@ -194,7 +194,9 @@ def kept_lead_view(snapshot: Snapshot, lead: pd.DataFrame, activities: pd.DataFr
     waterfall and the way to SQL need the model and are left out, and the page says so."""
     basics = _lead_basics(lead, activities, snapshot.as_of, _kept_model(snapshot), snapshot.meta.get("day_first"))
     scored = _kept_fields(snapshot, basics["lead_id"])
-    return {**basics, **scored, "kept_only": True, "horizon_days": None, "left_out": []}
+    # A flat export's scoring keeps no activities: no timeline to show.
+    reads = not snapshot.activities.empty or "created_at" in snapshot.leads
+    return {**basics, **scored, "kept_only": True, "horizon_days": None, "left_out": [], "reads_activities": reads}
 
 
 def scored_lead_view(model: LoadedModel, snapshot: Snapshot, lead: pd.DataFrame, activities: pd.DataFrame) -> dict:
@@ -740,7 +742,8 @@ def login(request: Request, key: str = Form(...), next: str = Form("/ui/digest")
     response = RedirectResponse(_local(next), status_code=303)
     # Secure behind TLS (a proxy says so in X-Forwarded-Proto): the browser then never sends it
     # over plain HTTP. A service on plain HTTP (loopback) could not set it at all.
-    secure = request.url.scheme == "https" or request.headers.get("x-forwarded-proto", "").lower() == "https"
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()  # the client's hop
+    secure = request.url.scheme == "https" or forwarded == "https"
     response.set_cookie(
         KEY_COOKIE, page_token(key.encode()).decode(), httponly=True, samesite="strict", path="/ui", secure=secure
     )

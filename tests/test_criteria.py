@@ -195,3 +195,7 @@ def test_a_recycle_date_holds_for_a_lead_created_at_midnight_whatever_the_moment
     leads = pd.DataFrame([_lead(icp_match=0.0, lead_age_days=(m - created) / pd.Timedelta(days=1)) for m in moments])
     dates = qualify(leads, params.criteria, pd.Series(moments))["recycle_on"]
     assert dates.value_counts().to_dict() == {"2026-12-30": 400}
+    # Rounded to the millisecond, a lead created a fraction of one before the moment stays before it.
+    moment = pd.Timestamp("2026-09-01 00:00:00.000300")
+    just = pd.DataFrame([_lead(icp_match=0.0, lead_age_days=pd.Timedelta(microseconds=200) / pd.Timedelta(days=1))])
+    assert qualify(just, params.criteria, pd.Series([moment]))["recycle_on"].tolist() == ["2026-12-30"]

@@ -359,6 +359,22 @@ def test_serve_refuses_a_mistyped_store_and_says_when_no_model_is_registered_yet
         assert f"Serving models:/lead-scorer@champion from {uri.replace('s3cret', '***')}" in said, said
         assert reason in said and "/readyz and /score answer 503 until" in said, said
         assert "s3cret" not in said  # a supervisor's log keeps what serve prints
+    # The default store (no MLFLOW_TRACKING_URI): the names are read from it, not from an empty
+    # mlflow.db MLflow would make in the current folder.
+    models, elsewhere = tmp_path / "models", tmp_path / "elsewhere"
+    models.mkdir()
+    elsewhere.mkdir()
+    shutil.copy(champion_store.removeprefix("sqlite:///"), models / "mlflow.db")
+    env = {k: v for k, v in env.items() if k != "MLFLOW_TRACKING_URI"} | {"LEADSCORE_MODELS_DIR": str(models)}
+    with subprocess.Popen(serve, env=env, cwd=elsewhere, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True) as server:  # fmt: skip
+        try:
+            said = server.stdout.readline() + server.stdout.readline()
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
+    assert "no registered model named 'lead-scorer' (registered: " in said and CHAMPION_NAME in said, said
+    assert not (elsewhere / "mlflow.db").exists()
 
 
 def test_a_models_folder_of_its_own_holds_the_default_store(tmp_path):

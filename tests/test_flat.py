@@ -142,7 +142,7 @@ def test_rows_sent_one_by_one_are_checked_against_the_schema():
     assert problems[0][2] == "not a column of the model, 'Lead Source' is (names are matched as written)"
     assert "none of the model's columns is here (it reads 'Lead Source', 'TotalVisits', 'Opted In')" in problems[2][2]
     assert problems[5][2] == "true is not a number: the model reads this column as numeric"
-    assert problems[6][2] == '"maybe" is not yes or no: the model reads this column as boolean'
+    assert problems[6][2] == "'maybe' is not yes or no: the model reads this column as boolean"
 
 
 def test_a_key_of_no_column_of_the_export_is_named_with_the_column_meant():
@@ -160,7 +160,7 @@ def test_a_key_of_no_column_of_the_export_is_named_with_the_column_meant():
     assert problems == [
         (1, "Lead Sorce", "not a column of the model, 'Lead Source' is (names are matched as written)"),
         (2, "Colour", "not a column of the export the model was trained on"),
-        (3, "TotalVisits", '"12,5 visits" is not a number: the model reads this column as numeric'),
+        (3, "TotalVisits", "'12,5 visits' is not a number: the model reads this column as numeric"),
     ]
 
 

@@ -615,7 +615,10 @@ def test_a_search_the_budget_stopped_before_tpe_began_is_said(params):
     """A busy machine fit 2 of 60 trials in the demo's budget, and nothing said so."""
     tuning = params.tuning.model_copy(update={"trials": 60, "timeout_seconds": 100})
     (said,) = few_trials_warnings(2, tuning)
-    assert said.startswith("only 2 of at most 60 tuning trials fit in the 100 s budget") and "--timeout" in said
+    assert (
+        said.startswith("only 2 of at most 60 tuning trials fit in the 100 s budget")
+        and "tuning.timeout_seconds" in said
+    )
     assert few_trials_warnings(10, tuning) == []
     assert few_trials_warnings(3, tuning.model_copy(update={"trials": 3})) == []  # all it was asked for
 

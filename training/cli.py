@@ -724,11 +724,14 @@ def openapi(
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the spec", **GIVEN_PATH)] = Path(
         "docs/openapi.json"
     ),
+    params_file: ParamsFile = None,
 ) -> None:
     """Write the scoring API's OpenAPI spec (the same document GET /docs serves).
 
     The default path is relative to the current folder (the project's committed copy from its root)."""
+    _use_params_file(params_file)
     _check_output_file(output, what="the OpenAPI spec")
+    _params()  # the spec's limits are the service's settings (`service.max_batch`): a bad file is said here
     from serving.service import SPEC
 
     try:
@@ -795,12 +798,16 @@ def serve(
 def _unknown_model_said(name: str) -> str | None:
     """`unknown_model` for the service's start; None when the store cannot tell (said elsewhere)."""
     from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
 
+    from features.tracking import tracking_uri
     from training.register import unknown_model
 
     _quiet_libraries()
     try:
-        return unknown_model(name)
+        # The store the service will read: `serve` sets no process-wide URI, and without one a
+        # client opens MLflow's default (an empty mlflow.db in the current folder).
+        return unknown_model(name, MlflowClient(tracking_uri()))
     except (MlflowException, OSError):
         return None
 

@@ -143,8 +143,8 @@ def few_trials_warnings(trials: int, tuning: TuningParams) -> list[str]:
         return []
     return [
         f"only {trials} of at most {tuning.trials} tuning trials fit in the {tuning.timeout_seconds:g} s budget: "
-        f"the first {TPE_STARTUP_TRIALS} are random draws, so the search hardly ran. Raise the budget (--timeout, "
-        "tuning.timeout_seconds) or train when the machine is less busy"
+        f"the first {TPE_STARTUP_TRIALS} are random draws, so the search hardly ran. Raise tuning.timeout_seconds "
+        "in the params file (`train` also takes --timeout) or train when the machine is less busy"
     ]
 
 
