@@ -316,6 +316,17 @@ def test_commands_that_read_the_registry_name_a_bad_store_or_params_file_in_one_
     assert not (tmp_path / "scored").exists() and not (tmp_path / "snapshots").exists()
 
 
+def _serve_says(serve: list[str], env: dict[str, str], cwd: Path | None = None) -> str:
+    """The two lines `leadscore serve` prints before BentoML starts; then it is stopped."""
+    with subprocess.Popen(serve, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True) as server:  # fmt: skip
+        try:
+            return server.stdout.readline() + server.stdout.readline()
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
+
+
 def test_serve_refuses_a_mistyped_store_and_says_when_no_model_is_registered_yet(tmp_path, champion_store):
     """A typo'd store would serve 503s forever from an empty registry of its own; a store not
     created yet is a new user's first `serve`, which starts and waits for a champion."""
@@ -348,14 +359,7 @@ def test_serve_refuses_a_mistyped_store_and_says_when_no_model_is_registered_yet
     }
     for uri, reason in waits.items():
         env["MLFLOW_TRACKING_URI"] = uri
-        with subprocess.Popen(
-            serve, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-        ) as server:
-            try:
-                said = server.stdout.readline() + server.stdout.readline()  # printed before BentoML starts
-            finally:
-                os.killpg(server.pid, signal.SIGTERM)
-                server.wait(timeout=60)
+        said = _serve_says(serve, env)
         assert f"Serving models:/lead-scorer@champion from {uri.replace('s3cret', '***')}" in said, said
         assert reason in said and "/readyz and /score answer 503 until" in said, said
         assert "s3cret" not in said  # a supervisor's log keeps what serve prints
@@ -366,13 +370,7 @@ def test_serve_refuses_a_mistyped_store_and_says_when_no_model_is_registered_yet
     elsewhere.mkdir()
     shutil.copy(champion_store.removeprefix("sqlite:///"), models / "mlflow.db")
     env = {k: v for k, v in env.items() if k != "MLFLOW_TRACKING_URI"} | {"LEADSCORE_MODELS_DIR": str(models)}
-    with subprocess.Popen(serve, env=env, cwd=elsewhere, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          start_new_session=True) as server:  # fmt: skip
-        try:
-            said = server.stdout.readline() + server.stdout.readline()
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=60)
+    said = _serve_says(serve, env, cwd=elsewhere)
     assert "no registered model named 'lead-scorer' (registered: " in said and CHAMPION_NAME in said, said
     assert not (elsewhere / "mlflow.db").exists()
 
@@ -385,13 +383,7 @@ def test_a_models_folder_of_its_own_holds_the_default_store(tmp_path):
     env = {name: value for name, value in os.environ.items() if name != "MLFLOW_TRACKING_URI"}
     env.update(COLUMNS="400", LEADSCORE_MODELS_DIR=os.path.relpath(tmp_path / "state", PROJECT_ROOT))
     serve = [str(BIN / "leadscore"), "serve", "--host", "127.0.0.1", "--port", str(_free_port())]
-    with subprocess.Popen(serve, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          start_new_session=True) as server:  # fmt: skip
-        try:
-            said = server.stdout.readline() + server.stdout.readline()
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=60)
+    said = _serve_says(serve, env, cwd=tmp_path)
     assert f"from sqlite:///{tmp_path / 'state' / 'mlflow.db'} on" in said, said
     assert "no model registered yet" in said, said
 
