@@ -357,6 +357,13 @@ class LeadScoring:
             if prepared is not None:
                 return prepared
         if model.kind == "flat":
+            # Repeats that differ in anything (`_once_each` leaves them in); a CRM model's cleaning
+            # refuses them as a file's rows are refused. Scored, the CRM would keep either answer.
+            ids = Counter(tidy_text(lead.lead_id) for lead in leads)
+            twice = [((*at(i), "lead_id"), "appears more than once, with other values (a lead sent twice as it is is "
+                      "scored once)") for i, lead in enumerate(leads) if ids[tidy_text(lead.lead_id)] > 1]  # fmt: skip
+            if twice:
+                raise _bad_request(twice[:50])
             wrong = field_problems(model_schema(model), [flat_fields(lead) for lead in leads])
             if wrong:
                 raise _bad_request([((*at(i), "fields", *([key] if key else [])), why) for i, key, why in wrong[:50]])

@@ -176,3 +176,17 @@ def test_training_says_when_it_replaces_the_champions_recalibrated_thresholds(pa
     assert "takes the params file's 10 and 25, grades 60/35/15/0" in said and "run `leadscore recalibrate`" in said
     assert replaced_thresholds(ChampionCheck("4", 0.81, "", criteria=ours, grade_bands=bands), ours, bands) is None
     assert replaced_thresholds(ChampionCheck(None, None, "no champion yet"), ours, bands) is None
+
+
+def test_a_flat_champion_is_not_recalibrated_from_an_export_folder(params, tmp_path, monkeypatch):
+    """It trained a CRM challenger for minutes against a flat champion (ROC AUC 0.5 on the export,
+    every lead graded D) and would have registered it under the flat model's name."""
+    from types import SimpleNamespace
+
+    from training import recalibrate as recalibration
+
+    flat = SimpleNamespace(kind="flat", version="3", scorer=SimpleNamespace(metadata={"data_source": "Leads.csv"}))
+    monkeypatch.setattr(recalibration, "load_champion", lambda name: flat)
+    monkeypatch.setattr(recalibration, "prepare_crm", lambda *a, **k: pytest.fail("it began to build examples"))
+    with pytest.raises(recalibration.RecalibrationError, match=r"x-education's champion \(v3\) is a flat model"):
+        recalibration.recalibrate(params, model_name="x-education", data=tmp_path)

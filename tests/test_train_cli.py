@@ -442,6 +442,15 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
         where = [e["loc"] for e in refused.json()["detail"]]
         assert where == [["leads", 0, "fields", "visits"], ["leads", 1, "fields"], ["leads", 2, "fields", "Colour"]]
         assert "'Visits' is" in refused.text and "not a column of the export the model was trained on" in refused.text
+        # One id sent twice with other values is the client's error (it was scored twice); the same lead
+        # sent twice is scored once.
+        first = body["leads"][0]
+        changed = {**first, "lead_id": f" {first['lead_id']} ", "fields": {**first["fields"], "Visits": "99"}}
+        twice = httpx.post(f"{url}/score", json={"leads": [first, changed]}, timeout=60)
+        assert twice.status_code == 400, twice.text
+        assert [e["loc"] for e in twice.json()["detail"]] == [["leads", 0, "lead_id"], ["leads", 1, "lead_id"]]
+        again = httpx.post(f"{url}/score", json={"leads": [first, first]}, timeout=60)
+        assert again.status_code == 200 and len(again.json()) == 2, again.text
         assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
         # The paste-a-lead page scores a flat lead from its fields (it was a 500) and refuses as /score does.
         pasted = httpx.post(f"{url}/ui/leads", data={"lead": json.dumps(body["leads"][0])}, timeout=60)

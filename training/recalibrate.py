@@ -126,6 +126,14 @@ def recalibrate(
                 else ""
             )
             raise RecalibrationError(f"nothing to recalibrate against: {exc}{hint}") from exc
+        if champion.kind != "crm":
+            # It trains a CRM model from an export folder: against a flat champion it would compare
+            # models of other inputs and register a CRM version under the flat model's name.
+            raise RecalibrationError(
+                f"{model_name}'s champion (v{champion.version}) is a flat model, trained on "
+                f"{champion.scorer.metadata.get('data_source') or 'a flat CSV'}: recalibration retrains CRM models "
+                "from an export folder; retrain a flat model with `leadscore train --data FILE.csv` and its label"
+            )
         trained_on = champion.scorer.metadata.get("data_source")
         if data is None and trained_on and Path(trained_on).resolve() != EMBEDDED_DIR.resolve():
             # A scheduled job missing its --data would retrain on synthetic leads and could replace
