@@ -35,5 +35,10 @@ def test_rank_auc_equals_sklearns_with_ties():
 def test_grade_table_counts_leads_in_whole_numbers():
     from training.compare import grade_table
 
-    table = grade_table(np.array([0, 1, 0, 1]), {"m": np.array([0.1, 0.9, 0.2, 0.5])}, {"A": 60, "B": 35, "D": 0})
-    assert table["leads"].dtype.kind == "i" and table["leads"].tolist() == [1, 1, 2]  # scores 90; 50; 10, 20
+    label, p = np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.2, 0.5])
+    # Each model by its own bands: notebook 02 graded a recalibrated champion by the params file's.
+    bands = {"m": {"A": 60, "B": 35, "D": 0}, "recalibrated": {"A": 45, "B": 15, "D": 0}}
+    table = grade_table(label, {"m": p, "recalibrated": p}, bands)
+    assert table["leads"].dtype.kind == "i"
+    assert table.loc["m", "leads"].tolist() == [1, 1, 2]  # scores 90; 50; 10, 20
+    assert table.loc["recalibrated", "leads"].tolist() == [2, 1, 1]  # 90, 50; 20; 10

@@ -71,11 +71,14 @@ def _auc(label: np.ndarray, score: np.ndarray) -> float:
     return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def grade_table(label: np.ndarray, probs: Mapping[str, np.ndarray], bands: dict[str, float]) -> pd.DataFrame:
-    """Share of leads and conversion rate per grade, per model."""
+def grade_table(
+    label: np.ndarray, probs: Mapping[str, np.ndarray], bands: Mapping[str, Mapping[str, float]]
+) -> pd.DataFrame:
+    """Share of leads and conversion rate per grade, per model, each graded by its own bands
+    (`bands[name]`; a recalibrated champion's are not the params file's)."""
     out = {}
     for name, p in probs.items():
-        for grade, row in conversion_by_grade(label, p, bands).items():
+        for grade, row in conversion_by_grade(label, p, dict(bands[name])).items():
             out[(name, grade)] = row
     # Built row-wise, every column would come out float: counts are whole.
     return pd.DataFrame(out).T.astype({"share": float, "leads": int, "conversion": float})
