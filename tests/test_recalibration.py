@@ -155,7 +155,14 @@ def test_recalibration_detects_drift_moves_thresholds_and_promotes(export, setti
     # It names the day the export must reach: the next snapshot, labelled a horizon later.
     ends = pd.Timestamp(summary["newest_labelled_snapshot"])
     following, labelled = ends + pd.Timedelta(days=30), ends + pd.Timedelta(days=60)
-    assert f"the next ({following:%Y-%m-%d}) counts once the export reaches {labelled:%Y-%m-%d}" in str(refused.value)
+    said = f"the next ({following:%Y-%m-%d}) counts with an --as-of from {labelled:%Y-%m-%d} on"
+    assert said in str(refused.value)
+    # An --as-of further back names the same next snapshot (it named one after its own, older quarter).
+    with pytest.raises(RecalibrationError, match="no new data") as earlier:
+        recalibrate(
+            load_params(**settings), model_name=MODEL, data=export, as_of=pd.Timestamp(LATER) - pd.Timedelta(days=60)
+        )
+    assert said in str(earlier.value)
 
 
 def test_two_recalibrations_cannot_run_at_once(export, settings, champion):

@@ -158,13 +158,19 @@ def recalibrate(
         champion_test = champion.scorer.metadata.get("test_window")
         if newest and champion_test and str(newest[1]) <= str(champion_test[1]):
             features = params.features
-            following = pd.Timestamp(newest[1]) + pd.Timedelta(days=features.snapshot_days)
+            # The first snapshot past the champion's test (an earlier --as-of ends further back).
+            following = pd.Timestamp(champion_test[1]) + pd.Timedelta(days=features.snapshot_days)
             labelled = following + pd.Timedelta(days=features.horizon_days)
+            when = (
+                f"with an --as-of from {labelled:%Y-%m-%d} on (or none: the export is read up to --as-of)"
+                if as_of is not None
+                else f"once the export reaches {labelled:%Y-%m-%d}"
+            )
             raise RecalibrationError(
                 f"no new data: the newest quarter ends {newest[1]}, and the champion (v{champion.version}) "
                 f"was already tested on data up to {champion_test[1]}; snapshots fall every "
                 f"{features.snapshot_days} days from the export's first day, each labelled {features.horizon_days} "
-                f"days later, so the next ({following:%Y-%m-%d}) counts once the export reaches {labelled:%Y-%m-%d}",
+                f"days later, so the next ({following:%Y-%m-%d}) counts {when}",
                 EXIT_NO_NEW_DATA,
             )
         # The champion reads features built with its own settings (windows, half-life,
