@@ -141,7 +141,10 @@ def test_recalibration_detects_drift_moves_thresholds_and_promotes(export, setti
     assert aliases["champion"] == summary["challenger_version"] and aliases["previous"] == champion
     # The challenger's run, trained while the champion stayed live, now says it was promoted.
     client = MlflowClient()
-    assert client.get_run(summary["run_id"]).data.tags["promoted"] == "True"
+    run = client.get_run(summary["run_id"])
+    assert run.data.tags["promoted"] == "True"
+    # Named and tagged as the recalibration it is (it read "train-crm" in MLflow and `versions`).
+    assert run.info.run_name == "recalibrate-crm" and run.data.tags["leadscore.job"] == "recalibrate"
     metrics = mlflow_json(client, summary["run_id"], "metrics.json")
     assert metrics["promoted"] is True and metrics["model"]["alias"] == "champion"
     assert metrics["model"]["previous_champion"] == champion and not _has(client, "challenger")

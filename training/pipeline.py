@@ -534,6 +534,9 @@ def check_split(dataset: Dataset, params: Params) -> None:
             )
 
 
+JOB_TAG = "leadscore.job"
+
+
 def train_and_register(
     dataset: Dataset,
     params: Params,
@@ -548,10 +551,13 @@ def train_and_register(
     final_fit: Callable[[dict[str, Any], int, bool, Any], Any] | None = None,
     engine: dict[str, Any] | None = None,
     replace_leaky_champion: bool = False,
+    job: str = "train",
 ) -> dict[str, Any]:
     """Tune, train, calibrate, evaluate and register a model on a prepared dataset.
 
     Args:
+        job: what runs it (`train`, `recalibrate`): the MLflow run is named `{job}-{kind}` and
+            tagged `leadscore.job`, so a quarterly recalibration's run reads as one.
         promote_champion: move `@champion` to the new version when the gates pass; when
             False the version gets `@challenger` instead and the champion stays (a person
             promotes it later, e.g. from the retraining notebook).
@@ -612,8 +618,9 @@ def train_and_register(
 
     use_experiment(params, reporter)
     commit, dirty = git_commit()
-    with mlflow.start_run(run_name=f"train-{dataset.kind}") as run, heartbeat(run.info.run_id):
-        tags = {"data.source": dataset.source, "data.hash": dataset.data_hash, "data.kind": dataset.kind}
+    with mlflow.start_run(run_name=f"{job}-{dataset.kind}") as run, heartbeat(run.info.run_id):
+        tags = {"data.source": dataset.source, "data.hash": dataset.data_hash, "data.kind": dataset.kind,
+                JOB_TAG: job}  # fmt: skip
         mlflow.set_tags({**run_tags(commit, dirty), **tags})
         mlflow.log_params({f"tuning.{k}": v for k, v in params.tuning.model_dump().items() if k != "search_space"})
         # The settings that decide what is trained and promoted, searchable; all of them as a file.

@@ -215,7 +215,7 @@ def recalibrate(
         try:
             metrics = train_and_register(
                 dataset, tuned, reporter, model_name=model_name, promote_champion=False,
-                register=not dry_run, on_test_scores=thresholds,
+                register=not dry_run, on_test_scores=thresholds, job="recalibrate",
             )  # fmt: skip
         except DataError as exc:
             raise RecalibrationError(str(exc)) from exc
