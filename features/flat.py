@@ -367,7 +367,8 @@ def field_problems(schema: dict[str, Any], rows: list[dict[str, Any] | None]) ->
             meant = folded.get(_folded_name(key))
             if meant is None and fuzzy < MAX_KEYS_MATCHED:
                 fuzzy += 1
-                meant = next(iter(difflib.get_close_matches(key, columns, n=1)), None)
+                # 0.8: a typo ("Lead Sorce", "Cty"), not a word that shares letters ("Colour", "Country").
+                meant = next(iter(difflib.get_close_matches(key, columns, n=1, cutoff=0.8)), None)
             if meant is not None and meant not in given:
                 wrong.append((i, key, f"not a column of the model, {meant!r} is (names are matched as written)"))
             elif header:

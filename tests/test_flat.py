@@ -148,8 +148,9 @@ def test_rows_sent_one_by_one_are_checked_against_the_schema():
 def test_a_key_of_no_column_of_the_export_is_named_with_the_column_meant():
     """With the export's header kept, a misspelt name is told apart from a column the model
     leaves out (the id, a leak): the first is a mistake, the second is what a CRM sends."""
-    schema = {"columns": {"Lead Source": "categorical", "TotalVisits": "numeric"}, "missing_tokens": [""],
-              "header": ["Prospect ID", "Lead Source", "TotalVisits", "Tags", "Converted"]}  # fmt: skip
+    schema = {"columns": {"Lead Source": "categorical", "TotalVisits": "numeric", "Country": "categorical"},
+              "missing_tokens": [""],
+              "header": ["Prospect ID", "Lead Source", "TotalVisits", "Country", "Tags"]}  # fmt: skip
     rows = [
         {"Lead Source": "Google", "TotalVisits": 3, "Prospect ID": "p1", "Tags": "Will revert"},
         {"Lead Sorce": "Google", "TotalVisits": 3},
@@ -159,7 +160,7 @@ def test_a_key_of_no_column_of_the_export_is_named_with_the_column_meant():
     problems = field_problems(schema, rows)
     assert problems == [
         (1, "Lead Sorce", "not a column of the model, 'Lead Source' is (names are matched as written)"),
-        (2, "Colour", "not a column of the export the model was trained on"),
+        (2, "Colour", "not a column of the export the model was trained on"),  # not "'Country' is"
         (3, "TotalVisits", "'12,5 visits' is not a number: the model reads this column as numeric"),
     ]
 
