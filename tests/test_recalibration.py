@@ -104,6 +104,7 @@ def test_if_drifted_skips_quietly_below_the_thresholds(export, settings, champio
     summary = recalibrate(load_params(**{**settings, **quiet}), model_name=MODEL, data=export, as_of=LATER,
                           if_drifted=True, report_dir=tmp_path)  # fmt: skip
     assert summary["decision"] == "skipped" and (_aliases(), _versions()) == before
+    assert summary["exit_code"] == 0  # a scheduler reads it as a dry run's (it was null)
 
 
 def test_a_crash_half_way_leaves_the_champion(export, settings, champion, monkeypatch):

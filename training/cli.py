@@ -77,7 +77,7 @@ class RichReporter(PrintReporter):
 
     def stage(self, text: str) -> None:
         # In a log each stage also says when it began, so a run can be found by its date.
-        when = "" if console.is_terminal else f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S}Z "
+        when = "" if console.is_terminal else f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} "  # as `_log_time`
         console.print(f"[dim]{when}{time.perf_counter() - self.started:6.1f}s[/dim] [bold]{escape(text)}[/bold]")
 
     def note(self, text: str) -> None:

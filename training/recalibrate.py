@@ -20,7 +20,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from features.ingest import DataError
-from features.params import Params
+from features.params import Params, default_params_path
 from features.tracking import MODELS_DIR, lock_path
 from serving.charts import columns, horizontal_bars
 from serving.scoring import LoadedModel, ModelNotReady, load_champion
@@ -196,8 +196,14 @@ def recalibrate(
             "dry_run": dry_run,
             "drift": drift,
         }
+        # Said now: the training below takes minutes, and `--if-drifted` decides on this.
+        reporter.note(
+            f"drift: score PSI {drift['score_psi']:.3f}, features past the threshold: "
+            f"{', '.join(drift['drifted_features']) or 'none'}"
+        )
         if if_drifted and not drift["drifted"]:
-            summary |= {"decision": "skipped", "why": "no drift past the thresholds in params.yaml"}
+            summary |= {"decision": "skipped", "why": f"no drift past the thresholds in {default_params_path()}",
+                        "exit_code": 0}  # fmt: skip
             return _finish(summary, report_dir, None)
 
         reporter.stage("Training the challenger on the window (the champion stays live)")
