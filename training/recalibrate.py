@@ -197,9 +197,10 @@ def recalibrate(
             "drift": drift,
         }
         # Said now: the training below takes minutes, and `--if-drifted` decides on this.
+        drifted = drift["drifted_features"]
         reporter.note(
             f"drift: score PSI {drift['score_psi']:.3f}, features past the threshold: "
-            f"{', '.join(drift['drifted_features']) or 'none'}"
+            + (", ".join(drifted[:8]) + (f" and {len(drifted) - 8} more" if len(drifted) > 8 else "") or "none")
         )
         if if_drifted and not drift["drifted"]:
             summary |= {"decision": "skipped", "why": f"no drift past the thresholds in {default_params_path()}",
