@@ -179,7 +179,7 @@ def key_matches(token: bytes, keys: tuple[bytes, ...]) -> bool:
 def page_token(key: bytes) -> bytes:
     """What the pages' cookie holds for an API key: a keyed hash of it. A cookie read off a
     browser then opens the pages, not the API, and does not give the key away; removing the key
-    from $LEADSCORE_API_KEYS ends its cookies too."""
+    from $LEADSCORE_API_KEYS ends its cookies once the service restarts (keys are read at start)."""
     return hmac.new(key, b"leadscore pages cookie", hashlib.sha256).hexdigest().encode()
 
 
