@@ -242,3 +242,15 @@ def test_the_logistic_regression_baseline_reaches_its_l2_optimum():
     # lbfgs at its default tolerance stopped 0.057 away from it on this data; Newton, 0.0004.
     np.testing.assert_allclose(baseline[-1].coef_, exact.coef_, atol=2e-3)
     np.testing.assert_allclose(baseline[-1].intercept_, exact.intercept_, atol=2e-3)
+
+
+def test_the_trial_summary_says_when_the_time_budget_ended_the_search(capsys):
+    from training.progress import PrintReporter
+
+    for done, expected in ((2, "2 trials run of 60: the time budget ended the search"), (60, "60 trials run\n")):
+        reporter = PrintReporter()
+        reporter.trials_started(60)
+        for number in range(done):
+            reporter.trial_done(number, "COMPLETE", 0.8)
+        reporter.trials_finished()
+        assert expected in capsys.readouterr().out

@@ -65,4 +65,5 @@ class PrintReporter(Reporter):
     def trials_finished(self) -> None:
         if self.done:
             trials = f"{self.done} trial{'s' if self.done != 1 else ''}"
-            self.note(f"{trials} run (at most {self.total}; the time budget may end it sooner)")
+            ended = "" if self.done >= self.total else f" of {self.total}: the time budget ended the search"
+            self.note(f"{trials} run{ended}")
