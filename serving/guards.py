@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
@@ -176,11 +177,32 @@ def key_matches(token: bytes, keys: tuple[bytes, ...]) -> bool:
     return found
 
 
-def page_token(key: bytes) -> bytes:
-    """What the pages' cookie holds for an API key: a keyed hash of it. A cookie read off a
-    browser then opens the pages, not the API, and does not give the key away; removing the key
-    from $LEADSCORE_API_KEYS ends its cookies once the service restarts (keys are read at start)."""
-    return hmac.new(key, b"leadscore pages cookie", hashlib.sha256).hexdigest().encode()
+# A page token opens the pages for a working day, then the browser asks for the key again: a
+# token copied off a browser stops working on its own, not only when its key is removed.
+PAGE_TOKEN_SECONDS = 12 * 3600
+CLOCK_SLACK_SECONDS = 60  # a token issued this far "in the future" still counts (clocks of workers)
+
+
+def page_token(key: bytes, issued: int | None = None) -> bytes:
+    """What the pages' cookie holds for an API key: the moment it was issued and a keyed hash of
+    the key and that moment. A cookie read off a browser then opens the pages, not the API, does
+    not give the key away, and ends after `PAGE_TOKEN_SECONDS`, or sooner once its key is removed
+    from $LEADSCORE_API_KEYS and the service restarted (keys are read at start)."""
+    issued = int(time.time()) if issued is None else issued
+    mac = hmac.new(key, b"leadscore pages cookie %d" % issued, hashlib.sha256).hexdigest()
+    return b"%d.%s" % (issued, mac.encode())
+
+
+def page_token_matches(token: bytes, keys: tuple[bytes, ...], now: float | None = None) -> bool:
+    """Whether a page token was issued for one of these keys and is still within its lifetime."""
+    issued_text, dot, _ = token.partition(b".")
+    if not dot or not issued_text.isdigit() or len(issued_text) > 12:
+        return False
+    issued = int(issued_text)
+    now = time.time() if now is None else now
+    if not now - PAGE_TOKEN_SECONDS <= issued <= now + CLOCK_SLACK_SECONDS:
+        return False
+    return key_matches(token, tuple(page_token(key, issued) for key in keys))
 
 
 def cookie_key(headers: dict[bytes, bytes]) -> bytes:
@@ -213,7 +235,6 @@ class ApiKeyGuard:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.keys = api_keys_from_env()
-        self.page_tokens = tuple(page_token(key) for key in self.keys)
         self.misconfigured = api_keys_problem()  # fails closed: `leadscore serve` refuses to start
         if self.misconfigured:
             logging.getLogger(__name__).error("every request is refused: %s", self.misconfigured)
@@ -235,7 +256,7 @@ class ApiKeyGuard:
         if token:
             allowed = key_matches(token, self.keys)
         else:  # a browser on the pages sends the token its sign-in set, never the key
-            allowed = page and key_matches(cookie_key(headers), self.page_tokens)
+            allowed = page and page_token_matches(cookie_key(headers), self.keys)
         if not allowed:
             if page and scope.get("method") == "GET":
                 await _to_login(scope, send)

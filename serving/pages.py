@@ -29,7 +29,14 @@ from features.reasons import describe, plain_name
 from features.schema import ACTIVITY_TYPES
 from serving.batch import model_schema
 from serving.charts import beeswarm, calibration, columns, horizontal_bars, waterfall
-from serving.guards import KEY_COOKIE, api_keys_from_env, key_matches, page_token, plain_problem
+from serving.guards import (
+    KEY_COOKIE,
+    PAGE_TOKEN_SECONDS,
+    api_keys_from_env,
+    key_matches,
+    page_token,
+    plain_problem,
+)
 from serving.schemas import Lead, Moment, flat_fields, leads_to_flat, leads_to_frames, unread_parts, utc_naive
 from serving.scoring import (
     InvalidLeads,
@@ -745,14 +752,20 @@ def login(request: Request, key: str = Form(...), next: str = Form("/ui/digest")
     forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()  # the client's hop
     secure = request.url.scheme == "https" or forwarded == "https"
     response.set_cookie(
-        KEY_COOKIE, page_token(key.encode()).decode(), httponly=True, samesite="strict", path="/ui", secure=secure
+        KEY_COOKIE,
+        page_token(key.encode()).decode(),
+        max_age=PAGE_TOKEN_SECONDS,
+        httponly=True,
+        samesite="strict",
+        path="/ui",
+        secure=secure,
     )
     return response
 
 
 @app.get("/logout", include_in_schema=False)
 def logout() -> RedirectResponse:
-    """Forget the key this browser keeps (the cookie ends with the browser session anyway)."""
+    """Forget the token this browser keeps (it ends on its own after `PAGE_TOKEN_SECONDS`)."""
     response = RedirectResponse("/ui/login?signed_out=1", status_code=303)
     response.delete_cookie(KEY_COOKIE, path="/ui", httponly=True, samesite="strict")
     return response

@@ -624,6 +624,22 @@ def test_a_key_setting_with_no_key_in_it_refuses_requests_rather_than_letting_al
     assert sent[0]["status"] == 503
 
 
+def test_a_page_token_opens_the_pages_for_its_lifetime_only():
+    """A token copied off a browser used to open the pages for as long as its key stayed set."""
+    from serving.guards import CLOCK_SLACK_SECONDS, PAGE_TOKEN_SECONDS, page_token, page_token_matches
+
+    keys, issued = (b"k1", b"k2"), 1_800_000_000
+    token = page_token(b"k2", issued)
+    assert page_token_matches(token, keys, now=issued + 60)
+    assert page_token_matches(token, keys, now=issued + PAGE_TOKEN_SECONDS)
+    assert not page_token_matches(token, keys, now=issued + PAGE_TOKEN_SECONDS + 1)  # expired
+    assert not page_token_matches(token, keys, now=issued - CLOCK_SLACK_SECONDS - 1)  # from the future
+    assert not page_token_matches(token, (b"k1",), now=issued)  # its key was removed
+    moved = token.replace(b"%d." % issued, b"%d." % (issued + 3600))  # a later moment, the same hash
+    for forged in (moved, b"k2", b"", b".", token.split(b".")[1], b"9" * 40 + b"." + token.split(b".")[1]):
+        assert not page_token_matches(forged, keys, now=issued)
+
+
 def test_websocket_paths_are_named_by_route_too():
     """uvicorn accepts a WebSocket upgrade on any path: BentoML's metrics and access log named it as sent."""
     import io
