@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -191,10 +192,14 @@ def test_a_version_that_failed_a_gate_is_promoted_only_when_a_person_says_so(reg
     assert listed.returncode == 0, listed.stderr
     rows = {line.split("│")[1].strip(): line for line in listed.stdout.splitlines() if line.count("│") > 5}
     assert "failed" in rows[new] and "@champion" in rows[old] and "passed" in rows[old], listed.stdout
+    assert "compare directly" not in listed.stdout  # one export, one test period (below)
     listed = _run("versions", "--json", params=strict_gate)
     found = {row["version"]: row for row in json.loads(listed.stdout)}
     assert found[new]["gates_passed"] is False and found[new]["aliases"] == [] and found[new]["test_roc_auc"] < 0.999
     assert found[old]["aliases"] == ["champion"] and found[old]["gates_passed"] is True
+    # Both trained on one export: one test period, so no warning that their figures do not compare.
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d to \d{4}-\d\d-\d\d", found[new]["test_period"]), found[new]
+    assert found[old]["test_period"] == found[new]["test_period"] and "compare directly" not in listed.stdout
 
     refused = _run("promote", new, params=strict_gate)
     assert refused.returncode == 2 and "gate min_test_roc_auc failed" in refused.stderr, refused.stderr

@@ -1469,16 +1469,23 @@ def versions(
         return
     table = Table(title=f"{name} in {shown_uri(tracking_uri())}")
     for column, justify in (("version", "right"), ("aliases", "left"), ("registered (UTC)", "left"),
-                            ("kind", "left"), ("test ROC AUC", "right"), ("ECE", "right"), ("gates", "left"),
-                            ("run / model", "left")):  # fmt: skip
+                            ("kind", "left"), ("test ROC AUC", "right"), ("ECE", "right"), ("tested on", "left"),
+                            ("gates", "left"), ("run / model", "left")):  # fmt: skip
         table.add_column(column, justify=justify)
     for info in found:
         gates = {True: "passed", False: "[yellow]failed[/yellow]", None: "?"}[info.gates_passed]
         table.add_row(
             info.version, ", ".join(f"@{a}" for a in info.aliases), f"{info.registered:%Y-%m-%d %H:%M}",
-            info.kind or "?", _figure(info.test_roc_auc), _figure(info.test_ece), gates, escape(info.note),
+            info.kind or "?", _figure(info.test_roc_auc), _figure(info.test_ece), info.test_period or "?", gates,
+            escape(info.note),
         )  # fmt: skip
     console.print(table)
+    if len({info.test_period for info in found}) > 1:
+        console.print(
+            "Versions tested on other periods or rows were tested on other leads: their test figures do not "
+            "compare directly. For a CRM model, `leadscore recalibrate --dry-run` compares a challenger with the "
+            "champion on one period."
+        )
     console.print("[dim]`leadscore promote VERSION` makes one the champion; `leadscore rollback` swaps back.[/dim]")
 
 

@@ -52,7 +52,7 @@ from training.register import (
     promote,
     set_alias,
 )
-from training.split import CV_FOLDS, SplitReport, split_by_time, split_stratified
+from training.split import CV_FOLDS, SplitReport, split_by_time, split_stratified, tested_on
 from training.thresholds import top_share_threshold
 from training.train import fit_final, learned_settings, out_of_fold_margins
 from training.tune import TPE_STARTUP_TRIALS, TuningResult, tune, tune_cv
@@ -632,6 +632,7 @@ def train_and_register(
         mlflow.log_params(
             {
                 "split": dataset.split.description[:490],
+                "test_period": tested_on(dataset.split),
                 "leakage.excluded": ",".join(excluded)[:490] or "none",
                 **{f"engine.{k}": str(v)[:490] for k, v in (engine or {"engine": "local"}).items()},
             }

@@ -88,3 +88,12 @@ def split_stratified(label: pd.Series, params: SplitParams) -> SplitReport:
         f"by {CV_FOLDS}-fold cross-validation on the other {len(train) + len(valid):,}"
     )
     return SplitReport(part, description, {}, 0, by_time=False)
+
+
+def tested_on(split: SplitReport) -> str:
+    """Which examples a model was tested on, in a few words: versions whose periods differ
+    were tested on other leads, and their test figures do not compare directly."""
+    if "test" in split.windows:
+        start, end = split.windows["test"]
+        return f"{start} to {end}"
+    return f"holdout of {int((split.assignment == 'test').sum()):,} rows"

@@ -28,6 +28,7 @@ class VersionInfo:
     kind: str | None = None
     test_roc_auc: float | None = None
     test_ece: float | None = None
+    test_period: str | None = None  # None: its run is gone, or it predates the param
     gates_passed: bool | None = None  # None: not recorded (its run is gone, or it predates the tag)
     rules_from: str | None = None  # set by `leadscore criteria --apply`: whose model it holds
 
@@ -76,6 +77,7 @@ def _describe(client: MlflowClient, model_name: str, version: Any, aliases: list
     if source is not None:
         info.test_roc_auc = source.data.metrics.get("test.roc_auc")
         info.test_ece = source.data.metrics.get("test.ece")
+        info.test_period = source.data.params.get("test_period")
         passed = source.data.tags.get("gates_passed")
         info.gates_passed = None if passed is None else passed == "True"
     if info.test_roc_auc is None and version.tags.get("test_roc_auc"):
