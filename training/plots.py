@@ -74,27 +74,42 @@ def evaluation_plots(
     return paths
 
 
-def shap_summary_plot(booster: lgb.Booster, x: pd.DataFrame, out: Path) -> Path:
-    """SHAP beeswarm of the booster on a sample of rows (log-odds contributions).
+LOG_ODDS_AXIS = "contribution to the score, in log-odds before calibration (SHAP)"
 
-    Colour is a value's rank for numeric columns only: category codes are in no order, so
-    categorical columns are drawn grey (SHAP's colour for a value it cannot rank)."""
-    contributions = booster.predict(x, pred_contrib=True)[:, :-1]
-    shown = pd.DataFrame(
-        {c: np.nan if isinstance(x[c].dtype, pd.CategoricalDtype) else x[c] for c in x.columns}, index=x.index
-    )
+
+def beeswarm(
+    contributions: np.ndarray,
+    values: np.ndarray | pd.DataFrame,
+    categories: list[bool],
+    feature_names: list[str],
+    max_display: int = 20,
+    xlabel: str = LOG_ODDS_AXIS,
+) -> Figure:
+    """SHAP's beeswarm on pyplot's current figure (what a notebook shows and training saves).
+
+    Colour is a value's rank for numeric columns only: category codes are in no order, so the
+    columns flagged in `categories` are drawn grey (SHAP's colour for a value it cannot rank)."""
+    shown = np.array(values, dtype=float)  # a copy: the caller's matrix keeps its categories
+    shown[:, np.asarray(categories, dtype=bool)] = np.nan
     # Column names are text, not TeX: `Spend $\frac$` stopped training with a parse error.
     with warnings.catch_warnings(), plt.rc_context({"text.parse_math": False}):
-        warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing (categorical) column has no colour range
-        shap.summary_plot(
-            contributions,
-            shown.astype(float),
-            feature_names=list(x.columns),
-            show=False,
-            max_display=20,
-        )
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-grey (categorical) column has no colour range
+        shap.summary_plot(contributions, shown, feature_names=feature_names, show=False, max_display=max_display)
         fig = plt.gcf()
-        fig.axes[0].set_xlabel("contribution to the score, in log-odds before calibration (SHAP)")
+        fig.axes[0].set_xlabel(xlabel)
+    return fig
+
+
+def shap_summary_plot(booster: lgb.Booster, x: pd.DataFrame, out: Path) -> Path:
+    """SHAP beeswarm of the booster on a sample of rows (log-odds contributions), as PNG."""
+    contributions = booster.predict(x, pred_contrib=True)[:, :-1]
+    categorical = [isinstance(x[c].dtype, pd.CategoricalDtype) for c in x.columns]
+    numbers = pd.DataFrame(
+        {c: np.nan if is_category else x[c] for c, is_category in zip(x.columns, categorical, strict=True)},
+        index=x.index,
+    )
+    with plt.rc_context({"text.parse_math": False}):
+        fig = beeswarm(contributions, numbers.astype(float).to_numpy(), categorical, list(x.columns))
         fig.axes[0].set_title(f"What moves the score: top features on {len(x):,} test rows (grey: categories)")
         fig.set_size_inches(8, 7)
         return _save(fig, out / "shap_summary.png")
