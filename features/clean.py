@@ -110,8 +110,12 @@ def canonical_spelling(values: pd.Series) -> pd.Series:
     return map_distinct(values, lambda v: best[str(v).casefold()])
 
 
-def parse_number(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+def parse_number(values: pd.Series, decimal_comma: bool = False, counts: bool = False) -> tuple[pd.Series, pd.Series]:
     """Parse numbers written as CRM exports write them ("1,200", "$3.5M", "12%", "1.234,56").
+
+    `decimal_comma`: the export writes decimal commas (`writes_decimal_commas`), so a dot groups
+    thousands ("1.532" is 1532) and "1,333" is 1.333. Without it a column is read by its own values.
+    `counts`: the column holds whole numbers (a head count), so "1.104" and "1,104" are both 1104.
 
     Returns:
         The parsed floats (missing where blank or unparseable) and a boolean mask of the
@@ -121,19 +125,21 @@ def parse_number(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     # reading of commas is decided per column, from which values occur, so it is the same on
     # the distinct values as on the rows.
     codes, uniques = pd.factorize(values.astype("object"), use_na_sentinel=True)
-    parsed, failed = _parse_distinct_numbers(pd.Series(uniques, dtype="object"))
+    parsed, failed = _parse_distinct_numbers(pd.Series(uniques, dtype="object"), decimal_comma, counts)
     out = np.append(parsed.to_numpy(dtype="float64"), np.nan)[codes]
     failed = np.append(failed.to_numpy(dtype=bool), False)[codes]
     return pd.Series(out, index=values.index, dtype="float64"), pd.Series(failed, index=values.index)
 
 
-def _parse_distinct_numbers(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+def _parse_distinct_numbers(values: pd.Series, decimal_comma: bool, counts: bool) -> tuple[pd.Series, pd.Series]:
     text = values.astype("object")
     present = text.notna()
     cleaned = text[present].astype(str)
+    grouped = thousands_dots(cleaned, decimal_comma or counts)
+    cleaned[grouped] = _bare(cleaned[grouped]).str.replace(".", "", regex=False)
     commas = cleaned.str.contains(",", regex=False)
     if commas.any():
-        cleaned[commas] = _decimal_commas(cleaned[commas])
+        cleaned[commas] = _decimal_commas(cleaned[commas], decimal_comma and not counts)
     cleaned = cleaned.str.replace(_NUMBER_JUNK, "", regex=True)
     parsed = pd.to_numeric(cleaned, errors="coerce")
     suffixed = parsed.isna() & cleaned.str.match(_SUFFIXED)
@@ -148,27 +154,70 @@ def _parse_distinct_numbers(values: pd.Series) -> tuple[pd.Series, pd.Series]:
 
 
 # A comma that cannot be a thousands separator (not followed by three digits: "32639789,00",
-# "3,5M"), or one after dots that group thousands ("1.234.567,89"), is a decimal mark, as
-# spreadsheets in comma-decimal locales write numbers. "1,234" stays one thousand two hundred
-# and thirty-four.
-_COMMA_DECIMAL = re.compile(r"-?\d+,(?:\d{1,2}|\d{4,})(?:[kmb]|bn)?", re.IGNORECASE)
+# "3,5M"; or before an exponent: "9,83E-05"), or one after dots that group thousands
+# ("1.234.567,89"), is a decimal mark, as spreadsheets in comma-decimal locales write numbers.
+# "1,234" stays one thousand two hundred and thirty-four.
+_COMMA_DECIMAL = re.compile(r"-?\d+,(?:\d{1,2}|\d{4,})(?:[kmb]|bn)?|-?\d+,\d+e[+-]?\d+", re.IGNORECASE)
 _DOT_THOUSANDS = re.compile(r"-?\d{1,3}(?:\.\d{3})+,\d+(?:[kmb]|bn)?", re.IGNORECASE)
 # Nor does one after a lone 0 or after four digits or more ("0,315", "1234,567").
 _NEVER_THOUSANDS = re.compile(r"-?(?:0|\d{4,}),\d+(?:[kmb]|bn)?", re.IGNORECASE)
 # "1,333" is either; "1,234,567" and "1,234.5" can only group thousands.
 _EITHER = re.compile(r"-?\d{1,3},\d{3}(?:[kmb]|bn)?", re.IGNORECASE)
 _ONLY_THOUSANDS = re.compile(r"-?\d{1,3}(?:(?:,\d{3}){2,}(?:\.\d+)?|(?:,\d{3})+\.\d+)", re.IGNORECASE)
+# A whole number written with dots grouping thousands ("1.532", "186.279.912"): in an export
+# with decimal commas, or where two dots or more show it ("1.234.567" is no decimal), a dot
+# is no decimal point.
+_WHOLE_DOT_GROUPS = re.compile(r"-?[1-9]\d{0,2}(?:\.\d{3})+")  # "0.125" is no thousands
+_MANY_DOT_GROUPS = re.compile(r"-?[1-9]\d{0,2}(?:\.\d{3}){2,}")
+_NOT_DIGITS = re.compile(r"[\s$€£¥%]|^\+")
 
 
-def _decimal_commas(text: pd.Series) -> pd.Series:
+def _bare(text: pd.Series) -> pd.Series:
+    return text.str.replace(_NOT_DIGITS, "", regex=True)
+
+
+GROUPED_THOUSANDS = "read as whole numbers, dots grouping thousands"
+
+
+def thousands_dots(values: pd.Series, decimal_comma: bool) -> pd.Series:
+    """Which values of a column are whole numbers with dots grouping thousands ("1.532"): all
+    such values in an export with decimal commas, or in a column where some value has two dots
+    or more; none otherwise ("1.532" is then one and a half)."""
+    bare = _bare(values.astype(str))
+    grouped = bare.str.fullmatch(_WHOLE_DOT_GROUPS).fillna(False).astype(bool)
+    if decimal_comma or (grouped.any() and bare.str.fullmatch(_MANY_DOT_GROUPS).any()):
+        return grouped & values.notna()
+    return pd.Series(False, index=values.index)
+
+
+def writes_decimal_commas(columns: Iterable[pd.Series]) -> bool:
+    """Whether an export writes decimal commas, from its numeric columns: some column has a
+    comma that can only be a decimal mark ("2,5", "1.234,56", "9,83E-05") and none one that
+    can only group thousands ("1,234,567"). Its dots then group thousands."""
+    decimal = thousands = False
+    for values in columns:
+        distinct = pd.Series(values.dropna().astype(str).unique(), dtype="object")
+        bare = _bare(distinct[distinct.str.contains(",", regex=False)])
+        if bare.empty:
+            continue
+        decimal |= bool(
+            (bare.str.fullmatch(_COMMA_DECIMAL) | bare.str.fullmatch(_DOT_THOUSANDS)
+             | bare.str.fullmatch(_NEVER_THOUSANDS)).any()
+        )  # fmt: skip
+        thousands |= bool(bare.str.fullmatch(_ONLY_THOUSANDS).any())
+    return decimal and not thousands
+
+
+def _decimal_commas(text: pd.Series, decimal_comma: bool = False) -> pd.Series:
     """The values of one column with a comma, decimal commas made dots. One reading per column:
     where some values can only have a decimal comma and none can only group thousands, "1,333"
-    is 1.333 as well (hours on site written 0,315, 1,333 and 2,5 in one column)."""
-    bare = text.str.replace(r"[\s$€£¥%]|^\+", "", regex=True)
+    is 1.333 as well (hours on site written 0,315, 1,333 and 2,5 in one column); so it is in an
+    export that writes decimal commas."""
+    bare = _bare(text)
     dotted = bare.str.fullmatch(_DOT_THOUSANDS)
     bare[dotted] = bare[dotted].str.replace(".", "", regex=False)
     decimal = dotted | bare.str.fullmatch(_COMMA_DECIMAL) | bare.str.fullmatch(_NEVER_THOUSANDS)
-    if decimal.any() and not bare.str.fullmatch(_ONLY_THOUSANDS).any():
+    if (decimal.any() or decimal_comma) and not bare.str.fullmatch(_ONLY_THOUSANDS).any():
         decimal |= bare.str.fullmatch(_EITHER)
     return text.where(~decimal, bare.str.replace(",", ".", regex=False))
 

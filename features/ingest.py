@@ -17,6 +17,7 @@ import pandas as pd
 
 from features.clean import (
     FALSE_TOKENS,
+    GROUPED_THOUSANDS,
     TRUE_TOKENS,
     against_date_order,
     blank_to_missing,
@@ -29,6 +30,8 @@ from features.clean import (
     parse_number,
     parse_timestamps,
     snake_case,
+    thousands_dots,
+    writes_decimal_commas,
 )
 from features.schema import (
     ACTIVITY_REQUIRED,
@@ -36,6 +39,7 @@ from features.schema import (
     BANT_FIELDS,
     BANT_VALUES,
     LEAD_CATEGORICAL,
+    LEAD_COUNTS,
     LEAD_FEATURE_INPUTS,
     LEAD_NUMERIC,
     LEAD_REQUIRED,
@@ -43,6 +47,7 @@ from features.schema import (
     OUTCOME_REQUIRED,
     OUTCOME_STATUSES,
     TABLE_FILES,
+    contract_clash,
     contract_names,
 )
 
@@ -377,21 +382,30 @@ MAX_CELL_CHARS = 100_000
 
 def _decode(data: bytes) -> tuple[str, str]:
     """Text of a file that is not all UTF-8: lines that are not (a legacy export pasted into a
-    new one) are read as Windows-1252/Latin-1, each on its own, and counted in the description."""
-    lines, legacy = [], []
+    new one) are read as Windows-1252/Latin-1, each on its own, and counted in the description.
+    A file whose other lines are plain ASCII (the same in both) is a Windows-1252 file, not mixed."""
+    lines, legacy, utf8_text = [], [], False
     for number, line in enumerate(data.removeprefix(b"\xef\xbb\xbf").split(b"\n"), start=1):
         try:
             lines.append(line.decode("utf-8"))
+            utf8_text |= not line.isascii()
         except UnicodeDecodeError:
             legacy.append(number)
             try:
                 lines.append(line.decode("cp1252"))
             except UnicodeDecodeError:
                 lines.append(line.decode("latin-1"))
-    if len(legacy) == len(lines) or len(legacy) >= 0.9 * max(len(lines) - 1, 1):
-        return "\n".join(lines), "latin-1"
+    if not utf8_text:
+        return "\n".join(lines), "Windows-1252"
     shown = ", ".join(map(str, legacy[:5])) + (" ..." if len(legacy) > 5 else "")
     return "\n".join(lines), f"mixed encodings: {len(legacy)} line(s) not UTF-8, read as Windows-1252 (line {shown})"
+
+
+def encoding_note(file: str, encoding: str) -> str | None:
+    """What to tell a user about how a file was decoded (nothing for UTF-8)."""
+    if encoding.startswith("mixed"):
+        return f"{file}: {encoding}"
+    return None if encoding == "utf-8-sig" else f"{file}: not UTF-8, read as {encoding}"
 
 
 SEPARATORS = (",", ";", "\t", "|")
@@ -417,6 +431,13 @@ SPREADSHEET_MAGIC = {
     b"PK\x03\x04": "a zip archive (an Excel .xlsx or OpenDocument .ods workbook?)",
     b"\xd0\xcf\x11\xe0": "an old Office file (an Excel .xls workbook?)",
 }
+# Compressed files (an export downloaded as .csv.gz and renamed): read as CSV they fail on NUL bytes.
+COMPRESSED_MAGIC = {
+    re.compile(rb"\x1f\x8b"): ("gzip", "gunzip"),
+    re.compile(rb"BZh[1-9]1AY&SY"): ("bzip2", "bunzip2"),
+    re.compile(rb"\xfd7zXZ\x00"): ("xz", "unxz"),
+    re.compile(re.escape(b"\x28\xb5\x2f\xfd")): ("zstd", "unzstd"),
+}
 
 
 def check_header(path: Path, sep: str) -> list[str]:
@@ -429,6 +450,9 @@ def check_header(path: Path, sep: str) -> list[str]:
     for magic, what in SPREADSHEET_MAGIC.items():
         if header.startswith(magic):
             raise DataError(f'{path}: {what}, not a CSV file; save the sheet as "CSV UTF-8" and give that file')
+    for magic, (kind, tool) in COMPRESSED_MAGIC.items():
+        if magic.match(header):
+            raise DataError(f"{path}: {kind}-compressed, not a CSV file: decompress it ({tool}) and give the CSV")
     if header.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in header:
         text = header.rstrip(b"\r\n")
         halves = (text[0::2].strip(b"\x00"), text[1::2].strip(b"\x00"))  # ASCII in UTF-16: every other byte NUL
@@ -486,7 +510,8 @@ def read_text_csv(path: Path, *, sep: str = ",") -> tuple[pd.DataFrame, str]:
         one_column = sep == "," and len(names) == 1
         hint = "; if fields are separated by ';' or a tab, say so (--sep ';' or --sep tab)" if one_column else ""
         raise DataError(f"{path}: cannot read as CSV with separator {sep!r} ({why}){hint}") from exc
-    frame.columns = [str(c).strip() for c in frame.columns]
+    # A name of spaces only is no name: called as pandas calls an empty one.
+    frame.columns = [str(c).strip() or f"Unnamed: {i}" for i, c in enumerate(frame.columns)]
     for column in frame.columns:
         lengths = frame[column].str.len()
         if len(lengths) and lengths.max() > MAX_CELL_CHARS:
@@ -631,8 +656,12 @@ def read_csv_table(
         sep = header_separator(path)
         if sep != "," and quarantine is not None:
             quarantine.note(f"{path.name}: fields separated by {sep!r}")
-    frame, _ = read_text_csv(path, sep=sep)
+    frame, encoding = read_text_csv(path, sep=sep)
+    if quarantine is not None and (said := encoding_note(path.name, encoding)):
+        quarantine.note(said)
     if table is not None:
+        if clash := contract_clash(frame.columns, table):
+            raise DataError(f"{path}: {clash}")
         renames, unused = contract_names(frame.columns, table)
         frame = frame.rename(columns=renames)
         if quarantine is not None:
@@ -716,12 +745,29 @@ def _placeholders_to_missing(
     return cleaned
 
 
+def missing_id_reasons(rows: pd.DataFrame) -> pd.Series:
+    """Why rows without a lead id are set aside: a row of empty fields (what a spreadsheet
+    leaves below its data) is said to be one, not a lead that lacks its id."""
+    content = rows[[c for c in rows.columns if c != "_row"]]
+    blank = content.apply(lambda cells: cells.isna() | cells.astype(str).str.strip().eq("")).all(axis=1)
+    return pd.Series(np.where(blank, "blank row (every field empty)", "missing lead_id"), index=rows.index)
+
+
 def date_problem(column: str, text: pd.Series, day_first: bool | None, failed: pd.Series) -> pd.Series:
     """Why each value of a date column is not read (for the `failed` ones): a numeric date that
     only reads in the other order than the export's is said to be so, not just "not a date"."""
     reasons = f"{column} missing or not a date: " + text.astype(str)
     positions = np.flatnonzero(failed.to_numpy())
     if len(positions):
+        # A spreadsheet's day number (45597.47 is 2024-11-01 11:22): the cell kept Excel's number
+        # format instead of a date's.
+        serial = text.iloc[positions].astype(str).str.strip().str.fullmatch(r"[2-7]\d{4}(?:[.,]\d+)?")
+        hit = positions[serial.to_numpy()]
+        reasons.iloc[hit] = (
+            f"{column} is a spreadsheet's day number, not a date: "
+            + text.iloc[hit].astype(str)
+            + " (format the column as dates, e.g. 2025-07-22 13:35, before saving the CSV)"
+        )
         against, order = against_date_order(text.iloc[positions], day_first)
         hit = positions[against.to_numpy()]
         written, read = ("month", "day") if order else ("day", "month")
@@ -758,18 +804,21 @@ def clean_leads(
     """
     leads = raw.copy()
     leads["lead_id"] = blank_to_missing(leads["lead_id"], ("",))  # a blank id is no lead, not the lead ""
-    quarantine.add("leads", leads, leads["lead_id"].isna(), "missing lead_id")
+    quarantine.add("leads", leads, leads["lead_id"].isna(), missing_id_reasons)
     leads = leads[leads["lead_id"].notna()]
 
-    content = [c for c in leads.columns if c != "_row"]
-    identical_repeat = leads.duplicated(content, keep="first")
-    quarantine.add("leads", leads, identical_repeat, DUPLICATE_LEAD)
-    leads = leads[~identical_repeat]
-    conflicting = leads.duplicated("lead_id", keep=False)
-    quarantine.add("leads", leads, conflicting, "conflicting duplicate lead_id: rows disagree, none is used")
-    leads = leads[~conflicting]
-
     created, failed = parse_timestamps(leads["created_at"], day_first)
+    # Rows are compared by the moment they give, not how they write it: "22/07/2025 13:35" and
+    # "Jul 22, 2025 01:35 PM" in two rows of one lead are the row repeated, not a conflict.
+    content = [c for c in leads.columns if c != "_row"]
+    moment = created.astype("string").where(created.notna(), leads["created_at"].astype("string"))
+    identical_repeat = leads[content].assign(created_at=moment).duplicated(keep="first")
+    quarantine.add("leads", leads, identical_repeat, DUPLICATE_LEAD)
+    conflicting = leads["lead_id"].where(~identical_repeat).duplicated(keep=False) & ~identical_repeat
+    quarantine.add("leads", leads, conflicting, "conflicting duplicate lead_id: rows disagree, none is used")
+    kept = ~identical_repeat & ~conflicting
+    leads, created, failed = leads[kept], created[kept], failed[kept]
+
     quarantine.add(
         "leads",
         leads,
@@ -805,9 +854,17 @@ def clean_leads(
                 f"leads.{column}", f"value(s) not in {BANT_VALUES} read as unknown", leads.loc[odd, column]
             )
             leads[column] = folded.where(~odd, "unknown")
+    # One reading of dots and commas for the file: "1.104" employees beside "186.279.912,00" revenue.
+    decimal_comma = writes_decimal_commas(leads[column] for column in LEAD_NUMERIC if column in leads)
     for column in LEAD_NUMERIC:
         if column in leads:
-            values, failed = parse_number(_placeholders_to_missing(leads[column], missing_tokens, quarantine))
+            written = _placeholders_to_missing(leads[column], missing_tokens, quarantine)
+            counts = column in LEAD_COUNTS
+            values, failed = parse_number(written, decimal_comma, counts=counts)
+            if decimal_comma or counts:
+                why = "the file writes decimal commas" if decimal_comma else "a head count has no decimals"
+                grouped = thousands_dots(written, decimal_comma=True)
+                quarantine.count(f"leads.{column}", f"value(s) {GROUPED_THOUSANDS} ({why})", leads.loc[grouped, column])
             quarantine.count(f"leads.{column}", "value(s) not a number read as missing", leads.loc[failed, column])
             # A head count or a revenue below zero is a typo or a sentinel, not an amount (the
             # service refuses one in a request).
@@ -858,7 +915,7 @@ def clean_activities(
     """
     acts = raw.copy()
     acts["lead_id"] = blank_to_missing(acts["lead_id"], ("",))
-    quarantine.add("activities", acts, acts["lead_id"].isna(), "missing lead_id")
+    quarantine.add("activities", acts, acts["lead_id"].isna(), missing_id_reasons)
     acts = acts[acts["lead_id"].notna()]
     if left_out is not None and len(left_out):
         dropped = acts["lead_id"].isin(left_out)
@@ -897,6 +954,12 @@ def clean_activities(
     # so the service (`serving.direct`) finds the same repeats in a request.
     repeat = acts.duplicated(list(ACTIVITY_FIELDS), keep="first")
     quarantine.add("activities", acts, repeat, DUPLICATE_ACTIVITY)
+    if repeat.any() and (acts["occurred_at"] == acts["occurred_at"].dt.normalize()).all():
+        quarantine.note(
+            f"{TABLE_FILES['activities']}: occurred_at holds dates without a time of day, so the "
+            f"{int(repeat.sum()):,} repeats above may be touches of one type on one day (two email opens) counted "
+            "once; an export with times counts each"
+        )
     acts = acts[~repeat]
     return acts[["_row", "lead_id", "occurred_at", "activity_type", "value"]].reset_index(drop=True)
 
@@ -917,7 +980,7 @@ def clean_outcomes(
     """
     out = raw.copy()
     out["lead_id"] = blank_to_missing(out["lead_id"], ("",))
-    quarantine.add("outcomes", out, out["lead_id"].isna(), "missing lead_id")
+    quarantine.add("outcomes", out, out["lead_id"].isna(), missing_id_reasons)
     out = out[out["lead_id"].notna()]
     unknown = ~out["lead_id"].isin(leads["lead_id"])
     # An id spelt another way than in leads.csv names a lead whose outcome is then unknown: taken

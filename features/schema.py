@@ -35,6 +35,7 @@ LEAD_CATEGORICAL: tuple[str, ...] = (
     *BANT_FIELDS,
 )
 LEAD_NUMERIC: tuple[str, ...] = ("employees", "annual_revenue")
+LEAD_COUNTS: tuple[str, ...] = ("employees",)  # whole numbers: "1.104" employees are 1104
 # The lead columns whose values become features (e-mail: business or free address).
 LEAD_FEATURE_INPUTS: tuple[str, ...] = (*LEAD_CATEGORICAL, *LEAD_NUMERIC, "email", "tech_stack")
 # Personal data: read only to derive features (e.g. business vs free e-mail), never a
@@ -67,6 +68,24 @@ CONTRACT_COLUMNS: dict[str, tuple[str, ...]] = {
     "activities": (*ACTIVITY_REQUIRED, "value"),
     "outcomes": (*OUTCOME_REQUIRED, "closed_at"),
 }
+
+
+def contract_clash(columns: Iterable[str], table: str) -> str | None:
+    """Two headers that both read as one contract column ('industry' and 'Industry'): which of
+    them is meant cannot be told, so the caller refuses the file with this explanation."""
+    known = {_name_key(name): name for name in CONTRACT_COLUMNS[table]}
+    first: dict[str, str] = {}
+    for column in map(str, columns):
+        name = known.get(_name_key(column))
+        if name is None:
+            continue
+        if name in first:
+            return (
+                f"columns {first[name]!r} and {column!r} both read as the contract's {name} (case and spacing "
+                "do not count): rename or remove one"
+            )
+        first[name] = column
+    return None
 
 
 def _name_key(name: str) -> str:

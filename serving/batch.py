@@ -24,7 +24,14 @@ from features.ingest import (
     read_text_csv,
     require_columns,
 )
-from features.schema import ACTIVITY_REQUIRED, LEAD_REQUIRED, OUTCOME_REQUIRED, TABLE_FILES, contract_names
+from features.schema import (
+    ACTIVITY_REQUIRED,
+    LEAD_REQUIRED,
+    OUTCOME_REQUIRED,
+    TABLE_FILES,
+    contract_clash,
+    contract_names,
+)
 from serving.scoring import LoadedModel, model_date_order, prepare_crm_leads, prepare_flat_rows, score_features
 
 OUTPUT_COLUMNS = [
@@ -45,6 +52,8 @@ class BatchResult:
 def read_table(path: Path, sep: str = ",") -> pd.DataFrame:
     """A CSV or parquet table as text cells (missing as empty), like an export; a CSV in
     `sep`, or in the separator its header has when it has no `sep`."""
+    if path.is_dir():
+        raise DataError(f"{path}: a folder, not a file")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     if path.stat().st_size == 0:
@@ -115,7 +124,11 @@ def absent_columns_note(model: LoadedModel, columns: Iterable[str]) -> str | Non
 
 
 def _contract_table(frame: pd.DataFrame, table: str, rename: bool) -> pd.DataFrame:
-    return frame.rename(columns=contract_names(frame.columns, table)[0]) if rename else frame
+    if not rename:
+        return frame
+    if clash := contract_clash(frame.columns, table):
+        raise DataError(f"{TABLE_FILES[table]}: {clash}")
+    return frame.rename(columns=contract_names(frame.columns, table)[0])
 
 
 # Scoring an export this long after its newest activity (as of now) reads its engagement as gone
@@ -245,6 +258,11 @@ def read_leads(
     as_contract = flat_schema is None
     sep = (flat_schema or {}).get("sep", ",")  # a flat export is scored in the dialect it was trained in
     if source.is_dir():
+        if not (source / TABLE_FILES["leads"]).exists():
+            raise DataError(
+                f"{source}: a folder without {TABLE_FILES['leads']}: give a file of leads, or a CRM export folder "
+                f"({', '.join(TABLE_FILES.values())})"
+            )
         raw = read_table(source / TABLE_FILES["leads"], sep)
         leads = _contract_table(raw, "leads", as_contract)
         acts_path = activities or source / TABLE_FILES["activities"]

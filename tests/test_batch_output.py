@@ -218,7 +218,7 @@ def test_score_lists_rows_not_scored_next_to_the_scores_or_says_why_it_cannot(ch
     (out / "s.quarantine.csv").rmdir()
     nothing = score(unnamed)
     assert nothing.returncode == 2
-    assert "every one of the 5 leads given was set aside: missing lead_id (5)" in nothing.stderr
+    assert "every one of the 5 leads given was set aside: leads: missing lead_id (5)" in nothing.stderr
     assert len(pd.read_csv(out / "s.quarantine.csv")) == 5
     clean = score(good)
     assert clean.returncode == 0 and "removed" in clean.stdout and not (out / "s.quarantine.csv").exists()
@@ -348,3 +348,14 @@ def test_a_file_without_lead_ids_is_named_with_its_own_headers(tmp_path):
     with pytest.raises(DataError) as refused:
         read_leads(export, None)
     assert str(refused.value).endswith("columns are Prospect ID, Lead Source, Country")
+
+
+def test_a_folder_where_a_file_belongs_is_named_a_folder(tmp_path):
+    """`score` said "file not found" of a folder, and of a folder given as a flat CSV."""
+    (tmp_path / "leads.csv").write_text("lead_id,created_at\nA,2025-01-01\n")
+    (tmp_path / "activities.csv").mkdir()
+    with pytest.raises(DataError, match=r"activities\.csv: a folder, not a file"):
+        read_leads(tmp_path, None)
+    (tmp_path / "empty.csv").mkdir()
+    with pytest.raises(DataError, match=r"empty\.csv: a folder without leads\.csv: give a file of leads, or a CRM"):
+        read_leads(tmp_path / "empty.csv", None)

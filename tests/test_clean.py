@@ -9,6 +9,8 @@ from features.clean import (
     parse_number,
     parse_timestamps,
     snake_case,
+    thousands_dots,
+    writes_decimal_commas,
 )
 
 
@@ -118,6 +120,26 @@ def test_a_column_written_with_decimal_commas_is_read_so_throughout():
     # Among thousands that can only be thousands, "1,333" stays 1,333.
     assert parse_number(pd.Series(["1,333", "2,5", "1,234,567"]))[0].tolist() == [1333.0, 2.5, 1234567.0]
     assert parse_number(pd.Series(["1,333", "4,000"]))[0].tolist() == [1333.0, 4000.0]  # nothing says otherwise
+
+
+def test_an_export_with_decimal_commas_has_dots_that_group_thousands():
+    """European Excel writes 1532 seconds as 1.532 beside 2,5 pages per visit: read as 1.532 s."""
+    seconds, pages = pd.Series(["1.532", "674", "0", "12.345.678"]), pd.Series(["2,5", "3", "1,333"])
+    assert writes_decimal_commas([seconds, pages])
+    assert parse_number(seconds, decimal_comma=True)[0].tolist() == [1532.0, 674.0, 0.0, 12345678.0]
+    assert parse_number(pages, decimal_comma=True)[0].tolist() == [2.5, 3.0, 1.333]
+    assert thousands_dots(seconds, decimal_comma=True).tolist() == [True, False, False, True]
+    # Nothing in the file says so: a dot is a decimal point, unless two dots or more show otherwise.
+    assert not writes_decimal_commas([pd.Series(["1,200,000", "2,5"]), pd.Series(["1,200"])])
+    assert parse_number(pd.Series(["1.532", "2.5"]))[0].tolist() == [1.532, 2.5]
+    assert parse_number(pd.Series(["1.532", "1.234.567"]))[0].tolist() == [1532.0, 1234567.0]
+    assert parse_number(pd.Series(["1.5", "0.125"]), decimal_comma=True)[0].tolist() == [1.5, 0.125]
+
+
+def test_a_decimal_comma_before_an_exponent_is_a_decimal_mark():
+    """Excel's General format in a comma-decimal locale: 9,83E-05 was read as 0.00983."""
+    values, failed = parse_number(pd.Series(["9,83E-05", "1,5e3", "0"]))
+    assert values.tolist() == [9.83e-05, 1500.0, 0.0] and not failed.any()
 
 
 def test_a_date_that_starts_with_its_year_is_never_read_day_first():

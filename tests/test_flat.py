@@ -378,3 +378,18 @@ def test_a_column_name_that_reads_as_tex_is_drawn_as_written(tmp_path):
     renamed = lgb.train({"objective": "binary", "verbose": -1, "num_leaves": 3},
                         lgb.Dataset(x.set_axis([column, "Visits"], axis=1), y), 5)  # fmt: skip
     assert renamed.dump_model()["feature_names"][0] == "Last_$\u2216alpha^(2)$_Activity"
+
+
+def test_a_european_excel_export_reads_its_numbers_as_written(tmp_path, params):
+    """Saved with ';' and decimal commas, 1532 seconds on the site are written 1.532: read as 1.532 s,
+    they scored a keen lead as a cold one without a word."""
+    seconds = [(i % 7 + 1) * 1000 + (i % 3) * 111 for i in range(80)]
+    rows = [f"{i};{s // 1000}.{s % 1000:03d};{i % 4},5;{i % 2}" for i, s in enumerate(seconds)]
+    path = tmp_path / "euro.csv"
+    path.write_text("id;Seconds on site;Pages per visit;y\n" + "\n".join(rows) + "\n")
+    data = load_flat(path, FlatProfile(label="y", id="id", sep=";"), params.flat)
+    assert data.features["Seconds on site"].tolist() == seconds
+    assert data.features["Pages per visit"].iloc[:3].tolist() == [0.5, 1.5, 2.5]
+    said = [note for note in data.quarantine.notes if "dots grouping thousands" in note]
+    assert said == ["Seconds on site: 80 value(s) such as '1.000' read as whole numbers, dots grouping thousands "
+                    "(the file writes decimal commas)"]  # fmt: skip

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from features.ingest import DataError, load_crm
+from features.ingest import DataError, Quarantine, load_crm, read_csv_table
 
 
 def _write(tmp_path, leads, activities, outcomes):
@@ -426,3 +426,61 @@ def test_a_close_date_without_a_time_on_the_day_the_lead_was_created_is_that_day
     # Two days before its lead existed is before it.
     reasons = crm.quarantine.frame().set_index("lead_id")["reason"]
     assert set(reasons.index) == {"D"} and "closed_at is before the lead's created_at" in reasons.tolist()
+
+
+def _crm_of(tmp_path, leads_csv: str, activities_csv: str = "lead_id,occurred_at,activity_type\n"):
+    (tmp_path / "leads.csv").write_text(leads_csv)
+    (tmp_path / "activities.csv").write_text(activities_csv)
+    (tmp_path / "outcomes.csv").write_text("lead_id,status,closed_at\nA,converted,2025-09-01\nB,lost,2025-09-02\n")
+    return tmp_path
+
+
+def test_an_export_as_european_excel_saves_it_reads_as_written(tmp_path):
+    """1.104 employees were read as one and a tenth beside revenue written 186.279.912,00; the
+    same moment written two ways in two rows of a lead was a conflict; a row of empty fields
+    was "missing lead_id"."""
+    leads = (
+        "lead_id;created_at;employees;annual_revenue\n"
+        'A;22/07/2025 13:35;1.104;186.279.912,00\nA;"Jul 22, 2025 01:35 PM";1.104;186.279.912,00\n'
+        "B;23/07/2025 09:00;250;2,5M\n;;;\n"
+    )
+    crm = load_crm(_crm_of(tmp_path, leads))
+    by_id = crm.leads.set_index("lead_id")
+    assert by_id.loc["A", "employees"] == 1104 and by_id.loc["A", "annual_revenue"] == 186_279_912
+    assert by_id.loc["B", "annual_revenue"] == 2_500_000
+    reasons = crm.quarantine.frame().set_index("row")["reason"]
+    assert reasons[2].startswith("duplicate row") and reasons[4] == "blank row (every field empty)"
+    assert any("dots grouping thousands" in note and "'1.104'" in note for note in crm.quarantine.notes)
+
+
+def test_two_headers_for_one_contract_column_are_refused(tmp_path):
+    with pytest.raises(DataError, match=r"columns 'industry' and 'Industry' both read as the contract's industry"):
+        load_crm(_crm_of(tmp_path, "lead_id,created_at,industry,Industry\nA,2025-01-01,x,y\nB,2025-01-02,x,y\n"))
+
+
+def test_dates_a_spreadsheet_saved_as_day_numbers_are_named_so(tmp_path):
+    with pytest.raises(DataError, match=r"created_at is a spreadsheet's day number, not a date \(2 rows\)"):
+        load_crm(_crm_of(tmp_path, "lead_id,created_at\nA,45597.473831\nB,45598\n"))
+
+
+def test_activity_dates_without_a_time_say_why_repeats_were_counted_once(tmp_path):
+    acts = (
+        "lead_id,occurred_at,activity_type\nA,2025-01-05,email_open\nA,2025-01-05,email_open\nB,2025-01-06,web_visit\n"
+    )
+    crm = load_crm(_crm_of(tmp_path, "lead_id,created_at\nA,2025-01-01\nB,2025-01-02\n", acts))
+    assert len(crm.activities) == 2
+    assert any("dates without a time of day, so the 1 repeats above" in note for note in crm.quarantine.notes)
+
+
+def test_a_compressed_or_single_byte_file_is_named_for_what_it_is(tmp_path):
+    import gzip
+
+    (tmp_path / "leads.csv").write_bytes(gzip.compress(b"lead_id,created_at\nA,2025-01-01\n"))
+    with pytest.raises(DataError, match=r"leads\.csv: gzip-compressed, not a CSV file: decompress it \(gunzip\)"):
+        load_crm(tmp_path)
+    cp1252 = "lead_id,created_at,company\nA,2025-01-01,Société Générale \u2013 München\nB,2025-01-02,Acme\n"
+    (tmp_path / "leads.csv").write_bytes(cp1252.encode("cp1252"))
+    quarantine = Quarantine()
+    frame = read_csv_table(tmp_path / "leads.csv", ["lead_id"], table="leads", quarantine=quarantine)
+    assert frame.loc[0, "company"] == "Société Générale \u2013 München"
+    assert quarantine.notes[0] == "leads.csv: not UTF-8, read as Windows-1252"  # not "mixed encodings"

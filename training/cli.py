@@ -1048,7 +1048,9 @@ def _nothing_scored(open_leads: int, quarantine: Any, closed: int) -> str:
     """Why a scoring came out empty, in the words of its counts (the commonest reasons named)."""
     quarantined = len(quarantine)
     if open_leads:
-        reasons = quarantine["reason"].value_counts().head(3).items() if quarantined else []
+        # Counted by kind (the reason before its value: each row's date differs) and table.
+        kinds = quarantine["table"].astype(str) + ": " + quarantine["reason"].astype(str).str.split(": ").str[0]
+        reasons = kinds.value_counts().head(3).items() if quarantined else []
         said = "; ".join(f"{reason} ({n:,})" for reason, n in reasons)
         return f"every one of the {_leads(open_leads)} given was set aside" + (f": {said}" if said else "")
     if closed:
