@@ -226,9 +226,18 @@ class Quarantine:
         """The reasons counted per table, without each row's value: "leads: created_at not a
         date (3,000 rows); ..."."""
         rows = self.frame()
-        kinds = rows["reason"].astype(str).str.split(": ").str[0]
+        parts = rows["reason"].astype(str).str.split(": ", n=1)
+        kinds, values = parts.str[0], parts.str[1]
         counts = rows.groupby([rows["table"], kinds], sort=False).size().sort_values(ascending=False, kind="stable")
-        return "; ".join(f"{table}: {reason} ({count:,} rows)" for (table, reason), count in counts.items())
+        said = []
+        for (table, reason), count in counts.items():
+            # The values behind a reason that quotes one ("status not one of ...: Yes"), commonest
+            # first; a reason whose tail is the same on every row explains itself instead.
+            quoted = values[(rows["table"] == table) & (kinds == reason)].dropna()
+            common = quoted.value_counts().index[:3] if quoted.nunique() > 1 else []
+            such = ", such as " + ", ".join(repr(value[:40]) for value in common) if len(common) else ""
+            said.append(f"{table}: {reason} ({count:,} rows{such})")
+        return "; ".join(said)
 
 
 @dataclass
@@ -764,9 +773,8 @@ def date_problem(column: str, text: pd.Series, day_first: bool | None, failed: p
         serial = text.iloc[positions].astype(str).str.strip().str.fullmatch(r"[2-7]\d{4}(?:[.,]\d+)?")
         hit = positions[serial.to_numpy()]
         reasons.iloc[hit] = (
-            f"{column} is a spreadsheet's day number, not a date: "
-            + text.iloc[hit].astype(str)
-            + " (format the column as dates, e.g. 2025-07-22 13:35, before saving the CSV)"
+            f"{column} is a spreadsheet's day number, not a date (format the column as dates before saving the "
+            "CSV): " + text.iloc[hit].astype(str)
         )
         against, order = against_date_order(text.iloc[positions], day_first)
         hit = positions[against.to_numpy()]

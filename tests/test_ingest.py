@@ -459,7 +459,8 @@ def test_two_headers_for_one_contract_column_are_refused(tmp_path):
 
 
 def test_dates_a_spreadsheet_saved_as_day_numbers_are_named_so(tmp_path):
-    with pytest.raises(DataError, match=r"created_at is a spreadsheet's day number, not a date \(2 rows\)"):
+    said = r"created_at is a spreadsheet's day number, not a date \(format .*\) \(2 rows, such as '45597\.\d+', '45598'"
+    with pytest.raises(DataError, match=said):
         load_crm(_crm_of(tmp_path, "lead_id,created_at\nA,45597.473831\nB,45598\n"))
 
 
