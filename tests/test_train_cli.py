@@ -630,6 +630,9 @@ def test_a_search_the_budget_stopped_before_tpe_began_is_said(params):
     )
     assert few_trials_warnings(10, tuning) == []
     assert few_trials_warnings(3, tuning.model_copy(update={"trials": 3})) == []  # all it was asked for
+    # A recalibration's budget is its own setting: raising tuning.timeout_seconds changed nothing.
+    (said,) = few_trials_warnings(2, tuning, job="recalibrate")
+    assert "Raise recalibration.timeout_seconds" in said and "tuning.timeout_seconds" not in said
 
 
 def test_the_top_leads_table_prints_ids_as_written_not_as_markup_or_terminal_codes(monkeypatch):

@@ -136,15 +136,21 @@ def trailing_baseline_warnings(
     ]
 
 
-def few_trials_warnings(trials: int, tuning: TuningParams) -> list[str]:
+def few_trials_warnings(trials: int, tuning: TuningParams, job: str = "train") -> list[str]:
     """A warning when the time budget stopped tuning before TPE began to search: the first
-    trials are random draws (a busy machine slows each one several times over)."""
+    trials are random draws (a busy machine slows each one several times over). It names the
+    setting that holds `job`'s budget: a recalibration's is its own."""
     if trials >= min(tuning.trials, TPE_STARTUP_TRIALS):
         return []
+    setting = (
+        "recalibration.timeout_seconds in the params file"
+        if job == "recalibrate"
+        else "tuning.timeout_seconds in the params file (`train` also takes --timeout)"
+    )
     return [
         f"only {trials} of at most {tuning.trials} tuning trials fit in the {tuning.timeout_seconds:g} s budget: "
-        f"the first {TPE_STARTUP_TRIALS} are random draws, so the search hardly ran. Raise tuning.timeout_seconds "
-        "in the params file (`train` also takes --timeout) or train when the machine is less busy"
+        f"the first {TPE_STARTUP_TRIALS} are random draws, so the search hardly ran. Raise {setting} or run it "
+        "when the machine is less busy"
     ]
 
 
@@ -669,7 +675,7 @@ def train_and_register(
                 on_trial=on_trial, fixed=learned,
             )  # fmt: skip
         reporter.trials_finished()
-        tuning_warnings = few_trials_warnings(tuning.trials, params.tuning)
+        tuning_warnings = few_trials_warnings(tuning.trials, params.tuning, job)
         for text in tuning_warnings:
             reporter.warn(text)
         if on_tuned is not None:
