@@ -39,13 +39,26 @@ def lock_path(setting: str) -> Path:
     return project_path(setting, MODELS_DIR)
 
 
+_MADE_MODELS_DIR: list[Path] = []  # the models folder, when this process created it
+
+
 def tracking_uri() -> str:
     """The tracking URI in force; creates the embedded store's folder when it is used."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    MODELS_DIR.mkdir(parents=True, exist_ok=True)
+    if not MODELS_DIR.exists():
+        MODELS_DIR.mkdir(parents=True, exist_ok=True)
+        _MADE_MODELS_DIR.append(MODELS_DIR)
     return f"sqlite:///{MODELS_DIR / 'mlflow.db'}"
+
+
+def remove_unused_models_dir() -> None:
+    """Take back the models folder `tracking_uri` made, if nothing was written in it: a command
+    that found no store leaves nothing behind."""
+    for folder in _MADE_MODELS_DIR:
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only an empty folder goes
 
 
 def artifact_root() -> str | None:

@@ -654,7 +654,7 @@ def _check_registry(*, reads_models: bool = False, fail: Callable[[str], NoRetur
     not exist yet is said at once: MLflow would create an empty one only to find no model in it.
     `fail` reports the problem and stops (a recalibration also records it for its scheduler).
     """
-    from features.tracking import local_database, tracking_problem, uri_form_problem
+    from features.tracking import local_database, remove_unused_models_dir, tracking_problem, uri_form_problem
 
     _bound_mlflow_retries()
     database = local_database()
@@ -668,6 +668,7 @@ def _check_registry(*, reads_models: bool = False, fail: Callable[[str], NoRetur
             )
             if "MLFLOW_TRACKING_URI" not in os.environ:
                 problem += " (or set MLFLOW_TRACKING_URI to the store that holds your models)"
+            remove_unused_models_dir()
     if problem:
         fail(problem)
 
