@@ -725,11 +725,19 @@ def require_columns(columns: Iterable[Any], required: Iterable[str], name: str) 
 
 def note_column_names(quarantine: Quarantine, file: str, renames: dict[str, str], unused: list[str]) -> None:
     """Say which headers were read under a contract name and which the contract does not use."""
+    for note in column_name_notes(file, renames, unused):
+        quarantine.note(note)
+
+
+def column_name_notes(file: str, renames: dict[str, str], unused: list[str]) -> list[str]:
+    """The notes of `note_column_names`, for a caller that keeps its own."""
+    notes = []
     if renames:
-        quarantine.note(f"{file}: " + ", ".join(f"{old!r} read as {new}" for old, new in renames.items()))
+        notes.append(f"{file}: " + ", ".join(f"{old!r} read as {new}" for old, new in renames.items()))
     if unused:
         shown = ", ".join(repr(c) for c in unused[:10]) + (f" and {len(unused) - 10} more" if len(unused) > 10 else "")
-        quarantine.note(f"{file}: column(s) not in the data contract, not used: {shown}")
+        notes.append(f"{file}: column(s) not in the data contract, not used: {shown}")
+    return notes
 
 
 def hash_files(paths: Iterable[Path]) -> str:

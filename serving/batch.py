@@ -16,6 +16,8 @@ from features.flat import DUPLICATE_ROW, clean_flat_columns, model_column_name
 from features.ingest import (
     CountedNote,
     DataError,
+    column_name_notes,
+    encoding_note,
     export_date_votes,
     header_separator,
     merge_counted,
@@ -49,9 +51,10 @@ class BatchResult:
     counted: list[CountedNote] = field(default_factory=list)  # a CRM model's notes as counts, to add up
 
 
-def read_table(path: Path, sep: str = ",") -> pd.DataFrame:
+def read_table(path: Path, sep: str = ",", notes: list[str] | None = None) -> pd.DataFrame:
     """A CSV or parquet table as text cells (missing as empty), like an export; a CSV in
-    `sep`, or in the separator its header has when it has no `sep`."""
+    `sep`, or in the separator its header has when it has no `sep`. `notes` gets how it was
+    read when that is not the plain way (another separator, another encoding), as training says."""
     if path.is_dir():
         raise DataError(f"{path}: a folder, not a file")
     if not path.is_file():
@@ -63,7 +66,12 @@ def read_table(path: Path, sep: str = ",") -> pd.DataFrame:
             frame = pd.read_parquet(path)
             return frame.astype(object).where(frame.notna(), "").astype(str)
         # Training's reader: the same encodings, header spaces and checks, so a file that trains scores.
-        return read_text_csv(path, sep=header_separator(path, sep))[0]
+        found = header_separator(path, sep)
+        frame, encoding = read_text_csv(path, sep=found)
+        if notes is not None:
+            notes.extend([f"{path.name}: fields separated by {found!r}"] if found != sep else [])
+            notes.extend(filter(None, [encoding_note(path.name, encoding)]))
+        return frame
     except DataError:
         raise
     except (OSError, ValueError, pd.errors.ParserError) as exc:
@@ -123,12 +131,17 @@ def absent_columns_note(model: LoadedModel, columns: Iterable[str]) -> str | Non
     )
 
 
-def _contract_table(frame: pd.DataFrame, table: str, rename: bool) -> pd.DataFrame:
+def _contract_table(frame: pd.DataFrame, table: str, rename: bool, path: Path, notes: list[str] | None) -> pd.DataFrame:
+    """The contract's names for a CRM model's table, whatever the headers' case, with what was
+    renamed or left unused said in `notes`, as training says it."""
     if not rename:
         return frame
     if clash := contract_clash(frame.columns, table):
-        raise DataError(f"{TABLE_FILES[table]}: {clash}")
-    return frame.rename(columns=contract_names(frame.columns, table)[0])
+        raise DataError(f"{path.name}: {clash}")
+    renames, unused = contract_names(frame.columns, table)
+    if notes is not None:
+        notes.extend(column_name_notes(path.name, renames, unused))
+    return frame.rename(columns=renames)
 
 
 # Scoring an export this long after its newest activity (as of now) reads its engagement as gone
@@ -263,8 +276,9 @@ def read_leads(
                 f"{source}: a folder without {TABLE_FILES['leads']}: give a file of leads, or a CRM export folder "
                 f"({', '.join(TABLE_FILES.values())})"
             )
-        raw = read_table(source / TABLE_FILES["leads"], sep)
-        leads = _contract_table(raw, "leads", as_contract)
+        leads_path = source / TABLE_FILES["leads"]
+        raw = read_table(leads_path, sep, notes)
+        leads = _contract_table(raw, "leads", as_contract, leads_path, notes)
         acts_path = activities or source / TABLE_FILES["activities"]
         outcomes_path = source / TABLE_FILES["outcomes"]
         if outcomes_path.is_file() and "lead_id" in leads:
@@ -276,8 +290,8 @@ def read_leads(
             closed = int(is_closed.sum())
             leads = leads[~is_closed.to_numpy()]  # the index keeps each lead's row in the file
     else:
-        raw = read_table(source, sep)
-        leads = _contract_table(raw, "leads", as_contract)
+        raw = read_table(source, sep, notes)
+        leads = _contract_table(raw, "leads", as_contract, source, notes)
         acts_path = activities
     if activities is not None and activities.is_dir():
         raise DataError(
@@ -287,7 +301,7 @@ def read_leads(
     if activities is not None and not activities.is_file():
         raise DataError(f"{activities}: file not found (--activities)")
     if acts_path is not None and acts_path.exists():
-        acts = _contract_table(read_table(acts_path), "activities", as_contract)
+        acts = _contract_table(read_table(acts_path, notes=notes), "activities", as_contract, acts_path, notes)
         require_columns(acts.columns, ACTIVITY_REQUIRED if as_contract else ("lead_id",), str(acts_path))
     else:
         acts = pd.DataFrame(columns=["lead_id", "occurred_at", "activity_type", "value"])
@@ -329,7 +343,7 @@ def closed_lead_ids(
     the spellings training accepts ("Won", "Closed Lost", ...); a lead with any closed row is
     closed, so repeated rows cannot make it look open. `notes` gets the rows not read, and those
     naming no lead of `lead_ids` (not checked when None)."""
-    outcomes = _contract_table(read_table(outcomes_path), "outcomes", as_contract)
+    outcomes = _contract_table(read_table(outcomes_path, notes=notes), "outcomes", as_contract, outcomes_path, notes)
     require_columns(outcomes.columns, OUTCOME_REQUIRED, str(outcomes_path))
     status = outcome_statuses(outcomes["status"], statuses)
     if notes is not None:

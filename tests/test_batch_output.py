@@ -359,3 +359,17 @@ def test_a_folder_where_a_file_belongs_is_named_a_folder(tmp_path):
     (tmp_path / "empty.csv").mkdir()
     with pytest.raises(DataError, match=r"empty\.csv: a folder without leads\.csv: give a file of leads, or a CRM"):
         read_leads(tmp_path / "empty.csv", None)
+
+
+def test_scoring_says_how_it_read_a_file_as_training_does(tmp_path):
+    """Training said the separator, the headers read under contract names and the ones left out;
+    scoring the same file said none of it."""
+    (tmp_path / "leads.csv").write_text("Lead Id;Created At;Extra Col\nA;2025-01-01;x\n")
+    notes: list[str] = []
+    leads, _, _ = read_leads(tmp_path / "leads.csv", None, notes=notes)
+    assert list(leads.columns[:2]) == ["lead_id", "created_at"]
+    assert notes == [
+        "leads.csv: fields separated by ';'",
+        "leads.csv: 'Lead Id' read as lead_id, 'Created At' read as created_at",
+        "leads.csv: column(s) not in the data contract, not used: 'Extra Col'",
+    ]
