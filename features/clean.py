@@ -110,12 +110,12 @@ def canonical_spelling(values: pd.Series) -> pd.Series:
     return map_distinct(values, lambda v: best[str(v).casefold()])
 
 
-def parse_number(values: pd.Series, decimal_comma: bool = False, counts: bool = False) -> tuple[pd.Series, pd.Series]:
+def parse_number(values: pd.Series, dots_group: bool = False) -> tuple[pd.Series, pd.Series]:
     """Parse numbers written as CRM exports write them ("1,200", "$3.5M", "12%", "1.234,56").
 
-    `decimal_comma`: the export writes decimal commas (`writes_decimal_commas`), so a dot groups
-    thousands ("1.532" is 1532) and "1,333" is 1.333. Without it a column is read by its own values.
-    `counts`: the column holds whole numbers (a head count), so "1.104" and "1,104" are both 1104.
+    `dots_group`: this column's dots group thousands ("1.532" is 1532: `dots_group_thousands`,
+    decided on the training export and kept with the model). Commas are read by the column's
+    own values.
 
     Returns:
         The parsed floats (missing where blank or unparseable) and a boolean mask of the
@@ -125,21 +125,21 @@ def parse_number(values: pd.Series, decimal_comma: bool = False, counts: bool = 
     # reading of commas is decided per column, from which values occur, so it is the same on
     # the distinct values as on the rows.
     codes, uniques = pd.factorize(values.astype("object"), use_na_sentinel=True)
-    parsed, failed = _parse_distinct_numbers(pd.Series(uniques, dtype="object"), decimal_comma, counts)
+    parsed, failed = _parse_distinct_numbers(pd.Series(uniques, dtype="object"), dots_group)
     out = np.append(parsed.to_numpy(dtype="float64"), np.nan)[codes]
     failed = np.append(failed.to_numpy(dtype=bool), False)[codes]
     return pd.Series(out, index=values.index, dtype="float64"), pd.Series(failed, index=values.index)
 
 
-def _parse_distinct_numbers(values: pd.Series, decimal_comma: bool, counts: bool) -> tuple[pd.Series, pd.Series]:
+def _parse_distinct_numbers(values: pd.Series, dots_group: bool) -> tuple[pd.Series, pd.Series]:
     text = values.astype("object")
     present = text.notna()
     cleaned = text[present].astype(str)
-    grouped = thousands_dots(cleaned, decimal_comma or counts)
+    grouped = dot_grouped(cleaned, dots_group)
     cleaned[grouped] = _bare(cleaned[grouped]).str.replace(".", "", regex=False)
     commas = cleaned.str.contains(",", regex=False)
     if commas.any():
-        cleaned[commas] = _decimal_commas(cleaned[commas], decimal_comma and not counts)
+        cleaned[commas] = _decimal_commas(cleaned[commas])
     cleaned = cleaned.str.replace(_NUMBER_JUNK, "", regex=True)
     parsed = pd.to_numeric(cleaned, errors="coerce")
     suffixed = parsed.isna() & cleaned.str.match(_SUFFIXED)
@@ -166,10 +166,14 @@ _EITHER = re.compile(r"-?\d{1,3},\d{3}(?:[kmb]|bn)?", re.IGNORECASE)
 _ONLY_THOUSANDS = re.compile(r"-?\d{1,3}(?:(?:,\d{3}){2,}(?:\.\d+)?|(?:,\d{3})+\.\d+)", re.IGNORECASE)
 # A whole number written with dots grouping thousands ("1.532", "186.279.912"): in an export
 # with decimal commas, or where two dots or more show it ("1.234.567" is no decimal), a dot
-# is no decimal point.
+# is no decimal point, unless its own column has values only a decimal point writes.
 _WHOLE_DOT_GROUPS = re.compile(r"-?[1-9]\d{0,2}(?:\.\d{3})+")  # "0.125" is no thousands
 _MANY_DOT_GROUPS = re.compile(r"-?[1-9]\d{0,2}(?:\.\d{3}){2,}")
+_DOT_DECIMAL = re.compile(r"-?(?:0\.\d+|\d+\.(?:\d{1,2}|\d{4,})|\d{4,}\.\d+)(?:[kmb]|bn|%)?", re.IGNORECASE)
 _NOT_DIGITS = re.compile(r"[\s$€£¥%]|^\+")
+# A file is read as writing decimal commas on this much evidence only: distinct values that can
+# only be decimal commas, at least this many and ten times those that can only be the other way.
+MIN_DECIMAL_COMMA_VALUES = 2
 
 
 def _bare(text: pd.Series) -> pd.Series:
@@ -179,45 +183,100 @@ def _bare(text: pd.Series) -> pd.Series:
 GROUPED_THOUSANDS = "read as whole numbers, dots grouping thousands"
 
 
-def thousands_dots(values: pd.Series, decimal_comma: bool) -> pd.Series:
-    """Which values of a column are whole numbers with dots grouping thousands ("1.532"): all
-    such values in an export with decimal commas, or in a column where some value has two dots
-    or more; none otherwise ("1.532" is then one and a half)."""
-    bare = _bare(values.astype(str))
-    grouped = bare.str.fullmatch(_WHOLE_DOT_GROUPS).fillna(False).astype(bool)
-    if decimal_comma or (grouped.any() and bare.str.fullmatch(_MANY_DOT_GROUPS).any()):
-        return grouped & values.notna()
-    return pd.Series(False, index=values.index)
+def dot_grouped(values: pd.Series, dots_group: bool) -> pd.Series:
+    """Which values are whole numbers written with dots grouping thousands ("1.532"), in a
+    column whose dots group thousands; none in another column."""
+    if not dots_group:
+        return pd.Series(False, index=values.index)
+    codes, uniques = pd.factorize(values.astype("object"), use_na_sentinel=True)
+    bare = _bare(pd.Series(uniques, dtype="object").astype(str))
+    grouped = bare.str.fullmatch(_WHOLE_DOT_GROUPS).fillna(False).to_numpy(dtype=bool)
+    return pd.Series(np.append(grouped, False)[codes], index=values.index)
+
+
+def dots_group_thousands(values: pd.Series, decimal_comma: bool) -> bool:
+    """Whether a column's dots group thousands: in an export with decimal commas
+    (`writes_decimal_commas`), or where a value has two dots or more ("1.234.567"); never where
+    a value is one only a decimal point writes ("0.125", "2.5"). Decided on a training export."""
+    bare = _bare(pd.Series(values.dropna().astype(str).unique(), dtype="object"))
+    if bare.str.fullmatch(_DOT_DECIMAL).any():
+        return False
+    return decimal_comma or bool(bare.str.fullmatch(_MANY_DOT_GROUPS).any())
 
 
 def writes_decimal_commas(columns: Iterable[pd.Series]) -> bool:
-    """Whether an export writes decimal commas, from its numeric columns: some column has a
-    comma that can only be a decimal mark ("2,5", "1.234,56", "9,83E-05") and none one that
-    can only group thousands ("1,234,567"). Its dots then group thousands."""
-    decimal = thousands = False
+    """Whether an export writes decimal commas (`decimal_mark` is "comma")."""
+    return decimal_mark(columns) == "comma"
+
+
+def decimal_mark(columns: Iterable[pd.Series]) -> str | None:
+    """The decimal mark an export's numeric columns show: "comma" for distinct values whose
+    comma can only be a decimal mark ("2,5", "1.234,56", "9,83E-05"), at least
+    `MIN_DECIMAL_COMMA_VALUES` and ten times as many as values only a decimal point writes
+    ("2.5", "1,234,567"); "dot" the other way round; None when they do not say (a stray "0,5"
+    typed into a US export decides nothing)."""
+    decimal = other = 0
     for values in columns:
         distinct = pd.Series(values.dropna().astype(str).unique(), dtype="object")
-        bare = _bare(distinct[distinct.str.contains(",", regex=False)])
-        if bare.empty:
-            continue
-        decimal |= bool(
-            (bare.str.fullmatch(_COMMA_DECIMAL) | bare.str.fullmatch(_DOT_THOUSANDS)
-             | bare.str.fullmatch(_NEVER_THOUSANDS)).any()
+        bare = _bare(distinct)
+        commas = bare[bare.str.contains(",", regex=False)]
+        decimal += int(
+            (commas.str.fullmatch(_COMMA_DECIMAL) | commas.str.fullmatch(_DOT_THOUSANDS)
+             | commas.str.fullmatch(_NEVER_THOUSANDS)).sum()
         )  # fmt: skip
-        thousands |= bool(bare.str.fullmatch(_ONLY_THOUSANDS).any())
-    return decimal and not thousands
+        other += int(commas.str.fullmatch(_ONLY_THOUSANDS).sum() + bare.str.fullmatch(_DOT_DECIMAL).sum())
+    if decimal >= MIN_DECIMAL_COMMA_VALUES and decimal >= 10 * other:
+        return "comma"
+    if other >= MIN_DECIMAL_COMMA_VALUES and other >= 10 * decimal:
+        return "dot"
+    return None
 
 
-def _decimal_commas(text: pd.Series, decimal_comma: bool = False) -> pd.Series:
+def file_thousands_dots(
+    stored: Iterable[str], columns: dict[str, pd.Series], always: Iterable[str] = ()
+) -> tuple[list[str], str | None]:
+    """The columns whose dots group thousands in a file a model scores: those of the model's
+    training export (`stored`), unless the file's own numbers show another decimal mark (a
+    European copy of a US export): then its own, with a note saying so. A file that does not
+    show one (a small batch) is read as the training export was."""
+    stored = [c for c in stored if c in columns]
+    mark = decimal_mark(columns.values())
+    if mark is None:
+        return stored, None
+    own = [c for c, values in columns.items() if c in set(always) or dots_group_thousands(values, mark == "comma")]
+    if set(own) == set(stored):
+        return stored, None
+    written, read = (
+        ("decimal commas", "grouping thousands") if mark == "comma" else ("decimal points", "decimal points")
+    )
+    return own, f"this file writes {written}, unlike the model's training export: its dots are read as {read}"
+
+
+def numbers_as_text(values: pd.Series) -> pd.Series:
+    """Typed floats (from JSON or parquet) as the text `str` gives, but for the values a reading
+    of dots as thousands would misread: 1.532 is "1.532e0", never 1532. Text is left as it is."""
+    if pd.api.types.is_float_dtype(values):
+        return values.map(_float_text, na_action="ignore")
+    if values.dtype == object:  # a request's column can hold numbers and text side by side
+        return values.map(lambda v: _float_text(v) if isinstance(v, float) and v == v else v)
+    return values
+
+
+def _float_text(value: float) -> str:
+    text = repr(float(value))
+    return text + "e0" if _WHOLE_DOT_GROUPS.fullmatch(text) else text
+
+
+def _decimal_commas(text: pd.Series) -> pd.Series:
     """The values of one column with a comma, decimal commas made dots. One reading per column:
     where some values can only have a decimal comma and none can only group thousands, "1,333"
-    is 1.333 as well (hours on site written 0,315, 1,333 and 2,5 in one column); so it is in an
-    export that writes decimal commas."""
+    is 1.333 as well (hours on site written 0,315, 1,333 and 2,5 in one column). Each column
+    decides its own commas: "250,000" beside another column's "0,5" stays 250000."""
     bare = _bare(text)
     dotted = bare.str.fullmatch(_DOT_THOUSANDS)
     bare[dotted] = bare[dotted].str.replace(".", "", regex=False)
     decimal = dotted | bare.str.fullmatch(_COMMA_DECIMAL) | bare.str.fullmatch(_NEVER_THOUSANDS)
-    if (decimal.any() or decimal_comma) and not bare.str.fullmatch(_ONLY_THOUSANDS).any():
+    if decimal.any() and not bare.str.fullmatch(_ONLY_THOUSANDS).any():
         decimal |= bare.str.fullmatch(_EITHER)
     return text.where(~decimal, bare.str.replace(",", ".", regex=False))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,11 +21,13 @@ from features.clean import (
     TRUE_TOKENS,
     blank_to_missing,
     canonical_spelling,
+    dot_grouped,
+    dots_group_thousands,
     looks_boolean,
+    numbers_as_text,
     parse_bool,
     parse_number,
     parse_timestamps,
-    thousands_dots,
     writes_decimal_commas,
 )
 from features.ingest import (
@@ -279,7 +282,7 @@ def infer_column(values: pd.Series, params: FlatParams) -> tuple[str, str]:
         return "excluded", f"constant ({present.iloc[0]!r})"
     if looks_boolean(present):
         return "boolean", ""
-    _, failed = parse_number(present)
+    _, failed = parse_number(present, dots_group_thousands(present, decimal_comma=False))
     if failed.mean() <= _NUMERIC_FAILURE_SHARE:
         return "numeric", ""
     sample = present.head(2000)
@@ -304,6 +307,14 @@ def model_column_name(column: str) -> str:
     return column.translate(_NAME_SAFE)
 
 
+def thousands_dot_columns(rows: pd.DataFrame, columns: dict[str, str], missing_tokens: Iterable[str]) -> list[str]:
+    """The numeric columns of a flat export whose dots group thousands (`dots_group_thousands`,
+    with the export's decimal commas judged on all its numeric columns at once)."""
+    numeric = {c: blank_to_missing(rows[c], missing_tokens) for c, kind in columns.items() if kind == "numeric"}
+    decimal_comma = writes_decimal_commas(numeric.values())
+    return [c for c, values in numeric.items() if dots_group_thousands(values, decimal_comma)]
+
+
 def clean_flat_columns(frame: pd.DataFrame, schema: dict[str, Any]) -> tuple[pd.DataFrame, list[str]]:
     """Apply a learned flat schema to raw text rows: the training and serving path alike.
 
@@ -314,21 +325,22 @@ def clean_flat_columns(frame: pd.DataFrame, schema: dict[str, Any]) -> tuple[pd.
     tokens = schema["missing_tokens"]
     out: dict[str, pd.Series] = {}
     notes = []
-    # One reading of dots and commas for the file: "1.532" seconds beside "2,5" pages per visit.
-    numeric = [column for column, kind in schema["columns"].items() if kind == "numeric" and column in frame]
-    decimal_comma = writes_decimal_commas(blank_to_missing(frame[column], tokens) for column in numeric)
+    # Numbers as the training export wrote them (a model from before the setting: as it read them).
+    dots_group = set(schema.get("thousands_dots", ()))
     for column, kind in schema["columns"].items():
         raw = frame[column] if column in frame else pd.Series([None] * len(frame), index=frame.index)
+        if kind == "numeric":
+            raw = numbers_as_text(raw)  # a number sent as a number stays that number (1.532 as sent)
         values = blank_to_missing(raw, tokens)
         if kind == "boolean":
             out[column], failed = parse_bool(values)
         elif kind == "numeric":
-            out[column], failed = parse_number(values, decimal_comma)
-            grouped = thousands_dots(values, decimal_comma)
-            if decimal_comma and grouped.any():
+            out[column], failed = parse_number(values, column in dots_group)
+            grouped = dot_grouped(values, column in dots_group)
+            if grouped.any():
                 example = values[grouped].iloc[0]
                 shown = f"{int(grouped.sum())} value(s) such as {example!r}"
-                notes.append(f"{column}: {shown} {GROUPED_THOUSANDS} (the file writes decimal commas)")
+                notes.append(f"{column}: {shown} {GROUPED_THOUSANDS}")
         else:
             out[column], failed = canonical_spelling(values), pd.Series(False, index=frame.index)
         if failed.any():
@@ -576,6 +588,9 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
         "dropped": list(profile.drop),
         # Every column of the file: a name sent to the service that is none of them is a mistake.
         "header": header,
+        # The numeric columns whose dots group thousands in this export, for every file and
+        # request scored later: a batch with no "2,5" in it cannot tell that "1.532" is 1532.
+        "thousands_dots": thousands_dot_columns(raw.loc[keep], columns, params.missing_tokens),
     }
     kept = raw.loc[keep]
     features, notes = clean_flat_columns(kept, schema)

@@ -7,7 +7,7 @@ import hashlib
 import io
 import re
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,8 @@ from features.clean import (
     blank_to_missing,
     canonical_spelling,
     date_order_votes,
+    dot_grouped,
+    dots_group_thousands,
     has_value,
     map_distinct,
     order_from_votes,
@@ -30,7 +32,6 @@ from features.clean import (
     parse_number,
     parse_timestamps,
     snake_case,
-    thousands_dots,
     writes_decimal_commas,
 )
 from features.schema import (
@@ -253,6 +254,7 @@ class CrmData:
     source: str
     day_first: bool | None = None  # the order of its numeric dates (None: none were decisive)
     lead_columns: tuple[str, ...] = ()  # the feature inputs leads.csv gives a value in (`lead_columns_with_values`)
+    thousands_dots: tuple[str, ...] = ()  # numeric lead columns whose dots group thousands (`lead_thousands_dots`)
 
 
 DATE_COLUMNS = ("created_at", "occurred_at", "closed_at")
@@ -381,6 +383,7 @@ def as_of_view(crm: CrmData, moment: pd.Timestamp) -> CrmData:
         source=f"{crm.source} as of {moment:%Y-%m-%d}",
         day_first=crm.day_first,
         lead_columns=crm.lead_columns,
+        thousands_dots=crm.thousands_dots,
     )
 
 
@@ -804,6 +807,16 @@ def after_today(moments: pd.Series) -> pd.Series:
     return moments.notna() & (moments >= end_of_today)
 
 
+def lead_thousands_dots(raw_leads: pd.DataFrame, missing_tokens: Iterable[str]) -> tuple[str, ...]:
+    """The numeric lead columns whose dots group thousands: a head count always ("1.104"
+    employees), the others when the export writes decimal commas or shows it ("1.234.567").
+    Decided once on a training export and kept with the model, so that every batch and request
+    reads its numbers alike."""
+    given = {c: blank_to_missing(raw_leads[c], missing_tokens) for c in LEAD_NUMERIC if c in raw_leads}
+    decimal_comma = writes_decimal_commas(given.values())
+    return tuple(c for c, values in given.items() if c in LEAD_COUNTS or dots_group_thousands(values, decimal_comma))
+
+
 def clean_leads(
     raw: pd.DataFrame,
     quarantine: Quarantine,
@@ -811,12 +824,15 @@ def clean_leads(
     *,
     history: bool = False,
     day_first: bool | None = None,
+    thousands_dots: Collection[str] = (),
 ) -> pd.DataFrame:
     """Clean lead rows of the contract (text cells, a `_row` number each); unusable rows go
     to the quarantine. Used for exports and for leads sent to the service alike.
 
     `history`: the rows are a training history, so a lead created after today is quarantined.
     `day_first`: the order of numeric dates (the export's; None: decided by the column).
+    `thousands_dots`: the numeric columns whose dots group thousands ("1.104" employees:
+    `lead_thousands_dots` of the training export, kept with the model).
     """
     leads = raw.copy()
     leads["lead_id"] = blank_to_missing(leads["lead_id"], ("",))  # a blank id is no lead, not the lead ""
@@ -870,17 +886,13 @@ def clean_leads(
                 f"leads.{column}", f"value(s) not in {BANT_VALUES} read as unknown", leads.loc[odd, column]
             )
             leads[column] = folded.where(~odd, "unknown")
-    # One reading of dots and commas for the file: "1.104" employees beside "186.279.912,00" revenue.
-    decimal_comma = writes_decimal_commas(leads[column] for column in LEAD_NUMERIC if column in leads)
     for column in LEAD_NUMERIC:
         if column in leads:
             written = _placeholders_to_missing(leads[column], missing_tokens, quarantine)
-            counts = column in LEAD_COUNTS
-            values, failed = parse_number(written, decimal_comma, counts=counts)
-            if decimal_comma or counts:
-                why = "the file writes decimal commas" if decimal_comma else "a head count has no decimals"
-                grouped = thousands_dots(written, decimal_comma=True)
-                quarantine.count(f"leads.{column}", f"value(s) {GROUPED_THOUSANDS} ({why})", leads.loc[grouped, column])
+            dots_group = column in thousands_dots
+            values, failed = parse_number(written, dots_group)
+            grouped = dot_grouped(written, dots_group)
+            quarantine.count(f"leads.{column}", f"value(s) {GROUPED_THOUSANDS}", leads.loc[grouped, column])
             quarantine.count(f"leads.{column}", "value(s) not a number read as missing", leads.loc[failed, column])
             # A head count or a revenue below zero is a typo or a sentinel, not an amount (the
             # service refuses one in a request).
@@ -1120,7 +1132,10 @@ def load_crm(
     day_first = export_date_order(raw_leads, raw_outcomes, raw_acts)
     lead_columns = lead_columns_with_values(raw_leads, missing_tokens)
     note_lead_columns(quarantine, paths["leads"].name, lead_columns)
-    leads = clean_leads(raw_leads, quarantine, missing_tokens, history=True, day_first=day_first)
+    thousands = lead_thousands_dots(raw_leads, missing_tokens)
+    leads = clean_leads(
+        raw_leads, quarantine, missing_tokens, history=True, day_first=day_first, thousands_dots=thousands
+    )
     _refuse_without_leads(leads, len(raw_leads), directory, quarantine)
     outcomes = clean_outcomes(raw_outcomes, leads, quarantine, day_first=day_first, statuses=statuses)
     leads, left_out = drop_unknown_outcomes(leads, outcomes, quarantine)
@@ -1146,4 +1161,5 @@ def load_crm(
         source=str(directory),
         day_first=day_first,
         lead_columns=lead_columns,
+        thousands_dots=thousands,
     )

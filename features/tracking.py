@@ -39,7 +39,7 @@ def lock_path(setting: str) -> Path:
     return project_path(setting, MODELS_DIR)
 
 
-_MADE_MODELS_DIR: list[Path] = []  # the models folder, when this process created it
+_MADE_FOLDERS: list[Path] = []  # the folders this process created for the models folder, deepest first
 
 
 def tracking_uri() -> str:
@@ -48,15 +48,16 @@ def tracking_uri() -> str:
     if uri:
         return uri
     if not MODELS_DIR.exists():
+        missing = [MODELS_DIR, *(p for p in MODELS_DIR.parents if not p.exists())]
         MODELS_DIR.mkdir(parents=True, exist_ok=True)
-        _MADE_MODELS_DIR.append(MODELS_DIR)
+        _MADE_FOLDERS.extend(missing)
     return f"sqlite:///{MODELS_DIR / 'mlflow.db'}"
 
 
 def remove_unused_models_dir() -> None:
-    """Take back the models folder `tracking_uri` made, if nothing was written in it: a command
-    that found no store leaves nothing behind."""
-    for folder in _MADE_MODELS_DIR:
+    """Take back the folders `tracking_uri` made for the models folder, if nothing was written
+    in them: a command that found no store leaves nothing behind."""
+    for folder in _MADE_FOLDERS:
         with contextlib.suppress(OSError):
             folder.rmdir()  # only an empty folder goes
 

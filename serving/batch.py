@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.clean import blank_to_missing, order_from_votes, parse_timestamps
+from features.clean import blank_to_missing, file_thousands_dots, numbers_as_text, order_from_votes, parse_timestamps
 from features.flat import DUPLICATE_ROW, clean_flat_columns, model_column_name
 from features.ingest import (
     CountedNote,
@@ -28,6 +28,8 @@ from features.ingest import (
 )
 from features.schema import (
     ACTIVITY_REQUIRED,
+    LEAD_COUNTS,
+    LEAD_NUMERIC,
     LEAD_REQUIRED,
     OUTCOME_REQUIRED,
     TABLE_FILES,
@@ -63,7 +65,7 @@ def read_table(path: Path, sep: str = ",", notes: list[str] | None = None) -> pd
         raise DataError(f"{path}: an empty file, not even a header row (a table with no rows has its header)")
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
-            frame = pd.read_parquet(path)
+            frame = pd.read_parquet(path).apply(numbers_as_text)  # typed numbers stay as stored
             return frame.astype(object).where(frame.notna(), "").astype(str)
         # Training's reader: the same encodings, header spaces and checks, so a file that trains scores.
         found = header_separator(path, sep)
@@ -362,10 +364,29 @@ def model_schema(model: LoadedModel) -> dict[str, Any]:
 def _clean_flat_file(leads: pd.DataFrame, model: LoadedModel) -> tuple[pd.DataFrame, list[str]]:
     """A flat file cleaned once for all its chunks, and the values the model will read as
     missing in it because they do not parse (as training notes them)."""
-    used = model_schema(model)["columns"]
-    cleaned, notes = clean_flat_columns(leads, model.scorer.spec.settings["flat"])
+    schema = model.scorer.spec.settings["flat"]
+    used = schema["columns"]
+    thousands, said = number_reading(model, leads)
+    cleaned, notes = clean_flat_columns(leads, {**schema, "thousands_dots": thousands})
     notes = [note for note in notes if any(note.startswith(f"{column}: ") for column in used)]
-    return cleaned, notes  # the columns it lacks are `absent_columns_note`'s
+    return cleaned, [*([said] if said else []), *notes]  # the columns it lacks are `absent_columns_note`'s
+
+
+def number_reading(model: LoadedModel, leads: pd.DataFrame) -> tuple[list[str], str | None]:
+    """The numeric columns whose dots group thousands in a whole file scored by `model`, decided
+    once for all its chunks: the training export's, unless the file shows another decimal mark
+    (`file_thousands_dots`), and a note when so."""
+    settings = model.scorer.spec.settings
+    if model.kind == "flat":
+        schema = settings["flat"]
+        numeric = [c for c, kind in schema["columns"].items() if kind == "numeric" and c in leads]
+        tokens, stored, always = schema["missing_tokens"], schema.get("thousands_dots", ()), ()
+    else:
+        numeric = [c for c in LEAD_NUMERIC if c in leads]
+        tokens, stored = settings.get("missing_tokens", ("",)), settings.get("thousands_dots", ())
+        always = LEAD_COUNTS
+    given = {c: blank_to_missing(numbers_as_text(leads[c]), tokens) for c in numeric}
+    return file_thousands_dots(stored, given, always)
 
 
 def _flat_rows(model: LoadedModel, chunk: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
@@ -469,6 +490,10 @@ def score_batch(
     parts, problems, counted = [], [], []
     lead_rows_in_file, act_rows_in_file = _rows_in_file(leads), _rows_in_file(activities)
     cleaned, notes = _clean_flat_file(leads, model) if model.kind == "flat" else (None, [])
+    thousands = None
+    if model.kind == "crm":
+        thousands, said = number_reading(model, leads)
+        notes = [said] if said else []
     # Ids as training reads them (spaces around them aside), in both tables.
     groups = activities.groupby(activities["lead_id"].astype(str).str.strip()).indices if len(activities) else {}
     key = leads["lead_id"].astype(str).str.strip() if len(leads) else pd.Series(dtype=str)
@@ -492,8 +517,9 @@ def score_batch(
             act_positions = np.concatenate(rows) if rows else np.array([], dtype=int)
             acts = activities.iloc[act_positions]
             features, context, positions, issue = prepare_crm_leads(
-                model, chunk, acts, moments, strict=False, day_first=day_first, notes=counted
-            )
+                model, chunk, acts, moments, strict=False, day_first=day_first, notes=counted,
+                thousands_dots=thousands,
+            )  # fmt: skip
         scored = score_features(model, features, context, moments.iloc[positions])
         scored.insert(0, "lead_id", chunk["lead_id"].to_numpy()[positions])
         scored["reasons"] = [json.dumps(r, default=str) for r in scored["reasons"]]

@@ -32,7 +32,7 @@ from features.ingest import (
     merge_counted,
     require_columns,
 )
-from features.schema import ACTIVITY_REQUIRED, LEAD_REQUIRED, contract_names
+from features.schema import ACTIVITY_REQUIRED, LEAD_REQUIRED, contract_clash, contract_names
 from serving.batch import (
     ACTIVITY_STATES,
     NO_ACTIVITY_NOTE,
@@ -314,6 +314,8 @@ def _unreadable_file(frames: dict[Path, object]) -> str:
 
 def _contract_frame(frame, table: str, path: Path):
     """The contract's names whatever the headers' case, as the single-process path reads them."""
+    if clash := contract_clash(frame.columns, table):
+        raise DataError(f"{path}: {clash}")
     frame = frame.rename(columns=contract_names(frame.columns, table)[0])
     require_columns(frame.columns, {"leads": LEAD_REQUIRED, "activities": ACTIVITY_REQUIRED}[table], str(path))
     return frame

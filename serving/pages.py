@@ -31,7 +31,6 @@ from serving.batch import model_schema
 from serving.charts import beeswarm, calibration, columns, horizontal_bars, waterfall
 from serving.guards import (
     KEY_COOKIE,
-    PAGE_TOKEN_SECONDS,
     api_keys_from_env,
     key_matches,
     page_token,
@@ -754,7 +753,6 @@ def login(request: Request, key: str = Form(...), next: str = Form("/ui/digest")
     response.set_cookie(
         KEY_COOKIE,
         page_token(key.encode()).decode(),
-        max_age=PAGE_TOKEN_SECONDS,
         httponly=True,
         samesite="strict",
         path="/ui",
@@ -765,7 +763,8 @@ def login(request: Request, key: str = Form(...), next: str = Form("/ui/digest")
 
 @app.get("/logout", include_in_schema=False)
 def logout() -> RedirectResponse:
-    """Forget the token this browser keeps (it ends on its own after `PAGE_TOKEN_SECONDS`)."""
+    """Forget the token this browser keeps (it ends with the browser session, and the service
+    refuses it after `PAGE_TOKEN_SECONDS` in any case)."""
     response = RedirectResponse("/ui/login?signed_out=1", status_code=303)
     response.delete_cookie(KEY_COOKIE, path="/ui", httponly=True, samesite="strict")
     return response

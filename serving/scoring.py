@@ -23,12 +23,13 @@ from mlflow.tracking import MlflowClient
 
 from features.build import build_crm_features
 from features.bundle import LeadScorer, grade_of, score_from_probability
-from features.clean import blank_to_missing
+from features.clean import blank_to_missing, numbers_as_text
 from features.criteria import qualify_columns
 from features.flat import clean_flat_columns
 from features.ingest import DUPLICATE_ACTIVITY, CountedNote, Quarantine, clean_activities, clean_leads
 from features.params import CriteriaParams, FeatureParams
 from features.reasons import sentence
+from features.schema import LEAD_NUMERIC
 from features.spec import to_model_frame
 from features.tracking import shown_uri, tracking_uri, without_password
 from serving.treeshap import CompiledTrees, as_matrix, compile_booster, shap_matrix
@@ -515,14 +516,24 @@ def model_date_order(scorer: Any, otherwise: bool | None = None) -> bool | None:
 
 
 def clean_lead_rows(
-    model: LoadedModel, leads: pd.DataFrame, quarantine: Quarantine, day_first: bool | None
+    model: LoadedModel,
+    leads: pd.DataFrame,
+    quarantine: Quarantine,
+    day_first: bool | None,
+    thousands_dots: list[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The lead rows as text cells (with `_row`, each one's position) and as the training rules
-    clean them (unusable ones go to `quarantine`)."""
-    tokens = model.scorer.spec.settings.get("missing_tokens", ("",))
-    raw = leads.astype(object).where(leads.notna(), "").astype(str).reset_index(drop=True)
+    clean them (unusable ones go to `quarantine`). `thousands_dots`: the numeric columns whose
+    dots group thousands in this file (`file_thousands_dots`; None: the model's)."""
+    settings = model.scorer.spec.settings
+    tokens = settings.get("missing_tokens", ("",))
+    # A number sent as a number stays that number under the export's reading of dots (1.532 as sent).
+    typed = leads.apply(lambda values: numbers_as_text(values) if values.name in LEAD_NUMERIC else values)
+    raw = typed.astype(object).where(typed.notna(), "").astype(str).reset_index(drop=True)
     raw.insert(0, "_row", np.arange(len(raw)))
-    return raw, clean_leads(raw, quarantine, tokens, day_first=day_first)
+    # Numbers as the training export wrote them (a model from before the setting: as it read them).
+    thousands = settings.get("thousands_dots", ()) if thousands_dots is None else thousands_dots
+    return raw, clean_leads(raw, quarantine, tokens, day_first=day_first, thousands_dots=thousands)
 
 
 def prepare_crm_leads(
@@ -534,6 +545,7 @@ def prepare_crm_leads(
     strict: bool = True,
     day_first: bool | None = None,
     notes: list[CountedNote] | None = None,
+    thousands_dots: list[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, pd.DataFrame]:
     """Clean raw CRM lead rows and their activities with the training rules and build
     features as of each lead's moment.
@@ -545,6 +557,8 @@ def prepare_crm_leads(
             `serving.batch.file_date_order`; None: each column's own).
         notes: gets the notes of the cleaning on values read otherwise than written (numbers
             that do not parse read as missing, ...), as training notes them.
+        thousands_dots: the numeric columns whose dots group thousands in a batch file
+            (`serving.batch.number_reading`); None: the model's.
 
     Returns:
         Features and criteria context of the usable leads, their positions in `leads`, and
@@ -555,7 +569,7 @@ def prepare_crm_leads(
     """
     quarantine = Quarantine()
     day_first = model_date_order(model.scorer, day_first)
-    raw, clean = clean_lead_rows(model, leads, quarantine, day_first)
+    raw, clean = clean_lead_rows(model, leads, quarantine, day_first, thousands_dots)
     moments = pd.Series(pd.to_datetime(as_of).to_numpy(), index=raw.index)
     # Activities are checked against every readable lead: those of a lead set aside below are
     # not "of an unknown lead" (that would be a second, misleading error for one mistake).

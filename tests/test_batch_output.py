@@ -373,3 +373,16 @@ def test_scoring_says_how_it_read_a_file_as_training_does(tmp_path):
         "leads.csv: 'Lead Id' read as lead_id, 'Created At' read as created_at",
         "leads.csv: column(s) not in the data contract, not used: 'Extra Col'",
     ]
+
+
+def test_a_file_showing_another_decimal_mark_than_the_training_export_is_read_as_written():
+    """A European copy of a US export: its "1.532" seconds were read as one and a half, and a
+    small batch that shows no mark is read as the training export was."""
+    from serving.batch import number_reading
+
+    schema = {"columns": {"Seconds": "numeric", "Pages": "numeric"}, "missing_tokens": [""], "thousands_dots": []}
+    model = SimpleNamespace(kind="flat", scorer=SimpleNamespace(spec=SimpleNamespace(settings={"flat": schema})))
+    euro = pd.DataFrame({"Seconds": ["1.532", "674"], "Pages": ["2,5", "1,75"]})
+    columns, said = number_reading(model, euro)
+    assert columns == ["Seconds", "Pages"] and said.startswith("this file writes decimal commas, unlike the model's")
+    assert number_reading(model, pd.DataFrame({"Seconds": ["1.532"], "Pages": ["3"]})) == ([], None)

@@ -4,12 +4,14 @@ import pytest
 from features.clean import (
     blank_to_missing,
     canonical_spelling,
+    dot_grouped,
+    dots_group_thousands,
+    numbers_as_text,
     numeric_date_order,
     parse_bool,
     parse_number,
     parse_timestamps,
     snake_case,
-    thousands_dots,
     writes_decimal_commas,
 )
 
@@ -124,16 +126,33 @@ def test_a_column_written_with_decimal_commas_is_read_so_throughout():
 
 def test_an_export_with_decimal_commas_has_dots_that_group_thousands():
     """European Excel writes 1532 seconds as 1.532 beside 2,5 pages per visit: read as 1.532 s."""
-    seconds, pages = pd.Series(["1.532", "674", "0", "12.345.678"]), pd.Series(["2,5", "3", "1,333"])
+    seconds, pages = pd.Series(["1.532", "674", "0", "12.345.678"]), pd.Series(["2,5", "3", "1,75"])
     assert writes_decimal_commas([seconds, pages])
-    assert parse_number(seconds, decimal_comma=True)[0].tolist() == [1532.0, 674.0, 0.0, 12345678.0]
-    assert parse_number(pages, decimal_comma=True)[0].tolist() == [2.5, 3.0, 1.333]
-    assert thousands_dots(seconds, decimal_comma=True).tolist() == [True, False, False, True]
-    # Nothing in the file says so: a dot is a decimal point, unless two dots or more show otherwise.
-    assert not writes_decimal_commas([pd.Series(["1,200,000", "2,5"]), pd.Series(["1,200"])])
+    assert dots_group_thousands(seconds, decimal_comma=True)
+    assert parse_number(seconds, dots_group=True)[0].tolist() == [1532.0, 674.0, 0.0, 12345678.0]
+    assert dot_grouped(seconds, dots_group=True).tolist() == [True, False, False, True]
+    # A column's own decimal points keep their dots: "1.125" beside "0.5" is one and an eighth.
+    assert not dots_group_thousands(pd.Series(["0.125", "1.125", "0.5"]), decimal_comma=True)
+    # Two dots in a value say so in any export; nothing at all says "1.532" is 1532.
+    assert dots_group_thousands(pd.Series(["1.532", "1.234.567"]), decimal_comma=False)
+    assert not dots_group_thousands(pd.Series(["1.532", "674"]), decimal_comma=False)
     assert parse_number(pd.Series(["1.532", "2.5"]))[0].tolist() == [1.532, 2.5]
-    assert parse_number(pd.Series(["1.532", "1.234.567"]))[0].tolist() == [1532.0, 1234567.0]
-    assert parse_number(pd.Series(["1.5", "0.125"]), decimal_comma=True)[0].tolist() == [1.5, 0.125]
+
+
+def test_a_stray_decimal_comma_decides_nothing_for_the_file():
+    """One "0,5" typed into a US export read every other column's dots, and "250,000", anew."""
+    revenue, hours = pd.Series(["250,000", "500,000", "75,000"]), pd.Series(["12", "8", "0,5"])
+    assert not writes_decimal_commas([revenue, hours])
+    assert not writes_decimal_commas([pd.Series(["2,5", "3,5", "2.5"])])  # a dot decimal among them
+    assert parse_number(revenue, dots_group=True)[0].tolist() == [250000.0, 500000.0, 75000.0]  # its own commas
+
+
+def test_numbers_sent_as_numbers_keep_their_value_under_any_reading_of_dots():
+    sent = pd.Series([1.532, 1532.0, None, 1e20, "1.532"], dtype=object)
+    values = parse_number(numbers_as_text(sent), dots_group=True)[0]
+    assert values.iloc[0] == 1.532 and values.iloc[1] == 1532.0 and values.iloc[3] == 1e20
+    assert values.iloc[4] == 1532.0  # text is read as the export writes it
+    assert numbers_as_text(pd.Series([1.532, 12.5])).tolist() == ["1.532e0", "12.5"]
 
 
 def test_a_decimal_comma_before_an_exponent_is_a_decimal_mark():

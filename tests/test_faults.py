@@ -391,10 +391,10 @@ def test_a_models_folder_of_its_own_holds_the_default_store(tmp_path):
 def test_a_command_that_finds_no_store_leaves_no_models_folder_behind(tmp_path):
     """`score`, `rollback` and `versions` said "no model registered yet" and left the folder made."""
     env = {name: value for name, value in os.environ.items() if name != "MLFLOW_TRACKING_URI"}
-    env["LEADSCORE_MODELS_DIR"] = str(tmp_path / "absent")
+    env["LEADSCORE_MODELS_DIR"] = str(tmp_path / "absent" / "models")
     done = subprocess.run([str(BIN / "leadscore"), "rollback"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "no model registered yet" in done.stderr, done.stderr
-    assert not (tmp_path / "absent").exists()
+    assert not (tmp_path / "absent").exists()  # nor the folder above it
 
 
 @pytest.mark.parametrize(

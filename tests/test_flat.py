@@ -391,5 +391,10 @@ def test_a_european_excel_export_reads_its_numbers_as_written(tmp_path, params):
     assert data.features["Seconds on site"].tolist() == seconds
     assert data.features["Pages per visit"].iloc[:3].tolist() == [0.5, 1.5, 2.5]
     said = [note for note in data.quarantine.notes if "dots grouping thousands" in note]
-    assert said == ["Seconds on site: 80 value(s) such as '1.000' read as whole numbers, dots grouping thousands "
-                    "(the file writes decimal commas)"]  # fmt: skip
+    assert said == ["Seconds on site: 80 value(s) such as '1.000' read as whole numbers, dots grouping thousands"]
+    assert data.schema["thousands_dots"] == ["Seconds on site", "Pages per visit"]  # the whole export writes so
+    # One lead scored later, in a file or a request with no decimal comma in it, reads alike; a
+    # number sent as a number keeps its value.
+    one = pd.DataFrame({"Seconds on site": ["2.111", 1.532], "Pages per visit": ["3", 2.0]})
+    served, _ = clean_flat_columns(one, data.schema)
+    assert served["Seconds on site"].tolist() == [2111.0, 1.532]

@@ -436,21 +436,39 @@ def _crm_of(tmp_path, leads_csv: str, activities_csv: str = "lead_id,occurred_at
 
 
 def test_an_export_as_european_excel_saves_it_reads_as_written(tmp_path):
-    """1.104 employees were read as one and a tenth beside revenue written 186.279.912,00; the
-    same moment written two ways in two rows of a lead was a conflict; a row of empty fields
-    was "missing lead_id"."""
+    """250.000 revenue was read as 250 beside 1.200,50; the same moment written two ways in two
+    rows of a lead was a conflict; a row of empty fields was "missing lead_id"."""
     leads = (
         "lead_id;created_at;employees;annual_revenue\n"
-        'A;22/07/2025 13:35;1.104;186.279.912,00\nA;"Jul 22, 2025 01:35 PM";1.104;186.279.912,00\n'
-        "B;23/07/2025 09:00;250;2,5M\n;;;\n"
+        'A;22/07/2025 13:35;1.104;250.000\nA;"Jul 22, 2025 01:35 PM";1.104;250.000\n'
+        "B;23/07/2025 09:00;250;1.200,50\nC;24/07/2025 09:00;12;2,5M\n;;;\n"
     )
     crm = load_crm(_crm_of(tmp_path, leads))
+    assert crm.thousands_dots == ("employees", "annual_revenue")
     by_id = crm.leads.set_index("lead_id")
-    assert by_id.loc["A", "employees"] == 1104 and by_id.loc["A", "annual_revenue"] == 186_279_912
-    assert by_id.loc["B", "annual_revenue"] == 2_500_000
+    assert by_id.loc["A", "employees"] == 1104 and by_id.loc["A", "annual_revenue"] == 250_000
+    assert by_id.loc["B", "annual_revenue"] == 1200.5 and by_id.loc["C", "annual_revenue"] == 2_500_000
     reasons = crm.quarantine.frame().set_index("row")["reason"]
-    assert reasons[2].startswith("duplicate row") and reasons[4] == "blank row (every field empty)"
-    assert any("dots grouping thousands" in note and "'1.104'" in note for note in crm.quarantine.notes)
+    assert reasons[2].startswith("duplicate row") and reasons[5] == "blank row (every field empty)"
+    assert any("dots grouping thousands" in note and "'250.000'" in note for note in crm.quarantine.notes)
+
+
+def test_a_batch_reads_numbers_as_its_models_training_export_wrote_them(tmp_path):
+    """Decided anew per file, chunk or request, "250.000" was 250,000 in training and 250 in a
+    batch without a decimal comma in it; a number sent as a number keeps its value."""
+    from types import SimpleNamespace
+
+    from serving.scoring import clean_lead_rows
+
+    def model(thousands_dots):
+        spec = SimpleNamespace(settings={"thousands_dots": thousands_dots, "missing_tokens": [""]})
+        return SimpleNamespace(scorer=SimpleNamespace(spec=spec))
+
+    batch = pd.DataFrame({"lead_id": ["A", "B"], "created_at": ["2025-07-22"] * 2, "annual_revenue": ["250.000", 1.5]})
+    euro = clean_lead_rows(model(["employees", "annual_revenue"]), batch, Quarantine(), None)[1]
+    assert euro["annual_revenue"].tolist() == [250_000.0, 1.5]
+    older = clean_lead_rows(model([]), batch, Quarantine(), None)[1]  # a model from before the setting
+    assert older["annual_revenue"].tolist() == [250.0, 1.5]
 
 
 def test_two_headers_for_one_contract_column_are_refused(tmp_path):

@@ -227,3 +227,21 @@ def test_a_leads_file_ending_months_before_the_activities_is_named_as_the_cause(
         train_and_register(dataset, params, model_name="never-registered")
     # The whole export splits as before.
     assert {"train", "valid", "test"} <= set(prepare_crm(small_crm_dir, params).split.assignment)
+
+
+def test_versions_tested_on_other_leads_are_told_apart():
+    """`leadscore versions` listed test figures of other periods side by side as if comparable."""
+    from training.split import SplitReport, tested_on
+    from training.versions import VersionInfo, tested_apart
+
+    timed = SplitReport(pd.Series(["train", "test"]), "", {"test": ("2026-07-24", "2026-09-22")}, 0)
+    holdout = SplitReport(pd.Series(["train", "test", "test"]), "", {}, 0, by_time=False)
+    assert tested_on(timed, "abcdef0123") == "2026-07-24 to 2026-09-22"
+    assert tested_on(holdout, "abcdef0123") == "holdout of 2 rows of data abcdef01"
+
+    def version(period):
+        return VersionInfo("1", [], pd.Timestamp("2026-12-06", tz="UTC"), "run", test_period=period)
+
+    assert not tested_apart([version("2026-07-24 to 2026-09-22"), version("2026-07-24 to 2026-09-22")])
+    assert not tested_apart([version("2026-07-24 to 2026-09-22"), version(None)])  # trained before it was kept
+    assert tested_apart([version("2026-07-24 to 2026-09-22"), version("2026-04-25 to 2026-06-23")])

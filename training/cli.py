@@ -1451,7 +1451,7 @@ def versions(
     from mlflow.exceptions import MlflowException
 
     from features.tracking import shown_uri, tracking_uri
-    from training.versions import list_versions
+    from training.versions import list_versions, tested_apart
 
     _quiet_libraries()
     params = _params()
@@ -1483,7 +1483,7 @@ def versions(
             escape(info.note),
         )  # fmt: skip
     console.print(table)
-    if len({info.test_period for info in found}) > 1:
+    if tested_apart(found):
         console.print(
             "Versions tested on other periods or rows were tested on other leads: their test figures do not "
             "compare directly. For a CRM model, `leadscore recalibrate --dry-run` compares a challenger with the "

@@ -40,6 +40,7 @@ from features.ingest import (
     export_folder,
     hash_files,
     lead_columns_with_values,
+    lead_thousands_dots,
     leads_as_of,
     no_usable_activity,
     note_column_names,
@@ -55,6 +56,7 @@ from features.schema import (
     OUTCOME_REQUIRED,
     TABLE_FILES,
     TRUTH_FILE,
+    contract_clash,
     contract_names,
 )
 from features.spec import FeatureSpec, to_model_frame
@@ -170,6 +172,8 @@ def prepare_crm_on_dask(
         raise DataError(f"{paths['activities']}: file not found")
     refuse_cut_short(paths["activities"])  # read in blocks by Dask: its rows are not counted here
     activities = read_frame(paths["activities"])
+    if clash := contract_clash(activities.columns, "activities"):
+        raise DataError(f"{paths['activities'].name}: {clash}")
     renames, unused = contract_names(activities.columns, "activities")
     activities = activities.rename(columns=renames)
     note_column_names(quarantine, paths["activities"].name, renames, unused)
@@ -187,7 +191,11 @@ def prepare_crm_on_dask(
     day_first = order_from_votes((votes[0] + acts_votes[0], votes[1] + acts_votes[1]))
     lead_columns = lead_columns_with_values(raw_leads, params.flat.missing_tokens)
     note_lead_columns(quarantine, paths["leads"].name, lead_columns)
-    leads = clean_leads(raw_leads, quarantine, params.flat.missing_tokens, history=True, day_first=day_first)
+    thousands = lead_thousands_dots(raw_leads, params.flat.missing_tokens)
+    leads = clean_leads(
+        raw_leads, quarantine, params.flat.missing_tokens, history=True, day_first=day_first,
+        thousands_dots=thousands,
+    )  # fmt: skip
     outcomes = clean_outcomes(
         raw_outcomes, leads, quarantine, day_first=day_first, statuses=params.data.outcome_statuses
     )
@@ -301,6 +309,7 @@ def prepare_crm_on_dask(
             "missing_tokens": list(params.flat.missing_tokens),
             "day_first": day_first,
             "lead_columns": list(lead_columns),
+            "thousands_dots": list(thousands),
         },
         features_for=features_for,
         quarantine=quarantine,

@@ -318,6 +318,9 @@ def prepare_crm(
         "day_first": crm.day_first,
         # The lead columns it learned from: a later export without one must not replace it.
         "lead_columns": list(crm.lead_columns),
+        # Scoring reads numbers as the training export wrote them: a batch with no "2,5" in it
+        # cannot tell that its "250.000" is a quarter of a million.
+        "thousands_dots": list(crm.thousands_dots),
     }
 
     def features_for(feature_settings: dict[str, Any], technologies: list[str], chosen: np.ndarray):
@@ -638,7 +641,7 @@ def train_and_register(
         mlflow.log_params(
             {
                 "split": dataset.split.description[:490],
-                "test_period": tested_on(dataset.split),
+                "test_period": tested_on(dataset.split, dataset.data_hash),
                 "leakage.excluded": ",".join(excluded)[:490] or "none",
                 **{f"engine.{k}": str(v)[:490] for k, v in (engine or {"engine": "local"}).items()},
             }

@@ -90,10 +90,11 @@ def split_stratified(label: pd.Series, params: SplitParams) -> SplitReport:
     return SplitReport(part, description, {}, 0, by_time=False)
 
 
-def tested_on(split: SplitReport) -> str:
+def tested_on(split: SplitReport, data_hash: str) -> str:
     """Which examples a model was tested on, in a few words: versions whose periods differ
-    were tested on other leads, and their test figures do not compare directly."""
+    were tested on other leads, and their test figures do not compare directly. A holdout is
+    named with its data's hash: two files' holdouts of one size are other rows."""
     if "test" in split.windows:
         start, end = split.windows["test"]
         return f"{start} to {end}"
-    return f"holdout of {int((split.assignment == 'test').sum()):,} rows"
+    return f"holdout of {int((split.assignment == 'test').sum()):,} rows of data {data_hash[:8]}"

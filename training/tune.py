@@ -198,7 +198,10 @@ def _run_study(
     )
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
-        raise RuntimeError("no tuning trial completed; raise tuning.timeout_seconds")
+        raise RuntimeError(
+            "no tuning trial completed; raise the time budget (tuning.timeout_seconds, or "
+            "recalibration.timeout_seconds for a recalibration)"
+        )
     best = study.best_trial
     return TuningResult(
         best_params={**shared, **best.params},

@@ -37,6 +37,12 @@ class VersionInfo:
         return f"v{self.rules_from}'s model, other rules" if self.rules_from else self.run_name
 
 
+def tested_apart(versions: list[VersionInfo]) -> bool:
+    """Whether some of these versions were tested on other leads than others (a version trained
+    before test periods were recorded says nothing either way)."""
+    return len({info.test_period for info in versions if info.test_period}) > 1
+
+
 def list_versions(model_name: str, limit: int = 20) -> list[VersionInfo]:
     """The model's newest `limit` versions, newest first, with their aliases and test figures.
 
