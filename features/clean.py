@@ -257,7 +257,8 @@ def numbers_as_text(values: pd.Series) -> pd.Series:
     of dots as thousands would misread: 1.532 is "1.532e0", never 1532. Text is left as it is."""
     if pd.api.types.is_float_dtype(values):
         return values.map(_float_text, na_action="ignore")
-    if values.dtype == object:  # a request's column can hold numbers and text side by side
+    if values.dtype == object and pd.api.types.infer_dtype(values, skipna=True) not in ("string", "empty"):
+        # A request's column can hold numbers and text side by side (a file's holds text only).
         return values.map(lambda v: _float_text(v) if isinstance(v, float) and v == v else v)
     return values
 
