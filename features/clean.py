@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -110,12 +111,13 @@ def canonical_spelling(values: pd.Series) -> pd.Series:
     return map_distinct(values, lambda v: best[str(v).casefold()])
 
 
-def parse_number(values: pd.Series, dots_group: bool = False) -> tuple[pd.Series, pd.Series]:
+def parse_number(values: pd.Series, number_format: NumberFormat | None = None) -> tuple[pd.Series, pd.Series]:
     """Parse numbers written as CRM exports write them ("1,200", "$3.5M", "12%", "1.234,56").
 
-    `dots_group`: this column's dots group thousands ("1.532" is 1532: `dots_group_thousands`,
-    decided on the training export and kept with the model). Commas are read by the column's
-    own values.
+    `number_format`: how this column's training export wrote its numbers (`ColumnFormat`, kept
+    with the model): whether its dots group thousands ("1.532" is 1532) and whether its commas
+    are decimal marks ("1,333" is 1.333). None: the column's own values decide its commas, and
+    a dot is a decimal point, as models from before the setting read them.
 
     Returns:
         The parsed floats (missing where blank or unparseable) and a boolean mask of the
@@ -125,21 +127,24 @@ def parse_number(values: pd.Series, dots_group: bool = False) -> tuple[pd.Series
     # reading of commas is decided per column, from which values occur, so it is the same on
     # the distinct values as on the rows.
     codes, uniques = pd.factorize(values.astype("object"), use_na_sentinel=True)
-    parsed, failed = _parse_distinct_numbers(pd.Series(uniques, dtype="object"), dots_group)
+    parsed, failed = _parse_distinct_numbers(pd.Series(uniques, dtype="object"), number_format)
     out = np.append(parsed.to_numpy(dtype="float64"), np.nan)[codes]
     failed = np.append(failed.to_numpy(dtype=bool), False)[codes]
     return pd.Series(out, index=values.index, dtype="float64"), pd.Series(failed, index=values.index)
 
 
-def _parse_distinct_numbers(values: pd.Series, dots_group: bool) -> tuple[pd.Series, pd.Series]:
+def _parse_distinct_numbers(values: pd.Series, number_format: NumberFormat | None) -> tuple[pd.Series, pd.Series]:
     text = values.astype("object")
     present = text.notna()
     cleaned = text[present].astype(str)
-    grouped = dot_grouped(cleaned, dots_group)
-    cleaned[grouped] = _bare(cleaned[grouped]).str.replace(".", "", regex=False)
+    if number_format is not None and number_format.dots_group:
+        grouped = _bare(cleaned).str.fullmatch(_WHOLE_DOT_GROUPS)
+        cleaned[grouped] = _bare(cleaned[grouped]).str.replace(".", "", regex=False)
     commas = cleaned.str.contains(",", regex=False)
     if commas.any():
-        cleaned[commas] = _decimal_commas(cleaned[commas])
+        cleaned[commas] = _decimal_commas(
+            cleaned[commas], None if number_format is None else number_format.comma_decimal
+        )
     cleaned = cleaned.str.replace(_NUMBER_JUNK, "", regex=True)
     parsed = pd.to_numeric(cleaned, errors="coerce")
     suffixed = parsed.isna() & cleaned.str.match(_SUFFIXED)
@@ -164,92 +169,101 @@ _NEVER_THOUSANDS = re.compile(r"-?(?:0|\d{4,}),\d+(?:[kmb]|bn)?", re.IGNORECASE)
 # "1,333" is either; "1,234,567" and "1,234.5" can only group thousands.
 _EITHER = re.compile(r"-?\d{1,3},\d{3}(?:[kmb]|bn)?", re.IGNORECASE)
 _ONLY_THOUSANDS = re.compile(r"-?\d{1,3}(?:(?:,\d{3}){2,}(?:\.\d+)?|(?:,\d{3})+\.\d+)", re.IGNORECASE)
-# A whole number written with dots grouping thousands ("1.532", "186.279.912"): in an export
-# with decimal commas, or where two dots or more show it ("1.234.567" is no decimal), a dot
-# is no decimal point, unless its own column has values only a decimal point writes.
-_WHOLE_DOT_GROUPS = re.compile(r"-?[1-9]\d{0,2}(?:\.\d{3})+")  # "0.125" is no thousands
-_MANY_DOT_GROUPS = re.compile(r"-?[1-9]\d{0,2}(?:\.\d{3}){2,}")
+# A whole number written with dots grouping thousands ("1.532", "186.279.912"), and values only a
+# decimal point writes ("0.125", "2.5", "1234.5").
+_WHOLE_DOT_GROUPS = re.compile(r"-?[1-9]\d{0,2}(?:\.\d{3})+")
 _DOT_DECIMAL = re.compile(r"-?(?:0\.\d+|\d+\.(?:\d{1,2}|\d{4,})|\d{4,}\.\d+)(?:[kmb]|bn|%)?", re.IGNORECASE)
 _NOT_DIGITS = re.compile(r"[\s$€£¥%]|^\+")
-# A file is read as writing decimal commas on this much evidence only: distinct values that can
-# only be decimal commas, at least this many and ten times those that can only be the other way.
-MIN_DECIMAL_COMMA_VALUES = 2
+# An export's decimal mark is decided on this much evidence only: distinct values that can only
+# be written with it, at least this many and ten times those only the other mark writes. A
+# stray "0,5" typed into a US export, or one "2.5M" in a European one, decides nothing.
+MIN_MARK_VALUES = 2
+GROUPED_THOUSANDS = "read as whole numbers, dots grouping thousands"
 
 
 def _bare(text: pd.Series) -> pd.Series:
     return text.str.replace(_NOT_DIGITS, "", regex=True)
 
 
-GROUPED_THOUSANDS = "read as whole numbers, dots grouping thousands"
+@dataclass(frozen=True)
+class NumberFormat:
+    """How a numeric column of a training export writes numbers, kept with the model so every
+    later file and request is read alike (a batch with no "2,5" in it cannot tell that its
+    "250.000" is a quarter of a million)."""
+
+    dots_group: bool = False  # "1.532" is 1532
+    comma_decimal: bool = False  # "1,333" is 1.333
+
+    def as_json(self) -> dict[str, bool]:
+        return {"dots_group": self.dots_group, "comma_decimal": self.comma_decimal}
 
 
-def dot_grouped(values: pd.Series, dots_group: bool) -> pd.Series:
-    """Which values are whole numbers written with dots grouping thousands ("1.532"), in a
-    column whose dots group thousands; none in another column."""
-    if not dots_group:
-        return pd.Series(False, index=values.index)
-    codes, uniques = pd.factorize(values.astype("object"), use_na_sentinel=True)
-    bare = _bare(pd.Series(uniques, dtype="object").astype(str))
-    grouped = bare.str.fullmatch(_WHOLE_DOT_GROUPS).fillna(False).to_numpy(dtype=bool)
-    return pd.Series(np.append(grouped, False)[codes], index=values.index)
+def _evidence(values: pd.Series) -> tuple[int, int]:
+    """Distinct text values of a column that only a decimal comma writes, and that only a
+    decimal point writes (typed numbers, from parquet or JSON, say nothing of how a file writes)."""
+    text = values.dropna()
+    text = pd.Series([v for v in text.unique() if isinstance(v, str)], dtype="object")
+    if text.empty:
+        return 0, 0
+    bare = _bare(text)
+    commas = bare[bare.str.contains(",", regex=False)]
+    comma = (commas.str.fullmatch(_COMMA_DECIMAL) | commas.str.fullmatch(_DOT_THOUSANDS)
+             | commas.str.fullmatch(_NEVER_THOUSANDS)).sum()  # fmt: skip
+    dot = commas.str.fullmatch(_ONLY_THOUSANDS).sum() + bare.str.fullmatch(_DOT_DECIMAL).sum()
+    return int(comma), int(dot)
 
 
-def dots_group_thousands(values: pd.Series, decimal_comma: bool) -> bool:
-    """Whether a column's dots group thousands: in an export with decimal commas
-    (`writes_decimal_commas`), or where a value has two dots or more ("1.234.567"); never where
-    a value is one only a decimal point writes ("0.125", "2.5"). Decided on a training export."""
-    bare = _bare(pd.Series(values.dropna().astype(str).unique(), dtype="object"))
-    if bare.str.fullmatch(_DOT_DECIMAL).any():
-        return False
-    return decimal_comma or bool(bare.str.fullmatch(_MANY_DOT_GROUPS).any())
-
-
-def writes_decimal_commas(columns: Iterable[pd.Series]) -> bool:
-    """Whether an export writes decimal commas (`decimal_mark` is "comma")."""
-    return decimal_mark(columns) == "comma"
-
-
-def decimal_mark(columns: Iterable[pd.Series]) -> str | None:
-    """The decimal mark an export's numeric columns show: "comma" for distinct values whose
-    comma can only be a decimal mark ("2,5", "1.234,56", "9,83E-05"), at least
-    `MIN_DECIMAL_COMMA_VALUES` and ten times as many as values only a decimal point writes
-    ("2.5", "1,234,567"); "dot" the other way round; None when they do not say (a stray "0,5"
-    typed into a US export decides nothing)."""
-    decimal = other = 0
-    for values in columns:
-        distinct = pd.Series(values.dropna().astype(str).unique(), dtype="object")
-        bare = _bare(distinct)
-        commas = bare[bare.str.contains(",", regex=False)]
-        decimal += int(
-            (commas.str.fullmatch(_COMMA_DECIMAL) | commas.str.fullmatch(_DOT_THOUSANDS)
-             | commas.str.fullmatch(_NEVER_THOUSANDS)).sum()
-        )  # fmt: skip
-        other += int(commas.str.fullmatch(_ONLY_THOUSANDS).sum() + bare.str.fullmatch(_DOT_DECIMAL).sum())
-    if decimal >= MIN_DECIMAL_COMMA_VALUES and decimal >= 10 * other:
+def _mark(comma: int, dot: int) -> str | None:
+    if comma >= MIN_MARK_VALUES and comma >= 10 * dot:
         return "comma"
-    if other >= MIN_DECIMAL_COMMA_VALUES and other >= 10 * decimal:
+    if dot >= MIN_MARK_VALUES and dot >= 10 * comma:
         return "dot"
     return None
 
 
-def file_thousands_dots(
-    stored: Iterable[str], columns: dict[str, pd.Series], always: Iterable[str] = ()
-) -> tuple[list[str], str | None]:
-    """The columns whose dots group thousands in a file a model scores: those of the model's
-    training export (`stored`), unless the file's own numbers show another decimal mark (a
-    European copy of a US export): then its own, with a note saying so. A file that does not
-    show one (a small batch) is read as the training export was."""
-    stored = [c for c in stored if c in columns]
+def decimal_mark(columns: Iterable[pd.Series]) -> str | None:
+    """The decimal mark an export's numeric columns show in their text: "comma", "dot", or None
+    when they do not say (`MIN_MARK_VALUES`)."""
+    counts = [_evidence(values) for values in columns]
+    return _mark(sum(c for c, _ in counts), sum(d for _, d in counts))
+
+
+def number_formats(columns: dict[str, pd.Series], counts: Iterable[str] = ()) -> dict[str, NumberFormat]:
+    """How each numeric column of a training export writes numbers. In an export with decimal
+    commas, dots group thousands and commas are decimal marks, unless a column's own values say
+    otherwise; a head count (`counts`) has no decimals, so its dots group thousands but in an
+    export of decimal points. Elsewhere a column's commas are read by its own values."""
+    evidence = {name: _evidence(values) for name, values in columns.items()}
+    mark = _mark(sum(c for c, _ in evidence.values()), sum(d for _, d in evidence.values()))
+    formats = {}
+    for name, (comma, dot) in evidence.items():
+        own = _mark(comma, dot)
+        column_mark = own or mark
+        whole = name in set(counts) and column_mark != "dot" and dot < MIN_MARK_VALUES
+        formats[name] = NumberFormat(dots_group=column_mark == "comma" or whole, comma_decimal=column_mark == "comma")
+    return formats
+
+
+def stored_formats(stored: dict[str, dict[str, bool]] | None) -> dict[str, NumberFormat] | None:
+    """The number formats a model keeps (`NumberFormat.as_json` per column), or None for a
+    model from before they were kept."""
+    return None if stored is None else {name: NumberFormat(**value) for name, value in stored.items()}
+
+
+def format_conflict(formats: dict[str, NumberFormat] | None, columns: dict[str, pd.Series]) -> str | None:
+    """A note when a scored file's numbers show another decimal mark than the model's training
+    export (a European copy of a US export): it is still read as the training export was, so
+    each lead is read alike in every file and request; the note says how to avoid it."""
     mark = decimal_mark(columns.values())
-    if mark is None:
-        return stored, None
-    own = [c for c, values in columns.items() if c in set(always) or dots_group_thousands(values, mark == "comma")]
-    if set(own) == set(stored):
-        return stored, None
-    written, read = (
-        ("decimal commas", "grouping thousands") if mark == "comma" else ("decimal points", "decimal points")
+    trained = "comma" if formats and any(f.comma_decimal for f in formats.values()) else "dot"
+    if mark is None or mark == trained:
+        return None
+    written = {"comma": "decimal commas", "dot": "decimal points"}
+    return (
+        f"this file writes {written[mark]}, unlike the model's training export ({written[trained]}): its numbers "
+        "are read as the training export's were, so values such as 1.532 may be misread; export it as the "
+        "training export was"
     )
-    return own, f"this file writes {written}, unlike the model's training export: its dots are read as {read}"
 
 
 def numbers_as_text(values: pd.Series) -> pd.Series:
@@ -268,16 +282,30 @@ def _float_text(value: float) -> str:
     return text + "e0" if _WHOLE_DOT_GROUPS.fullmatch(text) else text
 
 
-def _decimal_commas(text: pd.Series) -> pd.Series:
-    """The values of one column with a comma, decimal commas made dots. One reading per column:
-    where some values can only have a decimal comma and none can only group thousands, "1,333"
-    is 1.333 as well (hours on site written 0,315, 1,333 and 2,5 in one column). Each column
-    decides its own commas: "250,000" beside another column's "0,5" stays 250000."""
+def dot_grouped(values: pd.Series, number_format: NumberFormat | None) -> pd.Series:
+    """Which values are whole numbers written with dots grouping thousands ("1.532"), in a
+    column whose format says its dots do; none in another column."""
+    if number_format is None or not number_format.dots_group:
+        return pd.Series(False, index=values.index)
+    codes, uniques = pd.factorize(values.astype("object"), use_na_sentinel=True)
+    bare = _bare(pd.Series(uniques, dtype="object").astype(str))
+    grouped = bare.str.fullmatch(_WHOLE_DOT_GROUPS).fillna(False).to_numpy(dtype=bool)
+    return pd.Series(np.append(grouped, False)[codes], index=values.index)
+
+
+def _decimal_commas(text: pd.Series, comma_decimal: bool | None = None) -> pd.Series:
+    """The values of one column with a comma, decimal commas made dots. A comma that can only
+    be a decimal mark always is one; "1,333" is 1.333 where the column's format says its commas
+    are decimal marks (`comma_decimal`), else 1333; without a format, where some of the column's
+    values can only have a decimal comma and none can only group thousands (hours on site
+    written 0,315, 1,333 and 2,5)."""
     bare = _bare(text)
     dotted = bare.str.fullmatch(_DOT_THOUSANDS)
     bare[dotted] = bare[dotted].str.replace(".", "", regex=False)
     decimal = dotted | bare.str.fullmatch(_COMMA_DECIMAL) | bare.str.fullmatch(_NEVER_THOUSANDS)
-    if decimal.any() and not bare.str.fullmatch(_ONLY_THOUSANDS).any():
+    if comma_decimal is None:
+        comma_decimal = bool(decimal.any()) and not bare.str.fullmatch(_ONLY_THOUSANDS).any()
+    if comma_decimal:
         decimal |= bare.str.fullmatch(_EITHER)
     return text.where(~decimal, bare.str.replace(",", ".", regex=False))
 

@@ -19,16 +19,17 @@ from features.clean import (
     FALSE_TOKENS,
     GROUPED_THOUSANDS,
     TRUE_TOKENS,
+    NumberFormat,
     blank_to_missing,
     canonical_spelling,
     dot_grouped,
-    dots_group_thousands,
     looks_boolean,
+    number_formats,
     numbers_as_text,
     parse_bool,
     parse_number,
     parse_timestamps,
-    writes_decimal_commas,
+    stored_formats,
 )
 from features.ingest import (
     SEPARATORS,
@@ -282,7 +283,7 @@ def infer_column(values: pd.Series, params: FlatParams) -> tuple[str, str]:
         return "excluded", f"constant ({present.iloc[0]!r})"
     if looks_boolean(present):
         return "boolean", ""
-    _, failed = parse_number(present, dots_group_thousands(present, decimal_comma=False))
+    _, failed = parse_number(present)
     if failed.mean() <= _NUMERIC_FAILURE_SHARE:
         return "numeric", ""
     sample = present.head(2000)
@@ -307,12 +308,12 @@ def model_column_name(column: str) -> str:
     return column.translate(_NAME_SAFE)
 
 
-def thousands_dot_columns(rows: pd.DataFrame, columns: dict[str, str], missing_tokens: Iterable[str]) -> list[str]:
-    """The numeric columns of a flat export whose dots group thousands (`dots_group_thousands`,
-    with the export's decimal commas judged on all its numeric columns at once)."""
+def flat_number_formats(
+    rows: pd.DataFrame, columns: dict[str, str], missing_tokens: Iterable[str]
+) -> dict[str, NumberFormat]:
+    """How a flat training export's numeric columns write numbers (`number_formats`)."""
     numeric = {c: blank_to_missing(rows[c], missing_tokens) for c, kind in columns.items() if kind == "numeric"}
-    decimal_comma = writes_decimal_commas(numeric.values())
-    return [c for c, values in numeric.items() if dots_group_thousands(values, decimal_comma)]
+    return number_formats(numeric)
 
 
 def clean_flat_columns(frame: pd.DataFrame, schema: dict[str, Any]) -> tuple[pd.DataFrame, list[str]]:
@@ -326,7 +327,7 @@ def clean_flat_columns(frame: pd.DataFrame, schema: dict[str, Any]) -> tuple[pd.
     out: dict[str, pd.Series] = {}
     notes = []
     # Numbers as the training export wrote them (a model from before the setting: as it read them).
-    dots_group = set(schema.get("thousands_dots", ()))
+    formats = stored_formats(schema.get("number_formats"))
     for column, kind in schema["columns"].items():
         raw = frame[column] if column in frame else pd.Series([None] * len(frame), index=frame.index)
         if kind == "numeric":
@@ -335,8 +336,9 @@ def clean_flat_columns(frame: pd.DataFrame, schema: dict[str, Any]) -> tuple[pd.
         if kind == "boolean":
             out[column], failed = parse_bool(values)
         elif kind == "numeric":
-            out[column], failed = parse_number(values, column in dots_group)
-            grouped = dot_grouped(values, column in dots_group)
+            number_format = None if formats is None else formats.get(column, NumberFormat())
+            out[column], failed = parse_number(values, number_format)
+            grouped = dot_grouped(values, number_format)
             if grouped.any():
                 example = values[grouped].iloc[0]
                 shown = f"{int(grouped.sum())} value(s) such as {example!r}"
@@ -588,9 +590,12 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
         "dropped": list(profile.drop),
         # Every column of the file: a name sent to the service that is none of them is a mistake.
         "header": header,
-        # The numeric columns whose dots group thousands in this export, for every file and
-        # request scored later: a batch with no "2,5" in it cannot tell that "1.532" is 1532.
-        "thousands_dots": thousands_dot_columns(raw.loc[keep], columns, params.missing_tokens),
+        # How this export writes each numeric column, for every file and request scored later:
+        # a batch with no "2,5" in it cannot tell that "1.532" is 1532.
+        "number_formats": {
+            name: number_format.as_json()
+            for name, number_format in flat_number_formats(raw.loc[keep], columns, params.missing_tokens).items()
+        },
     }
     kept = raw.loc[keep]
     features, notes = clean_flat_columns(kept, schema)

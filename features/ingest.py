@@ -7,7 +7,7 @@ import hashlib
 import io
 import re
 import warnings
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,20 +19,20 @@ from features.clean import (
     FALSE_TOKENS,
     GROUPED_THOUSANDS,
     TRUE_TOKENS,
+    NumberFormat,
     against_date_order,
     blank_to_missing,
     canonical_spelling,
     date_order_votes,
     dot_grouped,
-    dots_group_thousands,
     has_value,
     map_distinct,
+    number_formats,
     order_from_votes,
     parse_bool,
     parse_number,
     parse_timestamps,
     snake_case,
-    writes_decimal_commas,
 )
 from features.schema import (
     ACTIVITY_REQUIRED,
@@ -254,7 +254,7 @@ class CrmData:
     source: str
     day_first: bool | None = None  # the order of its numeric dates (None: none were decisive)
     lead_columns: tuple[str, ...] = ()  # the feature inputs leads.csv gives a value in (`lead_columns_with_values`)
-    thousands_dots: tuple[str, ...] = ()  # numeric lead columns whose dots group thousands (`lead_thousands_dots`)
+    number_formats: dict[str, NumberFormat] | None = None  # how its numeric lead columns write numbers
 
 
 DATE_COLUMNS = ("created_at", "occurred_at", "closed_at")
@@ -383,7 +383,7 @@ def as_of_view(crm: CrmData, moment: pd.Timestamp) -> CrmData:
         source=f"{crm.source} as of {moment:%Y-%m-%d}",
         day_first=crm.day_first,
         lead_columns=crm.lead_columns,
-        thousands_dots=crm.thousands_dots,
+        number_formats=crm.number_formats,
     )
 
 
@@ -807,14 +807,12 @@ def after_today(moments: pd.Series) -> pd.Series:
     return moments.notna() & (moments >= end_of_today)
 
 
-def lead_thousands_dots(raw_leads: pd.DataFrame, missing_tokens: Iterable[str]) -> tuple[str, ...]:
-    """The numeric lead columns whose dots group thousands: a head count always ("1.104"
-    employees), the others when the export writes decimal commas or shows it ("1.234.567").
-    Decided once on a training export and kept with the model, so that every batch and request
-    reads its numbers alike."""
+def lead_number_formats(raw_leads: pd.DataFrame, missing_tokens: Iterable[str]) -> dict[str, NumberFormat]:
+    """How a training export's numeric lead columns write numbers (`number_formats`; a head
+    count's dots group thousands but in an export of decimal points), kept with the model so
+    that every batch and request reads its numbers alike."""
     given = {c: blank_to_missing(raw_leads[c], missing_tokens) for c in LEAD_NUMERIC if c in raw_leads}
-    decimal_comma = writes_decimal_commas(given.values())
-    return tuple(c for c, values in given.items() if c in LEAD_COUNTS or dots_group_thousands(values, decimal_comma))
+    return number_formats(given, counts=LEAD_COUNTS)
 
 
 def clean_leads(
@@ -824,15 +822,15 @@ def clean_leads(
     *,
     history: bool = False,
     day_first: bool | None = None,
-    thousands_dots: Collection[str] = (),
+    number_formats: dict[str, NumberFormat] | None = None,
 ) -> pd.DataFrame:
     """Clean lead rows of the contract (text cells, a `_row` number each); unusable rows go
     to the quarantine. Used for exports and for leads sent to the service alike.
 
     `history`: the rows are a training history, so a lead created after today is quarantined.
     `day_first`: the order of numeric dates (the export's; None: decided by the column).
-    `thousands_dots`: the numeric columns whose dots group thousands ("1.104" employees:
-    `lead_thousands_dots` of the training export, kept with the model).
+    `number_formats`: how the training export wrote each numeric column (`lead_number_formats`,
+    kept with the model); None: each column's own values decide, as older models read them.
     """
     leads = raw.copy()
     leads["lead_id"] = blank_to_missing(leads["lead_id"], ("",))  # a blank id is no lead, not the lead ""
@@ -889,9 +887,9 @@ def clean_leads(
     for column in LEAD_NUMERIC:
         if column in leads:
             written = _placeholders_to_missing(leads[column], missing_tokens, quarantine)
-            dots_group = column in thousands_dots
-            values, failed = parse_number(written, dots_group)
-            grouped = dot_grouped(written, dots_group)
+            number_format = None if number_formats is None else number_formats.get(column, NumberFormat())
+            values, failed = parse_number(written, number_format)
+            grouped = dot_grouped(written, number_format)
             quarantine.count(f"leads.{column}", f"value(s) {GROUPED_THOUSANDS}", leads.loc[grouped, column])
             quarantine.count(f"leads.{column}", "value(s) not a number read as missing", leads.loc[failed, column])
             # A head count or a revenue below zero is a typo or a sentinel, not an amount (the
@@ -1132,9 +1130,9 @@ def load_crm(
     day_first = export_date_order(raw_leads, raw_outcomes, raw_acts)
     lead_columns = lead_columns_with_values(raw_leads, missing_tokens)
     note_lead_columns(quarantine, paths["leads"].name, lead_columns)
-    thousands = lead_thousands_dots(raw_leads, missing_tokens)
+    formats = lead_number_formats(raw_leads, missing_tokens)
     leads = clean_leads(
-        raw_leads, quarantine, missing_tokens, history=True, day_first=day_first, thousands_dots=thousands
+        raw_leads, quarantine, missing_tokens, history=True, day_first=day_first, number_formats=formats
     )
     _refuse_without_leads(leads, len(raw_leads), directory, quarantine)
     outcomes = clean_outcomes(raw_outcomes, leads, quarantine, day_first=day_first, statuses=statuses)
@@ -1161,5 +1159,5 @@ def load_crm(
         source=str(directory),
         day_first=day_first,
         lead_columns=lead_columns,
-        thousands_dots=thousands,
+        number_formats=formats,
     )

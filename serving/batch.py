@@ -11,7 +11,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.clean import blank_to_missing, file_thousands_dots, numbers_as_text, order_from_votes, parse_timestamps
+from features.clean import (
+    blank_to_missing,
+    format_conflict,
+    numbers_as_text,
+    order_from_votes,
+    parse_timestamps,
+    stored_formats,
+)
 from features.flat import DUPLICATE_ROW, clean_flat_columns, model_column_name
 from features.ingest import (
     CountedNote,
@@ -28,7 +35,6 @@ from features.ingest import (
 )
 from features.schema import (
     ACTIVITY_REQUIRED,
-    LEAD_COUNTS,
     LEAD_NUMERIC,
     LEAD_REQUIRED,
     OUTCOME_REQUIRED,
@@ -53,7 +59,9 @@ class BatchResult:
     counted: list[CountedNote] = field(default_factory=list)  # a CRM model's notes as counts, to add up
 
 
-def read_table(path: Path, sep: str = ",", notes: list[str] | None = None) -> pd.DataFrame:
+def read_table(
+    path: Path, sep: str = ",", notes: list[str] | None = None, numeric: Callable[[str], bool] = lambda name: False
+) -> pd.DataFrame:
     """A CSV or parquet table as text cells (missing as empty), like an export; a CSV in
     `sep`, or in the separator its header has when it has no `sep`. `notes` gets how it was
     read when that is not the plain way (another separator, another encoding), as training says."""
@@ -65,7 +73,9 @@ def read_table(path: Path, sep: str = ",", notes: list[str] | None = None) -> pd
         raise DataError(f"{path}: an empty file, not even a header row (a table with no rows has its header)")
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
-            frame = pd.read_parquet(path).apply(numbers_as_text)  # typed numbers stay as stored
+            frame = pd.read_parquet(path)
+            # A typed number of a numeric column stays that number (1.532, not "1.532" read as 1532).
+            frame = frame.apply(lambda values: numbers_as_text(values) if numeric(str(values.name)) else values)
             return frame.astype(object).where(frame.notna(), "").astype(str)
         # Training's reader: the same encodings, header spaces and checks, so a file that trains scores.
         found = header_separator(path, sep)
@@ -271,6 +281,13 @@ def read_leads(
     # A CRM model reads the contract's names whatever their case, as training does; a flat
     # model's columns are its own.
     as_contract = flat_schema is None
+
+    def numeric(name: str) -> bool:
+        """A lead column the model reads as a number (a parquet file's typed floats keep their value)."""
+        if as_contract:
+            return contract_names([name], "leads")[0].get(name, name) in LEAD_NUMERIC
+        return flat_schema["columns"].get(name) == "numeric"
+
     sep = (flat_schema or {}).get("sep", ",")  # a flat export is scored in the dialect it was trained in
     if source.is_dir():
         if not (source / TABLE_FILES["leads"]).exists():
@@ -279,7 +296,7 @@ def read_leads(
                 f"({', '.join(TABLE_FILES.values())})"
             )
         leads_path = source / TABLE_FILES["leads"]
-        raw = read_table(leads_path, sep, notes)
+        raw = read_table(leads_path, sep, notes, numeric)
         leads = _contract_table(raw, "leads", as_contract, leads_path, notes)
         acts_path = activities or source / TABLE_FILES["activities"]
         outcomes_path = source / TABLE_FILES["outcomes"]
@@ -292,7 +309,7 @@ def read_leads(
             closed = int(is_closed.sum())
             leads = leads[~is_closed.to_numpy()]  # the index keeps each lead's row in the file
     else:
-        raw = read_table(source, sep, notes)
+        raw = read_table(source, sep, notes, numeric)
         leads = _contract_table(raw, "leads", as_contract, source, notes)
         acts_path = activities
     if activities is not None and activities.is_dir():
@@ -366,27 +383,24 @@ def _clean_flat_file(leads: pd.DataFrame, model: LoadedModel) -> tuple[pd.DataFr
     missing in it because they do not parse (as training notes them)."""
     schema = model.scorer.spec.settings["flat"]
     used = schema["columns"]
-    thousands, said = number_reading(model, leads)
-    cleaned, notes = clean_flat_columns(leads, {**schema, "thousands_dots": thousands})
+    said = number_format_note(model, leads)
+    cleaned, notes = clean_flat_columns(leads, schema)
     notes = [note for note in notes if any(note.startswith(f"{column}: ") for column in used)]
     return cleaned, [*([said] if said else []), *notes]  # the columns it lacks are `absent_columns_note`'s
 
 
-def number_reading(model: LoadedModel, leads: pd.DataFrame) -> tuple[list[str], str | None]:
-    """The numeric columns whose dots group thousands in a whole file scored by `model`, decided
-    once for all its chunks: the training export's, unless the file shows another decimal mark
-    (`file_thousands_dots`), and a note when so."""
+def number_format_note(model: LoadedModel, leads: pd.DataFrame) -> str | None:
+    """A note when a file's numbers show another decimal mark than the model's training export
+    (`format_conflict`): it is read as the training export was, as every file and request is."""
     settings = model.scorer.spec.settings
     if model.kind == "flat":
         schema = settings["flat"]
         numeric = [c for c, kind in schema["columns"].items() if kind == "numeric" and c in leads]
-        tokens, stored, always = schema["missing_tokens"], schema.get("thousands_dots", ()), ()
+        tokens, stored = schema["missing_tokens"], schema.get("number_formats")
     else:
         numeric = [c for c in LEAD_NUMERIC if c in leads]
-        tokens, stored = settings.get("missing_tokens", ("",)), settings.get("thousands_dots", ())
-        always = LEAD_COUNTS
-    given = {c: blank_to_missing(numbers_as_text(leads[c]), tokens) for c in numeric}
-    return file_thousands_dots(stored, given, always)
+        tokens, stored = settings.get("missing_tokens", ("",)), settings.get("number_formats")
+    return format_conflict(stored_formats(stored), {c: blank_to_missing(leads[c], tokens) for c in numeric})
 
 
 def _flat_rows(model: LoadedModel, chunk: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
@@ -490,9 +504,8 @@ def score_batch(
     parts, problems, counted = [], [], []
     lead_rows_in_file, act_rows_in_file = _rows_in_file(leads), _rows_in_file(activities)
     cleaned, notes = _clean_flat_file(leads, model) if model.kind == "flat" else (None, [])
-    thousands = None
     if model.kind == "crm":
-        thousands, said = number_reading(model, leads)
+        said = number_format_note(model, leads)
         notes = [said] if said else []
     # Ids as training reads them (spaces around them aside), in both tables.
     groups = activities.groupby(activities["lead_id"].astype(str).str.strip()).indices if len(activities) else {}
@@ -517,9 +530,8 @@ def score_batch(
             act_positions = np.concatenate(rows) if rows else np.array([], dtype=int)
             acts = activities.iloc[act_positions]
             features, context, positions, issue = prepare_crm_leads(
-                model, chunk, acts, moments, strict=False, day_first=day_first, notes=counted,
-                thousands_dots=thousands,
-            )  # fmt: skip
+                model, chunk, acts, moments, strict=False, day_first=day_first, notes=counted
+            )
         scored = score_features(model, features, context, moments.iloc[positions])
         scored.insert(0, "lead_id", chunk["lead_id"].to_numpy()[positions])
         scored["reasons"] = [json.dumps(r, default=str) for r in scored["reasons"]]

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from distributed import WorkerPlugin
 
-from features.clean import parse_timestamps
+from features.clean import numbers_as_text, parse_timestamps
 from features.ingest import (
     CountedNote,
     DataError,
@@ -32,7 +32,7 @@ from features.ingest import (
     merge_counted,
     require_columns,
 )
-from features.schema import ACTIVITY_REQUIRED, LEAD_REQUIRED, contract_clash, contract_names
+from features.schema import ACTIVITY_REQUIRED, LEAD_NUMERIC, LEAD_REQUIRED, contract_clash, contract_names
 from serving.batch import (
     ACTIVITY_STATES,
     NO_ACTIVITY_NOTE,
@@ -154,6 +154,17 @@ def start_client(scheduler: str | None = None):
     return Client(cluster)
 
 
+def _parquet_as_text(part: pd.DataFrame) -> pd.DataFrame:
+    """A parquet partition as text cells, as `serving.batch.read_table` reads one: a typed number
+    of a numeric lead column stays that number (1.532, not "1.532" read as 1532)."""
+
+    def numeric(name: str) -> bool:
+        return contract_names([name], "leads")[0].get(name, name) in LEAD_NUMERIC
+
+    part = part.apply(lambda values: numbers_as_text(values) if numeric(str(values.name)) else values)
+    return part.astype(object).where(part.notna(), "").astype(str)
+
+
 def read_frame(path: Path, *, blocksize: str = "64MB"):
     """A CSV file (or glob) or a parquet file/folder as a dask dataframe of text cells.
 
@@ -166,7 +177,7 @@ def read_frame(path: Path, *, blocksize: str = "64MB"):
     text = str(path)
     if text.endswith((".parquet", ".pq")) or Path(text).is_dir():
         frame = dd.read_parquet(text)
-        return frame.map_partitions(lambda part: part.astype(object).where(part.notna(), "").astype(str))
+        return frame.map_partitions(_parquet_as_text)
     # The separator the header uses, as the single-process reader takes it (`;` from a
     # spreadsheet in a comma-decimal locale); a glob's files are one export, so its first.
     files = sorted(glob.glob(text))

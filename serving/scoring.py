@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from features.build import build_crm_features
 from features.bundle import LeadScorer, grade_of, score_from_probability
-from features.clean import blank_to_missing, numbers_as_text
+from features.clean import blank_to_missing, numbers_as_text, stored_formats
 from features.criteria import qualify_columns
 from features.flat import clean_flat_columns
 from features.ingest import DUPLICATE_ACTIVITY, CountedNote, Quarantine, clean_activities, clean_leads
@@ -520,11 +520,9 @@ def clean_lead_rows(
     leads: pd.DataFrame,
     quarantine: Quarantine,
     day_first: bool | None,
-    thousands_dots: list[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The lead rows as text cells (with `_row`, each one's position) and as the training rules
-    clean them (unusable ones go to `quarantine`). `thousands_dots`: the numeric columns whose
-    dots group thousands in this file (`file_thousands_dots`; None: the model's)."""
+    clean them (unusable ones go to `quarantine`), numbers as the training export wrote them."""
     settings = model.scorer.spec.settings
     tokens = settings.get("missing_tokens", ("",))
     # A number sent as a number stays that number under the export's reading of dots (1.532 as sent).
@@ -532,8 +530,8 @@ def clean_lead_rows(
     raw = typed.astype(object).where(typed.notna(), "").astype(str).reset_index(drop=True)
     raw.insert(0, "_row", np.arange(len(raw)))
     # Numbers as the training export wrote them (a model from before the setting: as it read them).
-    thousands = settings.get("thousands_dots", ()) if thousands_dots is None else thousands_dots
-    return raw, clean_leads(raw, quarantine, tokens, day_first=day_first, thousands_dots=thousands)
+    formats = stored_formats(settings.get("number_formats"))
+    return raw, clean_leads(raw, quarantine, tokens, day_first=day_first, number_formats=formats)
 
 
 def prepare_crm_leads(
@@ -545,7 +543,6 @@ def prepare_crm_leads(
     strict: bool = True,
     day_first: bool | None = None,
     notes: list[CountedNote] | None = None,
-    thousands_dots: list[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, pd.DataFrame]:
     """Clean raw CRM lead rows and their activities with the training rules and build
     features as of each lead's moment.
@@ -557,8 +554,6 @@ def prepare_crm_leads(
             `serving.batch.file_date_order`; None: each column's own).
         notes: gets the notes of the cleaning on values read otherwise than written (numbers
             that do not parse read as missing, ...), as training notes them.
-        thousands_dots: the numeric columns whose dots group thousands in a batch file
-            (`serving.batch.number_reading`); None: the model's.
 
     Returns:
         Features and criteria context of the usable leads, their positions in `leads`, and
@@ -569,7 +564,7 @@ def prepare_crm_leads(
     """
     quarantine = Quarantine()
     day_first = model_date_order(model.scorer, day_first)
-    raw, clean = clean_lead_rows(model, leads, quarantine, day_first, thousands_dots)
+    raw, clean = clean_lead_rows(model, leads, quarantine, day_first)
     moments = pd.Series(pd.to_datetime(as_of).to_numpy(), index=raw.index)
     # Activities are checked against every readable lead: those of a lead set aside below are
     # not "of an unknown lead" (that would be a second, misleading error for one mistake).

@@ -375,14 +375,14 @@ def test_scoring_says_how_it_read_a_file_as_training_does(tmp_path):
     ]
 
 
-def test_a_file_showing_another_decimal_mark_than_the_training_export_is_read_as_written():
-    """A European copy of a US export: its "1.532" seconds were read as one and a half, and a
-    small batch that shows no mark is read as the training export was."""
-    from serving.batch import number_reading
+def test_a_file_showing_another_decimal_mark_than_the_training_export_is_said():
+    """A European copy of a US export is read as the training export was (each lead alike in
+    every file and request), and the output says how to avoid misreading it."""
+    from serving.batch import number_format_note
 
-    schema = {"columns": {"Seconds": "numeric", "Pages": "numeric"}, "missing_tokens": [""], "thousands_dots": []}
+    schema = {"columns": {"Seconds": "numeric", "Pages": "numeric"}, "missing_tokens": [""], "number_formats": {}}
     model = SimpleNamespace(kind="flat", scorer=SimpleNamespace(spec=SimpleNamespace(settings={"flat": schema})))
     euro = pd.DataFrame({"Seconds": ["1.532", "674"], "Pages": ["2,5", "1,75"]})
-    columns, said = number_reading(model, euro)
-    assert columns == ["Seconds", "Pages"] and said.startswith("this file writes decimal commas, unlike the model's")
-    assert number_reading(model, pd.DataFrame({"Seconds": ["1.532"], "Pages": ["3"]})) == ([], None)
+    said = number_format_note(model, euro)
+    assert said.startswith("this file writes decimal commas, unlike the model's training export (decimal points)")
+    assert number_format_note(model, pd.DataFrame({"Seconds": ["1.532"], "Pages": ["3"]})) is None  # says nothing

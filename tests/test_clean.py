@@ -2,17 +2,18 @@ import pandas as pd
 import pytest
 
 from features.clean import (
+    NumberFormat,
     blank_to_missing,
     canonical_spelling,
+    decimal_mark,
     dot_grouped,
-    dots_group_thousands,
+    number_formats,
     numbers_as_text,
     numeric_date_order,
     parse_bool,
     parse_number,
     parse_timestamps,
     snake_case,
-    writes_decimal_commas,
 )
 
 
@@ -124,35 +125,53 @@ def test_a_column_written_with_decimal_commas_is_read_so_throughout():
     assert parse_number(pd.Series(["1,333", "4,000"]))[0].tolist() == [1333.0, 4000.0]  # nothing says otherwise
 
 
+EURO = NumberFormat(dots_group=True, comma_decimal=True)
+
+
 def test_an_export_with_decimal_commas_has_dots_that_group_thousands():
     """European Excel writes 1532 seconds as 1.532 beside 2,5 pages per visit: read as 1.532 s."""
-    seconds, pages = pd.Series(["1.532", "674", "0", "12.345.678"]), pd.Series(["2,5", "3", "1,75"])
-    assert writes_decimal_commas([seconds, pages])
-    assert dots_group_thousands(seconds, decimal_comma=True)
-    assert parse_number(seconds, dots_group=True)[0].tolist() == [1532.0, 674.0, 0.0, 12345678.0]
-    assert dot_grouped(seconds, dots_group=True).tolist() == [True, False, False, True]
-    # A column's own decimal points keep their dots: "1.125" beside "0.5" is one and an eighth.
-    assert not dots_group_thousands(pd.Series(["0.125", "1.125", "0.5"]), decimal_comma=True)
-    # Two dots in a value say so in any export; nothing at all says "1.532" is 1532.
-    assert dots_group_thousands(pd.Series(["1.532", "1.234.567"]), decimal_comma=False)
-    assert not dots_group_thousands(pd.Series(["1.532", "674"]), decimal_comma=False)
+    seconds, pages = pd.Series(["1.532", "674", "0", "12.345.678"]), pd.Series(["2,5", "3", "1,75", "1,333"])
+    assert decimal_mark([seconds, pages]) == "comma"
+    assert number_formats({"seconds": seconds, "pages": pages}) == {"seconds": EURO, "pages": EURO}
+    assert parse_number(seconds, EURO)[0].tolist() == [1532.0, 674.0, 0.0, 12345678.0]
+    assert parse_number(pages, EURO)[0].tolist() == [2.5, 3.0, 1.75, 1.333]
+    assert dot_grouped(seconds, EURO).tolist() == [True, False, False, True]
+    # Read by the format kept with the model, a lone value reads as in the training export.
+    assert parse_number(pd.Series(["1,333"]), EURO)[0].tolist() == [1.333]
+    assert parse_number(pd.Series(["1,333"]), NumberFormat())[0].tolist() == [1333.0]
+    # A column whose own values write decimal points keeps its dots in a European export.
+    formats = number_formats({"score": pd.Series(["0.125", "1.125", "0.5"]), "pages": pages})
+    assert formats["score"] == NumberFormat() and formats["pages"] == EURO
+    # Without a format (a model from before), a dot is a decimal point, as it was read then.
     assert parse_number(pd.Series(["1.532", "2.5"]))[0].tolist() == [1.532, 2.5]
 
 
-def test_a_stray_decimal_comma_decides_nothing_for_the_file():
-    """One "0,5" typed into a US export read every other column's dots, and "250,000", anew."""
+def test_a_stray_value_decides_nothing_for_the_export():
+    """One "0,5" typed into a US export read "250,000" as 250; one "2.5M" in a European export
+    turned a column's thousands back into decimals."""
     revenue, hours = pd.Series(["250,000", "500,000", "75,000"]), pd.Series(["12", "8", "0,5"])
-    assert not writes_decimal_commas([revenue, hours])
-    assert not writes_decimal_commas([pd.Series(["2,5", "3,5", "2.5"])])  # a dot decimal among them
-    assert parse_number(revenue, dots_group=True)[0].tolist() == [250000.0, 500000.0, 75000.0]  # its own commas
+    assert decimal_mark([revenue, hours]) is None
+    assert parse_number(revenue, number_formats({"r": revenue, "h": hours})["r"])[0].tolist() == [250e3, 500e3, 75e3]
+    euro = pd.Series([f"{i}.{i * 7 % 1000:03d}" for i in range(1, 40)] + ["2.5M"])
+    formats = number_formats({"revenue": euro, "pages": pd.Series([f"{i},5" for i in range(30)])})
+    assert formats["revenue"].dots_group and parse_number(euro, formats["revenue"])[0].iloc[0] == 1007.0
+
+
+def test_a_head_count_has_no_decimals_but_in_an_export_of_decimal_points():
+    employees, revenue = pd.Series(["1.104", "250", "12"]), pd.Series(["1,200,000", "2,500,000.50", "80.5"])
+    assert number_formats({"employees": employees}, counts=["employees"])["employees"].dots_group
+    us = number_formats({"employees": pd.Series(["12.000", "1.500"]), "revenue": revenue}, counts=["employees"])
+    assert not us["employees"].dots_group  # an export of decimal points: "12.000" is twelve
 
 
 def test_numbers_sent_as_numbers_keep_their_value_under_any_reading_of_dots():
     sent = pd.Series([1.532, 1532.0, None, 1e20, "1.532"], dtype=object)
-    values = parse_number(numbers_as_text(sent), dots_group=True)[0]
+    values = parse_number(numbers_as_text(sent), EURO)[0]
     assert values.iloc[0] == 1.532 and values.iloc[1] == 1532.0 and values.iloc[3] == 1e20
     assert values.iloc[4] == 1532.0  # text is read as the export writes it
     assert numbers_as_text(pd.Series([1.532, 12.5])).tolist() == ["1.532e0", "12.5"]
+    # Typed numbers say nothing of how a file writes: a parquet column of floats is no "dot" vote.
+    assert decimal_mark([pd.Series([12.0, 2.5, 3.75]), pd.Series(["2,5", "1,75"])]) == "comma"
 
 
 def test_a_decimal_comma_before_an_exponent_is_a_decimal_mark():

@@ -392,7 +392,8 @@ def test_a_european_excel_export_reads_its_numbers_as_written(tmp_path, params):
     assert data.features["Pages per visit"].iloc[:3].tolist() == [0.5, 1.5, 2.5]
     said = [note for note in data.quarantine.notes if "dots grouping thousands" in note]
     assert said == ["Seconds on site: 80 value(s) such as '1.000' read as whole numbers, dots grouping thousands"]
-    assert data.schema["thousands_dots"] == ["Seconds on site", "Pages per visit"]  # the whole export writes so
+    euro = {"dots_group": True, "comma_decimal": True}
+    assert data.schema["number_formats"] == {"Seconds on site": euro, "Pages per visit": euro}
     # One lead scored later, in a file or a request with no decimal comma in it, reads alike; a
     # number sent as a number keeps its value.
     one = pd.DataFrame({"Seconds on site": ["2.111", 1.532], "Pages per visit": ["3", 2.0]})

@@ -444,7 +444,7 @@ def test_an_export_as_european_excel_saves_it_reads_as_written(tmp_path):
         "B;23/07/2025 09:00;250;1.200,50\nC;24/07/2025 09:00;12;2,5M\n;;;\n"
     )
     crm = load_crm(_crm_of(tmp_path, leads))
-    assert crm.thousands_dots == ("employees", "annual_revenue")
+    assert {name: f.dots_group for name, f in crm.number_formats.items()} == {"employees": True, "annual_revenue": True}
     by_id = crm.leads.set_index("lead_id")
     assert by_id.loc["A", "employees"] == 1104 and by_id.loc["A", "annual_revenue"] == 250_000
     assert by_id.loc["B", "annual_revenue"] == 1200.5 and by_id.loc["C", "annual_revenue"] == 2_500_000
@@ -460,15 +460,18 @@ def test_a_batch_reads_numbers_as_its_models_training_export_wrote_them(tmp_path
 
     from serving.scoring import clean_lead_rows
 
-    def model(thousands_dots):
-        spec = SimpleNamespace(settings={"thousands_dots": thousands_dots, "missing_tokens": [""]})
+    def model(formats):
+        spec = SimpleNamespace(settings={"missing_tokens": [""], **formats})
         return SimpleNamespace(scorer=SimpleNamespace(spec=spec))
 
-    batch = pd.DataFrame({"lead_id": ["A", "B"], "created_at": ["2025-07-22"] * 2, "annual_revenue": ["250.000", 1.5]})
-    euro = clean_lead_rows(model(["employees", "annual_revenue"]), batch, Quarantine(), None)[1]
-    assert euro["annual_revenue"].tolist() == [250_000.0, 1.5]
-    older = clean_lead_rows(model([]), batch, Quarantine(), None)[1]  # a model from before the setting
-    assert older["annual_revenue"].tolist() == [250.0, 1.5]
+    euro = {"number_formats": {"annual_revenue": {"dots_group": True, "comma_decimal": True}}}
+    batch = pd.DataFrame(
+        {"lead_id": ["A", "B", "C"], "created_at": ["2025-07-22"] * 3, "annual_revenue": ["250.000", 1.532, "1,333"]}
+    )
+    read = clean_lead_rows(model(euro), batch, Quarantine(), None)[1]
+    assert read["annual_revenue"].tolist() == [250_000.0, 1.532, 1.333]  # 1.532 was sent as a number
+    older = clean_lead_rows(model({}), batch, Quarantine(), None)[1]  # a model from before the setting
+    assert older["annual_revenue"].tolist() == [250.0, 1.532, 1333.0]
 
 
 def test_two_headers_for_one_contract_column_are_refused(tmp_path):

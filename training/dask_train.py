@@ -40,7 +40,7 @@ from features.ingest import (
     export_folder,
     hash_files,
     lead_columns_with_values,
-    lead_thousands_dots,
+    lead_number_formats,
     leads_as_of,
     no_usable_activity,
     note_column_names,
@@ -191,10 +191,10 @@ def prepare_crm_on_dask(
     day_first = order_from_votes((votes[0] + acts_votes[0], votes[1] + acts_votes[1]))
     lead_columns = lead_columns_with_values(raw_leads, params.flat.missing_tokens)
     note_lead_columns(quarantine, paths["leads"].name, lead_columns)
-    thousands = lead_thousands_dots(raw_leads, params.flat.missing_tokens)
+    formats = lead_number_formats(raw_leads, params.flat.missing_tokens)
     leads = clean_leads(
         raw_leads, quarantine, params.flat.missing_tokens, history=True, day_first=day_first,
-        thousands_dots=thousands,
+        number_formats=formats,
     )  # fmt: skip
     outcomes = clean_outcomes(
         raw_outcomes, leads, quarantine, day_first=day_first, statuses=params.data.outcome_statuses
@@ -309,7 +309,7 @@ def prepare_crm_on_dask(
             "missing_tokens": list(params.flat.missing_tokens),
             "day_first": day_first,
             "lead_columns": list(lead_columns),
-            "thousands_dots": list(thousands),
+            "number_formats": {name: f.as_json() for name, f in formats.items()},
         },
         features_for=features_for,
         quarantine=quarantine,

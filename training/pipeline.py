@@ -320,7 +320,7 @@ def prepare_crm(
         "lead_columns": list(crm.lead_columns),
         # Scoring reads numbers as the training export wrote them: a batch with no "2,5" in it
         # cannot tell that its "250.000" is a quarter of a million.
-        "thousands_dots": list(crm.thousands_dots),
+        "number_formats": {name: f.as_json() for name, f in (crm.number_formats or {}).items()},
     }
 
     def features_for(feature_settings: dict[str, Any], technologies: list[str], chosen: np.ndarray):
