@@ -239,8 +239,12 @@ def number_formats(columns: dict[str, pd.Series], counts: Iterable[str] = ()) ->
     for name, (comma, dot) in evidence.items():
         own = _mark(comma, dot)
         column_mark = own or mark
-        whole = name in set(counts) and column_mark != "dot" and dot < MIN_MARK_VALUES
-        formats[name] = NumberFormat(dots_group=column_mark == "comma" or whole, comma_decimal=column_mark == "comma")
+        count = name in set(counts)
+        whole = count and column_mark != "dot" and dot < MIN_MARK_VALUES
+        # A head count's comma groups thousands in any export ("1,149" employees are 1149).
+        formats[name] = NumberFormat(
+            dots_group=column_mark == "comma" or whole, comma_decimal=column_mark == "comma" and not count
+        )
     return formats
 
 
@@ -261,8 +265,8 @@ def format_conflict(formats: dict[str, NumberFormat] | None, columns: dict[str, 
     written = {"comma": "decimal commas", "dot": "decimal points"}
     return (
         f"this file writes {written[mark]}, unlike the model's training export ({written[trained]}): its numbers "
-        "are read as the training export's were, so values such as 1.532 may be misread; export it as the "
-        "training export was"
+        "are read as the training export's were, so values such as 1.532 or 1,532 are misread; export it as the "
+        "training export was, or train a model on exports like this one"
     )
 
 

@@ -383,15 +383,15 @@ def _clean_flat_file(leads: pd.DataFrame, model: LoadedModel) -> tuple[pd.DataFr
     missing in it because they do not parse (as training notes them)."""
     schema = model.scorer.spec.settings["flat"]
     used = schema["columns"]
-    said = number_format_note(model, leads)
     cleaned, notes = clean_flat_columns(leads, schema)
     notes = [note for note in notes if any(note.startswith(f"{column}: ") for column in used)]
-    return cleaned, [*([said] if said else []), *notes]  # the columns it lacks are `absent_columns_note`'s
+    return cleaned, notes  # the columns it lacks are `absent_columns_note`'s
 
 
 def number_format_note(model: LoadedModel, leads: pd.DataFrame) -> str | None:
-    """A note when a file's numbers show another decimal mark than the model's training export
-    (`format_conflict`): it is read as the training export was, as every file and request is."""
+    """A warning when a file's numbers show another decimal mark than the model's training
+    export (`format_conflict`): it is read as the training export was, as every file and request
+    is, so its numbers are misread (`leadscore score` keeps such a scoring from the pages)."""
     settings = model.scorer.spec.settings
     if model.kind == "flat":
         schema = settings["flat"]
@@ -504,9 +504,6 @@ def score_batch(
     parts, problems, counted = [], [], []
     lead_rows_in_file, act_rows_in_file = _rows_in_file(leads), _rows_in_file(activities)
     cleaned, notes = _clean_flat_file(leads, model) if model.kind == "flat" else (None, [])
-    if model.kind == "crm":
-        said = number_format_note(model, leads)
-        notes = [said] if said else []
     # Ids as training reads them (spaces around them aside), in both tables.
     groups = activities.groupby(activities["lead_id"].astype(str).str.strip()).indices if len(activities) else {}
     key = leads["lead_id"].astype(str).str.strip() if len(leads) else pd.Series(dtype=str)

@@ -162,6 +162,10 @@ def test_a_head_count_has_no_decimals_but_in_an_export_of_decimal_points():
     assert number_formats({"employees": employees}, counts=["employees"])["employees"].dots_group
     us = number_formats({"employees": pd.Series(["12.000", "1.500"]), "revenue": revenue}, counts=["employees"])
     assert not us["employees"].dots_group  # an export of decimal points: "12.000" is twelve
+    # A head count's comma groups thousands even in an export of decimal commas.
+    euro = number_formats({"employees": employees, "pages": pd.Series(["2,5", "1,75"])}, counts=["employees"])
+    assert euro["employees"].dots_group and not euro["employees"].comma_decimal
+    assert parse_number(pd.Series(["1,149", "1.104"]), euro["employees"])[0].tolist() == [1149.0, 1104.0]
 
 
 def test_numbers_sent_as_numbers_keep_their_value_under_any_reading_of_dots():

@@ -900,6 +900,7 @@ def score(
         absent_columns_note,
         file_date_order,
         no_activity_note,
+        number_format_note,
         read_leads,
         score_batch,
         stale_export_note,
@@ -954,7 +955,8 @@ def score(
             source, activities, flat_schema=flat_schema, notes=read_notes, statuses=params.data.outcome_statuses
         )
         absent = absent_columns_note(model, leads.columns)
-        for note in [*read_notes, *([absent] if absent else [])]:
+        misread = number_format_note(model, leads)  # a European copy of a US export, or the other way
+        for note in [*read_notes, *([absent] if absent else []), *([misread] if misread else [])]:
             console.print(f"[yellow]{escape(note)}[/yellow]")
         future = _warn_if_future(moment)
         day_first = file_date_order(model, leads, acts)  # kept with the snapshot: its pages read dates so
@@ -965,10 +967,11 @@ def score(
         for note in (unengaged, stale):
             if note:
                 console.print(f"[yellow]{escape(note)}[/yellow]")
-        if (unengaged or future or absent) and snapshot and asked_for_snapshot is None:
+        if (unengaged or future or absent or misread) and snapshot and asked_for_snapshot is None:
             # The pages show the latest kept scoring: one where every lead reads as never engaged
             # (most likely a file given without its activities), lacks columns the model learned
-            # from, or is idle until a mistyped year would replace the real one.
+            # from, reads numbers written otherwise than its training export's, or is idle until a
+            # mistyped year would replace the real one.
             console.print("[dim]not kept for the pages, where it would replace the latest scoring "
                           "(--snapshot keeps it)[/dim]")  # fmt: skip
             snapshot = False
