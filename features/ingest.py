@@ -822,14 +822,14 @@ def clean_leads(
     *,
     history: bool = False,
     day_first: bool | None = None,
-    number_formats: dict[str, NumberFormat] | None = None,
+    formats: dict[str, NumberFormat] | None = None,
 ) -> pd.DataFrame:
     """Clean lead rows of the contract (text cells, a `_row` number each); unusable rows go
     to the quarantine. Used for exports and for leads sent to the service alike.
 
     `history`: the rows are a training history, so a lead created after today is quarantined.
     `day_first`: the order of numeric dates (the export's; None: decided by the column).
-    `number_formats`: how the training export wrote each numeric column (`lead_number_formats`,
+    `formats`: how the training export wrote each numeric column (`lead_number_formats`,
     kept with the model); None: each column's own values decide, as older models read them.
     """
     leads = raw.copy()
@@ -887,7 +887,7 @@ def clean_leads(
     for column in LEAD_NUMERIC:
         if column in leads:
             written = _placeholders_to_missing(leads[column], missing_tokens, quarantine)
-            number_format = None if number_formats is None else number_formats.get(column, NumberFormat())
+            number_format = None if formats is None else formats.get(column, NumberFormat())
             values, failed = parse_number(written, number_format)
             grouped = dot_grouped(written, number_format)
             quarantine.count(f"leads.{column}", f"value(s) {GROUPED_THOUSANDS}", leads.loc[grouped, column])
@@ -1131,9 +1131,7 @@ def load_crm(
     lead_columns = lead_columns_with_values(raw_leads, missing_tokens)
     note_lead_columns(quarantine, paths["leads"].name, lead_columns)
     formats = lead_number_formats(raw_leads, missing_tokens)
-    leads = clean_leads(
-        raw_leads, quarantine, missing_tokens, history=True, day_first=day_first, number_formats=formats
-    )
+    leads = clean_leads(raw_leads, quarantine, missing_tokens, history=True, day_first=day_first, formats=formats)
     _refuse_without_leads(leads, len(raw_leads), directory, quarantine)
     outcomes = clean_outcomes(raw_outcomes, leads, quarantine, day_first=day_first, statuses=statuses)
     leads, left_out = drop_unknown_outcomes(leads, outcomes, quarantine)

@@ -531,7 +531,7 @@ def clean_lead_rows(
     raw.insert(0, "_row", np.arange(len(raw)))
     # Numbers as the training export wrote them (a model from before the setting: as it read them).
     formats = stored_formats(settings.get("number_formats"))
-    return raw, clean_leads(raw, quarantine, tokens, day_first=day_first, number_formats=formats)
+    return raw, clean_leads(raw, quarantine, tokens, day_first=day_first, formats=formats)
 
 
 def prepare_crm_leads(

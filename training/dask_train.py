@@ -194,7 +194,7 @@ def prepare_crm_on_dask(
     formats = lead_number_formats(raw_leads, params.flat.missing_tokens)
     leads = clean_leads(
         raw_leads, quarantine, params.flat.missing_tokens, history=True, day_first=day_first,
-        number_formats=formats,
+        formats=formats,
     )  # fmt: skip
     outcomes = clean_outcomes(
         raw_outcomes, leads, quarantine, day_first=day_first, statuses=params.data.outcome_statuses
