@@ -388,10 +388,11 @@ def _clean_flat_file(leads: pd.DataFrame, model: LoadedModel) -> tuple[pd.DataFr
     return cleaned, notes  # the columns it lacks are `absent_columns_note`'s
 
 
-def number_format_note(model: LoadedModel, leads: pd.DataFrame) -> str | None:
+def number_format_note(model: LoadedModel, leads: pd.DataFrame | Mapping[str, pd.Series]) -> str | None:
     """A warning when a file's numbers show another decimal mark than the model's training
     export (`format_conflict`): it is read as the training export was, as every file and request
-    is, so its numbers are misread (`leadscore score` keeps such a scoring from the pages)."""
+    is, so its numbers are misread (`leadscore score` keeps such a scoring from the pages).
+    `leads`: the file's rows, or its numeric columns' distinct values (a file read on Dask)."""
     settings = model.scorer.spec.settings
     if model.kind == "flat":
         schema = settings["flat"]

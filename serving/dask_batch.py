@@ -381,6 +381,18 @@ def date_order_on_dask(
         return run_date_order(model, lambda: date_votes_on_dask(*frames.values()))
 
 
+def numeric_values_on_dask(leads_path: Path, *, blocksize: str = "64MB") -> dict[str, pd.Series]:
+    """The distinct values of each numeric lead column of a leads file (one pass over it): what
+    `serving.batch.number_format_note` reads to tell which decimal mark the file writes."""
+    import dask
+
+    frame = _contract_frame(read_frame(leads_path, blocksize=blocksize), "leads", leads_path)
+    numeric = [c for c in LEAD_NUMERIC if c in frame.columns]
+    with csv_errors({leads_path: frame}):
+        values = dask.compute(*(frame[c].dropna().unique() for c in numeric))
+    return {column: pd.Series(v, dtype="object") for column, v in zip(numeric, values, strict=True)}
+
+
 def bucket_by_lead(frame: pd.DataFrame, buckets: int) -> pd.DataFrame:
     keys = [k.strip() if isinstance(k, str) else "" for k in frame["lead_id"]]
     return frame.assign(_bucket=[zlib.crc32(k.encode()) % buckets for k in keys])

@@ -156,6 +156,23 @@ def test_newest_activity_on_dask_is_the_local_checks_and_skips_bad_dates(client,
     assert stale_note(want, want + pd.Timedelta(days=10)) is None
 
 
+def test_a_file_writing_the_other_decimal_mark_is_said_on_dask_as_locally(champion, small_crm_dir, tmp_path):
+    """--engine dask warned of nothing when a European copy of the training export was scored
+    (the local engine warns): its numbers are read as the training export's, so misread."""
+    from serving.batch import number_format_note
+    from serving.dask_batch import numeric_values_on_dask
+
+    leads = read_table(small_crm_dir / "leads.csv")
+    revenue = leads["annual_revenue"].str.replace(",", ".", regex=False)  # "$36.900.456"
+    euro = revenue.mask(revenue.str.fullmatch(r"\d+").fillna(False), revenue + ",50")
+    leads.assign(annual_revenue=euro).to_csv(tmp_path / "leads.csv", index=False)
+    assert (tmp_path / "leads.csv").stat().st_size > 10 * 16_000  # many partitions of 16 kB
+    said = number_format_note(champion, numeric_values_on_dask(tmp_path / "leads.csv", blocksize="16kB"))
+    assert said and said.startswith("this file writes decimal commas, unlike the model's training export")
+    assert said == number_format_note(champion, read_table(tmp_path / "leads.csv"))  # the local engine's words
+    assert number_format_note(champion, numeric_values_on_dask(small_crm_dir / "leads.csv", blocksize="16kB")) is None
+
+
 def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(champion, champion_store, small_crm_dir, tmp_path):
     import signal
     import threading

@@ -1130,8 +1130,15 @@ def _score_on_dask(
 
     from features.schema import TABLE_FILES
     from features.tracking import tracking_uri
-    from serving.batch import absent_columns_note, closed_lead_ids, stale_note
-    from serving.dask_batch import date_order_on_dask, leads_header, newest_activity, score_on_dask, start_client
+    from serving.batch import absent_columns_note, closed_lead_ids, number_format_note, stale_note
+    from serving.dask_batch import (
+        date_order_on_dask,
+        leads_header,
+        newest_activity,
+        numeric_values_on_dask,
+        score_on_dask,
+        start_client,
+    )
     from serving.scoring import ModelNotReady, load_chosen
 
     _quiet_libraries()
@@ -1165,8 +1172,10 @@ def _score_on_dask(
         console.print(f"Dask: {workers} worker(s); dashboard {client.dashboard_link}")
         _warn_if_future(moment)
         absent = absent_columns_note(model, leads_header(source))
-        if absent:
-            console.print(f"[yellow]{escape(absent)}[/yellow]")
+        misread = number_format_note(model, numeric_values_on_dask(source))  # as --engine local warns
+        for note in (absent, misread):
+            if note:
+                console.print(f"[yellow]{escape(note)}[/yellow]")
         day_first = date_order_on_dask(model, source, activities)
         stale = stale_note(newest_activity(activities, day_first=day_first), moment) if as_of is None else None
         if stale:
