@@ -525,6 +525,15 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
     # Without --no-snapshot: a file lacking one of the model's columns does not replace the pages' scoring.
     lacking = leadscore("score", str(export), "-o", str(scored_file), "--model-name", "flat-model", store=store)
     assert lacking.returncode == 0 and "not kept for the pages" in lacking.stdout, lacking.stdout + lacking.stderr
+    # Nor does a European copy of the export: it is read with the training export's decimal point, so misread.
+    european = tmp_path / "european.csv"
+    copy = frame.drop(columns=["Converted"]).head(40).astype(str)
+    copy["Time On Site [min]"] = copy["Time On Site [min]"].str.replace(".", ",", regex=False)
+    copy.to_csv(european, sep=";", index=False)
+    misread = leadscore("score", str(european), "-o", str(scored_file), "--model-name", "flat-model", store=store)
+    said = " ".join(misread.stdout.split())
+    assert misread.returncode == 0 and "this file writes decimal commas, unlike the model's training export" in said
+    assert "not kept for the pages" in said and "Kept for the pages" not in said, said
     with_acts = leadscore("score", str(export), "-o", str(scored_file), "--model-name", "flat-model",
                           "--activities", str(export), "--no-snapshot", store=store)  # fmt: skip
     assert with_acts.returncode == 2 and "flat-model is a flat model: it reads one row per lead" in with_acts.stderr
