@@ -1,7 +1,8 @@
 """What would move a lead to SQL: the smallest set of realistic engagement steps (a demo, a
 meeting, a trial...) that, added today, lifts the lead over the SQL rule, computed with the
 model. Fixed facts (industry, size) are not actionable and never suggested; BANT answers come
-from a call, so when they are what is missing the rep is told how many to confirm."""
+from a call, so when they are what is missing the rep is told how many to confirm (each choice
+of them scored with the model as well)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,12 @@ import numpy as np
 import pandas as pd
 
 from features.clean import tidy_text
-from features.criteria import qualify_columns
 from features.fit import icp_misses
 from features.ingest import BANT_SYNONYMS, Quarantine
 from features.schema import BANT_FIELDS
 from serving.scoring import (
     LoadedModel,
     clean_lead_rows,
-    criteria_inputs,
     model_date_order,
     prepare_crm_leads,
     score_features,
@@ -54,31 +53,15 @@ def path_to_sql(
     day_first: bool | None = None,
 ) -> PathToSql:
     """Try every set of up to `MAX_STEPS` actions (each added an hour before `as_of`) in one
-    scoring call, and return the smallest set that makes the lead SQL (best score first).
+    scoring call, and return the smallest set that makes the lead SQL (best score first). When
+    BANT answers are short, each choice of the missing answers is scored with the model too.
 
     Args:
         lead: the lead's export row (one row, text cells).
         activities: its activity rows (text cells).
         day_first: the order of its numeric dates when the model has none (`prepare_crm_leads`).
     """
-    lead_id = str(lead["lead_id"].iloc[0]).strip()
-    scenarios: list[tuple[str, ...]] = [()]
-    for size in range(1, MAX_STEPS + 1):
-        scenarios += list(combinations(ACTIONS, size))
-    moment = (as_of - pd.Timedelta(hours=1)).isoformat()
-    leads_rows, act_rows = [], []
-    for i, steps in enumerate(scenarios):
-        scenario_id = f"{lead_id}#{i}"
-        leads_rows.append(lead.assign(lead_id=scenario_id))
-        act_rows.append(activities.assign(lead_id=scenario_id))
-        for kind in steps:
-            act_rows.append(pd.DataFrame({"lead_id": [scenario_id], "occurred_at": [moment], "activity_type": [kind]}))
-    frame = pd.concat(leads_rows, ignore_index=True)
-    acts = pd.concat(act_rows, ignore_index=True).fillna("")
-    moments = pd.Series([as_of] * len(frame))
-    features, context, positions, _ = prepare_crm_leads(model, frame, acts, moments, strict=False, day_first=day_first)
-    scored = score_features(model, features, context, moments.iloc[positions], with_reasons=False)
-    scored["steps"] = [scenarios[p] for p in positions]
+    features, scored = _score_scenarios(model, [((), lead)], activities, as_of, day_first)
     now = scored.iloc[0]
     if now["stage"] == "SQL":
         return PathToSql((), float(now["score"]), f"Already SQL: {now['next_action']}")
@@ -91,85 +74,134 @@ def path_to_sql(
                 said += f" Not met: {'; '.join(icp_misses(clean.iloc[0], model.feature_params.icp))}."
         return PathToSql((), None, said)
     reached = scored[scored["stage"] == "SQL"]
-    if reached.empty:
-        sql = model.criteria.sql
-        bant = features["bant_confirmed"].iloc[0] if "bant_confirmed" in features else float("nan")
-        short = sql.min_bant_confirmed - (0 if bant != bant else int(bant))
-        if short > 0:
-            # BANT answers come from a call, not from engagement: say how many the rep must get,
-            # with the fewest steps (none, often) that make the rest of the SQL rule hold.
-            with_bant = _sql_with_bant(
-                model, features, context, scored, moments.iloc[positions], sql.min_bant_confirmed
-            )
-            if not with_bant.empty:
-                return _bant_path(with_bant, now, short, _unconfirmed(lead))
-        best = scored.sort_values("score", ascending=False).iloc[0]
-        blocked = []
-        if best["score"] < sql.min_score:
-            blocked.append(f"the score would reach only {best['score']:.0f} (SQL needs {sql.min_score:g})")
-        if short > 0:
-            shown = "unknown" if bant != bant else f"{bant:.0f}"
-            blocked.append(
-                f"{shown} of 4 BANT answers confirmed (SQL needs {sql.min_bant_confirmed}; they come from a "
-                "sales conversation, not from engagement)"
-            )
-        why = "; ".join(blocked) or f"the lead would stay {best['stage']} ({best['stage_reason']})"
+    if not reached.empty:
+        best = _fewest_steps(reached).iloc[0]
         return PathToSql(
-            (),
-            None,
-            f"Nothing is near: even with {_words(best['steps'])}, no SQL within {MAX_STEPS} engagement steps: {why}.",
+            tuple(best["steps"]),
+            float(best["score"]),
+            f"With {_words(best['steps'])} the lead would score {best['score']:.0f} and become SQL "
+            f"(now {now['score']:.0f}, {now['stage']}).",
         )
-    reached = reached.assign(size=reached["steps"].map(len)).sort_values(["size", "score"], ascending=[True, False])
-    best = reached.iloc[0]
+    sql = model.criteria.sql
+    bant = features["bant_confirmed"].iloc[0] if "bant_confirmed" in features else float("nan")
+    short = sql.min_bant_confirmed - (0 if bant != bant else int(bant))
+    open_fields = _open_bant(lead)
+    answered = None
+    if 0 < short <= len(open_fields):
+        # BANT answers come from a call, not from engagement, and confirmed they move the score
+        # too: each choice of the missing answers is scored with every set of steps.
+        variants = [(chosen, lead.assign(**dict.fromkeys(chosen, "confirmed")))
+                    for chosen in combinations(open_fields, short)]  # fmt: skip
+        _, answered = _score_scenarios(model, variants, activities, as_of, day_first)
+        found = _bant_path(answered, now, short, _unconfirmed(lead))
+        if found is not None:
+            return found
+    best = (scored if answered is None else answered).sort_values("score", ascending=False).iloc[0]
+    with_answers = "" if answered is None else f" and {short} more BANT answer{'s' if short > 1 else ''} confirmed"
+    blocked = []
+    if best["score"] < sql.min_score:
+        blocked.append(f"the score would reach only {best['score']:.0f} (SQL needs {sql.min_score:g})")
+    if short > 0 and answered is None:
+        shown = "unknown" if bant != bant else f"{bant:.0f}"
+        blocked.append(
+            f"{shown} of 4 BANT answers confirmed (SQL needs {sql.min_bant_confirmed}; they come from a "
+            "sales conversation, not from engagement)"
+        )
+    why = "; ".join(blocked) or f"the lead would stay {best['stage']} ({best['stage_reason']})"
     return PathToSql(
-        tuple(best["steps"]),
-        float(best["score"]),
-        f"With {_words(best['steps'])} the lead would score {best['score']:.0f} and become SQL "
-        f"(now {now['score']:.0f}, {now['stage']}).",
+        (),
+        None,
+        f"Nothing is near: even with {_words(best['steps'])}{with_answers}, no SQL within {MAX_STEPS} engagement "
+        f"steps: {why}.",
     )
 
 
-def _sql_with_bant(
+def _score_scenarios(
     model: LoadedModel,
-    features: pd.DataFrame,
-    context: pd.DataFrame,
-    scored: pd.DataFrame,
-    moments: pd.Series,
-    bant: int,
-) -> pd.DataFrame:
-    """The scenarios that the SQL rule would take once `bant` BANT answers are confirmed (the
-    scores as they are: the rule is re-applied, the model not re-run), fewest steps first."""
-    inputs = criteria_inputs(model, features.reset_index(drop=True), context.reset_index(drop=True))
-    inputs["bant_confirmed"] = np.full(len(scored), float(bant))
-    values = {"score": scored["score"].to_numpy(), "fit": scored["fit"].to_numpy(),
-              "engagement": scored["engagement"].to_numpy(), **inputs}  # fmt: skip
-    stages = qualify_columns(values, len(scored), model.criteria, list(moments))["stage"]
-    chosen = scored[np.asarray(stages) == "SQL"]
-    return chosen.assign(size=chosen["steps"].map(len)).sort_values(["size", "score"], ascending=[True, False])
+    variants: list[tuple[tuple[str, ...], pd.DataFrame]],
+    activities: pd.DataFrame,
+    as_of: pd.Timestamp,
+    day_first: bool | None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each variant of the lead's row (the BANT answers it confirms, the row) with every set of up
+    to `MAX_STEPS` steps, scored in one call: the features and the scores, with `answers`,
+    `steps` and `scenario` (the steps' number, alike across variants) columns."""
+    lead_id = str(variants[0][1]["lead_id"].iloc[0]).strip()
+    step_sets: list[tuple[str, ...]] = [()]
+    for size in range(1, MAX_STEPS + 1):
+        step_sets += list(combinations(ACTIONS, size))
+    keys = [(answers, steps, number) for answers, _ in variants for number, steps in enumerate(step_sets)]
+    ids = [f"{lead_id}#{k}" for k in range(len(keys))]
+    # Built by position, not scenario by scenario: hundreds of small frames cost more than the scoring.
+    rows = pd.concat([row for _, row in variants], ignore_index=True)
+    frame = rows.iloc[np.repeat(np.arange(len(rows)), len(step_sets))].reset_index(drop=True)
+    frame["lead_id"] = ids
+    own = activities.iloc[np.tile(np.arange(len(activities)), len(keys))].reset_index(drop=True)
+    own["lead_id"] = np.repeat(ids, len(activities))
+    added = [(scenario_id, kind) for scenario_id, (_, steps, _) in zip(ids, keys, strict=True) for kind in steps]
+    moment = (as_of - pd.Timedelta(hours=1)).isoformat()
+    added_rows = pd.DataFrame(added, columns=["lead_id", "activity_type"]).assign(occurred_at=moment)
+    acts = pd.concat([own, added_rows], ignore_index=True).fillna("")
+    moments = pd.Series([as_of] * len(frame))
+    features, context, positions, _ = prepare_crm_leads(model, frame, acts, moments, strict=False, day_first=day_first)
+    scored = score_features(model, features, context, moments.iloc[positions], with_reasons=False)
+    for i, column in enumerate(("answers", "steps", "scenario")):
+        scored[column] = [keys[p][i] for p in positions]
+    return features, scored
+
+
+def _fewest_steps(scenarios: pd.DataFrame) -> pd.DataFrame:
+    """Scenarios by the number of steps, then by score, best first."""
+    sized = scenarios.assign(size=scenarios["steps"].map(len))
+    return sized.sort_values(["size", "score"], ascending=[True, False], kind="stable")
+
+
+def _open_bant(lead: pd.DataFrame) -> list[str]:
+    """The BANT fields of the lead's export row not yet confirmed, as the features read them."""
+    written = {f: tidy_text(lead[f].iloc[0]).casefold() if f in lead else "" for f in BANT_FIELDS}
+    return [f for f, text in written.items() if BANT_SYNONYMS.get(text, text) != "confirmed"]
 
 
 def _unconfirmed(lead: pd.DataFrame) -> list[str]:
-    """The BANT fields of the lead's export row not yet confirmed (as the features read them),
-    those answered no marked so: a rep asks again about them, not for the first time."""
+    """`_open_bant`, those answered no marked so: a rep asks again about them, not for the first time."""
     written = {f: tidy_text(lead[f].iloc[0]).casefold() if f in lead else "" for f in BANT_FIELDS}
     answers = {f: BANT_SYNONYMS.get(text, text) for f, text in written.items()}  # "Yes" is confirmed, "no" not
-    return [f if answers[f] != "not" else f"{f} (answered no)" for f in BANT_FIELDS if answers[f] != "confirmed"]
+    return [f if answers[f] != "not" else f"{f} (answered no)" for f in _open_bant(lead)]
 
 
-def _bant_path(candidates: pd.DataFrame, now: pd.Series, short: int, open_fields: list[str]) -> PathToSql:
-    best = candidates.iloc[0]
+def _bant_path(answered: pd.DataFrame, now: pd.Series, short: int, open_fields: list[str]) -> PathToSql | None:
+    """The fewest steps that, with `short` more BANT answers confirmed, make the lead SQL:
+    whichever answers a call confirms if such steps exist, else with the answers named; None
+    when no choice of answers and steps does."""
     answers = f"{short} more BANT answer{'s' if short > 1 else ''}"
     still_open = f"(not yet confirmed: {', '.join(open_fields)})"
-    if not best["steps"]:
-        text = f"Confirm {answers} on a call {still_open}: the lead is then SQL (the rest of its rule already holds)."
-    else:
-        # No score: the model was not re-run with the answers, and which get confirmed moves it.
-        text = (f"With {_words(best['steps'])}, plus {answers} confirmed on a call {still_open}, the lead would "
-                f"become SQL (now {now['score']:.0f}, {now['stage']}); its score then depends on which answers "
-                "are confirmed.")  # fmt: skip
-    return PathToSql(tuple(best["steps"]), None, text, bant_needed=short)
+    sql = answered["stage"].eq("SQL")
+    every = sql.groupby(answered["scenario"]).transform("all")
+    if every.any():
+        # The score the lead would reach at least, whichever answers get confirmed.
+        lowest = answered[every].groupby("scenario")["score"].min()
+        candidates = answered[every].drop_duplicates("scenario").assign(score=lambda t: t["scenario"].map(lowest))
+        best = _fewest_steps(candidates).iloc[0]
+        score = f"score {best['score']:.0f} or more"
+        if not best["steps"]:
+            text = f"Confirm {answers} on a call {still_open}: whichever they are, the lead is then SQL ({score})."
+        else:
+            text = (f"With {_words(best['steps'])}, plus {answers} confirmed on a call {still_open}, the lead "
+                    f"would become SQL whichever they are ({score}; now {now['score']:.0f}, "
+                    f"{now['stage']}).")  # fmt: skip
+        return PathToSql(tuple(best["steps"]), float(best["score"]), text, bant_needed=short)
+    if not sql.any():
+        return None
+    best = _fewest_steps(answered[sql]).iloc[0]
+    named = " and ".join(best["answers"])
+    steps = f"With {_words(best['steps'])}, plus" if best["steps"] else "With"
+    text = (f"{steps} {named} confirmed on a call {still_open}, the lead would score {best['score']:.0f} and "
+            f"become SQL (now {now['score']:.0f}, {now['stage']}); not every {short} answers would do.")  # fmt: skip
+    return PathToSql(tuple(best["steps"]), float(best["score"]), text, bant_needed=short)
 
 
 def _words(steps: tuple[str, ...]) -> str:
     names = [ACTIONS[s] for s in steps]
+    if not names:
+        return "no step"
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]

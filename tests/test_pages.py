@@ -379,8 +379,7 @@ def test_path_to_sql_is_checked_with_the_model(champion, scores_dir):
         rows, acts = latest.lead(lead_id)
         result = path_to_sql(champion, rows, acts, AS_OF)
         if result.bant_needed:
-            assert "BANT answer" in result.message and "on a call" in result.message, result.message
-            assert "would score" not in result.message and result.score is None  # not re-run with the answers
+            assert "on a call" in result.message and result.score is not None, result.message
             continue
         if result.steps:
             found = (rows, acts, result)
@@ -417,13 +416,17 @@ def test_path_to_sql_is_checked_with_the_model(champion, scores_dir):
             assert f"{column} {value.strip()}" in missed, told
 
 
-def test_path_to_sql_names_the_bant_answers_a_call_must_get(champion, scores_dir):
+def test_path_to_sql_scores_the_bant_answers_a_call_must_get(champion, scores_dir):
     """A lead that engagement alone cannot make SQL because BANT answers are missing is told how
-    many to confirm, with the steps (if any) the rest of the rule needs; both together make it SQL."""
+    many to confirm and the fewest steps that, with any such answers, make it SQL. The answers
+    were not scored (the rule alone re-applied), so reps were asked for more steps than needed
+    and told "Nothing is near" of leads a demo and a call would make SQL."""
+    from itertools import combinations
+
     from features.schema import BANT_FIELDS
     from serving.scoring import prepare_crm_leads, score_features
     from serving.snapshots import latest_two
-    from serving.whatif import path_to_sql
+    from serving.whatif import ACTIONS, path_to_sql
 
     latest, _ = latest_two(scores_dir, CHAMPION_NAME)
     best = latest.scores[latest.scores["stage"].isin(["MQL", "nurture"])].sort_values("score").iloc[-1]
@@ -431,16 +434,35 @@ def test_path_to_sql_names_the_bant_answers_a_call_must_get(champion, scores_dir
     rows = rows.assign(**dict.fromkeys(BANT_FIELDS, ""))  # none confirmed
     result = path_to_sql(champion, rows, acts, AS_OF)
     needed = champion.criteria.sql.min_bant_confirmed
-    assert result.bant_needed == needed and f"{needed} more BANT answers" in result.message, result.message
-    assert "would score" not in result.message and result.score is None  # not re-run with the answers
-    confirmed = rows.assign(**dict.fromkeys(BANT_FIELDS[:needed], "confirmed"))
-    moment = (AS_OF - pd.Timedelta(hours=1)).isoformat()
-    added = pd.DataFrame({"lead_id": best["lead_id"], "occurred_at": moment, "activity_type": list(result.steps)})
-    moments = pd.Series([AS_OF])
-    features, context, _, _ = prepare_crm_leads(
-        champion, confirmed, pd.concat([acts, added], ignore_index=True).fillna(""), moments, strict=False
+    assert result.bant_needed == needed and "whichever they are" in result.message, result.message
+    assert f"{needed} more BANT answers confirmed on a call" in result.message or result.message.startswith(
+        f"Confirm {needed} more BANT answers on a call"
     )
-    assert score_features(champion, features, context, moments).iloc[0]["stage"] == "SQL"
+
+    # Scored apart, one scenario at a time: each set of fewer steps, and the one said, with each choice of answers.
+    sets = [steps for size in range(len(result.steps)) for steps in combinations(ACTIONS, size)] + [result.steps]
+    moment = (AS_OF - pd.Timedelta(hours=1)).isoformat()
+    lead_rows, act_rows, tried = [], [], []
+    for steps in sets:
+        for chosen in combinations(BANT_FIELDS, needed):
+            scenario = f"s{len(tried)}"
+            tried.append(steps)
+            lead_rows.append(rows.assign(lead_id=scenario, **dict.fromkeys(chosen, "confirmed")))
+            act_rows.append(acts.assign(lead_id=scenario))
+            act_rows += [pd.DataFrame({"lead_id": [scenario], "occurred_at": [moment], "activity_type": [k]})
+                         for k in steps]  # fmt: skip
+    moments = pd.Series([AS_OF] * len(tried))
+    features, context, positions, _ = prepare_crm_leads(
+        champion, pd.concat(lead_rows, ignore_index=True), pd.concat(act_rows, ignore_index=True).fillna(""),
+        moments, strict=False,
+    )  # fmt: skip
+    scored = score_features(champion, features, context, moments.iloc[positions], with_reasons=False)
+    scored["steps"] = [tried[p] for p in positions]
+    said = scored[scored["steps"] == result.steps]
+    assert len(said) == len(list(combinations(BANT_FIELDS, needed))) and (said["stage"] == "SQL").all()
+    assert said["score"].min() == pytest.approx(result.score)  # the score reached whichever answers
+    fewer = scored[scored["steps"].map(len) < len(result.steps)]
+    assert not fewer.groupby(fewer["steps"].map(str))["stage"].agg(lambda s: (s == "SQL").all()).any()
 
 
 def test_static_report(champion, scores_dir, tmp_path):
