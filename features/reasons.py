@@ -51,7 +51,7 @@ FIELD_NAMES = {
     "n_activities_total": "Activities so far",
     "days_since_last_activity": "Days since the last activity",
     "velocity_30d": "Activity trend (last 30 days vs the 30 before)",
-    "engagement_decayed": "Recent engagement (decayed score)",
+    "engagement_decayed": "Recent activity level",  # as a rep's reasons say it
     "activities_per_30d": "Activities per month",
 }
 _COUNT = re.compile(r"^n_(?P<kind>[a-z_]+?)_(?P<window>\d+d|total)$")
@@ -161,7 +161,10 @@ def describe(feature: str, value: object) -> str:
     if feature == "activities_per_30d":
         return f"{float(value):.1f} activities per month"
     if feature in ("employees", "n_technologies"):
-        return f"{float(value):,.0f} {'employees' if feature == 'employees' else 'technologies in the stack'}"
+        count = float(value)
+        one, many, after = ("employee", "employees", "") if feature == "employees" else (
+            "technology", "technologies", " in the stack")  # fmt: skip
+        return f"{count:,.0f} {one if count == 1 else many}{after}"
     if feature in ("annual_revenue", "revenue_per_employee"):
         return f"{plain_name(feature)} {float(value):,.0f}"
     if feature in ("budget", "authority", "need", "timeline"):

@@ -593,6 +593,8 @@ def model_view(model: LoadedModel, snapshot: Snapshot | None = None) -> dict:
         ),
         "lift_chart": _decile_chart(evaluation.get("lift_by_decile", []), "lift", "lift", 1.0, "{:.1f}x"),
         "summary_chart": summary_chart,
+        "summary_leads": min(SUMMARY_LEADS, 0 if snapshot is None else len(snapshot.leads)),
+        "summary_sampled": snapshot is not None and len(snapshot.leads) > SUMMARY_LEADS,
         "summary_words": summary_words,
         "criteria": _criteria_rows(model),
         "grade_bands": list((meta.get("grade_bands") or {}).items()),

@@ -135,8 +135,12 @@ class Lead(_Strict):
     phone: Text | None = None
     company: Text | None = None
     owner: Text | None = None
-    do_not_contact: Flag | None = None
-    sales_accepted: Flag | None = None
+    do_not_contact: Flag | None = Field(default=None, description="An opt-out: disqualified, never recycled")
+    sales_accepted: Flag | None = Field(
+        default=None,
+        description="Sales accepted the lead in the CRM: its stage is SAL unless it is disqualified or meets the SQL "
+        "rule (never a feature)",
+    )
     # null is no activities, as null is no value for every other field (generated clients send it).
     activities: Annotated[list[Activity] | None, AfterValidator(lambda given: [] if given is None else given)] = Field(
         default_factory=list, max_length=20_000

@@ -367,7 +367,7 @@ def _score_block(
     }
     if with_reasons:
         points = per_feature * points_per_logit(scorer, margin, base)[:, None]
-        out["reasons"] = _reasons(points, _Columns(values, columns, n), columns)
+        out["reasons"] = _reasons(points, _Columns(values, columns, n, scorer.spec.categories), columns)
     out["model_version"] = [model.version] * n
     return out
 
@@ -417,13 +417,18 @@ def score_features(
 
 class _Columns(dict):
     """Feature columns as plain Python lists (floats, str, None), converted on first use:
-    reasons touch few columns, and plain values format faster than NumPy scalars."""
+    reasons touch few columns, and plain values format faster than NumPy scalars. A category
+    is shown as the training export spelt the level it matches (`categories`), so a lead's
+    reasons read alike sent alone or in a file whose most frequent spelling is another."""
 
-    def __init__(self, source: Mapping[str, Any], columns: list[str], n: int) -> None:
+    def __init__(
+        self, source: Mapping[str, Any], columns: list[str], n: int, categories: Mapping[str, list[str]]
+    ) -> None:
         super().__init__()
         self._source = source
         self._columns = columns
         self._n = n
+        self._categories = categories
 
     def __missing__(self, key: str) -> list:
         if key in self._source:
@@ -431,6 +436,10 @@ class _Columns(dict):
             values = values.tolist() if hasattr(values, "tolist") else list(values)
         else:
             values = [None] * self._n
+        if key in self._categories:
+            trained = {level.casefold(): level for level in self._categories[key]}
+            spelt = {v: trained.get(v.strip().casefold(), v) for v in set(values) if isinstance(v, str)}
+            values = [spelt.get(v, v) if isinstance(v, str) else v for v in values]
         self[key] = values
         return values
 
@@ -500,11 +509,10 @@ def _reason_lists(
         reasons = []
         for j, value in chosen:
             feature = columns[j]
-            shown = _plain(lead[feature])
-            reasons.append(
-                {"feature": feature, "value": shown, "points": round(value, 2),
-                 "text": sentence(feature, shown, value)}
-            )  # fmt: skip
+            shown, rounded = _plain(lead[feature]), round(value, 2)
+            # The text from the points as sent: from the unrounded effect, 0.25 read "+0.3" beside 0.25.
+            reasons.append({"feature": feature, "value": shown, "points": rounded,
+                            "text": sentence(feature, shown, rounded)})  # fmt: skip
         out.append(reasons)
     return out
 

@@ -491,7 +491,7 @@ def test_the_model_page_of_a_model_without_time_windows_says_how_it_was_tested()
     flat = {"name": "x", "version": "3", "alias": "champion", "trained_at": "2026-12-05 09:00", "training_window": "",
             "validation_window": "", "test_window": "", "split": "stratified holdout (no timestamps): 1848 test rows",
             "metrics": [], "grade_bands": [], "criteria": [], "flat": True, "tested_on": "test rows",
-            "summary_chart": "<svg></svg>"}  # fmt: skip
+            "summary_chart": "<svg></svg>", "summary_leads": 12, "summary_sampled": False}  # fmt: skip
     page = render("model.html", title="Model", m=flat)
     assert "tested on rows it never saw (stratified holdout (no timestamps): 1848 test rows)" in page
     assert "later leads" not in page and "UTC on ·" not in page

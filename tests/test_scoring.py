@@ -71,9 +71,29 @@ def test_a_factor_under_a_tenth_of_the_strongest_is_no_reason():
     points = np.array([[21.0, 14.0, 11.0, -8.0, -0.7, -0.5, 0.3], [-3.4, -1.4, -1.3, 0.24, 0.2, 0.19, 0.0]])
     columns = [f"f{j}" for j in range(points.shape[1])]
     values = {c: [1.0, 1.0] for c in columns}
-    reasons = scoring._reasons(points, scoring._Columns(values, columns, 2), columns)
+    reasons = scoring._reasons(points, scoring._Columns(values, columns, 2, {}), columns)
     assert [r["points"] for r in reasons[0]] == [21.0, 14.0, 11.0, -8.0]
     assert [r["points"] for r in reasons[1]] == [-3.4, -1.4, -1.3]
+
+
+def test_a_reason_reads_alike_whatever_the_request_or_file_spelt_and_its_text_says_its_points():
+    """The API said "Lead source is CONTENT SYNDICATION" where the batch (the file's most frequent
+    spelling) said "Content Syndication"; a reason's text rounded the unrounded effect, so
+    `points` 0.25 read "+0.3" in one answer and "+0.2" in another."""
+    import numpy as np
+
+    from features.reasons import describe
+
+    columns = ["lead_source", "n_technologies"]
+    values = {"lead_source": ["CONTENT SYNDICATION", " content syndication", "Fax", None], "n_technologies": [1.0] * 4}
+    spelt = scoring._Columns(values, columns, 4, {"lead_source": ["Content Syndication", "Webinar"]})
+    assert spelt["lead_source"] == ["Content Syndication", "Content Syndication", "Fax", None]
+    points = np.array([[0.2500000001, 1.0]] * 4)
+    reasons = scoring._reasons(points, spelt, columns)
+    first = next(r for r in reasons[0] if r["feature"] == "lead_source")
+    assert first["points"] == 0.25 and first["text"] == "Lead source is Content Syndication: +0.2"
+    assert describe("n_technologies", 1.0) == "1 technology in the stack"
+    assert describe("employees", 1.0) == "1 employee" and describe("employees", 1200.0) == "1,200 employees"
 
 
 def test_reasons_count_time_from_the_scoring_moment_and_a_count_is_not_its_recency_again():
