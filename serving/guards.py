@@ -449,7 +449,16 @@ def plain_problem(problem: dict) -> dict:
     if problem.get("type") == "string_pattern_mismatch":
         problem = {**problem, "msg": "should hold a visible character, and no control character (tab, line break)"}
         problem.pop("ctx", None)
+    elif problem.get("type") in MOMENT_PROBLEMS:
+        # "invalid character in year" of "09/01/2026" did not say what the API reads.
+        problem = {**problem, "msg": f"{problem.get('msg', 'not a moment')}; {MOMENT_FORMATS}"}
     return problem
+
+
+MOMENT_PROBLEMS = frozenset({"datetime_parsing", "datetime_from_date_parsing", "datetime_type"})
+MOMENT_FORMATS = (
+    "send ISO 8601 (2026-10-22T12:00:00Z, or 2026-10-22 read as UTC) or Unix time in seconds (milliseconds above 2e10)"
+)
 
 
 def _routing_error(status: int, method: str, path: str, headers: dict[bytes, bytes]) -> bytes:

@@ -290,6 +290,11 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
     summary = "1 problem in the request, at leads.1.employees: Input should be a valid number"
     assert wrong_type.json()["error"] == summary
     assert "url" not in wrong_type.json()["detail"][0]
+    # A date the API does not read says which it does ("invalid character in year" did not).
+    us_date = post({"leads": [{"lead_id": "a", "created_at": "09/01/2026"}]})
+    problem = us_date.json()["detail"][0]
+    assert us_date.status_code == 400 and problem["loc"] == ["leads", 0, "created_at"], us_date.text
+    assert "send ISO 8601 (2026-10-22T12:00:00Z, or 2026-10-22 read as UTC) or Unix time" in problem["msg"]
     # A union field fails with one error at the field, not one per branch of the union.
     stack = post({"leads": [{"lead_id": "a", "created_at": "2025-01-01", "tech_stack": 5}]})
     assert [e["loc"] for e in stack.json()["detail"]] == [["leads", 0, "tech_stack"]], stack.text
