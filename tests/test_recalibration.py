@@ -161,12 +161,20 @@ def test_recalibration_detects_drift_moves_thresholds_and_promotes(export, setti
     following, labelled = ends + pd.Timedelta(days=30), ends + pd.Timedelta(days=60)
     said = f"the next ({following:%Y-%m-%d}) counts with an --as-of from {labelled:%Y-%m-%d} on"
     assert said in str(refused.value)
-    # An --as-of further back names the same next snapshot (it named one after its own, older quarter).
+    # An --as-of within the horizon after the champion's test data names the same next snapshot.
+    within = ends + pd.Timedelta(days=1)
     with pytest.raises(RecalibrationError, match="no new data") as earlier:
-        recalibrate(
-            load_params(**settings), model_name=MODEL, data=export, as_of=pd.Timestamp(LATER) - pd.Timedelta(days=60)
-        )
-    assert said in str(earlier.value)
+        recalibrate(load_params(**settings), model_name=MODEL, data=export, as_of=within)
+    assert said in str(earlier.value) and earlier.value.exit_code == EXIT_NO_NEW_DATA
+    # One on or before it is a mistyped date, not "no new data yet" (exit 4, which a scheduler takes
+    # as a notice: a wrong year would skip every quarter unnoticed).
+    with pytest.raises(RecalibrationError, match="is not after the data the champion") as typo:
+        recalibrate(load_params(**settings), model_name=MODEL, data=export, as_of=ends - pd.Timedelta(days=365))
+    assert typo.value.exit_code == 2
+    # A window that cannot hold the horizon, a test and a validation period is named as the setting it is.
+    with pytest.raises(RecalibrationError, match=r"recalibration\.window_days: 150 days leave no training") as short:
+        recalibrate(load_params(**settings, **{"recalibration.window_days": 150}), model_name=MODEL, data=export)
+    assert "make it more than 210" in str(short.value) and short.value.exit_code == 2
 
 
 def test_two_recalibrations_cannot_run_at_once(export, settings, champion):

@@ -142,6 +142,15 @@ def recalibrate(
                 f"no --data: {model_name}'s champion was trained on {trained_on}, not on the embedded synthetic "
                 "export; give --data with the folder your CRM export lands in"
             )
+        held = params.features.horizon_days + params.split.test_days + params.split.valid_days
+        if settings.window_days <= held:
+            # Said before the export is read: an empty training split would be blamed on the export.
+            raise RecalibrationError(
+                f"recalibration.window_days: {settings.window_days} days leave no training period after the horizon "
+                f"(features.horizon_days {params.features.horizon_days}), the test period (split.test_days "
+                f"{params.split.test_days}) and the validation period (split.valid_days {params.split.valid_days}): "
+                f"make it more than {held} in params.yaml"
+            )
         directory = data or ensure_embedded_data(params, reporter)
         if data is None:
             reporter.warn(f"no --data: recalibrating on the embedded synthetic export ({directory}), not yours")
@@ -156,6 +165,12 @@ def recalibrate(
         report_quarantine(dataset.quarantine, reporter)
         newest = dataset.split.windows.get("test")
         champion_test = champion.scorer.metadata.get("test_window")
+        if as_of is not None and champion_test and as_of <= pd.Timestamp(champion_test[1]):
+            # Exit 4 ("no new data yet") would let a mistyped year skip every quarter unnoticed.
+            raise RecalibrationError(
+                f"--as-of {as_of:%Y-%m-%d} is not after the data the champion (v{champion.version}) was already "
+                f"tested on (up to {champion_test[1]}): a recalibration learns from newer leads; check the date"
+            )
         if newest and champion_test and str(newest[1]) <= str(champion_test[1]):
             features = params.features
             # The first snapshot past the champion's test (an earlier --as-of ends further back).
