@@ -169,6 +169,31 @@ def test_criteria_apply_waits_for_a_run_that_moves_the_champion(registry, params
     assert _aliases() == before
 
 
+def test_criteria_says_when_it_would_replace_thresholds_a_recalibration_fitted(registry, params_file):
+    """`criteria --apply` reset the MQL and SQL scores and grade bands a recalibration had fitted
+    to the data, with nothing said (train says it)."""
+    from training.progress import Reporter
+    from training.rules import register_with_rules
+
+    strict = params_file("strict-rules.yaml", **STRICT)
+    trained = _run("criteria", params=strict)
+    assert trained.returncode == 0 and "fitted to the data by a recalibration" not in trained.stdout
+    # The champion as a recalibration registers it: its own rules, fitted, under the "recalibrate" job.
+    champion = load_champion(CHAMPION_NAME)
+    scorer = champion.scorer
+    recalibrated = dataclasses.replace(champion, scorer=LeadScorer(
+        scorer.booster, scorer.spec, scorer.calibrator, {**scorer.metadata, "job": "recalibrate"}))  # fmt: skip
+    rules = champion.criteria.model_dump(mode="json")
+    register_with_rules(recalibrated, rules, scorer.metadata["grade_bands"], [], load_params(strict), Reporter())
+    shown = _run("criteria", params=strict)
+    said = " ".join(shown.stdout.split())
+    assert shown.returncode == 0 and "criteria.mql.min_score, criteria.sql.min_score, grades.A were fitted" in said
+    assert "applying would replace them with" in said, said
+    applied = _run("criteria", "--apply", params=strict)
+    assert applied.returncode == 0 and "--apply replaces them" in " ".join(applied.stdout.split())
+    assert load_champion(CHAMPION_NAME).scorer.metadata["job"] == "criteria"  # the file's thresholds now
+
+
 def test_a_flat_model_keeps_the_mql_score_its_training_fitted(params):
     flat = SimpleNamespace(kind="flat", criteria=params.criteria.model_copy(
         update={"mql": params.criteria.mql.model_copy(update={"min_score": 37.5, "min_fit": None})}))  # fmt: skip

@@ -82,6 +82,7 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
     client = MlflowClient()
     run = client.get_run(metrics["model"]["run_id"])
     assert run.data.tags["data.hash"] == metrics["data"]["hash"]
+    assert pd.Timestamp(run.data.tags["data.export_end"]) > pd.Timestamp("2020-01-01")  # the cut of the files read
     assert run.data.tags["mlflow.source.git.commit"] == run.data.tags["git.commit"]
     assert run.data.tags["git.uncommitted_changes"] in ("true", "false")
     assert run.data.params["best.learning_rate"] == str(metrics["tuning"]["best_params"]["learning_rate"])

@@ -1603,6 +1603,7 @@ def criteria(
     from training.register import ChampionMoved
     from training.rules import (
         effect_on,
+        fitted_changes,
         proposed_rules,
         register_with_rules,
         retrain_only_changes,
@@ -1643,6 +1644,11 @@ def criteria(
     for change in changes:
         table.add_row(change.name, escape(_shown_rule(change.old)), escape(_shown_rule(change.new)))
     console.print(table)
+    fitted = fitted_changes(changes)
+    if fitted and model.scorer.metadata.get("job") == "recalibrate":
+        console.print(f"[yellow]v{model.version}'s {', '.join(fitted)} were fitted to the data by a recalibration; "
+                      f"{'--apply replaces' if apply else 'applying would replace'} them with {source}'s (copy "
+                      f"v{model.version}'s into the file to keep them)[/yellow]")  # fmt: skip
     proposed = with_rules(model, rules, bands)
     latest, _ = latest_two(model_name=name)
     effect = None

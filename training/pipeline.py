@@ -628,8 +628,11 @@ def train_and_register(
     use_experiment(params, reporter)
     commit, dirty = git_commit()
     with mlflow.start_run(run_name=f"{job}-{dataset.kind}") as run, heartbeat(run.info.run_id):
+        # The hash is of the export's files; an --as-of cut of them is told by the source and the end read.
         tags = {"data.source": dataset.source, "data.hash": dataset.data_hash, "data.kind": dataset.kind,
                 JOB_TAG: job}  # fmt: skip
+        if dataset.export_end is not None:
+            tags["data.export_end"] = dataset.export_end.isoformat()
         mlflow.set_tags({**run_tags(commit, dirty), **tags})
         mlflow.log_params({f"tuning.{k}": v for k, v in params.tuning.model_dump().items() if k != "search_space"})
         # The settings that decide what is trained and promoted, searchable; all of them as a file.
@@ -846,6 +849,7 @@ def train_and_register(
                 "criteria": criteria,
                 "leakage_excluded": list(excluded),
                 "engine": engine or {"engine": "local"},
+                "job": job,  # "recalibrate": its thresholds were fitted to the data, not the params file's
                 "evaluation": test_evaluation(booster, labels["test"], test_probability, sample, grade_bands),
             }
             artifacts = write_bundle_files(tmp_path / "bundle", booster, spec, calibrator, metadata)

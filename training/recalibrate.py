@@ -524,7 +524,7 @@ def report_markdown(summary: dict[str, Any]) -> str:
 
 def _grade_text(grade: str, row: dict) -> str:
     rate = "—" if row["conversion"] is None else f"{row['conversion']:.1%}"
-    return f"{grade} {row['share']:.0%} of leads / {rate}"
+    return f"{grade} {row['share']:.0%} of examples / {rate}"
 
 
 def report_html(summary: dict[str, Any], markdown: str) -> str:

@@ -74,6 +74,15 @@ def rule_differences(model: LoadedModel, criteria: dict[str, Any], bands: dict[s
     return differences(own, criteria, "criteria") + differences(model.scorer.metadata["grade_bands"], bands, "grades")
 
 
+# The rules a recalibration fits to the newest quarter, with the grade bands; the others come from the file.
+FITTED_RULES = ("criteria.mql.min_score", "criteria.sql.min_score")
+
+
+def fitted_changes(changes: list[RuleChange]) -> list[str]:
+    """The changes of rules a recalibration fits to the data, by name."""
+    return [c.name for c in changes if c.name in FITTED_RULES or c.name.startswith("grades.")]
+
+
 def retrain_only_changes(model: LoadedModel, params: Params) -> list[RuleChange]:
     """Edits of the ideal customer profile: it is a feature (`icp_match`), so only training takes it."""
     learned = (model.scorer.spec.settings.get("features") or {}).get("icp")
@@ -172,6 +181,8 @@ def register_with_rules(
         }  # fmt: skip
         if bands != model.scorer.metadata["grade_bands"]:
             metadata["evaluation"] = regraded(metadata.get("evaluation") or {}, bands)
+        if fitted_changes(changes):
+            metadata["job"] = "criteria"  # its thresholds are the file's now, not a recalibration's
         for written_by_the_bundle in ("bundle_format", "file_sha256"):
             metadata.pop(written_by_the_bundle, None)
         with tempfile.TemporaryDirectory() as tmp:
