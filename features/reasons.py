@@ -164,7 +164,7 @@ def describe(feature: str, value: object) -> str:
         count = float(value)
         one, many, after = ("employee", "employees", "") if feature == "employees" else (
             "technology", "technologies", " in the stack")  # fmt: skip
-        return f"{count:,.0f} {one if count == 1 else many}{after}"
+        return f"{count:,.0f} {one if round(count) == 1 else many}{after}"
     if feature in ("annual_revenue", "revenue_per_employee"):
         return f"{plain_name(feature)} {float(value):,.0f}"
     if feature in ("budget", "authority", "need", "timeline"):

@@ -6,6 +6,7 @@ of them scored with the model as well)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -40,7 +41,7 @@ MAX_STEPS = 3
 @dataclass(frozen=True)
 class PathToSql:
     steps: tuple[str, ...]  # activity types to add, empty when already SQL or out of reach
-    score: float | None  # the score with those steps (None when BANT answers are needed too)
+    score: float | None  # the score with those steps (and answers: the least of their choices); None when out of reach
     message: str
     bant_needed: int = 0  # BANT answers to confirm on a call as well as the steps
 
@@ -54,14 +55,16 @@ def path_to_sql(
 ) -> PathToSql:
     """Try every set of up to `MAX_STEPS` actions (each added an hour before `as_of`) in one
     scoring call, and return the smallest set that makes the lead SQL (best score first). When
-    BANT answers are short, each choice of the missing answers is scored with the model too.
+    steps alone do not, each choice of the lead's open BANT answers, fewest first, is scored with
+    the model too (confirmed answers raise the score as well as meet the rule).
 
     Args:
         lead: the lead's export row (one row, text cells).
         activities: its activity rows (text cells).
         day_first: the order of its numeric dates when the model has none (`prepare_crm_leads`).
     """
-    features, scored = _score_scenarios(model, [((), lead)], activities, as_of, day_first)
+    base = _score_steps(model, lead, activities, as_of, day_first)
+    scored = base.scored
     now = scored.iloc[0]
     if now["stage"] == "SQL":
         return PathToSql((), float(now["score"]), f"Already SQL: {now['next_action']}")
@@ -83,21 +86,21 @@ def path_to_sql(
             f"(now {now['score']:.0f}, {now['stage']}).",
         )
     sql = model.criteria.sql
+    features = base.features
     bant = features["bant_confirmed"].iloc[0] if "bant_confirmed" in features else float("nan")
     short = sql.min_bant_confirmed - (0 if bant != bant else int(bant))
     open_fields = _open_bant(lead)
     answered = None
-    if 0 < short <= len(open_fields):
-        # BANT answers come from a call, not from engagement, and confirmed they move the score
-        # too: each choice of the missing answers is scored with every set of steps.
-        variants = [(chosen, lead.assign(**dict.fromkeys(chosen, "confirmed")))
-                    for chosen in combinations(open_fields, short)]  # fmt: skip
-        _, answered = _score_scenarios(model, variants, activities, as_of, day_first)
-        found = _bant_path(answered, now, short, _unconfirmed(lead))
+    # BANT answers come from a call, not from engagement. The fewest the rule needs first, then
+    # more: each one confirmed also raises the score.
+    for count in range(max(short, 1), len(open_fields) + 1):
+        chosen = list(combinations(open_fields, count))
+        answered = _with_answers(model, base, lead, chosen, day_first)
+        found = _bant_path(answered, now, count, len(chosen), _unconfirmed(lead))
         if found is not None:
             return found
     best = (scored if answered is None else answered).sort_values("score", ascending=False).iloc[0]
-    with_answers = "" if answered is None else f" and {short} more BANT answer{'s' if short > 1 else ''} confirmed"
+    with_answers = "" if answered is None else " and every open BANT answer confirmed"
     blocked = []
     if best["score"] < sql.min_score:
         blocked.append(f"the score would reach only {best['score']:.0f} (SQL needs {sql.min_score:g})")
@@ -116,38 +119,67 @@ def path_to_sql(
     )
 
 
-def _score_scenarios(
-    model: LoadedModel,
-    variants: list[tuple[tuple[str, ...], pd.DataFrame]],
-    activities: pd.DataFrame,
-    as_of: pd.Timestamp,
-    day_first: bool | None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Each variant of the lead's row (the BANT answers it confirms, the row) with every set of up
-    to `MAX_STEPS` steps, scored in one call: the features and the scores, with `answers`,
-    `steps` and `scenario` (the steps' number, alike across variants) columns."""
-    lead_id = str(variants[0][1]["lead_id"].iloc[0]).strip()
+@dataclass(frozen=True)
+class _Scenarios:
+    """The lead with every set of steps: its features, criteria context and moments, and scores."""
+
+    features: pd.DataFrame
+    context: pd.DataFrame
+    moments: pd.Series
+    scored: pd.DataFrame  # with `steps` and `scenario` (the number of the set of steps) columns
+
+
+def _score_steps(
+    model: LoadedModel, lead: pd.DataFrame, activities: pd.DataFrame, as_of: pd.Timestamp, day_first: bool | None
+) -> _Scenarios:
+    """The lead as is with every set of up to `MAX_STEPS` steps, scored in one call; the first
+    scenario is the lead with no step."""
+    lead_id = str(lead["lead_id"].iloc[0]).strip()
     step_sets: list[tuple[str, ...]] = [()]
     for size in range(1, MAX_STEPS + 1):
         step_sets += list(combinations(ACTIONS, size))
-    keys = [(answers, steps, number) for answers, _ in variants for number, steps in enumerate(step_sets)]
-    ids = [f"{lead_id}#{k}" for k in range(len(keys))]
-    # Built by position, not scenario by scenario: hundreds of small frames cost more than the scoring.
-    rows = pd.concat([row for _, row in variants], ignore_index=True)
-    frame = rows.iloc[np.repeat(np.arange(len(rows)), len(step_sets))].reset_index(drop=True)
+    ids = [f"{lead_id}#{k}" for k in range(len(step_sets))]
+    # Built by position, not scenario by scenario: dozens of small frames cost more than the scoring.
+    frame = lead.iloc[np.zeros(len(step_sets), dtype=int)].reset_index(drop=True)
     frame["lead_id"] = ids
-    own = activities.iloc[np.tile(np.arange(len(activities)), len(keys))].reset_index(drop=True)
+    own = activities.iloc[np.tile(np.arange(len(activities)), len(step_sets))].reset_index(drop=True)
     own["lead_id"] = np.repeat(ids, len(activities))
-    added = [(scenario_id, kind) for scenario_id, (_, steps, _) in zip(ids, keys, strict=True) for kind in steps]
+    added = [(scenario_id, kind) for scenario_id, steps in zip(ids, step_sets, strict=True) for kind in steps]
     moment = (as_of - pd.Timedelta(hours=1)).isoformat()
     added_rows = pd.DataFrame(added, columns=["lead_id", "activity_type"]).assign(occurred_at=moment)
     acts = pd.concat([own, added_rows], ignore_index=True).fillna("")
     moments = pd.Series([as_of] * len(frame))
     features, context, positions, _ = prepare_crm_leads(model, frame, acts, moments, strict=False, day_first=day_first)
-    scored = score_features(model, features, context, moments.iloc[positions], with_reasons=False)
-    for i, column in enumerate(("answers", "steps", "scenario")):
-        scored[column] = [keys[p][i] for p in positions]
-    return features, scored
+    features, context = features.reset_index(drop=True), context.reset_index(drop=True)
+    moments = moments.iloc[positions].reset_index(drop=True)
+    scored = score_features(model, features, context, moments, with_reasons=False)
+    scored["steps"] = [step_sets[p] for p in positions]
+    scored["scenario"] = positions
+    return _Scenarios(features, context, moments, scored)
+
+
+def _with_answers(
+    model: LoadedModel, base: _Scenarios, lead: pd.DataFrame, chosen: list[tuple[str, ...]], day_first: bool | None
+) -> pd.DataFrame:
+    """`base`'s scenarios with each set of BANT answers confirmed, scored in one call, with an
+    `answers` column. Only the BANT features differ from `base`'s, so they are built from the
+    lead's row alone and put on `base`'s (a lead's whole history once per choice cost seconds)."""
+    rows = pd.concat([lead.assign(**dict.fromkeys(fields, "confirmed")) for fields in chosen], ignore_index=True)
+    rows["lead_id"] = [f"answers#{i}" for i in range(len(rows))]
+    moments = pd.Series([base.moments.iloc[0]] * len(rows))
+    own, _, _, _ = prepare_crm_leads(model, rows, pd.DataFrame(columns=["lead_id", "occurred_at", "activity_type"]),
+                                     moments, strict=False, day_first=day_first)  # fmt: skip
+    bant_columns = [c for c in (*BANT_FIELDS, "bant_confirmed") if c in base.features]
+    features = pd.concat([base.features] * len(chosen), ignore_index=True)
+    for column in bant_columns:
+        features[column] = np.repeat(own[column].to_numpy(dtype=object), len(base.features))
+    context = pd.concat([base.context] * len(chosen), ignore_index=True)
+    moments = pd.concat([base.moments] * len(chosen), ignore_index=True)
+    scored = score_features(model, features, context, moments, with_reasons=False)
+    scored["answers"] = [fields for fields in chosen for _ in range(len(base.features))]
+    scored["steps"] = list(base.scored["steps"]) * len(chosen)
+    scored["scenario"] = list(base.scored["scenario"]) * len(chosen)
+    return scored
 
 
 def _fewest_steps(scenarios: pd.DataFrame) -> pd.DataFrame:
@@ -169,35 +201,38 @@ def _unconfirmed(lead: pd.DataFrame) -> list[str]:
     return [f if answers[f] != "not" else f"{f} (answered no)" for f in _open_bant(lead)]
 
 
-def _bant_path(answered: pd.DataFrame, now: pd.Series, short: int, open_fields: list[str]) -> PathToSql | None:
-    """The fewest steps that, with `short` more BANT answers confirmed, make the lead SQL:
-    whichever answers a call confirms if such steps exist, else with the answers named; None
-    when no choice of answers and steps does."""
-    answers = f"{short} more BANT answer{'s' if short > 1 else ''}"
+def _bant_path(
+    answered: pd.DataFrame, now: pd.Series, count: int, choices: int, open_fields: list[str]
+) -> PathToSql | None:
+    """The fewest steps that, with `count` more BANT answers confirmed (`choices` ways to pick
+    them), make the lead SQL: whichever answers a call confirms if such steps exist, else with the
+    answers named; None when no choice of answers and steps does."""
+    answers = f"{count} more BANT answer{'s' if count > 1 else ''}"
     still_open = f"(not yet confirmed: {', '.join(open_fields)})"
     sql = answered["stage"].eq("SQL")
     every = sql.groupby(answered["scenario"]).transform("all")
-    if every.any():
+    if every.any() and choices > 1:
         # The score the lead would reach at least, whichever answers get confirmed.
         lowest = answered[every].groupby("scenario")["score"].min()
         candidates = answered[every].drop_duplicates("scenario").assign(score=lambda t: t["scenario"].map(lowest))
         best = _fewest_steps(candidates).iloc[0]
-        score = f"score {best['score']:.0f} or more"
+        score = f"score {math.floor(best['score'])} or more"
         if not best["steps"]:
             text = f"Confirm {answers} on a call {still_open}: whichever they are, the lead is then SQL ({score})."
         else:
             text = (f"With {_words(best['steps'])}, plus {answers} confirmed on a call {still_open}, the lead "
                     f"would become SQL whichever they are ({score}; now {now['score']:.0f}, "
                     f"{now['stage']}).")  # fmt: skip
-        return PathToSql(tuple(best["steps"]), float(best["score"]), text, bant_needed=short)
+        return PathToSql(tuple(best["steps"]), float(best["score"]), text, bant_needed=count)
     if not sql.any():
         return None
     best = _fewest_steps(answered[sql]).iloc[0]
     named = " and ".join(best["answers"])
     steps = f"With {_words(best['steps'])}, plus" if best["steps"] else "With"
+    other = "" if choices == 1 else "; other answers than these might not do"
     text = (f"{steps} {named} confirmed on a call {still_open}, the lead would score {best['score']:.0f} and "
-            f"become SQL (now {now['score']:.0f}, {now['stage']}); not every {short} answers would do.")  # fmt: skip
-    return PathToSql(tuple(best["steps"]), float(best["score"]), text, bant_needed=short)
+            f"become SQL (now {now['score']:.0f}, {now['stage']}){other}.")  # fmt: skip
+    return PathToSql(tuple(best["steps"]), float(best["score"]), text, bant_needed=count)
 
 
 def _words(steps: tuple[str, ...]) -> str:
