@@ -416,6 +416,27 @@ def test_path_to_sql_is_checked_with_the_model(champion, scores_dir):
             assert f"{column} {value.strip()}" in missed, told
 
 
+def _scored_whole(champion, rows: pd.DataFrame, acts: pd.DataFrame, scenarios: list) -> pd.DataFrame:
+    """Each (BANT answers confirmed, steps added) scenario of a lead built whole, as a lead of its
+    own with its history, and scored: the reference `path_to_sql` is checked against."""
+    from serving.scoring import prepare_crm_leads, score_features
+
+    moment = (AS_OF - pd.Timedelta(hours=1)).isoformat()
+    lead_rows, act_rows = [], []
+    for i, (answers, steps) in enumerate(scenarios):
+        lead_rows.append(rows.assign(lead_id=f"s{i}", **dict.fromkeys(answers, "confirmed")))
+        act_rows.append(acts.assign(lead_id=f"s{i}"))
+        act_rows += [pd.DataFrame({"lead_id": [f"s{i}"], "occurred_at": [moment], "activity_type": [k]}) for k in steps]
+    moments = pd.Series([AS_OF] * len(lead_rows))
+    features, context, positions, _ = prepare_crm_leads(
+        champion, pd.concat(lead_rows, ignore_index=True), pd.concat(act_rows, ignore_index=True).fillna(""),
+        moments, strict=False,
+    )  # fmt: skip
+    scored = score_features(champion, features, context, moments.iloc[positions], with_reasons=False)
+    scored["steps"] = [scenarios[p][1] for p in positions]
+    return scored
+
+
 def test_path_to_sql_scores_the_bant_answers_a_call_must_get(champion, scores_dir):
     """A lead that engagement alone cannot make SQL because BANT answers are missing is told how
     many to confirm and the fewest steps that, with any such answers, make it SQL. The answers
@@ -424,7 +445,6 @@ def test_path_to_sql_scores_the_bant_answers_a_call_must_get(champion, scores_di
     from itertools import combinations
 
     from features.schema import BANT_FIELDS
-    from serving.scoring import prepare_crm_leads, score_features
     from serving.snapshots import latest_two
     from serving.whatif import ACTIONS, path_to_sql
 
@@ -441,23 +461,8 @@ def test_path_to_sql_scores_the_bant_answers_a_call_must_get(champion, scores_di
 
     # Scored apart, one scenario at a time: each set of fewer steps, and the one said, with each choice of answers.
     sets = [steps for size in range(len(result.steps)) for steps in combinations(ACTIONS, size)] + [result.steps]
-    moment = (AS_OF - pd.Timedelta(hours=1)).isoformat()
-    lead_rows, act_rows, tried = [], [], []
-    for steps in sets:
-        for chosen in combinations(BANT_FIELDS, needed):
-            scenario = f"s{len(tried)}"
-            tried.append(steps)
-            lead_rows.append(rows.assign(lead_id=scenario, **dict.fromkeys(chosen, "confirmed")))
-            act_rows.append(acts.assign(lead_id=scenario))
-            act_rows += [pd.DataFrame({"lead_id": [scenario], "occurred_at": [moment], "activity_type": [k]})
-                         for k in steps]  # fmt: skip
-    moments = pd.Series([AS_OF] * len(tried))
-    features, context, positions, _ = prepare_crm_leads(
-        champion, pd.concat(lead_rows, ignore_index=True), pd.concat(act_rows, ignore_index=True).fillna(""),
-        moments, strict=False,
-    )  # fmt: skip
-    scored = score_features(champion, features, context, moments.iloc[positions], with_reasons=False)
-    scored["steps"] = [tried[p] for p in positions]
+    scenarios = [(chosen, steps) for steps in sets for chosen in combinations(BANT_FIELDS, needed)]
+    scored = _scored_whole(champion, rows, acts, scenarios)
     said = scored[scored["steps"] == result.steps]
     assert len(said) == len(list(combinations(BANT_FIELDS, needed))) and (said["stage"] == "SQL").all()
     assert said["score"].min() == pytest.approx(result.score)  # the score reached whichever answers
@@ -472,7 +477,6 @@ def test_path_to_sql_scores_answers_as_a_lead_built_whole_would_score(champion, 
     from itertools import combinations
 
     from features.schema import BANT_FIELDS
-    from serving.scoring import prepare_crm_leads, score_features
     from serving.snapshots import latest_two
     from serving.whatif import _score_steps, _with_answers
 
@@ -482,18 +486,7 @@ def test_path_to_sql_scores_answers_as_a_lead_built_whole_would_score(champion, 
     rows = rows.assign(**{**dict.fromkeys(BANT_FIELDS, ""), "budget": "not"})
     chosen = list(combinations(BANT_FIELDS, 2))
     fast = _with_answers(champion, _score_steps(champion, rows, acts, AS_OF, None), rows, chosen, None)
-    moment = (AS_OF - pd.Timedelta(hours=1)).isoformat()
-    lead_rows, act_rows = [], []
-    for i, (answers, steps) in enumerate(zip(fast["answers"], fast["steps"], strict=True)):
-        lead_rows.append(rows.assign(lead_id=f"s{i}", **dict.fromkeys(answers, "confirmed")))
-        act_rows.append(acts.assign(lead_id=f"s{i}"))
-        act_rows += [pd.DataFrame({"lead_id": [f"s{i}"], "occurred_at": [moment], "activity_type": [k]}) for k in steps]
-    moments = pd.Series([AS_OF] * len(lead_rows))
-    features, context, positions, _ = prepare_crm_leads(
-        champion, pd.concat(lead_rows, ignore_index=True), pd.concat(act_rows, ignore_index=True).fillna(""),
-        moments, strict=False,
-    )  # fmt: skip
-    whole = score_features(champion, features, context, moments.iloc[positions], with_reasons=False)
+    whole = _scored_whole(champion, rows, acts, list(zip(fast["answers"], fast["steps"], strict=True)))
     assert len(whole) == len(fast) == 64 * len(chosen)
     assert whole["score"].tolist() == fast["score"].tolist()
     assert whole["stage"].tolist() == fast["stage"].tolist()
