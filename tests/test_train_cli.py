@@ -231,6 +231,23 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
     typo = leadscore("score", str(small_crm_dir), "-o", str(scores), "--model-name", "crm-model",
                      "--as-of", "2999-01-01", store=store)  # fmt: skip
     assert typo.returncode == 2 and "--as-of 2999-01-01: outside the years 1900-2200" in typo.stderr
+    # --engine dask from the command line: a European copy of the export is scored, and said to be misread
+    # as --engine local says it (the dask engine said nothing).
+    euro = tmp_path / "euro"
+    euro.mkdir()
+    leads = pd.read_csv(small_crm_dir / "leads.csv", dtype=str, keep_default_na=False)
+    revenue = leads["annual_revenue"].str.replace(",", ".", regex=False)
+    leads.assign(annual_revenue=revenue.mask(revenue.str.fullmatch(r"\d+"), revenue + ",50")).to_csv(
+        euro / "leads.csv", index=False
+    )
+    for table in ("activities.csv", "outcomes.csv"):
+        (euro / table).write_bytes((small_crm_dir / table).read_bytes())
+    on_dask = leadscore("score", str(euro), "-o", str(tmp_path / "dask_out"), "--engine", "dask", "--partitions", "2",
+                        "--model-name", "crm-model", "--as-of", "2026-01-01", store=store)  # fmt: skip
+    said = " ".join(on_dask.stdout.split())
+    assert on_dask.returncode == 0, on_dask.stdout + on_dask.stderr
+    assert "this file writes decimal commas, unlike the model's training export" in said, said
+    assert len(pd.read_parquet(tmp_path / "dask_out" / "scores")) > 0
     # Activities of other leads (another export's file) leave these leads just as unengaged.
     others = tmp_path / "others.csv"
     activities = pd.read_csv(small_crm_dir / "activities.csv", dtype=str)
