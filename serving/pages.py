@@ -472,12 +472,12 @@ SUMMARY_LEADS = 400
 SUMMARY_FACTORS = 10
 
 
-def shap_summary(model: LoadedModel, snapshot: Snapshot | None) -> tuple[str, list[str]]:
-    """Beeswarm of the champion's SHAP values (score points) on leads of the latest scoring, and
-    what its colours say in words, one sentence per factor (a reader who cannot tell blue from
-    red, or hears the page, gets the direction too)."""
+def shap_summary(model: LoadedModel, snapshot: Snapshot | None) -> tuple[str, list[str], int]:
+    """Beeswarm of the champion's SHAP values (score points) on leads of the latest scoring, what
+    its colours say in words, one sentence per factor (a reader who cannot tell blue from red, or
+    hears the page, gets the direction too), and how many leads it shows."""
     if snapshot is None or model.kind != "crm" or snapshot.leads.empty:
-        return "", []
+        return "", [], 0
     leads = snapshot.leads.sample(min(SUMMARY_LEADS, len(snapshot.leads)), random_state=0).reset_index(drop=True)
     ids = set(leads["lead_id"].str.strip())
     acts = snapshot.activities[snapshot.activities["lead_id"].str.strip().isin(ids)]
@@ -486,7 +486,7 @@ def shap_summary(model: LoadedModel, snapshot: Snapshot | None) -> tuple[str, li
         model, leads, acts, moments, strict=False, day_first=snapshot.meta.get("day_first")
     )
     if features.empty:
-        return "", []
+        return "", [], 0
     contributions, base = explain_frame(model, features)
     points = contributions[:, :-1] * points_per_logit(model.scorer, contributions.sum(axis=1), base)[:, None]
     matrix = model_matrix(model, features)
@@ -504,7 +504,7 @@ def shap_summary(model: LoadedModel, snapshot: Snapshot | None) -> tuple[str, li
         )  # fmt: skip
         words.append(f"{plain_name(name)}: {effect}")
     names = [plain_name(model.scorer.spec.columns[j]) for j in top]
-    return beeswarm(names, [points[:, j] for j in top], colours), words
+    return beeswarm(names, [points[:, j] for j in top], colours), words, len(features)
 
 
 # A factor's values and its effects move together (or against each other) at least this much,
@@ -566,7 +566,7 @@ def model_view(model: LoadedModel, snapshot: Snapshot | None = None) -> dict:
         ("base_rate", "conversion rate", "{:.1%}"),
     ]
     importance = sorted(evaluation.get("importance", {}).items(), key=lambda kv: -kv[1])[:15]
-    summary_chart, summary_words = shap_summary(model, snapshot)
+    summary_chart, summary_words, summary_leads = shap_summary(model, snapshot)
     curve = evaluation.get("calibration", [])
     return {
         "title": "Model",
@@ -593,7 +593,7 @@ def model_view(model: LoadedModel, snapshot: Snapshot | None = None) -> dict:
         ),
         "lift_chart": _decile_chart(evaluation.get("lift_by_decile", []), "lift", "lift", 1.0, "{:.1f}x"),
         "summary_chart": summary_chart,
-        "summary_leads": min(SUMMARY_LEADS, 0 if snapshot is None else len(snapshot.leads)),
+        "summary_leads": summary_leads,  # the sample's leads the model could read
         "summary_sampled": snapshot is not None and len(snapshot.leads) > SUMMARY_LEADS,
         "summary_words": summary_words,
         "criteria": _criteria_rows(model),

@@ -354,6 +354,9 @@ def test_model_page(page, server):
     # Refit on training and validation together: why the training window holds the calibration one.
     assert "(the validation period included) · calibrated on" in text, text[:600]
     assert "How each factor moves scores" in text, text[-300:]
+    # The beeswarm says how many leads it shows, and that its ranges are a sample's when they are.
+    shown = re.search(r"On (\d+) leads of the latest scoring \((a sample drawn alike each time|all of them)", text)
+    assert shown and 0 < int(shown.group(1)) <= 400, text[text.index("How each factor") :][:1500]
     # What the beeswarm's colours say, in words: one line per factor it shows.
     words = page.locator("#words-h + ul li").all_inner_texts()
     assert len(words) == 10 and any("higher values raise the score" in line for line in words), words
