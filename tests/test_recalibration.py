@@ -97,6 +97,14 @@ def test_a_dry_run_changes_nothing(export, settings, champion, tmp_path):
     assert f"Newest snapshot whose outcome is known: {summary['newest_labelled_snapshot']}" in report
 
 
+def test_the_shortest_window_allowed_has_a_training_period(export, settings, champion):
+    """The least `recalibration.window_days` the check allows trains (a first check was a horizon
+    short: 211-239 days passed it and left the training split empty)."""
+    params = load_params(**settings, **{"recalibration.window_days": 270})
+    summary = recalibrate(params, model_name=MODEL, data=export, as_of=LATER, dry_run=True)
+    assert summary["decision"] == "dry run", summary.get("why")
+
+
 def test_if_drifted_skips_quietly_below_the_thresholds(export, settings, champion, tmp_path):
     quiet = {"recalibration.feature_psi_threshold": 100.0, "recalibration.score_psi_threshold": 100.0,
              "recalibration.conversion_shift_threshold": 1.0}  # fmt: skip
@@ -172,9 +180,9 @@ def test_recalibration_detects_drift_moves_thresholds_and_promotes(export, setti
         recalibrate(load_params(**settings), model_name=MODEL, data=export, as_of=ends - pd.Timedelta(days=365))
     assert typo.value.exit_code == 2
     # A window that cannot hold the horizon, a test and a validation period is named as the setting it is.
-    with pytest.raises(RecalibrationError, match=r"recalibration\.window_days: 150 days leave no training") as short:
-        recalibrate(load_params(**settings, **{"recalibration.window_days": 150}), model_name=MODEL, data=export)
-    assert "make it more than 210" in str(short.value) and short.value.exit_code == 2
+    with pytest.raises(RecalibrationError, match=r"recalibration\.window_days: 269 days leave no training") as short:
+        recalibrate(load_params(**settings, **{"recalibration.window_days": 269}), model_name=MODEL, data=export)
+    assert "make it at least 270" in str(short.value) and short.value.exit_code == 2
 
 
 def test_two_recalibrations_cannot_run_at_once(export, settings, champion):

@@ -142,14 +142,19 @@ def recalibrate(
                 f"no --data: {model_name}'s champion was trained on {trained_on}, not on the embedded synthetic "
                 "export; give --data with the folder your CRM export lands in"
             )
-        held = params.features.horizon_days + params.split.test_days + params.split.valid_days
-        if settings.window_days <= held:
-            # Said before the export is read: an empty training split would be blamed on the export.
+        # From the export's end back: the newest snapshot up to a horizon and a snapshot's spacing
+        # before it, the test and validation periods, then a training snapshot needs its own
+        # horizon before validation starts. Said before the export is read: an empty training
+        # split would be blamed on the export.
+        features = params.features
+        needed = 2 * features.horizon_days + features.snapshot_days + params.split.test_days + params.split.valid_days
+        if settings.window_days < needed:
             raise RecalibrationError(
-                f"recalibration.window_days: {settings.window_days} days leave no training period after the horizon "
-                f"(features.horizon_days {params.features.horizon_days}), the test period (split.test_days "
+                f"recalibration.window_days: {settings.window_days} days leave no training period: the window needs "
+                f"twice the horizon (features.horizon_days {features.horizon_days}), a snapshot's spacing "
+                f"(features.snapshot_days {features.snapshot_days}), the test period (split.test_days "
                 f"{params.split.test_days}) and the validation period (split.valid_days {params.split.valid_days}): "
-                f"make it more than {held} in params.yaml"
+                f"make it at least {needed} in params.yaml"
             )
         directory = data or ensure_embedded_data(params, reporter)
         if data is None:
