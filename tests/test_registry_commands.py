@@ -192,6 +192,22 @@ def test_criteria_says_when_it_would_replace_thresholds_a_recalibration_fitted(r
     applied = _run("criteria", "--apply", params=strict)
     assert applied.returncode == 0 and "--apply replaces them" in " ".join(applied.stdout.split())
     assert load_champion(CHAMPION_NAME).scorer.metadata["job"] == "criteria"  # the file's thresholds now
+    quiet = _run("criteria", params=params_file("other-rules.yaml", **{**STRICT, "criteria.mql.min_score": 80}))
+    assert quiet.returncode == 0 and "fitted to the data by a recalibration" not in quiet.stdout, quiet.stdout
+
+    # A champion a recalibration registered before models kept the job (rules put on it since that
+    # left its thresholds alone): its training run's tag tells.
+    current = load_champion(CHAMPION_NAME)
+    kept = current.scorer
+    older = {k: v for k, v in kept.metadata.items() if k != "job"}
+    MlflowClient().set_tag(older["run_id"], "leadscore.job", "recalibrate")
+    unmarked = dataclasses.replace(current, scorer=LeadScorer(kept.booster, kept.spec, kept.calibrator, older))
+    register_with_rules(unmarked, current.criteria.model_dump(mode="json"), kept.metadata["grade_bands"], [],
+                        load_params(strict), Reporter())  # fmt: skip
+    assert "job" not in load_champion(CHAMPION_NAME).scorer.metadata
+    assert load_champion(CHAMPION_NAME).scorer.metadata["rules"]["changes"] == []
+    told = _run("criteria", params=params_file("other-rules.yaml", **{**STRICT, "criteria.mql.min_score": 80}))
+    assert told.returncode == 0 and "were fitted to the data by a recalibration" in " ".join(told.stdout.split())
 
 
 def test_a_flat_model_keeps_the_mql_score_its_training_fitted(params):

@@ -1608,6 +1608,7 @@ def criteria(
         register_with_rules,
         retrain_only_changes,
         rule_differences,
+        thresholds_job,
         with_rules,
     )
 
@@ -1645,7 +1646,7 @@ def criteria(
         table.add_row(change.name, escape(_shown_rule(change.old)), escape(_shown_rule(change.new)))
     console.print(table)
     fitted = fitted_changes(changes)
-    if fitted and model.scorer.metadata.get("job") == "recalibrate":
+    if fitted and thresholds_job(model) == "recalibrate":
         console.print(f"[yellow]v{model.version}'s {', '.join(fitted)} were fitted to the data by a recalibration; "
                       f"{'--apply replaces' if apply else 'applying would replace'} them with {source}'s (copy "
                       f"v{model.version}'s into the file to keep them)[/yellow]")  # fmt: skip

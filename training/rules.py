@@ -18,6 +18,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
@@ -27,7 +28,7 @@ from serving.batch import score_batch
 from serving.scoring import LoadedModel
 from serving.snapshots import Snapshot
 from training.evaluate import conversion_by_grade_from_counts
-from training.pipeline import flat_rules, git_commit, run_tags, use_experiment
+from training.pipeline import JOB_TAG, flat_rules, git_commit, run_tags, use_experiment
 from training.progress import Reporter
 from training.register import ChampionMoved, describe_version, log_bundle, promote
 
@@ -81,6 +82,24 @@ FITTED_RULES = ("criteria.mql.min_score", "criteria.sql.min_score")
 def fitted_changes(changes: list[RuleChange]) -> list[str]:
     """The changes of rules a recalibration fits to the data, by name."""
     return [c.name for c in changes if c.name in FITTED_RULES or c.name.startswith("grades.")]
+
+
+def thresholds_job(model: LoadedModel) -> str | None:
+    """The job that set the model's thresholds: "train", "recalibrate" or "criteria". A model
+    from before the bundle kept it: "criteria" when the rules last put on it changed them, else
+    its training run's tag."""
+    metadata = model.scorer.metadata
+    if "job" in metadata:
+        return metadata["job"]
+    put_on = [str(change).split(": ")[0] for change in (metadata.get("rules") or {}).get("changes", [])]
+    if any(name in FITTED_RULES or name.startswith("grades.") for name in put_on):
+        return "criteria"
+    if not metadata.get("run_id"):
+        return None
+    try:
+        return MlflowClient().get_run(metadata["run_id"]).data.tags.get(JOB_TAG)
+    except MlflowException:  # the run deleted, or another store's
+        return None
 
 
 def retrain_only_changes(model: LoadedModel, params: Params) -> list[RuleChange]:
