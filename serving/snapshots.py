@@ -100,6 +100,18 @@ def list_snapshots(directory: Path | None = None, model_name: str | None = None)
     return found if model_name is None else [p for p in found if _model_of(p) == model_name]
 
 
+def latest_count(model_name: str, directory: Path | None = None) -> int | None:
+    """How many leads the model's latest kept scoring holds (read from the file's footer, not
+    the file), or None when it has none."""
+    import pyarrow.parquet as pq
+
+    found = list_snapshots(directory, model_name)
+    try:
+        return pq.ParquetFile(found[-1] / "scores.parquet").metadata.num_rows if found else None
+    except (OSError, ValueError):  # removed meanwhile, or not readable: nothing to compare with
+        return None
+
+
 def _model_of(path: Path) -> str | None:
     try:
         return json.loads((path / "meta.json").read_text()).get("model_name", "")

@@ -179,6 +179,22 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
     by_number = leadscore("score", str(small_crm_dir), "-o", str(scores), "--model-version", "3", "--snapshot",
                           "--model-name", "crm-model", "--as-of", "2026-01-01", store=store)  # fmt: skip
     assert by_number.returncode == 0 and "Kept for the pages" in by_number.stdout, by_number.stdout + by_number.stderr
+    # A lead scored to try something does not replace the digest of the whole export, unless asked.
+    one = tmp_path / "one_lead"
+    one.mkdir()
+    all_acts = pd.read_csv(small_crm_dir / "activities.csv", dtype=str, keep_default_na=False)
+    engaged = all_acts.loc[all_acts["occurred_at"].str.startswith("2025-0"), "lead_id"].iloc[0]
+    all_leads = pd.read_csv(small_crm_dir / "leads.csv", dtype=str, keep_default_na=False)
+    all_leads[all_leads["lead_id"] == engaged].to_csv(one / "leads.csv", index=False)
+    all_acts[all_acts["lead_id"] == engaged].to_csv(one / "activities.csv", index=False)
+    tried = leadscore("score", str(one), "-o", str(tmp_path / "one.csv"), "--model-name", "crm-model",
+                      "--as-of", "2026-01-01", store=store)  # fmt: skip
+    said = " ".join(tried.stdout.split())
+    assert tried.returncode == 0 and "not kept for the pages, where it would replace the latest scoring of" in said
+    assert "with 1 lead (--snapshot keeps it)" in said and "Kept for the pages" not in said, said
+    asked = leadscore("score", str(one), "-o", str(tmp_path / "one.csv"), "--model-name", "crm-model",
+                      "--as-of", "2026-01-01", "--snapshot", store=store)  # fmt: skip
+    assert asked.returncode == 0 and "Kept for the pages" in asked.stdout, asked.stdout + asked.stderr
     # An alias that names no version: only the error, not a word on the pages first.
     no_alias = leadscore("score", str(small_crm_dir), "-o", str(scores), "--model-version", "challenger",
                          "--model-name", "crm-model", store=store)  # fmt: skip

@@ -836,6 +836,11 @@ def _port_problem(host: str, port: int) -> str | None:
     return None
 
 
+# A scoring of fewer than a tenth of the leads of the model's latest kept one is not kept unless
+# asked for: it would replace the pages' whole digest.
+SHRUNK_SCORING = 10
+
+
 @app.command()
 def score(
     source: Annotated[
@@ -861,8 +866,8 @@ def score(
             "--snapshot/--no-snapshot",
             help="Keep this scoring for the pages (under LEADSCORE_SCORES_DIR, default models/scores); by default "
             "kept unless scored with a --model-version other than the champion's or with --engine dask, given no "
-            "activity of the leads (before --as-of), with an --as-of in the future, when no lead was scored, or the "
-            "folder cannot be written",
+            "activity of the leads (before --as-of), with an --as-of in the future, when no lead was scored, with "
+            "fewer than a tenth of the leads of the latest kept scoring, or the folder cannot be written",
             show_default=False,
         ),
     ] = None,
@@ -907,7 +912,7 @@ def score(
         write_table,
     )
     from serving.scoring import AliasMissing, ModelNotReady, load_chosen
-    from serving.snapshots import scores_dir, write_snapshot
+    from serving.snapshots import latest_count, scores_dir, write_snapshot
 
     _quiet_libraries()
     params = _params()
@@ -991,6 +996,13 @@ def score(
         # An empty scoring (a mistyped --as-of year, a file of closed leads) must not replace
         # the pages' latest one, and a scheduled job must see that nothing was scored.
         snapshot = snapshot and not result.scored.empty
+        before = latest_count(model.name) if snapshot and asked_for_snapshot is None else None
+        if before and len(result.scored) * SHRUNK_SCORING < before:
+            # A lead or two scored to try something would leave the team's digest showing them alone.
+            console.print(f"[dim]not kept for the pages, where it would replace the latest scoring of "
+                          f"{_leads(before)} with {_leads(len(result.scored))} "
+                          "(--snapshot keeps it)[/dim]")  # fmt: skip
+            snapshot = False
     except AliasMissing as exc:
         hint = "; --model-version N scores with a registered version anyway" if model_version is None else ""
         _fail(f"{exc}{hint}")
