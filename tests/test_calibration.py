@@ -25,3 +25,23 @@ def test_calibrator_round_trips_through_plain_numbers():
     c = Calibrator("isotonic", x=[-1.0, 0.0, 2.0], y=[0.1, 0.2, 0.9])
     again = Calibrator.from_dict(c.to_dict())
     assert np.allclose(again.apply(np.array([-5, -0.5, 1.0, 9])), [0.1, 0.15, 0.55, 0.9])
+
+
+def test_lift_by_decile_does_not_depend_on_the_order_of_tied_scores():
+    """Isotonic calibration gives many leads one probability; cutting them at a decile's edge by
+    row order changed the top decile's lift with the order of the rows."""
+    from training.evaluate import lift_by_decile
+
+    rng = np.random.default_rng(3)
+    probability = np.round(rng.beta(1, 6, 1994), 2)  # about 40 distinct scores, as isotonic gives
+    label = (rng.random(1994) < probability).astype(int)
+    first = lift_by_decile(label, probability)
+    order = rng.permutation(len(label))
+    np.testing.assert_allclose(lift_by_decile(label[order], probability[order]).to_numpy(), first.to_numpy())
+    np.testing.assert_allclose(first["leads"], 199.4)
+    assert abs(first["conversions"].sum() - label.sum()) < 1e-9
+    # Untied scores give each decile its own leads, as ranking them one by one does.
+    untied = rng.random(1000)
+    ranked = lift_by_decile(label[:1000], untied)
+    by_rank = np.argsort(-untied).reshape(10, 100)
+    np.testing.assert_allclose(ranked["conversions"], label[:1000][by_rank].sum(axis=1))

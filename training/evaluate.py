@@ -39,18 +39,36 @@ def ece_noise_floor(probability: np.ndarray, bins: int = 10, draws: int = 200, s
 
 
 def lift_by_decile(label: np.ndarray, probability: np.ndarray) -> pd.DataFrame:
-    """Conversion rate and lift per score decile, best decile first (1 = top 10%)."""
-    frame = pd.DataFrame({"y": label, "p": probability})
-    ranks = frame["p"].rank(method="first", ascending=False)
-    frame["decile"] = np.ceil(ranks / len(frame) * 10).clip(1, 10).astype(int)
-    table = frame.groupby("decile").agg(
-        leads=("y", "size"),
-        conversions=("y", "sum"),
-        rate=("y", "mean"),
-        mean_probability=("p", "mean"),
+    """Conversion rate and lift per score decile, best decile first (1 = top 10%).
+
+    Leads of one score that straddle a decile's edge are shared between the deciles in
+    proportion (so `leads` and `conversions` may be fractional): isotonic calibration gives
+    hundreds of test leads one probability, and cutting them by row order moved the top
+    decile's lift from 4.0 to 4.45 on one test set.
+    """
+    y = np.asarray(label, dtype=float)
+    p = np.asarray(probability, dtype=float)
+    descending, group = np.unique(-p, return_inverse=True)
+    size = np.bincount(group).astype(float)
+    end = np.cumsum(size)
+    start = end - size
+    edges = np.arange(11) * len(p) / 10
+    # Each score's places [start, end) in the ranking, in each decile's [edge, next edge).
+    overlap = np.clip(np.minimum(end[:, None], edges[None, 1:]) - np.maximum(start[:, None], edges[None, :-1]), 0, None)
+    share = overlap / size[:, None]
+    leads = overlap.sum(axis=0)
+    conversions = share.T @ np.bincount(group, weights=y)
+    table = pd.DataFrame(
+        {
+            "decile": np.arange(1, 11),
+            "leads": leads,
+            "conversions": conversions,
+            "rate": np.divide(conversions, leads, out=np.full(10, np.nan), where=leads > 0),
+            "mean_probability": np.divide(overlap.T @ -descending, leads, out=np.full(10, np.nan), where=leads > 0),
+        }
     )
-    table["lift"] = table["rate"] / frame["y"].mean() if frame["y"].mean() > 0 else np.nan
-    return table.reset_index()
+    table["lift"] = table["rate"] / y.mean() if y.mean() > 0 else np.nan
+    return table[table["leads"] > 0].reset_index(drop=True)
 
 
 def conversion_by_grade(
