@@ -708,6 +708,28 @@ def ends_with_line_break(path: Path) -> bool:
         return handle.read(1) in (b"\n", b"\r")
 
 
+def history_end(leads: pd.DataFrame, outcomes: pd.DataFrame) -> pd.Timestamp:
+    """The end of what a training export has seen: the day after its newest lead or close.
+
+    Activities do not move it: a CRM exports meetings booked ahead with the history, and an end
+    moved past the export's day would label the newest snapshots "not converted" over days
+    whose closes the export cannot hold (one meeting three weeks ahead gave half a test period
+    no converted lead). A close or a lead's creation is never booked ahead.
+    """
+    moments = [leads["created_at"].max(), outcomes["closed_at"].max()]
+    return max(m for m in moments if pd.notna(m)).ceil("D")
+
+
+def booked_ahead_note(export_end: pd.Timestamp, newest: pd.Timestamp, rows: int | None = None) -> str:
+    """The note of activities dated on or after a history's end (`rows` of them, when counted)."""
+    counted = "activities" if rows is None else f"{rows:,} activit{'y' if rows == 1 else 'ies'}"
+    return (
+        f"{TABLE_FILES['activities']}: {counted} dated on or after {export_end:%Y-%m-%d} (up to {newest:%Y-%m-%d}), "
+        "after the newest lead and outcome, read as booked ahead: the export's history is taken to end on "
+        f"{export_end:%Y-%m-%d}, and no snapshot's horizon runs past it"
+    )
+
+
 def no_usable_activity(rows: int) -> str:
     """The note of an export whose activities.csv (`rows` rows) gives no lead any activity."""
     return (
@@ -1141,17 +1163,15 @@ def load_crm(
     )
     if activities.empty:
         quarantine.note(no_usable_activity(len(raw_acts)))
-    moments = [
-        leads["created_at"].max(),
-        activities["occurred_at"].max(),
-        outcomes["closed_at"].max(),
-    ]
-    last = max(m for m in moments if pd.notna(m))
+    export_end = history_end(leads, outcomes)
+    ahead = activities["occurred_at"] >= export_end
+    if ahead.any():
+        quarantine.note(booked_ahead_note(export_end, activities.loc[ahead, "occurred_at"].max(), int(ahead.sum())))
     return CrmData(
         leads=leads.drop(columns="_row"),
         activities=activities.drop(columns="_row"),
         outcomes=outcomes,
-        export_end=last.ceil("D"),
+        export_end=export_end,
         quarantine=quarantine,
         data_hash=hash_files(paths.values()),
         source=str(directory),

@@ -256,7 +256,11 @@ def test_training_features_on_dask_equal_the_single_process_dataset(client, smal
     untyped = acts.loc[[newest]].assign(
         activity_type="", occurred_at=(occurred[newest] + pd.Timedelta(days=3)).isoformat()
     )
-    acts = pd.concat([acts, untyped], ignore_index=True)
+    # A meeting booked ahead, three weeks after: neither path may end the export there either.
+    ahead = acts.loc[[newest]].assign(
+        activity_type="meeting", occurred_at=(occurred[newest] + pd.Timedelta(days=21)).isoformat()
+    )
+    acts = pd.concat([acts, untyped, ahead], ignore_index=True)
     # Numeric dates whose order only one activity says: each partition decided its own.
     (one_decisive_date(acts) if dates == "one decisive" else acts).to_csv(tmp_path / "activities.csv", index=False)
     outcomes = pd.read_csv(small_crm_dir / "outcomes.csv", dtype=str, keep_default_na=False)
@@ -296,6 +300,12 @@ def test_training_features_on_dask_equal_the_single_process_dataset(client, smal
     assert rows(tuning.quarantine.frame()) == rows(want.quarantine.frame())
     assert (reasons == "missing activity_type").any()
     assert tuning.export_end == want.export_end and tuning.has_activities and want.has_activities
+    assert tuning.export_end <= occurred.max().ceil("D")
+    # Said alike (Dask does not count the rows: its scan of the file sees them before cleaning).
+    booked = [
+        re.sub(r": [\d,]+ activit(y|ies)", ": activities", n) for n in want.quarantine.notes if "booked ahead" in n
+    ]
+    assert len(booked) == 1 and [n for n in tuning.quarantine.notes if "booked ahead" in n] == booked
     # The same rows left out as of the moment, counted in the same words.
     cut = [n for n in want.quarantine.notes if n.startswith("the export as of")]
     assert len(cut) == (as_of is not None) and [n for n in tuning.quarantine.notes if n in cut] == cut

@@ -172,6 +172,30 @@ def test_rows_dated_after_today_are_quarantined_and_do_not_stretch_the_export(tm
     assert crm.export_end == pd.Timestamp("2025-02-01")
 
 
+def test_a_meeting_booked_ahead_does_not_move_the_end_of_the_history(tmp_path):
+    # Exported on 2025-03-01 with a meeting booked for 2025-03-20: an end moved to the meeting
+    # would label the newest snapshots over days whose closes the export cannot hold.
+    _write(
+        tmp_path,
+        {"lead_id": ["A", "B"], "created_at": ["2025-01-01", "2025-02-28 16:00"]},
+        {
+            "lead_id": ["A", "B", "B"],
+            "occurred_at": ["2025-01-05", "2025-03-01 09:00", "2025-03-20 10:00"],
+            "activity_type": ["web_visit", "email_open", "meeting"],
+        },
+        {"lead_id": ["A", "B"], "status": ["converted", "open"], "closed_at": ["2025-02-01", ""]},
+    )
+    crm = load_crm(tmp_path)
+    assert crm.export_end == pd.Timestamp("2025-03-01")
+    assert crm.quarantine.frame().empty  # kept: they are features of later scorings
+    assert len(crm.activities) == 3
+    assert (
+        "activities.csv: 2 activities dated on or after 2025-03-01 (up to 2025-03-20), after the newest lead and "
+        "outcome, read as booked ahead: the export's history is taken to end on 2025-03-01, and no snapshot's "
+        "horizon runs past it"
+    ) in crm.quarantine.notes
+
+
 def test_missing_required_column_names_file_and_column(tmp_path):
     _write(
         tmp_path,

@@ -72,7 +72,7 @@ def test_a_test_set_too_small_to_judge_fails_its_gate(params):
     lucky = {"roc_auc": 1.0, "ece": 0.0, "n": 6, "positives": 4}
     gates = check_gates(params.gates, lucky, 0.9, ChampionCheck(None, None, "no champion yet"))
     small = next(g for g in gates if g.name == "min_test_examples_per_class")
-    assert not small.passed and small.detail == "test rows: 4 converted, 2 lost vs minimum 20 of each"
+    assert not small.passed and small.detail == "test rows: 4 converted, 2 not converted vs minimum 20 of each"
     enough = check_gates(params.gates, {**lucky, "n": 60, "positives": 25}, 0.9, ChampionCheck(None, None, ""))
     assert next(g for g in enough if g.name == "min_test_examples_per_class").passed
 
@@ -206,6 +206,27 @@ def test_a_champion_whose_features_this_engine_cannot_rebuild_is_not_replaced_un
     passing = {"roc_auc": 0.9, "ece": 0.01, "n": 400, "positives": 100}
     gate = next(g for g in check_gates(params.gates, passing, 0.85, check) if g.name == "max_auc_drop_vs_champion")
     assert not gate.passed
+
+
+def test_a_champion_that_learned_from_this_runs_test_leads_is_not_compared_on_them(
+    champion_store, champion, params, monkeypatch
+):
+    """A run on an older cut of the export was gated on the champion's AUC on leads it had
+    learned from (above the Bayes AUC), and failed on that in-sample figure."""
+    from training.register import champion_auc, check_gates
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", champion_store)
+    learned_to = pd.Timestamp(champion.scorer.metadata["training_window"][1])
+    day = pd.Timedelta(days=1)
+    for start, in_sample in ((learned_to - 30 * day, True), (learned_to, True), (learned_to + day, False)):
+        window = (str(start.date()), str((start + 60 * day).date()))
+        check = champion_auc("svc-model", "crm", pd.DataFrame(), np.array([0, 1]), test_window=window,
+                             features_for=lambda settings, technologies: None)  # fmt: skip
+        assert check.uncompared == in_sample and ("it learned from some of these test leads" in check.note) == in_sample
+        if in_sample:
+            gates = check_gates(params.gates, {"roc_auc": 0.9, "ece": 0.01, "n": 400, "positives": 100}, 0.8, check)
+            gate = next(g for g in gates if g.name == "max_auc_drop_vs_champion")
+            assert not gate.passed and f"this run's test period starts {window[0]}" in gate.detail
 
 
 def test_a_leads_file_ending_months_before_the_activities_is_named_as_the_cause(small_crm_dir, tmp_path, params):

@@ -32,6 +32,7 @@ from features.ingest import (
     activities_as_of,
     after_today,
     as_of_note,
+    booked_ahead_note,
     clean_activities,
     clean_leads,
     clean_outcomes,
@@ -39,6 +40,7 @@ from features.ingest import (
     export_date_votes,
     export_folder,
     hash_files,
+    history_end,
     lead_columns_with_values,
     lead_number_formats,
     leads_as_of,
@@ -210,8 +212,9 @@ def prepare_crm_on_dask(
         quarantine.note(no_usable_activity(int(scan["rows"].sum())))
     offsets = np.concatenate([[0], np.cumsum(scan["rows"].to_numpy())]).tolist()
     activities = activities.map_partitions(_number_rows, offsets)
-    moments = [leads["created_at"].max(), scan["last"].max(), outcomes["closed_at"].max()]
-    export_end = max(m for m in moments if pd.notna(m)).ceil("D")
+    export_end = history_end(leads, outcomes)
+    if pd.notna(scan["last"].max()) and scan["last"].max() >= export_end:
+        quarantine.note(booked_ahead_note(export_end, scan["last"].max()))
     # Activities of later leads stay on the cluster with their leads (else they would read as
     # of unknown leads); each partition leaves them out after cleaning, as `as_of_view` does.
     seen_leads, seen_outcomes, reopened = leads, outcomes, 0

@@ -200,7 +200,7 @@ def _leads_end_early(keys: pd.DataFrame, export_end: pd.Timestamp | None) -> str
         return None
     return (
         f"no lead is first seen after {newest_lead.date()}, yet the export runs to {export_end.date()} (the "
-        "newest activity or outcome of its leads): leads.csv ends months before the other files; was it cut "
+        "day after its newest outcome): leads.csv ends months before the other files; was it cut "
         "short or exported over fewer months? Export leads, activities and outcomes over the same dates"
     )
 
@@ -793,7 +793,7 @@ def train_and_register(
             model_name, dataset.kind, test_raw, labels["test"], export_has_activities=dataset.has_activities,
             lead_columns=dataset.settings.get("lead_columns"),
             leaking={*excluded, *(dropped if replace_leaky_champion else ())}, dropped=dropped,
-            features_for=champion_features,
+            features_for=champion_features, test_window=dataset.split.windows.get("test"),
         )  # fmt: skip
         gates = check_gates(params.gates, test_metrics, best_baseline, champion)
         passed = all(g.passed for g in gates)

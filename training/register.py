@@ -142,6 +142,7 @@ def champion_auc(
     leaking: set[str] = frozenset(),
     dropped: set[str] = frozenset(),
     features_for: Callable[[dict[str, Any], list[str]], pd.DataFrame | None] | None = None,
+    test_window: tuple[str, str] | None = None,
 ) -> ChampionCheck:
     """The current champion's ROC AUC on this run's test set, when it can be compared.
     `lead_columns`: the feature inputs this CRM export has values in (`lead_columns_with_values`).
@@ -150,7 +151,8 @@ def champion_auc(
     (CRM): the test examples' features built with the champion's own feature settings and
     technologies, or None when they are this run's (scored with this run's, a champion trained
     with other windows lacked columns and went uncompared; with another half-life it was
-    compared on features it never learned from)."""
+    compared on features it never learned from). `test_window`: the first and last day this
+    run's test examples are scored as of (a split by time)."""
     client = MlflowClient()
     version = current_version(client, model_name)
     if version is None:
@@ -184,6 +186,20 @@ def champion_auc(
     )
     if scorer.spec.kind != kind:
         return found(version, None, f"champion v{version} is a {scorer.spec.kind} model, this one {kind}", True)
+    learned_to = (scorer.metadata.get("training_window") or [None, None])[-1]
+    if test_window and learned_to and str(learned_to) >= test_window[0]:
+        # Test leads are those first seen in the test period: a champion that learned from
+        # examples as of those days learned from some of these leads, and its AUC on them is
+        # in-sample (it measured above the Bayes AUC on a generated export).
+        return found(
+            version,
+            None,
+            f"champion v{version} learned from examples as of {learned_to} and before, and this run's test period "
+            f"starts {test_window[0]}: it learned from some of these test leads, so its AUC here would flatter it; "
+            "not compared, so not promoted (this run's data ends before the champion's did: was --as-of or --data "
+            f"meant? `leadscore promote` makes a version the champion by hand)",
+            uncompared=True,
+        )
     if kind == "crm" and not export_has_activities and scorer.uses_engagement():
         return found(
             version,
@@ -293,7 +309,7 @@ def check_gates(
              f"test ECE {test['ece']:.4f} vs maximum {gates.max_test_ece}"),
         Gate("min_test_examples_per_class",
              min(test["positives"], test["n"] - test["positives"]) >= gates.min_test_examples_per_class,
-             f"test rows: {test['positives']:,} converted, {test['n'] - test['positives']:,} lost "
+             f"test rows: {test['positives']:,} converted, {test['n'] - test['positives']:,} not converted "
              f"vs minimum {gates.min_test_examples_per_class} of each"),
         Gate("min_auc_gain_vs_baseline", gain >= gates.min_auc_gain_vs_baseline,
              f"gain over the better baseline {_signed(gain, gates.min_auc_gain_vs_baseline)} "
