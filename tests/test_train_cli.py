@@ -616,6 +616,14 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
     replaced = json.loads(out.read_text())
     gate = next(g for g in replaced["gates"] if g["name"] == "max_auc_drop_vs_champion")
     assert "also reads Source, which this run leaves out as leaking" in gate["detail"] and replaced["promoted"] is True
+    # A retrain that forgot --drop would put the leak back into service: not promoted, the --drop named.
+    forgot = [a for a in drop_source if a not in ("--drop", "Source")]
+    assert leadscore(*forgot, store=store).returncode == 0
+    refused = json.loads(out.read_text())
+    gate = next(g for g in refused["gates"] if g["name"] == "no_column_the_champion_left_out")
+    assert refused["promoted"] is False and not gate["passed"]
+    assert "this model reads Source (dropped with --drop), which champion v" in gate["detail"]
+    assert "train with --drop 'Source'" in gate["detail"]
     crm_flag = leadscore("train", "--replace-leaky-champion", store=store)
     assert crm_flag.returncode == 2 and "--replace-leaky-champion: for a flat CSV file" in crm_flag.stderr
 

@@ -793,7 +793,7 @@ def train_and_register(
             model_name, dataset.kind, test_raw, labels["test"], export_has_activities=dataset.has_activities,
             lead_columns=dataset.settings.get("lead_columns"),
             leaking={*excluded, *(dropped if replace_leaky_champion else ())}, dropped=dropped,
-            features_for=champion_features, test_window=dataset.split.windows.get("test"),
+            features_for=champion_features, test_window=dataset.split.windows.get("test"), columns=list(spec.columns),
         )  # fmt: skip
         gates = check_gates(params.gates, test_metrics, best_baseline, champion)
         passed = all(g.passed for g in gates)

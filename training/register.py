@@ -25,6 +25,7 @@ from sklearn.metrics import roc_auc_score
 import features
 from features.bundle import NEWER_BUNDLE
 from features.fit import TECH_PREFIX
+from features.flat import model_column_name
 from features.params import GateParams
 from features.tracking import without_password
 
@@ -126,6 +127,9 @@ class ChampionCheck:
     # features cannot be rebuilt here): not replaced, or a store's short outage would promote any
     # model over it.
     uncompared: bool = False
+    # This model reads columns the champion's run left out (dropped or flagged as leaking): a
+    # retrain that forgot --drop would bring a leak back into service.
+    reads_left_out: bool = False
     # The champion's qualification rules and grade bands (None: it could not be loaded).
     criteria: dict[str, Any] | None = None
     grade_bands: dict[str, float] | None = None
@@ -143,6 +147,7 @@ def champion_auc(
     dropped: set[str] = frozenset(),
     features_for: Callable[[dict[str, Any], list[str]], pd.DataFrame | None] | None = None,
     test_window: tuple[str, str] | None = None,
+    columns: list[str] | None = None,
 ) -> ChampionCheck:
     """The current champion's ROC AUC on this run's test set, when it can be compared.
     `lead_columns`: the feature inputs this CRM export has values in (`lead_columns_with_values`).
@@ -152,7 +157,8 @@ def champion_auc(
     technologies, or None when they are this run's (scored with this run's, a champion trained
     with other windows lacked columns and went uncompared; with another half-life it was
     compared on features it never learned from). `test_window`: the first and last day this
-    run's test examples are scored as of (a split by time)."""
+    run's test examples are scored as of (a split by time); `columns`: the columns this model
+    reads."""
     client = MlflowClient()
     version = current_version(client, model_name)
     if version is None:
@@ -246,6 +252,25 @@ def champion_auc(
         features_test = features_test.assign(**dict.fromkeys(technologies, 0.0))
         note = f" ({', '.join(technologies[:5])} read as 0: not among this export's technologies)"
         missing = []
+    if kind == "flat" and columns:
+        champion_dropped = list(scorer.spec.settings.get("flat", {}).get("dropped", []))
+        left_out = {model_column_name(c): (c, "dropped with --drop") for c in champion_dropped}
+        for column in scorer.metadata.get("leakage_excluded", []):
+            left_out.setdefault(column, (column, "flagged as leaking"))
+        back = [c for c in columns if c in left_out]
+        if back:
+            shown = ", ".join(f"{c} ({left_out[c][1]})" for c in back[:5]) + (
+                f" and {len(back) - 5} more" if len(back) > 5 else ""
+            )
+            drop = ",".join(dict.fromkeys([*champion_dropped, *(left_out[c][0] for c in back)]))
+            return found(
+                version,
+                None,
+                f"this model reads {shown}, which champion v{version}'s run left out: a retrain without them left "
+                f"out would bring a leak back into service; train with --drop '{drop}', or, if those columns are "
+                "known before the outcome, make this version the champion by hand (`leadscore promote VERSION`)",
+                reads_left_out=True,
+            )
     leaks = [c for c in scorer.spec.columns if c in leaking]
     if kind == "flat" and leaks and set(missing) <= set(leaking):
         # The same table without its leaks: callers still send the champion's columns, and the new
@@ -321,6 +346,8 @@ def check_gates(
                  f"{champion.note}; train it under its own name (--model-name NAME) so each "
                  "model keeps its own @champion")
         )  # fmt: skip
+    elif champion.reads_left_out:
+        result.append(Gate("no_column_the_champion_left_out", False, champion.note))
     elif champion.engagement_missing:
         result.append(Gate("activities_like_champion", False, champion.note))
     elif champion.columns_missing:
