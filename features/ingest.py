@@ -520,6 +520,12 @@ def read_text_csv(path: Path, *, sep: str = ",") -> tuple[pd.DataFrame, str]:
         why = " ".join(str(exc).split())  # pandas ends its messages with a newline
         # Only a header without the separator hints at another one: a broken row is just that.
         one_column = sep == "," and len(names) == 1
+        if (found := re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", why)) and not one_column:
+            expected, line, saw = found.groups()
+            raise DataError(
+                f"{path}: line {line} holds {saw} fields where the rows before it hold {expected}: a separator "
+                f"({sep!r}) inside a value that is not quoted? Quote that value, or remove the extra separator"
+            ) from exc
         hint = "; if fields are separated by ';' or a tab, say so (--sep ';' or --sep tab)" if one_column else ""
         raise DataError(f"{path}: cannot read as CSV with separator {sep!r} ({why}){hint}") from exc
     # A name of spaces only is no name: called as pandas calls an empty one.
@@ -533,7 +539,32 @@ def read_text_csv(path: Path, *, sep: str = ",") -> tuple[pd.DataFrame, str]:
                 f"(at most {MAX_CELL_CHARS:,}); a broken quote or a pasted document?"
             )
     check_swallowed_rows(frame, sep, path)
+    refuse_short_rows(frame, path, sep)
     return frame, encoding
+
+
+def refuse_short_rows(frame: pd.DataFrame, path: Path, sep: str) -> None:
+    """A DataError naming the rows that hold fewer fields than the header: a row cut short, or
+    split in two by a line break in a value that is not quoted, whose second half would read
+    as a row of its own. pandas reads the missing fields as blank, so the file is read again
+    for its field counts, when its last column has a blank cell at all (a short row's is)."""
+    if frame.empty or not (frame.iloc[:, -1] == "").any():
+        return
+    header = len(frame.columns)
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
+        counts = np.fromiter(map(len, csv.reader(handle, delimiter=sep)), dtype=np.int64)
+    counts = counts[counts > 0][1:]  # blank lines are no rows, as pandas skips them; then the header
+    short = np.flatnonzero(counts < header)
+    if not len(short):
+        return
+    if short[-1] == len(counts) - 1:
+        refuse_cut_short(path, len(counts))  # the last row short, without its line break: said so
+    shown = ", ".join(f"row {row + 1:,} ({counts[row]} of them)" for row in short[:3])
+    more = f", and {len(short) - 3:,} more rows" if len(short) > 3 else ""
+    raise DataError(
+        f"{path}: fewer fields than the header's {header} in {shown}{more}: a row cut short, or a line break "
+        "inside a value that is not quoted? Fix those rows (a field meant blank still needs its separator)"
+    )
 
 
 def number_rows(frame: pd.DataFrame, path: Path) -> None:

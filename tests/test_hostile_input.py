@@ -320,8 +320,21 @@ def test_classic_mac_line_ends_and_a_short_row_get_messages_that_name_them(tmp_p
     # A row with a field too many: the message says where; no hint at another separator.
     path = tmp_path / "short.csv"
     path.write_text("id,visits,label\nA1,3,1\nA2,5,0,7,8\n")
-    with pytest.raises(DataError, match=r"Expected 3 fields in line 3, saw 5\)$"):
+    with pytest.raises(
+        DataError, match=r"short\.csv: line 3 holds 5 fields where the rows before it hold 3: a separator"
+    ):
         read_text_csv(path)
+    # A row with fields too few (a line break in a value that is not quoted): named, not read as blanks.
+    path.write_text("id,visits,label\nA1,3,1\nA2,5\nstill A2's note,0\nA3,4,0\n")
+    with pytest.raises(
+        DataError, match=r"fewer fields than the header's 3 in row 2 \(2 of them\), row 3 \(2 of them\)"
+    ):
+        read_text_csv(path)
+    path.write_text("id,visits,label\nA1,3,1\nA2,5")  # the last row cut short: said as such
+    with pytest.raises(DataError, match=r"ends part way through a line \(no line break after its last row, row 2\)"):
+        read_text_csv(path)
+    path.write_text("id,visits,label\nA1,3,1\nA2,5,0")  # whole, without its line break (the shoppers CSV): read
+    assert len(read_text_csv(path)[0]) == 2
     path.write_text("id;visits;label\nA1;3;1\nA2;3,5;1\n")  # a header of one column: another separator, likely
     with pytest.raises(DataError, match=r"saw 2\); if fields are separated by ';' or a tab, say so"):
         read_text_csv(path)
