@@ -48,7 +48,7 @@ from serving.scoring import (
     prepare_flat_rows,
     score_features,
 )
-from serving.snapshots import Snapshot, grade_changes, latest_two
+from serving.snapshots import Snapshot, best_first, grade_changes, latest_two
 from serving.whatif import path_to_sql
 
 TEMPLATES = Environment(
@@ -403,7 +403,7 @@ def _ranked(scores: pd.DataFrame) -> pd.DataFrame:
     """Best first, except leads a rep may not work (opted out, a competitor, off profile): last,
     whatever they score."""
     closed = scores["stage"].astype(str).eq("disqualified")
-    return scores.assign(_closed=closed).sort_values(["_closed", "score"], ascending=[True, False], kind="stable")
+    return best_first(scores.assign(_closed=closed), "_closed")
 
 
 def _matches(scores: pd.DataFrame, text: str) -> pd.Series:

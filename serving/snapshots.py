@@ -149,6 +149,15 @@ def latest_two(directory: Path | None = None, model_name: str | None = None) -> 
     return latest, previous
 
 
+def best_first(scores: pd.DataFrame, *before: str) -> pd.DataFrame:
+    """Leads by probability, best first, ties by id (the score's one decimal ties hundreds of
+    leads, which an unstable sort put in another order each time); `before`: columns that rank
+    first, ascending."""
+    keys = [*before, *(c for c in ("probability", "score") if c in scores), "lead_id"]
+    ascending = [True] * len(before) + [c == "lead_id" for c in keys[len(before) :]]
+    return scores.sort_values(keys, ascending=ascending, kind="stable")
+
+
 def grade_changes(latest: Snapshot, previous: Snapshot | None) -> pd.DataFrame:
     """Leads scored in both snapshots whose grade changed: `lead_id`, grades, scores, rose."""
     columns = ["lead_id", "grade_before", "grade", "score_before", "score", "rose"]
@@ -160,4 +169,4 @@ def grade_changes(latest: Snapshot, previous: Snapshot | None) -> pd.DataFrame:
     both = latest.scores[["lead_id", "grade", "score"]].merge(before, on="lead_id")
     changed = both[both["grade"] != both["grade_before"]].copy()
     changed["rose"] = changed["grade"] < changed["grade_before"]  # "A" < "B": a better grade
-    return changed[columns].sort_values("score", ascending=False).reset_index(drop=True)
+    return best_first(changed)[columns].reset_index(drop=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -386,3 +387,20 @@ def test_a_file_showing_another_decimal_mark_than_the_training_export_is_said():
     said = number_format_note(model, euro)
     assert said.startswith("this file writes decimal commas, unlike the model's training export (decimal points)")
     assert number_format_note(model, pd.DataFrame({"Seconds": ["1.532"], "Pages": ["3"]})) is None  # says nothing
+
+
+def test_leads_rank_by_probability_then_id_whatever_their_order_in_the_file():
+    """`score --top` and the digest ranked by the one-decimal score with an unstable sort: of
+    leads tied at 99.6, the second-best by probability was left out of the top 5."""
+    from serving.snapshots import best_first
+
+    rng = np.random.default_rng(0)
+    probability = np.round(rng.uniform(0.99, 1.0, 200), 5)
+    scores = pd.DataFrame({"lead_id": [f"L{i:03d}" for i in range(200)], "probability": probability})
+    scores["score"] = (100 * scores["probability"]).round(1)
+    want = scores.sort_values("lead_id").sort_values("probability", ascending=False, kind="stable")["lead_id"].tolist()
+    for seed in range(3):
+        shuffled = scores.sample(frac=1, random_state=seed)
+        assert best_first(shuffled)["lead_id"].tolist() == want
+    closed = scores.assign(_closed=scores["lead_id"].eq(want[0]))
+    assert best_first(closed, "_closed")["lead_id"].tolist() == [*want[1:], want[0]]

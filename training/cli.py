@@ -1845,7 +1845,9 @@ def _unquoted(cell: str) -> str:
 
 def _print_top(scored, count: int) -> None:
     """The best leads, as a sales manager would want them on Monday morning."""
-    best = scored.sort_values("score", ascending=False).head(count)
+    from serving.snapshots import best_first
+
+    best = best_first(scored).head(count)
     table = Table(title=f"Top {len(best)} leads")
     for name in ("lead", "score", "grade", "fit", "eng.", "stage", "why", "next action"):
         table.add_column(name, overflow="fold")
