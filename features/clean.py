@@ -254,19 +254,40 @@ def stored_formats(stored: dict[str, dict[str, bool]] | None) -> dict[str, Numbe
     return None if stored is None else {name: NumberFormat(**value) for name, value in stored.items()}
 
 
-def format_conflict(formats: dict[str, NumberFormat] | None, columns: dict[str, pd.Series]) -> str | None:
+def format_conflict(
+    formats: dict[str, NumberFormat] | None, columns: dict[str, pd.Series], counts: Iterable[str] = ()
+) -> str | None:
     """A note when a scored file's numbers show another decimal mark than the model's training
-    export (a European copy of a US export): it is still read as the training export was, so
-    each lead is read alike in every file and request; the note says how to avoid it."""
+    export (a European copy of a US export) and some of them read otherwise than the file
+    meant: it is still read as the training export was, so each lead is read alike in every
+    file and request; the note names what is misread and how to avoid it. A copy whose every
+    value reads the same either way ("2,5" can only be two and a half) is no conflict.
+    `counts`: head-count columns, read as `number_formats` reads them."""
     mark = decimal_mark(columns.values())
     trained = "comma" if formats and any(f.comma_decimal for f in formats.values()) else "dot"
     if mark is None or mark == trained:
         return None
+    own = number_formats(columns, counts)
+    misread: dict[str, tuple[int, str, float, float]] = {}
+    for name, values in columns.items():
+        distinct = pd.Series(values.dropna().unique(), dtype="object")
+        as_trained, _ = parse_number(distinct, (formats or {}).get(name))
+        as_written, _ = parse_number(distinct, own[name])
+        differ = (as_trained != as_written) & as_trained.notna() & as_written.notna()
+        if differ.any():
+            first = distinct[differ].astype(str).sort_values().index[0]  # the same example however read
+            misread[name] = (int(differ.sum()), str(distinct[first]), as_trained[first], as_written[first])
+    if not misread:
+        return None
     written = {"comma": "decimal commas", "dot": "decimal points"}
+    shown = "; ".join(
+        f"{name}: {count:,} value(s), e.g. {text!r} read as {trained_value:g}, not {meant:g}"
+        for name, (count, text, trained_value, meant) in list(misread.items())[:3]
+    )
     return (
         f"this file writes {written[mark]}, unlike the model's training export ({written[trained]}): its numbers "
-        "are read as the training export's were, so values such as 1.532 or 1,532 are misread; export it as the "
-        "training export was, or train a model on exports like this one"
+        f"are read as the training export's were, so some are misread ({shown}); export it as the training "
+        "export was, or train a model on exports like this one"
     )
 
 

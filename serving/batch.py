@@ -35,6 +35,7 @@ from features.ingest import (
 )
 from features.schema import (
     ACTIVITY_REQUIRED,
+    LEAD_COUNTS,
     LEAD_NUMERIC,
     LEAD_REQUIRED,
     OUTCOME_REQUIRED,
@@ -397,11 +398,12 @@ def number_format_note(model: LoadedModel, leads: pd.DataFrame | Mapping[str, pd
     if model.kind == "flat":
         schema = settings["flat"]
         numeric = [c for c, kind in schema["columns"].items() if kind == "numeric" and c in leads]
-        tokens, stored = schema["missing_tokens"], schema.get("number_formats")
+        tokens, stored, counts = schema["missing_tokens"], schema.get("number_formats"), ()
     else:
         numeric = [c for c in LEAD_NUMERIC if c in leads]
-        tokens, stored = settings.get("missing_tokens", ("",)), settings.get("number_formats")
-    return format_conflict(stored_formats(stored), {c: blank_to_missing(leads[c], tokens) for c in numeric})
+        tokens, stored, counts = settings.get("missing_tokens", ("",)), settings.get("number_formats"), LEAD_COUNTS
+    columns = {c: blank_to_missing(leads[c], tokens) for c in numeric}
+    return format_conflict(stored_formats(stored), columns, counts)
 
 
 def _flat_rows(model: LoadedModel, chunk: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:

@@ -387,6 +387,10 @@ def test_a_file_showing_another_decimal_mark_than_the_training_export_is_said():
     said = number_format_note(model, euro)
     assert said.startswith("this file writes decimal commas, unlike the model's training export (decimal points)")
     assert number_format_note(model, pd.DataFrame({"Seconds": ["1.532"], "Pages": ["3"]})) is None  # says nothing
+    assert "Seconds: 1 value(s), e.g. '1.532' read as 1.532, not 1532" in said and "Pages" not in said
+    # A copy whose every value reads the same either way ("2,5" is two and a half) is not misread.
+    alike = pd.DataFrame({"Seconds": ["1532", "674"], "Pages": ["2,5", "1,75"]})
+    assert number_format_note(model, alike) is None
 
 
 def test_leads_rank_by_probability_then_id_whatever_their_order_in_the_file():

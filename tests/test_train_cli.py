@@ -559,14 +559,21 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
     # Without --no-snapshot: a file lacking one of the model's columns does not replace the pages' scoring.
     lacking = leadscore("score", str(export), "-o", str(scored_file), "--model-name", "flat-model", store=store)
     assert lacking.returncode == 0 and "not kept for the pages" in lacking.stdout, lacking.stdout + lacking.stderr
-    # Nor does a European copy of the export: it is read with the training export's decimal point, so misread.
+    # A European copy of the export whose numbers read the same either way ("2,5"): scored as the original.
     european = tmp_path / "european.csv"
     copy = frame.drop(columns=["Converted"]).head(40).astype(str)
     copy["Time On Site [min]"] = copy["Time On Site [min]"].str.replace(".", ",", regex=False)
     copy.to_csv(european, sep=";", index=False)
+    alike = leadscore("score", str(european), "-o", str(scored_file), "--model-name", "flat-model", "--no-snapshot",
+                      store=store)  # fmt: skip
+    assert alike.returncode == 0 and "decimal commas" not in alike.stdout, alike.stdout + alike.stderr
+    # One whose "1.234" the training export's reading misreads does not replace the pages' scoring.
+    copy.loc[copy.index[0], "Time On Site [min]"] = "1.234"
+    copy.to_csv(european, sep=";", index=False)
     misread = leadscore("score", str(european), "-o", str(scored_file), "--model-name", "flat-model", store=store)
     said = " ".join(misread.stdout.split())
     assert misread.returncode == 0 and "this file writes decimal commas, unlike the model's training export" in said
+    assert "e.g. '1.234' read as 1.234, not 1234" in said, said
     assert "not kept for the pages" in said and "Kept for the pages" not in said, said
     with_acts = leadscore("score", str(export), "-o", str(scored_file), "--model-name", "flat-model",
                           "--activities", str(export), "--no-snapshot", store=store)  # fmt: skip
