@@ -346,7 +346,12 @@ def clean_flat_columns(frame: pd.DataFrame, schema: dict[str, Any]) -> tuple[pd.
         else:
             out[column], failed = canonical_spelling(values), pd.Series(False, index=frame.index)
         if failed.any():
-            notes.append(f"{column}: {int(failed.sum())} value(s) not {kind} read as missing")
+            # The values themselves, as the CRM path quotes them: a count alone sends the user
+            # searching the file.
+            unread = values[failed].astype(str).str.strip()
+            commonest = unread.value_counts(sort=False).sort_index(kind="stable").sort_values(ascending=False).index
+            shown = ", ".join(repr(value) for value in commonest[:3])
+            notes.append(f"{column}: {int(failed.sum())} value(s) not {kind} read as missing ({shown})")
     return pd.DataFrame(out, index=frame.index).rename(columns=model_column_name), notes
 
 
