@@ -365,6 +365,32 @@ def _folded_name(name: str) -> str:
 MAX_KEYS_MATCHED = 20
 
 
+def flat_header_renames(header: Iterable[str], schema: dict[str, Any]) -> dict[str, str]:
+    """A scored file's headers spelt otherwise than the model's columns (or its id column) by
+    case, spaces or punctuation alone (`lead source`, `Total Visits` for `TotalVisits`), each
+    to the name it means: one such header per column the file lacks, never over one it has."""
+    header = [str(h) for h in header]
+    wanted = [*schema.get("columns", {}), *([schema["id"]] if schema.get("id") else [])]
+    missing = {_folded_name(c): c for c in wanted if c not in header}
+    candidates: dict[str, list[str]] = {}
+    for name in header:
+        if name not in wanted and (meant := missing.get(_folded_name(name))):
+            candidates.setdefault(meant, []).append(name)
+    return {given[0]: meant for meant, given in candidates.items() if len(given) == 1}
+
+
+def near_headers(absent: Iterable[str], header: Iterable[str]) -> dict[str, str]:
+    """For each column a scored file lacks, a header of the file that looks like a typo of it
+    (`Lead Sorce`), as the service names the key meant."""
+    unused = [str(h) for h in header]
+    near = {}
+    for column in absent:
+        # 0.8: a typo ("Lead Sorce", "Cty"), not a word that shares letters ("Colour", "Country").
+        if match := difflib.get_close_matches(column, unused, n=1, cutoff=0.8):
+            near[column] = match[0]
+    return near
+
+
 def _as_sent(value: Any) -> str:
     """A value of a request as JSON spells it (`true`, `null`, `1.5`), text quoted as the other
     messages quote names ('lots', accents as typed)."""

@@ -19,7 +19,7 @@ from features.clean import (
     parse_timestamps,
     stored_formats,
 )
-from features.flat import DUPLICATE_ROW, clean_flat_columns, model_column_name
+from features.flat import DUPLICATE_ROW, clean_flat_columns, flat_header_renames, model_column_name, near_headers
 from features.ingest import (
     CountedNote,
     DataError,
@@ -130,8 +130,10 @@ def absent_columns_note(model: LoadedModel, columns: Iterable[str]) -> str | Non
     it holds none of a flat model's (`refuse_without_model_columns`)."""
     refuse_without_model_columns(model, columns)
     if model.kind == "flat":
+        columns = list(columns)
         absent = [c for c in model_schema(model)["columns"] if c not in set(columns)]
-        shown = ", ".join(absent)
+        near = near_headers(absent, columns)
+        shown = ", ".join(f"{c} ({near[c]!r} in this file?)" if c in near else c for c in absent)
         return f"{len(absent)} of the model's columns not in this file, read as missing: {shown}" if absent else None
     learned_from = model.scorer.spec.settings.get("lead_columns")
     absent = [c for c in learned_from or () if c not in set(columns)]
@@ -154,6 +156,19 @@ def _contract_table(frame: pd.DataFrame, table: str, rename: bool, path: Path, n
     renames, unused = contract_names(frame.columns, table)
     if notes is not None:
         notes.extend(column_name_notes(path.name, renames, unused))
+    return frame.rename(columns=renames)
+
+
+def _flat_headers(
+    frame: pd.DataFrame, schema: dict[str, Any] | None, path: Path, notes: list[str] | None
+) -> pd.DataFrame:
+    """A flat model's columns under the names it learned, for headers spelt otherwise by case,
+    spaces or punctuation alone (`lead source`), said in `notes` as CRM headers are."""
+    if schema is None:
+        return frame
+    renames = flat_header_renames(frame.columns, schema)
+    if renames and notes is not None:
+        notes.append(f"{path.name}: " + ", ".join(f"{old!r} read as {new!r}" for old, new in renames.items()))
     return frame.rename(columns=renames)
 
 
@@ -299,6 +314,7 @@ def read_leads(
         leads_path = source / TABLE_FILES["leads"]
         raw = read_table(leads_path, sep, notes, numeric)
         leads = _contract_table(raw, "leads", as_contract, leads_path, notes)
+        leads = _flat_headers(leads, flat_schema, leads_path, notes)
         acts_path = activities or source / TABLE_FILES["activities"]
         outcomes_path = source / TABLE_FILES["outcomes"]
         if outcomes_path.is_file() and "lead_id" in leads:
@@ -312,6 +328,7 @@ def read_leads(
     else:
         raw = read_table(source, sep, notes, numeric)
         leads = _contract_table(raw, "leads", as_contract, source, notes)
+        leads = _flat_headers(leads, flat_schema, source, notes)
         acts_path = activities
     if activities is not None and activities.is_dir():
         raise DataError(

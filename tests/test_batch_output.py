@@ -408,3 +408,35 @@ def test_leads_rank_by_probability_then_id_whatever_their_order_in_the_file():
         assert best_first(shuffled)["lead_id"].tolist() == want
     closed = scores.assign(_closed=scores["lead_id"].eq(want[0]))
     assert best_first(closed, "_closed")["lead_id"].tolist() == [*want[1:], want[0]]
+
+
+def test_a_flat_files_headers_spelt_otherwise_are_read_as_the_models_columns(tmp_path):
+    """Lowercased headers were 'none of the model's columns', and a misspelt one was read as
+    missing without a hint, where the service names the column meant."""
+    from serving.batch import absent_columns_note, read_leads
+
+    schema = {
+        "columns": {"Lead Source": "categorical", "TotalVisits": "numeric", "Page Views": "numeric"},
+        "id": "Prospect ID",
+        "missing_tokens": [""],
+        "sep": ",",
+    }
+    spec = SimpleNamespace(settings={"flat": schema}, columns=["Lead Source", "TotalVisits", "Page Views"])
+    model = SimpleNamespace(kind="flat", version="1", scorer=SimpleNamespace(spec=spec))
+    path = tmp_path / "leads.csv"
+    path.write_text("prospect id,lead source,Total Visits,Page Veiws,page views\nA,Google,3,2,2\n")
+    notes: list[str] = []
+    leads, _, _ = read_leads(path, None, flat_schema=schema, notes=notes)
+    assert notes == ["leads.csv: 'prospect id' read as 'Prospect ID', 'lead source' read as 'Lead Source', "
+                     "'Total Visits' read as 'TotalVisits', 'page views' read as 'Page Views'"]  # fmt: skip
+    assert leads["lead_id"].tolist() == ["A"] and leads["TotalVisits"].tolist() == ["3"]
+    assert absent_columns_note(model, leads.columns) is None
+    # A typo is not guessed at, but named; a name the model has is never replaced by another header.
+    path.write_text("Prospect ID,Lead Sorce,TotalVisits,totalvisits\nA,Google,3,4\n")
+    leads, _, _ = read_leads(path, None, flat_schema=schema, notes=(notes := []))
+    assert notes == [] and leads["TotalVisits"].tolist() == ["3"]
+    said = absent_columns_note(model, leads.columns)
+    assert said == (
+        "2 of the model's columns not in this file, read as missing: Lead Source ('Lead Sorce' in this file?), "
+        "Page Views"
+    )
