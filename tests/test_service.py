@@ -61,7 +61,7 @@ def _start(
     log = (log_dir or Path(store.removeprefix("sqlite:///")).parent) / f"serve-{port}.log"
     bin_dir = Path(sys.executable).parent
     command = (
-        [str(bin_dir / "leadscore"), "serve", "--host", "127.0.0.1", "--port", str(port)]
+        [str(bin_dir / "leadscore"), "serve", "--host", "127.0.0.1", "--port", str(port), *serve_args]
         if via_leadscore
         else [str(bin_dir / "bentoml"), "serve", "serving.service:LeadScoring", "--host", "127.0.0.1",
               "--port", str(port), "--working-dir", str(PROJECT_ROOT), *serve_args]
@@ -594,8 +594,15 @@ def _wait_for(condition, seconds: float = 30, what: str = "the service did not p
 def test_leadscore_serve_stops_with_its_workers_on_sigterm(store, tmp_path):
     """A supervisor (systemd, Docker) stops the service with SIGTERM to the process it started:
     the workers must go with it, not keep serving."""
-    process, url, _ = _start(store, None, log_dir=tmp_path, via_leadscore=True)
+    # --model-name names the model served, whatever the shell's LEADSCORE_MODEL_NAME says.
+    process, url, _ = _start(store, None, log_dir=tmp_path, via_leadscore=True,
+                             env_extra={"LEADSCORE_MODEL_NAME": "not-this-one"},
+                             serve_args=("--model-name", CHAMPION_NAME))  # fmt: skip
     try:
+        deadline = time.time() + 60
+        while httpx.get(f"{url}/readyz", timeout=5).status_code != 200 and time.time() < deadline:
+            time.sleep(0.5)
+        assert httpx.get(f"{url}/model", timeout=10).json()["name"] == CHAMPION_NAME
         process.send_signal(signal.SIGTERM)  # that process only, not its group
         process.wait(timeout=30)
         time.sleep(1)

@@ -272,7 +272,7 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
                         "--model-name", "crm-model", "--as-of", "2026-01-01", "--snapshot",
                         "--model-version", "@champion", store=store)  # fmt: skip
     assert foreign.returncode == 0 and warning in " ".join(foreign.stdout.split()), foreign.stderr
-    assert "Kept for the pages (shown by a service started with LEADSCORE_MODEL_NAME=crm-model" in " ".join(
+    assert "Kept for the pages (shown by a service started with `leadscore serve --model-name crm-model`" in " ".join(
         foreign.stdout.split()
     )  # asked for (the champion named as a version is the champion); not the default model, so not its digest
     # The pages as files, for ids given as a one-column CSV headed by any spelling of lead_id.

@@ -344,7 +344,8 @@ def _summary(metrics: dict[str, Any]) -> None:
         which = "" if metrics["promoted"] else " (by its @champion, if a run has passed the gates: not this version)"
         console.print(
             f"Score files like this one{which} with [bold]leadscore score FILE -o scores.csv --model-name "
-            f"{escape(model['name'])}[/bold]; serve it with LEADSCORE_MODEL_NAME={escape(model['name'])}"
+            f"{escape(model['name'])}[/bold]; serve it with [bold]leadscore serve --model-name "
+            f"{escape(model['name'])}[/bold]"
         )
 
 
@@ -749,11 +750,24 @@ def serve(
     host: Annotated[
         str, typer.Option("--host", help="Interface to bind (0.0.0.0 to accept remote calls)")
     ] = "127.0.0.1",
+    model_name: Annotated[
+        str | None,
+        typer.Option(
+            "--model-name",
+            help="Registered model to serve, e.g. a flat CSV's (default: $LEADSCORE_MODEL_NAME, else "
+            "mlflow.model_name in params.yaml)",
+        ),
+    ] = None,
     params_file: ParamsFile = None,
 ) -> None:
     """Start the scoring service (BentoML) on the champion of the configured MLflow registry."""
     _use_params_file(params_file)
     import sys
+
+    if model_name is not None:
+        if not model_name.strip():
+            _fail("--model-name: blank; give a registered model's name")
+        os.environ["LEADSCORE_MODEL_NAME"] = model_name  # the service's workers and pages read it
 
     from features.tracking import local_database, shown_uri, tracking_problem, tracking_uri, uri_form_problem
     from serving.guards import api_keys_from_env, api_keys_problem
@@ -1027,7 +1041,7 @@ def score(
     if snapshot:
         # The pages show the served model's scorings: a service started as this command is set up.
         shown = (f"digest at /ui/digest of a service serving {model.name}" if model.name == _served_model_name()
-                 else f"shown by a service started with LEADSCORE_MODEL_NAME={model.name}, and by "
+                 else f"shown by a service started with `leadscore serve --model-name {model.name}`, and by "
                  f"`leadscore report --model-name {model.name}`")  # fmt: skip
         console.print(f"Kept for the pages ({shown}): {kept}")
     quarantine_path = output.with_name(output.stem + ".quarantine.csv")
