@@ -718,7 +718,9 @@ def _pick_page(status: int = 200, **context: Any) -> HTMLResponse:
     latest, _ = _kept_scorings()
     first = _ranked(latest.scores).head(500).to_dict(orient="records") if latest else []
     choices = [(str(r["lead_id"]), _display_name(r)) for r in first]
-    return _page("pick.html", status, lead_choices=choices, **{"title": "Open a lead", **context})
+    model = _current_model()
+    flat = model is not None and model.kind == "flat"  # a paste is its row's fields, not CRM attributes
+    return _page("pick.html", status, lead_choices=choices, flat_model=flat, **{"title": "Open a lead", **context})
 
 
 def _paste_refused(text: str, error: str) -> HTMLResponse:

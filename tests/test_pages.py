@@ -876,4 +876,10 @@ def test_pages_of_leads_without_owners_or_activities_leave_those_parts_out(champ
             "grade": "B", "probability": 0.47, "fit": 50.0, "engagement": 60.0, "stage": "MQL", "stage_reason": "",
             "next_action": "", "reasons": [], "kept_only": True, "timeline": []}  # fmt: skip
     assert "Activity timeline" in render("lead.html", title="x", lead=lead)
-    assert "Activity timeline" not in render("lead.html", title="x", lead={**lead, "reads_activities": False})
+    flat_lead = render("lead.html", title="x", lead={**lead, "reads_activities": False})
+    assert "Activity timeline" not in flat_lead and "what its activity adds" not in flat_lead
+    assert "engagement: its behaviour columns" in flat_lead
+    # A flat model's test rows are a holdout: no test period, no empty brackets for its window.
+    flat_digest = render("digest.html", **{**digest_view(champion, latest, None, {}), "test_window": ""})
+    assert "Conversion on the held-out test rows of" in flat_digest and " (), by grade" not in flat_digest
+    assert "attributes and activities" not in render("pick.html", title="Open a lead", lead_choices=[], flat_model=True)
