@@ -549,7 +549,7 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
     assert "Visits: 1 value(s) not numeric read as missing" in quarantined.stdout
     assert len(pd.read_csv(scored_file)) == 6
     said = " ".join(quarantined.stdout.split())
-    assert "5 row(s) not scored (leads 5; 1 of them repeats a lead row exactly, and that lead is scored once)" in said
+    assert "5 lead row(s) not scored; 1 of them repeats a lead row exactly, and that lead is scored once" in said
     reasons = pd.read_csv(scored_file.with_name("export_scores.quarantine.csv")).set_index("row")["reason"]
     assert reasons.to_dict() == {
         3: "lead_id appears more than once", 4: "lead_id appears more than once",

@@ -341,11 +341,14 @@ def _summary(metrics: dict[str, Any]) -> None:
         )
     if metrics["data"]["kind"] == "flat":
         # Scoring reads @champion: until a run passes the gates there is none to score with.
-        which = "" if metrics["promoted"] else " (by its @champion, if a run has passed the gates: not this version)"
+        name = escape(model["name"])
+        how = (f"[bold]leadscore score FILE -o scores.csv --model-name {name}[/bold]; serve it with "
+               f"[bold]leadscore serve --model-name {name}[/bold]")  # fmt: skip
         console.print(
-            f"Score files like this one{which} with [bold]leadscore score FILE -o scores.csv --model-name "
-            f"{escape(model['name'])}[/bold]; serve it with [bold]leadscore serve --model-name "
-            f"{escape(model['name'])}[/bold]"
+            f"Score files like this one with {how}"
+            if metrics["promoted"]
+            else f"Score files like this one with {how}: both use @champion of {name} (a version that passed the "
+            "gates), not this one"
         )
 
 
@@ -1056,16 +1059,15 @@ def score(
             _fail(f"the scores are in {output}, but the rows not scored could not be listed in {quarantine_path}: "
                   f"{exc.strerror or exc}")  # fmt: skip
         # Lead rows and activity rows are counted apart: only the former are leads left unscored.
-        by_table = ", ".join(f"{table} {n:,}" for table, n in result.quarantine["table"].value_counts().items())
+        counts = result.quarantine["table"].value_counts()
+        kinds = {"leads": "lead", "activities": "activity"}
+        by_table = ", ".join(f"{n:,} {kinds.get(table, table)} row(s)" for table, n in counts.items())
         # A lead row repeated exactly is set aside, but its lead is scored from its first row.
         lead_rows = result.quarantine["table"] == "leads"
         repeats = int((lead_rows & result.quarantine["reason"].isin([DUPLICATE_LEAD, DUPLICATE_ROW])).sum())
         verb = "repeats" if repeats == 1 else "repeat"
         repeated = f"; {repeats:,} of them {verb} a lead row exactly, and that lead is scored once" if repeats else ""
-        console.print(
-            f"[yellow]{len(result.quarantine):,} row(s) not scored ({by_table}{repeated}); reasons in "
-            f"{quarantine_path}[/yellow]"
-        )
+        console.print(f"[yellow]{by_table} not scored{repeated}; reasons in {quarantine_path}[/yellow]")
     if result.scored.empty:
         _fail(f"no lead was scored: {_nothing_scored(len(leads), result.quarantine, closed)}")
     counts = result.scored["stage"].value_counts()

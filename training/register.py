@@ -283,13 +283,14 @@ def champion_auc(
             "not compared on AUC",
         )
     if kind == "flat" and missing and set(missing) <= set(dropped) | set(leaking):
-        kept_out = ", ".join(c for c in missing if c not in leaking)
+        kept_out = [c for c in missing if c not in leaking]
+        those = "that column is" if len(kept_out) == 1 else "those columns are"
         return found(
             version,
             None,
-            f"champion v{version} reads {kept_out}, which --drop leaves out, so the two cannot be compared on this "
-            "test set; if that column is recorded after the outcome (a leak), give --replace-leaky-champion to "
-            "replace the champion without comparing; if it is not, keep it, or train under a name of its own",
+            f"champion v{version} reads {', '.join(kept_out)}, which --drop leaves out, so the two cannot be compared "
+            f"on this test set; if {those} recorded after the outcome (leaks), give --replace-leaky-champion to "
+            "replace the champion without comparing; if not, keep them (no --drop)",
             other_inputs=True,
         )
     if missing:
@@ -343,8 +344,8 @@ def check_gates(
     if champion.other_inputs:
         result.append(
             Gate("same_inputs_as_champion", False,
-                 f"{champion.note}; train it under its own name (--model-name NAME) so each "
-                 "model keeps its own @champion")
+                 f"{champion.note}; {'or ' if '--replace-leaky-champion' in champion.note else ''}train it under a "
+                 "name of its own (--model-name NAME) so each model keeps its own @champion")
         )  # fmt: skip
     elif champion.reads_left_out:
         result.append(Gate("no_column_the_champion_left_out", False, champion.note))
