@@ -363,7 +363,13 @@ def train(
         ),
     ] = None,
     trials: Annotated[
-        int | None, typer.Option("--trials", min=1, help="Optuna trials (default from params.yaml)")
+        int | None,
+        typer.Option(
+            "--trials",
+            min=1,
+            help="Optuna trials at most (default from params.yaml); the time budget (--timeout) may end the "
+            "search sooner",
+        ),
     ] = None,
     metrics_out: Annotated[
         Path | None, typer.Option("--metrics-out", help="Write the metrics as JSON to this file", **GIVEN_PATH)
