@@ -550,9 +550,15 @@ def refuse_short_rows(frame: pd.DataFrame, path: Path, sep: str) -> None:
     for its field counts, when its last column has a blank cell at all (a short row's is)."""
     if frame.empty or not (frame.iloc[:, -1] == "").any():
         return
-    header = len(frame.columns)
+    # Blank names at the header's end (a trailing separator: `Unnamed: 3`) need no field.
+    names = [str(c) for c in frame.columns]
+    header = len(names)
+    while header and (names[header - 1].startswith("Unnamed: ") or not names[header - 1].strip()):
+        header -= 1
     with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
-        counts = np.fromiter(map(len, csv.reader(handle, delimiter=sep)), dtype=np.int64)
+        # A line of spaces alone is no row either (pandas skips it): one blank field.
+        records = csv.reader(handle, delimiter=sep)
+        counts = np.fromiter((0 if len(r) == 1 and not r[0].strip() else len(r) for r in records), dtype=np.int64)
     counts = counts[counts > 0][1:]  # blank lines are no rows, as pandas skips them; then the header
     short = np.flatnonzero(counts < header)
     if not len(short):
@@ -748,7 +754,9 @@ def history_end(leads: pd.DataFrame, outcomes: pd.DataFrame) -> pd.Timestamp:
     no converted lead). A close or a lead's creation is never booked ahead.
     """
     moments = [leads["created_at"].max(), outcomes["closed_at"].max()]
-    return max(m for m in moments if pd.notna(m)).ceil("D")
+    # The next midnight, also after a date written without a time (a close on 2025-02-28 is a
+    # close of that day, inside the history).
+    return max(m for m in moments if pd.notna(m)).floor("D") + pd.Timedelta(days=1)
 
 
 def booked_ahead_note(export_end: pd.Timestamp, newest: pd.Timestamp, rows: int | None = None) -> str:

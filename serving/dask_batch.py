@@ -165,13 +165,27 @@ def _parquet_as_text(part: pd.DataFrame) -> pd.DataFrame:
     return part.astype(object).where(part.notna(), "").astype(str)
 
 
+def _best(scored, top: int) -> pd.DataFrame:
+    """The `top` best leads as the local engine ranks them (`best_first`: by probability, ties
+    by id): every lead tied with the last of the `top` highest probabilities is fetched, so a
+    tie at the cut is broken by id, not by partition."""
+    from serving.snapshots import best_first
+
+    floor = scored.nlargest(top, "probability").compute()["probability"].min()
+    # In each partition, as scored (a filter on the column alone was planned before its cast to float).
+    tied = scored.map_partitions(lambda frame: frame[frame["probability"] >= floor], meta=scored._meta)
+    return best_first(tied.compute()).head(top)
+
+
 def read_frame(path: Path, *, blocksize: str = "64MB"):
     """A CSV file (or glob) or a parquet file/folder as a dask dataframe of text cells.
 
     A CSV is checked as the single-process reader checks it: each file's header when the frame
     is made (`check_header`), a trailing separator on a sample of the first file, and a quote
     that swallows rows in each partition as it is read. Parse errors surface where the frame is
-    computed: wrap that in `csv_errors`."""
+    computed: wrap that in `csv_errors`. Unlike the single-process reader, a row with fewer
+    fields than the header is not refused: its missing fields read as blank (counting them
+    would read each file a second time)."""
     import dask.dataframe as dd
 
     text = str(path)
@@ -597,6 +611,6 @@ def score_on_dask(
         dashboard=client.dashboard_link,
         notes=notes,
         stages={str(stage): int(n) for stage, n in stages.sort_values(ascending=False).items()},
-        best=scored.nlargest(top, "score").compute() if top else None,
+        best=_best(scored, top) if top else None,
         closed=int(shut),
     )

@@ -12,6 +12,7 @@ import pytest
 
 from features.clean import parse_timestamps
 from serving.batch import NO_ACTIVITY_NOTE, UNDATED_NOTE, no_activity_note, read_table, score_batch
+from serving.snapshots import best_first
 
 pytestmark = pytest.mark.slow
 AS_OF = pd.Timestamp("2025-12-20")
@@ -54,8 +55,18 @@ def test_dask_scoring_equals_single_process(client, champion, champion_store, sm
     # partitions into the local engine's notes.
     assert run.notes == tuple(single.notes) and any("placeholder value(s) read as blank" in n for n in run.notes)
     # The `--top` table and the stage counts of the CLI's summary, as the local engine gives them.
-    best = single.scored.sort_values("score", ascending=False).head(5)
+    best = best_first(single.scored).head(5)  # the same leads, in the same order
+    assert run.best["lead_id"].tolist() == best["lead_id"].tolist()
     np.testing.assert_array_equal(run.best["score"].to_numpy(), best["score"].astype(float).to_numpy())
+    # A tie at the cut is broken by id, as locally, not by which partition held the lead.
+    import dask.dataframe as dd
+
+    from serving.dask_batch import _best
+
+    tied = pd.DataFrame({"lead_id": ["L3", "L1", "L4", "L2"], "probability": [0.9961, 0.9964, 0.9964, 0.9969]})
+    tied["score"] = (100 * tied["probability"]).round(1)
+    frame = dd.from_pandas(tied, npartitions=4)
+    assert _best(frame, 2)["lead_id"].tolist() == ["L2", "L1"]
     assert run.stages == single.scored["stage"].value_counts().to_dict() and len(run.stages) > 1
     assert list(run.stages.values()) == sorted(run.stages.values(), reverse=True)  # most common first
     # Another export's activities (no lead in common): warned about, as the local engine does.

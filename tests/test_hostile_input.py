@@ -335,6 +335,15 @@ def test_classic_mac_line_ends_and_a_short_row_get_messages_that_name_them(tmp_p
         read_text_csv(path)
     path.write_text("id,visits,label\nA1,3,1\nA2,5,0")  # whole, without its line break (the shoppers CSV): read
     assert len(read_text_csv(path)[0]) == 2
+    # Lines of spaces are no rows, as pandas reads them, and do not shift the rows named.
+    path.write_text("id,visits,label\nA1,3,1\n  \nA2,4,\n \n")
+    assert len(read_text_csv(path)[0]) == 2
+    path.write_text("id,visits,label\nA1,3,1\n  \nA2,4\nA3,5,0\n")
+    with pytest.raises(DataError, match=r"in row 2 \(2 of them\): a row cut short"):
+        read_text_csv(path)
+    # A header ending with a separator its rows lack: the blank column it names needs no field.
+    path.write_text("Lead ID,Visits,Converted,\nA1,3,Yes\nA2,4,No\n")
+    assert read_text_csv(path)[0]["Unnamed: 3"].tolist() == ["", ""]
     path.write_text("id;visits;label\nA1;3;1\nA2;3,5;1\n")  # a header of one column: another separator, likely
     with pytest.raises(DataError, match=r"saw 2\); if fields are separated by ';' or a tab, say so"):
         read_text_csv(path)

@@ -169,7 +169,7 @@ def test_rows_dated_after_today_are_quarantined_and_do_not_stretch_the_export(tm
     assert reasons[("activities", 2)] == "occurred_at is after today: 2062-05-01"
     assert reasons[("outcomes", 2)] == "closed_at is after today: 2090-02-01"
     assert crm.leads["lead_id"].tolist() == ["A"]  # B's only outcome was quarantined: outcome unknown
-    assert crm.export_end == pd.Timestamp("2025-02-01")
+    assert crm.export_end == pd.Timestamp("2025-02-02")  # the day after its newest close, A's
 
 
 def test_a_meeting_booked_ahead_does_not_move_the_end_of_the_history(tmp_path):
@@ -194,6 +194,17 @@ def test_a_meeting_booked_ahead_does_not_move_the_end_of_the_history(tmp_path):
         "outcome, read as booked ahead: the export's history is taken to end on 2025-03-01, and no snapshot's "
         "horizon runs past it"
     ) in crm.quarantine.notes
+    # Dates without a time: a close on the last day is inside the history, and that day's
+    # activities are not booked ahead.
+    _write(
+        tmp_path,
+        {"lead_id": ["A", "B"], "created_at": ["2025-01-01", "2025-02-28"]},
+        {"lead_id": ["B"], "occurred_at": ["2025-02-28 15:00"], "activity_type": ["meeting"]},
+        {"lead_id": ["A", "B"], "status": ["lost", "converted"], "closed_at": ["2025-02-01", "2025-02-28"]},
+    )
+    crm = load_crm(tmp_path)
+    assert crm.export_end == pd.Timestamp("2025-03-01")
+    assert not any("booked ahead" in note for note in crm.quarantine.notes)
 
 
 def test_missing_required_column_names_file_and_column(tmp_path):
