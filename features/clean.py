@@ -281,7 +281,7 @@ def format_conflict(
         return None
     written = {"comma": "decimal commas", "dot": "decimal points"}
     shown = "; ".join(
-        f"{name}: {count:,} value(s), e.g. {text!r} read as {trained_value:g}, not {meant:g}"
+        f"{name}: {count:,} distinct value(s), e.g. {text!r} read as {trained_value:g}, not {meant:g}"
         for name, (count, text, trained_value, meant) in list(misread.items())[:3]
     )
     return (

@@ -131,8 +131,11 @@ def absent_columns_note(model: LoadedModel, columns: Iterable[str]) -> str | Non
     refuse_without_model_columns(model, columns)
     if model.kind == "flat":
         columns = list(columns)
-        absent = [c for c in model_schema(model)["columns"] if c not in set(columns)]
-        near = near_headers(absent, columns)
+        schema = model_schema(model)
+        absent = [c for c in schema["columns"] if c not in set(columns)]
+        # A header the model reads as one of its own columns (or its id) is no typo of another.
+        taken = {*model.scorer.spec.settings["flat"]["columns"], schema.get("id")}
+        near = near_headers(absent, [c for c in columns if c not in taken])
         shown = ", ".join(f"{c} ({near[c]!r} in this file?)" if c in near else c for c in absent)
         return f"{len(absent)} of the model's columns not in this file, read as missing: {shown}" if absent else None
     learned_from = model.scorer.spec.settings.get("lead_columns")

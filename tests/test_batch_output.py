@@ -387,7 +387,7 @@ def test_a_file_showing_another_decimal_mark_than_the_training_export_is_said():
     said = number_format_note(model, euro)
     assert said.startswith("this file writes decimal commas, unlike the model's training export (decimal points)")
     assert number_format_note(model, pd.DataFrame({"Seconds": ["1.532"], "Pages": ["3"]})) is None  # says nothing
-    assert "Seconds: 1 value(s), e.g. '1.532' read as 1.532, not 1532" in said and "Pages" not in said
+    assert "Seconds: 1 distinct value(s), e.g. '1.532' read as 1.532, not 1532" in said and "Pages" not in said
     # A copy whose every value reads the same either way ("2,5" is two and a half) is not misread.
     alike = pd.DataFrame({"Seconds": ["1532", "674"], "Pages": ["2,5", "1,75"]})
     assert number_format_note(model, alike) is None
@@ -440,3 +440,9 @@ def test_a_flat_files_headers_spelt_otherwise_are_read_as_the_models_columns(tmp
         "2 of the model's columns not in this file, read as missing: Lead Source ('Lead Sorce' in this file?), "
         "Page Views"
     )
+    # A header that is already one of the model's columns is not offered as a typo of another.
+    schema["columns"]["Page Viewz"] = "numeric"
+    path.write_text("Prospect ID,Lead Source,TotalVisits,Page Viewz\nA,Google,3,4\n")
+    leads, _, _ = read_leads(path, None, flat_schema=schema, notes=[])
+    said = absent_columns_note(model, leads.columns)
+    assert said == "1 of the model's columns not in this file, read as missing: Page Views"

@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 from sklearn.metrics import log_loss
 
 from features.calibration import Calibrator
@@ -38,10 +39,15 @@ def test_lift_by_decile_does_not_depend_on_the_order_of_tied_scores():
     first = lift_by_decile(label, probability)
     order = rng.permutation(len(label))
     np.testing.assert_allclose(lift_by_decile(label[order], probability[order]).to_numpy(), first.to_numpy())
-    np.testing.assert_allclose(first["leads"], 199.4)
+    np.testing.assert_allclose(first["leads"].sum(), 1994)
     assert abs(first["conversions"].sum() - label.sum()) < 1e-9
-    # Untied scores give each decile its own leads, as ranking them one by one does.
-    untied = rng.random(1000)
-    ranked = lift_by_decile(label[:1000], untied)
-    by_rank = np.argsort(-untied).reshape(10, 100)
-    np.testing.assert_allclose(ranked["conversions"], label[:1000][by_rank].sum(axis=1))
+    # Untied scores give each decile whole leads, as ranking them one by one does, whatever the count.
+    for n in (1000, 1003, 25, 15, 7):
+        untied = rng.random(n)
+        ranks = pd.Series(untied).rank(method="first", ascending=False).to_numpy()
+        decile = np.ceil(ranks / n * 10).clip(1, 10).astype(int)
+        by_rank = pd.Series(label[:n]).groupby(decile).agg(["size", "sum"])
+        ranked = lift_by_decile(label[:n], untied)
+        assert ranked["decile"].tolist() == by_rank.index.tolist(), n
+        np.testing.assert_allclose(ranked["leads"], by_rank["size"])
+        np.testing.assert_allclose(ranked["conversions"], by_rank["sum"])

@@ -344,12 +344,14 @@ def _summary(metrics: dict[str, Any]) -> None:
         name = escape(model["name"])
         how = (f"[bold]leadscore score FILE -o scores.csv --model-name {name}[/bold]; serve it with "
                f"[bold]leadscore serve --model-name {name}[/bold]")  # fmt: skip
-        console.print(
-            f"Score files like this one with {how}"
-            if metrics["promoted"]
-            else f"Score files like this one with {how}: both use @champion of {name} (a version that passed the "
-            "gates), not this one"
-        )
+        if metrics["promoted"]:
+            console.print(f"Score files like this one with {how}")
+        elif metrics["model"].get("compared_with_champion"):
+            console.print(f"Score files like this one with {how}: both use @champion of {name} (a version that "
+                          "passed the gates), not this one")  # fmt: skip
+        else:
+            console.print(f"{name} has no @champion yet, so nothing scores with it: once a run passes the gates, "
+                          f"score files like this one with {how}")  # fmt: skip
 
 
 @app.command()

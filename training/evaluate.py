@@ -39,12 +39,13 @@ def ece_noise_floor(probability: np.ndarray, bins: int = 10, draws: int = 200, s
 
 
 def lift_by_decile(label: np.ndarray, probability: np.ndarray) -> pd.DataFrame:
-    """Conversion rate and lift per score decile, best decile first (1 = top 10%).
+    """Conversion rate and lift per score decile, best decile first (1 = top 10%): the best
+    floor(n/10) places, then up to floor(2n/10), and so on (deciles with no place are left out).
 
     Leads of one score that straddle a decile's edge are shared between the deciles in
     proportion (so `leads` and `conversions` may be fractional): isotonic calibration gives
     hundreds of test leads one probability, and cutting them by row order moved the top
-    decile's lift from 4.0 to 4.45 on one test set.
+    decile's lift from 4.0 to 4.45 on one test set. Untied leads each fall in one decile.
     """
     y = np.asarray(label, dtype=float)
     p = np.asarray(probability, dtype=float)
@@ -52,7 +53,7 @@ def lift_by_decile(label: np.ndarray, probability: np.ndarray) -> pd.DataFrame:
     size = np.bincount(group).astype(float)
     end = np.cumsum(size)
     start = end - size
-    edges = np.arange(11) * len(p) / 10
+    edges = np.floor(np.arange(11) * len(p) / 10)  # whole places, as ranking one by one cuts them
     # Each score's places [start, end) in the ranking, in each decile's [edge, next edge).
     overlap = np.clip(np.minimum(end[:, None], edges[None, 1:]) - np.maximum(start[:, None], edges[None, :-1]), 0, None)
     share = overlap / size[:, None]

@@ -800,6 +800,7 @@ def train_and_register(
             lead_columns=dataset.settings.get("lead_columns"),
             leaking={*excluded, *(dropped if replace_leaky_champion else ())}, dropped=dropped,
             features_for=champion_features, test_window=dataset.split.windows.get("test"), columns=list(spec.columns),
+            header=dataset.settings.get("flat", {}).get("header"),
         )  # fmt: skip
         gates = check_gates(params.gates, test_metrics, best_baseline, champion)
         passed = all(g.passed for g in gates)

@@ -148,6 +148,7 @@ def champion_auc(
     features_for: Callable[[dict[str, Any], list[str]], pd.DataFrame | None] | None = None,
     test_window: tuple[str, str] | None = None,
     columns: list[str] | None = None,
+    header: list[str] | None = None,
 ) -> ChampionCheck:
     """The current champion's ROC AUC on this run's test set, when it can be compared.
     `lead_columns`: the feature inputs this CRM export has values in (`lead_columns_with_values`).
@@ -158,7 +159,7 @@ def champion_auc(
     with other windows lacked columns and went uncompared; with another half-life it was
     compared on features it never learned from). `test_window`: the first and last day this
     run's test examples are scored as of (a split by time); `columns`: the columns this model
-    reads."""
+    reads; `header`: a flat export's header as written (the --drop to advise names them so)."""
     client = MlflowClient()
     version = current_version(client, model_name)
     if version is None:
@@ -202,8 +203,9 @@ def champion_auc(
             None,
             f"champion v{version} learned from examples as of {learned_to} and before, and this run's test period "
             f"starts {test_window[0]}: it learned from some of these test leads, so its AUC here would flatter it; "
-            "not compared, so not promoted (this run's data ends before the champion's did: was --as-of or --data "
-            f"meant? `leadscore promote` makes a version the champion by hand)",
+            "not compared, so not promoted. Either this run's data ends before the champion's did (was --as-of or "
+            "--data meant?) or its test period is longer than the champion's (split.test_days, or "
+            "features.horizon_days, raised); `leadscore promote` makes a version the champion by hand",
             uncompared=True,
         )
     if kind == "crm" and not export_has_activities and scorer.uses_engagement():
@@ -253,16 +255,18 @@ def champion_auc(
         note = f" ({', '.join(technologies[:5])} read as 0: not among this export's technologies)"
         missing = []
     if kind == "flat" and columns:
-        champion_dropped = list(scorer.spec.settings.get("flat", {}).get("dropped", []))
-        left_out = {model_column_name(c): (c, "dropped with --drop") for c in champion_dropped}
+        champion_dropped = scorer.spec.settings.get("flat", {}).get("dropped", [])
+        left_out = {model_column_name(c): "dropped with --drop" for c in champion_dropped}
         for column in scorer.metadata.get("leakage_excluded", []):
-            left_out.setdefault(column, (column, "flagged as leaking"))
+            left_out.setdefault(column, "flagged as leaking")
         back = [c for c in columns if c in left_out]
         if back:
-            shown = ", ".join(f"{c} ({left_out[c][1]})" for c in back[:5]) + (
+            shown = ", ".join(f"{c} ({left_out[c]})" for c in back[:5]) + (
                 f" and {len(back) - 5} more" if len(back) > 5 else ""
             )
-            drop = ",".join(dict.fromkeys([*champion_dropped, *(left_out[c][0] for c in back)]))
+            # This run's --drop and the columns back, as this file's header writes them.
+            wanted = {*dropped, *back}
+            drop = ",".join(h for h in header or back if model_column_name(h) in wanted)
             return found(
                 version,
                 None,
