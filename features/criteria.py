@@ -136,6 +136,18 @@ def qualify_columns(
     return {"stage": stage.tolist(), "stage_reason": reasons, "next_action": actions, "recycle_on": recycle_on}
 
 
+def reachable_stages(kind: str, criteria: CriteriaParams) -> list[str]:
+    """The stages a model of this kind can give, best last. A flat export holds no hand-raise,
+    BANT answer, opt-out, e-mail or sales acceptance, so a flat model's leads are nurture or
+    MQL by score, and SQL only where its rule asks for neither a hand-raise nor BANT."""
+    if kind != "flat":
+        return list(STAGES)
+    if criteria.sql.require_hand_raise or criteria.sql.min_bant_confirmed > 0:
+        return ["nurture", "MQL"]
+    # SQL by score alone, which takes the leads above its threshold from MQL.
+    return ["nurture", *(["MQL"] if criteria.sql.min_score > criteria.mql.min_score else []), "SQL"]
+
+
 def _reaches(values: np.ndarray, needed: float | None) -> np.ndarray:
     """Where `values` meet a threshold; everywhere when there is none."""
     return np.ones(len(values), dtype=bool) if needed is None else values >= needed

@@ -23,7 +23,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import TypeAdapter, ValidationError
 
 from features.clean import parse_timestamps, snake_case
-from features.criteria import STAGES, mql_conditions
+from features.criteria import STAGES, mql_conditions, reachable_stages
 from features.flat import field_problems
 from features.reasons import describe, plain_name
 from features.schema import ACTIVITY_TYPES
@@ -636,10 +636,13 @@ def _criteria_rows(model: LoadedModel) -> list[tuple[str, str]]:
     actions = ("Next actions", "; ".join(f"{stage}: {text}" for stage, text in shown.items()))
     if model.kind == "flat":
         # One row per lead: no activities, BANT answers or e-mail rules for SQL and disqualified.
+        stages = reachable_stages("flat", criteria)
+        unreached = "SQL, disqualified" if "SQL" not in stages else "Disqualified"
         return [
-            mql_row,
-            ("SQL, disqualified", "not reached: a flat export holds no hand-raises, BANT answers or opt-outs"),
-            ("Next actions", f"MQL: {criteria.next_actions['MQL']}; nurture: {criteria.next_actions['nurture']}"),
+            *([mql_row] if "MQL" in stages else []),
+            *([("SQL", f"score ≥ {sql.min_score:g}")] if "SQL" in stages else []),
+            (unreached, "not reached: a flat export holds no hand-raises, BANT answers or opt-outs"),
+            ("Next actions", "; ".join(f"{stage}: {criteria.next_actions[stage]}" for stage in reversed(stages))),
         ]
     competitors = ", ".join(out.competitor_domains) or "none listed"
     return [

@@ -205,6 +205,11 @@ class ModelInfo(BaseModel):
     test_metrics: dict[str, Any] | None = Field(description="roc_auc, pr_auc, log_loss, brier, ece, n, positives, ...")
     calibration: str | None = Field(examples=["sigmoid"])
     criteria: dict[str, Any] | None = Field(description="The MQL/SQL rules and disqualifications (params.yaml)")
+    stages: list[str] = Field(
+        description="The stages this model can give. A flat model (`kind: flat`) reads no hand-raise, BANT, "
+        "opt-out or e-mail, so its `criteria` for SQL and disqualification never apply: nurture and MQL by score",
+        examples=[["disqualified", "nurture", "MQL", "SAL", "SQL"]],
+    )
     grade_bands: dict[str, float] | None = Field(description="Each grade's lowest score, best first")
     rules: dict[str, Any] | None = Field(
         None,

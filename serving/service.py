@@ -31,6 +31,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 
 from features.clean import tidy_text
+from features.criteria import reachable_stages
 from features.flat import field_problems
 from features.params import load_params
 from features.reasons import plain_name
@@ -305,9 +306,11 @@ class LeadScoring:
                 self.not_champion = True
                 raise
             self.not_champion = live is not None and version != live
-            self.last_check_problem = ""
             if version == live:
+                self.last_check_problem = ""
                 return {"live_version": live, "changed": False}
+            # The last problem stays said while a version is tried: GET /model during a retry of
+            # a broken champion read "no problem" for as long as the load took.
             model = load_champion(self.model_name, version=version)
             try:
                 direct = DirectScorer(model)
@@ -327,6 +330,7 @@ class LeadScoring:
             return {"live_version": live, "changed": False, "error": str(exc)}
         self.live = Live(model, direct, pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"))
         self.not_champion = False
+        self.last_check_problem = ""
         self.not_ready = ""
         NOT_READY["reason"] = ""
         logger.info("now serving %s version %s (was %s)", self.model_name, version, live or "none")
@@ -479,6 +483,7 @@ class LeadScoring:
             "test_metrics": meta.get("test_metrics"),
             "calibration": meta.get("calibration"),
             "criteria": meta.get("criteria"),
+            "stages": reachable_stages(model.kind, model.criteria),
             "grade_bands": meta.get("grade_bands"),
             "rules": meta.get("rules"),
             "data_hash": meta.get("data_hash"),

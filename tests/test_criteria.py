@@ -138,6 +138,26 @@ def test_mql_on_score_alone_when_fit_and_engagement_are_not_conditions(params):
     ]
 
 
+def test_the_stages_a_model_can_give_are_the_ones_its_leads_reach(params):
+    """GET /model listed SQL and disqualification rules for a flat model, which never reaches
+    them: its leads carry a score and no CRM fields."""
+    from features.criteria import STAGES, reachable_stages
+    from features.params import CriteriaParams
+    from training.pipeline import flat_rules
+
+    assert reachable_stages("crm", params.criteria) == list(STAGES)
+    scores = np.linspace(0, 100, 201)
+    sql_by_score = {"require_hand_raise": False, "min_bant_confirmed": 0}
+    for sql_update in ({}, sql_by_score, {**sql_by_score, "min_score": 70.0}):
+        raw = params.criteria.model_dump(mode="json")
+        raw["sql"].update(sql_update)
+        criteria = CriteriaParams.model_validate(flat_rules(raw, 40.0))
+        flat_leads = pd.DataFrame({"score": scores})  # all a flat lead gives the rules
+        reached = set(qualify(flat_leads, criteria, AS_OF)["stage"])
+        assert reached == set(reachable_stages("flat", criteria)), sql_update
+    assert reachable_stages("flat", criteria) == ["nurture", "MQL", "SQL"]  # SQL by a score above MQL's
+
+
 def test_an_admins_rule_that_cannot_work_is_refused_naming_the_key(tmp_path):
     """Each passed the types and then never fired (a hand raise spelt `demo-request`: no SQL at
     all), failed at scoring time (an unknown placeholder: a 500 for a whole batch) or graded

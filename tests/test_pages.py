@@ -777,6 +777,15 @@ def test_the_model_page_lists_only_the_mql_conditions_the_criteria_set(params):
         ("SQL, disqualified", "not reached: a flat export holds no hand-raises, BANT answers or opt-outs"),
         ("Next actions", "MQL: Sales development: first call within 3 days; nurture: Keep in the nurture campaign"),
     ]
+    # An SQL rule that asks for neither a hand-raise nor BANT is reached by score alone: said so.
+    by_score = {"min_score": 80.0, "require_hand_raise": False, "min_bant_confirmed": 0}
+    sql = params.criteria.sql.model_copy(update=by_score)
+    flat.criteria = flat_criteria.model_copy(update={"sql": sql})
+    assert _criteria_rows(flat)[1:3] == [
+        ("SQL", "score ≥ 80"),
+        ("Disqualified", "not reached: a flat export holds no hand-raises, BANT answers or opt-outs"),
+    ]
+    assert _criteria_rows(flat)[3][1].startswith("SQL: Call within one business day; MQL: Sales development")
     rows = dict(_criteria_rows(crm))
     # An admin reads every rule in force: ranks said as ranks, the hand-raise types on the MQL line
     # too, the competitors, the profile the ICP match counts and each stage's action.

@@ -395,6 +395,7 @@ def test_explain_model_and_docs(server, sample):
     ModelInfo.model_validate(info)
     assert pd.Timestamp(info["checked_at"]) >= pd.Timestamp(info["loaded_at"])  # the alias is as of that check
     assert info["grade_bands"] and info["criteria"]["sql"]["min_score"] > 0 and info["test_metrics"]["roc_auc"] > 0.5
+    assert info["stages"] == ["disqualified", "nurture", "MQL", "SAL", "SQL"]
     spec = httpx.get(f"{url}/docs", headers=_auth()).json()
     assert "/score" in spec["paths"] and "/explain" in spec["paths"]
     # The API page at / is BentoML's Swagger UI without the tag manager its file loads.

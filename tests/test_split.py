@@ -266,3 +266,26 @@ def test_versions_tested_on_other_leads_are_told_apart():
     assert not tested_apart([version("2026-07-24 to 2026-09-22"), version("2026-07-24 to 2026-09-22")])
     assert not tested_apart([version("2026-07-24 to 2026-09-22"), version(None)])  # trained before it was kept
     assert tested_apart([version("2026-07-24 to 2026-09-22"), version("2026-04-25 to 2026-06-23")])
+
+
+def test_closes_missing_from_the_newest_weeks_are_named(small_crm_dir, tmp_path, params):
+    """An outcomes.csv exported weeks before the other files left the newest snapshot's
+    conversions out: its leads read as not converted, with no word why."""
+    import shutil
+
+    from training.pipeline import closes_missing_late, prepare_crm
+
+    horizon = params.features.horizon_days
+    whole = prepare_crm(small_crm_dir, params)
+    assert closes_missing_late(whole.keys, whole.label, horizon) is None
+
+    export = shutil.copytree(small_crm_dir, tmp_path / "export")
+    outcomes = pd.read_csv(export / "outcomes.csv", dtype=str, keep_default_na=False)
+    closed = pd.to_datetime(outcomes["closed_at"], errors="coerce", format="mixed")
+    cut = whole.export_end - pd.Timedelta(days=40)
+    outcomes[closed.isna() | (closed < cut)].to_csv(export / "outcomes.csv", index=False)
+    early = prepare_crm(export, params)
+    assert early.export_end == whole.export_end  # the leads still reach the export's end
+    note = closes_missing_late(early.keys, early.label, horizon)
+    newest = early.keys["as_of"].max().date()
+    assert note is not None and f"{newest}: 0 of " in note and "outcomes.csv was exported before" in note

@@ -18,6 +18,7 @@ import mlflow
 import numpy as np
 import optuna
 import pandas as pd
+from scipy.stats import binom
 from sklearn.metrics import roc_auc_score
 
 from features.build import build_crm_features, crm_feature_groups, idle_engagement
@@ -208,6 +209,38 @@ def _leads_end_early(keys: pd.DataFrame, export_end: pd.Timestamp | None) -> str
         f"no lead is first seen after {newest_lead.date()}, yet the export runs to {export_end.date()} (the "
         "day after its newest outcome): leads.csv ends months before the other files; was it cut "
         "short or exported over fewer months? Export leads, activities and outcomes over the same dates"
+    )
+
+
+def closes_missing_late(keys: pd.DataFrame, label: pd.Series, horizon_days: int) -> str | None:
+    """Why the newest snapshots of a CRM export convert far less than the rest (their closes
+    missing: outcomes.csv exported before the other files), else None.
+
+    The newest snapshots are named while each holds at least 20 expected conversions at the
+    median snapshot's rate, fewer than half of them, and a count that rate makes a 1-in-10,000
+    chance: drift and seasonality move a snapshot's rate by a fraction, not that far."""
+    if "as_of" not in keys.columns or keys.empty:
+        return None
+    counts = pd.DataFrame({"as_of": keys["as_of"].to_numpy(), "label": label.to_numpy()}).groupby("as_of")["label"]
+    table = counts.agg(["size", "sum"]).sort_index()
+    if len(table) < 4:
+        return None
+    typical = float(np.median(table["sum"] / table["size"]))
+    low = []
+    for moment, (size, converted) in table[::-1].iterrows():
+        expected = size * typical
+        if expected < 20 or converted >= expected / 2 or binom.cdf(converted, size, typical) >= 1e-4:
+            break
+        low.append(f"{moment.date()}: {converted:,} of {size:,} ({converted / size:.1%})")
+    if not low or len(low) == len(table):
+        return None
+    return (
+        f"the newest snapshot(s) convert far less than the others within {horizon_days} days: "
+        + "; ".join(reversed(low))
+        + f", against {typical:.1%} at the median snapshot. If outcomes.csv was exported before leads.csv "
+        "and activities.csv, the closes of its last weeks are missing and these leads read as not converted, "
+        "which lowers the test metrics: export the files together, or train --as-of the day outcomes.csv "
+        "was exported"
     )
 
 
@@ -598,6 +631,12 @@ def train_and_register(
     memory = {"features_mb": peak_memory_mb()}
     check_split(dataset, params)
     part = dataset.split.assignment
+    data_warnings = []
+    if dataset.kind == "crm":
+        late = closes_missing_late(dataset.keys, dataset.label, params.features.horizon_days)
+        if late:
+            reporter.warn(late)
+            data_warnings.append(late)
     test_label = dataset.label[part == "test"]
     fewest = min(int(test_label.sum()), int((test_label == 0).sum()))
     if fewest < params.gates.min_test_examples_per_class:
@@ -764,7 +803,7 @@ def train_and_register(
         )  # fmt: skip
         for text in trailing:
             reporter.warn(text)
-        run_warnings = [*tuning_warnings, *trailing]
+        run_warnings = [*data_warnings, *tuning_warnings, *trailing]
         bayes = None
         if dataset.truth is not None:
             truth = dataset.truth[(part == "test").to_numpy()].to_numpy()
