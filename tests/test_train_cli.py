@@ -796,3 +796,42 @@ def test_sigterm_inside_a_database_call_waits_for_the_call_to_end():
     except RuntimeError as exc:
         assert str(cli._sigterm_behind(exc)) == "stopped by SIGTERM"
     assert cli._sigterm_behind(ValueError("no signal")) is None
+
+
+def test_sigterm_during_a_promotion_waits_until_the_run_records_it(small_crm_dir, monkeypatch):
+    """A scheduler's timeout just after `@champion` moved stopped the command before its run
+    and report said so: the champion had changed while the command said it was unchanged."""
+    import signal
+    import time
+
+    from features.params import load_params
+    from training import cli, pipeline, stopping
+
+    real_promote = pipeline.promote
+
+    def promote_then_stopped(*args, **kwargs):
+        moved = real_promote(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # the timeout, right after the move
+        time.sleep(0.2)
+        return moved
+
+    monkeypatch.setattr(pipeline, "promote", promote_then_stopped)
+    monkeypatch.setattr(stopping, "held", False)
+    lenient = {"gates.min_auc_gain_vs_baseline": -1.0, "gates.max_test_ece": 1.0, "mlflow.shap_sample": 100}
+    params = load_params(**{"tuning.trials": 3, "tuning.max_boost_rounds": 200, **lenient})
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        cli._fail_cleanly_on_sigterm()
+        metrics = pipeline.train_and_register(pipeline.prepare_crm(small_crm_dir, params), params,
+                                              model_name="held-sigterm")  # fmt: skip
+        assert not stopping.holding()
+        with pytest.raises(cli.Terminated):  # outside a promotion, SIGTERM stops as before
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(2)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert metrics["promoted"] and stopping.held
+    run = MlflowClient().get_run(metrics["model"]["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["promoted"] == "True"
+    champion = MlflowClient().get_model_version_by_alias("held-sigterm", "champion")
+    assert str(champion.version) == metrics["model"]["version"]

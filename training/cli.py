@@ -568,6 +568,7 @@ def train(
         held.close()
         if client is not None:
             client.close()
+    _say_sigterm_held()
     if metrics["data"]["quarantine_file"]:
         reporter.note(f"quarantine: {metrics['data']['quarantine_file']}")
     _summary(metrics)
@@ -1277,6 +1278,11 @@ def _fail_cleanly_on_sigterm() -> None:
     once, silent, its run left RUNNING and the report folder holding an earlier decision)."""
 
     def stop(signum: int, frame: Any) -> None:
+        from training import stopping
+
+        if stopping.holding():  # a promotion is being recorded: finished first (`sigterm_held`)
+            stopping.note_held()
+            return
         if _in_database_call(frame):
             # Raised inside a database call, the exception left its read open, which locked the
             # sqlite store: ending the MLflow run then failed ("database is locked"), the run
@@ -1295,6 +1301,14 @@ SIGTERM_RETRY_SECONDS = 0.05
 # A sqlite or SQL tracking store's calls (short); not an HTTP call to a tracking server, which
 # may wait minutes on a server that is down and is safe to interrupt.
 DATABASE_CODE = f"{os.sep}sqlalchemy{os.sep}"
+
+
+def _say_sigterm_held() -> None:
+    """A SIGTERM that came while a promotion was recorded was held back (`sigterm_held`): said."""
+    from training import stopping
+
+    if stopping.held:
+        err.print(f"{_log_time()}SIGTERM came while the promotion was being recorded: finished that first")
 
 
 def _in_database_call(frame: Any) -> bool:
@@ -1412,6 +1426,7 @@ def recalibrate(
         if os.environ.get("LEADSCORE_DEBUG"):
             raise
         failed(f"recalibration stopped, the champion is unchanged: {type(exc).__name__}: {exc}")
+    _say_sigterm_held()
     drift = summary["drift"]
     console.print(
         f"drift: conversion {drift['conversion']['reference_rate']:.1%} → {drift['conversion']['recent_rate']:.1%} "

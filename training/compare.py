@@ -21,9 +21,28 @@ def test_period(dataset) -> tuple[pd.DataFrame, np.ndarray]:
     return dataset.features[test].reset_index(drop=True), dataset.label[test].to_numpy()
 
 
-def probabilities(scorers: Mapping[str, LeadScorer], features: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Each model's calibrated probabilities for the same rows."""
-    return {name: scorer.predict_proba(features) for name, scorer in scorers.items()}
+def probabilities(scorers: Mapping[str, LeadScorer], dataset) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Each model's calibrated probabilities for the test examples of a prepared dataset, each
+    reading them as it was trained to: a model trained with other feature settings or
+    technologies (a half-life, a window, the ICP) gets the examples built with its own, as the
+    champion gate of `train` scores it. Read with the dataset's, a champion's AUC and
+    calibration came out worse than its own, and the challenger looked better than it was.
+
+    Returns:
+        The probabilities by model, and the names of the models whose features were built anew.
+    """
+    test = (dataset.split.assignment == "test").to_numpy()
+    features = dataset.features[test].reset_index(drop=True)
+    probs, rebuilt = {}, []
+    for name, scorer in scorers.items():
+        settings = scorer.spec.settings.get("features")
+        own = None
+        if dataset.features_for is not None and settings is not None:
+            own = dataset.features_for(settings, list(scorer.spec.settings.get("tech_vocabulary", [])), test)
+        if own is not None:
+            rebuilt.append(name)
+        probs[name] = scorer.predict_proba(features if own is None else own.reset_index(drop=True))
+    return probs, rebuilt
 
 
 def comparison_table(label: np.ndarray, probs: Mapping[str, np.ndarray]) -> pd.DataFrame:
@@ -41,8 +60,9 @@ def auc_difference(
     within the noise of this test period.
 
     Returns:
-        `difference`, `low`, `high`, and `share_above_zero` (the share of resamples in which
-        `first` ranked better).
+        `difference`, `low`, `high`, `share_above_zero` (the share of resamples in which
+        `first` ranked better) and `share_tied` (in which the two ranked alike: the same model
+        twice, say, is ahead in none and tied in all).
     """
     label = np.asarray(label)
     rng = np.random.default_rng(seed)
@@ -58,6 +78,7 @@ def auc_difference(
         "low": float(np.quantile(spread, 0.025)),
         "high": float(np.quantile(spread, 0.975)),
         "share_above_zero": float((spread > 0).mean()),
+        "share_tied": float((np.abs(spread) < 1e-12).mean()),
     }
 
 

@@ -3,6 +3,7 @@ register, tracked in one MLflow parent run with a nested run per Optuna trial.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import resource
@@ -54,6 +55,7 @@ from training.register import (
     set_alias,
 )
 from training.split import CV_FOLDS, SplitReport, split_by_time, split_stratified, tested_on
+from training.stopping import sigterm_held
 from training.thresholds import top_share_threshold
 from training.train import fit_final, learned_settings, out_of_fold_margins
 from training.tune import TPE_STARTUP_TRIALS, TuningResult, tune, tune_cv
@@ -672,7 +674,12 @@ def train_and_register(
 
     use_experiment(params, reporter)
     commit, dirty = git_commit()
-    with mlflow.start_run(run_name=f"{job}-{dataset.kind}") as run, heartbeat(run.info.run_id):
+    # Outermost, so a promotion's hold (`sigterm_held`) lasts until the run has ended.
+    with (
+        contextlib.ExitStack() as promoting,
+        mlflow.start_run(run_name=f"{job}-{dataset.kind}") as run,
+        heartbeat(run.info.run_id),
+    ):
         # The hash is of the export's files; an --as-of cut of them is told by the source and the end read.
         tags = {"data.source": dataset.source, "data.hash": dataset.data_hash, "data.kind": dataset.kind,
                 JOB_TAG: job}  # fmt: skip
@@ -914,6 +921,8 @@ def train_and_register(
             if not promote_champion:
                 set_alias(model_name, CHALLENGER, version)
             elif passed:
+                # A SIGTERM from here waits until the run records the promotion (seconds).
+                promoting.enter_context(sigterm_held())
                 try:
                     previous = promote(model_name, version, compared_with=champion.version)
                 except ChampionMoved as exc:

@@ -38,6 +38,7 @@ from training.pipeline import (
 )
 from training.register import CHALLENGER, CHAMPION, ChampionMoved, current_version, promote
 from training.rules import differences
+from training.stopping import sigterm_held
 from training.thresholds import f1_threshold, grade_bands, precision_threshold, top_share_threshold
 
 # Exit codes a scheduler can act on; every decision (promoted, kept the champion, dry run,
@@ -270,34 +271,43 @@ def recalibrate(
             would = "the gates would pass" if passed else f"the gates would fail: {failed}"
             summary |= {"decision": "dry run", "why": f"nothing changed ({would})"}
         elif passed:
-            new = metrics["model"]["version"]
-            try:
-                at_gates = metrics["model"]["compared_with_champion"]
-                if at_gates != champion.version:
-                    raise ChampionMoved(
-                        f"@champion moved while this recalibration ran (v{champion.version} when it started, whose "
-                        f"drift, thresholds and comparison this report holds; v{at_gates} at the gates): v{new} is "
-                        "registered, not promoted; run it again"
-                    )
-                # Over the champion this report is about, and only if it is still @champion.
-                before = promote(model_name, new, compared_with=champion.version)
-            except ChampionMoved as exc:
-                summary["gates"] = [*summary["gates"], {"name": "champion_unchanged_during_run", "passed": False,
-                                                        "detail": str(exc)}]  # fmt: skip
-                summary |= {"decision": "kept the champion", "why": str(exc), "exit_code": EXIT_LOCKED}
-                return _finish(summary, report_dir, summary["run_id"])
-            summary |= {"decision": "promoted", "why": f"all gates passed; v{new} is @champion, v{before} is @previous"}
-            try:
-                mark_promoted(model_name, summary["run_id"], metrics, before)
-                return _finish(summary, report_dir, summary["run_id"])
-            except Exception as exc:  # the promotion stands: say so, not "unchanged"
-                raise RecalibrationError(
-                    f"v{new} was promoted (v{before} is @previous), but the run or report could not be written: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
+            with sigterm_held():  # a SIGTERM waits until the move is in the run and the report
+                return _promote(summary, metrics, champion, model_name, report_dir)
         else:
             summary |= {"decision": "kept the champion", "why": f"gates failed: {failed}"}
         return _finish(summary, report_dir, summary["run_id"])
+
+
+def _promote(
+    summary: dict[str, Any], metrics: dict[str, Any], champion: Any, model_name: str, report_dir: Path | None
+) -> dict[str, Any]:
+    """Move `@champion` to the recalibrated version, over the champion this report is about, and
+    record it in the run and the report."""
+    new = metrics["model"]["version"]
+    try:
+        at_gates = metrics["model"]["compared_with_champion"]
+        if at_gates != champion.version:
+            raise ChampionMoved(
+                f"@champion moved while this recalibration ran (v{champion.version} when it started, whose "
+                f"drift, thresholds and comparison this report holds; v{at_gates} at the gates): v{new} is "
+                "registered, not promoted; run it again"
+            )
+        # Over the champion this report is about, and only if it is still @champion.
+        before = promote(model_name, new, compared_with=champion.version)
+    except ChampionMoved as exc:
+        summary["gates"] = [*summary["gates"], {"name": "champion_unchanged_during_run", "passed": False,
+                                                "detail": str(exc)}]  # fmt: skip
+        summary |= {"decision": "kept the champion", "why": str(exc), "exit_code": EXIT_LOCKED}
+        return _finish(summary, report_dir, summary["run_id"])
+    summary |= {"decision": "promoted", "why": f"all gates passed; v{new} is @champion, v{before} is @previous"}
+    try:
+        mark_promoted(model_name, summary["run_id"], metrics, before)
+        return _finish(summary, report_dir, summary["run_id"])
+    except Exception as exc:  # the promotion stands: say so, not "unchanged"
+        raise RecalibrationError(
+            f"v{new} was promoted (v{before} is @previous), but the run or report could not be written: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def mark_promoted(model_name: str, run_id: str, metrics: dict[str, Any], previous: str | None) -> None:
