@@ -232,8 +232,9 @@ def tracking_problem(timeout_seconds: int = 10) -> str | None:
     return None
 
 
-def server_lost(exc: BaseException) -> str | None:
-    """A one-line message when `exc` is the tracking server no longer answering mid-run."""
+def server_lost(exc: BaseException, again: str = "Train again") -> str | None:
+    """A one-line message when `exc` is the tracking server no longer answering mid-run;
+    `again` is what to do once it is back."""
     uri = tracking_uri()
     if not uri.startswith(("http://", "https://")):
         return None
@@ -247,9 +248,9 @@ def server_lost(exc: BaseException) -> str | None:
     if reached and (reached[1], int(reached[2])) != tracking:
         return (
             f"the artifact store at {reached[1]}:{reached[2]} (not the tracking server at {shown_uri(uri)}) stopped "
-            "answering during the run; @champion did not move. Train again once it is back."
+            f"answering during the run; @champion did not move. {again} once it is back."
         )
     return (
         f"the tracking server at {shown_uri(uri)} stopped answering during the run; the run stays unfinished "
-        "there and @champion did not move. Train again once `mlflow server` is back."
+        f"there and @champion did not move. {again} once `mlflow server` is back."
     )

@@ -87,6 +87,9 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 # deleted and written anew (`make clean`, a restored backup) was still read from the old file,
 # and sqlite took the new file's journal for the old one's, which broke a training run's writes.
 os.environ.setdefault("MLFLOW_SQLALCHEMYSTORE_POOLCLASS", "NullPool")
+# A log file, not a terminal: no download bar for each model a worker loads (under plain
+# `bentoml serve` too).
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 logger = logging.getLogger("leadscore.service")
 # BentoML passes on warnings only: a champion going live (a promotion, a rollback) is news to

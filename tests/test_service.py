@@ -45,7 +45,7 @@ def _start(
     keys: str | None,
     *,
     log_dir: Path | None = None,
-    env_extra: dict[str, str] | None = None,
+    env_extra: dict[str, str | None] | None = None,
     serve_args: tuple[str, ...] = (),
     via_leadscore: bool = False,
 ) -> tuple[subprocess.Popen, str, Path]:
@@ -57,7 +57,11 @@ def _start(
     env.pop("LEADSCORE_API_KEYS", None)
     if keys:
         env["LEADSCORE_API_KEYS"] = keys
-    env.update(env_extra or {})
+    for name, value in (env_extra or {}).items():
+        if value is None:  # not set
+            env.pop(name, None)
+        else:
+            env[name] = value
     log = (log_dir or Path(store.removeprefix("sqlite:///")).parent) / f"serve-{port}.log"
     bin_dir = Path(sys.executable).parent
     command = (

@@ -787,14 +787,14 @@ def test_sigterm_inside_a_database_call_waits_for_the_call_to_end():
     # Whatever failed on the way out (ending the run), the command was stopped by SIGTERM.
     try:
         try:
-            raise cli.Terminated("stopped by SIGTERM")
+            raise cli.Terminated()
         except cli.Terminated:
             try:
                 raise sqlite3.OperationalError("database is locked")
             except sqlite3.OperationalError as locked:
                 raise RuntimeError("could not end the run") from locked
     except RuntimeError as exc:
-        assert str(cli._sigterm_behind(exc)) == "stopped by SIGTERM"
+        assert str(cli._sigterm_behind(exc)) == "stopped by SIGTERM (a timeout or a cancel)"
     assert cli._sigterm_behind(ValueError("no signal")) is None
 
 
@@ -835,3 +835,53 @@ def test_sigterm_during_a_promotion_waits_until_the_run_records_it(small_crm_dir
     assert run.info.status == "FINISHED" and run.data.tags["promoted"] == "True"
     champion = MlflowClient().get_model_version_by_alias("held-sigterm", "champion")
     assert str(champion.version) == metrics["model"]["version"]
+
+
+def test_sigint_stops_a_command_as_sigterm_does(tmp_path):
+    """Ctrl-C (or a CI runner's cancel, which may send SIGINT first) left Optuna's traceback in
+    the log and a recalibration's summary saying "running"."""
+    import signal
+    import time
+
+    from training import cli
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        cli._fail_cleanly_on_sigterm()
+        with pytest.raises(cli.Terminated) as stopped:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(2)
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    assert stopped.value.exit_code == 130 and str(stopped.value) == "stopped by SIGINT (Ctrl-C or a cancel)"
+    cli._record_failure(tmp_path, f"recalibration {stopped.value}", stopped.value.exit_code)
+    assert json.loads((tmp_path / "summary.json").read_text())["decision"] == "stopped"  # as for SIGTERM
+
+
+def test_a_recalibration_that_loses_the_tracking_server_says_so_in_one_line(tmp_path, monkeypatch):
+    """`train` named a tracking server lost mid-run; `recalibrate` printed urllib3's raw error."""
+    from mlflow.exceptions import MlflowException
+    from typer.testing import CliRunner
+
+    import training.recalibrate
+    from training import cli
+
+    def lost(*args, **kwargs):  # as MLflow raises it
+        raise MlflowException(
+            "API request to http://127.0.0.1:5077/api/2.0/mlflow/runs/update failed with exception "
+            "HTTPConnectionPool(host='127.0.0.1', port=5077): Max retries exceeded (refused)"
+        )
+
+    monkeypatch.setattr(training.recalibrate, "recalibrate", lost)
+    monkeypatch.setattr(cli, "_check_model_folders", lambda **kwargs: None)  # the server was up at the start
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5077")
+    (tmp_path / "export").mkdir()
+    report = tmp_path / "report"
+    args = ["recalibrate", "--data", str(tmp_path / "export"), "--report-dir", str(report)]
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert "recalibration stopped: the tracking server at http://127.0.0.1:5077 stopped answering" in said, said
+    assert "Run the recalibration again once `mlflow server` is back" in said and "HTTPConnectionPool" not in said
+    assert json.loads((report / "summary.json").read_text())["decision"] == "failed"

@@ -452,7 +452,7 @@ def train(
     With --engine dask, features are built and the final model is fitted on a Dask cluster
     (LightGBM's Dask estimator); Optuna tunes on a sample of the training examples. Exits 3
     while another training run, a recalibration, a rollback or a notebook's training holds the
-    lock they share, 2 on bad input, 143 when stopped by SIGTERM.
+    lock they share, 2 on bad input, 143 when stopped by SIGTERM (130 by SIGINT).
     """
     from features.tracking import lock_path
     from training.pipeline import (
@@ -542,7 +542,7 @@ def train(
     except RecalibrationError as exc:
         _fail(f"{exc}: try again after it finishes", code=exc.exit_code)
     except Terminated as exc:
-        _fail(f"training {exc}; the champion is unchanged", code=EXIT_TERMINATED)
+        _fail(f"training {exc}; the champion is unchanged", code=exc.exit_code)
     except (DataError, ParamsError) as exc:
         _fail(str(exc) + _kept_quarantine(dataset, exc))
     except OSError as exc:
@@ -553,7 +553,7 @@ def train(
         from features.tracking import server_lost
 
         if stopped := _sigterm_behind(exc):
-            _fail(f"training {stopped}; the champion is unchanged", code=EXIT_TERMINATED)
+            _fail(f"training {stopped}; the champion is unchanged", code=stopped.exit_code)
         if os.environ.get("LEADSCORE_DEBUG"):
             raise
         _fail(
@@ -787,7 +787,10 @@ def serve(
     # BentoML's usage statistics would phone home from every worker: not from a CRM's scorer.
     # Two malloc arenas: with glibc's default (8 per core) a worker's memory crept up by 17-34 MB
     # an hour in idle arenas, where two kept it within 2-10 MB at no cost in latency (BENCHMARKS.md).
+    # No download bar in the service's log for each model a worker loads (26 bars in 30 minutes
+    # of promotions were 82 KB of an 85 KB log).
     defaults = {"BENTOML_DO_NOT_TRACK": "true", "MALLOC_ARENA_MAX": "2"}
+    defaults["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     env = {**defaults, **os.environ, "MLFLOW_TRACKING_URI": tracking_uri()}
     # A BentoML home of its own: a service starting empties the metrics folder of its home, which
     # wiped the /metrics counts of another service on this machine (a second model's, say).
@@ -1263,19 +1266,22 @@ def _cluster_failure(exc: BaseException) -> str | None:
     return cluster_failure(exc)
 
 
-EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell reports for a process SIGTERM stopped
-
-
 class Terminated(BaseException):
-    """SIGTERM: a CI timeout or cancel, systemd, `timeout` stopping a long command. Not an
-    `Exception`, so no handler on the way (Optuna's, which logs a failed trial with its
-    traceback) takes it for an error of its own."""
+    """SIGTERM (a CI timeout or cancel, systemd, `timeout` stopping a long command) or SIGINT
+    (Ctrl-C; some CI runners cancel with it first). Not an `Exception`, so no handler on the way
+    (Optuna's, which logs a failed trial with its traceback) takes it for an error of its own."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        why = "Ctrl-C or a cancel" if signum == signal.SIGINT else "a timeout or a cancel"
+        super().__init__(f"stopped by {signal.Signals(signum).name} ({why})")
+        self.exit_code = 128 + signum  # what a shell reports for a process the signal stopped
 
 
 def _fail_cleanly_on_sigterm() -> None:
-    """SIGTERM raises `Terminated`, so a stopped command ends as any failure does: its MLflow
-    run FAILED, the lock freed, a recalibration's summary saying so (by default Python dies at
-    once, silent, its run left RUNNING and the report folder holding an earlier decision)."""
+    """SIGTERM and SIGINT raise `Terminated`, so a stopped command ends as any failure does:
+    its MLflow run FAILED, the lock freed, a recalibration's summary saying so (by default Python
+    dies at once on SIGTERM, silent, its run left RUNNING and the report folder holding an
+    earlier decision; on SIGINT Optuna logged a traceback and the summary still said running)."""
 
     def stop(signum: int, frame: Any) -> None:
         from training import stopping
@@ -1287,14 +1293,15 @@ def _fail_cleanly_on_sigterm() -> None:
             # Raised inside a database call, the exception left its read open, which locked the
             # sqlite store: ending the MLflow run then failed ("database is locked"), the run
             # stayed RUNNING and the exit was 2. The signal comes back once the call is over.
-            again = threading.Timer(SIGTERM_RETRY_SECONDS, os.kill, (os.getpid(), signal.SIGTERM))
+            again = threading.Timer(SIGTERM_RETRY_SECONDS, os.kill, (os.getpid(), signum))
             again.daemon = True
             again.start()
             return
-        raise Terminated("stopped by SIGTERM (a timeout or a cancel)")
+        raise Terminated(signum)
 
     with contextlib.suppress(ValueError):  # not the main thread (a test's runner): left as it is
         signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
 
 
 SIGTERM_RETRY_SECONDS = 0.05
@@ -1343,7 +1350,8 @@ def _record_failure(report_dir: Path | None, message: str, code: int | None) -> 
         return
     from training.recalibrate import report_page
 
-    decision = {None: "running", 3: "locked", 4: "no new data", EXIT_TERMINATED: "stopped"}.get(code, "failed")
+    stopped = {128 + signal.SIGTERM: "stopped", 128 + signal.SIGINT: "stopped"}
+    decision = {None: "running", 3: "locked", 4: "no new data", **stopped}.get(code, "failed")
     summary = {"decision": decision, "why": message, "exit_code": code,
                "at": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
     title = "Recalibration running" if code is None else "Recalibration did not run"
@@ -1381,7 +1389,7 @@ def recalibrate(
 
     Exit 0 when it ran (the decision is in the report), 2 when it could not, 3 when another
     recalibration, a rollback or a training run holds the lock, 4 when there is no new data
-    since the champion's test, 143 when stopped by SIGTERM (the champion unchanged)."""
+    since the champion's test, 143 when stopped by SIGTERM, 130 by SIGINT (the champion unchanged)."""
     _use_params_file(params_file)
     from training.recalibrate import EXIT_LOCKED, RecalibrationError
     from training.recalibrate import recalibrate as run_recalibration
@@ -1413,16 +1421,20 @@ def recalibrate(
     except RecalibrationError as exc:
         failed(str(exc) + _kept_quarantine(None, exc.__cause__ or exc), code=exc.exit_code)
     except Terminated as exc:
-        failed(f"recalibration {exc}; the champion is unchanged", code=EXIT_TERMINATED)
+        failed(f"recalibration {exc}; the champion is unchanged", code=exc.exit_code)
     except (DataError, ParamsError) as exc:
         failed(str(exc) + _kept_quarantine(None, exc.__cause__ or exc))
     except typer.Exit:
         raise
-    except OSError as exc:
-        failed(f"recalibration stopped, the champion is unchanged: {_os_error_text(exc)}")
     except Exception as exc:  # e.g. the tracking server down half-way: the champion is untouched
+        from features.tracking import server_lost
+
         if stopped := _sigterm_behind(exc):
-            failed(f"recalibration {stopped}; the champion is unchanged", code=EXIT_TERMINATED)
+            failed(f"recalibration {stopped}; the champion is unchanged", code=stopped.exit_code)
+        if lost := server_lost(exc, again="Run the recalibration again"):
+            failed(f"recalibration stopped: {lost}")
+        if isinstance(exc, OSError):
+            failed(f"recalibration stopped, the champion is unchanged: {_os_error_text(exc)}")
         if os.environ.get("LEADSCORE_DEBUG"):
             raise
         failed(f"recalibration stopped, the champion is unchanged: {type(exc).__name__}: {exc}")
@@ -1643,7 +1655,7 @@ def criteria(
     The new version holds the champion's very model, so scores stay as they are; only stages,
     grades and next actions move. `leadscore rollback` undoes it. Exits 0 when shown or applied
     (or nothing differs), 2 when it cannot, 3 while a training run, recalibration or rollback
-    holds the lock or when the champion moved meanwhile, 143 when stopped by SIGTERM."""
+    holds the lock or when the champion moved meanwhile, 143 when stopped by SIGTERM (130 by SIGINT)."""
     _use_params_file(params_file)
     from mlflow.exceptions import MlflowException
 
@@ -1732,10 +1744,10 @@ def criteria(
     except ChampionMoved as exc:
         _fail(str(exc), code=EXIT_LOCKED)
     except Terminated as exc:
-        _fail(f"criteria {exc}; the champion is unchanged", code=EXIT_TERMINATED)
+        _fail(f"criteria {exc}; the champion is unchanged", code=exc.exit_code)
     except (MlflowException, OSError) as exc:
         if stopped := _sigterm_behind(exc):
-            _fail(f"criteria {stopped}; the champion is unchanged", code=EXIT_TERMINATED)
+            _fail(f"criteria {stopped}; the champion is unchanged", code=stopped.exit_code)
         _fail(f"registry {shown_uri(tracking_uri())} not usable, the champion is unchanged: {exc}")
     console.print(
         f"{name}: version {version} (v{was}'s model with the rules of {source}) is @champion; v{was} is @previous "

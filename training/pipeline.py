@@ -261,8 +261,8 @@ def use_experiment(params: Params, reporter: Reporter) -> None:
     experiment = mlflow.set_experiment(params.mlflow.experiment)
     for abandoned, why in end_abandoned_runs(experiment.experiment_id):
         reporter.warn(
-            f"MLflow run {abandoned.info.run_name} ({abandoned.info.run_id}) stayed RUNNING, but {why} (killed, or "
-            "out of memory): marked KILLED"
+            f"MLflow run {abandoned.info.run_name} ({abandoned.info.run_id}) stayed RUNNING, but {why} (killed, out "
+            "of memory, or the tracking server lost during the run): marked KILLED"
         )
 
 
