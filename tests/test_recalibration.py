@@ -469,3 +469,30 @@ def test_a_champion_that_moved_during_the_run_is_not_replaced_over(
     assert "@champion moved while this recalibration ran" in summary["why"]
     assert [g["name"] for g in summary["gates"] if not g["passed"]] == ["champion_unchanged_during_run"]
     assert str(MlflowClient().get_model_version_by_alias(fresh_champion, "champion").version) == before
+
+
+def test_a_scheduled_recalibration_does_not_undo_a_rollback(export, settings, fresh_champion, tmp_path):
+    """After `leadscore rollback`, the next scheduled run promoted the same model again, and
+    nothing said the rollback had been undone."""
+    from training.register import ROLLED_BACK_TAG, promote, rollback, rollback_hold
+
+    name, client = fresh_champion, MlflowClient()
+    first = client.get_model_version_by_alias(name, "champion")
+    second = str(client.create_model_version(name, source=first.source, run_id=first.run_id).version)
+    promote(name, second)
+    restored, undone = rollback(name)
+    assert (restored, undone) == (str(first.version), second)
+    assert "by `leadscore rollback`" in rollback_hold(name, restored, None)
+
+    summary = recalibrate(load_params(**settings), model_name=name, data=export, as_of=LATER, report_dir=tmp_path)
+    assert summary["decision"] == "kept the champion" and "a scheduled recalibration does not undo" in summary["why"]
+    challenger = summary["challenger_version"]
+    assert f"`leadscore promote {challenger}`" in summary["why"] and summary["exit_code"] == 0
+    assert str(client.get_model_version_by_alias(name, "champion").version) == restored
+    # A person's promotion lifts it; a second rollback undoes the first, and holds in its turn.
+    promote(name, challenger)
+    assert rollback_hold(name, challenger, None) is None
+    back, _ = rollback(name)
+    assert back == restored and ROLLED_BACK_TAG in client.get_model_version(name, restored).tags
+    again, _ = rollback(name)
+    assert again == challenger and ROLLED_BACK_TAG not in client.get_model_version(name, restored).tags

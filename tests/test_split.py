@@ -289,3 +289,52 @@ def test_closes_missing_from_the_newest_weeks_are_named(small_crm_dir, tmp_path,
     note = closes_missing_late(early.keys, early.label, horizon)
     newest = early.keys["as_of"].max().date()
     assert note is not None and f"{newest}: 0 of " in note and "outcomes.csv was exported before" in note
+
+
+def test_activities_that_end_weeks_before_the_export_are_named_and_keep_the_champion(
+    small_crm_dir, tmp_path, params, champion_store, monkeypatch
+):
+    """An activities.csv cut at a line break (a job still writing it) read as a smaller export:
+    trained on, and promoted over the champion by a scheduled recalibration."""
+    import shutil
+
+    from training.pipeline import activities_end_early, prepare_crm
+    from training.register import champion_auc, check_gates
+
+    whole = prepare_crm(small_crm_dir, params)
+    assert whole.activities_cut is None and whole.has_activities
+
+    export = shutil.copytree(small_crm_dir, tmp_path / "export")
+    lines = (export / "activities.csv").read_text().splitlines(keepends=True)
+    acts = pd.read_csv(export / "activities.csv", dtype=str, keep_default_na=False)
+    occurred = pd.to_datetime(acts["occurred_at"], errors="coerce", format="mixed")
+    order = occurred.sort_values(kind="stable").index  # the file cut after its rows up to 45 days before the end
+    kept = order[: int((occurred < whole.export_end - pd.Timedelta(days=45)).sum())]
+    (export / "activities.csv").write_text(lines[0] + "".join(lines[i + 1] for i in sorted(kept)))
+    cut = prepare_crm(export, params)
+    assert cut.activities_cut and "activities.csv ends on" in cut.activities_cut
+    assert f"days before the newest lead or close ({(whole.export_end - pd.Timedelta(days=1)).date()})" in (
+        cut.activities_cut
+    )
+    # A quiet week is no cut; the same cut of an export whose activities pause for months is none either.
+    days = pd.Series(pd.date_range("2025-01-01", "2025-06-30", freq="D"))
+    assert activities_end_early(days, pd.Timestamp("2025-07-08")) is None
+    assert activities_end_early(days, pd.Timestamp("2025-07-20")) is not None
+    sparse = pd.Series(pd.to_datetime(["2025-01-01", "2025-03-01", "2025-05-01"]))
+    assert activities_end_early(sparse, pd.Timestamp("2025-06-20")) is None
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", champion_store)
+    check = champion_auc("svc-model", "crm", pd.DataFrame(), np.array([0, 1]), activities_cut=cut.activities_cut)
+    gates = check_gates(params.gates, {"roc_auc": 0.9, "ece": 0.01, "n": 400, "positives": 100}, 0.8, check)
+    gate = next(g for g in gates if g.name == "activities_like_champion")
+    assert not gate.passed and "an export cut short must not replace it" in gate.detail
+
+
+def test_an_as_of_cut_is_named_in_the_runs_data_source(small_crm_dir, params):
+    """The README says `data.source` reads "... as of DAY" for an --as-of cut; it named the folder alone."""
+    from training.pipeline import prepare_crm
+
+    cut = prepare_crm(small_crm_dir, params, as_of=pd.Timestamp("2025-11-01"))
+    assert cut.source == f"{small_crm_dir} as of 2025-11-01" and prepare_crm(small_crm_dir, params).source == str(
+        small_crm_dir
+    )

@@ -1468,6 +1468,7 @@ def rollback(
     """Make @previous the champion again (the replaced champion becomes @previous).
 
     A running service picks the change up within `service.reload_seconds`, or at once on POST /reload.
+    A recalibration does not promote over a champion a rollback restored; `leadscore promote` does.
     Exits 3 while a recalibration, a training run or another rollback runs (they share a
     lock), 2 when it cannot roll back."""
     _use_params_file(params_file)
@@ -1508,8 +1509,10 @@ def rollback(
     except (MlflowException, OSError) as exc:
         _fail(f"registry {shown_uri(tracking_uri())} not usable: {exc}")
     console.print(
-        f"{name}: version {now} is @champion again (version {was} is now @previous; "
-        "a second rollback would bring it back)"
+        f"{name}: version {now} is @champion again (version {was} is now @previous; a second rollback would bring "
+        f"it back). A running service takes it within {params.service.reload_seconds:g} s, or at once on POST "
+        "/reload. A scheduled `leadscore recalibrate` keeps it until a version is promoted by hand (`leadscore "
+        "promote`)."
     )
 
 

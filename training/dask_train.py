@@ -317,7 +317,7 @@ def prepare_crm_on_dask(
         features_for=features_for,
         quarantine=quarantine,
         data_hash=hash_files(paths.values()),
-        source=str(directory),
+        source=str(directory) if as_of is None else f"{directory} as of {as_of:%Y-%m-%d}",  # as `as_of_view` says
         truth=truth,
         timings={"load_seconds": 0.0, "features_seconds": built - started},
         export_end=export_end,

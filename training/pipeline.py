@@ -193,6 +193,7 @@ class Dataset:
     id_leaks: dict[str, str] = field(default_factory=dict)  # identifiers that give the label away
     export_end: pd.Timestamp | None = None  # a CRM export's newest moment (or its --as-of view's)
     has_activities: bool = True  # False: a CRM export without one usable activity
+    activities_cut: str | None = None  # why its activities look cut short (`activities_end_early`)
     # CRM: the features of the chosen examples built with other feature settings and technologies
     # (a champion's own), or None when they are this run's.
     features_for: Callable[[dict[str, Any], list[str], np.ndarray], pd.DataFrame | None] | None = None
@@ -211,6 +212,25 @@ def _leads_end_early(keys: pd.DataFrame, export_end: pd.Timestamp | None) -> str
         f"no lead is first seen after {newest_lead.date()}, yet the export runs to {export_end.date()} (the "
         "day after its newest outcome): leads.csv ends months before the other files; was it cut "
         "short or exported over fewer months? Export leads, activities and outcomes over the same dates"
+    )
+
+
+def activities_end_early(occurred: pd.Series, export_end: pd.Timestamp) -> str | None:
+    """Why a CRM export's activities look cut short (a file cut at a line break, a job still
+    writing it, fewer months exported), else None: they end before its newest lead or close by
+    more than a week and twice the longest pause between days of activity before."""
+    days = pd.Series(occurred[occurred < export_end].dropna().dt.floor("D").unique()).sort_values()
+    if len(days) < 2:
+        return None  # no usable activity is said elsewhere (`has_activities`)
+    last_day = export_end - pd.Timedelta(days=1)  # the newest lead or close
+    gap = last_day - days.iloc[-1]
+    longest = days.diff().max()
+    if gap <= max(pd.Timedelta(days=7), 2 * longest):
+        return None
+    return (
+        f"activities.csv ends on {days.iloc[-1].date()}, {gap.days} days before the newest lead or close "
+        f"({last_day.date()}), where its longest pause before was {longest.days} day(s): was it cut short (a job "
+        "still writing it, or exported over fewer months)? The newest leads read as never engaged"
     )
 
 
@@ -384,11 +404,12 @@ def prepare_crm(
         settings=settings,
         quarantine=crm.quarantine,
         data_hash=crm.data_hash,
-        source=str(directory),
+        source=crm.source,  # "... as of DAY" for an --as-of cut
         truth=truth,
         timings={"load_seconds": loaded - started, "features_seconds": built - loaded},
         export_end=crm.export_end,
         has_activities=not crm.activities.empty,
+        activities_cut=activities_end_early(crm.activities["occurred_at"], crm.export_end),
         features_for=features_for,
     )
 
@@ -636,9 +657,9 @@ def train_and_register(
     data_warnings = []
     if dataset.kind == "crm":
         late = closes_missing_late(dataset.keys, dataset.label, params.features.horizon_days)
-        if late:
-            reporter.warn(late)
-            data_warnings.append(late)
+        for text in filter(None, (dataset.activities_cut, late)):
+            reporter.warn(text)
+            data_warnings.append(text)
     test_label = dataset.label[part == "test"]
     fewest = min(int(test_label.sum()), int((test_label == 0).sum()))
     if fewest < params.gates.min_test_examples_per_class:
@@ -843,6 +864,7 @@ def train_and_register(
 
         champion = champion_auc(
             model_name, dataset.kind, test_raw, labels["test"], export_has_activities=dataset.has_activities,
+            activities_cut=dataset.activities_cut,
             lead_columns=dataset.settings.get("lead_columns"),
             leaking={*excluded, *(dropped if replace_leaky_champion else ())}, dropped=dropped,
             features_for=champion_features, test_window=dataset.split.windows.get("test"), columns=list(spec.columns),

@@ -36,7 +36,7 @@ from training.pipeline import (
     report_quarantine,
     train_and_register,
 )
-from training.register import CHALLENGER, CHAMPION, ChampionMoved, current_version, promote
+from training.register import CHALLENGER, CHAMPION, ChampionMoved, current_version, promote, rollback_hold
 from training.rules import differences
 from training.stopping import sigterm_held
 from training.thresholds import f1_threshold, grade_bands, precision_threshold, top_share_threshold
@@ -135,7 +135,8 @@ def recalibrate(
                 f"{champion.scorer.metadata.get('data_source') or 'a flat CSV'}: recalibration retrains CRM models "
                 "from an export folder; retrain a flat model with `leadscore train --data FILE.csv` and its label"
             )
-        trained_on = champion.scorer.metadata.get("data_source")
+        # The folder, without the " as of DAY" of a champion trained on an --as-of cut.
+        trained_on = re.sub(r" as of \d{4}-\d\d-\d\d$", "", champion.scorer.metadata.get("data_source") or "")
         if data is None and trained_on and Path(trained_on).resolve() != EMBEDDED_DIR.resolve():
             # A scheduled job missing its --data would retrain on synthetic leads and could replace
             # the champion of the real export.
@@ -270,6 +271,8 @@ def recalibrate(
         if dry_run:
             would = "the gates would pass" if passed else f"the gates would fail: {failed}"
             summary |= {"decision": "dry run", "why": f"nothing changed ({would})"}
+        elif passed and (held := rollback_hold(model_name, champion.version, metrics["model"]["version"])):
+            summary |= {"decision": "kept the champion", "why": held}
         elif passed:
             with sigterm_held():  # a SIGTERM waits until the move is in the run and the report
                 return _promote(summary, metrics, champion, model_name, report_dir)

@@ -142,6 +142,7 @@ def champion_auc(
     label: np.ndarray,
     *,
     export_has_activities: bool = True,
+    activities_cut: str | None = None,
     lead_columns: list[str] | None = None,
     leaking: set[str] = frozenset(),
     dropped: set[str] = frozenset(),
@@ -151,6 +152,7 @@ def champion_auc(
     header: list[str] | None = None,
 ) -> ChampionCheck:
     """The current champion's ROC AUC on this run's test set, when it can be compared.
+    `activities_cut`: why this export's activities look cut short (`activities_end_early`).
     `lead_columns`: the feature inputs this CRM export has values in (`lead_columns_with_values`).
     `leaking`: columns this run leaves out as leaks (excluded by the leakage audit, or dropped
     with `--replace-leaky-champion`); `dropped`: all it leaves out by `--drop`; `features_for`
@@ -216,6 +218,14 @@ def champion_auc(
             f"champion v{version} learned from engagement too: an export cut short must not replace it "
             "(check the activities file, then train again; if activities really stopped, train under a name "
             "of its own: --model-name NAME)",
+            engagement_missing=True,
+        )
+    if kind == "crm" and activities_cut and scorer.uses_engagement():
+        return found(
+            version,
+            None,
+            f"{activities_cut}; champion v{version} learned from engagement, and an export cut short must not "
+            "replace it (check the activities file, then train again)",
             engagement_missing=True,
         )
     learned_from = scorer.spec.settings.get("lead_columns")  # None: a champion from before it was kept
@@ -403,8 +413,30 @@ def promote(model_name: str, version: str, compared_with: Any = _UNCHECKED) -> s
     if old is not None and old != version:
         client.set_registered_model_alias(model_name, PREVIOUS, old)
     client.set_registered_model_alias(model_name, CHAMPION, version)
+    if ROLLED_BACK_TAG in client.get_model_version(model_name, version).tags:
+        client.delete_model_version_tag(model_name, version, ROLLED_BACK_TAG)  # promoted now, not restored
     logger.info("model %s version %s is now @%s", model_name, version, CHAMPION)
     return old
+
+
+# On a version a rollback made the champion again: when, and from which version. A scheduled
+# recalibration does not promote over it (`rollback_hold`); any promotion clears it.
+ROLLED_BACK_TAG = "leadscore.restored_by_rollback"
+
+
+def rollback_hold(model_name: str, champion: str, challenger: str | None) -> str | None:
+    """Why a recalibration must not promote over `champion`: a person rolled back to it (the
+    next scheduled run promoted the same model again and undid the rollback, unsaid), else None."""
+    client = MlflowClient()
+    restored = client.get_model_version(model_name, champion).tags.get(ROLLED_BACK_TAG)
+    if not restored:
+        return None
+    review = f"v{challenger} is registered as @{CHALLENGER}: `leadscore promote {challenger}`" if challenger else (
+        "`leadscore promote VERSION`")  # fmt: skip
+    return (
+        f"v{champion} was made @champion again by `leadscore rollback` ({restored}): a scheduled recalibration "
+        f"does not undo a person's rollback; {review} puts a version in service once it is reviewed"
+    )
 
 
 def unknown_model(model_name: str, client: MlflowClient | None = None) -> str | None:
@@ -435,6 +467,10 @@ def rollback(model_name: str) -> tuple[str, str]:
         raise ValueError(f"{model_name} has no @{PREVIOUS if previous is None else CHAMPION} version to roll back to")
     client.set_registered_model_alias(model_name, CHAMPION, previous)
     client.set_registered_model_alias(model_name, PREVIOUS, champion)
+    when = pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d %H:%M UTC")
+    client.set_model_version_tag(model_name, previous, ROLLED_BACK_TAG, f"{when}, from v{champion}")
+    if ROLLED_BACK_TAG in client.get_model_version(model_name, champion).tags:
+        client.delete_model_version_tag(model_name, champion, ROLLED_BACK_TAG)  # a second rollback undoes the first
     logger.info("rolled %s back: version %s is @champion again, %s is @previous", model_name, previous, champion)
     return previous, champion
 
