@@ -97,6 +97,9 @@ def check_writable(folder: Path, *, what: str, probe_bytes: int = 1 << 20, keep_
     """
     created = [folder, *folder.parents]
     created = created[: next((i for i, f in enumerate(created) if f.exists()), len(created))]
+    in_the_way = next((f for f in (folder, *folder.parents) if f.exists() and not f.is_dir()), None)
+    if in_the_way is not None:  # said as such: mkdir's "File exists" read as a folder already there
+        raise OSError(errno.ENOTDIR, f"cannot write {what} in {folder}: {in_the_way} is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-probe-{os.getpid()}"

@@ -496,3 +496,21 @@ def test_a_scheduled_recalibration_does_not_undo_a_rollback(export, settings, fr
     assert back == restored and ROLLED_BACK_TAG in client.get_model_version(name, restored).tags
     again, _ = rollback(name)
     assert again == challenger and ROLLED_BACK_TAG not in client.get_model_version(name, restored).tags
+
+
+def test_an_export_cut_short_is_refused_before_training(export, settings, fresh_champion, tmp_path):
+    """A leads.csv without a column the champion learned from trained for minutes and registered
+    a version before its gate kept the champion; it is refused at once now."""
+    import shutil
+
+    cut = shutil.copytree(export, tmp_path / "cut")
+    leads = pd.read_csv(cut / "leads.csv", dtype=str, keep_default_na=False)
+    leads.drop(columns="industry").to_csv(cut / "leads.csv", index=False)
+
+    def versions() -> list[str]:
+        return sorted(v.version for v in MlflowClient().search_model_versions(f"name='{fresh_champion}'"))
+
+    before = versions()
+    with pytest.raises(RecalibrationError, match=r"no value in industry, which the champion learned from; the champ"):
+        recalibrate(load_params(**settings), model_name=fresh_champion, data=cut, as_of=LATER)
+    assert versions() == before

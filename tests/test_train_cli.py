@@ -86,6 +86,10 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
     assert run.data.tags["mlflow.source.git.commit"] == run.data.tags["git.commit"]
     assert run.data.tags["git.uncommitted_changes"] in ("true", "false")
     assert run.data.params["best.learning_rate"] == str(metrics["tuning"]["best_params"]["learning_rate"])
+    # How the search went is on the run, not only in metrics.json (a 3-trial run read as one of 60).
+    assert run.data.metrics["tuning.trials_run"] == metrics["tuning"]["trials"] == 3
+    assert run.data.params["calibration.chosen"] == metrics["calibration"]["method"]
+    assert ("leadscore.warnings" in run.data.tags) == bool(metrics["warnings"])
     assert len(client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")) == 3
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {
@@ -549,7 +553,7 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
     assert "Visits: 1 value(s) not numeric read as missing" in quarantined.stdout
     assert len(pd.read_csv(scored_file)) == 6
     said = " ".join(quarantined.stdout.split())
-    assert "5 lead row(s) not scored; 1 of them repeats a lead row exactly, and that lead is scored once" in said
+    assert "5 lead row(s) not scored; 1 of the lead rows repeats another exactly, and that lead is scored once" in said
     reasons = pd.read_csv(scored_file.with_name("export_scores.quarantine.csv")).set_index("row")["reason"]
     assert reasons.to_dict() == {
         3: "lead_id appears more than once", 4: "lead_id appears more than once",
@@ -885,3 +889,13 @@ def test_a_recalibration_that_loses_the_tracking_server_says_so_in_one_line(tmp_
     assert "recalibration stopped: the tracking server at http://127.0.0.1:5077 stopped answering" in said, said
     assert "Run the recalibration again once `mlflow server` is back" in said and "HTTPConnectionPool" not in said
     assert json.loads((report / "summary.json").read_text())["decision"] == "failed"
+
+
+def test_an_output_folder_that_is_a_file_is_named_as_such(tmp_path):
+    """`--report-dir` naming a file said "cannot write the report in FILE: File exists"."""
+    from features.tracking import check_writable
+
+    (tmp_path / "afile").write_text("x")
+    for folder in (tmp_path / "afile", tmp_path / "afile" / "inside"):
+        with pytest.raises(OSError, match=rf"cannot write the report in {folder}: {tmp_path / 'afile'} is a file, not"):
+            check_writable(folder, what="the report")

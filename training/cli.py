@@ -1011,7 +1011,7 @@ def score(
             snapshot = False
         if closed:
             console.print(
-                f"{closed:,} converted or lost leads of the export left out; scoring the "
+                f"{closed:,} lead row(s) of converted or lost leads left out; scoring the "
                 f"{leads['lead_id'].astype(str).str.strip().nunique():,} open ones"
             )
         with RichProgress(console=console) as progress:
@@ -1078,7 +1078,10 @@ def score(
         lead_rows = result.quarantine["table"] == "leads"
         repeats = int((lead_rows & result.quarantine["reason"].isin([DUPLICATE_LEAD, DUPLICATE_ROW])).sum())
         verb = "repeats" if repeats == 1 else "repeat"
-        repeated = f"; {repeats:,} of them {verb} a lead row exactly, and that lead is scored once" if repeats else ""
+        # Said of the lead rows: after "1 activity row(s)", "1 of them" read as that activity.
+        repeated = (
+            f"; {repeats:,} of the lead rows {verb} another exactly, and that lead is scored once" if repeats else ""
+        )
         console.print(f"[yellow]{by_table} not scored{repeated}; reasons in {quarantine_path}[/yellow]")
     if result.scored.empty:
         _fail(f"no lead was scored: {_nothing_scored(len(leads), result.quarantine, closed)}")
@@ -1242,7 +1245,7 @@ def _score_on_dask(
     for note in [*notes, *run.notes]:
         console.print(f"[yellow]{escape(note)}[/yellow]")
     if run.closed:
-        console.print(f"{run.closed:,} converted or lost leads of the export left out, as --engine local does")
+        console.print(f"{run.closed:,} lead row(s) of converted or lost leads left out, as --engine local does")
     console.print(
         f"Scored {_leads(run.scored)} with {model.name} version {model.version} as of {moment} on Dask → "
         f"{output}/scores/ ({run.quarantined:,} row(s) not scored: {output}/quarantine/)"
