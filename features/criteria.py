@@ -6,7 +6,7 @@ One pure function, used by the service, batch scoring and reports.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -136,16 +136,30 @@ def qualify_columns(
     return {"stage": stage.tolist(), "stage_reason": reasons, "next_action": actions, "recycle_on": recycle_on}
 
 
-def reachable_stages(kind: str, criteria: CriteriaParams) -> list[str]:
-    """The stages a model of this kind can give, best last. A flat export holds no hand-raise,
-    BANT answer, opt-out, e-mail or sales acceptance, so a flat model's leads are nurture or
-    MQL by score, and SQL only where its rule asks for neither a hand-raise nor BANT."""
+def reachable_stages(kind: str, criteria: CriteriaParams, inputs: Collection[str] = ()) -> list[str]:
+    """The stages a model of this kind can give, in `STAGES` order. A flat export's rows carry
+    only the rule inputs among its columns (`inputs`: `icp_match`, `bant_confirmed`,
+    `do_not_contact`, `days_since_hand_raise`, `email`, `sales_accepted`), most often none: its
+    leads are then nurture or MQL by score, and SQL only where its rule asks for neither a
+    hand-raise nor BANT."""
     if kind != "flat":
         return list(STAGES)
-    if criteria.sql.require_hand_raise or criteria.sql.min_bant_confirmed > 0:
-        return ["nurture", "MQL"]
-    # SQL by score alone, which takes the leads above its threshold from MQL.
-    return ["nurture", *(["MQL"] if criteria.sql.min_score > criteria.mql.min_score else []), "SQL"]
+    given = set(inputs)
+    sql = criteria.sql
+    reached = {"nurture"}
+    if given & {"do_not_contact", "icp_match"} or ("email" in given and criteria.disqualify.competitor_domains):
+        reached.add("disqualified")
+    if "sales_accepted" in given:
+        reached.add("SAL")
+    by_score = not sql.require_hand_raise and sql.min_bant_confirmed <= 0
+    if by_score or (
+        (not sql.require_hand_raise or "days_since_hand_raise" in given)
+        and (sql.min_bant_confirmed <= 0 or "bant_confirmed" in given)
+    ):
+        reached.add("SQL")
+    if not by_score or sql.min_score > criteria.mql.min_score:  # SQL by score alone takes the leads above it
+        reached.add("MQL")
+    return [stage for stage in STAGES if stage in reached]
 
 
 def _reaches(values: np.ndarray, needed: float | None) -> np.ndarray:

@@ -23,7 +23,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import TypeAdapter, ValidationError
 
 from features.clean import parse_timestamps, snake_case
-from features.criteria import STAGES, mql_conditions, reachable_stages
+from features.criteria import STAGES, mql_conditions
 from features.flat import field_problems
 from features.reasons import describe, plain_name
 from features.schema import ACTIVITY_TYPES
@@ -636,14 +636,16 @@ def _criteria_rows(model: LoadedModel) -> list[tuple[str, str]]:
     actions = ("Next actions", "; ".join(f"{stage}: {text}" for stage, text in shown.items()))
     if model.kind == "flat":
         # One row per lead: no activities, BANT answers or e-mail rules for SQL and disqualified.
-        stages = reachable_stages("flat", criteria)
-        unreached = "SQL, disqualified" if "SQL" not in stages else "Disqualified"
+        stages = model.stages
+        unreached = ", ".join(s for s in ("SQL", "disqualified") if s not in stages)
+        unreached = unreached[:1].upper() + unreached[1:]
         return [
             *([mql_row] if "MQL" in stages else []),
             *([("SQL", f"score ≥ {sql.min_score:g}")] if "SQL" in stages else []),
-            (unreached, "not reached: a flat export holds no hand-raises, BANT answers or opt-outs"),
+            *([(unreached, "not reached: this export holds no hand-raises, BANT answers or opt-outs")] if unreached
+              else []),
             ("Next actions", "; ".join(f"{stage}: {criteria.next_actions[stage]}" for stage in reversed(stages))),
-        ]
+        ]  # fmt: skip
     competitors = ", ".join(out.competitor_domains) or "none listed"
     return [
         mql_row,

@@ -206,8 +206,9 @@ class ModelInfo(BaseModel):
     calibration: str | None = Field(examples=["sigmoid"])
     criteria: dict[str, Any] | None = Field(description="The MQL/SQL rules and disqualifications (params.yaml)")
     stages: list[str] = Field(
-        description="The stages this model can give. A flat model (`kind: flat`) reads no hand-raise, BANT, "
-        "opt-out or e-mail, so its `criteria` for SQL and disqualification never apply: nurture and MQL by score",
+        description="The stages this model can give. A flat model (`kind: flat`) gives those whose inputs its "
+        "export's columns carry (hand-raise, BANT, opt-out, e-mail, sales acceptance): most often none, so nurture "
+        "and MQL by score, its `criteria` for SQL and disqualification unused",
         examples=[["disqualified", "nurture", "MQL", "SAL", "SQL"]],
     )
     grade_bands: dict[str, float] | None = Field(description="Each grade's lowest score, best first")

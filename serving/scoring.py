@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from features.build import build_crm_features
 from features.bundle import LeadScorer, grade_of, score_from_probability
 from features.clean import blank_to_missing, numbers_as_text, stored_formats
-from features.criteria import qualify_columns
+from features.criteria import qualify_columns, reachable_stages
 from features.flat import clean_flat_columns
 from features.ingest import DUPLICATE_ACTIVITY, CountedNote, Quarantine, clean_activities, clean_leads
 from features.params import CriteriaParams, FeatureParams
@@ -85,6 +85,19 @@ class LoadedModel:
     @cached_property
     def criteria(self) -> CriteriaParams:
         return CriteriaParams.model_validate(self.scorer.metadata["criteria"])
+
+    @cached_property
+    def stages(self) -> list[str]:
+        """The stages this model can give (`reachable_stages`): a flat model's rows carry the
+        rule inputs among its columns only (`criteria_inputs`, `prepare_flat_rows`)."""
+        features = set(self.scorer.spec.columns)
+        inputs = {n for n in ("icp_match", "bant_confirmed", "do_not_contact") if n in features}
+        if any(f"days_since_{kind}" in features for kind in self.criteria.hand_raise_types):
+            inputs.add("days_since_hand_raise")
+        # The raw columns of a flat export (all its header when kept; else its features).
+        header = set(self.scorer.spec.settings.get("flat", {}).get("header") or features)
+        inputs |= {n for n in ("email", "sales_accepted", "do_not_contact") if n in header}
+        return reachable_stages(self.kind, self.criteria, inputs)
 
     @cached_property
     def feature_params(self) -> FeatureParams:

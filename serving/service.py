@@ -31,7 +31,6 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 
 from features.clean import tidy_text
-from features.criteria import reachable_stages
 from features.flat import field_problems
 from features.params import load_params
 from features.reasons import plain_name
@@ -486,7 +485,7 @@ class LeadScoring:
             "test_metrics": meta.get("test_metrics"),
             "calibration": meta.get("calibration"),
             "criteria": meta.get("criteria"),
-            "stages": reachable_stages(model.kind, model.criteria),
+            "stages": model.stages,
             "grade_bands": meta.get("grade_bands"),
             "rules": meta.get("rules"),
             "data_hash": meta.get("data_hash"),

@@ -43,6 +43,18 @@ def isolated_mlflow(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(autouse=True)
+def signal_handlers_restored():
+    """A command run in-process (CliRunner, a test of the handlers) installs its SIGTERM and
+    SIGINT handlers: restored after each test, so Ctrl-C still stops pytest."""
+    import signal
+
+    before = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for number, handler in before.items():
+        signal.signal(number, handler)
+
+
+@pytest.fixture(autouse=True)
 def mlflow_follows_the_environment():
     """A test that points MLflow's process-wide URI at a store (as `train` does) hands it back:
     `set_tracking_uri` wins over `MLFLOW_TRACKING_URI`, so later tests would talk to that store

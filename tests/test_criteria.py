@@ -156,6 +156,14 @@ def test_the_stages_a_model_can_give_are_the_ones_its_leads_reach(params):
         reached = set(qualify(flat_leads, criteria, AS_OF)["stage"])
         assert reached == set(reachable_stages("flat", criteria)), sql_update
     assert reachable_stages("flat", criteria) == ["nurture", "MQL", "SQL"]  # SQL by a score above MQL's
+    # A flat export with the rules' own columns reaches their stages (an e-mail column: competitors).
+    inputs = {"email": ["a@hubspot.com", "b@acme.com", "c@acme.com", "d@acme.com"] * 101,
+              "sales_accepted": [0, 1, 0, 0] * 101}  # fmt: skip
+    with_inputs = pd.DataFrame({"score": np.linspace(0, 100, 404), **inputs})
+    reached = set(qualify(with_inputs, criteria, AS_OF)["stage"])
+    assert (
+        reached == set(reachable_stages("flat", criteria, inputs)) == {"disqualified", "nurture", "MQL", "SAL", "SQL"}
+    )
 
 
 def test_an_admins_rule_that_cannot_work_is_refused_naming_the_key(tmp_path):

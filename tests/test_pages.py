@@ -766,24 +766,26 @@ def test_the_model_page_lists_only_the_mql_conditions_the_criteria_set(params):
     """A flat model qualifies on its score alone: no "fit ≥ None" on its model page."""
     from types import SimpleNamespace
 
+    from features.criteria import reachable_stages
     from serving.pages import _criteria_rows
 
     update = {"min_score": 71.3, "min_fit": None, "min_engagement": None, "hand_raise_qualifies": False}
     flat_criteria = params.criteria.model_copy(update={"mql": params.criteria.mql.model_copy(update=update)})
-    flat = SimpleNamespace(criteria=flat_criteria, kind="flat")
+    flat = SimpleNamespace(criteria=flat_criteria, kind="flat", stages=reachable_stages("flat", flat_criteria))
     crm = SimpleNamespace(criteria=params.criteria, kind="crm", feature_params=params.features)
     assert _criteria_rows(flat) == [
         ("MQL", "score ≥ 71.3"),
-        ("SQL, disqualified", "not reached: a flat export holds no hand-raises, BANT answers or opt-outs"),
+        ("SQL, disqualified", "not reached: this export holds no hand-raises, BANT answers or opt-outs"),
         ("Next actions", "MQL: Sales development: first call within 3 days; nurture: Keep in the nurture campaign"),
     ]
     # An SQL rule that asks for neither a hand-raise nor BANT is reached by score alone: said so.
     by_score = {"min_score": 80.0, "require_hand_raise": False, "min_bant_confirmed": 0}
     sql = params.criteria.sql.model_copy(update=by_score)
     flat.criteria = flat_criteria.model_copy(update={"sql": sql})
+    flat.stages = reachable_stages("flat", flat.criteria)
     assert _criteria_rows(flat)[1:3] == [
         ("SQL", "score ≥ 80"),
-        ("Disqualified", "not reached: a flat export holds no hand-raises, BANT answers or opt-outs"),
+        ("Disqualified", "not reached: this export holds no hand-raises, BANT answers or opt-outs"),
     ]
     assert _criteria_rows(flat)[3][1].startswith("SQL: Call within one business day; MQL: Sales development")
     rows = dict(_criteria_rows(crm))

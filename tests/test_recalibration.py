@@ -474,7 +474,7 @@ def test_a_champion_that_moved_during_the_run_is_not_replaced_over(
 def test_a_scheduled_recalibration_does_not_undo_a_rollback(export, settings, fresh_champion, tmp_path):
     """After `leadscore rollback`, the next scheduled run promoted the same model again, and
     nothing said the rollback had been undone."""
-    from training.register import ROLLED_BACK_TAG, promote, rollback, rollback_hold
+    from training.register import ROLLED_BACK_TAG, lift_rollback_hold, promote, rollback, rollback_hold
 
     name, client = fresh_champion, MlflowClient()
     first = client.get_model_version_by_alias(name, "champion")
@@ -489,7 +489,10 @@ def test_a_scheduled_recalibration_does_not_undo_a_rollback(export, settings, fr
     challenger = summary["challenger_version"]
     assert f"`leadscore promote {challenger}`" in summary["why"] and summary["exit_code"] == 0
     assert str(client.get_model_version_by_alias(name, "champion").version) == restored
-    # A person's promotion lifts it; a second rollback undoes the first, and holds in its turn.
+    # Keeping the restored champion by hand lifts the hold; so does promoting another version. A
+    # second rollback undoes the first, and holds in its turn.
+    assert lift_rollback_hold(name, restored) and rollback_hold(name, restored, None) is None
+    client.set_model_version_tag(name, restored, ROLLED_BACK_TAG, "again")
     promote(name, challenger)
     assert rollback_hold(name, challenger, None) is None
     back, _ = rollback(name)

@@ -316,9 +316,9 @@ def test_activities_that_end_weeks_before_the_export_are_named_and_keep_the_cham
     assert f"days before the newest lead or close ({(whole.export_end - pd.Timedelta(days=1)).date()})" in (
         cut.activities_cut
     )
-    # A quiet week is no cut; the same cut of an export whose activities pause for months is none either.
+    # Two quiet weeks are no cut; the same cut of an export whose activities pause for months is none either.
     days = pd.Series(pd.date_range("2025-01-01", "2025-06-30", freq="D"))
-    assert activities_end_early(days, pd.Timestamp("2025-07-08")) is None
+    assert activities_end_early(days, pd.Timestamp("2025-07-15")) is None
     assert activities_end_early(days, pd.Timestamp("2025-07-20")) is not None
     sparse = pd.Series(pd.to_datetime(["2025-01-01", "2025-03-01", "2025-05-01"]))
     assert activities_end_early(sparse, pd.Timestamp("2025-06-20")) is None

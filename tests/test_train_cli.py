@@ -820,7 +820,6 @@ def test_sigterm_during_a_promotion_waits_until_the_run_records_it(small_crm_dir
         return moved
 
     monkeypatch.setattr(pipeline, "promote", promote_then_stopped)
-    monkeypatch.setattr(stopping, "held", False)
     lenient = {"gates.min_auc_gain_vs_baseline": -1.0, "gates.max_test_ece": 1.0, "mlflow.shap_sample": 100}
     params = load_params(**{"tuning.trials": 3, "tuning.max_boost_rounds": 200, **lenient})
     before = signal.getsignal(signal.SIGTERM)
@@ -828,13 +827,18 @@ def test_sigterm_during_a_promotion_waits_until_the_run_records_it(small_crm_dir
         cli._fail_cleanly_on_sigterm()
         metrics = pipeline.train_and_register(pipeline.prepare_crm(small_crm_dir, params), params,
                                               model_name="held-sigterm")  # fmt: skip
-        assert not stopping.holding()
-        with pytest.raises(cli.Terminated):  # outside a promotion, SIGTERM stops as before
+        held = stopping.held
+        # Until the command ends (its output says the champion moved), a second signal waits too.
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)
+        assert stopping.held == signal.SIGINT
+        cli._fail_cleanly_on_sigterm()  # the next command: outside a promotion, SIGTERM stops as before
+        with pytest.raises(cli.Terminated):
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(2)
     finally:
         signal.signal(signal.SIGTERM, before)
-    assert metrics["promoted"] and stopping.held
+    assert metrics["promoted"] and held == signal.SIGTERM
     run = MlflowClient().get_run(metrics["model"]["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["promoted"] == "True"
     champion = MlflowClient().get_model_version_by_alias("held-sigterm", "champion")

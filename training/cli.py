@@ -1289,8 +1289,8 @@ def _fail_cleanly_on_sigterm() -> None:
     def stop(signum: int, frame: Any) -> None:
         from training import stopping
 
-        if stopping.holding():  # a promotion is being recorded: finished first (`sigterm_held`)
-            stopping.note_held()
+        if stopping.holding():  # a promotion is under way: the command finishes first (`sigterm_held`)
+            stopping.note_held(signum)
             return
         if _in_database_call(frame):
             # Raised inside a database call, the exception left its read open, which locked the
@@ -1302,6 +1302,9 @@ def _fail_cleanly_on_sigterm() -> None:
             return
         raise Terminated(signum)
 
+    from training import stopping
+
+    stopping.reset()
     with contextlib.suppress(ValueError):  # not the main thread (a test's runner): left as it is
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
@@ -1317,8 +1320,9 @@ def _say_sigterm_held() -> None:
     """A SIGTERM that came while a promotion was recorded was held back (`sigterm_held`): said."""
     from training import stopping
 
-    if stopping.held:
-        err.print(f"{_log_time()}SIGTERM came while the promotion was being recorded: finished that first")
+    if stopping.held is not None:
+        name = signal.Signals(stopping.held).name
+        err.print(f"{_log_time()}{name} came while the promotion was being recorded: finished that first")
 
 
 def _in_database_call(frame: Any) -> bool:
@@ -1603,7 +1607,7 @@ def promote(
     from features.tracking import lock_path, shown_uri, tracking_uri
     from serving.scoring import ModelNotReady, load_chosen
     from training.recalibrate import EXIT_LOCKED, RecalibrationError, exclusive
-    from training.register import ChampionMoved
+    from training.register import ChampionMoved, lift_rollback_hold
     from training.versions import promote_version, promotion_check
 
     _quiet_libraries()
@@ -1621,7 +1625,11 @@ def promote(
     try:
         check = promotion_check(name, chosen.version)
         if check.champion == chosen.version:
-            console.print(f"{name} v{chosen.version} is already @champion: nothing to do")
+            if lift_rollback_hold(name, str(chosen.version)):
+                console.print(f"{name} v{chosen.version} is already @champion; the hold its rollback put on scheduled "
+                              "recalibrations is lifted (they may replace it again)")  # fmt: skip
+            else:
+                console.print(f"{name} v{chosen.version} is already @champion: nothing to do")
             return
         if check.problems and not despite_gates:
             _fail(f"not promoted: {'; '.join(check.problems)}. Give --despite-gates to promote it anyway "

@@ -218,14 +218,15 @@ def _leads_end_early(keys: pd.DataFrame, export_end: pd.Timestamp | None) -> str
 def activities_end_early(occurred: pd.Series, export_end: pd.Timestamp) -> str | None:
     """Why a CRM export's activities look cut short (a file cut at a line break, a job still
     writing it, fewer months exported), else None: they end before its newest lead or close by
-    more than a week and twice the longest pause between days of activity before."""
+    more than two weeks and twice the longest pause between days of activity before (a first
+    holiday shutdown of a week or so, with web leads still coming in, is not a cut)."""
     days = pd.Series(occurred[occurred < export_end].dropna().dt.floor("D").unique()).sort_values()
     if len(days) < 2:
         return None  # no usable activity is said elsewhere (`has_activities`)
     last_day = export_end - pd.Timedelta(days=1)  # the newest lead or close
     gap = last_day - days.iloc[-1]
     longest = days.diff().max()
-    if gap <= max(pd.Timedelta(days=7), 2 * longest):
+    if gap <= max(pd.Timedelta(days=14), 2 * longest):
         return None
     return (
         f"activities.csv ends on {days.iloc[-1].date()}, {gap.days} days before the newest lead or close "
@@ -235,19 +236,23 @@ def activities_end_early(occurred: pd.Series, export_end: pd.Timestamp) -> str |
 
 
 def closes_missing_late(keys: pd.DataFrame, label: pd.Series, horizon_days: int) -> str | None:
-    """Why the newest snapshots of a CRM export convert far less than the rest (their closes
-    missing: outcomes.csv exported before the other files), else None.
+    """Why the newest snapshots of a CRM export convert far less than the ones just before them
+    (their closes missing: outcomes.csv exported before the other files), else None.
 
     The newest snapshots are named while each holds at least 20 expected conversions at the
-    median snapshot's rate, fewer than half of them, and a count that rate makes a 1-in-10,000
-    chance: drift and seasonality move a snapshot's rate by a fraction, not that far."""
+    median rate of the six snapshots before the newest, fewer than half of them, and a count that
+    rate makes a 1-in-10,000 chance: drift and seasonality move a snapshot's rate by a fraction,
+    not that far from one month to the next. (Against the whole history's median, an export of
+    many leads that never close warned: each later snapshot holds more of them, so its rate sinks
+    slowly.)"""
     if "as_of" not in keys.columns or keys.empty:
         return None
     counts = pd.DataFrame({"as_of": keys["as_of"].to_numpy(), "label": label.to_numpy()}).groupby("as_of")["label"]
     table = counts.agg(["size", "sum"]).sort_index()
     if len(table) < 4:
         return None
-    typical = float(np.median(table["sum"] / table["size"]))
+    before = table.iloc[-7:-1]
+    typical = float(np.median(before["sum"] / before["size"]))
     low = []
     for moment, (size, converted) in table[::-1].iterrows():
         expected = size * typical
@@ -257,9 +262,9 @@ def closes_missing_late(keys: pd.DataFrame, label: pd.Series, horizon_days: int)
     if not low or len(low) == len(table):
         return None
     return (
-        f"the newest snapshot(s) convert far less than the others within {horizon_days} days: "
+        f"the newest snapshot(s) convert far less within {horizon_days} days than the ones before: "
         + "; ".join(reversed(low))
-        + f", against {typical:.1%} at the median snapshot. If outcomes.csv was exported before leads.csv "
+        + f", against {typical:.1%} in the snapshots before. If outcomes.csv was exported before leads.csv "
         "and activities.csv, the closes of its last weeks are missing and these leads read as not converted, "
         "which lowers the test metrics: export the files together, or train --as-of the day outcomes.csv "
         "was exported"

@@ -275,6 +275,8 @@ def recalibrate(
             summary["exit_code"] = EXIT_FAILED
         if dry_run:
             would = "the gates would pass" if passed else f"the gates would fail: {failed}"
+            if passed and (held := rollback_hold(model_name, champion.version, None)):
+                would += f", but it would keep the champion: {held}"
             summary |= {"decision": "dry run", "why": f"nothing changed ({would})"}
         elif passed and (held := rollback_hold(model_name, champion.version, metrics["model"]["version"])):
             summary |= {"decision": "kept the champion", "why": held}

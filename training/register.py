@@ -410,11 +410,12 @@ def promote(model_name: str, version: str, compared_with: Any = _UNCHECKED) -> s
             f"run or a recalibration promoted meanwhile): v{version} is registered, not promoted over a model "
             "it was not compared with; train again to compare with it"
         )
+    # Before the aliases move: a registry lost after the move must not leave a "champion
+    # unchanged" error behind a promotion that happened.
+    lift_rollback_hold(model_name, version, client)  # promoted now, not restored by a rollback
     if old is not None and old != version:
         client.set_registered_model_alias(model_name, PREVIOUS, old)
     client.set_registered_model_alias(model_name, CHAMPION, version)
-    if ROLLED_BACK_TAG in client.get_model_version(model_name, version).tags:
-        client.delete_model_version_tag(model_name, version, ROLLED_BACK_TAG)  # promoted now, not restored
     logger.info("model %s version %s is now @%s", model_name, version, CHAMPION)
     return old
 
@@ -422,6 +423,15 @@ def promote(model_name: str, version: str, compared_with: Any = _UNCHECKED) -> s
 # On a version a rollback made the champion again: when, and from which version. A scheduled
 # recalibration does not promote over it (`rollback_hold`); any promotion clears it.
 ROLLED_BACK_TAG = "leadscore.restored_by_rollback"
+
+
+def lift_rollback_hold(model_name: str, version: str, client: MlflowClient | None = None) -> bool:
+    """Remove a rollback's mark from `version` (a person promoted it, or kept it); whether it had one."""
+    client = client or MlflowClient()
+    if ROLLED_BACK_TAG not in client.get_model_version(model_name, version).tags:
+        return False
+    client.delete_model_version_tag(model_name, version, ROLLED_BACK_TAG)
+    return True
 
 
 def rollback_hold(model_name: str, champion: str, challenger: str | None) -> str | None:
@@ -435,7 +445,8 @@ def rollback_hold(model_name: str, champion: str, challenger: str | None) -> str
         "`leadscore promote VERSION`")  # fmt: skip
     return (
         f"v{champion} was made @champion again by `leadscore rollback` ({restored}): a scheduled recalibration "
-        f"does not undo a person's rollback; {review} puts a version in service once it is reviewed"
+        f"does not undo a person's rollback; {review} puts a version in service once it is reviewed (`leadscore "
+        f"promote {champion}` keeps this one and lifts the hold)"
     )
 
 
@@ -465,12 +476,13 @@ def rollback(model_name: str) -> tuple[str, str]:
     champion = current_version(client, model_name)
     if previous is None or champion is None:
         raise ValueError(f"{model_name} has no @{PREVIOUS if previous is None else CHAMPION} version to roll back to")
-    client.set_registered_model_alias(model_name, CHAMPION, previous)
-    client.set_registered_model_alias(model_name, PREVIOUS, champion)
+    # Marked before the aliases move: a registry lost after the move must not leave the rollback
+    # done without its hold. A mark on a version that is not @champion holds nothing.
     when = pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d %H:%M UTC")
     client.set_model_version_tag(model_name, previous, ROLLED_BACK_TAG, f"{when}, from v{champion}")
-    if ROLLED_BACK_TAG in client.get_model_version(model_name, champion).tags:
-        client.delete_model_version_tag(model_name, champion, ROLLED_BACK_TAG)  # a second rollback undoes the first
+    lift_rollback_hold(model_name, champion, client)  # a second rollback undoes the first
+    client.set_registered_model_alias(model_name, CHAMPION, previous)
+    client.set_registered_model_alias(model_name, PREVIOUS, champion)
     logger.info("rolled %s back: version %s is @champion again, %s is @previous", model_name, previous, champion)
     return previous, champion
 

@@ -30,7 +30,8 @@ from serving.snapshots import Snapshot
 from training.evaluate import conversion_by_grade_from_counts
 from training.pipeline import JOB_TAG, flat_rules, git_commit, run_tags, use_experiment
 from training.progress import Reporter
-from training.register import ChampionMoved, describe_version, log_bundle, promote
+from training.register import ROLLED_BACK_TAG, ChampionMoved, describe_version, log_bundle, promote
+from training.stopping import sigterm_held
 
 RULES_FROM_TAG = "leadscore.rules_from_version"
 STAGE_ORDER = ("SQL", "SAL", "MQL", "nurture", "disqualified")
@@ -214,13 +215,18 @@ def register_with_rules(
             output = pd.DataFrame({"probability": probability, "score": score_from_probability(probability)})
             version = log_bundle(artifacts, example, output, model.name)
         mlflow.set_tag("model.version", version)
-    try:
-        was = promote(model.name, version, compared_with=model.version)
-    except ChampionMoved as exc:
-        raise ChampionMoved(
-            f"@champion is no longer v{model.version}, whose model these rules were put on (another run promoted "
-            f"meanwhile): v{version} is registered with them but not promoted; run `leadscore criteria` again"
-        ) from exc
-    tags = client.get_model_version(model.name, model.version).tags
-    describe_version(model.name, version, {**tags, RULES_FROM_TAG: model.version})
+    # A signal waits until the new version's tags are written (`sigterm_held`).
+    with sigterm_held():
+        try:
+            was = promote(model.name, version, compared_with=model.version)
+        except ChampionMoved as exc:
+            raise ChampionMoved(
+                f"@champion is no longer v{model.version}, whose model these rules were put on (another run promoted "
+                f"meanwhile): v{version} is registered with them but not promoted; run `leadscore criteria` again"
+            ) from exc
+        # The model's own tags, not a rollback's mark: this promotion by hand ends that hold.
+        tags = {
+            k: v for k, v in client.get_model_version(model.name, model.version).tags.items() if k != ROLLED_BACK_TAG
+        }
+        describe_version(model.name, version, {**tags, RULES_FROM_TAG: model.version})
     return version, was
