@@ -152,7 +152,7 @@ def test_flat_csv_notebook_flags_a_leaking_column_trains_and_explains(tmp_path, 
     text = "".join(str(o) for c in book.cells for o in c.get("outputs", []))
     assert "900 leads" in text and "column Unnamed: 5 (no header) not used: empty" in text
     assert "flagged as leaking the label (AUC alone at least 0.85): ['Sales Note']" in text
-    assert "LightGBM defaults" in text and "serve it: LEADSCORE_MODEL_NAME=lead-scorer-flat-converted" in text
+    assert "LightGBM defaults" in text and "serve it: leadscore serve --model-name lead-scorer-flat-converted" in text
     (registered,) = MlflowClient(store).search_model_versions("name='lead-scorer-flat-converted'")
     assert f"lead-scorer-flat-converted v{registered.version}: test ECE" in text
     assert text.count("<h3>p-") == 3 and "Total Time Spent on Website" in text  # three leads and their reasons
