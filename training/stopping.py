@@ -31,7 +31,7 @@ def note_held(signum: int) -> None:
     held = signum
     if first:  # said at once: a Ctrl-C that seems to do nothing is pressed again and again
         name = signal.Signals(signum).name
-        os.write(2, f"{name}: the champion has moved; finishing its records first (seconds), then stopping\n".encode())
+        os.write(2, f"{name}: a promotion is under way; finishing its records first, then stopping\n".encode())
 
 
 @contextmanager
