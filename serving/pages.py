@@ -631,6 +631,9 @@ def _criteria_rows(model: LoadedModel) -> list[tuple[str, str]]:
     ranked = {"fit": "fit rank", "engagement": "engagement rank"}
     conditions = ", ".join(f"{ranked.get(name, name)} ≥ {needed:g}" for name, _, needed in mql_conditions(mql, 0, 0, 0))
     mql_row = ("MQL", conditions + by_hand)
+    sql_row = ("SQL", f"score ≥ {sql.min_score:g}{hand_raise}, {sql.min_bant_confirmed} of 4 BANT confirmed")
+    if not sql.require_hand_raise and sql.min_bant_confirmed <= 0:
+        sql_row = ("SQL", f"score ≥ {sql.min_score:g}")  # by score alone
     # As a rep reads them: the disqualified action with its date's place named ({{ is a brace).
     shown = {**criteria.next_actions, "disqualified": _filled(criteria.next_actions["disqualified"])}
     actions = ("Next actions", "; ".join(f"{stage}: {text}" for stage, text in shown.items()))
@@ -641,7 +644,7 @@ def _criteria_rows(model: LoadedModel) -> list[tuple[str, str]]:
         unreached = unreached[:1].upper() + unreached[1:]
         return [
             *([mql_row] if "MQL" in stages else []),
-            *([("SQL", f"score ≥ {sql.min_score:g}")] if "SQL" in stages else []),
+            *([sql_row] if "SQL" in stages else []),
             *([(unreached, "not reached: this export holds no hand-raises, BANT answers or opt-outs")] if unreached
               else []),
             ("Next actions", "; ".join(f"{stage}: {criteria.next_actions[stage]}" for stage in reversed(stages))),
@@ -649,7 +652,7 @@ def _criteria_rows(model: LoadedModel) -> list[tuple[str, str]]:
     competitors = ", ".join(out.competitor_domains) or "none listed"
     return [
         mql_row,
-        ("SQL", f"score ≥ {sql.min_score:g}{hand_raise}, {sql.min_bant_confirmed} of 4 BANT confirmed"),
+        sql_row,
         (
             "Disqualified",
             f"do not contact, a competitor's e-mail domain ({competitors}), or under {out.min_icp_match:.0%} "

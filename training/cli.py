@@ -568,7 +568,7 @@ def train(
         held.close()
         if client is not None:
             client.close()
-    _say_sigterm_held()
+    _say_signal_held()
     if metrics["data"]["quarantine_file"]:
         reporter.note(f"quarantine: {metrics['data']['quarantine_file']}")
     _summary(metrics)
@@ -1286,9 +1286,9 @@ def _fail_cleanly_on_sigterm() -> None:
     dies at once on SIGTERM, silent, its run left RUNNING and the report folder holding an
     earlier decision; on SIGINT Optuna logged a traceback and the summary still said running)."""
 
-    def stop(signum: int, frame: Any) -> None:
-        from training import stopping
+    from training import stopping
 
+    def stop(signum: int, frame: Any) -> None:
         if stopping.holding():  # a promotion is under way: the command finishes first (`sigterm_held`)
             stopping.note_held(signum)
             return
@@ -1302,8 +1302,6 @@ def _fail_cleanly_on_sigterm() -> None:
             return
         raise Terminated(signum)
 
-    from training import stopping
-
     stopping.reset()
     with contextlib.suppress(ValueError):  # not the main thread (a test's runner): left as it is
         signal.signal(signal.SIGTERM, stop)
@@ -1316,8 +1314,8 @@ SIGTERM_RETRY_SECONDS = 0.05
 DATABASE_CODE = f"{os.sep}sqlalchemy{os.sep}"
 
 
-def _say_sigterm_held() -> None:
-    """A SIGTERM that came while a promotion was recorded was held back (`sigterm_held`): said."""
+def _say_signal_held() -> None:
+    """A SIGTERM or SIGINT that came while a promotion was recorded was held back (`sigterm_held`): said."""
     from training import stopping
 
     if stopping.held is not None:
@@ -1445,7 +1443,7 @@ def recalibrate(
         if os.environ.get("LEADSCORE_DEBUG"):
             raise
         failed(f"recalibration stopped, the champion is unchanged: {type(exc).__name__}: {exc}")
-    _say_sigterm_held()
+    _say_signal_held()
     drift = summary["drift"]
     console.print(
         f"drift: conversion {drift['conversion']['reference_rate']:.1%} → {drift['conversion']['recent_rate']:.1%} "
@@ -1763,6 +1761,7 @@ def criteria(
         if stopped := _sigterm_behind(exc):
             _fail(f"criteria {stopped}; the champion is unchanged", code=stopped.exit_code)
         _fail(f"registry {shown_uri(tracking_uri())} not usable, the champion is unchanged: {exc}")
+    _say_signal_held()
     console.print(
         f"{name}: version {version} (v{was}'s model with the rules of {source}) is @champion; v{was} is @previous "
         f"(`leadscore rollback` undoes this). A running service takes it within {params.service.reload_seconds:g} s, "

@@ -36,7 +36,15 @@ from training.pipeline import (
     report_quarantine,
     train_and_register,
 )
-from training.register import CHALLENGER, CHAMPION, ChampionMoved, current_version, promote, rollback_hold
+from training.register import (
+    CHALLENGER,
+    CHAMPION,
+    ChampionMoved,
+    current_version,
+    export_shortfall,
+    promote,
+    rollback_hold,
+)
 from training.rules import differences
 from training.stopping import sigterm_held
 from training.thresholds import f1_threshold, grade_bands, precision_threshold, top_share_threshold
@@ -207,11 +215,15 @@ def recalibrate(
             check_split(dataset, params)
         except DataError as exc:
             raise RecalibrationError(str(exc)) from exc
-        if cut_short := export_cut_short(dataset, champion):
-            # The gates would keep the champion too, after a training run of minutes and a version
-            # registered for nothing.
-            raise RecalibrationError(f"{cut_short}; the champion (v{champion.version}) stays: check the export, then "
-                                     "run it again")  # fmt: skip
+        # The input gates would keep the champion too, after a training run of minutes and a
+        # version registered for nothing.
+        shortfall = export_shortfall(champion.scorer, has_activities=dataset.has_activities,
+                                     activities_cut=dataset.activities_cut,
+                                     lead_columns=dataset.settings.get("lead_columns"))  # fmt: skip
+        if shortfall:
+            learned = "from engagement" if shortfall[0] == "engagement" else "from them"
+            raise RecalibrationError(f"{shortfall[1]}, while the champion (v{champion.version}) learned {learned}: "
+                                     "it stays; check the export, then run it again")  # fmt: skip
         drift = measure_drift(dataset, champion, params, champion_features)
         summary: dict[str, Any] = {
             # The export's end, not the newest labelled snapshot (a horizon and up to a snapshot
@@ -318,21 +330,6 @@ def _promote(
             f"v{new} was promoted (v{before} is @previous), but the run or report could not be written: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
-
-
-def export_cut_short(dataset: Dataset, champion: LoadedModel) -> str | None:
-    """Why this export cannot replace the champion whatever the new model scores (the input
-    gates `activities_like_champion` and `lead_columns_like_champion`, known before training)."""
-    if champion.scorer.uses_engagement():
-        if not dataset.has_activities:
-            return "this export has no usable activity, while the champion learned from engagement"
-        if dataset.activities_cut:
-            return f"{dataset.activities_cut}, while the champion learned from engagement"
-    given = dataset.settings.get("lead_columns") or []
-    lacking = [c for c in champion.scorer.spec.settings.get("lead_columns") or () if c not in given]
-    if lacking:
-        return f"this export's leads have no value in {', '.join(lacking)}, which the champion learned from"
-    return None
 
 
 def mark_promoted(model_name: str, run_id: str, metrics: dict[str, Any], previous: str | None) -> None:

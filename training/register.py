@@ -135,6 +135,26 @@ class ChampionCheck:
     grade_bands: dict[str, float] | None = None
 
 
+def export_shortfall(
+    scorer: Any, *, has_activities: bool, activities_cut: str | None, lead_columns: list[str] | None
+) -> tuple[str, str] | None:
+    """What a CRM export lacks that a champion (`scorer`) learned from, so that it must not
+    replace it whatever a new model scores: ("engagement", why) for no usable activity or
+    activities cut short (`activities_end_early`), ("columns", why) for lead columns without a
+    value; None when nothing. The registration gates and recalibration's check before training
+    both ask."""
+    if scorer.uses_engagement():
+        if not has_activities:
+            return "engagement", "this export has no usable activity, so a model learns from fit attributes alone"
+        if activities_cut:
+            return "engagement", activities_cut
+    learned_from = scorer.spec.settings.get("lead_columns")  # None: a champion from before it was kept
+    lacking = [c for c in learned_from or () if lead_columns is not None and c not in lead_columns]
+    if lacking:
+        return "columns", f"this export's leads have no value in {', '.join(lacking)}"
+    return None
+
+
 def champion_auc(
     model_name: str,
     kind: str,
@@ -210,34 +230,27 @@ def champion_auc(
             "features.horizon_days, raised); `leadscore promote` makes a version the champion by hand",
             uncompared=True,
         )
-    if kind == "crm" and not export_has_activities and scorer.uses_engagement():
+    shortfall = (
+        export_shortfall(scorer, has_activities=export_has_activities, activities_cut=activities_cut,
+                         lead_columns=lead_columns)
+        if kind == "crm" else None
+    )  # fmt: skip
+    if shortfall and shortfall[0] == "engagement":
         return found(
             version,
             None,
-            f"this export has no usable activity, so this model learned from fit attributes alone, while "
-            f"champion v{version} learned from engagement too: an export cut short must not replace it "
-            "(check the activities file, then train again; if activities really stopped, train under a name "
-            "of its own: --model-name NAME)",
+            f"{shortfall[1]}, while champion v{version} learned from engagement: an export cut short must not "
+            "replace it (check the activities file, then train again; if activities really stopped, train under "
+            "a name of its own: --model-name NAME)",
             engagement_missing=True,
         )
-    if kind == "crm" and activities_cut and scorer.uses_engagement():
+    if shortfall:
         return found(
             version,
             None,
-            f"{activities_cut}; champion v{version} learned from engagement, and an export cut short must not "
-            "replace it (check the activities file, then train again)",
-            engagement_missing=True,
-        )
-    learned_from = scorer.spec.settings.get("lead_columns")  # None: a champion from before it was kept
-    lacking = [c for c in learned_from or () if lead_columns is not None and c not in lead_columns]
-    if kind == "crm" and lacking:
-        return found(
-            version,
-            None,
-            f"this export's leads have no value in {', '.join(lacking)}, which champion v{version} learned from: "
-            "scored without them the champion could lose to a model that never saw them, so a leads file cut "
-            "short must not replace it (check leads.csv, then train again; if the CRM really stopped filling "
-            "them, train under a name of its own: --model-name NAME)",
+            f"{shortfall[1]}, which champion v{version} learned from: scored without them the champion could lose "
+            "to a model that never saw them, so a leads file cut short must not replace it (check leads.csv, then "
+            "train again; if the CRM really stopped filling them, train under a name of its own: --model-name NAME)",
             columns_missing=True,
         )
     note = ""
