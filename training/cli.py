@@ -1445,9 +1445,10 @@ def recalibrate(
         failed(f"recalibration stopped, the champion is unchanged: {type(exc).__name__}: {exc}")
     _say_signal_held()
     drift = summary["drift"]
+    shift = drift["conversion"]
     console.print(
-        f"drift: conversion {drift['conversion']['reference_rate']:.1%} → {drift['conversion']['recent_rate']:.1%} "
-        f"(z {drift['conversion']['z']:+.1f}), "
+        f"drift of new leads, training part → newest quarter: conversion {shift['reference_rate']:.1%} → "
+        f"{shift['recent_rate']:.1%} (z {shift['z']:+.1f}), "
         f"score PSI {drift['score_psi']:.3f}, drifted features: {', '.join(drift['drifted_features']) or 'none'}"
     )
     if "thresholds" in summary:
