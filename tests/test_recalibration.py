@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -14,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from features.params import load_params
 from features.synthetic import generate_crm, write_crm
 from training.pipeline import prepare_crm, train_and_register
-from training.recalibrate import EXIT_LOCKED, EXIT_NO_NEW_DATA, RecalibrationError, exclusive, recalibrate
+from training.recalibrate import EXIT_FAILED, EXIT_LOCKED, EXIT_NO_NEW_DATA, RecalibrationError, exclusive, recalibrate
 
 pytestmark = pytest.mark.slow
 MODEL = "recal-model"
@@ -145,17 +146,33 @@ def test_failing_gates_leave_the_champion(export, settings, champion, tmp_path):
     assert (run["promoted"], run["gates_passed"]) == ("False", "False")
 
 
-@pytest.fixture(scope="module")
-def campaign_export(export, tmp_path_factory) -> Path:
-    """The export with a trade-show season: half the leads created since mid-July 2025 come from events."""
-    folder = tmp_path_factory.mktemp("campaign-crm")
+def _newest_leads_changed(export: Path, folder: Path, column: str, value: str, share: float) -> Path:
+    """The export with `column` set to `value` for `share` of the leads created since mid-July 2025
+    (spread evenly through them)."""
     for file in export.iterdir():
         (folder / file.name).write_bytes(file.read_bytes())
     leads = pd.read_csv(export / "leads.csv", dtype=str, keep_default_na=False)
     recent = leads.index[pd.to_datetime(leads["created_at"], errors="coerce", format="mixed") >= "2025-07-15"]
-    leads.loc[recent[::2], "lead_source"] = "Event"
+    leads.loc[recent[(np.arange(len(recent)) * share) % 1 < share], column] = value
     leads.to_csv(folder / "leads.csv", index=False)
     return folder
+
+
+@pytest.fixture(scope="module")
+def campaign_export(export, tmp_path_factory) -> Path:
+    """The export with a trade-show season: half the leads created since mid-July 2025 come from events."""
+    return _newest_leads_changed(export, tmp_path_factory.mktemp("campaign-crm"), "lead_source", "Event", 0.5)
+
+
+def test_a_field_blanked_in_the_newest_quarter_is_refused_as_a_broken_export(export, settings, champion, tmp_path):
+    """A CRM form that lost its industry field is not a change in buyers: thresholds set on those
+    leads would be wrong, so the champion stays and a person is asked to look (exit 2)."""
+    broken = _newest_leads_changed(export, tmp_path, "industry", "", 0.75)
+    before = (_aliases(), _versions())
+    said = r"break in the export.*industry blank for \d\d% of new leads"
+    with pytest.raises(RecalibrationError, match=said) as refused:
+        recalibrate(load_params(**settings), model_name=MODEL, data=broken, as_of=LATER, if_drifted=True)
+    assert refused.value.exit_code == EXIT_FAILED and (_aliases(), _versions()) == before
 
 
 def test_recalibration_detects_drift_moves_thresholds_and_promotes(

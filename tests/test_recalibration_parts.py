@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from features.ingest import as_of_view, load_crm
-from training.drift import conversion_shift, feature_drift, psi_categorical, psi_numeric
+from training.drift import categorical_drift, conversion_shift, feature_drift, numeric_drift
 from training.thresholds import f1_threshold, grade_bands, precision_threshold, top_share_threshold
 
 
@@ -34,13 +34,13 @@ def test_as_of_view_hides_the_future(small_crm_dir):
 def test_psi_is_zero_for_the_same_population_and_grows_with_a_shift():
     rng = np.random.default_rng(0)
     base = rng.normal(size=20_000)
-    assert psi_numeric(base, rng.normal(size=20_000)) < 0.01
-    assert psi_numeric(base, rng.normal(0.5, 1, size=20_000)) > 0.2
+    assert numeric_drift(base, rng.normal(size=20_000))[0] < 0.01
+    assert numeric_drift(base, rng.normal(0.5, 1, size=20_000))[0] > 0.2
     with_missing = np.where(rng.random(20_000) < 0.3, np.nan, rng.normal(size=20_000))
-    assert psi_numeric(base, with_missing) > 0.5  # a new mass of missing values is drift
+    assert numeric_drift(base, with_missing)[0] > 0.5  # a new mass of missing values is drift
     a = pd.Series(rng.choice(["x", "y", None], 5000, p=[0.5, 0.3, 0.2]))
-    assert psi_categorical(a, a.sample(frac=1, random_state=1)) == pytest.approx(0, abs=1e-12)
-    assert psi_categorical(a, pd.Series(rng.choice(["x", "z"], 5000))) > 1
+    assert categorical_drift(a, a.sample(frac=1, random_state=1))[0] == pytest.approx(0, abs=1e-12)
+    assert categorical_drift(a, pd.Series(rng.choice(["x", "z"], 5000)))[0] > 1
 
 
 def test_feature_drift_flags_and_orders():
@@ -190,3 +190,55 @@ def test_a_flat_champion_is_not_recalibrated_from_an_export_folder(params, tmp_p
     monkeypatch.setattr(recalibration, "prepare_crm", lambda *a, **k: pytest.fail("it began to build examples"))
     with pytest.raises(recalibration.RecalibrationError, match=r"x-education's champion \(v3\) is a flat model"):
         recalibration.recalibrate(params, model_name="x-education", data=tmp_path)
+
+
+def test_drift_compares_new_leads_with_new_leads(small_crm_dir):
+    """The newest quarter holds only leads first seen in it; the training part also every older
+    lead still open. Drift reads new leads on both sides, each once, at its first snapshot."""
+    from features.params import load_params
+    from training.pipeline import prepare_crm
+    from training.recalibrate import first_sightings
+
+    dataset = prepare_crm(small_crm_dir, load_params())
+    reference, recent = first_sightings(dataset, 30)
+    ages, part, keys = dataset.features["lead_age_days"], dataset.split.assignment, dataset.keys
+    for chosen, parts in ((reference, {"train", "valid"}), (recent, {"test"})):
+        assert chosen.any() and (ages[chosen] < 30).all() and set(part[chosen]) <= parts
+        assert not keys.loc[chosen, "lead_id"].duplicated().any()
+    at_first = (keys["as_of"] == keys.groupby("lead_id")["as_of"].transform("min")).to_numpy()
+    assert (recent == (at_first & (part == "test").to_numpy())).all()  # every lead of the quarter, once
+    assert (ages[part.isin(["train", "valid"]).to_numpy() & ~reference] >= 30).all()  # the older ones left out
+
+
+def test_drift_on_a_few_hundred_leads_counts_only_shifts_beyond_sampling_noise():
+    """130 new leads a quarter: ten bins of 13 made unchanged features pass PSI 0.2 on most small
+    exports. Only a shift beyond the noise of those sizes counts, and a real one still does."""
+    rng = np.random.default_rng(4)
+
+    def sample(size: int, shift: float = 0.0) -> pd.DataFrame:
+        counts = rng.poisson(1.5 + shift, size=(size, 20)).astype(float)
+        skewed = np.where(rng.random((size, 20)) < 0.6, np.nan, rng.exponential(30.0 + 30 * shift, (size, 20)))
+        return pd.DataFrame(np.hstack([counts, skewed]), columns=[f"f{i}" for i in range(40)])
+
+    reference, recent = sample(500), sample(130)
+    steady = feature_drift(reference, recent, threshold=0.2)
+    assert not steady["drifted"].any(), steady.head()
+    ten_bins = [numeric_drift(reference[c].to_numpy(), recent[c].to_numpy(), bins=10)[0] for c in reference]
+    assert max(ten_bins) >= 0.2  # what ten bins and the threshold alone flagged
+    moved = feature_drift(sample(500), sample(130, shift=1.0), threshold=0.2)
+    assert moved["drifted"].mean() > 0.5 and moved.loc[moved["drifted"], "moved"].str.contains("median").all()
+
+
+def test_what_moved_and_export_breaks_in_words():
+    from training.drift import sudden_breaks, what_moved
+
+    before = pd.Series(["Event"] * 10 + ["Search"] * 85 + [None] * 5)
+    after = pd.Series(["Event"] * 10 + ["Search"] * 40 + ["LinkedIn"] * 30 + [None] * 20)
+    assert what_moved(before, after) == "blank 5% → 20%, Search 85% → 40%, LinkedIn new → 30%"
+    revenue = pd.Series(np.linspace(1e6, 5e7, 100))
+    assert what_moved(revenue, revenue / 1000) == "median 25,500,000 → 25,500"
+    old = pd.DataFrame({"industry": before, "revenue": revenue})
+    blanked = pd.DataFrame({"industry": [None] * 60 + ["Search"] * 40, "revenue": revenue * 3})
+    assert sudden_breaks(old, blanked) == ["industry blank for 60% of new leads (was 5%)"]
+    assert sudden_breaks(old, old.assign(revenue=revenue / 1000)) == ["revenue median 25,500,000 → 25,500"]
+    assert sudden_breaks(old.head(40), blanked.head(40)) == []  # too few leads to tell a step

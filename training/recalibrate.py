@@ -24,7 +24,7 @@ from features.params import Params, default_params_path
 from features.tracking import MODELS_DIR, lock_path
 from serving.charts import columns, horizontal_bars
 from serving.scoring import LoadedModel, ModelNotReady, load_champion
-from training.drift import conversion_shift, feature_drift, psi_numeric
+from training.drift import conversion_shift, feature_drift, numeric_drift, sudden_breaks
 from training.evaluate import classification_metrics, conversion_by_grade
 from training.pipeline import (
     EMBEDDED_DIR,
@@ -224,6 +224,16 @@ def recalibrate(
             learned = "from engagement" if shortfall[0] == "engagement" else "from them"
             raise RecalibrationError(f"{shortfall[1]}, while the champion (v{champion.version}) learned {learned}: "
                                      "it stays; check the export, then run it again")  # fmt: skip
+        breaks = export_breaks(dataset, params.features.snapshot_days)
+        if breaks:
+            raise RecalibrationError(
+                "the newest quarter's new leads look like a break in the export, not a change in buyers: "
+                + "; ".join(breaks[:5])
+                + (f" and {len(breaks) - 5} more" if len(breaks) > 5 else "")
+                + ". Its thresholds and the challenger's test would be read from them, so the champion stays. Check "
+                "the export; if the change is real and here to stay, a run a quarter from now compares it with a "
+                "quarter that has it too, or retrain now with `leadscore train --data EXPORT`"
+            )
         drift = measure_drift(dataset, champion, params, champion_features)
         summary: dict[str, Any] = {
             # The export's end, not the newest labelled snapshot (a horizon and up to a snapshot
@@ -236,10 +246,12 @@ def recalibrate(
             "drift": drift,
         }
         # Said now: the training below takes minutes, and `--if-drifted` decides on this.
-        drifted = drift["drifted_features"]
+        drifted = [f"{r['feature']} ({r['moved']})" if r["moved"] else r["feature"]
+                   for r in drift["features"] if r["drifted"]]  # fmt: skip
+        more = len(drift["drifted_features"]) - 8
         reporter.note(
-            f"drift: score PSI {drift['score_psi']:.3f}, features past the threshold: "
-            + (", ".join(drifted[:8]) + (f" and {len(drifted) - 8} more" if len(drifted) > 8 else "") or "none")
+            f"drift of new leads: score PSI {drift['score_psi']:.3f}, features past the threshold: "
+            + ("; ".join(drifted[:8]) + (f" and {more} more" if more > 0 else "") or "none")
         )
         if if_drifted and not drift["drifted"]:
             summary |= {"decision": "skipped", "why": f"no drift past the thresholds in {default_params_path()}",
@@ -345,19 +357,35 @@ def mark_promoted(model_name: str, run_id: str, metrics: dict[str, Any], previou
         client.delete_registered_model_alias(model_name, CHALLENGER)
 
 
+def new_leads(dataset: Dataset, snapshot_days: int) -> np.ndarray:
+    """Each lead at its first snapshot, when it was new: created at most one snapshot spacing
+    before it (a lead created at midnight of a snapshot day, a date without a time, is first
+    seen a whole spacing later)."""
+    new = (dataset.features["lead_age_days"] <= snapshot_days).to_numpy()
+    return new & ~(dataset.keys["lead_id"].where(new).duplicated().to_numpy() & new)
+
+
 def first_sightings(dataset: Dataset, snapshot_days: int) -> tuple[np.ndarray, np.ndarray]:
-    """Which examples drift compares: new leads (created within one snapshot spacing, so each at
-    its first snapshot) in the window's training part (reference) and in its newest quarter
-    (recent).
+    """Which examples drift compares: new leads (`new_leads`) in the window's training part
+    (reference) and in its newest quarter (recent).
 
     The newest quarter holds only leads first seen in it, at most a quarter old, while the
     training part also holds every older lead still open at each snapshot: compared whole, lead
     age, lifetime totals, the score and the conversion rate differ by construction, and every
     run read as drifted. New leads against new leads, what moves is the buyers.
     """
-    new = (dataset.features["lead_age_days"] < snapshot_days).to_numpy()
+    new = new_leads(dataset, snapshot_days)
     part = dataset.split.assignment.to_numpy()
     return new & np.isin(part, ["train", "valid"]), new & (part == "test")
+
+
+def export_breaks(dataset: Dataset, snapshot_days: int) -> list[str]:
+    """Fields that changed between the validation part's new leads and the newest quarter's as
+    a broken export does (`drift.sudden_breaks`). Against the quarter just before, not the whole
+    window: a change a person has seen and kept is in both a quarter later, and stops counting."""
+    new = new_leads(dataset, snapshot_days)
+    part = dataset.split.assignment.to_numpy()
+    return sudden_breaks(dataset.features[new & (part == "valid")], dataset.features[new & (part == "test")])
 
 
 def measure_drift(
@@ -373,7 +401,7 @@ def measure_drift(
     scored = features if champion_features is None else champion_features
     score_before = 100 * champion.scorer.predict_proba(scored[before])
     score_after = 100 * champion.scorer.predict_proba(scored[after])
-    score_psi = psi_numeric(score_before, score_after)
+    score_psi, score_noise = numeric_drift(score_before, score_after)
     label = dataset.label.to_numpy()
     shift = conversion_shift(label[before], label[after])  # one example per lead: leads are the units
     drifted_features = table.loc[table["drifted"], "feature"].tolist()
@@ -382,10 +410,11 @@ def measure_drift(
         "features": table.head(15).to_dict(orient="records"),
         "drifted_features": drifted_features,
         "score_psi": score_psi,
+        "score_noise": score_noise,
         "conversion": shift,
         "drifted": bool(
             drifted_features
-            or score_psi >= settings.score_psi_threshold
+            or (score_psi >= settings.score_psi_threshold and score_psi > score_noise)
             or (
                 abs(shift["shift"]) >= settings.conversion_shift_threshold
                 and abs(shift["z"]) >= settings.conversion_shift_min_z
@@ -526,11 +555,13 @@ def report_markdown(summary: dict[str, Any]) -> str:
         *seen,
         f"- Conversion rate {shift['reference_rate']:.1%} → {shift['recent_rate']:.1%} "
         f"({shift['shift'] * 100:+.1f} percentage points, {abs(shift['z']):.1f} standard errors of sampling noise).",
-        f"- Score distribution of the champion: PSI {drift['score_psi']:.3f}.",
-        f"- Drifted features (PSI past the threshold): {drifted}.",
+        f"- Score distribution of the champion: PSI {drift['score_psi']:.3f}"
+        + (f" (sampling noise alone stays under {drift['score_noise']:.3f})." if "score_noise" in drift else "."),
+        f"- Drifted features (PSI past the threshold and beyond sampling noise): {drifted}.",
     ]
-    lines += ["", "| feature | PSI |", "|---|---|"] + [
-        f"| {r['feature']} | {r['psi']:.3f} |" for r in drift["features"][:10]
+    lines += ["", "| feature | PSI | noise stays under | what moved |", "|---|---|---|---|"] + [
+        f"| {r['feature']} | {r['psi']:.3f} | {r.get('noise', float('nan')):.3f} | {r.get('moved', '')} |"
+        for r in drift["features"][:10]
     ]
     if "thresholds" in summary:
         old, new = summary["thresholds"]["old"], summary["thresholds"]["new"]
