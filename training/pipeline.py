@@ -163,13 +163,20 @@ def few_trials_warnings(trials: int, tuning: TuningParams, job: str = "train") -
     ]
 
 
+def quarantine_counts(quarantine: Quarantine) -> list[str]:
+    """Quarantined rows counted by table and kind of reason, in words."""
+    rows = quarantine.frame()
+    if rows.empty:
+        return []
+    kinds = rows["reason"].str.split(":").str[0]
+    return [f"{count:,} {table_name} row(s): {reason}"
+            for (table_name, reason), count in rows.groupby([rows["table"], kinds]).size().items()]  # fmt: skip
+
+
 def report_quarantine(quarantine: Quarantine, reporter: Reporter) -> None:
     """Quarantined rows counted by table and reason, then the notes on cleaned values."""
-    rows = quarantine.frame()
-    if not rows.empty:
-        kinds = rows["reason"].str.split(":").str[0]
-        for (table_name, reason), count in rows.groupby([rows["table"], kinds]).size().items():
-            reporter.warn(f"quarantined {count:,} {table_name} row(s): {reason}")
+    for counted in quarantine_counts(quarantine):
+        reporter.warn(f"quarantined {counted}")
     for note in quarantine.notes:
         reporter.note(note)
 

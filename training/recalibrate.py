@@ -33,6 +33,7 @@ from training.pipeline import (
     check_split,
     ensure_embedded_data,
     prepare_crm,
+    quarantine_counts,
     report_quarantine,
     train_and_register,
 )
@@ -244,6 +245,9 @@ def recalibrate(
             "champion_version": champion.version,
             "dry_run": dry_run,
             "drift": drift,
+            # Rows the export's checks set aside are in neither the drift nor the training: a
+            # reader of the report must see them (half a campaign's leads without created_at).
+            "quarantined": quarantine_counts(dataset.quarantine),
         }
         # Said now: the training below takes minutes, and `--if-drifted` decides on this.
         drifted = [f"{r['feature']} ({r['moved']})" if r["moved"] else r["feature"]
@@ -559,6 +563,9 @@ def report_markdown(summary: dict[str, Any]) -> str:
         + (f" (sampling noise alone stays under {drift['score_noise']:.3f})." if "score_noise" in drift else "."),
         f"- Drifted features (PSI past the threshold and beyond sampling noise): {drifted}.",
     ]
+    if summary.get("quarantined"):
+        lines.append("- Set aside by the export's checks, so neither compared nor learned from: "
+                     + "; ".join(summary["quarantined"]) + ".")  # fmt: skip
     lines += ["", "| feature | PSI | noise stays under | what moved |", "|---|---|---|---|"] + [
         f"| {r['feature']} | {r['psi']:.3f} | {r.get('noise', float('nan')):.3f} | {r.get('moved', '')} |"
         for r in drift["features"][:10]
