@@ -399,3 +399,21 @@ def test_a_european_excel_export_reads_its_numbers_as_written(tmp_path, params):
     one = pd.DataFrame({"Seconds on site": ["2.111", 1.532], "Pages per visit": ["3", 2.0]})
     served, _ = clean_flat_columns(one, data.schema)
     assert served["Seconds on site"].tolist() == [2111.0, 1.532]
+
+
+@pytest.mark.parametrize("converted,lost", [(1, 100), (3, 3)])
+def test_a_flat_export_with_too_few_of_a_class_is_refused_with_the_counts(tmp_path, params, converted, lost):
+    """Refused before the stratified split, whose scikit-learn error ("the least populated class
+    in y has only 1 member") said nothing of the 40 needed."""
+    from training.pipeline import prepare_flat
+
+    path = tmp_path / "few.csv"
+    rows = [f"p{i},{i % 5},{1 if i < converted else 0}" for i in range(converted + lost)]
+    path.write_text("id,visits,y\n" + "\n".join(rows) + "\np0,9,1\n")  # and a repeated id: both set aside
+    with pytest.raises(
+        DataError,
+        match=rf"few\.csv: too few examples to train: {converted - 1} "
+        rf"that converted and {lost} that did not.*set aside: 2 flat row\(s\): id 'id' appears",
+    ) as refused:
+        prepare_flat(path, FlatProfile(label="y", id="id"), params)
+    assert len(refused.value.quarantine.frame()) == 2  # kept for the file the refusal names

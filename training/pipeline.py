@@ -434,6 +434,14 @@ def prepare_flat(path: Path, profile: FlatProfile, params: Params) -> Dataset:
         examples = pd.DataFrame({"lead_id": flat.ids, "as_of": flat.times})
         split = split_by_time(examples, params.split, horizon_days=0)
     else:
+        # Refused here, with the rows set aside so far: a stratified split of a class of one
+        # row fails inside scikit-learn before check_split could say how many there are.
+        try:
+            check_class_counts(flat.label, params)
+        except DataError as exc:
+            aside = quarantine_counts(flat.quarantine)
+            raise DataError(f"{path}: {exc}" + (f"; set aside: {'; '.join(aside)}" if aside else ""),
+                            flat.quarantine) from None  # fmt: skip
         split = split_stratified(flat.label, params.split)
     keys = pd.DataFrame({"lead_id": flat.ids})
     return Dataset(
