@@ -319,8 +319,8 @@ def read_leads(
         leads = _contract_table(raw, "leads", as_contract, leads_path, notes)
         leads = _flat_headers(leads, flat_schema, leads_path, notes)
         acts_path = activities or source / TABLE_FILES["activities"]
-        outcomes_path = source / TABLE_FILES["outcomes"]
-        if outcomes_path.is_file() and "lead_id" in leads:
+        outcomes_path = outcomes_file(source, notes)
+        if outcomes_path is not None and "lead_id" in leads:
             closed_ids = closed_lead_ids(
                 outcomes_path, leads["lead_id"], notes, as_contract=as_contract, statuses=statuses
             )
@@ -367,8 +367,24 @@ def read_leads(
     if leads.empty and not closed:
         raise DataError(f"{source}: no rows to score (a header only)")
     if notes is not None and flat_schema is None and len(acts):
-        notes.extend(_activities_spelt_otherwise(acts, leads["lead_id"] if all_ids is None else all_ids))
+        notes.extend(_activities_of_no_lead(acts, leads["lead_id"] if all_ids is None else all_ids))
     return leads, acts, closed
+
+
+def outcomes_file(folder: Path, notes: list[str] | None) -> Path | None:
+    """An export folder's outcomes file, or None when it has none (said in `notes`: every lead
+    is then scored as open, converted and lost ones too, and kept for the pages so)."""
+    path = folder / TABLE_FILES["outcomes"]
+    if path.exists() and not path.is_file():
+        raise DataError(f"{path}: a folder, not a file; the export's outcomes say which leads are closed")
+    if path.exists():
+        return path
+    if notes is not None:
+        notes.append(
+            f"{folder}: no {TABLE_FILES['outcomes']}, so every lead of {TABLE_FILES['leads']} is scored as open, "
+            f"converted and lost ones too; add the export's {TABLE_FILES['outcomes']} to score only the open ones"
+        )
+    return None
 
 
 def closed_lead_ids(
@@ -387,6 +403,8 @@ def closed_lead_ids(
     require_columns(outcomes.columns, OUTCOME_REQUIRED, str(outcomes_path))
     status = outcome_statuses(outcomes["status"], statuses)
     if notes is not None:
+        if outcomes.empty:
+            notes.append(f"{outcomes_path.name}: a header and no rows, so every lead is scored as open")
         notes.extend(_unread_outcomes(outcomes, status, lead_ids))
     return frozenset(outcomes.loc[status.isin(["converted", "lost"]), "lead_id"].astype(str).str.strip())
 
@@ -460,20 +478,23 @@ def _rows_in_file(table: pd.DataFrame) -> np.ndarray:
     return np.arange(len(table))
 
 
-def _activities_spelt_otherwise(activities: pd.DataFrame, lead_ids: pd.Series) -> list[str]:
-    """Activity rows whose id names no lead but matches one apart from case, spaces or leading
-    zeros: training sets them aside as of unknown leads, scoring would leave them out unsaid."""
+def _activities_of_no_lead(activities: pd.DataFrame, lead_ids: pd.Series) -> list[str]:
+    """Activity rows whose id names no lead of the leads file, counted (training sets them
+    aside as of unknown leads; scoring left them out unsaid), and those that match one apart
+    from case, spaces or leading zeros named apart: those ids should agree."""
     known = lead_ids.astype(str).str.strip()
     ids = activities["lead_id"].astype(str).str.strip()
     strangers = ids[~ids.isin(known) & ids.ne("")]
-    near = near_ids(strangers, known) if len(strangers) else strangers
-    if near.empty:
+    if strangers.empty:
         return []
-    return [
-        f"activities: {len(near):,} row(s) name no lead of the leads file but match one but for case, spaces or "
-        f"leading zeros (e.g. {strangers[near.index[0]]!r} for {near.iloc[0]!r}): they are not counted; make the "
-        "ids agree"
-    ]
+    near = near_ids(strangers, known)
+    said = f"activities: {len(strangers):,} row(s) name no lead of the leads file and are not read"
+    if not near.empty:
+        said += (
+            f"; {len(near):,} of them match one but for case, spaces or leading zeros (e.g. "
+            f"{strangers[near.index[0]]!r} for {near.iloc[0]!r}): make the ids agree"
+        )
+    return [said]
 
 
 def _unread_outcomes(outcomes: pd.DataFrame, status: pd.Series, lead_ids: pd.Series | None) -> list[str]:

@@ -130,16 +130,16 @@ def test_an_export_folder_scores_only_its_open_leads_whatever_the_status_spellin
     own_notes: list[str] = []
     leads, _, closed = read_leads(tmp_path, None, notes=own_notes, statuses=own)
     assert leads["lead_id"].tolist() == ["B", "E", "F", "G"] and closed == 3 and len(own_notes) == 1
-    # Activities whose ids differ from a lead's only by case or leading zeros are named, not left
-    # out unsaid; those of a closed lead (B) or of no lead at all (X) are not the user's mistake.
+    # Activities of no lead (d, 0G, X) are counted, not left out unsaid, and those whose ids differ
+    # from a lead's only by case or leading zeros are named; a closed lead's (B) are its own.
     pd.DataFrame(
         {"lead_id": ["d", "0G", "B", "X", "D"], "occurred_at": ["2025-02-01"] * 5, "activity_type": ["web_visit"] * 5}
     ).to_csv(tmp_path / "activities.csv", index=False)
     notes = []
     read_leads(tmp_path, None, notes=notes)
     assert notes[2:] == [
-        "activities: 2 row(s) name no lead of the leads file but match one but for case, spaces or leading zeros "
-        "(e.g. 'd' for 'D'): they are not counted; make the ids agree"
+        "activities: 3 row(s) name no lead of the leads file and are not read; 2 of them match one but for case, "
+        "spaces or leading zeros (e.g. 'd' for 'D'): make the ids agree"
     ]
     # A 0-byte activities file is not "no activities": a copy cut short is named, not read as idle leads.
     (tmp_path / "activities.csv").write_text("")
@@ -446,3 +446,21 @@ def test_a_flat_files_headers_spelt_otherwise_are_read_as_the_models_columns(tmp
     leads, _, _ = read_leads(path, None, flat_schema=schema, notes=[])
     said = absent_columns_note(model, leads.columns)
     assert said == "1 of the model's columns not in this file, read as missing: Page Views"
+
+
+def test_an_export_folder_without_usable_outcomes_says_every_lead_is_scored_as_open(tmp_path):
+    """Without outcomes every lead reads as open: converted and lost ones were scored and kept
+    for the pages without a word."""
+    pd.DataFrame({"lead_id": ["A", "B"], "created_at": ["2025-01-01"] * 2}).to_csv(tmp_path / "leads.csv", index=False)
+    notes: list[str] = []
+    leads, _, closed = read_leads(tmp_path, None, notes=notes)
+    assert len(leads) == 2 and closed == 0
+    assert any("no outcomes.csv, so every lead of leads.csv is scored as open" in note for note in notes), notes
+    (tmp_path / "outcomes.csv").write_text("lead_id,status,closed_at\n")
+    notes = []
+    read_leads(tmp_path, None, notes=notes)
+    assert "outcomes.csv: a header and no rows, so every lead is scored as open" in notes
+    (tmp_path / "outcomes.csv").unlink()
+    (tmp_path / "outcomes.csv").mkdir()
+    with pytest.raises(DataError, match=r"outcomes\.csv: a folder, not a file"):
+        read_leads(tmp_path, None)

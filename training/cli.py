@@ -1173,7 +1173,7 @@ def _score_on_dask(
 
     from features.schema import TABLE_FILES
     from features.tracking import tracking_uri
-    from serving.batch import absent_columns_note, closed_lead_ids, number_format_note, stale_note
+    from serving.batch import absent_columns_note, closed_lead_ids, number_format_note, outcomes_file, stale_note
     from serving.dask_batch import (
         date_order_on_dask,
         leads_header,
@@ -1190,13 +1190,12 @@ def _score_on_dask(
     closed: frozenset[str] = frozenset()
     notes: list[str] = []
     if source.is_dir():
-        if (source / TABLE_FILES["outcomes"]).is_file():  # its open leads, as the local engine scores
-            try:
-                closed = closed_lead_ids(
-                    source / TABLE_FILES["outcomes"], None, notes, statuses=params.data.outcome_statuses
-                )
-            except DataError as exc:
-                _fail(str(exc))
+        try:  # its open leads, as the local engine scores
+            outcomes = outcomes_file(source, notes)
+            if outcomes is not None:
+                closed = closed_lead_ids(outcomes, None, notes, statuses=params.data.outcome_statuses)
+        except DataError as exc:
+            _fail(str(exc))
         activities = activities or source / TABLE_FILES["activities"]
         source = source / TABLE_FILES["leads"]
     if activities is None:
