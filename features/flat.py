@@ -460,7 +460,7 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
         DataError: unreadable file, unknown column names, or a label that is not binary.
     """
     path = Path(path)
-    raw, encoding = read_text_csv(path, sep=profile.sep)
+    raw, encoding = read_text_csv(path, sep=profile.sep, sep_option=True)
     quarantine = Quarantine()
     if said := encoding_note(path.name, encoding):
         quarantine.note(said)

@@ -452,6 +452,12 @@ COMPRESSED_MAGIC = {
 }
 
 
+# Bytes no text CSV holds (tab, line feed, vertical tab, form feed and carriage return aside):
+# over 1 in 100 of a file's first bytes, or any NUL, and it is binary data.
+CONTROL_BYTES = bytes([*range(0, 9), *range(14, 32), 127])
+TEXT_PROBE_BYTES = 4096
+
+
 def check_header(path: Path, sep: str) -> list[str]:
     """The header's names, once the header line is known to be a text CSV's with names that
     differ (else a DataError naming the file)."""
@@ -474,6 +480,17 @@ def check_header(path: Path, sep: str) -> list[str]:
             + ("UTF-16 text (a spreadsheet's \"Unicode text\"); save it as \"CSV UTF-8\"" if utf16 else
                "the header holds NUL bytes; not a text CSV file")
         )  # fmt: skip
+    with path.open("rb") as handle:
+        start = handle.read(TEXT_PROBE_BYTES)
+    controls = len(start) - len(start.translate(None, CONTROL_BYTES))
+    if b"\x00" in start or controls > max(4, len(start) // 100):
+        # Binary data read as text gave whatever its bytes looked like: "cut short", "classic
+        # Mac OS line ends", "a separator inside a value".
+        raise DataError(
+            f"{path}: not a text CSV file: its first {len(start):,} bytes hold {controls:,} control characters"
+            + (" and NUL bytes" if b"\x00" in start else "")
+            + " (binary data: an image, an archive, a database file?)"
+        )
     if b"\r" in header.rstrip(b"\r\n"):  # one "line" holding carriage returns: they end its lines
         raise DataError(
             f"{path}: its lines end with a carriage return alone (classic Mac OS text), which is not read; "
@@ -490,8 +507,11 @@ def check_header(path: Path, sep: str) -> list[str]:
     return names
 
 
-def read_text_csv(path: Path, *, sep: str = ",") -> tuple[pd.DataFrame, str]:
+def read_text_csv(path: Path, *, sep: str = ",", sep_option: bool = False) -> tuple[pd.DataFrame, str]:
     """Read every cell as text (UTF-8, with legacy Latin-1 lines decoded on their own).
+
+    `sep_option`: the command takes `--sep` (a flat CSV to train on), so a file of one column
+    is told to use it; other files are read in the separator their header shows.
 
     Returns:
         The frame and the encoding that worked (or a description of mixed encodings).
@@ -526,7 +546,11 @@ def read_text_csv(path: Path, *, sep: str = ",") -> tuple[pd.DataFrame, str]:
                 f"{path}: line {line} holds {saw} fields where the rows before it hold {expected}: a separator "
                 f"({sep!r}) inside a value that is not quoted? Quote that value, or remove the extra separator"
             ) from exc
-        hint = "; if fields are separated by ';' or a tab, say so (--sep ';' or --sep tab)" if one_column else ""
+        hint = (
+            ("; if fields are separated by ';' or a tab, say so (--sep ';' or --sep tab)" if sep_option else
+             "; is it a CSV file? Its header shows none of the separators read (, ; tab |)")
+            if one_column else ""
+        )  # fmt: skip
         raise DataError(f"{path}: cannot read as CSV with separator {sep!r} ({why}){hint}") from exc
     # A name of spaces only is no name: called as pandas calls an empty one.
     frame.columns = [str(c).strip() or f"Unnamed: {i}" for i, c in enumerate(frame.columns)]

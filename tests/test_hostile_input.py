@@ -346,7 +346,9 @@ def test_classic_mac_line_ends_and_a_short_row_get_messages_that_name_them(tmp_p
     assert read_text_csv(path)[0]["Unnamed: 3"].tolist() == ["", ""]
     path.write_text("id;visits;label\nA1;3;1\nA2;3,5;1\n")  # a header of one column: another separator, likely
     with pytest.raises(DataError, match=r"saw 2\); if fields are separated by ';' or a tab, say so"):
-        read_text_csv(path)
+        read_text_csv(path, sep_option=True)  # a flat CSV to train on: --sep
+    with pytest.raises(DataError, match=r"saw 2\); is it a CSV file\? Its header shows none of the separators"):
+        read_text_csv(path)  # an export folder's file, read in its header's separator: no --sep to give
 
 
 def test_training_over_a_newer_releases_champion_says_to_update_not_to_replace_it(monkeypatch):

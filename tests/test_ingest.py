@@ -1,3 +1,5 @@
+import random
+
 import pandas as pd
 import pytest
 
@@ -541,3 +543,10 @@ def test_a_compressed_or_single_byte_file_is_named_for_what_it_is(tmp_path):
     frame = read_csv_table(tmp_path / "leads.csv", ["lead_id"], table="leads", quarantine=quarantine)
     assert frame.loc[0, "company"] == "Société Générale \u2013 München"
     assert quarantine.notes[0] == "leads.csv: not UTF-8, read as Windows-1252"  # not "mixed encodings"
+    # Binary data whose first line holds no NUL byte was read as text: "cut short", "classic Mac
+    # OS line ends" or "a separator inside a value", whatever its bytes looked like.
+    rng = random.Random(3)
+    noise = bytes(rng.randrange(1, 256) for _ in range(5000))
+    (tmp_path / "leads.csv").write_bytes(b"lead_id,created_at\n" + noise)
+    with pytest.raises(DataError, match=r"leads\.csv: not a text CSV file: its first 4,096 bytes hold \d+ control"):
+        load_crm(tmp_path)
