@@ -7,7 +7,7 @@ import hashlib
 import io
 import re
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,6 +169,17 @@ def merge_counted(notes: Iterable[CountedNote], examples: int = 5) -> list[Count
     return [merged[key] for key in sorted(merged)]
 
 
+UNKNOWN_LEAD = "unknown lead_id (no row in leads)"
+LEAD_SET_ASIDE = "its lead's row in leads was quarantined (see that row's reason)"
+
+
+def unknown_lead_reasons(lead_ids: pd.Series, set_aside_leads: Collection[str]) -> pd.Series:
+    """Why rows of ids not among the usable leads are set aside: no such lead, or a lead whose
+    own row was quarantined (798 activities of 40 leads with bad dates read as of unknown leads)."""
+    set_aside = lead_ids.astype(str).isin(set_aside_leads)
+    return pd.Series(np.where(set_aside, LEAD_SET_ASIDE, UNKNOWN_LEAD), index=lead_ids.index, dtype=object)
+
+
 @dataclass
 class Quarantine:
     """Rows set aside with their reasons, and notes on values that were cleaned."""
@@ -217,6 +228,12 @@ class Quarantine:
             note = CountedNote(where, what, len(values), shown)
             self.counted.append(note)
             self.notes.append(str(note))
+
+    def lead_ids_set_aside(self) -> set[str]:
+        """The ids of lead rows quarantined so far: their activities and outcomes name a lead of
+        leads.csv, set aside for its own reason, not an unknown one."""
+        ids = [rows["lead_id"] for rows in self.rows if (rows["table"] == "leads").all()]
+        return set(pd.concat(ids).dropna().astype(str)) if ids else set()
 
     def frame(self) -> pd.DataFrame:
         if not self.rows:
@@ -1017,8 +1034,12 @@ def clean_activities(
     *,
     history: bool = False,
     day_first: bool | None = None,
+    set_aside_leads: Collection[str] | None = None,
 ) -> pd.DataFrame:
     """Clean activity rows (text cells, a `_row` number each) of the given leads.
+
+    `set_aside_leads`: ids of lead rows quarantined (default: those in `quarantine`), whose
+    activities are set aside for their lead's reason, not as of an unknown lead.
 
     `left_out`: leads dropped for an unknown outcome, whose activities get that reason.
     `history`: the rows are a training history, so an activity after today is quarantined.
@@ -1033,7 +1054,9 @@ def clean_activities(
         quarantine.add("activities", acts, dropped, "its lead was left out: outcome unknown")
         acts = acts[~dropped]
     unknown = ~acts["lead_id"].isin(known_leads)
-    quarantine.add("activities", acts, unknown, "unknown lead_id (no usable row in leads)")
+    if set_aside_leads is None:
+        set_aside_leads = quarantine.lead_ids_set_aside()
+    quarantine.add("activities", acts, unknown, unknown_lead_reasons(acts["lead_id"], set_aside_leads))
     acts = acts[~unknown]
     occurred, failed = parse_timestamps(acts["occurred_at"], day_first)
     quarantine.add(
@@ -1097,7 +1120,7 @@ def clean_outcomes(
     # An id spelt another way than in leads.csv names a lead whose outcome is then unknown: taken
     # as open (no outcome row), a known converter would be learnt as one that never converted.
     near = near_ids(out.loc[unknown, "lead_id"], leads["lead_id"])
-    reasons = pd.Series("unknown lead_id (no usable row in leads)", index=out.index)
+    reasons = unknown_lead_reasons(out["lead_id"], quarantine.lead_ids_set_aside())
     reasons[near.index] = "lead_id differs from one in leads.csv only by case, spaces or leading zeros: " + near
     quarantine.add("outcomes", out, unknown, reasons)
     out = out[~unknown]

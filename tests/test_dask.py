@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from features.clean import parse_timestamps
+from features.ingest import LEAD_SET_ASIDE
 from serving.batch import NO_ACTIVITY_NOTE, UNDATED_NOTE, no_activity_note, read_table, score_batch
 from serving.snapshots import best_first
 
@@ -258,10 +259,16 @@ def test_training_features_on_dask_equal_the_single_process_dataset(client, smal
     from training.pipeline import prepare_crm
 
     # Closed leads whose only outcome row is unusable: both paths must leave them out.
-    for name in ("leads.csv", "truth.csv"):
-        shutil.copy(small_crm_dir / name, tmp_path / name)
-    # The newest activity has no type: cleaning drops it, so neither path may end the export there.
+    shutil.copy(small_crm_dir / "truth.csv", tmp_path / "truth.csv")
     acts = pd.read_csv(small_crm_dir / "activities.csv", dtype=str, keep_default_na=False)
+    # Two open leads whose creation date does not parse: their activities are set aside for it on both.
+    leads = pd.read_csv(small_crm_dir / "leads.csv", dtype=str, keep_default_na=False)
+    status = pd.read_csv(small_crm_dir / "outcomes.csv", dtype=str).set_index("lead_id")["status"]
+    open_ids = status.index[status.str.strip().str.casefold().eq("open")]
+    broken = acts["lead_id"][acts["lead_id"].isin(open_ids)].drop_duplicates().iloc[:2]
+    leads.loc[leads["lead_id"].isin(broken), "created_at"] = "someday"
+    leads.to_csv(tmp_path / "leads.csv", index=False)
+    # The newest activity has no type: cleaning drops it, so neither path may end the export there.
     occurred = pd.to_datetime(acts["occurred_at"], errors="coerce", format="mixed")
     newest = occurred.idxmax()  # a kept lead's row: its time is the export's end
     untyped = acts.loc[[newest]].assign(
@@ -309,7 +316,7 @@ def test_training_features_on_dask_equal_the_single_process_dataset(client, smal
         return sorted(map(tuple, frame.astype(str).to_numpy().tolist()))
 
     assert rows(tuning.quarantine.frame()) == rows(want.quarantine.frame())
-    assert (reasons == "missing activity_type").any()
+    assert (reasons == "missing activity_type").any() and (reasons == LEAD_SET_ASIDE).any()
     assert tuning.export_end == want.export_end and tuning.has_activities and want.has_activities
     assert tuning.export_end <= occurred.max().ceil("D")
     # Said alike (Dask does not count the rows: its scan of the file sees them before cleaning).

@@ -3,7 +3,7 @@ import random
 import pandas as pd
 import pytest
 
-from features.ingest import DataError, Quarantine, load_crm, read_csv_table
+from features.ingest import LEAD_SET_ASIDE, DataError, Quarantine, load_crm, read_csv_table
 
 
 def _write(tmp_path, leads, activities, outcomes):
@@ -373,7 +373,7 @@ def test_a_lead_created_on_a_no_date_placeholder_is_set_aside_in_training(tmp_pa
     q = crm.quarantine.frame()
     reasons = q.loc[q["lead_id"] == "B"].set_index("table")["reason"]
     assert reasons["leads"] == "created_at is a placeholder for no date: 1970-01-01 00:00:00"
-    assert reasons["outcomes"].startswith("unknown lead_id")  # its outcome goes with it, named
+    assert reasons["outcomes"] == LEAD_SET_ASIDE  # its outcome goes with it, named for its lead (not "unknown")
 
 
 def test_a_bant_field_the_export_leaves_out_is_unknown_as_a_blank_one(tmp_path):

@@ -106,6 +106,7 @@ def _partition_features(
     params: Any,
     vocabulary: list[str],
     left_out: list[str],
+    set_aside: list[str],
     day_first: bool | None,
     as_of: pd.Timestamp | None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[str], tuple[int, int]]:
@@ -119,7 +120,8 @@ def _partition_features(
     quarantine = Quarantine()
     acts = activities.drop(columns="_bucket").reset_index(drop=True)
     known = pd.Index(rows["lead_id"].unique())
-    clean = clean_activities(acts, known, quarantine, pd.Index(left_out), history=True, day_first=day_first)
+    clean = clean_activities(acts, known, quarantine, pd.Index(left_out), history=True, day_first=day_first,
+                             set_aside_leads=set(set_aside))  # fmt: skip
     cleaned = len(clean)
     if as_of is not None:
         clean = activities_as_of(clean, rows.loc[rows["created_at"] < as_of, "lead_id"], as_of)
@@ -245,6 +247,7 @@ def prepare_crm_on_dask(
         "params": params.features,
         "vocabulary": list(vocabulary),
         "left_out": left_out.tolist(),
+        "set_aside": sorted(quarantine.lead_ids_set_aside()),  # their activities say so, as on one process
         "day_first": day_first,
         "as_of": as_of,
     }
