@@ -480,7 +480,13 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
         *([("time", profile.time)] if profile.time else []),
         *(("types", c) for c in profile.types),
     ]
-    unknown = [f"{column!r} (given as {role})" for role, column in named if column not in raw.columns]
+    folded = {str(c).strip().casefold(): str(c) for c in raw.columns}
+
+    def missing(column: str, role: str) -> str:
+        near = folded.get(column.strip().casefold())  # `converted` for `Converted`: headers are exact
+        return f"{column!r} (given as {role}" + (f"; did you mean {near!r}?)" if near else ")")
+
+    unknown = [missing(column, role) for role, column in named if column not in raw.columns]
     if unknown:
         raise DataError(f"{path.name}: no column(s) {', '.join(unknown)}; columns are {', '.join(raw.columns)}")
     if raw.empty:

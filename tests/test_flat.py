@@ -417,3 +417,8 @@ def test_a_flat_export_with_too_few_of_a_class_is_refused_with_the_counts(tmp_pa
     ) as refused:
         prepare_flat(path, FlatProfile(label="y", id="id"), params)
     assert len(refused.value.quarantine.frame()) == 2  # kept for the file the refusal names
+
+
+def test_a_column_named_in_another_case_is_suggested(flat_csv, params):
+    with pytest.raises(DataError, match=r"no column\(s\) 'converted' \(given as label; did you mean 'Converted'\?\)"):
+        load_flat(flat_csv, FlatProfile(label="converted"), params.flat)

@@ -1010,9 +1010,10 @@ def score(
                           "(--snapshot keeps it)[/dim]")  # fmt: skip
             snapshot = False
         if closed:
-            console.print(
-                f"{closed:,} lead row(s) of converted or lost leads left out; scoring the "
-                f"{leads['lead_id'].astype(str).str.strip().nunique():,} open ones"
+            ids = leads["lead_id"].dropna().astype(str).str.strip()
+            console.print(  # a blank id is no lead: its rows are quarantined below
+                f"{closed:,} lead row(s) of converted or lost leads left out; scoring the {ids[ids != ''].nunique():,} "
+                "open ones"
             )
         with RichProgress(console=console) as progress:
             task = progress.add_task("scoring", total=len(leads))
