@@ -27,8 +27,9 @@ class DataParams(_Frozen):
     embedded_seed: int
     embedded_start: str
     embedded_months: int = Field(gt=0)
-    min_positive: int = Field(ge=1)
-    min_negative: int = Field(ge=1)
+    # A stratified holdout and 5-fold cross-validation need a few of each class in every part.
+    min_positive: int = Field(ge=10)
+    min_negative: int = Field(ge=10)
     # A CRM's own outcome statuses, read as converted, lost or open, beside the common
     # spellings the product knows ("Closed Won", "Unqualified", "Nurture", ...).
     outcome_statuses: dict[str, Literal["converted", "lost", "open"]] = {}

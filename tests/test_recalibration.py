@@ -146,13 +146,16 @@ def test_failing_gates_leave_the_champion(export, settings, champion, tmp_path):
     assert (run["promoted"], run["gates_passed"]) == ("False", "False")
 
 
-def _newest_leads_changed(export: Path, folder: Path, column: str, value: str, share: float) -> Path:
-    """The export with `column` set to `value` for `share` of the leads created since mid-July 2025
+def _newest_leads_changed(
+    export: Path, folder: Path, column: str, value: str, share: float, since: str = "2025-07-15"
+) -> Path:
+    """The export with `column` set to `value` for `share` of the leads created since `since`
     (spread evenly through them)."""
+    folder.mkdir(exist_ok=True)
     for file in export.iterdir():
         (folder / file.name).write_bytes(file.read_bytes())
     leads = pd.read_csv(export / "leads.csv", dtype=str, keep_default_na=False)
-    recent = leads.index[pd.to_datetime(leads["created_at"], errors="coerce", format="mixed") >= "2025-07-15"]
+    recent = leads.index[pd.to_datetime(leads["created_at"], errors="coerce", format="mixed") >= since]
     leads.loc[recent[(np.arange(len(recent)) * share) % 1 < share], column] = value
     leads.to_csv(folder / "leads.csv", index=False)
     return folder
@@ -167,12 +170,23 @@ def campaign_export(export, tmp_path_factory) -> Path:
 def test_a_field_blanked_in_the_newest_quarter_is_refused_as_a_broken_export(export, settings, champion, tmp_path):
     """A CRM form that lost its industry field is not a change in buyers: thresholds set on those
     leads would be wrong, so the champion stays and a person is asked to look (exit 2)."""
-    broken = _newest_leads_changed(export, tmp_path, "industry", "", 0.75)
+    broken = _newest_leads_changed(export, tmp_path / "broken", "industry", "", 0.75)
     before = (_aliases(), _versions())
     said = r"break in the export.*industry blank for \d\d% of new leads"
     with pytest.raises(RecalibrationError, match=said) as refused:
         recalibrate(load_params(**settings), model_name=MODEL, data=broken, as_of=LATER, if_drifted=True)
     assert refused.value.exit_code == EXIT_FAILED and (_aliases(), _versions()) == before
+    # Once a person has trained a champion on an export with the change, its test quarter holds
+    # it, and the change no longer counts as a break (it was refused for months after).
+    kept = _newest_leads_changed(export, tmp_path / "kept", "industry", "", 0.75, since="2025-05-01")
+    params = load_params(**settings)
+    retrained = train_and_register(prepare_crm(kept, params, as_of=pd.Timestamp("2025-10-01")), params,
+                                   model_name="recal-kept-change")  # fmt: skip
+    assert retrained["promoted"], retrained["gates"]
+    summary = recalibrate(params, model_name="recal-kept-change", data=kept, as_of=LATER, dry_run=True)
+    assert summary["decision"] == "dry run", summary.get("why")
+    with pytest.raises(RecalibrationError, match="industry blank for"):  # the older champion still refuses it
+        recalibrate(params, model_name=MODEL, data=kept, as_of=LATER, dry_run=True)
 
 
 def test_recalibration_detects_drift_moves_thresholds_and_promotes(

@@ -203,11 +203,13 @@ def test_drift_compares_new_leads_with_new_leads(small_crm_dir):
     reference, recent = first_sightings(dataset, 30)
     ages, part, keys = dataset.features["lead_age_days"], dataset.split.assignment, dataset.keys
     for chosen, parts in ((reference, {"train", "valid"}), (recent, {"test"})):
-        assert chosen.any() and (ages[chosen] < 30).all() and set(part[chosen]) <= parts
+        assert chosen.any() and (ages[chosen] <= 30).all() and set(part[chosen]) <= parts
         assert not keys.loc[chosen, "lead_id"].duplicated().any()
     at_first = (keys["as_of"] == keys.groupby("lead_id")["as_of"].transform("min")).to_numpy()
     assert (recent == (at_first & (part == "test").to_numpy())).all()  # every lead of the quarter, once
-    assert (ages[part.isin(["train", "valid"]).to_numpy() & ~reference] >= 30).all()  # the older ones left out
+    older = part.isin(["train", "valid"]).to_numpy() & ~reference
+    seen_once = keys.loc[older, "lead_id"].isin(keys.loc[reference, "lead_id"]).to_numpy()
+    assert ((ages[older].to_numpy() > 30) | seen_once).all()  # older leads left out, and each lead once
 
 
 def test_drift_on_a_few_hundred_leads_counts_only_shifts_beyond_sampling_noise():
@@ -225,8 +227,20 @@ def test_drift_on_a_few_hundred_leads_counts_only_shifts_beyond_sampling_noise()
     assert not steady["drifted"].any(), steady.head()
     ten_bins = [numeric_drift(reference[c].to_numpy(), recent[c].to_numpy(), bins=10)[0] for c in reference]
     assert max(ten_bins) >= 0.2  # what ten bins and the threshold alone flagged
+    # A country-like column, three common levels and 25 rare ones: a rare level missing from 130
+    # leads by chance read as drift in 14% of unchanged draws through the share floor.
+    countries = [f"c{i}" for i in range(28)]
+    shares = np.r_[[0.2, 0.2, 0.2], np.full(25, 0.4 / 25)]
+    drawn = [feature_drift(pd.DataFrame({"country": rng.choice(countries, 540, p=shares)}),
+                           pd.DataFrame({"country": rng.choice(countries, 130, p=shares)}), threshold=0.2)
+             for _ in range(100)]  # fmt: skip
+    assert sum(bool(table["drifted"].any()) for table in drawn) <= 1
+    # One stray spelling on one side is pooled too, not a cell of its own on the share floor.
+    lone = categorical_drift(pd.Series(["x"] * 60 + ["y"] * 70), pd.Series(["x"] * 60 + ["y"] * 70 + ["Y "]))[0]
+    assert lone < 0.01
     moved = feature_drift(sample(500), sample(130, shift=1.0), threshold=0.2)
-    assert moved["drifted"].mean() > 0.5 and moved.loc[moved["drifted"], "moved"].str.contains("median").all()
+    counts_moved = moved.set_index("feature").loc[[f"f{i}" for i in range(20)]]  # a mean of 1.5 → 2.5, on 130
+    assert counts_moved["drifted"].all() and counts_moved["moved"].str.contains("median").all()
 
 
 def test_what_moved_and_export_breaks_in_words():

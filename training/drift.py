@@ -11,6 +11,9 @@ BINS = 10
 # A bin should expect about this many of the smaller side's values: with 130 new leads a quarter,
 # ten bins of 13 values each made an unchanged feature's PSI pass 0.2 on most small exports.
 MIN_PER_BIN = 20
+# A categorical level the smaller side would hold fewer of than this is pooled with the others
+# like it (the chi-square reading of the noise needs about five expected per cell).
+MIN_EXPECTED = 5
 # Shares are floored so an empty bin on one side gives a large, finite index.
 SHARE_FLOOR = 1e-4
 MISSING = "(missing)"
@@ -57,11 +60,19 @@ def _levels(values: pd.Series) -> pd.Series:
 
 def categorical_drift(reference: pd.Series, recent: pd.Series) -> tuple[float, float]:
     """A categorical column's PSI and the PSI sampling noise alone stays under (`psi_noise`).
-    Levels seen fewer than MIN_PER_BIN / 2 times on both sides together count as one: a dirty
-    spelling seen once on one side only added 0.03 to the index through the share floor."""
+
+    Levels the smaller side would hold fewer than MIN_EXPECTED of (at their pooled share) count
+    as one: a level seen 2 times out of 130 by chance, or missing, gave a cell of about
+    4 x its share through the share floor, far past the chi-square noise (14% of unchanged
+    country-like columns read as drifted). A lone such level joins the smallest other one.
+    """
     counts = pd.DataFrame({"before": _levels(reference) * len(reference), "after": _levels(recent) * len(recent)})
     counts = counts.fillna(0)
-    rare = counts.sum(axis=1) < MIN_PER_BIN / 2
+    smaller = min(len(reference), len(recent))
+    expected = counts.sum(axis=1) / max(len(reference) + len(recent), 1) * smaller
+    rare = expected < MIN_EXPECTED
+    if rare.sum() == 1 and (~rare).any():
+        rare[expected[~rare].idxmin()] = True
     if rare.sum() > 1:
         counts = pd.concat([counts[~rare], counts[rare].sum().to_frame("(rare levels)").T])
     shares = counts / counts.sum().where(counts.sum() > 0, 1)
@@ -80,7 +91,9 @@ def psi_noise(cells: int, reference_size: int, recent_size: int) -> float:
     over `cells` bins or levels."""
     from scipy.stats import chi2
 
-    if reference_size == 0 or recent_size == 0 or cells < 2:
+    if reference_size == 0 or recent_size == 0:
+        return float("inf")  # nothing can be told from an empty side
+    if cells < 2:
         return 0.0
     effective = reference_size * recent_size / (reference_size + recent_size)
     return float(chi2.ppf(NOISE_QUANTILE, cells - 1) / effective)
@@ -166,7 +179,11 @@ def sudden_breaks(before: pd.DataFrame, after: pd.DataFrame) -> list[str]:
         blank_before, blank_after = float(old.isna().mean()), float(new.isna().mean())
         if blank_after - blank_before >= BREAK_BLANK_RISE:
             found.append(f"{column} blank for {blank_after:.0%} of new leads (was {blank_before:.0%})")
-        elif pd.api.types.is_numeric_dtype(old) and pd.api.types.is_numeric_dtype(new):
+        elif (
+            pd.api.types.is_numeric_dtype(old)
+            and pd.api.types.is_numeric_dtype(new)
+            and min(old.notna().sum(), new.notna().sum()) >= BREAK_MIN_LEADS  # a median of a few is noise
+        ):
             was, now = old.median(), new.median()
             if was > 0 and now > 0 and max(was / now, now / was) >= BREAK_MEDIAN_FACTOR:
                 found.append(f"{column} median {number_text(was)} → {number_text(now)}")

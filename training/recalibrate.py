@@ -24,7 +24,7 @@ from features.params import Params, default_params_path
 from features.tracking import MODELS_DIR, lock_path
 from serving.charts import columns, horizontal_bars
 from serving.scoring import LoadedModel, ModelNotReady, load_champion
-from training.drift import conversion_shift, feature_drift, numeric_drift, sudden_breaks
+from training.drift import BREAK_MIN_LEADS, conversion_shift, feature_drift, numeric_drift, sudden_breaks
 from training.evaluate import classification_metrics, conversion_by_grade
 from training.pipeline import (
     EMBEDDED_DIR,
@@ -225,15 +225,16 @@ def recalibrate(
             learned = "from engagement" if shortfall[0] == "engagement" else "from them"
             raise RecalibrationError(f"{shortfall[1]}, while the champion (v{champion.version}) learned {learned}: "
                                      "it stays; check the export, then run it again")  # fmt: skip
-        breaks = export_breaks(dataset, params.features.snapshot_days)
+        breaks = export_breaks(dataset, params.features.snapshot_days, champion_test)
         if breaks:
             raise RecalibrationError(
                 "the newest quarter's new leads look like a break in the export, not a change in buyers: "
                 + "; ".join(breaks[:5])
                 + (f" and {len(breaks) - 5} more" if len(breaks) > 5 else "")
-                + ". Its thresholds and the challenger's test would be read from them, so the champion stays. Check "
-                "the export; if the change is real and here to stay, a run a quarter from now compares it with a "
-                "quarter that has it too, or retrain now with `leadscore train --data EXPORT`"
+                + f". Compared with the new leads the champion (v{champion.version}) was tested on; its thresholds "
+                "and the challenger's test would be read from these, so the champion stays. Check the export; if the "
+                "change is real and here to stay, retrain by hand (`leadscore train --data EXPORT`, or `leadscore "
+                "promote` a version trained on it): the next recalibration compares with that model's test quarter"
             )
         drift = measure_drift(dataset, champion, params, champion_features)
         summary: dict[str, Any] = {
@@ -383,13 +384,24 @@ def first_sightings(dataset: Dataset, snapshot_days: int) -> tuple[np.ndarray, n
     return new & np.isin(part, ["train", "valid"]), new & (part == "test")
 
 
-def export_breaks(dataset: Dataset, snapshot_days: int) -> list[str]:
-    """Fields that changed between the validation part's new leads and the newest quarter's as
-    a broken export does (`drift.sudden_breaks`). Against the quarter just before, not the whole
-    window: a change a person has seen and kept is in both a quarter later, and stops counting."""
+def export_breaks(dataset: Dataset, snapshot_days: int, champion_test: Any = None) -> list[str]:
+    """Fields that changed between the new leads the champion was tested on (`champion_test`:
+    its test window, first and last snapshot; else the validation part) and the newest
+    quarter's, as a broken export does (`drift.sudden_breaks`).
+
+    Against the champion's own test quarter, not the whole window: once a person has retrained
+    or promoted a model on an export with the change, its test quarter holds it too, and the
+    change stops counting; until then every run refuses it."""
     new = new_leads(dataset, snapshot_days)
     part = dataset.split.assignment.to_numpy()
-    return sudden_breaks(dataset.features[new & (part == "valid")], dataset.features[new & (part == "test")])
+    before = new & (part == "valid")
+    if champion_test:
+        as_of = dataset.keys["as_of"]
+        first, last = pd.Timestamp(champion_test[0]), pd.Timestamp(champion_test[1]) + pd.Timedelta(days=1)
+        tested = new & ((as_of >= first) & (as_of < last)).to_numpy() & (part != "test")
+        if tested.sum() >= BREAK_MIN_LEADS:  # else a champion tested before the window: the validation part
+            before = tested
+    return sudden_breaks(dataset.features[before], dataset.features[new & (part == "test")])
 
 
 def measure_drift(
@@ -400,6 +412,9 @@ def measure_drift(
     them, when its feature settings differ)."""
     settings = params.recalibration
     before, after = first_sightings(dataset, params.features.snapshot_days)
+    if not before.any() or not after.any():
+        where = "the training part" if not before.any() else "the newest quarter"
+        raise RecalibrationError(f"no new lead at its first snapshot in {where} of the window: no drift to measure")
     features = dataset.features
     table = feature_drift(features[before], features[after], settings.feature_psi_threshold)
     scored = features if champion_features is None else champion_features
@@ -411,7 +426,9 @@ def measure_drift(
     drifted_features = table.loc[table["drifted"], "feature"].tolist()
     return {
         "compared": {"reference_leads": int(before.sum()), "recent_leads": int(after.sum())},
-        "features": table.head(15).to_dict(orient="records"),
+        # The drifted ones first: one with a large index inside its larger noise bound (a column
+        # of many levels) could push them out of the 15 kept.
+        "features": table.sort_values(["drifted", "psi"], ascending=False).head(15).to_dict(orient="records"),
         "drifted_features": drifted_features,
         "score_psi": score_psi,
         "score_noise": score_noise,
