@@ -1,6 +1,7 @@
-"""Drift between a reference period (the training window) and a recent one (the newest
-quarter): population stability index per feature and for the score, and the shift in the
-conversion rate. Used by the recalibration to say what moved and to decide whether to act."""
+"""Drift between a reference period (the training window's new leads) and a recent one (the
+newest quarter's): population stability index per feature and for the score, each with the
+index sampling noise alone reaches, the shift in the conversion rate, and the steps a broken
+export makes. Used by the recalibration to say what moved and to decide whether to act."""
 
 from __future__ import annotations
 
@@ -163,7 +164,7 @@ def feature_drift(reference: pd.DataFrame, recent: pd.DataFrame, threshold: floa
 
 # A step between one quarter's new leads and the next that buyers do not make: a field blank for
 # 30 more leads in 100 (a CRM form changed, a sync lost a field), a number 100 times larger or
-# smaller (revenue sent in thousands). Below MIN_LEADS on either side a step cannot be told.
+# smaller (revenue sent in thousands). Below BREAK_MIN_LEADS on either side a step cannot be told.
 BREAK_BLANK_RISE = 0.3
 BREAK_MEDIAN_FACTOR = 100.0
 BREAK_MIN_LEADS = 50
