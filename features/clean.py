@@ -41,9 +41,13 @@ def map_distinct(values: pd.Series, func) -> pd.Series:
 
 
 # Characters that show as nothing (zero-width spaces and joiners, direction marks, the soft
-# hyphen, fillers, the byte-order mark): a cell holding only them looks blank to whoever typed
-# it, and one at the end of an id makes it another id.
-INVISIBLE = "\u00ad\u034f\u180e\u200b\u200c\u200d\u200e\u200f\u2060\u2061\u2062\u2063\u2064\u3164\ufeff"
+# hyphen, Hangul fillers and Khmer inherent vowels, the Braille blank, the byte-order mark): a
+# cell holding only them looks blank to whoever typed it, and one at the end of an id makes it
+# another id.
+INVISIBLE = (
+    "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b\u200c\u200d\u200e\u200f\u2060\u2061\u2062\u2063"
+    "\u2064\u2800\u3164\uffa0\ufeff"
+)
 
 
 # Control characters, and the direction controls that reorder what a terminal shows.
@@ -491,4 +495,10 @@ def _parse_in_order(text: pd.Series, day_first: bool) -> pd.Series:
 
 def snake_case(values: pd.Series) -> pd.Series:
     """ "Email Open", "email-open" and " EMAIL_OPEN" all become "email_open"."""
-    return map_distinct(values, lambda v: re.sub(r"[\s\-/]+", "_", tidy_text(v).casefold()) or None)
+    return map_distinct(values, lambda v: snake_name(v) or None)
+
+
+def snake_name(text: str) -> str:
+    """One text as `snake_case` reads it: runs of spaces, dashes, slashes and underscores are
+    one underscore ("Email _Open" is email_open), none at either end."""
+    return re.sub(r"[\s\-/_]+", "_", tidy_text(text).casefold()).strip("_")

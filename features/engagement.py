@@ -14,44 +14,69 @@ from features.schema import ACTIVITY_TYPES, OTHER_ACTIVITY
 # and one binary search answers "how many events of this lead happened before T".
 _SECONDS_BITS = 34
 _EPOCH_SECONDS = -int(pd.Timestamp("1900-01-01").value // 1_000_000_000)
+_NANO_BITS = 30  # nanoseconds within a second: under 2**30
 _DAY_SECONDS = 86400.0
 INTENT_TYPES = ("pricing_page", "demo_request", "trial_signup", "meeting", "webinar")
 
 
-def _seconds(moments: pd.Series | np.ndarray) -> np.ndarray:
+def _seconds(moments: pd.Series | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Whole seconds since 1900 (floored), without a nanosecond difference that would overflow
-    for moments centuries apart."""
-    since_1970 = pd.to_datetime(pd.Series(moments)).to_numpy(dtype="datetime64[ns]").astype("datetime64[s]")
-    return since_1970.astype("int64") + _EPOCH_SECONDS
+    for moments centuries apart, and the nanoseconds past them (which decide whether an
+    activity in the same second as T came before it)."""
+    exact = pd.to_datetime(pd.Series(moments)).to_numpy(dtype="datetime64[ns]")
+    whole = exact.astype("datetime64[s]")  # floored, before 1970 too
+    return whole.astype("int64") + _EPOCH_SECONDS, (exact - whole).astype("int64")
 
 
 class _Timeline:
-    """Activities of one type (or all), sorted by lead then time, searchable by (lead, T)."""
+    """Activities of one type (or all), sorted by lead then time, searchable by (lead, T).
 
-    def __init__(self, codes: np.ndarray, seconds: np.ndarray) -> None:
-        order = np.lexsort((seconds, codes))
+    Keys hold whole seconds; an activity in the same second as T is placed by its nanoseconds
+    (`fine`: the rank of its (lead, second) key, then its nanoseconds), so "before T" is exact:
+    a webhook stamped 250 ms before the moment it is scored at counts."""
+
+    def __init__(self, codes: np.ndarray, seconds: np.ndarray, nanos: np.ndarray) -> None:
+        order = np.lexsort((nanos, seconds, codes))
         self.codes = codes[order]
         self.seconds = seconds[order]
+        self.nanos = nanos[order]
         self.keys = (self.codes << _SECONDS_BITS) + self.seconds
         self.order = order
+        self.fine = None
+        if self.nanos.any():  # exports of whole seconds (most) need no second search
+            rank = np.cumsum(np.r_[True, self.keys[1:] != self.keys[:-1]]) - 1 if len(self.keys) else self.keys
+            self.fine = (rank << _NANO_BITS) + self.nanos
 
     def subset(self, keep: np.ndarray) -> _Timeline:
         """The events where `keep` (in this timeline's sorted order) is true: still sorted,
         ties in their original order, as a timeline of those events alone would be."""
         part = object.__new__(_Timeline)
-        part.codes, part.seconds = self.codes[keep], self.seconds[keep]
+        part.codes, part.seconds, part.nanos = self.codes[keep], self.seconds[keep], self.nanos[keep]
         part.keys, part.order = self.keys[keep], self.order[keep]
+        part.fine = None if self.fine is None else self.fine[keep]  # ranks stay sorted and shared within a key
         return part
 
-    def before(self, codes: np.ndarray, seconds: np.ndarray) -> np.ndarray:
-        """Index one past the last event of each lead strictly before its moment."""
-        return np.searchsorted(self.keys, (codes << _SECONDS_BITS) + seconds, side="left")
+    def before(self, codes: np.ndarray, seconds: np.ndarray, nanos: np.ndarray) -> np.ndarray:
+        """Index one past the last event of each lead strictly before its moment (`seconds`
+        and the `nanos` past them)."""
+        if self.fine is None:  # every event on a whole second: one in T's second is before T iff T is past it
+            return np.searchsorted(self.keys, (codes << _SECONDS_BITS) + seconds + (nanos > 0), side="left")
+        query = (codes << _SECONDS_BITS) + seconds
+        index = np.searchsorted(self.keys, query, side="left")
+        same = (
+            np.flatnonzero(self.keys[np.clip(index, 0, max(len(self.keys) - 1, 0))] == query) if len(self.keys) else []
+        )
+        if len(same):
+            rank = self.fine[index[same]] >> _NANO_BITS
+            index[same] = np.searchsorted(self.fine, (rank << _NANO_BITS) + nanos[same], side="left")
+        return index
 
-    def count_between(self, codes: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
-        return self.before(codes, end) - self.before(codes, start)
+    def count_between(self, codes: np.ndarray, start: np.ndarray, end: np.ndarray, nanos: np.ndarray) -> np.ndarray:
+        """Events of each lead from `start` (included) to `end` (excluded), both `nanos` past their second."""
+        return self.before(codes, end, nanos) - self.before(codes, start, nanos)
 
-    def days_since_last(self, codes: np.ndarray, seconds: np.ndarray) -> np.ndarray:
-        last = self.before(codes, seconds) - 1
+    def days_since_last(self, codes: np.ndarray, seconds: np.ndarray, nanos: np.ndarray) -> np.ndarray:
+        last = self.before(codes, seconds, nanos) - 1
         safe = np.clip(last, 0, max(len(self.keys) - 1, 0))
         if len(self.keys) == 0:
             return np.full(len(codes), np.nan)
@@ -85,30 +110,32 @@ def engagement_features(
         One row per example, in the order given, with float columns.
     """
     lead_ids = pd.Series(lead_ids).reset_index(drop=True)
-    as_of_seconds = _seconds(pd.Series(as_of).reset_index(drop=True))
+    as_of_seconds, as_of_nanos = _seconds(pd.Series(as_of).reset_index(drop=True))
     if len(as_of_seconds) == 1 and len(lead_ids) > 1:
-        as_of_seconds = np.repeat(as_of_seconds, len(lead_ids))
+        as_of_seconds, as_of_nanos = np.repeat(as_of_seconds, len(lead_ids)), np.repeat(as_of_nanos, len(lead_ids))
     codes_all, _ = pd.factorize(pd.concat([lead_ids, activities["lead_id"]], ignore_index=True))
     codes_all = codes_all.astype("int64")
     example_codes = codes_all[: len(lead_ids)]
     act_codes = codes_all[len(lead_ids) :]
-    act_seconds = _seconds(activities["occurred_at"]) if len(activities) else np.zeros(0, "int64")
+    act_seconds, act_nanos = _seconds(activities["occurred_at"]) if len(activities) else (np.zeros(0, "int64"),) * 2
     act_types = activities["activity_type"].to_numpy()
 
     columns: dict[str, np.ndarray] = {}
     window_seconds = {w: as_of_seconds - int(w * _DAY_SECONDS) for w in windows_days}
-    everything = _Timeline(act_codes, act_seconds)
-    lead_start = everything.before(example_codes, np.zeros_like(as_of_seconds))
-    upto = everything.before(example_codes, as_of_seconds)
+    everything = _Timeline(act_codes, act_seconds, act_nanos)
+    lead_start = everything.before(example_codes, np.zeros_like(as_of_seconds), np.zeros_like(as_of_nanos))
+    upto = everything.before(example_codes, as_of_seconds, as_of_nanos)
     total = upto - lead_start
     for w in windows_days:
-        columns[f"n_activities_{w}d"] = everything.count_between(example_codes, window_seconds[w], as_of_seconds)
+        columns[f"n_activities_{w}d"] = everything.count_between(
+            example_codes, window_seconds[w], as_of_seconds, as_of_nanos
+        )
     columns["n_activities_total"] = total
-    columns["days_since_last_activity"] = everything.days_since_last(example_codes, as_of_seconds)
+    columns["days_since_last_activity"] = everything.days_since_last(example_codes, as_of_seconds, as_of_nanos)
     month = int(30 * _DAY_SECONDS)
     columns["velocity_30d"] = everything.count_between(
-        example_codes, as_of_seconds - month, as_of_seconds
-    ) - everything.count_between(example_codes, as_of_seconds - 2 * month, as_of_seconds - month)
+        example_codes, as_of_seconds - month, as_of_seconds, as_of_nanos
+    ) - everything.count_between(example_codes, as_of_seconds - 2 * month, as_of_seconds - month, as_of_nanos)
 
     # Types as integer codes, in the timeline's order: one sort serves every type.
     type_codes, type_names = pd.factorize(pd.Series(act_types, dtype=object))
@@ -117,10 +144,14 @@ def engagement_features(
     for kind in (*ACTIVITY_TYPES, OTHER_ACTIVITY):
         timeline = everything.subset(sorted_type_codes == code_of.get(kind, -2))
         for w in windows_days:
-            columns[f"n_{kind}_{w}d"] = timeline.count_between(example_codes, window_seconds[w], as_of_seconds)
-        columns[f"n_{kind}_total"] = timeline.count_between(example_codes, np.zeros_like(as_of_seconds), as_of_seconds)
+            columns[f"n_{kind}_{w}d"] = timeline.count_between(
+                example_codes, window_seconds[w], as_of_seconds, as_of_nanos
+            )
+        columns[f"n_{kind}_total"] = timeline.before(example_codes, as_of_seconds, as_of_nanos) - timeline.before(
+            example_codes, np.zeros_like(as_of_seconds), np.zeros_like(as_of_nanos)
+        )  # from the first moment of 1900, not T's fraction of a second past it
         if kind in INTENT_TYPES:
-            columns[f"days_since_{kind}"] = timeline.days_since_last(example_codes, as_of_seconds)
+            columns[f"days_since_{kind}"] = timeline.days_since_last(example_codes, as_of_seconds, as_of_nanos)
 
     type_weights = np.array([weights.get(name, 0.0) for name in type_names], dtype="float64")
     columns["engagement_decayed"] = _decayed_score(

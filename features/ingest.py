@@ -1073,19 +1073,15 @@ def clean_activities(
     kind = snake_case(acts["activity_type"])
     quarantine.add("activities", acts, kind.isna(), "missing activity_type")
     acts = acts.assign(activity_type=kind)[kind.notna()]
-    other = ~acts["activity_type"].isin(ACTIVITY_TYPES)
-    quarantine.count(
-        "activities", f"row(s) of types outside the contract counted as '{OTHER_ACTIVITY}'",
-        acts.loc[other, "activity_type"],
-    )  # fmt: skip
-    acts.loc[other, "activity_type"] = OTHER_ACTIVITY
     if "value" in acts:
         acts["value"], _ = parse_number(blank_to_missing(acts["value"], ("",)))
     else:
         acts["value"] = np.nan
     # A row repeated to the second (an export run twice into one file, a sync that replays) is
     # one event: counted each time it would inflate every engagement feature. Compared as read,
-    # so the service (`serving.direct`) finds the same repeats in a request.
+    # so the service (`serving.direct`) finds the same repeats in a request; by the type as
+    # spelt, before types outside the contract become one: a call and a chat at one moment
+    # (touches of one day in a date-only export) are two events.
     repeat = acts.duplicated(list(ACTIVITY_FIELDS), keep="first")
     quarantine.add("activities", acts, repeat, DUPLICATE_ACTIVITY)
     if repeat.any() and (acts["occurred_at"] == acts["occurred_at"].dt.normalize()).all():
@@ -1095,6 +1091,12 @@ def clean_activities(
             "once; an export with times counts each"
         )
     acts = acts[~repeat]
+    other = ~acts["activity_type"].isin(ACTIVITY_TYPES)
+    quarantine.count(
+        "activities", f"row(s) of types outside the contract counted as '{OTHER_ACTIVITY}'",
+        acts.loc[other, "activity_type"],
+    )  # fmt: skip
+    acts.loc[other, "activity_type"] = OTHER_ACTIVITY
     return acts[["_row", "lead_id", "occurred_at", "activity_type", "value"]].reset_index(drop=True)
 
 

@@ -424,7 +424,7 @@ def _features_partition(
     raw = leads.drop(columns="_bucket").reset_index(drop=True)
     raw.insert(0, "_row", range(len(raw)))
     clean = clean_leads(raw, quarantine, tokens)
-    clean = clean[clean["created_at"] < as_of].reset_index(drop=True)
+    clean = clean[clean["created_at"] <= as_of].reset_index(drop=True)  # as batch scoring and the service keep them
     acts = activities.drop(columns="_bucket").reset_index(drop=True)
     acts.insert(0, "_row", range(len(acts)))
     clean_acts = clean_activities(acts, pd.Index(clean["lead_id"]), quarantine)

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from features.build import build_crm_features
-from features.clean import FALSE_TOKENS, TRUE_TOKENS, tidy_text
+from features.clean import FALSE_TOKENS, TRUE_TOKENS, snake_name, tidy_text
 from features.engagement import INTENT_TYPES, MAX_DECAY_EXPONENT
 from features.fit import _TECH_SPLIT, FREE_MAIL_DOMAINS
 from features.ingest import BANT_SYNONYMS
@@ -126,7 +126,7 @@ class DirectScorer:
         }
         self.columns = spec.columns
         # Values as sent -> as cleaned: a CRM repeats few distinct spellings.
-        self.kinds: dict[str, str] = {}
+        self.kinds: dict[str, tuple[str, str]] = {}
         self.texts: dict[str, str | None] = {}
         # As `criteria_inputs` does: every hand-raise type the features have, in the model or not.
         self.hand_raise = [f"days_since_{kind}" for kind in model.criteria.hand_raise_types if kind in INTENT_TYPES]
@@ -169,12 +169,13 @@ class DirectScorer:
         out["email"] = self._text(lead.email)
         return out
 
-    def _kind(self, raw: str) -> str:
-        """The activity type as `clean_activities` reads it ("" when blank)."""
+    def _kind(self, raw: str) -> tuple[str, str]:
+        """The activity type as `clean_activities` reads it ("" when blank): as spelt (which
+        tells repeats apart) and as counted (a type outside the contract is "other")."""
         kind = self.kinds.get(raw)
         if kind is None:
-            kind = re.sub(r"[\s\-/]+", "_", tidy_text(raw).casefold())
-            kind = kind if kind in _CONTRACT_TYPES or not kind else OTHER_ACTIVITY
+            spelt = snake_name(raw)
+            kind = (spelt, spelt if spelt in _CONTRACT_TYPES or not spelt else OTHER_ACTIVITY)
             if len(self.kinds) < _MAX_CACHED:  # bounded: the spellings come from clients
                 self.kinds[raw] = kind
         return kind
@@ -185,10 +186,10 @@ class DirectScorer:
         events, seen = [], set()
         for activity in lead.activities:
             occurred = _ns(activity["occurred_at"])
-            kind = self._kind(activity["activity_type"])
+            spelt, kind = self._kind(activity["activity_type"])
             if occurred is None or not kind:
                 return None
-            key = (occurred, kind, activity.get("value"))
+            key = (occurred, spelt, activity.get("value"))
             if key not in seen:  # a repeat of an earlier activity is one event, as `clean_activities` reads it
                 seen.add(key)
                 events.append((occurred, kind))
@@ -211,7 +212,7 @@ class DirectScorer:
         context = {name: out.pop(name) for name in ("email", "sales_accepted")}
         context["do_not_contact"] = out["do_not_contact"]
         self._fit(out, context["email"], created, moment)
-        self._engagement([(ns // _NS, kind) for ns, kind in events], moment // _NS, out)
+        self._engagement(events, moment, out)
         out["activities_per_30d"] = out["n_activities_total"] / max(out["lead_age_days"], 1.0) * 30.0
         return out, context
 
@@ -239,25 +240,27 @@ class DirectScorer:
         out["lead_age_days"] = float(moment // 1000 - created // 1000) / 1e6 / _DAY  # as fit_features: microseconds
 
     def _engagement(self, events: list[tuple[int, str]], now: int, out: dict[str, Any]) -> None:
+        """`features.engagement.engagement_features` for one lead: which events count is decided
+        to the nanosecond (`events` and `now` in nanoseconds since 1900), ages in whole seconds."""
         events.sort(key=lambda e: e[0])  # stable: ties keep the request's order, as in the batch path
-        seconds = [s for s, _ in events]
+        stamps = [s for s, _ in events]
         windows = self.features.windows_days
-        starts = {w: now - int(w * _DAY) for w in windows}
-        month = int(30 * _DAY)
+        starts = {w: now - int(w * _DAY) * _NS for w in windows}
+        month = int(30 * _DAY) * _NS
 
         def count(times: list[int], start: int, end: int) -> float:
             return float(bisect_left(times, end) - bisect_left(times, start))
 
         def since(times: list[int]) -> float:
             last = bisect_left(times, now) - 1
-            return (now - times[last]) / _DAY if last >= 0 else float("nan")
+            return (now // _NS - times[last] // _NS) / _DAY if last >= 0 else float("nan")
 
         for w in windows:
-            out[f"n_activities_{w}d"] = count(seconds, starts[w], now)
-        upto = bisect_left(seconds, now)
-        out["n_activities_total"] = float(upto - bisect_left(seconds, 0))
-        out["days_since_last_activity"] = since(seconds)
-        out["velocity_30d"] = count(seconds, now - month, now) - count(seconds, now - 2 * month, now - month)
+            out[f"n_activities_{w}d"] = count(stamps, starts[w], now)
+        upto = bisect_left(stamps, now)
+        out["n_activities_total"] = float(upto - bisect_left(stamps, 0))
+        out["days_since_last_activity"] = since(stamps)
+        out["velocity_30d"] = count(stamps, now - month, now) - count(stamps, now - 2 * month, now - month)
         for kind in _KINDS:
             times = [s for s, k in events if k == kind]
             for w in windows:
@@ -265,7 +268,7 @@ class DirectScorer:
             out[f"n_{kind}_total"] = count(times, 0, now)
             if kind in INTENT_TYPES:
                 out[f"days_since_{kind}"] = since(times)
-        out["engagement_decayed"] = self._decayed(events, upto, now)
+        out["engagement_decayed"] = self._decayed([(s // _NS, k) for s, k in events], upto, now // _NS)
 
     def _decayed(self, events: list[tuple[int, str]], upto: int, now: int) -> float:
         """`features.engagement._decayed_score` for one lead (same formula, same order)."""
@@ -299,18 +302,19 @@ class DirectScorer:
         ids = [_lead_id(lead.lead_id) for lead in leads]
         if len(set(ids)) < len(ids):
             return None
-        rows, created, stamps, act_ids, act_kinds, act_values = [], [], [], [], [], []
+        rows, created, stamps, act_ids, act_spelt, act_kinds, act_values = [], [], [], [], [], [], []
         for lead, lead_id in zip(leads, ids, strict=True):
             if lead.created_at is None:
                 return None
             created.append(lead.created_at)
             rows.append(self._attributes(lead))
             for activity in lead.activities:
-                kind = self._kind(activity["activity_type"])
+                spelt, kind = self._kind(activity["activity_type"])
                 if not kind:
                     return None
                 stamps.append(activity["occurred_at"])
                 act_ids.append(lead_id)
+                act_spelt.append(spelt)
                 act_kinds.append(kind)
                 act_values.append(activity.get("value"))
         created_at, occurred_at = _naive_utc(created), _naive_utc(stamps)
@@ -327,10 +331,12 @@ class DirectScorer:
         clean = pd.DataFrame(columns)
         activities = pd.DataFrame(
             {"lead_id": pd.Series(act_ids, dtype=object), "occurred_at": occurred_at,
-             "activity_type": pd.Series(act_kinds, dtype=object), "value": np.array(act_values, dtype=float)}
+             "spelt": pd.Series(act_spelt, dtype=object), "value": np.array(act_values, dtype=float)}
         )  # fmt: skip
-        # A repeat of an earlier activity is one event, as `clean_activities` reads it.
+        # A repeat of an earlier activity is one event, as `clean_activities` reads it (by the type as spelt).
         activities = activities.drop_duplicates().drop(columns="value")
+        activities.insert(2, "activity_type", pd.Series(act_kinds, dtype=object)[activities.index])
+        activities = activities.drop(columns="spelt")
         vocabulary = self.model.scorer.spec.settings.get("tech_vocabulary", [])
         features = build_crm_features(clean, activities, pd.Series(np.full(len(leads), now)), self.features, vocabulary)
         return features, clean[["email", "sales_accepted", "do_not_contact"]]

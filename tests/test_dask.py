@@ -238,7 +238,7 @@ def test_features_on_dask_equal_the_single_process_features(client, small_crm_di
     got = features_on_dask(read_frame(semicolon), read_frame(small_crm_dir / "activities.csv"),
                            AS_OF, params.features, vocabulary, partitions=5).compute()  # fmt: skip
     crm = load_crm(small_crm_dir)
-    leads = crm.leads[crm.leads["created_at"] < AS_OF].reset_index(drop=True)
+    leads = crm.leads[crm.leads["created_at"] <= AS_OF].reset_index(drop=True)
     want = build_crm_features(leads, crm.activities, AS_OF, params.features, vocabulary)
     want.insert(0, "lead_id", leads["lead_id"].to_numpy())
     got, want = got.set_index("lead_id").sort_index(), want.set_index("lead_id").sort_index()

@@ -97,6 +97,46 @@ def test_events_at_or_after_t_cannot_change_any_feature(small_crm_dir, params):
     assert (before["n_activities_total"] > 0).mean() > 0.5  # the data has history to protect
 
 
+def test_before_t_is_decided_to_the_nanosecond(params):
+    """An activity in the same second as T counts when it came before T, not when at or after
+    it (whole seconds were compared: a demo request 650 ms before a webhook's moment was left
+    out), with whole-second and millisecond histories alike; the window's start the same way."""
+    moment = pd.Timestamp("2025-02-04 12:00:00.900")
+    whole = _acts([("A", "2025-02-04 12:00:00", "demo_request"), ("B", "2025-02-04 12:00:01", "demo_request")])
+    fine = _acts([
+        ("A", "2025-02-04 12:00:00.250", "demo_request"),  # before T, in its second
+        ("B", "2025-02-04 12:00:00.900", "demo_request"),  # at T
+        ("B", "2025-02-04 12:00:00.950", "demo_request"),  # after T, in its second
+        ("C", "2025-01-28 12:00:00.900", "web_visit"),  # at T minus 7 days: the window includes its start
+        ("C", "2025-01-28 12:00:00.899", "web_visit"),  # just outside it
+    ])  # fmt: skip
+    for acts in (whole, fine):
+        f = _features(acts, ["A", "B", "C"], [moment] * 3, params).set_index(pd.Index(["A", "B", "C"]))
+        assert f.loc["A", "n_demo_request_total"] == 1 and f.loc["A", "days_since_demo_request"] == 0
+        assert f.loc["B", "n_demo_request_total"] == 0 and np.isnan(f.loc["B", "days_since_demo_request"])
+    assert (f.loc["C", "n_web_visit_7d"], f.loc["C", "n_web_visit_30d"]) == (1, 2)
+    on_the_second = _features(whole, ["A"], [pd.Timestamp("2025-02-04 12:00:00")], params)
+    assert on_the_second.loc[0, "n_demo_request_total"] == 0  # at T exactly
+    # A total counts from the first moment of 1900 (a placeholder date), not T's fraction past it.
+    placeholder = _acts([("A", "1900-01-01 00:00:00", "demo_request"), ("A", "2025-01-01", "demo_request")])
+    totals = _features(placeholder, ["A"], [moment], params)
+    assert (totals.loc[0, "n_demo_request_total"], totals.loc[0, "n_activities_total"]) == (2, 2)
+
+
+def test_different_types_outside_the_contract_at_one_moment_are_two_events(tmp_path, params):
+    """A call and a chat on one day of a date-only export are both counted as 'other'; a call
+    sent twice is one event (the types were merged into 'other' before repeats were found)."""
+    (tmp_path / "leads.csv").write_text("lead_id,created_at\nF1,2025-01-01\n")
+    (tmp_path / "outcomes.csv").write_text("lead_id,status,closed_at\n")
+    (tmp_path / "activities.csv").write_text(
+        "lead_id,occurred_at,activity_type\nF1,2025-02-02,Call\nF1,2025-02-02,Chat\nF1,2025-02-02,call\n"
+        "F1,2025-02-03,LinkedIn Message\nF1,2025-02-03,Email _Open\n"
+    )
+    crm = load_crm(tmp_path, params.flat.missing_tokens)
+    assert crm.activities["activity_type"].tolist() == ["other", "other", "other", "email_open"]
+    assert crm.quarantine.frame()["reason"].str.startswith("duplicate row").sum() == 1
+
+
 def test_feature_groups_split_fit_from_engagement(small_crm_dir, params):
     crm = load_crm(small_crm_dir, params.flat.missing_tokens)
     f = build_crm_features(crm.leads.head(50), crm.activities, T, params.features, ["aws"])
