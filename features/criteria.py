@@ -212,6 +212,8 @@ def _shown_at_least(value: float, needed: float) -> str:
 
 
 def _shown(value: float, reads_right: Callable[[float], bool]) -> str:
+    if value == round(value, 1):  # a score has one decimal: shown as the API shows it ("83.5", not "84")
+        return f"{value:g}"
     for decimals in range(4):
         shown = f"{value:.{decimals}f}"
         if reads_right(float(shown)):

@@ -156,8 +156,19 @@ def api_keys_problem() -> str | None:
     return None
 
 
-async def reply(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    body = json.dumps({"error": message}).encode()
+async def reply(
+    send: Send,
+    status: int,
+    message: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    problems: list[tuple[tuple, str]] | None = None,
+) -> None:
+    """A JSON answer {"error"}; with `problems`, a 400 in the shape of the service's validation
+    errors: {"error", "detail": [{loc, msg, type}]}."""
+    answer: dict = {"error": message}
+    if problems:
+        answer["detail"] = [{"loc": list(loc), "msg": msg, "type": "not_read"} for loc, msg in problems]
+    body = json.dumps(answer).encode()
     await send(
         {
             "type": "http.response.start",
@@ -317,10 +328,26 @@ class JsonBodyGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
-            declared = dict(scope.get("headers") or []).get(b"content-type", b"application/json")
+            headers = dict(scope.get("headers") or [])
+            declared = headers.get(b"content-type", b"application/json")
             media = declared.split(b";", 1)[0].strip().lower()
             if media not in (b"application/json", b""):
                 await reply(send, 415, f"send the body as application/json, not {media.decode('latin-1')[:80]}")
+                return
+            encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+            if encoding not in (b"identity", b""):  # it read as "Invalid JSON at column 1"
+                shown = encoding.decode("latin-1")[:40]
+                await reply(send, 415, f"send the body uncompressed: Content-Encoding {shown} is not read")
+                return
+            if scope.get("query_string"):
+                # `?as_of=2020-01-01` would score as of now without a word, as an unknown body field would.
+                names = sorted({part.split(b"=", 1)[0].decode("latin-1")[:40]
+                                for part in scope["query_string"].split(b"&") if part})  # fmt: skip
+                problems = [(("query", name), "query parameters are not read: send it in the JSON body")
+                            for name in (names or ["?"])[:20]]  # fmt: skip
+                count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+                where = ".".join(problems[0][0])
+                await reply(send, 400, f"{count} in the request, at {where}: {problems[0][1]}", problems=problems)
                 return
         await self.app(scope, receive, send)
 

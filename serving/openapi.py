@@ -141,9 +141,10 @@ def documented_spec(generated: dict[str, Any]) -> dict[str, Any]:
             if method == "post" and path in MODEL_ROUTES:
                 # BentoML documents `detail` as a string; validation errors carry a list of
                 # {loc, msg, type}, one per problem, naming the field and the lead's position.
-                responses["400"] = _error("Malformed JSON, or a field of the wrong type, named by position",
+                responses["400"] = _error("Malformed JSON, a field of the wrong type (named by position) or a query "
+                                          "parameter (not read: everything is in the body)",
                                           VALIDATION_ERROR)  # fmt: skip
-                responses.setdefault("415", _error("A body declared as anything but application/json"))
+                responses.setdefault("415", _error("A body declared as anything but application/json, or compressed"))
                 if REQUEST_MODELS.get(path) in components:
                     # BentoML inlines the request model without its null branches (`as_of: null`
                     # is accepted); the component pydantic wrote is the model as it reads.

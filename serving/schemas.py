@@ -65,11 +65,12 @@ Moment = Annotated[
 ]
 
 
-# Not blank (spaces and invisible characters alone are blank) and no control characters: batch
+# Not blank (spaces and invisible characters alone are blank) and no control characters (C0, C1,
+# line and paragraph separators, the direction overrides that reorder what a page shows): batch
 # scoring quarantines a blank id, and an id must be one the CRM can match and a page can show.
-LEAD_ID_PATTERN = (
-    r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f\u00ad\u034f\u180e\u200b-\u200f\u2060-\u2064\u3164\ufeff][^\x00-\x1f\x7f]*$"
-)
+_ID_CONTROL = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_ID_INVISIBLE = r"\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u2060-\u2064\u2800\u3164\uffa0\ufeff"
+LEAD_ID_PATTERN = rf"^[^{_ID_CONTROL}]*[^\s{_ID_CONTROL}{_ID_INVISIBLE}][^{_ID_CONTROL}]*$"
 
 
 class _Strict(BaseModel):

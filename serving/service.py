@@ -30,7 +30,7 @@ from pydantic_core import PydanticCustomError, to_json
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 
-from features.clean import tidy_text
+from features.clean import snake_name, tidy_text
 from features.flat import field_problems
 from features.params import load_params
 from features.reasons import plain_name
@@ -171,21 +171,23 @@ CLOCK_SKEW = dt.timedelta(minutes=5)
 
 
 def _moment(as_of: dt.datetime | None, leads: list[Lead] = ()) -> pd.Timestamp:
-    """The scoring moment: `as_of`, else now, moved up to the newest time the leads carry
-    within `CLOCK_SKEW` ahead of now (a later one is still refused as after the moment)."""
+    """The scoring moment: `as_of`, else now, moved up to just after the newest time the leads
+    carry within `CLOCK_SKEW` ahead of now (a later one is still refused as after the moment).
+    Just after: features read activities strictly before the moment, and the demo request a
+    CRM calls about must count."""
     if as_of is not None:
         return utc_naive(as_of)
     now = dt.datetime.now(dt.UTC)
-    latest, horizon = now, now + CLOCK_SKEW
+    newest, horizon = None, now + CLOCK_SKEW
     for lead in leads:
         stamps = (lead.created_at, *(activity["occurred_at"] for activity in lead.activities))
         for stamp in stamps:
             if stamp is not None:
                 if stamp.tzinfo is None:  # naive means UTC; aware ones compare across zones as they are
                     stamp = stamp.replace(tzinfo=dt.UTC)
-                if latest < stamp <= horizon:
-                    latest = stamp
-    return utc_naive(latest)
+                if stamp <= horizon and (newest is None or stamp > newest):
+                    newest = stamp
+    return utc_naive(now if newest is None else max(now, newest + dt.timedelta(microseconds=1)))
 
 
 class _Request(bentoml.IODescriptor):
@@ -214,28 +216,68 @@ def _once_each(leads: list[Lead]) -> tuple[list[Lead], list[int], list[int]]:
     """The leads with exact repeats left out (a CRM retrying part of a batch); for each lead
     sent, the position of its first copy among them; for each of them, its position as sent
     (where a problem with it is reported). Every lead is answered and scored once, as batch
-    scoring counts a repeated row once. Repeated ids that differ in anything stay: they are the
-    client's error, refused at their positions."""
+    scoring counts a repeated row once. Every copy of an id whose copies differ in anything
+    stays: they are the client's error, refused at their positions."""
     everyone = list(range(len(leads)))
     ids = [tidy_text(lead.lead_id) for lead in leads]
     if len(set(ids)) == len(ids):
         return leads, everyone, everyone
     repeated = {lead_id for lead_id, n in Counter(ids).items() if n > 1}
-    seen: dict[str, tuple[int, dict | None]] = {}
+    contents = {i: _content(lead) for i, (lead, lead_id) in enumerate(zip(leads, ids, strict=True))
+                if lead_id in repeated}  # fmt: skip
+    first_seen: dict[str, int] = {}
+    differing = set()
+    for i, lead_id in enumerate(ids):
+        if lead_id in repeated:
+            first = first_seen.setdefault(lead_id, i)
+            if contents[i] != contents[first]:
+                differing.add(lead_id)
     kept: list[Lead] = []
-    first_of, sent_at = [], []
+    first_of, sent_at, kept_at = [], [], {}
     for position, (lead, lead_id) in enumerate(zip(leads, ids, strict=True)):
-        content = lead.model_dump(exclude={"lead_id"}) if lead_id in repeated else None
-        if lead_id in seen:
-            if seen[lead_id][1] != content:
-                return leads, everyone, everyone
-            first_of.append(seen[lead_id][0])
+        if lead_id in repeated and lead_id not in differing and lead_id in kept_at:
+            first_of.append(kept_at[lead_id])
             continue
-        seen[lead_id] = (len(kept), content)
+        kept_at.setdefault(lead_id, len(kept))
         first_of.append(len(kept))
         sent_at.append(position)
         kept.append(lead)
     return kept, first_of, sent_at
+
+
+DIFFERING_REPEAT = (
+    "sent more than once, with other values or activities (a lead sent twice as it is is scored once, whatever "
+    "the order of its activities): send each lead once, with all its activities"
+)
+
+
+MAX_PROBLEMS_LISTED = 200  # a thousand leads with a bad column each made an answer of megabytes
+
+
+def _in_order(problems: list[tuple[int, tuple, str]], field: str) -> list[tuple[tuple, str]]:
+    """The problems of a request by the place of their lead as sent, the first
+    `MAX_PROBLEMS_LISTED` of them and a count of the rest."""
+    ordered = [(where, why) for _, where, why in sorted(problems, key=lambda p: p[0])]
+    if len(ordered) <= MAX_PROBLEMS_LISTED:
+        return ordered
+    rest = len(ordered) - MAX_PROBLEMS_LISTED
+    return [*ordered[:MAX_PROBLEMS_LISTED], ((field,), f"and {rest:,} more problems, not listed: fix these first")]
+
+
+def _content(lead: Lead) -> dict:
+    """What a lead says, its activities in any order (they are read by time) and its moments in
+    UTC (`15:00Z`, `10:00-05:00` and `15:00` are one moment)."""
+    content = lead.model_dump(exclude={"lead_id"})
+    if isinstance(content.get("created_at"), dt.datetime):
+        content["created_at"] = utc_naive(content["created_at"])
+
+    def key(activity: dict) -> tuple:
+        when = activity.get("occurred_at")
+        moment = utc_naive(when) if isinstance(when, dt.datetime) else when
+        return repr(moment), snake_name(str(activity.get("activity_type"))), repr(activity.get("value"))
+
+    content["activities"] = sorted(key(a) for a in content.get("activities") or [])
+    return content
 
 
 def _iso_utc(moment: pd.Timestamp) -> str:
@@ -351,48 +393,54 @@ class LeadScoring:
         self, live: Live, leads: list[Lead], as_of: pd.Series, field: str = "leads", sent_at: list[int] | None = None
     ):
         """Features and context of the leads, or a 400 naming each problem at its place in the
-        request (`sent_at`: each lead's position as sent, when repeats were left out)."""
+        request (`sent_at`: each lead's position as sent, when repeats were left out): every
+        problem of every lead at once, in the order sent, so that a nightly sync fixes them in
+        one round (a missing created_at hid the others)."""
         model = live.model
         at = (lambda i: (field, sent_at[i] if sent_at else i)) if field == "leads" else (lambda i: (field,))
-        unread = unread_parts(model.kind, leads)
-        if unread:
-            raise _bad_request([((*at(i), part), why) for i, part, why in unread])
-        if field == "leads":
+        if field == "leads" and not unread_parts(model.kind, leads):
             # A CRM's batch: cleaned from the request objects, without text cells.
             prepared = live.direct.prepare(leads, as_of.iloc[0])
             if prepared is not None:
                 return prepared
+        problems: list[tuple[int, tuple, str]] = [(i, (*at(i), part), why) for i, part, why in
+                                                  unread_parts(model.kind, leads)]  # fmt: skip
+        # Repeats that differ in anything (`_once_each` leaves them in): scored, the CRM would
+        # keep either answer.
+        ids = Counter(tidy_text(lead.lead_id) for lead in leads)
+        problems += [(i, (*at(i), "lead_id"), f"lead_id {lead.lead_id!r}: {DIFFERING_REPEAT}")
+                     for i, lead in enumerate(leads) if ids[tidy_text(lead.lead_id)] > 1]  # fmt: skip
+        if model.kind == "crm":
+            problems += [(i, (*at(i), "created_at"), "required by this model") for i, lead in enumerate(leads)
+                         if lead.created_at is None]  # fmt: skip
+        flagged = {i for i, _, _ in problems}
+        rest = [i for i in range(len(leads)) if i not in flagged]
         if model.kind == "flat":
-            # Repeats that differ in anything (`_once_each` leaves them in); a CRM model's cleaning
-            # refuses them as a file's rows are refused. Scored, the CRM would keep either answer.
-            ids = Counter(tidy_text(lead.lead_id) for lead in leads)
-            twice = [((*at(i), "lead_id"), "appears more than once, with other values (a lead sent twice as it is is "
-                      "scored once)") for i, lead in enumerate(leads) if ids[tidy_text(lead.lead_id)] > 1]  # fmt: skip
-            if twice:
-                raise _bad_request(twice[:50])
-            wrong = field_problems(model_schema(model), [flat_fields(lead) for lead in leads])
-            if wrong:
-                raise _bad_request([((*at(i), "fields", *([key] if key else [])), why) for i, key, why in wrong[:50]])
+            wrong = field_problems(model_schema(model), [flat_fields(leads[i]) for i in rest])
+            problems += [(rest[j], (*at(rest[j]), "fields", *([key] if key else [])), why) for j, key, why in wrong]
+            if problems:
+                raise _bad_request(_in_order(problems, field))
             features, context, _ = prepare_flat_rows(model, leads_to_flat(leads))
             return features, context
-        missing = [((*at(i), "created_at"), "required by this model") for i, lead in enumerate(leads)
-                   if lead.created_at is None]  # fmt: skip
-        if missing:
-            raise _bad_request(missing)
-        frame, activities = leads_to_frames(leads)
+        if not rest:
+            raise _bad_request(_in_order(problems, field))
+        kept = [leads[i] for i in rest]
+        frame, activities = leads_to_frames(kept)
         try:
-            features, context, _, _ = prepare_crm_leads(model, frame, activities, as_of)
+            features, context, _, _ = prepare_crm_leads(model, frame, activities, as_of.iloc[: len(kept)])
         except InvalidLeads as exc:
             # Point at the lead (and activity) in the request, as every other 400 does.
-            owners = [(i, j) for i, lead in enumerate(leads) for j in range(len(lead.activities))]
-            problems = []
+            owners = [(i, j) for i, lead in zip(rest, kept, strict=True) for j in range(len(lead.activities))]
             for table, row, reason in exc.rows:
-                lead = row if table == "leads" else owners[row][0]
+                lead = rest[row] if table == "leads" else owners[row][0]
                 where = at(lead) if table == "leads" else (*at(lead), "activities", owners[row][1])
                 named = next((c for c in _CONTRACT_FIELDS if c in reason), None)
                 # The place is said by `where`: the text adds the lead's id, not the position again.
-                problems.append(((*where, named) if named else where, f"lead_id {leads[lead].lead_id!r}: {reason}"))
-            raise _bad_request(problems) from None
+                problems.append(
+                    (lead, (*where, named) if named else where, f"lead_id {leads[lead].lead_id!r}: {reason}")
+                )
+        if problems:
+            raise _bad_request(_in_order(problems, field))
         return features, context
 
     @bentoml.api(route="/score", input_spec=ScoreRequest)

@@ -116,7 +116,7 @@ def test_a_raised_hand_makes_an_mql_whatever_the_ranks(params):
     ])  # fmt: skip
     out = qualify(leads, params.criteria, AS_OF)
     assert out["stage"].tolist() == ["MQL", "nurture", "nurture"]
-    assert out.loc[0, "stage_reason"] == "MQL: hand raised 19 days ago, score 67 ≥ 10"
+    assert out.loc[0, "stage_reason"] == "MQL: hand raised 19 days ago, score 66.6 ≥ 10"
     mql_off = params.criteria.mql.model_copy(update={"hand_raise_qualifies": False})
     off = params.criteria.model_copy(update={"mql": mql_off})
     assert qualify(leads, off, AS_OF)["stage"].tolist() == ["nurture"] * 3
@@ -128,13 +128,16 @@ def test_mql_on_score_alone_when_fit_and_engagement_are_not_conditions(params):
     mql = params.criteria.mql.model_copy(update={"min_score": 62.5, "min_fit": None, "min_engagement": None})
     criteria = params.criteria.model_copy(update={"mql": mql})
     leads = pd.DataFrame([_lead(score=90.0, fit=3.0, engagement=16.0), _lead(score=62.4, fit=99.0, engagement=99.0),
-                          _lead(score=70.0, fit=np.nan, engagement=np.nan)])  # fmt: skip
+                          _lead(score=70.0, fit=np.nan, engagement=np.nan),
+                          _lead(score=62.5, fit=1.0, engagement=1.0)])  # fmt: skip
     out = qualify(leads, criteria, AS_OF)
-    assert out["stage"].tolist() == ["MQL", "nurture", "MQL"]
+    assert out["stage"].tolist() == ["MQL", "nurture", "MQL", "MQL"]
+    # The score as the API gives it, one decimal (62.4 read "62 < 62.5"; 83.5 read "84 ≥ 83.4").
     assert out["stage_reason"].tolist() == [
         "MQL: score 90 ≥ 62.5",
-        "Not yet MQL: score 62 < 62.5",
+        "Not yet MQL: score 62.4 < 62.5",
         "MQL: score 70 ≥ 62.5",
+        "MQL: score 62.5 ≥ 62.5",
     ]
 
 

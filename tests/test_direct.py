@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
+from features.clean import tidy_text
 from features.ingest import load_crm
 from serving.direct import DirectScorer
 from serving.schemas import Lead, LeadScore, leads_to_frames
@@ -124,10 +125,28 @@ def test_leads_the_single_lead_path_declines_get_the_general_error(champion, req
 
 
 def test_an_id_of_spaces_or_invisible_characters_only_is_refused_as_blank():
-    for blank in (" ", "\u200b", "\ufeff \u2060", "\u00ad", "\u200e\u200f", "\u3164"):
+    for blank in (
+        " ",
+        "\u200b",
+        "\ufeff \u2060",
+        "\u00ad",
+        "\u200e\u200f",
+        "\u3164",
+        "\u2800",
+        "\u115f",
+        "\uffa0",
+        "\u061c",
+        "\u17b4",
+    ):
         with pytest.raises(ValidationError, match="lead_id"):
             Lead(lead_id=blank)
     assert Lead(lead_id="L1\u200b").lead_id == "L1\u200b"  # answered as sent, matched as "L1"
+    assert tidy_text("\u2800L1\u115f") == "L1"  # batch scoring reads the blank ones alike
+    # Control characters anywhere: C1 (a terminal's escape), line and paragraph separators, the
+    # direction overrides that show an id reversed on a page.
+    for controlled in ("a\x9bb", "a\u2028b", "a\u2029b", "a\u202eb", "a\u2066b", "\x85"):
+        with pytest.raises(ValidationError, match="lead_id"):
+            Lead(lead_id=controlled)
 
 
 def test_two_field_names_that_differ_only_by_spaces_around_them_are_refused():
@@ -152,6 +171,47 @@ def test_an_activity_sent_twice_counts_once_on_every_path(champion, requests):
     got, _ = DirectScorer(champion).prepare([twice, other], AS_OF)
     expected, _ = DirectScorer(champion).prepare([lead, other], AS_OF)
     pd.testing.assert_frame_equal(got, expected)
+
+
+def test_sub_second_moments_and_types_outside_the_contract_read_alike_on_every_path(champion, requests):
+    """An activity in T's second counts when before T (whole seconds were compared), and a call
+    and a chat at one moment are two events (they were merged into 'other' first), on the
+    single-lead, batch and general paths alike."""
+    moment = AS_OF + pd.Timedelta(milliseconds=900)
+    day_before = (AS_OF - pd.Timedelta(days=1)).to_pydatetime()
+    lead = _respell(requests[0], activities=[
+        {"occurred_at": (AS_OF + pd.Timedelta(milliseconds=250)).to_pydatetime(), "activity_type": "demo_request"},
+        {"occurred_at": (AS_OF + pd.Timedelta(milliseconds=950)).to_pydatetime(), "activity_type": "pricing_page"},
+        *({"occurred_at": day_before, "activity_type": kind} for kind in ("Call", "Chat", "call")),
+    ])  # fmt: skip
+    direct = DirectScorer(champion)
+    features, _ = direct.features_of(lead, moment)
+    assert (features["n_demo_request_total"], features["n_pricing_page_total"], features["n_other_total"]) == (1, 0, 2)
+    assert _fast(direct, lead, moment) == _general(champion, lead, moment)
+    batch, _ = direct.prepare([lead, requests[1]], moment)
+    frame, activities = leads_to_frames([lead, requests[1]])
+    general, _, _, _ = prepare_crm_leads(champion, frame, activities, pd.Series([moment] * 2))
+    pd.testing.assert_frame_equal(batch, general, check_dtype=False)
+
+
+def test_a_crm_call_without_as_of_reads_the_activity_it_reports(champion):
+    """Scored at "now", moved up to a stamp a little ahead of this clock: just after it, so the
+    demo request the CRM calls about counts (the moment was the stamp itself, and left it out)."""
+    from serving.service import _moment
+
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=20)
+    lead = Lead.model_validate({"lead_id": "x", "created_at": soon - dt.timedelta(days=3),
+                                "activities": [{"occurred_at": soon, "activity_type": "demo_request"}]})  # fmt: skip
+    moment = _moment(None, [lead])
+    assert moment > pd.Timestamp(soon).tz_convert("UTC").tz_localize(None)
+    features, _ = DirectScorer(champion).features_of(lead, moment)
+    assert features["n_demo_request_total"] == 1
+    # Just after the newest stamp, whatever the order they come in (it was the one before the newest).
+    later = soon + dt.timedelta(microseconds=1)
+    for order in ([soon, later], [later, soon]):
+        acts = [{"occurred_at": when, "activity_type": "demo_request"} for when in order]
+        both = Lead.model_validate({"lead_id": "x", "created_at": soon - dt.timedelta(days=3), "activities": acts})
+        assert DirectScorer(champion).features_of(both, _moment(None, [both]))[0]["n_demo_request_total"] == 2
 
 
 def test_batch_path_matches_the_general_path(champion, requests):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import re
@@ -320,7 +321,24 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
     late = post({"leads": [lead, lead, {"lead_id": "r3", "created_at": "2025-09-01"}], "as_of": "2025-06-01"})
     assert [e["loc"] for e in late.json()["detail"]] == [["leads", 2, "created_at"]], late.text
     differing = post({"leads": [lead, {**lead, "industry": "Retail"}], "as_of": "2025-06-01"})
-    assert differing.status_code == 400 and "duplicate" in differing.text, differing.text
+    assert differing.status_code == 400 and "sent more than once, with other values" in differing.text, differing.text
+    # Its activities in another order are the same lead; one more activity is not (it read "same values").
+    two = [{"occurred_at": "2025-02-01", "activity_type": "demo_request"},
+           {"occurred_at": "2025-03-01", "activity_type": "pricing_page"}]  # fmt: skip
+    # ... and a moment written with another offset, or without one (UTC), is the same moment.
+    shifted = [{**two[1], "occurred_at": "2025-02-28T19:00:00-05:00"}, two[0]]
+    again = {**lead, "created_at": "2025-01-01T00:00:00Z", "activities": shifted}
+    reordered = post({"leads": [{**lead, "activities": two}, again], "as_of": "2025-06-01"})
+    assert reordered.status_code == 200 and len(reordered.json()) == 2, reordered.text
+    more = post({"leads": [lead, {**lead, "activities": two}, {"lead_id": "r2", "created_at": "2025-01-02"},
+                           {"lead_id": "r2", "created_at": "2025-01-02"}], "as_of": "2025-06-01"})  # fmt: skip
+    assert [e["loc"] for e in more.json()["detail"]] == [["leads", 0, "lead_id"], ["leads", 1, "lead_id"]], more.text
+    # Every problem of every lead in one answer, in the order sent (a missing created_at hid the others).
+    many = post({"leads": [{"lead_id": "x", "created_at": "2027-01-01"}, {"lead_id": "y"},
+                           {"lead_id": "z", "created_at": "2025-01-01", "fields": {"City": "Pune"}}],
+                 "as_of": "2025-06-01"})  # fmt: skip
+    assert [e["loc"] for e in many.json()["detail"]] == [
+        ["leads", 0, "created_at"], ["leads", 1, "created_at"], ["leads", 2, "fields"]], many.text  # fmt: skip
     no_created = post({"leads": [{"lead_id": "a"}]})
     assert no_created.status_code == 400 and '["leads",0,"created_at"]' in no_created.text.replace(" ", "")
     ancient = post({"leads": [{"lead_id": "a", "created_at": "2025-01-01"}], "as_of": "0145-02-13T16:36:48"})
@@ -330,6 +348,13 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
     assert as_number.status_code == 400 and "employees" in as_number.text and "do_not_contact" in as_number.text
     form = httpx.post(f"{url}/score", content=b"{}", headers={**_auth(), "content-type": "multipart/form-data"})
     assert form.status_code == 415
+    packed = {**_auth(), "content-type": "application/json", "content-encoding": "gzip"}
+    gzipped = httpx.post(f"{url}/score", content=gzip.compress(b'{"leads": []}'), headers=packed)
+    assert gzipped.status_code == 415 and "uncompressed" in gzipped.text, gzipped.text
+    # `?as_of=` scored as of now without a word.
+    one = {"lead_id": "a", "created_at": "2024-06-01"}
+    queried = httpx.post(f"{url}/score?as_of=2020-01-01", json={"leads": [one]}, headers=_auth())
+    assert queried.status_code == 400 and [e["loc"] for e in queried.json()["detail"]] == [["query", "as_of"]]
     too_many = post({"leads": [{"lead_id": str(i), "created_at": "2025-01-01"} for i in range(1001)]})
     assert too_many.status_code == 400
     ok_lead = {"lead_id": "a", "created_at": "2024-06-01"}
