@@ -903,3 +903,21 @@ def test_an_output_folder_that_is_a_file_is_named_as_such(tmp_path):
     for folder in (tmp_path / "afile", tmp_path / "afile" / "inside"):
         with pytest.raises(OSError, match=rf"cannot write the report in {folder}: {tmp_path / 'afile'} is a file, not"):
             check_writable(folder, what="the report")
+
+
+def test_as_of_now_and_today_are_read_in_utc_whatever_the_machines_time_zone(monkeypatch):
+    """pandas reads "now" in local time: on a machine set to New York, `--as-of now` was five
+    hours early (and "after today" checked against the local day)."""
+    import time
+
+    from training.cli import pd_timestamp
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        utc_now = pd.Timestamp.now(tz="UTC").tz_localize(None)
+        for text in ("now", " NOW ", "today", None):
+            assert abs(pd_timestamp(text) - utc_now) < pd.Timedelta(minutes=1), text
+    finally:
+        monkeypatch.undo()  # the time zone the tests ran in, then read again
+        time.tzset()

@@ -1936,7 +1936,8 @@ def pd_timestamp(text: str | None):
     """A moment from the command line (UTC), or now."""
     import pandas as pd
 
-    if not text:
+    # pandas reads "now" and "today" (both the current moment) in the machine's local time: moments here are UTC.
+    if not text or text.strip().casefold() in ("now", "today"):
         return pd.Timestamp.now(tz="UTC").tz_localize(None).floor("s")  # no microseconds in the output
     from features.clean import FIRST_YEAR, LAST_YEAR
 

@@ -204,6 +204,8 @@ class Dataset:
     # CRM: the features of the chosen examples built with other feature settings and technologies
     # (a champion's own), or None when they are this run's.
     features_for: Callable[[dict[str, Any], list[str], np.ndarray], pd.DataFrame | None] | None = None
+    # CRM: features of the leads first seen after the newest labelled snapshot, and that snapshot.
+    unlabelled_new_leads: Callable[[], tuple[pd.DataFrame, pd.Timestamp | None]] | None = None
 
 
 def _leads_end_early(keys: pd.DataFrame, export_end: pd.Timestamp | None) -> str | None:
@@ -406,6 +408,23 @@ def prepare_crm(
             picked_rows, crm.activities, picked["as_of"].reset_index(drop=True), own, technologies
         )
 
+    def unlabelled_new_leads() -> tuple[pd.DataFrame, pd.Timestamp | None]:
+        """Features of the leads first seen after the newest labelled snapshot, each at its first
+        snapshot on the same grid (their outcomes are not known yet), and that snapshot's moment:
+        a field an export stopped filling shows there a month or two before it reaches a
+        labelled snapshot."""
+        newest = examples["as_of"].max()
+        horizon = pd.Timedelta(days=params.features.horizon_days)
+        later = build_examples(crm.leads, crm.outcomes, crm.export_end + horizon, params.features)
+        later = later[later["as_of"] > newest].reset_index(drop=True)
+        created = crm.leads.set_index("lead_id")["created_at"].loc[later["lead_id"]].to_numpy()
+        new = (later["as_of"].to_numpy() - created) <= np.timedelta64(params.features.snapshot_days, "D")
+        later = later[new & ~later["lead_id"].duplicated().to_numpy()].reset_index(drop=True)
+        if later.empty:
+            return features.iloc[:0], None
+        later_rows = crm.leads.set_index("lead_id").loc[later["lead_id"]].reset_index()
+        return build_crm_features(later_rows, crm.activities, later["as_of"], params.features, vocabulary), newest
+
     return Dataset(
         kind="crm",
         features=features,
@@ -423,6 +442,7 @@ def prepare_crm(
         has_activities=not crm.activities.empty,
         activities_cut=activities_end_early(crm.activities["occurred_at"], crm.export_end),
         features_for=features_for,
+        unlabelled_new_leads=unlabelled_new_leads,
     )
 
 

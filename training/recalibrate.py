@@ -225,16 +225,18 @@ def recalibrate(
             learned = "from engagement" if shortfall[0] == "engagement" else "from them"
             raise RecalibrationError(f"{shortfall[1]}, while the champion (v{champion.version}) learned {learned}: "
                                      "it stays; check the export, then run it again")  # fmt: skip
-        breaks = export_breaks(dataset, params.features.snapshot_days, champion_test)
+        break_check = export_breaks(dataset, params.features.snapshot_days, champion_test)
+        breaks = break_check.pop("breaks")
         if breaks:
             raise RecalibrationError(
                 "the newest quarter's new leads look like a break in the export, not a change in buyers: "
                 + "; ".join(breaks[:5])
                 + (f" and {len(breaks) - 5} more" if len(breaks) > 5 else "")
-                + f". Compared with the new leads the champion (v{champion.version}) was tested on; its thresholds "
-                "and the challenger's test would be read from these, so the champion stays. Check the export; if the "
-                "change is real and here to stay, retrain by hand (`leadscore train --data EXPORT`, or `leadscore "
-                "promote` a version trained on it): the next recalibration compares with that model's test quarter"
+                + f". Compared with the new leads of {break_check['reference']} (champion v{champion.version}); its "
+                "thresholds and the challenger's test would be read from these, so the champion stays. Check the "
+                "export; if the change is real and here to stay, retrain by hand (`leadscore train --data EXPORT`, "
+                "or `leadscore promote` a version trained on it): the next recalibration compares with that model's "
+                "test quarter"
             )
         drift = measure_drift(dataset, champion, params, champion_features)
         summary: dict[str, Any] = {
@@ -249,7 +251,12 @@ def recalibrate(
             # Rows the export's checks set aside are in neither the drift nor the training: a
             # reader of the report must see them (half a campaign's leads without created_at).
             "quarantined": quarantine_counts(dataset.quarantine),
+            "break_check": break_check,
         }
+        if not break_check["checked"]:
+            reporter.warn(break_check_skipped(break_check))
+        if unlabelled_breaks_note(break_check):
+            reporter.warn(unlabelled_breaks_note(break_check))
         # Said now: the training below takes minutes, and `--if-drifted` decides on this.
         drifted = [f"{r['feature']} ({r['moved']})" if r["moved"] else r["feature"]
                    for r in drift["features"] if r["drifted"]]  # fmt: skip
@@ -384,24 +391,65 @@ def first_sightings(dataset: Dataset, snapshot_days: int) -> tuple[np.ndarray, n
     return new & np.isin(part, ["train", "valid"]), new & (part == "test")
 
 
-def export_breaks(dataset: Dataset, snapshot_days: int, champion_test: Any = None) -> list[str]:
+def export_breaks(dataset: Dataset, snapshot_days: int, champion_test: Any = None) -> dict[str, Any]:
     """Fields that changed between the new leads the champion was tested on (`champion_test`:
     its test window, first and last snapshot; else the validation part) and the newest
-    quarter's, as a broken export does (`drift.sudden_breaks`).
+    quarter's, as a broken export does (`drift.sudden_breaks`), with what was compared.
 
     Against the champion's own test quarter, not the whole window: once a person has retrained
     or promoted a model on an export with the change, its test quarter holds it too, and the
-    change stops counting; until then every run refuses it."""
+    change stops counting; until then every run refuses it. `checked` is False when either side
+    holds too few new leads to tell a step from noise: the report says so rather than pass it."""
     new = new_leads(dataset, snapshot_days)
     part = dataset.split.assignment.to_numpy()
-    before = new & (part == "valid")
+    before, reference = new & (part == "valid"), "the validation part"
     if champion_test:
         as_of = dataset.keys["as_of"]
         first, last = pd.Timestamp(champion_test[0]), pd.Timestamp(champion_test[1]) + pd.Timedelta(days=1)
         tested = new & ((as_of >= first) & (as_of < last)).to_numpy() & (part != "test")
         if tested.sum() >= BREAK_MIN_LEADS:  # else a champion tested before the window: the validation part
-            before = tested
-    return sudden_breaks(dataset.features[before], dataset.features[new & (part == "test")])
+            before, reference = tested, "the champion's test quarter"
+    after = new & (part == "test")
+    breaks = sudden_breaks(dataset.features[before], dataset.features[after])
+    check = {
+        "reference": reference,
+        "reference_leads": int(before.sum()),
+        "recent_leads": int(after.sum()),
+        "checked": bool(min(before.sum(), after.sum()) >= BREAK_MIN_LEADS),
+    }
+    if dataset.unlabelled_new_leads is not None:
+        # Leads of the last month or two have no outcome yet, so no labelled snapshot: a break
+        # that began there is said now, not a recalibration or two later. Said, not refused: they
+        # are neither learned from nor tested on, and young leads may still have fields to fill.
+        unlabelled, since = dataset.unlabelled_new_leads()
+        named = {b.split(" ", 1)[0] for b in breaks}
+        check["unlabelled_leads"] = len(unlabelled)
+        check["unlabelled_since"] = None if since is None else f"{since:%Y-%m-%d}"
+        check["unlabelled_breaks"] = [
+            b for b in sudden_breaks(dataset.features[before], unlabelled) if b.split(" ", 1)[0] not in named
+        ]
+    return {"breaks": breaks, **check}
+
+
+def unlabelled_breaks_note(check: dict[str, Any]) -> str | None:
+    """The warning for breaks seen only among the leads whose outcomes are not known yet, or None."""
+    if not check.get("unlabelled_breaks"):
+        return None
+    return (
+        f"the {check['unlabelled_leads']:,} leads first seen after {check['unlabelled_since']} (outcomes not yet "
+        f"known) look as a broken export would: {'; '.join(check['unlabelled_breaks'][:5])}. They are neither "
+        "learned from nor tested on in this run; a field filled in days after a lead is created reads so too. "
+        "Check the export before the next recalibration"
+    )
+
+
+def break_check_skipped(check: dict[str, Any]) -> str:
+    """Why the broken-export check (`export_breaks`) could not be made, in words."""
+    return (
+        f"not checked for a broken export (a field blanked, a number 100 times off): {check['reference_leads']:,} "
+        f"new leads in {check['reference']} and {check['recent_leads']:,} in the newest quarter, and it needs "
+        f"{BREAK_MIN_LEADS} on each side"
+    )
 
 
 def measure_drift(
@@ -580,6 +628,16 @@ def report_markdown(summary: dict[str, Any]) -> str:
         + (f" (sampling noise alone stays under {drift['score_noise']:.3f})." if "score_noise" in drift else "."),
         f"- Drifted features (PSI past the threshold and beyond sampling noise): {drifted}.",
     ]
+    if summary.get("break_check") and not summary["break_check"]["checked"]:
+        lines.append(f"- {break_check_skipped(summary['break_check'])}.")
+    check = summary.get("break_check") or {}
+    if unlabelled_breaks_note(check):
+        lines.append(f"- **Newest leads:** {unlabelled_breaks_note(check)}.")
+    elif check.get("unlabelled_since"):
+        count, since = check["unlabelled_leads"], check["unlabelled_since"]
+        lines.append(f"- Newest leads (outcomes not yet known): {count:,} first seen after {since}, "
+                     + ("no broken field among them." if count >= BREAK_MIN_LEADS else
+                        f"too few to check for a broken export (it needs {BREAK_MIN_LEADS})."))  # fmt: skip
     if summary.get("quarantined"):
         lines.append("- Set aside by the export's checks, so neither compared nor learned from: "
                      + "; ".join(summary["quarantined"]) + ".")  # fmt: skip
