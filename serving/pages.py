@@ -645,7 +645,7 @@ def _criteria_rows(model: LoadedModel) -> list[tuple[str, str]]:
         return [
             *([mql_row] if "MQL" in stages else []),
             *([sql_row] if "SQL" in stages else []),
-            *([(unreached, "not reached: this export holds no hand-raises, BANT answers or opt-outs")] if unreached
+            *([(unreached, FLAT_UNREACHED)] if unreached
               else []),
             ("Next actions", "; ".join(f"{stage}: {criteria.next_actions[stage]}" for stage in reversed(stages))),
         ]  # fmt: skip
@@ -782,9 +782,19 @@ def logout() -> RedirectResponse:
     return response
 
 
+# A flat model's rules read its score alone: an opt-out column of its export (`Do Not Call`) only
+# moves the score, and a rep must not read "first call" as leave to call.
+FLAT_UNREACHED = (
+    "not reached: this model reads no hand-raises, BANT answers or opt-outs; an opt-out column of the export "
+    "(such as Do Not Call) only moves the score, so check it before contacting a lead"
+)
+
+
 def _local(target: str) -> str:
-    """Only redirect within the pages (no open redirect to another site)."""
-    return target if target.startswith("/ui/") and not target.startswith("//") else "/ui/digest"
+    """Only redirect within the pages (no open redirect to another site), and not back to the
+    sign-out (a "Sign out" link opened without a cookie asks for a key, then signed out again)."""
+    within = target.startswith("/ui/") and not target.startswith("//")
+    return target if within and target.split("?", 1)[0].rstrip("/") != "/ui/logout" else "/ui/digest"
 
 
 @app.get("/digest", response_class=HTMLResponse, include_in_schema=False)

@@ -767,7 +767,7 @@ def test_the_model_page_lists_only_the_mql_conditions_the_criteria_set(params):
     from types import SimpleNamespace
 
     from features.criteria import reachable_stages
-    from serving.pages import _criteria_rows
+    from serving.pages import FLAT_UNREACHED, _criteria_rows
 
     update = {"min_score": 71.3, "min_fit": None, "min_engagement": None, "hand_raise_qualifies": False}
     flat_criteria = params.criteria.model_copy(update={"mql": params.criteria.mql.model_copy(update=update)})
@@ -775,7 +775,7 @@ def test_the_model_page_lists_only_the_mql_conditions_the_criteria_set(params):
     crm = SimpleNamespace(criteria=params.criteria, kind="crm", feature_params=params.features)
     assert _criteria_rows(flat) == [
         ("MQL", "score ≥ 71.3"),
-        ("SQL, disqualified", "not reached: this export holds no hand-raises, BANT answers or opt-outs"),
+        ("SQL, disqualified", FLAT_UNREACHED),
         ("Next actions", "MQL: Sales development: first call within 3 days; nurture: Keep in the nurture campaign"),
     ]
     # An SQL rule that asks for neither a hand-raise nor BANT is reached by score alone: said so.
@@ -785,7 +785,7 @@ def test_the_model_page_lists_only_the_mql_conditions_the_criteria_set(params):
     flat.stages = reachable_stages("flat", flat.criteria)
     assert _criteria_rows(flat)[1:3] == [
         ("SQL", "score ≥ 80"),
-        ("Disqualified", "not reached: this export holds no hand-raises, BANT answers or opt-outs"),
+        ("Disqualified", FLAT_UNREACHED),
     ]
     assert _criteria_rows(flat)[3][1].startswith("SQL: Call within one business day; MQL: Sales development")
     rows = dict(_criteria_rows(crm))
@@ -894,3 +894,14 @@ def test_pages_of_leads_without_owners_or_activities_leave_those_parts_out(champ
     flat_digest = render("digest.html", **{**digest_view(champion, latest, None, {}), "test_window": ""})
     assert "Conversion on the held-out test rows of" in flat_digest and " (), by grade" not in flat_digest
     assert "attributes and activities" not in render("pick.html", title="Open a lead", lead_choices=[], flat_model=True)
+
+
+def test_signing_in_from_a_sign_out_link_does_not_sign_out_again():
+    """A "Sign out" link opened without a cookie asks for a key with next=/ui/logout; signing in
+    then went to the sign-out and cleared the cookie it had just set."""
+    from serving.pages import _local
+
+    for target in ("/ui/logout", "/ui/logout/", "/ui/logout?x=1"):
+        assert _local(target) == "/ui/digest", target
+    assert _local("/ui/leads/L1?as_of=2025") == "/ui/leads/L1?as_of=2025"
+    assert _local("//evil.example/ui/") == _local("https://evil.example") == "/ui/digest"
