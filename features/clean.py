@@ -498,7 +498,12 @@ def snake_case(values: pd.Series) -> pd.Series:
     return map_distinct(values, lambda v: snake_name(v) or None)
 
 
+# Where camel case starts a word: "EmailOpen", "emailOpen", "PDFDownload" (before "Download").
+_CAMEL_BREAK = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
 def snake_name(text: str) -> str:
     """One text as `snake_case` reads it: runs of spaces, dashes, slashes and underscores are
-    one underscore ("Email _Open" is email_open), none at either end."""
-    return re.sub(r"[\s\-/_]+", "_", tidy_text(text).casefold()).strip("_")
+    one underscore ("Email _Open" is email_open), and so is a camel-case word break
+    ("EmailOpen"); none at either end."""
+    return re.sub(r"[\s\-/_]+", "_", _CAMEL_BREAK.sub("_", tidy_text(text)).casefold()).strip("_")

@@ -3,6 +3,7 @@ demographic, technographic, BANT), from the lead's own attributes."""
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -67,6 +68,27 @@ ICP_LISTS = (("industry", "industries"), ("seniority", "seniorities"), ("departm
              ("country", "countries"))  # fmt: skip
 
 
+# Spellings of one country a CRM's form or enrichment writes: the profile names it once.
+_COUNTRY_SPELLINGS = {"us": "unitedstates", "usa": "unitedstates", "unitedstatesofamerica": "unitedstates",
+                      "uk": "unitedkingdom", "gb": "unitedkingdom", "greatbritain": "unitedkingdom",
+                      "uae": "unitedarabemirates"}  # fmt: skip
+
+
+_NOT_ALPHANUMERIC = re.compile(r"[\W_]+")
+
+
+@functools.lru_cache(maxsize=4096)  # a CRM repeats few spellings; the single-lead path calls this per lead
+def _icp_key(text: str) -> str:
+    key = _NOT_ALPHANUMERIC.sub("", text.casefold())
+    return _COUNTRY_SPELLINGS.get(key, key)
+
+
+def icp_key(value: object) -> str:
+    """A value as the profile compares it: case, spaces and punctuation aside ("C Level" is
+    "C-Level"), and a country's common short forms as its name ("USA", "U.K.")."""
+    return _icp_key(str(value))
+
+
 def icp_misses(lead: pd.Series, icp: IcpParams) -> list[str]:
     """The ICP criteria a cleaned lead row misses, as a rep reads them (what `_icp_match`
     counts as not met, a blank field included)."""
@@ -76,7 +98,7 @@ def icp_misses(lead: pd.Series, icp: IcpParams) -> list[str]:
         allowed = getattr(icp, listed)
         if value is None or pd.isna(value):
             misses.append(f"{column} blank")
-        elif str(value).casefold() not in {a.casefold() for a in allowed}:
+        elif icp_key(value) not in {icp_key(a) for a in allowed}:
             misses.append(f"{column} {value} (the profile: {', '.join(allowed)})")
     employees = lead.get("employees")
     if employees is None or pd.isna(employees):
@@ -93,8 +115,8 @@ def _icp_match(leads: pd.DataFrame, icp: IcpParams) -> pd.Series:
     for column, listed in ICP_LISTS:
         allowed = getattr(icp, listed)
         if column in leads:
-            wanted = {a.casefold() for a in allowed}
-            met = _per_distinct(leads[column], lambda v, w=wanted: v is not None and str(v).casefold() in w)
+            wanted = {icp_key(a) for a in allowed}
+            met = _per_distinct(leads[column], lambda v, w=wanted: v is not None and icp_key(v) in w)
             checks.append(pd.Series(met, index=leads.index, dtype=bool))
     if "employees" in leads:
         checks.append(leads["employees"].between(icp.min_employees, icp.max_employees))

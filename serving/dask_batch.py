@@ -30,6 +30,7 @@ from features.ingest import (
     extra_fields,
     header_separator,
     merge_counted,
+    refuse_cut_short,
     require_columns,
 )
 from features.schema import ACTIVITY_REQUIRED, LEAD_NUMERIC, LEAD_REQUIRED, contract_clash, contract_names
@@ -182,7 +183,8 @@ def read_frame(path: Path, *, blocksize: str = "64MB"):
 
     A CSV is checked as the single-process reader checks it: each file's header when the frame
     is made (`check_header`), a trailing separator on a sample of the first file, and a quote
-    that swallows rows in each partition as it is read. Parse errors surface where the frame is
+    that swallows rows in each partition as it is read, and a file that ends part way through a
+    row, as the single-process reader refuses it. Parse errors surface where the frame is
     computed: wrap that in `csv_errors`. Unlike the single-process reader, a row with fewer
     fields than the header is not refused: its missing fields read as blank (counting them
     would read each file a second time)."""
@@ -200,6 +202,8 @@ def read_frame(path: Path, *, blocksize: str = "64MB"):
         raise DataError(f"{empty}: an empty file, not even a header row (a table with no rows has its header)")
     if not files:
         raise DataError(f"{text}: file not found")
+    for name in files:  # a job still writing it: its last lead would be scored from half a row
+        refuse_cut_short(Path(name))
     sep = header_separator(Path(files[0]))
     try:
         headers = [check_header(Path(name), sep) for name in files]  # every file's, refused before any read

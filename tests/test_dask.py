@@ -108,6 +108,14 @@ def test_dask_scoring_equals_single_process(client, champion, champion_store, sm
     local_open = score_batch(champion, open_leads, all_acts, AS_OF).scored["lead_id"]
     scored_open = pd.read_parquet(tmp_path / "open" / "scores")["lead_id"]
     assert opened.closed == left_out > 0 and sorted(scored_open) == sorted(local_open) and len(local_open)
+    # A leads file cut part way through a row (a job still writing it): refused, as the local engine
+    # refuses it (its last lead was scored from half a row).
+    from features.ingest import DataError
+
+    whole = leads_path.read_bytes()
+    (tmp_path / "cut.csv").write_bytes(whole[: len(whole) * 2 // 3].rstrip(b"\r\n"))
+    with pytest.raises(DataError, match=r"^cut\.csv ends part way through a line \(no line break after its"):
+        score_on_dask(client, champion, champion_store, tmp_path / "cut.csv", acts_path, tmp_path / "cut", AS_OF)
 
 
 def activity_notes(run) -> tuple[str, ...]:

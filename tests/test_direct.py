@@ -53,6 +53,10 @@ def _messy(i: int, lead: dict) -> dict:
     variant = i % 8
     if variant == 1 and lead.get("industry"):
         lead["industry"] = "  " + lead["industry"].upper() + " "
+    if variant == 1:  # the profile's values as forms and enrichment write them
+        short = {"United States": "U.S.A.", "United Kingdom": "UK", "C-Level": "c level"}
+        lead["country"] = short.get(lead.get("country"), lead.get("country"))
+        lead["seniority"] = short.get(lead.get("seniority"), lead.get("seniority"))
     if variant == 2:
         lead["country"], lead["budget"], lead["need"] = "N/A", "Yes", " confirmed"
     if variant == 3 and lead.get("tech_stack"):
@@ -63,7 +67,8 @@ def _messy(i: int, lead: dict) -> dict:
     if variant == 5:
         lead["created_at"] = lead["created_at"].replace(tzinfo=dt.timezone(dt.timedelta(hours=-5)))
         for activity in lead["activities"][::2]:
-            activity["activity_type"] = "Email Open" if activity["activity_type"] == "email_open" else "podcast"
+            spelt = "EmailOpen" if i % 16 == 5 else "Email Open"  # camel case, as some exports name types
+            activity["activity_type"] = spelt if activity["activity_type"] == "email_open" else "podcast"
     if variant == 6:
         lead["activities"].append({"occurred_at": AS_OF + pd.Timedelta(days=3), "activity_type": "demo_request"})
         lead["activities"].append({"occurred_at": AS_OF - pd.Timedelta(seconds=1), "activity_type": "pricing_page"})

@@ -137,6 +137,34 @@ def test_different_types_outside_the_contract_at_one_moment_are_two_events(tmp_p
     assert crm.quarantine.frame()["reason"].str.startswith("duplicate row").sum() == 1
 
 
+def test_activity_types_in_camel_case_read_as_the_contract_names_them():
+    """'EmailOpen' (a Marketo- or HubSpot-style name) was counted as 'other'."""
+    from features.clean import snake_name
+
+    spelt = ["EmailOpen", "emailOpen", "DEMO_REQUEST", "Email _Open", "PDFDownload", "pricing-page", "WebVisit"]
+    assert [snake_name(s) for s in spelt] == [
+        "email_open", "email_open", "demo_request", "email_open", "pdf_download", "pricing_page", "web_visit"
+    ]  # fmt: skip
+
+
+def test_the_ideal_customer_profile_matches_values_as_crms_spell_them(params):
+    """'USA', 'U.K.' and 'C Level' missed a profile naming United States, United Kingdom and
+    C-Level: the lead read as outside the profile."""
+    from features.fit import fit_features, icp_misses
+
+    icp = params.features.icp
+    assert {"United States", "United Kingdom"} <= set(icp.countries) and "C-Level" in icp.seniorities
+    base = {"created_at": T - pd.Timedelta(days=3), "industry": icp.industries[0], "department": icp.departments[0],
+            "employees": float(icp.min_employees)}  # fmt: skip
+    named = [("United States", "C-Level"), ("USA", "c level"), ("U.S.", "C_LEVEL"), ("U.K.", "C - Level"),
+             ("United States of America", "C.Level"), ("Atlantis", "C-Level"), ("USA", "Clevel manager")]  # fmt: skip
+    leads = pd.DataFrame([{"lead_id": str(i), **base, "country": c, "seniority": s} for i, (c, s) in enumerate(named)])
+    matched = fit_features(leads, pd.Series([T] * len(leads)), icp=icp, tech_vocabulary=[])["icp_match"]
+    assert matched.tolist() == [1.0] * 5 + [0.8, 0.8]
+    assert icp_misses(leads.iloc[1], icp) == []
+    assert icp_misses(leads.iloc[5], icp)[0].startswith("country Atlantis (the profile: ")
+
+
 def test_feature_groups_split_fit_from_engagement(small_crm_dir, params):
     crm = load_crm(small_crm_dir, params.flat.missing_tokens)
     f = build_crm_features(crm.leads.head(50), crm.activities, T, params.features, ["aws"])
