@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import hmac
 import json
@@ -349,7 +350,26 @@ class JsonBodyGuard:
                 where = ".".join(problems[0][0])
                 await reply(send, 400, f"{count} in the request, at {where}: {problems[0][1]}", problems=problems)
                 return
+            receive = _without_bom(receive)
         await self.app(scope, receive, send)
+
+
+def _without_bom(receive: Receive) -> Receive:
+    """The body without a leading UTF-8 byte order mark, which .NET clients write by default and
+    the JSON parser reads as "Invalid JSON at column 1" (RFC 8259 lets a parser ignore it)."""
+    first = True
+
+    async def stripped() -> MutableMapping[str, Any]:
+        nonlocal first
+        message = await receive()
+        if first and message["type"] == "http.request":
+            first = False
+            body = message.get("body", b"")
+            if body.startswith(codecs.BOM_UTF8):
+                message = {**message, "body": body[len(codecs.BOM_UTF8) :]}
+        return message
+
+    return stripped
 
 
 _TAG_MANAGER = re.compile(r"<!-- Google Tag Manager.*?<!-- End Google Tag Manager[^>]*-->", re.DOTALL)

@@ -91,11 +91,19 @@ class Activity(TypedDict):
             min_length=1,
             max_length=64,
             examples=["demo_request"],
-            description=f"One of {', '.join(ACTIVITY_TYPES)} (case, spaces and hyphens aside: 'Demo Request' is "
-            "demo_request); any other type counts as `other`",
+            description=f"One of {', '.join(ACTIVITY_TYPES)} (case, spaces, hyphens and camel case aside: "
+            "'Demo Request' and 'DemoRequest' are demo_request); any other type counts as `other`",
         ),
     ]
-    value: NotRequired[Number | None]
+    value: NotRequired[
+        Annotated[
+            Number | None,
+            Field(
+                description="A number the CRM keeps with the activity (seconds on a page, a deal size); "
+                "the features read only the type and the moment, so it changes no score"
+            ),
+        ]
+    ]
 
 
 def _one_value_per_column(fields: dict[str, Any] | None) -> dict[str, Any] | None:

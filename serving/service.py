@@ -175,9 +175,14 @@ def _moment(as_of: dt.datetime | None, leads: list[Lead] = ()) -> pd.Timestamp:
     carry within `CLOCK_SKEW` ahead of now (a later one is still refused as after the moment).
     Just after: features read activities strictly before the moment, and the demo request a
     CRM calls about must count."""
-    if as_of is not None:
-        return utc_naive(as_of)
     now = dt.datetime.now(dt.UTC)
+    if as_of is not None:
+        moment = utc_naive(as_of)
+        if moment > utc_naive(now + CLOCK_SKEW):
+            # Recency would count days that have not come: every lead would read as gone quiet.
+            raise _bad_request([(("as_of",), f"as_of {_iso_utc(moment)} is in the future (this service's clock "
+                                 f"reads {_iso_utc(utc_naive(now))}): a score reads the past only")])  # fmt: skip
+        return moment
     newest, horizon = None, now + CLOCK_SKEW
     for lead in leads:
         stamps = (lead.created_at, *(activity["occurred_at"] for activity in lead.activities))
@@ -197,8 +202,9 @@ class _Request(bentoml.IODescriptor):
 
 
 AS_OF_TEXT = (
-    "Score as of this moment (default: now). Activities after it are not read (as in training, a "
-    "feature sees only the past); a lead created after it is refused. Each score says the moment it used."
+    "Score as of this moment (default: now; more than 5 minutes ahead of the clock is refused). Activities "
+    "at or after it are not read (as in training, a feature sees only the past); a lead created after it is "
+    "refused. Each score says the moment it used."
 )
 
 

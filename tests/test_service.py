@@ -405,6 +405,16 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
     assert far.status_code == 400 and "created_at is after the scoring moment" in far.text
     # The moment of arrival to the second (it had microseconds); the value sent is shown as sent.
     assert re.search(r" after \d{4}-\d\d-\d\d \d\d:\d\d:\d\d$", far.json()["detail"][0]["msg"]), far.text
+    # An as_of in the future read every lead as gone quiet for the days to come, without a word.
+    for route, body in (("score", {"leads": [other], "as_of": late}), ("explain", {"lead": other, "as_of": late})):
+        coming = httpx.post(f"{url}/{route}", json=body, headers=_auth())
+        assert coming.status_code == 400 and [e["loc"] for e in coming.json()["detail"]] == [["as_of"]], coming.text
+        assert "is in the future" in coming.json()["detail"][0]["msg"], coming.text
+    assert post({"leads": [other], "as_of": soon}).status_code == 200  # within the clock skew
+    # A byte order mark, as .NET writes UTF-8 by default, read as "Invalid JSON at column 1".
+    marked = b"\xef\xbb\xbf" + json.dumps({"leads": [other], "as_of": "2025-06-01"}).encode()
+    with_bom = httpx.post(f"{url}/score", content=marked, headers={**_auth(), "content-type": "application/json"})
+    assert with_bom.status_code == 200 and with_bom.json()[0]["lead_id"] == "b", with_bom.text
 
 
 @pytest.mark.slow
