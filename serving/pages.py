@@ -212,7 +212,8 @@ def scored_lead_view(model: LoadedModel, snapshot: Snapshot, lead: pd.DataFrame,
     view = lead_view(model, lead, activities, snapshot.as_of, snapshot.meta.get("day_first"))
     if str(snapshot.meta.get("model_version")) != str(model.version):
         kept = _kept_fields(snapshot, view["lead_id"])
-        view["kept_differs"] = {"model": _kept_model(snapshot), "score": kept["score"], "grade": kept["grade"]}
+        view["kept_differs"] = {"model": _kept_model(snapshot), "score": kept["score"], "grade": kept["grade"],
+                               "stage": kept["stage"]}  # fmt: skip
     return view
 
 
@@ -315,10 +316,12 @@ def digest_view(
             "grade": r["grade"],
             "stage": r["stage"],
             "owner": str(r.get("owner") or ""),
-            # A disqualified lead's first reason is its rule (an opt-out), not what scored it up.
+            # A disqualified lead's first reason is its rule (an opt-out), not what scored it up; a
+            # lead with nothing for it shows what holds it down most (its text carries the minus).
             "top_reason": r["stage_reason"]
             if r["stage"] == "disqualified" and r.get("stage_reason")
-            else next((x["text"] for x in r["reasons"] if x["points"] > 0), ""),
+            else next((x["text"] for x in r["reasons"] if x["points"] > 0), None)
+            or next((x["text"] for x in r["reasons"]), ""),
         }
         for i, r in enumerate(chosen.iloc[first : first + DIGEST_ROWS].to_dict(orient="records"))
     ]
@@ -378,6 +381,9 @@ def digest_view(
         "previous_run": _run_time(previous) if previous and previous.as_of == latest.as_of else None,
         # Grades moved by a change of model (its own bands and scores) are not the leads' moves.
         "previous_model": _kept_model(previous) if previous and _kept_model(previous) != scored_by else None,
+        # ... unless the change was `criteria --apply`: the model before under new rules, so the
+        # scores did not move with it (the grades and stages did).
+        "previous_rules_only": previous is not None and _holds_model_of(model, scored_by, previous),
         # The scoring before, graded again under rules put on the same model (`leadscore criteria`).
         "rules_rescore": bool(latest.meta.get("rescored_for_rules_of")),
         "rose_count": len(rose),
@@ -386,6 +392,15 @@ def digest_view(
         "fell": fell.head(CHANGES_SHOWN).to_dict(orient="records"),
         "changes_shown": CHANGES_SHOWN,
     }
+
+
+def _holds_model_of(model: LoadedModel | None, scored_by: str, previous: Snapshot) -> bool:
+    """Whether the scoring's model (the champion) is the model of `previous`'s version under
+    the rules `leadscore criteria --apply` put on it."""
+    if model is None or scored_by != f"{model.name} v{model.version}":
+        return False
+    rules_from = (model.scorer.metadata.get("rules") or {}).get("from_version")
+    return rules_from is not None and _kept_model(previous) == f"{model.name} v{rules_from}"
 
 
 def _digest_title(filters: dict[str, str], page: int, pages: int, matching: int) -> str:
@@ -801,8 +816,9 @@ def _local(target: str) -> str:
 def digest(owner: str = "", stage: str = "", grade: str = "", q: str = "", page: str = "1") -> HTMLResponse:
     latest, previous = _kept_scorings()
     filters = {"owner": owner, "stage": stage, "grade": grade, "q": q.strip()}
-    # A mangled link ("²", a 5,000-digit number) shows the first page.
-    number = int(page) if re.fullmatch(r"[0-9]{1,9}", page.strip()) else 1
+    # A mangled link ("²") shows the first page; a number past the last (even of 5,000 digits) the last.
+    digits = page.strip()
+    number = (int(digits) if len(digits) <= 9 else 10**9) if re.fullmatch(r"[0-9]+", digits) else 1
     view = digest_view(_current_model(), latest, previous, filters, page=number)
     return _page("digest.html", **view)
 

@@ -25,7 +25,7 @@ from features.build import build_crm_features
 from features.bundle import LeadScorer, grade_of, score_from_probability
 from features.clean import blank_to_missing, numbers_as_text, stored_formats
 from features.criteria import qualify_columns, reachable_stages
-from features.flat import clean_flat_columns
+from features.flat import clean_flat_columns, model_column_name
 from features.ingest import DUPLICATE_ACTIVITY, CountedNote, Quarantine, clean_activities, clean_leads
 from features.params import CriteriaParams, FeatureParams
 from features.reasons import sentence
@@ -380,7 +380,9 @@ def _score_block(
     }
     if with_reasons:
         points = per_feature * points_per_logit(scorer, margin, base)[:, None]
-        out["reasons"] = _reasons(points, _Columns(values, columns, n, scorer.spec.categories), columns)
+        flat_columns = scorer.spec.settings.get("flat", {}).get("columns", {})
+        yes_no = frozenset(model_column_name(c) for c, kind in flat_columns.items() if kind == "boolean")
+        out["reasons"] = _reasons(points, _Columns(values, columns, n, scorer.spec.categories, yes_no), columns)
     out["model_version"] = [model.version] * n
     return out
 
@@ -432,16 +434,23 @@ class _Columns(dict):
     """Feature columns as plain Python lists (floats, str, None), converted on first use:
     reasons touch few columns, and plain values format faster than NumPy scalars. A category
     is shown as the training export spelt the level it matches (`categories`), so a lead's
-    reasons read alike sent alone or in a file whose most frequent spelling is another."""
+    reasons read alike sent alone or in a file whose most frequent spelling is another; a
+    flat export's yes/no column (`yes_no`) as Yes or No ("Do Not Email is 1" read as a count)."""
 
     def __init__(
-        self, source: Mapping[str, Any], columns: list[str], n: int, categories: Mapping[str, list[str]]
+        self,
+        source: Mapping[str, Any],
+        columns: list[str],
+        n: int,
+        categories: Mapping[str, list[str]],
+        yes_no: frozenset[str] = frozenset(),
     ) -> None:
         super().__init__()
         self._source = source
         self._columns = columns
         self._n = n
         self._categories = categories
+        self._yes_no = yes_no
 
     def __missing__(self, key: str) -> list:
         if key in self._source:
@@ -453,6 +462,8 @@ class _Columns(dict):
             trained = {level.casefold(): level for level in self._categories[key]}
             spelt = {v: trained.get(v.strip().casefold(), v) for v in set(values) if isinstance(v, str)}
             values = [spelt.get(v, v) if isinstance(v, str) else v for v in values]
+        elif key in self._yes_no:
+            values = [v if v is None or v != v else "Yes" if v == 1 else "No" for v in values]
         self[key] = values
         return values
 

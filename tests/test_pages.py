@@ -648,8 +648,9 @@ def test_digest_pages_through_every_lead_and_says_when_filters_match_none(champi
     last_page = -(-total // 3)
     assert f"page {last_page} of {last_page}" in client.get("/digest?page=99999").text
     assert "Leads 1-3" in client.get("/digest?page=abc").text
-    for mangled in ("%C2%B2", "9" * 5000):  # a superscript two, and more digits than int() reads: were 500s
-        assert "Leads 1-3" in client.get(f"/digest?page={mangled}").text
+    assert "Leads 1-3" in client.get("/digest?page=%C2%B2").text  # a superscript two: was a 500
+    # More digits than int() reads (was a 500, then page 1) is past the last page too.
+    assert f"page {last_page} of {last_page}" in client.get(f"/digest?page={'9' * 5000}").text
     assert "best first, disqualified leads last" in first
     best_id = scored.loc[best, "lead_id"]
     assert pages.lead_href(best_id) not in first.split('id="leads"')[1].split("</table>")[0]
@@ -688,7 +689,9 @@ def test_digest_pages_through_every_lead_and_says_when_filters_match_none(champi
     write_snapshot(scored, leads, acts, {**meta, "model_version": "0"}, folder)
     older = client.get(page_of_best).text
     kept_score = float(scored.loc[best, "score"])
-    assert f"by {CHAMPION_NAME} v0 gave it ({kept_score:.1f}, grade {scored.loc[best, 'grade']})" in older
+    # With its stage, which differs after criteria or a rollback even when the score does not.
+    kept_grade, kept_stage = scored.loc[best, "grade"], scored.loc[best, "stage"]
+    assert f"by {CHAMPION_NAME} v0 gave it ({kept_score:.1f}, grade {kept_grade}, {kept_stage})" in older
     assert f"now {CHAMPION_NAME} v{champion.version}, which this page uses" in older
     # The digest says its grade moves came with a change of model, and whose grade table it shows;
     # a report written to send (no service) says on each lead page what the digest says.
@@ -868,7 +871,7 @@ def test_pages_of_leads_without_owners_or_activities_leave_those_parts_out(champ
     rollback said the champion had changed only in a footnote."""
     import dataclasses
 
-    from serving.pages import digest_view, render
+    from serving.pages import digest_view, lead_href, render
     from serving.snapshots import latest_two
 
     latest, _ = latest_two(scores_dir, champion.name)
@@ -878,6 +881,16 @@ def test_pages_of_leads_without_owners_or_activities_leave_those_parts_out(champ
     without = render("digest.html", **digest_view(champion, unowned, None, {}))
     assert '<th scope="col">owner</th>' not in without and 'name="owner"' not in without
     assert '<th scope="col">top reason</th>' in without
+    # A lead with nothing for it had an empty top reason: what holds it down most is shown.
+    held = latest.scores.index[latest.scores["stage"] != "disqualified"][0]
+    downs = [{"feature": "a", "value": 0.0, "points": -1.5, "text": "No demo request yet: -1.5"},
+             {"feature": "b", "value": 0.0, "points": -0.4, "text": "No webinar attended yet: -0.4"}]  # fmt: skip
+    lowered = latest.scores.copy()
+    lowered.at[held, "reasons"] = downs
+    held_id = lowered.at[held, "lead_id"]
+    held_view = digest_view(champion, dataclasses.replace(latest, scores=lowered), None, {"q": held_id})
+    href = lead_href(held_id)
+    assert [row["top_reason"] for row in held_view["rows"] if row["href"] == href] == ["No demo request yet: -1.5"]
     # A scoring by a version the service no longer serves (after a rollback) says so at the top.
     assert 'id="champion-changed"' not in with_owners
     older = dataclasses.replace(latest, meta={**latest.meta, "model_version": "99"})
@@ -894,6 +907,31 @@ def test_pages_of_leads_without_owners_or_activities_leave_those_parts_out(champ
     flat_digest = render("digest.html", **{**digest_view(champion, latest, None, {}), "test_window": ""})
     assert "Conversion on the held-out test rows of" in flat_digest and " (), by grade" not in flat_digest
     assert "attributes and activities" not in render("pick.html", title="Open a lead", lead_choices=[], flat_model=True)
+
+
+def test_a_scoring_under_new_rules_on_the_same_model_says_its_scores_did_not_move_with_it(champion, scores_dir):
+    """After `criteria --apply` and a scoring, the digest said "grades and scores moved with the
+    model": the model was the one before, under other rules."""
+    import copy
+    import dataclasses
+
+    from serving.pages import digest_view, render
+    from serving.snapshots import latest_two
+
+    latest, _ = latest_two(scores_dir, champion.name)
+    latest = dataclasses.replace(latest, meta={**latest.meta, "model_version": str(champion.version)})
+    week = pd.Timedelta(days=7)
+    before = dataclasses.replace(latest, meta={**latest.meta, "model_version": "99",
+                                               "as_of": (latest.as_of - week).isoformat()})  # fmt: skip
+    scorer = copy.copy(champion.scorer)
+    scorer.metadata = {**champion.scorer.metadata, "rules": {"from_version": "99"}}
+    ruled = dataclasses.replace(champion, scorer=scorer)
+    said = render("digest.html", **digest_view(ruled, latest, before, {}))
+    assert 'id="rules-changed"' in said and 'id="model-changed"' not in said
+    assert "the same model under new rules (qualification criteria and grade bands)" in said
+    # Another model before: the scores moved with it.
+    other = render("digest.html", **digest_view(champion, latest, before, {}))
+    assert 'id="model-changed"' in other and 'id="rules-changed"' not in other
 
 
 def test_signing_in_from_a_sign_out_link_does_not_sign_out_again():

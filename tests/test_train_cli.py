@@ -414,7 +414,8 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
     gen = np.random.default_rng(4)
     visits = gen.integers(0, 15, 1500)
     minutes = gen.exponential(10, 1500)
-    y = (gen.random(1500) < 1 / (1 + np.exp(-(-2 + 0.15 * visits + 0.05 * minutes)))).astype(int)
+    opted_out = gen.random(1500) < 0.2
+    y = (gen.random(1500) < 1 / (1 + np.exp(-(-2 + 0.15 * visits + 0.05 * minutes - 2 * opted_out)))).astype(int)
     status_note = np.where(
         y == 1,
         gen.choice(["Will revert", "Closed by rep"], 1500),
@@ -425,6 +426,7 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
     frame = pd.DataFrame({"Lead ID": rng.map(lambda i: f"id{i}"), "Visits": visits,
                           "Time On Site [min]": minutes.round(1),
                           "Source": gen.choice(["Google", "Select", "Referral"], 1500), "Rep Notes": status_note,
+                          "Opted Out": np.where(opted_out, "Yes", "No"),
                           "Converted": np.where(y == 1, "Yes", "No")})  # fmt: skip
     path = tmp_path / "flat.csv"
     frame.to_csv(path, sep=";", index=False)
@@ -458,6 +460,12 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
     scored = score_features(model, features, context, pd.Series([pd.Timestamp("2026-01-01")] * 5))
     assert scored["probability"].between(0, 1).all() and len(scored) == 5
     assert (scored["stage"] == "MQL").tolist() == (scored["score"] >= mql["min_score"]).tolist()
+    # A yes/no column's reason says Yes or No, as the export did ("Opted Out is 1" read as a count).
+    features, context, _ = prepare_flat_rows(model, frame.drop(columns=["Converted"]).head(200).astype(str))
+    many = score_features(model, features, context, pd.Series([pd.Timestamp("2026-01-01")] * 200))
+    opted = [r for reasons in many["reasons"] for r in reasons if r["feature"] == "Opted Out"]
+    assert opted and {r["value"] for r in opted} <= {"Yes", "No"}, opted[:3]
+    assert all(r["text"].startswith(f"Opted Out is {r['value']}: ") for r in opted), opted[:3]
     # The service serves it too, with the same numbers (a CRM model's settings are not looked for).
     from tests.test_service import _start, _stop
 
@@ -542,7 +550,7 @@ def test_flat_csv_trains_with_a_stratified_holdout_and_flags_leaks(tmp_path, par
     messy = frame.drop(columns=["Converted", "Source"]).head(10).astype(str)
     messy.loc[3, "Lead ID"] = messy.loc[2, "Lead ID"]
     messy.loc[7, "Lead ID"] = ""
-    messy.loc[8, ["Visits", "Time On Site [min]", "Rep Notes"]] = ""
+    messy.loc[8, ["Visits", "Time On Site [min]", "Rep Notes", "Opted Out"]] = ""
     messy.loc[0, "Visits"] = "lots"  # read as missing, and said, as in training
     messy = pd.concat([messy, messy.iloc[[5]]])  # a row exported twice: scored once
     messy.to_csv(export, index=False)
