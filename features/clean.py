@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import warnings
 from collections.abc import Callable, Iterable
@@ -9,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from features.schema import ACTIVITY_TYPES
 
 _NUMBER_JUNK = re.compile(r"[\s,$€£¥%]|^\+")
 _SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "bn": 1e9}
@@ -18,6 +21,26 @@ FALSE_TOKENS = frozenset({"false", "no", "n", "0", "0.0", "f"})
 # The years a moment is read in: others are typos (0025, 9999), and pandas' nanosecond times
 # end in 2262, past which a comparison silently overflows.
 FIRST_YEAR, LAST_YEAR = 1900, 2200
+
+
+# How far a CRM's clock may run ahead of this one: a lead stamped a few seconds "in the future"
+# by the CRM that just created it is scored, not refused with its whole batch.
+CLOCK_SKEW = dt.timedelta(minutes=5)
+
+
+def latest_moment(now: pd.Timestamp | None = None) -> pd.Timestamp:
+    """The latest moment a score may be as of (naive UTC): the end of today in UTC, so that a
+    date sent from a time zone ahead of UTC (today there) is taken, or `CLOCK_SKEW` past the
+    clock when that is later. A later moment would read every lead as gone quiet for days."""
+    now = pd.Timestamp.now(tz="UTC").tz_localize(None) if now is None else now
+    return max(now.ceil("D"), now + CLOCK_SKEW)
+
+
+def future_moment(what: str, now: pd.Timestamp | None = None) -> str:
+    """Why a moment after `latest_moment` is refused, `what` naming it."""
+    now = pd.Timestamp.now(tz="UTC").tz_localize(None) if now is None else now
+    return (f"{what} is after today (UTC; the clock here reads {now.isoformat(timespec='seconds')}): a score "
+            "reads the past only, and as of a later moment every lead would read as gone quiet")  # fmt: skip
 
 
 def is_missing(value: object) -> bool:
@@ -498,12 +521,14 @@ def snake_case(values: pd.Series) -> pd.Series:
     return map_distinct(values, lambda v: snake_name(v) or None)
 
 
-# Where camel case starts a word: "EmailOpen", "emailOpen", "PDFDownload" (before "Download").
-_CAMEL_BREAK = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
-
-
 def snake_name(text: str) -> str:
-    """One text as `snake_case` reads it: runs of spaces, dashes, slashes and underscores are
-    one underscore ("Email _Open" is email_open), and so is a camel-case word break
-    ("EmailOpen"); none at either end."""
-    return re.sub(r"[\s\-/_]+", "_", _CAMEL_BREAK.sub("_", tidy_text(text)).casefold()).strip("_")
+    """An activity type as `snake_case` reads it: runs of spaces, dashes, slashes and
+    underscores are one underscore ("Email _Open" is email_open), none at either end; a type
+    of the contract written without them, in any case, is that type ("EmailOpen",
+    "TrialSignUp")."""
+    name = re.sub(r"[\s\-/_]+", "_", tidy_text(text).casefold()).strip("_")
+    return _CONTRACT_TYPE_BY_KEY.get(NOT_ALPHANUMERIC.sub("", name), name)
+
+
+NOT_ALPHANUMERIC = re.compile(r"[\W_]+")  # what a key without case, spaces and punctuation drops
+_CONTRACT_TYPE_BY_KEY = {NOT_ALPHANUMERIC.sub("", kind): kind for kind in ACTIVITY_TYPES}

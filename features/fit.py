@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.clean import NOT_ALPHANUMERIC
 from features.params import IcpParams
 from features.schema import BANT_FIELDS, LEAD_CATEGORICAL, LEAD_NUMERIC
 
@@ -74,19 +75,24 @@ _COUNTRY_SPELLINGS = {"us": "unitedstates", "usa": "unitedstates", "unitedstates
                       "uae": "unitedarabemirates"}  # fmt: skip
 
 
-_NOT_ALPHANUMERIC = re.compile(r"[\W_]+")
-
-
 @functools.lru_cache(maxsize=4096)  # a CRM repeats few spellings; the single-lead path calls this per lead
-def _icp_key(text: str) -> str:
-    key = _NOT_ALPHANUMERIC.sub("", text.casefold())
+def _spelling_key(text: str) -> str:
+    key = NOT_ALPHANUMERIC.sub("", text.casefold())
     return _COUNTRY_SPELLINGS.get(key, key)
 
 
-def icp_key(value: object) -> str:
-    """A value as the profile compares it: case, spaces and punctuation aside ("C Level" is
-    "C-Level"), and a country's common short forms as its name ("USA", "U.K.")."""
-    return _icp_key(str(value))
+def icp_key(value: object, icp: IcpParams) -> str:
+    """A value as the profile compares it ("" when missing, which no entry matches): with
+    `match_spellings`, case, spaces and punctuation aside ("C Level" is "C-Level") and a
+    country's common short forms as its name ("USA", "U.K."); else case aside."""
+    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+        return ""
+    return _spelling_key(str(value)) if icp.match_spellings else str(value).casefold()
+
+
+def icp_wanted(allowed: Sequence[str], icp: IcpParams) -> frozenset[str]:
+    """The keys of a profile list's entries (one of only punctuation matches nothing)."""
+    return frozenset(key for key in (icp_key(a, icp) for a in allowed) if key)
 
 
 def icp_misses(lead: pd.Series, icp: IcpParams) -> list[str]:
@@ -98,7 +104,7 @@ def icp_misses(lead: pd.Series, icp: IcpParams) -> list[str]:
         allowed = getattr(icp, listed)
         if value is None or pd.isna(value):
             misses.append(f"{column} blank")
-        elif icp_key(value) not in {icp_key(a) for a in allowed}:
+        elif icp_key(value, icp) not in icp_wanted(allowed, icp):
             misses.append(f"{column} {value} (the profile: {', '.join(allowed)})")
     employees = lead.get("employees")
     if employees is None or pd.isna(employees):
@@ -115,8 +121,8 @@ def _icp_match(leads: pd.DataFrame, icp: IcpParams) -> pd.Series:
     for column, listed in ICP_LISTS:
         allowed = getattr(icp, listed)
         if column in leads:
-            wanted = {icp_key(a) for a in allowed}
-            met = _per_distinct(leads[column], lambda v, w=wanted: v is not None and icp_key(v) in w)
+            wanted = icp_wanted(allowed, icp)
+            met = _per_distinct(leads[column], lambda v, w=wanted: icp_key(v, icp) in w)
             checks.append(pd.Series(met, index=leads.index, dtype=bool))
     if "employees" in leads:
         checks.append(leads["employees"].between(icp.min_employees, icp.max_employees))

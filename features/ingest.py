@@ -776,6 +776,27 @@ def refuse_cut_short(path: Path, last_row: int | None = None) -> None:
     )
 
 
+def refuse_short_last_row(path: Path, sep: str, header: list[str]) -> None:
+    """`refuse_cut_short` when the file's last row, without its line break, holds fewer fields
+    than the header, as `refuse_short_rows` finds it, from the file's end alone (a reader in
+    blocks does not count every row). A complete last row without a line break is read."""
+    if ends_with_line_break(path):
+        return
+    fields = len(header)
+    while fields and (header[fields - 1].startswith("Unnamed: ") or not header[fields - 1].strip()):
+        fields -= 1  # blank names at the header's end (a trailing separator) need no field
+    with open(path, "rb") as handle:
+        handle.seek(0, 2)
+        handle.seek(max(0, handle.tell() - _TAIL_BYTES))
+        tail = handle.read()
+    last = tail.rsplit(b"\n", 1)[-1].decode("utf-8", errors="replace")
+    if len(next(csv.reader([last], delimiter=sep), [])) < fields:
+        refuse_cut_short(path)
+
+
+_TAIL_BYTES = 1_000_000  # enough for any row but one of pasted documents, which is refused then
+
+
 def ends_with_line_break(path: Path) -> bool:
     """Whether the file's last byte ends a line (an empty file does)."""
     with open(path, "rb") as handle:

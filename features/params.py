@@ -42,6 +42,8 @@ class IcpParams(_Frozen):
     seniorities: tuple[str, ...]
     departments: tuple[str, ...]
     countries: tuple[str, ...]
+    # Absent from the settings of a model trained before it: that model compares case alone.
+    match_spellings: bool = False
 
 
 class FeatureParams(_Frozen):

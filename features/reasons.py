@@ -104,6 +104,12 @@ def _shape(feature: str) -> tuple[str, str, str]:
     return "field", feature, ""
 
 
+def reads_as_yes_no(feature: str) -> bool:
+    """Whether a flat export's yes/no column is described by its value alone ("Do Not Email is
+    Yes"), not by a sentence of the product's own feature of that name (`do_not_contact`)."""
+    return feature not in FIELD_NAMES and _shape(feature)[0] == "field"
+
+
 def describe(feature: str, value: object) -> str:
     """What a feature says about a lead, in a sentence fragment.
 

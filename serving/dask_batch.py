@@ -30,7 +30,7 @@ from features.ingest import (
     extra_fields,
     header_separator,
     merge_counted,
-    refuse_cut_short,
+    refuse_short_last_row,
     require_columns,
 )
 from features.schema import ACTIVITY_REQUIRED, LEAD_NUMERIC, LEAD_REQUIRED, contract_clash, contract_names
@@ -183,8 +183,8 @@ def read_frame(path: Path, *, blocksize: str = "64MB"):
 
     A CSV is checked as the single-process reader checks it: each file's header when the frame
     is made (`check_header`), a trailing separator on a sample of the first file, and a quote
-    that swallows rows in each partition as it is read, and a file that ends part way through a
-    row, as the single-process reader refuses it. Parse errors surface where the frame is
+    that swallows rows in each partition as it is read, and a file whose last row is cut short
+    without its line break (`refuse_short_last_row`). Parse errors surface where the frame is
     computed: wrap that in `csv_errors`. Unlike the single-process reader, a row with fewer
     fields than the header is not refused: its missing fields read as blank (counting them
     would read each file a second time)."""
@@ -202,11 +202,11 @@ def read_frame(path: Path, *, blocksize: str = "64MB"):
         raise DataError(f"{empty}: an empty file, not even a header row (a table with no rows has its header)")
     if not files:
         raise DataError(f"{text}: file not found")
-    for name in files:  # a job still writing it: its last lead would be scored from half a row
-        refuse_cut_short(Path(name))
     sep = header_separator(Path(files[0]))
     try:
         headers = [check_header(Path(name), sep) for name in files]  # every file's, refused before any read
+        for name, header in zip(files, headers, strict=True):  # a job still writing it, as the local reader
+            refuse_short_last_row(Path(name), sep, header)
         names = headers[0]
         sample = pd.read_csv(files[0], sep=sep, dtype=str, keep_default_na=False, nrows=SAMPLE_ROWS)
     except OSError as exc:

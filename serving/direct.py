@@ -25,7 +25,7 @@ import pandas as pd
 from features.build import build_crm_features
 from features.clean import FALSE_TOKENS, TRUE_TOKENS, snake_name, tidy_text
 from features.engagement import INTENT_TYPES, MAX_DECAY_EXPONENT
-from features.fit import _TECH_SPLIT, FREE_MAIL_DOMAINS, ICP_LISTS, icp_key
+from features.fit import _TECH_SPLIT, FREE_MAIL_DOMAINS, ICP_LISTS, icp_key, icp_wanted
 from features.ingest import BANT_SYNONYMS
 from features.schema import ACTIVITY_TYPES, BANT_FIELDS, BANT_VALUES, LEAD_CATEGORICAL, OTHER_ACTIVITY
 from serving.schemas import Lead
@@ -109,7 +109,7 @@ class DirectScorer:
         ]
         self.features = model.feature_params
         icp = self.features.icp
-        self.icp = [(column, frozenset(icp_key(a) for a in getattr(icp, listed))) for column, listed in ICP_LISTS]
+        self.icp = [(column, icp_wanted(getattr(icp, listed), icp)) for column, listed in ICP_LISTS]
         self.rate = np.log(2) / (self.features.decay_half_life_days * _DAY)
         self.weights = dict(self.features.engagement_weights)
         self.levels = {
@@ -226,7 +226,7 @@ class DirectScorer:
                 out[name] = float(tech in items)
         out["bant_confirmed"] = float(sum(out[c] == "confirmed" for c in BANT_FIELDS))
         icp = self.features.icp
-        checks = [out[column] is not None and icp_key(out[column]) in wanted for column, wanted in self.icp]
+        checks = [icp_key(out[column], icp) in wanted for column, wanted in self.icp]
         checks.append(icp.min_employees <= employees <= icp.max_employees)
         out["icp_match"] = sum(map(float, checks)) / len(checks)
         out["lead_age_days"] = float(moment // 1000 - created // 1000) / 1e6 / _DAY  # as fit_features: microseconds

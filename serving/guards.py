@@ -356,18 +356,28 @@ class JsonBodyGuard:
 
 def _without_bom(receive: Receive) -> Receive:
     """The body without a leading UTF-8 byte order mark, which .NET clients write by default and
-    the JSON parser reads as "Invalid JSON at column 1" (RFC 8259 lets a parser ignore it)."""
+    the JSON parser reads as "Invalid JSON at column 1" (RFC 8259 lets a parser ignore it). The
+    first chunks are joined until they hold as many bytes as the mark, which may arrive split."""
     first = True
+    held: list[MutableMapping[str, Any]] = []  # a message that ended the joining (a disconnect)
 
     async def stripped() -> MutableMapping[str, Any]:
         nonlocal first
+        if held:
+            return held.pop()
         message = await receive()
-        if first and message["type"] == "http.request":
-            first = False
-            body = message.get("body", b"")
-            if body.startswith(codecs.BOM_UTF8):
-                message = {**message, "body": body[len(codecs.BOM_UTF8) :]}
-        return message
+        if not first or message["type"] != "http.request":
+            return message
+        first = False
+        body, more = message.get("body", b""), message.get("more_body", False)
+        while more and len(body) < len(codecs.BOM_UTF8):
+            following = await receive()
+            if following["type"] != "http.request":
+                held.append(following)
+                break
+            body += following.get("body", b"")
+            more = following.get("more_body", False)
+        return {**message, "body": body.removeprefix(codecs.BOM_UTF8), "more_body": more}
 
     return stripped
 

@@ -22,7 +22,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import TypeAdapter, ValidationError
 
-from features.clean import parse_timestamps, snake_case
+from features.clean import future_moment, latest_moment, parse_timestamps, snake_case
 from features.criteria import STAGES, mql_conditions
 from features.flat import field_problems
 from features.reasons import describe, plain_name
@@ -817,7 +817,7 @@ def digest(owner: str = "", stage: str = "", grade: str = "", q: str = "", page:
     latest, previous = _kept_scorings()
     filters = {"owner": owner, "stage": stage, "grade": grade, "q": q.strip()}
     # A mangled link ("²") shows the first page; a number past the last (even of 5,000 digits) the last.
-    digits = page.strip()
+    digits = page.strip().lstrip("0") or "0"
     number = (int(digits) if len(digits) <= 9 else 10**9) if re.fullmatch(r"[0-9]+", digits) else 1
     view = digest_view(_current_model(), latest, previous, filters, page=number)
     return _page("digest.html", **view)
@@ -937,9 +937,12 @@ def _pasted(data: Any) -> tuple[Any, pd.Timestamp]:
     if as_of is None:
         return data, _now()
     try:
-        return data, utc_naive(_MOMENT.validate_python(as_of))
+        moment = utc_naive(_MOMENT.validate_python(as_of))
     except ValidationError as exc:
         raise InvalidLeads([f"as_of: {exc.errors()[0]['msg']}"]) from None
+    if moment > latest_moment():  # as POST /score refuses it
+        raise InvalidLeads([future_moment(f"as_of {moment.isoformat()}")])
+    return data, moment
 
 
 def _now() -> pd.Timestamp:

@@ -91,7 +91,7 @@ class Activity(TypedDict):
             min_length=1,
             max_length=64,
             examples=["demo_request"],
-            description=f"One of {', '.join(ACTIVITY_TYPES)} (case, spaces, hyphens and camel case aside: "
+            description=f"One of {', '.join(ACTIVITY_TYPES)} (case, spaces, hyphens and underscores aside: "
             "'Demo Request' and 'DemoRequest' are demo_request); any other type counts as `other`",
         ),
     ]
@@ -99,8 +99,9 @@ class Activity(TypedDict):
         Annotated[
             Number | None,
             Field(
-                description="A number the CRM keeps with the activity (seconds on a page, a deal size); "
-                "the features read only the type and the moment, so it changes no score"
+                description="A number the CRM keeps with the activity (seconds on a page, a deal size). No "
+                "feature reads it, only the type and the moment; it tells two activities of one type at one "
+                "moment apart (they count twice, where an exact repeat counts once)"
             ),
         ]
     ]

@@ -28,7 +28,7 @@ from features.criteria import qualify_columns, reachable_stages
 from features.flat import clean_flat_columns, model_column_name
 from features.ingest import DUPLICATE_ACTIVITY, CountedNote, Quarantine, clean_activities, clean_leads
 from features.params import CriteriaParams, FeatureParams
-from features.reasons import sentence
+from features.reasons import reads_as_yes_no, sentence
 from features.schema import LEAD_NUMERIC
 from features.spec import to_model_frame
 from features.tracking import shown_uri, tracking_uri, without_password
@@ -382,7 +382,8 @@ def _score_block(
         points = per_feature * points_per_logit(scorer, margin, base)[:, None]
         flat_columns = scorer.spec.settings.get("flat", {}).get("columns", {})
         yes_no = frozenset(model_column_name(c) for c, kind in flat_columns.items() if kind == "boolean")
-        out["reasons"] = _reasons(points, _Columns(values, columns, n, scorer.spec.categories, yes_no), columns)
+        arrays = _Columns(values, columns, n, scorer.spec.categories)
+        out["reasons"] = _reasons(points, arrays, columns, frozenset(filter(reads_as_yes_no, yes_no)))
     out["model_version"] = [model.version] * n
     return out
 
@@ -434,23 +435,16 @@ class _Columns(dict):
     """Feature columns as plain Python lists (floats, str, None), converted on first use:
     reasons touch few columns, and plain values format faster than NumPy scalars. A category
     is shown as the training export spelt the level it matches (`categories`), so a lead's
-    reasons read alike sent alone or in a file whose most frequent spelling is another; a
-    flat export's yes/no column (`yes_no`) as Yes or No ("Do Not Email is 1" read as a count)."""
+    reasons read alike sent alone or in a file whose most frequent spelling is another."""
 
     def __init__(
-        self,
-        source: Mapping[str, Any],
-        columns: list[str],
-        n: int,
-        categories: Mapping[str, list[str]],
-        yes_no: frozenset[str] = frozenset(),
+        self, source: Mapping[str, Any], columns: list[str], n: int, categories: Mapping[str, list[str]]
     ) -> None:
         super().__init__()
         self._source = source
         self._columns = columns
         self._n = n
         self._categories = categories
-        self._yes_no = yes_no
 
     def __missing__(self, key: str) -> list:
         if key in self._source:
@@ -462,8 +456,6 @@ class _Columns(dict):
             trained = {level.casefold(): level for level in self._categories[key]}
             spelt = {v: trained.get(v.strip().casefold(), v) for v in set(values) if isinstance(v, str)}
             values = [spelt.get(v, v) if isinstance(v, str) else v for v in values]
-        elif key in self._yes_no:
-            values = [v if v is None or v != v else "Yes" if v == 1 else "No" for v in values]
         self[key] = values
         return values
 
@@ -496,8 +488,11 @@ def _plain(value: object) -> object:
     return None if value is None or value != value else value
 
 
-def _reasons(points: np.ndarray, arrays: _Columns, columns: list[str]) -> list[list[dict[str, Any]]]:
-    """Top positive and negative factors of each lead, strongest first."""
+def _reasons(
+    points: np.ndarray, arrays: _Columns, columns: list[str], yes_no: frozenset[str] = frozenset()
+) -> list[list[dict[str, Any]]]:
+    """Top positive and negative factors of each lead, strongest first; the text of a flat
+    export's yes/no column (`yes_no`) says Yes or No ("Do Not Email is 1" read as a count)."""
     n, width = points.shape
     k = min(REASONS_EACH_WAY, width)
     if n == 0 or k == 0:
@@ -512,14 +507,20 @@ def _reasons(points: np.ndarray, arrays: _Columns, columns: list[str]) -> list[l
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return _reason_lists(n, arrays, columns, top, bottom, points)
+        return _reason_lists(n, arrays, columns, top, bottom, points, yes_no)
     finally:
         if collecting:
             gc.enable()
 
 
 def _reason_lists(
-    n: int, arrays: _Columns, columns: list[str], top: np.ndarray, bottom: np.ndarray, points: np.ndarray
+    n: int,
+    arrays: _Columns,
+    columns: list[str],
+    top: np.ndarray,
+    bottom: np.ndarray,
+    points: np.ndarray,
+    yes_no: frozenset[str],
 ) -> list[list[dict[str, Any]]]:
     top_points = np.take_along_axis(points, top, axis=1).tolist()
     bottom_points = np.take_along_axis(points, bottom, axis=1).tolist()
@@ -534,9 +535,10 @@ def _reason_lists(
         for j, value in chosen:
             feature = columns[j]
             shown, rounded = _plain(lead[feature]), round(value, 2)
+            said = ("Yes" if shown == 1 else "No") if feature in yes_no and shown is not None else shown
             # The text from the points as sent: from the unrounded effect, 0.25 read "+0.3" beside 0.25.
             reasons.append({"feature": feature, "value": shown, "points": rounded,
-                            "text": sentence(feature, shown, rounded)})  # fmt: skip
+                            "text": sentence(feature, said, rounded)})  # fmt: skip
         out.append(reasons)
     return out
 

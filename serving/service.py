@@ -30,7 +30,7 @@ from pydantic_core import PydanticCustomError, to_json
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 
-from features.clean import snake_name, tidy_text
+from features.clean import CLOCK_SKEW, future_moment, latest_moment, snake_name, tidy_text
 from features.flat import field_problems
 from features.params import load_params
 from features.reasons import plain_name
@@ -165,11 +165,6 @@ def _bad_request(problems: list[tuple[tuple, str]]) -> ValidationError:
     )  # fmt: skip
 
 
-# How far a CRM's clock may run ahead of this one: a lead stamped a few seconds "in the future"
-# by the CRM that just created it is scored, not refused with its whole batch.
-CLOCK_SKEW = dt.timedelta(minutes=5)
-
-
 def _moment(as_of: dt.datetime | None, leads: list[Lead] = ()) -> pd.Timestamp:
     """The scoring moment: `as_of`, else now, moved up to just after the newest time the leads
     carry within `CLOCK_SKEW` ahead of now (a later one is still refused as after the moment).
@@ -178,10 +173,8 @@ def _moment(as_of: dt.datetime | None, leads: list[Lead] = ()) -> pd.Timestamp:
     now = dt.datetime.now(dt.UTC)
     if as_of is not None:
         moment = utc_naive(as_of)
-        if moment > utc_naive(now + CLOCK_SKEW):
-            # Recency would count days that have not come: every lead would read as gone quiet.
-            raise _bad_request([(("as_of",), f"as_of {_iso_utc(moment)} is in the future (this service's clock "
-                                 f"reads {_iso_utc(utc_naive(now))}): a score reads the past only")])  # fmt: skip
+        if moment > latest_moment(utc_naive(now)):
+            raise _bad_request([(("as_of",), future_moment(f"as_of {_iso_utc(moment)}", utc_naive(now)))])
         return moment
     newest, horizon = None, now + CLOCK_SKEW
     for lead in leads:
@@ -202,7 +195,7 @@ class _Request(bentoml.IODescriptor):
 
 
 AS_OF_TEXT = (
-    "Score as of this moment (default: now; more than 5 minutes ahead of the clock is refused). Activities "
+    "Score as of this moment (default: now; a moment after the end of today in UTC is refused). Activities "
     "at or after it are not read (as in training, a feature sees only the past); a lead created after it is "
     "refused. Each score says the moment it used."
 )

@@ -109,13 +109,25 @@ def test_dask_scoring_equals_single_process(client, champion, champion_store, sm
     scored_open = pd.read_parquet(tmp_path / "open" / "scores")["lead_id"]
     assert opened.closed == left_out > 0 and sorted(scored_open) == sorted(local_open) and len(local_open)
     # A leads file cut part way through a row (a job still writing it): refused, as the local engine
-    # refuses it (its last lead was scored from half a row).
+    # refuses it (its last lead was scored from half a row); a whole last row without its line break
+    # is read, as locally.
     from features.ingest import DataError
 
-    whole = leads_path.read_bytes()
-    (tmp_path / "cut.csv").write_bytes(whole[: len(whole) * 2 // 3].rstrip(b"\r\n"))
+    lines = leads_path.read_bytes().splitlines()
+    (tmp_path / "cut.csv").write_bytes(b"\n".join(lines[:51]) + b"\n" + lines[51].split(b",")[0] + b",")
     with pytest.raises(DataError, match=r"^cut\.csv ends part way through a line \(no line break after its"):
         score_on_dask(client, champion, champion_store, tmp_path / "cut.csv", acts_path, tmp_path / "cut", AS_OF)
+    with pytest.raises(DataError, match=r"ends part way through a line"):
+        read_leads(tmp_path / "cut.csv", None)
+    (tmp_path / "whole.csv").write_bytes(b"\n".join(lines[:51]))
+    (tmp_path / "whole").mkdir()
+    whole = score_on_dask(client, champion, champion_store, tmp_path / "whole.csv", acts_path, tmp_path / "whole",
+                          AS_OF, partitions=2)  # fmt: skip
+    whole_leads = read_leads(tmp_path / "whole.csv", None)[0]
+    assert (
+        len(whole_leads) == 50
+        and whole.scored == len(score_batch(champion, whole_leads, read_table(acts_path), AS_OF).scored) > 0
+    )
 
 
 def activity_notes(run) -> tuple[str, ...]:

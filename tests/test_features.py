@@ -137,13 +137,16 @@ def test_different_types_outside_the_contract_at_one_moment_are_two_events(tmp_p
     assert crm.quarantine.frame()["reason"].str.startswith("duplicate row").sum() == 1
 
 
-def test_activity_types_in_camel_case_read_as_the_contract_names_them():
-    """'EmailOpen' (a Marketo- or HubSpot-style name) was counted as 'other'."""
+def test_activity_types_written_without_separators_read_as_the_contract_names_them():
+    """'EmailOpen' (a Marketo- or HubSpot-style name) was counted as 'other'; splitting camel
+    case instead would have lost 'Trial SignUp' and 'UnSubscribe', which read right before."""
     from features.clean import snake_name
 
-    spelt = ["EmailOpen", "emailOpen", "DEMO_REQUEST", "Email _Open", "PDFDownload", "pricing-page", "WebVisit"]
+    spelt = ["EmailOpen", "emailOpen", "DEMOREQUEST", "Email _Open", "Trial SignUp", "UnSubscribe", "EMail Open",
+             "web.visit", "PDFDownload", "LinkedIn Message"]  # fmt: skip
     assert [snake_name(s) for s in spelt] == [
-        "email_open", "email_open", "demo_request", "email_open", "pdf_download", "pricing_page", "web_visit"
+        "email_open", "email_open", "demo_request", "email_open", "trial_signup", "unsubscribe", "email_open",
+        "web_visit", "pdfdownload", "linkedin_message",
     ]  # fmt: skip
 
 
@@ -163,6 +166,15 @@ def test_the_ideal_customer_profile_matches_values_as_crms_spell_them(params):
     assert matched.tolist() == [1.0] * 5 + [0.8, 0.8]
     assert icp_misses(leads.iloc[1], icp) == []
     assert icp_misses(leads.iloc[5], icp)[0].startswith("country Atlantis (the profile: ")
+    # A model trained before the setting compares case alone, as in its training.
+    before = icp.model_copy(update={"match_spellings": False})
+    assert icp.match_spellings and before == type(icp).model_validate(icp.model_dump(exclude={"match_spellings"}))
+    as_trained = fit_features(leads, pd.Series([T] * len(leads)), icp=before, tech_vocabulary=[])["icp_match"]
+    assert as_trained.tolist() == [1.0] + [0.6] * 4 + [0.8, 0.6]
+    # A blank value meets no criterion, even beside a profile entry that spells "NA" (Namibia).
+    blank = leads.iloc[:1].assign(country=[None])
+    namibia = icp.model_copy(update={"countries": ("NA", "Nan")})
+    assert fit_features(blank, pd.Series([T]), icp=namibia, tech_vocabulary=[])["icp_match"].tolist() == [0.8]
 
 
 def test_feature_groups_split_fit_from_engagement(small_crm_dir, params):

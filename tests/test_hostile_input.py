@@ -142,16 +142,22 @@ def test_deep_json_nan_and_infinity_are_4xx(debug_server):
 @pytest.mark.slow
 def test_the_extremes_the_schema_allows_are_scored(debug_server):
     """Histories spanning centuries (the decayed score would overflow a float) and moments at
-    the edges of the accepted years, alone and in a batch: answers, not 500s."""
+    the edges of the accepted years, alone and in a batch: answers, not 500s. The latest
+    `as_of` taken is the end of today (UTC); the last accepted year's is refused by name."""
+    from features.clean import latest_moment
+
     url, _ = debug_server
     lead = {"lead_id": "old", "created_at": "1900-01-01T00:00:00Z", "activities": [
         {"occurred_at": moment, "activity_type": "demo_request"}
         for moment in ("1900-01-02", "1950-06-01", "2025-01-01T23:59:59+14:00", "2200-12-31T23:59:59")
     ]}  # fmt: skip
+    latest = latest_moment().isoformat()
     for leads in ([lead], [lead, {**lead, "lead_id": "old-2"}]):
-        answer = httpx.post(f"{url}/score", json={"leads": leads, "as_of": "2200-12-31T23:59:59.999999"})
+        answer = httpx.post(f"{url}/score", json={"leads": leads, "as_of": latest})
         assert answer.status_code == 200, answer.text
         assert [a["lead_id"] for a in answer.json()] == [item["lead_id"] for item in leads]
+        refused = httpx.post(f"{url}/score", json={"leads": leads, "as_of": "2200-12-31T23:59:59.999999"})
+        assert refused.status_code == 400 and "as_of 2200-12-31T23:59:59.999999Z is after today" in refused.text
 
 
 @pytest.mark.slow

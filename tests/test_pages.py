@@ -651,6 +651,7 @@ def test_digest_pages_through_every_lead_and_says_when_filters_match_none(champi
     assert "Leads 1-3" in client.get("/digest?page=%C2%B2").text  # a superscript two: was a 500
     # More digits than int() reads (was a 500, then page 1) is past the last page too.
     assert f"page {last_page} of {last_page}" in client.get(f"/digest?page={'9' * 5000}").text
+    assert "Leads 4-6" in client.get("/digest?page=0000000002").text  # zeros before it: still page 2
     assert "best first, disqualified leads last" in first
     best_id = scored.loc[best, "lead_id"]
     assert pages.lead_href(best_id) not in first.split('id="leads"')[1].split("</table>")[0]

@@ -120,6 +120,14 @@ def test_reasons_count_time_from_the_scoring_moment_and_a_count_is_not_its_recen
     said = sentence("What is your current occupation", "Working Professional", 15.0)
     assert said == "What is your current occupation? Working Professional: +15"
     assert sentence("Do Not Email", "Yes", -3.0) == "Do Not Email is Yes: -3"  # a flag, not a question
+    # A flat yes/no column reads Yes or No unless its name is one of the product's own features,
+    # whose sentences read the number ("Marked do not contact", not "Open to contact" for "Yes").
+    from features.reasons import reads_as_yes_no
+
+    assert reads_as_yes_no("Do Not Email") and reads_as_yes_no("Opted Out")
+    assert not any(
+        map(reads_as_yes_no, ["do_not_contact", "business_email", "uses_hubspot", "n_x_total", "days_since_x"])
+    )
     assert describe("annual_revenue", 1000.0) == "Annual revenue 1,000"
 
 

@@ -405,12 +405,16 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
     assert far.status_code == 400 and "created_at is after the scoring moment" in far.text
     # The moment of arrival to the second (it had microseconds); the value sent is shown as sent.
     assert re.search(r" after \d{4}-\d\d-\d\d \d\d:\d\d:\d\d$", far.json()["detail"][0]["msg"]), far.text
-    # An as_of in the future read every lead as gone quiet for the days to come, without a word.
-    for route, body in (("score", {"leads": [other], "as_of": late}), ("explain", {"lead": other, "as_of": late})):
+    # An as_of after today read every lead as gone quiet for the days to come, without a word.
+    beyond = (pd.Timestamp.now(tz="UTC") + pd.Timedelta(days=2)).isoformat()
+    for route, body in (("score", {"leads": [other], "as_of": beyond}), ("explain", {"lead": other, "as_of": beyond})):
         coming = httpx.post(f"{url}/{route}", json=body, headers=_auth())
         assert coming.status_code == 400 and [e["loc"] for e in coming.json()["detail"]] == [["as_of"]], coming.text
-        assert "is in the future" in coming.json()["detail"][0]["msg"], coming.text
-    assert post({"leads": [other], "as_of": soon}).status_code == 200  # within the clock skew
+        assert "is after today (UTC; the clock here reads " in coming.json()["detail"][0]["msg"], coming.text
+    # Today in a time zone ahead of UTC (tomorrow's date here, at midnight) and a clock a little ahead.
+    tomorrow = str((pd.Timestamp.now(tz="UTC") + pd.Timedelta(days=1)).date())
+    for moment in (soon, tomorrow):
+        assert post({"leads": [other], "as_of": moment}).status_code == 200, moment
     # A byte order mark, as .NET writes UTF-8 by default, read as "Invalid JSON at column 1".
     marked = b"\xef\xbb\xbf" + json.dumps({"leads": [other], "as_of": "2025-06-01"}).encode()
     with_bom = httpx.post(f"{url}/score", content=marked, headers={**_auth(), "content-type": "application/json"})
@@ -758,3 +762,41 @@ def test_an_unforeseen_failure_of_a_champion_check_is_a_failed_check_not_the_end
     answer = worker.reload()
     assert answer["changed"] is False and answer["error"] == "checking @champion failed: KeyError: 'criteria'"
     assert worker.checked_at and worker.not_ready == answer["error"] and service.NOT_READY["reason"] == answer["error"]
+
+
+def test_a_byte_order_mark_is_read_past_however_the_body_arrives_in_chunks():
+    """A mark split across the first chunks reached the JSON parser ("Invalid JSON at column 1")."""
+    import asyncio
+
+    from serving.guards import JsonBodyGuard
+
+    async def passed_on(chunks: list[bytes]) -> bytes:
+        got = b""
+
+        async def app(scope, receive, send):
+            nonlocal got
+            while True:
+                message = await receive()
+                got += message.get("body", b"")
+                if not message.get("more_body"):
+                    return
+
+        messages = iter([{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+                         for i, c in enumerate(chunks)])  # fmt: skip
+
+        async def receive():
+            return next(messages)
+
+        async def send(message):
+            raise AssertionError(f"the guard answered: {message}")
+
+        scope = {"type": "http", "method": "POST", "path": "/score", "query_string": b"",
+                 "headers": [(b"content-type", b"application/json")]}  # fmt: skip
+        await JsonBodyGuard(app, frozenset({"/score"}))(scope, receive, send)
+        return got
+
+    mark = b"\xef\xbb\xbf"
+    for chunks in ([mark + b"{}"], [b"\xef", b"\xbb\xbf{}"], [b"", mark, b"{}"], [b"\xef\xbb", b"\xbf", b"{", b"}"]):
+        assert asyncio.run(passed_on(chunks)) == b"{}", chunks
+    for chunks in ([b"{}"], [b"{", b"}"], [b""], [b"\xef"]):  # no mark, or too short to hold one: as sent
+        assert asyncio.run(passed_on(chunks)) == b"".join(chunks), chunks

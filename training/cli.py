@@ -1953,9 +1953,11 @@ def pd_timestamp(text: str | None):
 
 def past_moment(text: str):
     """`--as-of` of a command that reads an export: a moment no later than today."""
+    from features.clean import latest_moment
+
     moment = pd_timestamp(text)
-    if moment > pd_timestamp("now").ceil("D"):
-        raise DataError(f"--as-of {text}: after today; an export holds only the past")
+    if moment > latest_moment():
+        raise DataError(f"--as-of {text}: after today (UTC); an export holds only the past")
     return moment
 
 

@@ -48,6 +48,7 @@ from features.ingest import (
     note_column_names,
     note_lead_columns,
     read_csv_table,
+    refuse_cut_short,
     refuse_mixed_date_orders,
 )
 from features.params import Params
@@ -173,6 +174,7 @@ def prepare_crm_on_dask(
     raw_outcomes = read_csv_table(paths["outcomes"], OUTCOME_REQUIRED, table="outcomes", quarantine=quarantine)
     if not paths["activities"].is_file():
         raise DataError(f"{paths['activities']}: file not found")
+    refuse_cut_short(paths["activities"])  # read in blocks by Dask: its rows are not counted here
     activities = read_frame(paths["activities"])
     if clash := contract_clash(activities.columns, "activities"):
         raise DataError(f"{paths['activities'].name}: {clash}")
