@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import re
 import urllib.parse
@@ -257,3 +258,12 @@ def server_lost(exc: BaseException, again: str = "Train again") -> str | None:
         f"the tracking server at {shown_uri(uri)} stopped answering during the run; the run stays unfinished "
         f"there and @champion did not move. {again} once `mlflow server` is back."
     )
+
+
+def quiet_tracking() -> None:
+    """MLflow's chatter off, as the commands have it: a progress bar per model loaded, a "View
+    run ... at" link per (nested) run on a tracking server, INFO lines on stderr."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    for name in ("mlflow", "alembic", "urllib3", "git"):
+        logging.getLogger(name).setLevel(logging.ERROR)

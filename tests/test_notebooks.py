@@ -79,6 +79,7 @@ def test_explore_notebook(small_crm_dir, tmp_path, kernel_env):
     book = run_notebook("01-explore-leads.ipynb", {"data_dir": str(small_crm_dir)}, tmp_path)
     text = "".join(str(o) for c in book.cells for o in c.get("outputs", []))
     assert "rows quarantined" in text and "flagged as leaking the label" in text
+    assert "features changed by the demo request after T: none" in text  # computed from the past alone
     assert _images(book) >= 1  # conversion by source, industry and seniority
 
 

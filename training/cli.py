@@ -165,11 +165,11 @@ def _os_error_text(exc: OSError) -> str:
 
 
 def _quiet_libraries() -> None:
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # MLflow prints "View run ... at: http://..." per (nested) run to a tracking server.
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    from features.tracking import quiet_tracking
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for name in ("mlflow", "alembic", "optuna", "lightgbm", "urllib3", "git"):
+    quiet_tracking()
+    for name in ("optuna", "lightgbm"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
