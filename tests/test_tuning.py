@@ -113,7 +113,7 @@ def test_small_data_caps_the_row_counts_so_every_trial_can_split():
 
 def test_a_pruned_trials_partial_score_is_not_logged_as_a_finished_ones(isolated_mlflow):
     """The MLflow UI compares `valid_roc_auc` across trials: a pruned one's last intermediate
-    score would look like a finished model's."""
+    score would look like a finished model's. Trials ranked on log loss log it by its name."""
     import mlflow
 
     from training.pipeline import _log_trial
@@ -133,13 +133,17 @@ def test_a_pruned_trials_partial_score_is_not_logged_as_a_finished_ones(isolated
     )
     with mlflow.start_run() as parent:
         for trial in study.trials:
-            _log_trial(study, trial)
+            _log_trial(study, trial, "auc")
     children = mlflow.search_runs(
         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", order_by=["attributes.run_name"]
     )
     assert list(children["tags.state"]) == ["COMPLETE", "PRUNED"]
     assert children["metrics.valid_roc_auc"].iloc[0] == 0.81 and children["metrics.valid_roc_auc"].isna().iloc[1]
     assert children["metrics.valid_roc_auc_when_pruned"].iloc[1] == 0.62
+    with mlflow.start_run() as by_log_loss:
+        _log_trial(study, study.trials[0], "binary_logloss")
+    logged = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{by_log_loss.info.run_id}'")
+    assert logged["metrics.valid_log_loss"].iloc[0] == 0.81 and "metrics.valid_roc_auc" not in logged
 
 
 def test_clearly_correlated_numeric_features_are_constrained_monotone_in_every_trial_and_the_final_model():

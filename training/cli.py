@@ -895,8 +895,10 @@ def score(
             "--snapshot/--no-snapshot",
             help="Keep this scoring for the pages (under LEADSCORE_SCORES_DIR, default models/scores); by default "
             "kept unless scored with a --model-version other than the champion's or with --engine dask, given no "
-            "activity of the leads (before --as-of), with an --as-of in the future, when no lead was scored, with "
-            "fewer than a tenth of the leads of the latest kept scoring, or the folder cannot be written",
+            "activity of the leads (before --as-of), with an --as-of in the future, when the leads file lacks "
+            "columns the model learned from or shows the other decimal mark (numbers may be misread), when no lead "
+            "was scored, with fewer than a tenth of the leads of the latest kept scoring, or the folder cannot be "
+            "written",
             show_default=False,
         ),
     ] = None,

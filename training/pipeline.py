@@ -517,7 +517,12 @@ def subscore_reference(
     return {"quantiles": quantiles, "base_value": float(contributions[0, -1])}
 
 
-def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+# A trial's score under the name of what it measures (`tuning.metric`).
+TRIAL_METRIC_NAMES = {"auc": "valid_roc_auc", "binary_logloss": "valid_log_loss"}
+
+
+def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, metric: str) -> None:
+    name = TRIAL_METRIC_NAMES[metric]
     with mlflow.start_run(run_name=f"trial-{trial.number:03d}", nested=True):
         mlflow.log_params(trial.params)
         mlflow.set_tag("state", trial.state.name)
@@ -527,7 +532,7 @@ def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
             # Optuna gives a pruned trial its last intermediate score: a partial model's score
             # under the finished trials' name would mislead a comparison in the MLflow UI.
             pruned = trial.state == optuna.trial.TrialState.PRUNED
-            mlflow.log_metric("valid_roc_auc_when_pruned" if pruned else "valid_roc_auc", trial.value)
+            mlflow.log_metric(f"{name}_when_pruned" if pruned else name, trial.value)
         if "best_iteration" in trial.user_attrs:
             mlflow.log_metric("best_iteration", trial.user_attrs["best_iteration"])
 
@@ -780,7 +785,7 @@ def train_and_register(
         started = time.perf_counter()
 
         def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            _log_trial(study, trial)
+            _log_trial(study, trial, params.tuning.metric)
             best = study.best_value if any(t.value is not None for t in study.trials) else None
             reporter.trial_done(trial.number, trial.state.name, best)
 
