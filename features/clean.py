@@ -43,6 +43,14 @@ def future_moment(what: str, now: pd.Timestamp | None = None) -> str:
             "reads the past only, and as of a later moment every lead would read as gone quiet")  # fmt: skip
 
 
+def idle_until_note(moment: pd.Timestamp, what: str) -> str | None:
+    """What scoring as of a later moment than now means (allowed, but more often a mistyped
+    year), `what` naming the moment; None when it is not later."""
+    if moment <= pd.Timestamp.now(tz="UTC").tz_localize(None):
+        return None
+    return f"{what} {moment} is in the future: every lead is scored as if idle from its newest activity until then"
+
+
 def is_missing(value: object) -> bool:
     """None, NaN, NaT and pd.NA all mean missing."""
     if value is None:

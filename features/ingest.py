@@ -1224,17 +1224,26 @@ def export_folder(directory: str | Path) -> Path:
     """The CRM export folder, or a DataError that says what the path is instead (a flat CSV
     with one row per lead is the usual mistake, and trains another way)."""
     directory = Path(directory)
-    if directory.is_dir():
-        return directory
     wanted = f"a CRM export folder with {', '.join(TABLE_FILES.values())}"
+    if directory.is_dir():
+        tables = sorted(p.name for p in directory.iterdir() if p.suffix.lower() in FLAT_SUFFIXES and p.is_file())
+        if tables and not (directory / TABLE_FILES["leads"]).exists():
+            shown = ", ".join(tables[:5]) + (f" and {len(tables) - 5} more" if len(tables) > 5 else "")
+            flat = directory / (tables[0] if len(tables) == 1 else "FILE")
+            raise DataError(f"{directory} has no {TABLE_FILES['leads']}, so it is not {wanted}; it holds {shown}"
+                            f"{_flat_hint(flat)}")  # fmt: skip
+        return directory
     if not directory.exists():
         raise DataError(f"{directory}: no such folder; give {wanted}")
-    hint = (
-        f"; a flat CSV with one row per lead trains with `leadscore train --data {directory} --label COLUMN`"
-        if directory.suffix.lower() in {".csv", ".tsv", ".txt"}
-        else ""
-    )
+    hint = _flat_hint(directory) if directory.suffix.lower() in FLAT_SUFFIXES else ""
     raise DataError(f"{directory} is a file, not {wanted}{hint}")
+
+
+FLAT_SUFFIXES = frozenset({".csv", ".tsv", ".txt"})
+
+
+def _flat_hint(path: Path) -> str:
+    return f"; a flat CSV with one row per lead trains with `leadscore train --data {path} --label COLUMN`"
 
 
 def load_crm(

@@ -274,7 +274,10 @@ def subscore_totals(model: LoadedModel, contributions: np.ndarray, matrix: np.nd
 
 
 def explain_frame(model: LoadedModel, features: pd.DataFrame) -> tuple[np.ndarray, float]:
-    """Exact SHAP contributions (log-odds) of each feature for each lead, and the base value."""
+    """Exact SHAP contributions (log-odds) of each feature for each lead, and the base value.
+
+    The matrix has one column per feature in spec order and a last one holding the base value
+    (as `shap`'s `TreeExplainer` adds it): a lead's row sums to its margin in log-odds."""
     return shap_matrix(model.trees, model_matrix(model, features)), model.trees.base_value
 
 

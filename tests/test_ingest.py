@@ -266,6 +266,11 @@ def test_missing_file_and_unreadable_file(tmp_path):
         load_crm(tmp_path / "flat.csv")
     with pytest.raises(DataError, match=r"nowhere: no such folder; give a CRM export folder"):
         load_crm(tmp_path / "nowhere")
+    # A folder holding a flat export (Leads.csv, not the contract's leads.csv) names what it holds.
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "Leads.csv").write_text("a,converted\n1,yes\n")
+    with pytest.raises(DataError, match=r"flat has no leads\.csv, .* holds Leads\.csv; .* --data \S+Leads\.csv"):
+        load_crm(tmp_path / "flat")
 
 
 def test_a_blank_lead_id_is_no_lead_and_its_rows_are_quarantined(tmp_path):

@@ -1111,11 +1111,12 @@ def _nothing_scored(open_leads: int, quarantine: Any, closed: int) -> str:
 def _warn_if_future(moment) -> bool:
     """Scoring as of a later moment is allowed (what a score becomes if nothing happens), but
     is more often a mistyped year: say what it means. True when it is later."""
-    if moment <= pd_timestamp(None):
-        return False
-    console.print(f"[yellow]--as-of {moment} is in the future: every lead is scored as if idle from its "
-                  "newest activity until then[/yellow]")  # fmt: skip
-    return True
+    from features.clean import idle_until_note
+
+    note = idle_until_note(moment, "--as-of")
+    if note:
+        console.print(f"[yellow]{escape(note)}[/yellow]")
+    return note is not None
 
 
 @app.command()
