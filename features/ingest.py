@@ -831,6 +831,29 @@ def booked_ahead_note(export_end: pd.Timestamp, newest: pd.Timestamp, rows: int 
     )
 
 
+def created_days(leads: pd.DataFrame) -> pd.Series:
+    """The day each lead was created, by lead id: an activity before it is early."""
+    return leads.set_index("lead_id")["created_at"].dt.normalize()
+
+
+def before_creation(activities: pd.DataFrame, created: pd.Series) -> pd.Series:
+    """Which activities are dated before the day their lead was created (`created_days`)."""
+    return activities["occurred_at"] < activities["lead_id"].map(created)
+
+
+def before_creation_note(rows: int) -> str | None:
+    """The note of `rows` activities dated before the day their lead was created, or None. They
+    are read as the lead's engagement, as a visitor's tracked visits before a form fill should
+    be; many of them can also mean leads created after their history (an import)."""
+    if not rows:
+        return None
+    return (
+        f"{TABLE_FILES['activities']}: {rows:,} activit{'y' if rows == 1 else 'ies'} dated before the day their "
+        "lead was created, counted as its engagement (as visits tracked before a form fill are); if leads were "
+        "created after their history (an import), their created_at is not when they arrived"
+    )
+
+
 def no_usable_activity(rows: int) -> str:
     """The note of an export whose activities.csv (`rows` rows) gives no lead any activity."""
     return (
@@ -1281,6 +1304,8 @@ def load_crm(
     )
     if activities.empty:
         quarantine.note(no_usable_activity(len(raw_acts)))
+    if early := before_creation_note(int(before_creation(activities, created_days(leads)).sum())):
+        quarantine.note(early)
     export_end = history_end(leads, outcomes)
     ahead = activities["occurred_at"] >= export_end
     if ahead.any():

@@ -298,7 +298,12 @@ def test_training_features_on_dask_equal_the_single_process_dataset(client, smal
     ahead = acts.loc[[newest]].assign(
         activity_type="meeting", occurred_at=(occurred[newest] + pd.Timedelta(days=21)).isoformat()
     )
-    acts = pd.concat([acts, untyped, ahead], ignore_index=True)
+    # A visit ten days before its lead was created: counted, and said alike by both paths.
+    created = pd.to_datetime(leads.set_index("lead_id").loc[acts.loc[newest, "lead_id"], "created_at"])
+    early = acts.loc[[newest]].assign(
+        activity_type="web_visit", occurred_at=(created - pd.Timedelta(days=10)).isoformat()
+    )
+    acts = pd.concat([acts, untyped, ahead, early], ignore_index=True)
     # Numeric dates whose order only one activity says: each partition decided its own.
     (one_decisive_date(acts) if dates == "one decisive" else acts).to_csv(tmp_path / "activities.csv", index=False)
     outcomes = pd.read_csv(small_crm_dir / "outcomes.csv", dtype=str, keep_default_na=False)
@@ -344,6 +349,9 @@ def test_training_features_on_dask_equal_the_single_process_dataset(client, smal
         re.sub(r": [\d,]+ activit(y|ies)", ": activities", n) for n in want.quarantine.notes if "booked ahead" in n
     ]
     assert len(booked) == 1 and [n for n in tuning.quarantine.notes if "booked ahead" in n] == booked
+    before = [n for n in want.quarantine.notes if "before the day their lead was created" in n]
+    assert before == [n for n in tuning.quarantine.notes if "before the day their lead was created" in n]
+    assert len(before) == 1 and before[0].startswith("activities.csv: 1 activity dated before")
     # The same rows left out as of the moment, counted in the same words.
     cut = [n for n in want.quarantine.notes if n.startswith("the export as of")]
     assert len(cut) == (as_of is not None) and [n for n in tuning.quarantine.notes if n in cut] == cut

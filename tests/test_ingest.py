@@ -209,6 +209,29 @@ def test_a_meeting_booked_ahead_does_not_move_the_end_of_the_history(tmp_path):
     assert not any("booked ahead" in note for note in crm.quarantine.notes)
 
 
+def test_activities_before_their_lead_was_created_count_and_are_said(tmp_path):
+    # Visits tracked before the form fill belong to the lead; a whole history older than its
+    # lead is more often an import that stamped the leads late, so the run says how many.
+    _write(
+        tmp_path,
+        {"lead_id": ["A", "B"], "created_at": ["2025-01-10 12:00", "2025-01-20"]},
+        {
+            "lead_id": ["A", "A", "A", "B"],
+            "occurred_at": ["2025-01-02", "2025-01-09 23:00", "2025-01-10 08:00", "2025-01-25"],
+            "activity_type": ["web_visit", "web_visit", "form_fill", "email_open"],
+        },
+        {"lead_id": ["A", "B"], "status": ["converted", "open"], "closed_at": ["2025-02-01", ""]},
+    )
+    crm = load_crm(tmp_path)
+    assert len(crm.activities) == 4 and crm.quarantine.frame().empty  # counted, none set aside
+    early = [note for note in crm.quarantine.notes if "before the day their lead was created" in note]
+    assert early == [
+        "activities.csv: 2 activities dated before the day their lead was created, counted as its engagement (as "
+        "visits tracked before a form fill are); if leads were created after their history (an import), their "
+        "created_at is not when they arrived"
+    ]  # the visit on the morning of the day A was created is not early
+
+
 def test_missing_required_column_names_file_and_column(tmp_path):
     _write(
         tmp_path,

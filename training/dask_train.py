@@ -32,10 +32,13 @@ from features.ingest import (
     activities_as_of,
     after_today,
     as_of_note,
+    before_creation,
+    before_creation_note,
     booked_ahead_note,
     clean_activities,
     clean_leads,
     clean_outcomes,
+    created_days,
     drop_unknown_outcomes,
     export_date_votes,
     export_folder,
@@ -81,16 +84,20 @@ class DaskDataset:
     engine: dict[str, Any]  # what ran where, for the report and the metrics file
 
 
-def _scan(frame: pd.DataFrame, kept: frozenset[str], day_first: bool | None) -> pd.DataFrame:
-    """Rows of one partition and the newest time of its activities that `clean_activities`
-    keeps (of kept leads, not after today, with a type), as `load_crm` takes the export's end."""
+def _scan(frame: pd.DataFrame, created: pd.Series, day_first: bool | None) -> pd.DataFrame:
+    """Rows of one partition, the newest time of its activities that `clean_activities` keeps
+    (of kept leads, by `created_days`; not after today, with a type), as `load_crm` takes the
+    export's end, and how many of those are dated before their lead was created (repeats, set
+    aside later, included)."""
     occurred, _ = parse_timestamps(frame["occurred_at"], day_first)
+    lead_id = blank_to_missing(frame["lead_id"], ())
     usable = (
-        blank_to_missing(frame["lead_id"], ()).isin(kept).to_numpy()
+        lead_id.isin(created.index).to_numpy()
         & ~after_today(occurred).to_numpy()
         & snake_case(frame["activity_type"]).notna().to_numpy()
     )
-    return pd.DataFrame({"rows": [len(frame)], "last": [occurred[usable].max()]})
+    early = before_creation(pd.DataFrame({"lead_id": lead_id, "occurred_at": occurred})[usable], created)
+    return pd.DataFrame({"rows": [len(frame)], "last": [occurred[usable].max()], "early": [int(early.sum())]})
 
 
 def _number_rows(frame: pd.DataFrame, offsets: list[int], partition_info: dict | None = None) -> pd.DataFrame:
@@ -206,12 +213,13 @@ def prepare_crm_on_dask(
     leads, left_out = drop_unknown_outcomes(leads, outcomes, quarantine)
     leads = leads.drop(columns="_row")
 
-    kept = frozenset(leads["lead_id"])
+    meta = {"rows": "int64", "last": "datetime64[ns]", "early": "int64"}
     with csv_errors({paths["activities"]: activities}):
-        scan = activities.map_partitions(_scan, kept, day_first, meta={"rows": "int64", "last": "datetime64[ns]"})
-        scan = scan.compute()
+        scan = activities.map_partitions(_scan, created_days(leads), day_first, meta=meta).compute()
     if scan["last"].isna().all():  # as `load_crm` says it
         quarantine.note(no_usable_activity(int(scan["rows"].sum())))
+    if early := before_creation_note(int(scan["early"].sum())):
+        quarantine.note(early)
     offsets = np.concatenate([[0], np.cumsum(scan["rows"].to_numpy())]).tolist()
     activities = activities.map_partitions(_number_rows, offsets)
     export_end = history_end(leads, outcomes)
