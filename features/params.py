@@ -197,6 +197,9 @@ class ServiceParams(_Frozen):
     workers: int | Literal["cpu_count"] = 1
     # Web origins whose pages may call the API from a browser (CORS); empty: none.
     cors_origins: tuple[str, ...] = ()
+    # Host names besides localhost that a request reaching the service on this machine may be
+    # addressed to when no API keys are set (a reverse proxy's name).
+    allowed_hosts: tuple[str, ...] = ()
 
     @field_validator("cors_origins")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -275,6 +276,55 @@ class ApiKeyGuard:
                 return
             await reply(send, 401, "missing or invalid API key", [(b"www-authenticate", b"Bearer")])
             return
+        await self.app(scope, receive, send)
+
+
+def host_name(header: bytes) -> str:
+    """The host a Host header names, without its port, in lower case ("[::1]:3000" is "::1")."""
+    text = header.decode("latin-1").strip().lower()
+    if text.startswith("["):
+        return text[1 : text.find("]")] if "]" in text else text
+    return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+
+
+def is_loopback(host: str) -> bool:
+    """localhost (and names under .localhost, which browsers never look up) or a loopback address."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class HostGuard:
+    """Without API keys, a request that reached the service on a loopback address must be
+    addressed to a loopback host (or one of `allowed_hosts`): else a web page of any site the
+    user opens could rebind its own name to 127.0.0.1 and read the pages and the API as its
+    own (DNS rebinding). Requests that arrived on another interface (a CRM on the network),
+    and every request when keys are required, pass: keys are what protects those."""
+
+    def __init__(self, app: ASGIApp, allowed_hosts: tuple[str, ...] = ()) -> None:
+        self.app = app
+        self.open = not api_keys_from_env() and not api_keys_problem()
+        self.allowed = frozenset(host.lower() for host in allowed_hosts)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.open and scope["type"] == "http" and scope.get("path", "") not in OPEN_PATHS:
+            server = scope.get("server") or ("", 0)
+            header = dict(scope.get("headers") or []).get(b"host")
+            if header is not None and is_loopback(str(server[0])):
+                name = host_name(header)
+                if not is_loopback(name) and name not in self.allowed:
+                    shown = control_escaped(name[:100])
+                    await reply(
+                        send,
+                        403,
+                        f"host {shown!r} is not this service: without API keys it answers requests on this "
+                        "machine only when addressed to localhost or 127.0.0.1 (a page of another site could "
+                        "otherwise read it); set LEADSCORE_API_KEYS, or list the name in service.allowed_hosts",
+                    )
+                    return
         await self.app(scope, receive, send)
 
 

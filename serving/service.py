@@ -44,6 +44,7 @@ from serving.guards import (
     ApiPage,
     BodySizeGuard,
     ErrorBodies,
+    HostGuard,
     JsonBodyGuard,
     RealPath,
     RequestIdHeader,
@@ -560,13 +561,16 @@ for _api in LeadScoring.apis.values():
 
 SPEC = documented_spec(LeadScoring.openapi_spec.asdict())
 
-# Outermost first: size, then key, then readiness (its reason is for authenticated callers).
+# Outermost first: host, key, then size (a caller without a key gets its 401 before its body is
+# read), then readiness (its reason is for authenticated callers).
 name_requests_by_route()
 LeadScoring.add_asgi_middleware(RealPath)  # first: every other middleware sees the real path
 LeadScoring.add_asgi_middleware(RequestIdHeader)  # every answer, the guards' too, names its request
+LeadScoring.add_asgi_middleware(HostGuard, allowed_hosts=PARAMS.service.allowed_hosts)
 if PARAMS.service.cors_origins:
     # Outside the key guard: a browser's preflight carries no key. The calls themselves do, in
-    # the Authorization header; no cookie is accepted from another origin (the pages' sign-in).
+    # the Authorization header; no answer allows credentials, so the pages' sign-in cookie
+    # opens nothing to another origin's script.
     LeadScoring.add_asgi_middleware(
         CORSMiddleware,
         allow_origins=list(PARAMS.service.cors_origins),
@@ -575,8 +579,8 @@ if PARAMS.service.cors_origins:
         expose_headers=[REQUEST_ID_HEADER.decode()],
         max_age=600,
     )
-LeadScoring.add_asgi_middleware(BodySizeGuard, max_bytes=PARAMS.service.max_body_bytes)
 LeadScoring.add_asgi_middleware(ApiKeyGuard)
+LeadScoring.add_asgi_middleware(BodySizeGuard, max_bytes=PARAMS.service.max_body_bytes)
 LeadScoring.add_asgi_middleware(ReadinessGuard)
 LeadScoring.add_asgi_middleware(JsonBodyGuard, paths=frozenset({"/score", "/explain"}))
 LeadScoring.add_asgi_middleware(SpecRoute, spec=SPEC)

@@ -476,6 +476,13 @@ def test_without_a_model_the_service_starts_and_says_why(tmp_path):
         scored = httpx.post(f"{url}/score", json={"leads": [{"lead_id": "a", "created_at": "2025-01-01"}]})
         assert scored.status_code == 503 and "leadscore train" in scored.text
         assert scored.headers["retry-after"] == "30"  # when the workers look for a champion again
+        # Without keys, a page of another site whose name was rebound to 127.0.0.1 reads nothing.
+        port = url.rsplit(":", 1)[1]
+        rebound = httpx.get(f"{url}/model", headers={"Host": f"rebind.attacker.example:{port}"})
+        assert rebound.status_code == 403 and "service.allowed_hosts" in rebound.json()["error"], rebound.text
+        assert httpx.get(f"{url}/ui/digest", headers={"Host": "rebind.attacker.example"}).status_code == 403
+        assert httpx.get(f"{url}/model", headers={"Host": f"localhost:{port}"}).status_code == 503  # on to the model
+        assert httpx.get(f"{url}/healthz", headers={"Host": "rebind.attacker.example"}).status_code == 200  # probes
     finally:
         _stop(process)
 
@@ -486,6 +493,13 @@ def test_without_a_model_callers_still_need_a_key(tmp_path):
     try:
         assert httpx.post(f"{url}/score", json={"leads": []}).status_code == 401
         assert httpx.get(f"{url}/model", headers={"Authorization": "Bearer k"}).status_code == 503
+        # The key is asked for before the body is read: 20 MB from a caller without one is not held.
+        huge = b'{"leads": [' + b" " * 20_000_001 + b"]}"
+        unkeyed = httpx.post(f"{url}/score", content=huge, headers={"content-type": "application/json"})
+        assert unkeyed.status_code == 401, unkeyed.text
+        # With keys, the key protects: any host name a proxy or a CRM uses is served.
+        named = httpx.get(f"{url}/model", headers={"Authorization": "Bearer k", "Host": "scoring.example"})
+        assert named.status_code == 503, named.text
     finally:
         _stop(process)
 
@@ -800,3 +814,32 @@ def test_a_byte_order_mark_is_read_past_however_the_body_arrives_in_chunks():
         assert asyncio.run(passed_on(chunks)) == b"{}", chunks
     for chunks in ([b"{}"], [b"{", b"}"], [b""], [b"\xef"]):  # no mark, or too short to hold one: as sent
         assert asyncio.run(passed_on(chunks)) == b"".join(chunks), chunks
+
+
+def test_without_keys_a_local_request_must_name_a_local_host_or_an_allowed_one(monkeypatch):
+    import asyncio
+
+    from serving.guards import HostGuard
+
+    monkeypatch.delenv("LEADSCORE_API_KEYS", raising=False)
+
+    def answer(host: bytes, server: str = "127.0.0.1", allowed: tuple[str, ...] = ()) -> int:
+        sent: list[dict] = []
+
+        async def app(scope, receive, send):
+            sent.append({"type": "http.response.start", "status": 200})
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": "/model", "headers": [(b"host", host)],
+                 "server": (server, 3000)}  # fmt: skip
+        asyncio.run(HostGuard(app, allowed)(scope, None, send))
+        return sent[0]["status"]
+
+    for local in (b"127.0.0.1:3000", b"localhost", b"LOCALHOST:3000", b"[::1]:3000", b"app.localhost", b"127.0.0.2"):
+        assert answer(local) == 200, local
+    assert answer(b"rebind.example:3000") == 403 and answer(b"10.0.0.5:3000") == 403
+    assert answer(b"Proxy.Internal:443", allowed=("proxy.internal",)) == 200  # service.allowed_hosts
+    assert answer(b"crm-facing.example", server="10.0.0.5") == 200  # over the network: keys are its guard
+    assert answer(b"rebind.example", server="::1") == 403

@@ -285,10 +285,17 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
     pages = leadscore("report", "--leads", str(tmp_path / "ids.csv"), "-o", str(tmp_path / "pages"),
                       "--model-name", "crm-model", store=store)  # fmt: skip
     assert pages.returncode == 0 and "Wrote 1 lead page," in pages.stdout, pages.stdout + pages.stderr
-    (tmp_path / "nope.txt").write_text("NOPE1\nNOPE2\n")
+    (tmp_path / "nope.txt").write_text("NOPE1\nNOPE2\u001b]0;title\u0007\u001b[2J\n")
     nope = leadscore("report", "--leads", str(tmp_path / "nope.txt"), "-o", str(tmp_path / "pages"),
                      store=store, LEADSCORE_MODEL_NAME="crm-model")  # fmt: skip
     assert nope.returncode == 2 and "none of the lead(s) asked for is in the scoring" in nope.stderr, nope.stderr
+    # An id's escape codes are shown as text, not run by the terminal (the file may be a CRM's).
+    assert "\x1b" not in nope.stderr and "NOPE2\\x1b]0;title" in nope.stderr, nope.stderr
+    (tmp_path / "some.txt").write_text(f"{first}\nNOPE3\u001b[31m\n")
+    some = leadscore("report", "--leads", str(tmp_path / "some.txt"), "-o", str(tmp_path / "pages"),
+                     "--model-name", "crm-model", store=store)  # fmt: skip
+    assert some.returncode == 0 and "1 lead(s) not in the scoring" in " ".join(some.stdout.split()), some.stdout
+    assert "\x1b" not in some.stdout and "NOPE3\\x1b[31m" in some.stdout, some.stdout
     no_alias = leadscore("score", str(small_crm_dir), "-o", str(scores), "--model-version", "@challenger",
                          "--model-name", "crm-model", store=store)  # fmt: skip
     assert no_alias.returncode == 2 and "none is @challenger" in no_alias.stderr, no_alias.stderr

@@ -1859,7 +1859,10 @@ def report(
         f"Wrote {written:,} lead page{'' if written == 1 else 's'}, the digest and the model page to {out}/index.html"
     )
     if missing:
-        shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+        from features.clean import control_escaped
+
+        # Ids as text: an ids file from a CRM may hold escape codes, which a terminal would run.
+        shown = ", ".join(map(control_escaped, missing[:10])) + (" ..." if len(missing) > 10 else "")
         said = f"{len(missing):,} lead(s) not in the scoring as of {latest.as_of}: {shown}"
         if len(missing) == len(lead_ids):  # a report of no lead is a wrong file or a wrong model
             _fail(f"none of the lead(s) asked for is in the scoring as of {latest.as_of}: {shown}")
