@@ -326,10 +326,19 @@ def test_cli_exits_non_zero_with_a_clear_message_when_it_cannot_run(export, sett
         locked = subprocess.run([cli, "recalibrate", "--data", str(export), "--report-dir", str(scheduled)],
                                 capture_output=True, text=True, env=env)  # fmt: skip
         held = subprocess.run([cli, "rollback", "--model-name", MODEL], capture_output=True, text=True, env=env)
+        # The folder of a run still going (this process stands for it): its record stays.
+        running = export.parent / "running-report"
+        running.mkdir(exist_ok=True)
+        record = json.dumps({"decision": "running", "pid": os.getpid(), "exit_code": None})
+        (running / "summary.json").write_text(record)
+        beside = subprocess.run([cli, "recalibrate", "--data", str(export), "--report-dir", str(running)],
+                                capture_output=True, text=True, env=env)  # fmt: skip
         # A training run compares with the champion and promotes: it stops before loading anything.
         training = subprocess.run([cli, "train", "--data", str(export), "--model-name", MODEL],
                                   capture_output=True, text=True, env=env)  # fmt: skip
     assert locked.returncode == EXIT_LOCKED and "a recalibration is running" in locked.stderr
+    assert beside.returncode == EXIT_LOCKED and (running / "summary.json").read_text() == record, beside.stderr
+    assert f"recalibration still running (pid {os.getpid()})" in " ".join(beside.stdout.split()), beside.stdout
     assert held.returncode == EXIT_LOCKED and "try again after it finishes" in held.stderr, held.stderr
     assert training.returncode == EXIT_LOCKED and "a recalibration is running" in training.stderr, training.stderr
     assert "Loading" not in training.stdout and "Traceback" not in training.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -141,7 +142,7 @@ def test_a_recalibrated_model_takes_the_rules_of_the_params_file_and_says_what_c
 
 def test_the_report_page_shows_text_from_the_data_as_text():
     # A feature or model name is data: markup in it must show, not run, on the manager's page.
-    from training.recalibrate import report_page
+    from training.report_page import report_page
 
     page = report_page("# Report\n\n| feature | PSI |\n|---|---|\n| <script>alert(1)</script> | 0.300 |\n")
     assert "<script>" not in page and "&lt;script&gt;" in page
@@ -256,3 +257,15 @@ def test_what_moved_and_export_breaks_in_words():
     assert sudden_breaks(old, blanked) == ["industry blank for 60% of new leads (was 5%)"]
     assert sudden_breaks(old, old.assign(revenue=revenue / 1000)) == ["revenue median 25,500,000 → 25,500"]
     assert sudden_breaks(old.head(40), blanked.head(40)) == []  # too few leads to tell a step
+
+
+def test_a_lock_that_cannot_be_taken_is_named_as_such(tmp_path):
+    """A read-only models folder read as "registry ... not usable" in `rollback` and `promote`."""
+    from training.recalibrate import LockUnavailable, exclusive
+
+    (tmp_path / "afile").write_text("")
+    refused = pytest.raises(LockUnavailable, match=r"cannot take the lock \S+afile/recalibrate\.lock: .* writable")
+    with refused, exclusive(tmp_path / "afile" / "recalibrate.lock", job="rollback"):
+        pass
+    with exclusive(tmp_path / "recalibrate.lock", job="rollback"):  # a writable folder: taken
+        assert (tmp_path / "recalibrate.lock").read_text() == f"rollback pid {os.getpid()}"

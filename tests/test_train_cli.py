@@ -860,6 +860,42 @@ def test_sigterm_during_a_promotion_waits_until_the_run_records_it(small_crm_dir
     assert str(champion.version) == metrics["model"]["version"]
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped exception, as meant
+def test_a_stop_a_callback_swallowed_still_stops_the_command_and_one_after_its_outcome_waits():
+    """A SIGTERM landing in a weakref or garbage-collection callback: Python drops the exception
+    ("Exception ignored in ..."), and `train` went on to promote with exit 0. And a SIGTERM after
+    a recalibration recorded its promotion made the exit 143, "champion unchanged"."""
+    import signal
+    import time
+    import weakref
+
+    from training import cli, stopping
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        cli._fail_cleanly_on_sigterm()
+
+        class Held:
+            pass
+
+        held = Held()
+        watcher = weakref.ref(held, lambda _: os.kill(os.getpid(), signal.SIGTERM) or time.sleep(1))
+        del held  # the handler's Terminated is raised in the callback, and dropped there
+        assert watcher() is None and stopping.requested == signal.SIGTERM
+        with pytest.raises(cli.Terminated), stopping.sigterm_held():  # not promoted
+            pass
+        with pytest.raises(cli.Terminated):  # nor ended as if it ran
+            stopping.finish()
+        cli._fail_cleanly_on_sigterm()  # the next command
+        stopping.finish()  # its outcome recorded: a signal now waits for its output and exit
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)
+        assert stopping.held == signal.SIGTERM
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+
+
 def test_sigint_stops_a_command_as_sigterm_does(tmp_path):
     """Ctrl-C (or a CI runner's cancel, which may send SIGINT first) left Optuna's traceback in
     the log and a recalibration's summary saying "running"."""

@@ -30,7 +30,9 @@ from features.ingest import DUPLICATE_LEAD, DataError, export_folder
 from features.params import PARAMS_ENV, PROJECT_ROOT, Params, ParamsError, load_params
 from features.synthetic import STEP_DAYS, generate_crm, write_crm
 from features.tracking import check_writable, without_password
+from training import stopping
 from training.progress import PrintReporter
+from training.stopping import Terminated
 
 # Charts of a command go to files: no window, whatever display the shell has (a notebook,
 # which does not import this module, keeps its own backend).
@@ -539,6 +541,7 @@ def train(
             dataset, params, reporter, model_name=model_name, replace_leaky_champion=replace_leaky_champion,
             **fit_options,
         )  # fmt: skip
+        stopping.finish()  # recorded: the exit code says so whatever signal comes now
     except RecalibrationError as exc:
         _fail(f"{exc}: try again after it finishes", code=exc.exit_code)
     except Terminated as exc:
@@ -1272,24 +1275,11 @@ def _cluster_failure(exc: BaseException) -> str | None:
     return cluster_failure(exc)
 
 
-class Terminated(BaseException):
-    """SIGTERM (a CI timeout or cancel, systemd, `timeout` stopping a long command) or SIGINT
-    (Ctrl-C; some CI runners cancel with it first). Not an `Exception`, so no handler on the way
-    (Optuna's, which logs a failed trial with its traceback) takes it for an error of its own."""
-
-    def __init__(self, signum: int = signal.SIGTERM) -> None:
-        why = "Ctrl-C or a cancel" if signum == signal.SIGINT else "a timeout or a cancel"
-        super().__init__(f"stopped by {signal.Signals(signum).name} ({why})")
-        self.exit_code = 128 + signum  # what a shell reports for a process the signal stopped
-
-
 def _fail_cleanly_on_sigterm() -> None:
     """SIGTERM and SIGINT raise `Terminated`, so a stopped command ends as any failure does:
     its MLflow run FAILED, the lock freed, a recalibration's summary saying so (by default Python
     dies at once on SIGTERM, silent, its run left RUNNING and the report folder holding an
     earlier decision; on SIGINT Optuna logged a traceback and the summary still said running)."""
-
-    from training import stopping
 
     def stop(signum: int, frame: Any) -> None:
         if stopping.holding():  # a promotion is under way: the command finishes first (`sigterm_held`)
@@ -1303,7 +1293,7 @@ def _fail_cleanly_on_sigterm() -> None:
             again.daemon = True
             again.start()
             return
-        raise Terminated(signum)
+        stopping.stop(signum)
 
     stopping.reset()
     with contextlib.suppress(ValueError):  # not the main thread (a test's runner): left as it is
@@ -1319,8 +1309,6 @@ DATABASE_CODE = f"{os.sep}sqlalchemy{os.sep}"
 
 def _say_signal_held() -> None:
     """A SIGTERM or SIGINT that came while a promotion was recorded was held back (`sigterm_held`): said."""
-    from training import stopping
-
     if stopping.held is not None:
         name = signal.Signals(stopping.held).name
         err.print(f"{_log_time()}{name} came while the promotion was being recorded: finished that first")
@@ -1350,18 +1338,39 @@ def _sigterm_behind(exc: BaseException) -> Terminated | None:
     return None
 
 
-def _record_failure(report_dir: Path | None, message: str, code: int | None) -> None:
+def _running_there(report_dir: Path) -> int | None:
+    """The process id of another recalibration whose "running" record is in `report_dir` and
+    that is still alive, or None."""
+    try:
+        summary = json.loads((report_dir / "summary.json").read_text())
+        pid = int(summary["pid"]) if summary.get("decision") == "running" else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if pid is None or pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None  # killed outright: its record is stale
+    except PermissionError:
+        pass  # alive, another user's
+    return pid
+
+
+def _record_failure(report_dir: Path | None, message: str, code: int | None = None) -> None:
     """A scheduler reading `--report-dir`'s summary.json, or a person opening its report, finds
     why the run did not happen, not an earlier run's decision left there. `code` None: the run
     has started (what a run killed outright leaves)."""
     if report_dir is None:
         return
-    from training.recalibrate import report_page
+    from training.report_page import report_page
 
     stopped = {128 + signal.SIGTERM: "stopped", 128 + signal.SIGINT: "stopped"}
     decision = {None: "running", 3: "locked", 4: "no new data", **stopped}.get(code, "failed")
     summary = {"decision": decision, "why": message, "exit_code": code,
                "at": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
+    if code is None:
+        summary["pid"] = os.getpid()  # another run given this folder leaves the record of a live run
     title = "Recalibration running" if code is None else "Recalibration did not run"
     when = summary["at"] if code is None else f"exit {code}, {summary['at']}"
     markdown = f"# {title}\n\n**Decision: {decision}** ({when})\n\n{message}\n"
@@ -1399,18 +1408,20 @@ def recalibrate(
     recalibration, a rollback or a training run holds the lock, 4 when there is no new data
     since the champion's test, 143 when stopped by SIGTERM, 130 by SIGINT (the champion unchanged)."""
     _use_params_file(params_file)
-    from training.recalibrate import EXIT_LOCKED, RecalibrationError
-    from training.recalibrate import recalibrate as run_recalibration
-
-    _quiet_libraries()
 
     def failed(message: str, code: int = 2) -> NoReturn:
         _record_failure(report_dir, message, code)
         _fail(message, code=code)
 
-    _fail_cleanly_on_sigterm()
+    _fail_cleanly_on_sigterm()  # before the imports (seconds): a stop during them is recorded too
     if not console.is_terminal:
         console.print(f"{_log_time(console)}recalibration started (pid {os.getpid()})")
+    try:
+        from training.recalibrate import EXIT_LOCKED, RecalibrationError
+        from training.recalibrate import recalibrate as run_recalibration
+    except Terminated as exc:
+        failed(f"recalibration {exc}; the champion is unchanged", code=exc.exit_code)
+    _quiet_libraries()
     try:
         # The arguments first (seconds), then the store and folders.
         params = load_params()
@@ -1420,12 +1431,19 @@ def recalibrate(
         _check_model_folders(reads_models=True, fail=failed)
         if report_dir is not None:
             check_writable(report_dir, what="the report")
-            # Replaced by the decision when the run ends; left as it is if the run is killed outright.
-            _record_failure(report_dir, f"started (pid {os.getpid()}); still running, or killed without a word", None)
+            if (other := _running_there(report_dir)) is not None:
+                # Its record stays: "locked" written over it read as "try later" after it was killed.
+                console.print(f"[yellow]{escape(str(report_dir))} holds the report of a recalibration still "
+                              f"running (pid {other}): this run's outcome is not written there[/yellow]")  # fmt: skip
+                report_dir = None
+            else:
+                # Replaced by the decision when the run ends; left as it is if the run is killed outright.
+                _record_failure(report_dir, f"started (pid {os.getpid()}); still running, or killed without a word")
         summary = run_recalibration(
             params, model_name=_model_name(model_name, params), data=data, as_of=moment,
             dry_run=dry_run, if_drifted=if_drifted, report_dir=report_dir, reporter=RichReporter(),
         )  # fmt: skip
+        stopping.finish()  # recorded: the exit code says so whatever signal comes now
     except RecalibrationError as exc:
         failed(str(exc) + _kept_quarantine(None, exc.__cause__ or exc), code=exc.exit_code)
     except Terminated as exc:
@@ -1485,7 +1503,7 @@ def rollback(
     from mlflow.exceptions import MlflowException
 
     from features.tracking import lock_path, shown_uri, tracking_uri
-    from training.recalibrate import RecalibrationError, exclusive
+    from training.recalibrate import LockUnavailable, RecalibrationError, exclusive
     from training.register import PREVIOUS
     from training.register import rollback as roll_back
 
@@ -1515,6 +1533,8 @@ def rollback(
         _fail(f"{exc}: try again after it finishes", code=exc.exit_code)
     except ValueError as exc:
         _fail(str(exc))
+    except LockUnavailable as exc:
+        _fail(f"not rolled back: {exc}")
     except (MlflowException, OSError) as exc:
         _fail(f"registry {shown_uri(tracking_uri())} not usable: {exc}")
     console.print(
@@ -1608,7 +1628,7 @@ def promote(
 
     from features.tracking import lock_path, shown_uri, tracking_uri
     from serving.scoring import ModelNotReady, load_chosen
-    from training.recalibrate import EXIT_LOCKED, RecalibrationError, exclusive
+    from training.recalibrate import EXIT_LOCKED, LockUnavailable, RecalibrationError, exclusive
     from training.register import ChampionMoved, lift_rollback_hold
     from training.versions import promote_version, promotion_check
 
@@ -1642,6 +1662,8 @@ def promote(
         _fail(f"{exc}: not promoted; try again after it finishes", code=exc.exit_code)
     except ChampionMoved as exc:
         _fail(f"not promoted: {exc}", code=EXIT_LOCKED)
+    except LockUnavailable as exc:
+        _fail(f"not promoted: {exc}")
     except (MlflowException, OSError) as exc:
         _fail(f"registry {shown_uri(tracking_uri())} not usable: {exc}")
     overridden = f" despite: {'; '.join(check.problems)}" if check.problems else ""
@@ -1678,7 +1700,7 @@ def criteria(
     from features.tracking import lock_path, shown_uri, tracking_uri
     from serving.scoring import ModelNotReady, load_champion
     from serving.snapshots import latest_two
-    from training.recalibrate import EXIT_LOCKED, RecalibrationError, exclusive
+    from training.recalibrate import EXIT_LOCKED, LockUnavailable, RecalibrationError, exclusive
     from training.register import ChampionMoved
     from training.rules import (
         effect_on,
@@ -1695,7 +1717,10 @@ def criteria(
     params = _params()
     name = _model_name(model_name, params)
     if apply:
-        _check_model_folders(reads_models=True)
+        try:
+            _check_model_folders(reads_models=True)
+        except OSError as exc:  # a read-only models folder or store: one line, not a traceback
+            _fail(f"nothing applied: {_os_error_text(exc)}")
     else:
         _check_registry(reads_models=True)
     try:
@@ -1755,12 +1780,15 @@ def criteria(
     try:
         with exclusive(lock_path(params.recalibration.lock_file), job="criteria"):
             version, was = register_with_rules(model, rules, bands, changes, params, RichReporter())
+        stopping.finish()
     except RecalibrationError as exc:
         _fail(f"{exc}: nothing applied; try again after it finishes", code=exc.exit_code)
     except ChampionMoved as exc:
         _fail(str(exc), code=EXIT_LOCKED)
     except Terminated as exc:
         _fail(f"criteria {exc}; the champion is unchanged", code=exc.exit_code)
+    except LockUnavailable as exc:
+        _fail(f"nothing applied: {exc}")
     except (MlflowException, OSError) as exc:
         if stopped := _sigterm_behind(exc):
             _fail(f"criteria {stopped}; the champion is unchanged", code=stopped.exit_code)

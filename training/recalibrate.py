@@ -46,6 +46,7 @@ from training.register import (
     promote,
     rollback_hold,
 )
+from training.report_page import report_page
 from training.rules import differences
 from training.stopping import sigterm_held
 from training.thresholds import f1_threshold, grade_bands, precision_threshold, top_share_threshold
@@ -58,6 +59,13 @@ EXIT_NO_NEW_DATA = 4  # the export has not grown past the champion's test period
 # Gates that fail on the export, not on the model (no usable activity, lead columns emptied):
 # the export was most likely cut short, so a person should look (exit 2, not 0).
 INPUT_GATES = ("activities_like_champion", "lead_columns_like_champion")
+
+
+class LockUnavailable(OSError):
+    """The lock file cannot be opened or created (a read-only folder): the message names it."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
 
 
 class RecalibrationError(RuntimeError):
@@ -85,8 +93,16 @@ def exclusive(lock_file: Path, job: str = "recalibration") -> Iterator[None]:
     """Hold the recalibration lock for the whole block; a second holder (a recalibration, a
     rollback or a training run, which move the same aliases) stops at once and is told which
     job holds it."""
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with lock_file.open("a+") as handle:
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        handle = lock_file.open("a+")
+    except OSError as exc:  # a read-only models folder: said as such, not as a registry problem
+        raise LockUnavailable(
+            exc.errno or 0,
+            f"cannot take the lock {lock_file}: {exc.strerror or exc} (its folder, the models folder unless "
+            "recalibration.lock_file says otherwise, must be writable)",
+        ) from exc
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -709,18 +725,3 @@ def report_html(summary: dict[str, Any], markdown: str) -> str:
             charts.append(f"<h3>Conversion by grade, {name}</h3>" + columns(
                 list(grades), [g["conversion"] or 0 for g in grades.values()], "conversion rate"))  # fmt: skip
     return report_page(markdown, "".join(charts))
-
-
-def report_page(markdown: str, extra_html: str = "") -> str:
-    """The markdown report rendered as a page a manager can read: tables as tables, not pipes.
-    Raw HTML in the text (a feature or model name) is shown as text, never run."""
-    from markdown_it import MarkdownIt  # rich's own markdown parser: no dependency of our own
-
-    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
-    return (
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' "
-        "content='width=device-width, initial-scale=1'><title>Recalibration</title>"
-        "<style>body{font-family:system-ui,sans-serif;max-width:960px;margin:1rem auto;padding:0 1rem}"
-        "table{border-collapse:collapse;margin:.5rem 0}th,td{border:1px solid #ccc;padding:.2rem .5rem;"
-        "text-align:left}</style></head><body>" + body + extra_html + "</body></html>"
-    )
