@@ -263,6 +263,16 @@ def test_a_version_that_failed_a_gate_is_promoted_only_when_a_person_says_so(reg
     assert _aliases() == {"champion": old, "previous": new}
     again = _run("promote", old, params=strict_gate)
     assert again.returncode == 0 and "already @champion" in again.stdout
+    # A run stopped after it registered its version (a SIGTERM then): not promoted without a word.
+    run_id = client.get_model_version(CHAMPION_NAME, old).run_id
+    client.set_terminated(run_id, "FAILED")
+    try:
+        client.set_registered_model_alias(CHAMPION_NAME, "champion", new)
+        stopped = _run("promote", old, params=strict_gate)
+        assert stopped.returncode == 2 and f"v{old}'s training run ended FAILED" in stopped.stderr, stopped.stderr
+    finally:
+        client.set_terminated(run_id, "FINISHED")
+        client.set_registered_model_alias(CHAMPION_NAME, "champion", old)
 
 
 def test_conversion_by_grade_is_measured_again_from_the_score_counts_for_any_bands():

@@ -119,6 +119,9 @@ def promotion_check(model_name: str, version: str) -> PromotionCheck:
     if metrics is None:
         check.problems.append(f"v{trained}'s training run records no gates (its metrics.json is missing)")
         return check
+    ended = _run_status(client, model_name, trained)
+    if ended in ("FAILED", "KILLED"):  # stopped after registering: what it did after is not recorded
+        check.problems.append(f"v{trained}'s training run ended {ended} (stopped or failed after registering it)")
     for gate in metrics.get("gates", []):
         if not gate.get("passed"):
             check.problems.append(f"gate {gate['name']} failed: {gate['detail']}")
@@ -143,6 +146,14 @@ def _training_record(client: MlflowClient, model_name: str, version: str) -> tup
         return trained, mlflow.artifacts.load_dict(f"runs:/{run_id}/metrics.json")
     except Exception:  # a run deleted, or from before metrics.json: said by the caller, not a crash
         return trained, None
+
+
+def _run_status(client: MlflowClient, model_name: str, version: str) -> str | None:
+    """How the run that registered the version ended (None when it cannot be read)."""
+    try:
+        return client.get_run(client.get_model_version(model_name, version).run_id).info.status
+    except Exception:  # a run deleted: said by the gates' check already
+        return None
 
 
 def _compared_with(metrics: dict | None) -> str | None:
