@@ -270,6 +270,9 @@ def test_a_version_that_failed_a_gate_is_promoted_only_when_a_person_says_so(reg
         client.set_registered_model_alias(CHAMPION_NAME, "champion", new)
         stopped = _run("promote", old, params=strict_gate)
         assert stopped.returncode == 2 and f"v{old}'s training run ended FAILED" in stopped.stderr, stopped.stderr
+        listed = _run("versions", params=strict_gate)
+        rows = {line.split("│")[1].strip(): line for line in listed.stdout.splitlines() if line.count("│") > 5}
+        assert "(run failed)" in rows[old] and "(run" not in rows[new], listed.stdout
     finally:
         client.set_terminated(run_id, "FINISHED")
         client.set_registered_model_alias(CHAMPION_NAME, "champion", old)

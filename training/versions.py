@@ -31,6 +31,7 @@ class VersionInfo:
     test_period: str | None = None  # None: its run is gone, or it predates the param
     gates_passed: bool | None = None  # None: not recorded (its run is gone, or it predates the tag)
     rules_from: str | None = None  # set by `leadscore criteria --apply`: whose model it holds
+    run_ended: str | None = None  # how its training run ended (FAILED: stopped after registering it)
 
     @property
     def note(self) -> str:
@@ -86,6 +87,7 @@ def _describe(client: MlflowClient, model_name: str, version: Any, aliases: list
         info.test_period = source.data.params.get("test_period")
         passed = source.data.tags.get("gates_passed")
         info.gates_passed = None if passed is None else passed == "True"
+        info.run_ended = source.info.status
     if info.test_roc_auc is None and version.tags.get("test_roc_auc"):
         info.test_roc_auc = float(version.tags["test_roc_auc"])
     return info
