@@ -284,7 +284,7 @@ def host_name(header: bytes) -> str:
     text = header.decode("latin-1").strip().lower()
     if text.startswith("["):
         return text[1 : text.find("]")] if "]" in text else text
-    return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+    return (text.rsplit(":", 1)[0] if text.count(":") == 1 else text).rstrip(".")  # "localhost." is localhost
 
 
 def is_loopback(host: str) -> bool:
@@ -292,9 +292,12 @@ def is_loopback(host: str) -> bool:
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    # An IPv4 connection to a service listening on "::" arrives from ::ffff:127.0.0.1.
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 class HostGuard:
@@ -307,7 +310,7 @@ class HostGuard:
     def __init__(self, app: ASGIApp, allowed_hosts: tuple[str, ...] = ()) -> None:
         self.app = app
         self.open = not api_keys_from_env() and not api_keys_problem()
-        self.allowed = frozenset(host.lower() for host in allowed_hosts)
+        self.allowed = frozenset(host_name(host.encode()) for host in allowed_hosts)  # as requests read
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.open and scope["type"] == "http" and scope.get("path", "") not in OPEN_PATHS:

@@ -45,13 +45,17 @@ def isolated_mlflow(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(autouse=True)
 def signal_handlers_restored():
     """A command run in-process (CliRunner, a test of the handlers) installs its SIGTERM and
-    SIGINT handlers: restored after each test, so Ctrl-C still stops pytest."""
+    SIGINT handlers: restored after each test, so Ctrl-C still stops pytest. Its record of a stop
+    is cleared too: a later test's promotion would take it for a stop of its own."""
     import signal
+
+    from training import stopping
 
     before = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
     yield
     for number, handler in before.items():
         signal.signal(number, handler)
+    stopping.reset()
 
 
 @pytest.fixture(autouse=True)

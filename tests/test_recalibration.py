@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -289,9 +292,6 @@ def test_no_champion_is_a_clear_error(export, settings):
 
 def test_cli_exits_non_zero_with_a_clear_message_when_it_cannot_run(export, settings, params_file, champion):
     # (the champion: a store that holds models, with none of them named "never-trained")
-    import subprocess
-    import sys
-
     cli = str(Path(sys.executable).parent / "leadscore")
     env = {**os.environ, "LEADSCORE_PARAMS": str(params_file("recalibrate.yaml", **settings))}
     done = subprocess.run([cli, "recalibrate", "--model-name", "never-trained", "--data", str(export)],
@@ -326,19 +326,31 @@ def test_cli_exits_non_zero_with_a_clear_message_when_it_cannot_run(export, sett
         locked = subprocess.run([cli, "recalibrate", "--data", str(export), "--report-dir", str(scheduled)],
                                 capture_output=True, text=True, env=env)  # fmt: skip
         held = subprocess.run([cli, "rollback", "--model-name", MODEL], capture_output=True, text=True, env=env)
-        # The folder of a run still going (this process stands for it): its record stays.
+        # The folder of a run still going (a process named so stands for it): its record stays.
         running = export.parent / "running-report"
         running.mkdir(exist_ok=True)
-        record = json.dumps({"decision": "running", "pid": os.getpid(), "exit_code": None})
+        going = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "recalibrate"])
+        record = json.dumps({"decision": "running", "pid": going.pid, "host": socket.gethostname()})
         (running / "summary.json").write_text(record)
-        beside = subprocess.run([cli, "recalibrate", "--data", str(export), "--report-dir", str(running)],
-                                capture_output=True, text=True, env=env)  # fmt: skip
+        try:
+            beside = subprocess.run([cli, "recalibrate", "--data", str(export), "--report-dir", str(running)],
+                                    capture_output=True, text=True, env=env)  # fmt: skip
+        finally:
+            going.kill()
+            going.wait()
+        # A record whose process is gone, or is no recalibration (its number given to another), is stale.
+        stale = export.parent / "stale-report"
+        stale.mkdir(exist_ok=True)
+        (stale / "summary.json").write_text(record.replace(str(going.pid), str(os.getpid())))
+        subprocess.run([cli, "recalibrate", "--data", str(export), "--report-dir", str(stale)], env=env,
+                       capture_output=True)  # fmt: skip
         # A training run compares with the champion and promotes: it stops before loading anything.
         training = subprocess.run([cli, "train", "--data", str(export), "--model-name", MODEL],
                                   capture_output=True, text=True, env=env)  # fmt: skip
     assert locked.returncode == EXIT_LOCKED and "a recalibration is running" in locked.stderr
     assert beside.returncode == EXIT_LOCKED and (running / "summary.json").read_text() == record, beside.stderr
-    assert f"recalibration still running (pid {os.getpid()})" in " ".join(beside.stdout.split()), beside.stdout
+    assert f"recalibration still running (pid {going.pid})" in " ".join(beside.stdout.split()), beside.stdout
+    assert json.loads((stale / "summary.json").read_text())["decision"] == "locked"
     assert held.returncode == EXIT_LOCKED and "try again after it finishes" in held.stderr, held.stderr
     assert training.returncode == EXIT_LOCKED and "a recalibration is running" in training.stderr, training.stderr
     assert "Loading" not in training.stdout and "Traceback" not in training.stderr
@@ -353,8 +365,6 @@ def test_cli_exits_non_zero_with_a_clear_message_when_it_cannot_run(export, sett
 
 def test_a_store_it_cannot_use_is_recorded_for_the_scheduler_and_nothing_is_created(export, settings, params_file):
     # The store is checked before any work; a scheduler reading --report-dir learns why too.
-    import subprocess
-    import sys
 
     from tests.test_service import _free_port
 
@@ -408,8 +418,6 @@ def test_a_recalibration_stopped_by_sigterm_says_so_where_a_scheduler_looks(expo
     """A CI timeout or cancel stops a job with SIGTERM: Python died silent, the MLflow run stayed
     RUNNING and the fixed report folder kept the earlier run's "promoted"."""
     import signal
-    import subprocess
-    import sys
     import time
 
     import mlflow
@@ -456,8 +464,6 @@ def test_a_run_whose_process_was_killed_is_ended_by_the_next_run(
     run on the machine ends it, with its trial runs, and leaves runs of live processes alone."""
     import signal
     import socket
-    import subprocess
-    import sys
     import time
 
     import mlflow

@@ -841,5 +841,9 @@ def test_without_keys_a_local_request_must_name_a_local_host_or_an_allowed_one(m
         assert answer(local) == 200, local
     assert answer(b"rebind.example:3000") == 403 and answer(b"10.0.0.5:3000") == 403
     assert answer(b"Proxy.Internal:443", allowed=("proxy.internal",)) == 200  # service.allowed_hosts
+    assert answer(b"proxy.internal", allowed=("Proxy.Internal:8080",)) == 200  # an entry written with its port
+    assert answer(b"localhost.:3000") == 200
+    # An IPv4 connection to a service listening on "::" arrives on ::ffff:127.0.0.1: still checked.
+    assert answer(b"rebind.example", server="::ffff:127.0.0.1") == 403
     assert answer(b"crm-facing.example", server="10.0.0.5") == 200  # over the network: keys are its guard
     assert answer(b"rebind.example", server="::1") == 403

@@ -1311,7 +1311,8 @@ def _say_signal_held() -> None:
     """A SIGTERM or SIGINT that came while a promotion was recorded was held back (`sigterm_held`): said."""
     if stopping.held is not None:
         name = signal.Signals(stopping.held).name
-        err.print(f"{_log_time()}{name} came while the promotion was being recorded: finished that first")
+        what = "the promotion was being recorded" if stopping.promoting else "the outcome was being recorded"
+        err.print(f"{_log_time()}{name} came while {what}: finished that first")
 
 
 def _in_database_call(frame: Any) -> bool:
@@ -1339,22 +1340,24 @@ def _sigterm_behind(exc: BaseException) -> Terminated | None:
 
 
 def _running_there(report_dir: Path) -> int | None:
-    """The process id of another recalibration whose "running" record is in `report_dir` and
-    that is still alive, or None."""
+    """The process id of another recalibration on this machine whose "running" record is in
+    `report_dir` and that still runs, or None (a record of another machine cannot be checked, so
+    it is not kept: a stale one would hold the folder for good)."""
+    import socket
+
     try:
         summary = json.loads((report_dir / "summary.json").read_text())
-        pid = int(summary["pid"]) if summary.get("decision") == "running" else None
+        running = summary.get("decision") == "running" and summary.get("host") == socket.gethostname()
+        pid = int(summary["pid"]) if running else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     if pid is None or pid == os.getpid():
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None  # killed outright: its record is stale
-    except PermissionError:
-        pass  # alive, another user's
-    return pid
+    try:  # that process, still a recalibration (not a later process given its number)
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None  # gone: killed outright, its record stale
+    return pid if b"recalibrate" in command else None
 
 
 def _record_failure(report_dir: Path | None, message: str, code: int | None = None) -> None:
@@ -1369,8 +1372,10 @@ def _record_failure(report_dir: Path | None, message: str, code: int | None = No
     decision = {None: "running", 3: "locked", 4: "no new data", **stopped}.get(code, "failed")
     summary = {"decision": decision, "why": message, "exit_code": code,
                "at": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
-    if code is None:
-        summary["pid"] = os.getpid()  # another run given this folder leaves the record of a live run
+    if code is None:  # another run given this folder leaves the record of a live run (`_running_there`)
+        import socket
+
+        summary.update(pid=os.getpid(), host=socket.gethostname())
     title = "Recalibration running" if code is None else "Recalibration did not run"
     when = summary["at"] if code is None else f"exit {code}, {summary['at']}"
     markdown = f"# {title}\n\n**Decision: {decision}** ({when})\n\n{message}\n"
@@ -1416,6 +1421,12 @@ def recalibrate(
     _fail_cleanly_on_sigterm()  # before the imports (seconds): a stop during them is recorded too
     if not console.is_terminal:
         console.print(f"{_log_time(console)}recalibration started (pid {os.getpid()})")
+    if report_dir is not None and (other := _running_there(report_dir)) is not None:
+        # Its record stays, whatever ends this run: "locked" written over it read as "try later"
+        # after that run was killed.
+        console.print(f"[yellow]{escape(str(report_dir))} holds the report of a recalibration still running "
+                      f"(pid {other}): this run's outcome is not written there[/yellow]")  # fmt: skip
+        report_dir = None
     try:
         from training.recalibrate import EXIT_LOCKED, RecalibrationError
         from training.recalibrate import recalibrate as run_recalibration
@@ -1431,14 +1442,8 @@ def recalibrate(
         _check_model_folders(reads_models=True, fail=failed)
         if report_dir is not None:
             check_writable(report_dir, what="the report")
-            if (other := _running_there(report_dir)) is not None:
-                # Its record stays: "locked" written over it read as "try later" after it was killed.
-                console.print(f"[yellow]{escape(str(report_dir))} holds the report of a recalibration still "
-                              f"running (pid {other}): this run's outcome is not written there[/yellow]")  # fmt: skip
-                report_dir = None
-            else:
-                # Replaced by the decision when the run ends; left as it is if the run is killed outright.
-                _record_failure(report_dir, f"started (pid {os.getpid()}); still running, or killed without a word")
+            # Replaced by the decision when the run ends; left as it is if the run is killed outright.
+            _record_failure(report_dir, f"started (pid {os.getpid()}); still running, or killed without a word")
         summary = run_recalibration(
             params, model_name=_model_name(model_name, params), data=data, as_of=moment,
             dry_run=dry_run, if_drifted=if_drifted, report_dir=report_dir, reporter=RichReporter(),
