@@ -204,7 +204,10 @@ def test_two_services_on_one_machine_count_their_own_requests(champion_store, tm
     """A service starting emptied BentoML's metrics folder, shared by every service of the
     machine's BentoML home: another service's /metrics then lost its counts."""
     body = {"leads": [{"lead_id": "x", "created_at": "2025-01-01"}]}
-    first, url, _ = _start(champion_store, None, log_dir=tmp_path, via_leadscore=True)
+    first, url, first_log = _start(champion_store, None, log_dir=tmp_path, via_leadscore=True)
+    # Without keys it says which host names it answers (a proxy sending its own name gets a 403).
+    said = " ".join(first_log.read_text().split())
+    assert "No API keys: requests must be addressed to localhost or 127.0.0.1" in said, said[:2000]
     try:
         for _ in range(3):
             assert httpx.post(f"{url}/score", json=body, timeout=30).status_code == 200

@@ -819,6 +819,12 @@ def serve(
         console.print(f"[yellow]{escape(missing)}: {waiting} one is registered under that name[/yellow]")
     if api_keys_from_env():
         console.print("API keys required (LEADSCORE_API_KEYS is set)")
+    elif host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"[yellow]no API keys (LEADSCORE_API_KEYS) on {escape(host)}: whoever reaches this port can "
+                      "score leads and read the pages[/yellow]")  # fmt: skip
+    else:
+        console.print("[dim]No API keys: requests must be addressed to localhost or 127.0.0.1 "
+                      "(service.allowed_hosts names others)[/dim]")  # fmt: skip
     bentoml = str(Path(sys.executable).parent / "bentoml")
     command = [bentoml, "serve", "serving.service:LeadScoring", "--host", host, "--port", str(port),
                "--working-dir", str(PROJECT_ROOT)]  # fmt: skip
