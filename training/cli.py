@@ -1427,13 +1427,13 @@ def recalibrate(
     _fail_cleanly_on_sigterm()  # before the imports (seconds): a stop during them is recorded too
     if not console.is_terminal:
         console.print(f"{_log_time(console)}recalibration started (pid {os.getpid()})")
-    if report_dir is not None and (other := _running_there(report_dir)) is not None:
-        # Its record stays, whatever ends this run: "locked" written over it read as "try later"
-        # after that run was killed.
-        console.print(f"[yellow]{escape(str(report_dir))} holds the report of a recalibration still running "
-                      f"(pid {other}): this run's outcome is not written there[/yellow]")  # fmt: skip
-        report_dir = None
     try:
+        if report_dir is not None and (other := _running_there(report_dir)) is not None:
+            # Its record stays, whatever ends this run: "locked" written over it read as "try
+            # later" after that run was killed.
+            console.print(f"[yellow]{escape(str(report_dir))} holds the report of a recalibration still "
+                          f"running (pid {other}): this run's outcome is not written there[/yellow]")  # fmt: skip
+            report_dir = None
         from training.recalibrate import EXIT_LOCKED, RecalibrationError
         from training.recalibrate import recalibrate as run_recalibration
     except Terminated as exc:
