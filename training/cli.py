@@ -785,7 +785,7 @@ def serve(
         os.environ["LEADSCORE_MODEL_NAME"] = model_name  # the service's workers and pages read it
 
     from features.tracking import local_database, shown_uri, tracking_problem, tracking_uri, uri_form_problem
-    from serving.guards import api_keys_from_env, api_keys_problem
+    from serving.guards import api_keys_from_env, api_keys_problem, is_loopback
 
     # BentoML's usage statistics would phone home from every worker: not from a CRM's scorer.
     # Two malloc arenas: with glibc's default (8 per core) a worker's memory crept up by 17-34 MB
@@ -819,7 +819,7 @@ def serve(
         console.print(f"[yellow]{escape(missing)}: {waiting} one is registered under that name[/yellow]")
     if api_keys_from_env():
         console.print("API keys required (LEADSCORE_API_KEYS is set)")
-    elif host not in ("127.0.0.1", "localhost", "::1"):
+    elif not is_loopback(host.strip("[]").lower()):  # the service's own test of a loopback name
         console.print(f"[yellow]no API keys (LEADSCORE_API_KEYS) on {escape(host)}: whoever reaches this port can "
                       "score leads and read the pages[/yellow]")  # fmt: skip
     else:
