@@ -273,6 +273,13 @@ def test_a_version_that_failed_a_gate_is_promoted_only_when_a_person_says_so(reg
         listed = _run("versions", params=strict_gate)
         rows = {line.split("│")[1].strip(): line for line in listed.stdout.splitlines() if line.count("│") > 5}
         assert "(run failed)" in rows[old] and "(run" not in rows[new], listed.stdout
+        # Killed outright (SIGKILL): the run never said how it ended, so it still reads RUNNING.
+        client.update_run(run_id, status="RUNNING")
+        killed = _run("promote", old, params=strict_gate)
+        assert killed.returncode == 2 and f"v{old}'s training run has not ended" in killed.stderr, killed.stderr
+        listed = _run("versions", params=strict_gate)
+        rows = {line.split("│")[1].strip(): line for line in listed.stdout.splitlines() if line.count("│") > 5}
+        assert "(run not ended)" in rows[old], listed.stdout
     finally:
         client.set_terminated(run_id, "FINISHED")
         client.set_registered_model_alias(CHAMPION_NAME, "champion", old)

@@ -1597,6 +1597,8 @@ def versions(
         gates = {True: "passed", False: "[yellow]failed[/yellow]", None: "?"}[info.gates_passed]
         if info.run_ended in ("FAILED", "KILLED"):  # stopped after registering: `promote` asks for a say-so
             gates += f" [yellow](run {info.run_ended.lower()})[/yellow]"
+        elif info.run_ended == "RUNNING":  # still training, or killed outright: `promote` asks too
+            gates += " [yellow](run not ended)[/yellow]"
         table.add_row(
             info.version, ", ".join(f"@{a}" for a in info.aliases), f"{info.registered:%Y-%m-%d %H:%M}",
             info.kind or "?", _figure(info.test_roc_auc), _figure(info.test_ece), info.test_period or "?", gates,

@@ -31,7 +31,7 @@ class VersionInfo:
     test_period: str | None = None  # None: its run is gone, or it predates the param
     gates_passed: bool | None = None  # None: not recorded (its run is gone, or it predates the tag)
     rules_from: str | None = None  # set by `leadscore criteria --apply`: whose model it holds
-    run_ended: str | None = None  # how its training run ended (FAILED: stopped after registering it)
+    run_ended: str | None = None  # how its training run ended (FAILED: stopped after registering it; RUNNING: not yet)
 
     @property
     def note(self) -> str:
@@ -124,6 +124,11 @@ def promotion_check(model_name: str, version: str) -> PromotionCheck:
     ended = _run_status(client, model_name, trained)
     if ended in ("FAILED", "KILLED"):  # stopped after registering: what it did after is not recorded
         check.problems.append(f"v{trained}'s training run ended {ended} (stopped or failed after registering it)")
+    elif ended == "RUNNING":  # still training, or killed outright (SIGKILL, power) before it could say so
+        check.problems.append(
+            f"v{trained}'s training run has not ended: it is still training, or it was killed before it could "
+            "record how it ended"
+        )
     for gate in metrics.get("gates", []):
         if not gate.get("passed"):
             check.problems.append(f"gate {gate['name']} failed: {gate['detail']}")
