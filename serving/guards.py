@@ -121,16 +121,48 @@ class RequestIdHeader(HttpOnly):
     are the answers an integrator asks support about."""
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        def request_id() -> list[tuple[bytes, bytes]]:
+            found = _request_id()
+            return [(REQUEST_ID_HEADER, found)] if found else []
 
-        async def with_id(message: MutableMapping[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers") or [])
-                request_id = _request_id()
-                if request_id and not any(name.lower() == REQUEST_ID_HEADER for name, _ in headers):
-                    message = {**message, "headers": [*headers, (REQUEST_ID_HEADER, request_id)]}
-            await send(message)
+        await self.app(scope, receive, _adding_headers(send, request_id))
 
-        await self.app(scope, receive, with_id)
+
+def _adding_headers(send: Send, extra: Callable[[], list[tuple[bytes, bytes]]]) -> Send:
+    """`send` with the headers `extra()` names added to the answer, unless the answer has them."""
+
+    async def adding(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers") or [])
+            present = {name.lower() for name, _ in headers}
+            missing = [item for item in extra() if item[0] not in present]
+            if missing:
+                message = {**message, "headers": headers + missing}
+        await send(message)
+
+    return adding
+
+
+# The pages run no script and load nothing: inline styles and SVG, data: icons, forms posting
+# back here. A policy that allows only that makes any markup slipped past escaping inert.
+# A static report's files carry the first part in a meta tag (which cannot forbid framing).
+PAGE_SOURCES = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'"
+PAGES_POLICY = f"{PAGE_SOURCES}; form-action 'self'; frame-ancestors 'none'"
+_FRAMING_HEADERS = ((b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"))
+
+
+class SecurityHeaders(HttpOnly):
+    """No answer may be framed by another site (the pages' buttons clicked through a decoy) or
+    read as another type than it says; the pages also get `PAGES_POLICY`, and no referrer leaves
+    with a lead's id in its address. BentoML's own API page (Swagger UI, its scripts) only the first."""
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        extra = list(_FRAMING_HEADERS)
+        if scope["path"] == "/ui" or scope["path"].startswith("/ui/"):
+            extra += [(b"content-security-policy", PAGES_POLICY.encode()), (b"referrer-policy", b"same-origin")]
+        else:
+            extra.append((b"content-security-policy", b"frame-ancestors 'none'"))
+        await self.app(scope, receive, _adding_headers(send, lambda: extra))
 
 
 def _request_id() -> bytes | None:

@@ -31,6 +31,7 @@ from serving.batch import model_schema
 from serving.charts import beeswarm, calibration, columns, horizontal_bars, waterfall
 from serving.guards import (
     KEY_COOKIE,
+    PAGE_SOURCES,
     api_keys_from_env,
     key_matches,
     page_token,
@@ -71,7 +72,13 @@ def render(template: str, *, static: bool = False, **context: Any) -> str:
     # A sign-out link where there is a key to forget: the live pages with keys configured.
     signed_in = not static and bool(api_keys_from_env())
     return TEMPLATES.get_template(template).render(
-        nav=True, links=links, static_page=static, signed_in=signed_in, current=CURRENT_LINK.get(template), **context
+        nav=True,
+        links=links,
+        static_page=static,
+        signed_in=signed_in,
+        current=CURRENT_LINK.get(template),
+        static_policy=PAGE_SOURCES,
+        **context,
     )
 
 

@@ -48,6 +48,7 @@ from serving.guards import (
     JsonBodyGuard,
     RealPath,
     RequestIdHeader,
+    SecurityHeaders,
     name_requests_by_route,
     redact_request_errors,
     reply,
@@ -566,6 +567,7 @@ SPEC = documented_spec(LeadScoring.openapi_spec.asdict())
 name_requests_by_route()
 LeadScoring.add_asgi_middleware(RealPath)  # first: every other middleware sees the real path
 LeadScoring.add_asgi_middleware(RequestIdHeader)  # every answer, the guards' too, names its request
+LeadScoring.add_asgi_middleware(SecurityHeaders)  # every answer, the guards' too, refuses framing
 LeadScoring.add_asgi_middleware(HostGuard, allowed_hosts=PARAMS.service.allowed_hosts)
 if PARAMS.service.cors_origins:
     # Outside the key guard: a browser's preflight carries no key. The calls themselves do, in

@@ -254,6 +254,23 @@ def test_html_in_crm_data_is_shown_as_text(page, server, scores_dir):
     assert "<script>window.__pwned" not in page.content()
 
 
+def test_pages_run_no_script_and_cannot_be_framed(page, server, scores_dir):
+    """Markup that slipped past escaping would not run, and no other site can frame a page to
+    have a signed-in manager click through it."""
+    _login(page, server)
+    header = page.locator("header").evaluate("h => getComputedStyle(h).backgroundColor")
+    assert header == "rgb(38, 50, 56)"  # the inline styles still apply
+    page.evaluate(
+        "() => { const s = document.createElement('script'); s.textContent = 'window.__ran = 1';"
+        " document.head.appendChild(s); }"
+    )
+    assert page.evaluate("window.__ran") is None
+    page.set_content(f'<iframe src="{server}/ui/digest" width="600" height="400"></iframe>')
+    page.wait_for_timeout(500)
+    framed = [frame for frame in page.frames if frame != page.main_frame]
+    assert framed and framed[0].locator("header").count() == 0, [f.url for f in page.frames]  # not even the sign-in
+
+
 AXE_SCRIPT = Path(__file__).resolve().parents[1] / ".cache" / "axe" / "node_modules" / "axe-core" / "axe.min.js"
 AXE_RULES = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"]
 
@@ -270,7 +287,7 @@ def axe_script() -> Path:
 
 def _axe_violations(page, script: Path) -> list[str]:
     """What axe-core finds against WCAG 2.1 AA and its best practices on the page as it is."""
-    page.add_script_tag(path=str(script))
+    page.evaluate(script.read_text(encoding="utf-8"))  # as devtools run it: the pages' policy allows no script
     found = page.evaluate("rules => axe.run(document, {runOnly: {type: 'tag', values: rules}})", AXE_RULES)
     return [f"{v['id']} ({v['impact']}): {[n['target'] for n in v['nodes'][:3]]}" for v in found["violations"]]
 
@@ -512,6 +529,7 @@ def test_static_report(champion, scores_dir, tmp_path):
     index = (tmp_path / "index.html").read_text()
     assert "&lt;script&gt;window.__pwned=2&lt;/script&gt;" in index and "<script>window.__pwned" not in index
     assert "/ui/" not in index  # links stay within the report
+    assert """<meta http-equiv="Content-Security-Policy" content="default-src &#39;none&#39;""" in index
 
 
 def test_the_model_page_of_a_model_without_time_windows_says_how_it_was_tested():

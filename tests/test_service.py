@@ -169,6 +169,13 @@ def test_every_answer_names_its_request_as_the_access_log_does(server):
     assert [a.status_code for a in answers] == [401, 404, 405, 415, 200]
     ids = [a.headers.get("x-bentoml-request-id") for a in answers]
     assert all(ids) and len(set(ids)) == len(ids), ids
+    # None may be framed by another site or sniffed as another type; the pages get their policy.
+    for answer in [*answers, httpx.get(f"{url}/ui/digest", headers=_auth()), httpx.get(f"{url}/")]:
+        assert answer.headers.get("x-frame-options") == "DENY", answer.headers
+        assert answer.headers.get("x-content-type-options") == "nosniff", answer.headers
+        assert "frame-ancestors 'none'" in answer.headers.get("content-security-policy", ""), answer.headers
+    assert "script-src" not in answers[0].headers["content-security-policy"]  # default-src 'none' only on pages
+    assert "default-src 'none'" in httpx.get(f"{url}/ui/digest", headers=_auth()).headers["content-security-policy"]
     # The access log is written as each answer ends: give the last lines a moment to land.
     logged = lambda: all(f"span={request_id}" in log.read_text(errors="replace") for request_id in ids)  # noqa: E731
     _wait_for(logged, 15, f"the access log did not name each of {ids}")
