@@ -28,17 +28,22 @@ FIRST_YEAR, LAST_YEAR = 1900, 2200
 CLOCK_SKEW = dt.timedelta(minutes=5)
 
 
+def utc_now() -> pd.Timestamp:
+    """The clock as the exports' moments are kept: naive UTC."""
+    return pd.Timestamp.now(tz="UTC").tz_localize(None)
+
+
 def latest_moment(now: pd.Timestamp | None = None) -> pd.Timestamp:
     """The latest moment a score may be as of (naive UTC): the end of today in UTC, so that a
     date sent from a time zone ahead of UTC (today there) is taken, or `CLOCK_SKEW` past the
     clock when that is later. A later moment would read every lead as gone quiet for days."""
-    now = pd.Timestamp.now(tz="UTC").tz_localize(None) if now is None else now
+    now = utc_now() if now is None else now
     return max(now.ceil("D"), now + CLOCK_SKEW)
 
 
 def future_moment(what: str, now: pd.Timestamp | None = None) -> str:
     """Why a moment after `latest_moment` is refused, `what` naming it."""
-    now = pd.Timestamp.now(tz="UTC").tz_localize(None) if now is None else now
+    now = utc_now() if now is None else now
     return (f"{what} is after today (UTC; the clock here reads {now.isoformat(timespec='seconds')}): a score "
             "reads the past only, and as of a later moment every lead would read as gone quiet")  # fmt: skip
 
@@ -46,7 +51,7 @@ def future_moment(what: str, now: pd.Timestamp | None = None) -> str:
 def idle_until_note(moment: pd.Timestamp, what: str) -> str | None:
     """What scoring as of a later moment than now means (allowed, but more often a mistyped
     year), `what` naming the moment; None when it is not later."""
-    if moment <= pd.Timestamp.now(tz="UTC").tz_localize(None):
+    if moment <= utc_now():
         return None
     return f"{what} {moment} is in the future: every lead is scored as if idle from its newest activity until then"
 

@@ -33,6 +33,7 @@ from features.clean import (
     parse_number,
     parse_timestamps,
     snake_case,
+    utc_now,
 )
 from features.schema import (
     ACTIVITY_REQUIRED,
@@ -949,7 +950,7 @@ def after_today(moments: pd.Series) -> pd.Series:
     A history cannot hold them (a mistyped year, a meeting booked ahead), and one of them
     would stretch the export's end past its data, leaving the newest leads unlabelled.
     """
-    end_of_today = pd.Timestamp.now(tz="UTC").tz_localize(None).normalize() + pd.Timedelta(days=2)
+    end_of_today = utc_now().normalize() + pd.Timedelta(days=2)
     return moments.notna() & (moments >= end_of_today)
 
 

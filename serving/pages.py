@@ -6,7 +6,6 @@ static files by `leadscore report`.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import re
@@ -22,7 +21,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import TypeAdapter, ValidationError
 
-from features.clean import future_moment, latest_moment, parse_timestamps, snake_case
+from features.clean import future_moment, latest_moment, parse_timestamps, snake_case, utc_now
 from features.criteria import STAGES, mql_conditions
 from features.flat import field_problems
 from features.reasons import describe, plain_name
@@ -480,7 +479,7 @@ def _page_links(filters: dict[str, str], page: int, pages: int) -> dict[str, str
 def scoring_age(as_of: pd.Timestamp, now: pd.Timestamp | None = None) -> str:
     """How old a scoring is, when that matters to a reader ("43 days"), else empty: reasons say
     "in the last 24 hours" and "2 days ago" as of the scoring, not as of reading."""
-    now = now if now is not None else _now()
+    now = now if now is not None else utc_now()
     days = (now - as_of).days
     if days < 1:
         return ""
@@ -942,7 +941,7 @@ def _pasted(data: Any) -> tuple[Any, pd.Timestamp]:
             raise InvalidLeads([f"Paste one lead: this holds {len(data)}"])
         data = data[0]
     if as_of is None:
-        return data, _now()
+        return data, utc_now()
     try:
         moment = utc_naive(_MOMENT.validate_python(as_of))
     except ValidationError as exc:
@@ -950,7 +949,3 @@ def _pasted(data: Any) -> tuple[Any, pd.Timestamp]:
     if moment > latest_moment():  # as POST /score refuses it
         raise InvalidLeads([future_moment(f"as_of {moment.isoformat()}")])
     return data, moment
-
-
-def _now() -> pd.Timestamp:
-    return pd.Timestamp(dt.datetime.now(dt.UTC)).tz_localize(None)

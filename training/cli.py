@@ -1986,9 +1986,10 @@ def pd_timestamp(text: str | None):
     import pandas as pd
 
     # pandas reads "now" and "today" (both the current moment) in the machine's local time: moments here are UTC.
+    from features.clean import FIRST_YEAR, LAST_YEAR, utc_now
+
     if not text or text.strip().casefold() in ("now", "today"):
-        return pd.Timestamp.now(tz="UTC").tz_localize(None).floor("s")  # no microseconds in the output
-    from features.clean import FIRST_YEAR, LAST_YEAR
+        return utc_now().floor("s")  # no microseconds in the output
 
     try:
         moment = pd.Timestamp(text)
