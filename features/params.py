@@ -200,6 +200,21 @@ class ServiceParams(_Frozen):
     # Host names besides localhost that a request reaching the service on this machine may be
     # addressed to when no API keys are set (a reverse proxy's name).
     allowed_hosts: tuple[str, ...] = ()
+    # The lead's record in the CRM, linked from its page: a web address with {lead_id} in it.
+    crm_lead_url: str = ""
+
+    @field_validator("crm_lead_url")
+    @classmethod
+    def _a_web_address_naming_the_lead(cls, url: str) -> str:
+        url = url.strip()
+        if url and (
+            not ORIGIN.match(url) or url.count("{lead_id}") != 1 or {"{", "}"} & set(url.replace("{lead_id}", ""))
+        ):
+            raise ValueError(
+                f"{url!r}: a web address (http:// or https://) with {{lead_id}} once where the lead's id goes, e.g. "
+                "https://acme.lightning.force.com/lightning/r/Lead/{lead_id}/view"
+            )
+        return url
 
     @field_validator("cors_origins")
     @classmethod

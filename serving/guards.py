@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
@@ -431,40 +432,91 @@ class JsonBodyGuard:
                                 for part in scope["query_string"].split(b"&") if part})  # fmt: skip
                 problems = [(("query", name), "query parameters are not read: send it in the JSON body")
                             for name in (names or ["?"])[:20]]  # fmt: skip
-                count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
-                where = ".".join(problems[0][0])
-                await reply(send, 400, f"{count} in the request, at {where}: {problems[0][1]}", problems=problems)
+                await _problems(send, problems)
                 return
-            receive = _without_bom(receive)
+            body, ended = await _whole_body(receive)
+            body = body.removeprefix(codecs.BOM_UTF8)
+            repeated = [] if ended else repeated_names(body)
+            if repeated:
+                await _problems(send, repeated)
+                return
+            receive = _replaying(body, ended, receive)
         await self.app(scope, receive, send)
 
 
-def _without_bom(receive: Receive) -> Receive:
-    """The body without a leading UTF-8 byte order mark, which .NET clients write by default and
-    the JSON parser reads as "Invalid JSON at column 1" (RFC 8259 lets a parser ignore it). The
-    first chunks are joined until they hold as many bytes as the mark, which may arrive split."""
-    first = True
-    held: list[MutableMapping[str, Any]] = []  # a message that ended the joining (a disconnect)
+async def _problems(send: Send, problems: list[tuple[tuple, str]]) -> None:
+    """A 400 naming the request's problems, the first in its message, as the service's own."""
+    count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+    where = ".".join(str(part) for part in problems[0][0])
+    await reply(send, 400, f"{count} in the request, at {where}: {problems[0][1]}", problems=problems)
 
-    async def stripped() -> MutableMapping[str, Any]:
-        nonlocal first
-        if held:
-            return held.pop()
+
+async def _whole_body(receive: Receive) -> tuple[bytes, MutableMapping[str, Any] | None]:
+    """The request's body, all its chunks joined (`BodySizeGuard` bounds it), and the message
+    that cut it short (a disconnect) or None."""
+    chunks = []
+    while True:
         message = await receive()
-        if not first or message["type"] != "http.request":
-            return message
-        first = False
-        body, more = message.get("body", b""), message.get("more_body", False)
-        while more and len(body) < len(codecs.BOM_UTF8):
-            following = await receive()
-            if following["type"] != "http.request":
-                held.append(following)
-                break
-            body += following.get("body", b"")
-            more = following.get("more_body", False)
-        return {**message, "body": body.removeprefix(codecs.BOM_UTF8), "more_body": more}
+        if message["type"] != "http.request":
+            return b"".join(chunks), message
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks), None
 
-    return stripped
+
+def _replaying(body: bytes, ended: MutableMapping[str, Any] | None, receive: Receive) -> Receive:
+    """`receive` that gives `body` in one message, then the message that cut it short, then
+    what the client sends after."""
+    pending = [*([ended] if ended else []), {"type": "http.request", "body": body, "more_body": ended is not None}]
+
+    async def replay() -> MutableMapping[str, Any]:
+        return pending.pop() if pending else await receive()
+
+    return replay
+
+
+class _Repeated(dict):
+    """An object of the body in which a name came more than once (`names`: how many times each)."""
+
+    names: dict[str, int]
+
+
+REPEATED_NAME = "sent {n} times in one object: send each field once (which copy counts is up to the parser)"
+
+
+def repeated_names(body: bytes, limit: int = 20) -> list[tuple[tuple, str]]:
+    """Where the JSON body repeats a name within one object (`{"do_not_contact": true, ...,
+    "do_not_contact": false}` read as the last, an opted-out lead as one to call), as
+    (location, reason), the first `limit`; empty also when the body is not JSON (its parser
+    says why, as for any other body)."""
+    found = False
+
+    def pairs_to_dict(pairs: list[tuple[str, Any]]) -> dict:
+        nonlocal found
+        result = dict(pairs)
+        if len(result) == len(pairs):
+            return result
+        found = True
+        repeated = _Repeated(result)
+        counts = Counter(name for name, _ in pairs)
+        repeated.names = {name: n for name, n in counts.items() if n > 1}
+        return repeated
+
+    try:
+        parsed = json.loads(body, object_pairs_hook=pairs_to_dict)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, nested past the parser's depth
+        return []
+    if not found:
+        return []
+    problems: list[tuple[tuple, str]] = []
+    stack: list[tuple[tuple, Any]] = [((), parsed)]
+    while stack and len(problems) < limit:
+        where, node = stack.pop()
+        if isinstance(node, _Repeated):
+            problems += [((*where, name), REPEATED_NAME.format(n=n)) for name, n in node.names.items()]
+        children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        stack.extend(reversed([((*where, key), child) for key, child in children]))
+    return problems[:limit]
 
 
 _TAG_MANAGER = re.compile(r"<!-- Google Tag Manager.*?<!-- End Google Tag Manager[^>]*-->", re.DOTALL)

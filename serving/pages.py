@@ -6,6 +6,7 @@ static files by `leadscore report`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -24,6 +25,7 @@ from pydantic import TypeAdapter, ValidationError
 from features.clean import future_moment, latest_moment, parse_timestamps, snake_case, utc_now
 from features.criteria import STAGES, mql_conditions
 from features.flat import field_problems
+from features.params import Params, default_params_path, load_params
 from features.reasons import describe, plain_name
 from features.schema import ACTIVITY_TYPES
 from serving.batch import model_schema
@@ -35,6 +37,7 @@ from serving.guards import (
     key_matches,
     page_token,
     plain_problem,
+    repeated_names,
 )
 from serving.schemas import Lead, Moment, flat_fields, leads_to_flat, leads_to_frames, unread_parts, utc_naive
 from serving.scoring import (
@@ -232,15 +235,53 @@ def _kept_fields(snapshot: Snapshot, lead_id: str) -> dict:
     return _scored_fields(snapshot.scores[snapshot.scores["lead_id"].astype(str) == lead_id].iloc[0])
 
 
+# What a rep reaches for before a call, from the CRM export's row, in this order.
+PROFILE_FIELDS = (
+    ("email", "E-mail"), ("phone", "Phone"), ("seniority", "Seniority"), ("department", "Department"),
+    ("company", "Company"), ("industry", "Industry"), ("employees", "Employees"), ("annual_revenue", "Annual revenue"),
+    ("country", "Country"), ("lead_source", "Source"), ("tech_stack", "Tech stack"), ("budget", "Budget"),
+    ("authority", "Authority"), ("need", "Need"), ("timeline", "Timeline"),
+)  # fmt: skip
+
+
+def _profile(row: dict) -> list[dict]:
+    """The lead's contact details and profile as the export wrote them (blanks left out), the
+    e-mail and phone as links a click dials or writes to."""
+    shown = []
+    for column, label in PROFILE_FIELDS:
+        value = str(row.get(column) or "").strip()
+        if not value or value.casefold() in ("nan", "none"):
+            continue
+        href = {"email": "mailto:", "phone": "tel:"}.get(column)
+        if href:
+            href += quote(value if column == "email" else re.sub(r"[^0-9+]", "", value), safe="@+")
+        shown.append({"label": label, "value": value, "href": href})
+    return shown
+
+
+def _crm_link(lead_id: str) -> str:
+    """The lead's record in the CRM (`service.crm_lead_url`), or "" when none is set."""
+    template = _params_of(default_params_path()).service.crm_lead_url
+    return template.format(lead_id=quote(lead_id, safe="")) if template else ""
+
+
+@functools.lru_cache(maxsize=4)
+def _params_of(path: Path) -> Params:
+    return load_params(path)
+
+
 def _lead_basics(
     lead: pd.DataFrame, activities: pd.DataFrame, as_of: pd.Timestamp, model: str, day_first: bool | None
 ) -> dict:
     """Who the lead is and what it did: the parts of its page that need no model."""
     row = lead.iloc[0].to_dict()
     timeline, later = _timeline(activities, as_of, day_first)
+    lead_id = str(row["lead_id"]).strip()
     return {
-        "lead_id": str(row["lead_id"]).strip(),
+        "lead_id": lead_id,
         "display_name": _display_name(row),
+        "profile": _profile(row),
+        "crm_url": _crm_link(lead_id),
         "owner": str(row.get("owner") or "").strip(),
         "as_of": as_of.strftime("%Y-%m-%d %H:%M"),
         "model": model,
@@ -884,6 +925,9 @@ async def pasted_lead(request: Request):
         return model
     form = await request.form()
     text = str(form.get("lead", ""))
+    repeated = repeated_names(text.encode())
+    if repeated:
+        return _paste_refused(text, "; ".join(f"{'.'.join(map(str, where))}: {why}" for where, why in repeated[:5]))
     try:
         data, as_of = _pasted(json.loads(text))
         lead = Lead.model_validate(data)

@@ -171,6 +171,13 @@ class Reason(BaseModel):
     text: str = Field(examples=["Requested a demo 2 days ago: +18"])
 
 
+NOT_READ_TEXT = (
+    "Activities dated at or after as_of, which the score does not read (a feature sees only the past): a meeting "
+    "booked ahead, or a time sent without its offset from a zone ahead of UTC (read as UTC: send the offset, "
+    "+09:00). 0 when every activity was read"
+)
+
+
 class LeadScore(BaseModel):
     lead_id: str
     probability: float = Field(ge=0, le=1, description="Calibrated probability of converting within the horizon")
@@ -192,6 +199,7 @@ class LeadScore(BaseModel):
         description="The moment scored at, in UTC: the request's as_of, else when it arrived (moved up to a lead's "
         "newest time within 5 minutes of clock skew). Send it as as_of to score the lead the same way again",
     )
+    activities_not_read: int = Field(ge=0, description=NOT_READ_TEXT)
 
 
 class ModelInfo(BaseModel):
@@ -247,6 +255,7 @@ class Explanation(BaseModel):
     contributions: list[Contribution]
     model_version: str
     as_of: str = Field(examples=["2026-10-22T12:00:00Z"], description="The moment explained at, in UTC (as in a score)")
+    activities_not_read: int = Field(ge=0, description=NOT_READ_TEXT)
 
 
 def utc_naive(moment: dt.datetime) -> pd.Timestamp:

@@ -286,6 +286,15 @@ def _iso_utc(moment: pd.Timestamp) -> str:
     return moment.isoformat() + "Z"
 
 
+def _not_read(leads: list[Lead], moment: pd.Timestamp) -> list[int]:
+    """Each lead's activities dated at or after the moment, which its features do not read."""
+    naive = moment.to_pydatetime()
+    aware = naive.replace(tzinfo=dt.UTC)
+    return [sum(1 for activity in lead.activities
+                if activity["occurred_at"] >= (naive if activity["occurred_at"].tzinfo is None else aware))
+            for lead in leads]  # fmt: skip
+
+
 def _as_of(leads: list[Lead], as_of: dt.datetime | None) -> pd.Series:
     return pd.Series([_moment(as_of, leads)] * len(leads))
 
@@ -455,13 +464,15 @@ class LeadScoring:
             moment = _moment(as_of, leads)
             record = live.direct.score(leads[0], moment)
             if record is not None:
-                return _json([{"lead_id": leads[0].lead_id, **record, "as_of": _iso_utc(moment)}])
+                return _json([{"lead_id": leads[0].lead_id, **record, "as_of": _iso_utc(moment),
+                               "activities_not_read": _not_read(leads, moment)[0]}])  # fmt: skip
         sent = leads
         leads, first_of, sent_at = _once_each(sent)
         moments = _as_of(leads, as_of)
         features, context = self._prepare(live, leads, moments, sent_at=sent_at)
         columns = {"lead_id": [lead.lead_id for lead in leads], **score_columns(model, features, context, moments),
-                   "as_of": [_iso_utc(moments.iloc[0])] * len(leads)}  # fmt: skip
+                   "as_of": [_iso_utc(moments.iloc[0])] * len(leads),
+                   "activities_not_read": _not_read(leads, moments.iloc[0])}  # fmt: skip
         # Plain values, one record per lead (no data frame): NumPy columns become lists once.
         names = list(columns)
         values = [column.tolist() if isinstance(column, np.ndarray) else column for column in columns.values()]
@@ -506,6 +517,7 @@ class LeadScoring:
             contributions=items,
             model_version=model.version,
             as_of=_iso_utc(moments.iloc[0]),
+            activities_not_read=_not_read([lead], moments.iloc[0])[0],
         )
 
     @extra.get("/model")

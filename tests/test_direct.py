@@ -23,7 +23,9 @@ FIELDS = ("industry", "country", "seniority", "department", "lead_source", "empl
 def _records(leads: list[Lead], scored: pd.DataFrame) -> list[dict]:
     records = scored.replace({np.nan: None}).to_dict(orient="records")
     return [
-        LeadScore.model_validate({"lead_id": lead.lead_id, **r, "as_of": "set by the service"}).model_dump()
+        LeadScore.model_validate(
+            {"lead_id": lead.lead_id, **r, "as_of": "set by the service", "activities_not_read": 0}
+        ).model_dump()
         for lead, r in zip(leads, records, strict=True)
     ]
 
@@ -44,7 +46,9 @@ def _fast(one: DirectScorer, lead: Lead, as_of: pd.Timestamp) -> dict | None:
     record = one.score(lead, as_of)
     if record is None:
         return None
-    return LeadScore.model_validate({"lead_id": lead.lead_id, **record, "as_of": "set by the service"}).model_dump()
+    return LeadScore.model_validate(
+        {"lead_id": lead.lead_id, **record, "as_of": "set by the service", "activities_not_read": 0}
+    ).model_dump()
 
 
 def _messy(i: int, lead: dict) -> dict:

@@ -928,6 +928,30 @@ def test_pages_of_leads_without_owners_or_activities_leave_those_parts_out(champ
     assert "attributes and activities" not in render("pick.html", title="Open a lead", lead_choices=[], flat_model=True)
 
 
+def test_the_lead_page_gives_a_rep_the_contact_details_and_the_crm_record(
+    champion, scores_dir, params_file, monkeypatch
+):
+    """The page said "Call within one business day" and showed no phone, e-mail or profile."""
+    from serving.pages import render, scored_lead_view
+    from serving.snapshots import latest_two
+
+    latest, _ = latest_two(scores_dir, champion.name)
+    lead_id = latest.scores["lead_id"].iloc[3]
+    rows, acts = latest.lead(lead_id)
+    rows = rows.assign(phone="+1 (555) 673-1011", email="jane.o'neil@acme.com", employees="800")
+    url = "https://acme.lightning.force.com/lightning/r/Lead/{lead_id}/view"
+    monkeypatch.setenv("LEADSCORE_PARAMS", str(params_file("crm-link.yaml", **{"service.crm_lead_url": url})))
+    page = render("lead.html", title="x", lead=scored_lead_view(champion, latest, rows, acts))
+    assert '<a href="tel:+15556731011">+1 (555) 673-1011</a>' in page
+    assert '<a href="mailto:jane.o%27neil@acme.com">jane.o&#39;neil@acme.com</a>' in page
+    assert "<dt>Employees</dt><dd>800</dd>" in page
+    assert f'href="https://acme.lightning.force.com/lightning/r/Lead/{lead_id}/view"' in page
+    monkeypatch.delenv("LEADSCORE_PARAMS")
+    blank = rows.assign(phone="", email=None, industry="nan")
+    plain = render("lead.html", title="x", lead=scored_lead_view(champion, latest, blank, acts))
+    assert 'id="crm-link"' not in plain and "<dt>Phone</dt>" not in plain and "<dt>Industry</dt>" not in plain
+
+
 def test_a_scoring_under_new_rules_on_the_same_model_says_its_scores_did_not_move_with_it(champion, scores_dir):
     """After `criteria --apply` and a scoring, the digest said "grades and scores moved with the
     model": the model was the one before, under other rules."""

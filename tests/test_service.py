@@ -425,6 +425,31 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
     tomorrow = str((pd.Timestamp.now(tz="UTC") + pd.Timedelta(days=1)).date())
     for moment in (soon, tomorrow):
         assert post({"leads": [other], "as_of": moment}).status_code == 200, moment
+    # A name repeated in one object was read as its last copy: an opted-out lead as one to call.
+    opted_out = json.dumps({"leads": [other, {"lead_id": "c", "created_at": "2025-01-01", "do_not_contact": True}]})
+    twice_named = opted_out.replace('"do_not_contact": true', '"do_not_contact": true, "do_not_contact": false')
+    for route, body in (("score", twice_named), ("explain", '{"lead": {"lead_id": "a", "lead_id": "b"}}')):
+        refused = httpx.post(f"{url}/{route}", content=body, headers={**_auth(), "content-type": "application/json"})
+        where = ["leads", 1, "do_not_contact"] if route == "score" else ["lead", "lead_id"]
+        assert refused.status_code == 400 and [e["loc"] for e in refused.json()["detail"]] == [where], refused.text
+        assert "sent 2 times in one object" in refused.json()["error"], refused.text
+    # A demo request an hour ago in Tokyo, sent as local time without its offset, reads as UTC and
+    # eight hours ahead: not read, as any activity at or after the moment, and each answer says so.
+    created = (pd.Timestamp.now(tz="Asia/Tokyo") - pd.Timedelta(days=10)).isoformat()
+    local = (pd.Timestamp.now(tz="Asia/Tokyo") - pd.Timedelta(hours=1)).tz_localize(None).isoformat()
+    tokyo = {"lead_id": "t1", "created_at": created, "activities": [
+        {"occurred_at": local, "activity_type": "demo_request"},
+        {"occurred_at": local + "+09:00", "activity_type": "pricing_page"}]}  # fmt: skip
+    for body in ({"leads": [tokyo]}, {"leads": [tokyo, other]}):
+        answered = post(body)
+        assert (
+            answered.status_code == 200
+            and [a["activities_not_read"] for a in answered.json()] == [1, 0][: len(body["leads"])]
+        ), answered.text
+    explained = httpx.post(f"{url}/explain", json={"lead": tokyo}, headers=_auth())
+    assert explained.status_code == 200 and explained.json()["activities_not_read"] == 1, explained.text
+    before_both = post({"leads": [tokyo], "as_of": created})
+    assert before_both.status_code == 200 and before_both.json()[0]["activities_not_read"] == 2, before_both.text
     # A byte order mark, as .NET writes UTF-8 by default, read as "Invalid JSON at column 1".
     marked = b"\xef\xbb\xbf" + json.dumps({"leads": [other], "as_of": "2025-06-01"}).encode()
     with_bom = httpx.post(f"{url}/score", content=marked, headers={**_auth(), "content-type": "application/json"})
