@@ -176,7 +176,7 @@ def parse_number(values: pd.Series, number_format: NumberFormat | None = None) -
 def _parse_distinct_numbers(values: pd.Series, number_format: NumberFormat | None) -> tuple[pd.Series, pd.Series]:
     text = values.astype("object")
     present = text.notna()
-    cleaned = text[present].astype(str)
+    cleaned = _bare(text[present].astype(str))
     if number_format is not None and number_format.dots_group:
         grouped = _bare(cleaned).str.fullmatch(_WHOLE_DOT_GROUPS)
         cleaned[grouped] = _bare(cleaned[grouped]).str.replace(".", "", regex=False)
@@ -214,6 +214,15 @@ _ONLY_THOUSANDS = re.compile(r"-?\d{1,3}(?:(?:,\d{3}){2,}(?:\.\d+)?|(?:,\d{3})+\
 _WHOLE_DOT_GROUPS = re.compile(r"-?[1-9]\d{0,2}(?:\.\d{3})+")
 _DOT_DECIMAL = re.compile(r"-?(?:0\.\d+|\d+\.(?:\d{1,2}|\d{4,})|\d{4,}\.\d+)(?:[kmb]|bn|%)?", re.IGNORECASE)
 _NOT_DIGITS = re.compile(r"[\s$€£¥%]|^\+")
+# Currency codes before or after an amount, as multi-currency exports write them ("USD 53,00").
+_CURRENCY_CODE = re.compile(
+    r"^(?:USD|EUR|GBP|JPY|CHF|CAD|AUD|NZD|SEK|NOK|DKK|PLN|CZK|HUF|INR|CNY|RMB|HKD|SGD|BRL|MXN|ZAR|KRW|TRY|ILS|AED)"
+    r"(?=[-+(\d.])|(?<=[\d.)])(?:USD|EUR|GBP|JPY|CHF|CAD|AUD|NZD|SEK|NOK|DKK|PLN|CZK|HUF|INR|CNY|RMB|HKD|SGD|BRL|MXN|"
+    r"ZAR|KRW|TRY|ILS|AED)$",
+    re.IGNORECASE,
+)
+# An accounting negative: "(5.00)" is -5.00.
+_ACCOUNTING_NEGATIVE = re.compile(r"^\((-?[\d.,]+(?:[kmb]|bn)?)\)$", re.IGNORECASE)
 # An export's decimal mark is decided on this much evidence only: distinct values that can only
 # be written with it, at least this many and ten times those only the other mark writes. A
 # stray "0,5" typed into a US export, or one "2.5M" in a European one, decides nothing.
@@ -222,7 +231,10 @@ GROUPED_THOUSANDS = "read as whole numbers, dots grouping thousands"
 
 
 def _bare(text: pd.Series) -> pd.Series:
-    return text.str.replace(_NOT_DIGITS, "", regex=True)
+    """The values without spaces, currency signs and codes, and percent signs, an accounting
+    negative with a minus: what is left is a number, if any."""
+    bare = text.str.replace(_NOT_DIGITS, "", regex=True).str.replace(_CURRENCY_CODE, "", regex=True)
+    return bare.str.replace(_ACCOUNTING_NEGATIVE, r"-\1", regex=True)
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from features.ingest import (
     number_rows,
     read_text_csv,
 )
-from features.params import FlatParams
+from features.params import FlatParams, UniqueKeyLoader
 from features.spec import FeatureGroup
 
 ColumnType = Literal["numeric", "boolean", "categorical"]
@@ -58,6 +58,10 @@ _ENGAGEMENT_WORDS = re.compile(
 _NAME_SAFE = str.maketrans({"[": "(", "]": ")", "{": "(", "}": ")", '"': "'", ",": ";", ":": ";", "\\": "\u2216"})
 _NUMERIC_FAILURE_SHARE = 0.02
 _DATE_SHARE = 0.95
+# Digits led by a zero ("02134") in at least this share of a column's values: codes (postal,
+# account), whose zeros a number would lose.
+_LEADING_ZERO = r"0\d+"
+_CODE_SHARE = 0.01
 _TIME_COLUMN_SHARE = 0.5  # below it, --time names a column that is not dates
 
 
@@ -150,8 +154,9 @@ def make_profile(settings: dict[str, Any], source: str = "the command line") -> 
         raise DataError(f"invalid settings from {source}: {problems}") from exc
 
 
-class _ProfileLoader(yaml.SafeLoader):
-    """YAML as written: only true/false are booleans (`positive: Yes` means the text Yes)."""
+class _ProfileLoader(UniqueKeyLoader):
+    """YAML as written: only true/false are booleans (`positive: Yes` means the text Yes), and a
+    key written twice is refused (the last `label:` was kept without a word)."""
 
 
 _ProfileLoader.yaml_implicit_resolvers = {
@@ -235,18 +240,30 @@ def identifier_leak(values: pd.Series, label: pd.Series, threshold: float) -> st
     return None
 
 
+_WHOLE_NUMBER = re.compile(r"\+?(-?\d+)(?:\.0*)?")
+
+
+def _label_spelling(value: object) -> object:
+    """A label value as compared: case folded, a whole number without its decimals ("1.0": "1")."""
+    if not isinstance(value, str):
+        return value
+    whole = _WHOLE_NUMBER.fullmatch(value.strip())
+    return str(int(whole.group(1))) if whole else value.casefold()
+
+
 def _label(values: pd.Series, column: str, positive: str | None, negative: str | None = None) -> pd.Series:
     """1 for converted, 0 for lost, missing for a blank label or (with `negative`) any other
     value: no outcome yet."""
-    # "Yes" and "yes" are one class, as a category's spellings are one level.
-    values = values.map(lambda value: value.casefold() if isinstance(value, str) else value)
+    # "Yes" and "yes" are one class, as a category's spellings are one level, and "1" and "1.0"
+    # (a column re-saved by a spreadsheet) are one too.
+    values = values.map(_label_spelling)
     present = values.dropna()
     classes = sorted(present.unique().tolist(), key=str)
     if positive is not None:
         given = {"positive": positive, **({"negative": negative} if negative is not None else {})}
         matched = {}
         for role, value in given.items():
-            match = [c for c in classes if str(c).casefold() == str(value).casefold()]
+            match = [c for c in classes if c == _label_spelling(str(value))]
             if not match:
                 raise DataError(f"label column {column!r}: {role} value {value!r} not found; values are {classes[:10]}")
             matched[role] = match[0]
@@ -260,9 +277,12 @@ def _label(values: pd.Series, column: str, positive: str | None, negative: str |
             )
         return (values == matched["positive"]).astype("float64").where(values.notna())
     if len(classes) != 2:
+        blanks = int(values.isna().sum())
+        blank_note = (f" ({blanks:,} rows have a blank label, read as no outcome yet: if a blank means lost, "
+                      "export it as a value such as 0 or no)") if blanks and len(classes) == 1 else ""  # fmt: skip
         raise DataError(
-            f"label column {column!r} has {len(classes)} class(es) {classes[:10]}; a binary label is needed: "
-            "a column of two values, one of them the converted one (export it so; --positive names that value "
+            f"label column {column!r} has {len(classes)} class(es) {classes[:10]}{blank_note}; a binary label is "
+            "needed: a column of two values, one of them the converted one (export it so; --positive names that value "
             "when it is not a word such as yes, won or converted; with more values, --positive and --negative "
             "name the converted and the lost one and rows of other values are set aside)"
         )
@@ -280,9 +300,17 @@ def infer_column(values: pd.Series, params: FlatParams) -> tuple[str, str]:
     if present.empty:
         return "excluded", "empty (no values)"
     if present.nunique() == 1:
-        return "excluded", f"constant ({present.iloc[0]!r})"
+        if len(present) == len(values):
+            return "excluded", f"constant ({present.iloc[0]!r})"
+        # A flag an export writes as a value or nothing ("Yes" or blank): two states, not one.
+        return "categorical", f"{present.iloc[0]!r} or blank, the rows with it told from those without"
     if looks_boolean(present):
         return "boolean", ""
+    coded = present.str.fullmatch(_LEADING_ZERO)
+    if coded.mean() >= _CODE_SHARE:
+        kind, _ = _text_kind(present, values, params)
+        example = present[coded.to_numpy()].iloc[0]
+        return kind, f"codes, not amounts: values such as {example!r} keep their leading zeros"
     _, failed = parse_number(present)
     if failed.mean() <= _NUMERIC_FAILURE_SHARE:
         return "numeric", ""
@@ -290,9 +318,9 @@ def infer_column(values: pd.Series, params: FlatParams) -> tuple[str, str]:
     parsed, _ = parse_timestamps(sample)
     if parsed.notna().mean() >= _DATE_SHARE and sample.str.contains(r"\d").all():
         return "excluded", "a date (pass --time to split by it)"
-    levels = present.str.casefold().nunique()
-    if levels > params.max_category_levels or levels > params.max_category_share * len(values):
-        return "excluded", f"free text or an identifier ({levels} distinct values)"
+    kind, why = _text_kind(present, values, params)
+    if kind == "excluded":
+        return kind, why
     if failed.mean() <= 0.5:  # mostly numbers: say why it is not read as one
         examples = ", ".join(map(repr, present[failed.to_numpy()].unique()[:3]))
         return "categorical", (
@@ -300,6 +328,21 @@ def infer_column(values: pd.Series, params: FlatParams) -> tuple[str, str]:
             "give it the numeric type in a profile (`types:`) to read those as missing instead"
         )
     return "categorical", ""
+
+
+def _text_kind(present: pd.Series, values: pd.Series, params: FlatParams) -> tuple[str, str]:
+    """A text column is categorical unless it has too many distinct values to be one."""
+    levels = present.str.casefold().nunique()
+    if levels > params.max_category_levels or levels > params.max_category_share * len(values):
+        return "excluded", f"free text or an identifier ({levels} distinct values)"
+    return "categorical", ""
+
+
+def is_measure(values: pd.Series) -> bool:
+    """Numbers with fractions ("1534.27"): a different value in every row is then an amount, a
+    duration or a rate, not an identifier, as whole numbers ("660737") may be."""
+    parsed, failed = parse_number(values)
+    return failed.mean() <= _NUMERIC_FAILURE_SHARE and bool((parsed.dropna() % 1 != 0).mean() >= 0.1)
 
 
 def model_column_name(column: str) -> str:
@@ -580,9 +623,12 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
                 )
             continue
         present = values.dropna()
-        if len(present) == keep.sum() and present.is_unique and len(present) > 20:
-            excluded[column] = "an identifier (unique per row)" + (
-                "" if profile.id else f"; scores name rows by their row number, --id {column!r} names them by it"
+        if len(present) == keep.sum() and present.is_unique and len(present) > 20 and not is_measure(present):
+            whole = parse_number(present)[1].mean() <= _NUMERIC_FAILURE_SHARE
+            excluded[column] = (
+                "an identifier (unique per row)"
+                + ("" if profile.id else f"; scores name rows by their row number, --id {column!r} names them by it")
+                + ("; if it is a count or a measure, give it the numeric type in a profile (`types:`)" if whole else "")
             )
             continue
         kind, why = infer_column(values, params)
@@ -595,6 +641,12 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
     for column, why in excluded.items():
         shown = column if not column.startswith("Unnamed:") else f"{column} (no header)"
         quarantine.note(f"column {shown} not used: {why}")
+    for column in [c for c in columns if c.startswith("Unnamed:")]:
+        position = header.index(column) + 1
+        quarantine.note(
+            f"column {position} has no header: read as {columns[column]} under the name {column!r}, which its "
+            "reasons show; name it in the export"
+        )
     identifiers = [c for c, why in excluded.items() if why.startswith("an identifier")]
     id_leaks = {}
     for column in [*([profile.id] if profile.id else []), *identifiers]:

@@ -555,9 +555,16 @@ def read_text_csv(path: Path, *, sep: str = ",", sep_option: bool = False) -> tu
             text, encoding = _decode(path.read_bytes())
             frame = _parse(lambda: io.StringIO(text), sep, path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
+        if isinstance(exc, pd.errors.EmptyDataError):  # "No columns to parse from file"
+            raise DataError(f"{path}: no header: the file holds only spaces and blank lines") from exc
         why = " ".join(str(exc).split())  # pandas ends its messages with a newline
         # Only a header without the separator hints at another one: a broken row is just that.
         one_column = sep == "," and len(names) == 1
+        if one_column and sep_option:  # pandas' "Expected 3 fields in line 3, saw 5" would only puzzle
+            raise DataError(
+                f"{path}: its header holds no {sep!r}, so it reads as one column, and rows do not; if fields are "
+                "separated by ';' or a tab, say so (--sep ';' or --sep tab)"
+            ) from exc
         if (found := re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", why)) and not one_column:
             expected, line, saw = found.groups()
             raise DataError(

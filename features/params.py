@@ -351,7 +351,7 @@ class ParamsError(ValueError):
     """params.yaml is missing or invalid."""
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class UniqueKeyLoader(yaml.SafeLoader):
     """YAML's safe loader, refusing a key written twice in one mapping: PyYAML keeps the last
     one without a word, so an admin's second `min_score:` silently replaced the first."""
 
@@ -388,7 +388,7 @@ def load_params(path: str | Path | None = None, **overrides: object) -> Params:
     """
     path = Path(path) if path else default_params_path()
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
     except OSError as exc:
         raise ParamsError(f"cannot read params file {path}: {exc}") from exc
     except yaml.YAMLError as exc:

@@ -210,6 +210,9 @@ def test_profile_file_with_flags_overriding_it(tmp_path):
     path.write_text("label: x\ndrop: [Tags\n")
     with pytest.raises(DataError, match=r"profile\.yaml:3:1: not valid YAML \(expected .* starts on line 2\)"):
         load_profile(path)
+    path.write_text("label: Converted\nid: Lead Number\nlabel: Revenue\n")  # the last one was kept without a word
+    with pytest.raises(DataError, match=r"profile\.yaml:3:1: not valid YAML \('label' is written twice in one section"):
+        load_profile(path)
     path.write_bytes(b"label: \xff\n")
     with pytest.raises(DataError, match=r"profile\.yaml: not UTF-8 text"):
         load_profile(path)
@@ -422,3 +425,42 @@ def test_a_flat_export_with_too_few_of_a_class_is_refused_with_the_counts(tmp_pa
 def test_a_column_named_in_another_case_is_suggested(flat_csv, params):
     with pytest.raises(DataError, match=r"no column\(s\) 'converted' \(given as label; did you mean 'Converted'\?\)"):
         load_flat(flat_csv, FlatProfile(label="converted"), params.flat)
+
+
+def test_columns_as_messy_exports_write_them_are_read_as_what_they_hold(tmp_path, params):
+    """Amounts with cents, a value-or-blank flag, accounting negatives, zip codes, a label
+    re-saved as 1.0 and a column without a header were dropped, misread or not said."""
+    rng = np.random.default_rng(1)
+    n = 400
+    converted = rng.random(n) < 0.35
+    deal = np.round(np.exp(rng.normal(8, 1, n)) * np.where(converted, 1.6, 1.0) + rng.random(n), 2)
+    opted = np.where(converted, rng.random(n) < 0.7, rng.random(n) < 0.1)
+    margin = np.round(rng.normal(0, 50, n), 2)
+    frame = pd.DataFrame({
+        "Deal Size": deal.astype(str),
+        "Opted In": np.where(opted, "Yes", ""),
+        "Margin": [f"({-m:.2f})" if m < 0 else f"{m:.2f}" for m in margin],
+        "Zip": rng.choice(["02134", "00501", "10001", "94105", "60601"], n),
+        "": rng.integers(0, 9, n).astype(str),
+        "Ticket": np.arange(5000, 5000 + n).astype(str),
+        "Converted": [("1.0" if i % 2 else "1") if c else ("0.0" if i % 3 else "0") for i, c in enumerate(converted)],
+    })  # fmt: skip
+    path = tmp_path / "messy.csv"
+    frame.to_csv(path, index=False)
+    data = load_flat(path, FlatProfile(label="Converted"), params.flat)
+    assert data.schema["columns"] == {"Deal Size": "numeric", "Opted In": "categorical", "Margin": "numeric",
+                                      "Zip": "categorical", "Unnamed: 4": "numeric"}  # fmt: skip
+    assert data.label.tolist() == converted.astype(float).tolist()  # "1" and "1.0" are one class
+    assert data.features["Margin"].tolist() == pytest.approx(margin.tolist())
+    assert set(data.features["Zip"]) == {"02134", "00501", "10001", "94105", "60601"}
+    notes = " ".join(data.quarantine.notes)
+    assert "column Opted In read as categorical: 'Yes' or blank" in notes
+    assert "values such as '0" in notes and "keep their leading zeros" in notes
+    assert "column 5 has no header: read as numeric under the name 'Unnamed: 4'" in notes
+    assert "Ticket not used: an identifier" in notes and "give it the numeric type in a profile" in notes
+    positive = load_flat(path, FlatProfile(label="Converted", positive="1.00"), params.flat)
+    assert positive.label.tolist() == data.label.tolist()
+    blank = frame.assign(Converted=np.where(converted, "1", ""))
+    blank.to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"has 1 class\(es\) \['1'\] \(\d+ rows have a blank label, read as no outcome"):
+        load_flat(path, FlatProfile(label="Converted"), params.flat)

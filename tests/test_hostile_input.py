@@ -351,10 +351,13 @@ def test_classic_mac_line_ends_and_a_short_row_get_messages_that_name_them(tmp_p
     path.write_text("Lead ID,Visits,Converted,\nA1,3,Yes\nA2,4,No\n")
     assert read_text_csv(path)[0]["Unnamed: 3"].tolist() == ["", ""]
     path.write_text("id;visits;label\nA1;3;1\nA2;3,5;1\n")  # a header of one column: another separator, likely
-    with pytest.raises(DataError, match=r"saw 2\); if fields are separated by ';' or a tab, say so"):
+    with pytest.raises(DataError, match=r"header holds no ',', so it reads as one column, and rows do not; if fields"):
         read_text_csv(path, sep_option=True)  # a flat CSV to train on: --sep
     with pytest.raises(DataError, match=r"saw 2\); is it a CSV file\? Its header shows none of the separators"):
         read_text_csv(path)  # an export folder's file, read in its header's separator: no --sep to give
+    path.write_text("  \n\n \n")
+    with pytest.raises(DataError, match=r"no header: the file holds only spaces and blank lines"):
+        read_text_csv(path)
 
 
 def test_training_over_a_newer_releases_champion_says_to_update_not_to_replace_it(monkeypatch):

@@ -231,6 +231,13 @@ def generate(
     console.print("outcomes: " + ", ".join(f"{k} {v:,}" for k, v in status.items()))
 
 
+def _column_list(text: str) -> list[str]:
+    """Comma-separated column names; a name holding a comma in double quotes (`"Value, USD",Tags`)."""
+    import csv
+
+    return [name.strip() for name in next(csv.reader([text], skipinitialspace=True), []) if name.strip()]
+
+
 def _profile(
     data: Path,
     label: str | None,
@@ -248,7 +255,7 @@ def _profile(
         "positive": positive,
         "negative": negative,
         "id": id_column,
-        "drop": [d.strip() for d in drop.split(",") if d.strip()] if drop else None,
+        "drop": _column_list(drop) if drop else None,
         "sep": sep,
         "time": time_column,
     }
@@ -392,7 +399,13 @@ def train(
         ),
     ] = None,
     id_column: Annotated[str | None, typer.Option("--id", help="Flat CSV: the lead id column")] = None,
-    drop: Annotated[str | None, typer.Option("--drop", help="Flat CSV: comma-separated columns to leave out")] = None,
+    drop: Annotated[
+        str | None,
+        typer.Option(
+            "--drop",
+            help='Flat CSV: comma-separated columns to leave out ("A, B" in double quotes for a name with a comma)',
+        ),
+    ] = None,
     replace_leaky_champion: Annotated[
         bool,
         typer.Option(
