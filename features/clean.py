@@ -28,6 +28,22 @@ FIRST_YEAR, LAST_YEAR = 1900, 2200
 CLOCK_SKEW = dt.timedelta(minutes=5)
 
 
+# The first address in an e-mail cell: `jane@acme.com`, `Jane <jane@acme.com>`, `mailto:...`,
+# or the first of `a@x.com; b@y.com`.
+_EMAIL_ADDRESS = re.compile(r"[^\s<>;,\"'()]+@([^\s<>;,\"'()]+)")
+
+
+def email_domain(value: object) -> str | None:
+    """The domain of the first address in an e-mail cell, case folded, without a trailing dot;
+    None without one. Competitor and free-mail checks read it, so a display name or a second
+    address around it cannot hide a competitor's domain."""
+    if not isinstance(value, str):
+        return None
+    found = _EMAIL_ADDRESS.search(value)
+    domain = found.group(1).strip(".").casefold() if found else ""
+    return domain or None
+
+
 def utc_now() -> pd.Timestamp:
     """The clock as the exports' moments are kept: naive UTC."""
     return pd.Timestamp.now(tz="UTC").tz_localize(None)

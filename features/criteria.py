@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.clean import email_domain
 from features.params import CriteriaParams, MqlParams
 from features.reasons import ago
 
@@ -31,7 +32,7 @@ def _column(leads: Mapping[str, Any], n: int, name: str, default: float) -> np.n
 def _email_domains(leads: Mapping[str, Any], n: int) -> list[str | None]:
     if "email" not in leads:
         return [None] * n
-    return [v.rsplit("@", 1)[1].strip().casefold() if isinstance(v, str) and "@" in v else None for v in leads["email"]]
+    return [email_domain(v) for v in leads["email"]]
 
 
 def qualify(leads: pd.DataFrame, criteria: CriteriaParams, as_of: pd.Series | pd.Timestamp) -> pd.DataFrame:

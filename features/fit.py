@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.clean import NOT_ALPHANUMERIC
+from features.clean import NOT_ALPHANUMERIC, email_domain
 from features.params import IcpParams
 from features.schema import BANT_FIELDS, LEAD_CATEGORICAL, LEAD_NUMERIC
 
@@ -40,9 +40,8 @@ def _per_distinct(values: pd.Series, compute: Callable[[Any], Any]) -> list[Any]
 
 def _business_email(email: Any) -> float:
     """1 for an address at a company's domain, 0 at a free mail provider, NaN without a domain."""
-    if email is None or "@" not in str(email):
-        return np.nan
-    return float(str(email).rsplit("@", 1)[1].casefold() not in FREE_MAIL_DOMAINS)
+    domain = email_domain(email)
+    return np.nan if domain is None else float(domain not in FREE_MAIL_DOMAINS)
 
 
 def _technologies(cell: Any) -> list[str]:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from features.build import build_crm_features
-from features.clean import FALSE_TOKENS, TRUE_TOKENS, snake_name, tidy_text
+from features.clean import FALSE_TOKENS, TRUE_TOKENS, email_domain, snake_name, tidy_text
 from features.engagement import INTENT_TYPES, MAX_DECAY_EXPONENT
 from features.fit import _TECH_SPLIT, FREE_MAIL_DOMAINS, ICP_LISTS, icp_key, icp_wanted
 from features.ingest import BANT_SYNONYMS
@@ -212,7 +212,7 @@ class DirectScorer:
         """`features.fit.fit_features` for one lead, from its cleaned attributes in `out`."""
         employees, revenue = out["employees"], out["annual_revenue"]
         out["revenue_per_employee"] = revenue / employees if employees > 0 else float("nan")
-        domain = None if email is None or "@" not in email else email.rsplit("@", 1)[1].casefold()
+        domain = email_domain(email)
         out["business_email"] = float("nan") if domain is None else float(domain not in FREE_MAIL_DOMAINS)
         stack = out.pop("tech_stack")
         if stack is None:

@@ -209,7 +209,7 @@ def test_fit_rules_read_missing_values_as_unknown_whatever_the_column_dtype(para
     rows = {
         "lead_id": ["a", "b", "c", "d"],
         "created_at": [pd.Timestamp("2025-01-01")] * 4,
-        "email": ["x@acme.com", None, "y@gmail.com", "x@acme.com"],
+        "email": ["x@acme.com", None, "Yan <y@gmail.com>", "x@acme.com"],  # a display name hid the free mail
         "tech_stack": ["HubSpot; Slack", None, "slack", "HubSpot; Slack"],
     }
     for dtype in ("object", "str"):
