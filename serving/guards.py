@@ -664,6 +664,27 @@ def _routing_error(status: int, method: str, path: str, headers: dict[bytes, byt
     return json.dumps({"error": message}).encode()
 
 
+class HeadAsGet(HttpOnly):
+    """HEAD on the listed GET routes answers as GET would, without the body (an uptime monitor's
+    HEAD /model got a 405 and read the service as down; the probes already answered it)."""
+
+    def __init__(self, app: ASGIApp, paths: frozenset[str]) -> None:
+        super().__init__(app)
+        self.paths = paths
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "HEAD" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
 class ErrorBodies(HttpOnly):
     """Rewrites the framework's error answers (400, 404, 405, 422) with `error_body`; every
     other answer streams through untouched."""

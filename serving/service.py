@@ -44,6 +44,7 @@ from serving.guards import (
     ApiPage,
     BodySizeGuard,
     ErrorBodies,
+    HeadAsGet,
     HostGuard,
     JsonBodyGuard,
     RealPath,
@@ -600,3 +601,4 @@ LeadScoring.add_asgi_middleware(JsonBodyGuard, paths=frozenset({"/score", "/expl
 LeadScoring.add_asgi_middleware(SpecRoute, spec=SPEC)
 LeadScoring.add_asgi_middleware(ApiPage)
 LeadScoring.add_asgi_middleware(ErrorBodies)
+LeadScoring.add_asgi_middleware(HeadAsGet, paths=frozenset({"/model", "/docs"}))

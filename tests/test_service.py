@@ -388,6 +388,9 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
     assert no_route.status_code == 404 and "/scores" in no_route.json()["error"]
     wrong_method = httpx.get(f"{url}/score", headers=_auth())
     assert wrong_method.status_code == 405 and wrong_method.json()["error"] == "GET is not allowed on /score: use POST"
+    for route in ("model", "docs", "docs.json", "healthz"):  # an uptime monitor's HEAD got a 405 on the first two
+        head = httpx.head(f"{url}/{route}", headers=_auth())
+        assert head.status_code == 200 and head.content == b"" and int(head.headers["content-length"]) > 0, route
     mounted = httpx.post(f"{url}/model", headers=_auth())  # a route of the mounted FastAPI app
     assert mounted.status_code == 405 and mounted.json()["error"] == "POST is not allowed on /model: use GET"
     unknown_values = post(
