@@ -27,7 +27,7 @@ from features.criteria import STAGES, mql_conditions
 from features.flat import field_problems
 from features.params import Params, default_params_path, load_params
 from features.reasons import describe, plain_name
-from features.schema import ACTIVITY_TYPES
+from features.schema import ACTIVITY_TYPES, BANT_FIELDS
 from serving.batch import model_schema
 from serving.charts import beeswarm, calibration, columns, horizontal_bars, waterfall
 from serving.guards import (
@@ -346,7 +346,11 @@ def digest_view(
     chosen = scores
     for column in ("owner", "stage", "grade"):
         if filters.get(column):
-            chosen = chosen[chosen[column].astype(str) == filters[column]]
+            # `?grade=a` is grade A, as the find box ignores case; the list shows the value as kept.
+            kept = chosen[column].astype(str)
+            spelled = {value.casefold(): value for value in scores[column].astype(str).unique()}
+            filters = {**filters, column: spelled.get(filters[column].strip().casefold(), filters[column])}
+            chosen = chosen[kept == filters[column]]
     if filters.get("q", "").strip():
         chosen = chosen[_matches(chosen, filters["q"])]
     chosen = _ranked(chosen)
@@ -561,13 +565,17 @@ def shap_summary(model: LoadedModel, snapshot: Snapshot | None) -> tuple[str, li
         is_category = name in model.scorer.spec.categories
         colours.append(np.full(len(column), np.nan) if is_category else (column - low) / ((high - low) or 1))
         effect = (
-            _category_effect(features[name], points[:, j]) if is_category and name in features
+            _category_effect(_level_words(name, features[name]), points[:, j]) if is_category and name in features
             else _numeric_effect(column, points[:, j], name)
         )  # fmt: skip
         words.append(f"{plain_name(name)}: {effect}")
     names = [plain_name(model.scorer.spec.columns[j]) for j in top]
     return beeswarm(names, [points[:, j] for j in top], colours), words, len(features)
 
+
+# The cases of `criteria.next_actions` as a manager reads them (the stages are their own names).
+ACTION_CASES = {"disqualified": "Disqualified, off profile", "do_not_contact": "Disqualified, opted out",
+                "competitor": "Disqualified, a competitor"}  # fmt: skip
 
 # A factor's values and its effects move together (or against each other) at least this much,
 # by rank correlation, before the page says "higher values raise the score".
@@ -588,6 +596,14 @@ def _numeric_effect(values: np.ndarray, effects: np.ndarray, name: str) -> str:
     if rho <= -DIRECTION_MIN_CORRELATION:
         return f"higher values lower the score ({spread})"
     return f"no single direction: its effect depends on the lead's other factors ({spread})"
+
+
+def _level_words(name: str, values: pd.Series) -> pd.Series:
+    """A BANT answer as the lead reasons say it ("not there", not "not"); other levels as written."""
+    if name not in BANT_FIELDS:
+        return values
+    prefix = f"{plain_name(name)} "
+    return values.map(lambda v: describe(name, v).removeprefix(prefix) if isinstance(v, str) else v)
 
 
 def _category_effect(values: pd.Series, effects: np.ndarray) -> str:
@@ -698,7 +714,7 @@ def _criteria_rows(model: LoadedModel) -> list[tuple[str, str]]:
         sql_row = ("SQL", f"score ≥ {sql.min_score:g}")  # by score alone
     # As a rep reads them: the disqualified action with its date's place named ({{ is a brace).
     shown = {**criteria.next_actions, "disqualified": _filled(criteria.next_actions["disqualified"])}
-    actions = ("Next actions", "; ".join(f"{stage}: {text}" for stage, text in shown.items()))
+    actions = ("Next actions", "; ".join(f"{ACTION_CASES.get(case, case)}: {text}" for case, text in shown.items()))
     if model.kind == "flat":
         # One row per lead: no activities, BANT answers or e-mail rules for SQL and disqualified.
         stages = model.stages
@@ -803,7 +819,9 @@ def home() -> RedirectResponse:
 
 
 @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
-def login_form(next: str = "/ui/digest", signed_out: str = "") -> HTMLResponse:
+def login_form(next: str = "/ui/digest", signed_out: str = ""):
+    if not api_keys_from_env():  # no keys, no sign-in: the pages are open
+        return RedirectResponse(_local(next), status_code=303)
     title = "Signed out · Sign in" if signed_out else "Sign in"
     page = TEMPLATES.get_template("login.html").render(
         title=title, next=_local(next), nav=False, signed_out=bool(signed_out)
@@ -908,9 +926,14 @@ def lead_page(lead_id: str):
         view = kept_lead_view(latest, *found)
         return _page("lead.html", title=view["display_name"], lead=view)
     if found is None:
-        error = f"Lead {lead_id!r} is not in the latest kept scoring."
-        # A name or part of one typed as an id: the digest's find box looks for it.
+        # A name or part of one typed as an id: its lead when one matches, the digest's find box for several.
         find = "/ui/digest?" + urlencode({"q": lead_id.strip()})
+        named = latest.scores.loc[_matches(latest.scores, lead_id), "lead_id"] if latest and lead_id.strip() else []
+        if len(named) == 1:
+            return RedirectResponse(lead_href(str(named.iloc[0])), status_code=303)
+        if len(named) > 1:
+            return RedirectResponse(find, status_code=303)
+        error = f"Lead {lead_id!r} is not in the latest kept scoring."
         return _pick_page(404, title="Lead not found", heading="Lead not found", error=error, error_for="pick",
                           typed=lead_id.strip(), find_href=find)  # fmt: skip
     rows, acts = found
@@ -993,3 +1016,11 @@ def _pasted(data: Any) -> tuple[Any, pd.Timestamp]:
     if moment > latest_moment():  # as POST /score refuses it
         raise InvalidLeads([future_moment(f"as_of {moment.isoformat()}")])
     return data, moment
+
+
+# Last: BentoML hands the pages only the paths one of their routes matches, so a mistyped
+# address under /ui got the API's JSON 404; this route takes every other GET there.
+@app.get("/{rest:path}", response_class=HTMLResponse, include_in_schema=False)
+def no_such_page(rest: str) -> HTMLResponse:
+    """A page with the navigation, saying the address has none."""
+    return _page("missing.html", 404, title="No such page", path=f"/ui/{rest}"[:200])

@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -158,6 +159,21 @@ def test_digest_filters(page, server):
     assert all(owner == owners[0] and stage == wanted for owner, stage in rows)
     # The served model's scoring, not the newer one of another model.
     assert f"{CHAMPION_NAME} v" in page.content() and OTHER_MODEL not in page.content()
+    # A filter typed into the address in another case is that value ("no lead matches" before).
+    page.goto(f"{server}/ui/digest?stage={wanted.lower()}&owner={owners[0].upper()}")
+    assert page.locator("#leads tr[data-stage]").evaluate_all(script) == rows
+    assert page.locator("select[name=stage]").input_value() == wanted
+    # A mistyped address is a page with the navigation, not the API's JSON error.
+    missing = page.goto(f"{server}/ui/nothing-here")
+    assert missing.status == 404 and page.locator("h1").inner_text() == "No such page"
+    assert "/ui/nothing-here" in page.locator("main").inner_text()
+    # A name typed where the id goes opens its lead.
+    page.goto(f"{server}/ui/digest")
+    link = page.locator("#leads a[href^='/ui/leads/']").first
+    lead_id, name = link.get_attribute("href").rsplit("/", 1)[1], link.inner_text().split(" (")[0]
+    page.goto(f"{server}/ui/leads?lead={name}")
+    named = page.locator("#lead-id").inner_text() if page.locator("#lead-id").count() else None
+    assert named == lead_id or f"q={name.split()[0]}" in page.url, (name, page.url)
     # Signing out forgets the key: the next page asks for it again.
     with page.expect_navigation():
         page.click("header a[href='/ui/logout']")
@@ -378,6 +394,9 @@ def test_model_page(page, server):
     words = page.locator("#words-h + ul li").all_inner_texts()
     assert len(words) == 10 and any("higher values raise the score" in line for line in words), words
     assert any("points on average" in line for line in words), words
+    assert not any(" not lowers" in line or " not raises" in line for line in words), words  # BANT "not there"
+    criteria = page.locator("main").inner_text()
+    assert "Disqualified, opted out: Do not contact" in criteria and "do_not_contact:" not in criteria
     assert page.locator("svg").count() >= 2  # importance, calibration, lift
     # A screen reader gets each chart's data in words, not its tick labels.
     labels = page.locator("svg").evaluate_all("charts => charts.map(c => c.getAttribute('aria-label'))")
@@ -817,7 +836,7 @@ def test_the_model_page_lists_only_the_mql_conditions_the_criteria_set(params):
     assert "(hubspot.com, salesforce.com, marketo.com)" in rows["Disqualified"]
     assert rows["Ideal customer profile"].startswith("industry Software, Financial Services, Healthcare; 50-5,000 emp")
     assert "SQL: Call within one business day" in rows["Next actions"]
-    assert "disqualified: Do not work now; recycle on [recycle date]" in rows["Next actions"]
+    assert "Disqualified, off profile: Do not work now; recycle on [recycle date]" in rows["Next actions"]
 
 
 @pytest.fixture
@@ -975,6 +994,33 @@ def test_a_scoring_under_new_rules_on_the_same_model_says_its_scores_did_not_mov
     # Another model before: the scores moved with it.
     other = render("digest.html", **digest_view(champion, latest, before, {}))
     assert 'id="model-changed"' in other and 'id="rules-changed"' not in other
+
+
+def test_without_keys_there_is_no_sign_in(monkeypatch):
+    """The sign-in form showed, took any key, and "Sign out" led to "Signed out · Sign in"."""
+    from fastapi.testclient import TestClient
+
+    from serving import pages
+
+    monkeypatch.delenv("LEADSCORE_API_KEYS", raising=False)
+    client = TestClient(pages.app, follow_redirects=False)
+    for path in ("/login", "/login?next=/ui/model", "/login?signed_out=1"):
+        answer = client.get(path)
+        assert answer.status_code == 303 and answer.headers["location"].startswith("/ui/"), path
+    assert client.get("/login?next=/ui/model").headers["location"] == "/ui/model"
+    monkeypatch.setenv("LEADSCORE_API_KEYS", "k1")
+    assert client.get("/login").status_code == 200
+
+
+def test_the_model_page_says_bant_answers_as_the_lead_reasons_do():
+    """ "Need: confirmed raises it most ..., not lowers it most" read as a slip."""
+    from serving.pages import _category_effect, _level_words
+
+    levels = _level_words("need", pd.Series(["not"] * 6 + ["confirmed"] * 6))
+    assert levels.tolist() == ["not there"] * 6 + ["confirmed"] * 6
+    said = _category_effect(levels, np.array([-2.0] * 6 + [3.0] * 6))
+    assert said == "confirmed +3.0 points on average, not there -2.0"
+    assert _level_words("industry", pd.Series(["Retail"])).tolist() == ["Retail"]
 
 
 def test_signing_in_from_a_sign_out_link_does_not_sign_out_again():
