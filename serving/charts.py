@@ -103,6 +103,27 @@ def waterfall(base: float, steps: Sequence[tuple[str, float]], final: float) -> 
     return _svg(fig, f"Score from a typical lead's {base:.1f} to this lead's {final:.1f}: {words}")
 
 
+def waterfall_rows(base: float, steps: Sequence[tuple[str, float]], final: float) -> list[dict]:
+    """The waterfall as rows for a phone's screen, each label over its bar: position and width
+    of each bar in percent of the span the scores cover (the picture is too wide to read there)."""
+    levels = [base]
+    for _, points in steps:
+        levels.append(levels[-1] + points)
+    low, high = min(0.0, *levels, final), max(*levels, final)
+    span = (high - low) or 1.0
+
+    def bar(start: float, end: float) -> dict:
+        left, right = sorted((start, end))
+        return {"left": round(100 * (left - low) / span, 2), "width": max(round(100 * (right - left) / span, 2), 0.5)}
+
+    rows = [{"label": "Typical lead", "value": f"{base:.1f}", "kind": "total", **bar(0.0, base)}]
+    for (label, points), start in zip(steps, levels, strict=False):
+        kind = "up" if points >= 0 else "down"
+        rows.append({"label": label, "value": f"{points:+.1f}", "kind": kind, **bar(start, start + points)})
+    rows.append({"label": "This lead", "value": f"{final:.1f}", "kind": "total", **bar(0.0, final)})
+    return rows
+
+
 @_styled(WIDE_FONT)
 def horizontal_bars(labels: Sequence[str], values: Sequence[float], xlabel: str) -> str:
     fig, ax = figure(5.5, 0.38 * len(labels) + 0.8)

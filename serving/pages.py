@@ -29,7 +29,7 @@ from features.params import Params, default_params_path, load_params
 from features.reasons import describe, plain_name
 from features.schema import ACTIVITY_TYPES, BANT_FIELDS
 from serving.batch import model_schema
-from serving.charts import beeswarm, calibration, columns, horizontal_bars, waterfall
+from serving.charts import beeswarm, calibration, columns, horizontal_bars, waterfall, waterfall_rows
 from serving.guards import (
     KEY_COOKIE,
     PAGE_SOURCES,
@@ -59,6 +59,7 @@ TEMPLATES = Environment(
     autoescape=select_autoescape(["html"]),
 )
 WATERFALL_STEPS = 10
+OTHER_FACTORS_LISTED = 20
 DIGEST_ROWS = 200
 CHANGES_SHOWN = 25  # of the leads that rose a grade, and of those that fell, the biggest moves
 
@@ -173,6 +174,11 @@ def lead_view(
     rest = float(points[order[WATERFALL_STEPS:]].sum())
     if len(order) > WATERFALL_STEPS:
         steps.append(("Other factors", rest))
+    # What "other factors" sums, biggest first (it was at times the longest bar, and unexplained).
+    others = [f"{plain_name(model.scorer.spec.columns[j])}: {points[j]:+.1f}"
+              for j in order[WATERFALL_STEPS:] if abs(points[j]) >= 0.05]  # fmt: skip
+    if len(others) > OTHER_FACTORS_LISTED:
+        others = [*others[:OTHER_FACTORS_LISTED], "and smaller ones"]
     if model.kind == "flat":
         to_sql = "This model scores flat exports, which carry no activities to act on."
     else:
@@ -182,6 +188,8 @@ def lead_view(
         **_scored_fields(scored),
         "to_sql": to_sql,
         "waterfall": waterfall(base_score, steps, float(100 * scored["probability"])),
+        "waterfall_rows": waterfall_rows(base_score, steps, float(100 * scored["probability"])),
+        "other_factors": others,
         "base_score": base_score,
         # A CRM model's label is "converted within the horizon"; a flat export's is its label column.
         "horizon_days": model.feature_params.horizon_days if model.kind == "crm" else None,

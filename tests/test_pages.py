@@ -233,6 +233,19 @@ def test_lead_page_shows_what_score_returns(page, server, scores_dir):
     assert page.locator("svg").count() >= 1
     charts = page.locator("svg").evaluate_all("charts => charts.map(c => c.getAttribute('aria-label') || '')")
     assert any(f"to this lead's {expected['score']:.1f}" in label for label in charts), charts
+    # On a phone the picture showed labels and no bars (its bars past the screen's edge): there
+    # each factor's label sits over its bar, all within the screen.
+    assert not page.locator(".narrow-waterfall").is_visible()
+    page.set_viewport_size({"width": 375, "height": 800})
+    assert page.locator(".narrow-waterfall").is_visible() and not page.locator(".wide-chart").is_visible()
+    rows = page.locator(".narrow-waterfall li").all_inner_texts()
+    assert rows[0].startswith("Typical lead") and rows[-1] == f"This lead {expected['score']:.1f}", rows
+    edges = page.locator(".wf-bar").evaluate_all("bars => bars.map(b => b.getBoundingClientRect().right)")
+    assert len(edges) == len(rows) and max(edges) <= 375, edges
+    page.set_viewport_size({"width": 1200, "height": 900})
+    if "Other factors" in page.locator(".narrow-waterfall").inner_text():  # what it sums, when asked
+        page.click("#other-factors summary")
+        assert re.match(r"[A-Z].*: [+-]\d+\.\d", page.locator("#other-factors p").inner_text())
 
     # The CRM's request body pasted into the form: scored as of its as_of, so the same numbers.
     page.goto(f"{server}/ui/leads")
