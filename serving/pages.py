@@ -60,6 +60,7 @@ TEMPLATES = Environment(
 )
 WATERFALL_STEPS = 10
 OTHER_FACTORS_LISTED = 20
+ACTIVITY_LEVEL = plain_name("engagement_decayed")  # as reasons start when they name it
 DIGEST_ROWS = 200
 CHANGES_SHOWN = 25  # of the leads that rose a grade, and of those that fell, the biggest moves
 
@@ -384,6 +385,9 @@ def digest_view(
         }
         for i, r in enumerate(chosen.iloc[first : first + DIGEST_ROWS].to_dict(orient="records"))
     ]
+    # What "Recent activity level 12.9" counts, said once under the table when a top reason shows it.
+    shown_reasons = [x for r in chosen.iloc[first : first + DIGEST_ROWS]["reasons"] for x in r]
+    activity_level = _activity_level_note(model, shown_reasons) if model else ""
     # The same filters on the grade changes, the biggest moves first, named as in the table.
     changes = grade_changes(latest, previous)
     changes = changes[changes["lead_id"].isin(set(chosen["lead_id"]))]
@@ -418,6 +422,7 @@ def digest_view(
         "total": len(scores),
         "matching": len(chosen),
         "rows": rows,
+        "activity_level": activity_level if any(r["top_reason"].startswith(ACTIVITY_LEVEL) for r in rows) else "",
         "page": page,
         "pages": pages,
         "page_links": {} if static else _page_links(filters, page, pages),

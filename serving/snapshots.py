@@ -159,14 +159,15 @@ def best_first(scores: pd.DataFrame, *before: str) -> pd.DataFrame:
 
 
 def grade_changes(latest: Snapshot, previous: Snapshot | None) -> pd.DataFrame:
-    """Leads scored in both snapshots whose grade changed: `lead_id`, grades, scores, rose."""
-    columns = ["lead_id", "grade_before", "grade", "score_before", "score", "rose"]
+    """Leads scored in both snapshots whose grade changed: `lead_id`, grades, scores, stages
+    (an SQL lead fallen to nurture is the one to look at), rose."""
+    columns = ["lead_id", "grade_before", "grade", "score_before", "score", "stage_before", "stage", "rose"]
     if previous is None:
         return pd.DataFrame(columns=columns)
-    before = previous.scores[["lead_id", "grade", "score"]].rename(
-        columns={"grade": "grade_before", "score": "score_before"}
+    before = previous.scores[["lead_id", "grade", "score", "stage"]].rename(
+        columns={"grade": "grade_before", "score": "score_before", "stage": "stage_before"}
     )
-    both = latest.scores[["lead_id", "grade", "score"]].merge(before, on="lead_id")
+    both = latest.scores[["lead_id", "grade", "score", "stage"]].merge(before, on="lead_id")
     changed = both[both["grade"] != both["grade_before"]].copy()
     changed["rose"] = changed["grade"] < changed["grade_before"]  # "A" < "B": a better grade
     return best_first(changed)[columns].reset_index(drop=True)

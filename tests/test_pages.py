@@ -677,7 +677,7 @@ def test_digest_pages_through_every_lead_and_says_when_filters_match_none(champi
     folder = tmp_path / "scores"
     meta = {"as_of": AS_OF.isoformat(), "model_name": champion.name, "model_version": champion.version}
     earlier = {**meta, "as_of": (AS_OF - pd.Timedelta(days=7)).isoformat()}
-    write_snapshot(scored.assign(grade="D", score=0.5), leads, acts, earlier, folder)
+    write_snapshot(scored.assign(grade="D", score=0.5, stage="nurture"), leads, acts, earlier, folder)
     # The best-scored lead opted out: it is listed after every lead a rep may work.
     best = scored["score"].idxmax()
     scored.loc[best, "stage"] = "disqualified"
@@ -721,6 +721,14 @@ def test_digest_pages_through_every_lead_and_says_when_filters_match_none(champi
     rose = int((latest.scores["grade"] != "D").sum())
     assert f"{rose:,} rose a grade, 0 fell; the 2 biggest moves each way are shown" in first
     assert first.count('class="pos"') == 2
+    # "Recent activity level 12.9" as a top reason is said once under the table.
+    tops = re.findall(r"<td>([^<]*)</td>\s*</tr>", first.split('id="leads"')[1].split("</table>")[0])
+    levels = any(top.startswith("Recent activity level") for top in tops)
+    assert levels == ('id="activity-level"' in first) and ("half as much every 14 days" in first) == levels, tops
+    # Each move says the stage too: an SQL lead fallen to nurture is the one to look at.
+    moves = first.split('id="changes"')[1].split("</table>")[0]
+    stages = re.findall(r"</td><td>([^<]*)</td></tr>", moves)
+    assert len(stages) == 2 and all(s == "nurture" or s.startswith("nurture → ") for s in stages), stages
     # This scoring is from 2025: reasons' "today" is then, and the page says so.
     assert re.search(r"This scoring is [\d,]+ days old", first)
     # A filter no lead matches (a former owner in a bookmark) is kept, said, and undone by a link.
