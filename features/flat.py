@@ -20,6 +20,7 @@ from features.clean import (
     GROUPED_THOUSANDS,
     TRUE_TOKENS,
     NumberFormat,
+    against_date_order,
     blank_to_missing,
     canonical_spelling,
     dot_grouped,
@@ -318,6 +319,11 @@ def infer_column(values: pd.Series, params: FlatParams) -> tuple[str, str]:
     parsed, _ = parse_timestamps(sample)
     if parsed.notna().mean() >= _DATE_SHARE and sample.str.contains(r"\d").all():
         return "excluded", "a date (pass --time to split by it)"
+    if _mostly_dates(present):  # dates written in two orders
+        return "excluded", (
+            f"dates, {parsed.notna().mean():.0%} of them readable in one order (day and month in both orders?); "
+            "pass --time to split by it"
+        )
     kind, why = _text_kind(present, values, params)
     if kind == "excluded":
         return kind, why
@@ -336,6 +342,12 @@ def _text_kind(present: pd.Series, values: pd.Series, params: FlatParams) -> tup
     if levels > params.max_category_levels or levels > params.max_category_share * len(values):
         return "excluded", f"free text or an identifier ({levels} distinct values)"
     return "categorical", ""
+
+
+def _mostly_dates(values: pd.Series) -> bool:
+    """Half or more of a sample reads as dates (a creation time, unique to the second)."""
+    sample = values.head(2000)
+    return bool(parse_timestamps(sample)[0].notna().mean() >= 0.5 and sample.str.contains(r"\d").all())
 
 
 def is_measure(values: pd.Series) -> bool:
@@ -582,6 +594,17 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
                 f"read as dates (values such as {examples}); is it the column of when each lead came in?"
             )
         shown = raw[profile.time].astype(str)
+        # A date in the other order than the column's (03/13 where 13/03 set day first) is not
+        # swapped: said as such, not as "not a date".
+        against, day_first = against_date_order(raw[profile.time].astype("object").where(given), None)
+        swapped = keep & times.isna() & against.reindex(raw.index, fill_value=False).to_numpy()
+        order = "day first" if day_first else "month first"
+        quarantine.add(
+            "flat", raw, swapped,
+            f"time column {profile.time!r}: a date against the column's order ({order}, as most of its dates "
+            "that can only be read one way say): " + shown,
+        )  # fmt: skip
+        keep &= ~swapped
         quarantine.add(
             "flat", raw, keep & times.isna(), f"time column {profile.time!r} missing or not a date: " + shown
         )
@@ -623,7 +646,8 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
                 )
             continue
         present = values.dropna()
-        if len(present) == keep.sum() and present.is_unique and len(present) > 20 and not is_measure(present):
+        unique = len(present) == keep.sum() and present.is_unique and len(present) > 20
+        if unique and not is_measure(present) and not _mostly_dates(present):
             whole = parse_number(present)[1].mean() <= _NUMERIC_FAILURE_SHARE
             excluded[column] = (
                 "an identifier (unique per row)"

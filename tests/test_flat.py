@@ -464,3 +464,29 @@ def test_columns_as_messy_exports_write_them_are_read_as_what_they_hold(tmp_path
     blank.to_csv(path, index=False)
     with pytest.raises(DataError, match=r"has 1 class\(es\) \['1'\] \(\d+ rows have a blank label, read as no outcome"):
         load_flat(path, FlatProfile(label="Converted"), params.flat)
+
+
+def test_dates_written_in_both_orders_are_said_as_such(tmp_path, params):
+    """Month-first dates in a day-first column were "missing or not a date", and the column
+    without --time "free text or an identifier"."""
+    rng = np.random.default_rng(2)
+    n = 400
+    days = pd.date_range("2023-01-01", periods=n // 2, freq="3D").repeat(2)  # two leads a day: not unique
+    written = [d.strftime("%m/%d/%Y") if i % 5 == 0 and d.day > 12 else d.strftime("%d/%m/%Y")
+               for i, d in enumerate(days)]  # fmt: skip
+    frame = pd.DataFrame({"Created": written, "Visits": rng.integers(0, 9, n), "Converted": rng.integers(0, 2, n)})
+    path = tmp_path / "dates.csv"
+    frame.to_csv(path, index=False)
+    swapped = sum(i % 5 == 0 and d.day > 12 for i, d in enumerate(days))
+    timed = load_flat(path, FlatProfile(label="Converted", time="Created"), params.flat)
+    reasons = timed.quarantine.frame()["reason"]
+    against = reasons.str.startswith("time column 'Created': a date against the column's order (day first")
+    assert against.sum() == swapped and len(reasons) == swapped, reasons.tolist()[:3]
+    untimed = load_flat(path, FlatProfile(label="Converted"), params.flat)
+    assert any(n.startswith("column Created not used: dates, ") for n in untimed.quarantine.notes)
+    # Unique to the second, a creation time is no identifier.
+    frame.assign(Created=[f"2024-0{1 + i % 9}-1{i % 10} 10:{i // 60 % 60:02d}:{i % 60:02d}" for i in range(n)]).to_csv(
+        path, index=False
+    )
+    notes = load_flat(path, FlatProfile(label="Converted"), params.flat).quarantine.notes
+    assert "column Created not used: a date (pass --time to split by it)" in notes, notes
