@@ -40,7 +40,11 @@ def email_domain(value: object) -> str | None:
     if not isinstance(value, str):
         return None
     found = _EMAIL_ADDRESS.search(value)
-    domain = found.group(1).strip(".").casefold() if found else ""
+    if found:
+        domain = found.group(1)
+    else:  # a quoted or commented local part (`"jane doe"@gmail.com`): what follows the @
+        domain = re.split(r"[\s<>;,\"'()]", value.rsplit("@", 1)[1].strip())[0] if "@" in value else ""
+    domain = domain.strip(".").casefold()
     return domain or None
 
 
@@ -230,13 +234,10 @@ _ONLY_THOUSANDS = re.compile(r"-?\d{1,3}(?:(?:,\d{3}){2,}(?:\.\d+)?|(?:,\d{3})+\
 _WHOLE_DOT_GROUPS = re.compile(r"-?[1-9]\d{0,2}(?:\.\d{3})+")
 _DOT_DECIMAL = re.compile(r"-?(?:0\.\d+|\d+\.(?:\d{1,2}|\d{4,})|\d{4,}\.\d+)(?:[kmb]|bn|%)?", re.IGNORECASE)
 _NOT_DIGITS = re.compile(r"[\s$€£¥%]|^\+")
-# Currency codes before or after an amount, as multi-currency exports write them ("USD 53,00").
-_CURRENCY_CODE = re.compile(
-    r"^(?:USD|EUR|GBP|JPY|CHF|CAD|AUD|NZD|SEK|NOK|DKK|PLN|CZK|HUF|INR|CNY|RMB|HKD|SGD|BRL|MXN|ZAR|KRW|TRY|ILS|AED)"
-    r"(?=[-+(\d.])|(?<=[\d.)])(?:USD|EUR|GBP|JPY|CHF|CAD|AUD|NZD|SEK|NOK|DKK|PLN|CZK|HUF|INR|CNY|RMB|HKD|SGD|BRL|MXN|"
-    r"ZAR|KRW|TRY|ILS|AED)$",
-    re.IGNORECASE,
-)
+# A currency code before or after an amount, as multi-currency exports write them ("USD 53,00",
+# "12.5 EUR"); read only where a column holds one currency (amounts in two would be mixed).
+_CODES = "USD|EUR|GBP|JPY|CHF|CAD|AUD|NZD|SEK|NOK|DKK|PLN|CZK|HUF|INR|CNY|RMB|HKD|SGD|BRL|MXN|ZAR|KRW|TRY|ILS|AED"
+_CURRENCY_CODE = re.compile(rf"^({_CODES})\s*(?=[-+($€£¥\d.])|(?<=[\d.)%])\s*({_CODES})$")
 # An accounting negative: "(5.00)" is -5.00.
 _ACCOUNTING_NEGATIVE = re.compile(r"^\((-?[\d.,]+(?:[kmb]|bn)?)\)$", re.IGNORECASE)
 # An export's decimal mark is decided on this much evidence only: distinct values that can only
@@ -247,9 +248,12 @@ GROUPED_THOUSANDS = "read as whole numbers, dots grouping thousands"
 
 
 def _bare(text: pd.Series) -> pd.Series:
-    """The values without spaces, currency signs and codes, and percent signs, an accounting
-    negative with a minus: what is left is a number, if any."""
-    bare = text.str.replace(_NOT_DIGITS, "", regex=True).str.replace(_CURRENCY_CODE, "", regex=True)
+    """The values without spaces, currency signs, percent signs and the column's one currency
+    code, an accounting negative with a minus: what is left is a number, if any."""
+    codes = text.str.extract(_CURRENCY_CODE)
+    if codes.stack().nunique() == 1:
+        text = text.str.replace(_CURRENCY_CODE, "", regex=True)
+    bare = text.str.replace(_NOT_DIGITS, "", regex=True)
     return bare.str.replace(_ACCOUNTING_NEGATIVE, r"-\1", regex=True)
 
 

@@ -115,7 +115,7 @@ class FlatProfile(BaseModel):
         if self.negative is not None:
             if self.positive is None:
                 raise ValueError("negative: the lost value is given, so the converted one must be too (positive)")
-            if self.negative.casefold() == self.positive.casefold():
+            if _label_spelling(self.negative) == _label_spelling(self.positive):  # "1" and "1.0" too
                 raise ValueError(f"negative: {self.negative!r} is the positive value too")
         others = {"id": [self.id], "drop": self.drop, "time": [self.time], "types": list(self.types)}
         for role, columns in others.items():
@@ -308,10 +308,13 @@ def infer_column(values: pd.Series, params: FlatParams) -> tuple[str, str]:
     if looks_boolean(present):
         return "boolean", ""
     coded = present.str.fullmatch(_LEADING_ZERO)
-    if coded.mean() >= _CODE_SHARE:
-        kind, _ = _text_kind(present, values, params)
+    widths = present.str.len().value_counts(normalize=True)
+    # Codes are written to one width (02134, 10001); a count with a stray "05" among 5 and 123 is a number.
+    if coded.mean() >= _CODE_SHARE and present.str.fullmatch(r"\d+").all() and widths.iloc[0] >= 0.9:
+        kind, why = _text_kind(present, values, params)
         example = present[coded.to_numpy()].iloc[0]
-        return kind, f"codes, not amounts: values such as {example!r} keep their leading zeros"
+        codes = f"codes, not amounts: values such as {example!r} keep their leading zeros"
+        return kind, f"{why}; {codes}" if why else codes
     _, failed = parse_number(present)
     if failed.mean() <= _NUMERIC_FAILURE_SHARE:
         return "numeric", ""
@@ -596,7 +599,7 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
         shown = raw[profile.time].astype(str)
         # A date in the other order than the column's (03/13 where 13/03 set day first) is not
         # swapped: said as such, not as "not a date".
-        against, day_first = against_date_order(raw[profile.time].astype("object").where(given), None)
+        against, day_first = against_date_order(raw[profile.time].astype("object"), None)  # as parsed above
         swapped = keep & times.isna() & against.reindex(raw.index, fill_value=False).to_numpy()
         order = "day first" if day_first else "month first"
         quarantine.add(

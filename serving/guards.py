@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import hashlib
 import hmac
@@ -436,7 +437,12 @@ class JsonBodyGuard:
                 return
             body, ended = await _whole_body(receive)
             body = body.removeprefix(codecs.BOM_UTF8)
-            repeated = [] if ended else repeated_names(body)
+            repeated = []
+            if ended is None and len(body) > _INLINE_CHECK_BYTES:
+                # Parsed off the event loop, which the probes and every other request share.
+                repeated = await asyncio.to_thread(repeated_names, body)
+            elif ended is None:
+                repeated = repeated_names(body)
             if repeated:
                 await _problems(send, repeated)
                 return
@@ -481,6 +487,7 @@ class _Repeated(dict):
     names: dict[str, int]
 
 
+_INLINE_CHECK_BYTES = 64_000
 REPEATED_NAME = "sent {n} times in one object: send each field once (which copy counts is up to the parser)"
 
 
@@ -489,14 +496,14 @@ def repeated_names(body: bytes, limit: int = 20) -> list[tuple[tuple, str]]:
     "do_not_contact": false}` read as the last, an opted-out lead as one to call), as
     (location, reason), the first `limit`; empty also when the body is not JSON (its parser
     says why, as for any other body)."""
-    found = False
+    found = 0
 
     def pairs_to_dict(pairs: list[tuple[str, Any]]) -> dict:
         nonlocal found
         result = dict(pairs)
-        if len(result) == len(pairs):
+        if len(result) == len(pairs) or found >= limit:  # past the limit: nothing more is reported
             return result
-        found = True
+        found += 1
         repeated = _Repeated(result)
         counts = Counter(name for name, _ in pairs)
         repeated.names = {name: n for name, n in counts.items() if n > 1}
@@ -509,14 +516,26 @@ def repeated_names(body: bytes, limit: int = 20) -> list[tuple[tuple, str]]:
     if not found:
         return []
     problems: list[tuple[tuple, str]] = []
-    stack: list[tuple[tuple, Any]] = [((), parsed)]
+    # Containers only, each with a link to its parent: a path is built for a problem alone (one
+    # per value made a body of a million nested numbers take gigabytes).
+    stack: list[tuple[tuple | None, Any]] = [(None, parsed)]
     while stack and len(problems) < limit:
-        where, node = stack.pop()
+        place, node = stack.pop()
         if isinstance(node, _Repeated):
+            where = _path(place)
             problems += [((*where, name), REPEATED_NAME.format(n=n)) for name, n in node.names.items()]
-        children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-        stack.extend(reversed([((*where, key), child) for key, child in children]))
+        children = node.items() if isinstance(node, dict) else enumerate(node)
+        stack.extend(reversed([((place, key), child) for key, child in children if isinstance(child, (dict, list))]))
     return problems[:limit]
+
+
+def _path(place: tuple | None) -> tuple:
+    """The keys from the body's top to a container, from its (parent's place, key) links."""
+    keys = []
+    while place is not None:
+        place, key = place
+        keys.append(key)
+    return tuple(reversed(keys))
 
 
 _TAG_MANAGER = re.compile(r"<!-- Google Tag Manager.*?<!-- End Google Tag Manager[^>]*-->", re.DOTALL)

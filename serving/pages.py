@@ -261,9 +261,8 @@ def _profile(row: dict) -> list[dict]:
         value = str(row.get(column) or "").strip()
         if not value or value.casefold() in ("nan", "none"):
             continue
-        href = {"email": "mailto:", "phone": "tel:"}.get(column)
-        if href:
-            href += quote(value if column == "email" else re.sub(r"[^0-9+]", "", value), safe="@+")
+        target = value if column == "email" else re.sub(r"[^0-9+]", "", value) if column == "phone" else ""
+        href = {"email": "mailto:", "phone": "tel:"}[column] + quote(target, safe="@+") if target else None
         shown.append({"label": label, "value": value, "href": href})
     return shown
 
@@ -357,8 +356,10 @@ def digest_view(
         if filters.get(column):
             # `?grade=a` is grade A, as the find box ignores case; the list shows the value as kept.
             kept = chosen[column].astype(str)
-            spelled = {value.casefold(): value for value in scores[column].astype(str).unique()}
-            filters = {**filters, column: spelled.get(filters[column].strip().casefold(), filters[column])}
+            values = scores[column].astype(str).unique()
+            if filters[column] not in values:  # as kept first: owners "Ann" and "ANN" are two
+                spelled = {value.casefold(): value for value in values}
+                filters = {**filters, column: spelled.get(filters[column].strip().casefold(), filters[column])}
             chosen = chosen[kept == filters[column]]
     if filters.get("q", "").strip():
         chosen = chosen[_matches(chosen, filters["q"])]
@@ -485,9 +486,9 @@ def _ranked(scores: pd.DataFrame) -> pd.DataFrame:
     return best_first(scores.assign(_closed=closed), "_closed")
 
 
-def _matches(scores: pd.DataFrame, text: str) -> pd.Series:
+def _matches(scores: pd.DataFrame, text: str, *, with_id: bool = True) -> pd.Series:
     """Rows whose id, name or company holds the text, in any case (a rep looking a lead up)."""
-    haystack = scores["lead_id"].astype(str)
+    haystack = scores["lead_id"].astype(str) if with_id else pd.Series("", index=scores.index)
     for column in ("first_name", "last_name", "company"):
         if column in scores:
             haystack = haystack + " " + scores[column].fillna("").astype(str).str.strip()
@@ -918,8 +919,21 @@ def pick(lead: str = "") -> HTMLResponse:
     if _only_dots(lead.strip()):
         return lead_page(lead)
     if lead.strip():  # the form's answer, with or without script in the browser
-        return RedirectResponse(lead_href(lead.strip()), status_code=303)
+        return RedirectResponse(_typed_lead(lead.strip()), status_code=303)
     return _pick_page()
+
+
+def _typed_lead(typed: str) -> str:
+    """Where the lead box leads: the lead of that id; else, for a name (not an id: a CRM's link
+    to a lead scored next time must not open another), its lead when one name or company holds
+    it, the digest's find box when several do; else the id's page, which says it is not there."""
+    latest, _ = _kept_scorings()
+    if latest is None or latest.lead(typed) is not None:
+        return lead_href(typed)
+    named = latest.scores.loc[_matches(latest.scores, typed, with_id=False), "lead_id"]
+    if len(named) == 1:
+        return lead_href(str(named.iloc[0]))
+    return "/ui/digest?" + urlencode({"q": typed}) if len(named) > 1 else lead_href(typed)
 
 
 @app.get("/leads/{lead_id:path}", response_class=HTMLResponse, include_in_schema=False)
@@ -939,14 +953,9 @@ def lead_page(lead_id: str):
         view = kept_lead_view(latest, *found)
         return _page("lead.html", title=view["display_name"], lead=view)
     if found is None:
-        # A name or part of one typed as an id: its lead when one matches, the digest's find box for several.
-        find = "/ui/digest?" + urlencode({"q": lead_id.strip()})
-        named = latest.scores.loc[_matches(latest.scores, lead_id), "lead_id"] if latest and lead_id.strip() else []
-        if len(named) == 1:
-            return RedirectResponse(lead_href(str(named.iloc[0])), status_code=303)
-        if len(named) > 1:
-            return RedirectResponse(find, status_code=303)
         error = f"Lead {lead_id!r} is not in the latest kept scoring."
+        # A name or part of one typed as an id: the digest's find box looks for it.
+        find = "/ui/digest?" + urlencode({"q": lead_id.strip()})
         return _pick_page(404, title="Lead not found", heading="Lead not found", error=error, error_for="pick",
                           typed=lead_id.strip(), find_href=find)  # fmt: skip
     rows, acts = found

@@ -55,12 +55,14 @@ def test_numbers_as_exports_write_them():
 
 def test_accounting_negatives_and_currency_codes_are_numbers():
     """Money as accounting and multi-currency exports write it read as free text."""
-    values, failed = parse_number(pd.Series(["(5.00)", "44.39", "$(1,200.50)", "USD 1,250.00", "12.5 EUR", "(none)"]))
+    values, failed = parse_number(pd.Series(["(5.00)", "44.39", "$(1,200.50)", "USD 1,250.00", "12.5USD", "(none)"]))
     assert values.tolist()[:5] == [-5.0, 44.39, -1200.5, 1250.0, 12.5] and pd.isna(values[5])
     assert failed.tolist() == [False] * 5 + [True]
-    european, _ = parse_number(pd.Series(["USD 53,00", "USD 1.234,50", "EUR (7,25)"]))
+    european, _ = parse_number(pd.Series(["EUR 53,00", "EUR 1.234,50", "EUR (7,25)"]))
     assert european.tolist() == [53.0, 1234.5, -7.25]
-    assert parse_number(pd.Series(["EURO", "USD", "ABC123"]))[1].all()  # a code alone, or letters, is no number
+    # Amounts in two currencies are not one column of numbers; nor are a code alone or letters.
+    assert parse_number(pd.Series(["USD 53.00", "JPY 5300", "12.5"]))[1].tolist() == [True, True, False]
+    assert parse_number(pd.Series(["EURO", "USD", "ABC123", "try5"]))[1].all()
 
 
 def test_booleans():

@@ -95,7 +95,8 @@ def test_a_stage_column_with_open_deals_trains_on_the_closed_ones(tmp_path, para
     with pytest.raises(DataError, match="negative value 'Closed Lost' not found"):
         load_flat(path, FlatProfile(label="stage", positive="Won", negative="Closed Lost"), params.flat)
     for settings, problem in [({"negative": "Lost"}, "the converted one must be too"),
-                              ({"positive": "won", "negative": "Won"}, "is the positive value too")]:  # fmt: skip
+                              ({"positive": "won", "negative": "Won"}, "is the positive value too"),
+                              ({"positive": "1", "negative": "1.0"}, "is the positive value too")]:  # fmt: skip
         with pytest.raises(ValueError, match=problem):
             FlatProfile(label="stage", **settings)
 

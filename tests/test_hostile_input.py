@@ -373,3 +373,21 @@ def test_training_over_a_newer_releases_champion_says_to_update_not_to_replace_i
     check = register.champion_auc("m", "crm", None, None)
     assert check.uncompared and "registered by a newer release" in check.note and "update this checkout" in check.note
     assert "notebook 02" not in check.note
+
+
+def test_a_repeated_name_in_a_huge_nested_body_is_found_without_a_path_per_value():
+    """A path built for every value of a body once a name repeated took 1.2 GB for 300 KB."""
+    import tracemalloc
+
+    from serving.guards import repeated_names
+
+    body = ('{"a":1,"a":2,"b":' + "[" * 900 + ",".join(["0"] * 150_000) + "]" * 900 + "}").encode()
+    tracemalloc.start()
+    try:
+        found = repeated_names(body)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [where for where, _ in found] == [("a",)] and peak < 100e6, peak
+    many = ('{"x":[' + ",".join(['{"a":1,"a":2}'] * 5000) + "]}").encode()
+    assert [where for where, _ in repeated_names(many)] == [("x", i, "a") for i in range(20)]

@@ -738,6 +738,13 @@ def test_digest_pages_through_every_lead_and_says_when_filters_match_none(champi
     # The id box works without script; spaces around a pasted id are dropped.
     opened = client.get("/leads", params={"lead": " L 1/2 "}, follow_redirects=False)
     assert opened.status_code == 303 and opened.headers["location"] == "/ui/leads/L%201%2F2"
+    # A name in the box opens its lead; part of an id in a link (a lead not scored yet) opens none.
+    name = f"{named['first_name']} {named['last_name']}"
+    if (latest.scores["first_name"] + " " + latest.scores["last_name"]).str.contains(name, regex=False).sum() == 1:
+        by_name = client.get("/leads", params={"lead": name.lower()}, follow_redirects=False)
+        assert by_name.headers["location"] == pages.lead_href(named["lead_id"]), by_name.headers
+    partial = client.get(pages.lead_href(best_id[:-1]).removeprefix("/ui"), follow_redirects=False)
+    assert partial.status_code == 404 and "is not in the latest kept scoring" in partial.text
     # `.` and `..` are "here" and "up" in a path, however encoded: such ids are opened by the query.
     assert pages.lead_href("..") == "/ui/leads?lead=.."
     dots = client.get("/leads", params={"lead": ".."}, follow_redirects=False)
@@ -936,6 +943,12 @@ def test_pages_of_leads_without_owners_or_activities_leave_those_parts_out(champ
     latest, _ = latest_two(scores_dir, champion.name)
     with_owners = render("digest.html", **digest_view(champion, latest, None, {}))
     assert '<th scope="col">owner</th>' in with_owners and 'name="owner"' in with_owners
+    # Owners differing only in case are two: each is listed by its own spelling, another case finds one.
+    cased = dataclasses.replace(latest, scores=latest.scores.assign(
+        owner=["Ann" if i % 2 else "ANN" for i in range(len(latest.scores))]))  # fmt: skip
+    listed = {asked: {row["owner"] for row in digest_view(champion, cased, None, {"owner": asked})["rows"]}
+              for asked in ("Ann", "ANN", "ann")}  # fmt: skip
+    assert listed["Ann"] == {"Ann"} and listed["ANN"] == {"ANN"} and len(listed["ann"]) == 1, listed
     unowned = dataclasses.replace(latest, scores=latest.scores.assign(owner=""))
     without = render("digest.html", **digest_view(champion, unowned, None, {}))
     assert '<th scope="col">owner</th>' not in without and 'name="owner"' not in without
