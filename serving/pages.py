@@ -1041,7 +1041,8 @@ def _pasted(data: Any) -> tuple[Any, pd.Timestamp]:
 
 
 # Last: BentoML hands the pages only the paths one of their routes matches, so a mistyped
-# address under /ui got the API's JSON 404; this route takes every other GET there.
+# address under /ui got the API's JSON 404; this route takes every other GET there (a POST to a
+# page's address keeps its 405 naming the method to use).
 @app.get("/{rest:path}", response_class=HTMLResponse, include_in_schema=False)
 def no_such_page(rest: str) -> HTMLResponse:
     """A page with the navigation, saying the address has none."""
