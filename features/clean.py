@@ -39,7 +39,9 @@ def email_domain(value: object) -> str | None:
     address around it cannot hide a competitor's domain."""
     if not isinstance(value, str):
         return None
-    found = _EMAIL_ADDRESS.search(value)
+    # The address in angle brackets is the address; a display name may look like one ("a@x" <b@y>).
+    bracketed = re.search(r"<\s*(?:mailto:)?([^<>]*)>", value)
+    found = _EMAIL_ADDRESS.search(bracketed.group(1) if bracketed and "@" in bracketed.group(1) else value)
     if found:
         domain = found.group(1)
     else:  # a quoted or commented local part (`"jane doe"@gmail.com`): what follows the @
@@ -235,9 +237,10 @@ _WHOLE_DOT_GROUPS = re.compile(r"-?[1-9]\d{0,2}(?:\.\d{3})+")
 _DOT_DECIMAL = re.compile(r"-?(?:0\.\d+|\d+\.(?:\d{1,2}|\d{4,})|\d{4,}\.\d+)(?:[kmb]|bn|%)?", re.IGNORECASE)
 _NOT_DIGITS = re.compile(r"[\s$€£¥%]|^\+")
 # A currency code before or after an amount, as multi-currency exports write them ("USD 53,00",
-# "12.5 EUR"); read only where a column holds one currency (amounts in two would be mixed).
+# "12.5 EUR"), and the currencies the signs name.
 _CODES = "USD|EUR|GBP|JPY|CHF|CAD|AUD|NZD|SEK|NOK|DKK|PLN|CZK|HUF|INR|CNY|RMB|HKD|SGD|BRL|MXN|ZAR|KRW|TRY|ILS|AED"
-_CURRENCY_CODE = re.compile(rf"^({_CODES})\s*(?=[-+($€£¥\d.])|(?<=[\d.)%])\s*({_CODES})$")
+_CURRENCY_CODE = re.compile(rf"^({_CODES})\s*(?=[-+($€£¥\d.])|(?<=[\d.)%])\s*({_CODES})$", re.IGNORECASE)
+_SIGN_CURRENCY = {"$": "USD", "€": "EUR", "£": "GBP", "¥": "JPY"}
 # An accounting negative: "(5.00)" is -5.00.
 _ACCOUNTING_NEGATIVE = re.compile(r"^\((-?[\d.,]+(?:[kmb]|bn)?)\)$", re.IGNORECASE)
 # An export's decimal mark is decided on this much evidence only: distinct values that can only
@@ -248,13 +251,17 @@ GROUPED_THOUSANDS = "read as whole numbers, dots grouping thousands"
 
 
 def _bare(text: pd.Series) -> pd.Series:
-    """The values without spaces, currency signs, percent signs and the column's one currency
-    code, an accounting negative with a minus: what is left is a number, if any."""
-    codes = text.str.extract(_CURRENCY_CODE)
-    if codes.stack().nunique() == 1:
-        text = text.str.replace(_CURRENCY_CODE, "", regex=True)
-    bare = text.str.replace(_NOT_DIGITS, "", regex=True)
+    """The values without spaces, currency signs and codes, and percent signs, an accounting
+    negative with a minus: what is left is a number, if any."""
+    bare = text.str.replace(_CURRENCY_CODE, "", regex=True).str.replace(_NOT_DIGITS, "", regex=True)
     return bare.str.replace(_ACCOUNTING_NEGATIVE, r"-\1", regex=True)
+
+
+def value_currencies(text: pd.Series) -> pd.Series:
+    """The currency each value names by a code or a sign (USD for "$"), or None."""
+    codes = text.str.extract(_CURRENCY_CODE).bfill(axis=1).iloc[:, 0].str.upper()
+    signs = text.str.extract(f"([{''.join(_SIGN_CURRENCY)}])", expand=False).map(_SIGN_CURRENCY)
+    return codes.fillna(signs).astype(object).where(lambda named: named.notna(), None)
 
 
 @dataclass(frozen=True)

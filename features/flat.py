@@ -31,6 +31,7 @@ from features.clean import (
     parse_number,
     parse_timestamps,
     stored_formats,
+    value_currencies,
 )
 from features.ingest import (
     SEPARATORS,
@@ -309,14 +310,22 @@ def infer_column(values: pd.Series, params: FlatParams) -> tuple[str, str]:
         return "boolean", ""
     coded = present.str.fullmatch(_LEADING_ZERO)
     widths = present.str.len().value_counts(normalize=True)
-    # Codes are written to one width (02134, 10001); a count with a stray "05" among 5 and 123 is a number.
-    if coded.mean() >= _CODE_SHARE and present.str.fullmatch(r"\d+").all() and widths.iloc[0] >= 0.9:
+    # Codes are written to one width (02134, 10001) or lead with zeros often (SKUs of 3 to 6 digits);
+    # a count with a stray "05" among 5 and 123 is a number.
+    code_like = widths.iloc[0] >= 0.9 or coded.mean() >= 0.1
+    if coded.mean() >= _CODE_SHARE and present.str.fullmatch(r"\d+").all() and code_like:
         kind, why = _text_kind(present, values, params)
         example = present[coded.to_numpy()].iloc[0]
         codes = f"codes, not amounts: values such as {example!r} keep their leading zeros"
         return kind, f"{why}; {codes}" if why else codes
     _, failed = parse_number(present)
     if failed.mean() <= _NUMERIC_FAILURE_SHARE:
+        named = value_currencies(present).dropna().unique()
+        if len(named) > 1:  # "USD 5" and "EUR 5" read as 5 alike: said, as a spreadsheet would not
+            return "numeric", (
+                f"amounts in more than one currency ({', '.join(sorted(named))}) read as one unit; convert them to "
+                "one currency for amounts that compare exactly"
+            )
         return "numeric", ""
     sample = present.head(2000)
     parsed, _ = parse_timestamps(sample)
@@ -546,7 +555,13 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
 
     unknown = [missing(column, role) for role, column in named if column not in raw.columns]
     if unknown:
-        raise DataError(f"{path.name}: no column(s) {', '.join(unknown)}; columns are {', '.join(raw.columns)}")
+        # `--drop 'Value, USD'` split a header holding a comma in two: say to quote it.
+        pairs = zip(profile.drop, profile.drop[1:], strict=False)
+        split = [f"{a}, {b}" for a, b in pairs if f"{a}, {b}" in raw.columns or f"{a},{b}" in raw.columns]
+        quote_it = f"; a name holding a comma goes in double quotes: --drop '\"{split[0]}\"'" if split else ""
+        raise DataError(
+            f"{path.name}: no column(s) {', '.join(unknown)}; columns are {', '.join(map(repr, raw.columns))}{quote_it}"
+        )
     if raw.empty:
         raise DataError(f"{path.name}: a header and no data rows")
     number_rows(raw, path)
@@ -604,7 +619,7 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
         order = "day first" if day_first else "month first"
         quarantine.add(
             "flat", raw, swapped,
-            f"time column {profile.time!r}: a date against the column's order ({order}, as most of its dates "
+            f"time column {profile.time!r} holds a date against its order ({order}, as most of its dates "
             "that can only be read one way say): " + shown,
         )  # fmt: skip
         keep &= ~swapped

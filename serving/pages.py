@@ -24,6 +24,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from features.clean import future_moment, latest_moment, parse_timestamps, snake_case, utc_now
 from features.criteria import STAGES, mql_conditions
+from features.fit import split_tech_stack
 from features.flat import field_problems
 from features.params import Params, default_params_path, load_params
 from features.reasons import describe, plain_name
@@ -261,6 +262,10 @@ def _profile(row: dict) -> list[dict]:
         value = str(row.get(column) or "").strip()
         if not value or value.casefold() in ("nan", "none"):
             continue
+        if column in ("employees", "annual_revenue") and re.fullmatch(r"\d+(?:\.\d+)?", value):
+            value = f"{float(value):,.0f}"  # 285128999 as 285,128,999; as written otherwise
+        elif column == "tech_stack":
+            value = ", ".join(split_tech_stack(pd.Series([value])).iloc[0])
         target = value if column == "email" else re.sub(r"[^0-9+]", "", value) if column == "phone" else ""
         href = {"email": "mailto:", "phone": "tel:"}[column] + quote(target, safe="@+") if target else None
         shown.append({"label": label, "value": value, "href": href})
@@ -930,7 +935,10 @@ def _typed_lead(typed: str) -> str:
     latest, _ = _kept_scorings()
     if latest is None or latest.lead(typed) is not None:
         return lead_href(typed)
-    named = latest.scores.loc[_matches(latest.scores, typed, with_id=False), "lead_id"]
+    scores = latest.scores
+    # As the digest writes a lead ("Wei Patel (Vandelay 4856)"), then any part of a name or company.
+    shown = scores.apply(_display_name, axis=1).str.casefold() == typed.casefold()
+    named = scores.loc[shown if shown.any() else _matches(scores, typed, with_id=False), "lead_id"]
     if len(named) == 1:
         return lead_href(str(named.iloc[0]))
     return "/ui/digest?" + urlencode({"q": typed}) if len(named) > 1 else lead_href(typed)
@@ -938,6 +946,8 @@ def _typed_lead(typed: str) -> str:
 
 @app.get("/leads/{lead_id:path}", response_class=HTMLResponse, include_in_schema=False)
 def lead_page(lead_id: str):
+    if not lead_id.strip():  # /ui/leads/ : the page to open one
+        return _pick_page()
     latest, _ = _kept_scorings()
     found = latest.lead(lead_id.strip()) if latest else None
     if found is None and latest is not None:
@@ -1043,7 +1053,10 @@ def _pasted(data: Any) -> tuple[Any, pd.Timestamp]:
 # Last: BentoML hands the pages only the paths one of their routes matches, so a mistyped
 # address under /ui got the API's JSON 404; this route takes every other GET there (a POST to a
 # page's address keeps its 405 naming the method to use).
-@app.get("/{rest:path}", response_class=HTMLResponse, include_in_schema=False)
-def no_such_page(rest: str) -> HTMLResponse:
-    """A page with the navigation, saying the address has none."""
+@app.get("/{rest:path}", include_in_schema=False)
+def no_such_page(rest: str):
+    """A page with the navigation, saying the address has none; a page's address with a
+    trailing slash (`/ui/digest/`) is that page."""
+    if rest.endswith("/") and rest.rstrip("/") in ("digest", "model", "leads"):
+        return RedirectResponse(f"/ui/{rest.rstrip('/')}", status_code=308)
     return _page("missing.html", 404, title="No such page", path=f"/ui/{rest}"[:200])

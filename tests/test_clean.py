@@ -14,6 +14,7 @@ from features.clean import (
     parse_number,
     parse_timestamps,
     snake_case,
+    value_currencies,
 )
 
 
@@ -60,9 +61,10 @@ def test_accounting_negatives_and_currency_codes_are_numbers():
     assert failed.tolist() == [False] * 5 + [True]
     european, _ = parse_number(pd.Series(["EUR 53,00", "EUR 1.234,50", "EUR (7,25)"]))
     assert european.tolist() == [53.0, 1234.5, -7.25]
-    # Amounts in two currencies are not one column of numbers; nor are a code alone or letters.
-    assert parse_number(pd.Series(["USD 53.00", "JPY 5300", "12.5"]))[1].tolist() == [True, True, False]
-    assert parse_number(pd.Series(["EURO", "USD", "ABC123", "try5"]))[1].all()
+    # Each amount as written, whatever its currency (flat inference says when a column mixes them).
+    assert parse_number(pd.Series(["USD 53.00", "jpy 5300", "$5", "€7"]))[0].tolist() == [53.0, 5300.0, 5.0, 7.0]
+    assert value_currencies(pd.Series(["USD 53", "$5", "5 eur", "7"])).tolist() == ["USD", "USD", "EUR", None]
+    assert parse_number(pd.Series(["EURO", "USD", "ABC123"]))[1].all()  # a code alone, or letters, is no number
 
 
 def test_booleans():

@@ -40,7 +40,12 @@ def test_each_stage_with_its_rule_and_action(params):
     reasons = qualify(others, params.criteria, AS_OF)["stage_reason"].tolist()
     assert reasons[0] == "E-mail domain belongs to a competitor" and reasons[1] != reasons[0], reasons
     # A display name, a trailing dot or a second address around the address hid the domain.
-    written = ["Jane <jane@salesforce.com>", "jane@salesforce.com.", "jane@salesforce.com; bob@acme.com"]
+    written = [
+        "Jane <jane@salesforce.com>",
+        "jane@salesforce.com.",
+        "jane@salesforce.com; bob@acme.com",
+        '"jane@acme.com" <jane@salesforce.com>',
+    ]  # the address is the one in brackets, not the name
     hidden = qualify(pd.DataFrame([_lead(score=40, email=e) for e in written]), params.criteria, AS_OF)
     assert set(hidden["stage_reason"]) == {"E-mail domain belongs to a competitor"}, hidden["stage_reason"].tolist()
     assert "2026-05-10" in out.loc[6, "next_action"]

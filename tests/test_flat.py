@@ -444,13 +444,14 @@ def test_columns_as_messy_exports_write_them_are_read_as_what_they_hold(tmp_path
         "Zip": rng.choice(["02134", "00501", "10001", "94105", "60601"], n),
         "": rng.integers(0, 9, n).astype(str),
         "Ticket": np.arange(5000, 5000 + n).astype(str),
+        "Budget": [f"{'EUR' if i % 9 == 0 else 'USD'} {rng.integers(1, 90) * 1000:,}" for i in range(n)],
         "Converted": [("1.0" if i % 2 else "1") if c else ("0.0" if i % 3 else "0") for i, c in enumerate(converted)],
     })  # fmt: skip
     path = tmp_path / "messy.csv"
     frame.to_csv(path, index=False)
     data = load_flat(path, FlatProfile(label="Converted"), params.flat)
     assert data.schema["columns"] == {"Deal Size": "numeric", "Opted In": "categorical", "Margin": "numeric",
-                                      "Zip": "categorical", "Unnamed: 4": "numeric"}  # fmt: skip
+                                      "Zip": "categorical", "Unnamed: 4": "numeric", "Budget": "numeric"}  # fmt: skip
     assert data.label.tolist() == converted.astype(float).tolist()  # "1" and "1.0" are one class
     assert data.features["Margin"].tolist() == pytest.approx(margin.tolist())
     assert set(data.features["Zip"]) == {"02134", "00501", "10001", "94105", "60601"}
@@ -459,6 +460,11 @@ def test_columns_as_messy_exports_write_them_are_read_as_what_they_hold(tmp_path
     assert "values such as '0" in notes and "keep their leading zeros" in notes
     assert "column 5 has no header: read as numeric under the name 'Unnamed: 4'" in notes
     assert "Ticket not used: an identifier" in notes and "give it the numeric type in a profile" in notes
+    assert "column Budget read as numeric: amounts in more than one currency (EUR, USD) read as one unit" in notes
+    frame.rename(columns={"Margin": "Margin, USD"}).to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"""goes in double quotes: --drop '"Margin, USD"'"""):
+        load_flat(path, FlatProfile(label="Converted", drop=["Margin", "USD"]), params.flat)
+    frame.to_csv(path, index=False)
     positive = load_flat(path, FlatProfile(label="Converted", positive="1.00"), params.flat)
     assert positive.label.tolist() == data.label.tolist()
     blank = frame.assign(Converted=np.where(converted, "1", ""))
@@ -481,7 +487,7 @@ def test_dates_written_in_both_orders_are_said_as_such(tmp_path, params):
     swapped = sum(i % 5 == 0 and d.day > 12 for i, d in enumerate(days))
     timed = load_flat(path, FlatProfile(label="Converted", time="Created"), params.flat)
     reasons = timed.quarantine.frame()["reason"]
-    against = reasons.str.startswith("time column 'Created': a date against the column's order (day first")
+    against = reasons.str.startswith("time column 'Created' holds a date against its order (day first")
     assert against.sum() == swapped and len(reasons) == swapped, reasons.tolist()[:3]
     untimed = load_flat(path, FlatProfile(label="Converted"), params.flat)
     assert any(n.startswith("column Created not used: dates, ") for n in untimed.quarantine.notes)

@@ -743,6 +743,10 @@ def test_digest_pages_through_every_lead_and_says_when_filters_match_none(champi
     if (latest.scores["first_name"] + " " + latest.scores["last_name"]).str.contains(name, regex=False).sum() == 1:
         by_name = client.get("/leads", params={"lead": name.lower()}, follow_redirects=False)
         assert by_name.headers["location"] == pages.lead_href(named["lead_id"]), by_name.headers
+    as_listed = client.get("/leads", params={"lead": pages._display_name(named).upper()}, follow_redirects=False)
+    assert as_listed.headers["location"] == pages.lead_href(named["lead_id"]), as_listed.headers  # "Name (Company)"
+    assert client.get("/digest/", follow_redirects=False).headers["location"] == "/ui/digest"
+    assert "Open a lead" in client.get("/leads/").text
     partial = client.get(pages.lead_href(best_id[:-1]).removeprefix("/ui"), follow_redirects=False)
     assert partial.status_code == 404 and "is not in the latest kept scoring" in partial.text
     # `.` and `..` are "here" and "up" in a path, however encoded: such ids are opened by the query.
@@ -991,13 +995,20 @@ def test_the_lead_page_gives_a_rep_the_contact_details_and_the_crm_record(
     latest, _ = latest_two(scores_dir, champion.name)
     lead_id = latest.scores["lead_id"].iloc[3]
     rows, acts = latest.lead(lead_id)
-    rows = rows.assign(phone="+1 (555) 673-1011", email="jane.o'neil@acme.com", employees="800")
+    rows = rows.assign(
+        phone="+1 (555) 673-1011",
+        email="jane.o'neil@acme.com",
+        employees="800",
+        annual_revenue="285128999",
+        tech_stack="Salesforce;AWS|Slack",
+    )
     url = "https://acme.lightning.force.com/lightning/r/Lead/{lead_id}/view"
     monkeypatch.setenv("LEADSCORE_PARAMS", str(params_file("crm-link.yaml", **{"service.crm_lead_url": url})))
     page = render("lead.html", title="x", lead=scored_lead_view(champion, latest, rows, acts))
     assert '<a href="tel:+15556731011">+1 (555) 673-1011</a>' in page
     assert '<a href="mailto:jane.o%27neil@acme.com">jane.o&#39;neil@acme.com</a>' in page
-    assert "<dt>Employees</dt><dd>800</dd>" in page
+    assert "<dt>Employees</dt><dd>800</dd>" in page and "<dd>285,128,999</dd>" in page
+    assert "<dd>Salesforce, AWS, Slack</dd>" in page
     assert f'href="https://acme.lightning.force.com/lightning/r/Lead/{lead_id}/view"' in page
     monkeypatch.delenv("LEADSCORE_PARAMS")
     blank = rows.assign(phone="", email=None, industry="nan")

@@ -188,6 +188,12 @@ def test_a_gain_just_under_its_minimum_never_reads_as_the_minimum(params):
     gates = check_gates(params.gates, test, 0.8 + 0.010036, ChampionCheck(None, None, "no champion yet"))
     gate = next(g for g in gates if g.name == "min_auc_gain_vs_baseline")
     assert not gate.passed and gate.detail == "gain over the better baseline -0.01004 vs minimum -0.01"
+    # An ECE just over its maximum read "0.0500 vs maximum 0.05" and failed.
+    over = {**test, "ece": params.gates.max_test_ece + 0.00004}
+    gate = next(
+        g for g in check_gates(params.gates, over, 0.7, ChampionCheck(None, None, "")) if g.name == "max_test_ece"
+    )
+    assert not gate.passed and gate.detail == f"test ECE {params.gates.max_test_ece + 0.00004:.5f} vs maximum 0.05"
 
 
 def test_a_champion_whose_features_this_engine_cannot_rebuild_is_not_replaced_unseen(

@@ -334,14 +334,17 @@ def champion_auc(
     return found(version, float(roc_auc_score(label, probability)), note)
 
 
-def _signed(value: float, limit: float) -> str:
+def _on_its_side(value: float, limit: float, *, at_least: bool = True, signed: bool = False) -> str:
     """`value` to 4 decimals, or as many more as it takes to read on its side of `limit`
-    (-0.010036 failing a minimum of -0.01 read "-0.0100")."""
+    (-0.010036 failing a minimum of -0.01 read "-0.0100"; an ECE of 0.05004 failing a maximum
+    of 0.05 read "0.0500")."""
+    sign = "+" if signed else ""
+    holds = (lambda v: v >= limit) if at_least else (lambda v: v <= limit)
     for decimals in range(4, 9):
-        shown = f"{value:+.{decimals}f}"
-        if (float(shown) >= limit) == (value >= limit):
+        shown = f"{value:{sign}.{decimals}f}"
+        if holds(float(shown)) == holds(value):
             return shown
-    return f"{value:+}"
+    return f"{value:{sign}}"
 
 
 def check_gates(
@@ -357,15 +360,17 @@ def check_gates(
     gain = test["roc_auc"] - best_baseline_auc
     result = [
         Gate("min_test_roc_auc", test["roc_auc"] >= gates.min_test_roc_auc,
-             f"test ROC AUC {test['roc_auc']:.4f} vs minimum {gates.min_test_roc_auc}"),
+             f"test ROC AUC {_on_its_side(test['roc_auc'], gates.min_test_roc_auc)} "
+             f"vs minimum {gates.min_test_roc_auc}"),
         Gate("max_test_ece", test["ece"] <= gates.max_test_ece,
-             f"test ECE {test['ece']:.4f} vs maximum {gates.max_test_ece}"),
+             f"test ECE {_on_its_side(test['ece'], gates.max_test_ece, at_least=False)} "
+             f"vs maximum {gates.max_test_ece}"),
         Gate("min_test_examples_per_class",
              min(test["positives"], test["n"] - test["positives"]) >= gates.min_test_examples_per_class,
              f"test rows: {test['positives']:,} converted, {test['n'] - test['positives']:,} not converted "
              f"vs minimum {gates.min_test_examples_per_class} of each"),
         Gate("min_auc_gain_vs_baseline", gain >= gates.min_auc_gain_vs_baseline,
-             f"gain over the better baseline {_signed(gain, gates.min_auc_gain_vs_baseline)} "
+             f"gain over the better baseline {_on_its_side(gain, gates.min_auc_gain_vs_baseline, signed=True)} "
              f"vs minimum {gates.min_auc_gain_vs_baseline:+}"),
     ]  # fmt: skip
     if champion.other_inputs:
