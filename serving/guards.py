@@ -408,7 +408,9 @@ class BodySizeGuard:
 
 class JsonBodyGuard:
     """415 for a body on the JSON APIs that is declared as anything but JSON (BentoML would
-    try to parse e.g. `multipart/form-data` without a boundary and answer 500)."""
+    try to parse e.g. `multipart/form-data` without a boundary and answer 500); 400 for a query
+    string or a name repeated in one object of the body; the body passed on without a UTF-8
+    byte order mark."""
 
     def __init__(self, app: ASGIApp, paths: frozenset[str]) -> None:
         self.app = app
