@@ -31,6 +31,7 @@ CLOCK_SKEW = dt.timedelta(minutes=5)
 # The first address in an e-mail cell: `jane@acme.com`, `Jane <jane@acme.com>`, `mailto:...`,
 # or the first of `a@x.com; b@y.com`.
 _EMAIL_ADDRESS = re.compile(r"[^\s<>;,\"'()]+@([^\s<>;,\"'()]+)")
+_BRACKETED = re.compile(r"<\s*(?:mailto:)?([^<>]*)>")
 
 
 def email_domain(value: object) -> str | None:
@@ -40,7 +41,7 @@ def email_domain(value: object) -> str | None:
     if not isinstance(value, str):
         return None
     # The address in angle brackets is the address; a display name may look like one ("a@x" <b@y>).
-    bracketed = re.search(r"<\s*(?:mailto:)?([^<>]*)>", value)
+    bracketed = _BRACKETED.search(value)
     found = _EMAIL_ADDRESS.search(bracketed.group(1) if bracketed and "@" in bracketed.group(1) else value)
     if found:
         domain = found.group(1)

@@ -60,6 +60,7 @@ _ENGAGEMENT_WORDS = re.compile(
 _NAME_SAFE = str.maketrans({"[": "(", "]": ")", "{": "(", "}": ")", '"': "'", ",": ";", ":": ";", "\\": "\u2216"})
 _NUMERIC_FAILURE_SHARE = 0.02
 _DATE_SHARE = 0.95
+_MOSTLY = 0.5  # dates in two orders read half in one at least
 # Digits led by a zero ("02134") in at least this share of a column's values: codes (postal,
 # account), whose zeros a number would lose.
 _LEADING_ZERO = r"0\d+"
@@ -309,11 +310,7 @@ def infer_column(values: pd.Series, params: FlatParams) -> tuple[str, str]:
     if looks_boolean(present):
         return "boolean", ""
     coded = present.str.fullmatch(_LEADING_ZERO)
-    widths = present.str.len().value_counts(normalize=True)
-    # Codes are written to one width (02134, 10001) or lead with zeros often (SKUs of 3 to 6 digits);
-    # a count with a stray "05" among 5 and 123 is a number.
-    code_like = widths.iloc[0] >= 0.9 or coded.mean() >= 0.1
-    if coded.mean() >= _CODE_SHARE and present.str.fullmatch(r"\d+").all() and code_like:
+    if coded.mean() >= _CODE_SHARE and present.str.fullmatch(r"\d+").all() and _code_like(present, coded):
         kind, why = _text_kind(present, values, params)
         example = present[coded.to_numpy()].iloc[0]
         codes = f"codes, not amounts: values such as {example!r} keep their leading zeros"
@@ -327,13 +324,12 @@ def infer_column(values: pd.Series, params: FlatParams) -> tuple[str, str]:
                 "one currency for amounts that compare exactly"
             )
         return "numeric", ""
-    sample = present.head(2000)
-    parsed, _ = parse_timestamps(sample)
-    if parsed.notna().mean() >= _DATE_SHARE and sample.str.contains(r"\d").all():
+    dates = _date_share(present)
+    if dates >= _DATE_SHARE:
         return "excluded", "a date (pass --time to split by it)"
-    if _mostly_dates(present):  # dates written in two orders
+    if dates >= _MOSTLY:  # dates written in two orders
         return "excluded", (
-            f"dates, {parsed.notna().mean():.0%} of them readable in one order (day and month in both orders?); "
+            f"dates, {dates:.0%} of them readable in one order (day and month in both orders?); "
             "pass --time to split by it"
         )
     kind, why = _text_kind(present, values, params)
@@ -356,17 +352,26 @@ def _text_kind(present: pd.Series, values: pd.Series, params: FlatParams) -> tup
     return "categorical", ""
 
 
-def _mostly_dates(values: pd.Series) -> bool:
-    """Half or more of a sample reads as dates (a creation time, unique to the second)."""
+def _code_like(present: pd.Series, coded: pd.Series) -> bool:
+    """Codes are written to one width (02134, 10001) or lead with zeros often (SKUs of 3 to 6
+    digits); a count with a stray "05" among 5 and 123 is a number."""
+    return present.str.len().value_counts(normalize=True).iloc[0] >= 0.9 or coded.mean() >= 0.1
+
+
+def _date_share(values: pd.Series) -> float:
+    """The share of a sample of the values that reads as dates; 0 when one holds no digit."""
     sample = values.head(2000)
-    return bool(parse_timestamps(sample)[0].notna().mean() >= 0.5 and sample.str.contains(r"\d").all())
+    return float(parse_timestamps(sample)[0].notna().mean()) if sample.str.contains(r"\d").all() else 0.0
 
 
-def is_measure(values: pd.Series) -> bool:
-    """Numbers with fractions ("1534.27"): a different value in every row is then an amount, a
-    duration or a rate, not an identifier, as whole numbers ("660737") may be."""
+def _number_kind(values: pd.Series) -> str:
+    """ "fractions" for numbers with fractions ("1534.27": a different one in every row is an
+    amount, a duration or a rate, not an identifier), "whole" for whole numbers ("660737", an
+    identifier or a count), "" for values that do not read as numbers."""
     parsed, failed = parse_number(values)
-    return failed.mean() <= _NUMERIC_FAILURE_SHARE and bool((parsed.dropna() % 1 != 0).mean() >= 0.1)
+    if failed.mean() > _NUMERIC_FAILURE_SHARE:
+        return ""
+    return "fractions" if (parsed.dropna() % 1 != 0).mean() >= 0.1 else "whole"
 
 
 def model_column_name(column: str) -> str:
@@ -665,13 +670,14 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
             continue
         present = values.dropna()
         unique = len(present) == keep.sum() and present.is_unique and len(present) > 20
-        if unique and not is_measure(present) and not _mostly_dates(present):
-            whole = parse_number(present)[1].mean() <= _NUMERIC_FAILURE_SHARE
+        numbers = _number_kind(present) if unique else ""
+        if unique and numbers != "fractions" and _date_share(present) < _MOSTLY:
             excluded[column] = (
                 "an identifier (unique per row)"
                 + ("" if profile.id else f"; scores name rows by their row number, --id {column!r} names them by it")
-                + ("; if it is a count or a measure, give it the numeric type in a profile (`types:`)" if whole else "")
-            )
+                + ("; if it is a count or a measure, give it the numeric type in a profile (`types:`)"
+                   if numbers == "whole" else "")
+            )  # fmt: skip
             continue
         kind, why = infer_column(values, params)
         if kind == "excluded":
