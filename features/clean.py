@@ -36,8 +36,8 @@ _BRACKETED = re.compile(r"<\s*(?:mailto:)?([^<>]*)>")
 
 def email_domain(value: object) -> str | None:
     """The domain of the first address in an e-mail cell, case folded, without a trailing dot;
-    None without one. Competitor and free-mail checks read it, so a display name or a second
-    address around it cannot hide a competitor's domain."""
+    None without one. The free-mail feature reads it; a display name around it cannot hide the
+    address (the competitor rule reads every address, `email_domains`)."""
     if not isinstance(value, str):
         return None
     # The address in angle brackets is the address; a display name may look like one ("a@x" <b@y>).
@@ -49,6 +49,19 @@ def email_domain(value: object) -> str | None:
         domain = re.split(r"[\s<>;,\"'()]", value.rsplit("@", 1)[1].strip())[0] if "@" in value else ""
     domain = domain.strip(".").casefold()
     return domain or None
+
+
+def email_domains(value: object) -> list[str]:
+    """The domains of every address in an e-mail cell (`a@x.com; b@y.com`), case folded, in
+    order: the competitor rule reads them all, so a competitor's address listed second is seen.
+    The first is `email_domain`'s."""
+    first = email_domain(value)
+    if first is None:
+        return []
+    # A quoted display name is no address, even when it looks like one ("a@rival.com" <a@x.com>).
+    unquoted = re.sub(r'"[^"]*"', " ", value)  # type: ignore[arg-type]
+    others = [d.strip(".").casefold() for d in _EMAIL_ADDRESS.findall(unquoted)]
+    return list(dict.fromkeys([first, *(d for d in others if d)]))
 
 
 def utc_now() -> pd.Timestamp:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.clean import email_domain
+from features.clean import email_domains
 from features.params import CriteriaParams, MqlParams
 from features.reasons import ago
 
@@ -29,10 +29,10 @@ def _column(leads: Mapping[str, Any], n: int, name: str, default: float) -> np.n
     return np.asarray(values, dtype=float)
 
 
-def _email_domains(leads: Mapping[str, Any], n: int) -> list[str | None]:
+def _email_domains(leads: Mapping[str, Any], n: int) -> list[list[str]]:
     if "email" not in leads:
-        return [None] * n
-    return [email_domain(v) for v in leads["email"]]
+        return [[] for _ in range(n)]
+    return [email_domains(v) for v in leads["email"]]
 
 
 def qualify(leads: pd.DataFrame, criteria: CriteriaParams, as_of: pd.Series | pd.Timestamp) -> pd.DataFrame:
@@ -68,7 +68,9 @@ def qualify_columns(
     do_not_contact = _column(leads, n, "do_not_contact", 0.0) == 1
     accepted = _column(leads, n, "sales_accepted", 0.0) == 1
     competitors = {d.casefold() for d in criteria.disqualify.competitor_domains}
-    competitor = np.array([_is_competitor(domain, competitors) for domain in _email_domains(leads, n)], dtype=bool)
+    competitor = np.array(
+        [any(_is_competitor(d, competitors) for d in domains) for domains in _email_domains(leads, n)], dtype=bool
+    )
     out_of_icp = icp < criteria.disqualify.min_icp_match
 
     raised = hand_raise <= criteria.hand_raise_days
