@@ -47,7 +47,6 @@ from serving.scoring import (
     explain_frame,
     model_date_order,
     model_matrix,
-    points_per_logit,
     prepare_crm_leads,
     prepare_flat_rows,
     score_features,
@@ -168,7 +167,7 @@ def lead_view(
     scored = score_features(model, features, context, moments).iloc[0]
     contributions, base = explain_frame(model, features)
     margin = contributions.sum(axis=1)
-    slope = float(points_per_logit(model.scorer, margin, base)[0])
+    slope = float(model.scorer.calibrator.points_per_logit(margin, base)[0])
     points = contributions[0, :-1] * slope
     base_score = float(100 * model.scorer.calibrator.apply(np.array([base]))[0])
     order = np.argsort(-np.abs(points))
@@ -573,7 +572,7 @@ def shap_summary(model: LoadedModel, snapshot: Snapshot | None) -> tuple[str, li
     if features.empty:
         return "", [], 0
     contributions, base = explain_frame(model, features)
-    points = contributions[:, :-1] * points_per_logit(model.scorer, contributions.sum(axis=1), base)[:, None]
+    points = contributions[:, :-1] * model.scorer.calibrator.points_per_logit(contributions.sum(axis=1), base)[:, None]
     matrix = model_matrix(model, features)
     top = np.argsort(-np.abs(points).mean(axis=0))[:SUMMARY_FACTORS]
     colours, words = [], []
@@ -662,7 +661,10 @@ def model_view(model: LoadedModel, snapshot: Snapshot | None = None) -> dict:
         ("lift_top_decile", "lift of the top 10%", "{:.1f}x"),
         ("base_rate", "conversion rate", "{:.1%}"),
     ]
-    importance = sorted(evaluation.get("importance", {}).items(), key=lambda kv: -kv[1])[:15]
+    # In score points as the reasons count them; models trained before that have log-odds only.
+    in_points = "importance_points" in evaluation
+    importance = evaluation.get("importance_points" if in_points else "importance", {})
+    importance = sorted(importance.items(), key=lambda kv: -kv[1])[:15]
     summary_chart, summary_words, summary_leads = shap_summary(model, snapshot)
     curve = evaluation.get("calibration", [])
     return {
@@ -677,10 +679,13 @@ def model_view(model: LoadedModel, snapshot: Snapshot | None = None) -> dict:
         "split": str(meta.get("split") or ""),  # a flat CSV without a time column: no windows
         "flat": model.kind == "flat",  # one row per lead: no horizon, no CRM attributes
         "tested_on": "test period" if meta.get("test_window") else "test rows",
+        "importance_in_points": in_points,
         "metrics": [{"label": label, "value": fmt.format(metrics[k])} for k, label, fmt in shown if k in metrics],
         "importance_chart": (
             horizontal_bars(
-                [plain_name(k) for k, _ in importance], [v for _, v in importance], "mean absolute effect (log-odds)"
+                [plain_name(k) for k, _ in importance],
+                [v for _, v in importance],
+                "mean absolute effect (score points)" if in_points else "mean absolute effect (log-odds)",
             )
             if importance
             else "<p class='muted'>Not recorded for this model version; retrain to get it.</p>"

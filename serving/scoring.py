@@ -232,19 +232,6 @@ def load_champion(model_name: str, alias: str = CHAMPION, *, version: str | None
     )
 
 
-def points_per_logit(scorer: LeadScorer, margin: np.ndarray, base: float) -> np.ndarray:
-    """Score points per unit of log-odds for each lead: the calibration's average slope
-    between the base value and the lead's margin (its local slope when they meet), so the
-    reasons' points add up exactly to score minus base score."""
-    score = 100 * scorer.calibrator.apply(margin)
-    base_score = 100 * scorer.calibrator.apply(np.array([base]))[0]
-    delta = margin - base
-    step = 1e-3
-    local = 100 * (scorer.calibrator.apply(margin + step) - scorer.calibrator.apply(margin - step)) / (2 * step)
-    safe = np.abs(delta) > 1e-6
-    return np.where(safe, (score - base_score) / np.where(safe, delta, 1.0), local)
-
-
 def _percentile(values: np.ndarray, reference: np.ndarray, ranks: np.ndarray) -> np.ndarray:
     """Rank (0-100) of each value among the training leads the reference quantiles describe;
     a value many of them share (no activity: engagement 0) takes the middle of their ranks."""
@@ -382,7 +369,7 @@ def _score_block(
         **stages,
     }
     if with_reasons:
-        points = per_feature * points_per_logit(scorer, margin, base)[:, None]
+        points = per_feature * scorer.calibrator.points_per_logit(margin, base)[:, None]
         flat_columns = scorer.spec.settings.get("flat", {}).get("columns", {})
         yes_no = frozenset(model_column_name(c) for c, kind in flat_columns.items() if kind == "boolean")
         arrays = _Columns(values, columns, n, scorer.spec.categories)

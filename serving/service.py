@@ -75,7 +75,6 @@ from serving.scoring import (
     champion_version,
     explain_frame,
     load_champion,
-    points_per_logit,
     prepare_crm_leads,
     prepare_flat_rows,
     score_columns,
@@ -494,7 +493,7 @@ class LeadScoring:
         calibrate = model.scorer.calibrator.apply
         score = float(100 * calibrate(margin)[0])
         base_score = float(100 * calibrate(np.array([base]))[0])
-        slope = float(points_per_logit(model.scorer, margin, base)[0])
+        slope = float(model.scorer.calibrator.points_per_logit(margin, base)[0])
         row = features.reindex(columns=model.scorer.spec.columns).iloc[0]
         items = []
         for j, feature in enumerate(model.scorer.spec.columns):

@@ -414,6 +414,9 @@ def test_model_page(page, server):
     # A screen reader gets each chart's data in words, not its tick labels.
     labels = page.locator("svg").evaluate_all("charts => charts.map(c => c.getAttribute('aria-label'))")
     assert all(labels) and any(label.startswith("Observed conversion against predicted") for label in labels)
+    # What drives scores overall counts the reasons' points, not log-odds.
+    assert any(label.startswith("mean absolute effect (score points)") for label in labels), labels
+    assert "in score points as the reasons count them" in text
     # On a phone nothing makes the whole page pan sideways (a chart row was 480 px at least).
     page.set_viewport_size({"width": 375, "height": 800})
     assert page.evaluate("document.documentElement.scrollWidth") <= 375

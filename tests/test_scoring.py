@@ -210,3 +210,38 @@ def test_loading_a_model_again_leaves_no_module_behind(champion_store, monkeypat
     for _ in range(3):
         scoring.load_champion("svc-model")  # as the `champion_store` fixture registers it
     assert {name for name in sys.modules if name.startswith("code_model_")} == before
+
+
+def test_the_model_pages_importance_is_in_the_points_the_reasons_count(champion, small_crm_dir):
+    """ "What drives scores overall" was in log-odds while every reason and the beeswarm count score
+    points: training now keeps mean |SHAP| in points too, as the service would count them."""
+    import numpy as np
+
+    from features.spec import to_model_frame
+    from training.evaluate import test_evaluation
+
+    crm = load_crm(small_crm_dir)
+    leads = crm.leads[crm.leads["created_at"] < AS_OF].head(300).reset_index(drop=True)
+    features = build_crm_features(
+        leads, crm.activities, AS_OF, champion.feature_params, champion.scorer.spec.settings["tech_vocabulary"]
+    )
+    scorer = champion.scorer
+    sample = to_model_frame(features, scorer.spec)
+    probability = scorer.calibrator.apply(scorer.booster.predict(sample, raw_score=True))
+    label = np.arange(len(sample)) % 2
+    evaluation = test_evaluation(
+        scorer.booster, scorer.calibrator, label, probability, sample, scorer.metadata["grade_bands"]
+    )
+    contributions, base = scoring.explain_frame(champion, features)
+    slope = scorer.calibrator.points_per_logit(contributions.sum(axis=1), base)
+    points = contributions[:, :-1] * slope[:, None]
+    # A lead's points add up to its score less the typical lead's, as its reasons do.
+    typical = 100 * scorer.calibrator.apply(np.array([base]))[0]
+    assert np.allclose(points.sum(axis=1), 100 * probability - typical, atol=1e-6)
+    expected = dict(zip(scorer.spec.columns, np.abs(points).mean(axis=0), strict=True))
+    kept = evaluation["importance_points"]
+    assert kept.keys() == expected.keys()
+    assert max(abs(kept[c] - expected[c]) for c in kept) < 1e-6
+    # Points are not log-odds: on this model's scale the two differ.
+    assert max(kept.values()) != pytest.approx(max(evaluation["importance"].values()), rel=0.05)
+    assert "importance_points" in scorer.metadata["evaluation"]  # a model trained now keeps them

@@ -8,6 +8,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 
 from features.bundle import grade_of, score_from_probability
+from features.calibration import Calibrator
 
 
 def expected_calibration_error(label: np.ndarray, probability: np.ndarray, bins: int = 10) -> float:
@@ -133,16 +134,27 @@ def calibration_table(label: np.ndarray, probability: np.ndarray, bins: int = 10
 
 
 def test_evaluation(
-    booster, label: np.ndarray, probability: np.ndarray, sample: pd.DataFrame, bands: dict[str, float]
+    booster,
+    calibrator: Calibrator,
+    label: np.ndarray,
+    probability: np.ndarray,
+    sample: pd.DataFrame,
+    bands: dict[str, float],
 ) -> dict:
     """What the model page shows, kept in the bundle: conversion by grade and by score decile,
-    the calibration curve on the test period, and mean |SHAP| per feature on a sample."""
-    contributions = np.abs(booster.predict(sample, pred_contrib=True)[:, :-1]).mean(axis=0)
+    the calibration curve on the test period, and mean |SHAP| per feature on a sample, in
+    log-odds and in score points (as the reasons count them)."""
+    shap_values = booster.predict(sample, pred_contrib=True)
+    base = float(shap_values[0, -1]) if len(shap_values) else 0.0
+    slope = calibrator.points_per_logit(shap_values.sum(axis=1), base)
+    contributions = np.abs(shap_values[:, :-1]).mean(axis=0)
+    points = np.abs(shap_values[:, :-1] * slope[:, None]).mean(axis=0)
     return {
         "by_grade": conversion_by_grade(label, probability, bands),
         "lift_by_decile": lift_by_decile(label, probability).to_dict(orient="records"),
         "calibration": calibration_table(label, probability).to_dict(orient="records"),
         "importance": {c: float(v) for c, v in zip(sample.columns, contributions, strict=True)},
+        "importance_points": {c: float(v) for c, v in zip(sample.columns, points, strict=True)},
         "test_examples": len(label),
         "score_counts": score_counts(label, probability),
     }

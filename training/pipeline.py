@@ -975,7 +975,9 @@ def train_and_register(
                 "leakage_excluded": list(excluded),
                 "engine": engine or {"engine": "local"},
                 "job": job,  # "recalibrate": its thresholds were fitted to the data, not the params file's
-                "evaluation": test_evaluation(booster, labels["test"], test_probability, sample, grade_bands),
+                "evaluation": test_evaluation(
+                    booster, calibrator, labels["test"], test_probability, sample, grade_bands
+                ),
             }
             artifacts = write_bundle_files(tmp_path / "bundle", booster, spec, calibrator, metadata)
             example = dataset.features[(part == "test").to_numpy()][spec.columns].head(5).reset_index(drop=True)
