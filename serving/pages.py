@@ -367,7 +367,11 @@ def digest_view(
             chosen = chosen[kept == filters[column]]
     if filters.get("q", "").strip():
         chosen = chosen[_matches(chosen, filters["q"])]
-    chosen = _ranked(chosen)
+    # Sorting by fit or engagement needs the ranks; a bookmark's unknown order is the score's.
+    ranks = [c for c in DIGEST_SORTS if c != "score" and c in scores and scores[c].notna().any()]
+    if filters.get("sort") not in ranks:
+        filters = {**filters, "sort": ""}
+    chosen = _ranked(chosen, filters["sort"] or "score")
     closed = chosen["_closed"]
     pages = max(1, -(-len(chosen) // DIGEST_ROWS))
     page = min(max(page, 1), pages)
@@ -381,6 +385,8 @@ def digest_view(
             "grade": r["grade"],
             "stage": r["stage"],
             "owner": str(r.get("owner") or ""),
+            "fit": _rank_text(r.get("fit")),
+            "engagement": _rank_text(r.get("engagement")),
             # A disqualified lead's first reason is its rule (an opt-out), not what scored it up; a
             # lead with nothing for it shows what holds it down most (its text carries the minus).
             "top_reason": r["stage_reason"]
@@ -436,6 +442,9 @@ def digest_view(
         # A filter value no lead has (a former owner in a bookmark) stays shown as chosen.
         "owners": owners + [v for v in [filters.get("owner")] if v and v not in owners],
         "has_owners": bool(owners),  # a flat export without an owner column: no empty column, no filter
+        "has_ranks": bool(ranks),
+        "sorts": [(key, DIGEST_SORTS[key]) for key in ("score", *ranks)],
+        "order_words": DIGEST_SORTS[filters["sort"] or "score"],
         "stages": stages + [v for v in [filters.get("stage")] if v and v not in stages],
         "grades": grades + [v for v in [filters.get("grade")] if v and v not in grades],
         "model_loaded": model is not None,
@@ -477,17 +486,33 @@ def _digest_title(filters: dict[str, str], page: int, pages: int, matching: int)
     words tell one filtered page from another."""
     chosen = [f"{name} {filters[name]}" for name in ("owner", "stage", "grade") if filters.get(name)]
     chosen += [f'"{filters["q"]}"'] if filters.get("q") else []
+    chosen += [DIGEST_SORTS[filters["sort"]]] if filters.get("sort") in DIGEST_SORTS else []
     title = "Pipeline digest" + (f": {', '.join(chosen)}" if chosen else "")
     if matching == 0:
         return f"{title}: no lead matches"
     return f"{title}, page {page} of {pages}" if pages > 1 else title
 
 
-def _ranked(scores: pd.DataFrame) -> pd.DataFrame:
-    """Best first, except leads a rep may not work (opted out, a competitor, off profile): last,
-    whatever they score."""
+# How the digest can order its leads, as its sort menu and its line above the table say it.
+DIGEST_SORTS = {"score": "best first", "fit": "best fit first", "engagement": "most engaged first"}
+
+
+def _ranked(scores: pd.DataFrame, by: str = "score") -> pd.DataFrame:
+    """Best first (or best fit, or most engaged: a manager looks for good fits gone quiet and for
+    who is active now), except leads a rep may not work (opted out, a competitor, off profile):
+    last, whatever they score. Ties by score, then id."""
     closed = scores["stage"].astype(str).eq("disqualified")
-    return best_first(scores.assign(_closed=closed), "_closed")
+    ranked = best_first(scores.assign(_closed=closed), "_closed")
+    if by == "score":
+        return ranked
+    # Stable, so leads of one rank stay best first; a lead without the rank goes after those with it.
+    return ranked.sort_values(["_closed", by], ascending=[True, False], kind="stable", na_position="last")
+
+
+def _rank_text(value: Any) -> str:
+    """A fit or engagement rank (0-100) as the digest shows it; a dash when it has none."""
+    number = pd.to_numeric(value, errors="coerce")
+    return "—" if pd.isna(number) else f"{number:.0f}"
 
 
 def _matches(scores: pd.DataFrame, text: str, *, with_id: bool = True) -> pd.Series:
@@ -526,8 +551,10 @@ def whole_percents(shares: list[float]) -> list[int]:
 
 
 def _page_links(filters: dict[str, str], page: int, pages: int) -> dict[str, str]:
-    """Links to the previous and next page of the digest, with its filters."""
+    """Links to the previous and next page of the digest, with its filters and order; clearing
+    the filters keeps the order."""
     chosen = {k: v for k, v in filters.items() if v}
+    order = {"sort": chosen["sort"]} if chosen.get("sort") else {}
 
     def href(number: int) -> str:
         return "/ui/digest?" + urlencode({**chosen, "page": number})
@@ -535,7 +562,7 @@ def _page_links(filters: dict[str, str], page: int, pages: int) -> dict[str, str
     return {
         **({"previous": href(page - 1)} if page > 1 else {}),
         **({"next": href(page + 1)} if page < pages else {}),
-        **({"all": "/ui/digest"} if chosen else {}),
+        **({"all": "/ui/digest" + (f"?{urlencode(order)}" if order else "")} if chosen.keys() - {"sort"} else {}),
     }
 
 
@@ -902,9 +929,11 @@ def _local(target: str) -> str:
 
 
 @app.get("/digest", response_class=HTMLResponse, include_in_schema=False)
-def digest(owner: str = "", stage: str = "", grade: str = "", q: str = "", page: str = "1") -> HTMLResponse:
+def digest(
+    owner: str = "", stage: str = "", grade: str = "", q: str = "", sort: str = "", page: str = "1"
+) -> HTMLResponse:
     latest, previous = _kept_scorings()
-    filters = {"owner": owner, "stage": stage, "grade": grade, "q": q.strip()}
+    filters = {"owner": owner, "stage": stage, "grade": grade, "q": q.strip(), "sort": sort.strip().casefold()}
     # A mangled link ("²") shows the first page; a number past the last (even of 5,000 digits) the last.
     digits = page.strip().lstrip("0") or "0"
     number = (int(digits) if len(digits) <= 9 else 10**9) if re.fullmatch(r"[0-9]+", digits) else 1

@@ -738,6 +738,22 @@ def test_digest_pages_through_every_lead_and_says_when_filters_match_none(champi
     nobody = client.get("/digest?owner=Nobody&page=2").text
     assert "No lead matches these filters" in nobody and '<option value="Nobody" selected>' in nobody
     assert 'href="/ui/digest">show all' in nobody and "0 rose a grade" in nobody
+    # Sorted by fit or engagement: each page in that order, the disqualified still last, the order
+    # kept by the page links and by clearing the filters; an unknown order is the score's.
+    workable = latest.scores[latest.scores["stage"] != "disqualified"]
+    for key, words in (("fit", "best fit first"), ("engagement", "most engaged first")):
+        text = client.get(f"/digest?sort={key.upper()}&page=2").text
+        expected = workable.sort_values(key, ascending=False, kind="stable")[key].iloc[3:6].round().tolist()
+        table = text.split('id="leads"')[1].split("</table>")[0]
+        column = 5 if key == "fit" else 6
+        shown = [float(r[column - 1]) for r in re.findall(r"<tr data-[^>]*>" + r"\s*<td>(.*?)</td>" * 7, table, re.S)]
+        assert shown == expected, (key, shown, expected)
+        assert f"of {total:,} matching, {words}, disqualified leads last" in text
+        assert f'href="/ui/digest?sort={key}&amp;page=3" rel="next"' in text, text.split('class="pager"')[1][:300]
+        assert f'<option value="{key}" selected>{words}</option>' in text
+        filtered = client.get(f"/digest?sort={key}&stage=nurture").text
+        assert f'href="/ui/digest?sort={key}">Clear the filters' in filtered
+    assert "best first, disqualified" in client.get("/digest?sort=whatever").text
     # The id box works without script; spaces around a pasted id are dropped.
     opened = client.get("/leads", params={"lead": " L 1/2 "}, follow_redirects=False)
     assert opened.status_code == 303 and opened.headers["location"] == "/ui/leads/L%201%2F2"
