@@ -278,6 +278,22 @@ def value_currencies(text: pd.Series) -> pd.Series:
     return codes.fillna(signs).astype(object).where(lambda named: named.notna(), None)
 
 
+def other_currencies(text: pd.Series) -> tuple[str | None, pd.Series]:
+    """The commonest currency an amount column names, and which values name another: "USD 5"
+    and "EUR 5" both read as 5, so a mix is said. Only values with a letter or a sign are read
+    for one (a plain number names none), which keeps a column of plain numbers cheap."""
+    text = text.astype("string")
+    marked = text.str.contains(r"[^\d\s.,+\-()]", regex=True).fillna(False).astype(bool)
+    if not marked.any():
+        return None, pd.Series(False, index=text.index)
+    named = value_currencies(text[marked].astype(object)).reindex(text.index)
+    counts = named.dropna().value_counts()
+    if counts.empty:
+        return None, pd.Series(False, index=text.index)
+    commonest = str(counts.index[0])
+    return commonest, (named.notna() & named.ne(commonest)).astype(bool)
+
+
 @dataclass(frozen=True)
 class NumberFormat:
     """How a numeric column of a training export writes numbers, kept with the model so every

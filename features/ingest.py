@@ -29,6 +29,7 @@ from features.clean import (
     map_distinct,
     number_formats,
     order_from_votes,
+    other_currencies,
     parse_bool,
     parse_number,
     parse_timestamps,
@@ -1046,6 +1047,13 @@ def clean_leads(
             grouped = dot_grouped(written, number_format)
             quarantine.count(f"leads.{column}", f"value(s) {GROUPED_THOUSANDS}", leads.loc[grouped, column])
             quarantine.count(f"leads.{column}", "value(s) not a number read as missing", leads.loc[failed, column])
+            commonest, other = other_currencies(written)
+            quarantine.count(
+                f"leads.{column}",
+                f"amount(s) in another currency than the commonest ({commonest}) read as the same unit; convert "
+                "them to one currency for amounts that compare",
+                leads.loc[other & ~failed, column],
+            )
             # A head count or a revenue below zero is a typo or a sentinel, not an amount (the
             # service refuses one in a request).
             negative = values < 0

@@ -578,3 +578,25 @@ def test_a_compressed_or_single_byte_file_is_named_for_what_it_is(tmp_path):
     (tmp_path / "leads.csv").write_bytes(b"lead_id,created_at\n" + noise)
     with pytest.raises(DataError, match=r"leads\.csv: not a text CSV file: its first 4,096 bytes hold \d+ control"):
         load_crm(tmp_path)
+
+
+def test_revenues_in_more_than_one_currency_are_said_not_mixed_silently(tmp_path):
+    """"USD 5,000,000" and "EUR 5,000,000" both read as 5,000,000: the flat path said so, a CRM
+    export did not."""
+    leads = {
+        "lead_id": ["A", "B", "C", "D", "E"],
+        "created_at": ["2025-01-01"] * 5,
+        "annual_revenue": ["USD 5,000,000", "$1,200,000", "EUR 3,000,000", "800000", "2.5 eur"],
+    }
+    activities = {"lead_id": ["A"], "occurred_at": ["2025-01-02"], "activity_type": ["web_visit"]}
+    outcomes = {"lead_id": ["A"], "status": ["lost"], "closed_at": ["2025-02-01"]}
+    crm = load_crm(_write(tmp_path, leads, activities, outcomes))
+    assert crm.leads.set_index("lead_id")["annual_revenue"].tolist() == [5e6, 1.2e6, 3e6, 8e5, 2.5]
+    said = [note for note in crm.quarantine.notes if "another currency" in note]
+    assert said == [
+        "leads.annual_revenue: 2 amount(s) in another currency than the commonest (USD) read as the same unit; "
+        "convert them to one currency for amounts that compare ('2.5 eur', 'EUR 3,000,000')"
+    ], crm.quarantine.notes
+    # One currency, or none named, says nothing.
+    one = _write(tmp_path, {**leads, "annual_revenue": ["USD 5", "$7", "9", "", "USD 1"]}, activities, outcomes)
+    assert not [note for note in load_crm(one).quarantine.notes if "currency" in note]
