@@ -581,7 +581,7 @@ def test_a_compressed_or_single_byte_file_is_named_for_what_it_is(tmp_path):
 
 
 def test_revenues_in_more_than_one_currency_are_said_not_mixed_silently(tmp_path):
-    """"USD 5,000,000" and "EUR 5,000,000" both read as 5,000,000: the flat path said so, a CRM
+    """Amounts "USD 5,000,000" and "EUR 5,000,000" both read as 5,000,000: the flat path said so, a CRM
     export did not."""
     leads = {
         "lead_id": ["A", "B", "C", "D", "E"],
