@@ -538,7 +538,7 @@ def parse_timestamps(values: pd.Series, day_first: bool | None = None) -> tuple[
     if retry.any():
         parsed, retry = _unix_times(text, retry, parsed)
     if retry.any():
-        fallback = text[retry].astype(str)
+        fallback = iso_offsets(text[retry].astype(str))
         parts = _date_parts(fallback)
         if day_first is None:
             day_first = bool(_order(parts))
@@ -558,9 +558,25 @@ def parse_timestamps(values: pd.Series, day_first: bool | None = None) -> tuple[
         reparsed.index = fallback.index
         parsed[retry] = reparsed.where(~contradicting)
     plausible = parsed.notna() & parsed.dt.year.between(FIRST_YEAR, LAST_YEAR)
-    parsed = parsed.where(plausible).dt.tz_localize(None).dt.as_unit("ns")
+    # To the microsecond, as the service reads a moment: .NET writes seven digits of a second, and
+    # an activity 0.5 microseconds before `as_of` was read by a batch and not by the service.
+    parsed = parsed.where(plausible).dt.tz_localize(None).dt.as_unit("ns").dt.floor("us")
     failed = present & parsed.isna()
     return parsed, failed
+
+
+# An offset written after UTC or GMT (`UTC+09:00`, `GMT+9`, `UTC-0530`): dateutil, pandas'
+# fallback for a column of mixed formats, reads it the POSIX way, `GMT+9` as nine hours *behind*.
+_NAMED_OFFSET = re.compile(r"\s*(?:UTC|GMT)\s*([+-])(\d{1,2})(?::?(\d{2}))?\s*$", re.IGNORECASE)
+
+
+def iso_offsets(text: pd.Series) -> pd.Series:
+    """Offsets written after UTC or GMT as ISO 8601 writes them (`UTC+9` → ` +09:00`), which every
+    reader takes the right way round: a moment in Tokyo read 18 hours off, or not, with the rows
+    around it."""
+    return text.str.replace(
+        _NAMED_OFFSET, lambda m: f" {m.group(1)}{int(m.group(2)):02d}:{m.group(3) or '00'}", regex=True
+    )
 
 
 _YEAR_FIRST = r"\s*\d{4}[-/.]\d"

@@ -243,3 +243,29 @@ def test_a_date_against_the_order_does_not_set_how_the_others_are_read():
     assert parsed.iloc[1:].tolist() == [pd.Timestamp("2026-11-09 10:00"), pd.Timestamp("2026-10-09 10:00")]
     parsed, failed = parse_timestamps(pd.Series(["03/13/2026", "04/05/2026"]), day_first=True)
     assert failed.tolist() == [True, False] and parsed.iloc[1] == pd.Timestamp("2026-05-04")
+
+
+def test_an_offset_after_utc_or_gmt_is_read_the_right_way_round_whatever_the_rows_around_it():
+    """`2026-03-28 09:00 UTC+09:00` alone was midnight UTC; after a row written `... UTC` it was
+    18:00 (dateutil reads `UTC+9` as nine hours behind), so a lead's demo request came and went
+    with the order of the leads file."""
+    tokyo = ["2026-03-28 09:00 UTC+09:00", "2026-03-28 09:00 GMT+9", "2026-03-28 09:00 utc+0900"]
+    others = ["2026-03-27 19:00 UTC-05:00", "2026-03-28 05:30 UTC+05:30"]
+    for rows in ([*tokyo, *others], ["2026-03-20 10:00 UTC", *tokyo, *others], [*others[::-1], *tokyo[::-1]]):
+        parsed, failed = parse_timestamps(pd.Series(rows))
+        moments = dict(zip(rows, parsed, strict=True))
+        assert not failed.any() and {moments[t] for t in tokyo + others} == {pd.Timestamp("2026-03-28 00:00")}, rows
+
+
+def test_moments_are_read_to_the_microsecond_as_the_service_reads_them():
+    """.NET writes seven digits of a second: an activity at 12:00 with `as_of` 12:00:00.0000005 was
+    read by a batch (nanoseconds) and not by the service (microseconds)."""
+    from pydantic import TypeAdapter
+
+    from serving.schemas import Moment, utc_naive
+    from training.cli import pd_timestamp
+
+    text = "2026-03-29T12:00:00.0000005Z"
+    service = utc_naive(TypeAdapter(Moment).validate_python(text))
+    assert parse_timestamps(pd.Series([text]))[0].iloc[0] == service == pd_timestamp(text)
+    assert pd_timestamp("2026-03-29 21:00 UTC+09:00") == pd.Timestamp("2026-03-29 12:00")

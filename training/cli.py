@@ -1999,18 +1999,18 @@ def pd_timestamp(text: str | None):
     import pandas as pd
 
     # pandas reads "now" and "today" (both the current moment) in the machine's local time: moments here are UTC.
-    from features.clean import FIRST_YEAR, LAST_YEAR, utc_now
+    from features.clean import FIRST_YEAR, LAST_YEAR, iso_offsets, utc_now
 
     if not text or text.strip().casefold() in ("now", "today"):
         return utc_now().floor("s")  # no microseconds in the output
 
     try:
-        moment = pd.Timestamp(text)
+        moment = pd.Timestamp(iso_offsets(pd.Series([text])).iloc[0])
     except ValueError as exc:
         raise DataError(f"--as-of {text!r} is not a date or timestamp") from exc
     if not FIRST_YEAR <= moment.year <= LAST_YEAR:
         raise DataError(f"--as-of {text}: outside the years {FIRST_YEAR}-{LAST_YEAR} that moments are read in")
-    moment = moment.as_unit("ns")
+    moment = moment.as_unit("ns").floor("us")  # to the microsecond, as files and the service read moments
     return moment.tz_convert("UTC").tz_localize(None) if moment.tzinfo else moment
 
 
