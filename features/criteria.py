@@ -181,16 +181,19 @@ def mql_conditions(mql: MqlParams, score: float, fit: float, engagement: float) 
 
 
 def _recycle_date(moment: pd.Timestamp, age_days: float, every: pd.Timedelta) -> str:
-    """The next look at a lead off the profile: every `every` from its creation, so each
+    """The next look at a lead off the profile: every `every` from its creation day, so each
     scoring until then gives the same date (counted from the scoring moment, it moved on with
-    every scoring and never came). Without a creation date, `every` after the moment."""
+    every scoring and never came), and a scoring on that day gives that day (counted to the
+    moment, a nightly scoring never said "today": the date jumped to the next cycle). Without
+    a creation date, `every` after the moment."""
     if not np.isfinite(age_days) or age_days < 0:
         return (moment + every).date().isoformat()
     # The age is a float of days: the creation moment it gives back is off by microseconds, which
     # put a lead created at midnight on the day before for some moments. CRMs keep milliseconds.
     created = min((moment - pd.Timedelta(days=float(age_days))).round("ms"), moment)  # never after the moment
-    cycles = int((moment - created) // every) + 1
-    return (created + cycles * every).date().isoformat()
+    start, today = created.normalize(), moment.normalize()
+    cycles = max(1, -((start - today) // every))  # the first cycle's day not before today
+    return (start + cycles * every).date().isoformat()
 
 
 def _nurture_reason(score: float, fit: float, engagement: float, criteria: CriteriaParams) -> str:

@@ -117,10 +117,17 @@ def test_recycle_dates_follow_each_leads_moment(params):
 def test_a_recycle_date_holds_from_one_scoring_to_the_next_and_comes_round(params):
     """Counted from each scoring it moved on with every one (2027-02-19, then 2027-03-22, ...)."""
     created = pd.Timestamp("2026-06-01")
-    moments = [pd.Timestamp(m) for m in ("2026-10-22", "2026-11-22", "2026-09-28 23:00", "2026-09-29 01:00")]
+    moments = ["2026-10-22", "2026-11-22", "2026-09-28 23:00", "2026-09-29 01:00", "2026-09-29 23:59", "2026-09-30"]
+    moments = [pd.Timestamp(m) for m in moments]
     leads = pd.DataFrame([_lead(icp_match=0.0, lead_age_days=(m - created) / pd.Timedelta(days=1)) for m in moments])
     dates = qualify(leads, params.criteria, pd.Series(moments))["recycle_on"].tolist()
-    assert dates == ["2027-01-27", "2027-01-27", "2026-09-29", "2027-01-27"]  # every 120 days from 2026-06-01
+    # Every 120 days from 2026-06-01; a scoring on the day itself says that day, the next one the next cycle.
+    assert dates == ["2027-01-27", "2027-01-27", "2026-09-29", "2026-09-29", "2026-09-29", "2027-01-27"]
+    # A lead created late in the day is due on the same day 120 days on, from its first moment to its last.
+    late = pd.Timestamp("2026-01-31 23:30")
+    due = [pd.Timestamp("2026-05-30 23:59:59"), pd.Timestamp("2026-05-31"), pd.Timestamp("2026-05-31 23:45")]
+    leads = pd.DataFrame([_lead(icp_match=0.0, lead_age_days=(m - late) / pd.Timedelta(days=1)) for m in due])
+    assert qualify(leads, params.criteria, pd.Series(due))["recycle_on"].tolist() == ["2026-05-31"] * 3
 
 
 def test_a_raised_hand_makes_an_mql_whatever_the_ranks(params):
