@@ -63,7 +63,7 @@ def ago(days: float) -> str:
     calendar days, and a scoring as of midnight would call last evening's demo "today"."""
     if days < 1:
         return "in the last 24 hours"
-    whole = round(days)
+    whole = math.floor(days + 0.5)  # halves up: round() went to even, 2.5 days "2 days", 3.5 "4 days"
     return f"{whole} day{'s' if whole != 1 else ''} ago"
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from features.clean import utc_now
 from features.schema import ACTIVITY_TYPES, TABLE_FILES, TRUTH_FILE
 
 STEP_DAYS = 30
@@ -490,7 +491,7 @@ def generate_crm(n_leads: int, seed: int, start: str = "2024-11-01", months: int
     end = start_ts + pd.Timedelta(days=months * STEP_DAYS)
     if start_ts.year < EARLIEST_START_YEAR:
         raise ValueError(f"start {start_ts.date()} is before {EARLIEST_START_YEAR}: CRM histories begin later")
-    if end > pd.Timestamp.now().normalize() + pd.Timedelta(days=1):
+    if end > utc_now().normalize() + pd.Timedelta(days=1):  # today in UTC, as every moment here, not the machine's
         raise ValueError(
             f"the period {start_ts.date()} to {end.date()} ends after today: an export holds only the past "
             "(pick an earlier --start or fewer --months)"

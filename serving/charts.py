@@ -61,7 +61,9 @@ def _svg(fig: Figure, label: str) -> str:
     # Several charts share one page: ids (clip paths, markers) must differ between them, or a
     # chart would clip itself with another's shapes.
     with matplotlib.rc_context({"svg.hashsalt": uuid.uuid4().hex}):
-        fig.savefig(buffer, format="svg", bbox_inches="tight")
+        # No date in the picture: it was the machine's local time without an offset, and made each
+        # report differ from the last for nothing.
+        fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
     text = buffer.getvalue()
     text = text[text.index("<svg") :]
     # The drawing's own text (tick labels, numbers) hidden from screen readers, which Chrome

@@ -1096,3 +1096,12 @@ def test_signing_in_from_a_sign_out_link_does_not_sign_out_again():
         assert _local(target) == "/ui/digest", target
     assert _local("/ui/leads/L1?as_of=2025") == "/ui/leads/L1?as_of=2025"
     assert _local("//evil.example/ui/") == _local("https://evil.example") == "/ui/digest"
+
+
+def test_a_chart_carries_no_date():
+    """Each SVG held the machine's local time without an offset (a report sent from Honolulu said
+    22:29 of the evening before)."""
+    from serving.charts import horizontal_bars
+
+    drawn = horizontal_bars(["Industry", "Country"], [1.5, 0.5], "mean absolute effect (score points)")
+    assert "<svg" in drawn and "<dc:date>" not in drawn

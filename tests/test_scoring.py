@@ -104,6 +104,9 @@ def test_reasons_count_time_from_the_scoring_moment_and_a_count_is_not_its_recen
     assert describe("days_since_demo_request", 0.74) == "Requested a demo in the last 24 hours"
     assert describe("days_since_demo_request", 1.2) == "Requested a demo 1 day ago"
     assert describe("days_since_last_activity", 7.6) == "Last activity 8 days ago"
+    # Half days round up alike (round() went to even: 60 hours read "2 days", 84 hours "4 days").
+    halves = [describe("days_since_last_activity", d) for d in (1.5, 2.5, 3.5, 4.5)]
+    assert halves == [f"Last activity {n} days ago" for n in (2, 3, 4, 5)], halves
     assert sentence("n_demo_request_30d", 1.0, 4.2) == "1 demo request in the last 30 days: +4"
     assert sentence("n_meeting_7d", 2.0, 0.4) == "2 meetings with sales in the last 7 days: +0.4"
     # A recency that lowers the score says the quiet since, not the act ("Attended a webinar 184

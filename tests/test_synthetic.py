@@ -86,3 +86,25 @@ def test_a_period_that_cannot_be_an_export_is_refused():
         generate_crm(10, seed=1, start=str(pd.Timestamp.now().date()), months=2)
     with pytest.raises(ValueError, match="before 1990"):
         generate_crm(10, seed=1, start="1850-01-01", months=2)
+
+
+def test_today_is_todays_date_in_utc_whatever_the_machines_time_zone(monkeypatch):
+    """The check "ends after today" read the machine's clock: a period ending tomorrow (UTC) was refused in
+    Honolulu and one ending the day after was taken where it was already that day."""
+    import time
+
+    from features.clean import utc_now
+    from features.synthetic import STEP_DAYS
+
+    tomorrow = utc_now().normalize() + pd.Timedelta(days=1)
+    for zone in ("Etc/GMT+12", "Etc/GMT-14"):  # UTC-12 and UTC+14: one of them is on another date at any hour
+        monkeypatch.setenv("TZ", zone)
+        time.tzset()
+        try:
+            start = tomorrow - pd.Timedelta(days=2 * STEP_DAYS)
+            assert not generate_crm(10, seed=1, start=str(start.date()), months=2).leads.empty
+            with pytest.raises(ValueError, match="ends after today"):
+                generate_crm(10, seed=1, start=str((start + pd.Timedelta(days=1)).date()), months=2)
+        finally:
+            monkeypatch.delenv("TZ")
+            time.tzset()

@@ -646,7 +646,7 @@ def _kept_quarantine(dataset: Any, error: Exception | None = None) -> str:
     if quarantine is None:
         return ""
     try:
-        path = write_quarantine(quarantine.frame(), time.strftime("%Y%m%d-%H%M%S"))
+        path = write_quarantine(quarantine.frame(), time.strftime("%Y%m%d-%H%M%S", time.gmtime()))  # UTC, as moments
     except OSError as exc:
         return f" (the quarantined rows could not be written: {_os_error_text(exc)})"
     return f"\nquarantined rows, each with its reason: {path}" if path else ""
