@@ -269,3 +269,26 @@ def test_a_lock_that_cannot_be_taken_is_named_as_such(tmp_path):
         pass
     with exclusive(tmp_path / "recalibrate.lock", job="rollback"):  # a writable folder: taken
         assert (tmp_path / "recalibrate.lock").read_text() == f"rollback pid {os.getpid()}"
+
+
+def test_a_recalibration_that_stops_early_still_ends_the_runs_a_killed_process_left(params, tmp_path, monkeypatch):
+    """The next `train` ended a run left RUNNING by a `kill -9`; a scheduled recalibration that
+    stopped early (no new data, no champion) did not, so such runs stayed RUNNING all quarter."""
+    import socket
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from training.abandoned import PROCESS_TAG
+    from training.recalibrate import RecalibrationError, recalibrate
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    experiment = client.create_experiment(params.mlflow.experiment)
+    # A pid no process has (above the kernel's pid_max), on this machine.
+    killed = client.create_run(experiment, tags={PROCESS_TAG: f"{socket.gethostname()} 99999999 1.00"}).info.run_id
+    with pytest.raises(RecalibrationError, match="nothing to recalibrate against"):
+        recalibrate(params, model_name="no-such-model", data=tmp_path)
+    assert client.get_run(killed).info.status == "KILLED"

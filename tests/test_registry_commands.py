@@ -94,6 +94,8 @@ def test_criteria_shows_the_change_then_applies_it_on_the_same_model(registry, p
     for rule in ("criteria.mql.min_score", "criteria.sql.min_score", "criteria.next_actions.MQL", "grades.A"):
         assert rule in shown.stdout
     assert "No kept scoring" in shown.stdout and "Nothing changed" in shown.stdout
+    # The command it says to run takes the same file: without it `--apply` read params.yaml.
+    assert f"`leadscore criteria --apply --params {strict}`" in " ".join(shown.stdout.split()), shown.stdout
     assert _aliases() == before
 
     scored = _run("score", str(small_crm_dir), "-o", str(tmp_path / "s.csv"), "--as-of", AS_OF, "--snapshot",

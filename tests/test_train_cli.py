@@ -348,6 +348,13 @@ def test_bad_paths_and_flags_are_clear_errors(tmp_path, store):
     (tmp_path / "cwd").mkdir()
     missing = leadscore("train", "--data", str(tmp_path / "nope.csv"), store=store)
     assert missing.returncode == 2 and "no such file or folder" in missing.stderr
+    # Said while another job holds the lock too: "is running, try again" made a scheduler retry a typo.
+    from training.recalibrate import exclusive
+
+    models = tmp_path / "models"
+    with exclusive(models / "recalibrate.lock", job="recalibration"):
+        held = leadscore("train", "--data", str(tmp_path / "nope.csv"), store=store, LEADSCORE_MODELS_DIR=str(models))
+    assert held.returncode == 2 and "no such file or folder" in held.stderr, held.stderr
     flat = tmp_path / "x.csv"
     flat.write_text("a,b\n1,2\n")
     no_label = leadscore("train", "--data", str(flat), store=store)

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import signal
 import threading
 import time
@@ -508,6 +509,9 @@ def train(
             moment = past_moment(as_of)
         except DataError as exc:
             _fail(str(exc))
+    if data is not None and not data.exists():
+        # Said before waiting on the lock: a scheduler would retry a mistyped path as "busy".
+        _fail(f"{data}: no such file or folder")
     reporter = RichReporter()
     client = None
     dataset = None
@@ -1799,8 +1803,12 @@ def criteria(
         else:
             _print_effect(effect, latest, model.version)
     if not apply:
+        # The command to run, with the options of this one: without `--params` it would read params.yaml.
+        given = [f"--model-name {shlex.quote(model_name)}"] * bool(model_name)
+        given += [f"--params {shlex.quote(str(params_file))}"] * bool(params_file)
+        command = escape(" ".join(["leadscore criteria --apply", *given]))
         console.print(
-            "Nothing changed. `leadscore criteria --apply` registers this model with these rules as a new version "
+            f"Nothing changed. `{command}` registers this model with these rules as a new version "
             "and makes it the champion (`leadscore rollback` undoes it)."
         )
         return

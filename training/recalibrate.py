@@ -36,6 +36,7 @@ from training.pipeline import (
     quarantine_counts,
     report_quarantine,
     train_and_register,
+    use_experiment,
 )
 from training.register import (
     CHALLENGER,
@@ -142,6 +143,9 @@ def recalibrate(
     reporter = reporter or Reporter()
     settings = params.recalibration
     with exclusive(lock_path(settings.lock_file)):
+        # Runs a killed process left RUNNING are ended now: a recalibration that stops early (no
+        # new data, every quarter a scheduler runs it) would otherwise never reach training's sweep.
+        use_experiment(params, reporter)
         try:
             champion = load_champion(model_name)
         except ModelNotReady as exc:
