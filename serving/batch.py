@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -619,9 +620,17 @@ def safe_for_spreadsheets(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_table(frame: pd.DataFrame, path: Path) -> None:
-    """CSV or parquet by the file's suffix (CSV cells neutralised for spreadsheets)."""
+    """CSV or parquet by the file's suffix (CSV cells neutralised for spreadsheets), whole or not
+    at all: written beside the target and renamed over it, so a run stopped part way (or a CRM
+    job reading meanwhile) never sees a file cut short that looks complete, and the last good
+    file stays until the new one is whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() in (".parquet", ".pq"):
-        frame.to_parquet(path, index=False)
-    else:
-        safe_for_spreadsheets(frame).to_csv(path, index=False)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            frame.to_parquet(partial, index=False)
+        else:
+            safe_for_spreadsheets(frame).to_csv(partial, index=False)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -464,3 +464,25 @@ def test_an_export_folder_without_usable_outcomes_says_every_lead_is_scored_as_o
     (tmp_path / "outcomes.csv").mkdir()
     with pytest.raises(DataError, match=r"outcomes\.csv: a folder, not a file"):
         read_leads(tmp_path, None)
+
+
+def test_scores_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """`score -o` wrote into the file in place: a run stopped part way left 282 of 11,031 rows,
+    ending on a whole row, which a CRM import would take as the scoring, and the last good
+    file was gone."""
+    output = tmp_path / "scores.csv"
+    good = pd.DataFrame({"lead_id": ["A", "B"], "score": [50.0, 20.0]})
+    write_table(good, output)
+    before = output.read_bytes()
+
+    def stopped(self, path, **kwargs):  # a run stopped after writing some rows
+        Path(path).write_text("lead_id,score\nC,90.0\n")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        write_table(pd.DataFrame({"lead_id": ["C", "D"], "score": [90.0, 10.0]}), output)
+    assert output.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["scores.csv"]
+    monkeypatch.undo()
+    write_table(pd.DataFrame({"lead_id": ["C"], "score": [90.0]}), output)
+    assert pd.read_csv(output)["lead_id"].tolist() == ["C"] and len(list(tmp_path.iterdir())) == 1
