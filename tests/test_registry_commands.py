@@ -304,3 +304,34 @@ def test_conversion_by_grade_is_measured_again_from_the_score_counts_for_any_ban
             assert again[letter]["share"] == pytest.approx(mask.mean()), letter
             assert again[letter]["conversion"] == pytest.approx(label[mask].mean()), letter
         assert conversion_by_grade(label, probability, bands) == again
+
+
+def test_criteria_apply_does_not_bury_a_scoring_kept_while_it_ran(registry, params_file, champion, small_crm_dir,
+                                                                   monkeypatch):  # fmt: skip
+    """`criteria --apply` copied the scoring it read at its start under the new rules: a `score`
+    kept during its seconds of registering was pushed down to "previous", and the digest showed
+    the older leads with their moves called the rules'."""
+    from typer.testing import CliRunner
+
+    import training.rules
+    from serving.batch import read_leads, score_batch
+    from serving.snapshots import write_snapshot
+
+    leads, acts, _ = read_leads(small_crm_dir, None)
+    scored = score_batch(champion, leads, acts, pd.Timestamp(AS_OF)).scored
+    meta = {"as_of": AS_OF, "model_name": CHAMPION_NAME, "model_version": champion.version}
+    write_snapshot(scored, leads, acts, meta, registry)
+    registering = training.rules.register_with_rules
+
+    def with_a_scoring_meanwhile(*args, **kwargs):
+        newer = {**meta, "as_of": (pd.Timestamp(AS_OF) + pd.Timedelta(days=1)).isoformat()}
+        write_snapshot(scored, leads, acts, newer, registry)
+        return registering(*args, **kwargs)
+
+    monkeypatch.setattr(training.rules, "register_with_rules", with_a_scoring_meanwhile)
+    strict = params_file("strict-rules-race.yaml", **STRICT)
+    applied = CliRunner().invoke(app, ["criteria", "--apply", "--params", str(strict)], env={"COLUMNS": "200"})
+    assert applied.exit_code == 0, applied.output
+    assert "was kept while this ran, and stays the latest" in applied.output
+    kept = list_snapshots(registry, CHAMPION_NAME)
+    assert len(kept) == 2 and load_snapshot(kept[-1]).as_of == pd.Timestamp(AS_OF) + pd.Timedelta(days=1)

@@ -1731,7 +1731,7 @@ def criteria(
 
     from features.tracking import lock_path, shown_uri, tracking_uri
     from serving.scoring import ModelNotReady, load_champion
-    from serving.snapshots import latest_two
+    from serving.snapshots import latest_two, list_snapshots
     from training.recalibrate import EXIT_LOCKED, LockUnavailable, RecalibrationError, exclusive
     from training.register import ChampionMoved
     from training.rules import (
@@ -1835,7 +1835,13 @@ def criteria(
         f"(`leadscore rollback` undoes this). A running service takes it within {params.service.reload_seconds:g} s, "
         "or at once on POST /reload."
     )
-    if effect is not None:
+    newest = list_snapshots(model_name=name)[-1:] if effect is not None else []
+    if effect is not None and newest and newest[0] != latest.path:
+        # A scoring kept while this ran is the pages' latest: a copy of the one before under the
+        # new rules would bury it (the digest showed the older leads, its moves called the rules').
+        console.print(f"[dim]not kept for the pages: {newest[0]} was kept while this ran, and stays the latest; "
+                      "`leadscore score` again gives its leads under the new rules[/dim]")  # fmt: skip
+    elif effect is not None:
         from serving.snapshots import write_snapshot
 
         meta = {**latest.meta, "model_version": version, "rescored_for_rules_of": str(latest.path.name)}
