@@ -9,7 +9,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from features.clean import future_moment, latest_moment, parse_timestamps, snake
 from features.criteria import STAGES, mql_conditions
 from features.fit import split_tech_stack
 from features.flat import field_problems
+from features.ingest import DataError
 from features.params import Params, default_params_path, load_params
 from features.reasons import describe, plain_name
 from features.schema import ACTIVITY_TYPES, BANT_FIELDS
@@ -90,8 +93,46 @@ def write_report(
     model: LoadedModel, latest: Snapshot, previous: Snapshot | None, lead_ids: list[str], out: Path
 ) -> list[str]:
     """The pages as static files for a list of leads (index.html = the digest of those leads,
-    one page per lead, model.html), to send by mail. Returns the ids not in the snapshot."""
-    out.mkdir(parents=True, exist_ok=True)
+    one page per lead, model.html), to send by mail. Returns the ids not in the snapshot.
+
+    The folder is written whole or not at all: the pages go to a folder beside it, which then
+    replaces it (a run stopped part way left a digest whose links led nowhere, and a report
+    written over another kept the other's lead pages). A folder holding anything but such a
+    report is refused, never emptied."""
+    found = set(latest.scores["lead_id"])
+    if lead_ids and not any(i in found for i in lead_ids):  # a wrong file or model: the report before stays
+        return list(lead_ids)
+    out = out.resolve()
+    if out.exists() and not _holds_only_a_report(out):
+        raise DataError(f"{out} holds files other than a report's pages: give a new or empty folder")
+    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        missing = _write_pages(model, latest, previous, lead_ids, partial)
+        if out.exists():
+            replaced = out.with_name(f".{out.name}.{os.getpid()}.replaced")
+            out.rename(replaced)
+            partial.rename(out)
+            shutil.rmtree(replaced, ignore_errors=True)
+        else:
+            partial.rename(out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return missing
+
+
+REPORT_FILES = re.compile(r"index\.html|model\.html|lead-.+\.html")
+
+
+def _holds_only_a_report(folder: Path) -> bool:
+    """An empty folder, or one of `write_report`'s pages alone: a folder it may replace."""
+    return folder.is_dir() and all(p.is_file() and REPORT_FILES.fullmatch(p.name) for p in folder.iterdir())
+
+
+def _write_pages(
+    model: LoadedModel, latest: Snapshot, previous: Snapshot | None, lead_ids: list[str], out: Path
+) -> list[str]:
+    out.mkdir(parents=True)
     wanted = set(lead_ids)
     chosen = Snapshot(latest.path, latest.scores[latest.scores["lead_id"].isin(wanted)], latest.leads,
                       latest.activities, latest.meta)  # fmt: skip

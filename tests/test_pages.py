@@ -548,7 +548,8 @@ def test_path_to_sql_scores_answers_as_a_lead_built_whole_would_score(champion, 
 
 
 def test_static_report(champion, scores_dir, tmp_path):
-    from serving.pages import write_report
+    from features.ingest import DataError
+    from serving.pages import lead_href, write_report
     from serving.snapshots import latest_two
 
     assert latest_two(scores_dir)[0].meta["model_name"] == OTHER_MODEL  # the newest of any model
@@ -565,6 +566,29 @@ def test_static_report(champion, scores_dir, tmp_path):
     assert "&lt;script&gt;window.__pwned=2&lt;/script&gt;" in index and "<script>window.__pwned" not in index
     assert "/ui/" not in index  # links stay within the report
     assert """<meta http-equiv="Content-Security-Policy" content="default-src &#39;none&#39;""" in index
+    # Written again for other leads, the folder holds their pages alone (the others' stayed).
+    write_report(champion, latest, previous, [others.iloc[0]], tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["index.html", "model.html", lead_href(others.iloc[0], True)]
+    )
+    # Stopped part way, the report before stays whole (its digest linked pages never written).
+    import serving.pages
+
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(serving.pages, "scored_lead_view", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
+            write_report(champion, latest, previous, ids, tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert [p.name for p in tmp_path.parent.iterdir() if p.name.endswith((".partial", ".replaced"))] == []
+    # Ids none of which is in the scoring (a wrong file) leave it as it was.
+    assert write_report(champion, latest, previous, ["no-such-lead"], tmp_path) == ["no-such-lead"]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    # A folder with anything else in it is refused, not emptied.
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="holds files other than a report's pages"):
+        write_report(champion, latest, previous, ids, tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_the_model_page_of_a_model_without_time_windows_says_how_it_was_tested():
