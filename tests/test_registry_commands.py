@@ -335,3 +335,24 @@ def test_criteria_apply_does_not_bury_a_scoring_kept_while_it_ran(registry, para
     assert "was kept while this ran, and stays the latest" in applied.output
     kept = list_snapshots(registry, CHAMPION_NAME)
     assert len(kept) == 2 and load_snapshot(kept[-1]).as_of == pd.Timestamp(AS_OF) + pd.Timedelta(days=1)
+
+
+def test_a_rollback_stopped_between_its_two_steps_is_completed_not_repeated(registry):
+    """Killed between moving @champion and @previous, a rollback left both on one version: the
+    next `rollback` said it had rolled back, and the replaced champion had no alias left."""
+    from training.register import ROLLED_BACK_TAG, rollback
+
+    client = MlflowClient()
+    first = client.get_model_version_by_alias(CHAMPION_NAME, "champion")
+    second = str(client.create_model_version(CHAMPION_NAME, first.source, run_id=first.run_id).version)
+    # v(second) was the champion; the rollback marked v(first) and moved @champion only.
+    client.set_model_version_tag(CHAMPION_NAME, first.version, ROLLED_BACK_TAG, f"2026-12-07 09:00 UTC, from v{second}")
+    client.set_registered_model_alias(CHAMPION_NAME, "champion", first.version)
+    client.set_registered_model_alias(CHAMPION_NAME, "previous", first.version)
+    assert rollback(CHAMPION_NAME) == (str(first.version), second)
+    assert _aliases() == {"champion": str(first.version), "previous": second}
+    # Without a rollback's mark (a promotion stopped so), nothing is guessed: it is said.
+    client.delete_model_version_tag(CHAMPION_NAME, first.version, ROLLED_BACK_TAG)
+    client.set_registered_model_alias(CHAMPION_NAME, "previous", first.version)
+    with pytest.raises(ValueError, match=f"are both version {first.version}"):
+        rollback(CHAMPION_NAME)

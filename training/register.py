@@ -7,6 +7,7 @@ import functools
 import importlib.metadata
 import io
 import logging
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -494,6 +495,20 @@ def rollback(model_name: str) -> tuple[str, str]:
     champion = current_version(client, model_name)
     if previous is None or champion is None:
         raise ValueError(f"{model_name} has no @{PREVIOUS if previous is None else CHAMPION} version to roll back to")
+    if previous == champion:
+        # A rollback or promotion stopped between its two alias moves (killed). A rollback's mark
+        # says which version it replaced: that one becomes @previous, and the rollback is whole.
+        restored = client.get_model_version(model_name, champion).tags.get(ROLLED_BACK_TAG, "")
+        replaced = re.search(r"from v(\d+)$", restored)
+        if replaced and replaced.group(1) != champion:
+            client.set_registered_model_alias(model_name, PREVIOUS, replaced.group(1))
+            logger.info("completed the rollback of %s stopped part way: v%s is @previous", model_name, replaced[1])
+            return champion, replaced.group(1)
+        raise ValueError(
+            f"@{CHAMPION} and @{PREVIOUS} of {model_name} are both version {champion} (a promotion or rollback was "
+            "stopped between its two steps): nothing to roll back to; `leadscore versions` lists the versions and "
+            "`leadscore promote VERSION` puts the one you want in service"
+        )
     # Marked before the aliases move: a registry lost after the move must not leave the rollback
     # done without its hold. A mark on a version that is not @champion holds nothing.
     when = pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d %H:%M UTC")
