@@ -10,10 +10,12 @@ source).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,7 +88,16 @@ def write_snapshot(
     # Counted per model: a flat CSV model's scorings must not push the service model's out.
     for old in list_snapshots(directory, meta.get("model_name", ""))[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
+    # Halves left by runs killed while writing (a few MB each, never read): a run writing now
+    # started its half within the hour.
+    for left in directory.glob(".*.partial"):
+        with contextlib.suppress(OSError):
+            if time.time() - left.stat().st_mtime > ABANDONED_AFTER_SECONDS:
+                shutil.rmtree(left, ignore_errors=True)
     return final
+
+
+ABANDONED_AFTER_SECONDS = 6 * 3600
 
 
 def list_snapshots(directory: Path | None = None, model_name: str | None = None) -> list[Path]:

@@ -631,6 +631,18 @@ def test_old_scorings_are_removed_per_model(tmp_path, monkeypatch):
     assert snapshots.list_snapshots(tmp_path, "crm") == [written[1], written[5]]  # the newest two
     assert snapshots.list_snapshots(tmp_path, "flat") == [written[3], written[4]]
     assert len(snapshots.list_snapshots(tmp_path)) == 4
+    # Halves a killed run left are removed once old; one a run may be writing now is left alone.
+    import os
+    import time
+
+    stale, fresh = tmp_path / ".20261201T000000000000Z.partial", tmp_path / ".20261207T000000000000Z.partial"
+    for half in (stale, fresh):
+        half.mkdir()
+        (half / "scores.parquet").write_bytes(b"half")
+    long_ago = time.time() - snapshots.ABANDONED_AFTER_SECONDS - 60
+    os.utime(stale, (long_ago, long_ago))
+    snapshots.write_snapshot(scored, leads, leads.iloc[:0], {"model_name": "crm"}, tmp_path)
+    assert not stale.exists() and fresh.exists()
 
 
 def test_the_digest_says_when_the_served_model_has_no_kept_scoring(scores_dir, monkeypatch):
