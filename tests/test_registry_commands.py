@@ -356,3 +356,23 @@ def test_a_rollback_stopped_between_its_two_steps_is_completed_not_repeated(regi
     client.set_registered_model_alias(CHAMPION_NAME, "previous", first.version)
     with pytest.raises(ValueError, match=f"are both version {first.version}"):
         rollback(CHAMPION_NAME)
+
+
+def test_rules_put_on_rules_still_show_and_compare_as_the_model_they_hold(registry):
+    """A second `criteria --apply` names the first rules version, whose run has no figures: the
+    new version listed `?` for its AUC, ECE and gates, and promoting the trained version back was
+    refused as "never compared by the gates"."""
+    from training.versions import list_versions, promotion_check
+
+    client = MlflowClient()
+    trained = client.get_model_version_by_alias(CHAMPION_NAME, "champion")
+    versions = [str(trained.version)]
+    for _ in range(2):  # rules on the trained version, then rules on those
+        made = client.create_model_version(CHAMPION_NAME, trained.source, run_id=trained.run_id,
+                                           tags={RULES_FROM_TAG: versions[-1]})  # fmt: skip
+        versions.append(str(made.version))
+    client.set_registered_model_alias(CHAMPION_NAME, "champion", versions[-1])
+    listed = {v.version: v for v in list_versions(CHAMPION_NAME)}
+    figures = ("test_roc_auc", "test_ece", "gates_passed")
+    assert all(getattr(listed[versions[-1]], f) == getattr(listed[versions[0]], f) is not None for f in figures)
+    assert not [p for p in promotion_check(CHAMPION_NAME, versions[0]).problems if "never compared" in p]

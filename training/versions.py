@@ -75,7 +75,7 @@ def _describe(client: MlflowClient, model_name: str, version: Any, aliases: list
     run_id = version.run_id
     if info.rules_from:  # the figures and gates of the model it holds
         try:
-            run_id = client.get_model_version(model_name, info.rules_from).run_id
+            run_id = client.get_model_version(model_name, trained_version(client, model_name, info.rules_from)).run_id
         except MlflowException:
             run_id = None
     run = _run(client, version.run_id)
@@ -147,12 +147,24 @@ def promotion_check(model_name: str, version: str) -> PromotionCheck:
 def _training_record(client: MlflowClient, model_name: str, version: str) -> tuple[str, dict | None]:
     """The version whose training made this version's model (itself, but for a version of
     `leadscore criteria`), and that run's metrics.json (None when it cannot be read)."""
-    trained = client.get_model_version(model_name, version).tags.get(RULES_FROM_TAG) or str(version)
     try:
+        trained = trained_version(client, model_name, str(version))
         run_id = client.get_model_version(model_name, trained).run_id
         return trained, mlflow.artifacts.load_dict(f"runs:/{run_id}/metrics.json")
     except Exception:  # a run deleted, or from before metrics.json: said by the caller, not a crash
         return trained, None
+
+
+def trained_version(client: MlflowClient, model_name: str, version: str) -> str:
+    """The version whose training run made `version`'s model: itself, or for a version of
+    `leadscore criteria` the one it put rules on, followed back through rules put on rules (a
+    second `criteria --apply` named the first, whose run holds no figures or gates)."""
+    seen = {version}
+    while source := client.get_model_version(model_name, version).tags.get(RULES_FROM_TAG):
+        if source in seen:  # a loop no command writes: stop rather than spin
+            break
+        seen.add(version := source)
+    return version
 
 
 def _run_status(client: MlflowClient, model_name: str, version: str) -> str | None:
