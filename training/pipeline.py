@@ -779,7 +779,8 @@ def train_and_register(
             )
             mlflow.log_param("tuning.monotone_features", ",".join(monotone)[:490])
         reporter.stage(
-            f"Tuning LightGBM ({params.tuning.trials} trials at most, {params.tuning.timeout_seconds:.0f} s budget)"
+            f"Tuning LightGBM ({params.tuning.trials} trial{'s' if params.tuning.trials != 1 else ''} at most, "
+            f"{params.tuning.timeout_seconds:.0f} s budget)"
         )
         reporter.trials_started(params.tuning.trials)
         started = time.perf_counter()
