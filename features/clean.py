@@ -560,7 +560,10 @@ def parse_timestamps(values: pd.Series, day_first: bool | None = None) -> tuple[
     plausible = parsed.notna() & parsed.dt.year.between(FIRST_YEAR, LAST_YEAR)
     # To the microsecond, as the service reads a moment: .NET writes seven digits of a second, and
     # an activity 0.5 microseconds before `as_of` was read by a batch and not by the service.
-    parsed = parsed.where(plausible).dt.tz_localize(None).dt.as_unit("ns").dt.floor("us")
+    parsed = parsed.where(plausible).dt.tz_localize(None).dt.as_unit("ns")
+    nanos = parsed.to_numpy(dtype="datetime64[ns]").view("i8")
+    if ((nanos % 1000 != 0) & plausible.to_numpy()).any():  # rare: flooring every column cost a fifth more
+        parsed = parsed.dt.floor("us")
     failed = present & parsed.isna()
     return parsed, failed
 
@@ -568,15 +571,20 @@ def parse_timestamps(values: pd.Series, day_first: bool | None = None) -> tuple[
 # An offset written after UTC or GMT (`UTC+09:00`, `GMT+9`, `UTC-0530`): dateutil, pandas'
 # fallback for a column of mixed formats, reads it the POSIX way, `GMT+9` as nine hours *behind*.
 _NAMED_OFFSET = re.compile(r"\s*(?:UTC|GMT)\s*([+-])(\d{1,2})(?::?(\d{2}))?\s*$", re.IGNORECASE)
+_HAS_NAMED_OFFSET = re.compile(r"(?:UTC|GMT)\s*[+-]\d", re.IGNORECASE)
 
 
 def iso_offsets(text: pd.Series) -> pd.Series:
     """Offsets written after UTC or GMT as ISO 8601 writes them (`UTC+9` → ` +09:00`), which every
     reader takes the right way round: a moment in Tokyo read 18 hours off, or not, with the rows
     around it."""
-    return text.str.replace(
+    named = text.str.contains(_HAS_NAMED_OFFSET, na=False)
+    if not named.any():  # the common case: a test, not a rewrite of every value
+        return text
+    rewritten = text[named].str.replace(
         _NAMED_OFFSET, lambda m: f" {m.group(1)}{int(m.group(2)):02d}:{m.group(3) or '00'}", regex=True
     )
+    return text.where(~named, rewritten)
 
 
 _YEAR_FIRST = r"\s*\d{4}[-/.]\d"
