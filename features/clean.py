@@ -56,11 +56,14 @@ def email_domains(value: object) -> list[str]:
     order: the competitor rule reads them all, so a competitor's address listed second is seen.
     The first is `email_domain`'s."""
     first = email_domain(value)
-    if first is None:
-        return []
-    # A quoted display name is no address, even when it looks like one ("a@rival.com" <a@x.com>).
-    unquoted = re.sub(r'"[^"]*"', " ", value)  # type: ignore[arg-type]
-    others = [d.strip(".").casefold() for d in _EMAIL_ADDRESS.findall(unquoted)]
+    if first is None or value.count("@") < 2:  # type: ignore[union-attr]  # one address: the usual cell
+        return [] if first is None else [first]
+    # A display name or a comment is no address, even when it looks like one: `"a@rival.com"
+    # <a@x.com>`, `b@rival.com <a@x.com>`, `a@x.com (ex b@rival.com)`. Addresses in brackets are
+    # the addresses when there are any.
+    bracketed = [inner for inner in _BRACKETED.findall(value) if "@" in inner]  # type: ignore[arg-type]
+    unnamed = re.sub(r'"[^"]*"|\([^()]*\)', " ", value)  # type: ignore[arg-type]
+    others = [d.strip(".").casefold() for d in _EMAIL_ADDRESS.findall(" ".join(bracketed) if bracketed else unnamed)]
     return list(dict.fromkeys([first, *(d for d in others if d)]))
 
 
@@ -278,6 +281,9 @@ def value_currencies(text: pd.Series) -> pd.Series:
     return codes.fillna(signs).astype(object).where(lambda named: named.notna(), None)
 
 
+_DIGITS_AS_ZERO = str.maketrans("123456789", "000000000")
+
+
 def other_currencies(text: pd.Series) -> tuple[str | None, pd.Series]:
     """The commonest currency an amount column names, and which values name another: "USD 5"
     and "EUR 5" both read as 5, so a mix is said. Only values with a letter or a sign are read
@@ -286,7 +292,10 @@ def other_currencies(text: pd.Series) -> tuple[str | None, pd.Series]:
     marked = text.str.contains(r"[^\d\s.,+\-()]", regex=True).fillna(False).astype(bool)
     if not marked.any():
         return None, pd.Series(False, index=text.index)
-    named = value_currencies(text[marked].astype(object)).reindex(text.index)
+    # Read once per shape of value ("$00,000,000"): amounts are unique, their shapes are few.
+    shapes = text[marked].astype(object).str.translate(_DIGITS_AS_ZERO)
+    named = map_distinct(shapes, lambda shape: value_currencies(pd.Series([shape], dtype=object)).iloc[0])
+    named = named.reindex(text.index)
     counts = named.dropna().value_counts()
     if counts.empty:
         return None, pd.Series(False, index=text.index)
@@ -570,7 +579,7 @@ def parse_timestamps(values: pd.Series, day_first: bool | None = None) -> tuple[
 
 # An offset written after UTC or GMT (`UTC+09:00`, `GMT+9`, `UTC-0530`): dateutil, pandas'
 # fallback for a column of mixed formats, reads it the POSIX way, `GMT+9` as nine hours *behind*.
-_NAMED_OFFSET = re.compile(r"\s*(?:UTC|GMT)\s*([+-])(\d{1,2})(?::?(\d{2}))?\s*$", re.IGNORECASE)
+_NAMED_OFFSET = re.compile(r"(?:UTC|GMT)\s*([+-])(\d{1,2})(?::?(\d{2}))?\s*$", re.IGNORECASE)
 _HAS_NAMED_OFFSET = re.compile(r"(?:UTC|GMT)\s*[+-]\d", re.IGNORECASE)
 
 
@@ -582,7 +591,7 @@ def iso_offsets(text: pd.Series) -> pd.Series:
     if not named.any():  # the common case: a test, not a rewrite of every value
         return text
     rewritten = text[named].str.replace(
-        _NAMED_OFFSET, lambda m: f" {m.group(1)}{int(m.group(2)):02d}:{m.group(3) or '00'}", regex=True
+        _NAMED_OFFSET, lambda m: f"{m.group(1)}{int(m.group(2)):02d}:{m.group(3) or '00'}", regex=True
     )
     return text.where(~named, rewritten)
 

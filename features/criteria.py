@@ -68,8 +68,10 @@ def qualify_columns(
     do_not_contact = _column(leads, n, "do_not_contact", 0.0) == 1
     accepted = _column(leads, n, "sales_accepted", 0.0) == 1
     competitors = {d.casefold() for d in criteria.disqualify.competitor_domains}
-    competitor = np.array(
-        [any(_is_competitor(d, competitors) for d in domains) for domains in _email_domains(leads, n)], dtype=bool
+    competitor = (
+        np.array([any(_is_competitor(d, competitors) for d in ds) for ds in _email_domains(leads, n)], dtype=bool)
+        if competitors
+        else np.zeros(n, dtype=bool)  # none listed: no address read
     )
     out_of_icp = icp < criteria.disqualify.min_icp_match
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -624,6 +625,7 @@ def write_table(frame: pd.DataFrame, path: Path) -> None:
     at all: written beside the target and renamed over it, so a run stopped part way (or a CRM
     job reading meanwhile) never sees a file cut short that looks complete, and the last good
     file stays until the new one is whole."""
+    path = path.resolve() if path.is_symlink() else path  # a link a CRM job reads keeps pointing at the scores
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
@@ -631,6 +633,8 @@ def write_table(frame: pd.DataFrame, path: Path) -> None:
             frame.to_parquet(partial, index=False)
         else:
             safe_for_spreadsheets(frame).to_csv(partial, index=False)
+        if path.is_file():  # the file's permissions (a group's write bit) as they were
+            shutil.copymode(path, partial)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)

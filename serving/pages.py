@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,6 @@ from features.clean import future_moment, latest_moment, parse_timestamps, snake
 from features.criteria import STAGES, mql_conditions
 from features.fit import split_tech_stack
 from features.flat import field_problems
-from features.ingest import DataError
 from features.params import Params, default_params_path, load_params
 from features.reasons import describe, plain_name
 from features.schema import ACTIVITY_TYPES, BANT_FIELDS
@@ -95,59 +93,43 @@ def write_report(
     """The pages as static files for a list of leads (index.html = the digest of those leads,
     one page per lead, model.html), to send by mail. Returns the ids not in the snapshot.
 
-    The folder is written whole or not at all: the pages go to a folder beside it, which then
-    replaces it (a run stopped part way left a digest whose links led nowhere, and a report
-    written over another kept the other's lead pages). A folder holding anything but such a
-    report is refused, never emptied."""
+    Each page is written whole (beside itself, then renamed over), the lead pages before the
+    digest that links them, and the lead pages of a report written there before are removed
+    once the new digest is in place: a run stopped part way left a digest whose links led
+    nowhere, and a second report kept the first's pages. Other files in the folder are left
+    alone; ids none of which was scored write nothing."""
     found = set(latest.scores["lead_id"])
     if lead_ids and not any(i in found for i in lead_ids):  # a wrong file or model: the report before stays
         return list(lead_ids)
-    out = out.resolve()
-    if out.exists() and not _holds_only_a_report(out):
-        raise DataError(f"{out} holds files other than a report's pages: give a new or empty folder")
-    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        missing = _write_pages(model, latest, previous, lead_ids, partial)
-        if out.exists():
-            replaced = out.with_name(f".{out.name}.{os.getpid()}.replaced")
-            out.rename(replaced)
-            partial.rename(out)
-            shutil.rmtree(replaced, ignore_errors=True)
-        else:
-            partial.rename(out)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return missing
-
-
-REPORT_FILES = re.compile(r"index\.html|model\.html|lead-.+\.html")
-
-
-def _holds_only_a_report(folder: Path) -> bool:
-    """An empty folder, or one of `write_report`'s pages alone: a folder it may replace."""
-    return folder.is_dir() and all(p.is_file() and REPORT_FILES.fullmatch(p.name) for p in folder.iterdir())
-
-
-def _write_pages(
-    model: LoadedModel, latest: Snapshot, previous: Snapshot | None, lead_ids: list[str], out: Path
-) -> list[str]:
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     wanted = set(lead_ids)
     chosen = Snapshot(latest.path, latest.scores[latest.scores["lead_id"].isin(wanted)], latest.leads,
                       latest.activities, latest.meta)  # fmt: skip
     missing = [i for i in lead_ids if i not in set(chosen.scores["lead_id"])]
-    view = digest_view(model, chosen, previous, {}, static=True)
-    (out / "index.html").write_text(render("digest.html", static=True, **view), encoding="utf-8")
-    (out / "model.html").write_text(
-        render("model.html", static=True, title="Model", m=model_view(model, latest)), encoding="utf-8"
-    )
+    written = {"index.html", "model.html"}
+    _write_whole(out / "model.html", render("model.html", static=True, title="Model", m=model_view(model, latest)))
     for lead_id in chosen.scores["lead_id"]:
         rows, acts = latest.lead(lead_id)
         view = scored_lead_view(model, latest, rows, acts)
-        page = render("lead.html", static=True, title=view["display_name"], lead=view)
-        (out / lead_href(lead_id, static=True)).write_text(page, encoding="utf-8")
+        name = lead_href(lead_id, static=True)
+        _write_whole(out / name, render("lead.html", static=True, title=view["display_name"], lead=view))
+        written.add(name)
+    view = digest_view(model, chosen, previous, {}, static=True)
+    _write_whole(out / "index.html", render("digest.html", static=True, **view))
+    for page in out.glob("lead-*.html"):
+        if page.name not in written:
+            page.unlink(missing_ok=True)
     return missing
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """A page written beside itself, then renamed over it: never half a page."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def lead_href(lead_id: str, static: bool = False) -> str:

@@ -486,3 +486,10 @@ def test_scores_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
     monkeypatch.undo()
     write_table(pd.DataFrame({"lead_id": ["C"], "score": [90.0]}), output)
     assert pd.read_csv(output)["lead_id"].tolist() == ["C"] and len(list(tmp_path.iterdir())) == 1
+    # A link a CRM job reads stays a link to the new scores, and the file keeps its permissions.
+    output.chmod(0o664)
+    link = tmp_path / "crm-import.csv"
+    link.symlink_to(output)
+    write_table(pd.DataFrame({"lead_id": ["D"], "score": [10.0]}), link)
+    assert link.is_symlink() and pd.read_csv(output)["lead_id"].tolist() == ["D"]
+    assert output.stat().st_mode & 0o777 == 0o664

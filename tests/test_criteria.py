@@ -51,10 +51,11 @@ def test_each_stage_with_its_rule_and_action(params):
     # Every address of a cell is read: a competitor's listed second is a competitor's; a display
     # name that only looks like a competitor's address is not.
     second = ["bob@acme.com; jane@salesforce.com", "Bob <bob@acme.com>, Jane <jane@eu.salesforce.com>"]
-    named = ['"jane@salesforce.com" <jane@acme.com>']
+    named = ['"jane@salesforce.com" <jane@acme.com>', "jane@salesforce.com <jane@acme.com>",
+             "jane@acme.com (ex jane@salesforce.com)"]  # fmt: skip
     read = qualify(pd.DataFrame([_lead(score=40, email=e) for e in second + named]), params.criteria, AS_OF)
     competitor = read["stage_reason"].eq("E-mail domain belongs to a competitor").tolist()
-    assert competitor == [True, True, False], read["stage_reason"].tolist()
+    assert competitor == [True, True, False, False, False], read["stage_reason"].tolist()
     assert "2026-05-10" in out.loc[6, "next_action"]
     # An opt-out or a competitor is never to be contacted again, so never recycled.
     assert out.loc[4, "next_action"] == "Do not contact: the lead opted out"

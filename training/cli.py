@@ -1924,18 +1924,18 @@ def report(
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot write {out}: {exc.strerror or exc}")
+    from features.clean import control_escaped
+
+    # Ids as text: an ids file from a CRM may hold escape codes, which a terminal would run.
+    shown = ", ".join(map(control_escaped, missing[:10])) + (" ..." if len(missing) > 10 else "")
+    if missing and len(missing) == len(lead_ids):  # a wrong file or a wrong model: nothing was written
+        _fail(f"none of the lead(s) asked for is in the scoring as of {latest.as_of}: {shown}; {out} is unchanged")
     written = len(lead_ids) - len(missing)
     console.print(
         f"Wrote {written:,} lead page{'' if written == 1 else 's'}, the digest and the model page to {out}/index.html"
     )
     if missing:
-        from features.clean import control_escaped
-
-        # Ids as text: an ids file from a CRM may hold escape codes, which a terminal would run.
-        shown = ", ".join(map(control_escaped, missing[:10])) + (" ..." if len(missing) > 10 else "")
         said = f"{len(missing):,} lead(s) not in the scoring as of {latest.as_of}: {shown}"
-        if len(missing) == len(lead_ids):  # a report of no lead is a wrong file or a wrong model
-            _fail(f"none of the lead(s) asked for is in the scoring as of {latest.as_of}: {shown}")
         console.print(f"[yellow]{escape(said)}[/yellow]")
 
 

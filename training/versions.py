@@ -147,8 +147,9 @@ def promotion_check(model_name: str, version: str) -> PromotionCheck:
 def _training_record(client: MlflowClient, model_name: str, version: str) -> tuple[str, dict | None]:
     """The version whose training made this version's model (itself, but for a version of
     `leadscore criteria`), and that run's metrics.json (None when it cannot be read)."""
+    trained = str(version)
     try:
-        trained = trained_version(client, model_name, str(version))
+        trained = trained_version(client, model_name, trained)
         run_id = client.get_model_version(model_name, trained).run_id
         return trained, mlflow.artifacts.load_dict(f"runs:/{run_id}/metrics.json")
     except Exception:  # a run deleted, or from before metrics.json: said by the caller, not a crash
