@@ -584,7 +584,7 @@ _HAS_NAMED_OFFSET = re.compile(r"(?:UTC|GMT)\s*[+-]\d", re.IGNORECASE)
 
 
 def iso_offsets(text: pd.Series) -> pd.Series:
-    """Offsets written after UTC or GMT as ISO 8601 writes them (`UTC+9` → ` +09:00`), which every
+    """Offsets written after UTC or GMT as ISO 8601 writes them (`UTC+9` → `+09:00`), which every
     reader takes the right way round: a moment in Tokyo read 18 hours off, or not, with the rows
     around it."""
     named = text.str.contains(_HAS_NAMED_OFFSET, na=False)

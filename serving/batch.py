@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -621,18 +622,26 @@ def safe_for_spreadsheets(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_table(frame: pd.DataFrame, path: Path) -> None:
-    """CSV or parquet by the file's suffix (CSV cells neutralised for spreadsheets), whole or not
-    at all: written beside the target and renamed over it, so a run stopped part way (or a CRM
-    job reading meanwhile) never sees a file cut short that looks complete, and the last good
-    file stays until the new one is whole."""
-    path = path.resolve() if path.is_symlink() else path  # a link a CRM job reads keeps pointing at the scores
+    """CSV or parquet by the file's suffix (CSV cells neutralised for spreadsheets), written
+    whole (`whole_file`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
+    with whole_file(path) as partial:
         if path.suffix.lower() in (".parquet", ".pq"):
             frame.to_parquet(partial, index=False)
         else:
             safe_for_spreadsheets(frame).to_csv(partial, index=False)
+
+
+@contextlib.contextmanager
+def whole_file(path: Path) -> Iterator[Path]:
+    """A file beside `path` to write, renamed over `path` when the block ends without an error
+    (with `path`'s permissions, through a link to it), removed otherwise: a run stopped part way
+    (or a CRM job reading meanwhile) never sees a file cut short that looks complete, and the
+    last good file stays until the new one is whole."""
+    path = path.resolve() if path.is_symlink() else path  # a link a CRM job reads keeps pointing at the scores
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        yield partial
         if path.is_file():  # the file's permissions (a group's write bit) as they were
             shutil.copymode(path, partial)
         os.replace(partial, path)

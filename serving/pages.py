@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +29,7 @@ from features.flat import field_problems
 from features.params import Params, default_params_path, load_params
 from features.reasons import describe, plain_name
 from features.schema import ACTIVITY_TYPES, BANT_FIELDS
-from serving.batch import model_schema
+from serving.batch import model_schema, whole_file
 from serving.charts import beeswarm, calibration, columns, horizontal_bars, waterfall, waterfall_rows
 from serving.guards import (
     KEY_COOKIE,
@@ -124,12 +123,8 @@ def write_report(
 
 def _write_whole(path: Path, text: str) -> None:
     """A page written beside itself, then renamed over it: never half a page."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
+    with whole_file(path) as partial:
         partial.write_text(text, encoding="utf-8")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def lead_href(lead_id: str, static: bool = False) -> str:

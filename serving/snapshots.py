@@ -88,8 +88,8 @@ def write_snapshot(
     # Counted per model: a flat CSV model's scorings must not push the service model's out.
     for old in list_snapshots(directory, meta.get("model_name", ""))[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
-    # Halves left by runs killed while writing (a few MB each, never read): a run writing now
-    # started its half within the hour.
+    # Halves left by runs killed while writing (a few MB each, never read); one a run is writing
+    # now was touched minutes ago, far within ABANDONED_AFTER_SECONDS.
     for left in directory.glob(".*.partial"):
         with contextlib.suppress(OSError):
             if time.time() - left.stat().st_mtime > ABANDONED_AFTER_SECONDS:

@@ -106,5 +106,5 @@ def test_today_is_todays_date_in_utc_whatever_the_machines_time_zone(monkeypatch
             with pytest.raises(ValueError, match="ends after today"):
                 generate_crm(10, seed=1, start=str((start + pd.Timedelta(days=1)).date()), months=2)
         finally:
-            monkeypatch.delenv("TZ")
+            monkeypatch.undo()  # the machine's own TZ, if it had one, back for the tests after this
             time.tzset()
