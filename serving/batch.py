@@ -647,3 +647,27 @@ def whole_file(path: Path) -> Iterator[Path]:
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def whole_folder(path: Path) -> Iterator[Path]:
+    """A folder beside `path` to write (a dataset of parts), put in `path`'s place when the block
+    ends without an error, removed otherwise: as `whole_file`, a run stopped part way leaves the
+    last good folder, not some of the new parts beside none of the old."""
+    path = path.resolve() if path.is_symlink() else path
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        yield partial
+        if path.exists():  # a folder cannot be renamed over another: the old one steps aside first
+            old = path.with_name(f".{path.name}.{os.getpid()}.old")
+            os.replace(path, old)
+            os.replace(partial, path)
+            if old.is_dir():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+        else:
+            os.replace(partial, path)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)

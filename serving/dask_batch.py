@@ -43,6 +43,7 @@ from serving.batch import (
     activity_state,
     run_date_order,
     score_batch,
+    whole_folder,
 )
 from serving.scoring import LoadedModel, load_champion
 
@@ -593,8 +594,9 @@ def score_on_dask(
         if counts.get("quarantine", 0):  # a second pass over the files, only when a row needs its number
             offsets = {table: _partition_starts(frame) for table, frame in raw.items()}
             quarantine = quarantine.map_partitions(_file_rows, offsets, meta=quarantine._meta)
-        scored.to_parquet(output / "scores", write_index=False, overwrite=True)
-        quarantine.to_parquet(output / "quarantine", write_index=False, overwrite=True)
+        with whole_folder(output / "scores") as scores_parts, whole_folder(output / "quarantine") as quarantine_parts:
+            scored.to_parquet(scores_parts, write_index=False)
+            quarantine.to_parquet(quarantine_parts, write_index=False)
     state = next((s for s in ACTIVITY_STATES if counts.get(MARKER + s, 0)), "empty")
     notes: tuple[str, ...] = ()
     if state in ("none", "undated"):

@@ -11,7 +11,7 @@ import pytest
 
 from features.flat import DUPLICATE_ROW
 from features.ingest import DataError
-from serving.batch import _flat_rows, read_leads, write_table
+from serving.batch import _flat_rows, read_leads, whole_folder, write_table
 
 
 def test_formula_cells_are_neutralised_in_csv_but_kept_in_parquet(tmp_path):
@@ -493,3 +493,25 @@ def test_scores_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
     write_table(pd.DataFrame({"lead_id": ["D"], "score": [10.0]}), link)
     assert link.is_symlink() and pd.read_csv(output)["lead_id"].tolist() == ["D"]
     assert output.stat().st_mode & 0o777 == 0o664
+
+
+def test_a_folder_of_parts_is_replaced_whole_or_not_at_all(tmp_path):
+    """`score --engine dask -o` wrote its parts into the folder in place: a run stopped part
+    way left some new parts and none of the old, which a reader of the folder takes as the
+    scoring."""
+    scores = tmp_path / "scores"
+    with whole_folder(scores) as parts:
+        parts.mkdir()
+        pd.DataFrame({"lead_id": ["A", "B"]}).to_parquet(parts / "part.0.parquet")
+    assert pd.read_parquet(scores)["lead_id"].tolist() == ["A", "B"]
+    with pytest.raises(KeyboardInterrupt), whole_folder(scores) as parts:
+        parts.mkdir()
+        pd.DataFrame({"lead_id": ["C"]}).to_parquet(parts / "part.0.parquet")
+        raise KeyboardInterrupt  # stopped before its other parts
+    assert pd.read_parquet(scores)["lead_id"].tolist() == ["A", "B"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores"]
+    with whole_folder(scores) as parts:
+        parts.mkdir()
+        pd.DataFrame({"lead_id": ["D"]}).to_parquet(parts / "part.0.parquet")
+    assert pd.read_parquet(scores)["lead_id"].tolist() == ["D"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores"]
