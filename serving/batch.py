@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -633,13 +635,14 @@ def write_table(frame: pd.DataFrame, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def whole_file(path: Path) -> Iterator[Path]:
+def whole_file(path: Path, sweep: bool = True) -> Iterator[Path]:
     """A file beside `path` to write, renamed over `path` when the block ends without an error
     (with `path`'s permissions, through a link to it), removed otherwise: a run stopped part way
     (or a CRM job reading meanwhile) never sees a file cut short that looks complete, and the
-    last good file stays until the new one is whole."""
+    last good file stays until the new one is whole. Then what killed runs left beside it goes
+    (`remove_abandoned`; `sweep=False` for a caller writing many files, which sweeps once)."""
     path = path.resolve() if path.is_symlink() else path  # a link a CRM job reads keeps pointing at the scores
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial = _beside(path, "partial")
     try:
         yield partial
         if path.is_file():  # the file's permissions (a group's write bit) as they were
@@ -647,6 +650,8 @@ def whole_file(path: Path) -> Iterator[Path]:
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+    if sweep:
+        remove_abandoned(path.parent, path.name)
 
 
 @contextlib.contextmanager
@@ -655,19 +660,58 @@ def whole_folder(path: Path) -> Iterator[Path]:
     ends without an error, removed otherwise: as `whole_file`, a run stopped part way leaves the
     last good folder, not some of the new parts beside none of the old."""
     path = path.resolve() if path.is_symlink() else path
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = _beside(path, "partial")
+    _remove(partial)
     try:
         yield partial
         if path.exists():  # a folder cannot be renamed over another: the old one steps aside first
-            old = path.with_name(f".{path.name}.{os.getpid()}.old")
+            old = _beside(path, "old")
             os.replace(path, old)
             os.replace(partial, path)
-            if old.is_dir():
-                shutil.rmtree(old)
-            else:
-                old.unlink()
+            _remove(old)
         else:
             os.replace(partial, path)
     finally:
-        shutil.rmtree(partial, ignore_errors=True)
+        _remove(partial)
+    remove_abandoned(path.parent, path.name)
+
+
+def _beside(path: Path, kind: str) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{kind}")
+
+
+def remove_abandoned(folder: Path, name: str | None = None) -> None:
+    """What `whole_file` and `whole_folder` left beside `name` (any name if None) in `folder`
+    when their run was killed outright (SIGKILL, a lost machine; a run stopped otherwise removes
+    its own): halves and set-aside folders of a process no longer running here, untouched for
+    ABANDONED_WRITE_SECONDS (a process writing keeps its file's time fresh; one on another
+    machine sharing the folder is not seen running)."""
+    pattern = f".{glob.escape(name)}.*" if name else ".*"
+    for left in folder.glob(pattern):
+        stem, _, kind = left.name.rpartition(".")
+        pid = stem.rpartition(".")[2]
+        if kind not in ("partial", "old") or not pid.isdigit() or _running(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            if time.time() - left.lstat().st_mtime > ABANDONED_WRITE_SECONDS:
+                _remove(left)
+
+
+ABANDONED_WRITE_SECONDS = 600
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

@@ -29,7 +29,7 @@ from features.flat import field_problems
 from features.params import Params, default_params_path, load_params
 from features.reasons import describe, plain_name
 from features.schema import ACTIVITY_TYPES, BANT_FIELDS
-from serving.batch import model_schema, whole_file
+from serving.batch import model_schema, remove_abandoned, whole_file
 from serving.charts import beeswarm, calibration, columns, horizontal_bars, waterfall, waterfall_rows
 from serving.guards import (
     KEY_COOKIE,
@@ -118,12 +118,13 @@ def write_report(
     for page in out.glob("lead-*.html"):
         if page.name not in written:
             page.unlink(missing_ok=True)
+    remove_abandoned(out)
     return missing
 
 
 def _write_whole(path: Path, text: str) -> None:
     """A page written beside itself, then renamed over it: never half a page."""
-    with whole_file(path) as partial:
+    with whole_file(path, sweep=False) as partial:
         partial.write_text(text, encoding="utf-8")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -515,3 +517,31 @@ def test_a_folder_of_parts_is_replaced_whole_or_not_at_all(tmp_path):
         pd.DataFrame({"lead_id": ["D"]}).to_parquet(parts / "part.0.parquet")
     assert pd.read_parquet(scores)["lead_id"].tolist() == ["D"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scores"]
+
+
+def test_what_a_killed_run_left_beside_its_output_is_removed_by_the_next(tmp_path):
+    """A run killed outright (SIGKILL) leaves its half file beside the output, which nothing
+    read or removed; a process still running keeps its own, as does a file of another name."""
+    gone = 2**22 + 1  # above Linux's largest process id: never running
+    stale = time.time() - 3600
+    left = {
+        "killed": tmp_path / f".scores.csv.{gone}.partial",
+        "killed_folder": tmp_path / f".scores.{gone}.old",
+        "fresh": tmp_path / f".scores.csv.{gone + 1}.partial",
+        "running": tmp_path / f".scores.csv.{os.getppid()}.partial",
+        "other": tmp_path / f".notes.txt.{gone}.partial",
+    }
+    for name, path in left.items():
+        if name == "killed_folder":
+            path.mkdir()
+            (path / "part.0.parquet").write_text("x")
+        else:
+            path.write_text("lead_id\nC\n")
+        if name != "fresh":
+            os.utime(path, (stale, stale))
+    write_table(pd.DataFrame({"lead_id": ["A"]}), tmp_path / "scores.csv")
+    assert not left["killed"].exists() and left["fresh"].exists() and left["running"].exists()
+    assert left["other"].exists() and left["killed_folder"].exists()  # another name's
+    with whole_folder(tmp_path / "scores") as parts:
+        parts.mkdir()
+    assert not left["killed_folder"].exists() and left["other"].exists()

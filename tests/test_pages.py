@@ -583,10 +583,14 @@ def test_static_report(champion, scores_dir, tmp_path):
     # Ids none of which is in the scoring (a wrong file) leave it as it was.
     assert write_report(champion, latest, previous, ["no-such-lead"], tmp_path) == ["no-such-lead"]
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == after
-    # Other files in the folder are left alone.
+    # Other files in the folder are left alone; a half page a killed report left goes.
     (tmp_path / "notes.txt").write_text("mine")
+    killed = tmp_path / f".{lead_href(hostile, True)}.{2**22 + 1}.partial"  # above Linux's largest pid
+    killed.write_text("<html>")
+    os.utime(killed, (0, 0))
     write_report(champion, latest, previous, ids, tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "mine" and len(list(tmp_path.glob("lead-*.html"))) == 3
+    assert not killed.exists()
 
 
 def test_the_model_page_of_a_model_without_time_windows_says_how_it_was_tested():
