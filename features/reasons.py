@@ -91,6 +91,14 @@ def plain_name(feature: str) -> str:
     return feature.replace("_", " ")
 
 
+def value_name(feature: str, value: object) -> str:
+    """A feature's name beside its effect on one lead (a waterfall step), said with the lead's
+    value where the name alone claims one: "Uses Salesforce: -0.7" of a lead without it."""
+    if _shape(feature)[0] != "uses":
+        return plain_name(feature)
+    return describe(feature, None if _missing(value) else value)
+
+
 @lru_cache(maxsize=4096)
 def _shape(feature: str) -> tuple[str, str, str]:
     """What kind of feature this is (parsed once per name): ("count", kind, window),

@@ -22,12 +22,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import TypeAdapter, ValidationError
 
-from features.clean import future_moment, latest_moment, parse_timestamps, snake_case, utc_now
+from features.clean import TRUE_TOKENS, future_moment, latest_moment, parse_timestamps, snake_case, utc_now
 from features.criteria import STAGES, mql_conditions
 from features.fit import split_tech_stack
 from features.flat import field_problems
 from features.params import Params, default_params_path, load_params
-from features.reasons import describe, plain_name
+from features.reasons import describe, plain_name, value_name
 from features.schema import ACTIVITY_TYPES, BANT_FIELDS
 from serving.batch import model_schema, remove_abandoned, whole_file
 from serving.charts import beeswarm, calibration, columns, horizontal_bars, waterfall, waterfall_rows
@@ -190,12 +190,14 @@ def lead_view(
     points = contributions[0, :-1] * slope
     base_score = float(100 * model.scorer.calibrator.apply(np.array([base]))[0])
     order = np.argsort(-np.abs(points))
-    steps = [(plain_name(model.scorer.spec.columns[j]), float(points[j])) for j in order[:WATERFALL_STEPS]]
+    columns = model.scorer.spec.columns
+    values = features.reindex(columns=columns).iloc[0].tolist()
+    steps = [(value_name(columns[j], values[j]), float(points[j])) for j in order[:WATERFALL_STEPS]]
     rest = float(points[order[WATERFALL_STEPS:]].sum())
     if len(order) > WATERFALL_STEPS:
         steps.append(("Other factors", rest))
     # What "other factors" sums, biggest first (it was at times the longest bar, and unexplained).
-    others = [f"{plain_name(model.scorer.spec.columns[j])}: {points[j]:+.1f}"
+    others = [f"{value_name(columns[j], values[j])}: {points[j]:+.1f}"
               for j in order[WATERFALL_STEPS:] if abs(points[j]) >= 0.05]  # fmt: skip
     if len(others) > OTHER_FACTORS_LISTED:
         others = [*others[:OTHER_FACTORS_LISTED], "and smaller ones"]
@@ -273,12 +275,15 @@ PROFILE_FIELDS = (
 
 
 def _profile(row: dict) -> list[dict]:
-    """The lead's contact details and profile as the export wrote them (blanks left out), the
-    e-mail and phone as links a click dials or writes to."""
+    """The lead's contact details and profile as the export wrote them (blanks and placeholders
+    left out, as scoring reads them: "Industry N/A" beside advice saying "industry blank"), the
+    e-mail and phone as links a click dials or writes to, unless the lead opted out."""
     shown = []
+    placeholders = {token.casefold() for token in _params_of(default_params_path()).flat.missing_tokens}
+    opted_out = str(row.get("do_not_contact") or "").strip().casefold() in TRUE_TOKENS
     for column, label in PROFILE_FIELDS:
         value = str(row.get(column) or "").strip()
-        if not value or value.casefold() in ("nan", "none"):
+        if value.casefold() in placeholders | {"", "nan", "none"}:
             continue
         if column in ("employees", "annual_revenue") and re.fullmatch(r"\d+(?:\.\d+)?", value):
             value = f"{float(value):,.0f}"  # 285128999 as 285,128,999; as written otherwise
@@ -286,6 +291,8 @@ def _profile(row: dict) -> list[dict]:
             value = ", ".join(split_tech_stack(pd.Series([value])).iloc[0])
         target = value if column == "email" else re.sub(r"[^0-9+]", "", value) if column == "phone" else ""
         href = {"email": "mailto:", "phone": "tel:"}[column] + quote(target, safe="@+") if target else None
+        if target and opted_out:  # no one-click e-mail or call under "Do not contact"
+            value, href = f"{value} (opted out: do not contact)", None
         shown.append({"label": label, "value": value, "href": href})
     return shown
 

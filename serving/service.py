@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse, Response
 from features.clean import CLOCK_SKEW, future_moment, latest_moment, snake_name, tidy_text
 from features.flat import field_problems
 from features.params import load_params
-from features.reasons import plain_name
+from features.reasons import value_name
 from features.tracking import local_database, tracking_uri
 from serving import pages
 from serving.batch import model_schema
@@ -502,7 +502,7 @@ class LeadScoring:
             items.append(
                 Contribution(
                     feature=feature,
-                    label=plain_name(feature),
+                    label=value_name(feature, value),
                     value=value if not isinstance(value, (np.floating, np.integer)) else float(value),
                     log_odds=float(contributions[0, j]),
                     points=round(float(contributions[0, j] * slope), 3),

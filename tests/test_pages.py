@@ -1071,6 +1071,13 @@ def test_the_lead_page_gives_a_rep_the_contact_details_and_the_crm_record(
     blank = rows.assign(phone="", email=None, industry="nan")
     plain = render("lead.html", title="x", lead=scored_lead_view(champion, latest, blank, acts))
     assert 'id="crm-link"' not in plain and "<dt>Phone</dt>" not in plain and "<dt>Industry</dt>" not in plain
+    # A placeholder is blank here as in scoring ("Industry N/A" sat beside advice saying "industry
+    # blank"); an opted-out lead's e-mail and phone are no one-click links under "Do not contact".
+    opted_out = rows.assign(industry="N/A", seniority=" - ", do_not_contact="Yes")
+    page = render("lead.html", title="x", lead=scored_lead_view(champion, latest, opted_out, acts))
+    assert "<dt>Industry</dt>" not in page and "<dt>Seniority</dt>" not in page
+    assert "mailto:" not in page and "tel:" not in page
+    assert "<dd>+1 (555) 673-1011 (opted out: do not contact)</dd>" in page
 
 
 def test_a_scoring_under_new_rules_on_the_same_model_says_its_scores_did_not_move_with_it(champion, scores_dir):
@@ -1143,3 +1150,24 @@ def test_a_chart_carries_no_date():
 
     drawn = horizontal_bars(["Industry", "Country"], [1.5, 0.5], "mean absolute effect (score points)")
     assert "<svg" in drawn and "<dc:date>" not in drawn
+
+
+def test_a_waterfall_step_of_a_technology_says_whether_the_lead_uses_it(champion, scores_dir):
+    """Steps and "other factors" read "Uses Salesforce: -0.7" of a lead whose stack was AWS and
+    Slack (68 of 97 such labels on 32 pages); its reasons said "Does not use"."""
+    from features.reasons import value_name
+    from serving.pages import scored_lead_view
+    from serving.snapshots import latest_two
+
+    assert value_name("uses_salesforce", 0.0) == "Does not use Salesforce"
+    assert value_name("uses_salesforce", 1.0) == "Uses Salesforce"
+    assert value_name("uses_salesforce", float("nan")) == "Tech stack unknown (Salesforce)"
+    assert value_name("icp_match", 0.5) == "Match with the ideal customer profile"
+    latest, _ = latest_two(scores_dir, champion.name)
+    labels = []
+    for lead_id in latest.scores["lead_id"].head(10):
+        rows, acts = latest.lead(lead_id)
+        view = scored_lead_view(champion, latest, rows.assign(tech_stack="Zoho"), acts)  # none the model knows
+        labels += [row["label"] for row in view["waterfall_rows"]] + view["other_factors"]
+    technologies = [label for label in labels if "use" in label.casefold()]
+    assert technologies and all(label.startswith("Does not use") for label in technologies), technologies
