@@ -202,10 +202,26 @@ def _is_question(name: str) -> bool:
     return len(words) > 1 and (name.rstrip().endswith("?") or words[0].casefold() in QUESTION_WORDS)
 
 
-def sentence(feature: str, value: object, points: float) -> str:
-    """The rep-facing line: what the feature says, and its effect in score points."""
+def sentence(feature: str, value: object, points: float, average: float | None = None) -> str | None:
+    """The rep-facing line: what the feature says, and its effect in score points.
+
+    An amount of activity (`amount_of_activity`) that lowers the score is one below the average
+    training example's (`average`, kept by models since it was): said so, or, when it is not
+    below, None, no reason to show. Its points are its share beside the lead's other activity
+    features, against the average lead: "4 web visits in the last 30 days: -0.5" read as if
+    visiting had hurt, where taking the visits away lowered the score by 4.7."""
     shown = f"{points:+.0f}" if abs(points) >= 0.95 else f"{points:+.1f}"
+    # Some activity as shown (0.04 reads "No recent activity"), of an amount of activity.
+    if points < 0 and average is not None and amount_of_activity(feature) and not _missing(value) and value >= 0.05:
+        return f"{describe(feature, value)}, below the average of {average:.1f}: {shown}" if value < average else None
     return f"{(points < 0 and _gone_quiet(feature, value)) or describe(feature, value)}: {shown}"
+
+
+def amount_of_activity(feature: str) -> bool:
+    """A count of activities or the recent activity level: more is more engagement (an
+    unsubscribe's count aside)."""
+    shape, kind, _ = _shape(feature)
+    return (shape == "count" and kind != "unsubscribe") or feature in ("engagement_decayed", "activities_per_30d")
 
 
 def _gone_quiet(feature: str, value: object) -> str | None:

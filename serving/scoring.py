@@ -373,7 +373,8 @@ def _score_block(
         flat_columns = scorer.spec.settings.get("flat", {}).get("columns", {})
         yes_no = frozenset(model_column_name(c) for c, kind in flat_columns.items() if kind == "boolean")
         arrays = _Columns(values, columns, n, scorer.spec.categories)
-        out["reasons"] = _reasons(points, arrays, columns, frozenset(filter(reads_as_yes_no, yes_no)))
+        averages = scorer.metadata.get("activity_averages") or {}
+        out["reasons"] = _reasons(points, arrays, columns, frozenset(filter(reads_as_yes_no, yes_no)), averages)
     out["model_version"] = [model.version] * n
     return out
 
@@ -479,10 +480,15 @@ def _plain(value: object) -> object:
 
 
 def _reasons(
-    points: np.ndarray, arrays: _Columns, columns: list[str], yes_no: frozenset[str] = frozenset()
+    points: np.ndarray,
+    arrays: _Columns,
+    columns: list[str],
+    yes_no: frozenset[str] = frozenset(),
+    averages: Mapping[str, float] | None = None,
 ) -> list[list[dict[str, Any]]]:
     """Top positive and negative factors of each lead, strongest first; the text of a flat
-    export's yes/no column (`yes_no`) says Yes or No ("Do Not Email is 1" read as a count)."""
+    export's yes/no column (`yes_no`) says Yes or No ("Do Not Email is 1" read as a count); an
+    amount of activity is weighed against its training average (`averages`, `sentence`)."""
     n, width = points.shape
     k = min(REASONS_EACH_WAY, width)
     if n == 0 or k == 0:
@@ -497,7 +503,7 @@ def _reasons(
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return _reason_lists(n, arrays, columns, top, bottom, points, yes_no)
+        return _reason_lists(n, arrays, columns, top, bottom, points, yes_no, averages or {})
     finally:
         if collecting:
             gc.enable()
@@ -511,6 +517,7 @@ def _reason_lists(
     bottom: np.ndarray,
     points: np.ndarray,
     yes_no: frozenset[str],
+    averages: Mapping[str, float],
 ) -> list[list[dict[str, Any]]]:
     top_points = np.take_along_axis(points, top, axis=1).tolist()
     bottom_points = np.take_along_axis(points, bottom, axis=1).tolist()
@@ -527,8 +534,9 @@ def _reason_lists(
             shown, rounded = _plain(lead[feature]), round(value, 2)
             said = ("Yes" if shown == 1 else "No") if feature in yes_no and shown is not None else shown
             # The text from the points as sent: from the unrounded effect, 0.25 read "+0.3" beside 0.25.
-            reasons.append({"feature": feature, "value": shown, "points": rounded,
-                            "text": sentence(feature, said, rounded)})  # fmt: skip
+            text = sentence(feature, said, rounded, averages.get(feature))
+            if text is not None:
+                reasons.append({"feature": feature, "value": shown, "points": rounded, "text": text})
         out.append(reasons)
     return out
 

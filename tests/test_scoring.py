@@ -3,6 +3,8 @@ model chosen by version is named clearly."""
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -94,6 +96,35 @@ def test_a_reason_reads_alike_whatever_the_request_or_file_spelt_and_its_text_sa
     assert first["points"] == 0.25 and first["text"] == "Lead source is Content Syndication: +0.2"
     assert describe("n_technologies", 1.0) == "1 technology in the stack"
     assert describe("employees", 1.0) == "1 employee" and describe("employees", 1200.0) == "1,200 employees"
+
+
+def test_an_amount_of_activity_that_lowers_the_score_is_said_below_the_average_or_not_at_all(champion, small_crm_dir):
+    """ "4 web visits in the last 30 days: -0.5" read as if visiting had hurt, where taking the
+    visits away lowered the score by 4.7: the points are the count's share beside the lead's other
+    activity features, against the average lead. 35 of 35 such reasons on an 8,000-lead export."""
+    from features.reasons import sentence
+    from serving.batch import read_table, score_batch
+
+    assert (
+        sentence("n_web_visit_30d", 4.0, -0.5, 6.24)
+        == "4 web visits in the last 30 days, below the average of 6.2: -0.5"
+    )
+    assert sentence("engagement_decayed", 1.6, -1.0, 4.3) == "Recent activity level 1.6, below the average of 4.3: -1"
+    assert sentence("n_web_visit_30d", 7.0, -0.5, 6.24) is None  # above the average: no reason to show
+    assert sentence("n_web_visit_30d", 0.0, -0.5, 6.24) == "No web visit in the last 30 days: -0.5"  # a lack
+    assert sentence("n_unsubscribe_total", 1.0, -0.8, 0.1) == "1 unsubscribe so far: -0.8"  # less is better
+    assert sentence("n_web_visit_30d", 4.0, -0.5) == "4 web visits in the last 30 days: -0.5"  # an older model
+    averages = champion.scorer.metadata["activity_averages"]
+    assert averages["n_web_visit_30d"] > 0 and "n_unsubscribe_total" not in averages and "icp_match" not in averages
+    leads, activities = read_table(small_crm_dir / "leads.csv"), read_table(small_crm_dir / "activities.csv")
+    scored = score_batch(champion, leads, activities, pd.Timestamp("2025-12-20")).scored
+    checked = 0
+    for reasons in scored["reasons"].map(json.loads):
+        for reason in reasons:
+            if reason["points"] < 0 and reason["feature"] in averages and round(reason["value"], 1) > 0:
+                assert reason["value"] < averages[reason["feature"]] and "below the average" in reason["text"], reason
+                checked += 1
+    assert checked, "no amount of activity among the negative reasons"
 
 
 def test_reasons_count_time_from_the_scoring_moment_and_a_count_is_not_its_recency_again():

@@ -29,6 +29,7 @@ from features.flat import FlatProfile, flat_feature_groups, load_flat, model_col
 from features.ingest import DataError, Quarantine, as_of_view, load_crm
 from features.leakage import audit_leakage
 from features.params import PROJECT_ROOT, FeatureParams, Params, TuningParams
+from features.reasons import amount_of_activity
 from features.schema import TRUTH_FILE
 from features.spec import learn_spec, to_model_frame
 from features.synthetic import generate_crm, write_crm
@@ -972,6 +973,7 @@ def train_and_register(
                 "base_value": subscores["base_value"],
                 "subscore_quantiles": subscores["quantiles"],
                 "subscore_idle_engagement": idle,  # None: sub-scores from SHAP sums (flat, older models)
+                "activity_averages": activity_averages(final_x, engagement_columns),
                 "criteria": criteria,
                 "leakage_excluded": list(excluded),
                 "engine": engine or {"engine": "local"},
@@ -1085,3 +1087,10 @@ def train_and_register(
         if run_warnings:  # in the run's overview, not only inside metrics.json
             mlflow.set_tag("leadscore.warnings", " | ".join(run_warnings)[:5000])
     return metrics
+
+
+def activity_averages(rows: pd.DataFrame, columns: list[str]) -> dict[str, float]:
+    """The training average of each amount of activity (`amount_of_activity`), what a reason
+    weighs a lead's against (`sentence`)."""
+    means = rows[[c for c in columns if amount_of_activity(c)]].astype("float64").mean()
+    return {str(c): float(m) for c, m in means.items() if np.isfinite(m)}
