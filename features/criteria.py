@@ -136,7 +136,8 @@ def qualify_columns(
                     for label, value, needed in mql_conditions(mql, score[i], fit[i], engagement[i])
                 )
             else:
-                why = _nurture_reason(score[i], fit[i], engagement[i], criteria)
+                by_hand = bool(raised[i]) and mql.hand_raise_qualifies
+                why = _nurture_reason(score[i], fit[i], engagement[i], criteria, hand_raise[i] if by_hand else None)
         reasons.append(why)
     return {"stage": stage.tolist(), "stage_reason": reasons, "next_action": actions, "recycle_on": recycle_on}
 
@@ -198,8 +199,15 @@ def _recycle_date(moment: pd.Timestamp, age_days: float, every: pd.Timedelta) ->
     return (start + cycles * every).date().isoformat()
 
 
-def _nurture_reason(score: float, fit: float, engagement: float, criteria: CriteriaParams) -> str:
-    """Name the MQL thresholds the lead is still below."""
+def _nurture_reason(
+    score: float, fit: float, engagement: float, criteria: CriteriaParams, hand_raised: float | None = None
+) -> str:
+    """Name the MQL thresholds the lead is still below: after a hand-raise `hand_raised` days ago,
+    that qualifies (`mql.hand_raise_qualifies`), the score alone (fit and engagement named there
+    read as blockers that were none)."""
+    if hand_raised is not None:
+        needed = criteria.mql.min_score
+        return f"Not yet MQL: hand raised {ago(float(hand_raised))}, score {_shown_below(score, needed)} < {needed:g}"
     short = []
     for label, value, needed in mql_conditions(criteria.mql, score, fit, engagement):
         if not value >= needed:

@@ -254,3 +254,14 @@ def test_a_recycle_date_holds_for_a_lead_created_at_midnight_whatever_the_moment
     moment = pd.Timestamp("2026-09-01 00:00:00.000300")
     just = pd.DataFrame([_lead(icp_match=0.0, lead_age_days=pd.Timedelta(microseconds=200) / pd.Timedelta(days=1))])
     assert qualify(just, params.criteria, pd.Series([moment]))["recycle_on"].tolist() == ["2026-12-30"]
+
+
+def test_a_nurture_lead_that_raised_a_hand_is_told_the_score_alone_holds_it_back(params):
+    """ "Not yet MQL: score 2.1 < 10, fit 2 < 40" of a lead that started a trial 9 days ago: a
+    hand-raise makes an MQL at the score alone, so fit and engagement blocked nothing."""
+    assert params.criteria.mql.hand_raise_qualifies
+    leads = pd.DataFrame([_lead(score=2.1, fit=2, days_since_hand_raise=9.25), _lead(score=12, fit=2,
+                          days_since_hand_raise=9.25)])  # fmt: skip
+    out = qualify(leads, params.criteria, AS_OF)
+    assert out["stage"].tolist() == ["nurture", "MQL"]
+    assert out.loc[0, "stage_reason"] == "Not yet MQL: hand raised 9 days ago, score 2.1 < 10"
