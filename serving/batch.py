@@ -52,7 +52,7 @@ from serving.scoring import LoadedModel, model_date_order, prepare_crm_leads, pr
 
 OUTPUT_COLUMNS = [
     "lead_id", "probability", "score", "grade", "fit", "engagement", "stage", "stage_reason",
-    "next_action", "recycle_on", "reasons", "model_version",
+    "next_action", "recycle_on", "reasons", "model_version", "activities_not_read",
 ]  # fmt: skip
 CHUNK_LEADS = 50_000
 
@@ -580,6 +580,7 @@ def score_batch(
             )
         scored = score_features(model, features, context, moments.iloc[positions])
         scored.insert(0, "lead_id", chunk["lead_id"].to_numpy()[positions])
+        scored["activities_not_read"] = np.asarray(context.get("activities_not_read", 0))  # a flat model: none
         scored["reasons"] = [json.dumps(r, default=str) for r in scored["reasons"]]
         scored["_file_row"] = file_rows[positions]
         parts.append(scored[[*OUTPUT_COLUMNS, "_file_row"]])

@@ -52,7 +52,8 @@ KIND = "_kind"
 NOTE = "note"  # KIND of a row holding one of a partition's `CountedNote`s, as JSON in `reason`
 CLOSED = "closed"  # KIND of a partition's row counting its leads the outcomes close (the count in `reason`)
 MARKER = "activity "  # KIND of a partition's marker row: MARKER + its `activity_state` ("after": first in `reason`)
-NUMBERS = {"probability": float, "score": float, "fit": float, "engagement": float}
+# Counts too: text holding "2.0" once a partition's frame mixed them with the rows of other kinds.
+NUMBERS = {"probability": float, "score": float, "fit": float, "engagement": float, "activities_not_read": float}
 ROW_KEY = "_row_key"  # (input partition << PART_SHIFT) + place in it: a row's way back to its file row
 PART_SHIFT = 32
 _MODELS: dict[tuple[str, str, str], LoadedModel] = {}  # one loaded model per worker process
@@ -589,7 +590,7 @@ def score_on_dask(
             if on_progress:
                 on_progress(done, len(futures))
         counts = results[KIND].value_counts().compute()
-        scored = results[results[KIND] == "scored"][OUTPUT_COLUMNS].astype(NUMBERS)
+        scored = results[results[KIND] == "scored"][OUTPUT_COLUMNS].astype(NUMBERS).astype({"activities_not_read": int})
         quarantine = results[results[KIND] == "quarantine"][QUARANTINE_COLUMNS]
         if counts.get("quarantine", 0):  # a second pass over the files, only when a row needs its number
             offsets = {table: _partition_starts(frame) for table, frame in raw.items()}

@@ -628,7 +628,27 @@ def prepare_crm_leads(
     moment_of = moments.to_numpy()[positions]
     features = build_crm_features(clean, clean_acts, pd.Series(moment_of), model.feature_params, vocabulary)
     context = clean[[c for c in ("email", "sales_accepted", "do_not_contact") if c in clean]].reset_index(drop=True)
+    context["activities_not_read"] = _not_read(clean["lead_id"], moment_of, clean_acts, notes)
     return features, context, positions, problems
+
+
+NOT_READ = "dated at or after the scoring moment, not read (per lead: activities_not_read)"
+
+
+def _not_read(lead_ids: pd.Series, moments: np.ndarray, acts: pd.DataFrame, notes: list | None) -> np.ndarray:
+    """How many of each lead's activities are dated at or after its moment, which its features do
+    not read (a meeting booked ahead; local times sent without their offset), counted in `notes`."""
+    if acts.empty or "occurred_at" not in acts or lead_ids.empty:
+        return np.zeros(len(lead_ids), dtype=int)
+    first = ~lead_ids.duplicated().to_numpy()
+    lead = pd.Index(lead_ids[first]).get_indexer(acts["lead_id"])
+    moment = pd.to_datetime(pd.Series(moments[first])).to_numpy()[np.maximum(lead, 0)]
+    late = (lead >= 0) & (acts["occurred_at"].to_numpy() >= moment)
+    counts = acts.loc[late, "lead_id"].value_counts()
+    if notes is not None and len(counts):
+        shown = tuple(sorted(counts.index)[:5])  # lead ids
+        notes.append(CountedNote("activities.occurred_at", NOT_READ, int(counts.sum()), shown))
+    return lead_ids.map(counts).fillna(0).astype(int).to_numpy()
 
 
 def prepare_flat_rows(

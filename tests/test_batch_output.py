@@ -14,6 +14,7 @@ import pytest
 from features.flat import DUPLICATE_ROW
 from features.ingest import DataError
 from serving.batch import _flat_rows, read_leads, whole_folder, write_table
+from serving.scoring import NOT_READ
 
 
 def test_formula_cells_are_neutralised_in_csv_but_kept_in_parquet(tmp_path):
@@ -545,3 +546,25 @@ def test_what_a_killed_run_left_beside_its_output_is_removed_by_the_next(tmp_pat
     with whole_folder(tmp_path / "scores") as parts:
         parts.mkdir()
     assert not left["killed_folder"].exists() and left["other"].exists()
+
+
+def test_each_scored_lead_says_how_many_of_its_activities_were_dated_too_late_to_read(champion, small_crm_dir):
+    """`/score` answers `activities_not_read` and the lead page says it; the batch output had no such
+    column and `score` said nothing, so a lead whose demo was booked ahead read as plain nurture."""
+    from serving.batch import OUTPUT_COLUMNS, read_table, score_batch
+
+    as_of = pd.Timestamp("2025-12-20")
+    leads, acts = read_table(small_crm_dir / "leads.csv"), read_table(small_crm_dir / "activities.csv")
+    lead_id = leads["lead_id"].iloc[0]
+    ahead = pd.DataFrame({"lead_id": [lead_id] * 2, "activity_type": ["demo_request", "meeting"],
+                          "occurred_at": ["2025-12-21T10:00:00Z", "2025-12-23 09:00"]})  # fmt: skip
+    later = pd.to_datetime(acts["occurred_at"], errors="coerce", format="mixed", utc=True) >= as_of.tz_localize("UTC")
+    result = score_batch(champion, leads, pd.concat([acts, ahead], ignore_index=True), as_of)
+    assert "activities_not_read" in OUTPUT_COLUMNS
+    by_lead = result.scored.set_index("lead_id")["activities_not_read"]
+    before = acts[later & (acts["lead_id"] == lead_id)]
+    assert by_lead[lead_id] == 2 + len(before)
+    assert by_lead.dtype.kind == "i" and (by_lead > 0).sum() > 1  # the export's own meetings booked ahead too
+    said = [n for n in result.notes if NOT_READ in n]
+    assert len(said) == 1 and said[0].startswith(f"activities.occurred_at: {by_lead.sum():,} {NOT_READ}")
+    assert repr(lead_id) in said[0] or len(said[0].split("', '")) == 5  # a few of the leads named
