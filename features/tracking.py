@@ -84,6 +84,23 @@ def local_store_folder() -> Path | None:
     return None if database is None else database.parent
 
 
+def check_store_file() -> None:
+    """Fail early when the sqlite store's file exists and cannot be written (another user's):
+    its folder taking new files says nothing of it, and the first write failed minutes in.
+
+    Raises:
+        OSError: naming the file and the reason.
+    """
+    database = local_database()
+    if database is None or not database.is_file():
+        return
+    try:
+        with database.open("r+b"):  # opened for writing, nothing written
+            pass
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write the MLflow store {database}: {exc.strerror or exc}") from None
+
+
 def check_writable(folder: Path, *, what: str, probe_bytes: int = 1 << 20, keep_folders: bool = True) -> None:
     """Fail early, with the reason, when `folder` cannot take new files: a read-only
     filesystem, missing permissions or a full disk (a probe file of `probe_bytes` is written
@@ -267,3 +284,6 @@ def quiet_tracking() -> None:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     for name in ("mlflow", "alembic", "urllib3", "git"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # A failed write to the store (a full disk) is logged there with its traceback, at ERROR, as
+    # well as raised: the command says it in one line.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)

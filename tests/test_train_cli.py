@@ -867,6 +867,42 @@ def test_sigterm_during_a_promotion_waits_until_the_run_records_it(small_crm_dir
     assert str(champion.version) == metrics["model"]["version"]
 
 
+def test_a_failure_after_the_promotion_says_the_new_version_is_champion(small_crm_dir, monkeypatch):
+    """A full disk or a tracking server gone right after `@champion` moved: `train` said "error ...
+    @champion did not move" (exit 2) of a version that was serving, its run unrecorded."""
+    import errno
+
+    from features.params import load_params
+    from training import cli, pipeline
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "metrics.json")
+
+    real_promote = pipeline.promote
+
+    def promote_then_disk_full(*args, **kwargs):
+        moved = real_promote(*args, **kwargs)
+        monkeypatch.setattr(pipeline.mlflow, "log_dict", disk_full)
+        return moved
+
+    monkeypatch.setattr(pipeline, "promote", promote_then_disk_full)
+    lenient = {"gates.min_auc_gain_vs_baseline": -1.0, "gates.max_test_ece": 1.0, "mlflow.shap_sample": 100}
+    params = load_params(**{"tuning.trials": 2, "tuning.max_boost_rounds": 100, **lenient})
+    with pytest.raises(pipeline.PromotedButUnrecorded) as stopped:
+        pipeline.train_and_register(pipeline.prepare_crm(small_crm_dir, params), params, model_name="full-disk")
+    champion = MlflowClient().get_model_version_by_alias("full-disk", "champion")
+    assert str(stopped.value).startswith(f"v{champion.version} is @champion now, but its run could not be recorded")
+    assert "No space left on device" in str(stopped.value)
+    # Ending the run failing on top of it (the server gone) still finds what to say.
+    try:
+        try:
+            raise stopped.value
+        except pipeline.PromotedButUnrecorded:
+            raise ConnectionError("Max retries exceeded") from None
+    except ConnectionError as on_top:
+        assert cli._behind(on_top, pipeline.PromotedButUnrecorded) is stopped.value
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped exception, as meant
 def test_a_stop_a_callback_swallowed_still_stops_the_command_and_one_after_its_outcome_waits():
     """A SIGTERM landing in a weakref or garbage-collection callback: Python drops the exception

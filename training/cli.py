@@ -12,13 +12,14 @@ import os
 import re
 import shlex
 import signal
+import sys
 import threading
 import time
 import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -63,6 +64,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+# An output that cannot write every character (a scheduler's latin-1 or ASCII stdout): "?" for
+# the one it cannot, not an exit 1 after the work was done ("→" in a summary line).
+for _stream in (sys.stdout, sys.stderr):
+    if (getattr(_stream, "encoding", None) or "utf-8").replace("_", "-").lower() not in ("utf-8", "utf8"):
+        with contextlib.suppress(AttributeError, ValueError):
+            _stream.reconfigure(errors="replace")
 console = Console()
 if not console.is_terminal:  # a log (cron, CI): long lines whole, tables not squeezed into 80 columns
     console = Console(soft_wrap=True, width=None if os.environ.get("COLUMNS") else 160)
@@ -565,13 +572,16 @@ def train(
         _fail(f"training {exc}; the champion is unchanged", code=exc.exit_code)
     except (DataError, ParamsError) as exc:
         _fail(str(exc) + _kept_quarantine(dataset, exc))
-    except OSError as exc:
-        _fail(_os_error_text(exc))
     except typer.Exit:
         raise
     except Exception as exc:  # an unexpected failure still gets a one-line message
         from features.tracking import server_lost
+        from training.pipeline import PromotedButUnrecorded
 
+        if standing := _behind(exc, PromotedButUnrecorded):  # ending the run may have failed on top
+            _fail(str(standing) + _kept_quarantine(dataset))
+        if underlying := _behind(exc, OSError):  # a full disk, behind MLflow's failure to end the run
+            _fail(_os_error_text(underlying))
         if stopped := _sigterm_behind(exc):
             _fail(f"training {stopped}; the champion is unchanged", code=stopped.exit_code)
         if os.environ.get("LEADSCORE_DEBUG"):
@@ -709,12 +719,13 @@ def _check_registry(*, reads_models: bool = False, fail: Callable[[str], NoRetur
 def _check_model_folders(*, reads_models: bool = False, fail: Callable[[str], NoReturn] = _fail) -> None:
     """A read-only or full models/ (or store folder), or a tracking server that does not
     answer, is reported before a long run, not after (arguments as `_check_registry`'s)."""
-    from features.tracking import MODELS_DIR, MODELS_DIR_ENV, local_store_folder
+    from features.tracking import MODELS_DIR, MODELS_DIR_ENV, check_store_file, local_store_folder
 
     _check_registry(reads_models=reads_models, fail=fail)
     store = local_store_folder()
-    if store is not None:  # a local sqlite store is checked by writing to its folder
+    if store is not None:  # a local sqlite store is checked by writing to its folder, and its file
         check_writable(store, what="the MLflow store (runs and registered models)")
+        check_store_file()
     check_writable(MODELS_DIR, what=f"the embedded data and quarantine files (the models folder, ${MODELS_DIR_ENV})")
 
 
@@ -1349,17 +1360,25 @@ def _in_database_call(frame: Any) -> bool:
 def _sigterm_behind(exc: BaseException) -> Terminated | None:
     """The SIGTERM an exception was raised while handling (ending the MLflow run failed as the
     command stopped): the command was stopped, whatever failed on the way out."""
+    return _behind(exc, Terminated)
+
+
+def _behind(exc: BaseException, kind: type[_E]) -> _E | None:
+    """`exc` or the first exception of `kind` it was raised while handling or from."""
     seen: set[int] = set()
     waiting: list[BaseException | None] = [exc]
     while waiting:
         current = waiting.pop()
         if current is None or id(current) in seen:
             continue
-        if isinstance(current, Terminated):
+        if isinstance(current, kind):
             return current
         seen.add(id(current))
         waiting += [current.__cause__, current.__context__]
     return None
+
+
+_E = TypeVar("_E", bound=BaseException)
 
 
 def _running_there(report_dir: Path) -> int | None:
