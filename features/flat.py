@@ -158,17 +158,8 @@ def make_profile(settings: dict[str, Any], source: str = "the command line") -> 
 
 
 class _ProfileLoader(UniqueKeyLoader):
-    """YAML as written: only true/false are booleans (`positive: Yes` means the text Yes), and a
-    key written twice is refused (the last `label:` was kept without a word)."""
-
-
-_ProfileLoader.yaml_implicit_resolvers = {
-    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_ProfileLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
+    """YAML as written (`UniqueKeyLoader`): only true/false are booleans (`positive: Yes` means
+    the text Yes), and a key written twice is refused (the last `label:` was kept without a word)."""
 
 
 def load_profile(path: str | Path, **flags: Any) -> tuple[FlatProfile, list[str]]:

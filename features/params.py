@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -14,6 +14,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PARAMS_ENV = "LEADSCORE_PARAMS"
 # A web origin as a browser sends it: scheme, host (a name, an IPv4 or a bracketed IPv6) and port.
 ORIGIN = re.compile(r"https?://(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+# A host name as a request's Host header names it (without its port).
+HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 # A competitor's domain as it follows the @ of an e-mail address.
 DOMAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
 
@@ -23,10 +25,19 @@ class _Frozen(BaseModel):
 
 
 class DataParams(_Frozen):
-    embedded_leads: int = Field(gt=0)
+    embedded_leads: int = Field(gt=0, le=2_000_000)  # as `generate --leads` takes them
     embedded_seed: int
-    embedded_start: str
-    embedded_months: int = Field(gt=0)
+    embedded_start: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
+    embedded_months: int = Field(gt=0, le=120)
+
+    @field_validator("embedded_start")
+    @classmethod
+    def _a_date(cls, start: str) -> str:
+        import datetime as dt
+
+        dt.date.fromisoformat(start)  # "2024-13-45" is said here, not as a DateParseError in training
+        return start
+
     # A stratified holdout and 5-fold cross-validation need a few of each class in every part.
     min_positive: int = Field(ge=10)
     min_negative: int = Field(ge=10)
@@ -55,6 +66,28 @@ class FeatureParams(_Frozen):
     tech_stack_top_k: int = Field(ge=0)
     icp: IcpParams
 
+    @field_validator("windows_days")
+    @classmethod
+    def _windows_look_back(cls, windows: tuple[int, ...]) -> tuple[int, ...]:
+        """A window of 0 days counts nothing; a negative one counted the activities *after* the
+        moment, which training read and scoring never has (a leak, trained on without a word)."""
+        if not windows or any(days < 1 for days in windows) or len(set(windows)) != len(windows):
+            raise ValueError(f"{list(windows)}: days back from the moment, each 1 or more, none twice (as [7, 30, 90])")
+        return windows
+
+    @field_validator("engagement_weights")
+    @classmethod
+    def _weights_of_known_types(cls, weights: dict[str, float]) -> dict[str, float]:
+        """A misspelt type (`demo_requests`) weighed nothing, silently: its activities added no
+        engagement."""
+        from features.schema import ACTIVITY_TYPES
+
+        unknown = [kind for kind in weights if kind not in ACTIVITY_TYPES]
+        if unknown:
+            listed = ", ".join(ACTIVITY_TYPES)
+            raise ValueError(f"{', '.join(map(repr, unknown))}: not an activity type; the types are {listed}")
+        return weights
+
 
 class FlatParams(_Frozen):
     missing_tokens: tuple[str, ...]
@@ -76,6 +109,30 @@ class SplitParams(_Frozen):
     test_share: float = Field(gt=0, lt=0.5)
     valid_share: float = Field(gt=0, lt=0.5)
     seed: int
+
+
+# What LightGBM takes of the searched settings a trial could draw outside (num_leaves 1 failed
+# trial 1 of a run, with LightGBM's own message).
+SEARCH_BOUNDS: dict[str, tuple[float, float | None]] = {
+    "num_leaves": (2, 131072), "max_depth": (1, None), "min_child_samples": (0, None), "min_data_in_leaf": (0, None),
+    "feature_fraction": (1e-9, 1), "bagging_fraction": (1e-9, 1), "feature_fraction_bynode": (1e-9, 1),
+    "bagging_freq": (0, None), "lambda_l1": (0, None), "lambda_l2": (0, None), "learning_rate": (1e-9, None),
+    "min_data_per_group": (1, None), "max_bin": (2, None), "cat_smooth": (0, None), "cat_l2": (0, None),
+}  # fmt: skip
+# What the product sets itself: a binary classifier, ranked on `tuning.metric`, seeded by `tuning.seed`.
+PRODUCT_SETS = frozenset({"objective", "metric", "seed", "random_state", "verbose", "verbosity", "n_jobs",
+                          "num_threads"})  # fmt: skip
+
+
+def _lightgbm_names() -> frozenset[str] | None:
+    """Every LightGBM parameter name and alias, None where this LightGBM does not say."""
+    try:
+        import lightgbm.basic
+
+        aliases = lightgbm.basic._ConfigAliases._get_all_param_aliases()
+    except Exception:  # a private helper: its absence skips the check, nothing else
+        return None
+    return frozenset(aliases) | frozenset(alias for names in aliases.values() for alias in names)
 
 
 # LightGBM settings searched on a log scale (each range must then start above 0).
@@ -112,6 +169,28 @@ class TuningParams(_Frozen):
         return self
 
     @model_validator(mode="after")
+    def _lightgbm_takes_them(self) -> TuningParams:
+        """Checked here, not by LightGBM minutes into tuning (a trial drawing `num_leaves` 1) or
+        never (a misspelt name, which it ignores; a name in both lists, where the search won)."""
+        known = _lightgbm_names()
+        for where, names in (("search_space", self.search_space), ("fixed", self.fixed)):
+            unknown = [name for name in names if known and name not in known]
+            if unknown:
+                raise ValueError(f"tuning.{where}: {', '.join(map(repr, unknown))} is no LightGBM setting (it would "
+                                 "be ignored)")  # fmt: skip
+        if both := sorted(set(self.search_space) & set(self.fixed)):
+            raise ValueError(f"tuning.fixed: {', '.join(both)} is searched too (tuning.search_space): keep one")
+        if ours := sorted(set(self.fixed) & PRODUCT_SETS):
+            raise ValueError(f"tuning.fixed: {', '.join(ours)} is the product's to set (a binary classifier, its "
+                             "metric, seed and threads)")  # fmt: skip
+        for name, (low, high) in self.search_space.items():
+            least, most = SEARCH_BOUNDS.get(name, (None, None))
+            if (least is not None and low < least) or (most is not None and high > most):
+                raise ValueError(f"tuning.search_space.{name}: [{low:g}, {high:g}] goes outside what LightGBM takes "
+                                 f"({least:g} to {most if most is not None else 'any'})")  # fmt: skip
+        return self
+
+    @model_validator(mode="after")
     def _constraints_come_from_the_data(self) -> TuningParams:
         set_here = sorted(k for k in self.fixed if k.startswith("monotone_constraints"))
         if set_here:
@@ -123,16 +202,17 @@ class TuningParams(_Frozen):
 
 
 class CalibrationParams(_Frozen):
-    methods: tuple[Literal["isotonic", "sigmoid"], ...]
-    cv_folds: int = Field(ge=2)
+    methods: tuple[Literal["isotonic", "sigmoid"], ...] = Field(min_length=1)
+    cv_folds: int = Field(ge=2, le=20)
     ece_bins: int = Field(ge=2)
 
 
 class GateParams(_Frozen):
-    min_test_roc_auc: float
-    max_test_ece: float
-    max_auc_drop_vs_champion: float
-    min_auc_gain_vs_baseline: float
+    # ROC AUC and ECE run 0-1: a 60 meant as percent is a gate no model passes, a 5 one none fails.
+    min_test_roc_auc: float = Field(ge=0, le=1)
+    max_test_ece: float = Field(ge=0, le=1)
+    max_auc_drop_vs_champion: float = Field(ge=-1, le=1)
+    min_auc_gain_vs_baseline: float = Field(ge=-1, le=1)
     min_test_examples_per_class: int = Field(20, ge=1)
 
 
@@ -193,8 +273,8 @@ class CriteriaParams(_Frozen):
 class ServiceParams(_Frozen):
     max_batch: int = Field(ge=1)
     max_body_bytes: int = Field(ge=1000)
-    reload_seconds: float = Field(default=30.0, ge=0)
-    workers: int | Literal["cpu_count"] = 1
+    reload_seconds: float = Field(default=30.0, ge=1)  # below a second, a stream of registry calls
+    workers: Annotated[int, Field(ge=1)] | Literal["cpu_count"] = 1
     # Web origins whose pages may call the API from a browser (CORS); empty: none.
     cors_origins: tuple[str, ...] = ()
     # Host names besides localhost that a request reaching the service on this machine may be
@@ -215,6 +295,17 @@ class ServiceParams(_Frozen):
                 "https://acme.lightning.force.com/lightning/r/Lead/{lead_id}/view"
             )
         return url
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:
+        """A name as a request's Host header gives it: a scheme, path or `*` never matched, and
+        the 403 then said to list a name that was listed."""
+        odd = [host for host in hosts if not HOST.fullmatch(host)]
+        if odd:
+            raise ValueError(f"{', '.join(map(repr, odd))}: a host name only (proxy.example.com), no scheme, port, "
+                             "path or wildcard")  # fmt: skip
+        return hosts
 
     @field_validator("cors_origins")
     @classmethod
@@ -237,17 +328,20 @@ class RecalibrationParams(_Frozen):
     mql_top_share: float = Field(default=0.25, gt=0, lt=1)
     sql_precision: float = Field(default=0.5, gt=0, le=1)
     min_sql_leads: int = Field(default=30, ge=1)
-    grade_shares: dict[str, float] = Field(default_factory=lambda: {"A": 0.05, "B": 0.15, "C": 0.3, "D": 0.5})
+    grade_shares: dict[str, float] = Field(
+        default_factory=lambda: {"A": 0.05, "B": 0.15, "C": 0.3, "D": 0.5}, min_length=1
+    )
     feature_psi_threshold: float = Field(default=0.2, gt=0)
     score_psi_threshold: float = Field(default=0.1, gt=0)
-    conversion_shift_threshold: float = Field(default=0.02, gt=0)
+    conversion_shift_threshold: float = Field(default=0.02, gt=0, le=1)  # a share: 0.02 is 2 points
     conversion_shift_min_z: float = Field(default=3.0, ge=0)
     lock_file: str = "recalibrate.lock"
 
 
 class MlflowParams(_Frozen):
-    experiment: str
-    model_name: str
+    experiment: str = Field(min_length=1)
+    # As MLflow's registry takes a name (it refused "team/lead scorer" at the end of a training).
+    model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     shap_sample: int = Field(ge=10)
 
 
@@ -282,10 +376,19 @@ class Params(_Frozen):
         """What an admin's edit can get wrong that each type alone allows: a rule that never
         fires or a text that fails at scoring time. Checked for params files only: a registered
         model's criteria are read as they were written."""
+        from features.schema import ACTIVITY_TYPES
+
         problems = criteria_problems(self.criteria) + icp_problems(self.features.icp)
         shares = self.recalibration.grade_shares
-        if any(not 0 < share <= 1 for share in shares.values()) or sum(shares.values()) > 1 + 1e-9:
-            problems.append(f"recalibration.grade_shares: each above 0 and together at most 1 ({shares})")
+        if any(not 0 < share <= 1 for share in shares.values()) or abs(sum(shares.values()) - 1) > 1e-6:
+            problems.append(f"recalibration.grade_shares: each above 0 and together 1, the last grade's share "
+                            f"included ({shares})")  # fmt: skip
+        if list(shares) != list(self.grades):  # a recalibration would rename the grades a CRM receives
+            problems.append(f"recalibration.grade_shares: {', '.join(shares)} are not the grades "
+                            f"({', '.join(self.grades)}), best first")  # fmt: skip
+        unweighed = [kind for kind in ACTIVITY_TYPES if kind not in self.features.engagement_weights]
+        if unweighed:  # a line deleted weighed that type nothing, silently
+            problems.append(f"features.engagement_weights: no weight for {', '.join(unweighed)} (0 to leave it out)")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -353,7 +456,11 @@ class ParamsError(ValueError):
 
 class UniqueKeyLoader(yaml.SafeLoader):
     """YAML's safe loader, refusing a key written twice in one mapping: PyYAML keeps the last
-    one without a word, so an admin's second `min_score:` silently replaced the first."""
+    one without a word, so an admin's second `min_score:` silently replaced the first.
+
+    Plain words are read as YAML 1.2 reads them: only true and false are booleans (`yes`, `on`
+    and `NO`, Norway, read as true or false, and then as 1 or 0 where a number goes), digits are
+    decimal (`060` read as octal 48, `1:30` as 90) and a date stays text."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         self.flatten_mapping(node)  # `<<: *defaults` merged in first, as the safe loader does
@@ -366,6 +473,25 @@ class UniqueKeyLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+_RESOLVED_OTHERWISE = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+                       "tag:yaml.org,2002:timestamp"}  # fmt: skip
+UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _RESOLVED_OTHERWISE]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$"), list("-+0123456789")
+)
+UniqueKeyLoader.add_implicit_resolver(  # also 1e-3 and 2e7, which YAML 1.1 read as text
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)?\.?[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
 
 
 def default_params_path() -> Path:
@@ -391,6 +517,11 @@ def load_params(path: str | Path | None = None, **overrides: object) -> Params:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
     except OSError as exc:
         raise ParamsError(f"cannot read params file {path}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ParamsError(
+            f"cannot read params file {path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position "
+            f"{exc.start}); save it as UTF-8"
+        ) from exc
     except yaml.YAMLError as exc:
         # One line, at the file's line (PyYAML's several lines name "<unicode string>", not the file).
         mark = getattr(exc, "problem_mark", None)

@@ -21,8 +21,9 @@ BASE_PARAMS: dict[str, Any] = {
 }
 # Hyper-parameters LightGBM takes as integers (Optuna suggests them with suggest_int).
 INTEGER = frozenset(
-    {"num_leaves", "min_child_samples", "max_depth", "min_data_per_group", "max_cat_to_onehot", "max_cat_threshold"}
-)
+    {"num_leaves", "min_child_samples", "min_data_in_leaf", "max_depth", "min_data_per_group", "max_cat_to_onehot",
+     "max_cat_threshold", "bagging_freq", "max_bin"}
+)  # fmt: skip
 
 
 def monotone_constraints(x: pd.DataFrame, y: np.ndarray, min_abs_correlation: float) -> list[int]:
