@@ -68,23 +68,13 @@ def write_snapshot(
     stamp = pd.Timestamp.now(tz="UTC").strftime("%Y%m%dT%H%M%S%fZ")
     partial = directory / f".{stamp}.partial"
     partial.mkdir()
-    # Ids as scoring reads them (spaces around them aside) in every table of the snapshot: the
-    # pages look a lead up by the id in its link.
-    ids = leads["lead_id"].astype(str).str.strip()
-    extra = leads.assign(lead_id=ids).drop_duplicates("lead_id").set_index("lead_id")
-    scores = scored.assign(lead_id=scored["lead_id"].astype(str).str.strip())
-    for column in DISPLAY_COLUMNS:
-        scores[column] = scores["lead_id"].map(extra[column]) if column in extra else ""
-    scores.to_parquet(partial / "scores.parquet", index=False)
-    scored_ids = set(scores["lead_id"])
-    leads.assign(lead_id=ids)[ids.isin(scored_ids)].astype(str).to_parquet(partial / "leads.parquet", index=False)
-    if len(activities):
-        act_ids = activities["lead_id"].astype(str).str.strip()
-        activities = activities.assign(lead_id=act_ids)[act_ids.isin(scored_ids)]
-    activities.astype(str).to_parquet(partial / "activities.parquet", index=False)
-    (partial / "meta.json").write_text(json.dumps({**meta, "written_at": stamp}, default=str, indent=2))
-    final = directory / stamp
-    partial.rename(final)
+    try:
+        _write_tables(partial, scored, leads, activities, {**meta, "written_at": stamp})
+        final = directory / stamp
+        partial.rename(final)
+    except BaseException:  # a full disk: not a half left behind on it at every try
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     # Counted per model: a flat CSV model's scorings must not push the service model's out.
     for old in list_snapshots(directory, meta.get("model_name", ""))[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
@@ -98,6 +88,25 @@ def write_snapshot(
 
 
 ABANDONED_AFTER_SECONDS = 6 * 3600
+
+
+def _write_tables(folder: Path, scored: pd.DataFrame, leads: pd.DataFrame, activities: pd.DataFrame,
+                  meta: dict) -> None:  # fmt: skip
+    # Ids as scoring reads them (spaces around them aside) in every table of the snapshot: the
+    # pages look a lead up by the id in its link.
+    ids = leads["lead_id"].astype(str).str.strip()
+    extra = leads.assign(lead_id=ids).drop_duplicates("lead_id").set_index("lead_id")
+    scores = scored.assign(lead_id=scored["lead_id"].astype(str).str.strip())
+    for column in DISPLAY_COLUMNS:
+        scores[column] = scores["lead_id"].map(extra[column]) if column in extra else ""
+    scores.to_parquet(folder / "scores.parquet", index=False)
+    scored_ids = set(scores["lead_id"])
+    leads.assign(lead_id=ids)[ids.isin(scored_ids)].astype(str).to_parquet(folder / "leads.parquet", index=False)
+    if len(activities):
+        act_ids = activities["lead_id"].astype(str).str.strip()
+        activities = activities.assign(lead_id=act_ids)[act_ids.isin(scored_ids)]
+    activities.astype(str).to_parquet(folder / "activities.parquet", index=False)
+    (folder / "meta.json").write_text(json.dumps(meta, default=str, indent=2))
 
 
 def list_snapshots(directory: Path | None = None, model_name: str | None = None) -> list[Path]:

@@ -568,3 +568,19 @@ def test_each_scored_lead_says_how_many_of_its_activities_were_dated_too_late_to
     said = [n for n in result.notes if NOT_READ in n]
     assert len(said) == 1 and said[0].startswith(f"activities.occurred_at: {by_lead.sum():,} {NOT_READ}")
     assert repr(lead_id) in said[0] or len(said[0].split("', '")) == 5  # a few of the leads named
+
+
+def test_a_snapshot_that_cannot_be_written_leaves_no_half_behind(tmp_path, monkeypatch):
+    """A full disk while keeping a scoring for the pages left a hidden half folder at every try."""
+    import errno
+
+    from serving.snapshots import write_snapshot
+
+    def disk_full(self, path, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", disk_full)
+    scored = pd.DataFrame({"lead_id": ["A"], "score": [50.0]})
+    with pytest.raises(OSError, match="No space left"):
+        write_snapshot(scored, pd.DataFrame({"lead_id": ["A"]}), pd.DataFrame(), {"model_name": "m"}, tmp_path)
+    assert list(tmp_path.iterdir()) == []

@@ -951,6 +951,7 @@ def score(
     """Score leads in batch with the champion (or --model-version): the same numbers, grades,
     stages and reasons as the service. Only the champion's scorings are kept for the pages."""
     _use_params_file(params_file)
+    _say_stops("score")
     if model_version is not None and model_version.strip().lstrip("@") == "champion":
         model_version = None  # the champion by name is the champion: its scoring is kept as usual
     if engine == "dask":
@@ -1108,8 +1109,12 @@ def score(
         try:
             write_table(result.quarantine, quarantine_path)
         except OSError as exc:
+            # An earlier run's list beside these scores would name rows of another input.
+            stale = quarantine_path.is_file()
+            with contextlib.suppress(OSError):
+                quarantine_path.unlink(missing_ok=True)
             _fail(f"the scores are in {output}, but the rows not scored could not be listed in {quarantine_path}: "
-                  f"{exc.strerror or exc}")  # fmt: skip
+                  f"{exc.strerror or exc}" + ("; an earlier run's list there is removed" if stale else ""))  # fmt: skip
         # Lead rows and activity rows are counted apart: only the former are leads left unscored.
         counts = result.quarantine["table"].value_counts()
         kinds = {"leads": "lead", "activities": "activity"}
@@ -1307,6 +1312,20 @@ def _cluster_failure(exc: BaseException) -> str | None:
     from serving.dask_batch import cluster_failure
 
     return cluster_failure(exc)
+
+
+def _say_stops(command: str) -> None:
+    """SIGTERM and SIGINT end `command` with one line and exit 143 or 130 (SIGTERM ended it
+    silently): its files are written whole or not at all (`whole_file`), the blocks removing a
+    half-written one run on the way out."""
+
+    def stop(signum: int, frame: Any) -> None:
+        err.print(f"{command} stopped by {signal.Signals(signum).name}: what it writes is written whole or not at all")
+        raise SystemExit(128 + signum)
+
+    with contextlib.suppress(ValueError):  # not the main thread (a test's runner): left as it is
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
 
 
 def _fail_cleanly_on_sigterm() -> None:
@@ -1920,6 +1939,7 @@ def report(
     """Write the pages (digest, one page per lead, model) as static HTML for a list of leads,
     from the latest kept scoring (see `leadscore score`), to send without the service."""
     _use_params_file(params_file)
+    _say_stops("report")
     from serving.pages import write_report
     from serving.scoring import ModelNotReady, load_champion
     from serving.snapshots import latest_two, scores_dir
