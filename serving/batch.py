@@ -6,6 +6,7 @@ import contextlib
 import glob
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -463,6 +464,9 @@ def _flat_rows(model: LoadedModel, chunk: pd.DataFrame) -> tuple[np.ndarray, pd.
     identical = chunk.duplicated([c for c in chunk.columns if c not in unread], keep="first")
     reason[ids.where(~identical).duplicated(keep=False) & ~identical] = "lead_id appears more than once"
     reason[identical] = DUPLICATE_ROW  # a row exported twice: one lead, scored once
+    # What a report export or two files run together write among the leads: scored, they got pages.
+    reason[_repeats_the_header(chunk)] = "the header again (two exports run together?), not a lead"
+    reason[ids.str.match(TOTALS_ID)] = "a totals row of a report export, not a lead"
     reason[ids.eq("")] = "lead_id blank"
     bad = reason.ne("")
     issue = pd.DataFrame(
@@ -474,6 +478,32 @@ def _flat_rows(model: LoadedModel, chunk: pd.DataFrame) -> tuple[np.ndarray, pd.
         }
     )
     return np.flatnonzero(~bad), issue
+
+
+# "Grand Totals (2000 records)", "Total", "Totals:": the last rows of a CRM's report export.
+TOTALS_ID = re.compile(r"(?:grand\s+)?(?:sub)?totals?\s*(?:\(|:|$)", re.IGNORECASE)
+
+
+def _repeats_the_header(chunk: pd.DataFrame) -> pd.Series:
+    """Rows whose cells are mostly their columns' names (two or more, and at least half of those
+    not blank): a header within the data."""
+    columns = [c for c in chunk.columns if c != "_row"]
+    found = pd.Series(False, index=chunk.index)
+    first = [c for c in columns if c != "lead_id"][:2]  # the file's own columns (lead_id may be made)
+    if len(first) < 2 or chunk.empty:
+        return found
+
+    def named(column: str, rows: pd.DataFrame) -> pd.Series:
+        return rows[column].astype(str).str.strip().str.casefold().eq(str(column).strip().casefold())
+
+    # Read whole only where one of the first two columns holds its own name (a header does).
+    maybe = chunk[named(first[0], chunk) | named(first[1], chunk)]
+    if maybe.empty:
+        return found
+    names = sum(named(c, maybe).astype(int) for c in columns)
+    filled = sum((maybe[c].notna() & maybe[c].astype(str).str.strip().ne("")).astype(int) for c in columns)
+    found[maybe.index] = (names >= 2) & (2 * names >= filled)
+    return found
 
 
 def _rows_in_file(table: pd.DataFrame) -> np.ndarray:

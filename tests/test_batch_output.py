@@ -584,3 +584,20 @@ def test_a_snapshot_that_cannot_be_written_leaves_no_half_behind(tmp_path, monke
     with pytest.raises(OSError, match="No space left"):
         write_snapshot(scored, pd.DataFrame({"lead_id": ["A"]}), pd.DataFrame(), {"model_name": "m"}, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_header_again_and_a_report_exports_totals_row_are_no_leads(tmp_path):
+    """Two exports run together and a Salesforce report's "Grand Totals" row were scored as leads
+    (one named `Prospect ID`), and got lead pages."""
+    path = tmp_path / "export.csv"
+    path.write_text('Prospect ID,visits,source\np1,1,web\nProspect ID,visits,source\np2,3,ads\n'
+                    '"Grand Totals (2 records)",4,\nTotal Wine,2,web\n')  # fmt: skip
+    schema = {"id": "Prospect ID", "sep": ",", "columns": {"visits": "numeric", "source": "categorical"},
+              "missing_tokens": [""]}  # fmt: skip
+    leads, _, _ = read_leads(path, None, flat_schema=schema)
+    model = SimpleNamespace(scorer=SimpleNamespace(spec=SimpleNamespace(settings={"flat": schema},
+                                                                        columns=["visits", "source"])))  # fmt: skip
+    positions, issue = _flat_rows(model, leads.assign(_row=range(len(leads))))
+    assert leads["lead_id"].iloc[positions].tolist() == ["p1", "p2", "Total Wine"]  # a company's name is one
+    assert issue["reason"].tolist() == ["the header again (two exports run together?), not a lead",
+                                        "a totals row of a report export, not a lead"]  # fmt: skip
