@@ -339,20 +339,31 @@ def _mark(comma: int, dot: int) -> str | None:
     return None
 
 
-def decimal_mark(columns: Iterable[pd.Series]) -> str | None:
-    """The decimal mark an export's numeric columns show in their text: "comma", "dot", or None
-    when they do not say (`MIN_MARK_VALUES`)."""
+# The decimal mark a file's field separator tells when its numbers do not: a file separated by
+# ";" is the spreadsheet export of a locale writing decimal commas (its "1.532" seconds are 1532,
+# where no "2,5" says so), one separated by "," writes decimal points.
+SEPARATOR_MARKS = {";": "comma", ",": "dot"}
+
+
+def decimal_mark(columns: Iterable[pd.Series], sep: str | None = None) -> str | None:
+    """The decimal mark an export's numeric columns show in their text: "comma", "dot", or,
+    when they do not say (`MIN_MARK_VALUES`), the one its separator `sep` tells, else None."""
     counts = [_evidence(values) for values in columns]
-    return _mark(sum(c for c, _ in counts), sum(d for _, d in counts))
+    return _mark(sum(c for c, _ in counts), sum(d for _, d in counts)) or SEPARATOR_MARKS.get(sep or "")
 
 
-def number_formats(columns: dict[str, pd.Series], counts: Iterable[str] = ()) -> dict[str, NumberFormat]:
+def number_formats(
+    columns: dict[str, pd.Series], counts: Iterable[str] = (), sep: str | None = None
+) -> dict[str, NumberFormat]:
     """How each numeric column of a training export writes numbers. In an export with decimal
     commas, dots group thousands and commas are decimal marks, unless a column's own values say
     otherwise; a head count (`counts`) has no decimals, so its dots group thousands but in an
-    export of decimal points. Elsewhere a column's commas are read by its own values."""
+    export of decimal points. Elsewhere a column's commas are read by its own values. Where no
+    value says, a file separated by ";" (`sep`) writes decimal commas."""
     evidence = {name: _evidence(values) for name, values in columns.items()}
     mark = _mark(sum(c for c, _ in evidence.values()), sum(d for _, d in evidence.values()))
+    if mark is None and SEPARATOR_MARKS.get(sep or "") == "comma":
+        mark = "comma"
     formats = {}
     for name, (comma, dot) in evidence.items():
         own = _mark(comma, dot)
@@ -373,19 +384,23 @@ def stored_formats(stored: dict[str, dict[str, bool]] | None) -> dict[str, Numbe
 
 
 def format_conflict(
-    formats: dict[str, NumberFormat] | None, columns: dict[str, pd.Series], counts: Iterable[str] = ()
+    formats: dict[str, NumberFormat] | None,
+    columns: dict[str, pd.Series],
+    counts: Iterable[str] = (),
+    sep: str | None = None,
 ) -> str | None:
     """A note when a scored file's numbers show another decimal mark than the model's training
     export (a European copy of a US export) and some of them read otherwise than the file
     meant: it is still read as the training export was, so each lead is read alike in every
     file and request; the note names what is misread and how to avoid it. A copy whose every
     value reads the same either way ("2,5" can only be two and a half) is no conflict.
-    `counts`: head-count columns, read as `number_formats` reads them."""
-    mark = decimal_mark(columns.values())
+    `counts`: head-count columns, read as `number_formats` reads them; `sep`: the file's field
+    separator, which tells its decimal mark where no value does (`SEPARATOR_MARKS`)."""
+    mark = decimal_mark(columns.values(), sep)
     trained = "comma" if formats and any(f.comma_decimal for f in formats.values()) else "dot"
     if mark is None or mark == trained:
         return None
-    own = number_formats(columns, counts)
+    own = number_formats(columns, counts, sep)
     misread: dict[str, tuple[int, str, float, float]] = {}
     for name, values in columns.items():
         distinct = pd.Series(values.dropna().unique(), dtype="object")

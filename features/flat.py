@@ -372,11 +372,12 @@ def model_column_name(column: str) -> str:
 
 
 def flat_number_formats(
-    rows: pd.DataFrame, columns: dict[str, str], missing_tokens: Iterable[str]
+    rows: pd.DataFrame, columns: dict[str, str], missing_tokens: Iterable[str], sep: str | None = None
 ) -> dict[str, NumberFormat]:
-    """How a flat training export's numeric columns write numbers (`number_formats`)."""
+    """How a flat training export's numeric columns write numbers (`number_formats`; `sep`, the
+    file's field separator, where no value says)."""
     numeric = {c: blank_to_missing(rows[c], missing_tokens) for c, kind in columns.items() if kind == "numeric"}
-    return number_formats(numeric)
+    return number_formats(numeric, sep=sep)
 
 
 def clean_flat_columns(frame: pd.DataFrame, schema: dict[str, Any]) -> tuple[pd.DataFrame, list[str]]:
@@ -732,7 +733,9 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
         # a batch with no "2,5" in it cannot tell that "1.532" is 1532.
         "number_formats": {
             name: number_format.as_json()
-            for name, number_format in flat_number_formats(raw.loc[keep], columns, params.missing_tokens).items()
+            for name, number_format in flat_number_formats(
+                raw.loc[keep], columns, params.missing_tokens, profile.sep
+            ).items()
         },
     }
     kept = raw.loc[keep]

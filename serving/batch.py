@@ -87,6 +87,7 @@ def read_table(
         # Training's reader: the same encodings, header spaces and checks, so a file that trains scores.
         found = header_separator(path, sep)
         frame, encoding = read_text_csv(path, sep=found)
+        frame.attrs["sep"] = found  # its decimal mark where no number says (`number_format_note`)
         if notes is not None:
             notes.extend([f"{path.name}: fields separated by {found!r}"] if found != sep else [])
             notes.extend(filter(None, [encoding_note(path.name, encoding)]))
@@ -447,7 +448,7 @@ def number_format_note(model: LoadedModel, leads: pd.DataFrame | Mapping[str, pd
         numeric = [c for c in LEAD_NUMERIC if c in leads]
         tokens, stored, counts = settings.get("missing_tokens", ("",)), settings.get("number_formats"), LEAD_COUNTS
     columns = {c: blank_to_missing(leads[c], tokens) for c in numeric}
-    return format_conflict(stored_formats(stored), columns, counts)
+    return format_conflict(stored_formats(stored), columns, counts, getattr(leads, "attrs", {}).get("sep"))
 
 
 def _flat_rows(model: LoadedModel, chunk: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
