@@ -769,6 +769,7 @@ def read_csv_table(
     number_rows(frame, path)
     if table is not None and len(frame):
         refuse_cut_short(path, int(frame["_row"].iloc[-1]))
+    frame.attrs["sep"] = sep  # its decimal mark where no number says (`lead_number_formats`)
     return frame
 
 
@@ -967,7 +968,7 @@ def lead_number_formats(raw_leads: pd.DataFrame, missing_tokens: Iterable[str]) 
     count's dots group thousands but in an export of decimal points), kept with the model so
     that every batch and request reads its numbers alike."""
     given = {c: blank_to_missing(raw_leads[c], missing_tokens) for c in LEAD_NUMERIC if c in raw_leads}
-    return number_formats(given, counts=LEAD_COUNTS)
+    return number_formats(given, counts=LEAD_COUNTS, sep=raw_leads.attrs.get("sep"))
 
 
 def clean_leads(
