@@ -67,6 +67,7 @@ def qualify_columns(
     hand_raise = _column(leads, n, "days_since_hand_raise", np.nan)
     do_not_contact = _column(leads, n, "do_not_contact", 0.0) == 1
     accepted = _column(leads, n, "sales_accepted", 0.0) == 1
+    unsubscribed = _column(leads, n, "n_unsubscribe_total", 0.0) > 0
     competitors = {d.casefold() for d in criteria.disqualify.competitor_domains}
     competitor = (
         np.array([any(_is_competitor(d, competitors) for d in ds) for ds in _email_domains(leads, n)], dtype=bool)
@@ -116,7 +117,8 @@ def qualify_columns(
             actions.append(action)
         else:
             recycle_on.append(None)
-            actions.append(criteria.next_actions[s])
+            # A nurture campaign is e-mail: "Keep in the nurture campaign" of a lead that unsubscribed.
+            actions.append(criteria.next_actions[s] + (UNSUBSCRIBED if s == "nurture" and unsubscribed[i] else ""))
             if s == "SQL":
                 parts = [f"score {_shown_at_least(score[i], sql.min_score)} ≥ {sql.min_score:g}"]
                 if sql.require_hand_raise:
@@ -140,6 +142,9 @@ def qualify_columns(
                 why = _nurture_reason(score[i], fit[i], engagement[i], criteria, hand_raise[i] if by_hand else None)
         reasons.append(why)
     return {"stage": stage.tolist(), "stage_reason": reasons, "next_action": actions, "recycle_on": recycle_on}
+
+
+UNSUBSCRIBED = " (not by e-mail: the lead unsubscribed)"
 
 
 def reachable_stages(kind: str, criteria: CriteriaParams, inputs: Collection[str] = ()) -> list[str]:

@@ -29,7 +29,7 @@ from features.fit import _TECH_SPLIT, FREE_MAIL_DOMAINS, ICP_LISTS, icp_key, icp
 from features.ingest import BANT_SYNONYMS
 from features.schema import ACTIVITY_TYPES, BANT_FIELDS, BANT_VALUES, LEAD_CATEGORICAL, OTHER_ACTIVITY
 from serving.schemas import Lead
-from serving.scoring import LoadedModel, score_matrix
+from serving.scoring import UNSUBSCRIBES, LoadedModel, score_matrix
 
 _DAY = 86400.0
 _EPOCH_NS = pd.Timestamp("1900-01-01").value
@@ -351,6 +351,8 @@ class DirectScorer:
             else:
                 row[0, j] = np.nan if value is None else value
         inputs: dict[str, Any] = {name: [values[name]] for name in ("icp_match", "bant_confirmed", "lead_age_days")}
+        if UNSUBSCRIBES in values:
+            inputs[UNSUBSCRIBES] = [values[UNSUBSCRIBES]]
         if self.hand_raise:
             inputs["days_since_hand_raise"] = [float(np.fmin.reduce([values[c] for c in self.hand_raise]))]
         inputs.update({name: [value] for name, value in context.items()})

@@ -279,12 +279,15 @@ def _floats(values: Any) -> np.ndarray:
     return np.asarray(values, dtype=float)
 
 
+UNSUBSCRIBES = "n_unsubscribe_total"  # a nurture lead that unsubscribed is not nurtured by e-mail
+
+
 def criteria_inputs(model: LoadedModel, features: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
     """The inputs of the qualification rules that are not scores: ICP match, BANT, the most
     recent hand-raise, do-not-contact, sales acceptance and e-mail (a data frame or a dict of
     columns alike)."""
     inputs: dict[str, Any] = {}
-    for name in ("icp_match", "bant_confirmed", "do_not_contact", "lead_age_days"):
+    for name in ("icp_match", "bant_confirmed", "do_not_contact", "lead_age_days", UNSUBSCRIBES):
         if name in features:
             inputs[name] = _floats(features[name])
     raised = [_floats(features[f"days_since_{kind}"]) for kind in model.criteria.hand_raise_types

@@ -265,3 +265,16 @@ def test_a_nurture_lead_that_raised_a_hand_is_told_the_score_alone_holds_it_back
     out = qualify(leads, params.criteria, AS_OF)
     assert out["stage"].tolist() == ["nurture", "MQL"]
     assert out.loc[0, "stage_reason"] == "Not yet MQL: hand raised 9 days ago, score 2.1 < 10"
+
+
+def test_a_nurture_lead_that_unsubscribed_is_not_nurtured_by_e_mail(params):
+    """113 open nurture leads with an unsubscribe were told "Keep in the nurture campaign"."""
+    leads = pd.DataFrame([_lead(n_unsubscribe_total=1), _lead(), _lead(score=12, fit=60, engagement=70,
+                                                                       n_unsubscribe_total=2)])  # fmt: skip
+    out = qualify(leads, params.criteria, AS_OF)
+    nurture = params.criteria.next_actions["nurture"]
+    assert out["next_action"].tolist() == [
+        nurture + " (not by e-mail: the lead unsubscribed)",
+        nurture,
+        params.criteria.next_actions["MQL"],
+    ]
