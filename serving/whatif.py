@@ -16,6 +16,7 @@ import pandas as pd
 from features.clean import tidy_text
 from features.fit import icp_misses
 from features.ingest import BANT_SYNONYMS, Quarantine
+from features.reasons import ACTIVITY_WORDS
 from features.schema import BANT_FIELDS
 from serving.scoring import (
     LoadedModel,
@@ -76,6 +77,40 @@ def path_to_sql(
             if not clean.empty:
                 said += f" Not met: {'; '.join(icp_misses(clean.iloc[0], model.feature_params.icp))}."
         return PathToSql((), None, said)
+    path = _path(model, base, lead, now, day_first)
+    if path.score is None or any(step in model.criteria.hand_raise_types for step in path.steps):
+        return path
+    return PathToSql(path.steps, path.score, path.message + _lapses(model, base.features.iloc[0], as_of),
+                     path.bant_needed)  # fmt: skip
+
+
+def _lapses(model: LoadedModel, features: pd.Series, as_of: pd.Timestamp) -> str:
+    """When the hand-raise a path to SQL leans on stops counting within `LAPSE_WARNING_DAYS`:
+    advice given on day 29 of a 30-day window ("whichever they are, the lead is then SQL") no
+    longer held the next day, when the rep was told to call within three."""
+    criteria = model.criteria
+    since = {kind: features.get(f"days_since_{kind}", np.nan) for kind in criteria.hand_raise_types}
+    since = {kind: float(days) for kind, days in since.items() if days == days}
+    if not since or not criteria.sql.require_hand_raise:
+        return ""
+    kind = min(since, key=since.get)
+    left = criteria.hand_raise_days - since[kind]
+    if not 0 < left <= LAPSE_WARNING_DAYS:
+        return ""
+    until = (as_of + pd.Timedelta(days=left)).floor("min")
+    return (f" Only until {until:%Y-%m-%d %H:%M} UTC: the {ACTIVITY_WORDS[kind][0]} of "
+            f"{as_of - pd.Timedelta(days=since[kind]):%Y-%m-%d} counts for SQL {criteria.hand_raise_days} days; "
+            "after that the lead needs a new hand-raise.")  # fmt: skip
+
+
+LAPSE_WARNING_DAYS = 7
+
+
+def _path(
+    model: LoadedModel, base: _Scenarios, lead: pd.DataFrame, now: pd.Series, day_first: bool | None
+) -> PathToSql:
+    """`path_to_sql` of a lead not yet SQL nor disqualified, as of the scoring moment."""
+    scored = base.scored
     reached = scored[scored["stage"] == "SQL"]
     if not reached.empty:
         best = _fewest_steps(reached).iloc[0]

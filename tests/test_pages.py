@@ -471,6 +471,22 @@ def test_path_to_sql_is_checked_with_the_model(champion, scores_dir):
             assert f"{column} {value.strip()}" in missed, told
 
 
+def test_a_path_to_sql_leaning_on_a_hand_raise_about_to_lapse_says_until_when(champion):
+    """ "Confirm 2 more BANT answers on a call: whichever they are, the lead is then SQL" of a lead
+    whose demo request was 29.5 days old: a day later the same answers made it MQL (40.1), while
+    its next action said to call within three days."""
+    from serving.whatif import _lapses
+
+    assert champion.criteria.sql.require_hand_raise and champion.criteria.hand_raise_days == 30
+    said = _lapses(champion, pd.Series({"days_since_demo_request": 29.46, "days_since_meeting": float("nan")}), AS_OF)
+    until = AS_OF + pd.Timedelta(days=30 - 29.46)
+    assert said == (f" Only until {until.floor('min'):%Y-%m-%d %H:%M} UTC: the demo request of "
+                    f"{AS_OF - pd.Timedelta(days=29.46):%Y-%m-%d} counts for SQL 30 days; after that the lead needs "
+                    "a new hand-raise.")  # fmt: skip
+    assert _lapses(champion, pd.Series({"days_since_demo_request": 29.46, "days_since_meeting": 3.0}), AS_OF) == ""
+    assert _lapses(champion, pd.Series({"days_since_demo_request": 12.0}), AS_OF) == ""  # weeks left
+
+
 def _scored_whole(champion, rows: pd.DataFrame, acts: pd.DataFrame, scenarios: list) -> pd.DataFrame:
     """Each (BANT answers confirmed, steps added) scenario of a lead built whole, as a lead of its
     own with its history, and scored: the reference `path_to_sql` is checked against."""
