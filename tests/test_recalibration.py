@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -617,3 +618,21 @@ def test_an_export_cut_short_is_refused_before_training(export, settings, fresh_
     with pytest.raises(RecalibrationError, match=r"no value in industry, while the champion \(v\d+\) learned from the"):
         recalibrate(load_params(**settings), model_name=fresh_champion, data=cut, as_of=LATER)
     assert versions() == before
+
+
+def test_a_lock_in_a_folder_that_does_not_exist_is_refused_not_made(tmp_path):
+    """`lock_file: /srv/shared/leadscore.lck` with a typo made the folder: two checkouts then held
+    two locks and could move @champion at once. Under the models folder it is made, as before."""
+    from features.tracking import MODELS_DIR
+    from training.recalibrate import LockUnavailable
+
+    typo = tmp_path / "sahred" / "leadscore.lock"
+    with pytest.raises(LockUnavailable, match=r"no folder .*sahred \(recalibration\.lock_file"), exclusive(typo):
+        pass
+    assert not typo.parent.exists()
+    made = MODELS_DIR / f"locks-{os.getpid()}" / "x.lock"
+    try:
+        with exclusive(made):
+            assert made.is_file()
+    finally:
+        shutil.rmtree(made.parent, ignore_errors=True)

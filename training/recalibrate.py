@@ -5,6 +5,7 @@ only through the gates, and write a report a person can read (and undo with
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -94,8 +95,16 @@ def exclusive(lock_file: Path, job: str = "recalibration") -> Iterator[None]:
     """Hold the recalibration lock for the whole block; a second holder (a recalibration, a
     rollback or a training run, which move the same aliases) stops at once and is told which
     job holds it."""
+    folder = lock_file.parent
+    if not folder.is_dir() and not folder.resolve().is_relative_to(MODELS_DIR.resolve()):
+        # Made only under the models folder: a typo in a shared path would split the lock in two.
+        raise LockUnavailable(
+            errno.ENOENT,
+            f"cannot take the lock {lock_file}: no folder {folder} (recalibration.lock_file; a folder outside the "
+            "models folder is not made, so every process sharing the lock names one that exists)",
+        )
     try:
-        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         handle = lock_file.open("a+")
     except OSError as exc:  # a read-only models folder: said as such, not as a registry problem
         raise LockUnavailable(
