@@ -605,10 +605,17 @@ def refuse_short_rows(frame: pd.DataFrame, path: Path, sep: str) -> None:
     header = len(names)
     while header and (names[header - 1].startswith("Unnamed: ") or not names[header - 1].strip()):
         header -= 1
+    last: list[str] = []
+
+    def fields(record: list[str]) -> int:
+        nonlocal last
+        last = record
+        return len(record)
+
     with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
         # A line of spaces alone is no row either (pandas skips it): one blank field.
         records = csv.reader(handle, delimiter=sep)
-        counts = np.fromiter((0 if len(r) == 1 and not r[0].strip() else len(r) for r in records), dtype=np.int64)
+        counts = np.fromiter((0 if len(r) == 1 and not r[0].strip() else fields(r) for r in records), dtype=np.int64)
     counts = counts[counts > 0][1:]  # blank lines are no rows, as pandas skips them; then the header
     short = np.flatnonzero(counts < header)
     if not len(short):
@@ -617,10 +624,18 @@ def refuse_short_rows(frame: pd.DataFrame, path: Path, sep: str) -> None:
         refuse_cut_short(path, len(counts))  # the last row short, without its line break: said so
     shown = ", ".join(f"row {row + 1:,} ({counts[row]} of them)" for row in short[:3])
     more = f", and {len(short) - 3:,} more rows" if len(short) > 3 else ""
+    ending = last[0].strip()[:60] if last else ""
+    if len(short) <= FOOTER_ROWS and short[0] == len(counts) - len(short) and counts[short].max() <= 2:
+        # A report export's footer ("Confidential Information - Do Not Distribute", a copyright).
+        raise DataError(f"{path}: its last {len(short)} row(s) hold 1 or 2 fields ({shown}; the last {ending!r}): a "
+                        "report's footer? Export the data alone, or remove those lines")  # fmt: skip
     raise DataError(
         f"{path}: fewer fields than the header's {header} in {shown}{more}: a row cut short, or a line break "
         "inside a value that is not quoted? Fix those rows (a field meant blank still needs its separator)"
     )
+
+
+FOOTER_ROWS = 5
 
 
 def number_rows(frame: pd.DataFrame, path: Path) -> None:

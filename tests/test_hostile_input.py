@@ -336,6 +336,12 @@ def test_classic_mac_line_ends_and_a_short_row_get_messages_that_name_them(tmp_p
         DataError, match=r"fewer fields than the header's 3 in row 2 \(2 of them\), row 3 \(2 of them\)"
     ):
         read_text_csv(path)
+    # A report export's footer is named as one (it read as rows cut short by a line break).
+    path.write_text('id,visits,label\nA1,3,1\nA2,5,0\n\n"Confidential Information - Do Not Distribute"\n'
+                    '"Copyright (c) 2000-2026 salesforce.com, inc. All rights reserved."\n')  # fmt: skip
+    with pytest.raises(DataError, match=r"its last 2 row\(s\) hold 1 or 2 fields .*'Copyright \(c\) 2000-2026 "
+                                        r"salesforce\.com, inc\. All rights rese'\): a report's footer\?"):  # fmt: skip
+        read_text_csv(path)
     path.write_text("id,visits,label\nA1,3,1\nA2,5")  # the last row cut short: said as such
     with pytest.raises(DataError, match=r"ends part way through a line \(no line break after its last row, row 2\)"):
         read_text_csv(path)
