@@ -14,8 +14,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PARAMS_ENV = "LEADSCORE_PARAMS"
 # A web origin as a browser sends it: scheme, host (a name, an IPv4 or a bracketed IPv6) and port.
 ORIGIN = re.compile(r"https?://(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
-# A host name as a request's Host header names it (without its port).
-HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+# A host name as a request's Host header names it (a port and a trailing dot are allowed: the
+# guard reads the name alone), or a bracketed IPv6 address.
+HOST = re.compile(r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 # A competitor's domain as it follows the @ of an e-mail address.
 DOMAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
 
@@ -66,28 +67,6 @@ class FeatureParams(_Frozen):
     tech_stack_top_k: int = Field(ge=0)
     icp: IcpParams
 
-    @field_validator("windows_days")
-    @classmethod
-    def _windows_look_back(cls, windows: tuple[int, ...]) -> tuple[int, ...]:
-        """A window of 0 days counts nothing; a negative one counted the activities *after* the
-        moment, which training read and scoring never has (a leak, trained on without a word)."""
-        if not windows or any(days < 1 for days in windows) or len(set(windows)) != len(windows):
-            raise ValueError(f"{list(windows)}: days back from the moment, each 1 or more, none twice (as [7, 30, 90])")
-        return windows
-
-    @field_validator("engagement_weights")
-    @classmethod
-    def _weights_of_known_types(cls, weights: dict[str, float]) -> dict[str, float]:
-        """A misspelt type (`demo_requests`) weighed nothing, silently: its activities added no
-        engagement."""
-        from features.schema import ACTIVITY_TYPES
-
-        unknown = [kind for kind in weights if kind not in ACTIVITY_TYPES]
-        if unknown:
-            listed = ", ".join(ACTIVITY_TYPES)
-            raise ValueError(f"{', '.join(map(repr, unknown))}: not an activity type; the types are {listed}")
-        return weights
-
 
 class FlatParams(_Frozen):
     missing_tokens: tuple[str, ...]
@@ -122,6 +101,15 @@ SEARCH_BOUNDS: dict[str, tuple[float, float | None]] = {
 # What the product sets itself: a binary classifier, ranked on `tuning.metric`, seeded by `tuning.seed`.
 PRODUCT_SETS = frozenset({"objective", "metric", "seed", "random_state", "verbose", "verbosity", "n_jobs",
                           "num_threads"})  # fmt: skip
+
+
+YAML_11_WORDS = frozenset({"yes", "no", "on", "off", "y", "n"})
+# Names the check needs no LightGBM for (importing it cost every command 0.75 s).
+COMMON_NAMES = frozenset(SEARCH_BOUNDS) | {
+    "max_cat_threshold", "max_cat_to_onehot", "cat_l2", "path_smooth", "min_sum_hessian_in_leaf", "min_gain_to_split",
+    "extra_trees", "linear_tree", "is_unbalance", "scale_pos_weight", "boosting", "max_delta_step",
+    "min_data_in_bin", "bagging_seed", "feature_fraction_seed", "drop_rate", "skip_drop",
+}  # fmt: skip
 
 
 def _lightgbm_names() -> frozenset[str] | None:
@@ -172,12 +160,16 @@ class TuningParams(_Frozen):
     def _lightgbm_takes_them(self) -> TuningParams:
         """Checked here, not by LightGBM minutes into tuning (a trial drawing `num_leaves` 1) or
         never (a misspelt name, which it ignores; a name in both lists, where the search won)."""
-        known = _lightgbm_names()
+        uncommon = (set(self.search_space) | set(self.fixed)) - COMMON_NAMES
+        known = _lightgbm_names() if uncommon else None
         for where, names in (("search_space", self.search_space), ("fixed", self.fixed)):
             unknown = [name for name in names if known and name not in known]
             if unknown:
                 raise ValueError(f"tuning.{where}: {', '.join(map(repr, unknown))} is no LightGBM setting (it would "
                                  "be ignored)")  # fmt: skip
+        worded = sorted(k for k, v in self.fixed.items() if isinstance(v, str) and v.casefold() in YAML_11_WORDS)
+        if worded:  # LightGBM refused "yes" in the first trial
+            raise ValueError(f"tuning.fixed: {', '.join(worded)}: write true or false (yes, no, on and off are text)")
         if both := sorted(set(self.search_space) & set(self.fixed)):
             raise ValueError(f"tuning.fixed: {', '.join(both)} is searched too (tuning.search_space): keep one")
         if ours := sorted(set(self.fixed) & PRODUCT_SETS):
@@ -273,7 +265,8 @@ class CriteriaParams(_Frozen):
 class ServiceParams(_Frozen):
     max_batch: int = Field(ge=1)
     max_body_bytes: int = Field(ge=1000)
-    reload_seconds: float = Field(default=30.0, ge=1)  # below a second, a stream of registry calls
+    # 0: no polling (POST /reload still checks); below a second, a stream of registry calls.
+    reload_seconds: float = Field(default=30.0, ge=0)
     workers: Annotated[int, Field(ge=1)] | Literal["cpu_count"] = 1
     # Web origins whose pages may call the API from a browser (CORS); empty: none.
     cors_origins: tuple[str, ...] = ()
@@ -295,6 +288,13 @@ class ServiceParams(_Frozen):
                 "https://acme.lightning.force.com/lightning/r/Lead/{lead_id}/view"
             )
         return url
+
+    @field_validator("reload_seconds")
+    @classmethod
+    def _off_or_a_second_at_least(cls, seconds: float) -> float:
+        if 0 < seconds < 1:
+            raise ValueError(f"{seconds:g}: 0 (no polling) or 1 second or more (each check is a registry call)")
+        return seconds
 
     @field_validator("allowed_hosts")
     @classmethod
@@ -340,8 +340,8 @@ class RecalibrationParams(_Frozen):
 
 class MlflowParams(_Frozen):
     experiment: str = Field(min_length=1)
-    # As MLflow's registry takes a name (it refused "team/lead scorer" at the end of a training).
-    model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    # As MLflow's registry takes a name: not blank, no "/" or ":" (refused at the end of a training).
+    model_name: str = Field(pattern=r"^[^/:]*[^/:\s][^/:]*$")
     shap_sample: int = Field(ge=10)
 
 
@@ -376,22 +376,38 @@ class Params(_Frozen):
         """What an admin's edit can get wrong that each type alone allows: a rule that never
         fires or a text that fails at scoring time. Checked for params files only: a registered
         model's criteria are read as they were written."""
-        from features.schema import ACTIVITY_TYPES
 
         problems = criteria_problems(self.criteria) + icp_problems(self.features.icp)
         shares = self.recalibration.grade_shares
         if any(not 0 < share <= 1 for share in shares.values()) or abs(sum(shares.values()) - 1) > 1e-6:
             problems.append(f"recalibration.grade_shares: each above 0 and together 1, the last grade's share "
                             f"included ({shares})")  # fmt: skip
-        if list(shares) != list(self.grades):  # a recalibration would rename the grades a CRM receives
-            problems.append(f"recalibration.grade_shares: {', '.join(shares)} are not the grades "
-                            f"({', '.join(self.grades)}), best first")  # fmt: skip
-        unweighed = [kind for kind in ACTIVITY_TYPES if kind not in self.features.engagement_weights]
-        if unweighed:  # a line deleted weighed that type nothing, silently
-            problems.append(f"features.engagement_weights: no weight for {', '.join(unweighed)} (0 to leave it out)")
+        problems += feature_problems(self.features)
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+def feature_problems(features: FeatureParams) -> list[str]:
+    """Feature settings of a params file that would act otherwise than meant without a word.
+    Checked for params files only: a registered model's settings are read as they were written."""
+    from features.schema import ACTIVITY_TYPES
+
+    problems = []
+    windows = features.windows_days
+    if not windows or any(days < 1 for days in windows) or len(set(windows)) != len(windows):
+        # A negative window counted the activities *after* the moment: a leak, trained on silently.
+        problems.append(f"features.windows_days: {list(windows)}: days back from the moment, each 1 or more, none "
+                        "twice (as [7, 30, 90])")  # fmt: skip
+    weights = features.engagement_weights
+    unknown = [kind for kind in weights if kind not in ACTIVITY_TYPES]
+    if unknown:  # `demo_requests` weighed nothing: its activities added no engagement
+        problems.append(f"features.engagement_weights: {', '.join(map(repr, unknown))}: not an activity type; the "
+                        f"types are {', '.join(ACTIVITY_TYPES)}")  # fmt: skip
+    unweighed = [kind for kind in ACTIVITY_TYPES if kind not in weights]
+    if unweighed:  # a line deleted weighed that type nothing, silently
+        problems.append(f"features.engagement_weights: no weight for {', '.join(unweighed)} (0 to leave it out)")
+    return problems
 
 
 def criteria_problems(criteria: CriteriaParams) -> list[str]:
@@ -484,12 +500,16 @@ UniqueKeyLoader.yaml_implicit_resolvers = {
 UniqueKeyLoader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
-UniqueKeyLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$"), list("-+0123456789")
+UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?[0-9][0-9_]*$"), list("-+0123456789"))
+UniqueKeyLoader.add_constructor(  # decimal, whatever its leading zeros (PyYAML read 060 as octal)
+    "tag:yaml.org,2002:int", lambda loader, node: int(loader.construct_scalar(node).replace("_", ""), 10)
 )
-UniqueKeyLoader.add_implicit_resolver(  # also 1e-3 and 2e7, which YAML 1.1 read as text
+UniqueKeyLoader.add_implicit_resolver(  # also 1e-3, 2e7 and 5., which YAML 1.1 read as text
     "tag:yaml.org,2002:float",
-    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)?\.?[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    re.compile(
+        r"^(?:[-+]?(?:\.[0-9][0-9_]*|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
     list("-+0123456789."),
 )
 
@@ -522,6 +542,8 @@ def load_params(path: str | Path | None = None, **overrides: object) -> Params:
             f"cannot read params file {path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position "
             f"{exc.start}); save it as UTF-8"
         ) from exc
+    except ValueError as exc:  # a number PyYAML's constructor could not read
+        raise ParamsError(f"cannot read params file {path}: {exc}") from exc
     except yaml.YAMLError as exc:
         # One line, at the file's line (PyYAML's several lines name "<unicode string>", not the file).
         mark = getattr(exc, "problem_mark", None)

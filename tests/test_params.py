@@ -22,11 +22,12 @@ REFUSED = [
     ({"calibration.methods": []}, r"calibration\.methods"),
     ({"calibration.cv_folds": 500}, r"calibration\.cv_folds"),
     ({"mlflow.model_name": "team/lead scorer"}, r"mlflow\.model_name"),
+    ({"mlflow.model_name": "  "}, r"mlflow\.model_name"),
+    ({"tuning.fixed": {"is_unbalance": "yes"}}, r"tuning\.fixed: is_unbalance: write true or false"),
     ({"mlflow.experiment": ""}, r"mlflow\.experiment"),
     ({"data.embedded_start": "2024-13-45"}, r"data\.embedded_start"),
     ({"data.embedded_leads": 50_000_000}, r"data\.embedded_leads"),
     ({"recalibration.grade_shares": {}}, r"recalibration\.grade_shares"),
-    ({"recalibration.grade_shares": {"Hot": 0.05, "Warm": 0.15, "Cold": 0.8}}, r"are not the grades \(A, B, C, D\)"),
     ({"recalibration.grade_shares": {"A": 0.05, "B": 0.15, "C": 0.3}}, r"together 1"),
     # LightGBM ignored a misspelt name, the search beat a fixed one, and num_leaves 1 failed a trial.
     ({"tuning.search_space.num_leafs": [3, 4]}, r"tuning\.search_space: 'num_leafs' is no LightGBM setting"),
@@ -81,3 +82,38 @@ def test_a_params_file_not_in_utf8_is_named_not_a_traceback(tmp_path):
     latin1.write_bytes(text.replace('nurture: "Keep', 'nurture: "Relance à J+3. Keep', 1).encode("latin-1"))
     with pytest.raises(ParamsError, match=r"cannot read params file .*params\.yaml: not UTF-8 text \(byte 0xe0"):
         load_params(latin1)
+
+
+def test_what_worked_before_still_loads(tmp_path):
+    """The stricter checks refuse what acted otherwise than meant, not what a user plausibly has."""
+    assert load_params(**{"service.reload_seconds": 0}).service.reload_seconds == 0  # no polling, as documented
+    hosts = ("proxy.local:8080", "proxy.local.", "my_proxy", "[::1]")
+    assert load_params(**{"service.allowed_hosts": list(hosts)}).service.allowed_hosts == hosts
+    assert load_params(**{"mlflow.model_name": "Lead Scorer"}).mlflow.model_name == "Lead Scorer"
+    # Grades the recalibration's shares do not name load (scoring and serving need no shares); the
+    # recalibration refuses to rename them (tests/test_recalibration.py).
+    assert list(load_params(**{"grades": {"A": 60, "B": 30, "C": 0}}).grades) == ["A", "B", "C"]
+    text = (PROJECT_ROOT / "params.yaml").read_text()
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace("  trials: 60", "  trials: 60.", 1))
+    assert load_params(path).tuning.trials == 60
+
+
+def test_a_registered_models_stored_settings_are_read_as_written():
+    """A model trained before a check (a misspelt weight, which trained) still loads and scores:
+    the checks are a params file's, not a stored model's."""
+    from features.params import FeatureParams
+
+    stored = load_params().features.model_dump(mode="json")
+    stored["engagement_weights"] = {**stored["engagement_weights"], "demo_requests": 8.0}
+    stored["windows_days"] = [7, 7]
+    assert FeatureParams.model_validate(stored).engagement_weights["demo_requests"] == 8.0
+
+
+def test_a_recalibration_refuses_shares_that_would_rename_the_grades():
+    """`grade_shares` {Hot, Warm, Cold} beside grades A-D: a promotion renamed the grades a CRM gets."""
+    from training.recalibrate import RecalibrationError, recalibrate
+
+    params = load_params(**{"grades": {"A": 60, "B": 30, "C": 0}})
+    with pytest.raises(RecalibrationError, match=r"grade_shares names A, B, C, D, the grades are A, B, C"):
+        recalibrate(params, model_name="never-trained")

@@ -867,10 +867,14 @@ def test_sigterm_during_a_promotion_waits_until_the_run_records_it(small_crm_dir
     assert str(champion.version) == metrics["model"]["version"]
 
 
-def test_a_failure_after_the_promotion_says_the_new_version_is_champion(small_crm_dir, monkeypatch):
-    """A full disk or a tracking server gone right after `@champion` moved: `train` said "error ...
-    @champion did not move" (exit 2) of a version that was serving, its run unrecorded."""
+@pytest.mark.parametrize("failing", ["log_dict", "end_run"])
+def test_a_failure_after_the_promotion_says_the_new_version_is_champion(small_crm_dir, monkeypatch, failing):
+    """A full disk or a tracking server gone right after `@champion` moved, while the run was
+    recorded or ended: `train` said "error ... @champion did not move" (exit 2) of a version
+    that was serving, its run unrecorded."""
     import errno
+
+    import mlflow.tracking.fluent
 
     from features.params import load_params
     from training import cli, pipeline
@@ -882,15 +886,21 @@ def test_a_failure_after_the_promotion_says_the_new_version_is_champion(small_cr
 
     def promote_then_disk_full(*args, **kwargs):
         moved = real_promote(*args, **kwargs)
-        monkeypatch.setattr(pipeline.mlflow, "log_dict", disk_full)
+        if failing == "log_dict":
+            monkeypatch.setattr(pipeline.mlflow, "log_dict", disk_full)
+        else:  # the run's end (ActiveRun's exit calls the fluent end_run)
+            monkeypatch.setattr(mlflow.tracking.fluent, "end_run", disk_full)
         return moved
 
     monkeypatch.setattr(pipeline, "promote", promote_then_disk_full)
     lenient = {"gates.min_auc_gain_vs_baseline": -1.0, "gates.max_test_ece": 1.0, "mlflow.shap_sample": 100}
     params = load_params(**{"tuning.trials": 2, "tuning.max_boost_rounds": 100, **lenient})
+    name = f"full-disk-{failing.replace('_', '-')}"
     with pytest.raises(pipeline.PromotedButUnrecorded) as stopped:
-        pipeline.train_and_register(pipeline.prepare_crm(small_crm_dir, params), params, model_name="full-disk")
-    champion = MlflowClient().get_model_version_by_alias("full-disk", "champion")
+        pipeline.train_and_register(pipeline.prepare_crm(small_crm_dir, params), params, model_name=name)
+    monkeypatch.undo()
+    mlflow.end_run()  # the run the patched end left open
+    champion = MlflowClient().get_model_version_by_alias(name, "champion")
     assert str(stopped.value).startswith(f"v{champion.version} is @champion now, but its run could not be recorded")
     assert "No space left on device" in str(stopped.value)
     # Ending the run failing on top of it (the server gone) still finds what to say.
@@ -901,6 +911,11 @@ def test_a_failure_after_the_promotion_says_the_new_version_is_champion(small_cr
             raise ConnectionError("Max retries exceeded") from None
     except ConnectionError as on_top:
         assert cli._behind(on_top, pipeline.PromotedButUnrecorded) is stopped.value
+    # A lost tracking server (requests' errors are OSErrors too) is not taken for a full disk.
+    import requests
+
+    assert cli._file_error_behind(requests.ConnectionError("Max retries exceeded")) is None
+    assert cli._file_error_behind(stopped.value).errno == errno.ENOSPC
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped exception, as meant

@@ -580,18 +580,15 @@ def train(
 
         if standing := _behind(exc, PromotedButUnrecorded):  # ending the run may have failed on top
             _fail(str(standing) + _kept_quarantine(dataset))
-        if underlying := _behind(exc, OSError):  # a full disk, behind MLflow's failure to end the run
-            _fail(_os_error_text(underlying))
         if stopped := _sigterm_behind(exc):
             _fail(f"training {stopped}; the champion is unchanged", code=stopped.exit_code)
         if os.environ.get("LEADSCORE_DEBUG"):
             raise
+        said = server_lost(exc) or _cluster_failure(exc)
+        if not said and (disk := _file_error_behind(exc)):  # a full disk, behind MLflow's failure to end the run
+            said = _os_error_text(disk)
         _fail(
-            (
-                server_lost(exc)
-                or _cluster_failure(exc)
-                or f"training failed: {type(exc).__name__}: {exc} (set LEADSCORE_DEBUG=1 to see the traceback)"
-            )
+            (said or f"training failed: {type(exc).__name__}: {exc} (set LEADSCORE_DEBUG=1 to see the traceback)")
             + _kept_quarantine(dataset)
         )
     finally:
@@ -1384,13 +1381,17 @@ def _sigterm_behind(exc: BaseException) -> Terminated | None:
 
 def _behind(exc: BaseException, kind: type[_E]) -> _E | None:
     """`exc` or the first exception of `kind` it was raised while handling or from."""
+    return _first_behind(exc, lambda current: isinstance(current, kind))  # type: ignore[return-value]
+
+
+def _first_behind(exc: BaseException, matches: Callable[[BaseException], bool]) -> BaseException | None:
     seen: set[int] = set()
     waiting: list[BaseException | None] = [exc]
     while waiting:
         current = waiting.pop()
         if current is None or id(current) in seen:
             continue
-        if isinstance(current, kind):
+        if matches(current):
             return current
         seen.add(id(current))
         waiting += [current.__cause__, current.__context__]
@@ -1398,6 +1399,22 @@ def _behind(exc: BaseException, kind: type[_E]) -> _E | None:
 
 
 _E = TypeVar("_E", bound=BaseException)
+
+
+def _file_error_behind(exc: BaseException) -> OSError | None:
+    """The error of a file or folder (a full disk, a permission) `exc` came of, not a network
+    one (requests' and the built-in connection errors are OSErrors too)."""
+
+    def of_a_file(current: BaseException) -> bool:
+        networked = isinstance(current, (ConnectionError, TimeoutError)) or type(current).__module__.startswith(
+            ("requests", "urllib3")
+        )
+        return isinstance(current, OSError) and not networked and bool(current.filename or current.errno in FILE_ERRNOS)
+
+    return _first_behind(exc, of_a_file)  # type: ignore[return-value]
+
+
+FILE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOENT})
 
 
 def _running_there(report_dir: Path) -> int | None:

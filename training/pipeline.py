@@ -10,7 +10,7 @@ import resource
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -743,8 +743,11 @@ def train_and_register(
 
     use_experiment(params, reporter)
     commit, dirty = git_commit()
-    # Outermost, so a promotion's hold (`sigterm_held`) lasts until the run has ended.
+    moved: list[str] = []  # what a promotion did, once @champion moved
+    # Outermost, so a promotion's hold (`sigterm_held`) lasts until the run has ended, and a failure
+    # after it, ending the run included, says the promotion stands.
     with (
+        _promotion_stands(moved),
         contextlib.ExitStack() as promoting,
         mlflow.start_run(run_name=f"{job}-{dataset.kind}") as run,
         heartbeat(run.info.run_id),
@@ -996,7 +999,6 @@ def train_and_register(
             version = log_bundle(artifacts, example, output, model_name) if register else None
 
         previous = None
-        promoted = False
         if version is not None:
             if not promote_champion:
                 set_alias(model_name, CHALLENGER, version)
@@ -1005,109 +1007,114 @@ def train_and_register(
                 promoting.enter_context(sigterm_held())
                 try:
                     previous = promote(model_name, version, compared_with=champion.version)
-                    promoted = True
+                    moved.append(f"v{version} is @champion now" + (f" (v{previous} is @previous)" if previous else ""))
                 except ChampionMoved as exc:
                     passed = False
                     gates.append(Gate("champion_unchanged_during_run", False, str(exc)))
                     reporter.warn(str(exc))
-        try:  # a failure from here (the server gone, a full disk) leaves a promotion standing: said so
-            if version is not None:
-                describe_version(
-                    model_name,
-                    version,
-                    {
-                        "kind": dataset.kind,
-                        "test_roc_auc": f"{test_metrics['roc_auc']:.4f}",
-                        "data_hash": dataset.data_hash[:16],
-                    },
-                )
-            metrics: dict[str, Any] = {
-                "test": test_metrics,
-                "valid": classification_metrics(calibration_label, valid_probability, params.calibration.ece_bins),
-                "baselines": baselines,
-                "bayes": bayes,
-                "leakage": {
-                    "flagged": flagged,
-                    "action": params.leakage.action,
-                    "threshold": params.leakage.max_single_column_auc,
-                    "top": audit.head(10).to_dict(orient="records"),
-                },
-                "model": {
-                    "name": model_name,
-                    "version": version,
-                    "run_id": run.info.run_id,
-                    "previous_champion": previous,
-                    "compared_with_champion": champion.version,  # promote later only over this one
-                    "alias": None
-                    if version is None
-                    else (CHAMPION if passed else None)
-                    if promote_champion
-                    else CHALLENGER,
-                },
-                "promoted": passed and promote_champion and version is not None,
-                "gates_passed": passed,
-                "warnings": run_warnings,
-                "gates": [g.__dict__ for g in gates],
-                "calibration": {"method": calibrator.method, "cv_log_loss": calibration_scores},
-                "tuning": {
-                    "trials": tuning.trials,
-                    "pruned": tuning.pruned,
-                    "metric": params.tuning.metric,
-                    "best_valid_score": tuning.best_valid_score,
-                    "best_iteration": tuning.best_iteration,
-                    "best_params": tuning.best_params,
-                },
-                "grades": conversion_by_grade(labels["test"], test_probability, grade_bands),
-                "criteria": criteria,
-                "grade_bands": grade_bands,
-                "qualification": score_stages_on_test(labels["test"], test_probability, criteria, params, dataset.kind),
-                "data": {
-                    "source": dataset.source,
+        if version is not None:
+            describe_version(
+                model_name,
+                version,
+                {
                     "kind": dataset.kind,
-                    "hash": dataset.data_hash,
-                    "split": dataset.split.description,
-                    "windows": windows,
-                    # Cross-validated, the validation rows are folds of the fit rows: not counted twice.
-                    "examples": {
-                        name: len(labels[name]) for name in labels if not (cross_validate and name == "valid")
-                    },
-                    "positives": {
-                        name: int(labels[name].sum()) for name in labels if not (cross_validate and name == "valid")
-                    },
-                    "features": len(spec.columns),
-                    "quarantined_rows": len(quarantine),
-                    "quarantine_file": str(quarantine_path) if quarantine_path else None,
-                    "notes": dataset.quarantine.notes,
+                    "test_roc_auc": f"{test_metrics['roc_auc']:.4f}",
+                    "data_hash": dataset.data_hash[:16],
                 },
-                "timings": timings,
-                "peak_memory_mb": {**memory, "end_mb": peak_memory_mb()},
-                "engine": engine or {"engine": "local"},
-            }
-            flat_metrics: dict[str, float] = {}
-            _flatten(
-                "",
-                {k: metrics[k] for k in ("test", "valid", "baselines", "bayes", "timings") if metrics[k]},
-                flat_metrics,
             )
-            mlflow.log_metrics(flat_metrics)
-            mlflow.log_dict(metrics, "metrics.json")
-            mlflow.set_tags({"promoted": str(metrics["promoted"]), "gates_passed": str(passed)})
-            if run_warnings:  # in the run's overview, not only inside metrics.json
-                mlflow.set_tag("leadscore.warnings", " | ".join(run_warnings)[:5000])
-        except Exception as exc:
-            if promoted:
-                raise PromotedButUnrecorded(
-                    f"v{version} is @champion now"
-                    + (f" (v{previous} is @previous)" if previous else "")
-                    + f", but its run could not be recorded: {type(exc).__name__}: {exc}"
-                ) from exc
-            raise
+        metrics: dict[str, Any] = {
+            "test": test_metrics,
+            "valid": classification_metrics(calibration_label, valid_probability, params.calibration.ece_bins),
+            "baselines": baselines,
+            "bayes": bayes,
+            "leakage": {
+                "flagged": flagged,
+                "action": params.leakage.action,
+                "threshold": params.leakage.max_single_column_auc,
+                "top": audit.head(10).to_dict(orient="records"),
+            },
+            "model": {
+                "name": model_name,
+                "version": version,
+                "run_id": run.info.run_id,
+                "previous_champion": previous,
+                "compared_with_champion": champion.version,  # promote later only over this one
+                "alias": None
+                if version is None
+                else (CHAMPION if passed else None)
+                if promote_champion
+                else CHALLENGER,
+            },
+            "promoted": passed and promote_champion and version is not None,
+            "gates_passed": passed,
+            "warnings": run_warnings,
+            "gates": [g.__dict__ for g in gates],
+            "calibration": {"method": calibrator.method, "cv_log_loss": calibration_scores},
+            "tuning": {
+                "trials": tuning.trials,
+                "pruned": tuning.pruned,
+                "metric": params.tuning.metric,
+                "best_valid_score": tuning.best_valid_score,
+                "best_iteration": tuning.best_iteration,
+                "best_params": tuning.best_params,
+            },
+            "grades": conversion_by_grade(labels["test"], test_probability, grade_bands),
+            "criteria": criteria,
+            "grade_bands": grade_bands,
+            "qualification": score_stages_on_test(labels["test"], test_probability, criteria, params, dataset.kind),
+            "data": {
+                "source": dataset.source,
+                "kind": dataset.kind,
+                "hash": dataset.data_hash,
+                "split": dataset.split.description,
+                "windows": windows,
+                # Cross-validated, the validation rows are folds of the fit rows: not counted twice.
+                "examples": {name: len(labels[name]) for name in labels if not (cross_validate and name == "valid")},
+                "positives": {
+                    name: int(labels[name].sum()) for name in labels if not (cross_validate and name == "valid")
+                },
+                "features": len(spec.columns),
+                "quarantined_rows": len(quarantine),
+                "quarantine_file": str(quarantine_path) if quarantine_path else None,
+                "notes": dataset.quarantine.notes,
+            },
+            "timings": timings,
+            "peak_memory_mb": {**memory, "end_mb": peak_memory_mb()},
+            "engine": engine or {"engine": "local"},
+        }
+        flat_metrics: dict[str, float] = {}
+        _flatten(
+            "",
+            {k: metrics[k] for k in ("test", "valid", "baselines", "bayes", "timings") if metrics[k]},
+            flat_metrics,
+        )
+        mlflow.log_metrics(flat_metrics)
+        mlflow.log_dict(metrics, "metrics.json")
+        mlflow.set_tags({"promoted": str(metrics["promoted"]), "gates_passed": str(passed)})
+        if run_warnings:  # in the run's overview, not only inside metrics.json
+            mlflow.set_tag("leadscore.warnings", " | ".join(run_warnings)[:5000])
     return metrics
 
 
 class PromotedButUnrecorded(RuntimeError):
     """`@champion` moved to the new version, and what came after (its description, metrics,
-    tags) failed: the message says the promotion stands ("did not move" was said before)."""
+    tags, the end of its run) failed: the message says the promotion stands ("did not move" was
+    said before)."""
+
+
+@contextlib.contextmanager
+def _promotion_stands(moved: list[str]) -> Iterator[None]:
+    """A failure once `moved` says what a promotion did raised as `PromotedButUnrecorded`."""
+    try:
+        yield
+    except PromotedButUnrecorded:
+        raise
+    except Exception as exc:
+        if moved:
+            raise PromotedButUnrecorded(
+                f"{moved[0]}, but its run could not be recorded: {type(exc).__name__}: {exc}"
+            ) from exc
+        raise
 
 
 def activity_averages(rows: pd.DataFrame, columns: list[str]) -> dict[str, float]:

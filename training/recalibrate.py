@@ -151,6 +151,11 @@ def recalibrate(
     """
     reporter = reporter or Reporter()
     settings = params.recalibration
+    if list(settings.grade_shares) != list(params.grades):  # the default shares name A-D
+        raise RecalibrationError(
+            f"recalibration.grade_shares names {', '.join(settings.grade_shares)}, the grades are "
+            f"{', '.join(params.grades)}: give a share for each grade, best first (a recalibration would rename them)"
+        )
     with exclusive(lock_path(settings.lock_file)):
         # Runs a killed process left RUNNING are ended now: a recalibration that stops early (no
         # new data, every quarter a scheduler runs it) would otherwise never reach training's sweep.
