@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import json
 import os
 import re
 import shutil
+import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -696,16 +698,44 @@ def whole_folder(path: Path) -> Iterator[Path]:
     _remove(partial)
     try:
         yield partial
-        if path.exists():  # a folder cannot be renamed over another: the old one steps aside first
+        # A folder cannot be renamed over another: the old one steps aside first. Two runs writing
+        # the same folder take turns, and no signal lands between the two renames (the folder gone).
+        with _held(path.with_name(f".{path.name}.lock")), _signals_held():
             old = _beside(path, "old")
-            os.replace(path, old)
-            os.replace(partial, path)
-            _remove(old)
-        else:
-            os.replace(partial, path)
+            if path.exists():
+                os.replace(path, old)
+            try:
+                os.replace(partial, path)
+            except BaseException:
+                if old.exists():
+                    os.replace(old, path)  # the last good folder back in its place
+                raise
+        _remove(old)
     finally:
         _remove(partial)
     remove_abandoned(path.parent, path.name)
+
+
+@contextlib.contextmanager
+def _held(lock: Path) -> Iterator[None]:
+    """An exclusive lock on `lock` (a file beside the output, kept) for the block."""
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGTERM and SIGINT wait until the block is over (main thread or not)."""
+    held = {signal.SIGTERM, signal.SIGINT}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _beside(path: Path, kind: str) -> Path:

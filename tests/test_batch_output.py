@@ -512,12 +512,26 @@ def test_a_folder_of_parts_is_replaced_whole_or_not_at_all(tmp_path):
         pd.DataFrame({"lead_id": ["C"]}).to_parquet(parts / "part.0.parquet")
         raise KeyboardInterrupt  # stopped before its other parts
     assert pd.read_parquet(scores)["lead_id"].tolist() == ["A", "B"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".scores.lock", "scores"]
     with whole_folder(scores) as parts:
         parts.mkdir()
         pd.DataFrame({"lead_id": ["D"]}).to_parquet(parts / "part.0.parquet")
     assert pd.read_parquet(scores)["lead_id"].tolist() == ["D"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".scores.lock", "scores"]
+    # The new folder failing to take its place puts the last good one back (it was left aside).
+    real_replace = os.replace
+
+    def refused(source, target):
+        if str(source).endswith(".partial"):
+            raise OSError(28, "No space left on device")
+        real_replace(source, target)
+
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(os, "replace", refused)
+        with pytest.raises(OSError, match="No space"), whole_folder(scores) as parts:
+            parts.mkdir()
+    assert pd.read_parquet(scores)["lead_id"].tolist() == ["D"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".scores.lock", "scores"]
 
 
 def test_what_a_killed_run_left_beside_its_output_is_removed_by_the_next(tmp_path):
@@ -601,3 +615,23 @@ def test_the_header_again_and_a_report_exports_totals_row_are_no_leads(tmp_path)
     assert leads["lead_id"].iloc[positions].tolist() == ["p1", "p2", "Total Wine"]  # a company's name is one
     assert issue["reason"].tolist() == ["the header again (two exports run together?), not a lead",
                                         "a totals row of a report export, not a lead"]  # fmt: skip
+
+
+def _write_folder_times(folder: str, times: int) -> int:
+    for i in range(times):
+        with whole_folder(Path(folder)) as parts:
+            parts.mkdir()
+            (parts / "part.0.txt").write_text(f"{os.getpid()} {i}")
+    return times
+
+
+def test_two_runs_writing_one_folder_take_turns(tmp_path):
+    """Two `score --engine dask -o` runs into one folder failed with "Directory not empty" in 46
+    and 175 of 200 tries, leaving the old scoring aside in a hidden folder."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(2) as pool:
+        done = list(pool.map(_write_folder_times, [str(tmp_path / "scores")] * 2, [40, 40]))
+    assert done == [40, 40]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".scores.lock", "scores"]
+    assert [p.name for p in (tmp_path / "scores").iterdir()] == ["part.0.txt"]
