@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import fnmatch
 import glob
 import json
 import os
@@ -685,7 +686,7 @@ def whole_file(path: Path, sweep: bool = True) -> Iterator[Path]:
     finally:
         partial.unlink(missing_ok=True)
     if sweep:
-        remove_abandoned(path.parent, path.name)
+        remove_abandoned(path.parent, glob.escape(path.name))
 
 
 @contextlib.contextmanager
@@ -713,7 +714,7 @@ def whole_folder(path: Path) -> Iterator[Path]:
         _remove(old)
     finally:
         _remove(partial)
-    remove_abandoned(path.parent, path.name)
+    remove_abandoned(path.parent, glob.escape(path.name))
 
 
 @contextlib.contextmanager
@@ -742,23 +743,24 @@ def _beside(path: Path, kind: str) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{kind}")
 
 
-def remove_abandoned(folder: Path, name: str | None = None) -> None:
-    """What `whole_file` and `whole_folder` left beside `name` (any name if None) in `folder`
-    when their run was killed outright (SIGKILL, a lost machine; a run stopped otherwise removes
-    its own): halves and set-aside folders of a process no longer running here, untouched for
-    ABANDONED_WRITE_SECONDS (a process writing keeps its file's time fresh; one on another
-    machine sharing the folder is not seen running)."""
-    pattern = f".{glob.escape(name)}.*" if name else ".*"
-    for left in folder.glob(pattern):
-        stem, _, kind = left.name.rpartition(".")
-        pid = stem.rpartition(".")[2]
-        if kind not in ("partial", "old") or not pid.isdigit() or _running(int(pid)):
-            continue
-        with contextlib.suppress(OSError):
-            if time.time() - left.lstat().st_mtime > ABANDONED_WRITE_SECONDS:
-                _remove(left)
+def remove_abandoned(folder: Path, *names: str) -> None:
+    """What `whole_file` and `whole_folder` left in `folder` beside the outputs `names` (glob
+    patterns: `lead-*.html`) when their run was killed outright (SIGKILL, a lost machine; a run
+    stopped otherwise removes its own): `.NAME.PID.partial` halves and `.NAME.PID.old` folders of
+    a process no longer running here, untouched for ABANDONED_WRITE_SECONDS (a process writing
+    keeps its file's time fresh; one on another machine sharing the folder is not seen running).
+    Nothing else in the folder is touched."""
+    for pattern in names:
+        for left in folder.glob(f".{pattern}.*"):
+            found = _LEFT_BEHIND.fullmatch(left.name)
+            if not found or not fnmatch.fnmatchcase(found["name"], pattern) or _running(int(found["pid"])):
+                continue
+            with contextlib.suppress(OSError):
+                if time.time() - left.lstat().st_mtime > ABANDONED_WRITE_SECONDS:
+                    _remove(left)
 
 
+_LEFT_BEHIND = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)\.(?:partial|old)")
 ABANDONED_WRITE_SECONDS = 600
 
 

@@ -10,7 +10,7 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -118,7 +118,7 @@ def write_report(
     for page in out.glob("lead-*.html"):
         if page.name not in written:
             page.unlink(missing_ok=True)
-    remove_abandoned(out)
+    remove_abandoned(out, "lead-*.html", "index.html", "model.html")
     return missing
 
 
@@ -206,7 +206,7 @@ def lead_view(
     else:
         to_sql = path_to_sql(model, lead, activities, as_of, day_first).message
     return {
-        **_lead_basics(lead, activities, as_of, f"{model.name} v{model.version}", day_first),
+        **_lead_basics(lead, activities, as_of, f"{model.name} v{model.version}", day_first, _placeholders(model)),
         **_scored_fields(scored),
         "to_sql": to_sql,
         "waterfall": waterfall(base_score, steps, float(100 * scored["probability"])),
@@ -274,12 +274,19 @@ PROFILE_FIELDS = (
 )  # fmt: skip
 
 
-def _profile(row: dict) -> list[dict]:
+def _placeholders(model: LoadedModel) -> tuple[str, ...]:
+    """The values the model reads as blank, as its training export had them."""
+    settings = model.scorer.spec.settings
+    return tuple((settings.get("flat") or settings).get("missing_tokens") or ())
+
+
+def _profile(row: dict, placeholders: Iterable[str] = ()) -> list[dict]:
     """The lead's contact details and profile as the export wrote them (blanks and placeholders
-    left out, as scoring reads them: "Industry N/A" beside advice saying "industry blank"), the
-    e-mail and phone as links a click dials or writes to, unless the lead opted out."""
+    left out, as scoring reads them: "Industry N/A" beside advice saying "industry blank"; the
+    model's placeholders, else the params file's), the e-mail and phone as links a click dials or
+    writes to, unless the lead opted out."""
     shown = []
-    placeholders = {token.casefold() for token in _params_of(default_params_path()).flat.missing_tokens}
+    placeholders = {t.casefold() for t in placeholders or _params_of(default_params_path()).flat.missing_tokens}
     opted_out = str(row.get("do_not_contact") or "").strip().casefold() in TRUE_TOKENS
     for column, label in PROFILE_FIELDS:
         value = str(row.get(column) or "").strip()
@@ -309,7 +316,12 @@ def _params_of(path: Path) -> Params:
 
 
 def _lead_basics(
-    lead: pd.DataFrame, activities: pd.DataFrame, as_of: pd.Timestamp, model: str, day_first: bool | None
+    lead: pd.DataFrame,
+    activities: pd.DataFrame,
+    as_of: pd.Timestamp,
+    model: str,
+    day_first: bool | None,
+    placeholders: Iterable[str] = (),
 ) -> dict:
     """Who the lead is and what it did: the parts of its page that need no model."""
     row = lead.iloc[0].to_dict()
@@ -318,7 +330,7 @@ def _lead_basics(
     return {
         "lead_id": lead_id,
         "display_name": _display_name(row),
-        "profile": _profile(row),
+        "profile": _profile(row, placeholders),
         "crm_url": _crm_link(lead_id),
         "owner": str(row.get("owner") or "").strip(),
         "as_of": as_of.strftime("%Y-%m-%d %H:%M"),

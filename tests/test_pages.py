@@ -603,10 +603,13 @@ def test_static_report(champion, scores_dir, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     killed = tmp_path / f".{lead_href(hostile, True)}.{2**22 + 1}.partial"  # above Linux's largest pid
     killed.write_text("<html>")
-    os.utime(killed, (0, 0))
+    theirs = tmp_path / f".site.{2**22 + 1}.old"  # shaped alike, but no page of a report
+    theirs.write_text("mine")
+    for left in (killed, theirs):
+        os.utime(left, (0, 0))
     write_report(champion, latest, previous, ids, tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "mine" and len(list(tmp_path.glob("lead-*.html"))) == 3
-    assert not killed.exists()
+    assert not killed.exists() and theirs.read_text() == "mine"
 
 
 def test_the_model_page_of_a_model_without_time_windows_says_how_it_was_tested():
