@@ -12,6 +12,7 @@ import gc
 import hashlib
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
@@ -287,12 +288,21 @@ def _iso_utc(moment: pd.Timestamp) -> str:
 
 
 def _not_read(leads: list[Lead], moment: pd.Timestamp) -> list[int]:
-    """Each lead's activities dated at or after the moment, which its features do not read."""
+    """Each lead's activities dated at or after the moment, which its features do not read; one
+    sent twice (the same moment and type) counted once, as batch scoring counts it."""
     naive = moment.to_pydatetime()
-    aware = naive.replace(tzinfo=dt.UTC)
-    return [sum(1 for activity in lead.activities
-                if activity["occurred_at"] >= (naive if activity["occurred_at"].tzinfo is None else aware))
-            for lead in leads]  # fmt: skip
+
+    def later(activity: dict) -> tuple[dt.datetime, str] | None:
+        when = activity["occurred_at"]
+        if when.tzinfo is not None:
+            when = when.astimezone(dt.UTC).replace(tzinfo=None)
+        kind = _NOT_A_LETTER.sub("", str(activity.get("activity_type") or "").casefold())
+        return (when, kind) if when >= naive else None
+
+    return [len({seen for activity in lead.activities if (seen := later(activity)) is not None}) for lead in leads]
+
+
+_NOT_A_LETTER = re.compile(r"[^0-9a-z]")
 
 
 def _as_of(leads: list[Lead], as_of: dt.datetime | None) -> pd.Series:
