@@ -89,7 +89,8 @@ STATUS_SYNONYMS = {
 }
 
 
-def _status_key(value: object) -> str:
+def status_key(value: object) -> str:
+    """A status as outcomes are matched: case, spaces and - _ / alike."""
     return re.sub(r"[\s\-_/]+", " ", str(value).casefold()).strip()
 
 
@@ -99,9 +100,9 @@ def outcome_status(value: object, own: Mapping[str, str] | None = None) -> str |
     Args:
         own: the CRM's own statuses (`data.outcome_statuses`), read before the known spellings.
     """
-    key = _status_key(value)
+    key = status_key(value)
     if own:
-        mine = {_status_key(status): meaning for status, meaning in own.items()}
+        mine = {status_key(status): meaning for status, meaning in own.items()}
         if key in mine:
             return mine[key]
     return STATUS_SYNONYMS.get(key)

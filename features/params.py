@@ -382,7 +382,7 @@ class Params(_Frozen):
         if any(not 0 < share <= 1 for share in shares.values()) or abs(sum(shares.values()) - 1) > 1e-6:
             problems.append(f"recalibration.grade_shares: each above 0 and together 1, the last grade's share "
                             f"included ({shares})")  # fmt: skip
-        problems += feature_problems(self.features)
+        problems += feature_problems(self.features) + status_problems(self.data.outcome_statuses)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -408,6 +408,19 @@ def feature_problems(features: FeatureParams) -> list[str]:
     if unweighed:  # a line deleted weighed that type nothing, silently
         problems.append(f"features.engagement_weights: no weight for {', '.join(unweighed)} (0 to leave it out)")
     return problems
+
+
+def status_problems(statuses: dict[str, str]) -> list[str]:
+    """Two spellings of one status (as outcomes are read: case, spaces, - _ / alike) given two
+    meanings: the last one won, without a word."""
+    from features.ingest import status_key
+
+    meanings: dict[str, dict[str, str]] = {}
+    for status, meaning in statuses.items():
+        meanings.setdefault(status_key(status), {})[status] = meaning
+    return [f"data.outcome_statuses: {' and '.join(map(repr, spelt))} read as one status, given "
+            f"{' and '.join(sorted(set(spelt.values())))}"
+            for spelt in meanings.values() if len(set(spelt.values())) > 1]  # fmt: skip
 
 
 def criteria_problems(criteria: CriteriaParams) -> list[str]:

@@ -117,3 +117,10 @@ def test_a_recalibration_refuses_shares_that_would_rename_the_grades():
     params = load_params(**{"grades": {"A": 60, "B": 30, "C": 0}})
     with pytest.raises(RecalibrationError, match=r"grade_shares names A, B, C, D, the grades are A, B, C"):
         recalibrate(params, model_name="never-trained")
+
+
+def test_two_spellings_of_one_outcome_status_with_two_meanings_are_refused():
+    """`Junk lead: lost` and `junk-lead: converted` are one status as outcomes are read: the last won."""
+    with pytest.raises(ParamsError, match=r"'Junk lead' and 'junk-lead' read as one status, given converted and lost"):
+        load_params(**{"data.outcome_statuses": {"Junk lead": "lost", "junk-lead": "converted"}})
+    assert load_params(**{"data.outcome_statuses": {"Junk lead": "lost", "junk-lead": "lost"}})
