@@ -94,6 +94,21 @@ def icp_wanted(allowed: Sequence[str], icp: IcpParams) -> frozenset[str]:
     return frozenset(key for key in (icp_key(a, icp) for a in allowed) if key)
 
 
+def unmatched_icp_entries(leads: pd.DataFrame, icp: IcpParams) -> list[str]:
+    """Notes on the profile's entries no lead of an export matches (`Sofware`, a typo, matched
+    nothing without a word), per list whose column the export has."""
+    notes = []
+    for column, listed in ICP_LISTS:
+        if column not in leads:
+            continue
+        seen = {icp_key(value, icp) for value in leads[column].dropna().unique()}
+        unmatched = [entry for entry in getattr(icp, listed) if icp_key(entry, icp) not in seen]
+        if unmatched and seen - {""}:
+            notes.append(f"features.icp.{listed}: {', '.join(map(repr, unmatched))} matches no lead's {column} "
+                         "in this export (spelt otherwise?)")  # fmt: skip
+    return notes
+
+
 def icp_misses(lead: pd.Series, icp: IcpParams) -> list[str]:
     """The ICP criteria a cleaned lead row misses, as a rep reads them (what `_icp_match`
     counts as not met, a blank field included)."""

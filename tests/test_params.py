@@ -124,3 +124,13 @@ def test_two_spellings_of_one_outcome_status_with_two_meanings_are_refused():
     with pytest.raises(ParamsError, match=r"'Junk lead' and 'junk-lead' read as one status, given converted and lost"):
         load_params(**{"data.outcome_statuses": {"Junk lead": "lost", "junk-lead": "converted"}})
     assert load_params(**{"data.outcome_statuses": {"Junk lead": "lost", "junk-lead": "lost"}})
+
+
+def test_a_profile_entry_no_lead_matches_is_said_in_training(small_crm_dir):
+    """`industries: [Sofware, ...]` trained with exit 0 and said nothing, though no lead matched it."""
+    from training.pipeline import prepare_crm
+
+    params = load_params(**{"features.icp.industries": ["Sofware", "Retail"]})
+    notes = prepare_crm(small_crm_dir, params).quarantine.notes
+    assert "features.icp.industries: 'Sofware' matches no lead's industry in this export (spelt otherwise?)" in notes
+    assert not [n for n in prepare_crm(small_crm_dir, load_params()).quarantine.notes if "matches no lead" in n]

@@ -25,7 +25,7 @@ import pandas as pd
 
 from features.build import build_crm_features, crm_feature_groups
 from features.clean import blank_to_missing, order_from_votes, parse_timestamps, snake_case
-from features.fit import learn_tech_vocabulary
+from features.fit import learn_tech_vocabulary, unmatched_icp_entries
 from features.ingest import (
     DataError,
     Quarantine,
@@ -212,6 +212,8 @@ def prepare_crm_on_dask(
     )
     leads, left_out = drop_unknown_outcomes(leads, outcomes, quarantine)
     leads = leads.drop(columns="_row")
+    for note in unmatched_icp_entries(leads, params.features.icp):
+        quarantine.note(note)
 
     meta = {"rows": "int64", "last": "datetime64[ns]", "early": "int64"}
     with csv_errors({paths["activities"]: activities}):

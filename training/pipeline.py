@@ -24,7 +24,7 @@ from sklearn.metrics import roc_auc_score
 
 from features.build import build_crm_features, crm_feature_groups, idle_engagement
 from features.bundle import score_from_probability, write_bundle_files
-from features.fit import learn_tech_vocabulary
+from features.fit import learn_tech_vocabulary, unmatched_icp_entries
 from features.flat import FlatProfile, flat_feature_groups, load_flat, model_column_name
 from features.ingest import DataError, Quarantine, as_of_view, load_crm
 from features.leakage import audit_leakage
@@ -364,6 +364,8 @@ def prepare_crm(
     crm = load_crm(directory, params.flat.missing_tokens, params.data.outcome_statuses)
     if as_of is not None:
         crm = as_of_view(crm, as_of)
+    for note in unmatched_icp_entries(crm.leads, params.features.icp):
+        crm.quarantine.note(note)
     loaded = time.perf_counter()
     examples = build_examples(crm.leads, crm.outcomes, crm.export_end, params.features)
     if window_days is not None and not examples.empty:
