@@ -292,3 +292,17 @@ def test_a_recalibration_that_stops_early_still_ends_the_runs_a_killed_process_l
     with pytest.raises(RecalibrationError, match="nothing to recalibrate against"):
         recalibrate(params, model_name="no-such-model", data=tmp_path)
     assert client.get_run(killed).info.status == "KILLED"
+
+
+def test_a_recalibration_that_promoted_then_failed_records_the_promotion(tmp_path):
+    """Its summary.json said "decision": "failed" (exit 2): a scheduler keyed on the decision missed
+    that @champion had moved."""
+    import json
+
+    from training.cli import _record_failure
+
+    _record_failure(tmp_path, "v2 was promoted (v1 is @previous), but the run or report could not be written", 2,
+                    promoted=True)  # fmt: skip
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["decision"] == "promoted, not recorded" and summary["exit_code"] == 2
+    assert "Recalibration promoted; its record is incomplete" in (tmp_path / "report.md").read_text()

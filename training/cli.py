@@ -1438,16 +1438,18 @@ def _running_there(report_dir: Path) -> int | None:
     return pid if b"recalibrate" in command else None
 
 
-def _record_failure(report_dir: Path | None, message: str, code: int | None = None) -> None:
+def _record_failure(report_dir: Path | None, message: str, code: int | None = None, promoted: bool = False) -> None:
     """A scheduler reading `--report-dir`'s summary.json, or a person opening its report, finds
     why the run did not happen, not an earlier run's decision left there. `code` None: the run
-    has started (what a run killed outright leaves)."""
+    has started (what a run killed outright leaves); `promoted`: it moved @champion, then failed
+    (a scheduler keyed on the decision read "failed" and missed the new champion)."""
     if report_dir is None:
         return
     from training.report_page import report_page
 
     stopped = {128 + signal.SIGTERM: "stopped", 128 + signal.SIGINT: "stopped"}
     decision = {None: "running", 3: "locked", 4: "no new data", **stopped}.get(code, "failed")
+    decision = "promoted, not recorded" if promoted else decision
     summary = {"decision": decision, "why": message, "exit_code": code,
                "at": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
     if code is None:  # another run given this folder leaves the record of a live run (`_running_there`)
@@ -1455,6 +1457,7 @@ def _record_failure(report_dir: Path | None, message: str, code: int | None = No
 
         summary.update(pid=os.getpid(), host=socket.gethostname())
     title = "Recalibration running" if code is None else "Recalibration did not run"
+    title = "Recalibration promoted; its record is incomplete" if promoted else title
     when = summary["at"] if code is None else f"exit {code}, {summary['at']}"
     markdown = f"# {title}\n\n**Decision: {decision}** ({when})\n\n{message}\n"
     try:
@@ -1492,8 +1495,8 @@ def recalibrate(
     since the champion's test, 143 when stopped by SIGTERM, 130 by SIGINT (the champion unchanged)."""
     _use_params_file(params_file)
 
-    def failed(message: str, code: int = 2) -> NoReturn:
-        _record_failure(report_dir, message, code)
+    def failed(message: str, code: int = 2, promoted: bool = False) -> NoReturn:
+        _record_failure(report_dir, message, code, promoted)
         _fail(message, code=code)
 
     _fail_cleanly_on_sigterm()  # before the imports (seconds): a stop during them is recorded too
@@ -1528,7 +1531,7 @@ def recalibrate(
         )  # fmt: skip
         stopping.finish()  # recorded: the exit code says so whatever signal comes now
     except RecalibrationError as exc:
-        failed(str(exc) + _kept_quarantine(None, exc.__cause__ or exc), code=exc.exit_code)
+        failed(str(exc) + _kept_quarantine(None, exc.__cause__ or exc), code=exc.exit_code, promoted=exc.promoted)
     except Terminated as exc:
         failed(f"recalibration {exc}; the champion is unchanged", code=exc.exit_code)
     except (DataError, ParamsError) as exc:

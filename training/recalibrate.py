@@ -74,9 +74,10 @@ class RecalibrationError(RuntimeError):
     """The recalibration could not run; the message says why, `exit_code` how a scheduler
     should take it."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED, promoted: bool = False) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.promoted = promoted  # @champion moved before it failed: the record says so
 
 
 # What the lock file's job word means to an operator waiting for it.
@@ -386,7 +387,8 @@ def _promote(
     except Exception as exc:  # the promotion stands: say so, not "unchanged"
         raise RecalibrationError(
             f"v{new} was promoted (v{before} is @previous), but the run or report could not be written: "
-            f"{type(exc).__name__}: {exc}"
+            f"{type(exc).__name__}: {exc}",
+            promoted=True,
         ) from exc
 
 
