@@ -213,7 +213,9 @@ def sentence(feature: str, value: object, points: float, average: float | None =
     shown = f"{points:+.0f}" if abs(points) >= 0.95 else f"{points:+.1f}"
     # Some activity as shown (0.04 reads "No recent activity"), of an amount of activity.
     if points < 0 and average is not None and amount_of_activity(feature) and not _missing(value) and value >= 0.05:
-        return f"{describe(feature, value)}, below the average of {average:.1f}: {shown}" if value < average else None
+        # Below as shown, too: "3.5, below the average of 3.5" read as a slip.
+        below = float(f"{float(value):.1f}") < float(f"{average:.1f}")
+        return f"{describe(feature, value)}, below the average of {average:.1f}: {shown}" if below else None
     return f"{(points < 0 and _gone_quiet(feature, value)) or describe(feature, value)}: {shown}"
 
 

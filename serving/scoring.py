@@ -37,6 +37,7 @@ from serving.treeshap import CompiledTrees, as_matrix, compile_booster, shap_mat
 logger = logging.getLogger(__name__)
 CHAMPION = "champion"
 REASONS_EACH_WAY = 3
+SPARE_NEGATIVES = 3  # candidates beyond those shown, for the negatives a sentence leaves out
 MIN_REASON_POINTS = 0.05
 # A reason moves the score by at least this share of the lead's strongest factor: "-0.5" next
 # to "+21" is noise to a rep, not a reason.
@@ -499,7 +500,9 @@ def _reasons(
     rows = np.arange(n)[:, None]
     top = np.argpartition(-points, k - 1, axis=1)[:, :k]
     top = np.take_along_axis(top, np.argsort(-points[rows, top], axis=1), axis=1)
-    bottom = np.argpartition(points, k - 1, axis=1)[:, :k]
+    # A few more negatives than are shown: one `sentence` leaves out gives its place to the next.
+    spare = min(REASONS_EACH_WAY + SPARE_NEGATIVES, width)
+    bottom = np.argpartition(points, spare - 1, axis=1)[:, :spare]
     bottom = np.take_along_axis(bottom, np.argsort(points[rows, bottom], axis=1), axis=1)
     # Millions of small dicts would trigger the cyclic garbage collector over and over while
     # none of them can be garbage yet: pause it for the loop.
@@ -529,17 +532,20 @@ def _reason_lists(
     for i in range(n):
         lead = _Row(arrays, i)
         floor = max(MIN_REASON_POINTS, MIN_REASON_SHARE * max(top_points[i][0], -bottom_points[i][0]))
-        chosen = [(j, p) for j, p in zip(top[i], top_points[i], strict=True) if p >= floor]
-        chosen += [(j, p) for j, p in zip(bottom[i], bottom_points[i], strict=True) if p <= -floor]
-        reasons = []
-        for j, value in chosen:
-            feature = columns[j]
-            shown, rounded = _plain(lead[feature]), round(value, 2)
-            said = ("Yes" if shown == 1 else "No") if feature in yes_no and shown is not None else shown
-            # The text from the points as sent: from the unrounded effect, 0.25 read "+0.3" beside 0.25.
-            text = sentence(feature, said, rounded, averages.get(feature))
-            if text is not None:
-                reasons.append({"feature": feature, "value": shown, "points": rounded, "text": text})
+        reasons: list[dict[str, Any]] = []
+        for candidates, sign in ((zip(top[i], top_points[i], strict=True), 1),
+                                 (zip(bottom[i], bottom_points[i], strict=True), -1)):  # fmt: skip
+            said_before = len(reasons)
+            for j, value in candidates:
+                if len(reasons) - said_before == REASONS_EACH_WAY or sign * value < floor:
+                    break
+                feature = columns[j]
+                shown, rounded = _plain(lead[feature]), round(value, 2)
+                said = ("Yes" if shown == 1 else "No") if feature in yes_no and shown is not None else shown
+                # The text from the points as sent: from the unrounded effect, 0.25 read "+0.3" beside 0.25.
+                text = sentence(feature, said, rounded, averages.get(feature))
+                if text is not None:
+                    reasons.append({"feature": feature, "value": shown, "points": rounded, "text": text})
         out.append(reasons)
     return out
 

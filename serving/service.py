@@ -289,15 +289,16 @@ def _iso_utc(moment: pd.Timestamp) -> str:
 
 def _not_read(leads: list[Lead], moment: pd.Timestamp) -> list[int]:
     """Each lead's activities dated at or after the moment, which its features do not read; one
-    sent twice (the same moment and type) counted once, as batch scoring counts it."""
+    sent twice (the same moment, type and value) counted once, as batch scoring counts it."""
     naive = moment.to_pydatetime()
 
-    def later(activity: dict) -> tuple[dt.datetime, str] | None:
+    def later(activity: dict) -> tuple[dt.datetime, str, float | None] | None:
         when = activity["occurred_at"]
         if when.tzinfo is not None:
             when = when.astimezone(dt.UTC).replace(tzinfo=None)
         kind = _NOT_A_LETTER.sub("", str(activity.get("activity_type") or "").casefold())
-        return (when, kind) if when >= naive else None
+        value = activity.get("value")
+        return (when, kind, None if value is None else float(value)) if when >= naive else None
 
     return [len({seen for activity in lead.activities if (seen := later(activity)) is not None}) for lead in leads]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -114,6 +115,14 @@ def test_an_amount_of_activity_that_lowers_the_score_is_said_below_the_average_o
     assert sentence("n_web_visit_30d", 0.0, -0.5, 6.24) == "No web visit in the last 30 days: -0.5"  # a lack
     assert sentence("n_unsubscribe_total", 1.0, -0.8, 0.1) == "1 unsubscribe so far: -0.8"  # less is better
     assert sentence("n_web_visit_30d", 4.0, -0.5) == "4 web visits in the last 30 days: -0.5"  # an older model
+    assert sentence("engagement_decayed", 3.46, -0.8, 3.4673) is None  # "3.5, below the average of 3.5" read as a slip
+    # A negative left out gives its place to the next (L0107332, SQL at 85, showed no negative at all).
+    columns = ["n_web_visit_30d", "icp_match", "days_since_demo_request", "n_pricing_page_7d", "bant_confirmed"]
+    values = {"n_web_visit_30d": [7.0], "icp_match": [0.25], "days_since_demo_request": [None],
+              "n_pricing_page_7d": [0.0], "bant_confirmed": [1.0]}  # fmt: skip
+    points = np.array([[-2.0, -1.5, -1.0, -0.8, -0.6]])
+    (said,) = scoring._reasons(points, values, columns, averages={"n_web_visit_30d": 1.55})
+    assert [r["feature"] for r in said] == ["icp_match", "days_since_demo_request", "n_pricing_page_7d"]
     averages = champion.scorer.metadata["activity_averages"]
     assert averages["n_web_visit_30d"] > 0 and "n_unsubscribe_total" not in averages and "icp_match" not in averages
     leads, activities = read_table(small_crm_dir / "leads.csv"), read_table(small_crm_dir / "activities.csv")

@@ -453,10 +453,13 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
     assert explained.status_code == 200 and explained.json()["activities_not_read"] == 1, explained.text
     before_both = post({"leads": [tokyo], "as_of": created})
     assert before_both.status_code == 200 and before_both.json()[0]["activities_not_read"] == 2, before_both.text
-    # One sent twice (the same moment and type, spelt otherwise) counts once, as batch scoring counts it.
-    repeated = {**tokyo, "activities": [*tokyo["activities"], {"occurred_at": local, "activity_type": "Demo Request"}]}
+    # One sent twice (the same moment, type and value, the type spelt otherwise) counts once, as
+    # batch scoring counts it; with another value it is another activity.
+    twice = [{"occurred_at": local, "activity_type": "Demo Request"},
+             {"occurred_at": local, "activity_type": "demo_request", "value": 45}]  # fmt: skip
+    repeated = {**tokyo, "activities": [*tokyo["activities"], *twice]}
     again = post({"leads": [repeated], "as_of": created})
-    assert again.status_code == 200 and again.json()[0]["activities_not_read"] == 2, again.text
+    assert again.status_code == 200 and again.json()[0]["activities_not_read"] == 3, again.text
     # A byte order mark, as .NET writes UTF-8 by default, read as "Invalid JSON at column 1".
     marked = b"\xef\xbb\xbf" + json.dumps({"leads": [other], "as_of": "2025-06-01"}).encode()
     with_bom = httpx.post(f"{url}/score", content=marked, headers={**_auth(), "content-type": "application/json"})
