@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import fnmatch
 import glob
@@ -10,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -699,16 +699,17 @@ def whole_folder(path: Path) -> Iterator[Path]:
     _remove(partial)
     try:
         yield partial
-        # A folder cannot be renamed over another: the old one steps aside first. Two runs writing
-        # the same folder take turns, and no signal lands between the two renames (the folder gone).
-        with _held(path.with_name(f".{path.name}.lock")), _signals_held():
-            old = _beside(path, "old")
-            if path.exists():
-                os.replace(path, old)
+        # A folder cannot be renamed over another: the old one steps aside first, and comes back
+        # if anything (a signal, a full disk) stops the new one taking its place. Two runs writing
+        # the same folder take turns.
+        old = _beside(path, "old")
+        with _held(path.with_name(f".{path.name}.lock")):
             try:
+                if path.exists():
+                    os.replace(path, old)
                 os.replace(partial, path)
             except BaseException:
-                if old.exists():
+                if old.exists() and not path.exists():
                     os.replace(old, path)  # the last good folder back in its place
                 raise
         _remove(old)
@@ -719,24 +720,20 @@ def whole_folder(path: Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def _held(lock: Path) -> Iterator[None]:
-    """An exclusive lock on `lock` (a file beside the output, kept) for the block."""
+    """An exclusive lock on `lock` (a file beside the output, kept) for the block; none where the
+    file system has no locks (NFS without its lock daemon): the folder is still written whole."""
     with lock.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            yield
+            return
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """SIGTERM and SIGINT wait until the block is over (main thread or not)."""
-    held = {signal.SIGTERM, signal.SIGINT}
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _beside(path: Path, kind: str) -> Path:

@@ -533,6 +533,19 @@ def test_a_folder_of_parts_is_replaced_whole_or_not_at_all(tmp_path):
     assert pd.read_parquet(scores)["lead_id"].tolist() == ["D"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".scores.lock", "scores"]
 
+    # A signal between the two renames (`score` exits on SIGTERM) puts the old folder back too.
+    def stopped_between(source, target):
+        real_replace(source, target)
+        if str(target).endswith(".old"):
+            raise SystemExit(143)
+
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(os, "replace", stopped_between)
+        with pytest.raises(SystemExit), whole_folder(scores) as parts:
+            parts.mkdir()
+    assert pd.read_parquet(scores)["lead_id"].tolist() == ["D"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".scores.lock", "scores"]
+
 
 def test_what_a_killed_run_left_beside_its_output_is_removed_by_the_next(tmp_path):
     """A run killed outright (SIGKILL) leaves its half file beside the output, which nothing

@@ -352,6 +352,7 @@ def test_bad_paths_and_flags_are_clear_errors(tmp_path, store):
     from training.recalibrate import exclusive
 
     models = tmp_path / "models"
+    models.mkdir()  # a lock's folder outside this process's models folder is not made
     with exclusive(models / "recalibrate.lock", job="recalibration"):
         held = leadscore("train", "--data", str(tmp_path / "nope.csv"), store=store, LEADSCORE_MODELS_DIR=str(models))
     assert held.returncode == 2 and "no such file or folder" in held.stderr, held.stderr
