@@ -275,6 +275,7 @@ class CrmData:
     day_first: bool | None = None  # the order of its numeric dates (None: none were decisive)
     lead_columns: tuple[str, ...] = ()  # the feature inputs leads.csv gives a value in (`lead_columns_with_values`)
     number_formats: dict[str, NumberFormat] | None = None  # how its numeric lead columns write numbers
+    sep: str | None = None  # leads.csv's field separator (`number_format_note` compares a scored file's)
 
 
 DATE_COLUMNS = ("created_at", "occurred_at", "closed_at")
@@ -606,34 +607,39 @@ def refuse_short_rows(frame: pd.DataFrame, path: Path, sep: str) -> None:
     header = len(names)
     while header and (names[header - 1].startswith("Unnamed: ") or not names[header - 1].strip()):
         header -= 1
-    last: list[str] = []
-
-    def fields(record: list[str]) -> int:
-        nonlocal last
-        last = record
-        return len(record)
-
     with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
         # A line of spaces alone is no row either (pandas skips it): one blank field.
         records = csv.reader(handle, delimiter=sep)
-        counts = np.fromiter((0 if len(r) == 1 and not r[0].strip() else fields(r) for r in records), dtype=np.int64)
-    counts = counts[counts > 0][1:]  # blank lines are no rows, as pandas skips them; then the header
+        lines = np.fromiter((0 if len(r) == 1 and not r[0].strip() else len(r) for r in records), dtype=np.int64)
+    at = np.flatnonzero(lines > 0)[1:]  # blank lines are no rows, as pandas skips them; then the header
+    counts = lines[at]
     short = np.flatnonzero(counts < header)
     if not len(short):
         return
-    if short[-1] == len(counts) - 1:
-        refuse_cut_short(path, len(counts))  # the last row short, without its line break: said so
     shown = ", ".join(f"row {row + 1:,} ({counts[row]} of them)" for row in short[:3])
     more = f", and {len(short) - 3:,} more rows" if len(short) > 3 else ""
-    ending = last[0].strip()[:60] if last else ""
-    if len(short) <= FOOTER_ROWS and short[0] == len(counts) - len(short) and counts[short].max() <= 2:
+    last_rows = short[0] == len(counts) - len(short) and len(short) <= FOOTER_ROWS
+    if last_rows and counts[short].max() <= 2 and lines[at[short[0]] - 1] == 0:  # after a blank line
         # A report export's footer ("Confidential Information - Do Not Distribute", a copyright).
+        ending = _last_line(path).strip().strip('"')[:60]
         raise DataError(f"{path}: its last {len(short)} row(s) hold 1 or 2 fields ({shown}; the last {ending!r}): a "
                         "report's footer? Export the data alone, or remove those lines")  # fmt: skip
+    if short[-1] == len(counts) - 1:
+        refuse_cut_short(path, len(counts))  # the last row short, without its line break: said so
     raise DataError(
         f"{path}: fewer fields than the header's {header} in {shown}{more}: a row cut short, or a line break "
         "inside a value that is not quoted? Fix those rows (a field meant blank still needs its separator)"
     )
+
+
+def _last_line(path: Path) -> str:
+    """The file's last line that is not blank (read from its end)."""
+    with open(path, "rb") as handle:
+        handle.seek(0, 2)  # from its end
+        handle.seek(max(0, handle.tell() - 4096))
+        tail = handle.read().decode("utf-8", errors="replace")
+    lines = [line for line in tail.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 FOOTER_ROWS = 5
@@ -1354,4 +1360,5 @@ def load_crm(
         day_first=day_first,
         lead_columns=lead_columns,
         number_formats=formats,
+        sep=raw_leads.attrs.get("sep"),
     )

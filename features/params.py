@@ -303,8 +303,8 @@ class ServiceParams(_Frozen):
         the 403 then said to list a name that was listed."""
         odd = [host for host in hosts if not HOST.fullmatch(host)]
         if odd:
-            raise ValueError(f"{', '.join(map(repr, odd))}: a host name only (proxy.example.com), no scheme, port, "
-                             "path or wildcard")  # fmt: skip
+            raise ValueError(f"{', '.join(map(repr, odd))}: a host name (proxy.example.com, a port allowed), no "
+                             "scheme, path or wildcard")  # fmt: skip
         return hosts
 
     @field_validator("cors_origins")
@@ -340,8 +340,9 @@ class RecalibrationParams(_Frozen):
 
 class MlflowParams(_Frozen):
     experiment: str = Field(min_length=1)
-    # As MLflow's registry takes a name: not blank, no "/" or ":" (refused at the end of a training).
-    model_name: str = Field(pattern=r"^[^/:]*[^/:\s][^/:]*$")
+    # As MLflow's registry takes a name (not blank, no "/" or ":", not dots alone: refused at the
+    # end of a training) and its searches quote one (no quote marks).
+    model_name: str = Field(pattern=r"^[^/:'\"]*[^/:'\"\s.][^/:'\"]*$")
     shap_sample: int = Field(ge=10)
 
 

@@ -437,21 +437,30 @@ def _clean_flat_file(leads: pd.DataFrame, model: LoadedModel) -> tuple[pd.DataFr
     return cleaned, notes  # the columns it lacks are `absent_columns_note`'s
 
 
-def number_format_note(model: LoadedModel, leads: pd.DataFrame | Mapping[str, pd.Series]) -> str | None:
+def number_format_note(
+    model: LoadedModel, leads: pd.DataFrame | Mapping[str, pd.Series], sep: str | None = None
+) -> str | None:
     """A warning when a file's numbers show another decimal mark than the model's training
     export (`format_conflict`): it is read as the training export was, as every file and request
     is, so its numbers are misread (`leadscore score` keeps such a scoring from the pages).
-    `leads`: the file's rows, or its numeric columns' distinct values (a file read on Dask)."""
+    `leads`: the file's rows, or its numeric columns' distinct values (a file read on Dask);
+    `sep`: its field separator (else the one `read_table` noted), which tells its decimal mark where
+    no number does, when it is not the training export's (a model that does not know its export's
+    separator is not told: it read such a file alike)."""
     settings = model.scorer.spec.settings
     if model.kind == "flat":
         schema = settings["flat"]
         numeric = [c for c, kind in schema["columns"].items() if kind == "numeric" and c in leads]
         tokens, stored, counts = schema["missing_tokens"], schema.get("number_formats"), ()
+        trained_sep = schema.get("sep")
     else:
         numeric = [c for c in LEAD_NUMERIC if c in leads]
         tokens, stored, counts = settings.get("missing_tokens", ("",)), settings.get("number_formats"), LEAD_COUNTS
+        trained_sep = settings.get("sep")
     columns = {c: blank_to_missing(leads[c], tokens) for c in numeric}
-    return format_conflict(stored_formats(stored), columns, counts, getattr(leads, "attrs", {}).get("sep"))
+    sep = sep or getattr(leads, "attrs", {}).get("sep")
+    told = sep if trained_sep is not None and sep != trained_sep else None
+    return format_conflict(stored_formats(stored), columns, counts, told)
 
 
 def _flat_rows(model: LoadedModel, chunk: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
@@ -470,7 +479,11 @@ def _flat_rows(model: LoadedModel, chunk: pd.DataFrame) -> tuple[np.ndarray, pd.
     reason[identical] = DUPLICATE_ROW  # a row exported twice: one lead, scored once
     # What a report export or two files run together write among the leads: scored, they got pages.
     reason[_repeats_the_header(chunk)] = "the header again (two exports run together?), not a lead"
-    reason[ids.str.match(TOTALS_ID)] = "a totals row of a report export, not a lead"
+    # By its id, or by the file's first cell where rows are numbered (no id column).
+    own = [c for c in chunk.columns if c not in ("_row", "lead_id")]
+    first = chunk[own[0]] if schema.get("id") is None and own else ids
+    totals = ids.str.fullmatch(TOTALS_ID) | first.astype(str).str.strip().str.fullmatch(TOTALS_ID)
+    reason[totals] = "a totals row of a report export, not a lead"
     reason[ids.eq("")] = "lead_id blank"
     bad = reason.ne("")
     issue = pd.DataFrame(
@@ -485,12 +498,12 @@ def _flat_rows(model: LoadedModel, chunk: pd.DataFrame) -> tuple[np.ndarray, pd.
 
 
 # "Grand Totals (2000 records)", "Total", "Totals:": the last rows of a CRM's report export.
-TOTALS_ID = re.compile(r"(?:grand\s+)?(?:sub)?totals?\s*(?:\(|:|$)", re.IGNORECASE)
+TOTALS_ID = re.compile(r"(?:grand\s+|sub)?totals?\s*(?:\(\s*\d[\d,.]*\s+records?\s*\)|:)?", re.IGNORECASE)
 
 
 def _repeats_the_header(chunk: pd.DataFrame) -> pd.Series:
-    """Rows whose cells are mostly their columns' names (two or more, and at least half of those
-    not blank): a header within the data."""
+    """Rows whose cells are mostly their columns' names (two or more, and four in five of the
+    file's columns): a header within the data."""
     columns = [c for c in chunk.columns if c != "_row"]
     found = pd.Series(False, index=chunk.index)
     first = [c for c in columns if c != "lead_id"][:2]  # the file's own columns (lead_id may be made)
@@ -504,9 +517,10 @@ def _repeats_the_header(chunk: pd.DataFrame) -> pd.Series:
     maybe = chunk[named(first[0], chunk) | named(first[1], chunk)]
     if maybe.empty:
         return found
+    # Most of the file's columns hold their own names: a sparse lead whose two checkbox columns
+    # hold their labels ("Webinar", "Newsletter") is a lead.
     names = sum(named(c, maybe).astype(int) for c in columns)
-    filled = sum((maybe[c].notna() & maybe[c].astype(str).str.strip().ne("")).astype(int) for c in columns)
-    found[maybe.index] = (names >= 2) & (2 * names >= filled)
+    found[maybe.index] = names >= max(2, 0.8 * len([c for c in columns if c != "lead_id"]))
     return found
 
 

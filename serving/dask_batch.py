@@ -401,6 +401,16 @@ def date_order_on_dask(
         return run_date_order(model, lambda: date_votes_on_dask(*frames.values()))
 
 
+def file_separator(leads_path: Path) -> str | None:
+    """The field separator of a CSV leads file (a glob's first file, as `read_frame` reads it);
+    None for parquet, which writes no text."""
+    text = str(leads_path)
+    if text.endswith((".parquet", ".pq")) or Path(text).is_dir():
+        return None
+    files = sorted(glob.glob(text))
+    return header_separator(Path(files[0])) if files else None
+
+
 def numeric_values_on_dask(leads_path: Path, *, blocksize: str = "64MB") -> dict[str, pd.Series]:
     """The distinct values of each numeric lead column of a leads file (one pass over it): what
     `serving.batch.number_format_note` reads to tell which decimal mark the file writes."""

@@ -12,7 +12,6 @@ import gc
 import hashlib
 import logging
 import os
-import re
 import tempfile
 import threading
 import time
@@ -296,14 +295,11 @@ def _not_read(leads: list[Lead], moment: pd.Timestamp) -> list[int]:
         when = activity["occurred_at"]
         if when.tzinfo is not None:
             when = when.astimezone(dt.UTC).replace(tzinfo=None)
-        kind = _NOT_A_LETTER.sub("", str(activity.get("activity_type") or "").casefold())
+        kind = snake_name(str(activity.get("activity_type") or ""))
         value = activity.get("value")
         return (when, kind, None if value is None else float(value)) if when >= naive else None
 
     return [len({seen for activity in lead.activities if (seen := later(activity)) is not None}) for lead in leads]
-
-
-_NOT_A_LETTER = re.compile(r"[^0-9a-z]")
 
 
 def _as_of(leads: list[Lead], as_of: dt.datetime | None) -> pd.Series:

@@ -628,6 +628,15 @@ def test_the_header_again_and_a_report_exports_totals_row_are_no_leads(tmp_path)
     assert leads["lead_id"].iloc[positions].tolist() == ["p1", "p2", "Total Wine"]  # a company's name is one
     assert issue["reason"].tolist() == ["the header again (two exports run together?), not a lead",
                                         "a totals row of a report export, not a lead"]  # fmt: skip
+    # Rows numbered (no id column): the totals row is told by its first cell; an account named
+    # "TOTAL (UK) Ltd" and a sparse lead whose checkbox columns hold their labels are leads.
+    path.write_text('name,visits,source\nAnn,1,web\nTOTAL (UK) Ltd,2,\nsource,visits,\n"Grand Totals (2 records)",3,\n')
+    schema = {**schema, "id": None}
+    leads, _, _ = read_leads(path, None, flat_schema=schema)
+    model.scorer.spec.settings["flat"] = schema
+    positions, issue = _flat_rows(model, leads.assign(_row=range(len(leads))))
+    assert positions.tolist() == [0, 1, 2]
+    assert issue["reason"].tolist() == ["a totals row of a report export, not a lead"]
 
 
 def _write_folder_times(folder: str, times: int) -> int:
@@ -648,3 +657,20 @@ def test_two_runs_writing_one_folder_take_turns(tmp_path):
     assert done == [40, 40]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".scores.lock", "scores"]
     assert [p.name for p in (tmp_path / "scores").iterdir()] == ["part.0.txt"]
+
+
+def test_the_separator_tells_the_decimal_mark_only_when_it_is_not_the_training_exports():
+    """A model trained before separators told the mark, on a ';' export of whole numbers, stored
+    decimal points: its own export scored again was warned about and kept from the pages."""
+    from serving.batch import number_format_note
+
+    def model(sep: str) -> SimpleNamespace:
+        schema = {"sep": sep, "columns": {"Seconds": "numeric"}, "missing_tokens": [""],
+                  "number_formats": {"Seconds": {"dots_group": False, "comma_decimal": False}}}  # fmt: skip
+        return SimpleNamespace(kind="flat", scorer=SimpleNamespace(spec=SimpleNamespace(settings={"flat": schema})))
+
+    rows = pd.DataFrame({"Seconds": ["1.532", "674", "12.345"]})
+    assert number_format_note(model(";"), rows, ";") is None  # its own export, read as it was
+    said = number_format_note(model(","), rows, ";")  # a European copy of a US export
+    assert said and "'1.532' read as 1.532, not 1532" in said
+    assert number_format_note(model(","), rows, ",") is None

@@ -1219,6 +1219,7 @@ def _score_on_dask(
     from serving.batch import absent_columns_note, closed_lead_ids, number_format_note, outcomes_file, stale_note
     from serving.dask_batch import (
         date_order_on_dask,
+        file_separator,
         leads_header,
         newest_activity,
         numeric_values_on_dask,
@@ -1257,7 +1258,8 @@ def _score_on_dask(
         console.print(f"Dask: {workers} worker(s); dashboard {client.dashboard_link}")
         _warn_if_future(moment)
         absent = absent_columns_note(model, leads_header(source))
-        misread = number_format_note(model, numeric_values_on_dask(source))  # as --engine local warns
+        # As --engine local warns, the file's separator told.
+        misread = number_format_note(model, numeric_values_on_dask(source), file_separator(source))
         for note in (absent, misread):
             if note:
                 console.print(f"[yellow]{escape(note)}[/yellow]")

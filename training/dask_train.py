@@ -326,6 +326,7 @@ def prepare_crm_on_dask(
             "day_first": day_first,
             "lead_columns": list(lead_columns),
             "number_formats": {name: f.as_json() for name, f in formats.items()},
+            "sep": raw_leads.attrs.get("sep"),
         },
         features_for=features_for,
         quarantine=quarantine,

@@ -401,6 +401,7 @@ def prepare_crm(
         # Scoring reads numbers as the training export wrote them: a batch with no "2,5" in it
         # cannot tell that its "250.000" is a quarter of a million.
         "number_formats": {name: f.as_json() for name, f in (crm.number_formats or {}).items()},
+        "sep": crm.sep,  # a scored file of another separator may write another decimal mark
     }
 
     def features_for(feature_settings: dict[str, Any], technologies: list[str], chosen: np.ndarray):
