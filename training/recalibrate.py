@@ -97,7 +97,7 @@ def exclusive(lock_file: Path, job: str = "recalibration") -> Iterator[None]:
     rollback or a training run, which move the same aliases) stops at once and is told which
     job holds it."""
     folder = lock_file.parent
-    if not folder.is_dir() and not folder.resolve().is_relative_to(MODELS_DIR.resolve()):
+    if not folder.exists() and not folder.resolve().is_relative_to(MODELS_DIR.resolve()):
         # Made only under the models folder: a typo in a shared path would split the lock in two.
         raise LockUnavailable(
             errno.ENOENT,
