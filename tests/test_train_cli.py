@@ -917,6 +917,7 @@ def test_a_failure_after_the_promotion_says_the_new_version_is_champion(small_cr
 
     assert cli._file_error_behind(requests.ConnectionError("Max retries exceeded")) is None
     assert cli._file_error_behind(stopped.value).errno == errno.ENOSPC
+    assert cli._networked(requests.ConnectionError()) and not cli._networked(OSError(errno.ENOTDIR, "a file"))
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped exception, as meant

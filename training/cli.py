@@ -585,6 +585,8 @@ def train(
         if os.environ.get("LEADSCORE_DEBUG"):
             raise
         said = server_lost(exc) or _cluster_failure(exc)
+        if not said and isinstance(exc, OSError) and not _networked(exc):  # a folder that cannot be written
+            said = _os_error_text(exc)
         if not said and (disk := _file_error_behind(exc)):  # a full disk, behind MLflow's failure to end the run
             said = _os_error_text(disk)
         _fail(
@@ -1408,12 +1410,15 @@ def _file_error_behind(exc: BaseException) -> OSError | None:
     one (requests' and the built-in connection errors are OSErrors too)."""
 
     def of_a_file(current: BaseException) -> bool:
-        networked = isinstance(current, (ConnectionError, TimeoutError)) or type(current).__module__.startswith(
-            ("requests", "urllib3")
-        )
-        return isinstance(current, OSError) and not networked and bool(current.filename or current.errno in FILE_ERRNOS)
+        return (isinstance(current, OSError) and not _networked(current)
+                and bool(current.filename or current.errno in FILE_ERRNOS))  # fmt: skip
 
     return _first_behind(exc, of_a_file)  # type: ignore[return-value]
+
+
+def _networked(exc: BaseException) -> bool:
+    """A network error (requests' and urllib3's, and the built-in connection errors, are OSErrors too)."""
+    return isinstance(exc, (ConnectionError, TimeoutError)) or type(exc).__module__.startswith(("requests", "urllib3"))
 
 
 FILE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOENT})
