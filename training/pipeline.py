@@ -747,20 +747,20 @@ def train_and_register(
     use_experiment(params, reporter)
     commit, dirty = git_commit()
     moved: list[str] = []  # what a promotion did, once @champion moved
+    # The hash is of the export's files; an --as-of cut of them is told by the source and the end read.
+    tags = {"data.source": dataset.source, "data.hash": dataset.data_hash, "data.kind": dataset.kind, JOB_TAG: job}
+    if dataset.export_end is not None:
+        tags["data.export_end"] = dataset.export_end.isoformat()
     # Outermost, so a promotion's hold (`sigterm_held`) lasts until the run has ended, and a failure
     # after it, ending the run included, says the promotion stands.
     with (
         _promotion_stands(moved),
         contextlib.ExitStack() as promoting,
-        mlflow.start_run(run_name=f"{job}-{dataset.kind}") as run,
+        # Tagged as it is made: a process killed before a later set_tags left a run no later run
+        # could tell was abandoned (no process tag), RUNNING for ever.
+        mlflow.start_run(run_name=f"{job}-{dataset.kind}", tags={**run_tags(commit, dirty), **tags}) as run,
         heartbeat(run.info.run_id),
     ):
-        # The hash is of the export's files; an --as-of cut of them is told by the source and the end read.
-        tags = {"data.source": dataset.source, "data.hash": dataset.data_hash, "data.kind": dataset.kind,
-                JOB_TAG: job}  # fmt: skip
-        if dataset.export_end is not None:
-            tags["data.export_end"] = dataset.export_end.isoformat()
-        mlflow.set_tags({**run_tags(commit, dirty), **tags})
         mlflow.log_params({f"tuning.{k}": v for k, v in params.tuning.model_dump().items() if k != "search_space"})
         # The settings that decide what is trained and promoted, searchable; all of them as a file.
         for section in ("gates", "split", "features", "calibration", "leakage"):

@@ -183,8 +183,8 @@ def register_with_rules(
     commit, dirty = git_commit()
     applied_at = pd.Timestamp.now(tz="UTC").isoformat()
     client = MlflowClient()
-    with mlflow.start_run(run_name=f"rules-v{model.version}") as run:
-        mlflow.set_tags({**run_tags(commit, dirty), RULES_FROM_TAG: model.version, "data.kind": model.kind})
+    tags = {**run_tags(commit, dirty), RULES_FROM_TAG: model.version, "data.kind": model.kind}
+    with mlflow.start_run(run_name=f"rules-v{model.version}", tags=tags) as run:
         mlflow.log_dict(
             {"from_version": model.version, "changes": [dataclasses.asdict(c) for c in changes],
              "criteria": criteria, "grade_bands": bands},
