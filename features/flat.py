@@ -80,21 +80,32 @@ class FlatProfile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     label: str
-    positive: str | None = None
-    # The label value that means lost: rows of any other value (open deals) have no outcome yet.
-    negative: str | None = None
+    # The label value(s) that mean converted; a CRM may write two ("Won", "Closed Won").
+    positive: list[str] | None = None
+    # The value(s) that mean lost: rows of any other value (open deals) have no outcome yet.
+    negative: list[str] | None = None
     id: str | None = None
     drop: list[str] = []
     sep: str = Field(",", min_length=1, max_length=1, description="one character, e.g. ';', or tab")
     time: str | None = None
     types: dict[str, ColumnType] = {}
 
-    @field_validator("label", "positive", "negative", "id", "time", mode="before")
+    @field_validator("label", "id", "time", mode="before")
     @classmethod
     def _scalar_as_text(cls, value: Any) -> Any:
         # YAML reads `positive: 1` or `positive: TRUE` as a number or a boolean; a column name
         # or a label value is the text it was written as, as on the command line.
         return _as_text(value)
+
+    @field_validator("positive", "negative", mode="before")
+    @classmethod
+    def _values_as_text(cls, value: Any) -> Any:
+        # One value (`positive: Won`) or several (`positive: [Won, Closed Won]`), each as written.
+        if isinstance(value, list | tuple):
+            if not value:
+                raise ValueError("expected at least one value, e.g. [Won, Closed Won]")
+            return [_as_text(v) for v in value]
+        return None if value is None else [_as_text(value)]
 
     @field_validator("drop", mode="before")
     @classmethod
@@ -117,8 +128,10 @@ class FlatProfile(BaseModel):
         if self.negative is not None:
             if self.positive is None:
                 raise ValueError("negative: the lost value is given, so the converted one must be too (positive)")
-            if _label_spelling(self.negative) == _label_spelling(self.positive):  # "1" and "1.0" too
-                raise ValueError(f"negative: {self.negative!r} is the positive value too")
+            won = {_label_spelling(v) for v in self.positive}
+            both = [v for v in self.negative if _label_spelling(v) in won]  # "1" and "1.0" too
+            if both:
+                raise ValueError(f"negative: {both[0]!r} is a positive value too")
         others = {"id": [self.id], "drop": self.drop, "time": [self.time], "types": list(self.types)}
         for role, columns in others.items():
             if self.label in columns:
@@ -245,7 +258,12 @@ def _label_spelling(value: object) -> object:
     return str(int(whole.group(1))) if whole else value.casefold()
 
 
-def _label(values: pd.Series, column: str, positive: str | None, negative: str | None = None) -> pd.Series:
+def label_values(values: list[str] | None) -> str:
+    """Label values as a sentence names them: 'Won' or 'Won', 'Closed Won'."""
+    return ", ".join(map(repr, values or []))
+
+
+def _label(values: pd.Series, column: str, positive: list[str] | None, negative: list[str] | None = None) -> pd.Series:
     """1 for converted, 0 for lost, missing for a blank label or (with `negative`) any other
     value: no outcome yet."""
     # "Yes" and "yes" are one class, as a category's spellings are one level, and "1" and "1.0"
@@ -253,23 +271,32 @@ def _label(values: pd.Series, column: str, positive: str | None, negative: str |
     values = values.map(_label_spelling)
     present = values.dropna()
     classes = sorted(present.unique().tolist(), key=str)
-    if positive is not None:
-        given = {"positive": positive, **({"negative": negative} if negative is not None else {})}
-        matched = {}
-        for role, value in given.items():
-            match = [c for c in classes if c == _label_spelling(str(value))]
-            if not match:
-                raise DataError(f"label column {column!r}: {role} value {value!r} not found; values are {classes[:10]}")
-            matched[role] = match[0]
-        if negative is not None:
-            converted = (values == matched["positive"]).astype("float64")
-            return converted.where(values.isin([matched["positive"], matched["negative"]]))
-        if len(classes) != 2:
+    if positive:
+
+        def classes_of(role: str, given: list[str]) -> list[Any]:
+            found = []
+            for value in given:
+                match = [c for c in classes if c == _label_spelling(str(value))]
+                if not match:
+                    raise DataError(
+                        f"label column {column!r}: {role} value {value!r} not found; values are {classes[:10]}"
+                    )
+                found.append(match[0])
+            return found
+
+        won = classes_of("positive", positive)
+        converted = values.isin(won).astype("float64")
+        if negative:
+            return converted.where(values.isin([*won, *classes_of("negative", negative)]))
+        others = [c for c in classes if c not in won]
+        if len(others) != 1:
             raise DataError(
-                f"label column {column!r} has {len(classes)} classes {classes[:10]}; a binary label is needed, or "
-                "--negative naming the lost value (rows of other values, such as open deals, are then set aside)"
+                f"label column {column!r} has {len(classes)} classes {classes[:10]}, {len(others)} of them not "
+                f"{label_values(positive)}; a binary label is needed, or --negative naming the lost value (rows of "
+                "other values, such as open deals, are then set aside); each of several values that mean converted "
+                "(or lost) is given with its own --positive (--negative)"
             )
-        return (values == matched["positive"]).astype("float64").where(values.notna())
+        return converted.where(values.notna())
     if len(classes) != 2:
         blanks = int(values.isna().sum())
         blank_note = (f" ({blanks:,} rows have a blank label, read as no outcome yet: if a blank means lost, "
@@ -581,7 +608,7 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
         lambda rows: (
             f"label {profile.label!r} is "
             + label_text[rows.index].map(repr)
-            + f", neither {profile.positive!r} nor {profile.negative!r}: no outcome yet"
+            + f", neither {label_values(profile.positive)} nor {label_values(profile.negative)}: no outcome yet"
         ),
     )
     keep = label.notna()

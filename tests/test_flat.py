@@ -107,10 +107,30 @@ def test_a_stage_column_with_open_deals_trains_on_the_closed_ones(tmp_path, para
     with pytest.raises(DataError, match="negative value 'Closed Lost' not found"):
         load_flat(path, FlatProfile(label="stage", positive="Won", negative="Closed Lost"), params.flat)
     for settings, problem in [({"negative": "Lost"}, "the converted one must be too"),
-                              ({"positive": "won", "negative": "Won"}, "is the positive value too"),
-                              ({"positive": "1", "negative": "1.0"}, "is the positive value too")]:  # fmt: skip
+                              ({"positive": "won", "negative": "Won"}, "'Won' is a positive value too"),
+                              ({"positive": ["Won", "1"], "negative": "1.0"}, "'1.0' is a positive value too"),
+                              ({"positive": []}, r"positive\n.*expected at least one value")]:  # fmt: skip
         with pytest.raises(ValueError, match=problem):
             FlatProfile(label="stage", **settings)
+
+
+def test_a_crm_writing_two_spellings_of_won_trains_on_both(tmp_path, params):
+    """A stage column holding "Won" and "Closed Won" (an export merged from two pipelines): each
+    spelling is given, and a lead of either is converted; one alone leaves the other unsaid."""
+    path = tmp_path / "deals.csv"
+    path.write_text("id,a,stage\n1,x,Won\n2,y,Closed Won\n3,x,Lost\n4,y,Open\n5,x,closed lost\n")
+    with pytest.raises(DataError, match=r"has 5 classes .*, 4 of them not 'Won'; .* its own --positive"):
+        load_flat(path, FlatProfile(label="stage", id="id", positive="Won"), params.flat)
+    both = FlatProfile(label="stage", id="id", positive=["Won", "closed won"], negative=["Lost", "Closed Lost"])
+    data = load_flat(path, both, params.flat)
+    assert data.ids.tolist() == ["1", "2", "3", "5"] and data.label.tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert data.quarantine.frame()["reason"].tolist() == [
+        "label 'stage' is 'Open', neither 'Won', 'closed won' nor 'Lost', 'Closed Lost': no outcome yet"
+    ]
+    without_lost = tmp_path / "closed.csv"
+    without_lost.write_text("id,a,stage\n1,x,Won\n2,y,Closed Won\n3,x,Lost\n")
+    data = load_flat(without_lost, FlatProfile(label="stage", positive=["Won", "Closed Won"]), params.flat)
+    assert data.label.tolist() == [1.0, 1.0, 0.0]
 
 
 def test_a_row_exported_twice_is_one_lead_whatever_the_spaces_around_its_id(tmp_path, params):
@@ -207,7 +227,7 @@ def test_profile_file_with_flags_overriding_it(tmp_path):
     path = tmp_path / "profile.yaml"
     path.write_text("label: Converted\npositive: 'Yes'\ndrop: [Tags]\nsep: ';'\ntypes: {Zip: categorical}\n")
     profile, replaced = load_profile(path, positive="Y", drop=None, sep=",")
-    assert profile.label == "Converted" and profile.positive == "Y" and profile.drop == ["Tags"]
+    assert profile.label == "Converted" and profile.positive == ["Y"] and profile.drop == ["Tags"]
     assert profile.sep == "," and profile.types == {"Zip": "categorical"} and replaced == ["positive", "sep"]
     path.write_text("label: x\nunknown_key: 1\n")
     with pytest.raises(DataError, match="unknown_key: unknown key \\(the keys are label, positive, negative, id"):
@@ -215,11 +235,14 @@ def test_profile_file_with_flags_overriding_it(tmp_path):
     # YAML reads these as numbers and booleans; they mean the text they were written as.
     path.write_text("label: Revenue\npositive: TRUE\nid: 660737\ndrop: [2019]\ntypes: {2020: numeric}\n")
     profile, _ = load_profile(path)
-    assert (profile.positive, profile.id, profile.drop) == ("true", "660737", ["2019"])
+    assert (profile.positive, profile.id, profile.drop) == (["true"], "660737", ["2019"])
     assert profile.types == {"2020": "numeric"}
     path.write_text("label: Converted\npositive: Yes\ndrop: [No, On]\n")  # YAML 1.1 would read booleans
     profile, _ = load_profile(path)
-    assert (profile.positive, profile.drop) == ("Yes", ["No", "On"])
+    assert (profile.positive, profile.drop) == (["Yes"], ["No", "On"])
+    path.write_text("label: stage\npositive: [Won, Closed Won]\nnegative: 0\n")  # a list, or one value as text
+    profile, _ = load_profile(path)
+    assert (profile.positive, profile.negative) == (["Won", "Closed Won"], ["0"])
     path.write_text("label: x\ndrop: [Tags\n")
     with pytest.raises(DataError, match=r"profile\.yaml:3:1: not valid YAML \(expected .* starts on line 2\)"):
         load_profile(path)

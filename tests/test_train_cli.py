@@ -370,6 +370,10 @@ def test_bad_paths_and_flags_are_clear_errors(tmp_path, store):
     assert folder.returncode == 2 and "--label, --negative: for a flat CSV file" in folder.stderr
     lost_only = leadscore("train", "--data", str(flat), "--label", "b", "--negative", "2", store=store)
     assert lost_only.returncode == 2 and "negative: the lost value is given, so the converted" in lost_only.stderr
+    # --positive (and --negative) given again names another spelling; every one reaches the profile.
+    twice = leadscore("train", "--data", str(flat), "--label", "b", "--positive", "1", "--positive", "2",
+                      "--negative", "2", store=store)  # fmt: skip
+    assert twice.returncode == 2 and "negative: '2' is a positive value too" in twice.stderr, twice.stderr
     # --as-of cuts a CRM export; elsewhere, or past today, or not a date, it is refused before any work.
     flat_as_of = leadscore("train", "--data", str(flat), "--label", "b", "--as-of", "2026-01-01", store=store)
     assert flat_as_of.returncode == 2 and "--as-of: for a CRM export folder" in flat_as_of.stderr

@@ -249,8 +249,8 @@ def _column_list(text: str) -> list[str]:
 def _profile(
     data: Path,
     label: str | None,
-    positive: str | None,
-    negative: str | None,
+    positive: list[str] | None,
+    negative: list[str] | None,
     id_column: str | None,
     drop: str | None,
     sep: str | None,
@@ -395,15 +395,19 @@ def train(
     ] = None,
     label: Annotated[str | None, typer.Option("--label", help="Flat CSV: the outcome column")] = None,
     positive: Annotated[
-        str | None,
-        typer.Option("--positive", help="Flat CSV: the label value that means converted"),
+        list[str] | None,
+        typer.Option(
+            "--positive",
+            help="Flat CSV: the label value that means converted; give it again for each other spelling "
+            "(--positive Won --positive 'Closed Won')",
+        ),
     ] = None,
     negative: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             "--negative",
-            help="Flat CSV: the label value that means lost, with --positive; rows of other values (open deals) "
-            "have no outcome yet and are set aside",
+            help="Flat CSV: the label value that means lost (again for each other spelling), with --positive; "
+            "rows of other values (open deals) have no outcome yet and are set aside",
         ),
     ] = None,
     id_column: Annotated[str | None, typer.Option("--id", help="Flat CSV: the lead id column")] = None,
@@ -501,6 +505,7 @@ def train(
         _fail("--engine dask trains on a CRM export folder (leads, activities, outcomes); flat CSVs train locally")
     if metrics_out is not None:
         _check_output_file(metrics_out, what="the metrics")
+    positive, negative = positive or None, negative or None  # Typer gives [] for a list flag not given
     flat_only = {"--label": label, "--positive": positive, "--negative": negative, "--id": id_column, "--drop": drop}
     flat_only.update({"--sep": sep, "--time": time_column, "--profile": profile})
     flat_only["--replace-leaky-champion"] = True if replace_leaky_champion else None
