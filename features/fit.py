@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -46,12 +46,36 @@ def _business_email(email: Any) -> float:
 
 def _technologies(cell: Any) -> list[str]:
     """The technologies of one "A; B|C" style cell (missing -> empty list)."""
-    return [] if cell is None or pd.isna(cell) else [t for t in _TECH_SPLIT.split(str(cell)) if t]
+    return [] if cell is None or pd.isna(cell) else [t for t in _TECH_SPLIT.split(str(cell).strip()) if t]
 
 
 def split_tech_stack(values: pd.Series) -> pd.Series:
     """Lists of technologies from "A; B|C" style cells (missing -> empty list)."""
     return values.map(_technologies)
+
+
+def tech_feature(tech: str) -> str:
+    """The flag column of a (case-folded) technology: uses_<technology>."""
+    return TECH_PREFIX + re.sub(r"\W+", "_", tech).strip("_")
+
+
+def learn_tech_spellings(leads: pd.DataFrame, vocabulary: Sequence[str]) -> dict[str, str]:
+    """Each technology of `vocabulary` as the export writes it most often ("HubSpot", "AWS"):
+    the features are case-folded, a rep's reasons are not ("Uses Aws" read as a slip)."""
+    if not vocabulary or "tech_stack" not in leads:
+        return {}
+    written = split_tech_stack(leads["tech_stack"]).explode().dropna().str.strip()
+    counts = written[written.str.casefold().isin(set(vocabulary))].value_counts()
+    spellings: dict[str, str] = {}
+    for spelling, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0])):  # ties: alphabetical
+        spellings.setdefault(spelling.casefold(), spelling)
+    return spellings
+
+
+def tech_names(settings: Mapping[str, Any]) -> dict[str, str]:
+    """Each technology flag's name as the training export spelt it, by feature (none for a model
+    trained before the spellings were kept: its names are title-cased)."""
+    return {tech_feature(tech): spelling for tech, spelling in (settings.get("tech_spellings") or {}).items()}
 
 
 def learn_tech_vocabulary(leads: pd.DataFrame, top_k: int) -> list[str]:
@@ -182,8 +206,7 @@ def fit_features(
         unknown = leads["tech_stack"].isna().to_numpy()
         out["n_technologies"] = pd.Series(np.where(unknown, np.nan, [float(len(s)) for s in stacks]))
         for tech in tech_vocabulary:
-            name = TECH_PREFIX + re.sub(r"\W+", "_", tech).strip("_")
-            out[name] = pd.Series(np.where(unknown, np.nan, [float(tech in s) for s in stacks]))
+            out[tech_feature(tech)] = pd.Series(np.where(unknown, np.nan, [float(tech in s) for s in stacks]))
     out["bant_confirmed"] = (
         sum((leads[c] == "confirmed").astype(float) for c in BANT_FIELDS if c in leads)
         if any(c in leads for c in BANT_FIELDS)

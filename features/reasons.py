@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from functools import lru_cache
 
 ACTIVITY_WORDS: dict[str, tuple[str, str]] = {
@@ -76,12 +77,13 @@ def _words(kind: str, count: float) -> str:
     return one if count == 1 else many
 
 
-def plain_name(feature: str) -> str:
-    """A short readable name of a feature, for tables and charts."""
+def plain_name(feature: str, names: Mapping[str, str] | None = None) -> str:
+    """A short readable name of a feature, for tables and charts; a technology as the model's
+    export spelt it (`names`, by feature: `LoadedModel.tech_names`)."""
     if feature in FIELD_NAMES:
         return FIELD_NAMES[feature]
     if feature.startswith("uses_"):
-        return "Uses " + feature.removeprefix("uses_").replace("_", " ").title()
+        return "Uses " + _technology(feature, names)
     if match := _COUNT.match(feature):
         kind, window = match["kind"], match["window"]
         what = _words(kind, 2) if kind != "activities" else "activities"
@@ -91,24 +93,29 @@ def plain_name(feature: str) -> str:
     return feature.replace("_", " ")
 
 
-def value_name(feature: str, value: object) -> str:
+def value_name(feature: str, value: object, names: Mapping[str, str] | None = None) -> str:
     """A feature's name beside its effect on one lead (a waterfall step), said with the lead's
     value where the name alone claims one: "Uses Salesforce: -0.7" of a lead without it."""
     if _shape(feature)[0] != "uses":
         return plain_name(feature)
-    return describe(feature, None if _missing(value) else value)
+    return describe(feature, None if _missing(value) else value, names)
+
+
+def _technology(feature: str, names: Mapping[str, str] | None) -> str:
+    """A technology flag's technology: as spelt in the export, else title-cased from its name."""
+    return (names or {}).get(feature) or feature.removeprefix("uses_").replace("_", " ").title()
 
 
 @lru_cache(maxsize=4096)
 def _shape(feature: str) -> tuple[str, str, str]:
     """What kind of feature this is (parsed once per name): ("count", kind, window),
-    ("since", kind, ""), ("uses", tech, "") or ("field", feature, "")."""
+    ("since", kind, ""), ("uses", "", "") or ("field", feature, "")."""
     if match := _COUNT.match(feature):
         return "count", match["kind"], match["window"]
     if match := _SINCE.match(feature):
         return "since", match["kind"], ""
     if feature.startswith("uses_"):
-        return "uses", feature.removeprefix("uses_").replace("_", " ").title(), ""
+        return "uses", "", ""
     return "field", feature, ""
 
 
@@ -118,12 +125,13 @@ def reads_as_yes_no(feature: str) -> bool:
     return feature not in FIELD_NAMES and _shape(feature)[0] == "field"
 
 
-def describe(feature: str, value: object) -> str:
+def describe(feature: str, value: object, names: Mapping[str, str] | None = None) -> str:
     """What a feature says about a lead, in a sentence fragment.
 
     Args:
         feature: the model's feature name.
         value: the lead's value of it (number, text or missing).
+        names: technologies as the model's export spelt them, by feature (`plain_name`).
     """
     shape, kind, window = _shape(feature)
     if shape == "count":
@@ -142,7 +150,7 @@ def describe(feature: str, value: object) -> str:
             return f"Last activity {ago(float(value))}"
         return f"{INTENT_VERBS.get(kind, 'Last ' + _words(kind, 1))} {ago(float(value))}"
     if shape == "uses":
-        tech = kind
+        tech = _technology(feature, names)
         if _missing(value):
             return f"Tech stack unknown ({tech})"
         return f"Uses {tech}" if value == 1 else f"Does not use {tech}"
@@ -202,7 +210,9 @@ def _is_question(name: str) -> bool:
     return len(words) > 1 and (name.rstrip().endswith("?") or words[0].casefold() in QUESTION_WORDS)
 
 
-def sentence(feature: str, value: object, points: float, average: float | None = None) -> str | None:
+def sentence(
+    feature: str, value: object, points: float, average: float | None = None, names: Mapping[str, str] | None = None
+) -> str | None:
     """The rep-facing line: what the feature says, and its effect in score points.
 
     An amount of activity (`amount_of_activity`) that lowers the score is one below the average
@@ -216,7 +226,7 @@ def sentence(feature: str, value: object, points: float, average: float | None =
         # Below as shown, too: "3.5, below the average of 3.5" read as a slip.
         below = float(f"{float(value):.1f}") < float(f"{average:.1f}")
         return f"{describe(feature, value)}, below the average of {average:.1f}: {shown}" if below else None
-    return f"{(points < 0 and _gone_quiet(feature, value)) or describe(feature, value)}: {shown}"
+    return f"{(points < 0 and _gone_quiet(feature, value)) or describe(feature, value, names)}: {shown}"
 
 
 def amount_of_activity(feature: str) -> bool:

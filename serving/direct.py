@@ -14,7 +14,6 @@ the general path, which gives the error.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from bisect import bisect_left
 from collections import Counter
 from typing import Any
@@ -25,7 +24,7 @@ import pandas as pd
 from features.build import build_crm_features
 from features.clean import FALSE_TOKENS, TRUE_TOKENS, email_domain, snake_name, tidy_text
 from features.engagement import INTENT_TYPES, MAX_DECAY_EXPONENT
-from features.fit import _TECH_SPLIT, FREE_MAIL_DOMAINS, ICP_LISTS, icp_key, icp_wanted
+from features.fit import _TECH_SPLIT, FREE_MAIL_DOMAINS, ICP_LISTS, icp_key, icp_wanted, tech_feature
 from features.ingest import BANT_SYNONYMS
 from features.schema import ACTIVITY_TYPES, BANT_FIELDS, BANT_VALUES, LEAD_CATEGORICAL, OTHER_ACTIVITY
 from serving.schemas import Lead
@@ -104,9 +103,7 @@ class DirectScorer:
         if not self.enabled:  # a flat model's leads take the general path; it has no CRM settings
             return
         self.tokens = frozenset(t.casefold() for t in settings.get("missing_tokens", ("",)))
-        self.vocabulary = [
-            ("uses_" + re.sub(r"\W+", "_", tech).strip("_"), tech) for tech in settings.get("tech_vocabulary", [])
-        ]
+        self.vocabulary = [(tech_feature(tech), tech) for tech in settings.get("tech_vocabulary", [])]
         self.features = model.feature_params
         icp = self.features.icp
         self.icp = [(column, icp_wanted(getattr(icp, listed), icp)) for column, listed in ICP_LISTS]
@@ -220,7 +217,7 @@ class DirectScorer:
             for name, _ in self.vocabulary:
                 out[name] = float("nan")
         else:
-            items = {t.casefold() for t in _TECH_SPLIT.split(stack) if t}
+            items = {t.casefold() for t in _TECH_SPLIT.split(stack.strip()) if t}
             out["n_technologies"] = float(len(items))
             for name, tech in self.vocabulary:
                 out[name] = float(tech in items)

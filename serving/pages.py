@@ -10,7 +10,7 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -192,12 +192,13 @@ def lead_view(
     order = np.argsort(-np.abs(points))
     columns = model.scorer.spec.columns
     values = features.reindex(columns=columns).iloc[0].tolist()
-    steps = [(value_name(columns[j], values[j]), float(points[j])) for j in order[:WATERFALL_STEPS]]
+    names = model.tech_names
+    steps = [(value_name(columns[j], values[j], names), float(points[j])) for j in order[:WATERFALL_STEPS]]
     rest = float(points[order[WATERFALL_STEPS:]].sum())
     if len(order) > WATERFALL_STEPS:
         steps.append(("Other factors", rest))
     # What "other factors" sums, biggest first (it was at times the longest bar, and unexplained).
-    others = [f"{value_name(columns[j], values[j])}: {points[j]:+.1f}"
+    others = [f"{value_name(columns[j], values[j], names)}: {points[j]:+.1f}"
               for j in order[WATERFALL_STEPS:] if abs(points[j]) >= 0.05]  # fmt: skip
     if len(others) > OTHER_FACTORS_LISTED:
         others = [*others[:OTHER_FACTORS_LISTED], "and smaller ones"]
@@ -649,10 +650,10 @@ def shap_summary(model: LoadedModel, snapshot: Snapshot | None) -> tuple[str, li
         colours.append(np.full(len(column), np.nan) if is_category else (column - low) / ((high - low) or 1))
         effect = (
             _category_effect(_level_words(name, features[name]), points[:, j]) if is_category and name in features
-            else _numeric_effect(column, points[:, j], name)
+            else _numeric_effect(column, points[:, j], name, model.tech_names)
         )  # fmt: skip
-        words.append(f"{plain_name(name)}: {effect}")
-    names = [plain_name(model.scorer.spec.columns[j]) for j in top]
+        words.append(f"{plain_name(name, model.tech_names)}: {effect}")
+    names = [plain_name(model.scorer.spec.columns[j], model.tech_names) for j in top]
     return beeswarm(names, [points[:, j] for j in top], colours), words, len(features)
 
 
@@ -666,10 +667,11 @@ DIRECTION_MIN_CORRELATION = 0.3
 MIN_LEADS_PER_LEVEL = 5
 
 
-def _numeric_effect(values: np.ndarray, effects: np.ndarray, name: str) -> str:
+def _numeric_effect(values: np.ndarray, effects: np.ndarray, name: str, names: Mapping[str, str]) -> str:
     known = np.isfinite(values)
     if set(np.unique(values[known])) == {0.0, 1.0}:  # a yes/no factor: its two values in words
-        return _category_effect(pd.Series([describe(name, v) if np.isfinite(v) else None for v in values]), effects)
+        said = [describe(name, v, names) if np.isfinite(v) else None for v in values]
+        return _category_effect(pd.Series(said), effects)
     if known.sum() < 2 * MIN_LEADS_PER_LEVEL or np.ptp(values[known]) == 0:
         return "too few different values among these leads to tell a direction"
     rho = pd.Series(values[known]).corr(pd.Series(effects[known]), method="spearman")
@@ -748,7 +750,7 @@ def model_view(model: LoadedModel, snapshot: Snapshot | None = None) -> dict:
         "metrics": [{"label": label, "value": fmt.format(metrics[k])} for k, label, fmt in shown if k in metrics],
         "importance_chart": (
             horizontal_bars(
-                [plain_name(k) for k, _ in importance],
+                [plain_name(k, model.tech_names) for k, _ in importance],
                 [v for _, v in importance],
                 "mean absolute effect (score points)" if in_points else "mean absolute effect (log-odds)",
             )

@@ -25,6 +25,7 @@ from features.build import build_crm_features
 from features.bundle import LeadScorer, grade_of, score_from_probability
 from features.clean import blank_to_missing, numbers_as_text, stored_formats
 from features.criteria import qualify_columns, reachable_stages
+from features.fit import tech_names
 from features.flat import clean_flat_columns, model_column_name
 from features.ingest import DUPLICATE_ACTIVITY, CountedNote, Quarantine, clean_activities, clean_leads
 from features.params import CriteriaParams, FeatureParams
@@ -99,6 +100,11 @@ class LoadedModel:
         header = set(self.scorer.spec.settings.get("flat", {}).get("header") or features)
         inputs |= {n for n in ("email", "sales_accepted", "do_not_contact") if n in header}
         return reachable_stages(self.kind, self.criteria, inputs)
+
+    @cached_property
+    def tech_names(self) -> dict[str, str]:
+        """Technologies as the training export spelt them, by feature (`features.fit.tech_names`)."""
+        return tech_names(self.scorer.spec.settings)
 
     @cached_property
     def feature_params(self) -> FeatureParams:
@@ -378,7 +384,8 @@ def _score_block(
         yes_no = frozenset(model_column_name(c) for c, kind in flat_columns.items() if kind == "boolean")
         arrays = _Columns(values, columns, n, scorer.spec.categories)
         averages = scorer.metadata.get("activity_averages") or {}
-        out["reasons"] = _reasons(points, arrays, columns, frozenset(filter(reads_as_yes_no, yes_no)), averages)
+        yes_no = frozenset(filter(reads_as_yes_no, yes_no))
+        out["reasons"] = _reasons(points, arrays, columns, yes_no, averages, model.tech_names)
     out["model_version"] = [model.version] * n
     return out
 
@@ -489,10 +496,12 @@ def _reasons(
     columns: list[str],
     yes_no: frozenset[str] = frozenset(),
     averages: Mapping[str, float] | None = None,
+    names: Mapping[str, str] | None = None,
 ) -> list[list[dict[str, Any]]]:
     """Top positive and negative factors of each lead, strongest first; the text of a flat
     export's yes/no column (`yes_no`) says Yes or No ("Do Not Email is 1" read as a count); an
-    amount of activity is weighed against its training average (`averages`, `sentence`)."""
+    amount of activity is weighed against its training average (`averages`, `sentence`); a
+    technology is spelt as in the export (`names`)."""
     n, width = points.shape
     k = min(REASONS_EACH_WAY, width)
     if n == 0 or k == 0:
@@ -509,7 +518,7 @@ def _reasons(
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return _reason_lists(n, arrays, columns, top, bottom, points, yes_no, averages or {})
+        return _reason_lists(n, arrays, columns, top, bottom, points, yes_no, averages or {}, names or {})
     finally:
         if collecting:
             gc.enable()
@@ -524,6 +533,7 @@ def _reason_lists(
     points: np.ndarray,
     yes_no: frozenset[str],
     averages: Mapping[str, float],
+    names: Mapping[str, str],
 ) -> list[list[dict[str, Any]]]:
     top_points = np.take_along_axis(points, top, axis=1).tolist()
     bottom_points = np.take_along_axis(points, bottom, axis=1).tolist()
@@ -543,7 +553,7 @@ def _reason_lists(
                 shown, rounded = _plain(lead[feature]), round(value, 2)
                 said = ("Yes" if shown == 1 else "No") if feature in yes_no and shown is not None else shown
                 # The text from the points as sent: from the unrounded effect, 0.25 read "+0.3" beside 0.25.
-                text = sentence(feature, said, rounded, averages.get(feature))
+                text = sentence(feature, said, rounded, averages.get(feature), names)
                 if text is not None:
                     reasons.append({"feature": feature, "value": shown, "points": rounded, "text": text})
         out.append(reasons)

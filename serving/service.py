@@ -509,7 +509,7 @@ class LeadScoring:
             items.append(
                 Contribution(
                     feature=feature,
-                    label=value_name(feature, value),
+                    label=value_name(feature, value, model.tech_names),
                     value=value if not isinstance(value, (np.floating, np.integer)) else float(value),
                     log_odds=float(contributions[0, j]),
                     points=round(float(contributions[0, j] * slope), 3),

@@ -219,3 +219,23 @@ def test_fit_rules_read_missing_values_as_unknown_whatever_the_column_dtype(para
         assert fit["business_email"][3] == 1.0
         assert fit["uses_slack"].tolist()[::2] == [1.0, 1.0] and np.isnan(fit["uses_slack"][1])
         assert fit["n_technologies"][3] == 2.0
+
+
+def test_a_technology_keeps_the_spelling_its_export_writes_most():
+    """Features are case-folded ("uses_aws"); the reasons a rep reads said "Uses Aws" and
+    "Hubspot" of an export that writes AWS and HubSpot."""
+    from features.fit import learn_tech_spellings, learn_tech_vocabulary, tech_names
+    from features.reasons import describe, plain_name, sentence
+
+    leads = pd.DataFrame({"tech_stack": ["HubSpot; AWS", "Hubspot| aws", " AWS ,HubSpot", None, "Google Cloud;Zoho"]})
+    vocabulary = learn_tech_vocabulary(leads, top_k=3)
+    assert vocabulary == ["aws", "google cloud", "hubspot"]
+    spellings = learn_tech_spellings(leads, vocabulary)
+    assert spellings == {"aws": "AWS", "hubspot": "HubSpot", "google cloud": "Google Cloud"}
+    names = tech_names({"tech_spellings": spellings})
+    assert names == {"uses_aws": "AWS", "uses_hubspot": "HubSpot", "uses_google_cloud": "Google Cloud"}
+    assert describe("uses_aws", 0.0, names) == "Does not use AWS"
+    assert plain_name("uses_hubspot", names) == "Uses HubSpot"
+    assert sentence("uses_aws", 1.0, 2.0, names=names) == "Uses AWS: +2"
+    # A model trained before the spellings were kept: title-cased, as before.
+    assert tech_names({}) == {} and describe("uses_aws", 1.0) == "Uses Aws"

@@ -1190,3 +1190,13 @@ def test_a_waterfall_step_of_a_technology_says_whether_the_lead_uses_it(champion
         labels += [row["label"] for row in view["waterfall_rows"]] + view["other_factors"]
     technologies = [label for label in labels if "use" in label.casefold()]
     assert technologies and all(label.startswith("Does not use") for label in technologies), technologies
+    # Spelt as the training export writes them (AWS, HubSpot), on the pages and in the reasons.
+    from features.synthetic import TECHNOLOGIES
+
+    spelt = set(champion.tech_names.values())
+    flags = [c for c in champion.scorer.spec.columns if c.startswith("uses_")]
+    assert flags and set(champion.tech_names) == set(flags) and spelt <= set(TECHNOLOGIES), champion.tech_names
+    named = [label.removeprefix("Does not use ").partition(":")[0] for label in technologies]
+    assert set(named) <= spelt, named
+    reasons = [r["text"] for rs in latest.scores["reasons"] for r in rs if r["feature"].startswith("uses_")]
+    assert reasons and all(any(name in text for name in spelt) for text in reasons), reasons[:5]

@@ -25,7 +25,7 @@ import pandas as pd
 
 from features.build import build_crm_features, crm_feature_groups
 from features.clean import blank_to_missing, order_from_votes, parse_timestamps, snake_case
-from features.fit import learn_tech_vocabulary, unmatched_icp_entries
+from features.fit import learn_tech_spellings, learn_tech_vocabulary, unmatched_icp_entries
 from features.ingest import (
     DataError,
     Quarantine,
@@ -321,6 +321,7 @@ def prepare_crm_on_dask(
         groups=crm_feature_groups(list(feature_frame.columns)),
         settings={
             "tech_vocabulary": vocabulary,
+            "tech_spellings": learn_tech_spellings(train_leads, vocabulary),
             "features": run_features,
             "missing_tokens": list(params.flat.missing_tokens),
             "day_first": day_first,

@@ -24,7 +24,7 @@ from sklearn.metrics import roc_auc_score
 
 from features.build import build_crm_features, crm_feature_groups, idle_engagement
 from features.bundle import score_from_probability, write_bundle_files
-from features.fit import learn_tech_vocabulary, unmatched_icp_entries
+from features.fit import learn_tech_spellings, learn_tech_vocabulary, unmatched_icp_entries
 from features.flat import FlatProfile, flat_feature_groups, load_flat, model_column_name
 from features.ingest import DataError, Quarantine, as_of_view, load_crm
 from features.leakage import audit_leakage
@@ -391,6 +391,7 @@ def prepare_crm(
         truth = keyed["probability"]
     settings = {
         "tech_vocabulary": vocabulary,
+        "tech_spellings": learn_tech_spellings(train_leads, vocabulary),
         "features": params.features.model_dump(mode="json"),
         "missing_tokens": list(params.flat.missing_tokens),
         # Scoring reads numeric dates in the training export's order: a batch of the 1st to
