@@ -91,7 +91,7 @@ def test_retrain_notebook_registers_a_challenger_and_promotes_it(small_crm_dir, 
     uri = f"sqlite:///{store}"
     kernel_env.setenv("MLFLOW_TRACKING_URI", uri)
     before = MlflowClient(uri).get_model_version_by_alias(MODEL, "champion").version
-    parameters = {"data_dir": str(small_crm_dir), "model_name": MODEL, "trials": 3, "timeout_seconds": 60,
+    parameters = {"data_dir": str(small_crm_dir), "model_name": MODEL, "trials": 3, "timeout_seconds": 900,
                   "promote_challenger": True}  # fmt: skip
     book = run_notebook("02-retrain-and-compare.ipynb", parameters, tmp_path)
     assert not _noise(book), _noise(book)
@@ -147,7 +147,7 @@ def test_flat_csv_notebook_flags_a_leaking_column_trains_and_explains(tmp_path, 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     kernel_env.setenv("MLFLOW_TRACKING_URI", store)
     kernel_env.setenv("LEADSCORE_MODELS_DIR", str(tmp_path / "models"))
-    parameters = {"data_file": str(data), "id_column": "Prospect ID", "drop": [], "trials": 3, "timeout_seconds": 60}
+    parameters = {"data_file": str(data), "id_column": "Prospect ID", "drop": [], "trials": 3, "timeout_seconds": 900}
     book = run_notebook("04-flat-csv.ipynb", parameters, tmp_path)
     assert not _noise(book), _noise(book)
     text = "".join(str(o) for c in book.cells for o in c.get("outputs", []))

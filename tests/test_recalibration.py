@@ -28,7 +28,7 @@ FAST = {
     "tuning.max_boost_rounds": 200,
     "mlflow.shap_sample": 100,
     "recalibration.trials": 3,
-    "recalibration.timeout_seconds": 60,
+    "recalibration.timeout_seconds": 900,  # the trials bound it (a loaded machine must not cut them)
     "gates.min_auc_gain_vs_baseline": -1.0,
     "gates.max_test_ece": 0.2,
     "gates.max_auc_drop_vs_champion": 0.05,

@@ -294,6 +294,24 @@ def test_a_recalibration_that_stops_early_still_ends_the_runs_a_killed_process_l
     assert client.get_run(killed).info.status == "KILLED"
 
 
+def test_a_process_is_told_by_its_start_time_within_a_tolerance_not_its_text():
+    """The start time psutil gives moves with the wall clock by milliseconds: compared as text,
+    ".125" could read ".12" when tagged and ".13" when checked, and a live run be ended."""
+    import os
+    import socket
+
+    import psutil
+
+    from training.abandoned import START_TOLERANCE_SECONDS, _alive, this_process
+
+    host, pid, started = socket.gethostname(), os.getpid(), psutil.Process().create_time()
+    assert _alive(this_process()) is True
+    assert _alive(f"{host} {pid} {started + 0.005:.2f}") is True  # a few milliseconds off
+    assert _alive(f"{host} {pid} {started + 2 * START_TOLERANCE_SECONDS:.2f}") is False  # a later process, same pid
+    assert _alive(f"{host} 99999999 {started:.2f}") is False  # no such process
+    assert _alive(f"other-{host} {pid} {started:.2f}") is None and _alive(f"{host} {pid} soon") is None
+
+
 def test_a_recalibration_that_promoted_then_failed_records_the_promotion(tmp_path):
     """Its summary.json said "decision": "failed" (exit 2): a scheduler keyed on the decision missed
     that @champion had moved."""

@@ -649,8 +649,10 @@ def test_service_follows_the_champion_and_rollback(champion_store, params_file, 
         assert live() == before
         promote(CHAMPION_NAME, second)
         _wait_for(lambda: live() == second)
-        # The operator on call reads in the service's log when a promotion went live.
-        assert f"now serving {CHAMPION_NAME} version {second} (was {before})" in log.read_text()
+        # The operator on call reads in the service's log when a promotion went live (logged just
+        # after the swap a request may see first).
+        _wait_for(lambda: f"now serving {CHAMPION_NAME} version {second} (was {before})" in log.read_text(),
+                  what="the service did not log the promotion")  # fmt: skip
 
         cli = str(Path(sys.executable).parent / "leadscore")
         done = subprocess.run([cli, "rollback", "--model-name", CHAMPION_NAME], capture_output=True, text=True)

@@ -96,8 +96,8 @@ def test_today_is_todays_date_in_utc_whatever_the_machines_time_zone(monkeypatch
     from features.clean import utc_now
     from features.synthetic import STEP_DAYS
 
-    tomorrow = utc_now().normalize() + pd.Timedelta(days=1)
     for zone in ("Etc/GMT+12", "Etc/GMT-14"):  # UTC-12 and UTC+14: one of them is on another date at any hour
+        tomorrow = utc_now().normalize() + pd.Timedelta(days=1)  # read per zone: a run may pass midnight
         monkeypatch.setenv("TZ", zone)
         time.tzset()
         try:

@@ -28,6 +28,12 @@ HEARTBEAT_SECONDS = 60.0
 STALE_AFTER = pd.Timedelta(minutes=30)
 
 
+# psutil's start time is the boot time, read off the wall clock, plus the process's age: it moves
+# with the clock by a few milliseconds (more when the clock is stepped), where a later process given
+# the same pid starts seconds or days later.
+START_TOLERANCE_SECONDS = 2.0
+
+
 def _process_of(pid: int) -> str:
     # The start time tells a process from a later one given the same pid.
     return f"{socket.gethostname()} {pid} {psutil.Process(pid).create_time():.2f}"
@@ -42,11 +48,17 @@ def _alive(recorded: str) -> bool | None:
     """Whether the process a run recorded still runs; None when it ran on another machine
     (or was recorded in an unknown form): only that machine can tell."""
     host, _, rest = recorded.partition(" ")
-    pid, _, _started = rest.partition(" ")
+    pid, _, started = rest.partition(" ")
     if host != socket.gethostname() or not pid.isdigit():
         return None
     try:
-        return _process_of(int(pid)) == recorded
+        started_at = float(started)
+    except ValueError:
+        return None
+    try:
+        # Compared as a number, not as the tag's text: a start time a millisecond off can read
+        # ".12" when tagged and ".13" when checked, and a live training's run would be ended.
+        return abs(psutil.Process(int(pid)).create_time() - started_at) < START_TOLERANCE_SECONDS
     except (psutil.NoSuchProcess, psutil.ZombieProcess):  # gone, or dead and not yet reaped
         return False
     except psutil.AccessDenied:  # another user's process: it runs, whatever it is
