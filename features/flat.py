@@ -219,6 +219,33 @@ class FlatData:
     data_hash: str
     source: str
     id_leaks: dict[str, str] = field(default_factory=dict)  # identifier column -> how it leaks
+    # The numeric columns' values as written (kept rows): another model reads them its own way.
+    numbers_written: pd.DataFrame | None = None
+
+
+def read_as_model(
+    features: pd.DataFrame, written: pd.DataFrame, ours: dict[str, Any], theirs: dict[str, Any]
+) -> pd.DataFrame | None:
+    """These feature rows as a model of another flat schema (`theirs`, a champion's) reads them:
+    each numeric column both read, parsed with that model's number format where this run's
+    (`ours`) differs (a champion that reads "1.532" as 1.532, where this run reads 1532, is scored
+    so in service); None when the two read every number alike. `written`: the numeric columns'
+    values as written, row for row with `features`."""
+    our_formats = stored_formats(ours.get("number_formats")) or {}
+    their_formats = stored_formats(theirs.get("number_formats"))  # None: a model from before they were kept
+    read: dict[str, pd.Series] = {}
+    for column, kind in theirs.get("columns", {}).items():
+        if kind != "numeric" or ours["columns"].get(column) != "numeric" or column not in written:
+            continue
+        their_format = None if their_formats is None else their_formats.get(column, NumberFormat())
+        if their_format == our_formats.get(column, NumberFormat()):
+            continue
+        values = blank_to_missing(written[column], theirs.get("missing_tokens", ours["missing_tokens"]))
+        theirs_read = parse_number(values, their_format)[0].to_numpy(dtype=float)
+        name = model_column_name(column)
+        if not np.array_equal(theirs_read, features[name].to_numpy(dtype=float), equal_nan=True):
+            read[name] = theirs_read
+    return features.assign(**read) if read else None
 
 
 def identifier_leak(values: pd.Series, label: pd.Series, threshold: float) -> str | None:
@@ -786,6 +813,7 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
         data_hash=hash_files([path]),
         source=str(path),
         id_leaks=id_leaks,
+        numbers_written=kept[[c for c, kind in columns.items() if kind == "numeric"]].reset_index(drop=True),
     )
 
 

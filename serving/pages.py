@@ -214,6 +214,10 @@ def lead_view(
         "waterfall_rows": waterfall_rows(base_score, steps, float(100 * scored["probability"])),
         "other_factors": others,
         "base_score": base_score,
+        # Activity factors that share credit, and reasons that leave out one above the training
+        # average (models that keep the averages): what the caption may say of this model.
+        "activity_factors": model.kind == "crm",
+        "weighs_activity": bool(model.scorer.metadata.get("activity_averages")),
         # A CRM model's label is "converted within the horizon"; a flat export's is its label column.
         "horizon_days": model.feature_params.horizon_days if model.kind == "crm" else None,
         "left_out": [f"{row.table} row {row.row}: {row.reason}" for row in problems.itertuples()],

@@ -335,6 +335,34 @@ def test_the_separator_is_kept_with_the_schema(tmp_path, params):
     assert list(leads.columns[:3]) == ["id", "source", "visits"] and leads["lead_id"].iloc[5] == "5"
 
 
+def test_a_champion_is_compared_on_numbers_read_its_own_way(tmp_path, params):
+    """A champion reading "1.532" as 1.532 (trained before a ';' export read as decimal commas, or
+    on an export whose values said so) was gated on this run's 1532, not as it scores in service."""
+    from features.flat import read_as_model
+    from training.pipeline import prepare_flat
+
+    path = tmp_path / "semi.csv"
+    rows = [f"{i};{'A' if i % 3 else 'B'};{1 + i % 7}.{i:03d};{'yes' if i % 2 else 'no'}" for i in range(200)]
+    path.write_text("id;source;seconds;y\n" + "\n".join(rows) + "\n")
+    dataset = prepare_flat(path, FlatProfile(label="y", id="id", sep=";"), params)
+    ours = dataset.settings["flat"]
+    assert ours["number_formats"]["seconds"]["dots_group"]  # a ';' export: "3.003" is 3003
+    test = (dataset.split.assignment == "test").to_numpy()
+    assert dataset.features_for(ours, [], test) is None  # read alike: nothing to rebuild
+    theirs = {**ours, "number_formats": {"seconds": {"dots_group": False, "comma_decimal": False}}}
+    rebuilt = dataset.features_for(theirs, [], test)
+    written = pd.Series(rows)[test].str.split(";").str[2].astype(float).to_numpy()
+    assert rebuilt["seconds"].tolist() == pytest.approx(written.tolist())
+    assert rebuilt["source"].tolist() == dataset.features.loc[test, "source"].tolist()
+    before = {key: value for key, value in theirs.items() if key != "number_formats"}  # reads each batch's way
+    assert dataset.features_for(before, [], test)["seconds"].tolist() == pytest.approx(written.tolist())
+    with pytest.raises(ValueError, match="test rows only"):
+        dataset.features_for(theirs, [], ~test)
+    # A column the champion reads as text, or does not read, is left as this run reads it.
+    assert read_as_model(dataset.features, pd.DataFrame({"seconds": ["1.5"]}), ours,
+                         {**theirs, "columns": {"seconds": "categorical"}}) is None  # fmt: skip
+
+
 def test_a_time_column_splits_on_past_dates_only(tmp_path, params):
     path = tmp_path / "timed.csv"
     rows = [

@@ -1200,3 +1200,23 @@ def test_a_waterfall_step_of_a_technology_says_whether_the_lead_uses_it(champion
     assert set(named) <= spelt, named
     reasons = [r["text"] for rs in latest.scores["reasons"] for r in rs if r["feature"].startswith("uses_")]
     assert reasons and all(any(name in text for name in spelt) for text in reasons), reasons[:5]
+
+
+def test_the_waterfall_caption_says_only_what_holds_of_the_model(champion, scores_dir):
+    """It said the reasons leave out an activity factor above the training average of every model;
+    one trained before the averages were kept shows such a reason, and a flat model has no
+    activity factors."""
+    from serving.pages import render, scored_lead_view
+    from serving.snapshots import latest_two
+
+    latest, _ = latest_two(scores_dir, champion.name)
+    rows, acts = latest.lead(latest.scores["lead_id"].iloc[0])
+    view = scored_lead_view(champion, latest, rows, acts)
+    leaves_out, shares = "(the reasons above leave such a factor out)", "the activity factors share the credit"
+    assert view["activity_factors"] and view["weighs_activity"]
+    page = render("lead.html", static=True, title="x", lead=view)
+    assert shares in page and leaves_out in page
+    page = render("lead.html", static=True, title="x", lead={**view, "weighs_activity": False})  # a model from before
+    assert shares in page and leaves_out not in page
+    page = render("lead.html", static=True, title="x", lead={**view, "activity_factors": False})  # a flat model
+    assert shares not in page and leaves_out not in page and "a typical lead's value of it." in page

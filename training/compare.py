@@ -13,6 +13,7 @@ from sklearn.metrics import roc_curve
 
 from features.bundle import LeadScorer
 from training.evaluate import calibration_table, classification_metrics, conversion_by_grade, lift_by_decile
+from training.register import own_reading
 
 
 def test_period(dataset) -> tuple[pd.DataFrame, np.ndarray]:
@@ -35,9 +36,9 @@ def probabilities(scorers: Mapping[str, LeadScorer], dataset) -> tuple[dict[str,
     features = dataset.features[test].reset_index(drop=True)
     probs, rebuilt = {}, []
     for name, scorer in scorers.items():
-        settings = scorer.spec.settings.get("features")
+        settings = own_reading(scorer)
         own = None
-        if dataset.features_for is not None and settings is not None:
+        if dataset.features_for is not None and settings is not None and scorer.spec.kind == dataset.kind:
             own = dataset.features_for(settings, list(scorer.spec.settings.get("tech_vocabulary", [])), test)
         if own is not None:
             rebuilt.append(name)

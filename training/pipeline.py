@@ -25,7 +25,7 @@ from sklearn.metrics import roc_auc_score
 from features.build import build_crm_features, crm_feature_groups, idle_engagement
 from features.bundle import score_from_probability, write_bundle_files
 from features.fit import learn_tech_spellings, learn_tech_vocabulary, unmatched_icp_entries
-from features.flat import FlatProfile, flat_feature_groups, load_flat, model_column_name
+from features.flat import FlatProfile, flat_feature_groups, load_flat, model_column_name, read_as_model
 from features.ingest import DataError, Quarantine, as_of_view, load_crm
 from features.leakage import audit_leakage
 from features.params import PROJECT_ROOT, FeatureParams, Params, TuningParams
@@ -202,8 +202,9 @@ class Dataset:
     export_end: pd.Timestamp | None = None  # a CRM export's newest moment (or its --as-of view's)
     has_activities: bool = True  # False: a CRM export without one usable activity
     activities_cut: str | None = None  # why its activities look cut short (`activities_end_early`)
-    # CRM: the features of the chosen examples built with other feature settings and technologies
-    # (a champion's own), or None when they are this run's.
+    # The features of the chosen examples as another model reads them, or None when they are this
+    # run's: CRM, built with its feature settings and technologies (a champion's own); flat, its
+    # schema's number reading (`own_reading`), of the test rows only.
     features_for: Callable[[dict[str, Any], list[str], np.ndarray], pd.DataFrame | None] | None = None
     # CRM: features of the leads first seen after the newest labelled snapshot, and that snapshot.
     unlabelled_new_leads: Callable[[], tuple[pd.DataFrame, pd.Timestamp | None]] | None = None
@@ -471,6 +472,16 @@ def prepare_flat(path: Path, profile: FlatProfile, params: Params) -> Dataset:
                             flat.quarantine) from None  # fmt: skip
         split = split_stratified(flat.label, params.split)
     keys = pd.DataFrame({"lead_id": flat.ids})
+    test = (split.assignment == "test").to_numpy()
+    # Of the test rows only, where a champion is compared: the whole file's would be held all run.
+    test_written = None if flat.numbers_written is None else flat.numbers_written[test].reset_index(drop=True)
+    test_features, ours = flat.features[test].reset_index(drop=True), flat.schema
+
+    def features_for(schema: dict[str, Any], _technologies: list[str], chosen: np.ndarray) -> pd.DataFrame | None:
+        if not np.array_equal(chosen, test):
+            raise ValueError("a flat export's numbers as written are kept for its test rows only")
+        return None if test_written is None else read_as_model(test_features, test_written, ours, schema)
+
     return Dataset(
         kind="flat",
         features=flat.features,
@@ -484,6 +495,7 @@ def prepare_flat(path: Path, profile: FlatProfile, params: Params) -> Dataset:
         source=str(path),
         timings={"load_seconds": time.perf_counter() - started, "features_seconds": 0.0},
         id_leaks=flat.id_leaks,
+        features_for=features_for,
     )
 
 

@@ -156,6 +156,12 @@ def export_shortfall(
     return None
 
 
+def own_reading(scorer: Any) -> dict[str, Any] | None:
+    """What `Dataset.features_for` builds a model's own features from: a CRM model's feature
+    settings, a flat model's schema; None for a CRM model from before they were kept."""
+    return scorer.spec.settings.get("features" if scorer.spec.kind == "crm" else "flat")
+
+
 def champion_auc(
     model_name: str,
     kind: str,
@@ -255,8 +261,8 @@ def champion_auc(
             columns_missing=True,
         )
     note = ""
-    own_settings = scorer.spec.settings.get("features")
-    if kind == "crm" and features_for is not None and own_settings is not None:
+    own_settings = own_reading(scorer)
+    if scorer.spec.kind == kind and features_for is not None and own_settings is not None:
         try:
             own = features_for(own_settings, list(scorer.spec.settings.get("tech_vocabulary", [])))
         except NotImplementedError as exc:
@@ -268,7 +274,8 @@ def champion_auc(
                 uncompared=True,
             )
         if own is not None:
-            features_test, note = own, " (the champion scored with its own feature settings)"
+            own_way = "feature settings" if kind == "crm" else "reading of numbers"
+            features_test, note = own, f" (the champion scored with its own {own_way})"
     missing = [c for c in scorer.spec.columns if c not in features_test.columns]
     technologies = [c for c in missing if c.startswith(TECH_PREFIX)]
     if kind == "crm" and technologies and missing == technologies:
