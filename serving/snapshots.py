@@ -132,6 +132,17 @@ def latest_count(model_name: str, directory: Path | None = None) -> int | None:
         return None
 
 
+def latest_as_of(model_name: str, directory: Path | None = None) -> pd.Timestamp | None:
+    """The moment the model's latest kept scoring was scored as of (from its meta.json; UTC, without
+    a zone, as scoring's moments are), or None when it has none that says."""
+    found = list_snapshots(directory, model_name)
+    try:
+        moment = pd.Timestamp(json.loads((found[-1] / "meta.json").read_text())["as_of"]) if found else None
+    except (OSError, ValueError, KeyError, TypeError):  # removed meanwhile, or not readable
+        return None
+    return moment.tz_convert("UTC").tz_localize(None) if moment is not None and moment.tzinfo else moment
+
+
 def _model_of(path: Path) -> str | None:
     try:
         return json.loads((path / "meta.json").read_text()).get("model_name", "")

@@ -199,6 +199,12 @@ def test_train_registers_a_champion_then_gates_and_previous(small_crm_dir, param
     asked = leadscore("score", str(one), "-o", str(tmp_path / "one.csv"), "--model-name", "crm-model",
                       "--as-of", "2026-01-01", "--snapshot", store=store)  # fmt: skip
     assert asked.returncode == 0 and "Kept for the pages" in asked.stdout, asked.stdout + asked.stderr
+    # A look back at an earlier moment does not replace the latest scoring (as of 2026-01-01) unless asked.
+    back = leadscore("score", str(small_crm_dir), "-o", str(tmp_path / "back.csv"), "--model-name", "crm-model",
+                     "--as-of", "2025-12-01", store=store)  # fmt: skip
+    said = " ".join(back.stdout.split())
+    assert back.returncode == 0 and "Kept for the pages" not in said, said
+    assert "latest scoring, as of 2026-01-01 00:00 UTC, with one of an earlier moment (--snapshot keeps it)" in said
     # An alias that names no version: only the error, not a word on the pages first.
     no_alias = leadscore("score", str(small_crm_dir), "-o", str(scores), "--model-version", "challenger",
                          "--model-name", "crm-model", store=store)  # fmt: skip

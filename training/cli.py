@@ -985,7 +985,7 @@ def score(
         write_table,
     )
     from serving.scoring import AliasMissing, ModelNotReady, load_chosen
-    from serving.snapshots import latest_count, scores_dir, write_snapshot
+    from serving.snapshots import latest_as_of, latest_count, scores_dir, write_snapshot
 
     _quiet_libraries()
     params = _params()
@@ -1052,6 +1052,14 @@ def score(
             # mistyped year would replace the real one.
             console.print("[dim]not kept for the pages, where it would replace the latest scoring "
                           "(--snapshot keeps it)[/dim]")  # fmt: skip
+            snapshot = False
+        kept_as_of = latest_as_of(model.name) if snapshot and asked_for_snapshot is None else None
+        if kept_as_of is not None and moment < kept_as_of:
+            # A look back (--as-of a past day) would show reps last spring's leads as today's, and
+            # the digest would count the next scoring's changes against it.
+            console.print(f"[dim]not kept for the pages, where it would replace the latest scoring, as of "
+                          f"{kept_as_of:%Y-%m-%d %H:%M} UTC, with one of an earlier moment (--snapshot keeps it)"
+                          "[/dim]")  # fmt: skip
             snapshot = False
         if closed:
             ids = leads["lead_id"].dropna().astype(str).str.strip()
