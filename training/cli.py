@@ -938,8 +938,8 @@ def score(
             "kept unless scored with a --model-version other than the champion's or with --engine dask, given no "
             "activity of the leads (before --as-of), with an --as-of in the future, when the leads file lacks "
             "columns the model learned from or shows the other decimal mark (numbers may be misread), when no lead "
-            "was scored, with fewer than a tenth of the leads of the latest kept scoring, or the folder cannot be "
-            "written",
+            "was scored, with fewer than a tenth of the leads of the latest kept scoring or as of an earlier moment "
+            "than it, or the folder cannot be written",
             show_default=False,
         ),
     ] = None,
@@ -1192,7 +1192,9 @@ def demo(
     params = _params()
     export_end = pd.Timestamp(params.data.embedded_start) + pd.Timedelta(days=STEP_DAYS * params.data.embedded_months)
     console.print()
-    score(EMBEDDED_DIR, MODELS_DIR / "demo-scores.csv", as_of=export_end.isoformat(), top=top)
+    # Kept for the pages whatever was kept before (a scoring as of today would outrank the
+    # export's end): the demo shows the model it just trained.
+    score(EMBEDDED_DIR, MODELS_DIR / "demo-scores.csv", as_of=export_end.isoformat(), top=top, snapshot=True)
 
 
 def _refuse_or_skip_snapshot(model_version: str, asked: bool | None, *, say: bool = True) -> None:
