@@ -54,6 +54,9 @@ def figure(width: float, height: float) -> tuple[Figure, Axes]:
     return fig, fig.subplots()
 
 
+WIDE_CHART_PIXELS = 600  # as base.html's phone layout begins
+
+
 def _svg(fig: Figure, label: str) -> str:
     """The figure as an SVG element that scales with its container; `label`, its data in words,
     is what a screen reader says (else it reads out the tick labels)."""
@@ -72,9 +75,11 @@ def _svg(fig: Figure, label: str) -> str:
     # Width from the page, not fixed points: readable on a phone and on a laptop.
     # At most its own size (points to pixels): a chart alone in a wide box keeps its text size.
     points = float(re.search(r'viewBox="[\d.]+ [\d.]+ ([\d.]+)', text)[1])
+    pixels = points * 4 / 3
+    # Drawn wider than a phone: there it keeps a readable width and scrolls (base.html).
+    wide = ' class="chart-wide"' if pixels > WIDE_CHART_PIXELS else ""
     named = (
-        f'width="100%" style="max-width: {points * 4 / 3:.0f}px" role="img" '
-        f'aria-label="{html.escape(label, quote=True)}"'
+        f'width="100%"{wide} style="max-width: {pixels:.0f}px" role="img" aria-label="{html.escape(label, quote=True)}"'
     )
     return re.sub(r'<svg([^>]*?) width="[^"]+" height="[^"]+"', lambda m: f"<svg{m[1]} {named}", text, count=1)
 

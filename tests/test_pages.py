@@ -197,6 +197,33 @@ def _score_request(rows: pd.DataFrame, acts: pd.DataFrame) -> dict:
     return {"leads": [lead], "as_of": AS_OF.isoformat()}
 
 
+def test_a_rep_on_a_phone_reads_each_lead_without_swiping(page, server):
+    """At 375 px the leads table was 618 px wide (the stage, owner and reason a swipe away), the
+    grade check 17,000 px down behind a link shown only to a keyboard, and a 417 px chart blown
+    up to 540 px with 24 px text."""
+    _login(page, server)
+    page.set_viewport_size({"width": 375, "height": 812})
+    page.goto(f"{server}/ui/digest")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    edges = page.locator("#leads tbody td").evaluate_all(
+        "cells => cells.filter(c => c.offsetParent).map(c => c.getBoundingClientRect().right)"
+    )
+    assert edges and max(edges) <= 375, max(edges)
+    named = page.locator("#leads tbody tr").first.locator("td").evaluate_all(
+        "cells => cells.map(c => getComputedStyle(c, '::before').content)"
+    )
+    assert any("stage" in n for n in named) and any("grade" in n for n in named), named  # each value named
+    skip_width = "a => a.getBoundingClientRect().width"  # hidden, it is one pixel: "visible" to Playwright
+    assert page.locator("a.skip").evaluate(skip_width) > 100 and page.locator("#ranks-meaning").is_visible()
+    widths = page.locator("section > svg").evaluate_all(
+        "charts => charts.map(c => [c.classList.contains('chart-wide'), c.getBoundingClientRect().width])"
+    )
+    assert widths and all(wide or width <= 375 for wide, width in widths), widths
+    page.set_viewport_size({"width": 1200, "height": 900})
+    assert page.locator("#leads thead").evaluate("h => h.getBoundingClientRect().width") > 375
+    assert page.locator("a.skip").evaluate(skip_width) <= 1
+
+
 def test_lead_page_shows_what_score_returns(page, server, scores_dir):
     from serving.snapshots import latest_two
 
