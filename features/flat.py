@@ -290,9 +290,16 @@ def label_values(values: list[str] | None) -> str:
     return ", ".join(map(repr, values or []))
 
 
-def _label(values: pd.Series, column: str, positive: list[str] | None, negative: list[str] | None = None) -> pd.Series:
+def _label(
+    values: pd.Series,
+    column: str,
+    positive: list[str] | None,
+    negative: list[str] | None = None,
+    notes: list[str] | None = None,
+) -> pd.Series:
     """1 for converted, 0 for lost, missing for a blank label or (with `negative`) any other
-    value: no outcome yet."""
+    value: no outcome yet. A spelling given among others that this file lacks (a month in which
+    one pipeline closed nothing) is said in `notes`; one of each role must be found."""
     # "Yes" and "yes" are one class, as a category's spellings are one level, and "1" and "1.0"
     # (a column re-saved by a spreadsheet) are one too.
     values = values.map(_label_spelling)
@@ -301,14 +308,14 @@ def _label(values: pd.Series, column: str, positive: list[str] | None, negative:
     if positive:
 
         def classes_of(role: str, given: list[str]) -> list[Any]:
-            found = []
-            for value in given:
-                match = [c for c in classes if c == _label_spelling(str(value))]
-                if not match:
-                    raise DataError(
-                        f"label column {column!r}: {role} value {value!r} not found; values are {classes[:10]}"
-                    )
-                found.append(match[0])
+            found = [c for c in classes if c in {_label_spelling(str(value)) for value in given}]
+            absent = [value for value in given if _label_spelling(str(value)) not in classes]
+            if absent and not found:
+                raise DataError(
+                    f"label column {column!r}: {role} value {absent[0]!r} not found; values are {classes[:10]}"
+                )
+            if absent and notes is not None:
+                notes.append(f"label column {column!r}: {role} value(s) {label_values(absent)} not in this file")
             return found
 
         won = classes_of("positive", positive)
@@ -619,9 +626,12 @@ def load_flat(path: str | Path, profile: FlatProfile, params: FlatParams, *, lea
 
     label_text = blank_to_missing(raw[profile.label], params.missing_tokens)
     try:
-        label = _label(label_text, profile.label, profile.positive, profile.negative)
+        label_notes: list[str] = []
+        label = _label(label_text, profile.label, profile.positive, profile.negative, label_notes)
     except DataError as exc:
         raise DataError(f"{path.name}: {exc}") from exc
+    for note in label_notes:
+        quarantine.note(note)
     if "lead_id" in raw.columns and profile.id != "lead_id":
         named_by = f"the id column {profile.id!r}" if profile.id else "their row numbers (no --id)"
         quarantine.note(f"column lead_id not used: rows are named by {named_by}; give --id lead_id to name them by it")

@@ -388,7 +388,7 @@ def test_train_on_dask_tunes_on_a_sample_and_fits_everything(client, small_crm_d
     lenient = params_file(
         "lenient_dask.yaml",
         **{"gates.max_test_ece": 1.0, "gates.min_auc_gain_vs_baseline": -1.0, "tuning.early_stopping_rounds": 50,
-           "tuning.max_boost_rounds": 2000, "tuning.timeout_seconds": 100},
+           "tuning.max_boost_rounds": 2000, "tuning.timeout_seconds": 900},
     )  # fmt: skip
     command = [str(Path(sys.executable).parent / "leadscore"), "train", "--engine", "dask", "--params", str(lenient),
                "--scheduler", client.scheduler.address, "--data", str(small_crm_dir), "--trials", "3",

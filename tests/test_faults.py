@@ -469,7 +469,7 @@ def test_on_a_shared_server_a_run_whose_heartbeat_stopped_is_ended_from_any_mach
     import mlflow
     import pandas as pd
 
-    from training.abandoned import ENDED_TAG, HEARTBEAT_TAG, PROCESS_TAG, end_abandoned_runs, heartbeat
+    from training.abandoned import ENDED_TAG, HEARTBEAT_TAG, PROCESS_TAG, end_abandoned_runs, heartbeat, process_tags
 
     now = pd.Timestamp.now(tz="UTC")
     with _mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path) as (url, _):
@@ -493,6 +493,8 @@ def test_on_a_shared_server_a_run_whose_heartbeat_stopped_is_ended_from_any_mach
             assert "no heartbeat from pod-a1b2" in client.get_run(run_id).data.tags[ENDED_TAG]
         assert {client.get_run(r).info.status for r in (beating, silent)} == {"RUNNING"}
 
+        # A run is made with a first beat: one killed before the beats began is ended in time too.
+        assert pd.Timestamp(process_tags()[HEARTBEAT_TAG]) >= now
         # A live run beats while it runs.
         live = client.create_run(experiment).info.run_id
         with heartbeat(live, every=0.2):
@@ -510,4 +512,4 @@ def test_on_a_shared_server_a_run_whose_heartbeat_stopped_is_ended_from_any_mach
     run_id = client.create_run(client.create_experiment("local")).info.run_id
     with heartbeat(run_id, every=0.05):
         time.sleep(0.5)
-    assert HEARTBEAT_TAG not in client.get_run(run_id).data.tags
+    assert HEARTBEAT_TAG not in client.get_run(run_id).data.tags and HEARTBEAT_TAG not in process_tags()

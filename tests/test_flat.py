@@ -131,6 +131,12 @@ def test_a_crm_writing_two_spellings_of_won_trains_on_both(tmp_path, params):
     without_lost.write_text("id,a,stage\n1,x,Won\n2,y,Closed Won\n3,x,Lost\n")
     data = load_flat(without_lost, FlatProfile(label="stage", positive=["Won", "Closed Won"]), params.flat)
     assert data.label.tolist() == [1.0, 1.0, 0.0]
+    # A month in which one pipeline closed nothing: the profile still serves, and says so.
+    quiet = tmp_path / "quiet.csv"
+    quiet.write_text("id,a,stage\n1,x,Won\n2,y,Lost\n3,x,Won\n")
+    data = load_flat(quiet, FlatProfile(label="stage", positive=["Won", "Closed Won"]), params.flat)
+    assert data.label.tolist() == [1.0, 0.0, 1.0]
+    assert "label column 'stage': positive value(s) 'Closed Won' not in this file" in data.quarantine.notes
 
 
 def test_a_row_exported_twice_is_one_lead_whatever_the_spaces_around_its_id(tmp_path, params):

@@ -209,8 +209,10 @@ def test_a_rep_on_a_phone_reads_each_lead_without_swiping(page, server):
         "cells => cells.filter(c => c.offsetParent).map(c => c.getBoundingClientRect().right)"
     )
     assert edges and max(edges) <= 375, max(edges)
-    named = page.locator("#leads tbody tr").first.locator("td").evaluate_all(
-        "cells => cells.map(c => getComputedStyle(c, '::before').content)"
+    named = (
+        page.locator("#leads tbody tr")
+        .first.locator("td")
+        .evaluate_all("cells => cells.map(c => getComputedStyle(c, '::before').content)")
     )
     assert any("stage" in n for n in named) and any("grade" in n for n in named), named  # each value named
     skip_width = "a => a.getBoundingClientRect().width"  # hidden, it is one pixel: "visible" to Playwright
@@ -1227,6 +1229,8 @@ def test_a_waterfall_step_of_a_technology_says_whether_the_lead_uses_it(champion
     assert set(named) <= spelt, named
     reasons = [r["text"] for rs in latest.scores["reasons"] for r in rs if r["feature"].startswith("uses_")]
     assert reasons and all(any(name in text for name in spelt) for text in reasons), reasons[:5]
+    title_cased = {name.title() for name in spelt if name.title() != name}  # "Aws", "Hubspot", "Sap"
+    assert title_cased and not [t for t in reasons + labels if any(wrong in t for wrong in title_cased)]
 
 
 def test_the_waterfall_caption_says_only_what_holds_of_the_model(champion, scores_dir):

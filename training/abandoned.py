@@ -44,6 +44,16 @@ def this_process() -> str:
     return _process_of(os.getpid())
 
 
+def process_tags() -> dict[str, str]:
+    """The tags a run is made with so that a later run can tell whether its process is gone: the
+    process, and on a shared store a first heartbeat (another machine judges by it alone, and a
+    run killed before `heartbeat`'s first beat would otherwise stay RUNNING for ever)."""
+    tags = {PROCESS_TAG: this_process()}
+    if _shared_store(mlflow.get_tracking_uri()):
+        tags[HEARTBEAT_TAG] = _now().isoformat()
+    return tags
+
+
 def _alive(recorded: str) -> bool | None:
     """Whether the process a run recorded still runs; None when it ran on another machine
     (or was recorded in an unknown form): only that machine can tell."""

@@ -35,7 +35,7 @@ from features.spec import learn_spec, to_model_frame
 from features.synthetic import generate_crm, write_crm
 from features.tracking import MODELS_DIR, artifact_root, tracking_uri
 from serving.batch import safe_for_spreadsheets
-from training.abandoned import PROCESS_TAG, end_abandoned_runs, heartbeat, this_process
+from training.abandoned import end_abandoned_runs, heartbeat, process_tags
 from training.baselines import fit_baselines
 from training.calibrate import choose_calibrator
 from training.evaluate import classification_metrics, conversion_by_grade, lift_by_decile, test_evaluation
@@ -306,7 +306,7 @@ def run_tags(commit: str, dirty: bool) -> dict[str, str]:
     """Tags of every run that registers a model: the process running it and the code's commit
     (`git_commit()`)."""
     return {
-        PROCESS_TAG: this_process(),
+        **process_tags(),
         "git.commit": commit,
         # The code that ran is the commit plus these changes: not reproducible from it.
         "git.uncommitted_changes": str(dirty).lower(),
@@ -473,14 +473,19 @@ def prepare_flat(path: Path, profile: FlatProfile, params: Params) -> Dataset:
         split = split_stratified(flat.label, params.split)
     keys = pd.DataFrame({"lead_id": flat.ids})
     test = (split.assignment == "test").to_numpy()
-    # Of the test rows only, where a champion is compared: the whole file's would be held all run.
-    test_written = None if flat.numbers_written is None else flat.numbers_written[test].reset_index(drop=True)
-    test_features, ours = flat.features[test].reset_index(drop=True), flat.schema
+    # Held all run, so only what another model could read otherwise: the test rows, where a
+    # champion is compared, of the columns with a dot or a comma in them ("1.532", "1,5").
+    written = None if flat.numbers_written is None else flat.numbers_written[test].reset_index(drop=True)
+    marked = [] if written is None else [c for c in written if written[c].astype(str).str.contains("[.,]").any()]
+    test_written = written[marked] if marked else None
+    features, ours = flat.features, flat.schema
 
     def features_for(schema: dict[str, Any], _technologies: list[str], chosen: np.ndarray) -> pd.DataFrame | None:
         if not np.array_equal(chosen, test):
             raise ValueError("a flat export's numbers as written are kept for its test rows only")
-        return None if test_written is None else read_as_model(test_features, test_written, ours, schema)
+        if test_written is None:
+            return None
+        return read_as_model(features[test].reset_index(drop=True), test_written, ours, schema)
 
     return Dataset(
         kind="flat",
