@@ -751,6 +751,15 @@ def model_view(model: LoadedModel, snapshot: Snapshot | None = None) -> dict:
         "flat": model.kind == "flat",  # one row per lead: no horizon, no CRM attributes
         "tested_on": "test period" if meta.get("test_window") else "test rows",
         "importance_in_points": in_points,
+        # The same bars as a list a phone shows whole (the chart's labels filled its width).
+        "importance_rows": [
+            {
+                "label": plain_name(k, model.tech_names),
+                "value": f"{v:.{1 if in_points else 2}f}",
+                "width": round(100 * v / importance[0][1], 1) if importance[0][1] > 0 else 0.0,
+            }
+            for k, v in importance
+        ],
         "metrics": [{"label": label, "value": fmt.format(metrics[k])} for k, label, fmt in shown if k in metrics],
         "importance_chart": (
             horizontal_bars(

@@ -446,9 +446,17 @@ def test_model_page(page, server):
     # What drives scores overall counts the reasons' points, not log-odds.
     assert any(label.startswith("mean absolute effect (score points)") for label in labels), labels
     assert "in score points as the reasons count them" in text
+    assert not page.locator("#drives-h ~ .narrow-waterfall").is_visible()
     # On a phone nothing makes the whole page pan sideways (a chart row was 480 px at least).
     page.set_viewport_size({"width": 375, "height": 800})
     assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    # What drives scores is a list there: the chart's labels left its bars past the screen's edge.
+    drives = page.locator("#drives-h ~ .narrow-waterfall")
+    assert drives.is_visible() and not page.locator("#drives-h ~ .wide-chart").is_visible()
+    bars = drives.locator(".wf-bar").evaluate_all("bars => bars.map(b => b.getBoundingClientRect().right)")
+    assert len(bars) == drives.locator("li").count() > 1 and max(bars) <= 375, bars
+    widths = drives.locator(".wf-bar").evaluate_all("bars => bars.map(b => b.getBoundingClientRect().width)")
+    assert widths == sorted(widths, reverse=True) and widths[0] > 0, widths  # largest first, as the chart
 
 
 def test_path_to_sql_is_checked_with_the_model(champion, scores_dir):
