@@ -306,14 +306,21 @@ def _label(
     present = values.dropna()
     classes = sorted(present.unique().tolist(), key=str)
     if positive:
+        named = {_label_spelling(str(value)) for value in [*positive, *(negative or [])]}
+        unnamed = [str(c) for c in classes if c not in named]
 
         def classes_of(role: str, given: list[str]) -> list[Any]:
             found = [c for c in classes if c in {_label_spelling(str(value)) for value in given}]
             absent = [value for value in given if _label_spelling(str(value)) not in classes]
-            if absent and not found:
-                raise DataError(
-                    f"label column {column!r}: {role} value {absent[0]!r} not found; values are {classes[:10]}"
-                )
+            for value in absent:
+                # A typo or a renamed stage ("Closd Won" for "Closed Won") would set that value's rows
+                # aside as open, unsaid but for a note: refused, as a single spelling not found is.
+                near = difflib.get_close_matches(str(_label_spelling(str(value))), unnamed, n=1, cutoff=0.8)
+                if near or not found:
+                    meant = f" (is {near[0]!r} meant?)" if near else ""
+                    raise DataError(
+                        f"label column {column!r}: {role} value {value!r} not found{meant}; values are {classes[:10]}"
+                    )
             if absent and notes is not None:
                 notes.append(f"label column {column!r}: {role} value(s) {label_values(absent)} not in this file")
             return found

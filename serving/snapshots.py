@@ -134,13 +134,19 @@ def latest_count(model_name: str, directory: Path | None = None) -> int | None:
 
 def latest_as_of(model_name: str, directory: Path | None = None) -> pd.Timestamp | None:
     """The moment the model's latest kept scoring was scored as of (from its meta.json; UTC, without
-    a zone, as scoring's moments are), or None when it has none that says."""
+    a zone, as scoring's moments are), or None when it has none that says. At most the moment it
+    was written: one kept as of a future day (`--snapshot`) must not hold every later run off."""
     found = list_snapshots(directory, model_name)
     try:
-        moment = pd.Timestamp(json.loads((found[-1] / "meta.json").read_text())["as_of"]) if found else None
-    except (OSError, ValueError, KeyError, TypeError):  # removed meanwhile, or not readable
+        meta = json.loads((found[-1] / "meta.json").read_text()) if found else None
+        moment = None if meta is None else pd.Timestamp(meta["as_of"])
+        written = pd.to_datetime(meta.get("written_at"), format="%Y%m%dT%H%M%S%fZ", errors="coerce") if meta else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # removed meanwhile, or not readable
         return None
-    return moment.tz_convert("UTC").tz_localize(None) if moment is not None and moment.tzinfo else moment
+    if moment is None or pd.isna(moment):
+        return None
+    moment = moment.tz_convert("UTC").tz_localize(None) if moment.tzinfo else moment
+    return moment if written is None or pd.isna(written) else min(moment, written)
 
 
 def _model_of(path: Path) -> str | None:

@@ -131,6 +131,10 @@ def test_a_crm_writing_two_spellings_of_won_trains_on_both(tmp_path, params):
     without_lost.write_text("id,a,stage\n1,x,Won\n2,y,Closed Won\n3,x,Lost\n")
     data = load_flat(without_lost, FlatProfile(label="stage", positive=["Won", "Closed Won"]), params.flat)
     assert data.label.tolist() == [1.0, 1.0, 0.0]
+    # A typo (or a stage renamed in the CRM) would set that stage's deals aside as open: refused.
+    typo = FlatProfile(label="stage", id="id", positive=["Won", "Closd Won"], negative=["Lost", "Closed Lost"])
+    with pytest.raises(DataError, match=r"positive value 'Closd Won' not found \(is 'closed won' meant\?\)"):
+        load_flat(path, typo, params.flat)
     # A month in which one pipeline closed nothing: the profile still serves, and says so.
     quiet = tmp_path / "quiet.csv"
     quiet.write_text("id,a,stage\n1,x,Won\n2,y,Lost\n3,x,Won\n")

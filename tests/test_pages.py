@@ -703,6 +703,20 @@ def test_old_scorings_are_removed_per_model(tmp_path, monkeypatch):
     assert not stale.exists() and fresh.exists()
 
 
+def test_the_latest_kept_moment_is_in_utc_and_never_after_it_was_written(tmp_path):
+    """What `score` weighs a look back against: a scoring kept as of a future day (`--snapshot`)
+    held every later run off the pages until that day."""
+    from serving.snapshots import latest_as_of, write_snapshot
+
+    scored, leads = pd.DataFrame({"lead_id": ["L1"], "score": [50.0]}), pd.DataFrame({"lead_id": ["L1"]})
+    assert latest_as_of("crm", tmp_path) is None
+    write_snapshot(scored, leads, leads.iloc[:0], {"model_name": "crm", "as_of": "2026-01-01T10:00:00+01:00"}, tmp_path)
+    assert latest_as_of("crm", tmp_path) == pd.Timestamp("2026-01-01 09:00")
+    write_snapshot(scored, leads, leads.iloc[:0], {"model_name": "crm", "as_of": "2099-01-01T00:00:00"}, tmp_path)
+    assert latest_as_of("crm", tmp_path) <= pd.Timestamp.now(tz="UTC").tz_localize(None)
+    assert latest_as_of("flat", tmp_path) is None  # another model's scorings are not its
+
+
 def test_the_digest_says_when_the_served_model_has_no_kept_scoring(scores_dir, monkeypatch):
     from serving import pages
 

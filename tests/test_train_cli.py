@@ -689,7 +689,7 @@ def test_demo_trains_then_scores_the_open_leads_at_the_end_of_the_embedded_expor
     assert calls[1] == (
         "score",
         (EMBEDDED_DIR, MODELS_DIR / "demo-scores.csv"),
-        {"as_of": "2026-10-22T00:00:00", "top": 5},
+        {"as_of": "2026-10-22T00:00:00", "top": 5, "keep_earlier_day": True},  # shows the model it trained
     )
 
 

@@ -938,7 +938,7 @@ def score(
             "kept unless scored with a --model-version other than the champion's or with --engine dask, given no "
             "activity of the leads (before --as-of), with an --as-of in the future, when the leads file lacks "
             "columns the model learned from or shows the other decimal mark (numbers may be misread), when no lead "
-            "was scored, with fewer than a tenth of the leads of the latest kept scoring or as of an earlier moment "
+            "was scored, with fewer than a tenth of the leads of the latest kept scoring or as of an earlier day "
             "than it, or the folder cannot be written",
             show_default=False,
         ),
@@ -951,6 +951,8 @@ def score(
     ] = None,
     partitions: Annotated[int | None, typer.Option("--partitions", min=1, help="Dask partitions")] = None,
     params_file: ParamsFile = None,
+    # `demo`'s: it shows the model it just trained, whatever day a scoring kept before was as of.
+    keep_earlier_day: Annotated[bool, typer.Option(hidden=True)] = False,
 ) -> None:
     """Score leads in batch with the champion (or --model-version): the same numbers, grades,
     stages and reasons as the service. Only the champion's scorings are kept for the pages."""
@@ -1053,8 +1055,10 @@ def score(
             console.print("[dim]not kept for the pages, where it would replace the latest scoring "
                           "(--snapshot keeps it)[/dim]")  # fmt: skip
             snapshot = False
-        kept_as_of = latest_as_of(model.name) if snapshot and asked_for_snapshot is None else None
-        if kept_as_of is not None and moment < kept_as_of:
+        look_back = snapshot and asked_for_snapshot is None and not keep_earlier_day
+        kept_as_of = latest_as_of(model.name) if look_back else None
+        # By day: a rerun as of this morning after a scoring as of now is today's picture.
+        if kept_as_of is not None and moment.normalize() < kept_as_of.normalize():
             # A look back (--as-of a past day) would show reps last spring's leads as today's, and
             # the digest would count the next scoring's changes against it.
             console.print(f"[dim]not kept for the pages, where it would replace the latest scoring, as of "
@@ -1192,9 +1196,9 @@ def demo(
     params = _params()
     export_end = pd.Timestamp(params.data.embedded_start) + pd.Timedelta(days=STEP_DAYS * params.data.embedded_months)
     console.print()
-    # Kept for the pages whatever was kept before (a scoring as of today would outrank the
-    # export's end): the demo shows the model it just trained.
-    score(EMBEDDED_DIR, MODELS_DIR / "demo-scores.csv", as_of=export_end.isoformat(), top=top, snapshot=True)
+    # Kept for the pages even after a scoring as of a later day: the demo shows the model it just
+    # trained (the other checks of what is kept stand).
+    score(EMBEDDED_DIR, MODELS_DIR / "demo-scores.csv", as_of=export_end.isoformat(), top=top, keep_earlier_day=True)
 
 
 def _refuse_or_skip_snapshot(model_version: str, asked: bool | None, *, say: bool = True) -> None:
