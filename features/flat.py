@@ -233,7 +233,7 @@ def read_as_model(
     values as written, row for row with `features`."""
     our_formats = stored_formats(ours.get("number_formats")) or {}
     their_formats = stored_formats(theirs.get("number_formats"))  # None: a model from before they were kept
-    read: dict[str, pd.Series] = {}
+    read: dict[str, np.ndarray] = {}
     for column, kind in theirs.get("columns", {}).items():
         if kind != "numeric" or ours["columns"].get(column) != "numeric" or column not in written:
             continue
