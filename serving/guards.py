@@ -9,6 +9,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -271,20 +272,117 @@ async def _to_login(scope: Scope, send: Send) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
+# A key shorter than this can be guessed by a script against the service; `secrets.token_urlsafe(24)`
+# gives 32 characters.
+MIN_KEY_LENGTH = 16
+FAILED_KEY_WINDOW_SECONDS = 60.0
+
+
+def short_api_keys() -> list[int]:
+    """The 1-based places in $LEADSCORE_API_KEYS of keys shorter than `MIN_KEY_LENGTH` (never the
+    keys themselves: they would end up in logs)."""
+    return [place for place, key in enumerate(api_keys_from_env(), start=1) if len(key) < MIN_KEY_LENGTH]
+
+
+def short_keys_said(places: list[int]) -> str:
+    which = ", ".join(map(str, places))
+    return (
+        f"key {which} of {API_KEYS_ENV} {'is' if len(places) == 1 else 'are'} shorter than {MIN_KEY_LENGTH} "
+        "characters: a short key can be guessed; make one with "
+        "python -c 'import secrets; print(secrets.token_urlsafe(24))'"
+    )
+
+
+class FailedKeyThrottle:
+    """Failed key checks per client address: past `limit` within `window` seconds, the address is
+    answered 429 without its key being checked until the oldest failure leaves the window, so a
+    script cannot try keys (or sign-ins) at the rate the service answers. Counted per worker;
+    behind a reverse proxy every client is the proxy's address."""
+
+    MAX_ADDRESSES = 10_000  # beyond, the address that failed longest ago is forgotten
+
+    def __init__(self, limit: int, window: float = FAILED_KEY_WINDOW_SECONDS, clock=time.monotonic) -> None:
+        self.limit, self.window, self.clock = limit, window, clock
+        self.failures: dict[str, list[float]] = {}
+
+    def _recent(self, address: str) -> list[float]:
+        since = self.clock() - self.window
+        times = [t for t in self.failures.get(address, ()) if t > since]
+        if times:
+            self.failures[address] = times
+        else:
+            self.failures.pop(address, None)
+        return times
+
+    def wait_seconds(self, address: str) -> float:
+        """How long the address must wait before its key is checked again (0: now)."""
+        if not self.limit or address not in self.failures:
+            return 0.0
+        times = self._recent(address)
+        return max(0.0, times[-self.limit] + self.window - self.clock()) if len(times) >= self.limit else 0.0
+
+    def failed(self, address: str) -> None:
+        if not self.limit:
+            return
+        times = self._recent(address)
+        times.append(self.clock())
+        self.failures.pop(address, None)  # re-inserted last: the dict's order is that of last failures
+        self.failures[address] = times[-self.limit :]
+        if len(self.failures) > self.MAX_ADDRESSES:
+            del self.failures[next(iter(self.failures))]
+
+
+def client_address(scope: Scope) -> str:
+    client = scope.get("client") or ("", 0)
+    return str(client[0])
+
+
 class ApiKeyGuard:
     """401 unless the request carries `Authorization: Bearer <key>` with a configured key.
 
     The pages (`/ui/...`) also take the token of a key (`page_token`) from the cookie their
     login form sets, since a browser sends no header by itself; a page request without a valid
-    key or token is sent to the login form.
+    key or token is sent to the login form. An address whose keys or sign-ins failed
+    `failed_key_limit` times in a minute is answered 429 until the minute has passed.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, failed_key_limit: int = 0) -> None:
         self.app = app
         self.keys = api_keys_from_env()
         self.misconfigured = api_keys_problem()  # fails closed: `leadscore serve` refuses to start
+        self.throttle = FailedKeyThrottle(failed_key_limit)
+        log = logging.getLogger(__name__)
         if self.misconfigured:
-            logging.getLogger(__name__).error("every request is refused: %s", self.misconfigured)
+            log.error("every request is refused: %s", self.misconfigured)
+        elif short := short_api_keys():
+            log.warning(short_keys_said(short))
+
+    async def _throttled(self, address: str, send: Send) -> bool:
+        wait = self.throttle.wait_seconds(address)
+        if wait > 0:
+            seconds = max(1, math.ceil(wait))
+            await reply(
+                send,
+                429,
+                f"too many failed API keys or sign-ins from this address: try again in {seconds} s",
+                [(b"retry-after", str(seconds).encode())],
+            )
+        return wait > 0
+
+    async def _signing_in(self, scope: Scope, receive: Receive, send: Send, address: str) -> None:
+        """The login form checks the key itself: its 401 counts as a failed key."""
+        if scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        if await self._throttled(address, send):
+            return
+
+        async def watched(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 401:
+                self.throttle.failed(address)
+            await send(message)
+
+        await self.app(scope, receive, watched)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -293,8 +391,14 @@ class ApiKeyGuard:
         if self.misconfigured and scope["type"] == "http" and refused:
             await reply(send, 503, self.misconfigured)
             return
-        if scope["type"] != "http" or not self.keys or path in OPEN_PATHS or path in LOGIN_PATHS:
+        if scope["type"] != "http" or not self.keys or path in OPEN_PATHS:
             await self.app(scope, receive, send)
+            return
+        address = client_address(scope)
+        if path in LOGIN_PATHS:
+            await self._signing_in(scope, receive, send, address)
+            return
+        if await self._throttled(address, send):
             return
         headers = dict(scope.get("headers") or [])
         header = headers.get(b"authorization", b"")
@@ -305,6 +409,8 @@ class ApiKeyGuard:
         else:  # a browser on the pages sends the token its sign-in set, never the key
             allowed = page and page_token_matches(cookie_key(headers), self.keys)
         if not allowed:
+            if token or cookie_key(headers):  # a key or token tried; a page opened signed out is not
+                self.throttle.failed(address)
             if page and scope.get("method") == "GET":
                 await _to_login(scope, send)
                 return

@@ -136,6 +136,8 @@ def documented_spec(generated: dict[str, Any]) -> dict[str, Any]:
                 # A key is needed only when keys are configured: both are valid ways to call.
                 operation["security"] = [{"bearer": []}, {}]
                 responses.setdefault("401", _error("Keys are configured and none (or a wrong one) was given"))
+                held = _error("This address gave service.failed_key_limit wrong keys within a minute: wait Retry-After")
+                responses.setdefault("429", {**held, "headers": {"Retry-After": RETRY_AFTER}})
             if method == "post":
                 responses.setdefault("413", _error("Request body over service.max_body_bytes"))
             if method == "post" and path in MODEL_ROUTES:

@@ -600,7 +600,7 @@ if PARAMS.service.cors_origins:
         expose_headers=[REQUEST_ID_HEADER.decode()],
         max_age=600,
     )
-LeadScoring.add_asgi_middleware(ApiKeyGuard)
+LeadScoring.add_asgi_middleware(ApiKeyGuard, failed_key_limit=PARAMS.service.failed_key_limit)
 LeadScoring.add_asgi_middleware(BodySizeGuard, max_bytes=PARAMS.service.max_body_bytes)
 LeadScoring.add_asgi_middleware(ReadinessGuard)
 LeadScoring.add_asgi_middleware(JsonBodyGuard, paths=frozenset({"/score", "/explain"}))

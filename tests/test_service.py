@@ -533,9 +533,14 @@ def test_without_a_model_the_service_starts_and_says_why(tmp_path):
 
 
 @pytest.mark.slow
-def test_without_a_model_callers_still_need_a_key(tmp_path):
-    process, url, _ = _start(f"sqlite:///{tmp_path / 'empty.db'}", "k")
+def test_without_a_model_callers_still_need_a_key(tmp_path, params_file):
+    # One worker, so that every request below meets the same count of failed keys.
+    params = params_file("keys.yaml", **{"service.failed_key_limit": 3, "service.workers": 1})
+    process, url, log = _start(f"sqlite:///{tmp_path / 'empty.db'}", "k", serve_args=("--params", str(params)),
+                               via_leadscore=True)  # fmt: skip
     try:
+        started = log.read_text()
+        assert "key 1 of LEADSCORE_API_KEYS is shorter than 16 characters" in started and "'k'" not in started
         assert httpx.post(f"{url}/score", json={"leads": []}).status_code == 401
         assert httpx.get(f"{url}/model", headers={"Authorization": "Bearer k"}).status_code == 503
         # The key is asked for before the body is read: 20 MB from a caller without one is not held.
@@ -545,8 +550,77 @@ def test_without_a_model_callers_still_need_a_key(tmp_path):
         # With keys, the key protects: any host name a proxy or a CRM uses is served.
         named = httpx.get(f"{url}/model", headers={"Authorization": "Bearer k", "Host": "scoring.example"})
         assert named.status_code == 503, named.text
+        # A script trying keys: the pages' sign-in and the API count together, then even the
+        # right key waits (a script would otherwise learn it is right).
+        signed_in = httpx.post(f"{url}/ui/login", data={"key": "j", "next": "/ui/digest"})
+        assert signed_in.status_code == 401, signed_in.text
+        assert [httpx.get(f"{url}/model", headers={"Authorization": f"Bearer {guess}"}).status_code
+                for guess in ("a", "b")] == [401, 401]  # fmt: skip
+        held = httpx.get(f"{url}/model", headers={"Authorization": "Bearer k"})
+        assert held.status_code == 429 and 1 <= int(held.headers["retry-after"]) <= 60, held.text
+        assert "too many failed API keys or sign-ins" in held.json()["error"]
+        assert httpx.post(f"{url}/ui/login", data={"key": "k", "next": "/ui/digest"}).status_code == 429
+        assert httpx.get(f"{url}/healthz").status_code == 200  # probes stay open
     finally:
         _stop(process)
+
+
+def test_failed_keys_are_counted_per_address_within_a_minute():
+    from serving.guards import FailedKeyThrottle
+
+    now = [1000.0]
+    throttle = FailedKeyThrottle(limit=3, window=60.0, clock=lambda: now[0])
+    for _ in range(2):
+        throttle.failed("10.0.0.1")
+        now[0] += 10
+    assert throttle.wait_seconds("10.0.0.1") == 0  # two failures: still checked
+    throttle.failed("10.0.0.1")  # the third, at 1020
+    assert throttle.wait_seconds("10.0.0.1") == 40  # until the first (1000) leaves the window
+    assert throttle.wait_seconds("10.0.0.2") == 0  # another address is not held
+    now[0] = 1061
+    assert throttle.wait_seconds("10.0.0.1") == 0  # the first failure is over a minute old
+    assert FailedKeyThrottle(limit=0).wait_seconds("x") == 0
+    off = FailedKeyThrottle(limit=0)
+    for _ in range(100):
+        off.failed("x")
+    assert off.wait_seconds("x") == 0 and not off.failures
+    crowd = FailedKeyThrottle(limit=1, clock=lambda: now[0])
+    crowd.MAX_ADDRESSES = 5
+    for i in range(8):
+        crowd.failed(f"10.0.1.{i}")
+    assert len(crowd.failures) == 5 and "10.0.1.7" in crowd.failures and "10.0.1.0" not in crowd.failures
+
+
+def test_only_tried_keys_count_as_failures(monkeypatch):
+    """A caller with no key at all (a page opened signed out, a CRM not set up yet) guesses
+    nothing; a wrong key or page token does."""
+    import asyncio
+
+    from serving.guards import ApiKeyGuard
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    monkeypatch.setenv("LEADSCORE_API_KEYS", "a-key-long-enough-for-use")
+    guard = ApiKeyGuard(app, failed_key_limit=2)
+
+    def status(headers: list, path: str = "/model", address: str = "10.0.0.9") -> int:
+        sent.clear()
+        scope = {"type": "http", "path": path, "method": "GET", "headers": headers, "client": (address, 5000)}
+        asyncio.run(guard(scope, None, send))
+        return sent[0]["status"]
+
+    assert [status([]) for _ in range(5)] == [401] * 5
+    assert [status([], "/ui/digest") for _ in range(5)] == [303] * 5  # to the sign-in form
+    assert status([(b"cookie", b"leadscore_key=1.abc")], "/ui/digest") == 303  # a token, a wrong one
+    assert status([(b"authorization", b"Bearer nope")]) == 401
+    assert status([(b"authorization", b"Bearer a-key-long-enough-for-use")]) == 429
+    assert status([(b"authorization", b"Bearer a-key-long-enough-for-use")], address="10.0.0.8") == 200
 
 
 @pytest.mark.slow

@@ -817,7 +817,7 @@ def serve(
         os.environ["LEADSCORE_MODEL_NAME"] = model_name  # the service's workers and pages read it
 
     from features.tracking import local_database, shown_uri, tracking_problem, tracking_uri, uri_form_problem
-    from serving.guards import api_keys_from_env, api_keys_problem, is_loopback
+    from serving.guards import api_keys_from_env, api_keys_problem, is_loopback, short_api_keys, short_keys_said
 
     # BentoML's usage statistics would phone home from every worker: not from a CRM's scorer.
     # Two malloc arenas: with glibc's default (8 per core) a worker's memory crept up by 17-34 MB
@@ -851,6 +851,8 @@ def serve(
         console.print(f"[yellow]{escape(missing)}: {waiting} one is registered under that name[/yellow]")
     if api_keys_from_env():
         console.print("API keys required (LEADSCORE_API_KEYS is set)")
+        if short := short_api_keys():
+            console.print(f"[yellow]{escape(short_keys_said(short))}[/yellow]")
     elif not is_loopback(host.strip("[]").lower()):  # the service's own test of a loopback name
         console.print(f"[yellow]no API keys (LEADSCORE_API_KEYS) on {escape(host)}: whoever reaches this port can "
                       "score leads and read the pages[/yellow]")  # fmt: skip
