@@ -164,6 +164,18 @@ def has_value(values: pd.Series, missing_tokens: Iterable[str]) -> bool:
     return any(read(value) is not None for value in values.dropna().unique())
 
 
+# What a spreadsheet writes in a cell whose formula failed (Excel's, LibreOffice's and Google
+# Sheets' spellings), compared case-insensitively.
+SPREADSHEET_ERRORS = frozenset(
+    {"#n/a", "#div/0!", "#value!", "#ref!", "#name?", "#num!", "#null!", "#spill!", "#calc!", "#error!"}
+)
+
+
+def spreadsheet_errors(values: pd.Series) -> pd.Series:
+    """Which cells hold a spreadsheet's formula error (`SPREADSHEET_ERRORS`)."""
+    return map_distinct(values, lambda v: tidy_text(v).casefold() in SPREADSHEET_ERRORS).astype(bool)
+
+
 def _placeholder_reader(missing_tokens: Iterable[str]) -> Callable[[object], str | None]:
     """A cell's tidy text, or None for a placeholder."""
     tokens = {token.casefold() for token in missing_tokens}

@@ -164,6 +164,31 @@ def test_serving_rows_are_cleaned_by_the_same_schema(flat_csv, params):
     assert notes == ["Visits: 1 value(s) not numeric read as missing ('x')"]
 
 
+def test_spreadsheet_formula_errors_are_missing_and_counted(tmp_path, params):
+    """A text column's `#DIV/0!` was a category level of its own, learned and shown in reasons;
+    a numeric column's was noted as "not numeric". Both are a broken formula: missing, counted."""
+    path = tmp_path / "sheet.csv"
+    lines = ["id,Segment,Visits,y"]
+    for i in range(120):
+        segment = "#DIV/0!" if i % 20 == 0 else "#VALUE!" if i == 7 else ("SMB", "Enterprise")[i % 2]
+        visits = " #div/0!" if i % 30 == 1 else str(i % 9)
+        lines.append(f"r{i},{segment},{visits},{('yes', 'no')[i % 3 == 0]}")
+    path.write_text("\n".join(lines) + "\n")
+    data = load_flat(path, FlatProfile(label="y", id="id"), params.flat)
+    assert data.schema["columns"] == {"Segment": "categorical", "Visits": "numeric"}
+    assert sorted(data.features["Segment"].dropna().unique()) == ["Enterprise", "SMB"]
+    assert data.features["Segment"].isna().sum() == 7 and data.features["Visits"].isna().sum() == 4
+    notes = data.quarantine.notes
+    assert "Segment: 7 spreadsheet formula error(s) read as missing ('#DIV/0!', '#VALUE!')" in notes, notes
+    assert "Visits: 4 spreadsheet formula error(s) read as missing ('#div/0!')" in notes, notes
+    assert not [n for n in notes if "not numeric" in n]
+    # A model trained before they were placeholders keeps reading them as it learned.
+    older = {**data.schema, "missing_tokens": ["", "#n/a"]}
+    cleaned, said = clean_flat_columns(pd.DataFrame({"Segment": ["#DIV/0!"], "Visits": ["#DIV/0!"]}), older)
+    assert cleaned["Segment"].tolist() == ["#DIV/0!"] and said == ["Visits: 1 value(s) not numeric read as missing "
+                                                                   "('#DIV/0!')"]  # fmt: skip
+
+
 def test_rows_sent_one_by_one_are_checked_against_the_schema():
     """What the service refuses in `fields` instead of scoring blanks: a column spelt otherwise,
     no column of the model, a value its column cannot read."""
