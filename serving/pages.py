@@ -193,13 +193,16 @@ def lead_view(
     columns = model.scorer.spec.columns
     values = features.reindex(columns=columns).iloc[0].tolist()
     names = model.tech_names
-    steps = [(value_name(columns[j], values[j], names), float(points[j])) for j in order[:WATERFALL_STEPS]]
+    # Each factor's points as the reasons send them (two places), so that the reasons' -0.85,
+    # written "-0.8", is not "-0.9" in the chart beside them from its unrounded -0.853.
+    sent = np.round(points, 2)
+    steps = [(value_name(columns[j], values[j], names), float(sent[j])) for j in order[:WATERFALL_STEPS]]
     rest = float(points[order[WATERFALL_STEPS:]].sum())
     if len(order) > WATERFALL_STEPS:
         steps.append(("Other factors", rest))
     # What "other factors" sums, biggest first (it was at times the longest bar, and unexplained).
-    others = [f"{value_name(columns[j], values[j], names)}: {points[j]:+.1f}"
-              for j in order[WATERFALL_STEPS:] if abs(points[j]) >= 0.05]  # fmt: skip
+    others = [f"{value_name(columns[j], values[j], names)}: {sent[j]:+.1f}"
+              for j in order[WATERFALL_STEPS:] if abs(sent[j]) >= 0.05]  # fmt: skip
     if len(others) > OTHER_FACTORS_LISTED:
         others = [*others[:OTHER_FACTORS_LISTED], "and smaller ones"]
     if model.kind == "flat":

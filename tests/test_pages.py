@@ -1263,6 +1263,28 @@ def test_a_waterfall_step_of_a_technology_says_whether_the_lead_uses_it(champion
     assert title_cased and not [t for t in reasons + labels if any(wrong in t for wrong in title_cased)]
 
 
+def test_a_reason_and_its_waterfall_step_say_the_same_points(champion, scores_dir):
+    """The reasons write the points they send (two places) to one place, the chart wrote the
+    unrounded ones: -0.85 read "-0.8" in a reason and "-0.9" in the chart beside it."""
+    from serving.pages import scored_lead_view
+    from serving.snapshots import latest_two
+
+    latest, _ = latest_two(scores_dir, champion.name)
+    compared = 0
+    for lead_id in latest.scores["lead_id"].head(40):
+        rows, acts = latest.lead(lead_id)
+        view = scored_lead_view(champion, latest, rows, acts)
+        shown = [row["value"] for row in view["waterfall_rows"][1:-2]] + [
+            other.rpartition(": ")[2] for other in view["other_factors"]
+        ]
+        for reason in view["reasons"]:
+            if abs(reason["points"]) < 0.95:  # written to one place; larger ones as whole points
+                compared += 1
+                said = reason["text"].rpartition(": ")[2]
+                assert said == f"{reason['points']:+.1f}" and said in shown, (reason, shown)
+    assert compared > 50
+
+
 def test_the_waterfall_caption_says_only_what_holds_of_the_model(champion, scores_dir):
     """It said the reasons leave out an activity factor above the training average of every model;
     one trained before the averages were kept shows such a reason, and a flat model has no
