@@ -136,6 +136,10 @@ def documented_spec(generated: dict[str, Any]) -> dict[str, Any]:
                 # A key is needed only when keys are configured: both are valid ways to call.
                 operation["security"] = [{"bearer": []}, {}]
                 responses.setdefault("401", _error("Keys are configured and none (or a wrong one) was given"))
+                responses.setdefault("403", _error(
+                    "No keys are configured and a request that reached the service on this machine named another "
+                    "host than localhost, 127.0.0.1 or service.allowed_hosts"
+                ))  # fmt: skip
                 held = _error("This address gave service.failed_key_limit wrong keys within a minute: wait Retry-After")
                 responses.setdefault("429", {**held, "headers": {"Retry-After": RETRY_AFTER}})
             if method == "post":
