@@ -734,10 +734,25 @@ def redact_request_errors() -> None:
     logging.getLogger("bentoml._internal.server.http_app").addFilter(RedactValidationErrors())
 
 
-def _validation_summary(problems: list[dict]) -> str:
+# A thousand leads with a bad column each made an answer of megabytes, 200 activities each with a
+# date in the wrong form one of 58 MB (more than a Salesforce callout reads).
+MAX_PROBLEMS_LISTED = 200
+
+
+def _listed(problems: list[dict]) -> list[dict]:
+    """The first `MAX_PROBLEMS_LISTED` problems, and one that counts the rest."""
+    if len(problems) <= MAX_PROBLEMS_LISTED:
+        return problems
+    rest = len(problems) - MAX_PROBLEMS_LISTED
+    loc = problems[MAX_PROBLEMS_LISTED].get("loc") or []
+    more = {"loc": list(loc[:1]), "msg": f"and {rest:,} more problems, not listed: fix these first",
+            "type": "not_listed"}  # fmt: skip
+    return [*problems[:MAX_PROBLEMS_LISTED], more]
+
+
+def _validation_summary(count: int, first: dict) -> str:
     """'2 problems in the request; the first, at leads.0.employees: Input should be ...', so a
     CRM that logs only `error` still learns what to fix."""
-    count, first = len(problems), problems[0]
     text = f"{count} problem{'s' if count != 1 else ''} in the request"
     where = ".".join(str(part) for part in first.get("loc", ()))
     if where:
@@ -773,8 +788,8 @@ def error_body(status: int, method: str, path: str, headers: dict[bytes, bytes],
         return _routing_error(status, method, path, headers)
     if isinstance(detail, list) and detail and all(isinstance(p, dict) and "loc" in p for p in detail):
         # Not the input either: FastAPI echoes it, and a lead's values are personal data.
-        detail = [plain_problem({k: v for k, v in problem.items() if k not in ("url", "input")}) for problem in detail]
-        return json.dumps({"error": _validation_summary(detail), "detail": detail}).encode()
+        listed = [plain_problem({k: v for k, v in p.items() if k not in ("url", "input")}) for p in _listed(detail)]
+        return json.dumps({"error": _validation_summary(len(detail), listed[0]), "detail": listed}).encode()
     if "error" not in answer:
         error = detail if isinstance(detail, str) else "invalid request"
         return json.dumps({"error": error, "detail": detail}).encode()

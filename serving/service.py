@@ -252,17 +252,10 @@ DIFFERING_REPEAT = (
 )
 
 
-MAX_PROBLEMS_LISTED = 200  # a thousand leads with a bad column each made an answer of megabytes
-
-
-def _in_order(problems: list[tuple[int, tuple, str]], field: str) -> list[tuple[tuple, str]]:
-    """The problems of a request by the place of their lead as sent, the first
-    `MAX_PROBLEMS_LISTED` of them and a count of the rest."""
-    ordered = [(where, why) for _, where, why in sorted(problems, key=lambda p: p[0])]
-    if len(ordered) <= MAX_PROBLEMS_LISTED:
-        return ordered
-    rest = len(ordered) - MAX_PROBLEMS_LISTED
-    return [*ordered[:MAX_PROBLEMS_LISTED], ((field,), f"and {rest:,} more problems, not listed: fix these first")]
+def _in_order(problems: list[tuple[int, tuple, str]]) -> list[tuple[tuple, str]]:
+    """The problems of a request by the place of their lead as sent (the answer lists the first
+    `MAX_PROBLEMS_LISTED` and counts the rest: `ErrorBodies`)."""
+    return [(where, why) for _, where, why in sorted(problems, key=lambda p: p[0])]
 
 
 def _content(lead: Lead) -> dict:
@@ -436,11 +429,11 @@ class LeadScoring:
             wrong = field_problems(model_schema(model), [flat_fields(leads[i]) for i in rest])
             problems += [(rest[j], (*at(rest[j]), "fields", *([key] if key else [])), why) for j, key, why in wrong]
             if problems:
-                raise _bad_request(_in_order(problems, field))
+                raise _bad_request(_in_order(problems))
             features, context, _ = prepare_flat_rows(model, leads_to_flat(leads))
             return features, context
         if not rest:
-            raise _bad_request(_in_order(problems, field))
+            raise _bad_request(_in_order(problems))
         kept = [leads[i] for i in rest]
         frame, activities = leads_to_frames(kept)
         try:
@@ -457,7 +450,7 @@ class LeadScoring:
                     (lead, (*where, named) if named else where, f"lead_id {leads[lead].lead_id!r}: {reason}")
                 )
         if problems:
-            raise _bad_request(_in_order(problems, field))
+            raise _bad_request(_in_order(problems))
         return features, context
 
     @bentoml.api(route="/score", input_spec=ScoreRequest)

@@ -257,6 +257,15 @@ def test_error_bodies_rewrites_only_the_frameworks_errors():
     assert status == 400 and int(headers[b"content-length"]) == len(body)
     assert answer["error"] == "2 problems in the request; the first, at leads.0.created_at: Field required"
     assert [sorted(p) for p in answer["detail"]] == [["loc", "msg", "type"]] * 2
+    # A mistake repeated on every row: the first 200 listed, all of them counted (200,000 dates in
+    # another form made an answer of 58 MB, counted as 201).
+    many = {"detail": [{"type": "x", "loc": ["leads", i, "activities", 0, "occurred_at"], "msg": "not a date"}
+                       for i in range(1000)]}  # fmt: skip
+    status, _, body = call(app_answering(400, b"application/json", [json.dumps(many).encode()]))
+    answer = json.loads(body)
+    assert answer["error"].startswith("1000 problems in the request; the first, at leads.0.activities.0.occurred_at")
+    more = {"loc": ["leads"], "msg": "and 800 more problems, not listed: fix these first", "type": "not_listed"}
+    assert len(answer["detail"]) == 201 and answer["detail"][-1] == more
     untouched = ((200, b"application/json", "POST"), (404, b"text/html", "GET"), (404, b"text/plain", "HEAD"))
     for status, media, method in untouched:
         assert call(app_answering(status, media, [b"as", b" sent"]), method)[2] == b"as sent"

@@ -310,6 +310,15 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
     problem = us_date.json()["detail"][0]
     assert us_date.status_code == 400 and problem["loc"] == ["leads", 0, "created_at"], us_date.text
     assert "send ISO 8601 (2026-10-22T12:00:00Z, or 2026-10-22 read as UTC) or Unix time" in problem["msg"]
+    # One mistake on every activity: 200 listed, all counted, whether pydantic or the service finds them.
+    dated = [{"occurred_at": "10/01/2026", "activity_type": "email_open"}] * 20
+    every_row = post({"leads": [{"lead_id": f"u{i}", "created_at": "2025-01-01", "activities": dated}
+                                for i in range(30)]})  # fmt: skip
+    assert every_row.status_code == 400 and every_row.json()["error"].startswith("600 problems in the request")
+    assert len(every_row.json()["detail"]) == 201 and "and 400 more problems" in every_row.json()["detail"][-1]["msg"]
+    undated = post({"leads": [{"lead_id": f"n{i}"} for i in range(250)]})
+    assert undated.status_code == 400 and undated.json()["error"].startswith("250 problems in the request")
+    assert undated.json()["detail"][-1]["msg"].startswith("and 50 more problems")
     # A union field fails with one error at the field, not one per branch of the union.
     stack = post({"leads": [{"lead_id": "a", "created_at": "2025-01-01", "tech_stack": 5}]})
     assert [e["loc"] for e in stack.json()["detail"]] == [["leads", 0, "tech_stack"]], stack.text
