@@ -823,6 +823,22 @@ def _routing_error(status: int, method: str, path: str, headers: dict[bytes, byt
     return json.dumps({"error": message}).encode()
 
 
+class NoSlashRedirects(HttpOnly):
+    """A 404 for an API path with a slash at its end (`/score/`): the router redirected it (307,
+    no body) to an `http://` address built from the Host header, which behind a TLS proxy sent a
+    CRM's retried POST, leads and all, over plain HTTP. The pages (`/ui/...`) keep their redirects."""
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if path.endswith("/") and path != "/" and path != "/ui/" and not path.startswith("/ui/"):
+            body = _routing_error(404, scope.get("method", ""), path, {})
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 404, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+
 class HeadAsGet(HttpOnly):
     """HEAD on the listed GET routes answers as GET would, without the body (an uptime monitor's
     HEAD /model got a 405 and read the service as down; the probes already answered it)."""

@@ -175,6 +175,7 @@ def documented_spec(generated: dict[str, Any]) -> dict[str, Any]:
                 )
             if path in MODEL_ROUTES:
                 responses.setdefault("503", _error("No model is loaded yet; the text says why"))
+                responses.setdefault("504", {"description": "The request ran past BentoML's timeout (120 s)"})
             if path == "/readyz":
                 responses["503"] = {"description": "No model is loaded yet", "content": PLAIN_TEXT}
             if path in MODEL_ROUTES and "503" in responses:
@@ -255,16 +256,16 @@ def _project_version() -> str:
 
 
 class SpecRoute:
-    """Answers GET /docs.json with the documented spec instead of BentoML's own."""
+    """Answers GET (and HEAD) /docs.json with the documented spec instead of BentoML's own."""
 
     def __init__(self, app, spec: dict[str, Any]) -> None:
         self.app = app
         self.body = json.dumps(spec).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == "/docs.json" and scope["method"] == "GET":
+        if scope["type"] == "http" and scope["path"] == "/docs.json" and scope["method"] in ("GET", "HEAD"):
             headers = [(b"content-type", b"application/json"), (b"content-length", str(len(self.body)).encode())]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
-            await send({"type": "http.response.body", "body": self.body})
+            await send({"type": "http.response.body", "body": self.body if scope["method"] == "GET" else b""})
             return
         await self.app(scope, receive, send)

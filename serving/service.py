@@ -47,6 +47,7 @@ from serving.guards import (
     HeadAsGet,
     HostGuard,
     JsonBodyGuard,
+    NoSlashRedirects,
     RealPath,
     RequestIdHeader,
     SecurityHeaders,
@@ -598,6 +599,7 @@ LeadScoring.add_asgi_middleware(BodySizeGuard, max_bytes=PARAMS.service.max_body
 LeadScoring.add_asgi_middleware(ReadinessGuard)
 LeadScoring.add_asgi_middleware(JsonBodyGuard, paths=frozenset({"/score", "/explain"}))
 LeadScoring.add_asgi_middleware(SpecRoute, spec=SPEC)
+LeadScoring.add_asgi_middleware(NoSlashRedirects)
 LeadScoring.add_asgi_middleware(ApiPage)
 LeadScoring.add_asgi_middleware(ErrorBodies)
 LeadScoring.add_asgi_middleware(HeadAsGet, paths=frozenset({"/model", "/docs"}))
