@@ -92,7 +92,8 @@ class Activity(TypedDict):
             max_length=64,
             examples=["demo_request"],
             description=f"One of {', '.join(ACTIVITY_TYPES)} (case, spaces, hyphens and underscores aside: "
-            "'Demo Request' and 'DemoRequest' are demo_request); any other type counts as `other`",
+            "'Demo Request' and 'DemoRequest' are demo_request); any other type counts as `other`, but one of "
+            "only spaces, hyphens, slashes or underscores ('-') is none (400: missing activity_type)",
         ),
     ]
     value: NotRequired[

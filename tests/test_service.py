@@ -319,6 +319,14 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
     undated = post({"leads": [{"lead_id": f"n{i}"} for i in range(250)]})
     assert undated.status_code == 400 and undated.json()["error"].startswith("250 problems in the request")
     assert undated.json()["detail"][-1]["msg"].startswith("and 50 more problems")
+    # A type of punctuation alone is none, as the spec says (it said any type other than the contract's is `other`).
+    dashed = post({"leads": [{"lead_id": "d", "created_at": "2025-01-01",
+                              "activities": [{"occurred_at": "2025-02-01", "activity_type": "-"}]}]})  # fmt: skip
+    assert dashed.status_code == 400 and "missing activity_type" in dashed.json()["error"], dashed.text
+    from serving.service import SPEC
+
+    said = SPEC["components"]["schemas"]["Activity"]["properties"]["activity_type"]["description"]
+    assert "('-') is none (400: missing activity_type)" in said
     # A union field fails with one error at the field, not one per branch of the union.
     stack = post({"leads": [{"lead_id": "a", "created_at": "2025-01-01", "tech_stack": 5}]})
     assert [e["loc"] for e in stack.json()["detail"]] == [["leads", 0, "tech_stack"]], stack.text
