@@ -803,14 +803,17 @@ def plain_problem(problem: dict) -> dict:
         problem = {**problem, "msg": "should hold a visible character, and no control character (tab, line break)"}
         problem.pop("ctx", None)
     elif problem.get("type") in MOMENT_PROBLEMS:
-        # "invalid character in year" of "09/01/2026" did not say what the API reads.
-        problem = {**problem, "msg": f"{problem.get('msg', 'not a moment')}; {MOMENT_FORMATS}"}
+        # The parser's reason misleads ("invalid character in year" of "09/01/2026", "extra
+        # characters at the end" of hour 25): what the API reads is said instead.
+        problem = {**problem, "msg": f"not a date or time this API reads; {MOMENT_FORMATS}"}
+        problem.pop("ctx", None)
     return problem
 
 
 MOMENT_PROBLEMS = frozenset({"datetime_parsing", "datetime_from_date_parsing", "datetime_type"})
 MOMENT_FORMATS = (
-    "send ISO 8601 (2026-10-22T12:00:00Z, or 2026-10-22 read as UTC) or Unix time in seconds (milliseconds above 2e10)"
+    "send ISO 8601 (2026-10-22T12:00:00Z, or 2026-10-22 read as UTC; hours 00-23, an offset as Z or +09:00) or "
+    "Unix time in seconds (milliseconds above 2e10)"
 )
 
 

@@ -309,7 +309,10 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
     us_date = post({"leads": [{"lead_id": "a", "created_at": "09/01/2026"}]})
     problem = us_date.json()["detail"][0]
     assert us_date.status_code == 400 and problem["loc"] == ["leads", 0, "created_at"], us_date.text
-    assert "send ISO 8601 (2026-10-22T12:00:00Z, or 2026-10-22 read as UTC) or Unix time" in problem["msg"]
+    assert "send ISO 8601 (2026-10-22T12:00:00Z, or 2026-10-22 read as UTC; hours 00-23" in problem["msg"]
+    # Not the parser's reason, which misleads: hour 25 was "unexpected extra characters at the end".
+    hour_25 = post({"leads": [{"lead_id": "a", "created_at": "2026-10-22T25:00:00Z"}]})
+    assert hour_25.json()["detail"][0]["msg"].startswith("not a date or time this API reads; send ISO 8601")
     # One mistake on every activity: 200 listed, all counted, whether pydantic or the service finds them.
     dated = [{"occurred_at": "10/01/2026", "activity_type": "email_open"}] * 20
     every_row = post({"leads": [{"lead_id": f"u{i}", "created_at": "2025-01-01", "activities": dated}
@@ -389,7 +392,7 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
         {"occurred_at": "2024-12-01", "activity_type": "web_visit"}]}  # fmt: skip
     future = post({"leads": [ok_lead, future_lead], "as_of": "2025-01-01"})
     assert future.status_code == 400, future.text
-    assert "after the scoring moment (as_of): 2030-01-01 after 2025-01-01" in future.text
+    assert "after the scoring moment (as_of): 2030-01-01 UTC after 2025-01-01 UTC" in future.text
     # One mistake, one error, pointing at the lead and field (its activity is not "of an unknown lead").
     assert [e["loc"] for e in future.json()["detail"]] == [["leads", 1, "created_at"]], future.text
     # The place once (it was "at leads.1.created_at: leads[1] (lead_id 'b'): ..."), then the lead's id.
@@ -441,8 +444,9 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
         assert ahead.status_code == 200 and len(ahead.json()) == len(leads), ahead.text
     far = post({"leads": [{"lead_id": "a", "created_at": late}, other]})
     assert far.status_code == 400 and "created_at is after the scoring moment" in far.text
+    assert " UTC after " in far.text and "without an offset is UTC" in far.text  # bare times read as local
     # The moment of arrival to the second (it had microseconds); the value sent is shown as sent.
-    assert re.search(r" after \d{4}-\d\d-\d\d \d\d:\d\d:\d\d$", far.json()["detail"][0]["msg"]), far.text
+    assert re.search(r" after \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC ", far.json()["detail"][0]["msg"]), far.text
     # An as_of after today read every lead as gone quiet for the days to come, without a word.
     beyond = (pd.Timestamp.now(tz="UTC") + pd.Timedelta(days=2)).isoformat()
     for route, body in (("score", {"leads": [other], "as_of": beyond}), ("explain", {"lead": other, "as_of": beyond})):
@@ -588,6 +592,23 @@ def test_without_a_model_callers_still_need_a_key(tmp_path, params_file):
         assert httpx.get(f"{url}/healthz").status_code == 200  # probes stay open
     finally:
         _stop(process)
+
+
+def test_a_lead_created_today_ahead_of_utc_and_sent_as_a_date_is_scored():
+    """`created_at: "2026-12-08"` sent from Tokyo on the morning of the 8th, while it is still the
+    7th in UTC, was refused as after the scoring moment; the same date as `as_of` was taken."""
+    import datetime as dt
+
+    from serving.schemas import Lead
+    from serving.service import _moment
+
+    tomorrow = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).date()
+    lead = Lead.model_validate({"lead_id": "t", "created_at": tomorrow.isoformat()})
+    assert _moment(None, [lead]) > dt.datetime.combine(tomorrow, dt.time(0))  # just after it
+    # A time of tomorrow, or a date after it, is still after the moment (and refused as such).
+    for later in (f"{tomorrow}T00:00:01Z", (tomorrow + dt.timedelta(days=1)).isoformat()):
+        lead = Lead.model_validate({"lead_id": "t", "created_at": later})
+        assert _moment(None, [lead]) < dt.datetime.combine(tomorrow, dt.time(0)), later
 
 
 def test_failed_keys_are_counted_per_address_within_a_minute():
