@@ -514,7 +514,8 @@ class BodySizeGuard:
 
 class JsonBodyGuard:
     """415 for a body on the JSON APIs that is declared as anything but JSON (BentoML would
-    try to parse e.g. `multipart/form-data` without a boundary and answer 500); 400 for a query
+    try to parse e.g. `multipart/form-data` without a boundary and answer 500) or in another
+    charset than UTF-8; 400 for a query
     string or a name repeated in one object of the body; the body passed on without a UTF-8
     byte order mark."""
 
@@ -529,6 +530,12 @@ class JsonBodyGuard:
             media = declared.split(b";", 1)[0].strip().lower()
             if media not in (b"application/json", b""):
                 await reply(send, 415, f"send the body as application/json, not {media.decode('latin-1')[:80]}")
+                return
+            charset = re.search(rb";\s*charset\s*=\s*\"?([^\s;\"]*)", declared, re.IGNORECASE)
+            if charset and charset[1].lower() not in (b"utf-8", b"utf8"):
+                # JSON is UTF-8 (RFC 8259); Latin-1 bytes were a 400 "invalid unicode code point".
+                shown = charset[1].decode("latin-1")[:40]
+                await reply(send, 415, f"send the body in UTF-8, as JSON is written: charset {shown} is not read")
                 return
             encoding = headers.get(b"content-encoding", b"identity").strip().lower()
             if encoding not in (b"identity", b""):  # it read as "Invalid JSON at column 1"

@@ -385,6 +385,12 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
     one = {"lead_id": "a", "created_at": "2024-06-01"}
     queried = httpx.post(f"{url}/score?as_of=2020-01-01", json={"leads": [one]}, headers=_auth())
     assert queried.status_code == 400 and [e["loc"] for e in queried.json()["detail"]] == [["query", "as_of"]]
+    # JSON is UTF-8: a body declared in Latin-1 is refused as such (it was "invalid unicode code point").
+    latin = json.dumps({"leads": [{**one, "country": "España"}]}, ensure_ascii=False).encode("latin-1")
+    declared = {**_auth(), "content-type": "application/json; charset=iso-8859-1"}
+    assert httpx.post(f"{url}/score", content=latin, headers=declared).status_code == 415
+    utf8 = {**_auth(), "content-type": 'application/json; charset="UTF-8"'}
+    assert httpx.post(f"{url}/score", content=latin.decode("latin-1").encode(), headers=utf8).status_code == 200
     too_many = post({"leads": [{"lead_id": str(i), "created_at": "2025-01-01"} for i in range(1001)]})
     assert too_many.status_code == 400
     ok_lead = {"lead_id": "a", "created_at": "2024-06-01"}
