@@ -627,7 +627,7 @@ def prepare_crm_leads(
         # Both moments said: an as_of read otherwise than meant (`20261022` is Unix time, 1970) shows.
         moment = pd.Series(moments.to_numpy()[positions], index=clean.index).dt.floor("s").astype(str)
         said = ("created_at is after the scoring moment (as_of): " + clean["created_at"].astype(str) + " UTC after "
-                + moment + " UTC (a moment without an offset is UTC)")  # fmt: skip
+                + moment + " UTC (a moment without an offset is UTC, a date alone its midnight)")  # fmt: skip
         quarantine.add("leads", clean, future, said)
         clean = clean[~future].reset_index(drop=True)
         positions = clean["_row"].to_numpy()

@@ -180,18 +180,13 @@ def _moment(as_of: dt.datetime | None, leads: list[Lead] = ()) -> pd.Timestamp:
             raise _bad_request([(("as_of",), future_moment(f"as_of {_iso_utc(moment)}", utc_naive(now)))])
         return moment
     newest, horizon = None, now + CLOCK_SKEW
-    # A date without a time reads as its midnight in UTC: today's date where the day has begun
-    # ahead of UTC (a lead created this morning in Tokyo) is taken up to the end of today in UTC,
-    # as `as_of` is. Leads created today there were refused for up to 14 hours a day.
-    end_of_today = latest_moment(utc_naive(now)).to_pydatetime().replace(tzinfo=dt.UTC)
     for lead in leads:
         stamps = (lead.created_at, *(activity["occurred_at"] for activity in lead.activities))
         for stamp in stamps:
             if stamp is not None:
                 if stamp.tzinfo is None:  # naive means UTC; aware ones compare across zones as they are
                     stamp = stamp.replace(tzinfo=dt.UTC)
-                dated = stamp.utcoffset() == dt.timedelta(0) and stamp.time() == dt.time(0)
-                if stamp <= (end_of_today if dated else horizon) and (newest is None or stamp > newest):
+                if stamp <= horizon and (newest is None or stamp > newest):
                     newest = stamp
     return utc_naive(now if newest is None else max(now, newest + dt.timedelta(microseconds=1)))
 

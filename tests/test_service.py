@@ -600,23 +600,6 @@ def test_without_a_model_callers_still_need_a_key(tmp_path, params_file):
         _stop(process)
 
 
-def test_a_lead_created_today_ahead_of_utc_and_sent_as_a_date_is_scored():
-    """`created_at: "2026-12-08"` sent from Tokyo on the morning of the 8th, while it is still the
-    7th in UTC, was refused as after the scoring moment; the same date as `as_of` was taken."""
-    import datetime as dt
-
-    from serving.schemas import Lead
-    from serving.service import _moment
-
-    tomorrow = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).date()
-    lead = Lead.model_validate({"lead_id": "t", "created_at": tomorrow.isoformat()})
-    assert _moment(None, [lead]) > dt.datetime.combine(tomorrow, dt.time(0))  # just after it
-    # A time of tomorrow, or a date after it, is still after the moment (and refused as such).
-    for later in (f"{tomorrow}T00:00:01Z", (tomorrow + dt.timedelta(days=1)).isoformat()):
-        lead = Lead.model_validate({"lead_id": "t", "created_at": later})
-        assert _moment(None, [lead]) < dt.datetime.combine(tomorrow, dt.time(0)), later
-
-
 def test_failed_keys_are_counted_per_address_within_a_minute():
     from serving.guards import FailedKeyThrottle
 
