@@ -274,7 +274,7 @@ class ServiceParams(_Frozen):
     # addressed to when no API keys are set (a reverse proxy's name).
     allowed_hosts: tuple[str, ...] = ()
     # Failed API keys or sign-ins an address may make in a minute before it is answered 429; 0: no limit.
-    failed_key_limit: int = Field(default=30, ge=0)
+    failed_key_limit: int = Field(default=0, ge=0)
     # The lead's record in the CRM, linked from its page: a web address with {lead_id} in it.
     crm_lead_url: str = ""
 

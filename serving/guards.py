@@ -296,8 +296,9 @@ def short_keys_said(places: list[int]) -> str:
 class FailedKeyThrottle:
     """Failed key checks per client address: past `limit` within `window` seconds, the address is
     answered 429 without its key being checked until the oldest failure leaves the window, so a
-    script cannot try keys (or sign-ins) at the rate the service answers. Counted per worker;
-    behind a reverse proxy every client is the proxy's address."""
+    script cannot try keys (or sign-ins) at the rate the service answers. Counted per worker.
+    Opt-in (`service.failed_key_limit`): clients that share an address (behind a proxy on another
+    machine, a NAT) share the count, so one of them trying keys holds the others off too."""
 
     MAX_ADDRESSES = 10_000  # beyond, the address that failed longest ago is forgotten
 
@@ -331,10 +332,29 @@ class FailedKeyThrottle:
         if len(self.failures) > self.MAX_ADDRESSES:
             del self.failures[next(iter(self.failures))]
 
+    def forgive(self, address: str) -> None:
+        """Take back the address's last failure (a sign-in counted before its key was checked)."""
+        times = self.failures.get(address)
+        if times:
+            times.pop()
+            if not times:
+                del self.failures[address]
+
 
 def client_address(scope: Scope) -> str:
+    """Whom failed keys are counted against: the client's address, an IPv6 one by its /64 (a
+    single host is given a whole /64 and could otherwise try from a new address each time)."""
     client = scope.get("client") or ("", 0)
-    return str(client[0])
+    text = str(client[0] or "")
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return text
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:  # an IPv4 client of a service listening on "::"
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 class ApiKeyGuard:
@@ -342,8 +362,8 @@ class ApiKeyGuard:
 
     The pages (`/ui/...`) also take the token of a key (`page_token`) from the cookie their
     login form sets, since a browser sends no header by itself; a page request without a valid
-    key or token is sent to the login form. An address whose keys or sign-ins failed
-    `failed_key_limit` times in a minute is answered 429 until the minute has passed.
+    key or token is sent to the login form. With `failed_key_limit`, an address whose keys or
+    sign-ins failed that many times in a minute is answered 429 until the minute has passed.
     """
 
     def __init__(self, app: ASGIApp, failed_key_limit: int = 0) -> None:
@@ -370,16 +390,19 @@ class ApiKeyGuard:
         return wait > 0
 
     async def _signing_in(self, scope: Scope, receive: Receive, send: Send, address: str) -> None:
-        """The login form checks the key itself: its 401 counts as a failed key."""
+        """The login form checks the key itself: a sign-in counts as failed until it answers
+        otherwise than 401 (counted on the way in: 1,000 sent at once would all be checked
+        before the first failure came back)."""
         if scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
         if await self._throttled(address, send):
             return
+        self.throttle.failed(address)
 
         async def watched(message: MutableMapping[str, Any]) -> None:
-            if message["type"] == "http.response.start" and message["status"] == 401:
-                self.throttle.failed(address)
+            if message["type"] == "http.response.start" and message["status"] != 401:
+                self.throttle.forgive(address)
             await send(message)
 
         await self.app(scope, receive, watched)
@@ -409,7 +432,7 @@ class ApiKeyGuard:
         else:  # a browser on the pages sends the token its sign-in set, never the key
             allowed = page and page_token_matches(cookie_key(headers), self.keys)
         if not allowed:
-            if token or cookie_key(headers):  # a key or token tried; a page opened signed out is not
+            if token:  # a key tried; a page token is a keyed hash (no guess), an old one only expired
                 self.throttle.failed(address)
             if page and scope.get("method") == "GET":
                 await _to_login(scope, send)
@@ -512,10 +535,13 @@ class BodySizeGuard:
         await self.app(scope, replay, send)
 
 
+UTF8_LABELS = frozenset({b"", b"utf-8", b"utf8"})
+
+
 class JsonBodyGuard:
     """415 for a body on the JSON APIs that is declared as anything but JSON (BentoML would
     try to parse e.g. `multipart/form-data` without a boundary and answer 500) or in another
-    charset than UTF-8; 400 for a query
+    charset than UTF-8 with bytes beyond ASCII; 400 for a query
     string or a name repeated in one object of the body; the body passed on without a UTF-8
     byte order mark."""
 
@@ -532,11 +558,7 @@ class JsonBodyGuard:
                 await reply(send, 415, f"send the body as application/json, not {media.decode('latin-1')[:80]}")
                 return
             charset = re.search(rb";\s*charset\s*=\s*\"?([^\s;\"]*)", declared, re.IGNORECASE)
-            if charset and charset[1].lower() not in (b"utf-8", b"utf8"):
-                # JSON is UTF-8 (RFC 8259); Latin-1 bytes were a 400 "invalid unicode code point".
-                shown = charset[1].decode("latin-1")[:40]
-                await reply(send, 415, f"send the body in UTF-8, as JSON is written: charset {shown} is not read")
-                return
+            declared_charset = charset[1].lower() if charset else b""
             encoding = headers.get(b"content-encoding", b"identity").strip().lower()
             if encoding not in (b"identity", b""):  # it read as "Invalid JSON at column 1"
                 shown = encoding.decode("latin-1")[:40]
@@ -552,6 +574,12 @@ class JsonBodyGuard:
                 return
             body, ended = await _whole_body(receive)
             body = body.removeprefix(codecs.BOM_UTF8)
+            if declared_charset not in UTF8_LABELS and ended is None and not body.isascii():
+                # JSON is UTF-8 (RFC 8259); Latin-1 bytes were a 400 "invalid unicode code point".
+                # A body of ASCII alone reads the same in any of the charsets clients label it with.
+                shown = declared_charset.decode("latin-1")[:40]
+                await reply(send, 415, f"send the body in UTF-8, as JSON is written: charset {shown} is not read")
+                return
             repeated = []
             if ended is None and len(body) > _INLINE_CHECK_BYTES:
                 # Parsed off the event loop, which the probes and every other request share.
@@ -812,7 +840,10 @@ def plain_problem(problem: dict) -> dict:
     elif problem.get("type") in MOMENT_PROBLEMS:
         # The parser's reason misleads ("invalid character in year" of "09/01/2026", "extra
         # characters at the end" of hour 25): what the API reads is said instead.
-        problem = {**problem, "msg": f"not a date or time this API reads; {MOMENT_FORMATS}"}
+        said = str(problem.get("msg", ""))
+        # A value out of range is said as the parser says it (2026-02-30: "day value is outside expected range").
+        reason = said.rsplit(", ", 1)[-1] if "outside expected range" in said else "not a date or time this API reads"
+        problem = {**problem, "msg": f"{reason}; {MOMENT_FORMATS}"}
         problem.pop("ctx", None)
     return problem
 

@@ -83,6 +83,8 @@ RETRY_AFTER = {
     "schema": {"type": "integer"},
 }
 
+HELD_OFF = {"description": "Seconds until this address's keys are checked again", "schema": {"type": "integer"}}
+
 
 def _error(description: str, schema: dict[str, Any] = ERROR) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
@@ -140,8 +142,9 @@ def documented_spec(generated: dict[str, Any]) -> dict[str, Any]:
                     "No keys are configured and a request that reached the service on this machine named another "
                     "host than localhost, 127.0.0.1 or service.allowed_hosts"
                 ))  # fmt: skip
-                held = _error("This address gave service.failed_key_limit wrong keys within a minute: wait Retry-After")
-                responses.setdefault("429", {**held, "headers": {"Retry-After": RETRY_AFTER}})
+                held = _error("service.failed_key_limit is set and this address gave that many wrong keys or "
+                              "sign-ins within a minute: wait Retry-After")  # fmt: skip
+                responses.setdefault("429", {**held, "headers": {"Retry-After": HELD_OFF}})
             if method == "post":
                 responses.setdefault("413", _error("Request body over service.max_body_bytes"))
             if method == "post" and path in MODEL_ROUTES:
@@ -150,7 +153,8 @@ def documented_spec(generated: dict[str, Any]) -> dict[str, Any]:
                 responses["400"] = _error("Malformed JSON, a field of the wrong type (named by position) or a query "
                                           "parameter (not read: everything is in the body)",
                                           VALIDATION_ERROR)  # fmt: skip
-                responses.setdefault("415", _error("A body declared as anything but application/json, or compressed"))
+                unread = "A body declared as anything but application/json (or in a charset other than UTF-8 with "
+                responses.setdefault("415", _error(unread + "bytes beyond ASCII), or compressed"))
                 if REQUEST_MODELS.get(path) in components:
                     # BentoML inlines the request model without its null branches (`as_of: null`
                     # is accepted); the component pydantic wrote is the model as it reads.
@@ -175,6 +179,7 @@ def documented_spec(generated: dict[str, Any]) -> dict[str, Any]:
                 )
             if path in MODEL_ROUTES:
                 responses.setdefault("503", _error("No model is loaded yet; the text says why"))
+            if path in MODEL_ROUTES or path == "/reload":
                 responses.setdefault("504", {"description": "The request ran past BentoML's timeout (120 s)"})
             if path == "/readyz":
                 responses["503"] = {"description": "No model is loaded yet", "content": PLAIN_TEXT}

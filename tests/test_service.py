@@ -313,6 +313,8 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
     # Not the parser's reason, which misleads: hour 25 was "unexpected extra characters at the end".
     hour_25 = post({"leads": [{"lead_id": "a", "created_at": "2026-10-22T25:00:00Z"}]})
     assert hour_25.json()["detail"][0]["msg"].startswith("not a date or time this API reads; send ISO 8601")
+    feb_30 = post({"leads": [{"lead_id": "a", "created_at": "2026-02-30"}]})  # the form is right, the day is not
+    assert feb_30.json()["detail"][0]["msg"].startswith("day value is outside expected range; send ISO 8601")
     # One mistake on every activity: 200 listed, all counted, whether pydantic or the service finds them.
     dated = [{"occurred_at": "10/01/2026", "activity_type": "email_open"}] * 20
     every_row = post({"leads": [{"lead_id": f"u{i}", "created_at": "2025-01-01", "activities": dated}
@@ -389,8 +391,12 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
     latin = json.dumps({"leads": [{**one, "country": "España"}]}, ensure_ascii=False).encode("latin-1")
     declared = {**_auth(), "content-type": "application/json; charset=iso-8859-1"}
     assert httpx.post(f"{url}/score", content=latin, headers=declared).status_code == 415
+    assert "charset iso-8859-1 is not read" in httpx.post(f"{url}/score", content=latin, headers=declared).text
     utf8 = {**_auth(), "content-type": 'application/json; charset="UTF-8"'}
     assert httpx.post(f"{url}/score", content=latin.decode("latin-1").encode(), headers=utf8).status_code == 200
+    for label in ("us-ascii", "ISO-8859-1"):  # what some Java clients send: ASCII reads the same in either
+        ascii_only = {**_auth(), "content-type": f"application/json; charset={label}"}
+        assert httpx.post(f"{url}/score", json={"leads": [one]}, headers=ascii_only).status_code == 200, label
     too_many = post({"leads": [{"lead_id": str(i), "created_at": "2025-01-01"} for i in range(1001)]})
     assert too_many.status_code == 400
     ok_lead = {"lead_id": "a", "created_at": "2024-06-01"}
@@ -652,10 +658,62 @@ def test_only_tried_keys_count_as_failures(monkeypatch):
 
     assert [status([]) for _ in range(5)] == [401] * 5
     assert [status([], "/ui/digest") for _ in range(5)] == [303] * 5  # to the sign-in form
-    assert status([(b"cookie", b"leadscore_key=1.abc")], "/ui/digest") == 303  # a token, a wrong one
-    assert status([(b"authorization", b"Bearer nope")]) == 401
+    # A page token is a keyed hash, not a guess: an expired one (a rep's browser) counts nothing.
+    assert [status([(b"cookie", b"leadscore_key=1.abc")], "/ui/digest") for _ in range(5)] == [303] * 5
+    assert [status([(b"authorization", b"Bearer nope")]) for _ in range(2)] == [401] * 2
     assert status([(b"authorization", b"Bearer a-key-long-enough-for-use")]) == 429
     assert status([(b"authorization", b"Bearer a-key-long-enough-for-use")], address="10.0.0.8") == 200
+    # An IPv6 host holds a whole /64: each of its addresses counts against it.
+    guesses = [status([(b"authorization", b"Bearer nope")], address=f"2001:db8::{i}") for i in (1, 2, 3)]
+    assert guesses == [401, 401, 429]
+    assert status([(b"authorization", b"Bearer nope")], address="2001:db8:0:1::1") == 401  # another /64
+    assert status([(b"authorization", b"Bearer nope")], address="::ffff:10.0.0.7") == 401  # IPv4, as 10.0.0.7
+    assert status([(b"authorization", b"Bearer nope")], address="10.0.0.7") == 401
+    assert status([(b"authorization", b"Bearer a-key-long-enough-for-use")], address="::ffff:10.0.0.7") == 429
+
+
+def test_sign_ins_sent_at_once_are_counted_before_their_keys_are_checked(monkeypatch):
+    """The login form checks keys in a thread: 1,000 sign-ins sent at once were all checked before
+    the first failure came back to be counted."""
+    import asyncio
+
+    from serving.guards import ApiKeyGuard
+
+    checked = []
+
+    async def login(scope, receive, send):
+        checked.append(scope)
+        await asyncio.sleep(0.01)  # the key compared in a worker thread
+        status = 303 if scope["headers"] == [(b"x-key", b"right")] else 401
+        await send({"type": "http.response.start", "status": status, "headers": []})
+
+    monkeypatch.setenv("LEADSCORE_API_KEYS", "a-key-long-enough-for-use")
+    guard = ApiKeyGuard(login, failed_key_limit=3)
+    answers = []
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            answers.append(message["status"])
+
+    async def sign_in(headers: list, address: str = "10.1.0.1") -> None:
+        scope = {"type": "http", "path": "/ui/login", "method": "POST", "headers": headers, "client": (address, 1)}
+        await guard(scope, None, send)
+
+    async def at_once() -> None:
+        await asyncio.gather(*(sign_in([]) for _ in range(20)))
+
+    asyncio.run(at_once())
+    assert len(checked) == 3 and sorted(answers) == [401] * 3 + [429] * 17
+    # A sign-in that succeeds is not a failure: many of them never hold an address off.
+    checked.clear()
+    answers.clear()
+
+    async def signed_in_at_once() -> None:
+        await asyncio.gather(*(sign_in([(b"x-key", b"right")], "10.1.0.2") for _ in range(3)))
+
+    asyncio.run(signed_in_at_once())
+    asyncio.run(sign_in([(b"x-key", b"right")], "10.1.0.2"))
+    assert answers == [303] * 4 and len(checked) == 4
 
 
 @pytest.mark.slow
