@@ -11,6 +11,7 @@ import glob
 import json
 import logging
 import os
+import socket
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from features.ingest import (
     require_columns,
 )
 from features.schema import ACTIVITY_REQUIRED, LEAD_NUMERIC, LEAD_REQUIRED, contract_clash, contract_names
+from features.tracking import shown_uri
 from serving.batch import (
     ACTIVITY_STATES,
     NO_ACTIVITY_NOTE,
@@ -45,7 +47,7 @@ from serving.batch import (
     score_batch,
     whole_folder,
 )
-from serving.scoring import LoadedModel, load_champion
+from serving.scoring import LoadedModel, ModelNotReady, load_champion
 
 QUARANTINE_COLUMNS = ["table", "row", "lead_id", "reason"]
 KIND = "_kind"
@@ -490,7 +492,13 @@ def _score_partition(
     key = (uri, model_name, version)
     if key not in _MODELS:
         os.environ["MLFLOW_TRACKING_URI"] = uri
-        _MODELS[key] = load_champion(model_name, version=version)
+        try:
+            _MODELS[key] = load_champion(model_name, version=version)
+        except ModelNotReady as exc:  # said by the client as its own, it read as the client's store
+            raise ModelNotReady(
+                f"on a Dask worker ({socket.gethostname()}), from {shown_uri(uri)}, the registry this command uses: "
+                f"{exc}; workers must reach it (an mlflow server, not a sqlite file on this machine)"
+            ) from exc
     # Each row's key as its index: `score_batch` numbers quarantined rows by it (key + 1).
     leads = leads.drop(columns="_bucket").set_index(ROW_KEY).rename_axis(None)
     activities = activities.drop(columns="_bucket").set_index(ROW_KEY).rename_axis(None)

@@ -566,3 +566,17 @@ def test_files_that_write_numeric_dates_in_different_orders_are_refused_on_dask_
         DataError, match=r"outcomes\.csv day first \(closed_at 13/02/2025\); activities\.csv month first"
     ):
         prepare_crm_on_dask(client, tmp_path, params, tuning_rows=10**9, partitions=2)
+
+
+def test_a_worker_that_cannot_reach_the_commands_registry_says_so(tmp_path, monkeypatch):
+    """A worker reading the client's sqlite file from its own disk failed with "Registered Model
+    ... not found", printed as if the client's own store lacked the model."""
+    from serving.dask_batch import _score_partition
+    from serving.scoring import ModelNotReady
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///unused.db")  # restored after: a worker sets its own
+    elsewhere = f"sqlite:///{tmp_path / 'on-the-client.db'}"
+    frame = pd.DataFrame({"_bucket": [], "_key": []})
+    with pytest.raises(ModelNotReady, match=r"on a Dask worker \(.+\), from sqlite:///.+workers must reach it"):
+        _score_partition(frame, frame, model_name="lead-scorer", version="1", uri=elsewhere,
+                         as_of=pd.Timestamp("2026-01-01"), as_of_given=True, day_first=None)  # fmt: skip
