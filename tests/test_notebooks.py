@@ -80,6 +80,12 @@ def test_explore_notebook(small_crm_dir, tmp_path, kernel_env):
     text = "".join(str(o) for c in book.cells for o in c.get("outputs", []))
     assert "rows quarantined" in text and "flagged as leaking the label" in text
     assert "features changed by the demo request after T: none" in text  # computed from the past alone
+    # A month on, the demo request is in the lead's past and counts (the column left it out).
+    table = next(o["data"]["text/plain"] for c in book.cells if "month_on" in c.source
+                 for o in c.get("outputs", []) if "text/plain" in o.get("data", {}))  # fmt: skip
+    # The row's values, over the blocks a wide table is printed in.
+    row = [float(v) for line in table.splitlines() if line.startswith("n_demo_request_30d") for v in line.split()[1:]]
+    assert len(row) == 3 and row[2] >= row[0] + 1, table
     assert _images(book) >= 1  # conversion by source, industry and seniority
 
 
