@@ -361,7 +361,17 @@ def quiet_lightgbm(dask_worker=None) -> None:
 
     logger = logging.getLogger("lightgbm")
     logger.setLevel(logging.WARNING)
+    if not any(isinstance(f, _NJobsIgnored) for f in logger.filters):
+        logger.addFilter(_NJobsIgnored())
     lightgbm.register_logger(logger)
+
+
+class _NJobsIgnored:
+    """Drops "Parameter n_jobs will be ignored.", which the Dask estimator says on every fit
+    (its scikit-learn parameters always hold n_jobs; each worker uses its own threads, as meant)."""
+
+    def filter(self, record) -> bool:
+        return "n_jobs will be ignored" not in record.getMessage()
 
 
 def dask_final_fit(client, data: DaskDataset, seed: int):
