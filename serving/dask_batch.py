@@ -495,9 +495,10 @@ def _score_partition(
         try:
             _MODELS[key] = load_champion(model_name, version=version)
         except ModelNotReady as exc:  # said by the client as its own, it read as the client's store
+            local = uri.startswith("sqlite:")  # a worker on another machine does not see this file
             raise ModelNotReady(
                 f"on a Dask worker ({socket.gethostname()}), from {shown_uri(uri)}, the registry this command uses: "
-                f"{exc}; workers must reach it (an mlflow server, not a sqlite file on this machine)"
+                f"{exc}" + ("; workers on other machines need one they reach: an mlflow server" if local else "")
             ) from exc
     # Each row's key as its index: `score_batch` numbers quarantined rows by it (key + 1).
     leads = leads.drop(columns="_bucket").set_index(ROW_KEY).rename_axis(None)

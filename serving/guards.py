@@ -241,16 +241,26 @@ def page_token(key: bytes, issued: int | None = None) -> bytes:
     return b"%d.%s" % (issued, mac.encode())
 
 
-def page_token_matches(token: bytes, keys: tuple[bytes, ...], now: float | None = None) -> bool:
-    """Whether a page token was issued for one of these keys and is still within its lifetime."""
+def _token_issued(token: bytes, now: float | None = None) -> int | None:
+    """When a page token says it was issued, if that is within its lifetime; else None."""
     issued_text, dot, _ = token.partition(b".")
     if not dot or not issued_text.isdigit() or len(issued_text) > 12:
-        return False
+        return None
     issued = int(issued_text)
     now = time.time() if now is None else now
-    if not now - PAGE_TOKEN_SECONDS <= issued <= now + CLOCK_SLACK_SECONDS:
-        return False
-    return key_matches(token, tuple(page_token(key, issued) for key in keys))
+    return issued if now - PAGE_TOKEN_SECONDS <= issued <= now + CLOCK_SLACK_SECONDS else None
+
+
+def page_token_matches(token: bytes, keys: tuple[bytes, ...], now: float | None = None) -> bool:
+    """Whether a page token was issued for one of these keys and is still within its lifetime."""
+    issued = _token_issued(token, now)
+    return issued is not None and key_matches(token, tuple(page_token(key, issued) for key in keys))
+
+
+def page_token_guessed(token: bytes, keys: tuple[bytes, ...]) -> bool:
+    """A page token within its lifetime that no key made: anyone can make one from a guessed
+    key (it is a keyed hash of the key), so it is a key tried. An expired one is a browser's."""
+    return _token_issued(token) is not None and not page_token_matches(token, keys)
 
 
 def cookie_key(headers: dict[bytes, bytes]) -> bytes:
@@ -322,21 +332,25 @@ class FailedKeyThrottle:
         times = self._recent(address)
         return max(0.0, times[-self.limit] + self.window - self.clock()) if len(times) >= self.limit else 0.0
 
-    def failed(self, address: str) -> None:
+    def failed(self, address: str) -> float:
+        """Count a failure now; returns its moment (for `forgive`)."""
+        moment = self.clock()
         if not self.limit:
-            return
+            return moment
         times = self._recent(address)
-        times.append(self.clock())
+        times.append(moment)
         self.failures.pop(address, None)  # re-inserted last: the dict's order is that of last failures
         self.failures[address] = times[-self.limit :]
         if len(self.failures) > self.MAX_ADDRESSES:
             del self.failures[next(iter(self.failures))]
+        return moment
 
-    def forgive(self, address: str) -> None:
-        """Take back the address's last failure (a sign-in counted before its key was checked)."""
+    def forgive(self, address: str, moment: float) -> None:
+        """Take back the failure counted at `moment` (a sign-in counted before its key was checked),
+        not another one counted since."""
         times = self.failures.get(address)
-        if times:
-            times.pop()
+        if times and moment in times:
+            times.remove(moment)
             if not times:
                 del self.failures[address]
 
@@ -398,11 +412,11 @@ class ApiKeyGuard:
             return
         if await self._throttled(address, send):
             return
-        self.throttle.failed(address)
+        counted = self.throttle.failed(address)
 
         async def watched(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start" and message["status"] != 401:
-                self.throttle.forgive(address)
+                self.throttle.forgive(address, counted)
             await send(message)
 
         await self.app(scope, receive, watched)
@@ -432,7 +446,7 @@ class ApiKeyGuard:
         else:  # a browser on the pages sends the token its sign-in set, never the key
             allowed = page and page_token_matches(cookie_key(headers), self.keys)
         if not allowed:
-            if token:  # a key tried; a page token is a keyed hash (no guess), an old one only expired
+            if token or (page and page_token_guessed(cookie_key(headers), self.keys)):  # not an expired one
                 self.throttle.failed(address)
             if page and scope.get("method") == "GET":
                 await _to_login(scope, send)
@@ -535,13 +549,20 @@ class BodySizeGuard:
         await self.app(scope, replay, send)
 
 
-UTF8_LABELS = frozenset({b"", b"utf-8", b"utf8"})
+def _utf8(body: bytes) -> bool:
+    if body.isascii():
+        return b"\x00" not in body  # NULs between ASCII letters: UTF-16 without its byte order mark
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class JsonBodyGuard:
     """415 for a body on the JSON APIs that is declared as anything but JSON (BentoML would
-    try to parse e.g. `multipart/form-data` without a boundary and answer 500) or in another
-    charset than UTF-8 with bytes beyond ASCII; 400 for a query
+    try to parse e.g. `multipart/form-data` without a boundary and answer 500) or not in
+    UTF-8; 400 for a query
     string or a name repeated in one object of the body; the body passed on without a UTF-8
     byte order mark."""
 
@@ -574,11 +595,11 @@ class JsonBodyGuard:
                 return
             body, ended = await _whole_body(receive)
             body = body.removeprefix(codecs.BOM_UTF8)
-            if declared_charset not in UTF8_LABELS and ended is None and not body.isascii():
-                # JSON is UTF-8 (RFC 8259); Latin-1 bytes were a 400 "invalid unicode code point".
-                # A body of ASCII alone reads the same in any of the charsets clients label it with.
-                shown = declared_charset.decode("latin-1")[:40]
-                await reply(send, 415, f"send the body in UTF-8, as JSON is written: charset {shown} is not read")
+            if ended is None and (declared_charset.startswith((b"utf-16", b"utf-32")) or not _utf8(body)):
+                # JSON is UTF-8 (RFC 8259), whatever the label says; Latin-1 bytes were a 400
+                # "invalid unicode code point", UTF-16 "key must be a string at line 1 column 2".
+                said = f" (declared charset {declared_charset.decode('latin-1')[:40]})" if declared_charset else ""
+                await reply(send, 415, f"send the body in UTF-8, as JSON is written{said}")
                 return
             repeated = []
             if ended is None and len(body) > _INLINE_CHECK_BYTES:

@@ -153,8 +153,8 @@ def documented_spec(generated: dict[str, Any]) -> dict[str, Any]:
                 responses["400"] = _error("Malformed JSON, a field of the wrong type (named by position) or a query "
                                           "parameter (not read: everything is in the body)",
                                           VALIDATION_ERROR)  # fmt: skip
-                unread = "A body declared as anything but application/json (or in a charset other than UTF-8 with "
-                responses.setdefault("415", _error(unread + "bytes beyond ASCII), or compressed"))
+                unread = "A body declared as anything but application/json, not in UTF-8 (whatever its charset "
+                responses.setdefault("415", _error(unread + "label says), or compressed"))
                 if REQUEST_MODELS.get(path) in components:
                     # BentoML inlines the request model without its null branches (`as_of: null`
                     # is accepted); the component pydantic wrote is the model as it reads.

@@ -626,8 +626,13 @@ def prepare_crm_leads(
     if future.any():
         # Both moments said: an as_of read otherwise than meant (`20261022` is Unix time, 1970) shows.
         moment = pd.Series(moments.to_numpy()[positions], index=clean.index).dt.floor("s").astype(str)
-        said = ("created_at is after the scoring moment (as_of): " + clean["created_at"].astype(str) + " UTC after "
-                + moment + " UTC (a moment without an offset is UTC, a date alone its midnight)")  # fmt: skip
+        said = (
+            "created_at is after the scoring moment (as_of): "
+            + clean["created_at"].astype(str)
+            + " UTC after "
+            + moment
+            + " UTC (a moment without an offset is UTC, a date alone its midnight: send the time)"
+        )
         quarantine.add("leads", clean, future, said)
         clean = clean[~future].reset_index(drop=True)
         positions = clean["_row"].to_numpy()

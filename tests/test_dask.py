@@ -577,6 +577,7 @@ def test_a_worker_that_cannot_reach_the_commands_registry_says_so(tmp_path, monk
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///unused.db")  # restored after: a worker sets its own
     elsewhere = f"sqlite:///{tmp_path / 'on-the-client.db'}"
     frame = pd.DataFrame({"_bucket": [], "_key": []})
-    with pytest.raises(ModelNotReady, match=r"on a Dask worker \(.+\), from sqlite:///.+workers must reach it"):
+    said = r"on a Dask worker \(.+\), from sqlite:///.+workers on other machines need one they reach"
+    with pytest.raises(ModelNotReady, match=said):
         _score_partition(frame, frame, model_name="lead-scorer", version="1", uri=elsewhere,
                          as_of=pd.Timestamp("2026-01-01"), as_of_given=True, day_first=None)  # fmt: skip

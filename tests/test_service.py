@@ -387,16 +387,21 @@ def test_bad_input_is_a_4xx_naming_the_field_and_position(server):
     one = {"lead_id": "a", "created_at": "2024-06-01"}
     queried = httpx.post(f"{url}/score?as_of=2020-01-01", json={"leads": [one]}, headers=_auth())
     assert queried.status_code == 400 and [e["loc"] for e in queried.json()["detail"]] == [["query", "as_of"]]
-    # JSON is UTF-8: a body declared in Latin-1 is refused as such (it was "invalid unicode code point").
-    latin = json.dumps({"leads": [{**one, "country": "España"}]}, ensure_ascii=False).encode("latin-1")
+    # JSON is UTF-8 whatever the label: Latin-1 bytes are refused as such (they were "invalid unicode
+    # code point"), as is UTF-16 ("key must be a string"); UTF-8 under any label is read.
+    text = json.dumps({"leads": [{**one, "country": "España"}]}, ensure_ascii=False)
     declared = {**_auth(), "content-type": "application/json; charset=iso-8859-1"}
-    assert httpx.post(f"{url}/score", content=latin, headers=declared).status_code == 415
-    assert "charset iso-8859-1 is not read" in httpx.post(f"{url}/score", content=latin, headers=declared).text
-    utf8 = {**_auth(), "content-type": 'application/json; charset="UTF-8"'}
-    assert httpx.post(f"{url}/score", content=latin.decode("latin-1").encode(), headers=utf8).status_code == 200
-    for label in ("us-ascii", "ISO-8859-1"):  # what some Java clients send: ASCII reads the same in either
-        ascii_only = {**_auth(), "content-type": f"application/json; charset={label}"}
-        assert httpx.post(f"{url}/score", json={"leads": [one]}, headers=ascii_only).status_code == 200, label
+    latin = httpx.post(f"{url}/score", content=text.encode("latin-1"), headers=declared)
+    assert latin.status_code == 415 and latin.json()["error"] == (
+        "send the body in UTF-8, as JSON is written (declared charset iso-8859-1)")  # fmt: skip
+    assert httpx.post(f"{url}/score", content=text.encode(), headers=declared).status_code == 200
+    wide = {**_auth(), "content-type": "application/json; charset=utf-16"}
+    assert httpx.post(f"{url}/score", content=text.encode("utf-16-le"), headers=wide).status_code == 415
+    unlabelled = {**_auth(), "content-type": "application/json"}
+    assert httpx.post(f"{url}/score", content=text.encode("utf-16-le"), headers=unlabelled).status_code == 415
+    for label in ("us-ascii", '"UTF-8"'):  # what some Java clients send
+        labelled = {**_auth(), "content-type": f"application/json; charset={label}"}
+        assert httpx.post(f"{url}/score", content=text.encode(), headers=labelled).status_code == 200, label
     too_many = post({"leads": [{"lead_id": str(i), "created_at": "2025-01-01"} for i in range(1001)]})
     assert too_many.status_code == 400
     ok_lead = {"lead_id": "a", "created_at": "2024-06-01"}
@@ -621,6 +626,13 @@ def test_failed_keys_are_counted_per_address_within_a_minute():
     now[0] = 1061
     assert throttle.wait_seconds("10.0.0.1") == 0  # the first failure is over a minute old
     assert FailedKeyThrottle(limit=0).wait_seconds("x") == 0
+    # A sign-in's failure is taken back, not another one counted while it ran.
+    signing = FailedKeyThrottle(limit=2, clock=lambda: now[0])
+    counted = signing.failed("10.0.0.3")
+    now[0] += 50
+    signing.failed("10.0.0.3")  # a wrong key meanwhile
+    signing.forgive("10.0.0.3", counted)  # the sign-in answered 303
+    assert signing.failures["10.0.0.3"] == [now[0]]
     off = FailedKeyThrottle(limit=0)
     for _ in range(100):
         off.failed("x")
@@ -658,10 +670,15 @@ def test_only_tried_keys_count_as_failures(monkeypatch):
 
     assert [status([]) for _ in range(5)] == [401] * 5
     assert [status([], "/ui/digest") for _ in range(5)] == [303] * 5  # to the sign-in form
-    # A page token is a keyed hash, not a guess: an expired one (a rep's browser) counts nothing.
+    # An expired page token is a rep's browser, not a guess: it counts nothing.
     assert [status([(b"cookie", b"leadscore_key=1.abc")], "/ui/digest") for _ in range(5)] == [303] * 5
-    assert [status([(b"authorization", b"Bearer nope")]) for _ in range(2)] == [401] * 2
+    # A current one that no key made is one made from a guessed key (a keyed hash anyone can compute).
+    from serving.guards import page_token
+
+    guessed = b"leadscore_key=" + page_token(b"a-guess")
+    assert [status([(b"cookie", guessed)], "/ui/digest") for _ in range(2)] == [303, 303]
     assert status([(b"authorization", b"Bearer a-key-long-enough-for-use")]) == 429
+    assert [status([(b"authorization", b"Bearer nope")], address="10.0.0.6") for _ in range(3)] == [401, 401, 429]
     assert status([(b"authorization", b"Bearer a-key-long-enough-for-use")], address="10.0.0.8") == 200
     # An IPv6 host holds a whole /64: each of its addresses counts against it.
     guesses = [status([(b"authorization", b"Bearer nope")], address=f"2001:db8::{i}") for i in (1, 2, 3)]
@@ -704,7 +721,8 @@ def test_sign_ins_sent_at_once_are_counted_before_their_keys_are_checked(monkeyp
 
     asyncio.run(at_once())
     assert len(checked) == 3 and sorted(answers) == [401] * 3 + [429] * 17
-    # A sign-in that succeeds is not a failure: many of them never hold an address off.
+    # A sign-in that succeeds is not a failure once it has answered: one after another, they never
+    # hold an address off (while `limit` are in flight at once, a further one waits).
     checked.clear()
     answers.clear()
 
@@ -1026,8 +1044,10 @@ def test_a_byte_order_mark_is_read_past_however_the_body_arrives_in_chunks():
     mark = b"\xef\xbb\xbf"
     for chunks in ([mark + b"{}"], [b"\xef", b"\xbb\xbf{}"], [b"", mark, b"{}"], [b"\xef\xbb", b"\xbf", b"{", b"}"]):
         assert asyncio.run(passed_on(chunks)) == b"{}", chunks
-    for chunks in ([b"{}"], [b"{", b"}"], [b""], [b"\xef"]):  # no mark, or too short to hold one: as sent
+    for chunks in ([b"{}"], [b"{", b"}"], [b""]):  # no mark: as sent
         assert asyncio.run(passed_on(chunks)) == b"".join(chunks), chunks
+    with pytest.raises(AssertionError, match="'status': 415"):  # part of a mark alone is no UTF-8
+        asyncio.run(passed_on([b"\xef"]))
 
 
 def test_without_keys_a_local_request_must_name_a_local_host_or_an_allowed_one(monkeypatch):
