@@ -466,10 +466,11 @@ def clean_flat_columns(frame: pd.DataFrame, schema: dict[str, Any]) -> tuple[pd.
         if kind == "numeric":
             raw = numbers_as_text(raw)  # a number sent as a number stays that number (1.532 as sent)
         values = blank_to_missing(raw, tokens)
-        errors = values.isna() & spreadsheet_errors(raw)  # a token of models trained since they were one
-        if errors.any():
-            shown = ", ".join(repr(v) for v in raw[errors].astype(str).str.strip().value_counts().index[:3])
-            notes.append(f"{column}: {int(errors.sum())} spreadsheet formula error(s) read as missing ({shown})")
+        blank = raw[values.isna()]  # a formula error is a token of models trained since they were one
+        errors = blank[spreadsheet_errors(blank)] if len(blank) else blank
+        if len(errors):
+            shown = ", ".join(repr(v) for v in errors.astype(str).str.strip().value_counts().index[:3])
+            notes.append(f"{column}: {len(errors)} spreadsheet formula error(s) read as missing ({shown})")
         if kind == "boolean":
             out[column], failed = parse_bool(values)
         elif kind == "numeric":

@@ -431,7 +431,7 @@ class ApiKeyGuard:
         if scope["type"] != "http" or not self.keys or path in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        address = client_address(scope)
+        address = client_address(scope) if self.throttle.limit else ""  # counted only when asked
         if path in LOGIN_PATHS:
             await self._signing_in(scope, receive, send, address)
             return
@@ -876,9 +876,13 @@ MOMENT_FORMATS = (
 )
 
 
+def _no_route(method: str, path: str) -> str:
+    return f"no route {method} {path}: the API is described at /docs.json"
+
+
 def _routing_error(status: int, method: str, path: str, headers: dict[bytes, bytes]) -> bytes:
     if status == 404:
-        message = f"no route {method} {path}: the API is described at /docs.json"
+        message = _no_route(method, path)
     else:
         allowed = headers.get(b"allow", b"").decode("latin-1") or "another method"
         message = f"{method} is not allowed on {path}: use {allowed}"
@@ -893,10 +897,7 @@ class NoSlashRedirects(HttpOnly):
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if path.endswith("/") and path != "/" and path != "/ui/" and not path.startswith("/ui/"):
-            body = _routing_error(404, scope.get("method", ""), path, {})
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-            await send({"type": "http.response.start", "status": 404, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            await reply(send, 404, _no_route(scope.get("method", ""), path))
             return
         await self.app(scope, receive, send)
 
