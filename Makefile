@@ -58,12 +58,20 @@ notebook: $(STAMP)  ## Open JupyterLab on notebooks/ (port $(NOTEBOOK_PORT)) in 
 	@$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/pip install --quiet -e '.[dev,notebooks]'
 	$(BIN)/jupyter lab --notebook-dir notebooks --port $(NOTEBOOK_PORT) $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
-test: $(STAMP) browser axe  ## Lint and run every test (slow end-to-end ones included)
+# The tests run in parallel, a test file a process (its services and stores stay within it), one
+# process a core up to 4 (make test TEST_WORKERS=1 runs them in one). Most of their time is
+# subprocesses importing the stack and servers answering, so two processes on 2 cores took
+# 863 s where one took 1,270 s. OpenMP threads that find no work sleep instead of spinning:
+# two LightGBM fits at once on 2 cores would otherwise steal each other's time.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
+PYTEST := OMP_WAIT_POLICY=PASSIVE $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
+
+test: $(STAMP) browser axe  ## Lint and run every test (slow end-to-end ones included), in parallel
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(PYTEST)
 
 test-fast: $(STAMP)  ## Run the tests not marked slow
-	$(BIN)/pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: $(STAMP)  ## ruff check and format check
 	$(BIN)/ruff check .
