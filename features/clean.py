@@ -95,16 +95,6 @@ def idle_until_note(moment: pd.Timestamp, what: str) -> str | None:
     return f"{what} {moment} is in the future: every lead is scored as if idle from its newest activity until then"
 
 
-def is_missing(value: object) -> bool:
-    """None, NaN, NaT and pd.NA all mean missing."""
-    if value is None:
-        return True
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
-
-
 def map_distinct(values: pd.Series, func) -> pd.Series:
     """Apply `func` once per distinct present value (exports repeat few values over many
     rows); missing stays None in an object column."""
