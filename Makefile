@@ -59,11 +59,13 @@ notebook: $(STAMP)  ## Open JupyterLab on notebooks/ (port $(NOTEBOOK_PORT)) in 
 	$(BIN)/jupyter lab --notebook-dir notebooks --port $(NOTEBOOK_PORT) $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 # The tests run in parallel, a test file a process (its services and stores stay within it), one
-# process a core up to 4 (make test TEST_WORKERS=1 runs them in one). Most of their time is
+# process a core up to 4 (make test TEST_WORKERS=0 runs them in make's own, as --pdb needs;
+# nproc is asked without OMP_NUM_THREADS, which it would otherwise report). Most of their time is
 # subprocesses importing the stack and servers answering, so two processes on 2 cores took
 # 863 s where one took 1,270 s. OpenMP threads that find no work sleep instead of spinning:
 # two LightGBM fits at once on 2 cores would otherwise steal each other's time.
-TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
+TEST_WORKERS ?= $(shell n=$$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 1); \
+	[ $$n -gt 4 ] && n=4; echo $$n)
 PYTEST := OMP_WAIT_POLICY=PASSIVE $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test: $(STAMP) browser axe  ## Lint and run every test (slow end-to-end ones included), in parallel

@@ -611,10 +611,12 @@ def refuse_short_rows(frame: pd.DataFrame, path: Path, sep: str) -> None:
         lines = np.fromiter(map(len, csv.reader(handle, delimiter=sep)), dtype=np.int64)
     if header > 1 and (lines == 1).any():
         # A line of spaces alone is no row either (pandas skips it): one blank field. Looked for
-        # in a second pass, only when one-field lines are there: a Python test of every line costs
-        # about a second on 2 million lines.
+        # in a second pass, only when one-field lines are there, so that most files skip a
+        # Python test of every line.
         with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
             blank = np.fromiter((len(r) == 1 and not r[0].strip() for r in csv.reader(handle, delimiter=sep)), bool)
+        if len(blank) != len(lines):
+            raise DataError(f"{path}: the file changed while it was read; read it again once it is written")
         lines[blank] = 0
     at = np.flatnonzero(lines > 0)[1:]  # blank lines are no rows, as pandas skips them; then the header
     counts = lines[at]

@@ -6,11 +6,9 @@ import contextlib
 import gzip
 import json
 import os
-import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,35 +28,11 @@ from features.schema import PII_COLUMNS
 from serving.batch import score_batch
 from serving.schemas import LeadScore, ModelInfo
 from serving.scoring import load_champion
+from tests.ports import free_port as _free_port
 
 KEYS = ("key-one", "key-two")
 CHAMPION_NAME = "svc-model"  # as trained by the `champion_store` fixture
 AS_OF = "2025-12-20T12:00:00"
-
-
-PORTS_PER_WORKER = 1500
-_ports_given: set[int] = set()
-
-
-def _free_port() -> int:
-    """A loopback port free now, that no other test process will pick before a server binds it:
-    each pytest-xdist worker draws from its own range below the kernel's ephemeral ports (from
-    32768), which outgoing connections take, and hands out each port once until its range is used up."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    low = 20000 + PORTS_PER_WORKER * ((int(worker) if worker.isdigit() else 0) % 8)
-    candidates = [port for port in range(low, low + PORTS_PER_WORKER) if port not in _ports_given]
-    if not candidates:
-        _ports_given.clear()
-        candidates = list(range(low, low + PORTS_PER_WORKER))
-    for port in random.sample(candidates, len(candidates)):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _ports_given.add(port)
-        return port
-    raise RuntimeError(f"no free loopback port in {low}-{low + PORTS_PER_WORKER - 1}")
 
 
 def _start(
