@@ -91,6 +91,7 @@ bench: $(STAMP)  ## Run the benchmarks in bench/ (about an hour; prints figures,
 	$(BIN)/python -m bench.bench_quality
 	$(BIN)/python -m bench.bench_scoring
 	$(BIN)/python -m bench.bench_subscores
+	$(BIN)/python -m bench.bench_engagement
 
 clean:  ## Remove the environment, the local MLflow store and what the demo and scoring wrote under models/
 	rm -rf $(VENV) .cache models/mlflow.db models/artifacts models/embedded models/quarantine models/scores models/reports models/demo-*
