@@ -59,7 +59,7 @@ notebook: $(STAMP)  ## Open JupyterLab on notebooks/ (port $(NOTEBOOK_PORT)) in 
 	$(BIN)/jupyter lab --notebook-dir notebooks --port $(NOTEBOOK_PORT) $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 # The tests run in parallel, a test file a process (its services and stores stay within it), one
-# process a core up to 4 (make test TEST_WORKERS=0 runs them in make's own, as --pdb needs;
+# process a core up to 4 (make test TEST_WORKERS=0 runs them in pytest's own process, as --pdb needs;
 # nproc is asked without OMP_NUM_THREADS, which it would otherwise report). Most of their time is
 # subprocesses importing the stack and servers answering, so two processes on 2 cores took
 # 863 s where one took 1,270 s. OpenMP threads that find no work sleep instead of spinning:
