@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import tempfile
@@ -20,3 +21,8 @@ def use_scratch_store() -> Path:
 
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`KEY=JSON` command-line items (e.g. `tuning.trials=20`) as a dict; ValueError if malformed."""
+    return {key: json.loads(value) for key, value in (item.split("=", 1) for item in items)}

@@ -13,14 +13,13 @@ calibrated scores). Seeds 100 and up are outside `bench_quality`'s seeds 0-4.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import warnings
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from bench._common import machine
+from bench._common import machine, parse_overrides
 from bench.bench_quality import LEADS_CSV, LEAKY_LEADS, SHOPPERS_CSV
 from training.train import BASE_PARAMS
 
@@ -86,10 +85,7 @@ def main() -> None:
         print(f"{args.data}: SKIPPED, {path} not present")
         return
     try:
-        overrides, fixed = (
-            {key: json.loads(value) for key, value in (item.split("=", 1) for item in items)}
-            for items in (args.set, args.lgbm)
-        )
+        overrides, fixed = parse_overrides(args.set), parse_overrides(args.lgbm)
     except ValueError:
         parser.error("--set and --lgbm take KEY=JSON, e.g. --lgbm extra_trees=true")
     # What-if: the tuned model's trials and final fit start from these (the baselines do not).

@@ -1,7 +1,7 @@
 """Model quality: the embedded data against its Bayes AUC, and the shared CSVs against the
 baselines trained on the same split, over several seeds (mean and spread).
 
-Run: .venv/bin/python -m bench.bench_quality [--embedded-seeds 3] [--csv-seeds 5]
+Run: .venv/bin/python -m bench.bench_quality [--embedded-seeds 3] [--csv-seeds 5] [--set KEY=JSON ...]
      .venv/bin/python -m bench.bench_quality --only leads --csv-scheme folds [--folds 5 --repeats 2]
 
 The shared CSVs are measured either on stratified 20% holdouts, one per seed (`holdout`), or
@@ -22,8 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench._common import SHARED_DATA, machine, use_scratch_store
+from bench._common import SHARED_DATA, machine, parse_overrides, use_scratch_store
 
+# params.yaml overrides of every run (`--set`), e.g. {"tuning.engagement_monotone": false}.
+OVERRIDES: dict = {}
 LEADS_CSV = SHARED_DATA / "x_education_leads" / "Leads.csv"
 SHOPPERS_CSV = SHARED_DATA / "online_shoppers_intention" / "online_shoppers_intention.csv"
 LEAKY_LEADS = [
@@ -47,7 +49,7 @@ def embedded(seeds: int, leads: int) -> None:
     from features.synthetic import generate_crm, write_crm
     from training.pipeline import prepare_crm, train_and_register
 
-    params = load_params()
+    params = load_params(**OVERRIDES)
     rows = []
     for seed in range(seeds):
         folder = Path(tempfile.mkdtemp(prefix="embedded-"))
@@ -111,7 +113,7 @@ def flat(name: str, path: Path, label: str, drop: list[str], seeds: int, leakage
         return
     rows = []
     for seed in range(seeds):
-        params = load_params(**{"split.seed": seed, "tuning.seed": seed, "leakage.action": leakage_action})
+        params = load_params(**{"split.seed": seed, "tuning.seed": seed, "leakage.action": leakage_action, **OVERRIDES})
         dataset = prepare_flat(path, FlatProfile(label=label, drop=drop), params)
         m = train_and_register(dataset, params, model_name=f"bench-{name}-{seed}")
         rows.append(_report_run(f"{name} seed {seed}", m))
@@ -141,7 +143,7 @@ def flat_folds(
     if not path.is_file():
         print(f"{name}: SKIPPED, {path} not present")
         return
-    params = load_params(**{"leakage.action": leakage_action})
+    params = load_params(**{"leakage.action": leakage_action, **OVERRIDES})
     dataset = prepare_flat(path, FlatProfile(label=label, drop=drop), params)
     y = dataset.label.to_numpy()
     bins = params.calibration.ece_bins
@@ -163,7 +165,9 @@ def flat_folds(
             ) -> None:
                 into[rows] = scores
 
-            run_params = load_params(**{"split.seed": seed, "tuning.seed": seed, "leakage.action": leakage_action})
+            run_params = load_params(
+                **{"split.seed": seed, "tuning.seed": seed, "leakage.action": leakage_action, **OVERRIDES}
+            )
             m = train_and_register(
                 dataclasses.replace(dataset, split=split),
                 run_params,
@@ -198,12 +202,17 @@ def main() -> None:
     parser.add_argument("--csv-scheme", choices=["holdout", "folds"], default="holdout")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="a params.yaml override")
     args = parser.parse_args()
+    try:
+        OVERRIDES.update(parse_overrides(args.set))
+    except ValueError:
+        parser.error("--set takes KEY=JSON, e.g. --set tuning.engagement_monotone=false")
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     use_scratch_store()
-    print(f"bench_quality on {machine()}")
+    print(f"bench_quality on {machine()}, overrides {OVERRIDES or 'none'}")
     leads, shoppers = LEADS_CSV, SHOPPERS_CSV
 
     def measure(name: str, path: Path, label: str, drop: list[str], leakage_action: str) -> None:

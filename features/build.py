@@ -10,7 +10,11 @@ import pandas as pd
 from features.engagement import engagement_features
 from features.fit import fit_features
 from features.params import FeatureParams
+from features.schema import OTHER_ACTIVITY
 from features.spec import FeatureGroup
+
+# "Never" as a number of days: longer ago than any activity a CRM holds (`FeatureSpec.missing_as`).
+NEVER_DAYS = 36_500.0
 
 
 def build_crm_features(
@@ -73,3 +77,19 @@ def crm_feature_groups(columns: Sequence[str]) -> dict[str, FeatureGroup]:
     return {
         c: "engagement" if c.startswith(_ENGAGEMENT_PREFIXES) and c not in _FIT_EXCEPTIONS else "fit" for c in columns
     }
+
+
+def engagement_direction(column: str) -> int:
+    """How an engagement feature moves a lead's odds by its meaning, as LightGBM's monotone
+    constraint: 1 (more of it never lowers the score), -1 (never raises it: days since an
+    activity, unsubscribes) or 0 (activities of a type the product does not know)."""
+    if column.startswith("days_since_") or "unsubscribe" in column:
+        return -1
+    if column.startswith(f"n_{OTHER_ACTIVITY}_"):
+        return 0
+    return 1
+
+
+def never_as_long_ago(columns: Sequence[str]) -> dict[str, float]:
+    """The `missing_as` of CRM features: days since an activity the lead never had."""
+    return {c: NEVER_DAYS for c in columns if c.startswith("days_since_")}

@@ -142,6 +142,9 @@ class TuningParams(_Frozen):
     # are constrained monotone in that direction, by LightGBM's `monotone_method`; 0 constrains none.
     monotone_min_abs_correlation: float = Field(0.0, ge=0, le=1)
     monotone_method: Literal["basic", "intermediate", "advanced"] = "advanced"
+    # CRM models: the chosen settings are refit with each engagement feature constrained by its
+    # meaning (`features.build.engagement_direction`), so one more activity never lowers a score.
+    engagement_monotone: bool = True
 
     @model_validator(mode="after")
     def _ranges_can_be_searched(self) -> TuningParams:

@@ -25,6 +25,10 @@ class FeatureSpec(BaseModel):
     categories: dict[str, list[str]]
     groups: dict[str, FeatureGroup]
     settings: dict[str, Any]
+    # Columns whose missing value has a meaning, and the number the model reads instead: days
+    # since an activity the lead never had are longer ago than any, so that a score constrained
+    # to fall with the days (`tuning.engagement_monotone`) cannot rank "never" above "an hour ago".
+    missing_as: dict[str, float] = {}
 
     @property
     def numeric(self) -> list[str]:
@@ -38,6 +42,7 @@ def learn_spec(
     groups: dict[str, FeatureGroup],
     settings: dict[str, Any],
     exclude: tuple[str, ...] = (),
+    missing_as: dict[str, float] | None = None,
 ) -> FeatureSpec:
     """Learn the spec from training features: text columns become categories."""
     columns = [c for c in features.columns if c not in exclude]
@@ -52,14 +57,23 @@ def learn_spec(
         categories=categories,
         groups={c: groups.get(c, "fit") for c in columns},
         settings=settings,
+        missing_as={c: v for c, v in (missing_as or {}).items() if c in columns},
     )
+
+
+def model_value(spec: FeatureSpec, column: str, value: float | None) -> float:
+    """One numeric feature value as the model reads it (`to_model_frame` for a whole frame)."""
+    if value is None or value != value:
+        return spec.missing_as.get(column, np.nan)
+    return value
 
 
 def to_model_frame(features: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     """Cast features to the spec: model column order, floats, the trained category levels.
 
     Columns the spec lacks are ignored; columns it needs but the input lacks are missing.
-    Unknown category values become missing (the model treats missing as a value).
+    Unknown category values become missing (the model treats missing as a value). A missing
+    value the spec gives a meaning (`missing_as`) becomes its number.
     """
     numeric = features.reindex(columns=spec.numeric)
     try:
@@ -68,6 +82,8 @@ def to_model_frame(features: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     except (TypeError, ValueError):
         block = numeric.apply(lambda col: pd.to_numeric(col, errors="coerce")).astype("float64")
     out = {column: block[column] for column in spec.numeric}
+    for column, value in spec.missing_as.items():
+        out[column] = out[column].fillna(value)
     for column, levels in spec.categories.items():
         values = features[column] if column in features else pd.Series([np.nan] * len(features), index=features.index)
         # Match each distinct value once (case- and space-insensitively), then spread.

@@ -114,6 +114,8 @@ class DirectScorer:
             for column, levels in spec.categories.items()
         }
         self.columns = spec.columns
+        # Where a missing value means a number to the model (`to_model_frame` does the same).
+        self.missing_as = [(spec.columns.index(c), value) for c, value in spec.missing_as.items()]
         # Values as sent -> as cleaned: a CRM repeats few distinct spellings.
         self.kinds: dict[str, tuple[str, str]] = {}
         self.texts: dict[str, str | None] = {}
@@ -347,6 +349,9 @@ class DirectScorer:
                 row[0, j] = np.nan if value is None else levels.get(str(value).strip().casefold(), np.nan)
             else:
                 row[0, j] = np.nan if value is None else value
+        for j, meant in self.missing_as:
+            if row[0, j] != row[0, j]:
+                row[0, j] = meant
         inputs: dict[str, Any] = {name: [values[name]] for name in ("icp_match", "bant_confirmed", "lead_age_days")}
         if UNSUBSCRIBES in values:
             inputs[UNSUBSCRIBES] = [values[UNSUBSCRIBES]]

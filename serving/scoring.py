@@ -126,7 +126,7 @@ class LoadedModel:
         spec = self.scorer.spec
         out = {}
         for group, quantiles in self.scorer.metadata["subscore_quantiles"].items():
-            reference = np.maximum.accumulate(np.asarray(quantiles, dtype=float))
+            reference = np.maximum.accumulate(np.round(np.asarray(quantiles, dtype=float), RANK_DECIMALS))
             index = [i for i, c in enumerate(spec.columns) if spec.groups[c] == group]
             out[group] = (index, reference, np.linspace(0, 100, len(reference)))
         return out
@@ -239,9 +239,18 @@ def load_champion(model_name: str, alias: str = CHAMPION, *, version: str | None
     )
 
 
+# Log-odds are ranked to this many decimals: far below any difference a score shows.
+RANK_DECIMALS = 9
+
+
 def _percentile(values: np.ndarray, reference: np.ndarray, ranks: np.ndarray) -> np.ndarray:
     """Rank (0-100) of each value among the training leads the reference quantiles describe;
-    a value many of them share (no activity: engagement 0) takes the middle of their ranks."""
+    a value many of them share (no activity: engagement 0) takes the middle of their ranks.
+
+    Values are rounded as the reference is (`RANK_DECIMALS`): "what activity adds" of a lead with
+    none is 0 give or take 1e-15 (a SHAP sum less a prediction), which must not pick a rank
+    among the many training leads at 0 by its rounding noise."""
+    values = np.round(values, RANK_DECIMALS)
     low = np.interp(values, reference, ranks)  # at a tie, the last of the tied ranks
     high = -np.interp(-values, -reference[::-1], -ranks[::-1])  # at a tie, the first
     return np.round((low + high) / 2, 0)

@@ -48,6 +48,8 @@ def test_without_refit_the_best_trials_model_is_the_registered_one(small_crm_dir
             "tuning.trials": 2,
             "tuning.max_boost_rounds": 200,
             "tuning.refit_with_validation": False,
+            # Off, as before it was kept: no constraint, and "never" is missing to the model.
+            "tuning.engagement_monotone": False,
             "mlflow.shap_sample": 100,
             "gates.min_auc_gain_vs_baseline": -1.0,
             "gates.max_test_ece": 1.0,
@@ -59,6 +61,7 @@ def test_without_refit_the_best_trials_model_is_the_registered_one(small_crm_dir
     assert metrics["promoted"] and tuned[0].best_model is not None
     scorer = load_champion("no-refit").scorer  # also compiles its trees for explanations
     assert scorer.booster.num_trees() == tuned[0].best_iteration
+    assert scorer.spec.missing_as == {} and "monotone_constraints" not in scorer.booster.params
     test = dataset.features[(dataset.split.assignment == "test").to_numpy()].head(50)
     assert np.isfinite(scorer.predict_proba(test)).all()
 
@@ -199,6 +202,37 @@ def test_clearly_correlated_numeric_features_are_constrained_monotone_in_every_t
     assert (steps(result.best_params) >= 0).all()
     free = {k: v for k, v in result.best_params.items() if not k.startswith("monotone_constraints")}
     assert (steps(free) < 0).any()  # the same model without the constraint dips
+
+
+def test_the_chosen_settings_refit_with_constraints_are_early_stopped_again():
+    """`tuning.engagement_monotone`: trials search freely, then the best trial's settings are refit
+    with the constraints, stopped on validation anew; under cross-validation, refit later."""
+    import numpy as np
+    import pandas as pd
+
+    from features.params import load_params
+    from training.tune import refit_constrained, tune
+
+    rng = np.random.default_rng(3)
+    x = pd.DataFrame({"up": rng.normal(size=4000), "other": rng.normal(size=4000)})
+    logit = 1.5 * x["up"] + 2 * np.sin(4 * x["up"]) + 0.5 * x["other"]
+    y = (rng.random(4000) < 1 / (1 + np.exp(-logit))).astype(int).to_numpy()
+    tuning = load_params(**{"tuning.trials": 3, "tuning.max_boost_rounds": 300}).tuning
+    result = tune(x[:3000], y[:3000], x[3000:], y[3000:], tuning)
+    constrained = refit_constrained(result, [1, 0], tuning, (x[:3000], y[:3000], x[3000:], y[3000:]))
+    assert constrained.best_params["monotone_constraints"] == [1, 0]
+    assert constrained.best_params["monotone_constraints_method"] == tuning.monotone_method
+    assert constrained.best_model.num_trees() == constrained.best_iteration
+    assert constrained.constrained_valid_score is not None and constrained.best_valid_score == result.best_valid_score
+
+    grid = x.iloc[[0] * 200].copy()
+    grid["up"] = np.linspace(-3, 3, 200)
+    assert (np.diff(constrained.best_model.predict(grid, raw_score=True)) >= 0).all()
+    assert (np.diff(result.best_model.predict(grid, raw_score=True)) < 0).any()  # the free model dips
+
+    later = refit_constrained(result, [1, 0], tuning, None)
+    assert later.best_model is None and later.best_iteration == result.best_iteration
+    assert later.best_params["monotone_constraints"] == [1, 0] and later.constrained_valid_score is None
 
 
 def test_constraints_are_off_by_default_and_cannot_be_fixed_by_hand():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
@@ -50,8 +52,18 @@ def fit_baselines(
     x_test: pd.DataFrame,
     categorical: list[str],
     seed: int,
+    missing_as: Mapping[str, float] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Fit both baselines on train; return their test probabilities by name."""
+    """Fit both baselines on train; return their test probabilities by name.
+
+    `missing_as` (the spec's): numbers the tuned model reads for a missing value. The baselines
+    see those values missing, as the features have them: logistic regression imputes and marks
+    them, where a day count of a century would dwarf every real one once scaled.
+    """
+    if missing_as:
+        x_train, x_test = (
+            x.assign(**{c: x[c].mask(x[c] == v) for c, v in missing_as.items()}) for x in (x_train, x_test)
+        )
     numeric = [c for c in x_train.columns if c not in categorical]
     train = x_train.copy()
     test = x_test.copy()

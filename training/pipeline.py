@@ -22,7 +22,13 @@ import pandas as pd
 from scipy.stats import binom
 from sklearn.metrics import roc_auc_score
 
-from features.build import build_crm_features, crm_feature_groups, idle_engagement
+from features.build import (
+    build_crm_features,
+    crm_feature_groups,
+    engagement_direction,
+    idle_engagement,
+    never_as_long_ago,
+)
 from features.bundle import score_from_probability, write_bundle_files
 from features.fit import learn_tech_spellings, learn_tech_vocabulary, unmatched_icp_entries
 from features.flat import FlatProfile, flat_feature_groups, load_flat, model_column_name, read_as_model
@@ -31,7 +37,7 @@ from features.leakage import audit_leakage
 from features.params import PROJECT_ROOT, FeatureParams, Params, TuningParams
 from features.reasons import amount_of_activity
 from features.schema import TRUTH_FILE
-from features.spec import learn_spec, to_model_frame
+from features.spec import FeatureSpec, learn_spec, model_value, to_model_frame
 from features.synthetic import generate_crm, write_crm
 from features.tracking import MODELS_DIR, artifact_root, tracking_uri
 from serving.batch import safe_for_spreadsheets
@@ -59,7 +65,7 @@ from training.split import CV_FOLDS, SplitReport, split_by_time, split_stratifie
 from training.stopping import sigterm_held
 from training.thresholds import top_share_threshold
 from training.train import fit_final, learned_settings, out_of_fold_margins
-from training.tune import TPE_STARTUP_TRIALS, TuningResult, tune, tune_cv
+from training.tune import TPE_STARTUP_TRIALS, TuningResult, refit_constrained, tune, tune_cv
 
 logger = logging.getLogger(__name__)
 EMBEDDED_DIR = MODELS_DIR / "embedded"
@@ -541,6 +547,39 @@ def subscore_reference(
     return {"quantiles": quantiles, "base_value": float(contributions[0, -1])}
 
 
+def _constrain_engagement(
+    tuning: TuningResult,
+    spec: FeatureSpec,
+    learned: dict[str, Any],
+    params: TuningParams,
+    valid: tuple[pd.DataFrame, np.ndarray, pd.DataFrame, np.ndarray] | None,
+    reporter: Reporter,
+) -> TuningResult:
+    """The chosen settings refit with each engagement feature constrained by its meaning, so
+    that one more activity never lowers a score (`tuning.engagement_monotone`); other columns
+    keep what `learned` constrained (from their correlation), if anything."""
+    signs = learned.get("monotone_constraints") or [0] * len(spec.columns)
+    constraints = [
+        engagement_direction(column) if spec.groups[column] == "engagement" and column not in spec.categories else sign
+        for column, sign in zip(spec.columns, signs, strict=True)
+    ]
+    constrained = refit_constrained(tuning, constraints, params, valid)
+    rises = sum(c > 0 and spec.groups[n] == "engagement" for n, c in zip(spec.columns, constraints, strict=True))
+    falls = sum(c < 0 and spec.groups[n] == "engagement" for n, c in zip(spec.columns, constraints, strict=True))
+    refit = (
+        f"; refit early-stopped at {constrained.best_iteration} rounds (the best trial: {tuning.best_iteration}), "
+        f"validation {params.metric} {constrained.constrained_valid_score:.4f} (the best trial: "
+        f"{tuning.best_valid_score:.4f})"
+        if constrained.constrained_valid_score is not None
+        else ""
+    )
+    reporter.note(
+        f"engagement by its meaning (tuning.engagement_monotone): {rises} feature(s) only raise the score, "
+        f"{falls} only lower it{refit}"
+    )
+    return constrained
+
+
 # A trial's score under the name of what it measures (`tuning.metric`).
 TRIAL_METRIC_NAMES = {"auc": "valid_roc_auc", "binary_logloss": "valid_log_loss"}
 
@@ -751,12 +790,14 @@ def train_and_register(
         reporter.warn(f"Leakage: identifier {column!r} gives the label away: {why}; it is never a feature")
         flagged.append(column)
 
+    constrain_engagement = dataset.kind == "crm" and params.tuning.engagement_monotone
     spec = learn_spec(
         dataset.features[train_mask],
         kind=dataset.kind,
         groups=dataset.groups,
         settings=dataset.settings,
         exclude=excluded,
+        missing_as=never_as_long_ago(dataset.features.columns) if constrain_engagement else None,
     )
     masks = {"fit": train_mask, "valid": (part == "valid").to_numpy(), "test": (part == "test").to_numpy()}
     frames = {name: to_model_frame(dataset.features[mask], spec) for name, mask in masks.items()}
@@ -830,6 +871,9 @@ def train_and_register(
         tuning_warnings = few_trials_warnings(tuning.trials, params.tuning, job)
         for text in tuning_warnings:
             reporter.warn(text)
+        if constrain_engagement:
+            tuning = _constrain_engagement(tuning, spec, learned, params.tuning, None if cross_validate else (
+                frames["fit"], labels["fit"], frames["valid"], labels["valid"]), reporter)  # fmt: skip
         if on_tuned is not None:
             on_tuned(tuning)
         # The chosen settings on the parent run, to compare runs in the MLflow UI.
@@ -839,6 +883,8 @@ def train_and_register(
         # allowed): a run of 3 trials read as one of 60 in the MLflow UI.
         mlflow.log_metrics({"tuning.trials_run": tuning.trials, "tuning.trials_pruned": tuning.pruned,
                             "tuning.best_valid_score": tuning.best_valid_score})  # fmt: skip
+        if tuning.constrained_valid_score is not None:
+            mlflow.log_metric("tuning.constrained_valid_score", tuning.constrained_valid_score)
         timings["tuning_seconds"] = time.perf_counter() - started
         memory["tuning_mb"] = peak_memory_mb()
 
@@ -900,6 +946,7 @@ def train_and_register(
             frames["test"],
             list(spec.categories),
             params.split.seed,
+            missing_as=spec.missing_as,
         )
         baselines = {name: {"roc_auc": float(roc_auc_score(labels["test"], p))} for name, p in baseline_probs.items()}
         best_baseline = max(b["roc_auc"] for b in baselines.values())
@@ -974,7 +1021,12 @@ def train_and_register(
 
             windows = dataset.split.windows
             engagement_columns = [c for c in spec.columns if spec.groups[c] == "engagement"]
-            idle = idle_engagement(params.features, engagement_columns) if dataset.kind == "crm" else None
+            idle = None
+            if dataset.kind == "crm":
+                # As the model reads them: a day count of "never" is a number (`FeatureSpec.missing_as`).
+                idle = idle_engagement(params.features, engagement_columns)
+                idle = {c: model_value(spec, c, v) for c, v in idle.items()}
+                idle = {c: None if np.isnan(v) else v for c, v in idle.items()}  # JSON has no NaN
             subscores = subscore_reference(booster, final_x, spec, params.split.seed, idle=idle)
             metadata = {
                 "model_name": model_name,

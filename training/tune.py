@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,8 @@ class TuningResult:
     # The best trial's model cut to its best iteration (time split only): the same trees a
     # refit on the training rows with `best_iteration` rounds would grow, without the refit.
     best_model: lgb.Booster | None = None
+    # After `refit_constrained`: the validation score of the constrained refit (time split).
+    constrained_valid_score: float | None = None
 
 
 # Minimum row counts (of a leaf, of a category group): on small data the space's upper end
@@ -80,24 +82,12 @@ def tune(
     shared = {**params.fixed, **(fixed or {})}
 
     def objective(trial: optuna.Trial, within_budget: Callable[[Any], None]) -> float:
-        hyper = {**shared, **suggest(trial, params.search_space, len(x_train)), "metric": params.metric}
-        model = build_model(hyper, n_estimators=params.max_boost_rounds, seed=params.seed)
-        with warnings.catch_warnings():
-            # LightGBM 4.7 prefers eval_X/eval_y, which the 4.5 and 4.6 the pin allows lack.
-            warnings.filterwarnings("ignore", message="The argument 'eval_set' is deprecated")
-            model.fit(
-                x_train,
-                y_train,
-                eval_set=[(x_valid, y_valid)],
-                callbacks=[
-                    lgb.early_stopping(params.early_stopping_rounds, verbose=False),
-                    LightGBMPruningCallback(trial, params.metric, valid_name="valid_0"),
-                    within_budget,
-                ],
-            )
-        iterations = int(model.best_iteration_ or params.max_boost_rounds)
+        hyper = {**shared, **suggest(trial, params.search_space, len(x_train))}
+        pruning = LightGBMPruningCallback(trial, params.metric, valid_name="valid_0")
+        model, iterations, score = _early_stopped(
+            hyper, x_train, y_train, x_valid, y_valid, params, callbacks=[pruning, within_budget]
+        )
         trial.set_user_attr("best_iteration", iterations)
-        score = float(model.best_score_["valid_0"][params.metric])
         if "score" not in best or (score > best["score"] if maximize else score < best["score"]):
             best.update(score=score, number=trial.number, model=model.booster_, iterations=iterations)
         return score
@@ -108,6 +98,54 @@ def tune(
         return result
     trimmed = lgb.Booster(model_str=best["model"].model_to_string(num_iteration=best["iterations"]))
     return dataclasses.replace(result, best_model=trimmed)
+
+
+def _early_stopped(
+    hyper: dict[str, Any],
+    x_train: pd.DataFrame,
+    y_train: pd.Series,
+    x_valid: pd.DataFrame,
+    y_valid: pd.Series,
+    params: TuningParams,
+    callbacks: Sequence[Callable[[Any], None]] = (),
+) -> tuple[lgb.LGBMClassifier, int, float]:
+    """A model boosted until the validation score stops improving; its best round and score."""
+    model = build_model({**hyper, "metric": params.metric}, n_estimators=params.max_boost_rounds, seed=params.seed)
+    with warnings.catch_warnings():
+        # LightGBM 4.7 prefers eval_X/eval_y, which the 4.5 and 4.6 the pin allows lack.
+        warnings.filterwarnings("ignore", message="The argument 'eval_set' is deprecated")
+        model.fit(
+            x_train,
+            y_train,
+            eval_set=[(x_valid, y_valid)],
+            callbacks=[lgb.early_stopping(params.early_stopping_rounds, verbose=False), *callbacks],
+        )
+    iterations = int(model.best_iteration_ or params.max_boost_rounds)
+    return model, iterations, float(model.best_score_["valid_0"][params.metric])
+
+
+def refit_constrained(
+    result: TuningResult,
+    constraints: list[int],
+    params: TuningParams,
+    valid: tuple[pd.DataFrame, pd.Series, pd.DataFrame, pd.Series] | None,
+) -> TuningResult:
+    """The best trial's settings with LightGBM monotone constraints (one sign per column).
+
+    The trials search without them: a constrained round costs several free ones, so far fewer
+    trials would fit the budget. With `valid` (train and validation rows, time split) the
+    constrained model is early-stopped again, as it may want other rounds, and is the model
+    returned; without (cross-validation), it keeps the trial's rounds and is refit later.
+    """
+    hyper = {**result.best_params, "monotone_constraints": constraints,
+             "monotone_constraints_method": params.monotone_method}  # fmt: skip
+    if valid is None:
+        return dataclasses.replace(result, best_params=hyper, best_model=None)
+    model, iterations, score = _early_stopped(hyper, *valid, params)
+    trimmed = lgb.Booster(model_str=model.booster_.model_to_string(num_iteration=iterations))
+    return dataclasses.replace(
+        result, best_params=hyper, best_iteration=iterations, best_model=trimmed, constrained_valid_score=score
+    )
 
 
 def tune_cv(
