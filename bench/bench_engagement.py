@@ -52,9 +52,9 @@ def main() -> None:
     sample = leads[leads["lead_id"].isin(open_ids)].sample(args.leads, random_state=args.seed).reset_index(drop=True)
     theirs = activities[activities["lead_id"].isin(set(sample["lead_id"]))].reset_index(drop=True)
     base = score_batch(model, sample, theirs, AS_OF).scored.set_index("lead_id")
-    constrained = "monotone_constraints" in model.scorer.booster.params
-    print(f"bench_engagement on {machine()}: {args.model_name} v{model.version} (engagement "
-          f"{'constrained' if constrained else 'not constrained'}), {len(base):,} open leads as of {AS_OF.date()}")  # fmt: skip
+    constrained = "constrained" if "monotone_constraints" in model.scorer.booster.params else "not constrained"
+    print(f"bench_engagement on {machine()}: {args.model_name} v{model.version} (engagement {constrained}), "
+          f"{len(base):,} open leads as of {AS_OF.date()}")  # fmt: skip
     for before in offsets:
         print(f"one activity added {before} before")
         print(f"  {'activity added':18s} {'leads lower':>12s} {'largest fall':>13s} {'mean change':>12s}")
