@@ -21,8 +21,11 @@ from features.spec import FeatureSpec, to_model_frame
 # previous format would misread a new bundle (a key whose meaning changes, a new key it must
 # not ignore): an older checkout then refuses the bundle by name. (Before the number was
 # written, a changed `subscore_quantiles` made older checkouts rank every lead's fit near 100
-# without a word.) 1: bundles without the number; 2: since 2026-12-05.
-BUNDLE_FORMAT = 2
+# without a word.) 1: bundles without the number; 2: since 2026-12-05; 3: a spec whose missing
+# values have a meaning (`FeatureSpec.missing_as`, since 2026-12-07), which an older checkout
+# would ignore and read "never had a trial" as a trial a moment ago. A bundle without them is
+# still written as 2, for the checkouts that read it rightly.
+BUNDLE_FORMAT = 3
 NEWER_BUNDLE = "newer than this release of leadscore reads"
 
 ARTIFACTS = {
@@ -144,7 +147,11 @@ def write_bundle_files(
     paths["calibrator"].write_text(json.dumps(calibrator.to_dict()), encoding="utf-8")
     checksums = {key: _sha256(paths[key]) for key in CHECKED_FILES}
     paths["metadata"].write_text(
-        json.dumps({**metadata, "bundle_format": BUNDLE_FORMAT, "file_sha256": checksums}, indent=2, default=str),
+        json.dumps(
+            {**metadata, "bundle_format": BUNDLE_FORMAT if spec.missing_as else 2, "file_sha256": checksums},
+            indent=2,
+            default=str,
+        ),
         encoding="utf-8",
     )
     return {key: str(path) for key, path in paths.items()}

@@ -48,7 +48,11 @@ def test_one_more_activity_of_any_positive_type_never_lowers_a_score(champion, e
 
 
 def test_the_champion_is_constrained_and_reads_never_as_longest_ago(champion):
+    from features.bundle import BUNDLE_FORMAT
+
     spec = champion.scorer.spec
+    # A checkout that would ignore `missing_as` (and read "never" as "a moment ago") refuses it.
+    assert champion.scorer.metadata["bundle_format"] == BUNDLE_FORMAT == 3
     assert spec.missing_as and set(spec.missing_as) == {c for c in spec.columns if c.startswith("days_since_")}
     # The model string keeps the range of each feature it can split on: "never" is the top of the
     # days since an intent signal (in this small CRM every training example has had some activity).
