@@ -6,6 +6,7 @@ time, so training, batch scoring and the service see identical inputs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -59,6 +60,13 @@ def learn_spec(
         settings=settings,
         missing_as={c: v for c, v in (missing_as or {}).items() if c in columns},
     )
+
+
+def missing_again(values: pd.DataFrame, missing_as: Mapping[str, float]) -> pd.DataFrame:
+    """Model-form values with each `missing_as` number missing again, as the features have them:
+    for what reads them as amounts (the baselines, colour scales), where a day count of a
+    century would dwarf every real one."""
+    return values.assign(**{c: values[c].mask(values[c] == v) for c, v in missing_as.items() if c in values})
 
 
 def model_value(spec: FeatureSpec, column: str, value: float | None) -> float:

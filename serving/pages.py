@@ -651,6 +651,8 @@ def shap_summary(model: LoadedModel, snapshot: Snapshot | None) -> tuple[str, li
     colours, words = [], []
     for j in top:
         column, name = matrix[:, j], model.scorer.spec.columns[j]
+        if name in model.scorer.spec.missing_as:  # "never" is grey, as missing, not the scale's top
+            column = np.where(column == model.scorer.spec.missing_as[name], np.nan, column)
         finite = column[np.isfinite(column)]
         low, high = (finite.min(), finite.max()) if len(finite) else (0.0, 1.0)
         is_category = name in model.scorer.spec.categories

@@ -126,7 +126,7 @@ class LoadedModel:
         spec = self.scorer.spec
         out = {}
         for group, quantiles in self.scorer.metadata["subscore_quantiles"].items():
-            reference = np.maximum.accumulate(np.round(np.asarray(quantiles, dtype=float), RANK_DECIMALS))
+            reference = np.maximum.accumulate(np.asarray(quantiles, dtype=float))
             index = [i for i, c in enumerate(spec.columns) if spec.groups[c] == group]
             out[group] = (index, reference, np.linspace(0, 100, len(reference)))
         return out
@@ -250,7 +250,7 @@ def _percentile(values: np.ndarray, reference: np.ndarray, ranks: np.ndarray) ->
     Values are rounded as the reference is (`RANK_DECIMALS`): "what activity adds" of a lead with
     none is 0 give or take 1e-15 (a SHAP sum less a prediction), which must not pick a rank
     among the many training leads at 0 by its rounding noise."""
-    values = np.round(values, RANK_DECIMALS)
+    values, reference = np.round(values, RANK_DECIMALS), np.round(reference, RANK_DECIMALS)
     low = np.interp(values, reference, ranks)  # at a tie, the last of the tied ranks
     high = -np.interp(-values, -reference[::-1], -ranks[::-1])  # at a tie, the first
     return np.round((low + high) / 2, 0)

@@ -66,6 +66,11 @@ def test_a_rank_is_taken_among_training_leads_ties_in_the_middle_and_outliers_at
     values = np.array([-5.0, 0.0, 1.5, 2.0, 3.0, 9.0])
     # Below every training lead is 0 and above them all 100 (a first version read both as 50).
     assert scoring._percentile(values, reference, ranks).tolist() == [0, 0, 38, 62, 100, 100]
+    # What no activity adds is 0 give or take rounding: it takes the middle of the training leads
+    # at 0, not a rank its noise picks (no-activity leads of one export read 0 to 8).
+    plateau = np.array([-2.0, 8.9e-16, 1.3e-15, 1.8e-15, 2.2e-15, 3.1e-15, 0.5])
+    noise = np.array([0.0, 4.4e-16, 2.7e-15, 3.6e-15])
+    assert set(scoring._percentile(noise, plateau, np.linspace(0, 100, 7)).tolist()) == {50.0}
 
 
 def test_a_factor_under_a_tenth_of_the_strongest_is_no_reason():

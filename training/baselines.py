@@ -13,6 +13,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from features.spec import missing_again
+
 
 def _as_codes(train: pd.DataFrame, test: pd.DataFrame, categorical: list[str]) -> None:
     """Replace categorical columns by integer codes of train's levels, in place; -1 is missing.
@@ -61,9 +63,7 @@ def fit_baselines(
     them, where a day count of a century would dwarf every real one once scaled.
     """
     if missing_as:
-        x_train, x_test = (
-            x.assign(**{c: x[c].mask(x[c] == v) for c, v in missing_as.items()}) for x in (x_train, x_test)
-        )
+        x_train, x_test = missing_again(x_train, missing_as), missing_again(x_test, missing_as)
     numeric = [c for c in x_train.columns if c not in categorical]
     train = x_train.copy()
     test = x_test.copy()

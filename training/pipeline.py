@@ -563,6 +563,8 @@ def _constrain_engagement(
         engagement_direction(column) if spec.groups[column] == "engagement" and column not in spec.categories else sign
         for column, sign in zip(spec.columns, signs, strict=True)
     ]
+    if not any(constraints):  # nothing to constrain; and LightGBM 4.7 crashes on the method alone
+        return tuning
     constrained = refit_constrained(tuning, constraints, params, valid)
     rises = sum(c > 0 and spec.groups[n] == "engagement" for n, c in zip(spec.columns, constraints, strict=True))
     falls = sum(c < 0 and spec.groups[n] == "engagement" for n, c in zip(spec.columns, constraints, strict=True))
@@ -1007,7 +1009,7 @@ def train_and_register(
             reporter.stage("Logging charts, the model bundle and the registry entry to MLflow")
             plots = evaluation_plots(labels["test"], test_probability, baseline_probs, tmp_path / "plots")
             sample = frames["test"].sample(min(params.mlflow.shap_sample, len(frames["test"])), random_state=0)
-            plots.append(shap_summary_plot(booster, sample, tmp_path / "plots"))
+            plots.append(shap_summary_plot(booster, sample, tmp_path / "plots", spec.missing_as))
             mlflow.log_artifacts(str(tmp_path / "plots"), artifact_path="plots")
             lift = lift_by_decile(labels["test"], test_probability)
             lift.to_csv(tmp_path / "lift_by_decile.csv", index=False)

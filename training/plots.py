@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import lightgbm as lgb
@@ -13,6 +14,7 @@ import shap
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from features.spec import missing_again
 from serving.charts import figure
 from training.evaluate import calibration_table, lift_by_decile
 
@@ -100,12 +102,16 @@ def beeswarm(
     return fig
 
 
-def shap_summary_plot(booster: lgb.Booster, x: pd.DataFrame, out: Path) -> Path:
-    """SHAP beeswarm of the booster on a sample of rows (log-odds contributions), as PNG."""
+def shap_summary_plot(
+    booster: lgb.Booster, x: pd.DataFrame, out: Path, missing_as: Mapping[str, float] | None = None
+) -> Path:
+    """SHAP beeswarm of the booster on a sample of rows (log-odds contributions), as PNG; the
+    colours read each `missing_as` number (the spec's) as missing, grey."""
     contributions = booster.predict(x, pred_contrib=True)[:, :-1]
     categorical = [isinstance(x[c].dtype, pd.CategoricalDtype) for c in x.columns]
+    shown = missing_again(x, missing_as or {})
     numbers = pd.DataFrame(
-        {c: np.nan if is_category else x[c] for c, is_category in zip(x.columns, categorical, strict=True)},
+        {c: np.nan if is_category else shown[c] for c, is_category in zip(x.columns, categorical, strict=True)},
         index=x.index,
     )
     with plt.rc_context({"text.parse_math": False}):
