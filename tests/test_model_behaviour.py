@@ -67,6 +67,22 @@ def test_the_champion_is_constrained_and_reads_never_as_longest_ago(champion):
     assert all(signs[c] == 0 for c in spec.columns if spec.groups[c] == "fit")
 
 
+def test_a_constrained_refit_clearly_below_the_best_trial_is_warned_about():
+    import dataclasses
+
+    from training.pipeline import constraint_cost_warnings
+    from training.tune import TuningResult
+
+    tuned = TuningResult(best_params={}, best_iteration=10, best_valid_score=0.80, trials=3, pruned=0, study=None)
+    assert constraint_cost_warnings(tuned, "auc") == []  # not constrained
+    assert constraint_cost_warnings(dataclasses.replace(tuned, constrained_valid_score=0.795), "auc") == []
+    (said,) = constraint_cost_warnings(dataclasses.replace(tuned, constrained_valid_score=0.78), "auc")
+    assert "cost 0.0200 validation auc" in said and "tuning.engagement_monotone" in said
+    logloss = dataclasses.replace(tuned, best_valid_score=0.30, constrained_valid_score=0.32)
+    assert "cost 0.0200 validation binary_logloss" in constraint_cost_warnings(logloss, "binary_logloss")[0]
+    assert constraint_cost_warnings(dataclasses.replace(logloss, constrained_valid_score=0.28), "binary_logloss") == []
+
+
 def test_engagement_features_are_constrained_by_their_meaning():
     assert engagement_direction("n_pricing_page_7d") == 1
     assert engagement_direction("engagement_decayed") == 1
