@@ -45,7 +45,28 @@ def _start(
     via_leadscore: bool = False,
 ) -> tuple[subprocess.Popen, str, Path]:
     """`bentoml serve` (or `leadscore serve`) on a free loopback port, its output in a log
-    file; waits for /livez."""
+    file; waits for /livez. A port taken between the choice and the server's bind is chosen
+    again: any process's outgoing connection can be handed it (a CI run of 2026-12-07 failed so)."""
+    for _ in range(2):
+        try:
+            return _start_once(store, keys, log_dir, env_extra, serve_args, via_leadscore)
+        except PortTaken:
+            pass
+    return _start_once(store, keys, log_dir, env_extra, serve_args, via_leadscore)
+
+
+class PortTaken(RuntimeError):
+    """The server could not bind the port chosen for it."""
+
+
+def _start_once(
+    store: str,
+    keys: str | None,
+    log_dir: Path | None,
+    env_extra: dict[str, str | None] | None,
+    serve_args: tuple[str, ...],
+    via_leadscore: bool,
+) -> tuple[subprocess.Popen, str, Path]:
     port = _free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": store, "LEADSCORE_MODEL_NAME": CHAMPION_NAME}
     env["BENTOML_DO_NOT_TRACK"] = "true"
@@ -78,7 +99,10 @@ def _start(
             break
         time.sleep(0.5)
     _stop(process)
-    raise RuntimeError(f"bentoml serve did not start: {log.read_text()[-3000:]}")
+    output = log.read_text()
+    if "Address already in use" in output:
+        raise PortTaken(f"port {port} was taken before the server bound it")
+    raise RuntimeError(f"bentoml serve did not start: {output[-3000:]}")
 
 
 def _stop(process: subprocess.Popen) -> None:
