@@ -69,13 +69,6 @@ def missing_again(values: pd.DataFrame, missing_as: Mapping[str, float]) -> pd.D
     return values.assign(**{c: values[c].mask(values[c] == v) for c, v in missing_as.items() if c in values})
 
 
-def model_value(spec: FeatureSpec, column: str, value: float | None) -> float:
-    """One numeric feature value as the model reads it (`to_model_frame` for a whole frame)."""
-    if value is None or value != value:
-        return spec.missing_as.get(column, np.nan)
-    return value
-
-
 def to_model_frame(features: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     """Cast features to the spec: model column order, floats, the trained category levels.
 

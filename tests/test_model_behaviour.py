@@ -9,7 +9,7 @@ import pytest
 
 from features.build import NEVER_DAYS, engagement_direction, never_as_long_ago
 from features.schema import ACTIVITY_TYPES
-from features.spec import learn_spec, model_value, to_model_frame
+from features.spec import learn_spec, missing_again, to_model_frame
 
 AS_OF = pd.Timestamp("2025-12-20")
 POSITIVE_TYPES = [kind for kind in ACTIVITY_TYPES if kind != "unsubscribe"]
@@ -99,8 +99,8 @@ def test_a_missing_value_with_a_meaning_reaches_the_model_as_its_number():
     spec = learn_spec(features, kind="crm", groups={}, settings={}, missing_as=never_as_long_ago(features.columns))
     assert to_model_frame(features, spec)["days_since_webinar"].tolist() == [2.5, NEVER_DAYS]
     assert np.isnan(to_model_frame(features, spec)["n_webinar_7d"].iloc[1])  # no meaning given: missing
-    assert model_value(spec, "days_since_webinar", None) == NEVER_DAYS
-    assert np.isnan(model_value(spec, "n_webinar_7d", None)) and model_value(spec, "days_since_webinar", 3.0) == 3.0
+    # Back to the features' values, for what reads them as amounts (baselines, colour scales).
+    pd.testing.assert_frame_equal(missing_again(to_model_frame(features, spec), spec.missing_as), features)
     # A spec saved before the setting reads as it did: every missing value missing.
     older = spec.model_validate_json(spec.model_dump_json(exclude={"missing_as"}))
     assert older.missing_as == {} and np.isnan(to_model_frame(features, older)["days_since_webinar"].iloc[1])

@@ -37,7 +37,7 @@ from features.leakage import audit_leakage
 from features.params import PROJECT_ROOT, FeatureParams, Params, TuningParams
 from features.reasons import amount_of_activity
 from features.schema import TRUTH_FILE
-from features.spec import FeatureSpec, learn_spec, model_value, to_model_frame
+from features.spec import FeatureSpec, learn_spec, to_model_frame
 from features.synthetic import generate_crm, write_crm
 from features.tracking import MODELS_DIR, artifact_root, tracking_uri
 from serving.batch import safe_for_spreadsheets
@@ -588,8 +588,8 @@ def _constrain_engagement(
     if not any(constraints):  # nothing to constrain; and LightGBM 4.7 crashes on the method alone
         return tuning
     constrained = refit_constrained(tuning, constraints, params, valid)
-    rises = sum(c > 0 and spec.groups[n] == "engagement" for n, c in zip(spec.columns, constraints, strict=True))
-    falls = sum(c < 0 and spec.groups[n] == "engagement" for n, c in zip(spec.columns, constraints, strict=True))
+    engaged = [c for n, c in zip(spec.columns, constraints, strict=True) if spec.groups[n] == "engagement"]
+    rises, falls = sum(c > 0 for c in engaged), sum(c < 0 for c in engaged)
     refit = (
         f"; refit early-stopped at {constrained.best_iteration} rounds (the best trial: {tuning.best_iteration}), "
         f"validation {params.metric} {constrained.constrained_valid_score:.4f} (the best trial: "
@@ -1048,12 +1048,11 @@ def train_and_register(
 
             windows = dataset.split.windows
             engagement_columns = [c for c in spec.columns if spec.groups[c] == "engagement"]
-            idle = None
+            idle = None  # None (missing) for a value the spec gives no number: JSON has no NaN
             if dataset.kind == "crm":
                 # As the model reads them: a day count of "never" is a number (`FeatureSpec.missing_as`).
                 idle = idle_engagement(params.features, engagement_columns)
-                idle = {c: model_value(spec, c, v) for c, v in idle.items()}
-                idle = {c: None if np.isnan(v) else v for c, v in idle.items()}  # JSON has no NaN
+                idle = {c: spec.missing_as.get(c) if v is None else v for c, v in idle.items()}
             subscores = subscore_reference(booster, final_x, spec, params.split.seed, idle=idle)
             metadata = {
                 "model_name": model_name,
