@@ -78,6 +78,12 @@ def _start_once(
             env.pop(name, None)
         else:
             env[name] = value
+    if not via_leadscore:  # `leadscore serve` gives itself one: a home of its own, as it does
+        # A service starting empties its BentoML home's metrics folder: with one home for every
+        # test worker, a service started in one emptied another's /metrics (CI, 2026-12-07).
+        from training.cli import bentoml_home
+
+        env.setdefault("BENTOML_HOME", str(bentoml_home("127.0.0.1", port)))
     log = (log_dir or Path(store.removeprefix("sqlite:///")).parent) / f"serve-{port}.log"
     bin_dir = Path(sys.executable).parent
     command = (
