@@ -93,14 +93,3 @@ def engagement_direction(column: str) -> int:
 def never_as_long_ago(columns: Sequence[str]) -> dict[str, float]:
     """The `missing_as` of CRM features: days since an activity the lead never had."""
     return {c: NEVER_DAYS for c in columns if c.startswith("days_since_")}
-
-
-_LUMPED_PREFIXES = ("n_activities_", "velocity_", "activities_per_")
-
-
-def lumped_engagement(columns: Sequence[str]) -> list[str]:
-    """Engagement features that lump every activity type together (totals, velocity, activities
-    per month): left out of a model constrained by meaning. Velocity has no sign (an activity 30
-    to 60 days back lowers it), and totals held to raise the score add credit for volume that the
-    counts per type already give, which the model then cannot take back."""
-    return [c for c in columns if c.startswith(_LUMPED_PREFIXES)]

@@ -27,7 +27,6 @@ from features.build import (
     crm_feature_groups,
     engagement_direction,
     idle_engagement,
-    lumped_engagement,
     never_as_long_ago,
 )
 from features.bundle import score_from_probability, write_bundle_files
@@ -816,18 +815,12 @@ def train_and_register(
         flagged.append(column)
 
     constrain_engagement = dataset.kind == "crm" and params.tuning.engagement_monotone
-    lumped = lumped_engagement(dataset.features.columns) if constrain_engagement else []
-    if lumped:
-        reporter.note(
-            f"left out of the model, as engagement is constrained by its meaning: {', '.join(lumped)} (every "
-            "activity type lumped together; the counts per type hold them)"
-        )
     spec = learn_spec(
         dataset.features[train_mask],
         kind=dataset.kind,
         groups=dataset.groups,
         settings=dataset.settings,
-        exclude=(*excluded, *lumped),
+        exclude=excluded,
         missing_as=never_as_long_ago(dataset.features.columns) if constrain_engagement else None,
     )
     masks = {"fit": train_mask, "valid": (part == "valid").to_numpy(), "test": (part == "test").to_numpy()}
@@ -863,7 +856,6 @@ def train_and_register(
                 "split": dataset.split.description[:490],
                 "test_period": tested_on(dataset.split, dataset.data_hash),
                 "leakage.excluded": ",".join(excluded)[:490] or "none",
-                "engagement.left_out": ",".join(lumped)[:490] or "none",
                 **{f"engine.{k}": str(v)[:490] for k, v in (engine or {"engine": "local"}).items()},
             }
         )
